@@ -1,0 +1,58 @@
+"""The ``auditstream`` command line. Each part of the project registers its own commands
+(``<part>/cli.py``: ``register(commands, bench)``); those modules import nothing heavy at the
+top, so ``auditstream --help`` is fast and a serving host never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from auditstream import __version__
+from auditstream.errors import AuditstreamError
+
+# The parts that contribute commands, in the order their commands appear in --help.
+COMMAND_MODULES = ("serving.cli", "training.cli", "monitor.cli", "dashboards.cli", "auditstream.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditstream",
+        description="Serve models on Kafka, certify what they may auto-accept, route the rest to human auditors.",
+    )
+    parser.add_argument("--version", action="version", version=f"auditstream {__version__}")
+    parser.add_argument("--log-level", default=None, help="logging level (default: AUDITSTREAM_LOG_LEVEL or INFO)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench_parser = commands.add_parser("bench", help="benchmarks that print numbers (last line: JSON)")
+    bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):  # part not present in this install
+                continue
+            raise
+        module.register(commands, bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from auditstream.settings import Settings
+
+    level = args.log_level or Settings.from_env().log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except AuditstreamError as e:
+        print(f"auditstream: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

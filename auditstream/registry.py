@@ -1,0 +1,249 @@
+"""The model registry: ``models/<name>/<version>/`` holds ``model.onnx`` and ``card.json``.
+
+A model card says everything serving, triage and monitoring need to know about a model: its
+inputs and outputs, preprocessing (which lives inside the graph), labels, metrics, calibration,
+the certified auto-accept threshold, reference statistics of its confidence for drift detection,
+how it was trained, and the sha256 of the ONNX file.
+
+:meth:`ModelRegistry.load` verifies a model before anyone creates an inference session from it:
+the checksum must match the card, and the graph may not reference external data files or
+operator domains outside the standard ones (a hostile file could read arbitrary paths or need a
+custom-op library). Each refusal is a :class:`~auditstream.errors.ModelRefused` saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditstream.errors import ModelNotFound, ModelRefused
+
+ONNX_FILE = "model.onnx"
+CARD_FILE = "card.json"
+# Standard ONNX domains that ONNX Runtime implements without custom-op libraries.
+ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+TASKS = ("classification", "sequence", "detection", "policy", "caption")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``shape`` uses ``None`` for dynamic axes (the batch axis)."""
+
+    name: str
+    dtype: str
+    shape: list[int | None]
+
+
+@dataclass(frozen=True)
+class TriageSpec:
+    """The auto-accept rule certified at training time (see monitor/certify.py).
+
+    An answer is auto-accepted when its confidence (``confidence_kind``) is >= ``threshold``;
+    on calibration data the exact (Clopper-Pearson) upper bound of the error of accepted items
+    was ``certified_risk`` <= ``target_risk`` with confidence 1 - ``delta``.
+    """
+
+    threshold: float
+    confidence_kind: str = "max_prob"
+    target_risk: float | None = None
+    delta: float | None = None
+    certified_risk: float | None = None
+    coverage: float | None = None
+    method: str = "uncertified"
+    safe_action: Any = None  # RL: what to do when a deferred decision times out
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    task: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    triage: TriageSpec
+    sha256: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # confidence distribution on held-out data, for KS drift tests: {"confidence_sample": [...], ...}
+    reference: dict[str, Any] = field(default_factory=dict)
+    risk_coverage: list[dict[str, float]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"model card task {self.task!r} not one of {TASKS}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "ModelCard":
+        obj = dict(obj)
+        obj["inputs"] = [TensorSpec(**t) for t in obj["inputs"]]
+        obj["outputs"] = [TensorSpec(**t) for t in obj["outputs"]]
+        obj["triage"] = TriageSpec(**obj["triage"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A verified model: safe to create an inference session from ``onnx_path``."""
+
+    card: ModelCard
+    onnx_path: Path
+
+    @property
+    def directory(self) -> Path:
+        return self.onnx_path.parent
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_onnx(path: Path, expected_sha256: str) -> None:
+    """Refuse a model file that fails its checksum, does not parse, or is unsafe to load."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelRefused(path, "model.onnx is missing")
+    actual = sha256_file(path)
+    if not expected_sha256 or actual != expected_sha256:
+        raise ModelRefused(path, f"sha256 {actual} does not match the model card's {expected_sha256 or '(none)'}; "
+                           "the file was changed or truncated after export: re-export or restore it")
+    import onnx  # serve extra; imported here so the core stays numpy-only
+    from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (ProtobufDecodeError, ValueError, OSError) as e:
+        raise ModelRefused(path, f"not a readable ONNX protobuf ({e})") from None
+    local_domains = {f.domain for f in model.functions}
+    for opset in model.opset_import:
+        if opset.domain not in ALLOWED_OP_DOMAINS and opset.domain not in local_domains:
+            raise ModelRefused(path, f"imports operator domain {opset.domain!r}; only {sorted(ALLOWED_OP_DOMAINS)} "
+                               "and functions defined inside the model are allowed (custom ops need native libraries)")
+    for where, tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise ModelRefused(path, f"tensor {tensor.name!r} in {where} references external data file {location!r}; "
+                               "models must be self-contained (export with all weights inside model.onnx)")
+    for graph in _all_graphs(model):
+        for node in graph.node:
+            if node.domain not in ALLOWED_OP_DOMAINS and node.domain not in local_domains:
+                raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator domain {node.domain!r}")
+
+
+def _all_graphs(model: Any):
+    import onnx
+
+    stack = [model.graph] + [f for f in model.functions]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+
+
+def _all_tensors(model: Any):
+    import onnx
+
+    for graph in _all_graphs(model):
+        name = getattr(graph, "name", "") or "function"
+        for t in getattr(graph, "initializer", []):
+            yield name, t
+        for s in getattr(graph, "sparse_initializer", []):
+            yield name, s.values
+            yield name, s.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield name, attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    for t in attr.tensors:
+                        yield name, t
+
+
+class ModelRegistry:
+    """Versions of each model live in ``root/<name>/<version>/``; versions are integers as text."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        directory = self.root / name
+        if not directory.is_dir():
+            return []
+        found = [p.name for p in directory.iterdir() if p.name.isdigit() and (p / CARD_FILE).is_file()]
+        return sorted(found, key=int)
+
+    def latest(self, name: str) -> str | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def card(self, name: str, version: str | None = None) -> ModelCard:
+        version = version or self.latest(name)
+        if version is None or not (self.root / name / version / CARD_FILE).is_file():
+            raise ModelNotFound(self.root, name, version)
+        path = self.root / name / version / CARD_FILE
+        try:
+            return ModelCard.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelRefused(path, f"model card does not parse: {e}") from None
+
+    def load(self, name: str, version: str | None = None) -> RegisteredModel:
+        """The card and verified ONNX path of ``name`` (latest version unless given)."""
+        card = self.card(name, version)
+        onnx_path = self.root / name / card.version / ONNX_FILE
+        verify_onnx(onnx_path, card.sha256)
+        return RegisteredModel(card=card, onnx_path=onnx_path)
+
+    def publish(self, card: ModelCard, onnx_bytes: bytes) -> RegisteredModel:
+        """Write a new version (the card's version is replaced by the next free number).
+
+        The version directory appears atomically (written under a temporary name, then
+        renamed), so a concurrent reader never sees a half-written model.
+        """
+        if not _NAME.match(card.name):
+            raise ValueError(f"model name {card.name!r} must match {_NAME.pattern}")
+        base = self.root / card.name
+        base.mkdir(parents=True, exist_ok=True)
+        sha = hashlib.sha256(onnx_bytes).hexdigest()
+        while True:
+            version = str(int(self.latest(card.name) or 0) + 1)
+            final = dataclasses.replace(card, version=version, sha256=sha)
+            tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
+            (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+            (tmp / CARD_FILE).write_text(final.to_json())
+            try:
+                os.rename(tmp, base / version)
+            except OSError:  # another writer took this version number: try the next one
+                for p in tmp.iterdir():
+                    p.unlink()
+                tmp.rmdir()
+                continue
+            return RegisteredModel(card=final, onnx_path=base / version / ONNX_FILE)

@@ -1,0 +1,106 @@
+"""Process settings: one frozen object, built once in ``main()`` from ``AUDITSTREAM_*``
+environment variables and passed down. Nothing else in the project reads ``os.environ``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from auditstream.errors import ConfigError
+
+ENV_PREFIX = "AUDITSTREAM_"
+
+
+def _doc(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings shared by every long-running auditstream process."""
+
+    bootstrap_servers: str = _doc(
+        "Kafka bootstrap servers (host:port,...). Empty: use the embedded broker started by "
+        "'auditstream broker start' (its address is read from the state directory).",
+        "",
+    )
+    kafka_client: str = _doc("Kafka client library: 'kafka-python' (default) or 'confluent'.", "kafka-python")
+    topic_prefix: str = _doc("Prefix of every topic name.", "auditstream")
+    partitions: int = _doc("Partitions of each topic auditstream creates.", 12)
+    models_dir: Path = _doc("Root of the model registry (models/<name>/<version>/).", Path("models"))
+    state_dir: Path = _doc("Where local state lives: embedded broker pid/port, default SQLite store.", Path(".auditstream"))
+    store_url: str = _doc(
+        "Audit store: 'sqlite:///path.db' or 'postgresql://user@host:port/db'. Empty: SQLite in the state dir.",
+        "",
+    )
+    # Tansu holds a group's first JoinGroup for about half the session timeout: 10 s joins in ~5 s.
+    # A long max poll interval keeps a slow batch from pushing the consumer out of the group.
+    session_timeout_ms: int = _doc("Consumer group session timeout (ms); Tansu joins in about half of it.", 10_000)
+    heartbeat_interval_ms: int = _doc("Consumer heartbeat interval (ms), well under the session timeout.", 3_000)
+    max_poll_interval_ms: int = _doc("Longest gap between polls before the consumer leaves its group (ms).", 300_000)
+    max_batch_size: int = _doc("Most requests in one inference batch.", 64)
+    max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
+    max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
+    max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
+    qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
+    metrics_port: int = _doc("Port of the Prometheus /metrics endpoint; 0 disables it.", 0)
+    log_level: str = _doc("Logging level.", "INFO")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``AUDITSTREAM_<FIELD>`` variables; keyword overrides win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.kafka_client not in ("kafka-python", "confluent"):
+            raise ConfigError("kafka_client", self.kafka_client, "'kafka-python' or 'confluent'")
+        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "an integer >= 1")
+        if self.max_wait_ms < 0:
+            raise ConfigError("max_wait_ms", self.max_wait_ms, "an integer >= 0")
+        if not 0.0 <= self.qc_rate <= 1.0:
+            raise ConfigError("qc_rate", self.qc_rate, "a probability in [0, 1]")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ConfigError("heartbeat_interval_ms", self.heartbeat_interval_ms, "at most a third of session_timeout_ms")
+        object.__setattr__(self, "models_dir", Path(self.models_dir))
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.state_dir / 'audit.db'}"
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic('predictions') -> 'auditstream.predictions'``."""
+        return f"{self.topic_prefix}.{name}"
+
+    def request_topic(self, model: str) -> str:
+        return self.topic(f"requests.{model}")
+
+
+def _convert(name: str, raw: str, hint: Any) -> Any:
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return hint(raw)
+    except ValueError:
+        raise ConfigError(ENV_PREFIX + name.upper(), raw, getattr(hint, "__name__", str(hint))) from None
