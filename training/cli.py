@@ -1,0 +1,26 @@
+"""Training commands. ``auditstream train <family>`` and ``auditstream rl ...``; each model
+family registers its own subcommands from its own module, imported lazily by the handler, so
+``auditstream --help`` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# Modules that add subcommands: register(train, rl, bench) with the three subparser groups.
+FAMILY_MODULES = ("training.mail_cli", "training.rl.cli")
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    train_parser = commands.add_parser("train", help="train a model, export it to ONNX and publish it to the registry")
+    train = train_parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    rl_parser = commands.add_parser("rl", help="sequential decisions: run episodes, build offline datasets, promote policies")
+    rl = rl_parser.add_subparsers(dest="rl_command", metavar="RL_COMMAND", required=True)
+    for name in FAMILY_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue
+            raise
+        module.register(train, rl, bench)

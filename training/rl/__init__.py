@@ -1,0 +1,1 @@
+"""Reinforcement learning: PPO, offline RL, off-policy evaluation, promotion."""
