@@ -14,7 +14,15 @@ from auditstream import __version__
 from auditstream.errors import AuditstreamError
 
 # The parts that contribute commands, in the order their commands appear in --help.
-COMMAND_MODULES = ("serving.cli", "training.cli", "monitor.cli", "dashboards.cli", "auditstream.demo")
+COMMAND_MODULES = (
+    "serving.cli",
+    "training.cli",
+    "monitor.cli",
+    "monitor.stats_cli",
+    "dashboards.cli",
+    "auditstream.wire_bench",
+    "auditstream.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
