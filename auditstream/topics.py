@@ -12,8 +12,9 @@ VERDICTS = "verdicts"  # every human verdict (= a label)
 DEAD_LETTER = "dead-letter"  # records that could not be processed, original bytes kept
 EPISODE_STATE = "episode-state"  # compacted: per-episode consumer state
 ACTIONS = "actions"  # RL: actions sent back to the environment driver
+TRANSITIONS = "transitions"  # RL: what the environment did (reward, terminal) after each action
 
-SHARED_TOPICS = (PREDICTIONS, DECISIONS, AUDIT, VERDICTS, DEAD_LETTER, ACTIONS)
+SHARED_TOPICS = (PREDICTIONS, DECISIONS, AUDIT, VERDICTS, DEAD_LETTER, ACTIONS, TRANSITIONS)
 COMPACTED_TOPICS = (EPISODE_STATE,)
 
 
