@@ -61,3 +61,15 @@ class DeliveryFailed(AuditstreamError):
     def __init__(self, topic: str, key: bytes | None, detail: str) -> None:
         self.topic, self.key, self.detail = topic, key, detail
         super().__init__(f"delivery to {topic} (key={key!r}) failed: {detail}")
+
+
+class ExportParityError(AuditstreamError):
+    """An exported ONNX graph disagrees with the torch module it was exported from."""
+
+    def __init__(self, max_abs_diff: float, atol: float, n_inputs: int) -> None:
+        self.max_abs_diff, self.atol, self.n_inputs = max_abs_diff, atol, n_inputs
+        super().__init__(
+            f"ONNX Runtime and torch disagree by max |diff| = {max_abs_diff:.3g} > atol {atol:g} "
+            f"on {n_inputs} inputs; check for ops that export differently (dropout/batch-norm left in "
+            f"training mode, data-dependent control flow) before publishing this model"
+        )
