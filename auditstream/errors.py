@@ -73,3 +73,59 @@ class ExportParityError(AuditstreamError):
             f"on {n_inputs} inputs; check for ops that export differently (dropout/batch-norm left in "
             f"training mode, data-dependent control flow) before publishing this model"
         )
+
+
+class CommitRejected(AuditstreamError):
+    """The group coordinator refused an offset commit (the group rebalanced meanwhile).
+
+    The records stay uncommitted and are redelivered to the partition's new owner: duplicates,
+    never losses. ``offsets`` maps (topic, partition) to the next offset that was to be committed.
+    """
+
+    def __init__(self, offsets: dict, detail: str) -> None:
+        self.offsets, self.detail = offsets, detail
+        where = ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
+        super().__init__(f"offset commit rejected for {where}: {detail}")
+
+
+class BatchFailed(AuditstreamError):
+    """Processing a whole batch failed (a broken model or dependency, not one bad record).
+
+    The consumer stops; nothing of the batch was committed, so it is redelivered after a restart.
+    """
+
+    def __init__(self, first: str, last: str, count: int, detail: str) -> None:
+        self.first, self.last, self.count, self.detail = first, last, count, detail
+        super().__init__(f"batch of {count} records {first} .. {last} failed: {detail}; "
+                         "check the model file and the broker, then restart the consumer")
+
+
+class PermissionDenied(AuditstreamError, PermissionError):
+    """A user tried something their role does not allow (checked again inside every write)."""
+
+    def __init__(self, user: str, role: str | None, action: str, allowed: tuple[str, ...]) -> None:
+        self.user, self.role, self.action, self.allowed = user, role, action, allowed
+        has = f"role {role!r}" if role else "no account"
+        super().__init__(f"user {user!r} ({has}) may not {action}; it needs one of the roles {', '.join(allowed)}")
+
+
+class LeaseNotHeld(AuditstreamError):
+    """A verdict or lease renewal came from someone who does not hold the item's live lease."""
+
+    def __init__(self, item_id: int, auditor: str, holder: str | None, expires_s: float | None, now_s: float) -> None:
+        self.item_id, self.auditor, self.holder, self.expires_s = item_id, auditor, holder, expires_s
+        if holder is None:
+            why = "nobody holds a lease on it (it was released, decided, or never claimed)"
+        elif holder != auditor:
+            why = f"it is leased by {holder!r}"
+        else:
+            why = f"your lease expired {now_s - (expires_s or now_s):.1f} s ago"
+        super().__init__(f"item {item_id}: {auditor!r} cannot submit, {why}; claim the next item again")
+
+
+class VerdictConflict(AuditstreamError, ValueError):
+    """A verdict id was reused for a different item or auditor (ids are one per shown form)."""
+
+    def __init__(self, verdict_id: str, detail: str) -> None:
+        self.verdict_id, self.detail = verdict_id, detail
+        super().__init__(f"verdict id {verdict_id!r} already used: {detail}; make a new id per form")
