@@ -129,3 +129,12 @@ class VerdictConflict(AuditstreamError, ValueError):
     def __init__(self, verdict_id: str, detail: str) -> None:
         self.verdict_id, self.detail = verdict_id, detail
         super().__init__(f"verdict id {verdict_id!r} already used: {detail}; make a new id per form")
+
+
+class TrainingDiverged(AuditstreamError, ArithmeticError):
+    """A training loss became NaN or infinite; training stops at once rather than export garbage."""
+
+    def __init__(self, job: str, step: int, loss: float) -> None:
+        self.job, self.step, self.loss = job, step, loss
+        super().__init__(f"{job}: loss became {loss} at step {step}; lower the learning rate or check the "
+                         f"data for NaN/inf (rewards, observations) and rerun")
