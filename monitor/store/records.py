@@ -1,0 +1,231 @@
+"""What the audit store hands out: items, claims, verdict results, outbox rows, read-model rows.
+
+Plain frozen dataclasses, so the dashboard, the monitor process and the metrics can use them
+without knowing any SQL. Also the pure rules every backend shares: what a verdict *means* as a
+label (:func:`human_label`), how a gold answer is scored (:func:`gold_is_correct`), and which
+records a verdict puts on the outbox (:func:`outbox_records`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditstream import topics
+from auditstream.wire import Decision, Route, Verdict, VerdictKind
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How the queue is composed (a named, frozen config: the rates are part of what the
+    resulting statistics mean, so they are explicit and documented)."""
+
+    gold_rate: float = 0.05  # share of claims that serve a gold item (if one is left for this auditor)
+    double_review_rate: float = 0.0  # share of items (by hash of request id) that need a second auditor
+    seed: int | None = None  # of the gold draw; None: fresh randomness per process
+
+    def __post_init__(self) -> None:
+        for name in ("gold_rate", "double_review_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must be a probability in [0, 1]")
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An audit item as stored: the prediction, its input (wire-encoded), and its queue state."""
+
+    item_id: int
+    request_id: str
+    model: str
+    model_version: str
+    task: str
+    route: Route
+    confidence: float
+    qc_inclusion_prob: float
+    output: Any
+    details: dict[str, Any]
+    input: dict[str, Any]  # wire encoding: {"tensor": {...}} or {"image": {...}}; see auditstream.wire.decode_input
+    reason: str
+    created_at_s: float
+    ingested_at_s: float
+    is_gold: bool
+    reviews_needed: int
+    reviews_done: int
+    state: str  # "open" or "done"
+    lease_owner: str | None
+    lease_expires_s: float | None
+    episode_key: str | None = None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An item leased to one auditor until ``lease_expires_s`` (renew while the form is open).
+
+    ``is_gold`` is for the store's bookkeeping; a workbench must not show it, or gold items stop
+    measuring anything.
+    """
+
+    item: StoredItem
+    auditor: str
+    lease_expires_s: float
+    review_round: int  # 1, or 2 for the second auditor of a double-reviewed item
+
+    @property
+    def item_id(self) -> int:
+        return self.item.item_id
+
+    @property
+    def is_gold(self) -> bool:
+        return self.item.is_gold
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One row of the verdict history."""
+
+    verdict_id: str
+    item_id: int
+    auditor: str
+    kind: VerdictKind
+    corrected_output: Any
+    decided_at_s: float
+    review_round: int
+    is_gold: bool
+    gold_correct: bool | None
+
+
+@dataclass(frozen=True)
+class VerdictResult:
+    """``recorded`` is False when this verdict id was already recorded (a double submit): the
+    returned ``verdict`` is then the one recorded first."""
+
+    recorded: bool
+    verdict: VerdictRecord
+    item_done: bool  # the item left the queue (all reviews in)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    topic: str  # logical name (auditstream.topics.VERDICTS / DECISIONS); Settings.topic() makes it full
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class QCOutcome:
+    """One audited QC sample: was the auto-accepted answer an error, and how it was sampled."""
+
+    request_id: str
+    is_error: bool
+    inclusion_prob: float
+    confidence: float
+    decided_at_s: float
+
+
+@dataclass(frozen=True)
+class GoldScore:
+    auditor: str
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Inter-auditor agreement over double-reviewed items (first two decisive verdicts each)."""
+
+    n_items: int
+    percent: float  # share of items where both auditors gave the same label
+    kappa: float  # Cohen's kappa: agreement beyond what the label frequencies give by chance
+
+
+@dataclass(frozen=True)
+class QueueStat:
+    model: str
+    model_version: str
+    route: Route
+    depth: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """One snapshot of everything the metrics endpoint reads from the store."""
+
+    queue: list[QueueStat]
+    verdicts: dict[tuple[str, str, str, str], int]  # (model, version, route, kind) -> count
+    auditor_throughput: dict[str, int] = field(default_factory=dict)  # verdicts per auditor (window)
+    outbox_pending: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# pure rules
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON: equal values give equal strings (labels are compared through this)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> Any:
+    """The auditor's answer: the model's (accept), their own (correct), None (reject: no valid
+    answer exists, e.g. an unreadable envelope). Skips are not labels."""
+    if kind is VerdictKind.SKIP:
+        raise ValueError("a skip is not a label")
+    return {VerdictKind.ACCEPT: model_output, VerdictKind.CORRECT: corrected_output}.get(kind)
+
+
+def gold_is_correct(kind: VerdictKind, model_output: Any, corrected_output: Any, gold_output: Any) -> bool:
+    return dumps(human_label(kind, model_output, corrected_output)) == dumps(gold_output)
+
+
+def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
+    if kind is VerdictKind.CORRECT and corrected_output is None:
+        raise ValueError("a 'correct' verdict needs the corrected output")
+    if kind is not VerdictKind.CORRECT and corrected_output is not None:
+        raise ValueError(f"a {kind.value!r} verdict takes no corrected output, got {corrected_output!r}")
+
+
+def outbox_records(item: StoredItem, verdict: VerdictRecord, first_decision: bool) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) records a verdict publishes: always the :class:`Verdict` (= a label,
+    skips included so the topic is the full history); for the first decisive verdict on a
+    deferred (HUMAN) item also the human's answer as a ``Decision(source="human")``. Gold items
+    are not requests anyone waits for, so they never make a decision."""
+    key = item.request_id.encode("utf-8")
+    wire_verdict = Verdict(
+        verdict_id=verdict.verdict_id,
+        request_id=item.request_id,
+        model=item.model,
+        model_version=item.model_version,
+        auditor=verdict.auditor,
+        kind=verdict.kind,
+        decided_at_s=verdict.decided_at_s,
+        model_output=item.output,
+        corrected_output=verdict.corrected_output,
+        item_route=item.route,
+        inclusion_prob=item.qc_inclusion_prob,
+        is_gold=item.is_gold,
+    )
+    out = [(topics.VERDICTS, key, wire_verdict.to_bytes())]
+    if first_decision and item.route is Route.HUMAN and not item.is_gold and verdict.kind is not VerdictKind.SKIP:
+        decision = Decision(
+            request_id=item.request_id,
+            model=item.model,
+            model_version=item.model_version,
+            output=human_label(verdict.kind, item.output, verdict.corrected_output),
+            source="human",
+            created_at_s=verdict.decided_at_s,
+            episode_key=item.episode_key,
+            step=item.step,
+            details={"verdict_id": verdict.verdict_id, "verdict": verdict.kind.value, "auditor": verdict.auditor},
+        )
+        decision_key = (item.episode_key or item.request_id).encode("utf-8")
+        out.append((topics.DECISIONS, decision_key, decision.to_bytes()))
+    return out
