@@ -109,6 +109,7 @@ class StreamLoop:
         self._in_flight: dict[TopicPartition, int] = {}  # produced, not yet committed: next offsets
         self._in_flight_batches = 0
         self._stopping = False
+        self._idle_since: float | None = None  # clock time of the last record (or first assignment)
 
     @classmethod
     def connect(cls, settings: Settings, group_id: str, topics: list[str], process_batch: ProcessBatch,
@@ -128,15 +129,21 @@ class StreamLoop:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def run(self, max_records: int | None = None) -> LoopStats:
-        """Loop until stopped (or ``max_records`` records were processed); returns the stats."""
+    def run(self, max_records: int | None = None, until_idle_s: float | None = None) -> LoopStats:
+        """Loop until stopped, or ``max_records`` records were processed, or (batch jobs such as a
+        replay) nothing arrived for ``until_idle_s`` after the first assignment; returns the stats."""
         assert self.consumer is not None, "StreamLoop needs a consumer (use StreamLoop.connect)"
         cfg = self.config
         while not self._stopping and (max_records is None or self.stats.records_in < max_records):
+            if until_idle_s is not None and self._idle_since is not None and not self._pending \
+                    and self.clock() - self._idle_since > until_idle_s:
+                break
             # 1. poll: as many records as the open batch has room for, until its deadline
             room = cfg.max_batch_size - len(self._pending)
             timeout_ms = cfg.idle_poll_ms if not self._pending else max(0, int(self._deadline_ms()))
             polled = self.consumer.poll(room, timeout_ms)
+            if polled or (self._idle_since is None and self.consumer.assignment()):
+                self._idle_since = self.clock()
             if polled and not self._pending:
                 self._opened_at = self.clock()
             self._pending.extend(polled)

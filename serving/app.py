@@ -1,0 +1,108 @@
+"""A running serving consumer: the verified model, its warmed-up session, the metrics and the
+at-least-once :class:`~auditstream.stream.StreamLoop` around :func:`serving.consumer.process_batch`.
+
+Start-up order: load + verify the model (a corrupt file stops here) → create and warm up the
+ONNX Runtime session → make sure the topics exist → start /metrics → join the consumer group
+``auditstream-serve-<model>`` → poll. Per-episode state (RL) plugs in through
+:class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
+outputs (state snapshots) checkpointed with each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from auditstream import topics as T
+from auditstream.kafka import Producer, Record, ensure_topics, make_producer, resolve_bootstrap
+from auditstream.registry import ModelRegistry, RegisteredModel
+from auditstream.settings import Settings
+from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
+from serving.consumer import ServeConfig, process_batch
+from serving.metrics import ServeMetrics
+from serving.postprocess import check_card
+from serving.runtime import ModelSession, load_session
+
+log = logging.getLogger(__name__)
+
+LAG_REFRESH_S = 5.0
+
+
+def group_id(model: str) -> str:
+    return f"auditstream-serve-{model}"
+
+
+class ServeApp:
+    """One model's consumer process (``auditstream serve``)."""
+
+    def __init__(self, settings: Settings, model: RegisteredModel, metrics: ServeMetrics | None = None,
+                 producer: Producer | None = None, hooks: LoopHooks | None = None,
+                 session: ModelSession | None = None) -> None:
+        check_card(model.card)
+        self.settings, self.model = settings, model
+        self.session = session or load_session(model)
+        self.config = ServeConfig.from_settings(settings, model.card)
+        self.metrics = metrics or ServeMetrics(model.card.name)
+        self.request_topic = settings.request_topic(model.card.name)
+        bootstrap = resolve_bootstrap(settings)
+        ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
+                      settings.partitions)
+        self._lag_at = 0.0
+        hooks = hooks or LoopHooks()
+        user_after_commit = hooks.after_commit
+
+        def after_commit(offsets: dict) -> None:
+            self._refresh_lag()
+            if user_after_commit:
+                user_after_commit(offsets)
+
+        hooks.after_commit = after_commit
+        self.loop = StreamLoop.connect(settings, group_id(model.card.name), [self.request_topic], self._process,
+                                       producer or make_producer(settings, bootstrap, client_id=group_id(model.card.name)),
+                                       hooks=hooks, bootstrap=bootstrap)
+
+    def _process(self, records: list[Record]) -> list[list[Output]]:
+        m, model = self.metrics, self.model.card.name
+        started = time.perf_counter()
+        results = process_batch(records, self.session, self.config, time.time())
+        m.records_in.labels(model).inc(len(records))
+        m.batch_size.labels(model).observe(len(records))
+        m.inference_seconds.labels(model).observe(time.perf_counter() - started)
+        for r in results:
+            if r.route is not None:
+                m.predictions.labels(model, r.route.value).inc()
+                m.end_to_end_seconds.labels(model).observe(r.end_to_end_s or 0.0)
+            else:
+                m.dead_letters.labels(model, r.dead_letter_reason).inc()
+        return [r.outputs for r in results]
+
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at >= LAG_REFRESH_S:
+            self._lag_at = now
+            self.metrics.consumer_lag.labels(self.model.card.name).set(sum(self.loop.consumer.lag().values()))
+
+    def run(self, max_records: int | None = None) -> LoopStats:
+        return self.loop.run(max_records)
+
+    def close(self) -> None:
+        self.loop.close()
+        self.session.close()
+
+
+def serve(settings: Settings, model_name: str, version: str | None = None) -> LoopStats:
+    """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises."""
+    model = ModelRegistry(settings.models_dir).load(model_name, version)
+    metrics = ServeMetrics(model_name)
+    app = ServeApp(settings, model, metrics)
+    if settings.metrics_port:
+        metrics.serve_http(settings.metrics_port)
+        log.info("metrics on :%d/metrics", settings.metrics_port)
+    app.loop.install_signal_handlers()
+    log.info("serving %s v%s from %s", model_name, model.card.version, app.request_topic)
+    try:
+        stats = app.run()
+    finally:
+        app.close()
+    log.info("stopped after %d records in %d batches (%d commits)", stats.records_in, stats.batches, stats.commits)
+    return stats

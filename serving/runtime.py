@@ -1,0 +1,129 @@
+"""The model runtime: one ONNX Runtime session per served model, created once from a verified
+:class:`~auditstream.registry.RegisteredModel` and warmed up before the consumer's first poll.
+
+Providers: TensorRT and CUDA are used only when they can actually load. onnxruntime-gpu lists
+them in ``get_available_providers()`` even when the CUDA/cuDNN/TensorRT libraries are missing,
+and then logs errors for every session; so each GPU provider is probed once with a tiny
+session at log severity FATAL and kept only if the session really runs on it. A CPU-only
+machine therefore starts silently on ``CPUExecutionProvider``.
+
+The contract is tiny (load / run / close), as in MLServer: ``ModelSession.run(batch)`` maps the
+model's input array to its named outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditstream.errors import ModelRefused
+from auditstream.registry import ModelCard, RegisteredModel
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_ORT_FATAL = 4  # ORT log severity: 0 verbose .. 4 fatal
+
+
+def _probe_model_bytes() -> bytes:
+    """A one-node graph (Identity) to test whether a provider loads."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def provider_loads(provider: str) -> bool:
+    """True if ``provider`` is compiled in *and* a session actually runs on it (quietly probed)."""
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        return False
+    options = ort.SessionOptions()
+    options.log_severity_level = _ORT_FATAL
+    try:
+        session = ort.InferenceSession(_probe_model_bytes(), sess_options=options, providers=[provider])
+        session.run(None, {"x": np.zeros(1, np.float32)})
+    except Exception as e:  # missing shared libraries surface as RuntimeError/Fail from ORT
+        log.debug("provider %s does not load: %s", provider, e)
+        return False
+    return provider in session.get_providers()
+
+
+def select_providers(prefer_gpu: bool = True) -> list[str]:
+    """The providers to use, fastest first, always ending with the CPU."""
+    gpu = [p for p in GPU_PROVIDERS if prefer_gpu and provider_loads(p)]
+    return gpu + ["CPUExecutionProvider"]
+
+
+def default_intra_op_threads() -> int:
+    # All cores this process may use: inference dominates the serving process, and Kafka I/O
+    # runs in the client's own threads that mostly wait on sockets.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ModelSession:
+    """A loaded, warmed-up model: ``run(x)`` returns the named outputs for a batch."""
+
+    card: ModelCard
+    session: object
+    input_name: str
+    output_names: list[str]
+    providers: list[str]
+    warmup_s: float = 0.0
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        results = self.session.run(self.output_names, {self.input_name: batch})  # type: ignore[attr-defined]
+        return dict(zip(self.output_names, results))
+
+    def close(self) -> None:
+        self.session = None
+
+
+def input_dtype(card: ModelCard) -> np.dtype:
+    return np.dtype(card.inputs[0].dtype)
+
+
+def load_session(model: RegisteredModel, providers: list[str] | None = None, intra_op_threads: int | None = None,
+                 warmup_batch: int = 8) -> ModelSession:
+    """Create the session once and warm it up (the first run allocates and plans the graph)."""
+    import onnxruntime as ort
+
+    card = model.card
+    if len(card.inputs) != 1:
+        raise ModelRefused(model.onnx_path, f"serving supports one graph input, the card lists {len(card.inputs)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; providers were already probed quietly
+    providers = providers or select_providers()
+    session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = {o.name for o in session.get_outputs()}
+    spec_in = card.inputs[0]
+    wanted = [o.name for o in card.outputs]
+    if graph_inputs != [spec_in.name] or not set(wanted) <= graph_outputs:
+        raise ModelRefused(model.onnx_path, f"graph inputs {graph_inputs} / outputs {sorted(graph_outputs)} do not "
+                           f"match the card's {spec_in.name!r} / {wanted}")
+    ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
+    shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
+    started = time.perf_counter()
+    ms.run(np.zeros(shape, dtype=input_dtype(card)))
+    ms.warmup_s = time.perf_counter() - started
+    log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
+             ms.providers[0], options.intra_op_num_threads, ms.warmup_s)
+    return ms
