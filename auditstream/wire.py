@@ -10,7 +10,11 @@ byte-identical records. Timings therefore travel in Kafka headers, not in the va
 (see :data:`LATENCY_HEADERS`).
 
 Decoding never raises anything but :class:`~auditstream.errors.DecodeError`, whose ``code`` is the
-dead-letter reason code.
+dead-letter reason code, and never allocates much more than a small multiple of the record: a
+record is refused before parsing when it exceeds ``max_bytes`` (default :data:`MAX_RECORD_BYTES`)
+or opens more than :data:`MAX_JSON_CONTAINERS` arrays/objects, and a tensor's claimed shape is
+checked against :data:`MAX_TENSOR_ELEMENTS` before any buffer is made. ``NaN``/``Infinity``
+tokens and non-finite numbers are refused (strict JSON; a NaN confidence would slip past triage).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import base64
 import binascii
 import json
 import math
+from importlib import resources
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -35,6 +40,16 @@ LATENCY_HEADERS = ("queue-s", "inference-s", "end-to-end-s")
 ALLOWED_DTYPES = ("float32", "float64", "uint8", "int32", "int64")
 MAX_TENSOR_ELEMENTS = 16_777_216  # 64 MiB of float32: a guard against hostile shapes
 MAX_RANK = 8
+# Hard cap on one record, whatever a consumer's own limit: stdlib json needs up to ~12x a record
+# of float lists in memory, so 8 MiB keeps a hostile record near 100 MB (a 64 MiB tensor would
+# not fit anyway: the broker's default message.max.bytes is 1 MiB).
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+# Each JSON array/object costs ~60 bytes parsed; 8 MiB of "[]," would need ~200 MB and a second.
+# A nested 224x224x3 ``values`` tensor opens ~50k, so 100k still admits every real record.
+MAX_JSON_CONTAINERS = 100_000
+# A dead letter carries the original record as base64 (4/3 of it) plus where it came from.
+MAX_DEAD_LETTER_BYTES = MAX_RECORD_BYTES * 4 // 3 + 65_536
+MAX_ID_CHARS = 256
 
 
 class Reason(str, Enum):
@@ -58,6 +73,9 @@ class Route(str, Enum):
     AUTO_QC = "AUTO_QC"  # decided and also sampled for a QC audit
 
 
+DECISION_SOURCES = ("model", "human", "fallback")
+
+
 class VerdictKind(str, Enum):
     ACCEPT = "accept"
     CORRECT = "correct"
@@ -74,6 +92,8 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     array = np.asarray(array)
     if array.dtype.name not in ALLOWED_DTYPES:
         raise ValueError(f"dtype {array.dtype} not allowed on the wire; use one of {ALLOWED_DTYPES}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"tensor of shape {array.shape} holds NaN or infinity; the wire carries finite numbers only")
     data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
     return {"dtype": array.dtype.name, "shape": list(array.shape), "b64": base64.b64encode(data).decode("ascii")}
 
@@ -91,31 +111,59 @@ def decode_tensor(obj: Any) -> np.ndarray:
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)
     ):
         raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor shape must be a list of <= {MAX_RANK} non-negative ints")
-    count = math.prod(shape)
-    if count > MAX_TENSOR_ELEMENTS:
-        raise DecodeError(Reason.TOO_LARGE.value, f"tensor of {count} elements exceeds {MAX_TENSOR_ELEMENTS}")
+    # Bound each dimension first (a 5000-digit int cannot even be formatted), then the product
+    # of the non-zero ones: numpy refuses [0, 2**40, 2**40] although it holds no element.
+    if any(d > MAX_TENSOR_ELEMENTS for d in shape):
+        raise DecodeError(Reason.TOO_LARGE.value, f"tensor dimension over {MAX_TENSOR_ELEMENTS}")
+    extent = math.prod(d for d in shape if d)
+    if extent > MAX_TENSOR_ELEMENTS:
+        raise DecodeError(Reason.TOO_LARGE.value, f"tensor shape {shape} spans {extent} elements, over {MAX_TENSOR_ELEMENTS}")
+    count = extent if all(shape) else 0
     np_dtype = np.dtype(dtype).newbyteorder("<")
     if "b64" in obj:
         b64 = obj["b64"]
         if not isinstance(b64, str):
             raise DecodeError(Reason.BAD_SCHEMA.value, "tensor b64 must be a string")
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor b64 is not base64: {e}") from None
-        if len(raw) != count * np_dtype.itemsize:
-            raise DecodeError(Reason.WRONG_SHAPE.value, f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
-        return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
-    values = obj.get("values")
+        # Compare lengths before decoding: a short payload cannot claim a huge shape.
+        if len(b64) != 4 * -(-count * np_dtype.itemsize // 3):
+            raise DecodeError(Reason.WRONG_SHAPE.value, f"{len(b64)} base64 characters do not fill shape {shape} of {dtype}")
+        raw = _b64decode(b64, "tensor b64")
+        array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
+    else:
+        array = _values_array(obj.get("values"), np.dtype(dtype), shape, count)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DecodeError(Reason.BAD_INPUT.value, "tensor holds NaN or infinity")
+    return array
+
+
+def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) -> np.ndarray:
+    """A ``values`` list (flat or nested) as an array, refusing what a cast would silently bend:
+    strings, bools and nulls (numpy would turn them into numbers or NaN), fractions or
+    out-of-range numbers for integer dtypes (numpy would truncate or wrap them)."""
     if not isinstance(values, list):
-        raise DecodeError(Reason.BAD_SCHEMA.value, "tensor needs 'b64' or 'values'")
+        raise DecodeError(Reason.BAD_SCHEMA.value, "tensor needs 'b64' (a string) or 'values' (a list)")
     try:
-        array = np.asarray(values, dtype=np.dtype(dtype))
-    except (ValueError, TypeError, OverflowError) as e:
-        raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values are not numeric: {e}") from None
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # ragged, or absurdly deep
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values are not a regular array: {str(e)[:200]}") from None
+    if array.size and array.dtype.kind not in "iuf":  # an empty list infers float64: fine
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values must be numbers, got {array.dtype.kind!r} elements")
     if array.size != count:
         raise DecodeError(Reason.WRONG_SHAPE.value, f"{array.size} values do not fill shape {shape}")
-    return array.reshape(shape)
+    if dtype.kind in "iu" and array.size:
+        if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"{dtype} tensor values must be integers")
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"values outside [{info.min}, {info.max}] for {dtype}")
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"{what} is not base64: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +192,9 @@ def decode_input(obj: Any) -> ModelInput:
     if not isinstance(image, dict) or not isinstance(image.get("b64"), str):
         raise DecodeError(Reason.BAD_SCHEMA.value, "input.image needs a 'b64' string")
     fmt = image.get("format", "png")
-    if fmt not in ("png", "jpeg"):
+    if not isinstance(fmt, str) or fmt not in ("png", "jpeg"):
         raise DecodeError(Reason.BAD_SCHEMA.value, f"image format {fmt!r} not in ('png', 'jpeg')")
-    try:
-        return ImageInput(base64.b64decode(image["b64"], validate=True), fmt)
-    except (binascii.Error, ValueError) as e:
-        raise DecodeError(Reason.BAD_SCHEMA.value, f"image b64 is not base64: {e}") from None
+    return ImageInput(_b64decode(image["b64"], "image b64"), fmt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,19 +205,35 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def _loads(data: bytes) -> dict[str, Any]:
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise DecodeError(Reason.TOO_LARGE.value, f"record of {len(data)} bytes exceeds {max_bytes}")
+    # bytes.count runs at memory speed; brackets inside strings only make this more cautious.
+    containers = data.count(b"[") + data.count(b"{")
+    if containers > MAX_JSON_CONTAINERS:
+        raise DecodeError(Reason.TOO_LARGE.value, f"record opens {containers} JSON arrays/objects, over {MAX_JSON_CONTAINERS}")
     try:
-        obj = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints over 4300 digits
         raise DecodeError(Reason.UNDECODABLE.value, f"not UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise DecodeError(Reason.BAD_SCHEMA.value, "record must be a JSON object")
     version = obj.get("v")
-    if version != WIRE_VERSION:
-        raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {version!r}, this build reads {WIRE_VERSION}")
+    if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
+        raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {_short(version)}, this build reads {WIRE_VERSION}")
     return obj
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
@@ -182,6 +243,44 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], option
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be {getattr(kind, '__name__', kind)}")
     return value
+
+
+def _number(obj: dict[str, Any], name: str, low: float = -math.inf, high: float = math.inf, default: float | None = None) -> float:
+    """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity)."""
+    if default is not None and obj.get(name) is None:
+        return default
+    value = float(_field(obj, name, (int, float)))
+    if not (math.isfinite(value) and low <= value <= high):
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be finite and in [{low}, {high}]")
+    return value
+
+
+def _id(obj: dict[str, Any], name: str) -> str:
+    value = _field(obj, name, str)
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be 1..{MAX_ID_CHARS} characters, got {len(value)}")
+    return value
+
+
+def _step(obj: dict[str, Any]) -> int | None:
+    step = _field(obj, "step", int, optional=True)
+    if step is not None and step < 0:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {step} must be >= 0")
+    return step
+
+
+def _enum(kind: type[Enum], value: Any, name: str) -> Any:
+    if not isinstance(value, str):
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be one of {[m.value for m in kind]}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {_short(value)} not one of {[m.value for m in kind]}") from None
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of every v1 record, ``$defs`` by record name."""
+    return json.loads(resources.files("auditstream").joinpath("schemas/wire-v1.json").read_text("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,21 +317,18 @@ class InferenceRequest:
         return (self.episode_key or self.request_id).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "InferenceRequest":
-        obj = _loads(data)
-        request_id = _field(obj, "request_id", str)
-        if not request_id or len(request_id) > 256:
-            raise DecodeError(Reason.BAD_SCHEMA.value, "request_id must be 1..256 characters")
-        created = _field(obj, "created_at_s", (int, float))
-        if not math.isfinite(created):
-            raise DecodeError(Reason.BAD_SCHEMA.value, "created_at_s must be finite")
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "InferenceRequest":
+        obj = _loads(data, max_bytes)
+        episode_key = _field(obj, "episode_key", str, optional=True)
+        if episode_key is not None and not 1 <= len(episode_key) <= MAX_ID_CHARS:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'episode_key' must be 1..{MAX_ID_CHARS} characters")
         return cls(
-            request_id=request_id,
-            model=_field(obj, "model", str),
+            request_id=_id(obj, "request_id"),
+            model=_id(obj, "model"),
             input=decode_input(obj.get("input")),
-            created_at_s=float(created),
-            episode_key=_field(obj, "episode_key", str, optional=True),
-            step=_field(obj, "step", int, optional=True),
+            created_at_s=_number(obj, "created_at_s"),
+            episode_key=episode_key,
+            step=_step(obj),
         )
 
 
@@ -286,31 +382,43 @@ class Prediction:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], headers: list[tuple[str, bytes]] | None = None) -> "Prediction":
-        try:
-            route = Route(obj.get("route"))
-        except ValueError:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"unknown route {obj.get('route')!r}") from None
-        latency = {k: float(v) for k, v in (headers or []) if k in LATENCY_HEADERS}
         return cls(
-            request_id=_field(obj, "request_id", str),
-            model=_field(obj, "model", str),
+            request_id=_id(obj, "request_id"),
+            model=_id(obj, "model"),
             model_version=_field(obj, "model_version", str),
             task=_field(obj, "task", str),
             output=obj.get("output"),
-            confidence=float(_field(obj, "confidence", (int, float))),
-            route=route,
+            confidence=_number(obj, "confidence"),
+            route=_enum(Route, obj.get("route"), "route"),
             reason=_field(obj, "reason", str),
-            qc_inclusion_prob=float(_field(obj, "qc_inclusion_prob", (int, float))),
-            created_at_s=float(_field(obj, "created_at_s", (int, float))),
+            qc_inclusion_prob=_number(obj, "qc_inclusion_prob", 0.0, 1.0),
+            created_at_s=_number(obj, "created_at_s"),
             details=_field(obj, "details", dict, optional=True) or {},
             episode_key=_field(obj, "episode_key", str, optional=True),
-            step=_field(obj, "step", int, optional=True),
-            latency=latency,
+            step=_step(obj),
+            latency=parse_latency_headers(headers),
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, headers: list[tuple[str, bytes]] | None = None) -> "Prediction":
-        return cls.from_dict(_loads(data), headers)
+    def from_bytes(
+        cls, data: bytes, headers: list[tuple[str, bytes]] | None = None, max_bytes: int = MAX_RECORD_BYTES
+    ) -> "Prediction":
+        return cls.from_dict(_loads(data, max_bytes), headers)
+
+
+def parse_latency_headers(headers: Any) -> dict[str, float]:
+    """Seconds by :data:`LATENCY_HEADERS` name from Kafka headers; unknown, unreadable or
+    non-finite values are skipped (timings are advisory and must never fail a record)."""
+    latency: dict[str, float] = {}
+    for item in headers or ():
+        try:
+            name, value = item
+            seconds = float(bytes(value).decode("ascii")) if name in LATENCY_HEADERS else math.nan
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds):
+            latency[name] = seconds
+    return latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +438,8 @@ class AuditItem:
         return _dumps(obj)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "AuditItem":
-        obj = _loads(data)
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "AuditItem":
+        obj = _loads(data, max_bytes)
         return cls(prediction=Prediction.from_dict(obj), input=decode_input(obj.get("input")))
 
 
@@ -377,25 +485,24 @@ class Verdict:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Verdict":
-        obj = _loads(data)
-        try:
-            kind, route = VerdictKind(obj.get("kind")), Route(obj.get("item_route", "HUMAN"))
-        except ValueError as e:
-            raise DecodeError(Reason.BAD_SCHEMA.value, str(e)) from None
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Verdict":
+        obj = _loads(data, max_bytes)
+        inclusion_prob = _number(obj, "inclusion_prob", 0.0, 1.0, default=1.0)
+        if inclusion_prob == 0.0:  # estimates weight each audit by 1 / inclusion_prob
+            raise DecodeError(Reason.BAD_SCHEMA.value, "field 'inclusion_prob' must be > 0")
         return cls(
-            verdict_id=_field(obj, "verdict_id", str),
-            request_id=_field(obj, "request_id", str),
-            model=_field(obj, "model", str),
+            verdict_id=_id(obj, "verdict_id"),
+            request_id=_id(obj, "request_id"),
+            model=_id(obj, "model"),
             model_version=_field(obj, "model_version", str),
             auditor=_field(obj, "auditor", str),
-            kind=kind,
-            decided_at_s=float(_field(obj, "decided_at_s", (int, float))),
+            kind=_enum(VerdictKind, obj.get("kind"), "kind"),
+            decided_at_s=_number(obj, "decided_at_s"),
             model_output=obj.get("model_output"),
             corrected_output=obj.get("corrected_output"),
-            item_route=route,
-            inclusion_prob=float(obj.get("inclusion_prob", 1.0)),
-            is_gold=bool(obj.get("is_gold", False)),
+            item_route=_enum(Route, obj.get("item_route", Route.HUMAN.value), "item_route"),
+            inclusion_prob=inclusion_prob,
+            is_gold=bool(_field(obj, "is_gold", bool, optional=True)),
         )
 
 
@@ -434,20 +541,20 @@ class Decision:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Decision":
-        obj = _loads(data)
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Decision":
+        obj = _loads(data, max_bytes)
         source = _field(obj, "source", str)
-        if source not in ("model", "human", "fallback"):
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"unknown decision source {source!r}")
+        if source not in DECISION_SOURCES:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"decision source {_short(source)} not one of {DECISION_SOURCES}")
         return cls(
-            request_id=_field(obj, "request_id", str),
-            model=_field(obj, "model", str),
+            request_id=_id(obj, "request_id"),
+            model=_id(obj, "model"),
             model_version=_field(obj, "model_version", str),
             output=obj.get("output"),
             source=source,
-            created_at_s=float(_field(obj, "created_at_s", (int, float))),
+            created_at_s=_number(obj, "created_at_s"),
             episode_key=_field(obj, "episode_key", str, optional=True),
-            step=_field(obj, "step", int, optional=True),
+            step=_step(obj),
             details=_field(obj, "details", dict, optional=True) or {},
         )
 
@@ -488,21 +595,31 @@ class DeadLetter:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "DeadLetter":
-        obj = _loads(data)
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> "DeadLetter":
+        obj = _loads(data, max_bytes)
         source = _field(obj, "source", dict)
+        partition, offset = _field(source, "partition", int), _field(source, "offset", int)
+        if partition < 0 or offset < 0:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"source partition {partition} and offset {offset} must be >= 0")
 
-        def unb64(s: str | None) -> bytes | None:
-            return None if s is None else base64.b64decode(s)
+        def unb64(name: str, value: Any) -> bytes | None:
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise DecodeError(Reason.BAD_SCHEMA.value, f"{name} must be a base64 string or null")
+            return _b64decode(value, name)
 
+        headers = _field(obj, "headers", list, optional=True) or []
+        if not all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) for h in headers):
+            raise DecodeError(Reason.BAD_SCHEMA.value, "headers must be a list of [name, base64 value or null] pairs")
         return cls(
             reason=_field(obj, "reason", str),
             detail=_field(obj, "detail", str),
             source_topic=_field(source, "topic", str),
-            source_partition=_field(source, "partition", int),
-            source_offset=_field(source, "offset", int),
-            key=unb64(obj.get("key_b64")),
-            value=unb64(obj.get("value_b64")),
-            headers=tuple((k, unb64(v) or b"") for k, v in obj.get("headers", [])),
-            failed_at_s=float(obj.get("failed_at_s", 0.0)),
+            source_partition=partition,
+            source_offset=offset,
+            key=unb64("key_b64", obj.get("key_b64")),
+            value=unb64("value_b64", obj.get("value_b64")),
+            headers=tuple((k, unb64("header value", v) or b"") for k, v in headers),
+            failed_at_s=_number(obj, "failed_at_s", default=0.0),
         )

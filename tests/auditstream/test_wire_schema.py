@@ -1,0 +1,224 @@
+"""The machine-readable contract (auditstream/schemas/wire-v1.json) agrees with the decoder:
+every record the encoder writes validates, and every structurally invalid record the decoder
+refuses, the schema refuses too. Checks the schema cannot express (data filling a shape,
+finite tensor contents, integer ranges, size limits) are listed as decoder-only, so the gap is
+written down rather than hidden."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from auditstream import wire
+from auditstream.errors import DecodeError
+from wire_factories import (
+    PNG_1x1,
+    make_dead_letter,
+    make_decision,
+    make_prediction,
+    make_request,
+    make_verdict,
+)
+
+SCHEMA = wire.schema()
+DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": SCHEMA["$defs"]})
+
+
+def strict_json(data: bytes):
+    """What a JSON Schema validator sees: strict JSON (NaN/Infinity are not JSON)."""
+    def refuse(token):
+        raise ValueError(token)
+
+    return json.loads(data, parse_constant=refuse)
+
+
+DECODERS = {
+    "InferenceRequest": wire.InferenceRequest.from_bytes,
+    "Prediction": wire.Prediction.from_bytes,
+    "AuditItem": wire.AuditItem.from_bytes,
+    "Decision": wire.Decision.from_bytes,
+    "Verdict": wire.Verdict.from_bytes,
+    "DeadLetter": wire.DeadLetter.from_bytes,
+}
+
+
+def good_records() -> dict[str, list[bytes]]:
+    return {
+        "InferenceRequest": [
+            make_request().to_bytes(),
+            make_request(input=np.zeros((0, 3), dtype=np.int64)).to_bytes(),
+            make_request(input=np.uint8(7) * np.ones((2, 2), dtype=np.uint8), episode_key="e", step=0).to_bytes(),
+            make_request(input=wire.ImageInput(PNG_1x1, "png")).to_bytes(),
+            make_request(input=wire.ImageInput(b"\xff\xd8\xff", "jpeg")).to_bytes(),
+        ],
+        "Prediction": [make_prediction().to_bytes(), make_prediction(output=None, details={}).to_bytes()],
+        "AuditItem": [wire.AuditItem(make_prediction(route=wire.Route.HUMAN), wire.ImageInput(PNG_1x1)).to_bytes()],
+        "Decision": [make_decision().to_bytes(), make_decision(episode_key=None, step=None, source="fallback").to_bytes()],
+        "Verdict": [make_verdict().to_bytes(), make_verdict(kind=wire.VerdictKind.SKIP, corrected_output=None).to_bytes()],
+        "DeadLetter": [make_dead_letter().to_bytes(), make_dead_letter(value=None, key=None, headers=()).to_bytes()],
+    }
+
+
+def test_schema_is_valid_draft_2020_12():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    assert set(DECODERS) <= set(SCHEMA["$defs"])
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_encoded_records_validate(name):
+    for data in good_records()[name]:
+        DECODERS[name](data)
+        validator(name).validate(strict_json(data))
+        jsonschema.Draft202012Validator(SCHEMA).validate(strict_json(data))  # the top-level anyOf
+
+
+def _request() -> dict:
+    return json.loads(make_request(input=np.ones((2, 2), dtype=np.float32)).to_bytes())
+
+
+def _with(base, path: str, value, delete: bool = False) -> dict:
+    obj = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    target = obj
+    for part in parents:
+        target = target[int(part)] if isinstance(target, list) else target[part]
+    if delete:
+        del target[last]
+    else:
+        target[last] = value
+    return obj
+
+
+def _values(values, shape, dtype="float32") -> dict:
+    return _with(_request(), "input", {"tensor": {"dtype": dtype, "shape": shape, "values": values}})
+
+
+def _audit_item() -> dict:
+    return json.loads(wire.AuditItem(make_prediction(route=wire.Route.HUMAN), wire.ImageInput(PNG_1x1)).to_bytes())
+
+
+BIG = "__1e400__"
+
+
+def _big(obj: dict) -> bytes:
+    """1e400 is valid JSON text that parses to infinity (json.dumps would write Infinity)."""
+    return json.dumps(obj).replace(f'"{BIG}"', "1e400").encode()
+
+
+b64_of = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+
+# (record, how to break it, reason code, does the schema see it too?)
+CASES = [
+    ("InferenceRequest", lambda: b'{"v": 1, "request_id": "r", "model": "m", "created_at_s": NaN}', "undecodable", True),
+    ("InferenceRequest", lambda: b"\xff", "undecodable", True),
+    ("InferenceRequest", lambda: b"[]", "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "v", 2), "unsupported_version", True),
+    ("InferenceRequest", lambda: _with(_request(), "v", True), "unsupported_version", True),
+    ("InferenceRequest", lambda: _with(_request(), "v", None, delete=True), "unsupported_version", True),
+    ("InferenceRequest", lambda: _with(_request(), "request_id", ""), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "request_id", "x" * 257), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "request_id", 7), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "model", None, delete=True), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "created_at_s", "now"), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "created_at_s", True), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "step", -1), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "step", 1.5), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "episode_key", ""), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input", None, delete=True), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input", {}), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.image", {"b64": ""}), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input", {"image": {"format": "gif", "b64": ""}}), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input", {"image": {"b64": "a b"}}), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input", {"image": {"b64": 5}}), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.dtype", "float16"), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [2, -2]), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [2, True]), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [1] * 9), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", "2x2"), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.b64", None, delete=True), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.b64", "!!!!" * 6), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.b64", 12), "bad_schema", True),
+    ("InferenceRequest", lambda: _values([1, 2, "3", 4], [4]), "bad_schema", True),
+    ("InferenceRequest", lambda: _values([1, 2, None, 4], [4]), "bad_schema", True),
+    ("InferenceRequest", lambda: _values([True, False], [2]), "bad_schema", True),
+    ("InferenceRequest", lambda: _values({"0": 1}, [1]), "bad_schema", True),
+    # decoder-only: meaning the schema cannot state
+    ("InferenceRequest", lambda: _values([1.0, 2.0, 3.0], [2, 2]), "wrong_shape", False),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [3, 2]), "wrong_shape", False),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [1 << 40]), "too_large", False),
+    ("InferenceRequest", lambda: _values([1.5, 2.0], [2], "int32"), "bad_schema", False),
+    ("InferenceRequest", lambda: _values([255, 256], [2], "uint8"), "bad_schema", False),
+    ("InferenceRequest", lambda: _values([[1, 2], [3]], [3]), "bad_schema", False),  # ragged
+    ("InferenceRequest", lambda: _big(_values([1.0, BIG], [2])), "bad_input", False),
+    ("InferenceRequest", lambda: _with(_request(), "input.tensor.b64", b64_of(np.array([0, np.nan, 1, 2], "<f4").tobytes())), "bad_input", False),
+    ("InferenceRequest", lambda: _big(_with(_request(), "created_at_s", BIG)), "bad_schema", False),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "route", "MAYBE"), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "route", ["AUTO"]), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "qc_inclusion_prob", 1.5), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "confidence", "0.9"), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "details", [1]), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "model_version", None, delete=True), "bad_schema", True),
+    ("AuditItem", lambda: _with(_audit_item(), "input", None, delete=True), "bad_schema", True),
+    ("AuditItem", lambda: _with(_audit_item(), "input", {"tensor": {"shape": [1]}}), "bad_schema", True),
+    ("Decision", lambda: _with(json.loads(make_decision().to_bytes()), "source", "oracle"), "bad_schema", True),
+    ("Decision", lambda: _with(json.loads(make_decision().to_bytes()), "created_at_s", None), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "kind", "maybe"), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "inclusion_prob", 0), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "inclusion_prob", "1"), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "is_gold", "yes"), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "item_route", "SOMETIMES"), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "source.partition", -1), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "source.offset", "7"), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "value_b64", 5), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "value_b64", "@@@@"), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "headers", [["a"]]), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "headers", [[1, None]]), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "headers", {"a": "b"}), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "source", None, delete=True), "bad_schema", True),
+]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i}-{c[0]}-{c[2]}" for i, c in enumerate(CASES)])
+def test_invalid_record_is_refused_by_decoder_and_schema(index):
+    name, make, code, schema_sees_it = CASES[index]
+    record = make()
+    data = record if isinstance(record, bytes) else json.dumps(record).encode()
+    with pytest.raises(DecodeError) as info:
+        DECODERS[name](data)
+    assert info.value.code == code, info.value
+    try:
+        errors = list(validator(name).iter_errors(strict_json(data)))
+        schema_refuses = bool(errors)
+    except (ValueError, UnicodeDecodeError):
+        schema_refuses = True  # not (strict) JSON: no schema can accept it
+    assert schema_refuses == schema_sees_it, (name, data[:120])
+
+
+def doc_examples() -> list[tuple[str, dict]]:
+    """```json blocks in docs/wire-format.md whose first line is ``// <RecordName>``."""
+    found = []
+    for block in re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.S):
+        first, _, body = block.partition("\n")
+        match = re.fullmatch(r"// (\w+)", first.strip())
+        if match:
+            found.append((match.group(1), json.loads(body)))
+    return found
+
+
+def test_every_documented_example_is_valid():
+    examples = doc_examples()
+    assert {name for name, _ in examples} >= set(DECODERS), "docs/wire-format.md lacks an example of some record"
+    for name, obj in examples:
+        validator(name).validate(obj)
+        DECODERS[name](json.dumps(obj).encode())
