@@ -9,11 +9,12 @@ records a verdict puts on the outbox (:func:`outbox_records`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from auditstream import topics
-from auditstream.wire import Decision, Route, Verdict, VerdictKind
+from auditstream.wire import AuditItem, Decision, Route, Verdict, VerdictKind
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,18 @@ def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> 
 
 def gold_is_correct(kind: VerdictKind, model_output: Any, corrected_output: Any, gold_output: Any) -> bool:
     return dumps(human_label(kind, model_output, corrected_output)) == dumps(gold_output)
+
+
+def check_audit_item(item: AuditItem) -> None:
+    """``ValueError`` unless ``item`` is something an auditor should see (a bad record, not a
+    broken store: the monitor process dead-letters it)."""
+    p = item.prediction
+    if p.route not in (Route.HUMAN, Route.AUTO_QC):
+        raise ValueError(f"audit item {p.request_id!r} has route {p.route.value}; only HUMAN and AUTO_QC are audited")
+    if not 0.0 < p.qc_inclusion_prob <= 1.0:
+        raise ValueError(f"audit item {p.request_id!r} has inclusion probability {p.qc_inclusion_prob}; need (0, 1]")
+    if not math.isfinite(p.confidence):
+        raise ValueError(f"audit item {p.request_id!r} has confidence {p.confidence}; need a finite number")
 
 
 def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:

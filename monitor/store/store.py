@@ -36,6 +36,7 @@ from monitor.store.records import (
     StoreConfig,
     VerdictRecord,
     VerdictResult,
+    check_audit_item,
     check_verdict_input,
     dumps,
     gold_is_correct,
@@ -120,11 +121,8 @@ class AuditStore(StoreReads):
             return int(found[0])
 
     def _item_row(self, item: AuditItem, now_s: float, gold: bool = False, gold_output: Any = None) -> tuple:
+        check_audit_item(item)
         p = item.prediction
-        if p.route not in (Route.HUMAN, Route.AUTO_QC):
-            raise ValueError(f"audit item {p.request_id!r} has route {p.route.value}; only HUMAN and AUTO_QC are audited")
-        if not 0.0 < p.qc_inclusion_prob <= 1.0:
-            raise ValueError(f"audit item {p.request_id!r} has inclusion probability {p.qc_inclusion_prob}; need (0, 1]")
         double = hash_uniform(p.request_id, salt="double-review") < self.config.double_review_rate
         return (
             p.request_id, p.model, p.model_version, p.task, p.route.value, 0 if p.route is Route.HUMAN else 1,

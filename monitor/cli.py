@@ -1,0 +1,113 @@
+"""Commands of the audit loop: ``monitor``, ``labels export``, ``users add|list``.
+
+    auditstream monitor                                   # audit -> store, outbox -> verdicts/decisions
+    auditstream users add alice --role auditor            # prompts for the password (not echoed)
+    printf '%s\\n' "$PW" | auditstream users add ci --role viewer --password-stdin
+    auditstream users list
+    auditstream labels export --out labels.jsonl --model zip --format jsonl
+
+Every command opens the store at ``--store-url`` (default: ``AUDITSTREAM_STORE_URL``, else SQLite
+in the state directory). Nothing heavy is imported at the top, so ``auditstream --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from auditstream.cli_args import add_dataclass_arguments
+    from monitor.service import MonitorArgs
+
+    store_help = "audit store URL (default: AUDITSTREAM_STORE_URL, else sqlite in the state dir)"
+
+    monitor = commands.add_parser("monitor", help="ingest audit items, publish verdicts and decisions, keep QC statistics")
+    monitor.add_argument("--store-url", default="", help=store_help)
+    monitor.add_argument("--double-review-rate", type=float, default=0.0,
+                         help="share of items (by hash of request id) reviewed by two auditors (default: 0)")
+    add_dataclass_arguments(monitor, MonitorArgs)
+    monitor.set_defaults(handler=run_monitor_command)
+
+    labels = commands.add_parser("labels", help="verdicts as training data")
+    labels_sub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    export = labels_sub.add_parser("export", help="write every verdict as a labelled example (JSONL or CSV)")
+    export.add_argument("--out", required=True, help="output file")
+    export.add_argument("--model", default=None, help="only this model (default: all)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format (default: jsonl)")
+    export.add_argument("--include-gold", action="store_true", help="also export verdicts on gold items")
+    export.add_argument("--store-url", default="", help=store_help)
+    export.set_defaults(handler=run_labels_export)
+
+    users = commands.add_parser("users", help="dashboard accounts in the audit store")
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add = users_sub.add_parser("add", help="create an account (the password is prompted, never echoed)")
+    add.add_argument("name", help="user name")
+    add.add_argument("--role", choices=("auditor", "admin", "viewer"), required=True, help="what the user may do")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (for scripts)")
+    add.add_argument("--store-url", default="", help=store_help)
+    add.set_defaults(handler=run_users_add)
+    listing = users_sub.add_parser("list", help="list accounts and roles (never hashes)")
+    listing.add_argument("--store-url", default="", help=store_help)
+    listing.set_defaults(handler=run_users_list)
+
+
+def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
+    from auditstream.settings import Settings
+    from monitor.store import StoreConfig, open_store
+
+    settings = Settings.from_env()
+    return settings, open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate))
+
+
+def run_monitor_command(args: argparse.Namespace) -> int:
+    from auditstream.cli_args import dataclass_from_namespace
+    from monitor.service import MonitorArgs, run_monitor
+
+    settings, store = _open(args, args.double_review_rate)
+    with store:
+        return run_monitor(settings, dataclass_from_namespace(MonitorArgs, args), store)
+
+
+def run_labels_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monitor.labels import export_labels
+
+    _, store = _open(args)
+    with store:
+        n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
+    print(f"wrote {n} labels to {args.out}")
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("auditstream: error: the two passwords differ; nothing was changed")
+    return first
+
+
+def run_users_add(args: argparse.Namespace) -> int:
+    password = _read_password(args.password_stdin)
+    _, store = _open(args)
+    with store:
+        try:
+            user = store.accounts.add_user(args.name, password, args.role)
+        except ValueError as e:
+            print(f"auditstream: error: {e}", file=sys.stderr)
+            return 2
+    print(f"added {user.name} ({user.role.value})")
+    return 0
+
+
+def run_users_list(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        for user, disabled in store.accounts.list_users():
+            print("\t".join([user.name, user.role.value] + (["disabled"] if disabled else [])))
+    return 0

@@ -1,0 +1,244 @@
+"""``auditstream monitor``: the process between the stream and the auditors.
+
+It does three things (docs/audit-store.md, "Monitor process"):
+
+1. **Consumes** the ``audit`` and ``predictions`` topics in the consumer group
+   ``auditstream-monitor`` with the shared at-least-once loop (:mod:`auditstream.stream`):
+   :func:`ingest_batch` stores audit items (idempotent, so a redelivered batch changes nothing)
+   and hands every prediction to the statistics hook; undecodable records go to the dead-letter
+   topic with their original bytes. Offsets are committed only after the store transaction and
+   every dead letter were acknowledged.
+2. **Publishes the outbox** (:func:`publish_outbox`, on its own thread and producer): every
+   verdict to ``verdicts`` and, for deferred items, the human's answer to ``decisions``. Rows are
+   marked published only after the broker acknowledged them, so a crash in between publishes
+   them again (at-least-once; the records are keyed by request id and carry the verdict id, so a
+   consumer deduplicates).
+3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
+   ``monitor.qc.QCTracker``; every ``stats_interval_s`` its snapshot and the store's read models
+   go to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from auditstream import topics
+from auditstream.errors import DecodeError, ModelNotFound
+from auditstream.kafka import Producer, Record
+from auditstream.settings import Settings
+from auditstream.stream import Output
+from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
+from monitor.store import AuditStore
+from monitor.store.records import check_audit_item
+
+log = logging.getLogger(__name__)
+GROUP_ID = "auditstream-monitor"
+
+
+@dataclass(frozen=True)
+class MonitorArgs:
+    """Options of ``auditstream monitor`` (settings such as the broker and store come from the env)."""
+
+    group_id: str = field(default=GROUP_ID, metadata={"help": "consumer group of the monitor processes"})
+    outbox_interval_s: float = field(default=0.5, metadata={"help": "seconds between outbox publishing rounds"})
+    outbox_batch: int = field(default=500, metadata={"help": "most outbox rows published per round"})
+    stats_interval_s: float = field(default=5.0, metadata={"help": "seconds between statistics/metrics updates"})
+    flush_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the broker to acknowledge"})
+
+    def __post_init__(self) -> None:
+        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        if self.outbox_batch < 1:
+            raise ValueError(f"outbox_batch={self.outbox_batch} must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# the pure parts
+
+
+def _dead_letter(settings: Settings, record: Record, reason: str, detail: str) -> Output:
+    letter = DeadLetter(reason, detail, record.topic, record.partition, record.offset, record.value,
+                        record.key, record.headers, failed_at_s=record.timestamp_ms / 1000.0)  # fmt: skip
+    return Output(settings.topic(topics.DEAD_LETTER), record.key, letter.to_bytes())
+
+
+def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
+                 on_prediction: Callable[[Prediction], None] | None = None) -> list[list[Output]]:  # fmt: skip
+    """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
+    Audit items are stored in one transaction; a store failure raises (a broken dependency)."""
+    audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
+    results: list[list[Output]] = [[] for _ in records]
+    items: list[AuditItem] = []
+    for i, record in enumerate(records):
+        try:
+            if record.topic == audit_topic:
+                item = AuditItem.from_bytes(record.value)  # type: ignore[arg-type]
+                check_audit_item(item)
+                items.append(item)
+            elif record.topic == predictions_topic:
+                prediction = Prediction.from_bytes(record.value, list(record.headers))  # type: ignore[arg-type]
+                if on_prediction is not None:
+                    on_prediction(prediction)
+            else:
+                raise DecodeError(Reason.BAD_SCHEMA.value, f"the monitor does not read topic {record.topic!r}")
+        except DecodeError as e:
+            results[i] = [_dead_letter(settings, record, e.code, e.detail)]
+        except ValueError as e:  # decodes, but is not an auditable item
+            results[i] = [_dead_letter(settings, record, Reason.BAD_INPUT.value, str(e))]
+    if items:
+        store.ingest_many(items, now_s)
+    return results
+
+
+def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
+                   flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None) -> int:  # fmt: skip
+    """Send up to ``limit`` pending outbox rows, wait for every acknowledgement, then mark them.
+    Returns how many were published; :class:`DeliveryFailed` leaves them all pending."""
+    rows = store.pending_outbox(limit)
+    if not rows:
+        return 0
+    for row in rows:
+        producer.send(settings.topic(row.topic), row.key, row.value)
+    producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
+    store.mark_published([row.id for row in rows], now_s)
+    if on_verdict is not None:
+        for row in rows:
+            if row.topic == topics.VERDICTS:
+                on_verdict(Verdict.from_bytes(row.value))
+    return len(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics: the integration points with monitor.qc and monitor.metrics
+
+
+class StatsHooks:
+    """Feeds ``monitor.qc.QCTracker`` and ``monitor.metrics.MonitorMetrics`` when they are
+    installed; without them the monitor still ingests and publishes (and says so once)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
+        self.tracker: Any = None
+        self.metrics: Any = None
+        try:
+            from auditstream.registry import ModelRegistry
+            from monitor.qc import QCConfig, QCTracker
+
+            registry = ModelRegistry(settings.models_dir)
+
+            def cards(name: str, version: str):  # noqa: ANN202
+                try:
+                    return registry.card(name, version)
+                except ModelNotFound:
+                    return None
+
+            self.tracker = QCTracker(cards, QCConfig())
+        except ImportError as e:
+            log.warning("QC statistics off (%s)", e)
+        try:
+            from monitor.metrics import MonitorMetrics
+
+            self.metrics = MonitorMetrics()
+            if settings.metrics_port:
+                self.metrics.serve(settings.metrics_port)
+        except ImportError as e:
+            log.warning("Prometheus metrics off (%s)", e)
+
+    def observe_prediction(self, prediction: Prediction) -> None:
+        if self.tracker is not None:
+            with self._lock:
+                self.tracker.observe_prediction(prediction)
+
+    def observe_verdict(self, verdict: Verdict) -> None:
+        if self.tracker is not None:
+            with self._lock:
+                self.tracker.observe_verdict(verdict)
+
+    def tick(self, store: AuditStore, now_s: float) -> None:
+        stats = store.store_stats(now_s)
+        with self._lock:
+            snapshots = self.tracker.snapshot() if self.tracker is not None else []
+        if self.metrics is not None:
+            self.metrics.update(snapshots, stats)
+
+
+# --------------------------------------------------------------------------------------------
+# the process
+
+
+class OutboxPublisher(threading.Thread):
+    """Publishes the outbox every ``outbox_interval_s`` and ticks the statistics."""
+
+    def __init__(self, store: AuditStore, producer: Producer, settings: Settings, args: MonitorArgs,
+                 stats: StatsHooks | None = None) -> None:  # fmt: skip
+        super().__init__(name="outbox-publisher", daemon=True)
+        self.store, self.producer, self.settings, self.args, self.stats = store, producer, settings, args, stats
+        self.published = 0
+        self.error: BaseException | None = None
+        self.on_error: Callable[[], None] | None = None  # the monitor stops its loop: fail loudly
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        next_tick = 0.0
+        try:
+            while True:
+                stopping = self._stop_event.is_set()
+                on_verdict = self.stats.observe_verdict if self.stats else None
+                while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
+                                           self.args.flush_timeout_s, on_verdict)):  # fmt: skip
+                    self.published += n
+                if self.stats is not None and time.monotonic() >= next_tick:
+                    self.stats.tick(self.store, time.time())
+                    next_tick = time.monotonic() + self.args.stats_interval_s
+                if stopping:  # one last full round after stop(), so nothing decided is left behind
+                    return
+                self._stop_event.wait(self.args.outbox_interval_s)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread, which stops loudly
+            self.error = e
+            log.exception("outbox publishing failed; stopping the monitor")
+            if self.on_error is not None:
+                self.on_error()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: threading.Event | None = None,
+                install_signals: bool = True) -> int:  # fmt: skip
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code."""
+    from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
+    from auditstream.stream import StreamLoop
+
+    bootstrap = resolve_bootstrap(settings)
+    names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
+    ensure_topics(bootstrap, names, settings.partitions)
+    stats = StatsHooks(settings)
+    publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args, stats)
+    loop = StreamLoop.connect(
+        settings, args.group_id, names[:2],
+        lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction),
+        make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
+    )  # fmt: skip
+    publisher.on_error = loop.stop
+    if install_signals:
+        loop.install_signal_handlers()
+    if stop is not None:  # a caller's stop event (tests, an embedding process) ends the loop too
+        threading.Thread(target=lambda: (stop.wait(), loop.stop()), daemon=True, name="monitor-stop").start()
+    publisher.start()
+    log.info("monitor: %s -> store %r; outbox -> %s, %s", ", ".join(names[:2]), store, names[2], names[3])
+    try:
+        stats_out = loop.run()
+    finally:
+        loop.close()
+        publisher.stop()
+        publisher.join()
+        publisher.producer.close()
+    if publisher.error is not None:
+        raise publisher.error
+    log.info("monitor stopped: %d records in, %d outbox records published", stats_out.records_in, publisher.published)
+    return 0
