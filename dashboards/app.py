@@ -1,0 +1,65 @@
+"""The audit dashboard's entry point: ``streamlit run dashboards/app.py -- [options]``
+(``auditstream dashboard`` runs exactly that, with the security options of ``launch.py``).
+
+Every rerun goes the same way: refuse to run without XSRF protection, open the store, find the
+signed-in user (or show the login form and stop: no page code runs for an anonymous visitor),
+then show the pages this user's role may see — the workbench for auditors and admins, the
+overview for everyone signed in.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import streamlit as st
+
+from auditstream.registry import ModelRegistry
+from auditstream.settings import Settings
+from dashboards import auth_ui, overview, workbench
+from dashboards.config import DashboardConfig, config_from_argv
+from dashboards.context import DashboardContext
+from monitor.accounts import WRITERS
+from monitor.qc_history import QCHistory
+from monitor.store import AuditStore, open_store
+
+XSRF_REFUSAL = (
+    "This dashboard refuses to run with XSRF protection turned off "
+    "(server.enableXsrfProtection = false). Remove that setting and restart it."
+)
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(url: str) -> tuple[AuditStore, QCHistory]:
+    store = open_store(url)
+    return store, QCHistory(store)
+
+
+def build_context(config: DashboardConfig) -> DashboardContext:
+    """The store and registry the options point at (defaults: the process settings)."""
+    settings = Settings.from_env()
+    store_url = config.store_url or settings.resolved_store_url
+    models_dir = config.models_dir or settings.models_dir
+    store, history = _open_store(store_url)
+    return DashboardContext(config, store, ModelRegistry(models_dir), history)
+
+
+def main(config: DashboardConfig | None = None) -> None:
+    st.set_page_config(page_title="auditstream · audit", page_icon=":material/fact_check:", layout="wide")
+    if not st.get_option("server.enableXsrfProtection"):
+        st.error(XSRF_REFUSAL)
+        st.stop()
+    ctx = build_context(config or DashboardConfig())
+    user = auth_ui.current_user(ctx.store.accounts)  # stops here for anyone not signed in
+    if auth_ui.user_badge_ui(user):
+        auth_ui.logout()
+        st.rerun()
+    pages = [st.Page(lambda: overview.page(ctx, user), title="Overview", icon=":material/monitoring:",
+                     url_path="overview", default=user.role not in WRITERS)]  # fmt: skip
+    if user.role in WRITERS:
+        pages.insert(0, st.Page(lambda: workbench.page(ctx, user), title="Workbench", icon=":material/edit_note:",
+                                url_path="workbench", default=True))  # fmt: skip
+    st.navigation(pages, position="top").run()
+
+
+if __name__ == "__main__":
+    main(config_from_argv(sys.argv[1:]))

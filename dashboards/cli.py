@@ -1,0 +1,39 @@
+"""``auditstream dashboard``: serve the audit dashboard and print its URL.
+
+    auditstream dashboard --port 8501 --store-url sqlite:///.auditstream/audit.db
+
+Imports nothing heavy at the top (Streamlit loads in the server process only).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from dashboards.config import DashboardConfig
+
+    parser = commands.add_parser("dashboard", help="serve the audit dashboard (login, workbench, overview)")
+    parser.add_argument("--port", type=int, default=8501, help="TCP port (default: 8501)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1; use 0.0.0.0 behind a TLS proxy only)")
+    add_dataclass_arguments(parser, DashboardConfig)
+    parser.set_defaults(handler=run_dashboard)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from auditstream.settings import Settings
+    from dashboards.config import DashboardConfig
+    from dashboards.launch import start_dashboard
+
+    settings = Settings.from_env()
+    config = dataclass_from_namespace(DashboardConfig, args)
+    store_url = config.store_url or settings.resolved_store_url
+    server = start_dashboard(args.port, store_url, config, address=args.address, inherit_output=True)
+    print(f"audit dashboard: {server.url}  (store {store_url}; Ctrl-C stops it)", flush=True)
+    try:
+        return server.process.wait()
+    finally:
+        server.stop()

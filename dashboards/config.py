@@ -1,0 +1,52 @@
+"""The dashboard's own options: one frozen object, given to ``app.main`` by the launcher.
+
+``auditstream dashboard`` passes them to the Streamlit script after ``--`` (Streamlit hands a
+script its own argv); tests build them directly. The audit store and model registry default to
+the process :class:`~auditstream.settings.Settings` (``AUDITSTREAM_STORE_URL``,
+``AUDITSTREAM_MODELS_DIR``), so the dashboard and the monitor read the same store unless told
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """Options of the audit dashboard."""
+
+    store_url: str = field(default="", metadata={"help": "audit store URL (sqlite:///path.db or postgresql://...); "
+                                                         "empty: AUDITSTREAM_STORE_URL or SQLite in the state dir"})
+    models_dir: str = field(default="", metadata={"help": "model registry root; empty: AUDITSTREAM_MODELS_DIR"})
+    lease_s: float = field(default=300.0, metadata={"help": "how long a claimed item stays leased without activity (s); "
+                                                            "renewed on every interaction while it is open"})
+    blind_qc: bool = field(default=True, metadata={"help": "QC samples are audited blind: the model's answer is hidden "
+                                                           "until the auditor has answered"})
+    refresh_s: float = field(default=5.0, metadata={"help": "overview refresh interval (s); 0 turns auto-refresh off"})
+
+    def __post_init__(self) -> None:
+        if not self.lease_s >= 10.0:
+            raise ValueError(f"lease_s={self.lease_s} must be >= 10 s (an auditor needs time to look)")
+        if not self.refresh_s >= 0.0:
+            raise ValueError(f"refresh_s={self.refresh_s} must be >= 0")
+
+    def to_argv(self) -> list[str]:
+        """The options as script arguments (the inverse of :func:`config_from_argv`)."""
+        return [
+            f"--store-url={self.store_url}",
+            f"--models-dir={self.models_dir}",
+            f"--lease-s={self.lease_s}",
+            "--blind-qc" if self.blind_qc else "--no-blind-qc",
+            f"--refresh-s={self.refresh_s}",
+        ]
+
+
+def config_from_argv(argv: Sequence[str]) -> DashboardConfig:
+    parser = argparse.ArgumentParser(prog="dashboards/app.py")
+    add_dataclass_arguments(parser, DashboardConfig)
+    return dataclass_from_namespace(DashboardConfig, parser.parse_args(list(argv)))

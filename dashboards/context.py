@@ -1,0 +1,54 @@
+"""What every page is given: the dashboard's options, the audit store, the model registry.
+
+The store is opened once per server process (``st.cache_resource``) and shared by all sessions:
+the store gives each thread its own connection, and Streamlit runs each session's script on its
+own thread. Model cards are read through a small cache (they change only when a new version is
+published, which gets a new version number).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from auditstream.errors import ModelNotFound, ModelRefused
+from auditstream.registry import ModelCard, ModelRegistry
+from dashboards.config import DashboardConfig
+from monitor.qc_history import QCHistory, QCPoint
+from monitor.store import AuditStore
+
+
+@dataclass(frozen=True)
+class DashboardContext:
+    config: DashboardConfig
+    store: AuditStore
+    registry: ModelRegistry
+    history: QCHistory
+
+    def qc_history(self, since_s: float) -> list[QCPoint]:
+        """QC snapshots the monitor process recorded since ``since_s``, oldest first."""
+        return self.history.since(since_s)
+
+    def card(self, model: str, version: str | None = None) -> ModelCard | None:
+        """The model card (``None`` if the registry does not have this model or version)."""
+        return _card(str(self.registry.root), model, version)
+
+    def labels(self, model: str, version: str | None = None) -> list[str]:
+        card = self.card(model, version) or self.card(model)
+        return list(card.labels) if card else []
+
+    def models(self) -> list[str]:
+        """Models that have items in the store or versions in the registry."""
+        in_store = {q.model for q in self.store.store_stats(time.time()).queue}
+        return sorted(in_store | set(self.registry.names()))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _card(root: str, model: str, version: str | None) -> ModelCard | None:
+    try:
+        return ModelRegistry(Path(root)).card(model, version)
+    except (ModelNotFound, ModelRefused):
+        return None

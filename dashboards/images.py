@@ -1,0 +1,231 @@
+"""Pictures of audit inputs, drawn with Pillow: what an auditor looks at in the workbench.
+
+Each function is pure (input in, ``PIL.Image`` out) so it is tested without Streamlit, and
+``render.py`` decides which one a task kind needs. Inputs arrive as the wire's ``ModelInput``:
+a numpy tensor (possibly with batch/channel axes of size 1) or ``ImageInput`` bytes.
+
+Environment frames are drawn from the observation vector alone (no gymnasium import: the
+dashboard host installs no simulator); they follow gymnasium's geometry closely enough that an
+auditor recognises the situation at a glance.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from auditstream.wire import ImageInput, ModelInput
+
+# Pixel budget of an image in the workbench: small inputs (8x8 digits) are upscaled with
+# nearest-neighbour so the pixels stay crisp, never blurred.
+DISPLAY_MIN_SIDE = 256
+DISPLAY_MAX_SIDE = 720
+BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def to_image(value: ModelInput, value_range: tuple[float, float] | None = None) -> Image.Image:
+    """An input as a grayscale or RGB image.
+
+    ``value_range`` maps tensor values to 0..255 (e.g. ``(0, 16)`` for sklearn digits); without
+    it, uint8 tensors are taken as they are and float tensors are scaled by their own min/max.
+    """
+    if isinstance(value, ImageInput):
+        image = Image.open(io.BytesIO(value.data))
+        image.load()
+        return image.convert("RGB") if image.mode not in ("L", "RGB") else image
+    array = np.asarray(value)
+    while array.ndim > 2 and array.shape[0] == 1:  # batch / channel axes of size 1
+        array = array[0]
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"cannot show a tensor of shape {np.asarray(value).shape} as an image")
+    if array.dtype == np.uint8 and value_range is None:
+        pixels = array
+    else:
+        low, high = value_range or (float(np.min(array)), float(np.max(array)))
+        span = (high - low) or 1.0
+        pixels = (np.clip((array.astype(np.float64) - low) / span, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    """Scale an image into the workbench's pixel budget (integer upscale for tiny inputs)."""
+    width, height = image.size
+    if min(width, height) < DISPLAY_MIN_SIDE:
+        factor = max(1, math.ceil(DISPLAY_MIN_SIDE / min(width, height)))
+        factor = min(factor, max(1, DISPLAY_MAX_SIDE // max(width, height)))
+        return image.resize((width * factor, height * factor), Image.NEAREST)
+    if max(width, height) > DISPLAY_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))
+    return image
+
+
+def draw_boxes(image: Image.Image, boxes: Sequence[dict[str, Any]], labels: Sequence[str] = ()) -> Image.Image:
+    """The image with each ``{"box": [x0, y0, x1, y1], "label", "score"}`` outlined and tagged.
+
+    Box coordinates are in the input's pixels; the picture is upscaled first so thin outlines
+    and tags stay legible on small inputs.
+    """
+    base = image.convert("RGB")
+    scaled = for_display(base)
+    sx, sy = scaled.width / base.width, scaled.height / base.height
+    draw = ImageDraw.Draw(scaled)
+    font = _font(14)
+    for i, det in enumerate(boxes):
+        x0, y0, x1, y1 = (float(v) for v in det["box"])
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        rect = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        draw.rectangle(rect, outline=colour, width=3)
+        tag = f"{i + 1}: {label_name(det.get('label'), labels)}"
+        if det.get("score") is not None:
+            tag += f" {float(det['score']):.2f}"
+        left, top, right, bottom = draw.textbbox((rect[0], rect[1]), tag, font=font)
+        tag_y = max(0.0, rect[1] - (bottom - top) - 4)
+        draw.rectangle((rect[0], tag_y, rect[0] + (right - left) + 6, tag_y + (bottom - top) + 4), fill=colour)
+        draw.text((rect[0] + 3, tag_y + 1), tag, fill="white", font=font)
+    return scaled
+
+
+def caption_over(image: Image.Image, caption: str) -> Image.Image:
+    """The image with the model's caption in a band above it, wrapped to the image width."""
+    body = for_display(image.convert("RGB"))
+    font = _font(18)
+    draw = ImageDraw.Draw(body)
+    lines, line = [], ""
+    for word in str(caption).split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > body.width - 20:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    lines.append(line)
+    band = 14 + 24 * len(lines)
+    out = Image.new("RGB", (body.width, body.height + band), "#1f2430")
+    text = ImageDraw.Draw(out)
+    for i, text_line in enumerate(lines):
+        text.text((10, 8 + 24 * i), text_line, fill="white", font=font)
+    out.paste(body, (0, band))
+    return out
+
+
+def label_name(label: Any, labels: Sequence[str]) -> str:
+    """A class index as its card label where one exists (``3 -> "cat"``), else as text."""
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+        return str(labels[label])
+    return str(label)
+
+
+def cartpole_frame(obs: Sequence[float], width: int = 600, height: int = 400) -> Image.Image:
+    """A CartPole frame from ``[cart position, cart velocity, pole angle (rad), angular velocity]``.
+
+    Geometry follows gymnasium: the track spans +-2.4 m (beyond that the episode ends), the pole
+    is 1 m long, and the episode also ends when the pole leans past 12 degrees.
+    """
+    x, x_dot, theta, theta_dot = (float(v) for v in np.asarray(obs, dtype=np.float64).reshape(-1)[:4])
+    scale = width / 4.8
+    ground = height * 0.7
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line((0, ground, width, ground), fill="black", width=2)
+    for edge in (-2.4, 2.4):  # where the episode ends
+        ex = width / 2 + edge * scale
+        draw.line((ex, ground - 40, ex, ground + 10), fill="#cc3333", width=2)
+    cx = width / 2 + x * scale
+    cart = (cx - 25, ground - 15, cx + 25, ground + 15)
+    draw.rectangle(cart, fill="#333333")
+    pole_len = 1.0 * scale
+    tip = (cx + pole_len * math.sin(theta), ground - 15 - pole_len * math.cos(theta))
+    leaning_out = abs(theta) > math.radians(12)
+    draw.line((cx, ground - 15, *tip), fill="#cc3333" if leaning_out else "#ca9865", width=10)
+    draw.ellipse((cx - 5, ground - 20, cx + 5, ground - 10), fill="#8184cb")
+    _arrow(draw, (cx, ground + 30), (cx + 40 * max(-2.0, min(2.0, x_dot)), ground + 30), "#4363d8")
+    font = _font(15)
+    draw.text(
+        (10, 10),
+        f"x = {x:+.2f} m   v = {x_dot:+.2f} m/s\nangle = {math.degrees(theta):+.1f} deg   "
+        f"angular v = {theta_dot:+.2f} rad/s",
+        fill="black",
+        font=font,
+    )
+    return image
+
+
+def lunar_lander_frame(obs: Sequence[float], width: int = 600, height: int = 400) -> Image.Image:
+    """A LunarLander frame from gymnasium's 8-dim observation.
+
+    ``[x, y, vx, vy, angle, angular velocity, left leg contact, right leg contact]``; x and y are
+    normalised so the landing pad is centred at x = 0 and lies at y = 0, and the lander starts
+    near y = 1.4. The pad sits between x = -0.2 and 0.2.
+    """
+    values = np.asarray(obs, dtype=np.float64).reshape(-1)[:8]
+    x, y, vx, vy, angle, omega, left, right = (float(v) for v in values)
+    ground = height * 0.85
+    sx, sy = width / 2.4, (ground - 30) / 1.6  # x in [-1.2, 1.2]; y in [0, 1.6]
+    image = Image.new("RGB", (width, height), "#0b0d1a")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, ground, width, height), fill="#bbbbbb")
+    for px in (-0.2, 0.2):  # pad flags
+        fx = width / 2 + px * sx
+        draw.line((fx, ground, fx, ground - 30), fill="white", width=2)
+        draw.polygon([(fx, ground - 30), (fx + 14, ground - 25), (fx, ground - 20)], fill="#e6c619")
+    cx, cy = width / 2 + x * sx, ground - y * sy
+    body = [(-14, -10), (14, -10), (18, 6), (-18, 6)]
+    legs = [((-14, 6), (-24, 20)), ((14, 6), (24, 20))]
+
+    def rotate(px: float, py: float) -> tuple[float, float]:
+        c, s = math.cos(-angle), math.sin(-angle)  # gymnasium's angle is counter-clockwise
+        return cx + px * c - py * s, cy + px * s + py * c
+
+    draw.polygon([rotate(*p) for p in body], fill="#8066e6", outline="white")
+    for (a, b), contact in zip(legs, (left, right)):
+        draw.line((*rotate(*a), *rotate(*b)), fill="#44dd66" if contact > 0.5 else "#cccccc", width=4)
+    _arrow(draw, (cx, cy), (cx + 40 * vx, cy - 40 * vy), "#42d4f4")
+    font = _font(15)
+    draw.text(
+        (10, 10),
+        f"x = {x:+.2f}  y = {y:+.2f}   vx = {vx:+.2f}  vy = {vy:+.2f}\n"
+        f"angle = {math.degrees(angle):+.1f} deg  angular v = {omega:+.2f}   "
+        f"legs: {'L' if left > 0.5 else '-'}{'R' if right > 0.5 else '-'}",
+        fill="white",
+        font=font,
+    )
+    return image
+
+
+def policy_frame(obs: Sequence[float]) -> Image.Image | None:
+    """The environment frame for an observation, chosen by its length; ``None`` if unknown."""
+    size = int(np.asarray(obs).size)
+    if size == 4:
+        return cartpole_frame(obs)
+    if size == 8:
+        return lunar_lander_frame(obs)
+    return None
+
+
+def _arrow(draw: ImageDraw.ImageDraw, start: tuple[float, float], end: tuple[float, float], colour: str) -> None:
+    draw.line((*start, *end), fill=colour, width=3)
+    dx, dy = end[0] - start[0], end[1] - start[1]
+    length = math.hypot(dx, dy)
+    if length < 4:
+        return
+    ux, uy = dx / length, dy / length
+    head = [end, (end[0] - 9 * ux + 5 * uy, end[1] - 9 * uy - 5 * ux), (end[0] - 9 * ux - 5 * uy, end[1] - 9 * uy + 5 * ux)]
+    draw.polygon(head, fill=colour)
+
+
+def with_border(image: Image.Image, colour: str = "#999999") -> Image.Image:
+    """A thin frame, so a white envelope does not melt into a white page."""
+    return ImageOps.expand(image.convert("RGB"), border=2, fill=colour)

@@ -1,0 +1,120 @@
+"""Starting the dashboard server: ``auditstream dashboard``, the demo and the browser test all
+come through :func:`start_dashboard` or :func:`streamlit_argv`, so the server always runs with
+the same security options.
+
+Security options (``SERVER_OPTIONS``): XSRF protection on (and :func:`check_xsrf_enabled`
+refuses to launch when a config file or environment variable turned it off — the app checks
+again when it renders), CORS protection on, no usage statistics, no tracebacks in the browser,
+no uploads, a minimal toolbar, and no file watcher (a production server does not rerun on edits).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from auditstream.errors import ConfigError
+from dashboards.config import DashboardConfig
+
+APP_PATH = Path(__file__).with_name("app.py")
+SERVER_OPTIONS = {
+    "server.headless": "true",
+    "server.enableXsrfProtection": "true",
+    "server.enableCORS": "true",
+    "server.fileWatcherType": "none",
+    "server.runOnSave": "false",
+    "server.maxUploadSize": "1",
+    "browser.gatherUsageStats": "false",
+    "client.showErrorDetails": "none",
+    "client.toolbarMode": "minimal",
+    "global.developmentMode": "false",
+}
+
+
+def check_xsrf_enabled() -> None:
+    """Refuse to launch when Streamlit's config (files or ``STREAMLIT_*`` env) disables XSRF."""
+    from streamlit import config
+
+    config.get_config_options(force_reparse=True)
+    if not config.get_option("server.enableXsrfProtection"):
+        raise ConfigError("server.enableXsrfProtection", False,
+                          "true: the audit dashboard writes verdicts and must not run without XSRF protection "
+                          "(remove the setting from .streamlit/config.toml or STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION)")
+
+
+def streamlit_argv(port: int, config: DashboardConfig, address: str = "127.0.0.1") -> list[str]:
+    """The command line that serves the app on ``address:port`` with ``config``."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1..65535")
+    options = {**SERVER_OPTIONS, "server.port": str(port), "server.address": address}
+    flags = [f"--{k}={v}" for k, v in options.items()]
+    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH), *flags, "--", *config.to_argv()]
+
+
+@dataclass
+class DashboardProcess:
+    """A running dashboard server; ``stop()`` ends it (and is safe to call twice)."""
+
+    process: subprocess.Popen
+    url: str
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "DashboardProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_dashboard(
+    port: int,
+    store_url: str,
+    config: DashboardConfig | None = None,
+    address: str = "127.0.0.1",
+    wait_s: float = 60.0,
+    log_path: Path | None = None,
+    inherit_output: bool = False,
+) -> DashboardProcess:
+    """Start the dashboard on ``address:port`` against ``store_url``; returns once it answers.
+
+    The demo calls this and prints ``.url``. ``config`` supplies the other options (its
+    ``store_url`` is replaced by the argument). The server's log goes to ``log_path``, or to this
+    process's stdout/stderr with ``inherit_output``, else nowhere.
+    """
+    check_xsrf_enabled()
+    base = config or DashboardConfig()
+    config = DashboardConfig(**{**base.__dict__, "store_url": store_url})
+    log = open(log_path, "ab") if log_path else None if inherit_output else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(streamlit_argv(port, config, address), stdout=log,
+                                   stderr=None if inherit_output else subprocess.STDOUT)
+    finally:
+        if log_path:
+            log.close()  # the child holds its own copy
+    url = f"http://{address}:{port}"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dashboard exited with code {process.returncode} before answering on {url}"
+                               + (f"; see {log_path}" if log_path else ""))
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return DashboardProcess(process, url)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+    DashboardProcess(process, url).stop()
+    raise TimeoutError(f"dashboard did not answer on {url} within {wait_s:.0f} s")

@@ -1,0 +1,183 @@
+"""The overview (every signed-in role): is the system keeping its promise, and are the humans
+keeping up?
+
+Sections, top to bottom: the queue (depth, oldest age, throughput), quality (coverage over time,
+the audited error of auto-accepted answers with its 95% interval against the certified budget,
+drift), the model card's risk-coverage curve and the cost model, and the auditors (throughput,
+gold accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
+QC snapshots the monitor process records, the cost model — so this page only lays them out.
+The live sections rerun every ``DashboardConfig.refresh_s`` seconds (``st.fragment``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import streamlit as st
+
+from dashboards import charts
+from dashboards.cost_ui import cost_section
+from dashboards.context import DashboardContext
+from monitor.accounts import User
+from monitor.qc import ModelQC
+
+THROUGHPUT_BUCKET_S = 60.0
+WINDOW_S = 3600.0  # "last hour" figures
+
+
+def page(ctx: DashboardContext, user: User) -> None:
+    st.title("Overview")
+    refresh = ctx.config.refresh_s or None
+    st.caption(f"Live: refreshes every {ctx.config.refresh_s:g} s." if refresh else "Auto-refresh is off.")
+    st.fragment(run_every=refresh)(_live_sections)(ctx)
+    model = model_ui(ctx)
+    if model is not None:
+        _model_card_sections(ctx, model)
+
+
+def model_ui(ctx: DashboardContext) -> str | None:
+    models = ctx.models()
+    if not models:
+        st.info("No model in the registry or the store yet.")
+        return None
+    with_card = [m for m in models if ctx.card(m) is not None]
+    ordered = with_card + [m for m in models if m not in with_card]  # models with a card first
+    return st.selectbox("Model card", ordered, key="ov_model", help="Whose risk-coverage curve and cost model to show")
+
+
+# --------------------------------------------------------------------------------------------
+# live sections (rerun by the fragment)
+
+
+def _live_sections(ctx: DashboardContext) -> None:
+    now = time.time()
+    _queue_section(ctx, now)
+    _quality_section(ctx, now)
+    _auditor_section(ctx, now)
+    st.caption(f"Updated {time.strftime('%H:%M:%S', time.localtime(now))}")
+
+
+def _queue_section(ctx: DashboardContext, now: float) -> None:
+    st.subheader("Queue")
+    stats = ctx.store.store_stats(now, throughput_window_s=WINDOW_S)
+    depth = sum(q.depth for q in stats.queue)
+    oldest = max((q.oldest_age_s for q in stats.queue), default=0.0)
+    decided = sum(stats.auditor_throughput.values())
+    cols = st.columns(4)
+    cols[0].metric("Waiting items", f"{depth:,}", help="Deferred items and QC samples without a verdict (gold excluded)")
+    cols[1].metric("Oldest item", _age(oldest), help="How long the oldest waiting item has been in the store")
+    cols[2].metric("Verdicts, last hour", f"{decided:,}", help="Accept, correct and reject (skips not counted)")
+    cols[3].metric("Unpublished verdicts", f"{stats.outbox_pending:,}", help="Recorded, not yet acknowledged by Kafka")
+    if stats.queue:
+        st.dataframe(
+            [{"model": q.model, "version": q.model_version, "route": q.route.value, "waiting": q.depth,
+              "oldest": _age(q.oldest_age_s)} for q in sorted(stats.queue, key=lambda q: (q.model, q.model_version))],
+            hide_index=True,
+        )  # fmt: skip
+    series = ctx.store.throughput_series(THROUGHPUT_BUCKET_S, since_s=now - WINDOW_S)
+    if series:
+        st.altair_chart(charts.throughput_chart(series, THROUGHPUT_BUCKET_S), width="stretch")
+
+
+def _quality_section(ctx: DashboardContext, now: float) -> None:
+    st.subheader("Quality of auto-accepted answers")
+    history = ctx.qc_history(since_s=now - 24 * 3600.0)
+    if not history:
+        st.info("No QC statistics yet: the monitor process records them while the stream runs.")
+        return
+    latest = {(p.qc.model, p.qc.version): p.qc for p in history}  # oldest first: the newest wins
+    coverage_rows = [{"t_s": p.t_s, "model": f"{p.qc.model} v{p.qc.version}", "coverage": p.qc.coverage}
+                     for p in history if p.qc.coverage is not None]  # fmt: skip
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Coverage** (share auto-accepted)")
+        st.altair_chart(charts.coverage_chart(coverage_rows), width="stretch")
+    with right:
+        st.markdown("**Audited error** with 95% interval · red tick: certified budget")
+        rows = [{"model": f"{q.model} v{q.version}", "error": q.error_estimate, "ci_low": q.ci_low, "ci_high": q.ci_high,
+                 "budget": q.certified_risk, "audits": q.audited} for q in latest.values() if q.audited]  # fmt: skip
+        if rows:
+            st.altair_chart(charts.error_interval_chart(rows), width="stretch")
+        else:
+            st.info("No QC sample audited yet.")
+        for q in latest.values():
+            if q.over_budget:
+                st.error(f"{q.model} v{q.version}: the error bound {q.ci_high:.2%} is over the certified "
+                         f"{q.certified_risk:.2%}" + (f"; suggested threshold {q.suggested_threshold:.3f}"
+                                                     if q.suggested_threshold is not None else ""))  # fmt: skip
+    st.markdown("**Drift** · KS test of live confidences against the card's reference, CUSUM on audited errors")
+    st.dataframe([_drift_row(q) for q in latest.values()], hide_index=True)
+
+
+def _drift_row(q: ModelQC) -> dict:
+    return {
+        "model": f"{q.model} v{q.version}",
+        "predictions": q.predictions,
+        "audits": q.audited,
+        "KS statistic": q.ks_statistic,
+        "KS p-value": q.ks_pvalue,
+        "CUSUM (nats)": q.cusum_statistic,
+        "CUSUM alarm": "ALARM" if q.cusum_alarm else "ok",
+        "status": q.reason,
+    }
+
+
+def _model_card_sections(ctx: DashboardContext, model: str) -> None:
+    card = ctx.card(model)
+    if card is None:
+        st.info(f"{model} has no model card in the registry ({ctx.registry.root}).")
+        return
+    triage = card.triage
+    st.subheader(f"{card.name} v{card.version} · {card.task}")
+    cols = st.columns(4)
+    cols[0].metric("Auto-accept threshold", f"{triage.threshold:.3f}", help=f"confidence kind: {triage.confidence_kind}")
+    cols[1].metric("Certified risk", "—" if triage.certified_risk is None else f"{triage.certified_risk:.2%}",
+                   help=f"method: {triage.method}; target {triage.target_risk}, delta {triage.delta}")  # fmt: skip
+    cols[2].metric("Certified coverage", "—" if triage.coverage is None else f"{triage.coverage:.1%}")
+    cols[3].metric("Labels", f"{len(card.labels)}" if card.labels else "—")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Risk–coverage curve** (calibration data) · red: risk budget · grey: certified operating point")
+        if card.risk_coverage:
+            budget = triage.target_risk if triage.target_risk is not None else triage.certified_risk
+            st.altair_chart(charts.risk_coverage_chart(card.risk_coverage, triage.coverage, budget), width="stretch")
+        else:
+            st.caption("This card carries no risk-coverage curve.")
+    with right:
+        cost_section(card)
+
+
+def _auditor_section(ctx: DashboardContext, now: float) -> None:
+    st.subheader("Auditors")
+    throughput = ctx.store.auditor_throughput(now - WINDOW_S)
+    gold = ctx.store.gold_accuracy()
+    agreement = ctx.store.agreement()
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Verdicts per auditor, last hour**")
+        if throughput:
+            st.altair_chart(charts.bar_chart(throughput, "verdicts"), width="stretch")
+        else:
+            st.caption("No verdicts in the last hour.")
+    with right:
+        st.markdown("**Gold-item accuracy**")
+        scored = {f"{g.auditor} (n={g.n})": g.accuracy for g in gold.values() if g.n}
+        if scored:
+            st.altair_chart(charts.bar_chart(scored, "share of gold items answered right", percent=True),
+                            width="stretch")  # fmt: skip
+        else:
+            st.caption("No gold item answered yet.")
+    cols = st.columns(3)
+    cols[0].metric("Double-reviewed items", f"{agreement.n_items:,}")
+    cols[1].metric("Agreement", "—" if not agreement.n_items else f"{agreement.percent:.1%}")
+    cols[2].metric("Cohen's kappa", "—" if not agreement.n_items or math.isnan(agreement.kappa) else f"{agreement.kappa:.2f}",
+                   help="Agreement beyond chance: 1 perfect, 0 no better than chance")  # fmt: skip
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,280 @@
+"""The auditor's workbench: claim the next item, look at it, answer, move on.
+
+Flow of one item (docs/dashboard.md has the picture):
+
+1. "Next item" claims one item with a lease (``store.claim``); a reload gives the same item back.
+2. While it is open, every rerun renews the lease (``store.renew``); a lost lease drops the item
+   with a warning instead of letting the auditor work on something they can no longer submit.
+3. The verdict id is made when the form is first shown and kept in the session, so a double
+   submit (a double click, a rerun interrupted after the write) is one verdict in the store.
+4. Submitting the answer unchanged accepts the model's answer, a different answer corrects it
+   (``editors.verdict_for``); "Reject" says no valid answer exists; "Skip" gives the item back.
+5. After a verdict the next item is claimed at once with the same filters.
+
+QC samples can be audited blind (``DashboardConfig.blind_qc``): the model's answer is hidden
+and the editor starts empty, so agreement with the model is not inflated by seeing it first.
+Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import streamlit as st
+
+from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
+from auditstream.wire import ModelInput, Prediction, Route, VerdictKind, decode_input
+from dashboards import editors, render
+from dashboards.context import DashboardContext
+from monitor.accounts import WRITERS, User, require_role
+from monitor.store import Claim, VerdictResult
+
+CLAIM = "wb_claim"  # the open Claim
+VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
+NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
+ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What the auditor submitted: ``answer`` (kind accept/correct derived from it), reject or skip."""
+
+    action: str  # "answer" | "reject" | "skip"
+    raw: Any = None
+
+
+# --------------------------------------------------------------------------------------------
+# writes (role-checked here for the message, and again inside the store's transaction)
+
+
+def claim_next(ctx: DashboardContext, user: User, model: str | None, route: Route | None) -> Claim | None:
+    require_role(user, *WRITERS, action="claim audit items")
+    claim = ctx.store.claim(user, ctx.config.lease_s, time.time(), model=model, route=route)
+    st.session_state[CLAIM] = claim
+    st.session_state[VERDICT_ID] = ctx.store.new_verdict_id() if claim else None
+    return claim
+
+
+def submit_verdict(ctx: DashboardContext, user: User, claim: Claim, verdict_id: str, kind: VerdictKind,
+                   corrected: Any) -> VerdictResult:  # fmt: skip
+    """Renew the lease, then record the verdict (idempotent on ``verdict_id``)."""
+    require_role(user, *WRITERS, action="record verdicts")
+    now = time.time()
+    ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now)  # a lost lease shows up as LeaseNotHeld below
+    return ctx.store.record_verdict(verdict_id, claim.item_id, user, kind, corrected, now)
+
+
+def _forget_claim() -> None:
+    st.session_state.pop(CLAIM, None)
+    st.session_state.pop(VERDICT_ID, None)
+
+
+# --------------------------------------------------------------------------------------------
+# read helpers
+
+
+def item_prediction(claim: Claim) -> tuple[Prediction, ModelInput]:
+    """The stored item as the wire's Prediction and decoded input, for the render functions."""
+    item = claim.item
+    prediction = Prediction(
+        request_id=item.request_id, model=item.model, model_version=item.model_version, task=item.task,
+        output=item.output, confidence=item.confidence, route=item.route, reason=item.reason,
+        qc_inclusion_prob=item.qc_inclusion_prob, created_at_s=item.created_at_s, details=item.details,
+        episode_key=item.episode_key, step=item.step,
+    )  # fmt: skip
+    return prediction, decode_input(item.input)
+
+
+def is_blind(ctx: DashboardContext, claim: Claim) -> bool:
+    return ctx.config.blind_qc and claim.item.route is Route.AUTO_QC
+
+
+# --------------------------------------------------------------------------------------------
+# widgets
+
+
+def filters_ui(models: Sequence[str]) -> tuple[str | None, Route | None]:
+    """Model and route filters for the next claim (sidebar)."""
+    st.sidebar.subheader("Queue filters")
+    model = st.sidebar.selectbox("Model", ["All models", *models], key="wb_model")
+    route = st.sidebar.radio("Route", list(ROUTE_FILTERS), key="wb_route")
+    return (None if model == "All models" else model), ROUTE_FILTERS[route]
+
+
+def answer_editor_ui(task: str, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
+                     key: str) -> tuple[Any, Sequence[str]]:  # fmt: skip
+    """The task's answer editor, pre-filled with the model's answer unless blind.
+    Returns (raw editor value, the choices of a picker)."""
+    start = None if blind else prediction.output
+    if task == "sequence":
+        raw = st.text_input(
+            "ZIP code (5 digits)", value="" if start is None else str(start), max_chars=5, key=key,
+            placeholder="5 digits", validate=(r"^[0-9]{5}$", "A ZIP code is exactly 5 digits."),
+            help="Type the ZIP code you read on the envelope and press Enter.",
+        )  # fmt: skip
+        return raw, ()
+    if task in ("classification", "policy"):
+        choices = render.action_labels(prediction, value, labels) if task == "policy" else render.class_labels(prediction, labels)
+        index = None if blind else editors.choice_index(prediction.output, choices)
+        label = "Action to take" if task == "policy" else "Class"
+        widget = st.radio if len(choices) <= 12 else st.selectbox
+        kwargs = {"horizontal": True} if widget is st.radio else {}
+        raw = widget(label, list(range(len(choices))), index=index, format_func=lambda i: f"{i}: {choices[i]}",
+                     key=key, help="Arrow keys move the choice; Tab then Enter submits.", **kwargs)  # fmt: skip
+        return raw, choices
+    if task == "caption":
+        raw = st.text_area("Caption", value="" if start is None else str(start), key=key, height=90,
+                           help="Write the caption the image should have; Ctrl+Enter submits.")  # fmt: skip
+        return raw, ()
+    if task == "detection":
+        import pandas as pd
+
+        rows = editors.boxes_as_rows([] if start is None else start, labels)
+        frame = pd.DataFrame(rows, columns=list(editors.DETECTION_COLUMNS))
+        edited = st.data_editor(frame, num_rows="dynamic", key=key, hide_index=True,
+                                column_config={"label": st.column_config.TextColumn(required=True)})  # fmt: skip
+        return edited.to_dict("records"), labels
+    st.warning(f"No editor for task kind {task!r}: accept, reject or skip.")
+    return prediction.output, ()
+
+
+def verdict_form_ui(claim: Claim, prediction: Prediction, value: ModelInput, labels: Sequence[str],
+                    blind: bool, verdict_id: str) -> Submission | None:  # fmt: skip
+    """The verdict form; returns what was submitted this run, if anything."""
+    with st.form(f"verdict-{verdict_id}", enter_to_submit=True, border=True):
+        st.markdown("**Your answer**" if blind else "**Your answer** — leave it as is to accept, change it to correct")
+        raw, choices = answer_editor_ui(prediction.task, prediction, value, labels, blind, key=f"answer-{verdict_id}")
+        left, right = st.columns(2)
+        answer = left.form_submit_button("Submit answer", type="primary", width="stretch",
+                                         shortcut="Ctrl+Enter", help="Enter in the text field also submits")  # fmt: skip
+        reject = right.form_submit_button("Reject: no valid answer", width="stretch", shortcut="Alt+X",
+                                          help="The input is unreadable or none of the answers fits")  # fmt: skip
+    skip = st.button("Skip: give it back to the queue", shortcut="Alt+S", key=f"skip-{verdict_id}")
+    if answer:
+        return Submission("answer", (raw, choices))
+    if reject:
+        return Submission("reject")
+    if skip:
+        return Submission("skip")
+    return None
+
+
+def item_header_ui(claim: Claim, blind: bool, now_s: float) -> None:
+    """What kind of item this is: deferred or QC sample, model, age, review round, lease."""
+    item = claim.item
+    badges = st.container(horizontal=True)
+    if item.route is Route.HUMAN:
+        badges.badge("Deferred: someone waits for this answer", icon=":material/hourglass_top:", color="orange")
+    else:
+        badges.badge("QC sample of an auto-accepted answer", icon=":material/fact_check:", color="violet")
+    if blind:
+        badges.badge("Blind: answer first", icon=":material/visibility_off:", color="gray")
+    if claim.review_round == 2:
+        badges.badge("Second review", icon=":material/group:", color="blue")
+    badges.badge(f"{item.model} v{item.model_version} · {item.task}", color="gray")
+    age = max(0.0, now_s - item.ingested_at_s)
+    st.caption(f"Item {item.item_id} · request {item.request_id} · waiting {_duration(age)} · "
+               f"lease until {time.strftime('%H:%M:%S', time.localtime(claim.lease_expires_s))}")  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------------------------
+# the page
+
+
+def page(ctx: DashboardContext, user: User) -> None:
+    st.title("Workbench")
+    if user.role not in WRITERS:
+        st.warning(f"Your role ({user.role.value}) can read the overview but not audit items.")
+        return
+    model, route = filters_ui(ctx.models())
+    notice = st.session_state.pop(NOTICE, None)
+    if notice:
+        getattr(st, notice[0])(notice[1])
+    claim: Claim | None = st.session_state.get(CLAIM)
+    now = time.time()
+    if claim is not None and not ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now):
+        st.warning(f"Your lease on item {claim.item_id} ran out and it went back to the queue; claim the next item.")
+        _forget_claim()
+        claim = None
+    if claim is None:
+        depth = ctx.store.queue_depth(model, route)
+        st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
+        if st.button("Next item", type="primary", shortcut="Alt+N", key="next"):
+            claim = claim_next(ctx, user, model, route)
+            if claim is None:
+                st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
+        if claim is None:
+            return
+    _item_ui(ctx, user, claim, model, route, now)
+
+
+def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None, now: float) -> None:
+    verdict_id = st.session_state.get(VERDICT_ID) or ctx.store.new_verdict_id()
+    st.session_state[VERDICT_ID] = verdict_id
+    prediction, value = item_prediction(claim)
+    labels = ctx.labels(claim.item.model, claim.item.model_version)
+    blind = is_blind(ctx, claim)
+    item_header_ui(claim, blind, now)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        render.render_input(prediction, value, labels, blind)
+    with right:
+        if not blind:
+            render.render_answer(render.answer_view(prediction, value, labels))
+        submission = verdict_form_ui(claim, prediction, value, labels, blind, verdict_id)
+    if submission is not None:
+        _handle(ctx, user, claim, prediction, verdict_id, submission, blind, model, route)
+
+
+def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction, verdict_id: str,
+            submission: Submission, blind: bool, model: str | None, route: Route | None) -> None:  # fmt: skip
+    task = prediction.task
+    if submission.action == "answer":
+        raw, choices = submission.raw
+        try:
+            # answer in the model's own form: a label name where the model answers with names
+            answer = editors.parse_answer(task, raw, choices, as_label=isinstance(prediction.output, str))
+        except ValueError as e:
+            st.error(str(e))  # the form keeps what was typed: nothing is lost
+            return
+        kind, corrected = editors.verdict_for(task, prediction.output, answer)
+    else:
+        kind, corrected = (VerdictKind.REJECT if submission.action == "reject" else VerdictKind.SKIP), None
+    try:
+        result = submit_verdict(ctx, user, claim, verdict_id, kind, corrected)
+    except (LeaseNotHeld, VerdictConflict) as e:
+        st.session_state[NOTICE] = ("warning", str(e))
+        _forget_claim()
+        st.rerun()
+    except PermissionDenied as e:
+        st.error(str(e))
+        return
+    st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
+    _forget_claim()
+    claim_next(ctx, user, model, route)  # the store never hands back an item this auditor answered or skipped
+    st.rerun()
+
+
+def _recorded_text(result: VerdictResult, prediction: Prediction, blind: bool) -> str:
+    verdict = result.verdict
+    what = {VerdictKind.ACCEPT: "accepted", VerdictKind.CORRECT: "corrected", VerdictKind.REJECT: "rejected",
+            VerdictKind.SKIP: "skipped"}[verdict.kind]  # fmt: skip
+    text = f"Item {verdict.item_id} {what}"
+    if verdict.kind is VerdictKind.CORRECT:
+        text += f" → {render.answer_text(prediction.task, verdict.corrected_output)}"
+    if blind and verdict.kind in (VerdictKind.ACCEPT, VerdictKind.CORRECT):
+        agreed = "you agreed with" if verdict.kind is VerdictKind.ACCEPT else "you disagreed with"
+        text += f" ({agreed} the model's {render.answer_text(prediction.task, prediction.output)})"
+    if not result.recorded:
+        text += " — already recorded by an earlier submit; kept once"
+    return text + "."
