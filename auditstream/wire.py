@@ -128,6 +128,8 @@ def decode_tensor(obj: Any) -> np.ndarray:
         if len(b64) != 4 * -(-count * np_dtype.itemsize // 3):
             raise DecodeError(Reason.WRONG_SHAPE.value, f"{len(b64)} base64 characters do not fill shape {shape} of {dtype}")
         raw = _b64decode(b64, "tensor b64")
+        if len(raw) != count * np_dtype.itemsize:  # padding leaves 1-2 bytes of slack
+            raise DecodeError(Reason.WRONG_SHAPE.value, f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
         array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
     else:
         array = _values_array(obj.get("values"), np.dtype(dtype), shape, count)
