@@ -1,0 +1,146 @@
+"""Every Prometheus metric of the monitor process, declared in one place (docs/qc-statistics.md,
+"Metrics"): ``auditstream_`` prefix, base units, bounded labels.
+
+The monitor (monitor/service.py) calls :meth:`MonitorMetrics.update` every few seconds with the
+QC tracker's snapshots (monitor/qc.py) and the audit store's :class:`StoreStats`; the alert
+rules in deploy/prometheus/rules/ read these series. Labels are ``model``, ``version``,
+``route`` (HUMAN and AUTO_QC: the audited routes) and ``kind`` (the four verdict kinds) — bounded by the models in the
+registry — and each (model, version) is pre-initialised with all its routes and kinds as soon as
+it is seen, so rules see zeros rather than gaps. Unknown values (no audits yet, no reference
+sample for KS) are exported as NaN, which no alert comparison matches.
+
+The registry is injectable: tests build a fresh ``CollectorRegistry`` and read values back with
+``registry.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from auditstream.wire import Route, VerdictKind
+from monitor.qc import ModelQC
+from monitor.store.records import QueueStat, StoreStats
+
+__all__ = ["MonitorMetrics", "QueueStat", "StoreStats"]
+AUDITED_ROUTES = (Route.HUMAN, Route.AUTO_QC)
+THROUGHPUT_WINDOW_S = 3600.0  # StoreStats.auditor_throughput counts verdicts over the last hour
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+class MonitorMetrics:
+    """The monitor's metrics; ``max_human_queue_depth`` is the same limit triage is given."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_human_queue_depth: int | None = None) -> None:
+        from prometheus_client import REGISTRY
+
+        self.registry = registry if registry is not None else REGISTRY
+        self.max_human_queue_depth = max_human_queue_depth
+        r, mv = self.registry, ["model", "version"]
+
+        def gauge(name: str, doc: str, labels: list[str] = mv) -> Gauge:
+            return Gauge(f"auditstream_{name}", doc, labels, registry=r)
+
+        # the audit store
+        self.queue_depth = gauge("audit_queue_depth", "Open audit items waiting for an auditor.", mv + ["route"])
+        self.oldest_age = gauge("audit_oldest_pending_age_seconds", "Age of the oldest open audit item.", mv + ["route"])
+        self.verdicts = Counter("auditstream_verdicts_total", "Verdicts recorded (gold items excluded).",
+                                mv + ["route", "kind"], registry=r)
+        self.throughput = gauge("auditor_throughput_verdicts_per_second",
+                                "Verdicts per second over the last hour, all auditors together.", [])
+        self.over_capacity = gauge("human_queue_over_capacity",
+                                   "1 while the human queue is at or over its configured depth (items stay HUMAN).",
+                                   ["model"])
+        self.outbox_pending = gauge("outbox_pending_records", "Verdicts/decisions recorded but not yet published.", [])
+        # QC statistics (monitor/qc.py)
+        self.predictions = gauge("qc_predictions", "Predictions seen by the QC tracker (serving counts them by route).")
+        self.coverage = gauge("coverage_ratio", "Share of predictions auto-accepted (AUTO + AUTO_QC).")
+        self.audited = gauge("qc_audited_items", "QC audits of auto-accepted answers counted (skips excluded).")
+        self.error = gauge("qc_error_ratio", "Weighted (Hajek) error rate of auto-accepted answers, from QC audits.")
+        self.error_low = gauge("qc_error_ratio_lower_bound", "Lower end of the 95% interval of the error rate.")
+        self.error_high = gauge("qc_error_ratio_upper_bound", "Upper end of the 95% interval of the error rate.")
+        self.ess = gauge("qc_effective_sample_size", "Uniform audits worth the same precision (Korn-Graubard n*).")
+        self.certified = gauge("certified_risk_ratio", "The model card's certified risk (the error budget).")
+        self.over_budget = gauge("qc_over_budget", "1 when the error upper bound exceeds the certified risk.")
+        self.suggested = gauge("qc_suggested_threshold", "Smallest threshold whose audited bound is within budget.")
+        self.ks_statistic = gauge("drift_ks_statistic", "KS distance of live confidences from the card's reference.")
+        self.ks_pvalue = gauge("drift_ks_pvalue", "p-value of that KS test.")
+        self.cusum = gauge("drift_cusum_statistic", "Bernoulli CUSUM on audited errors (log-likelihood ratio, nats).")
+        self.cusum_alarm = gauge("drift_cusum_alarm", "1 once the CUSUM crossed its threshold (latched per version).")
+        self.throughput.set(0)
+        self.outbox_pending.set(0)
+        self._seen: set[tuple[str, str]] = set()
+        self._queues: set[tuple[str, str, str]] = set()
+        self._verdict_totals: dict[tuple[str, str, str, str], int] = {}
+
+    def _init_version(self, model: str, version: str) -> None:
+        """Create every labelled child of a new (model, version), so it exports zeros, not gaps."""
+        if (model, version) in self._seen:
+            return
+        self._seen.add((model, version))
+        for route in AUDITED_ROUTES:
+            self.queue_depth.labels(model, version, route.value).set(0)
+            self.oldest_age.labels(model, version, route.value).set(0)
+            for kind in VerdictKind:
+                self.verdicts.labels(model, version, route.value, kind.value)
+        self.over_capacity.labels(model).set(0)
+
+    def update(self, snapshots: Iterable[ModelQC], store_stats: StoreStats) -> None:
+        for s in snapshots:
+            self._init_version(s.model, s.version)
+            self._update_qc(s)
+        self._update_store(store_stats)
+
+    def _update_qc(self, s: ModelQC) -> None:
+        mv = (s.model, s.version)
+        self.predictions.labels(*mv).set(s.predictions)
+        self.coverage.labels(*mv).set(_nan(s.coverage))
+        self.audited.labels(*mv).set(s.audited)
+        self.error.labels(*mv).set(_nan(s.error_estimate))
+        self.error_low.labels(*mv).set(s.ci_low if s.audited else math.nan)
+        self.error_high.labels(*mv).set(s.ci_high if s.audited else math.nan)
+        self.ess.labels(*mv).set(s.effective_sample_size)
+        self.certified.labels(*mv).set(_nan(s.certified_risk))
+        self.over_budget.labels(*mv).set(int(s.over_budget))
+        self.suggested.labels(*mv).set(_nan(s.suggested_threshold))
+        self.ks_statistic.labels(*mv).set(_nan(s.ks_statistic))
+        self.ks_pvalue.labels(*mv).set(_nan(s.ks_pvalue))
+        self.cusum.labels(*mv).set(_nan(s.cusum_statistic))
+        self.cusum_alarm.labels(*mv).set(int(s.cusum_alarm))
+
+    def _update_store(self, stats: StoreStats) -> None:
+        now_queues = set()
+        human_depth: dict[str, int] = {}
+        for q in stats.queue:
+            self._init_version(q.model, q.model_version)
+            key = (q.model, q.model_version, q.route.value)
+            now_queues.add(key)
+            self.queue_depth.labels(*key).set(q.depth)
+            self.oldest_age.labels(*key).set(q.oldest_age_s)
+            if q.route is Route.HUMAN:
+                human_depth[q.model] = human_depth.get(q.model, 0) + q.depth
+        for key in self._queues - now_queues:  # the store lists only non-empty queues
+            self.queue_depth.labels(*key).set(0)
+            self.oldest_age.labels(*key).set(0)
+        self._queues = now_queues
+        for model, _ in self._seen:
+            depth = human_depth.get(model, 0)
+            over = self.max_human_queue_depth is not None and depth >= self.max_human_queue_depth
+            self.over_capacity.labels(model).set(int(over))
+        for key, total in stats.verdicts.items():
+            self._init_version(key[0], key[1])
+            delta = total - self._verdict_totals.get(key, 0)
+            if delta > 0:  # the store keeps full history, so its counts only grow
+                self.verdicts.labels(*key).inc(delta)
+            self._verdict_totals[key] = max(total, self._verdict_totals.get(key, 0))
+        self.throughput.set(sum(stats.auditor_throughput.values()) / THROUGHPUT_WINDOW_S)
+        self.outbox_pending.set(stats.outbox_pending)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` on ``port`` (a daemon thread)."""
+        start_http_server(port, addr=addr, registry=self.registry)
