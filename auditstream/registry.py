@@ -14,6 +14,7 @@ custom-op library). Each refusal is a :class:`~auditstream.errors.ModelRefused` 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -133,7 +134,10 @@ def verify_onnx(path: Path, expected_sha256: str) -> None:
         model = onnx.load(str(path), load_external_data=False)
     except (ProtobufDecodeError, ValueError, OSError) as e:
         raise ModelRefused(path, f"not a readable ONNX protobuf ({e})") from None
-    local_domains = {f.domain for f in model.functions}
+    # A model-local function is an op (domain, name) whose body is in the file; any other op of
+    # a non-standard domain would need a native custom-op library.
+    local_ops = {(f.domain, f.name) for f in model.functions}
+    local_domains = {domain for domain, _ in local_ops}
     for opset in model.opset_import:
         if opset.domain not in ALLOWED_OP_DOMAINS and opset.domain not in local_domains:
             raise ModelRefused(path, f"imports operator domain {opset.domain!r}; only {sorted(ALLOWED_OP_DOMAINS)} "
@@ -145,14 +149,18 @@ def verify_onnx(path: Path, expected_sha256: str) -> None:
                                "models must be self-contained (export with all weights inside model.onnx)")
     for graph in _all_graphs(model):
         for node in graph.node:
-            if node.domain not in ALLOWED_OP_DOMAINS and node.domain not in local_domains:
-                raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator domain {node.domain!r}")
+            if node.domain not in ALLOWED_OP_DOMAINS and (node.domain, node.op_type) not in local_ops:
+                raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator {node.op_type!r} of domain "
+                                   f"{node.domain!r}, neither standard nor a function defined in the model")
 
 
 def _all_graphs(model: Any):
     import onnx
 
-    stack = [model.graph] + [f for f in model.functions]
+    # Subgraphs (If/Loop/Scan bodies) and training-info graphs are checked like the main graph.
+    stack = [model.graph] + list(model.functions)
+    for info in model.training_info:
+        stack += [info.initialization, info.algorithm]
     while stack:
         graph = stack.pop()
         yield graph
@@ -195,10 +203,12 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
 
     def versions(self, name: str) -> list[str]:
+        if not _NAME.match(name):  # also keeps "../x" from walking out of the registry
+            return []
         directory = self.root / name
         if not directory.is_dir():
             return []
-        found = [p.name for p in directory.iterdir() if p.name.isdigit() and (p / CARD_FILE).is_file()]
+        found = [p.name for p in directory.iterdir() if _is_version(p.name) and (p / CARD_FILE).is_file()]
         return sorted(found, key=int)
 
     def latest(self, name: str) -> str | None:
@@ -207,13 +217,18 @@ class ModelRegistry:
 
     def card(self, name: str, version: str | None = None) -> ModelCard:
         version = version or self.latest(name)
-        if version is None or not (self.root / name / version / CARD_FILE).is_file():
+        valid = _NAME.match(name) and version is not None and _is_version(version)
+        if not valid or not (self.root / name / version / CARD_FILE).is_file():
             raise ModelNotFound(self.root, name, version)
         path = self.root / name / version / CARD_FILE
         try:
-            return ModelCard.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as e:
+            card = ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelRefused(path, f"model card does not parse: {e}") from None
+        if card.name != name or card.version != version:
+            raise ModelRefused(path, f"card says {card.name} version {card.version} but lives in {name}/{version}; "
+                               "a copied or renamed directory would serve the wrong model under this name")
+        return card
 
     def load(self, name: str, version: str | None = None) -> RegisteredModel:
         """The card and verified ONNX path of ``name`` (latest version unless given)."""
@@ -237,13 +252,36 @@ class ModelRegistry:
             version = str(int(self.latest(card.name) or 0) + 1)
             final = dataclasses.replace(card, version=version, sha256=sha)
             tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
-            (tmp / ONNX_FILE).write_bytes(onnx_bytes)
-            (tmp / CARD_FILE).write_text(final.to_json())
+            # fsync before the rename: after a crash the version is either absent or complete.
+            _write_synced(tmp / ONNX_FILE, onnx_bytes)
+            _write_synced(tmp / CARD_FILE, final.to_json().encode("utf-8"))
             try:
                 os.rename(tmp, base / version)
-            except OSError:  # another writer took this version number: try the next one
+            except OSError as e:
                 for p in tmp.iterdir():
                     p.unlink()
                 tmp.rmdir()
-                continue
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another writer took this number
+                    continue
+                raise
+            _fsync_dir(base)
             return RegisteredModel(card=final, onnx_path=base / version / ONNX_FILE)
+
+
+def _is_version(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

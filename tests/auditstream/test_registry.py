@@ -1,0 +1,302 @@
+"""Model safety (RELIABILITY #14): the registry refuses hostile or damaged model files — checksum
+mismatch, truncation, external-data references, unknown operator domains (also inside If/Loop
+bodies), a missing file — before any inference session exists, each with a message that says
+why; a good model loads and runs; publishing is atomic and numbers versions.
+
+Models are built with ``onnx.helper`` (tiny, no torch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+
+from auditstream.errors import ModelNotFound, ModelRefused
+from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry, TensorSpec, TriageSpec, verify_onnx
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def make_card(name: str = "tiny") -> ModelCard:
+    return ModelCard(
+        name=name,
+        version="0",
+        task="classification",
+        inputs=[TensorSpec("x", "float32", [None, 4])],
+        outputs=[TensorSpec("y", "float32", [None, 4])],
+        triage=TriageSpec(threshold=0.9),
+        labels=["a", "b", "c", "d"],
+    )
+
+
+def io():
+    return (
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+    )
+
+
+def good_model() -> onnx.ModelProto:
+    """y = x + w, w an initializer: a graph with weights, like a real one."""
+    inputs, outputs = io()
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "good", inputs, outputs, [w])
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def external_weights_model() -> onnx.ModelProto:
+    model = good_model()
+    w = model.graph.initializer[0]
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def _branch(name: str, node: onnx.NodeProto) -> onnx.GraphProto:
+    return helper.make_graph([node], name, [], [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [None, 4])])
+
+
+def if_model(then_node: onnx.NodeProto, extra_opsets=()) -> onnx.ModelProto:
+    """y = then_branch if cond else x: the hostile node sits in a subgraph only."""
+    inputs, outputs = io()
+    inputs.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    else_branch = _branch("else", helper.make_node("Identity", ["x"], ["y_else"]))
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=_branch("then", then_node), else_branch=else_branch)
+    graph = helper.make_graph([node], "with_if", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET + list(extra_opsets))
+
+
+def loop_model(body_node: onnx.NodeProto) -> onnx.ModelProto:
+    inputs, outputs = io()
+    inputs.append(helper.make_tensor_value_info("n", TensorProto.INT64, []))
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), body_node],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(body_node.output[0], TensorProto.FLOAT, [None, 4])],
+    )
+    graph = helper.make_graph([helper.make_node("Loop", ["n", "", "x"], ["y"], body=body)], "with_loop", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def evil_node(inp: str, out: str) -> onnx.NodeProto:
+    return helper.make_node("ReadFile", [inp], [out], domain="com.evil.ops")
+
+
+def custom_domain_model() -> onnx.ModelProto:
+    inputs, outputs = io()
+    graph = helper.make_graph([evil_node("x", "y")], "custom", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("com.evil.ops", 1)])
+
+
+def local_function_model(call_op: str = "AddOne") -> onnx.ModelProto:
+    """A model-local function (domain 'local.fn') is allowed: its body is inside the file."""
+    one = helper.make_node("Constant", [], ["one"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [1.0]))
+    body = [one, helper.make_node("Add", ["a", "one"], ["b"])]
+    function = helper.make_function("local.fn", "AddOne", ["a"], ["b"], body, OPSET)
+    inputs, outputs = io()
+    graph = helper.make_graph([helper.make_node(call_op, ["x"], ["y"], domain="local.fn")], "fn", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET + [helper.make_opsetid("local.fn", 1)], functions=[function])
+
+
+@pytest.fixture
+def no_session(monkeypatch):
+    """Fails the test if anything creates an inference session while the registry decides."""
+    created = []
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: created.append(a) or pytest.fail("session created"))
+    yield
+    assert created == []
+
+
+@pytest.fixture
+def registry(tmp_path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "models")
+
+
+def publish(registry: ModelRegistry, model: onnx.ModelProto, name: str = "tiny"):
+    return registry.publish(make_card(name), model.SerializeToString())
+
+
+def test_good_model_loads_and_runs(registry):
+    published = publish(registry, good_model())
+    loaded = registry.load("tiny")
+    assert loaded.onnx_path == published.onnx_path and loaded.card == published.card
+    session = onnxruntime.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.zeros((2, 4), dtype=np.float32)})
+    np.testing.assert_array_equal(y, [[1, 2, 3, 4]] * 2)
+
+
+def test_model_local_function_is_allowed(registry):
+    publish(registry, local_function_model())
+    loaded = registry.load("tiny")
+    session = onnxruntime.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})
+    np.testing.assert_array_equal(y, [[2, 2, 2, 2]])
+
+
+def _damage_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+@pytest.mark.parametrize("damage", [_damage_flip, _damage_truncate], ids=["changed", "truncated"])
+def test_checksum_mismatch_is_refused(registry, no_session, damage):
+    published = publish(registry, good_model())
+    damage(published.onnx_path)
+    with pytest.raises(ModelRefused, match="does not match the model card") as info:
+        registry.load("tiny")
+    assert "re-export or restore" in str(info.value) and info.value.path == published.onnx_path
+
+
+def test_truncated_file_with_matching_card_is_refused_as_unreadable(tmp_path, no_session):
+    """A file cut short before it was published (checksum of the cut file) still fails to parse."""
+    path = tmp_path / ONNX_FILE
+    data = good_model().SerializeToString()
+    path.write_bytes(data[: len(data) - 5])
+    from auditstream.registry import sha256_file
+
+    with pytest.raises(ModelRefused, match="not a readable ONNX protobuf"):
+        verify_onnx(path, sha256_file(path))
+
+
+HOSTILE = {
+    "external data in main graph": (external_weights_model, r"references external data file '\.\./\.\./\.\./etc/passwd'"),
+    "external data in a Constant inside If": (
+        lambda: if_model(_constant_external()),
+        "references external data file 'weights.bin'",
+    ),
+    "custom op domain in main graph": (custom_domain_model, "imports operator domain 'com.evil.ops'"),
+    "custom op inside If, domain imported": (
+        lambda: if_model(evil_node("x", "y_then"), [helper.make_opsetid("com.evil.ops", 1)]),
+        "imports operator domain 'com.evil.ops'",
+    ),
+    "custom op inside If, domain not imported": (
+        lambda: if_model(evil_node("x", "y_then")),
+        "operator 'ReadFile' of domain 'com.evil.ops'",
+    ),
+    "custom op inside Loop body": (lambda: loop_model(evil_node("x_in", "x_out")), "operator 'ReadFile' of domain 'com.evil.ops'"),
+    "undefined op in a local function's domain": (
+        lambda: local_function_model("ShellOut"),
+        "operator 'ShellOut' of domain 'local.fn', neither standard nor a function",
+    ),
+}
+
+
+def _constant_external() -> onnx.NodeProto:
+    tensor = helper.make_tensor("c", TensorProto.FLOAT, [1, 4], [0.0] * 4)
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    return helper.make_node("Constant", [], ["y_then"], value=tensor)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_model_is_refused_before_a_session(registry, no_session, case):
+    build, message = HOSTILE[case]
+    published = publish(registry, build())  # a correct checksum: only the content is hostile
+    with pytest.raises(ModelRefused, match=message) as info:
+        registry.load("tiny")
+    assert str(info.value).startswith(f"refusing model {published.onnx_path}: ")
+
+
+def test_missing_onnx_file_is_refused(registry, no_session):
+    published = publish(registry, good_model())
+    published.onnx_path.unlink()
+    with pytest.raises(ModelRefused, match="model.onnx is missing"):
+        registry.load("tiny")
+
+
+def test_card_without_checksum_is_refused(tmp_path, no_session):
+    path = tmp_path / ONNX_FILE
+    path.write_bytes(good_model().SerializeToString())
+    with pytest.raises(ModelRefused, match=r"\(none\)"):
+        verify_onnx(path, "")
+
+
+def test_card_that_does_not_parse_is_refused(registry):
+    published = publish(registry, good_model())
+    (published.directory / CARD_FILE).write_text('{"name": "tiny", "task": "poetry"}')
+    with pytest.raises(ModelRefused, match="model card does not parse"):
+        registry.load("tiny")
+
+
+def test_copied_version_directory_is_refused(registry):
+    published = publish(registry, good_model())
+    shutil.copytree(published.directory, published.directory.parent / "7")
+    with pytest.raises(ModelRefused, match="card says tiny version 1 but lives in tiny/7"):
+        registry.load("tiny")
+    assert registry.load("tiny", "1").card.version == "1"
+
+
+@pytest.mark.parametrize("name,version", [("nope", None), ("tiny", "9"), ("../models/tiny", None), ("tiny", "../1")])
+def test_unknown_or_escaping_names_are_not_found(registry, name, version):
+    publish(registry, good_model())
+    with pytest.raises(ModelNotFound, match="not found under"):
+        registry.load(name, version)
+
+
+def test_publish_numbers_versions_and_records_checksum(registry):
+    first = publish(registry, good_model())
+    second = publish(registry, local_function_model())
+    assert (first.card.version, second.card.version) == ("1", "2")
+    assert registry.versions("tiny") == ["1", "2"] and registry.latest("tiny") == "2" and registry.names() == ["tiny"]
+    assert registry.load("tiny").card.sha256 == second.card.sha256 != first.card.sha256
+    assert not [p for p in (registry.root / "tiny").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_versions_sort_as_numbers(registry):
+    for _ in range(11):
+        publish(registry, good_model())
+    assert registry.versions("tiny")[-3:] == ["9", "10", "11"] and registry.latest("tiny") == "11"
+
+
+def test_concurrent_publishers_never_share_a_version(registry):
+    data = good_model().SerializeToString()
+    results, barrier = [], threading.Barrier(8)
+
+    def one():
+        barrier.wait()
+        results.append(registry.publish(make_card(), data).card.version)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=int) == [str(i) for i in range(1, 9)]
+    for version in results:
+        registry.load("tiny", version)  # every version complete and verified
+
+
+def test_publish_fails_loudly_instead_of_retrying_forever(registry, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(PermissionError):
+        publish(registry, good_model())
+    assert list((registry.root / "tiny").iterdir()) == []  # the temporary directory is gone
+
+
+def test_publish_rejects_bad_names(registry):
+    with pytest.raises(ValueError, match="must match"):
+        registry.publish(make_card("Bad/Name"), b"")
