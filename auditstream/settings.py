@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,13 +15,15 @@ from typing import Any, Mapping
 from auditstream.errors import ConfigError
 
 ENV_PREFIX = "AUDITSTREAM_"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false (1/0, yes/no, on/off)"}
 
 
 def _doc(text: str, default: Any) -> Any:
     return field(default=default, metadata={"help": text})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Settings shared by every long-running auditstream process."""
 
@@ -61,8 +64,14 @@ class Settings:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, hints[f.name])
+        from_env = set(values)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            if e.name in from_env and e.name not in overrides:  # name the variable the user set
+                raise ConfigError(ENV_PREFIX + e.name.upper(), e.value, e.expected) from None
+            raise
 
     def __post_init__(self) -> None:
         if self.kafka_client not in ("kafka-python", "confluent"):
@@ -74,10 +83,25 @@ class Settings:
             raise ConfigError("max_wait_ms", self.max_wait_ms, "an integer >= 0")
         if not 0.0 <= self.qc_rate <= 1.0:
             raise ConfigError("qc_rate", self.qc_rate, "a probability in [0, 1]")
+        for name in ("session_timeout_ms", "heartbeat_interval_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "an integer >= 1")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ConfigError("heartbeat_interval_ms", self.heartbeat_interval_ms, "at most a third of session_timeout_ms")
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ConfigError("max_poll_interval_ms", self.max_poll_interval_ms, "at least session_timeout_ms")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port", self.metrics_port, "a TCP port in [0, 65535] (0 disables /metrics)")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError("log_level", self.log_level, f"one of {', '.join(_LOG_LEVELS)}")
         object.__setattr__(self, "models_dir", Path(self.models_dir))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    def __repr__(self) -> str:
+        # Settings get logged at start-up; a store URL may carry a password.
+        parts = [f"{f.name}={redact_url(getattr(self, f.name))!r}" if f.name == "store_url"
+                 else f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
+        return f"Settings({', '.join(parts)})"
 
     @property
     def resolved_store_url(self) -> str:
@@ -89,6 +113,11 @@ class Settings:
 
     def request_topic(self, model: str) -> str:
         return self.topic(f"requests.{model}")
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` (for logs and reprs)."""
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)
 
 
 def _convert(name: str, raw: str, hint: Any) -> Any:
@@ -103,4 +132,5 @@ def _convert(name: str, raw: str, hint: Any) -> Any:
             raise ValueError(raw)
         return hint(raw)
     except ValueError:
-        raise ConfigError(ENV_PREFIX + name.upper(), raw, getattr(hint, "__name__", str(hint))) from None
+        expected = _EXPECTED.get(hint, getattr(hint, "__name__", str(hint)))
+        raise ConfigError(ENV_PREFIX + name.upper(), raw, expected) from None

@@ -1,0 +1,87 @@
+"""Settings come from ``AUDITSTREAM_*`` variables once; a bad value names the variable and what
+it expects; the repr never shows a password."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditstream import topics
+from auditstream.errors import ConfigError
+from auditstream.settings import Settings, redact_url
+
+
+def test_defaults_without_environment():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.kafka_client == "kafka-python" and settings.partitions == 12
+    assert settings.resolved_store_url == "sqlite:///.auditstream/audit.db"
+
+
+def test_every_field_type_is_parsed_from_the_environment():
+    env = {
+        "AUDITSTREAM_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+        "AUDITSTREAM_KAFKA_CLIENT": "confluent",
+        "AUDITSTREAM_PARTITIONS": "3",
+        "AUDITSTREAM_MODELS_DIR": "/srv/models",
+        "AUDITSTREAM_QC_RATE": "0.1",
+        "AUDITSTREAM_MAX_WAIT_MS": "0",
+        "AUDITSTREAM_LOG_LEVEL": "debug",
+        "OTHER_PARTITIONS": "99",  # not ours
+    }
+    settings = Settings.from_env(env)
+    assert settings.bootstrap_servers == "k1:9092,k2:9092" and settings.kafka_client == "confluent"
+    assert settings.partitions == 3 and settings.qc_rate == 0.1 and settings.max_wait_ms == 0
+    assert settings.models_dir == Path("/srv/models") and isinstance(settings.models_dir, Path)
+
+
+def test_overrides_win_over_the_environment_and_none_means_unset():
+    settings = Settings.from_env({"AUDITSTREAM_PARTITIONS": "3"}, partitions=5, max_batch_size=None)
+    assert settings.partitions == 5 and settings.max_batch_size == 64
+
+
+@pytest.mark.parametrize(
+    "variable,value,expected",
+    [
+        ("AUDITSTREAM_PARTITIONS", "twelve", "an integer"),
+        ("AUDITSTREAM_PARTITIONS", "1.5", "an integer"),
+        ("AUDITSTREAM_PARTITIONS", "0", "an integer >= 1"),
+        ("AUDITSTREAM_MAX_BATCH_SIZE", "-4", "an integer >= 1"),
+        ("AUDITSTREAM_MAX_WAIT_MS", "-1", "an integer >= 0"),
+        ("AUDITSTREAM_QC_RATE", "2%", "a number"),
+        ("AUDITSTREAM_QC_RATE", "1.5", "a probability in [0, 1]"),
+        ("AUDITSTREAM_QC_RATE", "nan", "a probability in [0, 1]"),
+        ("AUDITSTREAM_KAFKA_CLIENT", "librdkafka", "'kafka-python' or 'confluent'"),
+        ("AUDITSTREAM_HEARTBEAT_INTERVAL_MS", "5000", "at most a third of session_timeout_ms"),
+        ("AUDITSTREAM_SESSION_TIMEOUT_MS", "0", "an integer >= 1"),
+        ("AUDITSTREAM_MAX_POLL_INTERVAL_MS", "1000", "at least session_timeout_ms"),
+        ("AUDITSTREAM_METRICS_PORT", "70000", "a TCP port in [0, 65535]"),
+        ("AUDITSTREAM_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ],
+)
+def test_bad_value_names_the_variable_and_what_it_expects(variable, value, expected):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.name == variable and info.value.expected.startswith(expected)
+    assert str(info.value) == f"invalid {variable}={info.value.value!r}: expected {info.value.expected}"
+
+
+def test_bad_override_names_the_field():
+    with pytest.raises(ConfigError, match=r"invalid partitions=0"):
+        Settings.from_env({}, partitions=0)
+
+
+def test_repr_hides_the_store_password():
+    settings = Settings(store_url="postgresql://auditor:hunter2@db:5432/audit")
+    assert "hunter2" not in repr(settings) and "auditor:***@db" in repr(settings)
+    assert settings.resolved_store_url.endswith("hunter2@db:5432/audit")  # the real value is intact
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_topic_names():
+    settings = Settings(topic_prefix="t")
+    assert settings.topic(topics.PREDICTIONS) == "t.predictions"
+    assert settings.request_topic("digits") == "t.requests.digits"
+    names = topics.all_topics(settings, ["digits"])
+    assert "t.requests.digits" in names and "t.dead-letter" in names and len(names) == len(set(names))
