@@ -193,7 +193,7 @@ def render_input(prediction: Prediction, value: ModelInput, labels: Sequence[str
         st.info(f"This {prediction.task} input has no picture; its raw values:")
         st.code(np.array2string(np.asarray(value), precision=3, threshold=200))
         return
-    st.image(picture, caption=_input_caption(prediction, value))
+    st.image(picture, caption=_input_caption(prediction, value), output_format="PNG")  # crisp pixels, no JPEG blur
 
 
 def _input_caption(prediction: Prediction, value: ModelInput) -> str:

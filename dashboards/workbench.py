@@ -203,18 +203,25 @@ def page(ctx: DashboardContext, user: User) -> None:
     claim: Claim | None = st.session_state.get(CLAIM)
     now = time.time()
     if claim is not None and not ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now):
-        st.warning(f"Your lease on item {claim.item_id} ran out and it went back to the queue; claim the next item.")
-        _forget_claim()
-        claim = None
+        verdict_id = st.session_state.get(VERDICT_ID)
+        if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
+            # A rerun of a form whose verdict is already in (a double click that interrupted the
+            # first run after its write): the verdict stands once; move on to the next item.
+            st.info(f"Your verdict on item {claim.item_id} was already recorded; kept once.")
+            _forget_claim()
+            claim = claim_next(ctx, user, model, route)
+        else:
+            st.warning(f"Your lease on item {claim.item_id} ran out and it went back to the queue; claim the next item.")
+            _forget_claim()
+            claim = None
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
         if st.button("Next item", type="primary", shortcut="Alt+N", key="next"):
-            claim = claim_next(ctx, user, model, route)
-            if claim is None:
-                st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
-        if claim is None:
-            return
+            if claim_next(ctx, user, model, route) is not None:
+                st.rerun()  # redraw without the button and the queue line
+            st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
+        return
     _item_ui(ctx, user, claim, model, route, now)
 
 
