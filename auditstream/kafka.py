@@ -89,6 +89,14 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+def _quiet_client_logs() -> None:
+    # kafka-python logs every connection and metadata refresh at INFO; keep them out of the
+    # process log unless someone configured the "kafka" logger on purpose.
+    logger = logging.getLogger("kafka")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
 def _check_deliveries(pending: list[Delivery]) -> None:
     for d in pending:
         if not d.done:
@@ -207,7 +215,7 @@ class _ConfluentProducer:
 
         self._p = CProducer({
             "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
-            "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False,
+            "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False, "log.connection.close": False,
         })
         self._pending: list[Delivery] = []
 
@@ -247,7 +255,7 @@ class _ConfluentConsumer:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
-            "enable.partition.eof": False, "fetch.wait.max.ms": 100,
+            "enable.partition.eof": False, "fetch.wait.max.ms": 100, "log.connection.close": False,
         })
 
         def wrap(cb: PartitionsCallback | None) -> Callable[[Any, list[Any]], None]:
@@ -258,8 +266,14 @@ class _ConfluentConsumer:
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         from confluent_kafka import KafkaError
 
+        # consume() waits until max_records arrived or the timeout passed; poll() returns on the
+        # first record. So: wait for one, then take whatever else is already fetched.
+        first = self._c.poll(timeout_ms / 1000)
+        if first is None:
+            return []
+        messages = [first] + (self._c.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else [])
         out = []
-        for m in self._c.consume(num_messages=max_records, timeout=timeout_ms / 1000):
+        for m in messages:
             err = m.error()
             if err is not None:
                 if err.fatal() or err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -304,6 +318,7 @@ class _ConfluentConsumer:
 def make_producer(settings: Settings, bootstrap: str | None = None, client_id: str = "auditstream") -> Producer:
     """A producer for ``settings.kafka_client`` (acks=all: a send is acked once it is durable)."""
     bootstrap = bootstrap or _bootstrap(settings)
+    _quiet_client_logs()
     if settings.kafka_client == "confluent":
         return _ConfluentProducer(bootstrap, client_id)
     return _KafkaPythonProducer(bootstrap, client_id)
@@ -314,6 +329,7 @@ def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstra
                   on_revoke: PartitionsCallback | None = None) -> Consumer:
     """A group member subscribed to ``topics``, manual commits, reading from the earliest offset."""
     bootstrap = bootstrap or _bootstrap(settings)
+    _quiet_client_logs()
     cls = _ConfluentConsumer if settings.kafka_client == "confluent" else _KafkaPythonConsumer
     return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke)
 
@@ -324,6 +340,7 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int, compacted:
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+    _quiet_client_logs()
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditstream-admin")
     except KafkaError as e:

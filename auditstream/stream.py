@@ -91,6 +91,8 @@ class LoopStats:
     batches: int = 0
     commits: int = 0
     rejected_commits: int = 0
+    first_record_at: float | None = None  # clock time the first record arrived
+    last_commit_at: float | None = None  # clock time of the last successful commit
     batch_sizes: list[int] = field(default_factory=list, repr=False)
 
 
@@ -146,6 +148,8 @@ class StreamLoop:
                 self._idle_since = self.clock()
             if polled and not self._pending:
                 self._opened_at = self.clock()
+                if self.stats.first_record_at is None:
+                    self.stats.first_record_at = self._opened_at
             self._pending.extend(polled)
             # 2. batch: full, or the oldest record waited max_wait_ms
             if self._pending and (len(self._pending) >= cfg.max_batch_size or self._deadline_ms() <= 0):
@@ -209,6 +213,7 @@ class StreamLoop:
             log.warning("%s; the new owner reprocesses them", e)
             return
         self.stats.commits += 1
+        self.stats.last_commit_at = self.clock()
         if self.hooks.after_commit:
             self.hooks.after_commit(offsets)
 

@@ -13,6 +13,7 @@ Storage is memory only: stopping the broker drops every topic.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -78,6 +79,7 @@ def status(settings: Settings) -> BrokerInfo | None:
 
 
 def _wait_ready(bootstrap: str, pid: int, log_path: Path, timeout_s: float) -> None:
+    logging.getLogger("kafka").setLevel(logging.getLogger("kafka").level or logging.WARNING)
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 

@@ -32,7 +32,7 @@ from auditstream.stream import Output
 from auditstream.wire import AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
 from monitor.triage import TriagePolicy, triage
 from serving.inputs import prepare_input
-from serving.postprocess import postprocess
+from serving.postprocess import Answer, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,17 @@ def _decode(record: Record, config: ServeConfig) -> tuple[InferenceRequest, np.n
     return request, prepare_input(request.input, config.card.inputs[0])
 
 
-def _infer(session: Runner, arrays: list[np.ndarray]) -> list[dict[str, np.ndarray] | Exception]:
-    """Per-row outputs of one stacked run; if the run fails, each row alone (to isolate the culprit)."""
+def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> list[Answer | None | Exception]:
+    """Answers of one stacked run; if the run fails, each row alone (to isolate the culprit)."""
     try:
-        out = session.run(np.stack(arrays))
-        return [{k: v[i] for k, v in out.items()} for i in range(len(arrays))]
+        return list(postprocess(card, session.run(np.stack(arrays))))
     except Exception as batch_error:
         if len(arrays) == 1:
             return [batch_error]
-    rows: list[dict[str, np.ndarray] | Exception] = []
+    rows: list[Answer | None | Exception] = []
     for a in arrays:
         try:
-            out = session.run(a[None])
-            rows.append({k: v[0] for k, v in out.items()})
+            rows.append(postprocess(card, session.run(a[None]))[0])
         except Exception as e:
             rows.append(e)
     if all(isinstance(r, Exception) for r in rows):
@@ -122,17 +120,12 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
     for group in valid.values():
-        rows = _infer(session, [a for _, _, a in group])
+        answers = _infer(session, card, [a for _, _, a in group])
         inference_s = time.perf_counter() - started
-        for (i, request, array), row in zip(group, rows):
-            if isinstance(row, Exception):
-                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, repr(row)[:500],
-                                         config.dead_letter_topic, now)
-                continue
-            answer = postprocess(card, {k: v[None] for k, v in row.items()})[0]
-            if answer is None:
-                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, "model output is not finite",
-                                         config.dead_letter_topic, now)
+        for (i, request, _array), answer in zip(group, answers):
+            if isinstance(answer, Exception) or answer is None:
+                detail = repr(answer)[:500] if answer is not None else "model output is not finite"
+                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic, now)
                 continue
             decision = triage(request.request_id, answer.confidence, card.triage, config.policy)
             latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,

@@ -108,6 +108,9 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
     options.inter_op_num_threads = 1
+    # No spin-waiting between runs: the Kafka client threads and the decoder need those cycles
+    # (on a small machine spinning intra-op threads starve them and slow the whole stream).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; providers were already probed quietly
     providers = providers or select_providers()
