@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from typing import Iterable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -141,6 +142,7 @@ class MonitorMetrics:
         self.throughput.set(sum(stats.auditor_throughput.values()) / THROUGHPUT_WINDOW_S)
         self.outbox_pending.set(stats.outbox_pending)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose ``/metrics`` on ``port`` (a daemon thread)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> WSGIServer:
+        """Expose ``/metrics`` on ``port`` (a daemon thread); ``.shutdown()`` the result to stop it."""
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return server
