@@ -14,8 +14,9 @@ It does three things (docs/audit-store.md, "Monitor process"):
    them again (at-least-once; the records are keyed by request id and carry the verdict id, so a
    consumer deduplicates).
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
-   ``monitor.qc.QCTracker``; every ``stats_interval_s`` its snapshot and the store's read models
-   go to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
+   ``monitor.qc.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
+   QC history (for the dashboard) and, with the store's read models, go to
+   ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from auditstream import topics
 from auditstream.errors import DecodeError, ModelNotFound
@@ -118,53 +119,49 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
 
 
 class StatsHooks:
-    """Feeds ``monitor.qc.QCTracker`` and ``monitor.metrics.MonitorMetrics`` when they are
-    installed; without them the monitor still ingests and publishes (and says so once)."""
+    """The integration points with the statistics: ``monitor.qc.QCTracker`` sees every
+    prediction and every published verdict; each tick its snapshots go to
+    ``monitor.qc_history.QCHistory`` (in the store, for the dashboard) and, with the store's read
+    models, to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: AuditStore) -> None:
+        from auditstream.registry import ModelRegistry
+        from monitor.metrics import MonitorMetrics
+        from monitor.qc import QCConfig, QCTracker
+        from monitor.qc_history import QCHistory
+
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
-        self.tracker: Any = None
-        self.metrics: Any = None
-        try:
-            from auditstream.registry import ModelRegistry
-            from monitor.qc import QCConfig, QCTracker
+        registry = ModelRegistry(settings.models_dir)
 
-            registry = ModelRegistry(settings.models_dir)
+        def cards(name: str, version: str):  # noqa: ANN202 - ModelCard | None
+            try:
+                return registry.card(name, version)
+            except ModelNotFound:
+                return None
 
-            def cards(name: str, version: str):  # noqa: ANN202
-                try:
-                    return registry.card(name, version)
-                except ModelNotFound:
-                    return None
-
-            self.tracker = QCTracker(cards, QCConfig())
-        except ImportError as e:
-            log.warning("QC statistics off (%s)", e)
-        try:
-            from monitor.metrics import MonitorMetrics
-
-            self.metrics = MonitorMetrics()
-            if settings.metrics_port:
-                self.metrics.serve(settings.metrics_port)
-        except ImportError as e:
-            log.warning("Prometheus metrics off (%s)", e)
+        self.tracker = QCTracker(cards, QCConfig())
+        self.history = QCHistory(store)
+        self.metrics = MonitorMetrics()
+        self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
 
     def observe_prediction(self, prediction: Prediction) -> None:
-        if self.tracker is not None:
-            with self._lock:
-                self.tracker.observe_prediction(prediction)
+        with self._lock:
+            self.tracker.observe_prediction(prediction)
 
     def observe_verdict(self, verdict: Verdict) -> None:
-        if self.tracker is not None:
-            with self._lock:
-                self.tracker.observe_verdict(verdict)
+        with self._lock:
+            self.tracker.observe_verdict(verdict)
 
     def tick(self, store: AuditStore, now_s: float) -> None:
         stats = store.store_stats(now_s)
         with self._lock:
-            snapshots = self.tracker.snapshot() if self.tracker is not None else []
-        if self.metrics is not None:
-            self.metrics.update(snapshots, stats)
+            snapshots = self.tracker.snapshot()
+        self.history.save(snapshots, now_s)
+        self.metrics.update(snapshots, stats)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +214,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
     ensure_topics(bootstrap, names, settings.partitions)
-    stats = StatsHooks(settings)
+    stats = StatsHooks(settings, store)
     publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args, stats)
     loop = StreamLoop.connect(
         settings, args.group_id, names[:2],
@@ -238,6 +235,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         publisher.stop()
         publisher.join()
         publisher.producer.close()
+        stats.close()
     if publisher.error is not None:
         raise publisher.error
     log.info("monitor stopped: %d records in, %d outbox records published", stats_out.records_in, publisher.published)

@@ -22,6 +22,8 @@ from __future__ import annotations
 SCHEMA_VERSION = 1
 
 TABLES = ("outbox", "verdicts", "items", "users", "meta")
+# Tables other modules keep in the same database (dropped with the store): monitor/qc_history.py.
+EXTRA_TABLES = ("qc_snapshots",)
 
 DDL = (
     """

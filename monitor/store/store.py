@@ -42,7 +42,7 @@ from monitor.store.records import (
     gold_is_correct,
     outbox_records,
 )
-from monitor.store.schema import SCHEMA_VERSION, TABLES, statements
+from monitor.store.schema import EXTRA_TABLES, SCHEMA_VERSION, TABLES, statements
 from monitor.triage import hash_uniform
 
 _INSERT_ITEM = (
@@ -91,7 +91,7 @@ class AuditStore(StoreReads):
     def drop_tables(self) -> None:
         """Drop every table of this store (tests, and tearing down a demo)."""
         with self._db.write() as cur:
-            for table in TABLES:
+            for table in EXTRA_TABLES + TABLES:
                 cur.run(f"DROP TABLE IF EXISTS {{p}}{table}")
 
     # ----------------------------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""The monitor process: audit ingest (with dead letters), outbox publishing (acknowledged, then
+marked: published once), and end to end against the embedded broker."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from store.store_factories import add_users, audit_item, make_store
+
+from auditstream import topics
+from auditstream.errors import DeliveryFailed
+from auditstream.kafka import Delivery, Record
+from auditstream.settings import Settings
+from auditstream.wire import DeadLetter, Decision, Prediction, Route, Verdict
+from monitor import accounts
+from monitor.service import MonitorArgs, ingest_batch, publish_outbox, run_monitor
+from monitor.store import AuditStore
+
+T0 = 7_000.0
+
+
+@pytest.fixture(autouse=True)
+def _cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+
+
+def _record(topic: str, value: bytes, offset: int) -> Record:
+    return Record(topic, 0, offset, value[:8], value, (("h", b"1"),), 1_700_000_000_000 + offset)
+
+
+class RecordingProducer:
+    """Unit-test producer: acknowledges everything, or nothing when ``fail`` is set."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.sent, self.acked = fail, [], []
+
+    def send(self, topic, key, value, headers=()):  # noqa: ANN001, ANN201
+        self.sent.append((topic, key, value))
+        return Delivery(topic, key)
+
+    def flush(self, timeout_s: float) -> None:
+        if self.fail:
+            raise DeliveryFailed(self.sent[-1][0], self.sent[-1][1], "broker said no")
+        self.acked, self.sent = self.acked + self.sent, []
+
+    def close(self) -> None:
+        pass
+
+
+def test_ingest_batch_stores_items_once_feeds_predictions_and_dead_letters_the_rest(tmp_path: Path) -> None:
+    settings = Settings(topic_prefix="t")
+    audit, preds = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
+    good = [audit_item(f"r{i}").to_bytes() for i in range(2)]
+    auto = dataclasses.replace(audit_item("auto"), prediction=dataclasses.replace(audit_item("auto").prediction, route=Route.AUTO))
+    prediction = audit_item("p1").prediction
+    records = [_record(audit, good[0], 0), _record(audit, good[1], 1), _record(audit, good[0], 2),  # a redelivery
+               _record(audit, b"\xff not json", 3), _record(audit, auto.to_bytes(), 4),
+               _record(preds, prediction.to_bytes(), 5), _record(preds, b"{}", 6), _record("t.elsewhere", good[0], 7)]  # fmt: skip
+    seen: list[Prediction] = []
+    with make_store("sqlite", tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0, seen.append)
+        assert [len(r) for r in results] == [0, 0, 0, 1, 1, 0, 1, 1]
+        letters = {i: DeadLetter.from_bytes(r[0].value) for i, r in enumerate(results) if r}
+        assert {i: d.reason for i, d in letters.items()} == {3: "undecodable", 4: "bad_input", 6: "unsupported_version", 7: "bad_schema"}
+        assert letters[3].value == b"\xff not json" and letters[3].headers == (("h", b"1"),)
+        assert (letters[4].source_topic, letters[4].source_offset) == (audit, 4) and "route AUTO" in letters[4].detail
+        assert all(r[0].topic == "t.dead-letter" for r in results if r)
+        assert seen == [prediction]
+        assert store.queue_depth() == 2
+        assert ingest_batch(store, settings, records[:3], T0 + 1) == [[], [], []]  # the whole batch redelivered
+        assert store.queue_depth() == 2
+
+
+def _decided_store(store: AuditStore) -> None:
+    (alice,) = add_users(store, "alice")
+    store.ingest_many([audit_item("h1"), audit_item("q1", Route.AUTO_QC)], T0)
+    for _ in range(2):
+        claim = store.claim(alice, 60, T0)
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "accept", None, T0)
+
+
+def test_the_outbox_is_marked_only_after_the_broker_acknowledged_and_published_once(tmp_path: Path) -> None:
+    settings = Settings(topic_prefix="t")
+    with make_store("sqlite", tmp_path) as store:
+        _decided_store(store)
+        failing = RecordingProducer(fail=True)
+        with pytest.raises(DeliveryFailed):
+            publish_outbox(store, failing, settings, T0)
+        assert len(store.pending_outbox()) == 3  # nothing marked: it is all sent again
+        producer, verdicts = RecordingProducer(), []
+        assert publish_outbox(store, producer, settings, T0, on_verdict=verdicts.append) == 3
+        assert publish_outbox(store, producer, settings, T0) == 0
+        assert [(t, k) for t, k, _ in producer.acked] == [("t.verdicts", b"h1"), ("t.decisions", b"h1"), ("t.verdicts", b"q1")]
+        assert [v.request_id for v in verdicts] == ["h1", "q1"] and store.pending_outbox() == []
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_monitor_end_to_end_on_the_embedded_broker(broker: Settings, tmp_path: Path) -> None:
+    from auditstream.kafka import make_consumer, make_producer
+
+    settings = dataclasses.replace(broker, topic_prefix=f"m{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
+                                   models_dir=tmp_path / "models")  # fmt: skip
+    items = [audit_item(f"h{i}") for i in range(3)] + [audit_item(f"q{i}", Route.AUTO_QC) for i in range(2)]
+    with make_store("sqlite", tmp_path) as store:
+        stop = threading.Event()
+        args = MonitorArgs(outbox_interval_s=0.2, stats_interval_s=0.5)
+        monitor = threading.Thread(target=run_monitor, args=(settings, args, store, stop, False))
+        monitor.start()
+        try:
+            producer = make_producer(settings)
+            for item in items + items:  # every audit record twice: a replay
+                producer.send(settings.topic(topics.AUDIT), item.prediction.request_id.encode(), item.to_bytes())
+            producer.send(settings.topic(topics.AUDIT), b"bad", b"not a record")
+            for item in items:
+                producer.send(settings.topic(topics.PREDICTIONS), item.prediction.request_id.encode(), item.prediction.to_bytes())
+            producer.flush(30)
+            producer.close()
+            deadline = time.monotonic() + 90
+            while store.queue_depth() < len(items) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert store.queue_depth() == len(items)
+
+            (alice,) = add_users(store, "alice")
+            while (claim := store.claim(alice, 60, time.time())) is not None:
+                fix = "54321" if claim.item.request_id == "h0" else None
+                store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct" if fix else "accept", fix, time.time())
+
+            names = [settings.topic(t) for t in (topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
+            consumer = make_consumer(settings, f"verify-{uuid.uuid4().hex[:6]}", names)
+            got: dict[str, list[bytes]] = {n: [] for n in names}
+            deadline = time.monotonic() + 90
+            while (len(got[names[0]]) < 5 or len(got[names[1]]) < 3 or not got[names[2]]) and time.monotonic() < deadline:
+                for r in consumer.poll(100, 500):
+                    got[r.topic].append(r.value)
+            time.sleep(1.0)  # anything duplicated would arrive now
+            for r in consumer.poll(100, 500):
+                got[r.topic].append(r.value)
+            consumer.close()
+        finally:
+            stop.set()
+            monitor.join(timeout=60)
+        assert not monitor.is_alive()
+        assert store.pending_outbox() == []
+        verdicts = sorted((Verdict.from_bytes(v) for v in got[names[0]]), key=lambda v: v.request_id)
+        assert [v.request_id for v in verdicts] == ["h0", "h1", "h2", "q0", "q1"]
+        decisions = {Decision.from_bytes(v).request_id: Decision.from_bytes(v) for v in got[names[1]]}
+        assert len(got[names[1]]) == 3 and decisions["h0"].output == "54321" and decisions["h1"].source == "human"
+        assert [DeadLetter.from_bytes(v).value for v in got[names[2]]] == [b"not a record"]
