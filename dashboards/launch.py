@@ -37,14 +37,18 @@ SERVER_OPTIONS = {
 
 
 def check_xsrf_enabled() -> None:
-    """Refuse to launch when Streamlit's config (files or ``STREAMLIT_*`` env) disables XSRF."""
+    """Refuse to launch when a Streamlit config file (``~/.streamlit/config.toml`` or
+    ``./.streamlit/config.toml``) disables XSRF protection. The launcher's own flag would win
+    over the file, but a file that turns it off is a mistake worth stopping for; a
+    ``STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION`` variable is overridden by the flag, and a server
+    started some other way is refused by the app itself."""
     from streamlit import config
 
     config.get_config_options(force_reparse=True)
     if not config.get_option("server.enableXsrfProtection"):
         raise ConfigError("server.enableXsrfProtection", False,
                           "true: the audit dashboard writes verdicts and must not run without XSRF protection "
-                          "(remove the setting from .streamlit/config.toml or STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION)")
+                          "(remove server.enableXsrfProtection = false from .streamlit/config.toml)")
 
 
 def streamlit_argv(port: int, config: DashboardConfig, address: str = "127.0.0.1") -> list[str]:

@@ -1,0 +1,34 @@
+"""Dashboard options and the server command line (no server started here; see test_browser.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from auditstream.errors import ConfigError
+from dashboards.config import DashboardConfig, config_from_argv
+from dashboards.launch import check_xsrf_enabled, streamlit_argv
+
+
+def test_config_round_trips_through_the_script_argv():
+    config = DashboardConfig(store_url="sqlite:///x.db", lease_s=60.0, blind_qc=False, refresh_s=2.0)
+    assert config_from_argv(config.to_argv()) == config
+    argv = streamlit_argv(8765, config)
+    assert "--server.enableXsrfProtection=true" in argv and "--server.port=8765" in argv
+    assert argv[argv.index("--") + 1:] == config.to_argv()
+    with pytest.raises(ValueError):
+        DashboardConfig(lease_s=1.0)
+    with pytest.raises(ValueError):
+        streamlit_argv(0, config)
+
+
+def test_launcher_refuses_when_a_config_file_turns_xsrf_off(tmp_path, monkeypatch):
+    check_xsrf_enabled()  # default: on
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "config.toml").write_text("[server]\nenableXsrfProtection = false\n")
+    monkeypatch.chdir(tmp_path)  # Streamlit reads ./.streamlit/config.toml
+    try:
+        with pytest.raises(ConfigError, match="XSRF"):
+            check_xsrf_enabled()
+    finally:
+        monkeypatch.undo()
+        check_xsrf_enabled()  # re-read without it, so later tests see the default again
