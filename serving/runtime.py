@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _ORT_FATAL = 4  # ORT log severity: 0 verbose .. 4 fatal
+_ORT_DEFAULT_SEVERITY = 2
 
 
 def _probe_model_bytes() -> bytes:
@@ -50,12 +52,19 @@ def provider_loads(provider: str) -> bool:
         return False
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_FATAL
+    # Library-load failures are logged by ORT's process-wide logger, not the session's: silence
+    # it for the probe, then restore ORT's default (warnings).
+    ort.set_default_logger_severity(_ORT_FATAL)
     try:
-        session = ort.InferenceSession(_probe_model_bytes(), sess_options=options, providers=[provider])
-        session.run(None, {"x": np.zeros(1, np.float32)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Specified provider ... is not in available provider names"
+            session = ort.InferenceSession(_probe_model_bytes(), sess_options=options, providers=[provider])
+            session.run(None, {"x": np.zeros(1, np.float32)})
     except Exception as e:  # missing shared libraries surface as RuntimeError/Fail from ORT
         log.debug("provider %s does not load: %s", provider, e)
         return False
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     return provider in session.get_providers()
 
 

@@ -1,0 +1,58 @@
+"""serving.runtime: provider selection falls back to the CPU silently; session matches its card."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import TinyRegistry
+
+from auditstream.errors import ModelRefused
+from auditstream.registry import RegisteredModel, TensorSpec
+from serving import runtime
+
+
+def test_cuda_probe_falls_back_to_cpu_silently(capfd: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    runtime.provider_loads.cache_clear()
+    providers = runtime.select_providers()
+    assert providers[-1] == "CPUExecutionProvider"
+    available = ort.get_available_providers()
+    for gpu in runtime.GPU_PROVIDERS:
+        # used only where compiled in and actually loading (never on this CPU-only CI machine)
+        assert (gpu in providers) <= (gpu in available)
+    if "CUDAExecutionProvider" not in available:
+        assert providers == ["CPUExecutionProvider"]
+    out, err = capfd.readouterr()
+    assert "error" not in (out + err).lower()
+
+
+def test_unknown_provider_is_refused_quietly(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    # onnxruntime-gpu without CUDA libraries lists the provider but cannot create it: emulate that
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    runtime.provider_loads.cache_clear()
+    try:
+        assert runtime.select_providers() == ["CPUExecutionProvider"]
+    finally:
+        runtime.provider_loads.cache_clear()
+    out, err = capfd.readouterr()
+    assert "error" not in (out + err).lower()
+
+
+def test_session_runs_and_is_warmed_up(tiny_registry: TinyRegistry) -> None:
+    session = runtime.load_session(tiny_registry.model, intra_op_threads=1)
+    assert session.providers[0] == "CPUExecutionProvider" and session.warmup_s > 0
+    probs = session.run(np.zeros((3, 8, 8), np.float32))["probs"]
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_card_graph_mismatch_is_refused(tiny_registry: TinyRegistry) -> None:
+    model = tiny_registry.model
+    wrong = dataclasses.replace(model.card, outputs=[TensorSpec("logits", "float32", [None, 10])])
+    with pytest.raises(ModelRefused, match="do not match"):
+        runtime.load_session(RegisteredModel(wrong, model.onnx_path))
