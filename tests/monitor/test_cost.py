@@ -68,3 +68,20 @@ def test_risk_coverage_from_weighted_audits_recovers_the_truth():
     assert by_t[0.9]["risk"] == pytest.approx(0.05, abs=0.005)  # mean of 1 - c on [0.9, 1]
     assert by_t[0.5]["risk"] == pytest.approx(0.25, abs=0.005)
     assert risk_coverage_from_audits([0.5], [0.5], [0], [1.0], [0.9]) == []
+
+
+def test_cost_command_reads_the_card_curve(tmp_path, monkeypatch, capsys):
+    from auditstream.cli import main
+    from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+
+    card = ModelCard(name="zip", version="0", task="classification", inputs=[TensorSpec("x", "float32", [None, 4])],
+                     outputs=[TensorSpec("p", "float32", [None, 10])], triage=TriageSpec(threshold=0.95),
+                     risk_coverage=CURVE)
+    ModelRegistry(tmp_path).publish(card, b"not really onnx: the cost report never loads the graph")
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path))
+    assert main(["cost", "--model", "zip", "--cost-error", "10", "--json"]) == 0
+    out = capsys.readouterr()
+    summary = __import__("json").loads(out.out.strip().splitlines()[-1])
+    assert summary["optimal_threshold"] == 0.95 and summary["version"] == "1"
+    assert summary["humans_only"] == 1.0 and len(summary["curve"]) == len(CURVE)
+    assert "humans only" in out.err

@@ -229,3 +229,15 @@ def test_tracker_without_card_still_counts():
     (qc,) = tracker.snapshot()
     assert qc.predictions == 1 and qc.certified_risk is None and "no model card" in qc.reason
     assert qc.ks_statistic is None and qc.cusum_statistic is None
+
+
+def test_bench_qc_command_prints_the_targets_as_json(capsys):
+    from auditstream.cli import main
+
+    assert main(["bench", "qc", "--replications", "60", "--stream-items", "5000", "--cusum-runs", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = __import__("json").loads(lines[-1])
+    for key in ("ci_width_1000", "ess_ratio", "bias", "cusum_median_delay", "cusum_false_alarms_per_100k"):
+        assert key in result
+    assert result["ci_width_1000"] < 0.014 and result["cusum_median_delay"] < 2000
+    assert any("Clopper-Pearson" in line for line in lines[:-1])
