@@ -1,7 +1,7 @@
 """Local accounts of the audit dashboard, stored in the audit store's ``users`` table.
 
 Passwords are kept only as slow salted hashes: scrypt (RFC 7914) with a 16-byte random salt per
-user and N=2**15, r=8, p=1 (32 MiB and roughly 50-100 ms per hash on one core: cheap for a login,
+user and N=2**15, r=8, p=1 (32 MiB and about 0.1-0.3 s per hash on one core: cheap for a login,
 costly for anyone guessing offline). The parameters are stored with each hash
 (``scrypt$n=32768,r=8,p=1$<salt>$<hash>``), so they can be raised later without breaking old
 accounts. Comparison is constant-time, and an unknown user costs a hash too, so timing does not

@@ -1,6 +1,6 @@
 """The two databases behind the audit store: SQLite (one machine) and PostgreSQL (many).
 
-The store's SQL is written once, with ``?`` placeholders and ``{p}`` for the table prefix; this
+The store's SQL is written once, with ``?`` parameter markers and ``{p}`` for the table prefix; this
 module supplies what really differs between the two:
 
 * connections: one per thread (sqlite3 and psycopg connections must not be shared by threads
@@ -49,7 +49,7 @@ class Database(abc.ABC):
         self._lock = threading.Lock()
 
     def sql(self, text: str) -> str:
-        """The statement with the table prefix filled in and this driver's placeholders."""
+        """The statement with the table prefix filled in and this driver's parameter markers."""
         return text.replace("{p}", self.prefix)
 
     def _connection(self) -> Any:
@@ -86,7 +86,7 @@ class Database(abc.ABC):
 
 
 class Cursor:
-    """What a transaction body uses: statements with ``?`` placeholders, prefix filled in."""
+    """What a transaction body uses: statements with ``?`` parameter markers, prefix filled in."""
 
     def __init__(self, db: Database, raw: Any) -> None:
         self._db, self._raw = db, raw

@@ -73,7 +73,9 @@ DDL = (
         is_gold INTEGER NOT NULL,
         gold_correct INTEGER                -- gold items only: did the auditor give the known answer
     )""",
-    "CREATE INDEX IF NOT EXISTS {p}verdicts_item ON {p}verdicts (item_id, auditor)",
+    "CREATE INDEX IF NOT EXISTS {p}verdicts_item ON {p}verdicts (item_id)",
+    # A claim skips the items this auditor already answered: the set of their item ids.
+    "CREATE INDEX IF NOT EXISTS {p}verdicts_auditor ON {p}verdicts (auditor, item_id)",
     "CREATE INDEX IF NOT EXISTS {p}verdicts_time ON {p}verdicts (decided_at_s)",
     """
     CREATE TABLE IF NOT EXISTS {p}outbox (

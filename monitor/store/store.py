@@ -104,8 +104,14 @@ class AuditStore(StoreReads):
     def ingest_many(self, items: Sequence[AuditItem], now_s: float) -> list[bool]:
         """Store a batch in one transaction; one bool per item (True: new)."""
         rows = [self._item_row(item, now_s) for item in items]  # validate all before writing any
+        # Insert in key order: two processes ingesting overlapping batches (a rebalance) then wait
+        # for each other's unique-index entries in the same order and cannot deadlock.
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        new = [False] * len(rows)
         with self._db.write() as cur:
-            return [cur.run(_INSERT_ITEM + " ON CONFLICT (request_id, model_version) DO NOTHING", row) == 1 for row in rows]
+            for i in order:
+                new[i] = cur.run(_INSERT_ITEM + " ON CONFLICT (request_id, model_version) DO NOTHING", rows[i]) == 1
+        return new
 
     def add_gold(self, item: AuditItem, gold_output: Any, actor: User, now_s: float) -> int:
         """Add a gold item (a known answer; ``None`` means "should be rejected"). Admins only.
@@ -154,7 +160,7 @@ class AuditStore(StoreReads):
                 row = cur.one(
                     f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = ?"
                     " AND (lease_expires_s IS NULL OR lease_expires_s <= ?)"
-                    " AND NOT EXISTS (SELECT 1 FROM {p}verdicts v WHERE v.item_id = i.id AND v.auditor = ?)"
+                    " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)"
                     f"{filters} ORDER BY priority, id LIMIT 1{self._db.claim_lock}",
                     (gold, now_s, auditor.name, *params),
                 )

@@ -97,3 +97,25 @@ def test_twenty_auditors_never_share_a_lease_and_reclaim_expired_ones(backend: s
         assert walked_away, "no auditor walked away: the reclaim path was not exercised"
         assert store.queue_depth() == 0
         print(f"{backend}: {len(log)} claims, {len(verdicts)} verdicts, {len(walked_away)} items reclaimed after expiry")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_overlapping_batches_ingested_concurrently_in_any_order_make_one_item_each(backend: str, tmp_path: Path) -> None:
+    """Two monitors replaying overlapping batches in opposite orders (a rebalance): no deadlock."""
+    with make_store(backend, tmp_path) as store:
+        items = [audit_item(f"r{i:03d}") for i in range(200)]
+        batches = [items[:150], list(reversed(items[50:]))] * 3
+        errors: list = []
+
+        def ingest(batch: list) -> None:
+            try:
+                store.ingest_many(batch, time.time())
+            except Exception as e:  # noqa: BLE001 - a deadlock error fails the test
+                errors.append(e)
+
+        threads = [threading.Thread(target=ingest, args=(b,)) for b in batches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and store.queue_depth() == 200
