@@ -1,7 +1,8 @@
 """``auditstream bench wire``: what the wire contract costs per record on the hot path.
 
 Measures encode (``to_bytes``) and decode (``from_bytes``) of the records the serving consumer
-handles for every request: a digits-sized tensor request (1x28x28 float32) in both tensor forms
+handles for every request: a digits-sized tensor request (8x8 float32, the ``digits`` model's
+input) in both tensor forms
 (base64 and a plain ``values`` list), envelope-sized image requests (PNG-sized payloads of
 1 KiB and 40 KiB; the bytes are not decoded as an image here, that is the serving side's job),
 a prediction (with its latency headers) and an audit item carrying the digits tensor.
@@ -48,12 +49,12 @@ def _cases() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], Any], Any
     from auditstream import wire
 
     rng = np.random.default_rng(0)
-    digits = rng.random((1, 28, 28), dtype=np.float32)
+    digits = rng.random((8, 8), dtype=np.float32)
     request = wire.InferenceRequest("req-000001", "digits", digits, 1_700_000_000.0)
 
     def values_encode() -> bytes:  # what a client without base64 writes
         obj = {"v": 1, "request_id": request.request_id, "model": request.model, "created_at_s": request.created_at_s,
-               "input": {"tensor": {"dtype": "float32", "shape": [1, 28, 28], "values": digits.ravel().tolist()}}}
+               "input": {"tensor": {"dtype": "float32", "shape": [8, 8], "values": digits.tolist()}}}
         return json.dumps(obj, separators=(",", ":")).encode()
 
     prediction = wire.Prediction(

@@ -206,14 +206,9 @@ def test_invalid_record_is_refused_by_decoder_and_schema(index):
 
 
 def doc_examples() -> list[tuple[str, dict]]:
-    """```json blocks in docs/wire-format.md whose first line is ``// <RecordName>``."""
-    found = []
-    for block in re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.S):
-        first, _, body = block.partition("\n")
-        match = re.fullmatch(r"// (\w+)", first.strip())
-        if match:
-            found.append((match.group(1), json.loads(body)))
-    return found
+    """```json blocks in docs/wire-format.md preceded by ``<!-- example: RecordName -->``."""
+    pattern = r"<!-- example: (\w+) -->\s*```json\n(.*?)```"
+    return [(name, json.loads(body)) for name, body in re.findall(pattern, DOC.read_text(), flags=re.S)]
 
 
 def test_every_documented_example_is_valid():
@@ -222,3 +217,15 @@ def test_every_documented_example_is_valid():
     for name, obj in examples:
         validator(name).validate(obj)
         DECODERS[name](json.dumps(obj).encode())
+
+
+@pytest.mark.parametrize("label", ["plain-json", "numpy-b64"])
+def test_documented_client_code_produces_a_valid_request(label):
+    """The snippets other clients copy build a request the decoder and the schema accept."""
+    match = re.search(rf"<!-- example-code: {label} -->\s*```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert match, f"docs/wire-format.md lacks the {label} example"
+    scope: dict = {}
+    exec(compile(match.group(1), f"docs/wire-format.md:{label}", "exec"), scope)  # noqa: S102 - our own doc
+    request = wire.InferenceRequest.from_bytes(scope["value"])
+    assert request.request_id == scope["request_id"] and request.input.shape == (8, 8)
+    validator("InferenceRequest").validate(strict_json(scope["value"]))
