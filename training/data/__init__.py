@@ -1,0 +1,1 @@
+"""Datasets for the mail-sorting models: the one digits split, the envelope generator, the loader."""
