@@ -3,7 +3,7 @@ at-least-once :class:`~auditstream.stream.StreamLoop` around :func:`serving.cons
 
 Start-up order: load + verify the model (a corrupt file stops here) → create and warm up the
 ONNX Runtime session → make sure the topics exist → start /metrics → join the consumer group
-``auditstream-serve-<model>`` → poll. Per-episode state (RL) plugs in through
+``<prefix>-serve-<model>`` → poll. Per-episode state (RL) plugs in through
 :class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
 outputs (state snapshots) checkpointed with each batch.
 """
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 LAG_REFRESH_S = 5.0
 
 
-def group_id(model: str) -> str:
-    return f"auditstream-serve-{model}"
+def group_id(settings: Settings, model: str) -> str:
+    """``<prefix>-serve-<model>`` with the default topic prefix (one group per model and prefix)."""
+    return f"{settings.topic_prefix}-serve-{model}"
 
 
 class ServeApp:
@@ -57,8 +58,8 @@ class ServeApp:
                 user_after_commit(offsets)
 
         hooks.after_commit = after_commit
-        self.loop = StreamLoop.connect(settings, group_id(model.card.name), [self.request_topic], self._process,
-                                       producer or make_producer(settings, bootstrap, client_id=group_id(model.card.name)),
+        self.loop = StreamLoop.connect(settings, group_id(settings, model.card.name), [self.request_topic], self._process,
+                                       producer or make_producer(settings, bootstrap, client_id=group_id(settings, model.card.name)),
                                        hooks=hooks, bootstrap=bootstrap)
 
     def _process(self, records: list[Record]) -> list[list[Output]]:

@@ -3,7 +3,7 @@ from, with their original key, value and headers, once the cause is fixed (a new
 a widened input spec, a producer bug repaired).
 
 It is itself an at-least-once :class:`~auditstream.stream.StreamLoop` in the consumer group
-``auditstream-dlq-replay``: a replayed dead letter is committed only after its copy on the source
+``<prefix>-dlq-replay``: a replayed dead letter is committed only after its copy on the source
 topic is acknowledged, so an interrupted replay resumes where it stopped, and a record replayed
 twice is answered twice with identical, request-id-keyed outputs. Records that fail again land
 in the dead-letter topic again, with a new offset, and a later replay picks them up.
@@ -23,9 +23,6 @@ from auditstream.stream import Output, StreamLoop
 from auditstream.wire import DeadLetter
 
 log = logging.getLogger(__name__)
-
-REPLAY_GROUP = "auditstream-dlq-replay"
-
 
 @dataclass
 class ReplayReport:
@@ -60,9 +57,10 @@ def replay(settings: Settings, reasons: list[str] | None = None, idle_s: float =
     report = ReplayReport()
     wanted = frozenset(reasons) if reasons else None
     bootstrap = resolve_bootstrap(settings)
-    loop = StreamLoop.connect(settings, REPLAY_GROUP, [settings.topic(T.DEAD_LETTER)],
+    group = f"{settings.topic_prefix}-dlq-replay"
+    loop = StreamLoop.connect(settings, group, [settings.topic(T.DEAD_LETTER)],
                               lambda records: replay_batch(records, wanted, report),
-                              make_producer(settings, bootstrap, client_id=REPLAY_GROUP), bootstrap=bootstrap)
+                              make_producer(settings, bootstrap, client_id=group), bootstrap=bootstrap)
     loop.install_signal_handlers()
     try:
         loop.run(max_records=max_records, until_idle_s=idle_s)

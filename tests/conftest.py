@@ -16,7 +16,8 @@
 
 ``stream_settings`` (function scope)
     ``broker`` settings with a fresh topic prefix (topics of one test never mix with another's),
-    ``models_dir`` = the tiny registry, ``state_dir`` a temporary directory.
+    ``models_dir`` = the tiny registry, ``state_dir`` a temporary directory; every topic of that
+    prefix (``auditstream.topics.all_topics`` with model ``tiny``) already exists.
 
 Helpers: :func:`tiny_classifier_onnx` builds the ONNX bytes; :func:`tiny_card` its model card.
 """
@@ -100,5 +101,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def stream_settings(broker: Settings, tiny_registry: TinyRegistry, tmp_path: Path) -> Settings:
+    from auditstream.kafka import ensure_topics
+    from auditstream.topics import COMPACTED_TOPICS, all_topics
+
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    return dataclasses.replace(broker, topic_prefix=prefix, models_dir=tiny_registry.root, state_dir=tmp_path / "state")
+    settings = dataclasses.replace(broker, topic_prefix=prefix, models_dir=tiny_registry.root, state_dir=tmp_path / "state")
+    ensure_topics(settings.bootstrap_servers, all_topics(settings, [TINY_MODEL]), settings.partitions,
+                  tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    return settings
