@@ -34,8 +34,8 @@ def _seed(store: AuditStore) -> list[str]:
     ], T0)  # fmt: skip
     ada = store.accounts.add_user("ada", "ada-password", Role.ADMIN)
     store.add_gold(audit_item("gold", output="44444"), "44444", ada, T0)
-    # Claims serve deferred items first: h1, d1, h2, then the QC sample q1.
-    plan = [(alice, "correct", "11112"), (alice, "accept", None), (bob, "skip", None), (bob, "reject", None)]
+    # Claims serve deferred items first (one batch: in request-id order) d1, h1, h2, then the QC sample q1.
+    plan = [(alice, "accept", None), (alice, "correct", "11112"), (bob, "skip", None), (bob, "reject", None)]
     ids = []
     for user, kind, corrected in plan:
         claim = store.claim(user, 60, T0)
@@ -54,7 +54,7 @@ def test_export_holds_every_decisive_verdict_with_its_input_and_weights(backend:
         assert export_labels(store, out, fmt=fmt, progress=False) == 3
         rows = read_labels(out)
         assert [r["verdict_id"] for r in rows] == ids and set(rows[0]) == set(COLUMNS)
-        h1, d1, q1 = rows
+        d1, h1, q1 = rows
         assert (h1["route"], h1["verdict_kind"], h1["model_output"], h1["human_label"], h1["inclusion_prob"]) == (
             "HUMAN", "correct", "11111", "11112", 1.0)
         assert (q1["route"], q1["verdict_kind"], q1["human_label"], q1["inclusion_prob"], q1["confidence"]) == (
