@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from auditstream.errors import ConfigError
 
 ENV_PREFIX = "AUDITSTREAM_"
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false (1/0, yes/no, on/off)"}
 
 

@@ -57,7 +57,7 @@ def test_overrides_win_over_the_environment_and_none_means_unset():
         ("AUDITSTREAM_SESSION_TIMEOUT_MS", "0", "an integer >= 1"),
         ("AUDITSTREAM_MAX_POLL_INTERVAL_MS", "1000", "at least session_timeout_ms"),
         ("AUDITSTREAM_METRICS_PORT", "70000", "a TCP port in [0, 65535]"),
-        ("AUDITSTREAM_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("AUDITSTREAM_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, WARN, ERROR, CRITICAL"),
     ],
 )
 def test_bad_value_names_the_variable_and_what_it_expects(variable, value, expected):
