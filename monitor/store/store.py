@@ -19,6 +19,7 @@ transaction (:func:`monitor.accounts.check_actor`). Semantics, in short (docs/au
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -26,6 +27,7 @@ import uuid
 import zlib
 from typing import Any, Iterable, Sequence
 
+from auditstream.errors import LeaseNotHeld, VerdictConflict
 from auditstream.wire import AuditItem, Route, VerdictKind, encode_input
 from monitor.accounts import ADMINS, WRITERS, Accounts, User, check_actor
 from monitor.store.backend import Database
@@ -170,7 +172,7 @@ class AuditStore(StoreReads):
                 return None
             expires = now_s + lease_s
             cur.run("UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ?", (auditor.name, expires, row[0]))
-        item = item_from_row(row)
+        item = dataclasses.replace(item_from_row(row), lease_owner=auditor.name, lease_expires_s=expires)
         return Claim(item, auditor.name, expires, 1 if item.is_gold else item.reviews_done + 1)
 
     def renew(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> bool:
@@ -206,8 +208,6 @@ class AuditStore(StoreReads):
         """Record one verdict (see the module docstring). Raises :class:`LeaseNotHeld` when
         ``auditor`` does not hold the item's live lease, :class:`VerdictConflict` when the id was
         used for another item or auditor, :class:`PermissionDenied` for a role that may not."""
-        from auditstream.errors import LeaseNotHeld, VerdictConflict
-
         kind = VerdictKind(kind)
         check_verdict_input(kind, corrected_output)
         if not verdict_id or len(verdict_id) > 64:

@@ -84,6 +84,7 @@ def test_a_held_lease_comes_back_on_reload_and_renews_releases_and_expires(store
     alice, bob = add_users(store, "alice", "bob")
     store.ingest_many([audit_item("r1"), audit_item("r2")], T0)
     first = store.claim(alice, 30, T0)
+    assert (first.item.lease_owner, first.item.lease_expires_s, first.lease_expires_s) == ("alice", T0 + 30, T0 + 30)
     assert store.claim(alice, 30, T0 + 10).item_id == first.item_id  # a page reload: same item, lease extended
     assert store.claim(bob, 30, T0 + 10).item_id != first.item_id
     assert store.renew(first.item_id, alice, 30, T0 + 20)
