@@ -14,27 +14,40 @@ import pandas as pd
 HEIGHT = 240
 BUDGET_COLOUR = "#d62728"
 MAIN_COLOUR = "#1f77b4"
+TIME_AXIS = alt.Axis(format="%H:%M", labelAngle=0)
 
 
 def _time(frame: pd.DataFrame, column: str = "t_s") -> pd.DataFrame:
     frame = frame.copy()
+    # Vega-Lite draws naive timestamps as they are: UTC here, like the timestamps in the logs.
     frame["time"] = pd.to_datetime(frame[column], unit="s", utc=True).dt.tz_convert(None)
     return frame
 
 
-def throughput_chart(series: Sequence[tuple[float, int]], bucket_s: float) -> alt.Chart:
-    """Verdicts per minute over time (bars per bucket)."""
+def throughput_chart(series: Sequence[tuple[float, int]], bucket_s: float,
+                     window_s: tuple[float, float] | None = None) -> alt.Chart:  # fmt: skip
+    """Verdicts per minute over time (one bar spanning each bucket), over ``window_s`` (start,
+    end; seconds) so a single busy minute shows as one bar in its hour, not the whole width."""
     frame = _time(pd.DataFrame(series, columns=["t_s", "verdicts"]))
+    frame["end"] = frame["time"] + pd.to_timedelta(bucket_s, unit="s")
     frame["per_min"] = frame["verdicts"] * 60.0 / bucket_s
     return (
         alt.Chart(frame, height=HEIGHT)
-        .mark_bar(color=MAIN_COLOUR)
+        .mark_bar(color=MAIN_COLOUR, stroke="white", strokeWidth=1)
         .encode(
-            x=alt.X("time:T", title=None),
+            x=alt.X("time:T", title=None, axis=TIME_AXIS, scale=_time_domain(window_s)),
+            x2="end:T",
             y=alt.Y("per_min:Q", title="verdicts / min"),
             tooltip=[alt.Tooltip("time:T", format="%H:%M:%S"), "verdicts:Q"],
         )
     )
+
+
+def _time_domain(window_s: tuple[float, float] | None) -> alt.Scale | None:
+    if window_s is None:
+        return alt.Undefined
+    start, end = pd.to_datetime(list(window_s), unit="s", utc=True).tz_convert(None)
+    return alt.Scale(domain=[start.isoformat(), end.isoformat()])
 
 
 def coverage_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
@@ -44,7 +57,7 @@ def coverage_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
         alt.Chart(frame, height=HEIGHT)
         .mark_line(point=True)
         .encode(
-            x=alt.X("time:T", title=None),
+            x=alt.X("time:T", title=None, axis=TIME_AXIS),
             y=alt.Y("coverage:Q", title="auto-accepted", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("model:N", title="model"),
             tooltip=["model:N", alt.Tooltip("coverage:Q", format=".1%"), alt.Tooltip("time:T", format="%H:%M:%S")],
@@ -97,7 +110,8 @@ def cost_chart(rows: Sequence[dict[str, Any]], optimum: float | None, current: f
         alt.Chart(frame, height=HEIGHT).mark_line().encode(
             x=alt.X("threshold:Q", title="confidence threshold"),
             y=alt.Y("cost_per_item:Q", title="cost per item"),
-            color=alt.Color("policy:N", title=None, legend=alt.Legend(orient="bottom")),
+            color=alt.Color("policy:N", title=None, legend=alt.Legend(orient="bottom"),
+                            scale=alt.Scale(domain=["model + humans", "humans only"], range=[MAIN_COLOUR, "#888888"])),
             tooltip=["policy:N", alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("cost_per_item:Q", format=".4f")],
         )
     ]
@@ -111,10 +125,10 @@ def cost_chart(rows: Sequence[dict[str, Any]], optimum: float | None, current: f
 def bar_chart(values: dict[str, float], title: str, percent: bool = False) -> alt.Chart:
     """Horizontal bars, one per key (auditor throughput, gold accuracy)."""
     frame = pd.DataFrame({"name": list(values), "value": list(values.values())})
-    axis = alt.Axis(format="%") if percent else alt.Axis()
+    axis = alt.Axis(format="%") if percent else alt.Axis(format="d", tickMinStep=1)
     return (
-        alt.Chart(frame, height=max(80, 28 * len(frame)))
-        .mark_bar(color=MAIN_COLOUR)
+        alt.Chart(frame, height=40 + 32 * len(frame))
+        .mark_bar(color=MAIN_COLOUR, size=20)
         .encode(y=alt.Y("name:N", title=None, sort="-x"), x=alt.X("value:Q", title=title, axis=axis),
                 tooltip=["name:N", alt.Tooltip("value:Q", format=".1%" if percent else "d")])  # fmt: skip
     )

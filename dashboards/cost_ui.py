@@ -48,8 +48,9 @@ def cost_section(card: ModelCard) -> None:
     st.altair_chart(charts.cost_chart(report_rows(report), report.optimal_threshold, card.triage.threshold),
                     width="stretch")  # fmt: skip
     cols = st.columns(3)
-    cols[0].metric("Humans only", f"{report.humans_only:.3f} / item")
-    cols[1].metric("Model + humans at optimum", "—" if report.optimal_cost is None else f"{report.optimal_cost:.3f} / item",
+    cols[0].metric("Humans only, per item", f"{report.humans_only:.3f}")
+    cols[1].metric("Model + humans, per item", "—" if report.optimal_cost is None else f"{report.optimal_cost:.3f}",
+                   help="at the cost-optimal threshold",
                    delta=None if report.savings_per_item is None else f"{-report.savings_per_item:+.3f}",
                    delta_color="inverse")  # fmt: skip
     cols[2].metric("Optimal threshold", "—" if report.optimal_threshold is None else f"{report.optimal_threshold:.3f}",

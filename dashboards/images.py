@@ -31,11 +31,12 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def to_image(value: ModelInput, value_range: tuple[float, float] | None = None) -> Image.Image:
+def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, ink: bool = False) -> Image.Image:
     """An input as a grayscale or RGB image.
 
     ``value_range`` maps tensor values to 0..255 (e.g. ``(0, 16)`` for sklearn digits); without
     it, uint8 tensors are taken as they are and float tensors are scaled by their own min/max.
+    ``ink``: high values are ink, drawn dark on white paper as a person would write them.
     """
     if isinstance(value, ImageInput):
         image = Image.open(io.BytesIO(value.data))
@@ -56,6 +57,8 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None) 
         low, high = value_range or (float(np.min(array)), float(np.max(array)))
         span = (high - low) or 1.0
         pixels = (np.clip((array.astype(np.float64) - low) / span, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if ink:
+        pixels = 255 - pixels
     return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
 
 

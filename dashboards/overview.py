@@ -55,7 +55,7 @@ def _live_sections(ctx: DashboardContext) -> None:
     _queue_section(ctx, now)
     _quality_section(ctx, now)
     _auditor_section(ctx, now)
-    st.caption(f"Updated {time.strftime('%H:%M:%S', time.localtime(now))}")
+    st.caption(f"Updated {time.strftime('%H:%M:%S', time.gmtime(now))} UTC · charts in UTC")
 
 
 def _queue_section(ctx: DashboardContext, now: float) -> None:
@@ -77,7 +77,8 @@ def _queue_section(ctx: DashboardContext, now: float) -> None:
         )  # fmt: skip
     series = ctx.store.throughput_series(THROUGHPUT_BUCKET_S, since_s=now - WINDOW_S)
     if series:
-        st.altair_chart(charts.throughput_chart(series, THROUGHPUT_BUCKET_S), width="stretch")
+        st.markdown("**Verdicts per minute**, last hour")
+        st.altair_chart(charts.throughput_chart(series, THROUGHPUT_BUCKET_S, (now - WINDOW_S, now)), width="stretch")
 
 
 def _quality_section(ctx: DashboardContext, now: float) -> None:
@@ -135,7 +136,7 @@ def _model_card_sections(ctx: DashboardContext, model: str) -> None:
     cols[1].metric("Certified risk", "—" if triage.certified_risk is None else f"{triage.certified_risk:.2%}",
                    help=f"method: {triage.method}; target {triage.target_risk}, delta {triage.delta}")  # fmt: skip
     cols[2].metric("Certified coverage", "—" if triage.coverage is None else f"{triage.coverage:.1%}")
-    cols[3].metric("Labels", f"{len(card.labels)}" if card.labels else "—")
+    cols[3].metric("Certified by", triage.method, help="how the threshold was chosen (see docs/qc-statistics.md)")
     left, right = st.columns(2)
     with left:
         st.markdown("**Risk–coverage curve** (calibration data) · red: risk budget · grey: certified operating point")

@@ -128,7 +128,8 @@ def input_picture(prediction: Prediction, value: ModelInput, labels: Sequence[st
     if task == "classification" and not isinstance(value, ImageInput):
         array = np.asarray(value, dtype=np.float64)
         if array.size == 64:  # sklearn digits: 8x8 pixels of ink 0..16
-            return images.for_display(images.to_image(array.reshape(8, 8), value_range=(0.0, 16.0)))
+            picture = images.to_image(array.reshape(8, 8), value_range=(0.0, 16.0), ink=True)
+            return images.with_border(images.for_display(picture))
     try:
         picture = images.to_image(value)
     except ValueError:
@@ -202,20 +203,30 @@ def _input_caption(prediction: Prediction, value: ModelInput) -> str:
     return f"tensor {list(np.asarray(value).shape)} {np.asarray(value).dtype}"
 
 
+def confidence_badges(chars: list[tuple[str, float]]) -> str:
+    """Per-character confidences as one line of coloured badges (where to look first)."""
+    def colour(p: float) -> str:
+        return "green" if p >= 0.9 else "orange" if p >= 0.7 else "red"
+
+    return " ".join(f":{colour(p)}-badge[**{c if c.strip() else '␣'}** {p:.0%}]" for c, p in chars)
+
+
 def render_answer(view: AnswerView) -> None:
-    """The model's answer with its confidence, and the alternatives it considered."""
-    import pandas as pd
+    """The model's answer with its confidence (and per-character confidences): what the auditor
+    needs before answering, kept short so the form stays in view."""
     import streamlit as st
 
     st.metric("Model's answer", view.answer, help="What the model would have published")
     st.progress(min(max(view.confidence, 0.0), 1.0), text=f"confidence {view.confidence:.1%}")
     if view.char_confidences:
-        st.caption("Confidence per character")
-        st.dataframe(
-            pd.DataFrame(view.char_confidences, columns=["character", "confidence"]),
-            column_config={"confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f")},
-            hide_index=True,
-        )
+        st.markdown(confidence_badges(view.char_confidences), help="Confidence per character")
+
+
+def render_alternatives(view: AnswerView) -> None:
+    """The alternatives the model considered: every action with its probability, or the runner-ups."""
+    import pandas as pd
+    import streamlit as st
+
     if view.actions:
         st.caption("Action probabilities" + (f" · state value {view.value:+.2f}" if view.value is not None else ""))
         st.dataframe(

@@ -120,8 +120,11 @@ def answer_editor_ui(task: str, prediction: Prediction, value: ModelInput, label
         index = None if blind else editors.choice_index(prediction.output, choices)
         label = "Action to take" if task == "policy" else "Class"
         widget = st.radio if len(choices) <= 12 else st.selectbox
-        kwargs = {"horizontal": True} if widget is st.radio else {}
-        raw = widget(label, list(range(len(choices))), index=index, format_func=lambda i: f"{i}: {choices[i]}",
+        kwargs: dict[str, Any] = {"horizontal": True} if widget is st.radio else {}
+        probs = prediction.details.get("action_probs") if task == "policy" and not blind else None
+        if widget is st.radio and isinstance(probs, list) and len(probs) == len(choices):
+            kwargs["captions"] = [f"p = {p:.2f}" for p in probs]
+        raw = widget(label, list(range(len(choices))), index=index, format_func=lambda i: choices[i] if choices[i] == str(i) else f"{i}: {choices[i]}",
                      key=key, help="Arrow keys move the choice; Tab then Enter submits.", **kwargs)  # fmt: skip
         return raw, choices
     if task == "caption":
@@ -146,12 +149,11 @@ def verdict_form_ui(claim: Claim, prediction: Prediction, value: ModelInput, lab
     with st.form(f"verdict-{verdict_id}", enter_to_submit=True, border=True):
         st.markdown("**Your answer**" if blind else "**Your answer** — leave it as is to accept, change it to correct")
         raw, choices = answer_editor_ui(prediction.task, prediction, value, labels, blind, key=f"answer-{verdict_id}")
-        left, right = st.columns(2)
-        answer = left.form_submit_button("Submit answer", type="primary", width="stretch",
-                                         shortcut="Ctrl+Enter", help="Enter in the text field also submits")  # fmt: skip
-        reject = right.form_submit_button("Reject: no valid answer", width="stretch", shortcut="Alt+X",
-                                          help="The input is unreadable or none of the answers fits")  # fmt: skip
-    skip = st.button("Skip: give it back to the queue", shortcut="Alt+S", key=f"skip-{verdict_id}")
+        answer = st.form_submit_button("Submit answer", type="primary", width="stretch", shortcut="Ctrl+Enter",
+                                       help="Enter in the text field also submits")  # fmt: skip
+        reject = st.form_submit_button("Reject — no valid answer", width="stretch", shortcut="Alt+X",
+                                       help="The input is unreadable or none of the answers fits")  # fmt: skip
+    skip = st.button("Skip — give it back to the queue", shortcut="Alt+S", key=f"skip-{verdict_id}", width="stretch")
     if answer:
         return Submission("answer", (raw, choices))
     if reject:
@@ -176,7 +178,7 @@ def item_header_ui(claim: Claim, blind: bool, now_s: float) -> None:
     badges.badge(f"{item.model} v{item.model_version} · {item.task}", color="gray")
     age = max(0.0, now_s - item.ingested_at_s)
     st.caption(f"Item {item.item_id} · request {item.request_id} · waiting {_duration(age)} · "
-               f"lease until {time.strftime('%H:%M:%S', time.localtime(claim.lease_expires_s))}")  # fmt: skip
+               f"lease until {time.strftime('%H:%M:%S', time.gmtime(claim.lease_expires_s))} UTC")  # fmt: skip
 
 
 def _duration(seconds: float) -> str:
@@ -236,9 +238,12 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     with left:
         render.render_input(prediction, value, labels, blind)
     with right:
-        if not blind:
-            render.render_answer(render.answer_view(prediction, value, labels))
+        view = None if blind else render.answer_view(prediction, value, labels)
+        if view is not None:
+            render.render_answer(view)
         submission = verdict_form_ui(claim, prediction, value, labels, blind, verdict_id)
+        if view is not None:
+            render.render_alternatives(view)
     if submission is not None:
         _handle(ctx, user, claim, prediction, verdict_id, submission, blind, model, route)
 

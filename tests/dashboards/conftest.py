@@ -67,6 +67,28 @@ def items_by_task() -> dict[str, AuditItem]:
     }
 
 
+# A curve whose error grows with coverage, so the cost-optimal threshold depends on the costs.
+CURVE = [{"threshold": 1 - i / 50, "coverage": i / 50, "risk": 0.04 * (i / 50) ** 2} for i in range(1, 51)]
+
+
+def seed_card_and_history(store, tmp_path: Path) -> None:
+    """A model card for "zip" in ``tmp_path/models`` and five minutes of QC snapshots (over budget)."""
+    from auditstream.registry import ModelCard, ModelRegistry, TriageSpec
+    from monitor.qc import ModelQC
+    from monitor.qc_history import QCHistory
+
+    card = ModelCard(name="zip", version="1", task="sequence", inputs=[], outputs=[], risk_coverage=CURVE,
+                     triage=TriageSpec(threshold=0.7, target_risk=0.02, delta=0.05, certified_risk=0.015, coverage=0.6,
+                                       method="sgr"))  # fmt: skip
+    ModelRegistry(tmp_path / "models").publish(card, b"not an onnx file: the dashboard reads cards only")
+    history = QCHistory(store)
+    now = time.time()
+    for k in range(5):
+        history.save([ModelQC("zip", "1", 1000 * (k + 1), 700 * (k + 1), 300 * (k + 1), 0.66 + 0.01 * k, 300 + k, 12,
+                              0.04, 0.021, 0.069, 0.015, True, 0.08, 1e-4, 3.5, True, 0.85, 300.0, "over budget")],
+                     now - 300 + 60 * k)  # fmt: skip
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'audit.db'}"

@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import time
 
-from conftest import elements, items_by_task, log_in, start_app, texts
+from conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
 
-from auditstream.registry import ModelCard, ModelRegistry, TriageSpec
 from auditstream.wire import VerdictKind
 from monitor.accounts import Role, User
-from monitor.qc import ModelQC
-from monitor.qc_history import QCHistory
-
-# A curve whose error grows with coverage, so the cost-optimal threshold depends on the costs.
-CURVE = [{"threshold": 1 - i / 50, "coverage": i / 50, "risk": 0.04 * (i / 50) ** 2} for i in range(1, 51)]
-
 
 def seed(store, tmp_path) -> None:
     store.ingest_many(list(items_by_task().values()), time.time())
-    card = ModelCard(name="zip", version="1", task="sequence", inputs=[], outputs=[], risk_coverage=CURVE,
-                     triage=TriageSpec(threshold=0.7, target_risk=0.02, delta=0.05, certified_risk=0.015, coverage=0.6,
-                                       method="sgr"))  # fmt: skip
-    ModelRegistry(tmp_path / "models").publish(card, b"not an onnx file: the overview reads cards only")
-    history = QCHistory(store)
-    now = time.time()
-    for k in range(5):
-        history.save([ModelQC("zip", "1", 1000 * (k + 1), 700 * (k + 1), 300 * (k + 1), 0.7, 300 + k, 12, 0.04,
-                              0.021, 0.069, 0.015, True, 0.08, 1e-4, 3.5, True, 0.85, 300.0, "over budget")],
-                     now - 300 + 60 * k)  # fmt: skip
+    seed_card_and_history(store, tmp_path)
     alice = User("alice", Role.AUDITOR)
+    now = time.time()
     claim = store.claim(alice, 60.0, now)
     store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, now)
 

@@ -19,7 +19,8 @@ def test_digits_are_upscaled_crisply_with_the_ink_range():
     assert min(picture.size) >= images.DISPLAY_MIN_SIDE
     gray = np.asarray(picture.convert("L"))
     assert set(np.unique(gray)) <= {0, 255, 153}  # ink 0 and 16 only (plus the grey frame): no blur
-    assert gray[gray.shape[0] // 2, gray.shape[1] // 2] == 255  # the "1" stroke is at full ink
+    assert gray[gray.shape[0] // 2, gray.shape[1] // 2] == 0  # the "1" stroke: full ink, dark on white
+    assert gray[10, 10] == 255
 
 
 def test_envelope_keeps_its_aspect_and_is_framed():

@@ -156,7 +156,7 @@ def test_demoted_user_loses_the_workbench_at_once(store, store_url, tmp_path):
 @pytest.mark.parametrize(
     ("task", "model", "editor", "expected"),
     [
-        ("sequence", "zip", "text_input", ["02139", "02739", "confidence per character"]),
+        ("sequence", "zip", "text_input", ["02139", "02739", "99%"]),
         ("classification", "digits", "radio", ["1", "Runner-up answers"]),
         ("policy", "cartpole", "radio", ["push right", "Action probabilities · state value +21.50"]),
         ("caption", "captioner", "text_area", ["a blue square on white"]),
@@ -216,7 +216,7 @@ def test_skip_gives_the_item_back_and_reject_records(store, store_url, tmp_path)
     assert store.item(first).lease_owner is None  # released
     second = at.session_state[workbench.CLAIM].item_id  # and the next one claimed
     assert second != first
-    at.button[1].click()  # "Reject: no valid answer"
+    at.button[1].click()  # "Reject — no valid answer"
     at = at.run()
     kinds = {v.item_id: v.kind for v in store.verdicts()}
     assert kinds == {first: VerdictKind.SKIP, second: VerdictKind.REJECT}
