@@ -7,7 +7,7 @@ calibration set, the selective risk ``P(error | kappa >= theta)`` of future item
 and the coverage ``P(kappa >= theta)`` is as large as possible.
 
 Method: Selection with Guaranteed Risk (SGR, Geifman & El-Yaniv 2017). Sort the ``m``
-confidences and binary-search over them: ``k = ceil(log2 m)`` tests, each test ``j`` accepts the
+confidences and binary-search over them: at most ``k = ceil(log2(m + 1))`` tests, each test ``j`` accepts the
 ``n_j`` items with ``kappa >= theta_j`` and computes the exact one-sided Clopper-Pearson upper
 bound ``b_j`` on their error rate at level ``delta / k``. A union bound over the ``k`` tests makes
 every ``b_j`` hold at once with probability ``>= 1 - delta``, so any tested threshold with
@@ -95,12 +95,14 @@ def certify_sgr(confidences: np.ndarray, errors: np.ndarray, target_risk: float,
     kappa, err = _check(confidences, errors, target_risk, delta)
     m = len(kappa)
     ascending = np.sort(kappa)
-    tests = max(1, math.ceil(math.log2(m)))
+    # Bisection for the lowest passing index takes at most ceil(log2(m + 1)) tests; the union
+    # bound divides delta by that worst case, fixed before looking at any error.
+    tests = sgr_tests(m)
     level = delta / tests
     best: Certificate | None = None
     lo, hi = 0, m - 1  # indices into ``ascending``: a lower index is a lower threshold, more coverage
-    for _ in range(tests):
-        z = (lo + hi + 1) // 2
+    while lo <= hi:
+        z = (lo + hi) // 2
         theta = float(ascending[z])
         coverage, _, n_acc, e_acc = selective_risk(kappa, err, theta)
         bound = upper_bound(e_acc, n_acc, level)
@@ -109,9 +111,9 @@ def certify_sgr(confidences: np.ndarray, errors: np.ndarray, target_risk: float,
                 best = Certificate(theta, target_risk, delta, bound, coverage, m, n_acc, e_acc, tests, "sgr",
                                    f"{e_acc} errors among {n_acc} accepted: Clopper-Pearson upper bound "
                                    f"{bound:.4f} <= {target_risk} at level delta/{tests} = {level:.4g}")
-            hi = z
+            hi = z - 1
         else:
-            lo = z
+            lo = z + 1
     if best is not None:
         return best
     return Certificate(reject_all_threshold(kappa), target_risk, delta, 1.0, 0.0, m, 0, 0, tests, "sgr",
@@ -134,9 +136,14 @@ def naive_threshold(confidences: np.ndarray, errors: np.ndarray, target_risk: fl
     return float(sorted_kappa[ok[-1]]) if ok.size else reject_all_threshold(kappa)
 
 
-def min_certifiable_risk(m: int, delta: float, tests: int = 1) -> float:
-    """The smallest risk any rule can certify from ``m`` clean items: ``1 - (delta/tests)^(1/m)``."""
-    return upper_bound(0, m, delta / tests)
+def sgr_tests(m: int) -> int:
+    """How many thresholds SGR tests on ``m`` items (the union-bound divisor of delta)."""
+    return max(1, math.ceil(math.log2(m + 1)))
+
+
+def min_certifiable_risk(m: int, delta: float, tests: int | None = None) -> float:
+    """The smallest risk SGR can certify from ``m`` items, all clean: ``1 - (delta/k)^(1/m)``."""
+    return upper_bound(0, m, delta / (sgr_tests(m) if tests is None else tests))
 
 
 def risk_coverage_curve(confidences: np.ndarray, errors: np.ndarray, max_points: int = 101) -> list[dict[str, float]]:

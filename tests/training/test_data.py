@@ -1,0 +1,94 @@
+"""The digits split, the envelope generator and the loader: no leaks, determinism, switches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, make_envelopes
+from training.data.loader import DigitAugment, digit_batches, envelope_batches
+from training.data.split import SPLITS, load_split, split_indices
+
+
+def test_split_partitions_all_digits_stratified():
+    parts = split_indices()
+    everything = np.concatenate([parts[s] for s in SPLITS])
+    assert len(everything) == 1797 == len(np.unique(everything))
+    for name in SPLITS:
+        counts = np.bincount(load_split(name).labels, minlength=10)
+        assert counts.min() >= 0.8 * counts.max()  # each split holds every digit in similar numbers
+    assert [len(parts[s]) for s in SPLITS] == [898, 539, 360]
+
+
+def test_split_is_fixed_by_its_seed():
+    assert all(np.array_equal(split_indices()[s], split_indices()[s]) for s in SPLITS)
+    assert not np.array_equal(split_indices(1)["test"], split_indices(2)["test"])
+
+
+@pytest.mark.parametrize("sampling", ["iid", "disjoint"])
+def test_envelopes_never_leak_digits_between_splits(sampling):
+    parts = split_indices()
+    used = {}
+    for name in SPLITS:
+        n = 60 if sampling == "disjoint" else 300
+        images, zips, sources = make_envelopes(name, n, seed=11, sampling=sampling, with_sources=True)
+        assert images.shape == (n, ENVELOPE_H, ENVELOPE_W) and images.dtype == np.uint8
+        assert set(sources.ravel()) <= set(parts[name])
+        digits_labels = load_split(name)
+        label_of = dict(zip(digits_labels.indices, digits_labels.labels))
+        assert ["".join(str(label_of[i]) for i in row) for row in sources] == zips
+        used[name] = set(sources.ravel())
+        if sampling == "disjoint":
+            assert len(used[name]) == n * ZIP_LENGTH  # each digit image at most once
+    assert not (used["train"] & used["calibration"]) and not (used["train"] & used["test"])
+    assert not (used["calibration"] & used["test"])
+
+
+def test_disjoint_envelopes_are_limited_by_the_pool():
+    with pytest.raises(ValueError, match="at most 107"):
+        make_envelopes("calibration", 108, seed=0, sampling="disjoint")
+
+
+def test_envelopes_are_deterministic_for_a_seed():
+    a, za = make_envelopes("test", 20, seed=5)
+    b, zb = make_envelopes("test", 20, seed=5)
+    c, _ = make_envelopes("test", 20, seed=6)
+    assert np.array_equal(a, b) and za == zb
+    assert not np.array_equal(a, c)
+
+
+def test_envelopes_look_like_ink_on_paper():
+    images, _ = make_envelopes("train", 50, seed=1)
+    # Paper is light, the darkest pixels (ink) are much darker than the median (paper).
+    assert np.median(images) > 150
+    assert (np.percentile(images.reshape(50, -1), 1, axis=1) < 110).all()
+
+
+def test_augmentation_switch():
+    split = load_split("train")
+    off = next(digit_batches(split, 32, np.random.default_rng(0), DigitAugment(enabled=False)))
+    on = next(digit_batches(split, 32, np.random.default_rng(0), DigitAugment(enabled=True)))
+    assert np.array_equal(off[1], on[1])  # same shuffle, same labels
+    assert np.array_equal(off[0], split.images[np.random.default_rng(0).permutation(len(split.labels))[:32]])
+    assert on[0].shape == off[0].shape and 0 <= on[0].min() and on[0].max() <= 16
+    assert not np.allclose(on[0], off[0])
+
+
+def test_envelope_batches_fresh_or_fixed():
+    split = load_split("train")
+    fresh = list(envelope_batches(split, 4, 10, np.random.default_rng(0)))
+    fixed = list(envelope_batches(split, 4, 10, np.random.default_rng(0), fresh=False))
+    assert fresh[0][0].shape == (4, ENVELOPE_H, ENVELOPE_W) and fresh[0][1].shape == (4, ZIP_LENGTH)
+    assert not np.array_equal(fresh[0][0], fresh[8][0])
+    assert np.array_equal(fixed[0][0], fixed[8][0])
+
+
+def test_envelope_core_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from training.data.envelopes import compose_envelopes; "
+            "im, z = compose_envelopes(np.ones((5, 8, 8)) * 16, np.arange(5), np.array([[0, 1, 2, 3, 4]]), "
+            "np.random.default_rng(0)); assert z == ['01234']; "
+            "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,45 @@
+"""The zip reader learns to read envelopes and exports [b, 5, 10] calibrated position probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from auditstream.registry import ModelRegistry
+from training import zip_reader
+from training.data.envelopes import make_envelopes
+from training.export import run_onnx
+from training.mail_args import ZipReaderArgs
+
+
+@pytest.mark.slow
+def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp_path):
+    args = ZipReaderArgs(steps=160, n_calibration=400, n_test=300, seed=2)
+    summary = zip_reader.run(args, tmp_path, progress=False)
+    # 160 steps (~10k envelopes): most characters read (the full 1200-step run: ~99%).
+    assert summary["char_error"] <= 0.15
+    assert summary["parity_max_abs_diff"] <= 1e-4
+    model = ModelRegistry(tmp_path).load("zip-reader")
+    card = model.card
+    assert card.task == "sequence" and card.triage.confidence_kind == "min_char_prob"
+    assert card.inputs[0].dtype == "uint8" and card.inputs[0].shape == [None, 32, 96]
+    assert card.outputs[0].shape == [None, 5, 10]
+    assert set(card.metrics["confidence_choice"]) == set(zip_reader.CONFIDENCE_KINDS)
+    assert card.extra["strict_certificates"]["n_envelopes"] == 107
+    images, zips = make_envelopes("test", 64, seed=99)
+    (probs,) = run_onnx(model.onnx_path.read_bytes(), images)
+    assert probs.shape == (64, 5, 10) and np.allclose(probs.sum(2), 1, atol=1e-5)
+    labels = zip_reader.zip_labels(zips)
+    assert np.mean(probs.argmax(2) == labels) >= 0.8
+
+
+def test_confidence_kinds_on_a_table():
+    probs = np.full((2, 5, 10), 0.0)
+    probs[:, :, 0] = [[0.9, 0.8, 0.99, 0.7, 0.95], [0.6, 0.6, 0.6, 0.6, 0.6]]
+    probs[:, :, 1] = 1 - probs[:, :, 0]
+    kinds = zip_reader.confidences(probs)
+    assert kinds["min_char_prob"] == pytest.approx([0.7, 0.6])
+    assert kinds["product_char_prob"] == pytest.approx([0.9 * 0.8 * 0.99 * 0.7 * 0.95, 0.6 ** 5])
+    assert kinds["mean_char_prob"] == pytest.approx([0.868, 0.6])
+    wrong, char_wrong = zip_reader.read(probs, np.array([[0, 0, 0, 1, 0], [0] * 5]))
+    assert wrong.tolist() == [1, 0] and char_wrong.sum() == 1
