@@ -96,15 +96,15 @@ def start_dashboard(
 
     The demo calls this and prints ``.url``. ``config`` supplies the other options (its
     ``store_url`` is replaced by the argument). The server's log goes to ``log_path``, or to this
-    process's stdout/stderr with ``inherit_output``, else nowhere.
+    process's stderr with ``inherit_output``, else nowhere.
     """
     check_xsrf_enabled()
     base = config or DashboardConfig()
     config = DashboardConfig(**{**base.__dict__, "store_url": store_url})
-    log = open(log_path, "ab") if log_path else None if inherit_output else subprocess.DEVNULL
+    # Inherited output goes to stderr: this process's stdout carries only what the caller prints (the URL).
+    log = open(log_path, "ab") if log_path else sys.stderr if inherit_output else subprocess.DEVNULL
     try:
-        process = subprocess.Popen(streamlit_argv(port, config, address), stdout=log,
-                                   stderr=None if inherit_output else subprocess.STDOUT)
+        process = subprocess.Popen(streamlit_argv(port, config, address), stdout=log, stderr=subprocess.STDOUT)
     finally:
         if log_path:
             log.close()  # the child holds its own copy

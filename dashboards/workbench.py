@@ -3,8 +3,9 @@
 Flow of one item (docs/dashboard.md has the picture):
 
 1. "Next item" claims one item with a lease (``store.claim``); a reload gives the same item back.
-2. While it is open, every rerun renews the lease (``store.renew``); a lost lease drops the item
-   with a warning instead of letting the auditor work on something they can no longer submit.
+2. While it is open, the lease is renewed on every rerun and every ``lease_s / 3`` seconds in the
+   background (a fragment, so the form is untouched); a lost lease drops the item with a warning
+   instead of letting the auditor work on something they can no longer submit.
 3. The verdict id is made when the form is first shown and kept in the session, so a double
    submit (a double click, a rerun interrupted after the write) is one verdict in the store.
 4. Submitting the answer unchanged accepts the model's answer, a different answer corrects it
@@ -234,6 +235,8 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     labels = ctx.labels(claim.item.model, claim.item.model_version)
     blind = is_blind(ctx, claim)
     item_header_ui(claim, blind, now)
+    # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
+    st.fragment(run_every=max(5.0, ctx.config.lease_s / 3))(_keep_lease)(ctx, user, claim.item_id)
     left, right = st.columns([3, 2], gap="large")
     with left:
         render.render_input(prediction, value, labels, blind)
@@ -246,6 +249,12 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
             render.render_alternatives(view)
     if submission is not None:
         _handle(ctx, user, claim, prediction, verdict_id, submission, blind, model, route)
+
+
+def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
+    if not ctx.store.renew(item_id, user, ctx.config.lease_s, time.time()):
+        st.warning(f"Your lease on item {item_id} is gone (expired and claimed by someone else, or decided); "
+                   "your submit will be refused — take the next item.")  # fmt: skip
 
 
 def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction, verdict_id: str,

@@ -63,12 +63,13 @@ class QCHistory:
         return len(rows)
 
     def since(self, since_s: float, model: str | None = None, limit: int = 5000) -> list[QCPoint]:
-        """Snapshots taken at or after ``since_s``, oldest first (at most the newest ``limit``)."""
+        """Snapshots taken at or after ``since_s``, by time then model and version (at most the
+        newest ``limit``)."""
         sql, params = "", [float(since_s)]
         if model is not None:
             sql, params = " AND model = ?", [*params, model]
         rows = self._db.query(
-            f"SELECT t_s, snapshot FROM {{p}}qc_snapshots WHERE t_s >= ?{sql} ORDER BY t_s DESC LIMIT ?",
+            f"SELECT t_s, snapshot FROM {{p}}qc_snapshots WHERE t_s >= ?{sql} ORDER BY t_s DESC, model DESC, version DESC LIMIT ?",
             (*params, int(limit)),
         )
         return [QCPoint(float(t), _model_qc(json.loads(text))) for t, text in reversed(rows)]

@@ -32,3 +32,28 @@ def test_launcher_refuses_when_a_config_file_turns_xsrf_off(tmp_path, monkeypatc
     finally:
         monkeypatch.undo()
         check_xsrf_enabled()  # re-read without it, so later tests see the default again
+
+
+@pytest.mark.slow
+def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "auditstream.cli", "dashboard", "--port", str(port),
+               "--store-url", f"sqlite:///{tmp_path / 'audit.db'}", "--models-dir", str(tmp_path / "models")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()  # printed once the server answers
+        assert f"http://127.0.0.1:{port}" in line, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=10) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert b"<html" in response.read().lower()
+    finally:
+        process.terminate()
+        process.wait(30)
