@@ -31,9 +31,14 @@ def png(width: int, height: int, draw_fn=None) -> ImageInput:
 
 
 def envelope() -> np.ndarray:
-    array = np.full((48, 160), 235, dtype=np.uint8)
-    array[20:28, 30:130] = 40  # a dark stroke where the ZIP is written
-    return array
+    """A grayscale envelope crop with a handwritten-looking address line and the ZIP code."""
+    from PIL import ImageFont
+
+    image = Image.new("L", (160, 48), 232)
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 4), "Cambridge MA", fill=70, font=ImageFont.load_default(size=12))
+    draw.text((10, 18), "02 1 39", fill=25, font=ImageFont.load_default(size=24))
+    return np.asarray(image, dtype=np.uint8)
 
 
 def prediction(request_id: str, model: str, task: str, output, confidence: float, details: dict,

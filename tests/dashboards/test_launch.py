@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from auditstream.errors import ConfigError
+from dashboards.cli import redact
 from dashboards.config import DashboardConfig, config_from_argv
 from dashboards.launch import check_xsrf_enabled, streamlit_argv
 
@@ -57,3 +58,8 @@ def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_printed_store_urls_hide_passwords():
+    assert redact("postgresql://app:s3cret@db:5432/audit") == "postgresql://app:***@db:5432/audit"
+    assert redact("sqlite:///x.db") == "sqlite:///x.db"
