@@ -138,7 +138,7 @@ def cartpole_frame(obs: Sequence[float], width: int = 600, height: int = 400) ->
     is 1 m long, and the episode also ends when the pole leans past 12 degrees.
     """
     x, x_dot, theta, theta_dot = (float(v) for v in np.asarray(obs, dtype=np.float64).reshape(-1)[:4])
-    scale = width / 4.8
+    scale = width / 5.6  # the +-2.4 m track plus a margin, so its end marks stay visible
     ground = height * 0.7
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -185,8 +185,8 @@ def lunar_lander_frame(obs: Sequence[float], width: int = 600, height: int = 400
         draw.line((fx, ground, fx, ground - 30), fill="white", width=2)
         draw.polygon([(fx, ground - 30), (fx + 14, ground - 25), (fx, ground - 20)], fill="#e6c619")
     cx, cy = width / 2 + x * sx, ground - y * sy
-    body = [(-14, -10), (14, -10), (18, 6), (-18, 6)]
-    legs = [((-14, 6), (-24, 20)), ((14, 6), (24, 20))]
+    body = [(-20, -15), (20, -15), (26, 9), (-26, 9)]
+    legs = [((-20, 9), (-34, 28)), ((20, 9), (34, 28))]
 
     def rotate(px: float, py: float) -> tuple[float, float]:
         c, s = math.cos(-angle), math.sin(-angle)  # gymnasium's angle is counter-clockwise

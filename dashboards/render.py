@@ -17,6 +17,7 @@ read tolerantly, since each model family reports its partial outputs under its o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -136,9 +137,15 @@ def input_picture(prediction: Prediction, value: ModelInput, labels: Sequence[st
         return None
     if task == "detection" and isinstance(prediction.output, list):
         return images.draw_boxes(picture, [d for d in prediction.output if isinstance(d, dict) and "box" in d], labels)
-    if task == "caption":
-        return images.caption_over(picture, str(prediction.output or ""))
+    if task == "caption" and prediction.output is not None:
+        return images.caption_over(picture, str(prediction.output))
     return images.with_border(images.for_display(picture))
+
+
+def without_answer(prediction: Prediction) -> Prediction:
+    """The prediction with its answer removed, for blind audits (boxes and captions are drawn
+    from the answer, so they must not be drawn either)."""
+    return dataclasses.replace(prediction, output=None, details={})
 
 
 def _with(view: AnswerView, **changes: Any) -> AnswerView:
@@ -186,10 +193,7 @@ def render_input(prediction: Prediction, value: ModelInput, labels: Sequence[str
     """The input picture; in blind mode, pictures that would reveal the answer are drawn without it."""
     import streamlit as st
 
-    shown = prediction
-    if blind and prediction.task in ("detection", "caption"):  # boxes / caption are the answer
-        shown = Prediction(**{**{f: getattr(prediction, f) for f in prediction.__slots__}, "output": None})
-    picture = input_picture(shown, value, labels)
+    picture = input_picture(without_answer(prediction) if blind else prediction, value, labels)
     if picture is None:
         st.info(f"This {prediction.task} input has no picture; its raw values:")
         st.code(np.array2string(np.asarray(value), precision=3, threshold=200))

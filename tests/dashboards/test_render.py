@@ -106,3 +106,14 @@ def test_dashboards_never_import_torch_or_training():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('training')]; "
             "assert not bad, bad")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("task", "answer_colour"), [("detection", (230, 25, 75)), ("caption", (31, 36, 48))])
+def test_blind_pictures_do_not_draw_the_answer(task, answer_colour):
+    item = items_by_task()[task]
+
+    def has(picture, colour) -> bool:
+        return bool((np.asarray(picture.convert("RGB")) == colour).all(axis=-1).any())
+
+    assert has(render.input_picture(item.prediction, item.input), answer_colour)  # box outline / caption band
+    assert not has(render.input_picture(render.without_answer(item.prediction), item.input), answer_colour)
