@@ -242,6 +242,7 @@ class _ConfluentProducer:
 
     def close(self) -> None:
         self._p.flush(5)
+        self._p = None  # destroys the librdkafka handle (and its reconnect attempts) now, not at GC
 
 
 class _ConfluentConsumer:

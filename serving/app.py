@@ -44,6 +44,7 @@ class ServeApp:
         self.session = session or load_session(model)
         self.config = ServeConfig.from_settings(settings, model.card)
         self.metrics = metrics or ServeMetrics(model.card.name)
+        self._children = self.metrics.children()  # labelled once: no label lookups per record
         self.request_topic = settings.request_topic(model.card.name)
         bootstrap = resolve_bootstrap(settings)
         ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
@@ -63,18 +64,18 @@ class ServeApp:
                                        hooks=hooks, bootstrap=bootstrap)
 
     def _process(self, records: list[Record]) -> list[list[Output]]:
-        m, model = self.metrics, self.model.card.name
+        m = self._children
         started = time.perf_counter()
         results = process_batch(records, self.session, self.config, time.time())
-        m.records_in.labels(model).inc(len(records))
-        m.batch_size.labels(model).observe(len(records))
-        m.inference_seconds.labels(model).observe(time.perf_counter() - started)
+        m["records_in"].inc(len(records))
+        m["batch_size"].observe(len(records))
+        m["inference_seconds"].observe(time.perf_counter() - started)
         for r in results:
             if r.route is not None:
-                m.predictions.labels(model, r.route.value).inc()
-                m.end_to_end_seconds.labels(model).observe(r.end_to_end_s or 0.0)
+                m[r.route].inc()
+                m["end_to_end"].observe(r.end_to_end_s or 0.0)
             else:
-                m.dead_letters.labels(model, r.dead_letter_reason).inc()
+                m[r.dead_letter_reason].inc()
         return [r.outputs for r in results]
 
     def _refresh_lag(self) -> None:

@@ -32,8 +32,8 @@ class ProduceArgs:
 class BenchServeArgs:
     model: str = field(default="", metadata={"help": "registry model to use (default: a built-in small CNN)"})
     client: str = field(default="", metadata={"help": "kafka-python or confluent (default: AUDITSTREAM_KAFKA_CLIENT)"})
-    count: int = field(default=6400, metadata={"help": "requests in the max-throughput run"})
-    latency_count: int = field(default=2000, metadata={"help": "requests in the latency run at ~70%% of max rate"})
+    count: int = field(default=3200, metadata={"help": "requests in the max-throughput run"})
+    latency_count: int = field(default=1000, metadata={"help": "requests in the latency run at ~70%% of max rate"})
     batch_size: int = field(default=64, metadata={"help": "micro-batch size, also used for the raw ORT run"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
 

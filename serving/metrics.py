@@ -50,6 +50,16 @@ class ServeMetrics:
         self.end_to_end_seconds.labels(model)
         self.consumer_lag.labels(model).set(0)
 
+    def children(self) -> dict:
+        """The labelled series of this model, looked up once: keyed by name, Route and reason code."""
+        m = self.model
+        out: dict = {"records_in": self.records_in.labels(m), "batch_size": self.batch_size.labels(m),
+                     "inference_seconds": self.inference_seconds.labels(m),
+                     "end_to_end": self.end_to_end_seconds.labels(m)}
+        out.update({route: self.predictions.labels(m, route.value) for route in Route})
+        out.update({reason.value: self.dead_letters.labels(m, reason.value) for reason in Reason})
+        return out
+
     def serve_http(self, port: int) -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread)."""
         start_http_server(port, registry=self.registry)
