@@ -112,7 +112,7 @@ def answer_editor_ui(task: str, prediction: Prediction, value: ModelInput, label
     if task == "sequence":
         raw = st.text_input(
             "ZIP code (5 digits)", value="" if start is None else str(start), max_chars=5, key=key,
-            placeholder="5 digits", validate=(r"^[0-9]{5}$", "A ZIP code is exactly 5 digits."),
+            validate=(r"^[0-9]{5}$", "A ZIP code is exactly 5 digits."),
             help="Type the ZIP code you read on the envelope and press Enter.",
         )  # fmt: skip
         return raw, ()
