@@ -8,6 +8,8 @@ Imports nothing heavy at the top (Streamlit loads in the server process only).
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 
@@ -39,6 +41,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from dashboards.config import DashboardConfig
     from dashboards.launch import start_dashboard
 
+    # SIGTERM (a service manager, a test) stops the server too: turn it into SystemExit so the
+    # finally below runs instead of leaving the Streamlit child behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings = Settings.from_env()
     config = dataclass_from_namespace(DashboardConfig, args)
     store_url = config.store_url or settings.resolved_store_url
