@@ -1,0 +1,71 @@
+"""PPO: a learning test on CartPole, divergence handling, export parity and the model card."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from auditstream.errors import TrainingDiverged
+from auditstream.registry import ModelRegistry
+from training.rl.args import PPOArgs
+from training.rl.policy_export import NumpyPolicy, choose_safe_action, choose_threshold, export_policy, policy_card
+from training.rl.ppo import Agent, evaluate, train
+
+
+@pytest.mark.slow
+def test_ppo_learns_cartpole_within_50k_steps() -> None:
+    # Budget: 50k environment steps (about 10-30 s on one core). Stated target: the greedy policy's
+    # mean return over 20 episodes is >= 150 (a random policy gets about 22).
+    agent, stats = train(PPOArgs(env="CartPole-v1", total_timesteps=50_000, progress=False, seed=1))
+    returns = evaluate(agent, "CartPole-v1", episodes=20, seed=1, progress=False)["returns"]
+    assert stats["env_steps"] <= 50_000
+    assert returns.mean() >= 150, returns
+
+
+def test_non_finite_loss_stops_training() -> None:
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(PPOArgs(env="CartPole-v1", total_timesteps=1024, learning_rate=math.inf, progress=False))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"num_envs": 0}, "num_envs"), ({"num_minibatches": 7}, "minibatches"),
+                                            ({"gamma": 1.5}, "gamma")])
+def test_bad_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        PPOArgs(**kwargs).resolved()
+
+
+def test_export_parity_card_and_registry(tmp_path) -> None:
+    torch.manual_seed(0)
+    agent = Agent(8, 4).eval()
+    obs = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32) * 3
+    onnx_bytes, parity = export_policy(agent, obs)
+    assert parity <= 1e-4
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    probs, value = session.run(["action_probs", "value"], {"obs": obs[:7]})
+    assert probs.shape == (7, 4) and value.shape == (7,)
+    np.testing.assert_allclose(NumpyPolicy.from_onnx(onnx_bytes).probs(obs[:7]), probs, atol=1e-6)
+
+    card = policy_card(agent, "LunarLander-v3", "", obs, {"mean_return": 1.0}, {"algorithm": "test"}, defer_rate=0.1)
+    assert card.task == "policy" and card.name == "policy-lunarlander-v3"
+    assert [o.name for o in card.outputs] == ["action_probs", "value"] and card.outputs[0].shape == [None, 4]
+    assert card.triage.safe_action == 0 and card.labels[0] == "noop"
+    assert 0.25 <= card.triage.threshold <= 1.0
+    assert card.triage.coverage == pytest.approx(0.9, abs=0.02)
+    assert len(card.reference["confidence_sample"]) == 500
+    loaded = ModelRegistry(tmp_path).load(ModelRegistry(tmp_path).publish(card, onnx_bytes).card.name)
+    assert loaded.card.triage.safe_action == 0 and loaded.card.metrics["mean_return"] == 1.0
+
+
+def test_threshold_and_safe_action_rules() -> None:
+    conf = np.linspace(0.5, 1.0, 101)
+    assert choose_threshold(conf, 0.1) == pytest.approx(0.55)
+    assert choose_threshold(conf, 0.0) == 0.0
+    with pytest.raises(ValueError, match="defer_rate"):
+        choose_threshold(conf, 1.0)
+    action, why = choose_safe_action("CartPole-v1", np.array([1, 1, 0, 1]), 2)
+    assert action == 1 and "75%" in why
+    assert choose_safe_action("LunarLander-v3", np.array([2, 2]), 4)[0] == 0

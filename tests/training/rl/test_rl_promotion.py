@@ -1,0 +1,61 @@
+"""The promotion gate's decision table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from training.rl.ope import Estimate
+from training.rl.promotion import PromotionConfig, decide, gate_from_dataset
+
+from rl_toy import GAMMA, MU, PI, simulate, table_policy
+
+
+def est(value: float, lower: float, upper: float, n: int = 500, method: str = "dr") -> Estimate:
+    return Estimate(method, value, lower, upper, 0.95, n)
+
+
+LIVE = est(10.0, 9.0, 11.0, method="on_policy")
+
+
+@pytest.mark.parametrize("estimates, config, promote, code", [
+    ({"dr": est(12, 10.5, 13.5)}, PromotionConfig(), True, "lower_bound_beats_live"),
+    ({"dr": est(12, 9.5, 13.5)}, PromotionConfig(), False, "not_better"),  # might be better: stays in shadow
+    ({"dr": est(12, 10.5, 13.5)}, PromotionConfig(min_improvement=1.0), False, "not_better"),
+    ({"dr": est(12, 11.5, 13.5)}, PromotionConfig(min_improvement=1.0), True, "lower_bound_beats_live"),
+    ({"dr": est(12, 10.5, 13.5, n=50)}, PromotionConfig(), False, "too_few_episodes"),
+    ({"dr": est(12, math.nan, 13.5)}, PromotionConfig(), False, "no_estimate"),
+    ({"dr": est(12, 10.5, 13), "wis": est(11, 9.0, 13, method="wis")}, PromotionConfig(require_all=True), False,
+     "not_better"),
+    ({"dr": est(12, 10.5, 13), "wis": est(11, 10.1, 13, method="wis")}, PromotionConfig(require_all=True), True,
+     "lower_bound_beats_live"),
+    ({"wis": est(12, 10.5, 13, method="wis"), "dr": est(8, 7, 9)}, PromotionConfig(estimator="wis"), True,
+     "lower_bound_beats_live"),
+])
+def test_decision_table(estimates, config, promote, code) -> None:
+    decision = decide(estimates, LIVE, config, candidate="policy-x/2", live_name="policy-x/1")
+    assert (decision.promote, decision.code) == (promote, code), decision.reason
+    record = decision.to_dict()
+    assert record["live_value"] == 10.0 and record["candidate"] == "policy-x/2"
+    assert set(record["candidate_estimates"]) == set(estimates)
+
+
+def test_missing_estimator_is_an_error() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        decide({"wis": est(1, 0, 2)}, LIVE, PromotionConfig(estimator="dr"))
+
+
+@pytest.mark.parametrize("kwargs", [{"estimator": "mc"}, {"min_improvement": -1}, {"min_episodes": 0}])
+def test_bad_config(kwargs) -> None:
+    with pytest.raises(ValueError):
+        PromotionConfig(**kwargs)
+
+
+def test_gate_from_logs_promotes_the_better_policy_only() -> None:
+    data = simulate(600, seed=11)  # logged by the live policy MU
+    config = PromotionConfig(gamma=GAMMA)
+    better = gate_from_dataset(data, table_policy(PI), config)
+    assert better.promote, better.reason
+    worse = gate_from_dataset(data, table_policy(MU[:, ::-1].copy()), config)
+    assert not worse.promote

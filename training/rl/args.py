@@ -1,0 +1,112 @@
+"""Argument dataclasses of the RL jobs, kept free of torch so the CLI can build ``--help``
+from them without importing any training code (see training/rl/cli.py).
+
+Each field's ``help`` becomes its command-line help; ``None`` means "take the environment's
+preset" where a preset exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+# Tuned per environment; ``None`` in PPOArgs means "take the preset".
+PRESETS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(num_envs=8, num_steps=32, total_timesteps=150_000, learning_rate=1e-3, anneal_lr=True,
+                        gamma=0.98, gae_lambda=0.8, update_epochs=20, num_minibatches=1, ent_coef=0.0),
+    "LunarLander-v3": dict(num_envs=16, num_steps=1024, total_timesteps=1_000_000, learning_rate=3e-4,
+                           anneal_lr=False, gamma=0.999, gae_lambda=0.98, update_epochs=4, num_minibatches=256,
+                           ent_coef=0.01),
+}
+DEFAULT_PRESET = PRESETS["LunarLander-v3"]
+
+
+def _arg(help_text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class PPOArgs:
+    """Arguments of ``auditstream train policy`` (None = the environment's preset)."""
+
+    env: str = _arg("Gymnasium environment id with discrete actions", "CartPole-v1")
+    seed: int = _arg("seed of torch, numpy and the environments", 1)
+    total_timesteps: int | None = _arg("environment steps to train for")
+    num_envs: int | None = _arg("parallel environments (SyncVectorEnv)")
+    num_steps: int | None = _arg("steps per environment per rollout")
+    learning_rate: float | None = _arg("Adam learning rate")
+    anneal_lr: bool | None = _arg("anneal the learning rate linearly to 0")
+    gamma: float | None = _arg("discount factor")
+    gae_lambda: float | None = _arg("GAE lambda")
+    update_epochs: int | None = _arg("optimisation epochs per rollout")
+    num_minibatches: int | None = _arg("minibatches per epoch")
+    ent_coef: float | None = _arg("entropy bonus coefficient")
+    clip_coef: float = _arg("PPO clipping range", 0.2)
+    vf_coef: float = _arg("value loss coefficient", 0.5)
+    max_grad_norm: float = _arg("gradient clipping norm", 0.5)
+    hidden: int = _arg("width of the two hidden layers of actor and critic", 64)
+    eval_episodes: int = _arg("episodes of the greedy policy evaluated after training", 100)
+    device: str = _arg("torch device: cpu, cuda, or auto (cuda when available)", "auto")
+    defer_rate: float = _arg("share of evaluation decisions the triage threshold sends to a human", 0.05)
+    name: str = _arg("registry name (default: policy-<env>)", "")
+    publish: bool = _arg("publish the exported policy to the model registry", True)
+    progress: bool = _arg("show a progress bar", True)
+
+    def resolved(self) -> "PPOArgs":
+        """These arguments with every ``None`` replaced by the environment's preset."""
+        preset = PRESETS.get(self.env, DEFAULT_PRESET)
+        values = {k: preset[k] for k, v in asdict(self).items() if v is None}
+        out = replace(self, **values)
+        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes"):
+            if getattr(out, name) <= 0:
+                raise ValueError(f"{name}={getattr(out, name)} must be > 0")
+        if (out.num_envs * out.num_steps) % out.num_minibatches:
+            raise ValueError(f"rollout of {out.num_envs}x{out.num_steps} steps does not split into "
+                             f"{out.num_minibatches} minibatches")
+        if not 0.0 < out.gamma <= 1.0 or not 0.0 <= out.gae_lambda <= 1.0:
+            raise ValueError(f"gamma={out.gamma} must be in (0, 1] and gae_lambda={out.gae_lambda} in [0, 1]")
+        return out
+
+
+
+@dataclass(frozen=True)
+class OfflineArgs:
+    """Arguments of ``auditstream rl train-offline``."""
+
+    dataset: Path = _arg("offline dataset (.npz written by training.rl.offline_data.save_dataset)", Path("dataset.npz"))
+    algorithm: str = _arg("bc (behaviour cloning, human corrections first) or cql (discrete conservative Q-learning)",
+                          "cql")
+    env: str = _arg("Gymnasium id to evaluate the learned policy on (empty: no online evaluation)", "")
+    eval_episodes: int = _arg("greedy evaluation episodes when --env is given", 20)
+    steps: int = _arg("gradient steps", 20_000)
+    batch_size: int = _arg("minibatch size", 256)
+    learning_rate: float = _arg("Adam learning rate", 3e-4)
+    hidden: int = _arg("width of the two hidden layers", 64)
+    gamma: float = _arg("discount factor (CQL)", 0.99)
+    cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0)
+    target_update: int = _arg("gradient steps between target-network copies (CQL)", 500)
+    human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0)
+    policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0)
+    seed: int = _arg("seed of torch and numpy", 1)
+    name: str = _arg("registry name (default: policy-<algorithm>-<env or dataset>)", "")
+    publish: bool = _arg("publish the exported policy to the model registry", True)
+    progress: bool = _arg("show a progress bar", True)
+
+
+@dataclass(frozen=True)
+class OPEBenchArgs:
+    """Arguments of ``auditstream bench ope``."""
+
+    envs: str = _arg("comma-separated environments", "CartPole-v1,LunarLander-v3")
+    trials: int = _arg("independent logged datasets per environment", 40)
+    episodes: int = _arg("behaviour episodes per dataset", 200)
+    horizon: int = _arg("steps per episode counted in the value (episodes are cut there)", 150)
+    gamma: float = _arg("discount of the estimated value", 0.95)
+    behaviour_epsilon: float = _arg("ε of the logging policy (ε-soft heuristic)", 0.3)
+    target_epsilon: float = _arg("ε of the evaluated policy (ε-soft heuristic)", 0.1)
+    truth_episodes: int = _arg("Monte Carlo episodes of the target policy for the true value", 4000)
+    bootstrap: int = _arg("bootstrap resamples per interval", 200)
+    confidence: float = _arg("two-sided confidence level of the intervals", 0.95)
+    seed: int = _arg("seed", 0)
+    progress: bool = _arg("show progress bars", True)
