@@ -121,14 +121,12 @@ class _KafkaPythonProducer:
             )
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None
-        self._pending: list[Delivery] = []
+        self._pending: list[tuple[Delivery, Any]] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> Delivery:
         d = Delivery(topic, key)
-        future = self._p.send(topic, key=key, value=value, headers=list(headers))
-        future.add_callback(lambda md: d.succeeded(md.partition, md.offset))
-        future.add_errback(d.failed)
-        self._pending.append(d)
+        # The future is read at flush time: cheaper than a callback per record on the I/O thread.
+        self._pending.append((d, self._p.send(topic, key=key, value=value, headers=list(headers))))
         return d
 
     def flush(self, timeout_s: float) -> None:
@@ -139,7 +137,12 @@ class _KafkaPythonProducer:
             self._p.flush(timeout=timeout_s)
         except KafkaTimeoutError:
             pass  # reported per record below
-        _check_deliveries(pending)
+        for d, future in pending:
+            if future.failed():
+                d.failed(future.exception)
+            elif future.is_done:
+                d.succeeded(future.value.partition, future.value.offset)
+        _check_deliveries([d for d, _ in pending])
 
     def close(self) -> None:
         self._p.close(timeout=5)

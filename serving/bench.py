@@ -175,8 +175,6 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
 def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str, run_id: str, say) -> dict[str, Any]:
     card = model.card
     say(f"model {card.name} v{card.version}, batch {args.batch_size}, client {client}, broker {settings.bootstrap_servers}")
-    raw_before = raw_ort_per_s(model, args.batch_size)
-    say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
     encode_us, decode_us = wire_cost_us(card)
     say(f"wire: encode {encode_us:.1f} us, decode {decode_us:.1f} us per request")
 
@@ -188,10 +186,12 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         # max rate: the topic holds every request before the consumer starts
         sent = produce_requests(producer, topic, card.name, inputs_for(card, "random"), args.count, 0.0,
                                 id_prefix=f"max{run_id}", progress=False)
+        # The machine's load drifts: raw throughput is measured right before and right after.
+        raw_before = raw_ort_per_s(model, args.batch_size)
+        say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
         stats = app.run(max_records=args.count)
         elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
         stream = args.count / elapsed if elapsed > 0 else float("nan")
-        # The machine's load drifts: raw throughput is measured right before and right after.
         raw_after = raw_ort_per_s(model, args.batch_size)
         raw = (raw_before + raw_after) / 2
         say(f"stream (max rate): {args.count} requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: "
