@@ -34,6 +34,7 @@ class ZipReaderArgs:
     batch_size: int = field(default=64, metadata={"help": "envelopes per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
+    augment: bool = field(default=True, metadata={"help": "wider glyph scale/rotation/slant on training envelopes"})
     n_calibration: int = field(default=4000, metadata={"help": "calibration envelopes (calibration-split digits)"})
     n_test: int = field(default=4000, metadata={"help": "test envelopes (test-split digits)"})
     target_risk: float = field(default=0.02, metadata={"help": "ZIP-level error rate auto-sorted letters must stay under"})

@@ -78,6 +78,10 @@ def _layout(patches: np.ndarray, scales: np.ndarray, rng: np.random.Generator, n
     advance = 8.0 * np.abs(scales) * rng.uniform(*nuisance.pitch, size=scales.shape)  # [n, 5]
     centres = np.cumsum(advance, axis=1) - advance / 2  # x centres relative to the first glyph's left edge
     width = centres[:, -1] + advance[:, -1] / 2
+    # A ZIP written too wide for the envelope is squeezed (glyphs then touch or overlap a little,
+    # as cramped handwriting does) rather than cut off at the edge.
+    squeeze = np.minimum(1.0, (ENVELOPE_W - 2) / width)
+    centres, width = centres * squeeze[:, None], width * squeeze
     slack = np.maximum(ENVELOPE_W - 2 - width, 0)
     left = 1 + rng.uniform(0, 1, size=n) * slack
     x = left[:, None] + centres

@@ -4,8 +4,8 @@
 sub-pixel shift): the 898 training digits then look like many more writers. ``digit_batches``
 reshuffles every epoch. ``envelope_batches`` renders fresh envelopes for every batch from one
 split's digits, so the zip reader never sees the same envelope twice (its augmentation is the
-envelope nuisance itself, see training/data/envelopes.py); ``fresh=False`` instead cycles over
-one fixed set, which is what the learning test and an ablation of the augmentation use.
+envelope nuisance itself, see training/data/envelopes.py, widened by ``TRAIN_NUISANCE``);
+``fresh=False`` instead cycles over one fixed set of 8 batches (an ablation of the augmentation).
 
 Both yield numpy arrays; the training scripts move them to torch.
 """
@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from training.data.envelopes import ZIP_LENGTH, choose_digits, compose_envelopes
+from training.data.envelopes import ZIP_LENGTH, Nuisance, choose_digits, compose_envelopes
 from training.data.split import DigitSplit
 from training.data.warp import random_affines, warp
 
@@ -54,8 +54,13 @@ def digit_batches(split: DigitSplit, batch_size: int, rng: np.random.Generator,
         yield augment(split.images[idx], rng).astype(np.float32), split.labels[idx]
 
 
+# Training envelopes vary glyphs more than test envelopes do (augmentation): the reader then
+# meets test handwriting as a milder case of what it trained on.
+TRAIN_NUISANCE = Nuisance(scale=(1.4, 2.2), rotation_deg=12.0, shear=0.25, baseline_jitter_px=2.0)
+
+
 def envelope_batches(split: DigitSplit, batch_size: int, n_batches: int, rng: np.random.Generator,
-                     fresh: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     fresh: bool = True, nuisance: Nuisance = Nuisance()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``n_batches`` of (envelopes uint8 [b, H, W], digit labels int64 [b, 5]) from ``split``."""
     if batch_size < 1 or n_batches < 0:
         raise ValueError(f"need batch_size >= 1 and n_batches >= 0, got {batch_size} and {n_batches}")
@@ -65,7 +70,7 @@ def envelope_batches(split: DigitSplit, batch_size: int, n_batches: int, rng: np
             yield fixed[b % 8]
             continue
         choice = choose_digits(len(split.labels), batch_size, rng)
-        images, _ = compose_envelopes(split.images, split.labels, choice, rng)
+        images, _ = compose_envelopes(split.images, split.labels, choice, rng, nuisance)
         batch = (images, split.labels[choice].reshape(batch_size, ZIP_LENGTH))
         if not fresh:
             fixed.append(batch)
