@@ -27,6 +27,11 @@ from auditstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Tansu answers a fetch only when this wait is over, even if records arrived meanwhile: at 100 ms
+# (a common default) a request's p50 latency through one consumer was 70 ms, at 10 ms 34 ms
+# (tiny model, 200 req/s). An idle consumer then sends ~100 small fetches a second.
+FETCH_MAX_WAIT_MS = 10
+
 Headers = tuple[tuple[str, bytes], ...]
 TopicPartition = tuple[str, int]
 PartitionsCallback = Callable[[list[TopicPartition]], None]
@@ -170,7 +175,7 @@ class _KafkaPythonConsumer:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=settings.max_poll_interval_ms,
-                max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=100,
+                max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None
@@ -259,7 +264,7 @@ class _ConfluentConsumer:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
-            "enable.partition.eof": False, "fetch.wait.max.ms": 100, "log.connection.close": False,
+            "enable.partition.eof": False, "fetch.wait.max.ms": FETCH_MAX_WAIT_MS, "log.connection.close": False,
         })
 
         def wrap(cb: PartitionsCallback | None) -> Callable[[Any, list[Any]], None]:
