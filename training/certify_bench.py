@@ -20,23 +20,13 @@ Two models are benchmarked, because the naive rule can only fail where the targe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from monitor.calibration import fit_temperature, softmax
 from monitor.certify import certify_sgr, naive_threshold, selective_risk
-
-
-@dataclass(frozen=True)
-class CertifyBenchArgs:
-    """Arguments of ``auditstream bench certify``."""
-
-    splits: int = field(default=20, metadata={"help": "random calibration/test re-splits of the held-out pool"})
-    target_risk: float = field(default=0.02, metadata={"help": "target risk of the auto-accepted answers"})
-    delta: float = field(default=0.05, metadata={"help": "failure probability of the certificate"})
-    seed: int = field(default=0, metadata={"help": "seed of the re-splits"})
-    weak_epochs: int = field(default=2, metadata={"help": "epochs of the weak model (no augmentation)"})
+from training.mail_args import CertifyBenchArgs
 
 
 def held_out_pool(epochs: int | None, augment: bool) -> tuple[np.ndarray, np.ndarray]:

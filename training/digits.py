@@ -1,10 +1,11 @@
 """Train the ``digits`` classifier: a small CNN on scikit-learn's 8x8 handwritten digits.
 
-    auditstream train digits --json            # ~20 s on 2 CPU cores
+    auditstream train digits --json            # ~10-30 s on 2 shared CPU cores
     python -m training.digits --epochs 40      # the same, without the auditstream CLI
 
-Flow (one readable script, CleanRL style): args -> data (the one split, training/data/split.py)
--> model -> training loop (AdamW, one-cycle LR, label smoothing 0, affine augmentation) ->
+Flow (one readable script, CleanRL style): args (``DigitsArgs``, training/mail_args.py) -> data
+(the one split, training/data/split.py) -> model -> training loop (AdamW, one-cycle LR, affine
+augmentation, training/data/loader.py) ->
 calibrate (temperature on the calibration split, monitor/calibration.py) -> certify the
 auto-accept threshold (SGR on the calibration split, monitor/certify.py) -> measure on the test
 split -> export ONNX (preprocessing and temperature inside the graph, parity-checked on 256 test

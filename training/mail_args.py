@@ -1,4 +1,5 @@
-"""Arguments of the mail-sorting training jobs, one frozen dataclass per script.
+"""Arguments of the mail-sorting jobs (two training scripts and the certify benchmark), one frozen
+dataclass each.
 
 They live apart from the scripts only so that ``auditstream --help`` can build the options
 without importing torch; each field's help text is its ``--help`` line.
@@ -41,3 +42,14 @@ class ZipReaderArgs:
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
+
+
+@dataclass(frozen=True)
+class CertifyBenchArgs:
+    """Arguments of ``auditstream bench certify``."""
+
+    splits: int = field(default=20, metadata={"help": "random calibration/test re-splits of the held-out pool"})
+    target_risk: float = field(default=0.02, metadata={"help": "target risk of the auto-accepted answers"})
+    delta: float = field(default=0.05, metadata={"help": "failure probability of the certificate"})
+    seed: int = field(default=0, metadata={"help": "seed of the re-splits"})
+    weak_epochs: int = field(default=2, metadata={"help": "epochs of the weak model (no augmentation)"})

@@ -7,13 +7,11 @@ import argparse
 import json
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from training.mail_args import DigitsArgs, ZipReaderArgs
+from training.mail_args import CertifyBenchArgs, DigitsArgs, ZipReaderArgs
 
 
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
              bench: argparse._SubParsersAction) -> None:
-    from training.certify_bench import CertifyBenchArgs  # numpy + scipy only at import time
-
     for name, cls, what in (("digits", DigitsArgs, "8x8 handwritten digit classifier"),
                             ("zip-reader", ZipReaderArgs, "envelope image -> 5-digit ZIP")):
         parser = train.add_parser(name, help=f"{what}: train, calibrate, certify, export ONNX, publish")
@@ -44,6 +42,6 @@ def _train_handler(name: str, cls: type):
 
 
 def _bench_certify(args: argparse.Namespace) -> int:
-    from training.certify_bench import CertifyBenchArgs, main
+    from training.certify_bench import main
 
     return main(dataclass_from_namespace(CertifyBenchArgs, args))

@@ -1,12 +1,13 @@
 """Train the ``zip-reader``: envelope image -> the 5-digit ZIP, with per-character probabilities.
 
-    auditstream train zip-reader --json        # a few minutes on 2 loaded CPU cores
+    auditstream train zip-reader --json        # ~5 min on 2 shared, loaded CPU cores
     python -m training.zip_reader --steps 1200 # the same, without the auditstream CLI
 
-Flow: args -> data (fresh envelopes from *training-split* digits for every batch,
-training/data/envelopes.py) -> model -> loop (AdamW, one-cycle LR) -> calibrate (one temperature
-for all five positions, fitted on calibration envelopes) -> certify the ZIP-level auto-accept
-threshold (SGR) -> measure on test envelopes -> export ONNX (preprocessing and temperature inside
+Flow: args (``ZipReaderArgs``, training/mail_args.py) -> data (fresh envelopes from
+*training-split* digits for every batch, training/data/envelopes.py) -> model -> loop (AdamW,
+one-cycle LR) -> calibrate (one temperature for all five positions, fitted on calibration
+envelopes) -> certify the ZIP-level auto-accept threshold (SGR on independent calibration
+envelopes, see ``strict_certificates``) -> measure on test envelopes -> export ONNX (preprocessing and temperature inside
 the graph, parity-checked on 256 test envelopes) -> publish with card and risk-coverage plot.
 
 Model: a CNN encoder over column frames, a bidirectional GRU, and a fixed-length attention head:
@@ -21,7 +22,9 @@ accuracy in 400.
 
 Serving contract: input ``image`` uint8 [batch, 32, 96] (grayscale, dark ink on light paper);
 output ``char_probs`` float32 [batch, 5, 10], calibrated; confidence = min over positions of the
-max probability ("min_char_prob", chosen against product and mean by the risk-coverage curve).
+max probability ("min_char_prob"; product and mean rank envelopes almost identically on the
+risk-coverage curve, the card records all three, and the minimum is the one that bounds the ZIP
+error through a union bound: docs/training.md).
 """
 
 from __future__ import annotations
