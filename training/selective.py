@@ -43,7 +43,7 @@ def plot_risk_coverage(curves: dict[str, list[dict[str, float]]], path: Path, ta
         ax.plot([p["coverage"] for p in curve], [p["risk"] for p in curve], label=name)
     ax.axhline(target_risk, color="grey", linestyle="--", linewidth=1, label=f"target risk {target_risk:g}")
     if operating_point is not None:
-        ax.plot(*operating_point, "o", color="black", label=f"certified threshold (coverage {operating_point[0]:.1%})")
+        ax.plot(*operating_point, "o", color="black", label=f"certified threshold, on this data (coverage {operating_point[0]:.1%})")
     ax.set_xlabel("coverage (share auto-accepted)")
     ax.set_ylabel("risk (error rate of auto-accepted)")
     ax.set_xlim(0, 1)

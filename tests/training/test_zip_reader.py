@@ -43,3 +43,10 @@ def test_confidence_kinds_on_a_table():
     assert kinds["mean_char_prob"] == pytest.approx([0.868, 0.6])
     wrong, char_wrong = zip_reader.read(probs, np.array([[0, 0, 0, 1, 0], [0] * 5]))
     assert wrong.tolist() == [1, 0] and char_wrong.sum() == 1
+
+
+def test_training_is_deterministic_for_a_seed():
+    a, _ = zip_reader.train(ZipReaderArgs(steps=3, batch_size=8, seed=4), progress=False)
+    b, _ = zip_reader.train(ZipReaderArgs(steps=3, batch_size=8, seed=4), progress=False)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
