@@ -77,7 +77,7 @@ def train_bc(data: OfflineDataset, steps: int = 5000, batch_size: int = 256, lea
         loss = (ce * w[idx]).sum() / w[idx].sum()
         loss = loss + 0.5 * ((model.value_head(h).squeeze(-1) - rtg[idx]) / scale).pow(2).mean()
         if not torch.isfinite(loss):
-            raise TrainingDiverged("bc", step, float(loss))
+            raise TrainingDiverged("bc", step, loss.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -80,7 +80,7 @@ def train_cql(data: OfflineDataset, steps: int = 20_000, batch_size: int = 256, 
         penalty = (torch.logsumexp(q_all, dim=1) - q_taken).mean()
         loss = td + alpha * penalty
         if not torch.isfinite(loss):
-            raise TrainingDiverged("cql", step, float(loss))
+            raise TrainingDiverged("cql", step, loss.item())
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(q.parameters(), 10.0)

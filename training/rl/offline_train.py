@@ -68,9 +68,11 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     onnx_bytes, parity = export_policy(module, data.observations)
     metrics["parity_max_abs_diff"] = parity
     env_id = args.env or str(args.dataset.stem)
+    training = {"algorithm": args.algorithm, "args": {k: str(v) for k, v in asdict(args).items()}}
     card = policy_card(module, env_id, args.name or card_name(env_id, f"policy-{args.algorithm}"), data.observations,
-                       metrics, training={"algorithm": args.algorithm, "args": {k: str(v) for k, v in asdict(args).items()}})
-    summary = {"algorithm": args.algorithm, **{k: v for k, v in metrics.items() if k not in ("ope", "logged_policy_value")},
+                       metrics, training=training)
+    nested = ("ope", "logged_policy_value")
+    summary = {"algorithm": args.algorithm, **{k: v for k, v in metrics.items() if k not in nested},
                **{f"ope_{k}": round(e.value, 4) for k, e in estimates.items()},
                **{f"ope_{k}_lower": round(e.lower, 4) for k, e in estimates.items()},
                "logged_policy_value": round(logged.value, 4)}
@@ -84,9 +86,10 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
 
 def main(args: OfflineArgs, models_dir: str, as_json: bool) -> int:
     summary = run(args, models_dir)
+    online = f"; online mean return {summary['mean_return']:.1f}" if "mean_return" in summary else ""
     print(f"{summary['algorithm']}: trained in {summary['train_seconds']:.0f} s on {summary['dataset_steps']} steps; "
-          f"logged policy {summary['logged_policy_value']:.3f}; OPE wis {summary['ope_wis']:.3f} dr {summary['ope_dr']:.3f} "
-          f"fqe {summary['ope_fqe']:.3f}" + (f"; online mean return {summary['mean_return']:.1f}" if "mean_return" in summary else ""))
+          f"logged policy {summary['logged_policy_value']:.3f}; OPE wis {summary['ope_wis']:.3f} "
+          f"dr {summary['ope_dr']:.3f} fqe {summary['ope_fqe']:.3f}{online}")
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     return 0

@@ -11,8 +11,9 @@ interval over episodes (episodes are the independent units):
 * ``dr`` — weighted doubly robust (Thomas & Brunskill 2016): the WIS estimate with the fitted
   Q model as a control variate; unbiased-in-the-limit if either the propensities or Q are right.
   Q comes from FQE on the same data and stays fixed across bootstrap resamples.
-* ``fqe`` — fitted Q evaluation with a linear model whose basis is chosen by cross-validation;
-  each bootstrap resample refits Q (see :mod:`training.rl.fqe`).
+* ``fqe`` — fitted Q evaluation with a linear model whose basis is chosen on held-out episodes;
+  each bootstrap resample refits Q, and the interval is widened by the basis's held-out
+  estimate of its own start-state error (see :mod:`training.rl.fqe`).
 
 The value estimated is E[Σ_t γ^t r_t] from an episode's first logged step, with propensities μ
 taken from the dataset (``behaviour_action_prob``) and π from a :class:`NumpyPolicy`.

@@ -18,9 +18,11 @@ steps changes the value by at most γ^150 ≈ 5e-4 of the reward scale, and the 
 defined with the cut, so it is exact.
 
 JSON (last line): ``wis``, ``dr``, ``fqe`` → pooled over environments: ``coverage`` (all trials
-together), ``bias`` and ``width`` as a fraction of |true value| averaged over environments;
-``per_env`` → environment → estimator → ``coverage``, ``bias``, ``width`` in reward units, plus
-``true_value`` and its Monte Carlo standard error.
+together), ``bias`` and ``width`` in units of the target policy's per-episode return standard
+deviation (so environments with different reward scales can be averaged; dividing by the true
+value would blow up where it is near 0, as LunarLander's is), averaged over environments;
+``per_env`` → environment → estimator → ``coverage``, ``bias``, ``width``, ``rmse`` in reward
+units, plus ``true_value``, its Monte Carlo standard error and ``return_sd``.
 """
 
 from __future__ import annotations
@@ -83,14 +85,15 @@ def rollout(env: Any, policy: NumpyPolicy, episodes: int, horizon: int, rng: np.
     return records
 
 
-def true_value(env: Any, policy: NumpyPolicy, args: OPEBenchArgs, seed: int) -> tuple[float, float]:
-    """Monte Carlo value of ``policy`` and its standard error."""
+def true_value(env: Any, policy: NumpyPolicy, args: OPEBenchArgs, seed: int) -> tuple[float, float, float]:
+    """Monte Carlo value of ``policy``, its standard error and the returns' standard deviation."""
     from training.rl.ope import discounted_returns
 
     rng = np.random.default_rng(seed)
     data = build_dataset(rollout(env, policy, args.truth_episodes, args.horizon, rng, seed, "truth"))
     returns = discounted_returns(data, args.gamma)
-    return float(returns.mean()), float(returns.std(ddof=1) / np.sqrt(len(returns)))
+    sd = float(returns.std(ddof=1))
+    return float(returns.mean()), sd / np.sqrt(len(returns)), sd
 
 
 def bench_env(env_id: str, args: OPEBenchArgs) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def bench_env(env_id: str, args: OPEBenchArgs) -> dict[str, Any]:
 
     env = gym.make(env_id)
     behaviour, target = make_policies(env_id, env, args)
-    truth, truth_se = true_value(env, target, args, seed=args.seed + 1_000_000)
+    truth, truth_se, return_sd = true_value(env, target, args, seed=args.seed + 1_000_000)
     print(f"{env_id}: true value of the target policy {truth:.3f} ± {truth_se:.3f} (MC, {args.truth_episodes} "
           f"episodes, gamma={args.gamma}, horizon={args.horizon})")
     rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ESTIMATORS}
@@ -112,7 +115,7 @@ def bench_env(env_id: str, args: OPEBenchArgs) -> dict[str, Any]:
             est = estimates[name]
             rows[name].append((est.value, est.lower, est.upper))
     env.close()
-    out: dict[str, Any] = {"true_value": truth, "true_value_se": truth_se}
+    out: dict[str, Any] = {"true_value": truth, "true_value_se": truth_se, "return_sd": return_sd}
     for name in ESTIMATORS:
         arr = np.asarray(rows[name])
         out[name] = {"coverage": float(np.mean((arr[:, 1] <= truth) & (truth <= arr[:, 2]))),
@@ -136,11 +139,11 @@ def main(args: OPEBenchArgs, as_json: bool) -> int:
     for name in ESTIMATORS:
         pooled[name] = {
             "coverage": float(np.mean([per_env[e][name]["coverage"] for e in envs])),
-            "bias": float(np.mean([per_env[e][name]["bias"] / abs(per_env[e]["true_value"]) for e in envs])),
-            "width": float(np.mean([per_env[e][name]["width"] / abs(per_env[e]["true_value"]) for e in envs])),
+            "bias": float(np.mean([per_env[e][name]["bias"] / per_env[e]["return_sd"] for e in envs])),
+            "width": float(np.mean([per_env[e][name]["width"] / per_env[e]["return_sd"] for e in envs])),
         }
-        print(f"pooled {name:>3}: coverage {pooled[name]['coverage']:.3f}  relative bias {pooled[name]['bias']:+.4f}"
-              f"  relative width {pooled[name]['width']:.4f}")
+        print(f"pooled {name:>3}: coverage {pooled[name]['coverage']:.3f}  bias {pooled[name]['bias']:+.4f} sd"
+              f"  width {pooled[name]['width']:.4f} sd (in return standard deviations)")
     seconds = time.perf_counter() - start
     print(f"{args.trials} trials x {len(envs)} envs in {seconds:.0f} s")
     if as_json:

@@ -114,7 +114,7 @@ def train(args: PPOArgs) -> tuple[Agent, dict[str, Any]]:
             obs_buf[step], dones_buf[step] = next_obs, next_done
             with torch.no_grad():
                 logits = agent.actor(next_obs)
-                dist = torch.distributions.Categorical(logits=logits)
+                dist = torch.distributions.Categorical(logits=logits, validate_args=False)
                 action = dist.sample()
                 values_buf[step] = agent.value(next_obs)
             actions_buf[step], logprobs_buf[step] = action, dist.log_prob(action)
@@ -157,7 +157,7 @@ def train(args: PPOArgs) -> tuple[Agent, dict[str, Any]]:
             order = torch.randperm(batch_size, device=device)
             for lo in range(0, batch_size, minibatch_size):
                 idx = order[lo:lo + minibatch_size]
-                dist = torch.distributions.Categorical(logits=agent.actor(b_obs[idx]))
+                dist = torch.distributions.Categorical(logits=agent.actor(b_obs[idx]), validate_args=False)
                 ratio = (dist.log_prob(b_actions[idx]) - b_logprobs[idx]).exp()
                 adv = b_adv[idx]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(idx) > 1 else adv
@@ -166,7 +166,7 @@ def train(args: PPOArgs) -> tuple[Agent, dict[str, Any]]:
                 loss = pg_loss - args.ent_coef * dist.entropy().mean() + args.vf_coef * v_loss
                 if not torch.isfinite(loss):
                     bar.close()
-                    raise TrainingDiverged(f"ppo {args.env}", env_steps, float(loss))
+                    raise TrainingDiverged(f"ppo {args.env}", env_steps, loss.item())
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -235,8 +235,8 @@ def run(args: PPOArgs, models_dir: str) -> dict[str, Any]:
 def main(args: PPOArgs, models_dir: str, as_json: bool) -> int:
     summary = run(args, models_dir)
     print(f"{summary['env']}: mean return {summary['mean_return']:.1f} ± {summary['std_return']:.1f} over "
-          f"{summary['episodes']} greedy episodes; {summary['env_steps']} env steps in {summary['train_seconds']:.0f} s "
-          f"on {summary['device']}; parity {summary['parity_max_abs_diff']:.2e}")
+          f"{summary['episodes']} greedy episodes; {summary['env_steps']} env steps in "
+          f"{summary['train_seconds']:.0f} s on {summary['device']}; parity {summary['parity_max_abs_diff']:.2e}")
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     return 0

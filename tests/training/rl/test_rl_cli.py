@@ -20,7 +20,8 @@ def logged_dataset(path, episodes: int = 120, seed: int = 0):
         for t in range(5):
             a = int(rng.integers(2))
             human = int(x[0] > 0) if rng.random() < 0.2 else None
-            records.append(StepRecord(f"e{e}", t, x.copy(), a, [0.5, 0.5], float(a == (x[0] > 0)), False, t == 4, human))
+            reward = float(a == (x[0] > 0))
+            records.append(StepRecord(f"e{e}", t, x.copy(), a, [0.5, 0.5], reward, False, t == 4, human))
             x = x + rng.normal(scale=0.1, size=2)
     return save_dataset(build_dataset(records), path)
 
