@@ -8,8 +8,9 @@ One run, one model, one batch size:
    (:class:`serving.app.ServeApp`, the same code as ``auditstream serve``) drains them:
    consume → decode → infer → triage → produce → flush → commit, timed from its first record to
    its last commit; every prediction is read back (lost, duplicates);
-4. **stream, ~70% load**: requests paced at 70% of the measured rate while the consumer runs;
-   end-to-end latency = when the prediction is read back − the request's ``created_at_s``.
+4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), warmed up,
+   then requests paced at 70% of the measured rate; end-to-end latency = when the prediction is
+   read back here − the request's ``created_at_s``.
 
 Without ``--model`` it builds (no torch: ``onnx.helper``, fixed-seed random weights) a small CNN
 whose inference dominates (~0.5 GFLOP per input, VGG-style, 1.5 M weights): 1×28×28 → conv 64 →
@@ -26,6 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -134,6 +139,19 @@ def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group:
         consumer.close()
 
 
+def _serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
+    """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
+    env = dict(os.environ)  # the child's own Settings.from_env() reads these
+    env.update({"AUDITSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                "AUDITSTREAM_TOPIC_PREFIX": settings.topic_prefix, "AUDITSTREAM_MODELS_DIR": str(settings.models_dir),
+                "AUDITSTREAM_STATE_DIR": str(settings.state_dir), "AUDITSTREAM_KAFKA_CLIENT": settings.kafka_client,
+                "AUDITSTREAM_MAX_BATCH_SIZE": str(settings.max_batch_size), "AUDITSTREAM_LOG_LEVEL": "WARNING"})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
+                                 "--version", card.version], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def _percentile_ms(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 1) if values else float("nan")
 
@@ -197,25 +215,35 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         say(f"stream (max rate): {args.count} requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: "
             f"{raw_after:,.0f}/s; ratio {stream / raw:.3f}")
         read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
+    finally:
+        app.close()  # leaves the group: the latency run's consumer gets every partition
 
-        # latency at ~70% of the measured max rate, consumer running while requests arrive
-        rate = 0.7 * min(stream, raw)
-        serving = threading.Thread(target=app.run, name="serve", daemon=True)
-        serving.start()
-        ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
-        lat_arrivals: dict[str, list[float]] = {}
-        reader = threading.Thread(target=read_predictions, args=(settings, ids, 120.0, f"bench-reader-b-{run_id}",
+    # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
+    # production), requests paced by this process, predictions read back here
+    rate = 0.7 * min(stream, raw)
+    ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
+    lat_arrivals: dict[str, list[float]] = {}
+    server = _serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    try:
+        reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
                                                                  lat_arrivals), daemon=True)
         reader.start()
-        time.sleep(6.0)  # the reader joins its group (Tansu holds a first JoinGroup ~5 s)
+        # warm-up: the server has joined its group and answers before the clock starts
+        warm = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
+                                0.0, id_prefix=f"warm{run_id}", progress=False)
+        read_predictions(settings, set(warm.request_ids), 120.0, f"bench-reader-w-{run_id}", arrivals)
+        time.sleep(1.0)
         paced = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
                                  rate, id_prefix=f"lat{run_id}", progress=False)
         reader.join()
-        app.loop.stop()
-        serving.join(timeout=60)
     finally:
         producer.close()
-        app.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    sent.request_ids.extend(warm.request_ids)
     latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
     arrivals.update(lat_arrivals)
     expected = set(sent.request_ids) | ids
