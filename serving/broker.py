@@ -138,10 +138,10 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
         raise
     (settings.state_dir / BROKER_STATE_FILE).write_text(json.dumps(asdict(info)))
     if foreground:
+        # SIGTERM/SIGINT stop the broker, then this call returns (the state file is removed).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: proc.terminate())
         try:
-            proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
             proc.wait()
         finally:
             (settings.state_dir / BROKER_STATE_FILE).unlink(missing_ok=True)
