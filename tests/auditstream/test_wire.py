@@ -12,7 +12,7 @@ import pytest
 from auditstream import wire
 from auditstream.errors import DecodeError
 from auditstream.wire import AuditItem, DeadLetter, Decision, ImageInput, InferenceRequest, Prediction, Route, Verdict
-from wire_factories import PNG_1x1, make_dead_letter, make_decision, make_prediction, make_request, make_verdict
+from tests.auditstream.wire_factories import PNG_1x1, make_dead_letter, make_decision, make_prediction, make_request, make_verdict
 
 def test_request_round_trip_tensor_is_exact_and_byte_identical():
     request = make_request()

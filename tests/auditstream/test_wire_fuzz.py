@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from auditstream import wire
 from auditstream.errors import DecodeError
-from wire_factories import make_dead_letter, make_decision, make_prediction, make_request, make_verdict
+from tests.auditstream.wire_factories import make_dead_letter, make_decision, make_prediction, make_request, make_verdict
 
 DECODERS = {
     "request": wire.InferenceRequest.from_bytes,

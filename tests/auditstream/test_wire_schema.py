@@ -18,7 +18,7 @@ import pytest
 
 from auditstream import wire
 from auditstream.errors import DecodeError
-from wire_factories import (
+from tests.auditstream.wire_factories import (
     PNG_1x1,
     make_dead_letter,
     make_decision,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USERS, items_by_task, seed_card_and_history
+from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, seed_card_and_history
 
 from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig

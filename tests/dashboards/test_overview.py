@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
+from tests.dashboards.conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
 
 from auditstream.wire import VerdictKind
 from monitor.accounts import Role, User

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import items_by_task, png
+from tests.dashboards.conftest import items_by_task, png
 
 from dashboards import images, render
 

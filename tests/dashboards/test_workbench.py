@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import PASSWORD, elements, items_by_task, log_in, prediction, start_app, texts
+from tests.dashboards.conftest import PASSWORD, elements, items_by_task, log_in, prediction, start_app, texts
 
 from auditstream.errors import PermissionDenied
 from auditstream.wire import AuditItem, Route, VerdictKind

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from store.store_factories import BACKENDS, make_store
+from tests.monitor.store.store_factories import BACKENDS, make_store
 
 from auditstream.cli import main as cli_main
 from auditstream.errors import PermissionDenied

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store.store_factories import BACKENDS, add_users, audit_item, make_store
+from tests.monitor.store.store_factories import BACKENDS, add_users, audit_item, make_store
 
 from auditstream.cli import main as cli_main
 from auditstream.wire import ImageInput, Route, decode_input

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from store.store_factories import add_users, audit_item, make_store
+from tests.monitor.store.store_factories import add_users, audit_item, make_store
 
 from auditstream import topics
 from auditstream.errors import DeliveryFailed

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import tiny_card
+from tests.conftest import tiny_card
 
 from auditstream.registry import TensorSpec
 from auditstream.wire import ImageInput

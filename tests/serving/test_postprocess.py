@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_card
+from tests.conftest import tiny_card
 
 from auditstream.registry import ModelCard, TensorSpec, TriageSpec
 from serving.postprocess import check_card, postprocess

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TinyRegistry
+from tests.conftest import TinyRegistry
 
 from auditstream.kafka import Record
 from auditstream.settings import Settings

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import TinyRegistry
+from tests.conftest import TinyRegistry
 
 from auditstream.errors import ModelRefused
 from auditstream.registry import RegisteredModel, TensorSpec

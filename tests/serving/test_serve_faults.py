@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from kafka_readers import committed_offsets, read_topic, request_ids
+from tests.serving.kafka_readers import committed_offsets, read_topic, request_ids
 
 from auditstream import topics as T
 from auditstream.kafka import ensure_topics, make_producer

@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from kafka_readers import read_topic, request_ids
+from tests.serving.kafka_readers import read_topic, request_ids
 from prometheus_client import CollectorRegistry
 
 from auditstream import topics as T

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from store_factories import BACKENDS, fast_hashes, make_store  # noqa: F401 - fast_hashes is a fixture
+from tests.monitor.store.store_factories import BACKENDS, fast_hashes, make_store  # noqa: F401 - fast_hashes is a fixture
 
 from monitor.store import AuditStore
 

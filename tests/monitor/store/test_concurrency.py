@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from store_factories import add_users, audit_item, make_store
+from tests.monitor.store.store_factories import add_users, audit_item, make_store
 
 from auditstream.errors import LeaseNotHeld
 from auditstream.wire import Route

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from store_factories import POSTGRES_URL, add_users, audit_item, postgres_unavailable
+from tests.monitor.store.store_factories import POSTGRES_URL, add_users, audit_item, postgres_unavailable
 
 from auditstream import topics
 from auditstream.errors import LeaseNotHeld, PermissionDenied

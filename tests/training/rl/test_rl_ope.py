@@ -8,7 +8,7 @@ import pytest
 from training.rl.fqe import fit_fqe, fqe, select_basis
 from training.rl.ope import doubly_robust, evaluate, on_policy_value, wis
 
-from rl_toy import GAMMA, MU, PI, simulate, table_policy, tabular_features, true_value
+from tests.training.rl.rl_toy import GAMMA, MU, PI, simulate, table_policy, tabular_features, true_value
 
 
 def test_true_values_differ() -> None:

@@ -9,7 +9,7 @@ import pytest
 from training.rl.ope import Estimate
 from training.rl.promotion import PromotionConfig, decide, gate_from_dataset
 
-from rl_toy import GAMMA, MU, PI, simulate, table_policy
+from tests.training.rl.rl_toy import GAMMA, MU, PI, simulate, table_policy
 
 
 def est(value: float, lower: float, upper: float, n: int = 500, method: str = "dr") -> Estimate:
