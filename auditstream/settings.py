@@ -51,6 +51,11 @@ class Settings:
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
     max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
+    triage_policy: str = _doc("Named triage policy: 'uniform' or 'risk-weighted' QC sampling, or 'no-qc' "
+                              "(monitor/triage.py).", "uniform")
+    max_human_queue_depth: int = _doc("Human queue depth at which deferrals are flagged over capacity; 0: no limit.", 0)
+    auto_tighten: bool = _doc("The monitor raises a model version's threshold when its audited error bound "
+                              "goes over the certified risk (auditstream/control.py).", False)
     metrics_port: int = _doc("Port of the Prometheus /metrics endpoint; 0 disables it.", 0)
     log_level: str = _doc("Logging level.", "INFO")
 
@@ -90,6 +95,10 @@ class Settings:
             raise ConfigError("heartbeat_interval_ms", self.heartbeat_interval_ms, "at most a third of session_timeout_ms")
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ConfigError("max_poll_interval_ms", self.max_poll_interval_ms, "at least session_timeout_ms")
+        if self.triage_policy not in ("uniform", "risk-weighted", "no-qc"):
+            raise ConfigError("triage_policy", self.triage_policy, "'uniform', 'risk-weighted' or 'no-qc'")
+        if self.max_human_queue_depth < 0:
+            raise ConfigError("max_human_queue_depth", self.max_human_queue_depth, "an integer >= 0 (0: no limit)")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port", self.metrics_port, "a TCP port in [0, 65535] (0 disables /metrics)")
         if self.log_level.upper() not in _LOG_LEVELS:

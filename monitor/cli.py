@@ -51,6 +51,66 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     listing.add_argument("--store-url", default="", help=store_help)
     listing.set_defaults(handler=run_users_list)
 
+    control = commands.add_parser("control", help="the monitor's word to the consumers: queue depth, tightened thresholds")
+    control_sub = control.add_subparsers(dest="control_command", metavar="ACTION", required=True)
+    show = control_sub.add_parser("show", help="print the latest control state of every model (JSON lines)")
+    show.set_defaults(handler=run_control_show)
+    clear = control_sub.add_parser("clear", help="remove a threshold override (a person's decision, after review)")
+    clear.add_argument("--model", required=True, help="model name")
+    clear.add_argument("--version", default=None, help="only this version's override (default: all versions)")
+    clear.set_defaults(handler=run_control_clear)
+
+
+def _control_view(settings):  # noqa: ANN001, ANN202
+    from auditstream.control import ControlView
+
+    view = ControlView(settings).start()
+    if not view.wait_caught_up(60):
+        view.stop()
+        raise SystemExit("auditstream: error: could not read the control topic within 60 s; is the broker up?")
+    return view
+
+
+def run_control_show(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from auditstream.settings import Settings
+
+    view = _control_view(Settings.from_env())
+    try:
+        for state in view.states().values():
+            print(json.dumps(dataclasses.asdict(state), sort_keys=True))
+    finally:
+        view.stop()
+    return 0
+
+
+def run_control_clear(args: argparse.Namespace) -> int:
+    import time
+
+    from auditstream.kafka import make_producer
+    from auditstream.settings import Settings
+    from monitor.control import cleared
+    from monitor.service import publish_control
+
+    settings = Settings.from_env()
+    view = _control_view(settings)
+    try:
+        state = view.get(args.model)
+    finally:
+        view.stop()
+    if state is None or not state.threshold_override:
+        print(f"model {args.model}: no threshold override to clear")
+        return 0
+    producer = make_producer(settings, client_id="auditstream-control")
+    try:
+        publish_control(producer, settings, [cleared(state, args.version, time.time())], 30.0)
+    finally:
+        producer.close()
+    print(f"model {args.model}: override cleared ({args.version or 'all versions'})")
+    return 0
+
 
 def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
     from auditstream.settings import Settings

@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from auditstream import topics
+from auditstream.control import ControlState, ControlView
 from auditstream.errors import DecodeError, ModelNotFound
 from auditstream.kafka import Producer, Record
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
+from monitor.control import plan_control
 from monitor.store import AuditStore
 from monitor.store.records import check_audit_item
 
@@ -124,7 +126,7 @@ class StatsHooks:
     ``monitor.qc_history.QCHistory`` (in the store, for the dashboard) and, with the store's read
     models, to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``)."""
 
-    def __init__(self, settings: Settings, store: AuditStore) -> None:
+    def __init__(self, settings: Settings, store: AuditStore, control_view: "ControlView | None" = None) -> None:
         from auditstream.registry import ModelRegistry
         from monitor.metrics import MonitorMetrics
         from monitor.qc import QCConfig, QCTracker
@@ -143,6 +145,7 @@ class StatsHooks:
         self.history = QCHistory(store)
         self.metrics = MonitorMetrics()
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
+        self.control_view, self.auto_tighten = control_view, settings.auto_tighten
 
     def observe_prediction(self, prediction: Prediction) -> None:
         with self._lock:
@@ -152,16 +155,31 @@ class StatsHooks:
         with self._lock:
             self.tracker.observe_verdict(verdict)
 
-    def tick(self, store: AuditStore, now_s: float) -> None:
+    def tick(self, store: AuditStore, now_s: float) -> list[ControlState]:
+        """Save and export the statistics; returns the control states to publish.
+
+        Nothing is planned until the control view has read the topic back, so a restarted
+        monitor never publishes a state that forgets an earlier threshold override.
+        """
         stats = store.store_stats(now_s)
         with self._lock:
             snapshots = self.tracker.snapshot()
         self.history.save(snapshots, now_s)
         self.metrics.update(snapshots, stats)
+        if self.control_view is None or not self.control_view.wait_caught_up(0):
+            return []
+        return plan_control(snapshots, stats, self.control_view.states(), self.auto_tighten, now_s)
 
     def close(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+
+
+def publish_control(producer: Producer, settings: Settings, states: Sequence[ControlState], timeout_s: float) -> None:
+    """Send control states (compacted topic, key = model) and wait until every one is acknowledged."""
+    for state in states:
+        producer.send(settings.topic(topics.CONTROL), state.key, state.to_bytes())
+    producer.flush(timeout_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +208,9 @@ class OutboxPublisher(threading.Thread):
                                            self.args.flush_timeout_s, on_verdict)):  # fmt: skip
                     self.published += n
                 if self.stats is not None and time.monotonic() >= next_tick:
-                    self.stats.tick(self.store, time.time())
+                    states = self.stats.tick(self.store, time.time())
+                    if states:
+                        publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
                     next_tick = time.monotonic() + self.args.stats_interval_s
                 if stopping:  # one last full round after stop(), so nothing decided is left behind
                     return
@@ -213,8 +233,10 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
 
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
-    ensure_topics(bootstrap, names, settings.partitions)
-    stats = StatsHooks(settings, store)
+    ensure_topics(bootstrap, names + [settings.topic(topics.CONTROL)], settings.partitions,
+                  compacted=(settings.topic(topics.CONTROL),))
+    control_view = ControlView(settings, bootstrap).start()
+    stats = StatsHooks(settings, store, control_view)
     publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args, stats)
     loop = StreamLoop.connect(
         settings, args.group_id, names[:2],
@@ -235,6 +257,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         publisher.stop()
         publisher.join()
         publisher.producer.close()
+        control_view.stop()
         stats.close()
     if publisher.error is not None:
         raise publisher.error

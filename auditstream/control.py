@@ -1,0 +1,143 @@
+"""The control channel: what the monitor's statistics tell the serving consumers.
+
+The monitor knows things a consumer cannot see from its own records: how deep the human queue
+is, and whether the audited error of auto-accepted answers still respects the model card's
+certified risk. Once per statistics tick it publishes one :class:`ControlState` per model to the
+compacted ``control`` topic (key = model name), and every consumer keeps the latest state per
+model in a :class:`ControlView`:
+
+- ``human_queue_depth`` feeds triage's capacity check (a HUMAN item over capacity is still
+  deferred, never auto-accepted; the metric and alert show it);
+- ``threshold_override`` raises the auto-accept threshold of a model version whose audited error
+  bound went over budget (only when the monitor runs with ``AUDITSTREAM_AUTO_TIGHTEN=true``).
+  Overrides only ever tighten, and stay until a person clears them
+  (``auditstream control clear``) or a new model version is served.
+
+Because the topic is compacted and keyed by model, a consumer (or a restarted monitor) that
+reads it from the beginning ends up with the latest state of every model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditstream.errors import DecodeError
+from auditstream.settings import Settings
+from auditstream.topics import CONTROL
+from auditstream.wire import WIRE_VERSION, Reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """The monitor's latest word on one model (``control`` topic, key = model name)."""
+
+    model: str
+    human_queue_depth: int = 0
+    threshold_override: dict[str, float] = field(default_factory=dict)  # model version -> threshold
+    reason: str = ""
+    updated_at_s: float = 0.0
+
+    def threshold_for(self, version: str, card_threshold: float) -> float:
+        """The threshold a consumer of ``version`` applies: never below the card's."""
+        return max(card_threshold, self.threshold_override.get(version, card_threshold))
+
+    @property
+    def key(self) -> bytes:
+        return self.model.encode("utf-8")
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"v": WIRE_VERSION, "model": self.model, "human_queue_depth": self.human_queue_depth,
+                           "threshold_override": self.threshold_override, "reason": self.reason,
+                           "updated_at_s": self.updated_at_s}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ControlState":
+        try:
+            obj: Any = json.loads(data)
+            if not isinstance(obj, dict) or obj.get("v") != WIRE_VERSION:
+                raise ValueError("not a v1 control record")
+            overrides = {str(k): float(v) for k, v in (obj.get("threshold_override") or {}).items()}
+            return cls(model=str(obj["model"]), human_queue_depth=int(obj.get("human_queue_depth", 0)),
+                       threshold_override=overrides, reason=str(obj.get("reason", "")),
+                       updated_at_s=float(obj.get("updated_at_s", 0.0)))
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"control record: {e}") from None
+
+
+class ControlView:
+    """The latest :class:`ControlState` per model, kept current by a background consumer.
+
+    Each view reads the whole compacted topic in a consumer group of its own (every process
+    needs every model's state), so it never commits offsets.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str | None = None, poll_timeout_ms: int = 500) -> None:
+        from auditstream.kafka import make_consumer
+
+        self.topic = settings.topic(CONTROL)
+        group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
+        self._consumer = make_consumer(settings, group, [self.topic], bootstrap=bootstrap)
+        self._states: dict[str, ControlState] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._poll_timeout_ms = poll_timeout_ms
+        self._thread = threading.Thread(target=self._run, name="control-view", daemon=True)
+
+    def start(self) -> "ControlView":
+        self._thread.start()
+        return self
+
+    def get(self, model: str) -> ControlState | None:
+        with self._lock:
+            return self._states.get(model)
+
+    def states(self) -> dict[str, ControlState]:
+        with self._lock:
+            return dict(self._states)
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        """True once the view has read everything the topic held when it joined."""
+        return self._caught_up.wait(timeout_s)
+
+    def apply(self, value: bytes | None, key: bytes | None = None) -> None:
+        """Fold one record into the view (a tombstone removes the model's state)."""
+        if value is None:
+            if key is not None:
+                with self._lock:
+                    self._states.pop(key.decode("utf-8", "replace"), None)
+            return
+        try:
+            state = ControlState.from_bytes(value)
+        except DecodeError as e:
+            log.warning("ignoring a control record that does not decode: %s", e)
+            return
+        with self._lock:
+            self._states[state.model] = state
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for record in self._consumer.poll(500, self._poll_timeout_ms):
+                    self.apply(record.value, record.key)
+                assigned = self._consumer.assignment()
+                if not self._caught_up.is_set() and assigned:
+                    lag = self._consumer.lag()  # known only once each partition has been fetched
+                    if len(lag) == len(assigned) and not any(lag.values()):
+                        self._caught_up.set()
+        except Exception:  # noqa: BLE001 - a broken view must not take serving down; it is logged
+            log.exception("control view stopped; consumers keep the last state they read")
+        finally:
+            self._consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

@@ -1,0 +1,65 @@
+"""What the monitor tells the consumers each statistics tick (the control channel,
+auditstream/control.py): the human queue depth per model, and — with auto-tightening on — a
+higher auto-accept threshold for a model version whose audited error bound is over budget.
+
+:func:`plan_control` is pure: snapshots + store figures + the states already on the topic in,
+the states to publish out. Overrides only tighten and are sticky: the previous override is kept
+until a person clears it, so a monitor restart (which reads the compacted topic back first)
+never silently loosens a threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from auditstream.control import ControlState
+from auditstream.wire import Route
+from monitor.qc import ModelQC
+from monitor.store.records import StoreStats
+
+# Over budget with no threshold that passes the audited bound: defer every answer to humans.
+DEFER_ALL = 1.01
+
+
+def human_queue_depths(stats: StoreStats) -> dict[str, int]:
+    depths: dict[str, int] = {}
+    for q in stats.queue:
+        if Route(q.route) == Route.HUMAN:
+            depths[q.model] = depths.get(q.model, 0) + q.depth
+    return depths
+
+
+def plan_control(snapshots: Sequence[ModelQC], stats: StoreStats, previous: Mapping[str, ControlState],
+                 auto_tighten: bool, now_s: float) -> list[ControlState]:
+    """One state per model seen in the snapshots, the queue or the previous states."""
+    depths = human_queue_depths(stats)
+    models = sorted({s.model for s in snapshots} | set(depths) | set(previous))
+    by_model: dict[str, list[ModelQC]] = {}
+    for s in snapshots:
+        by_model.setdefault(s.model, []).append(s)
+    states = []
+    for model in models:
+        before = previous.get(model)
+        overrides = dict(before.threshold_override) if before else {}
+        reasons = [before.reason] if before and before.threshold_override else []
+        for snap in by_model.get(model, []):
+            if not (auto_tighten and snap.over_budget):
+                continue
+            wanted = snap.suggested_threshold if snap.suggested_threshold is not None else DEFER_ALL
+            if wanted > overrides.get(snap.version, float("-inf")):
+                overrides[snap.version] = wanted
+                bound = f"{snap.ci_high:.4f}" if snap.ci_high is not None else "?"
+                reasons = [f"version {snap.version}: audited error bound {bound} over certified risk "
+                           f"{snap.certified_risk}; threshold raised to {wanted:.4f}"
+                           + (" (no threshold passes: every answer deferred)" if wanted == DEFER_ALL else "")]
+        states.append(ControlState(model=model, human_queue_depth=depths.get(model, 0),
+                                   threshold_override=overrides, reason="; ".join(r for r in reasons if r),
+                                   updated_at_s=now_s))
+    return states
+
+
+def cleared(state: ControlState, version: str | None, now_s: float) -> ControlState:
+    """``state`` without the override of ``version`` (all versions when None): a person's call."""
+    overrides = {} if version is None else {v: t for v, t in state.threshold_override.items() if v != version}
+    return ControlState(model=state.model, human_queue_depth=state.human_queue_depth, threshold_override=overrides,
+                        reason=f"override cleared by an operator ({version or 'all versions'})", updated_at_s=now_s)
