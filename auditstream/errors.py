@@ -138,11 +138,3 @@ class TrainingDiverged(AuditstreamError, ArithmeticError):
         self.job, self.step, self.loss = job, step, loss
         super().__init__(f"{job}: loss became {loss} at step {step}; lower the learning rate or check the "
                          f"data for NaN/inf (rewards, observations) and rerun")
-
-
-class TrainingDiverged(AuditstreamError, FloatingPointError):
-    """Training produced a non-finite loss; stopping at once beats publishing garbage."""
-
-    def __init__(self, model: str, step: int, loss: float) -> None:
-        self.model, self.step, self.loss = model, step, loss
-        super().__init__(f"training {model} diverged at step {step} (loss={loss}); lower --lr or check the data")
