@@ -93,6 +93,18 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+class Reader(Protocol):
+    """Every partition of some topics, outside any consumer group (no join wait, no commits):
+    for reading a compacted state topic or a log from the beginning, or tailing a topic."""
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
+
+    def caught_up(self) -> bool:
+        """True once every partition was read up to its end offset as of the reader's start."""
+
+    def close(self) -> None: ...
+
+
 def _quiet_client_logs() -> None:
     # kafka-python logs every connection and metadata refresh at INFO; keep them out of the
     # process log unless someone configured the "kafka" logger on purpose.
@@ -134,6 +146,35 @@ def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstra
     _quiet_client_logs()
     cls = ConfluentConsumer if settings.kafka_client == "confluent" else KafkaPythonConsumer
     return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke)
+
+
+def make_reader(settings: Settings, topics: list[str], from_beginning: bool = True,
+                bootstrap: str | None = None) -> Reader:
+    """A :class:`Reader` of every partition of ``topics`` from the beginning, or (``from_beginning``
+    False) from the current end on. Always kafka-python: readers are few and off the hot path."""
+    from auditstream.kafka_clients import KafkaPythonReader
+
+    _quiet_client_logs()
+    return KafkaPythonReader(bootstrap or _bootstrap(settings), list(topics), from_beginning)
+
+
+def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
+                timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topics`` up to their end offsets at the call (in partition order)."""
+    import time
+
+    reader = make_reader(settings, topics, True, bootstrap)
+    try:
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while not reader.caught_up():
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(bootstrap or _bootstrap(settings),
+                                        f"could not read {topics} to their end within {timeout_s:.0f} s")
+            out.extend(reader.poll(10_000, 200))
+        return out
+    finally:
+        reader.close()
 
 
 def ensure_topics(bootstrap: str, topics: list[str], partitions: int, compacted: tuple[str, ...] = ()) -> list[str]:

@@ -124,6 +124,44 @@ class KafkaPythonConsumer:
         self._c.close(autocommit=False)
 
 
+class KafkaPythonReader:
+    """Manual assignment of every partition of ``topics``; see :class:`auditstream.kafka.Reader`."""
+
+    def __init__(self, bootstrap: str, topics: list[str], from_beginning: bool) -> None:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as TP
+        from kafka.errors import KafkaError
+
+        try:
+            self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000)
+            parts = [TP(t, p) for t in topics for p in sorted(self._c.partitions_for_topic(t) or ())]
+        except KafkaError as e:
+            raise BrokerUnavailable(bootstrap, str(e)) from None
+        missing = [t for t in topics if not any(tp.topic == t for tp in parts)]
+        if missing:
+            self._c.close()
+            raise BrokerUnavailable(bootstrap, f"topics {missing} do not exist (create them: auditstream broker start)")
+        self._c.assign(parts)
+        self._end = self._c.end_offsets(parts)
+        if from_beginning:
+            self._c.seek_to_beginning(*parts)
+        else:
+            for tp, end in self._end.items():
+                self._c.seek(tp, end)
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+                for records in batches.values() for r in records]
+
+    def caught_up(self) -> bool:
+        return all(self._c.position(tp) >= end for tp, end in self._end.items())
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
 # --------------------------------------------------------------------------------------------
 # confluent-kafka
 

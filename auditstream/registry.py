@@ -28,6 +28,7 @@ from auditstream.errors import ModelNotFound, ModelRefused
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
+LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
 # Standard ONNX domains that ONNX Runtime implements without custom-op libraries.
 ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 TASKS = ("classification", "sequence", "detection", "policy", "caption")
@@ -192,7 +193,13 @@ def _all_tensors(model: Any):
 
 
 class ModelRegistry:
-    """Versions of each model live in ``root/<name>/<version>/``; versions are integers as text."""
+    """Versions of each model live in ``root/<name>/<version>/``; versions are integers as text.
+
+    ``root/<name>/LIVE`` (optional) names the live version: the one :meth:`load` and :meth:`card`
+    pick when no version is given. Without it the latest version is live, so a registry that
+    never promoted anything behaves as before. Publishing a version does not move the pointer;
+    ``auditstream rl promote`` does, through :meth:`set_live`.
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -215,8 +222,41 @@ class ModelRegistry:
         versions = self.versions(name)
         return versions[-1] if versions else None
 
+    def live_version(self, name: str) -> str | None:
+        """The version ``root/<name>/LIVE`` names, or None when there is no pointer."""
+        if not _NAME.match(name):
+            return None
+        path = self.root / name / LIVE_FILE
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not _is_version(text) or not (self.root / name / text / CARD_FILE).is_file():
+            raise ModelRefused(path, f"live pointer names version {text[:40]!r}, which is not a published version of "
+                               f"{name} (have {self.versions(name)}); fix it with set_live or delete the file")
+        return text
+
+    def default_version(self, name: str) -> str | None:
+        """The live version if a pointer exists, else the latest."""
+        return self.live_version(name) or self.latest(name)
+
+    def set_live(self, name: str, version: str) -> Path:
+        """Point ``name``'s live version at ``version`` (atomically: a reader sees old or new)."""
+        if not _NAME.match(name) or not _is_version(version) or not (self.root / name / version / CARD_FILE).is_file():
+            raise ModelNotFound(self.root, name, version)
+        directory = self.root / name
+        fd, tmp = tempfile.mkstemp(prefix=".live-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(f"{version}\n".encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / LIVE_FILE)
+        _fsync_dir(directory)
+        return directory / LIVE_FILE
+
     def card(self, name: str, version: str | None = None) -> ModelCard:
-        version = version or self.latest(name)
+        """The verified-to-parse card of ``name`` (the live version unless given)."""
+        version = version or self.default_version(name)
         valid = _NAME.match(name) and version is not None and _is_version(version)
         if not valid or not (self.root / name / version / CARD_FILE).is_file():
             raise ModelNotFound(self.root, name, version)
@@ -231,7 +271,7 @@ class ModelRegistry:
         return card
 
     def load(self, name: str, version: str | None = None) -> RegisteredModel:
-        """The card and verified ONNX path of ``name`` (latest version unless given)."""
+        """The card and verified ONNX path of ``name`` (the live version unless given; see the class)."""
         card = self.card(name, version)
         onnx_path = self.root / name / card.version / ONNX_FILE
         verify_onnx(onnx_path, card.sha256)

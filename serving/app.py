@@ -5,7 +5,13 @@ Start-up order: load + verify the model (a corrupt file stops here) → create a
 ONNX Runtime session → make sure the topics exist → start /metrics → join the consumer group
 ``<prefix>-serve-<model>`` → poll. Per-episode state (RL) plugs in through
 :class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
-outputs (state snapshots) checkpointed with each batch.
+outputs (state snapshots) checkpointed with each batch. A policy model gets a
+:class:`serving.episodes.EpisodeStore` on those hooks by itself: restored from the compacted
+``episode-state`` topic on assignment, its snapshots written before every commit.
+
+Shadow mode (``shadow_of=LIVE``, used by ``auditstream rl promote``): the model reads the live
+model's request topic in its own group ``<prefix>-shadow-<model>-v<version>`` and writes only
+predictions flagged ``shadow``; its episode state stays in memory.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import logging
 import time
 
 from auditstream import topics as T
-from auditstream.kafka import Producer, Record, ensure_topics, make_producer, resolve_bootstrap
+from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
 from serving.consumer import ServeConfig, process_batch
+from serving.episodes import EpisodeStore
 from serving.metrics import ServeMetrics
 from serving.postprocess import check_card
 from serving.runtime import ModelSession, load_session
@@ -33,24 +40,31 @@ def group_id(settings: Settings, model: str) -> str:
     return f"{settings.topic_prefix}-serve-{model}"
 
 
+def shadow_group_id(settings: Settings, model: str, version: str) -> str:
+    """``<prefix>-shadow-<model>-v<version>``: a candidate reads the live requests on its own."""
+    return f"{settings.topic_prefix}-shadow-{model}-v{version}"
+
+
 class ServeApp:
     """One model's consumer process (``auditstream serve``)."""
 
     def __init__(self, settings: Settings, model: RegisteredModel, metrics: ServeMetrics | None = None,
                  producer: Producer | None = None, hooks: LoopHooks | None = None,
-                 session: ModelSession | None = None) -> None:
+                 session: ModelSession | None = None, shadow_of: str | None = None) -> None:
         check_card(model.card)
         self.settings, self.model = settings, model
         self.session = session or load_session(model)
-        self.config = ServeConfig.from_settings(settings, model.card)
+        self.config = ServeConfig.from_settings(settings, model.card, shadow=shadow_of is not None,
+                                                request_model=shadow_of or "")
         self.metrics = metrics or ServeMetrics(model.card.name)
         self._children = self.metrics.children()  # labelled once: no label lookups per record
-        self.request_topic = settings.request_topic(model.card.name)
+        self.request_topic = settings.request_topic(shadow_of or model.card.name)
         bootstrap = resolve_bootstrap(settings)
         ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
                       settings.partitions)
         self._lag_at = 0.0
         hooks = hooks or LoopHooks()
+        self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
         user_after_commit = hooks.after_commit
 
         def after_commit(offsets: dict) -> None:
@@ -59,14 +73,43 @@ class ServeApp:
                 user_after_commit(offsets)
 
         hooks.after_commit = after_commit
-        self.loop = StreamLoop.connect(settings, group_id(settings, model.card.name), [self.request_topic], self._process,
-                                       producer or make_producer(settings, bootstrap, client_id=group_id(settings, model.card.name)),
+        group = (shadow_group_id(settings, model.card.name, model.card.version) if shadow_of is not None
+                 else group_id(settings, model.card.name))
+        self.loop = StreamLoop.connect(settings, group, [self.request_topic], self._process,
+                                       producer or make_producer(settings, bootstrap, client_id=group),
                                        hooks=hooks, bootstrap=bootstrap)
+
+    def _episode_store(self, bootstrap: str, hooks: LoopHooks, shadow: bool) -> EpisodeStore | None:
+        """A policy's per-episode state, chained in front of the caller's hooks."""
+        if self.model.card.task != "policy":
+            return None
+        state_topic = None if shadow else self.settings.topic(T.EPISODE_STATE)
+        if state_topic is not None:
+            ensure_topics(bootstrap, [state_topic], self.settings.partitions, compacted=(state_topic,))
+        store = EpisodeStore(self.model.card, state_topic,
+                             (lambda: read_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None)
+        user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)
+
+        def on_assign(partitions: list) -> None:
+            store.restore(partitions)
+            if user.on_assign:
+                user.on_assign(partitions)
+
+        def on_revoke(partitions: list) -> None:
+            store.forget(partitions)
+            if user.on_revoke:
+                user.on_revoke(partitions)
+
+        def before_checkpoint(offsets: dict) -> list[Output]:
+            return store.checkpoint_outputs(offsets) + list(user.before_checkpoint(offsets) if user.before_checkpoint else [])
+
+        hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint = on_assign, on_revoke, before_checkpoint
+        return store
 
     def _process(self, records: list[Record]) -> list[list[Output]]:
         m = self._children
         started = time.perf_counter()
-        results = process_batch(records, self.session, self.config, time.time())
+        results = process_batch(records, self.session, self.config, time.time(), self.episodes)
         m["records_in"].inc(len(records))
         m["batch_size"].observe(len(records))
         m["inference_seconds"].observe(time.perf_counter() - started)
@@ -74,7 +117,7 @@ class ServeApp:
             if r.route is not None:
                 m[r.route].inc()
                 m["end_to_end"].observe(r.end_to_end_s or 0.0)
-            else:
+            elif r.dead_letter_reason is not None:  # neither: an episode-end marker, nothing to count
                 m[r.dead_letter_reason].inc()
         return [r.outputs for r in results]
 

@@ -10,6 +10,16 @@ or one dead letter with its original bytes. A record whose inference fails alone
 dead-letter topic; a batch whose every record fails inference means a broken model, and the
 exception stops the process.
 
+Policies (task ``policy``) act: the action is drawn by :func:`serving.postprocess.select_action`
+and every outcome goes to ``actions`` for the environment driver (the action, or a ``deferred``
+marker for HUMAN routes, which also go to ``audit``); model decisions go to ``decisions`` with
+the full probability vector, the propensities the action was drawn with, the value estimate, the
+route and whether the decision was QC-sampled. With an :class:`serving.episodes.EpisodeStore`
+the observation of an episode's step joins its frame stack and the decision carries the
+episode's context; an ``episode_end`` request only ends the episode's state. A *shadow*
+consumer (a candidate on the live model's requests) writes predictions flagged ``shadow`` and
+nothing that acts: no decisions, actions, audit items or episode state.
+
 :class:`ServeApp` wires it into :class:`auditstream.stream.StreamLoop` (at-least-once; the
 checkpoint order is documented there and in docs/serving.md) with metrics.
 """
@@ -29,12 +39,17 @@ from auditstream.kafka import Record
 from auditstream.registry import ModelCard
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
+from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
 from monitor.triage import TriagePolicy, triage
+from serving.episodes import EpisodeStore
 from serving.inputs import prepare_input
-from serving.postprocess import Answer, postprocess
+from serving.postprocess import Answer, action_selection, postprocess, select_action
 
 log = logging.getLogger(__name__)
+
+# Issue 6: at least 1% of auto decisions of a policy are audited at random, so off-policy
+# evaluation of other thresholds (and of the auto decisions themselves) stays possible.
+POLICY_MIN_QC_RATE = 0.01
 
 
 class Runner(Protocol):
@@ -52,12 +67,20 @@ class ServeConfig:
     decisions_topic: str
     audit_topic: str
     dead_letter_topic: str
+    actions_topic: str = ""
+    shadow: bool = False  # a candidate in shadow mode: predictions only, flagged
+    request_model: str = ""  # the model requests name (a shadow reads the live model's); "" = card.name
 
     @classmethod
-    def from_settings(cls, settings: Settings, card: ModelCard) -> "ServeConfig":
-        return cls(card, TriagePolicy(qc_rate=settings.qc_rate), settings.max_request_bytes,
+    def from_settings(cls, settings: Settings, card: ModelCard, shadow: bool = False,
+                      request_model: str = "") -> "ServeConfig":
+        qc_rate = max(settings.qc_rate, POLICY_MIN_QC_RATE) if card.task == "policy" else settings.qc_rate
+        if qc_rate != settings.qc_rate:
+            log.warning("qc_rate %.4g raised to %.2g for policy %s (random audits keep OPE possible)",
+                        settings.qc_rate, qc_rate, card.name)
+        return cls(card, TriagePolicy(qc_rate=qc_rate), settings.max_request_bytes,
                    settings.topic(T.PREDICTIONS), settings.topic(T.DECISIONS), settings.topic(T.AUDIT),
-                   settings.topic(T.DEAD_LETTER))
+                   settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model)
 
 
 @dataclass
@@ -77,15 +100,21 @@ def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float
     return RecordResult([Output(topic, record.key, dl.to_bytes(), record.headers)], dead_letter_reason=reason)
 
 
-def _decode(record: Record, config: ServeConfig) -> tuple[InferenceRequest, np.ndarray]:
+def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) -> tuple[InferenceRequest, np.ndarray]:
     if record.value is None:
         raise DecodeError(Reason.UNDECODABLE.value, "record has no value (a tombstone)")
     if len(record.value) > config.max_request_bytes:
         raise DecodeError(Reason.TOO_LARGE.value, f"{len(record.value)} bytes > max_request_bytes={config.max_request_bytes}")
     request = InferenceRequest.from_bytes(record.value)
-    if request.model != config.card.name:
-        raise DecodeError(Reason.WRONG_MODEL.value, f"request for model {request.model!r} on {config.card.name!r}'s topic")
-    return request, prepare_input(request.input, config.card.inputs[0])
+    served = config.request_model or config.card.name
+    if request.model != served:
+        raise DecodeError(Reason.WRONG_MODEL.value, f"request for model {request.model!r} on {served!r}'s topic")
+    if episodes is None:
+        return request, prepare_input(request.input, config.card.inputs[0])
+    frame = prepare_input(request.input, episodes.spec)
+    if request.episode_end:
+        return request, frame
+    return request, episodes.observe(request, frame, record.partition)
 
 
 def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> list[Answer | None | Exception]:
@@ -106,16 +135,22 @@ def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> list[A
     return rows
 
 
-def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float) -> list[RecordResult]:
-    """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start."""
+def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float,
+                  episodes: EpisodeStore | None = None) -> list[RecordResult]:
+    """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start.
+    ``episodes``: per-episode state of a policy consumer (frame stacks, step counts)."""
     card = config.card
     results: list[RecordResult | None] = [None] * len(records)
     valid: dict[tuple[int, ...], list[tuple[int, InferenceRequest, np.ndarray]]] = {}
     for i, record in enumerate(records):
         try:
-            request, array = _decode(record, config)
+            request, array = _decode(record, config, episodes)
         except DecodeError as e:
             results[i] = dead_letter(record, e.code, e.detail, config.dead_letter_topic, now)
+            continue
+        if request.episode_end and episodes is not None:
+            episodes.end(request)
+            results[i] = RecordResult()  # no decision wanted; the state's tombstone comes at the checkpoint
             continue
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
@@ -127,6 +162,8 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
                 results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic, now)
                 continue
+            if card.task == "policy":
+                answer = _act(answer, request, card, episodes)
             decision = triage(request.request_id, answer.confidence, card.triage, config.policy)
             latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
                        "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
@@ -134,9 +171,10 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 request_id=request.request_id, model=card.name, model_version=card.version, task=card.task,
                 output=answer.output, confidence=answer.confidence, route=decision.route, reason=decision.reason,
                 qc_inclusion_prob=decision.qc_inclusion_prob, created_at_s=request.created_at_s,
-                details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency)
-            results[i] = RecordResult(_outputs(prediction, request, config), decision.route,
-                                      end_to_end_s=latency["end-to-end-s"])
+                details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
+                shadow=config.shadow)
+            outputs = _outputs(prediction, request, config) if card.task != "policy" else _policy_outputs(prediction, request, config)
+            results[i] = RecordResult(outputs, decision.route, end_to_end_s=latency["end-to-end-s"])
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 
@@ -152,4 +190,45 @@ def _outputs(prediction: Prediction, request: InferenceRequest, config: ServeCon
         outputs.append(Output(config.decisions_topic, request.key, decision.to_bytes()))
     if prediction.route in (Route.HUMAN, Route.AUTO_QC):
         outputs.append(Output(config.audit_topic, key, AuditItem(prediction, request.input).to_bytes()))
+    return outputs
+
+
+def _act(answer: Answer, request: InferenceRequest, card: ModelCard, episodes: EpisodeStore | None) -> Answer:
+    """A policy's answer with the action that acts, its propensities and the episode context."""
+    mode = action_selection(card)
+    action, propensities = select_action(answer.details["action_probs"], request.request_id, mode)
+    details = {**answer.details, "propensities": propensities, "action_selection": mode,
+               "greedy_action": answer.output, "confidence_kind": card.triage.confidence_kind}
+    if episodes is not None and request.episode_key is not None:
+        details["episode"] = episodes.decided(request, action)
+    return Answer(action, answer.confidence, details)
+
+
+def _policy_outputs(prediction: Prediction, request: InferenceRequest, config: ServeConfig) -> list[Output]:
+    """Prediction always; unless shadow: decision (model routes), action or deferred marker, audit."""
+    outputs = [Output(config.predictions_topic, request.request_id.encode(), prediction.to_bytes(),
+                      tuple(prediction.latency_headers()))]
+    if config.shadow:
+        return outputs
+    route, d = prediction.route, prediction.details
+    details = {"action_probs": d["action_probs"], "propensities": d["propensities"], "value": d["value"],
+               "route": route.value, "confidence": prediction.confidence, "qc_sampled": route == Route.AUTO_QC,
+               "qc_inclusion_prob": prediction.qc_inclusion_prob, "action_selection": d["action_selection"]}
+    if "episode" in d:
+        details["episode"] = d["episode"]
+    if route in (Route.AUTO, Route.AUTO_QC):
+        decision = Decision(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
+                            output=prediction.output, source="model", created_at_s=request.created_at_s,
+                            episode_key=request.episode_key, step=request.step, details=details)
+        outputs.append(Output(config.decisions_topic, request.key, decision.to_bytes()))
+    if request.episode_key is not None and request.step is not None and config.actions_topic:
+        action = Action(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
+                        episode_key=request.episode_key, step=request.step,
+                        action=None if route == Route.HUMAN else prediction.output, route=route,
+                        created_at_s=request.created_at_s,
+                        details={**details, "safe_action": config.card.triage.safe_action})
+        outputs.append(Output(config.actions_topic, request.key, action.to_bytes()))
+    if route in (Route.HUMAN, Route.AUTO_QC):
+        outputs.append(Output(config.audit_topic, request.request_id.encode(),
+                              AuditItem(prediction, request.input).to_bytes()))
     return outputs

@@ -8,7 +8,7 @@ import argparse
 import importlib
 
 # Modules that add subcommands: register(train, rl, bench) with the three subparser groups.
-FAMILY_MODULES = ("training.mail_cli", "training.rl.cli")
+FAMILY_MODULES = ("training.mail_cli", "training.rl.cli", "training.rl.stream_cli")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:

@@ -1,0 +1,217 @@
+"""Per-episode state of a policy consumer, and its compacted ``episode-state`` topic.
+
+Requests of an episode carry ``episode_key`` and ``step`` and are keyed by the episode, so one
+consumer of the group sees all of an episode's steps, in order. That consumer keeps, per episode:
+how many steps it has seen, the last action, and the last observations with their actions (the
+frame stack, when the policy card asks for one: ``preprocessing.frame_stack = k``).
+
+Durability follows the checkpoint order of :mod:`auditstream.stream`: the loop's
+``before_checkpoint`` hook returns one snapshot per episode changed since the last checkpoint
+(key = episode key) and a tombstone per episode that ended (or sat idle past ``ttl_s``); they are
+produced and acknowledged together with the batch outputs, *before* the offsets are committed.
+So the state on the topic is never behind the committed offsets; it can be ahead by the last
+checkpoint when a consumer dies between the flush and the commit, and the steps then
+redelivered are recognised as replays (their step is below the state's next step) and answered
+from the kept frames without moving the state. A driver that waits for each action before
+sending the next step (``auditstream rl run``) never has more than one step of an episode in
+flight, which the ``max(k, 2)`` kept frames cover.
+
+On assignment (:meth:`EpisodeStore.restore`) the consumer reads the state topic from the
+beginning to its end (it is compacted, so it holds about one record per live episode), keeps
+the last record of each key, and adopts the episodes whose recorded request partition it now
+owns. On revocation it forgets them (the loop has checkpointed them just before).
+
+Frame stack layout: the graph input is ``[B, k, *frame]`` (frames oldest first), or, for a flat
+``[B, k * D]`` input, the k frames concatenated. Before an episode has k observations the first
+one is repeated (as Gymnasium's FrameStack does at reset).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from auditstream.errors import DecodeError
+from auditstream.kafka import Record, TopicPartition
+from auditstream.registry import ModelCard, TensorSpec
+from auditstream.stream import Output
+from auditstream.wire import InferenceRequest, decode_tensor, encode_tensor
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (its driver died)
+
+
+def frame_stack(card: ModelCard) -> int:
+    k = card.preprocessing.get("frame_stack", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"model {card.name}: preprocessing.frame_stack={k!r} must be an integer >= 1")
+    return k
+
+
+def frame_spec(card: ModelCard) -> TensorSpec:
+    """The spec of one request's observation: the graph input without its stack axis."""
+    spec, k = card.inputs[0], frame_stack(card)
+    if k == 1:
+        return spec
+    if len(spec.shape) >= 3 and spec.shape[1] == k:
+        return TensorSpec(spec.name, spec.dtype, [spec.shape[0]] + spec.shape[2:])
+    if len(spec.shape) == 2 and isinstance(spec.shape[1], int) and spec.shape[1] % k == 0:
+        return TensorSpec(spec.name, spec.dtype, [spec.shape[0], spec.shape[1] // k])
+    raise ValueError(f"model {card.name}: input {spec.shape} has neither a stack axis of {k} after the batch "
+                     f"axis nor a flat width divisible by {k}")
+
+
+@dataclass
+class EpisodeState:
+    """One episode as its consumer knows it. ``frames``: the last few (step, observation, action)."""
+
+    episode_key: str
+    partition: int  # request-topic partition the episode lives on (what restore filters by)
+    next_step: int = 0  # 1 + the highest step seen
+    steps_seen: int = 0  # distinct steps observed
+    last_action: int | None = None
+    frames: list[list[Any]] = field(default_factory=list)
+    updated_at_s: float = 0.0
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "v": STATE_VERSION, "episode_key": self.episode_key, "partition": self.partition,
+            "next_step": self.next_step, "steps_seen": self.steps_seen, "last_action": self.last_action,
+            "frames": [[s, encode_tensor(obs), a] for s, obs, a in self.frames], "updated_at_s": self.updated_at_s,
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EpisodeState":
+        try:
+            obj = json.loads(data)
+            if obj.get("v") != STATE_VERSION:
+                raise ValueError(f"state version {obj.get('v')!r}, this build reads {STATE_VERSION}")
+            frames = [[int(s), decode_tensor(t), None if a is None else int(a)] for s, t, a in obj["frames"]]
+            return cls(str(obj["episode_key"]), int(obj["partition"]), int(obj["next_step"]), int(obj["steps_seen"]),
+                       None if obj["last_action"] is None else int(obj["last_action"]), frames,
+                       float(obj["updated_at_s"]))
+        except (ValueError, KeyError, TypeError, DecodeError) as e:
+            raise ValueError(f"unreadable episode state: {e}") from None
+
+
+class EpisodeStore:
+    """The episodes one consumer owns; plugs into :class:`~auditstream.stream.LoopHooks`.
+
+    ``state_topic=None`` keeps state in memory only (a shadow consumer must not write the live
+    consumer's keys). ``load_states()`` returns the state topic's records (from the beginning).
+    """
+
+    def __init__(self, card: ModelCard, state_topic: str | None,
+                 load_states: Callable[[], list[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.k, self.spec, self.input_spec = frame_stack(card), frame_spec(card), card.inputs[0]
+        self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
+        self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
+        self.states: dict[str, EpisodeState] = {}
+        self._dirty: set[str] = set()
+        self._ended: set[str] = set()
+        self.restored = 0  # episodes adopted from the state topic (for logs and tests)
+
+    # -- the request path (called by serving.consumer.process_batch, in record order)
+
+    def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int) -> np.ndarray:
+        """The model input for this step (the frame stack), recording the observation."""
+        key = request.episode_key
+        if key is None:
+            return self._stack([frame])
+        state = self.states.get(key) or EpisodeState(key, partition)
+        self.states[key] = state
+        step = state.next_step if request.step is None else request.step
+        stacked = self._stack([obs for s, obs, _ in state.frames if s < step][-(self.k - 1):] + [frame]
+                              if self.k > 1 else [frame])
+        if step >= state.next_step:  # a replay (step below next_step) leaves the state as it is
+            state.frames = (state.frames + [[step, frame, None]])[-self.keep:]
+            state.steps_seen += 1
+            state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
+            self._dirty.add(key)
+            self._ended.discard(key)
+        return stacked
+
+    def decided(self, request: InferenceRequest, action: int) -> dict[str, Any]:
+        """Record the action of a step; returns the episode context logged with the decision."""
+        state = self.states.get(request.episode_key or "")
+        if state is None:
+            return {}
+        step = state.next_step - 1 if request.step is None else request.step
+        actions = {s: a for s, _, a in state.frames}
+        for entry in state.frames:
+            if entry[0] == step and entry[2] is None:
+                entry[2] = action
+                self._dirty.add(state.episode_key)
+        if step == state.next_step - 1:
+            state.last_action = action
+        # as of this step: a replay of an earlier step reports what the first answer reported
+        return {"steps_seen": state.steps_seen - (state.next_step - 1 - step), "previous_action": actions.get(step - 1)}
+
+    def end(self, request: InferenceRequest) -> None:
+        """The episode ended: forget it; the next checkpoint writes its tombstone."""
+        if request.episode_key is not None:
+            self.states.pop(request.episode_key, None)
+            self._dirty.discard(request.episode_key)
+            self._ended.add(request.episode_key)
+
+    def _stack(self, frames: list[np.ndarray]) -> np.ndarray:
+        if self.k == 1:
+            return frames[-1]
+        frames = [frames[0]] * (self.k - len(frames)) + frames
+        if len(self.input_spec.shape) == 2:
+            return np.concatenate([f.reshape(-1) for f in frames])
+        return np.stack(frames)
+
+    # -- the loop hooks
+
+    def checkpoint_outputs(self, offsets: dict[TopicPartition, int] | None = None) -> list[Output]:
+        """Snapshots of changed episodes and tombstones of ended or idle ones (before the commit)."""
+        now = self.clock()
+        for key in [k for k, s in self.states.items() if k not in self._dirty and now - s.updated_at_s > self.ttl_s]:
+            log.info("episode %s idle for %.0f s: dropping its state", key, now - self.states[key].updated_at_s)
+            del self.states[key]
+            self._ended.add(key)
+        dirty, ended, self._dirty, self._ended = self._dirty, self._ended, set(), set()
+        if self.state_topic is None:
+            return []
+        outputs = [Output(self.state_topic, k.encode(), self.states[k].to_bytes()) for k in sorted(dirty)]
+        return outputs + [Output(self.state_topic, k.encode(), None) for k in sorted(ended)]
+
+    def restore(self, partitions: list[TopicPartition]) -> None:
+        """Adopt the episodes of newly assigned request partitions from the state topic."""
+        owned = {p for _, p in partitions}
+        if self.load_states is None or not owned:
+            return
+        latest: dict[bytes, bytes | None] = {}
+        for record in self.load_states():
+            if record.key is not None:
+                latest[record.key] = record.value  # later records win; a tombstone (None) deletes
+        adopted = 0
+        for key, value in latest.items():
+            if value is None or key.decode("utf-8", "replace") in self.states:
+                continue
+            try:
+                state = EpisodeState.from_bytes(value)
+            except ValueError as e:
+                log.warning("episode-state record %r skipped: %s", key[:80], e)
+                continue
+            if state.partition in owned:
+                self.states[state.episode_key] = state
+                adopted += 1
+        self.restored += adopted
+        log.info("restored %d episodes for partitions %s", adopted, sorted(owned))
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions were revoked (and checkpointed): their episodes now belong to another consumer."""
+        gone = {p for _, p in partitions}
+        for key in [k for k, s in self.states.items() if s.partition in gone]:
+            del self.states[key]
+            self._dirty.discard(key)

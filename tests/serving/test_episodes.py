@@ -1,0 +1,252 @@
+"""Per-episode state of the policy consumer (serving/episodes.py) and the policy path of
+process_batch: frame stacks, replays, tombstones, restore; decisions with propensities, actions
+and deferred markers, shadow mode; and, on the embedded broker, a SIGKILLed consumer whose
+successor continues the episode from the state topic."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.serving.tiny_policy import cartpole_weights, publish_policy
+
+from auditstream import topics as T
+from auditstream.kafka import Record
+from auditstream.registry import ModelRegistry
+from auditstream.settings import Settings
+from auditstream.wire import Action, Decision, InferenceRequest, Prediction, Route
+from serving.consumer import ServeConfig, process_batch
+from serving.episodes import EpisodeState, EpisodeStore
+from serving.runtime import load_session
+
+K, D = 3, 4  # frames stacked, observation width
+
+
+def frame_policy(tmp_path: Path, **card_args):
+    rng = np.random.default_rng(3)
+    registry = ModelRegistry(tmp_path / "models")
+    return publish_policy(registry, "stacked", rng.standard_normal((K * D, 2)).astype(np.float32),
+                          frame_stack=K, **card_args)
+
+
+def request(step: int, obs, key: str = "ep-1", end: bool = False) -> InferenceRequest:
+    return InferenceRequest(f"{key}-s{step}", "stacked", np.asarray(obs, np.float32), 1.0e9 + step, key, step,
+                            episode_end=end)
+
+
+def record(req: InferenceRequest, offset: int, partition: int = 3, topic: str = "t.requests.stacked") -> Record:
+    return Record(topic, partition, offset, req.key, req.to_bytes())
+
+
+def expected_stack(observations: list[np.ndarray], step: int) -> np.ndarray:
+    frames = [observations[max(0, s)] for s in range(step - K + 1, step + 1)]
+    return np.concatenate(frames)
+
+
+# -- the store alone
+
+
+def test_frame_stack_pads_with_the_first_frame_then_slides(tmp_path: Path) -> None:
+    store = EpisodeStore(frame_policy(tmp_path).card, "t.episode-state")
+    obs = [np.full(D, s, np.float32) for s in range(5)]
+    for s in range(5):
+        got = store.observe(request(s, obs[s]), obs[s], partition=3)
+        np.testing.assert_array_equal(got, expected_stack(obs, s))
+        context = store.decided(request(s, obs[s]), action=s % 2)
+        assert context == {"steps_seen": s + 1, "previous_action": None if s == 0 else (s - 1) % 2}
+    # a replay of the last step gets the same stack and context, and leaves the state alone
+    assert np.array_equal(store.observe(request(4, obs[4]), obs[4], 3), expected_stack(obs, 4))
+    assert store.decided(request(4, obs[4]), 0) == {"steps_seen": 5, "previous_action": 1}
+    assert store.states["ep-1"].next_step == 5 and store.states["ep-1"].steps_seen == 5
+
+
+def test_checkpoint_writes_changed_states_then_tombstones_ended_and_idle(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = EpisodeStore(frame_policy(tmp_path).card, "t.episode-state", ttl_s=60.0, clock=lambda: now[0])
+    store.observe(request(0, np.zeros(D)), np.zeros(D, np.float32), 3)
+    store.observe(request(0, np.zeros(D), key="ep-2"), np.zeros(D, np.float32), 5)
+    out = store.checkpoint_outputs()
+    assert [(o.key, o.value is None) for o in out] == [(b"ep-1", False), (b"ep-2", False)]
+    assert store.checkpoint_outputs() == []  # nothing changed since
+    store.end(request(1, np.zeros(D), end=True))
+    now[0] += 61.0  # ep-2 went idle
+    assert [(o.key, o.value) for o in store.checkpoint_outputs()] == [(b"ep-1", None), (b"ep-2", None)]
+    assert store.states == {}
+
+
+def test_restore_adopts_owned_partitions_and_honours_tombstones(tmp_path: Path) -> None:
+    card = frame_policy(tmp_path).card
+    states = [EpisodeState("a", 3, 7, 7, 1, [[6, np.ones(D, np.float32), 1]]), EpisodeState("b", 4, 2, 2, 0, []),
+              EpisodeState("c", 3, 9, 9, 0, [])]
+    log = [Record("s", 0, i, st.episode_key.encode(), st.to_bytes()) for i, st in enumerate(states)]
+    log.append(Record("s", 0, 3, b"c", None))  # c ended
+    store = EpisodeStore(card, "s", load_states=lambda: log)
+    store.restore([("t.requests.stacked", 3)])
+    assert set(store.states) == {"a"} and store.restored == 1
+    assert store.states["a"].next_step == 7 and store.states["a"].last_action == 1
+    np.testing.assert_array_equal(store.states["a"].frames[0][1], np.ones(D))
+    store.forget([("t.requests.stacked", 3)])
+    assert store.states == {}
+
+
+# -- process_batch on the policy path
+
+
+def config_for(model, settings: Settings | None = None, **changes) -> ServeConfig:
+    settings = settings or Settings(topic_prefix="t", qc_rate=0.0)
+    return dataclasses.replace(ServeConfig.from_settings(settings, model.card), **changes)
+
+
+def test_every_decision_carries_propensities_and_each_route_its_outputs(tmp_path: Path) -> None:
+    model = publish_policy(ModelRegistry(tmp_path / "models"), "stacked", cartpole_weights(scale=4.0), threshold=0.6)
+    config = config_for(model)
+    assert config.policy.qc_rate == 0.01  # a policy keeps at least 1% random audits
+    session, store = load_session(model), EpisodeStore(model.card, "t.episode-state")
+    rng = np.random.default_rng(0)
+    reqs = [InferenceRequest(f"r{i}", "stacked", rng.normal(0, 0.1, 4).astype(np.float32), 1e9, f"ep{i % 7}", i // 7)
+            for i in range(400)]
+    results = process_batch([Record("t.requests.stacked", 0, i, r.key, r.to_bytes()) for i, r in enumerate(reqs)],
+                            session, config, 1e9, store)
+    routes = {Route(r.route) for r in results}
+    assert routes == {Route.AUTO, Route.AUTO_QC, Route.HUMAN}
+    for req, result in zip(reqs, results):
+        by_topic = {o.topic: o for o in result.outputs}
+        prediction = Prediction.from_bytes(by_topic["t.predictions"].value)
+        action = Action.from_bytes(by_topic["t.actions"].value)
+        assert (action.episode_key, action.step) == (req.episode_key, req.step)
+        if result.route == Route.HUMAN:
+            assert action.deferred and "t.decisions" not in by_topic and "t.audit" in by_topic
+            continue
+        decision = Decision.from_bytes(by_topic["t.decisions"].value)
+        probs = decision.details["propensities"]
+        assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-5 and probs == decision.details["action_probs"]
+        assert decision.output == action.action == prediction.output and probs[decision.output] > 0
+        assert decision.details["qc_sampled"] == (result.route == Route.AUTO_QC) == ("t.audit" in by_topic)
+        assert decision.details["route"] == result.route.value and "value" in decision.details
+        assert decision.details["episode"]["steps_seen"] == req.step + 1
+
+
+def test_sampled_actions_follow_the_probabilities_and_greedy_is_one_hot(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    sampled = publish_policy(registry, "stacked", np.zeros((4, 2), np.float32), threshold=0.0)  # 50/50 everywhere
+    greedy = publish_policy(registry, "greedy", cartpole_weights(1.0), threshold=0.0, action_selection="greedy")
+    reqs = [InferenceRequest(f"r{i}", "stacked", np.ones(4, np.float32), 1e9) for i in range(600)]
+    recs = [Record("t.requests.stacked", 0, i, r.key, r.to_bytes()) for i, r in enumerate(reqs)]
+    actions = [Prediction.from_bytes(r.outputs[0].value).output
+               for r in process_batch(recs, load_session(sampled), config_for(sampled), 1e9)]
+    assert 0.4 < np.mean(actions) < 0.6  # a fair coin per request id, fixed on redelivery
+    again = process_batch(recs[:50], load_session(sampled), config_for(sampled), 1e9)
+    assert [Prediction.from_bytes(r.outputs[0].value).output for r in again] == actions[:50]
+    reqs = [dataclasses.replace(r, model="greedy") for r in reqs[:5]]
+    out = process_batch([Record("t.requests.greedy", 0, i, r.key, r.to_bytes()) for i, r in enumerate(reqs)],
+                        load_session(greedy), config_for(greedy), 1e9)
+    details = Prediction.from_bytes(out[0].outputs[0].value).details
+    assert details["propensities"] == [0.0, 1.0] and details["action_probs"][1] < 1.0
+
+
+def test_shadow_writes_flagged_predictions_only(tmp_path: Path) -> None:
+    model = publish_policy(ModelRegistry(tmp_path / "models"), "candidate", cartpole_weights(4.0), threshold=0.6)
+    config = config_for(model, shadow=True, request_model="live")
+    store = EpisodeStore(model.card, None)
+    reqs = [InferenceRequest(f"r{i}", "live", np.random.default_rng(i).normal(0, 0.1, 4).astype(np.float32), 1e9,
+                             "ep", i) for i in range(50)]
+    results = process_batch([Record("t.requests.live", 0, i, r.key, r.to_bytes()) for i, r in enumerate(reqs)],
+                            load_session(model), config, 1e9, store)
+    assert {r.route for r in results} >= {Route.AUTO, Route.HUMAN}
+    assert all([o.topic for o in r.outputs] == ["t.predictions"] for r in results)
+    assert all(Prediction.from_bytes(r.outputs[0].value).shadow for r in results)
+    assert store.checkpoint_outputs() == []  # a shadow never writes the live consumer's state keys
+
+
+def test_episode_end_only_ends_the_state(tmp_path: Path) -> None:
+    model = frame_policy(tmp_path)
+    store = EpisodeStore(model.card, "t.episode-state")
+    reqs = [request(0, np.ones(D)), request(1, np.ones(D), end=True)]
+    results = process_batch([record(r, i) for i, r in enumerate(reqs)], load_session(model), config_for(model), 1e9, store)
+    assert results[1].outputs == [] and results[1].route is None and results[1].dead_letter_reason is None
+    assert [(o.key, o.value) for o in store.checkpoint_outputs()] == [(b"ep-1", None)]
+
+
+# -- on the broker: SIGKILL mid-episode, the successor restores the state
+
+
+def serve_env(settings: Settings) -> dict[str, str]:
+    return dict(os.environ, AUDITSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+                AUDITSTREAM_TOPIC_PREFIX=settings.topic_prefix, AUDITSTREAM_MODELS_DIR=str(settings.models_dir),
+                AUDITSTREAM_STATE_DIR=str(settings.state_dir), AUDITSTREAM_LOG_LEVEL="INFO")
+
+
+def start_serve(settings: Settings, model: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", model],
+                                env=serve_env(settings), stdout=f, stderr=subprocess.STDOUT)
+
+
+def step_through(settings: Settings, producer, reader, req: InferenceRequest, timeout_s: float = 60.0) -> Action:
+    producer.send(settings.request_topic("stacked"), req.key, req.to_bytes())
+    producer.flush(10)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for r in reader.poll(100, 100):
+            action = Action.from_bytes(r.value)
+            if action.request_id == req.request_id:
+                return action
+    raise AssertionError(f"no action for {req.request_id} within {timeout_s} s")
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, tmp_path: Path) -> None:
+    from auditstream.kafka import ensure_topics, make_producer, make_reader, read_to_end
+    from auditstream.topics import COMPACTED_TOPICS, all_topics
+    from serving.postprocess import policy
+
+    model = frame_policy(tmp_path, threshold=0.0)  # every decision AUTO: each step yields an action
+    settings = dataclasses.replace(broker, topic_prefix=f"ep{os.getpid()}x{int(time.time())}",
+                                   models_dir=tmp_path / "models", state_dir=tmp_path / "state")
+    ensure_topics(settings.bootstrap_servers, all_topics(settings, ["stacked"]), settings.partitions,
+                  tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    rng = np.random.default_rng(1)
+    obs = [rng.normal(0, 1, D).astype(np.float32) for _ in range(10)]
+    reader = make_reader(settings, [settings.topic(T.ACTIONS)], from_beginning=False)
+    producer = make_producer(settings)
+    first = start_serve(settings, "stacked", tmp_path / "a.log")
+    second = None
+    try:
+        actions = [step_through(settings, producer, reader, request(s, obs[s])) for s in range(6)]
+        time.sleep(1.5)  # the quiet stream checkpoints: state and offsets of step 5 are written
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = start_serve(settings, "stacked", tmp_path / "b.log")
+        actions += [step_through(settings, producer, reader, request(s, obs[s])) for s in range(6, 10)]
+        producer.send(settings.request_topic("stacked"), b"ep-1", request(10, obs[9], end=True).to_bytes())
+        producer.flush(10)
+        time.sleep(1.5)
+    finally:
+        producer.close()
+        reader.close()
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+    log_b = (tmp_path / "b.log").read_text()
+    assert "restored 1 episodes" in log_b, log_b[-2000:]
+    card = model.card
+    session = load_session(model)
+    for s, action in enumerate(actions):
+        assert action.step == s and action.route != Route.HUMAN
+        assert action.details["episode"] == {"steps_seen": s + 1, "previous_action": actions[s - 1].action if s else None}
+        # the stacked input after the takeover holds the frames seen by the killed consumer
+        stack = expected_stack(obs, s)[None]
+        out = session.run(stack)
+        want = policy(card, out["action_probs"], out["value"])[0].details["action_probs"]
+        assert action.details["action_probs"] == want
+    state = [r for r in read_to_end(settings, [settings.topic(T.EPISODE_STATE)]) if r.key == b"ep-1"]
+    assert state and state[-1].value is None  # the episode's end left a tombstone

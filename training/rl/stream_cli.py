@@ -1,0 +1,98 @@
+"""RL commands on the stream: ``rl run`` (episodes through the broker), ``rl dataset`` (the offline
+dataset of what the stream logged) and ``rl promote`` (shadow, OPE, promotion gate).
+
+Registered by ``training/cli.py`` through ``register(train, rl, bench)``. Nothing heavy at import
+time: gymnasium, ONNX Runtime, Kafka clients load inside the handlers. Process settings
+(bootstrap, topic prefix, models dir) come from ``AUDITSTREAM_*`` variables, built once per
+command by ``Settings.from_env()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from training.rl.env_driver import RunArgs
+from training.rl.promotion import PromotionConfig
+from training.rl.shadow import PromoteArgs
+
+
+def _settings():
+    from auditstream.settings import Settings
+
+    return Settings.from_env()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.rl.env_driver import in_process_returns, run
+
+    a = dataclass_from_namespace(RunArgs, args)
+    settings = _settings()
+    report = run(settings, a)
+    summary = report.summary()
+    print(f"{summary['episodes']} episodes of {a.env} through the broker: mean return {summary['mean_return']:.1f} "
+          f"± {summary['std_return']:.1f}; {summary['decisions']} decisions in {summary['elapsed_s']:.1f} s "
+          f"({summary['decisions_per_s']:.0f}/s); routes {summary['routes']}; sources {summary['sources']}; "
+          f"timeouts {summary['timeouts']}", file=sys.stderr if args.json else sys.stdout)
+    if args.compare_in_process:
+        from auditstream.registry import ModelRegistry
+
+        model = ModelRegistry(settings.models_dir).load(report.model.split("/")[0], report.model.split("/")[1])
+        returns, rate = in_process_returns(model.onnx_path, model.card, a.env, a.episodes, a.seed, a.max_steps)
+        summary["in_process"] = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
+                                 "decisions_per_s": round(rate, 1)}
+        print(f"in process (same action rule and routing, no broker): mean return {returns.mean():.1f} ± "
+              f"{returns.std():.1f}, {rate:.0f} decisions/s", file=sys.stderr if args.json else sys.stdout)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from training.rl.offline_data import save_dataset
+    from training.rl.stream_dataset import build_stream_dataset
+
+    data, report = build_stream_dataset(_settings(), args.model or None, args.version or None)
+    path = save_dataset(data, args.out)
+    summary = {"out": str(path), **report.to_dict()}
+    print(f"wrote {path}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
+          f"({report.overrides} overrides), sources {dict(report.sources)}", file=sys.stderr)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from training.rl.shadow import promote
+
+    a = dataclass_from_namespace(PromoteArgs, args)
+    if not a.candidate or not a.live:
+        raise SystemExit("auditstream rl promote: --candidate and --live are required")
+    record = promote(_settings(), a, dataclass_from_namespace(PromotionConfig, args))
+    d = record["decision"]
+    verdict = "PROMOTED" if d["promote"] and not a.dry_run else ("would promote" if d["promote"] else "stays in shadow")
+    print(f"{d['candidate']} {verdict}: {d['reason']} (shadow: {record['shadow']['requests']} requests, agreement "
+          f"{record['shadow']['agreement']:.3f}); recorded in {record['recorded_at']}", file=sys.stderr)
+    print(json.dumps(record, sort_keys=True, default=float))
+    return 0
+
+
+def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
+             bench: argparse._SubParsersAction) -> None:
+    p = rl.add_parser("run", help="drive Gymnasium episodes through the broker and the policy consumer")
+    add_dataclass_arguments(p, RunArgs)
+    p.add_argument("--compare-in-process", action="store_true",
+                   help="also run the same episodes with ONNX Runtime in this process and report both")
+    p.add_argument("--json", action="store_true", help="human-readable lines on stderr, the JSON line on stdout")
+    p.set_defaults(handler=_run)
+
+    p = rl.add_parser("dataset", help="offline dataset (.npz) from the transitions, decisions and verdicts topics")
+    p.add_argument("--out", required=True, help="output .npz path")
+    p.add_argument("--model", default="", help="only this policy's logs (default: the one model in the logs)")
+    p.add_argument("--version", default="", help="only this model version's logs")
+    p.set_defaults(handler=_dataset)
+
+    p = rl.add_parser("promote", help="shadow a candidate policy, evaluate it off-policy, make it live if better")
+    add_dataclass_arguments(p, PromoteArgs)
+    add_dataclass_arguments(p, PromotionConfig)
+    p.set_defaults(handler=_promote)

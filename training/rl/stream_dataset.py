@@ -1,0 +1,161 @@
+"""``auditstream rl dataset``: the offline dataset of what the stream logged.
+
+    auditstream rl dataset --out cartpole_logs.npz [--model policy-cartpole-v1] [--version 2]
+
+Reads the ``transitions``, ``decisions`` and ``verdicts`` topics from the beginning to their
+current end (manual assignment of every partition: no consumer group, nothing committed) and
+joins them by request id into :class:`training.rl.offline_data.StepRecord` rows, which
+:func:`training.rl.offline_data.build_dataset` turns into the d3rlpy-shaped ``.npz``
+(docs/rl.md, "Offline dataset format"):
+
+* observation, action, reward, terminated, truncated: the transition (what the environment did);
+* propensities: the decision whose ``source`` matches the transition's (who acted): a model
+  decision's ``details.propensities`` (what the action was drawn with), a fallback decision's
+  one-hot safe action, or, for a human decision, one-hot of the human's action;
+* human action: the latest verdict on the request (``correct``: the corrected output, ``accept``:
+  the model's output), else a human decision. Where it differs from the executed action (the
+  fallback acted before the auditor answered, or the auditor corrected a QC-sampled action) the
+  dataset marks the step ``overridden``.
+
+A step whose propensities cannot be found (its decision record is missing) drops its episode,
+counted in the report, rather than inventing a probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditstream.errors import DecodeError
+from auditstream.wire import Decision, Transition, Verdict, VerdictKind
+from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamLogs:
+    transitions: list[Transition] = field(default_factory=list)
+    decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)  # (request id, source) -> first
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # request id -> latest
+    unreadable: int = 0
+
+
+@dataclass
+class DatasetReport:
+    episodes: int = 0
+    steps: int = 0
+    sources: Counter = field(default_factory=Counter)
+    human_labels: int = 0
+    overrides: int = 0
+    episodes_without_propensities: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"episodes": self.episodes, "steps": self.steps, "sources": dict(self.sources),
+                "human_labels": self.human_labels, "overrides": self.overrides,
+                "episodes_without_propensities": self.episodes_without_propensities}
+
+
+def read_logs(settings: Any, model: str | None = None, version: str | None = None, timeout_s: float = 120.0) -> StreamLogs:
+    """The three topics up to their end now, decoded; ``model``/``version`` filter the records."""
+    from auditstream import topics as T
+    from auditstream.kafka import read_to_end
+
+    logs = StreamLogs()
+    topics = {settings.topic(T.TRANSITIONS): Transition, settings.topic(T.DECISIONS): Decision,
+              settings.topic(T.VERDICTS): Verdict}
+    for record in read_to_end(settings, list(topics), timeout_s=timeout_s):
+        try:
+            item = topics[record.topic].from_bytes(record.value or b"")
+        except DecodeError:
+            logs.unreadable += 1
+            continue
+        if (model and item.model != model) or (version and item.model_version != version):
+            continue
+        if isinstance(item, Transition):
+            logs.transitions.append(item)
+        elif isinstance(item, Decision):
+            logs.decisions.setdefault((item.request_id, item.source), item)
+        else:
+            previous = logs.verdicts.get(item.request_id)
+            if previous is None or item.decided_at_s >= previous.decided_at_s:
+                logs.verdicts[item.request_id] = item
+    return logs
+
+
+def human_action(logs: StreamLogs, request_id: str, n_actions: int) -> int | None:
+    """The human's answer to a request: a verdict (correct/accept), else a human decision."""
+    verdict = logs.verdicts.get(request_id)
+    answer: Any = None
+    if verdict is not None and verdict.kind == VerdictKind.CORRECT:
+        answer = verdict.corrected_output
+    elif verdict is not None and verdict.kind == VerdictKind.ACCEPT:
+        answer = verdict.model_output
+    elif (request_id, "human") in logs.decisions:
+        answer = logs.decisions[(request_id, "human")].output
+    ok = isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < n_actions
+    return answer if ok else None
+
+
+def propensities(logs: StreamLogs, t: Transition, n_actions: int) -> list[float] | None:
+    """What the behaviour policy gave every action at this step (see the module docstring)."""
+    decision = logs.decisions.get((t.request_id, t.source))
+    if t.source == "human":
+        return [1.0 if a == t.action else 0.0 for a in range(n_actions)]
+    if decision is None:
+        return None
+    probs = decision.details.get("propensities")
+    if not isinstance(probs, list) or len(probs) != n_actions:
+        return None
+    return [float(p) for p in probs]
+
+
+def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> list[StepRecord]:
+    by_episode: dict[str, list[Transition]] = defaultdict(list)
+    for t in logs.transitions:
+        by_episode[t.episode_key].append(t)
+    records: list[StepRecord] = []
+    for key, steps in by_episode.items():
+        rows = []
+        for t in steps:
+            probs = propensities(logs, t, n_actions)
+            if probs is None:
+                report.episodes_without_propensities += 1
+                log.warning("episode %s step %d (%s): no decision with propensities; episode dropped", key, t.step, t.source)
+                rows = []
+                break
+            rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
+                                   human_action(logs, t.request_id, n_actions)))
+        records.extend(rows)
+    return records
+
+
+def build_stream_dataset(settings: Any, model: str | None = None, version: str | None = None,
+                         n_actions: int | None = None) -> tuple[OfflineDataset, DatasetReport]:
+    """Read the topics and build the dataset; ``n_actions`` defaults to the model card's."""
+    logs = read_logs(settings, model, version)
+    if n_actions is None:
+        n_actions = _n_actions(settings, model or _only_model(logs))
+    report = DatasetReport()
+    data = build_dataset(step_records(logs, n_actions, report))
+    report.episodes, report.steps = data.n_episodes, len(data.actions)
+    report.human_labels, report.overrides = int((data.human_actions >= 0).sum()), int(data.overridden.sum())
+    for t in logs.transitions:
+        report.sources[t.source] += 1
+    return data, report
+
+
+def _only_model(logs: StreamLogs) -> str:
+    models = sorted({t.model for t in logs.transitions})
+    if len(models) != 1:
+        raise ValueError(f"transitions of {len(models)} models {models[:5]}: pick one with --model")
+    return models[0]
+
+
+def _n_actions(settings: Any, model: str) -> int:
+    from auditstream.registry import ModelRegistry
+
+    card = ModelRegistry(settings.models_dir).card(model)
+    return int(next(o for o in card.outputs if o.name == "action_probs").shape[-1])
