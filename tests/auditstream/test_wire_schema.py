@@ -48,6 +48,8 @@ DECODERS = {
     "Prediction": wire.Prediction.from_bytes,
     "AuditItem": wire.AuditItem.from_bytes,
     "Decision": wire.Decision.from_bytes,
+    "Action": wire.Action.from_bytes,
+    "Transition": wire.Transition.from_bytes,
     "Verdict": wire.Verdict.from_bytes,
     "DeadLetter": wire.DeadLetter.from_bytes,
 }
@@ -65,6 +67,10 @@ def good_records() -> dict[str, list[bytes]]:
         "Prediction": [make_prediction().to_bytes(), make_prediction(output=None, details={}).to_bytes()],
         "AuditItem": [wire.AuditItem(make_prediction(route=wire.Route.HUMAN), wire.ImageInput(PNG_1x1)).to_bytes()],
         "Decision": [make_decision().to_bytes(), make_decision(episode_key=None, step=None, source="fallback").to_bytes()],
+        "Action": [wire.Action("r-1", "policy", "2", "env-7", 41, 3, wire.Route.AUTO, 1.5, {"propensities": [0.1, 0.9]}).to_bytes(),
+                   wire.Action("r-1", "policy", "2", "env-7", 41, None, wire.Route.HUMAN, 1.5).to_bytes()],
+        "Transition": [wire.Transition("r-1", "policy", "2", "env-7", 41, np.zeros(8, np.float32), 0, "fallback", -0.5,
+                                       False, True, 1.5).to_bytes()],
         "Verdict": [make_verdict().to_bytes(), make_verdict(kind=wire.VerdictKind.SKIP, corrected_output=None).to_bytes()],
         "DeadLetter": [make_dead_letter().to_bytes(), make_dead_letter(value=None, key=None, headers=()).to_bytes()],
     }

@@ -1,0 +1,139 @@
+"""Joining the stream's logs into the offline dataset, and the env driver's decision handling,
+without a broker: propensities by who acted, human labels from verdicts or human decisions,
+episodes without propensities dropped; a deferred step taken by a human in time, or by the
+safe-action fallback; promotion to a live name the candidate was not published under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.serving.tiny_policy import cartpole_weights, publish_policy
+
+from auditstream.kafka import Record
+from auditstream.registry import ModelRegistry
+from auditstream.settings import Settings
+from auditstream.wire import Action, Decision, Route, Transition, Verdict, VerdictKind
+from training.rl.offline_data import build_dataset
+from training.rl.stream_dataset import DatasetReport, StreamLogs, step_records
+
+
+def transition(ep: str, step: int, action: int, source: str, last: bool = False) -> Transition:
+    return Transition(f"{ep}-s{step}", "p", "1", ep, step, np.full(4, step, np.float32), action, source, 1.0,
+                      last, False, 1e9)
+
+
+def decision(t: Transition, propensities: list[float] | None) -> Decision:
+    details = {} if propensities is None else {"propensities": propensities}
+    return Decision(t.request_id, "p", "1", t.action, t.source, 1e9, t.episode_key, t.step, details)
+
+
+def logs_of(steps: list[tuple[Transition, list[float] | None]], verdicts: list[Verdict] = ()) -> StreamLogs:
+    logs = StreamLogs()
+    for t, probs in steps:
+        logs.transitions.append(t)
+        if t.source != "human":
+            logs.decisions[(t.request_id, t.source)] = decision(t, probs)
+    logs.verdicts = {v.request_id: v for v in verdicts}
+    return logs
+
+
+def test_propensities_by_who_acted_and_overrides_from_late_verdicts() -> None:
+    a = [transition("a", 0, 1, "model"), transition("a", 1, 0, "fallback"), transition("a", 2, 1, "human", last=True)]
+    logs = logs_of([(a[0], [0.3, 0.7]), (a[1], [1.0, 0.0]), (a[2], None)],
+                   [Verdict("v1", "a-s1", "p", "1", "ann", VerdictKind.CORRECT, 2e9, 0, corrected_output=1),
+                    Verdict("v0", "a-s0", "p", "1", "ann", VerdictKind.ACCEPT, 2e9, model_output=1, item_route=Route.AUTO_QC)])
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    np.testing.assert_allclose(data.propensities, [[0.3, 0.7], [1.0, 0.0], [0.0, 1.0]])
+    assert data.human_actions.tolist() == [1, 1, -1] and data.overridden.tolist() == [False, True, False]
+    assert data.behaviour_action_prob.tolist() == pytest.approx([0.7, 1.0, 1.0])
+
+
+def test_a_step_without_propensities_drops_its_episode_not_the_others() -> None:
+    good = [transition("g", 0, 1, "model", last=True)]
+    bad = [transition("b", 0, 1, "model"), transition("b", 1, 0, "model", last=True)]
+    report = DatasetReport()
+    logs = logs_of([(good[0], [0.4, 0.6]), (bad[0], [0.5, 0.5]), (bad[1], None)])
+    records = step_records(logs, 2, report)
+    assert {r.episode_key for r in records} == {"g"} and report.episodes_without_propensities == 1
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def send(self, topic, key, value, headers=()):
+        self.sent.append((topic, key, value))
+
+
+class FakeEnv:
+    def __init__(self) -> None:
+        self.actions: list[int] = []
+
+    def reset(self, seed=None):
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        self.actions.append(action)
+        return np.ones(4, np.float32), 1.0, len(self.actions) >= 3, False, {}
+
+
+def driver_with_one_episode(tmp_path: Path, human_wait_s: float):
+    from training.rl.env_driver import Driver, RunArgs, _Slot
+
+    registry = ModelRegistry(tmp_path / "models")
+    card = publish_policy(registry, "policy-cartpole-v1", cartpole_weights(), safe_action=0).card
+    settings = Settings(topic_prefix="t", models_dir=tmp_path / "models")
+    driver = Driver(settings, RunArgs(episodes=1, human_wait_s=human_wait_s, decision_timeout_s=1.0), card,
+                    FakeProducer(), None)
+    slot = _Slot(FakeEnv())
+    driver._start_episode(slot, now=0.0)
+    return driver, slot
+
+
+def deferred(driver, slot) -> Record:
+    action = Action(slot.request_id, "policy-cartpole-v1", "1", slot.episode_key, slot.step, None, Route.HUMAN, 1e9,
+                    {"action_probs": [0.55, 0.45], "value": 3.0})
+    return Record("t.actions", 0, 0, action.key, action.to_bytes())
+
+
+def test_a_human_decision_in_time_is_applied_as_human(tmp_path: Path) -> None:
+    driver, slot = driver_with_one_episode(tmp_path, human_wait_s=5.0)
+    rid = slot.request_id
+    driver.on_record(deferred(driver, slot), now=0.1)
+    driver.expire(now=0.5)  # still waiting for the human
+    assert slot.env.actions == []
+    human = Decision(rid, "policy-cartpole-v1", "1", 1, "human", 1e9, slot.episode_key, 0)
+    driver.on_record(Record("t.decisions", 0, 0, slot.episode_key.encode(), human.to_bytes()), now=0.6)
+    assert slot.env.actions == [1] and driver.report.sources == {"human": 1}
+    sent = [Transition.from_bytes(v) for t, _, v in driver.producer.sent if t == "t.transitions"]
+    assert [(x.request_id, x.source, x.action) for x in sent] == [(rid, "human", 1)]
+
+
+def test_no_human_in_time_falls_back_to_the_safe_action_and_logs_it(tmp_path: Path) -> None:
+    driver, slot = driver_with_one_episode(tmp_path, human_wait_s=0.2)
+    rid = slot.request_id
+    driver.on_record(deferred(driver, slot), now=0.1)
+    driver.expire(now=0.31)
+    assert slot.env.actions == [0] and driver.report.sources == {"fallback": 1} and driver.report.timeouts == 0
+    fallback = [Decision.from_bytes(v) for t, _, v in driver.producer.sent if t == "t.decisions"]
+    assert [(d.request_id, d.source, d.output) for d in fallback] == [(rid, "fallback", 0)]
+    assert fallback[0].details["propensities"] == [1.0, 0.0] and fallback[0].details["action_probs"] == [0.55, 0.45]
+    # no answer at all (consumer down): the deadline also falls back, counted as a timeout
+    driver.expire(now=100.0)
+    assert slot.env.actions == [0, 0] and driver.report.timeouts == 1
+
+
+def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(tmp_path: Path) -> None:
+    from training.rl.shadow import _make_live
+
+    registry = ModelRegistry(tmp_path / "models")
+    live = publish_policy(registry, "policy-cartpole-v1", cartpole_weights(5.0))
+    registry.set_live("policy-cartpole-v1", live.card.version)
+    candidate = publish_policy(registry, "policy-bc-cartpole-v1", cartpole_weights(20.0))
+    version = _make_live(registry, candidate, "policy-cartpole-v1")
+    assert version == "2" and registry.live_version("policy-cartpole-v1") == "2"
+    promoted = registry.load("policy-cartpole-v1")
+    assert promoted.card.extra["promoted_from"] == "policy-bc-cartpole-v1/1"
+    assert promoted.onnx_path.read_bytes() == candidate.onnx_path.read_bytes()
