@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 from typing import Sequence
 
 from auditstream import __version__
@@ -35,15 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     bench_parser = commands.add_parser("bench", help="benchmarks that print numbers (last line: JSON)")
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for name in COMMAND_MODULES:
+    for module in command_modules(COMMAND_MODULES):
+        module.register(commands, bench)
+    return parser
+
+
+def command_modules(names: Sequence[str]) -> list[ModuleType]:
+    """The modules of ``names`` that this install has (a serving host has no ``training``);
+    an import error inside a module that exists still fails loudly."""
+    found = []
+    for name in names:
         try:
-            module = importlib.import_module(name)
+            found.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
             if e.name and name.startswith(e.name):  # part not present in this install
                 continue
             raise
-        module.register(commands, bench)
-    return parser
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

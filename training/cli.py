@@ -5,7 +5,8 @@ family registers its own subcommands from its own module, imported lazily by the
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from auditstream.cli import command_modules
 
 # Modules that add subcommands: register(train, rl, bench) with the three subparser groups.
 FAMILY_MODULES = ("training.mail_cli", "training.rl.cli", "training.rl.stream_cli")
@@ -16,11 +17,5 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train = train_parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
     rl_parser = commands.add_parser("rl", help="sequential decisions: run episodes, build offline datasets, promote policies")
     rl = rl_parser.add_subparsers(dest="rl_command", metavar="RL_COMMAND", required=True)
-    for name in FAMILY_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue
-            raise
+    for module in command_modules(FAMILY_MODULES):
         module.register(train, rl, bench)

@@ -8,7 +8,6 @@ Skipped only when the prometheus binary is absent (scripts/test installs it)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from auditstream.kafka import make_producer
 from auditstream.wire import InferenceRequest
 from tests.conftest import TINY_MODEL
-from tests.deploy.test_prometheus import PROMETHEUS, RULES, _free_port, _query
+from tests.deploy.test_prometheus import PROMETHEUS, RULES, _free_port, _query, stop_process
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.kafka, pytest.mark.slow]
 
@@ -34,16 +33,6 @@ def _env(settings, **extra) -> dict[str, str]:
            "AUDITSTREAM_STATE_DIR": str(settings.state_dir)}
     env.update({f"AUDITSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
     return env
-
-
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)")
@@ -101,6 +90,6 @@ def test_prometheus_scrapes_running_consumer_and_monitor(stream_settings, tmp_pa
         assert 0.0 <= coverage <= 1.0
     finally:
         for p in reversed(processes):
-            _stop(p)
+            stop_process(p)
         for log in logs.values():
             log.close()
