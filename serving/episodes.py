@@ -118,11 +118,16 @@ class EpisodeStore:
         self._dirty: set[str] = set()
         self._ended: set[str] = set()
         self.restored = 0  # episodes adopted from the state topic (for logs and tests)
+        # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
+        # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
+        self._restore_error: Exception | None = None
 
     # -- the request path (called by serving.consumer.process_batch, in record order)
 
     def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int) -> np.ndarray:
         """The model input for this step (the frame stack), recording the observation."""
+        if self._restore_error is not None:
+            raise RuntimeError(f"episode state was not restored: {self._restore_error!r}") from self._restore_error
         key = request.episode_key
         if key is None:
             return self._stack([frame])
@@ -191,7 +196,13 @@ class EpisodeStore:
         if self.load_states is None or not owned:
             return
         latest: dict[bytes, bytes | None] = {}
-        for record in self.load_states():
+        try:
+            records = self.load_states()
+        except Exception as e:  # noqa: BLE001 - raised from observe(), see __init__
+            log.error("reading the episode-state topic failed: %r", e)
+            self._restore_error = e
+            return
+        for record in records:
             if record.key is not None:
                 latest[record.key] = record.value  # later records win; a tombstone (None) deletes
         adopted = 0

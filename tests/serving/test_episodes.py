@@ -250,3 +250,13 @@ def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, t
         assert action.details["action_probs"] == want
     state = [r for r in read_to_end(settings, [settings.topic(T.EPISODE_STATE)]) if r.key == b"ep-1"]
     assert state and state[-1].value is None  # the episode's end left a tombstone
+
+
+def test_a_failed_restore_stops_the_consumer_instead_of_resetting_episodes(tmp_path: Path) -> None:
+    def broken() -> list[Record]:
+        raise ConnectionError("broker gone")
+
+    store = EpisodeStore(frame_policy(tmp_path).card, "s", load_states=broken)
+    store.restore([("t.requests.stacked", 3)])  # inside a rebalance callback: must not raise there
+    with pytest.raises(RuntimeError, match="not restored"):
+        store.observe(request(0, np.zeros(D)), np.zeros(D, np.float32), 3)

@@ -126,7 +126,8 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
     candidate = registry.load(cand_name, cand_version or registry.latest(cand_name))
     live = registry.load(live_name, live_version)
     if (candidate.card.name, candidate.card.version) == (live.card.name, live.card.version):
-        raise ValueError(f"candidate and live are the same model version {live.card.name}/{live.card.version}")
+        raise ValueError(f"candidate and live are the same model version {live.card.name}/{live.card.version}; "
+                         "name the live version explicitly (--live NAME:VERSION) when the candidate is the latest")
     shadow = run_shadow(settings, candidate, live.card.name, args.shadow_idle_s)
     data, data_report = build_stream_dataset(settings, live.card.name, live.card.version)
     decision = gate_from_dataset(data, candidate_policy(candidate), config, bootstrap=args.bootstrap,
