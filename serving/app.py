@@ -16,10 +16,12 @@ predictions flagged ``shadow``; its episode state stays in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from auditstream import topics as T
+from auditstream.control import ControlView
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
@@ -50,7 +52,8 @@ class ServeApp:
 
     def __init__(self, settings: Settings, model: RegisteredModel, metrics: ServeMetrics | None = None,
                  producer: Producer | None = None, hooks: LoopHooks | None = None,
-                 session: ModelSession | None = None, shadow_of: str | None = None) -> None:
+                 session: ModelSession | None = None, shadow_of: str | None = None,
+                 use_control: bool = True) -> None:
         check_card(model.card)
         self.settings, self.model = settings, model
         self.session = session or load_session(model)
@@ -63,6 +66,12 @@ class ServeApp:
         ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
                       settings.partitions)
         self._lag_at = 0.0
+        # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.
+        self.control_view = None
+        if use_control and shadow_of is None:
+            control_topic = settings.topic(T.CONTROL)
+            ensure_topics(bootstrap, [control_topic], settings.partitions, compacted=(control_topic,))
+            self.control_view = ControlView(settings, bootstrap).start()
         hooks = hooks or LoopHooks()
         self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
         user_after_commit = hooks.after_commit
@@ -109,7 +118,10 @@ class ServeApp:
     def _process(self, records: list[Record]) -> list[list[Output]]:
         m = self._children
         started = time.perf_counter()
-        results = process_batch(records, self.session, self.config, time.time(), self.episodes)
+        config = self.config
+        if self.control_view is not None:  # the monitor's latest word, read once per batch
+            config = dataclasses.replace(config, control=self.control_view.get(self.model.card.name))
+        results = process_batch(records, self.session, config, time.time(), self.episodes)
         m["records_in"].inc(len(records))
         m["batch_size"].observe(len(records))
         m["inference_seconds"].observe(time.perf_counter() - started)
@@ -132,6 +144,8 @@ class ServeApp:
 
     def close(self) -> None:
         self.loop.close()
+        if self.control_view is not None:
+            self.control_view.stop()
         self.session.close()
 
 

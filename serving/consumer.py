@@ -26,6 +26,7 @@ checkpoint order is documented there and in docs/serving.md) with metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,13 +35,14 @@ from typing import Protocol
 import numpy as np
 
 from auditstream import topics as T
+from auditstream.control import ControlState
 from auditstream.errors import DecodeError
 from auditstream.kafka import Record
-from auditstream.registry import ModelCard
+from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
-from monitor.triage import TriagePolicy, triage
+from monitor.triage import TriagePolicy, get_policy, triage
 from serving.episodes import EpisodeStore
 from serving.inputs import prepare_input
 from serving.postprocess import Answer, action_selection, postprocess, select_action
@@ -70,6 +72,16 @@ class ServeConfig:
     actions_topic: str = ""
     shadow: bool = False  # a candidate in shadow mode: predictions only, flagged
     request_model: str = ""  # the model requests name (a shadow reads the live model's); "" = card.name
+    control: ControlState | None = None  # the monitor's latest word: queue depth, tightened threshold
+
+    @property
+    def triage_spec(self) -> TriageSpec:
+        """The card's triage rule with the monitor's threshold override (which only tightens)."""
+        spec = self.card.triage
+        if self.control is None:
+            return spec
+        threshold = self.control.threshold_for(self.card.version, spec.threshold)
+        return spec if threshold == spec.threshold else dataclasses.replace(spec, threshold=threshold)
 
     @classmethod
     def from_settings(cls, settings: Settings, card: ModelCard, shadow: bool = False,
@@ -78,7 +90,11 @@ class ServeConfig:
         if qc_rate != settings.qc_rate:
             log.warning("qc_rate %.4g raised to %.2g for policy %s (random audits keep OPE possible)",
                         settings.qc_rate, qc_rate, card.name)
-        return cls(card, TriagePolicy(qc_rate=qc_rate), settings.max_request_bytes,
+        if settings.triage_policy == "no-qc" and card.task != "policy":
+            qc_rate = 0.0
+        policy = get_policy(settings.triage_policy, qc_rate=qc_rate,
+                            max_human_queue_depth=settings.max_human_queue_depth or None)
+        return cls(card, policy, settings.max_request_bytes,
                    settings.topic(T.PREDICTIONS), settings.topic(T.DECISIONS), settings.topic(T.AUDIT),
                    settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model)
 
@@ -105,7 +121,7 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) 
         raise DecodeError(Reason.UNDECODABLE.value, "record has no value (a tombstone)")
     if len(record.value) > config.max_request_bytes:
         raise DecodeError(Reason.TOO_LARGE.value, f"{len(record.value)} bytes > max_request_bytes={config.max_request_bytes}")
-    request = InferenceRequest.from_bytes(record.value)
+    request = InferenceRequest.from_bytes(record.value, max_bytes=config.max_request_bytes)
     served = config.request_model or config.card.name
     if request.model != served:
         raise DecodeError(Reason.WRONG_MODEL.value, f"request for model {request.model!r} on {served!r}'s topic")
@@ -140,6 +156,8 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
     """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start.
     ``episodes``: per-episode state of a policy consumer (frame stacks, step counts)."""
     card = config.card
+    triage_spec = config.triage_spec
+    human_queue_depth = config.control.human_queue_depth if config.control is not None else None
     results: list[RecordResult | None] = [None] * len(records)
     valid: dict[tuple[int, ...], list[tuple[int, InferenceRequest, np.ndarray]]] = {}
     for i, record in enumerate(records):
@@ -164,7 +182,8 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 continue
             if card.task == "policy":
                 answer = _act(answer, request, card, episodes)
-            decision = triage(request.request_id, answer.confidence, card.triage, config.policy)
+            decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
+                              human_queue_depth=human_queue_depth)
             latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
                        "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
             prediction = Prediction(
