@@ -1,0 +1,153 @@
+"""Wire v1 basics: version, limits, enums (reason codes, routes, verdict kinds) and the strict
+JSON helpers every record decoder uses (refuse oversize, NaN, wrong types, unknown versions)."""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from importlib import resources
+from typing import Any
+
+
+from auditstream.errors import DecodeError
+
+WIRE_VERSION = 1
+CONTENT_TYPE_HEADER = "content-type"
+REQUEST_CONTENT_TYPE = b"application/vnd.auditstream.request.v1+json"
+LATENCY_HEADERS = ("queue-s", "inference-s", "end-to-end-s")
+
+ALLOWED_DTYPES = ("float32", "float64", "uint8", "int32", "int64")
+MAX_TENSOR_ELEMENTS = 16_777_216  # 64 MiB of float32: a guard against hostile shapes
+MAX_RANK = 8
+# Hard cap on one record, whatever a consumer's own limit: stdlib json needs up to ~12x a record
+# of float lists in memory, so 8 MiB keeps a hostile record near 100 MB (a 64 MiB tensor would
+# not fit anyway: the broker's default message.max.bytes is 1 MiB).
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+# Each JSON array/object costs ~60 bytes parsed; 8 MiB of "[]," would need ~200 MB and a second.
+# A nested 224x224x3 ``values`` tensor opens ~50k, so 100k still admits every real record. Below
+# 1 MiB the worst case is ~22 MB, so small records (all of the hot path) skip the count.
+MAX_JSON_CONTAINERS = 100_000
+_CONTAINER_SCAN_BYTES = 1 << 20
+# A dead letter carries the original record as base64 (4/3 of it) plus where it came from.
+MAX_DEAD_LETTER_BYTES = MAX_RECORD_BYTES * 4 // 3 + 65_536
+MAX_ID_CHARS = 256
+
+
+class Reason(str, Enum):
+    """Dead-letter reason codes."""
+
+    UNDECODABLE = "undecodable"  # not UTF-8 JSON
+    BAD_SCHEMA = "bad_schema"  # JSON, but fields missing or of the wrong type
+    UNSUPPORTED_VERSION = "unsupported_version"
+    WRONG_SHAPE = "wrong_shape"  # tensor does not fit the model's input
+    TOO_LARGE = "too_large"
+    WRONG_MODEL = "wrong_model"  # names a model this consumer does not serve
+    BAD_INPUT = "bad_input"  # e.g. an image that does not decode
+    INFERENCE_FAILED = "inference_failed"
+
+
+class Route(str, Enum):
+    """Where a prediction goes after triage."""
+
+    AUTO = "AUTO"  # published as a decision
+    HUMAN = "HUMAN"  # deferred: to the audit topic, not decided
+    AUTO_QC = "AUTO_QC"  # decided and also sampled for a QC audit
+
+
+DECISION_SOURCES = ("model", "human", "fallback")
+
+
+class VerdictKind(str, Enum):
+    ACCEPT = "accept"
+    CORRECT = "correct"
+    REJECT = "reject"
+    SKIP = "skip"
+
+
+# --------------------------------------------------------------------------------------------
+# JSON helpers
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise DecodeError(Reason.TOO_LARGE.value, f"record of {len(data)} bytes exceeds {max_bytes}")
+    if len(data) > _CONTAINER_SCAN_BYTES:
+        # bytes.count runs at memory speed; brackets inside strings only make this more cautious.
+        containers = data.count(b"[") + data.count(b"{")
+        if containers > MAX_JSON_CONTAINERS:
+            raise DecodeError(Reason.TOO_LARGE.value, f"record opens {containers} JSON arrays/objects, over {MAX_JSON_CONTAINERS}")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints over 4300 digits
+        raise DecodeError(Reason.UNDECODABLE.value, f"not UTF-8 JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(Reason.BAD_SCHEMA.value, "record must be a JSON object")
+    version = obj.get("v")
+    if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
+        raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {_short(version)}, this build reads {WIRE_VERSION}")
+    return obj
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+    value = obj.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _number(obj: dict[str, Any], name: str, low: float = -math.inf, high: float = math.inf, default: float | None = None) -> float:
+    """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity)."""
+    if default is not None and obj.get(name) is None:
+        return default
+    value = float(_field(obj, name, (int, float)))
+    if not (math.isfinite(value) and low <= value <= high):
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be finite and in [{low}, {high}]")
+    return value
+
+
+def _id(obj: dict[str, Any], name: str) -> str:
+    value = _field(obj, name, str)
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be 1..{MAX_ID_CHARS} characters, got {len(value)}")
+    return value
+
+
+def _step(obj: dict[str, Any]) -> int | None:
+    step = _field(obj, "step", int, optional=True)
+    if step is not None and step < 0:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {step} must be >= 0")
+    return step
+
+
+def _enum(kind: type[Enum], value: Any, name: str) -> Any:
+    if not isinstance(value, str):
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be one of {[m.value for m in kind]}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {_short(value)} not one of {[m.value for m in kind]}") from None
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of every v1 record, ``$defs`` by record name."""
+    return json.loads(resources.files("auditstream").joinpath("schemas/wire-v1.json").read_text("utf-8"))
+
