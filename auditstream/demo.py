@@ -124,7 +124,9 @@ class Children:
     def check(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
+                # SystemExit: a clear one-line message (a busy port, a broken model), no traceback
+                raise SystemExit(f"auditstream demo: {name} exited with code {proc.returncode}; "
+                                 f"see {self.log_dir / (name + '.log')}")
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
