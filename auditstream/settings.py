@@ -125,8 +125,26 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` (for logs and reprs)."""
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)
+    """A URL safe for logs and reprs: the password in the authority and secret query parameters
+    (``password``, ``sslpassword``, ``...key``, ``...token``) become ``***``.
+
+    ``postgresql://u:s3/cr@t@h/db?sslpassword=x`` -> ``postgresql://u:***@h/db?sslpassword=***``.
+    Parsed by hand: a password with ``/`` or ``@`` in it (libpq accepts them) fools urlsplit.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    main, qmark, query = rest.partition("?")
+    at = main.rfind("@")
+    if at != -1 and ":" in main[:at]:
+        main = main[:at].split(":", 1)[0] + ":***" + main[at:]
+    if query:
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(k + eq + ("***" if eq and _SECRET_QUERY.search(k) else v) for k, eq, v in pairs)
+    return f"{scheme}://{main}{qmark}{query}"
+
+
+_SECRET_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
 
 def _convert(name: str, raw: str, hint: Any) -> Any:

@@ -85,3 +85,18 @@ def test_topic_names():
     assert settings.request_topic("digits") == "t.requests.digits"
     names = topics.all_topics(settings, ["digits"])
     assert "t.requests.digits" in names and "t.dead-letter" in names and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://u:s3/cr@t@h:5432/db", "postgresql://u:***@h:5432/db"),  # '/' and '@' in the password
+        ("postgresql+psycopg://u:s3cret@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u@h/db?password=x&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db?sslpassword=zz&sslkey=/k", "postgresql://u@h/db?sslpassword=***&sslkey=***"),
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+    ],
+)
+def test_redact_url_hides_every_secret(url, shown):
+    assert redact_url(url) == shown
+    assert "s3" not in redact_url(url) and "zz" not in redact_url(url)
