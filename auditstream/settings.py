@@ -51,6 +51,9 @@ class Settings:
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
     max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
+    qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
+                        "ids that are never audited. Set the same value on every consumer and the monitor; never "
+                        "logged. Default 'qc' (public).", "qc")
     triage_policy: str = _doc("Named triage policy: 'uniform' or 'risk-weighted' QC sampling, or 'no-qc' "
                               "(monitor/triage.py).", "uniform")
     max_human_queue_depth: int = _doc("Human queue depth at which deferrals are flagged over capacity; 0: no limit.", 0)
@@ -108,7 +111,9 @@ class Settings:
 
     def __repr__(self) -> str:
         # Settings get logged at start-up; a store URL may carry a password.
+        # The QC salt is a secret: knowing it, a producer could pick request ids that are never audited.
         parts = [f"{f.name}={redact_url(getattr(self, f.name))!r}" if f.name == "store_url"
+                 else f"{f.name}='***'" if f.name == "qc_salt"
                  else f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
         return f"Settings({', '.join(parts)})"
 
