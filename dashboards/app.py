@@ -34,9 +34,16 @@ def _open_store(url: str) -> tuple[AuditStore, QCHistory]:
     return store, QCHistory(store)
 
 
+@st.cache_resource(show_spinner=False)
+def _settings() -> Settings:
+    # Built once per server process, like the store: the environment does not change under a
+    # running server, and parsing it on every rerun (every click) is wasted work.
+    return Settings.from_env()
+
+
 def build_context(config: DashboardConfig) -> DashboardContext:
     """The store and registry the options point at (defaults: the process settings)."""
-    settings = Settings.from_env()
+    settings = _settings()
     store_url = config.store_url or settings.resolved_store_url
     models_dir = config.models_dir or settings.models_dir
     store, history = _open_store(store_url)

@@ -9,22 +9,24 @@ reaches code that reads data. Writes are checked once more inside the store's tr
 Local accounts live in the audit store (slow salted hashes, ``monitor/accounts.py``). Single
 sign-on goes through Streamlit's ``st.login`` when an ``[auth]`` section is configured in
 ``.streamlit/secrets.toml``; the identity provider proves *who* someone is, and the store's
-accounts table still decides their role (an unknown identity gets no access).
+accounts table still decides their role (an unknown identity gets no access). An identity maps to
+the local account named by its email only when the provider says the email is verified
+(``email_verified``): an unverified address is one anybody could have typed in at the provider.
+
+Failed logins are throttled per account in the store (``monitor.accounts``), not per browser
+session: a new session or a new dashboard process sees the same lock.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from typing import Any
 
 import streamlit as st
 
-from monitor.accounts import Role, User
+from monitor.accounts import LoginThrottled, Role, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
-SESSION_FAILURES = "auth_failures"
-MAX_FAILURES = 5  # then the session must wait LOCKOUT_S before the next attempt
-LOCKOUT_S = 30.0
 
 
 def oidc_configured() -> bool:
@@ -35,11 +37,25 @@ def oidc_configured() -> bool:
         return False
 
 
+def oidc_account_name(user: Any) -> str | None:
+    """The local account an identity provider's user maps to: their email, and only when the
+    provider asserts ``email_verified`` (a JSON true, or the string "true" some providers send).
+    ``user`` is ``st.user`` (or anything with ``is_logged_in`` and ``get``); None otherwise."""
+    if not getattr(user, "is_logged_in", False):
+        return None
+    email, verified = user.get("email"), user.get("email_verified")
+    if not isinstance(email, str) or not email.strip():
+        return None
+    if verified is not True and not (isinstance(verified, str) and verified.strip().lower() == "true"):
+        return None
+    return email.strip()
+
+
 def _oidc_identity() -> str | None:
-    """The signed-in identity provider user's email (or subject), if any."""
+    """The signed-in identity provider user's verified email, if any."""
     if not oidc_configured() or not st.user.is_logged_in:
         return None
-    return str(st.user.get("email") or st.user.get("sub") or "") or None
+    return oidc_account_name(st.user)
 
 
 def current_user(accounts: Any) -> User:
@@ -47,6 +63,11 @@ def current_user(accounts: Any) -> User:
     name = st.session_state.get(SESSION_USER)
     if name is None:
         name = _oidc_identity()
+        if name is None and oidc_configured() and st.user.is_logged_in:
+            st.error("Your identity provider did not confirm a verified email address, so this dashboard cannot "
+                     "tell which account is yours. Verify your email there, or sign in with a local account.")
+            st.button("Log out of single sign-on", on_click=st.logout)
+            st.stop()
     if name is not None:
         user = accounts.get(name)
         if user is not None:
@@ -70,23 +91,20 @@ def login_ui(accounts: Any) -> None:
     with middle:
         st.title("auditstream")
         st.caption("Audit dashboard — sign in to continue")
-        failures, last = st.session_state.get(SESSION_FAILURES, (0, 0.0))
-        wait_s = LOCKOUT_S - (time.time() - last) if failures >= MAX_FAILURES else 0.0
         with st.form("login", enter_to_submit=True):
             name = st.text_input("User name", autocomplete="username")
             password = st.text_input("Password", type="password", autocomplete="current-password")
             submitted = st.form_submit_button("Log in", type="primary", width="stretch")
         if submitted:
-            if wait_s > 0:
-                st.error(f"Too many failed attempts; wait {wait_s:.0f} s and try again.")
+            try:
+                user = accounts.verify_password(name.strip(), password) if name.strip() and password else None
+            except LoginThrottled as e:  # counted per account in the store: a new session is no way around it
+                st.error(f"Too many attempts; try again in {math.ceil(e.retry_after_s)} s.")
                 return
-            user = accounts.verify_password(name.strip(), password) if name.strip() and password else None
             if user is None:
                 # One message for unknown names and wrong passwords: it must not tell which names exist.
-                st.session_state[SESSION_FAILURES] = (failures + 1 if failures < MAX_FAILURES else 1, time.time())
                 st.error("Wrong user name or password.")
                 return
-            st.session_state.pop(SESSION_FAILURES, None)
             st.session_state[SESSION_USER] = user.name
             st.rerun()
         if oidc_configured():

@@ -7,6 +7,14 @@ costly for anyone guessing offline). The parameters are stored with each hash
 accounts. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
 tell which names exist.
 
+Failed logins are counted per account in the users table (``failed_logins``,
+``locked_until_s``), so the throttle holds across browser sessions, dashboard processes and
+restarts: after :data:`MAX_FAILURES` consecutive wrong passwords the account is locked for
+:data:`LOCKOUT_S`, and every further failure doubles the lock (capped at :data:`MAX_LOCKOUT_S`);
+a correct password resets the count. While locked, no password is checked at all
+(:class:`LoginThrottled`). Unknown names get the same answers from an in-process mirror of the
+policy, so the lock message does not tell which names exist either.
+
 Roles: ``auditor`` (claims items, records verdicts), ``admin`` (that, plus gold items and users),
 ``viewer`` (reads dashboards only). The dashboard checks roles when a page renders; the store
 checks them *again inside every write transaction* (:func:`check_actor`), against the role in the
@@ -21,17 +29,38 @@ import hashlib
 import hmac
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
-from auditstream.errors import PermissionDenied
+from auditstream.errors import AuditstreamError, PermissionDenied
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 SCRYPT_MAXMEM = 64 * 1024 * 1024  # 128 * N * r = 32 MiB, plus headroom
 SALT_BYTES, HASH_BYTES = 16, 32
 MIN_PASSWORD_CHARS = 8
+MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
+LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
+MAX_LOCKOUT_S = 3600.0
+UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class LoginThrottled(AuditstreamError):
+    """Too many failed logins for this name: no password is checked until ``retry_after_s`` passed."""
+
+    def __init__(self, name: str, failures: int, retry_after_s: float) -> None:
+        self.name, self.failures, self.retry_after_s = name, failures, retry_after_s
+        super().__init__(f"too many failed logins for {name!r} ({failures}); try again in {retry_after_s:.0f} s")
+
+
+def lockout_s(failures: int) -> float:
+    """How long an account stays locked after its ``failures``-th consecutive failure (0: not locked)."""
+    if failures < MAX_FAILURES:
+        return 0.0
+    return min(MAX_LOCKOUT_S, LOCKOUT_S * 2.0 ** min(failures - MAX_FAILURES, 32))
 
 
 class Role(str, Enum):
@@ -111,6 +140,9 @@ class Accounts:
 
     def __init__(self, db) -> None:
         self._db = db  # monitor.store.backend.Database
+        # name -> (failures, locked_until_s) for names with no account (see the module docstring)
+        self._unknown: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
+        self._unknown_lock = threading.Lock()
 
     def add_user(self, name: str, password: str, role: Role | str, now_s: float | None = None) -> User:
         """Create a user; ``ValueError`` if the name is taken or malformed or the password short."""
@@ -134,7 +166,9 @@ class Accounts:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)
         with self._db.write() as cur:
-            if cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ?", (hashed, name)) != 1:
+            # A new password (an admin's reset) also lifts a lock: the guesses were against the old one.
+            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL WHERE name = ?",
+                       (hashed, name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
 
     def set_role(self, name: str, role: Role | str, disabled: bool = False) -> None:
@@ -143,16 +177,66 @@ class Accounts:
             if cur.run("UPDATE {p}users SET role = ?, disabled = ? WHERE name = ?", (Role(role).value, int(disabled), name)) != 1:
                 raise ValueError(f"no user {name!r}")
 
-    def verify_password(self, name: str, password: str) -> User | None:
-        """The user if ``password`` is theirs and the account is enabled, else None."""
-        rows = self._db.query("SELECT role, password_hash, disabled FROM {p}users WHERE name = ?", (name,))
+    def verify_password(self, name: str, password: str, now_s: float | None = None) -> User | None:
+        """The user if ``password`` is theirs and the account is enabled, else None.
+
+        Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
+        the failure that locks it. A wrong password counts a failure, a right one resets the count.
+        """
+        now_s = time.time() if now_s is None else now_s
+        rows = self._db.query(
+            "SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users WHERE name = ?", (name,)
+        )
         if not rows:
-            check_password(password, _dummy_hash())
+            return self._unknown_attempt(name, password, now_s)
+        role, stored, disabled, failures, locked_until = rows[0]
+        if locked_until is not None and float(locked_until) > now_s:
+            raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
+        if not check_password(password, stored):
+            failures, locked_until = self._count_failure(name, now_s)
+            if locked_until is not None:
+                raise LoginThrottled(name, failures, locked_until - now_s)
             return None
-        role, stored, disabled = rows[0]
-        if not check_password(password, stored) or disabled:
-            return None
-        return User(name, Role(role))
+        if failures or locked_until is not None:
+            with self._db.write() as cur:
+                cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
+        return None if disabled else User(name, Role(role))
+
+    def _count_failure(self, name: str, now_s: float) -> tuple[int, float | None]:
+        """One more failure for ``name``, in one transaction (concurrent logins all count)."""
+        with self._db.write() as cur:
+            row = cur.one(f"SELECT failed_logins FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))
+            failures = (int(row[0]) if row else 0) + 1
+            wait_s = lockout_s(failures)
+            locked_until = now_s + wait_s if wait_s > 0 else None
+            cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ? WHERE name = ?", (failures, locked_until, name))
+        return failures, locked_until
+
+    def _unknown_attempt(self, name: str, password: str, now_s: float) -> None:
+        """A name with no account: the same work and the same answers as a known one."""
+        with self._unknown_lock:
+            failures, locked_until = self._unknown.get(name, (0, None))
+        if locked_until is not None and locked_until > now_s:
+            raise LoginThrottled(name, failures, locked_until - now_s)
+        check_password(password, _dummy_hash())
+        failures += 1
+        wait_s = lockout_s(failures)
+        locked_until = now_s + wait_s if wait_s > 0 else None
+        with self._unknown_lock:
+            self._unknown[name] = (failures, locked_until)
+            self._unknown.move_to_end(name)
+            while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:
+                self._unknown.popitem(last=False)
+        if locked_until is not None:
+            raise LoginThrottled(name, failures, locked_until - now_s)
+        return None
+
+    def login_state(self, name: str) -> tuple[int, float | None]:
+        """(consecutive failures, locked until) of an account, for admins and tests."""
+        rows = self._db.query("SELECT failed_logins, locked_until_s FROM {p}users WHERE name = ?", (name,))
+        if not rows:
+            raise ValueError(f"no user {name!r}")
+        return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
 
     def get(self, name: str) -> User | None:
         rows = self._db.query("SELECT role FROM {p}users WHERE name = ? AND disabled = 0", (name,))

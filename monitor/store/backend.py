@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from auditstream.errors import ConfigError
+from auditstream.settings import redact_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,30}$|^$")
@@ -74,6 +75,10 @@ class Database(abc.ABC):
     def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
         """One read statement in its own (autocommit) transaction."""
 
+    @abc.abstractmethod
+    def columns(self, cur: "Cursor", table: str) -> set[str]:
+        """The column names of ``{p}<table>`` (for the schema upgrade), read inside ``cur``'s transaction."""
+
     def close(self) -> None:
         with self._lock:
             for cx in self._all:
@@ -113,7 +118,7 @@ class SQLiteDatabase(Database):
         super().__init__(url, prefix)
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
         if not path:
-            raise ConfigError("store_url", url, "'sqlite:///path/to/audit.db'")
+            raise ConfigError("store_url", redact_url(url), "'sqlite:///path/to/audit.db'")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -148,6 +153,9 @@ class SQLiteDatabase(Database):
         finally:
             cur.close()
 
+    def columns(self, cur: Cursor, table: str) -> set[str]:
+        return {row[1] for row in cur.all(f"PRAGMA table_info({{p}}{table})")}
+
 
 class PostgresDatabase(Database):
     kind = "postgresql"
@@ -179,6 +187,14 @@ class PostgresDatabase(Database):
             cur.execute(self.sql(text), tuple(params))
             return list(cur.fetchall())
 
+    def columns(self, cur: Cursor, table: str) -> set[str]:
+        # Unquoted identifiers are folded to lower case; the prefix is [a-z0-9_] already.
+        rows = cur.all(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?",
+            (f"{self.prefix}{table}",),
+        )
+        return {row[0] for row in rows}
+
 
 def connect(url: str, prefix: str = "") -> Database:
     """A :class:`Database` for ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
@@ -186,4 +202,4 @@ def connect(url: str, prefix: str = "") -> Database:
         return SQLiteDatabase(url, prefix)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, prefix)
-    raise ConfigError("store_url", url, "'sqlite:///path.db' or 'postgresql://user@host:port/db'")
+    raise ConfigError("store_url", redact_url(url), "'sqlite:///path.db' or 'postgresql://user@host:port/db'")

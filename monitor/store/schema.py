@@ -1,8 +1,10 @@
 """The audit store's tables (docs/audit-store.md has the picture), one DDL for both databases.
 
 ``{p}`` is the table prefix; ``{id}``, ``{float}``, ``{bigint}`` are the column types of
-:attr:`monitor.store.backend.Database.types`. Everything is created with ``IF NOT EXISTS`` so
-opening a store is also its migration to schema version 1.
+:attr:`monitor.store.backend.Database.types`. Everything is created with ``IF NOT EXISTS``, and
+columns added since version 1 are listed in :data:`ADDED_COLUMNS` and added with ``ALTER TABLE
+... ADD COLUMN`` when a table lacks them, so opening a store is also its migration: a database
+written by an older release is upgraded in place, nothing is dropped.
 
 Design choices that the semantics rest on:
 
@@ -19,7 +21,7 @@ Design choices that the semantics rest on:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = ("outbox", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): monitor/qc_history.py.
@@ -94,16 +96,43 @@ DDL = (
         role TEXT NOT NULL,                 -- auditor | admin | viewer
         password_hash TEXT NOT NULL,        -- scrypt$n=..,r=..,p=..$salt$hash (monitor/accounts.py)
         created_at_s {float} NOT NULL,
-        disabled INTEGER NOT NULL DEFAULT 0
+        disabled INTEGER NOT NULL DEFAULT 0,
+        failed_logins INTEGER NOT NULL DEFAULT 0,  -- consecutive wrong passwords (reset on success)
+        locked_until_s {float}              -- no password is checked before this time
     )""",
 )
+
+# (schema version, table, column, definition): columns that stores of an older version lack. A
+# column added later needs a constant default (SQLite cannot add a NOT NULL column without one).
+ADDED_COLUMNS = (
+    (2, "users", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
+    (2, "users", "locked_until_s", "{float}"),
+)
+
+
+def fill_types(text: str, types: dict[str, str]) -> str:
+    """``text`` with this database's column types filled in (``{p}`` is left for the cursor)."""
+    for name, sql_type in types.items():
+        text = text.replace("{" + name + "}", sql_type)
+    return text
 
 
 def statements(types: dict[str, str]) -> list[str]:
     """The DDL with this database's column types filled in (``{p}`` is left for the cursor)."""
-    out = []
-    for text in DDL:
-        for name, sql_type in types.items():
-            text = text.replace("{" + name + "}", sql_type)
-        out.append(text)
-    return out
+    return [fill_types(text, types) for text in DDL]
+
+
+def upgrade(cur, db) -> list[str]:
+    """Add every :data:`ADDED_COLUMNS` column its table lacks and record :data:`SCHEMA_VERSION`;
+    returns the columns added (``table.column``). ``cur``: a write transaction's cursor on ``db``
+    (a :class:`monitor.store.backend.Database`), after :func:`statements` ran."""
+    added = []
+    for _version, table, column, definition in ADDED_COLUMNS:
+        if column not in db.columns(cur, table):
+            cur.run(f"ALTER TABLE {{p}}{table} ADD COLUMN {column} {fill_types(definition, db.types)}")
+            added.append(f"{table}.{column}")
+    cur.run(
+        "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+        (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),
+    )
+    return added

@@ -44,7 +44,7 @@ from monitor.store.records import (
     gold_is_correct,
     outbox_records,
 )
-from monitor.store.schema import EXTRA_TABLES, SCHEMA_VERSION, TABLES, statements
+from monitor.store.schema import EXTRA_TABLES, TABLES, statements, upgrade
 from monitor.triage import hash_uniform
 
 _INSERT_ITEM = (
@@ -69,10 +69,7 @@ class AuditStore(StoreReads):
                 cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-schema:{db.prefix}".encode()),))
             for ddl in statements(db.types):
                 cur.run(ddl)
-            cur.run(
-                "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
-                (str(SCHEMA_VERSION),),
-            )
+            upgrade(cur, db)  # a store written by an older release gets the columns added since
 
     @property
     def backend(self) -> str:

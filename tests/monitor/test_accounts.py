@@ -16,7 +16,7 @@ from tests.monitor.store.store_factories import BACKENDS, make_store
 from auditstream.cli import main as cli_main
 from auditstream.errors import PermissionDenied
 from monitor import accounts
-from monitor.accounts import Role, User, check_password, hash_password, require_role
+from monitor.accounts import LoginThrottled, Role, User, check_password, hash_password, lockout_s, require_role
 from monitor.store import AuditStore, open_store
 
 PASSWORD = "correct horse battery"
@@ -57,6 +57,74 @@ def test_verify_password(store: AuditStore) -> None:
     store.accounts.set_role("alice", Role.ADMIN, disabled=True)
     assert store.accounts.verify_password("alice", "a new password") is None
     assert store.accounts.get("alice") is None
+
+
+def test_lockout_schedule_doubles_after_the_first_lock_and_is_capped() -> None:
+    assert [lockout_s(n) for n in range(accounts.MAX_FAILURES)] == [0.0] * accounts.MAX_FAILURES
+    first = accounts.MAX_FAILURES
+    assert [lockout_s(n) for n in (first, first + 1, first + 2)] == [accounts.LOCKOUT_S, 2 * accounts.LOCKOUT_S, 4 * accounts.LOCKOUT_S]
+    assert lockout_s(first + 40) == lockout_s(10**6) == accounts.MAX_LOCKOUT_S
+
+
+def test_failed_logins_lock_the_account_in_the_store_not_the_session(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count lives in the users table: another Accounts object (another dashboard session or
+    process, or a restart) sees the same lock, and the count does not restart after a lock."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    t = 1_000.0
+    for _ in range(accounts.MAX_FAILURES - 1):
+        assert store.accounts.verify_password("alice", "wrong password", now_s=t) is None
+    with pytest.raises(LoginThrottled) as locked:
+        store.accounts.verify_password("alice", "wrong password", now_s=t)  # the failure that locks
+    assert locked.value.retry_after_s == pytest.approx(accounts.LOCKOUT_S)
+    other = accounts.Accounts(store._db)  # a fresh session/process: nothing in memory
+    with pytest.raises(LoginThrottled, match="try again in 20 s") as e:
+        other.verify_password("alice", PASSWORD, now_s=t + 10)  # even the right password is not checked
+    assert e.value.failures == accounts.MAX_FAILURES
+    assert other.login_state("alice") == (accounts.MAX_FAILURES, t + accounts.LOCKOUT_S)
+    # After the lock the next failure locks again at once, for twice as long (no fresh five tries).
+    t += accounts.LOCKOUT_S + 1
+    with pytest.raises(LoginThrottled) as again:
+        other.verify_password("alice", "still wrong", now_s=t)
+    assert again.value.retry_after_s == pytest.approx(2 * accounts.LOCKOUT_S)
+    t += 2 * accounts.LOCKOUT_S + 1
+    assert store.accounts.verify_password("alice", PASSWORD, now_s=t) == User("alice", Role.AUDITOR)
+    assert store.accounts.login_state("alice") == (0, None)  # success resets
+    assert store.accounts.verify_password("alice", "wrong password", now_s=t) is None  # five fresh tries again
+
+
+def test_unknown_names_are_throttled_alike_and_a_password_reset_lifts_a_lock(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    for name in ("alice", "mallory"):  # same answers whether the name exists or not
+        answers = []
+        for _ in range(accounts.MAX_FAILURES + 1):
+            try:
+                answers.append(store.accounts.verify_password(name, "wrong password", now_s=50.0))
+            except LoginThrottled as e:
+                answers.append(round(e.retry_after_s))
+        assert answers == [None] * (accounts.MAX_FAILURES - 1) + [30, 30], name
+    store.accounts.set_password("alice", "a brand new password")
+    assert store.accounts.verify_password("alice", "a brand new password", now_s=51.0) == User("alice", Role.AUDITOR)
+
+
+def test_opening_an_older_store_adds_the_login_columns(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version-1 users table (no failed_logins/locked_until_s) is upgraded in place on open."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with store._db.write() as cur:
+        for column in ("failed_logins", "locked_until_s"):
+            cur.run(f"ALTER TABLE {{p}}users DROP COLUMN {column}")
+        cur.run("UPDATE {p}meta SET value = '1' WHERE key = 'schema_version'")
+        assert "failed_logins" not in store._db.columns(cur, "users")
+    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with reopened._db.write() as cur:
+            assert {"failed_logins", "locked_until_s"} <= reopened._db.columns(cur, "users")
+        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [("2",)]
+        assert reopened.accounts.login_state("alice") == (0, None)
+        assert reopened.accounts.verify_password("alice", "wrong password", now_s=1.0) is None
+        assert reopened.accounts.login_state("alice") == (1, None)
+        assert reopened.accounts.verify_password("alice", PASSWORD, now_s=2.0) == User("alice", Role.AUDITOR)
 
 
 @pytest.mark.parametrize("name, password, match", [("alice", "short", "at least 8"), ("bad name", PASSWORD, "user name"),

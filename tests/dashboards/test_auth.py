@@ -1,0 +1,69 @@
+"""Signing in: the failed-login throttle lives in the store (a new browser session does not reset
+it), single sign-on maps only verified emails to accounts, and the app builds its settings once."""
+
+from __future__ import annotations
+
+import pytest
+from tests.dashboards.conftest import PASSWORD, log_in, start_app, texts
+
+from dashboards.auth_ui import oidc_account_name
+from monitor import accounts
+
+
+def test_lockout_is_per_account_and_survives_a_new_session(store, store_url, tmp_path):
+    at = start_app(store_url, tmp_path)
+    for _ in range(accounts.MAX_FAILURES - 1):
+        at = log_in(at, "alice", "wrong password")
+        assert "Wrong user name or password." in texts(at)
+    at = log_in(at, "alice", "wrong password")  # the failure that locks
+    assert "Too many attempts; try again in 30 s." in texts(at)
+    fresh = start_app(store_url, tmp_path)  # a new browser session: nothing in its session state
+    fresh = log_in(fresh, "alice")  # even the right password waits
+    assert "Too many attempts; try again in" in texts(fresh)
+    assert [t.value for t in fresh.title] == ["auditstream"]  # still the login page
+    assert store.accounts.login_state("alice")[0] == accounts.MAX_FAILURES
+    # The lock is on this account only.
+    assert [t.value for t in log_in(start_app(store_url, tmp_path), "bob").title] == ["Workbench"]
+
+
+class FakeUser(dict):
+    """What ``st.user`` offers the mapping: ``is_logged_in`` and ``get`` of the token's claims."""
+
+    def __init__(self, is_logged_in: bool, **claims: object) -> None:
+        super().__init__(claims)
+        self.is_logged_in = is_logged_in
+
+
+@pytest.mark.parametrize("user, expected", [
+    (FakeUser(True, email="alice@example.org", email_verified=True, sub="1"), "alice@example.org"),
+    (FakeUser(True, email=" alice@example.org ", email_verified="true"), "alice@example.org"),  # some IdPs send a string
+    (FakeUser(True, email="alice@example.org", email_verified=False, sub="1"), None),
+    (FakeUser(True, email="alice@example.org", email_verified="false"), None),
+    (FakeUser(True, email="alice@example.org"), None),  # no claim: not verified
+    (FakeUser(True, email="alice@example.org", email_verified=1), None),  # only a real true counts
+    (FakeUser(True, sub="alice", email_verified=True), None),  # the subject is never an account name
+    (FakeUser(True, email="", email_verified=True), None),
+    (FakeUser(False, email="alice@example.org", email_verified=True), None),
+])  # fmt: skip
+def test_single_sign_on_maps_only_a_verified_email(user, expected):
+    assert oidc_account_name(user) == expected
+
+
+def test_settings_are_built_once_per_server_not_per_rerun(store, store_url, tmp_path, monkeypatch):
+    from auditstream.settings import Settings
+    from dashboards import app
+
+    calls = []
+    real = Settings.from_env.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(counting))
+    app._settings.clear()
+    at = start_app(store_url, tmp_path)
+    at = log_in(at, "alice")
+    at.run()
+    assert not at.exception and len(calls) == 1
+    app._settings.clear()
