@@ -33,7 +33,7 @@ from auditstream.registry import ModelCard
 from auditstream.wire import Prediction, Route, Verdict, VerdictKind
 from monitor.binomial import estimate_from_sums
 from monitor.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
-from monitor.triage import hash_uniform
+from monitor.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform
 
 log = logging.getLogger(__name__)
 ERROR_KINDS = (VerdictKind.REJECT, VerdictKind.CORRECT)
@@ -148,8 +148,12 @@ class _VersionState:
 class QCTracker:
     """Per (model, version) QC statistics from the predictions and verdicts streams."""
 
-    def __init__(self, cards: Callable[[str, str], ModelCard | None], config: QCConfig = QCConfig()) -> None:
+    def __init__(self, cards: Callable[[str, str], ModelCard | None], config: QCConfig = QCConfig(),
+                 salt: str = DEFAULT_QC_SALT) -> None:
         self.cards, self.config = cards, config
+        # The CUSUM thinning hash is keyed by the secret QC salt too (settings.qc_salt): with a
+        # public salt a producer could pick ids whose audits never reach the chart.
+        self._cusum_salt = derived_salt(salt, "cusum")
         self.states: dict[tuple[str, str], _VersionState] = {}
 
     def _state(self, model: str, version: str) -> _VersionState:
@@ -203,7 +207,7 @@ class QCTracker:
         if confidence is not None:
             state.audits.append((confidence, v.inclusion_prob, error))
         state.min_pi = min(state.min_pi, v.inclusion_prob)
-        if state.cusum is not None and hash_uniform(v.request_id, salt="cusum") < state.min_pi / v.inclusion_prob:
+        if state.cusum is not None and hash_uniform(v.request_id, salt=self._cusum_salt) < state.min_pi / v.inclusion_prob:
             state.cusum.update(bool(error))
 
     def snapshot(self) -> list[ModelQC]:

@@ -141,7 +141,7 @@ class StatsHooks:
             except ModelNotFound:
                 return None
 
-        self.tracker = QCTracker(cards, QCConfig())
+        self.tracker = QCTracker(cards, QCConfig(), salt=settings.qc_salt)
         self.history = QCHistory(store)
         self.metrics = MonitorMetrics()
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None

@@ -10,7 +10,11 @@ The route is a function of (request id, confidence, partial confidences, the mod
   sequences and detections, every part (each character, each box) clears the part threshold —
   one unreadable digit makes a ZIP code unreadable, however sure the model is of the others.
 * QC sampling is decided by :func:`hash_uniform` of the request id, never a random draw, so a
-  redelivered record gets the same route and is never sampled twice.
+  redelivered record gets the same route and is never sampled twice. The hash is salted with
+  the policy's secret ``salt`` (``AUDITSTREAM_QC_SALT``): request ids are chosen by clients,
+  and with a public salt a producer could pick ids that are never audited. The salt is kept out
+  of reprs and logs; the monitor's CUSUM thinning uses a salt derived from the same secret
+  (:func:`derived_salt`).
 * Uniform sampling audits every auto-accepted answer with probability ``qc_rate``;
   risk-weighted sampling audits low-confidence answers more (:func:`inclusion_probability`).
   Either way the inclusion probability travels with the item, so the error estimate in
@@ -28,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +40,7 @@ from auditstream.registry import TriageSpec
 from auditstream.wire import Route
 
 SAMPLING = ("uniform", "risk-weighted")
+DEFAULT_QC_SALT = "qc"  # public: set AUDITSTREAM_QC_SALT to a secret in production
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class TriagePolicy:
     qc_cap: float = 0.5
     part_threshold: float | None = None  # per character / box; None: the card's threshold
     max_human_queue_depth: int | None = None  # None: no capacity check
+    # Secret salt of the QC sampling hash; repr=False so a logged policy never shows it.
+    salt: str = field(default=DEFAULT_QC_SALT, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("qc_rate", "qc_floor", "qc_cap"):
@@ -71,6 +78,8 @@ class TriagePolicy:
             raise ValueError(f"part_threshold={self.part_threshold} must be in [0, 1]")
         if self.max_human_queue_depth is not None and self.max_human_queue_depth < 1:
             raise ValueError(f"max_human_queue_depth={self.max_human_queue_depth} must be >= 1 (or None)")
+        if not self.salt:
+            raise ValueError("salt must be a non-empty string (AUDITSTREAM_QC_SALT)")  # the value is secret: not echoed
 
 
 # The named policies; pick one with :func:`get_policy` (overrides such as a qc_rate from settings).
@@ -96,10 +105,18 @@ class TriageDecision:
     over_capacity: bool = False  # a HUMAN item joined a queue at or over its configured depth
 
 
-def hash_uniform(request_id: str, salt: str = "qc") -> float:
-    """A number in [0, 1) that is a fixed function of the request id (redelivery-safe)."""
+def hash_uniform(request_id: str, salt: str = DEFAULT_QC_SALT) -> float:
+    """A number in [0, 1) that is a fixed function of (salt, request id) (redelivery-safe)."""
     digest = hashlib.blake2b(f"{salt}:{request_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def derived_salt(secret: str, purpose: str) -> str:
+    """The salt of another hash-sampling ``purpose`` (e.g. ``"cusum"``) under the QC ``secret``:
+    independent of the QC draw, and as unpredictable as the secret. With the public default
+    secret it is ``purpose`` itself, the salt those draws always used, so an unconfigured
+    deployment keeps its behaviour."""
+    return purpose if secret == DEFAULT_QC_SALT else f"{secret}:{purpose}"
 
 
 def inclusion_probability(confidence: float, policy: TriagePolicy) -> float:
@@ -164,7 +181,7 @@ def triage(
         return TriageDecision(Route.HUMAN, human_reason, 1.0, over_capacity=over)
     p = inclusion_probability(confidence, policy)
     how = "uniform" if policy.sampling == "uniform" else "risk-weighted"
-    if hash_uniform(request_id) < p:
+    if hash_uniform(request_id, policy.salt) < p:
         return TriageDecision(Route.AUTO_QC, f"confidence {confidence:.4f} >= threshold {threshold:.4f}; "
                               f"QC sample ({how}, p={p:.4g})", p)
     return TriageDecision(Route.AUTO, f"confidence {confidence:.4f} >= threshold {threshold:.4f}", p)

@@ -10,7 +10,8 @@ import pytest
 
 from auditstream.registry import TriageSpec
 from auditstream.wire import Route
-from monitor.triage import POLICIES, TriagePolicy, get_policy, hash_uniform, inclusion_probability, triage
+from monitor.triage import (DEFAULT_QC_SALT, POLICIES, TriagePolicy, derived_salt, get_policy, hash_uniform,
+                            inclusion_probability, triage)
 
 SPEC = TriageSpec(threshold=0.9, certified_risk=0.01, target_risk=0.01)
 NO_QC = get_policy("no-qc")
@@ -130,3 +131,37 @@ def test_registry_is_frozen_and_names_policies():
         POLICIES["uniform"].qc_rate = 0.5  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown triage policy 'nope'"):
         get_policy("nope")
+
+
+def test_qc_sampling_depends_on_the_secret_salt():
+    """Same id and salt: same route. Another salt: another sample of the same rate, so a producer
+    who knows only the public default cannot pick ids that are never audited."""
+    a, b = get_policy("uniform", qc_rate=0.2, salt="s3cret-a"), get_policy("uniform", qc_rate=0.2, salt="s3cret-b")
+    ids = [f"req-{i}" for i in range(5000)]
+    sampled_a = {i for i in ids if triage(i, 0.99, SPEC, a).route is Route.AUTO_QC}
+    sampled_b = {i for i in ids if triage(i, 0.99, SPEC, b).route is Route.AUTO_QC}
+    assert sampled_a == {i for i in ids if triage(i, 0.99, SPEC, a).route is Route.AUTO_QC}  # redelivery-safe
+    assert len(sampled_a) == pytest.approx(1000, abs=100) and len(sampled_b) == pytest.approx(1000, abs=100)
+    assert len(sampled_a & sampled_b) == pytest.approx(200, abs=60)  # independent draws: 0.2 * 0.2 * 5000
+    # ids a producer found "never audited" under the public default are audited under a secret salt
+    public = get_policy("uniform", qc_rate=0.2)
+    never_public = [i for i in ids if triage(i, 0.99, SPEC, public).route is Route.AUTO]
+    assert sum(triage(i, 0.99, SPEC, a).route is Route.AUTO_QC for i in never_public) > 0.15 * len(never_public)
+
+
+def test_default_salt_keeps_the_historic_hash():
+    assert get_policy("uniform").salt == DEFAULT_QC_SALT == "qc"
+    assert hash_uniform("x", get_policy("uniform").salt) == hash_uniform("x")
+    assert derived_salt(DEFAULT_QC_SALT, "cusum") == "cusum"
+    assert derived_salt("s3cret", "cusum") not in ("cusum", "s3cret")
+
+
+def test_salt_never_in_reprs():
+    from auditstream.settings import Settings
+
+    policy = get_policy("risk-weighted", salt="hunter2-salt")
+    settings = Settings(qc_salt="hunter2-salt")
+    assert "hunter2-salt" not in repr(policy) and "hunter2-salt" not in str(policy)
+    assert "hunter2-salt" not in repr(settings) and "qc_salt='***'" in repr(settings)
+    with pytest.raises(ValueError, match="salt must be a non-empty string"):
+        get_policy("uniform", salt="")
