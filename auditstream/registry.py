@@ -5,10 +5,13 @@ inputs and outputs, preprocessing (which lives inside the graph), labels, metric
 the certified auto-accept threshold, reference statistics of its confidence for drift detection,
 how it was trained, and the sha256 of the ONNX file.
 
-:meth:`ModelRegistry.load` verifies a model before anyone creates an inference session from it:
-the checksum must match the card, and the graph may not reference external data files or
-operator domains outside the standard ones (a hostile file could read arbitrary paths or need a
-custom-op library). Each refusal is a :class:`~auditstream.errors.ModelRefused` saying why.
+:meth:`ModelRegistry.load` verifies a model before anyone creates an inference session from it
+(:mod:`auditstream.model_safety`): it reads ``model.onnx`` once, the checksum must match the card,
+and the graph may not reference external data files or operator domains outside the standard
+ones (a hostile file could read arbitrary paths or need a custom-op library). Each refusal is a
+:class:`~auditstream.errors.ModelRefused` saying why. The verified bytes travel in the
+:class:`RegisteredModel`, and the serving runtime builds its session from them: a file swapped
+after the check is never what runs.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from auditstream.errors import ModelNotFound, ModelRefused
+# The ONNX safety checks live in their own module; re-exported here for existing callers.
+from auditstream.model_safety import ALLOWED_OP_DOMAINS, verify_onnx, verify_onnx_bytes
+
+__all__ = ["ALLOWED_OP_DOMAINS", "CARD_FILE", "LIVE_FILE", "ONNX_FILE", "ModelCard", "ModelRegistry",
+           "RegisteredModel", "TensorSpec", "TriageSpec", "sha256_file", "verify_onnx", "verify_onnx_bytes"]
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
-# Standard ONNX domains that ONNX Runtime implements without custom-op libraries.
-ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 TASKS = ("classification", "sequence", "detection", "policy", "caption")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -101,14 +107,25 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class RegisteredModel:
-    """A verified model: safe to create an inference session from ``onnx_path``."""
+    """A registered model: its card, its file and (from :meth:`ModelRegistry.load`) the bytes that
+    passed verification. Create an inference session from :meth:`verified_bytes`, never by reading
+    ``onnx_path`` again (the file may have changed since it was checked)."""
 
     card: ModelCard
     onnx_path: Path
+    # The bytes that passed verification (ModelRegistry.load); b"": not verified yet.
+    model_bytes: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def directory(self) -> Path:
         return self.onnx_path.parent
+
+    def verified_bytes(self) -> bytes:
+        """The ONNX bytes that passed the checks; a model built without them is read and
+        verified now, once, against its card's sha256."""
+        if self.model_bytes:
+            return self.model_bytes
+        return verify_onnx(self.onnx_path, self.card.sha256)
 
 
 def sha256_file(path: Path) -> str:
@@ -117,79 +134,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def verify_onnx(path: Path, expected_sha256: str) -> None:
-    """Refuse a model file that fails its checksum, does not parse, or is unsafe to load."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelRefused(path, "model.onnx is missing")
-    actual = sha256_file(path)
-    if not expected_sha256 or actual != expected_sha256:
-        raise ModelRefused(path, f"sha256 {actual} does not match the model card's {expected_sha256 or '(none)'}; "
-                           "the file was changed or truncated after export: re-export or restore it")
-    import onnx  # serve extra; imported here so the core stays numpy-only
-    from google.protobuf.message import DecodeError as ProtobufDecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (ProtobufDecodeError, ValueError, OSError) as e:
-        raise ModelRefused(path, f"not a readable ONNX protobuf ({e})") from None
-    # A model-local function is an op (domain, name) whose body is in the file; any other op of
-    # a non-standard domain would need a native custom-op library.
-    local_ops = {(f.domain, f.name) for f in model.functions}
-    local_domains = {domain for domain, _ in local_ops}
-    for opset in model.opset_import:
-        if opset.domain not in ALLOWED_OP_DOMAINS and opset.domain not in local_domains:
-            raise ModelRefused(path, f"imports operator domain {opset.domain!r}; only {sorted(ALLOWED_OP_DOMAINS)} "
-                               "and functions defined inside the model are allowed (custom ops need native libraries)")
-    for where, tensor in _all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise ModelRefused(path, f"tensor {tensor.name!r} in {where} references external data file {location!r}; "
-                               "models must be self-contained (export with all weights inside model.onnx)")
-    for graph in _all_graphs(model):
-        for node in graph.node:
-            if node.domain not in ALLOWED_OP_DOMAINS and (node.domain, node.op_type) not in local_ops:
-                raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator {node.op_type!r} of domain "
-                                   f"{node.domain!r}, neither standard nor a function defined in the model")
-
-
-def _all_graphs(model: Any):
-    import onnx
-
-    # Subgraphs (If/Loop/Scan bodies) and training-info graphs are checked like the main graph.
-    stack = [model.graph] + list(model.functions)
-    for info in model.training_info:
-        stack += [info.initialization, info.algorithm]
-    while stack:
-        graph = stack.pop()
-        yield graph
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-
-
-def _all_tensors(model: Any):
-    import onnx
-
-    for graph in _all_graphs(model):
-        name = getattr(graph, "name", "") or "function"
-        for t in getattr(graph, "initializer", []):
-            yield name, t
-        for s in getattr(graph, "sparse_initializer", []):
-            yield name, s.values
-            yield name, s.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield name, attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    for t in attr.tensors:
-                        yield name, t
 
 
 class ModelRegistry:
@@ -271,11 +215,11 @@ class ModelRegistry:
         return card
 
     def load(self, name: str, version: str | None = None) -> RegisteredModel:
-        """The card and verified ONNX path of ``name`` (the live version unless given; see the class)."""
+        """The card and verified ONNX bytes of ``name`` (the live version unless given; see the class)."""
         card = self.card(name, version)
         onnx_path = self.root / name / card.version / ONNX_FILE
-        verify_onnx(onnx_path, card.sha256)
-        return RegisteredModel(card=card, onnx_path=onnx_path)
+        data = verify_onnx(onnx_path, card.sha256)  # read once: what was checked is what runs
+        return RegisteredModel(card=card, onnx_path=onnx_path, model_bytes=data)
 
     def publish(self, card: ModelCard, onnx_bytes: bytes) -> RegisteredModel:
         """Write a new version (the card's version is replaced by the next free number).
@@ -305,6 +249,7 @@ class ModelRegistry:
                     continue
                 raise
             _fsync_dir(base)
+            # No bytes attached: publishing checks nothing, so a session needs verified_bytes() first.
             return RegisteredModel(card=final, onnx_path=base / version / ONNX_FILE)
 
 

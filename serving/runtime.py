@@ -7,8 +7,13 @@ and then logs errors for every session; so each GPU provider is probed once with
 session at log severity FATAL and kept only if the session really runs on it. A CPU-only
 machine therefore starts silently on ``CPUExecutionProvider``.
 
+The session is created from the bytes :meth:`~auditstream.registry.RegisteredModel.verified_bytes`
+returns -- the very buffer whose checksum and content were checked -- never from the file path,
+so a model file swapped after verification is not what runs.
+
 The contract is tiny (load / run / close), as in MLServer: ``ModelSession.run(batch)`` maps the
-model's input array to its named outputs.
+model's input array to its named outputs; ``ModelSession.probe()`` runs the warm-up input again,
+which tells a record the model cannot handle from a model that no longer runs at all.
 """
 
 from __future__ import annotations
@@ -93,10 +98,16 @@ class ModelSession:
     output_names: list[str]
     providers: list[str]
     warmup_s: float = 0.0
+    warmup_input: np.ndarray | None = None  # a known-good input: it ran at start-up
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         results = self.session.run(self.output_names, {self.input_name: batch})  # type: ignore[attr-defined]
         return dict(zip(self.output_names, results))
+
+    def probe(self) -> None:
+        """Run the warm-up input again; raises if the model no longer runs on an input it ran before."""
+        assert self.warmup_input is not None, "probe() needs a session created by load_session"
+        self.run(self.warmup_input[:1])
 
     def close(self) -> None:
         self.session = None
@@ -123,7 +134,8 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; providers were already probed quietly
     providers = providers or select_providers()
-    session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
+    # From the verified bytes, not the path: the file may have been swapped since it was checked.
+    session = ort.InferenceSession(model.verified_bytes(), sess_options=options, providers=providers)
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = {o.name for o in session.get_outputs()}
     spec_in = card.inputs[0]
@@ -133,8 +145,9 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
                            f"match the card's {spec_in.name!r} / {wanted}")
     ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
+    ms.warmup_input = np.zeros(shape, dtype=input_dtype(card))
     started = time.perf_counter()
-    ms.run(np.zeros(shape, dtype=input_dtype(card)))
+    ms.run(ms.warmup_input)
     ms.warmup_s = time.perf_counter() - started
     log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
              ms.providers[0], options.intra_op_num_threads, ms.warmup_s)

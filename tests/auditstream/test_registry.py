@@ -300,3 +300,37 @@ def test_publish_fails_loudly_instead_of_retrying_forever(registry, monkeypatch)
 def test_publish_rejects_bad_names(registry):
     with pytest.raises(ValueError, match="must match"):
         registry.publish(make_card("Bad/Name"), b"")
+
+
+def test_load_reads_the_file_once_and_keeps_the_verified_bytes(registry, monkeypatch):
+    """Checksum, parse and safety checks see one read of model.onnx; those bytes travel with the model."""
+    data = good_model().SerializeToString()
+    published = publish(registry, good_model())
+    reads = []
+    real_read_bytes = Path.read_bytes
+
+    def counting_read_bytes(self):
+        if self.name == ONNX_FILE:
+            reads.append(self)
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    loaded = registry.load("tiny")
+    assert reads == [published.onnx_path] and loaded.verified_bytes() == data
+    published.onnx_path.write_bytes(local_function_model().SerializeToString())  # swapped after the check
+    assert loaded.verified_bytes() == data and reads == [published.onnx_path]  # not read again
+    session = onnxruntime.InferenceSession(loaded.verified_bytes(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.zeros((1, 4), dtype=np.float32)})
+    np.testing.assert_array_equal(y, [[1, 2, 3, 4]])  # the verified model, not the swapped one
+
+
+def test_safety_checks_live_in_model_safety_and_stay_importable_from_the_registry():
+    from auditstream import model_safety, registry as registry_module
+
+    assert registry_module.verify_onnx is model_safety.verify_onnx
+    assert registry_module.ALLOWED_OP_DOMAINS is model_safety.ALLOWED_OP_DOMAINS
+    with pytest.raises(ModelRefused, match="not a readable ONNX protobuf"):
+        import hashlib
+
+        junk = b"\x08\x01 definitely not a model"
+        model_safety.verify_onnx_bytes(junk, hashlib.sha256(junk).hexdigest(), "junk.onnx")

@@ -56,3 +56,32 @@ def test_card_graph_mismatch_is_refused(tiny_registry: TinyRegistry) -> None:
     wrong = dataclasses.replace(model.card, outputs=[TensorSpec("logits", "float32", [None, 10])])
     with pytest.raises(ModelRefused, match="do not match"):
         runtime.load_session(RegisteredModel(wrong, model.onnx_path))
+
+
+def test_a_file_swapped_after_verification_is_not_what_runs(tiny_registry: TinyRegistry) -> None:
+    """The session is built from the bytes the registry verified, not by reading the path again."""
+    import onnxruntime as ort
+    from tests.conftest import tiny_classifier_onnx
+
+    model = tiny_registry.model  # loaded: checksum and content checked on these bytes
+    verified = model.verified_bytes()
+    assert verified == tiny_classifier_onnx(seed=0)
+    model.onnx_path.write_bytes(tiny_classifier_onnx(seed=1))  # swapped after the check
+    session = runtime.load_session(model, intra_op_threads=1)
+    x = np.random.default_rng(3).standard_normal((4, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(verified, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    swapped = ort.InferenceSession(tiny_classifier_onnx(seed=1), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert not np.allclose(expected, swapped)
+    np.testing.assert_allclose(session.run(x)["probs"], expected, rtol=1e-6)
+    # a RegisteredModel without verified bytes is verified on use: the swapped file is refused
+    with pytest.raises(ModelRefused, match="does not match the model card"):
+        runtime.load_session(RegisteredModel(model.card, model.onnx_path))
+
+
+def test_probe_runs_the_warm_up_input(tiny_registry: TinyRegistry) -> None:
+    session = runtime.load_session(tiny_registry.model, intra_op_threads=1, warmup_batch=2)
+    assert session.warmup_input is not None and session.warmup_input.shape == (2, 8, 8)
+    session.probe()  # a working model: no error
+    session.close()
+    with pytest.raises(Exception):
+        session.probe()  # a closed session does not run
