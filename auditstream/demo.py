@@ -32,6 +32,7 @@ from auditstream.settings import Settings
 
 DEMO_MODELS = ("digits", "zip-reader")
 DEMO_USER = "demo"
+QC_BOT = "qc-bot"
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,13 @@ class DemoArgs:
     metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1; the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
     report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
+    qc_auditor_rate_per_s: float = field(default=1.0, metadata={
+        "help": "a simulated QC auditor answers QC samples from the ground truth at this rate, so the "
+                "Overview's audited error fills (0: none); deferred items are left for you"})
 
     def __post_init__(self) -> None:
-        if self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.report_every_s <= 0:
+        if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.report_every_s <= 0
+                or self.qc_auditor_rate_per_s < 0):
             raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}) "
                              f"must be >= 0 and report_every_s={self.report_every_s} > 0")
 
@@ -182,20 +187,26 @@ class Tally:
     routes: dict[str, Counter] = field(default_factory=dict)
     wrong_auto: Counter = field(default_factory=Counter)  # auto answers that differ from the truth
     dead_letters: int = 0
+    audited: int = 0  # QC samples the simulated auditor judged
+    audit_errors: int = 0  # ... and found wrong
     truth: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def line(self) -> str:
-        parts = []
+    def report(self, elapsed_s: float) -> str:
+        """A few aligned lines: per model what was sent, answered, auto-sorted, deferred, sampled."""
+        lines = []
         with self.lock:
             for model in DEMO_MODELS:
                 routes = self.routes.get(model, Counter())
                 done = sum(routes.values())
                 auto = routes["AUTO"] + routes["AUTO_QC"]
-                share = f"{auto / done:.0%}" if done else "-"
-                parts.append(f"{model}: sent {self.sent[model]} answered {done} | auto-sorted {auto} ({share}) "
-                             f"deferred {routes['HUMAN']} QC-sampled {routes['AUTO_QC']} auto-errors {self.wrong_auto[model]}")
-        return "  ||  ".join(parts) + f"  ||  dead letters {self.dead_letters}"
+                share = f"{auto / done:4.0%}" if done else "   -"
+                lines.append(f"{model:<10} sent {self.sent[model]:>5}  answered {done:>5}  auto-sorted {auto:>5} ({share})  "
+                             f"deferred {routes['HUMAN']:>4}  QC-sampled {routes['AUTO_QC']:>4}  "
+                             f"wrong auto answers {self.wrong_auto[model]:>3}")
+            lines.append(f"{'':<10} QC audits by {QC_BOT}: {self.audited} ({self.audit_errors} found wrong)  "
+                         f"dead letters: {self.dead_letters}")
+        return f"[{elapsed_s:5.0f} s] " + "\n          ".join(lines)
 
 
 def produce_loop(settings: Settings, args: DemoArgs, tally: Tally, stop: threading.Event, prefix: str) -> None:
@@ -263,6 +274,35 @@ def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: 
         consumer.close()
 
 
+def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rate_per_s: float) -> None:
+    """A simulated QC auditor ('qc-bot'): claims QC samples (never deferred items: those are
+    the person's) and answers them with the ground truth the demo knows — accept when the model
+    was right, correct it when not — through the same store API the dashboard uses."""
+    from auditstream.wire import Route, VerdictKind
+    from monitor.accounts import Role
+    from monitor.store import open_store
+
+    with open_store(settings.resolved_store_url) as store:
+        user = store.accounts.get(QC_BOT) or store.accounts.add_user(QC_BOT, secrets.token_urlsafe(16), Role.AUDITOR)
+        while not stop.wait(1.0 / rate_per_s):
+            claim = store.claim(user, 60.0, time.time(), route=Route.AUTO_QC)
+            if claim is None:
+                continue
+            item = claim.item
+            with tally.lock:
+                truth = tally.truth.get(item.request_id)
+            if truth is None:  # an earlier run's item: the truth is gone, give it back
+                kind, corrected = VerdictKind.SKIP, None
+            elif str(item.output) == truth:
+                kind, corrected = VerdictKind.ACCEPT, None
+            else:
+                kind, corrected = VerdictKind.CORRECT, int(truth) if item.task == "classification" else truth
+            store.record_verdict(store.new_verdict_id(), item.item_id, user, kind, corrected, time.time())
+            if kind is not VerdictKind.SKIP:
+                with tally.lock:
+                    tally.audited += 1
+                    tally.audit_errors += kind is VerdictKind.CORRECT
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -301,13 +341,17 @@ def run(args: DemoArgs) -> int:
         tally, prefix = Tally(), f"demo-{uuid.uuid4().hex[:8]}"
         threads = [threading.Thread(target=produce_loop, args=(settings, args, tally, stop, prefix), daemon=True),
                    threading.Thread(target=watch_loop, args=(settings, tally, stop, prefix), daemon=True)]
+        if args.qc_auditor_rate_per_s:
+            print(f"a simulated auditor '{QC_BOT}' answers QC samples; the deferred items wait for you", flush=True)
+            threads.append(threading.Thread(target=qc_auditor_loop, daemon=True,
+                                            args=(settings, tally, stop, args.qc_auditor_rate_per_s)))
         for t in threads:
             t.start()
         began = time.monotonic()
         while not args.duration_s or time.monotonic() - began < args.duration_s:
             time.sleep(args.report_every_s)
             children.check()
-            print(tally.line(), flush=True)
+            print(tally.report(time.monotonic() - began), flush=True)
         return 0
     except KeyboardInterrupt:
         return 0
