@@ -100,6 +100,16 @@ class BatchFailed(AuditstreamError):
                          "check the model file and the broker, then restart the consumer")
 
 
+class InferenceBroken(AuditstreamError):
+    """The model no longer runs (not one bad record): the consumer stops instead of dead-lettering
+    every request. Nothing of the batch was committed: it is redelivered after a restart."""
+
+    def __init__(self, model: str, version: str, detail: str) -> None:
+        self.model, self.version, self.detail = model, version, detail
+        super().__init__(f"model {model} v{version} is broken: {detail}; check the model file, the ONNX Runtime "
+                         "install and the device (GPU memory, drivers), then restart the consumer")
+
+
 class PermissionDenied(AuditstreamError, PermissionError):
     """A user tried something their role does not allow (checked again inside every write)."""
 

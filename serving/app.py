@@ -2,8 +2,10 @@
 at-least-once :class:`~auditstream.stream.StreamLoop` around :func:`serving.consumer.process_batch`.
 
 Start-up order: load + verify the model (a corrupt file stops here) → create and warm up the
-ONNX Runtime session → make sure the topics exist → start /metrics → join the consumer group
-``<prefix>-serve-<model>`` → poll. Per-episode state (RL) plugs in through
+ONNX Runtime session from the verified bytes → make sure the topics exist → start the control
+view → join the consumer group ``<prefix>-serve-<model>`` → start the lag probe
+(:mod:`serving.lag`) → start /metrics → poll. If a step fails, everything started before it is
+stopped before the error propagates (no stray threads or sessions in a process that retries). Per-episode state (RL) plugs in through
 :class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
 outputs (state snapshots) checkpointed with each batch. A policy model gets a
 :class:`serving.episodes.EpisodeStore` on those hooks by itself: restored from the compacted
@@ -16,9 +18,13 @@ predictions flagged ``shadow``; its episode state stays in memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from typing import Any
+
+import numpy as np
 
 from auditstream import topics as T
 from auditstream.control import ControlView
@@ -26,15 +32,14 @@ from auditstream.kafka import Producer, Record, ensure_topics, make_producer, re
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
-from serving.consumer import ServeConfig, process_batch
+from serving.consumer import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak, ServeConfig, process_batch
 from serving.episodes import EpisodeStore
+from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics
 from serving.postprocess import check_card
 from serving.runtime import ModelSession, load_session
 
 log = logging.getLogger(__name__)
-
-LAG_REFRESH_S = 5.0
 
 
 def group_id(settings: Settings, model: str) -> str:
@@ -47,46 +52,93 @@ def shadow_group_id(settings: Settings, model: str, version: str) -> str:
     return f"{settings.topic_prefix}-shadow-{model}-v{version}"
 
 
+class TimedRunner:
+    """The session seen by process_batch: each ``run`` is timed into the inference histogram, so
+    the metric holds ONNX Runtime time only (not decoding, triage or serialisation)."""
+
+    def __init__(self, session: ModelSession, histogram: Any) -> None:
+        self.session, self.histogram = session, histogram
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            return self.session.run(batch)
+        finally:
+            self.histogram.observe(time.perf_counter() - started)
+
+    def probe(self) -> None:
+        self.session.probe()
+
+
 class ServeApp:
-    """One model's consumer process (``auditstream serve``)."""
+    """One model's consumer process (``auditstream serve``).
+
+    It owns what it is given or creates -- session, producer, control view, consumer, lag probe
+    -- and :meth:`close` releases them; if start-up fails half-way, what was started is released
+    before the error propagates.
+    """
 
     def __init__(self, settings: Settings, model: RegisteredModel, metrics: ServeMetrics | None = None,
                  producer: Producer | None = None, hooks: LoopHooks | None = None,
                  session: ModelSession | None = None, shadow_of: str | None = None,
-                 use_control: bool = True) -> None:
+                 use_control: bool = True, lag_refresh_s: float = LAG_REFRESH_S,
+                 max_consecutive_inference_failures: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
         check_card(model.card)
         self.settings, self.model = settings, model
-        self.session = session or load_session(model)
-        self.config = ServeConfig.from_settings(settings, model.card, shadow=shadow_of is not None,
-                                                request_model=shadow_of or "")
-        self.metrics = metrics or ServeMetrics(model.card.name)
-        self._children = self.metrics.children()  # labelled once: no label lookups per record
-        self.request_topic = settings.request_topic(shadow_of or model.card.name)
-        bootstrap = resolve_bootstrap(settings)
-        ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
-                      settings.partitions)
-        self._lag_at = 0.0
-        # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.
-        self.control_view = None
-        if use_control and shadow_of is None:
-            control_topic = settings.topic(T.CONTROL)
-            ensure_topics(bootstrap, [control_topic], settings.partitions, compacted=(control_topic,))
-            self.control_view = ControlView(settings, bootstrap).start()
-        hooks = hooks or LoopHooks()
-        self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
-        user_after_commit = hooks.after_commit
+        self.control_view: ControlView | None = None
+        with contextlib.ExitStack() as started:  # unwound only if start-up fails
+            if producer is not None:
+                started.callback(producer.close)
+            if session is None:
+                session = load_session(model)
+            self.session = session
+            started.callback(session.close)
+            self.config = ServeConfig.from_settings(settings, model.card, shadow=shadow_of is not None,
+                                                    request_model=shadow_of or "")
+            self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
+            self._children = self.metrics.children(model.card.version)  # labelled once: no lookups per record
+            self._runner = TimedRunner(session, self._children["inference_seconds"])
+            self._failures = FailureStreak(model.card, max_consecutive_inference_failures)
+            self.request_topic = settings.request_topic(shadow_of or model.card.name)
+            bootstrap = resolve_bootstrap(settings)
+            ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
+                          settings.partitions)
+            # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.
+            if use_control and shadow_of is None:
+                control_topic = settings.topic(T.CONTROL)
+                ensure_topics(bootstrap, [control_topic], settings.partitions, compacted=(control_topic,))
+                self.control_view = ControlView(settings, bootstrap).start()
+                started.callback(self.control_view.stop)
+            group = (shadow_group_id(settings, model.card.name, model.card.version) if shadow_of is not None
+                     else group_id(settings, model.card.name))
+            self.lag_probe = LagProbe(bootstrap, group, self._children["consumer_lag"].set, lag_refresh_s)
+            hooks = hooks or LoopHooks()
+            self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
+            self._track_assignment(hooks)
+            if producer is None:
+                producer = make_producer(settings, bootstrap, client_id=group)
+                started.callback(producer.close)
+            self.loop = StreamLoop.connect(settings, group, [self.request_topic], self._process, producer,
+                                           hooks=hooks, bootstrap=bootstrap)
+            started.callback(self.loop.consumer.close)
+            self.lag_probe.start()
+            started.pop_all()  # started: close() owns everything now
 
-        def after_commit(offsets: dict) -> None:
-            self._refresh_lag()
-            if user_after_commit:
-                user_after_commit(offsets)
+    def _track_assignment(self, hooks: LoopHooks) -> None:
+        """Tell the lag probe which partitions this member owns, in front of the other hooks."""
+        user_assign, user_revoke = hooks.on_assign, hooks.on_revoke
 
-        hooks.after_commit = after_commit
-        group = (shadow_group_id(settings, model.card.name, model.card.version) if shadow_of is not None
-                 else group_id(settings, model.card.name))
-        self.loop = StreamLoop.connect(settings, group, [self.request_topic], self._process,
-                                       producer or make_producer(settings, bootstrap, client_id=group),
-                                       hooks=hooks, bootstrap=bootstrap)
+        def on_assign(partitions: list) -> None:
+            self.lag_probe.assigned(partitions)
+            if user_assign:
+                user_assign(partitions)
+
+        def on_revoke(partitions: list) -> None:
+            self.lag_probe.revoked(partitions)
+            if user_revoke:
+                user_revoke(partitions)
+
+        hooks.on_assign, hooks.on_revoke = on_assign, on_revoke
 
     def _episode_store(self, bootstrap: str, hooks: LoopHooks, shadow: bool) -> EpisodeStore | None:
         """A policy's per-episode state, chained in front of the caller's hooks."""
@@ -117,42 +169,40 @@ class ServeApp:
 
     def _process(self, records: list[Record]) -> list[list[Output]]:
         m = self._children
-        started = time.perf_counter()
         config = self.config
         if self.control_view is not None:  # the monitor's latest word, read once per batch
             config = dataclasses.replace(config, control=self.control_view.get(self.model.card.name))
-        results = process_batch(records, self.session, config, time.time(), self.episodes)
+        results = process_batch(records, self._runner, config, time.time(), self.episodes)
+        self._failures.observe(results)  # a long streak of failed inferences: the model is broken
         m["records_in"].inc(len(records))
         m["batch_size"].observe(len(records))
-        m["inference_seconds"].observe(time.perf_counter() - started)
         for r in results:
             if r.route is not None:
                 m[r.route].inc()
                 m["end_to_end"].observe(r.end_to_end_s or 0.0)
+                if r.over_capacity:
+                    m["over_capacity"].inc()
             elif r.dead_letter_reason is not None:  # neither: an episode-end marker, nothing to count
                 m[r.dead_letter_reason].inc()
         return [r.outputs for r in results]
-
-    def _refresh_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._lag_at >= LAG_REFRESH_S:
-            self._lag_at = now
-            self.metrics.consumer_lag.labels(self.model.card.name).set(sum(self.loop.consumer.lag().values()))
 
     def run(self, max_records: int | None = None) -> LoopStats:
         return self.loop.run(max_records)
 
     def close(self) -> None:
-        self.loop.close()
-        if self.control_view is not None:
-            self.control_view.stop()
-        self.session.close()
+        self.lag_probe.stop()
+        try:
+            self.loop.close()
+        finally:
+            if self.control_view is not None:
+                self.control_view.stop()
+            self.session.close()
 
 
 def serve(settings: Settings, model_name: str, version: str | None = None) -> LoopStats:
     """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises."""
     model = ModelRegistry(settings.models_dir).load(model_name, version)
-    metrics = ServeMetrics(model_name)
+    metrics = ServeMetrics(model_name, version=model.card.version)
     app = ServeApp(settings, model, metrics)
     if settings.metrics_port:
         metrics.serve_http(settings.metrics_port)

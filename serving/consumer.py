@@ -6,9 +6,14 @@ size check → decode (:mod:`auditstream.wire`) → right model? → input check
 (:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then
 :mod:`serving.postprocess` and triage (``monitor.triage``). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
-or one dead letter with its original bytes. A record whose inference fails alone goes to the
-dead-letter topic; a batch whose every record fails inference means a broken model, and the
-exception stops the process.
+or one dead letter with its original bytes. A failed run is retried row by row to find the
+culprit; when every row fails, the warm-up input decides (:meth:`Runner.probe`): if the model
+still runs on it, the records are bad and each becomes an ``inference_failed`` dead letter; if
+not, the model is broken and :class:`~auditstream.errors.InferenceBroken` stops the process.
+:class:`FailureStreak` (kept by the app across batches) stops it too when ``N`` records in a row
+fail inference: a model that fails on every real input is broken even if the probe passes.
+Every answer records the threshold that routed it (``details["threshold"]``, after the control
+channel's override), so a redelivery routed differently after a tightening can be recognised.
 
 Policies (task ``policy``) act: the action is drawn by :func:`serving.postprocess.select_action`
 and every outcome goes to ``actions`` for the environment driver (the action, or a ``deferred``
@@ -36,7 +41,7 @@ import numpy as np
 
 from auditstream import topics as T
 from auditstream.control import ControlState
-from auditstream.errors import DecodeError
+from auditstream.errors import DecodeError, InferenceBroken
 from auditstream.kafka import Record
 from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
@@ -52,10 +57,15 @@ log = logging.getLogger(__name__)
 # Issue 6: at least 1% of auto decisions of a policy are audited at random, so off-policy
 # evaluation of other thresholds (and of the auto decisions themselves) stays possible.
 POLICY_MIN_QC_RATE = 0.01
+# Records in a row whose inference failed (across batches) before the model counts as broken.
+MAX_CONSECUTIVE_INFERENCE_FAILURES = 50
 
 
 class Runner(Protocol):
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def probe(self) -> None:
+        """Run a known-good input (the warm-up); raise if the model does not run at all."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class ServeConfig:
         if settings.triage_policy == "no-qc" and card.task != "policy":
             qc_rate = 0.0
         policy = get_policy(settings.triage_policy, qc_rate=qc_rate,
-                            max_human_queue_depth=settings.max_human_queue_depth or None)
+                            max_human_queue_depth=settings.max_human_queue_depth or None, salt=settings.qc_salt)
         return cls(card, policy, settings.max_request_bytes,
                    settings.topic(T.PREDICTIONS), settings.topic(T.DECISIONS), settings.topic(T.AUDIT),
                    settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model)
@@ -107,6 +117,7 @@ class RecordResult:
     route: Route | None = None
     dead_letter_reason: str | None = None
     end_to_end_s: float | None = None
+    over_capacity: bool = False  # a deferral that joined a human queue at or over its configured depth
 
 
 def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float) -> RecordResult:
@@ -133,22 +144,63 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) 
     return request, episodes.observe(request, frame, record.partition)
 
 
-def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> list[Answer | None | Exception]:
-    """Answers of one stacked run; if the run fails, each row alone (to isolate the culprit)."""
-    try:
-        return list(postprocess(card, session.run(np.stack(arrays))))
-    except Exception as batch_error:
-        if len(arrays) == 1:
-            return [batch_error]
-    rows: list[Answer | None | Exception] = []
-    for a in arrays:
+def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> tuple[list[Answer | None | Exception], float]:
+    """Answers of one stacked run and the seconds spent inside ONNX Runtime; if the run fails,
+    each row alone (to isolate the culprit). If every row fails, the probe tells bad records (each
+    its own error) from a broken model (raises InferenceBroken)."""
+    ort_s = 0.0
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal ort_s
+        started = time.perf_counter()
         try:
-            rows.append(postprocess(card, session.run(a[None]))[0])
-        except Exception as e:
-            rows.append(e)
+            return session.run(batch)
+        finally:
+            ort_s += time.perf_counter() - started
+
+    try:
+        return list(postprocess(card, run(np.stack(arrays)))), ort_s
+    except Exception as batch_error:
+        rows: list[Answer | None | Exception] = [batch_error]
+    if len(arrays) > 1:
+        rows = []
+        for a in arrays:
+            try:
+                rows.append(postprocess(card, run(a[None]))[0])
+            except Exception as e:
+                rows.append(e)
     if all(isinstance(r, Exception) for r in rows):
-        raise rows[0]  # every record fails: the model is broken, not the records
-    return rows
+        try:
+            session.probe()
+        except Exception as probe_error:
+            raise InferenceBroken(card.name, card.version, f"{len(arrays)} record(s) failed ({rows[0]!r}) and so "
+                                  f"did the warm-up input ({probe_error!r})") from probe_error
+    return rows, ort_s
+
+
+class FailureStreak:
+    """Records in a row whose inference failed, across batches; at ``limit`` the model is broken.
+
+    The probe in :func:`_infer` catches a model that no longer runs at all; this catches one that
+    still runs the warm-up input but fails on every real request (say, a GPU that fails large
+    batches only): without it, every request would be dead-lettered one by one.
+    """
+
+    def __init__(self, card: ModelCard, limit: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
+        if limit < 1:
+            raise ValueError(f"limit={limit} must be >= 1")
+        self.card, self.limit, self.count = card, limit, 0
+
+    def observe(self, results: list["RecordResult"]) -> None:
+        """Count this batch's results in order; raises InferenceBroken at ``limit`` in a row."""
+        for r in results:
+            if r.dead_letter_reason == Reason.INFERENCE_FAILED.value:
+                self.count += 1
+                if self.count >= self.limit:
+                    raise InferenceBroken(self.card.name, self.card.version,
+                                          f"the last {self.count} records in a row failed inference")
+            elif r.route is not None:
+                self.count = 0  # answered: the model works
 
 
 def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float,
@@ -173,8 +225,7 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
     for group in valid.values():
-        answers = _infer(session, card, [a for _, _, a in group])
-        inference_s = time.perf_counter() - started
+        answers, inference_s = _infer(session, card, [a for _, _, a in group])  # this group's ORT time only
         for (i, request, _array), answer in zip(group, answers):
             if isinstance(answer, Exception) or answer is None:
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
@@ -182,6 +233,8 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 continue
             if card.task == "policy":
                 answer = _act(answer, request, card, episodes)
+            # The rule that routed this answer (the card's threshold or the monitor's tightening).
+            answer = Answer(answer.output, answer.confidence, {**answer.details, "threshold": triage_spec.threshold})
             decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
                               human_queue_depth=human_queue_depth)
             latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
@@ -193,7 +246,8 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
                 shadow=config.shadow)
             outputs = _outputs(prediction, request, config) if card.task != "policy" else _policy_outputs(prediction, request, config)
-            results[i] = RecordResult(outputs, decision.route, end_to_end_s=latency["end-to-end-s"])
+            results[i] = RecordResult(outputs, decision.route, end_to_end_s=latency["end-to-end-s"],
+                                      over_capacity=decision.over_capacity)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 
@@ -205,7 +259,8 @@ def _outputs(prediction: Prediction, request: InferenceRequest, config: ServeCon
         decision = Decision(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
                             output=prediction.output, source="model", created_at_s=request.created_at_s,
                             episode_key=request.episode_key, step=request.step,
-                            details={"confidence": prediction.confidence, "route": prediction.route.value})
+                            details={"confidence": prediction.confidence, "route": prediction.route.value,
+                                     "threshold": prediction.details["threshold"]})
         outputs.append(Output(config.decisions_topic, request.key, decision.to_bytes()))
     if prediction.route in (Route.HUMAN, Route.AUTO_QC):
         outputs.append(Output(config.audit_topic, key, AuditItem(prediction, request.input).to_bytes()))
@@ -232,7 +287,8 @@ def _policy_outputs(prediction: Prediction, request: InferenceRequest, config: S
     route, d = prediction.route, prediction.details
     details = {"action_probs": d["action_probs"], "propensities": d["propensities"], "value": d["value"],
                "route": route.value, "confidence": prediction.confidence, "qc_sampled": route == Route.AUTO_QC,
-               "qc_inclusion_prob": prediction.qc_inclusion_prob, "action_selection": d["action_selection"]}
+               "qc_inclusion_prob": prediction.qc_inclusion_prob, "action_selection": d["action_selection"],
+               "threshold": d["threshold"]}
     if "episode" in d:
         details["episode"] = d["episode"]
     if route in (Route.AUTO, Route.AUTO_QC):

@@ -2,8 +2,19 @@
 base units, bounded labels pre-initialised so dashboards and alert rules see zeros, not gaps).
 
 The registry is injectable: tests build a fresh ``CollectorRegistry`` and read values back with
-``registry.get_sample_value``. Labels: ``model`` (one per process), ``route`` (the three routes),
-``reason`` (the dead-letter reason codes) -- all bounded.
+``registry.get_sample_value``. Labels, all bounded: ``model`` and ``version`` (one of each per
+process: a consumer serves one model version), ``route`` (the three routes), ``reason`` (the
+dead-letter reason codes).
+
+What each one measures (docs/serving.md, "Metrics"):
+
+* ``inference_seconds`` -- time inside ONNX Runtime, one observation per run (one run per shape
+  group of a micro-batch; a failed run's rows are retried one by one). Decoding, triage and
+  serialisation are not in it: the end-to-end histogram holds everything.
+* ``consumer_lag_records`` -- set by :class:`serving.lag.LagProbe` on a timer, from the broker's
+  end and committed offsets of the partitions this process owns; sum it over replicas.
+* ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
+  (still deferred, never auto-accepted: monitor/triage.py).
 """
 
 from __future__ import annotations
@@ -13,51 +24,54 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from auditstream.wire import Reason, Route
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LABELS = ["model", "version"]
 
 
 class ServeMetrics:
-    """The serving consumer's metrics for one model."""
+    """The serving consumer's metrics for one model; ``version`` pre-initialises that version's
+    series (the app also does it through :meth:`children` when it knows the version)."""
 
-    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, model: str, registry: CollectorRegistry | None = None, version: str | None = None) -> None:
         from prometheus_client import REGISTRY
 
         self.model = model
         self.registry = registry if registry is not None else REGISTRY
         r = self.registry
-        self.records_in = Counter("auditstream_serve_records_in_total", "Request records consumed.", ["model"], registry=r)
+        self.records_in = Counter("auditstream_serve_records_in_total", "Request records consumed.", LABELS, registry=r)
         self.predictions = Counter("auditstream_serve_predictions_total", "Predictions produced, by triage route.",
-                                   ["model", "route"], registry=r)
+                                   LABELS + ["route"], registry=r)
         self.dead_letters = Counter("auditstream_serve_dead_letters_total", "Records sent to the dead-letter topic, by reason.",
-                                    ["model", "reason"], registry=r)
-        self.batch_size = Histogram("auditstream_serve_batch_size", "Records per micro-batch.", ["model"],
+                                    LABELS + ["reason"], registry=r)
+        self.over_capacity = Counter("auditstream_serve_over_capacity_total",
+                                     "Deferrals that joined a human queue at or over its configured depth (still deferred).",
+                                     LABELS, registry=r)
+        self.batch_size = Histogram("auditstream_serve_batch_size", "Records per micro-batch.", LABELS,
                                     buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("auditstream_serve_inference_seconds", "ONNX Runtime time per micro-batch.",
-                                           ["model"], buckets=INFERENCE_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("auditstream_serve_inference_seconds",
+                                           "Time inside ONNX Runtime per run (one run per shape group of a micro-batch).",
+                                           LABELS, buckets=INFERENCE_BUCKETS, registry=r)
         self.end_to_end_seconds = Histogram("auditstream_serve_end_to_end_latency_seconds",
                                             "From the request's created_at to its prediction being produced.",
-                                            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                                            LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge("auditstream_serve_consumer_lag_records",
-                                  "Records not yet consumed on the assigned partitions (last known).", ["model"], registry=r)
-        self.records_in.labels(model)
-        for route in Route:
-            self.predictions.labels(model, route.value)
-        for reason in Reason:
-            self.dead_letters.labels(model, reason.value)
-        self.batch_size.labels(model)
-        self.inference_seconds.labels(model)
-        self.end_to_end_seconds.labels(model)
-        self.consumer_lag.labels(model).set(0)
+                                  "Records produced but not committed on the partitions this process owns "
+                                  "(end offset - committed offset, refreshed on a timer).", LABELS, registry=r)
+        if version is not None:
+            self.children(version)
 
-    def children(self) -> dict:
-        """The labelled series of this model, looked up once: keyed by name, Route and reason code."""
-        m = self.model
-        out: dict = {"records_in": self.records_in.labels(m), "batch_size": self.batch_size.labels(m),
-                     "inference_seconds": self.inference_seconds.labels(m),
-                     "end_to_end": self.end_to_end_seconds.labels(m)}
-        out.update({route: self.predictions.labels(m, route.value) for route in Route})
-        out.update({reason.value: self.dead_letters.labels(m, reason.value) for reason in Reason})
+    def children(self, version: str) -> dict:
+        """The labelled series of this model version, created at zero and looked up once: keyed by
+        name, Route and reason code."""
+        labels = (self.model, version)
+        out: dict = {"records_in": self.records_in.labels(*labels), "batch_size": self.batch_size.labels(*labels),
+                     "inference_seconds": self.inference_seconds.labels(*labels),
+                     "end_to_end": self.end_to_end_seconds.labels(*labels),
+                     "over_capacity": self.over_capacity.labels(*labels),
+                     "consumer_lag": self.consumer_lag.labels(*labels)}
+        out.update({route: self.predictions.labels(*labels, route.value) for route in Route})
+        out.update({reason.value: self.dead_letters.labels(*labels, reason.value) for reason in Reason})
         return out
 
     def serve_http(self, port: int) -> None:

@@ -58,7 +58,7 @@ def test_rules_only_use_metrics_that_exist():
     """Every auditstream_* name in the rules is exported by monitor/metrics.py or serving/metrics.py."""
     registry = CollectorRegistry()
     MonitorMetrics(registry)
-    ServeMetrics("m", registry)
+    ServeMetrics("m", registry, version="1")
     exported = {sample.name for family in registry.collect() for sample in family.samples}
     exported |= {family.name for family in registry.collect()}
     text = "\n".join(line for line in RULES.read_text().splitlines() if not line.lstrip().startswith("#"))
@@ -92,8 +92,8 @@ EXPORTER = textwrap.dedent("""
     monitor = MonitorMetrics(CollectorRegistry(), max_human_queue_depth=100)
     monitor.update(tracker.snapshot(), StoreStats(queue=[], verdicts={}))
     monitor.serve(int(sys.argv[1]), addr="127.0.0.1")
-    serve = ServeMetrics("zip", CollectorRegistry())
-    serve.records_in.labels("zip").inc(300)
+    serve = ServeMetrics("zip", CollectorRegistry(), version="1")
+    serve.records_in.labels("zip", "1").inc(300)
     serve.serve_http(int(sys.argv[2]))
     print("ready", flush=True)
     while True:

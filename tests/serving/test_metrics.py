@@ -1,4 +1,5 @@
-"""serving.metrics: declared once, labels pre-initialised, registry injectable, served over HTTP."""
+"""serving.metrics: declared once, labels (model, version, route/reason) pre-initialised, registry
+injectable, served over HTTP; what ServeApp puts in them is checked in test_serve_app.py."""
 
 from __future__ import annotations
 
@@ -10,27 +11,45 @@ from prometheus_client import CollectorRegistry
 from auditstream.wire import Reason, Route
 from serving.metrics import ServeMetrics
 
+TINY_V1 = {"model": "tiny", "version": "1"}
+
 
 def test_labels_preinitialised_at_zero() -> None:
     registry = CollectorRegistry()
-    ServeMetrics("tiny", registry)
+    ServeMetrics("tiny", registry, version="1")
     for route in Route:
-        assert registry.get_sample_value("auditstream_serve_predictions_total", {"model": "tiny", "route": route.value}) == 0
+        assert registry.get_sample_value("auditstream_serve_predictions_total", {**TINY_V1, "route": route.value}) == 0
     for reason in Reason:
-        assert registry.get_sample_value("auditstream_serve_dead_letters_total", {"model": "tiny", "reason": reason.value}) == 0
-    assert registry.get_sample_value("auditstream_serve_records_in_total", {"model": "tiny"}) == 0
-    assert registry.get_sample_value("auditstream_serve_batch_size_count", {"model": "tiny"}) == 0
-    assert registry.get_sample_value("auditstream_serve_consumer_lag_records", {"model": "tiny"}) == 0
+        assert registry.get_sample_value("auditstream_serve_dead_letters_total", {**TINY_V1, "reason": reason.value}) == 0
+    for name in ("auditstream_serve_records_in_total", "auditstream_serve_batch_size_count",
+                 "auditstream_serve_inference_seconds_count", "auditstream_serve_end_to_end_latency_seconds_count",
+                 "auditstream_serve_consumer_lag_records", "auditstream_serve_over_capacity_total"):
+        assert registry.get_sample_value(name, TINY_V1) == 0, name
+
+
+def test_children_bind_a_version_later() -> None:
+    """ServeApp binds the version it serves; a metrics object made without one gets it then."""
+    registry = CollectorRegistry()
+    metrics = ServeMetrics("tiny", registry)
+    assert registry.get_sample_value("auditstream_serve_records_in_total", TINY_V1) is None
+    children = metrics.children("1")
+    children["records_in"].inc(3)
+    children[Route.HUMAN].inc()
+    children["undecodable"].inc()
+    assert registry.get_sample_value("auditstream_serve_records_in_total", TINY_V1) == 3
+    assert registry.get_sample_value("auditstream_serve_predictions_total", {**TINY_V1, "route": "HUMAN"}) == 1
+    assert registry.get_sample_value("auditstream_serve_dead_letters_total", {**TINY_V1, "reason": "undecodable"}) == 1
 
 
 def test_metrics_endpoint() -> None:
     registry = CollectorRegistry()
-    metrics = ServeMetrics("tiny", registry)
-    metrics.inference_seconds.labels("tiny").observe(0.02)
+    metrics = ServeMetrics("tiny", registry, version="1")
+    metrics.inference_seconds.labels("tiny", "1").observe(0.02)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     metrics.serve_http(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'auditstream_serve_inference_seconds_count{model="tiny"} 1.0' in body
+    assert 'auditstream_serve_inference_seconds_count{model="tiny",version="1"} 1.0' in body
     assert "auditstream_serve_end_to_end_latency_seconds_bucket" in body
+    assert 'auditstream_serve_over_capacity_total{model="tiny",version="1"} 0.0' in body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import time
@@ -11,11 +12,14 @@ import numpy as np
 import pytest
 from tests.conftest import TinyRegistry
 
+from auditstream.control import ControlState
+from auditstream.errors import InferenceBroken
 from auditstream.kafka import Record
+from auditstream.registry import TensorSpec
 from auditstream.settings import Settings
 from auditstream.wire import (AuditItem, DeadLetter, Decision, ImageInput, InferenceRequest, Prediction, Reason,
                               Route)
-from serving.consumer import ServeConfig, process_batch
+from serving.consumer import FailureStreak, ServeConfig, process_batch
 from serving.runtime import load_session
 
 NOW = 1_800_000_000.0
@@ -139,30 +143,124 @@ def test_audit_and_decision_payloads(served) -> None:
 
 
 class FlakyRunner:
-    """Fails any batch holding a row whose first value is 99 (a record the model cannot handle)."""
+    """Fails any batch holding a row whose first value is 99 (a record the model cannot handle);
+    ``broken``: fails everything, the warm-up probe included; ``real_inputs_fail``: fails every
+    request but still runs the warm-up input (zeros)."""
 
-    def __init__(self, inner, broken: bool = False) -> None:
-        self.inner, self.broken = inner, broken
+    def __init__(self, inner, broken: bool = False, real_inputs_fail: bool = False) -> None:
+        self.inner, self.broken, self.real_inputs_fail = inner, broken, real_inputs_fail
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self.broken or (batch[:, 0, 0] == 99).any():
+        if self.broken or (batch[:, 0, 0] == 99).any() or (self.real_inputs_fail and batch.any()):
             raise RuntimeError("kernel failed")
         return self.inner.run(batch)
+
+    def probe(self) -> None:
+        self.run(self.inner.warmup_input[:1])
+
+
+def bad(i: int) -> np.ndarray:
+    array = good(i)
+    array[0, 0] = 99
+    return array
 
 
 def test_inference_failure_isolated_to_its_record(served) -> None:
     session, config = served
-    bad = good(3)
-    bad[0, 0] = 99
-    records = [request_record(i, good(i)) for i in range(3)] + [request_record(3, bad), request_record(4, good(4))]
+    records = [request_record(i, good(i)) for i in range(3)] + [request_record(3, bad(3)), request_record(4, good(4))]
     results = process_batch(records, FlakyRunner(session), config, NOW)
     assert [r.dead_letter_reason for r in results] == [None, None, None, Reason.INFERENCE_FAILED.value, None]
 
 
-def test_broken_model_raises(served) -> None:
+@pytest.mark.parametrize("n_bad", [1, 3])
+def test_bad_records_alone_in_a_batch_are_dead_lettered_when_the_model_still_runs(served, n_bad) -> None:
+    """Light traffic: a batch of only bad records (one, or a few) is not a broken model."""
     session, config = served
-    with pytest.raises(RuntimeError, match="kernel failed"):
-        process_batch([request_record(i, good(i)) for i in range(4)], FlakyRunner(session, broken=True), config, NOW)
+    results = process_batch([request_record(i, bad(i)) for i in range(n_bad)], FlakyRunner(session), config, NOW)
+    assert [r.dead_letter_reason for r in results] == [Reason.INFERENCE_FAILED.value] * n_bad
+    assert "kernel failed" in DeadLetter.from_bytes(results[0].outputs[0].value).detail
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_broken_model_raises_even_for_one_record(served, n) -> None:
+    session, config = served
+    with pytest.raises(InferenceBroken, match=r"model tiny v1 is broken: .*kernel failed.*warm-up input") as info:
+        process_batch([request_record(i, good(i)) for i in range(n)], FlakyRunner(session, broken=True), config, NOW)
+    assert "then restart the consumer" in str(info.value)
+
+
+def test_a_model_failing_every_real_input_stops_after_a_streak(served) -> None:
+    """The warm-up probe still passes, but nothing real runs: a streak of failures across batches stops it."""
+    session, config = served
+    runner, streak = FlakyRunner(session, real_inputs_fail=True), FailureStreak(config.card, limit=5)
+    first = process_batch([request_record(i, good(i)) for i in range(2)], runner, config, NOW)
+    streak.observe(first)  # 2 in a row
+    streak.observe(process_batch([request_record(2, good(2))], FlakyRunner(session), config, NOW))  # answered: reset
+    assert streak.count == 0
+    streak.observe(process_batch([request_record(i, good(i)) for i in range(4)], runner, config, NOW))
+    with pytest.raises(InferenceBroken, match="the last 5 records in a row failed inference"):
+        streak.observe(process_batch([request_record(9, good(9))], runner, config, NOW))
+    with pytest.raises(ValueError, match="limit=0"):
+        FailureStreak(config.card, limit=0)
+
+
+def test_inference_seconds_is_per_shape_group_and_ort_only(served, monkeypatch) -> None:
+    """Each record's ``inference-s`` is its own group's ONNX Runtime time: groups do not add up."""
+    import serving.consumer as consumer
+
+    session, config = served
+    card = dataclasses.replace(config.card, inputs=[TensorSpec("image", "float32", [None, None, 8])])
+    clock = [100.0]
+    monkeypatch.setattr(consumer.time, "perf_counter", lambda: clock[0])
+
+    class SlowRunner:
+        def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            clock[0] += 0.25 * len(batch)  # a run takes 0.25 clock-seconds per row; nothing else advances it
+            probs = np.full((len(batch), 10), 0.01, np.float32)
+            probs[:, 0] = 0.91
+            return {"probs": probs}
+
+        def probe(self) -> None:
+            raise AssertionError("no run failed: no probe")
+
+    records = [request_record(0, np.zeros((8, 8), np.float32)), request_record(1, np.zeros((3, 8), np.float32)),
+               request_record(2, np.zeros((8, 8), np.float32))]
+    results = process_batch(records, SlowRunner(), dataclasses.replace(config, card=card), NOW)
+    latency = [Prediction.from_bytes(r.outputs[0].value, list(r.outputs[0].headers)).latency for r in results]
+    assert [lat["inference-s"] for lat in latency] == [0.5, 0.25, 0.5]  # not 0.5, 0.75, 0.5
+
+
+def test_prediction_and_decision_record_the_threshold_applied(served) -> None:
+    session, config = served
+    records = [request_record(i, good(i)) for i in range(40)]
+    plain = process_batch(records, session, config, NOW)
+    tightened_config = dataclasses.replace(config, control=ControlState(model="tiny", threshold_override={"1": 0.95}))
+    tightened = process_batch(records, session, tightened_config, NOW)
+    for results, threshold in ((plain, 0.5), (tightened, 0.95)):
+        for r in results:
+            by_topic = {o.topic: o.value for o in r.outputs}
+            assert Prediction.from_bytes(by_topic[config.predictions_topic]).details["threshold"] == threshold
+            if config.decisions_topic in by_topic:
+                assert Decision.from_bytes(by_topic[config.decisions_topic]).details["threshold"] == threshold
+    # a redelivery after the tightening is recognisable: it only ever moves toward a human
+    moved = [(a.route, b.route) for a, b in zip(plain, tightened) if a.route != b.route]
+    assert moved and all(after is Route.HUMAN for _before, after in moved)
+
+
+def test_over_capacity_deferrals_are_flagged_in_results(tiny_registry: TinyRegistry) -> None:
+    settings = Settings(max_request_bytes=4096, max_human_queue_depth=10)
+    config = ServeConfig.from_settings(settings, tiny_registry.model.card)
+    session = load_session(tiny_registry.model)
+    records = [request_record(i, good(i)) for i in range(30)]
+    calm = process_batch(records, session, dataclasses.replace(config, control=ControlState(model="tiny", human_queue_depth=3)), NOW)
+    full = process_batch(records, session, dataclasses.replace(config, control=ControlState(model="tiny", human_queue_depth=10)), NOW)
+    assert not any(r.over_capacity for r in calm)
+    assert [r.over_capacity for r in full] == [r.route is Route.HUMAN for r in full] and any(r.over_capacity for r in full)
+
+
+def test_serve_config_carries_the_secret_qc_salt(tiny_registry: TinyRegistry) -> None:
+    config = ServeConfig.from_settings(Settings(qc_salt="pepper-7"), tiny_registry.model.card)
+    assert config.policy.salt == "pepper-7" and "pepper-7" not in repr(config)
 
 
 def test_dead_letter_keeps_exact_bytes_through_base64(served) -> None:
