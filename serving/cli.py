@@ -104,8 +104,13 @@ def _produce(args: argparse.Namespace) -> int:
 def _dlq_replay(args: argparse.Namespace) -> int:
     from serving.dlq import replay
 
-    report = replay(_settings(), reasons=args.reason or None, idle_s=args.idle_s, max_records=args.max_records)
-    print(json.dumps({"replayed": dict(report.replayed), "skipped": dict(report.skipped), "unreadable": report.unreadable}))
+    report = replay(_settings(), reasons=args.reason or None, max_records=args.max_records)
+    print(json.dumps(report.to_json()))
+    if report.refused:
+        print(f"refused {sum(report.refused.values())} dead letter(s) naming topics replay never writes to: "
+              f"{sorted(report.refused)}; only request topics and the audit/predictions topics are replayed "
+              "(a forged dead letter must not inject into other topics)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -141,10 +146,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
     d = commands.add_parser("dlq", help="dead-letter topic tools")
     dsub = d.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
-    r = dsub.add_parser("replay", help="send dead letters back to their source topic with original key and headers")
-    r.add_argument("--reason", action="append", help="replay only this reason code (repeatable; default: all)")
-    r.add_argument("--idle-s", type=float, default=10.0, help="stop when no dead letter arrived for this long")
-    r.add_argument("--max-records", type=int, default=None, help="stop after this many dead letters")
+    r = dsub.add_parser("replay", help="send dead letters not replayed before back to their source topic (original "
+                        "key, value and headers); exit 1 if some named a topic replay never writes to")
+    r.add_argument("--reason", action="append", help="replay only this reason code (repeatable; default: all); "
+                   "the others stay available to a later replay")
+    r.add_argument("--max-records", type=int, default=None, help="stop after replaying this many dead letters")
     r.set_defaults(handler=_dlq_replay)
 
     bs = bench.add_parser("serve", help="raw ONNX Runtime vs the full stream path; p50/p99 at ~70%% load")

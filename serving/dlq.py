@@ -2,68 +2,136 @@
 from, with their original key, value and headers, once the cause is fixed (a new model version,
 a widened input spec, a producer bug repaired).
 
-It is itself an at-least-once :class:`~auditstream.stream.StreamLoop` in the consumer group
-``<prefix>-dlq-replay``: a replayed dead letter is committed only after its copy on the source
-topic is acknowledged, so an interrupted replay resumes where it stopped, and a record replayed
-twice is answered twice with identical, request-id-keyed outputs. Records that fail again land
-in the dead-letter topic again, with a new offset, and a later replay picks them up.
+**What was replayed is recorded, not consumed.** The replay reads the dead-letter topic from the
+beginning with a :func:`~auditstream.kafka.make_reader` (no consumer group, nothing committed),
+up to its end as of the start, and keeps a *replay ledger*: the compacted topic
+``<prefix>.dead-letter-replayed``, one record per replayed letter, keyed by the letter's own
+coordinates (``<prefix>.dead-letter[partition]@offset``). A letter is replayed when it matches
+the ``--reason`` filter and is not in the ledger. A letter that does not match leaves no trace,
+so a later replay with another filter (or none) still finds it -- a shared group offset would
+have skipped it for good.
+
+Order per chunk of letters, at-least-once: send the originals → flush and verify every delivery
+→ write their ledger records → flush and verify. A crash between the two flushes replays those
+letters once more next time; a replayed request is answered again with identical,
+request-id-keyed outputs. Records that fail again land in the dead-letter topic again, at a new
+offset, and a later replay picks them up. Run one replay at a time: two at once may both send
+a letter.
+
+**Only where a letter can legitimately come from.** The dead-letter topic is writable by every
+consumer, so a forged letter could name any topic. Replay sends only to request topics
+(``<prefix>.requests.<model>``) and to the monitor's inputs (``<prefix>.audit``,
+``<prefix>.predictions``); a letter naming any other topic (control, verdicts, decisions, ...)
+is refused with a warning, counted in the report, and left unreplayed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from auditstream import topics as T
 from auditstream.errors import DecodeError
-from auditstream.kafka import Record, make_producer, resolve_bootstrap
+from auditstream.kafka import Producer, Record, ensure_topics, make_producer, make_reader, read_to_end, resolve_bootstrap
 from auditstream.settings import Settings
-from auditstream.stream import Output, StreamLoop
+from auditstream.stream import Output
 from auditstream.wire import DeadLetter
 
 log = logging.getLogger(__name__)
 
+LEDGER = "dead-letter-replayed"  # compacted: one record per replayed dead letter
+CHUNK = 500  # letters per send → flush → ledger → flush round
+FLUSH_TIMEOUT_S = 30.0
+_MODEL_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"  # as auditstream.registry accepts model names
+
+
 @dataclass
 class ReplayReport:
     replayed: Counter = field(default_factory=Counter)  # by reason
-    skipped: Counter = field(default_factory=Counter)  # filtered out, by reason
+    skipped: Counter = field(default_factory=Counter)  # filtered out, by reason (left for a later replay)
+    already: int = 0  # replayed before (in the ledger)
+    refused: Counter = field(default_factory=Counter)  # by the topic the letter named: not replayable
     unreadable: int = 0
 
+    def to_json(self) -> dict:
+        return {"replayed": dict(self.replayed), "skipped": dict(self.skipped), "already_replayed": self.already,
+                "refused": dict(self.refused), "unreadable": self.unreadable}
 
-def replay_batch(records: list[Record], reasons: frozenset[str] | None, report: ReplayReport) -> list[list[Output]]:
-    """One list of outputs per dead letter: its original record, bound for its source topic."""
-    results: list[list[Output]] = []
+
+def replayable_topic(settings: Settings, topic: str) -> bool:
+    """A request topic of some model, or a topic the monitor reads (audit, predictions)."""
+    if topic in (settings.topic(T.AUDIT), settings.topic(T.PREDICTIONS)):
+        return True
+    return re.fullmatch(re.escape(settings.request_topic("")) + _MODEL_NAME, topic) is not None
+
+
+def ledger_key(record: Record) -> bytes:
+    return record.where.encode()
+
+
+def plan_replay(records: list[Record], settings: Settings, reasons: frozenset[str] | None, done: set[bytes],
+                report: ReplayReport, limit: int | None = None) -> list[tuple[Record, Output]]:
+    """The (dead-letter record, original to send) pairs of this chunk; counts the rest. Stops once
+    ``limit`` letters were replayed in all (the records after that are not looked at)."""
+    planned: list[tuple[Record, Output]] = []
     for record in records:
+        if limit is not None and sum(report.replayed.values()) >= limit:
+            break
         try:
             dl = DeadLetter.from_bytes(record.value or b"")
         except DecodeError as e:
             log.warning("unreadable dead letter at %s: %s", record.where, e)
             report.unreadable += 1
-            results.append([])
             continue
-        if reasons is not None and dl.reason not in reasons:
+        if ledger_key(record) in done:
+            report.already += 1
+        elif reasons is not None and dl.reason not in reasons:
             report.skipped[dl.reason] += 1
-            results.append([])
-            continue
-        report.replayed[dl.reason] += 1
-        results.append([Output(dl.source_topic, dl.key, dl.value, dl.headers)])
-    return results
+        elif not replayable_topic(settings, dl.source_topic):
+            log.warning("refusing dead letter at %s: it names source topic %r; replay only sends to request topics "
+                        "(%s<model>) and to %s / %s", record.where, dl.source_topic[:200], settings.request_topic(""),
+                        settings.topic(T.AUDIT), settings.topic(T.PREDICTIONS))
+            report.refused[dl.source_topic[:200]] += 1
+        else:
+            report.replayed[dl.reason] += 1
+            planned.append((record, Output(dl.source_topic, dl.key, dl.value, dl.headers)))
+    return planned
 
 
-def replay(settings: Settings, reasons: list[str] | None = None, idle_s: float = 10.0,
-           max_records: int | None = None) -> ReplayReport:
-    """Replay dead letters not yet replayed by this group, until none arrived for ``idle_s``."""
+def _send_and_record(producer: Producer, ledger: str, planned: list[tuple[Record, Output]]) -> None:
+    for _record, out in planned:
+        producer.send(out.topic, out.key, out.value, out.headers)
+    producer.flush(FLUSH_TIMEOUT_S)  # DeliveryFailed: nothing of this chunk goes into the ledger
+    now = time.time()
+    for record, out in planned:
+        marker = json.dumps({"replayed_to": out.topic, "replayed_at_s": now}).encode()
+        producer.send(ledger, ledger_key(record), marker)
+    producer.flush(FLUSH_TIMEOUT_S)
+
+
+def replay(settings: Settings, reasons: list[str] | None = None, max_records: int | None = None) -> ReplayReport:
+    """Replay the dead letters (of ``reasons``, default all) not replayed before, up to the end of
+    the dead-letter topic as of the start; at most ``max_records`` of them."""
     report = ReplayReport()
     wanted = frozenset(reasons) if reasons else None
     bootstrap = resolve_bootstrap(settings)
-    group = f"{settings.topic_prefix}-dlq-replay"
-    loop = StreamLoop.connect(settings, group, [settings.topic(T.DEAD_LETTER)],
-                              lambda records: replay_batch(records, wanted, report),
-                              make_producer(settings, bootstrap, client_id=group), bootstrap=bootstrap)
-    loop.install_signal_handlers()
+    dead_letters, ledger = settings.topic(T.DEAD_LETTER), settings.topic(LEDGER)
+    ensure_topics(bootstrap, [dead_letters, ledger], settings.partitions, compacted=(ledger,))
+    done = {r.key for r in read_to_end(settings, [ledger], bootstrap) if r.key is not None and r.value is not None}
+    reader = make_reader(settings, [dead_letters], True, bootstrap)
+    producer = make_producer(settings, bootstrap, client_id=f"{settings.topic_prefix}-dlq-replay")
     try:
-        loop.run(max_records=max_records, until_idle_s=idle_s)
+        while not reader.caught_up():
+            if max_records is not None and sum(report.replayed.values()) >= max_records:
+                break
+            planned = plan_replay(reader.poll(CHUNK, 200), settings, wanted, done, report, max_records)
+            if planned:
+                _send_and_record(producer, ledger, planned)
     finally:
-        loop.close()
+        reader.close()
+        producer.close()
     return report

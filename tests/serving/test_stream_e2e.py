@@ -43,16 +43,19 @@ def test_10k_requests_in_10k_predictions_out(stream_settings: Settings, tiny_reg
     ids = request_ids(out)
     assert len(ids) == n and set(ids) == set(sent.request_ids)  # none lost, none duplicated
     routes = Counter(Prediction.from_bytes(r.value).route for r in out)
-    assert registry.get_sample_value("auditstream_serve_records_in_total", {"model": "tiny"}) == n
+    labels = {"model": "tiny", "version": model.card.version}
+    assert registry.get_sample_value("auditstream_serve_records_in_total", labels) == n
     for route in Route:
         assert registry.get_sample_value("auditstream_serve_predictions_total",
-                                         {"model": "tiny", "route": route.value}) == routes[route]
+                                         {**labels, "route": route.value}) == routes[route]
     assert routes[Route.HUMAN] > 0 and routes[Route.AUTO] > 0
     audit = read_topic(settings, settings.topic(T.AUDIT), until_count=routes[Route.HUMAN] + routes[Route.AUTO_QC])
     decisions = read_topic(settings, settings.topic(T.DECISIONS), until_count=routes[Route.AUTO] + routes[Route.AUTO_QC])
     assert len(audit) == routes[Route.HUMAN] + routes[Route.AUTO_QC]
     assert len(decisions) == routes[Route.AUTO] + routes[Route.AUTO_QC]
-    assert registry.get_sample_value("auditstream_serve_batch_size_count", {"model": "tiny"}) == stats.batches
+    assert registry.get_sample_value("auditstream_serve_batch_size_count", labels) == stats.batches
+    # one ONNX Runtime run per batch (one input shape), each timed on its own
+    assert registry.get_sample_value("auditstream_serve_inference_seconds_count", labels) == stats.batches
 
 
 def test_poison_records_dead_lettered_valid_answered_and_replayed(stream_settings: Settings, tiny_registry) -> None:
@@ -89,7 +92,7 @@ def test_poison_records_dead_lettered_valid_answered_and_replayed(stream_setting
     try:
         app.run(max_records=200 + n_poison)
         dead = app.metrics.dead_letters
-        assert {r: dead.labels("tiny", r)._value.get() for r in ("undecodable", "wrong_shape", "too_large", "wrong_model")} \
+        assert {r: dead.labels("tiny", model.card.version, r)._value.get() for r in ("undecodable", "wrong_shape", "too_large", "wrong_model")} \
             == {"undecodable": 4, "wrong_shape": 4, "too_large": 4, "wrong_model": 4}
     finally:
         app.close()
@@ -103,8 +106,11 @@ def test_poison_records_dead_lettered_valid_answered_and_replayed(stream_setting
     assert Counter(dl.reason for dl in letters) == {"undecodable": 4, "wrong_shape": 4, "too_large": 4, "wrong_model": 4}
 
     # replay only the wrong-model letters: they reappear on the source topic, bytes and headers intact
-    report = replay(settings, reasons=["wrong_model"], idle_s=3.0)
-    assert report.replayed == {"wrong_model": 4} and sum(report.skipped.values()) == 12
+    report = replay(settings, reasons=["wrong_model"])
+    assert report.replayed == {"wrong_model": 4} and sum(report.skipped.values()) == 12 and not report.refused
     again = read_topic(settings, topic, until_count=200 + n_poison + 4)
     replayed = [r for r in again if r.value == poison[b"other-model"]]
     assert len(replayed) == 8 and all(list(r.headers) == headers for r in replayed)
+    # the skipped letters were not used up: a replay of everything finds exactly those 12
+    rest = replay(settings)
+    assert rest.replayed == {"undecodable": 4, "wrong_shape": 4, "too_large": 4} and rest.already == 4

@@ -1,0 +1,95 @@
+"""Dead-letter replay: a filtered replay leaves the other letters for later, the ledger stops a
+second replay of the same letter, and letters naming topics replay never writes to are refused.
+The planning is tested without a broker; the whole command on the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from auditstream import topics as T
+from auditstream.kafka import Record, make_producer
+from auditstream.settings import Settings
+from auditstream.wire import DeadLetter
+from serving.dlq import LEDGER, ReplayReport, plan_replay, replay, replayable_topic
+from tests.serving.kafka_readers import read_topic
+
+SETTINGS = Settings(topic_prefix="acme")
+
+
+def letter(offset: int, reason: str, source: str, value: bytes = b"v") -> Record:
+    dl = DeadLetter(reason, "why", source, 0, offset, value, b"k", (("h", b"1"),), 1.0)
+    return Record("acme.dead-letter", 0, offset, b"k", dl.to_bytes())
+
+
+@pytest.mark.parametrize(("topic", "ok"), [
+    ("acme.requests.zip-reader", True), ("acme.requests.tiny", True), ("acme.audit", True),
+    ("acme.predictions", True), ("acme.control", False), ("acme.verdicts", False), ("acme.decisions", False),
+    ("acme.episode-state", False), ("acme.requests.", False), ("acme.requests.a.b", False),
+    ("other.requests.tiny", False), ("acme.requests.Tiny", False), ("acme.dead-letter", False),
+])
+def test_only_request_and_monitor_input_topics_are_replayable(topic, ok) -> None:
+    assert replayable_topic(SETTINGS, topic) is ok
+
+
+def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
+    records = [letter(0, "wrong_model", "acme.requests.tiny", b"a"), letter(1, "too_large", "acme.requests.tiny"),
+               letter(2, "wrong_model", "acme.verdicts", b"forged"), letter(3, "wrong_model", "acme.requests.tiny"),
+               Record("acme.dead-letter", 0, 4, b"k", b"not a letter")]
+    report = ReplayReport()
+    planned = plan_replay(records, SETTINGS, frozenset({"wrong_model"}), {b"acme.dead-letter[0]@3"}, report)
+    assert [(r.offset, out.topic, out.value, out.headers) for r, out in planned] == \
+        [(0, "acme.requests.tiny", b"a", (("h", b"1"),))]
+    assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
+                                "refused": {"acme.verdicts": 1}, "unreadable": 1}
+    limited = ReplayReport()
+    assert len(plan_replay([letter(i, "x", "acme.audit") for i in range(5)], SETTINGS, None, set(), limited, 2)) == 2
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_replay_on_the_broker_filtered_then_all_then_nothing(stream_settings: Settings) -> None:
+    settings = stream_settings
+    source, dlq = settings.request_topic("tiny"), settings.topic(T.DEAD_LETTER)
+    producer = make_producer(settings)
+    letters = [DeadLetter("wrong_model", "x", source, 0, i, f"wm-{i}".encode(), f"wm-{i}".encode()) for i in range(3)]
+    letters += [DeadLetter("too_large", "x", source, 0, 10 + i, f"tl-{i}".encode(), f"tl-{i}".encode()) for i in range(2)]
+    forged = DeadLetter("wrong_model", "x", settings.topic(T.CONTROL), 0, 0, b'{"v":1,"model":"tiny"}', b"tiny")
+    for dl in letters + [forged]:
+        producer.send(dlq, dl.key, dl.to_bytes())
+    producer.flush(30)
+    producer.close()
+
+    first = replay(settings, reasons=["wrong_model"])
+    assert first.replayed == {"wrong_model": 3} and first.skipped == {"too_large": 2}
+    assert first.refused == {settings.topic(T.CONTROL): 1}
+    second = replay(settings)  # the two skipped letters are still there; the three replayed are not again
+    assert second.replayed == {"too_large": 2} and second.already == 3 and second.refused == {settings.topic(T.CONTROL): 1}
+    third = replay(settings)
+    assert not third.replayed and third.already == 5
+    values = sorted(r.value for r in read_topic(settings, source, until_count=5, timeout_s=30))
+    assert values == sorted(dl.value for dl in letters)  # each exactly once, nothing forged
+    assert read_topic(settings, settings.topic(T.CONTROL), timeout_s=10, idle_s=1) == []
+    assert len(read_topic(settings, settings.topic(LEDGER), until_count=5, timeout_s=30)) == 5
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_cli_refusal_exits_1_with_a_message(stream_settings: Settings) -> None:
+    settings = stream_settings
+    producer = make_producer(settings)
+    forged = DeadLetter("bad_schema", "x", settings.topic(T.VERDICTS), 0, 0, b"{}", b"v")
+    producer.send(settings.topic(T.DEAD_LETTER), b"v", forged.to_bytes())
+    producer.flush(30)
+    producer.close()
+    env = dict(os.environ, AUDITSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+               AUDITSTREAM_TOPIC_PREFIX=settings.topic_prefix, AUDITSTREAM_STATE_DIR=str(settings.state_dir))
+    result = subprocess.run([sys.executable, "-m", "auditstream.cli", "dlq", "replay"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["refused"] == {settings.topic(T.VERDICTS): 1}
+    assert "refused 1 dead letter(s)" in result.stderr and settings.topic(T.VERDICTS) in result.stderr
