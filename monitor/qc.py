@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from auditstream.wire import Prediction, Route, Verdict, VerdictKind
 from monitor.binomial import estimate_from_sums
 from monitor.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
 from monitor.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform
+
+if TYPE_CHECKING:
+    from monitor.store.records import QCOutcome
 
 log = logging.getLogger(__name__)
 ERROR_KINDS = (VerdictKind.REJECT, VerdictKind.CORRECT)
@@ -192,23 +195,41 @@ class QCTracker:
     def observe_verdict(self, v: Verdict) -> None:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
             return
-        if not 0.0 < v.inclusion_prob <= 1.0:
-            log.warning("ignoring verdict %s on %s: inclusion_prob %r not in (0, 1]", v.verdict_id, v.request_id,
-                        v.inclusion_prob)
-            return
-        state = self._state(v.model, v.model_version)
-        if not state.seen_verdicts.add(v.request_id):  # redelivery or a second review: first counts
-            return
-        error = int(v.kind in ERROR_KINDS)
-        w = 1.0 / v.inclusion_prob
+        self._audit(v.model, v.model_version, v.request_id, v.kind in ERROR_KINDS, v.inclusion_prob, v.verdict_id)
+
+    def seed(self, outcomes: Iterable[QCOutcome]) -> int:
+        """Replay audited QC outcomes read back from the store (``store.audited_qc_history()``,
+        in decision order) so the audited error estimate, its bound and the CUSUM continue
+        across a monitor restart; returns how many counted. Verdicts published afterwards that
+        the store already held are recognised by request id and not counted twice. Coverage and
+        the KS window come from the predictions stream and start afresh."""
+        counted = 0
+        for o in outcomes:
+            counted += self._audit(o.model, o.model_version, o.request_id, o.is_error, o.inclusion_prob,
+                                   o.request_id, o.confidence)  # fmt: skip
+        return counted
+
+    def _audit(self, model: str, version: str, request_id: str, is_error: bool, pi: float, what: str,
+               confidence: float | None = None) -> bool:  # fmt: skip
+        """Count one audited QC answer (the first per request id); True if it counted."""
+        if not 0.0 < pi <= 1.0:
+            log.warning("ignoring audit %s on %s: inclusion_prob %r not in (0, 1]", what, request_id, pi)
+            return False
+        state = self._state(model, version)
+        if not state.seen_verdicts.add(request_id):  # redelivery or a second review: first counts
+            return False
+        error = int(is_error)
+        w = 1.0 / pi
         state.sums += (1.0, w, w * error, w * w, w * w * error)
         state.errors += error
-        confidence = state.qc_confidence.pop(v.request_id, None)
+        seen_confidence = state.qc_confidence.pop(request_id, None)
+        confidence = seen_confidence if confidence is None else confidence
         if confidence is not None:
-            state.audits.append((confidence, v.inclusion_prob, error))
-        state.min_pi = min(state.min_pi, v.inclusion_prob)
-        if state.cusum is not None and hash_uniform(v.request_id, salt=self._cusum_salt) < state.min_pi / v.inclusion_prob:
+            state.audits.append((confidence, pi, error))
+        state.min_pi = min(state.min_pi, pi)
+        if state.cusum is not None and hash_uniform(request_id, salt=self._cusum_salt) < state.min_pi / pi:
             state.cusum.update(bool(error))
+        return True
 
     def snapshot(self) -> list[ModelQC]:
         return [self._model_qc(model, version, self._state(model, version))

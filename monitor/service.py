@@ -11,12 +11,17 @@ It does three things (docs/audit-store.md, "Monitor process"):
 2. **Publishes the outbox** (:func:`publish_outbox`, on its own thread and producer): every
    verdict to ``verdicts`` and, for deferred items, the human's answer to ``decisions``. Rows are
    marked published only after the broker acknowledged them, so a crash in between publishes
-   them again (at-least-once; the records are keyed by request id and carry the verdict id, so a
-   consumer deduplicates).
+   them again (at-least-once; the records carry the verdict id, so a consumer deduplicates).
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
    ``monitor.qc.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
    ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
+
+Steps 2 and 3 run only in the **leader** (``store.leadership``, monitor/store/leader.py) when
+several monitors share a store; the others keep ingesting. On taking the lead a process seeds
+its tracker from the store's audited verdicts (``store.audited_qc_history``), so the audited
+error estimate, its bound and the CUSUM continue across restarts and hand-overs; coverage and the
+confidence drift window are rebuilt from the predictions that arrive afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from auditstream import topics
 from auditstream.control import ControlState, ControlView
@@ -36,7 +41,11 @@ from auditstream.stream import Output
 from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from monitor.store import AuditStore
+from monitor.store.leader import Leadership
 from monitor.store.records import check_audit_item
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 GROUP_ID = "auditstream-monitor"
@@ -51,13 +60,19 @@ class MonitorArgs:
     outbox_batch: int = field(default=500, metadata={"help": "most outbox rows published per round"})
     stats_interval_s: float = field(default=5.0, metadata={"help": "seconds between statistics/metrics updates"})
     flush_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the broker to acknowledge"})
+    leader_lease_s: float = field(default=45.0, metadata={
+        "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
+                "this); must exceed flush_timeout_s. PostgreSQL uses a session lock and ignores it"})  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s"):
+        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s", "leader_lease_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if self.outbox_batch < 1:
             raise ValueError(f"outbox_batch={self.outbox_batch} must be >= 1")
+        if self.leader_lease_s <= self.flush_timeout_s + self.outbox_interval_s:
+            raise ValueError(f"leader_lease_s={self.leader_lease_s} must exceed flush_timeout_s + outbox_interval_s "
+                             f"= {self.flush_timeout_s + self.outbox_interval_s}: a publishing round must fit in a lease")
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,15 +115,15 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
 
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
                    flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None) -> int:  # fmt: skip
-    """Send up to ``limit`` pending outbox rows, wait for every acknowledgement, then mark them.
-    Returns how many were published; :class:`DeliveryFailed` leaves them all pending."""
-    rows = store.pending_outbox(limit)
-    if not rows:
-        return 0
-    for row in rows:
-        producer.send(settings.topic(row.topic), row.key, row.value)
-    producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
-    store.mark_published([row.id for row in rows], now_s)
+    """Send up to ``limit`` pending outbox rows, wait for every acknowledgement, then mark them
+    (``store.claim_outbox``: on PostgreSQL the rows stay locked meanwhile, so a concurrent
+    publisher skips them). Returns how many were published; :class:`DeliveryFailed` leaves them
+    all pending."""
+    with store.claim_outbox(limit, now_s) as rows:
+        for row in rows:
+            producer.send(settings.topic(row.topic), row.key, row.value)
+        if rows:
+            producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
     if on_verdict is not None:
         for row in rows:
             if row.topic == topics.VERDICTS:
@@ -126,7 +141,10 @@ class StatsHooks:
     ``monitor.qc_history.QCHistory`` (in the store, for the dashboard) and, with the store's read
     models, to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``)."""
 
-    def __init__(self, settings: Settings, store: AuditStore, control_view: "ControlView | None" = None) -> None:
+    def __init__(self, settings: Settings, store: AuditStore, control_view: "ControlView | None" = None,
+                 metrics_registry: CollectorRegistry | None = None) -> None:  # fmt: skip
+        """``metrics_registry``: where the metrics are registered (default: the process's, which
+        ``settings.metrics_port`` serves); tests give each instance its own."""
         from auditstream.registry import ModelRegistry
         from monitor.metrics import MonitorMetrics
         from monitor.qc import QCConfig, QCTracker
@@ -141,11 +159,24 @@ class StatsHooks:
             except ModelNotFound:
                 return None
 
-        self.tracker = QCTracker(cards, QCConfig(), salt=settings.qc_salt)
+        self._new_tracker = lambda: QCTracker(cards, QCConfig(), salt=settings.qc_salt)
+        self.tracker = self._new_tracker()
         self.history = QCHistory(store)
-        self.metrics = MonitorMetrics()
+        self.metrics = MonitorMetrics(metrics_registry)
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
+
+    def seed_from_store(self, store: AuditStore) -> int:
+        """Start a fresh tracker from the store's audited verdicts (decision order); returns how
+        many audits it counted. Called when this process takes the lead, so the statistics are
+        continuous across restarts and hand-overs. Prediction counts start again from zero."""
+        started = time.monotonic()
+        tracker = self._new_tracker()
+        counted = tracker.seed(store.audited_qc_history())
+        with self._lock:
+            self.tracker = tracker
+        log.info("QC statistics seeded from the store: %d audits in %.1f s", counted, time.monotonic() - started)
+        return counted
 
     def observe_prediction(self, prediction: Prediction) -> None:
         with self._lock:
@@ -187,31 +218,44 @@ def publish_control(producer: Producer, settings: Settings, states: Sequence[Con
 
 
 class OutboxPublisher(threading.Thread):
-    """Publishes the outbox every ``outbox_interval_s`` and ticks the statistics."""
+    """Publishes the outbox every ``outbox_interval_s`` and ticks the statistics — while this
+    process leads (``leadership``; None: alone, always leads). Taking the lead seeds the
+    statistics from the store first, so nothing published earlier is missing from them."""
 
     def __init__(self, store: AuditStore, producer: Producer, settings: Settings, args: MonitorArgs,
-                 stats: StatsHooks | None = None) -> None:  # fmt: skip
+                 stats: StatsHooks | None = None, leadership: Leadership | None = None) -> None:  # fmt: skip
         super().__init__(name="outbox-publisher", daemon=True)
         self.store, self.producer, self.settings, self.args, self.stats = store, producer, settings, args, stats
+        self.leadership, self.leading = leadership, False
         self.published = 0
         self.error: BaseException | None = None
         self.on_error: Callable[[], None] | None = None  # the monitor stops its loop: fail loudly
         self._stop_event = threading.Event()
+
+    def _lead(self) -> bool:
+        leading = self.leadership is None or self.leadership.hold(time.time())
+        if leading and not self.leading and self.stats is not None:
+            self.stats.seed_from_store(self.store)  # before publishing: the seed holds every recorded verdict
+        self.leading = leading
+        return leading
 
     def run(self) -> None:
         next_tick = 0.0
         try:
             while True:
                 stopping = self._stop_event.is_set()
-                on_verdict = self.stats.observe_verdict if self.stats else None
-                while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
-                                           self.args.flush_timeout_s, on_verdict)):  # fmt: skip
-                    self.published += n
-                if self.stats is not None and time.monotonic() >= next_tick:
-                    states = self.stats.tick(self.store, time.time())
-                    if states:
-                        publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
-                    next_tick = time.monotonic() + self.args.stats_interval_s
+                if stopping and not self.leading:
+                    return  # a follower that is shutting down does not take the lead on its way out
+                if self._lead():
+                    on_verdict = self.stats.observe_verdict if self.stats else None
+                    while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
+                                               self.args.flush_timeout_s, on_verdict)):  # fmt: skip
+                        self.published += n
+                    if self.stats is not None and time.monotonic() >= next_tick:
+                        states = self.stats.tick(self.store, time.time())
+                        if states:
+                            publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
+                        next_tick = time.monotonic() + self.args.stats_interval_s
                 if stopping:  # one last full round after stop(), so nothing decided is left behind
                     return
                 self._stop_event.wait(self.args.outbox_interval_s)
@@ -220,6 +264,9 @@ class OutboxPublisher(threading.Thread):
             log.exception("outbox publishing failed; stopping the monitor")
             if self.on_error is not None:
                 self.on_error()
+        finally:
+            if self.leadership is not None:
+                self.leadership.release()  # the next monitor takes over at once, not after a lease
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -237,7 +284,8 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
                   compacted=(settings.topic(topics.CONTROL),))
     control_view = ControlView(settings, bootstrap).start()
     stats = StatsHooks(settings, store, control_view)
-    publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args, stats)
+    publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args,
+                                stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
     loop = StreamLoop.connect(
         settings, args.group_id, names[:2],
         lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction),

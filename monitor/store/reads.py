@@ -174,16 +174,34 @@ class StoreReads:
     def audited_qc_outcomes(self, model: str, version: str | None = None) -> list[QCOutcome]:
         """For each audited QC sample, its first decisive verdict: was the auto answer an error
         (anything but accept), and its inclusion probability (for the weighted estimator)."""
-        sql, params = " AND i.model = ?", [model]
+        return list(self.audited_qc_history(model, version))
+
+    def audited_qc_history(self, model: str | None = None, version: str | None = None,
+                           page: int = EXPORT_PAGE) -> Iterator[QCOutcome]:  # fmt: skip
+        """Every audited QC sample's first decisive verdict joined to its item (model, version,
+        inclusion probability, confidence), in decision order — (decided_at_s, verdict_id), read
+        in keyset pages. What ``QCTracker.seed`` replays so the audited error estimate, its bound
+        and the CUSUM continue across monitor restarts."""
+        sql, params = "", []
+        if model is not None:
+            sql, params = " AND i.model = ?", [model]
         if version is not None:
             sql, params = sql + " AND i.model_version = ?", [*params, version]
-        rows = self._db.query(
-            "SELECT i.request_id, v.kind, i.qc_inclusion_prob, i.confidence, v.decided_at_s FROM {p}verdicts v"
-            " JOIN {p}items i ON i.id = v.item_id"
-            f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0 AND v.review_round = 1{sql} ORDER BY v.decided_at_s",
-            params,
-        )
-        return [QCOutcome(rid, kind != VerdictKind.ACCEPT.value, float(p), float(c), float(t)) for rid, kind, p, c, t in rows]
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            rows = self._db.query(
+                "SELECT i.request_id, v.kind, i.qc_inclusion_prob, i.confidence, v.decided_at_s, i.model, i.model_version,"
+                " v.verdict_id FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0 AND v.review_round = 1{sql}"
+                " AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
+                " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
+                (*params, after[0], after[0], after[1], int(page)),
+            )
+            for rid, kind, p, c, t, m, v, _ in rows:
+                yield QCOutcome(rid, kind != VerdictKind.ACCEPT.value, float(p), float(c), float(t), m, v)
+            if len(rows) < page:
+                return
+            after = (float(rows[-1][4]), rows[-1][7])
 
     # --- labels -------------------------------------------------------------------------------
 

@@ -125,6 +125,8 @@ class QCOutcome:
     inclusion_prob: float
     confidence: float
     decided_at_s: float
+    model: str
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -206,12 +208,28 @@ def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
         raise ValueError(f"a {kind.value!r} verdict takes no corrected output, got {corrected_output!r}")
 
 
+def decision_key(item: StoredItem) -> bytes:
+    """The key of a human ``Decision``: the episode key when the item belongs to an RL episode,
+    else the request id — the rule of ``InferenceRequest.key`` and of the model's own decisions
+    (serving/consumer.py), so a human override lands on its episode's partition, in order with
+    the episode's other decisions."""
+    return (item.episode_key or item.request_id).encode("utf-8")
+
+
+def verdict_key(item: StoredItem) -> bytes:
+    """The key of a ``Verdict``: always the request id, like the ``predictions`` and ``audit``
+    records it judges, so every review of one answer stays in order on one partition. Verdict
+    readers (labels, the RL dataset) read the whole topic and join by request id."""
+    return item.request_id.encode("utf-8")
+
+
 def outbox_records(item: StoredItem, verdict: VerdictRecord, first_decision: bool) -> list[tuple[str, bytes, bytes]]:
     """(topic, key, value) records a verdict publishes: always the :class:`Verdict` (= a label,
     skips included so the topic is the full history); for the first decisive verdict on a
     deferred (HUMAN) item also the human's answer as a ``Decision(source="human")``. Gold items
-    are not requests anyone waits for, so they never make a decision."""
-    key = item.request_id.encode("utf-8")
+    are not requests anyone waits for, so they never make a decision. Keys: :func:`verdict_key`
+    and :func:`decision_key`."""
+    key = verdict_key(item)
     wire_verdict = Verdict(
         verdict_id=verdict.verdict_id,
         request_id=item.request_id,
@@ -239,6 +257,5 @@ def outbox_records(item: StoredItem, verdict: VerdictRecord, first_decision: boo
             step=item.step,
             details={"verdict_id": verdict.verdict_id, "verdict": verdict.kind.value, "auditor": verdict.auditor},
         )
-        decision_key = (item.episode_key or item.request_id).encode("utf-8")
-        out.append((topics.DECISIONS, decision_key, decision.to_bytes()))
+        out.append((topics.DECISIONS, decision_key(item), decision.to_bytes()))
     return out

@@ -25,12 +25,14 @@ import random
 import threading
 import uuid
 import zlib
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 from auditstream.errors import LeaseNotHeld, VerdictConflict
 from auditstream.wire import AuditItem, Route, VerdictKind, encode_input
 from monitor.accounts import ADMINS, WRITERS, Accounts, User, check_actor
 from monitor.store.backend import Database
+from monitor.store.leader import Leadership, leadership
 from monitor.store.reads import ITEM_COLUMNS, VERDICT_COLUMNS, StoreReads, item_from_row, verdict_from_row
 from monitor.store.records import (
     Claim,
@@ -258,26 +260,58 @@ class AuditStore(StoreReads):
     # outbox
 
     def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
-        """Outbox records not yet acknowledged by the broker, oldest first."""
+        """Outbox records not yet acknowledged by the broker, oldest first (a read: publishers
+        use :meth:`claim_outbox`)."""
         rows = self._db.query(
             "SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL ORDER BY id LIMIT ?",
             (int(limit),),
         )
         return [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in rows]
 
+    @contextmanager
+    def claim_outbox(self, limit: int, now_s: float) -> Iterator[list[OutboxRow]]:
+        """Up to ``limit`` pending rows, oldest first, marked published at ``now_s`` when the block
+        ends without an exception (send them and wait for the broker inside it); an exception
+        leaves them all pending.
+
+        On PostgreSQL the rows are claimed ``FOR UPDATE SKIP LOCKED`` in a transaction that lasts
+        the block: a second publisher skips them, so concurrent publishers never send a row twice.
+        On SQLite that transaction would hold the one writer lock while the broker answers and
+        stall every auditor, so the rows are read and then marked; there one publisher at a time
+        is ensured by :meth:`leadership`.
+        """
+        select = ("SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL"
+                  f" ORDER BY id LIMIT ?{self._db.claim_lock}")  # fmt: skip
+        if self._db.kind != "postgresql":
+            rows = self.pending_outbox(limit)
+            yield rows
+            self.mark_published([row.id for row in rows], now_s)
+            return
+        with self._db.write() as cur:
+            rows = [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in cur.all(select, (int(limit),))]
+            yield rows
+            _mark(cur, [row.id for row in rows], now_s)
+
+    def leadership(self, name: str = "monitor", lease_s: float = 45.0, owner: str | None = None) -> Leadership:
+        """Leadership of ``name`` among the processes sharing this store (monitor/store/leader.py)."""
+        return leadership(self._db, name, lease_s, owner)
+
     def mark_published(self, ids: Iterable[int], now_s: float) -> int:
         """Mark outbox rows as acknowledged by the broker; returns how many changed."""
-        ids = [int(i) for i in ids]
-        changed = 0
         with self._db.write() as cur:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ", ".join("?" * len(chunk))
-                changed += cur.run(
-                    f"UPDATE {{p}}outbox SET published_at_s = ? WHERE published_at_s IS NULL AND id IN ({marks})",
-                    (now_s, *chunk),
-                )
-        return changed
+            return _mark(cur, [int(i) for i in ids], now_s)
+
+
+def _mark(cur: Any, ids: list[int], now_s: float) -> int:
+    changed = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        changed += cur.run(
+            f"UPDATE {{p}}outbox SET published_at_s = ? WHERE published_at_s IS NULL AND id IN ({marks})",
+            (now_s, *chunk),
+        )
+    return changed
 
 
 def _filters(model: str | None, route: Route | str | None) -> tuple[str, list[Any]]:

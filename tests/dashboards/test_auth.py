@@ -4,7 +4,7 @@ it), single sign-on maps only verified emails to accounts, and the app builds it
 from __future__ import annotations
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, log_in, start_app, texts
+from tests.dashboards.conftest import log_in, start_app, texts
 
 from dashboards.auth_ui import oidc_account_name
 from monitor import accounts

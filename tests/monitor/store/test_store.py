@@ -245,6 +245,54 @@ def test_verdicts_put_their_records_on_the_outbox(store: AuditStore) -> None:
     assert store.store_stats(T0).outbox_pending == 1
 
 
+def test_a_human_decision_on_an_episode_is_keyed_like_the_episode(store: AuditStore) -> None:
+    """The model's decisions for an RL episode are keyed by the episode key (serving keys them
+    with ``InferenceRequest.key``); the human's decision on a deferred step must land on the same
+    partition, or the episode's decisions arrive out of order. Verdicts stay keyed by request id."""
+    import dataclasses
+
+    import numpy as np
+
+    from auditstream.wire import InferenceRequest
+
+    (alice,) = add_users(store, "alice")
+    item = audit_item("step-7")
+    item = dataclasses.replace(item, prediction=dataclasses.replace(item.prediction, episode_key="ep-42", step=7))
+    store.ingest_many([item, audit_item("plain")], T0)
+    _decide(store, alice, VerdictKind.CORRECT, "1")
+    _decide(store, alice)
+    keys = {(r.topic, r.key) for r in store.pending_outbox()}
+    request = InferenceRequest("step-7", "zip", np.zeros(3, dtype=np.float32), T0, episode_key="ep-42", step=7)
+    assert request.key == b"ep-42"
+    assert keys == {(topics.VERDICTS, b"step-7"), (topics.DECISIONS, request.key),
+                    (topics.VERDICTS, b"plain"), (topics.DECISIONS, b"plain")}  # fmt: skip
+    (decision,) = [Decision.from_bytes(r.value) for r in store.pending_outbox() if r.key == b"ep-42"]
+    assert (decision.request_id, decision.episode_key, decision.step, decision.source) == ("step-7", "ep-42", 7, "human")
+
+
+def test_a_failed_publish_leaves_claimed_rows_pending(store: AuditStore) -> None:
+    (alice,) = add_users(store, "alice")
+    store.ingest_many([audit_item("h1")], T0)
+    _decide(store, alice)
+    with pytest.raises(RuntimeError, match="broker"), store.claim_outbox(10, T0 + 1) as rows:
+        assert len(rows) == 2
+        raise RuntimeError("broker said no")
+    assert len(store.pending_outbox()) == 2
+    with store.claim_outbox(10, T0 + 2) as rows:
+        pass
+    assert store.pending_outbox() == [] and len(rows) == 2
+
+
+@pytest.mark.parametrize("url", ["postgresqlx://auditor:s3cret@h/db", "mysql://auditor:s3cret@db.example.org/audit"])
+def test_a_bad_store_url_is_reported_without_its_password(url: str) -> None:
+    from auditstream.errors import ConfigError
+    from monitor.store import open_store
+
+    with pytest.raises(ConfigError, match="auditor") as e:
+        open_store(url)
+    assert "s3cret" not in str(e.value) and "s3cret" not in repr(e.value.value)
+
+
 # --- gold items and double review -------------------------------------------------------------
 
 

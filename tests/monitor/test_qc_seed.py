@@ -1,0 +1,113 @@
+"""QC statistics survive a monitor restart: a tracker seeded from the store's audited verdicts
+(``store.audited_qc_history`` -> ``QCTracker.seed``) has the same audited error estimate, bound
+and CUSUM as the tracker that watched the verdicts being published, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from tests.monitor.store.store_factories import BACKENDS, add_users, audit_item, make_store
+from tests.monitor.test_service import RecordingProducer
+
+from auditstream.registry import ModelCard, ModelRegistry, TriageSpec
+from auditstream.settings import Settings
+from auditstream.wire import Route
+from monitor import accounts
+from monitor.service import StatsHooks, publish_outbox
+from monitor.store import AuditStore, StoreConfig
+
+T0 = 9_000.0
+# What must not restart with the process (coverage and prediction counts may: they come from
+# the predictions stream, which the consumer group resumes after its committed offsets).
+AUDITED = ("audited", "errors", "error_estimate", "ci_low", "ci_high", "effective_sample_size", "certified_risk",
+           "cusum_statistic", "cusum_alarm", "over_budget")  # fmt: skip
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AuditStore]:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    with make_store(request.param, tmp_path, StoreConfig(gold_rate=0.0, double_review_rate=0.3, seed=1)) as s:
+        yield s
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    card = ModelCard(name="zip", version="1", task="sequence", inputs=[], outputs=[],
+                     triage=TriageSpec(threshold=0.7, target_risk=0.05, delta=0.05, certified_risk=0.04, coverage=0.6,
+                                       method="sgr"))  # fmt: skip
+    # the registry numbers versions: this becomes zip version 1
+    ModelRegistry(tmp_path / "models").publish(card, b"cards only: the monitor never loads the model")
+    return Settings(topic_prefix="t", models_dir=tmp_path / "models", metrics_port=0)
+
+
+def _decide_all(store: AuditStore, start: int, n: int, now_s: float) -> float:
+    """Ingest ``n`` QC samples (mixed inclusion probabilities) and a deferred item, and decide
+    every one: about a fifth are errors, some are skipped first, some reviewed twice."""
+    items = [audit_item(f"q{i}", Route.AUTO_QC, confidence=0.7 + (i % 7) / 25, inclusion_prob=(0.1, 0.5, 1.0)[i % 3],
+                        version="1")
+             for i in range(start, start + n)] + [audit_item(f"h{start}", version="1")]  # fmt: skip
+    store.ingest_many(items, now_s)
+    alice, bob = store.accounts.get("alice"), store.accounts.get("bob")
+    k = 0
+    while True:
+        for auditor in (alice, bob):
+            claim = store.claim(auditor, 60, now_s)
+            if claim is None:
+                return now_s
+            k += 1
+            now_s += 1.0
+            if k % 9 == 0:  # a skip first: says nothing, the item comes back
+                store.record_verdict(store.new_verdict_id(), claim.item_id, auditor, "skip", None, now_s)
+                continue
+            kind, fix = ("reject", None) if k % 5 == 0 else ("correct", "99999") if k % 11 == 0 else ("accept", None)
+            store.record_verdict(store.new_verdict_id(), claim.item_id, auditor, kind, fix, now_s)
+
+
+def _hooks(settings: Settings, store: AuditStore) -> StatsHooks:
+    from prometheus_client import CollectorRegistry
+
+    return StatsHooks(settings, store, metrics_registry=CollectorRegistry())
+
+
+def _audited(hooks: StatsHooks) -> dict:
+    (snap,) = hooks.tracker.snapshot()
+    return {name: getattr(snap, name) for name in AUDITED}
+
+
+def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore, settings: Settings) -> None:
+    add_users(store, "alice", "bob")
+    producer = RecordingProducer()
+    live = _hooks(settings, store)  # the monitor before the restart: it saw every verdict published
+    now = _decide_all(store, 0, 60, T0)
+    publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict)
+    before = _audited(live)
+    assert before["audited"] == 60 and 0 < before["errors"] < 60
+    assert before["cusum_statistic"] > 0 and before["ci_low"] < before["error_estimate"] < before["ci_high"]
+
+    cold = _hooks(settings, store)  # what a restart used to give: everything from zero
+    assert cold.tracker.snapshot() == []
+    restarted = _hooks(settings, store)
+    assert restarted.seed_from_store(store) == 60
+    assert _audited(restarted) == before  # estimate, bound and CUSUM exactly where they were
+
+    # Verdicts recorded while the monitor was down are in the seed and still in the outbox:
+    # publishing them after the seed must not count them twice.
+    now = _decide_all(store, 60, 30, now + 10)
+    after_down = _hooks(settings, store)
+    assert after_down.seed_from_store(store) == 90
+    publish_outbox(store, producer, settings, now, limit=10_000,
+                   on_verdict=lambda v: (live.observe_verdict(v), after_down.observe_verdict(v)))  # fmt: skip
+    assert _audited(after_down) == _audited(live) and _audited(live)["audited"] == 90
+
+
+def test_the_history_read_is_in_decision_order_and_paged(store: AuditStore) -> None:
+    add_users(store, "alice", "bob")
+    _decide_all(store, 0, 12, T0)
+    whole = list(store.audited_qc_history())
+    assert [o.decided_at_s for o in whole] == sorted(o.decided_at_s for o in whole)
+    assert len({o.request_id for o in whole}) == len(whole) == 12  # first decisive verdict only
+    assert list(store.audited_qc_history(page=5)) == whole  # keyset pages join up exactly
+    assert {(o.model, o.model_version) for o in whole} == {("zip", "1")}
+    assert list(store.audited_qc_history("zip", "2")) == [] and store.audited_qc_outcomes("zip") == whole
