@@ -32,7 +32,8 @@ from auditstream.kafka import Producer, Record, ensure_topics, make_producer, re
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
-from serving.consumer import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak, ServeConfig, process_batch
+from serving.consumer import ServeConfig, process_batch
+from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics

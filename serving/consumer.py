@@ -6,12 +6,8 @@ size check → decode (:mod:`auditstream.wire`) → right model? → input check
 (:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then
 :mod:`serving.postprocess` and triage (``monitor.triage``). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
-or one dead letter with its original bytes. A failed run is retried row by row to find the
-culprit; when every row fails, the warm-up input decides (:meth:`Runner.probe`): if the model
-still runs on it, the records are bad and each becomes an ``inference_failed`` dead letter; if
-not, the model is broken and :class:`~auditstream.errors.InferenceBroken` stops the process.
-:class:`FailureStreak` (kept by the app across batches) stops it too when ``N`` records in a row
-fail inference: a model that fails on every real input is broken even if the probe passes.
+or one dead letter with its original bytes. Inference (:mod:`serving.inference`) tells a bad
+record (an ``inference_failed`` dead letter) from a broken model (the exception stops the process).
 Every answer records the threshold that routed it (``details["threshold"]``, after the control
 channel's override), so a redelivery routed differently after a tightening can be recognised.
 
@@ -35,13 +31,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from auditstream import topics as T
 from auditstream.control import ControlState
-from auditstream.errors import DecodeError, InferenceBroken
+from auditstream.errors import DecodeError
 from auditstream.kafka import Record
 from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
@@ -49,25 +44,15 @@ from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
 from monitor.triage import TriagePolicy, get_policy, triage
 from serving.episodes import EpisodeStore
+from serving.inference import Runner, infer
 from serving.inputs import prepare_input
-from serving.postprocess import Answer, action_selection, postprocess, select_action
+from serving.postprocess import Answer, action_selection, select_action
 
 log = logging.getLogger(__name__)
 
 # Issue 6: at least 1% of auto decisions of a policy are audited at random, so off-policy
 # evaluation of other thresholds (and of the auto decisions themselves) stays possible.
 POLICY_MIN_QC_RATE = 0.01
-# Records in a row whose inference failed (across batches) before the model counts as broken.
-MAX_CONSECUTIVE_INFERENCE_FAILURES = 50
-
-
-class Runner(Protocol):
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
-
-    def probe(self) -> None:
-        """Run a known-good input (the warm-up); raise if the model does not run at all."""
-
-
 @dataclass(frozen=True)
 class ServeConfig:
     """What process_batch needs besides the records: the model card, policy, limits, topics."""
@@ -144,65 +129,6 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) 
     return request, episodes.observe(request, frame, record.partition)
 
 
-def _infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> tuple[list[Answer | None | Exception], float]:
-    """Answers of one stacked run and the seconds spent inside ONNX Runtime; if the run fails,
-    each row alone (to isolate the culprit). If every row fails, the probe tells bad records (each
-    its own error) from a broken model (raises InferenceBroken)."""
-    ort_s = 0.0
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        nonlocal ort_s
-        started = time.perf_counter()
-        try:
-            return session.run(batch)
-        finally:
-            ort_s += time.perf_counter() - started
-
-    try:
-        return list(postprocess(card, run(np.stack(arrays)))), ort_s
-    except Exception as batch_error:
-        rows: list[Answer | None | Exception] = [batch_error]
-    if len(arrays) > 1:
-        rows = []
-        for a in arrays:
-            try:
-                rows.append(postprocess(card, run(a[None]))[0])
-            except Exception as e:
-                rows.append(e)
-    if all(isinstance(r, Exception) for r in rows):
-        try:
-            session.probe()
-        except Exception as probe_error:
-            raise InferenceBroken(card.name, card.version, f"{len(arrays)} record(s) failed ({rows[0]!r}) and so "
-                                  f"did the warm-up input ({probe_error!r})") from probe_error
-    return rows, ort_s
-
-
-class FailureStreak:
-    """Records in a row whose inference failed, across batches; at ``limit`` the model is broken.
-
-    The probe in :func:`_infer` catches a model that no longer runs at all; this catches one that
-    still runs the warm-up input but fails on every real request (say, a GPU that fails large
-    batches only): without it, every request would be dead-lettered one by one.
-    """
-
-    def __init__(self, card: ModelCard, limit: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
-        if limit < 1:
-            raise ValueError(f"limit={limit} must be >= 1")
-        self.card, self.limit, self.count = card, limit, 0
-
-    def observe(self, results: list["RecordResult"]) -> None:
-        """Count this batch's results in order; raises InferenceBroken at ``limit`` in a row."""
-        for r in results:
-            if r.dead_letter_reason == Reason.INFERENCE_FAILED.value:
-                self.count += 1
-                if self.count >= self.limit:
-                    raise InferenceBroken(self.card.name, self.card.version,
-                                          f"the last {self.count} records in a row failed inference")
-            elif r.route is not None:
-                self.count = 0  # answered: the model works
-
-
 def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float,
                   episodes: EpisodeStore | None = None) -> list[RecordResult]:
     """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start.
@@ -225,7 +151,7 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
     for group in valid.values():
-        answers, inference_s = _infer(session, card, [a for _, _, a in group])  # this group's ORT time only
+        answers, inference_s = infer(session, card, [a for _, _, a in group])  # this group's ORT time only
         for (i, request, _array), answer in zip(group, answers):
             if isinstance(answer, Exception) or answer is None:
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"

@@ -19,7 +19,8 @@ from auditstream.registry import TensorSpec
 from auditstream.settings import Settings
 from auditstream.wire import (AuditItem, DeadLetter, Decision, ImageInput, InferenceRequest, Prediction, Reason,
                               Route)
-from serving.consumer import FailureStreak, ServeConfig, process_batch
+from serving.consumer import ServeConfig, process_batch
+from serving.inference import FailureStreak
 from serving.runtime import load_session
 
 NOW = 1_800_000_000.0
@@ -206,12 +207,12 @@ def test_a_model_failing_every_real_input_stops_after_a_streak(served) -> None:
 
 def test_inference_seconds_is_per_shape_group_and_ort_only(served, monkeypatch) -> None:
     """Each record's ``inference-s`` is its own group's ONNX Runtime time: groups do not add up."""
-    import serving.consumer as consumer
+    from serving import inference
 
-    session, config = served
+    _session, config = served
     card = dataclasses.replace(config.card, inputs=[TensorSpec("image", "float32", [None, None, 8])])
     clock = [100.0]
-    monkeypatch.setattr(consumer.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(inference.time, "perf_counter", lambda: clock[0])
 
     class SlowRunner:
         def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -83,5 +83,5 @@ def test_probe_runs_the_warm_up_input(tiny_registry: TinyRegistry) -> None:
     assert session.warmup_input is not None and session.warmup_input.shape == (2, 8, 8)
     session.probe()  # a working model: no error
     session.close()
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         session.probe()  # a closed session does not run
