@@ -43,7 +43,7 @@ from auditstream.wire import DeadLetter
 
 log = logging.getLogger(__name__)
 
-LEDGER = "dead-letter-replayed"  # compacted: one record per replayed dead letter
+LEDGER = T.DEAD_LETTER_REPLAYED  # compacted: one record per replayed dead letter
 CHUNK = 500  # letters per send → flush → ledger → flush round
 FLUSH_TIMEOUT_S = 30.0
 _MODEL_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"  # as auditstream.registry accepts model names
