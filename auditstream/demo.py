@@ -296,7 +296,7 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
             elif str(item.output) == truth:
                 kind, corrected = VerdictKind.ACCEPT, None
             else:
-                kind, corrected = VerdictKind.CORRECT, int(truth) if item.task == "classification" else truth
+                kind, corrected = VerdictKind.CORRECT, truth  # the label name, as the dashboard's editors answer
             store.record_verdict(store.new_verdict_id(), item.item_id, user, kind, corrected, time.time())
             if kind is not VerdictKind.SKIP:
                 with tally.lock:

@@ -39,16 +39,16 @@ TINY_MODEL = "tiny"
 TINY_CLASSES = 10
 
 
-def tiny_classifier_onnx(classes: int = TINY_CLASSES, seed: int = 0, side: int = 8) -> bytes:
+def tiny_classifier_onnx(classes: int = TINY_CLASSES, seed: int = 0, side: int = 8, input_name: str = "image") -> bytes:
     """float32 [B, side, side] → Flatten → MatMul (+ seeded weights) → Softmax → ``probs``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     weights = (rng.standard_normal((side * side, classes)) * 0.3).astype(np.float32)
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, side, side])
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, side, side])
     y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, classes])
     nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("Flatten", [input_name], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
     ]
