@@ -19,7 +19,6 @@ Run: ``auditstream bench qc --json`` (about 45 s on 2 cores; numpy-vectorised, f
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 

@@ -39,7 +39,6 @@ _ORT_DEFAULT_SEVERITY = 2
 
 def _probe_model_bytes() -> bytes:
     """A one-node graph (Identity) to test whether a provider loads."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
