@@ -19,6 +19,7 @@ import streamlit as st
 from dashboards import charts
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
+from dashboards.render import human_duration
 from monitor.accounts import User
 from monitor.qc import ModelQC
 
@@ -66,13 +67,13 @@ def _queue_section(ctx: DashboardContext, now: float) -> None:
     decided = sum(stats.auditor_throughput.values())
     cols = st.columns(4)
     cols[0].metric("Waiting items", f"{depth:,}", help="Deferred items and QC samples without a verdict (gold excluded)")
-    cols[1].metric("Oldest item", _age(oldest), help="How long the oldest waiting item has been in the store")
+    cols[1].metric("Oldest item", human_duration(oldest), help="How long the oldest waiting item has been in the store")
     cols[2].metric("Verdicts, last hour", f"{decided:,}", help="Accept, correct and reject (skips not counted)")
     cols[3].metric("Unpublished verdicts", f"{stats.outbox_pending:,}", help="Recorded, not yet acknowledged by Kafka")
     if stats.queue:
         st.dataframe(
             [{"model": q.model, "version": q.model_version, "route": q.route.value, "waiting": q.depth,
-              "oldest": _age(q.oldest_age_s)} for q in sorted(stats.queue, key=lambda q: (q.model, q.model_version))],
+              "oldest": human_duration(q.oldest_age_s)} for q in sorted(stats.queue, key=lambda q: (q.model, q.model_version))],
             hide_index=True,
         )  # fmt: skip
     series = ctx.store.throughput_series(THROUGHPUT_BUCKET_S, since_s=now - WINDOW_S)
@@ -175,10 +176,3 @@ def _auditor_section(ctx: DashboardContext, now: float) -> None:
     cols[2].metric("Cohen's kappa", "—" if not agreement.n_items or math.isnan(agreement.kappa) else f"{agreement.kappa:.2f}",
                    help="Agreement beyond chance: 1 perfect, 0 no better than chance")  # fmt: skip
 
-
-def _age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -201,6 +201,15 @@ def render_input(prediction: Prediction, value: ModelInput, labels: Sequence[str
     st.image(picture, caption=_input_caption(prediction, value), output_format="PNG")  # crisp pixels, no JPEG blur
 
 
+def human_duration(seconds: float) -> str:
+    """A waiting time as a person reads it: '42 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _input_caption(prediction: Prediction, value: ModelInput) -> str:
     if isinstance(value, ImageInput):
         return f"{value.format.upper()} image, {len(value.data):,} bytes"

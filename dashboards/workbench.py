@@ -178,16 +178,9 @@ def item_header_ui(claim: Claim, blind: bool, now_s: float) -> None:
         badges.badge("Second review", icon=":material/group:", color="blue")
     badges.badge(f"{item.model} v{item.model_version} · {item.task}", color="gray")
     age = max(0.0, now_s - item.ingested_at_s)
-    st.caption(f"Item {item.item_id} · request {item.request_id} · waiting {_duration(age)} · "
+    st.caption(f"Item {item.item_id} · request {item.request_id} · waiting {render.human_duration(age)} · "
                f"lease until {time.strftime('%H:%M:%S', time.gmtime(claim.lease_expires_s))} UTC")  # fmt: skip
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------------------------
