@@ -24,6 +24,16 @@ class DecodeError(AuditstreamError, ValueError):
         super().__init__(f"{code}: {detail}")
 
 
+class UnknownTaskKind(AuditstreamError, ValueError):
+    """A model card or a record names a task kind auditstream does not know."""
+
+    def __init__(self, value: object, known: list[str]) -> None:
+        self.value, self.known = value, known
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        super().__init__(f"unknown task kind {shown}: a model card's 'task' must be one of {known} "
+                         "(docs/architecture.md, 'Adding a task kind', says how to add one)")
+
+
 class ModelRefused(AuditstreamError):
     """A model in the registry failed a safety check and was not loaded."""
 

@@ -30,6 +30,7 @@ from typing import Any
 from auditstream.errors import ModelNotFound, ModelRefused
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, verify_onnx, verify_onnx_bytes
+from auditstream.wire.codec import TaskKind
 
 __all__ = ["ALLOWED_OP_DOMAINS", "CARD_FILE", "LIVE_FILE", "ONNX_FILE", "ModelCard", "ModelRegistry",
            "RegisteredModel", "TensorSpec", "TriageSpec", "sha256_file", "verify_onnx", "verify_onnx_bytes"]
@@ -37,7 +38,6 @@ __all__ = ["ALLOWED_OP_DOMAINS", "CARD_FILE", "LIVE_FILE", "ONNX_FILE", "ModelCa
 ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
-TASKS = ("classification", "sequence", "detection", "policy", "caption")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -73,7 +73,7 @@ class TriageSpec:
 class ModelCard:
     name: str
     version: str
-    task: str
+    task: TaskKind  # a plain string is parsed; an unknown kind is refused (UnknownTaskKind)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     triage: TriageSpec
@@ -89,8 +89,7 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"model card task {self.task!r} not one of {TASKS}")
+        object.__setattr__(self, "task", TaskKind.parse(self.task))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from auditstream.tasks.base import label_name
 from auditstream.wire import ImageInput, ModelInput
 
 # Pixel budget of an image in the workbench: small inputs (8x8 digits) are upscaled with
@@ -122,13 +123,6 @@ def caption_over(image: Image.Image, caption: str) -> Image.Image:
         text.text((10, 8 + 24 * i), text_line, fill="white", font=font)
     out.paste(body, (0, band))
     return out
-
-
-def label_name(label: Any, labels: Sequence[str]) -> str:
-    """A class index as its card label where one exists (``3 -> "cat"``), else as text."""
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
-        return str(labels[label])
-    return str(label)
 
 
 def cartpole_frame(obs: Sequence[float], width: int = 600, height: int = 400) -> Image.Image:

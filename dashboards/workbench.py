@@ -26,8 +26,9 @@ from typing import Any, Sequence
 import streamlit as st
 
 from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
-from auditstream.wire import ModelInput, Prediction, Route, VerdictKind, decode_input
+from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKind, decode_input
 from dashboards import editors, render
+from dashboards import tasks as views
 from dashboards.context import DashboardContext
 from monitor.accounts import WRITERS, User, require_role
 from monitor.store import Claim, VerdictResult
@@ -104,44 +105,11 @@ def filters_ui(models: Sequence[str]) -> tuple[str | None, Route | None]:
     return (None if model == "All models" else model), ROUTE_FILTERS[route]
 
 
-def answer_editor_ui(task: str, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
+def answer_editor_ui(task: TaskKind, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
                      key: str) -> tuple[Any, Sequence[str]]:  # fmt: skip
-    """The task's answer editor, pre-filled with the model's answer unless blind.
+    """The task kind's answer editor, pre-filled with the model's answer unless blind.
     Returns (raw editor value, the choices of a picker)."""
-    start = None if blind else prediction.output
-    if task == "sequence":
-        raw = st.text_input(
-            "ZIP code (5 digits)", value="" if start is None else str(start), max_chars=5, key=key,
-            validate=(r"^[0-9]{5}$", "A ZIP code is exactly 5 digits."),
-            help="Type the ZIP code you read on the envelope and press Enter.",
-        )  # fmt: skip
-        return raw, ()
-    if task in ("classification", "policy"):
-        choices = render.action_labels(prediction, value, labels) if task == "policy" else render.class_labels(prediction, labels)
-        index = None if blind else editors.choice_index(prediction.output, choices)
-        label = "Action to take" if task == "policy" else "Class"
-        widget = st.radio if len(choices) <= 12 else st.selectbox
-        kwargs: dict[str, Any] = {"horizontal": True} if widget is st.radio else {}
-        probs = prediction.details.get("action_probs") if task == "policy" and not blind else None
-        if widget is st.radio and isinstance(probs, list) and len(probs) == len(choices):
-            kwargs["captions"] = [f"p = {p:.2f}" for p in probs]
-        raw = widget(label, list(range(len(choices))), index=index, format_func=lambda i: choices[i] if choices[i] == str(i) else f"{i}: {choices[i]}",
-                     key=key, help="Arrow keys move the choice; Tab then Enter submits.", **kwargs)  # fmt: skip
-        return raw, choices
-    if task == "caption":
-        raw = st.text_area("Caption", value="" if start is None else str(start), key=key, height=90,
-                           help="Write the caption the image should have; Ctrl+Enter submits.")  # fmt: skip
-        return raw, ()
-    if task == "detection":
-        import pandas as pd
-
-        rows = editors.boxes_as_rows([] if start is None else start, labels)
-        frame = pd.DataFrame(rows, columns=list(editors.DETECTION_COLUMNS))
-        edited = st.data_editor(frame, num_rows="dynamic", key=key, hide_index=True,
-                                column_config={"label": st.column_config.TextColumn(required=True)})  # fmt: skip
-        return edited.to_dict("records"), labels
-    st.warning(f"No editor for task kind {task!r}: accept, reject or skip.")
-    return prediction.output, ()
+    return views.lookup(task).editor_ui(prediction, value, labels, blind, key)
 
 
 def verdict_form_ui(claim: Claim, prediction: Prediction, value: ModelInput, labels: Sequence[str],

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
@@ -37,7 +38,6 @@ from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics
-from serving.postprocess import check_card
 from serving.runtime import ModelSession, load_session
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ServeApp:
                  session: ModelSession | None = None, shadow_of: str | None = None,
                  use_control: bool = True, lag_refresh_s: float = LAG_REFRESH_S,
                  max_consecutive_inference_failures: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
-        check_card(model.card)
+        tasks.lookup(model.card.task).check_card(model.card)
         self.settings, self.model = settings, model
         self.control_view: ControlView | None = None
         with contextlib.ExitStack() as started:  # unwound only if start-up fails
@@ -143,7 +143,7 @@ class ServeApp:
 
     def _episode_store(self, bootstrap: str, hooks: LoopHooks, shadow: bool) -> EpisodeStore | None:
         """A policy's per-episode state, chained in front of the caller's hooks."""
-        if self.model.card.task != "policy":
+        if not tasks.lookup(self.model.card.task).acts:  # only kinds that act keep episode state
             return None
         state_topic = None if shadow else self.settings.topic(T.EPISODE_STATE)
         if state_topic is not None:

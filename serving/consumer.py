@@ -3,23 +3,26 @@
 
 :func:`process_batch` is pure (no Kafka, tested without a broker): for each record, in order,
 size check → decode (:mod:`auditstream.wire`) → right model? → input check
-(:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then
-:mod:`serving.postprocess` and triage (``monitor.triage``). Each record yields either its
+(:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then the task
+kind's postprocessing (:mod:`auditstream.tasks`) and triage (``monitor.triage``, with the
+kind's gating part confidences). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
 or one dead letter with its original bytes. Inference (:mod:`serving.inference`) tells a bad
 record (an ``inference_failed`` dead letter) from a broken model (the exception stops the process).
 Every answer records the threshold that routed it (``details["threshold"]``, after the control
 channel's override), so a redelivery routed differently after a tightening can be recognised.
 
-Policies (task ``policy``) act: the action is drawn by :func:`serving.postprocess.select_action`
-and every outcome goes to ``actions`` for the environment driver (the action, or a ``deferred``
-marker for HUMAN routes, which also go to ``audit``); model decisions go to ``decisions`` with
-the full probability vector, the propensities the action was drawn with, the value estimate, the
-route and whether the decision was QC-sampled. With an :class:`serving.episodes.EpisodeStore`
-the observation of an episode's step joins its frame stack and the decision carries the
-episode's context; an ``episode_end`` request only ends the episode's state. A *shadow*
-consumer (a candidate on the live model's requests) writes predictions flagged ``shadow`` and
-nothing that acts: no decisions, actions, audit items or episode state.
+Kinds whose answers act (``Task.acts``: policies) draw the action with the kind's
+:meth:`~auditstream.tasks.Task.act` at a hash of the request id, and every outcome goes to
+``actions`` for the environment driver (the action, or a ``deferred`` marker for HUMAN routes,
+which also go to ``audit``); a decision records what the kind's ``decision_details`` says (for a
+policy: the full probability vector, the propensities the action was drawn with, the value
+estimate, the route and whether the decision was QC-sampled). With an
+:class:`serving.episodes.EpisodeStore` the observation of an episode's step joins its frame
+stack and the decision carries the episode's context; an ``episode_end`` request only ends the
+episode's state. A *shadow* consumer (a candidate on the live model's requests), of any kind,
+writes predictions flagged ``shadow`` and nothing that acts: no decisions, actions, audit items
+or episode state.
 
 :class:`ServeApp` wires it into :class:`auditstream.stream.StreamLoop` (at-least-once; the
 checkpoint order is documented there and in docs/serving.md) with metrics.
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlState
 from auditstream.errors import DecodeError
@@ -42,17 +46,12 @@ from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
-from monitor.triage import TriagePolicy, get_policy, triage
+from monitor.triage import TriagePolicy, get_policy, hash_uniform, triage
 from serving.episodes import EpisodeStore
 from serving.inference import Runner, infer
 from serving.inputs import prepare_input
-from serving.postprocess import Answer, action_selection, select_action
 
 log = logging.getLogger(__name__)
-
-# Issue 6: at least 1% of auto decisions of a policy are audited at random, so off-policy
-# evaluation of other thresholds (and of the auto decisions themselves) stays possible.
-POLICY_MIN_QC_RATE = 0.01
 @dataclass(frozen=True)
 class ServeConfig:
     """What process_batch needs besides the records: the model card, policy, limits, topics."""
@@ -70,6 +69,10 @@ class ServeConfig:
     control: ControlState | None = None  # the monitor's latest word: queue depth, tightened threshold
 
     @property
+    def task(self) -> tasks.Task:
+        return tasks.lookup(self.card.task)
+
+    @property
     def triage_spec(self) -> TriageSpec:
         """The card's triage rule with the monitor's threshold override (which only tightens)."""
         spec = self.card.triage
@@ -81,11 +84,12 @@ class ServeConfig:
     @classmethod
     def from_settings(cls, settings: Settings, card: ModelCard, shadow: bool = False,
                       request_model: str = "") -> "ServeConfig":
-        qc_rate = max(settings.qc_rate, POLICY_MIN_QC_RATE) if card.task == "policy" else settings.qc_rate
+        min_qc_rate = tasks.lookup(card.task).min_qc_rate
+        qc_rate = max(settings.qc_rate, min_qc_rate)
         if qc_rate != settings.qc_rate:
-            log.warning("qc_rate %.4g raised to %.2g for policy %s (random audits keep OPE possible)",
-                        settings.qc_rate, qc_rate, card.name)
-        if settings.triage_policy == "no-qc" and card.task != "policy":
+            log.warning("qc_rate %.4g raised to %.2g for %s %s (random audits keep OPE possible)",
+                        settings.qc_rate, qc_rate, card.task, card.name)
+        if settings.triage_policy == "no-qc" and not min_qc_rate:
             qc_rate = 0.0
         policy = get_policy(settings.triage_policy, qc_rate=qc_rate,
                             max_human_queue_depth=settings.max_human_queue_depth or None, salt=settings.qc_salt)
@@ -150,6 +154,7 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
             continue
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
+    task = config.task
     for group in valid.values():
         answers, inference_s = infer(session, card, [a for _, _, a in group])  # this group's ORT time only
         for (i, request, _array), answer in zip(group, answers):
@@ -157,12 +162,12 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
                 results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic, now)
                 continue
-            if card.task == "policy":
-                answer = _act(answer, request, card, episodes)
+            if task.acts:
+                answer = _act(task, answer, request, card, episodes)
             # The rule that routed this answer (the card's threshold or the monitor's tightening).
-            answer = Answer(answer.output, answer.confidence, {**answer.details, "threshold": triage_spec.threshold})
+            answer = dataclasses.replace(answer, details={**answer.details, "threshold": triage_spec.threshold})
             decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
-                              human_queue_depth=human_queue_depth)
+                              part_confidences=task.gating_confidences(answer), human_queue_depth=human_queue_depth)
             latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
                        "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
             prediction = Prediction(
@@ -171,58 +176,38 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 qc_inclusion_prob=decision.qc_inclusion_prob, created_at_s=request.created_at_s,
                 details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
                 shadow=config.shadow)
-            outputs = _outputs(prediction, request, config) if card.task != "policy" else _policy_outputs(prediction, request, config)
-            results[i] = RecordResult(outputs, decision.route, end_to_end_s=latency["end-to-end-s"],
-                                      over_capacity=decision.over_capacity)
+            results[i] = RecordResult(_outputs(prediction, request, config), decision.route,
+                                      end_to_end_s=latency["end-to-end-s"], over_capacity=decision.over_capacity)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 
 
+def _act(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, card: ModelCard,
+         episodes: EpisodeStore | None) -> tasks.Answer:
+    """The answer that acts (drawn at a hash of the request id: a redelivery acts the same),
+    with the episode's context."""
+    answer = task.act(answer, card, hash_uniform(request.request_id, tasks.ACTION_SALT))
+    if episodes is not None and request.episode_key is not None:
+        answer = dataclasses.replace(answer, details={**answer.details,
+                                                      "episode": episodes.decided(request, answer.output)})
+    return answer
+
+
 def _outputs(prediction: Prediction, request: InferenceRequest, config: ServeConfig) -> list[Output]:
+    """The prediction always; unless shadow: the decision (model routes), for kinds that act the
+    action or a deferred marker, and the audit item (HUMAN, AUTO_QC)."""
     key = request.request_id.encode()
     outputs = [Output(config.predictions_topic, key, prediction.to_bytes(), tuple(prediction.latency_headers()))]
-    if prediction.route in (Route.AUTO, Route.AUTO_QC):
-        decision = Decision(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
-                            output=prediction.output, source="model", created_at_s=request.created_at_s,
-                            episode_key=request.episode_key, step=request.step,
-                            details={"confidence": prediction.confidence, "route": prediction.route.value,
-                                     "threshold": prediction.details["threshold"]})
-        outputs.append(Output(config.decisions_topic, request.key, decision.to_bytes()))
-    if prediction.route in (Route.HUMAN, Route.AUTO_QC):
-        outputs.append(Output(config.audit_topic, key, AuditItem(prediction, request.input).to_bytes()))
-    return outputs
-
-
-def _act(answer: Answer, request: InferenceRequest, card: ModelCard, episodes: EpisodeStore | None) -> Answer:
-    """A policy's answer with the action that acts, its propensities and the episode context."""
-    mode = action_selection(card)
-    action, propensities = select_action(answer.details["action_probs"], request.request_id, mode)
-    details = {**answer.details, "propensities": propensities, "action_selection": mode,
-               "greedy_action": answer.output, "confidence_kind": card.triage.confidence_kind}
-    if episodes is not None and request.episode_key is not None:
-        details["episode"] = episodes.decided(request, action)
-    return Answer(action, answer.confidence, details)
-
-
-def _policy_outputs(prediction: Prediction, request: InferenceRequest, config: ServeConfig) -> list[Output]:
-    """Prediction always; unless shadow: decision (model routes), action or deferred marker, audit."""
-    outputs = [Output(config.predictions_topic, request.request_id.encode(), prediction.to_bytes(),
-                      tuple(prediction.latency_headers()))]
     if config.shadow:
         return outputs
-    route, d = prediction.route, prediction.details
-    details = {"action_probs": d["action_probs"], "propensities": d["propensities"], "value": d["value"],
-               "route": route.value, "confidence": prediction.confidence, "qc_sampled": route == Route.AUTO_QC,
-               "qc_inclusion_prob": prediction.qc_inclusion_prob, "action_selection": d["action_selection"],
-               "threshold": d["threshold"]}
-    if "episode" in d:
-        details["episode"] = d["episode"]
+    task, route = config.task, prediction.route
+    details = task.decision_details(prediction)
     if route in (Route.AUTO, Route.AUTO_QC):
         decision = Decision(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
                             output=prediction.output, source="model", created_at_s=request.created_at_s,
                             episode_key=request.episode_key, step=request.step, details=details)
         outputs.append(Output(config.decisions_topic, request.key, decision.to_bytes()))
-    if request.episode_key is not None and request.step is not None and config.actions_topic:
+    if task.acts and request.episode_key is not None and request.step is not None and config.actions_topic:
         action = Action(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,
                         episode_key=request.episode_key, step=request.step,
                         action=None if route == Route.HUMAN else prediction.output, route=route,
@@ -230,6 +215,5 @@ def _policy_outputs(prediction: Prediction, request: InferenceRequest, config: S
                         details={**details, "safe_action": config.card.triage.safe_action})
         outputs.append(Output(config.actions_topic, request.key, action.to_bytes()))
     if route in (Route.HUMAN, Route.AUTO_QC):
-        outputs.append(Output(config.audit_topic, request.request_id.encode(),
-                              AuditItem(prediction, request.input).to_bytes()))
+        outputs.append(Output(config.audit_topic, key, AuditItem(prediction, request.input).to_bytes()))
     return outputs

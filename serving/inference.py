@@ -25,7 +25,7 @@ import numpy as np
 from auditstream.errors import InferenceBroken
 from auditstream.registry import ModelCard
 from auditstream.wire import Reason
-from serving.postprocess import Answer, postprocess
+from auditstream.tasks import Answer, lookup
 
 # Records in a row whose inference failed (across batches) before the model counts as broken.
 MAX_CONSECUTIVE_INFERENCE_FAILURES = 50
@@ -53,6 +53,7 @@ def infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> tuple[l
         finally:
             ort_s += time.perf_counter() - started
 
+    postprocess = lookup(card.task).postprocess
     try:
         return list(postprocess(card, run(np.stack(arrays)))), ort_s
     except Exception as batch_error:  # noqa: BLE001 - any runtime error: find out whose it is below

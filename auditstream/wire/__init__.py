@@ -20,7 +20,7 @@ tokens and non-finite numbers are refused (strict JSON; a NaN confidence would s
 from auditstream.wire.codec import (
     ALLOWED_DTYPES, CONTENT_TYPE_HEADER, DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES,
     MAX_ID_CHARS, MAX_JSON_CONTAINERS, MAX_RANK, MAX_RECORD_BYTES, MAX_TENSOR_ELEMENTS,
-    REQUEST_CONTENT_TYPE, Reason, Route, VerdictKind, WIRE_VERSION, schema,
+    REQUEST_CONTENT_TYPE, Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, schema,
 )
 from auditstream.wire.tensors import (
     ImageInput, ModelInput, decode_input, decode_tensor, encode_input, encode_tensor,
@@ -44,6 +44,7 @@ __all__ = [
     "REQUEST_CONTENT_TYPE",
     "Reason",
     "Route",
+    "TaskKind",
     "VerdictKind",
     "WIRE_VERSION",
     "schema",

@@ -1,16 +1,16 @@
-"""Wire v1 basics: version, limits, enums (reason codes, routes, verdict kinds) and the strict
+"""Wire v1 basics: version, limits, enums (reason codes, routes, verdict kinds, task kinds) and the strict
 JSON helpers every record decoder uses (refuse oversize, NaN, wrong types, unknown versions)."""
 
 from __future__ import annotations
 
 import json
 import math
-from enum import Enum
+from enum import Enum, StrEnum
 from importlib import resources
 from typing import Any
 
 
-from auditstream.errors import DecodeError
+from auditstream.errors import DecodeError, UnknownTaskKind
 
 WIRE_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
@@ -56,6 +56,29 @@ class Route(str, Enum):
 
 
 DECISION_SOURCES = ("model", "human", "fallback")
+
+
+class TaskKind(StrEnum):
+    """What a model does. It decides how the graph's outputs become an answer, which parts of the
+    answer can be accepted on their own, when two answers are the same and how an auditor sees and
+    edits it: one module per kind per layer (``auditstream.tasks``, ``dashboards.tasks``) knows
+    that, and everything else looks the kind up."""
+
+    CLASSIFICATION = "classification"  # one label per input (a digit)
+    SEQUENCE = "sequence"  # a fixed-length string read from an input (a ZIP code)
+    DETECTION = "detection"  # boxes with labels (digits on a parcel label)
+    CAPTION = "caption"  # a sentence describing a scene
+    POLICY = "policy"  # an action in an environment, step by step
+
+    @classmethod
+    def parse(cls, value: object) -> "TaskKind":
+        """``value`` as a kind; anything else raises :class:`~auditstream.errors.UnknownTaskKind`."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise UnknownTaskKind(value, [k.value for k in cls]) from None
 
 
 class VerdictKind(str, Enum):

@@ -10,7 +10,7 @@ from typing import Any
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
     DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_ID_CHARS, MAX_RECORD_BYTES,
-    Reason, Route, VerdictKind, WIRE_VERSION, _dumps, _enum, _field, _id, _loads, _number, _short,
+    Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _field, _id, _loads, _number, _short,
     _step,
 )
 from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input
@@ -80,7 +80,7 @@ class Prediction:
     request_id: str
     model: str
     model_version: str
-    task: str
+    task: TaskKind
     output: Any
     confidence: float
     route: Route
@@ -93,13 +93,16 @@ class Prediction:
     latency: dict[str, float] = field(default_factory=dict)
     shadow: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", TaskKind.parse(self.task))  # a plain string names a kind too
+
     def to_dict(self) -> dict[str, Any]:
         obj = {
             "v": WIRE_VERSION,
             "request_id": self.request_id,
             "model": self.model,
             "model_version": self.model_version,
-            "task": self.task,
+            "task": self.task.value,
             "output": self.output,
             "confidence": self.confidence,
             "route": self.route.value,
@@ -126,7 +129,7 @@ class Prediction:
             request_id=_id(obj, "request_id"),
             model=_id(obj, "model"),
             model_version=_field(obj, "model_version", str),
-            task=_field(obj, "task", str),
+            task=_enum(TaskKind, obj.get("task"), "task"),
             output=obj.get("output"),
             confidence=_number(obj, "confidence"),
             route=_enum(Route, obj.get("route"), "route"),

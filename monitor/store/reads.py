@@ -14,7 +14,8 @@ import json
 from collections import Counter, defaultdict
 from typing import Any, Iterator
 
-from auditstream.wire import Route, VerdictKind
+from auditstream import tasks
+from auditstream.wire import Route, TaskKind, VerdictKind
 from monitor.store.records import (
     Agreement,
     GoldScore,
@@ -23,7 +24,6 @@ from monitor.store.records import (
     StoredItem,
     StoreStats,
     VerdictRecord,
-    dumps,
     human_label,
 )
 
@@ -42,7 +42,7 @@ def item_from_row(row: tuple) -> StoredItem:
     (item_id, request_id, model, version, task, route, confidence, prob, output, details, input_, reason,
      created, ingested, gold, needed, done, state, owner, expires, episode_key, step) = row  # fmt: skip
     return StoredItem(
-        int(item_id), request_id, model, version, task, Route(route), float(confidence), float(prob),
+        int(item_id), request_id, model, version, TaskKind.parse(task), Route(route), float(confidence), float(prob),
         json.loads(output), json.loads(details), json.loads(input_), reason, float(created), float(ingested),
         bool(gold), int(needed), int(done), state, owner, None if expires is None else float(expires), episode_key, step,
     )  # fmt: skip
@@ -159,15 +159,15 @@ class StoreReads:
 
     def agreement(self) -> Agreement:
         """Percent agreement and Cohen's kappa between the first and second review of
-        double-reviewed items (labels compared as canonical JSON, reject = no answer)."""
+        double-reviewed items (labels compared by the task kind's answer key, reject = no answer)."""
         rows = self._db.query(
-            "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output FROM {p}verdicts v"
+            "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output, i.task FROM {p}verdicts v"
             " JOIN {p}items i ON i.id = v.item_id WHERE i.reviews_needed = 2 AND v.review_round IN (1, 2)"
         )
         labels: dict[int, dict[int, str]] = defaultdict(dict)
-        for item_id, review_round, kind, corrected, output in rows:
+        for item_id, review_round, kind, corrected, output, task in rows:
             label = human_label(VerdictKind(kind), json.loads(output), None if corrected is None else json.loads(corrected))
-            labels[item_id][int(review_round)] = dumps(label)
+            labels[item_id][int(review_round)] = tasks.lookup(task).answer_key(label)
         pairs = [(r[1], r[2]) for r in labels.values() if 1 in r and 2 in r]
         return agreement_of(pairs)
 

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditstream import topics
-from auditstream.wire import AuditItem, Decision, Route, Verdict, VerdictKind
+from auditstream import tasks, topics
+from auditstream.wire import AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class StoredItem:
     request_id: str
     model: str
     model_version: str
-    task: str
+    task: TaskKind
     route: Route
     confidence: float
     qc_inclusion_prob: float
@@ -185,8 +185,10 @@ def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> 
     return {VerdictKind.ACCEPT: model_output, VerdictKind.CORRECT: corrected_output}.get(kind)
 
 
-def gold_is_correct(kind: VerdictKind, model_output: Any, corrected_output: Any, gold_output: Any) -> bool:
-    return dumps(human_label(kind, model_output, corrected_output)) == dumps(gold_output)
+def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, corrected_output: Any,
+                    gold_output: Any) -> bool:
+    """Whether the auditor's answer is the gold answer, by the task kind's answer equality."""
+    return tasks.lookup(task).same_answer(human_label(kind, model_output, corrected_output), gold_output)
 
 
 def check_audit_item(item: AuditItem) -> None:

@@ -132,7 +132,7 @@ class AuditStore(StoreReads):
         p = item.prediction
         double = hash_uniform(p.request_id, salt="double-review") < self.config.double_review_rate
         return (
-            p.request_id, p.model, p.model_version, p.task, p.route.value, 0 if p.route is Route.HUMAN else 1,
+            p.request_id, p.model, p.model_version, p.task.value, p.route.value, 0 if p.route is Route.HUMAN else 1,
             float(p.confidence), float(p.qc_inclusion_prob), dumps(p.output), dumps(p.details),
             json.dumps(encode_input(item.input)), p.reason, p.episode_key, p.step, float(p.created_at_s), float(now_s),
             int(gold), dumps(gold_output) if gold else None, 2 if double else 1,
@@ -232,7 +232,7 @@ class AuditStore(StoreReads):
                 cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
             elif item.is_gold:  # gold stays in the queue for the other auditors
                 gold_row = cur.one("SELECT gold_output FROM {p}items WHERE id = ?", (item_id,))
-                gold_correct = gold_is_correct(kind, item.output, corrected_output, json.loads(gold_row[0]))
+                gold_correct = gold_is_correct(item.task, kind, item.output, corrected_output, json.loads(gold_row[0]))
                 review_round = 1
                 cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
             else:

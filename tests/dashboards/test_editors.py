@@ -6,6 +6,8 @@ import pytest
 
 from auditstream.wire import VerdictKind
 from dashboards import editors
+from dashboards.tasks.base import choice_index
+from dashboards.tasks.detection import boxes_as_rows
 
 
 @pytest.mark.parametrize(
@@ -28,8 +30,8 @@ def test_pickers_return_the_models_form():
     for bad in (None, 3, "cow"):
         with pytest.raises(ValueError):
             editors.parse_answer("classification", bad, choices)
-    assert editors.choice_index("dog", choices) == 1 and editors.choice_index(2, choices) == 2
-    assert editors.choice_index("cow", choices) is None
+    assert choice_index("dog", choices) == 1 and choice_index(2, choices) == 2
+    assert choice_index("cow", choices) is None
 
 
 def test_caption_and_boxes():
@@ -42,7 +44,7 @@ def test_caption_and_boxes():
     with pytest.raises(ValueError, match="x0 < x1"):
         editors.parse_answer("detection", [{"label": "car", "x0": 5, "y0": 2, "x1": 1, "y1": 6}])
     output = [{"box": [1, 2, 5, 6], "label": 1, "score": 0.9}]
-    assert editors.boxes_as_rows(output, ["person", "car"])[0]["label"] == "car"
+    assert boxes_as_rows(output, ["person", "car"])[0]["label"] == "car"
 
 
 def test_unchanged_answer_accepts_changed_answer_corrects():

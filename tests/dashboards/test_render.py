@@ -11,6 +11,7 @@ import pytest
 from tests.dashboards.conftest import items_by_task, png
 
 from dashboards import images, render
+from dashboards.tasks.classification import class_labels
 
 
 def test_digits_are_upscaled_crisply_with_the_ink_range():
@@ -91,7 +92,7 @@ def test_sequence_and_classification_runner_ups():
     assert seq.runner_ups == [("02739", 0.42)]
     cls = render.answer_view(items["classification"].prediction, items["classification"].input)
     assert cls.runner_ups == [("7", 0.35), ("4", 0.05)]
-    assert render.class_labels(items["classification"].prediction, []) == [str(i) for i in range(10)]
+    assert class_labels(items["classification"].prediction, []) == [str(i) for i in range(10)]
 
 
 def test_image_inputs_and_unknown_shapes():

@@ -206,7 +206,7 @@ def step_through(settings: Settings, producer, reader, req: InferenceRequest, ti
 def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, tmp_path: Path) -> None:
     from auditstream.kafka import ensure_topics, make_producer, make_reader, read_to_end
     from auditstream.topics import COMPACTED_TOPICS, all_topics
-    from serving.postprocess import policy
+    from auditstream.tasks import lookup
 
     model = frame_policy(tmp_path, threshold=0.0)  # every decision AUTO: each step yields an action
     settings = dataclasses.replace(broker, topic_prefix=f"ep{os.getpid()}x{int(time.time())}",
@@ -246,7 +246,7 @@ def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, t
         # the stacked input after the takeover holds the frames seen by the killed consumer
         stack = expected_stack(obs, s)[None]
         out = session.run(stack)
-        want = policy(card, out["action_probs"], out["value"])[0].details["action_probs"]
+        want = lookup(card.task).postprocess(card, out)[0].details["action_probs"]
         assert action.details["action_probs"] == want
     state = [r for r in read_to_end(settings, [settings.topic(T.EPISODE_STATE)]) if r.key == b"ep-1"]
     assert state and state[-1].value is None  # the episode's end left a tombstone

@@ -271,3 +271,16 @@ def test_dead_letter_keeps_exact_bytes_through_base64(served) -> None:
     obj = json.loads(result.outputs[0].value)
     assert base64.b64decode(obj["value_b64"]) == raw and obj["source"] == {"topic": "t", "partition": 2, "offset": 9}
     assert time.time() > 0  # process_batch takes "now" from the caller: no hidden clock in outputs
+
+
+def test_a_classifier_in_shadow_writes_flagged_predictions_only(served) -> None:
+    """Shadow mode is the consumer's, not a kind's: a candidate classifier publishes nothing that
+    acts (no decision, no audit item), whatever its routes."""
+    session, config = served
+    shadow = dataclasses.replace(config, shadow=True)
+    records = [request_record(i, good(i)) for i in range(40)]
+    live_routes = [r.route for r in process_batch(records, session, config, NOW)]
+    results = process_batch(records, session, shadow, NOW)
+    assert [r.route for r in results] == live_routes and set(live_routes) >= {Route.HUMAN}
+    assert all([o.topic for o in r.outputs] == [config.predictions_topic] for r in results)
+    assert all(Prediction.from_bytes(r.outputs[0].value).shadow for r in results)

@@ -276,7 +276,9 @@ def in_process_returns(onnx_path: Any, card: Any, env_id: str, episodes: int, se
     the same routing with no human answering (below the card's threshold: the safe action)."""
     import onnxruntime as ort
 
-    from serving.postprocess import action_selection, policy_confidence, select_action
+    from auditstream.tasks import ACTION_SALT
+    from auditstream.tasks.policy import action_selection, policy_confidence, select_action
+    from monitor.triage import hash_uniform
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     mode, env, run_id = action_selection(card), make_env(env_id, max_steps), uuid.uuid4().hex[:8]
@@ -287,7 +289,7 @@ def in_process_returns(onnx_path: Any, card: Any, env_id: str, episodes: int, se
         while not done:
             probs = session.run(["action_probs"], {card.inputs[0].name: np.asarray(obs, np.float32)[None]})[0][0]
             rounded = [round(float(p), 6) for p in probs]
-            action, _ = select_action(rounded, f"{env_id}-{run_id}-ep{episode}-s{step}", mode)
+            action, _ = select_action(rounded, hash_uniform(f"{env_id}-{run_id}-ep{episode}-s{step}", ACTION_SALT), mode)
             confidence = round(policy_confidence(np.asarray(probs, np.float64), card.triage.confidence_kind), 6)
             if defer and not confidence >= card.triage.threshold:
                 action = int(card.triage.safe_action)

@@ -101,7 +101,7 @@ def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.
 def candidate_policy(model: Any) -> Any:
     """The candidate as a NumpyPolicy with the probabilities it would *act* with."""
     from serving.episodes import frame_stack
-    from serving.postprocess import action_selection
+    from auditstream.tasks.policy import action_selection
     from training.rl.policy_export import NumpyPolicy
 
     if frame_stack(model.card) > 1:

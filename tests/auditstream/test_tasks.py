@@ -1,4 +1,4 @@
-"""serving.postprocess: outputs, confidences and details per task kind (known answers)."""
+"""auditstream.tasks: outputs, confidences and details per task kind (known answers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import pytest
 from tests.conftest import tiny_card
 
 from auditstream.registry import ModelCard, TensorSpec, TriageSpec
-from serving.postprocess import check_card, postprocess
+from auditstream.tasks import Answer, lookup
+
+
+def postprocess(card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
+    return lookup(card.task).postprocess(card, outputs)
+
+
+def check_card(card: ModelCard) -> None:
+    lookup(card.task).check_card(card)
 
 
 def card(task: str, outputs: list[str], labels: list[str]) -> ModelCard:

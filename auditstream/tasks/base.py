@@ -1,0 +1,154 @@
+"""The task-kind contract: what every kind module of :mod:`auditstream.tasks` implements.
+
+In the spirit of MLServer's runtime classes, a kind is a small object with a fixed set of
+methods, and the consumer, the audit store, the monitor and the dashboard look it up by the
+model card's :class:`~auditstream.wire.TaskKind` instead of branching on it:
+
+- the graph outputs it needs and the card check (:meth:`Task.check_card`);
+- ``postprocess(outputs) -> Answer(output, confidence, parts, details)``, where ``parts`` are the
+  independently auditable pieces of the answer (a character, a box, a token, an action), each
+  with its own confidence;
+- the one definition of answer equality (:meth:`Task.answer_key`: equal keys, same answer) and
+  of the answer's text, used alike by the workbench, gold scoring and reviewer agreement;
+- per-part triage (:meth:`Task.gating_confidences`: which part confidences must all clear the
+  part threshold for the whole item to be auto-accepted);
+- for kinds whose answers act on an environment (``acts``), the action selection
+  (:meth:`Task.act`) and what a decision records about it (:meth:`Task.decision_details`).
+
+Everything here is pure (numpy only): no Kafka, no ONNX Runtime, no Streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from auditstream.registry import ModelCard
+from auditstream.wire import Prediction, TaskKind
+
+DECIMALS = 6  # answers are rounded so a redelivered request's records stay byte-identical
+ACTION_SALT = "action"  # salt of the request-id hash at which an acting kind draws its action
+
+
+@dataclass(frozen=True)
+class Part:
+    """One independently auditable piece of an answer: a character, a box, a token, an action."""
+
+    index: int
+    value: Any
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's answer to one input, before triage."""
+
+    output: Any  # what is published (JSON)
+    confidence: float  # of the whole answer, compared with the card's threshold
+    parts: tuple[Part, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)  # travels in Prediction.details
+
+
+def rounded(x: float) -> float:
+    return round(float(x), DECIMALS)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: equal values give equal strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def label_name(index: Any, labels: Sequence[str]) -> str:
+    """A class index as its name where the card has one (``3`` -> ``"cat"``), else as text."""
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(labels):
+        return str(labels[index])
+    return str(index)
+
+
+def indexed_answer_text(output: Any, labels: Sequence[str]) -> str:
+    """An index answer (a class, an action) as ``"3 (cat)"``; its name or index alone otherwise."""
+    if output is None:
+        return "(no answer)"
+    if isinstance(output, int) and not isinstance(output, bool):
+        name = label_name(output, labels)
+        return name if name == str(output) else f"{name} ({output})"
+    return str(output)
+
+
+class Task:
+    """The contract. Subclasses set the class attributes and override what differs."""
+
+    kind: ClassVar[TaskKind]
+    output_names: ClassVar[tuple[str, ...]] = ()  # graph outputs postprocess reads
+    served: ClassVar[bool] = True  # False: cards of this kind are valid, serving them is not built yet
+    acts: ClassVar[bool] = False  # answers are actions in an environment (episode state, action records)
+    # Least QC rate of its auto answers whatever the settings say (policies: OPE needs random audits).
+    min_qc_rate: ClassVar[float] = 0.0
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def check_card(self, card: ModelCard) -> None:
+        """Refuse at start-up a card this kind cannot interpret (``ValueError`` saying why)."""
+        if not self.served:
+            raise ValueError(f"task {self.kind.value!r} of model {card.name} is not served yet; "
+                             f"served: {[k.value for k in served_kinds()]}")
+        have = {o.name for o in card.outputs}
+        missing = [n for n in self.output_names if n not in have]
+        if missing:
+            raise ValueError(f"model {card.name} ({self.kind.value}) lacks graph outputs {missing}; "
+                             f"card lists {sorted(have)}")
+
+    def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
+        """One answer per batch row; ``None`` where the model produced non-finite numbers."""
+        raise ValueError(f"task {self.kind.value!r} is not served yet")
+
+    def gating_confidences(self, answer: Answer) -> list[float] | None:
+        """Part confidences that must each clear the part threshold, or the whole item is
+        deferred. Default: every part (one unreadable digit makes a ZIP unreadable)."""
+        return [p.confidence for p in answer.parts] or None
+
+    def act(self, answer: Answer, card: ModelCard, uniform: float) -> Answer:
+        """The answer that acts (``acts`` kinds draw an action with ``uniform`` in [0, 1))."""
+        return answer
+
+    def decision_details(self, prediction: Prediction) -> dict[str, Any]:
+        """What a model decision records besides the output."""
+        return {"confidence": prediction.confidence, "route": prediction.route.value,
+                "threshold": prediction.details["threshold"]}
+
+    # -- answers, for people and for statistics ----------------------------------------------
+
+    def answer_key(self, output: Any) -> str:
+        """Canonical form of an answer: two answers are the same exactly when their keys are
+        equal (gold scoring, reviewer agreement and the workbench all use it). ``None`` is the
+        reject answer (no valid answer exists)."""
+        return canonical_json(output)
+
+    def same_answer(self, a: Any, b: Any) -> bool:
+        return self.answer_key(a) == self.answer_key(b)
+
+    def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
+        """An answer as one line of text for people."""
+        return "(no answer)" if output is None else str(output)
+
+
+_REGISTRY: dict[TaskKind, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a kind module's :class:`Task` (each module registers its own at import)."""
+    assert task.kind not in _REGISTRY, f"task kind {task.kind} registered twice"
+    _REGISTRY[task.kind] = task
+    return task
+
+
+def lookup(kind: TaskKind | str) -> Task:
+    """The kind's :class:`Task`; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
+    return _REGISTRY[TaskKind.parse(kind)]
+
+
+def served_kinds() -> list[TaskKind]:
+    return [k for k, t in _REGISTRY.items() if t.served]

@@ -1,0 +1,123 @@
+"""Policy: an action in an environment, one step at a time (PPO policies on Gymnasium).
+
+| graph outputs | output | confidence | parts | details |
+|---|---|---|---|---|
+| ``action_probs`` [B, A], ``value`` [B] | the action that acts | by ``triage.confidence_kind`` | the action | full probability vector, value |
+
+A policy's confidence is chosen by its card's ``triage.confidence_kind`` (:data:`CONFIDENCE_KINDS`):
+``max_prob`` (default), ``prob_gap`` (best minus second-best probability) or ``entropy``
+(``1 - H(p) / log A``: 1 for a certain policy, 0 for a uniform one), so uncertainty routing is the
+triage comparing that number with the card's threshold. The action that acts comes from
+:func:`select_action`: a draw from the probabilities (``sample``, the default: the logged
+probabilities are then the true behaviour propensities) or the argmax (``greedy``), by the card's
+``extra.action_selection``. Policies act, so at least :data:`MIN_QC_RATE` of their auto decisions
+are audited at random whatever the settings say: off-policy evaluation of other thresholds (and
+of the auto decisions themselves) stays possible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from auditstream.registry import ModelCard
+from auditstream.tasks.base import Answer, Part, Task, indexed_answer_text, register, rounded
+from auditstream.wire import Prediction, Route, TaskKind
+
+CONFIDENCE_KINDS = ("max_prob", "prob_gap", "entropy")
+ACTION_SELECTION = ("sample", "greedy")
+MIN_QC_RATE = 0.01
+
+
+def action_selection(card: ModelCard) -> str:
+    return str(card.extra.get("action_selection", "sample"))
+
+
+def policy_confidence(probs: np.ndarray, kind: str = "max_prob") -> float:
+    """How sure a policy is of its action, in [0, 1] (see the module docstring)."""
+    if kind == "max_prob":
+        return float(probs.max())
+    if kind == "prob_gap":
+        top = np.sort(probs)[::-1]
+        return float(top[0] - (top[1] if len(top) > 1 else 0.0))
+    if kind == "entropy":
+        if len(probs) < 2:
+            return 1.0
+        p = probs[probs > 0]
+        return float(1.0 - (-(p * np.log(p)).sum()) / np.log(len(probs)))
+    raise ValueError(f"confidence kind {kind!r} not one of {CONFIDENCE_KINDS}")
+
+
+def select_action(action_probs: Sequence[float], uniform: float, mode: str = "sample") -> tuple[int, list[float]]:
+    """(action to apply, the propensities it was drawn with).
+
+    ``sample``: the inverse CDF of the probabilities at ``uniform`` (the caller passes a hash of
+    the request id, so a redelivered request picks the same action), and the propensities are the
+    probabilities themselves. ``greedy``: the argmax, propensities one-hot (what a deterministic
+    behaviour policy really did; off-policy evaluation needs the truth).
+    """
+    probs = np.asarray(action_probs, dtype=np.float64)
+    if mode == "greedy":
+        action = int(np.argmax(probs))
+        return action, [1.0 if a == action else 0.0 for a in range(len(probs))]
+    if mode != "sample":
+        raise ValueError(f"action selection {mode!r} not one of {ACTION_SELECTION}")
+    cdf = np.cumsum(probs / probs.sum())
+    action = int(min(np.searchsorted(cdf, uniform, side="right"), len(probs) - 1))
+    return action, [float(p) for p in action_probs]
+
+
+class Policy(Task):
+    kind = TaskKind.POLICY
+    output_names = ("action_probs", "value")
+    acts = True
+    min_qc_rate = MIN_QC_RATE
+
+    def check_card(self, card: ModelCard) -> None:
+        super().check_card(card)
+        if card.triage.confidence_kind not in CONFIDENCE_KINDS:
+            raise ValueError(f"policy {card.name}: triage.confidence_kind {card.triage.confidence_kind!r} not one of "
+                             f"{CONFIDENCE_KINDS}")
+        if action_selection(card) not in ACTION_SELECTION:
+            raise ValueError(f"policy {card.name}: extra.action_selection {action_selection(card)!r} not one of "
+                             f"{ACTION_SELECTION}")
+
+    def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
+        action_probs = outputs["action_probs"]
+        value = outputs["value"].reshape(len(action_probs), -1)[:, 0]
+        answers: list[Answer | None] = []
+        for row, v in zip(action_probs, value):
+            if not (np.isfinite(row).all() and np.isfinite(v)):
+                answers.append(None)
+                continue
+            action = int(np.argmax(row))
+            confidence = rounded(policy_confidence(row.astype(np.float64), card.triage.confidence_kind))
+            answers.append(Answer(action, confidence, (Part(0, action, confidence),),
+                                  {"action_probs": [rounded(p) for p in row], "value": rounded(v)}))
+        return answers
+
+    def act(self, answer: Answer, card: ModelCard, uniform: float) -> Answer:
+        """The action that acts, drawn by the card's rule, with the propensities it was drawn with."""
+        mode = action_selection(card)
+        action, propensities = select_action(answer.details["action_probs"], uniform, mode)
+        details = {**answer.details, "propensities": propensities, "action_selection": mode,
+                   "greedy_action": answer.output, "confidence_kind": card.triage.confidence_kind}
+        return Answer(action, answer.confidence, (Part(0, action, answer.confidence),), details)
+
+    def decision_details(self, prediction: Prediction) -> dict[str, Any]:
+        """Everything off-policy evaluation and offline RL need about the decision."""
+        d = prediction.details
+        details = {"action_probs": d["action_probs"], "propensities": d["propensities"], "value": d["value"],
+                   "route": prediction.route.value, "confidence": prediction.confidence,
+                   "qc_sampled": prediction.route == Route.AUTO_QC, "qc_inclusion_prob": prediction.qc_inclusion_prob,
+                   "action_selection": d["action_selection"], "threshold": d["threshold"]}
+        if "episode" in d:
+            details["episode"] = d["episode"]
+        return details
+
+    def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
+        return indexed_answer_text(output, labels)
+
+
+TASK = register(Policy())

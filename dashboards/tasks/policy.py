@@ -1,0 +1,77 @@
+"""Policy items: the observation drawn as the environment would (CartPole's cart, LunarLander's
+lander, or the frame itself), every action with its probability and the state's value, and an
+action picker. The prediction's ``details``: ``action_probs`` (or ``probs``) over all actions,
+``value``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from auditstream import tasks
+from auditstream.wire import ImageInput, ModelInput, Prediction, TaskKind
+from dashboards import images
+from dashboards.tasks.base import (
+    RUNNER_UPS_SHOWN, AnswerView, TaskView, choice_editor_ui, choice_index, parse_choice, probs_of, register,
+    with_changes,
+)
+
+# Default action names when a policy's model card carries no labels (gymnasium's meanings).
+DEFAULT_ACTIONS = {
+    4: ["push left", "push right"],  # CartPole: 4-dim observation
+    8: ["do nothing", "fire left engine", "fire main engine", "fire right engine"],  # LunarLander
+}
+
+
+def action_labels(prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> list[str]:
+    """Names of a policy's actions: the card's labels, else gymnasium's for a known env."""
+    probs = probs_of(prediction.details, "action_probs", "probs")
+    n = len(probs) if probs else (int(prediction.output) + 1 if isinstance(prediction.output, int) else 0)
+    if labels and len(labels) >= n:
+        return list(labels)
+    size = 0 if isinstance(value, ImageInput) else int(np.asarray(value).size)
+    defaults = DEFAULT_ACTIONS.get(size, [])
+    return defaults if len(defaults) >= n else [f"action {i}" for i in range(n)]
+
+
+class PolicyView(TaskView):
+    kind = TaskKind.POLICY
+
+    def input_picture(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> Image.Image | None:
+        if isinstance(value, ImageInput):
+            return images.for_display(images.to_image(value))
+        return images.policy_frame(value)
+
+    def answer_view(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> AnswerView:
+        names = action_labels(prediction, value, labels)
+        probs = probs_of(prediction.details, "action_probs", "probs") or []
+        actions = [
+            {"action": names[i] if i < len(names) else f"action {i}", "index": i, "probability": float(p),
+             "chosen": i == prediction.output}
+            for i, p in enumerate(probs)
+        ]
+        ranked = sorted((a for a in actions if not a["chosen"]), key=lambda a: -a["probability"])
+        value_estimate = prediction.details.get("value")
+        return with_changes(
+            super().answer_view(prediction, value, labels),
+            answer=tasks.lookup(self.kind).answer_text(prediction.output, names),
+            actions=actions,
+            runner_ups=[(a["action"], a["probability"]) for a in ranked[:RUNNER_UPS_SHOWN]],
+            value=None if value_estimate is None else float(value_estimate),
+        )
+
+    def editor_ui(self, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
+                  key: str) -> tuple[Any, Sequence[str]]:  # fmt: skip
+        choices = action_labels(prediction, value, labels)
+        index = None if blind else choice_index(prediction.output, choices)
+        probs = None if blind else prediction.details.get("action_probs")
+        return choice_editor_ui("Action to take", choices, index, key, probs), choices
+
+    def parse_answer(self, raw: Any, choices: Sequence[str] = (), as_label: bool = False) -> Any:
+        return parse_choice(raw, choices, as_label, "actions")
+
+
+VIEW = register(PolicyView())
