@@ -16,13 +16,12 @@ from auditstream.errors import AuditstreamError
 
 # The parts that contribute commands, in the order their commands appear in --help.
 COMMAND_MODULES = (
+    "stack.cli",
     "serving.cli",
     "training.cli",
     "monitor.cli",
     "monitor.stats_cli",
     "dashboards.cli",
-    "auditstream.wire_bench",
-    "auditstream.demo",
 )
 
 

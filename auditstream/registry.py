@@ -52,7 +52,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class TriageSpec:
-    """The auto-accept rule certified at training time (see monitor/certify.py).
+    """The auto-accept rule certified at training time (see qc/certify.py).
 
     An answer is auto-accepted when its confidence (``confidence_kind``) is >= ``threshold``;
     on calibration data the exact (Clopper-Pearson) upper bound of the error of accepted items

@@ -55,7 +55,7 @@ class Settings:
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
                         "logged. Default 'qc' (public).", "qc")
     triage_policy: str = _doc("Named triage policy: 'uniform' or 'risk-weighted' QC sampling, or 'no-qc' "
-                              "(monitor/triage.py).", "uniform")
+                              "(qc/triage.py).", "uniform")
     max_human_queue_depth: int = _doc("Human queue depth at which deferrals are flagged over capacity; 0: no limit.", 0)
     auto_tighten: bool = _doc("The monitor raises a model version's threshold when its audited error bound "
                               "goes over the certified risk (auditstream/control.py).", False)
@@ -116,6 +116,14 @@ class Settings:
                  else f"{f.name}='***'" if f.name == "qc_salt"
                  else f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
         return f"Settings({', '.join(parts)})"
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the ``AUDITSTREAM_*`` variable that :meth:`from_env` reads back to
+        these settings (for child processes; secrets included, so never log the result)."""
+        def text(value: Any) -> str:
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+        return {ENV_PREFIX + f.name.upper(): text(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
     def resolved_store_url(self) -> str:

@@ -18,9 +18,9 @@ from auditstream.settings import Settings
 from dashboards import auth_ui, overview, workbench
 from dashboards.config import DashboardConfig, config_from_argv
 from dashboards.context import DashboardContext
-from monitor.accounts import WRITERS
-from monitor.qc_history import QCHistory
-from monitor.store import AuditStore, open_store
+from store.accounts import WRITERS
+from store.qc_history import QCHistory
+from store import AuditStore, open_store
 
 XSRF_REFUSAL = (
     "This dashboard refuses to run with XSRF protection turned off "

@@ -4,16 +4,16 @@ Every page render starts with :func:`current_user`. It returns the signed-in use
 knows them right now* (the session keeps only the name, the role is read again on every render),
 or draws the login form and stops the script, so an unauthenticated visitor's session never
 reaches code that reads data. Writes are checked once more inside the store's transaction
-(``monitor.accounts.check_actor``); the checks here only decide what to show.
+(``store.accounts.check_actor``); the checks here only decide what to show.
 
-Local accounts live in the audit store (slow salted hashes, ``monitor/accounts.py``). Single
+Local accounts live in the audit store (slow salted hashes, ``store/accounts.py``). Single
 sign-on goes through Streamlit's ``st.login`` when an ``[auth]`` section is configured in
 ``.streamlit/secrets.toml``; the identity provider proves *who* someone is, and the store's
 accounts table still decides their role (an unknown identity gets no access). An identity maps to
 the local account named by its email only when the provider says the email is verified
 (``email_verified``): an unverified address is one anybody could have typed in at the provider.
 
-Failed logins are throttled per account in the store (``monitor.accounts``), not per browser
+Failed logins are throttled per account in the store (``store.accounts``), not per browser
 session: a new session or a new dashboard process sees the same lock.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from monitor.accounts import LoginThrottled, Role, User
+from store.accounts import LoginThrottled, Role, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
 

@@ -17,8 +17,8 @@ import streamlit as st
 from auditstream.errors import ModelNotFound, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from dashboards.config import DashboardConfig
-from monitor.qc_history import QCHistory, QCPoint
-from monitor.store import AuditStore
+from store.qc_history import QCHistory, QCPoint
+from store import AuditStore
 
 
 @dataclass(frozen=True)

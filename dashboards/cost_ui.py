@@ -1,6 +1,6 @@
 """The cost model on the overview: sliders for what a human decision, an audit and an
 undetected error cost, and the cost per item of model + humans against humans only along the
-model card's risk-coverage curve (``monitor.cost.cost_report`` does the arithmetic).
+model card's risk-coverage curve (``qc.cost.cost_report`` does the arithmetic).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import streamlit as st
 
 from auditstream.registry import ModelCard
 from dashboards import charts
-from monitor.cost import CostReport, Costs, cost_report
+from qc.cost import CostReport, Costs, cost_report
 
 
 def costs_ui(key: str) -> Costs:

@@ -20,8 +20,8 @@ from dashboards import charts
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.render import human_duration
-from monitor.accounts import User
-from monitor.qc import ModelQC
+from store.accounts import User
+from qc.snapshot import ModelQC
 
 THROUGHPUT_BUCKET_S = 60.0
 WINDOW_S = 3600.0  # "last hour" figures

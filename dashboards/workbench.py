@@ -30,8 +30,8 @@ from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKin
 from dashboards import editors, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
-from monitor.accounts import WRITERS, User, require_role
-from monitor.store import Claim, VerdictResult
+from store.accounts import WRITERS, User, require_role
+from store import Claim, VerdictResult
 
 CLAIM = "wb_claim"  # the open Claim
 VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim

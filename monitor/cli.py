@@ -114,7 +114,7 @@ def run_control_clear(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
     from auditstream.settings import Settings
-    from monitor.store import StoreConfig, open_store
+    from store import StoreConfig, open_store
 
     settings = Settings.from_env()
     return settings, open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate))

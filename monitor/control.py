@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 from auditstream.control import ControlState
 from auditstream.wire import Route
-from monitor.qc import ModelQC
-from monitor.store.records import StoreStats
+from qc.snapshot import ModelQC
+from store.records import StoreStats
 
 # Over budget with no threshold that passes the audited bound: defer every answer to humans.
 DEFER_ALL = 1.01

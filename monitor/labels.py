@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from monitor.store import AuditStore
+from store import AuditStore
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = (

@@ -2,7 +2,7 @@
 "Metrics"): ``auditstream_`` prefix, base units, bounded labels.
 
 The monitor (monitor/service.py) calls :meth:`MonitorMetrics.update` every few seconds with the
-QC tracker's snapshots (monitor/qc.py) and the audit store's :class:`StoreStats`; the alert
+QC tracker's snapshots (monitor/tracker.py) and the audit store's :class:`StoreStats`; the alert
 rules in deploy/prometheus/rules/ read these series. Labels are ``model``, ``version``,
 ``route`` (HUMAN and AUTO_QC: the audited routes) and ``kind`` (the four verdict kinds) — bounded by the models in the
 registry — and each (model, version) is pre-initialised with all its routes and kinds as soon as
@@ -22,8 +22,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from auditstream.wire import Route, VerdictKind
-from monitor.qc import ModelQC
-from monitor.store.records import QueueStat, StoreStats
+from qc.snapshot import ModelQC
+from store.records import QueueStat, StoreStats
 
 __all__ = ["MonitorMetrics", "QueueStat", "StoreStats"]
 AUDITED_ROUTES = (Route.HUMAN, Route.AUTO_QC)
@@ -58,7 +58,7 @@ class MonitorMetrics:
                                    "1 while the human queue is at or over its configured depth (items stay HUMAN).",
                                    ["model"])
         self.outbox_pending = gauge("outbox_pending_records", "Verdicts/decisions recorded but not yet published.", [])
-        # QC statistics (monitor/qc.py)
+        # QC statistics (monitor/tracker.py)
         self.predictions = gauge("qc_predictions", "Predictions seen by the QC tracker (serving counts them by route).")
         self.coverage = gauge("coverage_ratio", "Share of predictions auto-accepted (AUTO + AUTO_QC).")
         self.audited = gauge("qc_audited_items", "QC audits of auto-accepted answers counted (skips excluded).")

@@ -13,11 +13,11 @@ It does three things (docs/audit-store.md, "Monitor process"):
    marked published only after the broker acknowledged them, so a crash in between publishes
    them again (at-least-once; the records carry the verdict id, so a consumer deduplicates).
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
-   ``monitor.qc.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
+   ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
    ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
 
-Steps 2 and 3 run only in the **leader** (``store.leadership``, monitor/store/leader.py) when
+Steps 2 and 3 run only in the **leader** (``store.leadership``, store/leader.py) when
 several monitors share a store; the others keep ingesting. On taking the lead a process seeds
 its tracker from the store's audited verdicts (``store.audited_qc_history``), so the audited
 error estimate, its bound and the CUSUM continue across restarts and hand-overs; coverage and the
@@ -40,9 +40,9 @@ from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
-from monitor.store import AuditStore
-from monitor.store.leader import Leadership
-from monitor.store.records import check_audit_item
+from store import AuditStore
+from store.leader import Leadership
+from store.records import check_audit_item
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -132,13 +132,13 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
 
 
 # --------------------------------------------------------------------------------------------
-# statistics: the integration points with monitor.qc and monitor.metrics
+# statistics: the integration points with monitor.tracker and monitor.metrics
 
 
 class StatsHooks:
-    """The integration points with the statistics: ``monitor.qc.QCTracker`` sees every
+    """The integration points with the statistics: ``monitor.tracker.QCTracker`` sees every
     prediction and every published verdict; each tick its snapshots go to
-    ``monitor.qc_history.QCHistory`` (in the store, for the dashboard) and, with the store's read
+    ``store.qc_history.QCHistory`` (in the store, for the dashboard) and, with the store's read
     models, to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``)."""
 
     def __init__(self, settings: Settings, store: AuditStore, control_view: "ControlView | None" = None,
@@ -147,8 +147,8 @@ class StatsHooks:
         ``settings.metrics_port`` serves); tests give each instance its own."""
         from auditstream.registry import ModelRegistry
         from monitor.metrics import MonitorMetrics
-        from monitor.qc import QCConfig, QCTracker
-        from monitor.qc_history import QCHistory
+        from monitor.tracker import QCConfig, QCTracker
+        from store.qc_history import QCHistory
 
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
         registry = ModelRegistry(settings.models_dir)

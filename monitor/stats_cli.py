@@ -5,7 +5,7 @@
 
 ``cost`` reads the model card's risk-coverage curve from the registry (``AUDITSTREAM_MODELS_DIR``)
 and prints the cost per item of model + humans at each threshold, humans only, and the
-cost-optimal threshold (monitor/cost.py). Nothing heavy is imported at the top.
+cost-optimal threshold (qc/cost.py). Nothing heavy is imported at the top.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def run_bench_qc(ns: argparse.Namespace) -> int:
-    from monitor.qc_bench import BenchArgs, run
+    from qc.bench import BenchArgs, run
 
     args = dataclass_from_namespace(QCBenchArgs, ns)
     bench_args = BenchArgs(seed=args.seed, replications=args.replications, stream_items=args.stream_items,
@@ -67,7 +67,7 @@ def run_cost(ns: argparse.Namespace) -> int:
     from auditstream.errors import ConfigError
     from auditstream.registry import ModelRegistry
     from auditstream.settings import Settings
-    from monitor.cost import Costs, cost_report
+    from qc.cost import Costs, cost_report
 
     args = dataclass_from_namespace(CostArgs, ns)
     if not args.model:

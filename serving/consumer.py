@@ -4,7 +4,7 @@
 :func:`process_batch` is pure (no Kafka, tested without a broker): for each record, in order,
 size check → decode (:mod:`auditstream.wire`) → right model? → input check
 (:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then the task
-kind's postprocessing (:mod:`auditstream.tasks`) and triage (``monitor.triage``, with the
+kind's postprocessing (:mod:`auditstream.tasks`) and triage (``qc.triage``, with the
 kind's gating part confidences). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
 or one dead letter with its original bytes. Inference (:mod:`serving.inference`) tells a bad
@@ -46,7 +46,7 @@ from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
-from monitor.triage import TriagePolicy, get_policy, hash_uniform, triage
+from qc.triage import TriagePolicy, get_policy, hash_uniform, triage
 from serving.episodes import EpisodeStore
 from serving.inference import Runner, infer
 from serving.inputs import prepare_input

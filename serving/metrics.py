@@ -14,7 +14,7 @@ What each one measures (docs/serving.md, "Metrics"):
 * ``consumer_lag_records`` -- set by :class:`serving.lag.LagProbe` on a timer, from the broker's
   end and committed offsets of the partitions this process owns; sum it over replicas.
 * ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
-  (still deferred, never auto-accepted: monitor/triage.py).
+  (still deferred, never auto-accepted: qc/triage.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared pytest fixtures for every test area (keep the names: other parts use them).
 
 ``broker`` (session scope)
-    Starts the embedded Tansu broker (``serving.broker.start``) on a free loopback port with its
+    Starts the embedded Tansu broker (``stack.broker.start``) on a free loopback port with its
     state in a temporary directory, creates the shared topics, and yields a
     :class:`~auditstream.settings.Settings` whose ``bootstrap_servers`` points at it. Stopped at
     the end of the session. Tests that use it skip (with the reason) only when the Tansu binary
@@ -85,7 +85,7 @@ def tiny_registry(tmp_path: Path) -> TinyRegistry:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory):
     from auditstream.errors import BrokerUnavailable
-    from serving import broker as embedded
+    from stack import broker as embedded
 
     try:
         embedded.broker_binary()

@@ -3,7 +3,7 @@
 One digits model is trained (training split only). Its held-out pool (calibration + test
 splits, 899 digits) is re-split at random ``--splits`` times into a calibration part (539) and
 a test part (360). On every re-split we fit the temperature and choose two thresholds on the
-calibration part, the SGR certificate (monitor/certify.py) and the naive rule "largest coverage
+calibration part, the SGR certificate (qc/certify.py) and the naive rule "largest coverage
 whose empirical risk is <= target", and measure the realised risk of each on the test part.
 A rule *breaks its promise* on a split when that test risk exceeds the target.
 
@@ -24,8 +24,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from monitor.calibration import fit_temperature, softmax
-from monitor.certify import certify_sgr, naive_threshold, selective_risk
+from qc.calibration import fit_temperature, softmax
+from qc.certify import certify_sgr, naive_threshold, selective_risk
 from training.mail_args import CertifyBenchArgs
 
 

@@ -6,8 +6,8 @@
 Flow (one readable script, CleanRL style): args (``DigitsArgs``, training/mail_args.py) -> data
 (the one split, training/data/split.py) -> model -> training loop (AdamW, one-cycle LR, affine
 augmentation, training/data/loader.py) ->
-calibrate (temperature on the calibration split, monitor/calibration.py) -> certify the
-auto-accept threshold (SGR on the calibration split, monitor/certify.py) -> measure on the test
+calibrate (temperature on the calibration split, qc/calibration.py) -> certify the
+auto-accept threshold (SGR on the calibration split, qc/certify.py) -> measure on the test
 split -> export ONNX (preprocessing and temperature inside the graph, parity-checked on 256 test
 inputs) -> publish to the model registry with its card and risk-coverage plot.
 
@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
-from monitor.calibration import classification_ece, fit_temperature, softmax
-from monitor.certify import area_under_risk_coverage, certify_sgr, risk_coverage_curve, selective_risk
+from qc.calibration import classification_ece, fit_temperature, softmax
+from qc.certify import area_under_risk_coverage, certify_sgr, risk_coverage_curve, selective_risk
 from training.data.loader import DigitAugment, digit_batches
 from training.data.split import SPLIT_SEED, FRACTIONS, load_split
 from training.mail_args import DigitsArgs

@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
-from monitor.calibration import expected_calibration_error, fit_temperature, softmax
-from monitor.certify import (area_under_risk_coverage, certify_sgr, min_certifiable_risk, risk_coverage_curve,
+from qc.calibration import expected_calibration_error, fit_temperature, softmax
+from qc.certify import (area_under_risk_coverage, certify_sgr, min_certifiable_risk, risk_coverage_curve,
                              selective_risk)
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, Nuisance, make_envelopes
 from training.data.loader import TRAIN_NUISANCE, envelope_batches

@@ -3,9 +3,12 @@ it expects; the repr never shows a password."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from auditstream import topics
 from auditstream.errors import ConfigError
@@ -100,3 +103,23 @@ def test_topic_names():
 def test_redact_url_hides_every_secret(url, shown):
     assert redact_url(url) == shown
     assert "s3" not in redact_url(url) and "zz" not in redact_url(url)
+
+
+@given(st.builds(
+    Settings,
+    bootstrap_servers=st.sampled_from(["", "kafka-1:9092,kafka-2:9092"]),
+    kafka_client=st.sampled_from(["kafka-python", "confluent"]),
+    partitions=st.integers(1, 64),
+    models_dir=st.sampled_from([Path("models"), Path("/tmp/a b/models")]),
+    store_url=st.sampled_from(["", "postgresql://u:p@h:5432/db"]),
+    qc_rate=st.floats(0.0, 1.0),
+    qc_salt=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20),
+    triage_policy=st.sampled_from(["uniform", "risk-weighted", "no-qc"]),
+    auto_tighten=st.booleans(),
+    metrics_port=st.integers(0, 65535),
+))
+def test_to_env_round_trips_through_from_env(settings: Settings) -> None:
+    """What a parent hands a child process (``to_env``) is exactly what the child rebuilds."""
+    env = settings.to_env()
+    assert set(env) == {"AUDITSTREAM_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert Settings.from_env(env) == settings

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from auditstream.wire import AuditItem, ImageInput, Prediction, Route
-from monitor.store import open_store
+from store import open_store
 
 PASSWORD = "correct horse battery"
 USERS = {"alice": "auditor", "bob": "auditor", "vic": "viewer", "ada": "admin"}
@@ -79,8 +79,8 @@ CURVE = [{"threshold": 1 - i / 50, "coverage": i / 50, "risk": 0.04 * (i / 50) *
 def seed_card_and_history(store, tmp_path: Path) -> None:
     """A model card for "zip" in ``tmp_path/models`` and five minutes of QC snapshots (over budget)."""
     from auditstream.registry import ModelCard, ModelRegistry, TriageSpec
-    from monitor.qc import ModelQC
-    from monitor.qc_history import QCHistory
+    from qc.snapshot import ModelQC
+    from store.qc_history import QCHistory
 
     card = ModelCard(name="zip", version="1", task="sequence", inputs=[], outputs=[], risk_coverage=CURVE,
                      triage=TriageSpec(threshold=0.7, target_risk=0.02, delta=0.05, certified_risk=0.015, coverage=0.6,

@@ -7,7 +7,7 @@ import pytest
 from tests.dashboards.conftest import log_in, start_app, texts
 
 from dashboards.auth_ui import oidc_account_name
-from monitor import accounts
+from store import accounts
 
 
 def test_lockout_is_per_account_and_survives_a_new_session(store, store_url, tmp_path):

@@ -19,7 +19,7 @@ from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, seed_card_
 from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
-from monitor.store import open_store
+from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"

@@ -8,7 +8,7 @@ import time
 from tests.dashboards.conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
 
 from auditstream.wire import VerdictKind
-from monitor.accounts import Role, User
+from store.accounts import Role, User
 
 def seed(store, tmp_path) -> None:
     store.ingest_many(list(items_by_task().values()), time.time())

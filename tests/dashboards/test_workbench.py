@@ -12,7 +12,7 @@ from tests.dashboards.conftest import PASSWORD, elements, items_by_task, log_in,
 from auditstream.errors import PermissionDenied
 from auditstream.wire import AuditItem, Route, VerdictKind
 from dashboards import workbench
-from monitor.accounts import Role, User
+from store.accounts import Role, User
 
 
 def seed(store, *tasks: str) -> dict[str, int]:
@@ -105,7 +105,7 @@ def test_the_write_path_is_idempotent_on_the_verdict_id(store, tmp_path):
     from auditstream.registry import ModelRegistry
     from dashboards.config import DashboardConfig
     from dashboards.context import DashboardContext
-    from monitor.qc_history import QCHistory
+    from store.qc_history import QCHistory
 
     ids = seed(store, "sequence")
     ctx = DashboardContext(DashboardConfig(), store, ModelRegistry(tmp_path / "models"), QCHistory(store))

@@ -78,7 +78,7 @@ EXPORTER = textwrap.dedent("""
     from auditstream.registry import ModelCard, TensorSpec, TriageSpec
     from auditstream.wire import Prediction, Route
     from monitor.metrics import MonitorMetrics, StoreStats
-    from monitor.qc import QCConfig, QCTracker
+    from monitor.tracker import QCConfig, QCTracker
     from serving.metrics import ServeMetrics
 
     card = ModelCard(name="zip", version="1", task="classification", inputs=[TensorSpec("x", "float32", [None, 4])],

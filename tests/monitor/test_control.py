@@ -12,9 +12,9 @@ from auditstream.errors import DecodeError
 from auditstream.kafka import make_producer
 from auditstream.wire import Route
 from monitor.control import DEFER_ALL, cleared, plan_control
-from monitor.qc import ModelQC
+from qc.snapshot import ModelQC
 from monitor.service import publish_control
-from monitor.store.records import QueueStat, StoreStats
+from store.records import QueueStat, StoreStats
 
 
 def snap(model="zip", version="1", over_budget=False, suggested=None, ci_high=0.01) -> ModelQC:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.monitor.store.store_factories import BACKENDS, add_users, audit_item, make_store
+from tests.store.store_factories import BACKENDS, add_users, audit_item, make_store
 
 from auditstream.cli import main as cli_main
 from auditstream.wire import ImageInput, Route, decode_input
-from monitor import accounts
-from monitor.accounts import Role
+from store import accounts
+from store.accounts import Role
 from monitor.labels import COLUMNS, export_labels, read_labels
-from monitor.store import AuditStore, StoreConfig, open_store
+from store import AuditStore, StoreConfig, open_store
 
 T0 = 5_000.0
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from auditstream.wire import Route
 from monitor.metrics import MonitorMetrics, QueueStat, StoreStats
-from monitor.qc import ModelQC
+from qc.snapshot import ModelQC
 
 
 def _qc(**overrides) -> ModelQC:

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from tests.monitor.store.store_factories import BACKENDS, add_users, audit_item, make_store
+from tests.store.store_factories import BACKENDS, add_users, audit_item, make_store
 from tests.monitor.test_service import RecordingProducer
 
 from auditstream.registry import ModelCard, ModelRegistry, TriageSpec
 from auditstream.settings import Settings
 from auditstream.wire import Route
-from monitor import accounts
+from store import accounts
 from monitor.service import StatsHooks, publish_outbox
-from monitor.store import AuditStore, StoreConfig
+from store import AuditStore, StoreConfig
 
 T0 = 9_000.0
 # What must not restart with the process (coverage and prediction counts may: they come from

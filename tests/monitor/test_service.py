@@ -10,16 +10,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.monitor.store.store_factories import add_users, audit_item, make_store
+from tests.store.store_factories import add_users, audit_item, make_store
 
 from auditstream import topics
 from auditstream.errors import DeliveryFailed
 from auditstream.kafka import Delivery, Record
 from auditstream.settings import Settings
 from auditstream.wire import DeadLetter, Decision, Prediction, Route, Verdict
-from monitor import accounts
+from store import accounts
 from monitor.service import MonitorArgs, ingest_batch, publish_outbox, run_monitor
-from monitor.store import AuditStore
+from store import AuditStore
 
 T0 = 7_000.0
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["serving.consumer", "serving.cli", "serving.app", "serving.bench",
+@pytest.mark.parametrize("module", ["serving.consumer", "serving.cli", "serving.app", "stack.serve_bench",
                                     "auditstream.stream", "auditstream.cli"])
 def test_no_torch_in_a_fresh_interpreter(module: str) -> None:
     code = (f"import sys, {module}\n"

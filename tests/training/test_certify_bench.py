@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.calibration import softmax
+from qc.calibration import softmax
 from training.certify_bench import resplit_trials, summarise
 from training.mail_args import CertifyBenchArgs
 

@@ -278,7 +278,7 @@ def in_process_returns(onnx_path: Any, card: Any, env_id: str, episodes: int, se
 
     from auditstream.tasks import ACTION_SALT
     from auditstream.tasks.policy import action_selection, policy_confidence, select_action
-    from monitor.triage import hash_uniform
+    from qc.triage import hash_uniform
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     mode, env, run_id = action_selection(card), make_env(env_id, max_steps), uuid.uuid4().hex[:8]

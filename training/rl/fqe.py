@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope import Estimate, _bootstrap_counts, _check, _interval
+from training.rl.ope_stats import Estimate, bootstrap_counts, check_dataset, interval, pad_episodes
 from training.rl.policy_export import NumpyPolicy
 
 MAX_GROUPS = 256  # bootstrap units: more episodes are pooled into this many groups
@@ -117,7 +117,7 @@ def _solve(a: np.ndarray, b: np.ndarray, n_rows: float, ridge: float) -> np.ndar
 def fit_fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: StateFeatures | None = None,
             ridge: float = DEFAULT_RIDGE) -> LinearQ:
     """Linear FQE (LSTDQ) fitted on all of ``data``."""
-    _check(data, gamma)
+    check_dataset(data, gamma)
     features = features or select_basis(data, target, gamma, ridge)
     a, b = _normal_equations(data, target, gamma, features, np.zeros(data.n_episodes, dtype=np.int64), 1)
     w = _solve(a[0], b[0], len(data.actions), ridge)
@@ -128,7 +128,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
         confidence: float = 0.95, bootstrap: int = 200, seed: int = 0, ridge: float = DEFAULT_RIDGE) -> Estimate:
     """Fitted Q evaluation; each bootstrap resample of episodes (or of groups of episodes when
     there are more than :data:`MAX_GROUPS`) refits Q."""
-    _check(data, gamma)
+    check_dataset(data, gamma)
     features = features or select_basis(data, target, gamma, ridge, seed)
     d_all = data.n_actions * features(data.observations[:1], data.steps[:1]).shape[1]
     n_groups = min(data.n_episodes, MAX_GROUPS, max(32, MAX_GROUP_BYTES // (8 * d_all * d_all)))
@@ -139,7 +139,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     pi0 = target.probs(data.observations[first])
     rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
     starts_per_group = np.bincount(groups, minlength=n_groups).astype(np.float64)
-    counts = np.vstack([np.ones(n_groups), _bootstrap_counts(n_groups, bootstrap, seed + 1)])
+    counts = np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed + 1)])
     a_flat, d = a_mats.reshape(n_groups, -1), a_mats.shape[1]
     values = np.empty(len(counts))
     for lo in range(0, len(counts), 50):  # batched solves, 50 resamples at a time to bound memory
@@ -152,7 +152,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     # held-out estimate of its start-state error (0 for caller-given features).
     allowance = float(getattr(features, "heldout_error", 0.0))
     resamples = values[1:]
-    est = _interval("fqe", values[0], resamples, confidence, data.n_episodes, groups=n_groups,
+    est = interval("fqe", values[0], resamples, confidence, data.n_episodes, groups=n_groups,
                     basis=getattr(features, "kind", "given"), misspecification_allowance=allowance)
     return dataclasses.replace(est, lower=est.lower - allowance, upper=est.upper + allowance)
 
@@ -187,13 +187,11 @@ def select_basis(data: OfflineDataset, target: NumpyPolicy, gamma: float, ridge:
 def _start_error(q: LinearQ, held: OfflineDataset, target: NumpyPolicy, gamma: float) -> float:
     """Weighted per-decision IS estimate of -(V̂(s0) - V(s0)) on ``held``: Σ_t γ^t of the
     importance-weighted mean Bellman residual r + γ V̂(s') - Q̂(s, a) at step t."""
-    from training.rl.ope import _pad
-
     q_now = q.q_values(held.observations, held.steps)[np.arange(len(held.actions)), held.actions]
     v_next = (q.q_values(held.next_observations, held.steps + 1) * target.probs(held.next_observations)).sum(1)
     alive = 1.0 - held.episode_ends.astype(np.float64)
     residual = (held.rewards + gamma * alive * v_next - q_now).astype(np.float32)
-    padded = _pad(dataclasses.replace(held, rewards=residual), target.probs(held.observations), gamma)
+    padded = pad_episodes(dataclasses.replace(held, rewards=residual), target.probs(held.observations), gamma)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_step = np.nan_to_num((padded.weights * padded.rewards).sum(axis=0) / padded.weights.sum(axis=0))
     return float(per_step @ padded.discounts)

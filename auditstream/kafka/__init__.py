@@ -1,0 +1,33 @@
+"""The one small Kafka client interface every auditstream process uses (serving consumers, the
+monitor's ingester, the RL consumer, load generators, benchmarks).
+
+Two implementations sit behind it (:mod:`auditstream.kafka.clients`), chosen by
+``Settings.kafka_client``: kafka-python (pure Python, the default; ``crc32c`` installed so record
+checksums are native) and confluent-kafka (librdkafka, faster). Callers see only :class:`Record`, :class:`Producer` and :class:`Consumer`;
+the at-least-once loop built on them is :mod:`auditstream.stream`.
+
+Consumer settings (docs/serving.md, "Consumer group settings"): offsets are committed only by
+the loop (never automatically); the session timeout is short (10 s) because Tansu holds a
+group's first JoinGroup for about half of it; the max poll interval is long (5 min) so a slow
+batch never pushes a live consumer out of its group.
+
+The client libraries are imported inside the factories, so importing this module is cheap.
+
+Modules: :mod:`~auditstream.kafka.interface` (records and protocols),
+:mod:`~auditstream.kafka.clients` (the two adapters), :mod:`~auditstream.kafka.factory` (clients
+for the configured library, topics, the embedded broker's address). Import from this package.
+"""
+
+from auditstream.kafka.factory import (
+    BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, read_to_end, resolve_bootstrap,
+)
+from auditstream.kafka.interface import (
+    FETCH_MAX_WAIT_MS, Consumer, Delivery, Headers, PartitionsCallback, Producer, Reader, Record, TopicPartition,
+    check_deliveries,
+)
+
+__all__ = [
+    "BROKER_STATE_FILE", "FETCH_MAX_WAIT_MS", "Consumer", "Delivery", "Headers", "PartitionsCallback", "Producer",
+    "Reader", "Record", "TopicPartition", "check_deliveries", "ensure_topics", "make_consumer", "make_producer",
+    "make_reader", "read_to_end", "resolve_bootstrap",
+]

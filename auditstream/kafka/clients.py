@@ -1,0 +1,269 @@
+"""The two Kafka client libraries behind :mod:`auditstream.kafka`'s small interface.
+
+kafka-python (pure Python, the default) and confluent-kafka (librdkafka). Each adapter maps the
+library's records, delivery reports, commits and rebalance callbacks onto
+:class:`~auditstream.kafka.Record`, :class:`~auditstream.kafka.Delivery`,
+:class:`~auditstream.errors.CommitRejected` and ``(topic, partition)`` lists, so nothing else in
+auditstream imports a client library. Consumer settings are explained in docs/serving.md
+("Consumer group settings"); :data:`~auditstream.kafka.FETCH_MAX_WAIT_MS` in auditstream/kafka/interface.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from auditstream.errors import BrokerUnavailable, CommitRejected
+from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Delivery, Headers, PartitionsCallback, Record, TopicPartition,
+                                         check_deliveries)
+from auditstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# kafka-python
+
+
+class KafkaPythonProducer:
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        try:
+            self._p = KafkaProducer(
+                bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
+                batch_size=256 * 1024, max_request_size=8 * 1024 * 1024, retries=5,
+            )
+        except KafkaError as e:
+            raise BrokerUnavailable(bootstrap, str(e)) from None
+        self._pending: list[tuple[Delivery, Any]] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> Delivery:
+        d = Delivery(topic, key)
+        # The future is read at flush time: cheaper than a callback per record on the I/O thread.
+        self._pending.append((d, self._p.send(topic, key=key, value=value, headers=list(headers))))
+        return d
+
+    def flush(self, timeout_s: float) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        pending, self._pending = self._pending, []
+        try:
+            self._p.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            pass  # reported per record below
+        for d, future in pending:
+            if future.failed():
+                d.failed(future.exception)
+            elif future.is_done:
+                d.succeeded(future.value.partition, future.value.offset)
+        check_deliveries([d for d, _ in pending])
+
+    def close(self) -> None:
+        self._p.close(timeout=5)
+
+
+class KafkaPythonConsumer:
+    def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
+                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka.errors import KafkaError
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):  # noqa: ANN001
+                if on_revoke:
+                    on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned):  # noqa: ANN001
+                if on_assign:
+                    on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+        try:
+            self._c = KafkaConsumer(
+                bootstrap_servers=bootstrap, group_id=group_id, client_id=group_id,
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+                max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            )
+        except KafkaError as e:
+            raise BrokerUnavailable(bootstrap, str(e)) from None
+        self._c.subscribe(topics, listener=Listener())
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+            for records in batches.values() for r in records
+        ]
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka import TopicPartition as TP
+        from kafka.errors import CommitFailedError, IllegalStateError
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._c.commit({TP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as e:
+            raise CommitRejected(offsets, str(e)) from None
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in self._c.assignment():
+            high = self._c.highwater(tp)
+            if high is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - self._c.position(tp))
+        return out
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class KafkaPythonReader:
+    """Manual assignment of every partition of ``topics``; see :class:`auditstream.kafka.Reader`."""
+
+    def __init__(self, bootstrap: str, topics: list[str], from_beginning: bool) -> None:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as TP
+        from kafka.errors import KafkaError
+
+        try:
+            self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000)
+            parts = [TP(t, p) for t in topics for p in sorted(self._c.partitions_for_topic(t) or ())]
+        except KafkaError as e:
+            raise BrokerUnavailable(bootstrap, str(e)) from None
+        missing = [t for t in topics if not any(tp.topic == t for tp in parts)]
+        if missing:
+            self._c.close()
+            raise BrokerUnavailable(bootstrap, f"topics {missing} do not exist (create them: auditstream broker start)")
+        self._c.assign(parts)
+        self._end = self._c.end_offsets(parts)
+        if from_beginning:
+            self._c.seek_to_beginning(*parts)
+        else:
+            for tp, end in self._end.items():
+                self._c.seek(tp, end)
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+                for records in batches.values() for r in records]
+
+    def caught_up(self) -> bool:
+        return all(self._c.position(tp) >= end for tp, end in self._end.items())
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+# --------------------------------------------------------------------------------------------
+# confluent-kafka
+
+
+class ConfluentProducer:
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        from confluent_kafka import Producer as CProducer
+
+        self._p = CProducer({
+            "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
+            "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False, "log.connection.close": False,
+        })
+        self._pending: list[Delivery] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> Delivery:
+        d = Delivery(topic, key)
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            d.failed(err) if err is not None else d.succeeded(msg.partition(), msg.offset())
+
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self._p.poll(0.05)
+        self._p.poll(0)
+        self._pending.append(d)
+        return d
+
+    def flush(self, timeout_s: float) -> None:
+        pending, self._pending = self._pending, []
+        self._p.flush(timeout_s)
+        check_deliveries(pending)
+
+    def close(self) -> None:
+        self._p.flush(5)
+        self._p = None  # destroys the librdkafka handle (and its reconnect attempts) now, not at GC
+
+
+class ConfluentConsumer:
+    def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
+                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None) -> None:
+        from confluent_kafka import Consumer as CConsumer
+
+        self._c = CConsumer({
+            "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": group_id,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+            "max.poll.interval.ms": settings.max_poll_interval_ms,
+            "enable.partition.eof": False, "fetch.wait.max.ms": FETCH_MAX_WAIT_MS, "log.connection.close": False,
+        })
+
+        def wrap(cb: PartitionsCallback | None) -> Callable[[Any, list[Any]], None]:
+            return lambda _c, parts: cb([(p.topic, p.partition) for p in parts]) if cb else None
+
+        self._c.subscribe(topics, on_assign=wrap(on_assign), on_revoke=wrap(on_revoke))
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        from confluent_kafka import KafkaError
+
+        # consume() waits until max_records arrived or the timeout passed; poll() returns on the
+        # first record. So: wait for one, then take whatever else is already fetched.
+        first = self._c.poll(timeout_ms / 1000)
+        if first is None:
+            return []
+        messages = [first] + (self._c.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else [])
+        out = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal() or err.code() == KafkaError._ALL_BROKERS_DOWN:
+                    raise BrokerUnavailable("(confluent consumer)", err.str())
+                log.warning("consumer error (client retries): %s", err.str())
+                continue
+            ts = m.timestamp()[1]
+            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), tuple(m.headers() or ()), ts))
+        return out
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka import TopicPartition as TP
+
+        try:
+            results = self._c.commit(offsets=[TP(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as e:
+            raise CommitRejected(offsets, str(e)) from None
+        failed = [f"{r.topic}[{r.partition}]: {r.error}" for r in results or () if r.error is not None]
+        if failed:
+            raise CommitRejected(offsets, "; ".join(failed))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(p.topic, p.partition) for p in self._c.assignment()}
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out = {}
+        for p in self._c.position(self._c.assignment()):
+            _low, high = self._c.get_watermark_offsets(p, cached=True)
+            if high >= 0 and p.offset >= 0:
+                out[(p.topic, p.partition)] = max(0, high - p.offset)
+        return out
+
+    def close(self) -> None:
+        self._c.close()

@@ -1,0 +1,109 @@
+"""Factories of Kafka clients for the configured library, and the broker helpers every process
+needs (topics, reading a topic to its end, where the embedded broker listens)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from auditstream.errors import BrokerUnavailable
+from auditstream.kafka.interface import Consumer, PartitionsCallback, Producer, Reader, Record, quiet_client_logs
+from auditstream.settings import Settings
+
+
+def make_producer(settings: Settings, bootstrap: str | None = None, client_id: str = "auditstream") -> Producer:
+    """A producer for ``settings.kafka_client`` (acks=all: a send is acked once it is durable)."""
+    from auditstream.kafka.clients import ConfluentProducer, KafkaPythonProducer
+
+    bootstrap = bootstrap or _bootstrap(settings)
+    quiet_client_logs()
+    if settings.kafka_client == "confluent":
+        return ConfluentProducer(bootstrap, client_id)
+    return KafkaPythonProducer(bootstrap, client_id)
+
+
+def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstrap: str | None = None,
+                  on_assign: PartitionsCallback | None = None,
+                  on_revoke: PartitionsCallback | None = None) -> Consumer:
+    """A group member subscribed to ``topics``, manual commits, reading from the earliest offset."""
+    from auditstream.kafka.clients import ConfluentConsumer, KafkaPythonConsumer
+
+    bootstrap = bootstrap or _bootstrap(settings)
+    quiet_client_logs()
+    cls = ConfluentConsumer if settings.kafka_client == "confluent" else KafkaPythonConsumer
+    return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke)
+
+
+def make_reader(settings: Settings, topics: list[str], from_beginning: bool = True,
+                bootstrap: str | None = None) -> Reader:
+    """A :class:`Reader` of every partition of ``topics`` from the beginning, or (``from_beginning``
+    False) from the current end on. Always kafka-python: readers are few and off the hot path."""
+    from auditstream.kafka.clients import KafkaPythonReader
+
+    quiet_client_logs()
+    return KafkaPythonReader(bootstrap or _bootstrap(settings), list(topics), from_beginning)
+
+
+def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
+                timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topics`` up to their end offsets at the call (in partition order)."""
+    import time
+
+    reader = make_reader(settings, topics, True, bootstrap)
+    try:
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while not reader.caught_up():
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(bootstrap or _bootstrap(settings),
+                                        f"could not read {topics} to their end within {timeout_s:.0f} s")
+            out.extend(reader.poll(10_000, 200))
+        return out
+    finally:
+        reader.close()
+
+
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int, compacted: tuple[str, ...] = ()) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    quiet_client_logs()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditstream-admin")
+    except KafkaError as e:
+        raise BrokerUnavailable(bootstrap, str(e)) from None
+    try:
+        missing = [t for t in topics if t not in set(admin.list_topics())]
+        new = [NewTopic(t, partitions, 1, topic_configs={"cleanup.policy": "compact"} if t in compacted else {})
+               for t in missing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:  # a concurrent creator won the race
+                pass
+        return missing
+    finally:
+        admin.close()
+
+
+BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log"}
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """``settings.bootstrap_servers`` if set, else the address of the running embedded broker."""
+    if settings.bootstrap_servers:
+        return settings.bootstrap_servers
+    state = Path(settings.state_dir) / BROKER_STATE_FILE
+    try:
+        info = json.loads(state.read_text())
+        return str(info["bootstrap"])
+    except (OSError, ValueError, KeyError):
+        raise BrokerUnavailable(
+            "(not configured)", f"AUDITSTREAM_BOOTSTRAP_SERVERS is empty and no embedded broker state at {state}"
+        ) from None
+
+
+def _bootstrap(settings: Settings) -> str:
+    return resolve_bootstrap(settings)

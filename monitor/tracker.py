@@ -1,0 +1,269 @@
+"""Live quality control: how often are the auto-accepted answers wrong, and is that still within
+what the model card certified? (docs/qc-statistics.md)
+
+The monitor feeds every prediction and every verdict to one :class:`QCTracker`; per (model,
+version) it keeps coverage (share auto-accepted), the audited error rate of auto-accepted
+answers with a 95% interval, KS drift of confidences, a CUSUM on audited errors, and — when the
+upper bound passes the certified risk — a suggested tighter threshold.
+
+The error estimate is the Hajek (weighted) estimator with a Korn-Graubard effective-sample-size
+Clopper-Pearson interval (qc/binomial.py explains both); under uniform QC sampling it is
+exactly ``errors / audited`` with the exact Clopper-Pearson interval. Only verdicts on AUTO_QC
+items count: they are the audited sample of answers that stood. A reject or correct verdict is
+an error of the model's answer, accept is not, skip says nothing; gold items are auditor tests,
+not traffic. Predictions and verdicts are deduplicated by request id (redeliveries).
+
+The CUSUM needs an i.i.d. Bernoulli stream, which risk-weighted audits are not (they over-sample
+low confidence). So each audit enters the CUSUM with probability ``r / pi_i`` (by a hash of the
+request id, ``r`` = the smallest inclusion probability seen): every answer then reaches the
+CUSUM with the same probability ``r``, whatever its confidence, and the chart sees a uniform
+sample. Under uniform sampling every audit enters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import numpy as np
+
+from auditstream.registry import ModelCard
+from auditstream.wire import Prediction, Route, Verdict, VerdictKind
+from qc.binomial import estimate_from_sums
+from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
+from qc.snapshot import ModelQC
+from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform
+
+if TYPE_CHECKING:
+    from store.records import QCOutcome
+
+log = logging.getLogger(__name__)
+ERROR_KINDS = (VerdictKind.REJECT, VerdictKind.CORRECT)
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """How the tracker judges a model version (one object per monitor process)."""
+
+    confidence: float = field(default=0.95, metadata={"help": "two-sided level of the error-rate interval"})
+    min_audits: int = field(default=200, metadata={"help": "audits before over-budget is judged at all"})
+    ks_window: int = field(default=2000, metadata={"help": "live confidences in the KS window"})
+    ks_min_window: int = field(default=200, metadata={"help": "fewest live confidences before KS runs"})
+    ks_alpha: float = field(default=1e-3, metadata={"help": "KS p-value below which the reason reports drift"})
+    cusum_shift: float = field(default=2.0, metadata={"help": "CUSUM detects p0 -> cusum_shift * p0"})
+    cusum_arl0: float = field(default=200_000.0, metadata={"help": "in-control audits per false CUSUM alarm"})
+    suggest_threshold: bool = field(default=True, metadata={"help": "suggest a tighter threshold when over budget"})
+    threshold_candidates: int = field(default=20, metadata={"help": "thresholds tried (Bonferroni-adjusted)"})
+    memory: int = field(default=200_000, metadata={"help": "request ids / audits remembered per model version"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence={self.confidence} must be in (0, 1)")
+        if not 0.0 < self.ks_alpha < 1.0 or self.cusum_shift <= 1.0 or self.cusum_arl0 <= 1.0:
+            raise ValueError(f"need 0 < ks_alpha < 1, cusum_shift > 1, cusum_arl0 > 1; got "
+                             f"{self.ks_alpha}, {self.cusum_shift}, {self.cusum_arl0}")
+        if min(self.min_audits, self.ks_window, self.ks_min_window, self.threshold_candidates, self.memory) < 1:
+            raise ValueError("min_audits, ks_window, ks_min_window, threshold_candidates and memory must be >= 1")
+
+
+def suggest_threshold(confidences, errors, inclusion_probs, current: float, budget: float,
+                      confidence: float = 0.95, candidates: int = 20) -> float | None:
+    """The smallest threshold >= ``current`` whose audited upper bound is within ``budget``.
+
+    Candidates are up to ``candidates`` quantiles of the audited confidences; each is judged at
+    level ``1 - (1 - confidence) / candidates`` (Bonferroni), because picking the best of many
+    thresholds on the same audits would otherwise overstate what they prove. A suggestion for a
+    human or the monitor to act on, not a certificate (qc/certify.py makes those).
+    """
+    c = np.asarray(confidences, dtype=np.float64)
+    y = np.asarray(errors, dtype=np.float64)
+    w = 1.0 / np.asarray(inclusion_probs, dtype=np.float64)
+    keep = c >= current
+    if not keep.any():
+        return None
+    grid = np.unique(np.quantile(c[keep], np.linspace(0.0, 1.0, candidates, endpoint=False)))
+    above = c[None, :] >= grid[:, None]  # [candidates, audits]
+    level = 1.0 - (1.0 - confidence) / len(grid)
+    sums = [above.sum(1), above @ w, above @ (w * y), above @ (w * w), above @ (w * w * y)]
+    _, _, high, _ = estimate_from_sums(*sums, confidence=level)
+    ok = np.flatnonzero(high <= budget)
+    return float(grid[ok[0]]) if ok.size else None
+
+
+class _Recent:
+    """A bounded set of recently seen keys (redelivery dedupe without unbounded memory)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.keys = size, OrderedDict[str, None]()
+
+    def add(self, key: str) -> bool:
+        """True when ``key`` is new."""
+        if key in self.keys:
+            return False
+        self.keys[key] = None
+        if len(self.keys) > self.size:
+            self.keys.popitem(last=False)
+        return True
+
+
+class _VersionState:
+    def __init__(self, config: QCConfig) -> None:
+        self.counts = {route: 0 for route in Route}
+        self.seen_predictions, self.seen_verdicts = _Recent(config.memory), _Recent(config.memory)
+        self.qc_confidence: OrderedDict[str, float] = OrderedDict()
+        self.sums = np.zeros(5)  # n, sum w, sum w y, sum w^2, sum w^2 y
+        self.errors = 0
+        self.audits: deque[tuple[float, float, int]] = deque(maxlen=config.memory)  # (confidence, pi, error)
+        self.window = ConfidenceWindow(config.ks_window)
+        self.ks_cache: tuple[int, float, float] | None = None  # (predictions seen, statistic, p-value)
+        self.min_pi = 1.0
+        self.card: ModelCard | None = None
+        self.cusum: BernoulliCusum | None = None
+
+
+class QCTracker:
+    """Per (model, version) QC statistics from the predictions and verdicts streams."""
+
+    def __init__(self, cards: Callable[[str, str], ModelCard | None], config: QCConfig = QCConfig(),
+                 salt: str = DEFAULT_QC_SALT) -> None:
+        self.cards, self.config = cards, config
+        # The CUSUM thinning hash is keyed by the secret QC salt too (settings.qc_salt): with a
+        # public salt a producer could pick ids whose audits never reach the chart.
+        self._cusum_salt = derived_salt(salt, "cusum")
+        self.states: dict[tuple[str, str], _VersionState] = {}
+
+    def _state(self, model: str, version: str) -> _VersionState:
+        state = self.states.get((model, version))
+        if state is None:
+            state = self.states[(model, version)] = _VersionState(self.config)
+        if state.card is None:  # look again until the registry has the card
+            state.card = self.cards(model, version)
+            if state.card is not None:
+                state.cusum = self._cusum_for(state.card)
+        return state
+
+    def _cusum_for(self, card: ModelCard) -> BernoulliCusum | None:
+        budget = _budget(card)
+        if budget is None:
+            return None
+        p0 = max(budget, MIN_CUSUM_P0)  # rarer errors are charted as 0.1%: fewer false alarms, slower
+        try:
+            return BernoulliCusum(design_bernoulli_cusum(p0, min(p0 * self.config.cusum_shift, 0.999),
+                                                         self.config.cusum_arl0))
+        except ValueError as e:
+            log.warning("no CUSUM for %s v%s: %s", card.name, card.version, e)
+            return None
+
+    def observe_prediction(self, p: Prediction) -> None:
+        state = self._state(p.model, p.model_version)
+        if not state.seen_predictions.add(p.request_id):
+            return
+        state.counts[p.route] += 1
+        state.window.add(p.confidence)
+        if p.route is Route.AUTO_QC:
+            state.qc_confidence[p.request_id] = p.confidence
+            if len(state.qc_confidence) > self.config.memory:
+                state.qc_confidence.popitem(last=False)
+
+    def observe_verdict(self, v: Verdict) -> None:
+        if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
+            return
+        self._audit(v.model, v.model_version, v.request_id, v.kind in ERROR_KINDS, v.inclusion_prob, v.verdict_id)
+
+    def seed(self, outcomes: Iterable[QCOutcome]) -> int:
+        """Replay audited QC outcomes read back from the store (``store.audited_qc_history()``,
+        in decision order) so the audited error estimate, its bound and the CUSUM continue
+        across a monitor restart; returns how many counted. Verdicts published afterwards that
+        the store already held are recognised by request id and not counted twice. Coverage and
+        the KS window come from the predictions stream and start afresh."""
+        counted = 0
+        for o in outcomes:
+            counted += self._audit(o.model, o.model_version, o.request_id, o.is_error, o.inclusion_prob,
+                                   o.request_id, o.confidence)  # fmt: skip
+        return counted
+
+    def _audit(self, model: str, version: str, request_id: str, is_error: bool, pi: float, what: str,
+               confidence: float | None = None) -> bool:  # fmt: skip
+        """Count one audited QC answer (the first per request id); True if it counted."""
+        if not 0.0 < pi <= 1.0:
+            log.warning("ignoring audit %s on %s: inclusion_prob %r not in (0, 1]", what, request_id, pi)
+            return False
+        state = self._state(model, version)
+        if not state.seen_verdicts.add(request_id):  # redelivery or a second review: first counts
+            return False
+        error = int(is_error)
+        w = 1.0 / pi
+        state.sums += (1.0, w, w * error, w * w, w * w * error)
+        state.errors += error
+        seen_confidence = state.qc_confidence.pop(request_id, None)
+        confidence = seen_confidence if confidence is None else confidence
+        if confidence is not None:
+            state.audits.append((confidence, pi, error))
+        state.min_pi = min(state.min_pi, pi)
+        if state.cusum is not None and hash_uniform(request_id, salt=self._cusum_salt) < state.min_pi / pi:
+            state.cusum.update(bool(error))
+        return True
+
+    def snapshot(self) -> list[ModelQC]:
+        return [self._model_qc(model, version, self._state(model, version))
+                for model, version in sorted(self.states)]
+
+    def _model_qc(self, model: str, version: str, s: _VersionState) -> ModelQC:
+        cfg, card = self.config, s.card
+        predictions = sum(s.counts.values())
+        auto = s.counts[Route.AUTO] + s.counts[Route.AUTO_QC]
+        n = int(s.sums[0])
+        p, low, high, n_eff = (float(a) for a in estimate_from_sums(*s.sums, confidence=cfg.confidence))
+        budget = _budget(card) if card is not None else None
+        reasons = [f"{n} audits, {s.errors} errors"]
+        over = budget is not None and n >= cfg.min_audits and high > budget
+        if card is None:
+            reasons.append("no model card")
+        elif budget is None:
+            reasons.append("card has no certified or target risk: budget not judged")
+        elif n < cfg.min_audits:
+            reasons.append(f"fewer than {cfg.min_audits} audits: budget not judged yet")
+        elif over:
+            proven = low > budget
+            reasons.append(f"{'PROVEN ' if proven else ''}OVER BUDGET: error upper bound {high:.4f} > certified "
+                           f"{budget:.4f}" + (f" (lower bound {low:.4f} too)" if proven else ""))
+        else:
+            reasons.append(f"within budget: upper bound {high:.4f} <= certified {budget:.4f}")
+        suggested = None
+        if over and cfg.suggest_threshold and s.audits:
+            c, pi, y = (np.array(a) for a in zip(*s.audits))
+            suggested = suggest_threshold(c, y, pi, card.triage.threshold, budget, cfg.confidence,
+                                          cfg.threshold_candidates)
+            reasons.append(f"suggested threshold {suggested:.4f}" if suggested is not None
+                           else "no audited threshold is within budget")
+        ks_stat, ks_p = self._ks(s, predictions, reasons)
+        if s.cusum is not None:
+            reasons.append(f"CUSUM {'ALARM' if s.cusum.alarm else 'ok'} "
+                           f"({s.cusum.statistic:.2f} of h={s.cusum.design.h_nats:.2f} nats)")
+        return ModelQC(
+            model=model, version=version, predictions=predictions, auto=auto, human=s.counts[Route.HUMAN],
+            coverage=auto / predictions if predictions else None, audited=n, errors=s.errors,
+            error_estimate=p if n else None, ci_low=low if n else 0.0, ci_high=high if n else 1.0,
+            certified_risk=budget, over_budget=over, ks_statistic=ks_stat, ks_pvalue=ks_p,
+            cusum_statistic=s.cusum.statistic if s.cusum else None, cusum_alarm=bool(s.cusum and s.cusum.alarm),
+            suggested_threshold=suggested, effective_sample_size=n_eff if n else 0.0, reason="; ".join(reasons),
+        )
+
+    def _ks(self, s: _VersionState, predictions: int, reasons: list[str]) -> tuple[float | None, float | None]:
+        reference = (s.card.reference.get("confidence_sample") if s.card is not None else None) or []
+        if len(s.window) < self.config.ks_min_window or len(reference) == 0:
+            return None, None
+        if s.ks_cache is None or s.ks_cache[0] != predictions:  # the test is O(n log n): rerun on news only
+            result = ks_drift(s.window.values, reference)
+            s.ks_cache = (predictions, result.statistic, result.pvalue)
+        _, stat, pvalue = s.ks_cache
+        if pvalue < self.config.ks_alpha:
+            reasons.append(f"confidence DRIFT: KS D={stat:.3f}, p={pvalue:.2g}")
+        return stat, pvalue
+
+
+def _budget(card: ModelCard) -> float | None:
+    spec = card.triage
+    return spec.certified_risk if spec.certified_risk is not None else spec.target_risk

@@ -1,0 +1,33 @@
+"""The QC picture of one model version at one moment: what the monitor's tracker computes
+(:class:`monitor.tracker.QCTracker`), the metrics export, the control channel plans from, the
+store keeps as history and the dashboard draws."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelQC:
+    """The QC picture of one model version at one moment (what metrics and dashboards show)."""
+
+    model: str
+    version: str
+    predictions: int
+    auto: int  # AUTO + AUTO_QC
+    human: int
+    coverage: float | None  # auto / predictions
+    audited: int  # AUTO_QC verdicts that judged the answer (skip and gold excluded)
+    errors: int
+    error_estimate: float | None  # weighted (Hajek) error rate of auto-accepted answers
+    ci_low: float
+    ci_high: float
+    certified_risk: float | None  # the card's certified risk (or target risk if uncertified)
+    over_budget: bool  # ci_high > certified_risk after at least min_audits audits
+    ks_statistic: float | None
+    ks_pvalue: float | None
+    cusum_statistic: float | None  # nats; alarm at the design's h
+    cusum_alarm: bool
+    suggested_threshold: float | None
+    effective_sample_size: float
+    reason: str

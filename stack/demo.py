@@ -1,0 +1,360 @@
+"""The live demo (README's first command): mail sorting on embedded defaults.
+
+``auditstream demo`` starts the embedded broker, trains the ``digits`` and ``zip-reader`` models
+if the registry lacks them, starts one serving consumer per model, the monitor and the audit
+dashboard (with a demo auditor account whose credentials it prints), then streams test-split
+envelopes through the broker and shows, every few seconds, how many letters were auto-sorted,
+deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops everything it started.
+
+Each part runs as its own process, exactly as on a real deployment; their logs go to
+``<state dir>/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.settings import Settings
+
+DEMO_MODELS = ("digits", "zip-reader")
+DEMO_USER = "demo"
+QC_BOT = "qc-bot"
+
+
+@dataclass(frozen=True)
+class DemoArgs:
+    """Options of ``auditstream demo``."""
+
+    duration_s: float = field(default=0.0, metadata={"help": "stop after this many seconds; 0 runs until Ctrl-C"})
+    rate_per_s: float = field(default=8.0, metadata={"help": "envelopes per second streamed through the broker"})
+    digits_rate_per_s: float = field(default=2.0, metadata={"help": "single-digit requests per second"})
+    dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
+    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1; the monitor on base+10"})
+    retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
+    report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
+    qc_auditor_rate_per_s: float = field(default=1.0, metadata={
+        "help": "a simulated QC auditor answers QC samples from the ground truth at this rate, so the "
+                "Overview's audited error fills (0: none); deferred items are left for you"})
+
+    def __post_init__(self) -> None:
+        if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.report_every_s <= 0
+                or self.qc_auditor_rate_per_s < 0):
+            raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}) "
+                             f"must be >= 0 and report_every_s={self.report_every_s} > 0")
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("demo", help="the live demo: mail sorting through the embedded broker, with the audit dashboard",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, DemoArgs)
+    parser.set_defaults(handler=lambda ns: run(dataclass_from_namespace(DemoArgs, ns)))
+
+
+# --------------------------------------------------------------------------------------------
+# set-up steps
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "auditstream.cli", *args]
+
+
+def ensure_models(settings: Settings, retrain: bool) -> None:
+    """Train each demo model the registry lacks (progress bars go to this terminal)."""
+    from auditstream.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    for name in DEMO_MODELS:
+        if registry.latest(name) and not retrain:
+            print(f"model {name}: version {registry.latest(name)} in {settings.models_dir}", flush=True)
+            continue
+        print(f"model {name}: training (first run only; pass --retrain to train again)", flush=True)
+        subprocess.run(_cli("train", name), check=True, env=_child_env(settings))
+
+
+def demo_account(settings: Settings) -> tuple[str, str]:
+    """The demo auditor, with a fresh random password each run (only its hash is stored)."""
+    from store.accounts import Role
+    from store import open_store
+
+    password = secrets.token_urlsafe(9)
+    with open_store(settings.resolved_store_url) as store:
+        if store.accounts.get(DEMO_USER) is None:
+            store.accounts.add_user(DEMO_USER, password, Role.AUDITOR)
+        else:
+            store.accounts.set_password(DEMO_USER, password)
+    return DEMO_USER, password
+
+
+def _child_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    """The demo's settings (with ``overrides``) for a child process; the store resolved here, so
+    every child opens the same one."""
+    child = dataclasses.replace(settings, store_url=settings.resolved_store_url, **overrides)
+    return {**os.environ, **child.to_env()}
+
+
+class Children:
+    """The processes the demo started; stopped in reverse order with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                # SystemExit: a clear one-line message (a busy port, a broken model), no traceback
+                raise SystemExit(f"auditstream demo: {name} exited with code {proc.returncode}; "
+                                 f"see {self.log_dir / (name + '.log')}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# the stream
+
+
+def envelope_requests(seed: int) -> Iterator[Any]:
+    """Endless test-split envelopes as PNG images, each with the ZIP actually written on it."""
+    from PIL import Image
+
+    from auditstream.wire import ImageInput
+    from training.data.envelopes import make_envelopes
+
+    batch = 0
+    while True:
+        images, zips = make_envelopes("test", 256, seed=seed + batch)
+        for image, zip_code in zip(images, zips):
+            buf = io.BytesIO()
+            Image.fromarray(image, mode="L").save(buf, format="PNG")
+            yield ImageInput(buf.getvalue(), "png"), zip_code
+        batch += 1
+
+
+def digit_requests(seed: int) -> Iterator[Any]:
+    import numpy as np
+
+    from training.data.split import load_split
+
+    split = load_split("test")
+    rng = np.random.default_rng(seed)
+    while True:
+        i = int(rng.integers(len(split.labels)))
+        yield split.images[i].astype(np.float32), str(int(split.labels[i]))
+
+
+@dataclass
+class Tally:
+    """What the demo has seen of its own requests, per model."""
+
+    sent: Counter = field(default_factory=Counter)
+    routes: dict[str, Counter] = field(default_factory=dict)
+    wrong_auto: Counter = field(default_factory=Counter)  # auto answers that differ from the truth
+    dead_letters: int = 0
+    audited: int = 0  # QC samples the simulated auditor judged
+    audit_errors: int = 0  # ... and found wrong
+    truth: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, elapsed_s: float) -> str:
+        """A few aligned lines: per model what was sent, answered, auto-sorted, deferred, sampled."""
+        lines = []
+        with self.lock:
+            for model in DEMO_MODELS:
+                routes = self.routes.get(model, Counter())
+                done = sum(routes.values())
+                auto = routes["AUTO"] + routes["AUTO_QC"]
+                share = f"{auto / done:4.0%}" if done else "   -"
+                lines.append(f"{model:<10} sent {self.sent[model]:>5}  answered {done:>5}  auto-sorted {auto:>5} ({share})  "
+                             f"deferred {routes['HUMAN']:>4}  QC-sampled {routes['AUTO_QC']:>4}  "
+                             f"wrong auto answers {self.wrong_auto[model]:>3}")
+            lines.append(f"{'':<10} QC audits by {QC_BOT}: {self.audited} ({self.audit_errors} found wrong)  "
+                         f"dead letters: {self.dead_letters}")
+        return f"[{elapsed_s:5.0f} s] " + "\n          ".join(lines)
+
+
+def produce_loop(settings: Settings, args: DemoArgs, tally: Tally, stop: threading.Event, prefix: str) -> None:
+    """Pace envelope and digit requests at the configured rates until ``stop``."""
+    from auditstream.kafka import make_producer
+    from auditstream.wire import CONTENT_TYPE_HEADER, REQUEST_CONTENT_TYPE, InferenceRequest
+
+    producer = make_producer(settings, client_id="auditstream-demo")
+    streams = []
+    if args.rate_per_s:
+        streams.append(["zip-reader", envelope_requests(seed=1), 1.0 / args.rate_per_s, 0.0])
+    if args.digits_rate_per_s:
+        streams.append(["digits", digit_requests(seed=2), 1.0 / args.digits_rate_per_s, 0.0])
+    started, i = time.monotonic(), 0
+    try:
+        while not stop.is_set() and streams:
+            stream = min(streams, key=lambda s: s[3])
+            delay = started + stream[3] - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            model, source, period = stream[0], stream[1], stream[2]
+            value, truth = next(source)
+            request_id = f"{prefix}-{i}"
+            i += 1
+            request = InferenceRequest(request_id, model, value, time.time())
+            producer.send(settings.request_topic(model), request.key, request.to_bytes(),
+                          ((CONTENT_TYPE_HEADER, REQUEST_CONTENT_TYPE),))
+            with tally.lock:
+                tally.sent[model] += 1
+                tally.truth[request_id] = truth
+            stream[3] += period
+            if i % 20 == 0:
+                producer.flush(30.0)
+        producer.flush(30.0)
+    finally:
+        producer.close()
+
+
+def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: str) -> None:
+    """Read predictions and dead letters back and count the demo's own requests by route."""
+    from auditstream.kafka import make_consumer
+    from auditstream.topics import DEAD_LETTER, PREDICTIONS
+    from auditstream.wire import Prediction
+
+    consumer = make_consumer(settings, f"auditstream-demo-view-{uuid.uuid4().hex[:8]}",
+                             [settings.topic(PREDICTIONS), settings.topic(DEAD_LETTER)])
+    seen: set[str] = set()
+    try:
+        while not stop.is_set():
+            for record in consumer.poll(500, 500):
+                if record.topic == settings.topic(DEAD_LETTER):
+                    with tally.lock:
+                        tally.dead_letters += 1
+                    continue
+                prediction = Prediction.from_bytes(record.value)
+                if not prediction.request_id.startswith(prefix) or prediction.request_id in seen:
+                    continue  # an earlier run's, or a redelivery
+                seen.add(prediction.request_id)
+                with tally.lock:
+                    tally.routes.setdefault(prediction.model, Counter())[prediction.route.value] += 1
+                    truth = tally.truth.get(prediction.request_id)
+                    if prediction.route.value != "HUMAN" and truth is not None and str(prediction.output) != truth:
+                        tally.wrong_auto[prediction.model] += 1
+    finally:
+        consumer.close()
+
+
+def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rate_per_s: float) -> None:
+    """A simulated QC auditor ('qc-bot'): claims QC samples (never deferred items: those are
+    the person's) and answers them with the ground truth the demo knows — accept when the model
+    was right, correct it when not — through the same store API the dashboard uses."""
+    from auditstream.wire import Route, VerdictKind
+    from store.accounts import Role
+    from store import open_store
+
+    with open_store(settings.resolved_store_url) as store:
+        user = store.accounts.get(QC_BOT) or store.accounts.add_user(QC_BOT, secrets.token_urlsafe(16), Role.AUDITOR)
+        while not stop.wait(1.0 / rate_per_s):
+            claim = store.claim(user, 60.0, time.time(), route=Route.AUTO_QC)
+            if claim is None:
+                continue
+            item = claim.item
+            with tally.lock:
+                truth = tally.truth.get(item.request_id)
+            if truth is None:  # an earlier run's item: the truth is gone, give it back
+                kind, corrected = VerdictKind.SKIP, None
+            elif str(item.output) == truth:
+                kind, corrected = VerdictKind.ACCEPT, None
+            else:
+                kind, corrected = VerdictKind.CORRECT, truth  # the label name, as the dashboard's editors answer
+            store.record_verdict(store.new_verdict_id(), item.item_id, user, kind, corrected, time.time())
+            if kind is not VerdictKind.SKIP:
+                with tally.lock:
+                    tally.audited += 1
+                    tally.audit_errors += kind is VerdictKind.CORRECT
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(args: DemoArgs) -> int:
+    from stack import broker
+
+    settings = Settings.from_env()
+    started_broker = False
+    if not settings.bootstrap_servers:
+        started_broker = broker.status(settings) is None
+        info = broker.start(settings, models=DEMO_MODELS)
+        print(f"embedded broker (Tansu) at {info.bootstrap}", flush=True)
+    else:  # a real Kafka: create the demo's topics if they are missing
+        from auditstream.kafka import ensure_topics
+        from auditstream.topics import COMPACTED_TOPICS, all_topics
+
+        ensure_topics(settings.bootstrap_servers, all_topics(settings, DEMO_MODELS), settings.partitions,
+                      tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    settings = Settings.from_env(bootstrap_servers=broker.resolve_bootstrap(settings))
+    children = Children(settings.state_dir / "logs")
+    stop = threading.Event()
+    try:
+        ensure_models(settings, args.retrain)
+        user, password = demo_account(settings)
+        for i, model in enumerate(DEMO_MODELS):
+            children.start(f"serve-{model}", _cli("serve", "--model", model),
+                           _child_env(settings, metrics_port=args.metrics_port_base + i))
+        children.start("monitor", _cli("monitor"), _child_env(settings, metrics_port=args.metrics_port_base + 10))
+        if args.dashboard_port:
+            children.start("dashboard", _cli("dashboard", "--port", str(args.dashboard_port),
+                                             "--store-url", settings.resolved_store_url), _child_env(settings))
+            print(f"\naudit dashboard: http://127.0.0.1:{args.dashboard_port}   "
+                  f"log in as '{user}' with password '{password}'\n", flush=True)
+        print(f"logs in {children.log_dir}; metrics on :{args.metrics_port_base}, :{args.metrics_port_base + 1} "
+              f"(consumers) and :{args.metrics_port_base + 10} (monitor). Ctrl-C stops the demo.", flush=True)
+        tally, prefix = Tally(), f"demo-{uuid.uuid4().hex[:8]}"
+        threads = [threading.Thread(target=produce_loop, args=(settings, args, tally, stop, prefix), daemon=True),
+                   threading.Thread(target=watch_loop, args=(settings, tally, stop, prefix), daemon=True)]
+        if args.qc_auditor_rate_per_s:
+            print(f"a simulated auditor '{QC_BOT}' answers QC samples; the deferred items wait for you", flush=True)
+            threads.append(threading.Thread(target=qc_auditor_loop, daemon=True,
+                                            args=(settings, tally, stop, args.qc_auditor_rate_per_s)))
+        for t in threads:
+            t.start()
+        began = time.monotonic()
+        while not args.duration_s or time.monotonic() - began < args.duration_s:
+            time.sleep(args.report_every_s)
+            children.check()
+            print(tally.report(time.monotonic() - began), flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        children.stop()
+        if started_broker:
+            broker.stop(settings)
+        print("demo stopped", flush=True)
+

@@ -1,0 +1,258 @@
+"""``auditstream bench serve``: how much of ONNX Runtime's throughput survives the stream path.
+
+One run, one model, one batch size:
+
+1. **raw ORT**: ``session.run`` on an in-memory batch, repeated for a few seconds;
+2. **wire**: encode and decode cost of one request (``InferenceRequest.to_bytes/from_bytes``);
+3. **stream, max rate**: N requests produced ahead of time, then the serving consumer
+   (:class:`serving.app.ServeApp`, the same code as ``auditstream serve``) drains them:
+   consume → decode → infer → triage → produce → flush → commit, timed from its first record to
+   its last commit; every prediction is read back (lost, duplicates);
+4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), warmed up,
+   then requests paced at 70% of the measured rate; end-to-end latency = when the prediction is
+   read back here − the request's ``created_at_s``.
+
+Without ``--model`` it builds (no torch: ``onnx.helper``, fixed-seed random weights) a small CNN
+whose inference dominates (~0.5 GFLOP per input, VGG-style, 1.5 M weights): 1×28×28 → conv 64 →
+conv 128 → pool → conv 256 → conv 256 → pool → conv 256 → dense 10 (3×3 convolutions, ReLU).
+``overhead_us_per_record`` (1/stream − 1/raw) is the stream path's own cost per request, whatever
+the model: the ratio for another model follows from it and that model's raw time. Its triage threshold is set to the 15th percentile of its confidence on random
+inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and ~15% go to the
+audit topic, the mix of a certified model in production.
+The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
+p99_ms, lost, duplicates, client, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from auditstream import topics as T
+from auditstream.errors import BrokerUnavailable
+from auditstream.kafka import make_consumer, make_producer, resolve_bootstrap
+from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
+from auditstream.settings import Settings
+from auditstream.wire import InferenceRequest
+from serving.app import ServeApp
+from serving.loadgen import inputs_for, produce_requests
+from serving.runtime import load_session
+
+BENCH_MODEL = "bench-cnn"
+# (in channels, out channels, 2x2 max-pool after): ~0.5 GFLOP and 1.5 M weights per 28x28 input
+LAYERS = ((1, 64, False), (64, 128, True), (128, 256, False), (256, 256, True), (256, 256, False))
+
+
+def bench_cnn_onnx(seed: int = 0) -> bytes:
+    """A small CNN on 1×28×28 inputs (He-initialised random weights; accuracy is irrelevant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def weight(name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(np.float32), name))
+        return name
+
+    x = "image"
+    for i, (cin, cout, pool) in enumerate(LAYERS):
+        w, b = weight(f"w{i}", (cout, cin, 3, 3), cin * 9), weight(f"b{i}", (cout,), 1)
+        nodes += [helper.make_node("Conv", [x, w, b], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"p{i}"
+    nodes += [helper.make_node("Flatten", [x], ["flat"], axis=1),
+              helper.make_node("MatMul", ["flat", weight("wd", (LAYERS[-1][1] * 49, 10), LAYERS[-1][1] * 49)],
+                               ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    graph = helper.make_graph(nodes, "bench_cnn",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 28, 28])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 10])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="auditstream-bench")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def bench_card(onnx_bytes: bytes, coverage: float = 0.85) -> ModelCard:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sample = np.random.default_rng(2).standard_normal((256, 1, 28, 28)).astype(np.float32)
+    threshold = float(np.quantile(session.run(None, {"image": sample})[0].max(axis=1), 1 - coverage))
+    return ModelCard(name=BENCH_MODEL, version="0", task="classification",
+                     inputs=[TensorSpec("image", "float32", [None, 1, 28, 28])],
+                     outputs=[TensorSpec("probs", "float32", [None, 10])],
+                     triage=TriageSpec(threshold=round(threshold, 6)), labels=[str(i) for i in range(10)],
+                     extra={"purpose": "benchmark only: random weights"})
+
+
+def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0) -> float:
+    session = load_session(model)
+    inputs = inputs_for(model.card, "random")
+    batch = np.stack([next(inputs) for _ in range(batch_size)])
+    session.run(batch)
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_seconds or runs < 5:
+        session.run(batch)
+        runs += 1
+    return runs * batch_size / elapsed
+
+
+def wire_cost_us(card: ModelCard, n: int = 2000) -> tuple[float, float]:
+    inputs = inputs_for(card, "random")
+    requests = [InferenceRequest(f"r{i}", card.name, next(inputs), time.time()) for i in range(n)]
+    t0 = time.perf_counter()
+    blobs = [r.to_bytes() for r in requests]
+    t1 = time.perf_counter()
+    for b in blobs:
+        InferenceRequest.from_bytes(b)
+    t2 = time.perf_counter()
+    return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+
+
+def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group: str,
+                     arrivals: dict[str, list[float]]) -> None:
+    """Read the predictions topic until every id in ``ids`` arrived (or timeout); record arrival times."""
+    consumer = make_consumer(settings, group, [settings.topic(T.PREDICTIONS)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not ids <= arrivals.keys():
+            for r in consumer.poll(2000, 200):
+                rid = json.loads(r.value)["request_id"]
+                if rid in ids:
+                    arrivals.setdefault(rid, []).append(time.time())
+    finally:
+        consumer.close()
+
+
+def _serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
+    """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
+    # the child's own Settings.from_env() reads these back: the benchmark's topics, model and client
+    env = {**os.environ, **dataclasses.replace(settings, log_level="WARNING").to_env()}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
+                                 "--version", card.version], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _percentile_ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 1) if values else float("nan")
+
+
+def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    client = args.client or base.kafka_client
+    run_id = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory(prefix="auditstream-bench-") as tmp:
+        settings = dataclasses.replace(base, kafka_client=client, max_batch_size=args.batch_size,
+                                       topic_prefix=f"bench{run_id}", state_dir=Path(tmp) / "state")
+        if args.model:
+            model = ModelRegistry(base.models_dir).load(args.model)
+            settings = dataclasses.replace(settings, models_dir=base.models_dir)
+        else:
+            registry = ModelRegistry(Path(tmp) / "models")
+            onnx_bytes = bench_cnn_onnx()
+            model = registry.publish(bench_card(onnx_bytes), onnx_bytes)
+            settings = dataclasses.replace(settings, models_dir=registry.root)
+        from stack import broker as embedded
+
+        started_broker = False
+        try:
+            resolve_bootstrap(base)
+            settings = dataclasses.replace(settings, bootstrap_servers=resolve_bootstrap(base))
+        except BrokerUnavailable:
+            info = embedded.start(settings)
+            started_broker = True
+            settings = dataclasses.replace(settings, bootstrap_servers=info.bootstrap)
+        try:
+            return _measure(settings, model, args, client, run_id, say)
+        finally:
+            if started_broker:
+                embedded.stop(settings)
+
+
+def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str, run_id: str, say) -> dict[str, Any]:
+    card = model.card
+    say(f"model {card.name} v{card.version}, batch {args.batch_size}, client {client}, broker {settings.bootstrap_servers}")
+    encode_us, decode_us = wire_cost_us(card)
+    say(f"wire: encode {encode_us:.1f} us, decode {decode_us:.1f} us per request")
+
+    producer = make_producer(settings, client_id="bench-producer")
+    topic = settings.request_topic(card.name)
+    app = ServeApp(settings, model)
+    arrivals: dict[str, list[float]] = {}
+    try:
+        # max rate: the topic holds every request before the consumer starts
+        sent = produce_requests(producer, topic, card.name, inputs_for(card, "random"), args.count, 0.0,
+                                id_prefix=f"max{run_id}", progress=False)
+        # The machine's load drifts: raw throughput is measured right before and right after.
+        raw_before = raw_ort_per_s(model, args.batch_size)
+        say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
+        stats = app.run(max_records=args.count)
+        elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
+        stream = args.count / elapsed if elapsed > 0 else float("nan")
+        raw_after = raw_ort_per_s(model, args.batch_size)
+        raw = (raw_before + raw_after) / 2
+        say(f"stream (max rate): {args.count} requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: "
+            f"{raw_after:,.0f}/s; ratio {stream / raw:.3f}")
+        read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
+    finally:
+        app.close()  # leaves the group: the latency run's consumer gets every partition
+
+    # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
+    # production), requests paced by this process, predictions read back here
+    rate = 0.7 * min(stream, raw)
+    ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
+    lat_arrivals: dict[str, list[float]] = {}
+    server = _serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    try:
+        reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
+                                                                 lat_arrivals), daemon=True)
+        reader.start()
+        # warm-up: the server has joined its group and answers before the clock starts
+        warm = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
+                                0.0, id_prefix=f"warm{run_id}", progress=False)
+        read_predictions(settings, set(warm.request_ids), 120.0, f"bench-reader-w-{run_id}", arrivals)
+        time.sleep(1.0)
+        paced = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
+                                 rate, id_prefix=f"lat{run_id}", progress=False)
+        reader.join()
+    finally:
+        producer.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    sent.request_ids.extend(warm.request_ids)
+    latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
+    arrivals.update(lat_arrivals)
+    expected = set(sent.request_ids) | ids
+    lost = len(expected - arrivals.keys())
+    duplicates = sum(len(v) - 1 for v in arrivals.values())
+    result = {
+        "raw_ort_per_s": round(raw, 1), "raw_ort_before_after": [round(raw_before, 1), round(raw_after, 1)], "stream_per_s": round(stream, 1), "ratio": round(stream / raw, 3),
+        "overhead_us_per_record": round((1 / stream - 1 / raw) * 1e6, 1),
+        "p50_ms": _percentile_ms(latencies, 50), "p99_ms": _percentile_ms(latencies, 99),
+        "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates, "client": client,
+        "model": card.name, "batch_size": args.batch_size, "requests": len(expected),
+        "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
+    }
+    say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates {duplicates}")
+    return result

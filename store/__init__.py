@@ -1,0 +1,43 @@
+"""The audit store: where audit items wait for auditors, and where their verdicts are kept.
+
+``open_store(url)`` gives an :class:`AuditStore` on SQLite (``sqlite:///path.db``, the default
+for one machine) or PostgreSQL (``postgresql://user@host:port/db``, for many monitor processes
+and dashboards). Both run the same SQL and pass the same tests; docs/audit-store.md describes
+the schema and the lease, verdict and outbox semantics.
+
+In the flow: the monitor process (monitor/service.py) ingests the ``audit`` topic here and
+publishes the outbox to ``verdicts`` and ``decisions``; the dashboard claims items, records
+verdicts and reads the read models; ``auditstream labels export`` turns verdicts into training data.
+"""
+
+from __future__ import annotations
+
+from store.backend import connect
+from store.records import (
+    Agreement,
+    Claim,
+    GoldScore,
+    OutboxRow,
+    QCOutcome,
+    QueueStat,
+    StoreConfig,
+    StoredItem,
+    StoreStats,
+    VerdictRecord,
+    VerdictResult,
+)
+from store.store import AuditStore
+
+__all__ = [
+    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRow", "QCOutcome", "QueueStat", "StoreConfig",
+    "StoreStats", "StoredItem", "VerdictRecord", "VerdictResult", "open_store",
+]  # fmt: skip
+
+
+def open_store(url: str, config: StoreConfig | None = None, table_prefix: str = "") -> AuditStore:
+    """Open (and create or migrate) the audit store at ``url``.
+
+    ``table_prefix`` ([a-z][a-z0-9_]*) lets several stores share one database, e.g. one per test
+    run on a shared PostgreSQL.
+    """
+    return AuditStore(connect(url, table_prefix), config)

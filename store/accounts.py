@@ -1,0 +1,248 @@
+"""Local accounts of the audit dashboard, stored in the audit store's ``users`` table.
+
+Passwords are kept only as slow salted hashes: scrypt (RFC 7914) with a 16-byte random salt per
+user and N=2**15, r=8, p=1 (32 MiB and about 0.1-0.3 s per hash on one core: cheap for a login,
+costly for anyone guessing offline). The parameters are stored with each hash
+(``scrypt$n=32768,r=8,p=1$<salt>$<hash>``), so they can be raised later without breaking old
+accounts. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
+tell which names exist.
+
+Failed logins are counted per account in the users table (``failed_logins``,
+``locked_until_s``), so the throttle holds across browser sessions, dashboard processes and
+restarts: after :data:`MAX_FAILURES` consecutive wrong passwords the account is locked for
+:data:`LOCKOUT_S`, and every further failure doubles the lock (capped at :data:`MAX_LOCKOUT_S`);
+a correct password resets the count. While locked, no password is checked at all
+(:class:`LoginThrottled`). Unknown names get the same answers from an in-process mirror of the
+policy, so the lock message does not tell which names exist either.
+
+Roles: ``auditor`` (claims items, records verdicts), ``admin`` (that, plus gold items and users),
+``viewer`` (reads dashboards only). The dashboard checks roles when a page renders; the store
+checks them *again inside every write transaction* (:func:`check_actor`), against the role in the
+database at that moment, so a bypassed page or a replayed request cannot write.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+
+from auditstream.errors import AuditstreamError, PermissionDenied
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024  # 128 * N * r = 32 MiB, plus headroom
+SALT_BYTES, HASH_BYTES = 16, 32
+MIN_PASSWORD_CHARS = 8
+MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
+LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
+MAX_LOCKOUT_S = 3600.0
+UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class LoginThrottled(AuditstreamError):
+    """Too many failed logins for this name: no password is checked until ``retry_after_s`` passed."""
+
+    def __init__(self, name: str, failures: int, retry_after_s: float) -> None:
+        self.name, self.failures, self.retry_after_s = name, failures, retry_after_s
+        super().__init__(f"too many failed logins for {name!r} ({failures}); try again in {retry_after_s:.0f} s")
+
+
+def lockout_s(failures: int) -> float:
+    """How long an account stays locked after its ``failures``-th consecutive failure (0: not locked)."""
+    if failures < MAX_FAILURES:
+        return 0.0
+    return min(MAX_LOCKOUT_S, LOCKOUT_S * 2.0 ** min(failures - MAX_FAILURES, 32))
+
+
+class Role(str, Enum):
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+WRITERS = (Role.AUDITOR, Role.ADMIN)  # may claim items and record verdicts
+ADMINS = (Role.ADMIN,)
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated user. Holds no secret: the hash stays in the database."""
+
+    name: str
+    role: Role
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$n=..,r=..,p=..$<salt b64>$<hash b64>`` of ``password`` with a fresh random salt."""
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    n, r, p = SCRYPT_N, SCRYPT_R, SCRYPT_P  # read at call time: the stored string records them
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=HASH_BYTES)
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"scrypt$n={n},r={r},p={p}${b64(salt)}${b64(digest)}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    try:
+        scheme, params, salt_b64, hash_b64 = stored.split("$")
+        cost = dict(kv.split("=") for kv in params.split(","))
+        n, r, p = int(cost["n"]), int(cost["r"]), int(cost["p"])
+        salt, expected = base64.b64decode(salt_b64), base64.b64decode(hash_b64)
+    except (ValueError, KeyError):
+        return False
+    if scheme != "scrypt":
+        return False
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash of a random password: verifying an unknown name costs as much as a known one."""
+    return hash_password(base64.b64encode(os.urandom(12)).decode())
+
+
+def require_role(user: User | None, *roles: Role | str, action: str = "do this") -> User:
+    """``user`` if it has one of ``roles``, else :class:`PermissionDenied` (also for no user)."""
+    allowed = tuple(Role(r) for r in roles)
+    if user is None or not isinstance(user, User):
+        raise PermissionDenied("<anonymous>", None, action, tuple(r.value for r in allowed))
+    if user.role not in allowed:
+        raise PermissionDenied(user.name, user.role.value, action, tuple(r.value for r in allowed))
+    return user
+
+
+def check_actor(cur, user: User, allowed: tuple[Role, ...], action: str) -> User:
+    """Inside a write transaction: the user's *current* role in the database allows ``action``.
+
+    ``cur`` is a :class:`store.backend.Cursor`. A user deleted, disabled or demoted
+    since logging in is refused here even if their session still says otherwise.
+    """
+    require_role(user, *allowed, action=action)
+    row = cur.one("SELECT role, disabled FROM {p}users WHERE name = ?", (user.name,))
+    role = None if row is None or row[1] else row[0]
+    if role not in {r.value for r in allowed}:
+        raise PermissionDenied(user.name, role, action, tuple(r.value for r in allowed))
+    return user
+
+
+class Accounts:
+    """The users table of one store (``store.accounts``)."""
+
+    def __init__(self, db) -> None:
+        self._db = db  # store.backend.Database
+        # name -> (failures, locked_until_s) for names with no account (see the module docstring)
+        self._unknown: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
+        self._unknown_lock = threading.Lock()
+
+    def add_user(self, name: str, password: str, role: Role | str, now_s: float | None = None) -> User:
+        """Create a user; ``ValueError`` if the name is taken or malformed or the password short."""
+        role = Role(role)
+        if not _NAME.match(name):
+            raise ValueError(f"user name {name!r} must be 1-64 of letters, digits, '_.@-', starting with a letter or digit")
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
+        hashed = hash_password(password)  # before the transaction: the slow part holds no lock
+        with self._db.write() as cur:
+            if cur.one("SELECT 1 FROM {p}users WHERE name = ?", (name,)):
+                raise ValueError(f"user {name!r} already exists")
+            cur.run(
+                "INSERT INTO {p}users (name, role, password_hash, created_at_s) VALUES (?, ?, ?, ?)",
+                (name, role.value, hashed, time.time() if now_s is None else now_s),
+            )
+        return User(name, role)
+
+    def set_password(self, name: str, password: str) -> None:
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
+        hashed = hash_password(password)
+        with self._db.write() as cur:
+            # A new password (an admin's reset) also lifts a lock: the guesses were against the old one.
+            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL WHERE name = ?",
+                       (hashed, name)) != 1:  # fmt: skip
+                raise ValueError(f"no user {name!r}")
+
+    def set_role(self, name: str, role: Role | str, disabled: bool = False) -> None:
+        """Change a role or disable an account; takes effect at the user's next write."""
+        with self._db.write() as cur:
+            if cur.run("UPDATE {p}users SET role = ?, disabled = ? WHERE name = ?", (Role(role).value, int(disabled), name)) != 1:
+                raise ValueError(f"no user {name!r}")
+
+    def verify_password(self, name: str, password: str, now_s: float | None = None) -> User | None:
+        """The user if ``password`` is theirs and the account is enabled, else None.
+
+        Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
+        the failure that locks it. A wrong password counts a failure, a right one resets the count.
+        """
+        now_s = time.time() if now_s is None else now_s
+        rows = self._db.query(
+            "SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users WHERE name = ?", (name,)
+        )
+        if not rows:
+            return self._unknown_attempt(name, password, now_s)
+        role, stored, disabled, failures, locked_until = rows[0]
+        if locked_until is not None and float(locked_until) > now_s:
+            raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
+        if not check_password(password, stored):
+            failures, locked_until = self._count_failure(name, now_s)
+            if locked_until is not None:
+                raise LoginThrottled(name, failures, locked_until - now_s)
+            return None
+        if failures or locked_until is not None:
+            with self._db.write() as cur:
+                cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
+        return None if disabled else User(name, Role(role))
+
+    def _count_failure(self, name: str, now_s: float) -> tuple[int, float | None]:
+        """One more failure for ``name``, in one transaction (concurrent logins all count)."""
+        with self._db.write() as cur:
+            row = cur.one(f"SELECT failed_logins FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))
+            failures = (int(row[0]) if row else 0) + 1
+            wait_s = lockout_s(failures)
+            locked_until = now_s + wait_s if wait_s > 0 else None
+            cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ? WHERE name = ?", (failures, locked_until, name))
+        return failures, locked_until
+
+    def _unknown_attempt(self, name: str, password: str, now_s: float) -> None:
+        """A name with no account: the same work and the same answers as a known one."""
+        with self._unknown_lock:
+            failures, locked_until = self._unknown.get(name, (0, None))
+        if locked_until is not None and locked_until > now_s:
+            raise LoginThrottled(name, failures, locked_until - now_s)
+        check_password(password, _dummy_hash())
+        failures += 1
+        wait_s = lockout_s(failures)
+        locked_until = now_s + wait_s if wait_s > 0 else None
+        with self._unknown_lock:
+            self._unknown[name] = (failures, locked_until)
+            self._unknown.move_to_end(name)
+            while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:
+                self._unknown.popitem(last=False)
+        if locked_until is not None:
+            raise LoginThrottled(name, failures, locked_until - now_s)
+        return None
+
+    def login_state(self, name: str) -> tuple[int, float | None]:
+        """(consecutive failures, locked until) of an account, for admins and tests."""
+        rows = self._db.query("SELECT failed_logins, locked_until_s FROM {p}users WHERE name = ?", (name,))
+        if not rows:
+            raise ValueError(f"no user {name!r}")
+        return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
+
+    def get(self, name: str) -> User | None:
+        rows = self._db.query("SELECT role FROM {p}users WHERE name = ? AND disabled = 0", (name,))
+        return User(name, Role(rows[0][0])) if rows else None
+
+    def list_users(self) -> list[tuple[User, bool]]:
+        """Every account as (user, disabled), by name."""
+        rows = self._db.query("SELECT name, role, disabled FROM {p}users ORDER BY name")
+        return [(User(name, Role(role)), bool(disabled)) for name, role, disabled in rows]

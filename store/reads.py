@@ -1,0 +1,277 @@
+"""The audit store's read models: what the dashboard, the metrics and the QC statistics read.
+
+Reads never take the writer lock (SQLite WAL; PostgreSQL MVCC), so a dashboard refreshing every
+few seconds never slows auditors down. Aggregates that differ between SQL dialects (time buckets,
+kappa) are computed here in Python from small result sets.
+
+Gold items are left out of every model-facing number (queue depth, verdict counts, QC outcomes,
+labels): they measure auditors, not models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any, Iterator
+
+from auditstream import tasks
+from auditstream.wire import Route, TaskKind, VerdictKind
+from store.records import (
+    Agreement,
+    GoldScore,
+    QCOutcome,
+    QueueStat,
+    StoredItem,
+    StoreStats,
+    VerdictRecord,
+    human_label,
+)
+
+ITEM_COLUMNS = (
+    "id, request_id, model, model_version, task, route, confidence, qc_inclusion_prob, output, details, input,"
+    " reason, created_at_s, ingested_at_s, is_gold, reviews_needed, reviews_done, state, lease_owner,"
+    " lease_expires_s, episode_key, step"
+)
+VERDICT_COLUMNS = (
+    "verdict_id, item_id, auditor, kind, corrected_output, decided_at_s, review_round, is_gold, gold_correct"
+)
+EXPORT_PAGE = 500
+
+
+def item_from_row(row: tuple) -> StoredItem:
+    (item_id, request_id, model, version, task, route, confidence, prob, output, details, input_, reason,
+     created, ingested, gold, needed, done, state, owner, expires, episode_key, step) = row  # fmt: skip
+    return StoredItem(
+        int(item_id), request_id, model, version, TaskKind.parse(task), Route(route), float(confidence), float(prob),
+        json.loads(output), json.loads(details), json.loads(input_), reason, float(created), float(ingested),
+        bool(gold), int(needed), int(done), state, owner, None if expires is None else float(expires), episode_key, step,
+    )  # fmt: skip
+
+
+def verdict_from_row(row: tuple) -> VerdictRecord:
+    verdict_id, item_id, auditor, kind, corrected, decided, review_round, gold, gold_correct = row
+    return VerdictRecord(
+        verdict_id, int(item_id), auditor, VerdictKind(kind), None if corrected is None else json.loads(corrected),
+        float(decided), int(review_round), bool(gold), None if gold_correct is None else bool(gold_correct),
+    )  # fmt: skip
+
+
+def _where(model: str | None = None, route: Route | str | None = None, prefix: str = "") -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if model is not None:
+        sql, params = f"{sql} AND {prefix}model = ?", [*params, model]
+    if route is not None:
+        sql, params = f"{sql} AND {prefix}route = ?", [*params, Route(route).value]
+    return sql, params
+
+
+class StoreReads:
+    """Read methods of :class:`store.AuditStore` (kept apart from the writes for size)."""
+
+    _db: Any  # store.backend.Database, set by AuditStore
+
+    # --- items --------------------------------------------------------------------------------
+
+    def item(self, item_id: int) -> StoredItem | None:
+        rows = self._db.query(f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE id = ?", (item_id,))
+        return item_from_row(rows[0]) if rows else None
+
+    def items(self, model: str | None = None, route: Route | str | None = None, state: str | None = None,
+              limit: int = 100, offset: int = 0, include_gold: bool = False) -> list[StoredItem]:  # fmt: skip
+        """Items for display, newest first."""
+        sql, params = _where(model, route)
+        if state is not None:
+            sql, params = sql + " AND state = ?", [*params, state]
+        if not include_gold:
+            sql += " AND is_gold = 0"
+        rows = self._db.query(
+            f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE 1 = 1{sql} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*params, int(limit), int(offset)),
+        )
+        return [item_from_row(r) for r in rows]
+
+    def verdicts(self, item_id: int | None = None, auditor: str | None = None, since_s: float | None = None) -> list[VerdictRecord]:
+        """Verdict history (every submit, skips included), oldest first."""
+        sql, params = "", []
+        for column, value in (("item_id", item_id), ("auditor", auditor)):
+            if value is not None:
+                sql, params = f"{sql} AND {column} = ?", [*params, value]
+        if since_s is not None:
+            sql, params = sql + " AND decided_at_s >= ?", [*params, since_s]
+        rows = self._db.query(f"SELECT {VERDICT_COLUMNS} FROM {{p}}verdicts WHERE 1 = 1{sql} ORDER BY decided_at_s, verdict_id", params)
+        return [verdict_from_row(r) for r in rows]
+
+    # --- queue --------------------------------------------------------------------------------
+
+    def queue_depth(self, model: str | None = None, route: Route | str | None = None) -> int:
+        """Items still waiting for a verdict (leased ones included), gold items excluded."""
+        sql, params = _where(model, route)
+        return int(self._db.query(f"SELECT COUNT(*) FROM {{p}}items WHERE state = 'open' AND is_gold = 0{sql}", params)[0][0])
+
+    def oldest_pending_age_s(self, now_s: float, model: str | None = None, route: Route | str | None = None) -> float:
+        """Seconds the oldest waiting item has been in the store (0.0 when the queue is empty)."""
+        sql, params = _where(model, route)
+        oldest = self._db.query(f"SELECT MIN(ingested_at_s) FROM {{p}}items WHERE state = 'open' AND is_gold = 0{sql}", params)[0][0]
+        return 0.0 if oldest is None else max(0.0, now_s - float(oldest))
+
+    # --- verdict aggregates -------------------------------------------------------------------
+
+    def verdict_counts(self, model: str | None = None, route: Route | str | None = None, since_s: float | None = None) -> dict[VerdictKind, int]:
+        """Verdicts on real (non-gold) items by kind; every kind present."""
+        sql, params = _where(model, route, prefix="i.")
+        if since_s is not None:
+            sql, params = sql + " AND v.decided_at_s >= ?", [*params, since_s]
+        rows = self._db.query(
+            "SELECT v.kind, COUNT(*) FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+            f" WHERE v.is_gold = 0{sql} GROUP BY v.kind",
+            params,
+        )
+        counts = {kind: 0 for kind in VerdictKind}
+        counts.update({VerdictKind(kind): int(n) for kind, n in rows})
+        return counts
+
+    def auditor_throughput(self, since_s: float) -> dict[str, int]:
+        """Decisive verdicts (skips not counted, gold counted) per auditor since ``since_s``."""
+        rows = self._db.query(
+            "SELECT auditor, COUNT(*) FROM {p}verdicts WHERE kind <> 'skip' AND decided_at_s >= ? GROUP BY auditor",
+            (since_s,),
+        )
+        return {auditor: int(n) for auditor, n in rows}
+
+    def throughput_series(self, bucket_s: float, since_s: float | None = None) -> list[tuple[float, int]]:
+        """(bucket start, decisive verdicts in bucket) for every bucket from the first verdict on."""
+        if not bucket_s > 0:
+            raise ValueError(f"bucket_s={bucket_s} must be > 0")
+        rows = self._db.query(
+            "SELECT decided_at_s FROM {p}verdicts WHERE kind <> 'skip' AND decided_at_s >= ? ORDER BY decided_at_s",
+            (float("-inf") if since_s is None else since_s,),
+        )
+        counts = Counter(int(float(t) // bucket_s) for (t,) in rows)
+        if not counts:
+            return []
+        return [(float(b * bucket_s), counts.get(b, 0)) for b in range(min(counts), max(counts) + 1)]
+
+    def gold_accuracy(self) -> dict[str, GoldScore]:
+        rows = self._db.query(
+            "SELECT auditor, COUNT(*), SUM(gold_correct) FROM {p}verdicts WHERE is_gold = 1 AND kind <> 'skip' GROUP BY auditor"
+        )
+        return {auditor: GoldScore(auditor, int(n), int(correct or 0)) for auditor, n, correct in rows}
+
+    def agreement(self) -> Agreement:
+        """Percent agreement and Cohen's kappa between the first and second review of
+        double-reviewed items (labels compared by the task kind's answer key, reject = no answer)."""
+        rows = self._db.query(
+            "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output, i.task FROM {p}verdicts v"
+            " JOIN {p}items i ON i.id = v.item_id WHERE i.reviews_needed = 2 AND v.review_round IN (1, 2)"
+        )
+        labels: dict[int, dict[int, str]] = defaultdict(dict)
+        for item_id, review_round, kind, corrected, output, task in rows:
+            label = human_label(VerdictKind(kind), json.loads(output), None if corrected is None else json.loads(corrected))
+            labels[item_id][int(review_round)] = tasks.lookup(task).answer_key(label)
+        pairs = [(r[1], r[2]) for r in labels.values() if 1 in r and 2 in r]
+        return agreement_of(pairs)
+
+    def audited_qc_outcomes(self, model: str, version: str | None = None) -> list[QCOutcome]:
+        """For each audited QC sample, its first decisive verdict: was the auto answer an error
+        (anything but accept), and its inclusion probability (for the weighted estimator)."""
+        return list(self.audited_qc_history(model, version))
+
+    def audited_qc_history(self, model: str | None = None, version: str | None = None,
+                           page: int = EXPORT_PAGE) -> Iterator[QCOutcome]:  # fmt: skip
+        """Every audited QC sample's first decisive verdict joined to its item (model, version,
+        inclusion probability, confidence), in decision order — (decided_at_s, verdict_id), read
+        in keyset pages. What ``QCTracker.seed`` replays so the audited error estimate, its bound
+        and the CUSUM continue across monitor restarts."""
+        sql, params = "", []
+        if model is not None:
+            sql, params = " AND i.model = ?", [model]
+        if version is not None:
+            sql, params = sql + " AND i.model_version = ?", [*params, version]
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            rows = self._db.query(
+                "SELECT i.request_id, v.kind, i.qc_inclusion_prob, i.confidence, v.decided_at_s, i.model, i.model_version,"
+                " v.verdict_id FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0 AND v.review_round = 1{sql}"
+                " AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
+                " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
+                (*params, after[0], after[0], after[1], int(page)),
+            )
+            for rid, kind, p, c, t, m, v, _ in rows:
+                yield QCOutcome(rid, kind != VerdictKind.ACCEPT.value, float(p), float(c), float(t), m, v)
+            if len(rows) < page:
+                return
+            after = (float(rows[-1][4]), rows[-1][7])
+
+    # --- labels -------------------------------------------------------------------------------
+
+    def count_labels(self, model: str | None = None, include_gold: bool = False) -> int:
+        sql, params = _where(model, prefix="i.")
+        gold = "" if include_gold else " AND v.is_gold = 0"
+        return int(self._db.query(
+            f"SELECT COUNT(*) FROM {{p}}verdicts v JOIN {{p}}items i ON i.id = v.item_id WHERE v.kind <> 'skip'{gold}{sql}",
+            params,
+        )[0][0])  # fmt: skip
+
+    def labels(self, model: str | None = None, include_gold: bool = False) -> Iterator[dict[str, Any]]:
+        """Every decisive verdict as a training example, oldest first, read in pages (keyset on
+        (decided_at_s, verdict_id)) so a large export never holds all inputs in memory."""
+        sql, params = _where(model, prefix="i.")
+        gold = "" if include_gold else " AND v.is_gold = 0"
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            rows = self._db.query(
+                "SELECT v.verdict_id, v.kind, v.corrected_output, v.auditor, v.decided_at_s, v.review_round, v.is_gold,"
+                " i.request_id, i.model, i.model_version, i.task, i.route, i.confidence, i.qc_inclusion_prob, i.output,"
+                " i.input FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                f" WHERE v.kind <> 'skip'{gold}{sql} AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
+                " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
+                (*params, after[0], after[0], after[1], EXPORT_PAGE),
+            )
+            for (vid, kind, corrected, auditor, decided, review_round, is_gold, request_id, model_name, version, task,
+                 route, confidence, prob, output, input_) in rows:  # fmt: skip
+                model_output = json.loads(output)
+                corrected_value = None if corrected is None else json.loads(corrected)
+                yield {
+                    "verdict_id": vid, "request_id": request_id, "model": model_name, "model_version": version,
+                    "task": task, "route": route, "confidence": float(confidence), "inclusion_prob": float(prob),
+                    "input": json.loads(input_), "model_output": model_output,
+                    "human_label": human_label(VerdictKind(kind), model_output, corrected_value),
+                    "verdict_kind": kind, "auditor": auditor, "decided_at_s": float(decided),
+                    "review_round": int(review_round), "is_gold": bool(is_gold),
+                }  # fmt: skip
+            if len(rows) < EXPORT_PAGE:
+                return
+            after = (float(rows[-1][4]), rows[-1][0])
+
+    # --- one snapshot for the metrics endpoint ------------------------------------------------
+
+    def store_stats(self, now_s: float, throughput_window_s: float = 3600.0) -> StoreStats:
+        queue = self._db.query(
+            "SELECT model, model_version, route, COUNT(*), MIN(ingested_at_s) FROM {p}items"
+            " WHERE state = 'open' AND is_gold = 0 GROUP BY model, model_version, route"
+        )
+        verdicts = self._db.query(
+            "SELECT i.model, i.model_version, i.route, v.kind, COUNT(*) FROM {p}verdicts v"
+            " JOIN {p}items i ON i.id = v.item_id WHERE v.is_gold = 0 GROUP BY i.model, i.model_version, i.route, v.kind"
+        )
+        pending = self._db.query("SELECT COUNT(*) FROM {p}outbox WHERE published_at_s IS NULL")[0][0]
+        return StoreStats(
+            queue=[QueueStat(m, v, Route(r), int(n), max(0.0, now_s - float(t))) for m, v, r, n, t in queue],
+            verdicts={(m, v, r, k): int(n) for m, v, r, k, n in verdicts},
+            auditor_throughput=self.auditor_throughput(now_s - throughput_window_s),
+            outbox_pending=int(pending),
+        )
+
+
+def agreement_of(pairs: list[tuple[str, str]]) -> Agreement:
+    """Percent agreement and Cohen's kappa of paired labels (first rater, second rater)."""
+    n = len(pairs)
+    if n == 0:
+        return Agreement(0, float("nan"), float("nan"))
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    expected = sum(first[c] * second[c] for c in first) / (n * n)
+    # All labels one category for both raters: chance agreement is 1 and kappa is undefined.
+    kappa = float("nan") if expected >= 1.0 else (observed - expected) / (1.0 - expected)
+    return Agreement(n, observed, kappa)

@@ -1,0 +1,138 @@
+"""The audit store's tables (docs/audit-store.md has the picture), one DDL for both databases.
+
+``{p}`` is the table prefix; ``{id}``, ``{float}``, ``{bigint}`` are the column types of
+:attr:`store.backend.Database.types`. Everything is created with ``IF NOT EXISTS``, and
+columns added since version 1 are listed in :data:`ADDED_COLUMNS` and added with ``ALTER TABLE
+... ADD COLUMN`` when a table lacks them, so opening a store is also its migration: a database
+written by an older release is upgraded in place, nothing is dropped.
+
+Design choices that the semantics rest on:
+
+* ``items`` is unique on (request_id, model_version): ingest is ``INSERT ... ON CONFLICT DO
+  NOTHING``, so replaying the audit topic never makes a second item.
+* The lease lives on the item row (``lease_owner``, ``lease_expires_s``). A claim *updates* that
+  row, so on PostgreSQL a concurrent ``SELECT ... FOR UPDATE SKIP LOCKED`` either skips it or
+  re-checks the lease on the new row version: no item is leased twice.
+* ``verdicts`` is append-only history: every submitted verdict is a row, never updated; the
+  verdict id (made when the form was shown) is the primary key, so a double submit is one row.
+* ``outbox`` rows are written in the same transaction as their verdict and marked published only
+  after the broker acknowledged them (transactional outbox: no verdict lost, none invented).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+
+TABLES = ("outbox", "verdicts", "items", "users", "meta")
+# Tables other modules keep in the same database (dropped with the store): store/qc_history.py.
+EXTRA_TABLES = ("qc_snapshots",)
+
+DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS {p}meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """
+    CREATE TABLE IF NOT EXISTS {p}items (
+        id {id},
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        task TEXT NOT NULL,
+        route TEXT NOT NULL,                -- HUMAN (deferred) or AUTO_QC (QC sample)
+        priority INTEGER NOT NULL,          -- 0 = HUMAN first (someone waits for it), 1 = QC
+        confidence {float} NOT NULL,
+        qc_inclusion_prob {float} NOT NULL,
+        output TEXT NOT NULL,               -- JSON of the model's answer
+        details TEXT NOT NULL,              -- JSON: partial outputs, runner-ups
+        input TEXT NOT NULL,                -- JSON of the wire encoding (tensor or image, base64)
+        reason TEXT NOT NULL,
+        episode_key TEXT,
+        step INTEGER,
+        created_at_s {float} NOT NULL,      -- producer clock
+        ingested_at_s {float} NOT NULL,     -- monitor clock: queue age is measured from here
+        is_gold INTEGER NOT NULL DEFAULT 0,
+        gold_output TEXT,                   -- JSON of the known answer ("null": should be rejected)
+        reviews_needed INTEGER NOT NULL DEFAULT 1,
+        reviews_done INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'open', -- open | done (gold items stay open)
+        lease_owner TEXT,
+        lease_expires_s {float},
+        UNIQUE (request_id, model_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}items_open ON {p}items (priority, id) WHERE state = 'open'",
+    "CREATE INDEX IF NOT EXISTS {p}items_model ON {p}items (model, model_version, route)",
+    """
+    CREATE TABLE IF NOT EXISTS {p}verdicts (
+        verdict_id TEXT PRIMARY KEY,
+        item_id {bigint} NOT NULL REFERENCES {p}items (id),
+        auditor TEXT NOT NULL,
+        kind TEXT NOT NULL,                 -- accept | correct | reject | skip
+        corrected_output TEXT,              -- JSON, only for 'correct'
+        decided_at_s {float} NOT NULL,
+        review_round INTEGER NOT NULL,      -- 1 = first review, 2 = double review; 0 = skip
+        is_gold INTEGER NOT NULL,
+        gold_correct INTEGER                -- gold items only: did the auditor give the known answer
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}verdicts_item ON {p}verdicts (item_id)",
+    # A claim skips the items this auditor already answered: the set of their item ids.
+    "CREATE INDEX IF NOT EXISTS {p}verdicts_auditor ON {p}verdicts (auditor, item_id)",
+    "CREATE INDEX IF NOT EXISTS {p}verdicts_time ON {p}verdicts (decided_at_s)",
+    """
+    CREATE TABLE IF NOT EXISTS {p}outbox (
+        id {id},
+        topic TEXT NOT NULL,                -- logical topic name: verdicts | decisions
+        record_key TEXT NOT NULL,
+        record_value TEXT NOT NULL,         -- the wire record (UTF-8 JSON)
+        verdict_id TEXT NOT NULL,
+        created_at_s {float} NOT NULL,
+        published_at_s {float}
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}outbox_pending ON {p}outbox (id) WHERE published_at_s IS NULL",
+    """
+    CREATE TABLE IF NOT EXISTS {p}users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,                 -- auditor | admin | viewer
+        password_hash TEXT NOT NULL,        -- scrypt$n=..,r=..,p=..$salt$hash (store/accounts.py)
+        created_at_s {float} NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        failed_logins INTEGER NOT NULL DEFAULT 0,  -- consecutive wrong passwords (reset on success)
+        locked_until_s {float}              -- no password is checked before this time
+    )""",
+)
+
+# (schema version, table, column, definition): columns that stores of an older version lack. A
+# column added later needs a constant default (SQLite cannot add a NOT NULL column without one).
+ADDED_COLUMNS = (
+    (2, "users", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
+    (2, "users", "locked_until_s", "{float}"),
+)
+
+
+def fill_types(text: str, types: dict[str, str]) -> str:
+    """``text`` with this database's column types filled in (``{p}`` is left for the cursor)."""
+    for name, sql_type in types.items():
+        text = text.replace("{" + name + "}", sql_type)
+    return text
+
+
+def statements(types: dict[str, str]) -> list[str]:
+    """The DDL with this database's column types filled in (``{p}`` is left for the cursor)."""
+    return [fill_types(text, types) for text in DDL]
+
+
+def upgrade(cur, db) -> list[str]:
+    """Add every :data:`ADDED_COLUMNS` column its table lacks and record :data:`SCHEMA_VERSION`;
+    returns the columns added (``table.column``). ``cur``: a write transaction's cursor on ``db``
+    (a :class:`store.backend.Database`), after :func:`statements` ran."""
+    added = []
+    for _version, table, column, definition in ADDED_COLUMNS:
+        if column not in db.columns(cur, table):
+            cur.run(f"ALTER TABLE {{p}}{table} ADD COLUMN {column} {fill_types(definition, db.types)}")
+            added.append(f"{table}.{column}")
+    cur.run(
+        "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+        (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),
+    )
+    return added

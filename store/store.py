@@ -1,0 +1,323 @@
+"""The audit store's writes: ingest, gold items, claims with leases, verdicts, the outbox.
+
+Every write is one transaction (``BEGIN IMMEDIATE`` on SQLite, READ COMMITTED with row locks on
+PostgreSQL) and every write an auditor performs re-checks the acting user's role inside that
+transaction (:func:`store.accounts.check_actor`). Semantics, in short (docs/audit-store.md):
+
+* **ingest** is idempotent on (request_id, model_version).
+* **claim** leases the first claimable item (deferred HUMAN items before QC samples, then oldest)
+  to one auditor until ``now + lease_s``; an expired lease is claimable again. An auditor who
+  still holds a live lease gets that item back (a page reload loses nothing). An auditor never
+  gets an item they already gave a verdict on (or skipped), which is also how the second review
+  of a double-reviewed item goes to a different auditor. With probability ``gold_rate`` a claim
+  serves a gold item this auditor has not answered yet.
+* **record_verdict** is idempotent on the verdict id (made when the form was shown) and a
+  compare-and-set on the lease: only the auditor holding the live lease can submit, the lease
+  ends with the verdict, so a second submit with another id is refused. Each verdict is appended
+  to the history and, in the same transaction, its records to the outbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import threading
+import uuid
+import zlib
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
+
+from auditstream.errors import LeaseNotHeld, VerdictConflict
+from auditstream.wire import AuditItem, Route, VerdictKind, encode_input
+from store.accounts import ADMINS, WRITERS, Accounts, User, check_actor
+from store.backend import Database
+from store.leader import Leadership, leadership
+from store.reads import ITEM_COLUMNS, VERDICT_COLUMNS, StoreReads, item_from_row, verdict_from_row
+from store.records import (
+    Claim,
+    OutboxRow,
+    StoreConfig,
+    VerdictRecord,
+    VerdictResult,
+    check_audit_item,
+    check_verdict_input,
+    dumps,
+    gold_is_correct,
+    outbox_records,
+)
+from store.schema import EXTRA_TABLES, TABLES, statements, upgrade
+from qc.triage import hash_uniform
+
+_INSERT_ITEM = (
+    "INSERT INTO {p}items (request_id, model, model_version, task, route, priority, confidence, qc_inclusion_prob,"
+    " output, details, input, reason, episode_key, step, created_at_s, ingested_at_s, is_gold, gold_output,"
+    " reviews_needed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class AuditStore(StoreReads):
+    """The audit store. Build it with :func:`store.open_store`; safe to share between
+    threads (each thread gets its own connection). Read models come from :class:`StoreReads`."""
+
+    def __init__(self, db: Database, config: StoreConfig | None = None) -> None:
+        self._db = db
+        self.config = config or StoreConfig()
+        self.accounts = Accounts(db)
+        self._rng = random.Random(self.config.seed)
+        self._rng_lock = threading.Lock()
+        with db.write() as cur:
+            if db.kind == "postgresql":  # two processes creating the same tables at once would collide
+                cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-schema:{db.prefix}".encode()),))
+            for ddl in statements(db.types):
+                cur.run(ddl)
+            upgrade(cur, db)  # a store written by an older release gets the columns added since
+
+    @property
+    def backend(self) -> str:
+        return self._db.kind
+
+    def __repr__(self) -> str:
+        return f"AuditStore({self._db.kind}, prefix={self._db.prefix!r})"  # never the URL: it may hold a password
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "AuditStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def drop_tables(self) -> None:
+        """Drop every table of this store (tests, and tearing down a demo)."""
+        with self._db.write() as cur:
+            for table in EXTRA_TABLES + TABLES:
+                cur.run(f"DROP TABLE IF EXISTS {{p}}{table}")
+
+    # ----------------------------------------------------------------------------------------
+    # ingest
+
+    def ingest(self, item: AuditItem, now_s: float) -> bool:
+        """Store one audit item; False if (request_id, model_version) was already there."""
+        return self.ingest_many([item], now_s)[0]
+
+    def ingest_many(self, items: Sequence[AuditItem], now_s: float) -> list[bool]:
+        """Store a batch in one transaction; one bool per item (True: new)."""
+        rows = [self._item_row(item, now_s) for item in items]  # validate all before writing any
+        # Insert in key order: two processes ingesting overlapping batches (a rebalance) then wait
+        # for each other's unique-index entries in the same order and cannot deadlock.
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        new = [False] * len(rows)
+        with self._db.write() as cur:
+            for i in order:
+                new[i] = cur.run(_INSERT_ITEM + " ON CONFLICT (request_id, model_version) DO NOTHING", rows[i]) == 1
+        return new
+
+    def add_gold(self, item: AuditItem, gold_output: Any, actor: User, now_s: float) -> int:
+        """Add a gold item (a known answer; ``None`` means "should be rejected"). Admins only.
+        The item's ``output`` is what auditors see as the model's answer, right or wrong."""
+        row = self._item_row(item, now_s, gold=True, gold_output=gold_output)
+        with self._db.write() as cur:
+            check_actor(cur, actor, ADMINS, "add gold items")
+            if cur.run(_INSERT_ITEM + " ON CONFLICT (request_id, model_version) DO NOTHING", row) != 1:
+                raise ValueError(f"an item ({item.prediction.request_id!r}, {item.prediction.model_version!r}) already exists")
+            p = item.prediction
+            found = cur.one("SELECT id FROM {p}items WHERE request_id = ? AND model_version = ?", (p.request_id, p.model_version))
+            assert found is not None  # just inserted in this transaction
+            return int(found[0])
+
+    def _item_row(self, item: AuditItem, now_s: float, gold: bool = False, gold_output: Any = None) -> tuple:
+        check_audit_item(item)
+        p = item.prediction
+        double = hash_uniform(p.request_id, salt="double-review") < self.config.double_review_rate
+        return (
+            p.request_id, p.model, p.model_version, p.task.value, p.route.value, 0 if p.route is Route.HUMAN else 1,
+            float(p.confidence), float(p.qc_inclusion_prob), dumps(p.output), dumps(p.details),
+            json.dumps(encode_input(item.input)), p.reason, p.episode_key, p.step, float(p.created_at_s), float(now_s),
+            int(gold), dumps(gold_output) if gold else None, 2 if double else 1,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------------------------
+    # claims and leases
+
+    def claim(self, auditor: User, lease_s: float, now_s: float, model: str | None = None, route: Route | str | None = None) -> Claim | None:
+        """Lease the next item to ``auditor`` until ``now_s + lease_s``; None if nothing is left."""
+        if not lease_s > 0:
+            raise ValueError(f"lease_s={lease_s} must be > 0")
+        filters, params = _filters(model, route)
+        with self._rng_lock:
+            want_gold = self._rng.random() < self.config.gold_rate
+        with self._db.write() as cur:
+            check_actor(cur, auditor, WRITERS, "claim audit items")
+            held = cur.one(
+                f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE state = 'open' AND lease_owner = ? AND lease_expires_s > ?"
+                f"{filters} ORDER BY id LIMIT 1{self._db.row_lock}",
+                (auditor.name, now_s, *params),
+            )
+            row = held
+            # A live lease of this auditor comes back first; else gold (if drawn), else the queue.
+            for gold in () if held is not None else (1, 0) if want_gold else (0,):
+                row = cur.one(
+                    f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = ?"
+                    " AND (lease_expires_s IS NULL OR lease_expires_s <= ?)"
+                    " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)"
+                    f"{filters} ORDER BY priority, id LIMIT 1{self._db.claim_lock}",
+                    (gold, now_s, auditor.name, *params),
+                )
+                if row is not None:
+                    break
+            if row is None:
+                return None
+            expires = now_s + lease_s
+            cur.run("UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ?", (auditor.name, expires, row[0]))
+        item = dataclasses.replace(item_from_row(row), lease_owner=auditor.name, lease_expires_s=expires)
+        return Claim(item, auditor.name, expires, 1 if item.is_gold else item.reviews_done + 1)
+
+    def renew(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> bool:
+        """Extend a live lease (while the form stays open); False if it is no longer held."""
+        with self._db.write() as cur:
+            check_actor(cur, auditor, WRITERS, "hold audit items")
+            return cur.run(
+                "UPDATE {p}items SET lease_expires_s = ? WHERE id = ? AND state = 'open' AND lease_owner = ?"
+                " AND lease_expires_s > ?",
+                (now_s + lease_s, item_id, auditor.name, now_s),
+            ) == 1
+
+    def release(self, item_id: int, auditor: User) -> bool:
+        """Give an item back to the queue without a verdict; False if ``auditor`` did not hold it."""
+        with self._db.write() as cur:
+            check_actor(cur, auditor, WRITERS, "release audit items")
+            return cur.run(
+                "UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ? AND lease_owner = ?",
+                (item_id, auditor.name),
+            ) == 1
+
+    # ----------------------------------------------------------------------------------------
+    # verdicts
+
+    @staticmethod
+    def new_verdict_id() -> str:
+        """A fresh verdict id: make one when the form is shown and submit it with the verdict."""
+        return uuid.uuid4().hex
+
+    def record_verdict(
+        self, verdict_id: str, item_id: int, auditor: User, kind: VerdictKind | str, corrected_output: Any, now_s: float
+    ) -> VerdictResult:
+        """Record one verdict (see the module docstring). Raises :class:`LeaseNotHeld` when
+        ``auditor`` does not hold the item's live lease, :class:`VerdictConflict` when the id was
+        used for another item or auditor, :class:`PermissionDenied` for a role that may not."""
+        kind = VerdictKind(kind)
+        check_verdict_input(kind, corrected_output)
+        if not verdict_id or len(verdict_id) > 64:
+            raise ValueError(f"verdict_id must be 1..64 characters, got {len(verdict_id or '')}")
+        with self._db.write() as cur:
+            check_actor(cur, auditor, WRITERS, "record verdicts")
+            # Lock the item first: a concurrent submit of the same id then sees this one's row.
+            row = cur.one(f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE id = ?{self._db.row_lock}", (item_id,))
+            if row is None:
+                raise LookupError(f"no audit item {item_id}")
+            item = item_from_row(row)
+            seen = cur.one(f"SELECT {VERDICT_COLUMNS} FROM {{p}}verdicts WHERE verdict_id = ?", (verdict_id,))
+            if seen is not None:
+                first = verdict_from_row(seen)
+                if first.item_id != item_id or first.auditor != auditor.name:
+                    raise VerdictConflict(verdict_id, f"it is {first.auditor!r}'s verdict on item {first.item_id}")
+                return VerdictResult(False, first, item.state == "done")
+            if item.lease_owner != auditor.name or item.lease_expires_s is None or item.lease_expires_s <= now_s:
+                raise LeaseNotHeld(item_id, auditor.name, item.lease_owner, item.lease_expires_s, now_s)
+
+            done, gold_correct, review_round = False, None, 0
+            if kind is VerdictKind.SKIP:
+                cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
+            elif item.is_gold:  # gold stays in the queue for the other auditors
+                gold_row = cur.one("SELECT gold_output FROM {p}items WHERE id = ?", (item_id,))
+                gold_correct = gold_is_correct(item.task, kind, item.output, corrected_output, json.loads(gold_row[0]))
+                review_round = 1
+                cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
+            else:
+                review_round = item.reviews_done + 1
+                done = review_round >= item.reviews_needed
+                cur.run(
+                    "UPDATE {p}items SET reviews_done = ?, state = ?, lease_owner = NULL, lease_expires_s = NULL WHERE id = ?",
+                    (review_round, "done" if done else "open", item_id),
+                )
+            record = VerdictRecord(verdict_id, item_id, auditor.name, kind, corrected_output, now_s, review_round,
+                                   item.is_gold, gold_correct)  # fmt: skip
+            cur.run(
+                f"INSERT INTO {{p}}verdicts ({VERDICT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (verdict_id, item_id, auditor.name, kind.value, None if corrected_output is None else dumps(corrected_output),
+                 now_s, review_round, int(item.is_gold), None if gold_correct is None else int(gold_correct)),
+            )  # fmt: skip
+            for topic, key, value in outbox_records(item, record, first_decision=review_round == 1):
+                cur.run(
+                    "INSERT INTO {p}outbox (topic, record_key, record_value, verdict_id, created_at_s) VALUES (?, ?, ?, ?, ?)",
+                    (topic, key.decode("utf-8"), value.decode("utf-8"), verdict_id, now_s),
+                )
+        return VerdictResult(True, record, done)
+
+    # ----------------------------------------------------------------------------------------
+    # outbox
+
+    def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        """Outbox records not yet acknowledged by the broker, oldest first (a read: publishers
+        use :meth:`claim_outbox`)."""
+        rows = self._db.query(
+            "SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL ORDER BY id LIMIT ?",
+            (int(limit),),
+        )
+        return [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in rows]
+
+    @contextmanager
+    def claim_outbox(self, limit: int, now_s: float) -> Iterator[list[OutboxRow]]:
+        """Up to ``limit`` pending rows, oldest first, marked published at ``now_s`` when the block
+        ends without an exception (send them and wait for the broker inside it); an exception
+        leaves them all pending.
+
+        On PostgreSQL the rows are claimed ``FOR UPDATE SKIP LOCKED`` in a transaction that lasts
+        the block: a second publisher skips them, so concurrent publishers never send a row twice.
+        On SQLite that transaction would hold the one writer lock while the broker answers and
+        stall every auditor, so the rows are read and then marked; there one publisher at a time
+        is ensured by :meth:`leadership`.
+        """
+        select = ("SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL"
+                  f" ORDER BY id LIMIT ?{self._db.claim_lock}")  # fmt: skip
+        if self._db.kind != "postgresql":
+            rows = self.pending_outbox(limit)
+            yield rows
+            self.mark_published([row.id for row in rows], now_s)
+            return
+        with self._db.write() as cur:
+            rows = [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in cur.all(select, (int(limit),))]
+            yield rows
+            _mark(cur, [row.id for row in rows], now_s)
+
+    def leadership(self, name: str = "monitor", lease_s: float = 45.0, owner: str | None = None) -> Leadership:
+        """Leadership of ``name`` among the processes sharing this store (store/leader.py)."""
+        return leadership(self._db, name, lease_s, owner)
+
+    def mark_published(self, ids: Iterable[int], now_s: float) -> int:
+        """Mark outbox rows as acknowledged by the broker; returns how many changed."""
+        with self._db.write() as cur:
+            return _mark(cur, [int(i) for i in ids], now_s)
+
+
+def _mark(cur: Any, ids: list[int], now_s: float) -> int:
+    changed = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        changed += cur.run(
+            f"UPDATE {{p}}outbox SET published_at_s = ? WHERE published_at_s IS NULL AND id IN ({marks})",
+            (now_s, *chunk),
+        )
+    return changed
+
+
+def _filters(model: str | None, route: Route | str | None) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if model is not None:
+        sql, params = sql + " AND model = ?", params + [model]
+    if route is not None:
+        sql, params = sql + " AND route = ?", params + [Route(route).value]
+    return sql, params

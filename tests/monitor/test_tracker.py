@@ -1,0 +1,243 @@
+"""QC statistics against closed-form answers and simulation (fixed seeds), and the live tracker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from auditstream.registry import ModelCard, TensorSpec, TriageSpec
+from auditstream.wire import Prediction, Route, Verdict, VerdictKind
+from qc.binomial import (
+    clopper_pearson,
+    clopper_pearson_effective,
+    error_estimate,
+    estimate_from_sums,
+    lower_bound,
+    upper_bound,
+)
+from monitor.tracker import QCConfig, QCTracker, suggest_threshold
+from qc.triage import POLICIES, inclusion_probability
+
+# --------------------------------------------------------------------------------------------
+# Clopper-Pearson
+
+
+@pytest.mark.parametrize(("x", "n"), [(0, 10), (1, 10), (10, 1000), (5, 20), (20, 20), (37, 400)])
+def test_clopper_pearson_solves_its_defining_equations(x, n):
+    low, high = clopper_pearson(x, n, 0.95)
+    # P(X >= x | low) = 0.025 and P(X <= x | high) = 0.025: the exact (inverted binomial test) bounds
+    if x > 0:
+        assert binom.sf(x - 1, n, low) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert low == 0.0
+    if x < n:
+        assert binom.cdf(x, n, high) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert high == 1.0
+
+
+def test_clopper_pearson_closed_forms():
+    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))  # 0.30850
+    assert clopper_pearson(10, 10)[0] == pytest.approx(0.025 ** (1 / 10))
+    assert upper_bound(0, 300, 0.05) == pytest.approx(1 - 0.05 ** (1 / 300))  # "rule of three": ~3/300
+    assert lower_bound(7, 50, 0.05) == pytest.approx(1 - upper_bound(43, 50, 0.05))  # symmetry
+    low, high = clopper_pearson(10, 1000)
+    assert (round(low, 4), round(high, 4)) == (0.0048, 0.0183)
+    assert high - low < 0.014  # the bench's 1.4-point target at exactly 10 errors
+
+
+def test_effective_interval_equals_exact_on_integers_and_errors_on_bad_input():
+    for x, n in [(0, 50), (3, 50), (50, 50), (12, 700)]:
+        assert clopper_pearson_effective(x / n, n) == pytest.approx(clopper_pearson(x, n))
+    assert clopper_pearson_effective(0.5, 0.0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="p_hat=1.5"):
+        clopper_pearson_effective(1.5, 10)
+
+
+def test_weighted_estimate_with_equal_weights_is_clopper_pearson():
+    y = np.array([1] * 7 + [0] * 493)
+    est = error_estimate(y, np.full(y.size, 0.02))
+    assert est.estimate == pytest.approx(7 / 500)
+    assert (est.low, est.high) == pytest.approx(clopper_pearson(7, 500))
+    assert est.effective_sample_size == 500
+    none = error_estimate([], [])
+    assert (none.estimate, none.low, none.high, none.n) == (None, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="inclusion probabilities"):
+        error_estimate([0, 1], [0.5, 0.0])
+
+
+def test_weighted_estimate_by_hand():
+    # two audits: an error with pi = 0.5 (w 2) and a clean one with pi = 0.1 (w 10)
+    est = error_estimate([1, 0], [0.5, 0.1])
+    assert est.estimate == pytest.approx(2 / 12)
+    p = 2 / 12
+    var = (4 * (1 - p) ** 2 + 100 * p**2) / 144
+    assert est.effective_sample_size == pytest.approx(p * (1 - p) / var)
+    clean = error_estimate([0, 0, 0], [0.5, 0.1, 0.1])  # no error: Kish n = (sum w)^2 / sum w^2
+    assert clean.effective_sample_size == pytest.approx(22**2 / 204)
+    assert clean.high == pytest.approx(1 - 0.025 ** (1 / (22**2 / 204)))
+
+
+# --------------------------------------------------------------------------------------------
+# simulation: a stream whose errors cluster at low confidence, with a miscalibrated model
+
+
+def _simulate(rng, reps, items, error_scale):
+    """Per replication sums of the risk-weighted sample; the true error rate is 0.02 * error_scale / 2."""
+    policy = POLICIES["risk-weighted"]
+    grid = np.linspace(0.9, 1.0, 10_001)
+    table = np.array([inclusion_probability(float(c), policy) for c in grid])
+    sums = np.zeros((6, reps))  # the five estimator sums, then the unweighted error count
+    for r in range(reps):
+        c = 1.0 - 0.1 * rng.random(items) ** 9
+        y = (rng.random(items) < np.minimum(1.0, error_scale * (1.0 - c))).astype(float)
+        pi = table[np.rint((c - 0.9) * 1e5).astype(int)]
+        s = rng.random(items) < pi
+        w, ys = 1.0 / pi[s], y[s]
+        sums[:, r] = (s.sum(), w.sum(), (w * ys).sum(), (w * w).sum(), (w * w * ys).sum(), ys.sum())
+    return sums
+
+
+@pytest.mark.parametrize("error_scale", [1.0, 2.5])  # calibrated, and overconfident (2.5x the promised errors)
+def test_weighted_estimator_is_unbiased_and_its_interval_covers(error_scale):
+    rng = np.random.default_rng(7)
+    true_p = 0.01 * error_scale
+    sums = _simulate(rng, reps=1500, items=20_000, error_scale=error_scale)
+    est, low, high, n_eff = estimate_from_sums(*sums[:5])
+    mc_error = est.std(ddof=1) / np.sqrt(est.size)
+    assert abs(est.mean() - true_p) < max(3 * mc_error, 2e-4)
+    unweighted = sums[5].sum() / sums[0].sum()  # audits over-sample low confidence: weighting matters
+    assert unweighted > 2 * true_p
+    coverage = np.mean((low <= true_p) & (true_p <= high))
+    assert coverage >= 0.93, f"95% interval covered {coverage:.3f}"
+    assert np.median(n_eff) > np.median(sums[0])  # the design beats uniform audits of the same count
+
+
+def test_small_samples_stay_conservative():
+    rng = np.random.default_rng(11)
+    sums = _simulate(rng, reps=1500, items=3_000, error_scale=2.0)  # ~40 audits, ~2 errors each
+    _, low, high, _ = estimate_from_sums(*sums[:5])
+    coverage = np.mean((low <= 0.02) & (0.02 <= high))
+    assert coverage >= 0.93, f"95% interval covered {coverage:.3f}"
+
+
+# --------------------------------------------------------------------------------------------
+# threshold suggestion
+
+
+def test_suggest_threshold_picks_the_smallest_safe_threshold():
+    rng = np.random.default_rng(3)
+    c = rng.uniform(0.9, 1.0, 20_000)
+    y = (c < 0.95) & (rng.random(c.size) < 0.2)  # 20% errors below 0.95, none above
+    t = suggest_threshold(c, y.astype(float), np.ones(c.size), current=0.9, budget=0.01)
+    assert t is not None and 0.949 <= t < 0.956  # the grid point at ~0.95 (grid step 0.005)
+    assert suggest_threshold(c, np.ones(c.size), np.ones(c.size), current=0.9, budget=0.01) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the tracker
+
+
+def _card(version="1", certified=0.01, reference=None):
+    return ModelCard(name="zip", version=version, task="classification", inputs=[TensorSpec("x", "float32", [None, 4])],
+                     outputs=[TensorSpec("p", "float32", [None, 10])],
+                     triage=TriageSpec(threshold=0.9, certified_risk=certified, target_risk=certified),
+                     reference={"confidence_sample": list(reference) if reference is not None else []})
+
+
+def _prediction(i, confidence, route, pi, version="1"):
+    return Prediction(request_id=f"r{i}", model="zip", model_version=version, task="classification", output=1,
+                      confidence=confidence, route=route, reason="", qc_inclusion_prob=pi, created_at_s=0.0)
+
+
+def _verdict(i, kind, pi, version="1", route=Route.AUTO_QC, gold=False):
+    return Verdict(verdict_id=f"v{i}", request_id=f"r{i}", model="zip", model_version=version, auditor="a", kind=kind,
+                   decided_at_s=1.0, item_route=route, inclusion_prob=pi, is_gold=gold)
+
+
+def _feed(tracker, rng, n, error_rate, version="1", qc_rate=0.5, start=0, shift=0.0):
+    for i in range(start, start + n):
+        c = min(1.0, rng.uniform(0.5, 1.0) + shift)
+        route = Route.HUMAN if c < 0.9 else (Route.AUTO_QC if rng.random() < qc_rate else Route.AUTO)
+        tracker.observe_prediction(_prediction(i, c, route, 1.0 if route is Route.HUMAN else qc_rate, version))
+        if route is Route.AUTO_QC:
+            kind = VerdictKind.REJECT if rng.random() < error_rate else VerdictKind.ACCEPT
+            tracker.observe_verdict(_verdict(i, kind, qc_rate, version))
+
+
+def test_tracker_counts_coverage_and_ignores_redeliveries_skips_and_gold():
+    tracker = QCTracker(lambda m, v: _card(v), QCConfig(min_audits=10))
+    preds = [_prediction(0, 0.95, Route.AUTO_QC, 0.5), _prediction(1, 0.97, Route.AUTO, 0.5),
+             _prediction(2, 0.5, Route.HUMAN, 1.0), _prediction(3, 0.93, Route.AUTO_QC, 0.5)]
+    for p in preds + preds:  # every record delivered twice
+        tracker.observe_prediction(p)
+    verdicts = [_verdict(0, VerdictKind.CORRECT, 0.5), _verdict(3, VerdictKind.SKIP, 0.5),
+                _verdict(2, VerdictKind.REJECT, 1.0, route=Route.HUMAN), _verdict(9, VerdictKind.REJECT, 0.5, gold=True)]
+    for v in verdicts + verdicts:
+        tracker.observe_verdict(v)
+    (qc,) = tracker.snapshot()
+    assert (qc.predictions, qc.auto, qc.human, qc.coverage) == (4, 3, 1, 0.75)
+    assert (qc.audited, qc.errors, qc.error_estimate) == (1, 1, 1.0)
+    assert qc.certified_risk == 0.01 and not qc.over_budget and "fewer than 10 audits" in qc.reason
+
+
+def test_tracker_over_budget_suggests_a_threshold_and_within_budget_does_not():
+    rng = np.random.default_rng(5)
+    good = QCTracker(lambda m, v: _card(v, certified=0.05), QCConfig())
+    _feed(good, rng, 12_000, error_rate=0.01)
+    (qc,) = good.snapshot()
+    assert qc.audited > 1000 and qc.ci_low < 0.01 < qc.ci_high <= 0.05
+    assert not qc.over_budget and qc.suggested_threshold is None and "within budget" in qc.reason
+
+    bad = QCTracker(lambda m, v: _card(v, certified=0.01), QCConfig())
+    for i in range(8000):  # errors only below confidence 0.95
+        c = rng.uniform(0.9, 1.0)
+        bad.observe_prediction(_prediction(i, c, Route.AUTO_QC, 1.0))
+        bad.observe_verdict(_verdict(i, VerdictKind.REJECT if c < 0.95 and rng.random() < 0.1 else VerdictKind.ACCEPT, 1.0))
+    (qc,) = bad.snapshot()
+    assert qc.over_budget and "OVER BUDGET" in qc.reason
+    assert qc.suggested_threshold is not None and 0.949 <= qc.suggested_threshold < 0.956
+
+
+def test_tracker_ks_detects_a_shift_and_not_the_reference_itself():
+    rng = np.random.default_rng(9)
+    reference = rng.uniform(0.5, 1.0, 5000)
+    same = QCTracker(lambda m, v: _card(v, reference=reference), QCConfig())
+    _feed(same, rng, 3000, 0.01)
+    shifted = QCTracker(lambda m, v: _card(v, reference=reference), QCConfig())
+    _feed(shifted, rng, 3000, 0.01, shift=-0.1)
+    (a,), (b,) = same.snapshot(), shifted.snapshot()
+    assert a.ks_pvalue > 0.01 and "DRIFT" not in a.reason
+    assert b.ks_pvalue < 1e-6 and b.ks_statistic > 0.1 and "DRIFT" in b.reason
+
+
+def test_tracker_cusum_alarms_on_a_doubled_error_rate_only():
+    rng = np.random.default_rng(13)
+    steady = QCTracker(lambda m, v: _card(v, certified=0.02), QCConfig())
+    _feed(steady, rng, 12_000, 0.02, qc_rate=1.0)
+    worse = QCTracker(lambda m, v: _card(v, certified=0.02), QCConfig())
+    _feed(worse, rng, 12_000, 0.06, qc_rate=1.0)
+    (a,), (b,) = steady.snapshot(), worse.snapshot()
+    assert not a.cusum_alarm and "CUSUM ok" in a.reason
+    assert b.cusum_alarm and "CUSUM ALARM" in b.reason
+
+
+def test_tracker_without_card_still_counts():
+    tracker = QCTracker(lambda m, v: None, QCConfig())
+    tracker.observe_prediction(_prediction(0, 0.95, Route.AUTO, 0.02))
+    (qc,) = tracker.snapshot()
+    assert qc.predictions == 1 and qc.certified_risk is None and "no model card" in qc.reason
+    assert qc.ks_statistic is None and qc.cusum_statistic is None
+
+
+def test_bench_qc_command_prints_the_targets_as_json(capsys):
+    from auditstream.cli import main
+
+    assert main(["bench", "qc", "--replications", "60", "--stream-items", "5000", "--cusum-runs", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = __import__("json").loads(lines[-1])
+    for key in ("ci_width_1000", "ess_ratio", "bias", "cusum_median_delay", "cusum_false_alarms_per_100k"):
+        assert key in result
+    assert result["ci_width_1000"] < 0.014 and result["cusum_median_delay"] < 2000
+    assert any("Clopper-Pearson" in line for line in lines[:-1])

@@ -1,0 +1,67 @@
+"""Temperature scaling and ECE on synthetic data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qc.calibration import (classification_ece, expected_calibration_error, fit_temperature, nll,
+                                 reliability_bins, softmax)
+
+
+def _sample_labels(rng, probs):
+    cum = probs.cumsum(1)
+    return (rng.random((len(probs), 1)) > cum).sum(1).clip(0, probs.shape[1] - 1)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5])
+def test_fit_recovers_a_known_temperature(true_temperature):
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2.0, size=(20000, 10))
+    labels = _sample_labels(rng, softmax(z))  # labels are drawn from softmax(z): z is calibrated
+    logits = z * true_temperature  # a model that is over- (T > 1) or under-confident (T < 1)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_temperature_scaling_lowers_nll_and_ece():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2.0, size=(5000, 10))
+    labels = _sample_labels(rng, softmax(z))
+    logits = 3.0 * z
+    t = fit_temperature(logits, labels)
+    assert nll(logits, labels, t) < nll(logits, labels)
+    assert classification_ece(softmax(logits, t), labels) < classification_ece(softmax(logits), labels) / 3
+
+
+def test_ece_of_perfectly_calibrated_data_is_near_zero():
+    rng = np.random.default_rng(5)
+    conf = rng.random(200_000)
+    correct = rng.random(200_000) < conf
+    assert expected_calibration_error(conf, correct) < 0.005
+
+
+def test_ece_of_overconfidence_is_the_gap():
+    conf = np.full(10_000, 0.9)
+    correct = np.arange(10_000) < 6000  # 60% accurate at 90% confidence
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.3)
+
+
+def test_bins_are_half_open_and_zero_lands_in_the_first():
+    bins = reliability_bins(np.array([0.0, 0.5, 0.5000001, 1.0]), np.array([1, 1, 0, 1]), n_bins=2)
+    assert [b.count for b in bins] == [2, 2]
+
+
+@pytest.mark.parametrize("logits, labels, match", [
+    (np.zeros((3, 4)), np.array([0, 1]), "need logits"),
+    (np.zeros((2, 4)), np.array([0, 4]), "labels must be in"),
+    (np.array([[0.0, np.inf]]), np.array([0]), "non-finite"),
+    (np.zeros((0, 4)), np.zeros(0, dtype=int), "at least one"),
+])
+def test_bad_input_says_what_is_wrong(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        fit_temperature(logits, labels)
+
+
+def test_confidences_outside_unit_interval_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error(np.array([0.5, 1.2]), np.array([1, 0]))

@@ -1,0 +1,105 @@
+"""The README's first command, end to end: ``auditstream demo`` starts its own embedded broker,
+the consumers and the monitor, streams envelopes and digits, has the simulated QC auditor record
+verdicts in the store, prints its progress report and stops cleanly.
+
+Training the real models takes minutes, so the registry is seeded with tiny stand-ins that have
+the real models' names and input/output contracts (built with onnx.helper, no torch); the demo
+then finds them and skips training, exactly as on its second run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from store import open_store
+from tests.conftest import tiny_card, tiny_classifier_onnx
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+DIGITS = [str(i) for i in range(10)]
+
+
+def tiny_zip_reader_onnx(height: int = 32, width: int = 96, seed: int = 0) -> bytes:
+    """uint8 [B, H, W] → Cast → Reshape → MatMul → Reshape [B, 5, 10] → Softmax → ``char_probs``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = (np.random.default_rng(seed).standard_normal((height * width, 50)) * 0.01).astype(np.float32)
+    x = helper.make_tensor_value_info("image", TensorProto.UINT8, [None, height, width])
+    y = helper.make_tensor_value_info("char_probs", TensorProto.FLOAT, [None, 5, 10])
+    inits = [numpy_helper.from_array(weights, "W"),
+             numpy_helper.from_array(np.array([-1, height * width], np.int64), "flat_shape"),
+             numpy_helper.from_array(np.array([-1, 5, 10], np.int64), "seq_shape")]
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+             helper.make_node("Reshape", ["logits", "seq_shape"], ["seq"]),
+             helper.make_node("Softmax", ["seq"], ["char_probs"], axis=-1)]
+    graph = helper.make_graph(nodes, "tiny-zip", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="auditstream-tests")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def seed_registry(root: Path) -> None:
+    registry = ModelRegistry(root)
+    digits = tiny_card("digits", side=8, threshold=0.3)
+    registry.publish(ModelCard(**{**digits.__dict__, "inputs": [TensorSpec("pixels", "float32", [None, 8, 8])]}),
+                     tiny_classifier_onnx(input_name="pixels"))
+    registry.publish(ModelCard(name="zip-reader", version="0", task="sequence",
+                               inputs=[TensorSpec("image", "uint8", [None, 32, 96])],
+                               outputs=[TensorSpec("char_probs", "float32", [None, 5, 10])],
+                               triage=TriageSpec(threshold=0.15, confidence_kind="min_char_prob"), labels=DIGITS),
+                     tiny_zip_reader_onnx())
+
+
+def free_port_block(size: int = 11) -> int:
+    """A base port whose base..base+size-1 are free right now (consumers and monitor metrics)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size < 65535 and all(_free(base + i) for i in range(size)):
+            return base
+    pytest.skip("no block of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
+    models, state = tmp_path / "models", tmp_path / "state"
+    seed_registry(models)
+    env = {**os.environ, "AUDITSTREAM_MODELS_DIR": str(models), "AUDITSTREAM_STATE_DIR": str(state),
+           "AUDITSTREAM_QC_RATE": "0.3", "PYTHONUNBUFFERED": "1"}
+    env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # the demo starts its own embedded broker
+    result = subprocess.run(
+        [sys.executable, "-m", "auditstream.cli", "demo", "--duration-s", "30", "--rate-per-s", "6",
+         "--digits-rate-per-s", "3", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
+         "--metrics-port-base", str(free_port_block()), "--report-every-s", "2"],
+        env=env, capture_output=True, text=True, timeout=240)
+    out = result.stdout
+    assert result.returncode == 0, f"demo failed ({result.returncode}):\n{out[-3000:]}\n{result.stderr[-3000:]}"
+    assert "model digits: version 1" in out and "model zip-reader: version 1" in out  # found, not retrained
+    answered = [int(n) for n in re.findall(r"zip-reader sent\s+\d+\s+answered\s+(\d+)", out)]
+    assert answered and answered[-1] > 0, out[-2000:]
+    assert out.rstrip().endswith("demo stopped")
+    assert not (state / "broker.json").exists(), "the demo left its embedded broker running"
+    with open_store(f"sqlite:///{state / 'audit.db'}") as store:
+        assert sum(store.verdict_counts().values()) > 0, "the simulated QC auditor recorded no verdict"
+        assert {user.name for user, _disabled in store.accounts.list_users()} >= {"demo", "qc-bot"}
+    audits = [int(n) for n in re.findall(r"QC audits by qc-bot: (\d+)", out)]
+    assert audits and audits[-1] > 0, out[-2000:]

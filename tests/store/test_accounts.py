@@ -1,0 +1,202 @@
+"""Accounts: slow salted hashes only, constant-time checks, roles, and the ``users`` CLI
+(passwords prompted or read from stdin, never echoed, printed or logged). Run on SQLite and
+PostgreSQL like the rest of the store."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from tests.store.store_factories import BACKENDS, make_store
+
+from auditstream.cli import main as cli_main
+from auditstream.errors import PermissionDenied
+from store import accounts
+from store.accounts import LoginThrottled, Role, User, check_password, hash_password, lockout_s, require_role
+from store import AuditStore, open_store
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore]:
+    with make_store(request.param, tmp_path) as s:
+        yield s
+
+
+def _stored_hashes(store: AuditStore) -> dict[str, str]:
+    return dict(store._db.query("SELECT name, password_hash FROM {p}users"))
+
+
+def test_passwords_are_stored_only_as_salted_scrypt_hashes(store: AuditStore) -> None:
+    store.accounts.add_user("alice", PASSWORD, "auditor")
+    store.accounts.add_user("bob", PASSWORD, "viewer")
+    hashes = _stored_hashes(store)
+    for stored in hashes.values():
+        assert PASSWORD not in stored
+        scheme, params, salt, digest = stored.split("$")
+        assert (scheme, params) == ("scrypt", f"n={2**15},r=8,p=1")
+        assert len(salt) == 24 and len(digest) == 44  # 16-byte salt, 32-byte hash, base64
+    assert hashes["alice"] != hashes["bob"]  # same password, different salts
+    assert hashes["alice"].split("$")[2] != hashes["bob"].split("$")[2]
+
+
+def test_verify_password(store: AuditStore) -> None:
+    store.accounts.add_user("alice", PASSWORD, Role.ADMIN)
+    assert store.accounts.verify_password("alice", PASSWORD) == User("alice", Role.ADMIN)
+    assert store.accounts.verify_password("alice", PASSWORD + " ") is None
+    assert store.accounts.verify_password("alice", "") is None
+    assert store.accounts.verify_password("mallory", PASSWORD) is None
+    store.accounts.set_password("alice", "a new password")
+    assert store.accounts.verify_password("alice", PASSWORD) is None
+    assert store.accounts.verify_password("alice", "a new password") is not None
+    store.accounts.set_role("alice", Role.ADMIN, disabled=True)
+    assert store.accounts.verify_password("alice", "a new password") is None
+    assert store.accounts.get("alice") is None
+
+
+def test_lockout_schedule_doubles_after_the_first_lock_and_is_capped() -> None:
+    assert [lockout_s(n) for n in range(accounts.MAX_FAILURES)] == [0.0] * accounts.MAX_FAILURES
+    first = accounts.MAX_FAILURES
+    assert [lockout_s(n) for n in (first, first + 1, first + 2)] == [accounts.LOCKOUT_S, 2 * accounts.LOCKOUT_S, 4 * accounts.LOCKOUT_S]
+    assert lockout_s(first + 40) == lockout_s(10**6) == accounts.MAX_LOCKOUT_S
+
+
+def test_failed_logins_lock_the_account_in_the_store_not_the_session(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count lives in the users table: another Accounts object (another dashboard session or
+    process, or a restart) sees the same lock, and the count does not restart after a lock."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    t = 1_000.0
+    for _ in range(accounts.MAX_FAILURES - 1):
+        assert store.accounts.verify_password("alice", "wrong password", now_s=t) is None
+    with pytest.raises(LoginThrottled) as locked:
+        store.accounts.verify_password("alice", "wrong password", now_s=t)  # the failure that locks
+    assert locked.value.retry_after_s == pytest.approx(accounts.LOCKOUT_S)
+    other = accounts.Accounts(store._db)  # a fresh session/process: nothing in memory
+    with pytest.raises(LoginThrottled, match="try again in 20 s") as e:
+        other.verify_password("alice", PASSWORD, now_s=t + 10)  # even the right password is not checked
+    assert e.value.failures == accounts.MAX_FAILURES
+    assert other.login_state("alice") == (accounts.MAX_FAILURES, t + accounts.LOCKOUT_S)
+    # After the lock the next failure locks again at once, for twice as long (no fresh five tries).
+    t += accounts.LOCKOUT_S + 1
+    with pytest.raises(LoginThrottled) as again:
+        other.verify_password("alice", "still wrong", now_s=t)
+    assert again.value.retry_after_s == pytest.approx(2 * accounts.LOCKOUT_S)
+    t += 2 * accounts.LOCKOUT_S + 1
+    assert store.accounts.verify_password("alice", PASSWORD, now_s=t) == User("alice", Role.AUDITOR)
+    assert store.accounts.login_state("alice") == (0, None)  # success resets
+    assert store.accounts.verify_password("alice", "wrong password", now_s=t) is None  # five fresh tries again
+
+
+def test_unknown_names_are_throttled_alike_and_a_password_reset_lifts_a_lock(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    for name in ("alice", "mallory"):  # same answers whether the name exists or not
+        answers = []
+        for _ in range(accounts.MAX_FAILURES + 1):
+            try:
+                answers.append(store.accounts.verify_password(name, "wrong password", now_s=50.0))
+            except LoginThrottled as e:
+                answers.append(round(e.retry_after_s))
+        assert answers == [None] * (accounts.MAX_FAILURES - 1) + [30, 30], name
+    store.accounts.set_password("alice", "a brand new password")
+    assert store.accounts.verify_password("alice", "a brand new password", now_s=51.0) == User("alice", Role.AUDITOR)
+
+
+def test_opening_an_older_store_adds_the_login_columns(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version-1 users table (no failed_logins/locked_until_s) is upgraded in place on open."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with store._db.write() as cur:
+        for column in ("failed_logins", "locked_until_s"):
+            cur.run(f"ALTER TABLE {{p}}users DROP COLUMN {column}")
+        cur.run("UPDATE {p}meta SET value = '1' WHERE key = 'schema_version'")
+        assert "failed_logins" not in store._db.columns(cur, "users")
+    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with reopened._db.write() as cur:
+            assert {"failed_logins", "locked_until_s"} <= reopened._db.columns(cur, "users")
+        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [("2",)]
+        assert reopened.accounts.login_state("alice") == (0, None)
+        assert reopened.accounts.verify_password("alice", "wrong password", now_s=1.0) is None
+        assert reopened.accounts.login_state("alice") == (1, None)
+        assert reopened.accounts.verify_password("alice", PASSWORD, now_s=2.0) == User("alice", Role.AUDITOR)
+
+
+@pytest.mark.parametrize("name, password, match", [("alice", "short", "at least 8"), ("bad name", PASSWORD, "user name"),
+                                                   ("", PASSWORD, "user name")])  # fmt: skip
+def test_bad_names_and_short_passwords_are_refused(store: AuditStore, name: str, password: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        store.accounts.add_user(name, password, "auditor")
+
+
+def test_a_name_is_taken_once_and_roles_are_checked(store: AuditStore) -> None:
+    store.accounts.add_user("alice", PASSWORD, "auditor")
+    with pytest.raises(ValueError, match="already exists"):
+        store.accounts.add_user("alice", PASSWORD, "admin")
+    with pytest.raises(ValueError):
+        store.accounts.add_user("carol", PASSWORD, "superuser")
+    assert [(u.name, u.role, off) for u, off in store.accounts.list_users()] == [("alice", Role.AUDITOR, False)]
+
+
+def test_hash_checks_are_constant_time_compares_of_the_stored_parameters() -> None:
+    stored = hash_password(PASSWORD)
+    assert check_password(PASSWORD, stored) and not check_password("nope", stored)
+    for broken in ("", "plain", "md5$x$y$z", stored.replace("scrypt", "bcrypt"), "scrypt$n=1$salt$hash"):
+        assert not check_password(PASSWORD, broken)
+
+
+def test_require_role_and_reprs_without_secrets() -> None:
+    viewer = User("vera", Role.VIEWER)
+    assert require_role(User("ada", Role.ADMIN), Role.ADMIN, Role.AUDITOR) == User("ada", Role.ADMIN)
+    with pytest.raises(PermissionDenied, match="user 'vera' \\(role 'viewer'\\) may not record verdicts; it needs one of the roles auditor, admin"):
+        require_role(viewer, "auditor", "admin", action="record verdicts")
+    with pytest.raises(PermissionDenied, match="<anonymous>"):
+        require_role(None, "viewer")
+    assert repr(viewer) == "User(name='vera', role=<Role.VIEWER: 'viewer'>)"
+
+
+def test_store_repr_hides_the_url(tmp_path: Path) -> None:
+    with make_store("sqlite", tmp_path) as store:
+        assert str(tmp_path) not in repr(store)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_users_add_reads_the_password_from_stdin_and_never_prints_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    with caplog.at_level(logging.DEBUG):
+        assert cli_main(["users", "add", "alice", "--role", "auditor", "--password-stdin", "--store-url", url]) == 0
+        assert cli_main(["users", "list", "--store-url", url]) == 0
+    out = capsys.readouterr()
+    assert "added alice (auditor)" in out.out and "alice\tauditor" in out.out
+    assert PASSWORD not in out.out + out.err + caplog.text and "scrypt" not in out.out
+    with open_store(url) as store:
+        assert store.accounts.verify_password("alice", PASSWORD) == User("alice", Role.AUDITOR)
+
+
+def test_users_add_prompts_twice_with_getpass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import getpass
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    answers = iter([PASSWORD, PASSWORD, PASSWORD, "typo"])
+    prompts: list[str] = []
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": prompts.append(prompt) or next(answers))
+    assert cli_main(["users", "add", "ada", "--role", "admin", "--store-url", url]) == 0
+    with pytest.raises(SystemExit, match="differ"):
+        cli_main(["users", "add", "bob", "--role", "viewer", "--store-url", url])
+    assert prompts == ["password: ", "again: ", "password: ", "again: "]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+    assert cli_main(["users", "add", "ada", "--role", "admin", "--password-stdin", "--store-url", url]) == 2
+    out = capsys.readouterr()
+    assert PASSWORD not in out.out + out.err and "already exists" in out.err

@@ -1,0 +1,138 @@
+"""Two monitors on one store (a rolling-update surge): one leader publishes the outbox and keeps
+the statistics, every outbox row is published once, and a crashed or stopped leader is
+replaced. On SQLite and PostgreSQL; on PostgreSQL concurrent publishers also claim rows with
+``FOR UPDATE SKIP LOCKED`` so they never send a row twice even without the leader lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from tests.store.store_factories import add_users, audit_item, make_store
+from tests.monitor.test_service import RecordingProducer
+
+from auditstream.settings import Settings
+from auditstream.wire import Route
+from monitor.service import MonitorArgs, OutboxPublisher, StatsHooks, publish_outbox
+from store import AuditStore
+
+T0 = 5_000.0
+
+
+def _decide(store: AuditStore, first: int, n: int) -> None:
+    (alice,) = [store.accounts.get("alice")]
+    store.ingest_many([audit_item(f"r{i}", Route.AUTO_QC if i % 2 else Route.HUMAN) for i in range(first, first + n)], T0)
+    while (claim := store.claim(alice, 60, time.time())) is not None:
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "accept", None, time.time())
+
+
+def test_one_leader_at_a_time_and_a_clean_stop_hands_over(store: AuditStore) -> None:
+    a, b = store.leadership(lease_s=30, owner="a"), store.leadership(lease_s=30, owner="b")
+    try:
+        assert a.hold(T0) and not b.hold(T0) and a.hold(T0 + 1) and not b.hold(T0 + 1)
+        a.release()
+        assert b.hold(T0 + 2) and not a.hold(T0 + 2)
+    finally:
+        a.release()
+        b.release()
+
+
+def test_a_crashed_leader_is_replaced_and_steps_down(store: AuditStore, backend: str) -> None:
+    a, b = store.leadership(lease_s=30, owner="a"), store.leadership(lease_s=30, owner="b")
+    try:
+        assert a.hold(T0)
+        if backend == "sqlite":  # a crash leaves the lease row: it runs out
+            assert not b.hold(T0 + 29)
+            assert b.hold(T0 + 31)
+        else:  # a crash ends the session, and the server drops its lock at once
+            a._cx.close()
+            assert b.hold(T0 + 1)
+        assert not a.hold(T0 + 32)  # the old leader notices and stays a follower
+        assert b.hold(T0 + 33)
+    finally:
+        a.release()
+        b.release()
+
+
+def test_two_monitors_publish_every_row_once_and_only_the_leader_keeps_statistics(store: AuditStore, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    add_users(store, "alice")
+    settings = Settings(topic_prefix="t", models_dir=tmp_path / "models", metrics_port=0)
+    args = MonitorArgs(outbox_interval_s=0.01, stats_interval_s=0.05, flush_timeout_s=1.0, leader_lease_s=5.0)
+    monitors = []
+    for name in ("first", "second"):
+        stats = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
+        monitors.append(OutboxPublisher(store, RecordingProducer(), settings, args, stats, store.leadership(lease_s=5.0, owner=name)))
+    for m in monitors:
+        m.start()
+    try:
+        for k in range(4):  # verdicts keep arriving while both run
+            _decide(store, 10 * k, 10)
+            time.sleep(0.05)
+        _wait_until(lambda: sum(m.published for m in monitors) >= 60)  # counted after the tracker saw them
+        leader, follower = sorted(monitors, key=lambda m: not m.leading)
+        assert leader.leading and not follower.leading
+        sent = Counter(value for m in monitors for _, _, value in m.producer.acked)
+        assert len(sent) == 40 + 20 and set(sent.values()) == {1}  # 40 verdicts, 20 human decisions: each once
+        assert (leader.published, follower.published) == (60, 0) and store.pending_outbox() == []
+        assert [s.audited for s in leader.stats.tracker.snapshot()] == [20]  # every QC verdict, in one place
+        assert [s.audited for s in follower.stats.tracker.snapshot()] == []
+
+        leader.stop()  # the old pod goes: the other one takes over, statistics included
+        leader.join(timeout=30)
+        _decide(store, 40, 10)
+        _wait_until(lambda: follower.published >= 15)
+        assert follower.leading and follower.published == 15 and store.pending_outbox() == []
+        assert [s.audited for s in follower.stats.tracker.snapshot()] == [25]  # seeded 20 + 5 new
+    finally:
+        for m in monitors:
+            m.stop()
+        for m in monitors:
+            m.join(timeout=30)
+    assert all(not m.is_alive() and m.error is None for m in monitors)
+    assert len({value for m in monitors for _, _, value in m.producer.acked}) == 75
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+class SlowProducer(RecordingProducer):
+    """Acknowledges after a pause, so two publishers' rounds overlap."""
+
+    def flush(self, timeout_s: float) -> None:
+        time.sleep(0.05)
+        super().flush(timeout_s)
+
+
+@pytest.mark.postgres
+def test_concurrent_publishers_on_postgresql_skip_each_others_rows(tmp_path: Path) -> None:
+    with make_store("postgres", tmp_path) as store:
+        add_users(store, "alice")
+        _decide(store, 0, 60)
+        settings = Settings(topic_prefix="t")
+        producers = [SlowProducer(), SlowProducer()]
+        barrier = threading.Barrier(2)
+
+        def publish(producer: SlowProducer) -> None:
+            barrier.wait()
+            while publish_outbox(store, producer, settings, T0, limit=7):
+                pass
+
+        threads = [threading.Thread(target=publish, args=(p,)) for p in producers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        sent = Counter(value for p in producers for _, _, value in p.acked)
+        assert len(sent) == 90 and set(sent.values()) == {1}  # 60 verdicts + 30 decisions, none twice
+        assert all(p.acked for p in producers)  # both really published: the rows were shared out
+        assert store.pending_outbox() == []

@@ -1,0 +1,92 @@
+"""What every off-policy estimator shares (:mod:`training.rl.ope`, :mod:`training.rl.fqe`): the
+:class:`Estimate` with its percentile-bootstrap interval, bootstrap resampling of episodes, the
+dataset checks, and episodes padded to matrices of cumulative importance weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from training.rl.offline_data import OfflineDataset
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A policy value estimate and its two-sided ``confidence`` interval [lower, upper]."""
+
+    method: str
+    value: float
+    lower: float
+    upper: float
+    confidence: float
+    n_episodes: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> float:
+        return self.upper - self.lower
+
+    def covers(self, truth: float) -> bool:
+        return self.lower <= truth <= self.upper
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "value": self.value, "lower": self.lower, "upper": self.upper,
+                "confidence": self.confidence, "n_episodes": self.n_episodes, **self.details}
+
+
+def interval(method: str, value: float, resamples: np.ndarray, confidence: float, n: int, **details: Any) -> Estimate:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    alpha = (1.0 - confidence) / 2.0
+    lower, upper = np.quantile(resamples[np.isfinite(resamples)], [alpha, 1.0 - alpha])
+    return Estimate(method, float(value), float(lower), float(upper), confidence, n, details)
+
+
+def bootstrap_counts(n: int, bootstrap: int, seed: int) -> np.ndarray:
+    """[bootstrap, n] multinomial counts: how often each unit appears in each resample."""
+    if bootstrap < 20:
+        raise ValueError(f"bootstrap={bootstrap} resamples are too few for a percentile interval; use >= 20")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Padded:
+    """Episodes as [E, H] matrices; steps after an episode's end have reward 0 and keep the
+    episode's last cumulative weight (an absorbing state)."""
+
+    weights: np.ndarray  # cumulative importance ratios w_{i,t}
+    rewards: np.ndarray
+    q: np.ndarray  # Q̂(s_t, a_t), 0 after the end
+    v: np.ndarray  # V̂(s_t) under π, 0 after the end
+    discounts: np.ndarray  # γ^t, [H]
+
+
+def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np.ndarray | None = None,
+         v_state: np.ndarray | None = None) -> Padded:
+    mu = data.behaviour_action_prob.astype(np.float64)
+    if np.any(mu <= 0):
+        raise ValueError(f"{int(np.sum(mu <= 0))} logged actions have behaviour probability <= 0; importance "
+                         "weights need the logging policy to give the taken action positive probability")
+    ratio = pi[np.arange(len(mu)), data.actions] / mu
+    slices = data.episode_slices()
+    horizon = max(s.stop - s.start for s in slices)
+    shape = (len(slices), horizon)
+    weights, rewards, q, v = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    for i, s in enumerate(slices):
+        n = s.stop - s.start
+        w = np.cumprod(ratio[s])
+        weights[i, :n], weights[i, n:] = w, w[-1]
+        rewards[i, :n] = data.rewards[s]
+        if q_taken is not None and v_state is not None:
+            q[i, :n], v[i, :n] = q_taken[s], v_state[s]
+    return Padded(weights, rewards, q, v, gamma ** np.arange(horizon))
+
+
+def check_dataset(data: OfflineDataset, gamma: float) -> None:
+    if data.n_episodes == 0:
+        raise ValueError("dataset has no episodes")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma={gamma} must be in (0, 1]")
