@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from qc.calibration import softmax
-from training.certify_bench import resplit_trials, summarise
-from training.mail_args import CertifyBenchArgs
+from training.digits.certify_bench import resplit_trials, summarise
+from training.digits.args import CertifyBenchArgs
 
 
 def test_certified_rule_keeps_the_target_where_the_naive_rule_breaks_it():

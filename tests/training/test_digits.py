@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from auditstream.registry import ModelRegistry
-from training import digits
+from training.digits import train as digits
 from training.data.split import load_split
 from training.export import run_onnx
-from training.mail_args import DigitsArgs
+from training.digits.args import DigitsArgs
 
 
 @pytest.mark.slow

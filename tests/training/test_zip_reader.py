@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from auditstream.registry import ModelRegistry
-from training import zip_reader
+from training.zip_reader import train as zip_reader
 from training.data.envelopes import make_envelopes
 from training.export import run_onnx
-from training.mail_args import ZipReaderArgs
+from training.zip_reader.args import ZipReaderArgs
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """Train the ``zip-reader``: envelope image -> the 5-digit ZIP, with per-character probabilities.
 
     auditstream train zip-reader --json        # ~5 min on 2 shared, loaded CPU cores
-    python -m training.zip_reader --steps 1200 # the same, without the auditstream CLI
+    python -m training.zip_reader.train --steps 1200  # the same, without the auditstream CLI
 
-Flow: args (``ZipReaderArgs``, training/mail_args.py) -> data (fresh envelopes from
+Flow: args (``ZipReaderArgs``, training/zip_reader/args.py) -> data (fresh envelopes from
 *training-split* digits for every batch, training/data/envelopes.py) -> model -> loop (AdamW,
 one-cycle LR) -> calibrate (one temperature for all five positions, fitted on calibration
 envelopes) -> certify the ZIP-level auto-accept threshold (SGR on independent calibration
@@ -49,7 +49,7 @@ from qc.certify import (area_under_risk_coverage, certify_sgr, min_certifiable_r
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, Nuisance, make_envelopes
 from training.data.loader import TRAIN_NUISANCE, envelope_batches
 from training.data.split import FRACTIONS, SPLIT_SEED, load_split
-from training.mail_args import ZipReaderArgs
+from training.zip_reader.args import ZipReaderArgs
 from training.export import check_parity, export_onnx, git_revision
 from training.selective import plot_risk_coverage, reference_statistics
 
@@ -315,22 +315,19 @@ def print_summary(s: dict) -> None:
         print(f"  published {s['path']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+def main(args: ZipReaderArgs, as_json: bool = False) -> int:
+    """Train, calibrate, certify, export and publish to the registry (``AUDITSTREAM_MODELS_DIR``);
+    print the summary and, with ``as_json``, its JSON on the last line."""
     from auditstream.settings import Settings
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_dataclass_arguments(parser, ZipReaderArgs)
-    parser.add_argument("--json", action="store_true", help="last line: the JSON summary")
-    ns = parser.parse_args(argv)
-    summary = run(dataclass_from_namespace(ZipReaderArgs, ns), Settings.from_env().models_dir)
+    summary = run(args, Settings.from_env().models_dir)
     print_summary(summary)
-    if ns.json:
+    if as_json:
         print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.zip_reader.cli import parse_train_args
+
+    sys.exit(main(*parse_train_args(sys.argv[1:])))

@@ -26,14 +26,14 @@ import numpy as np
 
 from qc.calibration import fit_temperature, softmax
 from qc.certify import certify_sgr, naive_threshold, selective_risk
-from training.mail_args import CertifyBenchArgs
+from training.digits.args import CertifyBenchArgs
 
 
 def held_out_pool(epochs: int | None, augment: bool) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of the calibration + test digits under a freshly trained model."""
-    from training.digits import logits_of, train
+    from training.digits.train import logits_of, train
     from training.data.split import load_split
-    from training.mail_args import DigitsArgs
+    from training.digits.args import DigitsArgs
 
     base = DigitsArgs(publish=False)
     args = replace(base, epochs=epochs or base.epochs, augment=augment)

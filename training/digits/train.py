@@ -1,9 +1,9 @@
 """Train the ``digits`` classifier: a small CNN on scikit-learn's 8x8 handwritten digits.
 
     auditstream train digits --json            # ~10-30 s on 2 shared CPU cores
-    python -m training.digits --epochs 40      # the same, without the auditstream CLI
+    python -m training.digits.train --epochs 40  # the same, without the auditstream CLI
 
-Flow (one readable script, CleanRL style): args (``DigitsArgs``, training/mail_args.py) -> data
+Flow (one readable script, CleanRL style): args (``DigitsArgs``, training/digits/args.py) -> data
 (the one split, training/data/split.py) -> model -> training loop (AdamW, one-cycle LR, affine
 augmentation, training/data/loader.py) ->
 calibrate (temperature on the calibration split, qc/calibration.py) -> certify the
@@ -35,7 +35,7 @@ from qc.calibration import classification_ece, fit_temperature, softmax
 from qc.certify import area_under_risk_coverage, certify_sgr, risk_coverage_curve, selective_risk
 from training.data.loader import DigitAugment, digit_batches
 from training.data.split import SPLIT_SEED, FRACTIONS, load_split
-from training.mail_args import DigitsArgs
+from training.digits.args import DigitsArgs
 from training.export import check_parity, export_onnx, git_revision
 from training.selective import plot_risk_coverage, reference_statistics
 
@@ -200,22 +200,19 @@ def print_summary(summary: dict) -> None:
         print(f"  published {summary['path']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+def main(args: DigitsArgs, as_json: bool = False) -> int:
+    """Train, calibrate, certify, export and publish to the registry (``AUDITSTREAM_MODELS_DIR``);
+    print the summary and, with ``as_json``, its JSON on the last line."""
     from auditstream.settings import Settings
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_dataclass_arguments(parser, DigitsArgs)
-    parser.add_argument("--json", action="store_true", help="last line: the JSON summary")
-    ns = parser.parse_args(argv)
-    summary = run(dataclass_from_namespace(DigitsArgs, ns), Settings.from_env().models_dir)
+    summary = run(args, Settings.from_env().models_dir)
     print_summary(summary)
-    if ns.json:
+    if as_json:
         print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.digits.cli import parse_train_args
+
+    sys.exit(main(*parse_train_args(sys.argv[1:])))

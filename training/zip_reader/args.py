@@ -1,0 +1,24 @@
+"""Arguments of ``auditstream train zip-reader``: one frozen dataclass; each field's help text is
+its ``--help`` line. Apart from the script only so that ``auditstream --help`` needs no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ZipReaderArgs:
+    """Arguments of ``auditstream train zip-reader``."""
+
+    seed: int = field(default=1, metadata={"help": "seed of weights and of the training envelopes"})
+    steps: int = field(default=1200, metadata={"help": "optimizer steps; every step renders a fresh batch"})
+    batch_size: int = field(default=64, metadata={"help": "envelopes per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
+    augment: bool = field(default=True, metadata={"help": "wider glyph scale/rotation/slant on training envelopes"})
+    n_calibration: int = field(default=4000, metadata={"help": "calibration envelopes (calibration-split digits)"})
+    n_test: int = field(default=4000, metadata={"help": "test envelopes (test-split digits)"})
+    target_risk: float = field(default=0.02, metadata={"help": "ZIP-level error rate auto-sorted letters must stay under"})
+    delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
+    publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
