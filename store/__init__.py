@@ -8,6 +8,10 @@ the schema and the lease, verdict and outbox semantics.
 In the flow: the monitor process (monitor/service.py) ingests the ``audit`` topic here and
 publishes the outbox to ``verdicts`` and ``decisions``; the dashboard claims items, records
 verdicts and reads the read models; ``auditstream labels export`` turns verdicts into training data.
+Accounts (:mod:`store.accounts`) and the QC history the dashboard draws (:mod:`store.qc_history`)
+live here too: the dashboards depend on the store, not on the monitor process.
+
+May import: ``qc``, ``auditstream``, psycopg, sqlite3.
 """
 
 from __future__ import annotations
