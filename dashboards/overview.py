@@ -96,20 +96,34 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
         st.markdown("**Coverage** (share auto-accepted)")
         st.altair_chart(charts.coverage_chart(coverage_rows), width="stretch")
     with right:
-        st.markdown("**Audited error** with 95% interval · red tick: certified budget")
+        st.markdown("**Audited error** with its 95% confidence sequence (valid at every audit) · red tick: budget")
         rows = [{"model": f"{q.model} v{q.version}", "error": q.error_estimate, "ci_low": q.ci_low, "ci_high": q.ci_high,
-                 "budget": q.certified_risk, "audits": q.audited} for q in latest.values() if q.audited]  # fmt: skip
+                 "budget": q.budget, "audits": q.audited} for q in latest.values() if q.audited]  # fmt: skip
         if rows:
             st.altair_chart(charts.error_interval_chart(rows), width="stretch")
         else:
             st.info("No QC sample audited yet.")
         for q in latest.values():
-            if q.over_budget:
-                st.error(f"{q.model} v{q.version}: the error bound {q.ci_high:.2%} is over the certified "
-                         f"{q.certified_risk:.2%}" + (f"; suggested threshold {q.suggested_threshold:.3f}"
-                                                     if q.suggested_threshold is not None else ""))  # fmt: skip
+            kind, text = budget_verdict(q)
+            getattr(st, kind)(text)
     st.markdown("**Drift** · KS test of live confidences against the card's reference, CUSUM on audited errors")
     st.dataframe([_drift_row(q) for q in latest.values()], hide_index=True)
+
+
+def budget_verdict(q: ModelQC) -> tuple[str, str]:
+    """(Streamlit message kind, text): what the audits prove about the version's error budget."""
+    name = f"{q.model} v{q.version}"
+    if q.budget is None or q.budget_state in (None, "not_judged"):
+        return "info", f"{name}: no error budget on its card (target risk): not judged"
+    between = f"{q.ci_low:.2%} ≤ error ≤ {q.ci_high:.2%}, {q.audited:,} audits"
+    if q.budget_state == "over_budget":
+        tip = f"; suggested threshold {q.suggested_threshold:.3f}" if q.suggested_threshold is not None else ""
+        return "error", f"{name}: **over budget** — the error rate is shown above {q.budget:.2%} ({between}){tip}"
+    if q.budget_state == "within_budget":
+        return "success", f"{name}: **within budget, verified** — the error rate is shown below {q.budget:.2%} ({between})"
+    more = (f"; about {q.audits_to_settle:,} more audits would settle it if the error rate stays where it is"
+            if q.audits_to_settle else "; the estimate sits on the budget: many more audits are needed")
+    return "info", f"{name}: budget {q.budget:.2%} **not yet known** ({between}){more}"
 
 
 def _drift_row(q: ModelQC) -> dict:

@@ -48,9 +48,8 @@ def plan_control(snapshots: Sequence[ModelQC], stats: StoreStats, previous: Mapp
             wanted = snap.suggested_threshold if snap.suggested_threshold is not None else DEFER_ALL
             if wanted > overrides.get(snap.version, float("-inf")):
                 overrides[snap.version] = wanted
-                bound = f"{snap.ci_high:.4f}" if snap.ci_high is not None else "?"
-                reasons = [f"version {snap.version}: audited error bound {bound} over certified risk "
-                           f"{snap.certified_risk}; threshold raised to {wanted:.4f}"
+                reasons = [f"version {snap.version}: audited error rate shown above its budget {snap.budget} "
+                           f"(lower bound {snap.ci_low:.4f}); threshold raised to {wanted:.4f}"
                            + (" (no threshold passes: every answer deferred)" if wanted == DEFER_ALL else "")]
         states.append(ControlState(model=model, human_queue_depth=depths.get(model, 0),
                                    threshold_override=overrides, reason="; ".join(r for r in reasons if r),

@@ -22,6 +22,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from auditstream.wire import Route, VerdictKind
+from qc.sequential import BudgetState
 from qc.snapshot import ModelQC
 from store.records import QueueStat, StoreStats
 
@@ -63,11 +64,19 @@ class MonitorMetrics:
         self.coverage = gauge("coverage_ratio", "Share of predictions auto-accepted (AUTO + AUTO_QC).")
         self.audited = gauge("qc_audited_items", "QC audits of auto-accepted answers counted (skips excluded).")
         self.error = gauge("qc_error_ratio", "Weighted (Hajek) error rate of auto-accepted answers, from QC audits.")
-        self.error_low = gauge("qc_error_ratio_lower_bound", "Lower end of the 95% interval of the error rate.")
-        self.error_high = gauge("qc_error_ratio_upper_bound", "Upper end of the 95% interval of the error rate.")
+        self.error_low = gauge("qc_error_ratio_lower_bound",
+                               "Lower end of the 95% confidence sequence of the error rate (valid at every audit).")
+        self.error_high = gauge("qc_error_ratio_upper_bound",
+                                "Upper end of the 95% confidence sequence of the error rate (valid at every audit).")
         self.ess = gauge("qc_effective_sample_size", "Uniform audits worth the same precision (Korn-Graubard n*).")
-        self.certified = gauge("certified_risk_ratio", "The model card's certified risk (the error budget).")
-        self.over_budget = gauge("qc_over_budget", "1 when the error upper bound exceeds the certified risk.")
+        self.certified = gauge("certified_risk_ratio", "The model card's certified risk (proven at calibration).")
+        self.budget = gauge("qc_error_budget_ratio", "The error budget audits are judged against: the card's target risk.")
+        self.over_budget = gauge("qc_over_budget", "1 when the audits show the error rate above the budget "
+                                 "(the confidence sequence's lower bound is above it).")
+        self.verified = gauge("qc_budget_verified", "1 when the audits show the error rate below the budget "
+                              "(the confidence sequence's upper bound is below it).")
+        self.to_settle = gauge("qc_audits_to_settle", "Budget not yet known: rough audits until it is settled "
+                               "(NaN when settled or when the estimate sits on the budget).")
         self.suggested = gauge("qc_suggested_threshold", "Smallest threshold whose audited bound is within budget.")
         self.ks_statistic = gauge("drift_ks_statistic", "KS distance of live confidences from the card's reference.")
         self.ks_pvalue = gauge("drift_ks_pvalue", "p-value of that KS test.")
@@ -107,7 +116,10 @@ class MonitorMetrics:
         self.error_high.labels(*mv).set(s.ci_high if s.audited else math.nan)
         self.ess.labels(*mv).set(s.effective_sample_size)
         self.certified.labels(*mv).set(_nan(s.certified_risk))
+        self.budget.labels(*mv).set(_nan(s.budget))
         self.over_budget.labels(*mv).set(int(s.over_budget))
+        self.verified.labels(*mv).set(int(s.budget_state == BudgetState.VERIFIED))
+        self.to_settle.labels(*mv).set(_nan(s.audits_to_settle))
         self.suggested.labels(*mv).set(_nan(s.suggested_threshold))
         self.ks_statistic.labels(*mv).set(_nan(s.ks_statistic))
         self.ks_pvalue.labels(*mv).set(_nan(s.ks_pvalue))

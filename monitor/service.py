@@ -147,7 +147,7 @@ class StatsHooks:
         ``settings.metrics_port`` serves); tests give each instance its own."""
         from auditstream.registry import ModelRegistry
         from monitor.metrics import MonitorMetrics
-        from monitor.tracker import QCConfig, QCTracker
+        from monitor.tracker import QCConfig, QCTracker, audit_weight_floor
         from store.qc_history import QCHistory
 
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
@@ -159,7 +159,8 @@ class StatsHooks:
             except ModelNotFound:
                 return None
 
-        self._new_tracker = lambda: QCTracker(cards, QCConfig(), salt=settings.qc_salt)
+        config = QCConfig(min_inclusion_prob=audit_weight_floor(settings))
+        self._new_tracker = lambda: QCTracker(cards, config, salt=settings.qc_salt)
         self.tracker = self._new_tracker()
         self.history = QCHistory(store)
         self.metrics = MonitorMetrics(metrics_registry)

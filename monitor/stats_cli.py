@@ -25,6 +25,8 @@ class QCBenchArgs:
     replications: int = field(default=8000, metadata={"help": "simulated streams, weighted vs uniform"})
     stream_items: int = field(default=50_000, metadata={"help": "auto-accepted answers per simulated stream"})
     cusum_runs: int = field(default=4000, metadata={"help": "CUSUM detection runs and 100k-audit in-control streams"})
+    anytime_runs: int = field(default=500, metadata={"help": "runs of the anytime-valid monitoring simulations"})
+    anytime_audits: int = field(default=20_000, metadata={"help": "audits per anytime-valid run (a check after each)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (the rest on stderr)"})
 
 
@@ -43,7 +45,8 @@ class CostArgs:
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    qc = bench.add_parser("qc", help="QC statistics vs targets: CI width, risk-weighted ESS and bias, CUSUM delay")
+    qc = bench.add_parser("qc", help="QC statistics vs targets: CI width, risk-weighted ESS and bias, CUSUM delay, "
+                        "anytime-valid false alarms and detection")
     add_dataclass_arguments(qc, QCBenchArgs)
     qc.set_defaults(handler=run_bench_qc)
     cost = commands.add_parser("cost", help="cost per item of model + humans vs humans only; cost-optimal threshold")
@@ -56,7 +59,8 @@ def run_bench_qc(ns: argparse.Namespace) -> int:
 
     args = dataclass_from_namespace(QCBenchArgs, ns)
     bench_args = BenchArgs(seed=args.seed, replications=args.replications, stream_items=args.stream_items,
-                           cusum_runs=args.cusum_runs)
+                           cusum_runs=args.cusum_runs, anytime_runs=args.anytime_runs,
+                           anytime_audits=args.anytime_audits)
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = run(bench_args)
     print(json.dumps(result, sort_keys=True))

@@ -29,12 +29,15 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
+from auditstream import tasks
 from auditstream.registry import ModelCard
-from auditstream.wire import Prediction, Route, Verdict, VerdictKind
+from auditstream.settings import Settings
+from auditstream.wire import Prediction, Route, TaskKind, Verdict, VerdictKind
 from qc.binomial import estimate_from_sums
 from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
+from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
 from qc.snapshot import ModelQC
-from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform
+from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
 
 if TYPE_CHECKING:
     from store.records import QCOutcome
@@ -47,8 +50,9 @@ ERROR_KINDS = (VerdictKind.REJECT, VerdictKind.CORRECT)
 class QCConfig:
     """How the tracker judges a model version (one object per monitor process)."""
 
-    confidence: float = field(default=0.95, metadata={"help": "two-sided level of the error-rate interval"})
-    min_audits: int = field(default=200, metadata={"help": "audits before over-budget is judged at all"})
+    confidence: float = field(default=0.95, metadata={"help": "level of the confidence sequence (valid at every audit)"})
+    min_inclusion_prob: float = field(default=0.005, metadata={
+        "help": "smallest QC inclusion probability the triage policy gives (bounds the audit weights)"})
     ks_window: int = field(default=2000, metadata={"help": "live confidences in the KS window"})
     ks_min_window: int = field(default=200, metadata={"help": "fewest live confidences before KS runs"})
     ks_alpha: float = field(default=1e-3, metadata={"help": "KS p-value below which the reason reports drift"})
@@ -64,8 +68,13 @@ class QCConfig:
         if not 0.0 < self.ks_alpha < 1.0 or self.cusum_shift <= 1.0 or self.cusum_arl0 <= 1.0:
             raise ValueError(f"need 0 < ks_alpha < 1, cusum_shift > 1, cusum_arl0 > 1; got "
                              f"{self.ks_alpha}, {self.cusum_shift}, {self.cusum_arl0}")
-        if min(self.min_audits, self.ks_window, self.ks_min_window, self.threshold_candidates, self.memory) < 1:
-            raise ValueError("min_audits, ks_window, ks_min_window, threshold_candidates and memory must be >= 1")
+        if min(self.ks_window, self.ks_min_window, self.threshold_candidates, self.memory) < 1:
+            raise ValueError("ks_window, ks_min_window, threshold_candidates and memory must be >= 1")
+        SequenceConfig(1.0 - self.confidence, self.min_inclusion_prob)  # validates them
+
+    @property
+    def sequence(self) -> SequenceConfig:
+        return SequenceConfig(alpha=1.0 - self.confidence, min_inclusion_prob=self.min_inclusion_prob)
 
 
 def suggest_threshold(confidences, errors, inclusion_probs, current: float, budget: float,
@@ -121,6 +130,8 @@ class _VersionState:
         self.min_pi = 1.0
         self.card: ModelCard | None = None
         self.cusum: BernoulliCusum | None = None
+        self.sequence: ErrorSequence | None = None  # made with the card (its budget is a grid point)
+        self.before_card: deque[tuple[int, float]] = deque(maxlen=config.memory)  # audits to replay into it
 
 
 class QCTracker:
@@ -142,6 +153,10 @@ class QCTracker:
             state.card = self.cards(model, version)
             if state.card is not None:
                 state.cusum = self._cusum_for(state.card)
+                state.sequence = ErrorSequence(_budget(state.card), self.config.sequence)
+                for error, pi in state.before_card:
+                    state.sequence.update(bool(error), pi)
+                state.before_card.clear()
         return state
 
     def _cusum_for(self, card: ModelCard) -> BernoulliCusum | None:
@@ -202,6 +217,10 @@ class QCTracker:
         if confidence is not None:
             state.audits.append((confidence, pi, error))
         state.min_pi = min(state.min_pi, pi)
+        if state.sequence is not None:
+            state.sequence.update(bool(error), pi)
+        else:
+            state.before_card.append((error, pi))
         if state.cusum is not None and hash_uniform(request_id, salt=self._cusum_salt) < state.min_pi / pi:
             state.cusum.update(bool(error))
         return True
@@ -215,22 +234,24 @@ class QCTracker:
         predictions = sum(s.counts.values())
         auto = s.counts[Route.AUTO] + s.counts[Route.AUTO_QC]
         n = int(s.sums[0])
-        p, low, high, n_eff = (float(a) for a in estimate_from_sums(*s.sums, confidence=cfg.confidence))
+        p, _, _, n_eff = (float(a) for a in estimate_from_sums(*s.sums, confidence=cfg.confidence))
         budget = _budget(card) if card is not None else None
+        report = s.sequence.report() if s.sequence is not None else None
+        state = report.state if report is not None else BudgetState.NOT_JUDGED
+        low, high = (report.low, report.high) if report is not None else (0.0, 1.0)
         reasons = [f"{n} audits, {s.errors} errors"]
-        over = budget is not None and n >= cfg.min_audits and high > budget
         if card is None:
             reasons.append("no model card")
         elif budget is None:
-            reasons.append("card has no certified or target risk: budget not judged")
-        elif n < cfg.min_audits:
-            reasons.append(f"fewer than {cfg.min_audits} audits: budget not judged yet")
-        elif over:
-            proven = low > budget
-            reasons.append(f"{'PROVEN ' if proven else ''}OVER BUDGET: error upper bound {high:.4f} > certified "
-                           f"{budget:.4f}" + (f" (lower bound {low:.4f} too)" if proven else ""))
+            reasons.append("card has no target risk: budget not judged")
+        elif state is BudgetState.OVER:
+            reasons.append(f"OVER BUDGET: error rate shown above {budget:.4f} (sequence lower bound {low:.4f})")
+        elif state is BudgetState.VERIFIED:
+            reasons.append(f"within budget, verified: error rate shown below {budget:.4f} (upper bound {high:.4f})")
         else:
-            reasons.append(f"within budget: upper bound {high:.4f} <= certified {budget:.4f}")
+            settle = f"; about {report.audits_to_settle} more audits would settle it" if report.audits_to_settle else ""
+            reasons.append(f"budget {budget:.4f} not yet known: {low:.4f} <= error rate <= {high:.4f}{settle}")
+        over = state is BudgetState.OVER
         suggested = None
         if over and cfg.suggest_threshold and s.audits:
             c, pi, y = (np.array(a) for a in zip(*s.audits))
@@ -245,10 +266,12 @@ class QCTracker:
         return ModelQC(
             model=model, version=version, predictions=predictions, auto=auto, human=s.counts[Route.HUMAN],
             coverage=auto / predictions if predictions else None, audited=n, errors=s.errors,
-            error_estimate=p if n else None, ci_low=low if n else 0.0, ci_high=high if n else 1.0,
-            certified_risk=budget, over_budget=over, ks_statistic=ks_stat, ks_pvalue=ks_p,
+            error_estimate=p if n else None, ci_low=low, ci_high=high,
+            certified_risk=card.triage.certified_risk if card is not None else None, over_budget=over,
+            ks_statistic=ks_stat, ks_pvalue=ks_p,
             cusum_statistic=s.cusum.statistic if s.cusum else None, cusum_alarm=bool(s.cusum and s.cusum.alarm),
             suggested_threshold=suggested, effective_sample_size=n_eff if n else 0.0, reason="; ".join(reasons),
+            budget=budget, budget_state=state.value, audits_to_settle=report.audits_to_settle if report else None,
         )
 
     def _ks(self, s: _VersionState, predictions: int, reasons: list[str]) -> tuple[float | None, float | None]:
@@ -264,6 +287,19 @@ class QCTracker:
         return stat, pvalue
 
 
+def audit_weight_floor(settings: Settings) -> float:
+    """The smallest QC inclusion probability the consumers' triage policy gives any model (the
+    audit weights' bound), as they apply it (:func:`qc.triage.policy_for`)."""
+    floors = [policy_for(settings, tasks.lookup(kind).min_qc_rate).min_inclusion_prob for kind in TaskKind]
+    return min((f for f in floors if f > 0.0), default=SequenceConfig.min_inclusion_prob)
+
+
 def _budget(card: ModelCard) -> float | None:
-    spec = card.triage
-    return spec.certified_risk if spec.certified_risk is not None else spec.target_risk
+    """The error budget live audits are judged against: the card's *target* risk, the promise
+    made to users (docs/qc-statistics.md, "Which budget"). Not its certified risk: that is an
+    upper confidence bound proven at calibration, at or below the target; judging against it
+    would flag a model that still keeps its promise (certified 1.4% for a 2% target: a model
+    erring 1.6% of the time is within what users were promised). None (not judged) when the card
+    has no target in (0, 1)."""
+    target = card.triage.target_risk
+    return float(target) if target is not None and 0.0 < target < 1.0 else None

@@ -15,6 +15,13 @@ Run: ``auditstream bench qc --json`` (about 45 s on 2 cores; numpy-vectorised, f
 3. CUSUM for 1% -> 2% designed for ARL0 >= 200,000: median audits to detection from a fresh
    chart at 2% (target <= 2,000) and false alarms per 100,000 in-control audits, restarting
    after each alarm (target <= 1).
+4. Anytime-valid monitoring (qc/sequential.py), checked after every audit: on a stream whose
+   error rate sits exactly at the 2% budget, the share of runs (of ``anytime_runs``, 20,000
+   audits each) ever declared over budget — by the betting confidence sequence (target <= 0.05)
+   and, beside it, by a fixed-n 95% Clopper-Pearson interval whose lower bound is compared with
+   the budget after every audit (what peeking does to it); the median audits until a stream at
+   2x the budget is declared over budget; and the sequence's width after 1,000 uniform audits
+   at 1% error (next to the fixed-n interval's).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from tqdm import tqdm
 
 from qc.binomial import clopper_pearson, estimate_from_sums
 from qc.drift import cusum_run_lengths, design_bernoulli_cusum
+from qc.sequential import BettingState, ErrorSequence, SequenceConfig
 from qc.triage import POLICIES, inclusion_probability
 
 
@@ -36,6 +44,9 @@ class BenchArgs:
     replications: int = 8000  # weighted-vs-uniform streams
     stream_items: int = 50_000  # auto-accepted answers per stream
     cusum_runs: int = 4000  # detection-delay runs and 100k-audit in-control streams
+    anytime_runs: int = 500  # runs of the anytime-valid simulations
+    anytime_audits: int = 20_000  # audits per run, a check after every one
+    anytime_budget: float = 0.02
 
 
 def ci_width(n: int = 1000, p: float = 0.01) -> tuple[float, float]:
@@ -111,6 +122,57 @@ def cusum(args: BenchArgs, rng: np.random.Generator) -> dict[str, float]:
     }
 
 
+def first_over_budget(error_rate: float, args: BenchArgs, rng: np.random.Generator,
+                      config: SequenceConfig = SequenceConfig(min_inclusion_prob=1.0)) -> np.ndarray:
+    """Audit index (1-based) at which each of ``anytime_runs`` uniform streams at ``error_rate``
+    is first declared over ``anytime_budget`` by the betting sequence; 0: never within the horizon."""
+    state = BettingState(np.float64(args.anytime_budget), config, shape=(args.anytime_runs,))
+    first = np.zeros(args.anytime_runs, dtype=np.int64)
+    for t in tqdm(range(1, args.anytime_audits + 1), desc=f"anytime at {error_rate:.0%}", unit="audit",
+                  mininterval=2.0, leave=False):
+        state.update(rng.random(args.anytime_runs) < error_rate, 1.0)
+        first[(first == 0) & state.shown_over] = t
+    return first
+
+
+def fixed_n_peeking_alarms(error_rate: float, args: BenchArgs, rng: np.random.Generator, confidence: float = 0.95) -> float:
+    """Share of runs in which the fixed-n Clopper-Pearson lower bound, recomputed after every
+    audit, ever exceeds the budget (a stream exactly at the budget: every alarm is false)."""
+    from scipy.stats import binom
+
+    n = np.arange(1, args.anytime_audits + 1)
+    # CP lower bound > budget  <=>  P(X >= k | n, budget) < (1 - confidence) / 2: the least such k per n
+    k_alarm = binom.isf((1.0 - confidence) / 2.0, n, args.anytime_budget) + 1
+    alarms = 0
+    for _ in range(args.anytime_runs):
+        errors = np.cumsum(rng.random(args.anytime_audits) < error_rate)
+        alarms += bool(np.any(errors >= k_alarm))
+    return alarms / args.anytime_runs
+
+
+def anytime(args: BenchArgs, rng: np.random.Generator) -> dict[str, float]:
+    at_budget = first_over_budget(args.anytime_budget, args, rng)
+    doubled = first_over_budget(2.0 * args.anytime_budget, args, rng)
+    detected = doubled[doubled > 0]
+    widths = []
+    for _ in range(min(args.anytime_runs, 200)):  # the production path: the full grid, one stream at a time
+        sequence = ErrorSequence(args.anytime_budget, SequenceConfig(min_inclusion_prob=1.0))
+        for error in rng.random(1000) < 0.01:
+            sequence.update(bool(error), 1.0)
+        report = sequence.report()
+        widths.append(report.high - report.low)
+    return {
+        "anytime_false_alarm_rate": float(np.mean(at_budget > 0)),
+        "fixed_n_false_alarm_rate": fixed_n_peeking_alarms(args.anytime_budget, args, rng),
+        "anytime_detection_median_audits": float(np.median(detected)) if detected.size else float("inf"),
+        "anytime_detected_share": float(detected.size / doubled.size),
+        "anytime_width_1000": float(np.mean(widths)),
+        "anytime_budget": args.anytime_budget,
+        "anytime_runs": float(args.anytime_runs),
+        "anytime_audits": float(args.anytime_audits),
+    }
+
+
 def run(args: BenchArgs) -> dict[str, float]:
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
@@ -131,6 +193,13 @@ def run(args: BenchArgs) -> dict[str, float]:
     print(f"CUSUM 1% -> 2% (h = {cs['cusum_h_nats']:.2f} nats, design ARL0 {cs['cusum_arl0_design']:,.0f}, "
           f"ARL1 {cs['cusum_arl1_design']:,.0f}): median delay {cs['cusum_median_delay']:.0f} audits (target <= 2,000), "
           f"{cs['cusum_false_alarms_per_100k']:.3f} false alarms per 100,000 in-control audits (target <= 1)")
-    result = {"ci_width_1000": mean_width, "ci_width_1000_points": 100 * mean_width, **wu, **cs,
+    av = anytime(args, rng)
+    print(f"anytime-valid, a check after every audit, {args.anytime_runs} runs x {args.anytime_audits:,} audits at the "
+          f"{args.anytime_budget:.0%} budget: false over-budget alarms in {av['anytime_false_alarm_rate']:.3f} of runs "
+          f"(target <= 0.05) vs {av['fixed_n_false_alarm_rate']:.3f} for a fixed-n Clopper-Pearson interval")
+    print(f"  at 2x the budget: over budget after a median {av['anytime_detection_median_audits']:.0f} audits "
+          f"({av['anytime_detected_share']:.1%} of runs within the horizon); width after 1,000 audits at 1%: "
+          f"{100 * av['anytime_width_1000']:.2f} points (fixed-n {100 * mean_width:.2f})")
+    result = {"ci_width_1000": mean_width, "ci_width_1000_points": 100 * mean_width, **wu, **cs, **av,
               "seconds": time.perf_counter() - start}
     return {k: float(v) for k, v in result.items()}

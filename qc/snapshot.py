@@ -20,10 +20,10 @@ class ModelQC:
     audited: int  # AUTO_QC verdicts that judged the answer (skip and gold excluded)
     errors: int
     error_estimate: float | None  # weighted (Hajek) error rate of auto-accepted answers
-    ci_low: float
+    ci_low: float  # the anytime-valid confidence sequence (qc/sequential.py): valid at every audit
     ci_high: float
-    certified_risk: float | None  # the card's certified risk (or target risk if uncertified)
-    over_budget: bool  # ci_high > certified_risk after at least min_audits audits
+    certified_risk: float | None  # the card's certified risk (the bound proven at calibration)
+    over_budget: bool  # budget_state is over_budget: the sequence's lower bound is above the budget
     ks_statistic: float | None
     ks_pvalue: float | None
     cusum_statistic: float | None  # nats; alarm at the design's h
@@ -31,3 +31,6 @@ class ModelQC:
     suggested_threshold: float | None
     effective_sample_size: float
     reason: str
+    budget: float | None = None  # the error budget judged: the card's target risk
+    budget_state: str = "not_judged"  # qc.sequential.BudgetState value
+    audits_to_settle: int | None = None  # not yet known: rough audits until the state is settled

@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from auditstream.registry import TriageSpec
+from auditstream.settings import Settings
 from auditstream.wire import Route
 
 SAMPLING = ("uniform", "risk-weighted")
@@ -81,6 +82,12 @@ class TriagePolicy:
         if not self.salt:
             raise ValueError("salt must be a non-empty string (AUDITSTREAM_QC_SALT)")  # the value is secret: not echoed
 
+    @property
+    def min_inclusion_prob(self) -> float:
+        """The smallest QC inclusion probability this policy gives an auto-accepted answer (0 when
+        it samples none): the monitor bounds the audit weights ``1 / pi`` by its inverse."""
+        return self.qc_rate if self.sampling == "uniform" else min(self.qc_floor, self.qc_cap)
+
 
 # The named policies; pick one with :func:`get_policy` (overrides such as a qc_rate from settings).
 POLICIES: Mapping[str, TriagePolicy] = MappingProxyType({
@@ -95,6 +102,17 @@ def get_policy(name: str, **overrides: Any) -> TriagePolicy:
     if name not in POLICIES:
         raise ValueError(f"unknown triage policy {name!r}; known: {sorted(POLICIES)}")
     return dataclasses.replace(POLICIES[name], **overrides)
+
+
+def policy_for(settings: Settings, min_qc_rate: float = 0.0) -> TriagePolicy:
+    """The configured policy (``AUDITSTREAM_TRIAGE_POLICY``, ``_QC_RATE``, ``_QC_SALT``, ...) as
+    consumers apply it to a model whose kind needs at least ``min_qc_rate`` of its auto answers
+    audited (policies: off-policy evaluation needs random audits; 'no-qc' does not waive it)."""
+    qc_rate = max(settings.qc_rate, min_qc_rate)
+    if settings.triage_policy == "no-qc" and not min_qc_rate:
+        qc_rate = 0.0
+    return get_policy(settings.triage_policy, qc_rate=qc_rate,
+                      max_human_queue_depth=settings.max_human_queue_depth or None, salt=settings.qc_salt)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
-from qc.triage import TriagePolicy, get_policy, hash_uniform, triage
+from qc.triage import TriagePolicy, hash_uniform, policy_for, triage
 from serving.episodes import EpisodeStore
 from serving.inference import Runner, infer
 from serving.inputs import prepare_input
@@ -84,15 +84,10 @@ class ServeConfig:
     @classmethod
     def from_settings(cls, settings: Settings, card: ModelCard, shadow: bool = False,
                       request_model: str = "") -> "ServeConfig":
-        min_qc_rate = tasks.lookup(card.task).min_qc_rate
-        qc_rate = max(settings.qc_rate, min_qc_rate)
-        if qc_rate != settings.qc_rate:
+        policy = policy_for(settings, tasks.lookup(card.task).min_qc_rate)
+        if policy.qc_rate > settings.qc_rate:
             log.warning("qc_rate %.4g raised to %.2g for %s %s (random audits keep OPE possible)",
-                        settings.qc_rate, qc_rate, card.task, card.name)
-        if settings.triage_policy == "no-qc" and not min_qc_rate:
-            qc_rate = 0.0
-        policy = get_policy(settings.triage_policy, qc_rate=qc_rate,
-                            max_human_queue_depth=settings.max_human_queue_depth or None, salt=settings.qc_salt)
+                        settings.qc_rate, policy.qc_rate, card.task, card.name)
         return cls(card, policy, settings.max_request_bytes,
                    settings.topic(T.PREDICTIONS), settings.topic(T.DECISIONS), settings.topic(T.AUDIT),
                    settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model)

@@ -90,7 +90,8 @@ def seed_card_and_history(store, tmp_path: Path) -> None:
     now = time.time()
     for k in range(5):
         history.save([ModelQC("zip", "1", 1000 * (k + 1), 700 * (k + 1), 300 * (k + 1), 0.66 + 0.01 * k, 300 + k, 12,
-                              0.04, 0.021, 0.069, 0.015, True, 0.08, 1e-4, 3.5, True, 0.85, 300.0, "over budget")],
+                              0.04, 0.021, 0.069, 0.015, True, 0.08, 1e-4, 3.5, True, 0.85, 300.0, "over budget",
+                              budget=0.02, budget_state="over_budget")],
                      now - 300 + 60 * k)  # fmt: skip
 
 

@@ -3,11 +3,14 @@ history's, the model card's curves and the cost model draw, and the sliders move
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from tests.dashboards.conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
 
 from auditstream.wire import VerdictKind
+from dashboards.overview import budget_verdict
+from qc.snapshot import ModelQC
 from store.accounts import Role, User
 
 def seed(store, tmp_path) -> None:
@@ -31,7 +34,8 @@ def test_every_role_sees_the_overview_with_live_numbers(store, store_url, tmp_pa
     assert metrics["Auto-accept threshold"] == "0.700"
     assert metrics["Certified risk"] == "1.50%"
     shown = texts(at)
-    assert "error bound 6.90% is over the certified 1.50%; suggested threshold 0.850" in shown
+    assert ("zip v1: **over budget** — the error rate is shown above 2.00% (2.10% ≤ error ≤ 6.90%, 304 audits); "
+            "suggested threshold 0.850") in shown
     charts = elements(at, "vega_lite_chart")
     # throughput, coverage, error interval, auditor throughput, risk-coverage, cost
     assert len(charts) == 6
@@ -48,3 +52,17 @@ def test_cost_sliders_move_the_optimum(store, store_url, tmp_path):
     dear = {m.label: m.value for m in at.metric}["Optimal threshold"]
     assert float(dear) > float(cheap)  # costlier errors: defer more, accept only the surest
     assert "humans only" in texts(at)
+
+
+def test_the_three_budget_states_read_as_what_the_audits_prove():
+    def snap(state: str, to_settle: int | None = None) -> ModelQC:
+        return ModelQC("zip", "3", 9000, 8000, 1000, 0.89, 400, 6, 0.015, 0.004, 0.031, 0.012, state == "over_budget",
+                       None, None, None, False, None, 400.0, "", budget=0.02, budget_state=state,
+                       audits_to_settle=to_settle)  # fmt: skip
+
+    assert budget_verdict(snap("over_budget"))[0] == "error"
+    kind, text = budget_verdict(snap("within_budget"))
+    assert kind == "success" and "shown below 2.00%" in text
+    kind, text = budget_verdict(snap("not_yet_known", 1234))
+    assert kind == "info" and "not yet known" in text and "about 1,234 more audits" in text
+    assert "not judged" in budget_verdict(dataclasses.replace(snap("not_judged"), budget=None))[1]

@@ -52,7 +52,7 @@ def test_overrides_only_tighten_and_stick(auto_tighten, over_budget, suggested, 
     (state,) = plan_control([snap(over_budget=over_budget, suggested=suggested)], stats(), before, auto_tighten, 2.0)
     assert state.threshold_override == expected
     if expected and not previous:
-        assert "over certified risk" in state.reason
+        assert "shown above its budget" in state.reason
 
 
 def test_threshold_for_never_goes_below_the_card():

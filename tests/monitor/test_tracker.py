@@ -167,7 +167,7 @@ def _feed(tracker, rng, n, error_rate, version="1", qc_rate=0.5, start=0, shift=
 
 
 def test_tracker_counts_coverage_and_ignores_redeliveries_skips_and_gold():
-    tracker = QCTracker(lambda m, v: _card(v), QCConfig(min_audits=10))
+    tracker = QCTracker(lambda m, v: _card(v), QCConfig(min_inclusion_prob=0.5))
     preds = [_prediction(0, 0.95, Route.AUTO_QC, 0.5), _prediction(1, 0.97, Route.AUTO, 0.5),
              _prediction(2, 0.5, Route.HUMAN, 1.0), _prediction(3, 0.93, Route.AUTO_QC, 0.5)]
     for p in preds + preds:  # every record delivered twice
@@ -179,24 +179,27 @@ def test_tracker_counts_coverage_and_ignores_redeliveries_skips_and_gold():
     (qc,) = tracker.snapshot()
     assert (qc.predictions, qc.auto, qc.human, qc.coverage) == (4, 3, 1, 0.75)
     assert (qc.audited, qc.errors, qc.error_estimate) == (1, 1, 1.0)
-    assert qc.certified_risk == 0.01 and not qc.over_budget and "fewer than 10 audits" in qc.reason
+    assert qc.certified_risk == 0.01 and qc.budget == 0.01
+    assert not qc.over_budget and qc.budget_state == "not_yet_known" and "not yet known" in qc.reason
 
 
 def test_tracker_over_budget_suggests_a_threshold_and_within_budget_does_not():
     rng = np.random.default_rng(5)
-    good = QCTracker(lambda m, v: _card(v, certified=0.05), QCConfig())
+    good = QCTracker(lambda m, v: _card(v, certified=0.05), QCConfig(min_inclusion_prob=0.5))
     _feed(good, rng, 12_000, error_rate=0.01)
     (qc,) = good.snapshot()
     assert qc.audited > 1000 and qc.ci_low < 0.01 < qc.ci_high <= 0.05
-    assert not qc.over_budget and qc.suggested_threshold is None and "within budget" in qc.reason
+    assert not qc.over_budget and qc.suggested_threshold is None and "within budget, verified" in qc.reason
+    assert qc.budget_state == "within_budget"
 
-    bad = QCTracker(lambda m, v: _card(v, certified=0.01), QCConfig())
+    bad = QCTracker(lambda m, v: _card(v, certified=0.01), QCConfig(min_inclusion_prob=1.0))
     for i in range(8000):  # errors only below confidence 0.95
         c = rng.uniform(0.9, 1.0)
         bad.observe_prediction(_prediction(i, c, Route.AUTO_QC, 1.0))
         bad.observe_verdict(_verdict(i, VerdictKind.REJECT if c < 0.95 and rng.random() < 0.1 else VerdictKind.ACCEPT, 1.0))
     (qc,) = bad.snapshot()
-    assert qc.over_budget and "OVER BUDGET" in qc.reason
+    assert qc.over_budget and qc.budget_state == "over_budget" and "OVER BUDGET" in qc.reason
+    assert qc.ci_low > 0.01
     assert qc.suggested_threshold is not None and 0.949 <= qc.suggested_threshold < 0.956
 
 
@@ -234,10 +237,13 @@ def test_tracker_without_card_still_counts():
 def test_bench_qc_command_prints_the_targets_as_json(capsys):
     from auditstream.cli import main
 
-    assert main(["bench", "qc", "--replications", "60", "--stream-items", "5000", "--cusum-runs", "200"]) == 0
+    assert main(["bench", "qc", "--replications", "60", "--stream-items", "5000", "--cusum-runs", "200",
+                 "--anytime-runs", "40", "--anytime-audits", "3000"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = __import__("json").loads(lines[-1])
-    for key in ("ci_width_1000", "ess_ratio", "bias", "cusum_median_delay", "cusum_false_alarms_per_100k"):
+    for key in ("ci_width_1000", "ess_ratio", "bias", "cusum_median_delay", "cusum_false_alarms_per_100k",
+                "anytime_false_alarm_rate", "fixed_n_false_alarm_rate", "anytime_detection_median_audits",
+                "anytime_width_1000"):
         assert key in result
     assert result["ci_width_1000"] < 0.014 and result["cusum_median_delay"] < 2000
     assert any("Clopper-Pearson" in line for line in lines[:-1])

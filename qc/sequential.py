@@ -1,0 +1,188 @@
+"""Anytime-valid monitoring of the error rate of auto-accepted answers (docs/qc-statistics.md,
+"Anytime-valid error monitoring").
+
+People watch the monitor after every audit, so an interval that is valid at one fixed sample size
+is not enough: looked at after every audit, a 95% Clopper–Pearson interval leaves the truth
+sooner or later with probability near one. This module keeps a *confidence sequence* instead:
+a sequence of intervals that contains the true error rate at every audit simultaneously with
+probability at least ``1 - alpha``, however often it is looked at and whenever one stops.
+
+How (Waudby-Smith & Ramdas, "Estimating means of bounded random variables by betting", JRSS-B
+2023). For a candidate error rate ``m``, audit ``j`` (error ``e_j`` in {0, 1}, drawn for QC with
+known probability ``pi_j >= pi_min``) gives
+
+    Y_j(m) = pi_min (e_j - m) / pi_j    in [-m, 1 - m],
+
+whose mean over the audited sample has the sign of ``p - m`` (``p``: the error rate of all
+auto-accepted answers; the inverse-probability weight undoes the unequal sampling, and
+``pi_min`` keeps ``Y`` bounded). Two gamblers bet on it with stakes fixed before they see the
+audit (predictable): the *over* gambler's wealth ``K+_t(m) = prod (1 + l_j Y_j(m))`` with
+``l_j >= 0`` is a nonnegative supermartingale whenever ``p <= m``, the *under* gambler's (``l_j
+<= 0``) whenever ``p >= m``. By Ville's inequality a supermartingale starting at 1 ever reaches
+``2 / alpha`` with probability at most ``alpha / 2``. So:
+
+- ``p > m`` is shown (with error probability <= alpha/2, at any time) once ``K+(m) >= 2/alpha``;
+- ``p < m`` is shown once ``K-(m) >= 2/alpha``;
+- the confidence sequence at audit ``t`` is every ``m`` of a fine grid not yet shown wrong,
+  widened to the neighbouring grid points (so it also covers an ``m`` between grid points).
+
+The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far
+(shrunk towards no bet by one pseudo-observation of variance ``m (1 - m)``), capped at
+``bet_cap / m`` (over) or ``bet_cap / (1 - m)`` (under) so that one audit never risks more than
+``bet_cap`` of the wealth. The budget is a grid point, so the three states a version is in —
+over budget (``K+(budget)`` crossed), within budget verified (``K-(budget)`` crossed), not yet
+known — agree with the bounds shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Candidate error rates: fine where error budgets live (0 .. 20% in steps of 0.025 points), coarser above.
+GRID = np.unique(np.concatenate([np.linspace(0.0, 0.2, 801)[1:], np.linspace(0.2, 1.0, 161)[1:-1]]))
+
+
+class BudgetState(StrEnum):
+    """What the audits prove about a model version's error budget."""
+
+    OVER = "over_budget"  # evidence: the sequence's lower bound is above the budget
+    VERIFIED = "within_budget"  # evidence: the upper bound is below it
+    UNKNOWN = "not_yet_known"  # neither yet
+    NOT_JUDGED = "not_judged"  # no budget on the card, or no card
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """How the confidence sequence is built (one object per monitor process)."""
+
+    alpha: float = 0.05  # the sequence misses the truth at any audit with probability <= alpha
+    min_inclusion_prob: float = 0.005  # smallest QC inclusion probability the triage policy gives
+    bet_cap: float = 0.5  # largest share of the wealth one audit may risk
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha={self.alpha} must be in (0, 1)")
+        if not 0.0 < self.min_inclusion_prob <= 1.0:
+            raise ValueError(f"min_inclusion_prob={self.min_inclusion_prob} must be in (0, 1]")
+        if not 0.0 < self.bet_cap < 1.0:
+            raise ValueError(f"bet_cap={self.bet_cap} must be in (0, 1)")
+
+    @property
+    def log_threshold(self) -> float:
+        """log(2 / alpha): the log-wealth at which one side has shown its claim."""
+        return math.log(2.0 / self.alpha)
+
+
+class BettingState:
+    """The two gamblers' log-wealth for candidate error rates ``m`` (any array shape: the grid of
+    one model version, or many simulated runs at one ``m``) and the sums their stakes use."""
+
+    def __init__(self, m: np.ndarray, config: SequenceConfig, shape: tuple[int, ...] = ()) -> None:
+        self.m, self.config = np.asarray(m, dtype=np.float64), config
+        full = np.broadcast_shapes(self.m.shape, shape)
+        self.log_over, self.log_under = np.zeros(full), np.zeros(full)
+        self.shown_over, self.shown_under = np.zeros(full, bool), np.zeros(full, bool)
+        # sums of a = pi_min e / pi and b = pi_min / pi (Y(m) = a - m b), of their squares and product
+        self.n = np.zeros(shape)
+        self.sa, self.sb, self.saa, self.sab, self.sbb = (np.zeros(shape) for _ in range(5))
+
+    def update(self, errors: np.ndarray | float, pis: np.ndarray | float) -> None:
+        """One audit per element of ``shape``: its error (0/1) and inclusion probability."""
+        cfg, m = self.config, self.m
+        b = cfg.min_inclusion_prob / np.asarray(pis, dtype=np.float64)
+        a = b * np.asarray(errors, dtype=np.float64)
+        mean = (self.sa - m * self.sb) / (self.n + 1.0)  # stakes from the past only (predictable)
+        second = (m * (1.0 - m) + self.saa - 2.0 * m * self.sab + m * m * self.sbb) / (self.n + 1.0)
+        stake = mean / second
+        over = np.clip(stake, 0.0, cfg.bet_cap / m)
+        under = np.clip(stake, -cfg.bet_cap / (1.0 - m), 0.0)
+        y = a - m * b
+        self.log_over += np.log1p(over * y)
+        self.log_under += np.log1p(under * y)
+        self.shown_over |= self.log_over >= cfg.log_threshold
+        self.shown_under |= self.log_under >= cfg.log_threshold
+        self.n += 1.0
+        self.sa += a
+        self.sb += b
+        self.saa += a * a
+        self.sab += a * b
+        self.sbb += b * b
+
+
+@dataclass(frozen=True)
+class SequenceReport:
+    low: float  # the confidence sequence's current interval
+    high: float
+    state: BudgetState
+    audits_to_settle: int | None  # rough: more audits to leave UNKNOWN if the error rate stays put
+
+
+class ErrorSequence:
+    """The confidence sequence of one model version's error rate, and its budget state."""
+
+    def __init__(self, budget: float | None, config: SequenceConfig) -> None:
+        if budget is not None and not 0.0 < budget < 1.0:
+            raise ValueError(f"error budget {budget} must be in (0, 1)")
+        self.budget, self.config = budget, config
+        grid = GRID if budget is None else np.unique(np.append(GRID, budget))
+        self.grid = grid
+        self._budget_index = None if budget is None else int(np.searchsorted(grid, budget))
+        self.state = BettingState(grid, config)
+        self._warned_floor = False
+
+    @property
+    def audits(self) -> int:
+        return int(self.state.n)
+
+    def update(self, error: bool, pi: float) -> None:
+        floor = self.config.min_inclusion_prob
+        if pi < floor:
+            # Consumers sample below the floor the monitor was told: weights are no longer bounded
+            # by 1/floor. Count the audit at the floor (its weight is then too small) and say so.
+            if not self._warned_floor:
+                log.warning("QC inclusion probability %.4g below the configured floor %.4g: counted at the floor; "
+                            "set the monitor's triage policy like the consumers'", pi, floor)
+                self._warned_floor = True
+            pi = floor
+        self.state.update(float(error), pi)
+
+    def report(self) -> SequenceReport:
+        s, grid = self.state, self.grid
+        alive_low = np.flatnonzero(~s.shown_over)  # m not shown too small
+        alive_high = np.flatnonzero(~s.shown_under)  # m not shown too large
+        low = float(grid[alive_low[0] - 1]) if alive_low.size and alive_low[0] > 0 else 0.0
+        high = float(grid[alive_high[-1] + 1]) if alive_high.size and alive_high[-1] + 1 < grid.size else 1.0
+        if not alive_low.size:
+            low = float(grid[-1])
+        if not alive_high.size:
+            high = float(grid[0])
+        if self._budget_index is None:
+            return SequenceReport(low, high, BudgetState.NOT_JUDGED, None)
+        i = self._budget_index
+        if s.shown_over[i]:
+            return SequenceReport(low, high, BudgetState.OVER, None)
+        if s.shown_under[i]:
+            return SequenceReport(low, high, BudgetState.VERIFIED, None)
+        return SequenceReport(low, high, BudgetState.UNKNOWN, self._audits_to_settle(i))
+
+    def _audits_to_settle(self, i: int) -> int | None:
+        """Audits until one gambler at the budget reaches 2/alpha, if the audits go on as so far:
+        the remaining log-wealth over the growth rate mean^2 / (2 second moment) per audit."""
+        s, m = self.state, float(self.grid[i])
+        n = float(s.n)
+        if n < 1:
+            return None
+        mean = (float(s.sa) - m * float(s.sb)) / n
+        second = (float(s.saa) - 2.0 * m * float(s.sab) + m * m * float(s.sbb)) / n
+        if second <= 0.0 or abs(mean) < 1e-12:
+            return None
+        wealth = float(s.log_over[i] if mean > 0 else s.log_under[i])
+        growth = mean * mean / (2.0 * second)
+        return max(1, math.ceil((self.config.log_threshold - wealth) / growth))

@@ -1,0 +1,112 @@
+"""qc.sequential: the betting confidence sequence stays valid when looked at after every audit,
+never pages a model without evidence, and settles the budget when the audits can."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from auditstream.registry import ModelCard, TensorSpec, TriageSpec
+from auditstream.wire import Prediction, Route, Verdict, VerdictKind
+from monitor.tracker import QCConfig, QCTracker
+from qc.bench import BenchArgs, first_over_budget
+from qc.sequential import BettingState, BudgetState, ErrorSequence, SequenceConfig
+from qc.triage import POLICIES, inclusion_probability
+
+
+def test_a_zero_error_model_is_never_over_budget_and_gets_verified() -> None:
+    sequence = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=0.02))
+    states = []
+    for _ in range(20_000):
+        sequence.update(False, 0.02)
+        states.append(sequence.report().state)
+    assert BudgetState.OVER not in states
+    first_verified = states.index(BudgetState.VERIFIED)
+    assert 50 < first_verified < 1000 and set(states[first_verified:]) == {BudgetState.VERIFIED}
+    assert sequence.report().high < 0.02 and sequence.report().low == 0.0
+
+
+def test_not_yet_known_says_how_many_audits_would_settle_it() -> None:
+    rng = np.random.default_rng(0)  # 6 errors in 100 audits: above the budget, not yet shown
+    sequence = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=1.0))
+    for error in rng.random(100) < 0.045:
+        sequence.update(bool(error), 1.0)
+    report = sequence.report()
+    assert report.state is BudgetState.UNKNOWN and report.low < 0.02 < report.high
+    assert report.audits_to_settle is not None and 10 < report.audits_to_settle < 10_000
+    exactly_at_budget = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=1.0))
+    for i in range(100):
+        exactly_at_budget.update(i % 50 == 0, 1.0)
+    assert exactly_at_budget.report().audits_to_settle is None  # no drift either way: cannot be told
+
+
+def test_the_sequence_covers_the_truth_at_every_audit_with_probability_one_minus_alpha() -> None:
+    """300 streams at p = 3%, each checked after every one of 5,000 audits at the true rate:
+    the truth is ever excluded in at most alpha of them (Ville's inequality; ~1% in practice)."""
+    rng = np.random.default_rng(11)
+    runs, p = 300, 0.03
+    state = BettingState(np.float64(p), SequenceConfig(), shape=(runs,))
+    for _ in range(5000):
+        pis = rng.choice([0.01, 0.05, 0.2], size=runs)  # unequal, known inclusion probabilities
+        state.update(rng.random(runs) < p, pis)
+    assert np.mean(state.shown_over | state.shown_under) <= 0.05
+
+
+def test_weighted_audits_judge_the_population_not_the_audited_sample() -> None:
+    """Risk-weighted QC over-samples low confidence, where the errors are: the unweighted audit
+    error rate is ~3x the population's. The sequence must still cover the population's 2%."""
+    rng = np.random.default_rng(5)
+    policy = POLICIES["risk-weighted"]
+    c = 1.0 - 0.1 * rng.random(400_000) ** 9
+    errors = rng.random(c.size) < np.minimum(1.0, 2.0 * (1.0 - c))
+    pis = np.array([inclusion_probability(float(x), policy) for x in c])
+    sampled = rng.random(c.size) < pis
+    low_budget, high_budget = (ErrorSequence(b, SequenceConfig(min_inclusion_prob=policy.qc_floor)) for b in (0.01, 0.04))
+    for error, pi in zip(errors[sampled], pis[sampled]):
+        low_budget.update(bool(error), float(pi))
+        high_budget.update(bool(error), float(pi))
+    true_p = errors.mean()
+    assert errors[sampled].mean() > 2.5 * true_p  # what an unweighted monitor would see
+    a, b = low_budget.report(), high_budget.report()
+    assert a.low <= true_p <= a.high and b.low <= true_p <= b.high
+    assert a.state is BudgetState.OVER and b.state is BudgetState.VERIFIED
+
+
+def _card() -> ModelCard:
+    return ModelCard(name="zip", version="1", task="sequence", inputs=[TensorSpec("x", "float32", [None, 4])],
+                     outputs=[TensorSpec("char_probs", "float32", [None, 5, 10])],
+                     triage=TriageSpec(threshold=0.9, certified_risk=0.015, target_risk=0.02))
+
+
+def _first_page(tracker: QCTracker, rng: np.random.Generator, error_rate: float, audits: int, run: int) -> int | None:
+    for i in range(audits):
+        rid = f"r{run}-{i}"
+        tracker.observe_prediction(Prediction(rid, "zip", "1", "sequence", "02139", 0.95, Route.AUTO_QC, "", 1.0, 0.0))
+        kind = VerdictKind.CORRECT if rng.random() < error_rate else VerdictKind.ACCEPT
+        tracker.observe_verdict(Verdict(f"v{run}-{i}", rid, "zip", "1", "a", kind, 1.0, item_route=Route.AUTO_QC,
+                                        inclusion_prob=1.0))
+        if tracker.snapshot()[0].over_budget:
+            return i + 1
+    return None
+
+
+def test_the_monitor_never_pages_a_zero_error_model() -> None:
+    tracker = QCTracker(lambda m, v: _card(), QCConfig(min_inclusion_prob=1.0))
+    assert _first_page(tracker, np.random.default_rng(0), 0.0, 3000, 0) is None
+    (qc,) = tracker.snapshot()
+    assert qc.budget_state == "within_budget" and qc.budget == 0.02 and qc.certified_risk == 0.015
+
+
+@pytest.mark.slow
+def test_the_monitor_pages_a_model_at_twice_the_budget_within_the_bench_median_delay() -> None:
+    """The tracker (the production path, the full grid) agrees with the bench: over 60 streams at
+    2x the budget, its median audits to the page is within 15% of the bench's median delay."""
+    args = BenchArgs(anytime_runs=400, anytime_audits=5000)
+    bench = first_over_budget(0.04, args, np.random.default_rng(1))
+    bench_median = float(np.median(bench[bench > 0]))
+    rng = np.random.default_rng(2)
+    pages = []
+    for run in range(60):
+        tracker = QCTracker(lambda m, v: _card(), QCConfig(min_inclusion_prob=1.0))
+        pages.append(_first_page(tracker, rng, 0.04, 5000, run) or 10**9)
+    assert np.median(pages) <= 1.15 * bench_median
