@@ -154,7 +154,8 @@ def _model_card_sections(ctx: DashboardContext, model: str) -> None:
     cols[3].metric("Certified by", triage.method, help="how the threshold was chosen (see docs/qc-statistics.md)")
     left, right = st.columns(2)
     with left:
-        st.markdown("**Risk–coverage curve** (calibration data) · red: risk budget · grey: certified operating point")
+        st.markdown("**Risk–coverage curve** (held-out test split, measured at training) · red: risk budget · "
+                    "grey: certified operating point")
         if card.risk_coverage:
             budget = triage.target_risk if triage.target_risk is not None else triage.certified_risk
             st.altair_chart(charts.risk_coverage_chart(card.risk_coverage, triage.coverage, budget), width="stretch")

@@ -44,7 +44,7 @@ def wis(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: flo
         values = np.where(norm > 0, weighted_rewards / norm, 0.0) @ p.discounts
     ess = float(p.weights[:, -1].sum() ** 2 / max(np.sum(p.weights[:, -1] ** 2), 1e-300))
     return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes,
-                     effective_sample_size=ess)
+                    ("episodes", data.n_episodes, bootstrap, seed), effective_sample_size=ess)
 
 
 def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_model: Any = None,
@@ -66,7 +66,7 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
         current = (counts @ (p.weights * (p.rewards - p.q))) / (counts @ p.weights)
         previous = (counts @ (w_prev * p.v)) / (counts @ w_prev)
     values = np.nan_to_num(current + previous) @ p.discounts
-    return interval("dr", values[0], values[1:], confidence, data.n_episodes)
+    return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed))
 
 
 def evaluate(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: float = 0.95,
@@ -96,4 +96,5 @@ def on_policy_value(data: OfflineDataset, gamma: float, confidence: float = 0.95
     check_dataset(data, gamma)
     returns = discounted_returns(data, gamma)
     counts = bootstrap_counts(len(returns), bootstrap, seed)
-    return interval("on_policy", float(returns.mean()), counts @ returns / len(returns), confidence, len(returns))
+    return interval("on_policy", float(returns.mean()), counts @ returns / len(returns), confidence, len(returns),
+                    ("episodes", len(returns), bootstrap, seed))

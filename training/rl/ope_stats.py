@@ -23,6 +23,11 @@ class Estimate:
     confidence: float
     n_episodes: int
     details: dict[str, Any] = field(default_factory=dict)
+    # The bootstrap values, and what they resampled: ("episodes", n, B, seed) when episodes were
+    # resampled with bootstrap_counts(n, B, seed) — two estimates with the same key saw the same
+    # resamples, so their difference can be bootstrapped pairwise (the promotion gate does).
+    resamples: np.ndarray | None = field(default=None, repr=False, compare=False)
+    resample_key: tuple | None = None
 
     @property
     def width(self) -> float:
@@ -36,12 +41,14 @@ class Estimate:
                 "confidence": self.confidence, "n_episodes": self.n_episodes, **self.details}
 
 
-def interval(method: str, value: float, resamples: np.ndarray, confidence: float, n: int, **details: Any) -> Estimate:
+def interval(method: str, value: float, resamples: np.ndarray, confidence: float, n: int,
+             resample_key: tuple | None = None, **details: Any) -> Estimate:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
     alpha = (1.0 - confidence) / 2.0
     lower, upper = np.quantile(resamples[np.isfinite(resamples)], [alpha, 1.0 - alpha])
-    return Estimate(method, float(value), float(lower), float(upper), confidence, n, details)
+    return Estimate(method, float(value), float(lower), float(upper), confidence, n, details,
+                    np.asarray(resamples, dtype=np.float64), resample_key)
 
 
 def bootstrap_counts(n: int, bootstrap: int, seed: int) -> np.ndarray:

@@ -1,21 +1,27 @@
 """The promotion gate: may a candidate policy replace the live one?
 
 A pure function of numbers: the candidate's off-policy estimates on logs of the live policy,
-and the live policy's own value on the same logs (its mean discounted return). The candidate is
-promoted only if the *lower* end of its interval beats the live policy's point estimate by at
-least ``min_improvement``: a candidate that merely might be better stays in shadow. The
-decision carries every number it was made from, so ``rl promote`` can record it as it is.
+and the live policy's own value on the same logs (its mean discounted return). What is judged is
+the *difference* candidate − live, with both sides' uncertainty: when the two estimates were
+bootstrapped over the same resamples of the same episodes (WIS, DR and the live value share
+them), the lower end of the paired difference's percentile interval; otherwise (FQE resamples
+groups of episodes) the conservative candidate lower bound − live upper bound. The candidate is
+promoted only if that lower end is above ``min_improvement``: a candidate that merely might be
+better stays in shadow, and one equal to the live policy is promoted with probability at most
+(1 − confidence)/2. (Comparing the candidate's lower bound with the live *point* estimate
+ignored the live side's noise.) The decision carries every number it was made from, so
+``rl promote`` can record it as it is.
 
 Decision table (first matching row wins):
 
-=====================================================  ========  =====================
-condition                                              promote   reason code
-=====================================================  ========  =====================
-fewer logged episodes than ``min_episodes``            no        too_few_episodes
-a required estimate's lower bound is not finite        no        no_estimate
-required lower bound(s) > live value + min_improvement yes       lower_bound_beats_live
-otherwise                                              no        not_better
-=====================================================  ========  =====================
+==========================================================  ========  =====================
+condition                                                   promote   reason code
+==========================================================  ========  =====================
+fewer logged episodes than ``min_episodes``                 no        too_few_episodes
+a required difference's lower bound is not finite           no        no_estimate
+required difference lower bound(s) > min_improvement        yes       lower_bound_beats_live
+otherwise                                                   no        not_better
+==========================================================  ========  =====================
 
 "Required" is ``config.estimator`` alone, or every estimator given when ``require_all``.
 :func:`gate_from_dataset` computes the inputs from an offline dataset and a candidate policy.
@@ -26,6 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from training.rl.ope import Estimate
 
@@ -84,14 +92,27 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate, config: Pro
 
     if n < config.min_episodes:
         return make(False, "too_few_episodes", f"{n} logged episodes < min_episodes {config.min_episodes}")
-    lowers = {k: candidate_estimates[k].lower for k in required}
-    if not all(math.isfinite(v) for v in lowers.values()):
-        return make(False, "no_estimate", f"lower bounds {lowers} are not all finite")
-    shown = ", ".join(f"{k} lower {v:.4g}" for k, v in lowers.items())
-    if all(v > bar for v in lowers.values()):
-        return make(True, "lower_bound_beats_live",
-                    f"{shown} > live {live.value:.4g} + margin {config.min_improvement:g}")
-    return make(False, "not_better", f"{shown} not all > live {live.value:.4g} + margin {config.min_improvement:g}")
+    lowers = {k: difference_lower_bound(candidate_estimates[k], live) for k in required}
+    if not all(math.isfinite(v) for v, _ in lowers.values()):
+        return make(False, "no_estimate", f"difference lower bounds {lowers} are not all finite")
+    shown = ", ".join(f"{k} - live >= {v:.4g} ({how})" for k, (v, how) in lowers.items())
+    if all(v > config.min_improvement for v, _ in lowers.values()):
+        return make(True, "lower_bound_beats_live", f"{shown}: above the margin {config.min_improvement:g}")
+    return make(False, "not_better", f"{shown}: not all above the margin {config.min_improvement:g}")
+
+
+def difference_lower_bound(candidate: Estimate, live: Estimate) -> tuple[float, str]:
+    """(lower end of the candidate − live difference at the estimates' level, how it was made):
+    paired bootstrap when both saw the same resamples, else candidate lower − live upper."""
+    paired = (candidate.resample_key is not None and candidate.resample_key == live.resample_key
+              and candidate.resamples is not None and live.resamples is not None)
+    if paired:
+        diff = candidate.resamples - live.resamples
+        diff = diff[np.isfinite(diff)]
+        if diff.size == 0:
+            return math.nan, "paired bootstrap"
+        return float(np.quantile(diff, (1.0 - candidate.confidence) / 2.0)), "paired bootstrap"
+    return candidate.lower - live.upper, "candidate lower - live upper"
 
 
 def gate_from_dataset(data: Any, candidate_policy: Any, config: PromotionConfig, candidate: str = "candidate",
