@@ -23,6 +23,17 @@ def test_fit_recovers_a_known_temperature(true_temperature):
     assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
 
 
+def test_a_perfectly_separated_slice_keeps_a_finite_temperature():
+    """Every held-out item right: maximum likelihood sends T to 0 (all probabilities 1, no
+    ranking left); the weak prior keeps it near what the margins support."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 10, 150)
+    logits = rng.normal(0, 1.0, (150, 10))
+    logits[np.arange(150), labels] += 6.0  # the right class always wins
+    assert fit_temperature(logits, labels, log_prior_sd=None) < 0.05  # the degenerate MLE
+    assert 0.2 < fit_temperature(logits, labels) < 1.0
+
+
 def test_temperature_scaling_lowers_nll_and_ece():
     rng = np.random.default_rng(4)
     z = rng.normal(0, 2.0, size=(5000, 10))

@@ -7,7 +7,7 @@ import pytest
 
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, make_envelopes
 from training.data.loader import DigitAugment, digit_batches, envelope_batches
-from training.data.split import SPLITS, load_split, split_indices
+from training.data.split import CALIBRATION_SLICES, SPLITS, calibration_slices, load_split, split_indices
 
 
 def test_split_partitions_all_digits_stratified():
@@ -18,6 +18,19 @@ def test_split_partitions_all_digits_stratified():
         counts = np.bincount(load_split(name).labels, minlength=10)
         assert counts.min() >= 0.8 * counts.max()  # each split holds every digit in similar numbers
     assert [len(parts[s]) for s in SPLITS] == [898, 539, 360]
+
+
+def test_calibration_slices_partition_the_calibration_digits():
+    """The temperature is fitted on one slice, the certificate computed on the other: disjoint,
+    together the calibration split, each stratified by label."""
+    slices = calibration_slices()
+    temperature, certificate = (slices[name] for name in CALIBRATION_SLICES)
+    assert not set(temperature) & set(certificate)
+    assert np.array_equal(np.sort(np.concatenate([temperature, certificate])), split_indices()["calibration"])
+    assert (len(temperature), len(certificate)) == (137, 402)
+    for name in CALIBRATION_SLICES:
+        counts = np.bincount(load_split(name).labels, minlength=10)
+        assert counts.min() >= 0.8 * counts.max()
 
 
 def test_split_is_fixed_by_its_seed():

@@ -31,6 +31,9 @@ def test_short_training_beats_90_percent_and_publishes_a_servable_model(tmp_path
     (probs,) = run_onnx(model.onnx_path.read_bytes(), test.images)  # raw 0..16 pixels in, calibrated probs out
     assert probs.shape == (360, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.mean(probs.argmax(1) == test.labels) == pytest.approx(1 - summary["test_error"])
+    # The certificate was computed on the published graph's own outputs, on the certificate slice.
+    (cert_probs,) = run_onnx(model.onnx_path.read_bytes(), load_split("calibration/certificate").images)
+    assert np.mean(cert_probs.astype(np.float64).max(1) >= card.triage.threshold) == pytest.approx(card.triage.coverage)
 
 
 def test_training_is_deterministic_for_a_seed():

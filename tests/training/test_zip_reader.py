@@ -25,7 +25,9 @@ def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp
     assert card.inputs[0].dtype == "uint8" and card.inputs[0].shape == [None, 32, 96]
     assert card.outputs[0].shape == [None, 5, 10]
     assert set(card.metrics["confidence_choice"]) == set(zip_reader.CONFIDENCE_KINDS)
-    assert card.extra["strict_certificates"]["n_envelopes"] == 107
+    strict = card.extra["strict_certificates"]
+    assert strict["n_envelopes"] == 80  # 402 certificate digits // 5
+    assert strict["targets_tried"] == [0.02, 0.05, 0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 4)
     images, zips = make_envelopes("test", 64, seed=99)
     (probs,) = run_onnx(model.onnx_path.read_bytes(), images)
     assert probs.shape == (64, 5, 10) and np.allclose(probs.sum(2), 1, atol=1e-5)

@@ -7,6 +7,11 @@ of one split only, so a test ZIP never reuses a training stroke.
 
 Fractions: 50 / 30 / 20. The calibration share is large on purpose: certifying 2% risk needs
 hundreds of accepted calibration items (zero errors among m items only prove 1 - delta^(1/m)).
+
+The calibration digits come in two disjoint slices, ``calibration/temperature`` (a quarter,
+stratified by label) and ``calibration/certificate`` (the rest): the temperature is fitted on
+the first and the threshold certified on the second, because a certificate is only exact on data
+that chose nothing else about the model.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 SPLIT_SEED = 20240917
 FRACTIONS = {"train": 0.5, "calibration": 0.3, "test": 0.2}
 SPLITS = tuple(FRACTIONS)
+TEMPERATURE_SHARE = 0.25  # of the calibration digits, per label
+CALIBRATION_SLICES = ("calibration/temperature", "calibration/certificate")
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,26 @@ def split_indices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
 
 
 def load_split(name: str, seed: int = SPLIT_SEED) -> DigitSplit:
-    """The digits of split ``name`` ('train', 'calibration' or 'test')."""
-    if name not in SPLITS:
-        raise ValueError(f"split {name!r} not one of {SPLITS}")
+    """The digits of split ``name`` ('train', 'calibration' or 'test'), or of one of the
+    :data:`CALIBRATION_SLICES`."""
+    if name not in SPLITS + CALIBRATION_SLICES:
+        raise ValueError(f"split {name!r} not one of {SPLITS + CALIBRATION_SLICES}")
     images, labels = _load()
-    idx = split_indices(seed)[name]
+    idx = split_indices(seed)[name] if name in SPLITS else calibration_slices(seed)[name]
     return DigitSplit(name, images[idx], labels[idx], idx)
+
+
+@lru_cache(maxsize=4)
+def calibration_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """The calibration indices in the two disjoint :data:`CALIBRATION_SLICES`, stratified, sorted."""
+    calibration, labels = split_indices(seed)["calibration"], _load()[1]
+    rng = np.random.default_rng(seed + 1)
+    temperature = []
+    for digit in range(10):
+        members = rng.permutation(calibration[labels[calibration] == digit])
+        temperature.append(members[:round(len(members) * TEMPERATURE_SHARE)])
+    first = np.sort(np.concatenate(temperature))
+    return {CALIBRATION_SLICES[0]: first, CALIBRATION_SLICES[1]: np.setdiff1d(calibration, first)}
 
 
 @lru_cache(maxsize=1)
