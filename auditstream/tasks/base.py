@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from auditstream.registry import ModelCard
 from auditstream.wire import Prediction, TaskKind
 
 DECIMALS = 6  # answers are rounded so a redelivered request's records stay byte-identical
+T = TypeVar("T")
 ACTION_SALT = "action"  # salt of the request-id hash at which an acting kind draws its action
 
 
@@ -135,20 +136,38 @@ class Task:
         return "(no answer)" if output is None else str(output)
 
 
-_REGISTRY: dict[TaskKind, Task] = {}
+class KindRegistry(Generic[T]):
+    """One object per task kind, registered by the kind's own module and looked up by everyone
+    else (the same registry serves this layer's :class:`Task` and the dashboard's views)."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self._by_kind = what, {}  # type: str, dict[TaskKind, T]
+
+    def register(self, kind: TaskKind, item: T) -> T:
+        assert kind not in self._by_kind, f"{self.what} of {kind} registered twice"
+        self._by_kind[kind] = item
+        return item
+
+    def lookup(self, kind: TaskKind | str) -> T:
+        """The kind's entry; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
+        return self._by_kind[TaskKind.parse(kind)]
+
+    def items(self) -> list[tuple[TaskKind, T]]:
+        return list(self._by_kind.items())
+
+
+TASKS = KindRegistry[Task]("task")
 
 
 def register(task: Task) -> Task:
     """Add a kind module's :class:`Task` (each module registers its own at import)."""
-    assert task.kind not in _REGISTRY, f"task kind {task.kind} registered twice"
-    _REGISTRY[task.kind] = task
-    return task
+    return TASKS.register(task.kind, task)
 
 
 def lookup(kind: TaskKind | str) -> Task:
     """The kind's :class:`Task`; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
-    return _REGISTRY[TaskKind.parse(kind)]
+    return TASKS.lookup(kind)
 
 
 def served_kinds() -> list[TaskKind]:
-    return [k for k, t in _REGISTRY.items() if t.served]
+    return [k for k, t in TASKS.items() if t.served]

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Sequence
 from PIL import Image
 
 from auditstream import tasks
+from auditstream.tasks.base import KindRegistry
 from auditstream.wire import ModelInput, Prediction, TaskKind
 from dashboards import images
 
@@ -64,18 +65,16 @@ class TaskView:
         raise ValueError(f"no editor for task kind {self.kind.value!r}")
 
 
-_REGISTRY: dict[TaskKind, TaskView] = {}
+VIEWS = KindRegistry[TaskView]("view")
 
 
 def register(view: TaskView) -> TaskView:
-    assert view.kind not in _REGISTRY, f"view of {view.kind} registered twice"
-    _REGISTRY[view.kind] = view
-    return view
+    return VIEWS.register(view.kind, view)
 
 
 def lookup(kind: TaskKind | str) -> TaskView:
     """The kind's view; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
-    return _REGISTRY[TaskKind.parse(kind)]
+    return VIEWS.lookup(kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +118,13 @@ def char_confidences(text: str, details: dict[str, Any]) -> list[tuple[str, floa
     """(character, confidence) pairs when the details have one confidence per character."""
     confs = details.get("char_confidences") or []
     return list(zip(text, (float(c) for c in confs))) if len(confs) == len(text) else []
+
+
+def text_answer_view(view: AnswerView, prediction: Prediction) -> AnswerView:
+    """A text answer's panel: its runner-up texts and, where given, per-character confidences."""
+    text = str(prediction.output or "")
+    return with_changes(view, runner_ups=text_runner_ups(prediction.details),
+                        char_confidences=char_confidences(text, prediction.details))
 
 
 def choice_index(output: Any, choices: Sequence[str]) -> int | None:

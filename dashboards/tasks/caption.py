@@ -11,9 +11,7 @@ from PIL import Image
 
 from auditstream.wire import ModelInput, Prediction, TaskKind
 from dashboards import images
-from dashboards.tasks.base import (
-    AnswerView, TaskView, char_confidences, plain_picture, register, text_runner_ups, with_changes,
-)
+from dashboards.tasks.base import AnswerView, TaskView, plain_picture, register, text_answer_view
 
 MAX_CAPTION_CHARS = 500
 
@@ -31,9 +29,7 @@ class CaptionView(TaskView):
         return images.caption_over(picture, str(prediction.output))
 
     def answer_view(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> AnswerView:
-        text = str(prediction.output or "")
-        return with_changes(super().answer_view(prediction, value, labels), runner_ups=text_runner_ups(prediction.details),
-                            char_confidences=char_confidences(text, prediction.details))
+        return text_answer_view(super().answer_view(prediction, value, labels), prediction)
 
     def editor_ui(self, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
                   key: str) -> tuple[Any, Sequence[str]]:  # fmt: skip

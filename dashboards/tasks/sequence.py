@@ -10,7 +10,7 @@ import re
 from typing import Any, Sequence
 
 from auditstream.wire import ModelInput, Prediction, TaskKind
-from dashboards.tasks.base import AnswerView, TaskView, char_confidences, register, text_runner_ups, with_changes
+from dashboards.tasks.base import AnswerView, TaskView, register, text_answer_view
 
 ZIP_PATTERN = re.compile(r"^[0-9]{5}$")
 
@@ -19,9 +19,7 @@ class SequenceView(TaskView):
     kind = TaskKind.SEQUENCE
 
     def answer_view(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> AnswerView:
-        text = str(prediction.output or "")
-        return with_changes(super().answer_view(prediction, value, labels), runner_ups=text_runner_ups(prediction.details),
-                            char_confidences=char_confidences(text, prediction.details))
+        return text_answer_view(super().answer_view(prediction, value, labels), prediction)
 
     def editor_ui(self, prediction: Prediction, value: ModelInput, labels: Sequence[str], blind: bool,
                   key: str) -> tuple[Any, Sequence[str]]:  # fmt: skip
