@@ -157,24 +157,38 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
                 results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic, now)
                 continue
-            if task.acts:
-                answer = _act(task, answer, request, card, episodes)
-            # The rule that routed this answer (the card's threshold or the monitor's tightening).
-            answer = dataclasses.replace(answer, details={**answer.details, "threshold": triage_spec.threshold})
-            decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
-                              part_confidences=task.gating_confidences(answer), human_queue_depth=human_queue_depth)
-            latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
-                       "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
-            prediction = Prediction(
-                request_id=request.request_id, model=card.name, model_version=card.version, task=card.task,
-                output=answer.output, confidence=answer.confidence, route=decision.route, reason=decision.reason,
-                qc_inclusion_prob=decision.qc_inclusion_prob, created_at_s=request.created_at_s,
-                details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
-                shadow=config.shadow)
-            results[i] = RecordResult(_outputs(prediction, request, config), decision.route,
-                                      end_to_end_s=latency["end-to-end-s"], over_capacity=decision.over_capacity)
+            try:
+                results[i] = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
+                                     now, inference_s, started)
+            except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
+                log.warning("record %s: processing failed after inference: %r", records[i].where, e)
+                results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
+                                         config.dead_letter_topic, now)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
+
+
+def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, config: ServeConfig,
+            triage_spec: TriageSpec, human_queue_depth: int | None, episodes: EpisodeStore | None, now: float,
+            inference_s: float, started: float) -> RecordResult:
+    """Act (kinds that act), triage, and encode one answered record's outputs."""
+    card = config.card
+    if task.acts:
+        answer = _act(task, answer, request, card, episodes)
+    # The rule that routed this answer (the card's threshold or the monitor's tightening).
+    answer = dataclasses.replace(answer, details={**answer.details, "threshold": triage_spec.threshold})
+    decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
+                      part_confidences=task.gating_confidences(answer), human_queue_depth=human_queue_depth)
+    latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
+               "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
+    prediction = Prediction(
+        request_id=request.request_id, model=card.name, model_version=card.version, task=card.task,
+        output=answer.output, confidence=answer.confidence, route=decision.route, reason=decision.reason,
+        qc_inclusion_prob=decision.qc_inclusion_prob, created_at_s=request.created_at_s,
+        details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
+        shadow=config.shadow)
+    return RecordResult(_outputs(prediction, request, config), decision.route,
+                        end_to_end_s=latency["end-to-end-s"], over_capacity=decision.over_capacity)
 
 
 def _act(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, card: ModelCard,

@@ -91,10 +91,10 @@ class FailureStreak:
         """Count a batch's :class:`serving.consumer.RecordResult` in order; raises InferenceBroken
         at ``limit`` in a row."""
         for r in results:
-            if r.dead_letter_reason == Reason.INFERENCE_FAILED.value:
+            if r.dead_letter_reason in (Reason.INFERENCE_FAILED.value, Reason.PROCESSING_FAILED.value):
                 self.count += 1
                 if self.count >= self.limit:
                     raise InferenceBroken(self.card.name, self.card.version,
-                                          f"the last {self.count} records in a row failed inference")
+                                          f"the last {self.count} records in a row failed inference or processing")
             elif r.route is not None:
                 self.count = 0  # answered: the model works

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import Enum, StrEnum
 from importlib import resources
 from typing import Any
@@ -45,6 +46,7 @@ class Reason(str, Enum):
     WRONG_MODEL = "wrong_model"  # names a model this consumer does not serve
     BAD_INPUT = "bad_input"  # e.g. an image that does not decode
     INFERENCE_FAILED = "inference_failed"
+    PROCESSING_FAILED = "processing_failed"  # a step after inference (triage, encoding, episode state) failed on it
 
 
 class Route(str, Enum):
@@ -117,10 +119,36 @@ def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
         raise DecodeError(Reason.UNDECODABLE.value, f"not UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise DecodeError(Reason.BAD_SCHEMA.value, "record must be a JSON object")
+    if _SURROGATE_ESCAPE.search(data) and _lone_surrogate(obj):
+        # JSON may spell "\ud800", which Python decodes to a string no UTF-8 encoder takes: it would
+        # fail later, in a hash, a Kafka key or a database write, and take the whole batch with it.
+        raise DecodeError(Reason.UNDECODABLE.value, "a string holds a lone UTF-16 surrogate escape (\\udXXX "
+                          "without its pair): not valid Unicode text")
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
         raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {_short(version)}, this build reads {WIRE_VERSION}")
     return obj
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) cannot be encoded as UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _short(value: Any) -> str:

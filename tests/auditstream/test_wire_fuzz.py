@@ -28,27 +28,47 @@ DECODERS = {
 }
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# Text a client we did not write may send: JSON lets it spell lone UTF-16 surrogates ("\ud800"),
+# which decode to Python strings no UTF-8 encoder (hash, Kafka key, database) accepts.
+texts = st.text(st.characters() | st.characters(categories=["Cs"]), max_size=12)
 json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
+    | texts
     | st.sampled_from(["AUTO", "HUMAN", "float32", "uint8", "png", "model", "accept", "", "AAAA", "b64"])
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=5),
     max_leaves=25,
 )
 
 
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
 def decode_or_refuse(decoder, data: bytes):
+    """A record whose every string is valid Unicode (every later step can encode it), or a
+    DecodeError with a known reason code."""
     try:
-        return decoder(data)
+        record = decoder(data)
     except DecodeError as e:
         assert e.code in {r.value for r in wire.Reason}, e
         return None
+    for text in _strings(json.loads(record.to_bytes())):
+        text.encode("utf-8")  # a lone surrogate raises here
+    return record
 
 
 @pytest.mark.parametrize("name", sorted(DECODERS))
@@ -196,3 +216,31 @@ def test_largest_legal_tensor_costs_about_its_own_size():
         tracemalloc.stop()
     assert back.input.shape == array.shape
     assert peak <= 4 * len(data), f"decoding {len(data)} bytes allocated {peak} at peak"
+
+
+def _string_paths(obj, prefix=()):
+    """Every path to a string value or an object key's value that is a string."""
+    if isinstance(obj, str):
+        yield prefix
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _string_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:4]):
+            yield from _string_paths(v, prefix + (i,))
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@FUZZ
+@given(data=st.data())
+def test_every_string_field_takes_any_text_or_refuses_it(name, data):
+    """Each string of a valid record replaced by arbitrary text — lone surrogates included, as a
+    client we did not write may spell them — decodes to valid Unicode or is refused. (A request
+    id of "\\ud800" once decoded, then broke the QC hash and stopped every consumer.)"""
+    obj = _valid(name)
+    path = data.draw(st.sampled_from(list(_string_paths(obj))))
+    target = obj
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = data.draw(st.text(st.characters() | st.characters(categories=["Cs"]), min_size=1, max_size=20))
+    decode_or_refuse(DECODERS[name], json.dumps(obj).encode())

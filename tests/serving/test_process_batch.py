@@ -284,3 +284,33 @@ def test_a_classifier_in_shadow_writes_flagged_predictions_only(served) -> None:
     assert [r.route for r in results] == live_routes and set(live_routes) >= {Route.HUMAN}
     assert all([o.topic for o in r.outputs] == [config.predictions_topic] for r in results)
     assert all(Prediction.from_bytes(r.outputs[0].value).shadow for r in results)
+
+
+def test_a_record_that_fails_after_inference_is_dead_lettered_alone(served, monkeypatch) -> None:
+    """Whatever step after inference fails on one record (here triage), that record goes to the
+    dead-letter topic with its original bytes; the rest of the batch is answered."""
+    from serving import consumer
+
+    session, config = served
+    real = consumer.triage
+
+    def fussy(request_id, *args, **kwargs):
+        if request_id == "req-3":
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return real(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(consumer, "triage", fussy)
+    records = [request_record(i, good(i)) for i in range(6)]
+    results = process_batch(records, session, config, NOW)
+    assert [r.dead_letter_reason for r in results] == [None, None, None, Reason.PROCESSING_FAILED.value, None, None]
+    letter = DeadLetter.from_bytes(results[3].outputs[0].value)
+    assert letter.value == records[3].value and "UnicodeEncodeError" in letter.detail
+    assert all(r.route is not None for k, r in enumerate(results) if k != 3)
+
+
+def test_a_lone_surrogate_request_id_is_refused_at_decoding(served) -> None:
+    session, config = served
+    record = request_record(1, good(1))
+    poisoned = dataclasses.replace(record, value=record.value.replace(b'"req-1"', b'"req-\\ud800"'))
+    (result,) = process_batch([poisoned], session, config, NOW)
+    assert result.dead_letter_reason == Reason.UNDECODABLE.value
