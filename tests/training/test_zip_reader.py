@@ -27,12 +27,21 @@ def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp
     assert set(card.metrics["confidence_choice"]) == set(zip_reader.CONFIDENCE_KINDS)
     strict = card.extra["strict_certificates"]
     assert strict["n_envelopes"] == 80  # 402 certificate digits // 5
-    assert strict["targets_tried"] == [0.02, 0.05, 0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 4)
+    assert strict["targets_considered"] == [0.02, 0.05, 0.1, 0.2]
+    assert strict["targets_tried"] == [0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 2)
     images, zips = make_envelopes("test", 64, seed=99)
     (probs,) = run_onnx(model.onnx_path.read_bytes(), images)
     assert probs.shape == (64, 5, 10) and np.allclose(probs.sum(2), 1, atol=1e-5)
     labels = zip_reader.zip_labels(zips)
     assert np.mean(probs.argmax(2) == labels) >= 0.8
+
+
+def test_delta_is_spent_only_on_targets_some_outcome_could_certify():
+    """80 envelopes cannot prove 2% or 5% even if all are read right: those are dropped before
+    any error is seen and delta goes to the rest; with plenty of envelopes every target stays."""
+    assert zip_reader.targets_worth_trying([0.02, 0.05, 0.1, 0.2], 80, 0.05) == [0.1, 0.2]
+    assert zip_reader.targets_worth_trying([0.02, 0.05, 0.1, 0.2], 2000, 0.05) == [0.02, 0.05, 0.1, 0.2]
+    assert zip_reader.targets_worth_trying([0.001, 0.002], 10, 0.05) == [0.002]  # nothing certifiable: the last
 
 
 def test_confidence_kinds_on_a_table():

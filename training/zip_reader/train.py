@@ -219,26 +219,47 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     """SGR on calibration/certificate envelopes that use each of those digits at most once.
 
     Such envelopes are independent given the split, so the Clopper-Pearson bound is exact. The
-    402 certificate digits make only 80 of them, and 80 clean envelopes prove no less than a few
-    percent: a 2% ZIP-level target cannot be certified from this data. So the targets
-    ``args.target_risk`` and the looser ``FALLBACK_RISKS`` are tried, fixed before looking at
-    the data, and ``delta`` is spent across them (``delta / k`` each, a union bound over the k
-    targets): whichever certifies first is shipped, and the chance that any certificate tried is
-    wrong stays at most ``delta``. The card records the targets tried and the delta each had.
+    402 certificate digits make only 80 of them, and 80 clean envelopes prove no less than ~6%:
+    a 2% ZIP-level target cannot be certified from this data. So the targets
+    ``args.target_risk`` and the looser ``FALLBACK_RISKS`` are considered, fixed before looking
+    at the data; those no outcome on 80 envelopes could certify are dropped (from the count
+    alone, :func:`targets_worth_trying`), and ``delta`` is spent across the rest (``delta / k``
+    each, a union bound over the k targets): whichever certifies first is shipped, and the chance
+    that any certificate tried is wrong stays at most ``delta``. The card records the targets
+    considered and tried and the delta each had.
     """
     n = len(load_split("calibration/certificate").labels) // ZIP_LENGTH
     images, zips = make_envelopes("calibration/certificate", n, seed=7003, sampling="disjoint")
     probs = onnx_char_probs(onnx_bytes, images)
     wrong, _ = read(probs, zip_labels(zips))
     conf = confidences(probs)["min_char_prob"]
-    ladder = [args.target_risk] + [r for r in FALLBACK_RISKS if r > args.target_risk]
-    delta_each = args.delta / len(ladder)
-    certificates = {target: certify_sgr(conf, wrong, target, delta_each) for target in ladder}
-    shipped = next((c for c in certificates.values() if c.certified), certificates[ladder[-1]])
-    return {"n_envelopes": n, "errors": int(wrong.sum()), "targets_tried": ladder, "delta_per_target": delta_each,
-            "min_certifiable_risk": min_certifiable_risk(n, delta_each), "shipped": shipped,
-            "by_target": {f"{t:g}": {"threshold": c.threshold, "certified_risk": c.certified_risk,
-                                     "coverage": c.coverage} for t, c in certificates.items()}}
+    considered = [args.target_risk] + [r for r in FALLBACK_RISKS if r > args.target_risk]
+    tried = targets_worth_trying(considered, n, args.delta)
+    delta_each = args.delta / len(tried)
+    certificates = {target: certify_sgr(conf, wrong, target, delta_each) for target in tried}
+    shipped = next((c for c in certificates.values() if c.certified), certificates[tried[-1]])
+    by_target = {f"{t:g}": {"threshold": c.threshold, "certified_risk": c.certified_risk, "coverage": c.coverage}
+                 for t, c in certificates.items()}
+    by_target.update({f"{t:g}": {"threshold": None, "certified_risk": 1.0, "coverage": 0.0, "not_tried": True}
+                      for t in considered if t not in tried})
+    return {"n_envelopes": n, "errors": int(wrong.sum()), "targets_considered": considered, "targets_tried": tried,
+            "delta_per_target": delta_each, "min_certifiable_risk": min_certifiable_risk(n, delta_each),
+            "shipped": shipped,
+            "by_target": by_target}
+
+
+def targets_worth_trying(targets: list[float], n: int, delta: float) -> list[float]:
+    """The targets that *some* outcome on ``n`` items could certify when delta is split over them:
+    one below the smallest certifiable risk (all ``n`` clean) would spend delta for nothing.
+    Decided from ``n`` alone, before any error is seen, so it costs the guarantee nothing."""
+    tried = list(targets)
+    while len(tried) > 1:
+        floor = min_certifiable_risk(n, delta / len(tried))
+        keep = [t for t in tried if t >= floor] or tried[-1:]
+        if keep == tried:
+            break
+        tried = keep
+    return tried
 
 
 def _coverage_at_risk(conf: np.ndarray, wrong: np.ndarray, target: float) -> float:
