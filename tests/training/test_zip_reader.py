@@ -29,6 +29,8 @@ def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp
     assert strict["n_envelopes"] == 80  # 402 certificate digits // 5
     assert strict["targets_considered"] == [0.02, 0.05, 0.1, 0.2]
     assert strict["targets_tried"] == [0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 2)
+    assert card.triage.target_risk == strict["promised_target_risk"]  # the tightest considered target >= the bound
+    assert card.triage.certified_risk <= card.triage.target_risk or card.triage.coverage == 0.0
     images, zips = make_envelopes("test", 64, seed=99)
     (probs,) = run_onnx(model.onnx_path.read_bytes(), images)
     assert probs.shape == (64, 5, 10) and np.allclose(probs.sum(2), 1, atol=1e-5)

@@ -238,13 +238,18 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     delta_each = args.delta / len(tried)
     certificates = {target: certify_sgr(conf, wrong, target, delta_each) for target in tried}
     shipped = next((c for c in certificates.values() if c.certified), certificates[tried[-1]])
+    # Every bound computed above holds at once with probability >= 1 - delta (the union bound), so
+    # the shipped bound also proves any looser target: the card promises the tightest considered
+    # target at or above it (SGR's bisection can miss a target its own bound meets on few items).
+    promised = min((t for t in considered if shipped.certified and t >= shipped.certified_risk),
+                   default=shipped.target_risk)
     by_target = {f"{t:g}": {"threshold": c.threshold, "certified_risk": c.certified_risk, "coverage": c.coverage}
                  for t, c in certificates.items()}
     by_target.update({f"{t:g}": {"threshold": None, "certified_risk": 1.0, "coverage": 0.0, "not_tried": True}
                       for t in considered if t not in tried})
     return {"n_envelopes": n, "errors": int(wrong.sum()), "targets_considered": considered, "targets_tried": tried,
             "delta_per_target": delta_each, "min_certifiable_risk": min_certifiable_risk(n, delta_each),
-            "shipped": shipped,
+            "shipped": shipped, "promised_target_risk": promised,
             "by_target": by_target}
 
 
@@ -279,7 +284,8 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
         name=NAME, version="0", task="sequence",
         inputs=[TensorSpec("image", "uint8", [None, ENVELOPE_H, ENVELOPE_W])],
         outputs=[TensorSpec("char_probs", "float32", [None, ZIP_LENGTH, 10])],
-        triage=TriageSpec(threshold=cert.threshold, confidence_kind="min_char_prob", target_risk=cert.target_risk,
+        triage=TriageSpec(threshold=cert.threshold, confidence_kind="min_char_prob",
+                          target_risk=strict["promised_target_risk"],
                           delta=args.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
                           method=f"sgr-clopper-pearson on {strict['n_envelopes']} independent certificate envelopes, "
                                  f"delta/{len(strict['targets_tried'])} per target tried"),
@@ -324,13 +330,14 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True) -> dict:
                                                         "test_coverage_at_threshold", "pool_conditional",
                                                         "confidence_choice")},
                "strict": {k: v for k, v in strict.items() if k != "shipped"},
-               "target_risk": cert.target_risk, "requested_target_risk": args.target_risk, "delta": args.delta,
+               "target_risk": strict["promised_target_risk"], "requested_target_risk": args.target_risk,
+               "delta": args.delta,
                "certified_risk": cert.certified_risk, "coverage": cert.coverage, "threshold": cert.threshold,
                "coverage_at_requested_target": card.metrics["coverage_at_requested_target"],
                "temperature": result["temperature"], "parity_max_abs_diff": parity, "train_seconds": train_seconds}
     if args.publish:
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
-        plot_risk_coverage(result["curves"], published.directory / "risk_coverage.png", cert.target_risk,
+        plot_risk_coverage(result["curves"], published.directory / "risk_coverage.png", strict["promised_target_risk"],
                            (result["test_coverage_at_threshold"], result["test_risk_at_threshold"]),
                            f"zip-reader v{published.card.version}: ZIP-level risk-coverage, test envelopes")
         summary.update(version=published.card.version, path=str(published.directory))
