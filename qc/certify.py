@@ -16,6 +16,13 @@ items a threshold accepts, those items are an i.i.d. sample of the accepted popu
 why the binomial bound applies (the calibration items must be independent: see docs/training.md
 for how envelopes that share digits are handled).
 
+On a few hundred items the bisection is fragile: its first test, at the median confidence,
+accepts half the items, whose bound may miss ``r`` although more items (with the few errors they
+add) would meet it — the bound is not monotone in the threshold on small samples, and the search
+then only moves to fewer items. :func:`certify_coverage_grid` spends the same kind of budget on a
+fixed grid of coverages chosen before any data is seen (``delta / len(grid)`` each) and keeps the
+largest that passes; the training scripts use it.
+
 The naive rule, "the largest coverage whose *empirical* calibration risk is ``<= r``", is here
 too (:func:`naive_threshold`) because the benchmark ``auditstream bench certify`` shows how often
 it breaks its promise on fresh data.
@@ -118,6 +125,37 @@ def certify_sgr(confidences: np.ndarray, errors: np.ndarray, target_risk: float,
         return best
     return Certificate(reject_all_threshold(kappa), target_risk, delta, 1.0, 0.0, m, 0, 0, tests, "sgr",
                        f"no tested threshold had a bound <= {target_risk} at level delta/{tests}: "
+                       f"accept nothing (more calibration data or a better model is needed)")
+
+
+# Coverages tried by certify_coverage_grid, fixed before any data is seen (most first).
+COVERAGE_GRID = (1.0, 0.975, 0.95, 0.925, 0.9, 0.85, 0.8, 0.7, 0.5)
+
+
+def certify_coverage_grid(confidences: np.ndarray, errors: np.ndarray, target_risk: float, delta: float,
+                          coverages: tuple[float, ...] = COVERAGE_GRID) -> Certificate:
+    """The largest coverage of ``coverages`` whose Clopper-Pearson bound at ``delta / len(coverages)``
+    is ``<= target_risk`` (see the module docstring); the threshold is the confidence quantile at
+    that coverage (ties accepted together, so the coverage reported is the one realised)."""
+    kappa, err = _check(confidences, errors, target_risk, delta)
+    if not coverages or not all(0.0 < c <= 1.0 for c in coverages):
+        raise ValueError(f"coverages {coverages} must be in (0, 1]")
+    m, tests = len(kappa), len(coverages)
+    level = delta / tests
+    descending = np.sort(kappa)[::-1]
+    best: Certificate | None = None
+    for wanted in coverages:
+        theta = float(descending[max(1, math.floor(wanted * m + 1e-9)) - 1])
+        coverage, _, n_acc, e_acc = selective_risk(kappa, err, theta)
+        bound = upper_bound(e_acc, n_acc, level)
+        if bound <= target_risk and (best is None or coverage > best.coverage):
+            best = Certificate(theta, target_risk, delta, bound, coverage, m, n_acc, e_acc, tests, "coverage-grid",
+                               f"{e_acc} errors among {n_acc} accepted (coverage {coverage:.1%}): Clopper-Pearson "
+                               f"upper bound {bound:.4f} <= {target_risk} at level delta/{tests} = {level:.4g}")
+    if best is not None:
+        return best
+    return Certificate(reject_all_threshold(kappa), target_risk, delta, 1.0, 0.0, m, 0, 0, tests, "coverage-grid",
+                       f"no coverage of {coverages} had a bound <= {target_risk} at level delta/{tests}: "
                        f"accept nothing (more calibration data or a better model is needed)")
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from qc.binomial import upper_bound
-from qc.certify import (area_under_risk_coverage, certify_sgr, min_certifiable_risk, naive_threshold,
-                             risk_coverage_curve, selective_risk)
+from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverage_grid, certify_sgr,
+                        min_certifiable_risk, naive_threshold, risk_coverage_curve, selective_risk)
 
 
 @pytest.mark.parametrize("m", [1, 10, 59, 299, 1000])
@@ -82,6 +82,29 @@ def test_sgr_keeps_its_promise_and_the_naive_rule_does_not():
         broken_naive += true_risk(naive_threshold(conf, errors, target)) > target
     assert broken_sgr / trials <= delta
     assert broken_naive / trials >= 0.3
+
+
+def test_the_coverage_grid_keeps_its_promise():
+    rng = np.random.default_rng(1)
+    target, delta, trials = 0.02, 0.05, 300
+    broken = 0
+    for _ in range(trials):
+        conf, errors = _synthetic(rng, 800)
+        cert = certify_coverage_grid(conf, errors, target, delta)
+        broken += 0.1 * (1 - min(cert.threshold, 1.0)) ** 2 > target
+    assert broken / trials <= delta
+
+
+def test_the_coverage_grid_certifies_small_samples_the_bisection_cannot():
+    """486 items, 2 errors at low confidence: the bisection's first test (243 items, no error)
+    misses 2% at delta/9 and it never looks at more items; the grid's full coverage meets it."""
+    conf = np.linspace(0.5, 1.0, 486)
+    errors = np.zeros(486, dtype=int)
+    errors[:2] = 1
+    assert not certify_sgr(conf, errors, 0.02, 0.05).certified
+    grid = certify_coverage_grid(conf, errors, 0.02, 0.05)
+    assert grid.certified and grid.coverage == pytest.approx(1.0) and grid.tests == len(COVERAGE_GRID)
+    assert grid.certified_risk == pytest.approx(upper_bound(2, 486, 0.05 / len(COVERAGE_GRID)))
 
 
 def test_naive_threshold_on_a_table():

@@ -2,9 +2,10 @@
 
 One digits model is trained (training split only). Its held-out pool (calibration + test
 splits, 899 digits) is re-split at random ``--splits`` times into a calibration part (539) and
-a test part (360). On every re-split we fit the temperature and choose two thresholds on the
-calibration part, the SGR certificate (qc/certify.py) and the naive rule "largest coverage
-whose empirical risk is <= target", and measure the realised risk of each on the test part.
+a test part (360). On every re-split we fit the temperature on a tenth of the calibration part
+and choose two thresholds on the rest of it (as ``auditstream train digits`` does), the
+certificate (the coverage grid of qc/certify.py) and the naive rule "largest coverage whose empirical risk is <=
+target", and measure the realised risk of each on the test part.
 A rule *breaks its promise* on a split when that test risk exceeds the target.
 
 Two models are benchmarked, because the naive rule can only fail where the target binds:
@@ -25,7 +26,8 @@ from dataclasses import replace
 import numpy as np
 
 from qc.calibration import fit_temperature, softmax
-from qc.certify import certify_sgr, naive_threshold, selective_risk
+from qc.certify import certify_coverage_grid, naive_threshold, selective_risk
+from training.data.split import TEMPERATURE_SHARE
 from training.digits.args import CertifyBenchArgs
 
 
@@ -49,11 +51,12 @@ def resplit_trials(logits: np.ndarray, labels: np.ndarray, args: CertifyBenchArg
     rows = []
     for i in range(args.splits):
         order = rng.permutation(len(labels))
-        cal, test = order[:n_cal], order[n_cal:]
-        temperature = fit_temperature(logits[cal], labels[cal])
+        n_fit = round(n_cal * TEMPERATURE_SHARE)
+        fit, cal, test = order[:n_fit], order[n_fit:n_cal], order[n_cal:]
+        temperature = fit_temperature(logits[fit], labels[fit])
         probs = softmax(logits, temperature)
         conf, wrong = probs.max(1), (probs.argmax(1) != labels).astype(int)
-        cert = certify_sgr(conf[cal], wrong[cal], args.target_risk, args.delta)
+        cert = certify_coverage_grid(conf[cal], wrong[cal], args.target_risk, args.delta)
         naive = naive_threshold(conf[cal], wrong[cal], args.target_risk)
         row = {"split": i}
         for rule, threshold in (("certified", cert.threshold), ("naive", naive)):

@@ -8,7 +8,8 @@ Flow (one readable script, CleanRL style): args (``DigitsArgs``, training/digits
 augmentation, training/data/loader.py) -> calibrate (temperature on the calibration/temperature
 slice, qc/calibration.py) -> export ONNX (preprocessing and temperature inside the graph,
 parity-checked on 256 test inputs) -> certify the auto-accept threshold on the exported graph's
-own outputs (SGR on the disjoint calibration/certificate slice, qc/certify.py) -> measure on the
+own outputs (Clopper-Pearson over a fixed coverage grid on the disjoint calibration/certificate
+slice, qc/certify.py) -> measure on the
 test split -> publish to the model registry with its card and risk-coverage plot.
 
 Serving contract: input ``pixels`` float32 [batch, 8, 8] with scikit-learn's raw 0..16 values;
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from qc.calibration import classification_ece, fit_temperature, softmax
-from qc.certify import area_under_risk_coverage, certify_sgr, risk_coverage_curve, selective_risk
+from qc.certify import area_under_risk_coverage, certify_coverage_grid, risk_coverage_curve, selective_risk
 from training.data.loader import DigitAugment, digit_batches
 from training.data.split import SPLIT_SEED, FRACTIONS, load_split
 from training.digits.args import DigitsArgs
@@ -122,7 +123,7 @@ def evaluate(model: DigitNet, onnx_bytes: bytes, temperature: float, args: Digit
     cert_split, test = load_split("calibration/certificate"), load_split("test")
     (cal_probs,) = run_onnx(onnx_bytes, cert_split.images)
     cal_probs = cal_probs.astype(np.float64)
-    cert = certify_sgr(cal_probs.max(1), (cal_probs.argmax(1) != cert_split.labels).astype(int),
+    cert = certify_coverage_grid(cal_probs.max(1), (cal_probs.argmax(1) != cert_split.labels).astype(int),
                        args.target_risk, args.delta)
     raw = softmax(logits_of(model, test.images))
     (calibrated,) = run_onnx(onnx_bytes, test.images)
@@ -153,7 +154,7 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
         outputs=[TensorSpec("probs", "float32", [None, 10])],
         triage=TriageSpec(threshold=cert.threshold, confidence_kind="max_prob", target_risk=args.target_risk,
                           delta=args.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
-                          method="sgr-clopper-pearson on the exported model's outputs"),
+                          method="coverage-grid clopper-pearson on the exported model's outputs"),
         preprocessing={"input": "scikit-learn load_digits() pixel values 0..16, float32, 8x8",
                        "inside_graph": ["x / 16", "(x - 0.3) / 0.4", f"softmax(logits / T), T={result['temperature']:.4f}"]},
         labels=LABELS, metrics=metrics,

@@ -7,7 +7,7 @@ Flow: args (``ZipReaderArgs``, training/zip_reader/args.py) -> data (fresh envel
 *training-split* digits for every batch, training/data/envelopes.py) -> model -> loop (AdamW,
 one-cycle LR) -> calibrate (one temperature for all five positions, fitted on envelopes of the
 calibration/temperature digits) -> export ONNX (preprocessing and temperature inside the graph)
--> certify the ZIP-level auto-accept threshold on the exported graph's own outputs (SGR on
+-> certify the ZIP-level auto-accept threshold on the exported graph's own outputs (a fixed coverage grid on
 independent envelopes of the disjoint calibration/certificate digits, delta spent across the
 targets tried, see ``strict_certificates``) -> measure on test envelopes (parity-checked on 256
 of them) -> publish with card and risk-coverage plot.
@@ -46,7 +46,8 @@ from tqdm import tqdm
 from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from qc.calibration import expected_calibration_error, fit_temperature, softmax
-from qc.certify import (area_under_risk_coverage, certify_sgr, min_certifiable_risk, risk_coverage_curve,
+from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverage_grid, min_certifiable_risk,
+                        risk_coverage_curve,
                              selective_risk)
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, Nuisance, make_envelopes
 from training.data.loader import TRAIN_NUISANCE, envelope_batches
@@ -183,7 +184,7 @@ def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: Z
     cal_images, cal_zips = make_envelopes("calibration/certificate", args.n_calibration, seed=7001)
     cal_probs = onnx_char_probs(onnx_bytes, cal_images)
     cal_wrong, _ = read(cal_probs, zip_labels(cal_zips))
-    pooled = certify_sgr(confidences(cal_probs)["min_char_prob"], cal_wrong, args.target_risk, args.delta)
+    pooled = certify_coverage_grid(confidences(cal_probs)["min_char_prob"], cal_wrong, args.target_risk, args.delta)
     strict = strict_certificates(onnx_bytes, args)
 
     test_images, test_zips = make_envelopes("test", args.n_test, seed=7002)
@@ -216,7 +217,8 @@ def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: Z
 
 
 def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
-    """SGR on calibration/certificate envelopes that use each of those digits at most once.
+    """Certificates (coverage grid) on calibration/certificate envelopes that use each of those
+    digits at most once.
 
     Such envelopes are independent given the split, so the Clopper-Pearson bound is exact. The
     402 certificate digits make only 80 of them, and 80 clean envelopes prove no less than ~6%:
@@ -236,11 +238,11 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     considered = [args.target_risk] + [r for r in FALLBACK_RISKS if r > args.target_risk]
     tried = targets_worth_trying(considered, n, args.delta)
     delta_each = args.delta / len(tried)
-    certificates = {target: certify_sgr(conf, wrong, target, delta_each) for target in tried}
+    certificates = {target: certify_coverage_grid(conf, wrong, target, delta_each) for target in tried}
     shipped = next((c for c in certificates.values() if c.certified), certificates[tried[-1]])
     # Every bound computed above holds at once with probability >= 1 - delta (the union bound), so
     # the shipped bound also proves any looser target: the card promises the tightest considered
-    # target at or above it (SGR's bisection can miss a target its own bound meets on few items).
+    # target at or above it.
     promised = min((t for t in considered if shipped.certified and t >= shipped.certified_risk),
                    default=shipped.target_risk)
     by_target = {f"{t:g}": {"threshold": c.threshold, "certified_risk": c.certified_risk, "coverage": c.coverage}
@@ -248,7 +250,8 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     by_target.update({f"{t:g}": {"threshold": None, "certified_risk": 1.0, "coverage": 0.0, "not_tried": True}
                       for t in considered if t not in tried})
     return {"n_envelopes": n, "errors": int(wrong.sum()), "targets_considered": considered, "targets_tried": tried,
-            "delta_per_target": delta_each, "min_certifiable_risk": min_certifiable_risk(n, delta_each),
+            "delta_per_target": delta_each,
+            "min_certifiable_risk": min_certifiable_risk(n, delta_each, len(COVERAGE_GRID)),
             "shipped": shipped, "promised_target_risk": promised,
             "by_target": by_target}
 
@@ -259,7 +262,7 @@ def targets_worth_trying(targets: list[float], n: int, delta: float) -> list[flo
     Decided from ``n`` alone, before any error is seen, so it costs the guarantee nothing."""
     tried = list(targets)
     while len(tried) > 1:
-        floor = min_certifiable_risk(n, delta / len(tried))
+        floor = min_certifiable_risk(n, delta / len(tried), len(COVERAGE_GRID))
         keep = [t for t in tried if t >= floor] or tried[-1:]
         if keep == tried:
             break
@@ -287,7 +290,7 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
         triage=TriageSpec(threshold=cert.threshold, confidence_kind="min_char_prob",
                           target_risk=strict["promised_target_risk"],
                           delta=args.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
-                          method=f"sgr-clopper-pearson on {strict['n_envelopes']} independent certificate envelopes, "
+                          method=f"coverage-grid clopper-pearson on {strict['n_envelopes']} independent certificate envelopes, "
                                  f"delta/{len(strict['targets_tried'])} per target tried"),
         preprocessing={"input": f"grayscale envelope uint8 {ENVELOPE_H}x{ENVELOPE_W}, dark ink on light paper",
                        "inside_graph": ["ink = 1 - x / 255", "per-envelope standardisation",
