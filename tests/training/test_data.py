@@ -27,7 +27,7 @@ def test_calibration_slices_partition_the_calibration_digits():
     temperature, certificate = (slices[name] for name in CALIBRATION_SLICES)
     assert not set(temperature) & set(certificate)
     assert np.array_equal(np.sort(np.concatenate([temperature, certificate])), split_indices()["calibration"])
-    assert (len(temperature), len(certificate)) == (137, 402)
+    assert (len(temperature), len(certificate)) == (53, 486)
     for name in CALIBRATION_SLICES:
         counts = np.bincount(load_split(name).labels, minlength=10)
         assert counts.min() >= 0.8 * counts.max()
