@@ -26,7 +26,7 @@ def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp
     assert card.outputs[0].shape == [None, 5, 10]
     assert set(card.metrics["confidence_choice"]) == set(zip_reader.CONFIDENCE_KINDS)
     strict = card.extra["strict_certificates"]
-    assert strict["n_envelopes"] == 80  # 402 certificate digits // 5
+    assert strict["n_envelopes"] == 97  # 486 certificate digits // 5
     assert strict["targets_considered"] == [0.02, 0.05, 0.1, 0.2]
     assert strict["targets_tried"] == [0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 2)
     assert card.triage.target_risk == strict["promised_target_risk"]  # the tightest considered target >= the bound

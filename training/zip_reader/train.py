@@ -221,10 +221,10 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     digits at most once.
 
     Such envelopes are independent given the split, so the Clopper-Pearson bound is exact. The
-    402 certificate digits make only 80 of them, and 80 clean envelopes prove no less than ~6%:
+    486 certificate digits make only 97 of them, and 97 clean envelopes prove no less than ~6%:
     a 2% ZIP-level target cannot be certified from this data. So the targets
     ``args.target_risk`` and the looser ``FALLBACK_RISKS`` are considered, fixed before looking
-    at the data; those no outcome on 80 envelopes could certify are dropped (from the count
+    at the data; those no outcome on 97 envelopes could certify are dropped (from the count
     alone, :func:`targets_worth_trying`), and ``delta`` is spent across the rest (``delta / k``
     each, a union bound over the k targets): whichever certifies first is shipped, and the chance
     that any certificate tried is wrong stays at most ``delta``. The card records the targets
