@@ -1,7 +1,7 @@
 """A seeded temp SQLite store and AppTest helpers for the dashboard tests.
 
 Items are built by hand as wire ``AuditItem``s, one per task kind, the way serving would send
-them (serving/postprocess.py's details), and ingested through the store API.
+them (auditstream/tasks' details), and ingested through the store API.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ Every store test runs on a temporary SQLite file *and* on the local PostgreSQL
 table prefix unique to the test, dropped afterwards. The PostgreSQL case is marked ``postgres``
 and skips (saying why) only when no server answers.
 
-Imported as ``store_factories`` from tests/monitor/store and as ``store.store_factories`` from
-tests/monitor.
+Imported as ``tests.store.store_factories``.
 """
 
 from __future__ import annotations
