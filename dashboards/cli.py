@@ -25,19 +25,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     parser.set_defaults(handler=run_dashboard)
 
 
-def redact(url: str) -> str:
-    """The URL without its password (``postgresql://user:secret@host/db`` -> ``user:***@``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def run_dashboard(args: argparse.Namespace) -> int:
-    from auditstream.settings import Settings
+    from auditstream.settings import Settings, redact_url
     from dashboards.config import DashboardConfig
     from dashboards.launch import start_dashboard
 
@@ -48,7 +37,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     config = dataclass_from_namespace(DashboardConfig, args)
     store_url = config.store_url or settings.resolved_store_url
     server = start_dashboard(args.port, store_url, config, address=args.address, inherit_output=True)
-    print(f"audit dashboard: {server.url}  (store {redact(store_url)}; Ctrl-C stops it)", flush=True)
+    print(f"audit dashboard: {server.url}  (store {redact_url(store_url)}; Ctrl-C stops it)", flush=True)
     try:
         return server.process.wait()
     finally:

@@ -36,9 +36,10 @@ class DashboardConfig:
             raise ValueError(f"refresh_s={self.refresh_s} must be >= 0")
 
     def to_argv(self) -> list[str]:
-        """The options as script arguments (the inverse of :func:`config_from_argv`)."""
+        """The options as script arguments (the inverse of :func:`config_from_argv`), all but the
+        store URL: it may carry a password, and any local user can read a command line (``ps``),
+        so the launcher hands it to the child in its environment (``AUDITSTREAM_STORE_URL``)."""
         return [
-            f"--store-url={self.store_url}",
             f"--models-dir={self.models_dir}",
             f"--lease-s={self.lease_s}",
             "--blind-qc" if self.blind_qc else "--no-blind-qc",

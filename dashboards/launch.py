@@ -10,6 +10,7 @@ no uploads, a minimal toolbar, and no file watcher (a production server does not
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -104,7 +105,9 @@ def start_dashboard(
     # Inherited output goes to stderr: this process's stdout carries only what the caller prints (the URL).
     log = open(log_path, "ab") if log_path else sys.stderr if inherit_output else subprocess.DEVNULL
     try:
-        process = subprocess.Popen(streamlit_argv(port, config, address), stdout=log, stderr=subprocess.STDOUT)
+        # The store URL (it may hold a password) travels in the environment, never on the command line.
+        env = {**os.environ, "AUDITSTREAM_STORE_URL": config.store_url} if config.store_url else None
+        process = subprocess.Popen(streamlit_argv(port, config, address), stdout=log, stderr=subprocess.STDOUT, env=env)
     finally:
         if log_path:
             log.close()  # the child holds its own copy

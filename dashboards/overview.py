@@ -20,7 +20,7 @@ from dashboards import charts
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.render import human_duration
-from store.accounts import User
+from store.accounts import ADMINS, User
 from qc.snapshot import ModelQC
 
 THROUGHPUT_BUCKET_S = 60.0
@@ -31,7 +31,7 @@ def page(ctx: DashboardContext, user: User) -> None:
     st.title("Overview")
     refresh = ctx.config.refresh_s or None
     st.caption(f"Live: refreshes every {ctx.config.refresh_s:g} s." if refresh else "Auto-refresh is off.")
-    st.fragment(run_every=refresh)(_live_sections)(ctx)
+    st.fragment(run_every=refresh)(_live_sections)(ctx, user)
     model = model_ui(ctx)
     if model is not None:
         _model_card_sections(ctx, model)
@@ -51,11 +51,11 @@ def model_ui(ctx: DashboardContext) -> str | None:
 # live sections (rerun by the fragment)
 
 
-def _live_sections(ctx: DashboardContext) -> None:
+def _live_sections(ctx: DashboardContext, user: User) -> None:
     now = time.time()
     _queue_section(ctx, now)
     _quality_section(ctx, now)
-    _auditor_section(ctx, now)
+    _auditor_section(ctx, now, show_gold=user.role in ADMINS)
     st.caption(f"Updated {time.strftime('%H:%M:%S', time.gmtime(now))} UTC · charts in UTC")
 
 
@@ -165,10 +165,12 @@ def _model_card_sections(ctx: DashboardContext, model: str) -> None:
         cost_section(card)
 
 
-def _auditor_section(ctx: DashboardContext, now: float) -> None:
+def _auditor_section(ctx: DashboardContext, now: float, show_gold: bool) -> None:
+    """Throughput and agreement for everyone; gold-item scores for admins only (an auditor who
+    saw their gold count move after a verdict would know which item was gold)."""
     st.subheader("Auditors")
     throughput = ctx.store.auditor_throughput(now - WINDOW_S)
-    gold = ctx.store.gold_accuracy()
+    gold = ctx.store.gold_accuracy() if show_gold else {}
     agreement = ctx.store.agreement()
     left, right = st.columns(2)
     with left:
@@ -180,7 +182,9 @@ def _auditor_section(ctx: DashboardContext, now: float) -> None:
     with right:
         st.markdown("**Gold-item accuracy**")
         scored = {f"{g.auditor} (n={g.n})": g.accuracy for g in gold.values() if g.n}
-        if scored:
+        if not show_gold:
+            st.caption("Gold-item scores are shown to admins only.")
+        elif scored:
             st.altair_chart(charts.bar_chart(scored, "share of gold items answered right", percent=True),
                             width="stretch")  # fmt: skip
         else:

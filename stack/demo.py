@@ -328,8 +328,8 @@ def run(args: DemoArgs) -> int:
                            _child_env(settings, metrics_port=args.metrics_port_base + i))
         children.start("monitor", _cli("monitor"), _child_env(settings, metrics_port=args.metrics_port_base + 10))
         if args.dashboard_port:
-            children.start("dashboard", _cli("dashboard", "--port", str(args.dashboard_port),
-                                             "--store-url", settings.resolved_store_url), _child_env(settings))
+            # the store URL reaches it in the environment (_child_env), never on a command line
+            children.start("dashboard", _cli("dashboard", "--port", str(args.dashboard_port)), _child_env(settings))
             print(f"\naudit dashboard: http://127.0.0.1:{args.dashboard_port}   "
                   f"log in as '{user}' with password '{password}'\n", flush=True)
         print(f"logs in {children.log_dir}; metrics on :{args.metrics_port_base}, :{args.metrics_port_base + 1} "

@@ -1,10 +1,12 @@
 """Local accounts of the audit dashboard, stored in the audit store's ``users`` table.
 
 Passwords are kept only as slow salted hashes: scrypt (RFC 7914) with a 16-byte random salt per
-user and N=2**15, r=8, p=1 (32 MiB and about 0.1-0.3 s per hash on one core: cheap for a login,
-costly for anyone guessing offline). The parameters are stored with each hash
-(``scrypt$n=32768,r=8,p=1$<salt>$<hash>``), so they can be raised later without breaking old
-accounts. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
+user and N=2**17, r=8, p=1 (128 MiB and about 0.6 s per hash on one core, the current
+guidance for interactive logins: cheap for a login, costly for anyone guessing offline). The
+parameters are stored with each hash (``scrypt$n=131072,r=8,p=1$<salt>$<hash>``), so they can
+be raised without breaking old accounts: a hash with weaker parameters is replaced at the user's
+next successful login (:func:`needs_rehash`). A stored hash asking for more memory than
+:data:`SCRYPT_MAXMEM` is refused, not computed. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
 tell which names exist.
 
 Failed logins are counted per account in the users table (``failed_logins``,
@@ -37,8 +39,8 @@ from enum import Enum
 
 from auditstream.errors import AuditstreamError, PermissionDenied
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
-SCRYPT_MAXMEM = 64 * 1024 * 1024  # 128 * N * r = 32 MiB, plus headroom
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
+SCRYPT_MAXMEM = 256 * 1024 * 1024  # 128 * N * r = 128 MiB, plus headroom
 SALT_BYTES, HASH_BYTES = 16, 32
 MIN_PASSWORD_CHARS = 8
 MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
@@ -101,8 +103,17 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=len(expected))
+    try:
+        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM,
+                                dklen=len(expected))
+    except ValueError:  # parameters over the memory cap or invalid: a tampered row is not computed
+        return False
     return hmac.compare_digest(digest, expected)
+
+
+def needs_rehash(stored: str) -> bool:
+    """Whether a stored hash was made with other (older, weaker) parameters than today's."""
+    return not stored.startswith(f"scrypt$n={SCRYPT_N},r={SCRYPT_R},p={SCRYPT_P}$")
 
 
 @functools.cache
@@ -200,6 +211,10 @@ class Accounts:
         if failures or locked_until is not None:
             with self._db.write() as cur:
                 cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
+        if needs_rehash(stored):  # the password is known right now: store it with today's parameters
+            with self._db.write() as cur:
+                cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                        (hash_password(password), name, stored))
         return None if disabled else User(name, Role(role))
 
     def _count_failure(self, name: str, now_s: float) -> tuple[int, float | None]:

@@ -101,7 +101,10 @@ def store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(store_url: str):
+def store(store_url: str, monkeypatch: pytest.MonkeyPatch):
+    from store import accounts
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)  # logins in these tests need no production-strength hash
     store = open_store(store_url)
     for name, role in USERS.items():
         store.accounts.add_user(name, PASSWORD, role)

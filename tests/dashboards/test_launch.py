@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from auditstream.errors import ConfigError
-from dashboards.cli import redact
+from auditstream.settings import redact_url
 from dashboards.config import DashboardConfig, config_from_argv
 from dashboards.launch import check_xsrf_enabled, streamlit_argv
 
 
 def test_config_round_trips_through_the_script_argv():
-    config = DashboardConfig(store_url="sqlite:///x.db", lease_s=60.0, blind_qc=False, refresh_s=2.0)
-    assert config_from_argv(config.to_argv()) == config
+    config = DashboardConfig(store_url="postgresql://app:s3/cr@t@db/audit", lease_s=60.0, blind_qc=False, refresh_s=2.0)
+    assert config_from_argv(config.to_argv()) == DashboardConfig(lease_s=60.0, blind_qc=False, refresh_s=2.0)
+    assert not any("s3/cr@t" in a or "postgresql" in a for a in streamlit_argv(8765, config))  # never on a command line
     argv = streamlit_argv(8765, config)
     assert "--server.enableXsrfProtection=true" in argv and "--server.port=8765" in argv
     assert argv[argv.index("--") + 1:] == config.to_argv()
@@ -61,5 +62,8 @@ def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
 
 
 def test_printed_store_urls_hide_passwords():
-    assert redact("postgresql://app:s3cret@db:5432/audit") == "postgresql://app:***@db:5432/audit"
-    assert redact("sqlite:///x.db") == "sqlite:///x.db"
+    """The dashboard prints store URLs through the one redaction of auditstream/settings.py,
+    which also handles passwords with / @ # and secret query parameters."""
+    assert redact_url("postgresql://app:s3cret@db:5432/audit") == "postgresql://app:***@db:5432/audit"
+    assert redact_url("postgresql://app:s3/cr@t#x@db/audit?sslpassword=k") == "postgresql://app:***@db/audit?sslpassword=***"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"

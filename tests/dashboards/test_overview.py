@@ -36,6 +36,7 @@ def test_every_role_sees_the_overview_with_live_numbers(store, store_url, tmp_pa
     shown = texts(at)
     assert ("zip v1: **over budget** — the error rate is shown above 2.00% (2.10% ≤ error ≤ 6.90%, 304 audits); "
             "suggested threshold 0.850") in shown
+    assert "Gold-item scores are shown to admins only." in shown  # vic is a viewer
     charts = elements(at, "vega_lite_chart")
     # throughput, coverage, error interval, auditor throughput, risk-coverage, cost
     assert len(charts) == 6

@@ -39,7 +39,7 @@ def test_passwords_are_stored_only_as_salted_scrypt_hashes(store: AuditStore) ->
     for stored in hashes.values():
         assert PASSWORD not in stored
         scheme, params, salt, digest = stored.split("$")
-        assert (scheme, params) == ("scrypt", f"n={2**15},r=8,p=1")
+        assert (scheme, params) == ("scrypt", f"n={2**17},r=8,p=1")  # current guidance for logins
         assert len(salt) == 24 and len(digest) == 44  # 16-byte salt, 32-byte hash, base64
     assert hashes["alice"] != hashes["bob"]  # same password, different salts
     assert hashes["alice"].split("$")[2] != hashes["bob"].split("$")[2]
@@ -148,6 +148,30 @@ def test_hash_checks_are_constant_time_compares_of_the_stored_parameters() -> No
     assert check_password(PASSWORD, stored) and not check_password("nope", stored)
     for broken in ("", "plain", "md5$x$y$z", stored.replace("scrypt", "bcrypt"), "scrypt$n=1$salt$hash"):
         assert not check_password(PASSWORD, broken)
+
+
+def test_a_hash_asking_for_more_memory_than_the_cap_is_refused_not_computed() -> None:
+    salt, digest = hash_password(PASSWORD).split("$")[2:]
+    assert not check_password(PASSWORD, f"scrypt$n={2**24},r=8,p=1${salt}${digest}")  # 16 GiB: never allocated
+
+
+def test_an_old_weak_hash_is_replaced_at_the_next_successful_login(store: AuditStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accounts made with older parameters keep working and are upgraded on login, never by a
+    wrong password."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("old", PASSWORD, Role.AUDITOR)
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)  # today's parameters are stronger
+
+    def stored() -> str:
+        return store._db.query("SELECT password_hash FROM {p}users WHERE name = ?", ("old",))[0][0]
+
+    assert stored().startswith("scrypt$n=256,") and accounts.needs_rehash(stored())
+    assert store.accounts.verify_password("old", "wrong password!") is None
+    assert stored().startswith("scrypt$n=256,")  # a failed login changes nothing
+    assert store.accounts.verify_password("old", PASSWORD) == User("old", Role.AUDITOR)
+    assert stored().startswith("scrypt$n=1024,") and not accounts.needs_rehash(stored())
+    assert store.accounts.verify_password("old", PASSWORD) == User("old", Role.AUDITOR)
 
 
 def test_require_role_and_reprs_without_secrets() -> None:
