@@ -6,10 +6,14 @@ look at the same buffer, and the serving runtime creates its session from that b
 (``ort.InferenceSession(model_bytes)``), never from the path again. Reading the path twice would
 let a file swapped between the check and the load run unverified.
 
-The checks: the sha256 must match the model card's; the bytes must parse as an ONNX protobuf;
-no tensor may reference an external data file (a hostile model could make the runtime read
-arbitrary paths); and every operator must come from a standard domain or be a function defined
-inside the model (anything else needs a native custom-op library). Subgraphs (If/Loop/Scan
+The checks: the file must not be empty, the sha256 must match the model card's; the bytes must
+parse as an ONNX protobuf with a graph; no tensor may reference an external data file (a hostile
+model could make the runtime read arbitrary paths); every operator must come from a standard
+domain or be a function defined inside the model (anything else needs a native custom-op
+library); the constant tensors the file holds or asks for (initializers, ``Constant`` values,
+``ConstantOfShape`` and ``Expand`` to constant shapes) must fit :data:`MAX_CONSTANT_BYTES` (one
+hostile file asked for 40 GB at warm-up); and, given the card's inputs and outputs, the graph must
+have them with the same element types and ranks. Subgraphs (If/Loop/Scan
 bodies), model-local functions and training-info graphs are checked like the main graph. Each
 refusal is a :class:`~auditstream.errors.ModelRefused` saying why and what to do.
 """
@@ -18,20 +22,26 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from auditstream.errors import ModelRefused
 
 # Standard ONNX domains that ONNX Runtime implements without custom-op libraries.
 ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+# Constant tensors a model may hold or build from constant shapes (the project's models: < 10 MB).
+MAX_CONSTANT_BYTES = 2 * 1024**3
 
 
-def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>") -> None:
-    """Refuse model bytes that fail their checksum, do not parse, or are unsafe to load.
+def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>",
+                      inputs: Sequence[Any] = (), outputs: Sequence[Any] = ()) -> None:
+    """Refuse model bytes that are empty, fail their checksum, do not parse, are unsafe to load or
+    disagree with the card's ``inputs``/``outputs`` (``TensorSpec``-like: name, dtype, shape).
 
     ``path`` only names the model in error messages: nothing is read from it.
     """
+    if len(data) == 0:
+        raise ModelRefused(path, "model.onnx is empty (0 bytes): the export or the copy failed; re-export it")
     actual = hashlib.sha256(data).hexdigest()
     if not expected_sha256 or actual != expected_sha256:
         raise ModelRefused(path, f"sha256 {actual} does not match the model card's {expected_sha256 or '(none)'}; "
@@ -43,10 +53,14 @@ def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<by
         model = onnx.load_model_from_string(data)
     except (ProtobufDecodeError, ValueError) as e:
         raise ModelRefused(path, f"not a readable ONNX protobuf ({e})") from None
+    if not model.HasField("graph") or not model.graph.output:
+        raise ModelRefused(path, "the file parses but holds no graph with outputs: not an exported model")
     check_model_proto(model, path)
+    check_io_against_card(model, inputs, outputs, path)
 
 
-def verify_onnx(path: Path | str, expected_sha256: str) -> bytes:
+def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = (),
+                outputs: Sequence[Any] = ()) -> bytes:
     """Read ``path`` once, verify those bytes (:func:`verify_onnx_bytes`) and return them:
     create the inference session from the returned bytes, not from the path."""
     path = Path(path)
@@ -56,7 +70,7 @@ def verify_onnx(path: Path | str, expected_sha256: str) -> bytes:
         raise ModelRefused(path, "model.onnx is missing") from None
     except IsADirectoryError:
         raise ModelRefused(path, "model.onnx is a directory, not a file") from None
-    verify_onnx_bytes(data, expected_sha256, path)
+    verify_onnx_bytes(data, expected_sha256, path, inputs, outputs)
     return data
 
 
@@ -82,6 +96,80 @@ def check_model_proto(model: Any, path: Path | str) -> None:
             if node.domain not in ALLOWED_OP_DOMAINS and (node.domain, node.op_type) not in local_ops:
                 raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator {node.op_type!r} of domain "
                                    f"{node.domain!r}, neither standard nor a function defined in the model")
+    needed = constant_bytes(model)
+    if needed > MAX_CONSTANT_BYTES:
+        raise ModelRefused(path, f"its constant tensors (initializers, Constant, ConstantOfShape/Expand to constant "
+                           f"shapes) need {needed / 1024**3:.1f} GiB, over the {MAX_CONSTANT_BYTES / 1024**3:.0f} GiB "
+                           "budget: not a model this project serves")
+
+
+def check_io_against_card(model: Any, inputs: Sequence[Any], outputs: Sequence[Any], path: Path | str) -> None:
+    """Every card input and output is in the graph with the card's element type and rank, and
+    static sizes agree where both are static: a mismatch would otherwise surface as an ONNX
+    Runtime traceback at warm-up or, worse, as every request failing."""
+    import onnx
+
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = {v.name: v for v in model.graph.input if v.name not in initializers}
+    graph_outputs = {v.name: v for v in model.graph.output}
+    for role, specs, graph in (("input", inputs, graph_inputs), ("output", outputs, graph_outputs)):
+        for spec in specs:
+            value = graph.get(spec.name)
+            if value is None:
+                raise ModelRefused(path, f"the card's {role} {spec.name!r} is not a graph {role} (the graph has "
+                                   f"{sorted(graph)}): the card and the model disagree; re-export or fix the card")
+            tensor = value.type.tensor_type
+            try:
+                dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+            except (KeyError, ValueError, TypeError):
+                dtype = f"onnx type {tensor.elem_type}"
+            if dtype != str(spec.dtype):
+                raise ModelRefused(path, f"{role} {spec.name!r} is {dtype} in the graph but {spec.dtype} on the card")
+            if tensor.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+                card_dims = [d if isinstance(d, int) else None for d in spec.shape]
+                if len(dims) != len(card_dims) or any(a is not None and b is not None and a != b
+                                                       for a, b in zip(dims, card_dims)):
+                    shown = [d if d is not None else "?" for d in dims]
+                    raise ModelRefused(path, f"{role} {spec.name!r} has shape {shown} in the graph but {spec.shape} "
+                                       "on the card")
+
+
+def constant_bytes(model: Any) -> int:
+    """Bytes of the constant tensors the model holds or builds from constant shapes."""
+    import numpy as np
+    import onnx
+
+    def size(dims: Iterable[int], elem_type: int) -> int:
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = 8
+        count = 1
+        for d in dims:
+            count *= max(int(d), 0)
+        return count * itemsize
+
+    total, constants = 0, {}
+    for _, tensor in _all_tensors(model):
+        total += size(tensor.dims, tensor.data_type)
+        constants[tensor.name] = tensor
+    for graph in _all_graphs(model):
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.TENSOR and node.output:
+                        constants[node.output[0]] = attr.t
+            if node.op_type in ("ConstantOfShape", "Expand") and len(node.input) >= 1:
+                shape_input = node.input[0] if node.op_type == "ConstantOfShape" else node.input[-1]
+                shape = constants.get(shape_input)
+                if shape is not None:
+                    try:
+                        dims = onnx.numpy_helper.to_array(shape).reshape(-1).tolist()
+                    except Exception:  # noqa: BLE001 - an undecodable shape: ONNX Runtime will refuse the model
+                        continue
+                    total += size(dims, onnx.TensorProto.FLOAT)
+    return total
 
 
 def _all_graphs(model: Any) -> Iterator[Any]:

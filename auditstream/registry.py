@@ -124,7 +124,7 @@ class RegisteredModel:
         verified now, once, against its card's sha256."""
         if self.model_bytes:
             return self.model_bytes
-        return verify_onnx(self.onnx_path, self.card.sha256)
+        return verify_onnx(self.onnx_path, self.card.sha256, self.card.inputs, self.card.outputs)
 
 
 def sha256_file(path: Path) -> str:
@@ -217,7 +217,7 @@ class ModelRegistry:
         """The card and verified ONNX bytes of ``name`` (the live version unless given; see the class)."""
         card = self.card(name, version)
         onnx_path = self.root / name / card.version / ONNX_FILE
-        data = verify_onnx(onnx_path, card.sha256)  # read once: what was checked is what runs
+        data = verify_onnx(onnx_path, card.sha256, card.inputs, card.outputs)  # read once: what was checked runs
         return RegisteredModel(card=card, onnx_path=onnx_path, model_bytes=data)
 
     def publish(self, card: ModelCard, onnx_bytes: bytes) -> RegisteredModel:

@@ -200,6 +200,47 @@ HOSTILE = {
 }
 
 
+def _with_io(x_type: int = TensorProto.FLOAT, x_shape=(None, 4), y_name: str = "y") -> onnx.ModelProto:
+    """y = x + w with the graph's own declared input/output types: a model that disagrees with
+    the card (which says x float32 [None, 4] -> y float32 [None, 4])."""
+    inputs = [helper.make_tensor_value_info("x", x_type, list(x_shape))]
+    outputs = [helper.make_tensor_value_info(y_name, x_type, list(x_shape))]
+    w = helper.make_tensor("w", x_type, [4], [1, 2, 3, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], [y_name])], "mismatch", inputs, outputs, [w])
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+def _huge_constant_of_shape() -> onnx.ModelProto:
+    """A 40 GB ConstantOfShape that ONNX Runtime would try to allocate at warm-up."""
+    model = good_model()
+    shape = helper.make_tensor("big_shape", TensorProto.INT64, [2], [100_000, 100_000])
+    model.graph.initializer.append(shape)
+    model.graph.node.append(helper.make_node("ConstantOfShape", ["big_shape"], ["junk"]))
+    model.graph.output.append(helper.make_tensor_value_info("junk", TensorProto.FLOAT, [100_000, 100_000]))
+    return model
+
+
+HOSTILE.update({
+    "input dtype disagrees with the card": (lambda: _with_io(TensorProto.DOUBLE), "input 'x' is float64 in the graph but float32"),
+    "input shape disagrees with the card": (lambda: _with_io(x_shape=(None, 5)), r"input 'x' has shape \['\?', 5\]"),
+    "output missing from the graph": (lambda: _with_io(y_name="z"), "the card's output 'y' is not a graph output"),
+    "40 GB constant at warm-up": (_huge_constant_of_shape, "need 37.3 GiB, over the 2 GiB budget"),
+})
+
+
+def test_an_empty_model_file_is_refused(registry, no_session):
+    published = publish(registry, good_model())
+    published.onnx_path.write_bytes(b"")
+    with pytest.raises(ModelRefused, match="model.onnx is empty"):
+        registry.load("tiny")
+    from auditstream.model_safety import verify_onnx_bytes
+    import hashlib
+
+    with pytest.raises(ModelRefused, match="holds no graph"):  # parses (protobuf accepts b"\n\x00") but is no model
+        data = onnx.ModelProto(ir_version=8).SerializeToString()
+        verify_onnx_bytes(data, hashlib.sha256(data).hexdigest())
+
+
 def _constant_external() -> onnx.NodeProto:
     tensor = helper.make_tensor("c", TensorProto.FLOAT, [1, 4], [0.0] * 4)
     tensor.ClearField("float_data")
@@ -334,3 +375,14 @@ def test_safety_checks_live_in_model_safety_and_stay_importable_from_the_registr
 
         junk = b"\x08\x01 definitely not a model"
         model_safety.verify_onnx_bytes(junk, hashlib.sha256(junk).hexdigest(), "junk.onnx")
+
+
+def test_serve_refuses_a_hostile_model_with_a_message_and_exit_code_2(registry, monkeypatch, capsys):
+    """What an operator sees: one line saying why, exit code 2, no traceback, no session."""
+    from auditstream.cli import main
+
+    publish(registry, _huge_constant_of_shape())
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    assert main(["serve", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("auditstream: error: refusing model ") and "GiB budget" in err and "Traceback" not in err
