@@ -88,16 +88,20 @@ def _dead_letter(settings: Settings, record: Record, reason: str, detail: str) -
 def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
                  on_prediction: Callable[[Prediction], None] | None = None) -> list[list[Output]]:  # fmt: skip
     """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
-    Audit items are stored in one transaction; a store failure raises (a broken dependency)."""
+
+    Audit items are stored in one transaction. If that fails, each item is tried alone: the ones
+    the store refuses (content no database takes) are dead-lettered with their bytes, the rest
+    stored. When every one fails, a trivial write tells a broken store (the error is raised: the
+    monitor stops loudly, nothing committed) from bad records (dead-lettered)."""
     audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
     results: list[list[Output]] = [[] for _ in records]
-    items: list[AuditItem] = []
+    items: list[tuple[int, AuditItem]] = []
     for i, record in enumerate(records):
         try:
             if record.topic == audit_topic:
                 item = AuditItem.from_bytes(record.value)  # type: ignore[arg-type]
                 check_audit_item(item)
-                items.append(item)
+                items.append((i, item))
             elif record.topic == predictions_topic:
                 prediction = Prediction.from_bytes(record.value, list(record.headers))  # type: ignore[arg-type]
                 if on_prediction is not None:
@@ -108,8 +112,28 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
             results[i] = [_dead_letter(settings, record, e.code, e.detail)]
         except ValueError as e:  # decodes, but is not an auditable item
             results[i] = [_dead_letter(settings, record, Reason.BAD_INPUT.value, str(e))]
-    if items:
-        store.ingest_many(items, now_s)
+        except Exception as e:  # noqa: BLE001 - this record's own failure (e.g. in the QC tracker): it alone
+            log.warning("record %s: %r", record.where, e)
+            results[i] = [_dead_letter(settings, record, Reason.PROCESSING_FAILED.value, repr(e)[:500])]
+    if not items:
+        return results
+    try:
+        store.ingest_many([item for _, item in items], now_s)
+    except Exception as batch_error:  # noqa: BLE001 - whose is it? each item alone below
+        refused = []
+        for i, item in items:
+            try:
+                store.ingest_many([item], now_s)
+            except Exception as e:  # noqa: BLE001
+                refused.append((i, e))
+        if len(refused) == len(items):
+            try:
+                store.ping()
+            except Exception:  # noqa: BLE001 - the store itself is broken, not the records
+                raise batch_error from None
+        for i, e in refused:
+            log.warning("audit item %s refused by the store: %r", records[i].where, e)
+            results[i] = [_dead_letter(settings, records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500])]
     return results
 
 

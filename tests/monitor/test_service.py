@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tests.store.store_factories import add_users, audit_item, make_store
+from tests.store.store_factories import BACKENDS, add_users, audit_item, make_store
 
 from auditstream import topics
 from auditstream.errors import DeliveryFailed
@@ -74,6 +74,43 @@ def test_ingest_batch_stores_items_once_feeds_predictions_and_dead_letters_the_r
         assert store.queue_depth() == 2
         assert ingest_batch(store, settings, records[:3], T0 + 1) == [[], [], []]  # the whole batch redelivered
         assert store.queue_depth() == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path) -> None:
+    """PostgreSQL text cannot hold NUL: such an item fails the batch's transaction; the monitor
+    then stores the others and dead-letters it (on SQLite all three are stored)."""
+    settings = Settings(topic_prefix="t")
+    audit = settings.topic(topics.AUDIT)
+    values = [audit_item("r0").to_bytes(), audit_item("r\x00nul").to_bytes(), audit_item("r2").to_bytes()]
+    records = [_record(audit, v, i) for i, v in enumerate(values)]
+    with make_store(backend, tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0)
+        if backend == "postgres":
+            assert [len(r) for r in results] == [0, 1, 0] and store.queue_depth() == 2
+            letter = DeadLetter.from_bytes(results[1][0].value)
+            assert letter.reason == "processing_failed" and letter.value == values[1]
+            (single,) = ingest_batch(store, settings, records[1:2], T0)  # a batch of just the bad one
+            assert DeadLetter.from_bytes(single[0].value).reason == "processing_failed"
+        else:
+            assert results == [[], [], []] and store.queue_depth() == 3
+
+
+def test_a_broken_store_stops_the_ingest_instead_of_dead_lettering(tmp_path: Path, monkeypatch) -> None:
+    """Every write fails, the trivial one too: the store is broken, and the error stops the
+    monitor (nothing committed, the records come back) rather than dead-lettering good items."""
+    import sqlite3
+
+    settings = Settings(topic_prefix="t")
+    records = [_record(settings.topic(topics.AUDIT), audit_item(f"r{i}").to_bytes(), i) for i in range(2)]
+    with make_store("sqlite", tmp_path) as store:
+        def down(*args, **kwargs):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store, "ingest_many", down)
+        monkeypatch.setattr(store, "ping", down)
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            ingest_batch(store, settings, records, T0)
 
 
 def _decided_store(store: AuditStore) -> None:
