@@ -70,14 +70,26 @@ class KafkaPythonConsumer:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.errors import KafkaError
 
+        # kafka-python calls the listener inside poll() and only *logs* what it raises: a delivery
+        # failure while checkpointing on revoke would be swallowed and stale records processed.
+        # The first error is kept and re-raised from poll(), where the loop stops on it.
+        consumer = self
+        self._callback_error: BaseException | None = None
+
+        def guarded(callback: PartitionsCallback | None, partitions: list) -> None:
+            if callback is None or consumer._callback_error is not None:
+                return
+            try:
+                callback([(tp.topic, tp.partition) for tp in partitions])
+            except BaseException as e:  # noqa: BLE001 - re-raised from poll()
+                consumer._callback_error = e
+
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):  # noqa: ANN001
-                if on_revoke:
-                    on_revoke([(tp.topic, tp.partition) for tp in revoked])
+                guarded(on_revoke, revoked)
 
             def on_partitions_assigned(self, assigned):  # noqa: ANN001
-                if on_assign:
-                    on_assign([(tp.topic, tp.partition) for tp in assigned])
+                guarded(on_assign, assigned)
 
         try:
             self._c = KafkaConsumer(
@@ -94,6 +106,9 @@ class KafkaPythonConsumer:
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
         return [
             Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
             for records in batches.values() for r in records
