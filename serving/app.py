@@ -180,7 +180,8 @@ class ServeApp:
         for r in results:
             if r.route is not None:
                 m[r.route].inc()
-                m["end_to_end"].observe(r.end_to_end_s or 0.0)
+                if r.end_to_end_s is not None:  # an absurd created_at_s is no latency measurement
+                    m["end_to_end"].observe(r.end_to_end_s)
                 if r.over_capacity:
                     m["over_capacity"].inc()
             elif r.dead_letter_reason is not None:  # neither: an episode-end marker, nothing to count

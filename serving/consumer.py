@@ -52,6 +52,9 @@ from serving.inference import Runner, infer
 from serving.inputs import prepare_input
 
 log = logging.getLogger(__name__)
+
+MAX_PLAUSIBLE_AGE_S = 7 * 24 * 3600.0  # older requests' latencies are not observed
+MAX_CLOCK_SKEW_S = 300.0  # nor those of requests from further in the future
 @dataclass(frozen=True)
 class ServeConfig:
     """What process_batch needs besides the records: the model card, policy, limits, topics."""
@@ -100,7 +103,7 @@ class RecordResult:
     outputs: list[Output] = field(default_factory=list)
     route: Route | None = None
     dead_letter_reason: str | None = None
-    end_to_end_s: float | None = None
+    end_to_end_s: float | None = None  # None: no plausible latency (an absurd created_at_s)
     over_capacity: bool = False  # a deferral that joined a human queue at or over its configured depth
 
 
@@ -181,6 +184,9 @@ def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, c
                       part_confidences=task.gating_confidences(answer), human_queue_depth=human_queue_depth)
     latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
                "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
+    # A producer's clock (or a hand-made record) may say 1970 or next year: such a latency is no
+    # measurement and stays out of the histograms (the headers still carry it).
+    plausible = -MAX_CLOCK_SKEW_S <= now - request.created_at_s <= MAX_PLAUSIBLE_AGE_S
     prediction = Prediction(
         request_id=request.request_id, model=card.name, model_version=card.version, task=card.task,
         output=answer.output, confidence=answer.confidence, route=decision.route, reason=decision.reason,
@@ -188,7 +194,8 @@ def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, c
         details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
         shadow=config.shadow)
     return RecordResult(_outputs(prediction, request, config), decision.route,
-                        end_to_end_s=latency["end-to-end-s"], over_capacity=decision.over_capacity)
+                        end_to_end_s=latency["end-to-end-s"] if plausible else None,
+                        over_capacity=decision.over_capacity)
 
 
 def _act(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, card: ModelCard,

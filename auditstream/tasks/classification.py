@@ -2,7 +2,7 @@
 
 | graph outputs | output | confidence | parts | details |
 |---|---|---|---|---|
-| ``probs`` [B, C], calibrated | label name (index if the card has no labels) | max prob | none: the answer is one piece | index, top-3 runner-ups |
+| ``probs`` [B, C], calibrated | label name (index if the card has no labels) | max prob | none: the answer is one piece | index, top-3 runner-ups, the full ``probs`` vector |
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class Classification(Task):
                 continue
             top = int(idx[0])
             runner_ups = [{"index": int(i), "label": _label(card, int(i)), "prob": rounded(row[i])} for i in idx[1:4]]
-            answers.append(Answer(_label(card, top), rounded(row[top]), details={"index": top, "runner_ups": runner_ups}))
+            answers.append(Answer(_label(card, top), rounded(row[top]),
+                                  details={"index": top, "runner_ups": runner_ups, "probs": [rounded(p) for p in row]}))
         return answers
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:

@@ -28,7 +28,7 @@ def test_classification_label_confidence_runner_ups() -> None:
     (a,) = postprocess(card("classification", ["probs"], list("abcde")), {"probs": probs})
     assert a.output == "b" and a.confidence == pytest.approx(0.6)
     assert [r["label"] for r in a.details["runner_ups"]] == ["d", "a", "c"]
-    assert a.details["index"] == 1
+    assert a.details["index"] == 1 and a.details["probs"] == pytest.approx(probs[0].tolist())
 
 
 def test_sequence_zip_code_min_confidence_and_runner_ups() -> None:

@@ -314,3 +314,12 @@ def test_a_lone_surrogate_request_id_is_refused_at_decoding(served) -> None:
     poisoned = dataclasses.replace(record, value=record.value.replace(b'"req-1"', b'"req-\\ud800"'))
     (result,) = process_batch([poisoned], session, config, NOW)
     assert result.dead_letter_reason == Reason.UNDECODABLE.value
+
+
+@pytest.mark.parametrize("created_at_s, observed", [(NOW - 0.5, True), (0.0, False), (NOW + 86_400.0, False)])
+def test_absurd_request_times_stay_out_of_the_latency_histograms(served, created_at_s, observed) -> None:
+    session, config = served
+    req = InferenceRequest("req-t", "tiny", good(1), created_at_s)
+    record = Record("auditstream.requests.tiny", 0, 0, req.key, req.to_bytes(), ())
+    (result,) = process_batch([record], session, config, NOW)
+    assert result.route is not None and (result.end_to_end_s is not None) is observed
