@@ -54,7 +54,8 @@ def test_session_runs_and_is_warmed_up(tiny_registry: TinyRegistry) -> None:
 def test_card_graph_mismatch_is_refused(tiny_registry: TinyRegistry) -> None:
     model = tiny_registry.model
     wrong = dataclasses.replace(model.card, outputs=[TensorSpec("logits", "float32", [None, 10])])
-    with pytest.raises(ModelRefused, match="do not match"):
+    # refused when the bytes are verified against the card (auditstream/model_safety.py), before a session
+    with pytest.raises(ModelRefused, match="the card's output 'logits' is not a graph output"):
         runtime.load_session(RegisteredModel(wrong, model.onnx_path))
 
 
