@@ -118,12 +118,12 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     if not items:
         return results
     try:
-        store.ingest_many([item for _, item in items], now_s)
+        stored = list(zip(items, store.ingest_many([item for _, item in items], now_s)))
     except Exception as batch_error:  # noqa: BLE001 - whose is it? each item alone below
-        refused = []
+        stored, refused = [], []
         for i, item in items:
             try:
-                store.ingest_many([item], now_s)
+                stored.append(((i, item), store.ingest_many([item], now_s)[0]))
             except Exception as e:  # noqa: BLE001
                 refused.append((i, e))
         if len(refused) == len(items):
@@ -134,6 +134,15 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
         for i, e in refused:
             log.warning("audit item %s refused by the store: %r", records[i].where, e)
             results[i] = [_dead_letter(settings, records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500])]
+    for (i, item), is_new in stored:
+        # An id already stored: the same request redelivered (nothing to do), or another request
+        # that reused the id, whose audit would otherwise vanish without a trace.
+        if not is_new and store.stored_differently(item):
+            p = item.prediction
+            results[i] = [_dead_letter(settings, records[i], Reason.DUPLICATE_REQUEST_ID.value,
+                                       f"request id {p.request_id!r} was already audited for {p.model} v{p.model_version} "
+                                       "with another input or request time; the store keeps the first: give every "
+                                       "request its own id")]
     return results
 
 

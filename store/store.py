@@ -120,6 +120,17 @@ class AuditStore(StoreReads):
                 new[i] = cur.run(_INSERT_ITEM + " ON CONFLICT (request_id, model_version) DO NOTHING", rows[i]) == 1
         return new
 
+    def stored_differently(self, item: AuditItem) -> bool:
+        """Whether the store holds another request under this item's (request id, model version):
+        a different input or request time, not a redelivery of the same request."""
+        p = item.prediction
+        row = self._db.query("SELECT input, created_at_s FROM {p}items WHERE request_id = ? AND model_version = ?",
+                             (p.request_id, p.model_version))
+        if not row:
+            return False
+        stored_input, stored_created = row[0]
+        return stored_input != json.dumps(encode_input(item.input)) or float(stored_created) != float(p.created_at_s)
+
     def add_gold(self, item: AuditItem, gold_output: Any, actor: User, now_s: float) -> int:
         """Add a gold item (a known answer; ``None`` means "should be rejected"). Admins only.
         The item's ``output`` is what auditors see as the model's answer, right or wrong."""

@@ -47,6 +47,7 @@ class Reason(str, Enum):
     BAD_INPUT = "bad_input"  # e.g. an image that does not decode
     INFERENCE_FAILED = "inference_failed"
     PROCESSING_FAILED = "processing_failed"  # a step after inference (triage, encoding, episode state) failed on it
+    DUPLICATE_REQUEST_ID = "duplicate_request_id"  # another request already used this id (the audit store keeps the first)
 
 
 class Route(str, Enum):

@@ -96,6 +96,29 @@ def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path
             assert results == [[], [], []] and store.queue_depth() == 3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reused_request_id_is_dead_lettered_and_a_redelivery_is_not(backend: str, tmp_path: Path) -> None:
+    """The same bytes again: a redelivery, nothing happens. Another request under an id already
+    audited: the store keeps the first and the second becomes a visible dead letter."""
+    import numpy as np
+
+    settings = Settings(topic_prefix="t")
+    audit = settings.topic(topics.AUDIT)
+    first = audit_item("r1")
+    other = dataclasses.replace(first, input=np.full(4, 7, dtype=np.uint8))  # same id, another input
+    later = dataclasses.replace(first, prediction=dataclasses.replace(first.prediction, created_at_s=T0 + 60))
+    records = [_record(audit, first.to_bytes(), 0), _record(audit, first.to_bytes(), 1),
+               _record(audit, other.to_bytes(), 2), _record(audit, later.to_bytes(), 3)]
+    with make_store(backend, tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0)
+        assert [len(r) for r in results] == [0, 0, 1, 1] and store.queue_depth() == 1
+        for r, record in zip(results[2:], records[2:]):
+            letter = DeadLetter.from_bytes(r[0].value)
+            assert letter.reason == "duplicate_request_id" and letter.value == record.value
+            assert "give every request its own id" in letter.detail
+        assert ingest_batch(store, settings, records[:2], T0) == [[], []]  # redelivered again: still nothing
+
+
 def test_a_broken_store_stops_the_ingest_instead_of_dead_lettering(tmp_path: Path, monkeypatch) -> None:
     """Every write fails, the trivial one too: the store is broken, and the error stops the
     monitor (nothing committed, the records come back) rather than dead-lettering good items."""
