@@ -7,10 +7,14 @@ One run, one model, one batch size:
 3. **stream, max rate**: N requests produced ahead of time, then the serving consumer
    (:class:`serving.app.ServeApp`, the same code as ``auditstream serve``) drains them:
    consume → decode → infer → triage → produce → flush → commit, timed from its first record to
-   its last commit; every prediction is read back (lost, duplicates);
+   its last commit (``mean_batch_size``: the batches it actually formed, of at most
+   ``batch_size`` waiting at most ``max_wait_ms``);
 4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), warmed up,
    then requests paced at 70% of the measured rate; end-to-end latency = when the prediction is
-   read back here − the request's ``created_at_s``.
+   read back here − the request's ``created_at_s``;
+5. **outcomes**: after the servers stopped, the run's predictions topic is read to its end
+   offsets: ``lost``, ``duplicates`` and ``non_identical_duplicates`` count every prediction,
+   also a duplicate that arrived after the readers had seen its id once.
 
 Without ``--model`` it builds (no torch: ``onnx.helper``, fixed-seed random weights) a small CNN
 whose inference dominates (~0.5 GFLOP per input, VGG-style, 1.5 M weights): 1×28×28 → conv 64 →
@@ -20,7 +24,8 @@ the model: the ratio for another model follows from it and that model's raw time
 inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and ~15% go to the
 audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
-p99_ms, lost, duplicates, client, ...).
+p99_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size, max_wait_ms,
+client, ...).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 
 from auditstream import topics as T
 from auditstream.errors import BrokerUnavailable
-from auditstream.kafka import make_consumer, make_producer, resolve_bootstrap
+from auditstream.kafka import make_consumer, make_producer, read_to_end, resolve_bootstrap
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
@@ -137,6 +142,21 @@ def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group:
                     arrivals.setdefault(rid, []).append(time.time())
     finally:
         consumer.close()
+
+
+def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, int]:
+    """(lost, duplicates, duplicates whose bytes differ) over *every* prediction of the run: the
+    predictions topic read to its end offsets after the servers stopped, so a duplicate that
+    arrived after the readers had seen each id once is counted too."""
+    values: dict[str, list[bytes]] = {}
+    for record in read_to_end(settings, [settings.topic(T.PREDICTIONS)], timeout_s=120.0):
+        request_id = json.loads(record.value)["request_id"]
+        if request_id in expected:
+            values.setdefault(request_id, []).append(record.value)
+    lost = len(expected - values.keys())
+    duplicates = sum(len(v) - 1 for v in values.values())
+    non_identical = sum(len(set(v)) - 1 for v in values.values())
+    return lost, duplicates, non_identical
 
 
 def _serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
@@ -242,17 +262,19 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
             server.kill()
     sent.request_ids.extend(warm.request_ids)
     latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
-    arrivals.update(lat_arrivals)
     expected = set(sent.request_ids) | ids
-    lost = len(expected - arrivals.keys())
-    duplicates = sum(len(v) - 1 for v in arrivals.values())
+    lost, duplicates, non_identical = count_outcomes(settings, expected)
+    mean_batch = sum(stats.batch_sizes) / len(stats.batch_sizes) if stats.batch_sizes else float("nan")
     result = {
         "raw_ort_per_s": round(raw, 1), "raw_ort_before_after": [round(raw_before, 1), round(raw_after, 1)], "stream_per_s": round(stream, 1), "ratio": round(stream / raw, 3),
         "overhead_us_per_record": round((1 / stream - 1 / raw) * 1e6, 1),
         "p50_ms": _percentile_ms(latencies, 50), "p99_ms": _percentile_ms(latencies, 99),
-        "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates, "client": client,
-        "model": card.name, "batch_size": args.batch_size, "requests": len(expected),
+        "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates,
+        "non_identical_duplicates": non_identical, "client": client,
+        "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
+        "max_wait_ms": settings.max_wait_ms, "requests": len(expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
-    say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates {duplicates}")
+    say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates "
+        f"{duplicates} ({non_identical} not byte-identical); mean batch {result['mean_batch_size']} of {args.batch_size}")
     return result

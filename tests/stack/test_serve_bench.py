@@ -14,7 +14,8 @@ from auditstream.settings import Settings
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 KEYS = {"raw_ort_per_s", "stream_per_s", "ratio", "p50_ms", "p99_ms", "lost", "duplicates", "client",
-        "wire_encode_us", "wire_decode_us", "overhead_us_per_record"}
+        "wire_encode_us", "wire_decode_us", "overhead_us_per_record", "non_identical_duplicates", "mean_batch_size",
+        "batch_size", "max_wait_ms"}
 
 
 def test_bench_serve_json_line(stream_settings: Settings) -> None:
@@ -27,4 +28,5 @@ def test_bench_serve_json_line(stream_settings: Settings) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert KEYS <= result.keys()
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["client"] == "confluent"
+    assert result["non_identical_duplicates"] == 0 and 1 <= result["mean_batch_size"] <= 64
     assert result["requests"] == 640 + 200 + 2 * 64 and result["stream_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
