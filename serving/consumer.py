@@ -193,7 +193,7 @@ def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, c
         qc_inclusion_prob=decision.qc_inclusion_prob, created_at_s=request.created_at_s,
         details=answer.details, episode_key=request.episode_key, step=request.step, latency=latency,
         shadow=config.shadow)
-    return RecordResult(_outputs(prediction, request, config), decision.route,
+    return RecordResult(_outputs(task, prediction, request, config), decision.route,
                         end_to_end_s=latency["end-to-end-s"] if plausible else None,
                         over_capacity=decision.over_capacity)
 
@@ -209,14 +209,14 @@ def _act(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, card
     return answer
 
 
-def _outputs(prediction: Prediction, request: InferenceRequest, config: ServeConfig) -> list[Output]:
+def _outputs(task: tasks.Task, prediction: Prediction, request: InferenceRequest, config: ServeConfig) -> list[Output]:
     """The prediction always; unless shadow: the decision (model routes), for kinds that act the
     action or a deferred marker, and the audit item (HUMAN, AUTO_QC)."""
     key = request.request_id.encode()
     outputs = [Output(config.predictions_topic, key, prediction.to_bytes(), tuple(prediction.latency_headers()))]
     if config.shadow:
         return outputs
-    task, route = config.task, prediction.route
+    route = prediction.route
     details = task.decision_details(prediction)
     if route in (Route.AUTO, Route.AUTO_QC):
         decision = Decision(request_id=request.request_id, model=prediction.model, model_version=prediction.model_version,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditstream import tasks, topics
+from auditstream.tasks.base import canonical_json
 from auditstream.wire import AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 
 
@@ -173,8 +174,8 @@ class StoreStats:
 
 
 def dumps(value: Any) -> str:
-    """Canonical JSON: equal values give equal strings (labels are compared through this)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Canonical JSON, as the task kinds write answer keys: equal values give equal strings."""
+    return canonical_json(value)
 
 
 def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> Any:

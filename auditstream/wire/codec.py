@@ -123,8 +123,8 @@ def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(data) and _lone_surrogate(obj):
         # JSON may spell "\ud800", which Python decodes to a string no UTF-8 encoder takes: it would
         # fail later, in a hash, a Kafka key or a database write, and take the whole batch with it.
-        raise DecodeError(Reason.UNDECODABLE.value, "a string holds a lone UTF-16 surrogate escape (\\udXXX "
-                          "without its pair): not valid Unicode text")
+        raise DecodeError(Reason.UNDECODABLE.value, "a string holds a lone UTF-16 surrogate escape (\\ud800 to "
+                          "\\udfff without its pair): not valid Unicode text")
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
         raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {_short(version)}, this build reads {WIRE_VERSION}")

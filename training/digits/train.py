@@ -222,6 +222,6 @@ def main(args: DigitsArgs, as_json: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    from training.digits.cli import parse_train_args
+    from training.digits.cli import COMMAND
 
-    sys.exit(main(*parse_train_args(sys.argv[1:])))
+    sys.exit(main(*COMMAND.parse(sys.argv[1:])))

@@ -385,6 +385,6 @@ def main(args: ZipReaderArgs, as_json: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    from training.zip_reader.cli import parse_train_args
+    from training.zip_reader.cli import COMMAND
 
-    sys.exit(main(*parse_train_args(sys.argv[1:])))
+    sys.exit(main(*COMMAND.parse(sys.argv[1:])))
