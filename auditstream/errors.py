@@ -65,6 +65,16 @@ class BrokerUnavailable(AuditstreamError, ConnectionError):
         )
 
 
+class BrokerRefused(AuditstreamError, ConnectionError):
+    """The broker answered but refused the connection's security: an untrusted certificate, a
+    wrong password, an unsupported SASL mechanism. Retrying cannot help; the message says what
+    setting to fix (it never contains a secret)."""
+
+    def __init__(self, bootstrap: str, detail: str) -> None:
+        self.bootstrap, self.detail = bootstrap, detail
+        super().__init__(f"Kafka broker at {bootstrap} refused the connection: {detail}")
+
+
 class DeliveryFailed(AuditstreamError):
     """An output record was not acknowledged by the broker; the batch is not committed."""
 

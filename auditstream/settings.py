@@ -33,6 +33,16 @@ class Settings:
         "",
     )
     kafka_client: str = _doc("Kafka client library: 'kafka-python' (default) or 'confluent'.", "kafka-python")
+    # Security of every Kafka connection (auditstream/kafka/security.py; docs/serving.md, "Managed Kafka").
+    kafka_security_protocol: str = _doc("PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL).", "PLAINTEXT")
+    kafka_ssl_cafile: str = _doc("PEM file of the CAs that sign the broker's certificate. Empty: the system's CAs.", "")
+    kafka_ssl_certfile: str = _doc("PEM client certificate, for brokers that require mutual TLS. Empty: none.", "")
+    kafka_ssl_keyfile: str = _doc("PEM private key of the client certificate.", "")
+    kafka_ssl_key_password: str = _doc("Password of the client key, if it is encrypted. Secret: never logged.", "")
+    kafka_ssl_check_hostname: bool = _doc("Check that the broker's certificate names the host connected to.", True)
+    kafka_sasl_mechanism: str = _doc("SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.", "SCRAM-SHA-512")
+    kafka_sasl_username: str = _doc("SASL user name.", "")
+    kafka_sasl_password: str = _doc("SASL password. Secret: never logged; give it from the orchestrator's secret store.", "")
     topic_prefix: str = _doc("Prefix of every topic name.", "auditstream")
     partitions: int = _doc("Partitions of each topic auditstream creates.", 12)
     models_dir: Path = _doc("Root of the model registry (models/<name>/<version>/).", Path("models"))
@@ -84,6 +94,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.kafka_client not in ("kafka-python", "confluent"):
             raise ConfigError("kafka_client", self.kafka_client, "'kafka-python' or 'confluent'")
+        self._check_kafka_security()
         for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "an integer >= 1")
@@ -109,11 +120,32 @@ class Settings:
         object.__setattr__(self, "models_dir", Path(self.models_dir))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
+    def _check_kafka_security(self) -> None:
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        if self.kafka_security_protocol not in protocols:
+            raise ConfigError("kafka_security_protocol", self.kafka_security_protocol, " or ".join(protocols))
+        if self.kafka_security_protocol.startswith("SASL_"):
+            mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+            if self.kafka_sasl_mechanism not in mechanisms:
+                raise ConfigError("kafka_sasl_mechanism", self.kafka_sasl_mechanism, " or ".join(mechanisms))
+            for name in ("kafka_sasl_username", "kafka_sasl_password"):
+                if not getattr(self, name):  # unset: name the variable to set
+                    raise ConfigError(ENV_PREFIX + name.upper(), "", f"a non-empty value with "
+                                      f"kafka_security_protocol={self.kafka_security_protocol}")
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+                path = getattr(self, name)
+                if path and not Path(path).is_file():
+                    raise ConfigError(name, path, "a readable PEM file (or empty)")
+            if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+                raise ConfigError("kafka_ssl_keyfile", self.kafka_ssl_keyfile,
+                                  "set together with kafka_ssl_certfile (a client certificate needs its key)")
+
     def __repr__(self) -> str:
         # Settings get logged at start-up; a store URL may carry a password.
         # The QC salt is a secret: knowing it, a producer could pick request ids that are never audited.
         parts = [f"{f.name}={redact_url(getattr(self, f.name))!r}" if f.name == "store_url"
-                 else f"{f.name}='***'" if f.name == "qc_salt"
+                 else f"{f.name}='***'" if f.name in SECRET_FIELDS and getattr(self, f.name)
                  else f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
         return f"Settings({', '.join(parts)})"
 
@@ -135,6 +167,9 @@ class Settings:
 
     def request_topic(self, model: str) -> str:
         return self.topic(f"requests.{model}")
+
+
+SECRET_FIELDS = frozenset({"qc_salt", "kafka_ssl_key_password", "kafka_sasl_password"})  # shown as '***'
 
 
 def redact_url(url: str) -> str:

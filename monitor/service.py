@@ -314,8 +314,8 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
 
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
-    ensure_topics(bootstrap, names + [settings.topic(topics.CONTROL)], settings.partitions,
-                  compacted=(settings.topic(topics.CONTROL),))
+    ensure_topics(settings, names + [settings.topic(topics.CONTROL)], compacted=(settings.topic(topics.CONTROL),),
+                  bootstrap=bootstrap)
     control_view = ControlView(settings, bootstrap).start()
     stats = StatsHooks(settings, store, control_view)
     publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args,

@@ -102,17 +102,17 @@ class ServeApp:
             self._failures = FailureStreak(model.card, max_consecutive_inference_failures)
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
             bootstrap = resolve_bootstrap(settings)
-            ensure_topics(bootstrap, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
-                          settings.partitions)
+            ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
+                          bootstrap=bootstrap)
             # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.
             if use_control and shadow_of is None:
                 control_topic = settings.topic(T.CONTROL)
-                ensure_topics(bootstrap, [control_topic], settings.partitions, compacted=(control_topic,))
+                ensure_topics(settings, [control_topic], compacted=(control_topic,), bootstrap=bootstrap)
                 self.control_view = ControlView(settings, bootstrap).start()
                 started.callback(self.control_view.stop)
             group = (shadow_group_id(settings, model.card.name, model.card.version) if shadow_of is not None
                      else group_id(settings, model.card.name))
-            self.lag_probe = LagProbe(bootstrap, group, self._children["consumer_lag"].set, lag_refresh_s)
+            self.lag_probe = LagProbe(settings, bootstrap, group, self._children["consumer_lag"].set, lag_refresh_s)
             hooks = hooks or LoopHooks()
             self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
             self._track_assignment(hooks)
@@ -147,7 +147,7 @@ class ServeApp:
             return None
         state_topic = None if shadow else self.settings.topic(T.EPISODE_STATE)
         if state_topic is not None:
-            ensure_topics(bootstrap, [state_topic], self.settings.partitions, compacted=(state_topic,))
+            ensure_topics(self.settings, [state_topic], compacted=(state_topic,), bootstrap=bootstrap)
         store = EpisodeStore(self.model.card, state_topic,
                              (lambda: read_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None)
         user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)

@@ -120,7 +120,7 @@ def replay(settings: Settings, reasons: list[str] | None = None, max_records: in
     wanted = frozenset(reasons) if reasons else None
     bootstrap = resolve_bootstrap(settings)
     dead_letters, ledger = settings.topic(T.DEAD_LETTER), settings.topic(LEDGER)
-    ensure_topics(bootstrap, [dead_letters, ledger], settings.partitions, compacted=(ledger,))
+    ensure_topics(settings, [dead_letters, ledger], compacted=(ledger,), bootstrap=bootstrap)
     done = {r.key for r in read_to_end(settings, [ledger], bootstrap) if r.key is not None and r.value is not None}
     reader = make_reader(settings, [dead_letters], True, bootstrap)
     producer = make_producer(settings, bootstrap, client_id=f"{settings.topic_prefix}-dlq-replay")

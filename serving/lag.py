@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from auditstream.kafka import TopicPartition
+from auditstream.kafka import TopicPartition, kafka_python_config
+from auditstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,11 @@ FETCH_TIMEOUT_S = 5.0  # longest one measurement waits for the fetch responses
 class LagProbe:
     """Sets ``set_lag(records)`` every ``interval_s`` from end offsets minus committed offsets."""
 
-    def __init__(self, bootstrap: str, group_id: str, set_lag: Callable[[float], None],
+    def __init__(self, settings: Settings, bootstrap: str, group_id: str, set_lag: Callable[[float], None],
                  interval_s: float = LAG_REFRESH_S) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s={interval_s} must be > 0")
+        self._security = kafka_python_config(settings)  # the same TLS/SASL as the loop's own clients
         self.bootstrap, self.group_id, self.set_lag, self.interval_s = bootstrap, group_id, set_lag, interval_s
         self._assigned: frozenset[TopicPartition] = frozenset()  # replaced, never mutated: read from the thread
         self._client: Any = None  # a group-less consumer: end offsets
@@ -111,14 +113,15 @@ class LagProbe:
 
             # No group: it only reads end offsets; it never joins or commits.
             self._client = KafkaConsumer(bootstrap_servers=self.bootstrap, client_id=f"{self.group_id}-lag",
-                                         enable_auto_commit=False, fetch_max_wait_ms=10)
+                                         enable_auto_commit=False, fetch_max_wait_ms=10, **self._security)
         return self._client
 
     def _admin_client(self) -> Any:
         if self._admin is None:
             from kafka import KafkaAdminClient
 
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group_id}-lag-admin")
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group_id}-lag-admin",
+                                           **self._security)
         return self._admin
 
     def _run(self) -> None:

@@ -25,6 +25,8 @@ class BenchServeArgs:
     count: int = field(default=3200, metadata={"help": "requests in the max-throughput run"})
     latency_count: int = field(default=1000, metadata={"help": "requests in the latency run at ~70%% of max rate"})
     batch_size: int = field(default=64, metadata={"help": "micro-batch size, also used for the raw ORT run"})
+    tls: bool = field(default=True, metadata={"help": "also run the max-rate step through an embedded TLS broker "
+                                                      "(ratio_tls)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
 
 
@@ -39,16 +41,19 @@ def _broker_start(args: argparse.Namespace) -> int:
 
     settings = _settings()
     models = [m for m in args.models.split(",") if m]
-    info = broker.start(settings, models=models, port=args.port, foreground=args.foreground)
+    options = broker.BrokerOptions(durable=args.durable, s3_endpoint=args.s3_endpoint, bucket=args.bucket,
+                                   tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+    info = broker.start(settings, models=models, port=args.port, foreground=args.foreground, options=options)
     if not args.foreground:
-        print(f"broker running: pid {info.pid}, bootstrap {info.bootstrap}, log {info.log}")
+        tls = " (TLS)" if info.tls_proxy_pid else ""
+        print(f"broker running: pid {info.pid}, bootstrap {info.bootstrap}{tls}, storage {info.storage}, log {info.log}")
     return 0
 
 
 def _broker_stop(args: argparse.Namespace) -> int:
     from stack import broker
 
-    print("broker stopped" if broker.stop(_settings()) else "no embedded broker running")
+    print("broker stopped" if broker.stop(_settings(), storage=args.storage) else "no embedded broker running")
     return 0
 
 
@@ -80,8 +85,21 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     start.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     start.add_argument("--models", default="", help="comma-separated models whose request topics to create")
     start.add_argument("--foreground", action="store_true", help="stay in the foreground until Ctrl-C/SIGTERM")
+    start.add_argument("--durable", action="store_true",
+                       help="keep topics, records and offsets in Tansu's S3 storage engine: they survive a broker "
+                            "stop, restart or crash (a local S3 server, moto, is started unless --s3-endpoint)")
+    start.add_argument("--s3-endpoint", default="", help="with --durable: an S3-compatible server (MinIO, AWS) to use; "
+                       "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; the bucket must exist")
+    start.add_argument("--bucket", default="auditstream", help="with --durable: the bucket (default: auditstream)")
+    start.add_argument("--tls-cert", default="", help="PEM server certificate: clients must connect with TLS "
+                       "(set AUDITSTREAM_KAFKA_SECURITY_PROTOCOL=SSL and AUDITSTREAM_KAFKA_SSL_CAFILE)")
+    start.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    start.add_argument("--tls-client-ca", default="", help="require client certificates signed by this CA (mutual TLS)")
     start.set_defaults(handler=_broker_start)
-    bsub.add_parser("stop", help="stop it (its in-memory topics are gone)").set_defaults(handler=_broker_stop)
+    stop = bsub.add_parser("stop", help="stop it (in-memory topics are gone; a durable broker's stay)")
+    stop.add_argument("--storage", action="store_true",
+                      help="also stop a durable broker's local S3 server (what it stored is gone)")
+    stop.set_defaults(handler=_broker_stop)
     bsub.add_parser("status", help="print pid/port/bootstrap as JSON; exit 1 if not running").set_defaults(
         handler=_broker_status)
 

@@ -315,8 +315,7 @@ def run(args: DemoArgs) -> int:
         from auditstream.kafka import ensure_topics
         from auditstream.topics import COMPACTED_TOPICS, all_topics
 
-        ensure_topics(settings.bootstrap_servers, all_topics(settings, DEMO_MODELS), settings.partitions,
-                      tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+        ensure_topics(settings, all_topics(settings, DEMO_MODELS), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
     settings = Settings.from_env(bootstrap_servers=broker.resolve_bootstrap(settings))
     children = Children(settings.state_dir / "logs")
     stop = threading.Event()

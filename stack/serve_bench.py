@@ -25,7 +25,11 @@ inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and 
 audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
 p99_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size, max_wait_ms,
-client, ...).
+client, ratio_tls, ...).
+
+6. **TLS** (unless ``--no-tls``): step 3 again through an embedded broker that serves TLS only
+   (:mod:`stack.tls_proxy` in front of Tansu, a throwaway CA from :mod:`stack.pki`):
+   ``ratio_tls`` beside ``ratio`` is what encryption costs on this machine, in the same run.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
 from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
+from serving.metrics import ServeMetrics
 from serving.runtime import load_session
 
 BENCH_MODEL = "bench-cnn"
@@ -207,6 +212,57 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
                 embedded.stop(settings)
 
 
+def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: Any, id_prefix: str,
+              say) -> tuple[Any, Any, float, tuple[float, float]]:
+    """The serving consumer drains ``args.count`` requests produced before it starts: (what was
+    sent, its run stats, records/s from first record to last commit, raw ORT before and after)."""
+    from prometheus_client import CollectorRegistry
+
+    card = model.card
+    app = ServeApp(settings, model, ServeMetrics(card.name, CollectorRegistry()))  # one registry per run
+    try:
+        sent = produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random"),
+                                args.count, 0.0, id_prefix=id_prefix, progress=False)
+        # The machine's load drifts: raw throughput is measured right before and right after.
+        raw_before = raw_ort_per_s(model, args.batch_size)
+        say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
+        stats = app.run(max_records=args.count)
+        elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
+        stream = args.count / elapsed if elapsed > 0 else float("nan")
+        raw_after = raw_ort_per_s(model, args.batch_size)
+        ratio = stream / ((raw_before + raw_after) / 2)
+        say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
+            f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
+        return sent, stats, stream, (raw_before, raw_after)
+    finally:
+        app.close()  # leaves the group: the next run's consumer gets every partition
+
+
+def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, run_id: str, say) -> dict[str, float]:
+    """The max-rate run again through an embedded broker that serves TLS only (a fresh
+    throwaway PKI), so ``ratio_tls`` beside ``ratio`` is the cost of encryption on this machine."""
+    from stack import broker as embedded
+    from stack.pki import make_pki
+
+    state = Path(settings.state_dir) / "tls-broker"
+    pki = make_pki(state / "pki")
+    tls = dataclasses.replace(settings, state_dir=state, bootstrap_servers="", kafka_security_protocol="SSL",
+                              kafka_ssl_cafile=str(pki.ca))
+    info = embedded.start(tls, models=[model.card.name], options=embedded.BrokerOptions(
+        tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)))
+    try:
+        tls = dataclasses.replace(tls, bootstrap_servers=info.bootstrap)
+        producer = make_producer(tls, client_id="bench-producer-tls")
+        try:
+            _sent, _stats, stream, (before, after) = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
+        finally:
+            producer.close()
+    finally:
+        embedded.stop(tls)
+    raw = (before + after) / 2
+    return {"ratio": round(stream / raw, 3), "stream_per_s": round(stream, 1), "raw_ort_per_s": round(raw, 1)}
+
+
 def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str, run_id: str, say) -> dict[str, Any]:
     card = model.card
     say(f"model {card.name} v{card.version}, batch {args.batch_size}, client {client}, broker {settings.bootstrap_servers}")
@@ -215,25 +271,11 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
 
     producer = make_producer(settings, client_id="bench-producer")
     topic = settings.request_topic(card.name)
-    app = ServeApp(settings, model)
     arrivals: dict[str, list[float]] = {}
-    try:
-        # max rate: the topic holds every request before the consumer starts
-        sent = produce_requests(producer, topic, card.name, inputs_for(card, "random"), args.count, 0.0,
-                                id_prefix=f"max{run_id}", progress=False)
-        # The machine's load drifts: raw throughput is measured right before and right after.
-        raw_before = raw_ort_per_s(model, args.batch_size)
-        say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
-        stats = app.run(max_records=args.count)
-        elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
-        stream = args.count / elapsed if elapsed > 0 else float("nan")
-        raw_after = raw_ort_per_s(model, args.batch_size)
-        raw = (raw_before + raw_after) / 2
-        say(f"stream (max rate): {args.count} requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: "
-            f"{raw_after:,.0f}/s; ratio {stream / raw:.3f}")
-        read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
-    finally:
-        app.close()  # leaves the group: the latency run's consumer gets every partition
+    sent, stats, stream, (raw_before, raw_after) = _max_rate(settings, producer, model, args, f"max{run_id}", say)
+    raw = (raw_before + raw_after) / 2
+    read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
+    tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
     # production), requests paced by this process, predictions read back here
@@ -275,6 +317,8 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "max_wait_ms": settings.max_wait_ms, "requests": len(expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
+    if tls is not None:
+        result.update(ratio_tls=tls["ratio"], stream_tls_per_s=tls["stream_per_s"], raw_ort_tls_per_s=tls["raw_ort_per_s"])
     say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates "
         f"{duplicates} ({non_identical} not byte-identical); mean batch {result['mean_batch_size']} of {args.batch_size}")
     return result

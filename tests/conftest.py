@@ -106,6 +106,5 @@ def stream_settings(broker: Settings, tiny_registry: TinyRegistry, tmp_path: Pat
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = dataclasses.replace(broker, topic_prefix=prefix, models_dir=tiny_registry.root, state_dir=tmp_path / "state")
-    ensure_topics(settings.bootstrap_servers, all_topics(settings, [TINY_MODEL]), settings.partitions,
-                  tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_topics(settings, all_topics(settings, [TINY_MODEL]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
     return settings

@@ -14,13 +14,17 @@ batch never pushes a live consumer out of its group.
 The client libraries are imported inside the factories, so importing this module is cheap.
 
 Modules: :mod:`~auditstream.kafka.interface` (records and protocols),
-:mod:`~auditstream.kafka.clients` (the two adapters), :mod:`~auditstream.kafka.factory` (clients
-for the configured library, topics, the embedded broker's address). Import from this package.
+:mod:`~auditstream.kafka.clients` (the two adapters), :mod:`~auditstream.kafka.security` (TLS and
+SASL settings in each library's terms, and the one bounded connection check that turns a wrong
+password or an untrusted certificate into a clear error), :mod:`~auditstream.kafka.factory`
+(clients for the configured library, topics, the embedded broker's address). Import from this
+package.
 """
 
 from auditstream.kafka.factory import (
     BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, read_to_end, resolve_bootstrap,
 )
+from auditstream.kafka.security import check_broker, kafka_python_config, librdkafka_config
 from auditstream.kafka.interface import (
     FETCH_MAX_WAIT_MS, Consumer, Delivery, Headers, PartitionsCallback, Producer, Reader, Record, TopicPartition,
     check_deliveries,
@@ -28,6 +32,6 @@ from auditstream.kafka.interface import (
 
 __all__ = [
     "BROKER_STATE_FILE", "FETCH_MAX_WAIT_MS", "Consumer", "Delivery", "Headers", "PartitionsCallback", "Producer",
-    "Reader", "Record", "TopicPartition", "check_deliveries", "ensure_topics", "make_consumer", "make_producer",
+    "Reader", "Record", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_topics", "make_consumer", "make_producer",
     "make_reader", "read_to_end", "resolve_bootstrap",
 ]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from auditstream.errors import BrokerUnavailable, CommitRejected
 from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Delivery, Headers, PartitionsCallback, Record, TopicPartition,
                                          check_deliveries)
+from auditstream.kafka.security import kafka_python_config, librdkafka_config
 from auditstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class KafkaPythonProducer:
-    def __init__(self, bootstrap: str, client_id: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, client_id: str) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
@@ -34,6 +35,7 @@ class KafkaPythonProducer:
             self._p = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
                 batch_size=256 * 1024, max_request_size=8 * 1024 * 1024, retries=5,
+                **kafka_python_config(settings),
             )
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None
@@ -99,6 +101,7 @@ class KafkaPythonConsumer:
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=settings.max_poll_interval_ms,
                 max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                **kafka_python_config(settings),
             )
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None
@@ -142,14 +145,15 @@ class KafkaPythonConsumer:
 class KafkaPythonReader:
     """Manual assignment of every partition of ``topics``; see :class:`auditstream.kafka.Reader`."""
 
-    def __init__(self, bootstrap: str, topics: list[str], from_beginning: bool) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, topics: list[str], from_beginning: bool) -> None:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as TP
         from kafka.errors import KafkaError
 
         try:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000)
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000,
+                                    **kafka_python_config(settings))
             parts = [TP(t, p) for t in topics for p in sorted(self._c.partitions_for_topic(t) or ())]
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None
@@ -182,12 +186,13 @@ class KafkaPythonReader:
 
 
 class ConfluentProducer:
-    def __init__(self, bootstrap: str, client_id: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, client_id: str) -> None:
         from confluent_kafka import Producer as CProducer
 
         self._p = CProducer({
             "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
             "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False, "log.connection.close": False,
+            **librdkafka_config(settings),
         })
         self._pending: list[Delivery] = []
 
@@ -229,6 +234,7 @@ class ConfluentConsumer:
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
             "enable.partition.eof": False, "fetch.wait.max.ms": FETCH_MAX_WAIT_MS, "log.connection.close": False,
+            **librdkafka_config(settings),
         })
 
         def wrap(cb: PartitionsCallback | None) -> Callable[[Any, list[Any]], None]:

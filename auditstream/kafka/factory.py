@@ -8,6 +8,7 @@ from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
 from auditstream.kafka.interface import Consumer, PartitionsCallback, Producer, Reader, Record, quiet_client_logs
+from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import Settings
 
 
@@ -15,11 +16,10 @@ def make_producer(settings: Settings, bootstrap: str | None = None, client_id: s
     """A producer for ``settings.kafka_client`` (acks=all: a send is acked once it is durable)."""
     from auditstream.kafka.clients import ConfluentProducer, KafkaPythonProducer
 
-    bootstrap = bootstrap or _bootstrap(settings)
-    quiet_client_logs()
+    bootstrap = _checked_bootstrap(settings, bootstrap)
     if settings.kafka_client == "confluent":
-        return ConfluentProducer(bootstrap, client_id)
-    return KafkaPythonProducer(bootstrap, client_id)
+        return ConfluentProducer(settings, bootstrap, client_id)
+    return KafkaPythonProducer(settings, bootstrap, client_id)
 
 
 def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstrap: str | None = None,
@@ -28,8 +28,7 @@ def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstra
     """A group member subscribed to ``topics``, manual commits, reading from the earliest offset."""
     from auditstream.kafka.clients import ConfluentConsumer, KafkaPythonConsumer
 
-    bootstrap = bootstrap or _bootstrap(settings)
-    quiet_client_logs()
+    bootstrap = _checked_bootstrap(settings, bootstrap)
     cls = ConfluentConsumer if settings.kafka_client == "confluent" else KafkaPythonConsumer
     return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke)
 
@@ -40,8 +39,7 @@ def make_reader(settings: Settings, topics: list[str], from_beginning: bool = Tr
     False) from the current end on. Always kafka-python: readers are few and off the hot path."""
     from auditstream.kafka.clients import KafkaPythonReader
 
-    quiet_client_logs()
-    return KafkaPythonReader(bootstrap or _bootstrap(settings), list(topics), from_beginning)
+    return KafkaPythonReader(settings, _checked_bootstrap(settings, bootstrap), list(topics), from_beginning)
 
 
 def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
@@ -63,15 +61,18 @@ def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = N
         reader.close()
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int, compacted: tuple[str, ...] = ()) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, ...] = (),
+                  bootstrap: str | None = None) -> list[str]:
+    """Create the topics that do not exist yet, with ``settings.partitions`` partitions each;
+    returns the names created. Idempotent."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    quiet_client_logs()
+    bootstrap = _checked_bootstrap(settings, bootstrap)
+    partitions = settings.partitions
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditstream-admin")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="auditstream-admin", **kafka_python_config(settings))
     except KafkaError as e:
         raise BrokerUnavailable(bootstrap, str(e)) from None
     try:
@@ -107,3 +108,12 @@ def resolve_bootstrap(settings: Settings) -> str:
 
 def _bootstrap(settings: Settings) -> str:
     return resolve_bootstrap(settings)
+
+
+def _checked_bootstrap(settings: Settings, bootstrap: str | None) -> str:
+    """The address to connect to, after one bounded check of the connection's TLS and SASL
+    (once per process; see :func:`auditstream.kafka.security.check_broker`)."""
+    bootstrap = bootstrap or _bootstrap(settings)
+    quiet_client_logs()
+    check_broker(settings, bootstrap)
+    return bootstrap

@@ -211,8 +211,7 @@ def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, t
     model = frame_policy(tmp_path, threshold=0.0)  # every decision AUTO: each step yields an action
     settings = dataclasses.replace(broker, topic_prefix=f"ep{os.getpid()}x{int(time.time())}",
                                    models_dir=tmp_path / "models", state_dir=tmp_path / "state")
-    ensure_topics(settings.bootstrap_servers, all_topics(settings, ["stacked"]), settings.partitions,
-                  tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_topics(settings, all_topics(settings, ["stacked"]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
     rng = np.random.default_rng(1)
     obs = [rng.normal(0, 1, D).astype(np.float32) for _ in range(10)]
     reader = make_reader(settings, [settings.topic(T.ACTIONS)], from_beginning=False)

@@ -54,7 +54,7 @@ def wait_for_predictions(settings: Settings, count: int, timeout_s: float) -> li
 def test_sigterm_finishes_the_batch_commits_and_exits(stream_settings: Settings, tmp_path: Path) -> None:
     settings, n = stream_settings, 3000
     topic = settings.request_topic("tiny")
-    ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
+    ensure_topics(settings, [topic])
     proc = start_serve(settings, tmp_path / "serve.log")
     producer = make_producer(settings)
     try:
@@ -83,7 +83,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(stream_settings: Settings,
 def test_sigkill_one_of_two_consumers_loses_nothing(stream_settings: Settings, tmp_path: Path) -> None:
     settings, n = stream_settings, 3000
     topic = settings.request_topic("tiny")
-    ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
+    ensure_topics(settings, [topic])
     victim = start_serve(settings, tmp_path / "a.log")
     survivor = start_serve(settings, tmp_path / "b.log")
     producer = make_producer(settings)

@@ -63,7 +63,7 @@ def test_poison_records_dead_lettered_valid_answered_and_replayed(stream_setting
 
     settings = dataclasses.replace(stream_settings, max_request_bytes=4096)
     topic, model = settings.request_topic("tiny"), tiny_registry.model
-    ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
+    ensure_topics(settings, [topic])
     inputs = inputs_for(model.card)
     poison = {
         b"garbage": b"\x00\x01 not json at all",

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 KEYS = {"raw_ort_per_s", "stream_per_s", "ratio", "p50_ms", "p99_ms", "lost", "duplicates", "client",
         "wire_encode_us", "wire_decode_us", "overhead_us_per_record", "non_identical_duplicates", "mean_batch_size",
-        "batch_size", "max_wait_ms"}
+        "batch_size", "max_wait_ms", "ratio_tls", "stream_tls_per_s"}
 
 
 def test_bench_serve_json_line(stream_settings: Settings) -> None:
@@ -30,3 +30,4 @@ def test_bench_serve_json_line(stream_settings: Settings) -> None:
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["client"] == "confluent"
     assert result["non_identical_duplicates"] == 0 and 1 <= result["mean_batch_size"] <= 64
     assert result["requests"] == 640 + 200 + 2 * 64 and result["stream_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
+    assert result["ratio_tls"] > 0 and result["stream_tls_per_s"] > 0  # the same drain over TLS

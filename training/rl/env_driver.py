@@ -239,8 +239,8 @@ def run(settings: Any, args: RunArgs) -> RunReport:
     model = args.model or card_name(args.env)
     card = ModelRegistry(settings.models_dir).card(model, args.version or None)
     bootstrap = resolve_bootstrap(settings)
-    ensure_topics(bootstrap, [settings.request_topic(model)] + [settings.topic(t) for t in T.SHARED_TOPICS],
-                  settings.partitions)
+    ensure_topics(settings, [settings.request_topic(model)] + [settings.topic(t) for t in T.SHARED_TOPICS],
+                  bootstrap=bootstrap)
     # Tail the answers before the first request goes out, so none is missed.
     reader = make_reader(settings, [settings.topic(T.ACTIONS), settings.topic(T.DECISIONS)], from_beginning=False,
                          bootstrap=bootstrap)

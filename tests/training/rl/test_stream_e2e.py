@@ -51,8 +51,7 @@ def run(broker: Settings, tmp_path_factory: pytest.TempPathFactory) -> Run:
     registry = ModelRegistry(settings.models_dir)
     live = publish_policy(registry, MODEL, cartpole_weights(scale=10.0), threshold=0.7, safe_action=0)
     registry.set_live(MODEL, live.card.version)
-    ensure_topics(settings.bootstrap_servers, T.all_topics(settings, [MODEL]), settings.partitions,
-                  tuple(settings.topic(t) for t in T.COMPACTED_TOPICS))
+    ensure_topics(settings, T.all_topics(settings, [MODEL]), tuple(settings.topic(t) for t in T.COMPACTED_TOPICS))
     app = ServeApp(settings, live, ServeMetrics(MODEL, CollectorRegistry()))
     consumer = threading.Thread(target=app.run, daemon=True)
     consumer.start()

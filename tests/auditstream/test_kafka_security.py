@@ -1,0 +1,80 @@
+"""The security settings: validated with messages that say what to set, translated the same
+way for both client libraries, and never shown with their secrets. The real connections are
+tested in tests/stack/test_broker_security.py."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from auditstream.errors import ConfigError
+from auditstream.kafka.security import kafka_python_config, librdkafka_config
+from auditstream.settings import Settings
+
+
+def _pem(tmp_path: Path, name: str) -> str:
+    path = tmp_path / name
+    path.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    return str(path)
+
+
+def test_plaintext_is_the_default_and_adds_nothing_else():
+    assert kafka_python_config(Settings()) == {"security_protocol": "PLAINTEXT"}
+    assert librdkafka_config(Settings()) == {"security.protocol": "plaintext"}
+
+
+def test_sasl_ssl_is_translated_alike_for_both_libraries(tmp_path):
+    ca, cert, key = _pem(tmp_path, "ca.pem"), _pem(tmp_path, "c.pem"), _pem(tmp_path, "c.key")
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_ssl_cafile=ca, kafka_ssl_certfile=cert,
+                        kafka_ssl_keyfile=key, kafka_ssl_key_password="kp", kafka_ssl_check_hostname=False,
+                        kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="u", kafka_sasl_password="pw")
+    assert kafka_python_config(settings) == {
+        "security_protocol": "SASL_SSL", "ssl_check_hostname": False, "ssl_cafile": ca, "ssl_certfile": cert,
+        "ssl_keyfile": key, "ssl_password": "kp", "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "u",
+        "sasl_plain_password": "pw"}
+    assert librdkafka_config(settings) == {
+        "security.protocol": "sasl_ssl", "ssl.endpoint.identification.algorithm": "none", "ssl.ca.location": ca,
+        "ssl.certificate.location": cert, "ssl.key.location": key, "ssl.key.password": "kp",
+        "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "u", "sasl.password": "pw"}
+
+
+def test_sasl_without_tls_sends_no_tls_settings():
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="pw",
+                        kafka_ssl_cafile="/does/not/matter")
+    assert not any(k.startswith("ssl") for k in kafka_python_config(settings))
+    assert not any(k.startswith("ssl") for k in librdkafka_config(settings))
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "TLS"}, "AUDITSTREAM_KAFKA_SECURITY_PROTOCOL"),
+    ({"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "AUDITSTREAM_KAFKA_SASL_PASSWORD": "pw"},
+     "AUDITSTREAM_KAFKA_SASL_USERNAME"),
+    ({"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "AUDITSTREAM_KAFKA_SASL_USERNAME": "u"},
+     "AUDITSTREAM_KAFKA_SASL_PASSWORD"),
+    ({"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "AUDITSTREAM_KAFKA_SASL_USERNAME": "u",
+      "AUDITSTREAM_KAFKA_SASL_PASSWORD": "pw", "AUDITSTREAM_KAFKA_SASL_MECHANISM": "GSSAPI"},
+     "AUDITSTREAM_KAFKA_SASL_MECHANISM"),
+    ({"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "AUDITSTREAM_KAFKA_SSL_CAFILE": "/no/such/ca.pem"},
+     "AUDITSTREAM_KAFKA_SSL_CAFILE"),
+])
+def test_a_bad_security_setting_names_the_variable(env, variable):
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(env)
+
+
+def test_a_client_certificate_needs_its_key(tmp_path):
+    with pytest.raises(ConfigError, match="kafka_ssl_keyfile"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_certfile=_pem(tmp_path, "c.pem"))
+
+
+def test_secrets_are_never_shown(caplog):
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="auditor",
+                        kafka_sasl_password="hunter2", kafka_ssl_key_password="swordfish", qc_salt="pepper")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("settings: %r / %s", settings, settings)
+    for text in (repr(settings), str(settings), caplog.text):
+        assert "hunter2" not in text and "swordfish" not in text and "pepper" not in text
+        assert "kafka_sasl_username='auditor'" in text  # the user name is not a secret
+    assert Settings.from_env(settings.to_env()) == settings  # a child process still gets them
