@@ -34,7 +34,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     export = labels_sub.add_parser("export", help="write every verdict as a labelled example (JSONL or CSV)")
     export.add_argument("--out", required=True, help="output file")
     export.add_argument("--model", default=None, help="only this model (default: all)")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="file format (default: jsonl)")
+    export.add_argument("--format", choices=("jsonl", "csv", "coco"), default="jsonl",
+                        help="file format (default: jsonl); coco: a detector's verdicts as a COCO data set, "
+                             "pixels under images/ beside --out (needs --model)")
     export.add_argument("--include-gold", action="store_true", help="also export verdicts on gold items")
     export.add_argument("--store-url", default="", help=store_help)
     export.set_defaults(handler=run_labels_export)
@@ -134,10 +136,36 @@ def run_labels_export(args: argparse.Namespace) -> int:
 
     from monitor.labels import export_labels
 
-    _, store = _open(args)
+    settings, store = _open(args)
     with store:
+        if args.format == "coco":
+            return _export_coco(settings, store, args)
         n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
     print(f"wrote {n} labels to {args.out}")
+    return 0
+
+
+def _export_coco(settings, store, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from auditstream import tasks
+    from auditstream.errors import ConfigError, ModelNotFound
+    from auditstream.registry import ModelRegistry
+    from monitor.coco_export import export_coco
+
+    if not args.model:
+        raise ConfigError("--model", "", "the detector whose verdicts to export (COCO holds one model's classes)")
+    try:
+        card = ModelRegistry(settings.models_dir).load(args.model).card
+        labels = card.labels or ()
+        if not tasks.lookup(card.task).answers_are_boxes:
+            raise ConfigError("--model", args.model, f"a model whose answers are boxes for --format coco "
+                                                     f"(it is a {card.task} model)")
+    except ModelNotFound:
+        labels = ()  # the registry is elsewhere: categories are named by their index
+    rows = (r for r in store.labels(args.model, args.include_gold) if tasks.lookup(r["task"]).answers_are_boxes)
+    n = export_coco(rows, Path(args.out), labels)
+    print(f"wrote {n} images to {args.out} (pixels in {Path(args.out).parent / 'images'})")
     return 0
 
 

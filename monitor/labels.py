@@ -1,4 +1,5 @@
-"""Verdicts as a training set: ``auditstream labels export --out FILE [--model M] [--format jsonl|csv]``.
+"""Verdicts as a training set: ``auditstream labels export --out FILE [--model M] [--format jsonl|csv]``
+(``--format coco`` for detectors: :mod:`monitor.coco_export`).
 
 Each decisive verdict (accept, correct, reject; skips are not labels) becomes one example:
 

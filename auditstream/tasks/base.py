@@ -86,6 +86,7 @@ class Task:
     output_names: ClassVar[tuple[str, ...]] = ()  # graph outputs postprocess reads
     served: ClassVar[bool] = True  # False: cards of this kind are valid, serving them is not built yet
     acts: ClassVar[bool] = False  # answers are actions in an environment (episode state, action records)
+    answers_are_boxes: ClassVar[bool] = False  # answers are labelled boxes (COCO export of verdicts)
     # Least QC rate of its auto answers whatever the settings say (policies: OPE needs random audits).
     min_qc_rate: ClassVar[float] = 0.0
 
