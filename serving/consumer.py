@@ -143,12 +143,16 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
     for i, record in enumerate(records):
         try:
             request, array = _decode(record, config, episodes)
+            if request.episode_end and episodes is not None:
+                episodes.end(request)
+                results[i] = RecordResult()  # no decision wanted; the state's tombstone comes at the checkpoint
+                continue
         except DecodeError as e:
             results[i] = dead_letter(record, e.code, e.detail, config.dead_letter_topic, now)
             continue
-        if request.episode_end and episodes is not None:
-            episodes.end(request)
-            results[i] = RecordResult()  # no decision wanted; the state's tombstone comes at the checkpoint
+        except Exception as e:  # noqa: BLE001 - a decoder bug is this record's failure, not the batch's
+            log.warning("record %s: processing failed before inference: %r", record.where, e)
+            results[i] = dead_letter(record, Reason.PROCESSING_FAILED.value, repr(e)[:500], config.dead_letter_topic, now)
             continue
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()

@@ -103,6 +103,16 @@ def _refuse_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
+INT_LIMIT = 2**63  # no field of the wire needs more; beyond 1e308 an int does not even fit a float
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise DecodeError(Reason.TOO_LARGE.value, f"integer {text[:20]}... ({len(text)} digits) is beyond 64 bits")
+    return value
+
+
 def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
@@ -115,7 +125,9 @@ def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
         if containers > MAX_JSON_CONTAINERS:
             raise DecodeError(Reason.TOO_LARGE.value, f"record opens {containers} JSON arrays/objects, over {MAX_JSON_CONTAINERS}")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_int64)
+    except DecodeError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints over 4300 digits
         raise DecodeError(Reason.UNDECODABLE.value, f"not UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
@@ -170,7 +182,10 @@ def _number(obj: dict[str, Any], name: str, low: float = -math.inf, high: float 
     """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity)."""
     if default is not None and obj.get(name) is None:
         return default
-    value = float(_field(obj, name, (int, float)))
+    try:
+        value = float(_field(obj, name, (int, float)))
+    except OverflowError:  # an int past 1e308 (callers that skip _loads' 64-bit limit)
+        value = math.inf
     if not (math.isfinite(value) and low <= value <= high):
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be finite and in [{low}, {high}]")
     return value

@@ -35,6 +35,7 @@ json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([10**309, -(10**309), 10**400, 2**63, -(2**63) - 1])  # past float range, past int64
     | st.floats(allow_nan=False, allow_infinity=False)
     | texts
     | st.sampled_from(["AUTO", "HUMAN", "float32", "uint8", "png", "model", "accept", "", "AAAA", "b64"])
@@ -238,3 +239,20 @@ def test_every_string_field_takes_any_text_or_refuses_it(name, data):
         target = target[part]
     target[path[-1]] = data.draw(st.text(st.characters() | st.characters(categories=["Cs"]), min_size=1, max_size=20))
     decode_or_refuse(DECODERS[name], json.dumps(obj).encode())
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@pytest.mark.parametrize("huge", ["1" + "0" * 400, "-" + "9" * 309, str(2**63)])
+def test_every_number_field_refuses_integers_beyond_64_bits(name, huge):
+    """A 400-digit integer is valid JSON; it once reached float() in the request decoder, raised
+    OverflowError instead of DecodeError and stopped the consumer on every restart."""
+    obj = _valid(name)
+    for path in [p for p in _paths(obj) if type(_at(obj, p)) in (int, float)]:
+        mutated = json.loads(json.dumps(obj))
+        target = mutated
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = "<huge>"
+        with pytest.raises(DecodeError):
+            DECODERS[name](json.dumps(mutated).replace('"<huge>"', huge).encode())
+

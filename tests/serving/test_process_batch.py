@@ -323,3 +323,24 @@ def test_absurd_request_times_stay_out_of_the_latency_histograms(served, created
     record = Record("auditstream.requests.tiny", 0, 0, req.key, req.to_bytes(), ())
     (result,) = process_batch([record], session, config, NOW)
     assert result.route is not None and (result.end_to_end_s is not None) is observed
+
+
+def test_a_record_that_breaks_the_decoder_is_dead_lettered_alone(served, monkeypatch) -> None:
+    """A decoder bug (an exception other than DecodeError, as float() of a 400-digit integer once
+    raised) dead-letters that record; the batch is answered and the consumer goes on."""
+    from serving import consumer
+
+    session, config = served
+    real = consumer.prepare_input
+    calls = iter(range(100))
+
+    def fussy(*args, **kwargs):
+        if next(calls) == 2:
+            raise OverflowError("int too large to convert to float")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consumer, "prepare_input", fussy)
+    records = [request_record(i, good(i)) for i in range(5)]
+    results = process_batch(records, session, config, NOW)
+    assert [r.dead_letter_reason for r in results] == [None, None, Reason.PROCESSING_FAILED.value, None, None]
+    assert DeadLetter.from_bytes(results[2].outputs[0].value).value == records[2].value
