@@ -1,18 +1,35 @@
 """Detection: boxes with labels on one image (digits on a parcel label).
 
-An answer is a list of ``{"box": [x0, y0, x1, y1], "label", "score"}``; each box is a part.
-Two answers are the same when they have the same boxes by label and position (to a tenth of a
-pixel), whatever the order and the scores. Serving a detector is the detection family's work
-(its graph outputs, peak extraction and per-box triage); until then a detection card is valid
-and the serving consumer refuses it at start-up.
+| graph outputs | output | confidence | parts | details |
+|---|---|---|---|---|
+| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it) |
+
+The graph does the decoding (peaks, top-K, boxes), so postprocessing only drops the rows below
+the card's low threshold (``extra["threshold_low"]``). Every kept box gates the item: the card's
+triage threshold is the certified high threshold, and the item is auto-accepted only when every
+box clears it (``Task.gating_confidences``'s default: each part). The boxes in between go to an
+auditor. An answer with no box claims nothing, so it adds no false box to what the high
+threshold's certificate bounds, and the objects it misses are what the low threshold's miss-rate
+guarantee bounds: its confidence is 1.0 (qc/detection_certify.py, docs/detector.md).
+
+Answer equality: two answers are the same when their boxes match one to one by label and IoU
+``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
+whatever the order and the scores (:meth:`Detection.same_answer`). IoU matching is not
+transitive, so it cannot be a key: :meth:`Detection.answer_key` stays a canonical form (labels
+and boxes to a tenth of a pixel, sorted); equal keys are the same answer, not conversely.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from auditstream.tasks.base import Task, canonical_json, label_name, register
+import numpy as np
+
+from auditstream.registry import ModelCard
+from auditstream.tasks.base import Answer, Part, Task, canonical_json, label_name, register, rounded
 from auditstream.wire import TaskKind
+
+DEFAULT_MATCH_IOU = 0.5
 
 
 def boxes(output: Any) -> list[dict[str, Any]]:
@@ -20,9 +37,86 @@ def boxes(output: Any) -> list[dict[str, Any]]:
     return [d for d in output if isinstance(d, dict)] if isinstance(output, list) else []
 
 
+def threshold_low(card: ModelCard) -> float:
+    """Rows scoring below this are dropped (the card's ``extra["threshold_low"]``)."""
+    return float(card.extra["threshold_low"])
+
+
+def match_iou(card: ModelCard | None) -> float:
+    """The IoU at which two boxes of one label are the same box."""
+    return float(card.extra.get("match_iou", DEFAULT_MATCH_IOU)) if card is not None else DEFAULT_MATCH_IOU
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` [m, 4] with every box of ``b`` [k, 4] (x0, y0, x1, y1)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
+    """The boxes as [n, 4] floats, or None when one is not four finite numbers."""
+    try:
+        rows = [[float(v) for v in d["box"]] for d in dets]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if any(len(r) != 4 for r in rows):
+        return None
+    array = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+    return array if np.isfinite(array).all() else None
+
+
+def _perfect_matching(allowed: np.ndarray) -> bool:
+    """Whether the square bipartite graph ``allowed`` [n, n] has a perfect matching (augmenting paths)."""
+    n = len(allowed)
+    owner = [-1] * n  # right vertex -> left vertex
+
+    def augment(i: int, seen: list[bool]) -> bool:
+        for j in np.flatnonzero(allowed[i]):
+            if not seen[j]:
+                seen[j] = True
+                if owner[j] < 0 or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(augment(i, [False] * n) for i in range(n))
+
+
 class Detection(Task):
     kind = TaskKind.DETECTION
-    served = False
+    output_names = ("boxes", "labels", "scores")
+
+    def check_card(self, card: ModelCard) -> None:
+        super().check_card(card)
+        low = card.extra.get("threshold_low")
+        if not isinstance(low, (int, float)) or isinstance(low, bool) or not 0.0 <= low <= 1.0:
+            raise ValueError(f"detection model {card.name}: extra.threshold_low must be a number in [0, 1] "
+                             f"(rows scoring below it are dropped), got {low!r}")
+        if not 0.0 < match_iou(card) <= 1.0:
+            raise ValueError(f"detection model {card.name}: extra.match_iou {match_iou(card)} must be in (0, 1]")
+
+    def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
+        low = threshold_low(card)
+        answers: list[Answer | None] = []
+        for box_rows, label_rows, score_rows in zip(outputs["boxes"], outputs["labels"], outputs["scores"]):
+            if not (np.isfinite(box_rows).all() and np.isfinite(score_rows).all()):
+                answers.append(None)
+                continue
+            order = np.argsort(-score_rows, kind="stable")
+            kept = [int(i) for i in order if score_rows[i] >= low]
+            output = [{"box": [rounded(v) for v in box_rows[i]], "label": int(label_rows[i]),
+                       "score": rounded(score_rows[i])} for i in kept]
+            parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
+            confidence = min((det["score"] for det in output), default=1.0)
+            answers.append(Answer(output, confidence, parts,
+                                  {"threshold_low": low, "dropped": len(score_rows) - len(kept)}))
+        return answers
 
     def answer_key(self, output: Any) -> str:
         if output is None:
@@ -30,6 +124,21 @@ class Detection(Task):
         key = sorted((canonical_json(d.get("label")), *(round(float(v), 1) for v in d.get("box", [])))
                      for d in boxes(output))
         return canonical_json(key)
+
+    def same_answer(self, a: Any, b: Any, iou: float = DEFAULT_MATCH_IOU) -> bool:
+        """Boxes match one to one by label and IoU ``>= iou`` (pass the card's :func:`match_iou`);
+        scores and order do not matter. Answers with a malformed box compare by key."""
+        if a is None or b is None or not isinstance(a, list) or not isinstance(b, list):
+            return self.answer_key(a) == self.answer_key(b)
+        da, db = boxes(a), boxes(b)
+        if len(da) != len(db):
+            return False
+        xa, xb = _box_array(da), _box_array(db)
+        if xa is None or xb is None:
+            return self.answer_key(a) == self.answer_key(b)
+        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in db]
+                               for p in da], dtype=bool).reshape(len(da), len(db))
+        return _perfect_matching(same_label & (iou_matrix(xa, xb) >= iou))
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""

@@ -58,7 +58,8 @@ def test_non_finite_rows_are_none() -> None:
 
 
 @pytest.mark.parametrize("task,outputs,message", [
-    ("detection", ["boxes"], "not served"),
+    ("caption", ["tokens"], "not served"),
+    ("detection", ["boxes"], "lacks graph outputs"),
     ("classification", ["logits"], "lacks graph outputs"),
     ("policy", ["action_probs"], "lacks graph outputs"),
 ])

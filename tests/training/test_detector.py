@@ -1,0 +1,120 @@
+"""The detector family: generated labels and their COCO annotations, the decoding inside the
+graph, export parity, and a short training run that learns and publishes a servable model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from auditstream.registry import ModelRegistry
+from auditstream.tasks import lookup
+from training.data.split import load_split
+from training.detector import train as detector
+from training.detector.args import DetectorArgs
+from training.detector.data import CLASSES, IMAGE_SIZE, make_detection_set, to_coco
+from training.detector.model import GRID, STRIDE, TOP_K, DetectorNet, ExportedDetector, decode
+from training.export import export_onnx, run_onnx
+
+
+def test_labels_are_deterministic_and_use_one_split_only() -> None:
+    a, b = make_detection_set("test", 40, seed=3), make_detection_set("test", 40, seed=3)
+    assert np.array_equal(a.images, b.images) and all(np.array_equal(x, y) for x, y in zip(a.boxes, b.boxes))
+    assert not np.array_equal(a.images, make_detection_set("test", 40, seed=4).images)
+    assert a.images.shape == (40, IMAGE_SIZE, IMAGE_SIZE) and a.images.dtype == np.float32
+    assert 0.0 <= a.images.min() and a.images.max() <= 1.0
+    for split in ("train", "calibration/certificate", "test"):
+        data = make_detection_set(split, 30, seed=1, variant="hard")
+        assert set(np.concatenate(data.sources)) <= set(load_split(split).indices)
+    for boxes, labels in zip(a.boxes, a.labels):
+        assert 1 <= len(boxes) <= 8 and set(labels) <= set(range(CLASSES))
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= IMAGE_SIZE).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+
+
+def test_hard_labels_hold_more_and_smaller_digits() -> None:
+    standard, hard = make_detection_set("train", 200, seed=1), make_detection_set("train", 200, seed=1, variant="hard")
+    assert hard.n_objects / len(hard) > 1.5 * standard.n_objects / len(standard)
+    height = (lambda d: np.median(np.concatenate([b[:, 3] - b[:, 1] for b in d.boxes])))
+    assert height(hard) < height(standard)
+    with pytest.raises(ValueError, match="variant"):
+        make_detection_set("train", 1, seed=1, variant="easy")
+
+
+def test_coco_annotations() -> None:
+    data = make_detection_set("test", 5, seed=2)
+    coco = to_coco(data)
+    assert [im["id"] for im in coco["images"]] == [1, 2, 3, 4, 5]
+    assert [c["id"] for c in coco["categories"]] == list(range(10)) and coco["categories"][3]["name"] == "3"
+    anns = coco["annotations"]
+    assert [a["id"] for a in anns] == list(range(1, data.n_objects + 1))
+    first = anns[0]
+    x0, y0, x1, y1 = data.boxes[0][0]
+    assert first["image_id"] == 1 and first["category_id"] == int(data.labels[0][0]) and first["iscrowd"] == 0
+    assert first["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    assert first["area"] == pytest.approx((x1 - x0) * (y1 - y0))
+
+
+def test_decoding_turns_peaks_into_boxes_best_first() -> None:
+    heat = torch.full((1, CLASSES, GRID, GRID), -8.0)
+    size, offset = torch.zeros(1, 2, GRID, GRID), torch.zeros(1, 2, GRID, GRID)
+    heat[0, 3, 5, 7], heat[0, 3, 5, 8] = 4.0, 3.0  # the neighbour is no peak
+    size[0, :, 5, 7], offset[0, :, 5, 7] = torch.tensor([3.0, 4.0]), torch.tensor([0.5, 0.25])
+    heat[0, 8, 12, 2] = 1.0
+    logits, labels, boxes = decode(heat, size, offset, top_k=3)
+    assert labels[0, :2].tolist() == [3, 8] and logits[0, :2].tolist() == [4.0, 1.0]
+    cx, cy = (7 + 0.5) * STRIDE, (5 + 0.25) * STRIDE
+    assert boxes[0, 0].tolist() == pytest.approx([cx - 6, cy - 8, cx + 6, cy + 8])
+    assert logits[0, 2] == -8.0  # then the best background peak
+
+
+def test_export_keeps_parity_and_the_serving_contract() -> None:
+    torch.manual_seed(0)
+    net = DetectorNet().eval()
+    # An untrained heatmap is nearly flat: its peaks differ by less than the runtimes do (~1e-6),
+    # and which of two tied cells is the peak is then arbitrary. Spread the logits as a trained
+    # net does (a trained net's parity is in docs/detector.md).
+    torch.nn.init.normal_(net.heat[-1].weight, std=1.0)
+    exported = ExportedDetector(net, platt_a=1.3, platt_b=-0.5).eval()
+    onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", ["boxes", "labels", "scores"])
+    images = make_detection_set("test", 64, seed=5).images
+    assert detector.detection_parity(exported, onnx_bytes, images) <= 1e-4
+    boxes, labels, scores = run_onnx(onnx_bytes, images)
+    assert boxes.shape == (64, TOP_K, 4) and labels.shape == scores.shape == (64, TOP_K)
+    assert labels.dtype == np.int64 and scores.dtype == np.float32 and set(np.unique(labels)) <= set(range(CLASSES))
+    assert (np.diff(scores, axis=1) <= 0).all() and ((0 <= scores) & (scores <= 1)).all()
+
+
+def test_platt_scaling_recovers_known_constants() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, size=20_000)
+    true = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 1.0)))
+    a, b = detector.fit_platt(z, true)
+    assert a == pytest.approx(0.7, abs=0.05) and b == pytest.approx(-1.0, abs=0.1)
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    a, _ = detector.train(DetectorArgs(steps=2, seed=5, threads=1), progress=False)
+    b, _ = detector.train(DetectorArgs(steps=2, seed=5, threads=1), progress=False)
+    c, _ = detector.train(DetectorArgs(steps=2, seed=6, threads=1), progress=False)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_short_training_learns_certifies_and_publishes_a_servable_model(tmp_path) -> None:
+    args = DetectorArgs(steps=500, hard_share=0.0, n_platt=200, n_certificate=600, n_test=200, seed=2)
+    summary = detector.run(args, tmp_path, progress=False)
+    assert summary["map_50"] >= 0.85  # 500 steps, about 60 s on 2 cores (the default 4000 steps: see docs/detector.md)
+    assert summary["parity_max_abs_diff"] <= 1e-4
+    model = ModelRegistry(tmp_path).load("detector")  # checksum and safety checks pass
+    card, task = model.card, lookup(model.card.task)
+    task.check_card(card)
+    assert card.extra["threshold_low"] == summary["threshold_low"] <= card.triage.threshold == summary["threshold_high"]
+    assert [o.name for o in card.outputs] == ["boxes", "labels", "scores"] and card.extra["max_boxes"] == TOP_K
+    assert card.extra["match_iou"] == 0.5 and card.triage.confidence_kind == "min_box_score"
+    assert (model.directory / "risk_coverage.png").stat().st_size > 1000
+    data = make_detection_set("test", 8, seed=1)
+    outputs = dict(zip(["boxes", "labels", "scores"], run_onnx(model.verified_bytes(), data.images)))
+    answers = task.postprocess(card, outputs)
+    assert all(a is not None and all(d["score"] >= card.extra["threshold_low"] for d in a.output) for a in answers)

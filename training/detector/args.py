@@ -1,0 +1,35 @@
+"""Arguments of ``auditstream train detector``: one frozen dataclass; each field's help text is its
+``--help`` line. Apart from the script only so that ``auditstream --help`` needs no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DetectorArgs:
+    """Arguments of ``auditstream train detector``."""
+
+    seed: int = field(default=1, metadata={"help": "seed of weights and of the training labels"})
+    steps: int = field(default=5000, metadata={"help": "optimizer steps; every step renders a fresh batch"})
+    batch_size: int = field(default=32, metadata={"help": "labels per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    hard_share: float = field(default=0.3, metadata={"help": "share of 'hard' labels in training batches (one model "
+                                                             "serves both variants)"})
+    n_platt: int = field(default=1000, metadata={"help": "labels of calibration/temperature digits that fit the score "
+                                                          "calibration"})
+    n_certificate: int = field(default=3000, metadata={"help": "labels of calibration/certificate digits that "
+                                                                "certify the thresholds"})
+    n_test: int = field(default=1000, metadata={"help": "test labels per variant (test-split digits)"})
+    target_fdr: float = field(default=0.02, metadata={"help": "share of auto-accepted boxes that may be false (alpha)"})
+    target_miss: float = field(default=0.01, metadata={"help": "expected share of an image's objects the dropped boxes "
+                                                                "may miss (beta)"})
+    delta: float = field(default=0.05, metadata={"help": "the FDR certificate may fail with probability at most delta"})
+    match_iou: float = field(default=0.5, metadata={"help": "IoU at which a box matches an object (and two answers' "
+                                                             "boxes are the same)"})
+    p_value: Literal["wsr", "hoeffding-bentkus"] = field(default="wsr", metadata={
+        "help": "p-value of the Learn-then-Test FDR tests"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    publish: bool = field(default=True, metadata={"help": "write the model into the registry"})

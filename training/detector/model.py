@@ -1,0 +1,145 @@
+"""The detector: a small anchor-free CenterNet (Zhou et al. 2019, "Objects as Points") for digits.
+
+``DetectorNet`` maps a label image [b, 64, 64] to three dense maps on a 16x16 grid (output
+stride 4): a class heatmap (10 logits per cell; a digit is a peak at the cell of its box centre),
+the box size (w, h, in cells) and the sub-cell offset of the centre. Training targets and the
+loss are here too (:func:`targets`, :func:`loss`): penalty-reduced focal loss on the heatmap
+against Gaussian bumps, L1 on size and offset at the centre cells.
+
+``ExportedDetector`` is what is exported and served: it adds the decoding, so the graph needs no
+NMS and no postprocessing beyond a threshold. A peak is a cell whose logit equals the 3x3 max
+pool around it; the ``TOP_K`` highest peaks over all classes and cells (ONNX TopK) become boxes
+``[x0, y0, x1, y1]`` in pixels, class ids, and scores ``sigmoid(a * logit + b)`` with the Platt
+constants fitted on calibration data (``a > 0``: the ranking is the logits'). Peaks and top-K
+are taken on logits, not on sigmoids, because a sigmoid saturates to exactly 1.0 in float32 and
+equal values would make the order of the rows depend on the runtime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.detector.data import CLASSES, IMAGE_SIZE, MAX_OBJECTS, DetectionSet
+
+STRIDE = 4
+GRID = IMAGE_SIZE // STRIDE
+TOP_K = 16  # rows per image in the graph: more than the most digits a label holds (MAX_OBJECTS)
+assert TOP_K > MAX_OBJECTS
+HEAT_PRIOR = 0.1  # initial heatmap probability (CenterNet's bias init, -2.19)
+OUTPUT_NAMES = ("boxes", "labels", "scores")
+
+
+def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class DetectorNet(nn.Module):
+    """Image float32 [b, 64, 64] (0..1, dark ink on light paper) -> (heat logits [b, 10, 16, 16],
+    size [b, 2, 16, 16] in cells, offset [b, 2, 16, 16] in cells)."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.fine = nn.Sequential(*_block(1, 16), *_block(16, 32, stride=2), *_block(32, 32))  # 32 x 32
+        self.deep = nn.Sequential(*_block(32, width, stride=2),  # 16 x 16
+                                  *_block(width, width), *_block(width, width, dilation=2),
+                                  *_block(width, width, dilation=4), *_block(width, width))
+        # The stride-2 features, folded onto the 16 x 16 grid (space-to-depth), give the box
+        # heads the edge detail that sub-pixel boxes need.
+        self.fold = nn.Conv2d(4 * 32, width, 1)
+
+        def head(out: int, hidden: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(width, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, out, 1))
+
+        self.heat, self.size, self.offset = head(CLASSES, width), head(2, width // 2), head(2, width // 2)
+        nn.init.constant_(self.heat[-1].bias, -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Preprocessing in the graph: ink = 1 - x, then per-image standardisation, so paper tone,
+        # lighting, ink darkness (and the 0..1 or 0..255 scale of the pixels) do not matter.
+        x = 1.0 - image.unsqueeze(1)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-6).sqrt()
+        fine = self.fine((x - mean) / std)
+        f = torch.relu(self.deep(fine) + self.fold(F.pixel_unshuffle(fine, 2)))
+        return self.heat(f), self.size(f), self.offset(f)
+
+
+class ExportedDetector(nn.Module):
+    """The served graph: image [b, 64, 64] -> boxes [b, K, 4] (x0, y0, x1, y1 in pixels),
+    labels int64 [b, K], scores [b, K] (calibrated, descending)."""
+
+    def __init__(self, net: DetectorNet, platt_a: float, platt_b: float, top_k: int = TOP_K) -> None:
+        super().__init__()
+        self.net, self.top_k = net, top_k
+        self.register_buffer("platt_a", torch.tensor(platt_a, dtype=torch.float32))
+        self.register_buffer("platt_b", torch.tensor(platt_b, dtype=torch.float32))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heat, size, offset = self.net(image)
+        logits, labels, boxes = decode(heat, size, offset, self.top_k)
+        return boxes, labels, torch.sigmoid(logits * self.platt_a + self.platt_b)
+
+
+def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor,
+           top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peak logits [b, K] (descending), class ids int64 [b, K] and boxes [b, K, 4] in pixels."""
+    b, classes, h, w = heat.shape
+    peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
+    masked = torch.where(peaks, heat, torch.full_like(heat, -1e4))  # a non-peak never outranks a peak
+    logits, index = masked.reshape(b, classes * h * w).topk(top_k, dim=1)
+    labels = torch.div(index, h * w, rounding_mode="floor")
+    cell = index - labels * (h * w)
+    ys = torch.div(cell, w, rounding_mode="floor")
+    xs = cell - ys * w
+    gather = cell.unsqueeze(1).expand(b, 2, top_k)
+    wh = size.reshape(b, 2, h * w).gather(2, gather) * STRIDE
+    off = offset.reshape(b, 2, h * w).gather(2, gather)
+    cx = (xs.to(heat.dtype) + off[:, 0]) * STRIDE
+    cy = (ys.to(heat.dtype) + off[:, 1]) * STRIDE
+    boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], dim=-1)
+    return logits, labels, boxes
+
+
+def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
+    """Training targets on the grid: ``heat`` [b, 10, G, G] (Gaussian bumps, 1 at each centre
+    cell), and at each centre cell ``size`` / ``offset`` [b, 2, G, G] with ``mask`` [b, 1, G, G]."""
+    n = len(batch)
+    heat = np.zeros((n, CLASSES, GRID, GRID), dtype=np.float32)
+    size = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
+    offset = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
+    mask = np.zeros((n, 1, GRID, GRID), dtype=np.float32)
+    cells = np.arange(GRID, dtype=np.float32)
+    for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
+        for (x0, y0, x1, y1), label in zip(boxes, labels):
+            cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE  # in cells
+            w, h = (x1 - x0) / STRIDE, (y1 - y0) / STRIDE
+            gx, gy = min(int(cx), GRID - 1), min(int(cy), GRID - 1)
+            sigma = max(min(w, h) / 6.0, 0.4)
+            bump = np.exp(-((cells[None, :] - gx) ** 2 + (cells[:, None] - gy) ** 2) / (2 * sigma**2))
+            np.maximum(heat[i, label], bump, out=heat[i, label])
+            size[i, :, gy, gx] = (w, h)
+            offset[i, :, gy, gx] = (cx - gx, cy - gy)
+            mask[i, 0, gy, gx] = 1.0
+    return {k: torch.from_numpy(v) for k, v in (("heat", heat), ("size", size), ("offset", offset), ("mask", mask))}
+
+
+def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: dict[str, torch.Tensor],
+         box_weight: float = 2.0) -> torch.Tensor:
+    """Focal loss (alpha 2, beta 4) on the heatmap + ``box_weight`` * L1 on size and offset (in
+    cells), per object."""
+    heat_logits, size, offset = outputs
+    gt, mask = target["heat"], target["mask"]
+    n_objects = mask.sum().clamp(min=1.0)
+    log_p, log_not_p = F.logsigmoid(heat_logits), F.logsigmoid(-heat_logits)
+    p = log_p.exp()
+    pos = gt.eq(1.0).float()
+    focal = -(pos * (1 - p).pow(2) * log_p + (1 - pos) * (1 - gt).pow(4) * p.pow(2) * log_not_p).sum() / n_objects
+    l1_size = (mask * (size - target["size"]).abs()).sum() / n_objects
+    l1_offset = (mask * (offset - target["offset"]).abs()).sum() / n_objects
+    return focal + box_weight * (l1_size + l1_offset)
