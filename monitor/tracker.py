@@ -38,12 +38,12 @@ from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bern
 from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
 from qc.snapshot import ModelQC
 from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
+from store.records import audit_error
 
 if TYPE_CHECKING:
     from store.records import QCOutcome
 
 log = logging.getLogger(__name__)
-ERROR_KINDS = (VerdictKind.REJECT, VerdictKind.CORRECT)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,10 @@ class QCTracker:
     def observe_verdict(self, v: Verdict) -> None:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
             return
-        self._audit(v.model, v.model_version, v.request_id, v.kind in ERROR_KINDS, v.inclusion_prob, v.verdict_id)
+        card = self._state(v.model, v.model_version).card
+        rule = tasks.lookup(card.task) if card is not None else None
+        error = audit_error(v.kind, rule, v.model_output, v.corrected_output)
+        self._audit(v.model, v.model_version, v.request_id, error, v.inclusion_prob, v.verdict_id)
 
     def seed(self, outcomes: Iterable[QCOutcome]) -> int:
         """Replay audited QC outcomes read back from the store (``store.audited_qc_history()``,

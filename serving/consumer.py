@@ -182,10 +182,17 @@ def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, c
     card = config.card
     if task.acts:
         answer = _act(task, answer, request, card, episodes)
-    # The rule that routed this answer (the card's threshold or the monitor's tightening).
-    answer = dataclasses.replace(answer, details={**answer.details, "threshold": triage_spec.threshold})
+    # The rule that routed this answer (the card's threshold or the monitor's tightening), and
+    # each gating part's own route: a detector's auditor sees which boxes were accepted on their
+    # own evidence (context) and which need a look.
+    parts = task.gating_confidences(answer)
+    details = {**answer.details, "threshold": triage_spec.threshold}
+    if parts:
+        part_threshold = triage_spec.threshold if config.policy.part_threshold is None else config.policy.part_threshold
+        details["part_routes"] = [Route.AUTO.value if c >= part_threshold else Route.HUMAN.value for c in parts]
+    answer = dataclasses.replace(answer, details=details)
     decision = triage(request.request_id, answer.confidence, triage_spec, config.policy,
-                      part_confidences=task.gating_confidences(answer), human_queue_depth=human_queue_depth)
+                      part_confidences=parts, human_queue_depth=human_queue_depth)
     latency = {"queue-s": max(0.0, now - request.created_at_s), "inference-s": inference_s,
                "end-to-end-s": max(0.0, now + (time.perf_counter() - started) - request.created_at_s)}
     # A producer's clock (or a hand-made record) may say 1970 or next year: such a latency is no

@@ -24,6 +24,7 @@ from store.records import (
     StoredItem,
     StoreStats,
     VerdictRecord,
+    audit_error,
     human_label,
 )
 
@@ -164,11 +165,18 @@ class StoreReads:
             "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output, i.task FROM {p}verdicts v"
             " JOIN {p}items i ON i.id = v.item_id WHERE i.reviews_needed = 2 AND v.review_round IN (1, 2)"
         )
-        labels: dict[int, dict[int, str]] = defaultdict(dict)
+        labels: dict[int, dict[int, Any]] = defaultdict(dict)
+        kinds: dict[int, tasks.Task] = {}
         for item_id, review_round, kind, corrected, output, task in rows:
             label = human_label(VerdictKind(kind), json.loads(output), None if corrected is None else json.loads(corrected))
-            labels[item_id][int(review_round)] = tasks.lookup(task).answer_key(label)
-        pairs = [(r[1], r[2]) for r in labels.values() if 1 in r and 2 in r]
+            labels[item_id][int(review_round)], kinds[item_id] = label, tasks.lookup(task)
+        pairs = []
+        for item_id, r in labels.items():
+            if 1 in r and 2 in r:
+                kind = kinds[item_id]
+                first = kind.answer_key(r[1])
+                # The kind's one rule decides agreement (a detector's boxes match by IoU, not to the pixel).
+                pairs.append((first, first if kind.same_answer(r[1], r[2]) else kind.answer_key(r[2])))
         return agreement_of(pairs)
 
     def audited_qc_outcomes(self, model: str, version: str | None = None) -> list[QCOutcome]:
@@ -191,14 +199,16 @@ class StoreReads:
         while True:
             rows = self._db.query(
                 "SELECT i.request_id, v.kind, i.qc_inclusion_prob, i.confidence, v.decided_at_s, i.model, i.model_version,"
-                " v.verdict_id FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                " v.verdict_id, i.task, i.output, v.corrected_output FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
                 f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0 AND v.review_round = 1{sql}"
                 " AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
                 " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
                 (*params, after[0], after[0], after[1], int(page)),
             )
-            for rid, kind, p, c, t, m, v, _ in rows:
-                yield QCOutcome(rid, kind != VerdictKind.ACCEPT.value, float(p), float(c), float(t), m, v)
+            for rid, kind, p, c, t, m, v, _, task, output, corrected in rows:
+                error = audit_error(VerdictKind(kind), tasks.lookup(task), json.loads(output),
+                                    None if corrected is None else json.loads(corrected))
+                yield QCOutcome(rid, error, float(p), float(c), float(t), m, v)
             if len(rows) < page:
                 return
             after = (float(rows[-1][4]), rows[-1][7])

@@ -186,6 +186,18 @@ def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> 
     return {VerdictKind.ACCEPT: model_output, VerdictKind.CORRECT: corrected_output}.get(kind)
 
 
+def audit_error(kind: VerdictKind, rule: tasks.Task | None, model_output: Any, corrected_output: Any) -> bool:
+    """Was an audited auto answer an error? Anything but accept -- except a correction that is the
+    same answer by the task kind's own rule (``tasks.lookup(kind)``: a box nudged by a pixel, a
+    caption re-spaced). ``rule`` None (the kind is not known yet) or no corrected answer
+    recorded: every correction counts."""
+    if kind is VerdictKind.ACCEPT:
+        return False
+    if kind is VerdictKind.CORRECT and rule is not None and corrected_output is not None:
+        return not rule.same_answer(model_output, corrected_output)
+    return True
+
+
 def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, corrected_output: Any,
                     gold_output: Any) -> bool:
     """Whether the auditor's answer is the gold answer, by the task kind's answer equality."""
