@@ -1,9 +1,11 @@
 """The live demo (README's first command): mail sorting on embedded defaults.
 
-``auditstream demo`` starts the embedded broker, trains the ``digits`` and ``zip-reader`` models
-if the registry lacks them, starts one serving consumer per model, the monitor and the audit
-dashboard (with a demo auditor account whose credentials it prints), then streams test-split
-envelopes through the broker and shows, every few seconds, how many letters were auto-sorted,
+``auditstream demo`` starts the embedded broker, puts the ``digits``, ``zip-reader`` and
+``detector`` models into the registry if it lacks them (the copies shipped in
+``stack/demo_models/``, made by the project's own training commands; ``--retrain`` trains new
+ones), starts one serving consumer per model, the monitor and the audit dashboard (with a demo
+auditor account whose credentials it prints), then streams test-split envelopes, digits and
+parcel labels through the broker and shows, every few seconds, how many were auto-sorted,
 deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops everything it started.
 
 Each part runs as its own process, exactly as on a real deployment; their logs go to
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import os
 import secrets
 import signal
@@ -31,7 +34,7 @@ from typing import Any, Iterator
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 from auditstream.settings import Settings
 
-DEMO_MODELS = ("digits", "zip-reader")
+DEMO_MODELS = ("digits", "zip-reader", "detector")
 DEMO_USER = "demo"
 QC_BOT = "qc-bot"
 
@@ -43,6 +46,7 @@ class DemoArgs:
     duration_s: float = field(default=0.0, metadata={"help": "stop after this many seconds; 0 runs until Ctrl-C"})
     rate_per_s: float = field(default=8.0, metadata={"help": "envelopes per second streamed through the broker"})
     digits_rate_per_s: float = field(default=2.0, metadata={"help": "single-digit requests per second"})
+    labels_rate_per_s: float = field(default=1.0, metadata={"help": "parcel labels per second (the detector)"})
     dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
     metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1; the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
@@ -52,9 +56,10 @@ class DemoArgs:
                 "Overview's audited error fills (0: none); deferred items are left for you"})
 
     def __post_init__(self) -> None:
-        if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.report_every_s <= 0
-                or self.qc_auditor_rate_per_s < 0):
-            raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}) "
+        if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.labels_rate_per_s < 0
+                or self.report_every_s <= 0 or self.qc_auditor_rate_per_s < 0):
+            raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}, "
+                             f"{self.labels_rate_per_s}) "
                              f"must be >= 0 and report_every_s={self.report_every_s} > 0")
 
 
@@ -73,17 +78,29 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "auditstream.cli", *args]
 
 
+SHIPPED_MODELS = Path(__file__).resolve().parent / "demo_models"  # <name>/{model.onnx,card.json}
+
+
 def ensure_models(settings: Settings, retrain: bool) -> None:
-    """Train each demo model the registry lacks (progress bars go to this terminal)."""
-    from auditstream.registry import ModelRegistry
+    """Every demo model in the registry: the one already there, else the copy shipped with
+    auditstream (made by ``auditstream train <name>`` with its defaults; ``scripts/ship-demo-models``
+    makes them again), else trained now; ``retrain`` trains a new version of each."""
+    from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry
 
     registry = ModelRegistry(settings.models_dir)
     for name in DEMO_MODELS:
+        shipped = SHIPPED_MODELS / name
         if registry.latest(name) and not retrain:
             print(f"model {name}: version {registry.latest(name)} in {settings.models_dir}", flush=True)
-            continue
-        print(f"model {name}: training (first run only; pass --retrain to train again)", flush=True)
-        subprocess.run(_cli("train", name), check=True, env=_child_env(settings))
+        elif (shipped / ONNX_FILE).is_file() and not retrain:
+            card = ModelCard.from_dict(json.loads((shipped / CARD_FILE).read_text()))
+            # publish() checks the graph against the card and records its sha256, as for a fresh model
+            published = registry.publish(card, (shipped / ONNX_FILE).read_bytes())
+            print(f"model {name}: version {published.card.version} from the copy shipped with auditstream "
+                  f"(pass --retrain to train your own)", flush=True)
+        else:
+            print(f"model {name}: training (pass --retrain to train again)", flush=True)
+            subprocess.run(_cli("train", name), check=True, env=_child_env(settings))
 
 
 def demo_account(settings: Settings) -> tuple[str, str]:
@@ -163,6 +180,28 @@ def envelope_requests(seed: int) -> Iterator[Any]:
         batch += 1
 
 
+def parcel_label_requests(seed: int) -> Iterator[Any]:
+    """Endless test-split parcel labels, each with the digits' true boxes (an answer of the kind)."""
+    from training.detector.data import make_detection_set
+
+    batch = 0
+    while True:
+        labels = make_detection_set("test", 128, seed=seed + batch)
+        for image, boxes, classes in zip(labels.images, labels.boxes, labels.labels):
+            yield image, [{"box": [float(v) for v in box], "label": int(c), "score": 1.0} for box, c in zip(boxes, classes)]
+        batch += 1
+
+
+def is_wrong(task: str, output: Any, truth: Any) -> bool:
+    """Whether an answer differs from the truth the demo knows: by the task kind's one rule
+    (a detector's boxes match by IoU), or as text for the models whose truth is a label's text."""
+    from auditstream import tasks
+
+    if isinstance(truth, str):
+        return str(output) != truth
+    return not tasks.lookup(task).same_answer(output, truth)
+
+
 def digit_requests(seed: int) -> Iterator[Any]:
     import numpy as np
 
@@ -216,6 +255,8 @@ def produce_loop(settings: Settings, args: DemoArgs, tally: Tally, stop: threadi
         streams.append(["zip-reader", envelope_requests(seed=1), 1.0 / args.rate_per_s, 0.0])
     if args.digits_rate_per_s:
         streams.append(["digits", digit_requests(seed=2), 1.0 / args.digits_rate_per_s, 0.0])
+    if args.labels_rate_per_s:
+        streams.append(["detector", parcel_label_requests(seed=3), 1.0 / args.labels_rate_per_s, 0.0])
     started, i = time.monotonic(), 0
     try:
         while not stop.is_set() and streams:
@@ -264,7 +305,8 @@ def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: 
                 with tally.lock:
                     tally.routes.setdefault(prediction.model, Counter())[prediction.route.value] += 1
                     truth = tally.truth.get(prediction.request_id)
-                    if prediction.route.value != "HUMAN" and truth is not None and str(prediction.output) != truth:
+                    if prediction.route.value != "HUMAN" and truth is not None and is_wrong(prediction.task,
+                                                                                             prediction.output, truth):
                         tally.wrong_auto[prediction.model] += 1
     finally:
         consumer.close()
@@ -289,7 +331,7 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
                 truth = tally.truth.get(item.request_id)
             if truth is None:  # an earlier run's item: the truth is gone, give it back
                 kind, corrected = VerdictKind.SKIP, None
-            elif str(item.output) == truth:
+            elif not is_wrong(item.task, item.output, truth):
                 kind, corrected = VerdictKind.ACCEPT, None
             else:
                 kind, corrected = VerdictKind.CORRECT, truth  # the label name, as the dashboard's editors answer

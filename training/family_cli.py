@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 
@@ -38,3 +40,20 @@ class TrainCommand:
     def run(self, ns: argparse.Namespace) -> int:
         script = importlib.import_module(f"{self.package}.train")
         return script.main(dataclass_from_namespace(self.args, ns), ns.json)
+
+
+def train_and_report(run: Callable[[object, Path], dict], print_summary: Callable[[dict], None], args: object,
+                     as_json: bool) -> int:
+    """Every family script's ``main``: ``run(args, models_dir)`` trains, calibrates, certifies,
+    exports and publishes to the registry (``AUDITSTREAM_MODELS_DIR``); the summary is printed for
+    people and, with ``as_json``, as one JSON object on the last line."""
+    import json
+
+    from auditstream.settings import Settings
+
+    summary = run(args, Settings.from_env().models_dir)
+    print_summary(summary)
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+

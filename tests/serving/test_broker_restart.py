@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from auditstream.wire import InferenceRequest
 from serving.loadgen import inputs_for
 from stack import broker as embedded
 from tests.conftest import TINY_MODEL, TinyRegistry
+from tests.deploy.test_prometheus import stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -87,9 +87,5 @@ def test_a_hard_broker_restart_loses_no_acknowledged_request(tiny_registry: Tiny
         assert recovery_s <= 60
     finally:
         producer.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 60)
         embedded.stop(base, storage=True)

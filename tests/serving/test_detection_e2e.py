@@ -61,9 +61,9 @@ def detector_onnx() -> bytes:
     return model.SerializeToString()
 
 
-def detector_card() -> ModelCard:
+def detector_card(name: str = "parcel") -> ModelCard:
     return ModelCard(
-        name="parcel", version="0", task="detection",
+        name=name, version="0", task="detection",
         inputs=[TensorSpec("image", "float32", [None, SIDE, SIDE])],
         outputs=[TensorSpec("boxes", "float32", [None, K, 4]), TensorSpec("labels", "int64", [None, K]),
                  TensorSpec("scores", "float32", [None, K])],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from auditstream.settings import Settings
 from auditstream.wire import DeadLetter, InferenceRequest, Prediction
 from store import open_store
 from tests.conftest import TINY_MODEL
+from tests.deploy.test_prometheus import stop_process
 from tests.deploy.test_prometheus_live import _env
 from tests.serving.kafka_readers import read_topic
 
@@ -80,15 +80,6 @@ def _request_id(value: bytes) -> object:
         return None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_mutated_requests_through_running_serve_and_monitor(stream_settings: Settings, tmp_path: Path) -> None:
     settings = stream_settings
     cli = [sys.executable, "-m", "auditstream.cli"]
@@ -138,7 +129,7 @@ def test_mutated_requests_through_running_serve_and_monitor(stream_settings: Set
     finally:
         producer.close()
         for proc in (serve, monitor):
-            _stop(proc)
+            stop_process(proc, 60)
         for log in logs.values():
             log.close()
 

@@ -22,6 +22,7 @@ import pytest
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from store import open_store
 from tests.conftest import tiny_card, tiny_classifier_onnx
+from tests.serving.test_detection_e2e import detector_card, detector_onnx
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 DIGITS = [str(i) for i in range(10)]
@@ -58,6 +59,7 @@ def seed_registry(root: Path) -> None:
                                outputs=[TensorSpec("char_probs", "float32", [None, 5, 10])],
                                triage=TriageSpec(threshold=0.15, confidence_kind="min_char_prob"), labels=DIGITS),
                      tiny_zip_reader_onnx())
+    registry.publish(detector_card("detector"), detector_onnx())  # the detector's serving contract
 
 
 def free_port_block(size: int = 11) -> int:
@@ -88,14 +90,16 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # the demo starts its own embedded broker
     result = subprocess.run(
         [sys.executable, "-m", "auditstream.cli", "demo", "--duration-s", "30", "--rate-per-s", "6",
-         "--digits-rate-per-s", "3", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
+         "--digits-rate-per-s", "3", "--labels-rate-per-s", "2", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
          "--metrics-port-base", str(free_port_block()), "--report-every-s", "2"],
         env=env, capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{out[-3000:]}\n{result.stderr[-3000:]}"
     assert "model digits: version 1" in out and "model zip-reader: version 1" in out  # found, not retrained
-    answered = [int(n) for n in re.findall(r"zip-reader sent\s+\d+\s+answered\s+(\d+)", out)]
-    assert answered and answered[-1] > 0, out[-2000:]
+    assert "model detector: version 1" in out
+    for model in ("zip-reader", "digits", "detector"):
+        answered = [int(n) for n in re.findall(model + r"\s+sent\s+\d+\s+answered\s+(\d+)", out)]
+        assert answered and answered[-1] > 0, (model, out[-2000:])
     assert out.rstrip().endswith("demo stopped")
     assert not (state / "broker.json").exists(), "the demo left its embedded broker running"
     with open_store(f"sqlite:///{state / 'audit.db'}") as store:
@@ -103,3 +107,31 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
         assert {user.name for user, _disabled in store.accounts.list_users()} >= {"demo", "qc-bot"}
     audits = [int(n) for n in re.findall(r"QC audits by qc-bot: (\d+)", out)]
     assert audits and audits[-1] > 0, out[-2000:]
+
+
+def test_a_shipped_model_is_published_into_an_empty_registry(tmp_path: Path, monkeypatch) -> None:
+    """The first demo on a fresh clone trains nothing: each model the registry lacks is published
+    from the copy shipped in stack/demo_models (made by the project's own training command)."""
+    import json
+
+    from auditstream.settings import Settings
+    from stack import demo
+
+    shipped = tmp_path / "shipped"
+    for name, card, onnx in (("digits", tiny_card("digits"), tiny_classifier_onnx()),
+                             ("zip-reader", None, None), ("detector", detector_card("detector"), detector_onnx())):
+        if card is None:
+            continue
+        (shipped / name).mkdir(parents=True)
+        (shipped / name / "model.onnx").write_bytes(onnx)
+        (shipped / name / "card.json").write_text(card.to_json())
+    seeded = ModelRegistry(tmp_path / "models")
+    seeded.publish(ModelCard.from_dict(json.loads(tiny_card("zip-reader").to_json())), tiny_classifier_onnx())
+    monkeypatch.setattr(demo, "SHIPPED_MODELS", shipped)
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail(f"trained {a}"))
+    demo.ensure_models(Settings(models_dir=tmp_path / "models", state_dir=tmp_path / "state"), retrain=False)
+    registry = ModelRegistry(tmp_path / "models")
+    assert {name: registry.latest(name) for name in demo.DEMO_MODELS} == {"digits": "1", "zip-reader": "1",
+                                                                          "detector": "1"}
+    assert registry.load("detector").card.task.value == "detection"
+

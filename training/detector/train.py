@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -47,6 +46,7 @@ from training.detector.data import (CLASSES, IMAGE_SIZE, VARIANTS, DetectionSet,
                                    training_batches)
 from training.detector.model import OUTPUT_NAMES, TOP_K, DetectorNet, ExportedDetector, decode, loss, targets
 from training.export import export_onnx, git_revision, run_onnx
+from training.family_cli import train_and_report
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "detector"
@@ -335,15 +335,7 @@ def print_summary(s: dict) -> None:
 
 
 def main(args: DetectorArgs, as_json: bool = False) -> int:
-    """Train, calibrate, certify, export and publish to the registry (``AUDITSTREAM_MODELS_DIR``);
-    print the summary and, with ``as_json``, its JSON on the last line."""
-    from auditstream.settings import Settings
-
-    summary = run(args, Settings.from_env().models_dir)
-    print_summary(summary)
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-    return 0
+    return train_and_report(run, print_summary, args, as_json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ output ``probs`` float32 [batch, 10], calibrated; confidence = max probability.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -38,6 +37,7 @@ from training.data.loader import DigitAugment, digit_batches
 from training.data.split import SPLIT_SEED, FRACTIONS, load_split
 from training.digits.args import DigitsArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
+from training.family_cli import train_and_report
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "digits"
@@ -210,15 +210,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(args: DigitsArgs, as_json: bool = False) -> int:
-    """Train, calibrate, certify, export and publish to the registry (``AUDITSTREAM_MODELS_DIR``);
-    print the summary and, with ``as_json``, its JSON on the last line."""
-    from auditstream.settings import Settings
-
-    summary = run(args, Settings.from_env().models_dir)
-    print_summary(summary)
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-    return 0
+    return train_and_report(run, print_summary, args, as_json)
 
 
 if __name__ == "__main__":

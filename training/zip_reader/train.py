@@ -31,7 +31,6 @@ error through a union bound: docs/training.md).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -54,6 +53,7 @@ from training.data.loader import TRAIN_NUISANCE, envelope_batches
 from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 from training.zip_reader.args import ZipReaderArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
+from training.family_cli import train_and_report
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "zip-reader"
@@ -373,15 +373,7 @@ def print_summary(s: dict) -> None:
 
 
 def main(args: ZipReaderArgs, as_json: bool = False) -> int:
-    """Train, calibrate, certify, export and publish to the registry (``AUDITSTREAM_MODELS_DIR``);
-    print the summary and, with ``as_json``, its JSON on the last line."""
-    from auditstream.settings import Settings
-
-    summary = run(args, Settings.from_env().models_dir)
-    print_summary(summary)
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-    return 0
+    return train_and_report(run, print_summary, args, as_json)
 
 
 if __name__ == "__main__":
