@@ -63,11 +63,11 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, 
     return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
 
 
-def for_display(image: Image.Image) -> Image.Image:
+def for_display(image: Image.Image, min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:
     """Scale an image into the workbench's pixel budget (integer upscale for tiny inputs)."""
     width, height = image.size
-    if min(width, height) < DISPLAY_MIN_SIDE:
-        factor = max(1, math.ceil(DISPLAY_MIN_SIDE / min(width, height)))
+    if min(width, height) < min_side:
+        factor = max(1, math.ceil(min_side / min(width, height)))
         factor = min(factor, max(1, DISPLAY_MAX_SIDE // max(width, height)))
         return image.resize((width * factor, height * factor), Image.NEAREST)
     if max(width, height) > DISPLAY_MAX_SIDE:
@@ -76,30 +76,52 @@ def for_display(image: Image.Image) -> Image.Image:
     return image
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[dict[str, Any]], labels: Sequence[str] = ()) -> Image.Image:
+def draw_boxes(image: Image.Image, boxes: Sequence[dict[str, Any]], labels: Sequence[str] = (),
+               colours: Sequence[str] | None = None, numbers: Sequence[int] | None = None,
+               legend: Sequence[tuple[str, str]] = (), min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:  # fmt: skip
     """The image with each ``{"box": [x0, y0, x1, y1], "label", "score"}`` outlined and tagged.
 
-    Box coordinates are in the input's pixels; the picture is upscaled first so thin outlines
-    and tags stay legible on small inputs.
+    Box coordinates are in the input's pixels; the picture is upscaled first (to ``min_side``)
+    so thin outlines and tags stay legible on small inputs. ``colours``: one per box (say, by
+    its status), else a colour per box number; ``numbers``: the tag numbers (1, 2, ... by
+    default), so a box keeps its number when others are left out; ``legend``: (colour, text)
+    entries written in a band under the picture, which keeps the image coordinates unshifted.
     """
     base = image.convert("RGB")
-    scaled = for_display(base)
+    scaled = for_display(base, min_side)
     sx, sy = scaled.width / base.width, scaled.height / base.height
     draw = ImageDraw.Draw(scaled)
     font = _font(14)
     for i, det in enumerate(boxes):
         x0, y0, x1, y1 = (float(v) for v in det["box"])
-        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        number = numbers[i] if numbers is not None else i + 1
+        colour = colours[i] if colours is not None else BOX_COLOURS[i % len(BOX_COLOURS)]
         rect = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         draw.rectangle(rect, outline=colour, width=3)
-        tag = f"{i + 1}: {label_name(det.get('label'), labels)}"
+        tag = f"#{number}: {label_name(det.get('label'), labels)}"
         if det.get("score") is not None:
-            tag += f" {float(det['score']):.2f}"
+            tag += f" ({float(det['score']):.2f})"
         left, top, right, bottom = draw.textbbox((rect[0], rect[1]), tag, font=font)
         tag_y = max(0.0, rect[1] - (bottom - top) - 4)
         draw.rectangle((rect[0], tag_y, rect[0] + (right - left) + 6, tag_y + (bottom - top) + 4), fill=colour)
         draw.text((rect[0] + 3, tag_y + 1), tag, fill="white", font=font)
-    return scaled
+    return _with_legend(scaled, legend) if legend else scaled
+
+
+def _with_legend(image: Image.Image, legend: Sequence[tuple[str, str]]) -> Image.Image:
+    """``image`` over a white band with a colour swatch and a text per legend entry, in one row."""
+    font = _font(15)
+    band = 30
+    out = Image.new("RGB", (image.width, image.height + band), "white")
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    x = 8.0
+    for colour, text in legend:
+        y = image.height + band / 2
+        draw.rectangle((x, y - 7, x + 14, y + 7), fill=colour)
+        draw.text((x + 20, y), text, fill="#222222", font=font, anchor="lm")
+        x += 20 + draw.textlength(text, font=font) + 18
+    return out
 
 
 def caption_over(image: Image.Image, caption: str) -> Image.Image:
