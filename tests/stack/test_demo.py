@@ -135,3 +135,20 @@ def test_a_shipped_model_is_published_into_an_empty_registry(tmp_path: Path, mon
                                                                           "detector": "1"}
     assert registry.load("detector").card.task.value == "detection"
 
+
+
+@pytest.mark.parametrize("name", ["digits", "zip-reader", "detector"])
+def test_the_shipped_demo_models_are_servable(name: str, tmp_path: Path) -> None:
+    """The copies a first demo publishes: present, verified against their cards on publishing,
+    accepted by their task kind, and answering on ONNX Runtime (warm-up runs the graph)."""
+    from auditstream import tasks
+    from serving.runtime import load_session
+    from stack.demo import SHIPPED_MODELS
+    import json
+
+    shipped = SHIPPED_MODELS / name
+    card = ModelCard.from_dict(json.loads((shipped / "card.json").read_text()))
+    assert card.name == name
+    model = ModelRegistry(tmp_path / "models").publish(card, (shipped / "model.onnx").read_bytes())
+    tasks.lookup(model.card.task).check_card(model.card)
+    load_session(model)  # raises unless the graph runs on a batch of its own inputs
