@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from auditstream.errors import ConfigError
 
 ENV_PREFIX = "AUDITSTREAM_"
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false (1/0, yes/no, on/off)"}
 
@@ -121,13 +123,12 @@ class Settings:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
     def _check_kafka_security(self) -> None:
-        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-        if self.kafka_security_protocol not in protocols:
-            raise ConfigError("kafka_security_protocol", self.kafka_security_protocol, " or ".join(protocols))
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError("kafka_security_protocol", self.kafka_security_protocol,
+                              " or ".join(KAFKA_SECURITY_PROTOCOLS))
         if self.kafka_security_protocol.startswith("SASL_"):
-            mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-            if self.kafka_sasl_mechanism not in mechanisms:
-                raise ConfigError("kafka_sasl_mechanism", self.kafka_sasl_mechanism, " or ".join(mechanisms))
+            if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+                raise ConfigError("kafka_sasl_mechanism", self.kafka_sasl_mechanism, " or ".join(SASL_MECHANISMS))
             for name in ("kafka_sasl_username", "kafka_sasl_password"):
                 if not getattr(self, name):  # unset: name the variable to set
                     raise ConfigError(ENV_PREFIX + name.upper(), "", f"a non-empty value with "

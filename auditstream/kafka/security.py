@@ -25,6 +25,7 @@ message that names the setting to fix. The result is never logged with its secre
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -32,10 +33,6 @@ from typing import Any
 
 from auditstream.errors import BrokerRefused, BrokerUnavailable
 from auditstream.settings import Settings
-
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
 
 def uses_tls(settings: Settings) -> bool:
     return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
@@ -87,7 +84,7 @@ _ADVICE_CLIENT_CERT = ("a broker that requires mutual TLS does this to a client 
 _ADVICE_SASL = ("check AUDITSTREAM_KAFKA_SASL_USERNAME, AUDITSTREAM_KAFKA_SASL_PASSWORD and "
                 "AUDITSTREAM_KAFKA_SASL_MECHANISM (the broker must know the user for that mechanism)")
 
-_checked: set[tuple[str, str]] = set()
+_checked: set[str] = set()
 _checked_lock = threading.Lock()
 
 
@@ -101,7 +98,8 @@ def check_broker(settings: Settings, bootstrap: str, timeout_s: float = 20.0) ->
     """
     if settings.kafka_security_protocol == "PLAINTEXT":
         return
-    fingerprint = (bootstrap, repr(sorted(librdkafka_config(settings).items())))
+    # Hashed: the set lives as long as the process and the configuration holds the password.
+    fingerprint = hashlib.sha256(repr((bootstrap, sorted(librdkafka_config(settings).items()))).encode()).hexdigest()
     with _checked_lock:
         if fingerprint in _checked:
             return
