@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from tests.serving.kafka_readers import read_topic
 from tests.store.store_factories import add_users, make_store
 
@@ -26,6 +27,7 @@ from auditstream.settings import Settings
 from auditstream.wire import Decision, InferenceRequest, Prediction, Route, Verdict
 from monitor.service import MonitorArgs, run_monitor
 from serving.app import ServeApp
+from serving.metrics import ServeMetrics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 K, SIDE, LOW, HIGH = 16, 64, 0.3, 0.8
@@ -94,8 +96,9 @@ def test_a_detector_label_goes_from_request_to_verdict(broker: Settings, tmp_pat
         monitor = threading.Thread(target=run_monitor, args=(settings, MonitorArgs(outbox_interval_s=0.2), store, stop,
                                                              False))
         monitor.start()
-        app = ServeApp(settings, model)
+        app = None
         try:
+            app = ServeApp(settings, model, ServeMetrics("parcel", CollectorRegistry()))  # a registry of its own
             producer = make_producer(settings)
             for rid, image in (("sure", sure), ("mixed", mixed), ("empty", empty)):
                 request = InferenceRequest(rid, "parcel", image, time.time())
@@ -125,7 +128,8 @@ def test_a_detector_label_goes_from_request_to_verdict(broker: Settings, tmp_pat
             decisions = [Decision.from_bytes(r.value) for r in read_topic(settings, settings.topic(T.DECISIONS),
                                                                          until_count=3, timeout_s=60)]
         finally:
-            app.close()
+            if app is not None:
+                app.close()
             stop.set()
             monitor.join(timeout=60)
         assert [(v.request_id, v.kind.value) for v in verdicts] == [("mixed", "correct")]
