@@ -48,7 +48,7 @@ class DemoArgs:
     digits_rate_per_s: float = field(default=2.0, metadata={"help": "single-digit requests per second"})
     labels_rate_per_s: float = field(default=1.0, metadata={"help": "parcel labels per second (the detector)"})
     dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
-    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1; the monitor on base+10"})
+    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, base+2; the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
     report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
     qc_auditor_rate_per_s: float = field(default=1.0, metadata={
@@ -373,8 +373,9 @@ def run(args: DemoArgs) -> int:
             children.start("dashboard", _cli("dashboard", "--port", str(args.dashboard_port)), _child_env(settings))
             print(f"\naudit dashboard: http://127.0.0.1:{args.dashboard_port}   "
                   f"log in as '{user}' with password '{password}'\n", flush=True)
-        print(f"logs in {children.log_dir}; metrics on :{args.metrics_port_base}, :{args.metrics_port_base + 1} "
-              f"(consumers) and :{args.metrics_port_base + 10} (monitor). Ctrl-C stops the demo.", flush=True)
+        consumer_ports = ", ".join(f":{args.metrics_port_base + i}" for i in range(len(DEMO_MODELS)))
+        print(f"logs in {children.log_dir}; metrics on {consumer_ports} (consumers) and "
+              f":{args.metrics_port_base + 10} (monitor). Ctrl-C stops the demo.", flush=True)
         tally, prefix = Tally(), f"demo-{uuid.uuid4().hex[:8]}"
         threads = [threading.Thread(target=produce_loop, args=(settings, args, tally, stop, prefix), daemon=True),
                    threading.Thread(target=watch_loop, args=(settings, tally, stop, prefix), daemon=True)]
