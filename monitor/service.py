@@ -307,8 +307,9 @@ class OutboxPublisher(threading.Thread):
 
 
 def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: threading.Event | None = None,
-                install_signals: bool = True) -> int:  # fmt: skip
-    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code."""
+                install_signals: bool = True, metrics_registry: "CollectorRegistry | None" = None) -> int:  # fmt: skip
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code. ``metrics_registry``:
+    a prometheus_client registry for the metrics (default: the process-wide one)."""
     from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
     from auditstream.stream import StreamLoop
 
@@ -317,14 +318,22 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     ensure_topics(settings, names + [settings.topic(topics.CONTROL)], compacted=(settings.topic(topics.CONTROL),),
                   bootstrap=bootstrap)
     control_view = ControlView(settings, bootstrap).start()
-    stats = StatsHooks(settings, store, control_view)
-    publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings, args,
-                                stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
-    loop = StreamLoop.connect(
-        settings, args.group_id, names[:2],
-        lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction),
-        make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
-    )  # fmt: skip
+    started: list[Callable[[], None]] = [control_view.stop]  # released in reverse if start-up fails
+    try:
+        stats = StatsHooks(settings, store, control_view, metrics_registry)
+        started.append(stats.close)
+        publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings,
+                                    args, stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
+        started.append(publisher.producer.close)
+        loop = StreamLoop.connect(
+            settings, args.group_id, names[:2],
+            lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction),
+            make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
+        )  # fmt: skip
+    except BaseException:
+        for release in reversed(started):
+            release()
+        raise
     publisher.on_error = loop.stop
     if install_signals:
         loop.install_signal_handlers()

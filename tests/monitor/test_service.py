@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from tests.store.store_factories import BACKENDS, add_users, audit_item, make_store
 
 from auditstream import topics
@@ -170,7 +171,7 @@ def test_monitor_end_to_end_on_the_embedded_broker(broker: Settings, tmp_path: P
     with make_store("sqlite", tmp_path) as store:
         stop = threading.Event()
         args = MonitorArgs(outbox_interval_s=0.2, stats_interval_s=0.5)
-        monitor = threading.Thread(target=run_monitor, args=(settings, args, store, stop, False))
+        monitor = threading.Thread(target=run_monitor, args=(settings, args, store, stop, False, CollectorRegistry()))
         monitor.start()
         try:
             producer = make_producer(settings)
@@ -212,3 +213,21 @@ def test_monitor_end_to_end_on_the_embedded_broker(broker: Settings, tmp_path: P
         decisions = {Decision.from_bytes(v).request_id: Decision.from_bytes(v) for v in got[names[1]]}
         assert len(got[names[1]]) == 3 and decisions["h0"].output == "54321" and decisions["h1"].source == "human"
         assert [DeadLetter.from_bytes(v).value for v in got[names[2]]] == [b"not a record"]
+
+
+@pytest.mark.kafka
+def test_a_monitor_that_fails_to_start_releases_its_control_view(broker: Settings, tmp_path: Path, monkeypatch) -> None:
+    """Start-up fails after the control view's thread started (here: its metrics collide in one
+    registry): the thread is stopped, not left running in an embedding process."""
+    from prometheus_client import CollectorRegistry
+
+    import monitor.service as service
+
+    settings = dataclasses.replace(broker, topic_prefix=f"m{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
+                                   models_dir=tmp_path / "models")  # fmt: skip
+    registry = CollectorRegistry()
+    with make_store("sqlite", tmp_path) as store:
+        service.StatsHooks(settings, store, None, registry)  # its metric names are taken now
+        with pytest.raises(ValueError, match="Duplicated timeseries"):
+            run_monitor(settings, MonitorArgs(), store, threading.Event(), False, registry)
+    assert not [t for t in threading.enumerate() if t.name == "control-view" and t.is_alive()]

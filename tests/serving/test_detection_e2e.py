@@ -94,7 +94,7 @@ def test_a_detector_label_goes_from_request_to_verdict(broker: Settings, tmp_pat
     with make_store("sqlite", tmp_path) as store:
         stop = threading.Event()
         monitor = threading.Thread(target=run_monitor, args=(settings, MonitorArgs(outbox_interval_s=0.2), store, stop,
-                                                             False))
+                                                             False, CollectorRegistry()))
         monitor.start()
         app = None
         try:
