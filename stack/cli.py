@@ -77,6 +77,16 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_faults(args: argparse.Namespace) -> int:
+    from stack.faults_bench import FaultsArgs, run_faults
+
+    a = dataclass_from_namespace(FaultsArgs, args)
+    result = run_faults(_settings(), a, out=sys.stderr if a.json else sys.stdout)
+    print(json.dumps(result))
+    return 0 if all(r["lost"] == 0 and r["non_identical_duplicates"] == 0 and r["crashes"] == 0
+                    for r in result.values()) else 1
+
+
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     demo.register(commands, bench)
     b = commands.add_parser("broker", help="the embedded Kafka-protocol broker (Tansu) for one machine")
@@ -106,4 +116,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     bs = bench.add_parser("serve", help="raw ONNX Runtime vs the full stream path; p50/p99 at ~70%% load")
     add_dataclass_arguments(bs, BenchServeArgs)
     bs.set_defaults(handler=_bench_serve)
+    from stack.faults_bench import FaultsArgs
+
+    bf = bench.add_parser("faults", help="the fault suite on real processes: kill -9, broker restart, rolling restart")
+    add_dataclass_arguments(bf, FaultsArgs)
+    bf.set_defaults(handler=_bench_faults)
     wire_bench.register(commands, bench)

@@ -164,7 +164,7 @@ def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, in
     return lost, duplicates, non_identical
 
 
-def _serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
+def serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
     """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
     # the child's own Settings.from_env() reads these back: the benchmark's topics, model and client
     env = {**os.environ, **dataclasses.replace(settings, log_level="WARNING").to_env()}
@@ -282,7 +282,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     rate = 0.7 * min(stream, raw)
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
-    server = _serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
     try:
         reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
                                                                  lat_arrivals), daemon=True)
