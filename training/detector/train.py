@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 from scipy.optimize import linear_sum_assignment, minimize
 from tqdm import tqdm
 
-from auditstream.errors import ExportParityError, TrainingDiverged
+from auditstream.errors import ExportParityError
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from qc.calibration import expected_calibration_error
 from qc.certify import risk_coverage_curve
@@ -47,6 +46,7 @@ from training.detector.data import (CLASSES, IMAGE_SIZE, VARIANTS, DetectionSet,
 from training.detector.model import OUTPUT_NAMES, TOP_K, DetectorNet, ExportedDetector, decode, loss, targets
 from training.export import export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
+from training.fit import fit_steps
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "detector"
@@ -62,26 +62,10 @@ def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, float
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = DetectorNet()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(args.steps, 1),
-                                                   pct_start=0.15)
-    start, ema = time.perf_counter(), None
-    model.train()
     batches = training_batches("train", args.batch_size, args.steps, rng, args.hard_share)
-    bar = tqdm(batches, total=args.steps, desc="train detector", unit="step", disable=not progress,
-               file=sys.stderr, mininterval=2.0)
-    for step, batch in enumerate(bar):
-        value = loss(model(torch.from_numpy(batch.images)), targets(batch))
-        if not torch.isfinite(value):
-            raise TrainingDiverged(NAME, step, value.item())
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        schedule.step()
-        ema = value.item() if ema is None else 0.95 * ema + 0.05 * value.item()
-        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-    model.eval()
-    return model, time.perf_counter() - start
+    seconds = fit_steps(model, batches, args.steps, lambda batch: loss(model(torch.from_numpy(batch.images)), targets(batch)),
+                        name=NAME, lr=args.lr, weight_decay=args.weight_decay, pct_start=0.15, progress=progress)
+    return model, seconds
 
 
 @torch.no_grad()

@@ -32,7 +32,6 @@ error through a union bound: docs/training.md).
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,9 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from qc.calibration import expected_calibration_error, fit_temperature, softmax
 from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverage_grid, min_certifiable_risk,
@@ -54,6 +51,7 @@ from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 from training.zip_reader.args import ZipReaderArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
+from training.fit import fit_steps
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "zip-reader"
@@ -117,27 +115,16 @@ def train(args: ZipReaderArgs, progress: bool = True) -> tuple[ZipReaderNet, flo
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = ZipReaderNet()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(args.steps, 1))
-    start, ema = time.perf_counter(), None
-    model.train()
     nuisance = TRAIN_NUISANCE if args.augment else Nuisance()
     batches = envelope_batches(load_split("train"), args.batch_size, args.steps, rng, nuisance=nuisance)
-    bar = tqdm(batches, total=args.steps, desc="train zip-reader", unit="step", disable=not progress,
-               file=sys.stderr, mininterval=2.0)
-    for step, (images, labels) in enumerate(bar):
-        logits = model(torch.from_numpy(images))
-        loss = F.cross_entropy(logits.reshape(-1, 10), torch.from_numpy(labels).reshape(-1))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(NAME, step, loss.item())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-    model.eval()
-    return model, time.perf_counter() - start
+
+    def batch_loss(batch: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(model(torch.from_numpy(images)).reshape(-1, 10), torch.from_numpy(labels).reshape(-1))
+
+    seconds = fit_steps(model, batches, args.steps, batch_loss, name=NAME, lr=args.lr, weight_decay=args.weight_decay,
+                        progress=progress)
+    return model, seconds
 
 
 @torch.no_grad()

@@ -1,0 +1,38 @@
+"""The optimisation loop the step-based families share: AdamW with a one-cycle learning rate over
+a stream of fresh batches, a progress bar with a smoothed loss, and a stop on a non-finite loss.
+The family says what a batch's loss is; seeding, the model and the batches stay in its script."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from auditstream.errors import TrainingDiverged
+
+
+def fit_steps(model: torch.nn.Module, batches: Iterable[Any], steps: int, batch_loss: Callable[[Any], torch.Tensor],
+              *, name: str, lr: float, weight_decay: float, pct_start: float = 0.3, progress: bool = True) -> float:
+    """Train ``model`` on ``steps`` batches (``batch_loss(batch)`` is each one's loss); returns the
+    seconds it took and leaves the model in eval mode."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=pct_start)
+    start, ema = time.perf_counter(), None
+    model.train()
+    bar = tqdm(batches, total=steps, desc=f"train {name}", unit="step", disable=not progress, file=sys.stderr,
+               mininterval=2.0)
+    for step, batch in enumerate(bar):
+        loss = batch_loss(batch)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(name, step, loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    model.eval()
+    return time.perf_counter() - start
