@@ -62,6 +62,10 @@ class Settings:
     max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
     max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
+    # Kafka's own default (delivery.timeout.ms): a broker hiccup of a minute on the output side
+    # is waited out; past it the loop stops without committing and the batch is redelivered.
+    delivery_timeout_s: float = _doc("Longest a consumer waits for its outputs to be acknowledged before it stops "
+                                     "without committing (s); under max_poll_interval_ms.", 120.0)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
     qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
@@ -111,6 +115,9 @@ class Settings:
             raise ConfigError("heartbeat_interval_ms", self.heartbeat_interval_ms, "at most a third of session_timeout_ms")
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ConfigError("max_poll_interval_ms", self.max_poll_interval_ms, "at least session_timeout_ms")
+        if not 0 < self.delivery_timeout_s * 1000 < self.max_poll_interval_ms:
+            raise ConfigError("delivery_timeout_s", self.delivery_timeout_s,
+                              "seconds > 0 and under max_poll_interval_ms (a consumer waiting longer is pushed out of its group)")
         if self.triage_policy not in ("uniform", "risk-weighted", "no-qc"):
             raise ConfigError("triage_policy", self.triage_policy, "'uniform', 'risk-weighted' or 'no-qc'")
         if self.max_human_queue_depth < 0:

@@ -17,8 +17,9 @@ function turns it into a dead letter). Checkpoint order, mirrored step by step i
    nothing is committed, the records are redelivered after a restart);
 7. **commit** the next offset of every partition in the checkpoint; repeat.
 
-A rebalance checkpoints the in-flight batches before partitions are revoked and drops polled but
-unprocessed records of revoked partitions (their new owner reads them again). SIGTERM (or
+A rebalance checkpoints the in-flight batches before partitions are revoked, drops polled but
+unprocessed records of revoked partitions and rewinds those partitions to the first of them
+(their new owner reads them again, and so does this member if the partition comes back to it). SIGTERM (or
 :meth:`StreamLoop.stop`) processes what was polled, checkpoints and returns.
 """
 
@@ -67,7 +68,8 @@ class BatchingConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BatchingConfig":
-        return cls(settings.max_batch_size, settings.max_wait_ms, settings.max_in_flight_batches)
+        return cls(settings.max_batch_size, settings.max_wait_ms, settings.max_in_flight_batches,
+                   settings.delivery_timeout_s)
 
 
 @dataclass
@@ -116,11 +118,11 @@ class StreamLoop:
     @classmethod
     def connect(cls, settings: Settings, group_id: str, topics: list[str], process_batch: ProcessBatch,
                 producer: Producer, hooks: LoopHooks | None = None, bootstrap: str | None = None,
-                clock: Callable[[], float] = time.monotonic) -> "StreamLoop":
+                clock: Callable[[], float] = time.monotonic, client_id: str = "") -> "StreamLoop":
         """A loop whose consumer joins ``group_id`` with the loop's rebalance callbacks."""
         loop = cls(None, producer, process_batch, BatchingConfig.from_settings(settings), clock, hooks)
         loop.consumer = make_consumer(settings, group_id, topics, bootstrap,
-                                      on_assign=loop._assigned, on_revoke=loop._revoked)
+                                      on_assign=loop._assigned, on_revoke=loop._revoked, client_id=client_id)
         return loop
 
     def stop(self, *_: object) -> None:
@@ -214,19 +216,37 @@ class StreamLoop:
             return
         self.stats.commits += 1
         self.stats.last_commit_at = self.clock()
+        log.debug("committed %s", _partitions(offsets))
         if self.hooks.after_commit:
             self.hooks.after_commit(offsets)
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %d partitions", len(partitions))
+        log.info("assigned %d partitions: %s", len(partitions), _partitions(partitions))
         if self.hooks.on_assign:
             self.hooks.on_assign(partitions)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         # Checkpoint what was processed while we still own it, and let the new owner take the rest.
-        log.info("revoking %d partitions", len(partitions))
+        log.info("revoking %d partitions: %s", len(partitions), _partitions(partitions))
         self._checkpoint()
-        gone = set(partitions)
+        gone, unread = set(partitions), {}  # type: set[TopicPartition], dict[TopicPartition, int]
+        for r in self._pending:
+            if (r.topic, r.partition) in gone:
+                unread[(r.topic, r.partition)] = min(r.offset, unread.get((r.topic, r.partition), r.offset))
         self._pending = [r for r in self._pending if (r.topic, r.partition) not in gone]
+        # A client may keep a partition's position when the partition comes back to this member
+        # (kafka-python 3 does): without this the dropped records would be skipped, and the next
+        # commit would pass records nobody answered.
+        if unread:
+            self.consumer.rewind(unread)  # type: ignore[union-attr]
         if self.hooks.on_revoke:
             self.hooks.on_revoke(partitions)
+
+
+def _partitions(partitions: Sequence[TopicPartition] | dict[TopicPartition, int]) -> str:
+    """``topic[0,3,7]`` (or ``topic[0@12,3@40]`` with next offsets) for the logs."""
+    by_topic: dict[str, list[str]] = {}
+    for tp in sorted(partitions):
+        offset = partitions[tp] if isinstance(partitions, dict) else None
+        by_topic.setdefault(tp[0], []).append(f"{tp[1]}" if offset is None else f"{tp[1]}@{offset}")
+    return " ".join(f"{topic}[{','.join(parts)}]" for topic, parts in by_topic.items()) or "none"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -116,26 +118,32 @@ class ServeApp:
             hooks = hooks or LoopHooks()
             self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
             self._track_assignment(hooks)
+            # Each process names its clients (a broker's logs, quotas and the fault bench's proxy
+            # tell the members of one group, and a member's consumer from its producer, apart).
+            member = f"{group}-{socket.gethostname()}-{os.getpid()}"
             if producer is None:
-                producer = make_producer(settings, bootstrap, client_id=group)
+                producer = make_producer(settings, bootstrap, client_id=f"{member}.producer")
                 started.callback(producer.close)
             self.loop = StreamLoop.connect(settings, group, [self.request_topic], self._process, producer,
-                                           hooks=hooks, bootstrap=bootstrap)
+                                           hooks=hooks, bootstrap=bootstrap, client_id=f"{member}.consumer")
             started.callback(self.loop.consumer.close)
             self.lag_probe.start()
             started.pop_all()  # started: close() owns everything now
 
     def _track_assignment(self, hooks: LoopHooks) -> None:
-        """Tell the lag probe which partitions this member owns, in front of the other hooks."""
+        """Tell the lag probe (and the assigned-partitions gauge) which partitions this member owns,
+        in front of the other hooks."""
         user_assign, user_revoke = hooks.on_assign, hooks.on_revoke
 
         def on_assign(partitions: list) -> None:
             self.lag_probe.assigned(partitions)
+            self._children["assigned_partitions"].set(self.lag_probe.owned)
             if user_assign:
                 user_assign(partitions)
 
         def on_revoke(partitions: list) -> None:
             self.lag_probe.revoked(partitions)
+            self._children["assigned_partitions"].set(self.lag_probe.owned)
             if user_revoke:
                 user_revoke(partitions)
 

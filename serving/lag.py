@@ -56,6 +56,11 @@ class LagProbe:
     def revoked(self, partitions: list[TopicPartition]) -> None:
         self._assigned = self._assigned - frozenset(partitions)
 
+    @property
+    def owned(self) -> int:
+        """Partitions this member owns now."""
+        return len(self._assigned)
+
     # -- the probe thread
 
     def start(self) -> "LagProbe":

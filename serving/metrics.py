@@ -13,6 +13,9 @@ What each one measures (docs/serving.md, "Metrics"):
   serialisation are not in it: the end-to-end histogram holds everything.
 * ``consumer_lag_records`` -- set by :class:`serving.lag.LagProbe` on a timer, from the broker's
   end and committed offsets of the partitions this process owns; sum it over replicas.
+* ``assigned_partitions`` -- partitions of the request topic this process owns now (updated by
+  every rebalance): summed over replicas it equals the topic's partition count once the group
+  has settled; a replica at 0 serves nothing.
 * ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
   (still deferred, never auto-accepted: qc/triage.py).
 """
@@ -58,6 +61,9 @@ class ServeMetrics:
         self.consumer_lag = Gauge("auditstream_serve_consumer_lag_records",
                                   "Records produced but not committed on the partitions this process owns "
                                   "(end offset - committed offset, refreshed on a timer).", LABELS, registry=r)
+        self.assigned_partitions = Gauge("auditstream_serve_assigned_partitions",
+                                         "Request-topic partitions this process owns now (after the last rebalance).",
+                                         LABELS, registry=r)
         if version is not None:
             self.children(version)
 
@@ -69,7 +75,8 @@ class ServeMetrics:
                      "inference_seconds": self.inference_seconds.labels(*labels),
                      "end_to_end": self.end_to_end_seconds.labels(*labels),
                      "over_capacity": self.over_capacity.labels(*labels),
-                     "consumer_lag": self.consumer_lag.labels(*labels)}
+                     "consumer_lag": self.consumer_lag.labels(*labels),
+                     "assigned_partitions": self.assigned_partitions.labels(*labels)}
         out.update({route: self.predictions.labels(*labels, route.value) for route in Route})
         out.update({reason.value: self.dead_letters.labels(*labels, reason.value) for reason in Reason})
         return out

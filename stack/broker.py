@@ -89,7 +89,7 @@ class BrokerInfo:
     log: str
     storage: str = MEMORY_STORAGE
     tls_proxy_pid: int = 0  # 0: no TLS terminator
-    tansu_port: int = 0  # where Tansu itself listens when a TLS terminator fronts it
+    tansu_port: int = 0  # where Tansu itself listens when a TLS terminator (or another proxy) fronts it
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,12 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
 
 
 def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
-          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions = BrokerOptions()) -> BrokerInfo:
+          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions = BrokerOptions(),
+          behind_port: int = 0) -> BrokerInfo:
     """Start the broker (or return the one already running), create topics, record its state.
+
+    ``behind_port``: Tansu listens there and advertises ``port``, where the caller runs a proxy
+    in front of it (:mod:`stack.fault_proxy`); 0: Tansu listens on ``port`` itself.
 
     A durable broker restarted after a stop or a crash takes the port it had, so clients that
     know its address reconnect. With ``foreground`` the call blocks until the broker exits
@@ -238,7 +242,9 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
     if previous is not None and previous.tls_proxy_pid and _alive(previous.tls_proxy_pid):
         _terminate(previous.tls_proxy_pid, 5.0)  # the broker behind it died; it holds the port
     port = port or (previous.port if options.durable and previous is not None else free_port())
-    tansu_port = free_port() if options.tls else port
+    if behind_port and options.tls:
+        raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
+    tansu_port = free_port() if options.tls else (behind_port or port)
     log_path = (settings.state_dir / "broker.log").resolve()
 
     env, storage = None, MEMORY_STORAGE
@@ -258,7 +264,7 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
                              "--key", options.tls_key, "--client-ca", options.tls_client_ca],
                             log_path, foreground))
     info = BrokerInfo(pid=procs[0].pid, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
-                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if options.tls else 0)
+                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0)
     try:
         _wait_ready(settings, info.bootstrap, [p.pid for p in procs], log_path, timeout_s)
         ensure_topics(settings, topics, compacted, bootstrap=info.bootstrap)

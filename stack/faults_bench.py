@@ -21,10 +21,20 @@ Scenarios:
                      ``kill -9`` mid-run and is started again on its port 2 s later.
 ``rolling_restart``  3 consumers, each stopped with SIGTERM and started again in turn, the next
                      only once the group answers again.
+``partition``        3 consumers; one of them (its consumer and its producer) is cut off from the
+                     broker for twice the session timeout by :mod:`stack.fault_proxy`, then its
+                     network heals. Adds ``cut_s`` and ``caught_up_s`` (from the heal until every
+                     request sent before it was answered).
+``output_outage``    3 consumers; every serving producer is cut off for ``--outage-s`` while the
+                     consumers still read. Adds ``commits_during_outage``: partitions whose
+                     committed offset moved while no output could be acknowledged (must be 0:
+                     a commit never passes a batch whose outputs were not all acknowledged).
+``fresh_group``      ``--runs`` times: 3 new consumers of a new group; ``assigned_s`` lists how
+                     long each run took from start to every partition assigned (the goal: within
+                     30 s, every run); no requests.
 
-Not here yet (issue 13 lists them): a consumer cut off from the broker, the output side
-unavailable, slowed inference, a fresh group's assignment time, the monitor killed during
-ingest, the 30-minute soak.
+Not here yet (issue 13 lists them): slowed inference, the monitor killed during ingest, the
+30-minute soak.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,15 +55,18 @@ from typing import Any, Callable, TextIO
 
 from auditstream import topics as T
 from auditstream.errors import DeliveryFailed
-from auditstream.kafka import make_consumer, make_producer
+from auditstream.kafka import kafka_python_config, make_consumer, make_producer
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
 from serving.loadgen import inputs_for
+from serving.app import group_id as serve_group_id
 from stack import broker as embedded
+from stack.fault_proxy import FaultProxy
 from stack.serve_bench import bench_card, bench_cnn_onnx, count_outcomes, serve_process
 
-SCENARIOS = ("kill9", "broker_restart", "rolling_restart")
+SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_outage", "fresh_group")
+PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
 CONSUMERS = 3
 
 
@@ -62,33 +76,54 @@ class FaultsArgs:
     requests: int = field(default=3000, metadata={"help": "requests per scenario"})
     rate_per_s: float = field(default=150.0, metadata={"help": "request rate while the fault happens"})
     kill_every_s: float = field(default=10.0, metadata={"help": "kill9: seconds between two kills"})
+    outage_s: float = field(default=30.0, metadata={"help": "output_outage: seconds the output side is cut off"})
+    runs: int = field(default=20, metadata={"help": "fresh_group: groups started one after another"})
+    log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
+    serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level (DEBUG logs every "
+                                                                      "assignment and commit)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
 
     def __post_init__(self) -> None:
         if self.scenario != "all" and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)} or all")
-        if self.requests < 1 or self.rate_per_s <= 0 or self.kill_every_s <= 0:
-            raise ValueError("requests must be >= 1 and rate_per_s, kill_every_s > 0")
+        if self.requests < 1 or self.runs < 1 or min(self.rate_per_s, self.kill_every_s, self.outage_s) <= 0:
+            raise ValueError("requests and runs must be >= 1, and rate_per_s, kill_every_s, outage_s > 0")
 
 
 class Run:
     """One scenario's broker, serve processes, paced requests and the answers seen arriving."""
 
-    def __init__(self, settings: Settings, model: RegisteredModel, log_dir: Path, options: embedded.BrokerOptions) -> None:
-        self.options, self.log_dir, self.model = options, log_dir, model
-        self.broker = embedded.start(settings, models=[model.card.name], options=options)
+    def __init__(self, settings: Settings, model: RegisteredModel, log_dir: Path, options: embedded.BrokerOptions,
+                 proxied: bool = False, serve_log_level: str = "WARNING") -> None:
+        self.options, self.log_dir, self.model, self.serve_log_level = options, log_dir, model, serve_log_level
+        self.proxy: FaultProxy | None = None
+        if proxied:
+            self.proxy = FaultProxy(embedded.free_port(), embedded.free_port())
+            self.broker = embedded.start(settings, models=[model.card.name], options=options,
+                                         port=self.proxy.listen_port, behind_port=self.proxy.upstream_port)
+        else:
+            self.broker = embedded.start(settings, models=[model.card.name], options=options)
         self.settings = dataclasses.replace(settings, bootstrap_servers=self.broker.bootstrap)
         self.servers: list[subprocess.Popen] = []
         self.stopped: set[int] = set()  # pids this run killed or stopped on purpose
         self.acked: set[str] = set()
+        self.placed: dict[str, tuple[int, int]] = {}  # acknowledged request id -> (partition, offset)
         self.arrivals: dict[str, float] = {}  # request id -> when its first answer was seen
         self.sent_at: dict[str, float] = {}  # fault-phase request id -> when it was sent
+        self.extra: dict[str, Any] = {}  # the scenario's own figures
+        self.metrics_ports: dict[int, int] = {}  # serve pid -> its /metrics port
+        self._admin: Any = None
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True, name="faults-reader")
         self._reader.start()
 
     def start_server(self) -> subprocess.Popen:
-        proc = serve_process(self.settings, self.model.card, self.log_dir / f"serve-{len(self.servers)}.log")
+        """One more ``auditstream serve``, with its own /metrics port (its assignment is read there)."""
+        port = embedded.free_port()
+        settings = dataclasses.replace(self.settings, metrics_port=port)
+        proc = serve_process(settings, self.model.card, self.log_dir / f"serve-{len(self.servers)}.log",
+                             self.serve_log_level)
+        self.metrics_ports[proc.pid] = port
         self.servers.append(proc)
         return proc
 
@@ -116,7 +151,10 @@ class Run:
                         producer.flush(30)
                     except DeliveryFailed:
                         pass  # the broker was down: those sends are not owed an answer
-                    self.acked.update(rid for rid, d in chunk if d.done and d.error is None)
+                    for rid, d in chunk:
+                        if d.done and d.error is None:
+                            self.acked.add(rid)
+                            self.placed[rid] = (d.partition, d.offset)
                     chunk = []
         finally:
             producer.close()
@@ -149,8 +187,32 @@ class Run:
                 self.kill(proc, signal.SIGTERM)
         crashes = sum(1 for p in self.servers if p.pid not in self.stopped and p.returncode not in (0, None))
         lost, duplicates, non_identical = count_outcomes(self.settings, self.acked)
+        if lost:  # where the lost requests were: the first few (partition, offset), for the logs
+            self.extra["lost_at"] = sorted(self.placed[r] for r in self.acked - self.arrivals.keys())[:10]
         return {"sent": len(self.acked), "answered": len(self.acked) - lost, "lost": lost, "duplicates": duplicates,
-                "non_identical_duplicates": non_identical, "crashes": crashes, "recovery_s": self.recovery_s()}
+                "non_identical_duplicates": non_identical, "crashes": crashes, "recovery_s": self.recovery_s(),
+                **self.extra}
+
+    def owned(self, procs: list[subprocess.Popen]) -> list[int]:
+        """How many request partitions each of ``procs`` owns now (its assigned-partitions gauge)."""
+        return [_assigned_partitions(self.metrics_ports[p.pid]) for p in procs]
+
+    def caught_up_s(self, since: float) -> float | None:
+        """From ``since`` until every acknowledged request sent before it was answered."""
+        before = [self.arrivals.get(r, float("inf")) for r, t in self.sent_at.items() if t < since and r in self.acked]
+        last = max(before, default=since)
+        return round(max(0.0, last - since), 2) if last != float("inf") else None  # None: never
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The serving group's committed offsets now."""
+        from kafka import KafkaAdminClient
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, client_id="faults-admin",
+                                           **kafka_python_config(self.settings))
+        group = serve_group_id(self.settings, self.model.card.name)
+        offsets = self._admin.list_group_offsets({group: None})[group]
+        return {(tp.topic, tp.partition): om.offset for tp, om in offsets.items() if om.offset >= 0}
 
     def recovery_s(self) -> float:
         """The longest any acknowledged request of the fault phase waited for its answer."""
@@ -160,11 +222,15 @@ class Run:
     def close(self) -> None:
         self._stop.set()
         self._reader.join(timeout=30)
+        if self._admin is not None:
+            self._admin.close()
         for proc in self.servers:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         embedded.stop(self.settings, storage=True)
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 def _warm_up(run: Run, say: Callable[[str], None]) -> None:
@@ -225,8 +291,100 @@ def rolling_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> N
     run.wait_answered(set(run.acked), 120)
 
 
+def partition(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
+    assert run.proxy is not None
+    for _ in range(CONSUMERS):
+        run.start_server()
+    _warm_up(run, say)
+    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "partition"))
+    feeder.start()
+    time.sleep(min(3.0, args.requests / args.rate_per_s / 4))
+    victim, cut_s = run.servers[0], 2 * run.settings.session_timeout_ms / 1000
+    tag = f"-{victim.pid}."  # in both of its client ids (serving/app.py names them)
+    run.proxy.cut(lambda client_id: tag in client_id)
+    cut_at, moved_after = time.monotonic(), None
+    say(f"  consumer pid {victim.pid} cut off from the broker for {cut_s:g} s")
+    while time.monotonic() < cut_at + cut_s:
+        if moved_after is None and sum(run.owned(run.servers[1:])) == run.settings.partitions:
+            moved_after = round(time.monotonic() - cut_at, 2)  # the others own every partition
+            say(f"  its partitions moved to the others after {moved_after:g} s")
+        time.sleep(0.25)
+    run.proxy.heal()
+    healed = time.monotonic()
+    say("  its network healed")
+    feeder.join()
+    run.wait_answered(set(run.acked), 120)
+    run.extra = {"cut_s": cut_s, "moved_after_s": moved_after, "caught_up_s": run.caught_up_s(healed)}
+
+
+def output_outage(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
+    assert run.proxy is not None
+    for _ in range(CONSUMERS):
+        run.start_server()
+    _warm_up(run, say)
+    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "outage"))
+    feeder.start()
+    time.sleep(min(3.0, args.requests / args.rate_per_s / 4))
+    run.proxy.cut(lambda client_id: client_id.endswith(".producer"))
+    say(f"  every serving producer cut off for {args.outage_s:g} s")
+    # A batch acknowledged just before the cut may still commit; after that nothing may.
+    time.sleep(2.0)
+    baseline, moved = run.committed(), set()
+    end = time.monotonic() + args.outage_s - 2.0
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        moved |= {tp for tp, offset in run.committed().items() if offset > baseline.get(tp, -1)}
+    run.proxy.heal()
+    healed = time.monotonic()
+    say("  the output side is back")
+    feeder.join()
+    run.wait_answered(set(run.acked), 180)
+    run.extra = {"outage_s": args.outage_s, "commits_during_outage": len(moved), "caught_up_s": run.caught_up_s(healed)}
+
+
+def fresh_group(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
+    """Time from starting 3 consumers of a new group to all its partitions assigned, per run,
+    read from each consumer's ``auditstream_serve_assigned_partitions`` gauge (Tansu's
+    DescribeGroups lists no members, so the broker cannot say)."""
+    times: list[float] = []
+    for i in range(args.runs):
+        prefix = f"{run.settings.topic_prefix}g{i}"  # a new request topic and a new group
+        run.settings = dataclasses.replace(run.settings, topic_prefix=prefix)
+        started = time.monotonic()
+        members = [run.start_server() for _ in range(CONSUMERS)]
+        while time.monotonic() < started + 120:
+            owned = run.owned(members)
+            if all(owned) and sum(owned) == run.settings.partitions:
+                break
+            time.sleep(0.25)
+        times.append(round(time.monotonic() - started, 2))
+        say(f"  run {i + 1}/{args.runs}: every partition assigned after {times[-1]:.1f} s")
+        for proc in members:
+            run.kill(proc, signal.SIGTERM)
+    run.extra = {"runs": len(times), "assigned_s": times, "within_30_s": sum(t <= 30 for t in times)}
+
+
+def _assigned_partitions(metrics_port: int) -> int:
+    """A serve process's ``auditstream_serve_assigned_partitions`` (0 until its /metrics answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("auditstream_serve_assigned_partitions{"))
+
+
 RUNNERS: dict[str, Callable[[Run, FaultsArgs, Callable[[str], None]], None]] = {
-    "kill9": kill9, "broker_restart": broker_restart, "rolling_restart": rolling_restart}
+    "kill9": kill9, "broker_restart": broker_restart, "rolling_restart": rolling_restart, "partition": partition,
+    "output_outage": output_outage, "fresh_group": fresh_group}
+
+
+def passed(outcome: dict[str, Any]) -> bool:
+    """Nothing lost, no answer duplicated differently, no crash; and the scenario's own goal."""
+    return (outcome["lost"] == 0 and outcome["non_identical_duplicates"] == 0 and outcome["crashes"] == 0
+            and outcome.get("commits_during_outage", 0) == 0
+            and outcome.get("within_30_s", 0) == outcome.get("runs", 0))
 
 
 def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
@@ -239,11 +397,14 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
             registry = ModelRegistry(Path(tmp) / "models")
             onnx_bytes = bench_cnn_onnx()
             model = registry.publish(bench_card(onnx_bytes), onnx_bytes)
-            settings = dataclasses.replace(base, bootstrap_servers="", state_dir=Path(tmp) / "state",
+            logs = Path(args.log_dir) / name if args.log_dir else Path(tmp) / "logs"
+            settings = dataclasses.replace(base, bootstrap_servers="", state_dir=logs / "broker",
                                            models_dir=registry.root, topic_prefix=f"faults{uuid.uuid4().hex[:6]}",
                                            partitions=12)
-            say(f"scenario {name}: {args.requests} requests at {args.rate_per_s:g}/s")
-            run = Run(settings, model, Path(tmp) / "logs", embedded.BrokerOptions(durable=name == "broker_restart"))
+            say(f"scenario {name}: " + (f"{args.runs} runs" if name == "fresh_group" else
+                                        f"{args.requests} requests at {args.rate_per_s:g}/s"))
+            run = Run(settings, model, logs, embedded.BrokerOptions(durable=name == "broker_restart"),
+                      proxied=name in PROXIED, serve_log_level=args.serve_log_level)
             try:
                 RUNNERS[name](run, args, say)
                 results[name] = run.outcome()

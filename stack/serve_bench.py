@@ -164,10 +164,10 @@ def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, in
     return lost, duplicates, non_identical
 
 
-def serve_process(settings: Settings, card: ModelCard, log_path: Path) -> subprocess.Popen:
+def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level: str = "WARNING") -> subprocess.Popen:
     """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
     # the child's own Settings.from_env() reads these back: the benchmark's topics, model and client
-    env = {**os.environ, **dataclasses.replace(settings, log_level="WARNING").to_env()}
+    env = {**os.environ, **dataclasses.replace(settings, log_level=log_level).to_env()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,

@@ -34,7 +34,8 @@ class KafkaPythonProducer:
         try:
             self._p = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
-                batch_size=256 * 1024, max_request_size=8 * 1024 * 1024, retries=5,
+                batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
+                delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),  # retries until then
                 **kafka_python_config(settings),
             )
         except KafkaError as e:
@@ -68,7 +69,8 @@ class KafkaPythonProducer:
 
 class KafkaPythonConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
-                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None) -> None:
+                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
+                 client_id: str = "") -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.errors import KafkaError
 
@@ -95,7 +97,7 @@ class KafkaPythonConsumer:
 
         try:
             self._c = KafkaConsumer(
-                bootstrap_servers=bootstrap, group_id=group_id, client_id=group_id,
+                bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id or group_id,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
@@ -129,6 +131,17 @@ class KafkaPythonConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def rewind(self, offsets: dict[TopicPartition, int]) -> None:
+        # kafka-python 3 keeps the position of a partition that is assigned again after a
+        # rebalance (subscription_state.assign_from_subscribed): set it back to the first record
+        # the loop dropped.
+        from kafka import TopicPartition as TP
+
+        assigned = self._c.assignment()
+        for (topic, partition), offset in offsets.items():
+            if TP(topic, partition) in assigned:
+                self._c.seek(TP(topic, partition), offset)
 
     def lag(self) -> dict[TopicPartition, int]:
         out = {}
@@ -192,6 +205,7 @@ class ConfluentProducer:
         self._p = CProducer({
             "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
             "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False, "log.connection.close": False,
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
             **librdkafka_config(settings),
         })
         self._pending: list[Delivery] = []
@@ -224,11 +238,12 @@ class ConfluentProducer:
 
 class ConfluentConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
-                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None) -> None:
+                 on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
+                 client_id: str = "") -> None:
         from confluent_kafka import Consumer as CConsumer
 
         self._c = CConsumer({
-            "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": group_id,
+            "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id or group_id,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
@@ -277,6 +292,11 @@ class ConfluentConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return {(p.topic, p.partition) for p in self._c.assignment()}
+
+    def rewind(self, offsets: dict[TopicPartition, int]) -> None:
+        """Nothing to do: librdkafka's eager assignment drops a revoked partition's position, and
+        one that comes back starts from its committed offset -- which the revoke's checkpoint set
+        to the first record the loop dropped (or earlier, if that commit was refused)."""
 
     def lag(self) -> dict[TopicPartition, int]:
         out = {}

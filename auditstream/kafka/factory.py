@@ -24,13 +24,14 @@ def make_producer(settings: Settings, bootstrap: str | None = None, client_id: s
 
 def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstrap: str | None = None,
                   on_assign: PartitionsCallback | None = None,
-                  on_revoke: PartitionsCallback | None = None) -> Consumer:
-    """A group member subscribed to ``topics``, manual commits, reading from the earliest offset."""
+                  on_revoke: PartitionsCallback | None = None, client_id: str = "") -> Consumer:
+    """A group member subscribed to ``topics``, manual commits, reading from the earliest offset.
+    ``client_id``: how the broker's logs and quotas name it (default: the group id)."""
     from auditstream.kafka.clients import ConfluentConsumer, KafkaPythonConsumer
 
     bootstrap = _checked_bootstrap(settings, bootstrap)
     cls = ConfluentConsumer if settings.kafka_client == "confluent" else KafkaPythonConsumer
-    return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke)
+    return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke, client_id)
 
 
 def make_reader(settings: Settings, topics: list[str], from_beginning: bool = True,

@@ -71,6 +71,10 @@ class Consumer(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    def rewind(self, offsets: dict[TopicPartition, int]) -> None:
+        """Read these partitions again from these offsets (called from the revoke callback, while
+        they are still assigned, for records polled but never processed)."""
+
     def lag(self) -> dict[TopicPartition, int]:
         """Records behind the last known end of each assigned partition (from fetch responses)."""
 

@@ -59,6 +59,8 @@ def test_overrides_win_over_the_environment_and_none_means_unset():
         ("AUDITSTREAM_HEARTBEAT_INTERVAL_MS", "5000", "at most a third of session_timeout_ms"),
         ("AUDITSTREAM_SESSION_TIMEOUT_MS", "0", "an integer >= 1"),
         ("AUDITSTREAM_MAX_POLL_INTERVAL_MS", "1000", "at least session_timeout_ms"),
+        ("AUDITSTREAM_DELIVERY_TIMEOUT_S", "0", "seconds > 0 and under max_poll_interval_ms"),
+        ("AUDITSTREAM_DELIVERY_TIMEOUT_S", "600", "seconds > 0 and under max_poll_interval_ms"),
         ("AUDITSTREAM_METRICS_PORT", "70000", "a TCP port in [0, 65535]"),
         ("AUDITSTREAM_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, WARN, ERROR, CRITICAL"),
     ],

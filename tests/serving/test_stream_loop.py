@@ -52,6 +52,9 @@ class FakeConsumer:
     def assignment(self) -> set:
         return {("in", 0), ("in", 1)}
 
+    def rewind(self, offsets: dict) -> None:
+        self.log.append(("rewind", dict(offsets)))
+
     def lag(self) -> dict:
         return {}
 
@@ -169,6 +172,8 @@ def test_revoke_checkpoints_and_drops_unprocessed_records() -> None:
     loop._pending = records(2, partition=1)  # polled, not processed
     loop._revoked([("in", 0), ("in", 1)])
     assert consumer.committed == {("in", 0): 4} and loop._pending == [] and revoked == [[("in", 0), ("in", 1)]]
+    # the dropped records are read again if the partition comes back (kafka-python keeps positions)
+    assert log[-1] == ("rewind", {("in", 1): 0})
 
 
 def test_hooks_add_state_outputs_before_the_commit() -> None:

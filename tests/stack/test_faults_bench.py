@@ -1,7 +1,17 @@
-"""``auditstream bench faults`` at test size: the kill -9 scenario through the CLI (three real
-consumers, one killed and replaced every few seconds) loses nothing and duplicates nothing
-differently. The bench's other scenarios are documented in stack/faults_bench.py with what they
-found on the embedded broker (docs/serving.md, "Fault suite")."""
+"""``auditstream bench faults`` at test size, through the CLI, on real ``auditstream serve``
+processes and a private embedded broker:
+
+- ``kill9``: three consumers, one killed and replaced every few seconds, lose nothing and
+  duplicate nothing differently;
+- ``partition``: a consumer cut off from the broker (stack/fault_proxy.py) for twice the session
+  timeout: its partitions move to the others, its stale commit is refused without a crash, and
+  nothing is lost;
+- ``output_outage``: every serving producer cut off: no committed offset moves while nothing can
+  be acknowledged, and nothing is lost once the output side is back;
+- ``fresh_group``: a new 3-consumer group is fully assigned within 30 s.
+
+``broker_restart`` and ``rolling_restart`` are documented with what they found on the embedded
+broker (docs/serving.md, "Fault suite")."""
 
 from __future__ import annotations
 
@@ -9,20 +19,55 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
+COMMON = {"sent", "answered", "lost", "duplicates", "non_identical_duplicates", "crashes", "recovery_s"}
 
-def test_kill9_scenario_loses_nothing(tmp_path) -> None:
+
+def bench_faults(tmp_path: Path, scenario: str, *options: str) -> dict:
     env = dict(os.environ, AUDITSTREAM_LOG_LEVEL="WARNING", AUDITSTREAM_STATE_DIR=str(tmp_path))
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)
-    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "faults", "--json", "--scenario", "kill9",
-                           "--requests", "400", "--rate-per-s", "100", "--kill-every-s", "2"],
+    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "faults", "--json", "--scenario", scenario,
+                           "--log-dir", str(tmp_path / "logs"), *options],
                           env=env, capture_output=True, text=True, timeout=600)
-    result = json.loads(done.stdout.strip().splitlines()[-1])["kill9"]
+    result = json.loads(done.stdout.strip().splitlines()[-1])[scenario]
     assert done.returncode == 0, (result, done.stderr[-3000:])
-    assert set(result) == {"sent", "answered", "lost", "duplicates", "non_identical_duplicates", "crashes", "recovery_s"}
-    assert result["sent"] >= 400 and result["lost"] == 0 and result["answered"] == result["sent"]
-    assert result["non_identical_duplicates"] == 0 and result["crashes"] == 0 and result["recovery_s"] > 0
+    assert COMMON <= set(result)
+    return result
+
+
+def assert_nothing_lost(result: dict, requests: int) -> None:
+    assert result["sent"] >= requests and result["lost"] == 0 and result["answered"] == result["sent"]
+    assert result["non_identical_duplicates"] == 0 and result["crashes"] == 0
+
+
+def test_kill9_scenario_loses_nothing(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "kill9", "--requests", "400", "--rate-per-s", "100", "--kill-every-s", "2")
+    assert set(result) == COMMON
+    assert_nothing_lost(result, 400)
+    assert result["recovery_s"] > 0
+
+
+def test_partitioned_consumer_hands_over_and_loses_nothing(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "partition", "--requests", "1200", "--rate-per-s", "100")
+    assert_nothing_lost(result, 1200)
+    assert result["cut_s"] == 20.0  # twice the default session timeout
+    assert result["moved_after_s"] is not None and result["moved_after_s"] < result["cut_s"]
+    assert result["caught_up_s"] is not None and result["caught_up_s"] < 60
+
+
+def test_no_commit_passes_unacknowledged_outputs(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "output_outage", "--requests", "900", "--rate-per-s", "60", "--outage-s", "10")
+    assert_nothing_lost(result, 900)
+    assert result["commits_during_outage"] == 0
+    assert result["caught_up_s"] is not None
+
+
+def test_a_fresh_group_is_assigned_within_30_s(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "fresh_group", "--runs", "2")
+    assert result["runs"] == 2 and len(result["assigned_s"]) == 2
+    assert result["within_30_s"] == 2, result["assigned_s"]
