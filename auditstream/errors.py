@@ -96,7 +96,8 @@ class ExportParityError(AuditstreamError):
 
 
 class CommitRejected(AuditstreamError):
-    """The group coordinator refused an offset commit (the group rebalanced meanwhile).
+    """An offset commit was refused (the group rebalanced meanwhile) or could not reach the
+    broker (a restart).
 
     The records stay uncommitted and are redelivered to the partition's new owner: duplicates,
     never losses. ``offsets`` maps (topic, partition) to the next offset that was to be committed.

@@ -6,7 +6,9 @@ happens, then stops the servers and reads the predictions topic to its end. One 
 keyed by scenario, each with:
 
 - ``sent`` (requests the broker acknowledged; a send refused while the broker was down is not
-  owed an answer), ``answered``, ``lost`` (acknowledged, never answered), ``duplicates`` and
+  owed an answer), ``answered``, ``lost`` (acknowledged, never answered, and below its
+  partition's committed offset at the end: skipped for good), ``unanswered`` (never answered but
+  still queued at or above the committed offset: the group fell behind or stalled), ``duplicates`` and
   ``non_identical_duplicates`` (copies of an answer, and copies whose bytes differ: there must be
   none -- a redelivered request is answered byte for byte the same);
 - ``crashes``: serve processes that exited without being told to;
@@ -63,7 +65,7 @@ from serving.loadgen import inputs_for
 from serving.app import group_id as serve_group_id
 from stack import broker as embedded
 from stack.fault_proxy import FaultProxy
-from stack.serve_bench import bench_card, bench_cnn_onnx, count_outcomes, serve_process
+from stack.serve_bench import answers_of, bench_card, bench_cnn_onnx, serve_process
 
 SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_outage", "fresh_group")
 PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
@@ -184,14 +186,22 @@ class Run:
     def outcome(self) -> dict[str, Any]:
         for proc in self.servers:
             if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
+                self.kill(proc, signal.SIGTERM)  # each checkpoints what it answered
         crashes = sum(1 for p in self.servers if p.pid not in self.stopped and p.returncode not in (0, None))
-        lost, duplicates, non_identical = count_outcomes(self.settings, self.acked)
-        if lost:  # where the lost requests were: the first few (partition, offset), for the logs
-            self.extra["lost_at"] = sorted(self.placed[r] for r in self.acked - self.arrivals.keys())[:10]
-        return {"sent": len(self.acked), "answered": len(self.acked) - lost, "lost": lost, "duplicates": duplicates,
-                "non_identical_duplicates": non_identical, "crashes": crashes, "recovery_s": self.recovery_s(),
-                **self.extra}
+        answers = answers_of(self.settings, self.acked)
+        missing = self.acked - answers.keys()
+        # Unanswered below its partition's committed offset: skipped, lost for good. At or above:
+        # still queued (the group fell behind or stalled), a recovery failure, not a loss.
+        committed = self.committed() if missing else {}
+        topic = self.settings.request_topic(self.model.card.name)
+        skipped = sorted(self.placed[r] for r in missing if self.placed[r][1] < committed.get((topic, self.placed[r][0]), 0))
+        if skipped:
+            self.extra["lost_at"] = skipped[:10]  # (partition, offset) of the first few, for the logs
+        duplicates = sum(len(v) - 1 for v in answers.values())
+        return {"sent": len(self.acked), "answered": len(self.acked) - len(missing), "lost": len(skipped),
+                "unanswered": len(missing) - len(skipped), "duplicates": duplicates,
+                "non_identical_duplicates": sum(len(set(v)) - 1 for v in answers.values()), "crashes": crashes,
+                "recovery_s": self.recovery_s(), **self.extra}
 
     def owned(self, procs: list[subprocess.Popen]) -> list[int]:
         """How many request partitions each of ``procs`` owns now (its assigned-partitions gauge)."""
@@ -330,6 +340,8 @@ def output_outage(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> Non
     # A batch acknowledged just before the cut may still commit; after that nothing may.
     time.sleep(2.0)
     baseline, moved = run.committed(), set()
+    if not baseline:
+        raise RuntimeError("the serving group's committed offsets could not be read: the outage check would prove nothing")
     end = time.monotonic() + args.outage_s - 2.0
     while time.monotonic() < end:
         time.sleep(1.0)
@@ -382,7 +394,8 @@ RUNNERS: dict[str, Callable[[Run, FaultsArgs, Callable[[str], None]], None]] = {
 
 def passed(outcome: dict[str, Any]) -> bool:
     """Nothing lost, no answer duplicated differently, no crash; and the scenario's own goal."""
-    return (outcome["lost"] == 0 and outcome["non_identical_duplicates"] == 0 and outcome["crashes"] == 0
+    return (outcome["lost"] == 0 and outcome["unanswered"] == 0 and outcome["non_identical_duplicates"] == 0
+            and outcome["crashes"] == 0
             and outcome.get("commits_during_outage", 0) == 0
             and outcome.get("within_30_s", 0) == outcome.get("runs", 0))
 

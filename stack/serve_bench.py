@@ -149,15 +149,21 @@ def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group:
         consumer.close()
 
 
-def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, int]:
-    """(lost, duplicates, duplicates whose bytes differ) over *every* prediction of the run: the
-    predictions topic read to its end offsets after the servers stopped, so a duplicate that
-    arrived after the readers had seen each id once is counted too."""
+def answers_of(settings: Settings, expected: set[str]) -> dict[str, list[bytes]]:
+    """Every prediction of ``expected`` request ids, by id: the predictions topic read to its end
+    offsets (after the servers stopped, so a late duplicate is there too)."""
     values: dict[str, list[bytes]] = {}
     for record in read_to_end(settings, [settings.topic(T.PREDICTIONS)], timeout_s=120.0):
         request_id = json.loads(record.value)["request_id"]
         if request_id in expected:
             values.setdefault(request_id, []).append(record.value)
+    return values
+
+
+def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, int]:
+    """(lost, duplicates, duplicates whose bytes differ) over *every* prediction of the run
+    (:func:`answers_of`)."""
+    values = answers_of(settings, expected)
     lost = len(expected - values.keys())
     duplicates = sum(len(v) - 1 for v in values.values())
     non_identical = sum(len(set(v)) - 1 for v in values.values())

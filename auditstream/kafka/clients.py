@@ -36,6 +36,11 @@ class KafkaPythonProducer:
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
                 batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),  # retries until then
+                # Not idempotent (like the confluent producer): kafka-python 3 turns a broker's
+                # DUPLICATE_SEQUENCE_NUMBER into a success with offset -1, and Tansu answers that to a
+                # batch retried across its restart that it never stored (bench faults broker_restart).
+                # A retried batch may be written twice instead: outputs are keyed, duplicates harmless.
+                enable_idempotence=False,
                 **kafka_python_config(settings),
             )
         except KafkaError as e:
@@ -121,13 +126,20 @@ class KafkaPythonConsumer:
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka import TopicPartition as TP
-        from kafka.errors import CommitFailedError, IllegalStateError
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
         try:
             self._c.commit({TP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
         except (CommitFailedError, IllegalStateError) as e:
             raise CommitRejected(offsets, str(e)) from None
+        except KafkaError as e:
+            if not e.retriable:  # e.g. not authorised to commit: stop loudly
+                raise
+            # The broker is away (a restart): the outputs are written, the offsets not. As after a
+            # rebalance these records may be answered again (duplicates), never lost; the
+            # partition's next checkpoint commits past them.
+            raise CommitRejected(offsets, f"broker unavailable: {e!r}") from None
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self._c.assignment()}
