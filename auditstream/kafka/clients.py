@@ -129,10 +129,20 @@ class KafkaPythonConsumer:
         from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
+        request = {TP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._c.commit({TP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            self._c.commit(request)
         except (CommitFailedError, IllegalStateError) as e:
             raise CommitRejected(offsets, str(e)) from None
+        except RuntimeError as e:
+            # kafka-python 3 runs some rebalance callbacks on its own I/O thread, where a blocking
+            # commit is refused ("Cannot block on net.run() from the IO thread itself"). Send it
+            # without waiting: it goes out before the rejoin; unconfirmed, so these records may
+            # be answered again by the next owner (duplicates), never lost.
+            if "IO thread" not in str(e):
+                raise
+            self._c.commit_async(request)
+            raise CommitRejected(offsets, "sent without confirmation from the rebalance callback") from None
         except KafkaError as e:
             if not e.retriable:  # e.g. not authorised to commit: stop loudly
                 raise
