@@ -56,8 +56,11 @@ def marked_caption(prediction: Prediction) -> str:
     pairs, doubtful = word_confidences(prediction), set(doubtful_words(prediction))
     if not pairs:
         return str(prediction.output or "")
-    words = [f":red-background[**{t}** {p:.0%}]" if i in doubtful else t for i, (t, p) in enumerate(pairs)]
-    return normalize_caption(" ".join(words))
+    text = ""
+    for i, (token, p) in enumerate(pairs):
+        word = f":red-background[**{token}** {p:.0%}]" if i in doubtful else token
+        text += word if token in MARKS or not text else f" {word}"  # a mark sticks to the word before it
+    return text
 
 
 def vocabulary_errors(text: str, vocabulary: Sequence[str]) -> list[str]:
