@@ -59,10 +59,34 @@ def captioner_onnx() -> bytes:
     return model.SerializeToString()
 
 
-def captioner_card(name: str = "scenes") -> ModelCard:
+def fixed_caption_onnx(side: int, words: list[str], prob: float) -> bytes:
+    """A stand-in with the captioner's contract at ``side`` x ``side`` that answers every scene with
+    the same caption, each word at ``prob`` (for the demo test)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ids = np.full((1, STEPS), VOCABULARY.index("<pad>"), np.int64)
+    ids[0, :len(words) + 1] = [VOCABULARY.index(w) for w in words] + [EOS]
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, [None, side, side, 3])
+    outputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, [None, STEPS]),
+               helper.make_tensor_value_info("token_probs", TensorProto.FLOAT, [None, STEPS])]
+    inits = [numpy_helper.from_array(ids, "ids"), numpy_helper.from_array(np.full((1, STEPS), prob, np.float32), "p"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([STEPS], np.int64), "steps")]
+    nodes = [helper.make_node("Shape", ["image"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "steps"], ["row_shape"], axis=0),
+             helper.make_node("Expand", ["ids", "row_shape"], ["tokens"]),
+             helper.make_node("Expand", ["p", "row_shape"], ["token_probs"])]
+    graph = helper.make_graph(nodes, "fixed-caption", [image], outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="auditstream-tests")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def captioner_card(name: str = "scenes", side: int = SIDE) -> ModelCard:
     return ModelCard(
         name=name, version="0", task="caption",
-        inputs=[TensorSpec("image", "uint8", [None, SIDE, SIDE, 3])],
+        inputs=[TensorSpec("image", "uint8", [None, side, side, 3])],
         outputs=[TensorSpec("tokens", "int64", [None, STEPS]), TensorSpec("token_probs", "float32", [None, STEPS])],
         triage=TriageSpec(threshold=THRESHOLD, confidence_kind="joint_token_prob"), labels=VOCABULARY,
         preprocessing={"note": "tokens are the first pixel row, probabilities the second"}, metrics={},
