@@ -21,7 +21,8 @@ this one (with two objects, the other one both times). COUNT, colour, shape and 
 Ambiguity is kept out of the ground truth by rejection: an object centre within
 :data:`REGION_MARGIN_PX` of a region border is moved, and a scene in which some object's nearest
 or farthest neighbour wins by less than :data:`DISTANCE_MARGIN_PX` is drawn again, so no scene
-asks a person (or the model) to judge a near-tie. Objects never overlap.
+asks a person (or the model) to judge a near-tie. A rejected scene is drawn again with the same
+number of objects, so the count is uniform over 2..6. Objects never overlap.
 
 Every split has its own seed stream (:data:`SPLIT_SEEDS`): training batches, the confidence
 selection set, the certificate set and the test set never share a scene generator.
@@ -131,8 +132,10 @@ def _unambiguous(centres: np.ndarray) -> bool:
 def sample_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> Scene:
     """One scene of 2..``max_objects`` objects, drawn until it is unambiguous (module docstring)."""
     low, high = RADIUS_PX + 1, IMAGE_SIZE - RADIUS_PX - 1
+    # The count is drawn once: redrawing it with the rejected positions would make crowded scenes
+    # (more pairs, more near-ties) rare -- about 1 in 100 scenes with six objects instead of 1 in 5.
+    n = int(rng.integers(MIN_OBJECTS, max_objects + 1))
     while True:
-        n = int(rng.integers(MIN_OBJECTS, max_objects + 1))
         colours = sorted(rng.choice(len(COLOURS), n, replace=False))
         centres: list[np.ndarray] = []
         for _ in range(200 * n):

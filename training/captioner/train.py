@@ -145,6 +145,26 @@ def caption_metrics(outputs: tuple[np.ndarray, np.ndarray], data: SceneSet) -> d
             "relational_accuracy": float(fact[2] / fact[3]), "n_test": len(data)}
 
 
+@torch.no_grad()
+def search_headroom(net: CaptionNet, data: SceneSet, greedy_probs: np.ndarray, wrong: np.ndarray) -> dict:
+    """What a better search (beam search, any decoder that maximises the caption's probability)
+    could gain: among the greedy captions that are wrong, those whose reference caption the model
+    finds *more* probable. Only those can a likelihood-maximising search turn right; where the
+    greedy caption is the more probable one, the model itself prefers the mistake."""
+    net.eval()
+    reference = []
+    for i in range(0, len(data), CHUNK):
+        targets = torch.from_numpy(data.targets[i:i + CHUNK])
+        logp = net(torch.from_numpy(data.images[i:i + CHUNK]), targets).log_softmax(-1)
+        picked = logp.gather(-1, targets[..., None])[..., 0]
+        reference.append((picked * (targets != PAD_ID)).sum(1).double().numpy())
+    reference_logp = np.concatenate(reference)
+    greedy_logp = np.log(np.clip(greedy_probs.astype(np.float64), 1e-300, 1.0)).sum(1)  # 1.0 after <eos>
+    fixable = (reference_logp > greedy_logp) & (wrong == 1)
+    return {"greedy_errors": int(wrong.sum()), "errors_a_search_could_fix": int(fixable.sum()),
+            "exact_match_bound_of_any_search": float(1.0 - (wrong.sum() - fixable.sum()) / len(wrong))}
+
+
 def choose_confidence(selection: dict) -> tuple[str, dict[str, float]]:
     """The confidence kind with the smallest AURC on the selection scenes (never the test's)."""
     aurc = {kind: area_under_risk_coverage(selection[kind], selection["wrong"]) for kind in CONFIDENCE_KINDS}
@@ -163,7 +183,8 @@ def evaluate(net: CaptionNet, onnx_bytes: bytes, args: CaptionerArgs) -> dict:
     test = answers(args, test_outputs, test_data)
     coverage, risk, n_accepted, errors = selective_risk(test[kind], test["wrong"], certificate.threshold)
     return {"confidence_kind": kind, "aurc_selection": aurc, "certificate": certificate,
-            "metrics": caption_metrics(test_outputs, test_data), **caption_parity(net, onnx_bytes, test_data.images),
+            "metrics": caption_metrics(test_outputs, test_data),
+            "search": search_headroom(net, test_data, test_outputs[1], test["wrong"]), **caption_parity(net, onnx_bytes, test_data.images),
             "test_coverage": coverage, "test_risk_at_threshold": risk, "test_accepted": n_accepted,
             "test_errors_accepted": errors, "test_confidences": test[kind],
             "curve": risk_coverage_curve(test[kind], test["wrong"])}
@@ -175,7 +196,7 @@ def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> Model
     metrics = {**result["metrics"], "parity_exact": result["parity_exact"],
                "parity_max_prob_diff": result["parity_max_prob_diff"], "test_coverage": result["test_coverage"],
                "test_risk_at_threshold": result["test_risk_at_threshold"],
-               "aurc_selection": result["aurc_selection"]}
+               "aurc_selection": result["aurc_selection"], "search": result["search"]}
     return ModelCard(
         name=NAME, version="0", task="caption", inputs=draft.inputs, outputs=draft.outputs,
         triage=TriageSpec(threshold=cert.threshold, confidence_kind=result["confidence_kind"],
@@ -208,6 +229,11 @@ def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> Model
 def run(args: CaptionerArgs, models_dir: Path, progress: bool = True) -> dict:
     """Train, export, check parity, choose the confidence, certify, measure, publish; the summary."""
     net, train_seconds = train(args, progress)
+    return finish(net, train_seconds, args, models_dir)
+
+
+def finish(net: CaptionNet, train_seconds: float, args: CaptionerArgs, models_dir: Path) -> dict:
+    """Everything after the training loop (:func:`run`): export, measure, certify, publish."""
     onnx_bytes = export_onnx(ExportedCaptioner(net), torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8),
                              "image", list(OUTPUT_NAMES))
     result = evaluate(net, onnx_bytes, args)
@@ -218,7 +244,7 @@ def run(args: CaptionerArgs, models_dir: Path, progress: bool = True) -> dict:
                "threshold": cert.threshold, "target_risk": args.target_risk, "delta": args.delta,
                "certified_risk": cert.certified_risk, "certified": cert.certified, "coverage": cert.coverage,
                "n_certificate": args.n_certificate, "test_coverage": result["test_coverage"],
-               "test_risk_at_threshold": result["test_risk_at_threshold"]}
+               "test_risk_at_threshold": result["test_risk_at_threshold"], **result["search"]}
     if args.publish:
         card = build_card(args, result, train_seconds)
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
@@ -236,6 +262,8 @@ def print_summary(s: dict) -> None:
     print(f"  facts: non-relational {s['non_relational_accuracy']:.2%}, relational {s['relational_accuracy']:.2%}")
     print(f"  torch vs ONNX Runtime: {s['parity_exact']:.2%} of the test captions identical "
           f"(largest word-probability difference {s['parity_max_prob_diff']:.2g})")
+    print(f"  search: {s['errors_a_search_could_fix']} of the {s['greedy_errors']} wrong greedy captions have a "
+          f"more probable reference (no likelihood search beats exact match {s['exact_match_bound_of_any_search']:.2%})")
     aurc = ", ".join(f"{k} {v:.4f}" for k, v in s["aurc_selection"].items())
     print(f"  confidence: {s['confidence_kind']} (AURC on the selection scenes: {aurc})")
     print(f"  certified on {s['n_certificate']} scenes (delta {s['delta']}): auto-accept >= {s['threshold']:.4f}, "
