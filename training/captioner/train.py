@@ -1,7 +1,7 @@
 """Train the ``captioner``: a scene of coloured shapes -> its canonical caption, word by word.
 
-    auditstream train captioner --json           # ~10 min on 2 CPU cores (docs/captioner.md)
-    python -m training.captioner.train --steps 2000  # the same, without the auditstream CLI
+    auditstream train captioner --json           # ~21 min on a loaded 2-core machine (docs/captioner.md)
+    python -m training.captioner.train --steps 3000  # the same, without the auditstream CLI
 
 Flow (one readable script): args (``CaptionerArgs``, training/captioner/args.py) -> data (fresh
 scenes of the *train* seed stream for every batch, training/captioner/data.py) -> model (CNN +
