@@ -4,9 +4,10 @@
 and ``captioner`` models into the registry if it lacks them (the copies shipped in
 ``stack/demo_models/``, made by the project's own training commands; ``--retrain`` trains new
 ones), starts one serving consumer per model, the monitor and the audit dashboard (with a demo
-auditor account whose credentials it prints), then streams test-split envelopes, digits and
-parcel labels through the broker and shows, every few seconds, how many were auto-sorted,
-deferred to humans and sampled for QC (scenes of coloured shapes go to the captioner). Ctrl-C (or ``--duration-s``) stops everything it started.
+auditor account whose credentials it prints), then streams test-split envelopes, digits, parcel
+labels and scenes of coloured shapes through the broker and shows, every few seconds, how many
+were auto-sorted, deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops
+everything it started.
 
 Each part runs as its own process, exactly as on a real deployment; their logs go to
 ``<state dir>/logs/``.
@@ -49,7 +50,7 @@ class DemoArgs:
     labels_rate_per_s: float = field(default=1.0, metadata={"help": "parcel labels per second (the detector)"})
     scenes_rate_per_s: float = field(default=1.0, metadata={"help": "scenes per second (the captioner)"})
     dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
-    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, base+2; the monitor on base+10"})
+    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, ... (one per model); the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
     report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
     qc_auditor_rate_per_s: float = field(default=1.0, metadata={

@@ -33,7 +33,7 @@ CONFIDENCE_KINDS = ("joint_token_prob", "mean_token_prob", "min_token_prob")
 DEFAULT_END_TOKEN = "<eos>"
 DEFAULT_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 _SPACE_BEFORE_MARK = re.compile(r"\s+([,;:.!?])")
-_MARK_BEFORE_WORD = re.compile(r"([,;:.!?])(?=\S)")
+_MARK_BEFORE_WORD = re.compile(r"([,;:.!?])(?=[^\s\d])")  # "3.5" and "1,000" stay numbers
 
 
 def normalize_caption(text: str) -> str:
