@@ -40,11 +40,12 @@ def test_every_caption_follows_the_grammar_and_the_scene() -> None:
         count, objects = data.facts(tokens)
         assert count == data.COUNT_WORDS[scene.n] and list(objects) == list(scene.colours)  # colour order
         assert data.fact_scores(tokens, scene) == (1 + 2 * scene.n, 1 + 2 * scene.n, 2 * scene.n, 2 * scene.n)
-        # No near-tie: each object's nearest and farthest win by the margin.
+        # No near-tie: each object's nearest and farthest win by the margin (checked before the
+        # centres were stored to 0.01 px, hence the tolerance).
         d = np.sort(np.linalg.norm(scene.centres[:, None] - scene.centres[None], axis=-1), axis=1)[:, 1:]
         if scene.n > 2:
-            assert (d[:, 1] - d[:, 0] >= data.DISTANCE_MARGIN_PX).all()
-            assert (d[:, -1] - d[:, -2] >= data.DISTANCE_MARGIN_PX).all()
+            assert (d[:, 1] - d[:, 0] >= data.DISTANCE_MARGIN_PX - 0.03).all()
+            assert (d[:, -1] - d[:, -2] >= data.DISTANCE_MARGIN_PX - 0.03).all()
         counts.add(scene.n)
     assert counts == {2, 3, 4, 5, 6}
 
