@@ -1,12 +1,13 @@
 """The live demo (README's first command): mail sorting on embedded defaults.
 
-``auditstream demo`` starts the embedded broker, puts the ``digits``, ``zip-reader`` and
-``detector`` models into the registry if it lacks them (the copies shipped in
+``auditstream demo`` starts the embedded broker, puts the ``digits``, ``zip-reader``, ``detector``
+and ``captioner`` models into the registry if it lacks them (the copies shipped in
 ``stack/demo_models/``, made by the project's own training commands; ``--retrain`` trains new
 ones), starts one serving consumer per model, the monitor and the audit dashboard (with a demo
-auditor account whose credentials it prints), then streams test-split envelopes, digits and
-parcel labels through the broker and shows, every few seconds, how many were auto-sorted,
-deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops everything it started.
+auditor account whose credentials it prints), then streams test-split envelopes, digits, parcel
+labels and scenes of coloured shapes through the broker and shows, every few seconds, how many
+were auto-sorted, deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops
+everything it started.
 
 Each part runs as its own process, exactly as on a real deployment; their logs go to
 ``<state dir>/logs/``.
@@ -34,7 +35,7 @@ from typing import Any, Iterator
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 from auditstream.settings import Settings
 
-DEMO_MODELS = ("digits", "zip-reader", "detector")
+DEMO_MODELS = ("digits", "zip-reader", "detector", "captioner")
 DEMO_USER = "demo"
 QC_BOT = "qc-bot"
 
@@ -47,8 +48,9 @@ class DemoArgs:
     rate_per_s: float = field(default=8.0, metadata={"help": "envelopes per second streamed through the broker"})
     digits_rate_per_s: float = field(default=2.0, metadata={"help": "single-digit requests per second"})
     labels_rate_per_s: float = field(default=1.0, metadata={"help": "parcel labels per second (the detector)"})
+    scenes_rate_per_s: float = field(default=1.0, metadata={"help": "scenes per second (the captioner)"})
     dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
-    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, base+2; the monitor on base+10"})
+    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, ... (one per model); the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
     report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
     qc_auditor_rate_per_s: float = field(default=1.0, metadata={
@@ -57,9 +59,9 @@ class DemoArgs:
 
     def __post_init__(self) -> None:
         if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.labels_rate_per_s < 0
-                or self.report_every_s <= 0 or self.qc_auditor_rate_per_s < 0):
+                or self.scenes_rate_per_s < 0 or self.report_every_s <= 0 or self.qc_auditor_rate_per_s < 0):
             raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}, "
-                             f"{self.labels_rate_per_s}) "
+                             f"{self.labels_rate_per_s}, {self.scenes_rate_per_s}) "
                              f"must be >= 0 and report_every_s={self.report_every_s} > 0")
 
 
@@ -192,12 +194,24 @@ def parcel_label_requests(seed: int) -> Iterator[Any]:
         batch += 1
 
 
+def scene_requests(seed: int) -> Iterator[Any]:
+    """Endless test-stream scenes of coloured shapes (uint8 RGB), each with its canonical caption."""
+    from training.captioner.data import split_scenes
+
+    batch = 0
+    while True:
+        scenes = split_scenes("test", 128, seed=1000 + seed + batch)  # past the test scenes training measured
+        yield from zip(scenes.images, scenes.captions())
+        batch += 1
+
+
 def is_wrong(task: str, output: Any, truth: Any) -> bool:
-    """Whether an answer differs from the truth the demo knows: by the task kind's one rule
-    (a detector's boxes match by IoU), or as text for the models whose truth is a label's text."""
+    """Whether an answer differs from the truth the demo knows: by the task kind's one rule (a
+    detector's boxes match by IoU, a caption by its normalised text), or as text for a class
+    index whose truth is the label's name."""
     from auditstream import tasks
 
-    if isinstance(truth, str):
+    if isinstance(truth, str) and not isinstance(output, str):
         return str(output) != truth
     return not tasks.lookup(task).same_answer(output, truth)
 
@@ -257,6 +271,8 @@ def produce_loop(settings: Settings, args: DemoArgs, tally: Tally, stop: threadi
         streams.append(["digits", digit_requests(seed=2), 1.0 / args.digits_rate_per_s, 0.0])
     if args.labels_rate_per_s:
         streams.append(["detector", parcel_label_requests(seed=3), 1.0 / args.labels_rate_per_s, 0.0])
+    if args.scenes_rate_per_s:
+        streams.append(["captioner", scene_requests(seed=4), 1.0 / args.scenes_rate_per_s, 0.0])
     started, i = time.monotonic(), 0
     try:
         while not stop.is_set() and streams:

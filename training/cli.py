@@ -9,8 +9,8 @@ import argparse
 from auditstream.cli import command_modules
 
 # Modules that add subcommands: register(train, rl, bench) with the three subparser groups.
-FAMILY_MODULES = ("training.digits.cli", "training.zip_reader.cli", "training.detector.cli", "training.rl.cli",
-                  "training.rl.stream_cli")
+FAMILY_MODULES = ("training.digits.cli", "training.zip_reader.cli", "training.detector.cli", "training.captioner.cli",
+                  "training.rl.cli", "training.rl.stream_cli")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:

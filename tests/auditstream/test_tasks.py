@@ -58,7 +58,7 @@ def test_non_finite_rows_are_none() -> None:
 
 
 @pytest.mark.parametrize("task,outputs,message", [
-    ("caption", ["tokens"], "not served"),
+    ("caption", ["tokens"], "lacks graph outputs"),
     ("detection", ["boxes"], "lacks graph outputs"),
     ("classification", ["logits"], "lacks graph outputs"),
     ("policy", ["action_probs"], "lacks graph outputs"),

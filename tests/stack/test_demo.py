@@ -22,6 +22,7 @@ import pytest
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from store import open_store
 from tests.conftest import tiny_card, tiny_classifier_onnx
+from tests.serving.test_caption_e2e import captioner_card, fixed_caption_onnx
 from tests.serving.test_detection_e2e import detector_card, detector_onnx
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -60,6 +61,12 @@ def seed_registry(root: Path) -> None:
                                triage=TriageSpec(threshold=0.15, confidence_kind="min_char_prob"), labels=DIGITS),
                      tiny_zip_reader_onnx())
     registry.publish(detector_card("detector"), detector_onnx())  # the detector's serving contract
+    registry.publish(captioner_card("captioner", side=64), tiny_captioner_onnx())  # the captioner's contract
+
+
+def tiny_captioner_onnx() -> bytes:
+    """Every 64x64 scene captioned "two objects: red circle" (joint probability 0.9**4 ~ 0.66)."""
+    return fixed_caption_onnx(64, ["two", "objects", ":", "red", "circle"][:4], 0.9)
 
 
 def free_port_block(size: int = 11) -> int:
@@ -90,14 +97,14 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # the demo starts its own embedded broker
     result = subprocess.run(
         [sys.executable, "-m", "auditstream.cli", "demo", "--duration-s", "30", "--rate-per-s", "6",
-         "--digits-rate-per-s", "3", "--labels-rate-per-s", "2", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
+         "--digits-rate-per-s", "3", "--labels-rate-per-s", "2", "--scenes-rate-per-s", "2", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
          "--metrics-port-base", str(free_port_block()), "--report-every-s", "2"],
         env=env, capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{out[-3000:]}\n{result.stderr[-3000:]}"
     assert "model digits: version 1" in out and "model zip-reader: version 1" in out  # found, not retrained
-    assert "model detector: version 1" in out
-    for model in ("zip-reader", "digits", "detector"):
+    assert "model detector: version 1" in out and "model captioner: version 1" in out
+    for model in ("zip-reader", "digits", "detector", "captioner"):
         answered = [int(n) for n in re.findall(model + r"\s+sent\s+\d+\s+answered\s+(\d+)", out)]
         assert answered and answered[-1] > 0, (model, out[-2000:])
     assert out.rstrip().endswith("demo stopped")
@@ -119,7 +126,8 @@ def test_a_shipped_model_is_published_into_an_empty_registry(tmp_path: Path, mon
 
     shipped = tmp_path / "shipped"
     for name, card, onnx in (("digits", tiny_card("digits"), tiny_classifier_onnx()),
-                             ("zip-reader", None, None), ("detector", detector_card("detector"), detector_onnx())):
+                             ("zip-reader", None, None), ("detector", detector_card("detector"), detector_onnx()),
+                             ("captioner", captioner_card("captioner", side=64), tiny_captioner_onnx())):
         if card is None:
             continue
         (shipped / name).mkdir(parents=True)
@@ -132,12 +140,12 @@ def test_a_shipped_model_is_published_into_an_empty_registry(tmp_path: Path, mon
     demo.ensure_models(Settings(models_dir=tmp_path / "models", state_dir=tmp_path / "state"), retrain=False)
     registry = ModelRegistry(tmp_path / "models")
     assert {name: registry.latest(name) for name in demo.DEMO_MODELS} == {"digits": "1", "zip-reader": "1",
-                                                                          "detector": "1"}
+                                                                          "detector": "1", "captioner": "1"}
     assert registry.load("detector").card.task.value == "detection"
 
 
 
-@pytest.mark.parametrize("name", ["digits", "zip-reader", "detector"])
+@pytest.mark.parametrize("name", ["digits", "zip-reader", "detector", "captioner"])
 def test_the_shipped_demo_models_are_servable(name: str, tmp_path: Path) -> None:
     """The copies a first demo publishes: present, verified against their cards on publishing,
     accepted by their task kind, and answering on ONNX Runtime (warm-up runs the graph)."""
