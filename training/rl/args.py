@@ -74,7 +74,8 @@ class PPOArgs:
 class OfflineArgs:
     """Arguments of ``auditstream rl train-offline``."""
 
-    dataset: Path = _arg("offline dataset (.npz written by training.rl.offline_data.save_dataset)", Path("dataset.npz"))
+    dataset: Path = _arg("offline dataset: a Minari dataset directory or an .npz (both written by "
+                                "'auditstream rl dataset')", Path("dataset.npz"))
     algorithm: str = _arg("bc (behaviour cloning, human corrections first) or cql (discrete conservative Q-learning)",
                           "cql")
     env: str = _arg("Gymnasium id to evaluate the learned policy on (empty: no online evaluation)", "")

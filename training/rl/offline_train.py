@@ -1,13 +1,15 @@
 """``auditstream rl train-offline``: learn a policy from a logged dataset, export, publish.
 
-Reads a dataset written by :func:`training.rl.offline_data.save_dataset` (``rl dataset`` builds
-one from the decisions and verdicts topics), trains behaviour cloning on the human-corrected
+Reads a Minari dataset written by :func:`training.rl.minari_format.write_minari` or an ``.npz``
+written by :func:`training.rl.offline_data.save_dataset` (``rl dataset`` builds either from the
+decisions and verdicts topics), trains behaviour cloning on the human-corrected
 actions (``--algorithm bc``) or discrete CQL (``--algorithm cql``), estimates the new policy's
 value off-policy on the same logs (WIS, DR, FQE with intervals: the numbers ``rl promote``
 compares), optionally evaluates it online when ``--env`` is given, exports it with a parity check
 and publishes it with a policy model card::
 
     auditstream rl train-offline --dataset logs.npz --algorithm cql --env CartPole-v1 --json
+    auditstream rl train-offline --dataset datasets/auditstream/policy-cartpole-v1/logs-v0 --algorithm bc --json
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ from typing import Any
 import numpy as np
 
 from training.rl.args import OfflineArgs
-from training.rl.offline_data import load_dataset
+from training.rl.offline_data import OfflineDataset, load_dataset
 
 ALGORITHMS = ("bc", "cql")
+
+
+def load_logs(path: Any) -> OfflineDataset:
+    """A Minari dataset's directory (or its ``data`` folder), else an ``.npz`` file."""
+    from training.rl.minari_format import is_minari_dataset, read_minari
+
+    return read_minari(path) if is_minari_dataset(path) else load_dataset(path)
 
 
 def train_policy(args: OfflineArgs, data: Any) -> Any:
@@ -50,7 +59,7 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     from training.rl.ope import on_policy_value
     from training.rl.policy_export import NumpyPolicy, card_name, export_policy, policy_card
 
-    data = load_dataset(args.dataset)
+    data = load_logs(args.dataset)
     start = time.perf_counter()
     module = train_policy(args, data)
     train_seconds = time.perf_counter() - start
