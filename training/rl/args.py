@@ -46,9 +46,12 @@ class PPOArgs:
     vf_coef: float = _arg("value loss coefficient", 0.5)
     max_grad_norm: float = _arg("gradient clipping norm", 0.5)
     hidden: int = _arg("width of the two hidden layers of actor and critic", 64)
-    eval_episodes: int = _arg("episodes of the greedy policy evaluated after training", 100)
+    eval_episodes: int = _arg("episodes evaluated after training, greedy and sampled each", 100)
     device: str = _arg("torch device: cpu, cuda, or auto (cuda when available)", "auto")
     defer_rate: float = _arg("share of evaluation decisions the triage threshold sends to a human", 0.05)
+    action_selection: str = _arg("how serving picks the action, written to the card: sample (a draw from "
+                                 "action_probs: the logged probabilities are the true propensities) or greedy "
+                                 "(argmax); the card's mean_return is measured this way", "sample")
     name: str = _arg("registry name (default: policy-<env>)", "")
     publish: bool = _arg("publish the exported policy to the model registry", True)
     progress: bool = _arg("show a progress bar", True)
@@ -64,6 +67,8 @@ class PPOArgs:
         if (out.num_envs * out.num_steps) % out.num_minibatches:
             raise ValueError(f"rollout of {out.num_envs}x{out.num_steps} steps does not split into "
                              f"{out.num_minibatches} minibatches")
+        if out.action_selection not in ("sample", "greedy"):
+            raise ValueError(f"action_selection={out.action_selection!r} must be sample or greedy")
         if not 0.0 < out.gamma <= 1.0 or not 0.0 <= out.gae_lambda <= 1.0:
             raise ValueError(f"gamma={out.gamma} must be in (0, 1] and gae_lambda={out.gae_lambda} in [0, 1]")
         return out
@@ -79,7 +84,9 @@ class OfflineArgs:
     algorithm: str = _arg("bc (behaviour cloning, human corrections first) or cql (discrete conservative Q-learning)",
                           "cql")
     env: str = _arg("Gymnasium id to evaluate the learned policy on (empty: no online evaluation)", "")
-    eval_episodes: int = _arg("greedy evaluation episodes when --env is given", 20)
+    eval_episodes: int = _arg("online evaluation episodes when --env is given (acting as --action-selection)", 20)
+    action_selection: str = _arg("how serving picks the action, written to the card: sample or greedy; the online "
+                                 "evaluation acts this way", "sample")
     steps: int = _arg("gradient steps", 20_000)
     batch_size: int = _arg("minibatch size", 256)
     learning_rate: float = _arg("Adam learning rate", 3e-4)

@@ -48,10 +48,10 @@ def train_policy(args: OfflineArgs, data: Any) -> Any:
     raise ValueError(f"algorithm {args.algorithm!r} not one of {ALGORITHMS}")
 
 
-def online_returns(module: Any, env_id: str, episodes: int, seed: int) -> np.ndarray:
+def online_returns(module: Any, env_id: str, episodes: int, seed: int, action_selection: str = "sample") -> np.ndarray:
     from training.rl.ppo import evaluate
 
-    return evaluate(module, env_id, episodes, seed, progress=False)["returns"]
+    return evaluate(module, env_id, episodes, seed, progress=False, action_selection=action_selection)["returns"]
 
 
 def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
@@ -72,14 +72,15 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
         "gamma": args.gamma,
     }
     if args.env:
-        returns = online_returns(module, args.env, args.eval_episodes, args.seed)
-        metrics.update(mean_return=float(returns.mean()), std_return=float(returns.std()), episodes=len(returns))
+        returns = online_returns(module, args.env, args.eval_episodes, args.seed, args.action_selection)
+        metrics.update(mean_return=float(returns.mean()), std_return=float(returns.std()), episodes=len(returns),
+                       action_selection=args.action_selection)
     onnx_bytes, parity = export_policy(module, data.observations)
     metrics["parity_max_abs_diff"] = parity
     env_id = args.env or str(args.dataset.stem)
     training = {"algorithm": args.algorithm, "args": {k: str(v) for k, v in asdict(args).items()}}
     card = policy_card(module, env_id, args.name or card_name(env_id, f"policy-{args.algorithm}"), data.observations,
-                       metrics, training=training)
+                       metrics, training=training, action_selection=args.action_selection)
     nested = ("ope", "logged_policy_value")
     summary = {"algorithm": args.algorithm, **{k: v for k, v in metrics.items() if k not in nested},
                **{f"ope_{k}": round(e.value, 4) for k, e in estimates.items()},

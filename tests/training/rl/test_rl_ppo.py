@@ -70,3 +70,27 @@ def test_threshold_and_safe_action_rules() -> None:
     action, why = choose_safe_action("CartPole-v1", np.array([1, 1, 0, 1]), 2)
     assert action == 1 and "75%" in why
     assert choose_safe_action("LunarLander-v3", np.array([2, 2]), 4)[0] == 0
+
+
+def test_card_says_how_serving_acts_and_its_return_is_measured_that_way() -> None:
+    from auditstream.tasks.policy import TASK
+    from training.rl.ppo import served_and_greedy_metrics
+
+    torch.manual_seed(0)
+    agent = Agent(4, 2).eval()  # untrained: near-uniform probabilities, so greedy and sampled differ
+    metrics, visited = served_and_greedy_metrics(agent, "CartPole-v1", episodes=5, seed=3, served="sample")
+    assert metrics["action_selection"] == "sample" and metrics["mean_return"] == metrics["mean_return_sampled"]
+    assert metrics["mean_return_greedy"] != metrics["mean_return_sampled"]
+    assert visited.shape[1] == 4 and metrics["episodes"] == 5
+    # evaluate draws with serving's own rule: the same seed gives the same sampled returns
+    again = evaluate(agent, "CartPole-v1", episodes=5, seed=3, progress=False, action_selection="sample")["returns"]
+    assert again.mean() == metrics["mean_return_sampled"]
+    for mode in ("sample", "greedy"):
+        card = policy_card(agent, "CartPole-v1", "", visited, metrics, {"algorithm": "test"}, action_selection=mode)
+        assert card.extra["action_selection"] == mode
+        answer = TASK.postprocess(card, {"action_probs": np.array([[0.3, 0.7]], np.float32),
+                                         "value": np.zeros(1, np.float32)})[0]
+        acted = TASK.act(answer, card, uniform=0.1)  # u = 0.1 draws action 0 from [0.3, 0.7]
+        assert (acted.output, acted.details["propensities"]) == ((0, [0.3, 0.7]) if mode == "sample" else (1, [0.0, 1.0]))
+    with pytest.raises(ValueError, match="action_selection"):
+        policy_card(agent, "CartPole-v1", "", visited, metrics, {}, action_selection="softmax")
