@@ -95,6 +95,8 @@ class OfflineArgs:
     cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0)
     target_update: int = _arg("gradient steps between target-network copies (CQL)", 500)
     human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0)
+    ope_human_steps: str = _arg("what OPE assumes about steps a human acted on: as_logged (one-hot propensities), "
+                                "exclude (episodes without them) or model (fitted human probabilities)", "as_logged")
     policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0)
     seed: int = _arg("seed of torch and numpy", 1)
     name: str = _arg("registry name (default: policy-<algorithm>-<env or dataset>)", "")

@@ -57,19 +57,21 @@ def online_returns(module: Any, env_id: str, episodes: int, seed: int, action_se
 def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     from training.rl.ope import evaluate as ope_evaluate
     from training.rl.ope import on_policy_value
+    from training.rl.ope_humans import with_human_steps
     from training.rl.policy_export import NumpyPolicy, card_name, export_policy, policy_card
 
     data = load_logs(args.dataset)
     start = time.perf_counter()
     module = train_policy(args, data)
     train_seconds = time.perf_counter() - start
-    estimates = ope_evaluate(data, NumpyPolicy.from_torch(module), args.gamma, seed=args.seed)
-    logged = on_policy_value(data, args.gamma, seed=args.seed)
+    ope_data, human_steps = with_human_steps(data, args.ope_human_steps, seed=args.seed)
+    estimates = ope_evaluate(ope_data, NumpyPolicy.from_torch(module), args.gamma, seed=args.seed)
+    logged = on_policy_value(ope_data, args.gamma, seed=args.seed)
     metrics: dict[str, Any] = {
         "train_seconds": round(train_seconds, 2), "dataset_steps": int(len(data.actions)),
         "dataset_episodes": data.n_episodes, "human_labelled_steps": int(np.sum(data.human_actions >= 0)),
         "ope": {name: e.to_dict() for name, e in estimates.items()}, "logged_policy_value": logged.to_dict(),
-        "gamma": args.gamma,
+        "gamma": args.gamma, "ope_human_steps": human_steps,
     }
     if args.env:
         returns = online_returns(module, args.env, args.eval_episodes, args.seed, args.action_selection)
