@@ -120,3 +120,22 @@ class OPEBenchArgs:
     confidence: float = _arg("two-sided confidence level of the intervals", 0.95)
     seed: int = _arg("seed", 0)
     progress: bool = _arg("show progress bars", True)
+
+
+@dataclass(frozen=True)
+class OverridesBenchArgs:
+    """Arguments of ``auditstream bench overrides`` (HG-DAgger: do human takeovers improve the policy?)."""
+
+    envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
+    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 5)
+    episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20)
+    eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20)
+    demo_episodes: int = _arg("episodes of the simulated human the initial policy is cloned from "
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
+    defer_rate: float = _arg("share of the initial policy's decisions below the routing threshold (the human "
+                             "budget; the threshold is chosen as a published card's is)", 0.1)
+    bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000)
+    finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000)
+    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
+    progress: bool = _arg("show progress bars", True)
