@@ -139,3 +139,22 @@ class OverridesBenchArgs:
     human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0)
     seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
     progress: bool = _arg("show progress bars", True)
+
+
+@dataclass(frozen=True)
+class OfflineBenchArgs:
+    """Arguments of ``auditstream bench offline`` (do BC and CQL beat the policy that logged the data?)."""
+
+    envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
+    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation)", 3)
+    episodes: int = _arg("logged episodes of the behaviour policy per dataset", 50)
+    eval_episodes: int = _arg("online episodes evaluating each learnt policy (greedy)", 10)
+    good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1)
+    demo_episodes: int = _arg("episodes of the simulated human the mediocre behaviour policy is cloned from "
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
+    bc_steps: int = _arg("gradient steps of behaviour cloning (the mediocre policy's and the learner's)", 1000)
+    cql_steps: int = _arg("gradient steps of CQL", 5000)
+    cql_alpha: float = _arg("CQL's conservative penalty weight", 1.0)
+    gamma: float = _arg("discount of CQL", 0.99)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
+    progress: bool = _arg("show progress bars", True)

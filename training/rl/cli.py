@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from training.rl.args import OfflineArgs, OPEBenchArgs, OverridesBenchArgs, PPOArgs
+from training.rl.args import OfflineArgs, OfflineBenchArgs, OPEBenchArgs, OverridesBenchArgs, PPOArgs
 
 
 def _models_dir(args: argparse.Namespace) -> str:
@@ -45,6 +45,12 @@ def _bench_overrides(args: argparse.Namespace) -> int:
     return main(dataclass_from_namespace(OverridesBenchArgs, args), args.json)
 
 
+def _bench_offline(args: argparse.Namespace) -> int:
+    from training.rl.offline_bench import main
+
+    return main(dataclass_from_namespace(OfflineBenchArgs, args), args.json)
+
+
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
              bench: argparse._SubParsersAction) -> None:
 
@@ -70,3 +76,9 @@ def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
     add_dataclass_arguments(p, OverridesBenchArgs)
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.set_defaults(handler=_bench_overrides)
+
+    p = bench.add_parser("offline", help="online return of BC and CQL learnt from logs of a mediocre and of a good "
+                                         "behaviour policy vs that policy, CartPole/LunarLander, over seeds")
+    add_dataclass_arguments(p, OfflineBenchArgs)
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    p.set_defaults(handler=_bench_offline)
