@@ -15,7 +15,9 @@ dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/r
   decision's ``details.route``; HUMAN where a human or the fallback acted);
 * propensities: the decision whose ``source`` matches the transition's (who acted): a model
   decision's ``details.propensities`` (what the action was drawn with), a fallback decision's
-  one-hot safe action, or, for a human decision, one-hot of the human's action;
+  one-hot safe action, or, for a human decision, one-hot of the human's action (the assumption
+  that humans are a known deterministic policy; OPE can drop or model them instead:
+  :mod:`training.rl.ope_humans`);
 * human action: the latest verdict on the request (``correct``: the corrected output, ``accept``:
   the model's output), else a human decision. Where it differs from the executed action (the
   fallback acted before the auditor answered, or the auditor corrected a QC-sampled action) the
