@@ -127,7 +127,7 @@ class OverridesBenchArgs:
     """Arguments of ``auditstream bench overrides`` (HG-DAgger: do human takeovers improve the policy?)."""
 
     envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
-    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 5)
+    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 10)
     episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20)
     eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20)
     demo_episodes: int = _arg("episodes of the simulated human the initial policy is cloned from "
