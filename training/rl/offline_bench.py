@@ -20,15 +20,13 @@ JSON (last line): ``<env>.<quality>.{behaviour, bc, cql, bc_minus_behaviour, cql
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import numpy as np
 
 from training.rl.args import OfflineBenchArgs
 from training.rl.overrides_bench import DEMO_EPISODES
-from training.rl.rollouts import HUMANS, mean_ci95, run_episodes, simulated_human, torch_probs
+from training.rl.rollouts import mean_ci95, run_bench, run_episodes, simulated_human, torch_probs
 
 QUALITIES = ("mediocre", "good")
 
@@ -94,21 +92,6 @@ def bench_env(env_id: str, args: OfflineBenchArgs) -> dict[str, Any]:
 
 
 def main(args: OfflineBenchArgs, as_json: bool) -> int:
-    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    unknown = [e for e in envs if e not in HUMANS]
-    if not envs or unknown or args.seeds < 1 or args.episodes < 1 or args.eval_episodes < 1:
-        raise ValueError(f"need environments among {sorted(HUMANS)} (got unknown {unknown}), seeds >= 1, "
-                         f"episodes >= 1, eval_episodes >= 1; got {args}")
     if not 0.0 <= args.good_epsilon <= 1.0:
         raise ValueError(f"good_epsilon={args.good_epsilon} must be in [0, 1]")
-    import torch
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    per_env = {env_id: bench_env(env_id, args) for env_id in envs}
-    seconds = time.perf_counter() - start
-    print(f"{args.seeds} seeds x {len(envs)} envs x {len(QUALITIES)} data qualities in {seconds:.0f} s")
-    if as_json:
-        print(json.dumps({**per_env, "seconds": round(seconds, 1),
-                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
-    return 0
+    return run_bench(args, bench_env, as_json, "bench offline")

@@ -27,14 +27,12 @@ human's return), ``logged_with_overrides`` (π0 with takeovers: what the deploym
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import numpy as np
 
 from training.rl.args import OverridesBenchArgs
-from training.rl.rollouts import HUMANS, mean_ci95, run_episodes, torch_probs
+from training.rl.rollouts import HUMANS, mean_ci95, run_bench, run_episodes, torch_probs
 
 DEMO_EPISODES = {"CartPole-v1": 1, "LunarLander-v3": 2}
 ARMS = ("behaviour", "offline_without_overrides", "offline_with_overrides")
@@ -85,21 +83,6 @@ def bench_env(env_id: str, args: OverridesBenchArgs) -> dict[str, Any]:
 
 
 def main(args: OverridesBenchArgs, as_json: bool) -> int:
-    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    unknown = [e for e in envs if e not in HUMANS]
-    if not envs or unknown or args.seeds < 1 or args.episodes < 1 or args.eval_episodes < 1:
-        raise ValueError(f"need environments among {sorted(HUMANS)} (got unknown {unknown}), seeds >= 1, "
-                         f"episodes >= 1, eval_episodes >= 1; got {args}")
     if not 0.0 < args.defer_rate < 1.0:
         raise ValueError(f"defer_rate={args.defer_rate} must be in (0, 1): it is the human budget")
-    import torch
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    per_env = {env_id: bench_env(env_id, args) for env_id in envs}
-    seconds = time.perf_counter() - start
-    print(f"{args.seeds} seeds x {len(envs)} envs in {seconds:.0f} s")
-    if as_json:
-        print(json.dumps({**per_env, "seconds": round(seconds, 1),
-                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
-    return 0
+    return run_bench(args, bench_env, as_json, "bench overrides")

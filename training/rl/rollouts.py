@@ -122,3 +122,27 @@ def mean_ci95(values: list[float] | np.ndarray) -> dict[str, Any]:
         return {"mean": mean, "ci95": [float("nan"), float("nan")], "seeds": int(len(values))}
     half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
     return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": int(len(values))}
+
+
+def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_json: bool, what: str) -> int:
+    """What the benches on these rollouts share: check the sizes, run ``bench_env`` per
+    environment of ``args.envs`` on one torch thread, print the time and the JSON line."""
+    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
+    unknown = [e for e in envs if e not in HUMANS]
+    if not envs or unknown or args.seeds < 1 or args.episodes < 1 or args.eval_episodes < 1:
+        raise ValueError(f"need environments among {sorted(HUMANS)} (got unknown {unknown}), seeds >= 1, "
+                         f"episodes >= 1, eval_episodes >= 1; got {args}")
+    import json
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)  # small MLPs: extra threads only contend on a shared machine
+    start = time.perf_counter()
+    per_env = {env_id: bench_env(env_id, args) for env_id in envs}
+    seconds = time.perf_counter() - start
+    print(f"{what}: {args.seeds} seeds x {len(envs)} envs in {seconds:.0f} s")
+    if as_json:
+        print(json.dumps({**per_env, "seconds": round(seconds, 1),
+                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+    return 0
