@@ -152,8 +152,9 @@ class OfflineBenchArgs:
     good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1)
     demo_episodes: int = _arg("episodes of the simulated human the mediocre behaviour policy is cloned from "
                               "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
-    bc_steps: int = _arg("gradient steps of behaviour cloning (the mediocre policy's and the learner's)", 1000)
-    cql_steps: int = _arg("gradient steps of CQL", 5000)
+    demo_bc_steps: int = _arg("gradient steps cloning the mediocre behaviour policy from the demonstrations", 1000)
+    bc_steps: int = _arg("gradient steps of the BC learner on the logs", 5000)
+    cql_steps: int = _arg("gradient steps of the CQL learner on the logs", 5000)
     cql_alpha: float = _arg("CQL's conservative penalty weight", 1.0)
     gamma: float = _arg("discount of CQL", 0.99)
     seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)

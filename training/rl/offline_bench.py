@@ -10,8 +10,8 @@ and of a good behaviour policy. Per environment, data quality and seed:
   behaviour: the simulated human itself, ``good_epsilon``-soft (a known probability vector).
 * ``episodes`` logged episodes (with the behaviour propensities); ``behaviour`` is their mean
   return.
-* ``bc`` (``bc.py`` on the executed actions; no human labels here) and ``cql`` (``cql.py``) learnt
-  from the logs, evaluated online for ``eval_episodes`` episodes acting greedily (argmax), as the
+* ``bc`` (``bc.py`` on the executed actions; no human labels here; ``bc_steps``) and ``cql``
+  (``cql.py``; ``cql_steps``) learnt from the logs, evaluated online for ``eval_episodes`` episodes acting greedily (argmax), as the
   offline RL literature evaluates learnt policies.
 
 JSON (last line): ``<env>.<quality>.{behaviour, bc, cql, bc_minus_behaviour, cql_minus_behaviour}``
@@ -51,7 +51,7 @@ def behaviour_policy(env_id: str, quality: str, seed: int, args: OfflineBenchArg
 
     demos = run_episodes(env_id, None, args.demo_episodes or DEMO_EPISODES.get(env_id, 2), seed=10 * seed + 1,
                          key_prefix="demo", log=True)
-    return torch_probs(train_bc(build_dataset(demos.records), steps=args.bc_steps, seed=seed))
+    return torch_probs(train_bc(build_dataset(demos.records), steps=args.demo_bc_steps, seed=seed))
 
 
 def one_seed(env_id: str, quality: str, seed: int, args: OfflineBenchArgs) -> dict[str, float]:

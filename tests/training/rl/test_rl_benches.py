@@ -67,7 +67,7 @@ def test_bc_and_cql_beat_a_mediocre_behaviour_policy_and_keep_up_with_a_good_one
     # (about 100); good: the simulated human, 0.1-soft (about 480). Learnt policies act greedily.
     from training.rl.offline_bench import one_seed
 
-    args = OfflineBenchArgs(episodes=20, eval_episodes=5, cql_steps=2000, progress=False)
+    args = OfflineBenchArgs(episodes=20, eval_episodes=5, bc_steps=1000, cql_steps=2000, progress=False)
     mediocre = [one_seed("CartPole-v1", "mediocre", seed, args) for seed in range(3)]
     good = [one_seed("CartPole-v1", "good", seed, args) for seed in range(2)]
     for learner in ("bc", "cql"):
