@@ -54,8 +54,6 @@ def _run(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     from training.rl.stream_dataset import build_stream_dataset
 
-    if args.format not in DATASET_FORMATS:
-        raise SystemExit(f"auditstream rl dataset: --format {args.format!r} is not one of {DATASET_FORMATS}")
     data, report = build_stream_dataset(_settings(), args.model or None, args.version or None)
     if args.format == "minari":
         from training.rl.minari_format import write_minari
