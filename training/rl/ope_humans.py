@@ -8,13 +8,14 @@ known deterministic policy** (in that state this human always takes that action)
 evaluate with human steps, one per ``human_steps`` mode:
 
 * ``as_logged`` (the default): take the one-hot propensities as they are. Right when auditors
-  answer a state consistently; if they are in fact noisy, a target policy that agrees with them
-  gets ratios π(a)/1 ≤ 1 where the truth is π(a)/μ(a) ≥ π(a), so its value is understated.
-* ``exclude``: evaluate on the episodes in which no human acted. Needs no assumption about humans,
-  but answers a narrower question: the value over episodes that never reached a state the model
-  deferred (those are the easier episodes, so the number is optimistic for both the candidate and
-  the live policy, and only their difference is comparable). The live policy's own value must be
-  taken on the same episodes (:func:`training.rl.promotion.gate_from_dataset` does).
+  answer a state consistently; if they are in fact noisy, the ratio at a human step is π(a)/1
+  where the truth is π(a)/μ(a) ≥ π(a): the weights are too small and the estimate is biased
+  (downwards, for positive rewards).
+* ``exclude``: evaluate on the episodes in which no human acted (fallback steps stay). Needs no
+  assumption about humans, but answers a narrower question: those episodes are not a random
+  sample (the ones no human had to act in), so candidate and live values describe that subset
+  and only their difference is comparable. The live policy's own value must be taken on the same
+  episodes (:func:`training.rl.promotion.gate_from_dataset` does).
 * ``model``: estimate the humans' action probabilities from every human answer in the log
   (deferred steps and audited ones) with a multinomial logistic regression on the observation,
   mixed with ``human_noise`` of uniform so no action has probability 0, and use them as the
