@@ -46,9 +46,12 @@ class PPOArgs:
     vf_coef: float = _arg("value loss coefficient", 0.5)
     max_grad_norm: float = _arg("gradient clipping norm", 0.5)
     hidden: int = _arg("width of the two hidden layers of actor and critic", 64)
-    eval_episodes: int = _arg("episodes of the greedy policy evaluated after training", 100)
+    eval_episodes: int = _arg("episodes evaluated after training, greedy and sampled each", 100)
     device: str = _arg("torch device: cpu, cuda, or auto (cuda when available)", "auto")
     defer_rate: float = _arg("share of evaluation decisions the triage threshold sends to a human", 0.05)
+    action_selection: str = _arg("how serving picks the action, written to the card: sample (a draw from "
+                                 "action_probs: the logged probabilities are the true propensities) or greedy "
+                                 "(argmax); the card's mean_return is measured this way", "sample")
     name: str = _arg("registry name (default: policy-<env>)", "")
     publish: bool = _arg("publish the exported policy to the model registry", True)
     progress: bool = _arg("show a progress bar", True)
@@ -64,6 +67,8 @@ class PPOArgs:
         if (out.num_envs * out.num_steps) % out.num_minibatches:
             raise ValueError(f"rollout of {out.num_envs}x{out.num_steps} steps does not split into "
                              f"{out.num_minibatches} minibatches")
+        if out.action_selection not in ("sample", "greedy"):
+            raise ValueError(f"action_selection={out.action_selection!r} must be sample or greedy")
         if not 0.0 < out.gamma <= 1.0 or not 0.0 <= out.gae_lambda <= 1.0:
             raise ValueError(f"gamma={out.gamma} must be in (0, 1] and gae_lambda={out.gae_lambda} in [0, 1]")
         return out
@@ -74,11 +79,14 @@ class PPOArgs:
 class OfflineArgs:
     """Arguments of ``auditstream rl train-offline``."""
 
-    dataset: Path = _arg("offline dataset (.npz written by training.rl.offline_data.save_dataset)", Path("dataset.npz"))
+    dataset: Path = _arg("offline dataset: a Minari dataset directory or an .npz (both written by "
+                                "'auditstream rl dataset')", Path("dataset.npz"))
     algorithm: str = _arg("bc (behaviour cloning, human corrections first) or cql (discrete conservative Q-learning)",
                           "cql")
     env: str = _arg("Gymnasium id to evaluate the learned policy on (empty: no online evaluation)", "")
-    eval_episodes: int = _arg("greedy evaluation episodes when --env is given", 20)
+    eval_episodes: int = _arg("online evaluation episodes when --env is given (acting as --action-selection)", 20)
+    action_selection: str = _arg("how serving picks the action, written to the card: sample or greedy; the online "
+                                 "evaluation acts this way", "sample")
     steps: int = _arg("gradient steps", 20_000)
     batch_size: int = _arg("minibatch size", 256)
     learning_rate: float = _arg("Adam learning rate", 3e-4)
@@ -87,6 +95,8 @@ class OfflineArgs:
     cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0)
     target_update: int = _arg("gradient steps between target-network copies (CQL)", 500)
     human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0)
+    ope_human_steps: str = _arg("what OPE assumes about steps a human acted on: as_logged (one-hot propensities), "
+                                "exclude (episodes without them) or model (fitted human probabilities)", "as_logged")
     policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0)
     seed: int = _arg("seed of torch and numpy", 1)
     name: str = _arg("registry name (default: policy-<algorithm>-<env or dataset>)", "")
@@ -109,4 +119,43 @@ class OPEBenchArgs:
     bootstrap: int = _arg("bootstrap resamples per interval", 200)
     confidence: float = _arg("two-sided confidence level of the intervals", 0.95)
     seed: int = _arg("seed", 0)
+    progress: bool = _arg("show progress bars", True)
+
+
+@dataclass(frozen=True)
+class OverridesBenchArgs:
+    """Arguments of ``auditstream bench overrides`` (HG-DAgger: do human takeovers improve the policy?)."""
+
+    envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
+    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 10)
+    episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20)
+    eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20)
+    demo_episodes: int = _arg("episodes of the simulated human the initial policy is cloned from "
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
+    defer_rate: float = _arg("share of the initial policy's decisions below the routing threshold (the human "
+                             "budget; the threshold is chosen as a published card's is)", 0.1)
+    bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000)
+    finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000)
+    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
+    progress: bool = _arg("show progress bars", True)
+
+
+@dataclass(frozen=True)
+class OfflineBenchArgs:
+    """Arguments of ``auditstream bench offline`` (do BC and CQL beat the policy that logged the data?)."""
+
+    envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
+    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation)", 3)
+    episodes: int = _arg("logged episodes of the behaviour policy per dataset", 50)
+    eval_episodes: int = _arg("online episodes evaluating each learnt policy (greedy)", 10)
+    good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1)
+    demo_episodes: int = _arg("episodes of the simulated human the mediocre behaviour policy is cloned from "
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
+    demo_bc_steps: int = _arg("gradient steps cloning the mediocre behaviour policy from the demonstrations", 1000)
+    bc_steps: int = _arg("gradient steps of the BC learner on the logs", 5000)
+    cql_steps: int = _arg("gradient steps of the CQL learner on the logs", 5000)
+    cql_alpha: float = _arg("CQL's conservative penalty weight", 1.0)
+    gamma: float = _arg("discount of CQL", 0.99)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
     progress: bool = _arg("show progress bars", True)

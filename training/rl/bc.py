@@ -12,6 +12,8 @@ the same (action_probs, value) contract as PPO's.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -56,8 +58,9 @@ def returns_to_go(data: OfflineDataset, gamma: float) -> np.ndarray:
 
 def train_bc(data: OfflineDataset, steps: int = 5000, batch_size: int = 256, learning_rate: float = 3e-4,
              hidden: int = 64, human_weight: float = 5.0, gamma: float = 0.99, seed: int = 1,
-             progress: bool = False) -> MLPPolicy:
-    """A policy imitating the human-corrected actions of ``data``."""
+             progress: bool = False, init: MLPPolicy | None = None) -> MLPPolicy:
+    """A policy imitating the human-corrected actions of ``data``; ``init`` fine-tunes a copy of
+    that policy instead of starting from scratch (HG-DAgger's aggregation step)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -68,7 +71,10 @@ def train_bc(data: OfflineDataset, steps: int = 5000, batch_size: int = 256, lea
     y, w = torch.as_tensor(labels), torch.as_tensor(weights, dtype=torch.float32)
     rtg = torch.as_tensor(returns_to_go(data, gamma), dtype=torch.float32)
     scale = float(rtg.abs().max().clamp(min=1.0))  # keep the value loss on the scale of the CE loss
-    model = MLPPolicy(obs.shape[1], data.n_actions, hidden)
+    if init is None:
+        model = MLPPolicy(obs.shape[1], data.n_actions, hidden)
+    else:
+        model = copy.deepcopy(init).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     for step in tqdm(range(steps), desc="bc", disable=not progress):
         idx = torch.as_tensor(rng.integers(0, len(obs), size=min(batch_size, len(obs))))

@@ -1,4 +1,5 @@
-"""RL commands: ``train policy`` (PPO), ``rl train-offline`` (BC / CQL), ``bench ope``.
+"""RL commands: ``train policy`` (PPO), ``rl train-offline`` (BC / CQL), ``bench ope``,
+``bench overrides`` (HG-DAgger), ``bench offline`` (BC / CQL vs the behaviour policy).
 
 Registered by ``training/cli.py`` through ``register(train, rl, bench)``. Nothing heavy is
 imported here: torch and gymnasium load inside the handlers, so ``auditstream --help`` stays fast.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from training.rl.args import OfflineArgs, OPEBenchArgs, PPOArgs
+from training.rl.args import OfflineArgs, OfflineBenchArgs, OPEBenchArgs, OverridesBenchArgs, PPOArgs
 
 
 def _models_dir(args: argparse.Namespace) -> str:
@@ -38,6 +39,18 @@ def _bench_ope(args: argparse.Namespace) -> int:
     return main(dataclass_from_namespace(OPEBenchArgs, args), args.json)
 
 
+def _bench_overrides(args: argparse.Namespace) -> int:
+    from training.rl.overrides_bench import main
+
+    return main(dataclass_from_namespace(OverridesBenchArgs, args), args.json)
+
+
+def _bench_offline(args: argparse.Namespace) -> int:
+    from training.rl.offline_bench import main
+
+    return main(dataclass_from_namespace(OfflineBenchArgs, args), args.json)
+
+
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
              bench: argparse._SubParsersAction) -> None:
 
@@ -57,3 +70,15 @@ def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
     add_dataclass_arguments(p, OPEBenchArgs)
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.set_defaults(handler=_bench_ope)
+
+    p = bench.add_parser("overrides", help="HG-DAgger: online return of a policy fine-tuned on human takeovers vs "
+                                           "without them, CartPole/LunarLander, over seeds")
+    add_dataclass_arguments(p, OverridesBenchArgs)
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    p.set_defaults(handler=_bench_overrides)
+
+    p = bench.add_parser("offline", help="online return of BC and CQL learnt from logs of a mediocre and of a good "
+                                         "behaviour policy vs that policy, CartPole/LunarLander, over seeds")
+    add_dataclass_arguments(p, OfflineBenchArgs)
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    p.set_defaults(handler=_bench_offline)

@@ -19,12 +19,19 @@ propensities                [N, A] f32    full action-probability vector of the 
 behaviour_action_prob       [N] f32       propensities[t, actions[t]]
 human_actions               [N] i64       the human's action where one answered, else -1
 overridden                  [N] bool      a human answered and chose differently than executed
+sources                     [N] str       who chose the executed action: model, human, fallback
+routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN
 episode_ids / steps         [N] i64       episode number (0..E-1) and step index in it
 ==========================  ============  ==================================================
 
-``episode_keys`` (the string keys, [E]) maps episode numbers back to the stream. A Minari user
-builds one ``EpisodeBuffer`` per episode from the same slices (observations plus the final
-next_observation, actions, rewards, terminations=terminals, truncations=timeouts).
+``episode_keys`` (the string keys, [E]) maps episode numbers back to the stream. The same
+dataset as a Minari dataset (what most offline RL code reads): :mod:`training.rl.minari_format`.
+
+Propensities of human steps (``sources == "human"``) are one-hot on the human's action: the
+log does not know what else the auditor might have done, so a one-hot vector is the assumption
+that humans are a known deterministic policy. Off-policy evaluation can instead drop the
+episodes humans acted in or model the humans' action probabilities
+(:mod:`training.rl.ope_humans`).
 
 :func:`build_dataset` turns per-step records (what the decisions/verdicts topics carry, one
 :class:`StepRecord` per decision) into a dataset; it is the function ``rl dataset`` feeds.
@@ -39,17 +46,19 @@ from typing import Any, Iterable
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sources and routes
+SOURCES = ("model", "human", "fallback")
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
-                            "overridden", "episode_ids", "steps")
+                            "overridden", "sources", "routes", "episode_ids", "steps")
 
 
 @dataclass(frozen=True)
 class StepRecord:
     """One logged decision and its outcome. ``action`` is what the environment executed;
     ``action_probs`` what the logging policy gave every action; ``human_action`` the auditor's
-    answer if one came (before or after the fact), else None."""
+    answer if one came (before or after the fact), else None; ``source`` who chose ``action``
+    (model, human or fallback) and ``route`` the decision's triage route."""
 
     episode_key: str
     step: int
@@ -60,6 +69,8 @@ class StepRecord:
     terminated: bool
     truncated: bool
     human_action: int | None = None
+    source: str = "model"
+    route: str = "AUTO"
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class OfflineDataset:
     behaviour_action_prob: np.ndarray
     human_actions: np.ndarray
     overridden: np.ndarray
+    sources: np.ndarray
+    routes: np.ndarray
     episode_ids: np.ndarray
     steps: np.ndarray
     episode_keys: np.ndarray
@@ -95,6 +108,11 @@ class OfflineDataset:
     @property
     def n_episodes(self) -> int:
         return len(self.episode_keys)
+
+    @property
+    def human_acted(self) -> np.ndarray:
+        """True where a human chose the executed action (its propensity is one-hot by assumption)."""
+        return self.sources == "human"
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -168,6 +186,9 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
     if len(bad):
         raise ValueError(f"action_probs of {len(bad)} steps do not sum to 1 (first: {probs[bad[0]].tolist()})")
     human = np.asarray([-1 if r.human_action is None else int(r.human_action) for _, r in rows], dtype=np.int64)
+    unknown = sorted({r.source for _, r in rows} - set(SOURCES))
+    if unknown:
+        raise ValueError(f"sources {unknown} not one of {SOURCES}")
     episode_ids = np.asarray([e for e, _ in rows], dtype=np.int64)
     terminals = np.asarray([float(r.terminated) for _, r in rows], dtype=np.float32)
     timeouts = np.asarray([float(r.truncated and not r.terminated) for _, r in rows], dtype=np.float32)
@@ -180,6 +201,8 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
         terminals=terminals, timeouts=timeouts, next_observations=next_obs, propensities=probs,
         behaviour_action_prob=probs[np.arange(len(actions)), actions],
         human_actions=human, overridden=(human >= 0) & (human != actions),
+        sources=np.asarray([r.source for _, r in rows], dtype=str),
+        routes=np.asarray([r.route for _, r in rows], dtype=str),
         episode_ids=episode_ids, steps=np.asarray([int(r.step) for _, r in rows], dtype=np.int64),
         episode_keys=np.asarray(keys, dtype=str),
     )
@@ -199,7 +222,8 @@ def load_dataset(path: Path | str) -> OfflineDataset:
     with np.load(Path(path), allow_pickle=False) as data:
         version = int(data["format_version"]) if "format_version" in data else None
         if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}")
+            raise ValueError(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}; "
+                             "rebuild it with 'auditstream rl dataset'")
         missing = [k for k in ARRAY_KEYS + ("episode_keys",) if k not in data]
         if missing:
             raise ValueError(f"{path}: dataset lacks arrays {missing}")

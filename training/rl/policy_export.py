@@ -4,7 +4,8 @@ Every policy trainer here (PPO, behaviour cloning, CQL) ends the same way: a tor
 ``forward(obs)`` returns ``(action_probs [B, A], value [B])`` is exported with
 :func:`export_policy` (parity-checked against torch on real observations) and described by
 :func:`policy_card`, then published to the registry. Serving computes action = argmax (or a
-sample) of ``action_probs`` and confidence = max(action_probs).
+sample, as the card's ``extra.action_selection`` says) of ``action_probs`` and confidence =
+max(action_probs).
 
 The triage threshold is chosen from data, not fixed: it is the ``defer_rate`` quantile of the
 confidence over the states the policy itself visits in evaluation, so about that share of its
@@ -99,8 +100,15 @@ def card_name(env_id: str, prefix: str = "policy") -> str:
 
 
 def policy_card(module: Any, env_id: str, name: str, observations: np.ndarray, metrics: dict[str, Any],
-                training: dict[str, Any], defer_rate: float = 0.05) -> ModelCard:
-    """The model card of an exported policy, with threshold, safe action and reference sample."""
+                training: dict[str, Any], defer_rate: float = 0.05, action_selection: str = "sample") -> ModelCard:
+    """The model card of an exported policy, with threshold, safe action and reference sample.
+    ``action_selection`` (``sample`` or ``greedy``) is how serving will act
+    (:func:`auditstream.tasks.policy.select_action` reads it from ``extra``); the metrics should
+    describe the policy acting that way."""
+    from auditstream.tasks.policy import ACTION_SELECTION
+
+    if action_selection not in ACTION_SELECTION:
+        raise ValueError(f"action_selection={action_selection!r} not one of {ACTION_SELECTION}")
     from training.export import git_revision
 
     probs = NumpyPolicy.from_torch(module).probs(observations)
@@ -123,7 +131,8 @@ def policy_card(module: Any, env_id: str, name: str, observations: np.ndarray, m
         reference={"confidence_sample": [round(float(c), 6) for c in sample], "confidence_kind": "max_prob"},
         training={**training, "git_revision": git_revision()},
         extra={"env_id": env_id, "defer_rate": defer_rate, "safe_action_reason": reason,
-               "action": "argmax(action_probs), or a sample from it for exploration"},
+               "action_selection": action_selection,
+               "action": ("a sample from action_probs" if action_selection == "sample" else "argmax(action_probs)")},
     )
 
 

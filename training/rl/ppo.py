@@ -3,8 +3,11 @@
 A CleanRL-style single file, readable top to bottom: arguments → environments → agent →
 rollout/update loop → evaluation → ONNX export + parity → model card → registry. The exported
 graph takes ``obs`` float32 [batch, obs_dim] and returns ``action_probs`` [batch, n_actions] and
-``value`` [batch]; serving acts with argmax (or a sample) and uses max(action_probs) as the
-confidence that triage compares with the card's threshold (see ``policy_export.py``).
+``value`` [batch]; serving acts by the card's ``extra.action_selection`` (``--action-selection``:
+a sample from the probabilities by default, or the argmax) and uses max(action_probs) as the
+confidence that triage compares with the card's threshold (see ``policy_export.py``). The card's
+``mean_return`` is measured acting that same way; ``mean_return_greedy`` and
+``mean_return_sampled`` stand beside it.
 
 Commands and the hyperparameters they use (per-environment presets below, from RL Baselines3
 Zoo's tuned PPO settings; every one can be overridden on the command line)::
@@ -181,28 +184,51 @@ def train(args: PPOArgs) -> tuple[Agent, dict[str, Any]]:
     return agent.cpu().eval(), stats
 
 
-def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Greedy (argmax) returns over ``episodes`` full episodes, one after another, so that short
-    episodes are not over-represented; also the visited observations (for thresholds/reference)."""
+def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, progress: bool = True,
+             action_selection: str = "greedy") -> dict[str, Any]:
+    """Returns over ``episodes`` full episodes, one after another, so that short episodes are not
+    over-represented; also the visited observations (for thresholds/reference). Actions by
+    serving's own rule (:func:`auditstream.tasks.policy.select_action`): ``greedy`` (argmax) or
+    ``sample`` (a draw from the probabilities, uniforms from a generator seeded by ``seed``)."""
     import gymnasium as gym
     from tqdm import tqdm
 
-    env = gym.make(env_id)
+    from auditstream.tasks.policy import select_action
+
+    env, rng = gym.make(env_id), np.random.default_rng(seed)
     returns, observations, steps = [], [], 0
-    for episode in tqdm(range(episodes), desc=f"eval {env_id}", disable=not progress):
+    for episode in tqdm(range(episodes), desc=f"eval {env_id} ({action_selection})", disable=not progress):
         obs, _ = env.reset(seed=seed + 10_000 + episode)
         total, done = 0.0, False
         while not done:
             observations.append(np.asarray(obs, dtype=np.float32))
             with torch.no_grad():
                 probs, _ = agent(torch.as_tensor(obs, dtype=torch.float32)[None])
-            obs, reward, terminated, truncated, _ = env.step(int(probs.argmax()))
+            action, _ = select_action(probs[0].double().numpy(), rng.random(), action_selection)
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             steps += 1
             done = terminated or truncated
         returns.append(total)
     env.close()
     return {"returns": np.asarray(returns), "observations": np.stack(observations), "steps": steps}
+
+
+def served_and_greedy_metrics(agent: Agent, env_id: str, episodes: int, seed: int, served: str,
+                              progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """Returns of the policy as served (``served``: the card's action selection) beside the greedy
+    and sampled ones, and the observations the served policy visits (threshold, reference)."""
+    metrics: dict[str, Any] = {"action_selection": served}
+    visited = None
+    for mode, label in (("greedy", "greedy"), ("sample", "sampled")):
+        evaluation = evaluate(agent, env_id, episodes, seed, progress, mode)
+        returns = evaluation["returns"]
+        metrics[f"mean_return_{label}"], metrics[f"std_return_{label}"] = float(returns.mean()), float(returns.std())
+        if mode == served:
+            metrics.update(mean_return=float(returns.mean()), std_return=float(returns.std()),
+                           min_return=float(returns.min()), episodes=int(len(returns)))
+            visited = evaluation["observations"]
+    return metrics, visited
 
 
 def run(args: PPOArgs, models_dir: str) -> dict[str, Any]:
@@ -212,16 +238,14 @@ def run(args: PPOArgs, models_dir: str) -> dict[str, Any]:
     args = args.resolved()
     agent, stats = train(args)
     start = time.perf_counter()
-    evaluation = evaluate(agent, args.env, args.eval_episodes, args.seed, args.progress)
+    metrics, visited = served_and_greedy_metrics(agent, args.env, args.eval_episodes, args.seed,
+                                                 args.action_selection, args.progress)
     eval_seconds = time.perf_counter() - start
-    returns = evaluation["returns"]
-    onnx_bytes, parity = export_policy(agent, evaluation["observations"])
-    metrics = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
-               "min_return": float(returns.min()), "episodes": int(len(returns)), "env_steps": stats["env_steps"],
-               "train_seconds": stats["train_seconds"], "eval_seconds": round(eval_seconds, 2),
-               "parity_max_abs_diff": parity}
-    card = policy_card(agent, args.env, args.name, evaluation["observations"], metrics,
-                       training={**stats, "algorithm": "ppo"}, defer_rate=args.defer_rate)
+    onnx_bytes, parity = export_policy(agent, visited)
+    metrics.update(env_steps=stats["env_steps"], train_seconds=stats["train_seconds"],
+                   eval_seconds=round(eval_seconds, 2), parity_max_abs_diff=parity)
+    card = policy_card(agent, args.env, args.name, visited, metrics, training={**stats, "algorithm": "ppo"},
+                       defer_rate=args.defer_rate, action_selection=args.action_selection)
     summary: dict[str, Any] = {"env": args.env, **metrics, "device": stats["device"],
                                "threshold": card.triage.threshold, "safe_action": card.triage.safe_action}
     if args.publish:
@@ -235,7 +259,8 @@ def run(args: PPOArgs, models_dir: str) -> dict[str, Any]:
 def main(args: PPOArgs, models_dir: str, as_json: bool) -> int:
     summary = run(args, models_dir)
     print(f"{summary['env']}: mean return {summary['mean_return']:.1f} ± {summary['std_return']:.1f} over "
-          f"{summary['episodes']} greedy episodes; {summary['env_steps']} env steps in "
+          f"{summary['episodes']} episodes as served ({summary['action_selection']}; greedy "
+          f"{summary['mean_return_greedy']:.1f}, sampled {summary['mean_return_sampled']:.1f}); {summary['env_steps']} env steps in "
           f"{summary['train_seconds']:.0f} s on {summary['device']}; parity {summary['parity_max_abs_diff']:.2e}")
     if as_json:
         print(json.dumps(summary, sort_keys=True))

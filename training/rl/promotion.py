@@ -24,6 +24,8 @@ otherwise                                                   no        not_better
 ==========================================================  ========  =====================
 
 "Required" is ``config.estimator`` alone, or every estimator given when ``require_all``.
+``config.human_steps`` says what the estimates assume about steps a human acted on
+(:mod:`training.rl.ope_humans`).
 :func:`gate_from_dataset` computes the inputs from an offline dataset and a candidate policy.
 """
 
@@ -50,10 +52,17 @@ class PromotionConfig:
     min_episodes: int = field(default=100, metadata={"help": "fewest logged episodes to decide on"})
     gamma: float = field(default=0.99, metadata={"help": "discount of the compared values"})
     confidence: float = field(default=0.95, metadata={"help": "two-sided confidence level of the intervals"})
+    human_steps: str = field(default="as_logged", metadata={
+        "help": "steps a human acted on: as_logged (one-hot propensities: humans a known deterministic policy), "
+                "exclude (evaluate on episodes no human acted in) or model (fitted human action probabilities)"})
 
     def __post_init__(self) -> None:
+        from training.rl.ope_humans import HUMAN_STEPS
+
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator {self.estimator!r} not one of {ESTIMATORS}")
+        if self.human_steps not in HUMAN_STEPS:
+            raise ValueError(f"human_steps {self.human_steps!r} not one of {HUMAN_STEPS}")
         if self.min_improvement < 0 or self.min_episodes < 1:
             raise ValueError(f"min_improvement={self.min_improvement} must be >= 0 and "
                              f"min_episodes={self.min_episodes} >= 1")
@@ -121,7 +130,9 @@ def gate_from_dataset(data: Any, candidate_policy: Any, config: PromotionConfig,
     value from the same logs, then :func:`decide`. ``data`` is an OfflineDataset logged by the
     live policy; ``candidate_policy`` a :class:`~training.rl.policy_export.NumpyPolicy`."""
     from training.rl.ope import evaluate, on_policy_value
+    from training.rl.ope_humans import with_human_steps
 
+    data, _ = with_human_steps(data, config.human_steps, seed=seed)  # both sides on the same episodes
     estimates = evaluate(data, candidate_policy, config.gamma, config.confidence, bootstrap, seed)
     live = on_policy_value(data, config.gamma, config.confidence, bootstrap, seed)
     return decide(estimates, live, config, candidate, live_name)

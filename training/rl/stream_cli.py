@@ -18,6 +18,8 @@ from training.rl.env_driver import RunArgs
 from training.rl.promotion import PromotionConfig
 from training.rl.shadow import PromoteArgs
 
+DATASET_FORMATS = ("npz", "minari")
+
 
 def _settings():
     from auditstream.settings import Settings
@@ -50,16 +52,33 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from training.rl.offline_data import save_dataset
     from training.rl.stream_dataset import build_stream_dataset
 
     data, report = build_stream_dataset(_settings(), args.model or None, args.version or None)
-    path = save_dataset(data, args.out)
-    summary = {"out": str(path), **report.to_dict()}
-    print(f"wrote {path}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
+    if args.format == "minari":
+        from training.rl.minari_format import write_minari
+
+        dataset_id = args.dataset_id or f"auditstream/{report.model}/logs-v0"
+        path = write_minari(data, args.out, dataset_id, env_id=_known_env(report.env_id),
+                            algorithm_name=f"{report.model} served by auditstream, routed to human auditors")
+        where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={args.out})"
+        summary = {"out": str(path), "format": "minari", "dataset_id": dataset_id, **report.to_dict()}
+    else:
+        from training.rl.offline_data import save_dataset
+
+        path = save_dataset(data, args.out)
+        where, summary = str(path), {"out": str(path), "format": "npz", **report.to_dict()}
+    print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
           f"({report.overrides} overrides), sources {dict(report.sources)}", file=sys.stderr)
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _known_env(env_id: str) -> str:
+    """``env_id`` if Gymnasium knows it (the Minari dataset then carries its spaces and spec)."""
+    import gymnasium as gym
+
+    return env_id if env_id and env_id in gym.registry else ""
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -86,8 +105,13 @@ def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
     p.add_argument("--json", action="store_true", help="human-readable lines on stderr, the JSON line on stdout")
     p.set_defaults(handler=_run)
 
-    p = rl.add_parser("dataset", help="offline dataset (.npz) from the transitions, decisions and verdicts topics")
-    p.add_argument("--out", required=True, help="output .npz path")
+    p = rl.add_parser("dataset", help="offline dataset (Minari or .npz) from the transitions, decisions and verdicts "
+                                      "topics")
+    p.add_argument("--out", required=True, help="npz: the output file; minari: the datasets root directory (what "
+                                                "MINARI_DATASETS_PATH points at), the dataset goes to OUT/<dataset id>")
+    p.add_argument("--format", default="npz", choices=DATASET_FORMATS,
+                   help="minari: a Minari dataset (minari.load_dataset reads it); npz: one numpy file in d3rlpy's layout")
+    p.add_argument("--dataset-id", default="", help="Minari dataset id (default: auditstream/<model>/logs-v0)")
     p.add_argument("--model", default="", help="only this policy's logs (default: the one model in the logs)")
     p.add_argument("--version", default="", help="only this model version's logs")
     p.set_defaults(handler=_dataset)

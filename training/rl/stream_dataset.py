@@ -1,17 +1,23 @@
 """``auditstream rl dataset``: the offline dataset of what the stream logged.
 
     auditstream rl dataset --out cartpole_logs.npz [--model policy-cartpole-v1] [--version 2]
+    auditstream rl dataset --format minari --out datasets/ [--dataset-id auditstream/cartpole/logs-v0]
 
 Reads the ``transitions``, ``decisions`` and ``verdicts`` topics from the beginning to their
 current end (manual assignment of every partition: no consumer group, nothing committed) and
 joins them by request id into :class:`training.rl.offline_data.StepRecord` rows, which
-:func:`training.rl.offline_data.build_dataset` turns into the d3rlpy-shaped ``.npz``
-(docs/rl.md, "Offline dataset format"):
+:func:`training.rl.offline_data.build_dataset` turns into the dataset, written as a Minari
+dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/rl.md,
+"Offline dataset format"):
 
 * observation, action, reward, terminated, truncated: the transition (what the environment did);
+* source and route: who acted (the transition's ``source``) and the triage route (the model
+  decision's ``details.route``; HUMAN where a human or the fallback acted);
 * propensities: the decision whose ``source`` matches the transition's (who acted): a model
   decision's ``details.propensities`` (what the action was drawn with), a fallback decision's
-  one-hot safe action, or, for a human decision, one-hot of the human's action;
+  one-hot safe action, or, for a human decision, one-hot of the human's action (the assumption
+  that humans are a known deterministic policy; OPE can drop or model them instead:
+  :mod:`training.rl.ope_humans`);
 * human action: the latest verdict on the request (``correct``: the corrected output, ``accept``:
   the model's output), else a human decision. Where it differs from the executed action (the
   fallback acted before the auditor answered, or the auditor corrected a QC-sampled action) the
@@ -45,6 +51,8 @@ class StreamLogs:
 
 @dataclass
 class DatasetReport:
+    model: str = ""
+    env_id: str = ""  # the card's extra.env_id, where it names one
     episodes: int = 0
     steps: int = 0
     sources: Counter = field(default_factory=Counter)
@@ -53,7 +61,7 @@ class DatasetReport:
     episodes_without_propensities: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"episodes": self.episodes, "steps": self.steps, "sources": dict(self.sources),
+        return {"model": self.model, "env_id": self.env_id, "episodes": self.episodes, "steps": self.steps, "sources": dict(self.sources),
                 "human_labels": self.human_labels, "overrides": self.overrides,
                 "episodes_without_propensities": self.episodes_without_propensities}
 
@@ -112,6 +120,15 @@ def propensities(logs: StreamLogs, t: Transition, n_actions: int) -> list[float]
     return [float(p) for p in probs]
 
 
+def route(logs: StreamLogs, t: Transition) -> str:
+    """The decision's triage route: a model decision records its own (AUTO or AUTO_QC); a step a
+    human or the fallback acted on was routed to a human (HUMAN)."""
+    decision = logs.decisions.get((t.request_id, "model"))
+    if t.source == "model" and decision is not None:
+        return str(decision.details.get("route", "AUTO"))
+    return "HUMAN"
+
+
 def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> list[StepRecord]:
     by_episode: dict[str, list[Transition]] = defaultdict(list)
     for t in logs.transitions:
@@ -127,7 +144,7 @@ def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> lis
                 rows = []
                 break
             rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
-                                   human_action(logs, t.request_id, n_actions)))
+                                   human_action(logs, t.request_id, n_actions), t.source, route(logs, t)))
         records.extend(rows)
     return records
 
@@ -136,9 +153,11 @@ def build_stream_dataset(settings: Any, model: str | None = None, version: str |
                          n_actions: int | None = None) -> tuple[OfflineDataset, DatasetReport]:
     """Read the topics and build the dataset; ``n_actions`` defaults to the model card's."""
     logs = read_logs(settings, model, version)
-    if n_actions is None:
-        n_actions = _n_actions(settings, model or _only_model(logs))
-    report = DatasetReport()
+    model = model or _only_model(logs)
+    card = _card(settings, model) if n_actions is None else None
+    if card is not None:
+        n_actions = int(next(o for o in card.outputs if o.name == "action_probs").shape[-1])
+    report = DatasetReport(model=model, env_id=str(card.extra.get("env_id", "")) if card is not None else "")
     data = build_dataset(step_records(logs, n_actions, report))
     report.episodes, report.steps = data.n_episodes, len(data.actions)
     report.human_labels, report.overrides = int((data.human_actions >= 0).sum()), int(data.overridden.sum())
@@ -154,8 +173,7 @@ def _only_model(logs: StreamLogs) -> str:
     return models[0]
 
 
-def _n_actions(settings: Any, model: str) -> int:
+def _card(settings: Any, model: str) -> Any:
     from auditstream.registry import ModelRegistry
 
-    card = ModelRegistry(settings.models_dir).card(model)
-    return int(next(o for o in card.outputs if o.name == "action_probs").shape[-1])
+    return ModelRegistry(settings.models_dir).card(model)

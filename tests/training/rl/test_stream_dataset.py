@@ -48,6 +48,8 @@ def test_propensities_by_who_acted_and_overrides_from_late_verdicts() -> None:
     np.testing.assert_allclose(data.propensities, [[0.3, 0.7], [1.0, 0.0], [0.0, 1.0]])
     assert data.human_actions.tolist() == [1, 1, -1] and data.overridden.tolist() == [False, True, False]
     assert data.behaviour_action_prob.tolist() == pytest.approx([0.7, 1.0, 1.0])
+    assert data.sources.tolist() == ["model", "fallback", "human"] and data.routes.tolist() == ["AUTO", "HUMAN", "HUMAN"]
+    assert data.human_acted.tolist() == [False, False, True]
 
 
 def test_a_step_without_propensities_drops_its_episode_not_the_others() -> None:

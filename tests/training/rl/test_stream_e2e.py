@@ -121,6 +121,44 @@ def test_rl_dataset_has_propensities_and_marks_a_late_human_override(run: Run, t
     row = np.flatnonzero((data.episode_keys[data.episode_ids] == fallback.episode_key) & (data.steps == fallback.step))
     assert len(row) == 1 and data.overridden[row[0]] and data.human_actions[row[0]] == 1 and data.actions[row[0]] == 0
     assert summary["overrides"] == int(data.overridden.sum()) == 1
+    assert set(data.sources[data.routes == "HUMAN"]) <= {"fallback", "human"}
+    assert set(data.routes[data.sources == "model"]) <= {"AUTO", "AUTO_QC"}
+
+    # The same logs as a Minari dataset, read back by Minari itself from the directory we chose.
+    root = tmp_path / "minari"
+    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "rl", "dataset", "--format", "minari", "--out",
+                           str(root), "--model", MODEL, "--dataset-id", "auditstream/cartpole/logs-v0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["dataset_id"] == "auditstream/cartpole/logs-v0"
+    check_minari_matches(root, "auditstream/cartpole/logs-v0", data)
+
+
+def check_minari_matches(root: Path, dataset_id: str, data) -> None:
+    import minari
+
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        dataset = minari.load_dataset(dataset_id)
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    assert dataset.total_episodes == data.n_episodes and dataset.total_steps == len(data.actions)
+    assert dataset.action_space.n == 2 and dataset.observation_space.shape == (4,)
+    assert dataset.env_spec.id == "CartPole-v1"
+    for episode, s in zip(dataset.iterate_episodes(), data.episode_slices()):
+        np.testing.assert_array_equal(episode.actions, data.actions[s])
+        np.testing.assert_allclose(episode.observations[:-1], data.observations[s])
+        np.testing.assert_allclose(episode.rewards, data.rewards[s])
+        assert episode.terminations.tolist() == (data.terminals[s] > 0).tolist()
+        assert episode.truncations.tolist() == (data.timeouts[s] > 0).tolist()
+        np.testing.assert_allclose(episode.infos["propensities"][:-1], data.propensities[s])
+        assert episode.infos["route"][:-1].tolist() == data.routes[s].tolist()
+        assert episode.infos["source"][:-1].tolist() == data.sources[s].tolist()
+        assert episode.infos["human_action"][:-1].tolist() == data.human_actions[s].tolist()
 
 
 def test_shadow_candidate_acts_on_nothing_and_the_gate_is_recorded(run: Run) -> None:
