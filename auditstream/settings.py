@@ -62,6 +62,10 @@ class Settings:
     max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
     max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
+    max_model_constant_bytes: int = _doc(
+        "Memory budget of a model file: its constant tensors, and any tensor whose size is fixed by constants "
+        "alone, must fit, or the model is refused before a session is created (2 GiB; the project's models "
+        "hold < 10 MB).", 2 * 1024**3)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
     qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
@@ -97,7 +101,8 @@ class Settings:
         if self.kafka_client not in ("kafka-python", "confluent"):
             raise ConfigError("kafka_client", self.kafka_client, "'kafka-python' or 'confluent'")
         self._check_kafka_security()
-        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes"):
+        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes",
+                     "max_model_constant_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "an integer >= 1")
         if self.max_wait_ms < 0:

@@ -203,7 +203,7 @@ class ServeApp:
 
 def serve(settings: Settings, model_name: str, version: str | None = None) -> LoopStats:
     """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises."""
-    model = ModelRegistry(settings.models_dir).load(model_name, version)
+    model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
     metrics = ServeMetrics(model_name, version=model.card.version)
     app = ServeApp(settings, model, metrics)
     if settings.metrics_port:
