@@ -183,12 +183,17 @@ def redact_url(url: str) -> str:
     (``password``, ``sslpassword``, ``...key``, ``...token``) become ``***``.
 
     ``postgresql://u:s3/cr@t@h/db?sslpassword=x`` -> ``postgresql://u:***@h/db?sslpassword=***``.
-    Parsed by hand: a password with ``/`` or ``@`` in it (libpq accepts them) fools urlsplit.
+    Parsed by hand: a password with ``/``, ``@``, ``#`` or ``?`` in it fools urlsplit. A ``?``
+    followed by an ``@`` before any ``=`` or ``&`` is taken as part of the password (a query
+    would be ``key=value`` pairs), so such a password is hidden too.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    main, qmark, query = rest.partition("?")
+    cut = rest.find("?")
+    while cut != -1 and "@" in rest[cut:] and not re.search(r"[=&]", rest[cut:rest.index("@", cut)]):
+        cut = rest.find("?", rest.index("@", cut))  # that '?' was in the password
+    main, qmark, query = (rest, "", "") if cut == -1 else (rest[:cut], "?", rest[cut + 1:])
     at = main.rfind("@")
     if at != -1 and ":" in main[:at]:
         main = main[:at].split(":", 1)[0] + ":***" + main[at:]
