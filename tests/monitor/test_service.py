@@ -92,6 +92,25 @@ def test_a_record_the_kafka_client_could_not_read_is_dead_lettered_alone(tmp_pat
         assert letter.value == records[1].value and letter.key == records[1].key
 
 
+def test_a_prediction_the_qc_tracker_fails_on_is_dead_lettered_alone(tmp_path: Path) -> None:
+    settings = Settings(topic_prefix="t")
+    preds = settings.topic(topics.PREDICTIONS)
+    predictions = [audit_item(f"p{i}").prediction for i in range(3)]
+    seen: list[str] = []
+
+    def tracker(prediction: Prediction) -> None:
+        if prediction.request_id == "p1":
+            raise ZeroDivisionError("a tracker bug meets this prediction")
+        seen.append(prediction.request_id)
+
+    records = [_record(preds, p.to_bytes(), i) for i, p in enumerate(predictions)]
+    with make_store("sqlite", tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0, tracker)
+    assert [len(r) for r in results] == [0, 1, 0] and seen == ["p0", "p2"]
+    letter = DeadLetter.from_bytes(results[1][0].value)
+    assert letter.reason == "processing_failed" and "ZeroDivisionError" in letter.detail and letter.value == records[1].value
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path) -> None:
     """PostgreSQL text cannot hold NUL: such an item fails the batch's transaction; the monitor
