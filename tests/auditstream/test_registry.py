@@ -245,7 +245,19 @@ def _built_from_constants(op: str) -> onnx.ModelProto:
     return model
 
 
+def _output_as(elem_type: int, shape) -> onnx.ModelProto:
+    """x float32 [None, 4] as the card says, then y = Cast(x) declared with its own type/shape."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])]
+    outputs = [helper.make_tensor_value_info("y", elem_type, list(shape))]
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=elem_type)], "cast", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 HOSTILE.update({
+    "output dtype disagrees with the card": (lambda: _output_as(TensorProto.DOUBLE, (None, 4)),
+                                             "output 'y' is float64 in the graph but float32"),
+    "output rank disagrees with the card": (lambda: _output_as(TensorProto.FLOAT, (None, 4, 1)),
+                                            r"output 'y' has shape \['\?', 4, 1\]"),
     "input dtype disagrees with the card": (lambda: _with_io(TensorProto.DOUBLE), "input 'x' is float64 in the graph but float32"),
     "input shape disagrees with the card": (lambda: _with_io(x_shape=(None, 5)), r"input 'x' has shape \['\?', 5\]"),
     "output missing from the graph": (lambda: _with_io(y_name="z"), "the card's output 'y' is not a graph output"),
