@@ -10,10 +10,12 @@ The checks: the file must not be empty, the sha256 must match the model card's; 
 parse as an ONNX protobuf with a graph; no tensor may reference an external data file (a hostile
 model could make the runtime read arbitrary paths); every operator must come from a standard
 domain or be a function defined inside the model (anything else needs a native custom-op
-library); the constant tensors the file holds or asks for (initializers, ``Constant`` values,
-``ConstantOfShape`` and ``Expand`` to constant shapes) must fit :data:`MAX_CONSTANT_BYTES` (one
-hostile file asked for 40 GB at warm-up); and, given the card's inputs and outputs, the graph must
-have them with the same element types and ranks. Subgraphs (If/Loop/Scan
+library); the constant tensors the file holds (initializers, ``Constant`` values) must fit the
+memory budget (``AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES``, default :data:`MAX_CONSTANT_BYTES`), and so
+must every tensor whose size ONNX shape inference can work out from constants alone -- what
+``ConstantOfShape``, ``Expand``, ``Tile`` or ``Range`` would build at warm-up (one hostile file
+asked for 40 GB and was stopped only by a ulimit); and, given the card's inputs and outputs, the
+graph must have them with the same element types and ranks. Subgraphs (If/Loop/Scan
 bodies), model-local functions and training-info graphs are checked like the main graph. Each
 refusal is a :class:`~auditstream.errors.ModelRefused` saying why and what to do.
 """
@@ -21,6 +23,7 @@ refusal is a :class:`~auditstream.errors.ModelRefused` saying why and what to do
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -29,14 +32,17 @@ from auditstream.errors import ModelRefused
 
 # Standard ONNX domains that ONNX Runtime implements without custom-op libraries.
 ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-# Constant tensors a model may hold or build from constant shapes (the project's models: < 10 MB).
+# Default budget for the constant tensors a model holds, and for any one tensor of a size known
+# from constants alone (the project's models: < 10 MB of weights). A setting overrides it.
 MAX_CONSTANT_BYTES = 2 * 1024**3
 
 
 def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>",
-                      inputs: Sequence[Any] = (), outputs: Sequence[Any] = ()) -> None:
-    """Refuse model bytes that are empty, fail their checksum, do not parse, are unsafe to load or
-    disagree with the card's ``inputs``/``outputs`` (``TensorSpec``-like: name, dtype, shape).
+                      inputs: Sequence[Any] = (), outputs: Sequence[Any] = (),
+                      max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+    """Refuse model bytes that are empty, fail their checksum, do not parse, are unsafe to load,
+    would allocate more than ``max_constant_bytes`` from constants, or disagree with the card's
+    ``inputs``/``outputs`` (``TensorSpec``-like: name, dtype, shape).
 
     ``path`` only names the model in error messages: nothing is read from it.
     """
@@ -55,12 +61,12 @@ def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<by
         raise ModelRefused(path, f"not a readable ONNX protobuf ({e})") from None
     if not model.HasField("graph") or not model.graph.output:
         raise ModelRefused(path, "the file parses but holds no graph with outputs: not an exported model")
-    check_model_proto(model, path)
+    check_model_proto(model, path, max_constant_bytes)
     check_io_against_card(model, inputs, outputs, path)
 
 
 def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = (),
-                outputs: Sequence[Any] = ()) -> bytes:
+                outputs: Sequence[Any] = (), max_constant_bytes: int = MAX_CONSTANT_BYTES) -> bytes:
     """Read ``path`` once, verify those bytes (:func:`verify_onnx_bytes`) and return them:
     create the inference session from the returned bytes, not from the path."""
     path = Path(path)
@@ -70,12 +76,13 @@ def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = 
         raise ModelRefused(path, "model.onnx is missing") from None
     except IsADirectoryError:
         raise ModelRefused(path, "model.onnx is a directory, not a file") from None
-    verify_onnx_bytes(data, expected_sha256, path, inputs, outputs)
+    verify_onnx_bytes(data, expected_sha256, path, inputs, outputs, max_constant_bytes)
     return data
 
 
-def check_model_proto(model: Any, path: Path | str) -> None:
-    """The content checks on a parsed ``onnx.ModelProto``: operator domains and external data."""
+def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+    """The content checks on a parsed ``onnx.ModelProto``: operator domains, external data and the
+    memory its constants would take."""
     import onnx
 
     # A model-local function is an op (domain, name) whose body is in the file; any other op of
@@ -96,11 +103,16 @@ def check_model_proto(model: Any, path: Path | str) -> None:
             if node.domain not in ALLOWED_OP_DOMAINS and (node.domain, node.op_type) not in local_ops:
                 raise ModelRefused(path, f"node {node.name or node.op_type!r} uses operator {node.op_type!r} of domain "
                                    f"{node.domain!r}, neither standard nor a function defined in the model")
+    budget = f"the {_gib(max_constant_bytes)} budget (AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES)"
     needed = constant_bytes(model)
-    if needed > MAX_CONSTANT_BYTES:
+    if needed > max_constant_bytes:
         raise ModelRefused(path, f"its constant tensors (initializers, Constant, ConstantOfShape/Expand to constant "
-                           f"shapes) need {needed / 1024**3:.1f} GiB, over the {MAX_CONSTANT_BYTES / 1024**3:.0f} GiB "
-                           "budget: not a model this project serves")
+                           f"shapes) need {_gib(needed)}, over {budget}: not a model this project serves")
+    # Checked after the constants: shape inference on a model with huge initializers would copy them.
+    largest = largest_static_tensor(model)
+    if largest is not None and largest[1] > max_constant_bytes:
+        raise ModelRefused(path, f"tensor {largest[0]!r} has a size fixed by constants alone and would take "
+                           f"{_gib(largest[1])} when the model runs, over {budget}: not a model this project serves")
 
 
 def check_io_against_card(model: Any, inputs: Sequence[Any], outputs: Sequence[Any], path: Path | str) -> None:
@@ -170,6 +182,40 @@ def constant_bytes(model: Any) -> int:
                         continue
                     total += size(dims, onnx.TensorProto.FLOAT)
     return total
+
+
+def largest_static_tensor(model: Any) -> tuple[str, int] | None:
+    """The name and size in bytes of the largest tensor whose every dimension ONNX shape inference
+    (with constant propagation) can fix without an input -- what ``ConstantOfShape``, ``Tile``,
+    ``Range``, ``Expand`` and friends would allocate. None when inference gives up: ONNX Runtime
+    then does its own checks, and the constant budget above still holds."""
+    import numpy as np
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a graph ONNX cannot infer is left to ONNX Runtime to refuse
+        return None
+    largest: tuple[str, int] | None = None
+    for graph in _all_graphs(inferred):
+        for value in list(getattr(graph, "value_info", [])) + list(getattr(graph, "output", [])):
+            if not hasattr(value, "type"):  # a function's outputs are bare names
+                continue
+            tensor = value.type.tensor_type
+            if not tensor.HasField("shape") or not all(d.HasField("dim_value") for d in tensor.shape.dim):
+                continue
+            try:
+                itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+            except (KeyError, ValueError, TypeError):
+                itemsize = 8
+            size = itemsize * math.prod(max(d.dim_value, 0) for d in tensor.shape.dim)
+            if largest is None or size > largest[1]:
+                largest = (value.name, size)
+    return largest
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 / 10 else f"{n:,} bytes"
 
 
 def _all_graphs(model: Any) -> Iterator[Any]:

@@ -8,7 +8,8 @@ how it was trained, and the sha256 of the ONNX file.
 :meth:`ModelRegistry.load` verifies a model before anyone creates an inference session from it
 (:mod:`auditstream.model_safety`): it reads ``model.onnx`` once, the checksum must match the card,
 and the graph may not reference external data files or operator domains outside the standard
-ones (a hostile file could read arbitrary paths or need a custom-op library). Each refusal is a
+ones (a hostile file could read arbitrary paths or need a custom-op library), and what its
+constants would allocate must fit the registry's memory budget. Each refusal is a
 :class:`~auditstream.errors.ModelRefused` saying why. The verified bytes travel in the
 :class:`RegisteredModel`, and the serving runtime builds its session from them: a file swapped
 after the check is never what runs.
@@ -29,7 +30,7 @@ from typing import Any
 
 from auditstream.errors import ModelNotFound, ModelRefused
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
-from auditstream.model_safety import ALLOWED_OP_DOMAINS, verify_onnx, verify_onnx_bytes
+from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
 from auditstream.wire.codec import TaskKind
 
 __all__ = ["ALLOWED_OP_DOMAINS", "CARD_FILE", "LIVE_FILE", "ONNX_FILE", "ModelCard", "ModelRegistry",
@@ -142,10 +143,16 @@ class ModelRegistry:
     pick when no version is given. Without it the latest version is live, so a registry that
     never promoted anything behaves as before. Publishing a version does not move the pointer;
     ``auditstream rl promote`` does, through :meth:`set_live`.
+
+    ``max_constant_bytes``: the memory budget :meth:`load` holds a model to (serving passes the
+    ``max_model_constant_bytes`` setting).
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+        if max_constant_bytes < 1:
+            raise ValueError(f"max_constant_bytes={max_constant_bytes} must be >= 1")
         self.root = Path(root)
+        self.max_constant_bytes = max_constant_bytes
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -217,7 +224,8 @@ class ModelRegistry:
         """The card and verified ONNX bytes of ``name`` (the live version unless given; see the class)."""
         card = self.card(name, version)
         onnx_path = self.root / name / card.version / ONNX_FILE
-        data = verify_onnx(onnx_path, card.sha256, card.inputs, card.outputs)  # read once: what was checked runs
+        # read once: what was checked runs
+        data = verify_onnx(onnx_path, card.sha256, card.inputs, card.outputs, self.max_constant_bytes)
         return RegisteredModel(card=card, onnx_path=onnx_path, model_bytes=data)
 
     def publish(self, card: ModelCard, onnx_bytes: bytes) -> RegisteredModel:

@@ -66,6 +66,10 @@ class Settings:
     # is waited out; past it the loop stops without committing and the batch is redelivered.
     delivery_timeout_s: float = _doc("Longest a consumer waits for its outputs to be acknowledged before it stops "
                                      "without committing (s); under max_poll_interval_ms.", 120.0)
+    max_model_constant_bytes: int = _doc(
+        "Memory budget of a model file: its constant tensors, and any tensor whose size is fixed by constants "
+        "alone, must fit, or the model is refused before a session is created (2 GiB; the project's models "
+        "hold < 10 MB).", 2 * 1024**3)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
     qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
@@ -101,7 +105,8 @@ class Settings:
         if self.kafka_client not in ("kafka-python", "confluent"):
             raise ConfigError("kafka_client", self.kafka_client, "'kafka-python' or 'confluent'")
         self._check_kafka_security()
-        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes"):
+        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes",
+                     "max_model_constant_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "an integer >= 1")
         if self.max_wait_ms < 0:
@@ -185,12 +190,17 @@ def redact_url(url: str) -> str:
     (``password``, ``sslpassword``, ``...key``, ``...token``) become ``***``.
 
     ``postgresql://u:s3/cr@t@h/db?sslpassword=x`` -> ``postgresql://u:***@h/db?sslpassword=***``.
-    Parsed by hand: a password with ``/`` or ``@`` in it (libpq accepts them) fools urlsplit.
+    Parsed by hand: a password with ``/``, ``@``, ``#`` or ``?`` in it fools urlsplit. A ``?``
+    followed by an ``@`` before any ``=`` or ``&`` is taken as part of the password (a query
+    would be ``key=value`` pairs), so such a password is hidden too.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    main, qmark, query = rest.partition("?")
+    cut = rest.find("?")
+    while cut != -1 and "@" in rest[cut:] and not re.search(r"[=&]", rest[cut:rest.index("@", cut)]):
+        cut = rest.find("?", rest.index("@", cut))  # that '?' was in the password
+    main, qmark, query = (rest, "", "") if cut == -1 else (rest[:cut], "?", rest[cut + 1:])
     at = main.rfind("@")
     if at != -1 and ":" in main[:at]:
         main = main[:at].split(":", 1)[0] + ":***" + main[at:]

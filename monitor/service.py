@@ -98,6 +98,7 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     items: list[tuple[int, AuditItem]] = []
     for i, record in enumerate(records):
         try:
+            record.check_readable()
             if record.topic == audit_topic:
                 item = AuditItem.from_bytes(record.value)  # type: ignore[arg-type]
                 check_audit_item(item)

@@ -31,6 +31,7 @@ import numpy as np
 from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
+from auditstream.errors import ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
@@ -53,6 +54,14 @@ def group_id(settings: Settings, model: str) -> str:
 def shadow_group_id(settings: Settings, model: str, version: str) -> str:
     """``<prefix>-shadow-<model>-v<version>``: a candidate reads the live requests on its own."""
     return f"{settings.topic_prefix}-shadow-{model}-v{version}"
+
+
+def check_servable(model: RegisteredModel) -> None:
+    """ModelRefused unless the model's task kind can serve its card (outputs it needs, served kind)."""
+    try:
+        tasks.lookup(model.card.task).check_card(model.card)
+    except ValueError as e:
+        raise ModelRefused(model.onnx_path, f"{e}; fix the card or re-export the model") from None
 
 
 class TimedRunner:
@@ -86,7 +95,7 @@ class ServeApp:
                  session: ModelSession | None = None, shadow_of: str | None = None,
                  use_control: bool = True, lag_refresh_s: float = LAG_REFRESH_S,
                  max_consecutive_inference_failures: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
-        tasks.lookup(model.card.task).check_card(model.card)
+        check_servable(model)
         self.settings, self.model = settings, model
         self.control_view: ControlView | None = None
         with contextlib.ExitStack() as started:  # unwound only if start-up fails
@@ -211,9 +220,16 @@ class ServeApp:
 
 def serve(settings: Settings, model_name: str, version: str | None = None) -> LoopStats:
     """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises."""
-    model = ModelRegistry(settings.models_dir).load(model_name, version)
-    metrics = ServeMetrics(model_name, version=model.card.version)
-    app = ServeApp(settings, model, metrics)
+    model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
+    # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
+    check_servable(model)
+    session = load_session(model)
+    try:
+        metrics = ServeMetrics(model_name, version=model.card.version)
+        app = ServeApp(settings, model, metrics, session=session)
+    except BaseException:
+        session.close()
+        raise
     if settings.metrics_port:
         metrics.serve_http(settings.metrics_port)
         log.info("metrics on :%d/metrics", settings.metrics_port)

@@ -115,6 +115,7 @@ def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float
 
 
 def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) -> tuple[InferenceRequest, np.ndarray]:
+    record.check_readable()
     if record.value is None:
         raise DecodeError(Reason.UNDECODABLE.value, "record has no value (a tombstone)")
     if len(record.value) > config.max_request_bytes:

@@ -134,7 +134,11 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     options.log_severity_level = 3  # errors only; providers were already probed quietly
     providers = providers or select_providers()
     # From the verified bytes, not the path: the file may have been swapped since it was checked.
-    session = ort.InferenceSession(model.verified_bytes(), sess_options=options, providers=providers)
+    data = model.verified_bytes()
+    try:
+        session = ort.InferenceSession(data, sess_options=options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidGraph, Fail, ...)
+        raise ModelRefused(model.onnx_path, f"ONNX Runtime cannot load it: {_first_line(e)}") from None
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = {o.name for o in session.get_outputs()}
     spec_in = card.inputs[0]
@@ -146,8 +150,18 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
     ms.warmup_input = np.zeros(shape, dtype=input_dtype(card))
     started = time.perf_counter()
-    ms.run(ms.warmup_input)
+    try:
+        ms.run(ms.warmup_input)
+    except Exception as e:  # noqa: BLE001 - a model that cannot run a zero input of its own shape is broken
+        raise ModelRefused(model.onnx_path, f"the warm-up run on zeros of the card's input shape {shape} failed: "
+                           f"{_first_line(e)}") from None
     ms.warmup_s = time.perf_counter() - started
     log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
              ms.providers[0], options.intra_op_num_threads, ms.warmup_s)
     return ms
+
+
+def _first_line(error: Exception) -> str:
+    """ORT's messages carry a C++ source location and stack: the first line says what is wrong."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else repr(error))[:500]

@@ -115,14 +115,34 @@ class KafkaPythonConsumer:
         self._c.subscribe(topics, listener=Listener())
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
-        batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        from kafka.errors import CorruptRecordError
+
+        try:
+            batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except CorruptRecordError as e:
+            return self._step_over_unreadable(e)
         if self._callback_error is not None:
             error, self._callback_error = self._callback_error, None
             raise error
-        return [
-            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
-            for records in batches.values() for r in records
-        ]
+        return _kafka_python_records(batches)
+
+    def _step_over_unreadable(self, error: Exception) -> list[Record]:
+        """kafka-python raises CorruptRecordError on a record it cannot parse (a header name that
+        is not UTF-8 is enough) without saying whose, and its next poll then spins forever on the
+        broken partition; after a restart it meets the record again. The fetcher's in-line
+        partition (a private attribute: checked by tests/serving/test_unreadable_records.py) names
+        the partition, its position is the unreadable record: seek past it and hand it on as an
+        ``unreadable`` Record to be dead-lettered (this client cannot give its bytes). When the
+        partition cannot be told, the error is raised as before."""
+        part = getattr(getattr(self._c, "_fetcher", None), "_next_partition_records", None)
+        tp = getattr(part, "topic_partition", None)
+        if tp is None or tp not in self._c.assignment():
+            raise error
+        offset = self._c.position(tp)
+        log.error("%s[%d]@%d cannot be read by kafka-python (%s): dead-lettered without its bytes",
+                  tp.topic, tp.partition, offset, error)
+        self._c.seek(tp, offset + 1)
+        return [Record(tp.topic, tp.partition, offset, None, None, unreadable=f"kafka-python: {error}")]
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka import TopicPartition as TP
@@ -177,6 +197,11 @@ class KafkaPythonConsumer:
         self._c.close(autocommit=False)
 
 
+def _kafka_python_records(batches: dict) -> list[Record]:
+    return [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+            for records in batches.values() for r in records]
+
+
 class KafkaPythonReader:
     """Manual assignment of every partition of ``topics``; see :class:`auditstream.kafka.Reader`."""
 
@@ -205,9 +230,7 @@ class KafkaPythonReader:
                 self._c.seek(tp, end)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
-        batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
-        return [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
-                for records in batches.values() for r in records]
+        return _kafka_python_records(self._c.poll(timeout_ms=timeout_ms, max_records=max_records))
 
     def caught_up(self) -> bool:
         return all(self._c.position(tp) >= end for tp, end in self._end.items())
@@ -258,6 +281,21 @@ class ConfluentProducer:
         self._p = None  # destroys the librdkafka handle (and its reconnect attempts) now, not at GC
 
 
+def _confluent_headers(message: Any) -> tuple[Headers, str]:
+    """A message's headers, or ``()`` and why they cannot be read. confluent-kafka (2.16) turns a
+    header name that is not UTF-8 into a NULL tuple item and leaves the decode error pending: it
+    surfaces as a SystemError at some later call, or not at all. Only ``repr`` looks at a NULL
+    item safely, and calling it makes a pending error surface here."""
+    try:
+        headers = message.headers() or []
+        items = [repr(h) for h in headers]
+    except (SystemError, UnicodeDecodeError) as e:
+        return (), f"confluent-kafka cannot read its headers: {e.__cause__ or e!r}"
+    if any(item.startswith("(<NULL>,") for item in items):
+        return (), "confluent-kafka cannot read its headers: a header name is not UTF-8"
+    return tuple(headers), ""
+
+
 class ConfluentConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
                  on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
@@ -297,7 +335,8 @@ class ConfluentConsumer:
                 log.warning("consumer error (client retries): %s", err.str())
                 continue
             ts = m.timestamp()[1]
-            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), tuple(m.headers() or ()), ts))
+            headers, unreadable = _confluent_headers(m)
+            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), headers, ts, unreadable))
         return out
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -1,4 +1,5 @@
-"""A rebalance callback that fails stops the consumer's poll, on the embedded broker.
+"""A rebalance callback that fails stops the consumer's poll, and a delivery failure while the
+loop checkpoints on revoke stops the loop, on the embedded broker.
 
 kafka-python calls the rebalance listener inside ``poll()`` and only logs what it raises; a
 delivery failure while checkpointing on revoke would be swallowed and stale records processed.
@@ -7,13 +8,16 @@ The adapter keeps the error and raises it from ``poll()`` (confluent-kafka raise
 from __future__ import annotations
 
 import dataclasses
+import sys
+import threading
 import time
 
 import pytest
 
 from auditstream.errors import DeliveryFailed
-from auditstream.kafka import make_consumer
+from auditstream.kafka import make_consumer, make_producer
 from auditstream.settings import Settings
+from auditstream.stream import Output, StreamLoop
 
 
 @pytest.mark.kafka
@@ -33,3 +37,103 @@ def test_an_error_in_the_assign_callback_is_raised_from_poll(stream_settings: Se
             pytest.fail("no assignment within 60 s")
     finally:
         consumer.close()
+
+
+class _FailingFlushes:
+    """The loop's real producer, whose flushes fail once ``fail`` is set (a broker that stopped
+    acknowledging), noting whether each failed flush ran inside the revoke callback."""
+
+    def __init__(self, producer) -> None:  # noqa: ANN001
+        self.producer, self.fail, self.failed_in_revoke = producer, False, []
+
+    def send(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return self.producer.send(*args, **kwargs)
+
+    def flush(self, timeout_s: float) -> None:
+        if self.fail:
+            frame, names = sys._getframe(), set()
+            while frame is not None:
+                names.add(frame.f_code.co_name)
+                frame = frame.f_back
+            self.failed_in_revoke.append("_revoked" in names)
+            raise DeliveryFailed("t.out", b"k", "broker stopped acknowledging")
+        self.producer.flush(timeout_s)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_delivery_failure_while_checkpointing_on_revoke_stops_the_loop(stream_settings: Settings, client: str) -> None:
+    """A real rebalance (a second member joins) while processed batches wait for their checkpoint
+    (records keep coming and the in-flight cap is out of reach, so the first checkpoint is the
+    revoke's), and that checkpoint's flush fails inside the revoke callback: the loop must stop
+    with the error -- no record processed after it, nothing committed -- instead of the client
+    logging it and the loop going on with partitions it no longer owns."""
+    settings = dataclasses.replace(stream_settings, kafka_client=client, max_batch_size=5,
+                                   max_in_flight_batches=1_000_000, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    topic, group = settings.request_topic("tiny"), f"revoke-{client}"
+    seed = make_producer(settings)
+    for i in range(4000):
+        seed.send(topic, f"k{i}".encode(), b"v")
+    seed.flush(30)
+    seed.close()
+    entered, batches = threading.Event(), []
+
+    def process(records: list) -> list:
+        batches.append(len(records))
+        entered.set()
+        time.sleep(0.02)  # 800 batches take over 16 s: the rebalance comes while records keep coming
+        return [[Output(settings.topic("out"), r.key, r.value)] for r in records]
+
+    producer = _FailingFlushes(make_producer(settings))
+    producer.fail = True
+    loop = StreamLoop.connect(settings, group, [topic], process, producer)
+    outcome: list[BaseException | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(_run(loop)), daemon=True)
+    runner.start()
+    other, stop_other = None, threading.Event()
+    joiner = threading.Thread(target=lambda: [other.poll(1, 200) for _ in iter(stop_other.is_set, True)], daemon=True)
+    try:
+        assert entered.wait(60), "the loop never got a batch"
+        # only now: confluent-kafka joins the group as soon as the consumer exists
+        other = make_consumer(settings, group, [topic])
+        joiner.start()  # the second member's join starts a rebalance
+        runner.join(90)
+        assert not runner.is_alive(), "the loop went on after its revoke checkpoint failed"
+        processed = len(batches)
+        time.sleep(1)
+    finally:
+        stop_other.set()
+        joiner.join(30) if joiner.is_alive() else None
+        loop.close()
+        if other is not None:
+            other.close()
+    (error,) = outcome
+    assert isinstance(error, DeliveryFailed) and "broker stopped acknowledging" in str(error)
+    assert producer.failed_in_revoke == [True]  # the one checkpoint: inside the revoke callback
+    assert len(batches) == processed < 800  # the loop stopped there, long before the end of the records
+    assert _committed(settings, group, topic) == {}  # nothing committed
+
+
+def _committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets (an OffsetFetch: no join, so a group the broker still
+    holds in a rebalance answers too)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False)
+    try:
+        found = {p: consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)}
+        return {p: o for p, o in found.items() if o is not None}
+    finally:
+        consumer.close()
+
+
+def _run(loop: StreamLoop) -> BaseException | None:
+    try:
+        loop.run()
+    except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        return e
+    return None

@@ -8,7 +8,10 @@ Models are built with ``onnx.helper`` (tiny, no torch)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -220,11 +223,48 @@ def _huge_constant_of_shape() -> onnx.ModelProto:
     return model
 
 
+def _built_from_constants(op: str) -> onnx.ModelProto:
+    """A good model plus one tensor that only ``op`` builds, its ~40 GB size fixed by small
+    constants: nothing in the file is large, the allocation would happen at warm-up."""
+    model = good_model()
+    t = helper.make_tensor
+    inits, inputs = {
+        "Range": ([t("start", TensorProto.FLOAT, [], [0.0]), t("limit", TensorProto.FLOAT, [], [1e10]),
+                   t("delta", TensorProto.FLOAT, [], [1.0])], ["start", "limit", "delta"]),
+        "Tile": ([t("repeats", TensorProto.INT64, [1], [2_500_000_000])], ["w", "repeats"]),
+        "Expand": ([t("to", TensorProto.INT64, [2], [2_500_000_000, 4])], ["w", "to"]),
+        # the shape is computed (Concat of two constants), not stored: only shape inference sees it
+        "ConstantOfShape": ([t("rows", TensorProto.INT64, [1], [100_000]), t("cols", TensorProto.INT64, [1], [100_000])],
+                            ["shape"]),
+    }[op]
+    model.graph.initializer.extend(inits)
+    if op == "ConstantOfShape":
+        model.graph.node.append(helper.make_node("Concat", ["rows", "cols"], ["shape"], axis=0))
+    model.graph.node.append(helper.make_node(op, inputs, ["junk"]))
+    model.graph.output.append(helper.make_tensor_value_info("junk", TensorProto.FLOAT, None))
+    return model
+
+
+def _output_as(elem_type: int, shape) -> onnx.ModelProto:
+    """x float32 [None, 4] as the card says, then y = Cast(x) declared with its own type/shape."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])]
+    outputs = [helper.make_tensor_value_info("y", elem_type, list(shape))]
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=elem_type)], "cast", inputs, outputs)
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 HOSTILE.update({
+    "output dtype disagrees with the card": (lambda: _output_as(TensorProto.DOUBLE, (None, 4)),
+                                             "output 'y' is float64 in the graph but float32"),
+    "output rank disagrees with the card": (lambda: _output_as(TensorProto.FLOAT, (None, 4, 1)),
+                                            r"output 'y' has shape \['\?', 4, 1\]"),
     "input dtype disagrees with the card": (lambda: _with_io(TensorProto.DOUBLE), "input 'x' is float64 in the graph but float32"),
     "input shape disagrees with the card": (lambda: _with_io(x_shape=(None, 5)), r"input 'x' has shape \['\?', 5\]"),
     "output missing from the graph": (lambda: _with_io(y_name="z"), "the card's output 'y' is not a graph output"),
-    "40 GB constant at warm-up": (_huge_constant_of_shape, "need 37.3 GiB, over the 2 GiB budget"),
+    "40 GB constant at warm-up": (_huge_constant_of_shape, "need 37.3 GiB, over the 2.0 GiB budget"),
+    **{f"40 GB {op} at warm-up": (lambda op=op: _built_from_constants(op),
+                                  r"(need|would take) 37\.3 GiB.* over the 2\.0 GiB budget")
+       for op in ("Range", "Tile", "Expand", "ConstantOfShape")},
 })
 
 
@@ -377,12 +417,60 @@ def test_safety_checks_live_in_model_safety_and_stay_importable_from_the_registr
         model_safety.verify_onnx_bytes(junk, hashlib.sha256(junk).hexdigest(), "junk.onnx")
 
 
-def test_serve_refuses_a_hostile_model_with_a_message_and_exit_code_2(registry, monkeypatch, capsys):
-    """What an operator sees: one line saying why, exit code 2, no traceback, no session."""
+def _damaged(registry: ModelRegistry, damage) -> None:
+    damage(publish(registry, good_model()).onnx_path)
+
+
+CLI_REFUSED = {
+    **{case: (lambda r, build=build: publish(r, build()), message) for case, (build, message) in HOSTILE.items()},
+    "empty file": (lambda r: _damaged(r, lambda p: p.write_bytes(b"")), "model.onnx is empty"),
+    "zero-filled file": (lambda r: _damaged(r, lambda p: p.write_bytes(bytes(p.stat().st_size))), "does not match"),
+    "truncated file": (lambda r: _damaged(r, _damage_truncate), "does not match the model card"),
+    "changed file": (lambda r: _damaged(r, _damage_flip), "does not match the model card"),
+    "missing file": (lambda r: _damaged(r, Path.unlink), "model.onnx is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_REFUSED))
+def test_serve_refuses_a_hostile_model_with_a_message_and_exit_code_2(registry, no_session, monkeypatch, capsys, case):
+    """What an operator sees for every hostile or damaged file: one line saying why, exit code 2,
+    no traceback, no session."""
     from auditstream.cli import main
 
-    publish(registry, _huge_constant_of_shape())
+    make, message = CLI_REFUSED[case]
+    make(registry)
     monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
     assert main(["serve", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("auditstream: error: refusing model ") and "GiB budget" in err and "Traceback" not in err
+    assert err.startswith("auditstream: error: refusing model ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_the_memory_budget_is_a_setting(registry, no_session, monkeypatch, capsys):
+    """A model well within the default budget is refused under a smaller configured one, with
+    the setting named; the same model loads under the default."""
+    from auditstream.cli import main
+
+    model = good_model()
+    model.graph.initializer.append(helper.make_tensor("rows", TensorProto.INT64, [2], [1024, 1024]))
+    model.graph.node.append(helper.make_node("ConstantOfShape", ["rows"], ["junk"]))  # 4 MiB at warm-up
+    model.graph.output.append(helper.make_tensor_value_info("junk", TensorProto.FLOAT, None))
+    publish(registry, model)
+    assert ModelRegistry(registry.root).load("tiny").model_bytes  # within the 2 GiB default
+    with pytest.raises(ModelRefused, match=r"need 4,194,336 bytes, over the 1,000,000 bytes budget"):
+        ModelRegistry(registry.root, max_constant_bytes=1_000_000).load("tiny")
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES", "1000000")
+    assert main(["serve", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES" in err and "Traceback" not in err
+
+
+def test_serve_process_refuses_an_empty_model_with_exit_code_2(registry, tmp_path):
+    """The real command in its own process: exit code 2 and one line on stderr, no traceback."""
+    publish(registry, good_model()).onnx_path.write_bytes(b"")
+    env = {**os.environ, "AUDITSTREAM_MODELS_DIR": str(registry.root), "AUDITSTREAM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "serve", "--model", "tiny"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "model.onnx is empty" in done.stderr and "Traceback" not in done.stderr

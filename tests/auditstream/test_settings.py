@@ -100,6 +100,10 @@ def test_topic_names():
         ("postgresql://u@h/db?password=x&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
         ("postgresql://u@h/db?sslpassword=zz&sslkey=/k", "postgresql://u@h/db?sslpassword=***&sslkey=***"),
         ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+        ("postgresql://u:s3#zz@h/db", "postgresql://u:***@h/db"),  # '#' in the password
+        ("postgresql://u:s3?zz@h/db", "postgresql://u:***@h/db"),  # '?' in the password
+        ("postgresql://u:s3?z@z@h/db?password=zz", "postgresql://u:***@h/db?password=***"),
+        ("postgresql://u@h/db?user=a@b&password=s3zz", "postgresql://u@h/db?user=a@b&password=***"),
     ],
 )
 def test_redact_url_hides_every_secret(url, shown):

@@ -77,6 +77,40 @@ def test_ingest_batch_stores_items_once_feeds_predictions_and_dead_letters_the_r
         assert store.queue_depth() == 2
 
 
+def test_a_record_the_kafka_client_could_not_read_is_dead_lettered_alone(tmp_path: Path) -> None:
+    """An audit item whose headers the client could not read (a header name that is not UTF-8):
+    dead-lettered as undecodable with the key and value the client did read; the rest stored."""
+    settings = Settings(topic_prefix="t")
+    audit = settings.topic(topics.AUDIT)
+    records = [_record(audit, audit_item(f"r{i}").to_bytes(), i) for i in range(3)]
+    records[1] = dataclasses.replace(records[1], headers=(), unreadable="confluent-kafka cannot read its headers")
+    with make_store("sqlite", tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0)
+        assert [len(r) for r in results] == [0, 1, 0] and store.queue_depth() == 2
+        letter = DeadLetter.from_bytes(results[1][0].value)
+        assert letter.reason == "undecodable" and "could not read this record" in letter.detail
+        assert letter.value == records[1].value and letter.key == records[1].key
+
+
+def test_a_prediction_the_qc_tracker_fails_on_is_dead_lettered_alone(tmp_path: Path) -> None:
+    settings = Settings(topic_prefix="t")
+    preds = settings.topic(topics.PREDICTIONS)
+    predictions = [audit_item(f"p{i}").prediction for i in range(3)]
+    seen: list[str] = []
+
+    def tracker(prediction: Prediction) -> None:
+        if prediction.request_id == "p1":
+            raise ZeroDivisionError("a tracker bug meets this prediction")
+        seen.append(prediction.request_id)
+
+    records = [_record(preds, p.to_bytes(), i) for i, p in enumerate(predictions)]
+    with make_store("sqlite", tmp_path) as store:
+        results = ingest_batch(store, settings, records, T0, tracker)
+    assert [len(r) for r in results] == [0, 1, 0] and seen == ["p0", "p2"]
+    letter = DeadLetter.from_bytes(results[1][0].value)
+    assert letter.reason == "processing_failed" and "ZeroDivisionError" in letter.detail and letter.value == records[1].value
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path) -> None:
     """PostgreSQL text cannot hold NUL: such an item fails the batch's transaction; the monitor

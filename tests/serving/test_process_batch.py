@@ -130,6 +130,20 @@ def test_redelivery_in_another_batch_is_byte_identical(served) -> None:
     assert [o.value for o in again[1].outputs] == [o.value for o in first[0].outputs]
 
 
+def test_a_reused_request_id_with_other_bytes_is_answered_as_its_own_request(served) -> None:
+    """docs/wire-format.md, "Ids": serving keeps no memory of ids. Another request under an id
+    already seen is answered from its own input (not mistaken for a redelivery); the audit store
+    later keeps the first audit item and dead-letters the second (tests/monitor/test_service.py)."""
+    session, config = served
+    first = request_record(1, good(1))
+    other = dataclasses.replace(first, offset=99, value=InferenceRequest("req-1", "tiny", good(2), NOW - 0.5).to_bytes())
+    a, b, a_again = process_batch([first, other, first], session, config, NOW)
+    pa, pb = (Prediction.from_bytes(r.outputs[0].value) for r in (a, b))
+    assert pa.request_id == pb.request_id == "req-1" and a.outputs[0].key == b.outputs[0].key
+    assert pa.details["probs"] != pb.details["probs"]  # each answered from its own input
+    assert [o.value for o in a_again.outputs] == [o.value for o in a.outputs]  # the same bytes: identical
+
+
 def test_audit_and_decision_payloads(served) -> None:
     session, config = served
     results = process_batch([request_record(i, good(i)) for i in range(60)], session, config, NOW)

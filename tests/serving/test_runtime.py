@@ -86,3 +86,65 @@ def test_probe_runs_the_warm_up_input(tiny_registry: TinyRegistry) -> None:
     session.close()
     with pytest.raises(AttributeError):
         session.probe()  # a closed session does not run
+
+
+def _classifier_graph(nodes: list, initializers: list = ()) -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 4])], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _reshape_that_fails() -> bytes:
+    from onnx import TensorProto, helper
+
+    t = helper.make_tensor
+    return _classifier_graph(
+        [helper.make_node("Reshape", ["x", "to"], ["r"]), helper.make_node("Slice", ["r", "s", "e", "a"], ["probs"])],
+        [t("to", TensorProto.INT64, [2], [3, 5]), t("s", TensorProto.INT64, [1], [0]),
+         t("e", TensorProto.INT64, [1], [4]), t("a", TensorProto.INT64, [1], [1])])
+
+
+@pytest.mark.parametrize("case, build, message", [
+    ("an op ONNX Runtime does not know", lambda: _classifier_graph([__import__("onnx").helper.make_node(
+        "NoSuchOp", ["x"], ["probs"])]), "ONNX Runtime cannot load it: .*No Op registered for NoSuchOp"),
+    ("a graph that fails on its own input shape", _reshape_that_fails,
+     r"the warm-up run on zeros of the card's input shape \[8, 4\] failed: .*cannot be reshaped"),
+])
+def test_a_model_ort_refuses_or_cannot_warm_up_is_refused_with_exit_code_2(
+        tmp_path, monkeypatch, capsys, case: str, build, message: str) -> None:
+    """Past the file checks, ONNX Runtime's own refusal and a failed warm-up are ModelRefused too:
+    one line and exit code 2 from ``auditstream serve``, not a traceback."""
+    from auditstream.cli import main
+    from auditstream.registry import ModelRegistry
+    from tests.conftest import tiny_card
+
+    card = dataclasses.replace(tiny_card(), inputs=[TensorSpec("x", "float32", [None, 4])],
+                               outputs=[TensorSpec("probs", "float32", [None, 4])], labels=["a", "b", "c", "d"])
+    registry = ModelRegistry(tmp_path / "models")
+    published = registry.publish(card, build())
+    with pytest.raises(ModelRefused, match=message):
+        runtime.load_session(registry.load(card.name))
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    assert main(["serve", "--model", card.name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"auditstream: error: refusing model {published.onnx_path}") and "Traceback" not in err
+
+
+def test_a_card_its_task_kind_cannot_serve_is_refused_with_exit_code_2(tmp_path, monkeypatch, capsys) -> None:
+    """A classification card whose outputs lack ``probs``: refused before any connection."""
+    from auditstream.cli import main
+    from auditstream.registry import ModelRegistry
+    from tests.conftest import tiny_card, tiny_classifier_onnx
+
+    card = tiny_card()
+    onnx_bytes = tiny_classifier_onnx()
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(dataclasses.replace(card, task="policy"), onnx_bytes)  # a policy card needs action_probs
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    assert main(["serve", "--model", card.name]) == 2
+    err = capsys.readouterr().err
+    assert "refusing model" in err and "lacks graph outputs" in err and "Traceback" not in err
