@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 HEADER_FIXED = 8  # api_key int16, api_version int16, correlation_id int32; then client_id
@@ -51,7 +51,6 @@ class Connection:
     upstream: socket.socket | None = None
     client_id: str = ""
     open: bool = True
-    threads: list[threading.Thread] = field(default_factory=list)
 
 
 class FaultProxy:
@@ -108,9 +107,7 @@ class FaultProxy:
                     client.close()
                     return
                 self._connections = [c for c in self._connections if c.open] + [conn]
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fault-proxy-conn")
-            conn.threads.append(t)
-            t.start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fault-proxy-conn").start()
 
     def _serve(self, conn: Connection) -> None:
         try:
@@ -130,10 +127,8 @@ class FaultProxy:
         except OSError:
             self._shut(conn)
             return
-        back = threading.Thread(target=self._pump, args=(conn, conn.upstream, conn.client), daemon=True,
-                                name="fault-proxy-down")
-        conn.threads.append(back)
-        back.start()
+        threading.Thread(target=self._pump, args=(conn, conn.upstream, conn.client), daemon=True,
+                         name="fault-proxy-down").start()
         self._pump(conn, conn.client, conn.upstream)
 
     def _wait_open(self, conn: Connection) -> None:
