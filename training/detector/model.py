@@ -4,7 +4,8 @@
 stride 4): a class heatmap (10 logits per cell; a digit is a peak at the cell of its box centre),
 the box size (w, h, in cells) and the sub-cell offset of the centre. Training targets and the
 loss are here too (:func:`targets`, :func:`loss`): penalty-reduced focal loss on the heatmap
-against Gaussian bumps, L1 on size and offset at the centre cells.
+against Gaussian bumps, L1 on size and offset at the centre cells, and a cross-entropy of the
+class logits at the centre cells.
 
 ``ExportedDetector`` is what is exported and served: it adds the decoding, so the graph needs no
 NMS and no postprocessing beyond a threshold. A peak is a cell whose logit equals the 3x3 max
@@ -35,6 +36,8 @@ TOP_K = 16  # rows per image in the graph: more than the most digits a label hol
 assert TOP_K > MAX_OBJECTS
 HEAT_PRIOR = 0.1  # initial heatmap probability (CenterNet's bias init, -2.19)
 OUTPUT_NAMES = ("boxes", "labels", "scores")
+CLASS_WEIGHT = 0.25  # of the centre-cell cross-entropy in the loss
+IGNORE = -100  # class target of the cells without a digit centre
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -128,6 +131,7 @@ def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
     size = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
     offset = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
     mask = np.zeros((n, 1, GRID, GRID), dtype=np.float32)
+    digit = np.full((n, GRID, GRID), IGNORE, dtype=np.int64)  # the class at each centre cell
     cells = np.arange(GRID, dtype=np.float32)
     for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
         for (x0, y0, x1, y1), label in zip(boxes, labels):
@@ -140,13 +144,18 @@ def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
             size[i, :, gy, gx] = (w, h)
             offset[i, :, gy, gx] = (cx - gx, cy - gy)
             mask[i, 0, gy, gx] = 1.0
-    return {k: torch.from_numpy(v) for k, v in (("heat", heat), ("size", size), ("offset", offset), ("mask", mask))}
+            digit[i, gy, gx] = label
+    return {k: torch.from_numpy(v) for k, v in (("heat", heat), ("size", size), ("offset", offset), ("mask", mask),
+                                                ("digit", digit))}
 
 
 def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: dict[str, torch.Tensor],
-         box_weight: float = 2.0) -> torch.Tensor:
+         box_weight: float = 2.0, class_weight: float = CLASS_WEIGHT) -> torch.Tensor:
     """Focal loss (alpha 2, beta 4) on the heatmap + ``box_weight`` * L1 on size and offset (in
-    cells), per object."""
+    cells) + ``class_weight`` * softmax cross-entropy of the ten class logits at each centre cell,
+    per object. The sigmoid focal loss scores each class on its own; the cross-entropy makes the
+    classes compete where a digit is, so the right one outranks a look-alike (a misread digit is
+    a false box and a missed one)."""
     heat_logits, size, offset = outputs
     gt, mask = target["heat"], target["mask"]
     n_objects = mask.sum().clamp(min=1.0)
@@ -156,4 +165,5 @@ def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: dict[
     focal = -(pos * (1 - p).pow(2) * log_p + (1 - pos) * (1 - gt).pow(4) * p.pow(2) * log_not_p).sum() / n_objects
     l1_size = (mask * (size - target["size"]).abs()).sum() / n_objects
     l1_offset = (mask * (offset - target["offset"]).abs()).sum() / n_objects
-    return focal + box_weight * (l1_size + l1_offset)
+    reading = F.cross_entropy(heat_logits, target["digit"], ignore_index=IGNORE, reduction="sum") / n_objects
+    return focal + box_weight * (l1_size + l1_offset) + class_weight * reading
