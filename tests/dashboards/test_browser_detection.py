@@ -9,7 +9,9 @@ column 0 the row marker) say which cell has the focus and what it holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS
@@ -52,8 +54,10 @@ def selected_cells(driver) -> int:
                                  "td[aria-selected='true']\").length")
 
 
-def test_correct_a_box_with_the_keyboard(browser, tmp_path):
-    from selenium.webdriver.common.action_chains import ActionChains
+@contextlib.contextmanager
+def detection_item_open(browser, tmp_path) -> Iterator[object]:
+    """A store with one detection item and a dashboard on it, alice logged in and the item open;
+    yields the store."""
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
@@ -64,10 +68,21 @@ def test_correct_a_box_with_the_keyboard(browser, tmp_path):
     store.ingest(detection_item(), time.time())
     config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0)
     browser.set_window_size(1440, 1400)  # the table below the answer panel, in view without scrolling
-    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
-        browser.get(server.url)
-        wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
-        wait_for(browser, "button", "Next item").click()
+    try:
+        with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
+            browser.get(server.url)
+            wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
+            wait_for(browser, "button", "Next item").click()
+            yield store
+    finally:
+        store.close()
+
+
+def test_correct_a_box_with_the_keyboard(browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with detection_item_open(browser, tmp_path) as store:
         picture = wait_for(browser, "[data-testid='stImage'] img")
         assert picture.size["width"] >= 400  # the 64x64 label drawn large, boxes and legend in it
         wait_for(browser, "[data-testid='stMarkdownContainer']", "To check (red): boxes 3 and 4")
@@ -105,7 +120,6 @@ def test_correct_a_box_with_the_keyboard(browser, tmp_path):
         assert (verdict.auditor, verdict.kind) == ("alice", VerdictKind.CORRECT)
         assert verdict.corrected_output == [*MODEL_BOXES[:2], {**MODEL_BOXES[2], "box": [6.0, 36.0, 40.0, 54.0]},
                                             MODEL_BOXES[3]]  # fmt: skip
-    store.close()
 
 
 def test_reject_with_alt_x_while_a_table_cell_is_selected(browser, tmp_path):
@@ -113,18 +127,7 @@ def test_reject_with_alt_x_while_a_table_cell_is_selected(browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
-    publish_detector_card(tmp_path / "models")
-    store.ingest(detection_item(), time.time())
-    config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0)
-    browser.set_window_size(1440, 1400)
-    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
-        browser.get(server.url)
-        wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
-        wait_for(browser, "button", "Next item").click()
+    with detection_item_open(browser, tmp_path) as store:
         canvas = wait_for(browser, "[data-testid='stDataFrame'] canvas")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
         time.sleep(1.0)
@@ -136,4 +139,3 @@ def test_reject_with_alt_x_while_a_table_cell_is_selected(browser, tmp_path):
         until(lambda: store.verdicts(), "the verdict in the store")
         [verdict] = store.verdicts()
         assert (verdict.auditor, verdict.kind, verdict.corrected_output) == ("alice", VerdictKind.REJECT, None)
-    store.close()
