@@ -1,13 +1,13 @@
 """Train the ``detector``: a parcel label image -> scored boxes around its handwritten digits.
 
-    auditstream train detector --json        # ~11 min on 2 CPU cores
-    python -m training.detector.train --steps 5000  # the same, without the auditstream CLI
+    auditstream train detector --json        # 4,400 steps; 20 min on 2 busy CPU cores (docs/detector.md)
+    python -m training.detector.train        # the same, without the auditstream CLI
 
 Flow (one readable script): args (``DetectorArgs``, training/detector/args.py) -> data (fresh
 labels from *training-split* digits for every batch, standard and hard mixed,
 training/detector/data.py) -> model (a small CenterNet, training/detector/model.py) -> loop
-(AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit on labels of the
-calibration/temperature digits) -> export ONNX (preprocessing, peak extraction, top-K, boxes and
+(AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit and its rival on
+labels of the calibration/temperature digits) -> export ONNX (preprocessing, peak extraction, top-K, boxes and
 the calibrated scores inside the graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
