@@ -1,6 +1,6 @@
 """Train the ``detector``: a parcel label image -> scored boxes around its handwritten digits.
 
-    auditstream train detector --json        # 4,400 steps; 20 min on 2 busy CPU cores (docs/detector.md)
+    auditstream train detector --json        # 4,400 steps, ~10 min on 2 CPU cores (docs/detector.md)
     python -m training.detector.train        # the same, without the auditstream CLI
 
 Flow (one readable script): args (``DetectorArgs``, training/detector/args.py) -> data (fresh
