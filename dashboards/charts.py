@@ -65,14 +65,16 @@ def coverage_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
     )
 
 
-def error_interval_chart(rows: Sequence[dict[str, Any]]) -> alt.LayerChart:
-    """Audited error of auto-accepted answers with its 95% interval, against the certified
-    budget: rows of {model, error, ci_low, ci_high, budget, audits}."""
+def error_interval_chart(rows: Sequence[dict[str, Any]],
+                         rate: str = "error rate of auto-accepted answers") -> alt.LayerChart:
+    """Audited error of auto-accepted answers (or another audited ``rate``: a detector's
+    false-discovery rate of accepted boxes) with its 95% interval, against the certified budget:
+    rows of {model, error, ci_low, ci_high, budget, audits}."""
     frame = pd.DataFrame(rows)
     base = alt.Chart(frame, height=max(90, 60 * len(frame)))
     y = alt.Y("model:N", title=None)
     interval = base.mark_rule(strokeWidth=3, color=MAIN_COLOUR).encode(
-        y=y, x=alt.X("ci_low:Q", title="error rate of auto-accepted answers", axis=alt.Axis(format="%")), x2="ci_high:Q",
+        y=y, x=alt.X("ci_low:Q", title=rate, axis=alt.Axis(format="%")), x2="ci_high:Q",
         tooltip=["model:N", "audits:Q", alt.Tooltip("error:Q", format=".2%"), alt.Tooltip("ci_low:Q", format=".2%"),
                  alt.Tooltip("ci_high:Q", format=".2%"), alt.Tooltip("budget:Q", format=".2%")],
     )  # fmt: skip

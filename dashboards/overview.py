@@ -3,6 +3,7 @@ keeping up?
 
 Sections, top to bottom: the queue (depth, oldest age, throughput), quality (coverage over time,
 the audited error of auto-accepted answers with its 95% interval against the certified budget,
+and for a detector the false-discovery rate of its auto-accepted boxes, which its budget judges;
 drift), the model card's risk-coverage curve and the cost model, and the auditors (throughput,
 gold accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
 QC snapshots the monitor process records, the cost model — so this page only lays them out.
@@ -103,6 +104,12 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
             st.altair_chart(charts.error_interval_chart(rows), width="stretch")
         else:
             st.info("No QC sample audited yet.")
+        part_rows = part_fdr_rows(latest.values())
+        if part_rows:
+            st.markdown("**False-discovery rate of auto-accepted boxes** (a detector's card promises this rate) "
+                        "with its 95% confidence sequence · red tick: budget")
+            st.altair_chart(charts.error_interval_chart(part_rows, "false-discovery rate of auto-accepted boxes"),
+                            width="stretch")
         for q in latest.values():
             kind, text = budget_verdict(q)
             getattr(st, kind)(text)
@@ -110,18 +117,32 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
     st.dataframe([_drift_row(q) for q in latest.values()], hide_index=True)
 
 
+def part_fdr_rows(snapshots) -> list[dict]:
+    """Chart rows of the versions whose budget judges the false-discovery rate of accepted parts
+    (a detector's boxes) and that have audited parts."""
+    return [{"model": f"{q.model} v{q.version}", "error": q.part_fdr_estimate, "ci_low": q.part_fdr_low,
+             "ci_high": q.part_fdr_high, "budget": q.budget, "audits": q.parts_audited}
+            for q in snapshots if q.parts_audited and q.part_fdr_low is not None]
+
+
 def budget_verdict(q: ModelQC) -> tuple[str, str]:
-    """(Streamlit message kind, text): what the audits prove about the version's error budget."""
+    """(Streamlit message kind, text): what the audits prove about the version's error budget (for
+    a detector: the false-discovery rate of its auto-accepted boxes)."""
     name = f"{q.model} v{q.version}"
     if q.budget is None or q.budget_state in (None, "not_judged"):
         return "info", f"{name}: no error budget on its card (target risk): not judged"
-    between = f"{q.ci_low:.2%} ≤ error ≤ {q.ci_high:.2%}, {q.audited:,} audits"
+    if q.part_fdr_low is not None:
+        rate, low, high = "false-discovery rate of accepted boxes", q.part_fdr_low, q.part_fdr_high
+        counted = f"{q.parts_audited or 0:,} boxes in {q.audited:,} audits"
+    else:
+        rate, low, high, counted = "error rate", q.ci_low, q.ci_high, f"{q.audited:,} audits"
+    between = f"{low:.2%} ≤ {'FDR' if q.part_fdr_low is not None else 'error'} ≤ {high:.2%}, {counted}"
     if q.budget_state == "over_budget":
         tip = f"; suggested threshold {q.suggested_threshold:.3f}" if q.suggested_threshold is not None else ""
-        return "error", f"{name}: **over budget** — the error rate is shown above {q.budget:.2%} ({between}){tip}"
+        return "error", f"{name}: **over budget** — the {rate} is shown above {q.budget:.2%} ({between}){tip}"
     if q.budget_state == "within_budget":
-        return "success", f"{name}: **within budget, verified** — the error rate is shown below {q.budget:.2%} ({between})"
-    more = (f"; about {q.audits_to_settle:,} more audits would settle it if the error rate stays where it is"
+        return "success", f"{name}: **within budget, verified** — the {rate} is shown below {q.budget:.2%} ({between})"
+    more = (f"; about {q.audits_to_settle:,} more audits would settle it if the {rate} stays where it is"
             if q.audits_to_settle else "; the estimate sits on the budget: many more audits are needed")
     return "info", f"{name}: budget {q.budget:.2%} **not yet known** ({between}){more}"
 

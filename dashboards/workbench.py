@@ -30,6 +30,7 @@ from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKin
 from dashboards import editors, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
+from dashboards.table_shortcuts import table_shortcuts_ui
 from store.accounts import WRITERS, User, require_role
 from store import Claim, VerdictResult
 
@@ -112,17 +113,24 @@ def answer_editor_ui(task: TaskKind, prediction: Prediction, value: ModelInput, 
     return views.lookup(task).editor_ui(prediction, value, labels, blind, key)
 
 
+# (shortcut, label) of the verdict buttons
+SUBMIT = ("Ctrl+Enter", "Submit answer")
+REJECT = ("Alt+X", "Reject — no valid answer")
+SKIP = ("Alt+S", "Skip — give it back to the queue")
+
+
 def verdict_form_ui(claim: Claim, prediction: Prediction, value: ModelInput, labels: Sequence[str],
                     blind: bool, verdict_id: str) -> Submission | None:  # fmt: skip
     """The verdict form; returns what was submitted this run, if anything."""
     with st.form(f"verdict-{verdict_id}", enter_to_submit=True, border=True):
         st.markdown("**Your answer**" if blind else "**Your answer** — leave it as is to accept, change it to correct")
         raw, choices = answer_editor_ui(prediction.task, prediction, value, labels, blind, key=f"answer-{verdict_id}")
-        answer = st.form_submit_button("Submit answer", type="primary", width="stretch", shortcut="Ctrl+Enter",
+        answer = st.form_submit_button(SUBMIT[1], type="primary", width="stretch", shortcut=SUBMIT[0],
                                        help="Enter in the text field also submits")  # fmt: skip
-        reject = st.form_submit_button("Reject — no valid answer", width="stretch", shortcut="Alt+X",
+        reject = st.form_submit_button(REJECT[1], width="stretch", shortcut=REJECT[0],
                                        help="The input is unreadable or none of the answers fits")  # fmt: skip
-    skip = st.button("Skip — give it back to the queue", shortcut="Alt+S", key=f"skip-{verdict_id}", width="stretch")
+    skip = st.button(SKIP[1], shortcut=SKIP[0], key=f"skip-{verdict_id}", width="stretch")
+    table_shortcuts_ui([SUBMIT, REJECT, SKIP])  # a box table keeps the keys to itself otherwise
     if answer:
         return Submission("answer", (raw, choices))
     if reject:

@@ -68,6 +68,14 @@ class MonitorMetrics:
                                "Lower end of the 95% confidence sequence of the error rate (valid at every audit).")
         self.error_high = gauge("qc_error_ratio_upper_bound",
                                 "Upper end of the 95% confidence sequence of the error rate (valid at every audit).")
+        self.parts_audited = gauge("qc_audited_parts", "Parts (a detector's boxes) of audited auto-accepted answers "
+                                   "(kinds that accept parts one by one; NaN for the others).")
+        self.part_fdr = gauge("qc_part_fdr_ratio", "Weighted (Hajek) false-discovery rate of auto-accepted parts (a "
+                              "detector's boxes), from QC audits; the rate such a card's budget judges.")
+        self.part_fdr_low = gauge("qc_part_fdr_ratio_lower_bound", "Lower end of the 95% confidence sequence of the "
+                                  "false-discovery rate of auto-accepted parts (valid at every audit).")
+        self.part_fdr_high = gauge("qc_part_fdr_ratio_upper_bound", "Upper end of the 95% confidence sequence of the "
+                                   "false-discovery rate of auto-accepted parts (valid at every audit).")
         self.ess = gauge("qc_effective_sample_size", "Uniform audits worth the same precision (Korn-Graubard n*).")
         self.certified = gauge("certified_risk_ratio", "The model card's certified risk (proven at calibration).")
         self.budget = gauge("qc_error_budget_ratio", "The error budget audits are judged against: the card's target risk.")
@@ -114,6 +122,10 @@ class MonitorMetrics:
         self.error.labels(*mv).set(_nan(s.error_estimate))
         self.error_low.labels(*mv).set(s.ci_low if s.audited else math.nan)
         self.error_high.labels(*mv).set(s.ci_high if s.audited else math.nan)
+        self.parts_audited.labels(*mv).set(_nan(s.parts_audited))
+        self.part_fdr.labels(*mv).set(_nan(s.part_fdr_estimate))
+        self.part_fdr_low.labels(*mv).set(_nan(s.part_fdr_low) if s.parts_audited else math.nan)
+        self.part_fdr_high.labels(*mv).set(_nan(s.part_fdr_high) if s.parts_audited else math.nan)
         self.ess.labels(*mv).set(s.effective_sample_size)
         self.certified.labels(*mv).set(_nan(s.certified_risk))
         self.budget.labels(*mv).set(_nan(s.budget))

@@ -13,6 +13,16 @@ items count: they are the audited sample of answers that stood. A reject or corr
 an error of the model's answer, accept is not, skip says nothing; gold items are auditor tests,
 not traffic. Predictions and verdicts are deduplicated by request id (redeliveries).
 
+**Kinds that accept parts one by one** (a detector's boxes, ``Task.accepts_parts``) promise a
+false-discovery rate of accepted parts, not an error rate of answers. For them an audited QC
+answer also counts its parts ``A`` and the false ones ``F`` (the kind's matching of the model's
+boxes to the auditor's), and the tracker keeps the weighted (Hajek) ratio
+``sum(F / pi) / sum(A / pi)`` with its anytime-valid confidence sequence (qc/sequential.py, with
+exposures ``A / K``; ``K`` = the card's most parts per answer). The card's target risk is then
+judged against that rate (budget state, over budget), while the answers' error rate is still
+shown but not judged, and no CUSUM is designed: an answer with four boxes errs about four
+times as often as each box.
+
 The CUSUM needs an i.i.d. Bernoulli stream, which risk-weighted audits are not (they over-sample
 low confidence). So each audit enters the CUSUM with probability ``r / pi_i`` (by a hash of the
 request id, ``r`` = the smallest inclusion probability seen): every answer then reaches the
@@ -38,7 +48,7 @@ from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bern
 from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
 from qc.snapshot import ModelQC
 from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
-from store.records import audit_error
+from store.records import audit_error, audit_false_parts
 
 if TYPE_CHECKING:
     from store.records import QCOutcome
@@ -131,7 +141,13 @@ class _VersionState:
         self.card: ModelCard | None = None
         self.cusum: BernoulliCusum | None = None
         self.sequence: ErrorSequence | None = None  # made with the card (its budget is a grid point)
-        self.before_card: deque[tuple[int, float]] = deque(maxlen=config.memory)  # audits to replay into it
+        # audits to replay into the sequences once the card is known: (error, pi, parts, false parts)
+        self.before_card: deque[tuple[int, float, int | None, int | None]] = deque(maxlen=config.memory)
+        self.task: str | None = None  # the kind, from the predictions (verdicts do not carry it)
+        self.part_sums = np.zeros(2)  # sum F / pi, sum A / pi over audited answers (accepts_parts kinds)
+        self.parts_audited = self.parts_false = 0
+        self.part_sequence: ErrorSequence | None = None  # the judged sequence of those kinds
+        self.max_parts: int | None = None
 
 
 class QCTracker:
@@ -152,10 +168,15 @@ class QCTracker:
         if state.card is None:  # look again until the registry has the card
             state.card = self.cards(model, version)
             if state.card is not None:
-                state.cusum = self._cusum_for(state.card)
-                state.sequence = ErrorSequence(_budget(state.card), self.config.sequence)
-                for error, pi in state.before_card:
+                state.max_parts = tasks.lookup(state.card.task).max_parts(state.card)
+                per_part = state.max_parts is not None
+                state.cusum = None if per_part else self._cusum_for(state.card)
+                state.sequence = ErrorSequence(None if per_part else _budget(state.card), self.config.sequence)
+                if per_part:
+                    state.part_sequence = ErrorSequence(_budget(state.card), self.config.sequence)
+                for error, pi, parts, false in state.before_card:
                     state.sequence.update(bool(error), pi)
+                    self._update_part_sequence(state, pi, parts, false)
                 state.before_card.clear()
         return state
 
@@ -173,6 +194,7 @@ class QCTracker:
 
     def observe_prediction(self, p: Prediction) -> None:
         state = self._state(p.model, p.model_version)
+        state.task = p.task
         if not state.seen_predictions.add(p.request_id):
             return
         state.counts[p.route] += 1
@@ -185,10 +207,15 @@ class QCTracker:
     def observe_verdict(self, v: Verdict) -> None:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
             return
-        card = self._state(v.model, v.model_version).card
-        rule = tasks.lookup(card.task) if card is not None else None
+        state = self._state(v.model, v.model_version)
+        rule = _rule(state)
         error = audit_error(v.kind, rule, v.model_output, v.corrected_output)
-        self._audit(v.model, v.model_version, v.request_id, error, v.inclusion_prob, v.verdict_id)
+        parts = false = None
+        if rule is not None and rule.accepts_parts:
+            parts = rule.count_parts(v.model_output)
+            false = audit_false_parts(v.kind, rule, v.model_output, v.corrected_output)
+        self._audit(v.model, v.model_version, v.request_id, error, v.inclusion_prob, v.verdict_id, parts=parts,
+                    false_parts=false)
 
     def seed(self, outcomes: Iterable[QCOutcome]) -> int:
         """Replay audited QC outcomes read back from the store (``store.audited_qc_history()``,
@@ -199,11 +226,12 @@ class QCTracker:
         counted = 0
         for o in outcomes:
             counted += self._audit(o.model, o.model_version, o.request_id, o.is_error, o.inclusion_prob,
-                                   o.request_id, o.confidence)  # fmt: skip
+                                   o.request_id, o.confidence, o.parts, o.false_parts)  # fmt: skip
         return counted
 
     def _audit(self, model: str, version: str, request_id: str, is_error: bool, pi: float, what: str,
-               confidence: float | None = None) -> bool:  # fmt: skip
+               confidence: float | None = None, parts: int | None = None,
+               false_parts: int | None = None) -> bool:  # fmt: skip
         """Count one audited QC answer (the first per request id); True if it counted."""
         if not 0.0 < pi <= 1.0:
             log.warning("ignoring audit %s on %s: inclusion_prob %r not in (0, 1]", what, request_id, pi)
@@ -220,13 +248,29 @@ class QCTracker:
         if confidence is not None:
             state.audits.append((confidence, pi, error))
         state.min_pi = min(state.min_pi, pi)
+        if parts is not None and false_parts is not None:
+            state.part_sums += (false_parts * w, parts * w)
+            state.parts_audited += parts
+            state.parts_false += false_parts
         if state.sequence is not None:
             state.sequence.update(bool(error), pi)
+            self._update_part_sequence(state, pi, parts, false_parts)
         else:
-            state.before_card.append((error, pi))
+            state.before_card.append((error, pi, parts, false_parts))
         if state.cusum is not None and hash_uniform(request_id, salt=self._cusum_salt) < state.min_pi / pi:
             state.cusum.update(bool(error))
         return True
+
+    @staticmethod
+    def _update_part_sequence(state: _VersionState, pi: float, parts: int | None, false: int | None) -> None:
+        if state.part_sequence is None or parts is None or false is None:
+            return
+        k = state.max_parts
+        if k is None or not 0 <= false <= parts <= k:
+            log.warning("audit with %s false of %s parts does not fit the card's %s parts per answer: not counted "
+                        "in the false-discovery rate", false, parts, k)
+            return
+        state.part_sequence.update(false / k, pi, parts / k)
 
     def snapshot(self) -> list[ModelQC]:
         return [self._model_qc(model, version, self._state(model, version))
@@ -239,24 +283,32 @@ class QCTracker:
         n = int(s.sums[0])
         p, _, _, n_eff = (float(a) for a in estimate_from_sums(*s.sums, confidence=cfg.confidence))
         budget = _budget(card) if card is not None else None
-        report = s.sequence.report() if s.sequence is not None else None
+        item_report = s.sequence.report() if s.sequence is not None else None
+        low, high = (item_report.low, item_report.high) if item_report is not None else (0.0, 1.0)
+        per_part = s.part_sequence is not None
+        # the judged sequence: a kind that accepts parts one by one promises their false-discovery rate
+        report = s.part_sequence.report() if per_part else item_report
         state = report.state if report is not None else BudgetState.NOT_JUDGED
-        low, high = (report.low, report.high) if report is not None else (0.0, 1.0)
+        rule = _rule(s)
+        accepts_parts = bool(rule and rule.accepts_parts)
         reasons = [f"{n} audits, {s.errors} errors"]
+        if accepts_parts:
+            reasons.append(f"{s.parts_audited} audited parts, {s.parts_false} false")
+        what = "false-discovery rate of accepted parts" if per_part else "error rate"
         if card is None:
             reasons.append("no model card")
         elif budget is None:
             reasons.append("card has no target risk: budget not judged")
         elif state is BudgetState.OVER:
-            reasons.append(f"OVER BUDGET: error rate shown above {budget:.4f} (sequence lower bound {low:.4f})")
+            reasons.append(f"OVER BUDGET: {what} shown above {budget:.4f} (sequence lower bound {report.low:.4f})")
         elif state is BudgetState.VERIFIED:
-            reasons.append(f"within budget, verified: error rate shown below {budget:.4f} (upper bound {high:.4f})")
+            reasons.append(f"within budget, verified: {what} shown below {budget:.4f} (upper bound {report.high:.4f})")
         else:
             settle = f"; about {report.audits_to_settle} more audits would settle it" if report.audits_to_settle else ""
-            reasons.append(f"budget {budget:.4f} not yet known: {low:.4f} <= error rate <= {high:.4f}{settle}")
+            reasons.append(f"budget {budget:.4f} not yet known: {report.low:.4f} <= {what} <= {report.high:.4f}{settle}")
         over = state is BudgetState.OVER
         suggested = None
-        if over and cfg.suggest_threshold and s.audits:
+        if over and cfg.suggest_threshold and s.audits and not per_part:
             c, pi, y = (np.array(a) for a in zip(*s.audits))
             suggested = suggest_threshold(c, y, pi, card.triage.threshold, budget, cfg.confidence,
                                           cfg.threshold_candidates)
@@ -275,6 +327,10 @@ class QCTracker:
             cusum_statistic=s.cusum.statistic if s.cusum else None, cusum_alarm=bool(s.cusum and s.cusum.alarm),
             suggested_threshold=suggested, effective_sample_size=n_eff if n else 0.0, reason="; ".join(reasons),
             budget=budget, budget_state=state.value, audits_to_settle=report.audits_to_settle if report else None,
+            parts_audited=s.parts_audited if accepts_parts else None,
+            parts_false=s.parts_false if accepts_parts else None,
+            part_fdr_estimate=float(s.part_sums[0] / s.part_sums[1]) if s.part_sums[1] > 0 else None,
+            part_fdr_low=report.low if per_part else None, part_fdr_high=report.high if per_part else None,
         )
 
     def _ks(self, s: _VersionState, predictions: int, reasons: list[str]) -> tuple[float | None, float | None]:
@@ -288,6 +344,14 @@ class QCTracker:
         if pvalue < self.config.ks_alpha:
             reasons.append(f"confidence DRIFT: KS D={stat:.3f}, p={pvalue:.2g}")
         return stat, pvalue
+
+
+def _rule(state: _VersionState) -> tasks.Task | None:
+    """The version's task kind: the card's, else the one its predictions said (verdicts do not
+    carry it); None while neither was seen."""
+    if state.card is not None:
+        return tasks.lookup(state.card.task)
+    return tasks.lookup(state.task) if state.task else None
 
 
 def audit_weight_floor(settings: Settings) -> float:

@@ -26,6 +26,17 @@ audit (predictable): the *over* gambler's wealth ``K+_t(m) = prod (1 + l_j Y_j(m
 - the confidence sequence at audit ``t`` is every ``m`` of a fine grid not yet shown wrong,
   widened to the neighbouring grid points (so it also covers an ``m`` between grid points).
 
+**A false-discovery rate works the same way** (a detector's auto-accepted boxes). An audited
+answer ``j`` then has ``A_j`` accepted parts (boxes), ``F_j`` of them false, at most ``K`` (the
+graph's rows), and the rate is ``q = E[F] / E[A]``, a ratio of means. ``q <= m`` exactly when
+``E[F - m A] <= 0``, so with ``e_j = F_j / K`` and ``x_j = A_j / K`` (both in [0, 1], ``e_j <=
+x_j``) the same gamblers bet on
+
+    Y_j(m) = pi_min (e_j - m x_j) / pi_j    in [-m, 1 - m],
+
+whose mean has the sign of ``q - m``: everything above holds with ``x_j`` (the answer's
+*exposure*) in place of 1. A classifier's answer is the case ``x_j = 1``.
+
 The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far
 (shrunk towards no bet by one pseudo-observation of variance ``m (1 - m)``), capped at
 ``bet_cap / m`` (over) or ``bet_cap / (1 - m)`` (under) so that one audit never risks more than
@@ -89,15 +100,18 @@ class BettingState:
         full = np.broadcast_shapes(self.m.shape, shape)
         self.log_over, self.log_under = np.zeros(full), np.zeros(full)
         self.shown_over, self.shown_under = np.zeros(full, bool), np.zeros(full, bool)
-        # sums of a = pi_min e / pi and b = pi_min / pi (Y(m) = a - m b), of their squares and product
+        # sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and product
         self.n = np.zeros(shape)
         self.sa, self.sb, self.saa, self.sab, self.sbb = (np.zeros(shape) for _ in range(5))
 
-    def update(self, errors: np.ndarray | float, pis: np.ndarray | float) -> None:
-        """One audit per element of ``shape``: its error (0/1) and inclusion probability."""
+    def update(self, errors: np.ndarray | float, pis: np.ndarray | float,
+               exposures: np.ndarray | float = 1.0) -> None:
+        """One audit per element of ``shape``: its error (0/1, or ``F / K`` in [0, 1]), inclusion
+        probability and exposure (1, or ``A / K`` with ``errors <= exposures <= 1``)."""
         cfg, m = self.config, self.m
-        b = cfg.min_inclusion_prob / np.asarray(pis, dtype=np.float64)
-        a = b * np.asarray(errors, dtype=np.float64)
+        weight = cfg.min_inclusion_prob / np.asarray(pis, dtype=np.float64)
+        a = weight * np.asarray(errors, dtype=np.float64)
+        b = weight * np.asarray(exposures, dtype=np.float64)
         mean = (self.sa - m * self.sb) / (self.n + 1.0)  # stakes from the past only (predictable)
         second = (m * (1.0 - m) + self.saa - 2.0 * m * self.sab + m * m * self.sbb) / (self.n + 1.0)
         stake = mean / second
@@ -125,7 +139,8 @@ class SequenceReport:
 
 
 class ErrorSequence:
-    """The confidence sequence of one model version's error rate, and its budget state."""
+    """The confidence sequence of one model version's error rate (or false-discovery rate, with
+    exposures), and its budget state."""
 
     def __init__(self, budget: float | None, config: SequenceConfig) -> None:
         if budget is not None and not 0.0 < budget < 1.0:
@@ -141,7 +156,11 @@ class ErrorSequence:
     def audits(self) -> int:
         return int(self.state.n)
 
-    def update(self, error: bool, pi: float) -> None:
+    def update(self, error: bool | float, pi: float, exposure: float = 1.0) -> None:
+        """One audit: ``error`` 0/1 and exposure 1 for an answer; ``F / K`` and ``A / K`` for an
+        answer with ``A`` accepted parts, ``F`` of them false (module docstring)."""
+        if not 0.0 <= float(error) <= exposure <= 1.0:
+            raise ValueError(f"need 0 <= error <= exposure <= 1, got error {error}, exposure {exposure}")
         floor = self.config.min_inclusion_prob
         if pi < floor:
             # Consumers sample below the floor the monitor was told: weights are no longer bounded
@@ -151,7 +170,7 @@ class ErrorSequence:
                             "set the monitor's triage policy like the consumers'", pi, floor)
                 self._warned_floor = True
             pi = floor
-        self.state.update(float(error), pi)
+        self.state.update(float(error), pi, exposure)
 
     def report(self) -> SequenceReport:
         s, grid = self.state, self.grid

@@ -34,3 +34,11 @@ class ModelQC:
     budget: float | None = None  # the error budget judged: the card's target risk
     budget_state: str = "not_judged"  # qc.sequential.BudgetState value
     audits_to_settle: int | None = None  # not yet known: rough audits until the state is settled
+    # Kinds that accept parts one by one (a detector's boxes): the audited parts, the false ones, the
+    # weighted (Hajek) false-discovery rate of accepted parts and its confidence sequence. For them
+    # the budget state above judges this rate, not the answers' error rate.
+    parts_audited: int | None = None
+    parts_false: int | None = None
+    part_fdr_estimate: float | None = None
+    part_fdr_low: float | None = None
+    part_fdr_high: float | None = None

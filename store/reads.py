@@ -25,6 +25,7 @@ from store.records import (
     StoreStats,
     VerdictRecord,
     audit_error,
+    audit_false_parts,
     human_label,
 )
 
@@ -206,9 +207,14 @@ class StoreReads:
                 (*params, after[0], after[0], after[1], int(page)),
             )
             for rid, kind, p, c, t, m, v, _, task, output, corrected in rows:
-                error = audit_error(VerdictKind(kind), tasks.lookup(task), json.loads(output),
-                                    None if corrected is None else json.loads(corrected))
-                yield QCOutcome(rid, error, float(p), float(c), float(t), m, v)
+                rule, model_output = tasks.lookup(task), json.loads(output)
+                corrected_output = None if corrected is None else json.loads(corrected)
+                error = audit_error(VerdictKind(kind), rule, model_output, corrected_output)
+                parts = false = None
+                if rule.accepts_parts:
+                    parts = rule.count_parts(model_output)
+                    false = audit_false_parts(VerdictKind(kind), rule, model_output, corrected_output)
+                yield QCOutcome(rid, error, float(p), float(c), float(t), m, v, parts, false)
             if len(rows) < page:
                 return
             after = (float(rows[-1][4]), rows[-1][7])

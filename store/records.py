@@ -128,6 +128,8 @@ class QCOutcome:
     decided_at_s: float
     model: str
     model_version: str
+    parts: int | None = None  # a kind that accepts parts one by one: the answer's parts (boxes)
+    false_parts: int | None = None  # and how many of them the audit found false
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,18 @@ def audit_error(kind: VerdictKind, rule: tasks.Task | None, model_output: Any, c
     if kind is VerdictKind.CORRECT and rule is not None and corrected_output is not None:
         return not rule.same_answer(model_output, corrected_output)
     return True
+
+
+def audit_false_parts(kind: VerdictKind, rule: tasks.Task, model_output: Any, corrected_output: Any) -> int:
+    """How many parts of an audited auto answer were false (a kind with :meth:`Task.max_parts`):
+    none on accept; on a correction, the model's parts the corrected answer does not confirm (the
+    kind's matching); on a reject, or a correction with no answer recorded, every part (the
+    auditor said the answer is wrong without saying which part)."""
+    if kind is VerdictKind.ACCEPT:
+        return 0
+    if kind is VerdictKind.CORRECT and corrected_output is not None:
+        return rule.false_parts(model_output, corrected_output)
+    return rule.count_parts(model_output)
 
 
 def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, corrected_output: Any,

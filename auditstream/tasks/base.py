@@ -87,6 +87,9 @@ class Task:
     served: ClassVar[bool] = True  # False: cards of this kind are valid, serving them is not built yet
     acts: ClassVar[bool] = False  # answers are actions in an environment (episode state, action records)
     answers_are_boxes: ClassVar[bool] = False  # answers are labelled boxes (COCO export of verdicts)
+    # each part of an answer is accepted on its own evidence (a detector's boxes): the card promises
+    # a false-discovery rate of accepted parts, and audits count false parts (max_parts and below)
+    accepts_parts: ClassVar[bool] = False
     # Least QC rate of its auto answers whatever the settings say (policies: OPE needs random audits).
     min_qc_rate: ClassVar[float] = 0.0
 
@@ -135,6 +138,23 @@ class Task:
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """An answer as one line of text for people."""
         return "(no answer)" if output is None else str(output)
+
+    # -- risk of parts accepted one by one ---------------------------------------------------
+
+    def max_parts(self, card: ModelCard) -> int | None:
+        """For kinds whose card promises a false-discovery rate of accepted *parts* (a
+        detector's boxes): the most parts one answer can have (``K``, which bounds the live
+        estimate's bets, qc/sequential.py). None for the other kinds: their promise is about
+        whole answers, and audits are judged answer by answer."""
+        return None
+
+    def count_parts(self, output: Any) -> int:
+        """How many parts an answer has (the kinds with :meth:`max_parts`)."""
+        raise ValueError(f"task {self.kind.value!r} does not accept parts one by one")
+
+    def false_parts(self, model_output: Any, corrected_output: Any) -> int:
+        """How many of the model answer's parts the auditor's answer does not confirm."""
+        raise ValueError(f"task {self.kind.value!r} does not accept parts one by one")
 
 
 class KindRegistry(Generic[T]):

@@ -14,7 +14,9 @@ guarantee bounds: its confidence is 1.0 (qc/detection_certify.py, docs/detector.
 
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
 ``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
-whatever the order and the scores (:meth:`Detection.same_answer`). IoU matching is not
+whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
+audited answer's false boxes (:meth:`Detection.false_parts`: the live false-discovery rate of
+accepted boxes, monitor/tracker.py). IoU matching is not
 transitive, so it cannot be a key: :meth:`Detection.answer_key` stays a canonical form (labels
 and boxes to a tenth of a pixel, sorted); equal keys are the same answer, not conversely.
 """
@@ -71,10 +73,10 @@ def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
     return array if np.isfinite(array).all() else None
 
 
-def _perfect_matching(allowed: np.ndarray) -> bool:
-    """Whether the square bipartite graph ``allowed`` [n, n] has a perfect matching (augmenting paths)."""
-    n = len(allowed)
-    owner = [-1] * n  # right vertex -> left vertex
+def _matching_size(allowed: np.ndarray) -> int:
+    """The size of a largest matching of the bipartite graph ``allowed`` [n, k] (augmenting paths)."""
+    n, k = allowed.shape
+    owner = [-1] * k  # right vertex -> left vertex
 
     def augment(i: int, seen: list[bool]) -> bool:
         for j in np.flatnonzero(allowed[i]):
@@ -85,12 +87,14 @@ def _perfect_matching(allowed: np.ndarray) -> bool:
                     return True
         return False
 
-    return all(augment(i, [False] * n) for i in range(n))
+    return sum(augment(i, [False] * k) for i in range(n))
 
 
 class Detection(Task):
     kind = TaskKind.DETECTION
     output_names = ("boxes", "labels", "scores")
+    answers_are_boxes = True  # `auditstream labels export --format coco`
+    accepts_parts = True
 
     def check_card(self, card: ModelCard) -> None:
         super().check_card(card)
@@ -138,7 +142,29 @@ class Detection(Task):
             return self.answer_key(a) == self.answer_key(b)
         same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in db]
                                for p in da], dtype=bool).reshape(len(da), len(db))
-        return _perfect_matching(same_label & (iou_matrix(xa, xb) >= iou))
+        return _matching_size(same_label & (iou_matrix(xa, xb) >= iou)) == len(da)
+
+    def max_parts(self, card: ModelCard) -> int | None:
+        """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
+        return int(card.extra.get("max_boxes", 0)) or None
+
+    def count_parts(self, output: Any) -> int:
+        return len(boxes(output))
+
+    def false_parts(self, model_output: Any, corrected_output: Any, iou: float = DEFAULT_MATCH_IOU) -> int:
+        """The model's boxes that no box of the auditor's answer confirms: the most boxes a one to
+        one matching by label and IoU ``>= iou`` can pair, taken from the model's count. Boxes
+        the auditor added are misses, not false boxes. A malformed box on either side: every
+        model box counts as false."""
+        ours, theirs = boxes(model_output), boxes(corrected_output)
+        if not ours:
+            return 0
+        xa, xb = _box_array(ours), _box_array(theirs)
+        if xa is None or xb is None:
+            return len(ours)
+        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in theirs]
+                               for p in ours], dtype=bool).reshape(len(ours), len(theirs))
+        return len(ours) - _matching_size(same_label & (iou_matrix(xa, xb) >= iou))
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""

@@ -202,12 +202,12 @@ class DetectionView(TaskView):
         if not blind:  # the summary would tell the answer
             st.markdown(status_summary(prediction))
         extent = f" of the {size[0]}×{size[1]} picture" if size else ""
-        # The table keeps Enter, Tab and typed keys to itself (a cell selected): the form's
-        # shortcuts reach the page only once Esc has cleared the selection, hence the hint.
+        # The form's shortcuts work on a selected cell too (dashboards/table_shortcuts.py), not
+        # inside an open cell editor: Enter saves the cell first.
         st.caption(f"Relabel: pick another label. Move or resize: edit x0, y0 (top left) and x1, y1 (bottom "
                    f"right), in pixels{extent}. Delete: tick the row on its left, press Delete. A missed box: "
-                   "the empty last row. Keys: arrows move, Enter edits and saves a cell; **Esc** leaves the "
-                   "table, then Ctrl+Enter submits, Alt+X rejects, Alt+S skips.")  # fmt: skip
+                   "the empty last row. Keys: arrows move, Enter edits and saves a cell; Ctrl+Enter submits, "
+                   "Alt+X rejects, Alt+S skips (in a cell you are typing in, Enter first).")  # fmt: skip
         rows = [] if blind else boxes_as_rows(prediction.output, labels, size, box_statuses(prediction))
         # Nullable dtypes: a row the auditor adds has empty "#" and score cells, which pandas
         # refuses to put into plain int / float columns of an empty (blind) table.

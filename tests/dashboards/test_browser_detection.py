@@ -1,7 +1,7 @@
 """The box editor in a real browser: headless Chromium against ``streamlit run`` (the fixtures
 of test_browser.py). An auditor opens a detection item, sees the picture and the box table,
-widens box 3 with the keyboard alone, leaves the table with Esc and submits with Ctrl+Enter;
-the test checks the corrected boxes in the store.
+widens box 3 with the keyboard alone and, the cell still selected, submits with Ctrl+Enter
+(dashboards/table_shortcuts.py); the test checks the corrected boxes in the store.
 
 The table is a canvas (glide-data-grid); its hidden accessible cells (``glide-cell-<col>-<row>``,
 column 0 the row marker) say which cell has the focus and what it holds.
@@ -9,7 +9,9 @@ column 0 the row marker) say which cell has the focus and what it holds.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS
@@ -52,8 +54,10 @@ def selected_cells(driver) -> int:
                                  "td[aria-selected='true']\").length")
 
 
-def test_correct_a_box_with_the_keyboard(browser, tmp_path):
-    from selenium.webdriver.common.action_chains import ActionChains
+@contextlib.contextmanager
+def detection_item_open(browser, tmp_path) -> Iterator[object]:
+    """A store with one detection item and a dashboard on it, alice logged in and the item open;
+    yields the store."""
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
@@ -64,10 +68,21 @@ def test_correct_a_box_with_the_keyboard(browser, tmp_path):
     store.ingest(detection_item(), time.time())
     config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0)
     browser.set_window_size(1440, 1400)  # the table below the answer panel, in view without scrolling
-    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
-        browser.get(server.url)
-        wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
-        wait_for(browser, "button", "Next item").click()
+    try:
+        with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
+            browser.get(server.url)
+            wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
+            wait_for(browser, "button", "Next item").click()
+            yield store
+    finally:
+        store.close()
+
+
+def test_correct_a_box_with_the_keyboard(browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with detection_item_open(browser, tmp_path) as store:
         picture = wait_for(browser, "[data-testid='stImage'] img")
         assert picture.size["width"] >= 400  # the 64x64 label drawn large, boxes and legend in it
         wait_for(browser, "[data-testid='stMarkdownContainer']", "To check (red): boxes 3 and 4")
@@ -96,9 +111,8 @@ def test_correct_a_box_with_the_keyboard(browser, tmp_path):
         until(lambda: editor.get_attribute("value") == "40", "40 in the cell editor")
         editor.send_keys(Keys.ENTER)
         until(lambda: cell_text(browser, X1, 0) == "40", "x1 = 40 in the table")
-        # Ctrl+Enter inside the grid is the grid's; Esc clears its selection, then the form's shortcut works.
-        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
-        until(lambda: selected_cells(browser) == 0, "Esc to clear the selection")
+        # The cell is still selected (the grid keeps its keys): Ctrl+Enter submits all the same.
+        assert selected_cells(browser) > 0 and focused_cell(browser) is not None
         ActionChains(browser).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
         wait_for(browser, "[data-testid='stAlertContentSuccess']", "corrected")
         until(lambda: store.verdicts(), "the verdict in the store")
@@ -106,4 +120,22 @@ def test_correct_a_box_with_the_keyboard(browser, tmp_path):
         assert (verdict.auditor, verdict.kind) == ("alice", VerdictKind.CORRECT)
         assert verdict.corrected_output == [*MODEL_BOXES[:2], {**MODEL_BOXES[2], "box": [6.0, 36.0, 40.0, 54.0]},
                                             MODEL_BOXES[3]]  # fmt: skip
-    store.close()
+
+
+def test_reject_with_alt_x_while_a_table_cell_is_selected(browser, tmp_path):
+    """The form's other shortcuts too, from a selected cell: Alt+X rejects."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with detection_item_open(browser, tmp_path) as store:
+        canvas = wait_for(browser, "[data-testid='stDataFrame'] canvas")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        time.sleep(1.0)
+        first_row = -canvas.size["height"] // 2 + 35 + 35 // 2
+        ActionChains(browser).move_to_element_with_offset(canvas, -canvas.size["width"] // 2 + 60, first_row).click() \
+            .perform()
+        until(lambda: focused_cell(browser) is not None, "a focused cell")
+        ActionChains(browser).key_down(Keys.ALT).send_keys("x").key_up(Keys.ALT).perform()
+        until(lambda: store.verdicts(), "the verdict in the store")
+        [verdict] = store.verdicts()
+        assert (verdict.auditor, verdict.kind, verdict.corrected_output) == ("alice", VerdictKind.REJECT, None)

@@ -245,7 +245,7 @@ def test_correct_boxes_in_the_workbench(store, store_url, tmp_path):
     [image] = elements(at, "image")
     assert image.proto.imgs[0].caption == "tensor [64, 64] float32"
     shown = texts(at)
-    assert "**To check** (red): boxes 3 and 4" in shown and "Esc" in shown
+    assert "**To check** (red): boxes 3 and 4" in shown and "Ctrl+Enter submits" in shown
     table = at.data_editor(key=key).value
     assert list(table["#"]) == [3, 4, 1, 2] and list(table["status"]) == [CHECK, CHECK, ACCEPTED, ACCEPTED]
     assert list(table["label"]) == ["1", "8", "3", "7"]  # by the card's label names

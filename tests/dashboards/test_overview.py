@@ -9,7 +9,7 @@ import time
 from tests.dashboards.conftest import elements, items_by_task, log_in, seed_card_and_history, start_app, texts
 
 from auditstream.wire import VerdictKind
-from dashboards.overview import budget_verdict
+from dashboards.overview import budget_verdict, part_fdr_rows
 from qc.snapshot import ModelQC
 from store.accounts import Role, User
 
@@ -67,3 +67,23 @@ def test_the_three_budget_states_read_as_what_the_audits_prove():
     kind, text = budget_verdict(snap("not_yet_known", 1234))
     assert kind == "info" and "not yet known" in text and "about 1,234 more audits" in text
     assert "not judged" in budget_verdict(dataclasses.replace(snap("not_judged"), budget=None))[1]
+
+
+def test_a_detectors_budget_reads_as_the_false_discovery_rate_of_its_boxes(store, store_url, tmp_path):
+    from store.qc_history import QCHistory
+
+    boxes = ModelQC("parcel", "2", 900, 800, 100, 0.89, 400, 30, 0.075, 0.05, 0.1, 0.02, False, None, None, None, False,
+                    None, 400.0, "", budget=0.02, budget_state="within_budget", parts_audited=1800, parts_false=9,
+                    part_fdr_estimate=0.005, part_fdr_low=0.001, part_fdr_high=0.0175)  # fmt: skip
+    kind, text = budget_verdict(boxes)
+    assert kind == "success" and text == ("parcel v2: **within budget, verified** — the false-discovery rate of "
+                                          "accepted boxes is shown below 2.00% (0.10% ≤ FDR ≤ 1.75%, 1,800 boxes in "
+                                          "400 audits)")
+    assert part_fdr_rows([boxes]) == [{"model": "parcel v2", "error": 0.005, "ci_low": 0.001, "ci_high": 0.0175,
+                                       "budget": 0.02, "audits": 1800}]  # fmt: skip
+    seed(store, tmp_path)
+    QCHistory(store).save([boxes], time.time())
+    at = log_in(start_app(store_url, tmp_path), "vic")
+    shown = texts(at)
+    assert text in shown and "**False-discovery rate of auto-accepted boxes**" in shown
+    assert len(elements(at, "vega_lite_chart")) == 7  # the six of the overview and the boxes' rate

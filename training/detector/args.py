@@ -12,7 +12,7 @@ class DetectorArgs:
     """Arguments of ``auditstream train detector``."""
 
     seed: int = field(default=1, metadata={"help": "seed of weights and of the training labels"})
-    steps: int = field(default=5000, metadata={"help": "optimizer steps; every step renders a fresh batch"})
+    steps: int = field(default=4400, metadata={"help": "optimizer steps; every step renders a fresh batch"})
     batch_size: int = field(default=32, metadata={"help": "labels per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})

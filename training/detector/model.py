@@ -4,15 +4,19 @@
 stride 4): a class heatmap (10 logits per cell; a digit is a peak at the cell of its box centre),
 the box size (w, h, in cells) and the sub-cell offset of the centre. Training targets and the
 loss are here too (:func:`targets`, :func:`loss`): penalty-reduced focal loss on the heatmap
-against Gaussian bumps, L1 on size and offset at the centre cells.
+against Gaussian bumps, L1 on size and offset at the centre cells, and a cross-entropy of the
+class logits at the centre cells.
 
 ``ExportedDetector`` is what is exported and served: it adds the decoding, so the graph needs no
 NMS and no postprocessing beyond a threshold. A peak is a cell whose logit equals the 3x3 max
 pool around it; the ``TOP_K`` highest peaks over all classes and cells (ONNX TopK) become boxes
-``[x0, y0, x1, y1]`` in pixels, class ids, and scores ``sigmoid(a * logit + b)`` with the Platt
-constants fitted on calibration data (``a > 0``: the ranking is the logits'). Peaks and top-K
-are taken on logits, not on sigmoids, because a sigmoid saturates to exactly 1.0 in float32 and
-equal values would make the order of the rows depend on the runtime.
+``[x0, y0, x1, y1]`` in pixels and class ids. Each row is scored from two numbers: its peak
+logit and its *rival*, the highest logit of any other class in the 3x3 cells around the peak
+(a misread digit is a peak with a strong peak of the right class beside it). The score is
+``sigmoid(a * logit + a_rival * rival + b)`` with the constants fitted on calibration data
+(``a > 0``, ``a_rival <= 0``), and the rows are re-ordered by it. Peaks, top-K and the final
+order are taken on logits, not on sigmoids, because a sigmoid saturates to exactly 1.0 in
+float32 and equal values would make the order of the rows depend on the runtime.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ TOP_K = 16  # rows per image in the graph: more than the most digits a label hol
 assert TOP_K > MAX_OBJECTS
 HEAT_PRIOR = 0.1  # initial heatmap probability (CenterNet's bias init, -2.19)
 OUTPUT_NAMES = ("boxes", "labels", "scores")
+CLASS_WEIGHT = 0.25  # of the centre-cell cross-entropy in the loss
+IGNORE = -100  # class target of the cells without a digit centre
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -74,23 +80,31 @@ class ExportedDetector(nn.Module):
     """The served graph: image [b, 64, 64] -> boxes [b, K, 4] (x0, y0, x1, y1 in pixels),
     labels int64 [b, K], scores [b, K] (calibrated, descending)."""
 
-    def __init__(self, net: DetectorNet, platt_a: float, platt_b: float, top_k: int = TOP_K) -> None:
+    def __init__(self, net: DetectorNet, platt_a: float, platt_b: float, platt_rival: float = 0.0,
+                 top_k: int = TOP_K) -> None:
         super().__init__()
         self.net, self.top_k = net, top_k
         self.register_buffer("platt_a", torch.tensor(platt_a, dtype=torch.float32))
         self.register_buffer("platt_b", torch.tensor(platt_b, dtype=torch.float32))
+        self.register_buffer("platt_rival", torch.tensor(platt_rival, dtype=torch.float32))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         heat, size, offset = self.net(image)
-        logits, labels, boxes = decode(heat, size, offset, self.top_k)
-        return boxes, labels, torch.sigmoid(logits * self.platt_a + self.platt_b)
+        logits, labels, boxes, rivals = decode(heat, size, offset, self.top_k)
+        calibrated = logits * self.platt_a + rivals * self.platt_rival + self.platt_b
+        calibrated, order = calibrated.topk(self.top_k, dim=1)  # best first by the calibrated logit
+        labels = labels.gather(1, order)
+        boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+        return boxes, labels, torch.sigmoid(calibrated)
 
 
 def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor,
-           top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Peak logits [b, K] (descending), class ids int64 [b, K] and boxes [b, K, 4] in pixels."""
+           top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peak logits [b, K] (descending), class ids int64 [b, K], boxes [b, K, 4] in pixels, and each
+    peak's rival [b, K]: the highest logit of another class in the 3x3 cells around it."""
     b, classes, h, w = heat.shape
-    peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
+    pooled = F.max_pool2d(heat, 3, stride=1, padding=1)
+    peaks = heat == pooled
     masked = torch.where(peaks, heat, torch.full_like(heat, -1e4))  # a non-peak never outranks a peak
     logits, index = masked.reshape(b, classes * h * w).topk(top_k, dim=1)
     labels = torch.div(index, h * w, rounding_mode="floor")
@@ -103,7 +117,10 @@ def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor,
     cx = (xs.to(heat.dtype) + off[:, 0]) * STRIDE
     cy = (ys.to(heat.dtype) + off[:, 1]) * STRIDE
     boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2, cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], dim=-1)
-    return logits, labels, boxes
+    around = pooled.reshape(b, classes, h * w).gather(2, cell.unsqueeze(1).expand(b, classes, top_k))  # [b, C, K]
+    own = torch.arange(classes).reshape(1, classes, 1) == labels.unsqueeze(1)
+    rivals = torch.where(own, torch.full_like(around, -1e4), around).amax(dim=1)
+    return logits, labels, boxes, rivals
 
 
 def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
@@ -114,6 +131,7 @@ def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
     size = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
     offset = np.zeros((n, 2, GRID, GRID), dtype=np.float32)
     mask = np.zeros((n, 1, GRID, GRID), dtype=np.float32)
+    digit = np.full((n, GRID, GRID), IGNORE, dtype=np.int64)  # the class at each centre cell
     cells = np.arange(GRID, dtype=np.float32)
     for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
         for (x0, y0, x1, y1), label in zip(boxes, labels):
@@ -126,13 +144,18 @@ def targets(batch: DetectionSet) -> dict[str, torch.Tensor]:
             size[i, :, gy, gx] = (w, h)
             offset[i, :, gy, gx] = (cx - gx, cy - gy)
             mask[i, 0, gy, gx] = 1.0
-    return {k: torch.from_numpy(v) for k, v in (("heat", heat), ("size", size), ("offset", offset), ("mask", mask))}
+            digit[i, gy, gx] = label
+    return {k: torch.from_numpy(v) for k, v in (("heat", heat), ("size", size), ("offset", offset), ("mask", mask),
+                                                ("digit", digit))}
 
 
 def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: dict[str, torch.Tensor],
-         box_weight: float = 2.0) -> torch.Tensor:
+         box_weight: float = 2.0, class_weight: float = CLASS_WEIGHT) -> torch.Tensor:
     """Focal loss (alpha 2, beta 4) on the heatmap + ``box_weight`` * L1 on size and offset (in
-    cells), per object."""
+    cells) + ``class_weight`` * softmax cross-entropy of the ten class logits at each centre cell,
+    per object. The sigmoid focal loss scores each class on its own; the cross-entropy makes the
+    classes compete where a digit is, so the right one outranks a look-alike (a misread digit is
+    a false box and a missed one)."""
     heat_logits, size, offset = outputs
     gt, mask = target["heat"], target["mask"]
     n_objects = mask.sum().clamp(min=1.0)
@@ -142,4 +165,5 @@ def loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: dict[
     focal = -(pos * (1 - p).pow(2) * log_p + (1 - pos) * (1 - gt).pow(4) * p.pow(2) * log_not_p).sum() / n_objects
     l1_size = (mask * (size - target["size"]).abs()).sum() / n_objects
     l1_offset = (mask * (offset - target["offset"]).abs()).sum() / n_objects
-    return focal + box_weight * (l1_size + l1_offset)
+    reading = F.cross_entropy(heat_logits, target["digit"], ignore_index=IGNORE, reduction="sum") / n_objects
+    return focal + box_weight * (l1_size + l1_offset) + class_weight * reading

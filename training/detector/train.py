@@ -1,13 +1,13 @@
 """Train the ``detector``: a parcel label image -> scored boxes around its handwritten digits.
 
-    auditstream train detector --json        # ~11 min on 2 CPU cores
-    python -m training.detector.train --steps 5000  # the same, without the auditstream CLI
+    auditstream train detector --json        # 4,400 steps, ~10 min on 2 CPU cores (docs/detector.md)
+    python -m training.detector.train        # the same, without the auditstream CLI
 
 Flow (one readable script): args (``DetectorArgs``, training/detector/args.py) -> data (fresh
 labels from *training-split* digits for every batch, standard and hard mixed,
 training/detector/data.py) -> model (a small CenterNet, training/detector/model.py) -> loop
-(AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit on labels of the
-calibration/temperature digits) -> export ONNX (preprocessing, peak extraction, top-K, boxes and
+(AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit and its rival on
+labels of the calibration/temperature digits) -> export ONNX (preprocessing, peak extraction, top-K, boxes and
 the calibrated scores inside the graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
+# Before torch loads OpenMP: its waiting workers sleep instead of spinning. On a machine whose 2
+# cores other jobs share, two spinning workers wait on each other for whole time slices (20
+# steps under load 6: 1.55 s a step spinning, 0.34 s sleeping, 0.30 s with one thread).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment, minimize
+from scipy.special import expit
 from tqdm import tqdm
 
 from auditstream.errors import ExportParityError
@@ -69,14 +76,16 @@ def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, float
 
 
 @torch.no_grad()
-def raw_detections(net: DetectorNet, images: np.ndarray, batch: int = 256) -> Detections:
-    """Torch's decoded rows with the *raw* peak logits in place of scores (before calibration)."""
+def raw_detections(net: DetectorNet, images: np.ndarray, batch: int = 256) -> tuple[Detections, np.ndarray]:
+    """Torch's decoded rows with the *raw* peak logits in place of scores (before calibration),
+    and each row's rival logit [n, K] (training/detector/model.py)."""
     net.eval()
     parts = []
     for i in range(0, len(images), batch):
-        logits, labels, boxes = decode(*net(torch.from_numpy(images[i:i + batch])))
-        parts.append((boxes.numpy(), labels.numpy(), logits.double().numpy()))
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+        logits, labels, boxes, rivals = decode(*net(torch.from_numpy(images[i:i + batch])))
+        parts.append((boxes.numpy(), labels.numpy(), logits.double().numpy(), rivals.double().numpy()))
+    boxes, labels, logits, rivals = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    return (boxes, labels, logits), rivals
 
 
 def onnx_detections(onnx_bytes: bytes, images: np.ndarray) -> Detections:
@@ -90,28 +99,33 @@ def scored(data: DetectionSet, detections: Detections, iou: float) -> ScoredBoxe
     return score_images(list(zip(boxes, labels, scores)), list(zip(data.boxes, data.labels)), iou)
 
 
-def fit_platt(logits: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    """Platt scaling: (a, b) of ``P(box is true) = sigmoid(a * logit + b)`` by maximum likelihood, a > 0."""
-    z, y = np.clip(logits.astype(np.float64), -50, 50), true.astype(np.float64)
+def fit_platt(logits: np.ndarray, rivals: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
+    """Platt scaling with the rival logit as a second input: ``(a, b, a_rival)`` of
+    ``P(box is true) = sigmoid(a * logit + a_rival * rival + b)`` by maximum likelihood, ``a > 0``
+    and ``a_rival <= 0`` (a stronger rival never makes a box more believable)."""
+    z = np.clip(logits.astype(np.float64), -50, 50)
+    r = np.clip(rivals.astype(np.float64), -50, 50)
+    y = true.astype(np.float64)
 
     def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
-        s = params[0] * z + params[1]
-        p = 1 / (1 + np.exp(-s))
+        s = params[0] * z + params[2] * r + params[1]
+        p = expit(s)
         value = float(np.sum(np.logaddexp(0, s) - y * s))
-        return value, np.array([np.sum((p - y) * z), np.sum(p - y)])
+        return value, np.array([np.sum((p - y) * z), np.sum(p - y), np.sum((p - y) * r)])
 
-    result = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, 100.0), (-50.0, 50.0)])
-    return float(result.x[0]), float(result.x[1])
+    result = minimize(nll, np.array([1.0, 0.0, 0.0]), jac=True, method="L-BFGS-B",
+                      bounds=[(1e-3, 100.0), (-50.0, 50.0), (-100.0, 0.0)])
+    return float(result.x[0]), float(result.x[1]), float(result.x[2])
 
 
 def calibrate(net: DetectorNet, args: DetectorArgs) -> dict:
     """Platt constants fitted on labels of the calibration/temperature digits, which the
     certificate does not use (a point estimate, not a guarantee: digit reuse only costs precision)."""
     data = make_detection_set("calibration/temperature", args.n_platt, SEEDS["platt"])
-    raw = raw_detections(net, data.images)
-    boxes = scored(data, raw, args.match_iou)
-    a, b = fit_platt(boxes.scores, boxes.true)
-    return {"a": a, "b": b, "n_images": len(data), "n_boxes": len(boxes.scores)}
+    raw, rivals = raw_detections(net, data.images)
+    boxes = scored(data, raw, args.match_iou)  # scored keeps the rows' order: rivals line up
+    a, b, a_rival = fit_platt(boxes.scores, rivals.reshape(-1), boxes.true)
+    return {"a": a, "b": b, "a_rival": a_rival, "n_images": len(data), "n_boxes": len(boxes.scores)}
 
 
 def detection_parity(module: ExportedDetector, onnx_bytes: bytes, images: np.ndarray, atol: float = 1e-4) -> float:
@@ -186,7 +200,7 @@ def evaluate(net: DetectorNet, exported: ExportedDetector, onnx_bytes: bytes, ar
                            **triage_outcome(boxes, certificate.threshold_high, certificate.threshold_low)}
         if variant == "standard":
             result["parity"] = detection_parity(exported, onnx_bytes, data.images)
-            raw = scored(data, raw_detections(net, data.images), args.match_iou)
+            raw = scored(data, raw_detections(net, data.images)[0], args.match_iou)
             result["ece_before"] = expected_calibration_error(1 / (1 + np.exp(-raw.scores)), raw.true)
             result["ece_after"] = expected_calibration_error(boxes.scores, boxes.true)
             kept = boxes.scores >= certificate.threshold_low
@@ -229,10 +243,14 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                        "inside_graph": ["ink = 1 - x", "per-image standardisation", "CenterNet heads (stride 4)",
                                         "peaks: logit == 3x3 max pool", f"top-{TOP_K} peaks over classes and cells",
                                         "boxes from size and offset at the peak",
-                                        f"score = sigmoid({calibration['a']:.4f} * logit + {calibration['b']:.4f})"]},
+                                        "rival = the highest other-class logit in the 3x3 cells around the peak",
+                                        f"score = sigmoid({calibration['a']:.4f} * logit "
+                                        f"{calibration['a_rival']:+.4f} * rival {calibration['b']:+.4f}), "
+                                        "rows re-ordered by it"]},
         labels=LABELS, metrics=metrics,
-        calibration={"method": "Platt scaling of the peak logit (P(box is true), greedy IoU >= match_iou matching), "
-                               "fitted on labels of the calibration/temperature digits", **calibration,
+        calibration={"method": "Platt scaling of the peak logit and its rival logit (P(box is true), greedy IoU >= "
+                               "match_iou matching), fitted on labels of the calibration/temperature digits",
+                     **calibration,
                      "ece_before": result["ece_before"], "ece_after": result["ece_after"], "ece_level": "box",
                      "ece_bins": 15, "ece_split": "test (standard)"},
         reference=reference_statistics(result["test_confidences"], args.seed) | {"split": "test (standard)"},
@@ -262,7 +280,7 @@ def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
     """Train, calibrate, export, measure, certify, publish; returns the JSON summary."""
     net, train_seconds = train(args, progress)
     calibration = calibrate(net, args)
-    exported = ExportedDetector(net, calibration["a"], calibration["b"]).eval()
+    exported = ExportedDetector(net, calibration["a"], calibration["b"], calibration["a_rival"]).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", list(OUTPUT_NAMES))
     result = evaluate(net, exported, onnx_bytes, args, progress)
     card = build_card(args, result, calibration, train_seconds)
@@ -282,7 +300,8 @@ def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
                "high_certified": cert.high.certified, "low_certified": cert.low.certified,
                "delta": args.delta, "p_value": args.p_value, "n_certificate": args.n_certificate,
                "certificate_fdr": cert.high.fdr_calibration, "ece_before": result["ece_before"],
-               "ece_after": result["ece_after"], "platt_a": calibration["a"], "platt_b": calibration["b"]}
+               "ece_after": result["ece_after"], "platt_a": calibration["a"], "platt_b": calibration["b"],
+               "platt_a_rival": calibration["a_rival"]}
     if args.publish:
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
         plot_risk_coverage({"box score (test, kept boxes)": result["curve"]}, published.directory / "risk_coverage.png",
@@ -298,7 +317,7 @@ def print_summary(s: dict) -> None:
     print(f"detector: COCO mAP@[.5:.95] {s['map_50_95']:.3f} (target >= 0.85), mAP@.5 {s['map_50']:.4f} "
           f"(target >= 0.99) on standard test labels")
     print(f"  hard labels (same model): mAP@[.5:.95] {s['hard_map_50_95']:.3f}, mAP@.5 {s['hard_map_50']:.4f}")
-    print(f"  box scores: Platt a={s['platt_a']:.3f} b={s['platt_b']:.3f}; box ECE {s['ece_before']:.2%} -> "
+    print(f"  box scores: Platt a={s['platt_a']:.3f} a_rival={s['platt_a_rival']:.3f} b={s['platt_b']:.3f}; box ECE {s['ece_before']:.2%} -> "
           f"{s['ece_after']:.2%}")
     print(f"  certified on {s['n_certificate']} labels ({s['p_value']} p-values, delta {s['delta']}): "
           f"auto-accept boxes "
