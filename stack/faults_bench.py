@@ -267,12 +267,18 @@ def _warm_up(run: Run, say: Callable[[str], None]) -> None:
     say(f"  {len(run.servers)} consumer(s) answering")
 
 
-def kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
+def _consumers_under_load(run: Run, args: FaultsArgs, say: Callable[[str], None], prefix: str) -> threading.Thread:
+    """:data:`CONSUMERS` consumers, warmed up, and a running feeder of ``--requests`` at ``--rate-per-s``."""
     for _ in range(CONSUMERS):
         run.start_server()
     _warm_up(run, say)
-    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "kill9"))
+    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, prefix))
     feeder.start()
+    return feeder
+
+
+def kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
+    feeder = _consumers_under_load(run, args, say, "kill9")
     while feeder.is_alive():
         feeder.join(timeout=args.kill_every_s)
         if feeder.is_alive():
@@ -306,11 +312,7 @@ def broker_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> No
 def rolling_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     """Replace each consumer in turn, the next only once the group has settled again (every live
     member owns partitions and together they own all: what a readiness check would wait for)."""
-    for _ in range(CONSUMERS):
-        run.start_server()
-    _warm_up(run, say)
-    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "rolling"))
-    feeder.start()
+    feeder = _consumers_under_load(run, args, say, "rolling")
     settled: list[float | None] = []
     for old in list(run.servers):
         run.kill(old, signal.SIGTERM)  # drains its batch, commits, leaves the group
@@ -324,11 +326,7 @@ def rolling_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> N
 
 def partition(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     assert run.proxy is not None
-    for _ in range(CONSUMERS):
-        run.start_server()
-    _warm_up(run, say)
-    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "partition"))
-    feeder.start()
+    feeder = _consumers_under_load(run, args, say, "partition")
     time.sleep(min(3.0, args.requests / args.rate_per_s / 4))
     victim, cut_s = run.servers[0], 2 * run.settings.session_timeout_ms / 1000
     tag = f"-{victim.pid}."  # in both of its client ids (serving/app.py names them)
@@ -350,11 +348,7 @@ def partition(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
 
 def output_outage(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     assert run.proxy is not None
-    for _ in range(CONSUMERS):
-        run.start_server()
-    _warm_up(run, say)
-    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "outage"))
-    feeder.start()
+    feeder = _consumers_under_load(run, args, say, "outage")
     time.sleep(min(3.0, args.requests / args.rate_per_s / 4))
     run.proxy.cut(lambda client_id: client_id.endswith(".producer"))
     say(f"  every serving producer cut off for {args.outage_s:g} s")
