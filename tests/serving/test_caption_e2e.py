@@ -10,25 +10,15 @@ chooses every word and its probability."""
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
-from tests.serving.kafka_readers import read_topic
-from tests.store.store_factories import add_users, make_store
+from tests.serving.served_kind import served_with_monitor
 
-from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer
-from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
-from auditstream.wire import Decision, InferenceRequest, Prediction, Route, Verdict
-from monitor.service import MonitorArgs, run_monitor
-from serving.app import ServeApp
-from serving.metrics import ServeMetrics
+from auditstream.registry import ModelCard, TensorSpec, TriageSpec
+from auditstream.settings import Settings
+from auditstream.wire import Route
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 SIDE, STEPS, THRESHOLD = 8, 8, 0.8
@@ -104,60 +94,24 @@ def scene_with(words: list[str], probs: list[float]) -> np.ndarray:
     return image
 
 
-def test_a_caption_goes_from_request_to_verdict(broker, tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path / "models")
-    model = registry.publish(captioner_card(), captioner_onnx())
-    settings = dataclasses.replace(broker, topic_prefix=f"c{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
-                                   models_dir=registry.root, qc_rate=0.0)
-    from auditstream.topics import COMPACTED_TOPICS, all_topics
-
-    ensure_topics(settings, all_topics(settings, ["scenes"]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+def test_a_caption_goes_from_request_to_verdict(broker: Settings, tmp_path: Path) -> None:
     words = ["two", "objects", ":", "red", "circle", ",", "blue", "square"][:STEPS - 1]
     sure = scene_with(words, [1.0] * 7 + [0.99])  # joint 0.99: auto-accepted
     doubt = scene_with(words, [1.0, 1.0, 1.0, 1.0, 0.6, 1.0, 1.0, 1.0])  # "circle" at 0.6: deferred
-    with make_store("sqlite", tmp_path) as store:
-        stop = threading.Event()
-        monitor = threading.Thread(target=run_monitor, args=(settings, MonitorArgs(outbox_interval_s=0.2), store, stop,
-                                                             False, CollectorRegistry()))
-        monitor.start()
-        app = None
-        try:
-            app = ServeApp(settings, model, ServeMetrics("scenes", CollectorRegistry()))  # a registry of its own
-            producer = make_producer(settings)
-            for rid, image in (("sure", sure), ("doubt", doubt)):
-                request = InferenceRequest(rid, "scenes", image, time.time())
-                producer.send(settings.request_topic("scenes"), request.key, request.to_bytes())
-            producer.flush(30)
-            app.run(max_records=2)
-            predictions = {p.request_id: p for p in (Prediction.from_bytes(r.value) for r in
-                                                       read_topic(settings, settings.topic(T.PREDICTIONS), until_count=2))}
-            caption = "two objects: red circle, blue"
-            assert predictions["sure"].route is Route.AUTO and predictions["sure"].output == caption
-            doubtful = predictions["doubt"]
-            assert doubtful.route is Route.HUMAN and doubtful.output == caption
-            assert doubtful.confidence == pytest.approx(0.6, abs=0.005)
-            assert doubtful.details["tokens"] == ["two", "objects", ":", "red", "circle", ",", "blue"]
-            assert doubtful.details["token_confidences"][4] == pytest.approx(0.6, abs=0.005)
-            assert "part_routes" not in doubtful.details  # the caption is triaged whole
+    with served_with_monitor(broker, tmp_path, captioner_card(), captioner_onnx()) as served:
+        predictions = served.answer({"sure": sure, "doubt": doubt})
+        caption = "two objects: red circle, blue"
+        assert predictions["sure"].route is Route.AUTO and predictions["sure"].output == caption
+        doubtful = predictions["doubt"]
+        assert doubtful.route is Route.HUMAN and doubtful.output == caption
+        assert doubtful.confidence == pytest.approx(0.6, abs=0.005)
+        assert doubtful.details["tokens"] == ["two", "objects", ":", "red", "circle", ",", "blue"]
+        assert doubtful.details["token_confidences"][4] == pytest.approx(0.6, abs=0.005)
+        assert "part_routes" not in doubtful.details  # the caption is triaged whole
 
-            deadline = time.monotonic() + 60
-            while store.queue_depth() < 1 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            (alice,) = add_users(store, "alice")
-            claim = store.claim(alice, 60, time.time())
-            assert claim is not None and claim.item.request_id == "doubt"
-            corrected = "two objects: red square, blue"
-            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct", corrected, time.time())
-            verdicts = [Verdict.from_bytes(r.value) for r in read_topic(settings, settings.topic(T.VERDICTS), until_count=1,
-                                                                      timeout_s=60)]
-            decisions = [Decision.from_bytes(r.value) for r in read_topic(settings, settings.topic(T.DECISIONS),
-                                                                         until_count=2, timeout_s=60)]
-        finally:
-            if app is not None:
-                app.close()
-            stop.set()
-            monitor.join(timeout=60)
-        assert [(v.request_id, v.kind.value) for v in verdicts] == [("doubt", "correct")]
-        human = [d for d in decisions if d.request_id == "doubt"]
-        assert len(human) == 1 and human[0].source == "human" and human[0].output == corrected
-        assert {d.request_id for d in decisions if d.source == "model"} == {"sure"}
+        corrected = "two objects: red square, blue"
+        verdicts, decisions = served.correct_deferred("doubt", corrected, decisions=2)
+    assert [(v.request_id, v.kind.value) for v in verdicts] == [("doubt", "correct")]
+    human = [d for d in decisions if d.request_id == "doubt"]
+    assert len(human) == 1 and human[0].source == "human" and human[0].output == corrected
+    assert {d.request_id for d in decisions if d.source == "model"} == {"sure"}

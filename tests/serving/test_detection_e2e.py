@@ -8,26 +8,15 @@ row's score read from the image's first pixel row, so a test chooses every box's
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
-from tests.serving.kafka_readers import read_topic
-from tests.store.store_factories import add_users, make_store
+from tests.serving.served_kind import served_with_monitor
 
-from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer
-from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from auditstream.registry import ModelCard, TensorSpec, TriageSpec
 from auditstream.settings import Settings
-from auditstream.wire import Decision, InferenceRequest, Prediction, Route, Verdict
-from monitor.service import MonitorArgs, run_monitor
-from serving.app import ServeApp
-from serving.metrics import ServeMetrics
+from auditstream.wire import Route
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 K, SIDE, LOW, HIGH = 16, 64, 0.3, 0.8
@@ -83,56 +72,20 @@ def label_with(scores: list[float]) -> np.ndarray:
 
 
 def test_a_detector_label_goes_from_request_to_verdict(broker: Settings, tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path / "models")
-    model = registry.publish(detector_card(), detector_onnx())
-    settings = dataclasses.replace(broker, topic_prefix=f"d{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
-                                   models_dir=registry.root, qc_rate=0.0)
-    from auditstream.topics import COMPACTED_TOPICS, all_topics
-
-    ensure_topics(settings, all_topics(settings, ["parcel"]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
     sure, mixed, empty = label_with([0.95, 0.9]), label_with([0.97, 0.5, 0.1]), label_with([0.2])
-    with make_store("sqlite", tmp_path) as store:
-        stop = threading.Event()
-        monitor = threading.Thread(target=run_monitor, args=(settings, MonitorArgs(outbox_interval_s=0.2), store, stop,
-                                                             False, CollectorRegistry()))
-        monitor.start()
-        app = None
-        try:
-            app = ServeApp(settings, model, ServeMetrics("parcel", CollectorRegistry()))  # a registry of its own
-            producer = make_producer(settings)
-            for rid, image in (("sure", sure), ("mixed", mixed), ("empty", empty)):
-                request = InferenceRequest(rid, "parcel", image, time.time())
-                producer.send(settings.request_topic("parcel"), request.key, request.to_bytes())
-            producer.flush(30)
-            app.run(max_records=3)
-            predictions = {p.request_id: p for p in (Prediction.from_bytes(r.value) for r in
-                                                       read_topic(settings, settings.topic(T.PREDICTIONS), until_count=3))}
-            # every box on its own evidence; the label is auto-accepted only if all of them are
-            assert predictions["sure"].route is Route.AUTO and predictions["sure"].details["part_routes"] == ["AUTO"] * 2
-            mixed_p = predictions["mixed"]
-            assert mixed_p.route is Route.HUMAN and [d["score"] for d in mixed_p.output] == pytest.approx([0.97, 0.5])
-            assert mixed_p.details["part_routes"] == ["AUTO", "HUMAN"] and mixed_p.details["dropped"] == K - 2
-            assert mixed_p.output[0]["box"] == [0.0, 2.0, 3.0, 10.0] and mixed_p.output[1]["label"] == 1
-            assert predictions["empty"].output == [] and predictions["empty"].route is Route.AUTO  # claims nothing
+    with served_with_monitor(broker, tmp_path, detector_card(), detector_onnx()) as served:
+        predictions = served.answer({"sure": sure, "mixed": mixed, "empty": empty})
+        # every box on its own evidence; the label is auto-accepted only if all of them are
+        assert predictions["sure"].route is Route.AUTO and predictions["sure"].details["part_routes"] == ["AUTO"] * 2
+        mixed_p = predictions["mixed"]
+        assert mixed_p.route is Route.HUMAN and [d["score"] for d in mixed_p.output] == pytest.approx([0.97, 0.5])
+        assert mixed_p.details["part_routes"] == ["AUTO", "HUMAN"] and mixed_p.details["dropped"] == K - 2
+        assert mixed_p.output[0]["box"] == [0.0, 2.0, 3.0, 10.0] and mixed_p.output[1]["label"] == 1
+        assert predictions["empty"].output == [] and predictions["empty"].route is Route.AUTO  # claims nothing
 
-            deadline = time.monotonic() + 60
-            while store.queue_depth() < 1 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            (alice,) = add_users(store, "alice")
-            claim = store.claim(alice, 60, time.time())
-            assert claim is not None and claim.item.request_id == "mixed"
-            corrected = [mixed_p.output[0], {"box": [4.0, 2.0, 7.5, 10.0], "label": 7, "score": 1.0}]  # relabel, resize
-            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct", corrected, time.time())
-            verdicts = [Verdict.from_bytes(r.value) for r in read_topic(settings, settings.topic(T.VERDICTS), until_count=1,
-                                                                      timeout_s=60)]
-            decisions = [Decision.from_bytes(r.value) for r in read_topic(settings, settings.topic(T.DECISIONS),
-                                                                         until_count=3, timeout_s=60)]
-        finally:
-            if app is not None:
-                app.close()
-            stop.set()
-            monitor.join(timeout=60)
-        assert [(v.request_id, v.kind.value) for v in verdicts] == [("mixed", "correct")]
-        human = [d for d in decisions if d.request_id == "mixed"]
-        assert len(human) == 1 and human[0].source == "human" and human[0].output == corrected
-        assert {d.request_id for d in decisions if d.source == "model"} == {"sure", "empty"}
+        corrected = [mixed_p.output[0], {"box": [4.0, 2.0, 7.5, 10.0], "label": 7, "score": 1.0}]  # relabel, resize
+        verdicts, decisions = served.correct_deferred("mixed", corrected, decisions=3)
+    assert [(v.request_id, v.kind.value) for v in verdicts] == [("mixed", "correct")]
+    human = [d for d in decisions if d.request_id == "mixed"]
+    assert len(human) == 1 and human[0].source == "human" and human[0].output == corrected
+    assert {d.request_id for d in decisions if d.source == "model"} == {"sure", "empty"}
