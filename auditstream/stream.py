@@ -19,8 +19,8 @@ function turns it into a dead letter). Checkpoint order, mirrored step by step i
 
 A rebalance checkpoints the in-flight batches before partitions are revoked, drops polled but
 unprocessed records of revoked partitions and rewinds those partitions to the first of them
-(their new owner reads them again, and so does this member if the partition comes back to it). SIGTERM (or
-:meth:`StreamLoop.stop`) processes what was polled, checkpoints and returns.
+(their new owner reads them again, and so does this member if a partition comes back to it).
+SIGTERM (or :meth:`StreamLoop.stop`) processes what was polled, checkpoints and returns.
 """
 
 from __future__ import annotations
@@ -216,7 +216,8 @@ class StreamLoop:
             return
         self.stats.commits += 1
         self.stats.last_commit_at = self.clock()
-        log.debug("committed %s", _partitions(offsets))
+        if log.isEnabledFor(logging.DEBUG):  # once per batch: format only when someone reads it
+            log.debug("committed %s", _partitions(offsets))
         if self.hooks.after_commit:
             self.hooks.after_commit(offsets)
 
