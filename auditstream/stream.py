@@ -7,8 +7,9 @@ function turns it into a dead letter). Checkpoint order, mirrored step by step i
 :meth:`StreamLoop.run` (docs/serving.md):
 
 1. **poll** up to the records the open batch still has room for;
-2. **batch**: cut a micro-batch when it holds ``max_batch_size`` records or its oldest record
-   has waited ``max_wait_ms`` (by the injectable clock);
+2. **batch**: cut a micro-batch when it holds ``max_batch_size`` records (fewer while batches are
+   slow: :mod:`auditstream.poll_budget`) or its oldest record has waited ``max_wait_ms`` (by the
+   injectable clock);
 3. **process** it: ``process_batch(records)``, one result per record;
 4. **produce** every output (asynchronously; outputs are keyed so a redelivery is deduplicable);
 5. while fewer than ``max_in_flight_batches`` batches are uncommitted and records keep
@@ -33,6 +34,7 @@ from typing import Callable, Sequence
 
 from auditstream.errors import BatchFailed, CommitRejected
 from auditstream.kafka import Consumer, Headers, PartitionsCallback, Producer, Record, TopicPartition, make_consumer
+from auditstream.poll_budget import PollBudget
 from auditstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class BatchingConfig:
     max_in_flight_batches: int = 2
     flush_timeout_s: float = 30.0
     idle_poll_ms: int = 200  # poll timeout while no batch is open
+    max_poll_interval_s: float | None = None  # bounds batch work (auditstream.poll_budget); None: no bound
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_in_flight_batches < 1 or self.max_wait_ms < 0:
@@ -69,7 +72,7 @@ class BatchingConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "BatchingConfig":
         return cls(settings.max_batch_size, settings.max_wait_ms, settings.max_in_flight_batches,
-                   settings.delivery_timeout_s)
+                   settings.delivery_timeout_s, max_poll_interval_s=settings.max_poll_interval_ms / 1000)
 
 
 @dataclass
@@ -114,6 +117,7 @@ class StreamLoop:
         self._in_flight_batches = 0
         self._stopping = False
         self._idle_since: float | None = None  # clock time of the last record (or first assignment)
+        self.budget = PollBudget(config.max_batch_size, config.max_poll_interval_s) if config.max_poll_interval_s else None
 
     @classmethod
     def connect(cls, settings: Settings, group_id: str, topics: list[str], process_batch: ProcessBatch,
@@ -143,7 +147,7 @@ class StreamLoop:
                     and self.clock() - self._idle_since > until_idle_s:
                 break
             # 1. poll: as many records as the open batch has room for, until its deadline
-            room = cfg.max_batch_size - len(self._pending)
+            room = self._batch_limit() - len(self._pending)
             timeout_ms = cfg.idle_poll_ms if not self._pending else max(0, int(self._deadline_ms()))
             polled = self.consumer.poll(room, timeout_ms)
             if polled or (self._idle_since is None and self.consumer.assignment()):
@@ -154,7 +158,7 @@ class StreamLoop:
                     self.stats.first_record_at = self._opened_at
             self._pending.extend(polled)
             # 2. batch: full, or the oldest record waited max_wait_ms
-            if self._pending and (len(self._pending) >= cfg.max_batch_size or self._deadline_ms() <= 0):
+            if self._pending and (len(self._pending) >= self._batch_limit() or self._deadline_ms() <= 0):
                 self._process_and_produce(self._pending)
                 self._pending = []
             # 5. checkpoint when the in-flight cap is reached or the stream went quiet
@@ -173,11 +177,15 @@ class StreamLoop:
 
     # ----------------------------------------------------------------------------------------
 
+    def _batch_limit(self) -> int:
+        return self.budget.limit if self.budget is not None else self.config.max_batch_size
+
     def _deadline_ms(self) -> float:
         return self.config.max_wait_ms - (self.clock() - self._opened_at) * 1000.0
 
     def _process_and_produce(self, batch: list[Record]) -> None:
         # 3. process: one result per record; an exception here is a broken dependency, not a record
+        started = self.clock()
         try:
             results = self.process_batch(batch)
         except Exception as e:
@@ -190,6 +198,11 @@ class StreamLoop:
             for out in outputs:
                 self.producer.send(out.topic, out.key, out.value, out.headers)
                 self.stats.outputs_out += 1
+        if self.budget is not None:  # slow batches shrink the next ones: polls stay inside max.poll.interval
+            before = self.budget.limit
+            why = self.budget.observe(len(batch), self.clock() - started)
+            if why:
+                log.log(logging.WARNING if self.budget.limit <= before else logging.INFO, "%s", why)
         for r in batch:
             self._in_flight[(r.topic, r.partition)] = r.offset + 1
         self._in_flight_batches += 1

@@ -190,3 +190,25 @@ def test_hooks_add_state_outputs_before_the_commit() -> None:
 def test_bad_config_is_refused_with_numbers() -> None:
     with pytest.raises(ValueError, match="max_batch_size=0"):
         BatchingConfig(max_batch_size=0)
+
+
+def test_slow_batches_shrink_so_the_gap_between_polls_stays_inside_max_poll_interval() -> None:
+    """Processing that takes 1.5x max.poll.interval for a full batch: the first batch overruns,
+    every later one fits in half the interval (auditstream.poll_budget)."""
+    clock = Clock()
+    cfg = BatchingConfig(max_batch_size=16, max_wait_ms=10, max_in_flight_batches=1, max_poll_interval_s=10.0)
+    log: list = []
+    consumer, polls = FakeConsumer(log, [records(200)], clock), []
+
+    def slow(batch: list[Record]) -> list[list[Output]]:
+        clock.t += len(batch) * 15.0 / 16
+        return echo(batch)
+
+    consumer.on_poll = lambda: polls.append(clock.t)
+    loop = StreamLoop(consumer, FakeProducer(log), slow, cfg, clock=clock)
+    loop.run(max_records=200)
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert loop.stats.batch_sizes[0] == 16 and max(gaps) > 10.0  # the first batch overran
+    assert all(g <= 5.0 for g in gaps[2:]) and set(loop.stats.batch_sizes[1:-1]) == {5}
+    assert loop.budget is not None and loop.budget.overruns == 1
+    assert consumer.committed == {("in", 0): 200}
