@@ -37,8 +37,12 @@ Scenarios:
                      long each run took from start to every partition assigned (the goal: within
                      30 s, every run); no requests.
 
-Not here yet (issue 13 lists them): slowed inference, the monitor killed during ingest, the
-30-minute soak.
+``slow_0.8x``,       inference slowed so that one full batch takes 0.8× / 1.5× the max poll
+``slow_1.5x``        interval (stack/faults_slow.py). Adds ``rebalances`` (must be 0 / at most 1),
+                     ``first_batch_factor``, ``batch_limit``.
+``monitor_kill9``    ``auditstream monitor`` killed with ``kill -9`` every ``--kill-every-s`` during audit
+                     ingest while an auditor decides items (stack/faults_monitor.py): items stored
+                     once, verdicts and decisions published once.
 """
 
 from __future__ import annotations
@@ -67,9 +71,13 @@ from serving.loadgen import inputs_for
 from serving.app import group_id as serve_group_id
 from stack import broker as embedded
 from stack.fault_proxy import FaultProxy
+from stack.faults_monitor import monitor_kill9
+from stack.faults_slow import SESSION_TIMEOUT_MS, SLOW_LAYERS, slow_inference, slow_passed
 from stack.serve_bench import answers_of, bench_card, bench_cnn_onnx, serve_process
 
-SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_outage", "fresh_group")
+SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_outage", "fresh_group", "slow_0.8x",
+             "slow_1.5x", "monitor_kill9")
+SLOW = {"slow_0.8x": 0.8, "slow_1.5x": 1.5}  # stack/faults_slow.py: full-batch time / max poll interval
 PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
 CONSUMERS = 3
 # Tansu's S3 engine (behind moto) lets one consumer commit a small batch about every 150 ms.
@@ -84,6 +92,8 @@ class FaultsArgs:
     kill_every_s: float = field(default=10.0, metadata={"help": "kill9: seconds between two kills"})
     outage_s: float = field(default=30.0, metadata={"help": "output_outage: seconds the output side is cut off"})
     runs: int = field(default=20, metadata={"help": "fresh_group: groups started one after another"})
+    poll_interval_s: float = field(default=40.0, metadata={"help": "slow_*: the consumers' max poll interval (>= 40 s "
+                                                                      "with kafka-python, >= 6 s with confluent)"})
     log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
     serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level (DEBUG logs every "
                                                                       "assignment and commit)"})
@@ -94,6 +104,8 @@ class FaultsArgs:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)} or all")
         if self.requests < 1 or self.runs < 1 or min(self.rate_per_s, self.kill_every_s, self.outage_s) <= 0:
             raise ValueError("requests and runs must be >= 1, and rate_per_s, kill_every_s, outage_s > 0")
+        if self.poll_interval_s * 1000 < SESSION_TIMEOUT_MS:
+            raise ValueError(f"poll_interval_s={self.poll_interval_s}: at least the session timeout, {SESSION_TIMEOUT_MS / 1000:g} s")
 
 
 class Run:
@@ -399,9 +411,11 @@ def _assigned_partitions(metrics_port: int) -> int:
                if line.startswith("auditstream_serve_assigned_partitions{"))
 
 
-RUNNERS: dict[str, Callable[[Run, FaultsArgs, Callable[[str], None]], None]] = {
+# A runner that returns its own outcome (monitor_kill9: audit items and verdicts, not answers) skips Run.outcome.
+RUNNERS: dict[str, Callable[[Run, FaultsArgs, Callable[[str], None]], dict[str, Any] | None]] = {
     "kill9": kill9, "broker_restart": broker_restart, "rolling_restart": rolling_restart, "partition": partition,
-    "output_outage": output_outage, "fresh_group": fresh_group}
+    "output_outage": output_outage, "fresh_group": fresh_group,
+    **{name: slow_inference(factor) for name, factor in SLOW.items()}, "monitor_kill9": monitor_kill9}
 
 
 def passed(outcome: dict[str, Any]) -> bool:
@@ -409,7 +423,10 @@ def passed(outcome: dict[str, Any]) -> bool:
     return (outcome["lost"] == 0 and outcome["unanswered"] == 0 and outcome["non_identical_duplicates"] == 0
             and outcome["crashes"] == 0
             and outcome.get("commits_during_outage", 0) == 0
-            and outcome.get("within_30_s", 0) == outcome.get("runs", 0))
+            and outcome.get("within_30_s", 0) == outcome.get("runs", 0)
+            and ("factor" not in outcome or slow_passed(outcome))
+            and all(outcome.get(k, 0) == 0 for k in ("verdict_duplicates", "verdicts_unpublished", "decision_duplicates",
+                                                     "decisions_unpublished")))
 
 
 def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
@@ -420,8 +437,8 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
     for name in SCENARIOS if args.scenario == "all" else (args.scenario,):
         with tempfile.TemporaryDirectory(prefix=f"auditstream-faults-{name}-") as tmp:
             registry = ModelRegistry(Path(tmp) / "models")
-            onnx_bytes = bench_cnn_onnx()
-            model = registry.publish(bench_card(onnx_bytes), onnx_bytes)
+            onnx_bytes = bench_cnn_onnx(layers=SLOW_LAYERS) if name in SLOW else bench_cnn_onnx()
+            model = registry.publish(bench_card(onnx_bytes, samples=32), onnx_bytes)
             logs = Path(args.log_dir) / name if args.log_dir else Path(tmp) / "logs"
             settings = dataclasses.replace(base, bootstrap_servers="", state_dir=logs / "broker",
                                            models_dir=registry.root, topic_prefix=f"faults{uuid.uuid4().hex[:6]}",
@@ -431,8 +448,8 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
             run = Run(settings, model, logs, embedded.BrokerOptions(durable=name == "broker_restart"),
                       proxied=name in PROXIED, serve_log_level=args.serve_log_level)
             try:
-                RUNNERS[name](run, args, say)
-                results[name] = run.outcome()
+                own = RUNNERS[name](run, args, say)
+                results[name] = own if own is not None else run.outcome()
             finally:
                 run.close()
             say(f"  {results[name]}")

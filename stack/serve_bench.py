@@ -65,8 +65,9 @@ BENCH_MODEL = "bench-cnn"
 LAYERS = ((1, 64, False), (64, 128, True), (128, 256, False), (256, 256, True), (256, 256, False))
 
 
-def bench_cnn_onnx(seed: int = 0) -> bytes:
-    """A small CNN on 1×28×28 inputs (He-initialised random weights; accuracy is irrelevant)."""
+def bench_cnn_onnx(seed: int = 0, layers: tuple[tuple[int, int, bool], ...] = LAYERS) -> bytes:
+    """A small CNN on 1×28×28 inputs (He-initialised random weights; accuracy is irrelevant);
+    ``layers`` as :data:`LAYERS` (more of them: a genuinely slower model, ``bench faults``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -77,7 +78,7 @@ def bench_cnn_onnx(seed: int = 0) -> bytes:
         return name
 
     x = "image"
-    for i, (cin, cout, pool) in enumerate(LAYERS):
+    for i, (cin, cout, pool) in enumerate(layers):
         w, b = weight(f"w{i}", (cout, cin, 3, 3), cin * 9), weight(f"b{i}", (cout,), 1)
         nodes += [helper.make_node("Conv", [x, w, b], [f"c{i}"], pads=[1, 1, 1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
@@ -86,7 +87,7 @@ def bench_cnn_onnx(seed: int = 0) -> bytes:
             nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
             x = f"p{i}"
     nodes += [helper.make_node("Flatten", [x], ["flat"], axis=1),
-              helper.make_node("MatMul", ["flat", weight("wd", (LAYERS[-1][1] * 49, 10), LAYERS[-1][1] * 49)],
+              helper.make_node("MatMul", ["flat", weight("wd", (layers[-1][1] * 49, 10), layers[-1][1] * 49)],
                                ["logits"]),
               helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
     graph = helper.make_graph(nodes, "bench_cnn",
@@ -97,11 +98,11 @@ def bench_cnn_onnx(seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
-def bench_card(onnx_bytes: bytes, coverage: float = 0.85) -> ModelCard:
+def bench_card(onnx_bytes: bytes, coverage: float = 0.85, samples: int = 256) -> ModelCard:
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    sample = np.random.default_rng(2).standard_normal((256, 1, 28, 28)).astype(np.float32)
+    sample = np.random.default_rng(2).standard_normal((samples, 1, 28, 28)).astype(np.float32)
     threshold = float(np.quantile(session.run(None, {"image": sample})[0].max(axis=1), 1 - coverage))
     return ModelCard(name=BENCH_MODEL, version="0", task="classification",
                      inputs=[TensorSpec("image", "float32", [None, 1, 28, 28])],
