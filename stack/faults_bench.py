@@ -43,6 +43,8 @@ Scenarios:
 ``monitor_kill9``    ``auditstream monitor`` killed with ``kill -9`` every ``--kill-every-s`` during audit
                      ingest while an auditor decides items (stack/faults_monitor.py): items stored
                      once, verdicts and decisions published once.
+``soak``             70% of the measured maximum rate for ``--soak-s`` (stack/faults_soak.py): lag,
+                     resident memory growth after warm-up, errors in the logs. Not part of ``all``.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ from serving.app import group_id as serve_group_id
 from stack import broker as embedded
 from stack.fault_proxy import FaultProxy
 from stack.faults_monitor import monitor_kill9
+from stack.faults_soak import soak, soak_passed
 from stack.faults_slow import SESSION_TIMEOUT_MS, SLOW_LAYERS, slow_inference, slow_passed
 from stack.serve_bench import answers_of, bench_card, bench_cnn_onnx, serve_process
 
 SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_outage", "fresh_group", "slow_0.8x",
-             "slow_1.5x", "monitor_kill9")
+             "slow_1.5x", "monitor_kill9", "soak")
+NOT_IN_ALL = ("soak",)  # 30 minutes: asked for by name
 SLOW = {"slow_0.8x": 0.8, "slow_1.5x": 1.5}  # stack/faults_slow.py: full-batch time / max poll interval
 PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
 CONSUMERS = 3
@@ -86,12 +90,16 @@ DURABLE_RATE_PER_S = 10.0
 
 @dataclass(frozen=True)
 class FaultsArgs:
-    scenario: str = field(default="all", metadata={"help": f"one of {', '.join(SCENARIOS)}, or all"})
+    scenario: str = field(default="all", metadata={"help": f"one of {', '.join(SCENARIOS)}, or all (all but "
+                                                            f"{', '.join(NOT_IN_ALL)})"})
     requests: int = field(default=3000, metadata={"help": "requests per scenario"})
     rate_per_s: float = field(default=150.0, metadata={"help": "request rate while the fault happens"})
     kill_every_s: float = field(default=10.0, metadata={"help": "kill9: seconds between two kills"})
     outage_s: float = field(default=30.0, metadata={"help": "output_outage: seconds the output side is cut off"})
     runs: int = field(default=20, metadata={"help": "fresh_group: groups started one after another"})
+    soak_s: float = field(default=1800.0, metadata={"help": "soak: seconds at the soak rate"})
+    soak_share: float = field(default=0.7, metadata={"help": "soak: share of the measured maximum rate"})
+    soak_warmup_s: float = field(default=120.0, metadata={"help": "soak: seconds of warm-up before memory is compared"})
     poll_interval_s: float = field(default=40.0, metadata={"help": "slow_*: the consumers' max poll interval (>= 40 s "
                                                                       "with kafka-python, >= 6 s with confluent)"})
     log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
@@ -106,6 +114,8 @@ class FaultsArgs:
             raise ValueError("requests and runs must be >= 1, and rate_per_s, kill_every_s, outage_s > 0")
         if self.poll_interval_s * 1000 < SESSION_TIMEOUT_MS:
             raise ValueError(f"poll_interval_s={self.poll_interval_s}: at least the session timeout, {SESSION_TIMEOUT_MS / 1000:g} s")
+        if self.soak_s <= 0 or not 0 < self.soak_share <= 1 or self.soak_warmup_s < 0:
+            raise ValueError("soak_s must be > 0, soak_share in (0, 1], soak_warmup_s >= 0")
 
 
 class Run:
@@ -415,7 +425,8 @@ def _assigned_partitions(metrics_port: int) -> int:
 RUNNERS: dict[str, Callable[[Run, FaultsArgs, Callable[[str], None]], dict[str, Any] | None]] = {
     "kill9": kill9, "broker_restart": broker_restart, "rolling_restart": rolling_restart, "partition": partition,
     "output_outage": output_outage, "fresh_group": fresh_group,
-    **{name: slow_inference(factor) for name, factor in SLOW.items()}, "monitor_kill9": monitor_kill9}
+    **{name: slow_inference(factor) for name, factor in SLOW.items()}, "monitor_kill9": monitor_kill9,
+    "soak": soak}
 
 
 def passed(outcome: dict[str, Any]) -> bool:
@@ -425,6 +436,7 @@ def passed(outcome: dict[str, Any]) -> bool:
             and outcome.get("commits_during_outage", 0) == 0
             and outcome.get("within_30_s", 0) == outcome.get("runs", 0)
             and ("factor" not in outcome or slow_passed(outcome))
+            and ("soak_s" not in outcome or soak_passed(outcome))
             and all(outcome.get(k, 0) == 0 for k in ("verdict_duplicates", "verdicts_unpublished", "decision_duplicates",
                                                      "decisions_unpublished")))
 
@@ -434,7 +446,7 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
         print(msg, file=out, flush=True)
 
     results: dict[str, Any] = {}
-    for name in SCENARIOS if args.scenario == "all" else (args.scenario,):
+    for name in [s for s in SCENARIOS if s not in NOT_IN_ALL] if args.scenario == "all" else (args.scenario,):
         with tempfile.TemporaryDirectory(prefix=f"auditstream-faults-{name}-") as tmp:
             registry = ModelRegistry(Path(tmp) / "models")
             onnx_bytes = bench_cnn_onnx(layers=SLOW_LAYERS) if name in SLOW else bench_cnn_onnx()

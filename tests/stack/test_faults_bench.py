@@ -8,7 +8,13 @@ processes and a private embedded broker:
   nothing is lost;
 - ``output_outage``: every serving producer cut off: no committed offset moves while nothing can
   be acknowledged, and nothing is lost once the output side is back;
-- ``fresh_group``: a new 3-consumer group is fully assigned within 30 s.
+- ``fresh_group``: a new 3-consumer group is fully assigned within 30 s;
+- ``slow_0.8x`` / ``slow_1.5x``: a genuinely slow model whose full batch takes 0.8x / 1.5x the max
+  poll interval: no rebalance at 0.8x; at 1.5x one (the first batch), then smaller batches that
+  fit, one batch reprocessed and no more (with confluent-kafka: its max poll interval may be 8 s,
+  kafka-python's must exceed its 30 s request timeout, so a test with it would take minutes);
+- ``monitor_kill9``: the monitor killed during audit ingest: every item stored once, every
+  verdict and decision published once.
 
 ``broker_restart`` and ``rolling_restart`` are documented with what they found on the embedded
 broker (docs/serving.md, "Fault suite")."""
@@ -28,8 +34,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 COMMON = {"sent", "answered", "lost", "unanswered", "duplicates", "non_identical_duplicates", "crashes", "recovery_s"}
 
 
-def bench_faults(tmp_path: Path, scenario: str, *options: str) -> dict:
+def bench_faults(tmp_path: Path, scenario: str, *options: str, client: str = "") -> dict:
     env = dict(os.environ, AUDITSTREAM_LOG_LEVEL="WARNING", AUDITSTREAM_STATE_DIR=str(tmp_path))
+    if client:
+        env["AUDITSTREAM_KAFKA_CLIENT"] = client
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "faults", "--json", "--scenario", scenario,
                            "--log-dir", str(tmp_path / "logs"), *options],
@@ -72,3 +80,28 @@ def test_a_fresh_group_is_assigned_within_30_s(tmp_path: Path) -> None:
     result = bench_faults(tmp_path, "fresh_group", "--runs", "2")
     assert result["runs"] == 2 and len(result["assigned_s"]) == 2
     assert result["within_30_s"] == 2, result["assigned_s"]
+
+
+def test_inference_at_0_8x_the_max_poll_interval_causes_no_rebalance(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "slow_0.8x", "--requests", "50", "--poll-interval-s", "8", client="confluent")
+    assert_nothing_lost(result, 50)
+    assert result["first_batch_factor"] is not None and result["first_batch_factor"] < 1.0, result  # it was below
+    assert result["rebalances"] == 0
+    assert result["batch_limit"] < result["batch_records"]  # over half the interval: later batches smaller
+
+
+def test_inference_at_1_5x_the_max_poll_interval_rebalances_once_and_reprocesses_one_batch(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "slow_1.5x", "--requests", "50", "--poll-interval-s", "8", client="confluent")
+    assert_nothing_lost(result, 50)
+    assert result["first_batch_factor"] > 1.0 and result["rebalances"] == 1
+    assert result["batch_limit"] < result["batch_records"] / 2  # the next batches fit in half the interval
+    assert result["duplicates"] <= result["batch_records"]  # the batch that overran, answered again, no loop
+
+
+def test_the_monitor_killed_during_ingest_stores_and_publishes_everything_once(tmp_path: Path) -> None:
+    result = bench_faults(tmp_path, "monitor_kill9", "--requests", "300", "--rate-per-s", "20", "--kill-every-s", "6")
+    assert result["kills"] >= 2 and result["crashes"] == 0
+    assert result["answered"] == result["sent"] == 300 and result["lost"] == result["duplicates"] == 0
+    assert result["verdicts"] == result["verdicts_published"] == 300 and result["verdict_duplicates"] == 0
+    assert result["decisions_published"] == 300 and result["decision_duplicates"] == 0
+    assert result["non_identical_duplicates"] == 0
