@@ -56,10 +56,11 @@ class ReplayReport:
     already: int = 0  # replayed before (in the ledger)
     refused: Counter = field(default_factory=Counter)  # by the topic the letter named: not replayable
     unreadable: int = 0
+    no_value: int = 0  # letters without the original value: nothing to send back
 
     def to_json(self) -> dict:
         return {"replayed": dict(self.replayed), "skipped": dict(self.skipped), "already_replayed": self.already,
-                "refused": dict(self.refused), "unreadable": self.unreadable}
+                "refused": dict(self.refused), "unreadable": self.unreadable, "no_value": self.no_value}
 
 
 def replayable_topic(settings: Settings, topic: str) -> bool:
@@ -96,6 +97,13 @@ def plan_replay(records: list[Record], settings: Settings, reasons: frozenset[st
                         "(%s<model>) and to %s / %s", record.where, dl.source_topic[:200], settings.request_topic(""),
                         settings.topic(T.AUDIT), settings.topic(T.PREDICTIONS))
             report.refused[dl.source_topic[:200]] += 1
+        elif dl.value is None:
+            # kafka-python could not read the original (its bytes are unknown), or it had no value:
+            # sending None would publish a tombstone, not the request.
+            log.warning("dead letter at %s has no value (%s): nothing to replay; the original is at %s[%d]@%d "
+                        "(confluent-kafka can read records kafka-python cannot)", record.where, dl.detail[:200],
+                        dl.source_topic[:200], dl.source_partition, dl.source_offset)
+            report.no_value += 1
         else:
             report.replayed[dl.reason] += 1
             planned.append((record, Output(dl.source_topic, dl.key, dl.value, dl.headers)))

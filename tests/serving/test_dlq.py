@@ -21,7 +21,7 @@ from tests.serving.kafka_readers import read_topic
 SETTINGS = Settings(topic_prefix="acme")
 
 
-def letter(offset: int, reason: str, source: str, value: bytes = b"v") -> Record:
+def letter(offset: int, reason: str, source: str, value: bytes | None = b"v") -> Record:
     dl = DeadLetter(reason, "why", source, 0, offset, value, b"k", (("h", b"1"),), 1.0)
     return Record("acme.dead-letter", 0, offset, b"k", dl.to_bytes())
 
@@ -39,13 +39,14 @@ def test_only_request_and_monitor_input_topics_are_replayable(topic, ok) -> None
 def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
     records = [letter(0, "wrong_model", "acme.requests.tiny", b"a"), letter(1, "too_large", "acme.requests.tiny"),
                letter(2, "wrong_model", "acme.verdicts", b"forged"), letter(3, "wrong_model", "acme.requests.tiny"),
-               Record("acme.dead-letter", 0, 4, b"k", b"not a letter")]
+               Record("acme.dead-letter", 0, 4, b"k", b"not a letter"),
+               letter(5, "wrong_model", "acme.requests.tiny", None)]  # no bytes (kafka-python could not read them)
     report = ReplayReport()
     planned = plan_replay(records, SETTINGS, frozenset({"wrong_model"}), {b"acme.dead-letter[0]@3"}, report)
     assert [(r.offset, out.topic, out.value, out.headers) for r, out in planned] == \
         [(0, "acme.requests.tiny", b"a", (("h", b"1"),))]
     assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
-                                "refused": {"acme.verdicts": 1}, "unreadable": 1}
+                                "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1}
     limited = ReplayReport()
     assert len(plan_replay([letter(i, "x", "acme.audit") for i in range(5)], SETTINGS, None, set(), limited, 2)) == 2
 
