@@ -53,7 +53,9 @@ class Monitors:
     """The monitor process of the run, killed and replaced on demand."""
 
     def __init__(self, run: Run) -> None:
-        self.run, self.procs, self.killed = run, [], set()  # type: Run, list[subprocess.Popen], set[int]
+        self.run = run
+        self.procs: list[subprocess.Popen] = []
+        self.killed: set[int] = set()  # pids killed or stopped on purpose
 
     def start(self) -> subprocess.Popen:
         env = {**os.environ, **dataclasses.replace(self.run.settings, log_level="INFO").to_env()}

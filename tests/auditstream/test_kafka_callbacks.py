@@ -1,5 +1,6 @@
 """A rebalance callback that fails stops the consumer's poll, and a delivery failure while the
-loop checkpoints on revoke stops the loop, on the embedded broker.
+loop checkpoints on revoke stops the loop, on the embedded broker; and callbacks run only while
+the loop's thread waits in the client, so the loop's unlocked state is never touched concurrently.
 
 kafka-python calls the rebalance listener inside ``poll()`` and only logs what it raises; a
 delivery failure while checkpointing on revoke would be swallowed and stale records processed.
@@ -17,7 +18,7 @@ import pytest
 from auditstream.errors import DeliveryFailed
 from auditstream.kafka import make_consumer, make_producer
 from auditstream.settings import Settings
-from auditstream.stream import Output, StreamLoop
+from auditstream.stream import LoopHooks, Output, StreamLoop
 
 
 @pytest.mark.kafka
@@ -75,11 +76,7 @@ def test_a_delivery_failure_while_checkpointing_on_revoke_stops_the_loop(stream_
     settings = dataclasses.replace(stream_settings, kafka_client=client, max_batch_size=5,
                                    max_in_flight_batches=1_000_000, session_timeout_ms=6000, heartbeat_interval_ms=1000)
     topic, group = settings.request_topic("tiny"), f"revoke-{client}"
-    seed = make_producer(settings)
-    for i in range(4000):
-        seed.send(topic, f"k{i}".encode(), b"v")
-    seed.flush(30)
-    seed.close()
+    _seed(settings, topic, 4000)
     entered, batches = threading.Event(), []
 
     def process(records: list) -> list:
@@ -118,6 +115,14 @@ def test_a_delivery_failure_while_checkpointing_on_revoke_stops_the_loop(stream_
     assert _committed(settings, group, topic) == {}  # nothing committed
 
 
+def _seed(settings: Settings, topic: str, n: int) -> None:
+    seed = make_producer(settings)
+    for i in range(n):
+        seed.send(topic, f"k{i}".encode(), b"v")
+    seed.flush(30)
+    seed.close()
+
+
 def _committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """The group's committed offsets (an OffsetFetch: no join, so a group the broker still
     holds in a rebalance answers too)."""
@@ -137,3 +142,68 @@ def _run(loop: StreamLoop) -> BaseException | None:
     except BaseException as e:  # noqa: BLE001 - handed to the test thread
         return e
     return None
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_rebalance_callbacks_run_only_while_the_loop_thread_waits_in_the_client(stream_settings: Settings,
+                                                                               client: str) -> None:
+    """kafka-python 3 runs rebalance callbacks on its I/O thread, not the loop's. The loop's state
+    (pending records, in-flight offsets) is not locked, which is safe only if the loop's thread is
+    blocked inside the client (``poll``/``close``) while a callback runs -- kafka-python invokes
+    the listener from the join coroutine that ``poll()`` waits for (``net.run``), librdkafka on the
+    polling thread itself. This would find a callback that ran while the loop's thread was busy
+    elsewhere (processing, flushing, committing): members join and leave several times while the
+    loop spends most of its time outside ``poll``."""
+    settings = dataclasses.replace(stream_settings, kafka_client=client, max_batch_size=5, session_timeout_ms=6000,
+                                   heartbeat_interval_ms=1000)
+    topic, group = settings.request_topic("tiny"), f"threads-{client}"
+    _seed(settings, topic, 3000)
+    inside = threading.Event()  # set while the loop's thread is inside the client's poll/close
+    seen: list[tuple[str, str, bool]] = []  # (callback, thread name, loop thread inside the client)
+
+    def note(kind: str) -> None:
+        seen.append((kind, threading.current_thread().name, inside.is_set()))
+
+    def process(records: list) -> list:
+        time.sleep(0.05)  # most of the loop's time is spent here, outside poll
+        return [[Output(settings.topic("out"), r.key, r.value)] for r in records]
+
+    loop = StreamLoop.connect(settings, group, [topic], process, make_producer(settings),
+                              hooks=LoopHooks(on_assign=lambda _: note("assign"), on_revoke=lambda _: note("revoke")))
+    for name in ("poll", "close"):
+        _flag_while_inside(loop.consumer, name, inside)
+    runner = threading.Thread(target=loop.run, daemon=True, name="loop")
+    runner.start()
+    try:
+        for _ in range(3):  # a second member joins, then leaves: two rebalances each time
+            other, stop = make_consumer(settings, group, [topic]), threading.Event()
+            poller = threading.Thread(target=lambda: [other.poll(1, 100) for _ in iter(stop.is_set, True)], daemon=True)
+            poller.start()
+            time.sleep(8)
+            stop.set()
+            poller.join(30)
+            other.close()
+            time.sleep(4)
+    finally:
+        loop.stop()
+        runner.join(60)
+        loop.close()
+    assert not runner.is_alive()
+    assert sum(kind == "revoke" for kind, _, _ in seen) >= 3, seen
+    outside = [s for s in seen if not s[2]]
+    assert outside == [], f"callbacks ran while the loop's thread was not waiting in the client: {outside}"
+
+
+def _flag_while_inside(consumer: object, name: str, flag: threading.Event) -> None:
+    real = getattr(consumer, name)
+
+    def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        flag.set()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            flag.clear()
+
+    setattr(consumer, name, wrapped)
