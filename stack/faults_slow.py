@@ -11,7 +11,8 @@ full batches) is sent at once, so batches are full. The serve log (INFO) says wh
 (``revoking``) and when the loop shrank its batches (auditstream/poll_budget.py). Adds:
 
 - ``factor`` (asked), ``batch_records``, ``per_record_s``, ``poll_interval_s``;
-- ``first_batch_factor``: the first full batch's time over the interval, as serve measured it;
+- ``first_batch_records`` and ``first_batch_factor``: the first batch of the backlog and its time
+  over the interval, as serve measured it;
 - ``rebalances``: partitions revoked from the consumer after the warm-up;
 - ``batch_limit``: the batch-size limit the loop settled on.
 """
@@ -94,10 +95,13 @@ def _delivery_timeout_s(client: str, interval_s: float) -> float:
 
 
 def _read_serve_log(text: str, batch: int, interval_s: float) -> dict[str, Any]:
+    """What serve's log says after the warm-up: revokes, and the batch-limit changes."""
     shrinks = [(int(n), float(s), int(limit)) for n, s, limit in _SHRANK.findall(text)]
-    first = next(((n, s) for n, s, _ in shrinks if n == batch), None)
-    return {"rebalances": len(re.findall(r"revoking \d+ partitions", text)),
-            "first_batch_factor": round(first[1] / interval_s, 2) if first else None,
+    return {"rebalances": len(re.findall(r"revoking [1-9]\d* partitions", text)),
+            # the first batch of the backlog is the first one over the target (full, or as full as
+            # the fetches made it within max_wait_ms)
+            "first_batch_records": shrinks[0][0] if shrinks else None,
+            "first_batch_factor": round(shrinks[0][1] / interval_s, 2) if shrinks else None,
             "batch_limit": shrinks[-1][2] if shrinks else batch}
 
 
