@@ -1,5 +1,6 @@
 """How many records one micro-batch may hold, so that the gap between two polls stays well inside
-``max.poll.interval.ms`` when inference is slower than usual (docs/serving.md, "Slow inference").
+``max.poll.interval.ms`` when inference is slower than usual (docs/serving.md, "Consumer group
+settings": max poll interval).
 
 Both Kafka clients leave the group when the application does not poll for ``max.poll.interval.ms``
 (kafka-python 3's heartbeat coroutine sends LeaveGroup; librdkafka does the same and reports
