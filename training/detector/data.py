@@ -142,7 +142,8 @@ def to_coco(data: DetectionSet) -> dict:
 
 
 def _render_chunk(ink: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: int, rng: np.random.Generator,
-                  v: Variant, elastic: float) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+                  v: Variant, elastic: float
+                  ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     counts = {name: rng.integers(lo, hi + 1, size=n) for name, (lo, hi) in
               (("digits", v.digits), ("border", v.border_digits), ("fragments", v.fragments))}
     total = {k: int(c.sum()) for k, c in counts.items()}

@@ -89,7 +89,8 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
     resplits = []
     for _ in range(args.resplits):
         order = rng.permutation(held)
-        cert_pool, pilot_pool = order[:sizes["certificate"]], order[sizes["certificate"]:sizes["certificate"] + sizes["pilot"]]
+        n_cert = sizes["certificate"]
+        cert_pool, pilot_pool = order[:n_cert], order[n_cert:n_cert + sizes["pilot"]]
         certificate = certify_detection(boxes(np.sort(cert_pool), n_certificate), alpha, beta, high["delta"], k,
                                         high["p_value"], pilot=boxes(np.sort(pilot_pool), n_platt))
         t = certificate.threshold_high
@@ -125,7 +126,8 @@ def main(ns: argparse.Namespace) -> int:
     if ns.model_dir is not None:
         directory = Path(ns.model_dir)
         if not (directory / "card.json").is_file() or not (directory / "model.onnx").is_file():
-            raise SystemExit(f"--model-dir {directory}: needs card.json and model.onnx (e.g. stack/demo_models/detector)")
+            raise SystemExit(f"--model-dir {directory}: needs card.json and model.onnx "
+                             "(e.g. stack/demo_models/detector)")
         card = ModelCard.from_dict(json.loads((directory / "card.json").read_text(encoding="utf-8")))
         onnx_bytes = (directory / "model.onnx").read_bytes()
     else:
