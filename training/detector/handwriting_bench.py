@@ -50,18 +50,19 @@ class HandwritingArgs:
 
 def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progress: bool = True) -> dict:
     from qc.detection_certify import certify_detection, per_image_counts
-    from training.data.split import _load, calibration_slices, split_indices
+    from training.data.split import load_split
     from training.detector.data import STANDARD, render
     from training.detector.train import onnx_detections, scored
 
     extra = card.extra
     alpha, beta, iou, k = extra["target_fdr"], extra["target_miss"], extra["match_iou"], extra["max_boxes"]
     high = extra["certificate"]["high"]
-    images, labels = _load()
-    splits = split_indices()
-    held = np.sort(np.concatenate([splits["calibration"], splits["test"]]))
-    sizes = {"test": len(splits["test"]), "certificate": len(calibration_slices()["calibration/certificate"]),
-             "pilot": len(calibration_slices()["calibration/temperature"])}
+    held_out = [load_split("calibration"), load_split("test")]
+    images, labels, sources = (np.concatenate([getattr(s, field) for s in held_out])
+                               for field in ("images", "labels", "indices"))
+    held = np.arange(len(images))  # positions in the held-out digits; pools are sets of them
+    sizes = {name: len(load_split(split).indices) for name, split in
+             (("test", "test"), ("certificate", "calibration/certificate"), ("pilot", "calibration/temperature"))}
     trained = card.training.get("args", {})
     n_certificate = args.certificate_labels or trained.get("n_certificate", 3000)
     n_platt = args.pilot_labels or trained.get("n_platt", 1000)
@@ -69,7 +70,8 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
     start = time.perf_counter()
 
     def boxes(pool: np.ndarray, n: int):
-        data = render(images[pool], labels[pool], pool, n, np.random.default_rng(int(rng.integers(2**31))), STANDARD)
+        data = render(images[pool], labels[pool], sources[pool], n, np.random.default_rng(int(rng.integers(2**31))),
+                      STANDARD)
         return scored(data, onnx_detections(onnx_bytes, data.images), iou)
 
     def fdr(data, threshold: float) -> float:
