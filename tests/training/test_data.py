@@ -105,3 +105,32 @@ def test_envelope_core_needs_no_torch():
             "np.random.default_rng(0)); assert z == ['01234']; "
             "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_elastic_distortion_bends_strokes_and_a_zero_field_changes_nothing():
+    from training.data.warp import random_affines, random_distortions, warp
+
+    rng = np.random.default_rng(0)
+    glyphs = load_split("train").images[:16] / 16.0
+    maps = random_affines(rng, 16, (2.0, 2.5), 10.0, 0.1)
+    plain = warp(glyphs, maps, 24)
+    assert np.array_equal(warp(glyphs, maps, 24, distortion=np.zeros((16, 2, 3, 3))), plain)
+    # A constant field is a shift of the source: one source pixel to the right moves the ink left.
+    shifted = warp(glyphs, np.repeat(np.eye(2)[None] * 2.0, 16, 0), 24,
+                   distortion=np.stack([np.zeros((16, 3, 3)), np.ones((16, 3, 3))], 1))
+    reference = warp(glyphs, np.repeat(np.eye(2)[None] * 2.0, 16, 0), 24, shift=np.tile([0.0, -2.0], (16, 1)))
+    assert np.allclose(shifted, reference, atol=1e-5)
+    bent = warp(glyphs, maps, 24, distortion=random_distortions(rng, 16, 0.4))
+    assert bent.shape == plain.shape and 0 < np.abs(bent - plain).mean() < 0.2
+    with pytest.raises(ValueError, match="field per image"):
+        warp(glyphs, maps, 24, distortion=np.zeros((3, 2, 3, 3)))
+
+
+def test_detector_training_labels_bend_their_strokes_only_when_asked():
+    from training.detector.data import training_batches
+
+    bent = next(training_batches("train", 8, 1, np.random.default_rng(3), 0.3, elastic=0.4))
+    plain = next(training_batches("train", 8, 1, np.random.default_rng(3), 0.3))
+    off = next(training_batches("train", 8, 1, np.random.default_rng(3), 0.3, elastic=0.0))
+    assert len(bent) == len(plain) == 8 and not np.array_equal(bent.images, plain.images)
+    assert np.array_equal(off.images, plain.images)  # no field drawn: the seed's labels stay as they were

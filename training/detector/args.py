@@ -18,6 +18,9 @@ class DetectorArgs:
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     hard_share: float = field(default=0.3, metadata={"help": "share of 'hard' labels in training batches (one model "
                                                              "serves both variants)"})
+    elastic: float = field(default=0.0, metadata={"help": "training augmentation: smooth random bending of each "
+                                                          "digit's strokes, standard deviation in source pixels "
+                                                          "(of 8; 0.4 bends them visibly); 0, the default, is off"})
     n_platt: int = field(default=1000, metadata={"help": "labels of calibration/temperature digits that fit the score "
                                                           "calibration"})
     n_certificate: int = field(default=3000, metadata={"help": "labels of calibration/certificate digits that "

@@ -1,5 +1,5 @@
-"""CLI of the detector family: ``auditstream train detector [--json]``. Nothing heavy is imported
-until the handler runs."""
+"""CLI of the detector family: ``auditstream train detector [--json]`` and ``auditstream bench
+detector-handwriting [--json]``. Nothing heavy is imported until the handler runs."""
 
 from __future__ import annotations
 
@@ -14,3 +14,21 @@ COMMAND = TrainCommand("detector", "training.detector", DetectorArgs, "digit det
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
              bench: argparse._SubParsersAction) -> None:
     COMMAND.register(train)
+    p = bench.add_parser("detector-handwriting",
+                         help="the detector's FDR at its certified threshold on new handwriting: random held-out "
+                              "digit pools and re-split certificates")
+    p.add_argument("--model-dir", default=None,
+                   help="a folder with card.json and model.onnx (e.g. stack/demo_models/detector); default: the "
+                        "registry's live detector")
+    p.add_argument("--version", default=None, help="registry version (default: the live one)")
+    p.add_argument("--pools", type=int, default=12, help="random held-out pools of the test pool's size")
+    p.add_argument("--resplits", type=int, default=12, help="certificates re-run on random held-out pools")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.set_defaults(handler=_bench_handwriting)
+
+
+def _bench_handwriting(ns: argparse.Namespace) -> int:
+    from training.detector.handwriting_bench import main
+
+    return main(ns)

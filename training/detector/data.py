@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from training.data.warp import random_affines, warp
+from training.data.warp import random_affines, random_distortions, warp
 
 IMAGE_SIZE = 64
 CLASSES = 10
@@ -79,15 +79,17 @@ class DetectionSet:
 
 
 def render(digit_images: np.ndarray, digit_labels: np.ndarray, digit_sources: np.ndarray, n: int,
-           rng: np.random.Generator, variant: Variant = STANDARD) -> DetectionSet:
+           rng: np.random.Generator, variant: Variant = STANDARD, elastic: float = 0.0) -> DetectionSet:
     """``n`` labels whose digits (and clutter glyphs) are drawn from ``digit_images`` [N, 8, 8]
-    (ink 0..16), numpy only."""
+    (ink 0..16), numpy only. ``elastic`` > 0 bends every glyph's strokes by a smooth random field
+    of that many source pixels (standard deviation; training augmentation only: the calibration
+    and test labels are drawn without it)."""
     if n < 0:
         raise ValueError(f"n={n} must be >= 0")
     images, boxes, labels, sources = [], [], [], []
     for start in range(0, n, _CHUNK):
         chunk = _render_chunk(np.asarray(digit_images, dtype=np.float32) / 16.0, np.asarray(digit_labels),
-                              np.asarray(digit_sources), min(_CHUNK, n - start), rng, variant)
+                              np.asarray(digit_sources), min(_CHUNK, n - start), rng, variant, elastic)
         images.append(chunk[0])
         boxes += chunk[1]
         labels += chunk[2]
@@ -107,15 +109,15 @@ def make_detection_set(split: str, n: int, seed: int, variant: str = "standard")
 
 
 def training_batches(split: str, batch_size: int, steps: int, rng: np.random.Generator,
-                     hard_share: float) -> Iterator[DetectionSet]:
+                     hard_share: float, elastic: float = 0.0) -> Iterator[DetectionSet]:
     """``steps`` fresh batches from ``split``'s digits; each image is ``hard`` with probability
-    ``hard_share``, else ``standard`` (one model serves both)."""
+    ``hard_share``, else ``standard`` (one model serves both); ``elastic``: see :func:`render`."""
     from training.data.split import load_split
 
     digits = load_split(split)
     for _ in range(steps):
         n_hard = int(rng.binomial(batch_size, hard_share))
-        parts = [render(digits.images, digits.labels, digits.indices, k, rng, v)
+        parts = [render(digits.images, digits.labels, digits.indices, k, rng, v, elastic)
                  for k, v in ((batch_size - n_hard, STANDARD), (n_hard, HARD)) if k]
         yield DetectionSet(np.concatenate([p.images for p in parts]), [b for p in parts for b in p.boxes],
                            [lab for p in parts for lab in p.labels], [s for p in parts for s in p.sources], "mixed")
@@ -140,7 +142,8 @@ def to_coco(data: DetectionSet) -> dict:
 
 
 def _render_chunk(ink: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: int, rng: np.random.Generator,
-                  v: Variant) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+                  v: Variant, elastic: float
+                  ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     counts = {name: rng.integers(lo, hi + 1, size=n) for name, (lo, hi) in
               (("digits", v.digits), ("border", v.border_digits), ("fragments", v.fragments))}
     total = {k: int(c.sum()) for k, c in counts.items()}
@@ -155,7 +158,9 @@ def _render_chunk(ink: np.ndarray, labels: np.ndarray, sources: np.ndarray, n: i
         glyphs[g, start + width:] = 0.0
     patch = int(np.ceil(v.height_px[1] * 1.45)) + 4
     maps = random_affines(rng, k, (v.height_px[0] / 8.0, v.height_px[1] / 8.0), v.rotation_deg, v.shear)
-    patches = warp(glyphs, maps, patch)
+    # Drawn only when asked, so labels without it stay what the same seed always gave.
+    fields = random_distortions(rng, k, elastic) if elastic > 0 else None
+    patches = warp(glyphs, maps, patch, distortion=fields)
     inked = patches > INK_THRESHOLD
     rows, cols = inked.any(2), inked.any(1)
     has_ink = rows.any(1)

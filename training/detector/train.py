@@ -50,7 +50,8 @@ from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 from training.detector.args import DetectorArgs
 from training.detector.data import (CLASSES, IMAGE_SIZE, VARIANTS, DetectionSet, make_detection_set, to_coco,
                                    training_batches)
-from training.detector.model import OUTPUT_NAMES, TOP_K, DetectorNet, ExportedDetector, decode, loss, targets
+from training.detector.model import (OUTPUT_NAMES, TOP_K, DetectorNet, ExportedDetector, decode, loss, snap_to_pixels,
+                                     targets)
 from training.export import export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
 from training.fit import fit_steps
@@ -69,7 +70,7 @@ def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, float
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = DetectorNet()
-    batches = training_batches("train", args.batch_size, args.steps, rng, args.hard_share)
+    batches = training_batches("train", args.batch_size, args.steps, rng, args.hard_share, args.elastic)
     seconds = fit_steps(model, batches, args.steps, lambda batch: loss(model(torch.from_numpy(batch.images)), targets(batch)),
                         name=NAME, lr=args.lr, weight_decay=args.weight_decay, pct_start=0.15, progress=progress)
     return model, seconds
@@ -77,13 +78,13 @@ def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, float
 
 @torch.no_grad()
 def raw_detections(net: DetectorNet, images: np.ndarray, batch: int = 256) -> tuple[Detections, np.ndarray]:
-    """Torch's decoded rows with the *raw* peak logits in place of scores (before calibration),
-    and each row's rival logit [n, K] (training/detector/model.py)."""
+    """Torch's decoded rows (boxes snapped to pixels, as the graph does) with the *raw* peak logits
+    in place of scores (before calibration), and each row's rival logit [n, K] (training/detector/model.py)."""
     net.eval()
     parts = []
     for i in range(0, len(images), batch):
         logits, labels, boxes, rivals = decode(*net(torch.from_numpy(images[i:i + batch])))
-        parts.append((boxes.numpy(), labels.numpy(), logits.double().numpy(), rivals.double().numpy()))
+        parts.append((snap_to_pixels(boxes).numpy(), labels.numpy(), logits.double().numpy(), rivals.double().numpy()))
     boxes, labels, logits, rivals = (np.concatenate([p[k] for p in parts]) for k in range(4))
     return (boxes, labels, logits), rivals
 
@@ -133,16 +134,23 @@ def detection_parity(module: ExportedDetector, onnx_bytes: bytes, images: np.nda
 
     :func:`training.export.check_parity` compares row by row; a top-K list is a set in score
     order, and two peaks whose logits differ by less than the runtimes' ~1e-6 may swap places
-    (then both rows are still there). Raises :class:`ExportParityError` above ``atol``."""
+    (then both rows are still there). The graph rounds box edges to whole pixels, and two
+    runtimes that differ by 1e-6 may round an edge at x.5 apart; so each of ONNX Runtime's edges
+    is compared with torch's *unrounded* edge, as its distance from the pixel ONNX Runtime rounded
+    to (``[edge - 0.5, edge + 0.5]``; 0 when it is the same rounding). Raises
+    :class:`ExportParityError` above ``atol``."""
     module.eval()
     with torch.no_grad():
-        chunks = [tuple(t.numpy() for t in module(torch.from_numpy(images[i:i + 256])))
+        chunks = [tuple(t.numpy() for t in module.rows(torch.from_numpy(images[i:i + 256]), snap=False))
                   for i in range(0, len(images), 256)]
     expected = [np.concatenate(x) for x in zip(*chunks)]
     actual = run_onnx(onnx_bytes, images)
+    if not np.array_equal(actual[0], np.round(actual[0])):
+        raise ExportParityError(float(np.abs(actual[0] - np.round(actual[0])).max()), atol, len(images))
     worst = 0.0
     for (eb, el, es), (ab, al, as_) in zip(zip(*expected), zip(*actual)):
-        cost = np.maximum(np.abs(es[:, None] - as_[None, :]), np.abs(eb[:, None, :] - ab[None, :, :]).max(-1))
+        edges = np.maximum(np.abs(eb[:, None, :] - ab[None, :, :]) - 0.5, 0.0).max(-1)
+        cost = np.maximum(np.abs(es[:, None] - as_[None, :]), edges)
         cost = np.where(el[:, None] == al[None, :], cost.astype(np.float64), np.inf)
         if not np.isfinite(cost).any(axis=1).all():
             raise ExportParityError(float("inf"), atol, len(images))
@@ -246,7 +254,7 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                                         "rival = the highest other-class logit in the 3x3 cells around the peak",
                                         f"score = sigmoid({calibration['a']:.4f} * logit "
                                         f"{calibration['a_rival']:+.4f} * rival {calibration['b']:+.4f}), "
-                                        "rows re-ordered by it"]},
+                                        "rows re-ordered by it", "box edges rounded to whole pixels"]},
         labels=LABELS, metrics=metrics,
         calibration={"method": "Platt scaling of the peak logit and its rival logit (P(box is true), greedy IoU >= "
                                "match_iou matching), fitted on labels of the calibration/temperature digits",
@@ -257,7 +265,7 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
         risk_coverage=result["curve"],
         training={"args": asdict(args), "seed": args.seed, "git_revision": git_revision(),
                   "train_seconds": train_seconds, "split_seed": SPLIT_SEED, "split_fractions": FRACTIONS,
-                  "data": {"train": f"fresh labels every step, hard share {args.hard_share}",
+                  "data": {"train": f"fresh labels every step, hard share {args.hard_share}, elastic {args.elastic}",
                            "seeds": SEEDS}},
         extra={"threshold_low": cert.threshold_low, "threshold_high": cert.threshold_high, "match_iou": args.match_iou,
                "max_boxes": TOP_K, "target_fdr": args.target_fdr, "target_miss": args.target_miss,
