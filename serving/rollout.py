@@ -1,0 +1,203 @@
+"""The versions a running consumer serves, and how it follows a promotion without a restart.
+
+A :class:`ServedVersion` is one loaded model version with everything ``process_batch`` needs
+beside the records: its warmed-up session, its :class:`~serving.consumer.ServeConfig` (the card:
+thresholds, overrides keyed by its version), its metric series and its failure streak.
+
+:class:`VersionSet` holds the live version and, during a canary, the candidate; it reads the
+model's :class:`~auditstream.control.Rollout` from the control view once per batch
+(:meth:`VersionSet.follow`, on the loop thread) and:
+
+1. asks the :class:`VersionLoader` for every version the rollout names that is not loaded yet:
+   a background thread loads it from the registry (checksum and graph checks), checks that this
+   consumer can serve it (its kind; a policy's frame stack and input spec, which the episode
+   state was built for), creates its session and warms it up -- polling, inference and commits
+   carry on meanwhile;
+2. switches between batches, once the version is ready: the batch in flight was answered by the
+   old version, the next one by the new; the old session is closed after the switch;
+3. a version that fails to load is logged, counted (``version_load_failures_total``) and not
+   tried again until the next announcement; the old version keeps serving.
+
+Only announcements made after this consumer started move its live version (it read the
+registry's ``LIVE`` pointer at start, which ``auditstream promote`` sets before announcing); so a
+stale record on the compacted topic never rolls a freshly started consumer back. The canary
+settings of the latest record always apply.
+
+Canary: a record goes to the canary when a stable hash of its key (the request id; an episode's
+key for episodes, so an episode stays on one version) is under ``canary_share``; the canary
+answers and acts like the live version, and its predictions name its version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from auditstream.control import ControlView, Rollout
+from auditstream.kafka import Record
+from serving.consumer import ServeConfig
+from serving.inference import FailureStreak
+from serving.runtime import ModelSession
+
+log = logging.getLogger(__name__)
+
+CANARY_SALT = "canary"
+
+
+@dataclass
+class ServedVersion:
+    """One loaded model version and what process_batch needs to serve it."""
+
+    session: ModelSession
+    config: ServeConfig
+    runner: object  # serving.app.TimedRunner: the session timed into this version's histogram
+    children: dict  # this version's metric series (ServeMetrics.children)
+    failures: FailureStreak
+
+    @property
+    def version(self) -> str:
+        return self.config.card.version
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class VersionLoader:
+    """Loads versions in background threads; ``load(version)`` builds a :class:`ServedVersion`
+    (registry checks, servability, session, warm-up) or raises."""
+
+    def __init__(self, load: Callable[[str], ServedVersion], on_failure: Callable[[str, BaseException], None]) -> None:
+        self._load, self._on_failure = load, on_failure
+        self._lock = threading.Lock()
+        self._loading: set[str] = set()
+        self._ready: dict[str, ServedVersion] = {}
+        self._failed: set[str] = set()
+
+    def want(self, version: str) -> None:
+        """Start loading ``version`` unless it is loading, ready, or failed since the last :meth:`retry`."""
+        with self._lock:
+            if version in self._loading or version in self._ready or version in self._failed:
+                return
+            self._loading.add(version)
+        threading.Thread(target=self._run, args=(version,), name=f"load-v{version}", daemon=True).start()
+
+    def _run(self, version: str) -> None:
+        started = time.perf_counter()
+        try:
+            served = self._load(version)
+        except BaseException as e:  # noqa: BLE001 - any failure: the old version keeps serving
+            with self._lock:
+                self._loading.discard(version)
+                self._failed.add(version)
+            self._on_failure(version, e)
+            return
+        with self._lock:
+            self._loading.discard(version)
+            self._ready[version] = served
+        log.info("version %s loaded, verified and warmed up in %.2f s", version, time.perf_counter() - started)
+
+    def take(self, version: str) -> ServedVersion | None:
+        """The loaded version (handed over: the caller owns it now), or None while not ready."""
+        with self._lock:
+            return self._ready.pop(version, None)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._loading)
+
+    def retry(self) -> None:
+        """A new announcement: versions that failed may be tried again."""
+        with self._lock:
+            self._failed.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = list(self._ready.values()), {}
+        for served in ready:
+            served.close()
+
+
+class VersionSet:
+    """The live version (and the canary) of one model in one consumer; see the module docstring."""
+
+    def __init__(self, live: ServedVersion, loader: VersionLoader | None, view: ControlView | None, model: str,
+                 canary_salt: str = CANARY_SALT, on_change: Callable[["VersionSet"], None] | None = None) -> None:
+        self.live, self.canary, self.canary_share = live, None, 0.0  # type: ServedVersion, ServedVersion | None, float
+        self._loader, self._view, self._model, self._salt = loader, view, model, canary_salt
+        self._on_change = on_change
+        self._started_at_s = time.time()
+        self._seen: Rollout | None = None
+
+    def follow(self) -> None:
+        """Apply the latest rollout (loop thread, between batches)."""
+        if self._view is None or self._loader is None:
+            return
+        rollout = self._view.rollout(self._model)
+        if rollout is None:
+            return
+        if rollout != self._seen:
+            self._seen = rollout
+            self._loader.retry()
+        changed = False
+        if rollout.updated_at_s > self._started_at_s and rollout.live_version != self.live.version:
+            changed |= self._switch_live(rollout.live_version)
+        wanted = rollout.canary_version if rollout.canary_share > 0 and rollout.canary_version != self.live.version else None
+        changed |= self._set_canary(wanted, rollout.canary_share)
+        if changed and self._on_change is not None:
+            self._on_change(self)
+
+    def _switch_live(self, version: str) -> bool:
+        assert self._loader is not None
+        if self.canary is not None and self.canary.version == version:  # the canary becomes live
+            ready, self.canary, self.canary_share = self.canary, None, 0.0
+        else:
+            ready = self._loader.take(version)
+        if ready is None:
+            self._loader.want(version)
+            return False
+        old, self.live = self.live, ready
+        old.close()
+        log.info("%s: switched from v%s to v%s between batches", self._model, old.version, version)
+        return True
+
+    def _set_canary(self, version: str | None, share: float) -> bool:
+        assert self._loader is not None
+        current = self.canary.version if self.canary is not None else None
+        if version == current:
+            changed = self.canary_share != (share if version else 0.0)
+            self.canary_share = share if version else 0.0
+            return changed
+        if version is not None:
+            ready = self._loader.take(version)
+            if ready is None:
+                self._loader.want(version)
+                return False
+        else:
+            ready = None
+        if self.canary is not None:
+            self.canary.close()
+        self.canary, self.canary_share = ready, share if ready is not None else 0.0
+        log.info("%s: canary %s", self._model, f"v{version} on {share:.1%} of requests" if ready else "ended")
+        return True
+
+    def split(self, records: list[Record]) -> list[tuple[ServedVersion, list[int]]]:
+        """Which version answers which records (by index): the canary its hashed share, live the rest."""
+        if self.canary is None or self.canary_share <= 0:
+            return [(self.live, list(range(len(records))))]
+        from qc.triage import hash_uniform
+
+        to_canary = [hash_uniform((r.key or b"").decode("utf-8", "replace"), self._salt) < self.canary_share
+                     if r.key else False for r in records]
+        live = [i for i, c in enumerate(to_canary) if not c]
+        canary = [i for i, c in enumerate(to_canary) if c]
+        return [(v, idx) for v, idx in ((self.live, live), (self.canary, canary)) if idx]
+
+    def close(self) -> None:
+        self.live.close()
+        if self.canary is not None:
+            self.canary.close()
+        if self._loader is not None:
+            self._loader.close()
