@@ -48,12 +48,13 @@ class PromotionDecision:
     config: dict[str, Any] = field(default_factory=dict)
     look: int = 1
     delta_look: float = 0.0
+    canary_share: float = 0.0  # a canary decision: the share of requests the candidate now answers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
-        verdict = "PROMOTE" if self.promote else "KEEP LIVE"
+        verdict = "PROMOTE" if self.promote else f"CANARY {self.canary_share:.1%}" if self.canary_share else "KEEP LIVE"
         return f"{self.model}: v{self.candidate} vs live v{self.live}: {verdict} ({self.code}): {self.reason}"
 
 
@@ -105,6 +106,25 @@ def decide(candidate: ModelCard, live: ModelCard, strata: list[PairedCounts], co
     return PromotionDecision(True, "not_worse", f"{why}; {shown}: not worse than live by {config.margin:g} or more "
                              f"(delta {base['delta_look']:.3g} at look {look})", certificate=facts,
                              strata=rows, **base)
+
+
+def decide_canary(candidate: ModelCard, live: ModelCard, share: float) -> PromotionDecision:
+    """May ``candidate`` answer ``share`` of the requests, acting, while it is compared? Its
+    certificate must hold (its answers are triaged by its own certified threshold); the paired
+    comparison is what the canary and the shadow gather, so it is not required yet. ``share`` 0
+    ends a canary (always allowed)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"canary share {share} must be in [0, 1]")
+    base = dict(model=candidate.name, candidate=candidate.version, live=live.version)
+    if share == 0.0:
+        return PromotionDecision(False, "canary_ended", "no request goes to a canary", certificate={}, **base)
+    if candidate.version == live.version:
+        return PromotionDecision(False, "already_live", f"v{live.version} is the live version", certificate={}, **base)
+    refusal, why, facts = certificate_check(candidate, live)
+    if refusal is not None:
+        return PromotionDecision(False, refusal, why, certificate=facts, **base)
+    return PromotionDecision(False, "canary", f"{why}; v{candidate.version} answers {share:.1%} of the requests",
+                             certificate=facts, canary_share=share, **base)
 
 
 def _stratum_text(r: StratumResult) -> str:

@@ -75,6 +75,7 @@ class VersionLoader:
         self._loading: set[str] = set()
         self._ready: dict[str, ServedVersion] = {}
         self._failed: set[str] = set()
+        self._closed = False  # a load that finishes after close() releases its session itself
 
     def want(self, version: str) -> None:
         """Start loading ``version`` unless it is loading, ready, or failed since the last :meth:`retry`."""
@@ -96,7 +97,12 @@ class VersionLoader:
             return
         with self._lock:
             self._loading.discard(version)
-            self._ready[version] = served
+            closed = self._closed
+            if not closed:
+                self._ready[version] = served
+        if closed:
+            served.close()
+            return
         log.info("version %s loaded, verified and warmed up in %.2f s", version, time.perf_counter() - started)
 
     def take(self, version: str) -> ServedVersion | None:
@@ -115,6 +121,7 @@ class VersionLoader:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             ready, self._ready = list(self._ready.values()), {}
         for served in ready:
             served.close()
