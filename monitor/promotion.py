@@ -106,10 +106,10 @@ def announce_rollout(settings: Settings, rollout: Rollout, timeout_s: float = 30
 
 def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
     """How many paired-gate decisions ``promotion.json`` records for this version (each spent delta)."""
-    return sum(1 for r in _records(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
+    return sum(1 for r in recorded_decisions(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def recorded_decisions(path: Path) -> list[dict[str, Any]]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -121,7 +121,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 def _append_record(path: Path, record: dict[str, Any]) -> None:
     """Append to the version's decision history, atomically (a reader sees the old or the new file)."""
-    history = _records(path) + [record]
+    history = recorded_decisions(path) + [record]
     text = json.dumps({"decisions": history}, indent=2, sort_keys=True, default=_json_default)
     fd, tmp = tempfile.mkstemp(prefix=".promotion-", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -162,6 +162,7 @@ class ServeApp:
                                            hooks=hooks, bootstrap=bootstrap, client_id=f"{member}.consumer")
             started.callback(self.loop.consumer.close)
             self.lag_probe.start()
+            self.versions.start()
             started.pop_all()  # started: close() owns everything now
 
     def _track_assignment(self, hooks: LoopHooks) -> None:

@@ -128,7 +128,11 @@ class VersionLoader:
 
 
 class VersionSet:
-    """The live version (and the canary) of one model in one consumer; see the module docstring."""
+    """The live version (and the canary) of one model in one consumer; see the module docstring.
+
+    A watcher thread (:meth:`start`) starts loading announced versions as soon as the control
+    view has them, even while no request arrives; :meth:`follow` (loop thread, per batch) makes
+    the switch once they are ready."""
 
     def __init__(self, live: ServedVersion, loader: VersionLoader | None, view: ControlView | None, model: str,
                  canary_salt: str = CANARY_SALT, on_change: Callable[["VersionSet"], None] | None = None) -> None:
@@ -137,22 +141,52 @@ class VersionSet:
         self._on_change = on_change
         self._started_at_s = time.time()
         self._seen: Rollout | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval_s: float = 0.2) -> "VersionSet":
+        if self._view is not None and self._loader is not None:
+            self._thread = threading.Thread(target=self._watch, args=(interval_s,), name="rollout-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                rollout = self._latest()
+                if rollout is not None:
+                    for version in filter(None, self._targets(rollout)):
+                        if version not in (self.live.version, self.canary.version if self.canary else None):
+                            self._loader.want(version)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - the watcher must not die; follow() still loads on its own
+                log.exception("rollout watcher")
+
+    def _latest(self) -> Rollout | None:
+        """The model's latest rollout; a new announcement lets failed versions be tried again."""
+        rollout = self._view.rollout(self._model) if self._view is not None else None
+        with self._lock:
+            if rollout is not None and rollout != self._seen:
+                self._seen = rollout
+                self._loader.retry()  # type: ignore[union-attr]
+        return rollout
+
+    def _targets(self, rollout: Rollout) -> tuple[str | None, str | None]:
+        """(live version to switch to or None, canary version or None) that ``rollout`` asks for."""
+        live = rollout.live_version if rollout.updated_at_s > self._started_at_s else self.live.version
+        canary = rollout.canary_version if rollout.canary_share > 0 and rollout.canary_version != live else None
+        return (live if live != self.live.version else None), canary
 
     def follow(self) -> None:
         """Apply the latest rollout (loop thread, between batches)."""
         if self._view is None or self._loader is None:
             return
-        rollout = self._view.rollout(self._model)
+        rollout = self._latest()
         if rollout is None:
             return
-        if rollout != self._seen:
-            self._seen = rollout
-            self._loader.retry()
-        changed = False
-        if rollout.updated_at_s > self._started_at_s and rollout.live_version != self.live.version:
-            changed |= self._switch_live(rollout.live_version)
-        wanted = rollout.canary_version if rollout.canary_share > 0 and rollout.canary_version != self.live.version else None
-        changed |= self._set_canary(wanted, rollout.canary_share)
+        live, canary = self._targets(rollout)
+        changed = self._switch_live(live) if live is not None else False
+        changed |= self._set_canary(canary, rollout.canary_share)
         if changed and self._on_change is not None:
             self._on_change(self)
 
@@ -203,6 +237,9 @@ class VersionSet:
         return [(v, idx) for v, idx in ((self.live, live), (self.canary, canary)) if idx]
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self.live.close()
         if self.canary is not None:
             self.canary.close()
