@@ -210,3 +210,19 @@ class ControlView:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+
+
+def announce_rollout(settings: Settings, rollout: Rollout, timeout_s: float = 30.0) -> None:
+    """Publish ``rollout`` to the compacted control topic and wait for the acknowledgement
+    (``DeliveryFailed`` otherwise: the caller moved ``LIVE`` but the consumers were not told)."""
+    from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
+
+    bootstrap = resolve_bootstrap(settings)
+    topic = settings.topic(CONTROL)
+    ensure_topics(settings, [topic], compacted=(topic,), bootstrap=bootstrap)
+    producer = make_producer(settings, bootstrap, client_id="auditstream-rollout")
+    try:
+        producer.send(topic, rollout.key, rollout.to_bytes())
+        producer.flush(timeout_s)
+    finally:
+        producer.close()

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditstream.control import Rollout
+from auditstream.control import Rollout, announce_rollout
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
 from qc.paired import PairedGateConfig
@@ -86,22 +86,6 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
             record["announced"] = True
     _append_record(registry.root / model / decision.candidate / PROMOTION_FILE, record)
     return decision
-
-
-def announce_rollout(settings: Settings, rollout: Rollout, timeout_s: float = 30.0) -> None:
-    """Publish ``rollout`` to the compacted control topic and wait for the acknowledgement."""
-    from auditstream import topics
-    from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
-
-    bootstrap = resolve_bootstrap(settings)
-    topic = settings.topic(topics.CONTROL)
-    ensure_topics(settings, [topic], compacted=(topic,), bootstrap=bootstrap)
-    producer = make_producer(settings, bootstrap, client_id="auditstream-promote")
-    try:
-        producer.send(topic, rollout.key, rollout.to_bytes())
-        producer.flush(timeout_s)  # raises DeliveryFailed: LIVE moved but the consumers were not told
-    finally:
-        producer.close()
 
 
 def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
