@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from auditstream import tasks
 from auditstream.wire import Prediction, VerdictKind
 from store.records import audit_error, dumps, human_label
+from store.schema import fill_types
 
 _DDL = (
     """
@@ -69,9 +70,7 @@ class ShadowAnswers:
         self._db = store._db  # shares the store's connections and transactions
         with self._db.write() as cur:
             for text in _DDL:
-                for name, sql_type in self._db.types.items():
-                    text = text.replace("{" + name + "}", sql_type)
-                cur.run(text)
+                cur.run(fill_types(text, self._db.types))
 
     def ingest(self, predictions: Sequence[Prediction], now_s: float) -> int:
         """Store shadow predictions (others are ignored); returns how many were new."""
