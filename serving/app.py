@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,7 @@ from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics
-from serving.rollout import ServedVersion, VersionLoader, VersionSet
+from serving.rollout import ServedVersion, VersionLoader, VersionSet, check_switchable
 from serving.runtime import ModelSession, load_session
 
 log = logging.getLogger(__name__)
@@ -70,20 +69,6 @@ def check_servable(model: RegisteredModel) -> None:
         tasks.lookup(model.card.task).check_card(model.card)
     except ValueError as e:
         raise ModelRefused(model.onnx_path, f"{e}; fix the card or re-export the model") from None
-
-
-def check_switchable(current: ModelCard, new: ModelCard) -> None:
-    """ModelRefused unless a running consumer of ``current`` can switch to ``new`` without a
-    restart: the same model and kind, and for kinds that keep episode state the same input spec
-    and frame stack (the state was built for them)."""
-    from serving.episodes import frame_stack
-
-    if (new.name, new.task) != (current.name, current.task):
-        raise ModelRefused(Path(new.name), f"{new.name} v{new.version} ({new.task}) cannot replace "
-                           f"{current.name} v{current.version} ({current.task}) in a running consumer")
-    if tasks.lookup(new.task).acts and (new.inputs != current.inputs or frame_stack(new) != frame_stack(current)):
-        raise ModelRefused(Path(new.name), f"v{new.version} changes the input spec or frame stack of v{current.version}; "
-                           "the episode state was built for the old one: restart the consumer to switch")
 
 
 class TimedRunner:
@@ -237,7 +222,7 @@ class ServeApp:
         model = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes).load(
             self.model.card.name, version)
         check_servable(model)
-        check_switchable(self.model.card, model.card)
+        check_switchable(self.model.card, model)
         session = load_session(model)
         try:
             return self._served(model.card, session)

@@ -36,15 +36,33 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from auditstream import tasks
 from auditstream.control import ControlView, Rollout
+from auditstream.errors import ModelRefused
 from auditstream.kafka import Record
+from auditstream.registry import ModelCard, RegisteredModel
+from qc.triage import hash_uniform
 from serving.consumer import ServeConfig
+from serving.episodes import frame_stack
 from serving.inference import FailureStreak
 from serving.runtime import ModelSession
 
 log = logging.getLogger(__name__)
 
 CANARY_SALT = "canary"
+
+
+def check_switchable(current: ModelCard, new: RegisteredModel) -> None:
+    """ModelRefused unless a running consumer of ``current`` can switch to ``new`` without a
+    restart: the same model and kind, and for kinds that keep episode state the same input spec
+    and frame stack (the state was built for them)."""
+    card = new.card
+    if (card.name, card.task) != (current.name, current.task):
+        raise ModelRefused(new.onnx_path, f"{card.name} v{card.version} ({card.task}) cannot replace "
+                           f"{current.name} v{current.version} ({current.task}) in a running consumer")
+    if tasks.lookup(card.task).acts and (card.inputs != current.inputs or frame_stack(card) != frame_stack(current)):
+        raise ModelRefused(new.onnx_path, f"v{card.version} changes the input spec or frame stack of v{current.version}; "
+                           "the episode state was built for the old one: restart the consumer to switch")
 
 
 @dataclass
@@ -228,8 +246,6 @@ class VersionSet:
         """Which version answers which records (by index): the canary its hashed share, live the rest."""
         if self.canary is None or self.canary_share <= 0:
             return [(self.live, list(range(len(records))))]
-        from qc.triage import hash_uniform
-
         to_canary = [hash_uniform((r.key or b"").decode("utf-8", "replace"), self._salt) < self.canary_share
                      if r.key else False for r in records]
         live = [i for i, c in enumerate(to_canary) if not c]
