@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from tests.store.store_factories import add_users, audit_item
 
+from auditstream import tasks
 from auditstream.wire import Route, VerdictKind
-from store.shadow import PairedAudit, ShadowAnswers
+from store.shadow import PairedAudit, ShadowAnswers, wrong_answers
 
 
 def shadow_of(item, version: str, output):  # the candidate's prediction for the item's request
@@ -49,3 +51,20 @@ def test_unaudited_shadow_answers_are_pruned_after_the_retention(store):
     assert shadow.prune(now_s=150.0, retention_s=60.0) == 0  # both younger than the retention
     assert shadow.prune(now_s=200.0, retention_s=60.0) == 1  # the unaudited one goes
     assert shadow.candidates("zip") == {"2": 1}
+
+
+BOX = {"box": [4.0, 6.0, 30.0, 40.0], "label": "7", "score": 0.9}
+
+
+@pytest.mark.parametrize("task, live, verdict, corrected, candidate, expected", [
+    # a detector's candidate whose box is a pixel off is right (IoU matching), a missing box is wrong
+    ("detection", [BOX], VerdictKind.ACCEPT, None, [{**BOX, "box": [5.0, 6.0, 30.0, 41.0], "score": 0.7}], (False, False)),
+    ("detection", [BOX], VerdictKind.ACCEPT, None, [], (False, True)),
+    # a caption re-spaced and re-cased is the same caption
+    ("caption", "a red circle", VerdictKind.CORRECT, "a blue circle", "A  blue circle", (True, False)),
+    ("sequence", "02139", VerdictKind.CORRECT, "02138", "02139", (True, True)),
+    ("policy", 1, VerdictKind.CORRECT, 0, 0, (True, False)),
+    ("classification", 3, VerdictKind.REJECT, None, 3, (True, True)),  # nothing is right on a reject
+])
+def test_each_kind_judges_both_answers_with_its_own_equality(task, live, verdict, corrected, candidate, expected):
+    assert wrong_answers(tasks.lookup(task), verdict, live, corrected, candidate) == expected
