@@ -57,10 +57,11 @@ def check_switchable(current: ModelCard, new: RegisteredModel) -> None:
     restart: the same model and kind, and for kinds that keep episode state the same input spec
     and frame stack (the state was built for them)."""
     card = new.card
-    if (card.name, card.task) != (current.name, current.task):
+    rule, current_rule = tasks.lookup(card.task), tasks.lookup(current.task)  # one kind module each
+    if card.name != current.name or rule is not current_rule:
         raise ModelRefused(new.onnx_path, f"{card.name} v{card.version} ({card.task}) cannot replace "
                            f"{current.name} v{current.version} ({current.task}) in a running consumer")
-    if tasks.lookup(card.task).acts and (card.inputs != current.inputs or frame_stack(card) != frame_stack(current)):
+    if rule.acts and (card.inputs != current.inputs or frame_stack(card) != frame_stack(current)):
         raise ModelRefused(new.onnx_path, f"v{card.version} changes the input spec or frame stack of v{current.version}; "
                            "the episode state was built for the old one: restart the consumer to switch")
 
