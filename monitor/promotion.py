@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from auditstream.control import Rollout, announce_rollout
-from auditstream.registry import ModelRegistry
+from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.paired import PairedGateConfig
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
@@ -44,15 +44,26 @@ PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that s
 
 def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate: str, *,
                      config: PairedGateConfig = PairedGateConfig(), look: int | None = None) -> PromotionDecision:
-    """The paired gate on what the store holds now, against the registry's live version.
-    ``look``: which decision on this candidate this is (default: one more than recorded)."""
-    cand = registry.card(model, candidate)
-    live = registry.card(model)
+    """The paired gate on what the store holds now, against the registry's live version (without
+    a ``LIVE`` pointer: the newest version older than the candidate, the one consumers started
+    before it was published serve). ``look``: which decision on this candidate this is
+    (default: one more than recorded)."""
+    cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
     audits = ShadowAnswers(store).paired_audits(model, live.version, cand.version)
     strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
     return decide(cand, live, strata, config, look)
+
+
+def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:
+    """The card of the version ``LIVE`` names; without the pointer, of the newest version older
+    than the candidate (what consumers started before it was published serve)."""
+    version = registry.live_version(model)
+    if version is None:
+        older = [v for v in registry.versions(model) if int(v) < int(candidate)]
+        version = older[-1] if older else candidate
+    return registry.card(model, version)
 
 
 def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = False,
@@ -61,9 +72,9 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
     """Decide, record, and (unless ``dry_run``) move ``LIVE`` and announce; see the module docstring.
     ``store``: the audit store (default: the settings' store, opened and closed here)."""
     registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
-    live_before = registry.default_version(model)
+    live_before = registry.live_version(model)
     if canary_share is not None:
-        decision = decide_canary(registry.card(model, candidate), registry.card(model), canary_share)
+        decision = decide_canary(registry.card(model, candidate), live_card(registry, model, candidate), canary_share)
     elif store is None:
         from store import open_store
 
@@ -77,7 +88,7 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
     if acts and not dry_run:
         if decision.promote:
             registry.set_live(model, decision.candidate)  # first: a consumer started from now on reads it
-        rollout = Rollout(model, registry.default_version(model) or decision.candidate,
+        rollout = Rollout(model, registry.live_version(model) or decision.live,
                           decision.candidate if decision.canary_share else None, decision.canary_share,
                           reason=decision.reason[:1000], updated_at_s=time.time())
         record["live_after"] = rollout.live_version
