@@ -17,7 +17,7 @@ Because the topic is compacted and keyed by model, a consumer (or a restarted mo
 reads it from the beginning ends up with the latest state of every model.
 
 The same topic carries each model's :class:`Rollout` (key ``rollout:<model>``), written only by
-``auditstream promote`` (monitor/promotion.py): the version just made live and the canary (a
+``auditstream promote`` (monitor/promotion.py) and ``auditstream rl promote``: the version just made live and the canary (a
 version answering a hashed share of the requests). Consumers started without a pinned version
 follow it between batches (serving/rollout.py). It is a record of its own, not a field of the
 monitor's state, so the monitor's tick can never overwrite an announcement it has not read yet.

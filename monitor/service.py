@@ -1,6 +1,6 @@
 """``auditstream monitor``: the process between the stream and the auditors.
 
-It does three things (docs/audit-store.md, "Monitor process"):
+It does four things (docs/audit-store.md, "Monitor process"):
 
 1. **Consumes** the ``audit`` and ``predictions`` topics in the consumer group
    ``auditstream-monitor`` with the shared at-least-once loop (:mod:`auditstream.stream`):
