@@ -132,3 +132,29 @@ def test_threshold_overrides_stay_keyed_by_version_across_a_switch(registry):
         assert after.triage_spec.threshold == 0.5  # v2 is judged on its own card
     finally:
         versions.close()
+
+
+def test_a_policy_switches_only_to_a_version_of_the_same_frame_stack(tmp_path: Path):
+    import numpy as np
+    from tests.serving.tiny_policy import cartpole_weights, linear_policy_onnx, policy_card
+
+    from auditstream.errors import ModelRefused
+    from serving.rollout import check_switchable
+
+    registry = ModelRegistry(tmp_path / "models")
+    weights = cartpole_weights()
+    for stack in (1, 1, 2):
+        card = policy_card("cart", 4 * stack, frame_stack=stack)
+        registry.publish(card, linear_policy_onnx(np.tile(weights, (stack, 1))))
+    current = registry.card("cart", "1")
+    check_switchable(current, registry.load("cart", "2"))  # same spec: switches in place
+    with pytest.raises(ModelRefused, match="restart the consumer"):
+        check_switchable(current, registry.load("cart", "3"))
+    with pytest.raises(ModelRefused, match="cannot replace"):
+        check_switchable(current, _tiny(tmp_path))  # a classifier of the same name
+
+
+def _tiny(tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "other")
+    registry.publish(tiny_card(name="cart"), tiny_classifier_onnx())
+    return registry.load("cart", "1")
