@@ -68,14 +68,18 @@ def follow_until(versions: VersionSet, done, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def follow_a_while(versions: VersionSet) -> None:
+    for _ in range(10):
+        versions.follow()
+        time.sleep(0.05)
+
+
 def test_a_stale_announcement_is_history_a_new_one_switches(registry):
     view = View()
     view.current = Rollout("tiny", "2", updated_at_s=time.time() - 60)  # made before this consumer started
     versions, _ = versions_of(registry, view)
     try:
-        for _ in range(10):
-            versions.follow()
-            time.sleep(0.05)
+        follow_a_while(versions)
         assert versions.live.version == "1"
         view.current = Rollout("tiny", "2", updated_at_s=time.time() + 1)
         follow_until(versions, lambda: versions.live.version == "2")
@@ -90,9 +94,7 @@ def test_a_failed_load_keeps_the_old_version_until_the_next_announcement(registr
     try:
         view.current = Rollout("tiny", "3", updated_at_s=time.time() + 1)
         follow_until(versions, lambda: failures == ["3"])
-        for _ in range(10):  # not retried while the announcement stays the same
-            versions.follow()
-            time.sleep(0.05)
+        follow_a_while(versions)  # not retried while the announcement stays the same
         assert failures == ["3"] and versions.live.version == "1"
         view.current = Rollout("tiny", "3", reason="again", updated_at_s=time.time() + 2)
         follow_until(versions, lambda: failures == ["3", "3"])
