@@ -15,6 +15,12 @@ model in a :class:`ControlView`:
 
 Because the topic is compacted and keyed by model, a consumer (or a restarted monitor) that
 reads it from the beginning ends up with the latest state of every model.
+
+The same topic carries each model's :class:`Rollout` (key ``rollout:<model>``), written only by
+``auditstream promote`` (monitor/promotion.py) and ``auditstream rl promote``: the version just made live and the canary (a
+version answering a hashed share of the requests). Consumers started without a pinned version
+follow it between batches (serving/rollout.py). It is a record of its own, not a field of the
+monitor's state, so the monitor's tick can never overwrite an announcement it has not read yet.
 """
 
 from __future__ import annotations
@@ -71,6 +77,50 @@ class ControlState:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"control record: {e}") from None
 
 
+ROLLOUT_KEY_PREFIX = "rollout:"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Which versions of ``model`` answer its requests (``control`` topic, key ``rollout:<model>``):
+    ``live_version`` (also the registry's ``LIVE`` pointer), and, while ``canary_share`` > 0,
+    ``canary_version`` on that share of the requests (a stable hash of the record key)."""
+
+    model: str
+    live_version: str
+    canary_version: str | None = None
+    canary_share: float = 0.0
+    reason: str = ""
+    updated_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ValueError(f"canary_share={self.canary_share} must be a share in [0, 1]")
+        if self.canary_share > 0 and not self.canary_version:
+            raise ValueError(f"canary_share={self.canary_share} needs a canary_version")
+
+    @property
+    def key(self) -> bytes:
+        return f"{ROLLOUT_KEY_PREFIX}{self.model}".encode("utf-8")
+
+    def to_bytes(self) -> bytes:
+        # No top-level "model": a reader that predates rollouts refuses the record instead of
+        # taking it for a ControlState that clears the model's overrides.
+        body = {"model": self.model, "live_version": self.live_version, "canary_version": self.canary_version,
+                "canary_share": self.canary_share, "reason": self.reason, "updated_at_s": self.updated_at_s}
+        return json.dumps({"v": WIRE_VERSION, "kind": "rollout", "rollout": body}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "Rollout":
+        try:
+            return cls(model=str(obj["model"]), live_version=str(obj["live_version"]),
+                       canary_version=None if obj.get("canary_version") is None else str(obj["canary_version"]),
+                       canary_share=float(obj.get("canary_share", 0.0)), reason=str(obj.get("reason", "")),
+                       updated_at_s=float(obj.get("updated_at_s", 0.0)))
+        except (ValueError, TypeError, KeyError) as e:
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"rollout record: {e}") from None
+
+
 class ControlView:
     """The latest :class:`ControlState` per model, kept current by a background consumer.
 
@@ -85,6 +135,7 @@ class ControlView:
         group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
         self._consumer = make_consumer(settings, group, [self.topic], bootstrap=bootstrap)
         self._states: dict[str, ControlState] = {}
+        self._rollouts: dict[str, Rollout] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -103,6 +154,14 @@ class ControlView:
         with self._lock:
             return dict(self._states)
 
+    def rollout(self, model: str) -> Rollout | None:
+        with self._lock:
+            return self._rollouts.get(model)
+
+    def rollouts(self) -> dict[str, Rollout]:
+        with self._lock:
+            return dict(self._rollouts)
+
     def wait_caught_up(self, timeout_s: float) -> bool:
         """True once the view has read everything the topic held when it joined."""
         return self._caught_up.wait(timeout_s)
@@ -111,12 +170,22 @@ class ControlView:
         """Fold one record into the view (a tombstone removes the model's state)."""
         if value is None:
             if key is not None:
+                name = key.decode("utf-8", "replace")
                 with self._lock:
-                    self._states.pop(key.decode("utf-8", "replace"), None)
+                    if name.startswith(ROLLOUT_KEY_PREFIX):
+                        self._rollouts.pop(name[len(ROLLOUT_KEY_PREFIX):], None)
+                    else:
+                        self._states.pop(name, None)
             return
         try:
+            obj = json.loads(value)
+            if isinstance(obj, dict) and obj.get("kind") == "rollout" and isinstance(obj.get("rollout"), dict):
+                rollout = Rollout.from_dict(obj["rollout"])
+                with self._lock:
+                    self._rollouts[rollout.model] = rollout
+                return
             state = ControlState.from_bytes(value)
-        except DecodeError as e:
+        except (DecodeError, ValueError, UnicodeDecodeError) as e:
             log.warning("ignoring a control record that does not decode: %s", e)
             return
         with self._lock:
@@ -141,3 +210,19 @@ class ControlView:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+
+
+def announce_rollout(settings: Settings, rollout: Rollout, timeout_s: float = 30.0) -> None:
+    """Publish ``rollout`` to the compacted control topic and wait for the acknowledgement
+    (``DeliveryFailed`` otherwise: the caller moved ``LIVE`` but the consumers were not told)."""
+    from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
+
+    bootstrap = resolve_bootstrap(settings)
+    topic = settings.topic(CONTROL)
+    ensure_topics(settings, [topic], compacted=(topic,), bootstrap=bootstrap)
+    producer = make_producer(settings, bootstrap, client_id="auditstream-rollout")
+    try:
+        producer.send(topic, rollout.key, rollout.to_bytes())
+        producer.flush(timeout_s)
+    finally:
+        producer.close()

@@ -134,3 +134,21 @@ def bar_chart(values: dict[str, float], title: str, percent: bool = False) -> al
         .encode(y=alt.Y("name:N", title=None, sort="-x"), x=alt.X("value:Q", title=title, axis=axis),
                 tooltip=["name:N", alt.Tooltip("value:Q", format=".1%" if percent else "d")])  # fmt: skip
     )
+
+
+def learning_curve_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
+    """Certified coverage and certified risk per model version (the learning curve read from the
+    registry's cards): rows of {version, measure, value}, version an integer."""
+    frame = pd.DataFrame(rows)
+    return (
+        alt.Chart(frame, height=HEIGHT)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("version:O", title="model version"),
+            y=alt.Y("value:Q", title=None, axis=alt.Axis(format="%")),
+            color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="bottom"),
+                            scale=alt.Scale(domain=["certified coverage", "certified risk", "risk target"],
+                                            range=[MAIN_COLOUR, "#ff7f0e", BUDGET_COLOUR])),
+            tooltip=["version:O", "measure:N", alt.Tooltip("value:Q", format=".2%")],
+        )
+    )

@@ -4,8 +4,9 @@ keeping up?
 Sections, top to bottom: the queue (depth, oldest age, throughput), quality (coverage over time,
 the audited error of auto-accepted answers with its 95% interval against the certified budget,
 and for a detector the false-discovery rate of its auto-accepted boxes, which its budget judges;
-drift), the model card's risk-coverage curve and the cost model, and the auditors (throughput,
-gold accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
+drift), the model card's risk-coverage curve and the cost model, the model's versions (candidate
+vs live, the learning curve: dashboards/versions.py), and the auditors (throughput, gold
+accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
 QC snapshots the monitor process records, the cost model — so this page only lays them out.
 The live sections rerun every ``DashboardConfig.refresh_s`` seconds (``st.fragment``).
 """
@@ -17,7 +18,7 @@ import time
 
 import streamlit as st
 
-from dashboards import charts
+from dashboards import charts, versions
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.render import human_duration
@@ -36,6 +37,8 @@ def page(ctx: DashboardContext, user: User) -> None:
     model = model_ui(ctx)
     if model is not None:
         _model_card_sections(ctx, model)
+        versions.candidate_section(ctx, model)
+        versions.learning_curve_section(ctx, model)
 
 
 def model_ui(ctx: DashboardContext) -> str | None:

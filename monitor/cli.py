@@ -5,6 +5,7 @@
     printf '%s\\n' "$PW" | auditstream users add ci --role viewer --password-stdin
     auditstream users list
     auditstream labels export --out labels.jsonl --model zip --format jsonl
+    auditstream promote --model digits --candidate 3 [--canary-share 0.1] [--dry-run]
 
 Every command opens the store at ``--store-url`` (default: ``AUDITSTREAM_STORE_URL``, else SQLite
 in the state directory). Nothing heavy is imported at the top, so ``auditstream --help`` is fast.
@@ -53,6 +54,22 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     listing.add_argument("--store-url", default="", help=store_help)
     listing.set_defaults(handler=run_users_list)
 
+    promote = commands.add_parser("promote", help="make a shadow candidate live if its certificate holds and the "
+                                  "paired comparison on audited items shows it is not worse (or start a canary)")
+    promote.add_argument("--model", required=True, help="model name")
+    promote.add_argument("--candidate", required=True, help="the candidate version (served with serve --shadow)")
+    promote.add_argument("--canary-share", type=float, default=None, help="instead of promoting: let the candidate "
+                         "answer this hashed share of the requests, acting (0 ends the canary); needs its certificate")
+    promote.add_argument("--margin", type=float, default=0.02, help="largest tolerated increase of the error rate "
+                         "(absolute; default 0.02)")
+    promote.add_argument("--delta", type=float, default=0.05, help="error probability of the gate over all its looks "
+                         "at this candidate (default 0.05)")
+    promote.add_argument("--pooled", action="store_true", help="one test over all audited items instead of one per "
+                         "route (deferred, QC samples); speaks about the audited mix only")
+    promote.add_argument("--dry-run", action="store_true", help="decide and record, but move nothing")
+    promote.add_argument("--store-url", default="", help=store_help)
+    promote.set_defaults(handler=run_promote)
+
     control = commands.add_parser("control", help="the monitor's word to the consumers: queue depth, tightened thresholds")
     control_sub = control.add_subparsers(dest="control_command", metavar="ACTION", required=True)
     show = control_sub.add_parser("show", help="print the latest control state of every model (JSON lines)")
@@ -83,6 +100,8 @@ def run_control_show(args: argparse.Namespace) -> int:
     try:
         for state in view.states().values():
             print(json.dumps(dataclasses.asdict(state), sort_keys=True))
+        for rollout in view.rollouts().values():
+            print(json.dumps({"rollout": dataclasses.asdict(rollout)}, sort_keys=True))
     finally:
         view.stop()
     return 0
@@ -112,6 +131,23 @@ def run_control_clear(args: argparse.Namespace) -> int:
         producer.close()
     print(f"model {args.model}: override cleared ({args.version or 'all versions'})")
     return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    """Prints the decision (a line for people on stderr, the JSON on stdout); exit 0 when it
+    promoted or set the canary (or would have, with --dry-run), 1 when the live version stays."""
+    import json
+
+    from monitor.promotion import promote
+    from qc.paired import PairedGateConfig
+
+    settings, store = _open(args)
+    with store:
+        decision = promote(settings, args.model, args.candidate, dry_run=args.dry_run, canary_share=args.canary_share,
+                           config=PairedGateConfig(args.margin, args.delta, per_route=not args.pooled), store=store)
+    print(("(dry run) " if args.dry_run else "") + decision.summary(), file=sys.stderr)
+    print(json.dumps(decision.to_dict(), sort_keys=True, default=str))
+    return 0 if decision.promote or decision.code in ("canary", "canary_ended") else 1
 
 
 def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202

@@ -1,6 +1,6 @@
 """``auditstream monitor``: the process between the stream and the auditors.
 
-It does three things (docs/audit-store.md, "Monitor process"):
+It does four things (docs/audit-store.md, "Monitor process"):
 
 1. **Consumes** the ``audit`` and ``predictions`` topics in the consumer group
    ``auditstream-monitor`` with the shared at-least-once loop (:mod:`auditstream.stream`):
@@ -16,6 +16,9 @@ It does three things (docs/audit-store.md, "Monitor process"):
    ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
    ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
+4. **Keeps shadow answers** (store/shadow.py): predictions flagged ``shadow`` (a candidate
+   version on the live requests) are stored for the paired promotion gate (monitor/promotion.py);
+   those whose request was never audited are pruned after ``shadow_retention_s``.
 
 Steps 2 and 3 run only in the **leader** (``store.leadership``, store/leader.py) when
 several monitors share a store; the others keep ingesting. On taking the lead a process seeds
@@ -42,6 +45,7 @@ from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
 from store.leader import Leadership
+from store.shadow import ShadowAnswers
 from store.records import check_audit_item
 
 if TYPE_CHECKING:
@@ -60,12 +64,14 @@ class MonitorArgs:
     outbox_batch: int = field(default=500, metadata={"help": "most outbox rows published per round"})
     stats_interval_s: float = field(default=5.0, metadata={"help": "seconds between statistics/metrics updates"})
     flush_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the broker to acknowledge"})
+    shadow_retention_s: float = field(default=3600.0, metadata={
+        "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
     leader_lease_s: float = field(default=45.0, metadata={
         "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
                 "this); must exceed flush_timeout_s. PostgreSQL uses a session lock and ignores it"})  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s", "leader_lease_s"):
+        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s", "leader_lease_s", "shadow_retention_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if self.outbox_batch < 1:
@@ -86,8 +92,10 @@ def _dead_letter(settings: Settings, record: Record, reason: str, detail: str) -
 
 
 def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
-                 on_prediction: Callable[[Prediction], None] | None = None) -> list[list[Output]]:  # fmt: skip
+                 on_prediction: Callable[[Prediction], None] | None = None,
+                 shadow: ShadowAnswers | None = None) -> list[list[Output]]:  # fmt: skip
     """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
+    Shadow predictions go to ``shadow`` (in one transaction; a failure there is the store's).
 
     Audit items are stored in one transaction. If that fails, each item is tried alone: the ones
     the store refuses (content no database takes) are dead-lettered with their bytes, the rest
@@ -96,6 +104,7 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
     results: list[list[Output]] = [[] for _ in records]
     items: list[tuple[int, AuditItem]] = []
+    shadows: list[Prediction] = []
     for i, record in enumerate(records):
         try:
             record.check_readable()
@@ -107,6 +116,8 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
                 prediction = Prediction.from_bytes(record.value, list(record.headers))  # type: ignore[arg-type]
                 if on_prediction is not None:
                     on_prediction(prediction)
+                if prediction.shadow and shadow is not None:
+                    shadows.append(prediction)
             else:
                 raise DecodeError(Reason.BAD_SCHEMA.value, f"the monitor does not read topic {record.topic!r}")
         except DecodeError as e:
@@ -116,6 +127,8 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
         except Exception as e:  # noqa: BLE001 - this record's own failure (e.g. in the QC tracker): it alone
             log.warning("record %s: %r", record.where, e)
             results[i] = [_dead_letter(settings, record, Reason.PROCESSING_FAILED.value, repr(e)[:500])]
+    if shadows:
+        shadow.ingest(shadows, now_s)  # type: ignore[union-attr]
     if not items:
         return results
     try:
@@ -262,6 +275,7 @@ class OutboxPublisher(threading.Thread):
         super().__init__(name="outbox-publisher", daemon=True)
         self.store, self.producer, self.settings, self.args, self.stats = store, producer, settings, args, stats
         self.leadership, self.leading = leadership, False
+        self.shadow: ShadowAnswers | None = None  # pruned each statistics tick
         self.published = 0
         self.error: BaseException | None = None
         self.on_error: Callable[[], None] | None = None  # the monitor stops its loop: fail loudly
@@ -290,6 +304,8 @@ class OutboxPublisher(threading.Thread):
                         states = self.stats.tick(self.store, time.time())
                         if states:
                             publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
+                        if self.shadow is not None:
+                            self.shadow.prune(time.time(), self.args.shadow_retention_s)
                         next_tick = time.monotonic() + self.args.stats_interval_s
                 if stopping:  # one last full round after stop(), so nothing decided is left behind
                     return
@@ -326,9 +342,10 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings,
                                     args, stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
         started.append(publisher.producer.close)
+        shadow = publisher.shadow = ShadowAnswers(store)
         loop = StreamLoop.connect(
             settings, args.group_id, names[:2],
-            lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction),
+            lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow),
             make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
         )  # fmt: skip
     except BaseException:

@@ -11,9 +11,14 @@ outputs (state snapshots) checkpointed with each batch. A policy model gets a
 :class:`serving.episodes.EpisodeStore` on those hooks by itself: restored from the compacted
 ``episode-state`` topic on assignment, its snapshots written before every commit.
 
-Shadow mode (``shadow_of=LIVE``, used by ``auditstream rl promote``): the model reads the live
-model's request topic in its own group ``<prefix>-shadow-<model>-v<version>`` and writes only
-predictions flagged ``shadow``; its episode state stays in memory.
+Shadow mode (``shadow_of=LIVE``; ``auditstream serve --shadow``, ``auditstream rl promote``): the
+model reads the live model's request topic in its own group ``<prefix>-shadow-<model>-v<version>``
+and writes only predictions flagged ``shadow``; its episode state stays in memory.
+
+Hot reload and canary (``follow_rollout=True``; ``auditstream serve`` without ``--version``): the
+versions served live in a :class:`serving.rollout.VersionSet`, which follows the model's rollout
+on the control channel between batches -- a promoted version is loaded, verified and warmed up in
+the background, then switched to; a canary answers its hashed share of the requests.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.errors import ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
-from auditstream.registry import ModelRegistry, RegisteredModel
+from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
-from serving.consumer import ServeConfig, process_batch
+from qc.triage import derived_salt
+from serving.consumer import RecordResult, ServeConfig, process_batch
 from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics
+from serving.rollout import ServedVersion, VersionLoader, VersionSet, check_switchable
 from serving.runtime import ModelSession, load_session
 
 log = logging.getLogger(__name__)
@@ -94,23 +101,21 @@ class ServeApp:
                  producer: Producer | None = None, hooks: LoopHooks | None = None,
                  session: ModelSession | None = None, shadow_of: str | None = None,
                  use_control: bool = True, lag_refresh_s: float = LAG_REFRESH_S,
-                 max_consecutive_inference_failures: int = MAX_CONSECUTIVE_INFERENCE_FAILURES) -> None:
+                 max_consecutive_inference_failures: int = MAX_CONSECUTIVE_INFERENCE_FAILURES,
+                 follow_rollout: bool = False) -> None:
         check_servable(model)
         self.settings, self.model = settings, model
+        self._max_failures, self._shadow_of = max_consecutive_inference_failures, shadow_of
         self.control_view: ControlView | None = None
         with contextlib.ExitStack() as started:  # unwound only if start-up fails
             if producer is not None:
                 started.callback(producer.close)
             if session is None:
                 session = load_session(model)
-            self.session = session
             started.callback(session.close)
-            self.config = ServeConfig.from_settings(settings, model.card, shadow=shadow_of is not None,
-                                                    request_model=shadow_of or "")
             self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
-            self._children = self.metrics.children(model.card.version)  # labelled once: no lookups per record
-            self._runner = TimedRunner(session, self._children["inference_seconds"])
-            self._failures = FailureStreak(model.card, max_consecutive_inference_failures)
+            live = self._served(model.card, session)
+            self._last_live_children = live.children
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
             bootstrap = resolve_bootstrap(settings)
             ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
@@ -121,9 +126,14 @@ class ServeApp:
                 ensure_topics(settings, [control_topic], compacted=(control_topic,), bootstrap=bootstrap)
                 self.control_view = ControlView(settings, bootstrap).start()
                 started.callback(self.control_view.stop)
+            following = follow_rollout and self.control_view is not None
+            loader = VersionLoader(self._load_version, self._load_failed) if following else None
+            self.versions = VersionSet(live, loader, self.control_view if following else None, model.card.name,
+                                       derived_salt(settings.qc_salt, "canary"), self._versions_changed)
             group = (shadow_group_id(settings, model.card.name, model.card.version) if shadow_of is not None
                      else group_id(settings, model.card.name))
-            self.lag_probe = LagProbe(settings, bootstrap, group, self._children["consumer_lag"].set, lag_refresh_s)
+            self.lag_probe = LagProbe(settings, bootstrap, group, lambda lag: self._children["consumer_lag"].set(lag),
+                                      lag_refresh_s)
             hooks = hooks or LoopHooks()
             self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
             self._track_assignment(hooks)
@@ -137,6 +147,7 @@ class ServeApp:
                                            hooks=hooks, bootstrap=bootstrap, client_id=f"{member}.consumer")
             started.callback(self.loop.consumer.close)
             self.lag_probe.start()
+            self.versions.start()
             started.pop_all()  # started: close() owns everything now
 
     def _track_assignment(self, hooks: LoopHooks) -> None:
@@ -185,13 +196,76 @@ class ServeApp:
         hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint = on_assign, on_revoke, before_checkpoint
         return store
 
+    # -- the versions served (serving/rollout.py) ------------------------------------------------
+
+    @property
+    def session(self) -> ModelSession:
+        return self.versions.live.session
+
+    @property
+    def config(self) -> ServeConfig:
+        return self.versions.live.config
+
+    @property
+    def _children(self) -> dict:
+        return self.versions.live.children
+
+    def _served(self, card: ModelCard, session: ModelSession) -> ServedVersion:
+        config = ServeConfig.from_settings(self.settings, card, shadow=self._shadow_of is not None,
+                                           request_model=self._shadow_of or "")
+        children = self.metrics.children(card.version)  # labelled once: no lookups per record
+        return ServedVersion(session, config, TimedRunner(session, children["inference_seconds"]), children,
+                             FailureStreak(card, self._max_failures))
+
+    def _load_version(self, version: str) -> ServedVersion:
+        """Background thread: load, verify, check and warm up ``version`` (raises if it cannot serve)."""
+        model = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes).load(
+            self.model.card.name, version)
+        check_servable(model)
+        check_switchable(self.model.card, model)
+        session = load_session(model)
+        try:
+            return self._served(model.card, session)
+        except BaseException:
+            session.close()
+            raise
+
+    def _load_failed(self, version: str, error: BaseException) -> None:
+        log.error("%s v%s could not be loaded, the live version keeps serving: %s", self.model.card.name, version, error)
+        self.metrics.version_load_failures.labels(self.model.card.name).inc()
+
+    def _versions_changed(self, versions: VersionSet) -> None:
+        name = self.model.card.name
+        self.metrics.canary_share.labels(name).set(versions.canary_share)
+        for served in filter(None, (versions.live, versions.canary)):
+            served.children["assigned_partitions"].set(self.lag_probe.owned)
+        if versions.live.children is not self._last_live_children:  # the lag is the live version's now
+            self._last_live_children["consumer_lag"].set(0)
+            self._last_live_children["assigned_partitions"].set(0)
+            self._last_live_children = versions.live.children
+            self.metrics.version_switches.labels(name).inc()
+
+    # -- the batch --------------------------------------------------------------------------------
+
     def _process(self, records: list[Record]) -> list[list[Output]]:
-        m = self._children
-        config = self.config
+        self.versions.follow()  # a promotion or canary announced since the last batch
+        control = None
         if self.control_view is not None:  # the monitor's latest word, read once per batch
-            config = dataclasses.replace(config, control=self.control_view.get(self.model.card.name))
-        results = process_batch(records, self._runner, config, time.time(), self.episodes)
-        self._failures.observe(results)  # a long streak of failed inferences: the model is broken
+            control = self.control_view.get(self.model.card.name)
+        now = time.time()
+        results: list[RecordResult] = [RecordResult()] * len(records)
+        for served, indices in self.versions.split(records):
+            config = served.config if self.control_view is None else dataclasses.replace(served.config, control=control)
+            part = [records[i] for i in indices]
+            answered = process_batch(part, served.runner, config, now, self.episodes)
+            served.failures.observe(answered)  # a long streak of failed inferences: the model is broken
+            self._count(served.children, part, answered)
+            for i, result in zip(indices, answered):
+                results[i] = result
+        return [r.outputs for r in results]
+
+    @staticmethod
+    def _count(m: dict, records: list[Record], results: list[RecordResult]) -> None:
         m["records_in"].inc(len(records))
         m["batch_size"].observe(len(records))
         for r in results:
@@ -203,7 +277,6 @@ class ServeApp:
                     m["over_capacity"].inc()
             elif r.dead_letter_reason is not None:  # neither: an episode-end marker, nothing to count
                 m[r.dead_letter_reason].inc()
-        return [r.outputs for r in results]
 
     def run(self, max_records: int | None = None) -> LoopStats:
         return self.loop.run(max_records)
@@ -215,18 +288,23 @@ class ServeApp:
         finally:
             if self.control_view is not None:
                 self.control_view.stop()
-            self.session.close()
+            self.versions.close()
 
 
-def serve(settings: Settings, model_name: str, version: str | None = None) -> LoopStats:
-    """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises."""
+def serve(settings: Settings, model_name: str, version: str | None = None, shadow: bool = False) -> LoopStats:
+    """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises. Without a
+    pinned ``version`` the consumer serves the live version and follows promotions and canaries;
+    ``shadow``: ``version`` (a candidate) answers the model's requests in shadow."""
+    if shadow and not version:
+        raise ValueError("serve --shadow needs --version: the candidate version to run in shadow")
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
     # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
     check_servable(model)
     session = load_session(model)
     try:
         metrics = ServeMetrics(model_name, version=model.card.version)
-        app = ServeApp(settings, model, metrics, session=session)
+        app = ServeApp(settings, model, metrics, session=session, shadow_of=model_name if shadow else None,
+                       follow_rollout=version is None)
     except BaseException:
         session.close()
         raise
@@ -234,7 +312,7 @@ def serve(settings: Settings, model_name: str, version: str | None = None) -> Lo
         metrics.serve_http(settings.metrics_port)
         log.info("metrics on :%d/metrics", settings.metrics_port)
     app.loop.install_signal_handlers()
-    log.info("serving %s v%s from %s", model_name, model.card.version, app.request_topic)
+    log.info("serving %s v%s%s from %s", model_name, model.card.version, " in shadow" if shadow else "", app.request_topic)
     try:
         stats = app.run()
     finally:

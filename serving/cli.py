@@ -36,7 +36,7 @@ def _settings(**overrides: object):
 def _serve(args: argparse.Namespace) -> int:
     from serving.app import serve
 
-    serve(_settings(), args.model, args.version or None)
+    serve(_settings(), args.model, args.version or None, shadow=args.shadow)
     return 0
 
 
@@ -77,7 +77,10 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     s = commands.add_parser("serve", help="serve one model: consume its requests, infer, triage, produce")
     s.add_argument("--model", required=True, help="model name in the registry (AUDITSTREAM_MODELS_DIR)")
-    s.add_argument("--version", default="", help="model version (default: latest)")
+    s.add_argument("--version", default="", help="model version (default: the live one, following promotions "
+                   "and canaries without a restart; a pinned version never changes)")
+    s.add_argument("--shadow", action="store_true", help="run --version as a shadow candidate on the model's "
+                   "requests: predictions flagged shadow only, nothing acts (for auditstream promote)")
     s.set_defaults(handler=_serve)
 
     p = commands.add_parser("produce", help="load generator: requests that fit a model's input spec")

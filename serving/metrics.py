@@ -16,6 +16,10 @@ What each one measures (docs/serving.md, "Metrics"):
 * ``assigned_partitions`` -- partitions of the request topic this process owns now (updated by
   every rebalance): summed over replicas it equals the topic's partition count once the group
   has settled; a replica at 0 serves nothing.
+* ``version_switches_total`` / ``version_load_failures_total`` / ``canary_share`` -- a running
+  consumer following promotions (serving/rollout.py): switches made, announced versions that
+  could not be loaded (the old one kept serving), and the share of requests on the canary. The
+  per-version series (``predictions_total{version=...}``) show which version answered what.
 * ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
   (still deferred, never auto-accepted: qc/triage.py).
 """
@@ -64,6 +68,17 @@ class ServeMetrics:
         self.assigned_partitions = Gauge("auditstream_serve_assigned_partitions",
                                          "Request-topic partitions this process owns now (after the last rebalance).",
                                          LABELS, registry=r)
+        # Hot reload and canary (serving/rollout.py): one series per model, labelled up front.
+        self.version_switches = Counter("auditstream_serve_version_switches_total",
+                                        "Live-version switches a running consumer made after a promotion.", ["model"],
+                                        registry=r)
+        self.version_load_failures = Counter("auditstream_serve_version_load_failures_total",
+                                             "Announced versions that failed to load, verify or warm up (the old "
+                                             "version kept serving).", ["model"], registry=r)
+        self.canary_share = Gauge("auditstream_serve_canary_share", "Share of requests the canary version answers "
+                                  "(0: no canary).", ["model"], registry=r)
+        for metric in (self.version_switches, self.version_load_failures, self.canary_share):
+            metric.labels(model)
         if version is not None:
             self.children(version)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 SCHEMA_VERSION = 2
 
 TABLES = ("outbox", "verdicts", "items", "users", "meta")
-# Tables other modules keep in the same database (dropped with the store): store/qc_history.py.
-EXTRA_TABLES = ("qc_snapshots",)
+# Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
+EXTRA_TABLES = ("qc_snapshots", "shadow_answers")
 
 DDL = (
     """

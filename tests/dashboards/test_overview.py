@@ -38,8 +38,8 @@ def test_every_role_sees_the_overview_with_live_numbers(store, store_url, tmp_pa
             "suggested threshold 0.850") in shown
     assert "Gold-item scores are shown to admins only." in shown  # vic is a viewer
     charts = elements(at, "vega_lite_chart")
-    # throughput, coverage, error interval, auditor throughput, risk-coverage, cost
-    assert len(charts) == 6
+    # throughput, coverage, error interval, auditor throughput, risk-coverage, cost, learning curve
+    assert len(charts) == 7
     drift = [d.value for d in at.dataframe]
     assert any("CUSUM alarm" in d.columns and (d["CUSUM alarm"] == "ALARM").all() for d in drift)
 
@@ -86,4 +86,4 @@ def test_a_detectors_budget_reads_as_the_false_discovery_rate_of_its_boxes(store
     at = log_in(start_app(store_url, tmp_path), "vic")
     shown = texts(at)
     assert text in shown and "**False-discovery rate of auto-accepted boxes**" in shown
-    assert len(elements(at, "vega_lite_chart")) == 7  # the six of the overview and the boxes' rate
+    assert len(elements(at, "vega_lite_chart")) == 8  # the seven of the overview and the boxes' rate

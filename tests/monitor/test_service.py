@@ -265,3 +265,19 @@ def test_a_monitor_that_fails_to_start_releases_its_control_view(broker: Setting
         with pytest.raises(ValueError, match="Duplicated timeseries"):
             run_monitor(settings, MonitorArgs(), store, threading.Event(), False, registry)
     assert not [t for t in threading.enumerate() if t.name == "control-view" and t.is_alive()]
+
+
+def test_ingest_batch_keeps_shadow_answers_beside_the_items(tmp_path: Path) -> None:
+    from store.shadow import ShadowAnswers
+
+    settings = Settings(topic_prefix="t")
+    audit, preds = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
+    item = audit_item("r1")
+    shadow = dataclasses.replace(item.prediction, model_version="v2", route=Route.AUTO, shadow=True)
+    records = [_record(preds, shadow.to_bytes(), 0), _record(audit, item.to_bytes(), 1),
+               _record(preds, item.prediction.to_bytes(), 2), _record(preds, shadow.to_bytes(), 3)]  # a redelivery
+    with make_store("sqlite", tmp_path) as store:
+        answers = ShadowAnswers(store)
+        assert ingest_batch(store, settings, records, T0, shadow=answers) == [[], [], [], []]
+        assert answers.candidates("zip") == {"v2": 1} and store.queue_depth() == 1
+        assert answers.prune(T0 + 10_000, retention_s=60) == 0  # its request has an audit item: kept

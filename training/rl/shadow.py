@@ -13,8 +13,9 @@
 3. **Record.** The decision with every number (gate, shadow report, dataset summary) is written to
    ``models/<candidate>/<version>/promotion.json`` and printed. If promoted, the live model's
    ``LIVE`` pointer moves to the candidate (``ModelRegistry.set_live``); a candidate published
-   under another name is first published as a new version of the live name. ``auditstream serve``
-   picks the live version when it starts: restart the policy consumer to switch.
+   under another name is first published as a new version of the live name, and the new live
+   version is announced on the control channel: running policy consumers started without a
+   pinned version load it and switch between batches (serving/rollout.py).
 """
 
 from __future__ import annotations
@@ -137,7 +138,11 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
                               "decided_at_s": time.time(), "dry_run": args.dry_run,
                               "live_before": f"{live.card.name}/{registry.default_version(live.card.name)}"}
     if decision.promote and not args.dry_run:
-        record["live_after"] = f"{live.card.name}/{_make_live(registry, candidate, live.card.name)}"
+        from auditstream.control import Rollout, announce_rollout
+
+        version = _make_live(registry, candidate, live.card.name)
+        record["live_after"] = f"{live.card.name}/{version}"
+        announce_rollout(settings, Rollout(live.card.name, version, reason=decision.reason[:1000], updated_at_s=time.time()))
     (candidate.directory / PROMOTION_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=float))
     record["recorded_at"] = str(candidate.directory / PROMOTION_FILE)
     return record

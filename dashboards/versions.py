@@ -1,0 +1,130 @@
+"""The overview's model-version sections: candidate vs live, and the learning curve.
+
+**Candidate vs live**: for each version that answered in shadow (or is newer than the live one),
+its certificate beside the live card's, its paired audits per route (candidate-only wrong,
+live-only wrong, the exact upper bound of the increase of the error rate) and what ``auditstream
+promote`` would decide now -- computed by ``monitor.promotion.decide_promotion``, shown, never
+recorded -- plus the last decision its ``promotion.json`` records.
+
+**Learning curve**: every version of the model in the registry, oldest first, with what its card
+says: certified coverage, certified risk and target, how it was certified, and the training
+summary (whatever scalar facts the card's ``training`` section holds: the examples or verdicts
+it learnt from, where a retraining recorded them). Cards without those fields show a dash.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import streamlit as st
+
+from auditstream.errors import ModelNotFound, ModelRefused
+from auditstream.registry import ModelCard
+from dashboards import charts
+from dashboards.context import DashboardContext
+from monitor.promotion import PROMOTION_FILE, recorded_decisions, decide_promotion, recorded_looks
+from store.shadow import ShadowAnswers
+
+TRAINING_FACTS = 4  # scalar facts of card.training shown per version
+
+
+@st.cache_resource(show_spinner=False)
+def _shadow_answers(_store: Any, store_id: int) -> ShadowAnswers:
+    return ShadowAnswers(_store)  # creates its table once per store, not on every rerun
+
+
+def cards(ctx: DashboardContext, model: str) -> list[ModelCard]:
+    """Every readable card of ``model``, oldest version first."""
+    found = []
+    for version in ctx.registry.versions(model):
+        card = ctx.card(model, version)
+        if card is not None:
+            found.append(card)
+    return found
+
+
+def live_version(ctx: DashboardContext, model: str) -> str | None:
+    try:
+        return ctx.registry.default_version(model)
+    except (ModelNotFound, ModelRefused):
+        return None
+
+
+def candidate_section(ctx: DashboardContext, model: str) -> None:
+    st.subheader("Candidate vs live")
+    live = live_version(ctx, model)
+    if live is None:
+        st.info(f"{model} has no version in the registry.")
+        return
+    shadow = _shadow_answers(ctx.store, id(ctx.store))
+    in_shadow = shadow.candidates(model)
+    candidates = sorted({v for v in in_shadow if v != live} | {v for v in ctx.registry.versions(model)
+                                                                 if int(v) > int(live)}, key=int)
+    if not candidates:
+        st.caption(f"No candidate: v{live} is live and no other version answers in shadow "
+                   f"(`auditstream serve --model {model} --version V --shadow`).")
+        return
+    for version in candidates:
+        decision = decide_promotion(ctx.store, ctx.registry, model, version,
+                                    look=recorded_looks(ctx.registry, model, version) + 1)
+        st.markdown(f"**v{version}** vs live **v{live}** · {in_shadow.get(version, 0):,} shadow answers kept")
+        kind = "success" if decision.promote else "info" if decision.code == "too_few_pairs" else "warning"
+        getattr(st, kind)(f"`auditstream promote` would decide now: **{decision.code}** — {decision.reason}")
+        st.dataframe(comparison_rows(decision.to_dict()), hide_index=True)
+        last = last_recorded(ctx, model, version)
+        if last:
+            st.caption(f"Last recorded decision ({last.get('kind')}): {last['decision']['code']} — "
+                       f"{last['decision']['reason']}")
+
+
+def comparison_rows(decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per route of the paired audits (what the gate counted)."""
+    return [{"route": s["stratum"], "paired audits": s["n"], "candidate wrong, live right": s["candidate_only_wrong"],
+             "live wrong, candidate right": s["live_only_wrong"], "both wrong": s["both_wrong"],
+             "error increase ≤": round(s["upper"], 4), "pairs needed": s["pairs_needed"]}
+            for s in decision.get("strata", [])]
+
+
+def last_recorded(ctx: DashboardContext, model: str, version: str) -> dict[str, Any] | None:
+    records = recorded_decisions(ctx.registry.root / model / version / PROMOTION_FILE)
+    return records[-1] if records and "decision" in records[-1] else None
+
+
+def learning_curve_section(ctx: DashboardContext, model: str) -> None:
+    st.subheader("Learning curve")
+    versions = cards(ctx, model)
+    if not versions:
+        st.info(f"{model} has no readable model card in the registry.")
+        return
+    live = live_version(ctx, model)
+    st.caption("Each version's card: the share it may auto-accept (certified coverage) and the risk it is certified "
+               "at, over versions as retraining on the auditors' verdicts publishes them.")
+    chart = curve_rows(versions)
+    if chart:
+        st.altair_chart(charts.learning_curve_chart(chart), width="stretch")
+    st.dataframe([version_row(card, live) for card in versions], hide_index=True)
+
+
+def curve_rows(versions: list[ModelCard]) -> list[dict[str, Any]]:
+    rows = []
+    for card in versions:
+        t = card.triage
+        for measure, value in (("certified coverage", t.coverage), ("certified risk", t.certified_risk),
+                               ("risk target", t.target_risk)):
+            if value is not None:
+                rows.append({"version": int(card.version), "measure": measure, "value": float(value)})
+    return rows
+
+
+def version_row(card: ModelCard, live: str | None) -> dict[str, Any]:
+    t = card.triage
+    facts = {k: v for k, v in card.training.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return {"version": card.version, "live": "LIVE" if card.version == live else "",
+            "certified coverage": _pct(t.coverage), "certified risk": _pct(t.certified_risk),
+            "target": _pct(t.target_risk), "method": t.method,
+            "training": json.dumps(dict(list(sorted(facts.items()))[:TRAINING_FACTS]), default=str) if facts else "—"}
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"

@@ -1,0 +1,128 @@
+"""``auditstream promote``: shadow → (canary) → live for a model version of any task kind.
+
+    auditstream serve --model digits --version 3 --shadow       # the candidate answers in shadow
+    auditstream promote --model digits --candidate 3 --canary-share 0.1   # optional: 10% acting
+    auditstream promote --model digits --candidate 3            # gate, record, move LIVE, announce
+
+1. **Evidence.** The candidate answers the live requests in shadow (its predictions are flagged
+   ``shadow``; nothing acts on them); the monitor keeps those of audited requests
+   (store/shadow.py). Each audited item of the live version with a first decisive verdict and a
+   shadow answer is one pair.
+2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
+   candidate's certificate must hold at its card's target (no looser than the live card's), and
+   the exact paired bound must show it is not worse than live by the margin; too few pairs →
+   no promotion, and the reason says about how many more paired audits are needed. The ``k``-th
+   decision on one candidate (counted from its ``promotion.json``) spends ``delta·6/(π²k²)``.
+3. **Record.** Every decision, either way, is appended to ``models/<model>/<V>/promotion.json``
+   (beside the version, as ``rl promote`` does) with every number, and printed.
+4. **Act** (unless ``dry_run``): promoted → the registry's ``LIVE`` pointer moves to the candidate,
+   then a :class:`~auditstream.control.Rollout` on the control topic tells running consumers,
+   which load, verify and warm the version up and switch between batches (serving/rollout.py).
+   ``canary_share`` instead starts (or with 0 ends) a canary: the candidate answers that hashed
+   share of the requests, acting; it needs the certificate, not yet the paired gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from auditstream.control import Rollout, announce_rollout
+from auditstream.registry import ModelCard, ModelRegistry
+from auditstream.settings import Settings
+from qc.paired import PairedGateConfig
+from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
+from store.shadow import ShadowAnswers
+
+PROMOTION_FILE = "promotion.json"
+PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that spend delta)
+
+
+def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate: str, *,
+                     config: PairedGateConfig = PairedGateConfig(), look: int | None = None) -> PromotionDecision:
+    """The paired gate on what the store holds now, against the registry's live version (without
+    a ``LIVE`` pointer: the newest version older than the candidate, the one consumers started
+    before it was published serve). ``look``: which decision on this candidate this is
+    (default: one more than recorded)."""
+    cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
+    audits = ShadowAnswers(store).paired_audits(model, live.version, cand.version)
+    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route)
+    if look is None:
+        look = recorded_looks(registry, model, cand.version) + 1
+    return decide(cand, live, strata, config, look)
+
+
+def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:
+    """The card of the version ``LIVE`` names; without the pointer, of the newest version older
+    than the candidate (what consumers started before it was published serve)."""
+    version = registry.live_version(model)
+    if version is None:
+        older = [v for v in registry.versions(model) if int(v) < int(candidate)]
+        version = older[-1] if older else candidate
+    return registry.card(model, version)
+
+
+def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = False,
+            canary_share: float | None = None, config: PairedGateConfig = PairedGateConfig(),
+            store: Any = None, announce: bool = True) -> PromotionDecision:
+    """Decide, record, and (unless ``dry_run``) move ``LIVE`` and announce; see the module docstring.
+    ``store``: the audit store (default: the settings' store, opened and closed here)."""
+    registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
+    live_before = registry.live_version(model)
+    if canary_share is not None:
+        decision = decide_canary(registry.card(model, candidate), live_card(registry, model, candidate), canary_share)
+    elif store is None:
+        from store import open_store
+
+        with open_store(settings.resolved_store_url) as own:
+            decision = decide_promotion(own, registry, model, candidate, config=config)
+    else:
+        decision = decide_promotion(store, registry, model, candidate, config=config)
+    record: dict[str, Any] = {"kind": "canary" if canary_share is not None else PAIRED, "decision": decision.to_dict(),
+                              "decided_at_s": time.time(), "dry_run": dry_run, "live_before": live_before}
+    acts = decision.promote or decision.code in ("canary", "canary_ended")
+    if acts and not dry_run:
+        if decision.promote:
+            registry.set_live(model, decision.candidate)  # first: a consumer started from now on reads it
+        rollout = Rollout(model, registry.live_version(model) or decision.live,
+                          decision.candidate if decision.canary_share else None, decision.canary_share,
+                          reason=decision.reason[:1000], updated_at_s=time.time())
+        record["live_after"] = rollout.live_version
+        if announce:
+            announce_rollout(settings, rollout)
+            record["announced"] = True
+    _append_record(registry.root / model / decision.candidate / PROMOTION_FILE, record)
+    return decision
+
+
+def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
+    """How many paired-gate decisions ``promotion.json`` records for this version (each spent delta)."""
+    return sum(1 for r in recorded_decisions(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
+
+
+def recorded_decisions(path: Path) -> list[dict[str, Any]]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    if isinstance(obj, dict) and isinstance(obj.get("decisions"), list):
+        return obj["decisions"]
+    return [{"kind": "rl_promote", **obj}] if isinstance(obj, dict) else []  # what `rl promote` wrote
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append to the version's decision history, atomically (a reader sees the old or the new file)."""
+    history = recorded_decisions(path) + [record]
+    text = json.dumps({"decisions": history}, indent=2, sort_keys=True, default=_json_default)
+    fd, tmp = tempfile.mkstemp(prefix=".promotion-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    return float(value) if hasattr(value, "__float__") else str(value)

@@ -1,0 +1,124 @@
+"""Shadow answers joined with verdicts: what the paired promotion gate (qc/paired.py) counts.
+
+A candidate version served in shadow (``auditstream serve --model NAME --version V --shadow``)
+writes a prediction flagged ``shadow`` for every live request and nothing that acts. The monitor
+ingests those predictions here (:meth:`ShadowAnswers.ingest`, one transaction per batch,
+idempotent on (request id, model, version)), and :meth:`ShadowAnswers.paired_audits` joins them
+with the audited items of the live version: for each item with a first decisive verdict, was the
+live answer wrong, and was the candidate's (``None``: the candidate has not answered it yet)?
+
+Volume: only audited requests matter, but a shadow answer may arrive before or after its
+request's audit item (two consumers, two speeds). So every shadow answer is written, and
+:meth:`ShadowAnswers.prune` (each statistics tick) deletes those older than the retention whose
+request has no audit item: the table holds the audited requests' answers plus at most
+``retention_s`` of the shadow's output.
+
+One table, ``{p}shadow_answers``, created on first use (``IF NOT EXISTS``), dropped with the store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from auditstream import tasks
+from auditstream.wire import Prediction, VerdictKind
+from store.records import audit_error, dumps, human_label
+from store.schema import fill_types
+
+_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS {p}shadow_answers (
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        output TEXT NOT NULL,               -- JSON of the candidate's answer
+        confidence {float} NOT NULL,
+        route TEXT NOT NULL,                -- what its own triage would have done
+        ingested_at_s {float} NOT NULL,
+        PRIMARY KEY (request_id, model, model_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}shadow_answers_time ON {p}shadow_answers (ingested_at_s)",
+)
+
+
+@dataclass(frozen=True)
+class PairedAudit:
+    """One audited item of the live version and how both versions fared on it."""
+
+    request_id: str
+    route: str  # the live version's route: HUMAN (deferred) or AUTO_QC (QC sample)
+    live_wrong: bool
+    candidate_wrong: bool | None  # None: the candidate has no shadow answer for it (yet)
+
+
+def wrong_answers(rule: tasks.Task, kind: VerdictKind, live_output: Any, corrected_output: Any,
+                  candidate_output: Any) -> tuple[bool, bool]:
+    """(live wrong, candidate wrong) by the verdict, with the kind's own answer equality: the live
+    answer as the QC statistics judge it (:func:`store.records.audit_error`), the candidate's
+    against the auditor's answer (a reject: no valid answer exists, so any answer is wrong)."""
+    live_wrong = audit_error(kind, rule, live_output, corrected_output)
+    label = human_label(kind, live_output, corrected_output)
+    return live_wrong, label is None or not rule.same_answer(candidate_output, label)
+
+
+class ShadowAnswers:
+    """The shadow answers of one store. ``ShadowAnswers(store)``; cheap to build."""
+
+    def __init__(self, store: Any) -> None:
+        self._db = store._db  # shares the store's connections and transactions
+        with self._db.write() as cur:
+            for text in _DDL:
+                cur.run(fill_types(text, self._db.types))
+
+    def ingest(self, predictions: Sequence[Prediction], now_s: float) -> int:
+        """Store shadow predictions (others are ignored); returns how many were new."""
+        rows = sorted({(p.request_id, p.model, p.model_version): p for p in predictions if p.shadow}.items())
+        new = 0
+        with self._db.write() as cur:
+            for (rid, model, version), p in rows:
+                new += cur.run(
+                    "INSERT INTO {p}shadow_answers (request_id, model, model_version, output, confidence, route,"
+                    " ingested_at_s) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (request_id, model, model_version) DO NOTHING",
+                    (rid, model, version, dumps(p.output), float(p.confidence), p.route.value, float(now_s)))
+        return new
+
+    def prune(self, now_s: float, retention_s: float) -> int:
+        """Delete answers older than ``retention_s`` whose request has no audit item; returns how many."""
+        with self._db.write() as cur:
+            return cur.run(
+                "DELETE FROM {p}shadow_answers WHERE ingested_at_s < ? AND NOT EXISTS (SELECT 1 FROM {p}items i"
+                " WHERE i.request_id = {p}shadow_answers.request_id AND i.model = {p}shadow_answers.model)",
+                (float(now_s) - retention_s,))
+
+    def candidates(self, model: str) -> dict[str, int]:
+        """Versions of ``model`` with shadow answers kept, and how many."""
+        rows = self._db.query("SELECT model_version, COUNT(*) FROM {p}shadow_answers WHERE model = ?"
+                              " GROUP BY model_version", (model,))
+        return {v: int(n) for v, n in rows}
+
+    def paired_audits(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
+        """Every audited (non-gold) item of ``model`` v``live_version`` with its first decisive
+        verdict, paired with the candidate's shadow answer where there is one."""
+        rows = self._db.query(
+            "SELECT i.request_id, i.route, i.task, i.output, v.kind, v.corrected_output, s.output"
+            " FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+            " LEFT JOIN {p}shadow_answers s ON s.request_id = i.request_id AND s.model = i.model"
+            " AND s.model_version = ?"
+            " WHERE i.model = ? AND i.model_version = ? AND i.is_gold = 0 AND v.review_round = 1 AND v.kind <> 'skip'"
+            " ORDER BY v.decided_at_s, v.verdict_id",
+            (candidate_version, model, live_version))
+        out = []
+        for rid, route, task, output, kind, corrected, shadow in rows:
+            rule, live_output = tasks.lookup(task), json.loads(output)
+            corrected_output = None if corrected is None else json.loads(corrected)
+            if shadow is None:
+                live_wrong = audit_error(VerdictKind(kind), rule, live_output, corrected_output)
+                out.append(PairedAudit(rid, route, live_wrong, None))
+                continue
+            live_wrong, cand_wrong = wrong_answers(rule, VerdictKind(kind), live_output, corrected_output,
+                                                   json.loads(shadow))
+            out.append(PairedAudit(rid, route, live_wrong, cand_wrong))
+        return out

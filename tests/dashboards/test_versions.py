@@ -1,0 +1,71 @@
+"""The overview's version sections through AppTest: candidate vs live (paired audits from the
+store, what the gate would decide, the last recorded decision) and the learning curve (every
+card's coverage and certified risk, cards without training facts included)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from tests.dashboards.conftest import elements, log_in, seed_card_and_history, start_app, texts
+from tests.store.store_factories import audit_item
+
+from auditstream.registry import ModelRegistry
+from auditstream.wire import Route, VerdictKind
+from dashboards.versions import comparison_rows, curve_rows
+from store.accounts import Role, User
+from store.shadow import ShadowAnswers
+
+
+def seed_versions(store, tmp_path) -> ModelRegistry:
+    """zip v1 (from the shared seed), v2 live, v3 a shadow candidate with 40 paired audits."""
+    seed_card_and_history(store, tmp_path)
+    registry = ModelRegistry(tmp_path / "models")
+    v1 = registry.card("zip", "1")
+    for coverage, risk, training in ((0.75, 0.017, {}), (0.9, 0.012, {"verdicts_used": 1200, "base_version": "2"})):
+        card = dataclasses.replace(v1, triage=dataclasses.replace(v1.triage, coverage=coverage, certified_risk=risk),
+                                   training=training)
+        registry.publish(card, b"cards only")
+    registry.set_live("zip", "2")
+    items = [audit_item(f"r{i}", Route.AUTO_QC, version="2", output="12345") for i in range(40)]
+    store.ingest_many(items, time.time())
+    ShadowAnswers(store).ingest([dataclasses.replace(i.prediction, model_version="3", shadow=True) for i in items],
+                                time.time())
+    alice = User("alice", Role.AUDITOR)
+    for _ in items:
+        claim = store.claim(alice, 60, time.time())
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, time.time())
+    (registry.root / "zip" / "3" / "promotion.json").write_text(json.dumps({"decisions": [
+        {"kind": "paired", "decision": {"code": "too_few_pairs", "reason": "recorded earlier"}}]}))
+    return registry
+
+
+def test_candidate_vs_live_and_the_learning_curve(store, store_url, tmp_path):
+    seed_versions(store, tmp_path)
+    at = log_in(start_app(store_url, tmp_path), "vic")
+    assert not at.exception
+    shown = texts(at)
+    assert "Candidate vs live" in [s.value for s in at.subheader] and "Learning curve" in [s.value for s in at.subheader]
+    assert "would decide now: **too_few_pairs**" in shown and "more paired audits needed" in shown
+    assert "Last recorded decision (paired): too_few_pairs — recorded earlier" in shown
+    frames = [d.value for d in at.dataframe]
+    paired = next(f for f in frames if "paired audits" in f.columns)
+    assert paired.to_dict("records")[0]["paired audits"] == 40 and paired["candidate wrong, live right"].sum() == 0
+    curve = next(f for f in frames if "certified coverage" in f.columns)
+    assert curve["version"].tolist() == ["1", "2", "3"] and curve["live"].tolist() == ["", "LIVE", ""]
+    assert curve["certified coverage"].tolist() == ["60.00%", "75.00%", "90.00%"]
+    assert curve["training"].tolist()[0] == "—" and "verdicts_used" in curve["training"].tolist()[2]
+    assert len(elements(at, "vega_lite_chart")) == 7  # the overview's six and the learning curve
+
+
+def test_rows_are_what_the_decision_and_the_cards_say(tmp_path):
+    decision = {"strata": [{"stratum": "HUMAN", "n": 10, "candidate_only_wrong": 1, "live_only_wrong": 3,
+                            "both_wrong": 2, "upper": 0.123456, "pairs_needed": None}]}
+    assert comparison_rows(decision) == [{"route": "HUMAN", "paired audits": 10, "candidate wrong, live right": 1,
+                                          "live wrong, candidate right": 3, "both wrong": 2,
+                                          "error increase ≤": 0.1235, "pairs needed": None}]
+    from auditstream.registry import ModelCard, TriageSpec
+
+    bare = ModelCard("m", "4", "classification", [], [], TriageSpec(0.5))  # an uncertified card: nothing to draw
+    assert curve_rows([bare]) == []

@@ -1,0 +1,79 @@
+"""``auditstream promote`` without a broker (decisions that move nothing): the command reads the
+paired audits from a real SQLite store, prints the decision, records every look in
+``promotion.json`` (each spending less delta), and leaves ``LIVE`` alone on a dry run or a refusal."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import tiny_card, tiny_classifier_onnx
+from tests.store.store_factories import add_users, audit_item
+
+from auditstream.registry import ModelRegistry
+from auditstream.wire import Route, VerdictKind
+from monitor.promotion import PROMOTION_FILE, decide_promotion
+from qc.paired import look_delta
+from store import open_store
+from store.shadow import ShadowAnswers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def seeded(tmp_path: Path, pairs: int) -> tuple[ModelRegistry, str]:
+    registry = ModelRegistry(tmp_path / "models")
+    for _ in range(2):
+        registry.publish(dataclasses.replace(tiny_card(), name="zip", task="sequence"), tiny_classifier_onnx())
+    registry.set_live("zip", "1")
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with open_store(url) as store:
+        items = [audit_item(f"r{i}", Route.AUTO_QC, version="1") for i in range(pairs)]
+        store.ingest_many(items, time.time())
+        ShadowAnswers(store).ingest([dataclasses.replace(i.prediction, model_version="2", shadow=True) for i in items],
+                                    time.time())
+        (alice,) = add_users(store, "alice")
+        for _ in items:
+            claim = store.claim(alice, 60, time.time())
+            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, time.time())
+    return registry, url
+
+
+def cli(registry: ModelRegistry, url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AUDITSTREAM_MODELS_DIR": str(registry.root),
+           "AUDITSTREAM_STORE_URL": url}
+    return subprocess.run([sys.executable, "-m", "auditstream.cli", "promote", "--model", "zip", "--candidate", "2",
+                           *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_promote_prints_and_records_every_look_and_a_dry_run_moves_nothing(tmp_path):
+    registry, url = seeded(tmp_path, pairs=60)
+    first = cli(registry, url, "--margin", "0.1", "--dry-run")
+    assert first.returncode == 0, first.stderr
+    assert "(dry run) zip: v2 vs live v1: PROMOTE (not_worse)" in first.stderr
+    assert json.loads(first.stdout)["look"] == 1
+    too_few = cli(registry, url)  # margin 2%: 60 identical answers are not enough
+    assert too_few.returncode == 1 and "KEEP LIVE (too_few_pairs)" in too_few.stderr
+    decision = json.loads(too_few.stdout)
+    assert decision["look"] == 2 and decision["delta_look"] == look_delta(0.05, 2)
+    assert f"about {decision['pairs_needed']:,} more paired audits needed" in decision["reason"]
+    assert registry.live_version("zip") == "1"
+    history = json.loads((registry.root / "zip" / "2" / PROMOTION_FILE).read_text())["decisions"]
+    assert [(r["kind"], r["decision"]["code"], r["dry_run"]) for r in history] == [
+        ("paired", "not_worse", True), ("paired", "too_few_pairs", False)]
+    with open_store(url) as store:  # the next decision is the third look
+        assert decide_promotion(store, registry, "zip", "2").look == 3
+
+
+def test_a_candidate_without_the_live_cards_certificate_is_refused(tmp_path):
+    registry, url = seeded(tmp_path, pairs=5)
+    live = registry.card("zip", "1")
+    certified = dataclasses.replace(live, triage=dataclasses.replace(live.triage, target_risk=0.02, certified_risk=0.01))
+    registry.publish(certified, tiny_classifier_onnx())  # v3, certified
+    registry.set_live("zip", "3")
+    refused = cli(registry, url)
+    assert refused.returncode == 1 and "(no_certificate)" in refused.stderr and registry.live_version("zip") == "3"

@@ -1,0 +1,162 @@
+"""The version set of a consumer without a broker: real tiny sessions, a stand-in for the control
+view (only its ``rollout(model)`` answer matters). A stale announcement does not move a freshly
+started consumer; a new one switches once the version is loaded in the background; a failed load
+keeps the old version and is retried only on the next announcement; the canary split is the
+hash of the record key; threshold overrides stay keyed by version across a switch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from tests.conftest import tiny_card, tiny_classifier_onnx
+
+from auditstream.control import ControlState, Rollout
+from auditstream.kafka import Record
+from auditstream.registry import ModelRegistry
+from auditstream.settings import Settings
+from qc.triage import hash_uniform
+from serving.app import TimedRunner
+from serving.consumer import ServeConfig
+from serving.inference import FailureStreak
+from serving.metrics import ServeMetrics
+from serving.rollout import ServedVersion, VersionLoader, VersionSet
+from serving.runtime import load_session
+
+
+class View:
+    """What VersionSet reads of a ControlView."""
+
+    def __init__(self) -> None:
+        self.current: Rollout | None = None
+
+    def rollout(self, model: str) -> Rollout | None:
+        return self.current
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    registry = ModelRegistry(tmp_path / "models")
+    for seed in (0, 1):
+        registry.publish(tiny_card(), tiny_classifier_onnx(seed=seed))
+    broken = registry.publish(tiny_card(), tiny_classifier_onnx(seed=2))
+    broken.onnx_path.write_bytes(b"not the file the card's checksum names")
+    return registry
+
+
+def served(registry: ModelRegistry, version: str) -> ServedVersion:
+    model = registry.load("tiny", version)
+    session = load_session(model, warmup_batch=1)
+    children = ServeMetrics("tiny", CollectorRegistry()).children(version)
+    return ServedVersion(session, ServeConfig.from_settings(Settings(), model.card), TimedRunner(session,
+                         children["inference_seconds"]), children, FailureStreak(model.card))
+
+
+def versions_of(registry: ModelRegistry, view: View) -> tuple[VersionSet, list[str]]:
+    failures: list[str] = []
+    loader = VersionLoader(lambda v: served(registry, v), lambda v, e: failures.append(v))
+    return VersionSet(served(registry, "1"), loader, view, "tiny"), failures
+
+
+def follow_until(versions: VersionSet, done, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "the version set did not get there"
+        versions.follow()  # what the loop does before each batch
+        time.sleep(0.05)
+
+
+def follow_a_while(versions: VersionSet) -> None:
+    for _ in range(10):
+        versions.follow()
+        time.sleep(0.05)
+
+
+def test_a_stale_announcement_is_history_a_new_one_switches(registry):
+    view = View()
+    view.current = Rollout("tiny", "2", updated_at_s=time.time() - 60)  # made before this consumer started
+    versions, _ = versions_of(registry, view)
+    try:
+        follow_a_while(versions)
+        assert versions.live.version == "1"
+        view.current = Rollout("tiny", "2", updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: versions.live.version == "2")
+        assert versions.live.config.card.version == "2"
+    finally:
+        versions.close()
+
+
+def test_a_failed_load_keeps_the_old_version_until_the_next_announcement(registry):
+    view = View()
+    versions, failures = versions_of(registry, view)
+    try:
+        view.current = Rollout("tiny", "3", updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: failures == ["3"])
+        follow_a_while(versions)  # not retried while the announcement stays the same
+        assert failures == ["3"] and versions.live.version == "1"
+        view.current = Rollout("tiny", "3", reason="again", updated_at_s=time.time() + 2)
+        follow_until(versions, lambda: failures == ["3", "3"])
+        assert versions.live.version == "1"
+    finally:
+        versions.close()
+
+
+def test_the_canary_answers_its_hashed_share_and_becomes_live(registry):
+    view = View()
+    versions, _ = versions_of(registry, view)
+    try:
+        view.current = Rollout("tiny", "1", canary_version="2", canary_share=0.25, updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: versions.canary is not None)
+        records = [Record("t", 0, i, f"r{i}".encode(), b"{}") for i in range(400)]
+        by_version = {v.version: idx for v, idx in versions.split(records)}
+        assert by_version["2"] == [i for i in range(400) if hash_uniform(f"r{i}", "canary") < 0.25]
+        assert sorted(by_version["1"] + by_version["2"]) == list(range(400))
+        view.current = Rollout("tiny", "2", updated_at_s=time.time() + 2)  # promoted: the canary is live now
+        follow_until(versions, lambda: versions.live.version == "2")
+        assert versions.canary is None and versions.split(records) == [(versions.live, list(range(400)))]
+    finally:
+        versions.close()
+
+
+def test_threshold_overrides_stay_keyed_by_version_across_a_switch(registry):
+    view = View()
+    versions, _ = versions_of(registry, view)
+    control = ControlState("tiny", threshold_override={"1": 0.9})
+    try:
+        assert versions.live.config.card.triage.threshold == 0.5
+        before = ServeConfig(**{**versions.live.config.__dict__, "control": control})
+        assert before.triage_spec.threshold == 0.9  # v1 was tightened
+        view.current = Rollout("tiny", "2", updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: versions.live.version == "2")
+        after = ServeConfig(**{**versions.live.config.__dict__, "control": control})
+        assert after.triage_spec.threshold == 0.5  # v2 is judged on its own card
+    finally:
+        versions.close()
+
+
+def test_a_policy_switches_only_to_a_version_of_the_same_frame_stack(tmp_path: Path):
+    import numpy as np
+    from tests.serving.tiny_policy import cartpole_weights, linear_policy_onnx, policy_card
+
+    from auditstream.errors import ModelRefused
+    from serving.rollout import check_switchable
+
+    registry = ModelRegistry(tmp_path / "models")
+    weights = cartpole_weights()
+    for stack in (1, 1, 2):
+        card = policy_card("cart", 4 * stack, frame_stack=stack)
+        registry.publish(card, linear_policy_onnx(np.tile(weights, (stack, 1))))
+    current = registry.card("cart", "1")
+    check_switchable(current, registry.load("cart", "2"))  # same spec: switches in place
+    with pytest.raises(ModelRefused, match="restart the consumer"):
+        check_switchable(current, registry.load("cart", "3"))
+    with pytest.raises(ModelRefused, match="cannot replace"):
+        check_switchable(current, _tiny(tmp_path))  # a classifier of the same name
+
+
+def _tiny(tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "other")
+    registry.publish(tiny_card(name="cart"), tiny_classifier_onnx())
+    return registry.load("cart", "1")

@@ -1,0 +1,70 @@
+"""Shadow answers on SQLite and PostgreSQL: idempotent ingest, the join with first verdicts by the
+kind's answer equality, and pruning of answers whose request was never audited."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tests.store.store_factories import add_users, audit_item
+
+from auditstream import tasks
+from auditstream.wire import Route, VerdictKind
+from store.shadow import PairedAudit, ShadowAnswers, wrong_answers
+
+
+def shadow_of(item, version: str, output):  # the candidate's prediction for the item's request
+    return dataclasses.replace(item.prediction, model_version=version, output=output, route=Route.AUTO, shadow=True)
+
+
+def test_shadow_answers_pair_with_first_verdicts(store):
+    shadow = ShadowAnswers(store)
+    items = [audit_item(f"r{i}", Route.HUMAN if i < 2 else Route.AUTO_QC, version="1", output="12345") for i in range(4)]
+    store.ingest_many(items, 10.0)
+    # candidate: right where live was corrected (r0), wrong where live was accepted (r2), r3 unanswered
+    answers = [shadow_of(items[0], "2", "12346"), shadow_of(items[1], "2", "12345"), shadow_of(items[2], "2", "99999")]
+    assert shadow.ingest(answers + [items[3].prediction], 11.0) == 3  # a live prediction is not a shadow answer
+    assert shadow.ingest(answers, 12.0) == 0  # redelivered: nothing new
+    (alice,) = add_users(store, "alice")
+    verdicts = {"r0": (VerdictKind.CORRECT, "12346"), "r1": (VerdictKind.REJECT, None),
+                "r2": (VerdictKind.ACCEPT, None), "r3": (VerdictKind.ACCEPT, None)}
+    for t in range(4):
+        claim = store.claim(alice, 60, 20.0 + t)
+        kind, corrected = verdicts[claim.item.request_id]
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, corrected, 20.0 + t)
+    pairs = {p.request_id: p for p in shadow.paired_audits("zip", "1", "2")}
+    assert pairs == {
+        "r0": PairedAudit("r0", "HUMAN", True, False),
+        "r1": PairedAudit("r1", "HUMAN", True, True),  # rejected: no answer is right
+        "r2": PairedAudit("r2", "AUTO_QC", False, True),
+        "r3": PairedAudit("r3", "AUTO_QC", False, None),
+    }
+    assert shadow.candidates("zip") == {"2": 3}
+    assert shadow.paired_audits("zip", "7", "2") == []  # another live version's items
+
+
+def test_unaudited_shadow_answers_are_pruned_after_the_retention(store):
+    shadow = ShadowAnswers(store)
+    audited = audit_item("a", Route.HUMAN, version="1")
+    store.ingest_many([audited], 0.0)
+    shadow.ingest([shadow_of(audited, "2", "1"), shadow_of(audit_item("u", version="1"), "2", "1")], 100.0)
+    assert shadow.prune(now_s=150.0, retention_s=60.0) == 0  # both younger than the retention
+    assert shadow.prune(now_s=200.0, retention_s=60.0) == 1  # the unaudited one goes
+    assert shadow.candidates("zip") == {"2": 1}
+
+
+BOX = {"box": [4.0, 6.0, 30.0, 40.0], "label": "7", "score": 0.9}
+
+
+@pytest.mark.parametrize("task, live, verdict, corrected, candidate, expected", [
+    # a detector's candidate whose box is a pixel off is right (IoU matching), a missing box is wrong
+    ("detection", [BOX], VerdictKind.ACCEPT, None, [{**BOX, "box": [5.0, 6.0, 30.0, 41.0], "score": 0.7}], (False, False)),
+    ("detection", [BOX], VerdictKind.ACCEPT, None, [], (False, True)),
+    # a caption re-spaced and re-cased is the same caption
+    ("caption", "a red circle", VerdictKind.CORRECT, "a blue circle", "A  blue circle", (True, False)),
+    ("sequence", "02139", VerdictKind.CORRECT, "02138", "02139", (True, True)),
+    ("policy", 1, VerdictKind.CORRECT, 0, 0, (True, False)),
+    ("classification", 3, VerdictKind.REJECT, None, 3, (True, True)),  # nothing is right on a reject
+])
+def test_each_kind_judges_both_answers_with_its_own_equality(task, live, verdict, corrected, candidate, expected):
+    assert wrong_answers(tasks.lookup(task), verdict, live, corrected, candidate) == expected
