@@ -15,9 +15,12 @@ from auditstream.errors import TrainingDiverged
 
 
 def fit_steps(model: torch.nn.Module, batches: Iterable[Any], steps: int, batch_loss: Callable[[Any], torch.Tensor],
-              *, name: str, lr: float, weight_decay: float, pct_start: float = 0.3, progress: bool = True) -> float:
+              *, name: str, lr: float, weight_decay: float, pct_start: float = 0.3, progress: bool = True,
+              after_step: Callable[[int], None] | None = None) -> float:
     """Train ``model`` on ``steps`` batches (``batch_loss(batch)`` is each one's loss); returns the
-    seconds it took and leaves the model in eval mode."""
+    seconds it took and leaves the model in eval mode. ``after_step(n)`` runs after the n-th
+    optimizer step (hyperparameter search measures the validation metric there and may stop the
+    run by raising); the model is back in training mode afterwards."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=pct_start)
     start, ema = time.perf_counter(), None
@@ -34,5 +37,8 @@ def fit_steps(model: torch.nn.Module, batches: Iterable[Any], steps: int, batch_
         schedule.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+        if after_step is not None:
+            after_step(step + 1)
+            model.train()
     model.eval()
     return time.perf_counter() - start
