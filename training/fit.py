@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -42,3 +42,21 @@ def fit_steps(model: torch.nn.Module, batches: Iterable[Any], steps: int, batch_
             model.train()
     model.eval()
     return time.perf_counter() - start
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """The batches ``make_batches()`` yields, as a data set a DataLoader worker can iterate."""
+
+    def __init__(self, make_batches: Callable[[], Iterable[Any]]) -> None:
+        self.make_batches = make_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.make_batches())
+
+
+def in_background(make_batches: Callable[[], Iterable[Any]], prefetch: int = 4) -> Iterable[Any]:
+    """The batches of ``make_batches()`` (a picklable callable), made by one worker process up to
+    ``prefetch`` batches ahead while the training loop computes; numpy arrays arrive as tensors.
+    One worker, so the batches and their order are those of ``make_batches()`` itself."""
+    return torch.utils.data.DataLoader(_BatchStream(make_batches), batch_size=None, num_workers=1,
+                                       prefetch_factor=prefetch)
