@@ -30,27 +30,8 @@ class FloatRange:
 
 
 @dataclass(frozen=True)
-class IntRange:
-    """An integer in [low, high] (both included)."""
-
-    low: int
-    high: int
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.low < self.high:
-            raise ValueError(f"IntRange({self.low}, {self.high}): need low < high")
-
-    def suggest(self, trial: Any, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, log=self.log)
-
-    def describe(self) -> dict:
-        return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
-
-
-@dataclass(frozen=True)
 class Choice:
-    """One of a few values (batch sizes, switches)."""
+    """One of a few values (batch sizes, switches, widths)."""
 
     values: tuple
 
@@ -65,7 +46,7 @@ class Choice:
         return {"type": "choice", "values": list(self.values)}
 
 
-Range = FloatRange | IntRange | Choice
+Range = FloatRange | Choice
 
 
 def check_space(space: Mapping[str, Range], args_type: type) -> None:
