@@ -1,6 +1,7 @@
 """The optimisation loop the step-based families share: AdamW with a one-cycle learning rate over
 a stream of fresh batches, a progress bar with a smoothed loss, and a stop on a non-finite loss.
-The family says what a batch's loss is; seeding, the model and the batches stay in its script."""
+The family says what a batch's loss is; seeding, the model and the batches stay in its script.
+``in_background`` draws costly batches (the captioner's scenes) in a worker process meanwhile."""
 
 from __future__ import annotations
 

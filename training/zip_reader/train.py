@@ -127,7 +127,7 @@ def train(args: ZipReaderArgs, progress: bool = True, split_name: str = "train",
         return F.cross_entropy(model(torch.from_numpy(images)).reshape(-1, 10), torch.from_numpy(labels).reshape(-1))
 
     seconds = fit_steps(model, batches, args.steps, batch_loss, name=NAME, lr=args.lr, weight_decay=args.weight_decay,
-                        progress=progress, after_step=after_step and (lambda n: after_step(n, model)))
+                        progress=progress, after_step=None if after_step is None else (lambda n: after_step(n, model)))
     return model, seconds
 
 
