@@ -18,7 +18,7 @@ from training.captioner.args import CaptionerArgs
 from training.captioner.model import CaptionNet, ExportedCaptioner, OUTPUT_NAMES
 from training.export import export_onnx
 
-RISK = 0.01  # the re-split simulation's target, the card's: below the shipped model's error on new scenes
+RISK = 0.005  # the re-split simulation's target: below the shipped model's error on new scenes (0.8%; the card's is 1%)
 
 
 def test_scenes_are_deterministic_per_split_and_splits_differ() -> None:
