@@ -1,6 +1,6 @@
 """Train the ``captioner``: a scene of coloured shapes -> its canonical caption, word by word.
 
-    auditstream train captioner --json           # ~21 min on a loaded 2-core machine (docs/captioner.md)
+    auditstream train captioner --json           # ~9 min on 2 cores, 13 loaded (docs/captioner.md)
     python -m training.captioner.train --steps 3000  # the same, without the auditstream CLI
 
 Flow (one readable script): args (``CaptionerArgs``, training/captioner/args.py) -> data (fresh
