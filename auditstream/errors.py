@@ -169,3 +169,11 @@ class TrainingDiverged(AuditstreamError, ArithmeticError):
         self.job, self.step, self.loss = job, step, loss
         super().__init__(f"{job}: loss became {loss} at step {step}; lower the learning rate or check the "
                          f"data for NaN/inf (rewards, observations) and rerun")
+
+
+class TuneRefused(AuditstreamError):
+    """``auditstream tune`` cannot search this family, or the search found nothing to train with."""
+
+    def __init__(self, family: str, why: str) -> None:
+        self.family, self.why = family, why
+        super().__init__(f"auditstream tune {family}: {why}")

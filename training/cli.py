@@ -18,5 +18,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train = train_parser.add_subparsers(dest="family", metavar="FAMILY", required=True)
     rl_parser = commands.add_parser("rl", help="sequential decisions: run episodes, build offline datasets, promote policies")
     rl = rl_parser.add_subparsers(dest="rl_command", metavar="RL_COMMAND", required=True)
+    tune_parser = commands.add_parser("tune", help="search a family's hyperparameters (Optuna), then train with "
+                                                   "the best ones and publish")
+    tune = tune_parser.add_subparsers(dest="tune_family", metavar="FAMILY", required=True)
     for module in command_modules(FAMILY_MODULES):
         module.register(train, rl, bench)
+        if hasattr(module, "COMMAND"):  # the families that `auditstream train` knows
+            module.COMMAND.register_tune(tune)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from training.tuning.args import TuneArgs
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class TrainCommand:
     package: str  # the family's package; its ``train`` module holds ``main``
     args: type  # the family's frozen arguments dataclass
     help: str  # what the model does, one line
+    # auditstream tune <name>: the family's SEARCH_SPACE (args.py), or why it cannot be tuned.
+    search_space: Mapping[str, Any] | None = None
+    not_tunable: str = ""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_dataclass_arguments(parser, self.args)
@@ -29,6 +33,23 @@ class TrainCommand:
         parser = train.add_parser(self.name, help=f"{self.help}: train, calibrate, certify, export ONNX, publish")
         self.add_arguments(parser)
         parser.set_defaults(handler=self.run)
+
+    def register_tune(self, tune: argparse._SubParsersAction) -> None:
+        """``auditstream tune <name>``: the family's arguments fix what the search space does not
+        draw; a family without a search space is listed too, and refuses with its reason."""
+        overlap = {f.name for f in fields(self.args)} & {f.name for f in fields(TuneArgs)}
+        assert not overlap, f"{self.args.__name__} and TuneArgs share option names {overlap}"
+        what = "search hyperparameters (Optuna), then train, certify, publish" if self.search_space else \
+            "not tunable (says why)"
+        parser = tune.add_parser(self.name, help=f"{self.help}: {what}")
+        self.add_arguments(parser)
+        add_dataclass_arguments(parser, TuneArgs)
+        parser.set_defaults(handler=self.run_tune)
+
+    def run_tune(self, ns: argparse.Namespace) -> int:
+        from training.tuning.study import main
+
+        return main(self, dataclass_from_namespace(self.args, ns), dataclass_from_namespace(TuneArgs, ns), ns.json)
 
     def parse(self, argv: list[str]) -> tuple[object, bool]:
         """(arguments, --json) for ``python -m <package>.train``."""

@@ -5,6 +5,7 @@ learns, and the certificate's guarantee by re-split simulation on the shipped mo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from training.captioner.args import CaptionerArgs
 from training.captioner.model import CaptionNet, ExportedCaptioner, OUTPUT_NAMES
 from training.export import export_onnx
 
-RISK = 0.01  # the re-split simulation's target, the card's: below the shipped model's error on new scenes
+RISK = 0.005  # the re-split simulation's target: below the shipped model's error on new scenes (0.8%; the card's is 1%)
 
 
 def test_scenes_are_deterministic_per_split_and_splits_differ() -> None:
@@ -81,6 +82,15 @@ def test_cached_greedy_steps_are_the_teacher_forced_network_and_onnx_agrees() ->
                              list(OUTPUT_NAMES))
     parity = captioner.caption_parity(net, onnx_bytes, scenes.images)
     assert parity["parity_exact"] == 1.0 and parity["parity_max_prob_diff"] < 1e-4
+
+
+def test_scenes_drawn_in_the_background_train_the_same_model() -> None:
+    """The worker process draws the same batches in the same order as the loop itself would."""
+    args = CaptionerArgs(steps=4, batch_size=8, width=32)
+    inline, _ = captioner.train(replace(args, background_data=False), progress=False)
+    background, _ = captioner.train(args, progress=False)
+    a, b = inline.state_dict(), background.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_short_training_learns_two_object_scenes_and_publishes_a_servable_model(tmp_path) -> None:

@@ -30,6 +30,7 @@ selection set, the certificate set and the test set never share a scene generato
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ RADIUS_PX = 5.0  # half the side of a square, the radius of a circle, half the b
 REGION_MARGIN_PX = 2.0  # an object centre keeps this far from the 3x3 grid's borders
 DISTANCE_MARGIN_PX = 3.0  # the nearest (farthest) object beats the runner-up by at least this
 MIN_GAP_PX = 2.0  # between two objects' bounding circles
+MIN_CENTRE_DISTANCE_PX = 2 * RADIUS_PX * 1.42 + MIN_GAP_PX  # a square's corner reaches 1.42 r
 
 # The vocabulary: every word a caption can hold, special tokens first. The card's ``labels``.
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -137,13 +139,15 @@ def sample_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> Sc
     n = int(rng.integers(MIN_OBJECTS, max_objects + 1))
     while True:
         colours = sorted(rng.choice(len(COLOURS), n, replace=False))
-        centres: list[np.ndarray] = []
+        centres: list[tuple[float, float]] = []
         for _ in range(200 * n):
-            c = rng.uniform(low, high, 2)
-            if _near_border(c[0]) or _near_border(c[1]):
+            # Python floats, not numpy arrays: a crowded scene tries hundreds of candidates, and
+            # per-candidate numpy calls were most of a training step's data time.
+            x, y = rng.uniform(low, high, 2).tolist()
+            if _near_border(x) or _near_border(y):
                 continue
-            if all(np.linalg.norm(c - o) >= 2 * RADIUS_PX * 1.42 + MIN_GAP_PX for o in centres):
-                centres.append(c)
+            if all(math.hypot(x - a, y - b) >= MIN_CENTRE_DISTANCE_PX for a, b in centres):
+                centres.append((x, y))
                 if len(centres) == n:
                     break
         if len(centres) < n or not _unambiguous(np.array(centres)):

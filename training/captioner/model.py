@@ -17,7 +17,7 @@ row is the caption's joint probability).
 
 Why greedy and not beam search: a search that maximises the caption's probability can only fix a
 wrong greedy caption whose reference the model finds more probable; the training script counts
-those on the test set (``errors_a_search_could_fix``: 0 of 42 for the shipped model), and beam
+those on the test set (``errors_a_search_could_fix``: 0 of 16 for the shipped model), and beam
 search would cost beam-width times the decoding (docs/captioner.md).
 """
 

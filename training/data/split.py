@@ -12,6 +12,12 @@ The calibration digits come in two disjoint slices, ``calibration/temperature`` 
 stratified by label) and ``calibration/certificate`` (the rest): the temperature is fitted on
 the first and the threshold certified on the second, because a certificate is only exact on data
 that chose nothing else about the model.
+
+The training digits come in two disjoint slices too, ``train/fit`` and ``train/validation`` (15%,
+stratified by label), for hyperparameter search (``auditstream tune``, training/tuning/): a
+trial fits on the first and is judged and pruned on the second, so choosing hyperparameters
+touches neither the calibration digits (whose certificate must not depend on them) nor the
+test digits. The model the search finally trains uses the whole ``train`` split.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ FRACTIONS = {"train": 0.5, "calibration": 0.3, "test": 0.2}
 SPLITS = tuple(FRACTIONS)
 TEMPERATURE_SHARE = 0.1  # of the calibration digits, per label: one parameter needs few
 CALIBRATION_SLICES = ("calibration/temperature", "calibration/certificate")
+VALIDATION_SHARE = 0.15  # of the training digits, per label: enough to rank trials, most still fit
+TRAIN_SLICES = ("train/fit", "train/validation")
+SLICES = CALIBRATION_SLICES + TRAIN_SLICES
 
 
 @dataclass(frozen=True)
@@ -56,25 +65,43 @@ def split_indices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
 
 def load_split(name: str, seed: int = SPLIT_SEED) -> DigitSplit:
     """The digits of split ``name`` ('train', 'calibration' or 'test'), or of one of the
-    :data:`CALIBRATION_SLICES`."""
-    if name not in SPLITS + CALIBRATION_SLICES:
-        raise ValueError(f"split {name!r} not one of {SPLITS + CALIBRATION_SLICES}")
+    :data:`SLICES` ('calibration/temperature', 'calibration/certificate', 'train/fit',
+    'train/validation')."""
+    if name not in SPLITS + SLICES:
+        raise ValueError(f"split {name!r} not one of {SPLITS + SLICES}")
     images, labels = _load()
-    idx = split_indices(seed)[name] if name in SPLITS else calibration_slices(seed)[name]
+    if name in SPLITS:
+        idx = split_indices(seed)[name]
+    else:
+        idx = (calibration_slices(seed) if name in CALIBRATION_SLICES else train_slices(seed))[name]
     return DigitSplit(name, images[idx], labels[idx], idx)
 
 
 @lru_cache(maxsize=4)
 def calibration_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
     """The calibration indices in the two disjoint :data:`CALIBRATION_SLICES`, stratified, sorted."""
-    calibration, labels = split_indices(seed)["calibration"], _load()[1]
-    rng = np.random.default_rng(seed + 1)
-    temperature = []
+    return _two_slices("calibration", CALIBRATION_SLICES, TEMPERATURE_SHARE, seed, seed + 1)
+
+
+@lru_cache(maxsize=4)
+def train_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """The training indices in the two disjoint :data:`TRAIN_SLICES`, stratified, sorted."""
+    fit, validation = TRAIN_SLICES
+    slices = _two_slices("train", (validation, fit), VALIDATION_SHARE, seed, seed + 2)
+    return {fit: slices[fit], validation: slices[validation]}
+
+
+def _two_slices(split: str, names: tuple[str, str], share: float, seed: int, slice_seed: int) -> dict[str, np.ndarray]:
+    """Split ``split``'s indices: ``share`` of each label's (drawn with ``slice_seed``) go to
+    ``names[0]``, the rest to ``names[1]``."""
+    members_of, labels = split_indices(seed)[split], _load()[1]
+    rng = np.random.default_rng(slice_seed)
+    first = []
     for digit in range(10):
-        members = rng.permutation(calibration[labels[calibration] == digit])
-        temperature.append(members[:round(len(members) * TEMPERATURE_SHARE)])
-    first = np.sort(np.concatenate(temperature))
-    return {CALIBRATION_SLICES[0]: first, CALIBRATION_SLICES[1]: np.setdiff1d(calibration, first)}
+        members = rng.permutation(members_of[labels[members_of] == digit])
+        first.append(members[:round(len(members) * share)])
+    chosen = np.sort(np.concatenate(first))
+    return {names[0]: chosen, names[1]: np.setdiff1d(members_of, chosen)}
 
 
 @lru_cache(maxsize=1)

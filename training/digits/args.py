@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.tuning.space import Choice, FloatRange
+
 
 @dataclass(frozen=True)
 class DigitsArgs:
@@ -23,6 +25,16 @@ class DigitsArgs:
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
+
+
+# What `auditstream tune digits` draws (the other fields stay as given); judged on the
+# cross-entropy of the train/validation digits after every epoch (training/tuning/).
+SEARCH_SPACE = {
+    "lr": FloatRange(3e-4, 3e-2, log=True),
+    "weight_decay": FloatRange(1e-5, 1e-2, log=True),
+    "batch_size": Choice((32, 64, 128)),
+    "augment": Choice((True, False)),
+}
 
 
 @dataclass(frozen=True)

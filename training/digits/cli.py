@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from training.digits.args import CertifyBenchArgs, DigitsArgs
+from training.digits.args import SEARCH_SPACE, CertifyBenchArgs, DigitsArgs
 from training.family_cli import TrainCommand
 
-COMMAND = TrainCommand("digits", "training.digits", DigitsArgs, "8x8 handwritten digit classifier")
+COMMAND = TrainCommand("digits", "training.digits", DigitsArgs, "8x8 handwritten digit classifier",
+                       search_space=SEARCH_SPACE)
 
 
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,

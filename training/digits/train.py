@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -74,12 +75,15 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(self.net(pixels) * self.inv_temperature, dim=-1)
 
 
-def train(args: DigitsArgs, progress: bool = True) -> tuple[DigitNet, float]:
-    """Fit a DigitNet on the training split; returns it (eval mode) and the seconds it took."""
+def train(args: DigitsArgs, progress: bool = True, split_name: str = "train",
+          after_epoch: Callable[[int, DigitNet], None] | None = None) -> tuple[DigitNet, float]:
+    """Fit a DigitNet on ``split_name`` (the training split; ``train/fit`` in a tuning trial);
+    returns it (eval mode) and the seconds it took. ``after_epoch(n, model)`` runs after the
+    n-th epoch (the model is put back in training mode afterwards)."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    split = load_split("train")
+    split = load_split(split_name)
     model = DigitNet()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = -(-len(split.labels) // args.batch_size)
@@ -88,7 +92,7 @@ def train(args: DigitsArgs, progress: bool = True) -> tuple[DigitNet, float]:
     start, step = time.perf_counter(), 0
     model.train()
     bar = tqdm(range(args.epochs), desc="train digits", unit="epoch", disable=not progress, file=sys.stderr)
-    for _ in bar:
+    for epoch in bar:
         total, count = 0.0, 0
         for images, labels in digit_batches(split, args.batch_size, rng, augment):
             loss = F.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))
@@ -101,8 +105,30 @@ def train(args: DigitsArgs, progress: bool = True) -> tuple[DigitNet, float]:
             step += 1
             total, count = total + loss.item() * len(labels), count + len(labels)
         bar.set_postfix(loss=f"{total / count:.4f}")
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
+            model.train()
     model.eval()
     return model, time.perf_counter() - start
+
+
+VALIDATION_METRIC = "cross-entropy on the train/validation digits (trials fit on train/fit)"
+
+
+def validation_trial(args: DigitsArgs, report: Callable[[int, float], None]) -> float:
+    """One hyperparameter-search trial (``auditstream tune digits``): fit on ``train/fit``, report
+    the :data:`VALIDATION_METRIC` after every epoch (``report`` may stop the trial by raising);
+    returns the last value. Calibration and test digits are never touched."""
+    validation = load_split("train/validation")
+    labels = torch.from_numpy(validation.labels)
+    values: list[float] = []
+
+    def check(epoch: int, model: DigitNet) -> None:
+        values.append(F.cross_entropy(torch.from_numpy(logits_of(model, validation.images)), labels).item())
+        report(epoch, values[-1])
+
+    train(args, progress=False, split_name="train/fit", after_epoch=check)
+    return values[-1]
 
 
 @torch.no_grad()
@@ -172,8 +198,9 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
     )
 
 
-def run(args: DigitsArgs, models_dir: Path, progress: bool = True) -> dict:
-    """Train, calibrate, certify, export, publish; returns the JSON summary."""
+def run(args: DigitsArgs, models_dir: Path, progress: bool = True, tuning: dict | None = None) -> dict:
+    """Train, calibrate, certify, export, publish; returns the JSON summary. ``tuning``: the
+    hyperparameter search that chose ``args`` (training/tuning/), for the card."""
     model, train_seconds = train(args, progress)
     temperature = fit_calibration(model)
     exported = CalibratedClassifier(model, temperature).eval()
@@ -181,6 +208,8 @@ def run(args: DigitsArgs, models_dir: Path, progress: bool = True) -> dict:
     parity = check_parity(exported, onnx_bytes, load_split("test").images[:256])
     result = evaluate(model, onnx_bytes, temperature, args)
     card = build_card(args, result, parity, train_seconds)
+    if tuning is not None:
+        card = replace(card, training={**card.training, "tuning": tuning})
     cert = result["certificate"]
     summary = {"model": NAME, **{k: card.metrics[k] for k in ("test_error", "ece_before", "ece_after",
                                                                "test_risk_at_threshold", "test_coverage_at_threshold")},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.tuning.space import Choice, FloatRange
+
 
 @dataclass(frozen=True)
 class ZipReaderArgs:
@@ -22,3 +24,13 @@ class ZipReaderArgs:
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
+
+
+# What `auditstream tune zip-reader` draws (the other fields, --steps too, stay as given); judged
+# on the character cross-entropy of envelopes of the train/validation digits (training/tuning/).
+SEARCH_SPACE = {
+    "lr": FloatRange(1e-3, 1e-2, log=True),
+    "weight_decay": FloatRange(1e-5, 1e-2, log=True),
+    "batch_size": Choice((32, 64)),
+    "augment": Choice((True, False)),
+}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 
 from training.family_cli import TrainCommand
-from training.zip_reader.args import ZipReaderArgs
+from training.zip_reader.args import SEARCH_SPACE, ZipReaderArgs
 
-COMMAND = TrainCommand("zip-reader", "training.zip_reader", ZipReaderArgs, "envelope image -> 5-digit ZIP")
+COMMAND = TrainCommand("zip-reader", "training.zip_reader", ZipReaderArgs, "envelope image -> 5-digit ZIP",
+                       search_space=SEARCH_SPACE)
 
 
 def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,

@@ -32,8 +32,9 @@ error through a union bound: docs/training.md).
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -109,22 +110,51 @@ class CalibratedReader(nn.Module):
         return torch.softmax(self.net(image) * self.inv_temperature, dim=-1)
 
 
-def train(args: ZipReaderArgs, progress: bool = True) -> tuple[ZipReaderNet, float]:
-    """Fit on fresh training envelopes; returns the net (eval mode) and the seconds it took."""
+def train(args: ZipReaderArgs, progress: bool = True, split_name: str = "train",
+          after_step: Callable[[int, ZipReaderNet], None] | None = None) -> tuple[ZipReaderNet, float]:
+    """Fit on fresh envelopes of ``split_name``'s digits (the training split; ``train/fit`` in a
+    tuning trial); returns the net (eval mode) and the seconds it took. ``after_step(n, model)``
+    runs after the n-th optimizer step."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = ZipReaderNet()
     nuisance = TRAIN_NUISANCE if args.augment else Nuisance()
-    batches = envelope_batches(load_split("train"), args.batch_size, args.steps, rng, nuisance=nuisance)
+    batches = envelope_batches(load_split(split_name), args.batch_size, args.steps, rng, nuisance=nuisance)
 
     def batch_loss(batch: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
         images, labels = batch
         return F.cross_entropy(model(torch.from_numpy(images)).reshape(-1, 10), torch.from_numpy(labels).reshape(-1))
 
     seconds = fit_steps(model, batches, args.steps, batch_loss, name=NAME, lr=args.lr, weight_decay=args.weight_decay,
-                        progress=progress)
+                        progress=progress, after_step=None if after_step is None else (lambda n: after_step(n, model)))
     return model, seconds
+
+
+VALIDATION_ENVELOPES = 512
+VALIDATION_CHECKS = 8  # per trial, evenly spaced over its steps
+VALIDATION_METRIC = (f"character cross-entropy on {VALIDATION_ENVELOPES} envelopes of the train/validation digits "
+                     f"(trials fit on envelopes of train/fit)")
+
+
+def validation_trial(args: ZipReaderArgs, report: Callable[[int, float], None]) -> float:
+    """One hyperparameter-search trial (``auditstream tune zip-reader``): fit on envelopes of
+    ``train/fit`` digits, report the :data:`VALIDATION_METRIC` :data:`VALIDATION_CHECKS` times
+    (``report`` may stop the trial by raising); returns the last value. Calibration and test
+    digits are never touched."""
+    images, zips = make_envelopes("train/validation", VALIDATION_ENVELOPES, seed=7004)
+    labels = torch.from_numpy(zip_labels(zips).reshape(-1))
+    every = max(args.steps // VALIDATION_CHECKS, 1)
+    values: list[float] = []
+
+    def check(step: int, model: ZipReaderNet) -> None:
+        if step % every == 0 or step == args.steps:
+            logits = torch.from_numpy(logits_of(model, images)).reshape(-1, 10)
+            values.append(F.cross_entropy(logits, labels).item())
+            report(len(values), values[-1])
+
+    train(args, progress=False, split_name="train/fit", after_step=check)
+    return values[-1]
 
 
 @torch.no_grad()
@@ -305,8 +335,9 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
     )
 
 
-def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True) -> dict:
-    """Train, calibrate, certify, export, publish; returns the JSON summary."""
+def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, tuning: dict | None = None) -> dict:
+    """Train, calibrate, certify, export, publish; returns the JSON summary. ``tuning``: the
+    hyperparameter search that chose ``args`` (training/tuning/), for the card."""
     model, train_seconds = train(args, progress)
     temperature = fit_calibration(model, args)
     exported = CalibratedReader(model, temperature).eval()
@@ -314,6 +345,8 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True) -> dict:
     result = evaluate(model, onnx_bytes, temperature, args)
     parity = check_parity(exported, onnx_bytes, result["parity_images"])
     card = build_card(args, result, parity, train_seconds)
+    if tuning is not None:
+        card = replace(card, training={**card.training, "tuning": tuning})
     cert, strict = result["certificate"], result["strict"]
     summary = {"model": NAME, **{k: result[k] for k in ("test_error", "zip_accuracy", "char_error", "ece_before",
                                                         "ece_after", "test_risk_at_threshold",

@@ -1,0 +1,95 @@
+"""``auditstream tune``: a real (tiny) Optuna study on digits that prunes and puts its summary on
+the card, a resumable study, the refusals, and the validation data's isolation from the
+calibration and test data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from auditstream.cli import main as cli_main
+from auditstream.errors import TuneRefused
+from auditstream.registry import ModelRegistry
+from training.data.envelopes import make_envelopes
+from training.data.split import load_split
+from training.digits.args import SEARCH_SPACE as DIGITS_SPACE, DigitsArgs
+from training.digits.cli import COMMAND as DIGITS
+from training.tuning.args import TuneArgs
+from training.tuning.space import Choice, FloatRange, check_space
+from training.tuning.study import tune
+from training.zip_reader import train as zip_reader
+from training.zip_reader.args import ZipReaderArgs
+
+
+def test_validation_digits_come_from_the_training_split_only() -> None:
+    train, fit, validation = (set(load_split(n).indices.tolist()) for n in ("train", "train/fit", "train/validation"))
+    calibration, test = (set(load_split(n).indices.tolist()) for n in ("calibration", "test"))
+    assert fit | validation == train and not fit & validation
+    assert not validation & calibration and not validation & test
+    assert len(validation) == 137  # 15% of each digit's 89-90 training images
+    # Every label is in the validation slice about as often as in the training split.
+    counts = np.bincount(load_split("train/validation").labels, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 14
+    # The zip-reader's validation envelopes are written with validation digits only.
+    _, _, sources = make_envelopes("train/validation", 200, seed=7004, with_sources=True)
+    assert set(sources.ravel().tolist()) <= validation
+
+
+def test_a_tiny_study_on_digits_prunes_and_its_summary_is_on_the_card(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path))
+    assert cli_main(["tune", "digits", "--trials", "6", "--epochs", "4", "--startup-trials", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tuning = summary["tuning"]
+    assert tuning["trials"] == 6 and tuning["complete"] + tuning["pruned"] + tuning["failed"] == 6
+    assert tuning["pruned"] >= 1 and tuning["complete"] >= 2  # the two startup trials are never pruned
+    pruned = [t for t in tuning["history"] if t["state"] == "PRUNED"]
+    assert all(t["checks"] < 4 for t in pruned)  # stopped before its last epoch: pruning saved work
+    complete = [t for t in tuning["history"] if t["state"] == "COMPLETE"]
+    assert tuning["best_value"] == min(t["value"] for t in complete)
+    assert tuning["sampler"] == {"name": "TPESampler", "seed": 0, "n_startup_trials": 2}
+    assert set(tuning["search_space"]) == set(DIGITS_SPACE) and "train/validation" in tuning["metric"]
+    card = ModelRegistry(tmp_path).load("digits").card
+    assert card.training["tuning"] == tuning
+    assert all(card.training["args"][k] == v for k, v in tuning["best_params"].items())  # trained with the best
+    assert card.training["args"]["epochs"] == 4 and summary["test_error"] < 0.2
+
+
+def test_a_stored_study_resumes_and_belongs_to_one_family(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    args = DigitsArgs(epochs=1, publish=False)
+    first = tune(DIGITS, args, TuneArgs(trials=2, storage=storage, startup_trials=1), tmp_path, progress=False)
+    again = tune(DIGITS, args, TuneArgs(trials=2, storage=storage, startup_trials=1), tmp_path, progress=False)
+    assert first["tuning"]["trials"] == 2 and again["tuning"]["trials"] == 4
+    assert again["tuning"]["trials_this_run"] == 2 and again["tuning"]["storage"].startswith("sqlite:///")
+    from training.zip_reader.cli import COMMAND as ZIP_READER
+
+    with pytest.raises(TuneRefused, match="belongs to 'digits'"):
+        tune(ZIP_READER, ZipReaderArgs(steps=2, publish=False), TuneArgs(trials=1, storage=storage,
+                                                                          study_name="tune-digits"), tmp_path)
+
+
+@pytest.mark.parametrize("family", ["detector", "captioner"])
+def test_families_without_a_validation_metric_refuse_and_say_why(family, capsys) -> None:
+    assert cli_main(["tune", family, "--trials", "1"]) == 2
+    error = capsys.readouterr().err
+    assert f"auditstream tune {family}: its training reports no validation metric" in error
+    assert "tune digits or zip-reader" in error
+
+
+def test_a_zip_reader_trial_reports_its_validation_loss_at_every_check() -> None:
+    values: list[tuple[int, float]] = []
+    last = zip_reader.validation_trial(ZipReaderArgs(steps=16, batch_size=8), lambda i, v: values.append((i, v)))
+    assert [i for i, _ in values] == list(range(1, zip_reader.VALIDATION_CHECKS + 1))
+    assert all(math.isfinite(v) and v > 0 for _, v in values) and last == values[-1][1]
+
+
+def test_search_space_declarations_are_checked() -> None:
+    check_space(DIGITS_SPACE, DigitsArgs)
+    with pytest.raises(ValueError, match=r"\['dropout'\]"):
+        check_space({"dropout": FloatRange(0.1, 0.5)}, DigitsArgs)
+    for bad in (lambda: FloatRange(0.0, 1.0, log=True), lambda: FloatRange(2.0, 1.0), lambda: Choice((64,))):
+        with pytest.raises(ValueError):
+            bad()
