@@ -9,7 +9,8 @@ candidate scored on the audited inputs -- the Horvitz-Thompson variables
     X_i = 1{audited} * 1{accepted and wrong} / pi_i        Y_i = 1{audited} * 1{accepted} / pi_i
 
 lie in ``[0, 1/pi_min]`` and have means ``P(accepted and wrong)`` and ``P(accepted)`` exactly (an
-unaudited request contributes 0 to both). The selective risk is their ratio, so "risk <= r" is
+unaudited request contributes 0 to both, so it needs no confidence and need not even be counted:
+:func:`risk_test_values`). The selective risk is their ratio, so "risk <= r" is
 "``E[X_i - r Y_i] <= 0``": one mean of a bounded variable, no ratio to bound. It is tested by
 *betting* (Waudby-Smith & Ramdas 2023, "Estimating means of bounded random variables by
 betting"): a gambler bets against ``E[X - rY] >= 0``, a bet size chosen from the past values
@@ -114,8 +115,7 @@ class AuditCertificate:
     delta: float
     certified_risk: float  # what is proved: target_risk when certified, else 1.0 (disagreement with auditors)
     estimated_risk: float | None  # Hajek point estimate at the threshold (not a bound)
-    estimated_coverage: float  # Horvitz-Thompson estimate of the share auto-accepted at the threshold
-    n_requests: int
+    estimated_coverage: float  # Hajek estimate of the share of all requests auto-accepted at the threshold
     n_audited: int
     min_inclusion_prob: float
     tests: int  # thresholds tested before the sequence stopped
@@ -134,26 +134,27 @@ class AuditCertificate:
         return asdict(self) | {"certified": self.certified}
 
 
-def risk_test_values(accepted: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray, n_requests: int,
-                     target_risk: float, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(z, m0): the per-request values ``X_i - r Y_i`` scaled to [0, 1], over all ``n_requests``
-    (the unaudited ones contribute ``X = Y = 0``), in a random order drawn from ``seed`` alone
-    (independent of the values, as the betting test needs); ``m0`` is where ``E[X - rY] = 0``."""
+def risk_test_values(accepted: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray, target_risk: float,
+                     seed: int = 0) -> tuple[np.ndarray, float]:
+    """(z, m0): each audited request's ``X_i - r Y_i`` scaled to [0, 1], in a random order drawn
+    from ``seed`` alone (independent of the values, as the betting test needs); ``m0`` is where
+    ``E[X - rY] = 0``.
+
+    Unaudited requests are left out: their scaled value is exactly ``m0``, so their factor in the
+    capital is 1 whatever the bet, and a bet computed from the audited past alone is still
+    chosen from the past of the whole stream. The test therefore needs neither the count of
+    requests nor their confidences, only the audited ones and their inclusion probabilities.
+    """
     pi = np.asarray(inclusion_probs, dtype=np.float64)
-    n = pi.size
-    if n_requests < n:
-        raise ValueError(f"n_requests={n_requests} is less than the {n} audited requests: count every request "
-                         "served in the period the audits cover (audited or not)")
     acc = np.asarray(accepted, dtype=bool)
     bad = acc & np.asarray(wrong, dtype=bool)
-    b = 1.0 / float(pi.min()) if n else 1.0
-    d = np.zeros(n_requests)
-    d[:n] = (bad - target_risk * acc) / pi  # in [-r b, b]
+    b = 1.0 / float(pi.min()) if pi.size else 1.0
+    d = (bad - target_risk * acc) / pi  # in [-r b, b]
     z = (d + target_risk * b) / (b * (1.0 + target_risk))
-    return np.clip(z[np.random.default_rng(seed).permutation(n_requests)], 0.0, 1.0), target_risk / (1.0 + target_risk)
+    return np.clip(z[np.random.default_rng(seed).permutation(pi.size)], 0.0, 1.0), target_risk / (1.0 + target_risk)
 
 
-def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray, n_requests: int,
+def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray,
                         target_risk: float, delta: float, thresholds: tuple[float, ...] | list[float],
                         seed: int = 0) -> AuditCertificate:
     """The last threshold of ``thresholds`` (fixed before the audits were seen, strictest first)
@@ -162,8 +163,7 @@ def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_pr
     not stops the sequence (module docstring).
 
     ``confidences``, ``wrong`` (the version's answer differs from the auditor's),
-    ``inclusion_probs``: one entry per audited request; ``n_requests``: every request served in
-    the period (audited or not).
+    ``inclusion_probs``: one entry per audited request (each request once).
     """
     conf = np.asarray(confidences, dtype=np.float64)
     err = np.asarray(wrong)
@@ -184,25 +184,25 @@ def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_pr
     limit, passed, tests = np.log(1.0 / delta), None, 0
     for theta in thresholds:
         tests += 1
-        z, m0 = risk_test_values(conf >= theta, err, pi, n_requests, target_risk, seed)
+        z, m0 = risk_test_values(conf >= theta, err, pi, target_risk, seed)
         if _max_log_capital(z, m0) < limit:
             break
         passed = theta
-    common = dict(target_risk=target_risk, delta=delta, n_requests=n_requests, n_audited=int(pi.size),
-                  min_inclusion_prob=pi_min, tests=tests, thresholds_in_sequence=len(thresholds),
+    common = dict(target_risk=target_risk, delta=delta, n_audited=int(pi.size), min_inclusion_prob=pi_min,
+                  tests=tests, thresholds_in_sequence=len(thresholds),
                   method="audits: Horvitz-Thompson betting test, fixed-sequence Learn-then-Test")
     if passed is None:
         return AuditCertificate(threshold=float(np.nextafter(1.0, 2.0)), certified_risk=1.0, estimated_risk=None,
                                 estimated_coverage=0.0, reason=(
                                     f"the first threshold of the sequence ({thresholds[0]:.6g}) could not be shown "
                                     f"to keep risk <= {target_risk}: accept nothing (more audits are needed)"), **common)
-    acc = conf >= passed
-    w_acc, w_bad = float((acc / pi).sum()), float(((acc & (err == 1)) / pi).sum())
+    acc, w = conf >= passed, 1.0 / pi
+    w_acc, w_bad = float(w[acc].sum()), float(w[acc & (err == 1)].sum())
     return AuditCertificate(
         threshold=passed, certified_risk=target_risk, estimated_risk=w_bad / w_acc if w_acc else None,
-        estimated_coverage=w_acc / n_requests, reason=(
+        estimated_coverage=w_acc / float(w.sum()), reason=(
             f"risk <= {target_risk} shown at thresholds down to {passed:.6g} ({tests} of {len(thresholds)} tested in "
-            f"sequence, each at delta={delta}) from {n_requests} requests, {pi.size} audited (pi >= {pi_min:.3g})"),
+            f"sequence, each at delta={delta}) from {pi.size} audited requests (pi >= {pi_min:.3g})"),
         **common)
 
 
