@@ -50,7 +50,7 @@ class LoopBenchArgs:
 
     models: str = field(default="digits,zip-reader", metadata={"help": "comma-separated: digits, zip-reader"})
     rounds: int = field(default=4, metadata={"help": "stream, audit, retrain and promote this many times"})
-    digits_seed_fraction: float = field(default=0.03, metadata={"help": "share of the training digits in the digits seed"})
+    digits_seed_fraction: float = field(default=0.02, metadata={"help": "share of the training digits in the digits seed"})
     zip_seed_fraction: float = field(default=0.1, metadata={"help": "share of the training digits the zip-reader seed's envelopes use"})
     digits_per_round: int = field(default=0, metadata={"help": "digit requests per round (0: the rest of the training split, evenly)"})
     envelopes_per_round: int = field(default=500, metadata={"help": "envelope requests per round"})
@@ -197,9 +197,10 @@ class Loop:
 
     def restart(self, name: str) -> None:
         old = self.serve.get(name)
-        if old is not None and old.poll() is None:
-            old.terminate()
+        if old is not None:
+            old.terminate()  # it checkpoints what it answered, then exits 0
             old.wait(60)
+            self.children.procs = [(n, p) for n, p in self.children.procs if p is not old]
         self.serve[name] = self.children.start(f"serve-{name}-{len(self.children.procs)}", self._cli("serve", "--model", name),
                                                self._env(self.settings))
 
