@@ -150,22 +150,23 @@ def wrong_answer(truth: str, rng: np.random.Generator) -> str:
 # the seam to promotion (the lead swaps in monitor/promotion.py's gate and hot reload here)
 
 
-def promote_step(registry: Any, name: str, candidate: str, restart: Callable[[str], None]) -> dict[str, Any]:
-    """Make ``candidate`` live when its certificate holds at its target, and restart ``name``'s
-    consumers on it (``auditstream serve`` reads LIVE at start); returns the decision and why.
+def promote_step(registry: Any, name: str, candidate: str, target_risk: float,
+                 restart: Callable[[str], None]) -> dict[str, Any]:
+    """Make ``candidate`` live when its certificate holds at ``target_risk`` (its certified bound,
+    on its calibration/certificate slice, is at most that), and restart ``name``'s consumers on
+    it (``auditstream serve`` reads LIVE at start); returns the decision and why.
 
-    THE seam: this is the one place the bench promotes. A shadow-and-paired-comparison gate with
-    hot reload replaces the body; the signature and the returned ``{"promoted", "reason"}`` stay.
+    THE seam: this is the one place the bench promotes. The promote helper's gate
+    (monitor/promotion.py: shadow scoring, paired comparison on audited items) and hot reload
+    replace the body; the signature and the returned ``{"promoted", "reason"}`` stay.
     """
-    card = registry.card(name, candidate)
-    t = card.triage
-    holds = t.certified_risk is not None and t.target_risk is not None and t.certified_risk <= t.target_risk
-    if not holds:
-        return {"promoted": False, "reason": f"v{candidate}'s certificate does not hold at {t.target_risk} "
-                                             f"(bound {t.certified_risk}); LIVE stays"}
+    t = registry.card(name, candidate).triage
+    if t.certified_risk is None or t.certified_risk > target_risk:
+        return {"promoted": False, "reason": f"v{candidate}'s certified bound {t.certified_risk} is over the target "
+                                             f"{target_risk}; LIVE stays"}
     registry.set_live(name, candidate)
     restart(name)
-    return {"promoted": True, "reason": f"v{candidate}: certified risk {t.certified_risk:.4f} <= {t.target_risk} at "
+    return {"promoted": True, "reason": f"v{candidate}: certified risk {t.certified_risk:.4f} <= {target_risk} at "
                                         f"coverage {t.coverage:.1%}"}
 
 
@@ -412,7 +413,7 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
         export_labels(store, labels, model=name, include_gold=True, progress=False)
         summary = retrain(RetrainArgs(model=name, labels=str(labels), certify_share=args.certify_share,
                                       **finetune_budget(name, args)), registry.root, progress=True)
-        decision = promote_step(registry, name, summary["version"], loop.restart)
+        decision = promote_step(registry, name, summary["version"], COVERAGE_RISK[name], loop.restart)
         card = registry.card(name)  # the live one, after the decision
         row = {"round": r, "live_during_round": live, **figures, "audited_items": audited,
                "labels_used": summary["verdicts_learnt"], "candidate": summary["version"], **decision,
