@@ -92,3 +92,20 @@ def test_retrain_refuses_what_it_cannot_do(tmp_path):
     (tmp_path / "digits" / "1" / WEIGHTS_FILE).unlink()  # as a shipped demo model
     with pytest.raises(WeightsMissing, match="--from-scratch"):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
+
+
+def test_zip_reader_batches_mix_rendered_and_audited_envelopes():
+    from training.feedback import Feedback
+    from training.zip_reader.args import ZipReaderArgs
+    from training.zip_reader.train import training_batches
+
+    audited = np.full((7, 32, 96), 200, dtype=np.uint8)
+    feedback = Feedback(audited, np.tile(np.arange(5), (7, 1)), None, None, {})
+    args = ZipReaderArgs(batch_size=8, steps=3, train_fraction=0.1)
+    batches = list(training_batches(args, np.random.default_rng(0), feedback))
+    assert len(batches) == 3
+    for images, labels in batches:
+        assert images.shape == (8, 32, 96) and labels.shape == (8, 5)
+        assert (images[4:] == 200).all() and (labels[4:] == np.arange(5)).all()  # the second half: verdicts
+    plain = list(training_batches(args, np.random.default_rng(0), None))
+    assert len(plain) == 3 and plain[0][0].shape == (8, 32, 96)
