@@ -61,6 +61,9 @@ class LoopBenchArgs:
     zip_eval_envelopes: int = field(default=1000, metadata={"help": "zip-reader calibration and test envelopes (each)"})
     auditor_error: float = field(default=0.005, metadata={"help": "probability the simulated auditor answers wrong"})
     qc_rate: float = field(default=0.2, metadata={"help": "QC sampling rate of auto-accepted answers during the bench"})
+    reach_requests: str = field(default="2500,5000,10000,20000", metadata={
+        "help": "zip-reader at 2%% from audits: stream sizes tried with the shipped model (empty: skip)"})
+    reach_qc_rates: str = field(default="0.02,0.2", metadata={"help": "QC rates tried there"})
     certify_share: float = field(default=0.5, metadata={"help": "share of audited requests kept out of training (request-id hash)"})
     seed: int = field(default=1, metadata={"help": "seed of the streams, the auditor's mistakes and the baselines"})
     plot: str = field(default="", metadata={"help": "PNG of the curve (default: <state dir>/bench/loop.png)"})
@@ -363,6 +366,52 @@ def finetune_budget(name: str, args: LoopBenchArgs) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------
+# the zip-reader at 2%: how much audited traffic proves what 97 certificate envelopes cannot
+
+
+def audits_to_certify(model: Any, sizes: tuple[int, ...], qc_rates: tuple[float, ...], auditor_error: float,
+                      seed: int, target: float = 0.02, delta: float = 0.05) -> dict[str, Any]:
+    """Stream test envelopes (never trained on) through ``model``'s live rule -- deferred below
+    its threshold (audited, pi = 1), QC-sampled above it at each rate -- label the audited ones
+    as the simulated auditor would, and certify ``target`` from the first ``n`` requests for
+    each ``n`` of ``sizes`` (qc/audit_certify.py, the card's curve as the threshold sequence)."""
+    from auditstream import tasks
+    from qc.audit_certify import certify_from_audits
+    from serving.inference import infer
+    from serving.runtime import load_session
+    from stack.recertify import threshold_sequence
+    from training.data.envelopes import make_envelopes
+
+    card, n = model.card, max(sizes)
+    images, zips = make_envelopes("test", n, seed=seed + 5000)
+    session, kind = load_session(model, intra_op_threads=1), tasks.lookup(card.task)
+    conf, outputs = np.zeros(n), []
+    for start in range(0, n, 256):
+        answers, _ = infer(session, card, list(images[start:start + 256]))
+        for i, a in enumerate(answers, start):
+            conf[i] = a.confidence
+            outputs.append(a.output)
+    rng = np.random.default_rng(seed + 11)
+    keyed = [wrong_answer(z, rng) if rng.random() < auditor_error else z for z in zips]
+    disagrees = np.array([not kind.same_answer(o, k) for o, k in zip(outputs, keyed)], dtype=int)
+    truly_wrong = np.array([not kind.same_answer(o, z) for o, z in zip(outputs, zips)], dtype=int)
+    draw, sequence, found = rng.random(n), threshold_sequence(card, 0.2), {}
+    for rate in qc_rates:
+        pi = np.where(conf < card.triage.threshold, 1.0, rate)
+        for size in sizes:
+            audited = np.flatnonzero(draw[:size] < pi[:size])
+            cert = certify_from_audits(conf[audited], disagrees[audited], pi[audited], target, delta, sequence)
+            accepted = conf[:size] >= cert.threshold
+            found[f"qc_rate={rate:g}, requests={size}"] = {
+                "certified": cert.certified, "audited": int(audited.size), "threshold": cert.threshold,
+                "estimated_coverage": cert.estimated_coverage,
+                "true_coverage": float(accepted.mean()),
+                "true_risk": float(truly_wrong[:size][accepted].mean()) if accepted.any() else None}
+    return {"model_version": card.version, "card_certified_risk": card.triage.certified_risk,
+            "card_coverage": card.triage.coverage, "target_risk": target, "delta": delta, "by_size": found}
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def plot_curve(results: dict[str, Any], path: Path) -> Path:
@@ -452,6 +501,17 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2%}"
 
 
+def shipped_zip_reader(work: Path) -> Any:
+    """The zip-reader shipped with the demo (trained with the family's defaults), in a registry of its own."""
+    from auditstream.registry import ModelCard, ModelRegistry
+    from stack.demo import SHIPPED_MODELS
+
+    registry = ModelRegistry(work / "shipped")
+    card = ModelCard.from_dict(json.loads((SHIPPED_MODELS / "zip-reader" / "card.json").read_text()))
+    registry.publish(card, (SHIPPED_MODELS / "zip-reader" / "model.onnx").read_bytes())
+    return registry.load("zip-reader")
+
+
 def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
     """The whole bench (module docstring); returns the JSON summary."""
     import secrets
@@ -488,6 +548,11 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
                                                      work, say)
         finally:
             loop.close()
+        if "zip-reader" in results and args.reach_requests:
+            say("zip-reader: how much audited traffic certifies 2% (the shipped model, test envelopes)")
+            results["zip-reader"]["audits_to_certify_2pct"] = audits_to_certify(
+                shipped_zip_reader(work), tuple(int(x) for x in args.reach_requests.split(",")),
+                tuple(float(x) for x in args.reach_qc_rates.split(",")), args.auditor_error, args.seed)
         plot = plot_curve(results, Path(args.plot) if args.plot else base.state_dir / "bench" / "loop.png")
     for name, r in results.items():
         r["deferred_labels_buy_more_coverage_than_random"] = r["coverage_same_budget_loop_labels"] > r["coverage_last_random_labels"]
