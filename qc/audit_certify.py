@@ -79,8 +79,9 @@ def _max_log_capital(z: np.ndarray, m: float) -> float:
 
 
 def betting_upper_bound(values: np.ndarray, bound: float, delta: float) -> float:
-    """An upper bound ``U`` on the mean of i.i.d. values in ``[0, bound]`` with
-    ``P(mean > U) <= delta``; ``values`` must be in an order chosen without looking at them.
+    """An upper bound ``U`` on the mean of values in ``[0, bound]`` with ``P(mean > U) <= delta``:
+    i.i.d. values (or each with that mean given the ones before it), in an order that does not
+    depend on them.
 
     Each candidate ``m`` of a fixed grid is rejected when the capital of :func:`_max_log_capital`
     reaches ``1/delta``. ``U`` is the grid point above the largest ``m`` not rejected: if the mean
@@ -134,11 +135,10 @@ class AuditCertificate:
         return asdict(self) | {"certified": self.certified}
 
 
-def risk_test_values(accepted: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray, target_risk: float,
-                     seed: int = 0) -> tuple[np.ndarray, float]:
-    """(z, m0): each audited request's ``X_i - r Y_i`` scaled to [0, 1], in a random order drawn
-    from ``seed`` alone (independent of the values, as the betting test needs); ``m0`` is where
-    ``E[X - rY] = 0``.
+def risk_test_values(accepted: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray,
+                     target_risk: float) -> tuple[np.ndarray, float]:
+    """(z, m0): each audited request's ``X_i - r Y_i`` scaled to [0, 1], in the order given;
+    ``m0`` is where ``E[X - rY] = 0``.
 
     Unaudited requests are left out: their scaled value is exactly ``m0``, so their factor in the
     capital is 1 whatever the bet, and a bet computed from the audited past alone is still
@@ -151,19 +151,23 @@ def risk_test_values(accepted: np.ndarray, wrong: np.ndarray, inclusion_probs: n
     b = 1.0 / float(pi.min()) if pi.size else 1.0
     d = (bad - target_risk * acc) / pi  # in [-r b, b]
     z = (d + target_risk * b) / (b * (1.0 + target_risk))
-    return np.clip(z[np.random.default_rng(seed).permutation(pi.size)], 0.0, 1.0), target_risk / (1.0 + target_risk)
+    return np.clip(z, 0.0, 1.0), target_risk / (1.0 + target_risk)
 
 
 def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_probs: np.ndarray,
-                        target_risk: float, delta: float, thresholds: tuple[float, ...] | list[float],
-                        seed: int = 0) -> AuditCertificate:
+                        target_risk: float, delta: float, thresholds: tuple[float, ...] | list[float]) -> AuditCertificate:
     """The last threshold of ``thresholds`` (fixed before the audits were seen, strictest first)
     that fixed-sequence testing reaches: each test rejects "risk > target" at the full ``delta``
     when the betting capital against ``E[X - rY] >= 0`` reaches ``1/delta``; the first that does
     not stops the sequence (module docstring).
 
     ``confidences``, ``wrong`` (the version's answer differs from the auditor's),
-    ``inclusion_probs``: one entry per audited request (each request once).
+    ``inclusion_probs``: one entry per audited request (each request once), in the order the
+    verdicts were decided. That order is the stream's past: every choice made from earlier
+    verdicts -- a retrained or promoted version, a tightened threshold, hence the inclusion
+    probabilities of later items -- is then fixed before the values it affects, as the betting
+    test requires. (It assumes auditors take items in an order that does not depend on their
+    answers; the store's claims are first in, first out.)
     """
     conf = np.asarray(confidences, dtype=np.float64)
     err = np.asarray(wrong)
@@ -184,7 +188,7 @@ def certify_from_audits(confidences: np.ndarray, wrong: np.ndarray, inclusion_pr
     limit, passed, tests = np.log(1.0 / delta), None, 0
     for theta in thresholds:
         tests += 1
-        z, m0 = risk_test_values(conf >= theta, err, pi, target_risk, seed)
+        z, m0 = risk_test_values(conf >= theta, err, pi, target_risk)
         if _max_log_capital(z, m0) < limit:
             break
         passed = theta

@@ -74,10 +74,12 @@ def rows_for(card: ModelCard, rows: list[dict[str, Any]]) -> tuple[list[dict[str
     """The verdicts that may judge this version, and which they are (the hygiene rule)."""
     hygiene = card.extra.get("data_hygiene")
     if hygiene:
-        sets = split_verdicts(rows, card.name, hygiene["certify_share"])
-        return sets.certify, "the certify part only (this version learnt from the train part)"
-    sets = split_verdicts(rows, card.name, 0.0)
-    return sets.train, "every verdict (this version learnt from none)"
+        chosen = split_verdicts(rows, card.name, hygiene["certify_share"]).certify
+        which = "the certify part only (this version learnt from the train part)"
+    else:
+        chosen, which = split_verdicts(rows, card.name, 0.0).train, "every verdict (this version learnt from none)"
+    # In decision order: the betting test's past (qc/audit_certify.py, certify_from_audits).
+    return sorted(chosen, key=lambda r: (r["decided_at_s"], r["verdict_id"])), which
 
 
 def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
