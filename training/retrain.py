@@ -99,7 +99,8 @@ def family_args(card: ModelCard, args: RetrainArgs, family: Family) -> Any:
     changes: dict[str, Any] = {"publish": True}
     if not args.from_scratch:
         changes[family.budget_field] = getattr(args, family.budget_field) or family.default_budget
-        changes["lr"] = args.lr or base.lr / 3
+        # a third of the from-scratch rate, once: a fine-tuned card's args already hold the lower rate
+        changes["lr"] = args.lr or (base.lr if card.training.get("fine_tuned_from") else base.lr / 3)
     elif getattr(args, family.budget_field):
         changes[family.budget_field] = getattr(args, family.budget_field)
     if args.seed:
