@@ -49,9 +49,10 @@ def export_for_retraining(model: str) -> Path:
 
 def _retrain(ns: argparse.Namespace) -> int:
     from auditstream.settings import Settings
-    from training.retrain import RetrainArgs, main
+    from training.retrain import RetrainArgs, family_of, main
 
     args = dataclass_from_namespace(RetrainArgs, ns)
+    family_of(args.model)  # refuse a model it cannot retrain before exporting anything
     if not args.labels:
         import dataclasses
 

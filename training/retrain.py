@@ -91,6 +91,15 @@ FAMILIES = {
 }
 
 
+def family_of(model: str) -> Family:
+    """The family that retrains ``model``, or a refusal that says what to do instead."""
+    family = FAMILIES.get(model)
+    if family is None:
+        raise CannotRetrain(f"retraining from verdicts is built for {sorted(FAMILIES)}, not {model!r} (the "
+                            "detector and the captioner are not yet: train them again with auditstream train NAME)")
+    return family
+
+
 def family_args(card: ModelCard, args: RetrainArgs, family: Family) -> Any:
     """The live version's training arguments (so a seed-subset run stays one), with the
     fine-tuning budget, learning rate and seed of this run."""
@@ -134,10 +143,7 @@ def build_feedback(card: ModelCard, rows: list[dict[str, Any]], family: Family, 
 def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     """Retrain ``args.model`` from ``args.labels``; returns the family script's summary plus the
     verdict counts."""
-    family = FAMILIES.get(args.model)
-    if family is None:
-        raise CannotRetrain(f"retraining from verdicts is built for {sorted(FAMILIES)}, not {args.model!r} (the "
-                            "detector and the captioner are not yet: train them again with auditstream train NAME)")
+    family = family_of(args.model)
     if not args.labels or not Path(args.labels).is_file():
         raise CannotRetrain(f"labels file {args.labels!r} not found: write one with auditstream labels export --out FILE")
     if not 0.0 <= args.certify_share < 1.0:
@@ -151,6 +157,10 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     rows = read_labels(Path(args.labels))
     feedback = build_feedback(card, rows, family, init_state, None if args.from_scratch else live,
                               args.certify_share, str(args.labels))
+    if not len(feedback.targets):
+        raise CannotRetrain(f"no verdict of {args.model} in {args.labels} can teach it (train part: "
+                            f"{feedback.card_extra['data_hygiene']['verdicts_train_part']} rows, rejects and gold "
+                            "excluded): let the auditors answer some items first")
     script = importlib.import_module(family.script)
     summary = script.run(family_args(card, args, family), models_dir, progress, feedback)
     return summary | {"base_version": live, "from_scratch": args.from_scratch,

@@ -89,6 +89,9 @@ def test_retrain_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(retrain.CannotRetrain, match="labels export"):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(tmp_path / "none.jsonl")), tmp_path, progress=False)
     digits.run(DigitsArgs(epochs=1, train_fraction=SEED_FRACTION), tmp_path, progress=False)
+    only_rejects = write_rows(tmp_path / "rejects.jsonl", verdict_rows(0, rejects=3))
+    with pytest.raises(retrain.CannotRetrain, match="can teach it"):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(only_rejects)), tmp_path, progress=False)
     (tmp_path / "digits" / "1" / WEIGHTS_FILE).unlink()  # as a shipped demo model
     with pytest.raises(WeightsMissing, match="--from-scratch"):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
