@@ -112,3 +112,17 @@ def test_zip_reader_batches_mix_rendered_and_audited_envelopes():
         assert (images[4:] == 200).all() and (labels[4:] == np.arange(5)).all()  # the second half: verdicts
     plain = list(training_batches(args, np.random.default_rng(0), None))
     assert len(plain) == 3 and plain[0][0].shape == (8, 32, 96)
+
+
+def test_train_subset_is_a_fixed_stratified_part_of_the_training_split():
+    from training.data.split import load_split
+
+    train = load_split("train")
+    seed, rest = train_subset(0.05)
+    assert not set(seed.indices) & set(rest.indices) and len(seed.labels) + len(rest.labels) == len(train.labels)
+    assert set(np.unique(seed.labels)) == set(range(10))  # every digit in the seed
+    assert (train_subset(0.05)[0].indices == seed.indices).all()
+    whole = train_subset(1.0)[0]
+    assert (whole.indices == train.indices).all() and (whole.images == train.images).all()
+    with pytest.raises(ValueError, match="train_fraction"):
+        train_subset(0.0)

@@ -78,8 +78,9 @@ def calibration_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
 
 
 def train_subset(fraction: float, seed: int = SPLIT_SEED) -> tuple[DigitSplit, DigitSplit]:
-    """(the first ``fraction`` of each label's training digits, the rest), in a fixed order: the
-    small seed training set a learning-curve run starts from, and the digits it streams later."""
+    """(a fixed ``fraction`` of each label's training digits, the rest), both in the split's order:
+    the small seed training set a learning-curve run starts from, and the digits it streams
+    later. ``fraction=1`` is the whole training split."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"train_fraction={fraction} must be in (0, 1]")
     train = load_split("train", seed)

@@ -77,7 +77,7 @@ class CalibratedClassifier(nn.Module):
 
 def training_digits(args: DigitsArgs, feedback: Feedback | None = None) -> DigitSplit:
     """The training split (or its ``train_fraction`` subset) plus the verdicts' digits, if any."""
-    split = load_split("train") if args.train_fraction >= 1.0 else train_subset(args.train_fraction)[0]
+    split = train_subset(args.train_fraction)[0]  # 1.0: the whole split, in its order
     if feedback is None or not len(feedback.targets):
         return split
     return DigitSplit(f"{split.name}+verdicts", np.concatenate([split.images, feedback.inputs.astype(np.float32)]),

@@ -116,7 +116,7 @@ def training_batches(args: ZipReaderArgs, rng: np.random.Generator,
     """Fresh envelopes of the training digits (or their ``train_fraction`` subset); with verdicts,
     half of every batch is audited envelopes drawn at random (the traffic the model failed on or
     was checked on), the other half rendered as usual."""
-    digits = load_split("train") if args.train_fraction >= 1.0 else train_subset(args.train_fraction)[0]
+    digits = train_subset(args.train_fraction)[0]  # 1.0: the whole split, in its order
     nuisance = TRAIN_NUISANCE if args.augment else Nuisance()
     if feedback is None or not len(feedback.targets):
         yield from envelope_batches(digits, args.batch_size, args.steps, rng, nuisance=nuisance)
