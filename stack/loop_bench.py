@@ -14,7 +14,8 @@ Per round: labels learnt, coverage at the certified risk (digits: its 2% certifi
 its 10% certificate -- 97 independent certificate envelopes cannot prove 2%; see
 ``coverage_from_audits`` for 2% from the audits), the share auto-accepted on the round's traffic,
 the audited error of auto-accepted answers (Hajek-weighted QC audits, with its 95% upper bound)
-and the true one, human items per 1,000 requests. Last: the same number of labels spent on
+against the live version's budget (the risk its card certified) and the true one, human items
+per 1,000 requests. Last: the same number of labels spent on
 uniformly random streamed items (``coverage_last_random_labels``), against the loop's own labels
 at the same budget, both one fine-tune of the seed. A PNG of the curve is written. The last
 line is one JSON object.
@@ -453,6 +454,7 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     rows, streamed = [], []
     for r, batch in enumerate(batches, 1):
         live = registry.live_version(name)
+        budget = registry.card(name, live).triage.target_risk  # what the live version promised
         ids = loop.send(name, batch, f"{name}-r{r}-{uuid.uuid4().hex[:6]}")
         streamed += [(rid, value, truth) for rid, (value, truth) in zip(ids, batch)]
         loop.wait_answered(ids)
@@ -464,7 +466,7 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
                                       **finetune_budget(name, args)), registry.root, progress=True)
         decision = promote_step(registry, name, summary["version"], COVERAGE_RISK[name], loop.restart)
         card = registry.card(name)  # the live one, after the decision
-        row = {"round": r, "live_during_round": live, **figures, "audited_items": audited,
+        row = {"round": r, "live_during_round": live, "budget": budget, **figures, "audited_items": audited,
                "labels_used": summary["verdicts_learnt"], "candidate": summary["version"], **decision,
                "live_after": card.version, "coverage_certified": certified_coverage(card),
                "audits_certificate_2pct": coverage_from_audits(registry, name, card.version, labels)}
@@ -489,10 +491,10 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     with tempfile.TemporaryDirectory(prefix="loop-random-") as a, tempfile.TemporaryDirectory(prefix="loop-own-") as b:
         coverage_random = certified_coverage(retrain_seed_with(seed_dir, name, random_rows, Path(a), args))
         coverage_own = certified_coverage(retrain_seed_with(seed_dir, name, own_rows, Path(b), args))
-    budget = COVERAGE_RISK[name]
-    return {"rounds": rows, "coverage_risk": budget, "coverage_first": first, "coverage_last": rows[-1]["coverage_certified"],
+    return {"rounds": rows, "coverage_risk": COVERAGE_RISK[name], "coverage_first": first,
+            "coverage_last": rows[-1]["coverage_certified"],
             "max_audited_error": max((row["audited_error"] or 0.0) for row in rows),
-            "audited_error_within_budget_every_round": all((row["audited_error"] or 0.0) <= budget for row in rows),
+            "audited_error_within_budget_every_round": all((row["audited_error"] or 0.0) <= row["budget"] for row in rows),
             "coverage_last_random_labels": coverage_random, "coverage_same_budget_loop_labels": coverage_own,
             "labels_last": n_labels}
 
