@@ -5,8 +5,8 @@ A family's ``run(args, models_dir, progress, feedback)`` trains on its usual dat
 ``feedback.inputs``/``feedback.targets``, starts from ``feedback.init_state`` when it is given
 (transfer learning) and writes ``feedback.card_extra`` into the card's ``extra``. Every published
 version keeps its torch weights beside the ONNX file (:data:`WEIGHTS_FILE`): the exported graph has
-its temperature and, after constant folding, its batch norms baked in, so it is not a starting
-point for further training, while the state dict is.
+its temperature baked in and is an inference graph, not a starting point for further
+training, while the state dict is.
 """
 
 from __future__ import annotations
