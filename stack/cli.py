@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from stack import demo, wire_bench
+from stack import demo, learning_cli, wire_bench
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,4 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     add_dataclass_arguments(bf, FaultsArgs)
     bf.set_defaults(handler=_bench_faults)
     wire_bench.register(commands, bench)
+    learning_cli.register(commands, bench)

@@ -104,6 +104,27 @@ def _two_slices(split: str, names: tuple[str, str], share: float, seed: int, sli
     return {names[0]: chosen, names[1]: np.setdiff1d(members_of, chosen)}
 
 
+def train_subset(fraction: float, seed: int = SPLIT_SEED) -> tuple[DigitSplit, DigitSplit]:
+    """(a fixed ``fraction`` of each label's training digits, the rest), both in the split's order:
+    the small seed training set a learning-curve run starts from, and the digits it streams
+    later. ``fraction=1`` is the whole training split."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction={fraction} must be in (0, 1]")
+    train = load_split("train", seed)
+    rng = np.random.default_rng(seed + 2)
+    chosen = []
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(train.labels == digit))
+        chosen.append(members[:max(1, round(len(members) * fraction))])
+    keep = np.zeros(len(train.labels), dtype=bool)
+    keep[np.concatenate(chosen)] = True
+
+    def part(mask: np.ndarray, name: str) -> DigitSplit:
+        return DigitSplit(name, train.images[mask], train.labels[mask], train.indices[mask])
+
+    return part(keep, f"train[{fraction:g}]"), part(~keep, f"train[{fraction:g}:]")
+
+
 @lru_cache(maxsize=1)
 def _load() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download

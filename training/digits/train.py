@@ -35,10 +35,11 @@ from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpe
 from qc.calibration import classification_ece, fit_temperature, softmax
 from qc.certify import area_under_risk_coverage, certify_coverage_grid, risk_coverage_curve, selective_risk
 from training.data.loader import DigitAugment, digit_batches
-from training.data.split import SPLIT_SEED, FRACTIONS, load_split
+from training.data.split import SPLIT_SEED, FRACTIONS, DigitSplit, load_split, train_subset
 from training.digits.args import DigitsArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
+from training.feedback import WEIGHTS_FILE, Feedback, save_weights
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "digits"
@@ -75,16 +76,31 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(self.net(pixels) * self.inv_temperature, dim=-1)
 
 
-def train(args: DigitsArgs, progress: bool = True, split_name: str = "train",
+def training_digits(args: DigitsArgs, feedback: Feedback | None = None, split_name: str = "train") -> DigitSplit:
+    """The training split (its ``train_fraction`` subset; ``train/fit`` in a tuning trial) plus the
+    verdicts' digits, if any."""
+    # train_fraction 1.0: the whole split, in its order
+    split = train_subset(args.train_fraction)[0] if split_name == "train" else load_split(split_name)
+    if feedback is None or not len(feedback.targets):
+        return split
+    return DigitSplit(f"{split.name}+verdicts", np.concatenate([split.images, feedback.inputs.astype(np.float32)]),
+                      np.concatenate([split.labels, feedback.targets.astype(np.int64)]),
+                      np.concatenate([split.indices, np.full(len(feedback.targets), -1)]))  # -1: not a split digit
+
+
+def train(args: DigitsArgs, progress: bool = True, feedback: Feedback | None = None, split_name: str = "train",
           after_epoch: Callable[[int, DigitNet], None] | None = None) -> tuple[DigitNet, float]:
-    """Fit a DigitNet on ``split_name`` (the training split; ``train/fit`` in a tuning trial);
-    returns it (eval mode) and the seconds it took. ``after_epoch(n, model)`` runs after the
-    n-th epoch (the model is put back in training mode afterwards)."""
+    """Fit a DigitNet on ``split_name`` (the training split; ``train/fit`` in a tuning trial), plus
+    ``feedback``'s verdicts, starting from its weights when given; returns it (eval mode) and the
+    seconds it took. ``after_epoch(n, model)`` runs after the n-th epoch (the model is put back in
+    training mode afterwards)."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    split = load_split(split_name)
+    split = training_digits(args, feedback, split_name)
     model = DigitNet()
+    if feedback is not None and feedback.init_state is not None:
+        model.load_state_dict(feedback.init_state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = -(-len(split.labels) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
@@ -198,16 +214,23 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
     )
 
 
-def run(args: DigitsArgs, models_dir: Path, progress: bool = True, tuning: dict | None = None) -> dict:
-    """Train, calibrate, certify, export, publish; returns the JSON summary. ``tuning``: the
-    hyperparameter search that chose ``args`` (training/tuning/), for the card."""
-    model, train_seconds = train(args, progress)
+def run(args: DigitsArgs, models_dir: Path, progress: bool = True, feedback: Feedback | None = None,
+        tuning: dict | None = None) -> dict:
+    """Train, calibrate, certify, export, publish (with the torch weights beside the ONNX file,
+    for fine-tuning); returns the JSON summary. ``feedback``: retraining from verdicts
+    (training/feedback.py); ``tuning``: the hyperparameter search that chose ``args``
+    (training/tuning/), for the card."""
+    model, train_seconds = train(args, progress, feedback)
     temperature = fit_calibration(model)
     exported = CalibratedClassifier(model, temperature).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, 8, 8), "pixels", ["probs"])
     parity = check_parity(exported, onnx_bytes, load_split("test").images[:256])
     result = evaluate(model, onnx_bytes, temperature, args)
     card = build_card(args, result, parity, train_seconds)
+    card.training.update(weights=WEIGHTS_FILE, n_train=len(training_digits(args, feedback).labels))
+    if feedback is not None:
+        card.training.update(fine_tuned_from=feedback.base_version)
+        card.extra.update(feedback.card_extra)
     if tuning is not None:
         card = replace(card, training={**card.training, "tuning": tuning})
     cert = result["certificate"]
@@ -218,6 +241,7 @@ def run(args: DigitsArgs, models_dir: Path, progress: bool = True, tuning: dict 
                "parity_max_abs_diff": parity, "train_seconds": train_seconds}
     if args.publish:
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
+        save_weights(model, published.directory)
         plot_risk_coverage({"max prob (test)": result["curve"]}, published.directory / "risk_coverage.png",
                            args.target_risk, (result["test_coverage_at_threshold"], result["test_risk_at_threshold"]),
                            f"digits v{published.card.version}: risk-coverage on the test split")

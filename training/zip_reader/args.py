@@ -24,6 +24,9 @@ class ZipReaderArgs:
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
+    train_fraction: float = field(default=1.0, metadata={
+        "help": "share of each label's training digits the envelopes are made of (a fixed subset; < 1 makes the "
+                "small seed of a learning-curve run)"})
 
 
 # What `auditstream tune zip-reader` draws (the other fields, --steps too, stay as given); judged

@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,10 +48,11 @@ from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverag
                              selective_risk)
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, Nuisance, make_envelopes
 from training.data.loader import TRAIN_NUISANCE, envelope_batches
-from training.data.split import FRACTIONS, SPLIT_SEED, load_split
+from training.data.split import FRACTIONS, SPLIT_SEED, load_split, train_subset
 from training.zip_reader.args import ZipReaderArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
+from training.feedback import WEIGHTS_FILE, Feedback, save_weights
 from training.fit import fit_steps
 from training.selective import plot_risk_coverage, reference_statistics
 
@@ -110,17 +111,38 @@ class CalibratedReader(nn.Module):
         return torch.softmax(self.net(image) * self.inv_temperature, dim=-1)
 
 
-def train(args: ZipReaderArgs, progress: bool = True, split_name: str = "train",
+def training_batches(args: ZipReaderArgs, rng: np.random.Generator, feedback: Feedback | None,
+                     split_name: str = "train") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Fresh envelopes of the training digits (or their ``train_fraction`` subset); with verdicts,
+    half of every batch is audited envelopes drawn at random (the traffic the model failed on or
+    was checked on), the other half rendered as usual."""
+    # train_fraction 1.0: the whole split, in its order; train/fit in a tuning trial
+    digits = train_subset(args.train_fraction)[0] if split_name == "train" else load_split(split_name)
+    nuisance = TRAIN_NUISANCE if args.augment else Nuisance()
+    if feedback is None or not len(feedback.targets):
+        yield from envelope_batches(digits, args.batch_size, args.steps, rng, nuisance=nuisance)
+        return
+    half = args.batch_size // 2
+    rendered = envelope_batches(digits, args.batch_size - half, args.steps, rng, nuisance=nuisance)
+    for images, labels in rendered:
+        pick = rng.integers(0, len(feedback.targets), size=half)
+        yield (np.concatenate([images, feedback.inputs[pick].astype(np.uint8)]),
+               np.concatenate([labels, feedback.targets[pick].astype(np.int64)]))
+
+
+def train(args: ZipReaderArgs, progress: bool = True, feedback: Feedback | None = None, split_name: str = "train",
           after_step: Callable[[int, ZipReaderNet], None] | None = None) -> tuple[ZipReaderNet, float]:
     """Fit on fresh envelopes of ``split_name``'s digits (the training split; ``train/fit`` in a
-    tuning trial); returns the net (eval mode) and the seconds it took. ``after_step(n, model)``
-    runs after the n-th optimizer step."""
+    tuning trial), plus ``feedback``'s verdicts, starting from its weights when given; returns the
+    net (eval mode) and the seconds it took. ``after_step(n, model)`` runs after the n-th
+    optimizer step."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = ZipReaderNet()
-    nuisance = TRAIN_NUISANCE if args.augment else Nuisance()
-    batches = envelope_batches(load_split(split_name), args.batch_size, args.steps, rng, nuisance=nuisance)
+    if feedback is not None and feedback.init_state is not None:
+        model.load_state_dict(feedback.init_state)
+    batches = training_batches(args, rng, feedback, split_name)
 
     def batch_loss(batch: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
         images, labels = batch
@@ -335,16 +357,23 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
     )
 
 
-def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, tuning: dict | None = None) -> dict:
-    """Train, calibrate, certify, export, publish; returns the JSON summary. ``tuning``: the
-    hyperparameter search that chose ``args`` (training/tuning/), for the card."""
-    model, train_seconds = train(args, progress)
+def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, feedback: Feedback | None = None,
+        tuning: dict | None = None) -> dict:
+    """Train, calibrate, certify, export, publish (with the torch weights beside the ONNX file,
+    for fine-tuning); returns the JSON summary. ``feedback``: retraining from verdicts
+    (training/feedback.py); ``tuning``: the hyperparameter search that chose ``args``
+    (training/tuning/), for the card."""
+    model, train_seconds = train(args, progress, feedback)
     temperature = fit_calibration(model, args)
     exported = CalibratedReader(model, temperature).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, ENVELOPE_H, ENVELOPE_W, dtype=torch.uint8), "image", ["char_probs"])
     result = evaluate(model, onnx_bytes, temperature, args)
     parity = check_parity(exported, onnx_bytes, result["parity_images"])
     card = build_card(args, result, parity, train_seconds)
+    card.training.update(weights=WEIGHTS_FILE)
+    if feedback is not None:
+        card.training.update(fine_tuned_from=feedback.base_version, n_verdict_envelopes=len(feedback.targets))
+        card.extra.update(feedback.card_extra)
     if tuning is not None:
         card = replace(card, training={**card.training, "tuning": tuning})
     cert, strict = result["certificate"], result["strict"]
@@ -360,6 +389,7 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, tuning: di
                "temperature": result["temperature"], "parity_max_abs_diff": parity, "train_seconds": train_seconds}
     if args.publish:
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
+        save_weights(model, published.directory)
         plot_risk_coverage(result["curves"], published.directory / "risk_coverage.png", strict["promised_target_risk"],
                            (result["test_coverage_at_threshold"], result["test_risk_at_threshold"]),
                            f"zip-reader v{published.card.version}: ZIP-level risk-coverage, test envelopes")

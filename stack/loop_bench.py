@@ -1,0 +1,568 @@
+"""The learning curve, measured: ``auditstream bench loop --json``.
+
+The real loop on the embedded broker: ``auditstream serve`` for ``digits`` and ``zip-reader``
+and ``auditstream monitor`` run as processes, as in the demo; a simulated auditor answers every
+audit item from the ground truth (wrong with probability ``--auditor-error``). Each model starts
+from a seed trained on a few percent of the training split, so its certified coverage starts low
+(the postal service in 1997); the rest of the training split is streamed in rounds (digits: each
+remaining digit once; envelopes: made of the remaining digits). After each round the model is
+retrained from the verdicts (training/retrain.py: fine-tuned from the live version, re-calibrated,
+re-certified on its calibration/certificate slice) and promoted when its certificate holds
+(:func:`promote_step`), and the round's consumers are restarted on it.
+
+Per round: labels learnt, coverage at the certified risk (digits: its 2% certificate; zip-reader:
+its 10% certificate -- 97 independent certificate envelopes cannot prove 2%; see
+``coverage_from_audits`` for 2% from the audits), the share auto-accepted on the round's traffic,
+the audited error of auto-accepted answers (Hajek-weighted QC audits, with its 95% upper bound)
+against the live version's budget (the risk its card certified) and the true one, human items
+per 1,000 requests. Last: the same number of labels spent on
+uniformly random streamed items (``coverage_last_random_labels``), against the loop's own labels
+at the same budget, both one fine-tune of the seed. A PNG of the curve is written. The last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+import numpy as np
+
+from auditstream.settings import Settings
+
+MODELS = ("digits", "zip-reader")
+AUDITOR = "loop-auditor"
+
+
+@dataclass(frozen=True)
+class LoopBenchArgs:
+    """Arguments of ``auditstream bench loop``."""
+
+    models: str = field(default="digits,zip-reader", metadata={"help": "comma-separated: digits, zip-reader"})
+    rounds: int = field(default=4, metadata={"help": "stream, audit, retrain and promote this many times"})
+    digits_seed_fraction: float = field(default=0.02, metadata={"help": "share of the training digits in the digits seed"})
+    zip_seed_fraction: float = field(default=0.1, metadata={"help": "share of the training digits the zip-reader seed's envelopes use"})
+    digits_per_round: int = field(default=0, metadata={"help": "digit requests per round (0: the rest of the training split, evenly)"})
+    envelopes_per_round: int = field(default=500, metadata={"help": "envelope requests per round"})
+    digits_seed_epochs: int = field(default=30, metadata={"help": "epochs of the digits seed"})
+    digits_finetune_epochs: int = field(default=15, metadata={"help": "epochs of each digits fine-tune"})
+    zip_seed_steps: int = field(default=300, metadata={"help": "steps of the zip-reader seed"})
+    zip_finetune_steps: int = field(default=150, metadata={"help": "steps of each zip-reader fine-tune"})
+    zip_eval_envelopes: int = field(default=1000, metadata={"help": "zip-reader calibration and test envelopes (each)"})
+    auditor_error: float = field(default=0.005, metadata={"help": "probability the simulated auditor answers wrong"})
+    qc_rate: float = field(default=0.2, metadata={"help": "QC sampling rate of auto-accepted answers during the bench"})
+    reach_requests: str = field(default="2500,5000,10000,20000", metadata={
+        "help": "zip-reader at 2%% from audits: stream sizes tried with the shipped model (empty: skip)"})
+    reach_qc_rates: str = field(default="0.02,0.2", metadata={"help": "QC rates tried there"})
+    certify_share: float = field(default=0.5, metadata={"help": "share of audited requests kept out of training (request-id hash)"})
+    seed: int = field(default=1, metadata={"help": "seed of the streams, the auditor's mistakes and the baselines"})
+    plot: str = field(default="", metadata={"help": "PNG of the curve (default: <state dir>/bench/loop.png)"})
+    log_dir: str = field(default="", metadata={"help": "keep the processes' logs here (default: a temporary folder)"})
+    json: bool = field(default=False, metadata={"help": "progress on stderr, only the final JSON line on stdout"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.models.split(",")) - set(MODELS)
+        if unknown or self.rounds < 1 or not 0 <= self.auditor_error < 0.5 or not 0 < self.qc_rate <= 1:
+            raise ValueError(f"models {self.models!r} must be among {MODELS}, rounds={self.rounds} >= 1, "
+                             f"auditor_error={self.auditor_error} in [0, 0.5), qc_rate={self.qc_rate} in (0, 1]")
+
+
+# --------------------------------------------------------------------------------------------
+# what each model's stream, seed and figures are
+
+
+def digit_stream(args: LoopBenchArgs) -> Iterator[list[tuple[Any, str]]]:
+    """Rounds of (digit float32 [8, 8], truth): the training digits the seed did not use, each once."""
+    from training.data.split import train_subset
+
+    rest = train_subset(args.digits_seed_fraction)[1]
+    order = np.random.default_rng(args.seed).permutation(len(rest.labels))
+    per_round = args.digits_per_round or -(-len(order) // args.rounds)
+    for r in range(args.rounds):
+        idx = order[r * per_round:(r + 1) * per_round]
+        yield [(rest.images[i].astype(np.float32), str(int(rest.labels[i]))) for i in idx]
+
+
+def envelope_stream(args: LoopBenchArgs) -> Iterator[list[tuple[Any, str]]]:
+    """Rounds of (PNG envelope, ZIP) made of the training digits the seed's envelopes did not use."""
+    from PIL import Image
+
+    from auditstream.wire import ImageInput
+    from training.data.envelopes import choose_digits, compose_envelopes
+    from training.data.split import train_subset
+
+    rest = train_subset(args.zip_seed_fraction)[1]
+    rng = np.random.default_rng(args.seed + 100)
+    for _ in range(args.rounds):
+        images, zips = compose_envelopes(rest.images, rest.labels,
+                                         choose_digits(len(rest.labels), args.envelopes_per_round, rng), rng)
+        batch = []
+        for image, zip_code in zip(images, zips):
+            buf = io.BytesIO()
+            Image.fromarray(image, mode="L").save(buf, format="PNG")
+            batch.append((ImageInput(buf.getvalue(), "png"), zip_code))
+        yield batch
+
+
+def train_seed(name: str, args: LoopBenchArgs, models_dir: Path) -> dict:
+    if name == "digits":
+        from training.digits import train as digits
+        from training.digits.args import DigitsArgs
+
+        return digits.run(DigitsArgs(epochs=args.digits_seed_epochs, train_fraction=args.digits_seed_fraction,
+                                     seed=args.seed), models_dir, progress=True)
+    from training.zip_reader import train as zip_reader
+    from training.zip_reader.args import ZipReaderArgs
+
+    return zip_reader.run(ZipReaderArgs(steps=args.zip_seed_steps, train_fraction=args.zip_seed_fraction,
+                                        n_calibration=args.zip_eval_envelopes, n_test=args.zip_eval_envelopes,
+                                        seed=args.seed), models_dir, progress=True)
+
+
+COVERAGE_RISK = {"digits": 0.02, "zip-reader": 0.1}  # the certified risk the curve is drawn at
+
+
+def certified_coverage(card: Any) -> float:
+    """The card's certified coverage at :data:`COVERAGE_RISK` (0 when that risk is not certified)."""
+    risk = COVERAGE_RISK[card.name]
+    by_target = card.extra.get("strict_certificates", {}).get("by_target")
+    if by_target is not None:  # the zip-reader certifies several targets, delta split over them
+        point = by_target.get(f"{risk:g}", {})
+        return float(point.get("coverage", 0.0)) if point.get("certified_risk", 1.0) <= risk else 0.0
+    t = card.triage
+    return float(t.coverage or 0.0) if t.certified_risk is not None and t.certified_risk <= risk else 0.0
+
+
+def wrong_answer(truth: str, rng: np.random.Generator) -> str:
+    """A plausible auditor's slip: one character keyed wrong."""
+    i = int(rng.integers(len(truth)))
+    return truth[:i] + str((int(truth[i]) + int(rng.integers(1, 10))) % 10) + truth[i + 1:]
+
+
+# --------------------------------------------------------------------------------------------
+# the seam to promotion (the lead swaps in monitor/promotion.py's gate and hot reload here)
+
+
+def promote_step(registry: Any, name: str, candidate: str, target_risk: float,
+                 restart: Callable[[str], None]) -> dict[str, Any]:
+    """Make ``candidate`` live when its certificate holds at ``target_risk`` (its certified bound,
+    on its calibration/certificate slice, is at most that), and restart ``name``'s consumers on
+    it (``auditstream serve`` reads LIVE at start); returns the decision and why.
+
+    THE seam: this is the one place the bench promotes. The promote helper's gate
+    (monitor/promotion.py: shadow scoring, paired comparison on audited items) and hot reload
+    replace the body; the signature and the returned ``{"promoted", "reason"}`` stay.
+    """
+    t = registry.card(name, candidate).triage
+    if t.certified_risk is None or t.certified_risk > target_risk:
+        return {"promoted": False, "reason": f"v{candidate}'s certified bound {t.certified_risk} is over the target "
+                                             f"{target_risk}; LIVE stays"}
+    registry.set_live(name, candidate)
+    restart(name)
+    return {"promoted": True, "reason": f"v{candidate}: certified risk {t.certified_risk:.4f} <= {target_risk} at "
+                                        f"coverage {t.coverage:.1%}"}
+
+
+# --------------------------------------------------------------------------------------------
+# the running loop: broker, processes, answers, the simulated auditor
+
+
+class Loop:
+    """The bench's broker, monitor, consumers, the predictions read back and the auditor."""
+
+    def __init__(self, settings: Settings, names: list[str], log_dir: Path, auditor_error: float, seed: int) -> None:
+        from stack import broker
+        from stack.demo import Children, _child_env, _cli
+
+        self._cli, self._env = _cli, _child_env
+        self.info = broker.start(settings, models=names)
+        self.settings = dataclasses.replace(settings, bootstrap_servers=self.info.bootstrap)
+        self.children = Children(log_dir)
+        self.serve: dict[str, subprocess.Popen] = {}
+        self.predictions: dict[str, Any] = {}  # request id -> Prediction
+        self.truth: dict[str, str] = {}
+        self.auditor_error, self.rng = auditor_error, np.random.default_rng(seed + 7)
+        self.lock, self._stop = threading.Lock(), threading.Event()
+        self.children.start("monitor", _cli("monitor"), _child_env(self.settings))
+        for name in names:
+            self.restart(name)
+        self._reader = threading.Thread(target=self._read, daemon=True, name="loop-reader")
+        self._reader.start()
+
+    def restart(self, name: str) -> None:
+        old = self.serve.get(name)
+        if old is not None:
+            old.terminate()  # it checkpoints what it answered, then exits 0
+            old.wait(60)
+            self.children.procs = [(n, p) for n, p in self.children.procs if p is not old]
+        self.serve[name] = self.children.start(f"serve-{name}-{len(self.children.procs)}", self._cli("serve", "--model", name),
+                                               self._env(self.settings))
+
+    def _read(self) -> None:
+        from auditstream.kafka import make_consumer
+        from auditstream.topics import PREDICTIONS
+        from auditstream.wire import Prediction
+
+        consumer = make_consumer(self.settings, f"loop-bench-{uuid.uuid4().hex[:8]}", [self.settings.topic(PREDICTIONS)])
+        try:
+            while not self._stop.is_set():
+                for record in consumer.poll(500, 500):
+                    p = Prediction.from_bytes(record.value)
+                    with self.lock:
+                        self.predictions.setdefault(p.request_id, p)
+        finally:
+            consumer.close()
+
+    def send(self, name: str, items: list[tuple[Any, str]], prefix: str) -> list[str]:
+        from auditstream.kafka import make_producer
+        from auditstream.wire import InferenceRequest
+
+        producer = make_producer(self.settings, client_id="loop-bench")
+        ids = []
+        try:
+            for i, (value, truth) in enumerate(items):
+                request = InferenceRequest(f"{prefix}-{i}", name, value, time.time())
+                self.truth[request.request_id] = truth
+                producer.send(self.settings.request_topic(name), request.key, request.to_bytes())
+                ids.append(request.request_id)
+            producer.flush(60)
+        finally:
+            producer.close()
+        return ids
+
+    def wait_answered(self, ids: list[str], timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.children.check()
+            with self.lock:
+                if all(i in self.predictions for i in ids):
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"{sum(i not in self.predictions for i in ids)} of {len(ids)} requests unanswered after "
+                           f"{timeout_s:.0f} s; see the logs in {self.children.log_dir}")
+
+    def answer(self, truth: str) -> str:
+        """What the simulated auditor keys: the truth, or with probability ``auditor_error`` a slip."""
+        return wrong_answer(truth, self.rng) if self.rng.random() < self.auditor_error else truth
+
+    def audit(self, store: Any, user: Any, ids: list[str], timeout_s: float = 600) -> int:
+        """Answer every audit item of ``ids`` (deferred and QC) as they reach the store."""
+        from auditstream import tasks
+        from auditstream.wire import Route, VerdictKind
+
+        with self.lock:
+            expected = {i for i in ids if self.predictions[i].route is not Route.AUTO}
+        done, deadline = 0, time.monotonic() + timeout_s
+        while done < len(expected):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(expected) - done} audit items never reached the store; see "
+                                   f"{self.children.log_dir}/monitor.log")
+            claim = store.claim(user, 120.0, time.time())
+            if claim is None:
+                time.sleep(0.2)
+                continue
+            item = claim.item
+            label = self.answer(self.truth[item.request_id]) if item.request_id in self.truth else None
+            if label is None:
+                kind, corrected = VerdictKind.SKIP, None
+            elif tasks.lookup(item.task).same_answer(item.output, label):
+                kind, corrected = VerdictKind.ACCEPT, None
+            else:
+                kind, corrected = VerdictKind.CORRECT, label
+            store.record_verdict(store.new_verdict_id(), item.item_id, user, kind, corrected, time.time())
+            done += item.request_id in expected
+        return done
+
+    def close(self) -> None:
+        from stack import broker
+
+        self._stop.set()
+        self.children.stop()
+        broker.stop(self.settings)
+
+
+# --------------------------------------------------------------------------------------------
+# one round's figures
+
+
+def round_figures(loop: Loop, name: str, ids: list[str], store: Any) -> dict[str, Any]:
+    """Traffic coverage, audited (weighted) and true error of auto-accepted answers, human load."""
+    from auditstream import tasks
+    from auditstream.wire import Route
+    from qc.binomial import error_estimate
+
+    with loop.lock:
+        preds = [loop.predictions[i] for i in ids]
+    auto = [p for p in preds if p.route is not Route.HUMAN]
+    kind = tasks.lookup(preds[0].task)
+    true_wrong = sum(not kind.same_answer(p.output, loop.truth[p.request_id]) for p in auto)
+    qc = {o.request_id: o for o in store.audited_qc_outcomes(name)}
+    outcomes = [qc[p.request_id] for p in preds if p.request_id in qc]
+    est = error_estimate([int(o.is_error) for o in outcomes], [o.inclusion_prob for o in outcomes])
+    n = len(preds)
+    return {"requests": n, "served_by_version": sorted({p.model_version for p in preds}),
+            "traffic_coverage": len(auto) / n, "true_error_auto": true_wrong / len(auto) if auto else 0.0,
+            "audited_error": est.estimate, "audited_error_upper95": est.high, "qc_audits": est.n,
+            "human_items_per_1000": 1000 * sum(p.route is not Route.AUTO for p in preds) / n,
+            "deferred_per_1000": 1000 * sum(p.route is Route.HUMAN for p in preds) / n}
+
+
+def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Path, target: float = 0.02) -> dict:
+    """The version's certificate at ``target`` from the audits it did not learn from (stack/recertify.py)."""
+    from monitor.labels import read_labels
+    from stack.recertify import CannotCertify, recertify
+
+    try:
+        cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05)
+    except CannotCertify as e:
+        return {"certified": False, "reason": str(e)}
+    return {"certified": cert.certified, "threshold": cert.threshold, "estimated_coverage": cert.estimated_coverage,
+            "estimated_risk": cert.estimated_risk, "rows": basis["n_rows"], "target_risk": target}
+
+
+# --------------------------------------------------------------------------------------------
+# the baseline: the same number of labels on uniformly random items
+
+
+def labelled_rows(name: str, items: list[tuple[str, Any, str]], version: str, task: str,
+                  answer: Callable[[str], str]) -> list[dict[str, Any]]:
+    """Label-export rows for (request id, input, truth) as the simulated auditor would label them."""
+    from auditstream.wire import encode_input
+
+    return [{"verdict_id": f"b-{rid}", "request_id": rid, "model": name, "model_version": version, "task": task,
+             "route": "HUMAN", "confidence": 0.0, "inclusion_prob": 1.0, "verdict_kind": "correct",
+             "model_output": None, "human_label": answer(truth), "auditor": AUDITOR, "decided_at_s": float(k),
+             "review_round": 1, "is_gold": False, "input": encode_input(value)} for k, (rid, value, truth) in enumerate(items)]
+
+
+def retrain_seed_with(seed_dir: Path, name: str, rows: list[dict[str, Any]], work: Path, args: LoopBenchArgs) -> Any:
+    """One fine-tune of the seed version on every one of ``rows`` (no certify part: the
+    baselines certify on the calibration/certificate slice only), in a registry of its own; its card."""
+    from auditstream.registry import ModelRegistry
+    from training.retrain import RetrainArgs, run
+
+    root = work / "models"
+    shutil.copytree(seed_dir, root / name / "1")
+    registry = ModelRegistry(root)
+    registry.set_live(name, "1")
+    labels = work / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run(RetrainArgs(model=name, labels=str(labels), certify_share=0.0, **finetune_budget(name, args)), root)
+    return registry.card(name, summary["version"])
+
+
+def finetune_budget(name: str, args: LoopBenchArgs) -> dict[str, int]:
+    return {"epochs": args.digits_finetune_epochs} if name == "digits" else {"steps": args.zip_finetune_steps}
+
+
+# --------------------------------------------------------------------------------------------
+# the zip-reader at 2%: how much audited traffic proves what 97 certificate envelopes cannot
+
+
+def audits_to_certify(model: Any, sizes: tuple[int, ...], qc_rates: tuple[float, ...], auditor_error: float,
+                      seed: int, target: float = 0.02, delta: float = 0.05) -> dict[str, Any]:
+    """Stream test envelopes (never trained on) through ``model``'s live rule -- deferred below
+    its threshold (audited, pi = 1), QC-sampled above it at each rate -- label the audited ones
+    as the simulated auditor would, and certify ``target`` from the first ``n`` requests for
+    each ``n`` of ``sizes`` (qc/audit_certify.py, the card's curve as the threshold sequence)."""
+    from auditstream import tasks
+    from qc.audit_certify import certify_from_audits
+    from serving.inference import infer
+    from serving.runtime import load_session
+    from stack.recertify import threshold_sequence
+    from training.data.envelopes import make_envelopes
+
+    card, n = model.card, max(sizes)
+    images, zips = make_envelopes("test", n, seed=seed + 5000)
+    session, kind = load_session(model, intra_op_threads=1), tasks.lookup(card.task)
+    conf, outputs = np.zeros(n), []
+    for start in range(0, n, 256):
+        answers, _ = infer(session, card, list(images[start:start + 256]))
+        for i, a in enumerate(answers, start):
+            conf[i] = a.confidence
+            outputs.append(a.output)
+    rng = np.random.default_rng(seed + 11)
+    keyed = [wrong_answer(z, rng) if rng.random() < auditor_error else z for z in zips]
+    disagrees = np.array([not kind.same_answer(o, k) for o, k in zip(outputs, keyed)], dtype=int)
+    truly_wrong = np.array([not kind.same_answer(o, z) for o, z in zip(outputs, zips)], dtype=int)
+    draw, sequence, found = rng.random(n), threshold_sequence(card, 0.2), {}
+    for rate in qc_rates:
+        pi = np.where(conf < card.triage.threshold, 1.0, rate)
+        for size in sizes:
+            audited = np.flatnonzero(draw[:size] < pi[:size])
+            cert = certify_from_audits(conf[audited], disagrees[audited], pi[audited], target, delta, sequence)
+            accepted = conf[:size] >= cert.threshold
+            found[f"qc_rate={rate:g}, requests={size}"] = {
+                "certified": cert.certified, "audited": int(audited.size), "threshold": cert.threshold,
+                "estimated_coverage": cert.estimated_coverage,
+                "true_coverage": float(accepted.mean()),
+                "true_risk": float(truly_wrong[:size][accepted].mean()) if accepted.any() else None}
+    return {"model_version": card.version, "card_certified_risk": card.triage.certified_risk,
+            "card_coverage": card.triage.coverage, "target_risk": target, "delta": delta, "by_size": found}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def plot_curve(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), dpi=110, squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        labels = [0] + [row["labels_used"] for row in r["rounds"]]
+        ax.plot(labels, [r["coverage_first"]] + [row["coverage_certified"] for row in r["rounds"]], "o-",
+                label=f"certified coverage at {COVERAGE_RISK[name]:.0%} risk (live after the round)")
+        ax.plot(labels[:-1], [row["traffic_coverage"] for row in r["rounds"]], "s--",
+                label="auto-accepted share of the round's traffic")
+        ax.plot([labels[-1]], [r["coverage_last_random_labels"]], "x", markersize=10, color="red",
+                label="same labels on random items (one fine-tune of the seed)")
+        ax.plot([labels[-1]], [r["coverage_same_budget_loop_labels"]], "+", markersize=12, color="black",
+                label="the loop's labels (one fine-tune of the seed)")
+        ax.set_xlabel("verdicts learnt from")
+        ax.set_ylabel("coverage")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{name}: the learning curve")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any, args: LoopBenchArgs,
+                     batches: list[list[tuple[Any, str]]], work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from monitor.labels import export_labels, read_labels
+    from training.retrain import RetrainArgs, run as retrain
+
+    seed_card = registry.card(name)
+    first = certified_coverage(seed_card)
+    rows, streamed = [], []
+    for r, batch in enumerate(batches, 1):
+        live = registry.live_version(name)
+        budget = registry.card(name, live).triage.target_risk  # what the live version promised
+        ids = loop.send(name, batch, f"{name}-r{r}-{uuid.uuid4().hex[:6]}")
+        streamed += [(rid, value, truth) for rid, (value, truth) in zip(ids, batch)]
+        loop.wait_answered(ids)
+        audited = loop.audit(store, user, ids)
+        figures = round_figures(loop, name, ids, store)
+        labels = work / f"{name}-round{r}.jsonl"
+        export_labels(store, labels, model=name, include_gold=True, progress=False)
+        summary = retrain(RetrainArgs(model=name, labels=str(labels), certify_share=args.certify_share,
+                                      **finetune_budget(name, args)), registry.root, progress=True)
+        decision = promote_step(registry, name, summary["version"], COVERAGE_RISK[name], loop.restart)
+        card = registry.card(name)  # the live one, after the decision
+        row = {"round": r, "live_during_round": live, "budget": budget, **figures, "audited_items": audited,
+               "labels_used": summary["verdicts_learnt"], "candidate": summary["version"], **decision,
+               "live_after": card.version, "coverage_certified": certified_coverage(card),
+               "audits_certificate_2pct": coverage_from_audits(registry, name, card.version, labels)}
+        rows.append(row)
+        say(f"  {name} round {r}: {figures['requests']} requests on v{live}, auto-accepted "
+            f"{figures['traffic_coverage']:.1%}, audited error {_pct(figures['audited_error'])} "
+            f"(true {figures['true_error_auto']:.2%}), {figures['human_items_per_1000']:.0f} human items/1000; "
+            f"v{summary['version']} learnt {summary['verdicts_learnt']} verdicts -> "
+            f"{'promoted' if decision['promoted'] else 'not promoted'}; certified coverage "
+            f"{row['coverage_certified']:.1%} at {COVERAGE_RISK[name]:.0%}")
+    # Baselines: the same number of labels, one fine-tune of the seed each: on uniformly random
+    # streamed items, and on the loop's own (the train part it learnt from).
+    from monitor.verdict_sets import split_verdicts
+
+    own_rows = [r for r in split_verdicts(read_labels(labels), name, args.certify_share).train if r["human_label"] is not None]
+    n_labels = len(own_rows)
+    rng = np.random.default_rng(args.seed + 3)
+    pick = [streamed[i] for i in rng.permutation(len(streamed))[:n_labels]]
+    random_rows = labelled_rows(name, pick, seed_card.version, seed_card.task.value, loop.answer)
+    seed_dir = registry.root / name / seed_card.version
+    say(f"  {name}: baselines, {n_labels} labels each: uniformly random items, and the loop's own")
+    with tempfile.TemporaryDirectory(prefix="loop-random-") as a, tempfile.TemporaryDirectory(prefix="loop-own-") as b:
+        coverage_random = certified_coverage(retrain_seed_with(seed_dir, name, random_rows, Path(a), args))
+        coverage_own = certified_coverage(retrain_seed_with(seed_dir, name, own_rows, Path(b), args))
+    return {"rounds": rows, "coverage_risk": COVERAGE_RISK[name], "coverage_first": first,
+            "coverage_last": rows[-1]["coverage_certified"],
+            "max_audited_error": max((row["audited_error"] or 0.0) for row in rows),
+            "audited_error_within_budget_every_round": all((row["audited_error"] or 0.0) <= row["budget"] for row in rows),
+            "coverage_last_random_labels": coverage_random, "coverage_same_budget_loop_labels": coverage_own,
+            "labels_last": n_labels}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def shipped_zip_reader(work: Path) -> Any:
+    """The zip-reader shipped with the demo (trained with the family's defaults), in a registry of its own."""
+    from auditstream.registry import ModelCard, ModelRegistry
+    from stack.demo import SHIPPED_MODELS
+
+    registry = ModelRegistry(work / "shipped")
+    card = ModelCard.from_dict(json.loads((SHIPPED_MODELS / "zip-reader" / "card.json").read_text()))
+    registry.publish(card, (SHIPPED_MODELS / "zip-reader" / "model.onnx").read_bytes())
+    return registry.load("zip-reader")
+
+
+def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
+    """The whole bench (module docstring); returns the JSON summary."""
+    import secrets
+
+    from auditstream.registry import ModelRegistry
+    from store import open_store
+    from store.accounts import Role
+
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    names = args.models.split(",")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="auditstream-loop-") as tmp:
+        work = Path(tmp)
+        log_dir = Path(args.log_dir) if args.log_dir else work / "logs"
+        # Its own broker, registry, store and topics: the bench never touches the user's.
+        settings = dataclasses.replace(base, bootstrap_servers="", state_dir=work / "state", models_dir=work / "models",
+                                       store_url="", topic_prefix=f"loop{uuid.uuid4().hex[:6]}", qc_rate=args.qc_rate,
+                                       triage_policy="uniform", auto_tighten=False, metrics_port=0)
+        registry = ModelRegistry(settings.models_dir)
+        for name in names:
+            say(f"{name}: training the seed")
+            registry.set_live(name, train_seed(name, args, settings.models_dir)["version"])
+        streams = {"digits": digit_stream, "zip-reader": envelope_stream}
+        loop = Loop(settings, names, log_dir, args.auditor_error, args.seed)
+        results: dict[str, Any] = {}
+        try:
+            with open_store(settings.resolved_store_url) as store:
+                user = store.accounts.add_user(AUDITOR, secrets.token_urlsafe(16), Role.AUDITOR)
+                for name in names:
+                    say(f"{name}: {args.rounds} rounds")
+                    results[name] = run_model_rounds(name, loop, registry, store, user, args, list(streams[name](args)),
+                                                     work, say)
+        finally:
+            loop.close()
+        if "zip-reader" in results and args.reach_requests:
+            say("zip-reader: how much audited traffic certifies 2% (the shipped model, test envelopes)")
+            results["zip-reader"]["audits_to_certify_2pct"] = audits_to_certify(
+                shipped_zip_reader(work), tuple(int(x) for x in args.reach_requests.split(",")),
+                tuple(float(x) for x in args.reach_qc_rates.split(",")), args.auditor_error, args.seed)
+        plot = plot_curve(results, Path(args.plot) if args.plot else base.state_dir / "bench" / "loop.png")
+    for name, r in results.items():
+        r["deferred_labels_buy_more_coverage_than_random"] = r["coverage_same_budget_loop_labels"] > r["coverage_last_random_labels"]
+    return {**results, "seconds": round(time.monotonic() - started, 1), "plot": str(plot),
+            "args": dataclasses.asdict(args)}
+
+
+def main(args: LoopBenchArgs) -> int:
+    result = run(Settings.from_env(), args, sys.stderr if args.json else sys.stdout)
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0

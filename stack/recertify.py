@@ -1,0 +1,169 @@
+"""Certify a model version's auto-accept threshold from audited traffic:
+``auditstream certify --model NAME --from-audits [--version V] [--target-risk R]``.
+
+Flow: the model's verdicts (the store's, or a labels export) -> the rows that may judge this
+version (a version that learnt from verdicts: only the certify part of the request-id split,
+monitor/verdict_sets.py; any other version: every verdict) -> the version's own answers and
+confidences on those inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not
+the auditor's (a reject counts as wrong) -> the certificate of qc/audit_certify.py over the
+thresholds of the version's held-out risk-coverage curve (fixed at training time, before these
+audits; least coverage first) -> the auditors' gold-item error added for a bound against the
+truth -> printed and written beside the version as ``audit-certificate.json``. It *proposes*:
+nothing moves ``LIVE`` or changes the serving threshold.
+
+Why it reaches what the training certificate cannot: every deferred item is labelled and every
+QC sample carries its inclusion probability, so the audits grow with the traffic, while the
+zip-reader's held-out certificate is stuck at 97 independent envelopes (at best ~6%).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auditstream import tasks
+from auditstream.errors import AuditstreamError
+from auditstream.registry import ModelCard, RegisteredModel
+from auditstream.wire import decode_input
+from monitor.verdict_sets import split_verdicts
+from qc.audit_certify import AuditCertificate, against_truth, certify_from_audits
+
+PROPOSAL_FILE = "audit-certificate.json"
+
+
+@dataclass(frozen=True)
+class CertifyArgs:
+    """Arguments of ``auditstream certify``."""
+
+    model: str = field(default="", metadata={"help": "registry model"})
+    version: str = field(default="", metadata={"help": "version to certify (default: the live one)"})
+    from_audits: bool = field(default=False, metadata={"help": "certify from the audited traffic (the only source so far)"})
+    target_risk: float = field(default=0.0, metadata={"help": "risk to certify (0: the card's requested target, else 2%%)"})
+    delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
+    gold_delta: float = field(default=0.01, metadata={"help": "failure probability of the auditors' error bound (gold items)"})
+    start_coverage: float = field(default=0.2, metadata={
+        "help": "the sequence of thresholds starts at this coverage of the card's held-out curve, then 5-point steps"})
+    labels: str = field(default="", metadata={"help": "a labels export to read instead of the store"})
+    json: bool = field(default=False, metadata={"help": "print the certificate as one JSON object on the last line"})
+
+
+class CannotCertify(AuditstreamError):
+    pass
+
+
+def threshold_sequence(card: ModelCard, start_coverage: float = 0.2, step: float = 0.05) -> list[float]:
+    """Thresholds of the card's risk-coverage curve (held-out data, fixed at training time) at
+    coverages ``start, start + step, ..., 1``, strictest first."""
+    curve = sorted(card.risk_coverage, key=lambda p: p["coverage"])
+    if not curve:
+        raise CannotCertify(f"{card.name} v{card.version}'s card has no risk-coverage curve to take thresholds from")
+    picked: list[float] = []
+    for wanted in np.arange(start_coverage, 1.0 + 1e-9, step):
+        point = min(curve, key=lambda p: abs(p["coverage"] - wanted))
+        if not picked or point["threshold"] < picked[-1]:
+            picked.append(float(point["threshold"]))
+    return picked
+
+
+def rows_for(card: ModelCard, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The verdicts that may judge this version, and which they are (the hygiene rule)."""
+    hygiene = card.extra.get("data_hygiene")
+    if hygiene:
+        chosen = split_verdicts(rows, card.name, hygiene["certify_share"]).certify
+        which = "the certify part only (this version learnt from the train part)"
+    else:
+        chosen, which = split_verdicts(rows, card.name, 0.0).train, "every verdict (this version learnt from none)"
+    # In decision order: the betting test's past (qc/audit_certify.py, certify_from_audits).
+    return sorted(chosen, key=lambda r: (r["decided_at_s"], r["verdict_id"])), which
+
+
+def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, wrong) of ``model`` on the rows' inputs; wrong: its answer is not the auditor's."""
+    from serving.inference import infer
+    from serving.inputs import prepare_input
+    from serving.runtime import load_session
+
+    card = model.card
+    session = load_session(model, intra_op_threads=1)
+    kind = tasks.lookup(card.task)
+    conf, wrong = np.zeros(len(rows)), np.zeros(len(rows), dtype=int)
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        arrays = [prepare_input(decode_input(r["input"]), card.inputs[0]) for r in chunk]
+        answers, _ = infer(session, card, arrays)
+        for i, (row, answer) in enumerate(zip(chunk, answers), start):
+            if answer is None or isinstance(answer, Exception):
+                conf[i], wrong[i] = 0.0, 1  # no answer: never accepted
+                continue
+            conf[i] = answer.confidence
+            wrong[i] = int(row["human_label"] is None or not kind.same_answer(answer.output, row["human_label"]))
+    return conf, wrong
+
+
+def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: float, delta: float,
+              gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01,
+              start_coverage: float = 0.2) -> tuple[AuditCertificate, dict[str, Any]]:
+    """The certificate of ``model`` from ``rows`` (label-export rows) and what it was built on.
+    ``gold``: (auditors' errors, gold verdicts)."""
+    card = model.card
+    usable, which = rows_for(card, rows)
+    if not usable:
+        raise CannotCertify(f"no verdicts of {card.name} may judge version {card.version} ({which}): audit some first")
+    conf, wrong = score_version(model, usable)
+    pi = np.array([r["inclusion_prob"] for r in usable], dtype=np.float64)
+    cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, start_coverage))
+    cert = against_truth(cert, gold[0], gold[1], gold_delta)
+    basis = {"model": card.name, "version": card.version, "verdicts_used": which, "n_rows": len(usable),
+             "live_threshold": card.triage.threshold, "gold_errors": gold[0], "gold_verdicts": gold[1],
+             "scope": ("bounds how often auto-accepted answers disagree with the auditors; risk_against_truth adds "
+                       "the auditors' own error rate on gold items (upper bound at gold_delta; assumes auditors err on "
+                       "traffic no more than on gold), holding with probability >= 1 - delta - gold_delta")}
+    return cert, basis
+
+
+def write_proposal(model: RegisteredModel, cert: AuditCertificate, basis: dict[str, Any]) -> Path:
+    path = model.directory / PROPOSAL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"certificate": cert.to_dict(), **basis}, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def main(args: CertifyArgs) -> int:
+    from auditstream.registry import ModelRegistry
+    from auditstream.settings import Settings
+    from monitor.labels import read_labels
+    from store import open_store
+
+    if not args.from_audits:
+        raise CannotCertify("say where the evidence comes from: --from-audits (training certifies on held-out data "
+                            "itself: auditstream train NAME)")
+    settings = Settings.from_env()
+    model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
+    with open_store(settings.resolved_store_url) as store:
+        rows = read_labels(Path(args.labels)) if args.labels else list(store.labels(args.model))
+        scores = store.gold_accuracy().values()
+        gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
+    target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
+    cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage)
+    path = write_proposal(model, cert, basis)
+    out = sys.stderr if args.json else sys.stdout
+    if cert.certified:
+        print(f"{args.model} v{model.card.version}: risk <= {cert.target_risk:.2%} against the auditors (delta "
+              f"{cert.delta}) at threshold {cert.threshold:.6g} (live threshold {model.card.triage.threshold:.6g}); "
+              f"estimated coverage {cert.estimated_coverage:.1%}, estimated risk {cert.estimated_risk:.2%}", file=out)
+    else:
+        print(f"{args.model} v{model.card.version}: nothing certified at {cert.target_risk:.2%}: {cert.reason}", file=out)
+    if cert.risk_against_truth is not None:
+        print(f"  against the truth: <= {cert.risk_against_truth:.2%} (auditors' error <= {cert.auditor_error_bound:.2%} "
+              f"from {gold[1]} gold verdicts, gold_delta {cert.gold_delta})", file=out)
+    print(f"  from {basis['n_rows']} audited requests ({basis['verdicts_used']}); proposal written to {path}; "
+          "LIVE and the serving threshold are unchanged", file=out)
+    if args.json:
+        print(json.dumps({"certificate": cert.to_dict(), **basis, "proposal": str(path)}, sort_keys=True))
+    return 0

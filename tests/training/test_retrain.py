@@ -1,0 +1,128 @@
+"""Retraining from verdicts (training/retrain.py): a seed model learns from auditors' labels,
+the card records what it learnt from, the certify part never trains, LIVE does not move."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from auditstream.registry import ModelRegistry
+from auditstream.wire import encode_input
+from monitor.verdict_sets import split_verdicts
+from qc.audit_split import CERTIFY, audit_part
+from training import retrain
+from training.data.split import train_subset
+from training.digits import train as digits
+from training.digits.args import DigitsArgs
+from training.feedback import WEIGHTS_FILE, WeightsMissing
+
+SEED_FRACTION = 0.05
+
+
+def verdict_rows(n: int, seed: int = 0, gold: int = 0, rejects: int = 0) -> list[dict]:
+    """Label rows, as ``auditstream labels export`` writes them, for ``n`` training digits the seed
+    model never saw: an auditor corrected or confirmed each with the true label."""
+    rest = train_subset(SEED_FRACTION)[1]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, i in enumerate(rng.permutation(len(rest.labels))[:n + gold + rejects]):
+        truth = str(int(rest.labels[i]))
+        kind = "reject" if k >= n + gold else ("accept" if k % 3 == 0 else "correct")
+        rows.append({"verdict_id": f"v-{seed}-{k}", "request_id": f"r-{seed}-{k}", "model": "digits", "model_version": "1",
+                     "task": "classification", "route": "HUMAN" if k % 2 else "AUTO_QC", "confidence": 0.5,
+                     "inclusion_prob": 1.0 if k % 2 else 0.1, "verdict_kind": kind,
+                     "model_output": truth if kind == "accept" else "0", "human_label": None if kind == "reject" else truth,
+                     "auditor": "a", "decided_at_s": 1000.0 + k, "review_round": 1, "is_gold": n <= k < n + gold,
+                     "input": encode_input(rest.images[i].astype(np.float32))})
+    return rows
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_split_verdicts_keeps_gold_apart_and_one_verdict_per_request():
+    rows = verdict_rows(40, gold=5)
+    second = dict(rows[0], verdict_id="v-second", review_round=2, human_label="9", decided_at_s=5000.0)
+    sets = split_verdicts(rows + [second], "digits")
+    assert len(sets.gold) == 5 and len(sets.train) + len(sets.certify) == 40
+    assert all(audit_part(r["request_id"]) == CERTIFY for r in sets.certify)
+    labelled = {r["request_id"]: r for r in sets.train + sets.certify}
+    assert labelled[rows[0]["request_id"]]["verdict_id"] == "v-second"  # the adjudication is the label
+
+
+@pytest.mark.slow
+def test_retrain_learns_from_verdicts_records_them_and_leaves_live_alone(tmp_path):
+    models = tmp_path / "models"
+    seed = digits.run(DigitsArgs(epochs=30, train_fraction=SEED_FRACTION, seed=2), models, progress=False)
+    registry = ModelRegistry(models)
+    registry.set_live("digits", seed["version"])
+    assert (models / "digits" / "1" / WEIGHTS_FILE).is_file()
+    rows = verdict_rows(400, gold=6, rejects=4)
+    labels = write_rows(tmp_path / "labels.jsonl", rows)
+    summary = retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels), epochs=15), models, progress=False)
+
+    assert summary["version"] == "2" and registry.live_version("digits") == "1"  # published, not promoted
+    # learning: the verdicts (about half of 400 digits) teach what the 5% seed could not
+    assert summary["test_error"] < seed["test_error"] - 0.05
+    assert summary["coverage"] >= seed["coverage"]
+    card = registry.card("digits", "2")
+    learnt, hygiene = card.extra["learnt_from"], card.extra["data_hygiene"]
+    sets = split_verdicts(rows, "digits")
+    trained_ids = {r["verdict_id"] for r in sets.train if r["verdict_kind"] != "reject"}
+    assert set(learnt["verdict_ids"]) == trained_ids and learnt["n_verdicts"] == len(trained_ids)
+    certify_ids = {r["verdict_id"] for r in sets.certify}
+    assert not certify_ids & set(learnt["verdict_ids"])  # a certifying verdict never trains
+    assert hygiene["gold_items"] == 6 and hygiene["verdicts_certify_part"] == len(certify_ids)
+    assert "request_id" in hygiene["split_rule"] and card.training["fine_tuned_from"] == "1"
+    assert card.training["args"]["train_fraction"] == SEED_FRACTION  # the seed's data, plus the verdicts
+    assert (models / "digits" / "2" / WEIGHTS_FILE).is_file()
+
+
+def test_retrain_refuses_what_it_cannot_do(tmp_path):
+    labels = write_rows(tmp_path / "labels.jsonl", verdict_rows(3))
+    with pytest.raises(retrain.CannotRetrain, match="detector"):
+        retrain.run(retrain.RetrainArgs(model="detector", labels=str(labels)), tmp_path, progress=False)
+    with pytest.raises(retrain.CannotRetrain, match="labels export"):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(tmp_path / "none.jsonl")), tmp_path, progress=False)
+    digits.run(DigitsArgs(epochs=1, train_fraction=SEED_FRACTION), tmp_path, progress=False)
+    only_rejects = write_rows(tmp_path / "rejects.jsonl", verdict_rows(0, rejects=3))
+    with pytest.raises(retrain.CannotRetrain, match="can teach it"):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(only_rejects)), tmp_path, progress=False)
+    (tmp_path / "digits" / "1" / WEIGHTS_FILE).unlink()  # as a shipped demo model
+    with pytest.raises(WeightsMissing, match="--from-scratch"):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
+
+
+def test_zip_reader_batches_mix_rendered_and_audited_envelopes():
+    from training.feedback import Feedback
+    from training.zip_reader.args import ZipReaderArgs
+    from training.zip_reader.train import training_batches
+
+    audited = np.full((7, 32, 96), 200, dtype=np.uint8)
+    feedback = Feedback(audited, np.tile(np.arange(5), (7, 1)), None, None, {})
+    args = ZipReaderArgs(batch_size=8, steps=3, train_fraction=0.1)
+    batches = list(training_batches(args, np.random.default_rng(0), feedback))
+    assert len(batches) == 3
+    for images, labels in batches:
+        assert images.shape == (8, 32, 96) and labels.shape == (8, 5)
+        assert (images[4:] == 200).all() and (labels[4:] == np.arange(5)).all()  # the second half: verdicts
+    plain = list(training_batches(args, np.random.default_rng(0), None))
+    assert len(plain) == 3 and plain[0][0].shape == (8, 32, 96)
+
+
+def test_train_subset_is_a_fixed_stratified_part_of_the_training_split():
+    from training.data.split import load_split
+
+    train = load_split("train")
+    seed, rest = train_subset(0.05)
+    assert not set(seed.indices) & set(rest.indices) and len(seed.labels) + len(rest.labels) == len(train.labels)
+    assert set(np.unique(seed.labels)) == set(range(10))  # every digit in the seed
+    assert (train_subset(0.05)[0].indices == seed.indices).all()
+    whole = train_subset(1.0)[0]
+    assert (whole.indices == train.indices).all() and (whole.images == train.images).all()
+    with pytest.raises(ValueError, match="train_fraction"):
+        train_subset(0.0)

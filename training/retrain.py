@@ -1,0 +1,184 @@
+"""Retrain a model from the auditors' verdicts: ``auditstream retrain --model NAME``.
+
+    auditstream labels export --out labels.jsonl && auditstream retrain --model digits --labels labels.jsonl
+    auditstream retrain --model zip-reader          # exports the store's verdicts itself (stack/learning_cli.py)
+
+Flow: the verdicts of one model (``auditstream labels export`` rows) -> one per request, gold rows
+apart, split by a hash of the request id into a train part and a certify part
+(monitor/verdict_sets.py) -> the train part's inputs decoded as serving decodes them and their
+human labels turned into targets -> the family's own script (``run(args, models_dir, progress,
+feedback)``) trains on its training split plus those examples, starting from the LIVE version's
+weights (``weights.pt`` beside it; ``--from-scratch`` opts out), re-calibrates the temperature,
+re-certifies the threshold on its calibration/certificate slice (never seen by any verdict: the
+traffic's verdicts train, the slice certifies) and publishes version N+1 -- not live: moving
+``LIVE`` is promotion's job -- with a card that records which verdicts it learnt from
+(``extra.learnt_from``: ids, their sha256, counts, time range) and the split
+(``extra.data_hygiene``).
+
+The families differ only in how a human label becomes a training target and in their
+fine-tuning budget: :data:`FAMILIES`. The detector and the captioner are not retrained from
+verdicts yet (``retrain`` says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from auditstream.errors import AuditstreamError
+from auditstream.registry import ModelCard, ModelRegistry
+from auditstream.wire import decode_input
+from monitor.labels import read_labels
+from monitor.verdict_sets import provenance, split_verdicts
+from serving.inputs import prepare_input
+from training.digits.args import DigitsArgs
+from training.feedback import Feedback, load_weights
+from training.zip_reader.args import ZipReaderArgs
+
+
+@dataclass(frozen=True)
+class RetrainArgs:
+    """Arguments of ``auditstream retrain``."""
+
+    model: str = field(default="", metadata={"help": "registry model to retrain (digits or zip-reader)"})
+    labels: str = field(default="", metadata={
+        "help": "a labels export (auditstream labels export); default: export the store's verdicts now"})
+    from_scratch: bool = field(default=False, metadata={"help": "train new weights instead of fine-tuning the live version's"})
+    certify_share: float = field(default=0.5, metadata={
+        "help": "share of audited requests (by request-id hash) kept out of training for certifying and measuring"})
+    epochs: int = field(default=0, metadata={"help": "digits: epochs of fine-tuning (0: 15, or the card's when from scratch)"})
+    steps: int = field(default=0, metadata={"help": "zip-reader: steps of fine-tuning (0: 300, or the card's when from scratch)"})
+    lr: float = field(default=0.0, metadata={"help": "peak learning rate (0: a third of the card's when fine-tuning)"})
+    seed: int = field(default=0, metadata={"help": "seed of the run (0: the card's)"})
+    json: bool = field(default=False, metadata={"help": "print the summary as one JSON object on the last line"})
+
+
+class CannotRetrain(AuditstreamError):
+    pass
+
+
+def _class_target(card: ModelCard, label: Any) -> int | None:
+    text = str(label)
+    return card.labels.index(text) if text in card.labels else None
+
+
+def _zip_target(card: ModelCard, label: Any) -> list[int] | None:
+    text = str(label)
+    return [int(c) for c in text] if len(text) == 5 and text.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family is retrained: its script, the target of a human label (None: unusable),
+    and the card-args fields that set its fine-tuning budget."""
+
+    script: str
+    args_type: type  # the family's frozen arguments dataclass
+    target: Callable[[ModelCard, Any], Any]
+    budget_field: str  # "epochs" or "steps"
+    default_budget: int
+
+
+FAMILIES = {
+    "digits": Family("training.digits.train", DigitsArgs, _class_target, "epochs", 15),
+    "zip-reader": Family("training.zip_reader.train", ZipReaderArgs, _zip_target, "steps", 300),
+}
+
+
+def family_of(model: str) -> Family:
+    """The family that retrains ``model``, or a refusal that says what to do instead."""
+    family = FAMILIES.get(model)
+    if family is None:
+        raise CannotRetrain(f"retraining from verdicts is built for {sorted(FAMILIES)}, not {model!r} (the "
+                            "detector and the captioner are not yet: train them again with auditstream train NAME)")
+    return family
+
+
+def family_args(card: ModelCard, args: RetrainArgs, family: Family) -> Any:
+    """The live version's training arguments (so a seed-subset run stays one), with the
+    fine-tuning budget, learning rate and seed of this run."""
+    known = {f.name for f in dataclasses.fields(family.args_type)}
+    base = family.args_type(**{k: v for k, v in card.training.get("args", {}).items() if k in known})
+    changes: dict[str, Any] = {"publish": True}
+    if not args.from_scratch:
+        changes[family.budget_field] = getattr(args, family.budget_field) or family.default_budget
+        # a third of the from-scratch rate, once: a fine-tuned card's args already hold the lower rate
+        changes["lr"] = args.lr or (base.lr if card.training.get("fine_tuned_from") else base.lr / 3)
+    elif getattr(args, family.budget_field):
+        changes[family.budget_field] = getattr(args, family.budget_field)
+    if args.seed:
+        changes["seed"] = args.seed
+    return dataclasses.replace(base, **changes)
+
+
+def build_feedback(card: ModelCard, rows: list[dict[str, Any]], family: Family, init_state: dict | None,
+                   base_version: str | None, certify_share: float, labels_file: str) -> Feedback:
+    """The train part of ``rows`` as examples, with provenance and hygiene for the card."""
+    sets = split_verdicts(rows, card.name, certify_share)
+    inputs, targets, used, unusable = [], [], [], 0
+    for row in sets.train:
+        target = None if row["human_label"] is None else family.target(card, row["human_label"])
+        if target is None:  # a reject, or a label the family cannot learn (e.g. a 4-character ZIP)
+            unusable += row["verdict_kind"] != "reject"
+            continue
+        inputs.append(prepare_input(decode_input(row["input"]), card.inputs[0]))
+        targets.append(target)
+        used.append(row)
+    spec = card.inputs[0]
+    empty = np.zeros([0, *spec.shape[1:]], dtype=spec.dtype)
+    learnt = provenance(used) | {"labels_file": labels_file, "unusable_labels": unusable,
+                                 "note": ("verdict inputs are whatever traffic the auditors saw; if it was drawn from "
+                                          "the family's test split (the demo streams test digits), this card's test "
+                                          "metrics are no longer held out")}
+    return Feedback(np.stack(inputs) if inputs else empty, np.asarray(targets, dtype=np.int64), init_state,
+                    base_version, {"learnt_from": learnt, "data_hygiene": sets.hygiene()})
+
+
+def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
+    """Retrain ``args.model`` from ``args.labels``; returns the family script's summary plus the
+    verdict counts."""
+    family = family_of(args.model)
+    if not args.labels or not Path(args.labels).is_file():
+        raise CannotRetrain(f"labels file {args.labels!r} not found: write one with auditstream labels export --out FILE")
+    if not 0.0 <= args.certify_share < 1.0:
+        raise CannotRetrain(f"certify_share={args.certify_share} must be in [0, 1)")
+    registry = ModelRegistry(models_dir)
+    live = registry.default_version(args.model)
+    if live is None:
+        raise CannotRetrain(f"no version of {args.model} in {models_dir}: train one first (auditstream train {args.model})")
+    card = registry.card(args.model, live)
+    init_state = None if args.from_scratch else load_weights(registry.root / args.model / live)
+    rows = read_labels(Path(args.labels))
+    feedback = build_feedback(card, rows, family, init_state, None if args.from_scratch else live,
+                              args.certify_share, str(args.labels))
+    if not len(feedback.targets):
+        raise CannotRetrain(f"no verdict of {args.model} in {args.labels} can teach it (train part: "
+                            f"{feedback.card_extra['data_hygiene']['verdicts_train_part']} rows, rejects and gold "
+                            "excluded): let the auditors answer some items first")
+    script = importlib.import_module(family.script)
+    summary = script.run(family_args(card, args, family), models_dir, progress, feedback)
+    return summary | {"base_version": live, "from_scratch": args.from_scratch,
+                      "verdicts_learnt": len(feedback.targets), **feedback.card_extra["data_hygiene"],
+                      "learnt_from": {k: v for k, v in feedback.card_extra["learnt_from"].items() if k != "verdict_ids"}}
+
+
+def main(args: RetrainArgs, models_dir: Path) -> int:
+    import json
+
+    summary = run(args, models_dir)
+    print(f"{args.model}: version {summary.get('version')} published (not live), fine-tuned from "
+          f"{'nothing (from scratch)' if args.from_scratch else 'version ' + summary['base_version']} on "
+          f"{summary['verdicts_learnt']} verdicts of the train part ({summary['verdicts_certify_part']} kept for "
+          f"certifying, {summary['gold_items']} gold items not used)", file=sys.stderr if args.json else sys.stdout)
+    print(f"  certified risk {summary['certified_risk']:.2%} at coverage {summary['coverage']:.1%} "
+          f"(target {summary['target_risk']:.0%}, delta {summary['delta']}) on the calibration/certificate slice",
+          file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+    return 0
