@@ -161,6 +161,10 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
         raise CannotRetrain(f"no verdict of {args.model} in {args.labels} can teach it (train part: "
                             f"{feedback.card_extra['data_hygiene']['verdicts_train_part']} rows, rejects and gold "
                             "excluded): let the auditors answer some items first")
+    if registry.live_version(args.model) is None:
+        # Without a LIVE pointer the newest version is live: pin the one serving now, so the
+        # candidate published next is only a candidate until `auditstream promote` moves it.
+        registry.set_live(args.model, live)
     script = importlib.import_module(family.script)
     summary = script.run(family_args(card, args, family), models_dir, progress, feedback)
     return summary | {"base_version": live, "from_scratch": args.from_scratch,

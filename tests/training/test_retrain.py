@@ -59,13 +59,14 @@ def test_retrain_learns_from_verdicts_records_them_and_leaves_live_alone(tmp_pat
     models = tmp_path / "models"
     seed = digits.run(DigitsArgs(epochs=30, train_fraction=SEED_FRACTION, seed=2), models, progress=False)
     registry = ModelRegistry(models)
-    registry.set_live("digits", seed["version"])
+    assert registry.live_version("digits") is None  # no pointer: the newest version is live
     assert (models / "digits" / "1" / WEIGHTS_FILE).is_file()
     rows = verdict_rows(400, gold=6, rejects=4)
     labels = write_rows(tmp_path / "labels.jsonl", rows)
     summary = retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels), epochs=15), models, progress=False)
 
-    assert summary["version"] == "2" and registry.live_version("digits") == "1"  # published, not promoted
+    # published, not promoted: retrain pinned the serving version, so the newer one is no default
+    assert summary["version"] == "2" and registry.live_version("digits") == "1" == registry.default_version("digits")
     # learning: the verdicts (about half of 400 digits) teach what the 5% seed could not
     assert summary["test_error"] < seed["test_error"] - 0.05
     assert summary["coverage"] >= seed["coverage"]
