@@ -24,8 +24,14 @@ the model: the ratio for another model follows from it and that model's raw time
 inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and ~15% go to the
 audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
-p99_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size, max_wait_ms,
-client, ratio_tls, ...).
+p99_ms, latency_bound_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size,
+max_wait_ms, latency_budget_ms, raw_client_per_s, client, ratio_tls, ...; ``profile`` with
+``--profile``).
+
+``raw_client_per_s`` (:func:`stack.serve_profile.raw_client_per_s`): a fresh group drains the
+max-rate step's requests again through the same loop and client, forwarding each record's bytes
+unchanged (no decoding, no model): the client's and the loop's own ceiling, so a run tells the
+client's overhead from the project's path (``--profile`` splits the path further).
 
 6. **TLS** (unless ``--no-tls``): step 3 again through an embedded broker that serves TLS only
    (:mod:`stack.tls_proxy` in front of Tansu, a throwaway CA from :mod:`stack.pki`):
@@ -55,10 +61,12 @@ from auditstream.kafka import make_consumer, make_producer, read_to_end, resolve
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
+from auditstream.wire.records import parse_latency_headers
 from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
+from stack.serve_profile import profiled, raw_client_per_s
 
 BENCH_MODEL = "bench-cnn"
 # (in channels, out channels, 2x2 max-pool after): ~0.5 GFLOP and 1.5 M weights per 28x28 input
@@ -135,8 +143,9 @@ def wire_cost_us(card: ModelCard, n: int = 2000) -> tuple[float, float]:
 
 
 def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group: str,
-                     arrivals: dict[str, list[float]]) -> None:
-    """Read the predictions topic until every id in ``ids`` arrived (or timeout); record arrival times."""
+                     arrivals: dict[str, list[float]], served: dict[str, dict[str, float]] | None = None) -> None:
+    """Read the predictions topic until every id in ``ids`` arrived (or timeout); record arrival
+    times (and, into ``served``, the latencies the server measured: its latency headers)."""
     consumer = make_consumer(settings, group, [settings.topic(T.PREDICTIONS)])
     deadline = time.monotonic() + timeout_s
     try:
@@ -145,6 +154,8 @@ def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group:
                 rid = json.loads(r.value)["request_id"]
                 if rid in ids:
                     arrivals.setdefault(rid, []).append(time.time())
+                    if served is not None:
+                        served.setdefault(rid, parse_latency_headers(r.headers))
     finally:
         consumer.close()
 
@@ -178,6 +189,17 @@ def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
                                  "--version", card.version], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _served_breakdown(served: dict[str, dict[str, float]], arrivals: dict[str, list[float]],
+                      created: dict[str, float]) -> dict[str, list[float]]:
+    """[p50, p99] ms of the server's ``queue-s``, ``end-to-end-s`` minus ``queue-s`` (its batch's
+    compute), and the read-back time after the answer was ready."""
+    ids = [r for r in served if "queue-s" in served[r] and "end-to-end-s" in served[r] and r in arrivals]
+    parts = {"queued": [served[r]["queue-s"] for r in ids],
+             "batch_compute": [served[r]["end-to-end-s"] - served[r]["queue-s"] for r in ids],
+             "delivery": [arrivals[r][0] - created[r] - served[r]["end-to-end-s"] for r in ids]}
+    return {name: [_percentile_ms(v, 50), _percentile_ms(v, 99)] for name, v in parts.items()}
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -219,9 +241,10 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
 
 
 def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: Any, id_prefix: str,
-              say) -> tuple[Any, Any, float, tuple[float, float]]:
+              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None]:
     """The serving consumer drains ``args.count`` requests produced before it starts: (what was
-    sent, its run stats, records/s from first record to last commit, raw ORT before and after)."""
+    sent, its run stats, records/s from first record to last commit, raw ORT before and after,
+    and with ``args.profile`` where the time of a second drain went: :func:`profiled`)."""
     from prometheus_client import CollectorRegistry
 
     card = model.card
@@ -239,7 +262,14 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         ratio = stream / ((raw_before + raw_after) / 2)
         say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
             f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
-        return sent, stats, stream, (raw_before, raw_after)
+        stats = dataclasses.replace(stats, batch_sizes=list(stats.batch_sizes))  # this drain's, not the next
+        report = None
+        if args.profile:  # the same drain again, under cProfile (slower: not the measurement)
+            produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
+                             args.count, 0.0, id_prefix=f"prof{id_prefix}", progress=False)
+            _stats, report = profiled(lambda: app.run(max_records=2 * args.count), lambda s: s.records_in - args.count)
+            say(json.dumps(report, indent=1))
+        return sent, stats, stream, (raw_before, raw_after), report
     finally:
         app.close()  # leaves the group: the next run's consumer gets every partition
 
@@ -260,7 +290,7 @@ def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, ru
         tls = dataclasses.replace(tls, bootstrap_servers=info.bootstrap)
         producer = make_producer(tls, client_id="bench-producer-tls")
         try:
-            _sent, _stats, stream, (before, after) = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
+            _sent, _stats, stream, (before, after), _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
         finally:
             producer.close()
     finally:
@@ -278,9 +308,13 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     producer = make_producer(settings, client_id="bench-producer")
     topic = settings.request_topic(card.name)
     arrivals: dict[str, list[float]] = {}
-    sent, stats, stream, (raw_before, raw_after) = _max_rate(settings, producer, model, args, f"max{run_id}", say)
+    sent, stats, stream, (raw_before, raw_after), profile = _max_rate(settings, producer, model, args, f"max{run_id}",
+                                                                      say)
     raw = (raw_before + raw_after) / 2
     read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
+    # the client alone: a fresh group drains the same requests and forwards them, no model
+    raw_client, _ = raw_client_per_s(settings, producer, topic, args.count, f"bench-raw-client-{run_id}")
+    say(f"raw client (consume + produce, no model): {raw_client:,.0f} records/s")
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
@@ -288,10 +322,11 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     rate = 0.7 * min(stream, raw)
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
+    served: dict[str, dict[str, float]] = {}
     server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
     try:
         reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
-                                                                 lat_arrivals), daemon=True)
+                                                                 lat_arrivals, served), daemon=True)
         reader.start()
         # warm-up: the server has joined its group and answers before the clock starts
         warm = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
@@ -317,12 +352,21 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "raw_ort_per_s": round(raw, 1), "raw_ort_before_after": [round(raw_before, 1), round(raw_after, 1)], "stream_per_s": round(stream, 1), "ratio": round(stream / raw, 3),
         "overhead_us_per_record": round((1 / stream - 1 / raw) * 1e6, 1),
         "p50_ms": _percentile_ms(latencies, 50), "p99_ms": _percentile_ms(latencies, 99),
+        # where the latency went, by the server's own clock: before its batch started (Kafka +
+        # batching wait), until the answer was ready (compute), and after (produce + read back)
+        "served_ms": _served_breakdown(served, lat_arrivals, paced.created_at_s),
         "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates,
         "non_identical_duplicates": non_identical, "client": client,
         "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
-        "max_wait_ms": settings.max_wait_ms, "requests": len(expected),
+        "max_wait_ms": settings.max_wait_ms, "latency_budget_ms": settings.latency_budget_ms,
+        "raw_client_per_s": round(raw_client, 1),
+        # the issue-15 bound on p99 at 70% load: 2 x (max wait + one full batch's compute)
+        "latency_bound_ms": round(2 * (settings.max_wait_ms + 1000 * args.batch_size / raw), 1),
+        "requests": len(expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
+    if profile is not None:
+        result["profile"] = profile
     if tls is not None:
         result.update(ratio_tls=tls["ratio"], stream_tls_per_s=tls["stream_per_s"], raw_ort_tls_per_s=tls["raw_ort_per_s"])
     say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates "
