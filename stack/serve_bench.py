@@ -118,8 +118,11 @@ def bench_card(onnx_bytes: bytes, coverage: float = 0.85) -> ModelCard:
                      extra={"purpose": "benchmark only: random weights"})
 
 
-def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0) -> float:
-    session = load_session(model)
+def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0,
+                  settings: Settings | None = None) -> float:
+    """Records/s of ``session.run`` on one in-memory batch, with the serving session's settings
+    (device, threads, I/O binding on a GPU)."""
+    session = load_session(model, settings=settings)
     inputs = inputs_for(model.card, "random")
     batch = np.stack([next(inputs) for _ in range(batch_size)])
     session.run(batch)
@@ -253,12 +256,12 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         sent = produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random"),
                                 args.count, 0.0, id_prefix=id_prefix, progress=False)
         # The machine's load drifts: raw throughput is measured right before and right after.
-        raw_before = raw_ort_per_s(model, args.batch_size)
+        raw_before = raw_ort_per_s(model, args.batch_size, settings=settings)
         say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
         stats = app.run(max_records=args.count)
         elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
         stream = args.count / elapsed if elapsed > 0 else float("nan")
-        raw_after = raw_ort_per_s(model, args.batch_size)
+        raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
         ratio = stream / ((raw_before + raw_after) / 2)
         say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
             f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
