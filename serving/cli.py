@@ -34,6 +34,10 @@ def _settings(**overrides: object):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers != 1:  # N processes, one group: serving/workers.py
+        from serving.workers import Supervisor
+
+        return Supervisor(_settings(), args.model, args.version or None, args.workers).run()
     from serving.app import serve
 
     serve(_settings(), args.model, args.version or None)
@@ -78,6 +82,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     s = commands.add_parser("serve", help="serve one model: consume its requests, infer, triage, produce")
     s.add_argument("--model", required=True, help="model name in the registry (AUDITSTREAM_MODELS_DIR)")
     s.add_argument("--version", default="", help="model version (default: latest)")
+    s.add_argument("--workers", type=int, default=1, help="consumer processes of this model on this host, each a "
+                   "group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 (docs/serving.md)")
     s.set_defaults(handler=_serve)
 
     p = commands.add_parser("produce", help="load generator: requests that fit a model's input spec")
