@@ -25,19 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from auditstream.errors import ConfigError
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 
-class DeviceUnavailable(RuntimeError):
-    """``device=cuda:N`` was asked for, but no GPU provider loads here."""
-
-    def __init__(self, device: str, available: Sequence[str]) -> None:
-        super().__init__(f"AUDITSTREAM_DEVICE={device}, but neither TensorRT nor CUDA loads here (ONNX Runtime's "
-                         f"providers: {', '.join(available) or 'none'}): install the serve-gpu extra "
-                         "(onnxruntime-gpu) with CUDA 12 and cuDNN 9, or set AUDITSTREAM_DEVICE=cpu or auto")
-        self.device = device
+def device_unavailable(device: str, available: Sequence[str]) -> ConfigError:
+    """``device=cuda:N`` was asked for, but neither GPU provider loads here."""
+    return ConfigError("AUDITSTREAM_DEVICE", device, f"'cpu' or 'auto' on this host: neither TensorRT nor CUDA "
+                       f"loads (ONNX Runtime lists {', '.join(available) or 'no providers'}); for a GPU install the "
+                       "serve-gpu extra (onnxruntime-gpu) with CUDA 12 and cuDNN 9")
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,6 @@ def plan_providers(device: str, loads: Callable[[str], bool], available: Sequenc
         gpu.append((CUDA, {"device_id": str(device_id)}))
     if not gpu:
         if device.startswith("cuda:"):
-            raise DeviceUnavailable(device, available)
+            raise device_unavailable(device, available)
         return ProviderPlan([(CPU, {})])
     return ProviderPlan(gpu + [(CPU, {})], device_id, batch_buckets(max_batch_size))

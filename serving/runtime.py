@@ -22,7 +22,9 @@ which tells a record the model cannot handle from a model that no longer runs at
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import time
@@ -68,7 +70,9 @@ def provider_loads(provider: str) -> bool:
     # it for the probe, then restore ORT's default (warnings).
     ort.set_default_logger_severity(_ORT_FATAL)
     try:
-        with warnings.catch_warnings():
+        # onnxruntime-gpu *prints* "EP Error ... Falling back to ['CPUExecutionProvider']" to stdout
+        # when a provider's libraries are missing (tests/serving/test_serve_gpu_package.py)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # "Specified provider ... is not in available provider names"
             session = ort.InferenceSession(_probe_model_bytes(), sess_options=options, providers=[provider])
             session.run(None, {"x": np.zeros(1, np.float32)})

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.providers import (CPU, CUDA, TENSORRT, DeviceUnavailable, batch_buckets, bucket_for, plan_providers)
+from auditstream.errors import ConfigError
+
+from serving.providers import (CPU, CUDA, TENSORRT, batch_buckets, bucket_for, plan_providers)
 
 
 def plan(device: str, loading: set[str], shape: list = [None, 1, 28, 28], fp16: bool = False):  # noqa: B006
@@ -25,7 +27,7 @@ def test_auto_without_a_gpu_is_the_cpu_silently() -> None:
 
 
 def test_asked_for_gpu_that_does_not_load_says_what_to_do() -> None:
-    with pytest.raises(DeviceUnavailable, match="serve-gpu extra.*AUDITSTREAM_DEVICE=cpu"):
+    with pytest.raises(ConfigError, match="AUDITSTREAM_DEVICE='cuda:1'.*'cpu' or 'auto'.*serve-gpu extra"):
         plan("cuda:1", set())
 
 
