@@ -23,6 +23,7 @@ import cProfile
 import io
 import os
 import pstats
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -49,11 +50,11 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds so far of this process's threads, by group: ``loop`` (the calling thread),
-    ``python threads`` (kafka-python's I/O threads, the lag probe's and control view's clients),
+    ``python: <thread name>`` (kafka-python's I/O threads, the lag probe, the control view),
     ``librdkafka`` (its ``rdk:`` threads), ``native`` (ONNX Runtime's intra-op pool, ...)."""
     python_names = {t.native_id: t.name for t in threading.enumerate()}
     me = threading.get_native_id()
-    out = {"loop": 0.0, "python threads": 0.0, "librdkafka": 0.0, "native": 0.0}
+    out = {"loop": 0.0, "librdkafka": 0.0, "native": 0.0}
     tasks = Path("/proc/self/task")
     if not tasks.is_dir():
         return {}
@@ -66,10 +67,16 @@ def thread_cpu_s() -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
         tid = int(task.name)
-        group = ("loop" if tid == me else "python threads" if tid in python_names
+        group = ("loop" if tid == me else f"python: {_thread_kind(python_names[tid])}" if tid in python_names
                  else "librdkafka" if comm.startswith("rdk:") else "native")
-        out[group] += cpu
+        out[group] = out.get(group, 0.0) + cpu
     return out
+
+
+def _thread_kind(name: str) -> str:
+    """A thread's name without its numbers and client ids: ``bench-x.producer-network-thread`` ->
+    ``producer-network-thread``."""
+    return re.sub(r"\d+", "N", name.rsplit(".", 1)[-1])
 
 
 def _cumulative_s(stats: pstats.Stats, suffix: str, function: str) -> float:
@@ -90,7 +97,8 @@ def profiled(run: Callable[[], Any], records: Callable[[Any], int]) -> tuple[Any
     n = max(1, records(result))
     stats = pstats.Stats(profiler)
     sections = {label: round(_cumulative_s(stats, suffix, fn) / n * 1e6, 1) for label, suffix, fn in SECTIONS}
-    cpu = {group: round((after[group] - before.get(group, 0.0)) / n * 1e6, 1) for group in after}
+    cpu = {group: round((after[group] - before.get(group, 0.0)) / n * 1e6, 1) for group in after
+           if after[group] - before.get(group, 0.0) > 0}
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
     return result, {"sections_us_per_record": sections, "thread_cpu_us_per_record": cpu,
