@@ -33,6 +33,10 @@ max-rate step's requests again through the same loop and client, forwarding each
 unchanged (no decoding, no model): the client's and the loop's own ceiling, so a run tells the
 client's overhead from the project's path (``--profile`` splits the path further).
 
+With ``--workers N`` (> 1) the max-rate drain is repeated by ``auditstream serve --workers N`` in
+a child process (:mod:`stack.workers_bench`: ``stream_workers_per_s``, ``ratio_workers``), and
+the latency step runs ``serve --workers N`` too.
+
 6. **TLS** (unless ``--no-tls``): step 3 again through an embedded broker that serves TLS only
    (:mod:`stack.tls_proxy` in front of Tansu, a throwaway CA from :mod:`stack.pki`):
    ``ratio_tls`` beside ``ratio`` is what encryption costs on this machine, in the same run.
@@ -67,6 +71,7 @@ from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
 from stack.serve_profile import profiled, raw_client_per_s
+from stack.workers_bench import max_rate_with_workers
 
 BENCH_MODEL = "bench-cnn"
 # (in channels, out channels, 2x2 max-pool after): ~0.5 GFLOP and 1.5 M weights per 28x28 input
@@ -184,14 +189,15 @@ def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, in
     return lost, duplicates, non_identical
 
 
-def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level: str = "WARNING") -> subprocess.Popen:
-    """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
+def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level: str = "WARNING",
+                  workers: int = 1) -> subprocess.Popen:
+    """``auditstream serve [--workers N]`` for the benchmark's model, topics and client, in a child process."""
     # the child's own Settings.from_env() reads these back: the benchmark's topics, model and client
     env = {**os.environ, **dataclasses.replace(settings, log_level=log_level).to_env()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
-                                 "--version", card.version], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--version", card.version, "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _served_breakdown(served: dict[str, dict[str, float]], arrivals: dict[str, list[float]],
@@ -318,6 +324,17 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     # the client alone: a fresh group drains the same requests and forwards them, no model
     raw_client, _ = raw_client_per_s(settings, producer, topic, args.count, f"bench-raw-client-{run_id}")
     say(f"raw client (consume + produce, no model): {raw_client:,.0f} records/s")
+    workers: dict[str, Any] = {}
+    if args.workers > 1:  # the same drain by `auditstream serve --workers N` in a child process
+        before = raw_ort_per_s(model, args.batch_size, settings=settings)
+        rate, ids = max_rate_with_workers(settings, producer, model, args.count, args.workers, f"wrk{run_id}",
+                                          serve_process, Path(settings.state_dir) / "workers.log")
+        after = raw_ort_per_s(model, args.batch_size, settings=settings)
+        sent.request_ids.extend(ids)
+        workers = {"workers": args.workers, "stream_workers_per_s": round(rate, 1),
+                   "ratio_workers": round(rate / ((before + after) / 2), 3)}
+        say(f"stream, serve --workers {args.workers}: {rate:,.0f}/s; raw ORT {before:,.0f} / {after:,.0f}; "
+            f"ratio {workers['ratio_workers']}")
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
@@ -326,7 +343,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
     served: dict[str, dict[str, float]] = {}
-    server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    server = serve_process(settings, card, Path(settings.state_dir) / "serve.log", workers=args.workers)
     try:
         reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
                                                                  lat_arrivals, served), daemon=True)
@@ -368,6 +385,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "requests": len(expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
+    result.update(workers)
     if profile is not None:
         result["profile"] = profile
     if tls is not None:
