@@ -62,6 +62,7 @@ import numpy as np
 from auditstream import topics as T
 from auditstream.errors import BrokerUnavailable
 from auditstream.kafka import make_consumer, make_producer, read_to_end, resolve_bootstrap
+from auditstream.kafka.factory import kafka_python_has_fast_crc
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
@@ -379,7 +380,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "non_identical_duplicates": non_identical, "client": client,
         "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
         "max_wait_ms": settings.max_wait_ms, "latency_budget_ms": settings.latency_budget_ms,
-        "raw_client_per_s": round(raw_client, 1),
+        "raw_client_per_s": round(raw_client, 1), "kafka_python_crc32c_c": kafka_python_has_fast_crc(),
         # the issue-15 bound on p99 at 70% load: 2 x (max wait + one full batch's compute)
         "latency_bound_ms": round(2 * (settings.max_wait_ms + 1000 * args.batch_size / raw), 1),
         "requests": len(expected),

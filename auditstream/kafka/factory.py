@@ -4,6 +4,7 @@ needs (topics, reading a topic to its end, where the embedded broker listens).""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
@@ -94,6 +95,7 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         admin.close()
 
 
+_crc_checked = False  # warn once per process
 BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log"}
 
 
@@ -115,10 +117,26 @@ def _bootstrap(settings: Settings) -> str:
     return resolve_bootstrap(settings)
 
 
+def kafka_python_has_fast_crc() -> bool:
+    """True if kafka-python checksums record batches with the ``crc32c`` C extension; its
+    pure-Python fallback costs several ms per fetched batch of 64 requests."""
+    try:
+        from kafka.record import util
+    except ImportError:
+        return False
+    return util.calc_crc32c.__defaults__[0].__module__ != "kafka.record._crc32c"  # type: ignore[index]
+
+
 def _checked_bootstrap(settings: Settings, bootstrap: str | None) -> str:
     """The address to connect to, after one bounded check of the connection's TLS and SASL
     (once per process; see :func:`auditstream.kafka.security.check_broker`)."""
     bootstrap = bootstrap or _bootstrap(settings)
     quiet_client_logs()
     check_broker(settings, bootstrap)
+    global _crc_checked
+    if settings.kafka_client == "kafka-python" and not _crc_checked:
+        _crc_checked = True
+        if not kafka_python_has_fast_crc():
+            logging.getLogger(__name__).warning("kafka-python runs without the crc32c C extension (pip install "
+                                                "crc32c): every fetched batch is checksummed in pure Python")
     return bootstrap
