@@ -155,8 +155,10 @@ class StreamLoop:
                 self._idle_since = self.clock()
             if polled and not self._pending:
                 self._opened_at = self.clock()
-                if cfg.latency_budget_ms:  # its wait began when it was written to Kafka
-                    self._opened_at -= queued_s(polled[0].timestamp_ms, self.wall_clock(), cfg.latency_budget_ms)
+                if cfg.latency_budget_ms:  # its wait began when its oldest record was written to Kafka
+                    stamps = [r.timestamp_ms for r in polled if r.timestamp_ms > 0]
+                    if stamps:
+                        self._opened_at -= queued_s(min(stamps), self.wall_clock(), cfg.latency_budget_ms)
                 if self.stats.first_record_at is None:
                     self.stats.first_record_at = self._opened_at
             self._pending.extend(polled)
