@@ -155,12 +155,12 @@ class StreamLoop:
                 self._idle_since = self.clock()
             if polled and not self._pending:
                 self._opened_at = self.clock()
+                if self.stats.first_record_at is None:
+                    self.stats.first_record_at = self._opened_at
                 if cfg.latency_budget_ms:  # its wait began when its oldest record was written to Kafka
                     stamps = [r.timestamp_ms for r in polled if r.timestamp_ms > 0]
                     if stamps:
                         self._opened_at -= queued_s(min(stamps), self.wall_clock(), cfg.latency_budget_ms)
-                if self.stats.first_record_at is None:
-                    self.stats.first_record_at = self._opened_at
             self._pending.extend(polled)
             # 2. batch: full, or the oldest record waited max_wait_ms
             if self._pending and (len(self._pending) >= cfg.max_batch_size or self._deadline_ms() <= 0):
