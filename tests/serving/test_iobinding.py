@@ -37,3 +37,24 @@ def test_warm_up_builds_every_bucket(tiny_registry: TinyRegistry) -> None:
     assert set(bound._buckets) == {(1, 8, 8), (2, 8, 8), (4, 8, 8)}
     np.testing.assert_allclose(bound.run(np.ones((3, 8, 8), np.float32))["probs"],
                                session.run(np.ones((3, 8, 8), np.float32))["probs"], rtol=1e-6)
+
+
+def test_metrics_keep_ort_time_apart_from_copies(tiny_registry: TinyRegistry) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from serving.app import TimedRunner
+    from serving.metrics import ServeMetrics
+
+    session = load_session(tiny_registry.model, providers=["CPUExecutionProvider"])
+    card = tiny_registry.model.card
+    session.bound = BoundRunner(session.session, "image", card.inputs[0].shape, np.float32, ["probs"],
+                                {"probs": card.outputs[0].shape}, (4,), device="cpu")
+    registry = CollectorRegistry()
+    children = ServeMetrics("tiny", registry, version="0").children("0")
+    runner = TimedRunner(session, children["inference_seconds"], children["device_copy_seconds"])
+    runner.run(np.ones((3, 8, 8), np.float32))
+    labels = {"model": "tiny", "version": "0"}
+    timing = session.last_timing
+    assert registry.get_sample_value("auditstream_serve_inference_seconds_sum", labels) == timing.ort_s
+    assert registry.get_sample_value("auditstream_serve_device_copy_seconds_sum", labels) == timing.copies_s
+    assert registry.get_sample_value("auditstream_serve_device_copy_seconds_count", labels) == 1
