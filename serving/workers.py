@@ -71,6 +71,8 @@ class Supervisor:
         cores = available_cores()
         args = ["--model", self.model] + (["--version", self.version] if self.version else [])
         for i in range(self.workers):
+            if self._stopping:  # SIGTERM while starting: start no more
+                break
             proc = subprocess.Popen(self.command + args, env=worker_env(self.settings, i, self.workers, cores))
             self.procs.append(proc)
             log.info("worker %d/%d started: pid %d, %s intra-op threads", i + 1, self.workers, proc.pid,
