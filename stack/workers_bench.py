@@ -1,14 +1,14 @@
 """The max-rate step with ``auditstream serve --workers N`` (``auditstream bench serve --workers N``).
 
-The in-process max-rate step (:mod:`stack.serve_bench`) measures one serving process. Here the
-requests are produced ahead, then ``auditstream serve --workers N`` starts as a child process
-(as in production: N group members, ``cores / N`` ONNX Runtime threads each); the rate is the
-requests divided by the time from the first record any worker took to the moment all were
-taken, read from the workers' own ``auditstream_serve_records_in_total`` counters (each worker
-serves /metrics on its own port; scraped every 50 ms, so the clock error is ±0.1 s over a run of
-several seconds). The workers start together, so they join the group's first generation
-(Tansu holds the first join for about half the session timeout); a rebalance during the run
-would show as a lower rate, not be hidden.
+The in-process max-rate step (:mod:`stack.serve_bench`) measures one serving process. Here
+``auditstream serve --workers N`` starts as a child process (as in production: N group members,
+``cores / N`` ONNX Runtime threads each); once every worker owns partitions (their
+``auditstream_serve_assigned_partitions`` gauges add up to the topic's partitions, so no
+rebalance pause falls inside the measurement), the requests are produced as fast as the
+producer goes (~10x faster than they are served: it is done within the first tenth of the run),
+and the rate is the requests divided by the time from the first record any worker took to the
+moment all were taken, read from the workers' own ``auditstream_serve_records_in_total`` counters
+(each worker serves /metrics on its own port; scraped every 50 ms: ±0.1 s over several seconds).
 """
 
 from __future__ import annotations
@@ -52,14 +52,13 @@ def free_port_range(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
-def records_in(port: int) -> float:
-    """The worker's records consumed so far (0 while its /metrics is not up)."""
+def metric(port: int, name: str) -> float:
+    """The sum of a worker's ``name`` series (0 while its /metrics is not up)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
     except OSError:
         return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("auditstream_serve_records_in_total{"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredModel, count: int, workers: int,
@@ -67,15 +66,24 @@ def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredMo
                           timeout_s: float = 600.0) -> tuple[float, list[str]]:
     """(records/s of ``serve --workers N`` draining ``count`` requests produced ahead, their ids)."""
     card = model.card
-    sent = produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=4),
-                            count, 0.0, id_prefix=id_prefix, progress=False)
     port = free_port_range(workers)
     server = start_server(dataclasses.replace(settings, metrics_port=port), card, log_path, workers=workers)
     try:
         ports = range(port, port + workers)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            owned = [metric(p, "auditstream_serve_assigned_partitions") for p in ports]
+            if all(owned) and sum(owned) == settings.partitions:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"serve --workers {workers} did not settle in its group (exit status {server.poll()}); "
+                               f"see {log_path}")
+        sent = produce_requests(producer, settings.request_topic(card.name), card.name,
+                                inputs_for(card, "random", seed=4), count, 0.0, id_prefix=id_prefix, progress=False)
         deadline, first, total = time.monotonic() + timeout_s, None, 0.0
         while time.monotonic() < deadline and server.poll() is None:
-            total = sum(records_in(p) for p in ports)
+            total = sum(metric(p, "auditstream_serve_records_in_total") for p in ports)
             now = time.monotonic()
             if first is None and total > 0:
                 first = now
