@@ -124,19 +124,35 @@ def bench_card(onnx_bytes: bytes, coverage: float = 0.85) -> ModelCard:
                      extra={"purpose": "benchmark only: random weights"})
 
 
+RAW_CPU_US: list[float] = []  # CPU µs per record of each raw ORT measurement of this process
+
+
 def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0,
                   settings: Settings | None = None) -> float:
     """Records/s of ``session.run`` on one in-memory batch, with the serving session's settings
-    (device, threads, I/O binding on a GPU)."""
+    (device, threads, I/O binding on a GPU); its CPU µs per record is appended to RAW_CPU_US."""
     session = load_session(model, settings=settings)
     inputs = inputs_for(model.card, "random")
     batch = np.stack([next(inputs) for _ in range(batch_size)])
     session.run(batch)
-    runs, started = 0, time.perf_counter()
+    runs, started, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - started) < min_seconds or runs < 5:
         session.run(batch)
         runs += 1
+    RAW_CPU_US.append((time.process_time() - cpu) / (runs * batch_size) * 1e6)
     return runs * batch_size / elapsed
+
+
+def broker_cpu_s(settings: Settings) -> float | None:
+    """CPU seconds so far of the embedded broker of ``settings.state_dir`` (None: not ours or not Linux)."""
+    from stack import broker as embedded
+
+    info = embedded.status(settings)
+    try:
+        fields = Path(f"/proc/{info.pid}/stat").read_text().rsplit(")", 1)[1].split() if info else None
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
 
 
 def wire_cost_us(card: ModelCard, n: int = 2000) -> tuple[float, float]:
@@ -201,6 +217,12 @@ def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level
                                  "--version", card.version, "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _cpu_ratio(cpu: dict[str, float | None]) -> float | None:
+    if not cpu["stream_process"]:
+        return None
+    return round(cpu["raw_ort"] / (cpu["stream_process"] + (cpu["broker"] or 0.0)), 3)  # type: ignore[operator]
+
+
 def _served_breakdown(served: dict[str, dict[str, float]], arrivals: dict[str, list[float]],
                       created: dict[str, float]) -> dict[str, list[float]]:
     """[p50, p99] ms of the server's ``queue-s``, ``end-to-end-s`` minus ``queue-s`` (its batch's
@@ -251,10 +273,11 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
 
 
 def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: Any, id_prefix: str,
-              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None]:
+              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None, dict[str, float | None]]:
     """The serving consumer drains ``args.count`` requests produced before it starts: (what was
     sent, its run stats, records/s from first record to last commit, raw ORT before and after,
-    and with ``args.profile`` where the time of a second drain went: :func:`profiled`)."""
+    with ``args.profile`` where the time of a second drain went (:func:`profiled`), and CPU µs per
+    record of raw ORT, of this process's drain and of the embedded broker meanwhile)."""
     from prometheus_client import CollectorRegistry
 
     card = model.card
@@ -265,7 +288,12 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         # The machine's load drifts: raw throughput is measured right before and right after.
         raw_before = raw_ort_per_s(model, args.batch_size, settings=settings)
         say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
+        cpu, broker_cpu = time.process_time(), broker_cpu_s(settings)
         stats = app.run(max_records=args.count)
+        # CPU per record, which the other jobs on a shared machine disturb far less than wall time
+        stream_cpu_us = (time.process_time() - cpu) / args.count * 1e6
+        broker_after = broker_cpu_s(settings)
+        broker_cpu_us = (broker_after - broker_cpu) / args.count * 1e6 if broker_cpu is not None and broker_after else None
         elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
         stream = args.count / elapsed if elapsed > 0 else float("nan")
         raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
@@ -273,13 +301,15 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
             f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
         stats = dataclasses.replace(stats, batch_sizes=list(stats.batch_sizes))  # this drain's, not the next
+        cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
+                  "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
         report = None
         if args.profile:  # the same drain again, under cProfile (slower: not the measurement)
             produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
                              args.count, 0.0, id_prefix=f"prof{id_prefix}", progress=False)
             _stats, report = profiled(lambda: app.run(max_records=2 * args.count), lambda s: s.records_in - args.count)
             say(json.dumps(report, indent=1))
-        return sent, stats, stream, (raw_before, raw_after), report
+        return sent, stats, stream, (raw_before, raw_after), report, cpu_us
     finally:
         app.close()  # leaves the group: the next run's consumer gets every partition
 
@@ -300,7 +330,7 @@ def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, ru
         tls = dataclasses.replace(tls, bootstrap_servers=info.bootstrap)
         producer = make_producer(tls, client_id="bench-producer-tls")
         try:
-            _sent, _stats, stream, (before, after), _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
+            _sent, _stats, stream, (before, after), _, _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
         finally:
             producer.close()
     finally:
@@ -318,7 +348,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     producer = make_producer(settings, client_id="bench-producer")
     topic = settings.request_topic(card.name)
     arrivals: dict[str, list[float]] = {}
-    sent, stats, stream, (raw_before, raw_after), profile = _max_rate(settings, producer, model, args, f"max{run_id}",
+    sent, stats, stream, (raw_before, raw_after), profile, cpu_us = _max_rate(settings, producer, model, args, f"max{run_id}",
                                                                       say)
     raw = (raw_before + raw_after) / 2
     read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
@@ -381,6 +411,10 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
         "max_wait_ms": settings.max_wait_ms, "latency_budget_ms": settings.latency_budget_ms,
         "raw_client_per_s": round(raw_client, 1), "kafka_python_crc32c_c": kafka_python_has_fast_crc(),
+        # CPU µs per record of raw ORT, of the serving process's drain (all its threads) and of the
+        # embedded broker meanwhile; cpu_ratio = raw / (stream + broker): the ratio a machine that
+        # runs nothing else would reach if it is CPU-bound (robust to other jobs' load)
+        "cpu_us_per_record": cpu_us, "cpu_ratio": _cpu_ratio(cpu_us),
         # the issue-15 bound on p99 at 70% load: 2 x (max wait + one full batch's compute)
         "latency_bound_ms": round(2 * (settings.max_wait_ms + 1000 * args.batch_size / raw), 1),
         "requests": len(expected),

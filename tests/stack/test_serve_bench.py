@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 KEYS = {"raw_ort_per_s", "stream_per_s", "ratio", "p50_ms", "p99_ms", "lost", "duplicates", "client",
         "wire_encode_us", "wire_decode_us", "overhead_us_per_record", "non_identical_duplicates", "mean_batch_size",
         "batch_size", "max_wait_ms", "ratio_tls", "stream_tls_per_s", "raw_client_per_s", "latency_budget_ms",
-        "latency_bound_ms", "served_ms"}
+        "latency_bound_ms", "served_ms", "cpu_us_per_record", "cpu_ratio"}
 
 
 def test_bench_serve_json_line(stream_settings: Settings) -> None:
