@@ -71,7 +71,7 @@ from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
-from stack.serve_profile import profiled, raw_client_per_s
+from stack.serve_profile import broker_cpu_s, profiled, raw_client_per_s
 from stack.workers_bench import max_rate_with_workers
 
 BENCH_MODEL = "bench-cnn"
@@ -141,18 +141,6 @@ def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 
         runs += 1
     RAW_CPU_US.append((time.process_time() - cpu) / (runs * batch_size) * 1e6)
     return runs * batch_size / elapsed
-
-
-def broker_cpu_s(settings: Settings) -> float | None:
-    """CPU seconds so far of the embedded broker of ``settings.state_dir`` (None: not ours or not Linux)."""
-    from stack import broker as embedded
-
-    info = embedded.status(settings)
-    try:
-        fields = Path(f"/proc/{info.pid}/stat").read_text().rsplit(")", 1)[1].split() if info else None
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
 
 
 def wire_cost_us(card: ModelCard, n: int = 2000) -> tuple[float, float]:

@@ -59,18 +59,32 @@ def thread_cpu_s() -> dict[str, float]:
     if not tasks.is_dir():
         return {}
     for task in tasks.iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # the thread ended meanwhile
+        comm, cpu = _stat_cpu_s(task / "stat")
+        if comm is None:  # the thread ended meanwhile
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
         tid = int(task.name)
         group = ("loop" if tid == me else f"python: {_thread_kind(python_names[tid])}" if tid in python_names
                  else "librdkafka" if comm.startswith("rdk:") else "native")
         out[group] = out.get(group, 0.0) + cpu
     return out
+
+
+def broker_cpu_s(settings: Settings) -> float | None:
+    """CPU seconds so far of the embedded broker of ``settings.state_dir`` (None: not ours, or not Linux)."""
+    from stack import broker as embedded
+
+    info = embedded.status(settings)
+    return _stat_cpu_s(Path(f"/proc/{info.pid}/stat"))[1] if info is not None else None
+
+
+def _stat_cpu_s(stat_path: Path) -> tuple[str | None, float | None]:
+    """(command name, utime + stime in seconds) from a /proc ``stat`` file; (None, None) if gone."""
+    try:
+        stat = stat_path.read_text()
+    except OSError:
+        return None, None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _thread_kind(name: str) -> str:
