@@ -87,7 +87,8 @@ class ControlView:
         self.topic = settings.topic(CONTROL)
         group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
         # Control records are rare and a half-second delay is harmless: an idle kafka-python
-        # consumer at the default 10 ms fetch wait costs ~11% of a core (docs/serving.md, "Where a record's time went").
+        # consumer at the default 10 ms fetch wait costs ~11% of a core (docs/serving.md,
+        # "Where a record's time went").
         self._consumer = make_consumer(settings, group, [self.topic], bootstrap=bootstrap,
                                        fetch_max_wait_ms=CONTROL_FETCH_MAX_WAIT_MS)
         self._states: dict[str, ControlState] = {}

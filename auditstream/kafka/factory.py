@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
-from auditstream.kafka.interface import FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback, Producer, Reader, Record, quiet_client_logs
+from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback, Producer, Reader, Record,
+                                         quiet_client_logs)
 from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import Settings
 
