@@ -29,7 +29,7 @@ class BenchServeArgs:
                                                       "(ratio_tls)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
     workers: int = field(default=1, metadata={"help": "also drain the max-rate requests with 'auditstream serve "
-                                                      "--workers N' (ratio_workers); the latency step uses N too"})
+                                                      "--workers N' (ratio_workers)"})
     profile: bool = field(default=False, metadata={"help": "drain the max-rate requests once more under cProfile and "
                                                            "report where each record's time goes (key 'profile')"})
 
