@@ -61,6 +61,20 @@ class Settings:
     max_batch_size: int = _doc("Most requests in one inference batch.", 64)
     max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
+    # auditstream/batching.py; docs/serving.md "Latency-aware batching"
+    latency_budget_ms: int = _doc(
+        "Target for a request's wait + its batch's compute (ms): a batch stops collecting once its oldest request "
+        "has waited so long that the measured compute of a full batch would overrun it. 0: only max_batch_size "
+        "and max_wait_ms cut batches.", 0)
+    # serving/runtime.py, serving/gpu.py; docs/serving.md "GPU"
+    intra_op_threads: int = _doc("ONNX Runtime intra-op threads per serving process. 0: the cores this process may "
+                                 "use, divided by the workers of 'auditstream serve --workers N'.", 0)
+    device: str = _doc("Where models run: 'auto' (a GPU provider if one really loads, else the CPU), 'cpu', or "
+                       "'cuda:N' (GPU N; start-up fails if it cannot be used).", "auto")
+    gpu_fp16: bool = _doc("Let TensorRT build FP16 engines where the card has fast FP16. Off by default: a model's "
+                          "certified threshold was calibrated on FP32 confidences; turn it on after checking the "
+                          "FP16 confidences against the card (training/ parity check).", False)
+    trt_cache_dir: str = _doc("TensorRT engine cache (built engines survive restarts). Empty: <state_dir>/trt-cache.", "")
     max_request_bytes: int = _doc("Requests larger than this go to the dead-letter topic.", 1_048_576)
     # Kafka's own default (delivery.timeout.ms): a broker hiccup of a minute on the output side
     # is waited out; past it the loop stops without committing and the batch is redelivered.
@@ -109,8 +123,11 @@ class Settings:
                      "max_model_constant_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "an integer >= 1")
-        if self.max_wait_ms < 0:
-            raise ConfigError("max_wait_ms", self.max_wait_ms, "an integer >= 0")
+        for name in ("max_wait_ms", "latency_budget_ms", "intra_op_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "an integer >= 0")
+        if self.device != "auto" and self.device != "cpu" and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError("device", self.device, "'auto', 'cpu' or 'cuda:N' (N: the GPU's index)")
         if not 0.0 <= self.qc_rate <= 1.0:
             raise ConfigError("qc_rate", self.qc_rate, "a probability in [0, 1]")
         for name in ("session_timeout_ms", "heartbeat_interval_ms"):

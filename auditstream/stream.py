@@ -9,7 +9,8 @@ function turns it into a dead letter). Checkpoint order, mirrored step by step i
 1. **poll** up to the records the open batch still has room for;
 2. **batch**: cut a micro-batch when it holds ``max_batch_size`` records (fewer while batches are
    slow: :mod:`auditstream.poll_budget`) or its oldest record has waited ``max_wait_ms`` (by the
-   injectable clock);
+   injectable clock), or -- with ``latency_budget_ms`` -- once waiting longer could overrun the
+   budget (:mod:`auditstream.batching`);
 3. **process** it: ``process_batch(records)``, one result per record;
 4. **produce** every output (asynchronously; outputs are keyed so a redelivery is deduplicable);
 5. while fewer than ``max_in_flight_batches`` batches are uncommitted and records keep
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from auditstream.batching import ComputeEstimate, collect_for_ms, queued_s
 from auditstream.errors import BatchFailed, CommitRejected
 from auditstream.kafka import Consumer, Headers, PartitionsCallback, Producer, Record, TopicPartition, make_consumer
 from auditstream.poll_budget import PollBudget
@@ -63,6 +65,7 @@ class BatchingConfig:
     flush_timeout_s: float = 30.0
     idle_poll_ms: int = 200  # poll timeout while no batch is open
     max_poll_interval_s: float | None = None  # bounds batch work (auditstream.poll_budget); None: no bound
+    latency_budget_ms: int = 0  # 0: size and wait only (auditstream/batching.py)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_in_flight_batches < 1 or self.max_wait_ms < 0:
@@ -72,7 +75,8 @@ class BatchingConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "BatchingConfig":
         return cls(settings.max_batch_size, settings.max_wait_ms, settings.max_in_flight_batches,
-                   settings.delivery_timeout_s, max_poll_interval_s=settings.max_poll_interval_ms / 1000)
+                   settings.delivery_timeout_s, max_poll_interval_s=settings.max_poll_interval_ms / 1000,
+                   latency_budget_ms=settings.latency_budget_ms)
 
 
 @dataclass
@@ -106,8 +110,10 @@ class StreamLoop:
 
     def __init__(self, consumer: Consumer | None, producer: Producer, process_batch: ProcessBatch,
                  config: BatchingConfig, clock: Callable[[], float] = time.monotonic,
-                 hooks: LoopHooks | None = None) -> None:
+                 hooks: LoopHooks | None = None, wall_clock: Callable[[], float] = time.time) -> None:
         self.consumer = consumer
+        self.wall_clock = wall_clock  # to read records' Kafka timestamps (latency budget only)
+        self.compute = ComputeEstimate()  # measured process_batch time per batch size
         self.producer, self.process_batch, self.config, self.clock = producer, process_batch, config, clock
         self.hooks = hooks or LoopHooks()
         self.stats = LoopStats()
@@ -156,6 +162,10 @@ class StreamLoop:
                 self._opened_at = self.clock()
                 if self.stats.first_record_at is None:
                     self.stats.first_record_at = self._opened_at
+                if cfg.latency_budget_ms:  # its wait began when its oldest record was written to Kafka
+                    stamps = [r.timestamp_ms for r in polled if r.timestamp_ms > 0]
+                    if stamps:
+                        self._opened_at -= queued_s(min(stamps), self.wall_clock(), cfg.latency_budget_ms)
             self._pending.extend(polled)
             # 2. batch: full, or the oldest record waited max_wait_ms
             if self._pending and (len(self._pending) >= self._batch_limit() or self._deadline_ms() <= 0):
@@ -181,7 +191,10 @@ class StreamLoop:
         return self.budget.limit if self.budget is not None else self.config.max_batch_size
 
     def _deadline_ms(self) -> float:
-        return self.config.max_wait_ms - (self.clock() - self._opened_at) * 1000.0
+        cfg = self.config
+        collect_ms = collect_for_ms(cfg.max_wait_ms, cfg.latency_budget_ms,
+                                    self.compute.seconds(cfg.max_batch_size) if cfg.latency_budget_ms else None)
+        return collect_ms - (self.clock() - self._opened_at) * 1000.0
 
     def _process_and_produce(self, batch: list[Record]) -> None:
         # 3. process: one result per record; an exception here is a broken dependency, not a record
@@ -193,6 +206,7 @@ class StreamLoop:
         if len(results) != len(batch):
             raise BatchFailed(batch[0].where, batch[-1].where, len(batch),
                               f"process_batch returned {len(results)} results for {len(batch)} records")
+        self.compute.observe(len(batch), self.clock() - started)
         # 4. produce every output; remember the next offset of each partition
         for outputs in results:
             for out in outputs:

@@ -73,17 +73,24 @@ def check_servable(model: RegisteredModel) -> None:
 
 class TimedRunner:
     """The session seen by process_batch: each ``run`` is timed into the inference histogram, so
-    the metric holds ONNX Runtime time only (not decoding, triage or serialisation)."""
+    the metric holds ONNX Runtime time only (not decoding, triage or serialisation; on a GPU not
+    the host/device copies either, which go to ``copies``)."""
 
-    def __init__(self, session: ModelSession, histogram: Any) -> None:
-        self.session, self.histogram = session, histogram
+    def __init__(self, session: ModelSession, histogram: Any, copies: Any = None) -> None:
+        self.session, self.histogram, self.copies = session, histogram, copies
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
             return self.session.run(batch)
         finally:
-            self.histogram.observe(time.perf_counter() - started)
+            timing = getattr(self.session, "last_timing", None)
+            if timing is None:
+                self.histogram.observe(time.perf_counter() - started)
+            else:  # I/O binding: ORT's own time apart from the copies
+                self.histogram.observe(timing.ort_s)
+                if self.copies is not None:
+                    self.copies.observe(timing.copies_s)
 
     def probe(self) -> None:
         self.session.probe()
@@ -111,7 +118,7 @@ class ServeApp:
             if producer is not None:
                 started.callback(producer.close)
             if session is None:
-                session = load_session(model)
+                session = load_session(model, settings=settings)
             started.callback(session.close)
             self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
             live = self._served(model.card, session)
@@ -214,7 +221,8 @@ class ServeApp:
         config = ServeConfig.from_settings(self.settings, card, shadow=self._shadow_of is not None,
                                            request_model=self._shadow_of or "")
         children = self.metrics.children(card.version)  # labelled once: no lookups per record
-        return ServedVersion(session, config, TimedRunner(session, children["inference_seconds"]), children,
+        runner = TimedRunner(session, children["inference_seconds"], children["device_copy_seconds"])
+        return ServedVersion(session, config, runner, children,
                              FailureStreak(card, self._max_failures))
 
     def _load_version(self, version: str) -> ServedVersion:
@@ -223,7 +231,7 @@ class ServeApp:
             self.model.card.name, version)
         check_servable(model)
         check_switchable(self.model.card, model)
-        session = load_session(model)
+        session = load_session(model, settings=self.settings)
         try:
             return self._served(model.card, session)
         except BaseException:
@@ -300,7 +308,7 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
     # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
     check_servable(model)
-    session = load_session(model)
+    session = load_session(model, settings=settings)
     try:
         metrics = ServeMetrics(model_name, version=model.card.version)
         app = ServeApp(settings, model, metrics, session=session, shadow_of=model_name if shadow else None,

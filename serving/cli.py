@@ -34,6 +34,10 @@ def _settings(**overrides: object):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers != 1:  # N processes, one group: serving/workers.py
+        from serving.workers import Supervisor
+
+        return Supervisor(_settings(), args.model, args.version or None, args.workers).run()
     from serving.app import serve
 
     serve(_settings(), args.model, args.version or None, shadow=args.shadow)
@@ -81,6 +85,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    "and canaries without a restart; a pinned version never changes)")
     s.add_argument("--shadow", action="store_true", help="run --version as a shadow candidate on the model's "
                    "requests: predictions flagged shadow only, nothing acts (for auditstream promote)")
+    s.add_argument("--workers", type=int, default=1, help="consumer processes of this model on this host, each a "
+                   "group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 (docs/serving.md)")
     s.set_defaults(handler=_serve)
 
     p = commands.add_parser("produce", help="load generator: requests that fit a model's input spec")

@@ -11,6 +11,8 @@ What each one measures (docs/serving.md, "Metrics"):
 * ``inference_seconds`` -- time inside ONNX Runtime, one observation per run (one run per shape
   group of a micro-batch; a failed run's rows are retried one by one). Decoding, triage and
   serialisation are not in it: the end-to-end histogram holds everything.
+* ``device_copy_seconds`` -- on a GPU (I/O binding), the host → device and device → host copies
+  of each run, kept out of ``inference_seconds``; no observations on the CPU.
 * ``consumer_lag_records`` -- set by :class:`serving.lag.LagProbe` on a timer, from the broker's
   end and committed offsets of the partitions this process owns; sum it over replicas.
 * ``assigned_partitions`` -- partitions of the request topic this process owns now (updated by
@@ -59,6 +61,9 @@ class ServeMetrics:
         self.inference_seconds = Histogram("auditstream_serve_inference_seconds",
                                            "Time inside ONNX Runtime per run (one run per shape group of a micro-batch).",
                                            LABELS, buckets=INFERENCE_BUCKETS, registry=r)
+        self.device_copy_seconds = Histogram("auditstream_serve_device_copy_seconds",
+                                             "Host-to-device plus device-to-host copy time per GPU run (I/O binding).",
+                                             LABELS, buckets=INFERENCE_BUCKETS, registry=r)
         self.end_to_end_seconds = Histogram("auditstream_serve_end_to_end_latency_seconds",
                                             "From the request's created_at to its prediction being produced.",
                                             LABELS, buckets=LATENCY_BUCKETS, registry=r)
@@ -88,6 +93,7 @@ class ServeMetrics:
         labels = (self.model, version)
         out: dict = {"records_in": self.records_in.labels(*labels), "batch_size": self.batch_size.labels(*labels),
                      "inference_seconds": self.inference_seconds.labels(*labels),
+                     "device_copy_seconds": self.device_copy_seconds.labels(*labels),
                      "end_to_end": self.end_to_end_seconds.labels(*labels),
                      "over_capacity": self.over_capacity.labels(*labels),
                      "consumer_lag": self.consumer_lag.labels(*labels),

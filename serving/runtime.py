@@ -11,6 +11,10 @@ The session is created from the bytes :meth:`~auditstream.registry.RegisteredMod
 returns -- the very buffer whose checksum and content were checked -- never from the file path,
 so a model file swapped after verification is not what runs.
 
+Which providers, with which options, is planned by :mod:`serving.providers` from the ``device``
+setting; on a GPU the runs go through I/O binding (:mod:`serving.iobinding`) and every batch
+bucket is warmed up here, before the consumer's first poll.
+
 The contract is tiny (load / run / close), as in MLServer: ``ModelSession.run(batch)`` maps the
 model's input array to its named outputs; ``ModelSession.probe()`` runs the warm-up input again,
 which tells a record the model cannot handle from a model that no longer runs at all.
@@ -18,17 +22,23 @@ which tells a record the model cannot handle from a model that no longer runs at
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from auditstream.errors import ModelRefused
 from auditstream.registry import ModelCard, RegisteredModel
+from auditstream.settings import Settings
+from serving.iobinding import BoundRunner, RunTiming
+from serving.providers import CUDA, TENSORRT, ProviderPlan, plan_providers
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,9 @@ def provider_loads(provider: str) -> bool:
     # it for the probe, then restore ORT's default (warnings).
     ort.set_default_logger_severity(_ORT_FATAL)
     try:
-        with warnings.catch_warnings():
+        # onnxruntime-gpu *prints* "EP Error ... Falling back to ['CPUExecutionProvider']" to stdout
+        # when a provider's libraries are missing (tests/serving/test_serve_gpu_package.py)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # "Specified provider ... is not in available provider names"
             session = ort.InferenceSession(_probe_model_bytes(), sess_options=options, providers=[provider])
             session.run(None, {"x": np.zeros(1, np.float32)})
@@ -98,10 +110,18 @@ class ModelSession:
     providers: list[str]
     warmup_s: float = 0.0
     warmup_input: np.ndarray | None = None  # a known-good input: it ran at start-up
+    bound: BoundRunner | None = None  # on a GPU: runs through I/O binding
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.bound is not None:
+            return self.bound.run(batch)
         results = self.session.run(self.output_names, {self.input_name: batch})  # type: ignore[attr-defined]
         return dict(zip(self.output_names, results))
+
+    @property
+    def last_timing(self) -> RunTiming | None:
+        """The last bound run's copies and ORT time apart (None without I/O binding)."""
+        return self.bound.last_timing if self.bound is not None else None
 
     def probe(self) -> None:
         """Run the warm-up input again; raises if the model no longer runs on an input it ran before."""
@@ -116,27 +136,45 @@ def input_dtype(card: ModelCard) -> np.dtype:
     return np.dtype(card.inputs[0].dtype)
 
 
+def plan_for(settings: Settings, card: ModelCard) -> ProviderPlan:
+    """The providers ``settings.device`` asks for, among those that really load here."""
+    import onnxruntime as ort
+
+    cache_dir = Path(settings.trt_cache_dir) if settings.trt_cache_dir else Path(settings.state_dir) / "trt-cache"
+    spec = card.inputs[0]
+    plan = plan_providers(settings.device, provider_loads, ort.get_available_providers(), cache_dir, settings.gpu_fp16,
+                          spec.name, spec.shape, settings.max_batch_size)
+    if any(name == TENSORRT for name in plan.names()):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    return plan
+
+
 def load_session(model: RegisteredModel, providers: list[str] | None = None, intra_op_threads: int | None = None,
-                 warmup_batch: int = 8) -> ModelSession:
-    """Create the session once and warm it up (the first run allocates and plans the graph)."""
+                 warmup_batch: int = 8, settings: Settings | None = None) -> ModelSession:
+    """Create the session once and warm it up (the first run allocates and plans the graph).
+    ``settings``: the device, intra-op threads and batch size to plan for (default: the CPU
+    providers that load, all cores); explicit ``providers`` win."""
     import onnxruntime as ort
 
     card = model.card
     if len(card.inputs) != 1:
         raise ModelRefused(model.onnx_path, f"serving supports one graph input, the card lists {len(card.inputs)}")
+    plan = plan_for(settings, card) if settings is not None and providers is None else None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+    options.intra_op_num_threads = (intra_op_threads or (settings.intra_op_threads if settings else 0)
+                                    or default_intra_op_threads())
     options.inter_op_num_threads = 1
     # No spin-waiting between runs: the Kafka client threads and the decoder need those cycles
     # (on a small machine spinning intra-op threads starve them and slow the whole stream).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; providers were already probed quietly
-    providers = providers or select_providers()
+    providers = plan.names() if plan is not None else providers or select_providers()
+    provider_options = [opts for _, opts in plan.providers] if plan is not None else None
     # From the verified bytes, not the path: the file may have been swapped since it was checked.
     data = model.verified_bytes()
     try:
-        session = ort.InferenceSession(data, sess_options=options, providers=providers)
+        session = ort.InferenceSession(data, sess_options=options, providers=providers, provider_options=provider_options)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidGraph, Fail, ...)
         raise ModelRefused(model.onnx_path, f"ONNX Runtime cannot load it: {_first_line(e)}") from None
     graph_inputs = [i.name for i in session.get_inputs()]
@@ -147,11 +185,16 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
         raise ModelRefused(model.onnx_path, f"graph inputs {graph_inputs} / outputs {sorted(graph_outputs)} do not "
                            f"match the card's {spec_in.name!r} / {wanted}")
     ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
+    if plan is not None and plan.on_gpu and {TENSORRT, CUDA} & set(ms.providers):
+        ms.bound = BoundRunner(session, spec_in.name, spec_in.shape, input_dtype(card), wanted,
+                               {o.name: o.shape for o in card.outputs}, plan.batch_buckets, "cuda", plan.device_id or 0)
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
     ms.warmup_input = np.zeros(shape, dtype=input_dtype(card))
     started = time.perf_counter()
     try:
         ms.run(ms.warmup_input)
+        if ms.bound is not None:  # every batch bucket: TensorRT builds (or loads) its engine now, not at a poll
+            ms.bound.warm_up()
     except Exception as e:  # noqa: BLE001 - a model that cannot run a zero input of its own shape is broken
         raise ModelRefused(model.onnx_path, f"the warm-up run on zeros of the card's input shape {shape} failed: "
                            f"{_first_line(e)}") from None

@@ -28,6 +28,10 @@ class BenchServeArgs:
     tls: bool = field(default=True, metadata={"help": "also run the max-rate step through an embedded TLS broker "
                                                       "(ratio_tls)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
+    workers: int = field(default=1, metadata={"help": "also drain the max-rate requests with 'auditstream serve "
+                                                      "--workers N' (ratio_workers)"})
+    profile: bool = field(default=False, metadata={"help": "drain the max-rate requests once more under cProfile and "
+                                                           "report where each record's time goes (key 'profile')"})
 
 
 def _settings(**overrides: object):

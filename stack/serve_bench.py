@@ -24,8 +24,20 @@ the model: the ratio for another model follows from it and that model's raw time
 inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and ~15% go to the
 audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
-p99_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size, max_wait_ms,
-client, ratio_tls, ...).
+p99_ms, latency_bound_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size,
+max_wait_ms, latency_budget_ms, raw_client_per_s, client, ratio_tls, ...; ``profile`` with
+``--profile``).
+
+``raw_client_per_s`` (:func:`stack.serve_profile.raw_client_per_s`): a fresh group drains the
+max-rate step's requests again through the same loop and client, forwarding each record's bytes
+unchanged (no decoding, no model): the client's and the loop's own ceiling, so a run tells the
+client's overhead from the project's path (``--profile`` splits the path further).
+
+With ``--workers N`` (> 1) the max-rate drain is repeated by ``auditstream serve --workers N`` in
+a child process (:mod:`stack.workers_bench`: ``stream_workers_per_s``, ``ratio_workers``); the
+latency step stays one process (a run where it used the N workers right after the drain's N
+left got no answers at all on the loaded machine: the Tansu group stall of the fault suite's
+rolling restart, not yet understood).
 
 6. **TLS** (unless ``--no-tls``): step 3 again through an embedded broker that serves TLS only
    (:mod:`stack.tls_proxy` in front of Tansu, a throwaway CA from :mod:`stack.pki`):
@@ -52,13 +64,17 @@ import numpy as np
 from auditstream import topics as T
 from auditstream.errors import BrokerUnavailable
 from auditstream.kafka import make_consumer, make_producer, read_to_end, resolve_bootstrap
+from auditstream.kafka.factory import kafka_python_has_fast_crc
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
 from auditstream.wire import InferenceRequest
+from auditstream.wire.records import parse_latency_headers
 from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
+from stack.serve_profile import broker_cpu_s, profiled, raw_client_per_s
+from stack.workers_bench import max_rate_with_workers
 
 BENCH_MODEL = "bench-cnn"
 # (in channels, out channels, 2x2 max-pool after): ~0.5 GFLOP and 1.5 M weights per 28x28 input
@@ -111,15 +127,22 @@ def bench_card(onnx_bytes: bytes, coverage: float = 0.85, samples: int = 256) ->
                      extra={"purpose": "benchmark only: random weights"})
 
 
-def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0) -> float:
-    session = load_session(model)
+RAW_CPU_US: list[float] = []  # CPU µs per record of each raw ORT measurement of this process
+
+
+def raw_ort_per_s(model: RegisteredModel, batch_size: int, min_seconds: float = 3.0,
+                  settings: Settings | None = None) -> float:
+    """Records/s of ``session.run`` on one in-memory batch, with the serving session's settings
+    (device, threads, I/O binding on a GPU); its CPU µs per record is appended to RAW_CPU_US."""
+    session = load_session(model, settings=settings)
     inputs = inputs_for(model.card, "random")
     batch = np.stack([next(inputs) for _ in range(batch_size)])
     session.run(batch)
-    runs, started = 0, time.perf_counter()
+    runs, started, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - started) < min_seconds or runs < 5:
         session.run(batch)
         runs += 1
+    RAW_CPU_US.append((time.process_time() - cpu) / (runs * batch_size) * 1e6)
     return runs * batch_size / elapsed
 
 
@@ -136,8 +159,9 @@ def wire_cost_us(card: ModelCard, n: int = 2000) -> tuple[float, float]:
 
 
 def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group: str,
-                     arrivals: dict[str, list[float]]) -> None:
-    """Read the predictions topic until every id in ``ids`` arrived (or timeout); record arrival times."""
+                     arrivals: dict[str, list[float]], served: dict[str, dict[str, float]] | None = None) -> None:
+    """Read the predictions topic until every id in ``ids`` arrived (or timeout); record arrival
+    times (and, into ``served``, the latencies the server measured: its latency headers)."""
     consumer = make_consumer(settings, group, [settings.topic(T.PREDICTIONS)])
     deadline = time.monotonic() + timeout_s
     try:
@@ -146,6 +170,8 @@ def read_predictions(settings: Settings, ids: set[str], timeout_s: float, group:
                 rid = json.loads(r.value)["request_id"]
                 if rid in ids:
                     arrivals.setdefault(rid, []).append(time.time())
+                    if served is not None:
+                        served.setdefault(rid, parse_latency_headers(r.headers))
     finally:
         consumer.close()
 
@@ -171,14 +197,32 @@ def count_outcomes(settings: Settings, expected: set[str]) -> tuple[int, int, in
     return lost, duplicates, non_identical
 
 
-def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level: str = "WARNING") -> subprocess.Popen:
-    """``auditstream serve`` for the benchmark's model, topics and client, in a child process."""
+def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level: str = "WARNING",
+                  workers: int = 1) -> subprocess.Popen:
+    """``auditstream serve [--workers N]`` for the benchmark's model, topics and client, in a child process."""
     # the child's own Settings.from_env() reads these back: the benchmark's topics, model and client
     env = {**os.environ, **dataclasses.replace(settings, log_level=log_level).to_env()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
-                                 "--version", card.version], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--version", card.version, "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _cpu_ratio(cpu: dict[str, float | None]) -> float | None:
+    if not cpu["stream_process"]:
+        return None
+    return round(cpu["raw_ort"] / (cpu["stream_process"] + (cpu["broker"] or 0.0)), 3)  # type: ignore[operator]
+
+
+def _served_breakdown(served: dict[str, dict[str, float]], arrivals: dict[str, list[float]],
+                      created: dict[str, float]) -> dict[str, list[float]]:
+    """[p50, p99] ms of the server's ``queue-s``, ``end-to-end-s`` minus ``queue-s`` (its batch's
+    compute), and the read-back time after the answer was ready."""
+    ids = [r for r in served if "queue-s" in served[r] and "end-to-end-s" in served[r] and r in arrivals]
+    parts = {"queued": [served[r]["queue-s"] for r in ids],
+             "batch_compute": [served[r]["end-to-end-s"] - served[r]["queue-s"] for r in ids],
+             "delivery": [arrivals[r][0] - created[r] - served[r]["end-to-end-s"] for r in ids]}
+    return {name: [_percentile_ms(v, 50), _percentile_ms(v, 99)] for name, v in parts.items()}
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -220,9 +264,11 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
 
 
 def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: Any, id_prefix: str,
-              say) -> tuple[Any, Any, float, tuple[float, float]]:
+              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None, dict[str, float | None]]:
     """The serving consumer drains ``args.count`` requests produced before it starts: (what was
-    sent, its run stats, records/s from first record to last commit, raw ORT before and after)."""
+    sent, its run stats, records/s from first record to last commit, raw ORT before and after,
+    with ``args.profile`` where the time of a second drain went (:func:`profiled`), and CPU µs per
+    record of raw ORT, of this process's drain and of the embedded broker meanwhile)."""
     from prometheus_client import CollectorRegistry
 
     card = model.card
@@ -231,16 +277,30 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         sent = produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random"),
                                 args.count, 0.0, id_prefix=id_prefix, progress=False)
         # The machine's load drifts: raw throughput is measured right before and right after.
-        raw_before = raw_ort_per_s(model, args.batch_size)
+        raw_before = raw_ort_per_s(model, args.batch_size, settings=settings)
         say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
+        cpu, broker_cpu = time.process_time(), broker_cpu_s(settings)
         stats = app.run(max_records=args.count)
+        # CPU per record, which the other jobs on a shared machine disturb far less than wall time
+        stream_cpu_us = (time.process_time() - cpu) / args.count * 1e6
+        broker_after = broker_cpu_s(settings)
+        broker_cpu_us = (broker_after - broker_cpu) / args.count * 1e6 if broker_cpu is not None and broker_after else None
         elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
         stream = args.count / elapsed if elapsed > 0 else float("nan")
-        raw_after = raw_ort_per_s(model, args.batch_size)
+        raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
         ratio = stream / ((raw_before + raw_after) / 2)
         say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
             f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
-        return sent, stats, stream, (raw_before, raw_after)
+        stats = dataclasses.replace(stats, batch_sizes=list(stats.batch_sizes))  # this drain's, not the next
+        cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
+                  "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
+        report = None
+        if args.profile:  # the same drain again, under cProfile (slower: not the measurement)
+            produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
+                             args.count, 0.0, id_prefix=f"prof{id_prefix}", progress=False)
+            _stats, report = profiled(lambda: app.run(max_records=2 * args.count), lambda s: s.records_in - args.count)
+            say(json.dumps(report, indent=1))
+        return sent, stats, stream, (raw_before, raw_after), report, cpu_us
     finally:
         app.close()  # leaves the group: the next run's consumer gets every partition
 
@@ -261,7 +321,7 @@ def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, ru
         tls = dataclasses.replace(tls, bootstrap_servers=info.bootstrap)
         producer = make_producer(tls, client_id="bench-producer-tls")
         try:
-            _sent, _stats, stream, (before, after) = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
+            _sent, _stats, stream, (before, after), _, _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
         finally:
             producer.close()
     finally:
@@ -279,9 +339,24 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     producer = make_producer(settings, client_id="bench-producer")
     topic = settings.request_topic(card.name)
     arrivals: dict[str, list[float]] = {}
-    sent, stats, stream, (raw_before, raw_after) = _max_rate(settings, producer, model, args, f"max{run_id}", say)
+    sent, stats, stream, (raw_before, raw_after), profile, cpu_us = _max_rate(settings, producer, model, args, f"max{run_id}",
+                                                                      say)
     raw = (raw_before + raw_after) / 2
     read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
+    # the client alone: a fresh group drains the same requests and forwards them, no model
+    raw_client, _ = raw_client_per_s(settings, producer, topic, args.count, f"bench-raw-client-{run_id}")
+    say(f"raw client (consume + produce, no model): {raw_client:,.0f} records/s")
+    workers: dict[str, Any] = {}
+    if args.workers > 1:  # the same drain by `auditstream serve --workers N` in a child process
+        before = raw_ort_per_s(model, args.batch_size, settings=settings)
+        rate, ids = max_rate_with_workers(settings, producer, model, args.count, args.workers, f"wrk{run_id}",
+                                          serve_process, Path(settings.state_dir) / "workers.log")
+        after = raw_ort_per_s(model, args.batch_size, settings=settings)
+        sent.request_ids.extend(ids)
+        workers = {"workers": args.workers, "stream_workers_per_s": round(rate, 1),
+                   "ratio_workers": round(rate / ((before + after) / 2), 3)}
+        say(f"stream, serve --workers {args.workers}: {rate:,.0f}/s; raw ORT {before:,.0f} / {after:,.0f}; "
+            f"ratio {workers['ratio_workers']}")
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
@@ -289,10 +364,15 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     rate = 0.7 * min(stream, raw)
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
+    served: dict[str, dict[str, float]] = {}
+    if workers:
+        # Tansu can leave a group unassigned when its members are all replaced at once (docs/serving.md,
+        # fault suite): let the workers' departure settle before the latency server joins.
+        time.sleep(settings.session_timeout_ms / 1000 + 2)
     server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
     try:
         reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
-                                                                 lat_arrivals), daemon=True)
+                                                                 lat_arrivals, served), daemon=True)
         reader.start()
         # warm-up: the server has joined its group and answers before the clock starts
         warm = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
@@ -318,12 +398,26 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "raw_ort_per_s": round(raw, 1), "raw_ort_before_after": [round(raw_before, 1), round(raw_after, 1)], "stream_per_s": round(stream, 1), "ratio": round(stream / raw, 3),
         "overhead_us_per_record": round((1 / stream - 1 / raw) * 1e6, 1),
         "p50_ms": _percentile_ms(latencies, 50), "p99_ms": _percentile_ms(latencies, 99),
+        # where the latency went, by the server's own clock: before its batch started (Kafka +
+        # batching wait), until the answer was ready (compute), and after (produce + read back)
+        "served_ms": _served_breakdown(served, lat_arrivals, paced.created_at_s),
         "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates,
         "non_identical_duplicates": non_identical, "client": client,
         "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
-        "max_wait_ms": settings.max_wait_ms, "requests": len(expected),
+        "max_wait_ms": settings.max_wait_ms, "latency_budget_ms": settings.latency_budget_ms,
+        "raw_client_per_s": round(raw_client, 1), "kafka_python_crc32c_c": kafka_python_has_fast_crc(),
+        # CPU µs per record of raw ORT, of the serving process's drain (all its threads) and of the
+        # embedded broker meanwhile; cpu_ratio = raw / (stream + broker): the ratio a machine that
+        # runs nothing else would reach if it is CPU-bound (robust to other jobs' load)
+        "cpu_us_per_record": cpu_us, "cpu_ratio": _cpu_ratio(cpu_us),
+        # the issue-15 bound on p99 at 70% load: 2 x (max wait + one full batch's compute)
+        "latency_bound_ms": round(2 * (settings.max_wait_ms + 1000 * args.batch_size / raw), 1),
+        "requests": len(expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
+    result.update(workers)
+    if profile is not None:
+        result["profile"] = profile
     if tls is not None:
         result.update(ratio_tls=tls["ratio"], stream_tls_per_s=tls["stream_per_s"], raw_ort_tls_per_s=tls["raw_ort_per_s"])
     say(f"latency at {rate:,.0f}/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; lost {lost}, duplicates "

@@ -75,7 +75,7 @@ class KafkaPythonProducer:
 class KafkaPythonConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
                  on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
-                 client_id: str = "") -> None:
+                 client_id: str = "", fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
         from kafka.errors import KafkaError
 
@@ -107,7 +107,7 @@ class KafkaPythonConsumer:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=settings.max_poll_interval_ms,
-                max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                max_poll_records=max(500, settings.max_batch_size), fetch_max_wait_ms=fetch_max_wait_ms,
                 **kafka_python_config(settings),
             )
         except KafkaError as e:
@@ -299,7 +299,7 @@ def _confluent_headers(message: Any) -> tuple[Headers, str]:
 class ConfluentConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
                  on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
-                 client_id: str = "") -> None:
+                 client_id: str = "", fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
         from confluent_kafka import Consumer as CConsumer
 
         self._c = CConsumer({
@@ -308,7 +308,7 @@ class ConfluentConsumer:
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
-            "enable.partition.eof": False, "fetch.wait.max.ms": FETCH_MAX_WAIT_MS, "log.connection.close": False,
+            "enable.partition.eof": False, "fetch.wait.max.ms": fetch_max_wait_ms, "log.connection.close": False,
             **librdkafka_config(settings),
         })
 

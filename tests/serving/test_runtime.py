@@ -148,3 +148,16 @@ def test_a_card_its_task_kind_cannot_serve_is_refused_with_exit_code_2(tmp_path,
     assert main(["serve", "--model", card.name]) == 2
     err = capsys.readouterr().err
     assert "refusing model" in err and "lacks graph outputs" in err and "Traceback" not in err
+
+
+def test_settings_choose_device_and_threads(tiny_registry: TinyRegistry, tmp_path) -> None:
+    from auditstream.errors import ConfigError
+    from auditstream.settings import Settings
+
+    session = runtime.load_session(tiny_registry.model, settings=Settings(device="cpu", intra_op_threads=1,
+                                                                          state_dir=tmp_path))
+    assert session.providers == ["CPUExecutionProvider"] and session.bound is None and session.last_timing is None
+    assert session.session.get_session_options().intra_op_num_threads == 1
+    if not runtime.provider_loads("CUDAExecutionProvider"):  # this CPU machine: asking for a GPU is refused
+        with pytest.raises(ConfigError, match="AUDITSTREAM_DEVICE='cuda:0'"):
+            runtime.load_session(tiny_registry.model, settings=Settings(device="cuda:0", state_dir=tmp_path))

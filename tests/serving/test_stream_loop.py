@@ -212,3 +212,16 @@ def test_slow_batches_shrink_so_the_gap_between_polls_stays_inside_max_poll_inte
     assert all(g <= 5.0 for g in gaps[2:]) and set(loop.stats.batch_sizes[1:-1]) == {5}
     assert loop.budget is not None and loop.budget.overruns == 1
     assert consumer.committed == {("in", 0): 200}
+
+
+def test_latency_budget_cuts_a_batch_whose_records_already_waited_in_kafka() -> None:
+    import dataclasses
+
+    def run(budget_ms: int) -> list[int]:
+        queued = [dataclasses.replace(r, timestamp_ms=999_950) for r in records(2)]  # written 50 ms before "now"
+        cfg = BatchingConfig(max_batch_size=4, max_wait_ms=10, max_in_flight_batches=2, latency_budget_ms=budget_ms)
+        loop, _, _ = make([queued, records(2, start=2)], cfg=cfg, wall_clock=lambda: 1000.0)
+        return loop.run(max_records=4).batch_sizes
+
+    assert run(0) == [4]  # size and wait only: the queued records wait for the batch to fill
+    assert run(100) == [2, 2]  # they already waited 50 ms > max_wait: cut at once; fresh ones wait as before

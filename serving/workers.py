@@ -1,0 +1,120 @@
+"""``auditstream serve --workers N``: N serving processes of one model on this host, each a member
+of the model's consumer group (Kafka spreads the partitions; no coordination of our own).
+
+One Python process cannot keep a many-core host busy: its loop (decode, triage, JSON, the
+Kafka client) runs on one core while ONNX Runtime's threads wait for the next batch. N workers
+overlap those phases. They share the cores: each worker's ONNX Runtime gets
+``cores / N`` intra-op threads (at least 1) unless ``AUDITSTREAM_INTRA_OP_THREADS`` is set, so
+N workers never start N × cores threads. With ``AUDITSTREAM_METRICS_PORT=P`` worker ``i`` serves
+``/metrics`` on ``P + i``.
+
+Life cycle: SIGTERM or SIGINT to this supervisor is passed to every worker, each finishes its
+batch, checkpoints and exits; the supervisor waits for all of them (then kills what is left
+after ``delivery_timeout_s`` + 30 s). **A worker that dies on its own stops the whole service**:
+the others get SIGTERM and the supervisor exits 1, naming the worker and its exit status. Not a
+restart in place: the usual cause is a broken model or broker that would take down its
+replacement too, and a crash loop hidden inside one process is worse than a restart the
+orchestrator (systemd, Kubernetes) sees, counts and backs off. The dead worker's partitions move
+to the survivors while they drain (at-least-once: its uncommitted batches are answered again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from auditstream.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger(__name__)
+POLL_S = 0.2
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(configured: int, cores: int, workers: int) -> int:
+    """``configured`` if set (> 0), else an equal share of the cores, at least 1."""
+    return configured if configured > 0 else max(1, cores // workers)
+
+
+def worker_env(settings: Settings, index: int, workers: int, cores: int,
+               base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of worker ``index``: these settings, its thread share, its metrics port."""
+    env = {**(os.environ if base is None else base), **settings.to_env()}
+    env[ENV_PREFIX + "INTRA_OP_THREADS"] = str(threads_per_worker(settings.intra_op_threads, cores, workers))
+    env[ENV_PREFIX + "METRICS_PORT"] = str(settings.metrics_port + index if settings.metrics_port else 0)
+    return env
+
+
+class Supervisor:
+    """Starts the workers, passes SIGTERM on, and stops everything when one dies."""
+
+    def __init__(self, settings: Settings, model: str, version: str | None, workers: int,
+                 command: Sequence[str] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        self.settings, self.model, self.version, self.workers = settings, model, version, workers
+        self.command = list(command or [sys.executable, "-m", "auditstream.cli", "serve"])
+        self.procs: list[subprocess.Popen] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        cores = available_cores()
+        args = ["--model", self.model] + (["--version", self.version] if self.version else [])
+        for i in range(self.workers):
+            if self._stopping:  # SIGTERM while starting: start no more
+                break
+            proc = subprocess.Popen(self.command + args, env=worker_env(self.settings, i, self.workers, cores))
+            self.procs.append(proc)
+            log.info("worker %d/%d started: pid %d, %s intra-op threads", i + 1, self.workers, proc.pid,
+                     threads_per_worker(self.settings.intra_op_threads, cores, self.workers))
+
+    def stop(self, *_: object) -> None:
+        """Signal-safe: ask every worker to finish its batch, checkpoint and exit."""
+        self._stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Wait until stopped (0 if every worker exited cleanly) or a worker died (1)."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.start()
+        died = False
+        while not self._stopping and not died:
+            died = any(proc.poll() is not None for proc in self.procs)
+            if died:
+                log.error("%s: stopping the other workers (restart the service once the cause is fixed)",
+                          "; ".join(self._exits(clean_too=True)))
+                self.stop()
+            else:
+                time.sleep(POLL_S)
+        self._wait_all(self.settings.delivery_timeout_s + 30.0)
+        if not died and self._exits():
+            log.error("while stopping: %s", "; ".join(self._exits()))
+        return 1 if died or self._exits() else 0
+
+    def _exits(self, clean_too: bool = False) -> list[str]:
+        """The workers that ended (with a non-zero status, unless ``clean_too``), by name."""
+        return [f"worker {i + 1} (pid {p.pid}) exited with status {p.returncode}" for i, p in enumerate(self.procs)
+                if p.returncode is not None and (clean_too or p.returncode != 0)]
+
+    def _wait_all(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop within %.0f s: killed", proc.pid, timeout_s)
+                proc.kill()
+                proc.wait()

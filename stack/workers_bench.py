@@ -1,0 +1,102 @@
+"""The max-rate step with ``auditstream serve --workers N`` (``auditstream bench serve --workers N``).
+
+The in-process max-rate step (:mod:`stack.serve_bench`) measures one serving process. Here
+``auditstream serve --workers N`` starts as a child process (as in production: N group members,
+``cores / N`` ONNX Runtime threads each); once every worker owns partitions (their
+``auditstream_serve_assigned_partitions`` gauges add up to the topic's partitions, so no
+rebalance pause falls inside the measurement), the requests are produced as fast as the
+producer goes (~10x faster than they are served: it is done within the first tenth of the run),
+and the rate is the requests divided by the time from the first record any worker took to the
+moment all were taken, read from the workers' own ``auditstream_serve_records_in_total`` counters
+(each worker serves /metrics on its own port; scraped every 50 ms: ±0.1 s over several seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from auditstream.registry import RegisteredModel
+from auditstream.settings import Settings
+from serving.loadgen import inputs_for, produce_requests
+
+SCRAPE_S = 0.05
+
+
+def free_port_range(n: int) -> int:
+    """A port P such that P .. P + n - 1 are free on the loopback now."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+        if port + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(port, port + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def metric(port: int, name: str) -> float:
+    """The sum of a worker's ``name`` series (0 while its /metrics is not up)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredModel, count: int, workers: int,
+                          id_prefix: str, start_server: Callable[..., subprocess.Popen], log_path: Path,
+                          timeout_s: float = 600.0) -> tuple[float, list[str]]:
+    """(records/s of ``serve --workers N`` draining ``count`` requests produced ahead, their ids)."""
+    card = model.card
+    port = free_port_range(workers)
+    server = start_server(dataclasses.replace(settings, metrics_port=port), card, log_path, workers=workers)
+    try:
+        ports = range(port, port + workers)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            owned = [metric(p, "auditstream_serve_assigned_partitions") for p in ports]
+            if all(owned) and sum(owned) == settings.partitions:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"serve --workers {workers} did not settle in its group (exit status {server.poll()}); "
+                               f"see {log_path}")
+        sent = produce_requests(producer, settings.request_topic(card.name), card.name,
+                                inputs_for(card, "random", seed=4), count, 0.0, id_prefix=id_prefix, progress=False)
+        deadline, first, total = time.monotonic() + timeout_s, None, 0.0
+        while time.monotonic() < deadline and server.poll() is None:
+            total = sum(metric(p, "auditstream_serve_records_in_total") for p in ports)
+            now = time.monotonic()
+            if first is None and total > 0:
+                first = now
+            if total >= count:
+                break
+            time.sleep(SCRAPE_S)
+        if first is None or total < count:
+            raise RuntimeError(f"serve --workers {workers} took {total:.0f} of {count} requests "
+                               f"(exit status {server.poll()}); see {log_path}")
+        return count / max(now - first, SCRAPE_S), sent.request_ids
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
