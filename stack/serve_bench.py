@@ -34,10 +34,10 @@ unchanged (no decoding, no model): the client's and the loop's own ceiling, so a
 client's overhead from the project's path (``--profile`` splits the path further).
 
 With ``--workers N`` (> 1) the max-rate drain is repeated by ``auditstream serve --workers N`` in
-a child process (:mod:`stack.workers_bench`: ``stream_workers_per_s``, ``ratio_workers``); the
-latency step stays one process (a run where it used the N workers right after the drain's N
-left got no answers at all on the loaded machine: the Tansu group stall of the fault suite's
-rolling restart, not yet understood).
+a child process (:mod:`stack.workers_bench`: ``stream_workers_per_s``, ``ratio_workers``), after
+the latency step, which stays one process: a latency server joining right after the drain's N
+workers left got no answers at all (the Tansu group stall of the fault suite's rolling restart,
+not yet understood), while N workers joining after one member left settle.
 
 6. **TLS** (unless ``--no-tls``): step 3 again through an embedded broker that serves TLS only
    (:mod:`stack.tls_proxy` in front of Tansu, a throwaway CA from :mod:`stack.pki`):
@@ -346,17 +346,6 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     # the client alone: a fresh group drains the same requests and forwards them, no model
     raw_client, _ = raw_client_per_s(settings, producer, topic, args.count, f"bench-raw-client-{run_id}")
     say(f"raw client (consume + produce, no model): {raw_client:,.0f} records/s")
-    workers: dict[str, Any] = {}
-    if args.workers > 1:  # the same drain by `auditstream serve --workers N` in a child process
-        before = raw_ort_per_s(model, args.batch_size, settings=settings)
-        rate, ids = max_rate_with_workers(settings, producer, model, args.count, args.workers, f"wrk{run_id}",
-                                          serve_process, Path(settings.state_dir) / "workers.log")
-        after = raw_ort_per_s(model, args.batch_size, settings=settings)
-        sent.request_ids.extend(ids)
-        workers = {"workers": args.workers, "stream_workers_per_s": round(rate, 1),
-                   "ratio_workers": round(rate / ((before + after) / 2), 3)}
-        say(f"stream, serve --workers {args.workers}: {rate:,.0f}/s; raw ORT {before:,.0f} / {after:,.0f}; "
-            f"ratio {workers['ratio_workers']}")
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
@@ -365,10 +354,6 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
     served: dict[str, dict[str, float]] = {}
-    if workers:
-        # Tansu can leave a group unassigned when its members are all replaced at once (docs/serving.md,
-        # fault suite): let the workers' departure settle before the latency server joins.
-        time.sleep(settings.session_timeout_ms / 1000 + 2)
     server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
     try:
         reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
@@ -383,13 +368,26 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
                                  rate, id_prefix=f"lat{run_id}", progress=False)
         reader.join()
     finally:
-        producer.close()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
     sent.request_ids.extend(warm.request_ids)
+    workers: dict[str, Any] = {}
+    # after the latency step: Tansu can leave a group unassigned when N members that left together are
+    # replaced (docs/serving.md, fault suite); one member leaving and N joining settles
+    if args.workers > 1:  # the same drain by `auditstream serve --workers N` in a child process
+        before = raw_ort_per_s(model, args.batch_size, settings=settings)
+        w_rate, w_ids = max_rate_with_workers(settings, producer, model, args.count, args.workers, f"wrk{run_id}",
+                                          serve_process, Path(settings.state_dir) / "workers.log")
+        after = raw_ort_per_s(model, args.batch_size, settings=settings)
+        sent.request_ids.extend(w_ids)
+        workers = {"workers": args.workers, "stream_workers_per_s": round(w_rate, 1),
+                   "ratio_workers": round(w_rate / ((before + after) / 2), 3)}
+        say(f"stream, serve --workers {args.workers}: {w_rate:,.0f}/s; raw ORT {before:,.0f} / {after:,.0f}; "
+            f"ratio {workers['ratio_workers']}")
+    producer.close()
     latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
     expected = set(sent.request_ids) | ids
     lost, duplicates, non_identical = count_outcomes(settings, expected)

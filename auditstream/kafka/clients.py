@@ -10,8 +10,10 @@ auditstream imports a client library. Consumer settings are explained in docs/se
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 from auditstream.errors import BrokerUnavailable, CommitRejected
 from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Delivery, Headers, PartitionsCallback, Record, TopicPartition,
@@ -69,7 +71,40 @@ class KafkaPythonProducer:
         check_deliveries([d for d, _ in pending])
 
     def close(self) -> None:
-        self._p.close(timeout=5)
+        with _SHUTDOWN_NOISE.closing():
+            self._p.close(timeout=5)
+
+
+class _ShutdownNoise(logging.Filter):
+    """kafka-python 3 logs at ERROR what it cancels itself while one of its clients closes (an
+    in-flight metadata refresh: "failed Cancelled"; a read on the transport it just closed). That
+    is our own clean stop, not a fault: an alert on ERROR lines must not fire on every shutdown.
+    Only those two loggers, only while a client of this process is closing."""
+
+    LOGGERS = ("kafka.net.transport", "kafka.cluster")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        with self._lock:
+            self._closing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._closing -= 1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self._closing and record.levelno >= logging.ERROR)
+
+
+_SHUTDOWN_NOISE = _ShutdownNoise()
+for _name in _ShutdownNoise.LOGGERS:
+    logging.getLogger(_name).addFilter(_SHUTDOWN_NOISE)
 
 
 class KafkaPythonConsumer:
@@ -194,7 +229,8 @@ class KafkaPythonConsumer:
         return out
 
     def close(self) -> None:
-        self._c.close(autocommit=False)
+        with _SHUTDOWN_NOISE.closing():
+            self._c.close(autocommit=False)
 
 
 def _kafka_python_records(batches: dict) -> list[Record]:
@@ -236,7 +272,8 @@ class KafkaPythonReader:
         return all(self._c.position(tp) >= end for tp, end in self._end.items())
 
     def close(self) -> None:
-        self._c.close(autocommit=False)
+        with _SHUTDOWN_NOISE.closing():
+            self._c.close(autocommit=False)
 
 
 # --------------------------------------------------------------------------------------------
