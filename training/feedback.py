@@ -44,6 +44,19 @@ class WeightsMissing(AuditstreamError):
                          "pass --from-scratch, or train the family again (auditstream train NAME) and promote that")
 
 
+def record_provenance(card: Any, feedback: "Feedback | None", tuning: dict | None, **training: Any) -> Any:
+    """The card with what made it: the weights file, ``training``'s extra fields, the version it
+    was fine-tuned from and the verdicts it learnt (``feedback``), the search that chose its
+    arguments (``tuning``). Both families' ``run`` record the same things this way."""
+    card.training.update(weights=WEIGHTS_FILE, **training)
+    if feedback is not None:
+        card.training.update(fine_tuned_from=feedback.base_version)
+        card.extra.update(feedback.card_extra)
+    if tuning is not None:
+        card = dataclasses.replace(card, training={**card.training, "tuning": tuning})
+    return card
+
+
 def save_weights(model: Any, directory: Path) -> Path:
     import torch
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,7 @@ from training.data.split import SPLIT_SEED, FRACTIONS, DigitSplit, load_split, t
 from training.digits.args import DigitsArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
-from training.feedback import WEIGHTS_FILE, Feedback, save_weights
+from training.feedback import Feedback, record_provenance, save_weights
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "digits"
@@ -227,12 +227,7 @@ def run(args: DigitsArgs, models_dir: Path, progress: bool = True, feedback: Fee
     parity = check_parity(exported, onnx_bytes, load_split("test").images[:256])
     result = evaluate(model, onnx_bytes, temperature, args)
     card = build_card(args, result, parity, train_seconds)
-    card.training.update(weights=WEIGHTS_FILE, n_train=len(training_digits(args, feedback).labels))
-    if feedback is not None:
-        card.training.update(fine_tuned_from=feedback.base_version)
-        card.extra.update(feedback.card_extra)
-    if tuning is not None:
-        card = replace(card, training={**card.training, "tuning": tuning})
+    card = record_provenance(card, feedback, tuning, n_train=len(training_digits(args, feedback).labels))
     cert = result["certificate"]
     summary = {"model": NAME, **{k: card.metrics[k] for k in ("test_error", "ece_before", "ece_after",
                                                                "test_risk_at_threshold", "test_coverage_at_threshold")},

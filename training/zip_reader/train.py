@@ -32,7 +32,7 @@ error through a union bound: docs/training.md).
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -52,7 +52,7 @@ from training.data.split import FRACTIONS, SPLIT_SEED, load_split, train_subset
 from training.zip_reader.args import ZipReaderArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
-from training.feedback import WEIGHTS_FILE, Feedback, save_weights
+from training.feedback import Feedback, record_provenance, save_weights
 from training.fit import fit_steps
 from training.selective import plot_risk_coverage, reference_statistics
 
@@ -370,12 +370,8 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, feedback: 
     result = evaluate(model, onnx_bytes, temperature, args)
     parity = check_parity(exported, onnx_bytes, result["parity_images"])
     card = build_card(args, result, parity, train_seconds)
-    card.training.update(weights=WEIGHTS_FILE)
-    if feedback is not None:
-        card.training.update(fine_tuned_from=feedback.base_version, n_verdict_envelopes=len(feedback.targets))
-        card.extra.update(feedback.card_extra)
-    if tuning is not None:
-        card = replace(card, training={**card.training, "tuning": tuning})
+    card = record_provenance(card, feedback, tuning, **(
+        {} if feedback is None else {"n_verdict_envelopes": len(feedback.targets)}))
     cert, strict = result["certificate"], result["strict"]
     summary = {"model": NAME, **{k: result[k] for k in ("test_error", "zip_accuracy", "char_error", "ece_before",
                                                         "ece_after", "test_risk_at_threshold",
