@@ -29,11 +29,18 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
+
+# CI shares two cores with brokers, servers and training: a property test whose inputs come
+# slowly there is still a valid test, so no timing health check and no per-example deadline.
+hypothesis.settings.register_profile("auditstream", deadline=None,
+                                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("auditstream")
 
 TINY_MODEL = "tiny"
 TINY_CLASSES = 10
