@@ -114,7 +114,8 @@ class TopicLog(Protocol):
 
     def read_from(self, positions: dict[TopicPartition, int], topics: list[str], timeout_s: float) -> list[Record]:
         """Every record of ``topics`` from ``positions`` (a partition not in it: from its beginning)
-        to the end offsets as of the call; raises BrokerUnavailable if that takes over ``timeout_s``."""
+        to the end of each partition (at least its end offset as of the call, and on until a
+        fetch returns nothing); raises BrokerUnavailable if that takes over ``timeout_s``."""
 
     def close(self) -> None: ...
 
