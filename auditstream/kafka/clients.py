@@ -322,9 +322,9 @@ class KafkaPythonTopicLog:
             self._c.seek(tp, min(positions.get((tp.topic, tp.partition), 0), ends[tp]))
         out: list[Record] = []
         deadline = time.monotonic() + timeout_s
-        # Past the end offsets, on to a fetch that returns nothing: on the embedded Tansu, keeping
-        # only records below the end offsets taken here missed 2 of 15 acknowledged records (each
-        # the second record of its partition's batch), so those offsets are not taken as the end.
+        # Past the end offsets, on to a fetch that returns nothing: Tansu 0.6.0 answers ListOffsets
+        # with the last batch's base offset + 1 (a partition holding one batch of records 0..9 has
+        # "end" 1; docs/audit-store.md), so its end offset is a lower bound, not the end.
         while True:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(self._bootstrap, f"could not read {topics} to their end within {timeout_s:.0f} s")
