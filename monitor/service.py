@@ -9,9 +9,10 @@ It does four things (docs/audit-store.md, "Monitor process"):
    topic with their original bytes. Offsets are committed only after the store transaction and
    every dead letter were acknowledged.
 2. **Publishes the outbox** (:func:`publish_outbox`, on its own thread and producer): every
-   verdict to ``verdicts`` and, for deferred items, the human's answer to ``decisions``. Rows are
-   marked published only after the broker acknowledged them, so a crash in between publishes
-   them again (at-least-once; the records carry the verdict id, so a consumer deduplicates).
+   verdict to ``verdicts`` and, for deferred items, the human's answer to ``decisions``, exactly
+   once: each round of rows is recorded in the store with the topics' end offsets before it is
+   sent, and marked published after the broker acknowledged it; a round a crash left open is
+   resolved from the topics before its rows go out again (store/outbox.py).
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
    ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
@@ -29,6 +30,7 @@ confidence drift window are rebuilt from the predictions that arrive afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -38,15 +40,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from auditstream import topics
 from auditstream.control import ControlState, ControlView
 from auditstream.errors import DecodeError, ModelNotFound
-from auditstream.kafka import Producer, Record
+from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
-from store.leader import Leadership
+from store.leader import Leadership, default_owner
 from store.shadow import ShadowAnswers
-from store.records import check_audit_item
+from store.records import OutboxRow, check_audit_item
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -63,7 +65,9 @@ class MonitorArgs:
     outbox_interval_s: float = field(default=0.5, metadata={"help": "seconds between outbox publishing rounds"})
     outbox_batch: int = field(default=500, metadata={"help": "most outbox rows published per round"})
     stats_interval_s: float = field(default=5.0, metadata={"help": "seconds between statistics/metrics updates"})
-    flush_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the broker to acknowledge"})
+    flush_timeout_s: float = field(default=30.0, metadata={
+        "help": "longest wait for the broker to acknowledge; also the outbox producer's delivery timeout, so a "
+                "round a crash left open is resolved at most this + 5 s after it started"})  # fmt: skip
     shadow_retention_s: float = field(default=3600.0, metadata={
         "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
     leader_lease_s: float = field(default=45.0, metadata={
@@ -160,22 +164,73 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     return results
 
 
+# How long after its claim a round may still begin sending (part of its fence, store/outbox.py):
+# a process that stalled longer between claiming and sending sends no more of that round.
+SEND_WINDOW_S = 5.0
+
+
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
-                   flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None) -> int:  # fmt: skip
-    """Send up to ``limit`` pending outbox rows, wait for every acknowledgement, then mark them
-    (``store.claim_outbox``: on PostgreSQL the rows stay locked meanwhile, so a concurrent
-    publisher skips them). Returns how many were published; :class:`DeliveryFailed` leaves them
-    all pending."""
-    with store.claim_outbox(limit, now_s) as rows:
-        for row in rows:
-            producer.send(settings.topic(row.topic), row.key, row.value)
-        if rows:
-            producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
+                   flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None, *,
+                   topic_log: TopicLog, owner: str = "") -> int:  # fmt: skip
+    """One publishing round, exactly-once (the protocol: store/outbox.py): first resolve every
+    round a crash left open whose fence has passed (read the topics from its positions, mark
+    what is there, put the rest back), then take the output partitions' end offsets, claim up to
+    ``limit`` pending rows into a round that records them, send, wait for every
+    acknowledgement, mark. Returns how many rows were published (sent, or found already sent).
+
+    ``topic_log`` reads the output topics; ``owner`` names this publisher in the round; the producer's
+    delivery timeout must not exceed ``flush_timeout_s`` (run_monitor builds it so), since a
+    round's fence is its start + :data:`SEND_WINDOW_S` + ``flush_timeout_s``.
+    :class:`DeliveryFailed` leaves the round open, to be resolved after its fence."""
+    entered = time.monotonic()
+    names = [settings.topic(topics.VERDICTS), settings.topic(topics.DECISIONS)]
+    published = _resolve_open_rounds(store, topic_log, settings, names, now_s, flush_timeout_s, on_verdict)
+    if not store.pending_outbox(1):
+        return published
+    positions = topic_log.end_offsets(names)  # before the claim, so before any send of the round
+    claim_s = now_s + (time.monotonic() - entered)  # the fence counts from the claim, not from the call
+    claimed = store.start_outbox_round(limit, claim_s, owner or "publisher", claim_s + SEND_WINDOW_S + flush_timeout_s,
+                                       positions)  # fmt: skip
+    if claimed is None:
+        return published  # all pending rows wait behind a key in an open round
+    started, sent = time.monotonic(), []
+    for row in claimed.rows:
+        if time.monotonic() - started > SEND_WINDOW_S:
+            log.warning("outbox round %d: %d of %d rows sent within %.0f s; the rest go back to pending",
+                         claimed.id, len(sent), len(claimed.rows), SEND_WINDOW_S)
+            break
+        producer.send(settings.topic(row.topic), row.key, row.value)
+        sent.append(row)
+    if sent:
+        producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
+    store.finish_outbox_round(claimed.id, [row.id for row in sent], now_s)
+    _observe(sent, on_verdict)
+    return published + len(sent)
+
+
+def _resolve_open_rounds(store: AuditStore, topic_log: TopicLog, settings: Settings, names: list[str], now_s: float,
+                         timeout_s: float, on_verdict: Callable[[Verdict], None] | None) -> int:  # fmt: skip
+    """Close every open round past its fence: mark published the rows whose record (topic, key,
+    bytes) is on the topics after the round's positions, put the others back to pending."""
+    found_total = 0
+    for open_round in store.open_outbox_rounds():
+        if now_s < open_round.fence_s:
+            continue  # it may still be in flight (a stalled or zombie publisher): its keys wait
+        written = {(r.topic, r.key, r.value) for r in topic_log.read_from(open_round.positions, names, timeout_s)}
+        found = [row for row in open_round.rows if (settings.topic(row.topic), row.key, row.value) in written]
+        store.finish_outbox_round(open_round.id, [row.id for row in found], now_s)
+        log.warning("outbox round %d of %s was left open: %d of its %d rows were already on the topics (marked "
+                     "published), the rest go out again", open_round.id, open_round.owner, len(found), len(open_round.rows))  # fmt: skip
+        _observe(found, on_verdict)
+        found_total += len(found)
+    return found_total
+
+
+def _observe(rows: Sequence[OutboxRow], on_verdict: Callable[[Verdict], None] | None) -> None:
     if on_verdict is not None:
         for row in rows:
             if row.topic == topics.VERDICTS:
                 on_verdict(Verdict.from_bytes(row.value))
-    return len(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,10 +325,14 @@ class OutboxPublisher(threading.Thread):
     process leads (``leadership``; None: alone, always leads). Taking the lead seeds the
     statistics from the store first, so nothing published earlier is missing from them."""
 
-    def __init__(self, store: AuditStore, producer: Producer, settings: Settings, args: MonitorArgs,
+    def __init__(self, store: AuditStore, producer: Producer, topic_log: TopicLog, settings: Settings, args: MonitorArgs,
                  stats: StatsHooks | None = None, leadership: Leadership | None = None) -> None:  # fmt: skip
+        """``producer``: its delivery timeout must not exceed ``args.flush_timeout_s`` (see
+        :func:`publish_outbox`); ``topic_log`` reads the output topics back after a crash."""
         super().__init__(name="outbox-publisher", daemon=True)
         self.store, self.producer, self.settings, self.args, self.stats = store, producer, settings, args, stats
+        self.topic_log = topic_log
+        self.owner = leadership.owner if leadership is not None else default_owner()
         self.leadership, self.leading = leadership, False
         self.shadow: ShadowAnswers | None = None  # pruned each statistics tick
         self.published = 0
@@ -298,7 +357,8 @@ class OutboxPublisher(threading.Thread):
                 if self._lead():
                     on_verdict = self.stats.observe_verdict if self.stats else None
                     while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
-                                               self.args.flush_timeout_s, on_verdict)):  # fmt: skip
+                                               self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
+                                               owner=self.owner)):  # fmt: skip
                         self.published += n
                     if self.stats is not None and time.monotonic() >= next_tick:
                         states = self.stats.tick(self.store, time.time())
@@ -327,7 +387,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
                 install_signals: bool = True, metrics_registry: "CollectorRegistry | None" = None) -> int:  # fmt: skip
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code. ``metrics_registry``:
     a prometheus_client registry for the metrics (default: the process-wide one)."""
-    from auditstream.kafka import ensure_topics, make_producer, resolve_bootstrap
+    from auditstream.kafka import ensure_topics, make_producer, make_topic_log, resolve_bootstrap
     from auditstream.stream import StreamLoop
 
     bootstrap = resolve_bootstrap(settings)
@@ -339,8 +399,12 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     try:
         stats = StatsHooks(settings, store, control_view, metrics_registry)
         started.append(stats.close)
-        publisher = OutboxPublisher(store, make_producer(settings, bootstrap, "auditstream-monitor-outbox"), settings,
-                                    args, stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
+        # The outbox producer gives up on a record after flush_timeout_s: a round's fence (store/outbox.py).
+        outbox_settings = dataclasses.replace(settings, delivery_timeout_s=args.flush_timeout_s)
+        topic_log = make_topic_log(settings, bootstrap)
+        started.append(topic_log.close)
+        publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox"),
+                                    topic_log, settings, args, stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
         started.append(publisher.producer.close)
         shadow = publisher.shadow = ShadowAnswers(store)
         loop = StreamLoop.connect(
@@ -366,6 +430,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         publisher.stop()
         publisher.join()
         publisher.producer.close()
+        topic_log.close()
         control_view.stop()
         stats.close()
     if publisher.error is not None:

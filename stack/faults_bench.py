@@ -41,8 +41,9 @@ Scenarios:
 ``slow_1.5x``        interval (stack/faults_slow.py). Adds ``rebalances`` (must be 0 / at most 1),
                      ``first_batch_factor``, ``batch_limit``.
 ``monitor_kill9``    ``auditstream monitor`` killed with ``kill -9`` every ``--kill-every-s`` during audit
-                     ingest while an auditor decides items (stack/faults_monitor.py): items stored
-                     once, verdicts and decisions published once.
+                     ingest while an auditor decides items, each kill aimed at the outbox's crash
+                     window (stack/faults_monitor.py): items stored once, verdicts and decisions
+                     published once. Adds ``kills_round_open``, ``kills_in_window``, ``rows_in_window``.
 ``soak``             70% of the measured maximum rate for ``--soak-s`` (stack/faults_soak.py): lag,
                      resident memory growth after warm-up, errors in the logs. Not part of ``all``.
 """

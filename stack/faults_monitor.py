@@ -5,7 +5,14 @@ once in the store, every verdict published exactly once.
 One ``auditstream monitor`` process on a temporary SQLite store; ``--requests`` audit items (route
 HUMAN) are paced onto the audit topic at ``--rate-per-s`` while an auditor thread in this process
 claims and decides items as they arrive (so the outbox is being published while the kill hits).
-Every ``--kill-every-s`` the monitor gets ``kill -9`` and a new one is started at once. At the end
+Every ``--kill-every-s`` the monitor gets ``kill -9`` and a new one is started at once (monitors
+run with a 6 s leader lease, :data:`MONITOR_OPTIONS`, so each successor leads before the next
+kill). The kill
+is aimed at the publisher's crash window (store/outbox.py): it waits (up to half of
+``--kill-every-s``) for a publishing round to be open in the store and kills at once. After each
+kill the store and the topics say where it landed: ``kills_round_open`` (a round was in flight) and ``kills_in_window`` (some of that
+round's records were already on the topics: an at-least-once publisher would send them again);
+``rows_in_window`` counts those records. At the end
 the auditor decides what is left, the last monitor publishes its outbox and stops, and the
 verdicts and decisions topics are read to their end. Result fields (the common ones read as: an
 audit item is "answered" when it is in the store):
@@ -15,7 +22,8 @@ audit item is "answered" when it is in the store):
 - ``verdicts`` (recorded in the store), ``verdicts_published`` (distinct verdict ids on the
   topic), ``verdicts_unpublished``, ``verdict_duplicates`` (copies beyond the first) and
   ``non_identical_duplicates`` (copies whose bytes differ); the same for ``decisions``;
-- ``kills``; ``recovery_s``: the longest an item waited from its send to being stored.
+- ``kills``, ``kills_round_open``, ``kills_in_window``, ``rows_in_window``; ``recovery_s``: the
+  longest an item waited from its send to being stored.
 """
 
 from __future__ import annotations
@@ -34,11 +42,19 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer, read_to_end
+from auditstream.kafka import ensure_topics, make_producer, make_topic_log, read_to_end
 from auditstream.wire import AuditItem, Prediction, Route, Verdict
 
 if TYPE_CHECKING:
     from stack.faults_bench import FaultsArgs, Run
+
+
+# A short leader lease (it must exceed the flush timeout + the outbox interval), so the monitor
+# started after a kill leads, and publishes, before the next kill: at the default 45 s lease a
+# monitor killed every 10 s has no successor leading until the kills stop, and only the first
+# kill could meet a publishing round. The flush timeout is also the outbox producer's delivery
+# timeout, so a round left open is resolved 10 s (5 s + the 5 s send window) after it started.
+MONITOR_OPTIONS = ("--leader-lease-s", "6", "--flush-timeout-s", "5")
 
 
 def audit_item(request_id: str, now_s: float) -> AuditItem:
@@ -60,8 +76,8 @@ class Monitors:
     def start(self) -> subprocess.Popen:
         env = {**os.environ, **dataclasses.replace(self.run.settings, log_level="INFO").to_env()}
         log = open(self.run.log_dir / f"monitor-{len(self.procs)}.log", "ab")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "auditstream.cli", "monitor"], env=env, stdout=log,
-                                           stderr=subprocess.STDOUT))
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "auditstream.cli", "monitor", *MONITOR_OPTIONS], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
         log.close()
         return self.procs[-1]
 
@@ -133,15 +149,21 @@ def monitor_kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> dic
         t.start()
     feeder = threading.Thread(target=feed)
     feeder.start()
-    kills = 0
+    kills, landed = 0, Counter()
+    outputs = [run.settings.topic(T.VERDICTS), run.settings.topic(T.DECISIONS)]
+    topic_log = make_topic_log(run.settings)
     try:
         while feeder.is_alive():
             feeder.join(timeout=args.kill_every_s)
             if feeder.is_alive():
+                _wait_for_the_window(store, args.kill_every_s / 2)
                 monitors.kill9()
+                where = _where_the_kill_landed(store, topic_log, run.settings, outputs)
+                landed.update(where)
                 monitors.start()
                 kills += 1
-                say(f"  kill -9 of the monitor during ingest ({len(stored_at)} items stored), a new one started")
+                say(f"  kill -9 of the monitor during ingest ({len(stored_at)} items stored, {where['round_open']} round "
+                    f"open, {where['rows_in_window']} of its records already on the topics), a new one started")
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and (len(store.items(limit=10**9)) < args.requests or store.queue_depth()
                                                or store.pending_outbox(1)):
@@ -153,7 +175,9 @@ def monitor_kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> dic
         monitors.stop()
         for item in store.items(limit=10**9):
             stored_at.setdefault(item.request_id, time.monotonic())
-        return {**_store_figures(store, args.requests), "kills": kills, "crashes": monitors.crashes(),
+        return {**_store_figures(store, args.requests), "kills": kills, "kills_round_open": landed["round_open"],
+                "kills_in_window": landed["in_window"], "rows_in_window": landed["rows_in_window"],
+                "crashes": monitors.crashes(),
                 "recovery_s": round(max((stored_at[r] - t for r, t in sent_at.items() if r in stored_at), default=0.0), 2),
                 **_published_figures(run, store)}
     finally:
@@ -162,7 +186,30 @@ def monitor_kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> dic
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        topic_log.close()
         store.close()
+
+
+def _wait_for_the_window(store: Any, wait_s: float) -> None:
+    """Return as soon as a publishing round is open in the store (claimed, not yet marked), or
+    after ``wait_s``. Killing at once: a round is open for the few milliseconds of its send and
+    flush, and a first version that went on to watch the topics' end offsets for its records
+    killed after the mark in each of its first three kills (no round open)."""
+    deadline = time.monotonic() + wait_s
+    while not store.open_outbox_rounds() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _where_the_kill_landed(store: Any, topic_log: Any, settings: Any, outputs: list[str]) -> Counter:
+    """After the kill: was a round left open, and how many of its records had reached the topics?"""
+    rounds = store.open_outbox_rounds()
+    where = Counter(round_open=int(bool(rounds)), in_window=0, rows_in_window=0)
+    for left in rounds:
+        written = {(r.topic, r.key, r.value) for r in topic_log.read_from(left.positions, outputs, 60.0)}
+        on_topics = sum((settings.topic(row.topic), row.key, row.value) in written for row in left.rows)
+        where["rows_in_window"] += on_topics
+        where["in_window"] = int(where["in_window"] or on_topics > 0)
+    return where
 
 
 def _store_figures(store: Any, sent: int) -> dict[str, Any]:

@@ -30,10 +30,11 @@ from store.records import (
     VerdictRecord,
     VerdictResult,
 )
+from store.outbox import OutboxRound
 from store.store import AuditStore
 
 __all__ = [
-    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRow", "QCOutcome", "QueueStat", "StoreConfig",
+    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRound", "OutboxRow", "QCOutcome", "QueueStat", "StoreConfig",
     "StoreStats", "StoredItem", "VerdictRecord", "VerdictResult", "open_store",
 ]  # fmt: skip
 

@@ -17,8 +17,10 @@ leads right now:
 * **SQLite**: a lease row in ``meta`` (``leader:<name>`` -> owner and expiry), taken when absent
   or expired and renewed by its owner every third of ``lease_s``. A leader that stops cleanly
   deletes it; one that crashed is replaced after at most ``lease_s``. A leader stalled for longer
-  than ``lease_s`` can overlap with its successor for one round (at-least-once: consumers
-  deduplicate on the verdict id), so ``lease_s`` must exceed the longest publishing round.
+  than ``lease_s`` can overlap with its successor for one round; each claims its own rows, and
+  a round it left in flight is resolved only after its fence (store/outbox.py), so nothing is
+  sent twice. ``lease_s`` must exceed the longest publishing round, so that a live leader is
+  never replaced in the middle of one.
 """
 
 from __future__ import annotations

@@ -17,13 +17,17 @@ Design choices that the semantics rest on:
   verdict id (made when the form was shown) is the primary key, so a double submit is one row.
 * ``outbox`` rows are written in the same transaction as their verdict and marked published only
   after the broker acknowledged them (transactional outbox: no verdict lost, none invented).
+* ``outbox_rounds``: before a publisher sends rows it records them as one round (``outbox.round_id``)
+  with the topics' end offsets taken before the send, in the transaction that claims them; a round
+  left open by a crash is resolved by reading the topics from those offsets (store/outbox.py), so
+  every row is published exactly once.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-TABLES = ("outbox", "verdicts", "items", "users", "meta")
+TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
 EXTRA_TABLES = ("qc_snapshots", "shadow_answers")
 
@@ -87,9 +91,20 @@ DDL = (
         record_value TEXT NOT NULL,         -- the wire record (UTF-8 JSON)
         verdict_id TEXT NOT NULL,
         created_at_s {float} NOT NULL,
-        published_at_s {float}
+        published_at_s {float},
+        round_id {bigint}                   -- the publishing round that sent it (since version 3)
     )""",
     "CREATE INDEX IF NOT EXISTS {p}outbox_pending ON {p}outbox (id) WHERE published_at_s IS NULL",
+    """
+    CREATE TABLE IF NOT EXISTS {p}outbox_rounds (
+        id {id},
+        owner TEXT NOT NULL,                -- the publishing process (host:pid:random)
+        started_at_s {float} NOT NULL,
+        fence_s {float} NOT NULL,           -- no record of the round reaches the broker after this
+        positions TEXT NOT NULL,            -- JSON [[topic, partition, end offset], ...] before the send
+        finished_at_s {float}               -- NULL: in flight, or left open by a crash
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}outbox_rounds_open ON {p}outbox_rounds (id) WHERE finished_at_s IS NULL",
     """
     CREATE TABLE IF NOT EXISTS {p}users (
         name TEXT PRIMARY KEY,
@@ -107,6 +122,7 @@ DDL = (
 ADDED_COLUMNS = (
     (2, "users", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
     (2, "users", "locked_until_s", "{float}"),
+    (3, "outbox", "round_id", "{bigint}"),
 )
 
 

@@ -25,14 +25,15 @@ import random
 import threading
 import uuid
 import zlib
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from auditstream.errors import LeaseNotHeld, VerdictConflict
 from auditstream.wire import AuditItem, Route, VerdictKind, encode_input
 from store.accounts import ADMINS, WRITERS, Accounts, User, check_actor
 from store.backend import Database
+from store import outbox
 from store.leader import Leadership, leadership
+from store.outbox import OutboxRound, Positions
 from store.reads import ITEM_COLUMNS, VERDICT_COLUMNS, StoreReads, item_from_row, verdict_from_row
 from store.records import (
     Claim,
@@ -277,37 +278,30 @@ class AuditStore(StoreReads):
     # outbox
 
     def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
-        """Outbox records not yet acknowledged by the broker, oldest first (a read: publishers
-        use :meth:`claim_outbox`)."""
+        """Outbox records not yet marked published (in flight included), oldest first (a read:
+        publishers use :meth:`start_outbox_round`)."""
         rows = self._db.query(
             "SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL ORDER BY id LIMIT ?",
             (int(limit),),
         )
         return [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in rows]
 
-    @contextmanager
-    def claim_outbox(self, limit: int, now_s: float) -> Iterator[list[OutboxRow]]:
-        """Up to ``limit`` pending rows, oldest first, marked published at ``now_s`` when the block
-        ends without an exception (send them and wait for the broker inside it); an exception
-        leaves them all pending.
+    def start_outbox_round(self, limit: int, now_s: float, owner: str, fence_s: float,
+                           positions: Positions) -> OutboxRound | None:  # fmt: skip
+        """Claim up to ``limit`` pending rows, oldest first, into a publishing round that records
+        ``positions`` (each output partition's end offset, taken before the send) and ``fence_s``
+        (after it no record of the round can reach the broker); None if nothing is claimable.
+        Send the rows, then :meth:`finish_outbox_round`. The protocol: store/outbox.py."""
+        return outbox.start_round(self._db, limit, now_s, owner, fence_s, positions)
 
-        On PostgreSQL the rows are claimed ``FOR UPDATE SKIP LOCKED`` in a transaction that lasts
-        the block: a second publisher skips them, so concurrent publishers never send a row twice.
-        On SQLite that transaction would hold the one writer lock while the broker answers and
-        stall every auditor, so the rows are read and then marked; there one publisher at a time
-        is ensured by :meth:`leadership`.
-        """
-        select = ("SELECT id, topic, record_key, record_value FROM {p}outbox WHERE published_at_s IS NULL"
-                  f" ORDER BY id LIMIT ?{self._db.claim_lock}")  # fmt: skip
-        if self._db.kind != "postgresql":
-            rows = self.pending_outbox(limit)
-            yield rows
-            self.mark_published([row.id for row in rows], now_s)
-            return
-        with self._db.write() as cur:
-            rows = [OutboxRow(int(i), t, k.encode("utf-8"), v.encode("utf-8")) for i, t, k, v in cur.all(select, (int(limit),))]
-            yield rows
-            _mark(cur, [row.id for row in rows], now_s)
+    def open_outbox_rounds(self) -> list[OutboxRound]:
+        """Rounds started and not finished (in flight, or left by a crash), with their unmarked rows."""
+        return outbox.open_rounds(self._db)
+
+    def finish_outbox_round(self, round_id: int, published: Iterable[int], now_s: float) -> int:
+        """Mark the round's rows in ``published`` published, put its others back to pending, close
+        it; returns how many were marked (0 for a round another publisher already finished)."""
+        return outbox.finish_round(self._db, round_id, published, now_s)
 
     def leadership(self, name: str = "monitor", lease_s: float = 45.0, owner: str | None = None) -> Leadership:
         """Leadership of ``name`` among the processes sharing this store (store/leader.py)."""
@@ -316,19 +310,7 @@ class AuditStore(StoreReads):
     def mark_published(self, ids: Iterable[int], now_s: float) -> int:
         """Mark outbox rows as acknowledged by the broker; returns how many changed."""
         with self._db.write() as cur:
-            return _mark(cur, [int(i) for i in ids], now_s)
-
-
-def _mark(cur: Any, ids: list[int], now_s: float) -> int:
-    changed = 0
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        changed += cur.run(
-            f"UPDATE {{p}}outbox SET published_at_s = ? WHERE published_at_s IS NULL AND id IN ({marks})",
-            (now_s, *chunk),
-        )
-    return changed
+            return outbox.mark(cur, [int(i) for i in ids], now_s)
 
 
 def _filters(model: str | None, route: Route | str | None) -> tuple[str, list[Any]]:

@@ -22,16 +22,17 @@ package.
 """
 
 from auditstream.kafka.factory import (
-    BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, read_to_end, resolve_bootstrap,
+    BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, make_topic_log, read_to_end,
+    resolve_bootstrap,
 )
 from auditstream.kafka.security import check_broker, kafka_python_config, librdkafka_config
 from auditstream.kafka.interface import (
-    FETCH_MAX_WAIT_MS, Consumer, Delivery, Headers, PartitionsCallback, Producer, Reader, Record, TopicPartition,
-    check_deliveries,
+    FETCH_MAX_WAIT_MS, Consumer, Delivery, Headers, PartitionsCallback, Producer, Reader, Record, TopicLog,
+    TopicPartition, check_deliveries,
 )
 
 __all__ = [
     "BROKER_STATE_FILE", "FETCH_MAX_WAIT_MS", "Consumer", "Delivery", "Headers", "PartitionsCallback", "Producer",
-    "Reader", "Record", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_topics", "make_consumer", "make_producer",
-    "make_reader", "read_to_end", "resolve_bootstrap",
+    "Reader", "Record", "TopicLog", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_topics", "make_consumer", "make_producer",
+    "make_reader", "make_topic_log", "read_to_end", "resolve_bootstrap",
 ]

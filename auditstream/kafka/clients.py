@@ -38,6 +38,9 @@ class KafkaPythonProducer:
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
                 batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),  # retries until then
+                # kafka-python requires delivery >= linger + request timeout; a delivery timeout
+                # under its 30 s default request timeout (the monitor's outbox) shortens the latter.
+                request_timeout_ms=min(30_000, int(settings.delivery_timeout_s * 1000) - 5),
                 # Not idempotent (like the confluent producer): kafka-python 3 turns a broker's
                 # DUPLICATE_SEQUENCE_NUMBER into a success with offset -1, and Tansu answers that to a
                 # batch retried across its restart that it never stored (bench faults broker_restart).
@@ -270,6 +273,65 @@ class KafkaPythonReader:
 
     def caught_up(self) -> bool:
         return all(self._c.position(tp) >= end for tp, end in self._end.items())
+
+    def close(self) -> None:
+        with _SHUTDOWN_NOISE.closing():
+            self._c.close(autocommit=False)
+
+
+class KafkaPythonTopicLog:
+    """End offsets and reads from given offsets by manual assignment; see
+    :class:`auditstream.kafka.TopicLog`. One consumer, kept between calls."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        self._bootstrap = bootstrap
+        try:
+            self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000,
+                                    **kafka_python_config(settings))
+        except KafkaError as e:
+            raise BrokerUnavailable(bootstrap, str(e)) from None
+
+    def _partitions(self, topics: list[str]) -> list[Any]:
+        from kafka import TopicPartition as TP
+
+        parts = [TP(t, p) for t in topics for p in sorted(self._c.partitions_for_topic(t) or ())]
+        missing = [t for t in topics if not any(tp.topic == t for tp in parts)]
+        if missing:
+            raise BrokerUnavailable(self._bootstrap, f"topics {missing} do not exist (create them: auditstream broker start)")
+        return parts
+
+    def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
+        from kafka.errors import KafkaError
+
+        try:
+            return {(tp.topic, tp.partition): int(o) for tp, o in self._c.end_offsets(self._partitions(topics)).items()}
+        except KafkaError as e:
+            raise BrokerUnavailable(self._bootstrap, f"end offsets of {topics}: {e}") from None
+
+    def read_from(self, positions: dict[TopicPartition, int], topics: list[str], timeout_s: float) -> list[Record]:
+        import time
+
+        parts = self._partitions(topics)
+        ends = {tp: int(o) for tp, o in self._c.end_offsets(parts).items()}
+        self._c.assign(parts)
+        for tp in parts:
+            self._c.seek(tp, min(positions.get((tp.topic, tp.partition), 0), ends[tp]))
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        # Past the end offsets, on to a fetch that returns nothing: Tansu 0.6.0 answers ListOffsets
+        # with the last batch's base offset + 1 (a partition holding one batch of records 0..9 has
+        # "end" 1; docs/audit-store.md), so its end offset is a lower bound, not the end.
+        while True:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(self._bootstrap, f"could not read {topics} to their end within {timeout_s:.0f} s")
+            got = _kafka_python_records(self._c.poll(timeout_ms=500, max_records=10_000))
+            out.extend(got)
+            if not got and all(self._c.position(tp) >= end for tp, end in ends.items()):
+                return out
 
     def close(self) -> None:
         with _SHUTDOWN_NOISE.closing():

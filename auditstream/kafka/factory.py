@@ -9,7 +9,7 @@ from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
 from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback, Producer, Reader, Record,
-                                         quiet_client_logs)
+                                         TopicLog, quiet_client_logs)
 from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import Settings
 
@@ -47,6 +47,14 @@ def make_reader(settings: Settings, topics: list[str], from_beginning: bool = Tr
     from auditstream.kafka.clients import KafkaPythonReader
 
     return KafkaPythonReader(settings, _checked_bootstrap(settings, bootstrap), list(topics), from_beginning)
+
+
+def make_topic_log(settings: Settings, bootstrap: str | None = None) -> TopicLog:
+    """A :class:`TopicLog` (end offsets, reads from given offsets). Always kafka-python, like
+    :func:`make_reader`: it is used once per outbox round and after a crash, off the hot path."""
+    from auditstream.kafka.clients import KafkaPythonTopicLog
+
+    return KafkaPythonTopicLog(settings, _checked_bootstrap(settings, bootstrap))
 
 
 def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,

@@ -105,6 +105,21 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
+class TopicLog(Protocol):
+    """Positions in some topics and the records after them, outside any consumer group: how the
+    outbox publisher finds what a round left open by a crash already wrote (store/outbox.py)."""
+
+    def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
+        """The end offset of every partition of ``topics`` now: a record sent later lands at or after it."""
+
+    def read_from(self, positions: dict[TopicPartition, int], topics: list[str], timeout_s: float) -> list[Record]:
+        """Every record of ``topics`` from ``positions`` (a partition not in it: from its beginning)
+        to the end of each partition (at least its end offset as of the call, and on until a
+        fetch returns nothing); raises BrokerUnavailable if that takes over ``timeout_s``."""
+
+    def close(self) -> None: ...
+
+
 def quiet_client_logs() -> None:
     # kafka-python logs every connection and metadata refresh at INFO; keep them out of the
     # process log unless someone configured the "kafka" logger on purpose.

@@ -185,7 +185,8 @@ def test_a_restarted_monitor_continues_the_box_fdr_from_the_store(store: AuditSt
             kind, fix = "accept", None
         store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, fix, now)
     live = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
-    publish_outbox(store, RecordingProducer(), settings, now, limit=10_000, on_verdict=live.observe_verdict)
+    producer = RecordingProducer()
+    publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict, topic_log=producer)
     (before,) = live.tracker.snapshot()
     history = list(store.audited_qc_history())
     assert len(history) == 24 and all(o.parts is not None for o in history)

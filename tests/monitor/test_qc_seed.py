@@ -81,7 +81,7 @@ def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore,
     producer = RecordingProducer()
     live = _hooks(settings, store)  # the monitor before the restart: it saw every verdict published
     now = _decide_all(store, 0, 60, T0)
-    publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict)
+    publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict, topic_log=producer)
     before = _audited(live)
     assert before["audited"] == 60 and 0 < before["errors"] < 60
     assert before["cusum_statistic"] > 0 and before["ci_low"] < before["error_estimate"] < before["ci_high"]
@@ -98,7 +98,7 @@ def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore,
     after_down = _hooks(settings, store)
     assert after_down.seed_from_store(store) == 90
     publish_outbox(store, producer, settings, now, limit=10_000,
-                   on_verdict=lambda v: (live.observe_verdict(v), after_down.observe_verdict(v)))  # fmt: skip
+                   on_verdict=lambda v: (live.observe_verdict(v), after_down.observe_verdict(v)), topic_log=producer)  # fmt: skip
     assert _audited(after_down) == _audited(live) and _audited(live)["audited"] == 90
 
 

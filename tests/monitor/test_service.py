@@ -35,7 +35,9 @@ def _record(topic: str, value: bytes, offset: int) -> Record:
 
 
 class RecordingProducer:
-    """Unit-test producer: acknowledges everything, or nothing when ``fail`` is set."""
+    """Unit-test producer: acknowledges everything, or nothing when ``fail`` is set. Also the
+    :class:`~auditstream.kafka.TopicLog` of what it acknowledged (one partition per topic, the
+    offset = the record's place in ``acked``), for the publisher's check after a crash."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail, self.sent, self.acked = fail, [], []
@@ -48,6 +50,15 @@ class RecordingProducer:
         if self.fail:
             raise DeliveryFailed(self.sent[-1][0], self.sent[-1][1], "broker said no")
         self.acked, self.sent = self.acked + self.sent, []
+
+    def _log(self, topic: str) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for t, k, v in self.acked if t == topic]
+
+    def end_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        return {(t, 0): len(self._log(t)) for t in topics}
+
+    def read_from(self, positions, topics, timeout_s):  # noqa: ANN001, ANN201
+        return [Record(t, 0, o, k, v) for t in topics for o, (k, v) in enumerate(self._log(t)) if o >= positions.get((t, 0), 0)]
 
     def close(self) -> None:
         pass
@@ -185,11 +196,16 @@ def test_the_outbox_is_marked_only_after_the_broker_acknowledged_and_published_o
         _decided_store(store)
         failing = RecordingProducer(fail=True)
         with pytest.raises(DeliveryFailed):
-            publish_outbox(store, failing, settings, T0)
+            publish_outbox(store, failing, settings, T0, topic_log=failing)
         assert len(store.pending_outbox()) == 3  # nothing marked: it is all sent again
+        (left_open,) = store.open_outbox_rounds()
         producer, verdicts = RecordingProducer(), []
-        assert publish_outbox(store, producer, settings, T0, on_verdict=verdicts.append) == 3
-        assert publish_outbox(store, producer, settings, T0) == 0
+        # Until the failed round's fence its records might still arrive: its rows wait.
+        assert publish_outbox(store, producer, settings, left_open.fence_s - 1, topic_log=producer) == 0
+        assert publish_outbox(store, producer, settings, left_open.fence_s, on_verdict=verdicts.append,
+                              topic_log=producer) == 3  # fmt: skip
+        assert publish_outbox(store, producer, settings, left_open.fence_s, topic_log=producer) == 0
+        assert store.open_outbox_rounds() == []
         assert [(t, k) for t, k, _ in producer.acked] == [("t.verdicts", b"h1"), ("t.decisions", b"h1"), ("t.verdicts", b"q1")]
         assert [v.request_id for v in verdicts] == ["h1", "q1"] and store.pending_outbox() == []
 

@@ -18,6 +18,7 @@ from auditstream.errors import PermissionDenied
 from store import accounts
 from store.accounts import LoginThrottled, Role, User, check_password, hash_password, lockout_s, require_role
 from store import AuditStore, open_store
+from store.schema import SCHEMA_VERSION
 
 PASSWORD = "correct horse battery"
 
@@ -120,7 +121,7 @@ def test_opening_an_older_store_adds_the_login_columns(store: AuditStore, monkey
     with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
         with reopened._db.write() as cur:
             assert {"failed_logins", "locked_until_s"} <= reopened._db.columns(cur, "users")
-        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [("2",)]
+        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
         assert reopened.accounts.login_state("alice") == (0, None)
         assert reopened.accounts.verify_password("alice", "wrong password", now_s=1.0) is None
         assert reopened.accounts.login_state("alice") == (1, None)

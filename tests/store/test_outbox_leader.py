@@ -67,7 +67,8 @@ def test_two_monitors_publish_every_row_once_and_only_the_leader_keeps_statistic
     monitors = []
     for name in ("first", "second"):
         stats = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
-        monitors.append(OutboxPublisher(store, RecordingProducer(), settings, args, stats, store.leadership(lease_s=5.0, owner=name)))
+        producer = RecordingProducer()
+        monitors.append(OutboxPublisher(store, producer, producer, settings, args, stats, store.leadership(lease_s=5.0, owner=name)))
     for m in monitors:
         m.start()
     try:
@@ -124,7 +125,7 @@ def test_concurrent_publishers_on_postgresql_skip_each_others_rows(tmp_path: Pat
 
         def publish(producer: SlowProducer) -> None:
             barrier.wait()
-            while publish_outbox(store, producer, settings, T0, limit=7):
+            while publish_outbox(store, producer, settings, T0, limit=7, topic_log=producer):
                 pass
 
         threads = [threading.Thread(target=publish, args=(p,)) for p in producers]

@@ -270,19 +270,6 @@ def test_a_human_decision_on_an_episode_is_keyed_like_the_episode(store: AuditSt
     assert (decision.request_id, decision.episode_key, decision.step, decision.source) == ("step-7", "ep-42", 7, "human")
 
 
-def test_a_failed_publish_leaves_claimed_rows_pending(store: AuditStore) -> None:
-    (alice,) = add_users(store, "alice")
-    store.ingest_many([audit_item("h1")], T0)
-    _decide(store, alice)
-    with pytest.raises(RuntimeError, match="broker"), store.claim_outbox(10, T0 + 1) as rows:
-        assert len(rows) == 2
-        raise RuntimeError("broker said no")
-    assert len(store.pending_outbox()) == 2
-    with store.claim_outbox(10, T0 + 2) as rows:
-        pass
-    assert store.pending_outbox() == [] and len(rows) == 2
-
-
 @pytest.mark.parametrize("url", ["postgresqlx://auditor:s3cret@h/db", "mysql://auditor:s3cret@db.example.org/audit"])
 def test_a_bad_store_url_is_reported_without_its_password(url: str) -> None:
     from auditstream.errors import ConfigError
