@@ -7,7 +7,9 @@
 1. **Evidence.** The candidate answers the live requests in shadow (its predictions are flagged
    ``shadow``; nothing acts on them); the monitor keeps those of audited requests
    (store/shadow.py). Each audited item of the live version with a first decisive verdict and a
-   shadow answer is one pair.
+   shadow answer is one pair. A candidate that learnt from verdicts (``auditstream retrain``:
+   ``data_hygiene`` on its card) is judged on the certify part of the audits only (the request-id
+   hash split, qc/audit_split.py): a verdict that taught a version never judges it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
    candidate's certificate must hold at its card's target (no looser than the live card's), and
    the exact paired bound must show it is not worse than live by the margin; too few pairs →
@@ -34,9 +36,10 @@ from typing import Any
 from auditstream.control import Rollout, announce_rollout
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
+from qc.audit_split import CERTIFY, audit_part
 from qc.paired import PairedGateConfig
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
-from store.shadow import ShadowAnswers
+from store.shadow import PairedAudit, ShadowAnswers
 
 PROMOTION_FILE = "promotion.json"
 PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that spend delta)
@@ -49,11 +52,23 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     before it was published serve). ``look``: which decision on this candidate this is
     (default: one more than recorded)."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
-    audits = ShadowAnswers(store).paired_audits(model, live.version, cand.version)
+    audits = judged_audits(store, cand, live)
     strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
     return decide(cand, live, strata, config, look)
+
+
+def judged_audits(store: Any, candidate: ModelCard, live: ModelCard) -> list[PairedAudit]:
+    """The paired audits the gate may judge ``candidate`` on: all of them, or for a candidate
+    that learnt from verdicts only those on the certify side of the split its card records (the
+    split is the same for every version, so the live version's own training verdicts are out too)."""
+    audits = ShadowAnswers(store).paired_audits(candidate.name, live.version, candidate.version)
+    hygiene = candidate.extra.get("data_hygiene")
+    if not hygiene:
+        return audits
+    share = float(hygiene["certify_share"])
+    return [a for a in audits if audit_part(a.request_id, share) == CERTIFY]
 
 
 def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:

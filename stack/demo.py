@@ -9,6 +9,12 @@ labels and scenes of coloured shapes through the broker and shows, every few sec
 were auto-sorted, deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops
 everything it started.
 
+``--retrain-every N`` closes the loop live (stack/demo_loop.py): each model ``auditstream
+retrain`` can retrain (digits, zip-reader) is retrained in a niced child process once N new
+verdicts of it have arrived, the candidate answers in shadow, the promotion gate decides, and the
+running consumers switch to a promoted version without a restart; the progress report shows per
+model the version serving, its coverage and the candidate's state.
+
 Each part runs as its own process, exactly as on a real deployment; their logs go to
 ``<state dir>/logs/``.
 """
@@ -21,6 +27,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,8 +61,28 @@ class DemoArgs:
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
     report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
     qc_auditor_rate_per_s: float = field(default=1.0, metadata={
-        "help": "a simulated QC auditor answers QC samples from the ground truth at this rate, so the "
-                "Overview's audited error fills (0: none); deferred items are left for you"})
+        "help": "a simulated auditor answers audit items from the ground truth at this rate (items per second, "
+                "all models together), so the Overview's audited error fills (0: none); it answers QC samples, "
+                "and deferred items too with --bot-answers-deferred"})
+    bot_answers_deferred: bool | None = field(default=None, metadata={
+        "help": "the simulated auditor also answers deferred items, so the loop learns without a person "
+                "(None: yes with --retrain-every, no without: then the deferred items wait for you)"})
+    retrain_every: int = field(default=0, metadata={
+        "help": "close the learning loop live: retrain digits and zip-reader each time this many new decisive "
+                "verdicts (accept, correct, reject) of the model have arrived, run the candidate in shadow, ask "
+                "the promotion gate, hot-reload a promoted version (0: off; the detector and captioner are skipped)"})
+    retrain_digits_epochs: int = field(default=5, metadata={"help": "--retrain-every: epochs of each digits fine-tune"})
+    retrain_zip_steps: int = field(default=100, metadata={"help": "--retrain-every: steps of each zip-reader fine-tune"})
+    retrain_nice: int = field(default=10, metadata={
+        "help": "--retrain-every: niceness added to the retrain and shadow processes, so serving keeps the cores"})
+    promote_margin: float = field(default=0.05, metadata={
+        "help": "--retrain-every: the paired gate's margin (how much worse a candidate may be; auditstream "
+                "promote's default 0.02 needs 210-240 pairs per route before its first look, 0.05 80-95)"})
+    promote_per_route: bool = field(default=False, metadata={
+        "help": "--retrain-every: the gate tests deferred items and QC samples each on its own (auditstream "
+                "promote's default, valid for the whole traffic) instead of pooling the audited items (a "
+                "statement about the audited mix only); per route, the digits' rare deferred items (well under "
+                "1%% of its traffic) hold up the first look for an hour or more of demo traffic"})
 
     def __post_init__(self) -> None:
         if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.labels_rate_per_s < 0
@@ -63,6 +90,18 @@ class DemoArgs:
             raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}, "
                              f"{self.labels_rate_per_s}, {self.scenes_rate_per_s}) "
                              f"must be >= 0 and report_every_s={self.report_every_s} > 0")
+        if self.retrain_every < 0 or self.retrain_digits_epochs < 1 or self.retrain_zip_steps < 1:
+            raise ValueError(f"--retrain-every {self.retrain_every} must be >= 0 (0: no loop), --retrain-digits-epochs "
+                             f"{self.retrain_digits_epochs} and --retrain-zip-steps {self.retrain_zip_steps} >= 1")
+        if not 0 <= self.retrain_nice <= 19 or not 0 < self.promote_margin < 1:
+            raise ValueError(f"--retrain-nice {self.retrain_nice} must be in [0, 19] and --promote-margin "
+                             f"{self.promote_margin} in (0, 1), e.g. 0.05")
+        if self.retrain_every and not self.qc_auditor_rate_per_s and self.bot_answers_deferred:
+            raise ValueError("--bot-answers-deferred needs a simulated auditor: give --qc-auditor-rate-per-s > 0")
+
+    @property
+    def bot_takes_deferred(self) -> bool:
+        return bool(self.retrain_every) if self.bot_answers_deferred is None else self.bot_answers_deferred
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -80,14 +119,16 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "auditstream.cli", *args]
 
 
-SHIPPED_MODELS = Path(__file__).resolve().parent / "demo_models"  # <name>/{model.onnx,card.json}
+SHIPPED_MODELS = Path(__file__).resolve().parent / "demo_models"  # <name>/{model.onnx,card.json[,weights.pt]}
 
 
 def ensure_models(settings: Settings, retrain: bool) -> None:
     """Every demo model in the registry: the one already there, else the copy shipped with
     auditstream (made by ``auditstream train <name>`` with its defaults; ``scripts/ship-demo-models``
-    makes them again), else trained now; ``retrain`` trains a new version of each."""
+    makes them again; with its torch weights where the family can be fine-tuned, so the first
+    ``auditstream retrain`` starts from them), else trained now; ``retrain`` trains a new version of each."""
     from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry
+    from training.feedback import WEIGHTS_FILE
 
     registry = ModelRegistry(settings.models_dir)
     for name in DEMO_MODELS:
@@ -98,6 +139,8 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
             card = ModelCard.from_dict(json.loads((shipped / CARD_FILE).read_text()))
             # publish() checks the graph against the card and records its sha256, as for a fresh model
             published = registry.publish(card, (shipped / ONNX_FILE).read_bytes())
+            if (shipped / WEIGHTS_FILE).is_file():
+                shutil.copyfile(shipped / WEIGHTS_FILE, published.directory / WEIGHTS_FILE)
             print(f"model {name}: version {published.card.version} from the copy shipped with auditstream "
                   f"(pass --retrain to train your own)", flush=True)
         else:
@@ -234,12 +277,14 @@ class Tally:
 
     sent: Counter = field(default_factory=Counter)
     routes: dict[str, Counter] = field(default_factory=dict)
+    versions: dict[str, dict[str, Counter]] = field(default_factory=dict)  # model -> version -> route counts
     wrong_auto: Counter = field(default_factory=Counter)  # auto answers that differ from the truth
     dead_letters: int = 0
-    audited: int = 0  # QC samples the simulated auditor judged
+    audited: int = 0  # QC samples (and deferred items, if it takes them) the simulated auditor judged
+    audits_label: str = "QC audits"  # "audits" when the simulated auditor answers deferred items too
     audit_errors: int = 0  # ... and found wrong
     truth: dict[str, str] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # re-entrant: a report and its loop lines read one state
 
     def report(self, elapsed_s: float) -> str:
         """A few aligned lines: per model what was sent, answered, auto-sorted, deferred, sampled."""
@@ -253,9 +298,15 @@ class Tally:
                 lines.append(f"{model:<10} sent {self.sent[model]:>5}  answered {done:>5}  auto-sorted {auto:>5} ({share})  "
                              f"deferred {routes['HUMAN']:>4}  QC-sampled {routes['AUTO_QC']:>4}  "
                              f"wrong auto answers {self.wrong_auto[model]:>3}")
-            lines.append(f"{'':<10} QC audits by {QC_BOT}: {self.audited} ({self.audit_errors} found wrong)  "
+            lines.append(f"{'':<10} {self.audits_label} by {QC_BOT}: {self.audited} ({self.audit_errors} found wrong)  "
                          f"dead letters: {self.dead_letters}")
         return f"[{elapsed_s:5.0f} s] " + "\n          ".join(lines)
+
+    def by_version(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """model -> version -> (answers, auto-sorted answers) of the demo's requests."""
+        with self.lock:
+            return {model: {v: (sum(c.values()), c["AUTO"] + c["AUTO_QC"]) for v, c in versions.items()}
+                    for model, versions in self.versions.items()}
 
 
 def produce_loop(settings: Settings, args: DemoArgs, tally: Tally, stop: threading.Event, prefix: str) -> None:
@@ -315,11 +366,13 @@ def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: 
                         tally.dead_letters += 1
                     continue
                 prediction = Prediction.from_bytes(record.value)
-                if not prediction.request_id.startswith(prefix) or prediction.request_id in seen:
-                    continue  # an earlier run's, or a redelivery
+                if prediction.shadow or not prediction.request_id.startswith(prefix) or prediction.request_id in seen:
+                    continue  # a candidate's shadow answer (acts on nothing), an earlier run's, or a redelivery
                 seen.add(prediction.request_id)
                 with tally.lock:
                     tally.routes.setdefault(prediction.model, Counter())[prediction.route.value] += 1
+                    tally.versions.setdefault(prediction.model, {}).setdefault(
+                        prediction.model_version, Counter())[prediction.route.value] += 1
                     truth = tally.truth.get(prediction.request_id)
                     if prediction.route.value != "HUMAN" and truth is not None and is_wrong(prediction.task,
                                                                                              prediction.output, truth):
@@ -328,10 +381,11 @@ def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: 
         consumer.close()
 
 
-def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rate_per_s: float) -> None:
-    """A simulated QC auditor ('qc-bot'): claims QC samples (never deferred items: those are
-    the person's) and answers them with the ground truth the demo knows — accept when the model
-    was right, correct it when not — through the same store API the dashboard uses."""
+def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rate_per_s: float,
+                    deferred_too: bool = False) -> None:
+    """A simulated auditor ('qc-bot'): claims QC samples (and with ``deferred_too`` deferred items,
+    else those are the person's) and answers them with the ground truth the demo knows — accept
+    when the model was right, correct it when not — through the same store API the dashboard uses."""
     from auditstream.wire import Route, VerdictKind
     from store.accounts import Role
     from store import open_store
@@ -339,7 +393,7 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
     with open_store(settings.resolved_store_url) as store:
         user = store.accounts.get(QC_BOT) or store.accounts.add_user(QC_BOT, secrets.token_urlsafe(16), Role.AUDITOR)
         while not stop.wait(1.0 / rate_per_s):
-            claim = store.claim(user, 60.0, time.time(), route=Route.AUTO_QC)
+            claim = store.claim(user, 60.0, time.time(), route=None if deferred_too else Route.AUTO_QC)
             if claim is None:
                 continue
             item = claim.item
@@ -356,6 +410,25 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
                 with tally.lock:
                     tally.audited += 1
                     tally.audit_errors += kind is VerdictKind.CORRECT
+
+
+def start_loop(settings: Settings, args: DemoArgs, children: Children) -> Any:
+    """The learning loop of ``--retrain-every`` (stack/demo_loop.py), announced once: which
+    models it retrains, which it skips and why."""
+    from qc.paired import PairedGateConfig
+    from stack.demo_loop import DemoLoop, LoopConfig, retrainable
+
+    models, skipped = retrainable(DEMO_MODELS)
+    config = LoopConfig(args.retrain_every, args.retrain_digits_epochs, args.retrain_zip_steps, args.retrain_nice,
+                        PairedGateConfig(margin=args.promote_margin, per_route=args.promote_per_route))
+    print(f"learning loop: {', '.join(models)} retrained every {args.retrain_every} new verdicts (fine-tunes of "
+          f"{args.retrain_digits_epochs} epochs / {args.retrain_zip_steps} steps at nice +{args.retrain_nice}), "
+          f"candidates shadowed and promoted by the paired gate (margin {args.promote_margin:g}, delta "
+          f"{config.gate.delta:g}, {'per route' if args.promote_per_route else 'audited items pooled'})", flush=True)
+    for name, why in skipped.items():
+        print(f"learning loop: {name} skipped: {why}", flush=True)
+    pids = {model: proc.pid for name, proc in children.procs for model in models if name == f"serve-{model}"}
+    return DemoLoop(models, settings, _child_env(settings), config, children.log_dir, pids)
 
 # --------------------------------------------------------------------------------------------
 
@@ -377,6 +450,7 @@ def run(args: DemoArgs) -> int:
     settings = Settings.from_env(bootstrap_servers=broker.resolve_bootstrap(settings))
     children = Children(settings.state_dir / "logs")
     stop = threading.Event()
+    loop, loop_thread = None, None
     try:
         ensure_models(settings, args.retrain)
         user, password = demo_account(settings)
@@ -392,25 +466,41 @@ def run(args: DemoArgs) -> int:
         consumer_ports = ", ".join(f":{args.metrics_port_base + i}" for i in range(len(DEMO_MODELS)))
         print(f"logs in {children.log_dir}; metrics on {consumer_ports} (consumers) and "
               f":{args.metrics_port_base + 10} (monitor). Ctrl-C stops the demo.", flush=True)
-        tally, prefix = Tally(), f"demo-{uuid.uuid4().hex[:8]}"
+        tally = Tally(audits_label="audits" if args.bot_takes_deferred else "QC audits")
+        prefix = f"demo-{uuid.uuid4().hex[:8]}"
         threads = [threading.Thread(target=produce_loop, args=(settings, args, tally, stop, prefix), daemon=True),
                    threading.Thread(target=watch_loop, args=(settings, tally, stop, prefix), daemon=True)]
         if args.qc_auditor_rate_per_s:
-            print(f"a simulated auditor '{QC_BOT}' answers QC samples; the deferred items wait for you", flush=True)
-            threads.append(threading.Thread(target=qc_auditor_loop, daemon=True,
-                                            args=(settings, tally, stop, args.qc_auditor_rate_per_s)))
+            deferred = args.bot_takes_deferred
+            print(f"a simulated auditor '{QC_BOT}' answers QC samples{' and deferred items' if deferred else ''} "
+                  f"(up to {args.qc_auditor_rate_per_s:g}/s){'' if deferred else '; the deferred items wait for you'}",
+                  flush=True)
+            threads.append(threading.Thread(target=qc_auditor_loop, daemon=True, args=(
+                settings, tally, stop, args.qc_auditor_rate_per_s, args.bot_takes_deferred)))
+        if args.retrain_every:
+            loop = start_loop(settings, args, children)
+            loop_thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+            threads.append(loop_thread)
         for t in threads:
             t.start()
         began = time.monotonic()
         while not args.duration_s or time.monotonic() - began < args.duration_s:
             time.sleep(args.report_every_s)
             children.check()
-            print(tally.report(time.monotonic() - began), flush=True)
+            with tally.lock:
+                report, versions = tally.report(time.monotonic() - began), tally.by_version()
+            if loop is not None:
+                report += "".join("\n          " + line for line in loop.report_lines(versions))
+            print(report, flush=True)
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
         stop.set()
+        if loop_thread is not None and loop_thread.is_alive():
+            loop_thread.join(timeout=30)  # its step in progress ends (it may just have started a child)
+        if loop is not None:
+            loop.stop()
         children.stop()
         if started_broker:
             broker.stop(settings)

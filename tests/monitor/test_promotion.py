@@ -77,3 +77,23 @@ def test_a_candidate_without_the_live_cards_certificate_is_refused(tmp_path):
     registry.set_live("zip", "3")
     refused = cli(registry, url)
     assert refused.returncode == 1 and "(no_certificate)" in refused.stderr and registry.live_version("zip") == "3"
+
+
+
+def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_part_only(tmp_path):
+    """The retrained version's train part (the request-id hash split on its card) taught it, so
+    those audits are no pairs of its gate; a candidate without that record is judged on all."""
+    from qc.audit_split import CERTIFY, audit_part
+
+    registry, url = seeded(tmp_path, pairs=60)
+    candidate = registry.card("zip", "2")
+    learnt = dataclasses.replace(candidate, extra={**candidate.extra, "data_hygiene": {"certify_share": 0.5}})
+    registry.publish(learnt, tiny_classifier_onnx())  # v3: the same answers, with the split on its card
+    with open_store(url) as store:
+        answers = [dataclasses.replace(audit_item(f"r{i}", Route.AUTO_QC).prediction, model_version="3", shadow=True)
+                   for i in range(60)]
+        ShadowAnswers(store).ingest(answers, time.time())
+        certify_side = sum(audit_part(f"r{i}", 0.5) == CERTIFY for i in range(60))
+        assert 0 < certify_side < 60
+        assert sum(s["n"] for s in decide_promotion(store, registry, "zip", "2").strata) == 60
+        assert sum(s["n"] for s in decide_promotion(store, registry, "zip", "3").strata) == certify_side
