@@ -7,7 +7,11 @@
 1. **Evidence.** The candidate answers the live requests in shadow (its predictions are flagged
    ``shadow``; nothing acts on them); the monitor keeps those of audited requests
    (store/shadow.py). Each audited item of the live version with a first decisive verdict and a
-   shadow answer is one pair.
+   shadow answer is one pair -- unless the candidate learnt from that item's verdict: a candidate
+   retrained from verdicts (its card's ``data_hygiene``) is judged on the certify side of the
+   request-id split only (qc/audit_split.py), as ``certify --from-audits`` judges it. A new
+   shadow group reads the request topic from its start, so without this rule the audits that
+   taught the candidate would also vouch for it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
    candidate's certificate must hold at its card's target (no looser than the live card's), and
    the exact paired bound must show it is not worse than live by the margin; too few pairs →
@@ -24,6 +28,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -34,9 +39,10 @@ from typing import Any
 from auditstream.control import Rollout, announce_rollout
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
+from qc.audit_split import CERTIFY, audit_part
 from qc.paired import PairedGateConfig
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
-from store.shadow import ShadowAnswers
+from store.shadow import PairedAudit, ShadowAnswers
 
 PROMOTION_FILE = "promotion.json"
 PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that spend delta)
@@ -50,10 +56,26 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     (default: one more than recorded)."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
     audits = ShadowAnswers(store).paired_audits(model, live.version, cand.version)
-    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route)
+    judging, hygiene = may_judge(cand, audits)
+    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in judging], config.per_route)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
-    return decide(cand, live, strata, config, look)
+    decision = decide(cand, live, strata, config, look)
+    return dataclasses.replace(decision, reason=f"{decision.reason}; {hygiene}") if hygiene else decision
+
+
+def may_judge(candidate: ModelCard, audits: list[PairedAudit]) -> tuple[list[PairedAudit], str]:
+    """The paired audits that may judge ``candidate`` and, when some may not, why (the
+    hygiene rule: a candidate that learnt from verdicts is judged on the certify side of the
+    request-id split only; module docstring, step 1)."""
+    hygiene = candidate.extra.get("data_hygiene")
+    if not hygiene:
+        return audits, ""
+    share = float(hygiene["certify_share"])
+    kept = [a for a in audits if audit_part(a.request_id, share) == CERTIFY]
+    return kept, (f"{len(audits) - len(kept)} of {len(audits)} audited items fall on the train side of the "
+                  f"request-id split (certify share {share:g}), which v{candidate.version} may have learnt from: "
+                  "not counted")
 
 
 def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:
