@@ -514,10 +514,12 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
                 label=f"certified coverage at {COVERAGE_RISK[name]:.0%} risk (live after the round)")
         ax.plot(labels[:-1], [row["traffic_coverage"] for row in r["rounds"]], "s--",
                 label="auto-accepted share of the round's traffic")
-        ax.plot([labels[-1]], [r["coverage_last_random_labels"]], "x", markersize=10, color="red",
-                label="same labels on random items (one fine-tune of the seed)")
-        ax.plot([labels[-1]], [r["coverage_same_budget_loop_labels"]], "+", markersize=12, color="black",
-                label="the loop's labels (one fine-tune of the seed)")
+        if r["coverage_last_random_labels"] is not None:
+            ax.plot([labels[-1]], [r["coverage_last_random_labels"]], "x", markersize=10, color="red",
+                    label="same labels on random items (one fine-tune of the seed)")
+        if r["coverage_same_budget_loop_labels"] is not None:
+            ax.plot([labels[-1]], [r["coverage_same_budget_loop_labels"]], "+", markersize=12, color="black",
+                    label="the loop's labels (one fine-tune of the seed)")
         ax.set_xlabel("verdicts learnt from")
         ax.set_ylabel("coverage")
         ax.set_ylim(0, 1.02)
@@ -583,16 +585,29 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     random_rows = labelled_rows(name, pick, seed_card.version, seed_card.task.value, loop.answer)
     seed_dir = registry.root / name / seed_card.version
     say(f"  {name}: baselines, {n_labels} labels each: uniformly random items, and the loop's own")
-    with tempfile.TemporaryDirectory(prefix="loop-random-") as a, tempfile.TemporaryDirectory(prefix="loop-own-") as b:
-        coverage_random = certified_coverage(retrain_seed_with(seed_dir, name, random_rows, Path(a), args))
-        coverage_own = certified_coverage(retrain_seed_with(seed_dir, name, own_rows, Path(b), args))
+    baseline_errors: dict[str, str] = {}
+
+    def baseline(which: str, rows: list[dict[str, Any]]) -> float | None:
+        """Its certified coverage; None (and why) when its export fails the parity check: a
+        comparison is lost, not the rounds measured before it."""
+        from auditstream.errors import ExportParityError
+
+        with tempfile.TemporaryDirectory(prefix=f"loop-{which}-") as tmp:
+            try:
+                return certified_coverage(retrain_seed_with(seed_dir, name, rows, Path(tmp), args))
+            except ExportParityError as e:
+                baseline_errors[which] = str(e)
+                say(f"  {name}: the {which} baseline was not published: {e}")
+                return None
+
+    coverage_random, coverage_own = baseline("random", random_rows), baseline("own", own_rows)
     return {"rounds": rows, "coverage_risk": COVERAGE_RISK[name], "coverage_first": first,
             "coverage_last": rows[-1]["coverage_certified"],
             "max_audited_error": max((row["audited_error"] or 0.0) for row in rows),
             "audited_error_within_budget_every_round": all((row["audited_error"] or 0.0) <= row["budget"] for row in rows),
             "promotions": sum(row["promoted"] for row in rows),
             "coverage_last_random_labels": coverage_random, "coverage_same_budget_loop_labels": coverage_own,
-            "labels_last": n_labels}
+            "labels_last": n_labels, "baseline_errors": baseline_errors}
 
 
 def _pct(x: float | None) -> str:
@@ -656,7 +671,8 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
                 tuple(float(x) for x in args.reach_qc_rates.split(",")), args.auditor_error, args.seed)
         plot = plot_curve(results, Path(args.plot) if args.plot else base.state_dir / "bench" / "loop.png")
     for name, r in results.items():
-        r["deferred_labels_buy_more_coverage_than_random"] = r["coverage_same_budget_loop_labels"] > r["coverage_last_random_labels"]
+        own, random_ = r["coverage_same_budget_loop_labels"], r["coverage_last_random_labels"]
+        r["deferred_labels_buy_more_coverage_than_random"] = None if own is None or random_ is None else own > random_
     return {**results, "seconds": round(time.monotonic() - started, 1), "plot": str(plot),
             "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
             "args": dataclasses.asdict(args)}
