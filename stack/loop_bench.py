@@ -543,7 +543,7 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     for r, batch in enumerate(batches, 1):
         live = registry.live_version(name)
         budget = registry.card(name, live).triage.target_risk  # what the live version promised
-        ids = loop.send(name, batch, f"{name}-r{r}-{uuid.uuid4().hex[:6]}")
+        ids = loop.send(name, batch, f"{name}-s{args.seed}-r{r}")  # seeded: the audit split, so the run, is reproducible
         streamed += [(rid, value, truth) for rid, (value, truth) in zip(ids, batch)]
         loop.wait_answered(ids)
         audited = loop.audit(store, user, ids)

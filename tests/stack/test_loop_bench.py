@@ -24,9 +24,14 @@ def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_
     plot = tmp_path / "loop.png"
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "loop", "--json", "--models", "digits",
                            "--rounds", "2", "--digits-per-round", "150", "--gold-items", "40", "--plot", str(plot),
+                           # 75 certify-side pairs from a 150-request round cannot settle a 2% margin
+                           # unless v1 is far worse (it is not always: the split follows random
+                           # request ids); the test is about the path, the bench's default stays 2%.
+                           "--promote-margin", "0.05",
                            "--log-dir", str(tmp_path / "logs")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    progress = "\n".join(line for line in done.stderr.splitlines() if "round" in line)  # shown on a failure
     result = json.loads(done.stdout.strip().splitlines()[-1])
     digits = result["digits"]
     assert {"rounds", "coverage_first", "coverage_last", "max_audited_error", "coverage_last_random_labels"} <= digits.keys()
@@ -37,7 +42,7 @@ def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_
     assert first["labels_used"] > 0 and second["labels_used"] > first["labels_used"]
     # Promoted by the paired gate on the audits v2 answered in shadow and did not learn from: v1 was
     # wrong on many of them, v2 on few.
-    assert first["promoted"] and first["code"] == "not_worse" and first["live_after"] == first["candidate"]
+    assert first["promoted"] and first["code"] == "not_worse" and first["live_after"] == first["candidate"], progress
     assert 0 < first["pairs"]["HUMAN"]["n"] < first["audited_items_of_live_shadowed"]  # the certify side only
     assert first["pairs"]["HUMAN"]["live_only_wrong"] > first["pairs"]["HUMAN"]["candidate_only_wrong"]
     # Hot reload: the running consumer answers round 2 with the promoted version, no restart (the
