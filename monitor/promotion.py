@@ -7,9 +7,11 @@
 1. **Evidence.** The candidate answers the live requests in shadow (its predictions are flagged
    ``shadow``; nothing acts on them); the monitor keeps those of audited requests
    (store/shadow.py). Each audited item of the live version with a first decisive verdict and a
-   shadow answer is one pair. A candidate that learnt from verdicts (``auditstream retrain``:
-   ``data_hygiene`` on its card) is judged on the certify part of the audits only (the request-id
-   hash split, qc/audit_split.py): a verdict that taught a version never judges it.
+   shadow answer is one pair -- unless the candidate learnt from that item's verdict: a candidate
+   retrained from verdicts (its card's ``data_hygiene``) is judged on the certify side of the
+   request-id split only (qc/audit_split.py), as ``certify --from-audits`` judges it. A new
+   shadow group reads the request topic from its start, so without this rule the audits that
+   taught the candidate would also vouch for it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
    candidate's certificate must hold at its card's target (no looser than the live card's), and
    the exact paired bound must show it is not worse than live by the margin; too few pairs →
@@ -26,6 +28,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -52,23 +55,32 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     before it was published serve). ``look``: which decision on this candidate this is
     (default: one more than recorded)."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
-    audits = judged_audits(store, cand, live)
-    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route)
+    judging, hygiene = judged_audits(store, cand, live)
+    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in judging], config.per_route)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
-    return decide(cand, live, strata, config, look)
+    decision = decide(cand, live, strata, config, look)
+    return dataclasses.replace(decision, reason=f"{decision.reason}; {hygiene}") if hygiene else decision
 
 
-def judged_audits(store: Any, candidate: ModelCard, live: ModelCard) -> list[PairedAudit]:
-    """The paired audits the gate may judge ``candidate`` on: all of them, or for a candidate
-    that learnt from verdicts only those on the certify side of the split its card records (the
-    split is the same for every version, so the live version's own training verdicts are out too)."""
-    audits = ShadowAnswers(store).paired_audits(candidate.name, live.version, candidate.version)
+def may_judge(candidate: ModelCard, audits: list[PairedAudit]) -> tuple[list[PairedAudit], str]:
+    """The paired audits that may judge ``candidate`` and, when some may not, why (the
+    hygiene rule: a candidate that learnt from verdicts is judged on the certify side of the
+    request-id split only; module docstring, step 1)."""
     hygiene = candidate.extra.get("data_hygiene")
     if not hygiene:
-        return audits
+        return audits, ""
     share = float(hygiene["certify_share"])
-    return [a for a in audits if audit_part(a.request_id, share) == CERTIFY]
+    kept = [a for a in audits if audit_part(a.request_id, share) == CERTIFY]
+    return kept, (f"{len(audits) - len(kept)} of {len(audits)} audited items fall on the train side of the "
+                  f"request-id split (certify share {share:g}), which v{candidate.version} may have learnt from: "
+                  "not counted")
+
+
+def judged_audits(store: Any, candidate: ModelCard, live: ModelCard) -> tuple[list[PairedAudit], str]:
+    """The paired audits of ``candidate`` against ``live`` that may judge it, and why some may
+    not (:func:`may_judge`)."""
+    return may_judge(candidate, ShadowAnswers(store).paired_audits(candidate.name, live.version, candidate.version))
 
 
 def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:

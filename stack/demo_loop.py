@@ -187,7 +187,7 @@ class ModelLoop:
             return
         registry = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes)
         cand, live = registry.card(self.model, c.version), live_card(registry, self.model, c.version)
-        audits = judged_audits(store, cand, live)
+        audits, _ = judged_audits(store, cand, live)
         gate = self.config.gate
         strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], gate.per_route)
         c.pairs = min((s.n for s in strata), default=0)

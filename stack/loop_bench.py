@@ -2,20 +2,29 @@
 
 The real loop on the embedded broker: ``auditstream serve`` for ``digits`` and ``zip-reader``
 and ``auditstream monitor`` run as processes, as in the demo; a simulated auditor answers every
-audit item from the ground truth (wrong with probability ``--auditor-error``). Each model starts
-from a seed trained on a few percent of the training split, so its certified coverage starts low
-(the postal service in 1997); the rest of the training split is streamed in rounds (digits: each
-remaining digit once; envelopes: made of the remaining digits). After each round the model is
-retrained from the verdicts (training/retrain.py: fine-tuned from the live version, re-calibrated,
-re-certified on its calibration/certificate slice) and promoted when its certificate holds
-(:func:`promote_step`), and the round's consumers are restarted on it.
+audit item from the ground truth (wrong with probability ``--auditor-error``), and meets gold
+items (known answers planted by an admin, served with probability ``--gold-rate`` per claim, as
+the store does for real auditors), so its error is measured as well as configured. Each model
+starts from a seed trained on a few percent of the training split, so its certified coverage
+starts low (the postal service in 1997); the rest of the training split is streamed in rounds
+(digits: each remaining digit once; envelopes: made of the remaining digits). After each round
+the model is retrained from the verdicts (training/retrain.py: fine-tuned from the live version,
+re-calibrated, re-certified on its calibration/certificate slice) and promoted the way a user
+promotes (:func:`promote_step`): the candidate runs as ``auditstream serve --shadow`` (its own
+group reads the request topic from the start, so it answers the rounds the live version served),
+then monitor/promotion.py's ``promote`` decides -- its certificate at a target no looser than
+live's, and the paired non-inferiority gate on the audited items it did not learn from -- records
+the decision in its ``promotion.json``, moves ``LIVE`` and announces a rollout, which the running
+consumer follows between batches (serving/rollout.py). No consumer is restarted; every
+prediction names its version, and each round says which versions answered it.
 
 Per round: labels learnt, coverage at the certified risk (digits: its 2% certificate; zip-reader:
 its 10% certificate -- 97 independent certificate envelopes cannot prove 2%; see
 ``coverage_from_audits`` for 2% from the audits), the share auto-accepted on the round's traffic,
 the audited error of auto-accepted answers (Hajek-weighted QC audits, with its 95% upper bound)
 against the live version's budget (the risk its card certified) and the true one, human items
-per 1,000 requests. Last: the same number of labels spent on
+per 1,000 requests, the auditor's measured error on gold items so far, the promotion decision
+and its reason. Last: the same number of labels spent on
 uniformly random streamed items (``coverage_last_random_labels``), against the loop's own labels
 at the same budget, both one fine-tune of the seed. A PNG of the curve is written. The last
 line is one JSON object.
@@ -33,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
@@ -66,6 +76,13 @@ class LoopBenchArgs:
         "help": "zip-reader at 2%% from audits: stream sizes tried with the shipped model (empty: skip)"})
     reach_qc_rates: str = field(default="0.02,0.2", metadata={"help": "QC rates tried there"})
     certify_share: float = field(default=0.5, metadata={"help": "share of audited requests kept out of training (request-id hash)"})
+    promote_margin: float = field(default=0.02, metadata={"help": "promotion gate: the largest tolerated increase of the error rate"})
+    promote_delta: float = field(default=0.05, metadata={"help": "promotion gate: error probability over all looks at one candidate"})
+    promote_pooled: bool = field(default=False, metadata={
+        "help": "promotion gate: one test over all audited items instead of one per route (deferred, QC)"})
+    gold_rate: float = field(default=0.05, metadata={"help": "share of the auditor's claims that serve a gold item"})
+    gold_items: int = field(default=150, metadata={"help": "gold items planted per model (test-split inputs, known answers)"})
+    gold_delta: float = field(default=0.01, metadata={"help": "failure probability of the auditor-error bound from gold"})
     seed: int = field(default=1, metadata={"help": "seed of the streams, the auditor's mistakes and the baselines"})
     plot: str = field(default="", metadata={"help": "PNG of the curve (default: <state dir>/bench/loop.png)"})
     log_dir: str = field(default="", metadata={"help": "keep the processes' logs here (default: a temporary folder)"})
@@ -73,9 +90,16 @@ class LoopBenchArgs:
 
     def __post_init__(self) -> None:
         unknown = set(self.models.split(",")) - set(MODELS)
-        if unknown or self.rounds < 1 or not 0 <= self.auditor_error < 0.5 or not 0 < self.qc_rate <= 1:
+        if unknown or self.rounds < 1 or not 0 <= self.auditor_error < 0.5 or not 0 < self.qc_rate <= 1 \
+                or not 0 <= self.gold_rate <= 1 or self.gold_items < 0:
             raise ValueError(f"models {self.models!r} must be among {MODELS}, rounds={self.rounds} >= 1, "
-                             f"auditor_error={self.auditor_error} in [0, 0.5), qc_rate={self.qc_rate} in (0, 1]")
+                             f"auditor_error={self.auditor_error} in [0, 0.5), qc_rate={self.qc_rate} in (0, 1], "
+                             f"gold_rate={self.gold_rate} in [0, 1], gold_items={self.gold_items} >= 0")
+
+    def gate(self) -> Any:
+        from qc.paired import PairedGateConfig
+
+        return PairedGateConfig(self.promote_margin, self.promote_delta, not self.promote_pooled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,9 +120,6 @@ def digit_stream(args: LoopBenchArgs) -> Iterator[list[tuple[Any, str]]]:
 
 def envelope_stream(args: LoopBenchArgs) -> Iterator[list[tuple[Any, str]]]:
     """Rounds of (PNG envelope, ZIP) made of the training digits the seed's envelopes did not use."""
-    from PIL import Image
-
-    from auditstream.wire import ImageInput
     from training.data.envelopes import choose_digits, compose_envelopes
     from training.data.split import train_subset
 
@@ -107,12 +128,32 @@ def envelope_stream(args: LoopBenchArgs) -> Iterator[list[tuple[Any, str]]]:
     for _ in range(args.rounds):
         images, zips = compose_envelopes(rest.images, rest.labels,
                                          choose_digits(len(rest.labels), args.envelopes_per_round, rng), rng)
-        batch = []
-        for image, zip_code in zip(images, zips):
-            buf = io.BytesIO()
-            Image.fromarray(image, mode="L").save(buf, format="PNG")
-            batch.append((ImageInput(buf.getvalue(), "png"), zip_code))
-        yield batch
+        yield [(png_input(image), zip_code) for image, zip_code in zip(images, zips)]
+
+
+def png_input(image: np.ndarray) -> Any:
+    """An envelope (uint8 [H, W]) as the PNG request input a client would send."""
+    from PIL import Image
+
+    from auditstream.wire import ImageInput
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG")
+    return ImageInput(buf.getvalue(), "png")
+
+
+def gold_inputs(name: str, n: int, seed: int) -> list[tuple[Any, str]]:
+    """``n`` (input, truth) of the test split for gold items: planted, never streamed, never trained on."""
+    if name == "digits":
+        from training.data.split import load_split
+
+        test = load_split("test")
+        pick = np.random.default_rng(seed + 6000).permutation(len(test.labels))[:n]
+        return [(test.images[i].astype(np.float32), str(int(test.labels[i]))) for i in pick]
+    from training.data.envelopes import make_envelopes
+
+    images, zips = make_envelopes("test", n, seed=seed + 6000)
+    return [(png_input(image), zip_code) for image, zip_code in zip(images, zips)]
 
 
 def train_seed(name: str, args: LoopBenchArgs, models_dir: Path) -> dict:
@@ -151,27 +192,20 @@ def wrong_answer(truth: str, rng: np.random.Generator) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the seam to promotion (the lead swaps in monitor/promotion.py's gate and hot reload here)
+# promotion: the user's path (shadow -> paired gate -> LIVE + rollout -> hot reload)
 
 
-def promote_step(registry: Any, name: str, candidate: str, target_risk: float,
-                 restart: Callable[[str], None]) -> dict[str, Any]:
-    """Make ``candidate`` live when its certificate holds at ``target_risk`` (its certified bound,
-    on its calibration/certificate slice, is at most that), and restart ``name``'s consumers on
-    it (``auditstream serve`` reads LIVE at start); returns the decision and why.
+def promote_step(settings: Settings, store: Any, name: str, candidate: str, gate: Any) -> dict[str, Any]:
+    """``auditstream promote --model NAME --candidate V`` on what the store holds now
+    (monitor/promotion.py): certificate and paired gate, the decision appended to the candidate's
+    ``promotion.json``, and when it promotes ``LIVE`` moved and a rollout announced, which the
+    running consumers follow between batches. Returns the decision and why, with the pairs."""
+    from monitor.promotion import promote
 
-    THE seam: this is the one place the bench promotes. The promote helper's gate
-    (monitor/promotion.py: shadow scoring, paired comparison on audited items) and hot reload
-    replace the body; the signature and the returned ``{"promoted", "reason"}`` stay.
-    """
-    t = registry.card(name, candidate).triage
-    if t.certified_risk is None or t.certified_risk > target_risk:
-        return {"promoted": False, "reason": f"v{candidate}'s certified bound {t.certified_risk} is over the target "
-                                             f"{target_risk}; LIVE stays"}
-    registry.set_live(name, candidate)
-    restart(name)
-    return {"promoted": True, "reason": f"v{candidate}: certified risk {t.certified_risk:.4f} <= {target_risk} at "
-                                        f"coverage {t.coverage:.1%}"}
+    d = promote(settings, name, candidate, config=gate, store=store)
+    return {"promoted": d.promote, "code": d.code, "reason": d.reason, "pairs_needed": d.pairs_needed,
+            "pairs": {s["stratum"]: {k: s[k] for k in ("n", "candidate_only_wrong", "live_only_wrong", "upper")}
+                      for s in d.strata}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,25 +223,27 @@ class Loop:
         self.info = broker.start(settings, models=names)
         self.settings = dataclasses.replace(settings, bootstrap_servers=self.info.bootstrap)
         self.children = Children(log_dir)
-        self.serve: dict[str, subprocess.Popen] = {}
-        self.predictions: dict[str, Any] = {}  # request id -> Prediction
+        self.predictions: dict[str, Any] = {}  # request id -> Prediction (live answers)
+        self.shadow: dict[tuple[str, str], set[str]] = {}  # (model, version) -> request ids answered in shadow
         self.truth: dict[str, str] = {}
         self.auditor_error, self.rng = auditor_error, np.random.default_rng(seed + 7)
         self.lock, self._stop = threading.Lock(), threading.Event()
         self.children.start("monitor", _cli("monitor"), _child_env(self.settings))
+        # One consumer per model for the whole bench, serving LIVE and following its rollouts.
         for name in names:
-            self.restart(name)
+            self.children.start(f"serve-{name}", _cli("serve", "--model", name), _child_env(self.settings))
         self._reader = threading.Thread(target=self._read, daemon=True, name="loop-reader")
         self._reader.start()
 
-    def restart(self, name: str) -> None:
-        old = self.serve.get(name)
-        if old is not None:
-            old.terminate()  # it checkpoints what it answered, then exits 0
-            old.wait(60)
-            self.children.procs = [(n, p) for n, p in self.children.procs if p is not old]
-        self.serve[name] = self.children.start(f"serve-{name}-{len(self.children.procs)}", self._cli("serve", "--model", name),
-                                               self._env(self.settings))
+    def start_shadow(self, name: str, version: str) -> subprocess.Popen:
+        """``auditstream serve --model NAME --version V --shadow``: a new group, from the topic's start."""
+        return self.children.start(f"shadow-{name}-v{version}", self._cli("serve", "--model", name, "--version", version,
+                                                                        "--shadow"), self._env(self.settings))
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        proc.terminate()  # it checkpoints what it answered, then exits 0
+        proc.wait(60)
+        self.children.procs = [(n, p) for n, p in self.children.procs if p is not proc]
 
     def _read(self) -> None:
         from auditstream.kafka import make_consumer
@@ -220,7 +256,10 @@ class Loop:
                 for record in consumer.poll(500, 500):
                     p = Prediction.from_bytes(record.value)
                     with self.lock:
-                        self.predictions.setdefault(p.request_id, p)
+                        if p.shadow:
+                            self.shadow.setdefault((p.model, p.model_version), set()).add(p.request_id)
+                        else:
+                            self.predictions.setdefault(p.request_id, p)
         finally:
             consumer.close()
 
@@ -251,6 +290,36 @@ class Loop:
             time.sleep(0.3)
         raise TimeoutError(f"{sum(i not in self.predictions for i in ids)} of {len(ids)} requests unanswered after "
                            f"{timeout_s:.0f} s; see the logs in {self.children.log_dir}")
+
+    def wait_paired(self, store: Any, name: str, live: str, candidate: str, timeout_s: float = 600) -> int:
+        """Wait until the candidate's shadow answers of every audited item of ``live`` are in the
+        store (the monitor ingests them from the predictions topic); returns how many items."""
+        from store.shadow import ShadowAnswers
+
+        shadow, deadline = ShadowAnswers(store), time.monotonic() + timeout_s
+        while True:
+            self.children.check()
+            audits = shadow.paired_audits(name, live, candidate)
+            missing = sum(a.candidate_wrong is None for a in audits)
+            if not missing:
+                return len(audits)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{missing} of {len(audits)} audited items of {name} v{live} have no shadow answer "
+                                   f"of v{candidate} after {timeout_s:.0f} s; see the logs in {self.children.log_dir}")
+            time.sleep(0.5)
+
+    def plant_gold(self, store: Any, admin: Any, name: str, card: Any, items: list[tuple[Any, str]]) -> None:
+        """Gold items of ``name`` (an admin's known answers); half show the right answer, half a slip,
+        as gold items show "the model's answer, right or wrong"."""
+        from auditstream.wire import AuditItem, Prediction, Route
+
+        rng = np.random.default_rng(len(items) + 17)
+        for i, (value, truth) in enumerate(items):
+            shown = truth if rng.random() < 0.5 else wrong_answer(truth, rng)
+            rid = f"gold-{name}-{i}"
+            prediction = Prediction(rid, name, card.version, card.task, shown, 0.0, Route.HUMAN, "gold", 1.0, time.time())
+            store.add_gold(AuditItem(prediction, value), truth, admin, time.time())
+            self.truth[rid] = truth
 
     def answer(self, truth: str) -> str:
         """What the simulated auditor keys: the truth, or with probability ``auditor_error`` a slip."""
@@ -311,24 +380,41 @@ def round_figures(loop: Loop, name: str, ids: list[str], store: Any) -> dict[str
     outcomes = [qc[p.request_id] for p in preds if p.request_id in qc]
     est = error_estimate([int(o.is_error) for o in outcomes], [o.inclusion_prob for o in outcomes])
     n = len(preds)
-    return {"requests": n, "served_by_version": sorted({p.model_version for p in preds}),
+    served_by = Counter(p.model_version for p in preds)
+    return {"requests": n, "served_by_version": sorted(served_by, key=int),
+            "answers_by_version": {v: served_by[v] for v in sorted(served_by, key=int)},
             "traffic_coverage": len(auto) / n, "true_error_auto": true_wrong / len(auto) if auto else 0.0,
             "audited_error": est.estimate, "audited_error_upper95": est.high, "qc_audits": est.n,
             "human_items_per_1000": 1000 * sum(p.route is not Route.AUTO for p in preds) / n,
             "deferred_per_1000": 1000 * sum(p.route is Route.HUMAN for p in preds) / n}
 
 
-def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Path, target: float = 0.02) -> dict:
-    """The version's certificate at ``target`` from the audits it did not learn from (stack/recertify.py)."""
+def gold_figures(store: Any, configured: float, gold_delta: float) -> dict[str, Any]:
+    """The simulated auditor's error measured on the gold items it met so far, beside the configured one."""
+    from qc.binomial import upper_bound
+
+    score = store.gold_accuracy().get(AUDITOR)
+    n, errors = (score.n, score.n - score.correct) if score is not None else (0, 0)
+    return {"auditor_error_configured": configured, "gold_verdicts": n, "gold_errors": errors,
+            "auditor_error_measured": errors / n if n else None,
+            "auditor_error_upper": upper_bound(errors, n, gold_delta) if n else None, "gold_delta": gold_delta}
+
+
+def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Path, gold: dict[str, Any],
+                         target: float = 0.02) -> dict:
+    """The version's certificate at ``target`` from the audits it did not learn from
+    (stack/recertify.py), with the bound against the truth from the auditor's gold record."""
     from monitor.labels import read_labels
     from stack.recertify import CannotCertify, recertify
 
     try:
-        cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05)
+        cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05,
+                                (gold["gold_errors"], gold["gold_verdicts"]), gold["gold_delta"])
     except CannotCertify as e:
         return {"certified": False, "reason": str(e)}
     return {"certified": cert.certified, "threshold": cert.threshold, "estimated_coverage": cert.estimated_coverage,
-            "estimated_risk": cert.estimated_risk, "rows": basis["n_rows"], "target_risk": target}
+            "estimated_risk": cert.estimated_risk, "rows": basis["n_rows"], "target_risk": target,
+            "auditor_error_bound": cert.auditor_error_bound, "risk_against_truth": cert.risk_against_truth}
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,10 +514,12 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
                 label=f"certified coverage at {COVERAGE_RISK[name]:.0%} risk (live after the round)")
         ax.plot(labels[:-1], [row["traffic_coverage"] for row in r["rounds"]], "s--",
                 label="auto-accepted share of the round's traffic")
-        ax.plot([labels[-1]], [r["coverage_last_random_labels"]], "x", markersize=10, color="red",
-                label="same labels on random items (one fine-tune of the seed)")
-        ax.plot([labels[-1]], [r["coverage_same_budget_loop_labels"]], "+", markersize=12, color="black",
-                label="the loop's labels (one fine-tune of the seed)")
+        if r["coverage_last_random_labels"] is not None:
+            ax.plot([labels[-1]], [r["coverage_last_random_labels"]], "x", markersize=10, color="red",
+                    label="same labels on random items (one fine-tune of the seed)")
+        if r["coverage_same_budget_loop_labels"] is not None:
+            ax.plot([labels[-1]], [r["coverage_same_budget_loop_labels"]], "+", markersize=12, color="black",
+                    label="the loop's labels (one fine-tune of the seed)")
         ax.set_xlabel("verdicts learnt from")
         ax.set_ylabel("coverage")
         ax.set_ylim(0, 1.02)
@@ -455,28 +543,37 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     for r, batch in enumerate(batches, 1):
         live = registry.live_version(name)
         budget = registry.card(name, live).triage.target_risk  # what the live version promised
-        ids = loop.send(name, batch, f"{name}-r{r}-{uuid.uuid4().hex[:6]}")
+        ids = loop.send(name, batch, f"{name}-s{args.seed}-r{r}")  # seeded: the audit split, so the run, is reproducible
         streamed += [(rid, value, truth) for rid, (value, truth) in zip(ids, batch)]
         loop.wait_answered(ids)
         audited = loop.audit(store, user, ids)
         figures = round_figures(loop, name, ids, store)
+        gold = gold_figures(store, args.auditor_error, args.gold_delta)
         labels = work / f"{name}-round{r}.jsonl"
         export_labels(store, labels, model=name, include_gold=True, progress=False)
         summary = retrain(RetrainArgs(model=name, labels=str(labels), certify_share=args.certify_share,
                                       **finetune_budget(name, args)), registry.root, progress=True)
-        decision = promote_step(registry, name, summary["version"], COVERAGE_RISK[name], loop.restart)
+        candidate = summary["version"]
+        shadow = loop.start_shadow(name, candidate)
+        try:
+            audited_of_live = loop.wait_paired(store, name, live, candidate)
+        finally:
+            loop.stop(shadow)
+        decision = promote_step(loop.settings, store, name, candidate, args.gate())
         card = registry.card(name)  # the live one, after the decision
         row = {"round": r, "live_during_round": live, "budget": budget, **figures, "audited_items": audited,
-               "labels_used": summary["verdicts_learnt"], "candidate": summary["version"], **decision,
+               **gold, "labels_used": summary["verdicts_learnt"], "candidate": candidate,
+               "audited_items_of_live_shadowed": audited_of_live, **decision,
                "live_after": card.version, "coverage_certified": certified_coverage(card),
-               "audits_certificate_2pct": coverage_from_audits(registry, name, card.version, labels)}
+               "audits_certificate_2pct": coverage_from_audits(registry, name, card.version, labels, gold)}
         rows.append(row)
-        say(f"  {name} round {r}: {figures['requests']} requests on v{live}, auto-accepted "
+        say(f"  {name} round {r}: {figures['requests']} requests answered by "
+            f"{', '.join(f'v{v}: {k}' for v, k in figures['answers_by_version'].items())}, auto-accepted "
             f"{figures['traffic_coverage']:.1%}, audited error {_pct(figures['audited_error'])} "
             f"(true {figures['true_error_auto']:.2%}), {figures['human_items_per_1000']:.0f} human items/1000; "
-            f"v{summary['version']} learnt {summary['verdicts_learnt']} verdicts -> "
-            f"{'promoted' if decision['promoted'] else 'not promoted'}; certified coverage "
-            f"{row['coverage_certified']:.1%} at {COVERAGE_RISK[name]:.0%}")
+            f"auditor's error on {gold['gold_verdicts']} gold items {_pct(gold['auditor_error_measured'])}; "
+            f"v{candidate} learnt {summary['verdicts_learnt']} verdicts -> {decision['code']}: {decision['reason']}; "
+            f"certified coverage of LIVE v{card.version} {row['coverage_certified']:.1%} at {COVERAGE_RISK[name]:.0%}")
     # Baselines: the same number of labels, one fine-tune of the seed each: on uniformly random
     # streamed items, and on the loop's own (the train part it learnt from).
     from monitor.verdict_sets import split_verdicts
@@ -488,15 +585,29 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     random_rows = labelled_rows(name, pick, seed_card.version, seed_card.task.value, loop.answer)
     seed_dir = registry.root / name / seed_card.version
     say(f"  {name}: baselines, {n_labels} labels each: uniformly random items, and the loop's own")
-    with tempfile.TemporaryDirectory(prefix="loop-random-") as a, tempfile.TemporaryDirectory(prefix="loop-own-") as b:
-        coverage_random = certified_coverage(retrain_seed_with(seed_dir, name, random_rows, Path(a), args))
-        coverage_own = certified_coverage(retrain_seed_with(seed_dir, name, own_rows, Path(b), args))
+    baseline_errors: dict[str, str] = {}
+
+    def baseline(which: str, rows: list[dict[str, Any]]) -> float | None:
+        """Its certified coverage; None (and why) when its export fails the parity check: a
+        comparison is lost, not the rounds measured before it."""
+        from auditstream.errors import ExportParityError
+
+        with tempfile.TemporaryDirectory(prefix=f"loop-{which}-") as tmp:
+            try:
+                return certified_coverage(retrain_seed_with(seed_dir, name, rows, Path(tmp), args))
+            except ExportParityError as e:
+                baseline_errors[which] = str(e)
+                say(f"  {name}: the {which} baseline was not published: {e}")
+                return None
+
+    coverage_random, coverage_own = baseline("random", random_rows), baseline("own", own_rows)
     return {"rounds": rows, "coverage_risk": COVERAGE_RISK[name], "coverage_first": first,
             "coverage_last": rows[-1]["coverage_certified"],
             "max_audited_error": max((row["audited_error"] or 0.0) for row in rows),
             "audited_error_within_budget_every_round": all((row["audited_error"] or 0.0) <= row["budget"] for row in rows),
+            "promotions": sum(row["promoted"] for row in rows),
             "coverage_last_random_labels": coverage_random, "coverage_same_budget_loop_labels": coverage_own,
-            "labels_last": n_labels}
+            "labels_last": n_labels, "baseline_errors": baseline_errors}
 
 
 def _pct(x: float | None) -> str:
@@ -519,7 +630,7 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
     import secrets
 
     from auditstream.registry import ModelRegistry
-    from store import open_store
+    from store import StoreConfig, open_store
     from store.accounts import Role
 
     def say(msg: str) -> None:
@@ -542,8 +653,11 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
         loop = Loop(settings, names, log_dir, args.auditor_error, args.seed)
         results: dict[str, Any] = {}
         try:
-            with open_store(settings.resolved_store_url) as store:
+            with open_store(settings.resolved_store_url, StoreConfig(gold_rate=args.gold_rate, seed=args.seed)) as store:
                 user = store.accounts.add_user(AUDITOR, secrets.token_urlsafe(16), Role.AUDITOR)
+                admin = store.accounts.add_user("loop-admin", secrets.token_urlsafe(16), Role.ADMIN)
+                for name in names:
+                    loop.plant_gold(store, admin, name, registry.card(name), gold_inputs(name, args.gold_items, args.seed))
                 for name in names:
                     say(f"{name}: {args.rounds} rounds")
                     results[name] = run_model_rounds(name, loop, registry, store, user, args, list(streams[name](args)),
@@ -557,8 +671,10 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
                 tuple(float(x) for x in args.reach_qc_rates.split(",")), args.auditor_error, args.seed)
         plot = plot_curve(results, Path(args.plot) if args.plot else base.state_dir / "bench" / "loop.png")
     for name, r in results.items():
-        r["deferred_labels_buy_more_coverage_than_random"] = r["coverage_same_budget_loop_labels"] > r["coverage_last_random_labels"]
+        own, random_ = r["coverage_same_budget_loop_labels"], r["coverage_last_random_labels"]
+        r["deferred_labels_buy_more_coverage_than_random"] = None if own is None or random_ is None else own > random_
     return {**results, "seconds": round(time.monotonic() - started, 1), "plot": str(plot),
+            "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
             "args": dataclasses.asdict(args)}
 
 

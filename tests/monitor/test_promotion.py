@@ -18,17 +18,18 @@ from tests.store.store_factories import add_users, audit_item
 from auditstream.registry import ModelRegistry
 from auditstream.wire import Route, VerdictKind
 from monitor.promotion import PROMOTION_FILE, decide_promotion
-from qc.paired import look_delta
+from qc.audit_split import CERTIFY, audit_part
+from qc.paired import PairedGateConfig, look_delta
 from store import open_store
 from store.shadow import ShadowAnswers
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def seeded(tmp_path: Path, pairs: int) -> tuple[ModelRegistry, str]:
+def seeded(tmp_path: Path, pairs: int, candidate_extra: dict | None = None) -> tuple[ModelRegistry, str]:
     registry = ModelRegistry(tmp_path / "models")
-    for _ in range(2):
-        registry.publish(dataclasses.replace(tiny_card(), name="zip", task="sequence"), tiny_classifier_onnx())
+    for extra in ({}, candidate_extra or {}):
+        registry.publish(dataclasses.replace(tiny_card(), name="zip", task="sequence", extra=extra), tiny_classifier_onnx())
     registry.set_live("zip", "1")
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     with open_store(url) as store:
@@ -79,21 +80,13 @@ def test_a_candidate_without_the_live_cards_certificate_is_refused(tmp_path):
     assert refused.returncode == 1 and "(no_certificate)" in refused.stderr and registry.live_version("zip") == "3"
 
 
-
-def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_part_only(tmp_path):
-    """The retrained version's train part (the request-id hash split on its card) taught it, so
-    those audits are no pairs of its gate; a candidate without that record is judged on all."""
-    from qc.audit_split import CERTIFY, audit_part
-
-    registry, url = seeded(tmp_path, pairs=60)
-    candidate = registry.card("zip", "2")
-    learnt = dataclasses.replace(candidate, extra={**candidate.extra, "data_hygiene": {"certify_share": 0.5}})
-    registry.publish(learnt, tiny_classifier_onnx())  # v3: the same answers, with the split on its card
+def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_side_only(tmp_path):
+    """A retrained candidate's card carries ``data_hygiene``: the pairs on the train side of the
+    request-id split (which it may have learnt from) do not count, and the reason says how many."""
+    registry, url = seeded(tmp_path, pairs=60, candidate_extra={"data_hygiene": {"certify_share": 0.5}})
+    certify_side = sum(audit_part(f"r{i}", 0.5) == CERTIFY for i in range(60))
+    assert 0 < certify_side < 60
     with open_store(url) as store:
-        answers = [dataclasses.replace(audit_item(f"r{i}", Route.AUTO_QC).prediction, model_version="3", shadow=True)
-                   for i in range(60)]
-        ShadowAnswers(store).ingest(answers, time.time())
-        certify_side = sum(audit_part(f"r{i}", 0.5) == CERTIFY for i in range(60))
-        assert 0 < certify_side < 60
-        assert sum(s["n"] for s in decide_promotion(store, registry, "zip", "2").strata) == 60
-        assert sum(s["n"] for s in decide_promotion(store, registry, "zip", "3").strata) == certify_side
+        decision = decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
+    assert [s["n"] for s in decision.strata] == [certify_side]
+    assert f"{60 - certify_side} of 60 audited items fall on the train side" in decision.reason

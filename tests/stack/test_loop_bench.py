@@ -1,5 +1,7 @@
 """``auditstream bench loop`` end to end at CI size: a digits seed on the embedded broker with
-serve and monitor processes and the simulated auditor, two rounds of retraining and promotion."""
+serve and monitor processes and the simulated auditor (gold items among its claims), two rounds
+of retraining and promotion the user's way: the candidate in shadow, ``promote``'s paired gate,
+LIVE moved and announced, the running consumer switching without a restart."""
 
 from __future__ import annotations
 
@@ -10,44 +12,53 @@ import sys
 
 import pytest
 
-from auditstream.registry import ModelRegistry
-from stack.loop_bench import promote_step
-
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
+DECISION_CODES = {"not_worse", "too_few_pairs", "worse", "no_certificate", "certificate_misses_target",
+                  "target_looser_than_live"}
 
-def test_bench_loop_learns_from_its_auditors(tmp_path) -> None:
+
+def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_path) -> None:
     env = dict(os.environ, AUDITSTREAM_LOG_LEVEL="WARNING", AUDITSTREAM_STATE_DIR=str(tmp_path / "state"))
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # its own embedded broker
     plot = tmp_path / "loop.png"
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "loop", "--json", "--models", "digits",
-                           "--rounds", "2", "--digits-per-round", "150", "--plot", str(plot)],
+                           "--rounds", "2", "--digits-per-round", "150", "--gold-items", "40", "--plot", str(plot),
+                           # 75 certify-side pairs from a 150-request round cannot settle a 2% margin
+                           # unless v1 is far worse (it is not always: the split follows random
+                           # request ids); the test is about the path, the bench's default stays 2%.
+                           "--promote-margin", "0.05",
+                           "--log-dir", str(tmp_path / "logs")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    progress = "\n".join(line for line in done.stderr.splitlines() if "round" in line)  # shown on a failure
     result = json.loads(done.stdout.strip().splitlines()[-1])
     digits = result["digits"]
     assert {"rounds", "coverage_first", "coverage_last", "max_audited_error", "coverage_last_random_labels"} <= digits.keys()
     first, second = digits["rounds"]
     # The 2% seed certifies nothing: every request goes to the auditors, who teach version 2.
     assert digits["coverage_first"] <= 0.4 and first["traffic_coverage"] == 0.0 and first["human_items_per_1000"] == 1000
+    assert first["served_by_version"] == [first["live_during_round"]]
     assert first["labels_used"] > 0 and second["labels_used"] > first["labels_used"]
+    # Promoted by the paired gate on the audits v2 answered in shadow and did not learn from: v1 was
+    # wrong on many of them, v2 on few.
+    assert first["promoted"] and first["code"] == "not_worse" and first["live_after"] == first["candidate"], progress
+    assert 0 < first["pairs"]["HUMAN"]["n"] < first["audited_items_of_live_shadowed"]  # the certify side only
+    assert first["pairs"]["HUMAN"]["live_only_wrong"] > first["pairs"]["HUMAN"]["candidate_only_wrong"]
+    # Hot reload: the running consumer answers round 2 with the promoted version, no restart (the
+    # serve log is the one process's), and its answers are auto-accepted.
+    promoted = first["live_after"]
+    assert second["live_during_round"] == promoted
+    assert second["answers_by_version"].get(promoted, 0) >= second["requests"] // 2
+    assert second["traffic_coverage"] > 0.0
+    assert sorted(p.name for p in (tmp_path / "logs").glob("serve-digits*.log")) == ["serve-digits.log"]
     assert digits["coverage_last"] > digits["coverage_first"] + 0.3  # learning, measured on the certificate slice
-    # Not asserted here: round 2's traffic coverage. The bench restarts the consumer on the promoted
-    # version and Tansu sometimes leaves the replaced group unassigned for the round (1 of 2 CI runs,
-    # 2026-12-01: 0.0 instead of > 0.3); the promotion seam moves to hot reload (issue 12).
-    assert second["served_by_version"] in ([], [first["live_after"]])
-    assert all(r["promoted"] == (r["live_after"] == r["candidate"]) for r in digits["rounds"])
+    for row in digits["rounds"]:  # every decision says why, taken or not
+        assert row["code"] in DECISION_CODES and row["reason"] and row["promoted"] == (row["live_after"] == row["candidate"])
+    # The auditor met gold items: its measured error stands beside the configured one, and the
+    # re-certification from audits states its bound against the truth when it certifies.
+    assert second["gold_verdicts"] > 0 and second["auditor_error_configured"] == 0.005
+    assert second["auditor_error_upper"] >= second["auditor_error_measured"] >= 0.0
+    cert = second["audits_certificate_2pct"]
+    assert not cert.get("certified") or cert["risk_against_truth"] >= cert["auditor_error_bound"] > 0
     assert 0.0 <= digits["coverage_last_random_labels"] <= 1.0 and plot.stat().st_size > 5000
-
-
-def test_promote_step_moves_live_only_when_the_certificate_holds(tmp_path) -> None:
-    from training.digits import train as digits
-    from training.digits.args import DigitsArgs
-
-    digits.run(DigitsArgs(epochs=1, train_fraction=0.02), tmp_path, progress=False)  # certifies nothing
-    digits.run(DigitsArgs(epochs=12), tmp_path, progress=False)
-    registry, restarted = ModelRegistry(tmp_path), []
-    registry.set_live("digits", "1")
-    assert not promote_step(registry, "digits", "1", 0.02, restarted.append)["promoted"]
-    held = promote_step(registry, "digits", "2", 0.02, restarted.append)
-    assert held["promoted"] and registry.live_version("digits") == "2" and restarted == ["digits"]
