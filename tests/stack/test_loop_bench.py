@@ -1,5 +1,5 @@
 """``auditstream bench loop`` end to end at CI size: a digits seed on the embedded broker with
-serve and monitor processes and the simulated auditor (gold items among its claims), two rounds
+serve and monitor processes and the simulated auditor (gold items among its claims), three rounds
 of retraining and promotion the user's way: the candidate in shadow, ``promote``'s paired gate,
 LIVE moved and announced, the running consumer switching without a restart."""
 
@@ -23,10 +23,10 @@ def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # its own embedded broker
     plot = tmp_path / "loop.png"
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "loop", "--json", "--models", "digits",
-                           "--rounds", "2", "--digits-per-round", "150", "--gold-items", "40", "--plot", str(plot),
-                           # 75 certify-side pairs from a 150-request round cannot settle a 2% margin
-                           # unless v1 is far worse (it is not always: the split follows random
-                           # request ids); the test is about the path, the bench's default stays 2%.
+                           "--rounds", "3", "--digits-per-round", "200", "--gold-items", "40", "--plot", str(plot),
+                           # ~100 certify-side pairs from a 200-request round cannot settle a 2% margin
+                           # unless v1 is far worse; the test is about the path, the bench's default
+                           # stays 2%.
                            "--promote-margin", "0.05",
                            "--log-dir", str(tmp_path / "logs")],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -35,30 +35,36 @@ def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_
     result = json.loads(done.stdout.strip().splitlines()[-1])
     digits = result["digits"]
     assert {"rounds", "coverage_first", "coverage_last", "max_audited_error", "coverage_last_random_labels"} <= digits.keys()
-    first, second = digits["rounds"]
+    rows = digits["rounds"]
+    first, last = rows[0], rows[-1]
     # The 2% seed certifies nothing: every request goes to the auditors, who teach version 2.
     assert digits["coverage_first"] <= 0.4 and first["traffic_coverage"] == 0.0 and first["human_items_per_1000"] == 1000
     assert first["served_by_version"] == [first["live_during_round"]]
-    assert first["labels_used"] > 0 and second["labels_used"] > first["labels_used"]
-    # Promoted by the paired gate on the audits v2 answered in shadow and did not learn from: v1 was
-    # wrong on many of them, v2 on few.
-    assert first["promoted"] and first["code"] == "not_worse" and first["live_after"] == first["candidate"], progress
-    assert 0 < first["pairs"]["HUMAN"]["n"] < first["audited_items_of_live_shadowed"]  # the certify side only
-    assert first["pairs"]["HUMAN"]["live_only_wrong"] > first["pairs"]["HUMAN"]["candidate_only_wrong"]
-    # Hot reload: the running consumer answers round 2 with the promoted version, no restart (the
-    # serve log is the one process's), and its answers are auto-accepted.
-    promoted = first["live_after"]
-    assert second["live_during_round"] == promoted
-    assert second["answers_by_version"].get(promoted, 0) >= second["requests"] // 2
-    assert second["traffic_coverage"] > 0.0
+    assert 0 < first["labels_used"] < rows[1]["labels_used"] < last["labels_used"]
+    # Promoted by the paired gate on the audits the candidate answered in shadow and did not learn
+    # from: v1 was wrong on many of them, the candidate on few. Which round's candidate is the
+    # first to certify 2% depends on how many verdicts it learnt from (~110 after round 1: not
+    # always), so the test takes the first promotion that a later round can show.
+    promoted_at = next((i for i, row in enumerate(rows[:-1]) if row["promoted"]), None)
+    assert promoted_at is not None, progress
+    row, after = rows[promoted_at], rows[promoted_at + 1]
+    assert row["code"] == "not_worse" and row["live_after"] == row["candidate"], progress
+    assert 0 < row["pairs"]["HUMAN"]["n"] < row["audited_items_of_live_shadowed"]  # the certify side only
+    assert row["pairs"]["HUMAN"]["live_only_wrong"] > row["pairs"]["HUMAN"]["candidate_only_wrong"]
+    # Hot reload: the running consumer answers the next round with the promoted version, no
+    # restart (the serve log is the one process's), and its answers are auto-accepted.
+    promoted = row["live_after"]
+    assert after["live_during_round"] == promoted
+    assert after["answers_by_version"].get(promoted, 0) >= after["requests"] // 2
+    assert after["traffic_coverage"] > 0.0
     assert sorted(p.name for p in (tmp_path / "logs").glob("serve-digits*.log")) == ["serve-digits.log"]
     assert digits["coverage_last"] > digits["coverage_first"] + 0.3  # learning, measured on the certificate slice
     for row in digits["rounds"]:  # every decision says why, taken or not
         assert row["code"] in DECISION_CODES and row["reason"] and row["promoted"] == (row["live_after"] == row["candidate"])
     # The auditor met gold items: its measured error stands beside the configured one, and the
     # re-certification from audits states its bound against the truth when it certifies.
-    assert second["gold_verdicts"] > 0 and second["auditor_error_configured"] == 0.005
-    assert second["auditor_error_upper"] >= second["auditor_error_measured"] >= 0.0
-    cert = second["audits_certificate_2pct"]
+    assert last["gold_verdicts"] > 0 and last["auditor_error_configured"] == 0.005
+    assert last["auditor_error_upper"] >= last["auditor_error_measured"] >= 0.0
+    cert = last["audits_certificate_2pct"]
     assert not cert.get("certified") or cert["risk_against_truth"] >= cert["auditor_error_bound"] > 0
     assert 0.0 <= digits["coverage_last_random_labels"] <= 1.0 and plot.stat().st_size > 5000
