@@ -433,9 +433,19 @@ def start_loop(settings: Settings, args: DemoArgs, children: Children) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def _stop_demo(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C: children stopped, broker stopped
+
+
 def run(args: DemoArgs) -> int:
     from stack import broker
 
+    # Ctrl-C and SIGTERM both stop the demo cleanly. SIGINT explicitly: a shell starts background
+    # jobs with SIGINT ignored, and Python keeps an inherited "ignore", so the demo (and a test or
+    # script that stops it with SIGINT) would otherwise run on.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _stop_demo)
     settings = Settings.from_env()
     started_broker = False
     if not settings.bootstrap_servers:
