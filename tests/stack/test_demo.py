@@ -96,10 +96,11 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
            "AUDITSTREAM_QC_RATE": "0.3", "PYTHONUNBUFFERED": "1"}
     env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)  # the demo starts its own embedded broker
     result = subprocess.run(
-        [sys.executable, "-m", "auditstream.cli", "demo", "--duration-s", "30", "--rate-per-s", "6",
+        # 60 s: on a loaded machine a consumer's first answer came 30 s after the start
+        [sys.executable, "-m", "auditstream.cli", "demo", "--duration-s", "60", "--rate-per-s", "6",
          "--digits-rate-per-s", "3", "--labels-rate-per-s", "2", "--scenes-rate-per-s", "2", "--dashboard-port", "0", "--qc-auditor-rate-per-s", "4",
          "--metrics-port-base", str(free_port_block()), "--report-every-s", "2"],
-        env=env, capture_output=True, text=True, timeout=240)
+        env=env, capture_output=True, text=True, timeout=300)
     out = result.stdout
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{out[-3000:]}\n{result.stderr[-3000:]}"
     assert "model digits: version 1" in out and "model zip-reader: version 1" in out  # found, not retrained
