@@ -6,7 +6,7 @@ and ``captioner`` models into the registry if it lacks them (the copies shipped 
 ones), starts one serving consumer per model, the monitor and the audit dashboard (with a demo
 auditor account whose credentials it prints), then streams test-split envelopes, digits, parcel
 labels and scenes of coloured shapes through the broker and shows, every few seconds, how many
-were auto-sorted, deferred to humans and sampled for QC. Ctrl-C (or ``--duration-s``) stops
+were auto-sorted, deferred to humans and sampled for QC. Ctrl-C, SIGTERM or ``--duration-s`` stops
 everything it started.
 
 ``--retrain-every N`` closes the loop live (stack/demo_loop.py): each model ``auditstream
