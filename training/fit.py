@@ -55,6 +55,25 @@ class _BatchStream(torch.utils.data.IterableDataset):
         return iter(self.make_batches())
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU does bfloat16 matrix products in hardware (AMX or AVX-512 BF16). Without
+    them torch emulates bf16 autocast, and a step is about 4x slower than in float32 (measured on
+    a 2-core AMD EPYC with AVX2: 0.87 s against 0.20 s per captioner step)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:  # not Linux: take the safe arithmetic
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` → ``bf16`` where the CPU has bf16 instructions, ``fp32`` elsewhere; others as given."""
+    if precision == "auto":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return precision
+
+
 def in_background(make_batches: Callable[[], Iterable[Any]], prefetch: int = 4) -> Iterable[Any]:
     """The batches of ``make_batches()`` (a picklable callable), made by one worker process up to
     ``prefetch`` batches ahead while the training loop computes; numpy arrays arrive as tensors.

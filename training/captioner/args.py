@@ -25,9 +25,10 @@ class CaptionerArgs:
     n_test: int = field(default=2000, metadata={"help": "test scenes (caption metrics, triage on new scenes)"})
     target_risk: float = field(default=0.01, metadata={"help": "share of auto-accepted captions that may be wrong"})
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
-    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
         "help": "arithmetic of the training steps: bf16 autocast (weights, gradients and the exported graph stay "
-                "float32; 2.4x faster steps on CPUs with AMX or AVX-512 BF16, slower without) or plain fp32"})
+                "float32; 2.4x faster steps on CPUs with AMX or AVX-512 BF16, 4x slower without: emulated), plain "
+                "fp32, or auto: bf16 where the CPU has bf16 instructions, fp32 elsewhere"})
     background_data: bool = field(default=True, metadata={
         "help": "draw the training scenes in a second process while the model trains (the same scenes in the same "
                 "order; drawing them took a third of a step)"})

@@ -46,7 +46,7 @@ from training.captioner.data import IMAGE_SIZE, MAX_TOKENS, PAD_ID, VOCABULARY, 
 from training.captioner.model import OUTPUT_NAMES, CaptionNet, ExportedCaptioner, caption_loss
 from training.export import export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
-from training.fit import fit_steps, in_background
+from training.fit import fit_steps, in_background, resolve_precision
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "captioner"
@@ -58,6 +58,7 @@ def train(args: CaptionerArgs, progress: bool = True) -> tuple[CaptionNet, float
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     model = CaptionNet(args.width)
+    precision = resolve_precision(args.precision)
 
     def batch_loss(batch: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]) -> torch.Tensor:
         images, targets = (torch.as_tensor(a) for a in batch)
@@ -65,7 +66,7 @@ def train(args: CaptionerArgs, progress: bool = True) -> tuple[CaptionNet, float
         words = targets[:, :length]
         # bf16 autocast: matrix products and convolutions in bfloat16, the loss and the weights'
         # updates in float32 (bfloat16 keeps float32's range: no loss scaling needed).
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images, words)
         return caption_loss(logits.float(), words)
 
@@ -223,7 +224,7 @@ def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> Model
         reference=reference_statistics(result["test_confidences"], args.seed) | {"split": "test"},
         risk_coverage=result["curve"],
         training={"args": asdict(args), "seed": args.seed, "git_revision": git_revision(),
-                  "train_seconds": train_seconds,
+                  "train_seconds": train_seconds, "precision": resolve_precision(args.precision),
                   "data": {"train": "fresh scenes every step", "split_seeds": scenes.SPLIT_SEEDS,
                            "grammar": "COUNT objects : COLOUR SHAPE REGION near COLOUR far COLOUR (, ...)"}},
         extra={**draft.extra, "certificate": cert.to_dict(), "max_tokens": MAX_TOKENS,
@@ -246,6 +247,7 @@ def finish(net: CaptionNet, train_seconds: float, args: CaptionerArgs, models_di
     cert = result["certificate"]
     summary = {"model": NAME, **result["metrics"], "parity_exact": result["parity_exact"],
                "parity_max_prob_diff": result["parity_max_prob_diff"], "train_seconds": train_seconds,
+               "precision": resolve_precision(args.precision),
                "confidence_kind": result["confidence_kind"], "aurc_selection": result["aurc_selection"],
                "threshold": cert.threshold, "target_risk": args.target_risk, "delta": args.delta,
                "certified_risk": cert.certified_risk, "certified": cert.certified, "coverage": cert.coverage,
