@@ -156,6 +156,14 @@ class Run:
         self.servers.append(proc)
         return proc
 
+    def log_tail(self, proc: subprocess.Popen, lines: int) -> list[str]:
+        """The last ``lines`` lines of a server's log."""
+        path = self.log_dir / f"serve-{self.servers.index(proc)}.log"
+        try:
+            return path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            return [f"(no log: {e})"]
+
     def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         self.stopped.add(proc.pid)
         proc.send_signal(sig)
@@ -397,6 +405,7 @@ def fresh_group(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     read from each consumer's ``auditstream_serve_assigned_partitions`` gauge (Tansu's
     DescribeGroups lists no members, so the broker cannot say)."""
     times: list[float | None] = []
+    run.serve_log_level = "INFO"  # joins, assignments and revokes: what a run that never settles did
     for i in range(args.runs):
         prefix = f"{run.settings.topic_prefix}g{i}"  # a new request topic and a new group
         run.settings = dataclasses.replace(run.settings, topic_prefix=prefix)
@@ -404,7 +413,13 @@ def fresh_group(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
         members = [run.start_server() for _ in range(CONSUMERS)]
         settled = run.settled(members, 120)
         times.append(None if settled is None else round(time.monotonic() - started, 2))
-        say(f"  run {i + 1}/{args.runs}: every partition assigned after {times[-1]} s")
+        if settled is None:  # what each member owned and said when the bench gave up, for the logs
+            say(f"  run {i + 1}/{args.runs}: not every partition assigned after 120 s: partitions owned "
+                f"{run.owned(members)} of {run.settings.partitions}, exit codes {[p.poll() for p in members]}")
+            for proc in members:
+                say(f"    pid {proc.pid}: " + " | ".join(run.log_tail(proc, 6)))
+        else:
+            say(f"  run {i + 1}/{args.runs}: every partition assigned after {times[-1]} s")
         for proc in members:
             run.kill(proc, signal.SIGTERM)
     run.extra = {"runs": len(times), "assigned_s": times,
