@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 from auditstream import topics as T
 from auditstream.errors import DecodeError
-from auditstream.kafka import Producer, Record, ensure_topics, make_producer, make_reader, read_to_end, resolve_bootstrap
+from auditstream.kafka import (Producer, Record, ensure_topics, make_producer, make_reader, read_to_end,
+                               resolve_bootstrap, true_end_offsets)
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import DeadLetter
@@ -130,13 +131,24 @@ def replay(settings: Settings, reasons: list[str] | None = None, max_records: in
     dead_letters, ledger = settings.topic(T.DEAD_LETTER), settings.topic(LEDGER)
     ensure_topics(settings, [dead_letters, ledger], compacted=(ledger,), bootstrap=bootstrap)
     done = {r.key for r in read_to_end(settings, [ledger], bootstrap) if r.key is not None and r.value is not None}
+    # The dead letters as of the start, found past the broker's reported ends (a lower bound on
+    # Tansu); later ones -- a replayed record that fails again -- wait for the next replay.
+    ends = true_end_offsets(settings, [dead_letters], bootstrap)
+    unread = {where for where, end in ends.items() if end > 0}
     reader = make_reader(settings, [dead_letters], True, bootstrap)
     producer = make_producer(settings, bootstrap, client_id=f"{settings.topic_prefix}-dlq-replay")
     try:
-        while not reader.caught_up():
+        while unread:
             if max_records is not None and sum(report.replayed.values()) >= max_records:
                 break
-            planned = plan_replay(reader.poll(CHUNK, 200), settings, wanted, done, report, max_records)
+            got = reader.poll(CHUNK, 500)
+            if not got and reader.caught_up():
+                break  # the partitions left in unread begin at their end (their records were deleted)
+            for record in got:
+                if record.offset + 1 >= ends[(record.topic, record.partition)]:
+                    unread.discard((record.topic, record.partition))
+            planned = plan_replay([r for r in got if r.offset < ends[(r.topic, r.partition)]], settings, wanted,
+                                  done, report, max_records)
             if planned:
                 _send_and_record(producer, ledger, planned)
     finally:

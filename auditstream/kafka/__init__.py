@@ -23,7 +23,7 @@ package.
 
 from auditstream.kafka.factory import (
     BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, make_topic_log, read_to_end,
-    resolve_bootstrap,
+    resolve_bootstrap, true_end_offsets,
 )
 from auditstream.kafka.security import check_broker, kafka_python_config, librdkafka_config
 from auditstream.kafka.interface import (

@@ -59,21 +59,44 @@ def make_topic_log(settings: Settings, bootstrap: str | None = None) -> TopicLog
 
 def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
                 timeout_s: float = 60.0) -> list[Record]:
-    """Every record of ``topics`` up to their end offsets at the call (in partition order)."""
+    """Every record of ``topics`` written before the call (in partition order), and any written
+    while it reads.
+
+    It reads past the end offsets the broker reported, on to a poll that returns nothing: the
+    embedded Tansu 0.6.0 answers ListOffsets with the last batch's base offset + 1 (a partition
+    holding one batch of records 0..9 has "end" 1; docs/audit-store.md), so a reported end is a
+    lower bound. Stopping there lost records here: episode state, the replay ledger."""
     import time
 
     reader = make_reader(settings, topics, True, bootstrap)
     try:
         out: list[Record] = []
         deadline = time.monotonic() + timeout_s
-        while not reader.caught_up():
+        while True:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(bootstrap or _bootstrap(settings),
                                         f"could not read {topics} to their end within {timeout_s:.0f} s")
-            out.extend(reader.poll(10_000, 200))
-        return out
+            got = reader.poll(10_000, 500)
+            out.extend(got)
+            if not got and reader.caught_up():
+                return out
     finally:
         reader.close()
+
+
+def true_end_offsets(settings: Settings, topics: list[str], bootstrap: str | None = None,
+                     timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+    """Each partition's end offset now: the broker's answer, raised past any record read after it
+    (Tansu's answer can be a lower bound: :func:`read_to_end`)."""
+    log_ = make_topic_log(settings, bootstrap)
+    try:
+        ends = log_.end_offsets(topics)
+        for record in log_.read_from(ends, topics, timeout_s):
+            where = (record.topic, record.partition)
+            ends[where] = max(ends[where], record.offset + 1)
+        return ends
+    finally:
+        log_.close()
 
 
 def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, ...] = (),

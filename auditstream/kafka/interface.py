@@ -100,7 +100,8 @@ class Reader(Protocol):
     def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
     def caught_up(self) -> bool:
-        """True once every partition was read up to its end offset as of the reader's start."""
+        """True once every partition was read up to its end offset as of the reader's start (as
+        the broker reported it: a lower bound on Tansu, so read on until a poll is empty)."""
 
     def close(self) -> None: ...
 

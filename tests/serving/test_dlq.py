@@ -79,6 +79,28 @@ def test_replay_on_the_broker_filtered_then_all_then_nothing(stream_settings: Se
 
 
 @pytest.mark.kafka
+def test_replay_reads_past_the_end_the_broker_reports(stream_settings: Settings, monkeypatch) -> None:
+    """Tansu reports a partition's end as its last batch's base offset + 1. 60 letters sent in one
+    flush land in one batch; read 25 at a time, a replay that stopped at the reported end replayed
+    25 of them (the old loop did)."""
+    import serving.dlq
+
+    settings = stream_settings
+    source, dlq = settings.request_topic("tiny"), settings.topic(T.DEAD_LETTER)
+    producer = make_producer(settings)
+    letters = [DeadLetter("wrong_model", "x", source, 0, i, f"b-{i}".encode(), b"one-key") for i in range(60)]
+    for dl in letters:  # one key: one partition
+        producer.send(dlq, dl.key, dl.to_bytes())
+    producer.flush(30)
+    producer.close()
+    monkeypatch.setattr(serving.dlq, "CHUNK", 25)
+    assert replay(settings).replayed == {"wrong_model": 60}
+    assert replay(settings).already == 60
+    values = sorted(r.value for r in read_topic(settings, source, until_count=60, timeout_s=30))
+    assert values == sorted(dl.value for dl in letters)
+
+
+@pytest.mark.kafka
 @pytest.mark.slow
 def test_cli_refusal_exits_1_with_a_message(stream_settings: Settings) -> None:
     settings = stream_settings
