@@ -107,5 +107,9 @@ def _read_serve_log(text: str, batch: int, interval_s: float) -> dict[str, Any]:
 
 def slow_passed(outcome: dict[str, Any]) -> bool:
     """No rebalance below the interval; at most one above it (the first batch), and no loop: every
-    request answered (checked by the common fields)."""
-    return outcome["rebalances"] <= (0 if outcome["factor"] < 1 else 1)
+    request answered (checked by the common fields). "Above" is the factor asked or the one the
+    first batch really took, whichever is larger: a machine that ran the batch slower than it
+    measured made a 0.8x run an overrun (CI saw a 0.8x batch take 1.07x)."""
+    measured = outcome.get("first_batch_factor")
+    factor = max(outcome["factor"], measured if measured is not None else 0.0)
+    return outcome["rebalances"] <= (0 if factor < 1 else 1)
