@@ -114,6 +114,23 @@ def broker_binary() -> str:
 
 
 def free_port() -> int:
+    """A TCP port free now, for a process started next to listen on. Drawn below the kernel's
+    ephemeral range where it can be: a port from ``bind(0)`` comes from that range, and between
+    its release here and the child's bind an outgoing connection may take it."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    candidates = random.sample(range(20000, low), min(50, low - 20000)) if low > 20100 else []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # the widest address a child binds (Prometheus' default)
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -66,9 +66,10 @@ from typing import Any, Callable, TextIO
 
 from auditstream import topics as T
 from auditstream.errors import DeliveryFailed
-from auditstream.kafka import kafka_python_config, make_consumer, make_producer
+from auditstream.kafka import ensure_topics, kafka_python_config, make_consumer, make_producer
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
+from auditstream.topics import COMPACTED_TOPICS, all_topics
 from auditstream.wire import InferenceRequest
 from serving.loadgen import inputs_for
 from serving.app import group_id as serve_group_id
@@ -247,6 +248,8 @@ class Run:
         not within ``timeout_s``)."""
         started = time.monotonic()
         while time.monotonic() < started + timeout_s:
+            if any(p.poll() is not None for p in procs):
+                return None  # a member exited: it will never own anything (the caller reports it)
             owned = self.owned(procs)
             if all(owned) and sum(owned) == self.settings.partitions:
                 return round(time.monotonic() - started, 2)
@@ -409,13 +412,17 @@ def fresh_group(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     for i in range(args.runs):
         prefix = f"{run.settings.topic_prefix}g{i}"  # a new request topic and a new group
         run.settings = dataclasses.replace(run.settings, topic_prefix=prefix)
+        # The topics exist before the group forms, as after `auditstream broker start`: three
+        # members creating them at once is a different race from the one timed here.
+        ensure_topics(run.settings, all_topics(run.settings, [run.model.card.name]),
+                      tuple(run.settings.topic(t) for t in COMPACTED_TOPICS))
         started = time.monotonic()
         members = [run.start_server() for _ in range(CONSUMERS)]
         settled = run.settled(members, 120)
         times.append(None if settled is None else round(time.monotonic() - started, 2))
         if settled is None:  # what each member owned and said when the bench gave up, for the logs
-            say(f"  run {i + 1}/{args.runs}: not every partition assigned after 120 s: partitions owned "
-                f"{run.owned(members)} of {run.settings.partitions}, exit codes {[p.poll() for p in members]}")
+            say(f"  run {i + 1}/{args.runs}: not every partition assigned (gave up within 120 s): partitions "
+                f"owned {run.owned(members)} of {run.settings.partitions}, exit codes {[p.poll() for p in members]}")
             for proc in members:
                 say(f"    pid {proc.pid}: " + " | ".join(run.log_tail(proc, 6)))
         else:
