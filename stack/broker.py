@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -117,8 +118,6 @@ def free_port() -> int:
     """A TCP port free now, for a process started next to listen on. Drawn below the kernel's
     ephemeral range where it can be: a port from ``bind(0)`` comes from that range, and between
     its release here and the child's bind an outgoing connection may take it."""
-    import random
-
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
