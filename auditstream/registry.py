@@ -186,6 +186,16 @@ class ModelRegistry:
                                f"{name} (have {self.versions(name)}); fix it with set_live or delete the file")
         return text
 
+    def reference_version(self, name: str, candidate: str) -> str:
+        """The version a candidate is compared with: the one ``LIVE`` names, or without the
+        pointer the newest version older than the candidate (what consumers started before it was
+        published serve); the candidate itself when there is neither."""
+        version = self.live_version(name)
+        if version is None:
+            older = [v for v in self.versions(name) if int(v) < int(candidate)]
+            version = older[-1] if older else candidate
+        return version
+
     def default_version(self, name: str) -> str | None:
         """The live version if a pointer exists, else the latest."""
         return self.live_version(name) or self.latest(name)

@@ -1,8 +1,9 @@
 """The overview's model-version sections: candidate vs live, and the learning curve.
 
 **Candidate vs live**: for each version that answered in shadow (or is newer than the live one),
-its certificate beside the live card's, its paired audits per route (candidate-only wrong,
-live-only wrong, the exact upper bound of the increase of the error rate) and what ``auditstream
+its certificate beside the live card's, its pairs (every request it compared with live's answer,
+or without such comparisons the paired audits per route: candidate-only wrong, live-only wrong,
+disagreements nobody audited, the exact upper bound of the increase of the error rate) and what ``auditstream
 promote`` would decide now -- computed by ``monitor.promotion.decide_promotion``, shown, never
 recorded -- plus the last decision its ``promotion.json`` records.
 
@@ -79,8 +80,10 @@ def candidate_section(ctx: DashboardContext, model: str) -> None:
 
 
 def comparison_rows(decision: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per route of the paired audits (what the gate counted)."""
-    return [{"route": s["stratum"], "paired audits": s["n"], "candidate wrong, live right": s["candidate_only_wrong"],
+    """One row per stratum the gate counted: ``traffic`` (every compared request) or a route of
+    the paired audits."""
+    return [{"pairs of": s["stratum"], "pairs": s["n"], "candidate wrong, live right": s["candidate_only_wrong"],
+             "of which unaudited disagreements": s.get("unaudited_disagreements", 0),
              "live wrong, candidate right": s["live_only_wrong"], "both wrong": s["both_wrong"],
              "error increase ≤": round(s["upper"], 4), "pairs needed": s["pairs_needed"]}
             for s in decision.get("strata", [])]

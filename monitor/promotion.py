@@ -5,13 +5,18 @@
     auditstream promote --model digits --candidate 3            # gate, record, move LIVE, announce
 
 1. **Evidence.** The candidate answers the live requests in shadow (its predictions are flagged
-   ``shadow``; nothing acts on them); the monitor keeps those of audited requests
-   (store/shadow.py). Each audited item of the live version with a first decisive verdict and a
-   shadow answer is one pair -- unless the candidate learnt from that item's verdict: a candidate
-   retrained from verdicts (its card's ``data_hygiene``) is judged on the certify side of the
-   request-id split only (qc/audit_split.py), as ``certify --from-audits`` judges it. A new
-   shadow group reads the request topic from its start, so without this rule the audits that
-   taught the candidate would also vouch for it.
+   ``shadow``; nothing acts on them), and with a copy of the live version beside it says for each
+   request whether the two answers are the same (store/shadow.py). When such comparisons exist,
+   **every compared request is a pair** (the ``traffic`` stratum, qc/paired.py): the same answer
+   is concordant without an audit, a difference is settled by the request's verdict or, nobody
+   having audited it, counted against the candidate. Without them (a detector, whose boxes match
+   with a tolerance, or a shadow that could not load the live version) each audited item of the live version with a first decisive verdict and a
+   shadow answer is one pair, one stratum per route. Either way a pair counts only if the
+   candidate did not learn from it: a candidate retrained from verdicts (its card's
+   ``data_hygiene``) is judged on the certify side of the request-id split only
+   (qc/audit_split.py), as ``certify --from-audits`` judges it. A new shadow group reads the
+   request topic from its start, so without this rule the audits that taught the candidate would
+   also vouch for it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
    candidate's certificate must hold at its card's target (no looser than the live card's), and
    the exact paired bound must show it is not worse than live by the margin; too few pairs →
@@ -34,16 +39,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from auditstream import tasks
 from auditstream.control import Rollout, announce_rollout
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.audit_split import CERTIFY, audit_part
-from qc.paired import PairedGateConfig
+from qc.paired import PairedCounts, PairedGateConfig, traffic_counts
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
-from store.shadow import PairedAudit, ShadowAnswers
+from store.shadow import ShadowAnswers
 
+T = TypeVar("T")
 PROMOTION_FILE = "promotion.json"
 PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that spend delta)
 
@@ -55,42 +62,46 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     before it was published serve). ``look``: which decision on this candidate this is
     (default: one more than recorded)."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
-    judging, hygiene = judged_audits(store, cand, live)
-    strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in judging], config.per_route)
+    strata, hygiene = judged_pairs(store, cand, live, config)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
     decision = decide(cand, live, strata, config, look)
     return dataclasses.replace(decision, reason=f"{decision.reason}; {hygiene}") if hygiene else decision
 
 
-def may_judge(candidate: ModelCard, audits: list[PairedAudit]) -> tuple[list[PairedAudit], str]:
-    """The paired audits that may judge ``candidate`` and, when some may not, why (the
-    hygiene rule: a candidate that learnt from verdicts is judged on the certify side of the
-    request-id split only; module docstring, step 1)."""
+def may_judge(candidate: ModelCard, pairs: list[T], what: str = "audited items") -> tuple[list[T], str]:
+    """The pairs (anything with a ``request_id``) that may judge ``candidate`` and, when some may
+    not, why (the hygiene rule: a candidate that learnt from verdicts is judged on the certify
+    side of the request-id split only; module docstring, step 1)."""
     hygiene = candidate.extra.get("data_hygiene")
     if not hygiene:
-        return audits, ""
+        return pairs, ""
     share = float(hygiene["certify_share"])
-    kept = [a for a in audits if audit_part(a.request_id, share) == CERTIFY]
-    return kept, (f"{len(audits) - len(kept)} of {len(audits)} audited items fall on the train side of the "
+    kept = [a for a in pairs if audit_part(a.request_id, share) == CERTIFY]
+    return kept, (f"{len(pairs) - len(kept)} of {len(pairs)} {what} fall on the train side of the "
                   f"request-id split (certify share {share:g}), which v{candidate.version} may have learnt from: "
                   "not counted")
 
 
-def judged_audits(store: Any, candidate: ModelCard, live: ModelCard) -> tuple[list[PairedAudit], str]:
-    """The paired audits of ``candidate`` against ``live`` that may judge it, and why some may
-    not (:func:`may_judge`)."""
-    return may_judge(candidate, ShadowAnswers(store).paired_audits(candidate.name, live.version, candidate.version))
+def judged_pairs(store: Any, candidate: ModelCard, live: ModelCard,
+                 config: PairedGateConfig) -> tuple[list[PairedCounts], str]:
+    """The strata that judge ``candidate`` against ``live`` and why some requests do not count:
+    the ``traffic`` stratum when the shadow compared its answers with live's, else the audited
+    pairs per route (module docstring, step 1)."""
+    shadow = ShadowAnswers(store)
+    compared = shadow.traffic_pairs(candidate.name, live.version, candidate.version) \
+        if tasks.lookup(candidate.task).agreement_is_concordance else []
+    if compared:
+        kept, hygiene = may_judge(candidate, compared, "compared requests")
+        return [traffic_counts([(p.same_answer, p.verdict) for p in kept])], hygiene
+    audits, hygiene = may_judge(candidate, shadow.paired_audits(candidate.name, live.version, candidate.version))
+    return pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route), hygiene
 
 
 def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:
     """The card of the version ``LIVE`` names; without the pointer, of the newest version older
     than the candidate (what consumers started before it was published serve)."""
-    version = registry.live_version(model)
-    if version is None:
-        older = [v for v in registry.versions(model) if int(v) < int(candidate)]
-        version = older[-1] if older else candidate
-    return registry.card(model, version)
+    return registry.card(model, registry.reference_version(model, candidate))
 
 
 def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = False,

@@ -19,7 +19,8 @@ It does four things (docs/audit-store.md, "Monitor process"):
    ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
 4. **Keeps shadow answers** (store/shadow.py): predictions flagged ``shadow`` (a candidate
    version on the live requests) are stored for the paired promotion gate (monitor/promotion.py);
-   those whose request was never audited are pruned after ``shadow_retention_s``.
+   those whose request was never audited are pruned after ``shadow_retention_s``, while each
+   one's comparison with the live version's answer (one small row per request) is kept.
 
 Steps 2 and 3 run only in the **leader** (``store.leadership``, store/leader.py) when
 several monitors share a store; the others keep ingesting. On taking the lead a process seeds

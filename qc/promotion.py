@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from auditstream.registry import ModelCard
-from qc.paired import PairedCounts, PairedGateConfig, StratumResult, look_delta, paired_gate
+from qc.paired import TRAFFIC, PairedCounts, PairedGateConfig, StratumResult, look_delta, paired_gate
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ def decide(candidate: ModelCard, live: ModelCard, strata: list[PairedCounts], co
     short = [r for r in results if not r.passes]
     if short:
         more = max(r.pairs_needed - r.n for r in short)  # type: ignore[operator]
-        return PromotionDecision(False, "too_few_pairs", f"{why}; {shown}: about {more:,} more paired audits needed "
+        unit = "compared requests" if any(r.stratum == TRAFFIC for r in short) else "paired audits"
+        return PromotionDecision(False, "too_few_pairs", f"{why}; {shown}: about {more:,} more {unit} needed "
                                  f"(in {', '.join(r.stratum for r in short)}) if the discordance stays as it is",
                                  certificate=facts, strata=rows, pairs_needed=more, **base)
     return PromotionDecision(True, "not_worse", f"{why}; {shown}: not worse than live by {config.margin:g} or more "
@@ -128,7 +129,8 @@ def decide_canary(candidate: ModelCard, live: ModelCard, share: float) -> Promot
 
 
 def _stratum_text(r: StratumResult) -> str:
-    return (f"{r.stratum}: {r.n} pairs, candidate-only wrong {r.candidate_only_wrong}, live-only wrong "
+    unaudited = f" ({r.unaudited_disagreements} of them unaudited disagreements)" if r.unaudited_disagreements else ""
+    return (f"{r.stratum}: {r.n} pairs, candidate-only wrong {r.candidate_only_wrong}{unaudited}, live-only wrong "
             f"{r.live_only_wrong}, increase <= {r.upper:.4f}")
 
 

@@ -42,7 +42,7 @@ from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
 from qc.triage import derived_salt
-from serving.consumer import RecordResult, ServeConfig, process_batch
+from serving.consumer import LiveReference, RecordResult, ServeConfig, process_batch
 from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
@@ -121,6 +121,9 @@ class ServeApp:
                 session = load_session(model, settings=settings)
             started.callback(session.close)
             self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
+            self.reference = self._live_reference(model.card) if shadow_of is not None else None
+            if self.reference is not None:
+                started.callback(self.reference.runner.close)
             live = self._served(model.card, session)
             self._last_live_children = live.children
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
@@ -238,6 +241,32 @@ class ServeApp:
             session.close()
             raise
 
+    def _live_reference(self, candidate: ModelCard) -> LiveReference | None:
+        """A shadow's copy of the version it is compared with (``LIVE``, else the newest older
+        one), so each prediction can say whether the two answers agree; None when there is no
+        such version or its inputs differ (the shadow then serves without the comparison)."""
+        if not tasks.lookup(candidate.task).agreement_is_concordance:
+            log.info("shadow v%s: %s answers match with a tolerance, so agreeing with live proves nothing; the "
+                     "paired gate counts audited items only", candidate.version, candidate.task)
+            return None
+        registry = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes)
+        try:
+            version = registry.reference_version(candidate.name, candidate.version)
+            if version == candidate.version:
+                return None
+            live = registry.load(candidate.name, version)
+            check_servable(live)
+            check_switchable(candidate, live)
+            if live.card.inputs != candidate.inputs:
+                raise ModelRefused(live.onnx_path, "its input spec differs from the candidate's")
+            session = load_session(live, settings=self.settings)
+        except Exception as e:  # noqa: BLE001 - the shadow serves on; its gate counts audited items only
+            log.warning("no live reference for shadow v%s (the paired gate counts audited items only): %s",
+                        candidate.version, e)
+            return None
+        log.info("shadow v%s compares each answer with live v%s", candidate.version, version)
+        return LiveReference(live.card, session)
+
     def _load_failed(self, version: str, error: BaseException) -> None:
         log.error("%s v%s could not be loaded, the live version keeps serving: %s", self.model.card.name, version, error)
         self.metrics.version_load_failures.labels(self.model.card.name).inc()
@@ -265,7 +294,7 @@ class ServeApp:
         for served, indices in self.versions.split(records):
             config = served.config if self.control_view is None else dataclasses.replace(served.config, control=control)
             part = [records[i] for i in indices]
-            answered = process_batch(part, served.runner, config, now, self.episodes)
+            answered = process_batch(part, served.runner, config, now, self.episodes, self.reference)
             served.failures.observe(answered)  # a long streak of failed inferences: the model is broken
             self._count(served.children, part, answered)
             for i, result in zip(indices, answered):
@@ -297,6 +326,8 @@ class ServeApp:
             if self.control_view is not None:
                 self.control_view.stop()
             self.versions.close()
+            if self.reference is not None:
+                self.reference.runner.close()
 
 
 def serve(settings: Settings, model_name: str, version: str | None = None, shadow: bool = False) -> LoopStats:

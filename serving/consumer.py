@@ -22,7 +22,12 @@ estimate, the route and whether the decision was QC-sampled). With an
 stack and the decision carries the episode's context; an ``episode_end`` request only ends the
 episode's state. A *shadow* consumer (a candidate on the live model's requests), of any kind,
 writes predictions flagged ``shadow`` and nothing that acts: no decisions, actions, audit items
-or episode state.
+or episode state. Given a :class:`LiveReference` (the version it is compared with, loaded beside
+it), a shadow also answers each request with that version and records in the prediction's
+``details["live_reference"]`` whether the two answers are the same by the kind's own rule (and
+the live version's answer where they differ): where they agree no audit is needed to know that
+they are both right or both wrong, which is what lets the paired promotion gate count all the
+traffic, not only the audited items (store/shadow.py, qc/paired.py).
 
 :class:`ServeApp` wires it into :class:`auditstream.stream.StreamLoop` (at-least-once; the
 checkpoint order is documented there and in docs/serving.md) with metrics.
@@ -107,6 +112,14 @@ class RecordResult:
     over_capacity: bool = False  # a deferral that joined a human queue at or over its configured depth
 
 
+@dataclass(frozen=True)
+class LiveReference:
+    """A shadow's copy of the version it is compared with (``ServeApp`` loads it)."""
+
+    card: ModelCard
+    runner: Runner
+
+
 def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float) -> RecordResult:
     dl = DeadLetter(reason=reason, detail=detail, source_topic=record.topic, source_partition=record.partition,
                     source_offset=record.offset, value=record.value, key=record.key, headers=record.headers,
@@ -133,9 +146,10 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) 
 
 
 def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float,
-                  episodes: EpisodeStore | None = None) -> list[RecordResult]:
+                  episodes: EpisodeStore | None = None, reference: LiveReference | None = None) -> list[RecordResult]:
     """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start.
-    ``episodes``: per-episode state of a policy consumer (frame stacks, step counts)."""
+    ``episodes``: per-episode state of a policy consumer (frame stacks, step counts).
+    ``reference``: a shadow's live version, whose answers are compared with the candidate's."""
     card = config.card
     triage_spec = config.triage_spec
     human_queue_depth = config.control.human_queue_depth if config.control is not None else None
@@ -160,6 +174,7 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
     task = config.task
     for group in valid.values():
         answers, inference_s = infer(session, card, [a for _, _, a in group])  # this group's ORT time only
+        references = _reference_answers(reference, group) if reference is not None and config.shadow else {}
         for (i, request, _array), answer in zip(group, answers):
             if isinstance(answer, Exception) or answer is None:
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
@@ -167,7 +182,7 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 continue
             try:
                 results[i] = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
-                                     now, inference_s, started)
+                                     now, inference_s, started, references.get(i))
             except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
                 log.warning("record %s: processing failed after inference: %r", records[i].where, e)
                 results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
@@ -176,13 +191,46 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
     return results  # type: ignore[return-value]
 
 
+def _reference_answers(reference: LiveReference, group: list[tuple[int, InferenceRequest, np.ndarray]]
+                       ) -> dict[int, tuple[LiveReference, tasks.Answer]]:
+    """The live version's answer to each record of ``group`` that it could answer. The comparison
+    is evidence, never a reason to lose the candidate's answer: a failure here only leaves the
+    records without a reference."""
+    try:
+        answers, _ = infer(reference.runner, reference.card, [a for _, _, a in group])
+    except Exception as e:  # noqa: BLE001 - even a broken reference model must not stop the shadow
+        log.warning("the live reference v%s failed on a batch: %r", reference.card.version, e)
+        return {}
+    return {i: (reference, a) for (i, _, _), a in zip(group, answers) if isinstance(a, tasks.Answer)}
+
+
+def _compare_with_live(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest,
+                       reference: tuple[LiveReference, tasks.Answer]) -> dict | None:
+    """``details["live_reference"]``: the live version, whether its answer is the same as the
+    candidate's (the kind's rule, after acting for kinds that act), and its answer where not."""
+    ref, live = reference
+    try:
+        if task.acts:
+            live = task.act(live, ref.card, hash_uniform(request.request_id, tasks.ACTION_SALT))
+        same = bool(task.same_answer(answer.output, live.output))
+    except Exception as e:  # noqa: BLE001 - an answer the rule cannot compare: no evidence, not a failure
+        log.warning("request %r: comparing with live v%s failed: %r", request.request_id, ref.card.version, e)
+        return None
+    return {"version": ref.card.version, "same_answer": same, **({} if same else {"output": live.output})}
+
+
 def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, config: ServeConfig,
             triage_spec: TriageSpec, human_queue_depth: int | None, episodes: EpisodeStore | None, now: float,
-            inference_s: float, started: float) -> RecordResult:
+            inference_s: float, started: float,
+            reference: tuple[LiveReference, tasks.Answer] | None = None) -> RecordResult:
     """Act (kinds that act), triage, and encode one answered record's outputs."""
     card = config.card
     if task.acts:
         answer = _act(task, answer, request, card, episodes)
+    if reference is not None:
+        compared = _compare_with_live(task, answer, request, reference)
+        if compared is not None:
+            answer = dataclasses.replace(answer, details={**answer.details, "live_reference": compared})
     # The rule that routed this answer (the card's threshold or the monitor's tightening), and
     # each gating part's own route: a detector's auditor sees which boxes were accepted on their
     # own evidence (context) and which need a look.

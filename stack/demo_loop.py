@@ -177,8 +177,7 @@ class ModelLoop:
 
     def _shadow_step(self, c: Candidate, store: Any, now_s: float) -> None:
         from auditstream.registry import ModelRegistry
-        from monitor.promotion import judged_audits, live_card, promote, recorded_looks
-        from qc.promotion import pairs_by_stratum
+        from monitor.promotion import judged_pairs, live_card, promote, recorded_looks
 
         assert c.version is not None
         if c.proc is not None and c.proc.poll() is not None:
@@ -187,9 +186,8 @@ class ModelLoop:
             return
         registry = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes)
         cand, live = registry.card(self.model, c.version), live_card(registry, self.model, c.version)
-        audits, _ = judged_audits(store, cand, live)
         gate = self.config.gate
-        strata = pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], gate.per_route)
+        strata, _ = judged_pairs(store, cand, live, gate)
         c.pairs = min((s.n for s in strata), default=0)
         c.stratum_pairs = {s.stratum: s.n for s in strata}
         look = recorded_looks(registry, self.model, c.version) + 1

@@ -204,7 +204,8 @@ def promote_step(settings: Settings, store: Any, name: str, candidate: str, gate
 
     d = promote(settings, name, candidate, config=gate, store=store)
     return {"promoted": d.promote, "code": d.code, "reason": d.reason, "pairs_needed": d.pairs_needed,
-            "pairs": {s["stratum"]: {k: s[k] for k in ("n", "candidate_only_wrong", "live_only_wrong", "upper")}
+            "pairs": {s["stratum"]: {k: s[k] for k in ("n", "candidate_only_wrong", "live_only_wrong", "upper",
+                                                       "unaudited_disagreements")}
                       for s in d.strata}}
 
 
@@ -239,6 +240,19 @@ class Loop:
         """``auditstream serve --model NAME --version V --shadow``: a new group, from the topic's start."""
         return self.children.start(f"shadow-{name}-v{version}", self._cli("serve", "--model", name, "--version", version,
                                                                         "--shadow"), self._env(self.settings))
+
+    def wait_ready(self, name: str, version: str, timeout_s: float = 120) -> float:
+        """Wait until the running ``serve`` consumer of ``name`` has loaded, verified and warmed up
+        a promoted ``version`` (its log says so), so that the next round's first batch is answered
+        by it: the switch itself happens between batches. Returns the seconds waited."""
+        log, started = self.children.log_dir / f"serve-{name}.log", time.monotonic()
+        line = f"version {version} loaded, verified and warmed up".encode()
+        while line not in log.read_bytes():
+            self.children.check()
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"serve {name} did not load v{version} within {timeout_s:.0f} s; see {log}")
+            time.sleep(0.2)
+        return time.monotonic() - started
 
     def stop(self, proc: subprocess.Popen) -> None:
         proc.terminate()  # it checkpoints what it answered, then exits 0
@@ -291,9 +305,11 @@ class Loop:
         raise TimeoutError(f"{sum(i not in self.predictions for i in ids)} of {len(ids)} requests unanswered after "
                            f"{timeout_s:.0f} s; see the logs in {self.children.log_dir}")
 
-    def wait_paired(self, store: Any, name: str, live: str, candidate: str, timeout_s: float = 600) -> int:
+    def wait_paired(self, store: Any, name: str, live: str, candidate: str, requests: int,
+                    timeout_s: float = 600) -> int:
         """Wait until the candidate's shadow answers of every audited item of ``live`` are in the
-        store (the monitor ingests them from the predictions topic); returns how many items."""
+        store (the monitor ingests them from the predictions topic) and the shadow compared all
+        ``requests`` streamed so far with live's answers; returns how many audited items."""
         from store.shadow import ShadowAnswers
 
         shadow, deadline = ShadowAnswers(store), time.monotonic() + timeout_s
@@ -301,11 +317,13 @@ class Loop:
             self.children.check()
             audits = shadow.paired_audits(name, live, candidate)
             missing = sum(a.candidate_wrong is None for a in audits)
-            if not missing:
+            uncompared = max(0, requests - shadow.compared(name, candidate))
+            if not missing and not uncompared:
                 return len(audits)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{missing} of {len(audits)} audited items of {name} v{live} have no shadow answer "
-                                   f"of v{candidate} after {timeout_s:.0f} s; see the logs in {self.children.log_dir}")
+                                   f"of v{candidate}, and {uncompared} of {requests} requests were not compared with "
+                                   f"live, after {timeout_s:.0f} s; see the logs in {self.children.log_dir}")
             time.sleep(0.5)
 
     def plant_gold(self, store: Any, admin: Any, name: str, card: Any, items: list[tuple[Any, str]]) -> None:
@@ -556,10 +574,12 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
         candidate = summary["version"]
         shadow = loop.start_shadow(name, candidate)
         try:
-            audited_of_live = loop.wait_paired(store, name, live, candidate)
+            audited_of_live = loop.wait_paired(store, name, live, candidate, len(streamed))
         finally:
             loop.stop(shadow)
         decision = promote_step(loop.settings, store, name, candidate, args.gate())
+        if decision["promoted"]:  # the next round is answered by the promoted version from its first batch
+            loop.wait_ready(name, candidate)
         card = registry.card(name)  # the live one, after the decision
         row = {"round": r, "live_during_round": live, "budget": budget, **figures, "audited_items": audited,
                **gold, "labels_used": summary["verdicts_learnt"], "candidate": candidate,

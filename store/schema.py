@@ -29,7 +29,7 @@ SCHEMA_VERSION = 3
 
 TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
-EXTRA_TABLES = ("qc_snapshots", "shadow_answers")
+EXTRA_TABLES = ("qc_snapshots", "shadow_answers", "shadow_agreement")
 
 DDL = (
     """

@@ -13,12 +13,23 @@ request's audit item (two consumers, two speeds). So every shadow answer is writ
 request has no audit item: the table holds the audited requests' answers plus at most
 ``retention_s`` of the shadow's output.
 
-One table, ``{p}shadow_answers``, created on first use (``IF NOT EXISTS``), dropped with the store.
+**Agreement with live on all traffic.** A shadow that loaded the live version beside it
+(serving/consumer.py, ``LiveReference``) says in each prediction whether its answer is the same
+as live's by the kind's rule. Those flags go to ``{p}shadow_agreement``, one small row per
+request (the two answers kept only where they differ), never pruned while the store lives:
+where the answers agree, both are right or both wrong, so the request is a concordant pair
+without any audit; where they differ, a verdict on the request (any version's audit item)
+settles who was wrong (:meth:`ShadowAnswers.traffic_pairs`), and an unaudited disagreement is
+counted against the candidate by the gate (qc/paired.py, :func:`qc.paired.traffic_counts`).
+
+Two tables, ``{p}shadow_answers`` and ``{p}shadow_agreement``, created on first use (``IF NOT
+EXISTS``), dropped with the store.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,6 +37,8 @@ from auditstream import tasks
 from auditstream.wire import Prediction, VerdictKind
 from store.records import audit_error, dumps, human_label
 from store.schema import fill_types
+
+log = logging.getLogger(__name__)
 
 _DDL = (
     """
@@ -40,6 +53,18 @@ _DDL = (
         PRIMARY KEY (request_id, model, model_version)
     )""",
     "CREATE INDEX IF NOT EXISTS {p}shadow_answers_time ON {p}shadow_answers (ingested_at_s)",
+    """
+    CREATE TABLE IF NOT EXISTS {p}shadow_agreement (
+        request_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_version TEXT NOT NULL,        -- the candidate
+        live_version TEXT NOT NULL,         -- the version it was compared with
+        same_answer INTEGER NOT NULL,       -- 1: the same answer by the kind's rule
+        candidate_output TEXT,              -- JSON, only where the answers differ
+        live_output TEXT,                   -- JSON, only where the answers differ
+        PRIMARY KEY (request_id, model, model_version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}shadow_agreement_pair ON {p}shadow_agreement (model, model_version, live_version)",
 )
 
 
@@ -51,6 +76,29 @@ class PairedAudit:
     route: str  # the live version's route: HUMAN (deferred) or AUTO_QC (QC sample)
     live_wrong: bool
     candidate_wrong: bool | None  # None: the candidate has no shadow answer for it (yet)
+
+
+@dataclass(frozen=True)
+class TrafficPair:
+    """One request both versions answered, whatever its route: the same answer or not, and where
+    not, who was wrong by the first decisive verdict on the request (None: nobody audited it)."""
+
+    request_id: str
+    same_answer: bool
+    verdict: tuple[bool, bool] | None = None  # (live wrong, candidate wrong); only where the answers differ
+
+
+def live_reference(prediction: Prediction) -> tuple[str, bool, Any] | None:
+    """(live version, same answer, live's answer) from a shadow prediction's
+    ``details["live_reference"]``; None when it carries none or one of the wrong shape (a record
+    from another client is evidence only when it is well formed)."""
+    ref = prediction.details.get("live_reference") if isinstance(prediction.details, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    version, same = ref.get("version"), ref.get("same_answer")
+    if not isinstance(version, str) or not version or not isinstance(same, bool):
+        return None
+    return version, same, ref.get("output")
 
 
 def wrong_answers(rule: tasks.Task, kind: VerdictKind, live_output: Any, corrected_output: Any,
@@ -73,7 +121,8 @@ class ShadowAnswers:
                 cur.run(fill_types(text, self._db.types))
 
     def ingest(self, predictions: Sequence[Prediction], now_s: float) -> int:
-        """Store shadow predictions (others are ignored); returns how many were new."""
+        """Store shadow predictions (others are ignored) and their agreement with live; returns
+        how many were new."""
         rows = sorted({(p.request_id, p.model, p.model_version): p for p in predictions if p.shadow}.items())
         new = 0
         with self._db.write() as cur:
@@ -83,6 +132,16 @@ class ShadowAnswers:
                     " ingested_at_s) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (request_id, model, model_version) DO NOTHING",
                     (rid, model, version, dumps(p.output), float(p.confidence), p.route.value, float(now_s)))
+                reference = live_reference(p)
+                if reference is None:
+                    continue
+                live_version, same, live_output = reference
+                cur.run(
+                    "INSERT INTO {p}shadow_agreement (request_id, model, model_version, live_version, same_answer,"
+                    " candidate_output, live_output) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (request_id, model, model_version) DO NOTHING",
+                    (rid, model, version, live_version, int(same), None if same else dumps(p.output),
+                     None if same else dumps(live_output)))
         return new
 
     def prune(self, now_s: float, retention_s: float) -> int:
@@ -98,6 +157,12 @@ class ShadowAnswers:
         rows = self._db.query("SELECT model_version, COUNT(*) FROM {p}shadow_answers WHERE model = ?"
                               " GROUP BY model_version", (model,))
         return {v: int(n) for v, n in rows}
+
+    def compared(self, model: str, candidate_version: str) -> int:
+        """How many requests ``candidate_version``'s shadow compared with a live version."""
+        rows = self._db.query("SELECT COUNT(*) FROM {p}shadow_agreement WHERE model = ? AND model_version = ?",
+                              (model, candidate_version))
+        return int(rows[0][0])
 
     def paired_audits(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
         """Every audited (non-gold) item of ``model`` v``live_version`` with its first decisive
@@ -121,4 +186,40 @@ class ShadowAnswers:
             live_wrong, cand_wrong = wrong_answers(rule, VerdictKind(kind), live_output, corrected_output,
                                                    json.loads(shadow))
             out.append(PairedAudit(rid, route, live_wrong, cand_wrong))
+        return out
+
+    def traffic_pairs(self, model: str, live_version: str, candidate_version: str) -> list[TrafficPair]:
+        """Every request ``candidate_version`` answered in shadow beside its comparison with
+        ``live_version``, audited or not; where the answers differ, the first decisive verdict on
+        the request (a non-gold audit item of any version of ``model``) says who was wrong."""
+        rows = self._db.query(
+            "SELECT request_id, same_answer, candidate_output, live_output FROM {p}shadow_agreement"
+            " WHERE model = ? AND model_version = ? AND live_version = ? ORDER BY request_id",
+            (model, candidate_version, live_version))
+        verdicts: dict[str, tuple[str, Any, str, Any]] = {}
+        for rid, task, output, kind, corrected in self._db.query(
+                "SELECT a.request_id, i.task, i.output, v.kind, v.corrected_output FROM {p}shadow_agreement a"
+                " JOIN {p}items i ON i.request_id = a.request_id AND i.model = a.model"
+                " JOIN {p}verdicts v ON v.item_id = i.id"
+                " WHERE a.model = ? AND a.model_version = ? AND a.live_version = ? AND a.same_answer = 0"
+                " AND i.is_gold = 0 AND v.review_round = 1 AND v.kind <> 'skip'"
+                " ORDER BY v.decided_at_s, v.verdict_id",
+                (model, candidate_version, live_version)):
+            verdicts.setdefault(rid, (task, json.loads(output), kind, None if corrected is None else json.loads(corrected)))
+        out = []
+        for rid, same, cand_output, live_output in rows:
+            if same or rid not in verdicts:
+                out.append(TrafficPair(rid, bool(same)))
+                continue
+            task, audited_output, kind, corrected = verdicts[rid]
+            try:
+                rule = tasks.lookup(task)
+                label = human_label(VerdictKind(kind), audited_output, corrected)
+                live_wrong, cand_wrong = (label is None or not rule.same_answer(json.loads(answer), label)
+                                          for answer in (live_output, cand_output))
+            except Exception as e:  # noqa: BLE001 - an answer the rule cannot judge settles nothing
+                log.warning("request %r: the verdict could not judge the two answers: %r", rid, e)
+                out.append(TrafficPair(rid, False))
+                continue
+            out.append(TrafficPair(rid, False, (bool(live_wrong), bool(cand_wrong))))
         return out

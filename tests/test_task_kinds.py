@@ -29,6 +29,17 @@ def test_every_kind_has_a_task_and_a_view() -> None:
         assert tasks.lookup(kind.value) is tasks.lookup(kind)
 
 
+def test_only_kinds_whose_equality_is_equal_keys_take_agreement_as_concordance() -> None:
+    """The paired gate counts a shadow's agreement with live as a concordant pair only where
+    ``same_answer`` is an equivalence (store/shadow.py); a kind that compares with a tolerance
+    (its own ``same_answer``) must say it is not one."""
+    for kind in TaskKind:
+        task = tasks.lookup(kind)
+        keyed = type(task).same_answer is tasks.Task.same_answer
+        assert task.agreement_is_concordance is keyed, kind
+    assert tasks.lookup("detection").agreement_is_concordance is False
+
+
 def test_unknown_kinds_are_refused_with_the_known_ones_named() -> None:
     with pytest.raises(UnknownTaskKind, match=r"unknown task kind 'poetry'.*'classification'"):
         tasks.lookup("poetry")

@@ -92,6 +92,10 @@ class Task:
     accepts_parts: ClassVar[bool] = False
     # Least QC rate of its auto answers whatever the settings say (policies: OPE needs random audits).
     min_qc_rate: ClassVar[float] = 0.0
+    # Two answers the same by same_answer are both right or both wrong against any label (equal
+    # keys: an equivalence). A tolerance (a detector's IoU matching) breaks that, and the paired
+    # promotion gate then may not take a shadow's agreement with live as a concordant pair.
+    agreement_is_concordance: ClassVar[bool] = True
 
     # -- serving -----------------------------------------------------------------------------
 

@@ -95,6 +95,9 @@ class Detection(Task):
     output_names = ("boxes", "labels", "scores")
     answers_are_boxes = True  # `auditstream labels export --format coco`
     accepts_parts = True
+    # boxes match by IoU: A ~ B and B ~ truth need not give A ~ truth, so agreeing with live is
+    # no concordance; the paired gate counts a detector's audited items only
+    agreement_is_concordance = False
 
     def check_card(self, card: ModelCard) -> None:
         super().check_card(card)

@@ -50,8 +50,8 @@ def test_candidate_vs_live_and_the_learning_curve(store, store_url, tmp_path):
     assert "would decide now: **too_few_pairs**" in shown and "more paired audits needed" in shown
     assert "Last recorded decision (paired): too_few_pairs — recorded earlier" in shown
     frames = [d.value for d in at.dataframe]
-    paired = next(f for f in frames if "paired audits" in f.columns)
-    assert paired.to_dict("records")[0]["paired audits"] == 40 and paired["candidate wrong, live right"].sum() == 0
+    paired = next(f for f in frames if "pairs" in f.columns)
+    assert paired.to_dict("records")[0]["pairs"] == 40 and paired["candidate wrong, live right"].sum() == 0
     curve = next(f for f in frames if "certified coverage" in f.columns)
     assert curve["version"].tolist() == ["1", "2", "3"] and curve["live"].tolist() == ["", "LIVE", ""]
     assert curve["certified coverage"].tolist() == ["60.00%", "75.00%", "90.00%"]
@@ -62,7 +62,8 @@ def test_candidate_vs_live_and_the_learning_curve(store, store_url, tmp_path):
 def test_rows_are_what_the_decision_and_the_cards_say(tmp_path):
     decision = {"strata": [{"stratum": "HUMAN", "n": 10, "candidate_only_wrong": 1, "live_only_wrong": 3,
                             "both_wrong": 2, "upper": 0.123456, "pairs_needed": None}]}
-    assert comparison_rows(decision) == [{"route": "HUMAN", "paired audits": 10, "candidate wrong, live right": 1,
+    assert comparison_rows(decision) == [{"pairs of": "HUMAN", "pairs": 10, "candidate wrong, live right": 1,
+                                          "of which unaudited disagreements": 0,
                                           "live wrong, candidate right": 3, "both wrong": 2,
                                           "error increase ≤": 0.1235, "pairs needed": None}]
     from auditstream.registry import ModelCard, TriageSpec

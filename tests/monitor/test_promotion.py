@@ -90,3 +90,29 @@ def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_side_onl
         decision = decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
     assert [s["n"] for s in decision.strata] == [certify_side]
     assert f"{60 - certify_side} of 60 audited items fall on the train side" in decision.reason
+
+
+def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every_route(tmp_path):
+    """A shadow that compared its answers with live's makes every request a pair: 297 compared
+    requests on which the two agree let the candidate through, where the 3 audited pairs alone
+    were far too few; disagreements nobody audited count against it."""
+    registry, url = seeded(tmp_path, pairs=3)
+    compared = [dataclasses.replace(audit_item(f"t{i}", Route.AUTO, version="1").prediction, model_version="2",
+                                    shadow=True, details={"live_reference": {"version": "1", "same_answer": True}})
+                for i in range(297)]
+    config = PairedGateConfig(margin=0.02, delta=0.05)
+    with open_store(url) as store:
+        assert decide_promotion(store, registry, "zip", "2", config=config).code == "too_few_pairs"  # audits only
+        ShadowAnswers(store).ingest(compared, time.time())
+        decision = decide_promotion(store, registry, "zip", "2", config=config, look=1)
+    # the seeded shadow answers of r0..r2 carry no comparison: the traffic stratum holds the 297
+    assert decision.promote and decision.code == "not_worse"
+    assert [(s["stratum"], s["n"], s["candidate_only_wrong"]) for s in decision.strata] == [("traffic", 297, 0)]
+    disagreeing = [dataclasses.replace(p, request_id=f"d{i}", details={"live_reference": {
+        "version": "1", "same_answer": False, "output": "54321"}}) for i, p in enumerate(compared[:15])]
+    with open_store(url) as store:
+        ShadowAnswers(store).ingest(disagreeing, time.time())
+        decision = decide_promotion(store, registry, "zip", "2", config=config, look=1)
+    assert not decision.promote
+    (stratum,) = decision.strata
+    assert stratum["n"] == 312 and stratum["candidate_only_wrong"] == stratum["unaudited_disagreements"] == 15

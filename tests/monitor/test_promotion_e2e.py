@@ -164,6 +164,9 @@ def test_shadow_canary_promotion_followed_without_restart(broker, tmp_path: Path
             promoted_at = time.time()
             decision = promote(settings, "tiny", "2", config=GATE, store=store)
             assert decision.promote and decision.code == "not_worse", decision.reason
+            # each shadow compared its answers with live v1's: every request, audited or not, is a pair
+            assert [s["stratum"] for s in decision.strata] == ["traffic"]
+            assert decision.strata[0]["n"] > sum(pairs_per_route(store, "2").values())
             assert registry.live_version("tiny") == "2"
             wait_until(lambda: metric("version_switches_total") == 1, what="the switch")
             switched = time.time()

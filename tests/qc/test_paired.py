@@ -10,6 +10,7 @@ import pytest
 
 from auditstream.registry import ModelCard, TensorSpec, TriageSpec
 from qc.paired import (
+    TRAFFIC,
     PairedCounts,
     PairedGateConfig,
     difference_upper_bound,
@@ -17,6 +18,7 @@ from qc.paired import (
     look_delta,
     pairs_needed,
     paired_gate,
+    traffic_counts,
 )
 from qc.promotion import decide, pairs_by_stratum
 
@@ -116,3 +118,35 @@ def test_bad_counts_and_configs_are_refused():
     with pytest.raises(ValueError, match="margin"):
         PairedGateConfig(margin=0)
     assert dataclasses.asdict(PairedGateConfig())["per_route"] is True
+
+
+def test_traffic_counts_take_agreement_as_concordance_and_an_unaudited_disagreement_against_the_candidate():
+    pairs = [(True, None)] * 5 + [(False, (True, False)), (False, (False, True)), (False, (True, True)),
+                                  (False, (False, False)), (False, None), (False, None)]
+    assert traffic_counts(pairs) == PairedCounts(TRAFFIC, 11, candidate_only_wrong=3, live_only_wrong=1, both_wrong=1,
+                                                 unaudited_disagreements=2)
+    assert traffic_counts([]) == PairedCounts(TRAFFIC, 0, 0, 0)
+    # an identical candidate passes on traffic alone once ln(delta/2)/ln(1 - margin) requests were compared
+    n = pairs_needed(0, 0, 0, 0.02, 0.05)
+    assert judge_stratum(traffic_counts([(True, None)] * n), 0.02, 0.05).passes
+    assert not judge_stratum(traffic_counts([(True, None)] * (n - 1)), 0.02, 0.05).passes
+
+
+@pytest.mark.parametrize("audit_share", [0.0, 0.2, 1.0])
+def test_the_traffic_gate_passes_a_candidate_worse_by_the_margin_at_most_delta_of_the_time(audit_share):
+    """Requests of a traffic where the candidate is worse by exactly the margin; a share of the
+    disagreements is audited (the rest count against the candidate): the gate stays valid."""
+    rng = np.random.default_rng(1)
+    margin, delta, n, trials = 0.02, 0.05, 1500, 2000
+    for p01 in (0.0, 0.02):
+        p10 = p01 + margin
+        passed = 0
+        for b, c, _ in rng.multinomial(n, [p10, p01, 1 - p10 - p01], size=trials):
+            audited_b, audited_c = rng.binomial(b, audit_share), rng.binomial(c, audit_share)
+            pairs = ([(True, None)] * (n - b - c) + [(False, (False, True))] * audited_b
+                     + [(False, (True, False))] * audited_c + [(False, None)] * (b - audited_b + c - audited_c))
+            passed += judge_stratum(traffic_counts(pairs), margin, delta).passes
+        assert passed / trials <= delta
+    # a candidate that disagrees rarely, and is right where audited, passes with this many requests
+    pairs = [(True, None)] * (n - 6) + [(False, (True, False))] * 5 + [(False, None)]
+    assert judge_stratum(traffic_counts(pairs), margin, delta).passes

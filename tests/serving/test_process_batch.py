@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from tests.conftest import TinyRegistry
+from tests.conftest import TinyRegistry, tiny_card, tiny_classifier_onnx
 
 from auditstream.control import ControlState
 from auditstream.errors import InferenceBroken
@@ -19,7 +19,7 @@ from auditstream.registry import TensorSpec
 from auditstream.settings import Settings
 from auditstream.wire import (AuditItem, DeadLetter, Decision, ImageInput, InferenceRequest, Prediction, Reason,
                               Route)
-from serving.consumer import ServeConfig, process_batch
+from serving.consumer import LiveReference, ServeConfig, process_batch
 from serving.inference import FailureStreak
 from serving.runtime import load_session
 
@@ -358,3 +358,36 @@ def test_a_record_that_breaks_the_decoder_is_dead_lettered_alone(served, monkeyp
     results = process_batch(records, session, config, NOW)
     assert [r.dead_letter_reason for r in results] == [None, None, Reason.PROCESSING_FAILED.value, None, None]
     assert DeadLetter.from_bytes(results[2].outputs[0].value).value == records[2].value
+
+
+def test_a_shadow_compares_each_answer_with_the_live_reference(served, tiny_registry: TinyRegistry) -> None:
+    """With a :class:`LiveReference` a shadow's prediction says whether live would have given the
+    same answer (and live's answer where not): the evidence the paired gate counts on all traffic."""
+    session, config = served
+    live = tiny_registry.registry.publish(tiny_card(), tiny_classifier_onnx(seed=1))  # another model: some differ
+    live_session = load_session(live)
+    shadow = dataclasses.replace(config, shadow=True)
+    records = [request_record(i, good(i)) for i in range(40)]
+    results = process_batch(records, session, shadow, NOW, reference=LiveReference(live.card, live_session))
+    live_answers = live_session.run(np.stack([good(i) for i in range(40)]))["probs"].argmax(axis=1)
+    same = []
+    for r, live_answer in zip(results, live_answers):
+        pred = Prediction.from_bytes(r.outputs[0].value)
+        same.append(pred.output == str(live_answer))
+        assert pred.details["live_reference"] == {"version": live.card.version, "same_answer": same[-1],
+                                                  **({} if same[-1] else {"output": str(live_answer)})}
+    assert 0 < sum(same) < len(same)
+    # the live consumer never compares; a reference that fails leaves the answers without a comparison
+    live_results = process_batch(records, session, config, NOW, reference=LiveReference(live.card, live_session))
+    assert all("live_reference" not in Prediction.from_bytes(r.outputs[0].value).details for r in live_results)
+
+    class Broken:
+        def run(self, batch: np.ndarray) -> dict:
+            raise RuntimeError("the reference broke")
+
+        def probe(self) -> None:
+            raise RuntimeError("still broken")
+
+    results = process_batch(records, session, shadow, NOW, reference=LiveReference(live.card, Broken()))
+    assert [r.route for r in results] == [r.route for r in process_batch(records, session, shadow, NOW)]
+    assert all("live_reference" not in Prediction.from_bytes(r.outputs[0].value).details for r in results)

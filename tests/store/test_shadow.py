@@ -10,7 +10,7 @@ from tests.store.store_factories import add_users, audit_item
 
 from auditstream import tasks
 from auditstream.wire import Route, VerdictKind
-from store.shadow import PairedAudit, ShadowAnswers, wrong_answers
+from store.shadow import PairedAudit, ShadowAnswers, TrafficPair, live_reference, wrong_answers
 
 
 def shadow_of(item, version: str, output):  # the candidate's prediction for the item's request
@@ -68,3 +68,52 @@ BOX = {"box": [4.0, 6.0, 30.0, 40.0], "label": "7", "score": 0.9}
 ])
 def test_each_kind_judges_both_answers_with_its_own_equality(task, live, verdict, corrected, candidate, expected):
     assert wrong_answers(tasks.lookup(task), verdict, live, corrected, candidate) == expected
+
+
+def compared(item, version: str, output, live_version: str, live_output):
+    """A shadow prediction that compared its answer with ``live_version``'s (serving/consumer.py)."""
+    same = tasks.lookup(item.prediction.task).same_answer(output, live_output)
+    reference = {"version": live_version, "same_answer": same, **({} if same else {"output": live_output})}
+    return dataclasses.replace(shadow_of(item, version, output), details={"live_reference": reference})
+
+
+def test_traffic_pairs_count_every_compared_request_and_settle_disagreements_by_verdict(store):
+    shadow = ShadowAnswers(store)
+    # live v1 answered five requests; two were audited (r0 deferred, r1 QC), three were not
+    items = {rid: audit_item(rid, route, version="1", output="12345")
+             for rid, route in [("r0", Route.HUMAN), ("r1", Route.AUTO_QC), ("r2", Route.AUTO), ("r3", Route.AUTO),
+                                ("r4", Route.AUTO)]}
+    store.ingest_many([items["r0"], items["r1"]], 10.0)
+    answers = [compared(items["r0"], "2", "12346", "1", "12345"),  # differs; the verdict says live was wrong
+               compared(items["r1"], "2", "12345", "1", "12345"),  # same: concordant whatever the verdict
+               compared(items["r2"], "2", "12345", "1", "12345"),  # same, never audited
+               compared(items["r3"], "2", "99999", "1", "12345"),  # differs, never audited
+               shadow_of(items["r4"], "2", "12345")]  # a shadow without a reference: no comparison
+    assert shadow.ingest(answers, 11.0) == 5
+    assert shadow.ingest(answers, 12.0) == 0  # redelivered: nothing new, no second comparison
+    (alice,) = add_users(store, "alice")
+    for t in range(2):
+        claim = store.claim(alice, 60, 20.0 + t)
+        kind, corrected = {"r0": (VerdictKind.CORRECT, "12346"), "r1": (VerdictKind.ACCEPT, None)}[claim.item.request_id]
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, corrected, 20.0 + t)
+    assert shadow.compared("zip", "2") == 4
+    assert shadow.traffic_pairs("zip", "1", "2") == [
+        TrafficPair("r0", False, (True, False)), TrafficPair("r1", True), TrafficPair("r2", True),
+        TrafficPair("r3", False, None)]
+    assert shadow.traffic_pairs("zip", "3", "2") == []  # compared with another live version
+    # pruning the unaudited shadow answers keeps the comparisons
+    assert shadow.prune(now_s=1000.0, retention_s=60.0) == 3
+    assert len(shadow.traffic_pairs("zip", "1", "2")) == 4
+
+
+@pytest.mark.parametrize("details", [
+    None, {}, {"live_reference": "yes"}, {"live_reference": {"version": 1, "same_answer": True}},
+    {"live_reference": {"version": "1", "same_answer": "true"}}, {"live_reference": {"version": "", "same_answer": True}},
+    {"live_reference": {"same_answer": False}},
+])
+def test_a_malformed_live_reference_is_no_comparison_and_no_error(store, details):
+    shadow = ShadowAnswers(store)
+    prediction = dataclasses.replace(shadow_of(audit_item("r0", version="1"), "2", "1"), details=details)
+    assert live_reference(prediction) is None
+    assert shadow.ingest([prediction], 1.0) == 1  # the answer is kept; there is just no comparison
+    assert shadow.compared("zip", "2") == 0
