@@ -230,9 +230,11 @@ class Loop:
         self.auditor_error, self.rng = auditor_error, np.random.default_rng(seed + 7)
         self.lock, self._stop = threading.Lock(), threading.Event()
         self.children.start("monitor", _cli("monitor"), _child_env(self.settings))
-        # One consumer per model for the whole bench, serving LIVE and following its rollouts.
+        # One consumer per model for the whole bench, serving LIVE and following its rollouts. It
+        # logs at INFO whatever the bench's own level: wait_ready reads its rollout lines.
         for name in names:
-            self.children.start(f"serve-{name}", _cli("serve", "--model", name), _child_env(self.settings))
+            self.children.start(f"serve-{name}", _cli("serve", "--model", name),
+                                {**_child_env(self.settings), "AUDITSTREAM_LOG_LEVEL": "INFO"})
         self._reader = threading.Thread(target=self._read, daemon=True, name="loop-reader")
         self._reader.start()
 
