@@ -121,7 +121,9 @@ class ServeApp:
                 session = load_session(model, settings=settings)
             started.callback(session.close)
             self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
-            self.reference = self._live_reference(model.card) if shadow_of is not None else None
+            # A candidate of the model it shadows is compared with that model's live version; a
+            # shadow of another model (rl promote's NAME:V against another name) is not.
+            self.reference = self._live_reference(model.card) if shadow_of == model.card.name else None
             if self.reference is not None:
                 started.callback(self.reference.runner.close)
             live = self._served(model.card, session)
