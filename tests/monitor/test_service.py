@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from tests.store.store_factories import BACKENDS, add_users, audit_item, make_store
 
@@ -297,3 +299,32 @@ def test_ingest_batch_keeps_shadow_answers_beside_the_items(tmp_path: Path) -> N
         assert ingest_batch(store, settings, records, T0, shadow=answers) == [[], [], [], []]
         assert answers.candidates("zip") == {"v2": 1} and store.queue_depth() == 1
         assert answers.prune(T0 + 10_000, retention_s=60) == 0  # its request has an audit item: kept
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+_REFERENCE = st.one_of(_JSON, st.fixed_dictionaries({"version": _JSON, "same_answer": _JSON},
+                                                     optional={"output": _JSON}))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(references=st.lists(_REFERENCE, min_size=1, max_size=6))
+def test_any_live_reference_from_another_client_is_kept_or_ignored_never_fatal(tmp_path: Path, references) -> None:
+    """A shadow prediction's ``details["live_reference"]`` comes from whoever wrote the record: any
+    JSON there is ingested without an error; only a well-formed one becomes a comparison."""
+    from store.shadow import ShadowAnswers
+
+    settings = Settings(topic_prefix="t")
+    preds = settings.topic(topics.PREDICTIONS)
+    item = audit_item("r1")
+    records = [_record(preds, dataclasses.replace(item.prediction, request_id=f"r{i}", model_version="v2",
+                                                  shadow=True, details={"live_reference": ref}).to_bytes(), i)
+               for i, ref in enumerate(references)]
+    well_formed = sum(isinstance(r, dict) and isinstance(r.get("version"), str) and r["version"] != ""
+                      and isinstance(r.get("same_answer"), bool) for r in references)
+    with make_store("sqlite", tmp_path / uuid.uuid4().hex) as store:
+        answers = ShadowAnswers(store)
+        assert ingest_batch(store, settings, records, T0, shadow=answers) == [[] for _ in records]
+        assert answers.candidates("zip") == {"v2": len(records)}
+        assert answers.compared("zip", "v2") == well_formed
