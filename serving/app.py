@@ -230,13 +230,18 @@ class ServeApp:
         return ServedVersion(session, config, runner, children,
                              FailureStreak(card, self._max_failures))
 
-    def _load_version(self, version: str) -> ServedVersion:
-        """Background thread: load, verify, check and warm up ``version`` (raises if it cannot serve)."""
+    def _load_checked(self, version: str) -> tuple[RegisteredModel, ModelSession]:
+        """Load, verify, check (servable, switchable from this consumer's model) and warm up
+        ``version`` of this consumer's model; raises if it cannot serve here."""
         model = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes).load(
             self.model.card.name, version)
         check_servable(model)
         check_switchable(self.model.card, model)
-        session = load_session(model, settings=self.settings)
+        return model, load_session(model, settings=self.settings)
+
+    def _load_version(self, version: str) -> ServedVersion:
+        """Background thread: load, verify, check and warm up ``version`` (raises if it cannot serve)."""
+        model, session = self._load_checked(version)
         try:
             return self._served(model.card, session)
         except BaseException:
@@ -256,12 +261,10 @@ class ServeApp:
             version = registry.reference_version(candidate.name, candidate.version)
             if version == candidate.version:
                 return None
-            live = registry.load(candidate.name, version)
-            check_servable(live)
-            check_switchable(candidate, live)
+            live, session = self._load_checked(version)
             if live.card.inputs != candidate.inputs:
+                session.close()
                 raise ModelRefused(live.onnx_path, "its input spec differs from the candidate's")
-            session = load_session(live, settings=self.settings)
         except Exception as e:  # noqa: BLE001 - the shadow serves on; its gate counts audited items only
             log.warning("no live reference for shadow v%s (the paired gate counts audited items only): %s",
                         candidate.version, e)

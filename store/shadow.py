@@ -101,14 +101,18 @@ def live_reference(prediction: Prediction) -> tuple[str, bool, Any] | None:
     return version, same, ref.get("output")
 
 
+def wrong_by_label(rule: tasks.Task, label: Any, answer: Any) -> bool:
+    """Is ``answer`` wrong against the auditor's answer (``None``, a reject: every answer is)?"""
+    return label is None or not rule.same_answer(answer, label)
+
+
 def wrong_answers(rule: tasks.Task, kind: VerdictKind, live_output: Any, corrected_output: Any,
                   candidate_output: Any) -> tuple[bool, bool]:
     """(live wrong, candidate wrong) by the verdict, with the kind's own answer equality: the live
     answer as the QC statistics judge it (:func:`store.records.audit_error`), the candidate's
     against the auditor's answer (a reject: no valid answer exists, so any answer is wrong)."""
     live_wrong = audit_error(kind, rule, live_output, corrected_output)
-    label = human_label(kind, live_output, corrected_output)
-    return live_wrong, label is None or not rule.same_answer(candidate_output, label)
+    return live_wrong, wrong_by_label(rule, human_label(kind, live_output, corrected_output), candidate_output)
 
 
 class ShadowAnswers:
@@ -215,7 +219,7 @@ class ShadowAnswers:
             try:
                 rule = tasks.lookup(task)
                 label = human_label(VerdictKind(kind), audited_output, corrected)
-                live_wrong, cand_wrong = (label is None or not rule.same_answer(json.loads(answer), label)
+                live_wrong, cand_wrong = (wrong_by_label(rule, label, json.loads(answer))
                                           for answer in (live_output, cand_output))
             except Exception as e:  # noqa: BLE001 - an answer the rule cannot judge settles nothing
                 log.warning("request %r: the verdict could not judge the two answers: %r", rid, e)
