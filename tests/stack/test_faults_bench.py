@@ -65,8 +65,9 @@ def test_kill9_scenario_loses_nothing(tmp_path: Path) -> None:
 def test_partitioned_consumer_hands_over_and_loses_nothing(tmp_path: Path) -> None:
     result = bench_faults(tmp_path, "partition", "--requests", "1200", "--rate-per-s", "100")
     assert_nothing_lost(result, 1200)
-    assert result["cut_s"] == 20.0  # twice the default session timeout
-    assert result["moved_after_s"] is not None and result["moved_after_s"] < result["cut_s"]
+    # twice the default session timeout, longer (at most 4x) only while the partitions have not moved
+    assert 20.0 <= result["cut_s"] <= 41.0
+    assert result["moved_after_s"] is not None and result["moved_after_s"] <= result["cut_s"]
     assert result["caught_up_s"] is not None and result["caught_up_s"] < 60
 
 
