@@ -46,8 +46,9 @@ class CertifyArgs:
     target_risk: float = field(default=0.0, metadata={"help": "risk to certify (0: the card's requested target, else 2%%)"})
     delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
     gold_delta: float = field(default=0.01, metadata={"help": "failure probability of the auditors' error bound (gold items)"})
-    start_coverage: float = field(default=0.2, metadata={
-        "help": "the sequence of thresholds starts at this coverage of the card's held-out curve, then 5-point steps"})
+    start_coverage: float = field(default=0.0, metadata={
+        "help": "the sequence of thresholds starts at this coverage of the card's held-out curve, then 5-point steps "
+                "(0: where that curve has the most room, coverage x (target - held-out risk))"})
     labels: str = field(default="", metadata={"help": "a labels export to read instead of the store"})
     json: bool = field(default=False, metadata={"help": "print the certificate as one JSON object on the last line"})
 
@@ -56,14 +57,25 @@ class CannotCertify(AuditstreamError):
     pass
 
 
-def threshold_sequence(card: ModelCard, start_coverage: float = 0.2, step: float = 0.05) -> list[float]:
+def threshold_sequence(card: ModelCard, target_risk: float, start_coverage: float = 0.0,
+                       step: float = 0.05) -> list[float]:
     """Thresholds of the card's risk-coverage curve (held-out data, fixed at training time) at
-    coverages ``start, start + step, ..., 1``, strictest first."""
+    coverages ``start, start + step, ..., 1``, strictest first.
+
+    ``start_coverage`` 0 picks the start from that curve alone, before any audit is seen: the
+    point with the largest ``coverage * (target_risk - risk)``, where a test has the most
+    accepted answers per unit of room under the target. Fixed-sequence testing stops at the
+    first threshold it cannot show, so a start at a low coverage (few accepted answers among the
+    audits, whatever their error) would stop it where the audits are thinnest; thresholds
+    stricter than the start are never tested (they would only certify less coverage)."""
     curve = sorted(card.risk_coverage, key=lambda p: p["coverage"])
     if not curve:
         raise CannotCertify(f"{card.name} v{card.version}'s card has no risk-coverage curve to take thresholds from")
+    if start_coverage <= 0.0:
+        room = [(p["coverage"] * (target_risk - p["risk"]), p["coverage"]) for p in curve if p["risk"] < target_risk]
+        start_coverage = max(room)[1] if room else 0.2  # nothing under the target held out: start strict
     picked: list[float] = []
-    for wanted in np.arange(start_coverage, 1.0 + 1e-9, step):
+    for wanted in [*np.arange(start_coverage, 1.0 - 1e-9, step), 1.0]:  # always down to the curve's loosest
         point = min(curve, key=lambda p: abs(p["coverage"] - wanted))
         if not picked or point["threshold"] < picked[-1]:
             picked.append(float(point["threshold"]))
@@ -107,7 +119,7 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
 
 def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: float, delta: float,
               gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01,
-              start_coverage: float = 0.2) -> tuple[AuditCertificate, dict[str, Any]]:
+              start_coverage: float = 0.0) -> tuple[AuditCertificate, dict[str, Any]]:
     """The certificate of ``model`` from ``rows`` (label-export rows) and what it was built on.
     ``gold``: (auditors' errors, gold verdicts)."""
     card = model.card
@@ -116,7 +128,7 @@ def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: f
         raise CannotCertify(f"no verdicts of {card.name} may judge version {card.version} ({which}): audit some first")
     conf, wrong = score_version(model, usable)
     pi = np.array([r["inclusion_prob"] for r in usable], dtype=np.float64)
-    cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, start_coverage))
+    cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, target_risk, start_coverage))
     cert = against_truth(cert, gold[0], gold[1], gold_delta)
     basis = {"model": card.name, "version": card.version, "verdicts_used": which, "n_rows": len(usable),
              "live_threshold": card.triage.threshold, "gold_errors": gold[0], "gold_verdicts": gold[1],

@@ -60,7 +60,15 @@ def test_bench_loop_learns_from_its_auditors_and_promotes_without_a_restart(tmp_
     assert after["answers_by_version"] == {promoted: after["requests"]}
     assert after["traffic_coverage"] > 0.0
     assert sorted(p.name for p in (tmp_path / "logs").glob("serve-digits*.log")) == ["serve-digits.log"]
-    assert digits["coverage_last"] > digits["coverage_first"] + 0.3  # learning, measured on the certificate slice
+    assert digits["coverage_last"] > digits["coverage_first"] + 0.3  # learning
+    for row in rows:  # the curve: the better of the card's certificate and the one from audits, delta 0.05 each
+        cert = row["audits_certificate"]
+        assert row["coverage_certified_audits"] == (cert["estimated_coverage"] if cert.get("certified") else 0.0)
+        assert row["coverage_certified"] == max(row["coverage_certified_card"], row["coverage_certified_audits"])
+        assert row["coverage_delta"] == 0.1 and cert == row["audits_certificate_2pct"]  # digits' curve is at 2%
+        if row["audited_error"] is not None:
+            assert row["audited_error_lower95"] <= row["audited_error"] <= row["audited_error_upper95"]
+    assert digits["rounds_audits_show_budget_broken"] == sum(r["audited_error_lower95"] > r["budget"] for r in rows)
     for row in digits["rounds"]:  # every decision says why, taken or not
         assert row["code"] in DECISION_CODES and row["reason"] and row["promoted"] == (row["live_after"] == row["candidate"])
     # The auditor met gold items: its measured error stands beside the configured one, and the

@@ -45,9 +45,26 @@ def audited_rows(n: int, wrong_label_every: int = 0) -> list[dict]:
 
 def test_threshold_sequence_follows_the_cards_curve(registry):
     card = registry.card("digits")
-    seq = threshold_sequence(card, 0.2)
+    seq = threshold_sequence(card, 0.02, start_coverage=0.2)
     assert seq == sorted(seq, reverse=True) and len(seq) <= 17 and len(seq) == len(set(seq))
     assert seq[-1] == pytest.approx(min(p["threshold"] for p in card.risk_coverage))
+
+
+def test_threshold_sequence_starts_where_the_held_out_curve_has_the_most_room(registry):
+    card = registry.card("digits")
+    curve = card.risk_coverage
+    for target in (0.005, 0.02, 0.1):
+        room = [(p["coverage"] * (target - p["risk"]), p) for p in curve if p["risk"] < target]
+        best = max(room, key=lambda x: x[0])[1]
+        seq = threshold_sequence(card, target)
+        # the start is the held-out curve's best point (or the curve point nearest it), the rest looser
+        start = min(curve, key=lambda p: abs(p["coverage"] - best["coverage"]))
+        assert seq[0] == start["threshold"] and seq == sorted(seq, reverse=True)
+        assert seq[-1] == pytest.approx(min(p["threshold"] for p in curve))
+        assert len(seq) <= len(threshold_sequence(card, target, start_coverage=0.2))
+    # nothing held out under the target: start strict, as before
+    poor = type(card)(**{**card.__dict__, "risk_coverage": [{**p, "risk": 0.5} for p in curve]})
+    assert threshold_sequence(poor, 0.02) == threshold_sequence(poor, 0.02, start_coverage=0.2)
 
 
 def test_a_good_model_is_certified_at_2pct_from_audits_and_an_auditor_mismatch_is_not(registry):
