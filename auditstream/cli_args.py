@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from auditstream.errors import AuditstreamError, BadArguments
+
 T = TypeVar("T")
 _SCALARS = (int, float, str, Path)
 
@@ -68,4 +70,9 @@ def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace, **over
         if isinstance(value, list) and typing.get_origin(_strip_optional(hints[name])) is tuple:
             values[name] = tuple(value)
     values.update(overrides)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except AuditstreamError:
+        raise
+    except ValueError as e:  # the dataclass's own check (__post_init__): a message, not a traceback
+        raise BadArguments(str(e)) from None

@@ -16,6 +16,11 @@ class ConfigError(AuditstreamError, ValueError):
         super().__init__(f"invalid {name}={value!r}: expected {expected}")
 
 
+class BadArguments(AuditstreamError, ValueError):
+    """A command's arguments were each well formed but do not go together (its dataclass's own
+    check refused them); the message says which and what to do."""
+
+
 class DecodeError(AuditstreamError, ValueError):
     """A record on the wire could not be decoded. ``code`` is the dead-letter reason code."""
 

@@ -2,8 +2,11 @@
 
 Each scenario starts its own embedded broker and ``auditstream serve`` processes (the built-in
 CNN of ``bench serve``), paces ``--requests`` requests at ``--rate-per-s`` while the fault
-happens, then stops the servers and reads the predictions topic to its end. One JSON object,
-keyed by scenario, each with:
+happens, then stops the servers and reads the predictions topic to its end. ``--bootstrap``
+runs the scenarios that leave the broker alone (all but ``broker_restart``, ``partition`` and
+``output_outage``) against a Kafka cluster instead, on topics of the run's own prefix that are
+deleted afterwards: the soak on the embedded broker measures Tansu's in-memory engine as much as
+the consumers. One JSON object, keyed by scenario, each with:
 
 - ``sent`` (requests the broker acknowledged; a send refused while the broker was down is not
   owed an answer), ``answered``, ``lost`` (acknowledged, never answered, and below its
@@ -56,6 +59,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -86,6 +90,7 @@ SCENARIOS = ("kill9", "broker_restart", "rolling_restart", "partition", "output_
 NOT_IN_ALL = ("soak",)  # 30 minutes: asked for by name
 SLOW = {"slow_0.8x": 0.8, "slow_1.5x": 1.5}  # stack/faults_slow.py: full-batch time / max poll interval
 PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
+BROKER_CONTROLLED = ("broker_restart", *PROXIED)  # need the bench's own broker (killed, or behind the proxy)
 CONSUMERS = 3
 # Tansu's S3 engine (behind moto) lets one consumer commit a small batch about every 150 ms.
 DURABLE_RATE_PER_S = 10.0
@@ -108,11 +113,19 @@ class FaultsArgs:
     log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
     serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level (DEBUG logs every "
                                                                       "assignment and commit)"})
+    bootstrap: str = field(default="", metadata={
+        "help": "run against this Kafka cluster (host:port,...; security settings from the AUDITSTREAM_KAFKA_* "
+                "environment, as for serve) instead of a private embedded broker: a soak that measures the "
+                "consumers, not Tansu's in-memory engine. Each scenario gets its own topics (deleted after); "
+                f"{', '.join(BROKER_CONTROLLED)} need the embedded broker and are left out of all"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
 
     def __post_init__(self) -> None:
         if self.scenario != "all" and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)} or all")
+        if self.bootstrap and self.scenario in BROKER_CONTROLLED:
+            raise ValueError(f"scenario {self.scenario!r} kills the broker or cuts its network: it runs on the bench's "
+                             "own embedded broker only (drop --bootstrap)")
         if self.requests < 1 or self.runs < 1 or min(self.rate_per_s, self.kill_every_s, self.outage_s) <= 0:
             raise ValueError("requests and runs must be >= 1, and rate_per_s, kill_every_s, outage_s > 0")
         if self.poll_interval_s * 1000 < SESSION_TIMEOUT_MS:
@@ -125,16 +138,24 @@ class Run:
     """One scenario's broker, serve processes, paced requests and the answers seen arriving."""
 
     def __init__(self, settings: Settings, model: RegisteredModel, log_dir: Path, options: embedded.BrokerOptions,
-                 proxied: bool = False, serve_log_level: str = "WARNING") -> None:
+                 proxied: bool = False, serve_log_level: str = "WARNING", external_bootstrap: str = "") -> None:
         self.options, self.log_dir, self.model, self.serve_log_level = options, log_dir, model, serve_log_level
         self.proxy: FaultProxy | None = None
-        if proxied:
+        self.broker: embedded.BrokerInfo | None = None
+        if external_bootstrap:  # someone else's cluster: only this run's topics are ours
+            settings = dataclasses.replace(settings, bootstrap_servers=external_bootstrap)
+            ensure_topics(settings, all_topics(settings, [model.card.name]),
+                          tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+        elif proxied:
             self.proxy = FaultProxy(embedded.free_port(), embedded.free_port())
             self.broker = embedded.start(settings, models=[model.card.name], options=options,
                                          port=self.proxy.listen_port, behind_port=self.proxy.upstream_port)
         else:
             self.broker = embedded.start(settings, models=[model.card.name], options=options)
-        self.settings = dataclasses.replace(settings, bootstrap_servers=self.broker.bootstrap)
+        if self.broker is not None:
+            settings = dataclasses.replace(settings, bootstrap_servers=self.broker.bootstrap)
+        self.settings = settings
+        self.topic_prefix = settings.topic_prefix  # unique to the run; fresh_group's topics extend it
         self.servers: list[subprocess.Popen] = []
         self.stopped: set[int] = set()  # pids this run killed or stopped on purpose
         self.acked: set[str] = set()
@@ -288,9 +309,29 @@ class Run:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        embedded.stop(self.settings, storage=True)
+        if self.broker is None:
+            self._delete_topics()
+        else:
+            embedded.stop(self.settings, storage=True)
         if self.proxy is not None:
             self.proxy.close()
+
+    def _delete_topics(self) -> None:
+        """Leave the external cluster as it was: this run's topics (a prefix of its own) go."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, client_id="faults-admin",
+                                     **kafka_python_config(self.settings))
+            try:
+                ours = [t for t in admin.list_topics() if t.startswith(self.topic_prefix)]
+                if ours:
+                    admin.delete_topics(ours)
+            finally:
+                admin.close()
+        except KafkaError as e:  # the outcome stands; the warning says what is left behind
+            print(f"warning: could not delete the topics {self.topic_prefix}*: {e}", file=sys.stderr)
 
 
 def _warm_up(run: Run, say: Callable[[str], None]) -> None:
@@ -333,6 +374,7 @@ def broker_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> No
     feeder = threading.Thread(target=run.produce, args=(args.requests, rate, "restart"))
     feeder.start()
     time.sleep(min(5.0, args.requests / rate / 3))
+    assert run.broker is not None  # FaultsArgs refuses broker_restart with --bootstrap
     os.kill(run.broker.pid, signal.SIGKILL)
     os.waitpid(run.broker.pid, 0)
     say("  broker killed with kill -9")
@@ -477,7 +519,10 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
         print(msg, file=out, flush=True)
 
     results: dict[str, Any] = {}
-    for name in [s for s in SCENARIOS if s not in NOT_IN_ALL] if args.scenario == "all" else (args.scenario,):
+    skip = NOT_IN_ALL + (BROKER_CONTROLLED if args.bootstrap else ())
+    if args.bootstrap and args.scenario == "all":
+        say(f"against {args.bootstrap}: {', '.join(BROKER_CONTROLLED)} left out (they need the embedded broker)")
+    for name in [s for s in SCENARIOS if s not in skip] if args.scenario == "all" else (args.scenario,):
         with tempfile.TemporaryDirectory(prefix=f"auditstream-faults-{name}-") as tmp:
             registry = ModelRegistry(Path(tmp) / "models")
             onnx_bytes = bench_cnn_onnx(layers=SLOW_LAYERS) if name in SLOW else bench_cnn_onnx()
@@ -490,7 +535,7 @@ def run_faults(base: Settings, args: FaultsArgs, out: TextIO) -> dict[str, Any]:
             say(f"scenario {name}: " + (f"{args.runs} runs" if name == "fresh_group" else
                                         f"{args.requests} requests at {args.rate_per_s:g}/s"))
             run = Run(settings, model, logs, embedded.BrokerOptions(durable=name == "broker_restart"),
-                      proxied=name in PROXIED, serve_log_level=args.serve_log_level)
+                      proxied=name in PROXIED, serve_log_level=args.serve_log_level, external_bootstrap=args.bootstrap)
             try:
                 own = RUNNERS[name](run, args, say)
                 results[name] = own if own is not None else run.outcome()

@@ -27,6 +27,10 @@ class JobArgs:
     limit: int | None = field(default=None, metadata={"help": "at most this many samples"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs}: at least 1")
+
 
 def parser_for(cls) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job", exit_on_error=False)
@@ -64,3 +68,28 @@ def test_cli_args_help_comes_from_field_metadata():
     for f in dataclasses.fields(JobArgs):
         assert "--" + f.name.replace("_", "-") in text
     assert "passes over the data (default: 3)" in text and "{cpu,cuda}" in text
+
+
+def test_cli_args_a_refused_combination_is_an_auditstream_error_with_the_check_s_message():
+    from auditstream.errors import AuditstreamError
+
+    namespace = parser_for(JobArgs).parse_args(["--dataset", "d", "--epochs", "0"])
+    with pytest.raises(AuditstreamError, match="epochs=0: at least 1") as caught:
+        dataclass_from_namespace(JobArgs, namespace)
+    assert isinstance(caught.value, ValueError)  # callers that caught ValueError still do
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "faults", "--scenario", "nope"],
+    ["bench", "faults", "--scenario", "broker_restart", "--bootstrap", "127.0.0.1:9"],
+    ["bench", "loop", "--rounds", "0"],
+    ["demo", "--retrain-every", "-1"],
+])
+def test_every_command_answers_a_refused_combination_with_a_message_and_exit_2(argv, capsys):
+    """Through the real CLI: the argument dataclass's own check (``__post_init__``) ends in one
+    ``auditstream: error:`` line and exit code 2, never a traceback."""
+    from auditstream.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("auditstream: error: ") and "Traceback" not in err

@@ -17,6 +17,8 @@ processes and a private embedded broker:
   crash window (records written, not yet marked): every item stored once, every verdict and
   decision published once.
 
+``--bootstrap`` runs a scenario on a broker the bench did not start and deletes its topics after;
+the scenarios that kill or cut the broker refuse it with a message.
 ``broker_restart`` and ``rolling_restart`` are documented with what they found on the embedded
 broker (docs/serving.md, "Fault suite")."""
 
@@ -120,3 +122,27 @@ def test_the_monitor_killed_during_ingest_stores_and_publishes_everything_once(t
     # Where the kills landed is timing (reported, not asserted); the counts must be consistent.
     assert result["kills_in_window"] <= result["kills_round_open"] <= result["kills"]
     assert (result["rows_in_window"] > 0) == (result["kills_in_window"] > 0)
+
+
+def test_an_external_cluster_runs_a_scenario_and_is_left_as_it_was(broker, tmp_path: Path) -> None:
+    """``--bootstrap``: the bench's consumers on a broker it did not start (here one started
+    apart, as a real cluster would be), on topics of its own that it deletes afterwards."""
+    from kafka import KafkaAdminClient
+
+    from auditstream.kafka import BROKER_STATE_FILE
+
+    result = bench_faults(tmp_path, "kill9", "--requests", "300", "--rate-per-s", "100", "--kill-every-s", "2",
+                          "--bootstrap", broker.bootstrap_servers)
+    assert_nothing_lost(result, 300)
+    assert not list(tmp_path.rglob(BROKER_STATE_FILE))  # no broker of its own
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        assert not [t for t in admin.list_topics() if t.startswith("faults")]
+    finally:
+        admin.close()
+
+
+def test_a_scenario_that_kills_or_cuts_the_broker_refuses_an_external_one(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "faults", "--scenario", "partition",
+                           "--bootstrap", "127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "embedded broker only" in done.stderr and "Traceback" not in done.stderr
