@@ -138,7 +138,8 @@ def bar_chart(values: dict[str, float], title: str, percent: bool = False) -> al
 
 def learning_curve_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
     """Certified coverage and certified risk per model version (the learning curve read from the
-    registry's cards): rows of {version, measure, value}, version an integer."""
+    registry's cards, and the coverage certified from audits where ``certify --from-audits`` wrote
+    one): rows of {version, measure, value}, version an integer."""
     frame = pd.DataFrame(rows)
     return (
         alt.Chart(frame, height=HEIGHT)
@@ -147,8 +148,9 @@ def learning_curve_chart(rows: Sequence[dict[str, Any]]) -> alt.Chart:
             x=alt.X("version:O", title="model version"),
             y=alt.Y("value:Q", title=None, axis=alt.Axis(format="%")),
             color=alt.Color("measure:N", title=None, legend=alt.Legend(orient="bottom"),
-                            scale=alt.Scale(domain=["certified coverage", "certified risk", "risk target"],
-                                            range=[MAIN_COLOUR, "#ff7f0e", BUDGET_COLOUR])),
+                            scale=alt.Scale(domain=["certified coverage", "coverage certified from audits",
+                                                    "certified risk", "risk target"],
+                                            range=[MAIN_COLOUR, "#2ca02c", "#ff7f0e", BUDGET_COLOUR])),
             tooltip=["version:O", "measure:N", alt.Tooltip("value:Q", format=".2%")],
         )
     )

@@ -11,11 +11,15 @@ recorded -- plus the last decision its ``promotion.json`` records.
 says: certified coverage, certified risk and target, how it was certified, and the training
 summary (whatever scalar facts the card's ``training`` section holds: the examples or verdicts
 it learnt from, where a retraining recorded them). Cards without those fields show a dash.
+Beside the card, the version's certificate from audited traffic where ``auditstream certify
+--from-audits`` wrote one (``audit-certificate.json``: the coverage it certifies at its risk,
+from how many audited requests); a file that is not such a certificate shows a dash too.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import streamlit as st
@@ -25,6 +29,7 @@ from auditstream.registry import ModelCard
 from dashboards import charts
 from dashboards.context import DashboardContext
 from monitor.promotion import PROMOTION_FILE, recorded_decisions, decide_promotion, recorded_looks
+from stack.recertify import PROPOSAL_FILE
 from store.shadow import ShadowAnswers
 
 TRAINING_FACTS = 4  # scalar facts of card.training shown per version
@@ -103,29 +108,52 @@ def learning_curve_section(ctx: DashboardContext, model: str) -> None:
     live = live_version(ctx, model)
     st.caption("Each version's card: the share it may auto-accept (certified coverage) and the risk it is certified "
                "at, over versions as retraining on the auditors' verdicts publishes them.")
-    chart = curve_rows(versions)
+    audits = {card.version: audit_certificate(ctx, model, card.version) for card in versions}
+    chart = curve_rows(versions, audits)
     if chart:
         st.altair_chart(charts.learning_curve_chart(chart), width="stretch")
-    st.dataframe([version_row(card, live) for card in versions], hide_index=True)
+    st.dataframe([version_row(card, live, audits[card.version]) for card in versions], hide_index=True)
 
 
-def curve_rows(versions: list[ModelCard]) -> list[dict[str, Any]]:
+def audit_certificate(ctx: DashboardContext, model: str, version: str) -> dict[str, Any] | None:
+    """What ``auditstream certify --from-audits`` last wrote beside the version, reduced to
+    {certified, coverage, risk, delta, audited}; None without one, or for a file that does not
+    hold one (hand-edited, truncated, from another tool: the page shows a dash, never an error)."""
+    try:
+        cert = json.loads((ctx.registry.root / model / version / PROPOSAL_FILE).read_text())["certificate"]
+        found = {"certified": cert["certified"], "coverage": float(cert["estimated_coverage"]),
+                 "risk": float(cert["target_risk"]), "delta": float(cert["delta"]), "audited": int(cert["n_audited"])}
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # OverflowError: int(Infinity)
+        return None
+    numbers_ok = all(math.isfinite(found[k]) and 0.0 <= found[k] <= 1.0 for k in ("coverage", "risk", "delta"))
+    return found if numbers_ok and isinstance(found["certified"], bool) and found["audited"] >= 0 else None
+
+
+def curve_rows(versions: list[ModelCard], audits: dict[str, dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
     rows = []
     for card in versions:
         t = card.triage
+        cert = (audits or {}).get(card.version)
         for measure, value in (("certified coverage", t.coverage), ("certified risk", t.certified_risk),
-                               ("risk target", t.target_risk)):
+                               ("risk target", t.target_risk),
+                               ("coverage certified from audits", cert["coverage"] if cert else None)):
             if value is not None:
                 rows.append({"version": int(card.version), "measure": measure, "value": float(value)})
     return rows
 
 
-def version_row(card: ModelCard, live: str | None) -> dict[str, Any]:
+def version_row(card: ModelCard, live: str | None, audits: dict[str, Any] | None = None) -> dict[str, Any]:
     t = card.triage
     facts = {k: v for k, v in card.training.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if audits is None:
+        from_audits = "—"
+    elif audits["certified"]:
+        from_audits = f"{audits['coverage']:.2%} at ≤ {audits['risk']:.2%} (δ {audits['delta']:g}, {audits['audited']} audited)"
+    else:
+        from_audits = f"nothing at ≤ {audits['risk']:.2%} yet ({audits['audited']} audited)"
     return {"version": card.version, "live": "LIVE" if card.version == live else "",
             "certified coverage": _pct(t.coverage), "certified risk": _pct(t.certified_risk),
-            "target": _pct(t.target_risk), "method": t.method,
+            "target": _pct(t.target_risk), "method": t.method, "from audits": from_audits,
             "training": json.dumps(dict(list(sorted(facts.items()))[:TRAINING_FACTS]), default=str) if facts else "—"}
 
 

@@ -8,6 +8,9 @@ import dataclasses
 import json
 import time
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from tests.dashboards.conftest import elements, log_in, seed_card_and_history, start_app, texts
 from tests.store.store_factories import audit_item
 
@@ -38,6 +41,9 @@ def seed_versions(store, tmp_path) -> ModelRegistry:
         store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, time.time())
     (registry.root / "zip" / "3" / "promotion.json").write_text(json.dumps({"decisions": [
         {"kind": "paired", "decision": {"code": "too_few_pairs", "reason": "recorded earlier"}}]}))
+    (registry.root / "zip" / "2" / "audit-certificate.json").write_text(json.dumps({"certificate": {
+        "certified": True, "estimated_coverage": 0.8, "target_risk": 0.02, "delta": 0.05, "n_audited": 640}}))
+    (registry.root / "zip" / "3" / "audit-certificate.json").write_text('{"certificate": {"certified": tr')  # torn
     return registry
 
 
@@ -56,6 +62,8 @@ def test_candidate_vs_live_and_the_learning_curve(store, store_url, tmp_path):
     assert curve["version"].tolist() == ["1", "2", "3"] and curve["live"].tolist() == ["", "LIVE", ""]
     assert curve["certified coverage"].tolist() == ["60.00%", "75.00%", "90.00%"]
     assert curve["training"].tolist()[0] == "—" and "verdicts_used" in curve["training"].tolist()[2]
+    # v2's certificate from audits beside its card; v1 has none, v3's file is torn: a dash, no error
+    assert curve["from audits"].tolist() == ["—", "80.00% at ≤ 2.00% (δ 0.05, 640 audited)", "—"]
     assert len(elements(at, "vega_lite_chart")) == 7  # the overview's six and the learning curve
 
 
@@ -70,3 +78,42 @@ def test_rows_are_what_the_decision_and_the_cards_say(tmp_path):
 
     bare = ModelCard("m", "4", "classification", [], [], TriageSpec(0.5))  # an uncertified card: nothing to draw
     assert curve_rows([bare]) == []
+
+
+def test_the_learning_curve_draws_the_audits_certificate_where_there_is_one():
+    from auditstream.registry import ModelCard, TriageSpec
+
+    card = ModelCard("m", "4", "classification", [], [], TriageSpec(0.5, coverage=0.6, certified_risk=0.02))
+    cert = {"certified": True, "coverage": 0.85, "risk": 0.02, "delta": 0.05, "audited": 300}
+    measures = {r["measure"]: r["value"] for r in curve_rows([card], {"4": cert})}
+    assert measures["coverage certified from audits"] == 0.85 and measures["certified coverage"] == 0.6
+    assert "coverage certified from audits" not in {r["measure"] for r in curve_rows([card], {"4": None})}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(
+    st.text(max_size=80),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                 max_leaves=12).map(lambda v: json.dumps({"certificate": v})),
+    st.fixed_dictionaries({k: st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=4))
+                           for k in ("certified", "estimated_coverage", "target_risk", "delta", "n_audited")})
+    .map(lambda c: json.dumps({"certificate": c}))))
+@example(text='{"certificate": {"certified": true, "estimated_coverage": 0.5, "target_risk": 0.1, "delta": 0.05, '
+              '"n_audited": Infinity}}')
+@example(text='[1, 2]')
+def test_any_audit_certificate_file_reads_as_one_or_as_none(tmp_path, text):
+    """Whatever the file beside a version holds, the page gets None or a well-formed certificate."""
+    from types import SimpleNamespace
+
+    from dashboards.versions import audit_certificate, version_row
+
+    (tmp_path / "m" / "1").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "m" / "1" / "audit-certificate.json").write_text(text)
+    found = audit_certificate(SimpleNamespace(registry=SimpleNamespace(root=tmp_path)), "m", "1")
+    if found is not None:
+        assert isinstance(found["certified"], bool) and found["audited"] >= 0
+        assert all(0.0 <= found[k] <= 1.0 for k in ("coverage", "risk", "delta"))
+    from auditstream.registry import ModelCard, TriageSpec
+
+    version_row(ModelCard("m", "1", "classification", [], [], TriageSpec(0.5)), None, found)  # renders
