@@ -29,7 +29,7 @@ from auditstream.registry import ModelCard
 from dashboards import charts
 from dashboards.context import DashboardContext
 from monitor.promotion import PROMOTION_FILE, recorded_decisions, decide_promotion, recorded_looks
-from stack.recertify import PROPOSAL_FILE
+from qc.audit_certify import PROPOSAL_FILE
 from store.shadow import ShadowAnswers
 
 TRAINING_FACTS = 4  # scalar facts of card.training shown per version

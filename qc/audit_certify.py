@@ -42,6 +42,10 @@ import numpy as np
 
 from qc.binomial import upper_bound
 
+# Where `auditstream certify --from-audits` writes a version's certificate, beside its model in the
+# registry (models/<name>/<version>/); the dashboard's learning curve reads it back.
+PROPOSAL_FILE = "audit-certificate.json"
+
 # Candidate means (as a share of the range) the betting test may reject: log-spaced, below 1.
 _MEAN_GRID = np.geomspace(1e-7, 1.0 - 1e-9, 240)
 _MAX_BET = 0.8  # of the largest bet that keeps the capital positive

@@ -31,9 +31,7 @@ from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
 from monitor.verdict_sets import split_verdicts
-from qc.audit_certify import AuditCertificate, against_truth, certify_from_audits
-
-PROPOSAL_FILE = "audit-certificate.json"
+from qc.audit_certify import PROPOSAL_FILE, AuditCertificate, against_truth, certify_from_audits
 
 
 @dataclass(frozen=True)
