@@ -41,10 +41,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable, ConfigError
-from auditstream.kafka import BROKER_STATE_FILE, ensure_topics, kafka_python_config, resolve_bootstrap
+from auditstream.kafka import BROKER_STATE_FILE, ensure_model_topics, kafka_python_config, resolve_bootstrap
 from auditstream.kafka.security import uses_tls
 from auditstream.settings import Settings
-from auditstream.topics import COMPACTED_TOPICS, all_topics
 
 __all__ = ["BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
            "storage_status", "broker_binary"]
@@ -247,11 +246,9 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
         raise ConfigError("AUDITSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
                           "SSL or SASL_SSL with --tls-cert/--tls-key (and AUDITSTREAM_KAFKA_SSL_CAFILE naming the CA "
                           "that signed the certificate), PLAINTEXT without them")
-    topics = all_topics(settings, models)
-    compacted = tuple(settings.topic(t) for t in COMPACTED_TOPICS)
     running = status(settings)
     if running is not None:
-        ensure_topics(settings, topics, compacted, bootstrap=running.bootstrap)
+        ensure_model_topics(settings, models, bootstrap=running.bootstrap)
         return running
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     previous = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
@@ -283,7 +280,7 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
                       tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0)
     try:
         _wait_ready(settings, info.bootstrap, [p.pid for p in procs], log_path, timeout_s)
-        ensure_topics(settings, topics, compacted, bootstrap=info.bootstrap)
+        ensure_model_topics(settings, models, bootstrap=info.bootstrap)
     except BaseException:
         for proc in procs:
             proc.kill()

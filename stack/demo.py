@@ -453,10 +453,9 @@ def run(args: DemoArgs) -> int:
         info = broker.start(settings, models=DEMO_MODELS)
         print(f"embedded broker (Tansu) at {info.bootstrap}", flush=True)
     else:  # a real Kafka: create the demo's topics if they are missing
-        from auditstream.kafka import ensure_topics
-        from auditstream.topics import COMPACTED_TOPICS, all_topics
+        from auditstream.kafka import ensure_model_topics
 
-        ensure_topics(settings, all_topics(settings, DEMO_MODELS), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+        ensure_model_topics(settings, DEMO_MODELS)
     settings = Settings.from_env(bootstrap_servers=broker.resolve_bootstrap(settings))
     children = Children(settings.state_dir / "logs")
     stop = threading.Event()

@@ -71,10 +71,9 @@ from typing import Any, Callable, TextIO
 
 from auditstream import topics as T
 from auditstream.errors import DeliveryFailed
-from auditstream.kafka import ensure_topics, kafka_python_config, make_consumer, make_producer
+from auditstream.kafka import ensure_model_topics, kafka_python_config, make_consumer, make_producer
 from auditstream.registry import ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
-from auditstream.topics import COMPACTED_TOPICS, all_topics
 from auditstream.wire import InferenceRequest
 from serving.loadgen import inputs_for
 from serving.app import group_id as serve_group_id
@@ -144,8 +143,7 @@ class Run:
         self.broker: embedded.BrokerInfo | None = None
         if external_bootstrap:  # someone else's cluster: only this run's topics are ours
             settings = dataclasses.replace(settings, bootstrap_servers=external_bootstrap)
-            ensure_topics(settings, all_topics(settings, [model.card.name]),
-                          tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+            ensure_model_topics(settings, [model.card.name])
         elif proxied:
             self.proxy = FaultProxy(embedded.free_port(), embedded.free_port())
             self.broker = embedded.start(settings, models=[model.card.name], options=options,
@@ -464,8 +462,7 @@ def fresh_group(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
         run.settings = dataclasses.replace(run.settings, topic_prefix=prefix)
         # The topics exist before the group forms, as after `auditstream broker start`: three
         # members creating them at once is a different race from the one timed here.
-        ensure_topics(run.settings, all_topics(run.settings, [run.model.card.name]),
-                      tuple(run.settings.topic(t) for t in COMPACTED_TOPICS))
+        ensure_model_topics(run.settings, [run.model.card.name])
         started = time.monotonic()
         members = [run.start_server() for _ in range(CONSUMERS)]
         settled = run.settled(members, 120)

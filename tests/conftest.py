@@ -133,10 +133,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def stream_settings(broker: Settings, tiny_registry: TinyRegistry, tmp_path: Path) -> Settings:
-    from auditstream.kafka import ensure_topics
-    from auditstream.topics import COMPACTED_TOPICS, all_topics
+    from auditstream.kafka import ensure_model_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = dataclasses.replace(broker, topic_prefix=prefix, models_dir=tiny_registry.root, state_dir=tmp_path / "state")
-    ensure_topics(settings, all_topics(settings, [TINY_MODEL]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_model_topics(settings, [TINY_MODEL])
     return settings

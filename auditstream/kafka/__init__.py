@@ -22,7 +22,7 @@ package.
 """
 
 from auditstream.kafka.factory import (
-    BROKER_STATE_FILE, ensure_topics, make_consumer, make_producer, make_reader, make_topic_log, read_to_end,
+    BROKER_STATE_FILE, ensure_model_topics, ensure_topics, make_consumer, make_producer, make_reader, make_topic_log, read_to_end,
     resolve_bootstrap, true_end_offsets,
 )
 from auditstream.kafka.security import check_broker, kafka_python_config, librdkafka_config
@@ -33,6 +33,6 @@ from auditstream.kafka.interface import (
 
 __all__ = [
     "BROKER_STATE_FILE", "FETCH_MAX_WAIT_MS", "Consumer", "Delivery", "Headers", "PartitionsCallback", "Producer",
-    "Reader", "Record", "TopicLog", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_topics", "make_consumer", "make_producer",
+    "Reader", "Record", "TopicLog", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_model_topics", "ensure_topics", "make_consumer", "make_producer",
     "make_reader", "make_topic_log", "read_to_end", "resolve_bootstrap",
 ]

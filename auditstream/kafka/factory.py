@@ -128,6 +128,16 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         admin.close()
 
 
+def ensure_model_topics(settings: Settings, models: list[str] | tuple[str, ...],
+                        bootstrap: str | None = None) -> list[str]:
+    """Every topic auditstream uses for ``models`` (:func:`auditstream.topics.all_topics`), the
+    compacted ones compacted; returns the names created. Idempotent."""
+    from auditstream.topics import COMPACTED_TOPICS, all_topics
+
+    return ensure_topics(settings, all_topics(settings, list(models)),
+                         tuple(settings.topic(t) for t in COMPACTED_TOPICS), bootstrap)
+
+
 _crc_checked = False  # warn once per process
 BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log"}
 

@@ -26,9 +26,8 @@ from tests.serving.kafka_readers import read_topic
 from tests.store.store_factories import add_users, make_store
 
 from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer
+from auditstream.kafka import ensure_model_topics, make_producer
 from auditstream.registry import ModelRegistry
-from auditstream.topics import COMPACTED_TOPICS, all_topics
 from auditstream.wire import Decision, InferenceRequest, Prediction, VerdictKind
 from monitor.promotion import PROMOTION_FILE, promote
 from monitor.service import MonitorArgs, run_monitor
@@ -118,7 +117,7 @@ def test_shadow_canary_promotion_followed_without_restart(broker, tmp_path: Path
     registry = published(tmp_path)
     settings = dataclasses.replace(broker, topic_prefix=f"p{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
                                    models_dir=registry.root, qc_rate=0.5)
-    ensure_topics(settings, all_topics(settings, ["tiny"]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_model_topics(settings, ["tiny"])
     metrics = CollectorRegistry()
 
     def metric(name: str) -> float | None:

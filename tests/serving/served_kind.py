@@ -24,10 +24,9 @@ from tests.serving.kafka_readers import read_topic
 from tests.store.store_factories import add_users, make_store
 
 from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer
+from auditstream.kafka import ensure_model_topics, make_producer
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
-from auditstream.topics import COMPACTED_TOPICS, all_topics
 from auditstream.wire import Decision, InferenceRequest, Prediction, Verdict
 from monitor.service import MonitorArgs, run_monitor
 from serving.app import ServeApp
@@ -78,7 +77,7 @@ def served_with_monitor(broker: Settings, tmp_path: Path, card: ModelCard, onnx_
     model = registry.publish(card, onnx_bytes)
     settings = dataclasses.replace(broker, topic_prefix=f"e{uuid.uuid4().hex[:8]}", state_dir=tmp_path / "state",
                                    models_dir=registry.root, qc_rate=0.0)
-    ensure_topics(settings, all_topics(settings, [card.name]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_model_topics(settings, [card.name])
     with make_store("sqlite", tmp_path) as store:
         stop = threading.Event()
         monitor = threading.Thread(target=run_monitor, args=(settings, MonitorArgs(outbox_interval_s=0.2), store, stop,

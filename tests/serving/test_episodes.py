@@ -204,14 +204,13 @@ def step_through(settings: Settings, producer, reader, req: InferenceRequest, ti
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, tmp_path: Path) -> None:
-    from auditstream.kafka import ensure_topics, make_producer, make_reader, read_to_end
-    from auditstream.topics import COMPACTED_TOPICS, all_topics
+    from auditstream.kafka import ensure_model_topics, make_producer, make_reader, read_to_end
     from auditstream.tasks import lookup
 
     model = frame_policy(tmp_path, threshold=0.0)  # every decision AUTO: each step yields an action
     settings = dataclasses.replace(broker, topic_prefix=f"ep{os.getpid()}x{int(time.time())}",
                                    models_dir=tmp_path / "models", state_dir=tmp_path / "state")
-    ensure_topics(settings, all_topics(settings, ["stacked"]), tuple(settings.topic(t) for t in COMPACTED_TOPICS))
+    ensure_model_topics(settings, ["stacked"])
     rng = np.random.default_rng(1)
     obs = [rng.normal(0, 1, D).astype(np.float32) for _ in range(10)]
     reader = make_reader(settings, [settings.topic(T.ACTIONS)], from_beginning=False)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from tests.serving.tiny_policy import cartpole_weights, publish_policy
 
 from auditstream import topics as T
-from auditstream.kafka import ensure_topics, make_producer, read_to_end
+from auditstream.kafka import ensure_model_topics, make_producer, read_to_end
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
 from auditstream.wire import Action, Decision, Prediction, Transition, Verdict, VerdictKind
@@ -51,7 +51,7 @@ def run(broker: Settings, tmp_path_factory: pytest.TempPathFactory) -> Run:
     registry = ModelRegistry(settings.models_dir)
     live = publish_policy(registry, MODEL, cartpole_weights(scale=10.0), threshold=0.7, safe_action=0)
     registry.set_live(MODEL, live.card.version)
-    ensure_topics(settings, T.all_topics(settings, [MODEL]), tuple(settings.topic(t) for t in T.COMPACTED_TOPICS))
+    ensure_model_topics(settings, [MODEL])
     app = ServeApp(settings, live, ServeMetrics(MODEL, CollectorRegistry()))
     consumer = threading.Thread(target=app.run, daemon=True)
     consumer.start()
