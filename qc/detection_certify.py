@@ -42,8 +42,19 @@ Schuster 2022). The per-image loss is the share of the image's true objects that
 boxes never unmatches an object). On a fixed grid (:data:`LOW_GRID`) the largest ``t`` with
 ``n / (n + 1) * mean_loss(t) + 1 / (n + 1) <= beta`` gives ``E[miss share of a new image] <= beta``
 (in expectation over the calibration draw and the new image: it spends no ``delta``). If even
-keeping every row misses more, nothing is claimed and ``t_low = 0``. ``t_low`` is capped at
-``t_high`` (lowering it only keeps more boxes, so both promises still hold).
+keeping every row misses more, nothing is claimed and ``t_low = 0``.
+
+**When the drop threshold is above the accept threshold** (:func:`served_thresholds`), nothing is
+left in between for auditors, and one of the two must give way. The FDR is pooled: once the
+boxes above ``t`` are clean enough, the walk goes on down through boxes that are mostly false
+(with calibrated scores, boxes that are *likely* false) for as long as the pooled share stays
+under ``alpha``, while the miss budget says those boxes may be dropped. So the boxes below
+``t_low`` are dropped, and ``t_high`` is raised to the lowest *rejected* threshold at or above
+``t_low``: the fixed sequence controls the family-wise error, so with probability ``>= 1 - delta``
+every rejected threshold has ``FDR <= alpha`` at once, and choosing one of them after seeing the
+data (here by ``t_low``) keeps the promise. Both promises hold, and fewer false boxes are
+accepted. Only if no rejected threshold is at or above ``t_low`` (the walk started below it) is
+``t_low`` lowered to ``t_high`` instead (keeping more boxes only lowers the miss share).
 
 So ``delta`` is spent once, all of it on the FDR certificate; the miss-rate promise holds in
 expectation. Both hold for new images drawn like the calibration images; pure numpy + scipy, no I/O.
@@ -268,33 +279,48 @@ def certify_low(data: ScoredBoxes, beta: float, grid: Sequence[float] = LOW_GRID
 
 @dataclass(frozen=True)
 class DetectionCertificate:
-    """Both thresholds and how they were obtained (``to_dict`` for the model card)."""
+    """Both certificates, and the two thresholds serving uses (``to_dict`` for the model card)."""
 
     high: HighThreshold
     low: LowThreshold
+    threshold_high: float  # boxes >= it are auto-accepted
+    threshold_low: float  # boxes < it are dropped; <= threshold_high
 
     @property
-    def threshold_high(self) -> float:
-        return self.high.threshold
-
-    @property
-    def threshold_low(self) -> float:
-        return min(self.low.threshold, self.high.threshold)
+    def threshold_high_raised(self) -> bool:
+        """Whether ``threshold_high`` was raised above the lowest rejected threshold to ``t_low``."""
+        return self.threshold_high > self.high.threshold
 
     def to_dict(self) -> dict:
         return {"high": asdict(self.high), "low": asdict(self.low), "threshold_high": self.threshold_high,
                 "threshold_low": self.threshold_low, "high_certified": self.high.certified,
-                "low_certified": self.low.certified}
+                "low_certified": self.low.certified, "threshold_high_raised_to_low": self.threshold_high_raised}
+
+
+def served_thresholds(high: HighThreshold, low: LowThreshold,
+                      grid: Sequence[float] = HIGH_GRID) -> tuple[float, float]:
+    """``(t_high, t_low)`` for serving from the two certificates (``grid``: the one the fixed
+    sequence walked): as certified when ``t_low <= t_high``; otherwise ``t_high`` raised to the
+    lowest rejected threshold ``>= t_low``, or, with none, ``t_low`` lowered to ``t_high`` (see
+    the module docstring)."""
+    if not high.certified or low.threshold <= high.threshold:
+        return high.threshold, min(low.threshold, high.threshold)
+    rejected = [t for t in grid if high.threshold <= t and (high.start is None or t <= high.start)]
+    above = [t for t in rejected if t >= low.threshold]
+    if above:
+        return float(min(above)), low.threshold
+    return high.threshold, high.threshold
 
 
 def certify_detection(data: ScoredBoxes, alpha: float, beta: float, delta: float, max_boxes: int,
-                      p_value: str = "wsr", pilot: ScoredBoxes | None = None) -> DetectionCertificate:
+                      p_value: str = "wsr", pilot: ScoredBoxes | None = None,
+                      grid: Sequence[float] = HIGH_GRID) -> DetectionCertificate:
     """Certify ``t_high`` (FDR of accepted boxes ``<= alpha`` with probability ``>= 1 - delta``)
     and ``t_low`` (expected miss share ``<= beta``) on calibration images; ``pilot``: independent
     images that choose where the fixed sequence starts."""
-    start = start_threshold(pilot, alpha) if pilot is not None else None
-    return DetectionCertificate(certify_high(data, alpha, delta, max_boxes, p_value, start=start),
-                                certify_low(data, beta))
+    start = start_threshold(pilot, alpha, grid) if pilot is not None else None
+    high, low = certify_high(data, alpha, delta, max_boxes, p_value, grid, start), certify_low(data, beta)
+    return DetectionCertificate(high, low, *served_thresholds(high, low, grid))
 
 
 def triage_outcome(data: ScoredBoxes, threshold_high: float, threshold_low: float) -> dict[str, float]:

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from qc.detection_certify import (ScoredBoxes, certify_detection, certify_high, certify_low, fdr_losses,
-                                  hoeffding_bentkus_p, match_boxes, miss_losses, per_image_counts, score_images,
-                                  triage_outcome, wsr_p)
+from qc.detection_certify import (LowThreshold, ScoredBoxes, certify_detection, certify_high, certify_low,
+                                  fdr_losses, hoeffding_bentkus_p, match_boxes, miss_losses, per_image_counts,
+                                  score_images, served_thresholds, triage_outcome, wsr_p)
 
 K = 16  # rows per image, as the detector's graph has
 
@@ -160,6 +160,52 @@ def test_the_fdr_promise_breaks_in_at_most_delta_of_resplits(population: ScoredB
     assert naive_broken / runs > 0.25  # the setup is tight enough to catch a bad rule
     assert len(accepted) > runs * 0.9 and np.mean(accepted) > 0.8  # and the certificate still accepts most objects
     assert np.mean(misses) <= beta + 3 * np.std(misses) / math.sqrt(runs)
+
+
+def test_served_thresholds_drop_what_the_miss_budget_allows_and_accept_only_at_a_rejected_threshold() -> None:
+    """t_low <= t_high: as certified. t_low above t_high: t_high rises to the lowest rejected grid
+    threshold >= t_low (never to an untested one); none such: t_low falls to t_high."""
+    n = 400  # every image: two clean boxes at 0.95, seven at 0.65, and one false box at 0.3
+    scores = np.tile([0.95, 0.95] + [0.65] * 7 + [0.3], n)
+    true = np.tile([True] * 9 + [False], n)
+    data = ScoredBoxes(scores, true, np.repeat(np.arange(n), 10), np.full(n, 9))
+    grid = (0.9, 0.8, 0.7, 0.6, 0.5, 0.2)
+    high = certify_high(data, alpha=0.2, delta=0.05, max_boxes=K, grid=grid, start=0.8)  # FDR 10% at 0.2
+    assert high.threshold == 0.2 and high.start == 0.8
+
+    def low(t: float) -> LowThreshold:
+        return LowThreshold(t, 0.05, n, 0.0, True)
+
+    assert served_thresholds(high, low(0.1), grid) == (0.2, 0.1)
+    assert served_thresholds(high, low(0.55), grid) == (0.6, 0.55)  # boxes in [0.55, 0.6) go to auditors
+    assert served_thresholds(high, low(0.6), grid) == (0.6, 0.6)
+    assert served_thresholds(high, low(0.85), grid) == (0.2, 0.2)  # 0.9 was never tested (the walk began at 0.8)
+    none = certify_high(data, alpha=0.001, delta=0.05, max_boxes=K, grid=grid, start=0.8)
+    assert not none.certified and served_thresholds(none, low(0.5), grid) == (none.threshold, 0.5)
+    cert = certify_detection(data, alpha=0.2, beta=0.02, delta=0.05, max_boxes=K, grid=grid)
+    assert cert.low.threshold == 0.65 and (cert.threshold_high, cert.threshold_low) == (0.7, 0.65)
+    assert cert.threshold_high_raised and cert.to_dict()["threshold_high_raised_to_low"]
+    outcome = triage_outcome(data, cert.threshold_high, cert.threshold_low)
+    assert outcome["accepted_fdr"] == 0.0 and outcome["auditor_boxes_per_image"] == 7.0  # the 0.3 box is dropped
+
+
+def test_with_a_loose_miss_budget_both_promises_still_hold_over_resplits(population: ScoredBoxes) -> None:
+    """beta large enough that t_low lands above the walk's end in most re-splits (t_high is then
+    raised to it): the FDR at the served t_high still exceeds alpha in at most delta of re-splits,
+    and the mean miss share stays <= beta."""
+    rng = np.random.default_rng(5)
+    alpha, beta, delta, n, runs = 0.05, 0.1, 0.1, 500, 100
+    broken, raised, misses = 0, 0, []
+    for _ in range(runs):
+        sample = population.subset(rng.choice(population.n_images, size=n, replace=False))
+        cert = certify_detection(sample, alpha, beta, delta, K, "wsr", pilot=synthetic(300, rng))
+        raised += cert.threshold_high_raised
+        broken += cert.high.certified and population_fdr(population, cert.threshold_high) > alpha
+        misses.append(miss_losses(population, cert.threshold_low).mean())
+        assert cert.threshold_low <= cert.threshold_high
+    assert raised > runs * 0.9
+    assert broken / runs <= delta + 3 * math.sqrt(delta * (1 - delta) / runs)
+    assert np.mean(misses) <= beta
 
 
 def _empirical_fdr(data: ScoredBoxes, t: float) -> float:

@@ -13,7 +13,8 @@ from training.data.split import load_split
 from training.detector import train as detector
 from training.detector.args import DetectorArgs
 from training.detector.data import CLASSES, IMAGE_SIZE, make_detection_set, to_coco
-from training.detector.model import GRID, STRIDE, TOP_K, DetectorNet, ExportedDetector, decode
+from training.detector.model import (GRID, NOT_A_DIGIT, READ_SIZE, STRIDE, TOP_K, DetectorNet, ExportedDetector,
+                                     ReaderNet, candidate_rows, crop_boxes, decode, reading_examples)
 from training.export import export_onnx, run_onnx
 
 
@@ -75,7 +76,7 @@ def test_export_keeps_parity_and_the_serving_contract() -> None:
     # and which of two tied cells is the peak is then arbitrary. Spread the logits as a trained
     # net does (a trained net's parity is in docs/detector.md).
     torch.nn.init.normal_(net.heat[-1].weight, std=1.0)
-    exported = ExportedDetector(net, platt_a=1.3, platt_b=-0.5, platt_rival=-0.4).eval()
+    exported = ExportedDetector(net, ReaderNet(), platt_a=1.3, platt_b=-0.5, platt_rival=-0.4, platt_read=0.8).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", ["boxes", "labels", "scores"])
     images = make_detection_set("test", 64, seed=5).images
     assert detector.detection_parity(exported, onnx_bytes, images) <= 1e-4
@@ -88,20 +89,23 @@ def test_export_keeps_parity_and_the_serving_contract() -> None:
 def test_platt_scaling_recovers_known_constants() -> None:
     rng = np.random.default_rng(0)
     z, r = rng.normal(0, 3, size=(2, 20_000))
-    true = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 0.5 * r - 1.0)))
-    a, b, a_rival = detector.fit_platt(z, r, true)
-    assert a == pytest.approx(0.7, abs=0.05) and a_rival == pytest.approx(-0.5, abs=0.05)
-    assert b == pytest.approx(-1.0, abs=0.1)
+    reading = -rng.exponential(1.0, size=z.size)  # log-probabilities: <= 0
+    true = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 0.5 * r + 1.5 * reading - 1.0)))
+    fit = detector.fit_platt(z, r, reading, true)
+    assert fit["a"] == pytest.approx(0.7, abs=0.05) and fit["a_rival"] == pytest.approx(-0.5, abs=0.05)
+    assert fit["a_read"] == pytest.approx(1.5, abs=0.1) and fit["b"] == pytest.approx(-1.0, abs=0.15)
 
 
 def test_the_exported_rows_are_ordered_by_the_calibrated_score() -> None:
     torch.manual_seed(0)
     net = DetectorNet().eval()
     torch.nn.init.normal_(net.heat[-1].weight, std=1.0)
+    reader = ReaderNet().eval()
     images = torch.from_numpy(make_detection_set("test", 8, seed=3).images)
-    logits, labels, boxes, rivals = decode(*net(images))
-    out_boxes, out_labels, scores = ExportedDetector(net, 2.0, 0.5, -1.0).eval()(images)
-    expected = torch.sigmoid(2.0 * logits - rivals + 0.5)
+    logits, labels, boxes, rivals, readings = candidate_rows(net, reader, images)
+    assert torch.equal(labels, decode(*net(images))[1]) and (readings <= 0).all()
+    out_boxes, out_labels, scores = ExportedDetector(net, reader, 2.0, 0.5, -1.0, 0.7).eval()(images)
+    expected = torch.sigmoid(2.0 * logits - rivals + 0.7 * readings + 0.5)
     order = expected.argsort(dim=1, descending=True)
     assert torch.allclose(scores, expected.gather(1, order))
     assert torch.equal(out_labels, labels.gather(1, order))
@@ -109,13 +113,46 @@ def test_the_exported_rows_are_ordered_by_the_calibrated_score() -> None:
     assert torch.equal(out_boxes, out_boxes.round())  # box edges on whole pixels
 
 
-def test_training_is_deterministic_for_a_seed() -> None:
-    a, _ = detector.train(DetectorArgs(steps=2, seed=5, threads=1), progress=False)
-    b, _ = detector.train(DetectorArgs(steps=2, seed=5, threads=1), progress=False)
-    c, _ = detector.train(DetectorArgs(steps=2, seed=6, threads=1), progress=False)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+def test_training_is_deterministic_for_a_seed_with_the_labels_made_in_a_worker_or_not() -> None:
+    def weights(seed: int, background: bool) -> dict[str, torch.Tensor]:
+        net, reader, _ = detector.train(DetectorArgs(steps=2, seed=seed, threads=1, background_data=background),
+                                        progress=False)
+        return {**{f"net.{k}": v for k, v in net.state_dict().items()},
+                **{f"reader.{k}": v for k, v in reader.state_dict().items()}}
+
+    a, b, c = weights(5, background=True), weights(5, background=False), weights(6, background=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+
+
+def test_the_reader_crops_each_box_with_a_margin_at_one_size() -> None:
+    """A dark rectangle's box, cropped: ink fills the middle, the margin shows paper; a box off
+    the picture repeats the border pixels instead of failing."""
+    image = torch.ones(1, IMAGE_SIZE, IMAGE_SIZE)
+    image[0, 20:40, 10:20] = 0.0  # rows 20..39, columns 10..19: the box [10, 20, 20, 40]
+    crops = crop_boxes(image.expand(2, -1, -1), torch.tensor([[10.0, 20.0, 20.0, 40.0], [60.0, -5.0, 70.0, 5.0]]))
+    assert crops.shape == (2, 1, READ_SIZE, READ_SIZE)
+    inner, edge = crops[0, 0, 3:-3, 3:-3], crops[0, 0, 0]
+    assert inner.max() < 0.05 and edge.min() > 0.95  # 10% margin: the outer row is paper
+    assert torch.isfinite(crops).all() and crops[1].min() > 0.95
+
+
+def test_the_reader_trains_on_every_digit_and_on_boxes_where_no_digit_is() -> None:
+    from auditstream.tasks.detection import iou_matrix
+
+    data = make_detection_set("train", 20, seed=7)
+    index, boxes, labels = reading_examples(data, np.random.default_rng(0), limit=None)
+    digits = labels != NOT_A_DIGIT
+    assert digits.sum() == data.n_objects and (~digits).sum() >= 30  # up to 2 per label
+    for i in range(len(data)):
+        mine = index == i
+        assert sorted(labels[mine & digits]) == sorted(data.labels[i])
+        near = iou_matrix(boxes[mine & digits], data.boxes[i]).max(axis=1)
+        assert (near > 0.5).all()  # a digit's example is its box, moved a little
+        if (mine & ~digits).any():
+            assert iou_matrix(boxes[mine & ~digits], data.boxes[i]).max() < 0.25
+    few = reading_examples(data, np.random.default_rng(0), limit=40)
+    assert len(few[0]) == 40 and (np.diff(few[0]) >= 0).all()  # a random subset, in batch order
 
 
 @pytest.mark.slow
@@ -124,6 +161,7 @@ def test_short_training_learns_certifies_and_publishes_a_servable_model(tmp_path
     summary = detector.run(args, tmp_path, progress=False)
     assert summary["map_50"] >= 0.85  # 500 steps: 170 s on 2 busy cores (the default 4,400: docs/detector.md)
     assert summary["parity_max_abs_diff"] <= 1e-4
+    assert summary["platt_a_read"] > 0.1  # the reader's second look carries weight in the score
     model = ModelRegistry(tmp_path).load("detector")  # checksum and safety checks pass
     card, task = model.card, lookup(model.card.task)
     task.check_card(card)

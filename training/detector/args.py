@@ -12,7 +12,7 @@ class DetectorArgs:
     """Arguments of ``auditstream train detector``."""
 
     seed: int = field(default=1, metadata={"help": "seed of weights and of the training labels"})
-    steps: int = field(default=4400, metadata={"help": "optimizer steps; every step renders a fresh batch"})
+    steps: int = field(default=3400, metadata={"help": "optimizer steps; every step renders a fresh batch"})
     batch_size: int = field(default=32, metadata={"help": "labels per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
@@ -35,4 +35,6 @@ class DetectorArgs:
     p_value: Literal["wsr", "hoeffding-bentkus"] = field(default="wsr", metadata={
         "help": "p-value of the Learn-then-Test FDR tests"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    background_data: bool = field(default=True, metadata={"help": "render the training labels in a worker process "
+                                                                   "while the model trains (the same labels, in order)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})

@@ -1,14 +1,16 @@
 """Train the ``detector``: a parcel label image -> scored boxes around its handwritten digits.
 
-    auditstream train detector --json        # 4,400 steps, ~10 min on 2 CPU cores (docs/detector.md)
+    auditstream train detector --json        # 3,400 steps, ~10 min on 2 CPU cores (docs/detector.md)
     python -m training.detector.train        # the same, without the auditstream CLI
 
 Flow (one readable script): args (``DetectorArgs``, training/detector/args.py) -> data (fresh
 labels from *training-split* digits for every batch, standard and hard mixed,
-training/detector/data.py) -> model (a small CenterNet, training/detector/model.py) -> loop
-(AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit and its rival on
-labels of the calibration/temperature digits) -> export ONNX (preprocessing, peak extraction, top-K, boxes and
-the calibrated scores inside the graph; parity-checked on the test labels) -> measure COCO mAP
+training/detector/data.py) -> model (a small
+CenterNet and a reader that reads each box again, training/detector/model.py) -> loop (both
+together, AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit, its rival
+and the reader's log-probability on labels of the calibration/temperature digits) -> export ONNX
+(preprocessing, peak extraction, top-K, boxes, the reader and the calibrated scores inside the
+graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
 conformal risk control of the miss rate, qc/detection_certify.py) on the exported graph's own
@@ -27,7 +29,9 @@ import io
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 # Before torch loads OpenMP: its waiting workers sleep instead of spinning. On a machine whose 2
 # cores other jobs share, two spinning workers wait on each other for whole time slices (20
@@ -36,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 from scipy.optimize import linear_sum_assignment, minimize
 from scipy.special import expit
 from tqdm import tqdm
@@ -50,11 +55,12 @@ from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 from training.detector.args import DetectorArgs
 from training.detector.data import (CLASSES, IMAGE_SIZE, VARIANTS, DetectionSet, make_detection_set, to_coco,
                                    training_batches)
-from training.detector.model import (OUTPUT_NAMES, TOP_K, DetectorNet, ExportedDetector, decode, loss, snap_to_pixels,
+from training.detector.model import (OUTPUT_NAMES, READ_MARGIN, READ_SIZE, TOP_K, DetectorNet, ExportedDetector,
+                                     ReaderNet, candidate_rows, loss, reading_examples, reading_loss, snap_to_pixels,
                                      targets)
 from training.export import export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
-from training.fit import fit_steps
+from training.fit import fit_steps, in_background
 from training.selective import plot_risk_coverage, reference_statistics
 
 NAME = "detector"
@@ -64,29 +70,49 @@ SEEDS = {"platt": 9001, "certificate": 9002, "standard": 9003, "hard": 9004}
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [n, K, 4], labels [n, K], scores [n, K]
 
 
-def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, float]:
-    """Fit on fresh training labels; returns the net (eval mode) and the seconds it took."""
+def training_stream(args: DetectorArgs) -> Iterator[tuple[DetectionSet, dict, tuple]]:
+    """Per step: fresh training labels, the detector's targets and the reader's examples (the
+    numpy part of a step, ~0.055 s; made in a worker process when ``args.background_data``)."""
+    rng, reading_rng = np.random.default_rng(args.seed), np.random.default_rng([args.seed, 1])
+    for batch in training_batches("train", args.batch_size, args.steps, rng, args.hard_share, args.elastic):
+        yield batch, targets(batch), reading_examples(batch, reading_rng)
+
+
+def train(args: DetectorArgs, progress: bool = True) -> tuple[DetectorNet, ReaderNet, float]:
+    """Fit the detector and its reader together on fresh training labels (the sum of both losses:
+    their weights are disjoint, so each learns as if alone); returns both (eval mode) and the
+    seconds it took."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    model = DetectorNet()
-    batches = training_batches("train", args.batch_size, args.steps, rng, args.hard_share, args.elastic)
-    seconds = fit_steps(model, batches, args.steps, lambda batch: loss(model(torch.from_numpy(batch.images)), targets(batch)),
-                        name=NAME, lr=args.lr, weight_decay=args.weight_decay, pct_start=0.15, progress=progress)
-    return model, seconds
+    net, reader = DetectorNet(), ReaderNet()
+
+    def batch_loss(step: tuple[DetectionSet, dict, tuple]) -> torch.Tensor:
+        batch, target, examples = step  # from a worker, the arrays of target and examples arrive as tensors
+        images = torch.as_tensor(batch.images)
+        return loss(net(images), target) + reading_loss(reader, images, examples)
+
+    make_stream = partial(training_stream, args)
+    stream = in_background(make_stream) if args.background_data else make_stream()
+    seconds = fit_steps(nn.ModuleDict({"detector": net, "reader": reader}), stream, args.steps, batch_loss, name=NAME,
+                        lr=args.lr, weight_decay=args.weight_decay, pct_start=0.15, progress=progress)
+    return net, reader, seconds
 
 
 @torch.no_grad()
-def raw_detections(net: DetectorNet, images: np.ndarray, batch: int = 256) -> tuple[Detections, np.ndarray]:
+def raw_detections(net: DetectorNet, reader: ReaderNet, images: np.ndarray,
+                   batch: int = 256) -> tuple[Detections, np.ndarray, np.ndarray]:
     """Torch's decoded rows (boxes snapped to pixels, as the graph does) with the *raw* peak logits
-    in place of scores (before calibration), and each row's rival logit [n, K] (training/detector/model.py)."""
+    in place of scores (before calibration), and each row's rival logit and reading [n, K]
+    (training/detector/model.py)."""
     net.eval()
+    reader.eval()
     parts = []
     for i in range(0, len(images), batch):
-        logits, labels, boxes, rivals = decode(*net(torch.from_numpy(images[i:i + batch])))
-        parts.append((snap_to_pixels(boxes).numpy(), labels.numpy(), logits.double().numpy(), rivals.double().numpy()))
-    boxes, labels, logits, rivals = (np.concatenate([p[k] for p in parts]) for k in range(4))
-    return (boxes, labels, logits), rivals
+        logits, labels, boxes, rivals, readings = candidate_rows(net, reader, torch.from_numpy(images[i:i + batch]))
+        parts.append((snap_to_pixels(boxes).numpy(), labels.numpy(), logits.double().numpy(), rivals.double().numpy(),
+                      readings.double().numpy()))
+    boxes, labels, logits, rivals, readings = (np.concatenate([p[k] for p in parts]) for k in range(5))
+    return (boxes, labels, logits), rivals, readings
 
 
 def onnx_detections(onnx_bytes: bytes, images: np.ndarray) -> Detections:
@@ -100,33 +126,35 @@ def scored(data: DetectionSet, detections: Detections, iou: float) -> ScoredBoxe
     return score_images(list(zip(boxes, labels, scores)), list(zip(data.boxes, data.labels)), iou)
 
 
-def fit_platt(logits: np.ndarray, rivals: np.ndarray, true: np.ndarray) -> tuple[float, float, float]:
-    """Platt scaling with the rival logit as a second input: ``(a, b, a_rival)`` of
-    ``P(box is true) = sigmoid(a * logit + a_rival * rival + b)`` by maximum likelihood, ``a > 0``
-    and ``a_rival <= 0`` (a stronger rival never makes a box more believable)."""
-    z = np.clip(logits.astype(np.float64), -50, 50)
-    r = np.clip(rivals.astype(np.float64), -50, 50)
-    y = true.astype(np.float64)
+PLATT_INPUTS = ("a", "a_rival", "a_read")  # the coefficients of the peak logit, its rival and its reading
+
+
+def fit_platt(logits: np.ndarray, rivals: np.ndarray, readings: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Platt scaling with three inputs: ``a``, ``a_rival``, ``a_read`` and ``b`` of
+    ``P(box is true) = sigmoid(a * logit + a_rival * rival + a_read * reading + b)`` by maximum
+    likelihood, with ``a > 0``, ``a_rival <= 0`` (a stronger rival never makes a box more
+    believable) and ``a_read >= 0`` (nor does the reader doubting the row's class)."""
+    x = np.stack([np.clip(v.astype(np.float64).reshape(-1), -50, 50) for v in (logits, rivals, readings)]
+                 + [np.ones(true.size)], axis=1)
+    y = true.astype(np.float64).reshape(-1)
 
     def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
-        s = params[0] * z + params[2] * r + params[1]
-        p = expit(s)
-        value = float(np.sum(np.logaddexp(0, s) - y * s))
-        return value, np.array([np.sum((p - y) * z), np.sum(p - y), np.sum((p - y) * r)])
+        s = x @ params
+        return float(np.sum(np.logaddexp(0, s) - y * s)), x.T @ (expit(s) - y)
 
-    result = minimize(nll, np.array([1.0, 0.0, 0.0]), jac=True, method="L-BFGS-B",
-                      bounds=[(1e-3, 100.0), (-50.0, 50.0), (-100.0, 0.0)])
-    return float(result.x[0]), float(result.x[1]), float(result.x[2])
+    result = minimize(nll, np.array([1.0, 0.0, 0.0, 0.0]), jac=True, method="L-BFGS-B",
+                      bounds=[(1e-3, 100.0), (-100.0, 0.0), (0.0, 100.0), (-50.0, 50.0)])
+    return {**dict(zip(PLATT_INPUTS, map(float, result.x[:3]))), "b": float(result.x[3])}
 
 
-def calibrate(net: DetectorNet, args: DetectorArgs) -> dict:
+def calibrate(net: DetectorNet, reader: ReaderNet, args: DetectorArgs) -> dict:
     """Platt constants fitted on labels of the calibration/temperature digits, which the
     certificate does not use (a point estimate, not a guarantee: digit reuse only costs precision)."""
     data = make_detection_set("calibration/temperature", args.n_platt, SEEDS["platt"])
-    raw, rivals = raw_detections(net, data.images)
-    boxes = scored(data, raw, args.match_iou)  # scored keeps the rows' order: rivals line up
-    a, b, a_rival = fit_platt(boxes.scores, rivals.reshape(-1), boxes.true)
-    return {"a": a, "b": b, "a_rival": a_rival, "n_images": len(data), "n_boxes": len(boxes.scores)}
+    raw, rivals, readings = raw_detections(net, reader, data.images)
+    boxes = scored(data, raw, args.match_iou)  # scored keeps the rows' order: rivals and readings line up
+    return {**fit_platt(boxes.scores, rivals, readings, boxes.true), "n_images": len(data),
+            "n_boxes": len(boxes.scores)}
 
 
 def detection_parity(module: ExportedDetector, onnx_bytes: bytes, images: np.ndarray, atol: float = 1e-4) -> float:
@@ -182,7 +210,7 @@ def coco_map(data: DetectionSet, detections: Detections) -> dict[str, float]:
             "map_75": float(evaluation.stats[2])}
 
 
-def evaluate(net: DetectorNet, exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs,
+def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs,
              progress: bool = True) -> dict:
     """mAP on test labels of both variants, certificate on calibration/certificate labels, triage
     on the test labels, all on the exported graph's outputs."""
@@ -208,7 +236,7 @@ def evaluate(net: DetectorNet, exported: ExportedDetector, onnx_bytes: bytes, ar
                            **triage_outcome(boxes, certificate.threshold_high, certificate.threshold_low)}
         if variant == "standard":
             result["parity"] = detection_parity(exported, onnx_bytes, data.images)
-            raw = scored(data, raw_detections(net, data.images)[0], args.match_iou)
+            raw = scored(data, raw_detections(exported.net, exported.reader, data.images)[0], args.match_iou)
             result["ece_before"] = expected_calibration_error(1 / (1 + np.exp(-raw.scores)), raw.true)
             result["ece_after"] = expected_calibration_error(boxes.scores, boxes.true)
             kept = boxes.scores >= certificate.threshold_low
@@ -252,12 +280,16 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                                         "peaks: logit == 3x3 max pool", f"top-{TOP_K} peaks over classes and cells",
                                         "boxes from size and offset at the peak",
                                         "rival = the highest other-class logit in the 3x3 cells around the peak",
+                                        f"reading = the reader's log-probability of the row's class on its box "
+                                        f"(resampled to {READ_SIZE}x{READ_SIZE} with a {READ_MARGIN:.0%} margin)",
                                         f"score = sigmoid({calibration['a']:.4f} * logit "
-                                        f"{calibration['a_rival']:+.4f} * rival {calibration['b']:+.4f}), "
-                                        "rows re-ordered by it", "box edges rounded to whole pixels"]},
+                                        f"{calibration['a_rival']:+.4f} * rival {calibration['a_read']:+.4f} * reading "
+                                        f"{calibration['b']:+.4f}), rows re-ordered by it",
+                                        "box edges rounded to whole pixels"]},
         labels=LABELS, metrics=metrics,
-        calibration={"method": "Platt scaling of the peak logit and its rival logit (P(box is true), greedy IoU >= "
-                               "match_iou matching), fitted on labels of the calibration/temperature digits",
+        calibration={"method": "Platt scaling of the peak logit, its rival logit and the reader's log-probability of "
+                               "the row's class (P(box is true), greedy IoU >= match_iou matching), fitted on labels "
+                               "of the calibration/temperature digits",
                      **calibration,
                      "ece_before": result["ece_before"], "ece_after": result["ece_after"], "ece_level": "box",
                      "ece_bins": 15, "ece_split": "test (standard)"},
@@ -286,11 +318,12 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
 
 def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
     """Train, calibrate, export, measure, certify, publish; returns the JSON summary."""
-    net, train_seconds = train(args, progress)
-    calibration = calibrate(net, args)
-    exported = ExportedDetector(net, calibration["a"], calibration["b"], calibration["a_rival"]).eval()
+    net, reader, train_seconds = train(args, progress)
+    calibration = calibrate(net, reader, args)
+    exported = ExportedDetector(net, reader, calibration["a"], calibration["b"], calibration["a_rival"],
+                                calibration["a_read"]).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", list(OUTPUT_NAMES))
-    result = evaluate(net, exported, onnx_bytes, args, progress)
+    result = evaluate(exported, onnx_bytes, args, progress)
     card = build_card(args, result, calibration, train_seconds)
     cert: DetectionCertificate = result["certificate"]
     std, hard = result["standard"], result["hard"]
@@ -307,9 +340,9 @@ def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
                "threshold_high": cert.threshold_high, "threshold_low": cert.threshold_low,
                "high_certified": cert.high.certified, "low_certified": cert.low.certified,
                "delta": args.delta, "p_value": args.p_value, "n_certificate": args.n_certificate,
-               "certificate_fdr": cert.high.fdr_calibration, "ece_before": result["ece_before"],
+               "certificate_fdr": result["certificate_outcome"]["accepted_fdr"], "ece_before": result["ece_before"],
                "ece_after": result["ece_after"], "platt_a": calibration["a"], "platt_b": calibration["b"],
-               "platt_a_rival": calibration["a_rival"]}
+               "platt_a_rival": calibration["a_rival"], "platt_a_read": calibration["a_read"]}
     if args.publish:
         published = ModelRegistry(models_dir).publish(card, onnx_bytes)
         plot_risk_coverage({"box score (test, kept boxes)": result["curve"]}, published.directory / "risk_coverage.png",
@@ -325,8 +358,8 @@ def print_summary(s: dict) -> None:
     print(f"detector: COCO mAP@[.5:.95] {s['map_50_95']:.3f} (target >= 0.85), mAP@.5 {s['map_50']:.4f} "
           f"(target >= 0.99) on standard test labels")
     print(f"  hard labels (same model): mAP@[.5:.95] {s['hard_map_50_95']:.3f}, mAP@.5 {s['hard_map_50']:.4f}")
-    print(f"  box scores: Platt a={s['platt_a']:.3f} a_rival={s['platt_a_rival']:.3f} b={s['platt_b']:.3f}; box ECE {s['ece_before']:.2%} -> "
-          f"{s['ece_after']:.2%}")
+    print(f"  box scores: Platt a={s['platt_a']:.3f} a_rival={s['platt_a_rival']:.3f} a_read={s['platt_a_read']:.3f} "
+          f"b={s['platt_b']:.3f}; box ECE {s['ece_before']:.2%} -> {s['ece_after']:.2%}")
     print(f"  certified on {s['n_certificate']} labels ({s['p_value']} p-values, delta {s['delta']}): "
           f"auto-accept boxes "
           f">= {s['threshold_high']:.4f} (FDR <= {s['accepted_fdr_target']:.0%}"
