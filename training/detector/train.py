@@ -5,9 +5,9 @@
 
 Flow (one readable script): args (``DetectorArgs``, training/detector/args.py) -> data (fresh
 labels from *training-split* digits for every batch, standard and hard mixed,
-training/detector/data.py) -> model (a small
-CenterNet and a reader that reads each box again, training/detector/model.py) -> loop (both
-together, AdamW, one-cycle LR) -> calibrate the scores (Platt scaling of the peak logit, its rival
+training/detector/data.py, made in a worker process) -> model (a small CenterNet and a reader
+that reads each box again, training/detector/model.py) -> loop (both together, AdamW, one-cycle
+LR) -> calibrate the scores (Platt scaling of the peak logit, its rival
 and the reader's log-probability on labels of the calibration/temperature digits) -> export ONNX
 (preprocessing, peak extraction, top-K, boxes, the reader and the calibrated scores inside the
 graph; parity-checked on the test labels) -> measure COCO mAP
