@@ -11,7 +11,13 @@ One run, one model, one batch size:
    ``batch_size`` waiting at most ``max_wait_ms``);
 4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), warmed up,
    then requests paced at 70% of the measured rate; end-to-end latency = when the prediction is
-   read back here − the request's ``created_at_s``;
+   read back here − the request's ``created_at_s``. The pacing producer and the reader are the
+   load generator, not what is measured: they use confluent-kafka whatever ``--client`` says
+   (``load_generator_client``), because on a small machine they share the cores with the server
+   (kafka-python's producer and reader took ~0.36 of a core at 150 requests/s, librdkafka's
+   ~0.07). ``latency_cpu_cores`` says how many cores the server, the embedded broker and the load
+   generator used meanwhile: a sum near the machine's cores means the step measured a saturated
+   machine, not the batch policy;
 5. **outcomes**: after the servers stopped, the run's predictions topic is read to its end
    offsets: ``lost``, ``duplicates`` and ``non_identical_duplicates`` count every prediction,
    also a duplicate that arrived after the readers had seen its id once.
@@ -25,8 +31,8 @@ inputs, so ~85% of answers are auto-accepted (AUTO, ~2% of them QC-sampled) and 
 audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
 p99_ms, latency_bound_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size,
-max_wait_ms, latency_budget_ms, raw_client_per_s, client, ratio_tls, ...; ``profile`` with
-``--profile``).
+max_wait_ms, latency_budget_ms, raw_client_per_s, client, load_generator_client,
+latency_cpu_cores, ratio_tls, ...; ``profile`` with ``--profile``).
 
 ``raw_client_per_s`` (:func:`stack.serve_profile.raw_client_per_s`): a fresh group drains the
 max-rate step's requests again through the same loop and client, forwarding each record's bytes
@@ -73,7 +79,7 @@ from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
-from stack.serve_profile import broker_cpu_s, profiled, raw_client_per_s
+from stack.serve_profile import broker_cpu_s, process_cpu_s, profiled, raw_client_per_s
 from stack.workers_bench import max_rate_with_workers
 
 BENCH_MODEL = "bench-cnn"
@@ -206,6 +212,27 @@ def serve_process(settings: Settings, card: ModelCard, log_path: Path, log_level
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "serve", "--model", card.name,
                                  "--version", card.version, "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def load_generator_client(client_under_test: str) -> str:
+    """The client of the bench's own pacing producer and readers: confluent-kafka (its I/O in C
+    costs the served process's cores least) where it imports, else the client under test."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return client_under_test
+    return "confluent"
+
+
+def _cores_used(before: dict[str, float | None], after: dict[str, float | None], wall_s: float) -> dict[str, float | None]:
+    """CPU seconds per wall second of each process between two :func:`_cpu_now` readings."""
+    return {name: (round((after[name] - before[name]) / wall_s, 2)  # type: ignore[operator]
+                   if before[name] is not None and after[name] is not None and wall_s > 0 else None)
+            for name in before}
+
+
+def _cpu_now(settings: Settings, server: subprocess.Popen) -> dict[str, float | None]:
+    return {"serve": process_cpu_s(server.pid), "broker": broker_cpu_s(settings), "load_generator": time.process_time()}
 
 
 def _cpu_ratio(cpu: dict[str, float | None]) -> float | None:
@@ -349,25 +376,31 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
-    # production), requests paced by this process, predictions read back here
+    # production, with the client under test), requests paced and predictions read back here by
+    # the load generator's client
     rate = 0.7 * min(stream, raw)
+    generator = dataclasses.replace(settings, kafka_client=load_generator_client(client))
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
     served: dict[str, dict[str, float]] = {}
     server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    pacer = make_producer(generator, client_id="bench-pacer")
     try:
-        reader = threading.Thread(target=read_predictions, args=(settings, ids, 180.0, f"bench-reader-b-{run_id}",
+        reader = threading.Thread(target=read_predictions, args=(generator, ids, 180.0, f"bench-reader-b-{run_id}",
                                                                  lat_arrivals, served), daemon=True)
         reader.start()
         # warm-up: the server has joined its group and answers before the clock starts
-        warm = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
+        warm = produce_requests(pacer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
                                 0.0, id_prefix=f"warm{run_id}", progress=False)
-        read_predictions(settings, set(warm.request_ids), 120.0, f"bench-reader-w-{run_id}", arrivals)
+        read_predictions(generator, set(warm.request_ids), 120.0, f"bench-reader-w-{run_id}", arrivals)
         time.sleep(1.0)
-        paced = produce_requests(producer, topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
+        cpu_before, wall_before = _cpu_now(settings, server), time.monotonic()
+        paced = produce_requests(pacer, topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
                                  rate, id_prefix=f"lat{run_id}", progress=False)
         reader.join()
+        latency_cpu = _cores_used(cpu_before, _cpu_now(settings, server), time.monotonic() - wall_before)
     finally:
+        pacer.close()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=60)
@@ -401,6 +434,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "served_ms": _served_breakdown(served, lat_arrivals, paced.created_at_s),
         "latency_rate_per_s": round(rate, 1), "lost": lost, "duplicates": duplicates,
         "non_identical_duplicates": non_identical, "client": client,
+        "load_generator_client": generator.kafka_client, "latency_cpu_cores": latency_cpu,
         "model": card.name, "batch_size": args.batch_size, "mean_batch_size": round(mean_batch, 1),
         "max_wait_ms": settings.max_wait_ms, "latency_budget_ms": settings.latency_budget_ms,
         "raw_client_per_s": round(raw_client, 1), "kafka_python_crc32c_c": kafka_python_has_fast_crc(),

@@ -74,7 +74,12 @@ def broker_cpu_s(settings: Settings) -> float | None:
     from stack import broker as embedded
 
     info = embedded.status(settings)
-    return _stat_cpu_s(Path(f"/proc/{info.pid}/stat"))[1] if info is not None else None
+    return process_cpu_s(info.pid) if info is not None else None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds so far of process ``pid``, all its threads (None: gone, or not Linux)."""
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))[1]
 
 
 def _stat_cpu_s(stat_path: Path) -> tuple[str | None, float | None]:

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 KEYS = {"raw_ort_per_s", "stream_per_s", "ratio", "p50_ms", "p99_ms", "lost", "duplicates", "client",
         "wire_encode_us", "wire_decode_us", "overhead_us_per_record", "non_identical_duplicates", "mean_batch_size",
         "batch_size", "max_wait_ms", "ratio_tls", "stream_tls_per_s", "raw_client_per_s", "latency_budget_ms",
-        "latency_bound_ms", "served_ms", "cpu_us_per_record", "cpu_ratio"}
+        "latency_bound_ms", "served_ms", "cpu_us_per_record", "cpu_ratio", "load_generator_client",
+        "latency_cpu_cores"}
 
 
 def test_bench_serve_json_line(stream_settings: Settings) -> None:
@@ -53,3 +54,26 @@ def test_bench_serve_with_workers_and_profile(stream_settings: Settings) -> None
     assert sections["  ONNX Runtime"] > 0 and sections["produce (client send)"] > 0
     assert sections["loop total"] >= sections["process_batch"] >= sections["  decode requests"]
     assert result["profile"]["thread_cpu_us_per_record"]["loop"] > 0
+    # the server runs the client under test; the pacing producer and the readers are the load
+    # generator's (librdkafka: the cheapest on the cores the server needs)
+    assert result["client"] == "kafka-python" and result["load_generator_client"] == "confluent"
+    cores = result["latency_cpu_cores"]
+    assert cores["serve"] > 0 and cores["load_generator"] > 0
+    assert cores["broker"] is None  # not the bench's own broker: its CPU is not read
+
+
+def test_load_generator_falls_back_to_the_client_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack.serve_bench import load_generator_client
+
+    assert load_generator_client("kafka-python") == "confluent"
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # import fails: not installed
+    assert load_generator_client("kafka-python") == "kafka-python"
+
+
+def test_cores_used_per_process() -> None:
+    from stack.serve_bench import _cores_used
+
+    before = {"serve": 10.0, "broker": None, "load_generator": 1.0}
+    after = {"serve": 13.0, "broker": 5.0, "load_generator": 1.5}
+    assert _cores_used(before, after, 2.0) == {"serve": 1.5, "broker": None, "load_generator": 0.25}
+    assert _cores_used(before, after, 0.0) == {"serve": None, "broker": None, "load_generator": None}
