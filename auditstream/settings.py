@@ -66,7 +66,7 @@ class Settings:
         "Target for a request's wait + its batch's compute (ms): a batch stops collecting once its oldest request "
         "has waited so long that the measured compute of a full batch would overrun it. 0: only max_batch_size "
         "and max_wait_ms cut batches.", 0)
-    # serving/runtime.py, serving/gpu.py; docs/serving.md "GPU"
+    # serving/runtime.py, serving/providers.py; docs/serving.md "GPU"
     intra_op_threads: int = _doc("ONNX Runtime intra-op threads per serving process. 0: the cores this process may "
                                  "use, divided by the workers of 'auditstream serve --workers N'.", 0)
     device: str = _doc("Where models run: 'auto' (a GPU provider if one really loads, else the CPU), 'cpu', or "
