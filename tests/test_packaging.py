@@ -12,22 +12,24 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIRS = {"stack": ["demo_models"], "auditstream": ["schemas"]}  # data the packages read at run time
 
 
-def _package_data() -> dict[str, list[str]]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
-def test_every_shipped_data_file_is_package_data() -> None:
-    patterns = _package_data()
-    for package, dirs in DATA_DIRS.items():
+def test_every_data_file_in_a_package_is_package_data() -> None:
+    """Any file that is not Python, anywhere in an installed package, must match a pattern."""
+    config = _setuptools()
+    packages = [name.rstrip("*") for name in config["packages"]["find"]["include"]]
+    patterns = config["package-data"]
+    missing = []
+    for package in packages:
         covered = {p for pattern in patterns.get(package, []) for p in (ROOT / package).glob(pattern)}
-        for d in dirs:
-            files = {p for p in (ROOT / package / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-            assert files, f"{package}/{d} holds no files"
-            missing = sorted(str(p.relative_to(ROOT)) for p in files - covered)
-            assert not missing, f"not installed by pip (add a pattern to [tool.setuptools.package-data]): {missing}"
+        data = {p for p in (ROOT / package).rglob("*")
+                if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+        missing += sorted(str(p.relative_to(ROOT)) for p in data - covered)
+    assert not missing, f"not installed by pip (add a pattern to [tool.setuptools.package-data]): {missing}"
 
 
 def test_the_demo_models_that_can_be_retrained_ship_their_weights() -> None:
