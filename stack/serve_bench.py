@@ -8,8 +8,11 @@ One run, one model, one batch size:
    (:class:`serving.app.ServeApp`, the same code as ``auditstream serve``) drains them:
    consume → decode → infer → triage → produce → flush → commit, timed from its first record to
    its last commit (``mean_batch_size``: the batches it actually formed, of at most
-   ``batch_size`` waiting at most ``max_wait_ms``);
-4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), warmed up,
+   ``batch_size`` waiting at most ``max_wait_ms``); raw ORT is measured again after the
+   consumer left the group (a live consumer's background fetches would slow that measurement);
+4. **stream, ~70% load**: ``auditstream serve`` in a child process (as in production), on topics
+   of its own (``<prefix>-lat``: the embedded broker's fetches cost more the more batches a
+   partition holds), warmed up,
    then requests paced at 70% of the measured rate; end-to-end latency = when the prediction is
    read back here − the request's ``created_at_s``. The pacing producer and the reader are the
    load generator, not what is measured: they use confluent-kafka whatever ``--client`` says
@@ -69,7 +72,7 @@ import numpy as np
 
 from auditstream import topics as T
 from auditstream.errors import BrokerUnavailable
-from auditstream.kafka import make_consumer, make_producer, read_to_end, resolve_bootstrap
+from auditstream.kafka import ensure_model_topics, make_consumer, make_producer, read_to_end, resolve_bootstrap
 from auditstream.kafka.factory import kafka_python_has_fast_crc
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
@@ -299,7 +302,11 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
     from prometheus_client import CollectorRegistry
 
     card = model.card
-    app = ServeApp(settings, model, ServeMetrics(card.name, CollectorRegistry()))  # one registry per run
+
+    def serving_app() -> ServeApp:
+        return ServeApp(settings, model, ServeMetrics(card.name, CollectorRegistry()))  # one registry per app
+
+    app = serving_app()
     try:
         sent = produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random"),
                                 args.count, 0.0, id_prefix=id_prefix, progress=False)
@@ -311,25 +318,31 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         # CPU per record, which the other jobs on a shared machine disturb far less than wall time
         stream_cpu_us = (time.process_time() - cpu) / args.count * 1e6
         broker_after = broker_cpu_s(settings)
-        broker_cpu_us = (broker_after - broker_cpu) / args.count * 1e6 if broker_cpu is not None and broker_after else None
-        elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
-        stream = args.count / elapsed if elapsed > 0 else float("nan")
-        raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
-        ratio = stream / ((raw_before + raw_after) / 2)
-        say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
-            f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
-        stats = dataclasses.replace(stats, batch_sizes=list(stats.batch_sizes))  # this drain's, not the next
-        cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
-                  "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
-        report = None
-        if args.profile:  # the same drain again, under cProfile (slower: not the measurement)
-            produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
-                             args.count, 0.0, id_prefix=f"prof{id_prefix}", progress=False)
-            _stats, report = profiled(lambda: app.run(max_records=2 * args.count), lambda s: s.records_in - args.count)
-            say(json.dumps(report, indent=1))
-        return sent, stats, stream, (raw_before, raw_after), report, cpu_us
     finally:
-        app.close()  # leaves the group: the next run's consumer gets every partition
+        # Leaves the group before raw ORT is measured again: a live consumer keeps fetching in the
+        # background (librdkafka's threads, and the embedded broker answering them, took 6-13%
+        # off the "after" measurement), and the next step's group gets every partition.
+        app.close()
+    broker_cpu_us = (broker_after - broker_cpu) / args.count * 1e6 if broker_cpu is not None and broker_after else None
+    elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
+    stream = args.count / elapsed if elapsed > 0 else float("nan")
+    raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
+    ratio = stream / ((raw_before + raw_after) / 2)
+    say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
+        f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
+    cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
+              "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
+    report = None
+    if args.profile:  # the same drain again by a fresh member, under cProfile (slower: not the measurement)
+        produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
+                         args.count, 0.0, id_prefix=f"prof{id_prefix}", progress=False)
+        app = serving_app()
+        try:
+            _stats, report = profiled(lambda: app.run(max_records=args.count), lambda s: s.records_in)
+        finally:
+            app.close()
+        say(json.dumps(report, indent=1))
+    return sent, stats, stream, (raw_before, raw_after), report, cpu_us
 
 
 def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, run_id: str, say) -> dict[str, float]:
@@ -377,25 +390,30 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
     # production, with the client under test), requests paced and predictions read back here by
-    # the load generator's client
+    # the load generator's client. On topics of its own: the embedded broker lists every batch
+    # stored in a partition on each fetch, so the drains' thousands of records would make each of
+    # the ~200 fetches a second of the server and the reader cost more (docs/serving.md).
     rate = 0.7 * min(stream, raw)
-    generator = dataclasses.replace(settings, kafka_client=load_generator_client(client))
+    latency_topics = dataclasses.replace(settings, topic_prefix=f"{settings.topic_prefix}-lat")
+    ensure_model_topics(latency_topics, [card.name])
+    lat_topic = latency_topics.request_topic(card.name)
+    generator = dataclasses.replace(latency_topics, kafka_client=load_generator_client(client))
     ids = {f"lat{run_id}-{i}" for i in range(args.latency_count)}
     lat_arrivals: dict[str, list[float]] = {}
     served: dict[str, dict[str, float]] = {}
-    server = serve_process(settings, card, Path(settings.state_dir) / "serve.log")
+    server = serve_process(latency_topics, card, Path(settings.state_dir) / "serve.log")
     pacer = make_producer(generator, client_id="bench-pacer")
     try:
         reader = threading.Thread(target=read_predictions, args=(generator, ids, 180.0, f"bench-reader-b-{run_id}",
                                                                  lat_arrivals, served), daemon=True)
         reader.start()
         # warm-up: the server has joined its group and answers before the clock starts
-        warm = produce_requests(pacer, topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
+        warm = produce_requests(pacer, lat_topic, card.name, inputs_for(card, "random", seed=2), 2 * args.batch_size,
                                 0.0, id_prefix=f"warm{run_id}", progress=False)
         read_predictions(generator, set(warm.request_ids), 120.0, f"bench-reader-w-{run_id}", arrivals)
         time.sleep(1.0)
         cpu_before, wall_before = _cpu_now(settings, server), time.monotonic()
-        paced = produce_requests(pacer, topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
+        paced = produce_requests(pacer, lat_topic, card.name, inputs_for(card, "random", seed=1), args.latency_count,
                                  rate, id_prefix=f"lat{run_id}", progress=False)
         reader.join()
         latency_cpu = _cores_used(cpu_before, _cpu_now(settings, server), time.monotonic() - wall_before)
@@ -406,7 +424,6 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-    sent.request_ids.extend(warm.request_ids)
     workers: dict[str, Any] = {}
     # after the latency step: Tansu can leave a group unassigned when N members that left together are
     # replaced (docs/serving.md, fault suite); one member leaving and N joining settles
@@ -422,8 +439,9 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
             f"ratio {workers['ratio_workers']}")
     producer.close()
     latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
-    expected = set(sent.request_ids) | ids
-    lost, duplicates, non_identical = count_outcomes(settings, expected)
+    expected, latency_expected = set(sent.request_ids), ids | set(warm.request_ids)
+    lost, duplicates, non_identical = (a + b for a, b in zip(count_outcomes(settings, expected),
+                                                             count_outcomes(latency_topics, latency_expected)))
     mean_batch = sum(stats.batch_sizes) / len(stats.batch_sizes) if stats.batch_sizes else float("nan")
     result = {
         "raw_ort_per_s": round(raw, 1), "raw_ort_before_after": [round(raw_before, 1), round(raw_after, 1)], "stream_per_s": round(stream, 1), "ratio": round(stream / raw, 3),
@@ -444,7 +462,7 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "cpu_us_per_record": cpu_us, "cpu_ratio": _cpu_ratio(cpu_us),
         # the issue-15 bound on p99 at 70% load: 2 x (max wait + one full batch's compute)
         "latency_bound_ms": round(2 * (settings.max_wait_ms + 1000 * args.batch_size / raw), 1),
-        "requests": len(expected),
+        "requests": len(expected) + len(latency_expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
     result.update(workers)

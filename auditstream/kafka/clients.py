@@ -395,6 +395,24 @@ def _confluent_headers(message: Any) -> tuple[Headers, str]:
     return tuple(headers), ""
 
 
+# librdkafka keeps fetching every partition until 100,000 records (64 MiB) wait in its local
+# queue, one fetch per fetch.wait.max.ms: a serving consumer that needs one batch at a time
+# asked the broker ~100 times a second for records it would not read for seconds. The embedded
+# Tansu lists every stored batch of a partition on each fetch, so its CPU -- on the server's own
+# cores -- grew with it (bench serve drain: 250 µs of broker CPU per record, 72 with this bound).
+# A few batches per partition keep the loop fed (a fetch takes ~10 ms, a batch ~150 ms); a
+# partition at the bound is looked at again after PREFETCH_BACKOFF_MS, not librdkafka's 1 s.
+PREFETCH_BATCHES = 4
+PREFETCH_BACKOFF_MS = 20
+
+
+def librdkafka_prefetch(max_batch_size: int) -> dict[str, int]:
+    """Consumer properties that bound librdkafka's read-ahead to :data:`PREFETCH_BATCHES`
+    batches per partition."""
+    return {"queued.min.messages": PREFETCH_BATCHES * max(1, max_batch_size),
+            "fetch.queue.backoff.ms": PREFETCH_BACKOFF_MS}
+
+
 class ConfluentConsumer:
     def __init__(self, settings: Settings, bootstrap: str, group_id: str, topics: list[str],
                  on_assign: PartitionsCallback | None, on_revoke: PartitionsCallback | None,
@@ -408,7 +426,7 @@ class ConfluentConsumer:
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "max.poll.interval.ms": settings.max_poll_interval_ms,
             "enable.partition.eof": False, "fetch.wait.max.ms": fetch_max_wait_ms, "log.connection.close": False,
-            **librdkafka_config(settings),
+            **librdkafka_prefetch(settings.max_batch_size), **librdkafka_config(settings),
         })
 
         def wrap(cb: PartitionsCallback | None) -> Callable[[Any, list[Any]], None]:
