@@ -34,7 +34,9 @@ class Settings:
         "'auditstream broker start' (its address is read from the state directory).",
         "",
     )
-    kafka_client: str = _doc("Kafka client library: 'kafka-python' (default) or 'confluent'.", "kafka-python")
+    # confluent by default: less CPU per record than kafka-python's pure Python on the serving path,
+    # the cores ONNX Runtime needs (docs/serving.md, "Which client, measured").
+    kafka_client: str = _doc("Kafka client library: 'confluent' (librdkafka, default) or 'kafka-python'.", "confluent")
     # Security of every Kafka connection (auditstream/kafka/security.py; docs/serving.md, "Managed Kafka").
     kafka_security_protocol: str = _doc("PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL).", "PLAINTEXT")
     kafka_ssl_cafile: str = _doc("PEM file of the CAs that sign the broker's certificate. Empty: the system's CAs.", "")

@@ -2,8 +2,8 @@
 monitor's ingester, the RL consumer, load generators, benchmarks).
 
 Two implementations sit behind it (:mod:`auditstream.kafka.clients`), chosen by
-``Settings.kafka_client``: kafka-python (pure Python, the default; ``crc32c`` installed so record
-checksums are native) and confluent-kafka (librdkafka, faster). Callers see only :class:`Record`, :class:`Producer` and :class:`Consumer`;
+``Settings.kafka_client``: confluent-kafka (librdkafka, the default: the least CPU per record) and
+kafka-python (pure Python; ``crc32c`` installed so record checksums are native). Callers see only :class:`Record`, :class:`Producer` and :class:`Consumer`;
 the at-least-once loop built on them is :mod:`auditstream.stream`.
 
 Consumer settings (docs/serving.md, "Consumer group settings"): offsets are committed only by

@@ -1,6 +1,6 @@
 """The two Kafka client libraries behind :mod:`auditstream.kafka`'s small interface.
 
-kafka-python (pure Python, the default) and confluent-kafka (librdkafka). Each adapter maps the
+confluent-kafka (librdkafka, the default) and kafka-python (pure Python). Each adapter maps the
 library's records, delivery reports, commits and rebalance callbacks onto
 :class:`~auditstream.kafka.Record`, :class:`~auditstream.kafka.Delivery`,
 :class:`~auditstream.errors.CommitRejected` and ``(topic, partition)`` lists, so nothing else in
@@ -479,9 +479,16 @@ class ConfluentConsumer:
     def lag(self) -> dict[TopicPartition, int]:
         out = {}
         for p in self._c.position(self._c.assignment()):
-            _low, high = self._c.get_watermark_offsets(p, cached=True)
-            if high >= 0 and p.offset >= 0:
+            low, high = self._c.get_watermark_offsets(p, cached=True)
+            if high < 0:  # no fetch response for it yet
+                continue
+            if p.offset >= 0:
                 out[(p.topic, p.partition)] = max(0, high - p.offset)
+            elif low == high:
+                # librdkafka has no position before the first record it hands over, so an empty
+                # partition never had one: without this a consumer of a topic with an empty
+                # partition (the control topic's are mostly empty) never counted as caught up
+                out[(p.topic, p.partition)] = 0
         return out
 
     def close(self) -> None:

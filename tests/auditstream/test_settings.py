@@ -18,14 +18,14 @@ from auditstream.settings import Settings, redact_url
 def test_defaults_without_environment():
     settings = Settings.from_env({})
     assert settings == Settings()
-    assert settings.kafka_client == "kafka-python" and settings.partitions == 12
+    assert settings.kafka_client == "confluent" and settings.partitions == 12
     assert settings.resolved_store_url == "sqlite:///.auditstream/audit.db"
 
 
 def test_every_field_type_is_parsed_from_the_environment():
     env = {
         "AUDITSTREAM_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
-        "AUDITSTREAM_KAFKA_CLIENT": "confluent",
+        "AUDITSTREAM_KAFKA_CLIENT": "kafka-python",
         "AUDITSTREAM_PARTITIONS": "3",
         "AUDITSTREAM_MODELS_DIR": "/srv/models",
         "AUDITSTREAM_QC_RATE": "0.1",
@@ -34,7 +34,7 @@ def test_every_field_type_is_parsed_from_the_environment():
         "OTHER_PARTITIONS": "99",  # not ours
     }
     settings = Settings.from_env(env)
-    assert settings.bootstrap_servers == "k1:9092,k2:9092" and settings.kafka_client == "confluent"
+    assert settings.bootstrap_servers == "k1:9092,k2:9092" and settings.kafka_client == "kafka-python"
     assert settings.partitions == 3 and settings.qc_rate == 0.1 and settings.max_wait_ms == 0
     assert settings.models_dir == Path("/srv/models") and isinstance(settings.models_dir, Path)
 
