@@ -4,7 +4,6 @@ real broker (a ControlView reads back what the monitor published, including afte
 from __future__ import annotations
 
 import dataclasses
-
 import time
 
 import pytest
