@@ -96,7 +96,7 @@ class VerdictKind(str, Enum):
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def _refuse_constant(token: str) -> Any:
@@ -113,6 +113,15 @@ def _int64(text: str) -> int:
     return value
 
 
+# One decoder and one encoder for every record: json.loads and json.dumps given options build a
+# new one on each call, which cost as much as parsing the JSON of a 4 KiB request (half of
+# _loads; docs/serving.md, "Where a record's time goes"). Both are safe to share between threads:
+# an encoder keeps its per-call state in the call, and the decoder's only shared state is a
+# memo that interns object keys (cleared after each document; a race can only cost an interning).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_int64)
+
+
 def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
@@ -125,7 +134,7 @@ def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
         if containers > MAX_JSON_CONTAINERS:
             raise DecodeError(Reason.TOO_LARGE.value, f"record opens {containers} JSON arrays/objects, over {MAX_JSON_CONTAINERS}")
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_int64)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except DecodeError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints over 4300 digits

@@ -152,3 +152,35 @@ def test_max_bytes_is_the_callers_limit():
     with pytest.raises(DecodeError, match="exceeds 100") as info:
         InferenceRequest.from_bytes(data, max_bytes=100)
     assert info.value.code == "too_large"
+
+
+def test_records_decode_and_encode_alike_in_many_threads_at_once():
+    """One JSON decoder and one encoder serve every thread (auditstream/wire/codec.py): records
+    with their own keys, ints that go through the decoder's 64-bit hook (a Python call, where
+    threads switch) and ones it refuses come out the same concurrently as one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(i: int) -> bytes:
+        obj = json.loads(make_request(request_id=f"r-{i}", episode_key=f"ep-{i}", step=i).to_bytes())
+        obj.update({f"extra_{i % 7}": list(range(i % 50)), "trace": {f"k{j}": j for j in range(i % 9)}})
+        if i % 5 == 0:
+            return json.dumps(obj).replace(f'"step": {i}', f'"step": {2**64 + i}').encode()  # beyond 64 bits
+        if i % 11 == 0:
+            return json.dumps(obj).replace(f'"step": {i}', '"step": NaN').encode()  # not JSON
+        return json.dumps(obj).encode()
+
+    def outcome(data: bytes) -> tuple:
+        try:
+            request = InferenceRequest.from_bytes(data)
+        except DecodeError as e:
+            return ("refused", e.code)
+        prediction = make_prediction(request_id=request.request_id, step=request.step,
+                                     details={"step": request.step, "input_sum": float(request.input.sum())})
+        return (request.request_id, request.step, request.to_bytes(), prediction.to_bytes())
+
+    records = [record(i) for i in range(400)]
+    one_at_a_time = [outcome(r) for r in records]
+    assert {o[1] for o in one_at_a_time if o[0] == "refused"} == {"too_large", "undecodable"}
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            assert list(pool.map(outcome, records)) == one_at_a_time

@@ -391,3 +391,38 @@ def test_a_shadow_compares_each_answer_with_the_live_reference(served, tiny_regi
     results = process_batch(records, session, shadow, NOW, reference=LiveReference(live.card, Broken()))
     assert [r.route for r in results] == [r.route for r in process_batch(records, session, shadow, NOW)]
     assert all("live_reference" not in Prediction.from_bytes(r.outputs[0].value).details for r in results)
+
+
+class FixedRunner:
+    """Answers every batch with the same seeded probabilities, made with IEEE arithmetic only (no
+    exp or log, whose last bits differ between CPUs and libraries): the bytes below depend on
+    the serving path alone, not on ONNX Runtime's floating point on this machine."""
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(7).random((len(batch), 10))
+        r = r * r * r * r * r * r  # sharper: some rows confident, some not
+        return {"probs": (r / r.sum(axis=1, keepdims=True)).astype(np.float32)}
+
+    def probe(self) -> None:
+        pass
+
+
+def test_the_serving_paths_bytes_are_pinned(served) -> None:
+    """The outputs' exact bytes for fixed requests and model outputs. A redelivery answered by
+    another release must be byte-identical (consumers deduplicate on the bytes; the bench counts
+    ``non_identical_duplicates``), so a change that moves this digest changes the wire: do that on
+    purpose (docs/wire-format.md), never as a side effect of making the path faster."""
+    import hashlib
+
+    _session, config = served
+    records = [request_record(i, good(i)) for i in range(64)]
+    results = process_batch(records, FixedRunner(), config, NOW)
+    digest = hashlib.sha256()
+    for r in results:
+        for out in r.outputs:
+            if out.topic != config.predictions_topic:  # prediction headers carry this run's timings
+                digest.update(repr(out.headers).encode())
+            digest.update(out.topic.encode() + b"\0" + (out.key or b"") + b"\0" + (out.value or b"") + b"\0")
+    routes = [r.route for r in results]
+    assert {Route.AUTO, Route.AUTO_QC, Route.HUMAN} <= set(routes)
+    assert digest.hexdigest() == "ea7c64c9bc884451bca4a1109ead0e3fce3e0599c2fd0b3a68310f35414b9b84"
