@@ -115,7 +115,7 @@ def _int64(text: str) -> int:
 
 # One decoder and one encoder for every record: json.loads and json.dumps given options build a
 # new one on each call, which cost as much as parsing the JSON of a 4 KiB request (half of
-# _loads; docs/serving.md, "Where a record's time goes"). Both are safe to share between threads:
+# _loads; docs/serving.md, "The serving path's share"). Both are safe to share between threads:
 # an encoder keeps its per-call state in the call, and the decoder's only shared state is a
 # memo that interns object keys (cleared after each document; a race can only cost an interning).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
