@@ -146,3 +146,29 @@ def test_a_scenario_that_kills_or_cuts_the_broker_refuses_an_external_one(tmp_pa
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "faults", "--scenario", "partition",
                            "--bootstrap", "127.0.0.1:9"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "embedded broker only" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_scenario_the_broker_cannot_finish_fails_alone_and_the_suite_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """A broker that cannot serve a scenario to its end (BrokerUnavailable) fails that scenario
+    with what it knows, and the next scenario still runs on a fresh broker (the whole suite
+    used to stop at the first such scenario)."""
+    import io
+
+    from auditstream.errors import BrokerUnavailable
+    from auditstream.settings import Settings
+    from stack import faults_bench as fb
+
+    def cannot_finish(run, args, say):
+        raise BrokerUnavailable(run.settings.bootstrap_servers, "could not read the answers to their end")
+
+    def fine(run, args, say):
+        return {"lost": 0, "unanswered": 0, "non_identical_duplicates": 0, "crashes": 0, "broker": run.broker.port}
+
+    monkeypatch.setattr(fb, "SCENARIOS", ("first", "second"))
+    monkeypatch.setattr(fb, "NOT_IN_ALL", ())
+    monkeypatch.setattr(fb, "RUNNERS", {"first": cannot_finish, "second": fine})
+    settings = Settings(state_dir=tmp_path / "state")
+    results = fb.run_faults(settings, fb.FaultsArgs(scenario="all", log_dir=str(tmp_path / "logs")), io.StringIO())
+    assert "could not read the answers to their end" in results["first"]["error"]
+    assert results["first"]["acked"] == 0 and not fb.passed(results["first"])
+    assert fb.passed(results["second"]) and results["second"]["broker"] > 0
