@@ -60,6 +60,9 @@ class Settings:
     session_timeout_ms: int = _doc("Consumer group session timeout (ms); Tansu joins in about half of it.", 10_000)
     heartbeat_interval_ms: int = _doc("Consumer heartbeat interval (ms), well under the session timeout.", 3_000)
     max_poll_interval_ms: int = _doc("Longest gap between polls before the consumer leaves its group (ms).", 300_000)
+    fetch_max_wait_ms: int = _doc(
+        "Longest the broker may hold a consumer's fetch (ms). 0: 10 ms, or 500 ms on a durable embedded broker "
+        "(Tansu's S3 engine lists a partition's stored batches within this wait; docs/serving.md).", 0)
     max_batch_size: int = _doc("Most requests in one inference batch.", 64)
     max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
@@ -125,7 +128,7 @@ class Settings:
                      "max_model_constant_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "an integer >= 1")
-        for name in ("max_wait_ms", "latency_budget_ms", "intra_op_threads"):
+        for name in ("max_wait_ms", "latency_budget_ms", "intra_op_threads", "fetch_max_wait_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "an integer >= 0")
         if self.device != "auto" and self.device != "cpu" and not re.fullmatch(r"cuda:\d+", self.device):

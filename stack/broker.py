@@ -16,7 +16,9 @@ Storage (:class:`BrokerOptions`):
   broker comes back with its topics, records and committed offsets. moto keeps objects in its
   own memory: ``broker stop --storage`` (or a reboot) ends them. For storage that outlives the
   machine, point ``s3_endpoint`` at MinIO, Garage or AWS S3 (credentials from the usual
-  ``AWS_*`` variables; the bucket must exist).
+  ``AWS_*`` variables; the bucket must exist). Clients of a durable broker let it hold a fetch
+  500 ms, not 10 (:func:`auditstream.kafka.fetch_wait_ms`): its fetches come back empty when a
+  partition's storage listing outlasts the wait.
 
 TLS (``tls_cert``/``tls_key``): Tansu listens on a second loopback port and advertises the
 address of :mod:`stack.tls_proxy`, which terminates TLS in front of it (Tansu 0.6.0's own

@@ -244,14 +244,15 @@ def _kafka_python_records(batches: dict) -> list[Record]:
 class KafkaPythonReader:
     """Manual assignment of every partition of ``topics``; see :class:`auditstream.kafka.Reader`."""
 
-    def __init__(self, settings: Settings, bootstrap: str, topics: list[str], from_beginning: bool) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, topics: list[str], from_beginning: bool,
+                 fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as TP
         from kafka.errors import KafkaError
 
         try:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000,
+                                    fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=10_000,
                                     **kafka_python_config(settings))
             parts = [TP(t, p) for t in topics for p in sorted(self._c.partitions_for_topic(t) or ())]
         except KafkaError as e:
@@ -283,14 +284,14 @@ class KafkaPythonTopicLog:
     """End offsets and reads from given offsets by manual assignment; see
     :class:`auditstream.kafka.TopicLog`. One consumer, kept between calls."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
         self._bootstrap = bootstrap
         try:
             self._c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, max_poll_records=10_000,
+                                    fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=10_000,
                                     **kafka_python_config(settings))
         except KafkaError as e:
             raise BrokerUnavailable(bootstrap, str(e)) from None

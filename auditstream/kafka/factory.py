@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
-from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback, Producer, Reader, Record,
-                                         TopicLog, quiet_client_logs)
+from auditstream.kafka.interface import (DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback,
+                                         Producer, Reader, Record, TopicLog, quiet_client_logs)
 from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import Settings
 
@@ -27,17 +27,18 @@ def make_producer(settings: Settings, bootstrap: str | None = None, client_id: s
 def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstrap: str | None = None,
                   on_assign: PartitionsCallback | None = None,
                   on_revoke: PartitionsCallback | None = None, client_id: str = "",
-                  fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> Consumer:
+                  fetch_max_wait_ms: int = 0) -> Consumer:
     """A group member subscribed to ``topics``, manual commits, reading from the earliest offset.
     ``client_id``: how the broker's logs and quotas name it (default: the group id).
-    ``fetch_max_wait_ms``: how long the broker may hold an empty fetch; a consumer of a quiet
-    topic that need not answer within milliseconds sets it long (kafka-python spends ~10% of a
-    core on an idle consumer at the default 10 ms)."""
+    ``fetch_max_wait_ms``: at least this long the broker may hold an empty fetch (at least
+    :func:`fetch_wait_ms` in any case); a consumer of a quiet topic that need not answer within
+    milliseconds sets it long (kafka-python spends ~10% of a core on an idle consumer at 10 ms)."""
     from auditstream.kafka.clients import ConfluentConsumer, KafkaPythonConsumer
 
     bootstrap = _checked_bootstrap(settings, bootstrap)
     cls = ConfluentConsumer if settings.kafka_client == "confluent" else KafkaPythonConsumer
-    return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke, client_id, fetch_max_wait_ms)
+    return cls(settings, bootstrap, group_id, list(topics), on_assign, on_revoke, client_id,
+               max(fetch_max_wait_ms, fetch_wait_ms(settings, bootstrap)))
 
 
 def make_reader(settings: Settings, topics: list[str], from_beginning: bool = True,
@@ -46,7 +47,8 @@ def make_reader(settings: Settings, topics: list[str], from_beginning: bool = Tr
     False) from the current end on. Always kafka-python: readers are few and off the hot path."""
     from auditstream.kafka.clients import KafkaPythonReader
 
-    return KafkaPythonReader(settings, _checked_bootstrap(settings, bootstrap), list(topics), from_beginning)
+    bootstrap = _checked_bootstrap(settings, bootstrap)
+    return KafkaPythonReader(settings, bootstrap, list(topics), from_beginning, fetch_wait_ms(settings, bootstrap))
 
 
 def make_topic_log(settings: Settings, bootstrap: str | None = None) -> TopicLog:
@@ -54,7 +56,8 @@ def make_topic_log(settings: Settings, bootstrap: str | None = None) -> TopicLog
     :func:`make_reader`: it is used once per outbox round and after a crash, off the hot path."""
     from auditstream.kafka.clients import KafkaPythonTopicLog
 
-    return KafkaPythonTopicLog(settings, _checked_bootstrap(settings, bootstrap))
+    bootstrap = _checked_bootstrap(settings, bootstrap)
+    return KafkaPythonTopicLog(settings, bootstrap, fetch_wait_ms(settings, bootstrap))
 
 
 def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
@@ -139,7 +142,7 @@ def ensure_model_topics(settings: Settings, models: list[str] | tuple[str, ...],
 
 
 _crc_checked = False  # warn once per process
-BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log"}
+BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log", "storage", ...}
 
 
 def resolve_bootstrap(settings: Settings) -> str:
@@ -154,6 +157,21 @@ def resolve_bootstrap(settings: Settings) -> str:
         raise BrokerUnavailable(
             "(not configured)", f"AUDITSTREAM_BOOTSTRAP_SERVERS is empty and no embedded broker state at {state}"
         ) from None
+
+
+def fetch_wait_ms(settings: Settings, bootstrap: str) -> int:
+    """How long the broker at ``bootstrap`` may hold a fetch: ``settings.fetch_max_wait_ms`` if
+    set, else :data:`FETCH_MAX_WAIT_MS`, or :data:`DURABLE_FETCH_MAX_WAIT_MS` when ``bootstrap`` is
+    this state dir's embedded broker on S3 storage (shorter, its fetches come back empty once a
+    partition's listing outlasts the wait)."""
+    if settings.fetch_max_wait_ms:
+        return settings.fetch_max_wait_ms
+    try:
+        info = json.loads((Path(settings.state_dir) / BROKER_STATE_FILE).read_text())
+        durable = str(info["storage"]).startswith("s3://") and str(info["bootstrap"]) == bootstrap
+    except (OSError, ValueError, KeyError, TypeError):
+        durable = False
+    return DURABLE_FETCH_MAX_WAIT_MS if durable else FETCH_MAX_WAIT_MS
 
 
 def _bootstrap(settings: Settings) -> str:
