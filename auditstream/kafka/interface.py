@@ -15,11 +15,11 @@ from auditstream.wire.codec import Reason
 # (a common default) a request's p50 latency through one consumer was 70 ms, at 10 ms 34 ms
 # (tiny model, 200 req/s). An idle consumer then sends ~100 small fetches a second.
 FETCH_MAX_WAIT_MS = 10
-# Tansu 0.6.0's S3 engine lists a partition's stored batches within what is left of the fetch's
-# wait and answers nothing when the listing outlasts it. Behind moto (which scans the whole bucket)
-# one listing took ~40 ms at 2,400 stored batches, and grows with them: at 10 ms a consumer of 12
-# partitions got empty fetches for ever ~70 s into a 10/s feed; at 500 ms it read all 2,400
-# (docs/serving.md, "Fault suite": broker_restart).
+# The embedded Tansu build (v0.6.0-133, 510f3e2) stops taking a partition's listed batches once the
+# fetch's max wait has passed (dynostore.rs, has_deadline_expired): a listing slower than the wait
+# yields nothing. Behind moto (which scans the whole bucket) one listing took ~40 ms at 2,400
+# stored batches, and grows with them: at 10 ms a consumer of 12 partitions got empty fetches for
+# ever ~70 s into a 10/s feed; at 500 ms it read all 2,400 (docs/serving.md, "Fault suite").
 DURABLE_FETCH_MAX_WAIT_MS = 500
 
 Headers = tuple[tuple[str, bytes], ...]
