@@ -62,7 +62,7 @@ class Settings:
     max_poll_interval_ms: int = _doc("Longest gap between polls before the consumer leaves its group (ms).", 300_000)
     fetch_max_wait_ms: int = _doc(
         "Longest the broker may hold a consumer's fetch (ms). 0: 10 ms, or 500 ms on a durable embedded broker "
-        "(Tansu's S3 engine lists a partition's stored batches within this wait; docs/serving.md).", 0)
+        "(its S3 engine stops listing a partition's stored batches when this wait is over; docs/serving.md).", 0)
     max_batch_size: int = _doc("Most requests in one inference batch.", 64)
     max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
