@@ -23,8 +23,7 @@ Scenarios:
 ``kill9``            3 consumers; every ``--kill-every-s`` one of them gets ``kill -9`` and a new one
                      takes its place.
 ``broker_restart``   the broker (durable: Tansu's S3 engine, ``broker start --durable``) gets
-                     ``kill -9`` mid-run and is started again on its port 2 s later; requests at
-                     most 10/s, which one consumer of the durable broker keeps up with.
+                     ``kill -9`` mid-run and is started again on its port 2 s later.
 ``rolling_restart``  3 consumers, each stopped with SIGTERM and replaced in turn, the next only
                      once the group has settled again (read from the consumers' assigned-partitions
                      gauges). Adds ``settled_s``, the time each replacement took to settle.
@@ -91,8 +90,6 @@ SLOW = {"slow_0.8x": 0.8, "slow_1.5x": 1.5}  # stack/faults_slow.py: full-batch 
 PROXIED = ("partition", "output_outage")  # clients reach the broker through stack.fault_proxy
 BROKER_CONTROLLED = ("broker_restart", *PROXIED)  # need the bench's own broker (killed, or behind the proxy)
 CONSUMERS = 3
-# Tansu's S3 engine (behind moto) lets one consumer commit a small batch about every 150 ms.
-DURABLE_RATE_PER_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -366,12 +363,9 @@ def kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
 def broker_restart(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> None:
     run.start_server()
     _warm_up(run, say)
-    rate = min(args.rate_per_s, DURABLE_RATE_PER_S)
-    if rate < args.rate_per_s:
-        say(f"  requests at {rate:g}/s: one consumer on the durable broker falls behind faster")
-    feeder = threading.Thread(target=run.produce, args=(args.requests, rate, "restart"))
+    feeder = threading.Thread(target=run.produce, args=(args.requests, args.rate_per_s, "restart"))
     feeder.start()
-    time.sleep(min(5.0, args.requests / rate / 3))
+    time.sleep(min(5.0, args.requests / args.rate_per_s / 3))
     assert run.broker is not None  # FaultsArgs refuses broker_restart with --bootstrap
     os.kill(run.broker.pid, signal.SIGKILL)
     os.waitpid(run.broker.pid, 0)
