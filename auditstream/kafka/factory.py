@@ -162,8 +162,8 @@ def resolve_bootstrap(settings: Settings) -> str:
 def fetch_wait_ms(settings: Settings, bootstrap: str) -> int:
     """How long the broker at ``bootstrap`` may hold a fetch: ``settings.fetch_max_wait_ms`` if
     set, else :data:`FETCH_MAX_WAIT_MS`, or :data:`DURABLE_FETCH_MAX_WAIT_MS` when ``bootstrap`` is
-    this state dir's embedded broker on S3 storage (shorter, its fetches come back empty once a
-    partition's listing outlasts the wait)."""
+    this state dir's embedded broker on S3 storage (with a shorter wait its fetches come back empty
+    once a partition's storage listing outlasts it)."""
     if settings.fetch_max_wait_ms:
         return settings.fetch_max_wait_ms
     try:
