@@ -8,6 +8,12 @@ pressed inside a table clicks the button it belongs to, before the grid sees it.
 *open* cell editor (a text field in a pop-over outside the table), the keys stay the editor's:
 Enter saves the cell first, then the shortcut works. The script comes from this module only,
 never from data.
+
+The click waits ``SETTLE_MS``: the data editor hands a saved cell to its form only after a 150 ms
+debounce (Streamlit 1.67, ``useDebouncedCallback`` in DataFrame.tsx), so Enter followed at once by
+Ctrl+Enter submitted the table as it was before the edit: a correction recorded as an accept.
+Timers fire in order of their due time, so a click due later than the debounce comes after it.
+One click per press: a shortcut pressed again while its click waits does nothing more.
 """
 
 from __future__ import annotations
@@ -30,15 +36,24 @@ _SCRIPT = """<span hidden></span><script>
       (s.key ? event.key === s.key : event.code === s.code) &&
       s.mod === (event.ctrlKey || event.metaKey) && s.alt === event.altKey && s.shift === event.shiftKey);
     if (!wanted) return;
-    const button = [...document.querySelectorAll("button")].find(
+    const find = () => [...document.querySelectorAll("button")].find(
       (b) => b.innerText.trim().startsWith(wanted.label) && !b.disabled && b.offsetParent !== null);
-    if (!button) return;
+    if (!find()) return;
     event.preventDefault();
     event.stopPropagation();
-    button.click();
+    if (window.__auditstreamTableClickPending) return;
+    window.__auditstreamTableClickPending = true;
+    setTimeout(() => {  // after the table's last edit has reached the form
+      window.__auditstreamTableClickPending = false;
+      const button = find();
+      if (button) button.click();
+    }, %d);
   }, true);
 })();
 </script>"""
+
+# Longer than the data editor's 150 ms debounce of a saved cell (see the module's docstring).
+SETTLE_MS = 300
 
 
 def key_combination(shortcut: str) -> dict[str, object]:
@@ -60,4 +75,4 @@ def table_shortcuts_ui(buttons: Sequence[tuple[str, str]]) -> None:
     """Make each ``(shortcut, button label)`` work from inside a table too (the label's start
     identifies the button on the page)."""
     shortcuts = [{**key_combination(shortcut), "label": label} for shortcut, label in buttons]
-    st.html(_SCRIPT % json.dumps(shortcuts), unsafe_allow_javascript=True)
+    st.html(_SCRIPT % (json.dumps(shortcuts), SETTLE_MS), unsafe_allow_javascript=True)
