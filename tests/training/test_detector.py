@@ -157,9 +157,11 @@ def test_the_reader_trains_on_every_digit_and_on_boxes_where_no_digit_is() -> No
 
 @pytest.mark.slow
 def test_short_training_learns_certifies_and_publishes_a_servable_model(tmp_path) -> None:
-    args = DetectorArgs(steps=500, hard_share=0.0, n_platt=200, n_certificate=600, n_test=200, seed=2, threads=1)
+    # 200 steps (the default 3,400: docs/detector.md) reached mAP 0.958 and 0.963 (seeds 2 and 3;
+    # 500 steps 0.992) in 157 s on one AMD EPYC core, against 286 s for 500: the test's CI share.
+    args = DetectorArgs(steps=200, hard_share=0.0, n_platt=200, n_certificate=600, n_test=200, seed=2, threads=1)
     summary = detector.run(args, tmp_path, progress=False)
-    assert summary["map_50"] >= 0.85  # 500 steps (the default 3,400: docs/detector.md)
+    assert summary["map_50"] >= 0.85
     assert summary["parity_max_abs_diff"] <= 1e-4
     assert summary["platt_a_read"] > 0.1  # the reader's second look carries weight in the score
     model = ModelRegistry(tmp_path).load("detector")  # checksum and safety checks pass
