@@ -157,8 +157,8 @@ def test_the_reader_trains_on_every_digit_and_on_boxes_where_no_digit_is() -> No
 
 @pytest.mark.slow
 def test_short_training_learns_certifies_and_publishes_a_servable_model(tmp_path) -> None:
-    # 200 steps (the default 3,400: docs/detector.md) reached mAP 0.958 and 0.963 (seeds 2 and 3;
-    # 500 steps 0.992) in 157 s on one AMD EPYC core, against 286 s for 500: the test's CI share.
+    # 200 steps (the default 3,400: docs/detector.md): mAP 0.958 and 0.963 for seeds 2 and 3 (500
+    # steps: 0.992); this test 129 s alone on one core of a 2-core AMD EPYC, ~290 s at 500 steps.
     args = DetectorArgs(steps=200, hard_share=0.0, n_platt=200, n_certificate=600, n_test=200, seed=2, threads=1)
     summary = detector.run(args, tmp_path, progress=False)
     assert summary["map_50"] >= 0.85
