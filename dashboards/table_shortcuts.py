@@ -10,7 +10,7 @@ Enter saves the cell first, then the shortcut works. The script comes from this 
 never from data.
 
 The click waits ``SETTLE_MS``: the data editor hands a saved cell to its form only after a 150 ms
-debounce (Streamlit 1.67, ``useDebouncedCallback`` in DataFrame.tsx), so Enter followed at once by
+debounce (Streamlit 1.67: ``useDebouncedCallback(…, 150)`` in its DataFrame bundle), so Enter followed at once by
 Ctrl+Enter submitted the table as it was before the edit: a correction recorded as an accept.
 Timers fire in order of their due time, so a click due later than the debounce comes after it.
 One click per press: a shortcut pressed again while its click waits does nothing more.
