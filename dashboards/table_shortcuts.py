@@ -10,8 +10,10 @@ Enter saves the cell first, then the shortcut works. The script comes from this 
 never from data.
 
 The click waits ``SETTLE_MS``: the data editor hands a saved cell to its form only after a 150 ms
-debounce (Streamlit 1.67: ``useDebouncedCallback(…, 150)`` in its DataFrame bundle), so Enter followed at once by
-Ctrl+Enter submitted the table as it was before the edit: a correction recorded as an accept.
+debounce (Streamlit 1.67: ``useDebouncedCallback(…, 150)`` in its DataFrame bundle), so Enter
+followed at once by Ctrl+Enter submitted the table as it was before the edit: a correction
+recorded as an accept. ``streamlit>=1.40`` is not pinned; the browser test would catch a longer
+debounce.
 Timers fire in order of their due time, so a click due later than the debounce comes after it.
 One click per press: a shortcut pressed again while its click waits does nothing more.
 """
