@@ -128,7 +128,14 @@ class PostgresLeadership(Leadership):
         return bool(got)
 
     def _release(self) -> None:
-        self._close()  # ending the session releases its advisory locks
+        # Unlock before closing: the server drops a closed session's locks only when its backend
+        # has exited, a moment later, and a successor asking at once was refused.
+        if self._cx is not None:
+            try:
+                self._cx.execute("SELECT pg_advisory_unlock_all()")
+            except self._db._psycopg.Error as e:  # a broken session holds nothing once closed
+                log.debug("unlocking the leadership connection: %s", type(e).__name__)
+        self._close()
 
     def _close(self) -> None:
         if self._cx is not None:
