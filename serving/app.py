@@ -228,7 +228,7 @@ class ServeApp:
         children = self.metrics.children(card.version)  # labelled once: no lookups per record
         runner = TimedRunner(session, children["inference_seconds"], children["device_copy_seconds"])
         return ServedVersion(session, config, runner, children,
-                             FailureStreak(card, self._max_failures))
+                             FailureStreak(card, self._max_failures, runner))
 
     def _load_checked(self, version: str) -> tuple[RegisteredModel, ModelSession]:
         """Load, verify, check (servable, switchable from this consumer's model) and warm up

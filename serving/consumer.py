@@ -110,6 +110,8 @@ class RecordResult:
     dead_letter_reason: str | None = None
     end_to_end_s: float | None = None  # None: no plausible latency (an absurd created_at_s)
     over_capacity: bool = False  # a deferral that joined a human queue at or over its configured depth
+    model_failure: bool = False  # dead-lettered at or after inference: evidence about the model (FailureStreak)
+    model_input: np.ndarray | None = None  # answered: the array the model answered (FailureStreak's recheck)
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,13 @@ class LiveReference:
     runner: Runner
 
 
-def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float) -> RecordResult:
+def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float,
+                model_failure: bool = False) -> RecordResult:
     dl = DeadLetter(reason=reason, detail=detail, source_topic=record.topic, source_partition=record.partition,
                     source_offset=record.offset, value=record.value, key=record.key, headers=record.headers,
                     failed_at_s=now)
-    return RecordResult([Output(topic, record.key, dl.to_bytes(), record.headers)], dead_letter_reason=reason)
+    return RecordResult([Output(topic, record.key, dl.to_bytes(), record.headers)], dead_letter_reason=reason,
+                        model_failure=model_failure)
 
 
 def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) -> tuple[InferenceRequest, np.ndarray]:
@@ -175,18 +179,21 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
     for group in valid.values():
         answers, inference_s = infer(session, card, [a for _, _, a in group])  # this group's ORT time only
         references = _reference_answers(reference, group) if reference is not None and config.shadow else {}
-        for (i, request, _array), answer in zip(group, answers):
+        for (i, request, array), answer in zip(group, answers, strict=True):
             if isinstance(answer, Exception) or answer is None:
                 detail = repr(answer)[:500] if answer is not None else "model output is not finite"
-                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic, now)
+                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic,
+                                         now, model_failure=True)
                 continue
             try:
-                results[i] = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
-                                     now, inference_s, started, references.get(i))
+                result = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
+                                 now, inference_s, started, references.get(i))
+                result.model_input = array
+                results[i] = result
             except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
                 log.warning("record %s: processing failed after inference: %r", records[i].where, e)
                 results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
-                                         config.dead_letter_topic, now)
+                                         config.dead_letter_topic, now, model_failure=True)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 

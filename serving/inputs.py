@@ -2,10 +2,12 @@
 
 A tensor must have the spec's shape (without the batch axis) and a dtype that casts to the
 spec's dtype without changing kind (uint8 → float32 is fine, float → int is refused); float
-inputs must be finite. An :class:`~auditstream.wire.ImageInput` (PNG/JPEG) is decoded with
-Pillow to 8-bit grayscale under a pixel limit checked *before* the pixels are decompressed (a
-decompression bomb stops at its header) and must have the spec's height × width. Preprocessing
-beyond that lives inside the ONNX graph (STYLE.md, habit 4).
+inputs must be finite *after* the cast (1e300 is a finite float64 and an infinite float32). An
+:class:`~auditstream.wire.ImageInput` is decoded with Pillow as the format it declares (PNG or
+JPEG, and only that: Pillow would otherwise open any of its few dozen formats) to 8-bit grayscale
+under a pixel limit checked *before* the pixels are decompressed (a decompression bomb stops at
+its header) and must have the spec's height × width. Preprocessing beyond that lives inside the
+ONNX graph (STYLE.md, habit 4).
 
 Every refusal is a :class:`~auditstream.errors.DecodeError` whose code is the dead-letter reason.
 """
@@ -21,6 +23,7 @@ from auditstream.registry import TensorSpec
 from auditstream.wire import ImageInput, ModelInput, Reason
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG"}  # the wire's image formats (ImageInput.format), as Pillow names them
 
 
 def _shape_matches(shape: tuple[int, ...], spec: list[int | None]) -> bool:
@@ -38,11 +41,14 @@ def image_hw(spec: TensorSpec) -> tuple[int, int]:
 
 
 def decode_image(image: ImageInput, spec: TensorSpec, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     height, width = image_hw(spec)
+    pillow_format = PILLOW_FORMATS.get(image.format)
+    if pillow_format is None:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"image format {image.format!r} not in {tuple(PILLOW_FORMATS)}")
     try:
-        with Image.open(io.BytesIO(image.data)) as img:  # reads the header only
+        with Image.open(io.BytesIO(image.data), formats=[pillow_format]) as img:  # reads the header only
             w, h = img.size
             if w * h > max_pixels:
                 raise DecodeError(Reason.TOO_LARGE.value, f"image {w}x{h} exceeds {max_pixels} pixels")
@@ -51,8 +57,9 @@ def decode_image(image: ImageInput, spec: TensorSpec, max_pixels: int = MAX_IMAG
             pixels = np.asarray(img.convert("L"), dtype=np.uint8)
     except DecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DecodeError(Reason.BAD_INPUT.value, f"{image.format} image does not decode: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a decoder fed hostile bytes raises anything (SyntaxError, struct.error, ...)
+        raise DecodeError(Reason.BAD_INPUT.value, f"{image.format} image does not decode: {type(e).__name__}: "
+                          f"{str(e)[:200]}") from None
     return pixels.reshape(spec.shape[1:] if len(spec.shape) == 4 else (height, width))
 
 
@@ -65,6 +72,8 @@ def prepare_input(value: ModelInput, spec: TensorSpec, max_pixels: int = MAX_IMA
                           f"{['B' if d is None else d for d in spec.shape]} (without the batch axis)")
     if array.dtype != target and not np.can_cast(array.dtype, target, casting="same_kind"):
         raise DecodeError(Reason.WRONG_SHAPE.value, f"input dtype {array.dtype} does not cast safely to {target}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DecodeError(Reason.BAD_INPUT.value, "input holds NaN or infinite values")
-    return array.astype(target, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned about
+        array = array.astype(target, copy=False)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # after the cast: it may overflow to infinity
+        raise DecodeError(Reason.BAD_INPUT.value, f"input holds NaN or infinite values (as {target})")
+    return array

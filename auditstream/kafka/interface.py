@@ -22,7 +22,7 @@ FETCH_MAX_WAIT_MS = 10
 # ever ~70 s into a 10/s feed; at 500 ms it read all 2,400 (docs/serving.md, "Fault suite").
 DURABLE_FETCH_MAX_WAIT_MS = 500
 
-Headers = tuple[tuple[str, bytes], ...]
+Headers = tuple[tuple[str, bytes | None], ...]  # a header value may be null
 TopicPartition = tuple[str, int]
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 

@@ -317,7 +317,7 @@ class DeadLetter:
     source_offset: int
     value: bytes | None
     key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()  # a null value stays null (Kafka allows it)
     failed_at_s: float = 0.0
 
     def to_bytes(self) -> bytes:
@@ -363,7 +363,7 @@ class DeadLetter:
             source_offset=offset,
             key=unb64("key_b64", obj.get("key_b64")),
             value=unb64("value_b64", obj.get("value_b64")),
-            headers=tuple((k, unb64("header value", v) or b"") for k, v in headers),
+            headers=tuple((k, unb64("header value", v)) for k, v in headers),  # a null value stays null
             failed_at_s=_number(obj, "failed_at_s", default=0.0),
         )
 

@@ -87,7 +87,10 @@ def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) ->
         if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
             raise DecodeError(Reason.BAD_SCHEMA.value, f"{dtype} tensor values must be integers")
         info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
+        # info.max + 1 is a power of two, exact as a float; info.max itself is not for 64 bits:
+        # float(2**63 - 1) == 2.0**63, so a float 9.223372036854775807e18 passed "<= max" and wrapped.
+        too_large = array.max() >= float(info.max + 1) if array.dtype.kind == "f" else array.max() > info.max
+        if array.min() < info.min or too_large:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"values outside [{info.min}, {info.max}] for {dtype}")
     return array.astype(dtype, copy=False).reshape(shape)
 

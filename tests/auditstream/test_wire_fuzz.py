@@ -256,3 +256,21 @@ def test_every_number_field_refuses_integers_beyond_64_bits(name, huge):
         with pytest.raises(DecodeError):
             DECODERS[name](json.dumps(mutated).replace('"<huge>"', huge).encode())
 
+
+
+@FUZZ
+@given(dtype=st.sampled_from(["uint8", "int32", "int64"]),
+       value=st.integers(-(2**65), 2**65) | st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2**31, -(2**31) - 1]),
+       as_float=st.booleans())
+def test_integer_tensor_values_decode_exactly_or_are_refused(dtype, value, as_float):
+    """A ``values`` number for an integer dtype decodes to exactly that integer or is refused:
+    never wrapped (a float 9.223372036854775807e18 is 2**63 and used to become -2**63)."""
+    number = float(value) if as_float else value
+    record = _request_with({"dtype": dtype, "shape": [1], "values": [number]})
+    try:
+        decoded = wire.InferenceRequest.from_bytes(record).input
+    except DecodeError:
+        info = np.iinfo(dtype)
+        assert not info.min <= int(number) <= info.max  # refused only when out of the dtype's range
+        return
+    assert int(decoded[0]) == int(number)

@@ -165,6 +165,7 @@ CASES = [
     ("InferenceRequest", lambda: _with(_request(), "input.tensor.shape", [1 << 40]), "too_large", False),
     ("InferenceRequest", lambda: _values([1.5, 2.0], [2], "int32"), "bad_schema", False),
     ("InferenceRequest", lambda: _values([255, 256], [2], "uint8"), "bad_schema", False),
+    ("InferenceRequest", lambda: _values([9.223372036854775807e18], [1], "int64"), "bad_schema", False),  # 2**63 as a float
     ("InferenceRequest", lambda: _values([[1, 2], [3]], [3]), "bad_schema", False),  # ragged
     ("InferenceRequest", lambda: _big(_values([1.0, BIG], [2])), "bad_input", False),
     ("InferenceRequest", lambda: _with(_request(), "input.tensor.b64", b64_of(np.array([0, np.nan, 1, 2], "<f4").tobytes())), "bad_input", False),

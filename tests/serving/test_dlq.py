@@ -22,7 +22,7 @@ SETTINGS = Settings(topic_prefix="acme")
 
 
 def letter(offset: int, reason: str, source: str, value: bytes | None = b"v") -> Record:
-    dl = DeadLetter(reason, "why", source, 0, offset, value, b"k", (("h", b"1"),), 1.0)
+    dl = DeadLetter(reason, "why", source, 0, offset, value, b"k", (("h", b"1"), ("trace", None)), 1.0)
     return Record("acme.dead-letter", 0, offset, b"k", dl.to_bytes())
 
 
@@ -44,7 +44,7 @@ def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
     report = ReplayReport()
     planned = plan_replay(records, SETTINGS, frozenset({"wrong_model"}), {b"acme.dead-letter[0]@3"}, report)
     assert [(r.offset, out.topic, out.value, out.headers) for r, out in planned] == \
-        [(0, "acme.requests.tiny", b"a", (("h", b"1"),))]
+        [(0, "acme.requests.tiny", b"a", (("h", b"1"), ("trace", None)))]  # a null header value stays null
     assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
                                 "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1}
     limited = ReplayReport()
@@ -57,7 +57,9 @@ def test_replay_on_the_broker_filtered_then_all_then_nothing(stream_settings: Se
     settings = stream_settings
     source, dlq = settings.request_topic("tiny"), settings.topic(T.DEAD_LETTER)
     producer = make_producer(settings)
-    letters = [DeadLetter("wrong_model", "x", source, 0, i, f"wm-{i}".encode(), f"wm-{i}".encode()) for i in range(3)]
+    headers = (("h", b"x"), ("null", None), ("empty", b""))  # replayed as they came, a null value as null
+    letters = [DeadLetter("wrong_model", "x", source, 0, i, f"wm-{i}".encode(), f"wm-{i}".encode(), headers)
+               for i in range(3)]
     letters += [DeadLetter("too_large", "x", source, 0, 10 + i, f"tl-{i}".encode(), f"tl-{i}".encode()) for i in range(2)]
     forged = DeadLetter("wrong_model", "x", settings.topic(T.CONTROL), 0, 0, b'{"v":1,"model":"tiny"}', b"tiny")
     for dl in letters + [forged]:
@@ -72,8 +74,9 @@ def test_replay_on_the_broker_filtered_then_all_then_nothing(stream_settings: Se
     assert second.replayed == {"too_large": 2} and second.already == 3 and second.refused == {settings.topic(T.CONTROL): 1}
     third = replay(settings)
     assert not third.replayed and third.already == 5
-    values = sorted(r.value for r in read_topic(settings, source, until_count=5, timeout_s=30))
-    assert values == sorted(dl.value for dl in letters)  # each exactly once, nothing forged
+    replayed = read_topic(settings, source, until_count=5, timeout_s=30)
+    assert sorted(r.value for r in replayed) == sorted(dl.value for dl in letters)  # each exactly once, nothing forged
+    assert [tuple(r.headers) for r in replayed if r.value.startswith(b"wm-")] == [headers] * 3
     assert read_topic(settings, settings.topic(T.CONTROL), timeout_s=10, idle_s=1) == []
     assert len(read_topic(settings, settings.topic(LEDGER), until_count=5, timeout_s=30)) == 5
 

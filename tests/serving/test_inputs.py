@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auditstream.errors import DecodeError
 from auditstream.registry import TensorSpec
@@ -72,3 +75,81 @@ def test_image_for_a_non_image_model() -> None:
     with pytest.raises(DecodeError) as e:
         prepare_input(png(4, 6), TensorSpec("x", "float32", [None, 3]))
     assert e.value.code == "bad_input"
+
+
+def encoded(h: int, w: int, pillow_format: str, mode: str = "L") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), 7).save(buf, format=pillow_format)
+    return buf.getvalue()
+
+
+# An 8x8 RGBA PNG whose IDAT is cut short (found by mutating a valid one): its header reads, and
+# decoding raises SyntaxError("broken PNG file"), which no list of "decoder errors" named.
+BROKEN_PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAYAAADED76LAAAACklEQVR4nGNkYGD4z8LCwoATKygo4JYcNgoA"
+                              "v3kGXTbYfOQAAAAASUVORK5CYII=")
+SQUARE = TensorSpec("image", "float32", [None, 8, 8])
+
+
+@pytest.mark.parametrize("pillow_format", ["BMP", "GIF", "TIFF", "PPM", "DDS", "JPEG"])
+def test_an_image_is_decoded_only_as_the_format_it_declares(pillow_format: str) -> None:
+    """Pillow opens any of its few dozen formats; a request saying "png" gets PNG or nothing."""
+    with pytest.raises(DecodeError) as e:
+        prepare_input(ImageInput(encoded(8, 8, pillow_format, "RGB" if pillow_format == "JPEG" else "L"), "png"), SQUARE)
+    assert e.value.code == "bad_input" and "png image does not decode" in e.value.detail
+    assert prepare_input(ImageInput(encoded(8, 8, "JPEG"), "jpeg"), SQUARE).shape == (8, 8)
+    with pytest.raises(DecodeError) as wrong:
+        prepare_input(ImageInput(encoded(8, 8, "JPEG"), "gif"), SQUARE)  # a format the wire does not carry
+    assert wrong.value.code == "bad_schema"
+
+
+def test_a_decoder_raising_an_unlisted_error_is_a_bad_input() -> None:
+    with pytest.raises(DecodeError) as e:
+        prepare_input(ImageInput(BROKEN_PNG, "png"), SQUARE)
+    assert e.value.code == "bad_input" and "SyntaxError" in e.value.detail
+
+
+@pytest.mark.parametrize(("array", "spec"), [
+    (np.full((1, 4, 6), 1e300), GRAY),  # finite as float64, infinite as the card's float32
+    (np.full((3,), 70_000, np.int32), TensorSpec("x", "float16", [None, 3])),  # past float16's 65,504
+])
+def test_values_that_overflow_in_the_cast_are_refused(array: np.ndarray, spec: TensorSpec) -> None:
+    with pytest.raises(DecodeError) as e:
+        prepare_input(array, spec)
+    assert e.value.code == "bad_input" and "infinite" in e.value.detail
+
+
+@st.composite
+def mutated_images(draw: st.DrawFn) -> ImageInput:
+    fmt = draw(st.sampled_from(["png", "jpeg"]))
+    data = bytearray(encoded(8, 8, fmt.upper(), draw(st.sampled_from(["L", "RGB"]))))
+    for _ in range(draw(st.integers(0, 6))):  # flip bytes, header included
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return ImageInput(bytes(data[:cut] if draw(st.booleans()) else data), fmt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(image=mutated_images() | st.builds(ImageInput, st.binary(max_size=200), st.sampled_from(["png", "jpeg"])))
+def test_any_image_bytes_decode_or_are_refused_as_bad_input(image: ImageInput) -> None:
+    """Whatever the bytes, prepare_input returns the spec's shape or raises a DecodeError (the
+    record's dead letter): never another exception, which would count against the model."""
+    try:
+        out = prepare_input(image, SQUARE)
+    except DecodeError as e:
+        assert e.code in ("bad_input", "wrong_shape", "too_large")
+    else:
+        assert out.shape == (8, 8) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=3, max_size=3),
+       dtype=st.sampled_from(["float16", "float32", "float64"]))
+def test_a_float_input_is_finite_in_the_cards_dtype_or_refused(values: list[float], dtype: str) -> None:
+    try:
+        out = prepare_input(np.array(values, np.float64), TensorSpec("x", dtype, [None, 3]))
+    except DecodeError as e:
+        assert e.code == "bad_input"
+    else:
+        assert out.dtype == np.dtype(dtype) and np.isfinite(out).all()

@@ -219,6 +219,94 @@ def test_a_model_failing_every_real_input_stops_after_a_streak(served) -> None:
         FailureStreak(config.card, limit=0)
 
 
+def overflowing(i: int) -> np.ndarray:
+    """Finite float32 values the tiny model's MatMul overflows on: its output is NaN."""
+    return np.full((8, 8), 3e38, np.float32)
+
+
+def test_a_run_of_inputs_the_model_cannot_handle_does_not_stop_a_working_model(served) -> None:
+    """Anyone who can write to the request topic could send 50 such requests in a row; the model
+    still answers the request it answered before, so they are dead-lettered and it goes on."""
+    session, config = served
+    streak = FailureStreak(config.card, limit=5, runner=session)
+    streak.observe(process_batch([request_record(0, good(0))], session, config, NOW))
+    for batch in range(4):  # 20 failures in a row, 4 streaks
+        results = process_batch([request_record(10 * batch + j, overflowing(j)) for j in range(5)], session, config, NOW)
+        assert {r.dead_letter_reason for r in results} == {Reason.INFERENCE_FAILED.value}
+        streak.observe(results)
+    assert streak.rechecks == 4 and streak.count == 0
+    assert process_batch([request_record(99, good(99))], session, config, NOW)[0].route is not None
+
+
+def test_a_streak_stops_a_model_that_no_longer_answers_what_it_answered(served) -> None:
+    session, config = served
+    streak = FailureStreak(config.card, limit=3, runner=FlakyRunner(session, real_inputs_fail=True))
+    streak.observe(process_batch([request_record(0, good(0))], session, config, NOW))  # answered while it worked
+    with pytest.raises(InferenceBroken, match="so did a request it answered before"):
+        streak.observe(process_batch([request_record(i, good(i)) for i in range(3)],
+                                     FlakyRunner(session, real_inputs_fail=True), config, NOW))
+    never = FailureStreak(config.card, limit=3, runner=session)  # nothing answered yet: nothing vouches for it
+    with pytest.raises(InferenceBroken, match="it has answered no request yet"):
+        never.observe(process_batch([request_record(i, overflowing(i)) for i in range(3)], session, config, NOW))
+
+
+def test_records_that_fail_before_the_model_neither_count_nor_break_a_streak(served, monkeypatch) -> None:
+    """A decoder's own error (here: any exception from decoding) says nothing about the model."""
+    from serving import consumer
+
+    session, config = served
+    streak = FailureStreak(config.card, limit=3)
+    streak.observe(process_batch([request_record(i, bad(i)) for i in range(2)], FlakyRunner(session), config, NOW))
+    real_decode = consumer._decode
+
+    def decoder_bug(record, config, episodes):
+        if record.offset >= 100:
+            raise SyntaxError("broken PNG file")
+        return real_decode(record, config, episodes)
+
+    monkeypatch.setattr(consumer, "_decode", decoder_bug)
+    results = process_batch([request_record(i, good(i), offset=100 + i) for i in range(60)], session, config, NOW)
+    assert {r.dead_letter_reason for r in results} == {Reason.PROCESSING_FAILED.value}
+    streak.observe(results)
+    assert streak.count == 2  # neither reset by them nor pushed to the limit
+    with pytest.raises(InferenceBroken, match="the last 3 records"):
+        streak.observe(process_batch([request_record(7, bad(7))], FlakyRunner(session), config, NOW))
+
+
+def batch_reducing_classifier_onnx(side: int = 8, classes: int = 10) -> bytes:
+    """Declares probs [None, classes] but averages over the batch axis: one row for any batch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = (np.random.default_rng(0).standard_normal((side * side, classes)) * 0.3).astype(np.float32)
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, side, side])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, classes])
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["rows"], axis=-1),
+             helper.make_node("ReduceMean", ["rows"], ["probs"], axes=[0], keepdims=1)]
+    graph = helper.make_graph(nodes, "reduces", [x], [y], initializer=[numpy_helper.from_array(weights, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_model_answering_fewer_rows_than_its_batch_is_run_row_by_row(tmp_path) -> None:
+    """Pairing its one row with the first record and dropping the rest would answer the wrong
+    records (and used to fail the whole batch on an assertion)."""
+    from auditstream.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(tiny_card(), batch_reducing_classifier_onnx())
+    model = registry.load("tiny")
+    session, config = load_session(model), ServeConfig.from_settings(Settings(), model.card)
+    records = [request_record(i, good(i)) for i in range(6)]
+    results = process_batch(records, session, config, NOW)
+    assert all(r.route is not None for r in results)
+    for i, r in enumerate(results):  # each answer is the model's answer to that record alone
+        alone = process_batch([records[i]], session, config, NOW)[0]
+        assert Prediction.from_bytes(r.outputs[0].value).output == Prediction.from_bytes(alone.outputs[0].value).output
+
+
 def test_inference_seconds_is_per_shape_group_and_ort_only(served, monkeypatch) -> None:
     """Each record's ``inference-s`` is its own group's ONNX Runtime time: groups do not add up."""
     from serving import inference
