@@ -8,22 +8,29 @@ let a file swapped between the check and the load run unverified.
 
 The checks: the file must not be empty, the sha256 must match the model card's; the bytes must
 parse as an ONNX protobuf with a graph; no tensor may reference an external data file (a hostile
-model could make the runtime read arbitrary paths); every operator must come from a standard
-domain or be a function defined inside the model (anything else needs a native custom-op
-library); the constant tensors the file holds (initializers, ``Constant`` values) must fit the
-memory budget (``AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES``, default :data:`MAX_CONSTANT_BYTES`), and so
-must every tensor whose size ONNX shape inference can work out from constants alone -- what
+model could make the runtime read arbitrary paths: a sparse ``Constant`` whose values were at
+``secret.bin`` put that file of the working directory into a graph output); every operator must
+come from a standard domain or be a function defined inside the model (anything else needs a
+native custom-op library); no tensor may have a negative dimension or more elements than an
+int64 counts; the constant tensors the file holds (initializers, ``Constant`` values, sparse ones
+at their dense size: ONNX Runtime densifies a sparse initializer when it loads the model) must fit
+the memory budget (``AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES``, default :data:`MAX_CONSTANT_BYTES`), and
+so must every tensor whose size ONNX shape inference can work out from constants alone -- what
 ``ConstantOfShape``, ``Expand``, ``Tile`` or ``Range`` would build at warm-up (one hostile file
 asked for 40 GB and was stopped only by a ulimit); and, given the card's inputs and outputs, the
-graph must have them with the same element types and ranks. Subgraphs (If/Loop/Scan
-bodies), model-local functions and training-info graphs are checked like the main graph. Each
-refusal is a :class:`~auditstream.errors.ModelRefused` saying why and what to do.
+graph must have them with the same element types and ranks.
+
+Every place a file can hold a tensor is searched, recursively: graph initializers and sparse
+initializers, node attributes (``t``, ``tensors``, ``sparse_tensor``, ``sparse_tensors``, read by
+what the attribute holds, not by the type it declares), subgraphs (If/Loop/Scan bodies, any
+``g``/``graphs`` attribute), model-local functions with their attribute defaults, and
+training-info graphs. Each refusal is a :class:`~auditstream.errors.ModelRefused` saying why and
+what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -35,6 +42,9 @@ ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 # Default budget for the constant tensors a model holds, and for any one tensor of a size known
 # from constants alone (the project's models: < 10 MB of weights). A setting overrides it.
 MAX_CONSTANT_BYTES = 2 * 1024**3
+# ONNX Runtime counts elements in int64: dims whose product is larger describe no tensor, only an
+# attempt to overflow a size computation (and would make ours multiply ever larger integers).
+MAX_ELEMENTS = 2**63 - 1
 
 
 def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>",
@@ -81,8 +91,8 @@ def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = 
 
 
 def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
-    """The content checks on a parsed ``onnx.ModelProto``: operator domains, external data and the
-    memory its constants would take."""
+    """The content checks on a parsed ``onnx.ModelProto``: operator domains, external data, tensor
+    dims and the memory its constants would take."""
     import onnx
 
     # A model-local function is an op (domain, name) whose body is in the file; any other op of
@@ -94,10 +104,17 @@ def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MA
             raise ModelRefused(path, f"imports operator domain {opset.domain!r}; only {sorted(ALLOWED_OP_DOMAINS)} "
                                "and functions defined inside the model are allowed (custom ops need native libraries)")
     for where, tensor in _all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            raise ModelRefused(path, f"tensor {tensor.name!r} in {where} references external data file {location!r}; "
-                               "models must be self-contained (export with all weights inside model.onnx)")
+        # A sparse tensor stores its values and indices as two tensors; its own dims are the dense shape.
+        parts = [tensor.values, tensor.indices] if isinstance(tensor, onnx.SparseTensorProto) else [tensor]
+        for part in parts:
+            if part.data_location == onnx.TensorProto.EXTERNAL or len(part.external_data) > 0:
+                location = next((e.value for e in part.external_data if e.key == "location"), "?")
+                raise ModelRefused(path, f"tensor {part.name!r} in {where} references external data file {location!r}; "
+                                   "models must be self-contained (export with all weights inside model.onnx)")
+        for part in parts:
+            _check_dims(part.name, list(part.dims), where, path)
+        if len(parts) == 2:  # the dense shape the sparse tensor stands for, named by its values
+            _check_dims(tensor.values.name, list(tensor.dims), where, path)
     for graph in _all_graphs(model):
         for node in graph.node:
             if node.domain not in ALLOWED_OP_DOMAINS and (node.domain, node.op_type) not in local_ops:
@@ -106,8 +123,9 @@ def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MA
     budget = f"the {_gib(max_constant_bytes)} budget (AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES)"
     needed = constant_bytes(model)
     if needed > max_constant_bytes:
-        raise ModelRefused(path, f"its constant tensors (initializers, Constant, ConstantOfShape/Expand to constant "
-                           f"shapes) need {_gib(needed)}, over {budget}: not a model this project serves")
+        raise ModelRefused(path, f"its constant tensors (initializers, Constant, sparse ones at their dense size, "
+                           f"ConstantOfShape/Expand to constant shapes) need {_gib(needed)}, over {budget}: "
+                           "not a model this project serves")
     # Checked after the constants: shape inference on a model with huge initializers would copy them.
     largest = largest_static_tensor(model)
     if largest is not None and largest[1] > max_constant_bytes:
@@ -148,29 +166,28 @@ def check_io_against_card(model: Any, inputs: Sequence[Any], outputs: Sequence[A
 
 
 def constant_bytes(model: Any) -> int:
-    """Bytes of the constant tensors the model holds or builds from constant shapes."""
-    import numpy as np
+    """Bytes of the constant tensors the model holds or builds from constant shapes. A sparse
+    tensor counts at its dense size plus what it stores (ONNX Runtime densifies sparse
+    initializers at load); a size past :data:`MAX_ELEMENTS` elements counts as that many."""
     import onnx
 
     def size(dims: Iterable[int], elem_type: int) -> int:
-        try:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
-        except (KeyError, ValueError, TypeError):
-            itemsize = 8
-        count = 1
-        for d in dims:
-            count *= max(int(d), 0)
-        return count * itemsize
+        count = _element_count(max(int(d), 0) for d in dims)
+        return (MAX_ELEMENTS if count is None else count) * _itemsize(elem_type)
 
     total, constants = 0, {}
     for _, tensor in _all_tensors(model):
-        total += size(tensor.dims, tensor.data_type)
-        constants[tensor.name] = tensor
+        if isinstance(tensor, onnx.SparseTensorProto):
+            total += size(tensor.dims, tensor.values.data_type)
+            total += sum(size(t.dims, t.data_type) for t in (tensor.values, tensor.indices))
+        else:
+            total += size(tensor.dims, tensor.data_type)
+            constants[tensor.name] = tensor
     for graph in _all_graphs(model):
         for node in graph.node:
             if node.op_type == "Constant":
                 for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.TENSOR and node.output:
+                    if attr.HasField("t") and node.output:
                         constants[node.output[0]] = attr.t
             if node.op_type in ("ConstantOfShape", "Expand") and len(node.input) >= 1:
                 shape_input = node.input[0] if node.op_type == "ConstantOfShape" else node.input[-1]
@@ -189,7 +206,6 @@ def largest_static_tensor(model: Any) -> tuple[str, int] | None:
     (with constant propagation) can fix without an input -- what ``ConstantOfShape``, ``Tile``,
     ``Range``, ``Expand`` and friends would allocate. None when inference gives up: ONNX Runtime
     then does its own checks, and the constant budget above still holds."""
-    import numpy as np
     import onnx
 
     try:
@@ -204,52 +220,94 @@ def largest_static_tensor(model: Any) -> tuple[str, int] | None:
             tensor = value.type.tensor_type
             if not tensor.HasField("shape") or not all(d.HasField("dim_value") for d in tensor.shape.dim):
                 continue
-            try:
-                itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
-            except (KeyError, ValueError, TypeError):
-                itemsize = 8
-            size = itemsize * math.prod(max(d.dim_value, 0) for d in tensor.shape.dim)
+            count = _element_count(max(d.dim_value, 0) for d in tensor.shape.dim)
+            size = (MAX_ELEMENTS if count is None else count) * _itemsize(tensor.elem_type)
             if largest is None or size > largest[1]:
                 largest = (value.name, size)
     return largest
 
 
 def _gib(n: int) -> str:
+    if n > 1024**5:  # a float would overflow on absurd sizes; no budget is near this
+        return "more than 1 PiB"
     return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 / 10 else f"{n:,} bytes"
 
 
-def _all_graphs(model: Any) -> Iterator[Any]:
+def _itemsize(elem_type: int) -> int:
+    import numpy as np
     import onnx
 
-    # Subgraphs (If/Loop/Scan bodies) and training-info graphs are checked like the main graph.
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 8
+
+
+def _element_count(dims: Iterable[int]) -> int | None:
+    """The product of ``dims``; None when a dim is negative or the product passes
+    :data:`MAX_ELEMENTS`. Stops at the first dim past the limit (a zero dim anywhere: 0)."""
+    dims = [int(d) for d in dims]
+    if any(d < 0 for d in dims):
+        return None
+    if 0 in dims:
+        return 0
+    count = 1
+    for d in dims:
+        count *= d
+        if count > MAX_ELEMENTS:
+            return None
+    return count
+
+
+def _check_dims(name: str, dims: list[int], where: str, path: Path | str) -> None:
+    if any(d < 0 for d in dims):
+        raise ModelRefused(path, f"tensor {name!r} in {where} has dims {_shown(dims)}: a negative dimension is not a "
+                           "tensor; the file is damaged or hostile: re-export it")
+    if _element_count(dims) is None:
+        raise ModelRefused(path, f"tensor {name!r} in {where} has dims {_shown(dims)}: more elements than an int64 "
+                           "counts (2**63 - 1), not a tensor any runtime can hold; the file is damaged or hostile")
+
+
+def _shown(dims: list[int]) -> str:
+    return str(dims) if len(dims) <= 8 else f"{str(dims[:8])[:-1]}, ... ({len(dims)} dims)]"
+
+
+def _attribute_values(attrs: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """("graph" | "tensor", value) for everything the attributes hold. Read by field presence,
+    not by ``attr.type``: an attribute that declares INT but carries a sparse tensor is still
+    searched (what ONNX Runtime would read of it is its business; we refuse a superset)."""
+    for attr in attrs:
+        if attr.HasField("g"):
+            yield "graph", attr.g
+        for g in attr.graphs:
+            yield "graph", g
+        if attr.HasField("t"):
+            yield "tensor", attr.t
+        yield from (("tensor", t) for t in attr.tensors)
+        if attr.HasField("sparse_tensor"):
+            yield "tensor", attr.sparse_tensor
+        yield from (("tensor", t) for t in attr.sparse_tensors)
+
+
+def _all_graphs(model: Any) -> Iterator[Any]:
+    """The main graph, model-local functions, training-info graphs and, recursively, every
+    subgraph any of them holds in a node attribute or a function's attribute default."""
     stack = [model.graph] + list(model.functions)
     for info in model.training_info:
         stack += [info.initialization, info.algorithm]
     while stack:
         graph = stack.pop()
         yield graph
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
+        attrs = [a for node in graph.node for a in node.attribute] + list(getattr(graph, "attribute_proto", []))
+        stack.extend(value for kind, value in _attribute_values(attrs) if kind == "graph")
 
 
 def _all_tensors(model: Any) -> Iterator[tuple[str, Any]]:
-    import onnx
-
+    """(where, tensor) for every ``TensorProto`` and ``SparseTensorProto`` the model holds."""
     for graph in _all_graphs(model):
-        name = getattr(graph, "name", "") or "function"
-        for t in getattr(graph, "initializer", []):
-            yield name, t
-        for s in getattr(graph, "sparse_initializer", []):
-            yield name, s.values
-            yield name, s.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield name, attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    for t in attr.tensors:
-                        yield name, t
+        is_graph = hasattr(graph, "initializer")  # else a FunctionProto
+        name = (graph.name or "an unnamed graph") if is_graph else f"function {graph.domain}.{graph.name}"
+        yield from ((name, t) for t in getattr(graph, "initializer", []))
+        yield from ((name, s) for s in getattr(graph, "sparse_initializer", []))
+        attrs = [a for node in graph.node for a in node.attribute] + list(getattr(graph, "attribute_proto", []))
+        yield from ((name, value) for kind, value in _attribute_values(attrs) if kind == "tensor")

@@ -181,7 +181,9 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
         references = _reference_answers(reference, group) if reference is not None and config.shadow else {}
         for (i, request, array), answer in zip(group, answers, strict=True):
             if isinstance(answer, Exception) or answer is None:
-                detail = repr(answer)[:500] if answer is not None else "model output is not finite"
+                detail = (repr(answer)[:500] if answer is not None else
+                          "model output is not finite, or not valid for its task kind (a policy's action_probs "
+                          "not a probability distribution)")
                 results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic,
                                          now, model_failure=True)
                 continue

@@ -13,6 +13,13 @@ probabilities are then the true behaviour propensities) or the argmax (``greedy`
 ``extra.action_selection``. Policies act, so at least :data:`MIN_QC_RATE` of their auto decisions
 are audited at random whatever the settings say: off-policy evaluation of other thresholds (and
 of the auto decisions themselves) stays possible.
+
+A row of ``action_probs`` that is not a probability distribution -- not finite, a negative entry,
+or a sum off 1 by more than :data:`SUM_TOLERANCE` -- is that record's model failure: ``postprocess``
+answers ``None`` for it, as every kind does for a non-finite row (an ``inference_failed`` dead
+letter), and :func:`select_action` refuses to act on it. ``[0, 0]`` or ``[1e-30, 1e-30]`` would
+otherwise have entropy confidence 1.0 (auto-accepted) and log a propensity of 0 or 1e-30 for the
+action taken, which breaks off-policy evaluation's importance weights.
 """
 
 from __future__ import annotations
@@ -22,12 +29,30 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, indexed_answer_text, register, rounded
+from auditstream.tasks.base import DECIMALS, Answer, Part, Task, indexed_answer_text, register, rounded
 from auditstream.wire import Prediction, Route, TaskKind
 
 CONFIDENCE_KINDS = ("max_prob", "prob_gap", "entropy")
 ACTION_SELECTION = ("sample", "greedy")
 MIN_QC_RATE = 0.01
+# How far from 1 the sum of a row of action probabilities may be. A float32 softmax errs by at
+# most about (A + 3) * 2**-24 (each probability rounded once, the normaliser summed in float32):
+# under 1e-4 up to 1,600 actions, under 1e-3 up to 16,000, and ONNX Runtime's kernel does far
+# better (tests/auditstream/test_policy_task.py). What is not a distribution -- all zeros, all
+# tiny, unnormalised scores, a sigmoid per action -- is off by far more than 1e-3.
+SUM_TOLERANCE = 1e-3
+
+
+def distribution_problem(probs: np.ndarray, tolerance: float = SUM_TOLERANCE) -> str | None:
+    """Why ``probs`` (float64) is not a probability distribution, or None when it is one."""
+    if probs.size == 0 or not np.isfinite(probs).all():
+        return "empty or not finite"
+    if (probs < 0).any():
+        return f"a negative probability ({probs.min():.3g})"
+    total = float(probs.sum())
+    if abs(total - 1.0) > tolerance:
+        return f"the probabilities sum to {total:.6g}, not 1 ± {tolerance:.3g}"
+    return None
 
 
 def action_selection(card: ModelCard) -> str:
@@ -35,7 +60,8 @@ def action_selection(card: ModelCard) -> str:
 
 
 def policy_confidence(probs: np.ndarray, kind: str = "max_prob") -> float:
-    """How sure a policy is of its action, in [0, 1] (see the module docstring)."""
+    """How sure a policy is of its action, in [0, 1] (see the module docstring). ``probs`` must
+    be a distribution (:func:`distribution_problem`): of ``[0, 0]`` the entropy says 1.0."""
     if kind == "max_prob":
         return float(probs.max())
     if kind == "prob_gap":
@@ -58,13 +84,20 @@ def select_action(action_probs: Sequence[float], uniform: float, mode: str = "sa
     behaviour policy really did; off-policy evaluation needs the truth).
     """
     probs = np.asarray(action_probs, dtype=np.float64)
+    # The row arrives rounded to DECIMALS places (Answer details): each rounding moves the sum.
+    problem = distribution_problem(probs, SUM_TOLERANCE + len(probs) * 0.5 * 10.0**-DECIMALS)
+    if problem is not None:
+        raise ValueError(f"action_probs {[float(p) for p in probs[:8]]}{' ...' if len(probs) > 8 else ''} are not a "
+                         f"probability distribution ({problem}): no action is drawn from them")
     if mode == "greedy":
         action = int(np.argmax(probs))
         return action, [1.0 if a == action else 0.0 for a in range(len(probs))]
     if mode != "sample":
         raise ValueError(f"action selection {mode!r} not one of {ACTION_SELECTION}")
     cdf = np.cumsum(probs / probs.sum())
-    action = int(min(np.searchsorted(cdf, uniform, side="right"), len(probs) - 1))
+    # A uniform past the cdf's last value (rounding) takes the last action that can act: one of
+    # probability 0 would be logged with propensity 0.
+    action = int(min(np.searchsorted(cdf, uniform, side="right"), np.flatnonzero(probs > 0)[-1]))
     return action, [float(p) for p in action_probs]
 
 
@@ -82,13 +115,20 @@ class Policy(Task):
         if action_selection(card) not in ACTION_SELECTION:
             raise ValueError(f"policy {card.name}: extra.action_selection {action_selection(card)!r} not one of "
                              f"{ACTION_SELECTION}")
+        # The registry checked that safe_action is null or an index >= 0; only the kind knows A.
+        n_actions = next((o.shape[-1] for o in card.outputs if o.name == "action_probs" and o.shape), None)
+        safe = card.triage.safe_action
+        if isinstance(safe, int) and isinstance(n_actions, int) and not 0 <= safe < n_actions:
+            raise ValueError(f"policy {card.name}: triage.safe_action {safe} is not one of its {n_actions} actions "
+                             f"(0 to {n_actions - 1})")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         action_probs = outputs["action_probs"]
         value = outputs["value"].reshape(len(action_probs), -1)[:, 0]
         answers: list[Answer | None] = []
         for row, v in zip(action_probs, value):
-            if not (np.isfinite(row).all() and np.isfinite(v)):
+            # not a distribution: this record's model failure, like a non-finite row (module docstring)
+            if distribution_problem(row.astype(np.float64)) is not None or not np.isfinite(v):
                 answers.append(None)
                 continue
             action = int(np.argmax(row))

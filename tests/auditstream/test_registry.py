@@ -290,6 +290,54 @@ def _constant_external() -> onnx.NodeProto:
     return helper.make_node("Constant", [], ["y_then"], value=tensor)
 
 
+def _sparse_constant_reading(location: str) -> onnx.ModelProto:
+    """The reproducer: a Constant whose sparse_value's values are external data at a relative
+    path. ONNX Runtime (session from bytes) read that file of its working directory into a graph
+    output, and the registry accepted it: sparse attributes were not searched."""
+    values = onnx.TensorProto(name="C_v", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        entry = values.external_data.add()
+        entry.key, entry.value = key, value
+    indices = helper.make_tensor("C_i", TensorProto.INT64, [4], [0, 1, 2, 3])
+    model = good_model()
+    sparse_value = helper.make_sparse_tensor(values, indices, [1, 4])
+    model.graph.node.append(helper.make_node("Constant", [], ["leak"], sparse_value=sparse_value))
+    model.graph.output.append(helper.make_tensor_value_info("leak", TensorProto.FLOAT, [1, 4]))
+    return model
+
+
+def _sparse_initializer(dims) -> onnx.ModelProto:
+    """An unused sparse initializer with one non-zero: ONNX Runtime densifies it at load."""
+    model = good_model()
+    values = helper.make_tensor("S_v", TensorProto.FLOAT, [1], [1.0])
+    indices = helper.make_tensor("S_i", TensorProto.INT64, [1], [0])
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(dims)))
+    return model
+
+
+HOSTILE.update({
+    "external data in a Constant's sparse_value, relative path": (
+        lambda: _sparse_constant_reading("secret.bin"),
+        "tensor 'C_v' in good references external data file 'secret.bin'"),
+    "external data in a Constant's sparse_value, ../ path": (
+        lambda: _sparse_constant_reading("../cwd/secret.bin"), r"references external data file '\.\./cwd/secret\.bin'"),
+    "40 GB sparse initializer with one non-zero": (
+        lambda: _sparse_initializer([100_000, 100_000]),
+        r"sparse ones at their dense size.* need 37\.3 GiB, over the 2\.0 GiB"),
+    "sparse initializer with a negative dim": (
+        lambda: _sparse_initializer([-1, 4]), r"'S_v' in good has dims \[-1, 4\]"),
+})
+
+
+def test_a_sparse_initializer_is_held_to_the_budget_at_its_dense_size(registry, no_session):
+    """The reproducer: [8192, 8192] with one non-zero cost 277 MiB at session creation, and was
+    accepted under a 16 MiB budget with 2,572 bytes counted."""
+    publish(registry, _sparse_initializer([8192, 8192]))
+    with pytest.raises(ModelRefused, match=r"need 0\.\d GiB, over the 16,777,216 bytes budget"):
+        ModelRegistry(registry.root, max_constant_bytes=16 * 1024**2).load("tiny")
+    assert ModelRegistry(registry.root).load("tiny").model_bytes  # 256 MiB is within the 2 GiB default
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_model_is_refused_before_a_session(registry, no_session, case):
     build, message = HOSTILE[case]
