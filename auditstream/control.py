@@ -15,6 +15,9 @@ model in a :class:`ControlView`:
 
 Because the topic is compacted and keyed by model, a consumer (or a restarted monitor) that
 reads it from the beginning ends up with the latest state of every model.
+A record that does not decode, or that sits under another key than its own, is skipped (logged
+with where it is and why, counted in ``ControlView.skipped``): the view keeps that model's last
+good state and reads on, since the compacted topic would hand the record to every restart.
 
 The same topic carries each model's :class:`Rollout` (key ``rollout:<model>``), written only by
 ``auditstream promote`` (monitor/promotion.py) and ``auditstream rl promote``: the version just made live and the canary (a
@@ -27,15 +30,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditstream.errors import DecodeError
 from auditstream.settings import Settings
 from auditstream.topics import CONTROL
 from auditstream.wire import WIRE_VERSION, Reason
+from auditstream.wire.codec import _field, _id, _loads, _number, _short
+
+if TYPE_CHECKING:
+    from auditstream.kafka import Record
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +73,29 @@ class ControlState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ControlState":
+        """Inverse of :meth:`to_bytes`; anything else raises :class:`DecodeError` saying what is wrong."""
+        return cls.from_dict(_loads(data))
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "ControlState":
+        """Every field checked: a state the view keeps must not fail triage later (an infinite
+        depth, a threshold that is not a number). Optional fields default as in the dataclass."""
         try:
-            obj: Any = json.loads(data)
-            if not isinstance(obj, dict) or obj.get("v") != WIRE_VERSION:
-                raise ValueError("not a v1 control record")
-            overrides = {str(k): float(v) for k, v in (obj.get("threshold_override") or {}).items()}
-            return cls(model=str(obj["model"]), human_queue_depth=int(obj.get("human_queue_depth", 0)),
-                       threshold_override=overrides, reason=str(obj.get("reason", "")),
-                       updated_at_s=float(obj.get("updated_at_s", 0.0)))
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"control record: {e}") from None
+            overrides = _field(obj, "threshold_override", dict, optional=True) or {}
+            for version, threshold in overrides.items():
+                # any finite number is safe: threshold_for() never goes below the card's threshold
+                if type(threshold) not in (int, float) or not math.isfinite(threshold):  # (a bool is not a threshold)
+                    raise DecodeError(Reason.BAD_SCHEMA.value, f"threshold_override[{_short(version)}] = "
+                                      f"{_short(threshold)} must be a finite number")
+            depth = _field(obj, "human_queue_depth", int, optional=True) or 0
+            if depth < 0:
+                raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'human_queue_depth' = {depth} must be >= 0")
+            return cls(model=_id(obj, "model"), human_queue_depth=depth,
+                       threshold_override={str(k): float(v) for k, v in overrides.items()},
+                       reason=_field(obj, "reason", str, optional=True) or "",
+                       updated_at_s=_number(obj, "updated_at_s", low=0.0, default=0.0))
+        except DecodeError as e:
+            raise DecodeError(e.code, f"control record: {e.detail}") from None
 
 
 ROLLOUT_KEY_PREFIX = "rollout:"
@@ -112,13 +133,26 @@ class Rollout:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> "Rollout":
+        """The ``rollout`` object of a record (see :meth:`to_bytes`), every field checked."""
         try:
-            return cls(model=str(obj["model"]), live_version=str(obj["live_version"]),
-                       canary_version=None if obj.get("canary_version") is None else str(obj["canary_version"]),
-                       canary_share=float(obj.get("canary_share", 0.0)), reason=str(obj.get("reason", "")),
-                       updated_at_s=float(obj.get("updated_at_s", 0.0)))
-        except (ValueError, TypeError, KeyError) as e:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"rollout record: {e}") from None
+            return cls(model=_id(obj, "model"), live_version=_id(obj, "live_version"),
+                       canary_version=_field(obj, "canary_version", str, optional=True),
+                       canary_share=_number(obj, "canary_share", 0.0, 1.0, default=0.0),
+                       reason=_field(obj, "reason", str, optional=True) or "",
+                       updated_at_s=_number(obj, "updated_at_s", low=0.0, default=0.0))
+        except ValueError as e:  # a DecodeError, or __post_init__'s refusal
+            raise DecodeError(getattr(e, "code", Reason.BAD_SCHEMA.value),
+                              f"rollout record: {getattr(e, 'detail', e)}") from None
+
+
+def decode_control(data: bytes) -> ControlState | Rollout:
+    """One value of the control topic (not a tombstone): a model's :class:`Rollout` or its
+    :class:`ControlState`. Parsed once, by the wire's strict JSON (bounded size and nesting, no
+    NaN or Infinity, 64-bit integers); raises only :class:`DecodeError`."""
+    obj = _loads(data)
+    if obj.get("kind") == "rollout" and isinstance(obj.get("rollout"), dict):
+        return Rollout.from_dict(obj["rollout"])
+    return ControlState.from_dict(obj)
 
 
 CONTROL_FETCH_MAX_WAIT_MS = 500
@@ -130,6 +164,8 @@ class ControlView:
     Each view reads the whole compacted topic in a consumer group of its own (every process
     needs every model's state), so it never commits offsets.
     """
+
+    skipped = 0  # records refused (each logged with where it is and what is wrong)
 
     def __init__(self, settings: Settings, bootstrap: str | None = None, poll_timeout_ms: int = 500) -> None:
         from auditstream.kafka import make_consumer
@@ -173,8 +209,14 @@ class ControlView:
         """True once the view has read everything the topic held when it joined."""
         return self._caught_up.wait(timeout_s)
 
-    def apply(self, value: bytes | None, key: bytes | None = None) -> None:
-        """Fold one record into the view (a tombstone removes the model's state)."""
+    def apply(self, value: bytes | None, key: bytes | None = None, where: str = "") -> None:
+        """Fold one record into the view (a tombstone removes the model's state).
+
+        A record that does not decode, or whose key is not the one its content is published
+        under, is skipped: logged (``where``: its topic[partition]@offset) and counted in
+        :attr:`skipped`. The view keeps the last good state of that model, and the records after
+        it still apply: a compacted topic keeps a bad record, so refusing it must not cost more.
+        """
         if value is None:
             if key is not None:
                 name = key.decode("utf-8", "replace")
@@ -185,24 +227,40 @@ class ControlView:
                         self._states.pop(name, None)
             return
         try:
-            obj = json.loads(value)
-            if isinstance(obj, dict) and obj.get("kind") == "rollout" and isinstance(obj.get("rollout"), dict):
-                rollout = Rollout.from_dict(obj["rollout"])
-                with self._lock:
-                    self._rollouts[rollout.model] = rollout
-                return
-            state = ControlState.from_bytes(value)
-        except (DecodeError, ValueError, UnicodeDecodeError) as e:
-            log.warning("ignoring a control record that does not decode: %s", e)
+            update = decode_control(value)
+            if key is not None and key != update.key:
+                # a tombstone of its key would not remove it, and it could overwrite its model's
+                # own record from another partition in any order
+                raise DecodeError(Reason.BAD_SCHEMA.value, f"{type(update).__name__} of model {_short(update.model)} "
+                                  f"under key {_short(key)}, not {_short(update.key)}")
+        except DecodeError as e:
+            self.skipped += 1
+            log.warning("control record at %s (key %s) skipped: %s", where or "an unknown offset", _short(key), e)
             return
         with self._lock:
-            self._states[state.model] = state
+            if isinstance(update, Rollout):
+                self._rollouts[update.model] = update
+            else:
+                self._states[update.model] = update
+
+    def _apply_record(self, record: Record) -> None:
+        """:meth:`apply`, for a record the view consumed: nothing it holds may stop the view."""
+        try:
+            if record.unreadable and record.value is None:  # not a tombstone: the client lost its bytes
+                self.skipped += 1
+                log.warning("control record at %s skipped: %s", record.where, record.unreadable)
+                return
+            self.apply(record.value, record.key, record.where)
+        except Exception:  # noqa: BLE001 - a case the checks missed is a bug, but only this record's:
+            # stopping the view for it would stop every restarted view too (the topic keeps it)
+            self.skipped += 1
+            log.exception("control record at %s (key %s) skipped: applying it failed", record.where, _short(record.key))
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 for record in self._consumer.poll(500, self._poll_timeout_ms):
-                    self.apply(record.value, record.key)
+                    self._apply_record(record)
                 assigned = self._consumer.assignment()
                 if not self._caught_up.is_set() and assigned:
                     lag = self._consumer.lag()  # known only once each partition has been fetched

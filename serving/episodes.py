@@ -19,7 +19,10 @@ flight, which the ``max(k, 2)`` kept frames cover.
 On assignment (:meth:`EpisodeStore.restore`) the consumer reads the state topic from the
 beginning to its end (it is compacted, so it holds about one record per live episode), keeps
 the last record of each key, and adopts the episodes whose recorded request partition it now
-owns. On revocation it forgets them (the loop has checkpointed them just before).
+owns. A record it cannot serve from (one that does not decode, a field out of range, a frame
+that does not fit the model) is skipped, logged and counted, and that episode starts afresh: the
+compacted topic keeps such a record, so raising on it would stop every restart of the consumer.
+On revocation it forgets its episodes (the loop has checkpointed them just before).
 
 Frame stack layout: the graph input is ``[B, k, *frame]`` (frames oldest first), or, for a flat
 ``[B, k * D]`` input, the k frames concatenated. Before an episode has k observations the first
@@ -40,11 +43,15 @@ from auditstream.errors import DecodeError
 from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.stream import Output
-from auditstream.wire import InferenceRequest, decode_tensor, encode_tensor
+from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
+from auditstream.wire.codec import _field, _id, _loads, _number, _short
 
 log = logging.getLogger(__name__)
 
+# Read with the wire's strict JSON (_loads), which also requires "v" to be the wire version: a
+# new state version needs a check of its own in EpisodeState.from_bytes.
 STATE_VERSION = 1
+_STATE_FIELDS = ("episode_key", "partition", "next_step", "steps_seen", "last_action", "frames", "updated_at_s")
 DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (its driver died)
 
 
@@ -89,16 +96,51 @@ class EpisodeState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EpisodeState":
+        """Inverse of :meth:`to_bytes`; anything else raises ``ValueError`` saying what is wrong.
+
+        The state topic is compacted, so a bad record stays there: every field is checked (type,
+        finiteness, range) so that a state restore adopts is one the consumer can serve from.
+        """
         try:
-            obj = json.loads(data)
-            if obj.get("v") != STATE_VERSION:
-                raise ValueError(f"state version {obj.get('v')!r}, this build reads {STATE_VERSION}")
-            frames = [[int(s), decode_tensor(t), None if a is None else int(a)] for s, t, a in obj["frames"]]
-            return cls(str(obj["episode_key"]), int(obj["partition"]), int(obj["next_step"]), int(obj["steps_seen"]),
-                       None if obj["last_action"] is None else int(obj["last_action"]), frames,
-                       float(obj["updated_at_s"]))
-        except (ValueError, KeyError, TypeError, DecodeError) as e:
+            obj = _loads(data)  # bounded size and nesting, no NaN or Infinity, 64-bit integers, "v" 1
+            missing = [name for name in _STATE_FIELDS if name not in obj]
+            if missing:
+                raise ValueError(f"fields {missing} missing")
+            next_step, steps_seen = _count(obj, "next_step"), _count(obj, "steps_seen")
+            if steps_seen > next_step:
+                raise ValueError(f"steps_seen={steps_seen} exceeds next_step={next_step} (steps are distinct)")
+            return cls(_id(obj, "episode_key"), _count(obj, "partition"), next_step, steps_seen,
+                       _action(obj["last_action"], "last_action"), _frames(obj["frames"], next_step),
+                       _number(obj, "updated_at_s", low=0.0))  # finite: a NaN or infinite time never expires
+        except ValueError as e:  # DecodeError is one
             raise ValueError(f"unreadable episode state: {e}") from None
+
+
+def _count(obj: dict[str, Any], name: str) -> int:
+    value = _field(obj, name, int)
+    if value < 0:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be >= 0")
+    return value
+
+
+def _action(value: Any, name: str) -> int | None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(f"{name} = {_short(value)} must be null or an action index >= 0")
+    return value
+
+
+def _frames(value: Any, next_step: int) -> list[list[Any]]:
+    if not isinstance(value, list):
+        raise ValueError(f"field 'frames' = {_short(value)} must be a list of [step, tensor, action]")
+    frames = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise ValueError(f"frames[{i}] = {_short(entry)} must be [step, tensor, action]")
+        step, tensor, action = entry
+        if type(step) is not int or not 0 <= step < next_step:  # every kept frame is of a step seen
+            raise ValueError(f"frames[{i}] step {_short(step)} must be an integer in [0, next_step={next_step})")
+        frames.append([step, decode_tensor(tensor), _action(action, f"frames[{i}] action")])
+    return frames
 
 
 class EpisodeStore:
@@ -118,6 +160,7 @@ class EpisodeStore:
         self._dirty: set[str] = set()
         self._ended: set[str] = set()
         self.restored = 0  # episodes adopted from the state topic (for logs and tests)
+        self.skipped = 0  # state records refused by restore (each logged with where and why)
         # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
         # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
         self._restore_error: Exception | None = None
@@ -195,7 +238,7 @@ class EpisodeStore:
         owned = {p for _, p in partitions}
         if self.load_states is None or not owned:
             return
-        latest: dict[bytes, bytes | None] = {}
+        latest: dict[bytes, Record] = {}
         try:
             records = self.load_states()
         except Exception as e:  # noqa: BLE001 - raised from observe(), see __init__
@@ -204,21 +247,46 @@ class EpisodeStore:
             return
         for record in records:
             if record.key is not None:
-                latest[record.key] = record.value  # later records win; a tombstone (None) deletes
-        adopted = 0
-        for key, value in latest.items():
-            if value is None or key.decode("utf-8", "replace") in self.states:
+                latest[record.key] = record  # later records win; a tombstone (value None) deletes
+        adopted, now = 0, self.clock()
+        for key, record in latest.items():
+            if record.value is None or key.decode("utf-8", "replace") in self.states:
                 continue
             try:
-                state = EpisodeState.from_bytes(value)
+                state = self._adoptable(key, record.value, now)
             except ValueError as e:
-                log.warning("episode-state record %r skipped: %s", key[:80], e)
+                self._skip(record, str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - a case the checks missed is a bug, but this record's only:
+                # raising would stop the consumer, and every restart after it (the compacted topic keeps the record)
+                log.exception("episode-state record %s: unexpected failure", record.where)
+                self._skip(record, repr(e))
                 continue
             if state.partition in owned:
                 self.states[state.episode_key] = state
                 adopted += 1
         self.restored += adopted
         log.info("restored %d episodes for partitions %s", adopted, sorted(owned))
+
+    def _adoptable(self, key: bytes, value: bytes, now: float) -> EpisodeState:
+        """The state in ``value``, if this consumer can serve from it; ValueError says why not."""
+        state = EpisodeState.from_bytes(value)
+        if state.episode_key.encode("utf-8") != key:  # its tombstone would not remove it
+            raise ValueError(f"holds episode {_short(state.episode_key)} under another key")
+        dtype, shape = np.dtype(self.spec.dtype), self.spec.shape[1:]  # what prepare_input makes of a step
+        for step, obs, _ in state.frames:
+            fits = obs.ndim == len(shape) and all(w in (None, d) for d, w in zip(obs.shape, shape))
+            if obs.dtype != dtype or not fits:
+                raise ValueError(f"the frame of step {step} is {obs.dtype} {list(obs.shape)}; this model's frames are "
+                                 f"{dtype} {shape} (without the batch axis)")
+        if state.updated_at_s > now + self.ttl_s:
+            raise ValueError(f"updated_at_s={state.updated_at_s} is more than ttl_s={self.ttl_s} ahead of this "
+                             f"consumer's clock ({now}): it would not expire")
+        return state
+
+    def _skip(self, record: Record, why: str) -> None:
+        self.skipped += 1
+        log.warning("episode-state record %s (key %s) skipped: %s", record.where, _short(record.key), why)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions were revoked (and checkpointed): their episodes now belong to another consumer."""
