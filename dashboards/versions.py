@@ -3,9 +3,11 @@
 **Candidate vs live**: for each version that answered in shadow (or is newer than the live one),
 its certificate beside the live card's, its pairs (every request it compared with live's answer,
 or without such comparisons the paired audits per route: candidate-only wrong, live-only wrong,
-disagreements nobody audited, the exact upper bound of the increase of the error rate) and what ``auditstream
-promote`` would decide now -- computed by ``monitor.promotion.decide_promotion``, shown, never
-recorded -- plus the last decision its ``promotion.json`` records.
+disagreements nobody audited, the anytime-valid upper bound of the increase of the error rate) and what
+``auditstream promote`` would decide now -- computed by ``monitor.promotion.decide_promotion``, shown,
+never recorded -- plus the last decision its ``promotion.json`` records. The bound is a confidence
+sequence (qc/paired.py), valid however often this page refreshes, so running ``promote`` the
+moment the page shows PROMOTE keeps the gate's delta.
 
 **Learning curve**: every version of the model in the registry, oldest first, with what its card
 says: certified coverage, certified risk and target, how it was certified, and the training
@@ -28,7 +30,7 @@ from auditstream.errors import ModelNotFound, ModelRefused
 from auditstream.registry import ModelCard
 from dashboards import charts
 from dashboards.context import DashboardContext
-from monitor.promotion import PROMOTION_FILE, recorded_decisions, decide_promotion, recorded_looks
+from monitor.promotion import PROMOTION_FILE, decide_promotion, recorded_decisions
 from qc.audit_certify import PROPOSAL_FILE
 from store.shadow import ShadowAnswers
 
@@ -72,8 +74,7 @@ def candidate_section(ctx: DashboardContext, model: str) -> None:
                    f"(`auditstream serve --model {model} --version V --shadow`).")
         return
     for version in candidates:
-        decision = decide_promotion(ctx.store, ctx.registry, model, version,
-                                    look=recorded_looks(ctx.registry, model, version) + 1)
+        decision = decide_promotion(ctx.store, ctx.registry, model, version)  # the next look: all of delta
         st.markdown(f"**v{version}** vs live **v{live}** · {in_shadow.get(version, 0):,} shadow answers kept")
         kind = "success" if decision.promote else "info" if decision.code == "too_few_pairs" else "warning"
         getattr(st, kind)(f"`auditstream promote` would decide now: **{decision.code}** — {decision.reason}")

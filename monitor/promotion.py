@@ -19,9 +19,12 @@
    also vouch for it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
    candidate's certificate must hold at its card's target (no looser than the live card's), and
-   the exact paired bound must show it is not worse than live by the margin; too few pairs →
-   no promotion, and the reason says about how many more paired audits are needed. The ``k``-th
-   decision on one candidate (counted from its ``promotion.json``) spends ``delta·6/(π²k²)``.
+   the paired bound must show it is not worse than live by the margin; too few pairs → no
+   promotion, and the reason says about how many more paired audits are needed. The bound is a
+   confidence sequence (qc/paired.py): valid at every number of pairs at once, so the decision
+   may be asked for -- by this command, a bench, or the dashboard showing it live -- as often as
+   anyone likes and acted on whenever it says PROMOTE, each time at the full ``delta``. Which
+   look it is (counted from ``promotion.json``) is recorded and changes nothing.
 3. **Record.** Every decision, either way, is appended to ``models/<model>/<V>/promotion.json``
    (beside the version, as ``rl promote`` does) with every number, and printed.
 4. **Act** (unless ``dry_run``): promoted → the registry's ``LIVE`` pointer moves to the candidate,
@@ -52,7 +55,7 @@ from store.shadow import ShadowAnswers
 
 T = TypeVar("T")
 PROMOTION_FILE = "promotion.json"
-PAIRED = "paired"  # the record kind of a paired-gate decision (the looks that spend delta)
+PAIRED = "paired"  # the record kind of a paired-gate decision
 
 
 def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate: str, *,
@@ -60,7 +63,8 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     """The paired gate on what the store holds now, against the registry's live version (without
     a ``LIVE`` pointer: the newest version older than the candidate, the one consumers started
     before it was published serve). ``look``: which decision on this candidate this is
-    (default: one more than recorded)."""
+    (default: one more than recorded), recorded with it; every look is taken at the full delta,
+    so the decision does not depend on it."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
     strata, hygiene = judged_pairs(store, cand, live, config)
     if look is None:
@@ -138,7 +142,8 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
 
 
 def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
-    """How many paired-gate decisions ``promotion.json`` records for this version (each spent delta)."""
+    """How many paired-gate decisions ``promotion.json`` records for this version (a count for the
+    record: a look spends no delta, qc/paired.py)."""
     return sum(1 for r in recorded_decisions(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
 
 

@@ -15,7 +15,7 @@ the candidate's certified risk is over its own target              no        cer
 the candidate's target is looser than the live one's               no        target_looser_than_live
 some stratum's estimated increase of the error is >= the margin    no        worse
 some stratum has too few pairs to settle it                        no        too_few_pairs
-every stratum's exact upper bound is under the margin              yes       not_worse
+every stratum's anytime-valid upper bound is under the margin      yes       not_worse
 =================================================================  ========  ======================
 
 "Certificate holds at the target" reads the candidate's own card (``triage.certified_risk <=

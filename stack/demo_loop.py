@@ -15,8 +15,8 @@ digits and zip-reader; the detector and the captioner are skipped, and the demo 
    live requests, the monitor keeps its answers of audited requests, and the loop asks the real
    gate (:func:`monitor.promotion.promote`, what ``auditstream promote`` runs) when every route
    holds enough pairs to settle it for an identical candidate, and again after a "too few pairs"
-   decision once the pairs it asked for have arrived (each look is recorded and spends its share
-   of delta, so asking again is allowed);
+   decision once the pairs it asked for have arrived (each look is recorded; none spends delta:
+   the gate's bound is anytime-valid, so asking again is allowed);
 4. **promoted**: ``LIVE`` moved and a Rollout announced; the running consumer loads the version
    and switches between batches, without a restart, and the predictions name the new version;
    or **refused** with the gate's code and reason; or **failed** (the retrain or the shadow

@@ -1,6 +1,7 @@
 """``auditstream promote`` without a broker (decisions that move nothing): the command reads the
 paired audits from a real SQLite store, prints the decision, records every look in
-``promotion.json`` (each spending less delta), and leaves ``LIVE`` alone on a dry run or a refusal."""
+``promotion.json`` (each at the full delta: the bound is anytime-valid), and leaves ``LIVE`` alone
+on a dry run or a refusal."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from auditstream.registry import ModelRegistry
 from auditstream.wire import Route, VerdictKind
 from monitor.promotion import PROMOTION_FILE, decide_promotion
 from qc.audit_split import CERTIFY, audit_part
-from qc.paired import PairedGateConfig, look_delta
+from qc.paired import PairedGateConfig
 from store import open_store
 from store.shadow import ShadowAnswers
 
@@ -60,7 +61,7 @@ def test_promote_prints_and_records_every_look_and_a_dry_run_moves_nothing(tmp_p
     too_few = cli(registry, url)  # margin 2%: 60 identical answers are not enough
     assert too_few.returncode == 1 and "KEEP LIVE (too_few_pairs)" in too_few.stderr
     decision = json.loads(too_few.stdout)
-    assert decision["look"] == 2 and decision["delta_look"] == look_delta(0.05, 2)
+    assert decision["look"] == 2 and decision["delta_look"] == 0.05  # looking again spends nothing
     assert f"about {decision['pairs_needed']:,} more paired audits needed" in decision["reason"]
     assert registry.live_version("zip") == "1"
     history = json.loads((registry.root / "zip" / "2" / PROMOTION_FILE).read_text())["decisions"]

@@ -38,7 +38,7 @@ from serving.metrics import ServeMetrics
 from store.shadow import ShadowAnswers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-GATE = PairedGateConfig(margin=0.1)  # about 47 pairs per route settle an identical candidate
+GATE = PairedGateConfig(margin=0.1)  # 48 pairs per route (40 compared requests) settle an identical candidate
 CANARY_SHARE = 0.3
 
 
