@@ -138,6 +138,7 @@ class ServeApp:
                 ensure_topics(settings, [control_topic], compacted=(control_topic,), bootstrap=bootstrap)
                 self.control_view = ControlView(settings, bootstrap).start()
                 started.callback(self.control_view.stop)
+                self.metrics.count_skipped("control", self.control_view)
             following = follow_rollout and self.control_view is not None
             loader = VersionLoader(self._load_version, self._load_failed) if following else None
             self.versions = VersionSet(live, loader, self.control_view if following else None, model.card.name,
@@ -148,6 +149,8 @@ class ServeApp:
                                       lag_refresh_s)
             hooks = hooks or LoopHooks()
             self.episodes = self._episode_store(bootstrap, hooks, shadow_of is not None)
+            if self.episodes is not None:
+                self.metrics.count_skipped("episode-state", self.episodes)
             self._track_assignment(hooks)
             # Each process names its clients (a broker's logs, quotas and the fault bench's proxy
             # tell the members of one group, and a member's consumer from its producer, apart).

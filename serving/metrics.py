@@ -24,6 +24,10 @@ What each one measures (docs/serving.md, "Metrics"):
   per-version series (``predictions_total{version=...}``) show which version answered what.
 * ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
   (still deferred, never auto-accepted: qc/triage.py).
+* ``skipped_state_records`` -- records of a compacted topic (``control``, ``episode-state``) this
+  process refused since it started, read at scrape time from the control view and the episode
+  store: each is logged with where it is and why, and a compacted topic keeps it, so any
+  non-zero value is worth a look.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LABELS = ["model", "version"]
+STATE_TOPICS = ("control", "episode-state")  # the compacted topics a consumer reads state from
 
 
 class ServeMetrics:
@@ -82,8 +87,14 @@ class ServeMetrics:
                                              "version kept serving).", ["model"], registry=r)
         self.canary_share = Gauge("auditstream_serve_canary_share", "Share of requests the canary version answers "
                                   "(0: no canary).", ["model"], registry=r)
+        self.skipped_state_records = Gauge("auditstream_serve_skipped_state_records",
+                                           "Records of a compacted topic (control, episode-state) this process "
+                                           "refused since it started; each is logged with where it is and why.",
+                                           ["model", "topic"], registry=r)
         for metric in (self.version_switches, self.version_load_failures, self.canary_share):
             metric.labels(model)
+        for topic in STATE_TOPICS:
+            self.skipped_state_records.labels(model, topic)
         if version is not None:
             self.children(version)
 
@@ -101,6 +112,10 @@ class ServeMetrics:
         out.update({route: self.predictions.labels(*labels, route.value) for route in Route})
         out.update({reason.value: self.dead_letters.labels(*labels, reason.value) for reason in Reason})
         return out
+
+    def count_skipped(self, topic: str, source: object) -> None:
+        """Expose ``source.skipped`` (read at each scrape) as the skipped records of ``topic``."""
+        self.skipped_state_records.labels(self.model, topic).set_function(lambda: getattr(source, "skipped"))
 
     def serve_http(self, port: int) -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread)."""

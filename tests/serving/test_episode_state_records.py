@@ -246,7 +246,8 @@ def test_hostile_state_records_do_not_stop_a_real_policy_consumer(broker, tmp_pa
         for i, value in enumerate(REPORTED.values()):
             producer.send(settings.topic(T.EPISODE_STATE), f"hostile-{i}".encode(), value)
         producer.flush(30)
-        app = ServeApp(settings, model, ServeMetrics(model.card.name, CollectorRegistry()), use_control=False)
+        registry = CollectorRegistry()
+        app = ServeApp(settings, model, ServeMetrics(model.card.name, registry), use_control=False)
         runner = threading.Thread(target=app.run, daemon=True)
         runner.start()
         step = InferenceRequest("ep-1-s0", "stacked", np.ones(D, np.float32), time.time(), "ep-1", 0)
@@ -258,6 +259,9 @@ def test_hostile_state_records_do_not_stop_a_real_policy_consumer(broker, tmp_pa
             actions = [a for a in answers if a.request_id == "ep-1-s0"]
         assert actions, "the policy consumer gave no action" + ("" if runner.is_alive() else ": it stopped")
         assert app.episodes.skipped >= len(REPORTED) and app.episodes._restore_error is None
+        skipped = registry.get_sample_value("auditstream_serve_skipped_state_records",
+                                            {"model": "stacked", "topic": "episode-state"})
+        assert skipped == app.episodes.skipped  # what an operator sees on /metrics
     finally:
         if app is not None:
             app.loop.stop()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from auditstream import topics as T
 from auditstream.control import ControlState
 from auditstream.errors import BatchFailed, BrokerUnavailable, InferenceBroken
 from auditstream.kafka import make_producer
@@ -121,10 +122,14 @@ def test_metrics_time_ort_runs_carry_the_version_and_count_over_capacity(stream_
     model = ModelRegistry(settings.models_dir).load(TINY_MODEL)
     producer = make_producer(settings)
     publish_control(producer, settings, [ControlState(TINY_MODEL, human_queue_depth=9, reason="test")], 30)
+    producer.send(settings.topic(T.CONTROL), TINY_MODEL.encode(), b'{"v":1,"model":"tiny","human_queue_depth":1e400}')
+    publish_control(producer, settings, [ControlState(TINY_MODEL, human_queue_depth=9, reason="test")], 30)
     producer.close()
     registry = CollectorRegistry()
     app = ServeApp(settings, model, ServeMetrics(TINY_MODEL, registry))
     assert app.control_view.wait_caught_up(60)
+    skipped = {"model": TINY_MODEL, "topic": "control"}  # the hostile record: refused, counted, the view goes on
+    assert registry.get_sample_value("auditstream_serve_skipped_state_records", skipped) == 1
     runs = []
     real_run = app.session.run
     app.session.run = lambda batch: runs.append(len(batch)) or real_run(batch)  # count ORT runs
