@@ -109,6 +109,31 @@ def _paths(obj, prefix=()):
             yield from _paths(v, prefix + (i,))
 
 
+# Number tokens json.dumps cannot write but a hand-made record can hold.
+hostile_numbers = st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1" * 30, "-0.0", "1.5"])
+
+
+def mutated_json(data, obj: dict) -> bytes:
+    """``obj`` (a valid record's JSON) with one to three values, at any depth, replaced by
+    arbitrary JSON or by a :data:`hostile_numbers` token: near-valid records reach the field
+    checks that random JSON never gets to."""
+    spelled = {}
+    for i in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_paths(obj))[1:]))
+        target = obj
+        for step in path[:-1]:
+            target = target[step]
+        if data.draw(st.booleans()):
+            target[path[-1]] = data.draw(json_values)
+        else:  # put a marker, replace it in the text
+            spelled[f"@@{i}@@"] = data.draw(hostile_numbers)
+            target[path[-1]] = f"@@{i}@@"
+    text = json.dumps(obj)
+    for marker, number in spelled.items():
+        text = text.replace(json.dumps(marker), number)
+    return text.encode()
+
+
 @pytest.mark.parametrize("name", sorted(DECODERS))
 @FUZZ
 @given(data=st.data())
