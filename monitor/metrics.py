@@ -76,7 +76,7 @@ class MonitorMetrics:
                                   "false-discovery rate of auto-accepted parts (valid at every audit).")
         self.part_fdr_high = gauge("qc_part_fdr_ratio_upper_bound", "Upper end of the 95% confidence sequence of the "
                                    "false-discovery rate of auto-accepted parts (valid at every audit).")
-        self.ess = gauge("qc_effective_sample_size", "Uniform audits worth the same precision (Korn-Graubard n*).")
+        self.ess = gauge("qc_effective_sample_size", "Korn-Graubard n* = p(1-p)/V, capped at the audits (a description; no bound uses it).")
         self.certified = gauge("certified_risk_ratio", "The model card's certified risk (proven at calibration).")
         self.budget = gauge("qc_error_budget_ratio", "The error budget audits are judged against: the card's target risk.")
         self.over_budget = gauge("qc_over_budget", "1 when the audits show the error rate above the budget "

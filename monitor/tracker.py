@@ -6,9 +6,11 @@ version) it keeps coverage (share auto-accepted), the audited error rate of auto
 answers with a 95% interval, KS drift of confidences, a CUSUM on audited errors, and — when the
 upper bound passes the certified risk — a suggested tighter threshold.
 
-The error estimate is the Hajek (weighted) estimator with a Korn-Graubard effective-sample-size
-Clopper-Pearson interval (qc/binomial.py explains both); under uniform QC sampling it is
-exactly ``errors / audited`` with the exact Clopper-Pearson interval. Only verdicts on AUTO_QC
+The error estimate is the Hajek (weighted) estimator (qc/binomial.py), exactly ``errors /
+audited`` under uniform QC sampling; the interval shown is the anytime-valid confidence sequence
+(qc/sequential.py), and the effective sample size is Korn-Graubard's ``n*`` capped at the audits,
+a description only. The threshold suggestion judges each candidate by :func:`qc.binomial.shown_at_most`
+(exact Clopper-Pearson for uniform audits, else the same betting test). Only verdicts on AUTO_QC
 items count: they are the audited sample of answers that stood. A reject or correct verdict is
 an error of the model's answer, accept is not, skip says nothing; gold items are auditor tests,
 not traffic. Predictions and verdicts are deduplicated by request id (redeliveries).
@@ -43,7 +45,7 @@ from auditstream import tasks
 from auditstream.registry import ModelCard
 from auditstream.settings import Settings
 from auditstream.wire import Prediction, Route, TaskKind, Verdict, VerdictKind
-from qc.binomial import estimate_from_sums
+from qc.binomial import DEFAULT_MIN_INCLUSION_PROB, estimate_from_sums, shown_at_most
 from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
 from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
 from qc.snapshot import ModelQC
@@ -88,27 +90,37 @@ class QCConfig:
 
 
 def suggest_threshold(confidences, errors, inclusion_probs, current: float, budget: float,
-                      confidence: float = 0.95, candidates: int = 20) -> float | None:
-    """The smallest threshold >= ``current`` whose audited upper bound is within ``budget``.
+                      confidence: float = 0.95, candidates: int = 20, *,
+                      min_inclusion_prob: float | None = None) -> float | None:
+    """The smallest threshold >= ``current`` whose audited answers are shown within ``budget``.
 
-    Candidates are up to ``candidates`` quantiles of the audited confidences; each is judged at
-    level ``1 - (1 - confidence) / candidates`` (Bonferroni), because picking the best of many
-    thresholds on the same audits would otherwise overstate what they prove. A suggestion for a
-    human or the monitor to act on, not a certificate (qc/certify.py makes those).
+    Candidates are up to ``candidates`` quantiles of the audited confidences; a candidate ``t``
+    passes when the audits with confidence >= ``t`` (in the order given, the order they were
+    decided) show the error rate at most ``budget`` at one-sided level ``(1 - confidence) / (2k)``
+    (:func:`qc.binomial.shown_at_most`: exact Clopper-Pearson for a uniform sample, else the
+    betting gambler against the budget, whose wealth may be looked at after every audit). That is
+    the upper side of a ``1 - (1 - confidence) / k`` interval: Bonferroni over the ``k``
+    candidates, because picking the best of many thresholds on the same audits would otherwise
+    overstate what they prove. ``min_inclusion_prob``: the policy's floor (weights at most its
+    inverse; the monitor passes :attr:`QCConfig.min_inclusion_prob`). A suggestion for a human or
+    the monitor to act on, not a certificate (qc/certify.py makes those).
     """
     c = np.asarray(confidences, dtype=np.float64)
     y = np.asarray(errors, dtype=np.float64)
-    w = 1.0 / np.asarray(inclusion_probs, dtype=np.float64)
+    pi = np.asarray(inclusion_probs, dtype=np.float64)
     keep = c >= current
     if not keep.any():
         return None
     grid = np.unique(np.quantile(c[keep], np.linspace(0.0, 1.0, candidates, endpoint=False)))
-    above = c[None, :] >= grid[:, None]  # [candidates, audits]
-    level = 1.0 - (1.0 - confidence) / len(grid)
-    sums = [above.sum(1), above @ w, above @ (w * y), above @ (w * w), above @ (w * w * y)]
-    _, _, high, _ = estimate_from_sums(*sums, confidence=level)
-    ok = np.flatnonzero(high <= budget)
-    return float(grid[ok[0]]) if ok.size else None
+    alpha = (1.0 - confidence) / (2 * len(grid))
+    floor = min_inclusion_prob
+    if floor is None and not np.all(pi == pi[0]):  # one floor for every candidate, from all the audits
+        floor = min(float(pi.min()), DEFAULT_MIN_INCLUSION_PROB)
+    for t in grid:  # ascending: the first that passes is the smallest
+        above = c >= t
+        if shown_at_most(y[above], pi[above], budget, alpha, min_inclusion_prob=floor):
+            return float(t)
+    return None
 
 
 class _Recent:
@@ -311,7 +323,7 @@ class QCTracker:
         if over and cfg.suggest_threshold and s.audits and not per_part:
             c, pi, y = (np.array(a) for a in zip(*s.audits))
             suggested = suggest_threshold(c, y, pi, card.triage.threshold, budget, cfg.confidence,
-                                          cfg.threshold_candidates)
+                                          cfg.threshold_candidates, min_inclusion_prob=cfg.min_inclusion_prob)
             reasons.append(f"suggested threshold {suggested:.4f}" if suggested is not None
                            else "no audited threshold is within budget")
         ks_stat, ks_p = self._ks(s, predictions, reasons)

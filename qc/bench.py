@@ -187,7 +187,7 @@ def run(args: BenchArgs) -> dict[str, float]:
           f"ratio {wu['ess_ratio']:.2f} (target >= 2)")
     print(f"bias of the weighted estimate: {100 * wu['bias']:+.4f} points (+- {100 * wu['bias_mc_error']:.4f} MC, "
           f"target |bias| < 0.02); unweighted mean of the same audits: {100 * wu['naive_bias']:+.3f} points")
-    print(f"95% interval coverage: weighted (Korn-Graubard) {wu['coverage_weighted']:.3f}, uniform (CP) "
+    print(f"95% interval coverage: weighted (Chernoff bound from sums) {wu['coverage_weighted']:.3f}, uniform (CP) "
           f"{wu['coverage_uniform']:.3f}; mean width {100 * wu['width_weighted']:.3f} vs {100 * wu['width_uniform']:.3f} points")
     cs = cusum(args, rng)
     print(f"CUSUM 1% -> 2% (h = {cs['cusum_h_nats']:.2f} nats, design ARL0 {cs['cusum_arl0_design']:,.0f}, "

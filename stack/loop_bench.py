@@ -434,15 +434,17 @@ def gold_figures(store: Any, configured: float, gold_delta: float) -> dict[str, 
 
 
 def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Path, gold: dict[str, Any],
-                         target: float = 0.02) -> dict:
+                         store: Any, target: float = 0.02) -> dict:
     """The version's certificate at ``target`` from the audits it did not learn from
-    (stack/recertify.py), with the bound against the truth from the auditor's gold record."""
+    (stack/recertify.py), read in the store's stream order, with the bound against the truth
+    from the auditor's gold record."""
     from monitor.labels import read_labels
-    from stack.recertify import CannotCertify, recertify
+    from stack.recertify import CannotCertify, recertify, sampled_items
 
     try:
         cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05,
-                                (gold["gold_errors"], gold["gold_verdicts"]), gold["gold_delta"])
+                                (gold["gold_errors"], gold["gold_verdicts"]), gold["gold_delta"],
+                                stream=sampled_items(store, name))
     except CannotCertify as e:
         return {"certified": False, "reason": str(e)}
     return {"certified": cert.certified, "threshold": cert.threshold, "estimated_coverage": cert.estimated_coverage,
@@ -599,9 +601,9 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
         if decision["promoted"]:  # the next round is answered by the promoted version from its first batch
             loop.wait_ready(name, candidate)
         card = registry.card(name)  # the live one, after the decision
-        audits_2pct = coverage_from_audits(registry, name, card.version, labels, gold)
+        audits_2pct = coverage_from_audits(registry, name, card.version, labels, gold, store)
         audits_curve = (audits_2pct if COVERAGE_RISK[name] == 0.02 else
-                        coverage_from_audits(registry, name, card.version, labels, gold, COVERAGE_RISK[name]))
+                        coverage_from_audits(registry, name, card.version, labels, gold, store, COVERAGE_RISK[name]))
         row = {"round": r, "live_during_round": live, "budget": budget, **figures, "audited_items": audited,
                **gold, "labels_used": summary["verdicts_learnt"], "candidate": candidate,
                "audited_items_of_live_shadowed": audited_of_live, **decision, "live_after": card.version,

@@ -3,13 +3,21 @@
 
 Flow: the model's verdicts (the store's, or a labels export) -> the rows that may judge this
 version (a version that learnt from verdicts: only the certify part of the request-id split,
-monitor/verdict_sets.py; any other version: every verdict) -> the version's own answers and
-confidences on those inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not
-the auditor's (a reject counts as wrong) -> the certificate of qc/audit_certify.py over the
-thresholds of the version's held-out risk-coverage curve (fixed at training time, before these
-audits; least coverage first) -> the auditors' gold-item error added for a bound against the
-truth -> printed and written beside the version as ``audit-certificate.json``. It *proposes*:
-nothing moves ``LIVE`` or changes the serving threshold.
+monitor/verdict_sets.py; any other version: every verdict) -> put in *stream order* beside the
+sampled items still waiting for a verdict, both read from the audit store's items
+(:func:`sampled_items`, :func:`in_stream_order`) -> the version's own answers and confidences on
+those inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not the auditor's
+(a reject counts as wrong) -> the certificate of qc/audit_certify.py over the thresholds of the
+version's held-out risk-coverage curve (fixed at training time, before these audits; least
+coverage first) -> the auditors' gold-item error added for a bound against the truth -> printed
+and written beside the version as ``audit-certificate.json``. It *proposes*: nothing moves
+``LIVE`` or changes the serving threshold.
+
+Stream order is the order the store received the audit items (their ids, assigned at ingest,
+before any verdict), never the order the verdicts were decided in: auditors take deferred items
+first, filter by route, skip hard ones, and that order depends on the answers
+(qc/audit_certify.py, "The order"). A labels export has neither the items' order nor the items
+still waiting, so even with ``--labels`` both come from the store, which must hold those items.
 
 Why it reaches what the training certificate cannot: every deferred item is labelled and every
 QC sample carries its inclusion probability, so the audits grow with the traffic, while the
@@ -22,7 +30,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,6 +39,7 @@ from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
 from monitor.verdict_sets import split_verdicts
+from qc.audit_split import CERTIFY, audit_part
 from qc.audit_certify import PROPOSAL_FILE, AuditCertificate, against_truth, certify_from_audits
 
 
@@ -81,15 +90,91 @@ def threshold_sequence(card: ModelCard, target_risk: float, start_coverage: floa
 
 
 def rows_for(card: ModelCard, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """The verdicts that may judge this version, and which they are (the hygiene rule)."""
+    """The verdicts that may judge this version (one per request, in no particular order: the
+    test's order comes from :func:`in_stream_order`), and which they are (the hygiene rule)."""
     hygiene = card.extra.get("data_hygiene")
     if hygiene:
         chosen = split_verdicts(rows, card.name, hygiene["certify_share"]).certify
         which = "the certify part only (this version learnt from the train part)"
     else:
         chosen, which = split_verdicts(rows, card.name, 0.0).train, "every verdict (this version learnt from none)"
-    # In decision order: the betting test's past (qc/audit_certify.py, certify_from_audits).
-    return sorted(chosen, key=lambda r: (r["decided_at_s"], r["verdict_id"])), which
+    return chosen, which
+
+
+def may_judge(card: ModelCard) -> Callable[[str], bool]:
+    """Whether a request id may judge this version (the part :func:`rows_for` reads)."""
+    hygiene = card.extra.get("data_hygiene")
+    if not hygiene:
+        return lambda request_id: True
+    share = hygiene["certify_share"]
+    return lambda request_id: audit_part(request_id, share) == CERTIFY
+
+
+@dataclass(frozen=True)
+class SampledItem:
+    """One audit item of the model as the store holds it: where it stands in the stream and
+    whether its verdicts are all in."""
+
+    request_id: str
+    position: int  # the store's item id: the order items were ingested, fixed before any verdict
+    done: bool  # every review recorded (state 'done'); an open item may still change its label
+    route: str  # HUMAN (deferred) or AUTO_QC (QC sample)
+    inclusion_prob: float
+    input: dict[str, Any]  # wire encoding, to score a waiting item
+
+
+def sampled_items(store: Any, model: str, page: int = 500) -> list[SampledItem]:
+    """Every non-gold audit item of ``model`` in the store (read newest first in pages; an item
+    ingested meanwhile shifts the pages, so ids are deduplicated)."""
+    seen: dict[int, SampledItem] = {}
+    offset = 0
+    while True:
+        items = store.items(model=model, limit=page, offset=offset)
+        for it in items:
+            seen[it.item_id] = SampledItem(it.request_id, it.item_id, it.state == "done", it.route.value,
+                                           float(it.qc_inclusion_prob), it.input)
+        if len(items) < page:
+            return sorted(seen.values(), key=lambda it: it.position)
+        offset += page
+
+
+@dataclass(frozen=True)
+class StreamSample:
+    """The sampled requests that may judge a version, in stream order: each with its verdict row
+    (settled) or, still waiting, a stand-in with the item's input and no label."""
+
+    rows: list[dict[str, Any]]
+    settled: np.ndarray  # bool per row
+    rows_not_in_store: int  # verdict rows whose request has no audit item in the store: left out
+
+    @property
+    def first_waiting(self) -> dict[str, Any] | None:
+        waiting = np.flatnonzero(~self.settled)
+        return self.rows[int(waiting[0])] if waiting.size else None
+
+
+def in_stream_order(usable: list[dict[str, Any]], items: list[SampledItem], judges: Callable[[str], bool]) -> StreamSample:
+    """The requests of ``items`` that may judge the version (``judges``), in the order the store
+    received them (a request with items of several versions: its first), each settled when all its
+    items are done and ``usable`` has its verdict row; the others wait (no verdict yet, a second
+    review pending, or a verdict the rows do not have, e.g. an export older than the store)."""
+    by_request: dict[str, list[SampledItem]] = {}
+    for it in items:
+        if judges(it.request_id):
+            by_request.setdefault(it.request_id, []).append(it)
+    verdicts = {r["request_id"]: r for r in usable}
+    rows, settled = [], []
+    for request_id, its in sorted(by_request.items(), key=lambda kv: min(it.position for it in kv[1])):
+        row = verdicts.get(request_id)
+        if row is not None and all(it.done for it in its):
+            rows.append(row)
+            settled.append(True)
+        else:
+            first = min(its, key=lambda it: it.position)
+            rows.append({"request_id": request_id, "route": first.route, "inclusion_prob": first.inclusion_prob,
+                         "input": first.input, "human_label": None, "waiting": True})
+            settled.append(False)
+    return StreamSample(rows, np.array(settled, dtype=bool), sum(r not in by_request for r in verdicts))
 
 
 def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -116,19 +201,34 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
 
 
 def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: float, delta: float,
-              gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01,
-              start_coverage: float = 0.0) -> tuple[AuditCertificate, dict[str, Any]]:
+              gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01, start_coverage: float = 0.0, *,
+              stream: list[SampledItem] | None = None) -> tuple[AuditCertificate, dict[str, Any]]:
     """The certificate of ``model`` from ``rows`` (label-export rows) and what it was built on.
-    ``gold``: (auditors' errors, gold verdicts)."""
+    ``gold``: (auditors' errors, gold verdicts). ``stream``: the model's audit items in the store
+    (:func:`sampled_items`), which give the stream order and the items still waiting; without
+    them the test has no valid order and nothing is certified (module docstring)."""
     card = model.card
     usable, which = rows_for(card, rows)
     if not usable:
         raise CannotCertify(f"no verdicts of {card.name} may judge version {card.version} ({which}): audit some first")
-    conf, wrong = score_version(model, usable)
-    pi = np.array([r["inclusion_prob"] for r in usable], dtype=np.float64)
-    cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, target_risk, start_coverage))
+    if stream is None:
+        raise CannotCertify("certifying needs the stream order and the items still waiting for a verdict, which only "
+                            "the audit store's items give (pass stream=sampled_items(store, model)); the verdicts' "
+                            "own order depends on the auditors, not on the stream")
+    sample = in_stream_order(usable, stream, may_judge(card))
+    if not sample.settled.any():
+        raise CannotCertify(f"none of the {len(usable)} verdicts of {card.name} that may judge version {card.version} "
+                            f"has its audit item in the store (done), so none has a place in the stream")
+    conf, wrong = score_version(model, sample.rows)
+    pi = np.array([r["inclusion_prob"] for r in sample.rows], dtype=np.float64)
+    cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, target_risk, start_coverage),
+                               settled=sample.settled)
     cert = against_truth(cert, gold[0], gold[1], gold_delta)
-    basis = {"model": card.name, "version": card.version, "verdicts_used": which, "n_rows": len(usable),
+    first = sample.first_waiting
+    basis = {"model": card.name, "version": card.version, "verdicts_used": which, "n_rows": int(sample.settled.sum()),
+             "order": "stream order: the audit store's item ids (set at ingest, before any verdict)",
+             "waiting_for_verdict": int((~sample.settled).sum()), "rows_not_in_store": sample.rows_not_in_store,
+             "first_waiting": None if first is None else {"request_id": first["request_id"], "route": first["route"]},
              "live_threshold": card.triage.threshold, "gold_errors": gold[0], "gold_verdicts": gold[1],
              "scope": ("bounds how often auto-accepted answers disagree with the auditors; risk_against_truth adds "
                        "the auditors' own error rate on gold items (upper bound at gold_delta; assumes auditors err on "
@@ -157,10 +257,12 @@ def main(args: CertifyArgs) -> int:
     model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
     with open_store(settings.resolved_store_url) as store:
         rows = read_labels(Path(args.labels)) if args.labels else list(store.labels(args.model))
+        stream = sampled_items(store, args.model)  # after the verdicts: one decided meanwhile only waits
         scores = store.gold_accuracy().values()
         gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
     target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
-    cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage)
+    cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
+                            stream=stream)
     path = write_proposal(model, cert, basis)
     out = sys.stderr if args.json else sys.stdout
     if cert.certified:
@@ -172,8 +274,13 @@ def main(args: CertifyArgs) -> int:
     if cert.risk_against_truth is not None:
         print(f"  against the truth: <= {cert.risk_against_truth:.2%} (auditors' error <= {cert.auditor_error_bound:.2%} "
               f"from {gold[1]} gold verdicts, gold_delta {cert.gold_delta})", file=out)
-    print(f"  from {basis['n_rows']} audited requests ({basis['verdicts_used']}); proposal written to {path}; "
-          "LIVE and the serving threshold are unchanged", file=out)
+    print(f"  from {basis['n_rows']} audited requests in stream order ({basis['verdicts_used']}); "
+          f"{basis['waiting_for_verdict']} sampled requests still wait for a verdict"
+          + (f" (the first: {basis['first_waiting']['request_id']}, {basis['first_waiting']['route']})"
+             if basis["first_waiting"] else "")
+          + (f"; {basis['rows_not_in_store']} verdicts without an audit item in the store were left out"
+             if basis["rows_not_in_store"] else "")
+          + f"; proposal written to {path}; LIVE and the serving threshold are unchanged", file=out)
     if args.json:
         print(json.dumps({"certificate": cert.to_dict(), **basis, "proposal": str(path)}, sort_keys=True))
     return 0

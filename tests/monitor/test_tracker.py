@@ -73,10 +73,76 @@ def test_weighted_estimate_by_hand():
     assert est.estimate == pytest.approx(2 / 12)
     p = 2 / 12
     var = (4 * (1 - p) ** 2 + 100 * p**2) / 144
-    assert est.effective_sample_size == pytest.approx(p * (1 - p) / var)
+    assert p * (1 - p) / var > 2 and est.effective_sample_size == 2  # Korn-Graubard n* capped at the audits
+    assert est.low <= est.estimate <= est.high
     clean = error_estimate([0, 0, 0], [0.5, 0.1, 0.1])  # no error: Kish n = (sum w)^2 / sum w^2
     assert clean.effective_sample_size == pytest.approx(22**2 / 204)
-    assert clean.high == pytest.approx(1 - 0.025 ** (1 / (22**2 / 204)))
+    assert clean.low == 0.0 and clean.high > 1 - 0.025 ** (1 / 3)  # wider than 3 uniform audits could give
+
+
+def _policy_sample(rng, trials, n, q_hi, q_lo):
+    """The default risk-weighted policy on answers 90% at confidence 0.9999 (pi at the floor 0.005,
+    weight 200) erring at ``q_hi`` and 10% at 0.92 (pi 0.057) erring at ``q_lo``: (y, pi) [trials, n]."""
+    policy = POLICIES["risk-weighted"]
+    pi_hi, pi_lo = inclusion_probability(0.9999, policy), inclusion_probability(0.92, policy)
+    hi = rng.random((trials, n)) < 0.9 * pi_hi / (0.9 * pi_hi + 0.1 * pi_lo)  # an audit's stratum
+    y = np.where(hi, rng.random((trials, n)) < q_hi, rng.random((trials, n)) < q_lo).astype(float)
+    return y, np.where(hi, pi_hi, pi_lo)
+
+
+def test_more_errors_never_lower_the_weighted_upper_bound():
+    # The reviewer's counterexample (Korn-Graubard until 2026-12): 56 light audits (pi 0.0566) with 5
+    # errors and 44 heavy ones (pi 0.005, weight 200) without: n* = 511 from 100 audits, upper bound
+    # 2.2% -- below the 6.6% that the same audits gave with no error at all.
+    pi = np.r_[np.full(56, 0.05657), np.full(44, 0.005)]
+    for light_errors in range(0, 12):
+        y = np.r_[np.ones(light_errors), np.zeros(100 - light_errors)]
+        w = 1 / pi
+        _, _, high, n_eff = estimate_from_sums(100, w.sum(), (w * y).sum(), (w * w).sum(), (w * w * y).sum())
+        est = error_estimate(y, pi)
+        assert n_eff <= 100 and est.effective_sample_size <= 100
+        if light_errors:
+            assert high >= previous_sums and est.high >= previous_audits, light_errors
+        previous_sums, previous_audits = high, est.high
+    # an error at weight 200 would move the estimate by 200 / sum(w): 44 clean heavy audits cannot rule out 2%
+    assert error_estimate(np.zeros(100), pi).high > 0.05
+
+
+def test_weighted_interval_covers_when_the_heavy_audits_show_no_error():
+    # The project's own policy, where errors at the floor are rare: Korn-Graubard covered 0.68 at 100
+    # audits (the true rate above its upper bound in 30% of runs); a 95% interval may leave it above in 2.5%.
+    true_p = 0.9 * 0.015 + 0.1 * 0.08
+    y, pi = _policy_sample(np.random.default_rng(5), 1500, 100, 0.015, 0.08)
+    w = 1 / pi
+    _, low, high, _ = estimate_from_sums(np.full(y.shape[0], 100), w.sum(1), (w * y).sum(1), (w * w).sum(1),
+                                         (w * w * y).sum(1), min_inclusion_prob=0.005)
+    assert np.mean(true_p > high) < 0.025 and np.mean((low <= true_p) & (true_p <= high)) >= 0.95
+    per_audit = [error_estimate(y[i], pi[i], min_inclusion_prob=0.005) for i in range(200)]
+    above = np.mean([true_p > e.high for e in per_audit])
+    assert above < 0.03, f"the true rate above the betting interval's upper bound in {above:.3f} of 200 runs"
+    assert np.mean([e.high - e.low for e in per_audit]) < np.mean(high[:200] - low[:200])  # betting: narrower
+
+
+def test_an_all_equal_sample_above_the_floor_is_not_taken_for_a_uniform_one():
+    # 40 audits all at pi = 0.5 under a policy whose floor is 0.005: half the answers may sit at the
+    # floor, unseen (1% of audits), so the sample says little about them.
+    est = error_estimate(np.zeros(40), np.full(40, 0.5), min_inclusion_prob=0.005)
+    assert est.high > 0.5
+    assert error_estimate(np.zeros(40), np.full(40, 0.5)).high == pytest.approx(clopper_pearson(0, 40)[1])  # uniform
+
+
+def test_betting_interval_is_the_sequence_of_qc_sequential():
+    from qc.binomial import betting_interval
+    from qc.sequential import ErrorSequence, SequenceConfig
+
+    rng = np.random.default_rng(8)
+    pi = rng.choice([0.005, 0.05, 0.3, 1.0], 300)
+    y = (rng.random(300) < np.where(pi < 0.01, 0.01, 0.1)).astype(float)
+    seq = ErrorSequence(None, SequenceConfig(min_inclusion_prob=0.005, bet_cap=0.9))
+    for e, p in zip(y, pi):
+        seq.update(bool(e), float(p))
+    report = seq.report()
+    assert betting_interval(y, pi, min_inclusion_prob=0.005, bet_cap=0.9) == (report.low, report.high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +177,7 @@ def test_weighted_estimator_is_unbiased_and_its_interval_covers(error_scale):
     assert unweighted > 2 * true_p
     coverage = np.mean((low <= true_p) & (true_p <= high))
     assert coverage >= 0.93, f"95% interval covered {coverage:.3f}"
-    assert np.median(n_eff) > np.median(sums[0])  # the design beats uniform audits of the same count
+    assert np.all(n_eff <= sums[0])  # n* is capped at the audits (Korn-Graubard truncation)
 
 
 def test_small_samples_stay_conservative():
@@ -133,6 +199,30 @@ def test_suggest_threshold_picks_the_smallest_safe_threshold():
     t = suggest_threshold(c, y.astype(float), np.ones(c.size), current=0.9, budget=0.01)
     assert t is not None and 0.949 <= t < 0.956  # the grid point at ~0.95 (grid step 0.005)
     assert suggest_threshold(c, np.ones(c.size), np.ones(c.size), current=0.9, budget=0.01) is None
+
+
+def test_suggest_threshold_does_not_accept_answers_over_budget_under_risk_weighted_audits():
+    # 90% of answers at 0.9999 erring 2% (within the 2% budget, barely: weight 200 each), 10% at 0.92
+    # erring 5%: every answer together 2.3%, over budget. Suggesting 0.92 (all answers) is wrong;
+    # Korn-Graubard did so in 26% of runs, a valid 1 - alpha/k bound (k = 2 candidates) in <= 1.25%.
+    rng = np.random.default_rng(9)
+    y, pi = _policy_sample(rng, 300, 100, 0.02, 0.05)
+    c = np.where(pi < 0.01, 0.9999, 0.92)
+    wrong = [suggest_threshold(c[i], y[i], pi[i], current=0.9, budget=0.02, min_inclusion_prob=0.005)
+             for i in range(300)]
+    rate = np.mean([s is not None and s <= 0.92 for s in wrong])
+    assert rate < 0.03, f"suggested a threshold over budget in {rate:.3f} of 300 runs"
+
+
+def test_suggest_threshold_finds_the_confident_answers_when_they_are_within_budget():
+    # the same design with the confident answers erring 0.2% and the others 20% (all: 2.18%), budget 2%:
+    # 0.9999 is the only safe threshold, shown within budget in most runs of 800 audits
+    rng = np.random.default_rng(10)
+    y, pi = _policy_sample(rng, 40, 800, 0.002, 0.2)
+    c = np.where(pi < 0.01, 0.9999, 0.92)
+    found = [suggest_threshold(c[i], y[i], pi[i], current=0.9, budget=0.02, min_inclusion_prob=0.005)
+             for i in range(40)]
+    assert all(s is None or s > 0.92 for s in found) and sum(s is not None for s in found) >= 24
 
 
 # --------------------------------------------------------------------------------------------
