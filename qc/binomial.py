@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta
 
-from qc.sequential import GRID
+from qc.sequential import GRID, surviving_interval
 
 DEFAULT_MIN_INCLUSION_PROB = 0.005  # the risk-weighted policy's floor (qc.triage), the monitor's default
 DEFAULT_BET_CAP = 0.9  # largest share of a gambler's wealth one audit may risk (any value < 1 is valid)
@@ -264,14 +264,7 @@ def betting_interval(errors, inclusion_probs, confidence: float = 0.95, *, min_i
     if y.size == 0:
         return 0.0, 1.0
     over, under = _shown(y, pi, GRID, np.log(2.0 / (1.0 - confidence)), floor, bet_cap)
-    alive_low, alive_high = np.flatnonzero(~over), np.flatnonzero(~under)
-    low = float(GRID[alive_low[0] - 1]) if alive_low.size and alive_low[0] > 0 else 0.0
-    high = float(GRID[alive_high[-1] + 1]) if alive_high.size and alive_high[-1] + 1 < GRID.size else 1.0
-    if not alive_low.size:
-        low = float(GRID[-1])
-    if not alive_high.size:
-        high = float(GRID[0])
-    return low, high
+    return surviving_interval(GRID, over, under)
 
 
 def shown_at_most(errors, inclusion_probs, bound: float, alpha: float, *, min_inclusion_prob: float | None = None,

@@ -60,6 +60,21 @@ log = logging.getLogger(__name__)
 GRID = np.unique(np.concatenate([np.linspace(0.0, 0.2, 801)[1:], np.linspace(0.2, 1.0, 161)[1:-1]]))
 
 
+def surviving_interval(grid: np.ndarray, shown_over: np.ndarray, shown_under: np.ndarray) -> tuple[float, float]:
+    """The interval of the grid points no gambler has rejected (``shown_over``: the error rate
+    is shown to be over that ``m``; ``shown_under``: under it), widened to the neighbouring grid
+    points so that it also covers a rate between two of them."""
+    alive_low = np.flatnonzero(~shown_over)  # m not shown too small
+    alive_high = np.flatnonzero(~shown_under)  # m not shown too large
+    low = float(grid[alive_low[0] - 1]) if alive_low.size and alive_low[0] > 0 else 0.0
+    high = float(grid[alive_high[-1] + 1]) if alive_high.size and alive_high[-1] + 1 < grid.size else 1.0
+    if not alive_low.size:
+        low = float(grid[-1])
+    if not alive_high.size:
+        high = float(grid[0])
+    return low, high
+
+
 class BudgetState(StrEnum):
     """What the audits prove about a model version's error budget."""
 
@@ -174,14 +189,7 @@ class ErrorSequence:
 
     def report(self) -> SequenceReport:
         s, grid = self.state, self.grid
-        alive_low = np.flatnonzero(~s.shown_over)  # m not shown too small
-        alive_high = np.flatnonzero(~s.shown_under)  # m not shown too large
-        low = float(grid[alive_low[0] - 1]) if alive_low.size and alive_low[0] > 0 else 0.0
-        high = float(grid[alive_high[-1] + 1]) if alive_high.size and alive_high[-1] + 1 < grid.size else 1.0
-        if not alive_low.size:
-            low = float(grid[-1])
-        if not alive_high.size:
-            high = float(grid[0])
+        low, high = surviving_interval(grid, s.shown_over, s.shown_under)
         if self._budget_index is None:
             return SequenceReport(low, high, BudgetState.NOT_JUDGED, None)
         i = self._budget_index

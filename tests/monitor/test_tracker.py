@@ -201,15 +201,20 @@ def test_suggest_threshold_picks_the_smallest_safe_threshold():
     assert suggest_threshold(c, np.ones(c.size), np.ones(c.size), current=0.9, budget=0.01) is None
 
 
+def _policy_suggestions(seed: int, runs: int, audits: int, confident_error: float, other_error: float) -> list:
+    """suggest_threshold (budget 2%) on ``runs`` risk-weighted samples: answers at 0.9999 (the
+    floor's weight) erring ``confident_error``, the rest at 0.92 erring ``other_error``."""
+    y, pi = _policy_sample(np.random.default_rng(seed), runs, audits, confident_error, other_error)
+    c = np.where(pi < 0.01, 0.9999, 0.92)
+    return [suggest_threshold(c[i], y[i], pi[i], current=0.9, budget=0.02, min_inclusion_prob=0.005)
+            for i in range(runs)]
+
+
 def test_suggest_threshold_does_not_accept_answers_over_budget_under_risk_weighted_audits():
     # 90% of answers at 0.9999 erring 2% (within the 2% budget, barely: weight 200 each), 10% at 0.92
     # erring 5%: every answer together 2.3%, over budget. Suggesting 0.92 (all answers) is wrong;
     # Korn-Graubard did so in 26% of runs, a valid 1 - alpha/k bound (k = 2 candidates) in <= 1.25%.
-    rng = np.random.default_rng(9)
-    y, pi = _policy_sample(rng, 300, 100, 0.02, 0.05)
-    c = np.where(pi < 0.01, 0.9999, 0.92)
-    wrong = [suggest_threshold(c[i], y[i], pi[i], current=0.9, budget=0.02, min_inclusion_prob=0.005)
-             for i in range(300)]
+    wrong = _policy_suggestions(seed=9, runs=300, audits=100, confident_error=0.02, other_error=0.05)
     rate = np.mean([s is not None and s <= 0.92 for s in wrong])
     assert rate < 0.03, f"suggested a threshold over budget in {rate:.3f} of 300 runs"
 
@@ -217,11 +222,7 @@ def test_suggest_threshold_does_not_accept_answers_over_budget_under_risk_weight
 def test_suggest_threshold_finds_the_confident_answers_when_they_are_within_budget():
     # the same design with the confident answers erring 0.2% and the others 20% (all: 2.18%), budget 2%:
     # 0.9999 is the only safe threshold, shown within budget in most runs of 800 audits
-    rng = np.random.default_rng(10)
-    y, pi = _policy_sample(rng, 40, 800, 0.002, 0.2)
-    c = np.where(pi < 0.01, 0.9999, 0.92)
-    found = [suggest_threshold(c[i], y[i], pi[i], current=0.9, budget=0.02, min_inclusion_prob=0.005)
-             for i in range(40)]
+    found = _policy_suggestions(seed=10, runs=40, audits=800, confident_error=0.002, other_error=0.2)
     assert all(s is None or s > 0.92 for s in found) and sum(s is not None for s in found) >= 24
 
 
