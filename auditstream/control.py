@@ -165,11 +165,10 @@ class ControlView:
     needs every model's state), so it never commits offsets.
     """
 
-    skipped = 0  # records refused (each logged with where it is and what is wrong)
-
     def __init__(self, settings: Settings, bootstrap: str | None = None, poll_timeout_ms: int = 500) -> None:
         from auditstream.kafka import make_consumer
 
+        self.skipped = 0  # records refused (each logged with where it is and what is wrong)
         self.topic = settings.topic(CONTROL)
         group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
         # Control records are rare and a half-second delay is harmless: an idle kafka-python

@@ -72,8 +72,9 @@ def prepare_input(value: ModelInput, spec: TensorSpec, max_pixels: int = MAX_IMA
                           f"{['B' if d is None else d for d in spec.shape]} (without the batch axis)")
     if array.dtype != target and not np.can_cast(array.dtype, target, casting="same_kind"):
         raise DecodeError(Reason.WRONG_SHAPE.value, f"input dtype {array.dtype} does not cast safely to {target}")
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned about
-        array = array.astype(target, copy=False)
+    if array.dtype != target:  # the usual request already has the card's dtype: nothing to cast
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned about
+            array = array.astype(target)
     if array.dtype.kind == "f" and not np.isfinite(array).all():  # after the cast: it may overflow to infinity
         raise DecodeError(Reason.BAD_INPUT.value, f"input holds NaN or infinite values (as {target})")
     return array
