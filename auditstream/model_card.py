@@ -1,0 +1,195 @@
+"""The model card: ``models/<name>/<version>/card.json``, what serving, triage and monitoring need to know.
+
+A card says everything about a model that is not its graph: its inputs and outputs, preprocessing
+(which lives inside the graph), labels, metrics, calibration, the certified auto-accept threshold,
+reference statistics of its confidence for drift detection, how it was trained, and the sha256 of
+the ONNX file. :meth:`ModelCard.from_dict` checks every field's type and range when a card is
+loaded: a wrong one is a ``ValueError`` naming the field, what it holds and what it must hold.
+The on-disk registry that stores cards is :mod:`auditstream.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditstream.wire.codec import TaskKind
+
+__all__ = ["CARD_DTYPES", "MAX_THRESHOLD", "ModelCard", "TensorSpec", "TriageSpec"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Element types a card's tensors may have: numpy names of the ONNX types numpy knows without
+# extensions (what the registry compares with the graph, and serving casts inputs to).
+CARD_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                         "float16", "float32", "float64", "complex64", "complex128"})
+# Confidences are in [0, 1]; a threshold just above 1 accepts nothing (certify's reject-all
+# threshold, the monitor's DEFER_ALL of 1.01). Past 2 it is a unit mistake (a percentage).
+MAX_THRESHOLD = 2.0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``shape`` uses ``None`` for dynamic axes (the batch axis)."""
+
+    name: str
+    dtype: str
+    shape: list[int | None]
+
+
+@dataclass(frozen=True)
+class TriageSpec:
+    """The auto-accept rule certified at training time (see qc/certify.py).
+
+    An answer is auto-accepted when its confidence (``confidence_kind``) is >= ``threshold``;
+    on calibration data the exact (Clopper-Pearson) upper bound of the error of accepted items
+    was ``certified_risk`` <= ``target_risk`` with confidence 1 - ``delta``.
+    """
+
+    threshold: float
+    confidence_kind: str = "max_prob"
+    target_risk: float | None = None
+    delta: float | None = None
+    certified_risk: float | None = None
+    coverage: float | None = None
+    method: str = "uncertified"
+    safe_action: Any = None  # RL: what to do when a deferred decision times out
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    task: TaskKind  # a plain string is parsed; an unknown kind is refused (UnknownTaskKind)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    triage: TriageSpec
+    sha256: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # confidence distribution on held-out data, for KS drift tests: {"confidence_sample": [...], ...}
+    reference: dict[str, Any] = field(default_factory=dict)
+    risk_coverage: list[dict[str, float]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", TaskKind.parse(self.task))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "ModelCard":
+        """A card from its JSON form. Every field's type and range is checked first: a wrong one
+        is a ``ValueError`` naming the field, what it holds and what it must hold (a ``"0.5"``
+        threshold would otherwise pass every start-up check and fail each record at triage).
+        Unknown top-level fields are ignored (a newer card still loads)."""
+        _check_card(obj)
+        obj = dict(obj)
+        obj["inputs"] = [TensorSpec(**t) for t in obj["inputs"]]
+        obj["outputs"] = [TensorSpec(**t) for t in obj["outputs"]]
+        obj["triage"] = TriageSpec(**obj["triage"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def _is_version(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+# -- the card's JSON form, field by field ----------------------------------------------------------
+
+def _wrong(field: str, value: Any, must: str) -> ValueError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return ValueError(f"card field {field} is {type(value).__name__} {shown}; it must be {must}")
+
+
+def _need(ok: Any, field: str, value: Any, must: str) -> None:
+    if not ok:
+        raise _wrong(field, value, must)
+
+
+def _finite(value: Any, lo: float, hi: float) -> bool:
+    """A JSON number (not a bool) in [lo, hi] (so not NaN, not infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _fields(obj: Any, field: str, known: dict[str, bool], must: str) -> None:
+    """``obj`` is a JSON object with every required key of ``known`` (name -> required) and no other."""
+    _need(isinstance(obj, dict), field or "(the whole card)", obj, must)
+    for key, required in known.items():
+        if required and key not in obj:
+            raise ValueError(f"card field {field + '.' if field else ''}{key} is missing; it must be there ({must})")
+    unknown = sorted(set(obj) - set(known))
+    if unknown and field:  # the top level ignores unknown fields (a newer card)
+        raise ValueError(f"card field {field}.{unknown[0]} is not a field of {field}; "
+                         f"it must be one of {sorted(known)}")
+
+
+def _check_tensors(role: str, specs: Any) -> None:
+    # may be empty: a card the monitor or the dashboard reads needs no tensors (serving does)
+    _need(isinstance(specs, list), role, specs, "a list of {name, dtype, shape} objects")
+    names = set()
+    for i, spec in enumerate(specs):
+        where = f"{role}[{i}]"
+        _fields(spec, where, {"name": True, "dtype": True, "shape": True}, "an object {name, dtype, shape}")
+        _need(isinstance(spec["name"], str) and spec["name"] and spec["name"] not in names, f"{where}.name",
+              spec["name"], f"a non-empty graph tensor name, unique among the {role}")
+        names.add(spec["name"])
+        _need(isinstance(spec["dtype"], str) and spec["dtype"] in CARD_DTYPES, f"{where}.dtype", spec["dtype"],
+              f"one of {sorted(CARD_DTYPES)}")
+        _need(isinstance(spec["shape"], list), f"{where}.shape", spec["shape"],
+              "a list of sizes (null: a dynamic axis)")
+        for j, d in enumerate(spec["shape"]):
+            _need(d is None or (_finite(d, 1, 2**63 - 1) and isinstance(d, int)), f"{where}.shape[{j}]", d,
+                  "a positive integer, or null for a dynamic axis")
+
+
+def _check_card(obj: Any) -> None:
+    """Refuse a card's JSON form whose fields are missing, of the wrong type or out of range."""
+    known = {f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+             for f in dataclasses.fields(ModelCard)}
+    _fields(obj, "", known, "name, version, task, inputs, outputs and triage are required")
+    _need(isinstance(obj["name"], str) and _NAME.match(obj["name"]), "name", obj["name"],
+          f"a model name matching {_NAME.pattern}")
+    _need(isinstance(obj["version"], str) and _is_version(obj["version"]), "version", obj["version"],
+          "a version number as text, like '3'")
+    kinds = [k.value for k in TaskKind]
+    _need(isinstance(obj["task"], str) and obj["task"] in kinds, "task", obj["task"], f"one of {kinds}")
+    _check_tensors("inputs", obj["inputs"])
+    _check_tensors("outputs", obj["outputs"])
+    triage = obj["triage"]
+    _fields(triage, "triage", {f.name: f.name == "threshold" for f in dataclasses.fields(TriageSpec)},
+            "an object with at least 'threshold'")
+    _need(_finite(triage["threshold"], 0.0, MAX_THRESHOLD), "triage.threshold", triage["threshold"],
+          f"a finite number in [0, {MAX_THRESHOLD:g}] (confidences are in [0, 1]; above 1 accepts nothing)")
+    for key in ("target_risk", "delta", "certified_risk", "coverage"):
+        value = triage.get(key)
+        _need(value is None or _finite(value, 0.0, 1.0), f"triage.{key}", value, "null or a number in [0, 1]")
+    for key in ("confidence_kind", "method"):
+        value = triage.get(key, "-")
+        _need(isinstance(value, str) and value, f"triage.{key}", value, "a non-empty string")
+    safe = triage.get("safe_action")
+    _need(safe is None or (isinstance(safe, int) and _finite(safe, 0, 2**63 - 1)), "triage.safe_action", safe,
+          "null or an action index (an integer >= 0)")
+    _need(isinstance(obj.get("sha256", ""), str), "sha256", obj.get("sha256"), "the model file's sha256 as hex text")
+    labels = obj.get("labels", [])
+    _need(isinstance(labels, list), "labels", labels, "a list of label names (strings)")
+    for i, label in enumerate(labels):
+        _need(isinstance(label, str), f"labels[{i}]", label, "a label name (a string)")
+    for key in ("preprocessing", "metrics", "calibration", "reference", "training", "extra"):
+        _need(isinstance(obj.get(key, {}), dict), key, obj.get(key), "a JSON object")
+    sample = obj.get("reference", {}).get("confidence_sample", [])
+    _need(isinstance(sample, list) and all(_finite(c, -math.inf, math.inf) for c in sample),
+          "reference.confidence_sample", sample, "a list of finite numbers (confidences on held-out data)")
+    curve = obj.get("risk_coverage", [])
+    _need(isinstance(curve, list), "risk_coverage", curve, "a list of {threshold, coverage, risk} objects")
+    for i, point in enumerate(curve):
+        _need(isinstance(point, dict) and all(_finite(v, -math.inf, math.inf) for v in point.values()),
+              f"risk_coverage[{i}]", point, "an object of finite numbers {threshold, coverage, risk}")
