@@ -40,11 +40,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from auditstream import topics
 from auditstream.control import ControlState, ControlView
+from auditstream.dead_letters import dead_letter_output
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES
 from auditstream.errors import DecodeError, ModelNotFound
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import AuditItem, DeadLetter, Prediction, Reason, Verdict
+from auditstream.wire import AuditItem, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
 from store.leader import Leadership, default_owner
@@ -90,17 +92,19 @@ class MonitorArgs:
 # the pure parts
 
 
-def _dead_letter(settings: Settings, record: Record, reason: str, detail: str) -> Output:
-    letter = DeadLetter(reason, detail, record.topic, record.partition, record.offset, record.value,
-                        record.key, record.headers, failed_at_s=record.timestamp_ms / 1000.0)  # fmt: skip
-    return Output(settings.topic(topics.DEAD_LETTER), record.key, letter.to_bytes())
+def _dead_letter(settings: Settings, record: Record, reason: str, detail: str, limit: int) -> Output:
+    return dead_letter_output(record, reason, detail, settings.topic(topics.DEAD_LETTER), record.timestamp_ms / 1000.0,
+                              limit)
 
 
 def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
                  on_prediction: Callable[[Prediction], None] | None = None,
-                 shadow: ShadowAnswers | None = None) -> list[list[Output]]:  # fmt: skip
+                 shadow: ShadowAnswers | None = None, dead_letter_limit: int = MAX_PRODUCE_BYTES,
+                 ) -> list[list[Output]]:  # fmt: skip
     """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
     Shadow predictions go to ``shadow`` (in one transaction; a failure there is the store's).
+    ``dead_letter_limit``: the largest record the dead-letter topic takes (a letter over it says
+    where the original is: :mod:`auditstream.dead_letters`).
 
     Audit items are stored in one transaction. If that fails, each item is tried alone: the ones
     the store refuses (content no database takes) are dead-lettered with their bytes, the rest
@@ -126,12 +130,13 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
             else:
                 raise DecodeError(Reason.BAD_SCHEMA.value, f"the monitor does not read topic {record.topic!r}")
         except DecodeError as e:
-            results[i] = [_dead_letter(settings, record, e.code, e.detail)]
+            results[i] = [_dead_letter(settings, record, e.code, e.detail, dead_letter_limit)]
         except ValueError as e:  # decodes, but is not an auditable item
-            results[i] = [_dead_letter(settings, record, Reason.BAD_INPUT.value, str(e))]
+            results[i] = [_dead_letter(settings, record, Reason.BAD_INPUT.value, str(e), dead_letter_limit)]
         except Exception as e:  # noqa: BLE001 - this record's own failure (e.g. in the QC tracker): it alone
             log.warning("record %s: %r", record.where, e)
-            results[i] = [_dead_letter(settings, record, Reason.PROCESSING_FAILED.value, repr(e)[:500])]
+            results[i] = [_dead_letter(settings, record, Reason.PROCESSING_FAILED.value, repr(e)[:500],
+                                        dead_letter_limit)]
     if shadows:
         shadow.ingest(shadows, now_s)  # type: ignore[union-attr]
     if not items:
@@ -152,7 +157,8 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
                 raise batch_error from None
         for i, e in refused:
             log.warning("audit item %s refused by the store: %r", records[i].where, e)
-            results[i] = [_dead_letter(settings, records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500])]
+            results[i] = [_dead_letter(settings, records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
+                                        dead_letter_limit)]
     for (i, item), is_new in stored:
         # An id already stored: the same request redelivered (nothing to do), or another request
         # that reused the id, whose audit would otherwise vanish without a trace.
@@ -161,7 +167,7 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
             results[i] = [_dead_letter(settings, records[i], Reason.DUPLICATE_REQUEST_ID.value,
                                        f"request id {p.request_id!r} was already audited for {p.model} v{p.model_version} "
                                        "with another input or request time; the store keeps the first: give every "
-                                       "request its own id")]
+                                       "request its own id", dead_letter_limit)]
     return results
 
 
@@ -389,12 +395,15 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code. ``metrics_registry``:
     a prometheus_client registry for the metrics (default: the process-wide one)."""
     from auditstream.kafka import ensure_topics, make_producer, make_topic_log, resolve_bootstrap
+    from auditstream.kafka.limits import topic_limits
     from auditstream.stream import StreamLoop
 
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
     ensure_topics(settings, names + [settings.topic(topics.CONTROL)], compacted=(settings.topic(topics.CONTROL),),
                   bootstrap=bootstrap)
+    dead_letters = settings.topic(topics.DEAD_LETTER)
+    dead_letter_limit = topic_limits(settings, [dead_letters], bootstrap)[dead_letters]
     control_view = ControlView(settings, bootstrap).start()
     started: list[Callable[[], None]] = [control_view.stop]  # released in reverse if start-up fails
     try:
@@ -410,7 +419,8 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         shadow = publisher.shadow = ShadowAnswers(store)
         loop = StreamLoop.connect(
             settings, args.group_id, names[:2],
-            lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow),
+            lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow,
+                                         dead_letter_limit),
             make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
         )  # fmt: skip
     except BaseException:

@@ -38,11 +38,12 @@ from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.errors import ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
+from auditstream.kafka.limits import topic_limits
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
 from qc.triage import derived_salt
-from serving.consumer import LiveReference, RecordResult, ServeConfig, process_batch
+from serving.consumer import OUTPUT_TOPICS, LiveReference, RecordResult, ServeConfig, process_batch
 from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
 from serving.episodes import EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
@@ -126,12 +127,14 @@ class ServeApp:
             self.reference = self._live_reference(model.card) if shadow_of == model.card.name else None
             if self.reference is not None:
                 started.callback(self.reference.runner.close)
-            live = self._served(model.card, session)
-            self._last_live_children = live.children
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
             bootstrap = resolve_bootstrap(settings)
             ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
                           bootstrap=bootstrap)
+            # What each output topic takes: a record over it is dead-lettered, never sent to be refused.
+            self.topic_limits = topic_limits(settings, [settings.topic(t) for t in OUTPUT_TOPICS], bootstrap)
+            live = self._served(model.card, session)
+            self._last_live_children = live.children
             # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.
             if use_control and shadow_of is None:
                 control_topic = settings.topic(T.CONTROL)
@@ -227,7 +230,7 @@ class ServeApp:
 
     def _served(self, card: ModelCard, session: ModelSession) -> ServedVersion:
         config = ServeConfig.from_settings(self.settings, card, shadow=self._shadow_of is not None,
-                                           request_model=self._shadow_of or "")
+                                           request_model=self._shadow_of or "", topic_limits=self.topic_limits)
         children = self.metrics.children(card.version)  # labelled once: no lookups per record
         runner = TimedRunner(session, children["inference_seconds"], children["device_copy_seconds"])
         return ServedVersion(session, config, runner, children,

@@ -9,6 +9,9 @@ kind's gating part confidences). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
 or one dead letter with its original bytes. Inference (:mod:`serving.inference`) tells a bad
 record (an ``inference_failed`` dead letter) from a broken model (the exception stops the process).
+No record yields an output its topic would refuse: outputs over a topic's limit
+(``ServeConfig.topic_limits``) make a ``too_large`` dead letter instead, and a letter over the
+dead-letter topic's says where the original is (:mod:`auditstream.dead_letters`).
 Every answer records the threshold that routed it (``details["threshold"]``, after the control
 channel's override), so a redelivery routed differently after a tightening can be recognised.
 
@@ -45,12 +48,14 @@ import numpy as np
 from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlState
+from auditstream.dead_letters import dead_letter_output
 from auditstream.errors import DecodeError
 from auditstream.kafka import Record
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
 from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import Action, AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Reason, Route
+from auditstream.wire import Action, AuditItem, Decision, InferenceRequest, Prediction, Reason, Route
 from qc.triage import TriagePolicy, hash_uniform, policy_for, triage
 from serving.episodes import EpisodeStore
 from serving.inference import Runner, infer
@@ -58,6 +63,7 @@ from serving.inputs import prepare_input
 
 log = logging.getLogger(__name__)
 
+OUTPUT_TOPICS = (T.PREDICTIONS, T.DECISIONS, T.AUDIT, T.DEAD_LETTER, T.ACTIONS)  # what a consumer may write
 MAX_PLAUSIBLE_AGE_S = 7 * 24 * 3600.0  # older requests' latencies are not observed
 MAX_CLOCK_SKEW_S = 300.0  # nor those of requests from further in the future
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class ServeConfig:
     shadow: bool = False  # a candidate in shadow mode: predictions only, flagged
     request_model: str = ""  # the model requests name (a shadow reads the live model's); "" = card.name
     control: ControlState | None = None  # the monitor's latest word: queue depth, tightened threshold
+    # The largest record each output topic takes (auditstream.kafka.limits.topic_limits); a topic
+    # not named takes what the producers send at most.
+    topic_limits: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def task(self) -> tasks.Task:
@@ -89,16 +98,20 @@ class ServeConfig:
         threshold = self.control.threshold_for(self.card.version, spec.threshold)
         return spec if threshold == spec.threshold else dataclasses.replace(spec, threshold=threshold)
 
+    def limit(self, topic: str) -> int:
+        return self.topic_limits.get(topic, MAX_PRODUCE_BYTES)
+
     @classmethod
     def from_settings(cls, settings: Settings, card: ModelCard, shadow: bool = False,
-                      request_model: str = "") -> "ServeConfig":
+                      request_model: str = "", topic_limits: dict[str, int] | None = None) -> "ServeConfig":
         policy = policy_for(settings, tasks.lookup(card.task).min_qc_rate)
         if policy.qc_rate > settings.qc_rate:
             log.warning("qc_rate %.4g raised to %.2g for %s %s (random audits keep OPE possible)",
                         settings.qc_rate, policy.qc_rate, card.task, card.name)
         return cls(card, policy, settings.max_request_bytes,
                    settings.topic(T.PREDICTIONS), settings.topic(T.DECISIONS), settings.topic(T.AUDIT),
-                   settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model)
+                   settings.topic(T.DEAD_LETTER), settings.topic(T.ACTIONS), shadow, request_model,
+                   topic_limits=dict(topic_limits or {}))
 
 
 @dataclass
@@ -122,13 +135,22 @@ class LiveReference:
     runner: Runner
 
 
-def dead_letter(record: Record, reason: str, detail: str, topic: str, now: float,
+def dead_letter(record: Record, reason: str, detail: str, config: "ServeConfig", now: float,
                 model_failure: bool = False) -> RecordResult:
-    dl = DeadLetter(reason=reason, detail=detail, source_topic=record.topic, source_partition=record.partition,
-                    source_offset=record.offset, value=record.value, key=record.key, headers=record.headers,
-                    failed_at_s=now)
-    return RecordResult([Output(topic, record.key, dl.to_bytes(), record.headers)], dead_letter_reason=reason,
-                        model_failure=model_failure)
+    topic = config.dead_letter_topic
+    return RecordResult([dead_letter_output(record, reason, detail, topic, now, config.limit(topic))],
+                        dead_letter_reason=reason, model_failure=model_failure)
+
+
+def _oversized(outputs: list[Output], config: "ServeConfig") -> str | None:
+    """What says an output would be over its topic's limit (the broker or the client would refuse
+    it, and the loop could not go past this record), or None when all fit."""
+    for out in outputs:
+        size = record_bytes(out.key, out.value, out.headers)
+        if size > config.limit(out.topic):
+            return (f"its output to {out.topic} would be {size} bytes, over that topic's limit of "
+                    f"{config.limit(out.topic)} (max.message.bytes); raise it, then replay this letter")
+    return None
 
 
 def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) -> tuple[InferenceRequest, np.ndarray]:
@@ -167,11 +189,11 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 results[i] = RecordResult()  # no decision wanted; the state's tombstone comes at the checkpoint
                 continue
         except DecodeError as e:
-            results[i] = dead_letter(record, e.code, e.detail, config.dead_letter_topic, now)
+            results[i] = dead_letter(record, e.code, e.detail, config, now)
             continue
         except Exception as e:  # noqa: BLE001 - a decoder bug is this record's failure, not the batch's
             log.warning("record %s: processing failed before inference: %r", record.where, e)
-            results[i] = dead_letter(record, Reason.PROCESSING_FAILED.value, repr(e)[:500], config.dead_letter_topic, now)
+            results[i] = dead_letter(record, Reason.PROCESSING_FAILED.value, repr(e)[:500], config, now)
             continue
         valid.setdefault(array.shape, []).append((i, request, array))
     started = time.perf_counter()
@@ -184,18 +206,21 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
                 detail = (repr(answer)[:500] if answer is not None else
                           "model output is not finite, or not valid for its task kind (a policy's action_probs "
                           "not a probability distribution)")
-                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config.dead_letter_topic,
-                                         now, model_failure=True)
+                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config, now,
+                                         model_failure=True)
                 continue
             try:
                 result = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
                                  now, inference_s, started, references.get(i))
                 result.model_input = array
-                results[i] = result
+                oversized = _oversized(result.outputs, config)
+                # Answered, so no evidence against the model: it stays out of the failure streak.
+                results[i] = result if oversized is None else dead_letter(records[i], Reason.TOO_LARGE.value,
+                                                                          oversized, config, now)
             except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
                 log.warning("record %s: processing failed after inference: %r", records[i].where, e)
-                results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
-                                         config.dead_letter_topic, now, model_failure=True)
+                results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500], config, now,
+                                         model_failure=True)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 

@@ -58,10 +58,12 @@ class ReplayReport:
     refused: Counter = field(default_factory=Counter)  # by the topic the letter named: not replayable
     unreadable: int = 0
     no_value: int = 0  # letters without the original value: nothing to send back
+    not_carried: int = 0  # letters whose original was too large to carry: it is still at its source offset
 
     def to_json(self) -> dict:
         return {"replayed": dict(self.replayed), "skipped": dict(self.skipped), "already_replayed": self.already,
-                "refused": dict(self.refused), "unreadable": self.unreadable, "no_value": self.no_value}
+                "refused": dict(self.refused), "unreadable": self.unreadable, "no_value": self.no_value,
+                "not_carried": self.not_carried}
 
 
 def replayable_topic(settings: Settings, topic: str) -> bool:
@@ -98,6 +100,12 @@ def plan_replay(records: list[Record], settings: Settings, reasons: frozenset[st
                         "(%s<model>) and to %s / %s", record.where, dl.source_topic[:200], settings.request_topic(""),
                         settings.topic(T.AUDIT), settings.topic(T.PREDICTIONS))
             report.refused[dl.source_topic[:200]] += 1
+        elif dl.omitted_bytes:
+            log.warning("dead letter at %s does not carry its original (%d bytes, too large for the dead-letter "
+                        "topic): it is at %s[%d]@%d (value SHA-256 %s) while that topic's retention keeps it",
+                        record.where, dl.omitted_bytes, dl.source_topic[:200], dl.source_partition, dl.source_offset,
+                        dl.value_sha256)
+            report.not_carried += 1
         elif dl.value is None:
             # kafka-python could not read the original (its bytes are unknown), or it had no value:
             # sending None would publish a tombstone, not the request.

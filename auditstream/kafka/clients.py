@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from auditstream.errors import BrokerUnavailable, CommitRejected
 from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Delivery, Headers, PartitionsCallback, Record, TopicPartition,
                                          check_deliveries)
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES
 from auditstream.kafka.security import kafka_python_config, librdkafka_config
 from auditstream.settings import Settings
 
@@ -36,7 +37,7 @@ class KafkaPythonProducer:
         try:
             self._p = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
-                batch_size=256 * 1024, max_request_size=8 * 1024 * 1024,
+                batch_size=256 * 1024, max_request_size=MAX_PRODUCE_BYTES,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),  # retries until then
                 # kafka-python requires delivery >= linger + request timeout; a delivery timeout
                 # under its 30 s default request timeout (the monitor's outbox) shortens the latter.
@@ -349,7 +350,7 @@ class ConfluentProducer:
 
         self._p = CProducer({
             "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
-            "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": False, "log.connection.close": False,
+            "message.max.bytes": MAX_PRODUCE_BYTES, "enable.idempotence": False, "log.connection.close": False,
             "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
             **librdkafka_config(settings),
         })

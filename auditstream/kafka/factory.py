@@ -10,6 +10,7 @@ from pathlib import Path
 from auditstream.errors import BrokerUnavailable
 from auditstream.kafka.interface import (DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback,
                                          Producer, Reader, Record, TopicLog, quiet_client_logs)
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES
 from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import Settings
 
@@ -106,7 +107,12 @@ def true_end_offsets(settings: Settings, topics: list[str], bootstrap: str | Non
 def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, ...] = (),
                   bootstrap: str | None = None) -> list[str]:
     """Create the topics that do not exist yet, with ``settings.partitions`` partitions each;
-    returns the names created. Idempotent."""
+    returns the names created. Idempotent.
+
+    Every topic but the request topics takes records up to :data:`~auditstream.kafka.limits.MAX_PRODUCE_BYTES`
+    (``max.message.bytes``): a dead letter or an audit item is larger than the request it comes
+    from. A request topic keeps the broker's limit: the door where an oversized request is refused
+    to the client that sends it."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -119,8 +125,7 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         raise BrokerUnavailable(bootstrap, str(e)) from None
     try:
         missing = [t for t in topics if t not in set(admin.list_topics())]
-        new = [NewTopic(t, partitions, 1, topic_configs={"cleanup.policy": "compact"} if t in compacted else {})
-               for t in missing]
+        new = [NewTopic(t, partitions, 1, topic_configs=_topic_configs(settings, t, t in compacted)) for t in missing]
         if new:
             try:
                 admin.create_topics(new)
@@ -129,6 +134,13 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         return missing
     finally:
         admin.close()
+
+
+def _topic_configs(settings: Settings, topic: str, compacted: bool) -> dict[str, str]:
+    configs = {"cleanup.policy": "compact"} if compacted else {}
+    if not topic.startswith(settings.request_topic("")):
+        configs["max.message.bytes"] = str(MAX_PRODUCE_BYTES)
+    return configs
 
 
 def ensure_model_topics(settings: Settings, models: list[str] | tuple[str, ...],

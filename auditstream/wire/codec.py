@@ -33,6 +33,7 @@ _CONTAINER_SCAN_BYTES = 1 << 20
 # A dead letter carries the original record as base64 (4/3 of it) plus where it came from.
 MAX_DEAD_LETTER_BYTES = MAX_RECORD_BYTES * 4 // 3 + 65_536
 MAX_ID_CHARS = 256
+MAX_DETAIL_CHARS = 2000  # a dead letter's detail, cut by its writer
 
 
 class Reason(str, Enum):

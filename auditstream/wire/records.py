@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
-    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_ID_CHARS, MAX_RECORD_BYTES,
+    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_ID_CHARS, MAX_RECORD_BYTES,
     Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _field, _id, _loads, _number, _short,
     _step,
 )
 from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +310,10 @@ class DeadLetter:
     """A record that could not be processed: ``dead-letter`` topic, key = the original key.
 
     The original value and headers are kept byte for byte, with where they came from, so the
-    record can be replayed to its source topic once the cause is fixed.
+    record can be replayed to its source topic once the cause is fixed. An original too large to
+    carry within the dead-letter topic's limit is not carried (``omitted_bytes`` > 0: key, value
+    and headers null and empty) and stays at its source offset, named by ``value_sha256``
+    (:mod:`auditstream.dead_letters`).
     """
 
     reason: str
@@ -319,23 +325,26 @@ class DeadLetter:
     key: bytes | None = None
     headers: tuple[tuple[str, bytes | None], ...] = ()  # a null value stays null (Kafka allows it)
     failed_at_s: float = 0.0
+    omitted_bytes: int = 0  # > 0: the original's key + value + headers, this many bytes, not carried
+    value_sha256: str = ""  # of the original value, when it is not carried
 
     def to_bytes(self) -> bytes:
         def b64(b: bytes | None) -> str | None:
             return None if b is None else base64.b64encode(b).decode("ascii")
 
-        return _dumps(
-            {
-                "v": WIRE_VERSION,
-                "reason": self.reason,
-                "detail": self.detail[:2000],
-                "source": {"topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset},
-                "key_b64": b64(self.key),
-                "value_b64": b64(self.value),
-                "headers": [[k, b64(v)] for k, v in self.headers],
-                "failed_at_s": self.failed_at_s,
-            }
-        )
+        obj = {
+            "v": WIRE_VERSION,
+            "reason": self.reason,
+            "detail": self.detail[:MAX_DETAIL_CHARS],
+            "source": {"topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset},
+            "key_b64": b64(self.key),
+            "value_b64": b64(self.value),
+            "headers": [[k, b64(v)] for k, v in self.headers],
+            "failed_at_s": self.failed_at_s,
+        }
+        if self.omitted_bytes:
+            obj["omitted"] = {"bytes": self.omitted_bytes, "value_sha256": self.value_sha256}
+        return _dumps(obj)
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> "DeadLetter":
@@ -355,6 +364,14 @@ class DeadLetter:
         headers = _field(obj, "headers", list, optional=True) or []
         if not all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) for h in headers):
             raise DecodeError(Reason.BAD_SCHEMA.value, "headers must be a list of [name, base64 value or null] pairs")
+        omitted = _field(obj, "omitted", dict, optional=True)
+        omitted_bytes, value_sha256 = 0, ""
+        if omitted is not None:
+            omitted_bytes, value_sha256 = _field(omitted, "bytes", int), _field(omitted, "value_sha256", str)
+            if omitted_bytes < 1 or not _SHA256.fullmatch(value_sha256):
+                raise DecodeError(Reason.BAD_SCHEMA.value, "omitted must be {'bytes': int >= 1, 'value_sha256': 64 hex digits}")
+            if obj.get("key_b64") is not None or obj.get("value_b64") is not None or headers:
+                raise DecodeError(Reason.BAD_SCHEMA.value, "a letter with 'omitted' carries no key, value or headers")
         return cls(
             reason=_field(obj, "reason", str),
             detail=_field(obj, "detail", str),
@@ -365,5 +382,7 @@ class DeadLetter:
             value=unb64("value_b64", obj.get("value_b64")),
             headers=tuple((k, unb64("header value", v)) for k, v in headers),  # a null value stays null
             failed_at_s=_number(obj, "failed_at_s", default=0.0),
+            omitted_bytes=omitted_bytes,
+            value_sha256=value_sha256,
         )
 

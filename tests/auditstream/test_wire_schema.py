@@ -72,7 +72,8 @@ def good_records() -> dict[str, list[bytes]]:
         "Transition": [wire.Transition("r-1", "policy", "2", "env-7", 41, np.zeros(8, np.float32), 0, "fallback", -0.5,
                                        False, True, 1.5).to_bytes()],
         "Verdict": [make_verdict().to_bytes(), make_verdict(kind=wire.VerdictKind.SKIP, corrected_output=None).to_bytes()],
-        "DeadLetter": [make_dead_letter().to_bytes(), make_dead_letter(value=None, key=None, headers=()).to_bytes()],
+        "DeadLetter": [make_dead_letter().to_bytes(), make_dead_letter(value=None, key=None, headers=()).to_bytes(),
+                       make_dead_letter(value=None, key=None, headers=(), omitted_bytes=9, value_sha256="0" * 64).to_bytes()],
     }
 
 
@@ -193,6 +194,12 @@ CASES = [
     ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "headers", [[1, None]]), "bad_schema", True),
     ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "headers", {"a": "b"}), "bad_schema", True),
     ("DeadLetter", lambda: _with(json.loads(make_dead_letter().to_bytes()), "source", None, delete=True), "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter(value=None, key=None, headers=(), omitted_bytes=9,
+                                                             value_sha256="0" * 64).to_bytes()), "omitted.bytes", 0),
+     "bad_schema", True),
+    ("DeadLetter", lambda: _with(json.loads(make_dead_letter(value=None, key=None, headers=(), omitted_bytes=9,
+                                                             value_sha256="0" * 64).to_bytes()), "omitted.value_sha256",
+                                 "ABC"), "bad_schema", True),
 ]
 
 

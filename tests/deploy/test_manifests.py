@@ -27,3 +27,22 @@ def test_the_sasl_manifest_keeps_secrets_out_of_the_configmap() -> None:
     data = text.split("\ndata:\n", 1)[1]
     assert "PASSWORD" not in data and "USERNAME" not in data
     assert "secretKeyRef" in text
+
+
+def test_the_compose_topics_are_created_as_ensure_topics_creates_them() -> None:
+    # Every topic auditstream uses, each with the configs auditstream would give it: a request
+    # topic the broker's limit, the others auditstream's largest record (a dead letter).
+    from auditstream.kafka.factory import _topic_configs
+    from auditstream.topics import COMPACTED_TOPICS, SHARED_TOPICS
+
+    text = (DEPLOY / "kafka" / "docker-compose.yml").read_text()
+    settings = Settings()
+    made: dict[str, dict[str, str]] = {}
+    for names, options in re.findall(r"for t in ([^;]+); do\n\s+\$\$k [^\n]*?--create((?:[^\n\\]|\\\n)*)", text):
+        configs = dict(c.split("=", 1) for c in re.findall(r"--config (\S+)", options))
+        made.update({f"auditstream.{t}": configs for t in names.split()})
+    expected = [settings.topic(t) for t in SHARED_TOPICS + COMPACTED_TOPICS] + \
+        [settings.request_topic(m) for m in ("digits", "zip-reader")]
+    assert sorted(made) == sorted(expected)
+    for topic in expected:
+        assert made[topic] == _topic_configs(settings, topic, topic in {settings.topic(t) for t in COMPACTED_TOPICS}), topic

@@ -90,6 +90,22 @@ def test_ingest_batch_stores_items_once_feeds_predictions_and_dead_letters_the_r
         assert store.queue_depth() == 2
 
 
+def test_a_dead_letter_too_large_for_its_topic_says_where_the_original_is(tmp_path: Path) -> None:
+    """The monitor's letters fit the dead-letter topic's limit (read at start-up) like serve's: an
+    audit item as large as its own topic takes would otherwise make a letter the broker refuses,
+    and the monitor would stop on it for good."""
+    settings = Settings(topic_prefix="t")
+    audit = settings.topic(topics.AUDIT)
+    big = _record(audit, b"\xff" + b"x" * 50_000, 0)
+    small = _record(audit, b"\xff not json", 1)
+    with make_store("sqlite", tmp_path) as store:
+        results = ingest_batch(store, settings, [big, small], T0, dead_letter_limit=20_000)
+    pointer, whole = (DeadLetter.from_bytes(r[0].value) for r in results)
+    assert pointer.reason == "undecodable" and pointer.value is None and pointer.omitted_bytes == 8 + 50_001 + 2
+    assert big.where in pointer.detail and len(results[0][0].value) < 20_000
+    assert whole.value == small.value and not whole.omitted_bytes
+
+
 def test_a_record_the_kafka_client_could_not_read_is_dead_lettered_alone(tmp_path: Path) -> None:
     """An audit item whose headers the client could not read (a header name that is not UTF-8):
     dead-lettered as undecodable with the key and value the client did read; the rest stored."""

@@ -40,13 +40,17 @@ def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
     records = [letter(0, "wrong_model", "acme.requests.tiny", b"a"), letter(1, "too_large", "acme.requests.tiny"),
                letter(2, "wrong_model", "acme.verdicts", b"forged"), letter(3, "wrong_model", "acme.requests.tiny"),
                Record("acme.dead-letter", 0, 4, b"k", b"not a letter"),
-               letter(5, "wrong_model", "acme.requests.tiny", None)]  # no bytes (kafka-python could not read them)
+               letter(5, "wrong_model", "acme.requests.tiny", None),  # no bytes (kafka-python could not read them)
+               Record("acme.dead-letter", 0, 6, None,  # too large to carry: the original stays at its offset
+                      DeadLetter("wrong_model", "why", "acme.requests.tiny", 0, 9, None, None, (), 1.0, 99,
+                                 "ab" * 32).to_bytes())]
     report = ReplayReport()
     planned = plan_replay(records, SETTINGS, frozenset({"wrong_model"}), {b"acme.dead-letter[0]@3"}, report)
     assert [(r.offset, out.topic, out.value, out.headers) for r, out in planned] == \
         [(0, "acme.requests.tiny", b"a", (("h", b"1"), ("trace", None)))]  # a null header value stays null
     assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
-                                "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1}
+                                "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1,
+                                "not_carried": 1}
     limited = ReplayReport()
     assert len(plan_replay([letter(i, "x", "acme.audit") for i in range(5)], SETTINGS, None, set(), limited, 2)) == 2
 

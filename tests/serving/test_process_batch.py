@@ -15,6 +15,7 @@ from tests.conftest import TinyRegistry, tiny_card, tiny_classifier_onnx
 from auditstream.control import ControlState
 from auditstream.errors import InferenceBroken
 from auditstream.kafka import Record
+from auditstream.kafka.limits import record_bytes
 from auditstream.registry import TensorSpec
 from auditstream.settings import Settings
 from auditstream.wire import (AuditItem, DeadLetter, Decision, ImageInput, InferenceRequest, Prediction, Reason,
@@ -514,3 +515,35 @@ def test_the_serving_paths_bytes_are_pinned(served) -> None:
     routes = [r.route for r in results]
     assert {Route.AUTO, Route.AUTO_QC, Route.HUMAN} <= set(routes)
     assert digest.hexdigest() == "ea7c64c9bc884451bca4a1109ead0e3fce3e0599c2fd0b3a68310f35414b9b84"
+
+
+def test_a_record_whose_outputs_a_topic_would_refuse_is_dead_lettered_and_the_rest_answered(served) -> None:
+    # An audit item carries the input: over a (hand-made, ~1 MiB) audit topic's limit, the broker
+    # would refuse it and the loop could not go past the record. It is dead-lettered instead,
+    # the original whole; the records routed elsewhere are answered as before.
+    session, base = served
+    records = [request_record(i, good(i)) for i in range(40)]
+    plain = process_batch(records, session, base, NOW)
+    small = dataclasses.replace(base, topic_limits={base.audit_topic: 600})
+    results = process_batch(records, session, small, NOW)
+    audited = [i for i, r in enumerate(plain) if r.route in (Route.HUMAN, Route.AUTO_QC)]
+    assert audited and len(audited) < 40
+    for i, (before, after) in enumerate(zip(plain, results)):
+        if i not in audited:
+            assert [(o.topic, o.key) for o in after.outputs] == [(o.topic, o.key) for o in before.outputs]
+            assert after.route == before.route  # (the bytes differ only in the measured latency)
+            continue
+        assert after.route is None and after.dead_letter_reason == "too_large" and not after.model_failure
+        [out] = after.outputs
+        letter = DeadLetter.from_bytes(out.value)
+        assert out.topic == base.dead_letter_topic and letter.value == records[i].value
+        assert f"its output to {base.audit_topic} would be" in letter.detail and "limit of 600" in letter.detail
+    # ... and a dead-letter topic too small for the letter gets one that says where the original is
+    i = audited[0]
+    carried = results[i].outputs[0]
+    just_under = record_bytes(carried.key, carried.value, carried.headers) - 1
+    tiny = dataclasses.replace(base, topic_limits={base.audit_topic: 600, base.dead_letter_topic: just_under})
+    [out] = process_batch([records[i]], session, tiny, NOW)[0].outputs
+    letter = DeadLetter.from_bytes(out.value)
+    assert letter.value is None and letter.omitted_bytes > 0 and records[i].where in letter.detail
+    assert record_bytes(out.key, out.value, out.headers) <= just_under

@@ -1,0 +1,71 @@
+"""How large a record each topic takes, so no producer sends one the client or the broker refuses.
+
+A refused record is not one bad record: the loop cannot deliver its batch, commits nothing,
+stops, and meets the same record after the restart -- one oversized request would stop a
+consumer for good. So every writer bounds what it writes: :data:`MAX_PRODUCE_BYTES` is every
+auditstream producer's cap and the ``max.message.bytes`` of the topics auditstream creates
+(:func:`auditstream.kafka.ensure_topics`), and :func:`topic_limits` reads what each topic of a
+real cluster really takes (``DescribeConfigs``: a topic's own setting, else the broker's
+``message.max.bytes``), since topics made by hand or by another tool keep the broker's default,
+about 1 MiB. A serving consumer dead-letters a record whose outputs would not fit, and a dead
+letter that would not fit its own topic leaves the original where it is
+(:mod:`auditstream.dead_letters`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from auditstream.settings import Settings
+from auditstream.wire.codec import MAX_DEAD_LETTER_BYTES
+
+log = logging.getLogger(__name__)
+
+# The largest record an auditstream producer sends: a dead letter at its cap (an 8 MiB record in
+# base64 with where it came from). Clients refuse larger ones locally, so a topic taking more
+# would not help.
+MAX_PRODUCE_BYTES = MAX_DEAD_LETTER_BYTES
+# Room for a one-record batch's header (61 bytes) and the record's own framing (varints,
+# attributes, header count): what a topic's max.message.bytes covers besides key, value and headers.
+RECORD_OVERHEAD_BYTES = 512
+DESCRIBE_TIMEOUT_S = 10.0
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers=()) -> int:
+    """Key, value and header bytes of a record, plus :data:`RECORD_OVERHEAD_BYTES`: what it costs
+    against a topic's ``max.message.bytes`` when it travels alone in its batch."""
+    size = RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+    for name, v in headers:
+        size += len(name.encode("utf-8", "surrogatepass")) + len(v or b"")
+    return size
+
+
+def topic_limits(settings: Settings, topics: list[str], bootstrap: str) -> dict[str, int]:
+    """The largest record each of ``topics`` takes: its ``max.message.bytes`` where the broker
+    says (never above :data:`MAX_PRODUCE_BYTES`, what the clients send at most), else
+    :data:`MAX_PRODUCE_BYTES` (Tansu, the embedded broker, reports only what a topic was created
+    with and enforces no limit). A broker that cannot be asked is not an error here: the limits
+    are a guard, and the same broker's failures show up clearly at the first poll."""
+    limits = dict.fromkeys(topics, MAX_PRODUCE_BYTES)
+    try:
+        from confluent_kafka.admin import AdminClient, ConfigResource
+
+        from auditstream.kafka.security import librdkafka_config
+
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log.connection.close": False,
+                             **librdkafka_config(settings)})
+        futures = admin.describe_configs([ConfigResource("topic", t) for t in topics],
+                                         request_timeout=DESCRIBE_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - no answer: keep the clients' own cap (see above)
+        log.warning("could not ask for the topics' max.message.bytes (%s); assuming %d bytes", e, MAX_PRODUCE_BYTES)
+        return limits
+    for resource, future in futures.items():
+        try:
+            entry = future.result(DESCRIBE_TIMEOUT_S).get("max.message.bytes")
+        except Exception as e:  # noqa: BLE001 - as above, for this topic alone
+            log.warning("could not read %s's max.message.bytes (%s); assuming %d bytes", resource.name, e,
+                        MAX_PRODUCE_BYTES)
+            continue
+        if entry is not None and entry.value is not None and str(entry.value).isdigit():
+            limits[resource.name] = min(MAX_PRODUCE_BYTES, int(entry.value))
+    return limits
