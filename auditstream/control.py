@@ -40,7 +40,7 @@ from auditstream.errors import DecodeError
 from auditstream.settings import Settings
 from auditstream.topics import CONTROL
 from auditstream.wire import WIRE_VERSION, Reason
-from auditstream.wire.codec import _field, _id, _loads, _number, _short
+from auditstream.wire.codec import id_field, number_field, short_repr, strict_loads, typed_field
 
 if TYPE_CHECKING:
     from auditstream.kafka import Record
@@ -74,26 +74,26 @@ class ControlState:
     @classmethod
     def from_bytes(cls, data: bytes) -> "ControlState":
         """Inverse of :meth:`to_bytes`; anything else raises :class:`DecodeError` saying what is wrong."""
-        return cls.from_dict(_loads(data))
+        return cls.from_dict(strict_loads(data))
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> "ControlState":
         """Every field checked: a state the view keeps must not fail triage later (an infinite
         depth, a threshold that is not a number). Optional fields default as in the dataclass."""
         try:
-            overrides = _field(obj, "threshold_override", dict, optional=True) or {}
+            overrides = typed_field(obj, "threshold_override", dict, optional=True) or {}
             for version, threshold in overrides.items():
                 # any finite number is safe: threshold_for() never goes below the card's threshold
                 if type(threshold) not in (int, float) or not math.isfinite(threshold):  # (a bool is not a threshold)
-                    raise DecodeError(Reason.BAD_SCHEMA.value, f"threshold_override[{_short(version)}] = "
-                                      f"{_short(threshold)} must be a finite number")
-            depth = _field(obj, "human_queue_depth", int, optional=True) or 0
+                    raise DecodeError(Reason.BAD_SCHEMA.value, f"threshold_override[{short_repr(version)}] = "
+                                      f"{short_repr(threshold)} must be a finite number")
+            depth = typed_field(obj, "human_queue_depth", int, optional=True) or 0
             if depth < 0:
                 raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'human_queue_depth' = {depth} must be >= 0")
-            return cls(model=_id(obj, "model"), human_queue_depth=depth,
+            return cls(model=id_field(obj, "model"), human_queue_depth=depth,
                        threshold_override={str(k): float(v) for k, v in overrides.items()},
-                       reason=_field(obj, "reason", str, optional=True) or "",
-                       updated_at_s=_number(obj, "updated_at_s", low=0.0, default=0.0))
+                       reason=typed_field(obj, "reason", str, optional=True) or "",
+                       updated_at_s=number_field(obj, "updated_at_s", low=0.0, default=0.0))
         except DecodeError as e:
             raise DecodeError(e.code, f"control record: {e.detail}") from None
 
@@ -135,11 +135,11 @@ class Rollout:
     def from_dict(cls, obj: dict[str, Any]) -> "Rollout":
         """The ``rollout`` object of a record (see :meth:`to_bytes`), every field checked."""
         try:
-            return cls(model=_id(obj, "model"), live_version=_id(obj, "live_version"),
-                       canary_version=_field(obj, "canary_version", str, optional=True),
-                       canary_share=_number(obj, "canary_share", 0.0, 1.0, default=0.0),
-                       reason=_field(obj, "reason", str, optional=True) or "",
-                       updated_at_s=_number(obj, "updated_at_s", low=0.0, default=0.0))
+            return cls(model=id_field(obj, "model"), live_version=id_field(obj, "live_version"),
+                       canary_version=typed_field(obj, "canary_version", str, optional=True),
+                       canary_share=number_field(obj, "canary_share", 0.0, 1.0, default=0.0),
+                       reason=typed_field(obj, "reason", str, optional=True) or "",
+                       updated_at_s=number_field(obj, "updated_at_s", low=0.0, default=0.0))
         except ValueError as e:  # a DecodeError, or __post_init__'s refusal
             raise DecodeError(getattr(e, "code", Reason.BAD_SCHEMA.value),
                               f"rollout record: {getattr(e, 'detail', e)}") from None
@@ -149,7 +149,7 @@ def decode_control(data: bytes) -> ControlState | Rollout:
     """One value of the control topic (not a tombstone): a model's :class:`Rollout` or its
     :class:`ControlState`. Parsed once, by the wire's strict JSON (bounded size and nesting, no
     NaN or Infinity, 64-bit integers); raises only :class:`DecodeError`."""
-    obj = _loads(data)
+    obj = strict_loads(data)
     if obj.get("kind") == "rollout" and isinstance(obj.get("rollout"), dict):
         return Rollout.from_dict(obj["rollout"])
     return ControlState.from_dict(obj)
@@ -230,11 +230,11 @@ class ControlView:
             if key is not None and key != update.key:
                 # a tombstone of its key would not remove it, and it could overwrite its model's
                 # own record from another partition in any order
-                raise DecodeError(Reason.BAD_SCHEMA.value, f"{type(update).__name__} of model {_short(update.model)} "
-                                  f"under key {_short(key)}, not {_short(update.key)}")
+                raise DecodeError(Reason.BAD_SCHEMA.value, f"{type(update).__name__} of model {short_repr(update.model)} "
+                                  f"under key {short_repr(key)}, not {short_repr(update.key)}")
         except DecodeError as e:
             self.skipped += 1
-            log.warning("control record at %s (key %s) skipped: %s", where or "an unknown offset", _short(key), e)
+            log.warning("control record at %s (key %s) skipped: %s", where or "an unknown offset", short_repr(key), e)
             return
         with self._lock:
             if isinstance(update, Rollout):
@@ -253,7 +253,7 @@ class ControlView:
         except Exception:  # noqa: BLE001 - a case the checks missed is a bug, but only this record's:
             # stopping the view for it would stop every restarted view too (the topic keeps it)
             self.skipped += 1
-            log.exception("control record at %s (key %s) skipped: applying it failed", record.where, _short(record.key))
+            log.exception("control record at %s (key %s) skipped: applying it failed", record.where, short_repr(record.key))
 
     def _run(self) -> None:
         try:

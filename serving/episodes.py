@@ -44,11 +44,11 @@ from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.stream import Output
 from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
-from auditstream.wire.codec import _field, _id, _loads, _number, _short
+from auditstream.wire.codec import id_field, number_field, short_repr, strict_loads, typed_field
 
 log = logging.getLogger(__name__)
 
-# Read with the wire's strict JSON (_loads), which also requires "v" to be the wire version: a
+# Read with the wire's strict JSON (strict_loads), which also requires "v" to be the wire version: a
 # new state version needs a check of its own in EpisodeState.from_bytes.
 STATE_VERSION = 1
 _STATE_FIELDS = ("episode_key", "partition", "next_step", "steps_seen", "last_action", "frames", "updated_at_s")
@@ -102,22 +102,22 @@ class EpisodeState:
         finiteness, range) so that a state restore adopts is one the consumer can serve from.
         """
         try:
-            obj = _loads(data)  # bounded size and nesting, no NaN or Infinity, 64-bit integers, "v" 1
+            obj = strict_loads(data)  # bounded size and nesting, no NaN or Infinity, 64-bit integers, "v" 1
             missing = [name for name in _STATE_FIELDS if name not in obj]
             if missing:
                 raise ValueError(f"fields {missing} missing")
             next_step, steps_seen = _count(obj, "next_step"), _count(obj, "steps_seen")
             if steps_seen > next_step:
                 raise ValueError(f"steps_seen={steps_seen} exceeds next_step={next_step} (steps are distinct)")
-            return cls(_id(obj, "episode_key"), _count(obj, "partition"), next_step, steps_seen,
+            return cls(id_field(obj, "episode_key"), _count(obj, "partition"), next_step, steps_seen,
                        _action(obj["last_action"], "last_action"), _frames(obj["frames"], next_step),
-                       _number(obj, "updated_at_s", low=0.0))  # finite: a NaN or infinite time never expires
+                       number_field(obj, "updated_at_s", low=0.0))  # finite: a NaN or infinite time never expires
         except ValueError as e:  # DecodeError is one
             raise ValueError(f"unreadable episode state: {e}") from None
 
 
 def _count(obj: dict[str, Any], name: str) -> int:
-    value = _field(obj, name, int)
+    value = typed_field(obj, name, int)
     if value < 0:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be >= 0")
     return value
@@ -125,20 +125,20 @@ def _count(obj: dict[str, Any], name: str) -> int:
 
 def _action(value: Any, name: str) -> int | None:
     if value is not None and (type(value) is not int or value < 0):
-        raise ValueError(f"{name} = {_short(value)} must be null or an action index >= 0")
+        raise ValueError(f"{name} = {short_repr(value)} must be null or an action index >= 0")
     return value
 
 
 def _frames(value: Any, next_step: int) -> list[list[Any]]:
     if not isinstance(value, list):
-        raise ValueError(f"field 'frames' = {_short(value)} must be a list of [step, tensor, action]")
+        raise ValueError(f"field 'frames' = {short_repr(value)} must be a list of [step, tensor, action]")
     frames = []
     for i, entry in enumerate(value):
         if not isinstance(entry, list) or len(entry) != 3:
-            raise ValueError(f"frames[{i}] = {_short(entry)} must be [step, tensor, action]")
+            raise ValueError(f"frames[{i}] = {short_repr(entry)} must be [step, tensor, action]")
         step, tensor, action = entry
         if type(step) is not int or not 0 <= step < next_step:  # every kept frame is of a step seen
-            raise ValueError(f"frames[{i}] step {_short(step)} must be an integer in [0, next_step={next_step})")
+            raise ValueError(f"frames[{i}] step {short_repr(step)} must be an integer in [0, next_step={next_step})")
         frames.append([step, decode_tensor(tensor), _action(action, f"frames[{i}] action")])
     return frames
 
@@ -272,7 +272,7 @@ class EpisodeStore:
         """The state in ``value``, if this consumer can serve from it; ValueError says why not."""
         state = EpisodeState.from_bytes(value)
         if state.episode_key.encode("utf-8") != key:  # its tombstone would not remove it
-            raise ValueError(f"holds episode {_short(state.episode_key)} under another key")
+            raise ValueError(f"holds episode {short_repr(state.episode_key)} under another key")
         dtype, shape = np.dtype(self.spec.dtype), self.spec.shape[1:]  # what prepare_input makes of a step
         for step, obs, _ in state.frames:
             fits = obs.ndim == len(shape) and all(w in (None, d) for d, w in zip(obs.shape, shape))
@@ -286,7 +286,7 @@ class EpisodeStore:
 
     def _skip(self, record: Record, why: str) -> None:
         self.skipped += 1
-        log.warning("episode-state record %s (key %s) skipped: %s", record.where, _short(record.key), why)
+        log.warning("episode-state record %s (key %s) skipped: %s", record.where, short_repr(record.key), why)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions were revoked (and checkpointed): their episodes now belong to another consumer."""

@@ -116,14 +116,17 @@ def _int64(text: str) -> int:
 
 # One decoder and one encoder for every record: json.loads and json.dumps given options build a
 # new one on each call, which cost as much as parsing the JSON of a 4 KiB request (half of
-# _loads; docs/serving.md, "The serving path's share"). Both are safe to share between threads:
+# strict_loads; docs/serving.md, "The serving path's share"). Both are safe to share between threads:
 # an encoder keeps its per-call state in the call, and the decoder's only shared state is a
 # memo that interns object keys (cleared after each document; a race can only cost an interning).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_int64)
 
 
-def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+def strict_loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    """A wire record's JSON object, or DecodeError with the reason code: at most ``max_bytes``,
+    UTF-8 strict JSON (no NaN, ints within 64 bits, no lone surrogates), ``"v": 1``. Every record
+    decoder here and the compacted topics' readers (control, episode state) parse with it."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -149,7 +152,7 @@ def _loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
                           "\\udfff without its pair): not valid Unicode text")
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
-        raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {_short(version)}, this build reads {WIRE_VERSION}")
+        raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {short_repr(version)}, this build reads {WIRE_VERSION}")
     return obj
 
 
@@ -174,12 +177,15 @@ def _lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr`` cut to 80 characters, for error messages that quote a bad value."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+def typed_field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+    """``obj[name]`` if it is a ``kind`` (a bool is not an int), None if absent or null and
+    ``optional``; else DecodeError ``bad_schema`` naming the field."""
     value = obj.get(name)
     if value is None and optional:
         return None
@@ -188,28 +194,29 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], option
     return value
 
 
-def _number(obj: dict[str, Any], name: str, low: float = -math.inf, high: float = math.inf, default: float | None = None) -> float:
+def number_field(obj: dict[str, Any], name: str, low: float = -math.inf, high: float = math.inf, default: float | None = None) -> float:
     """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity)."""
     if default is not None and obj.get(name) is None:
         return default
     try:
-        value = float(_field(obj, name, (int, float)))
-    except OverflowError:  # an int past 1e308 (callers that skip _loads' 64-bit limit)
+        value = float(typed_field(obj, name, (int, float)))
+    except OverflowError:  # an int past 1e308 (callers that skip strict_loads' 64-bit limit)
         value = math.inf
     if not (math.isfinite(value) and low <= value <= high):
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be finite and in [{low}, {high}]")
     return value
 
 
-def _id(obj: dict[str, Any], name: str) -> str:
-    value = _field(obj, name, str)
+def id_field(obj: dict[str, Any], name: str) -> str:
+    """An identifier: a string of 1 to ``MAX_ID_CHARS`` characters."""
+    value = typed_field(obj, name, str)
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be 1..{MAX_ID_CHARS} characters, got {len(value)}")
     return value
 
 
 def _step(obj: dict[str, Any]) -> int | None:
-    step = _field(obj, "step", int, optional=True)
+    step = typed_field(obj, "step", int, optional=True)
     if step is not None and step < 0:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {step} must be >= 0")
     return step
@@ -221,7 +228,7 @@ def _enum(kind: type[Enum], value: Any, name: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {_short(value)} not one of {[m.value for m in kind]}") from None
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {short_repr(value)} not one of {[m.value for m in kind]}") from None
 
 
 def schema() -> dict[str, Any]:

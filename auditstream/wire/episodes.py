@@ -9,14 +9,14 @@ import numpy as np
 
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
-    DECISION_SOURCES, MAX_RECORD_BYTES, Reason, Route, WIRE_VERSION, _dumps, _enum, _field, _id,
-    _loads, _number, _short, _step,
+    DECISION_SOURCES, MAX_RECORD_BYTES, Reason, Route, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field,
+    short_repr, strict_loads, typed_field,
 )
 from auditstream.wire.tensors import decode_tensor, encode_tensor
 
 
 def _action_index(obj: dict[str, Any], name: str, optional: bool = False) -> int | None:
-    value = _field(obj, name, int, optional=optional)
+    value = typed_field(obj, name, int, optional=optional)
     if value is not None and value < 0:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} = {value} must be an action index >= 0")
     return value
@@ -26,7 +26,7 @@ def _episode(obj: dict[str, Any]) -> tuple[str, int]:
     step = _step(obj)
     if step is None:
         raise DecodeError(Reason.BAD_SCHEMA.value, "field 'step' must be int")
-    return _id(obj, "episode_key"), step
+    return id_field(obj, "episode_key"), step
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +75,21 @@ class Action:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Action":
-        obj = _loads(data, max_bytes)
+        obj = strict_loads(data, max_bytes)
         episode_key, step = _episode(obj)
         action = _action_index(obj, "action", optional=True)
-        if _field(obj, "deferred", bool) != (action is None):
+        if typed_field(obj, "deferred", bool) != (action is None):
             raise DecodeError(Reason.BAD_SCHEMA.value, f"'deferred' must be true exactly when 'action' is null (action {action})")
         return cls(
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
-            model_version=_field(obj, "model_version", str),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
+            model_version=typed_field(obj, "model_version", str),
             episode_key=episode_key,
             step=step,
             action=action,
             route=_enum(Route, obj.get("route"), "route"),
-            created_at_s=_number(obj, "created_at_s"),
-            details=_field(obj, "details", dict, optional=True) or {},
+            created_at_s=number_field(obj, "created_at_s"),
+            details=typed_field(obj, "details", dict, optional=True) or {},
         )
 
 
@@ -141,24 +141,24 @@ class Transition:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Transition":
-        obj = _loads(data, max_bytes)
+        obj = strict_loads(data, max_bytes)
         episode_key, step = _episode(obj)
-        source = _field(obj, "source", str)
+        source = typed_field(obj, "source", str)
         if source not in DECISION_SOURCES:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"transition source {_short(source)} not one of {DECISION_SOURCES}")
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"transition source {short_repr(source)} not one of {DECISION_SOURCES}")
         return cls(
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
-            model_version=_field(obj, "model_version", str),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
+            model_version=typed_field(obj, "model_version", str),
             episode_key=episode_key,
             step=step,
             observation=decode_tensor(obj.get("observation")),
             action=_action_index(obj, "action"),  # type: ignore[arg-type]
             source=source,
-            reward=_number(obj, "reward"),
-            terminated=_field(obj, "terminated", bool),
-            truncated=_field(obj, "truncated", bool),
-            created_at_s=_number(obj, "created_at_s"),
+            reward=number_field(obj, "reward"),
+            terminated=typed_field(obj, "terminated", bool),
+            truncated=typed_field(obj, "truncated", bool),
+            created_at_s=number_field(obj, "created_at_s"),
         )
 
 

@@ -11,8 +11,8 @@ from typing import Any
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
     DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_ID_CHARS, MAX_RECORD_BYTES,
-    Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _field, _id, _loads, _number, _short,
-    _step,
+    Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field, short_repr,
+    strict_loads, typed_field,
 )
 from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input
 
@@ -55,18 +55,18 @@ class InferenceRequest:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "InferenceRequest":
-        obj = _loads(data, max_bytes)
-        episode_key = _field(obj, "episode_key", str, optional=True)
+        obj = strict_loads(data, max_bytes)
+        episode_key = typed_field(obj, "episode_key", str, optional=True)
         if episode_key is not None and not 1 <= len(episode_key) <= MAX_ID_CHARS:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'episode_key' must be 1..{MAX_ID_CHARS} characters")
         return cls(
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
             input=decode_input(obj.get("input")),
-            created_at_s=_number(obj, "created_at_s"),
+            created_at_s=number_field(obj, "created_at_s"),
             episode_key=episode_key,
             step=_step(obj),
-            episode_end=bool(_field(obj, "episode_end", bool, optional=True)),
+            episode_end=bool(typed_field(obj, "episode_end", bool, optional=True)),
         )
 
 
@@ -129,28 +129,28 @@ class Prediction:
     @classmethod
     def from_dict(cls, obj: dict[str, Any], headers: list[tuple[str, bytes]] | None = None) -> "Prediction":
         return cls(
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
-            model_version=_field(obj, "model_version", str),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
+            model_version=typed_field(obj, "model_version", str),
             task=_enum(TaskKind, obj.get("task"), "task"),
             output=obj.get("output"),
-            confidence=_number(obj, "confidence"),
+            confidence=number_field(obj, "confidence"),
             route=_enum(Route, obj.get("route"), "route"),
-            reason=_field(obj, "reason", str),
-            qc_inclusion_prob=_number(obj, "qc_inclusion_prob", 0.0, 1.0),
-            created_at_s=_number(obj, "created_at_s"),
-            details=_field(obj, "details", dict, optional=True) or {},
-            episode_key=_field(obj, "episode_key", str, optional=True),
+            reason=typed_field(obj, "reason", str),
+            qc_inclusion_prob=number_field(obj, "qc_inclusion_prob", 0.0, 1.0),
+            created_at_s=number_field(obj, "created_at_s"),
+            details=typed_field(obj, "details", dict, optional=True) or {},
+            episode_key=typed_field(obj, "episode_key", str, optional=True),
             step=_step(obj),
             latency=parse_latency_headers(headers),
-            shadow=bool(_field(obj, "shadow", bool, optional=True)),
+            shadow=bool(typed_field(obj, "shadow", bool, optional=True)),
         )
 
     @classmethod
     def from_bytes(
         cls, data: bytes, headers: list[tuple[str, bytes]] | None = None, max_bytes: int = MAX_RECORD_BYTES
     ) -> "Prediction":
-        return cls.from_dict(_loads(data, max_bytes), headers)
+        return cls.from_dict(strict_loads(data, max_bytes), headers)
 
 
 def parse_latency_headers(headers: Any) -> dict[str, float]:
@@ -186,7 +186,7 @@ class AuditItem:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "AuditItem":
-        obj = _loads(data, max_bytes)
+        obj = strict_loads(data, max_bytes)
         return cls(prediction=Prediction.from_dict(obj), input=decode_input(obj.get("input")))
 
 
@@ -233,23 +233,23 @@ class Verdict:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Verdict":
-        obj = _loads(data, max_bytes)
-        inclusion_prob = _number(obj, "inclusion_prob", 0.0, 1.0, default=1.0)
+        obj = strict_loads(data, max_bytes)
+        inclusion_prob = number_field(obj, "inclusion_prob", 0.0, 1.0, default=1.0)
         if inclusion_prob == 0.0:  # estimates weight each audit by 1 / inclusion_prob
             raise DecodeError(Reason.BAD_SCHEMA.value, "field 'inclusion_prob' must be > 0")
         return cls(
-            verdict_id=_id(obj, "verdict_id"),
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
-            model_version=_field(obj, "model_version", str),
-            auditor=_field(obj, "auditor", str),
+            verdict_id=id_field(obj, "verdict_id"),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
+            model_version=typed_field(obj, "model_version", str),
+            auditor=typed_field(obj, "auditor", str),
             kind=_enum(VerdictKind, obj.get("kind"), "kind"),
-            decided_at_s=_number(obj, "decided_at_s"),
+            decided_at_s=number_field(obj, "decided_at_s"),
             model_output=obj.get("model_output"),
             corrected_output=obj.get("corrected_output"),
             item_route=_enum(Route, obj.get("item_route", Route.HUMAN.value), "item_route"),
             inclusion_prob=inclusion_prob,
-            is_gold=bool(_field(obj, "is_gold", bool, optional=True)),
+            is_gold=bool(typed_field(obj, "is_gold", bool, optional=True)),
         )
 
 
@@ -289,20 +289,20 @@ class Decision:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "Decision":
-        obj = _loads(data, max_bytes)
-        source = _field(obj, "source", str)
+        obj = strict_loads(data, max_bytes)
+        source = typed_field(obj, "source", str)
         if source not in DECISION_SOURCES:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"decision source {_short(source)} not one of {DECISION_SOURCES}")
+            raise DecodeError(Reason.BAD_SCHEMA.value, f"decision source {short_repr(source)} not one of {DECISION_SOURCES}")
         return cls(
-            request_id=_id(obj, "request_id"),
-            model=_id(obj, "model"),
-            model_version=_field(obj, "model_version", str),
+            request_id=id_field(obj, "request_id"),
+            model=id_field(obj, "model"),
+            model_version=typed_field(obj, "model_version", str),
             output=obj.get("output"),
             source=source,
-            created_at_s=_number(obj, "created_at_s"),
-            episode_key=_field(obj, "episode_key", str, optional=True),
+            created_at_s=number_field(obj, "created_at_s"),
+            episode_key=typed_field(obj, "episode_key", str, optional=True),
             step=_step(obj),
-            details=_field(obj, "details", dict, optional=True) or {},
+            details=typed_field(obj, "details", dict, optional=True) or {},
         )
 
 @dataclass(frozen=True, slots=True)
@@ -348,9 +348,9 @@ class DeadLetter:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> "DeadLetter":
-        obj = _loads(data, max_bytes)
-        source = _field(obj, "source", dict)
-        partition, offset = _field(source, "partition", int), _field(source, "offset", int)
+        obj = strict_loads(data, max_bytes)
+        source = typed_field(obj, "source", dict)
+        partition, offset = typed_field(source, "partition", int), typed_field(source, "offset", int)
         if partition < 0 or offset < 0:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"source partition {partition} and offset {offset} must be >= 0")
 
@@ -361,27 +361,27 @@ class DeadLetter:
                 raise DecodeError(Reason.BAD_SCHEMA.value, f"{name} must be a base64 string or null")
             return _b64decode(value, name)
 
-        headers = _field(obj, "headers", list, optional=True) or []
+        headers = typed_field(obj, "headers", list, optional=True) or []
         if not all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) for h in headers):
             raise DecodeError(Reason.BAD_SCHEMA.value, "headers must be a list of [name, base64 value or null] pairs")
-        omitted = _field(obj, "omitted", dict, optional=True)
+        omitted = typed_field(obj, "omitted", dict, optional=True)
         omitted_bytes, value_sha256 = 0, ""
         if omitted is not None:
-            omitted_bytes, value_sha256 = _field(omitted, "bytes", int), _field(omitted, "value_sha256", str)
+            omitted_bytes, value_sha256 = typed_field(omitted, "bytes", int), typed_field(omitted, "value_sha256", str)
             if omitted_bytes < 1 or not _SHA256.fullmatch(value_sha256):
                 raise DecodeError(Reason.BAD_SCHEMA.value, "omitted must be {'bytes': int >= 1, 'value_sha256': 64 hex digits}")
             if obj.get("key_b64") is not None or obj.get("value_b64") is not None or headers:
                 raise DecodeError(Reason.BAD_SCHEMA.value, "a letter with 'omitted' carries no key, value or headers")
         return cls(
-            reason=_field(obj, "reason", str),
-            detail=_field(obj, "detail", str),
-            source_topic=_field(source, "topic", str),
+            reason=typed_field(obj, "reason", str),
+            detail=typed_field(obj, "detail", str),
+            source_topic=typed_field(source, "topic", str),
             source_partition=partition,
             source_offset=offset,
             key=unb64("key_b64", obj.get("key_b64")),
             value=unb64("value_b64", obj.get("value_b64")),
             headers=tuple((k, unb64("header value", v)) for k, v in headers),  # a null value stays null
-            failed_at_s=_number(obj, "failed_at_s", default=0.0),
+            failed_at_s=number_field(obj, "failed_at_s", default=0.0),
             omitted_bytes=omitted_bytes,
             value_sha256=value_sha256,
         )
