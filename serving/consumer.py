@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 OUTPUT_TOPICS = (T.PREDICTIONS, T.DECISIONS, T.AUDIT, T.DEAD_LETTER, T.ACTIONS)  # what a consumer may write
 MAX_PLAUSIBLE_AGE_S = 7 * 24 * 3600.0  # older requests' latencies are not observed
 MAX_CLOCK_SKEW_S = 300.0  # nor those of requests from further in the future
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What process_batch needs besides the records: the model card, policy, limits, topics."""
