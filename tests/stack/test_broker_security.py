@@ -13,6 +13,7 @@ a message that names the setting and never the password.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from auditstream import topics as T
 from auditstream.errors import BrokerRefused
-from auditstream.kafka import make_consumer, make_producer, read_to_end
+from auditstream.kafka import ensure_topics, make_consumer, make_producer, read_to_end
 from auditstream.settings import Settings
 from stack import broker as embedded
 from stack.pki import Pki, make_pki
@@ -59,8 +61,6 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
 
 def _round_trip(settings: Settings) -> None:
     """Produce three records, read them back, and join a group and consume them."""
-    from auditstream.kafka import ensure_topics
-
     topic = settings.topic(f"roundtrip-{uuid.uuid4().hex[:6]}")
     ensure_topics(settings, [topic])
     producer = make_producer(settings)
@@ -82,9 +82,17 @@ def _round_trip(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_tls_with_the_trusted_ca_carries_produce_read_and_group_consumption(tls_broker, pki, tmp_path, client):
+def test_tls_with_the_trusted_ca_carries_produce_read_and_group_consumption(tls_broker, pki, tmp_path, client, caplog):
     settings = _tls_settings(tmp_path, pki, bootstrap_servers=tls_broker.bootstrap, kafka_client=client)
     _round_trip(settings)
+    # what serve asks at start-up (the topics' max.message.bytes) is answered over TLS too
+    from auditstream.kafka.limits import MAX_PRODUCE_BYTES, topic_limits
+
+    topic = settings.topic(T.DEAD_LETTER)
+    ensure_topics(settings, [topic])
+    with caplog.at_level(logging.WARNING, "auditstream.kafka.limits"):
+        assert topic_limits(settings, [topic], tls_broker.bootstrap) == {topic: MAX_PRODUCE_BYTES}
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("client", CLIENTS)
