@@ -64,6 +64,9 @@ from serving.inputs import prepare_input
 log = logging.getLogger(__name__)
 
 OUTPUT_TOPICS = (T.PREDICTIONS, T.DECISIONS, T.AUDIT, T.DEAD_LETTER, T.ACTIONS)  # what a consumer may write
+# An output's key is an id (at most 256 characters: 1 KiB of UTF-8) and its headers the latency
+# ones: with the record overhead, well within this.
+OUTPUT_FRAMING_BYTES = 4 * 1024
 MAX_PLAUSIBLE_AGE_S = 7 * 24 * 3600.0  # older requests' latencies are not observed
 MAX_CLOCK_SKEW_S = 300.0  # nor those of requests from further in the future
 
@@ -148,10 +151,13 @@ def _oversized(outputs: list[Output], config: "ServeConfig") -> str | None:
     """What says an output would be over its topic's limit (the broker or the client would refuse
     it, and the loop could not go past this record), or None when all fit."""
     for out in outputs:
+        limit = config.limit(out.topic)
+        if len(out.value or b"") + OUTPUT_FRAMING_BYTES <= limit:  # the usual case, without counting headers
+            continue
         size = record_bytes(out.key, out.value, out.headers)
-        if size > config.limit(out.topic):
+        if size > limit:
             return (f"its output to {out.topic} would be {size} bytes, over that topic's limit of "
-                    f"{config.limit(out.topic)} (max.message.bytes); raise it, then replay this letter")
+                    f"{limit} (max.message.bytes); raise it, then replay this letter")
     return None
 
 
