@@ -16,6 +16,10 @@ from typing import Any
 from auditstream import tasks, topics
 from auditstream.tasks.base import canonical_json
 from auditstream.wire import AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
+from auditstream.wire.codec import short_repr
+
+# The largest corrected output a verdict takes, as canonical JSON (check_verdict_input).
+MAX_CORRECTION_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,14 @@ def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
     if kind is VerdictKind.CORRECT and corrected_output is None:
         raise ValueError("a 'correct' verdict needs the corrected output")
     if kind is not VerdictKind.CORRECT and corrected_output is not None:
-        raise ValueError(f"a {kind.value!r} verdict takes no corrected output, got {corrected_output!r}")
+        raise ValueError(f"a {kind.value!r} verdict takes no corrected output, got {short_repr(corrected_output)}")
+    # The verdict is published from the outbox: one the producer or the broker refused would be
+    # claimed again by every publishing round, first of all (oldest first), and publish nothing
+    # after it. The dashboard's editors bound what a person types; this bounds every caller.
+    size = 0 if corrected_output is None else len(dumps(corrected_output).encode("utf-8"))
+    if size > MAX_CORRECTION_BYTES:
+        raise ValueError(f"the corrected output is {size} bytes of JSON, over {MAX_CORRECTION_BYTES}: no correction is "
+                         "that large (a detector's 1,000 boxes are ~60 KB); refused, nothing recorded")
 
 
 def decision_key(item: StoredItem) -> bytes:

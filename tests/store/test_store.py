@@ -176,6 +176,24 @@ def test_corrected_output_goes_with_correct_only(store: AuditStore, kind: str, c
         store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, corrected, T0)
 
 
+def test_a_correction_too_large_to_publish_is_refused_and_nothing_is_recorded(store: AuditStore) -> None:
+    # Recorded, its verdict would sit first in the outbox and every publishing round would fail on
+    # it (the producer refuses records over MAX_PRODUCE_BYTES): nothing after it would be published.
+    from store.records import MAX_CORRECTION_BYTES
+
+    (alice,) = add_users(store, "alice")
+    store.ingest(audit_item("r1"), T0)
+    claim = store.claim(alice, 60, T0)
+    huge = "7" * (MAX_CORRECTION_BYTES + 1)
+    with pytest.raises(ValueError, match=f"over {MAX_CORRECTION_BYTES}") as info:
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct", huge, T0)
+    assert len(str(info.value)) < 300  # the message does not quote the value
+    assert store.verdicts(item_id=claim.item_id) == [] and store.pending_outbox() == []
+    # the lease still holds: the same auditor answers within the limit
+    result = store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct", "7" * 1000, T0 + 1)
+    assert result.recorded and len(store.pending_outbox()) >= 1
+
+
 def test_skip_releases_the_item_to_another_auditor_and_is_kept_in_history(store: AuditStore) -> None:
     alice, bob = add_users(store, "alice", "bob")
     store.ingest(audit_item("r1"), T0)
