@@ -139,7 +139,7 @@ def budget_verdict(q: ModelQC) -> tuple[str, str]:
         counted = f"{q.parts_audited or 0:,} boxes in {q.audited:,} audits"
     else:
         rate, low, high, counted = "error rate", q.ci_low, q.ci_high, f"{q.audited:,} audits"
-    between = f"{low:.2%} ≤ {'FDR' if q.part_fdr_low is not None else 'error'} ≤ {high:.2%}, {counted}"
+    between = f"{low:.2%} ≤ {'FDR' if q.part_fdr_low is not None else 'error'} ≤ {high:.2%}, {counted}{order_note(q)}"
     if q.budget_state == "over_budget":
         tip = f"; suggested threshold {q.suggested_threshold:.3f}" if q.suggested_threshold is not None else ""
         return "error", f"{name}: **over budget** — the {rate} is shown above {q.budget:.2%} ({between}){tip}"
@@ -148,6 +148,19 @@ def budget_verdict(q: ModelQC) -> tuple[str, str]:
     more = (f"; about {q.audits_to_settle:,} more audits would settle it if the {rate} stays where it is"
             if q.audits_to_settle else "; the estimate sits on the budget: many more audits are needed")
     return "info", f"{name}: budget {q.budget:.2%} **not yet known** ({between}){more}"
+
+
+def order_note(q: ModelQC) -> str:
+    """What the stream order of the audits holds back or gave up (docs/qc-statistics.md, "The
+    order of the audits"); empty when nothing."""
+    notes = []
+    if q.audits_waiting:
+        notes.append(f"{q.audits_waiting:,} more verdicts wait for an earlier QC sample's")
+    if q.qc_released_unaudited:
+        notes.append(f"{q.qc_released_unaudited:,} QC samples released unaudited, not in the estimate")
+    if q.audits_unplaced:
+        notes.append(f"{q.audits_unplaced:,} verdicts without a place in the stream left out")
+    return "".join(f"; {n}" for n in notes)
 
 
 def _drift_row(q: ModelQC) -> dict:

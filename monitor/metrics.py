@@ -85,6 +85,12 @@ class MonitorMetrics:
                               "(the confidence sequence's upper bound is below it).")
         self.to_settle = gauge("qc_audits_to_settle", "Budget not yet known: rough audits until it is settled "
                                "(NaN when settled or when the estimate sits on the budget).")
+        self.waiting = gauge("qc_audits_waiting", "Verdicts not yet counted: held behind an earlier QC sample still "
+                             "without a verdict (stream order), or waiting for their prediction.")
+        self.released = gauge("qc_released_unaudited", "QC samples given up without a verdict (too many verdicts "
+                              "held behind them): the audits no longer cover every sample.")
+        self.unplaced = gauge("qc_audits_unplaced", "Verdicts left out: their prediction was never seen or their "
+                              "sample was already released.")
         self.suggested = gauge("qc_suggested_threshold", "Smallest threshold whose audited bound is within budget.")
         self.ks_statistic = gauge("drift_ks_statistic", "KS distance of live confidences from the card's reference.")
         self.ks_pvalue = gauge("drift_ks_pvalue", "p-value of that KS test.")
@@ -132,6 +138,9 @@ class MonitorMetrics:
         self.over_budget.labels(*mv).set(int(s.over_budget))
         self.verified.labels(*mv).set(int(s.budget_state == BudgetState.VERIFIED))
         self.to_settle.labels(*mv).set(_nan(s.audits_to_settle))
+        self.waiting.labels(*mv).set(_nan(s.audits_waiting))
+        self.released.labels(*mv).set(_nan(s.qc_released_unaudited))
+        self.unplaced.labels(*mv).set(_nan(s.audits_unplaced))
         self.suggested.labels(*mv).set(_nan(s.suggested_threshold))
         self.ks_statistic.labels(*mv).set(_nan(s.ks_statistic))
         self.ks_pvalue.labels(*mv).set(_nan(s.ks_pvalue))

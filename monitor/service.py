@@ -277,16 +277,27 @@ class StatsHooks:
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
 
     def seed_from_store(self, store: AuditStore) -> int:
-        """Start a fresh tracker from the store's audited verdicts (decision order); returns how
+        """Start a fresh tracker from the store's QC samples in stream order; returns how
         many audits it counted. Called when this process takes the lead, so the statistics are
         continuous across restarts and hand-overs. Prediction counts start again from zero."""
         started = time.monotonic()
         tracker = self._new_tracker()
-        counted = tracker.seed(store.audited_qc_history())
+        counted = tracker.seed(store.qc_stream())
         with self._lock:
             self.tracker = tracker
         log.info("QC statistics seeded from the store: %d audits in %.1f s", counted, time.monotonic() - started)
         return counted
+
+    def catch_up(self, store: AuditStore) -> int:
+        """Place the QC samples ingested since the last read (by any monitor: with several, this
+        one's predictions are only its partitions'), so that their verdicts have a place in the
+        stream order when they are published; returns how many audits that let count."""
+        with self._lock:
+            tracker = self.tracker
+            after = tracker.store_position
+        samples = list(store.qc_stream(after_id=after))  # new rows only (keyset on the item id)
+        with self._lock:
+            return tracker.seed(samples) if tracker is self.tracker else 0
 
     def observe_prediction(self, prediction: Prediction) -> None:
         with self._lock:
@@ -362,6 +373,8 @@ class OutboxPublisher(threading.Thread):
                 if stopping and not self.leading:
                     return  # a follower that is shutting down does not take the lead on its way out
                 if self._lead():
+                    if self.stats is not None:  # the samples first: then their verdicts have a place
+                        self.stats.catch_up(self.store)
                     on_verdict = self.stats.observe_verdict if self.stats else None
                     while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
                                                self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,

@@ -45,6 +45,7 @@ from auditstream import tasks
 from auditstream.registry import ModelCard
 from auditstream.settings import Settings
 from auditstream.wire import Prediction, Route, TaskKind, Verdict, VerdictKind
+from monitor.qc_order import Audit, StreamOrder
 from qc.binomial import DEFAULT_MIN_INCLUSION_PROB, estimate_from_sums, shown_at_most
 from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
 from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
@@ -53,7 +54,7 @@ from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
 from store.records import audit_error, audit_false_parts
 
 if TYPE_CHECKING:
-    from store.records import QCOutcome
+    from store.records import QCSample
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class QCConfig:
     suggest_threshold: bool = field(default=True, metadata={"help": "suggest a tighter threshold when over budget"})
     threshold_candidates: int = field(default=20, metadata={"help": "thresholds tried (Bonferroni-adjusted)"})
     memory: int = field(default=200_000, metadata={"help": "request ids / audits remembered per model version"})
+    order_wait: int = field(default=2000, metadata={
+        "help": "verdicts held behind a QC sample still without one before it is given up (released unaudited)"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence < 1.0:
@@ -80,8 +83,8 @@ class QCConfig:
         if not 0.0 < self.ks_alpha < 1.0 or self.cusum_shift <= 1.0 or self.cusum_arl0 <= 1.0:
             raise ValueError(f"need 0 < ks_alpha < 1, cusum_shift > 1, cusum_arl0 > 1; got "
                              f"{self.ks_alpha}, {self.cusum_shift}, {self.cusum_arl0}")
-        if min(self.ks_window, self.ks_min_window, self.threshold_candidates, self.memory) < 1:
-            raise ValueError("ks_window, ks_min_window, threshold_candidates and memory must be >= 1")
+        if min(self.ks_window, self.ks_min_window, self.threshold_candidates, self.memory, self.order_wait) < 1:
+            raise ValueError("ks_window, ks_min_window, threshold_candidates, memory and order_wait must be >= 1")
         SequenceConfig(1.0 - self.confidence, self.min_inclusion_prob)  # validates them
 
     @property
@@ -143,7 +146,7 @@ class _VersionState:
     def __init__(self, config: QCConfig) -> None:
         self.counts = {route: 0 for route in Route}
         self.seen_predictions, self.seen_verdicts = _Recent(config.memory), _Recent(config.memory)
-        self.qc_confidence: OrderedDict[str, float] = OrderedDict()
+        self.order = StreamOrder(config.order_wait, config.memory)  # QC samples in stream order (monitor/qc_order.py)
         self.sums = np.zeros(5)  # n, sum w, sum w y, sum w^2, sum w^2 y
         self.errors = 0
         self.audits: deque[tuple[float, float, int]] = deque(maxlen=config.memory)  # (confidence, pi, error)
@@ -172,6 +175,7 @@ class QCTracker:
         # public salt a producer could pick ids whose audits never reach the chart.
         self._cusum_salt = derived_salt(salt, "cusum")
         self.states: dict[tuple[str, str], _VersionState] = {}
+        self.store_position = -1  # the last store item id seeded: read on from there (StatsHooks.catch_up)
 
     def _state(self, model: str, version: str) -> _VersionState:
         state = self.states.get((model, version))
@@ -211,10 +215,8 @@ class QCTracker:
             return
         state.counts[p.route] += 1
         state.window.add(p.confidence)
-        if p.route is Route.AUTO_QC:
-            state.qc_confidence[p.request_id] = p.confidence
-            if len(state.qc_confidence) > self.config.memory:
-                state.qc_confidence.popitem(last=False)
+        if p.route is Route.AUTO_QC and not p.shadow:  # a shadow answer is never audited
+            self._count(state, state.order.place(p.request_id, p.confidence))
 
     def observe_verdict(self, v: Verdict) -> None:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
@@ -226,37 +228,52 @@ class QCTracker:
         if rule is not None and rule.accepts_parts:
             parts = rule.count_parts(v.model_output)
             false = audit_false_parts(v.kind, rule, v.model_output, v.corrected_output)
-        self._audit(v.model, v.model_version, v.request_id, error, v.inclusion_prob, v.verdict_id, parts=parts,
-                    false_parts=false)
+        self._decide(v.model, v.model_version, Audit(v.request_id, error, v.inclusion_prob, parts, false), v.verdict_id)
 
-    def seed(self, outcomes: Iterable[QCOutcome]) -> int:
-        """Replay audited QC outcomes read back from the store (``store.audited_qc_history()``,
-        in decision order) so the audited error estimate, its bound and the CUSUM continue
-        across a monitor restart; returns how many counted. Verdicts published afterwards that
-        the store already held are recognised by request id and not counted twice. Coverage and
-        the KS window come from the predictions stream and start afresh."""
+    def seed(self, samples: Iterable[QCSample]) -> int:
+        """Replay the QC samples read back from the store (``store.qc_stream()``: every non-gold
+        QC sample in stream order, the item ids, each with its first decisive verdict or none
+        yet) so the audited error estimate, its bound and the CUSUM continue across a monitor
+        restart, and verdicts still to come wait behind the open samples before them; returns
+        how many audits counted. Verdicts published afterwards that the store already held are
+        recognised by request id and not counted twice; a sample placed already (its prediction
+        seen, or read before) keeps its place. Coverage and the KS window come from the
+        predictions stream and start afresh."""
         counted = 0
-        for o in outcomes:
-            counted += self._audit(o.model, o.model_version, o.request_id, o.is_error, o.inclusion_prob,
-                                   o.request_id, o.confidence, o.parts, o.false_parts)  # fmt: skip
+        for s in samples:
+            self.store_position = max(self.store_position, s.item_id)
+            state = self._state(s.model, s.model_version)
+            counted += self._count(state, state.order.place(s.request_id, s.confidence))
+            o = s.outcome
+            if o is not None:
+                audit = Audit(o.request_id, o.is_error, o.inclusion_prob, o.parts, o.false_parts)
+                counted += self._decide(s.model, s.model_version, audit, o.request_id)
         return counted
 
-    def _audit(self, model: str, version: str, request_id: str, is_error: bool, pi: float, what: str,
-               confidence: float | None = None, parts: int | None = None,
-               false_parts: int | None = None) -> bool:  # fmt: skip
-        """Count one audited QC answer (the first per request id); True if it counted."""
-        if not 0.0 < pi <= 1.0:
-            log.warning("ignoring audit %s on %s: inclusion_prob %r not in (0, 1]", what, request_id, pi)
-            return False
+    def _decide(self, model: str, version: str, audit: Audit, what: str) -> int:
+        """One verdict's audit (the first per request id) takes its place in the stream order;
+        returns how many audits that let count."""
+        if not 0.0 < audit.inclusion_prob <= 1.0:
+            log.warning("ignoring audit %s on %s: inclusion_prob %r not in (0, 1]", what, audit.request_id,
+                        audit.inclusion_prob)
+            return 0
         state = self._state(model, version)
-        if not state.seen_verdicts.add(request_id):  # redelivery or a second review: first counts
-            return False
-        error = int(is_error)
+        if not state.seen_verdicts.add(audit.request_id):  # redelivery or a second review: first counts
+            return 0
+        return self._count(state, state.order.decide(audit))
+
+    def _count(self, state: _VersionState, ready: list[tuple[Audit, float | None]]) -> int:
+        for audit, confidence in ready:
+            self._audit(state, audit, confidence)
+        return len(ready)
+
+    def _audit(self, state: _VersionState, audit: Audit, confidence: float | None) -> None:
+        """Count one audited QC answer, in stream order."""
+        request_id, pi, parts, false_parts = audit.request_id, audit.inclusion_prob, audit.parts, audit.false_parts
+        error = int(audit.is_error)
         w = 1.0 / pi
         state.sums += (1.0, w, w * error, w * w, w * w * error)
         state.errors += error
-        seen_confidence = state.qc_confidence.pop(request_id, None)
-        confidence = seen_confidence if confidence is None else confidence
         if confidence is not None:
             state.audits.append((confidence, pi, error))
         state.min_pi = min(state.min_pi, pi)
@@ -271,7 +288,6 @@ class QCTracker:
             state.before_card.append((error, pi, parts, false_parts))
         if state.cusum is not None and hash_uniform(request_id, salt=self._cusum_salt) < state.min_pi / pi:
             state.cusum.update(bool(error))
-        return True
 
     @staticmethod
     def _update_part_sequence(state: _VersionState, pi: float, parts: int | None, false: int | None) -> None:
@@ -326,6 +342,12 @@ class QCTracker:
                                           cfg.threshold_candidates, min_inclusion_prob=cfg.min_inclusion_prob)
             reasons.append(f"suggested threshold {suggested:.4f}" if suggested is not None
                            else "no audited threshold is within budget")
+        order = s.order
+        if order.waiting:
+            reasons.append(f"{order.waiting} verdicts wait for an earlier QC sample's (stream order)")
+        if order.released or order.unplaced:
+            reasons.append(f"{order.released} QC samples released unaudited, {order.unplaced} verdicts without a "
+                           "place in the stream: not counted")
         ks_stat, ks_p = self._ks(s, predictions, reasons)
         if s.cusum is not None:
             reasons.append(f"CUSUM {'ALARM' if s.cusum.alarm else 'ok'} "
@@ -343,6 +365,7 @@ class QCTracker:
             parts_false=s.parts_false if accepts_parts else None,
             part_fdr_estimate=float(s.part_sums[0] / s.part_sums[1]) if s.part_sums[1] > 0 else None,
             part_fdr_low=report.low if per_part else None, part_fdr_high=report.high if per_part else None,
+            audits_waiting=order.waiting, qc_released_unaudited=order.released, audits_unplaced=order.unplaced,
         )
 
     def _ks(self, s: _VersionState, predictions: int, reasons: list[str]) -> tuple[float | None, float | None]:

@@ -42,3 +42,10 @@ class ModelQC:
     part_fdr_estimate: float | None = None
     part_fdr_low: float | None = None
     part_fdr_high: float | None = None
+    # The stream order of the audits (monitor/qc_order.py): verdicts not yet counted because an
+    # earlier QC sample still waits for its verdict (or their prediction is not seen yet), QC samples
+    # given up without a verdict (the audits no longer cover every sample), and verdicts left out for
+    # want of a place in the stream. None in snapshots stored before they existed.
+    audits_waiting: int | None = 0
+    qc_released_unaudited: int | None = 0
+    audits_unplaced: int | None = 0

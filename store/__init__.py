@@ -23,6 +23,7 @@ from store.records import (
     GoldScore,
     OutboxRow,
     QCOutcome,
+    QCSample,
     QueueStat,
     StoreConfig,
     StoredItem,
@@ -34,7 +35,7 @@ from store.outbox import OutboxRound
 from store.store import AuditStore
 
 __all__ = [
-    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRound", "OutboxRow", "QCOutcome", "QueueStat", "StoreConfig",
+    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRound", "OutboxRow", "QCOutcome", "QCSample", "QueueStat", "StoreConfig",
     "StoreStats", "StoredItem", "VerdictRecord", "VerdictResult", "open_store",
 ]  # fmt: skip
 

@@ -20,6 +20,7 @@ from store.records import (
     Agreement,
     GoldScore,
     QCOutcome,
+    QCSample,
     QueueStat,
     StoredItem,
     StoreStats,
@@ -188,36 +189,49 @@ class StoreReads:
     def audited_qc_history(self, model: str | None = None, version: str | None = None,
                            page: int = EXPORT_PAGE) -> Iterator[QCOutcome]:  # fmt: skip
         """Every audited QC sample's first decisive verdict joined to its item (model, version,
-        inclusion probability, confidence), in decision order — (decided_at_s, verdict_id), read
-        in keyset pages. What ``QCTracker.seed`` replays so the audited error estimate, its bound
-        and the CUSUM continue across monitor restarts."""
+        inclusion probability, confidence), in stream order (the items' ids: ingest order, fixed
+        before any verdict), read in keyset pages: :meth:`qc_stream` without the samples still
+        waiting for a verdict."""
+        return (s.outcome for s in self.qc_stream(model, version, page) if s.outcome is not None)
+
+    def qc_stream(self, model: str | None = None, version: str | None = None, page: int = EXPORT_PAGE,
+                  after_id: int = -1) -> Iterator[QCSample]:  # fmt: skip
+        """Every non-gold QC sample (AUTO_QC item) in stream order — the items' ids, assigned at
+        ingest, before any verdict — each with its first decisive verdict (review round 1) or
+        None while it waits, read in keyset pages on the id (from ``after_id`` on, exclusive). What
+        ``QCTracker.seed`` replays so the audited error estimate, its bound and the CUSUM continue
+        across monitor restarts, and verdicts still to come wait behind the open samples before
+        them; the leading monitor reads on from its last id to place the samples every monitor
+        ingested (docs/qc-statistics.md, "The order of the audits")."""
         sql, params = "", []
         if model is not None:
             sql, params = " AND i.model = ?", [model]
         if version is not None:
             sql, params = sql + " AND i.model_version = ?", [*params, version]
-        after: tuple[float, str] = (float("-inf"), "")
+        after = int(after_id)
         while True:
             rows = self._db.query(
-                "SELECT i.request_id, v.kind, i.qc_inclusion_prob, i.confidence, v.decided_at_s, i.model, i.model_version,"
-                " v.verdict_id, i.task, i.output, v.corrected_output FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
-                f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0 AND v.review_round = 1{sql}"
-                " AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
-                " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
-                (*params, after[0], after[0], after[1], int(page)),
+                "SELECT i.id, i.request_id, i.qc_inclusion_prob, i.confidence, i.model, i.model_version, i.task,"
+                " i.output, v.kind, v.decided_at_s, v.corrected_output FROM {p}items i"
+                " LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1"
+                f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0{sql} AND i.id > ? ORDER BY i.id LIMIT ?",
+                (*params, after, int(page)),
             )
-            for rid, kind, p, c, t, m, v, _, task, output, corrected in rows:
-                rule, model_output = tasks.lookup(task), json.loads(output)
-                corrected_output = None if corrected is None else json.loads(corrected)
-                error = audit_error(VerdictKind(kind), rule, model_output, corrected_output)
-                parts = false = None
-                if rule.accepts_parts:
-                    parts = rule.count_parts(model_output)
-                    false = audit_false_parts(VerdictKind(kind), rule, model_output, corrected_output)
-                yield QCOutcome(rid, error, float(p), float(c), float(t), m, v, parts, false)
+            for item_id, rid, p, c, m, v, task, output, kind, t, corrected in rows:
+                outcome = None
+                if kind is not None:
+                    rule, model_output = tasks.lookup(task), json.loads(output)
+                    corrected_output = None if corrected is None else json.loads(corrected)
+                    error = audit_error(VerdictKind(kind), rule, model_output, corrected_output)
+                    parts = false = None
+                    if rule.accepts_parts:
+                        parts = rule.count_parts(model_output)
+                        false = audit_false_parts(VerdictKind(kind), rule, model_output, corrected_output)
+                    outcome = QCOutcome(rid, error, float(p), float(c), float(t), m, v, parts, false)
+                yield QCSample(int(item_id), rid, m, v, float(c), float(p), outcome)
             if len(rows) < page:
                 return
-            after = (float(rows[-1][4]), rows[-1][7])
+            after = int(rows[-1][0])
 
     # --- labels -------------------------------------------------------------------------------
 

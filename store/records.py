@@ -137,6 +137,20 @@ class QCOutcome:
 
 
 @dataclass(frozen=True)
+class QCSample:
+    """One QC sample (a non-gold AUTO_QC item) in stream order, with its first decisive verdict
+    (``outcome``) or None while it waits for one."""
+
+    item_id: int  # the store's item id: the order items were ingested, fixed before any verdict
+    request_id: str
+    model: str
+    model_version: str
+    confidence: float
+    inclusion_prob: float
+    outcome: QCOutcome | None
+
+
+@dataclass(frozen=True)
 class GoldScore:
     auditor: str
     n: int

@@ -67,6 +67,10 @@ def test_the_three_budget_states_read_as_what_the_audits_prove():
     kind, text = budget_verdict(snap("not_yet_known", 1234))
     assert kind == "info" and "not yet known" in text and "about 1,234 more audits" in text
     assert "not judged" in budget_verdict(dataclasses.replace(snap("not_judged"), budget=None))[1]
+    held = dataclasses.replace(snap("within_budget"), audits_waiting=1200, qc_released_unaudited=3)
+    assert budget_verdict(held)[1].endswith("400 audits; 1,200 more verdicts wait for an earlier QC sample's; "
+                                            "3 QC samples released unaudited, not in the estimate)")
+    assert "wait" not in budget_verdict(dataclasses.replace(snap("within_budget"), audits_waiting=None))[1]
 
 
 def test_a_detectors_budget_reads_as_the_false_discovery_rate_of_its_boxes(store, store_url, tmp_path):

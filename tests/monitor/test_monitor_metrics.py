@@ -64,6 +64,18 @@ def test_update_sets_qc_and_store_values():
     assert get("auditstream_outbox_pending_records") == 4
 
 
+def test_the_stream_order_counts_are_exported():
+    import dataclasses
+
+    registry = CollectorRegistry()
+    qc = dataclasses.replace(_qc(), audits_waiting=12, qc_released_unaudited=2, audits_unplaced=1)
+    MonitorMetrics(registry).update([qc], _stats())
+    mv = {"model": "zip", "version": "3"}
+    get = registry.get_sample_value
+    assert (get("auditstream_qc_audits_waiting", mv), get("auditstream_qc_released_unaudited", mv),
+            get("auditstream_qc_audits_unplaced", mv)) == (12, 2, 1)
+
+
 def test_counters_follow_store_totals_and_queues_drain_to_zero():
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry, max_human_queue_depth=1000)

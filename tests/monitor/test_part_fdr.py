@@ -185,6 +185,8 @@ def test_a_restarted_monitor_continues_the_box_fdr_from_the_store(store: AuditSt
             kind, fix = "accept", None
         store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, fix, now)
     live = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
+    for item in items:  # the predictions stream gives the live tracker the order of the audits
+        live.observe_prediction(item.prediction)
     producer = RecordingProducer()
     publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict, topic_log=producer)
     (before,) = live.tracker.snapshot()

@@ -1,6 +1,7 @@
-"""QC statistics survive a monitor restart: a tracker seeded from the store's audited verdicts
-(``store.audited_qc_history`` -> ``QCTracker.seed``) has the same audited error estimate, bound
-and CUSUM as the tracker that watched the verdicts being published, on SQLite and PostgreSQL."""
+"""QC statistics survive a monitor restart: a tracker seeded from the store's QC samples in
+stream order (``store.qc_stream`` -> ``QCTracker.seed``) has the same audited error estimate,
+bound and CUSUM as the tracker that watched the predictions and the verdicts being published, on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -42,13 +43,19 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(topic_prefix="t", models_dir=tmp_path / "models", metrics_port=0)
 
 
-def _decide_all(store: AuditStore, start: int, n: int, now_s: float) -> float:
+def _decide_all(store: AuditStore, start: int, n: int, now_s: float, hooks: tuple[StatsHooks, ...] = ()) -> float:
     """Ingest ``n`` QC samples (mixed inclusion probabilities) and a deferred item, and decide
-    every one: about a fifth are errors, some are skipped first, some reviewed twice."""
-    items = [audit_item(f"q{i}", Route.AUTO_QC, confidence=0.7 + (i % 7) / 25, inclusion_prob=(0.1, 0.5, 1.0)[i % 3],
+    every one: about a fifth are errors, some are skipped first, some reviewed twice. ``hooks``
+    see the items' predictions, in ingest order, as a live monitor would."""
+    # ids that sort in ingest order: the store numbers a batch in key order, so the live order of the
+    # predictions and the store's stream order agree and a restart continues exactly
+    items = [audit_item(f"q{i:04d}", Route.AUTO_QC, confidence=0.7 + (i % 7) / 25, inclusion_prob=(0.1, 0.5, 1.0)[i % 3],
                         version="1")
              for i in range(start, start + n)] + [audit_item(f"h{start}", version="1")]  # fmt: skip
     store.ingest_many(items, now_s)
+    for h in hooks:
+        for item in items:
+            h.observe_prediction(item.prediction)
     alice, bob = store.accounts.get("alice"), store.accounts.get("bob")
     k = 0
     while True:
@@ -80,7 +87,7 @@ def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore,
     add_users(store, "alice", "bob")
     producer = RecordingProducer()
     live = _hooks(settings, store)  # the monitor before the restart: it saw every verdict published
-    now = _decide_all(store, 0, 60, T0)
+    now = _decide_all(store, 0, 60, T0, (live,))
     publish_outbox(store, producer, settings, now, limit=10_000, on_verdict=live.observe_verdict, topic_log=producer)
     before = _audited(live)
     assert before["audited"] == 60 and 0 < before["errors"] < 60
@@ -94,7 +101,7 @@ def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore,
 
     # Verdicts recorded while the monitor was down are in the seed and still in the outbox:
     # publishing them after the seed must not count them twice.
-    now = _decide_all(store, 60, 30, now + 10)
+    now = _decide_all(store, 60, 30, now + 10, (live,))
     after_down = _hooks(settings, store)
     assert after_down.seed_from_store(store) == 90
     publish_outbox(store, producer, settings, now, limit=10_000,
@@ -102,11 +109,11 @@ def test_a_restarted_tracker_continues_the_audited_statistics(store: AuditStore,
     assert _audited(after_down) == _audited(live) and _audited(live)["audited"] == 90
 
 
-def test_the_history_read_is_in_decision_order_and_paged(store: AuditStore) -> None:
+def test_the_history_read_is_in_stream_order_and_paged(store: AuditStore) -> None:
     add_users(store, "alice", "bob")
     _decide_all(store, 0, 12, T0)
     whole = list(store.audited_qc_history())
-    assert [o.decided_at_s for o in whole] == sorted(o.decided_at_s for o in whole)
+    assert [o.request_id for o in whole] == [f"q{i:04d}" for i in range(12)]  # ingest order, not decision order
     assert len({o.request_id for o in whole}) == len(whole) == 12  # first decisive verdict only
     assert list(store.audited_qc_history(page=5)) == whole  # keyset pages join up exactly
     assert {(o.model, o.model_version) for o in whole} == {("zip", "1")}

@@ -1,0 +1,119 @@
+"""The order the live QC statistics read the audits in: the predictions stream, not the order
+the verdicts were decided in (docs/qc-statistics.md, "The order of the audits").
+
+A betting confidence sequence and a CUSUM treat the order of their audits as time: each bet is
+chosen from the audits before it, and Ville's inequality holds only if the order was fixed before
+the outcomes were known. The order verdicts are decided in was not: auditors skip hard items (a
+skip hands the item to someone else), hard items take longer, auditors filter their queue by
+model and route — so right answers are decided first and the sequence sits too low early on.
+
+So every QC sample of a version takes its place when its prediction is seen (serving writes the
+prediction before any verdict can exist), in one first-in-first-out queue per version. A verdict
+is held until every earlier QC sample of its version has its verdict; then the run of decided
+samples at the head is counted, in queue order. What is shown is always a prefix of one
+stream-ordered sequence, so it keeps that sequence's guarantee at every look, whatever made the
+prefix end where it does (the same rule as ``certify --from-audits``, stack/recertify.py).
+
+Three things are counted so that they are seen rather than hidden:
+
+- **waiting** — verdicts held behind an earlier sample still without a verdict, and verdicts that
+  came before their prediction (they wait for it, at most ``wait`` of them per version);
+- **released unaudited** — a sample at the head is given up when more than ``wait`` verdicts are
+  held behind it, or when the queue outgrows ``memory``, and the queue moves on without it. The
+  statistics then no longer cover every sample: if the samples given up are the hard ones, the
+  estimate leans low. Nothing is guessed for them; the count says how many there are;
+- **unplaced** — verdicts with no place in the queue: their prediction was never seen (made
+  before a monitor restart and no longer open in the store, another monitor's partition, or
+  pushed out of the early buffer), or their sample was already released. They are left out:
+  counting them where they arrive would be decision order again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One audited QC answer, ready to be counted (what the verdict said and how it was drawn)."""
+
+    request_id: str
+    is_error: bool
+    inclusion_prob: float
+    parts: int | None = None  # a kind that accepts parts one by one: the answer's parts
+    false_parts: int | None = None  # and how many of them the audit found false
+
+
+@dataclass
+class _Slot:
+    confidence: float
+    audit: Audit | None = None
+
+
+class StreamOrder:
+    """One version's QC samples in stream order: ``place`` each as its prediction is seen,
+    ``decide`` each as its verdict comes; both return the audits that may now be counted, in
+    order, each with the sample's confidence (None when unknown)."""
+
+    def __init__(self, wait: int, memory: int) -> None:
+        if wait < 1 or memory < 1:
+            raise ValueError(f"wait={wait} and memory={memory} must be >= 1")
+        self.wait, self.memory = wait, memory
+        self.queue: OrderedDict[str, _Slot] = OrderedDict()
+        self.held = 0  # decided samples in the queue (behind an undecided one)
+        self.early: OrderedDict[str, Audit] = OrderedDict()  # verdicts whose prediction is not seen yet
+        self.gone: OrderedDict[str, None] = OrderedDict()  # counted or released: never placed again
+        self.released = self.unplaced = 0
+
+    @property
+    def waiting(self) -> int:
+        """Verdicts not yet counted: held behind an undecided sample or waiting for their prediction."""
+        return self.held + len(self.early)
+
+    def place(self, request_id: str, confidence: float) -> list[tuple[Audit, float | None]]:
+        """A QC sample's prediction: it takes the next place (a redelivery keeps its first)."""
+        if request_id in self.queue or request_id in self.gone:
+            return []
+        self.queue[request_id] = _Slot(confidence)
+        audit = self.early.pop(request_id, None)
+        if audit is not None:
+            return self.decide(audit)
+        return self._drain()
+
+    def decide(self, audit: Audit) -> list[tuple[Audit, float | None]]:
+        """A verdict (the first per request id; the caller drops redeliveries)."""
+        slot = self.queue.get(audit.request_id)
+        if slot is None:
+            if audit.request_id in self.gone:
+                self.unplaced += 1  # its sample was released before the verdict came
+                return []
+            self.early[audit.request_id] = audit
+            if len(self.early) > self.wait:
+                self.early.popitem(last=False)
+                self.unplaced += 1
+            return []
+        if slot.audit is not None:
+            return []
+        slot.audit = audit
+        self.held += 1
+        return self._drain()
+
+    def _drain(self) -> list[tuple[Audit, float | None]]:
+        """Count the decided samples at the head; give up an undecided head that holds more than
+        ``wait`` verdicts behind it or makes the queue outgrow ``memory``."""
+        ready: list[tuple[Audit, float | None]] = []
+        while self.queue:
+            request_id, slot = next(iter(self.queue.items()))
+            if slot.audit is None:
+                if self.held <= self.wait and len(self.queue) <= self.memory:
+                    break
+                self.released += 1
+            else:
+                self.held -= 1
+                ready.append((slot.audit, slot.confidence))
+            self.queue.popitem(last=False)
+            self.gone[request_id] = None
+            if len(self.gone) > self.memory:
+                self.gone.popitem(last=False)
+        return ready
