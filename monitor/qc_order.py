@@ -22,10 +22,15 @@ Three things are counted so that they are seen rather than hidden:
   held behind it, or when the queue outgrows ``memory``, and the queue moves on without it. The
   statistics then no longer cover every sample: if the samples given up are the hard ones, the
   estimate leans low. Nothing is guessed for them; the count says how many there are;
-- **unplaced** — verdicts with no place in the queue: their prediction was never seen (made
-  before a monitor restart and no longer open in the store, another monitor's partition, or
-  pushed out of the early buffer), or their sample was already released. They are left out:
-  counting them where they arrive would be decision order again.
+- **unplaced** — verdicts with no place in the queue: their sample was already released, or
+  neither its prediction was seen nor the store listed it when the leader read it
+  (``QCTracker.seed``; e.g. an id committed after a later one had been read) before more than
+  ``wait`` such verdicts waited. They are left out: counting them where they arrive would be
+  decision order again.
+
+Samples take their place from two sources, whichever comes first: the predictions this process
+reads, and the store's list of QC samples (every monitor's), which the leader reads on from its
+last item id before publishing verdicts. Both are fixed before any verdict.
 """
 
 from __future__ import annotations

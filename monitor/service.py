@@ -24,8 +24,11 @@ It does four things (docs/audit-store.md, "Monitor process"):
 
 Steps 2 and 3 run only in the **leader** (``store.leadership``, store/leader.py) when
 several monitors share a store; the others keep ingesting. On taking the lead a process seeds
-its tracker from the store's audited verdicts (``store.audited_qc_history``), so the audited
-error estimate, its bound and the CUSUM continue across restarts and hand-overs; coverage and the
+its tracker from the store's QC samples in stream order (``store.qc_stream``: decided ones with
+their verdict, open ones as places still waiting), so the audited error estimate, its bound and
+the CUSUM continue across restarts and hand-overs; before every publishing round it reads on from
+there (``StatsHooks.catch_up``), so every monitor's samples have their place before their
+verdicts are published (docs/qc-statistics.md, "The order of the audits"); coverage and the
 confidence drift window are rebuilt from the predictions that arrive afterwards.
 """
 

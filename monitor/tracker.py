@@ -30,6 +30,20 @@ low confidence). So each audit enters the CUSUM with probability ``r / pi_i`` (b
 request id, ``r`` = the smallest inclusion probability seen): every answer then reaches the
 CUSUM with the same probability ``r``, whatever its confidence, and the chart sees a uniform
 sample. Under uniform sampling every audit enters.
+
+**The order of the audits** (monitor/qc_order.py). The sequences and the CUSUM are valid only if
+the audits enter in an order fixed before their outcomes; the order verdicts are decided in is
+not (auditors skip hard items, hard items take longer, queues are filtered), and with right
+answers decided first the interval sat too low. So the audits enter in *stream order*: each QC
+sample of a version takes its place in a first-in-first-out queue when its prediction is seen (or
+the leading monitor reads it from the store: ``seed``), and a verdict is held until every earlier
+sample of the version has its verdict; then the decided run at the head is counted (sums,
+sequences, CUSUM, the audits of the threshold suggestion), in queue order. A sample still without
+a verdict after more than ``QCConfig.order_wait`` verdicts were held behind it, or past the memory
+bound, is given up (``qc_released_unaudited``: the audits then miss it, and the samples given up
+are likely the hard ones); a verdict with no place — its prediction never seen, or its sample
+already given up — is left out (``audits_unplaced``); held ones are ``audits_waiting``. The
+numbers, and what a small ``order_wait`` costs: docs/qc-statistics.md, "The order of the audits".
 """
 
 from __future__ import annotations
@@ -98,8 +112,8 @@ def suggest_threshold(confidences, errors, inclusion_probs, current: float, budg
     """The smallest threshold >= ``current`` whose audited answers are shown within ``budget``.
 
     Candidates are up to ``candidates`` quantiles of the audited confidences; a candidate ``t``
-    passes when the audits with confidence >= ``t`` (in the order given, the order they were
-    decided) show the error rate at most ``budget`` at one-sided level ``(1 - confidence) / (2k)``
+    passes when the audits with confidence >= ``t`` (in the order given: the tracker's stream
+    order, monitor/qc_order.py) show the error rate at most ``budget`` at one-sided level ``(1 - confidence) / (2k)``
     (:func:`qc.binomial.shown_at_most`: exact Clopper-Pearson for a uniform sample, else the
     betting gambler against the budget, whose wealth may be looked at after every audit). That is
     the upper side of a ``1 - (1 - confidence) / k`` interval: Bonferroni over the ``k``
