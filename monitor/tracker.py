@@ -113,9 +113,10 @@ def suggest_threshold(confidences, errors, inclusion_probs, current: float, budg
 
     Candidates are up to ``candidates`` quantiles of the audited confidences; a candidate ``t``
     passes when the audits with confidence >= ``t`` (in the order given: the tracker's stream
-    order, monitor/qc_order.py) show the error rate at most ``budget`` at one-sided level ``(1 - confidence) / (2k)``
-    (:func:`qc.binomial.shown_at_most`: exact Clopper-Pearson for a uniform sample, else the
-    betting gambler against the budget, whose wealth may be looked at after every audit). That is
+    order, monitor/qc_order.py) show the error rate at most ``budget`` at one-sided level
+    ``(1 - confidence) / (2k)`` (:func:`qc.binomial.shown_at_most`: exact Clopper-Pearson for a
+    uniform sample, else the betting gambler against the budget, whose wealth may be looked at
+    after every audit). That is
     the upper side of a ``1 - (1 - confidence) / k`` interval: Bonferroni over the ``k``
     candidates, because picking the best of many thresholds on the same audits would otherwise
     overstate what they prove. ``min_inclusion_prob``: the policy's floor (weights at most its
