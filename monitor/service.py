@@ -411,7 +411,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code. ``metrics_registry``:
     a prometheus_client registry for the metrics (default: the process-wide one)."""
     from auditstream.kafka import ensure_topics, make_producer, make_topic_log, resolve_bootstrap
-    from auditstream.kafka.limits import topic_limits
+    from auditstream.kafka.limits import check_dead_letter_limit, topic_limits
     from auditstream.stream import StreamLoop
 
     bootstrap = resolve_bootstrap(settings)
@@ -420,6 +420,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
                   bootstrap=bootstrap)
     dead_letters = settings.topic(topics.DEAD_LETTER)
     dead_letter_limit = topic_limits(settings, [dead_letters], bootstrap)[dead_letters]
+    check_dead_letter_limit(dead_letters, dead_letter_limit)
     control_view = ControlView(settings, bootstrap).start()
     started: list[Callable[[], None]] = [control_view.stop]  # released in reverse if start-up fails
     try:

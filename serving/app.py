@@ -38,7 +38,7 @@ from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.errors import ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
-from auditstream.kafka.limits import topic_limits
+from auditstream.kafka.limits import check_dead_letter_limit, topic_limits
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
@@ -133,6 +133,7 @@ class ServeApp:
                           bootstrap=bootstrap)
             # What each output topic takes: a record over it is dead-lettered, never sent to be refused.
             self.topic_limits = topic_limits(settings, [settings.topic(t) for t in OUTPUT_TOPICS], bootstrap)
+            check_dead_letter_limit(settings.topic(T.DEAD_LETTER), self.topic_limits[settings.topic(T.DEAD_LETTER)])
             live = self._served(model.card, session)
             self._last_live_children = live.children
             # A shadow never acts, so the monitor's queue depth and thresholds do not concern it.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from auditstream.errors import ConfigError
 from auditstream.settings import Settings
 from auditstream.wire.codec import MAX_DEAD_LETTER_BYTES
 
@@ -29,6 +30,10 @@ MAX_PRODUCE_BYTES = MAX_DEAD_LETTER_BYTES
 # attributes, header count): what a topic's max.message.bytes covers besides key, value and headers.
 RECORD_OVERHEAD_BYTES = 512
 DESCRIBE_TIMEOUT_S = 10.0
+# The smallest dead-letter topic a consumer starts with: a letter that does not carry its original
+# is a few KB (reason, a detail of at most 2,000 characters, where the original is); a topic taking
+# less could refuse even that, and the loop would stop on the record.
+MIN_DEAD_LETTER_TOPIC_BYTES = 16 * 1024
 
 
 def record_bytes(key: bytes | None, value: bytes | None, headers=()) -> int:
@@ -69,3 +74,12 @@ def topic_limits(settings: Settings, topics: list[str], bootstrap: str) -> dict[
         if entry is not None and entry.value is not None and str(entry.value).isdigit():
             limits[resource.name] = min(MAX_PRODUCE_BYTES, int(entry.value))
     return limits
+
+
+def check_dead_letter_limit(topic: str, limit: int) -> None:
+    """Refuse to start (:class:`ConfigError`, one line) when the dead-letter topic takes less than
+    :data:`MIN_DEAD_LETTER_TOPIC_BYTES`."""
+    if limit < MIN_DEAD_LETTER_TOPIC_BYTES:
+        raise ConfigError(f"{topic} max.message.bytes", limit,
+                          f">= {MIN_DEAD_LETTER_TOPIC_BYTES} (auditstream creates it with {MAX_PRODUCE_BYTES}): "
+                          "raise the topic's max.message.bytes, or a dead letter could be refused and stop the consumer")

@@ -104,3 +104,21 @@ def test_an_omitted_letter_that_also_carries_bytes_is_refused() -> None:
     obj["value_b64"] = "eHh4"
     with pytest.raises(DecodeError, match="carries no key, value or headers"):
         DeadLetter.from_bytes(json.dumps(obj).encode())
+
+
+def test_the_smallest_dead_letter_topic_a_consumer_starts_with_takes_the_largest_pointer_letter() -> None:
+    # serve and the monitor refuse to start below MIN_DEAD_LETTER_TOPIC_BYTES: above it, even the
+    # longest topic names and detail leave room for a letter that does not carry the original.
+    from auditstream.errors import ConfigError
+    from auditstream.kafka.limits import MIN_DEAD_LETTER_TOPIC_BYTES, check_dead_letter_limit
+
+    long_topic = "t" * 249
+    record = Record(long_topic, 2**31 - 1, 2**63 - 1, b"k" * 100_000, b"v" * 100_000,
+                    tuple((f"h{i}" * 50, b"x" * 1000) for i in range(50)))
+    out = dead_letter_output(record, "processing_failed", "\u00e9" * 10_000, "d" * 249, 1.0,
+                             limit=MIN_DEAD_LETTER_TOPIC_BYTES)
+    assert record_bytes(out.key, out.value, out.headers) <= MIN_DEAD_LETTER_TOPIC_BYTES
+    assert DeadLetter.from_bytes(out.value).omitted_bytes > 0
+    check_dead_letter_limit("acme.dead-letter", MIN_DEAD_LETTER_TOPIC_BYTES)
+    with pytest.raises(ConfigError, match="acme.dead-letter max.message.bytes.*raise the topic's max.message.bytes"):
+        check_dead_letter_limit("acme.dead-letter", MIN_DEAD_LETTER_TOPIC_BYTES - 1)

@@ -152,3 +152,20 @@ def test_an_audit_topic_that_takes_less_than_an_audit_item_dead_letters_those_it
     assert set(request_ids(predictions)) | {InferenceRequest.from_bytes(dl.value).request_id for dl in letters} \
         == set(sent.request_ids)
     assert read_topic(settings, settings.topic(T.AUDIT)) == []
+
+
+def test_serve_refuses_to_start_on_a_dead_letter_topic_too_small_for_any_letter(broker: Settings, tiny_registry,
+                                                                                  tmp_path) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from auditstream.errors import ConfigError
+
+    settings = _fresh(broker, tiny_registry, tmp_path)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(settings.topic(T.DEAD_LETTER), 1, 1, topic_configs={"max.message.bytes": "4096"})])
+    finally:
+        admin.close()
+    with pytest.raises(ConfigError, match=f"{settings.topic(T.DEAD_LETTER)} max.message.bytes=4096"):
+        ServeApp(settings, tiny_registry.model, ServeMetrics(TINY_MODEL, CollectorRegistry()))
