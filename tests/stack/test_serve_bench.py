@@ -77,3 +77,11 @@ def test_cores_used_per_process() -> None:
     after = {"serve": 13.0, "broker": 5.0, "load_generator": 1.5}
     assert _cores_used(before, after, 2.0) == {"serve": 1.5, "broker": None, "load_generator": 0.25}
     assert _cores_used(before, after, 0.0) == {"serve": None, "broker": None, "load_generator": None}
+
+
+def test_ratios_keep_three_significant_digits() -> None:
+    # The tiny model's raw ONNX Runtime rate (~5 M/s) is ~1,000x a stream's: rounded to three
+    # decimals a loaded machine's TLS drain (~2,000/s) read 0.0 and failed the check above.
+    from stack.serve_bench import _ratio
+
+    assert _ratio(2_000, 4.9e6) == 0.000408 and _ratio(378, 412.6) == 0.916
