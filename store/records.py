@@ -8,7 +8,6 @@ records a verdict puts on the outbox (:func:`outbox_records`).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
