@@ -157,7 +157,8 @@ def order_note(q: ModelQC) -> str:
     if q.audits_waiting:
         notes.append(f"{q.audits_waiting:,} more verdicts wait for an earlier QC sample's")
     if q.qc_released_unaudited:
-        notes.append(f"{q.qc_released_unaudited:,} QC samples released unaudited, not in the estimate")
+        notes.append(f"{q.qc_released_unaudited:,} QC samples released unaudited (the interval counts them "
+                     "wrong for its upper end, right for its lower)")
     if q.audits_unplaced:
         notes.append(f"{q.audits_unplaced:,} verdicts without a place in the stream left out")
     return "".join(f"; {n}" for n in notes)

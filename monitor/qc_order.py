@@ -19,9 +19,11 @@ Three things are counted so that they are seen rather than hidden:
 - **waiting** — verdicts held behind an earlier sample still without a verdict, and verdicts that
   came before their prediction (they wait for it, at most ``wait`` of them per version);
 - **released unaudited** — a sample at the head is given up when more than ``wait`` verdicts are
-  held behind it, or when the queue outgrows ``memory``, and the queue moves on without it. The
-  statistics then no longer cover every sample: if the samples given up are the hard ones, the
-  estimate leans low. Nothing is guessed for them; the count says how many there are;
+  held behind it, or when the queue outgrows ``memory``, and the queue moves on without it. It
+  still takes its turn (a :class:`Turn` without an audit): the tracker counts it as right for the
+  lower bound and as wrong for the upper (qc/sequential.py, ``PartlyAuditedSequence``), since the
+  samples given up are likely the hard ones and leaving them out would let the interval sit low.
+  The point estimate is of the audits only; the count says how many were given up;
 - **unplaced** — verdicts with no place in the queue: their sample was already released, or
   neither its prediction was seen nor the store listed it when the leader read it
   (``QCTracker.seed``; e.g. an id committed after a later one had been read) before more than
@@ -50,16 +52,26 @@ class Audit:
     false_parts: int | None = None  # and how many of them the audit found false
 
 
+@dataclass(frozen=True)
+class Turn:
+    """A QC sample's turn in stream order: its audit, or None when it was given up unaudited."""
+
+    audit: Audit | None
+    confidence: float
+    inclusion_prob: float
+
+
 @dataclass
 class _Slot:
     confidence: float
+    inclusion_prob: float
     audit: Audit | None = None
 
 
 class StreamOrder:
     """One version's QC samples in stream order: ``place`` each as its prediction is seen,
-    ``decide`` each as its verdict comes; both return the audits that may now be counted, in
-    order, each with the sample's confidence (None when unknown)."""
+    ``decide`` each as its verdict comes; both return the turns that may now be counted, in
+    order (audited samples and samples given up)."""
 
     def __init__(self, wait: int, memory: int) -> None:
         if wait < 1 or memory < 1:
@@ -76,17 +88,17 @@ class StreamOrder:
         """Verdicts not yet counted: held behind an undecided sample or waiting for their prediction."""
         return self.held + len(self.early)
 
-    def place(self, request_id: str, confidence: float) -> list[tuple[Audit, float | None]]:
+    def place(self, request_id: str, confidence: float, inclusion_prob: float) -> list[Turn]:
         """A QC sample's prediction: it takes the next place (a redelivery keeps its first)."""
         if request_id in self.queue or request_id in self.gone:
             return []
-        self.queue[request_id] = _Slot(confidence)
+        self.queue[request_id] = _Slot(confidence, inclusion_prob)
         audit = self.early.pop(request_id, None)
         if audit is not None:
             return self.decide(audit)
         return self._drain()
 
-    def decide(self, audit: Audit) -> list[tuple[Audit, float | None]]:
+    def decide(self, audit: Audit) -> list[Turn]:
         """A verdict (the first per request id; the caller drops redeliveries)."""
         slot = self.queue.get(audit.request_id)
         if slot is None:
@@ -104,10 +116,10 @@ class StreamOrder:
         self.held += 1
         return self._drain()
 
-    def _drain(self) -> list[tuple[Audit, float | None]]:
+    def _drain(self) -> list[Turn]:
         """Count the decided samples at the head; give up an undecided head that holds more than
         ``wait`` verdicts behind it or makes the queue outgrow ``memory``."""
-        ready: list[tuple[Audit, float | None]] = []
+        ready: list[Turn] = []
         while self.queue:
             request_id, slot = next(iter(self.queue.items()))
             if slot.audit is None:
@@ -116,7 +128,7 @@ class StreamOrder:
                 self.released += 1
             else:
                 self.held -= 1
-                ready.append((slot.audit, slot.confidence))
+            ready.append(Turn(slot.audit, slot.confidence, slot.inclusion_prob))
             self.queue.popitem(last=False)
             self.gone[request_id] = None
             if len(self.gone) > self.memory:

@@ -40,10 +40,12 @@ the leading monitor reads it from the store: ``seed``), and a verdict is held un
 sample of the version has its verdict; then the decided run at the head is counted (sums,
 sequences, CUSUM, the audits of the threshold suggestion), in queue order. A sample still without
 a verdict after more than ``QCConfig.order_wait`` verdicts were held behind it, or past the memory
-bound, is given up (``qc_released_unaudited``: the audits then miss it, and the samples given up
-are likely the hard ones); a verdict with no place — its prediction never seen, or its sample
-already given up — is left out (``audits_unplaced``); held ones are ``audits_waiting``. The
-numbers, and what a small ``order_wait`` costs: docs/qc-statistics.md, "The order of the audits".
+bound, is given up (``qc_released_unaudited``): the samples given up are likely the hard ones, so
+the sequences count it, at its place, as right for the lower bound and as wrong for the upper
+(qc/sequential.py, ``PartlyAuditedSequence``), and both bounds stay valid; the estimate, the sums
+and the CUSUM are of the audits only. A verdict with no place — its prediction never seen, or its
+sample already given up — is left out (``audits_unplaced``); held ones are ``audits_waiting``.
+The numbers: docs/qc-statistics.md, "The order of the audits".
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ from auditstream import tasks
 from auditstream.registry import ModelCard
 from auditstream.settings import Settings
 from auditstream.wire import Prediction, Route, TaskKind, Verdict, VerdictKind
-from monitor.qc_order import Audit, StreamOrder
+from monitor.qc_order import Audit, StreamOrder, Turn
 from qc.binomial import DEFAULT_MIN_INCLUSION_PROB, estimate_from_sums, shown_at_most
 from qc.drift import MIN_CUSUM_P0, BernoulliCusum, ConfidenceWindow, design_bernoulli_cusum, ks_drift
-from qc.sequential import BudgetState, ErrorSequence, SequenceConfig
+from qc.sequential import BudgetState, PartlyAuditedSequence, SequenceConfig
 from qc.snapshot import ModelQC
 from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
 from store.records import audit_error, audit_false_parts
@@ -170,13 +172,14 @@ class _VersionState:
         self.min_pi = 1.0
         self.card: ModelCard | None = None
         self.cusum: BernoulliCusum | None = None
-        self.sequence: ErrorSequence | None = None  # made with the card (its budget is a grid point)
-        # audits to replay into the sequences once the card is known: (error, pi, parts, false parts)
-        self.before_card: deque[tuple[int, float, int | None, int | None]] = deque(maxlen=config.memory)
+        self.sequence: PartlyAuditedSequence | None = None  # made with the card (its budget is a grid point)
+        # turns to replay into the sequences once the card is known: (error, pi, parts, false parts),
+        # error None for a sample given up unaudited
+        self.before_card: deque[tuple[int | None, float, int | None, int | None]] = deque(maxlen=config.memory)
         self.task: str | None = None  # the kind, from the predictions (verdicts do not carry it)
         self.part_sums = np.zeros(2)  # sum F / pi, sum A / pi over audited answers (accepts_parts kinds)
         self.parts_audited = self.parts_false = 0
-        self.part_sequence: ErrorSequence | None = None  # the judged sequence of those kinds
+        self.part_sequence: PartlyAuditedSequence | None = None  # the judged sequence of those kinds
         self.max_parts: int | None = None
 
 
@@ -202,12 +205,15 @@ class QCTracker:
                 state.max_parts = tasks.lookup(state.card.task).max_parts(state.card)
                 per_part = state.max_parts is not None
                 state.cusum = None if per_part else self._cusum_for(state.card)
-                state.sequence = ErrorSequence(None if per_part else _budget(state.card), self.config.sequence)
+                state.sequence = PartlyAuditedSequence(None if per_part else _budget(state.card), self.config.sequence)
                 if per_part:
-                    state.part_sequence = ErrorSequence(_budget(state.card), self.config.sequence)
+                    state.part_sequence = PartlyAuditedSequence(_budget(state.card), self.config.sequence)
                 for error, pi, parts, false in state.before_card:
-                    state.sequence.update(bool(error), pi)
-                    self._update_part_sequence(state, pi, parts, false)
+                    if error is None:
+                        self._update_unaudited(state, pi)
+                    else:
+                        state.sequence.update(bool(error), pi)
+                        self._update_part_sequence(state, pi, parts, false)
                 state.before_card.clear()
         return state
 
@@ -231,7 +237,7 @@ class QCTracker:
         state.counts[p.route] += 1
         state.window.add(p.confidence)
         if p.route is Route.AUTO_QC and not p.shadow:  # a shadow answer is never audited
-            self._count(state, state.order.place(p.request_id, p.confidence))
+            self._count(state, state.order.place(p.request_id, p.confidence, p.qc_inclusion_prob))
 
     def observe_verdict(self, v: Verdict) -> None:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
@@ -258,7 +264,7 @@ class QCTracker:
         for s in samples:
             self.store_position = max(self.store_position, s.item_id)
             state = self._state(s.model, s.model_version)
-            counted += self._count(state, state.order.place(s.request_id, s.confidence))
+            counted += self._count(state, state.order.place(s.request_id, s.confidence, s.inclusion_prob))
             o = s.outcome
             if o is not None:
                 audit = Audit(o.request_id, o.is_error, o.inclusion_prob, o.parts, o.false_parts)
@@ -277,20 +283,39 @@ class QCTracker:
             return 0
         return self._count(state, state.order.decide(audit))
 
-    def _count(self, state: _VersionState, ready: list[tuple[Audit, float | None]]) -> int:
-        for audit, confidence in ready:
-            self._audit(state, audit, confidence)
-        return len(ready)
+    def _count(self, state: _VersionState, ready: list[Turn]) -> int:
+        """Count the turns now in stream order; returns how many were audits."""
+        audits = 0
+        for turn in ready:
+            if turn.audit is None:
+                self._unaudited(state, turn.inclusion_prob)
+            else:
+                self._audit(state, turn.audit, turn.confidence)
+                audits += 1
+        return audits
 
-    def _audit(self, state: _VersionState, audit: Audit, confidence: float | None) -> None:
+    def _unaudited(self, state: _VersionState, pi: float) -> None:
+        """A QC sample given up without a verdict, at its place: the sequences take the worst case
+        on each side (it is likely a hard one); the estimate and the CUSUM count audits only."""
+        if state.sequence is not None:
+            self._update_unaudited(state, pi)
+        else:
+            state.before_card.append((None, pi, None, None))
+
+    @staticmethod
+    def _update_unaudited(state: _VersionState, pi: float) -> None:
+        state.sequence.unaudited_sample(pi)
+        if state.part_sequence is not None:
+            state.part_sequence.unaudited_sample(pi)
+
+    def _audit(self, state: _VersionState, audit: Audit, confidence: float) -> None:
         """Count one audited QC answer, in stream order."""
         request_id, pi, parts, false_parts = audit.request_id, audit.inclusion_prob, audit.parts, audit.false_parts
         error = int(audit.is_error)
         w = 1.0 / pi
         state.sums += (1.0, w, w * error, w * w, w * w * error)
         state.errors += error
-        if confidence is not None:
-            state.audits.append((confidence, pi, error))
+        state.audits.append((confidence, pi, error))
         state.min_pi = min(state.min_pi, pi)
         if parts is not None and false_parts is not None:
             state.part_sums += (false_parts * w, parts * w)
@@ -361,8 +386,9 @@ class QCTracker:
         if order.waiting:
             reasons.append(f"{order.waiting} verdicts wait for an earlier QC sample's (stream order)")
         if order.released or order.unplaced:
-            reasons.append(f"{order.released} QC samples released unaudited, {order.unplaced} verdicts without a "
-                           "place in the stream: not counted")
+            reasons.append(f"{order.released} QC samples released unaudited (in the bounds as right for the lower, "
+                           f"wrong for the upper; not in the estimate), {order.unplaced} verdicts without a place in "
+                           "the stream: not counted")
         ks_stat, ks_p = self._ks(s, predictions, reasons)
         if s.cusum is not None:
             reasons.append(f"CUSUM {'ALARM' if s.cusum.alarm else 'ok'} "

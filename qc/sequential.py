@@ -47,6 +47,7 @@ known — agree with the bounds shown.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -199,17 +200,74 @@ class ErrorSequence:
             return SequenceReport(low, high, BudgetState.VERIFIED, None)
         return SequenceReport(low, high, BudgetState.UNKNOWN, self._audits_to_settle(i))
 
-    def _audits_to_settle(self, i: int) -> int | None:
+    def _audits_to_settle(self, i: int, side: int = 0) -> int | None:
         """Audits until one gambler at the budget reaches 2/alpha, if the audits go on as so far:
-        the remaining log-wealth over the growth rate mean^2 / (2 second moment) per audit."""
+        the remaining log-wealth over the growth rate mean^2 / (2 second moment) per audit.
+        ``side`` +1 or -1: only when the audits lean that way (over, under), else None."""
         s, m = self.state, float(self.grid[i])
         n = float(s.n)
         if n < 1:
             return None
         mean = (float(s.sa) - m * float(s.sb)) / n
         second = (float(s.saa) - 2.0 * m * float(s.sab) + m * m * float(s.sbb)) / n
-        if second <= 0.0 or abs(mean) < 1e-12:
+        if second <= 0.0 or abs(mean) < 1e-12 or side * mean < 0:
             return None
         wealth = float(s.log_over[i] if mean > 0 else s.log_under[i])
         growth = mean * mean / (2.0 * second)
         return max(1, math.ceil((self.config.log_threshold - wealth) / growth))
+
+
+class PartlyAuditedSequence:
+    """The confidence sequence of a stream of QC samples some of which are never audited (the
+    live monitor gives up a sample still without a verdict after many verdicts behind it,
+    monitor/qc_order.py). Why a sample goes unaudited may depend on its outcome — auditors avoid
+    the hard ones — so leaving it out would let the sequence sit too low. Instead each side takes
+    the worst case for its own claim, at the sample's place in the stream: the *lower* sequence
+    counts an unaudited sample as right (and, for a rate of parts, as one with the most parts, all
+    right), the *upper* one as wrong (the most parts, all false). Each of its ``Y_j(m)`` is then at
+    most (lower) or at least (upper) what the audit would have given, so each gambler's wealth is
+    at most what it would have been on the fully audited stream, and each bound keeps Ville's
+    guarantee whatever the outcome of the samples given up.
+
+    While every sample is audited the two are one sequence (the upper is split off at the first
+    sample given up), so this costs nothing until then."""
+
+    def __init__(self, budget: float | None, config: SequenceConfig) -> None:
+        self.lower = ErrorSequence(budget, config)  # unaudited samples counted right: the lower bound, OVER
+        self.upper: ErrorSequence | None = None  # unaudited samples counted wrong: the upper bound, VERIFIED
+        self.unaudited = 0
+
+    @property
+    def audits(self) -> int:
+        return self.lower.audits - self.unaudited
+
+    def update(self, error: bool | float, pi: float, exposure: float = 1.0) -> None:
+        """One audit (:meth:`ErrorSequence.update`)."""
+        self.lower.update(error, pi, exposure)
+        if self.upper is not None:
+            self.upper.update(error, pi, exposure)
+
+    def unaudited_sample(self, pi: float) -> None:
+        """A QC sample given up without an audit, at its place in the stream (``pi``: its QC
+        inclusion probability)."""
+        if self.upper is None:
+            self.upper = copy.deepcopy(self.lower)
+        self.lower.update(0.0, pi, 1.0)
+        self.upper.update(1.0, pi, 1.0)
+        self.unaudited += 1
+
+    def report(self) -> SequenceReport:
+        low_side = self.lower.report()
+        if self.upper is None:
+            return low_side
+        high_side = self.upper.report()
+        low, high = low_side.low, max(high_side.high, low_side.low)
+        if low_side.state is BudgetState.NOT_JUDGED:
+            return SequenceReport(low, high, BudgetState.NOT_JUDGED, None)
+        if low_side.state is BudgetState.OVER:
+            return SequenceReport(low, high, BudgetState.OVER, None)
+        if high_side.state is BudgetState.VERIFIED:
+            return SequenceReport(low, high, BudgetState.VERIFIED, None)
+        i = self.lower._budget_index
+        settle = [n for n in (self.lower._audits_to_settle(i, +1), self.upper._audits_to_settle(i, -1)) if n]
+        return SequenceReport(low, high, BudgetState.UNKNOWN, min(settle, default=None))

@@ -69,7 +69,8 @@ def test_the_three_budget_states_read_as_what_the_audits_prove():
     assert "not judged" in budget_verdict(dataclasses.replace(snap("not_judged"), budget=None))[1]
     held = dataclasses.replace(snap("within_budget"), audits_waiting=1200, qc_released_unaudited=3)
     assert budget_verdict(held)[1].endswith("400 audits; 1,200 more verdicts wait for an earlier QC sample's; "
-                                            "3 QC samples released unaudited, not in the estimate)")
+                                            "3 QC samples released unaudited (the interval counts them wrong "
+                                            "for its upper end, right for its lower))")
     assert "wait" not in budget_verdict(dataclasses.replace(snap("within_budget"), audits_waiting=None))[1]
 
 
