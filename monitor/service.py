@@ -285,7 +285,9 @@ class StatsHooks:
         continuous across restarts and hand-overs. Prediction counts start again from zero."""
         started = time.monotonic()
         tracker = self._new_tracker()
-        counted = tracker.seed(store.qc_stream())
+        position = store.qc_position()  # before the read: samples final by then are all in it
+        counted = tracker.seed(store.qc_stream(upto=position))
+        tracker.store_position = position
         with self._lock:
             self.tracker = tracker
         log.info("QC statistics seeded from the store: %d audits in %.1f s", counted, time.monotonic() - started)
@@ -294,13 +296,19 @@ class StatsHooks:
     def catch_up(self, store: AuditStore) -> int:
         """Place the QC samples ingested since the last read (by any monitor: with several, this
         one's predictions are only its partitions'), so that their verdicts have a place in the
-        stream order when they are published; returns how many audits that let count."""
+        stream order when they are published; returns how many audits that let count. Reads
+        from the last position to the store's current one (``store.qc_position``): a sample
+        whose ingest has not committed yet is read next time, never skipped."""
         with self._lock:
             tracker = self.tracker
             after = tracker.store_position
-        samples = list(store.qc_stream(after_id=after))  # new rows only (keyset on the item id)
+        upto = store.qc_position()
+        samples = list(store.qc_stream(after=after, upto=upto))
         with self._lock:
-            return tracker.seed(samples) if tracker is self.tracker else 0
+            if tracker is not self.tracker:
+                return 0
+            tracker.store_position = upto
+            return tracker.seed(samples)
 
     def observe_prediction(self, prediction: Prediction) -> None:
         with self._lock:

@@ -193,7 +193,7 @@ class QCTracker:
         # public salt a producer could pick ids whose audits never reach the chart.
         self._cusum_salt = derived_salt(salt, "cusum")
         self.states: dict[tuple[str, str], _VersionState] = {}
-        self.store_position = -1  # the last store item id seeded: read on from there (StatsHooks.catch_up)
+        self.store_position = -1  # how far the store's QC stream was read (store.qc_position): read on from there (StatsHooks.catch_up)
 
     def _state(self, model: str, version: str) -> _VersionState:
         state = self.states.get((model, version))
@@ -262,7 +262,6 @@ class QCTracker:
         predictions stream and start afresh."""
         counted = 0
         for s in samples:
-            self.store_position = max(self.store_position, s.item_id)
             state = self._state(s.model, s.model_version)
             counted += self._count(state, state.order.place(s.request_id, s.confidence, s.inclusion_prob))
             o = s.outcome

@@ -194,28 +194,51 @@ class StoreReads:
         waiting for a verdict."""
         return (s.outcome for s in self.qc_stream(model, version, page) if s.outcome is not None)
 
+    def qc_position(self) -> int:
+        """How far the QC stream is final: every QC sample at or before this position is in the
+        store for good, none can appear there later. :meth:`qc_stream` reads between two
+        positions, so a reader that reads on from its last position skips nothing.
+
+        SQLite has one writer at a time and gives ids under its lock, so the position is the
+        highest item id. On PostgreSQL ids come from a sequence at insert and transactions
+        commit in any order; the position is the last transaction id before the oldest still
+        open (``pg_snapshot_xmin``): a sample whose transaction is open when this is read waits
+        for the next read, however long that transaction stays open."""
+        if self._db.kind == "postgresql":
+            row = self._db.query("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1")
+        else:
+            row = self._db.query("SELECT COALESCE(MAX(id), 0) FROM {p}items")
+        return int(row[0][0])
+
     def qc_stream(self, model: str | None = None, version: str | None = None, page: int = EXPORT_PAGE,
-                  after_id: int = -1) -> Iterator[QCSample]:  # fmt: skip
+                  after: int = -1, upto: int | None = None) -> Iterator[QCSample]:  # fmt: skip
         """Every non-gold QC sample (AUTO_QC item) in stream order — the items' ids, assigned at
         ingest, before any verdict — each with its first decisive verdict (review round 1) or
-        None while it waits, read in keyset pages on the id (from ``after_id`` on, exclusive). What
-        ``QCTracker.seed`` replays so the audited error estimate, its bound and the CUSUM continue
-        across monitor restarts, and verdicts still to come wait behind the open samples before
-        them; the leading monitor reads on from its last id to place the samples every monitor
-        ingested (docs/qc-statistics.md, "The order of the audits")."""
+        None while it waits, read in keyset pages on the id. ``after`` and ``upto``: positions
+        (:meth:`qc_position`), the samples after one and up to the other; ``upto`` None reads
+        to the end, final or not. What ``QCTracker.seed`` replays so the audited error
+        estimate, its bound and the CUSUM continue across monitor restarts, and verdicts still
+        to come wait behind the open samples before them; the leading monitor reads on from its
+        last position to place the samples every monitor ingested (docs/qc-statistics.md, "The
+        order of the audits")."""
         sql, params = "", []
         if model is not None:
             sql, params = " AND i.model = ?", [model]
         if version is not None:
             sql, params = sql + " AND i.model_version = ?", [*params, version]
-        after = int(after_id)
+        position = "i.ingest_xid" if self._db.kind == "postgresql" else "i.id"
+        if after >= 0:
+            sql, params = sql + f" AND {position} > ?", [*params, int(after)]
+        if upto is not None:
+            sql, params = sql + f" AND {position} <= ?", [*params, int(upto)]
+        last_id = -1
         while True:
             rows = self._db.query(
                 "SELECT i.id, i.request_id, i.qc_inclusion_prob, i.confidence, i.model, i.model_version, i.task,"
                 " i.output, v.kind, v.decided_at_s, v.corrected_output FROM {p}items i"
                 " LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1"
                 f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0{sql} AND i.id > ? ORDER BY i.id LIMIT ?",
-                (*params, after, int(page)),
+                (*params, last_id, int(page)),
             )
             for item_id, rid, p, c, m, v, task, output, kind, t, corrected in rows:
                 outcome = None
@@ -231,7 +254,7 @@ class StoreReads:
                 yield QCSample(int(item_id), rid, m, v, float(c), float(p), outcome)
             if len(rows) < page:
                 return
-            after = int(rows[-1][0])
+            last_id = int(rows[-1][0])
 
     # --- labels -------------------------------------------------------------------------------
 

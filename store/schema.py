@@ -25,7 +25,7 @@ Design choices that the semantics rest on:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
@@ -124,6 +124,17 @@ ADDED_COLUMNS = (
     (2, "users", "locked_until_s", "{float}"),
     (3, "outbox", "round_id", "{bigint}"),
 )
+# PostgreSQL only. Item ids come from a sequence at insert, but transactions commit in any order:
+# a reader can see item 11 while item 10's transaction is still open, so reading on "after the
+# last id seen" would skip item 10 for good. ``ingest_xid`` is the inserting transaction's id;
+# every transaction up to ``pg_snapshot_xmin`` has ended, so the rows up to it are final
+# (store/reads.py, ``qc_position``). An existing store's rows get the migration's id: final too.
+POSTGRES_COLUMNS = (
+    (4, "items", "ingest_xid", "BIGINT DEFAULT (pg_current_xact_id()::text::bigint)"),
+)
+POSTGRES_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS {p}items_qc_commit ON {p}items (ingest_xid) WHERE route = 'AUTO_QC'",
+)
 
 
 def fill_types(text: str, types: dict[str, str]) -> str:
@@ -143,10 +154,13 @@ def upgrade(cur, db) -> list[str]:
     returns the columns added (``table.column``). ``cur``: a write transaction's cursor on ``db``
     (a :class:`store.backend.Database`), after :func:`statements` ran."""
     added = []
-    for _version, table, column, definition in ADDED_COLUMNS:
+    postgres = db.kind == "postgresql"
+    for _version, table, column, definition in ADDED_COLUMNS + (POSTGRES_COLUMNS if postgres else ()):
         if column not in db.columns(cur, table):
             cur.run(f"ALTER TABLE {{p}}{table} ADD COLUMN {column} {fill_types(definition, db.types)}")
             added.append(f"{table}.{column}")
+    for index in POSTGRES_INDEXES if postgres else ():
+        cur.run(index)
     cur.run(
         "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
         (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),

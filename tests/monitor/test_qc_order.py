@@ -286,3 +286,38 @@ def test_a_restart_keeps_the_stream_order_and_the_open_samples(store: AuditStore
     fields = ("audited", "errors", "error_estimate", "ci_low", "ci_high", "budget_state", "cusum_statistic")
     assert {f: getattr(restarted.tracker.snapshot()[0], f) for f in fields} == {
         f: getattr(live.tracker.snapshot()[0], f) for f in fields}
+
+
+def test_a_sample_whose_ingest_commits_after_a_later_ones_is_placed_all_the_same(store: AuditStore, tmp_path: Path) -> None:
+    """Two monitors ingest at once: the item with the lower id commits last. Reading on from the
+    highest id seen would skip it for good (its verdict then never counts); reading up to the
+    store's final position places it once its transaction ends, in id order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from store.store import _INSERT_ITEM
+
+    ModelRegistry(tmp_path / "models").publish(_card("zip", "1"), b"cards only")
+    settings = Settings(topic_prefix="t", models_dir=tmp_path / "models", metrics_port=0)
+    leader = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
+    late, early = (audit_item(rid, Route.AUTO_QC, confidence=0.9, inclusion_prob=0.5, version="1")
+                   for rid in ("late", "early"))
+    other = ThreadPoolExecutor(1)  # another connection: this thread's is inside the open ingest below
+    try:
+        assert other.submit(leader.seed_from_store, store).result() == 0
+        if store._db.kind == "sqlite":  # one writer at a time: the second ingest waits for the first
+            store.ingest_many([late], 9_000.0)
+            store.ingest_many([early], 9_000.0)
+        else:
+            with store._db.write() as cur:
+                cur.run(_INSERT_ITEM, store._item_row(late, 9_000.0))  # takes the lower id, commits last
+                other.submit(store.ingest_many, [early], 9_000.0).result()
+                other.submit(leader.catch_up, store).result()
+                assert not leader.tracker.states.get(("zip", "1")) or not leader.tracker.states[("zip", "1")].order.queue
+        other.submit(leader.catch_up, store).result()
+        ids = dict(store._db.query("SELECT request_id, id FROM {p}items"))
+        assert ids["late"] < ids["early"]
+        assert list(leader.tracker.states[("zip", "1")].order.queue) == ["late", "early"]
+        assert other.submit(leader.catch_up, store).result() == 0  # nothing read twice
+        assert list(leader.tracker.states[("zip", "1")].order.queue) == ["late", "early"]
+    finally:
+        other.shutdown()
