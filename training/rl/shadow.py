@@ -100,19 +100,16 @@ def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.
 
 
 def candidate_policy(model: Any) -> Any:
-    """The candidate as a NumpyPolicy with the probabilities it would *act* with."""
+    """A registered policy (candidate or live) as a NumpyPolicy with the probabilities it would
+    *act* with: one-hot argmax for a greedy card (:func:`training.rl.policy_export.acting_policy`)."""
     from serving.episodes import frame_stack
     from auditstream.tasks.policy import action_selection
-    from training.rl.policy_export import NumpyPolicy
+    from training.rl.policy_export import NumpyPolicy, acting_policy
 
     if frame_stack(model.card) > 1:
         raise ValueError(f"{model.card.name} stacks {frame_stack(model.card)} frames; OPE on logged single "
                          "observations needs a policy of one observation")
-    policy = NumpyPolicy.from_onnx(Path(model.onnx_path).read_bytes())
-    if action_selection(model.card) == "greedy":  # it acts with the argmax: that is its policy
-        n = policy.n_actions
-        return NumpyPolicy(lambda obs: np.eye(n)[np.argmax(policy.probs(obs), axis=1)], n)
-    return policy
+    return acting_policy(NumpyPolicy.from_onnx(Path(model.onnx_path).read_bytes()), action_selection(model.card))
 
 
 def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
