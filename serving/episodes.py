@@ -16,6 +16,15 @@ from the kept frames without moving the state. A driver that waits for each acti
 sending the next step (``auditstream rl run``) never has more than one step of an episode in
 flight, which the ``max(k, 2)`` kept frames cover.
 
+**Step numbers are bounded.** A request's step must be an integer >= 0 and at most
+``max_step_gap`` (default :data:`MAX_STEP_GAP`) past the episode's next step (0 for an episode
+not seen yet). Anything else -- a negative, a bool, a float, 2**62 -- is that record's
+``bad_schema`` dead letter (with its original bytes, like every refused request) and the state
+does not move: one hostile step number would otherwise set ``next_step`` so high that every
+later real step looked like a replay and the episode froze. A legitimate jump happens only when
+an episode's state was lost (a state record refused at restore, an idle episode expired) and
+the driver goes on at its current step; one within the bound is accepted as before.
+
 On assignment (:meth:`EpisodeStore.restore`) the consumer reads the state topic from the
 beginning to its end (it is compacted, so it holds about one record per live episode), keeps
 the last record of each key, and adopts the episodes whose recorded request partition it now
@@ -53,6 +62,9 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 _STATE_FIELDS = ("episode_key", "partition", "next_step", "steps_seen", "last_action", "frames", "updated_at_s")
 DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (its driver died)
+# How far past an episode's next step a request's step may be. A driver steps in order, so only a
+# lost state (refused at restore, expired) makes a jump, to the step the episode had reached.
+MAX_STEP_GAP = 10_000
 
 
 def frame_stack(card: ModelCard) -> int:
@@ -143,6 +155,18 @@ def _frames(value: Any, next_step: int) -> list[list[Any]]:
     return frames
 
 
+def _checked_step(step: Any, key: str, expected: int, max_gap: int) -> int:
+    """``step`` if it is an integer in [0, expected + max_gap]; else DecodeError ``bad_schema``
+    (the record is dead-lettered, the episode's state stays as it was)."""
+    if type(step) is not int or step < 0:  # bool is not int here, nor is a float
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {short_repr(step)} must be an integer >= 0")
+    if step > expected + max_gap:
+        raise DecodeError(Reason.BAD_SCHEMA.value,
+                          f"field 'step' = {short_repr(step)} is more than max_step_gap={max_gap} past the next "
+                          f"step {expected} of episode {short_repr(key)}; a driver sends an episode's steps in order")
+    return step
+
+
 class EpisodeStore:
     """The episodes one consumer owns; plugs into :class:`~auditstream.stream.LoopHooks`.
 
@@ -152,7 +176,10 @@ class EpisodeStore:
 
     def __init__(self, card: ModelCard, state_topic: str | None,
                  load_states: Callable[[], list[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP) -> None:
+        if type(max_step_gap) is not int or max_step_gap < 0:
+            raise ValueError(f"max_step_gap={max_step_gap!r} must be an integer >= 0")
+        self.max_step_gap = max_step_gap
         self.k, self.spec, self.input_spec = frame_stack(card), frame_spec(card), card.inputs[0]
         self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
@@ -174,9 +201,11 @@ class EpisodeStore:
         key = request.episode_key
         if key is None:
             return self._stack([frame])
-        state = self.states.get(key) or EpisodeState(key, partition)
-        self.states[key] = state
-        step = state.next_step if request.step is None else request.step
+        state = self.states.get(key)
+        expected = 0 if state is None else state.next_step
+        step = expected if request.step is None else _checked_step(request.step, key, expected, self.max_step_gap)
+        if state is None:  # only once the step is accepted: a refused record leaves no trace
+            state = self.states[key] = EpisodeState(key, partition)
         stacked = self._stack([obs for s, obs, _ in state.frames if s < step][-(self.k - 1):] + [frame]
                               if self.k > 1 else [frame])
         if step >= state.next_step:  # a replay (step below next_step) leaves the state as it is
@@ -192,7 +221,8 @@ class EpisodeStore:
         state = self.states.get(request.episode_key or "")
         if state is None:
             return {}
-        step = state.next_step - 1 if request.step is None else request.step
+        step = state.next_step - 1 if request.step is None else _checked_step(
+            request.step, state.episode_key, state.next_step, self.max_step_gap)
         actions = {s: a for s, _, a in state.frames}
         for entry in state.frames:
             if entry[0] == step and entry[2] is None:

@@ -103,6 +103,10 @@ class OfflineArgs:
     publish: bool = _arg("publish the exported policy to the model registry", True)
     progress: bool = _arg("show a progress bar", True)
 
+    def __post_init__(self) -> None:  # before training, not after it (policy_card checks too)
+        if self.action_selection not in ("sample", "greedy"):
+            raise ValueError(f"action_selection={self.action_selection!r} must be sample or greedy")
+
 
 @dataclass(frozen=True)
 class OPEBenchArgs:

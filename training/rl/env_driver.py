@@ -100,6 +100,7 @@ class _Slot:
     request_id: str = ""
     deadline: float = 0.0
     marker: Any = None  # the deferred Action, if one came
+    version: str = ""  # the policy version that last answered this episode
 
     @property
     def busy(self) -> bool:
@@ -147,6 +148,7 @@ class Driver:
             return False
         slot.index, self.started = self.started, self.started + 1
         slot.episode_key, slot.step, slot.total = f"{self.args.env}-{self.run_id}-ep{slot.index}", 0, 0.0
+        slot.version = ""
         slot.obs, _ = slot.env.reset(seed=self.args.seed + slot.index)
         self.report.episode_keys.append(slot.episode_key)
         self._send_request(slot, now)
@@ -196,7 +198,9 @@ class Driver:
                        "reason": "deferred to a human, no answer in time" if marker else "no action in time",
                        "action_probs": marker.details.get("action_probs") if marker else None,
                        "value": marker.details.get("value") if marker else None}
-            version = marker.model_version if marker else self.card.version
+            # No answer at all: the version serving this episode (the consumer may have switched
+            # since this driver read the card), so the episode's transitions name one version.
+            version = marker.model_version if marker else (slot.version or self.card.version)
             decision = Decision(slot.request_id, self.card.name, version, self.safe_action, "fallback", time.time(),
                                 slot.episode_key, slot.step, details)
             self.producer.send(self.settings.topic("decisions"), slot.episode_key.encode(), decision.to_bytes())
@@ -214,6 +218,7 @@ class Driver:
                                 source, float(reward), bool(terminated), bool(truncated), time.time())
         self.producer.send(self.settings.topic("transitions"), transition.key, transition.to_bytes())
         self.report.sources[source] += 1
+        slot.version = model_version
         slot.total += float(reward)
         slot.step, slot.obs, slot.request_id = slot.step + 1, next_obs, ""
         if terminated or truncated:

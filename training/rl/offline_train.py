@@ -25,6 +25,11 @@ from training.rl.args import OfflineArgs
 from training.rl.offline_data import OfflineDataset, load_dataset
 
 ALGORITHMS = ("bc", "cql")
+# What metrics.ope of the card estimates, by the card's action selection.
+OPE_POLICY = {
+    "sample": "the policy as served: actions drawn from action_probs; unrouted (no triage, no humans)",
+    "greedy": "the policy as served: argmax of action_probs (one-hot); unrouted (no triage, no humans)",
+}
 
 
 def load_logs(path: Any) -> OfflineDataset:
@@ -58,20 +63,23 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     from training.rl.ope import evaluate as ope_evaluate
     from training.rl.ope import on_policy_value
     from training.rl.ope_humans import with_human_steps
-    from training.rl.policy_export import NumpyPolicy, card_name, export_policy, policy_card
+    from training.rl.policy_export import NumpyPolicy, acting_policy, card_name, export_policy, policy_card
 
     data = load_logs(args.dataset)
     start = time.perf_counter()
     module = train_policy(args, data)
     train_seconds = time.perf_counter() - start
     ope_data, human_steps = with_human_steps(data, args.ope_human_steps, seed=args.seed)
-    estimates = ope_evaluate(ope_data, NumpyPolicy.from_torch(module), args.gamma, seed=args.seed)
+    # The card describes the policy that will serve: a greedy one acts with the argmax (one-hot),
+    # not with its soft probabilities.
+    served = acting_policy(NumpyPolicy.from_torch(module), args.action_selection)
+    estimates = ope_evaluate(ope_data, served, args.gamma, seed=args.seed)
     logged = on_policy_value(ope_data, args.gamma, seed=args.seed)
     metrics: dict[str, Any] = {
         "train_seconds": round(train_seconds, 2), "dataset_steps": int(len(data.actions)),
         "dataset_episodes": data.n_episodes, "human_labelled_steps": int(np.sum(data.human_actions >= 0)),
         "ope": {name: e.to_dict() for name, e in estimates.items()}, "logged_policy_value": logged.to_dict(),
-        "gamma": args.gamma, "ope_human_steps": human_steps,
+        "ope_policy": OPE_POLICY[args.action_selection], "gamma": args.gamma, "ope_human_steps": human_steps,
     }
     if args.env:
         returns = online_returns(module, args.env, args.eval_episodes, args.seed, args.action_selection)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope_stats import Estimate, bootstrap_counts, check_dataset, interval, pad_episodes
+from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, interval,
+                                   pad_episodes, ratio_or_zero)
 from training.rl.policy_export import NumpyPolicy
 
 __all__ = ["Estimate", "discounted_returns", "doubly_robust", "evaluate", "on_policy_value", "wis"]
@@ -40,8 +41,7 @@ def wis(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: flo
     counts = np.vstack([np.ones(data.n_episodes), bootstrap_counts(data.n_episodes, bootstrap, seed)])
     weighted_rewards = counts @ (p.weights * p.rewards)  # [1 + B, H]
     norm = counts @ p.weights if weighted else counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(norm > 0, weighted_rewards / norm, 0.0) @ p.discounts
+    values = ratio_or_zero(weighted_rewards, np.broadcast_to(norm, weighted_rewards.shape)) @ p.discounts
     ess = float(p.weights[:, -1].sum() ** 2 / max(np.sum(p.weights[:, -1] ** 2), 1e-300))
     return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes,
                     ("episodes", data.n_episodes, bootstrap, seed), effective_sample_size=ess)
@@ -57,15 +57,18 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
     pi = target.probs(data.observations)
     if q_model is None:
         q_model = fit_fqe(data, target, gamma)
-    q_all = q_model.q_values(data.observations, data.steps)
+    check_finite(data, "target policy probabilities", pi)
+    q_all = np.asarray(q_model.q_values(data.observations, data.steps), dtype=np.float64)
+    check_finite(data, "Q-values", q_all)
     q_taken = q_all[np.arange(len(data.actions)), data.actions]
     p = pad_episodes(data, pi, gamma, q_taken, (q_all * pi).sum(axis=1))
     counts = np.vstack([np.ones(data.n_episodes), bootstrap_counts(data.n_episodes, bootstrap, seed)])
     w_prev = np.concatenate([np.ones((data.n_episodes, 1)), p.weights[:, :-1]], axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        current = (counts @ (p.weights * (p.rewards - p.q))) / (counts @ p.weights)
-        previous = (counts @ (w_prev * p.v)) / (counts @ w_prev)
-    values = np.nan_to_num(current + previous) @ p.discounts
+    # Each term is normalised on its own: a step where a resample has no weight left contributes 0
+    # to its own term, never wiping out the other (nan_to_num of the sum did that).
+    current = ratio_or_zero(counts @ (p.weights * (p.rewards - p.q)), counts @ p.weights)
+    previous = ratio_or_zero(counts @ (w_prev * p.v), counts @ w_prev)
+    values = (current + previous) @ p.discounts
     return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed))
 
 

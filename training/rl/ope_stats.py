@@ -1,6 +1,12 @@
 """What every off-policy estimator shares (:mod:`training.rl.ope`, :mod:`training.rl.fqe`): the
 :class:`Estimate` with its percentile-bootstrap interval, bootstrap resampling of episodes, the
-dataset checks, and episodes padded to matrices of cumulative importance weights."""
+dataset checks, and episodes padded to matrices of cumulative importance weights.
+
+Every estimator's inputs are checked before any sum is formed (:func:`check_finite`): a NaN or
+infinite reward, propensity, target probability or Q-value, a behaviour propensity of 0 for a
+taken action, or an importance weight that overflows is refused with :class:`OPEInputError`
+naming the episode and step -- never turned into 0 or a huge number inside a sum, which would
+silently drop or swamp the other terms."""
 
 from __future__ import annotations
 
@@ -9,7 +15,38 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.errors import AuditstreamError
 from training.rl.offline_data import OfflineDataset
+
+
+class OPEInputError(AuditstreamError, ValueError):
+    """An off-policy estimator's input is unusable; the message names the episode and step."""
+
+
+def check_finite(data: OfflineDataset, what: str, values: np.ndarray, rows: np.ndarray | None = None,
+                 positive: bool = False) -> None:
+    """Refuse ``values`` (one entry, or one row, per dataset row ``rows``; default: every row)
+    if any is NaN or infinite (or, with ``positive``, not > 0), naming the first such step."""
+    values = np.asarray(values, dtype=np.float64)
+    flat = values.reshape(len(values), -1)
+    ok = np.isfinite(flat).all(axis=1)
+    if positive:
+        ok &= (flat > 0).all(axis=1)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        i = int(bad[0])
+        row = int(i if rows is None else np.asarray(rows)[i])
+        shown = flat[i].tolist()[:8]
+        raise OPEInputError(f"{what} {shown if flat.shape[1] > 1 else shown[0]} at {data.where(row)} "
+                            f"({len(bad)} such steps) is not {'finite and > 0' if positive else 'finite'}; "
+                            "off-policy estimates need finite inputs (check the policy and the logged data)")
+
+
+def ratio_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator per term, 0 where the denominator is 0 (no weight at that step in
+    that resample): the convention of weighted importance sampling, applied to each term alone."""
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, numerator / safe, 0.0)
 
 
 @dataclass(frozen=True)
@@ -74,9 +111,11 @@ class Padded:
 def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np.ndarray | None = None,
          v_state: np.ndarray | None = None) -> Padded:
     mu = data.behaviour_action_prob.astype(np.float64)
-    if np.any(mu <= 0):
-        raise ValueError(f"{int(np.sum(mu <= 0))} logged actions have behaviour probability <= 0; importance "
-                         "weights need the logging policy to give the taken action positive probability")
+    check_finite(data, "behaviour propensity of the logged action", mu, positive=True)
+    check_finite(data, "target policy probabilities", pi)
+    if q_taken is not None and v_state is not None:
+        check_finite(data, "Q-value of the logged action", q_taken)
+        check_finite(data, "state value under the target policy", v_state)
     ratio = pi[np.arange(len(mu)), data.actions] / mu
     slices = data.episode_slices()
     horizon = max(s.stop - s.start for s in slices)
@@ -84,7 +123,9 @@ def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np
     weights, rewards, q, v = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
     for i, s in enumerate(slices):
         n = s.stop - s.start
-        w = np.cumprod(ratio[s])
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the step
+            w = np.cumprod(ratio[s])
+        check_finite(data, "cumulative importance weight", w, np.arange(s.start, s.stop))  # overflowed
         weights[i, :n], weights[i, n:] = w, w[-1]
         rewards[i, :n] = data.rewards[s]
         if q_taken is not None and v_state is not None:

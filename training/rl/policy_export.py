@@ -136,6 +136,23 @@ def policy_card(module: Any, env_id: str, name: str, observations: np.ndarray, m
     )
 
 
+def acting_policy(policy: "NumpyPolicy", action_selection: str) -> "NumpyPolicy":
+    """``policy`` as serving acts with it (:func:`auditstream.tasks.policy.select_action`):
+    ``sample`` draws from its probabilities, so it is the policy itself; ``greedy`` takes the
+    argmax of the probabilities rounded as serving rounds them, so its action probabilities are
+    one-hot. Off-policy estimates of a policy must use these, not the soft probabilities of a
+    greedy policy, which describe a policy that never serves."""
+    from auditstream.tasks.base import DECIMALS
+    from auditstream.tasks.policy import ACTION_SELECTION
+
+    if action_selection not in ACTION_SELECTION:
+        raise ValueError(f"action_selection={action_selection!r} not one of {ACTION_SELECTION}")
+    if action_selection == "sample":
+        return policy
+    n = policy.n_actions
+    return NumpyPolicy(lambda obs: np.eye(n)[np.argmax(np.round(policy.probs(obs), DECIMALS), axis=1)], n)
+
+
 class NumpyPolicy:
     """A policy as a function from observations [N, obs_dim] to action probabilities [N, A]."""
 

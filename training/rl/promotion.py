@@ -1,16 +1,26 @@
 """The promotion gate: may a candidate policy replace the live one?
 
 A pure function of numbers: the candidate's off-policy estimates on logs of the live policy,
-and the live policy's own value on the same logs (its mean discounted return). What is judged is
-the *difference* candidate − live, with both sides' uncertainty: when the two estimates were
+and the live policy's value on the same logs, *estimated the same way*. What is judged is the
+*difference* candidate − live, with both sides' uncertainty: when the two estimates were
 bootstrapped over the same resamples of the same episodes (WIS, DR and the live value share
 them), the lower end of the paired difference's percentile interval; otherwise (FQE resamples
 groups of episodes) the conservative candidate lower bound − live upper bound. The candidate is
 promoted only if that lower end is above ``min_improvement``: a candidate that merely might be
-better stays in shadow, and one equal to the live policy is promoted with probability at most
-(1 − confidence)/2. (Comparing the candidate's lower bound with the live *point* estimate
-ignored the live side's noise.) The decision carries every number it was made from, so
-``rl promote`` can record it as it is.
+better stays in shadow, and one equal to the live policy is never promoted (its difference is 0
+on every resample when both are estimated by the same estimator). (Comparing the candidate's
+lower bound with the live *point* estimate ignored the live side's noise.) The decision carries
+every number it was made from, so ``rl promote`` can record it as it is.
+
+**Both sides unrouted.** The logs are *routed*: where the live policy was unsure, triage sent
+the step to a human, and a human or the safe-action fallback acted. The live policy's logged
+return includes those actions; an off-policy estimate of a candidate does not (it is what the
+candidate would earn acting on every step -- what humans would have answered where the live
+policy did not defer is not in the logs). So :func:`gate_from_dataset` compares like with like:
+given the live policy (``live_policy``, ``rl promote`` passes it), the live side is the same
+estimator applied to the live policy's own action rule on the same logs and resamples -- both
+unrouted. Without it, the logged mean return stands for the live side only when no step of the
+logs was routed away from the model; otherwise :class:`GateRefused` says to pass it.
 
 Decision table (first matching row wins):
 
@@ -23,7 +33,8 @@ required difference lower bound(s) > min_improvement        yes       lower_boun
 otherwise                                                   no        not_better
 ==========================================================  ========  =====================
 
-"Required" is ``config.estimator`` alone, or every estimator given when ``require_all``.
+"Required" is ``config.estimator`` alone, or every estimator given when ``require_all``; each is
+compared with the live estimate of the same name (or with the one live estimate given).
 ``config.human_steps`` says what the estimates assume about steps a human acted on
 (:mod:`training.rl.ope_humans`).
 :func:`gate_from_dataset` computes the inputs from an offline dataset and a candidate policy.
@@ -37,9 +48,15 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.errors import AuditstreamError
 from training.rl.ope import Estimate
 
 ESTIMATORS = ("wis", "dr", "fqe")
+
+
+class GateRefused(AuditstreamError, ValueError):
+    """The gate cannot compare the candidate with the live policy on these inputs; the message
+    says what to pass."""
 
 
 @dataclass(frozen=True)
@@ -80,28 +97,42 @@ class PromotionDecision:
     candidate_estimates: dict[str, dict[str, Any]]
     config: dict[str, Any]
     n_episodes: int
+    live_estimates: dict[str, dict[str, Any]] = field(default_factory=dict)  # by the estimator they face
+    comparison: str = ""  # how the live side was valued (LIVE_UNROUTED, LIVE_LOGGED or given)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def decide(candidate_estimates: dict[str, Estimate], live: Estimate, config: PromotionConfig,
-           candidate: str = "candidate", live_name: str = "live") -> PromotionDecision:
-    """Apply the decision table above."""
+LIVE_UNROUTED = ("unrouted: the live policy's own action rule, estimated off-policy by the same estimator on "
+                 "the same logs and resamples as the candidate")
+LIVE_LOGGED = "logged: the live policy's mean discounted return (no step of the logs was routed away from it)"
+
+
+def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, Estimate], config: PromotionConfig,
+           candidate: str = "candidate", live_name: str = "live", comparison: str = "") -> PromotionDecision:
+    """Apply the decision table above. ``live``: one estimate of the live policy's value that
+    every candidate estimate is compared with, or one per estimator name (each candidate
+    estimate faces the live estimate of its own name)."""
     required = sorted(candidate_estimates) if config.require_all else [config.estimator]
     missing = [name for name in required if name not in candidate_estimates]
     if missing:
         raise ValueError(f"estimates {missing} needed by the gate are missing; got {sorted(candidate_estimates)}")
-    n = min([live.n_episodes] + [candidate_estimates[k].n_episodes for k in required])
-    bar = live.value + config.min_improvement
+    lives = live if isinstance(live, dict) else {k: live for k in candidate_estimates}
+    missing = [name for name in required if name not in lives]
+    if missing:
+        raise ValueError(f"live estimates {missing} needed by the gate are missing; got {sorted(lives)}")
+    main = lives[config.estimator] if config.estimator in lives else lives[required[0]]
+    n = min([lives[k].n_episodes for k in required] + [candidate_estimates[k].n_episodes for k in required])
 
     def make(promote: bool, code: str, reason: str) -> PromotionDecision:
-        return PromotionDecision(promote, code, reason, candidate, live_name, live.value, (live.lower, live.upper),
-                                 {k: e.to_dict() for k, e in candidate_estimates.items()}, asdict(config), n)
+        return PromotionDecision(promote, code, reason, candidate, live_name, main.value, (main.lower, main.upper),
+                                 {k: e.to_dict() for k, e in candidate_estimates.items()}, asdict(config), n,
+                                 {k: e.to_dict() for k, e in lives.items()}, comparison)
 
     if n < config.min_episodes:
         return make(False, "too_few_episodes", f"{n} logged episodes < min_episodes {config.min_episodes}")
-    lowers = {k: difference_lower_bound(candidate_estimates[k], live) for k in required}
+    lowers = {k: difference_lower_bound(candidate_estimates[k], lives[k]) for k in required}
     if not all(math.isfinite(v) for v, _ in lowers.values()):
         return make(False, "no_estimate", f"difference lower bounds {lowers} are not all finite")
     shown = ", ".join(f"{k} - live >= {v:.4g} ({how})" for k, (v, how) in lowers.items())
@@ -125,14 +156,27 @@ def difference_lower_bound(candidate: Estimate, live: Estimate) -> tuple[float, 
 
 
 def gate_from_dataset(data: Any, candidate_policy: Any, config: PromotionConfig, candidate: str = "candidate",
-                      live_name: str = "live", bootstrap: int = 200, seed: int = 0) -> PromotionDecision:
-    """Estimate the candidate off-policy on logs of the live policy, and the live policy's own
-    value from the same logs, then :func:`decide`. ``data`` is an OfflineDataset logged by the
-    live policy; ``candidate_policy`` a :class:`~training.rl.policy_export.NumpyPolicy`."""
+                      live_name: str = "live", bootstrap: int = 200, seed: int = 0,
+                      live_policy: Any = None) -> PromotionDecision:
+    """Estimate the candidate off-policy on logs of the live policy, and the live policy's value
+    on the same logs the same way (module docstring, "Both sides unrouted"), then :func:`decide`.
+    ``data`` is an OfflineDataset logged by the live policy; ``candidate_policy`` and
+    ``live_policy`` are :class:`~training.rl.policy_export.NumpyPolicy` s with the probabilities
+    each acts with (:func:`training.rl.policy_export.acting_policy`)."""
     from training.rl.ope import evaluate, on_policy_value
     from training.rl.ope_humans import with_human_steps
 
     data, _ = with_human_steps(data, config.human_steps, seed=seed)  # both sides on the same episodes
     estimates = evaluate(data, candidate_policy, config.gamma, config.confidence, bootstrap, seed)
-    live = on_policy_value(data, config.gamma, config.confidence, bootstrap, seed)
-    return decide(estimates, live, config, candidate, live_name)
+    if live_policy is not None:
+        live = evaluate(data, live_policy, config.gamma, config.confidence, bootstrap, seed)
+        return decide(estimates, live, config, candidate, live_name, LIVE_UNROUTED)
+    routed = data.sources != "model"
+    if routed.any():
+        raise GateRefused(
+            f"{int(routed.sum())} of the {len(routed)} logged steps were acted on by a human or the fallback "
+            f"(sources {sorted(set(data.sources[routed].tolist()))}): the live policy's logged return includes "
+            "them and the candidate's off-policy estimate does not; pass live_policy= (the live policy as it acts) "
+            "so that both are estimated the same way")
+    live_value = on_policy_value(data, config.gamma, config.confidence, bootstrap, seed)
+    return decide(estimates, live_value, config, candidate, live_name, LIVE_LOGGED)

@@ -9,7 +9,9 @@
    state). The report compares its actions with the live policy's on the same requests.
 2. **OPE.** The live policy's logs (transitions + decisions + verdicts of ``--live``, built by
    :mod:`training.rl.stream_dataset`) give the candidate's WIS / DR / FQE estimates and the live
-   policy's own value; :func:`training.rl.promotion.gate_from_dataset` decides.
+   policy's, each with its own action rule and neither routed (the logs' humans and fallbacks
+   are no part of either: :mod:`training.rl.promotion`);
+   :func:`training.rl.promotion.gate_from_dataset` decides.
 3. **Record.** The decision with every number (gate, shadow report, dataset summary) is written to
    ``models/<candidate>/<version>/promotion.json`` and printed. If promoted, the live model's
    ``LIVE`` pointer moves to the candidate (``ModelRegistry.set_live``); a candidate published
@@ -100,19 +102,16 @@ def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.
 
 
 def candidate_policy(model: Any) -> Any:
-    """The candidate as a NumpyPolicy with the probabilities it would *act* with."""
+    """A registered policy (candidate or live) as a NumpyPolicy with the probabilities it would
+    *act* with: one-hot argmax for a greedy card (:func:`training.rl.policy_export.acting_policy`)."""
     from serving.episodes import frame_stack
     from auditstream.tasks.policy import action_selection
-    from training.rl.policy_export import NumpyPolicy
+    from training.rl.policy_export import NumpyPolicy, acting_policy
 
     if frame_stack(model.card) > 1:
         raise ValueError(f"{model.card.name} stacks {frame_stack(model.card)} frames; OPE on logged single "
                          "observations needs a policy of one observation")
-    policy = NumpyPolicy.from_onnx(Path(model.onnx_path).read_bytes())
-    if action_selection(model.card) == "greedy":  # it acts with the argmax: that is its policy
-        n = policy.n_actions
-        return NumpyPolicy(lambda obs: np.eye(n)[np.argmax(policy.probs(obs), axis=1)], n)
-    return policy
+    return acting_policy(NumpyPolicy.from_onnx(Path(model.onnx_path).read_bytes()), action_selection(model.card))
 
 
 def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
@@ -133,7 +132,8 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
     data, data_report = build_stream_dataset(settings, live.card.name, live.card.version)
     decision = gate_from_dataset(data, candidate_policy(candidate), config, bootstrap=args.bootstrap,
                                  candidate=f"{candidate.card.name}/{candidate.card.version}",
-                                 live_name=f"{live.card.name}/{live.card.version}")
+                                 live_name=f"{live.card.name}/{live.card.version}",
+                                 live_policy=candidate_policy(live))  # both unrouted, estimated alike
     record: dict[str, Any] = {"decision": decision.to_dict(), "shadow": shadow.to_dict(), "dataset": data_report.to_dict(),
                               "decided_at_s": time.time(), "dry_run": args.dry_run,
                               "live_before": f"{live.card.name}/{registry.default_version(live.card.name)}"}

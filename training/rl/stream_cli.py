@@ -69,7 +69,8 @@ def _dataset(args: argparse.Namespace) -> int:
         path = save_dataset(data, args.out)
         where, summary = str(path), {"out": str(path), "format": "npz", **report.to_dict()}
     print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
-          f"({report.overrides} overrides), sources {dict(report.sources)}", file=sys.stderr)
+          f"({report.overrides} overrides), sources {dict(report.sources)}; episodes dropped "
+          f"{dict(report.episodes_dropped) or 'none'}", file=sys.stderr)
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -18,13 +18,24 @@ dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/r
   one-hot safe action, or, for a human decision, one-hot of the human's action (the assumption
   that humans are a known deterministic policy; OPE can drop or model them instead:
   :mod:`training.rl.ope_humans`);
-* human action: the latest verdict on the request (``correct``: the corrected output, ``accept``:
-  the model's output), else a human decision. Where it differs from the executed action (the
-  fallback acted before the auditor answered, or the auditor corrected a QC-sampled action) the
-  dataset marks the step ``overridden``.
+* human action: the latest verdict on the request that is not a ``skip`` (``correct``: the
+  corrected output, ``accept``: the model's output), else a human decision. A skip is "no
+  opinion": it never erases an earlier verdict. Where the human action differs from the executed
+  action (the fallback acted before the auditor answered, or the auditor corrected a QC-sampled
+  action) the dataset marks the step ``overridden``.
 
-A step whose propensities cannot be found (its decision record is missing) drops its episode,
-counted in the report, rather than inventing a probability.
+Only whole episodes of the selected policy version(s) are kept, and nothing is invented; the
+report counts every episode left out, by reason (``episodes_dropped``):
+
+* ``no_propensities`` -- a step whose decision (and so its propensities) cannot be found;
+* ``bad_propensities`` -- a step whose logged propensities are not a distribution or give the
+  executed action probability 0 (:func:`training.rl.offline_data.propensity_problem`);
+* ``version_change`` -- an episode that has steps of a selected version and steps of another
+  (the live version changed mid-episode): the version filter is applied per episode, so such an
+  episode is dropped whole, never cut into a shorter one; episodes wholly of other versions are
+  simply not selected;
+* and :data:`training.rl.offline_data.DROP_REASONS` -- a lost start, a hole, no end yet,
+  steps after the end.
 """
 
 from __future__ import annotations
@@ -36,17 +47,29 @@ from typing import Any
 
 from auditstream.errors import DecodeError
 from auditstream.wire import Decision, Transition, Verdict, VerdictKind
-from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset
+from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset, propensity_problem
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StreamLogs:
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)  # of the model, every version
     decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)  # (request id, source) -> first
-    verdicts: dict[str, Verdict] = field(default_factory=dict)  # request id -> latest
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # request id -> latest that is not a skip
     unreadable: int = 0
+    versions: frozenset[str] | None = None  # the selected policy versions (None: all)
+
+    def add(self, item: Transition | Decision | Verdict) -> None:
+        """Keep one decoded record (what :func:`read_logs` does with each)."""
+        if isinstance(item, Transition):
+            self.transitions.append(item)
+        elif isinstance(item, Decision):
+            self.decisions.setdefault((item.request_id, item.source), item)
+        elif item.kind != VerdictKind.SKIP:  # a skip is "no opinion": it must not erase an earlier verdict
+            previous = self.verdicts.get(item.request_id)
+            if previous is None or item.decided_at_s >= previous.decided_at_s:
+                self.verdicts[item.request_id] = item
 
 
 @dataclass
@@ -59,19 +82,23 @@ class DatasetReport:
     human_labels: int = 0
     overrides: int = 0
     episodes_without_propensities: int = 0
+    episodes_dropped: Counter = field(default_factory=Counter)  # by reason (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "env_id": self.env_id, "episodes": self.episodes, "steps": self.steps, "sources": dict(self.sources),
                 "human_labels": self.human_labels, "overrides": self.overrides,
-                "episodes_without_propensities": self.episodes_without_propensities}
+                "episodes_without_propensities": self.episodes_without_propensities,
+                "episodes_dropped": dict(self.episodes_dropped)}
 
 
 def read_logs(settings: Any, model: str | None = None, version: str | None = None, timeout_s: float = 120.0) -> StreamLogs:
-    """The three topics up to their end now, decoded; ``model``/``version`` filter the records."""
+    """The three topics up to their end now, decoded; ``model`` filters the records, ``version``
+    selects episodes (whole episodes, in :func:`step_records`: a record filter would cut an
+    episode that spans a version change)."""
     from auditstream import topics as T
     from auditstream.kafka import read_to_end
 
-    logs = StreamLogs()
+    logs = StreamLogs(versions=frozenset([version]) if version else None)
     topics = {settings.topic(T.TRANSITIONS): Transition, settings.topic(T.DECISIONS): Decision,
               settings.topic(T.VERDICTS): Verdict}
     for record in read_to_end(settings, list(topics), timeout_s=timeout_s):
@@ -80,16 +107,9 @@ def read_logs(settings: Any, model: str | None = None, version: str | None = Non
         except DecodeError:
             logs.unreadable += 1
             continue
-        if (model and item.model != model) or (version and item.model_version != version):
+        if model and item.model != model:
             continue
-        if isinstance(item, Transition):
-            logs.transitions.append(item)
-        elif isinstance(item, Decision):
-            logs.decisions.setdefault((item.request_id, item.source), item)
-        else:
-            previous = logs.verdicts.get(item.request_id)
-            if previous is None or item.decided_at_s >= previous.decided_at_s:
-                logs.verdicts[item.request_id] = item
+        logs.add(item)
     return logs
 
 
@@ -117,7 +137,10 @@ def propensities(logs: StreamLogs, t: Transition, n_actions: int) -> list[float]
     probs = decision.details.get("propensities")
     if not isinstance(probs, list) or len(probs) != n_actions:
         return None
-    return [float(p) for p in probs]
+    try:
+        return [float(p) for p in probs]
+    except (TypeError, ValueError, OverflowError):  # a string or null in the list: not propensities
+        return None
 
 
 def route(logs: StreamLogs, t: Transition) -> str:
@@ -130,17 +153,31 @@ def route(logs: StreamLogs, t: Transition) -> str:
 
 
 def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> list[StepRecord]:
+    """The step records of every episode of the selected versions whose every step has usable
+    propensities; the others are dropped whole and counted in ``report.episodes_dropped``."""
     by_episode: dict[str, list[Transition]] = defaultdict(list)
     for t in logs.transitions:
         by_episode[t.episode_key].append(t)
     records: list[StepRecord] = []
     for key, steps in by_episode.items():
+        if logs.versions is not None:
+            selected = [t.model_version in logs.versions for t in steps]
+            if not any(selected):
+                continue  # an episode of another version: not asked for
+            if not all(selected):
+                report.episodes_dropped["version_change"] += 1
+                log.warning("episode %s spans policy versions %s, not only %s: episode dropped", key,
+                            sorted({t.model_version for t in steps}), sorted(logs.versions))
+                continue
         rows = []
         for t in steps:
             probs = propensities(logs, t, n_actions)
-            if probs is None:
-                report.episodes_without_propensities += 1
-                log.warning("episode %s step %d (%s): no decision with propensities; episode dropped", key, t.step, t.source)
+            problem = "no decision with propensities" if probs is None else propensity_problem(probs, t.action)
+            if problem is not None:
+                reason = "no_propensities" if probs is None else "bad_propensities"
+                report.episodes_dropped[reason] += 1
+                report.episodes_without_propensities += probs is None
+                log.warning("episode %s step %d (%s): %s; episode dropped", key, t.step, t.source, problem)
                 rows = []
                 break
             rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
@@ -158,11 +195,12 @@ def build_stream_dataset(settings: Any, model: str | None = None, version: str |
     if card is not None:
         n_actions = int(next(o for o in card.outputs if o.name == "action_probs").shape[-1])
     report = DatasetReport(model=model, env_id=str(card.extra.get("env_id", "")) if card is not None else "")
-    data = build_dataset(step_records(logs, n_actions, report))
+    data = build_dataset(step_records(logs, n_actions, report), dropped=report.episodes_dropped)
     report.episodes, report.steps = data.n_episodes, len(data.actions)
     report.human_labels, report.overrides = int((data.human_actions >= 0).sum()), int(data.overridden.sum())
     for t in logs.transitions:
-        report.sources[t.source] += 1
+        if logs.versions is None or t.model_version in logs.versions:
+            report.sources[t.source] += 1
     return data, report
 
 

@@ -1,14 +1,18 @@
-"""The RL commands end to end on tiny budgets: rl train-offline (CQL and BC) and bench ope."""
+"""The RL commands end to end on tiny budgets: rl train-offline (CQL and BC) and bench ope; the
+card's OPE numbers are those of the policy as it will serve (greedy: one-hot argmax)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from auditstream.cli import main
 from auditstream.registry import ModelRegistry
-from training.rl.offline_data import StepRecord, build_dataset, save_dataset
+from training.rl.args import OfflineArgs
+from training.rl.offline_data import StepRecord, build_dataset, load_dataset, save_dataset
 
 
 def logged_dataset(path, episodes: int = 120, seed: int = 0):
@@ -49,3 +53,42 @@ def test_bench_ope_prints_estimator_table(capsys) -> None:
         assert set(result[name]) == {"coverage", "bias", "width"}
         assert 0.0 <= result["per_env"]["CartPole-v1"][name]["coverage"] <= 1.0
         assert result["per_env"]["CartPole-v1"][name]["width"] > 0
+
+
+class SoftLeft(torch.nn.Module):
+    """Prefers action 0 with probability 0.7 everywhere: greedy, it always takes action 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.copy_(torch.log(torch.tensor([0.7, 0.3])))
+
+    def forward(self, obs):
+        return torch.softmax(self.linear(obs), dim=-1), obs.sum(dim=-1) * 0.0
+
+
+@pytest.mark.parametrize("selection", ["greedy", "sample"])
+def test_the_cards_ope_is_of_the_policy_as_served(tmp_path, monkeypatch, selection) -> None:
+    """A greedy card's OPE is that of the argmax policy (one-hot on action 0), not of its soft
+    probabilities (0.7 / 0.3), which on these logs (action 1 pays where x0 > 0) differ."""
+    import training.rl.offline_train as offline_train
+    from training.rl.ope import evaluate
+    from training.rl.policy_export import NumpyPolicy
+
+    path = logged_dataset(tmp_path / "logs.npz")
+    monkeypatch.setattr(offline_train, "train_policy", lambda args, data: SoftLeft())
+    args = OfflineArgs(dataset=path, algorithm="bc", gamma=0.9, action_selection=selection, progress=False)
+    summary = offline_train.run(args, str(tmp_path / "models"))
+    card = ModelRegistry(tmp_path / "models").load(summary["model"]).card
+    probs = {"greedy": [1.0, 0.0], "sample": [0.7, 0.3]}
+    data = load_dataset(path)
+    served = evaluate(data, NumpyPolicy(lambda obs: np.tile(probs[selection], (len(obs), 1)), 2), 0.9, seed=args.seed)
+    other = evaluate(data, NumpyPolicy(lambda obs: np.tile(probs[{"greedy": "sample", "sample": "greedy"}[selection]],
+                                                           (len(obs), 1)), 2), 0.9, seed=args.seed)
+    for name in ("wis", "dr", "fqe"):
+        assert card.metrics["ope"][name]["value"] == pytest.approx(served[name].value, rel=1e-6)  # float32 softmax
+        assert summary[f"ope_{name}"] == pytest.approx(served[name].value, abs=1e-4)
+    assert abs(served["dr"].value - other["dr"].value) > 0.05
+    assert card.metrics["ope_policy"].startswith("the policy as served")

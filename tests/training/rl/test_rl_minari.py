@@ -16,9 +16,10 @@ from training.rl.offline_train import load_logs
 
 
 def logged() -> object:
-    extra = [StepRecord("d", 0, [0.5, 0.5], 1, [1.0, 0.0], 1.0, False, False, human_action=1, source="human",
+    # one-hot on the action each took (propensity 0 for an executed action is refused)
+    extra = [StepRecord("d", 0, [0.5, 0.5], 1, [0.0, 1.0], 1.0, False, False, human_action=1, source="human",
                         route="HUMAN"),
-             StepRecord("d", 1, [0.6, 0.4], 0, [0.0, 1.0], 1.0, True, False, source="fallback", route="HUMAN")]
+             StepRecord("d", 1, [0.6, 0.4], 0, [1.0, 0.0], 1.0, True, False, source="fallback", route="HUMAN")]
     return build_dataset(records() + extra)
 
 
@@ -35,7 +36,7 @@ def test_minari_reads_what_we_write(tmp_path, monkeypatch) -> None:
     assert episode.terminations.tolist() == [False, True] and episode.truncations.tolist() == [False, False]
     assert episode.infos["source"].tolist() == ["human", "fallback", ""]
     assert episode.infos["route"].tolist() == ["HUMAN", "HUMAN", ""]
-    np.testing.assert_allclose(episode.infos["propensities"], [[1, 0], [0, 1], [0, 0]])
+    np.testing.assert_allclose(episode.infos["propensities"], [[0, 1], [1, 0], [0, 0]])
     assert episode.infos["human_action"].tolist() == [1, -1, -1]
     assert [m["episode_key"] for m in dataset.storage.get_episode_metadata([0, 1, 2])] == ["a", "b", "d"]
     assert minari.list_local_datasets()["auditstream/toy/logs-v0"]["dataset_id"] == "auditstream/toy/logs-v0"

@@ -1,12 +1,19 @@
-"""OPE estimators on a tiny MDP whose value is known exactly (tests/training/rl/rl_toy.py)."""
+"""OPE estimators on a tiny MDP whose value is known exactly (tests/training/rl/rl_toy.py); weighted
+DR equal to a term-by-term reference on any finite inputs, and non-finite inputs refused naming
+the episode and step."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from training.rl.fqe import fit_fqe, fqe, select_basis
+from training.rl.offline_data import StepRecord, build_dataset
 from training.rl.ope import doubly_robust, evaluate, on_policy_value, wis
+from training.rl.ope_stats import OPEInputError
+from training.rl.policy_export import NumpyPolicy
 
 from tests.training.rl.rl_toy import GAMMA, MU, PI, simulate, table_policy, tabular_features, true_value
 
@@ -70,3 +77,126 @@ def test_bad_inputs_are_refused() -> None:
         wis(data, table_policy(PI), GAMMA, bootstrap=5)
     with pytest.raises(ValueError, match="confidence"):
         wis(data, table_policy(PI), GAMMA, confidence=1.0)
+
+
+# -- non-finite inputs are refused; finite ones give exactly the textbook sums (issue: DR's
+#    nan_to_num on the sum of a step's two terms dropped the other term)
+
+
+class TableQ:
+    """Q-values looked up by row (observations are the row index)."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    def q_values(self, observations: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        return self.table[np.asarray(observations)[:, 0].astype(int)]
+
+
+def row_policy(table: np.ndarray) -> NumpyPolicy:
+    return NumpyPolicy(lambda obs: table[np.asarray(obs)[:, 0].astype(int)], table.shape[1])
+
+
+def reference_wdr(data, pi: np.ndarray, q: np.ndarray, gamma: float) -> float:
+    """Weighted DR written out term by term (Thomas & Brunskill 2016): Σ_t γ^t [Σ_e w_t (r_t - Q_t)
+    / Σ_e w_t + Σ_e w_{t-1} V_t / Σ_e w_{t-1}], a term with no weight being 0; an ended episode
+    keeps its last weight and adds nothing."""
+    episodes = []
+    for s in data.episode_slices():
+        rows = range(s.start, s.stop)
+        w, ws = 1.0, []
+        for i in rows:
+            w *= pi[i, data.actions[i]] / float(data.behaviour_action_prob[i])
+            ws.append(w)
+        episodes.append([(ws[k], float(data.rewards[i]), q[i, data.actions[i]], float(q[i] @ pi[i]))
+                         for k, i in enumerate(rows)])
+    horizon = max(len(e) for e in episodes)
+    total = 0.0
+    for t in range(horizon):
+        num = den = num_prev = den_prev = 0.0
+        for e in episodes:
+            w_prev = 1.0 if t == 0 else e[min(t - 1, len(e) - 1)][0]
+            if t < len(e):
+                w, r, q_t, v_t = e[t]
+                num += w * (r - q_t)
+                num_prev += w_prev * v_t
+            else:
+                w = e[-1][0]
+            den += w
+            den_prev += w_prev
+        total += gamma ** t * ((num / den if den > 0 else 0.0) + (num_prev / den_prev if den_prev > 0 else 0.0))
+    return total
+
+
+def small_logs(draw, n_actions: int):
+    """(dataset, target probabilities, Q-values) with some target probabilities exactly 0."""
+    records, pi_rows, q_rows = [], [], []
+    for e in range(draw(st.integers(1, 5))):
+        length = draw(st.integers(1, 4))
+        for t in range(length):
+            mu = np.asarray(draw(st.lists(st.integers(1, 5), min_size=n_actions, max_size=n_actions)), float)
+            pi = np.asarray(draw(st.lists(st.integers(0, 3), min_size=n_actions, max_size=n_actions)), float)
+            pi = pi / pi.sum() if pi.sum() else np.full(n_actions, 1.0 / n_actions)
+            action = draw(st.integers(0, n_actions - 1))
+            reward = draw(st.floats(-10, 10, allow_nan=False, width=32))
+            records.append(StepRecord(f"e{e:02d}", t, [float(len(records))], action, (mu / mu.sum()).tolist(), reward,
+                                      False, t == length - 1))
+            pi_rows.append(pi)
+            q_rows.append(draw(st.lists(st.floats(-10, 10, allow_nan=False), min_size=n_actions, max_size=n_actions)))
+    data = build_dataset(records)
+    order = data.observations[:, 0].astype(int)  # rows as the builder ordered them
+    return data, np.asarray(pi_rows)[order], np.asarray(q_rows)[order]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), st.sampled_from([2, 3]), st.sampled_from([0.5, 0.9, 1.0]))
+def test_weighted_dr_is_the_textbook_sum_on_finite_inputs(draw, n_actions, gamma) -> None:
+    data, pi, q = small_logs(draw.draw, n_actions)
+    obs_to_row = np.empty(len(pi), dtype=int)
+    obs_to_row[data.observations[:, 0].astype(int)] = np.arange(len(pi))
+    target = NumpyPolicy(lambda obs: pi[obs_to_row[np.asarray(obs)[:, 0].astype(int)]], n_actions)
+    q_model = TableQ(q[obs_to_row])
+    got = doubly_robust(data, target, gamma, q_model, bootstrap=20).value
+    expected = reference_wdr(data, pi, q, gamma)
+    assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_a_step_no_episode_reaches_keeps_its_value_term() -> None:
+    """Every episode's weight is 0 from step 1 (the target never takes the logged action there):
+    step 1's correction term has no weight (0), but its V term, weighted by step 0, stays."""
+    records = [StepRecord(f"e{e}", t, [float(2 * e + t)], 0, [0.5, 0.5], 1.0, False, t == 1)
+               for e in range(3) for t in range(2)]
+    data = build_dataset(records)
+    pi = np.tile([[1.0, 0.0], [0.0, 1.0]], (3, 1))  # step 0: the logged action; step 1: never
+    q = np.full((6, 2), 2.0)
+    got = doubly_robust(data, row_policy(pi), 0.5, TableQ(q), bootstrap=20).value
+    # step 0: w=2, (1 - 2) + V=2 -> 1; step 1: no weight -> 0, plus V=2 weighted by step 0 -> 0.5 * 2
+    assert got == pytest.approx(1.0 + 0.5 * 2.0) == pytest.approx(reference_wdr(data, pi, q, 0.5))
+
+
+@pytest.mark.parametrize("where, value, match", [
+    ("q", np.nan, r"Q-values \[nan, 2.0\] at episode 'e1' step 1"),
+    ("q", np.inf, r"Q-values \[inf, 2.0\] at episode 'e1' step 1"),
+    ("pi", np.nan, r"target policy probabilities \[nan, 0.5\] at episode 'e1' step 1"),
+    ("pi", np.inf, r"target policy probabilities \[inf, 0.5\] at episode 'e1' step 1"),
+])
+def test_non_finite_q_values_or_target_probabilities_are_refused_naming_the_step(where, value, match) -> None:
+    records = [StepRecord(f"e{e}", t, [float(2 * e + t)], 0, [0.5, 0.5], 1.0, False, t == 1)
+               for e in range(3) for t in range(2)]
+    data = build_dataset(records)
+    pi, q = np.full((6, 2), 0.5), np.full((6, 2), 2.0)
+    (q if where == "q" else pi)[3, 0] = value  # row 3: episode e1, step 1
+    with pytest.raises(OPEInputError, match=match):
+        doubly_robust(data, row_policy(pi), 0.9, TableQ(q), bootstrap=20)
+    if where == "pi":  # WIS and FQE use no fitted Q, but the same target probabilities
+        with pytest.raises(OPEInputError, match=match):
+            wis(data, row_policy(pi), 0.9, bootstrap=20)
+        with pytest.raises(OPEInputError, match="target policy probabilities"):
+            fqe(data, row_policy(pi), 0.9, features=tabular_features, bootstrap=20)
+
+
+def test_an_overflowing_importance_weight_is_refused_naming_the_step() -> None:
+    records = [StepRecord("e0", t, [float(t)], 0, [1e-30, 1.0 - 1e-30], 1.0, False, t == 19) for t in range(20)]
+    data = build_dataset(records)
+    with pytest.raises(OPEInputError, match="cumulative importance weight .* at episode 'e0' step 10"):
+        wis(data, row_policy(np.tile([[1.0, 0.0]], (20, 1))), 0.9, bootstrap=20)

@@ -1,4 +1,5 @@
-"""The promotion gate's decision table."""
+"""The promotion gate's decision table; the candidate and the live policy are valued the same way
+(both unrouted) on routed logs, so a candidate identical to live differs from it by exactly 0."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset
 from training.rl.ope import Estimate
-from training.rl.promotion import PromotionConfig, decide, gate_from_dataset
+from training.rl.promotion import (LIVE_LOGGED, LIVE_UNROUTED, GateRefused, PromotionConfig, decide,
+                                   gate_from_dataset)
 
-from tests.training.rl.rl_toy import GAMMA, MU, PI, simulate, table_policy
+from tests.training.rl.rl_toy import GAMMA, HORIZON, MU, PI, mean_reward, next_dist, simulate, table_policy
 
 
 def est(value: float, lower: float, upper: float, n: int = 500, method: str = "dr") -> Estimate:
@@ -85,3 +88,53 @@ def test_gate_from_logs_promotes_the_better_policy_only() -> None:
     assert better.promote, better.reason
     worse = gate_from_dataset(data, table_policy(MU[:, ::-1].copy()), config)
     assert not worse.promote
+
+
+def simulate_routed(episodes: int, seed: int) -> OfflineDataset:
+    """Logs of the live policy MU with triage: in state 1 it is unsure (0.6), the step goes to a
+    human, nobody answers in time and the safe action 1 (pays 0.5 where action 0 pays 1) acts,
+    logged one-hot with source fallback, route HUMAN. The logged return is the *routed* value."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for e in range(episodes):
+        s = 0
+        for t in range(HORIZON):
+            deferred = s == 1
+            a = 1 if deferred else int(rng.random() < MU[s][1])
+            probs = [0.0, 1.0] if deferred else MU[s]
+            r = mean_reward(s, a) + rng.normal(0, 0.1)
+            records.append(StepRecord(f"e{e:05d}", t, np.eye(2)[s], a, probs, r, False, t == HORIZON - 1,
+                                      source="fallback" if deferred else "model",
+                                      route="HUMAN" if deferred else "AUTO"))
+            s = int(rng.choice(2, p=next_dist(s, a)))
+    return build_dataset(records)
+
+
+def test_a_candidate_identical_to_the_live_policy_differs_by_exactly_zero_on_routed_logs() -> None:
+    """Both sides are the live policy's own action rule, estimated alike: every estimator's
+    difference is 0 on every resample, so it is neither promoted nor judged worse."""
+    data = simulate_routed(400, seed=3)
+    config = PromotionConfig(gamma=GAMMA, require_all=True)
+    decision = gate_from_dataset(data, table_policy(MU), config, live_policy=table_policy(MU))
+    assert (decision.promote, decision.code) == (False, "not_better")
+    assert decision.candidate_estimates == decision.live_estimates and set(decision.live_estimates) == {"wis", "dr", "fqe"}
+    assert "wis - live >= 0 " in decision.reason and "dr - live >= 0 " in decision.reason
+    assert decision.comparison == LIVE_UNROUTED and decision.live_value == decision.candidate_estimates["dr"]["value"]
+
+
+def test_routed_logs_without_the_live_policy_are_refused_not_compared_with_the_routed_return() -> None:
+    """The routed return (state 1 always takes the fallback's 0.5) is below what MU earns acting
+    on its own; comparing an unrouted estimate of MU with it promoted the live policy over itself."""
+    data = simulate_routed(400, seed=3)
+    with pytest.raises(GateRefused, match=r"acted on by a human or the fallback .*\['fallback'\].*live_policy="):
+        gate_from_dataset(data, table_policy(MU), PromotionConfig(gamma=GAMMA))
+
+
+def test_unrouted_comparison_still_promotes_the_better_policy_only() -> None:
+    data = simulate(600, seed=11)
+    config = PromotionConfig(gamma=GAMMA)
+    better = gate_from_dataset(data, table_policy(PI), config, live_policy=table_policy(MU))
+    assert better.promote and better.comparison == LIVE_UNROUTED, better.reason
+    assert not gate_from_dataset(data, table_policy(MU[:, ::-1].copy()), config, live_policy=table_policy(MU)).promote
+    logged = gate_from_dataset(data, table_policy(PI), config)  # no routed step: the logged return stands
+    assert logged.promote and logged.comparison == LIVE_LOGGED

@@ -1,7 +1,9 @@
 """Joining the stream's logs into the offline dataset, and the env driver's decision handling,
 without a broker: propensities by who acted, human labels from verdicts or human decisions,
 episodes without propensities dropped; a deferred step taken by a human in time, or by the
-safe-action fallback; promotion to a live name the candidate was not published under."""
+safe-action fallback; promotion to a live name the candidate was not published under. Reading
+the topics: the version filter keeps whole episodes only, episodes with a lost start or unusable
+propensities are dropped and counted, and a skip verdict never erases an earlier one."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from tests.serving.tiny_policy import cartpole_weights, publish_policy
 
 from auditstream.kafka import Record
@@ -139,3 +144,114 @@ def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(
     promoted = registry.load("policy-cartpole-v1")
     assert promoted.card.extra["promoted_from"] == "policy-bc-cartpole-v1/1"
     assert promoted.onnx_path.read_bytes() == candidate.onnx_path.read_bytes()
+
+
+# -- reading the topics (read_to_end replaced by the records it would return)
+
+
+def topics_returning(monkeypatch: pytest.MonkeyPatch, items: list) -> Settings:
+    """Settings whose read_to_end yields ``items`` (wire records) as the three topics' records."""
+    import auditstream.kafka
+
+    settings = Settings(topic_prefix="t")
+    topic = {Transition: "transitions", Decision: "decisions", Verdict: "verdicts"}
+    records = [Record(settings.topic(topic[type(x)]), 0, i, None, x.to_bytes()) for i, x in enumerate(items)]
+    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: list(records))
+    return settings
+
+
+def episode(ep: str, versions: list[str], probs: list[float] | None = None) -> list:
+    """Transitions (and model decisions) of an episode whose step t was served by versions[t]."""
+    out: list = []
+    for t, version in enumerate(versions):
+        tr = Transition(f"{ep}-s{t}", "p", version, ep, t, np.full(4, t, np.float32), 1, "model", 1.0,
+                        t == len(versions) - 1, False, 1e9)
+        out += [tr, Decision(tr.request_id, "p", version, 1, "model", 1e9, ep, t,
+                             {"propensities": probs or [0.4, 0.6], "route": "AUTO"})]
+    return out
+
+
+def test_an_episode_spanning_a_version_change_is_dropped_whole_never_cut(monkeypatch) -> None:
+    """Selecting version 2: the episode that switched from 1 to 2 at step 3 is neither kept as a
+    3-step episode starting at step 3 nor allowed to fail the build; it is counted."""
+    from training.rl.stream_dataset import build_stream_dataset
+
+    items = episode("mixed", ["1", "1", "1", "2", "2", "2"]) + episode("v2", ["2", "2"]) + episode("v1", ["1"] * 3)
+    settings = topics_returning(monkeypatch, items)
+    data, report = build_stream_dataset(settings, "p", "2", n_actions=2)
+    assert data.episode_keys.tolist() == ["v2"] and data.steps.tolist() == [0, 1]
+    assert report.episodes_dropped == {"version_change": 1} and report.to_dict()["episodes_dropped"] == {"version_change": 1}
+    assert report.sources == {"model": 5}  # the selected version's transitions
+    data, report = build_stream_dataset(settings, "p", "1", n_actions=2)
+    assert data.episode_keys.tolist() == ["v1"] and report.episodes_dropped == {"version_change": 1}
+    data, report = build_stream_dataset(settings, "p", None, n_actions=2)  # every version: all whole
+    assert data.episode_keys.tolist() == ["mixed", "v1", "v2"] and not report.episodes_dropped
+
+
+def test_an_episode_whose_start_was_lost_is_dropped_and_counted(monkeypatch) -> None:
+    from training.rl.stream_dataset import build_stream_dataset
+
+    items = episode("whole", ["1", "1"]) + episode("headless", ["1"] * 4)[2:]  # steps 1-3 only
+    data, report = build_stream_dataset(topics_returning(monkeypatch, items), "p", "1", n_actions=2)
+    assert data.episode_keys.tolist() == ["whole"] and report.episodes_dropped == {"missing_start": 1}
+
+
+@pytest.mark.parametrize("probs", [[-0.2, 1.2], [1.0, 0.0], [0.3, 0.3], [1.5, 0.6], ["x", 1.0]])
+def test_an_episode_with_unusable_logged_propensities_is_dropped_and_counted(monkeypatch, probs) -> None:
+    """The executed action is 1; negative, > 1, 0 for it, not summing to 1 (the wire carries no
+    NaN): the episode is dropped (one forged decision record cannot stop every build), the others
+    kept."""
+    from training.rl.stream_dataset import build_stream_dataset
+
+    bad = episode("bad", ["1", "1"])
+    bad[3] = Decision(bad[3].request_id, "p", "1", 1, "model", 1e9, "bad", 1, {"propensities": probs})
+    data, report = build_stream_dataset(topics_returning(monkeypatch, episode("good", ["1"]) + bad), "p", "1",
+                                        n_actions=2)
+    reason = "no_propensities" if "x" in probs else "bad_propensities"
+    assert data.episode_keys.tolist() == ["good"] and report.episodes_dropped == {reason: 1}
+
+
+def verdict(kind: VerdictKind, at: float, corrected=None, vid: str = "v") -> Verdict:
+    return Verdict(vid, "a-s0", "p", "1", "ann", kind, at, model_output=1, corrected_output=corrected)
+
+
+def test_a_later_skip_does_not_erase_an_earlier_correction(monkeypatch) -> None:
+    from training.rl.stream_dataset import human_action, read_logs
+
+    items = episode("a", ["1"]) + [verdict(VerdictKind.CORRECT, 2e9, corrected=0, vid="v1"),
+                                   verdict(VerdictKind.SKIP, 3e9, vid="v2")]
+    logs = read_logs(topics_returning(monkeypatch, items), "p")
+    assert human_action(logs, "a-s0", 2) == 0  # the correction stands
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.human_actions.tolist() == [0] and data.overridden.tolist() == [True]
+
+
+@hyp_settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(VerdictKind)), st.integers(0, 5), st.integers(0, 1)), max_size=8))
+def test_the_latest_verdict_that_is_not_a_skip_wins(verdicts) -> None:
+    """Any sequence of verdicts on one request (read in this order, possibly out of time order):
+    the human action is that of the latest non-skip verdict by time (a tie: the one read last)."""
+    from training.rl.stream_dataset import human_action
+
+    logs = StreamLogs()
+    for i, (kind, at, corrected) in enumerate(verdicts):
+        logs.add(verdict(kind, float(at), corrected=corrected, vid=f"v{i}"))
+    opinions = [(at, i, kind, c) for i, (kind, at, c) in enumerate(verdicts) if kind != VerdictKind.SKIP]
+    expected = None
+    if opinions:
+        _, _, kind, corrected = max(opinions)
+        expected = {VerdictKind.CORRECT: corrected, VerdictKind.ACCEPT: 1}.get(kind)
+    assert human_action(logs, "a-s0", 2) == expected
+
+
+def test_a_fallback_without_any_answer_names_the_version_serving_the_episode(tmp_path: Path) -> None:
+    """The consumer switched to version 2 (hot reload) while the driver holds card version 1: a
+    step that then times out is logged as version 2's, so the episode is not a fake version change."""
+    driver, slot = driver_with_one_episode(tmp_path, human_wait_s=0.0)
+    action = Action(slot.request_id, "policy-cartpole-v1", "2", slot.episode_key, 0, 1, Route.AUTO, 1e9, {})
+    driver.on_record(Record("t.actions", 0, 0, action.key, action.to_bytes()), now=0.1)
+    driver.expire(now=100.0)  # step 1: no answer at all
+    sent = [Transition.from_bytes(v) for t, _, v in driver.producer.sent if t == "t.transitions"]
+    assert [(x.step, x.source, x.model_version) for x in sent] == [(0, "model", "2"), (1, "fallback", "2")]
+    fallback = [Decision.from_bytes(v) for t, _, v in driver.producer.sent if t == "t.decisions"]
+    assert [d.model_version for d in fallback] == ["2"]

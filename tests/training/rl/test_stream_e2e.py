@@ -182,6 +182,8 @@ def test_shadow_candidate_acts_on_nothing_and_the_gate_is_recorded(run: Run) -> 
     decision = saved["decision"]
     assert decision["candidate"] == f"{MODEL}/{candidate.card.version}" and decision["live"] == f"{MODEL}/1"
     assert set(decision["candidate_estimates"]) == {"wis", "dr", "fqe"} and decision["n_episodes"] == EPISODES
+    # the live side is the live policy estimated the same way (the logs hold routed steps)
+    assert set(decision["live_estimates"]) == {"wis", "dr", "fqe"} and decision["comparison"].startswith("unrouted")
     assert saved["dataset"]["steps"] == requests
     live_now = run.registry.live_version(MODEL)
     assert live_now == (candidate.card.version if decision["promote"] else "1")
