@@ -23,6 +23,11 @@ then only moves to fewer items. :func:`certify_coverage_grid` spends the same ki
 fixed grid of coverages chosen before any data is seen (``delta / len(grid)`` each) and keeps the
 largest that passes; the training scripts use it.
 
+Every certificate here holds for one model on one calibration set. When several model versions
+are certified on the same set and one is picked afterwards, the ``delta`` passed in must be that
+version's share (qc/delta_spending.py: the training scripts pass ``delta * 6 / (pi^2 k^2)`` for
+the k-th), or the chance that some version's certificate is wrong exceeds ``delta``.
+
 The naive rule, "the largest coverage whose *empirical* calibration risk is ``<= r``", is here
 too (:func:`naive_threshold`) because the benchmark ``auditstream bench certify`` shows how often
 it breaks its promise on fresh data.

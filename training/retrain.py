@@ -10,10 +10,13 @@ human labels turned into targets -> the family's own script (``run(args, models_
 feedback)``) trains on its training split plus those examples, starting from the LIVE version's
 weights (``weights.pt`` beside it; ``--from-scratch`` opts out), re-calibrates the temperature,
 re-certifies the threshold on its calibration/certificate slice (never seen by any verdict: the
-traffic's verdicts train, the slice certifies) and publishes version N+1 -- not live: moving
+traffic's verdicts train, the slice certifies) at this version's share of the card's delta -- the
+k-th certificate on that slice gets delta * 6 / (pi^2 k^2), k counted from the registry
+(qc/delta_spending.py), so every version ever certified on the slice holds at once with
+probability >= 1 - delta, whichever is promoted -- and publishes version N+1 -- not live: moving
 ``LIVE`` is promotion's job -- with a card that records which verdicts it learnt from
-(``extra.learnt_from``: ids, their sha256, counts, time range) and the split
-(``extra.data_hygiene``).
+(``extra.learnt_from``: ids, their sha256, counts, time range), the split
+(``extra.data_hygiene``) and its delta (``extra.delta_spending``).
 
 The families differ only in how a human label becomes a training target and in their
 fine-tuning budget: :data:`FAMILIES`. The detector and the captioner are not retrained from
@@ -181,7 +184,7 @@ def main(args: RetrainArgs, models_dir: Path) -> int:
           f"{summary['verdicts_learnt']} verdicts of the train part ({summary['verdicts_certify_part']} kept for "
           f"certifying, {summary['gold_items']} gold items not used)", file=sys.stderr if args.json else sys.stdout)
     print(f"  certified risk {summary['certified_risk']:.2%} at coverage {summary['coverage']:.1%} "
-          f"(target {summary['target_risk']:.0%}, delta {summary['delta']}) on the calibration/certificate slice",
+          f"(target {summary['target_risk']:.0%}, {summary['delta_note']}) on the calibration/certificate slice",
           file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))

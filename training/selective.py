@@ -1,15 +1,21 @@
 """What every mail-sorting script reports about its confidence: reference statistics for drift
-detection and the risk-coverage plot written next to the model.
+detection, the risk-coverage plot written next to the model, and the delta its certificate may
+spend on the calibration/certificate slice (:func:`certificate_spending`).
 
-The statistics themselves (curve, certificate, ECE) live in ``monitor/``; this module only
-packages them for the model card and draws the PNG, so it may use matplotlib.
+The statistics themselves (curve, certificate, ECE) live in ``monitor/`` and ``qc/``; this module
+only packages them for the model card and draws the PNG, so it may use matplotlib.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from auditstream.errors import AuditstreamError, ModelRefused
+from auditstream.registry import ModelRegistry
+from qc.delta_spending import EXTRA_KEY, CertificateSlice, DeltaSpending, plan
 
 REFERENCE_SAMPLE = 2000
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -55,3 +61,39 @@ def plot_risk_coverage(curves: dict[str, list[dict[str, float]]], path: Path, ta
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class CannotSpendDelta(AuditstreamError):
+    pass
+
+
+def certificate_slice(split: str = "calibration/certificate") -> CertificateSlice:
+    """The digits every mail-sorting certificate is computed on (both families: the zip-reader's
+    envelopes are made of them), named by the split's seed, fractions and a hash of the indices."""
+    from training.data.split import FRACTIONS, SPLIT_SEED, load_split
+
+    indices = np.ascontiguousarray(load_split(split).indices, dtype=np.int64)
+    return CertificateSlice(split, SPLIT_SEED, dict(FRACTIONS), hashlib.sha256(indices.tobytes()).hexdigest())
+
+
+def certificate_spending(models_dir: Path, name: str, family_delta: float,
+                         slice_: CertificateSlice | None = None) -> DeltaSpending:
+    """The delta the next certificate of ``name`` may spend (qc/delta_spending.py), its index
+    counted from the versions already in the registry at ``models_dir`` -- never from the
+    caller. A card that cannot be read cannot be counted: refused, before anything is certified."""
+    registry = ModelRegistry(models_dir)
+    cards = []
+    for version in registry.versions(name):
+        try:
+            cards.append(registry.card(name, version))
+        except ModelRefused as e:
+            raise CannotSpendDelta(
+                f"cannot certify a new version of {name}: {e}. Its delta must be counted among the certificates "
+                f"on the same slice (docs/training.md, 'Certificates across versions'): repair that card.json and run "
+                "again") from None
+    return plan(family_delta, slice_ or certificate_slice(), cards)
+
+
+def spending_extra(spending: DeltaSpending) -> dict:
+    """What the card records of its spending (``extra.delta_spending``)."""
+    return {EXTRA_KEY: spending.to_dict()}

@@ -23,7 +23,9 @@ def test_short_training_beats_90_percent_and_publishes_a_servable_model(tmp_path
     card = model.card
     assert card.task == "classification" and card.labels == [str(d) for d in range(10)]
     assert card.inputs[0].shape == [None, 8, 8] and card.outputs[0].shape == [None, 10]
-    assert card.triage.confidence_kind == "max_prob" and card.triage.delta == 0.05
+    assert card.triage.confidence_kind == "max_prob" and card.training["args"]["delta"] == 0.05
+    # the first certificate on the slice spends 6/pi^2 of the family's delta (qc/delta_spending.py)
+    assert card.triage.delta == pytest.approx(0.05 * 6 / np.pi ** 2) and card.extra["delta_spending"]["index"] == 1
     assert card.triage.certified_risk is not None and 0 < len(card.reference["confidence_sample"]) <= 2000
     assert card.risk_coverage[-1]["coverage"] == 1.0
     assert (model.directory / "risk_coverage.png").stat().st_size > 1000

@@ -28,7 +28,9 @@ def test_short_training_reads_most_characters_and_publishes_a_servable_model(tmp
     strict = card.extra["strict_certificates"]
     assert strict["n_envelopes"] == 97  # 486 certificate digits // 5
     assert strict["targets_considered"] == [0.02, 0.05, 0.1, 0.2]
-    assert strict["targets_tried"] == [0.1, 0.2] and strict["delta_per_target"] == pytest.approx(0.05 / 2)
+    # the first certificate on the slice: 6/pi^2 of delta 0.05 (qc/delta_spending.py), split over the targets tried
+    assert card.triage.delta == pytest.approx(0.05 * 6 / np.pi ** 2) and card.extra["delta_spending"]["index"] == 1
+    assert strict["targets_tried"] == [0.1, 0.2] and strict["delta_per_target"] == pytest.approx(card.triage.delta / 2)
     assert card.triage.target_risk == strict["promised_target_risk"]  # the tightest considered target >= the bound
     assert card.triage.certified_risk <= card.triage.target_risk or card.triage.coverage == 0.0
     images, zips = make_envelopes("test", 64, seed=99)

@@ -9,8 +9,8 @@ augmentation, training/data/loader.py) -> calibrate (temperature on the calibrat
 slice, qc/calibration.py) -> export ONNX (preprocessing and temperature inside the graph,
 parity-checked on 256 test inputs) -> certify the auto-accept threshold on the exported graph's
 own outputs (Clopper-Pearson over a fixed coverage grid on the disjoint calibration/certificate
-slice, qc/certify.py) -> measure on the
-test split -> publish to the model registry with its card and risk-coverage plot.
+slice, qc/certify.py, at this version's share of delta on that slice, qc/delta_spending.py) ->
+measure on the test split -> publish to the model registry with its card and risk-coverage plot.
 
 Serving contract: input ``pixels`` float32 [batch, 8, 8] with scikit-learn's raw 0..16 values;
 output ``probs`` float32 [batch, 10], calibrated; confidence = max probability.
@@ -34,13 +34,14 @@ from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
 from qc.calibration import classification_ece, fit_temperature, softmax
 from qc.certify import area_under_risk_coverage, certify_coverage_grid, risk_coverage_curve, selective_risk
+from qc.delta_spending import DeltaSpending
 from training.data.loader import DigitAugment, digit_batches
 from training.data.split import SPLIT_SEED, FRACTIONS, DigitSplit, load_split, train_subset
 from training.digits.args import DigitsArgs
 from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
 from training.feedback import Feedback, record_provenance, save_weights
-from training.selective import plot_risk_coverage, reference_statistics
+from training.selective import certificate_spending, plot_risk_coverage, reference_statistics, spending_extra
 
 NAME = "digits"
 LABELS = [str(d) for d in range(10)]
@@ -159,21 +160,24 @@ def fit_calibration(model: nn.Module) -> float:
     return fit_temperature(logits_of(model, slice_.images), slice_.labels)
 
 
-def evaluate(model: DigitNet, onnx_bytes: bytes, temperature: float, args: DigitsArgs) -> dict:
+def evaluate(model: DigitNet, onnx_bytes: bytes, temperature: float, args: DigitsArgs, spending: DeltaSpending) -> dict:
     """Certify and measure on the exported model's own outputs (what serving will compute; torch
-    differs by ~1e-7, enough to move an item across the threshold)."""
+    differs by ~1e-7, enough to move an item across the threshold). The certificate is made at
+    ``spending.delta``: this version's share of ``args.delta`` on the certificate slice
+    (qc/delta_spending.py)."""
     cert_split, test = load_split("calibration/certificate"), load_split("test")
     (cal_probs,) = run_onnx(onnx_bytes, cert_split.images)
     cal_probs = cal_probs.astype(np.float64)
     cert = certify_coverage_grid(cal_probs.max(1), (cal_probs.argmax(1) != cert_split.labels).astype(int),
-                       args.target_risk, args.delta)
+                       args.target_risk, spending.delta)
     raw = softmax(logits_of(model, test.images))
     (calibrated,) = run_onnx(onnx_bytes, test.images)
     calibrated = calibrated.astype(np.float64)
     conf, errors = calibrated.max(1), (calibrated.argmax(1) != test.labels).astype(int)
     coverage, risk, n_acc, e_acc = selective_risk(conf, errors, cert.threshold)
     return {
-        "temperature": temperature, "certificate": cert, "n_temperature": len(load_split("calibration/temperature").labels),
+        "temperature": temperature, "certificate": cert, "delta_spending": spending,
+        "n_temperature": len(load_split("calibration/temperature").labels),
         "n_certificate": len(cert_split.labels),
         "test_error": float(errors.mean()),
         "ece_before": classification_ece(raw, test.labels), "ece_after": classification_ece(calibrated, test.labels),
@@ -185,7 +189,7 @@ def evaluate(model: DigitNet, onnx_bytes: bytes, temperature: float, args: Digit
 
 
 def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: float) -> ModelCard:
-    cert = result["certificate"]
+    cert, spending = result["certificate"], result["delta_spending"]
     metrics = {k: result[k] for k in ("test_error", "ece_before", "ece_after", "test_coverage_at_threshold",
                                       "test_risk_at_threshold", "test_accepted", "test_errors_accepted", "aurc")}
     metrics.update(test_accuracy=1 - result["test_error"], parity_max_abs_diff=parity,
@@ -195,7 +199,7 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
         inputs=[TensorSpec("pixels", "float32", [None, 8, 8])],
         outputs=[TensorSpec("probs", "float32", [None, 10])],
         triage=TriageSpec(threshold=cert.threshold, confidence_kind="max_prob", target_risk=args.target_risk,
-                          delta=args.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
+                          delta=spending.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
                           method="coverage-grid clopper-pearson on the exported model's outputs"),
         preprocessing={"input": "scikit-learn load_digits() pixel values 0..16, float32, 8x8",
                        "inside_graph": ["x / 16", "(x - 0.3) / 0.4", f"softmax(logits / T), T={result['temperature']:.4f}"]},
@@ -210,7 +214,9 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
         extra={"certificate": cert.to_dict(), "certificate_data": (
             f"calibration/certificate slice ({result['n_certificate']} digits), ONNX Runtime outputs of the published "
             f"graph; the temperature was fitted on the disjoint calibration/temperature slice "
-            f"({result['n_temperature']} digits); one target tried, at the full delta")},
+            f"({result['n_temperature']} digits); one target tried, at this version's delta: certificate "
+            f"{spending.index} on this slice, {spending.delta:.4g} of the family's {spending.family_delta:g} "
+            f"(extra.delta_spending)"), **spending_extra(spending)},
     )
 
 
@@ -220,18 +226,23 @@ def run(args: DigitsArgs, models_dir: Path, progress: bool = True, feedback: Fee
     for fine-tuning); returns the JSON summary. ``feedback``: retraining from verdicts
     (training/feedback.py); ``tuning``: the hyperparameter search that chose ``args``
     (training/tuning/), for the card."""
+    certificate_spending(models_dir, NAME, args.delta)  # refuse an unreadable registry before training
     model, train_seconds = train(args, progress, feedback)
     temperature = fit_calibration(model)
     exported = CalibratedClassifier(model, temperature).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, 8, 8), "pixels", ["probs"])
     parity = check_parity(exported, onnx_bytes, load_split("test").images[:256])
-    result = evaluate(model, onnx_bytes, temperature, args)
+    # counted now, just before certifying: the versions published while this one trained count too
+    spending = certificate_spending(models_dir, NAME, args.delta)
+    result = evaluate(model, onnx_bytes, temperature, args, spending)
     card = build_card(args, result, parity, train_seconds)
     card = record_provenance(card, feedback, tuning, n_train=len(training_digits(args, feedback).labels))
     cert = result["certificate"]
     summary = {"model": NAME, **{k: card.metrics[k] for k in ("test_error", "ece_before", "ece_after",
                                                                "test_risk_at_threshold", "test_coverage_at_threshold")},
-               "target_risk": args.target_risk, "delta": args.delta, "certified_risk": cert.certified_risk,
+               "target_risk": args.target_risk, "delta": spending.delta, "family_delta": args.delta,
+               "delta_spending": spending.to_dict(), "delta_note": spending.describe(),
+               "certified_risk": cert.certified_risk,
                "coverage": cert.coverage, "threshold": cert.threshold, "temperature": result["temperature"],
                "parity_max_abs_diff": parity, "train_seconds": train_seconds}
     if args.publish:
@@ -249,7 +260,7 @@ def print_summary(summary: dict) -> None:
     print(f"digits: test error {summary['test_error']:.2%} (target <= 1.5%)")
     print(f"  ECE {summary['ece_before']:.2%} -> {summary['ece_after']:.2%} after T={summary['temperature']:.3f} (target <= 2%)")
     print(f"  certified: risk <= {summary['certified_risk']:.2%} at coverage {summary['coverage']:.1%} on calibration "
-          f"(target risk {summary['target_risk']:.0%}, delta {summary['delta']}; coverage target >= 90%, stretch 95%)")
+          f"(target risk {summary['target_risk']:.0%}, {summary['delta_note']}; coverage target >= 90%, stretch 95%)")
     print(f"  test at the threshold {summary['threshold']:.4f}: coverage {summary['test_coverage_at_threshold']:.1%}, "
           f"risk {summary['test_risk_at_threshold']:.2%}")
     print(f"  ONNX parity {summary['parity_max_abs_diff']:.2g}, trained in {summary['train_seconds']:.1f} s (target < 60 s)")

@@ -8,8 +8,9 @@ Flow: args (``ZipReaderArgs``, training/zip_reader/args.py) -> data (fresh envel
 one-cycle LR) -> calibrate (one temperature for all five positions, fitted on envelopes of the
 calibration/temperature digits) -> export ONNX (preprocessing and temperature inside the graph)
 -> certify the ZIP-level auto-accept threshold on the exported graph's own outputs (a fixed coverage grid on
-independent envelopes of the disjoint calibration/certificate digits, delta spent across the
-targets tried, see ``strict_certificates``) -> measure on test envelopes (parity-checked on 256
+independent envelopes of the disjoint calibration/certificate digits, at this version's share of
+delta on that slice (qc/delta_spending.py), spent across the targets tried, see
+``strict_certificates``) -> measure on test envelopes (parity-checked on 256
 of them) -> publish with card and risk-coverage plot.
 
 Model: a CNN encoder over column frames, a bidirectional GRU, and a fixed-length attention head:
@@ -46,6 +47,7 @@ from qc.calibration import expected_calibration_error, fit_temperature, softmax
 from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverage_grid, min_certifiable_risk,
                         risk_coverage_curve,
                              selective_risk)
+from qc.delta_spending import DeltaSpending
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, Nuisance, make_envelopes
 from training.data.loader import TRAIN_NUISANCE, envelope_batches
 from training.data.split import FRACTIONS, SPLIT_SEED, load_split, train_subset
@@ -54,7 +56,7 @@ from training.export import check_parity, export_onnx, git_revision, run_onnx
 from training.family_cli import train_and_report
 from training.feedback import Feedback, record_provenance, save_weights
 from training.fit import fit_steps
-from training.selective import plot_risk_coverage, reference_statistics
+from training.selective import certificate_spending, plot_risk_coverage, reference_statistics, spending_extra
 
 NAME = "zip-reader"
 CONFIDENCE_KINDS = ("min_char_prob", "product_char_prob", "mean_char_prob")
@@ -215,16 +217,19 @@ def onnx_char_probs(onnx_bytes: bytes, images: np.ndarray) -> np.ndarray:
     return run_onnx(onnx_bytes, images)[0].astype(np.float64)
 
 
-def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: ZipReaderArgs) -> dict:
+def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: ZipReaderArgs,
+             spending: DeltaSpending) -> dict:
     """Certify on calibration/certificate envelopes and measure on test envelopes, all on the
     exported graph's outputs (torch differs by ~1e-7: enough to move an envelope across the
-    threshold)."""
+    threshold). Certificates are made at ``spending.delta``, this version's share of
+    ``args.delta`` on the certificate slice (qc/delta_spending.py)."""
     # Seeds are fixed (not args.seed): every model version is judged on the same envelopes.
     cal_images, cal_zips = make_envelopes("calibration/certificate", args.n_calibration, seed=7001)
     cal_probs = onnx_char_probs(onnx_bytes, cal_images)
     cal_wrong, _ = read(cal_probs, zip_labels(cal_zips))
-    pooled = certify_coverage_grid(confidences(cal_probs)["min_char_prob"], cal_wrong, args.target_risk, args.delta)
-    strict = strict_certificates(onnx_bytes, args)
+    pooled = certify_coverage_grid(confidences(cal_probs)["min_char_prob"], cal_wrong, args.target_risk,
+                                   spending.delta)
+    strict = strict_certificates(onnx_bytes, args, spending.delta)
 
     test_images, test_zips = make_envelopes("test", args.n_test, seed=7002)
     test_labels = zip_labels(test_zips)
@@ -237,7 +242,7 @@ def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: Z
     coverage, risk, n_acc, e_acc = selective_risk(conf, wrong, cert.threshold)
     pooled_coverage, pooled_risk, _, _ = selective_risk(conf, wrong, pooled.threshold)
     return {
-        "temperature": temperature, "certificate": cert, "strict": strict,
+        "temperature": temperature, "certificate": cert, "strict": strict, "delta_spending": spending,
         "pool_conditional": {**pooled.to_dict(), "test_coverage": pooled_coverage, "test_risk": pooled_risk,
                              "broken_on_test": bool(pooled_risk > args.target_risk)},
         "test_error": float(wrong.mean()), "zip_accuracy": float(1 - wrong.mean()),
@@ -255,7 +260,7 @@ def evaluate(model: ZipReaderNet, onnx_bytes: bytes, temperature: float, args: Z
     }
 
 
-def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
+def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs, delta: float) -> dict:
     """Certificates (coverage grid) on calibration/certificate envelopes that use each of those
     digits at most once.
 
@@ -264,7 +269,8 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     a 2% ZIP-level target cannot be certified from this data. So the targets
     ``args.target_risk`` and the looser ``FALLBACK_RISKS`` are considered, fixed before looking
     at the data; those no outcome on 97 envelopes could certify are dropped (from the count
-    alone, :func:`targets_worth_trying`), and ``delta`` is spent across the rest (``delta / k``
+    alone, :func:`targets_worth_trying`), and ``delta`` (this version's share of ``args.delta``) is
+    spent across the rest (``delta / k``
     each, a union bound over the k targets): whichever certifies first is shipped, and the chance
     that any certificate tried is wrong stays at most ``delta``. The card records the targets
     considered and tried and the delta each had.
@@ -275,8 +281,8 @@ def strict_certificates(onnx_bytes: bytes, args: ZipReaderArgs) -> dict:
     wrong, _ = read(probs, zip_labels(zips))
     conf = confidences(probs)["min_char_prob"]
     considered = [args.target_risk] + [r for r in FALLBACK_RISKS if r > args.target_risk]
-    tried = targets_worth_trying(considered, n, args.delta)
-    delta_each = args.delta / len(tried)
+    tried = targets_worth_trying(considered, n, delta)
+    delta_each = delta / len(tried)
     certificates = {target: certify_coverage_grid(conf, wrong, target, delta_each) for target in tried}
     shipped = next((c for c in certificates.values() if c.certified), certificates[tried[-1]])
     # Every bound computed above holds at once with probability >= 1 - delta (the union bound), so
@@ -316,7 +322,7 @@ def _coverage_at_risk(conf: np.ndarray, wrong: np.ndarray, target: float) -> flo
 
 
 def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: float) -> ModelCard:
-    cert, strict = result["certificate"], result["strict"]
+    cert, strict, spending = result["certificate"], result["strict"], result["delta_spending"]
     metrics = {k: result[k] for k in ("test_error", "zip_accuracy", "char_error", "ece_before", "ece_after",
                                       "zip_ece_min_char_prob", "test_coverage_at_threshold", "test_risk_at_threshold",
                                       "test_accepted", "test_errors_accepted")}
@@ -328,7 +334,7 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
         outputs=[TensorSpec("char_probs", "float32", [None, ZIP_LENGTH, 10])],
         triage=TriageSpec(threshold=cert.threshold, confidence_kind="min_char_prob",
                           target_risk=strict["promised_target_risk"],
-                          delta=args.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
+                          delta=spending.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
                           method=f"coverage-grid clopper-pearson on {strict['n_envelopes']} independent certificate envelopes, "
                                  f"delta/{len(strict['targets_tried'])} per target tried"),
         preprocessing={"input": f"grayscale envelope uint8 {ENVELOPE_H}x{ENVELOPE_W}, dark ink on light paper",
@@ -350,10 +356,12 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
                    "each calibration/certificate digit image appears in at most one certificate envelope, so the "
                    "envelopes are independent given the split and the bound is exact; the certificate is computed "
                    "on the published ONNX graph's outputs; the temperature was fitted on the disjoint "
-                   "calibration/temperature digits; delta is split evenly over the targets tried "
+                   "calibration/temperature digits; this version's delta (extra.delta_spending: its share of the "
+                   "family's delta on the certificate slice) is split evenly over the targets tried "
                    "(strict_certificates.targets_tried, delta_per_target); the pool-conditional diagnostic reuses "
                    "digits (i.i.d. only given the calibration pool) and is no guarantee for new handwriting"),
-               "risk_coverage_by_confidence": {k: v for k, v in result["curves"].items() if k != "min_char_prob"}},
+               "risk_coverage_by_confidence": {k: v for k, v in result["curves"].items() if k != "min_char_prob"},
+               **spending_extra(spending)},
     )
 
 
@@ -363,11 +371,14 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, feedback: 
     for fine-tuning); returns the JSON summary. ``feedback``: retraining from verdicts
     (training/feedback.py); ``tuning``: the hyperparameter search that chose ``args``
     (training/tuning/), for the card."""
+    certificate_spending(models_dir, NAME, args.delta)  # refuse an unreadable registry before training
     model, train_seconds = train(args, progress, feedback)
     temperature = fit_calibration(model, args)
     exported = CalibratedReader(model, temperature).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, ENVELOPE_H, ENVELOPE_W, dtype=torch.uint8), "image", ["char_probs"])
-    result = evaluate(model, onnx_bytes, temperature, args)
+    # counted now, just before certifying: the versions published while this one trained count too
+    spending = certificate_spending(models_dir, NAME, args.delta)
+    result = evaluate(model, onnx_bytes, temperature, args, spending)
     parity = check_parity(exported, onnx_bytes, result["parity_images"])
     card = build_card(args, result, parity, train_seconds)
     card = record_provenance(card, feedback, tuning, **(
@@ -379,7 +390,8 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, feedback: 
                                                         "confidence_choice")},
                "strict": {k: v for k, v in strict.items() if k != "shipped"},
                "target_risk": strict["promised_target_risk"], "requested_target_risk": args.target_risk,
-               "delta": args.delta,
+               "delta": spending.delta, "family_delta": args.delta, "delta_spending": spending.to_dict(),
+               "delta_note": spending.describe(),
                "certified_risk": cert.certified_risk, "coverage": cert.coverage, "threshold": cert.threshold,
                "coverage_at_requested_target": card.metrics["coverage_at_requested_target"],
                "temperature": result["temperature"], "parity_max_abs_diff": parity, "train_seconds": train_seconds}
@@ -402,7 +414,7 @@ def print_summary(s: dict) -> None:
           f"smallest provable ZIP risk {st['min_certifiable_risk']:.2%}")
     print(f"  coverage at certified ZIP risk {s['requested_target_risk']:.0%}: {s['coverage_at_requested_target']:.1%}; "
           + ", ".join(f"at {float(t):.0%}: {v['coverage']:.1%}" for t, v in st["by_target"].items()))
-    print(f"  shipped: risk <= {s['certified_risk']:.2%} (target {s['target_risk']:.0%}, delta {s['delta']} over all "
+    print(f"  shipped: risk <= {s['certified_risk']:.2%} (target {s['target_risk']:.0%}, {s['delta_note']}, over all "
           f"targets tried) at "
           f"threshold {s['threshold']:.4f}; on test envelopes coverage {s['test_coverage_at_threshold']:.1%}, "
           f"ZIP risk {s['test_risk_at_threshold']:.2%}")
