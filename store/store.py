@@ -59,7 +59,7 @@ _INSERT_ITEM = (
 
 class AuditStore(StoreReads):
     """The audit store. Build it with :func:`store.open_store`; safe to share between
-    threads (each thread gets its own connection). Read models come from :class:`StoreReads`."""
+    threads (a bounded connection pool, store/backend.py). Read models come from :class:`StoreReads`."""
 
     def __init__(self, db: Database, config: StoreConfig | None = None) -> None:
         self._db = db
