@@ -13,7 +13,8 @@ leads right now:
 * **PostgreSQL**: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own.
   The server releases it the moment the session ends, so a crashed leader is replaced on the
   next round of another process; a leader checks its connection every round and steps down when
-  it broke.
+  it broke. A follower whose connection broke reconnects on its next round (and logs it); while
+  the server cannot be reached it does not lead.
 * **SQLite**: a lease row in ``meta`` (``leader:<name>`` -> owner and expiry), taken when absent
   or expired and renewed by its owner every third of ``lease_s``. A leader that stops cleanly
   deletes it; one that crashed is replaced after at most ``lease_s``. A leader stalled for longer
@@ -33,6 +34,8 @@ import socket
 import uuid
 import zlib
 from typing import Any
+
+from store.backend import StoreUnavailable, connect_postgres
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,25 @@ class PostgresLeadership(Leadership):
             except self._db._psycopg.Error as e:
                 log.warning("leadership connection of %r broke (%s); stepping down", self.name, type(e).__name__)
                 self._close()
+        try:
+            return self._try_lock()
+        except (StoreUnavailable, self._db._psycopg.Error) as e:
+            # A follower's session died (a server restart, a terminated backend): without this it
+            # asked on the dead connection, and failed, every round for good.
+            log.warning("leadership connection of %r broke (%s: %s); reconnecting", self.name, type(e).__name__,
+                        str(e).strip().splitlines()[0] if str(e).strip() else "")  # fmt: skip
+            self._close()
+        try:
+            return self._try_lock()
+        except (StoreUnavailable, self._db._psycopg.Error) as e:
+            log.warning("leadership of %r: cannot reach the store (%s); not leading, trying again next round",
+                        self.name, e)  # fmt: skip
+            self._close()
+            return False
+
+    def _try_lock(self) -> bool:
         if self._cx is None:
-            self._cx = self._db._psycopg.connect(self._db.url, autocommit=True)
+            self._cx = connect_postgres(self._db._psycopg, self._db.url)
         (got,) = self._cx.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, self._key)).fetchone()
         return bool(got)
 
