@@ -36,6 +36,7 @@ import zlib
 from typing import Any
 
 from store.backend import StoreUnavailable, connect_postgres
+from store.records import check_lease_s
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ class Leadership(abc.ABC):
     """Leadership of ``name`` among the processes sharing one store (see the module docstring)."""
 
     def __init__(self, db: Any, name: str = "monitor", lease_s: float = 45.0, owner: str | None = None) -> None:
-        if not lease_s > 0:
-            raise ValueError(f"lease_s={lease_s} must be > 0")
-        self._db, self.name, self.lease_s = db, name, float(lease_s)
+        self._db, self.name, self.lease_s = db, name, check_lease_s("leader lease_s", lease_s)
         self.owner = owner or default_owner()
         self.held = False
 
