@@ -202,7 +202,10 @@ class SQLiteDatabase(Database):
         if not path:
             raise ConfigError("store_url", redact_url(url), "'sqlite:///path/to/audit.db'")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(url, f"cannot create the directory {self.path.parent}: {e.strerror or e}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; this module says BEGIN itself.
@@ -258,8 +261,11 @@ class PostgresDatabase(Database):
 
     def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN) -> None:
         super().__init__(url, prefix, max_connections)
-        import psycopg  # imported here: a SQLite-only install needs no PostgreSQL driver
-
+        try:
+            import psycopg  # imported here: a SQLite-only install needs no PostgreSQL driver
+        except ImportError:
+            raise ConfigError("store_url", redact_url(url), "a sqlite:/// URL, or install the PostgreSQL driver "
+                              "(pip install 'psycopg[binary]')") from None
         self._psycopg = psycopg
 
     def sql(self, text: str) -> str:
