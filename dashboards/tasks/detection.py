@@ -23,7 +23,7 @@ from auditstream.tasks.base import label_name
 from auditstream.tasks.detection import boxes
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind
 from dashboards import images
-from dashboards.tasks.base import TaskView, details_of, number, plain_picture, register
+from dashboards.tasks.base import TaskView, details_of, number as finite_number, plain_picture, register
 
 ACCEPTED, CHECK = "accepted", "check"
 # Red (check) against blue (accepted): a pair that colour-blind eyes tell apart too. Red is what
@@ -48,7 +48,7 @@ class BoxTable:
 
 def card_threshold(prediction: Prediction) -> float | None:
     """The threshold that routed this item (the card's certified t_high, or the monitor's tightening)."""
-    return number(details_of(prediction).get("threshold"))
+    return finite_number(details_of(prediction).get("threshold"))
 
 
 def box_statuses(prediction: Prediction) -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tests.dashboards.conftest import items_by_task, log_in, png, prediction, start_app, texts
 
-from auditstream.wire import AuditItem, ImageInput, Prediction, Route, VerdictKind
+from auditstream.wire import AuditItem, ImageInput, Route, VerdictKind
 from dashboards import render, workbench
 from dashboards.tasks.base import MAX_CHOICES
 from dashboards.tasks.classification import class_labels
