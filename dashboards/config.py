@@ -13,7 +13,12 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import math
+
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.errors import ConfigError
+
+MIN_LEASE_S, MAX_LEASE_S = 10.0, 86_400.0  # time to look at an item; a day is already a forgotten tab
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,13 @@ class DashboardConfig:
     refresh_s: float = field(default=5.0, metadata={"help": "overview refresh interval (s); 0 turns auto-refresh off"})
 
     def __post_init__(self) -> None:
-        if not self.lease_s >= 10.0:
-            raise ValueError(f"lease_s={self.lease_s} must be >= 10 s (an auditor needs time to look)")
-        if not self.refresh_s >= 0.0:
-            raise ValueError(f"refresh_s={self.refresh_s} must be >= 0")
+        # math.isfinite first: "inf" and "nan" parse as floats, and nan fails every comparison
+        if not isinstance(self.lease_s, (int, float)) or not math.isfinite(self.lease_s) \
+                or not MIN_LEASE_S <= self.lease_s <= MAX_LEASE_S:
+            raise ConfigError("--lease-s", self.lease_s, f"a number of seconds from {MIN_LEASE_S:g} (an auditor "
+                              f"needs time to look) to {MAX_LEASE_S:g} (a lease outliving a day only hides the item)")
+        if not isinstance(self.refresh_s, (int, float)) or not math.isfinite(self.refresh_s) or self.refresh_s < 0:
+            raise ConfigError("--refresh-s", self.refresh_s, "a finite number of seconds >= 0 (0 turns auto-refresh off)")
 
     def to_argv(self) -> list[str]:
         """The options as script arguments (the inverse of :func:`config_from_argv`), all but the

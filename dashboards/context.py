@@ -1,9 +1,10 @@
 """What every page is given: the dashboard's options, the audit store, the model registry.
 
 The store is opened once per server process (``st.cache_resource``) and shared by all sessions:
-the store gives each thread its own connection, and Streamlit runs each session's script on its
-own thread. Model cards are read through a small cache (they change only when a new version is
-published, which gets a new version number).
+each read or write takes a connection from the store's bounded pool for its own duration, so
+Streamlit's running every rerun on a new thread opens no new connection per rerun. Model cards
+are read through a small cache (they change only when a new version is published, which gets a
+new version number).
 """
 
 from __future__ import annotations

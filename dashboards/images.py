@@ -25,6 +25,11 @@ from auditstream.wire import ImageInput, ModelInput
 # nearest-neighbour so the pixels stay crisp, never blurred.
 DISPLAY_MIN_SIDE = 256
 DISPLAY_MAX_SIDE = 720
+class NotAPicture(ValueError):
+    """A tensor with no picture form (its shape); the caller shows its raw values instead. An
+    image whose bytes cannot be decoded raises a plain ``ValueError``: that item is malformed."""
+
+
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
@@ -40,9 +45,13 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, 
     ``ink``: high values are ink, drawn dark on white paper as a person would write them.
     """
     if isinstance(value, ImageInput):
-        image = Image.open(io.BytesIO(value.data))
-        image.load()
-        return image.convert("RGB") if image.mode not in ("L", "RGB") else image
+        try:
+            image = Image.open(io.BytesIO(value.data))
+            image.load()
+            return image.convert("RGB") if image.mode not in ("L", "RGB") else image
+        except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct/zlib errors, bombs...
+            raise ValueError(f"the {value.format.upper()} input ({len(value.data):,} bytes) cannot be decoded as an "
+                             f"image ({type(e).__name__}: {str(e)[:200]})") from None
     array = np.asarray(value)
     while array.ndim > 2 and array.shape[0] == 1:  # batch / channel axes of size 1
         array = array[0]
@@ -50,8 +59,8 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, 
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3):
-        raise ValueError(f"cannot show a tensor of shape {np.asarray(value).shape} as an image")
+    if array.ndim not in (2, 3) or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise NotAPicture(f"cannot show a tensor of shape {np.asarray(value).shape} as an image")
     if array.dtype == np.uint8 and value_range is None:
         pixels = array
     else:

@@ -10,7 +10,9 @@ no uploads, a minimal toolbar, and no file watcher (a production server does not
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditstream.errors import ConfigError
+from auditstream.errors import AuditstreamError, ConfigError
 from dashboards.config import DashboardConfig
 
 APP_PATH = Path(__file__).with_name("app.py")
@@ -52,10 +54,37 @@ def check_xsrf_enabled() -> None:
                           "(remove server.enableXsrfProtection = false from .streamlit/config.toml)")
 
 
+class DashboardNotStarted(AuditstreamError, RuntimeError):
+    """The dashboard server exited, or did not answer, before it served its health page."""
+
+
+def check_port(port: object) -> int:
+    """``port`` if it is a TCP port a server can listen on (1..65535), else :class:`ConfigError`."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError("--port", port, "a TCP port in 1..65535")
+    return port
+
+
+def check_address(address: object) -> str:
+    """``address`` if it is an IP address or a host name this machine resolves, else
+    :class:`ConfigError` (Streamlit would start and die on it with a traceback in its log)."""
+    if not isinstance(address, str) or not address or len(address) > 253 or address != address.strip():
+        raise ConfigError("--address", address, "an IP address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError("--address", address, f"an IP address or a host name that resolves ({e})") from None
+    return address
+
+
 def streamlit_argv(port: int, config: DashboardConfig, address: str = "127.0.0.1") -> list[str]:
     """The command line that serves the app on ``address:port`` with ``config``."""
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is not in 1..65535")
+    port, address = check_port(port), check_address(address)
     options = {**SERVER_OPTIONS, "server.port": str(port), "server.address": address}
     flags = [f"--{k}={v}" for k, v in options.items()]
     return [sys.executable, "-m", "streamlit", "run", str(APP_PATH), *flags, "--", *config.to_argv()]
@@ -115,8 +144,9 @@ def start_dashboard(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"dashboard exited with code {process.returncode} before answering on {url}"
-                               + (f"; see {log_path}" if log_path else ""))
+            raise DashboardNotStarted(f"dashboard exited with code {process.returncode} before answering on {url}"
+                                      + (f"; see {log_path}" if log_path else " (its log is above)")
+                                      + "; is the port free and the address one of this machine's?")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.status == 200:
@@ -124,4 +154,4 @@ def start_dashboard(
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.3)
     DashboardProcess(process, url).stop()
-    raise TimeoutError(f"dashboard did not answer on {url} within {wait_s:.0f} s")
+    raise DashboardNotStarted(f"dashboard did not answer on {url} within {wait_s:.0f} s")

@@ -12,6 +12,11 @@ Flow of one item (docs/dashboard.md has the picture):
    (``editors.verdict_for``); "Reject" says no valid answer exists; "Skip" gives the item back.
 5. After a verdict the next item is claimed at once with the same filters.
 
+A malformed item (details of the wrong shape, an image that does not decode, an answer of the
+wrong type) never stops the page: each step that draws it is guarded, says in one line what it
+could not show and why, and the verdict form is drawn anyway — at least **Reject** and **Skip**,
+so the item can be judged or handed back and never blocks the queue.
+
 QC samples can be audited blind (``DashboardConfig.blind_qc``): the model's answer is hidden
 and the editor starts empty, so agreement with the model is not inflated by seeing it first.
 Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping).
@@ -19,9 +24,10 @@ Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's b
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import streamlit as st
 
@@ -33,6 +39,8 @@ from dashboards.context import DashboardContext
 from dashboards.table_shortcuts import table_shortcuts_ui
 from store.accounts import WRITERS, User, require_role
 from store import Claim, VerdictResult
+
+log = logging.getLogger(__name__)
 
 CLAIM = "wb_claim"  # the open Claim
 VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
@@ -119,13 +127,19 @@ REJECT = ("Alt+X", "Reject — no valid answer")
 SKIP = ("Alt+S", "Skip — give it back to the queue")
 
 
-def verdict_form_ui(claim: Claim, prediction: Prediction, value: ModelInput, labels: Sequence[str],
+def verdict_form_ui(claim: Claim, prediction: Prediction | None, value: ModelInput | None, labels: Sequence[str],
                     blind: bool, verdict_id: str) -> Submission | None:  # fmt: skip
-    """The verdict form; returns what was submitted this run, if anything."""
+    """The verdict form; returns what was submitted this run, if anything. Without a readable
+    prediction, or when the answer editor cannot be drawn, the form still offers Reject and Skip."""
     with st.form(f"verdict-{verdict_id}", enter_to_submit=True, border=True):
         st.markdown("**Your answer**" if blind else "**Your answer** — leave it as is to accept, change it to correct")
-        raw, choices = answer_editor_ui(prediction.task, prediction, value, labels, blind, key=f"answer-{verdict_id}")
+        editor = None
+        if prediction is not None:
+            editor = guarded("the answer editor", claim, answer_editor_ui, prediction.task, prediction, value, labels,
+                             blind, key=f"answer-{verdict_id}")  # fmt: skip
+        raw, choices = editor if editor is not None else (None, ())
         answer = st.form_submit_button(SUBMIT[1], type="primary", width="stretch", shortcut=SUBMIT[0],
+                                       disabled=editor is None,
                                        help="Enter in the text field also submits")  # fmt: skip
         reject = st.form_submit_button(REJECT[1], width="stretch", shortcut=REJECT[0],
                                        help="The input is unreadable or none of the answers fits")  # fmt: skip
@@ -197,25 +211,44 @@ def page(ctx: DashboardContext, user: User) -> None:
     _item_ui(ctx, user, claim, model, route, now)
 
 
+MALFORMED_HINT = "Its data is malformed: reject it (no valid answer) or skip it."
+
+
+def guarded(what: str, claim: Claim, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``draw(*args, **kwargs)``, or ``None`` after a one-line error saying what could not be shown
+    and why. One malformed item must never take the verdict form (and the queue) down with it, so
+    any exception counts here; Streamlit's rerun and stop are BaseExceptions and pass through."""
+    try:
+        return draw(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - see the docstring; the server log keeps the traceback
+        log.warning("item %s: cannot show %s", claim.item_id, what, exc_info=True)
+        detail = str(e) if len(str(e)) <= 300 else str(e)[:297] + "..."
+        st.error(f"Cannot show {what} of item {claim.item_id}: {type(e).__name__}: {detail}. {MALFORMED_HINT}")
+        return None
+
+
 def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None, now: float) -> None:
     verdict_id = st.session_state.get(VERDICT_ID) or ctx.store.new_verdict_id()
     st.session_state[VERDICT_ID] = verdict_id
-    prediction, value = item_prediction(claim)
-    labels = ctx.labels(claim.item.model, claim.item.model_version)
     blind = is_blind(ctx, claim)
-    item_header_ui(claim, blind, now)
+    guarded("the item's header", claim, item_header_ui, claim, blind, now)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
     st.fragment(run_every=max(5.0, ctx.config.lease_s / 3))(_keep_lease)(ctx, user, claim.item_id)
+    read = guarded("the stored item", claim, item_prediction, claim)
+    prediction, value = read if read is not None else (None, None)
+    labels = ctx.labels(claim.item.model, claim.item.model_version)
     left, right = st.columns([3, 2], gap="large")
     with left:
-        render.render_input(prediction, value, labels, blind)
+        if prediction is not None:
+            guarded("the input", claim, render.render_input, prediction, value, labels, blind)
     with right:
-        view = None if blind else render.answer_view(prediction, value, labels)
+        view = None if blind or prediction is None else guarded("the model's answer", claim, render.answer_view,
+                                                                prediction, value, labels)  # fmt: skip
         if view is not None:
-            render.render_answer(view)
+            guarded("the model's answer", claim, render.render_answer, view)
         submission = verdict_form_ui(claim, prediction, value, labels, blind, verdict_id)
         if view is not None:
-            render.render_alternatives(view)
+            guarded("the alternatives", claim, render.render_alternatives, view)
     if submission is not None:
         _handle(ctx, user, claim, prediction, verdict_id, submission, blind, model, route)
 
@@ -226,10 +259,13 @@ def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
                    "your submit will be refused — take the next item.")  # fmt: skip
 
 
-def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction, verdict_id: str,
+def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction | None, verdict_id: str,
             submission: Submission, blind: bool, model: str | None, route: Route | None) -> None:  # fmt: skip
-    task = prediction.task
     if submission.action == "answer":
+        if prediction is None:  # the button is disabled then; a stale form's click lands here
+            st.error(f"Item {claim.item_id} cannot be read, so no answer can be checked. {MALFORMED_HINT}")
+            return
+        task = prediction.task
         raw, choices = submission.raw
         try:
             # answer in the model's own form: a label name where the model answers with names
@@ -237,7 +273,11 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
         except ValueError as e:
             st.error(str(e))  # the form keeps what was typed: nothing is lost
             return
-        kind, corrected = editors.verdict_for(task, prediction.output, answer)
+        decided = guarded("the comparison with the model's answer", claim, editors.verdict_for, task,
+                          prediction.output, answer)  # fmt: skip
+        if decided is None:
+            return
+        kind, corrected = decided
     else:
         kind, corrected = (VerdictKind.REJECT if submission.action == "reject" else VerdictKind.SKIP), None
     try:
@@ -255,11 +295,20 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
     st.rerun()
 
 
-def _recorded_text(result: VerdictResult, prediction: Prediction, blind: bool) -> str:
+def _recorded_text(result: VerdictResult, prediction: Prediction | None, blind: bool) -> str:
+    try:
+        return _verdict_text(result, prediction, blind)
+    except Exception:  # noqa: BLE001 - a malformed answer's text; the verdict itself is recorded
+        return f"Item {result.verdict.item_id}: verdict recorded ({result.verdict.kind.value})."
+
+
+def _verdict_text(result: VerdictResult, prediction: Prediction | None, blind: bool) -> str:
     verdict = result.verdict
     what = {VerdictKind.ACCEPT: "accepted", VerdictKind.CORRECT: "corrected", VerdictKind.REJECT: "rejected",
             VerdictKind.SKIP: "skipped"}[verdict.kind]  # fmt: skip
     text = f"Item {verdict.item_id} {what}"
+    if prediction is None:
+        return text + "."
     if verdict.kind is VerdictKind.CORRECT:
         text += f" → {render.answer_text(prediction.task, verdict.corrected_output)}"
     if blind and verdict.kind in (VerdictKind.ACCEPT, VerdictKind.CORRECT):

@@ -14,8 +14,11 @@ Failed logins are counted per account in the users table (``failed_logins``,
 restarts: after :data:`MAX_FAILURES` consecutive wrong passwords the account is locked for
 :data:`LOCKOUT_S`, and every further failure doubles the lock (capped at :data:`MAX_LOCKOUT_S`);
 a correct password resets the count. While locked, no password is checked at all
-(:class:`LoginThrottled`). Unknown names get the same answers from an in-process mirror of the
-policy, so the lock message does not tell which names exist either.
+(:class:`LoginThrottled`). Each attempt is counted before its password is hashed, in the
+transaction that checks the lock, so concurrent guesses cannot slip past it. Unknown names get
+the same answers from an in-process mirror of the policy (at most
+:data:`UNKNOWN_NAMES_REMEMBERED` names, each a valid account name), so the lock message does not
+tell which names exist either; a name no account can have is refused without a hash.
 
 Roles: ``auditor`` (claims items, records verdicts), ``admin`` (that, plus gold items and users),
 ``viewer`` (reads dashboards only). The dashboard checks roles when a page renders; the store
@@ -47,7 +50,13 @@ MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
 LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
 MAX_LOCKOUT_S = 3600.0
 UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # whole name: fullmatch (a "$" lets "name\n" through)
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be an account's name (1-64 of letters, digits, '_.@-', starting with a
+    letter or digit; no trailing newline)."""
+    return _NAME.fullmatch(name) is not None
 
 
 class LoginThrottled(AuditstreamError):
@@ -158,7 +167,7 @@ class Accounts:
     def add_user(self, name: str, password: str, role: Role | str, now_s: float | None = None) -> User:
         """Create a user; ``ValueError`` if the name is taken or malformed or the password short."""
         role = Role(role)
-        if not _NAME.match(name):
+        if not isinstance(name, str) or not valid_name(name):
             raise ValueError(f"user name {name!r} must be 1-64 of letters, digits, '_.@-', starting with a letter or digit")
         if len(password) < MIN_PASSWORD_CHARS:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
@@ -193,55 +202,66 @@ class Accounts:
 
         Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
         the failure that locks it. A wrong password counts a failure, a right one resets the count.
+
+        The attempt is counted as a failure *before* the slow hash runs, in the same write
+        transaction that checks the lock, and taken back when the password is right: concurrent
+        guesses cannot all pass the check while the first ones are still hashing, so at most
+        :data:`MAX_FAILURES` passwords are checked before the lock. A name that no account can
+        have (not 1-64 of letters, digits, '_.@-') is refused at once, without a hash and without
+        being remembered.
         """
         now_s = time.time() if now_s is None else now_s
-        rows = self._db.query(
-            "SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users WHERE name = ?", (name,)
-        )
-        if not rows:
+        if not isinstance(name, str) or not valid_name(name):
+            return None
+        with self._db.write() as cur:
+            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users"
+                          f" WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
+            if row is None:
+                reserved = None
+            else:
+                role, stored, disabled, failures, locked_until = row
+                if locked_until is not None and float(locked_until) > now_s:
+                    raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
+                reserved = self._reserve_failure(cur, name, int(failures), now_s)
+        if row is None:
             return self._unknown_attempt(name, password, now_s)
-        role, stored, disabled, failures, locked_until = rows[0]
-        if locked_until is not None and float(locked_until) > now_s:
-            raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
         if not check_password(password, stored):
-            failures, locked_until = self._count_failure(name, now_s)
+            failures, locked_until = reserved
             if locked_until is not None:
                 raise LoginThrottled(name, failures, locked_until - now_s)
             return None
-        if failures or locked_until is not None:
-            with self._db.write() as cur:
-                cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
+        with self._db.write() as cur:  # the right password: the reserved failure and any lock go
+            cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
         if needs_rehash(stored):  # the password is known right now: store it with today's parameters
             with self._db.write() as cur:
                 cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
                         (hash_password(password), name, stored))
         return None if disabled else User(name, Role(role))
 
-    def _count_failure(self, name: str, now_s: float) -> tuple[int, float | None]:
-        """One more failure for ``name``, in one transaction (concurrent logins all count)."""
-        with self._db.write() as cur:
-            row = cur.one(f"SELECT failed_logins FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))
-            failures = (int(row[0]) if row else 0) + 1
-            wait_s = lockout_s(failures)
-            locked_until = now_s + wait_s if wait_s > 0 else None
-            cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ? WHERE name = ?", (failures, locked_until, name))
-        return failures, locked_until
-
-    def _unknown_attempt(self, name: str, password: str, now_s: float) -> None:
-        """A name with no account: the same work and the same answers as a known one."""
-        with self._unknown_lock:
-            failures, locked_until = self._unknown.get(name, (0, None))
-        if locked_until is not None and locked_until > now_s:
-            raise LoginThrottled(name, failures, locked_until - now_s)
-        check_password(password, _dummy_hash())
+    @staticmethod
+    def _reserve_failure(cur, name: str, failures: int, now_s: float) -> tuple[int, float | None]:
+        """Inside the transaction that checked the lock: count this attempt as a failure now."""
         failures += 1
         wait_s = lockout_s(failures)
         locked_until = now_s + wait_s if wait_s > 0 else None
+        cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ? WHERE name = ?", (failures, locked_until, name))
+        return failures, locked_until
+
+    def _unknown_attempt(self, name: str, password: str, now_s: float) -> None:
+        """A name with no account: the same work and the same answers as a known one (the
+        attempt is reserved under the lock before the hash, as for an account)."""
         with self._unknown_lock:
+            failures, locked_until = self._unknown.get(name, (0, None))
+            if locked_until is not None and locked_until > now_s:
+                raise LoginThrottled(name, failures, locked_until - now_s)
+            failures += 1
+            wait_s = lockout_s(failures)
+            locked_until = now_s + wait_s if wait_s > 0 else None
             self._unknown[name] = (failures, locked_until)
             self._unknown.move_to_end(name)
-            while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:
+            while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:  # names are <= 64 characters: bounded memory
                 self._unknown.popitem(last=False)
+        check_password(password, _dummy_hash())
         if locked_until is not None:
             raise LoginThrottled(name, failures, locked_until - now_s)
         return None

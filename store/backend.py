@@ -3,8 +3,14 @@
 The store's SQL is written once, with ``?`` parameter markers and ``{p}`` for the table prefix; this
 module supplies what really differs between the two:
 
-* connections: one per thread (sqlite3 and psycopg connections must not be shared by threads
-  running statements at once), all closed by :meth:`Database.close`;
+* connections: a bounded pool. A read or a write transaction checks a connection out for its
+  own duration (a nested use on the same thread gets the same connection), then gives it back;
+  at most ``max_connections`` are open at once (more callers wait, then get
+  :class:`StoreBusy`) and at most :data:`POOL_IDLE` idle ones are kept. Connections are never
+  tied to a thread: the dashboard runs every Streamlit rerun on a new thread, and a connection
+  per thread leaked one per rerun until the server's ``max_connections`` ran out. A connection
+  that broke (a server restart, a terminated backend) is discarded when given back;
+  :meth:`Database.close` closes them all;
 * write transactions: SQLite ``BEGIN IMMEDIATE`` takes the single writer lock up front, so a
   read-then-write never fails half way with "database is locked"; PostgreSQL runs READ COMMITTED
   and the store locks the rows it changes (``FOR UPDATE [SKIP LOCKED]``);
@@ -23,16 +29,39 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
-from auditstream.errors import ConfigError
+from auditstream.errors import AuditstreamError, ConfigError
 from auditstream.settings import redact_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+POOL_MAX_OPEN = 10  # connections of one store open at once (default of ``connect``)
+POOL_IDLE = 4  # idle connections kept for the next caller; more are closed when given back
+POOL_WAIT_S = 60.0  # how long a caller waits for a free connection before StoreBusy
+POSTGRES_CONNECT_TIMEOUT_S = 10  # unless the URL sets connect_timeout
+
+
+class StoreUnavailable(AuditstreamError, ConnectionError):
+    """The audit store's database could not be reached or refused the connection."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url, self.detail = redact_url(url), detail
+        super().__init__(f"audit store at {self.url} unavailable: {detail}; check that the database server is up "
+                         "and the URL (host, port, database, user) is right, or set AUDITSTREAM_STORE_URL")
+
+
+class StoreBusy(AuditstreamError):
+    """Every pooled connection of the store stayed in use for longer than the wait."""
+
+    def __init__(self, max_open: int, waited_s: float) -> None:
+        self.max_open, self.waited_s = max_open, waited_s
+        super().__init__(f"all {max_open} connections of the audit store stayed in use for {waited_s:.0f} s; "
+                         "look for a stuck transaction, or open the store with more connections")
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,30}$|^$")
 
 
 class Database(abc.ABC):
-    """One store database: per-thread connections, read and write transactions."""
+    """One store database: a bounded connection pool, read and write transactions."""
 
     kind: str  # "sqlite" or "postgresql"
     # Suffix of the SELECT that picks an item to claim: PostgreSQL skips rows another auditor is
@@ -41,30 +70,84 @@ class Database(abc.ABC):
     row_lock = ""
     types: dict[str, str]
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN) -> None:
         if not _PREFIX.match(prefix):
             raise ConfigError("table_prefix", prefix, "empty or [a-z][a-z0-9_]* of at most 31 characters")
-        self.url, self.prefix = url, prefix
-        self._local = threading.local()
-        self._all: list[Any] = []
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError("max_connections", max_connections, "an integer >= 1")
+        self.url, self.prefix, self.max_connections = url, prefix, max_connections
+        self._held = threading.local()  # the connection this thread has checked out, while it has one
+        self._idle: list[Any] = []
+        self._open: dict[int, tuple[Any, int]] = {}  # id -> (connection, generation of close() it belongs to)
+        self._generation = 0
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     def sql(self, text: str) -> str:
         """The statement with the table prefix filled in and this driver's parameter markers."""
         return text.replace("{p}", self.prefix)
 
-    def _connection(self) -> Any:
-        cx = getattr(self._local, "cx", None)
-        if cx is None:
-            cx = self._connect()
-            self._local.cx = cx
-            with self._lock:
-                self._all.append(cx)
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, in use or idle (at most ``max_connections``)."""
+        with self._lock:
+            return len(self._open)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection for the duration of the block; nested blocks on one thread share it."""
+        held = getattr(self._held, "cx", None)
+        if held is not None:  # a read inside this thread's write: the same connection and transaction
+            yield held
+            return
+        if not self._slots.acquire(timeout=POOL_WAIT_S):
+            raise StoreBusy(self.max_connections, POOL_WAIT_S)
+        try:
+            cx = self._checkout()
+            self._held.cx = cx
+            try:
+                yield cx
+            finally:
+                self._held.cx = None
+                self._checkin(cx)
+        finally:
+            self._slots.release()
+
+    def _checkout(self) -> Any:
+        with self._lock:
+            while self._idle:
+                cx = self._idle.pop()
+                if self._reusable(cx):
+                    return cx
+                self._discard_locked(cx)
+            generation = self._generation
+        cx = self._connect()  # outside the lock: connecting may take a while
+        with self._lock:
+            self._open[id(cx)] = (cx, generation)
         return cx
+
+    def _checkin(self, cx: Any) -> None:
+        with self._lock:
+            _, generation = self._open.get(id(cx), (cx, -1))
+            if generation == self._generation and len(self._idle) < POOL_IDLE and self._reusable(cx):
+                self._idle.append(cx)
+            else:
+                self._discard_locked(cx)
+
+    def _discard_locked(self, cx: Any) -> None:
+        self._open.pop(id(cx), None)
+        try:
+            cx.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+            pass
 
     @abc.abstractmethod
     def _connect(self) -> Any:
-        """A new connection for the calling thread."""
+        """A new connection (used by one thread at a time)."""
+
+    @abc.abstractmethod
+    def _reusable(self, cx: Any) -> bool:
+        """Whether a connection given back is healthy and outside any transaction."""
 
     @abc.abstractmethod
     def write(self) -> Any:
@@ -80,14 +163,13 @@ class Database(abc.ABC):
         """The column names of ``{p}<table>`` (for the schema upgrade), read inside ``cur``'s transaction."""
 
     def close(self) -> None:
+        """Close the idle connections now and those in use when they are given back; the
+        database stays usable (a later call opens a new connection)."""
         with self._lock:
-            for cx in self._all:
-                try:
-                    cx.close()
-                except Exception:  # closing a connection another thread broke must not mask the rest
-                    pass
-            self._all.clear()
-        self._local = threading.local()
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            for cx in idle:
+                self._discard_locked(cx)
 
 
 class Cursor:
@@ -114,44 +196,58 @@ class SQLiteDatabase(Database):
     kind = "sqlite"
     types = {"id": "INTEGER PRIMARY KEY", "float": "REAL", "bigint": "INTEGER"}
 
-    def __init__(self, url: str, prefix: str) -> None:
-        super().__init__(url, prefix)
+    def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN) -> None:
+        super().__init__(url, prefix, max_connections)
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
         if not path:
             raise ConfigError("store_url", redact_url(url), "'sqlite:///path/to/audit.db'")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(url, f"cannot create the directory {self.path.parent}: {e.strerror or e}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; this module says BEGIN itself.
-        cx = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
-        cx.execute("PRAGMA journal_mode=WAL")
-        cx.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-        cx.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        # check_same_thread=False: a pooled connection serves one thread at a time, not always the same.
+        try:
+            cx = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            cx.execute("PRAGMA journal_mode=WAL")
+            cx.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
+            cx.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(self.url, f"{type(e).__name__}: {e}") from None
         return cx
+
+    def _reusable(self, cx: sqlite3.Connection) -> bool:
+        try:
+            return not cx.in_transaction
+        except sqlite3.ProgrammingError:  # closed
+            return False
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:
-        cx = self._connection()
-        cur = cx.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield Cursor(self, cur)
-        except BaseException:
-            if cx.in_transaction:  # SQLite already rolled back after some errors
-                cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
-        finally:
-            cur.close()
+        with self._connection() as cx:
+            cur = cx.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield Cursor(self, cur)
+            except BaseException:
+                if cx.in_transaction:  # SQLite already rolled back after some errors
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
 
     def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
-        cur = self._connection().execute(self.sql(text), tuple(params))  # WAL: reads never wait
-        try:
-            return list(cur.fetchall())
-        finally:
-            cur.close()
+        with self._connection() as cx:
+            cur = cx.execute(self.sql(text), tuple(params))  # WAL: reads never wait
+            try:
+                return list(cur.fetchall())
+            finally:
+                cur.close()
 
     def columns(self, cur: Cursor, table: str) -> set[str]:
         return {row[1] for row in cur.all(f"PRAGMA table_info({{p}}{table})")}
@@ -163,27 +259,33 @@ class PostgresDatabase(Database):
     row_lock = " FOR UPDATE"
     types = {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "float": "DOUBLE PRECISION", "bigint": "BIGINT"}
 
-    def __init__(self, url: str, prefix: str) -> None:
-        super().__init__(url, prefix)
-        import psycopg  # imported here: a SQLite-only install needs no PostgreSQL driver
-
+    def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN) -> None:
+        super().__init__(url, prefix, max_connections)
+        try:
+            import psycopg  # imported here: a SQLite-only install needs no PostgreSQL driver
+        except ImportError:
+            raise ConfigError("store_url", redact_url(url), "a sqlite:/// URL, or install the PostgreSQL driver "
+                              "(pip install 'psycopg[binary]')") from None
         self._psycopg = psycopg
 
     def sql(self, text: str) -> str:
         return super().sql(text).replace("?", "%s")
 
     def _connect(self) -> Any:
-        return self._psycopg.connect(self.url, autocommit=True)
+        return connect_postgres(self._psycopg, self.url)
+
+    def _reusable(self, cx: Any) -> bool:
+        return not cx.closed and not cx.broken and cx.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:
-        cx = self._connection()
-        with cx.transaction():
-            with cx.cursor() as cur:
-                yield Cursor(self, cur)
+        with self._connection() as cx:
+            with cx.transaction():  # nested in this thread's write: a savepoint of it
+                with cx.cursor() as cur:
+                    yield Cursor(self, cur)
 
     def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._connection().cursor() as cur:
+        with self._connection() as cx, cx.cursor() as cur:
             cur.execute(self.sql(text), tuple(params))
             return list(cur.fetchall())
 
@@ -196,10 +298,26 @@ class PostgresDatabase(Database):
         return {row[0] for row in rows}
 
 
-def connect(url: str, prefix: str = "") -> Database:
-    """A :class:`Database` for ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
+def connect_postgres(psycopg: Any, url: str) -> Any:
+    """An autocommit psycopg connection to ``url`` (a refusal or a dead server raises
+    :class:`StoreUnavailable`, its password masked, after at most the connect timeout)."""
+    options = {} if "connect_timeout" in url else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    try:
+        return psycopg.connect(url, autocommit=True, **options)
+    except psycopg.Error as e:
+        # psycopg's message names host and port, never the password; keep its first line only
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        password = urlsplit(url).password
+        if password:
+            detail = detail.replace(password, "***")
+        raise StoreUnavailable(url, detail) from None
+
+
+def connect(url: str, prefix: str = "", max_connections: int = POOL_MAX_OPEN) -> Database:
+    """A :class:`Database` for ``sqlite:///path`` or ``postgresql://user@host:port/db``, with
+    at most ``max_connections`` connections open at once."""
     if url.startswith("sqlite:"):
-        return SQLiteDatabase(url, prefix)
+        return SQLiteDatabase(url, prefix, max_connections)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(url, prefix)
+        return PostgresDatabase(url, prefix, max_connections)
     raise ConfigError("store_url", redact_url(url), "'sqlite:///path.db' or 'postgresql://user@host:port/db'")

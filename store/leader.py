@@ -13,7 +13,8 @@ leads right now:
 * **PostgreSQL**: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own.
   The server releases it the moment the session ends, so a crashed leader is replaced on the
   next round of another process; a leader checks its connection every round and steps down when
-  it broke.
+  it broke. A follower whose connection broke reconnects on its next round (and logs it); while
+  the server cannot be reached it does not lead.
 * **SQLite**: a lease row in ``meta`` (``leader:<name>`` -> owner and expiry), taken when absent
   or expired and renewed by its owner every third of ``lease_s``. A leader that stops cleanly
   deletes it; one that crashed is replaced after at most ``lease_s``. A leader stalled for longer
@@ -34,6 +35,9 @@ import uuid
 import zlib
 from typing import Any
 
+from store.backend import StoreUnavailable, connect_postgres
+from store.records import check_lease_s
+
 log = logging.getLogger(__name__)
 
 # First key of the two-int advisory lock space (which does not overlap the one-bigint space the
@@ -50,9 +54,7 @@ class Leadership(abc.ABC):
     """Leadership of ``name`` among the processes sharing one store (see the module docstring)."""
 
     def __init__(self, db: Any, name: str = "monitor", lease_s: float = 45.0, owner: str | None = None) -> None:
-        if not lease_s > 0:
-            raise ValueError(f"lease_s={lease_s} must be > 0")
-        self._db, self.name, self.lease_s = db, name, float(lease_s)
+        self._db, self.name, self.lease_s = db, name, check_lease_s("leader lease_s", lease_s)
         self.owner = owner or default_owner()
         self.held = False
 
@@ -122,8 +124,25 @@ class PostgresLeadership(Leadership):
             except self._db._psycopg.Error as e:
                 log.warning("leadership connection of %r broke (%s); stepping down", self.name, type(e).__name__)
                 self._close()
+        try:
+            return self._try_lock()
+        except (StoreUnavailable, self._db._psycopg.Error) as e:
+            # A follower's session died (a server restart, a terminated backend): without this it
+            # asked on the dead connection, and failed, every round for good.
+            log.warning("leadership connection of %r broke (%s: %s); reconnecting", self.name, type(e).__name__,
+                        str(e).strip().splitlines()[0] if str(e).strip() else "")  # fmt: skip
+            self._close()
+        try:
+            return self._try_lock()
+        except (StoreUnavailable, self._db._psycopg.Error) as e:
+            log.warning("leadership of %r: cannot reach the store (%s); not leading, trying again next round",
+                        self.name, e)  # fmt: skip
+            self._close()
+            return False
+
+    def _try_lock(self) -> bool:
         if self._cx is None:
-            self._cx = self._db._psycopg.connect(self._db.url, autocommit=True)
+            self._cx = connect_postgres(self._db._psycopg, self._db.url)
         (got,) = self._cx.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, self._key)).fetchone()
         return bool(got)
 

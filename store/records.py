@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditstream import tasks, topics
+from auditstream.errors import ConfigError
 from auditstream.tasks.base import canonical_json
 from auditstream.wire import AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 from auditstream.wire.codec import short_repr
@@ -233,6 +234,14 @@ def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, 
                     gold_output: Any) -> bool:
     """Whether the auditor's answer is the gold answer, by the task kind's answer equality."""
     return tasks.lookup(task).same_answer(human_label(kind, model_output, corrected_output), gold_output)
+
+
+def check_lease_s(name: str, value: Any) -> float:
+    """``value`` as a lease length in seconds: a finite number > 0, else :class:`ConfigError`
+    (``inf`` would lease an item for ever, ``nan`` never expire nor compare)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, value, "a finite number of seconds > 0")
+    return float(value)
 
 
 def check_audit_item(item: AuditItem) -> None:

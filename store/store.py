@@ -42,6 +42,7 @@ from store.records import (
     VerdictRecord,
     VerdictResult,
     check_audit_item,
+    check_lease_s,
     check_verdict_input,
     dumps,
     gold_is_correct,
@@ -59,7 +60,7 @@ _INSERT_ITEM = (
 
 class AuditStore(StoreReads):
     """The audit store. Build it with :func:`store.open_store`; safe to share between
-    threads (each thread gets its own connection). Read models come from :class:`StoreReads`."""
+    threads (a bounded connection pool, store/backend.py). Read models come from :class:`StoreReads`."""
 
     def __init__(self, db: Database, config: StoreConfig | None = None) -> None:
         self._db = db
@@ -161,8 +162,7 @@ class AuditStore(StoreReads):
 
     def claim(self, auditor: User, lease_s: float, now_s: float, model: str | None = None, route: Route | str | None = None) -> Claim | None:
         """Lease the next item to ``auditor`` until ``now_s + lease_s``; None if nothing is left."""
-        if not lease_s > 0:
-            raise ValueError(f"lease_s={lease_s} must be > 0")
+        lease_s = check_lease_s("lease_s", lease_s)
         filters, params = _filters(model, route)
         with self._rng_lock:
             want_gold = self._rng.random() < self.config.gold_rate
@@ -194,6 +194,7 @@ class AuditStore(StoreReads):
 
     def renew(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> bool:
         """Extend a live lease (while the form stays open); False if it is no longer held."""
+        lease_s = check_lease_s("lease_s", lease_s)
         with self._db.write() as cur:
             check_actor(cur, auditor, WRITERS, "hold audit items")
             return cur.run(

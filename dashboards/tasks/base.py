@@ -14,6 +14,7 @@ read tolerantly: each model family reports its partial outputs under its own key
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -25,6 +26,9 @@ from auditstream.wire import ModelInput, Prediction, TaskKind
 from dashboards import images
 
 RUNNER_UPS_SHOWN = 4
+# Most choices a class or action picker offers when the model card does not say how many there
+# are: an item's own index (a hostile or broken one says 20,000,000) must not size the widget.
+MAX_CHOICES = 1000
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def lookup(kind: TaskKind | str) -> TaskView:
 def plain_picture(value: ModelInput) -> Image.Image | None:
     try:
         picture = images.to_image(value)
-    except ValueError:
+    except images.NotAPicture:  # a tensor without a picture form; an undecodable image raises on
         return None
     return images.with_border(images.for_display(picture))
 
@@ -93,45 +97,86 @@ def with_changes(view: AnswerView, **changes: Any) -> AnswerView:
     return dataclasses.replace(view, **changes)
 
 
+def details_of(prediction: Prediction) -> dict[str, Any]:
+    """The prediction's details, or ``{}`` when they are not a JSON object (a malformed item)."""
+    return prediction.details if isinstance(prediction.details, dict) else {}
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (bools, text, NaN and infinities are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return result if math.isfinite(result) else None
+
+
+def index_of(value: Any) -> int | None:
+    """``value`` as a class or action index (a non-negative int, not a bool), or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def probs_of(details: dict[str, Any], *keys: str) -> list[float] | None:
-    """The first of ``keys`` in ``details`` that holds a list of numbers."""
+    """The first of ``keys`` in ``details`` that holds a list of finite numbers."""
+    details = details if isinstance(details, dict) else {}
     for key in keys:
         values = details.get(key)
-        if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
-            return [float(v) for v in values]
+        if isinstance(values, list) and values:
+            numbers = [number(v) for v in values]
+            if all(n is not None for n in numbers):
+                return numbers  # type: ignore[return-value]
     return None
 
 
 def text_runner_ups(details: dict[str, Any]) -> list[tuple[str, float]]:
     """Runner-up strings (``{"text", "relative_prob"}`` entries or ``[text, score]`` pairs)."""
     out = []
-    for entry in details.get("runner_ups") or []:
+    entries = details.get("runner_ups") if isinstance(details, dict) else None
+    for entry in entries if isinstance(entries, list) else []:  # malformed entries are left out
         if isinstance(entry, dict):
-            score = entry.get("relative_prob", entry.get("confidence", entry.get("prob", 0.0)))
-            out.append((str(entry.get("text")), float(score)))
+            text, score = entry.get("text"), number(entry.get("relative_prob", entry.get("confidence", entry.get("prob", 0.0))))
         elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-            out.append((str(entry[0]), float(entry[1])))
-    return out[:RUNNER_UPS_SHOWN]
+            text, score = entry[0], number(entry[1])
+        else:
+            continue
+        if isinstance(text, (str, int)) and not isinstance(text, bool) and score is not None:
+            out.append((str(text)[:200], score))
+        if len(out) == RUNNER_UPS_SHOWN:
+            break
+    return out
 
 
 def char_confidences(text: str, details: dict[str, Any]) -> list[tuple[str, float]]:
     """(character, confidence) pairs when the details have one confidence per character."""
-    confs = details.get("char_confidences") or []
-    return list(zip(text, (float(c) for c in confs))) if len(confs) == len(text) else []
+    confs = probs_of(details, "char_confidences") or []
+    return list(zip(text, confs)) if len(confs) == len(text) else []
 
 
 def text_answer_view(view: AnswerView, prediction: Prediction) -> AnswerView:
     """A text answer's panel: its runner-up texts and, where given, per-character confidences."""
     text = str(prediction.output or "")
-    return with_changes(view, runner_ups=text_runner_ups(prediction.details),
-                        char_confidences=char_confidences(text, prediction.details))
+    return with_changes(view, runner_ups=text_runner_ups(details_of(prediction)),
+                        char_confidences=char_confidences(text, details_of(prediction)))
 
 
 def choice_index(output: Any, choices: Sequence[str]) -> int | None:
     """Where a model output (an index or a label name) sits among the picker's choices."""
     if isinstance(output, int) and not isinstance(output, bool):
         return output if 0 <= output < len(choices) else None
+    if not isinstance(output, str):  # a list or dict is no choice (and may not even be hashable)
+        return None
     return list(choices).index(output) if output in choices else None
+
+
+def out_of_range_note(output: Any, choices: Sequence[str], noun: str) -> str | None:
+    """What to tell the auditor when the model's answer is none of the picker's choices."""
+    if output is None or choice_index(output, choices) is not None:
+        return None
+    shown = repr(output) if len(repr(output)) <= 60 else repr(output)[:57] + "..."
+    return (f"The model's answer {shown} is not one of the {len(choices)} {noun} offered here (0..{len(choices) - 1}); "
+            f"the item may be malformed. Pick the right one, or reject the item if none fits.")
 
 
 def parse_choice(raw: Any, choices: Sequence[str], as_label: bool, noun: str) -> Any:

@@ -22,7 +22,7 @@ from PIL import Image
 from auditstream.tasks.caption import DEFAULT_SPECIAL_TOKENS, normalize_caption
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind
 from dashboards import images
-from dashboards.tasks.base import AnswerView, TaskView, plain_picture, register, with_changes
+from dashboards.tasks.base import AnswerView, TaskView, details_of, number, plain_picture, register, with_changes
 
 MAX_CAPTION_CHARS = 500
 MARKS = (",", ";", ":", ".", "!", "?")
@@ -30,20 +30,21 @@ MARKS = (",", ";", ":", ".", "!", "?")
 
 def word_confidences(prediction: Prediction) -> list[tuple[str, float]]:
     """(token, probability) pairs of the model's caption, when the details carry them."""
-    tokens, confidences = prediction.details.get("tokens"), prediction.details.get("token_confidences")
+    details = details_of(prediction)
+    tokens, confidences = details.get("tokens"), details.get("token_confidences")
     if not isinstance(tokens, list) or not isinstance(confidences, list) or len(tokens) != len(confidences):
         return []
-    try:
-        return [(str(t), float(c)) for t, c in zip(tokens, confidences)]
-    except (TypeError, ValueError):
-        return []
+    probs = [number(c) for c in confidences]
+    if any(p is None for p in probs) or not all(isinstance(t, str) for t in tokens):
+        return []  # malformed: the caption is shown without its marks
+    return list(zip(tokens, probs))  # type: ignore[arg-type]
 
 
 def doubtful_words(prediction: Prediction) -> list[int]:
     """Indices of the tokens to mark (see the module docstring)."""
     pairs = word_confidences(prediction)
-    threshold = prediction.details.get("threshold")
-    if not pairs or not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+    threshold = number(details_of(prediction).get("threshold"))
+    if not pairs or threshold is None:
         return []
     doubtful = [i for i, (_, p) in enumerate(pairs) if p < threshold]
     if not doubtful and prediction.route is Route.HUMAN:
@@ -82,7 +83,7 @@ class CaptionView(TaskView):
             return plain_picture(value)
         try:
             picture = images.to_image(value)
-        except ValueError:
+        except images.NotAPicture:  # an undecodable image raises: the workbench says what is wrong
             return None
         return images.caption_over(picture, str(prediction.output))
 

@@ -23,7 +23,7 @@ from auditstream.tasks.base import label_name
 from auditstream.tasks.detection import boxes
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind
 from dashboards import images
-from dashboards.tasks.base import TaskView, plain_picture, register
+from dashboards.tasks.base import TaskView, details_of, number as finite_number, plain_picture, register
 
 ACCEPTED, CHECK = "accepted", "check"
 # Red (check) against blue (accepted): a pair that colour-blind eyes tell apart too. Red is what
@@ -48,8 +48,7 @@ class BoxTable:
 
 def card_threshold(prediction: Prediction) -> float | None:
     """The threshold that routed this item (the card's certified t_high, or the monitor's tightening)."""
-    value = prediction.details.get("threshold")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return finite_number(details_of(prediction).get("threshold"))
 
 
 def box_statuses(prediction: Prediction) -> list[str]:
@@ -61,8 +60,8 @@ def box_statuses(prediction: Prediction) -> list[str]:
     says that it was certified.
     """
     dets = boxes(prediction.output)
-    routes = prediction.details.get("part_routes")
-    if isinstance(routes, list) and len(routes) == len(dets) and all(r in (Route.AUTO.value, Route.HUMAN.value)
+    routes = details_of(prediction).get("part_routes")
+    if isinstance(routes, list) and len(routes) == len(dets) and all(isinstance(r, str) and r in (Route.AUTO.value, Route.HUMAN.value)
                                                                      for r in routes):  # fmt: skip
         return [ACCEPTED if r == Route.AUTO.value else CHECK for r in routes]
     threshold = card_threshold(prediction)
@@ -178,7 +177,7 @@ class DetectionView(TaskView):
             return plain_picture(value)
         try:
             picture = images.to_image(value)
-        except ValueError:
+        except images.NotAPicture:  # an undecodable image raises: the workbench says what is wrong
             return None
         # The boxes to check are drawn last, so their outlines and tags lie on top of the others'.
         numbered = numbered_boxes(prediction.output, box_statuses(prediction))
@@ -257,7 +256,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return number if math.isfinite(number) else None
 

@@ -145,3 +145,41 @@ def test_concurrent_publishers_on_postgresql_skip_each_others_rows(tmp_path: Pat
         assert len(sent) == 90 and set(sent.values()) == {1}  # 60 verdicts + 30 decisions, none twice
         assert all(p.acked for p in producers)  # both really published: the rows were shared out
         assert store.pending_outbox() == []
+
+
+@pytest.mark.postgres
+def test_a_follower_whose_connection_was_terminated_reconnects_and_can_lead(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A follower's session killed on the server (pg_terminate_backend: a restart, an admin) used
+    to fail every round for good; it reconnects on its next round, says so, and takes over when
+    the leader goes."""
+    import psycopg
+
+    from tests.store.store_factories import POSTGRES_URL
+
+    with make_store("postgres", tmp_path) as store:
+        a, b = store.leadership(lease_s=30, owner="a"), store.leadership(lease_s=30, owner="b")
+        try:
+            assert a.hold(T0) and not b.hold(T0)
+            (pid,) = b._cx.execute("SELECT pg_backend_pid()").fetchone()
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it is gone
+            with caplog.at_level("WARNING", logger="store.leader"):
+                assert not b.hold(T0 + 1)  # no exception: still a follower, on a new connection
+            assert "leadership connection of 'monitor' broke" in caplog.text and "reconnecting" in caplog.text
+            assert not b.hold(T0 + 2)  # and quiet from then on
+            a.release()
+            assert b.hold(T0 + 3)  # the reconnected follower takes over
+        finally:
+            a.release()
+            b.release()
+
+
+def test_a_follower_that_cannot_reach_the_server_does_not_lead_and_does_not_raise(tmp_path: Path) -> None:
+    from store.backend import connect
+    from store.leader import PostgresLeadership
+
+    pytest.importorskip("psycopg")
+    db = connect("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")  # nothing listens on port 1
+    leadership = PostgresLeadership(db, "monitor", 30.0, "c")
+    assert leadership.hold(T0) is False and leadership.hold(T0 + 1) is False

@@ -1,0 +1,97 @@
+"""The command line's bad input: a one-line ``auditstream: error: ...`` on stderr and a non-zero
+exit, never a traceback. Ports and addresses the dashboard cannot listen on, leases that are not
+a finite positive number of seconds, and stores that cannot be reached (PostgreSQL nobody
+answers, a SQLite path that cannot be created)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditstream.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+UNREACHABLE_POSTGRES = "postgresql://auditor:s3cret@127.0.0.1:1/audit"  # nothing listens on port 1
+
+
+def _run(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str]:
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # run_dashboard's SIGTERM hook stays out of pytest
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code if isinstance(e.code, int) else 1
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_clear_line(err: str, *needles: str) -> None:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("auditstream: error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "65536", "-1"])
+def test_dashboard_refuses_a_port_it_cannot_listen_on(port: str, capsys, monkeypatch, tmp_path: Path) -> None:
+    code, err = _run(capsys, monkeypatch, "dashboard", f"--port={port}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code != 0
+    _one_clear_line(err, "invalid --port", "1..65535")
+
+
+@pytest.mark.parametrize("address", ["999.1.1.1", "not an address", "no-such-host.invalid", " 127.0.0.1", ""])
+def test_dashboard_refuses_an_address_it_cannot_listen_on(address: str, capsys, monkeypatch, tmp_path: Path) -> None:
+    code, err = _run(capsys, monkeypatch, "dashboard", f"--address={address}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code != 0
+    _one_clear_line(err, "invalid --address")
+
+
+@pytest.mark.parametrize("lease", ["inf", "-inf", "nan", "0", "-5", "9", "1e9"])
+def test_dashboard_refuses_a_lease_that_is_not_a_sane_number_of_seconds(lease: str, capsys, monkeypatch,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    code, err = _run(capsys, monkeypatch, "dashboard", f"--lease-s={lease}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code != 0
+    _one_clear_line(err, "invalid --lease-s")
+
+
+@pytest.mark.parametrize("refresh", ["inf", "nan", "-1"])
+def test_dashboard_refuses_a_refresh_that_is_not_finite(refresh: str, capsys, monkeypatch, tmp_path: Path) -> None:
+    code, err = _run(capsys, monkeypatch, "dashboard", f"--refresh-s={refresh}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code != 0
+    _one_clear_line(err, "invalid --refresh-s")
+
+
+@pytest.mark.parametrize("argv", [
+    ["users", "list"],
+    ["labels", "export", "--out", "labels.jsonl"],
+    ["promote", "--model", "m", "--candidate", "2"],
+    ["dashboard", "--port", "8599"],
+])  # fmt: skip
+def test_an_unreachable_postgresql_store_is_one_line_without_the_password(argv: list[str], capsys, monkeypatch,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(capsys, monkeypatch, *argv, "--store-url", UNREACHABLE_POSTGRES)
+    assert code != 0
+    _one_clear_line(err, "audit store at", "127.0.0.1", "unavailable")
+    assert "s3cret" not in err
+
+
+def test_a_sqlite_store_whose_directory_cannot_be_made_is_one_line(capsys, monkeypatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, err = _run(capsys, monkeypatch, "users", "list", "--store-url", f"sqlite:///{blocker / 'sub' / 'audit.db'}")
+    assert code != 0
+    _one_clear_line(err, "audit store at", "cannot create the directory")
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
+    """The same through a real process: what a person at a shell sees."""
+    for argv in (["dashboard", "--port", "0"], ["users", "list", "--store-url", UNREACHABLE_POSTGRES]):
+        done = subprocess.run([sys.executable, "-m", "auditstream.cli", *argv], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)  # fmt: skip  # -m puts the checkout first on the path
+        assert done.returncode != 0
+        _one_clear_line(done.stderr)

@@ -1,0 +1,125 @@
+"""Login throttling under concurrency and hostile names, on SQLite and PostgreSQL.
+
+A lock check that runs before the slow hash and a failure recorded after it let concurrent
+wrong guesses all pass the check: N guesses at once were N password checks, whatever the limit.
+Each attempt is now reserved in the transaction that checks the lock, so at most MAX_FAILURES
+passwords are ever checked before the lock, however many guesses arrive together. Names no
+account can have are refused before any hash and never remembered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from tests.store.store_factories import BACKENDS, make_store
+
+from store import AuditStore, accounts
+from store.accounts import LoginThrottled, Role, User
+
+PASSWORD = "correct horse battery"
+GUESSES = 16
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, fast_hashes: None) -> Iterator[AuditStore]:
+    with make_store(request.param, tmp_path) as s:
+        yield s
+
+
+class CountingCheck:
+    """check_password that counts its calls and lingers, so concurrent attempts overlap the hash."""
+
+    def __init__(self) -> None:
+        self.calls, self._lock, self._real = 0, threading.Lock(), accounts.check_password
+
+    def __call__(self, password: str, stored: str) -> bool:
+        with self._lock:
+            self.calls += 1
+        time.sleep(0.2)  # a slow hash: widens the window a check-then-record race needs (asserts no time)
+        return self._real(password, stored)
+
+
+def _guess_at_once(store: AuditStore, name: str, password: str, n: int) -> list:
+    answers: list = []
+    lock, start = threading.Lock(), threading.Barrier(n)
+
+    def guess() -> None:
+        start.wait()
+        try:
+            answer = store.accounts.verify_password(name, password, now_s=1_000.0)
+        except LoginThrottled as e:
+            answer = e
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=guess) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+@pytest.mark.parametrize("name", ["alice", "mallory"])  # an account, and a name without one
+def test_concurrent_wrong_guesses_check_at_most_max_failures_passwords(store: AuditStore, name: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    counting = CountingCheck()
+    monkeypatch.setattr(accounts, "check_password", counting)
+    answers = _guess_at_once(store, name, "wrong password", GUESSES)
+    assert counting.calls == accounts.MAX_FAILURES  # the rest were refused before any hash
+    throttled = [a for a in answers if isinstance(a, LoginThrottled)]
+    assert len(throttled) == GUESSES - accounts.MAX_FAILURES + 1  # the locking failure says so too
+    assert answers.count(None) == accounts.MAX_FAILURES - 1
+    if name == "alice":
+        failures, locked_until = store.accounts.login_state("alice")
+        assert failures == accounts.MAX_FAILURES and locked_until == pytest.approx(1_000.0 + accounts.LOCKOUT_S)
+
+
+def test_the_right_password_among_concurrent_guesses_resets_the_count(store: AuditStore) -> None:
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    answers = _guess_at_once(store, "alice", PASSWORD, accounts.MAX_FAILURES - 1)
+    assert answers == [User("alice", Role.AUDITOR)] * (accounts.MAX_FAILURES - 1)
+    assert store.accounts.login_state("alice") == (0, None)  # each reserved failure was taken back
+
+
+def test_the_attempt_that_reaches_the_limit_with_the_right_password_still_logs_in(store: AuditStore) -> None:
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    for _ in range(accounts.MAX_FAILURES - 1):
+        assert store.accounts.verify_password("alice", "wrong password", now_s=10.0) is None
+    assert store.accounts.verify_password("alice", PASSWORD, now_s=10.0) == User("alice", Role.AUDITOR)
+    assert store.accounts.login_state("alice") == (0, None)
+
+
+@pytest.mark.parametrize("name", ["alice\n", "alice\r\n", " alice", "", "a" * 65, "bad name", "x" * 1_000_000, "\x00"],
+                         ids=["newline", "crlf", "space", "empty", "65", "inner-space", "megabyte", "nul"])
+def test_names_no_account_can_have_are_refused_without_a_hash_or_memory(store: AuditStore, name: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    counting = CountingCheck()
+    monkeypatch.setattr(accounts, "check_password", counting)
+    for _ in range(accounts.MAX_FAILURES + 2):  # never throttled either: nothing is kept for it
+        assert store.accounts.verify_password(name, PASSWORD) is None
+    assert counting.calls == 0 and len(store.accounts._unknown) == 0
+    with pytest.raises(ValueError, match="user name"):
+        store.accounts.add_user(name, PASSWORD, Role.AUDITOR)
+
+
+@settings(max_examples=200)
+@given(name=st.text(max_size=80))
+def test_valid_names_are_exactly_the_pattern_without_line_ends(name: str) -> None:
+    ok = (0 < len(name) <= 64 and name.isascii() and (name[0].isalnum())
+          and all(c.isalnum() or c in "_.@-" for c in name))  # fmt: skip
+    assert accounts.valid_name(name) == ok
+
+
+def test_unknown_names_remembered_are_bounded(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts, "UNKNOWN_NAMES_REMEMBERED", 20)
+    for i in range(100):
+        assert store.accounts.verify_password(f"guess{i}", "wrong password") is None
+    assert len(store.accounts._unknown) == 20
