@@ -95,6 +95,9 @@ def draw_boxes(image: Image.Image, boxes: Sequence[dict[str, Any]], labels: Sequ
     its status), else a colour per box number; ``numbers``: the tag numbers (1, 2, ... by
     default), so a box keeps its number when others are left out; ``legend``: (colour, text)
     entries written in a band under the picture, which keeps the image coordinates unshifted.
+    Whatever a stored answer holds is drawn or skipped, never raised: a box that is not four
+    finite numbers is left out, a reversed or far-off one drawn in order at the picture's edge,
+    a score that is not a finite number not written.
     """
     base = image.convert("RGB")
     scaled = for_display(base, min_side)
@@ -102,19 +105,49 @@ def draw_boxes(image: Image.Image, boxes: Sequence[dict[str, Any]], labels: Sequ
     draw = ImageDraw.Draw(scaled)
     font = _font(14)
     for i, det in enumerate(boxes):
-        x0, y0, x1, y1 = (float(v) for v in det["box"])
+        rect = _drawable_rect(det.get("box"), scaled.size, sx, sy)
+        if rect is None:  # not four finite numbers: nothing to outline (the table says so)
+            continue
         number = numbers[i] if numbers is not None else i + 1
         colour = colours[i] if colours is not None else BOX_COLOURS[i % len(BOX_COLOURS)]
-        rect = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         draw.rectangle(rect, outline=colour, width=3)
         tag = f"#{number}: {label_name(det.get('label'), labels)}"
-        if det.get("score") is not None:
-            tag += f" ({float(det['score']):.2f})"
+        score = _finite(det.get("score"))
+        if score is not None:
+            tag += f" ({score:.2f})"
         left, top, right, bottom = draw.textbbox((rect[0], rect[1]), tag, font=font)
         tag_y = max(0.0, rect[1] - (bottom - top) - 4)
         draw.rectangle((rect[0], tag_y, rect[0] + (right - left) + 6, tag_y + (bottom - top) + 4), fill=colour)
         draw.text((rect[0] + 3, tag_y + 1), tag, fill="white", font=font)
     return _with_legend(scaled, legend) if legend else scaled
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (text, bools, NaN, infinities, ints beyond a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _drawable_rect(box: Any, size: tuple[int, int], sx: float, sy: float
+                   ) -> tuple[float, float, float, float] | None:  # fmt: skip
+    """``box`` in display pixels, corners in order and clamped to a little past the picture (a
+    model's box may be reversed or lie far outside; Pillow refuses the one and overflows on the
+    other), or None when it is not four finite numbers."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return None
+    coords = [_finite(v) for v in box]
+    if any(v is None for v in coords):
+        return None
+    x0, y0, x1, y1 = coords
+    width, height = size
+    xs = sorted(min(max(v * sx, -4.0), width + 4.0) for v in (x0, x1))  # type: ignore[operator]
+    ys = sorted(min(max(v * sy, -4.0), height + 4.0) for v in (y0, y1))  # type: ignore[operator]
+    return xs[0], ys[0], xs[1], ys[1]
 
 
 def _with_legend(image: Image.Image, legend: Sequence[tuple[str, str]]) -> Image.Image:

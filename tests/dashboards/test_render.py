@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from tests.dashboards.conftest import items_by_task, png
 
 from dashboards import images, render
@@ -40,6 +41,31 @@ def test_detection_boxes_are_drawn_where_the_model_put_them():
     edge = picture.getpixel((int(x0), int((y0 + y1) / 2)))
     assert edge == (230, 25, 75)  # first box colour, on the left edge of the box
     assert render.answer_view(item.prediction, item.input).answer == "1 box: car"
+
+
+_any_value = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4)
+              | st.lists(st.integers(), max_size=2))  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes=st.lists(st.fixed_dictionaries({"box": st.lists(_any_value, min_size=3, max_size=5) | _any_value,
+                                             "label": _any_value, "score": _any_value}), max_size=4))
+def test_any_stored_box_is_drawn_or_skipped_never_raised(boxes):
+    """A stored answer is whatever a client wrote: reversed, huge, text or NaN coordinates and
+    scores never stop the picture (Pillow refuses y1 < y0 and overflows past a C long)."""
+    picture = images.draw_boxes(images.Image.new("L", (16, 16)), boxes, ("a", "b"))
+    assert min(picture.size) >= images.DISPLAY_MIN_SIDE
+
+
+def test_a_reversed_or_far_off_box_is_drawn_in_order_at_the_edge():
+    picture = images.draw_boxes(images.Image.new("RGB", (64, 64), "white"),
+                                [{"box": [60, 60, 4, 4], "label": 1, "score": "high"},
+                                 {"box": [10**30, 0, -(10**30), 10], "label": 2, "score": 0.5}],
+                                colours=["#ff0000", "#0000ff"])  # fmt: skip
+    rgb = np.asarray(picture)
+    scale = picture.width / 64
+    assert tuple(rgb[int(32 * scale), int(4 * scale) + 1]) == (255, 0, 0)  # the reversed box's left edge
+    assert (rgb[: int(10 * scale), :, 2] > 200).any()  # the far-off box's outline along the picture
 
 
 def test_caption_band_sits_over_the_image():
