@@ -91,8 +91,15 @@ class DeliveryFailed(AuditstreamError):
 class ExportParityError(AuditstreamError):
     """An exported ONNX graph disagrees with the torch module it was exported from."""
 
-    def __init__(self, max_abs_diff: float, atol: float, n_inputs: int) -> None:
-        self.max_abs_diff, self.atol, self.n_inputs = max_abs_diff, atol, n_inputs
+    def __init__(self, max_abs_diff: float, atol: float, n_inputs: int, detail: str = "") -> None:
+        self.max_abs_diff, self.atol, self.n_inputs, self.detail = max_abs_diff, atol, n_inputs, detail
+        if detail:  # not a size of disagreement: NaN/inf outputs, a missing output, a shape apart
+            super().__init__(
+                f"ONNX Runtime and torch disagree on {n_inputs} inputs: {detail}; the export is refused "
+                f"(a non-finite output is never parity: check the inputs' range and the model's "
+                f"numerics -- log of 0, division by 0, overflow -- before publishing this model)"
+            )
+            return
         super().__init__(
             f"ONNX Runtime and torch disagree by max |diff| = {max_abs_diff:.3g} > atol {atol:g} "
             f"on {n_inputs} inputs; check for ops that export differently (dropout/batch-norm left in "

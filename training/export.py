@@ -13,6 +13,7 @@ and emits only the default domain; the dynamo exporter is slower and may add fun
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import warnings
 from pathlib import Path
@@ -59,11 +60,16 @@ def run_onnx(onnx_bytes: bytes, inputs: np.ndarray) -> list[np.ndarray]:
 
 def check_parity(module: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray | torch.Tensor,
                  atol: float = 1e-4) -> float:
-    """Max |ONNX Runtime - torch| over every output on ``inputs``; raise if it exceeds ``atol``."""
-    if atol <= 0:
-        raise ValueError(f"atol={atol} must be > 0")
+    """Max |ONNX Runtime - torch| over every output on ``inputs``; raise if it exceeds ``atol``.
+
+    A NaN or an infinity in either runtime's outputs fails the check (:class:`ExportParityError`
+    naming the output and how many values), even where both runtimes agree on it: ``inf - inf``
+    is NaN, and a NaN compares False with everything, so a plain ``max |a - b| <= atol`` would let
+    such an export through. So do a missing output and outputs of different shapes."""
+    if not (math.isfinite(atol) and atol > 0):  # an infinite tolerance would pass anything finite
+        raise ValueError(f"atol={atol} must be a finite number > 0")
     array = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
-    if array.shape[0] == 0:
+    if array.ndim == 0 or array.shape[0] == 0:
         raise ValueError(f"need at least one input to compare, got shape {array.shape}")
     module.eval()
     with torch.no_grad():
@@ -71,16 +77,33 @@ def check_parity(module: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray 
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     actual = run_onnx(onnx_bytes, array)
     if len(actual) != len(expected):
-        raise ExportParityError(float("inf"), atol, len(array))
+        raise ExportParityError(float("inf"), atol, len(array),
+                                f"ONNX Runtime gives {len(actual)} outputs, torch {len(expected)}")
     diff = 0.0
-    for a, e in zip(actual, expected):
-        e = e.detach().cpu().numpy()
-        if a.shape != e.shape:
-            raise ExportParityError(float("inf"), atol, len(array))
-        diff = max(diff, float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64)))) if a.size else diff)
-    if not diff <= atol:  # NaN counts as a failure
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        e = e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)
+        diff = max(diff, output_difference(np.asarray(a), e, f"output {i}", atol, len(array)))
+    if not diff <= atol:  # belt and braces: output_difference never returns NaN
         raise ExportParityError(diff, atol, len(array))
     return diff
+
+
+def output_difference(actual: np.ndarray, expected: np.ndarray, what: str, atol: float, n_inputs: int) -> float:
+    """Max |actual - expected| of one output, a finite float; :class:`ExportParityError` when the
+    shapes differ or either side holds a NaN or an infinity (``what`` names the output)."""
+    if actual.shape != expected.shape:
+        raise ExportParityError(float("inf"), atol, n_inputs, f"{what} has shape {list(actual.shape)} in ONNX "
+                                f"Runtime but {list(expected.shape)} in torch")
+    for runtime, values in (("ONNX Runtime", actual), ("torch", expected)):
+        values = values.astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ExportParityError(float("nan"), atol, n_inputs, f"{what} holds {int(np.isnan(values).sum())} NaN "
+                                    f"and {int(np.isinf(values).sum())} infinite values in {runtime} "
+                                    f"(first at index {tuple(int(j) for j in np.argwhere(bad)[0])})")
+    if actual.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
 
 
 def git_revision() -> str:

@@ -159,3 +159,19 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeyp
         monkeypatch.setattr(fit, "cpu_has_fast_bf16", lambda has=has: has)
         assert fit.resolve_precision("auto") == expected
         assert fit.resolve_precision("fp32") == "fp32" and fit.resolve_precision("bf16") == "bf16"
+
+
+@pytest.mark.parametrize("side", ["torch", "onnx", "both"])
+def test_caption_parity_refuses_nan_probabilities(monkeypatch: pytest.MonkeyPatch, side: str) -> None:
+    """Identical token ids with a NaN word probability used to pass (only the ids were compared,
+    and the NaN difference went into the metrics); now parity fails and names the output."""
+    from auditstream.errors import ExportParityError
+
+    ids = np.tile(np.arange(4, dtype=np.int64), (3, 1))
+    probs = np.full((3, 4), 0.5, np.float32)
+    poisoned = probs.copy()
+    poisoned[1, 2] = np.nan
+    monkeypatch.setattr(captioner, "torch_captions", lambda *_: (ids, poisoned if side != "onnx" else probs))
+    monkeypatch.setattr(captioner, "onnx_captions", lambda *_: (ids.copy(), poisoned if side != "torch" else probs))
+    with pytest.raises(ExportParityError, match="token_probs holds 1 NaN"):
+        captioner.caption_parity(None, b"", np.zeros((3, 64, 64, 3), np.uint8))

@@ -218,3 +218,43 @@ def test_the_handwriting_bench_measures_the_shipped_model_on_held_out_pools() ->
     assert 0.0 <= result["population_fdr"] < 0.2 and result["threshold_high"] == card.triage.threshold
     split = result["resplits"][0]
     assert result["resplits_broken"] == int(split["population_fdr"] > card.extra["target_fdr"])
+
+
+class _FixedRows(torch.nn.Module):
+    """A stand-in for ExportedDetector in detection_parity: fixed (boxes, labels, scores) rows."""
+
+    def __init__(self, rows: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        super().__init__()
+        self.fixed = rows
+
+    def rows(self, images: torch.Tensor, snap: bool = True) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(a[:len(images)].copy()) for a in self.fixed)
+
+
+@pytest.mark.parametrize("poison", ["nan_onnx_score", "inf_both_scores", "nan_torch_box", "short_onnx"])
+def test_detection_parity_refuses_non_finite_or_misshapen_rows(monkeypatch: pytest.MonkeyPatch, poison: str) -> None:
+    """A NaN score in ONNX Runtime's rows only made the matching's max NaN, which Python's
+    ``max(worst, nan)`` dropped: the old check passed it. Any NaN/inf, and rows of another shape,
+    now fail parity."""
+    from auditstream.errors import ExportParityError
+
+    n, k = 2, 3
+    boxes = np.tile(np.array([[1.0, 2.0, 5.0, 6.0]], np.float32), (n, k, 1))
+    labels = np.zeros((n, k), np.int64)  # one label: every row may match every row
+    scores = np.tile(np.array([0.9, 0.5, 0.1], np.float32), (n, 1))
+    torch_rows = [boxes.copy(), labels.copy(), scores.copy()]
+    onnx_rows = [boxes.copy(), labels.copy(), scores.copy()]
+    if poison == "nan_onnx_score":
+        onnx_rows[2][0, 1] = np.nan
+    elif poison == "inf_both_scores":
+        onnx_rows[2][1, 0] = torch_rows[2][1, 0] = np.inf
+    elif poison == "nan_torch_box":
+        torch_rows[0][0, 2, 1] = np.nan
+    else:
+        onnx_rows = [a[:, :k - 1] for a in onnx_rows]
+    monkeypatch.setattr(detector, "run_onnx", lambda _bytes, _images: onnx_rows)
+    with pytest.raises(ExportParityError, match="NaN|infinite|shape"):
+        detector.detection_parity(_FixedRows(tuple(torch_rows)), b"", np.zeros((n, 8, 8), np.float32))
+    monkeypatch.setattr(detector, "run_onnx", lambda _bytes, _images: [a.copy() for a in torch_rows])
+    if poison == "short_onnx":  # the clean rows themselves pass
+        assert detector.detection_parity(_FixedRows(tuple(torch_rows)), b"", np.zeros((n, 8, 8), np.float32)) == 0.0

@@ -44,7 +44,7 @@ from training.captioner import data as scenes
 from training.captioner.args import CaptionerArgs
 from training.captioner.data import IMAGE_SIZE, MAX_TOKENS, PAD_ID, VOCABULARY, SceneSet
 from training.captioner.model import OUTPUT_NAMES, CaptionNet, ExportedCaptioner, caption_loss
-from training.export import export_onnx, git_revision, run_onnx
+from training.export import export_onnx, git_revision, output_difference, run_onnx
 from training.family_cli import train_and_report
 from training.fit import fit_steps, in_background, resolve_precision
 from training.selective import plot_risk_coverage, reference_statistics
@@ -96,6 +96,10 @@ def caption_parity(net: CaptionNet, onnx_bytes: bytes, images: np.ndarray) -> di
     the same (:class:`ExportParityError`)."""
     torch_ids, torch_p = torch_captions(net, images)
     onnx_ids, onnx_p = onnx_captions(onnx_bytes, images)
+    for name, a, e in (("tokens", onnx_ids, torch_ids), ("token_probs", onnx_p, torch_p)):
+        # same shapes, and no NaN or inf on either side: a NaN probability compares False with
+        # everything and would pass as parity (the ids alone are compared below)
+        output_difference(a, e, name, 1.0, len(images))
     same = (torch_ids == onnx_ids).all(axis=1)
     result = {"parity_exact": float(same.mean()), "parity_scenes": len(images),
               "parity_max_prob_diff": float(np.abs(torch_p[same] - onnx_p[same]).max()) if same.any() else float("inf")}

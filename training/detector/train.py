@@ -58,7 +58,7 @@ from training.detector.data import (CLASSES, IMAGE_SIZE, VARIANTS, DetectionSet,
 from training.detector.model import (OUTPUT_NAMES, READ_MARGIN, READ_SIZE, TOP_K, DetectorNet, ExportedDetector,
                                      ReaderNet, candidate_rows, loss, reading_examples, reading_loss, snap_to_pixels,
                                      targets)
-from training.export import export_onnx, git_revision, run_onnx
+from training.export import export_onnx, git_revision, output_difference, run_onnx
 from training.family_cli import train_and_report
 from training.fit import fit_steps, in_background
 from training.selective import plot_risk_coverage, reference_statistics
@@ -173,6 +173,11 @@ def detection_parity(module: ExportedDetector, onnx_bytes: bytes, images: np.nda
                   for i in range(0, len(images), 256)]
     expected = [np.concatenate(x) for x in zip(*chunks)]
     actual = run_onnx(onnx_bytes, images)
+    if len(actual) != len(expected):
+        raise ExportParityError(float("inf"), atol, len(images),
+                                f"ONNX Runtime gives {len(actual)} outputs, torch {len(expected)}")
+    for name, a, e in zip(("boxes", "labels", "scores"), actual, expected):
+        output_difference(a, e, name, atol, len(images))  # same shapes, no NaN or inf on either side
     if not np.array_equal(actual[0], np.round(actual[0])):
         raise ExportParityError(float(np.abs(actual[0] - np.round(actual[0])).max()), atol, len(images))
     worst = 0.0
@@ -183,7 +188,10 @@ def detection_parity(module: ExportedDetector, onnx_bytes: bytes, images: np.nda
         if not np.isfinite(cost).any(axis=1).all():
             raise ExportParityError(float("inf"), atol, len(images))
         rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
-        worst = max(worst, float(cost[rows, cols].max()))
+        matched = float(cost[rows, cols].max()) if len(rows) else 0.0
+        if not matched <= atol:  # NaN too (Python's max(worst, nan) would keep worst)
+            raise ExportParityError(matched, atol, len(images))
+        worst = max(worst, matched)
     if not worst <= atol:
         raise ExportParityError(worst, atol, len(images))
     return worst

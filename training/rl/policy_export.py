@@ -62,6 +62,10 @@ def export_policy(module: Any, observations: np.ndarray, atol: float = 1e-4) -> 
     sample = observations[rng.choice(len(observations), min(2048, len(observations)), replace=False)]
     with torch.no_grad():
         probs, values = (t.numpy().astype(np.float64) for t in module(torch.as_tensor(sample)))
+    for name, out in (("action_probs", probs), ("value", values)):
+        if not np.isfinite(out).all():  # a NaN/inf value would make the tolerance below NaN/inf
+            raise ExportParityError(float("nan"), atol, len(sample), f"torch's {name} holds "
+                                    f"{int((~np.isfinite(out)).sum())} NaN or infinite values")
     scale = max(1.0, float(np.abs(values).max()))
     check_parity(module, onnx_bytes, sample, atol=atol * scale)  # every output, value-scaled tolerance
     ort_probs, ort_values = run_onnx(onnx_bytes, sample)
