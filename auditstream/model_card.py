@@ -19,7 +19,8 @@ from typing import Any
 
 from auditstream.wire.codec import TaskKind
 
-__all__ = ["CARD_DTYPES", "MAX_THRESHOLD", "ModelCard", "TensorSpec", "TriageSpec"]
+__all__ = ["CARD_DTYPES", "MAX_CARD_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_THRESHOLD", "ModelCard", "TensorSpec",
+           "TriageSpec"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Element types a card's tensors may have: numpy names of the ONNX types numpy knows without
@@ -29,6 +30,21 @@ CARD_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "ui
 # Confidences are in [0, 1]; a threshold just above 1 accepts nothing (certify's reject-all
 # threshold, the monitor's DEFER_ALL of 1.01). Past 2 it is a unit mistake (a percentage).
 MAX_THRESHOLD = 2.0
+# Bounds on what a card may declare. Serving allocates its warm-up batch (and on a GPU every batch
+# bucket's buffers) from the card's shapes before any request arrives, so a card declaring an input
+# of 10**12 elements must be refused when it is read, not when numpy or the GPU runs out of memory.
+# Per tensor, the product of its fixed dims (the batch axis and other dynamic axes count as 1):
+# 2**26 elements is a 4096 x 4096 x 4 image; the project's models take under 2**14.
+MAX_TENSOR_ELEMENTS = 2**26
+MAX_TENSOR_RANK = 16  # ONNX Runtime's own kernels stop at 8 dims for most ops
+MAX_TENSORS = 64  # inputs, outputs each
+MAX_TENSOR_NAME = 256  # characters
+MAX_LABELS = 100_000  # a classifier's classes or a caption model's vocabulary
+MAX_LABEL_CHARS = 1_024
+MAX_TEXT_CHARS = 4_096  # triage.method and other free text the serving path copies into records
+MAX_SAMPLE = 1_000_000  # reference.confidence_sample, risk_coverage points
+MAX_CARD_BYTES = 64 * 1024**2  # card.json on disk (the shipped cards: < 100 kB)
+MAX_VERSION_DIGITS = 18  # a version is an int64 (and int() refuses texts past 4300 digits)
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,7 @@ class ModelCard:
 
 
 def _is_version(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    return text.isascii() and text.isdigit() and len(text) <= MAX_VERSION_DIGITS
 
 
 # -- the card's JSON form, field by field ----------------------------------------------------------
@@ -134,21 +150,34 @@ def _fields(obj: Any, field: str, known: dict[str, bool], must: str) -> None:
 
 def _check_tensors(role: str, specs: Any) -> None:
     # may be empty: a card the monitor or the dashboard reads needs no tensors (serving does)
-    _need(isinstance(specs, list), role, specs, "a list of {name, dtype, shape} objects")
+    _need(isinstance(specs, list) and len(specs) <= MAX_TENSORS, role, specs,
+          f"a list of at most {MAX_TENSORS} {{name, dtype, shape}} objects")
     names = set()
     for i, spec in enumerate(specs):
         where = f"{role}[{i}]"
         _fields(spec, where, {"name": True, "dtype": True, "shape": True}, "an object {name, dtype, shape}")
-        _need(isinstance(spec["name"], str) and spec["name"] and spec["name"] not in names, f"{where}.name",
-              spec["name"], f"a non-empty graph tensor name, unique among the {role}")
-        names.add(spec["name"])
+        name = spec["name"]
+        _need(isinstance(name, str) and 0 < len(name) <= MAX_TENSOR_NAME and name not in names, f"{where}.name",
+              name, f"a non-empty graph tensor name of at most {MAX_TENSOR_NAME} characters, unique among the {role}")
+        names.add(name)
         _need(isinstance(spec["dtype"], str) and spec["dtype"] in CARD_DTYPES, f"{where}.dtype", spec["dtype"],
               f"one of {sorted(CARD_DTYPES)}")
-        _need(isinstance(spec["shape"], list), f"{where}.shape", spec["shape"],
-              "a list of sizes (null: a dynamic axis)")
+        _need(isinstance(spec["shape"], list) and len(spec["shape"]) <= MAX_TENSOR_RANK, f"{where}.shape",
+              spec["shape"], f"a list of at most {MAX_TENSOR_RANK} sizes (null: a dynamic axis)")
+        elements = 1
         for j, d in enumerate(spec["shape"]):
-            _need(d is None or (_finite(d, 1, 2**63 - 1) and isinstance(d, int)), f"{where}.shape[{j}]", d,
-                  "a positive integer, or null for a dynamic axis")
+            _need(d is None or (isinstance(d, int) and _finite(d, 1, MAX_TENSOR_ELEMENTS)), f"{where}.shape[{j}]", d,
+                  f"a positive integer (at most {MAX_TENSOR_ELEMENTS:,}), or null for a dynamic axis")
+            elements *= d or 1
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise ValueError(f"card field {where}.shape is {_shown_shape(spec['shape'])}, more than "
+                                 f"{MAX_TENSOR_ELEMENTS:,} elements per item; it must declare at most that many (the "
+                                 "batch axis and other dynamic axes count as 1; serving allocates its warm-up batch "
+                                 "from this shape): fix the card or re-export the model")
+
+
+def _shown_shape(shape: list) -> str:
+    return str(shape) if len(shape) <= 8 else f"{str(shape[:8])[:-1]}, ... ({len(shape)} dims)]"
 
 
 def _check_card(obj: Any) -> None:
@@ -159,7 +188,7 @@ def _check_card(obj: Any) -> None:
     _need(isinstance(obj["name"], str) and _NAME.match(obj["name"]), "name", obj["name"],
           f"a model name matching {_NAME.pattern}")
     _need(isinstance(obj["version"], str) and _is_version(obj["version"]), "version", obj["version"],
-          "a version number as text, like '3'")
+          f"a version number as text of at most {MAX_VERSION_DIGITS} digits, like '3'")
     kinds = [k.value for k in TaskKind]
     _need(isinstance(obj["task"], str) and obj["task"] in kinds, "task", obj["task"], f"one of {kinds}")
     _check_tensors("inputs", obj["inputs"])
@@ -172,24 +201,30 @@ def _check_card(obj: Any) -> None:
     for key in ("target_risk", "delta", "certified_risk", "coverage"):
         value = triage.get(key)
         _need(value is None or _finite(value, 0.0, 1.0), f"triage.{key}", value, "null or a number in [0, 1]")
-    for key in ("confidence_kind", "method"):
+    for key, most in (("confidence_kind", 64), ("method", MAX_TEXT_CHARS)):
         value = triage.get(key, "-")
-        _need(isinstance(value, str) and value, f"triage.{key}", value, "a non-empty string")
+        _need(isinstance(value, str) and 0 < len(value) <= most, f"triage.{key}", value,
+              f"a non-empty string of at most {most} characters")
     safe = triage.get("safe_action")
     _need(safe is None or (isinstance(safe, int) and _finite(safe, 0, 2**63 - 1)), "triage.safe_action", safe,
           "null or an action index (an integer >= 0)")
     _need(isinstance(obj.get("sha256", ""), str), "sha256", obj.get("sha256"), "the model file's sha256 as hex text")
     labels = obj.get("labels", [])
-    _need(isinstance(labels, list), "labels", labels, "a list of label names (strings)")
+    _need(isinstance(labels, list) and len(labels) <= MAX_LABELS, "labels", labels,
+          f"a list of at most {MAX_LABELS:,} label names (strings)")
     for i, label in enumerate(labels):
-        _need(isinstance(label, str), f"labels[{i}]", label, "a label name (a string)")
+        _need(isinstance(label, str) and len(label) <= MAX_LABEL_CHARS, f"labels[{i}]", label,
+              f"a label name (a string of at most {MAX_LABEL_CHARS} characters)")
     for key in ("preprocessing", "metrics", "calibration", "reference", "training", "extra"):
         _need(isinstance(obj.get(key, {}), dict), key, obj.get(key), "a JSON object")
     sample = obj.get("reference", {}).get("confidence_sample", [])
-    _need(isinstance(sample, list) and all(_finite(c, -math.inf, math.inf) for c in sample),
-          "reference.confidence_sample", sample, "a list of finite numbers (confidences on held-out data)")
+    _need(isinstance(sample, list) and len(sample) <= MAX_SAMPLE and all(_finite(c, -math.inf, math.inf)
+                                                                          for c in sample),
+          "reference.confidence_sample", sample,
+          f"a list of at most {MAX_SAMPLE:,} finite numbers (confidences on held-out data)")
     curve = obj.get("risk_coverage", [])
-    _need(isinstance(curve, list), "risk_coverage", curve, "a list of {threshold, coverage, risk} objects")
+    _need(isinstance(curve, list) and len(curve) <= MAX_SAMPLE, "risk_coverage", curve,
+          f"a list of at most {MAX_SAMPLE:,} {{threshold, coverage, risk}} objects")
     for i, point in enumerate(curve):
         _need(isinstance(point, dict) and all(_finite(v, -math.inf, math.inf) for v in point.values()),
               f"risk_coverage[{i}]", point, "an object of finite numbers {threshold, coverage, risk}")

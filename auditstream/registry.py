@@ -27,7 +27,8 @@ from pathlib import Path
 from auditstream.errors import ModelNotFound, ModelRefused
 # The model card and its checks live in their own module; re-exported here for existing callers.
 # The model-name pattern and the version test are the card's, shared with the directory layout.
-from auditstream.model_card import CARD_DTYPES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec, _is_version, _NAME
+from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec,
+                                    _is_version, _NAME)
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
 
@@ -156,7 +157,17 @@ class ModelRegistry:
             raise ModelNotFound(self.root, name, version)
         path = self.root / name / version / CARD_FILE
         try:
-            card = ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            with open(path, "rb") as f:  # at most the limit and one byte, never a whole huge file
+                raw = f.read(MAX_CARD_BYTES + 1)
+        except OSError as e:
+            raise ModelRefused(path, f"card.json cannot be read ({e.strerror or e}); check its permissions") from None
+        if len(raw) > MAX_CARD_BYTES:
+            raise ModelRefused(path, f"card.json is over {MAX_CARD_BYTES:,} bytes (the shipped cards are under "
+                               "100 kB): not a card this project writes; re-export the model")
+        try:
+            card = ModelCard.from_dict(json.loads(raw.decode("utf-8")))
+        except RecursionError:  # JSON nested deeper than the parser's stack
+            raise ModelRefused(path, "model card does not parse: JSON nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelRefused(path, f"model card does not parse: {e}") from None
         if card.name != name or card.version != version:

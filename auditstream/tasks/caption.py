@@ -70,6 +70,13 @@ class Caption(Task):
         if card.triage.confidence_kind not in CONFIDENCE_KINDS:
             raise ValueError(f"caption model {card.name}: triage.confidence_kind {card.triage.confidence_kind!r} "
                              f"must be one of {CONFIDENCE_KINDS}")
+        end, specials = card.extra.get("end_token", DEFAULT_END_TOKEN), card.extra.get("special_tokens", [])
+        if not isinstance(end, str):
+            raise ValueError(f"caption model {card.name}: extra.end_token must be a token of its labels (a string), "
+                             f"got {end!r}")
+        if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
+            raise ValueError(f"caption model {card.name}: extra.special_tokens must be a list of tokens (strings) "
+                             f"that are not words, got {specials!r}"[:400])
         if end_token(card) not in card.labels:
             raise ValueError(f"caption model {card.name}: its labels (the vocabulary, {len(card.labels)} tokens) "
                              f"lack the end token {end_token(card)!r} (extra.end_token)")

@@ -105,8 +105,13 @@ class Detection(Task):
         if not isinstance(low, (int, float)) or isinstance(low, bool) or not 0.0 <= low <= 1.0:
             raise ValueError(f"detection model {card.name}: extra.threshold_low must be a number in [0, 1] "
                              f"(rows scoring below it are dropped), got {low!r}")
-        if not 0.0 < match_iou(card) <= 1.0:
-            raise ValueError(f"detection model {card.name}: extra.match_iou {match_iou(card)} must be in (0, 1]")
+        iou = card.extra.get("match_iou", DEFAULT_MATCH_IOU)  # read by float(): a list or null would raise TypeError
+        if not isinstance(iou, (int, float)) or isinstance(iou, bool) or not 0.0 < iou <= 1.0:
+            raise ValueError(f"detection model {card.name}: extra.match_iou must be a number in (0, 1], got {iou!r}")
+        rows = card.extra.get("max_boxes", 0)
+        if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= 1_000_000:
+            raise ValueError(f"detection model {card.name}: extra.max_boxes must be the graph's rows per image, an "
+                             f"integer in [0, 1000000] (0: not stated), got {rows!r}")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         low = threshold_low(card)

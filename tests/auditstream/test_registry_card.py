@@ -57,30 +57,34 @@ def shown(path: str) -> str:
 # field -> wrong values, each refused with a message naming the field
 WRONG: dict[str, list[Any]] = {
     "name": [7, None, "", "Tiny Model", ["tiny"]],
-    "version": [1, 1.0, None, "v1", "", "-1"],
+    "version": [1, 1.0, None, "v1", "", "-1", "1" * 19, "9" * 5000],
     "task": [1, None, "poetry", ["classification"], {"kind": "classification"}],
     "sha256": [123, None, ["x"]],
     "inputs": [None, {}, "image", [["image", "float32", [None, 8, 8]]]],
     "inputs.0": [None, "image", {"name": "image", "dtype": "float32"},
                  {"name": "image", "dtype": "float32", "shape": [None, 8, 8], "layout": "NHW"}],
-    "inputs.0.name": [None, 3, ""],
+    "inputs.0.name": [None, 3, "", "x" * 257],
     "inputs.0.dtype": [None, 32, "float", "tensor(float)", "bfloat16", "object"],
-    "inputs.0.shape": [None, "[None, 8, 8]", 8, {"0": None}],
-    "inputs.0.shape.1": ["8", 8.0, -8, 0, True, [8]],
+    "inputs.0.shape": [None, "[None, 8, 8]", 8, {"0": None},
+                       [None, 10**6, 10**6],  # 10**12 elements: serving would allocate warm-up buffers of it
+                       [None, 8192, 8192, 2], [8, 4096, 4096],  # 2**27 elements; a fixed batch counts too
+                       [None] + [1] * 17],  # rank 18
+    "inputs.0.shape.1": ["8", 8.0, -8, 0, True, [8], 2**40, 2**63],
     "outputs": [None, {"probs": [None, 10]}, [{"name": "probs", "dtype": "float32", "shape": [None, 10]}] * 2],
     "outputs.0.name": [None, 0],
     "outputs.0.dtype": ["f32", None],
     "outputs.0.shape.1": [10.5, "10", False],
     "triage": [None, 0.5, "0.5", [0.5], {}],
     "triage.threshold": ["0.5", None, True, float("nan"), float("inf"), -0.1, 50, [0.5]],
-    "triage.confidence_kind": [None, 1, ""],
+    "triage.confidence_kind": [None, 1, "", "k" * 65],
     "triage.target_risk": ["0.02", -0.01, 1.5, float("nan"), True],
     "triage.delta": ["0.05", 2, float("inf")],
     "triage.certified_risk": ["x", -1],
     "triage.coverage": [1.01, "all"],
-    "triage.method": [None, 3],
+    "triage.method": [None, 3, "m" * 4097],
     "triage.safe_action": ["1", -1, 1.5, True, [1]],
-    "labels": [None, "0123456789", {"0": "zero"}, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], ["0", None]],
+    "labels": [None, "0123456789", {"0": "zero"}, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], ["0", None], ["x" * 1025],
+               ["0"] * 100_001],
     "preprocessing": [None, "none", []],
     "metrics": [None, [], 0.9],
     "calibration": ["temperature", []],
@@ -101,7 +105,7 @@ def base_for(path: str) -> dict[str, Any]:
 CASES = [(path, value) for path, values in WRONG.items() for value in values]
 
 
-@pytest.mark.parametrize("path,value", CASES, ids=[f"{p}={v!r}" for p, v in CASES])
+@pytest.mark.parametrize("path,value", CASES, ids=[f"{p}={v!r}"[:80] for p, v in CASES])
 def test_a_wrong_field_is_refused_naming_it(path: str, value: Any) -> None:
     with pytest.raises(ValueError, match="card field ") as info:
         ModelCard.from_dict(set_path(base_for(path), path, value))
@@ -249,3 +253,32 @@ def test_property_registry_load_only_ever_raises_model_refused(path_value: tuple
         with pytest.raises(ModelRefused) as info:
             registry.load(TINY_MODEL)
         assert shown(path) in str(info.value) or shown(path.rsplit(".", 1)[0]) in str(info.value)
+
+
+def test_the_largest_shapes_a_card_may_declare_still_load() -> None:
+    """The bounds sit well above any model the project serves: 2**26 elements per item load."""
+    for shape in ([None, 8192, 8192], [None, 4096, 4096, 4], [None] * 16):
+        ModelCard.from_dict(set_path(card_dict(), "inputs.0.shape", shape))
+
+
+def test_an_oversized_card_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    from auditstream.model_card import MAX_CARD_BYTES
+
+    registry = ModelRegistry(tmp_path / "models")
+    published = registry.publish(tiny_card(), tiny_classifier_onnx())
+    with open(published.directory / CARD_FILE, "r+b") as f:
+        f.seek(MAX_CARD_BYTES + 10)  # sparse: no disk used
+        f.write(b" ")
+    with pytest.raises(ModelRefused, match=r"card.json is over 67,108,864 bytes"):
+        registry.load(TINY_MODEL)
+
+
+def test_a_card_nested_past_the_parser_stack_is_refused(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    published = registry.publish(tiny_card(), tiny_classifier_onnx())
+    obj = json.loads((published.directory / CARD_FILE).read_text())
+    text = json.dumps({**obj, "extra": "@"}).replace('"@"', "[" * 100_000 + "]" * 100_000)
+    (published.directory / CARD_FILE).write_text(text)
+    with pytest.raises(ModelRefused, match="nested too deeply"):
+        registry.load(TINY_MODEL)
+
