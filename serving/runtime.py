@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from auditstream.errors import ModelRefused
+from auditstream.model_safety import MAX_CONSTANT_BYTES
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.settings import Settings
 from serving.iobinding import BoundRunner, RunTiming
@@ -176,28 +177,45 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers, provider_options=provider_options)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidGraph, Fail, ...)
-        raise ModelRefused(model.onnx_path, f"ONNX Runtime cannot load it: {_first_line(e)}") from None
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: ONNX Runtime cannot load it: "
+                           f"{_first_line(e)}") from None
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = {o.name for o in session.get_outputs()}
     spec_in = card.inputs[0]
     wanted = [o.name for o in card.outputs]
     if graph_inputs != [spec_in.name] or not set(wanted) <= graph_outputs:
-        raise ModelRefused(model.onnx_path, f"graph inputs {graph_inputs} / outputs {sorted(graph_outputs)} do not "
-                           f"match the card's {spec_in.name!r} / {wanted}")
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: graph inputs {graph_inputs} / outputs "
+                           f"{sorted(graph_outputs)} do not match the card's {spec_in.name!r} / {wanted}")
     ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
-    if plan is not None and plan.on_gpu and {TENSORRT, CUDA} & set(ms.providers):
-        ms.bound = BoundRunner(session, spec_in.name, spec_in.shape, input_dtype(card), wanted,
-                               {o.name: o.shape for o in card.outputs}, plan.batch_buckets, "cuda", plan.device_id or 0)
+    on_gpu = plan is not None and plan.on_gpu and bool({TENSORRT, CUDA} & set(ms.providers))
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
-    ms.warmup_input = np.zeros(shape, dtype=input_dtype(card))
+    # The card's shapes are bounded when it is read (model_card.MAX_TENSOR_ELEMENTS); the warm-up
+    # batches (on a GPU every bucket up to the largest) must also fit the model memory budget.
+    largest = max([warmup_batch, *(plan.batch_buckets if on_gpu and plan is not None else [])])
+    budget = settings.max_model_constant_bytes if settings is not None else MAX_CONSTANT_BYTES
+    needed = largest * int(np.prod(shape[1:], dtype=object)) * input_dtype(card).itemsize
+    if needed > budget:
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: a warm-up batch of {largest} inputs of "
+                           f"shape {spec_in.shape} takes {needed:,} bytes, over the {budget:,} byte model budget "
+                           "(AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES); fix the card's input shape or raise the budget")
+    try:
+        if on_gpu:
+            ms.bound = BoundRunner(session, spec_in.name, spec_in.shape, input_dtype(card), wanted,
+                                   {o.name: o.shape for o in card.outputs}, plan.batch_buckets, "cuda",
+                                   plan.device_id or 0)
+        ms.warmup_input = np.zeros(shape, dtype=input_dtype(card))
+    except (MemoryError, ValueError, RuntimeError) as e:  # ORT's device allocations fail as RuntimeError
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: the warm-up buffers for input shape "
+                           f"{shape} could not be allocated: {_first_line(e)}") from None
     started = time.perf_counter()
     try:
         ms.run(ms.warmup_input)
         if ms.bound is not None:  # every batch bucket: TensorRT builds (or loads) its engine now, not at a poll
             ms.bound.warm_up()
     except Exception as e:  # noqa: BLE001 - a model that cannot run a zero input of its own shape is broken
-        raise ModelRefused(model.onnx_path, f"the warm-up run on zeros of the card's input shape {shape} failed: "
-                           f"{_first_line(e)}") from None
+        ms.close()
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: the warm-up run on zeros of the card's "
+                           f"input shape {shape} failed: {_first_line(e)}") from None
     ms.warmup_s = time.perf_counter() - started
     log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
              ms.providers[0], options.intra_op_num_threads, ms.warmup_s)

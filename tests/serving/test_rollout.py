@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from tests.conftest import tiny_card, tiny_classifier_onnx
@@ -160,3 +161,45 @@ def _tiny(tmp_path: Path):
     registry = ModelRegistry(tmp_path / "other")
     registry.publish(tiny_card(name="cart"), tiny_classifier_onnx())
     return registry.load("cart", "1")
+
+
+def _fails_at_run_time(classes: int) -> bytes:
+    """A graph the file checks accept (the card's names, types and ranks) that ONNX Runtime cannot
+    run: 64 pixels an image do not reshape to rows of 7."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.zeros((7, classes), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "rows"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["probs"])],
+        "fails", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, classes])],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "rows"), numpy_helper.from_array(weights, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_version_that_passes_the_checks_but_fails_its_warm_up_keeps_the_live_one_serving(registry):
+    """Hot reload to a version whose warm-up fails in ONNX Runtime: one ModelRefused line naming it,
+    the live version keeps answering, and a later good version still switches."""
+    from auditstream.errors import ModelRefused
+
+    bad = registry.publish(tiny_card(), _fails_at_run_time(len(tiny_card().labels)))  # v4
+    registry.load("tiny", bad.card.version)  # the file checks pass
+    good = registry.publish(tiny_card(), tiny_classifier_onnx(seed=5))  # v5
+    errors: list[BaseException] = []
+    loader = VersionLoader(lambda v: served(registry, v), lambda v, e: errors.append(e))
+    view = View()
+    versions = VersionSet(served(registry, "1"), loader, view, "tiny")
+    try:
+        view.current = Rollout("tiny", bad.card.version, updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: len(errors) == 1)
+        follow_a_while(versions)
+        assert versions.live.version == "1"
+        (error,) = errors
+        assert isinstance(error, ModelRefused) and "\n" not in str(error)
+        assert f"tiny v{bad.card.version}: the warm-up run" in str(error) and "Reshape" in str(error)
+        batch = np.zeros((2, 8, 8), np.float32)
+        assert versions.live.runner.run(batch)["probs"].shape == (2, len(tiny_card().labels))  # still answers
+        view.current = Rollout("tiny", good.card.version, updated_at_s=time.time() + 2)
+        follow_until(versions, lambda: versions.live.version == good.card.version)
+    finally:
+        versions.close()

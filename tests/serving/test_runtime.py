@@ -161,3 +161,71 @@ def test_settings_choose_device_and_threads(tiny_registry: TinyRegistry, tmp_pat
     if not runtime.provider_loads("CUDAExecutionProvider"):  # this CPU machine: asking for a GPU is refused
         with pytest.raises(ConfigError, match="AUDITSTREAM_DEVICE='cuda:0'"):
             runtime.load_session(tiny_registry.model, settings=Settings(device="cuda:0", state_dir=tmp_path))
+
+
+def _dynamic_graph() -> bytes:
+    """x [B, ?, ?] -> ReduceMax over the last axis: the sizes live only on the card."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceMax", ["x"], ["probs"], axes=[2], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, None])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, None])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_card_declaring_a_huge_input_is_refused_before_any_warm_up_buffer(tmp_path, monkeypatch, capsys) -> None:
+    """A graph with dynamic dims passes every file check; its card declared [None, 10**6, 10**6]
+    and serving's warm-up tried np.zeros([8, 10**6, 10**6]): a MemoryError traceback (or, with
+    overcommit, a host brought to its knees). The card is refused when read, naming the field."""
+    import hashlib
+    import json
+
+    from auditstream.cli import main
+    from auditstream.registry import CARD_FILE, ModelRegistry
+    from tests.conftest import tiny_card
+
+    card = dataclasses.replace(tiny_card(), inputs=[TensorSpec("x", "float32", [None, 4, 4])],
+                               outputs=[TensorSpec("probs", "float32", [None, 4])], labels=["a", "b", "c", "d"])
+    registry = ModelRegistry(tmp_path / "models")
+    data = _dynamic_graph()
+    published = registry.publish(card, data)
+    runtime.load_session(registry.load(card.name), warmup_batch=2)  # the honest card serves
+    obj = json.loads((published.directory / CARD_FILE).read_text())
+    obj["inputs"][0]["shape"] = [None, 10**6, 10**6]
+    assert obj["sha256"] == hashlib.sha256(data).hexdigest()
+    (published.directory / CARD_FILE).write_text(json.dumps(obj))
+    with pytest.raises(ModelRefused, match=r"inputs\[0\]\.shape is \[None, 1000000, 1000000\], more than"):
+        registry.load(card.name)
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    assert main(["serve", "--model", card.name]) == 2
+    err = capsys.readouterr().err
+    assert "refusing model" in err and "inputs[0].shape" in err and "Traceback" not in err
+
+
+def test_a_warm_up_batch_over_the_model_memory_budget_is_refused(tmp_path) -> None:
+    from auditstream.registry import ModelRegistry
+    from auditstream.settings import Settings
+    from tests.conftest import tiny_card, tiny_classifier_onnx
+
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(tiny_card(), tiny_classifier_onnx())  # float32 [B, 8, 8]: 256 bytes an input
+    model = registry.load(tiny_card().name)
+    settings = Settings(device="cpu", intra_op_threads=1, state_dir=tmp_path, max_model_constant_bytes=1000)
+    with pytest.raises(ModelRefused, match=r"tiny v1: a warm-up batch of 8 inputs .* 2,048 bytes, over the 1,000"):
+        runtime.load_session(model, warmup_batch=8, settings=settings)
+    assert runtime.load_session(model, warmup_batch=2, settings=settings).warmup_input.shape == (2, 8, 8)
+
+
+def test_a_warm_up_that_fails_names_the_model_and_version_in_one_line(tmp_path) -> None:
+    from auditstream.registry import ModelRegistry
+    from tests.conftest import tiny_card
+
+    card = dataclasses.replace(tiny_card(), inputs=[TensorSpec("x", "float32", [None, 4])],
+                               outputs=[TensorSpec("probs", "float32", [None, 4])], labels=["a", "b", "c", "d"])
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(card, _reshape_that_fails())
+    with pytest.raises(ModelRefused) as info:
+        runtime.load_session(registry.load(card.name))
+    message = str(info.value)
+    assert "\n" not in message and f"{card.name} v1: the warm-up run" in message and "/1/model.onnx" in message
