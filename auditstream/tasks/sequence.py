@@ -23,10 +23,20 @@ class Sequence(Task):
     kind = TaskKind.SEQUENCE
     output_names = ("char_probs",)
 
+    def check_card(self, card: ModelCard) -> None:
+        super().check_card(card)
+        spec = next(o for o in card.outputs if o.name == "char_probs")
+        classes = spec.shape[-1] if spec.shape else None
+        if card.labels and isinstance(classes, int) and len(card.labels) < classes:
+            raise ValueError(f"sequence model {card.name}: its labels (the alphabet) have {len(card.labels)} "
+                             f"characters but char_probs has {classes} classes; the card and the model disagree")
+
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         char_probs = outputs["char_probs"]
         answers: list[Answer | None] = []
-        alphabet = card.labels or [str(i) for i in range(char_probs.shape[-1])]
+        # A dynamic class axis is not checked at start-up: a class past the card's alphabet is its index.
+        alphabet = card.labels or []
+        alphabet = alphabet + [str(i) for i in range(len(alphabet), char_probs.shape[-1])]
         for row in char_probs:  # [L, C]
             if not np.isfinite(row).all():
                 answers.append(None)

@@ -85,3 +85,22 @@ def test_caption_extras_of_the_wrong_type_are_refused(path: str, value: Any) -> 
     """special_tokens = 3 passed start-up and raised TypeError in every batch's postprocess."""
     with pytest.raises(ValueError, match=path.split(".")[1]):
         start_up(set_path(SHIPPED["captioner"], path, value))
+
+
+def test_a_sequence_card_with_fewer_labels_than_classes_is_refused_at_start_up() -> None:
+    """An alphabet of 9 characters on a 10-class zip reader raised IndexError on every record
+    that read a 9 (each a dead letter, then a failure streak); now refused before serving."""
+    with pytest.raises(ValueError, match="alphabet\\) have 9 characters but char_probs has 10 classes"):
+        start_up(set_path(SHIPPED["zip-reader"], "labels", [str(i) for i in range(9)]))
+
+
+def test_a_sequence_class_past_the_alphabet_of_a_dynamic_axis_is_its_index() -> None:
+    import numpy as np
+
+    card = ModelCard.from_dict(set_path(set_path(SHIPPED["zip-reader"], "outputs.0.shape", [None, 5, None]),
+                                        "labels", ["a", "b"]))
+    tasks.lookup(card.task).check_card(card)
+    probs = np.full((1, 5, 4), 0.1, np.float32)
+    probs[0, :, 3] = 0.7
+    (answer,) = tasks.lookup(card.task).postprocess(card, {"char_probs": probs})
+    assert answer.output == "33333"
