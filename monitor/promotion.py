@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from auditstream import tasks
 from auditstream.control import Rollout, announce_rollout
+from auditstream.errors import ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.audit_split import CERTIFY, audit_part
@@ -80,7 +81,14 @@ def may_judge(candidate: ModelCard, pairs: list[T], what: str = "audited items")
     hygiene = candidate.extra.get("data_hygiene")
     if not hygiene:
         return pairs, ""
-    share = float(hygiene["certify_share"])
+    share = hygiene.get("certify_share") if isinstance(hygiene, dict) else None
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        # a damaged record: judging on every pair could count verdicts the candidate learnt from
+        raise ModelRefused(f"{candidate.name} v{candidate.version}", f"card field extra.data_hygiene is "
+                           f"{str(hygiene)[:80]!r}; it must be {{'certify_share': a number in [0, 1]}} (retrain "
+                           "writes it): without it the verdicts the candidate learnt from cannot be set apart, so "
+                           "it is not judged; re-publish the candidate with retrain")
+    share = float(share)
     kept = [a for a in pairs if audit_part(a.request_id, share) == CERTIFY]
     return kept, (f"{len(pairs) - len(kept)} of {len(pairs)} {what} fall on the train side of the "
                   f"request-id split (certify share {share:g}), which v{candidate.version} may have learnt from: "

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_card, tiny_classifier_onnx
 from tests.store.store_factories import add_users, audit_item
 
@@ -91,6 +93,19 @@ def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_side_onl
         decision = decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
     assert [s["n"] for s in decision.strata] == [certify_side]
     assert f"{60 - certify_side} of 60 audited items fall on the train side" in decision.reason
+
+
+@pytest.mark.parametrize("hygiene", ["yes", {"share": 0.5}, {"certify_share": "0.5"}, {"certify_share": float("nan")},
+                                     {"certify_share": 2}, [0.5]])
+def test_a_damaged_data_hygiene_record_is_refused_not_a_traceback(tmp_path, hygiene):
+    """``extra.data_hygiene`` of the wrong shape raised TypeError/KeyError from the gate (a
+    traceback from ``auditstream promote``); now a ModelRefused naming the field, and the
+    candidate is not judged on pairs it may have learnt from."""
+    from auditstream.errors import ModelRefused
+
+    registry, url = seeded(tmp_path, pairs=10, candidate_extra={"data_hygiene": hygiene})
+    with open_store(url) as store, pytest.raises(ModelRefused, match=r"zip v2: card field extra.data_hygiene"):
+        decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
 
 
 def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every_route(tmp_path):
