@@ -189,15 +189,21 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
     on_gpu = plan is not None and plan.on_gpu and bool({TENSORRT, CUDA} & set(ms.providers))
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
-    # The card's shapes are bounded when it is read (model_card.MAX_TENSOR_ELEMENTS); the warm-up
-    # batches (on a GPU every bucket up to the largest) must also fit the model memory budget.
-    largest = max([warmup_batch, *(plan.batch_buckets if on_gpu and plan is not None else [])])
+    # The card's shapes are bounded when it is read (model_card.MAX_TENSOR_ELEMENTS); what the
+    # warm-up allocates from them must also fit the model memory budget: the warm-up batch, and on
+    # a GPU every batch bucket's input and fixed-size output buffers (all kept for the session).
     budget = settings.max_model_constant_bytes if settings is not None else MAX_CONSTANT_BYTES
-    needed = largest * int(np.prod(shape[1:], dtype=object)) * input_dtype(card).itemsize
+    item = _item_bytes(spec_in)
+    if on_gpu and plan is not None:
+        item += sum(_item_bytes(o) for o in card.outputs if all(d is not None for d in o.shape[1:]))
+        rows, what = sum(plan.batch_buckets), f"the batch buckets {list(plan.batch_buckets)}"
+    else:
+        rows, what = warmup_batch, f"a warm-up batch of {warmup_batch}"
+    needed = rows * item
     if needed > budget:
-        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: a warm-up batch of {largest} inputs of "
-                           f"shape {spec_in.shape} takes {needed:,} bytes, over the {budget:,} byte model budget "
-                           "(AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES); fix the card's input shape or raise the budget")
+        raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: {what} of input shape {spec_in.shape} "
+                           f"take {needed:,} bytes, over the {budget:,} byte model budget "
+                           "(AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES); fix the card's shapes or raise the budget")
     try:
         if on_gpu:
             ms.bound = BoundRunner(session, spec_in.name, spec_in.shape, input_dtype(card), wanted,
@@ -220,6 +226,11 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
              ms.providers[0], options.intra_op_num_threads, ms.warmup_s)
     return ms
+
+
+def _item_bytes(spec) -> int:
+    """Bytes of one item of a card tensor (the batch axis dropped; a dynamic axis counts as 1)."""
+    return int(np.prod([d or 1 for d in spec.shape[1:]], dtype=object)) * np.dtype(spec.dtype).itemsize
 
 
 def _first_line(error: Exception) -> str:
