@@ -215,7 +215,12 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
                            f"{shape} could not be allocated: {_first_line(e)}") from None
     started = time.perf_counter()
     try:
-        ms.run(ms.warmup_input)
+        if ms.bound is None:  # quietly: a failure is the one ModelRefused line below, not an ORT log line too
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = _ORT_FATAL
+            session.run(wanted, {spec_in.name: ms.warmup_input}, quiet)
+        else:
+            ms.run(ms.warmup_input)
         if ms.bound is not None:  # every batch bucket: TensorRT builds (or loads) its engine now, not at a poll
             ms.bound.warm_up()
     except Exception as e:  # noqa: BLE001 - a model that cannot run a zero input of its own shape is broken

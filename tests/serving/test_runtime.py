@@ -230,3 +230,22 @@ def test_a_warm_up_that_fails_names_the_model_and_version_in_one_line(tmp_path) 
         runtime.load_session(registry.load(card.name))
     message = str(info.value)
     assert "\n" not in message and f"{card.name} v1: the warm-up run" in message and "/1/model.onnx" in message
+
+
+def test_a_failing_warm_up_writes_one_line_to_stderr(tmp_path, monkeypatch, capfd) -> None:
+    """ONNX Runtime logged its own error line (colour codes, C++ source location) to the process's
+    stderr before our refusal; the warm-up run is now quiet, so ``serve`` writes the one line."""
+    from auditstream.cli import main
+    from auditstream.registry import ModelRegistry
+    from tests.conftest import tiny_card
+
+    card = dataclasses.replace(tiny_card(), inputs=[TensorSpec("x", "float32", [None, 4])],
+                               outputs=[TensorSpec("probs", "float32", [None, 4])], labels=["a", "b", "c", "d"])
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(card, _reshape_that_fails())
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    capfd.readouterr()
+    assert main(["serve", "--model", card.name]) == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("auditstream: error: refusing model"), lines
