@@ -1,7 +1,7 @@
 """A bad number on a training command line gets one line that names the option and says what to
 give, and exit 2, before any work starts: ``auditstream train FAMILY``, ``auditstream tune
-FAMILY``, ``auditstream rl train-offline``, ``auditstream retrain`` and ``python -m
-training.FAMILY.train``. The checks are declared on the arguments dataclasses' fields
+FAMILY``, ``auditstream rl train-offline``, ``auditstream rl promote``, ``auditstream retrain``
+and ``python -m training.FAMILY.train``. The checks are declared on the arguments dataclasses' fields
 (auditstream/cli_args.py); argparse's ``float`` lets ``nan``, ``inf`` and ``1e999`` through, so
 they are the hostile values here.
 
@@ -42,7 +42,9 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, name, stand_in)
     import stack.learning_cli
     import training.retrain
+    import training.rl.shadow
 
+    monkeypatch.setattr(training.rl.shadow, "promote", _refuse)
     monkeypatch.setattr(training.retrain, "main", _refuse)
     monkeypatch.setattr(training.retrain, "run", _refuse)
     monkeypatch.setattr(stack.learning_cli, "export_for_retraining", _refuse)
@@ -100,6 +102,11 @@ CASES = [
     (["train", "policy", "--total-timesteps", "0"], "--total-timesteps", ">= 1"),
     (["rl", "train-offline", "--policy-temperature", "0"], "--policy-temperature", "> 0"),
     (["rl", "train-offline", "--cql-alpha", "-1"], "--cql-alpha", ">= 0"),
+    # rl promote: the gate's numbers, before the shadow pass starts
+    (["rl", "promote", "--candidate", "p", "--live", "q", "--min-improvement", "nan"], "--min-improvement", ">= 0"),
+    (["rl", "promote", "--candidate", "p", "--live", "q", "--confidence", "1"], "--confidence",
+     "strictly between 0 and 1"),
+    (["rl", "promote", "--candidate", "p", "--live", "q", "--shadow-idle-s", "inf"], "--shadow-idle-s", "> 0"),
     # tuning: the family's own options and the search's
     (["tune", "digits", "--lr", "inf"], "--lr", "> 0"),
     (["tune", "digits", "--timeout-s", "nan"], "--timeout-s", "> 0"),
