@@ -1,8 +1,8 @@
 """A bad number on a training command line gets one line that names the option and says what to
 give, and exit 2, before any work starts: ``auditstream train FAMILY``, ``auditstream tune
-FAMILY``, ``auditstream rl train-offline``, ``auditstream rl promote``, ``auditstream retrain``
-and ``python -m training.FAMILY.train``. The checks are declared on the arguments dataclasses' fields
-(auditstream/cli_args.py); argparse's ``float`` lets ``nan``, ``inf`` and ``1e999`` through, so
+FAMILY``, ``auditstream rl train-offline``, ``auditstream rl promote``, ``auditstream retrain``,
+``auditstream certify`` and ``python -m training.FAMILY.train``. The checks are declared on the
+arguments dataclasses' fields (auditstream/cli_args.py); argparse's ``float`` lets ``nan``, ``inf`` and ``1e999`` through, so
 they are the hostile values here.
 
 The scripts that would do the work are replaced by stand-ins that fail the test if they are
@@ -44,7 +44,10 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import training.retrain
     import training.rl.shadow
 
+    import stack.recertify
+
     monkeypatch.setattr(training.rl.shadow, "promote", _refuse)
+    monkeypatch.setattr(stack.recertify, "main", _refuse)
     monkeypatch.setattr(training.retrain, "main", _refuse)
     monkeypatch.setattr(training.retrain, "run", _refuse)
     monkeypatch.setattr(stack.learning_cli, "export_for_retraining", _refuse)
@@ -102,6 +105,10 @@ CASES = [
     (["train", "policy", "--total-timesteps", "0"], "--total-timesteps", ">= 1"),
     (["rl", "train-offline", "--policy-temperature", "0"], "--policy-temperature", "> 0"),
     (["rl", "train-offline", "--cql-alpha", "-1"], "--cql-alpha", ">= 0"),
+    # certify from audits: its own delta, target and start
+    (["certify", "--model", "digits", "--from-audits", "--delta", "nan"], "--delta", "strictly between 0 and 1"),
+    (["certify", "--model", "digits", "--from-audits", "--target-risk", "1"], "--target-risk", ">= 0 and < 1"),
+    (["certify", "--model", "digits", "--from-audits", "--start-coverage", "-0.5"], "--start-coverage", "from 0 to 1"),
     # rl promote: the gate's numbers, before the shadow pass starts
     (["rl", "promote", "--candidate", "p", "--live", "q", "--min-improvement", "nan"], "--min-improvement", ">= 0"),
     (["rl", "promote", "--candidate", "p", "--live", "q", "--confidence", "1"], "--confidence",
