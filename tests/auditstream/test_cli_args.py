@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditstream.cli_args import (COUNT, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, SHARE, Range,
-                                  add_dataclass_arguments, check_fields, check_value, dataclass_from_namespace)
+                                  _whole_number, add_dataclass_arguments, check_fields, check_value,
+                                  dataclass_from_namespace)
 from auditstream.errors import ConfigError
 
 
@@ -166,7 +167,7 @@ HOSTILE = st.one_of(
 def test_check_value_on_hostile_numeric_strings(text: str, accepted: Range):
     """Whatever a person types: argparse's own conversion refuses it, or the check refuses it
     with a ConfigError naming the option, or the value is a finite number inside the range."""
-    convert = int if accepted.whole else float
+    convert = _whole_number if accepted.whole else float  # what add_dataclass_arguments gives argparse
     try:
         value = convert(text)
     except (ValueError, OverflowError):

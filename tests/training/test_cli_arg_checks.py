@@ -77,6 +77,8 @@ CASES = [
     (["train", "digits", "--weight-decay=-inf"], "--weight-decay", ">= 0"),  # "-inf" alone reads as an option
     # epochs, steps, batch size, sample counts, threads: whole numbers >= 1
     (["train", "digits", "--epochs", "0"], "--epochs", ">= 1"),
+    (["train", "digits", "--epochs", "1.5"], "--epochs", "a whole number >= 1"),
+    (["train", "policy", "--num-envs", "nan"], "--num-envs", "a whole number >= 1"),
     (["train", "zip-reader", "--steps", "-5"], "--steps", ">= 1"),
     (["train", "detector", "--batch-size", "0"], "--batch-size", ">= 1"),
     (["train", "zip-reader", "--n-test", "0"], "--n-test", ">= 1"),
