@@ -13,8 +13,10 @@ to the ``--help`` line, and :func:`check_fields` -- called from the dataclass's
 ``__post_init__`` -- refuses a value outside it (NaN and infinities included: argparse's
 ``float`` accepts ``nan``, ``inf`` and ``1e999``) with a :class:`ConfigError` that names the
 option, so the command line prints one ``auditstream: error: invalid --lr=nan: expected ...``
-line and exits 2 before any work starts. Options that are not dataclass fields (``promote``'s)
-use :func:`check_value` with the same ranges.
+line and exits 2 before any work starts (``dataclass_from_namespace`` runs it too). A checked
+whole-number option hands ``1.5`` on to the check instead of argparse's "invalid int value".
+Options that are not dataclass fields (``promote``'s) use :func:`check_value` with the same
+ranges.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import dataclasses
 import math
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from auditstream.errors import AuditstreamError, BadArguments, ConfigError
@@ -38,14 +40,13 @@ _SCALARS = (int, float, str, Path)
 class Range:
     """The values a numeric option accepts: a finite number (a whole one when ``whole``) from
     ``low`` to ``high`` (``None``: unbounded), each end included unless ``low_open`` /
-    ``high_open``; ``note`` says what a special value means (e.g. "0: the card's")."""
+    ``high_open``. A bool is no number, a float no whole number."""
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     whole: bool = False
-    note: str = ""
 
     def describe(self) -> str:
         """The accepted values in words, e.g. "a number strictly between 0 and 1"."""
@@ -65,7 +66,7 @@ class Range:
             text = f"{kind} {'<' if self.high_open else '<='} {high}"
         else:
             text = kind
-        return f"{text} ({self.note})" if self.note else text
+        return text
 
     def accepts(self, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
