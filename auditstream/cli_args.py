@@ -6,21 +6,129 @@ Field types map to options as follows: ``int``/``float``/``str``/``Path`` take o
 ``tuple[T, ...]`` take several values, ``T | None`` is treated as ``T``; a field without a
 default is a required option. ``dataclass_from_namespace`` turns the parsed options back into
 the dataclass, so ``cls() == dataclass_from_namespace(cls, parser.parse_args([]))``.
+
+A numeric field may also say what it accepts: ``metadata['check']`` is a :class:`Range` (the
+presets below: ``POSITIVE``, ``PROBABILITY``, ``COUNT``, ``SEED``, ...). Its words are appended
+to the ``--help`` line, and :func:`check_fields` -- called from the dataclass's
+``__post_init__`` -- refuses a value outside it (NaN and infinities included: argparse's
+``float`` accepts ``nan``, ``inf`` and ``1e999``) with a :class:`ConfigError` that names the
+option, so the command line prints one ``auditstream: error: invalid --lr=nan: expected ...``
+line and exits 2 before any work starts (``dataclass_from_namespace`` runs it too). A checked
+whole-number option hands ``1.5`` on to the check instead of argparse's "invalid int value".
+Options that are not dataclass fields (``promote``'s) use :func:`check_value` with the same
+ranges.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from auditstream.errors import AuditstreamError, BadArguments
+from auditstream.errors import AuditstreamError, BadArguments, ConfigError
 
 T = TypeVar("T")
 _SCALARS = (int, float, str, Path)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: a finite number (a whole one when ``whole``) from
+    ``low`` to ``high`` (``None``: unbounded), each end included unless ``low_open`` /
+    ``high_open``. A bool is no number, a float no whole number."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = False
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. "a number strictly between 0 and 1"."""
+        kind = "a whole number" if self.whole else "a finite number"
+        low, high = (None if b is None else f"{b:g}" if isinstance(b, float) else str(b) for b in (self.low, self.high))
+        if low is not None and high is not None:
+            noun = "a whole number" if self.whole else "a number"
+            if self.low_open and self.high_open:
+                text = f"{noun} strictly between {low} and {high}"
+            elif not self.low_open and not self.high_open:
+                text = f"{noun} from {low} to {high}"
+            else:
+                text = f"{noun} {'>' if self.low_open else '>='} {low} and {'<' if self.high_open else '<='} {high}"
+        elif low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {low}"
+        elif high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {high}"
+        else:
+            text = kind
+        return text
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.whole and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or not (value >= self.high if self.high_open else value > self.high)
+
+
+# The ranges the training, retraining and promotion options share.
+POSITIVE = Range(0.0, low_open=True)  # a learning rate, a temperature, a clipping norm
+NON_NEGATIVE = Range(0.0)  # a weight decay, a loss weight
+PROBABILITY = Range(0.0, 1.0, low_open=True, high_open=True)  # a delta, a target risk
+SHARE = Range(0.0, 1.0)  # a share of the items, 0 and 1 included
+FRACTION = Range(0.0, 1.0, low_open=True)  # a share that must keep something; a discount factor
+LEFTOVER = Range(0.0, 1.0, high_open=True)  # a share that must leave something over (a defer rate)
+COUNT = Range(1, whole=True)  # epochs, steps, batch size, sample counts, threads
+COUNT_OR_ZERO = Range(0, whole=True)  # a count where 0 means none, or "the default"
+SEED = Range(0, 2**32 - 1, whole=True)  # numpy, torch and gymnasium all take these
+
+
+def check_value(option: str, value: T, accepted: Range, example: object = None) -> T:
+    """``value`` if ``accepted`` holds it, else :class:`ConfigError` naming ``option`` (e.g.
+    ``--lr``), what it accepts and, when given, an ``example`` of a good value."""
+    if not accepted.accepts(value):
+        hint = "" if example is None else f", e.g. {example!r}"
+        raise ConfigError(option, value, accepted.describe() + hint)
+    return value
+
+
+def check_fields(obj: object) -> None:
+    """Check every field of dataclass ``obj`` whose metadata has a ``check`` :class:`Range`. The
+    error names the field's option and gives its default as the example; a ``None`` value is
+    left alone (it means "the preset" where a field's default is ``None``)."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        accepted = f.metadata.get("check")
+        value = getattr(obj, f.name)
+        if accepted is None or value is None:
+            continue
+        option = "--" + f.name.replace("_", "-")
+        if f.default is None:
+            if not accepted.accepts(value):
+                raise ConfigError(option, value, f"{accepted.describe()}, or leave {option} out for the preset")
+        else:
+            check_value(option, value, accepted, None if f.default is dataclasses.MISSING else f.default)
+
+
+def _whole_number(text: str) -> int | float:
+    """``int(text)``; a number that is not whole (``1.5``, ``nan``, ``1e3``) comes back as a float,
+    so that the field's check refuses it with its one line; not a number at all: argparse's own
+    "invalid int value"."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+_whole_number.__name__ = "int"  # argparse names the type in its refusal: "invalid int value: 'x'"
 
 
 def _strip_optional(hint: Any) -> Any:
@@ -46,6 +154,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             options["default"] = f.default_factory()
         else:
             options["required"] = True
+        if "check" in f.metadata:
+            help_text = f"{help_text}; {f.metadata['check'].describe()}"
         if "default" in options:
             help_text = f"{help_text} (default: {options['default']})"
         if hint is bool:
@@ -56,6 +166,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         elif origin in (list, tuple):
             args = [a for a in typing.get_args(hint) if a is not Ellipsis] or [str]
             options.update(type=args[0] if args[0] in _SCALARS else str, nargs="*")
+        elif hint is int and getattr(f.metadata.get("check"), "whole", False):
+            options["type"] = _whole_number  # "1.5" reaches the check, which names the range
         else:
             options["type"] = hint if hint in _SCALARS else str
         parser.add_argument(flag, help=help_text, **options)
@@ -71,7 +183,9 @@ def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace, **over
             values[name] = tuple(value)
     values.update(overrides)
     try:
-        return cls(**values)
+        made = cls(**values)
+        check_fields(made)  # (a checked dataclass calls it in __post_init__ too; this one may not)
+        return made
     except AuditstreamError:
         raise
     except ValueError as e:  # the dataclass's own check (__post_init__): a message, not a traceback

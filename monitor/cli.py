@@ -18,7 +18,7 @@ import sys
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    from auditstream.cli_args import add_dataclass_arguments
+    from auditstream.cli_args import PROBABILITY, SHARE, add_dataclass_arguments
     from monitor.service import MonitorArgs
 
     store_help = "audit store URL (default: AUDITSTREAM_STORE_URL, else sqlite in the state dir)"
@@ -59,11 +59,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     promote.add_argument("--model", required=True, help="model name")
     promote.add_argument("--candidate", required=True, help="the candidate version (served with serve --shadow)")
     promote.add_argument("--canary-share", type=float, default=None, help="instead of promoting: let the candidate "
-                         "answer this hashed share of the requests, acting (0 ends the canary); needs its certificate")
+                         "answer this hashed share of the requests, acting (0 ends the canary); needs its "
+                         f"certificate; {SHARE.describe()}")
     promote.add_argument("--margin", type=float, default=0.02, help="largest tolerated increase of the error rate "
-                         "(absolute; default 0.02)")
+                         f"(absolute); {PROBABILITY.describe()} (default 0.02)")
     promote.add_argument("--delta", type=float, default=0.05, help="error probability of the gate over all its looks "
-                         "at this candidate (default 0.05)")
+                         f"at this candidate; {PROBABILITY.describe()} (default 0.05)")
     promote.add_argument("--pooled", action="store_true", help="one test over all audited items instead of one per "
                          "route (deferred, QC samples); speaks about the audited mix only")
     promote.add_argument("--dry-run", action="store_true", help="decide and record, but move nothing")
@@ -138,13 +139,20 @@ def run_promote(args: argparse.Namespace) -> int:
     promoted or set the canary (or would have, with --dry-run), 1 when the live version stays."""
     import json
 
+    from auditstream.cli_args import PROBABILITY, SHARE, check_value
     from monitor.promotion import promote
     from qc.paired import PairedGateConfig
 
+    # every number before the store is opened: one line naming the option, exit 2 (auditstream/cli_args.py)
+    check_value("--margin", args.margin, PROBABILITY, 0.02)
+    check_value("--delta", args.delta, PROBABILITY, 0.05)
+    if args.canary_share is not None:
+        check_value("--canary-share", args.canary_share, SHARE, 0.1)
+    config = PairedGateConfig(args.margin, args.delta, per_route=not args.pooled)
     settings, store = _open(args)
     with store:
         decision = promote(settings, args.model, args.candidate, dry_run=args.dry_run, canary_share=args.canary_share,
-                           config=PairedGateConfig(args.margin, args.delta, per_route=not args.pooled), store=store)
+                           config=config, store=store)
     print(("(dry run) " if args.dry_run else "") + decision.summary(), file=sys.stderr)
     print(json.dumps(decision.to_dict(), sort_keys=True, default=str))
     return 0 if decision.promote or decision.code in ("canary", "canary_ended") else 1

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from auditstream import tasks
+from auditstream.cli_args import LEFTOVER, PROBABILITY, SHARE, check_fields
 from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
@@ -50,14 +51,20 @@ class CertifyArgs:
     model: str = field(default="", metadata={"help": "registry model"})
     version: str = field(default="", metadata={"help": "version to certify (default: the live one)"})
     from_audits: bool = field(default=False, metadata={"help": "certify from the audited traffic (the only source so far)"})
-    target_risk: float = field(default=0.0, metadata={"help": "risk to certify (0: the card's requested target, else 2%%)"})
-    delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
-    gold_delta: float = field(default=0.01, metadata={"help": "failure probability of the auditors' error bound (gold items)"})
+    target_risk: float = field(default=0.0, metadata={
+        "check": LEFTOVER, "help": "risk to certify (0: the card's requested target, else 2%%)"})
+    delta: float = field(default=0.05, metadata={
+        "check": PROBABILITY, "help": "the certificate may fail with probability at most delta"})
+    gold_delta: float = field(default=0.01, metadata={
+        "check": PROBABILITY, "help": "failure probability of the auditors' error bound (gold items)"})
     start_coverage: float = field(default=0.0, metadata={
-        "help": "the sequence of thresholds starts at this coverage of the card's held-out curve, then 5-point steps "
+        "check": SHARE, "help": "the sequence of thresholds starts at this coverage of the card's held-out curve, then 5-point steps "
                 "(0: where that curve has the most room, coverage x (target - held-out risk))"})
     labels: str = field(default="", metadata={"help": "a labels export to read instead of the store"})
     json: bool = field(default=False, metadata={"help": "print the certificate as one JSON object on the last line"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the store or the registry is opened (auditstream/cli_args.py)
 
 
 class CannotCertify(AuditstreamError):

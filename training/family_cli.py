@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.errors import AuditstreamError
 from training.tuning.args import TuneArgs
 
 
@@ -47,20 +49,26 @@ class TrainCommand:
         parser.set_defaults(handler=self.run_tune)
 
     def run_tune(self, ns: argparse.Namespace) -> int:
-        from training.tuning.study import main
+        args, tune_args = dataclass_from_namespace(self.args, ns), dataclass_from_namespace(TuneArgs, ns)
+        from training.tuning.study import main  # (Optuna) only once the arguments are known to be good
 
-        return main(self, dataclass_from_namespace(self.args, ns), dataclass_from_namespace(TuneArgs, ns), ns.json)
+        return main(self, args, tune_args, ns.json)
 
     def parse(self, argv: list[str]) -> tuple[object, bool]:
         """(arguments, --json) for ``python -m <package>.train``."""
         parser = argparse.ArgumentParser(prog=f"python -m {self.package}.train", description=self.help)
         self.add_arguments(parser)
         ns = parser.parse_args(argv)
-        return dataclass_from_namespace(self.args, ns), ns.json
+        try:
+            return dataclass_from_namespace(self.args, ns), ns.json
+        except AuditstreamError as e:  # a value out of range: one line, as `auditstream train` prints it
+            print(f"auditstream: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def run(self, ns: argparse.Namespace) -> int:
+        args = dataclass_from_namespace(self.args, ns)  # refuse a bad value before torch is even imported
         script = importlib.import_module(f"{self.package}.train")
-        return script.main(dataclass_from_namespace(self.args, ns), ns.json)
+        return script.main(args, ns.json)
 
 
 def train_and_report(run: Callable[[object, Path], dict], print_summary: Callable[[dict], None], args: object,

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from auditstream.cli_args import COUNT_OR_ZERO, LEFTOVER, NON_NEGATIVE, SEED, check_fields
 from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.wire import decode_input
@@ -53,13 +54,19 @@ class RetrainArgs:
     labels: str = field(default="", metadata={
         "help": "a labels export (auditstream labels export); default: export the store's verdicts now"})
     from_scratch: bool = field(default=False, metadata={"help": "train new weights instead of fine-tuning the live version's"})
-    certify_share: float = field(default=0.5, metadata={
-        "help": "share of audited requests (by request-id hash) kept out of training for certifying and measuring"})
-    epochs: int = field(default=0, metadata={"help": "digits: epochs of fine-tuning (0: 15, or the card's when from scratch)"})
-    steps: int = field(default=0, metadata={"help": "zip-reader: steps of fine-tuning (0: 300, or the card's when from scratch)"})
-    lr: float = field(default=0.0, metadata={"help": "peak learning rate (0: a third of the card's when fine-tuning)"})
-    seed: int = field(default=0, metadata={"help": "seed of the run (0: the card's)"})
+    certify_share: float = field(default=0.5, metadata={"check": LEFTOVER, "help": (
+        "share of audited requests (by request-id hash) kept out of training for certifying and measuring")})
+    epochs: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
+        "digits: epochs of fine-tuning (0: 15, or the card's when from scratch)")})
+    steps: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
+        "zip-reader: steps of fine-tuning (0: 300, or the card's when from scratch)")})
+    lr: float = field(default=0.0, metadata={"check": NON_NEGATIVE, "help": (
+        "peak learning rate (0: a third of the card's when fine-tuning)")})
+    seed: int = field(default=0, metadata={"check": SEED, "help": "seed of the run (0: the card's)"})
     json: bool = field(default=False, metadata={"help": "print the summary as one JSON object on the last line"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # a bad override is one CLI line before any verdict is read (auditstream/cli_args.py)
 
 
 class CannotRetrain(AuditstreamError):
@@ -149,13 +156,12 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     family = family_of(args.model)
     if not args.labels or not Path(args.labels).is_file():
         raise CannotRetrain(f"labels file {args.labels!r} not found: write one with auditstream labels export --out FILE")
-    if not 0.0 <= args.certify_share < 1.0:
-        raise CannotRetrain(f"certify_share={args.certify_share} must be in [0, 1)")
     registry = ModelRegistry(models_dir)
     live = registry.default_version(args.model)
     if live is None:
         raise CannotRetrain(f"no version of {args.model} in {models_dir}: train one first (auditstream train {args.model})")
     card = registry.card(args.model, live)
+    train_args = family_args(card, args, family)  # a bad combination is refused before any weights or verdicts load
     init_state = None if args.from_scratch else load_weights(registry.root / args.model / live)
     rows = read_labels(Path(args.labels))
     feedback = build_feedback(card, rows, family, init_state, None if args.from_scratch else live,
@@ -169,7 +175,7 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
         # candidate published next is only a candidate until `auditstream promote` moves it.
         registry.set_live(args.model, live)
     script = importlib.import_module(family.script)
-    summary = script.run(family_args(card, args, family), models_dir, progress, feedback)
+    summary = script.run(train_args, models_dir, progress, feedback)
     return summary | {"base_version": live, "from_scratch": args.from_scratch,
                       "verdicts_learnt": len(feedback.targets), **feedback.card_extra["data_hygiene"],
                       "learnt_from": {k: v for k, v in feedback.card_extra["learnt_from"].items() if k != "verdict_ids"}}

@@ -1,6 +1,6 @@
 """The command line's bad input: a one-line ``auditstream: error: ...`` on stderr and a non-zero
 exit, never a traceback. Ports and addresses the dashboard cannot listen on, leases that are not
-a finite positive number of seconds, and stores that cannot be reached (PostgreSQL nobody
+a finite positive number of seconds, promotion margins, deltas and canary shares out of range, and stores that cannot be reached (PostgreSQL nobody
 answers, a SQLite path that cannot be created)."""
 
 from __future__ import annotations
@@ -63,6 +63,26 @@ def test_dashboard_refuses_a_refresh_that_is_not_finite(refresh: str, capsys, mo
     code, err = _run(capsys, monkeypatch, "dashboard", f"--refresh-s={refresh}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
     assert code != 0
     _one_clear_line(err, "invalid --refresh-s")
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--margin", "nan", "strictly between 0 and 1"),
+    ("--margin", "0", "strictly between 0 and 1"),
+    ("--margin", "1e999", "strictly between 0 and 1"),
+    ("--delta", "1", "strictly between 0 and 1"),
+    ("--delta", "-0.05", "strictly between 0 and 1"),
+    ("--delta", "inf", "strictly between 0 and 1"),
+    ("--canary-share", "nan", "from 0 to 1"),
+    ("--canary-share", "1.5", "from 0 to 1"),
+    ("--canary-share", "-0.1", "from 0 to 1"),
+])  # fmt: skip
+def test_promote_refuses_a_number_out_of_range_before_opening_the_store(option: str, value: str, says: str, capsys,
+                                                                        monkeypatch) -> None:  # fmt: skip
+    """The store URL nobody answers proves the refusal comes first: no connection is tried."""
+    code, err = _run(capsys, monkeypatch, "promote", "--model", "m", "--candidate", "2", f"{option}={value}",
+                     "--store-url", UNREACHABLE_POSTGRES)  # fmt: skip
+    assert code == 2
+    _one_clear_line(err, f"invalid {option}=", says, "e.g.")
 
 
 @pytest.mark.parametrize("argv", [

@@ -6,25 +6,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from auditstream.cli_args import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Range, check_fields
+
 
 @dataclass(frozen=True)
 class CaptionerArgs:
     """Arguments of ``auditstream train captioner``."""
 
-    seed: int = field(default=1, metadata={"help": "seed of the weights and of the training scenes"})
-    steps: int = field(default=3000, metadata={"help": "optimizer steps; every step draws fresh scenes"})
-    batch_size: int = field(default=48, metadata={"help": "scenes per step"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
-    width: int = field(default=96, metadata={"help": "model width (feature and word vector size)"})
-    max_objects: int = field(default=6, metadata={"help": "most objects in a training scene (2..6; the "
-                                                          "evaluation scenes always hold 2..6)"})
-    n_selection: int = field(default=1500, metadata={"help": "scenes that choose the confidence (joint, mean or "
-                                                             "min word probability)"})
-    n_certificate: int = field(default=5000, metadata={"help": "scenes that certify the auto-accept threshold"})
-    n_test: int = field(default=2000, metadata={"help": "test scenes (caption metrics, triage on new scenes)"})
-    target_risk: float = field(default=0.01, metadata={"help": "share of auto-accepted captions that may be wrong"})
-    delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
+    seed: int = field(default=1, metadata={"check": SEED, "help": "seed of the weights and of the training scenes"})
+    steps: int = field(default=3000, metadata={
+        "check": COUNT, "help": "optimizer steps; every step draws fresh scenes"})
+    batch_size: int = field(default=48, metadata={"check": COUNT, "help": "scenes per step"})
+    lr: float = field(default=2e-3, metadata={
+        "check": POSITIVE, "help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = field(default=1e-4, metadata={"check": NON_NEGATIVE, "help": "AdamW weight decay"})
+    width: int = field(default=96, metadata={"check": COUNT, "help": "model width (feature and word vector size)"})
+    max_objects: int = field(default=6, metadata={
+        "check": Range(2, 6, whole=True), "help": "most objects in a training scene (2..6; the "
+                                                  "evaluation scenes always hold 2..6)"})
+    n_selection: int = field(default=1500, metadata={
+        "check": COUNT, "help": "scenes that choose the confidence (joint, mean or "
+                                "min word probability)"})
+    n_certificate: int = field(default=5000, metadata={
+        "check": COUNT, "help": "scenes that certify the auto-accept threshold"})
+    n_test: int = field(default=2000, metadata={
+        "check": COUNT, "help": "test scenes (caption metrics, triage on new scenes)"})
+    target_risk: float = field(default=0.01, metadata={
+        "check": PROBABILITY, "help": "share of auto-accepted captions that may be wrong"})
+    delta: float = field(default=0.05, metadata={
+        "check": PROBABILITY, "help": "the certificate may fail with probability at most delta"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
         "help": "arithmetic of the training steps: bf16 autocast (weights, gradients and the exported graph stay "
                 "float32; 2.4x faster steps on CPUs with AMX or AVX-512 BF16, 4x slower without: emulated), plain "
@@ -32,12 +42,10 @@ class CaptionerArgs:
     background_data: bool = field(default=True, metadata={
         "help": "draw the training scenes in a second process while the model trains (the same scenes in the same "
                 "order; drawing them took a third of a step)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (1: on shared, loaded cores two threads "
-                                                       "wait on each other; docs/captioner.md)"})
+    threads: int = field(default=1, metadata={
+        "check": COUNT, "help": "torch CPU threads (1: on shared, loaded cores two threads "
+                                "wait on each other; docs/captioner.md)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
 
     def __post_init__(self) -> None:
-        if not 2 <= self.max_objects <= 6:
-            raise ValueError(f"max_objects={self.max_objects} must be in 2..6 (the scenes hold 2 to 6 objects)")
-        if min(self.steps, self.batch_size, self.n_selection, self.n_certificate, self.n_test) < 1:
-            raise ValueError("steps, batch_size, n_selection, n_certificate and n_test must be >= 1")
+        check_fields(self)  # every "check" above, before any work starts (auditstream/cli_args.py)

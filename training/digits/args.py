@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, check_fields
 from training.tuning.space import Choice, FloatRange
 
 
@@ -15,19 +16,28 @@ from training.tuning.space import Choice, FloatRange
 class DigitsArgs:
     """Arguments of ``auditstream train digits``."""
 
-    seed: int = field(default=1, metadata={"help": "seed of weights, shuffling and augmentation"})
-    epochs: int = field(default=40, metadata={"help": "passes over the 898 training digits"})
-    batch_size: int = field(default=64, metadata={"help": "minibatch size"})
-    lr: float = field(default=4e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
-    weight_decay: float = field(default=5e-4, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=1, metadata={"check": SEED, "help": "seed of weights, shuffling and augmentation"})
+    epochs: int = field(default=40, metadata={"check": COUNT, "help": "passes over the 898 training digits"})
+    batch_size: int = field(default=64, metadata={"check": COUNT, "help": "minibatch size"})
+    lr: float = field(default=4e-3, metadata={
+        "check": POSITIVE, "help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = field(default=5e-4, metadata={"check": NON_NEGATIVE, "help": "AdamW weight decay"})
     augment: bool = field(default=True, metadata={"help": "random affine augmentation of training digits"})
-    target_risk: float = field(default=0.02, metadata={"help": "error rate the auto-accepted answers must stay under"})
-    delta: float = field(default=0.05, metadata={"help": "the certificate may fail with probability at most delta"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
+    target_risk: float = field(default=0.02, metadata={
+        "check": PROBABILITY, "help": "error rate the auto-accepted answers must stay under"})
+    delta: float = field(default=0.05, metadata={
+        "check": PROBABILITY, "help": "the family delta: all versions certified on the certificate slice together "
+                                      "fail with probability <= delta (the k-th version certified on the slice, "
+                                      "retrained ones included, gets delta*6/(pi^2 k^2): qc/delta_spending.py)"})
+    threads: int = field(default=1, metadata={
+        "check": COUNT, "help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
-    train_fraction: float = field(default=1.0, metadata={
+    train_fraction: float = field(default=1.0, metadata={"check": FRACTION,
         "help": "share of each label's training digits used (a fixed subset; < 1 makes the small seed of a "
                 "learning-curve run)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # every "check" above, before any work starts (auditstream/cli_args.py)
 
 
 # What `auditstream tune digits` draws (the other fields stay as given); judged on the

@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from auditstream.cli_args import (COUNT, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, SEED, SHARE, Range,
+                                  check_fields)
+from auditstream.errors import BadArguments, ConfigError
+
 # Tuned per environment; ``None`` in PPOArgs means "take the preset".
 PRESETS: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(num_envs=8, num_steps=32, total_timesteps=150_000, learning_rate=1e-3, anneal_lr=True,
@@ -22,8 +26,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = PRESETS["LunarLander-v3"]
 
 
-def _arg(help_text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help_text})
+def _arg(help_text: str, default: Any = None, check: Range | None = None) -> Any:
+    return field(default=default, metadata={"help": help_text} | ({"check": check} if check else {}))
 
 
 @dataclass(frozen=True)
@@ -31,24 +35,25 @@ class PPOArgs:
     """Arguments of ``auditstream train policy`` (None = the environment's preset)."""
 
     env: str = _arg("Gymnasium environment id with discrete actions", "CartPole-v1")
-    seed: int = _arg("seed of torch, numpy and the environments", 1)
-    total_timesteps: int | None = _arg("environment steps to train for")
-    num_envs: int | None = _arg("parallel environments (SyncVectorEnv)")
-    num_steps: int | None = _arg("steps per environment per rollout")
-    learning_rate: float | None = _arg("Adam learning rate")
+    seed: int = _arg("seed of torch, numpy and the environments", 1, check=SEED)
+    total_timesteps: int | None = _arg("environment steps to train for", None, COUNT)
+    num_envs: int | None = _arg("parallel environments (SyncVectorEnv)", None, COUNT)
+    num_steps: int | None = _arg("steps per environment per rollout", None, COUNT)
+    learning_rate: float | None = _arg("Adam learning rate", None, POSITIVE)
     anneal_lr: bool | None = _arg("anneal the learning rate linearly to 0")
-    gamma: float | None = _arg("discount factor")
-    gae_lambda: float | None = _arg("GAE lambda")
-    update_epochs: int | None = _arg("optimisation epochs per rollout")
-    num_minibatches: int | None = _arg("minibatches per epoch")
-    ent_coef: float | None = _arg("entropy bonus coefficient")
-    clip_coef: float = _arg("PPO clipping range", 0.2)
-    vf_coef: float = _arg("value loss coefficient", 0.5)
-    max_grad_norm: float = _arg("gradient clipping norm", 0.5)
-    hidden: int = _arg("width of the two hidden layers of actor and critic", 64)
-    eval_episodes: int = _arg("episodes evaluated after training, greedy and sampled each", 100)
+    gamma: float | None = _arg("discount factor", None, FRACTION)
+    gae_lambda: float | None = _arg("GAE lambda", None, SHARE)
+    update_epochs: int | None = _arg("optimisation epochs per rollout", None, COUNT)
+    num_minibatches: int | None = _arg("minibatches per epoch", None, COUNT)
+    ent_coef: float | None = _arg("entropy bonus coefficient", None, NON_NEGATIVE)
+    clip_coef: float = _arg("PPO clipping range", 0.2, check=POSITIVE)
+    vf_coef: float = _arg("value loss coefficient", 0.5, check=NON_NEGATIVE)
+    max_grad_norm: float = _arg("gradient clipping norm", 0.5, check=POSITIVE)
+    hidden: int = _arg("width of the two hidden layers of actor and critic", 64, check=COUNT)
+    eval_episodes: int = _arg("episodes evaluated after training, greedy and sampled each", 100, check=COUNT)
     device: str = _arg("torch device: cpu, cuda, or auto (cuda when available)", "auto")
-    defer_rate: float = _arg("share of evaluation decisions the triage threshold sends to a human", 0.05)
+    defer_rate: float = _arg("share of evaluation decisions the triage threshold sends to a human", 0.05,
+                             check=LEFTOVER)
     action_selection: str = _arg("how serving picks the action, written to the card: sample (a draw from "
                                  "action_probs: the logged probabilities are the true propensities) or greedy "
                                  "(argmax); the card's mean_return is measured this way", "sample")
@@ -56,21 +61,21 @@ class PPOArgs:
     publish: bool = _arg("publish the exported policy to the model registry", True)
     progress: bool = _arg("show a progress bar", True)
 
+    def __post_init__(self) -> None:
+        check_fields(self)  # before training (a None is the preset, checked by resolved())
+        if self.action_selection not in ("sample", "greedy"):
+            raise ConfigError("--action-selection", self.action_selection, "sample or greedy")
+
     def resolved(self) -> "PPOArgs":
-        """These arguments with every ``None`` replaced by the environment's preset."""
+        """These arguments with every ``None`` replaced by the environment's preset (checked
+        again by ``__post_init__``); :class:`BadArguments` when the rollout does not split."""
         preset = PRESETS.get(self.env, DEFAULT_PRESET)
         values = {k: preset[k] for k, v in asdict(self).items() if v is None}
         out = replace(self, **values)
-        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes"):
-            if getattr(out, name) <= 0:
-                raise ValueError(f"{name}={getattr(out, name)} must be > 0")
         if (out.num_envs * out.num_steps) % out.num_minibatches:
-            raise ValueError(f"rollout of {out.num_envs}x{out.num_steps} steps does not split into "
-                             f"{out.num_minibatches} minibatches")
-        if out.action_selection not in ("sample", "greedy"):
-            raise ValueError(f"action_selection={out.action_selection!r} must be sample or greedy")
-        if not 0.0 < out.gamma <= 1.0 or not 0.0 <= out.gae_lambda <= 1.0:
-            raise ValueError(f"gamma={out.gamma} must be in (0, 1] and gae_lambda={out.gae_lambda} in [0, 1]")
+            raise BadArguments(f"a rollout of --num-envs {out.num_envs} x --num-steps {out.num_steps} steps does not "
+                               f"split into --num-minibatches {out.num_minibatches}: give a divisor of "
+                               f"{out.num_envs * out.num_steps}")
         return out
 
 
@@ -84,28 +89,33 @@ class OfflineArgs:
     algorithm: str = _arg("bc (behaviour cloning, human corrections first) or cql (discrete conservative Q-learning)",
                           "cql")
     env: str = _arg("Gymnasium id to evaluate the learned policy on (empty: no online evaluation)", "")
-    eval_episodes: int = _arg("online evaluation episodes when --env is given (acting as --action-selection)", 20)
+    eval_episodes: int = _arg("online evaluation episodes when --env is given (acting as --action-selection)", 20,
+                              check=COUNT)
     action_selection: str = _arg("how serving picks the action, written to the card: sample or greedy; the online "
                                  "evaluation acts this way", "sample")
-    steps: int = _arg("gradient steps", 20_000)
-    batch_size: int = _arg("minibatch size", 256)
-    learning_rate: float = _arg("Adam learning rate", 3e-4)
-    hidden: int = _arg("width of the two hidden layers", 64)
-    gamma: float = _arg("discount factor (CQL)", 0.99)
-    cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0)
-    target_update: int = _arg("gradient steps between target-network copies (CQL)", 500)
-    human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0)
+    steps: int = _arg("gradient steps", 20_000, check=COUNT)
+    batch_size: int = _arg("minibatch size", 256, check=COUNT)
+    learning_rate: float = _arg("Adam learning rate", 3e-4, check=POSITIVE)
+    hidden: int = _arg("width of the two hidden layers", 64, check=COUNT)
+    gamma: float = _arg("discount factor (CQL)", 0.99, check=FRACTION)
+    cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0,
+                            check=NON_NEGATIVE)
+    target_update: int = _arg("gradient steps between target-network copies (CQL)", 500, check=COUNT)
+    human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0,
+                               check=NON_NEGATIVE)
     ope_human_steps: str = _arg("what OPE assumes about steps a human acted on: as_logged (one-hot propensities), "
                                 "exclude (episodes without them) or model (fitted human probabilities)", "as_logged")
-    policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0)
-    seed: int = _arg("seed of torch and numpy", 1)
+    policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0,
+                                     check=POSITIVE)
+    seed: int = _arg("seed of torch and numpy", 1, check=SEED)
     name: str = _arg("registry name (default: policy-<algorithm>-<env or dataset>)", "")
     publish: bool = _arg("publish the exported policy to the model registry", True)
     progress: bool = _arg("show a progress bar", True)
 
     def __post_init__(self) -> None:  # before training, not after it (policy_card checks too)
+        check_fields(self)
         if self.action_selection not in ("sample", "greedy"):
-            raise ValueError(f"action_selection={self.action_selection!r} must be sample or greedy")
+            raise ConfigError("--action-selection", self.action_selection, "sample or greedy")
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,18 @@ def _models_dir(args: argparse.Namespace) -> str:
 
 
 def _train_policy(args: argparse.Namespace) -> int:
+    ppo_args = dataclass_from_namespace(PPOArgs, args)
+    ppo_args.resolved()  # a rollout that does not split is refused before torch is imported
     from training.rl.ppo import main
 
-    return main(dataclass_from_namespace(PPOArgs, args), _models_dir(args), args.json)
+    return main(ppo_args, _models_dir(args), args.json)
 
 
 def _train_offline(args: argparse.Namespace) -> int:
+    offline_args = dataclass_from_namespace(OfflineArgs, args)
     from training.rl.offline_train import main
 
-    return main(dataclass_from_namespace(OfflineArgs, args), _models_dir(args), args.json)
+    return main(offline_args, _models_dir(args), args.json)
 
 
 def _bench_ope(args: argparse.Namespace) -> int:

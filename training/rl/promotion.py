@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, check_fields
 from auditstream.errors import AuditstreamError
 from training.rl.ope import Estimate
 
@@ -65,10 +66,12 @@ class PromotionConfig:
 
     estimator: str = field(default="dr", metadata={"help": "OPE estimator whose lower bound decides (wis, dr, fqe)"})
     require_all: bool = field(default=False, metadata={"help": "require every estimator's lower bound to beat live"})
-    min_improvement: float = field(default=0.0, metadata={"help": "margin over the live value, in return units"})
-    min_episodes: int = field(default=100, metadata={"help": "fewest logged episodes to decide on"})
-    gamma: float = field(default=0.99, metadata={"help": "discount of the compared values"})
-    confidence: float = field(default=0.95, metadata={"help": "two-sided confidence level of the intervals"})
+    min_improvement: float = field(default=0.0, metadata={"check": NON_NEGATIVE,
+                                                          "help": "margin over the live value, in return units"})
+    min_episodes: int = field(default=100, metadata={"check": COUNT, "help": "fewest logged episodes to decide on"})
+    gamma: float = field(default=0.99, metadata={"check": FRACTION, "help": "discount of the compared values"})
+    confidence: float = field(default=0.95, metadata={"check": PROBABILITY,
+                                                      "help": "two-sided confidence level of the intervals"})
     human_steps: str = field(default="as_logged", metadata={
         "help": "steps a human acted on: as_logged (one-hot propensities: humans a known deterministic policy), "
                 "exclude (evaluate on episodes no human acted in) or model (fitted human action probabilities)"})
@@ -80,9 +83,7 @@ class PromotionConfig:
             raise ValueError(f"estimator {self.estimator!r} not one of {ESTIMATORS}")
         if self.human_steps not in HUMAN_STEPS:
             raise ValueError(f"human_steps {self.human_steps!r} not one of {HUMAN_STEPS}")
-        if self.min_improvement < 0 or self.min_episodes < 1:
-            raise ValueError(f"min_improvement={self.min_improvement} must be >= 0 and "
-                             f"min_episodes={self.min_episodes} >= 1")
+        check_fields(self)  # NaN and infinities too, before the shadow pass starts (auditstream/cli_args.py)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.cli_args import COUNT, POSITIVE, check_fields
+
 log = logging.getLogger(__name__)
 
 PROMOTION_FILE = "promotion.json"
@@ -43,9 +45,13 @@ class PromoteArgs:
 
     candidate: str = field(default="", metadata={"help": "NAME[:VERSION] of the candidate (default version: latest)"})
     live: str = field(default="", metadata={"help": "NAME[:VERSION] of the live policy (default version: live)"})
-    shadow_idle_s: float = field(default=5.0, metadata={"help": "end the shadow pass after this long without requests"})
-    bootstrap: int = field(default=200, metadata={"help": "bootstrap resamples of the OPE intervals"})
+    shadow_idle_s: float = field(default=5.0, metadata={
+        "check": POSITIVE, "help": "end the shadow pass after this long without requests"})
+    bootstrap: int = field(default=200, metadata={"check": COUNT, "help": "bootstrap resamples of the OPE intervals"})
     dry_run: bool = field(default=False, metadata={"help": "decide and record, but never move the LIVE pointer"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def parse_ref(text: str) -> tuple[str, str | None]:

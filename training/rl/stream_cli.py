@@ -85,10 +85,10 @@ def _known_env(env_id: str) -> str:
 def _promote(args: argparse.Namespace) -> int:
     from training.rl.shadow import promote
 
-    a = dataclass_from_namespace(PromoteArgs, args)
+    a, config = dataclass_from_namespace(PromoteArgs, args), dataclass_from_namespace(PromotionConfig, args)
     if not a.candidate or not a.live:
         raise SystemExit("auditstream rl promote: --candidate and --live are required")
-    record = promote(_settings(), a, dataclass_from_namespace(PromotionConfig, args))
+    record = promote(_settings(), a, config)
     d = record["decision"]
     verdict = "PROMOTED" if d["promote"] and not a.dry_run else ("would promote" if d["promote"] else "stays in shadow")
     print(f"{d['candidate']} {verdict}: {d['reason']} (shadow: {record['shadow']['requests']} requests, agreement "
