@@ -36,16 +36,17 @@ import numpy as np
 from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
-from auditstream.errors import ModelRefused
+from auditstream.errors import ConfigError, ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
-from auditstream.kafka.limits import check_dead_letter_limit, topic_limits
+from auditstream.kafka.limits import RECORD_OVERHEAD_BYTES, check_dead_letter_limit, topic_limits
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
 from auditstream.stream import LoopHooks, LoopStats, Output, StreamLoop
+from auditstream.wire.codec import MAX_ID_CHARS
 from qc.triage import derived_salt
 from serving.consumer import OUTPUT_TOPICS, LiveReference, RecordResult, ServeConfig, process_batch
 from serving.inference import MAX_CONSECUTIVE_INFERENCE_FAILURES, FailureStreak
-from serving.episodes import EpisodeStore
+from serving.episodes import MAX_STATE_BYTES, MIN_STATE_BYTES, EpisodeStore
 from serving.lag import LAG_REFRESH_S, LagProbe
 from serving.metrics import ServeMetrics
 from serving.rollout import ServedVersion, VersionLoader, VersionSet, check_switchable
@@ -193,10 +194,20 @@ class ServeApp:
         if not tasks.lookup(self.model.card.task).acts:  # only kinds that act keep episode state
             return None
         state_topic = None if shadow else self.settings.topic(T.EPISODE_STATE)
+        max_state_bytes = MAX_STATE_BYTES
         if state_topic is not None:
             ensure_topics(self.settings, [state_topic], compacted=(state_topic,), bootstrap=bootstrap)
+            # A snapshot must fit the state topic with its framing and key (<= 256 characters of
+            # UTF-8): an episode growing past it is ended, never produced to be refused (episodes.py).
+            limit = topic_limits(self.settings, [state_topic], bootstrap)[state_topic]
+            max_state_bytes = min(MAX_STATE_BYTES, limit - RECORD_OVERHEAD_BYTES - 4 * MAX_ID_CHARS)
+            if max_state_bytes < MIN_STATE_BYTES:
+                raise ConfigError(f"{state_topic} max.message.bytes", limit,
+                                  f">= {MIN_STATE_BYTES + RECORD_OVERHEAD_BYTES + 4 * MAX_ID_CHARS}: raise the "
+                                  "topic's max.message.bytes, or no episode state would fit it")
         store = EpisodeStore(self.model.card, state_topic,
-                             (lambda: read_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None)
+                             (lambda: read_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None,
+                             max_state_bytes=max_state_bytes)
         user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)
 
         def on_assign(partitions: list) -> None:

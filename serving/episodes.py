@@ -33,6 +33,26 @@ that does not fit the model) is skipped, logged and counted, and that episode st
 compacted topic keeps such a record, so raising on it would stop every restart of the consumer.
 On revocation it forgets its episodes (the loop has checkpointed them just before).
 
+**What a state record may hold** (checked at restore, before anything else is made of it):
+at most ``max_state_bytes`` bytes (default :data:`MAX_STATE_BYTES`, 8 MiB; the serving app
+lowers it to what the state topic takes, ``max.message.bytes``), strict JSON nested at most as
+deep as the wire allows, exactly the fields of :data:`_STATE_FIELDS` and ``"v"`` (no others: an
+unknown field could carry megabytes nobody reads), 64-bit integers, a finite time, an episode key
+of 1 to 256 characters, and at most ``max(k, 2)`` frames (never more than
+:data:`MAX_STATE_FRAMES`), of strictly increasing steps below ``next_step``, each a tensor of
+this model's frame dtype and shape. Anything else is skipped, logged and counted as above.
+
+**What the consumer writes obeys the same bound.** A step whose frames would make its episode's
+state larger than ``max_state_bytes`` (frames too large for the state topic: a big observation,
+or a dynamic frame shape that grew) is refused as that record's ``too_large`` dead letter (its
+original bytes kept) and **ends the episode**: its state is dropped and tombstoned at the next
+checkpoint, counted in :attr:`EpisodeStore.ended_oversized` and logged, and the episode's next
+step starts afresh (the jump is within ``max_step_gap``). Writing it would have stopped the
+loop (the broker refuses the record, the checkpoint fails, and the same step comes back after
+every restart); keeping it unwritten would lose it silently at the next rebalance. The size is
+an upper bound computed without encoding (:func:`state_bytes_bound`), and the checkpoint
+re-checks the encoded record, so a snapshot over the bound is never produced.
+
 Frame stack layout: the graph input is ``[B, k, *frame]`` (frames oldest first), or, for a flat
 ``[B, k * D]`` input, the k frames concatenated. Before an episode has k observations the first
 one is repeated (as Gymnasium's FrameStack does at reset).
@@ -53,7 +73,7 @@ from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.stream import Output
 from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
-from auditstream.wire.codec import id_field, number_field, short_repr, strict_loads, typed_field
+from auditstream.wire.codec import MAX_RECORD_BYTES, id_field, number_field, short_repr, strict_loads, typed_field
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +85,26 @@ DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (i
 # How far past an episode's next step a request's step may be. A driver steps in order, so only a
 # lost state (refused at restore, expired) makes a jump, to the step the episode had reached.
 MAX_STEP_GAP = 10_000
+# The most a state record may hold (its value bytes): what strict_loads reads at most. The serving
+# app lowers it to the state topic's max.message.bytes, less the record's framing and key.
+MAX_STATE_BYTES = MAX_RECORD_BYTES
+# The least max_state_bytes a store takes: a state of a few small frames.
+MIN_STATE_BYTES = 4096
+# The most frames a state record may hold, whatever the card: a frame stack k keeps max(k, 2).
+MAX_STATE_FRAMES = 1024
+# An upper bound on a state record's bytes besides its episode key and frames: the field names
+# (~100 characters) and five numbers of at most 24 characters each.
+_STATE_HEADER_BYTES = 256
+# An upper bound on a frame's bytes besides its base64 and its shape: the step and action (at
+# most 20 digits each), the dtype's name and the punctuation.
+_FRAME_OVERHEAD_BYTES = 128
 
 
 def frame_stack(card: ModelCard) -> int:
     k = card.preprocessing.get("frame_stack", 1)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"model {card.name}: preprocessing.frame_stack={k!r} must be an integer >= 1")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_STATE_FRAMES:
+        raise ValueError(f"model {card.name}: preprocessing.frame_stack={k!r} must be an integer from 1 to "
+                         f"{MAX_STATE_FRAMES}")
     return k
 
 
@@ -107,17 +141,25 @@ class EpisodeState:
         }, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "EpisodeState":
+    def from_bytes(cls, data: bytes, max_bytes: int = MAX_STATE_BYTES) -> "EpisodeState":
         """Inverse of :meth:`to_bytes`; anything else raises ``ValueError`` saying what is wrong.
 
         The state topic is compacted, so a bad record stays there: every field is checked (type,
-        finiteness, range) so that a state restore adopts is one the consumer can serve from.
+        finiteness, range) so that a state restore adopts is one the consumer can serve from, and
+        the record's size (``max_bytes``), nesting, fields and frame count are bounded first.
         """
         try:
-            obj = strict_loads(data)  # bounded size and nesting, no NaN or Infinity, 64-bit integers, "v" 1
+            if not isinstance(data, (bytes, bytearray)):
+                raise ValueError(f"a state record is bytes, not {type(data).__name__}")
+            if len(data) > max_bytes:  # before parsing: a bigger one is never read into memory
+                raise ValueError(f"record of {len(data)} bytes exceeds max_state_bytes={max_bytes}")
+            obj = strict_loads(data, max_bytes)  # bounded nesting, no NaN or Infinity, 64-bit integers, "v" 1
             missing = [name for name in _STATE_FIELDS if name not in obj]
             if missing:
                 raise ValueError(f"fields {missing} missing")
+            unknown = sorted(set(obj) - set(_STATE_FIELDS) - {"v"})
+            if unknown:
+                raise ValueError(f"unknown fields {short_repr(unknown)}: a state record holds only {list(_STATE_FIELDS)}")
             next_step, steps_seen = _count(obj, "next_step"), _count(obj, "steps_seen")
             if steps_seen > next_step:
                 raise ValueError(f"steps_seen={steps_seen} exceeds next_step={next_step} (steps are distinct)")
@@ -144,15 +186,29 @@ def _action(value: Any, name: str) -> int | None:
 def _frames(value: Any, next_step: int) -> list[list[Any]]:
     if not isinstance(value, list):
         raise ValueError(f"field 'frames' = {short_repr(value)} must be a list of [step, tensor, action]")
-    frames = []
+    if len(value) > MAX_STATE_FRAMES:  # counted before any tensor is decoded
+        raise ValueError(f"{len(value)} frames, over MAX_STATE_FRAMES={MAX_STATE_FRAMES}")
+    frames: list[list[Any]] = []
     for i, entry in enumerate(value):
         if not isinstance(entry, list) or len(entry) != 3:
             raise ValueError(f"frames[{i}] = {short_repr(entry)} must be [step, tensor, action]")
         step, tensor, action = entry
         if type(step) is not int or not 0 <= step < next_step:  # every kept frame is of a step seen
             raise ValueError(f"frames[{i}] step {short_repr(step)} must be an integer in [0, next_step={next_step})")
+        if frames and step <= frames[-1][0]:  # the stack and the replay answers read them oldest first
+            raise ValueError(f"frames[{i}] step {step} does not follow step {frames[-1][0]}: steps must increase")
         frames.append([step, decode_tensor(tensor), _action(action, f"frames[{i}] action")])
     return frames
+
+
+def _frame_bytes_bound(obs: np.ndarray) -> int:
+    return _FRAME_OVERHEAD_BYTES + 21 * obs.ndim + 4 * -(-obs.nbytes // 3)  # base64: 4 characters per 3 bytes
+
+
+def state_bytes_bound(key: str, frames: list[np.ndarray]) -> int:
+    """An upper bound on ``len(EpisodeState(key, ...).to_bytes())`` for a state holding ``frames``
+    (whatever its numbers), computed without encoding anything."""
+    return _STATE_HEADER_BYTES + len(json.dumps(key)) + sum(_frame_bytes_bound(obs) for obs in frames)
 
 
 def _checked_step(step: Any, key: str, expected: int, max_gap: int) -> int:
@@ -176,10 +232,14 @@ class EpisodeStore:
 
     def __init__(self, card: ModelCard, state_topic: str | None,
                  load_states: Callable[[], list[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
-                 clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP) -> None:
+                 clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP,
+                 max_state_bytes: int = MAX_STATE_BYTES) -> None:
         if type(max_step_gap) is not int or max_step_gap < 0:
             raise ValueError(f"max_step_gap={max_step_gap!r} must be an integer >= 0")
-        self.max_step_gap = max_step_gap
+        if type(max_state_bytes) is not int or not MIN_STATE_BYTES <= max_state_bytes <= MAX_STATE_BYTES:
+            raise ValueError(f"max_state_bytes={max_state_bytes!r} must be an integer from {MIN_STATE_BYTES} "
+                             f"to {MAX_STATE_BYTES}")
+        self.max_step_gap, self.max_state_bytes = max_step_gap, max_state_bytes
         self.k, self.spec, self.input_spec = frame_stack(card), frame_spec(card), card.inputs[0]
         self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
@@ -188,6 +248,7 @@ class EpisodeStore:
         self._ended: set[str] = set()
         self.restored = 0  # episodes adopted from the state topic (for logs and tests)
         self.skipped = 0  # state records refused by restore (each logged with where and why)
+        self.ended_oversized = 0  # episodes ended because their state would exceed max_state_bytes
         # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
         # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
         self._restore_error: Exception | None = None
@@ -204,12 +265,22 @@ class EpisodeStore:
         state = self.states.get(key)
         expected = 0 if state is None else state.next_step
         step = expected if request.step is None else _checked_step(request.step, key, expected, self.max_step_gap)
+        kept = None if state is None else state.frames
+        if state is None or step >= state.next_step:  # a new step: would the state still fit its topic?
+            kept = ([] if state is None else state.frames[-(self.keep - 1):]) + [[step, frame, None]]
+            size = state_bytes_bound(key, [obs for _, obs, _ in kept])
+            if size > self.max_state_bytes:
+                self._end_oversized(key, f"with step {step} its state would take up to {size} bytes")
+                raise DecodeError(Reason.TOO_LARGE.value,
+                                  f"episode {short_repr(key)}: with this step's frame its state would take up to "
+                                  f"{size} bytes, over max_state_bytes={self.max_state_bytes} (what the "
+                                  f"episode-state topic takes); the episode is ended, its next step starts it afresh")
         if state is None:  # only once the step is accepted: a refused record leaves no trace
             state = self.states[key] = EpisodeState(key, partition)
         stacked = self._stack([obs for s, obs, _ in state.frames if s < step][-(self.k - 1):] + [frame]
                               if self.k > 1 else [frame])
         if step >= state.next_step:  # a replay (step below next_step) leaves the state as it is
-            state.frames = (state.frames + [[step, frame, None]])[-self.keep:]
+            state.frames = kept  # type: ignore[assignment]
             state.steps_seen += 1
             state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
             self._dirty.add(key)
@@ -240,6 +311,15 @@ class EpisodeStore:
             self._dirty.discard(request.episode_key)
             self._ended.add(request.episode_key)
 
+    def _end_oversized(self, key: str, why: str) -> None:
+        """End episode ``key`` deliberately: its state could not be written (over max_state_bytes)."""
+        self.ended_oversized += 1
+        log.error("episode %s ended: %s, over max_state_bytes=%d (what the episode-state topic takes); "
+                  "its next step starts it afresh", short_repr(key), why, self.max_state_bytes)
+        if self.states.pop(key, None) is not None:
+            self._ended.add(key)
+        self._dirty.discard(key)
+
     def _stack(self, frames: list[np.ndarray]) -> np.ndarray:
         if self.k == 1:
             return frames[-1]
@@ -260,7 +340,15 @@ class EpisodeStore:
         dirty, ended, self._dirty, self._ended = self._dirty, self._ended, set(), set()
         if self.state_topic is None:
             return []
-        outputs = [Output(self.state_topic, k.encode(), self.states[k].to_bytes()) for k in sorted(dirty)]
+        outputs = []
+        for key in sorted(dirty):
+            value = self.states[key].to_bytes()
+            if len(value) > self.max_state_bytes:  # observe's bound makes this unreachable; never send it
+                self._end_oversized(key, f"its state record is {len(value)} bytes")
+                self._ended.discard(key)
+                ended.add(key)  # its tombstone goes with this checkpoint
+                continue
+            outputs.append(Output(self.state_topic, key.encode(), value))
         return outputs + [Output(self.state_topic, k.encode(), None) for k in sorted(ended)]
 
     def restore(self, partitions: list[TopicPartition]) -> None:
@@ -300,7 +388,9 @@ class EpisodeStore:
 
     def _adoptable(self, key: bytes, value: bytes, now: float) -> EpisodeState:
         """The state in ``value``, if this consumer can serve from it; ValueError says why not."""
-        state = EpisodeState.from_bytes(value)
+        state = EpisodeState.from_bytes(value, self.max_state_bytes)
+        if len(state.frames) > self.keep:
+            raise ValueError(f"{len(state.frames)} frames, more than the {self.keep} this model's consumer keeps")
         if state.episode_key.encode("utf-8") != key:  # its tombstone would not remove it
             raise ValueError(f"holds episode {short_repr(state.episode_key)} under another key")
         dtype, shape = np.dtype(self.spec.dtype), self.spec.shape[1:]  # what prepare_input makes of a step
