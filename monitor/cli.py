@@ -26,7 +26,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     monitor = commands.add_parser("monitor", help="ingest audit items, publish verdicts and decisions, keep QC statistics")
     monitor.add_argument("--store-url", default="", help=store_help)
     monitor.add_argument("--double-review-rate", type=float, default=0.0,
-                         help="share of items (by hash of request id) reviewed by two auditors (default: 0)")
+                         help=f"share of items (by hash of request id) reviewed by two auditors; {SHARE.describe()} "
+                              "(default: 0)")
     add_dataclass_arguments(monitor, MonitorArgs)
     monitor.set_defaults(handler=run_monitor_command)
 
@@ -167,12 +168,15 @@ def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: A
 
 
 def run_monitor_command(args: argparse.Namespace) -> int:
-    from auditstream.cli_args import dataclass_from_namespace
+    from auditstream.cli_args import SHARE, check_value, dataclass_from_namespace
     from monitor.service import MonitorArgs, run_monitor
 
+    # Before the store is opened (a NaN slipped past StoreConfig's "0 <= x <= 1" as a traceback).
+    check_value("--double-review-rate", args.double_review_rate, SHARE, 0.05)
+    monitor_args = dataclass_from_namespace(MonitorArgs, args)
     settings, store = _open(args, args.double_review_rate)
     with store:
-        return run_monitor(settings, dataclass_from_namespace(MonitorArgs, args), store)
+        return run_monitor(settings, monitor_args, store)
 
 
 def run_labels_export(args: argparse.Namespace) -> int:

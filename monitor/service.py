@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from auditstream import topics
+from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES
@@ -68,24 +69,22 @@ class MonitorArgs:
     """Options of ``auditstream monitor`` (settings such as the broker and store come from the env)."""
 
     group_id: str = field(default=GROUP_ID, metadata={"help": "consumer group of the monitor processes"})
-    outbox_interval_s: float = field(default=0.5, metadata={"help": "seconds between outbox publishing rounds"})
-    outbox_batch: int = field(default=500, metadata={"help": "most outbox rows published per round"})
-    stats_interval_s: float = field(default=5.0, metadata={"help": "seconds between statistics/metrics updates"})
+    outbox_interval_s: float = field(default=0.5, metadata={"check": POSITIVE,
+                                                            "help": "seconds between outbox publishing rounds"})
+    outbox_batch: int = field(default=500, metadata={"check": COUNT, "help": "most outbox rows published per round"})
+    stats_interval_s: float = field(default=5.0, metadata={"check": POSITIVE,
+                                                           "help": "seconds between statistics/metrics updates"})
     flush_timeout_s: float = field(default=30.0, metadata={
-        "help": "longest wait for the broker to acknowledge; also the outbox producer's delivery timeout, so a "
+        "check": POSITIVE, "help": "longest wait for the broker to acknowledge; also the outbox producer's delivery timeout, so a "
                 "round a crash left open is resolved at most this + 5 s after it started"})  # fmt: skip
     shadow_retention_s: float = field(default=3600.0, metadata={
-        "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
+        "check": POSITIVE, "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
     leader_lease_s: float = field(default=45.0, metadata={
-        "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
+        "check": POSITIVE, "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
                 "this); must exceed flush_timeout_s. PostgreSQL uses a session lock and ignores it"})  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("outbox_interval_s", "stats_interval_s", "flush_timeout_s", "leader_lease_s", "shadow_retention_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
-        if self.outbox_batch < 1:
-            raise ValueError(f"outbox_batch={self.outbox_batch} must be >= 1")
+        check_fields(self)  # finite and > 0 (an infinite interval would never publish), one line naming the option
         if self.leader_lease_s <= self.flush_timeout_s + self.outbox_interval_s:
             raise ValueError(f"leader_lease_s={self.leader_lease_s} must exceed flush_timeout_s + outbox_interval_s "
                              f"= {self.flush_timeout_s + self.outbox_interval_s}: a publishing round must fit in a lease")

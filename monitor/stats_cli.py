@@ -16,18 +16,25 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import COUNT, SEED, add_dataclass_arguments, check_fields, dataclass_from_namespace
 
 
 @dataclass(frozen=True)
 class QCBenchArgs:
-    seed: int = field(default=20241, metadata={"help": "random seed of the simulations"})
-    replications: int = field(default=8000, metadata={"help": "simulated streams, weighted vs uniform"})
-    stream_items: int = field(default=50_000, metadata={"help": "auto-accepted answers per simulated stream"})
-    cusum_runs: int = field(default=4000, metadata={"help": "CUSUM detection runs and 100k-audit in-control streams"})
-    anytime_runs: int = field(default=500, metadata={"help": "runs of the anytime-valid monitoring simulations"})
-    anytime_audits: int = field(default=20_000, metadata={"help": "audits per anytime-valid run (a check after each)"})
+    seed: int = field(default=20241, metadata={"check": SEED, "help": "random seed of the simulations"})
+    replications: int = field(default=8000, metadata={"check": COUNT, "help": "simulated streams, weighted vs uniform"})
+    stream_items: int = field(default=50_000, metadata={"check": COUNT,
+                                                        "help": "auto-accepted answers per simulated stream"})
+    cusum_runs: int = field(default=4000, metadata={"check": COUNT,
+                                                    "help": "CUSUM detection runs and 100k-audit in-control streams"})
+    anytime_runs: int = field(default=500, metadata={"check": COUNT,
+                                                     "help": "runs of the anytime-valid monitoring simulations"})
+    anytime_audits: int = field(default=20_000, metadata={"check": COUNT,
+                                                          "help": "audits per anytime-valid run (a check after each)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (the rest on stderr)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the simulations start
 
 
 @dataclass(frozen=True)

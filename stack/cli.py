@@ -14,7 +14,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import COUNT, add_dataclass_arguments, check_fields, dataclass_from_namespace
 from stack import demo, learning_cli, wire_bench
 
 
@@ -22,16 +22,21 @@ from stack import demo, learning_cli, wire_bench
 class BenchServeArgs:
     model: str = field(default="", metadata={"help": "registry model to use (default: a built-in small CNN)"})
     client: str = field(default="", metadata={"help": "kafka-python or confluent (default: AUDITSTREAM_KAFKA_CLIENT)"})
-    count: int = field(default=3200, metadata={"help": "requests in the max-throughput run"})
-    latency_count: int = field(default=1000, metadata={"help": "requests in the latency run at ~70%% of max rate"})
-    batch_size: int = field(default=64, metadata={"help": "micro-batch size, also used for the raw ORT run"})
+    count: int = field(default=3200, metadata={"check": COUNT, "help": "requests in the max-throughput run"})
+    latency_count: int = field(default=1000, metadata={"check": COUNT,
+                                                       "help": "requests in the latency run at ~70%% of max rate"})
+    batch_size: int = field(default=64, metadata={"check": COUNT,
+                                                  "help": "micro-batch size, also used for the raw ORT run"})
     tls: bool = field(default=True, metadata={"help": "also run the max-rate step through an embedded TLS broker "
                                                       "(ratio_tls)"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
-    workers: int = field(default=1, metadata={"help": "also drain the max-rate requests with 'auditstream serve "
-                                                      "--workers N' (ratio_workers)"})
+    workers: int = field(default=1, metadata={"check": COUNT, "help": "also drain the max-rate requests with "
+                                                                      "'auditstream serve --workers N' (ratio_workers)"})
     profile: bool = field(default=False, metadata={"help": "drain the max-rate requests once more under cProfile and "
                                                            "report where each record's time goes (key 'profile')"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the broker and the model are started
 
 
 def _settings(**overrides: object):

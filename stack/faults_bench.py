@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from auditstream import topics as T
+from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, check_fields
 from auditstream.errors import BrokerUnavailable, DeliveryFailed
 from auditstream.kafka import ensure_model_topics, kafka_python_config, make_consumer, make_producer
 from auditstream.registry import ModelRegistry, RegisteredModel
@@ -96,16 +97,21 @@ CONSUMERS = 3
 class FaultsArgs:
     scenario: str = field(default="all", metadata={"help": f"one of {', '.join(SCENARIOS)}, or all (all but "
                                                             f"{', '.join(NOT_IN_ALL)})"})
-    requests: int = field(default=3000, metadata={"help": "requests per scenario"})
-    rate_per_s: float = field(default=150.0, metadata={"help": "request rate while the fault happens"})
-    kill_every_s: float = field(default=10.0, metadata={"help": "kill9: seconds between two kills"})
-    outage_s: float = field(default=30.0, metadata={"help": "output_outage: seconds the output side is cut off"})
-    runs: int = field(default=20, metadata={"help": "fresh_group: groups started one after another"})
-    soak_s: float = field(default=1800.0, metadata={"help": "soak: seconds at the soak rate"})
-    soak_share: float = field(default=0.7, metadata={"help": "soak: share of the measured maximum rate"})
-    soak_warmup_s: float = field(default=120.0, metadata={"help": "soak: seconds of warm-up before memory is compared"})
-    poll_interval_s: float = field(default=40.0, metadata={"help": "slow_*: the consumers' max poll interval (>= 40 s "
-                                                                      "with kafka-python, >= 6 s with confluent)"})
+    requests: int = field(default=3000, metadata={"check": COUNT, "help": "requests per scenario"})
+    rate_per_s: float = field(default=150.0, metadata={"check": POSITIVE,
+                                                       "help": "request rate while the fault happens"})
+    kill_every_s: float = field(default=10.0, metadata={"check": POSITIVE, "help": "kill9: seconds between two kills"})
+    outage_s: float = field(default=30.0, metadata={"check": POSITIVE,
+                                                    "help": "output_outage: seconds the output side is cut off"})
+    runs: int = field(default=20, metadata={"check": COUNT, "help": "fresh_group: groups started one after another"})
+    soak_s: float = field(default=1800.0, metadata={"check": POSITIVE, "help": "soak: seconds at the soak rate"})
+    soak_share: float = field(default=0.7, metadata={"check": FRACTION,
+                                                     "help": "soak: share of the measured maximum rate"})
+    soak_warmup_s: float = field(default=120.0, metadata={"check": NON_NEGATIVE,
+                                                          "help": "soak: seconds of warm-up before memory is compared"})
+    poll_interval_s: float = field(default=40.0, metadata={"check": POSITIVE, "help": "slow_*: the consumers' max "
+                                                           "poll interval (>= 40 s with kafka-python, >= 6 s with "
+                                                           "confluent)"})
     log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
     serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level (DEBUG logs every "
                                                                       "assignment and commit)"})
@@ -117,17 +123,14 @@ class FaultsArgs:
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout (progress on stderr)"})
 
     def __post_init__(self) -> None:
+        check_fields(self)  # one line naming the option, before any broker or consumer is started
         if self.scenario != "all" and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)} or all")
         if self.bootstrap and self.scenario in BROKER_CONTROLLED:
             raise ValueError(f"scenario {self.scenario!r} kills the broker or cuts its network: it runs on the bench's "
                              "own embedded broker only (drop --bootstrap)")
-        if self.requests < 1 or self.runs < 1 or min(self.rate_per_s, self.kill_every_s, self.outage_s) <= 0:
-            raise ValueError("requests and runs must be >= 1, and rate_per_s, kill_every_s, outage_s > 0")
         if self.poll_interval_s * 1000 < SESSION_TIMEOUT_MS:
             raise ValueError(f"poll_interval_s={self.poll_interval_s}: at least the session timeout, {SESSION_TIMEOUT_MS / 1000:g} s")
-        if self.soak_s <= 0 or not 0 < self.soak_share <= 1 or self.soak_warmup_s < 0:
-            raise ValueError("soak_s must be > 0, soak_share in (0, 1], soak_warmup_s >= 0")
 
 
 class Run:

@@ -51,10 +51,25 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
+from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, PROBABILITY, SEED, SHARE, Range, check_fields,
+                                  check_value)
+from auditstream.errors import ConfigError
 from auditstream.settings import Settings
 
 MODELS = ("digits", "zip-reader")
 AUDITOR = "loop-auditor"
+
+
+# The simulated auditor must be right more often than not, or its verdicts carry no signal.
+AUDITOR_ERROR = Range(0.0, 0.5, high_open=True)
+
+
+def _number(text: str, kind: type) -> Any:
+    """``kind(text)``; a text that is not one comes back as it is, for the option's check to refuse."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -62,41 +77,66 @@ class LoopBenchArgs:
     """Arguments of ``auditstream bench loop``."""
 
     models: str = field(default="digits,zip-reader", metadata={"help": "comma-separated: digits, zip-reader"})
-    rounds: int = field(default=4, metadata={"help": "stream, audit, retrain and promote this many times"})
-    digits_seed_fraction: float = field(default=0.02, metadata={"help": "share of the training digits in the digits seed"})
-    zip_seed_fraction: float = field(default=0.1, metadata={"help": "share of the training digits the zip-reader seed's envelopes use"})
-    digits_per_round: int = field(default=0, metadata={"help": "digit requests per round (0: the rest of the training split, evenly)"})
-    envelopes_per_round: int = field(default=500, metadata={"help": "envelope requests per round"})
-    digits_seed_epochs: int = field(default=30, metadata={"help": "epochs of the digits seed"})
-    digits_finetune_epochs: int = field(default=15, metadata={"help": "epochs of each digits fine-tune"})
-    zip_seed_steps: int = field(default=300, metadata={"help": "steps of the zip-reader seed"})
-    zip_finetune_steps: int = field(default=150, metadata={"help": "steps of each zip-reader fine-tune"})
-    zip_eval_envelopes: int = field(default=1000, metadata={"help": "zip-reader calibration and test envelopes (each)"})
-    auditor_error: float = field(default=0.005, metadata={"help": "probability the simulated auditor answers wrong"})
-    qc_rate: float = field(default=0.2, metadata={"help": "QC sampling rate of auto-accepted answers during the bench"})
+    rounds: int = field(default=4, metadata={"check": COUNT,
+                                             "help": "stream, audit, retrain and promote this many times"})
+    digits_seed_fraction: float = field(default=0.02, metadata={"check": FRACTION,
+                                                                "help": "share of the training digits in the digits seed"})
+    zip_seed_fraction: float = field(default=0.1, metadata={
+        "check": FRACTION, "help": "share of the training digits the zip-reader seed's envelopes use"})
+    digits_per_round: int = field(default=0, metadata={
+        "check": COUNT_OR_ZERO, "help": "digit requests per round (0: the rest of the training split, evenly)"})
+    envelopes_per_round: int = field(default=500, metadata={"check": COUNT, "help": "envelope requests per round"})
+    digits_seed_epochs: int = field(default=30, metadata={"check": COUNT, "help": "epochs of the digits seed"})
+    digits_finetune_epochs: int = field(default=15, metadata={"check": COUNT,
+                                                              "help": "epochs of each digits fine-tune"})
+    zip_seed_steps: int = field(default=300, metadata={"check": COUNT, "help": "steps of the zip-reader seed"})
+    zip_finetune_steps: int = field(default=150, metadata={"check": COUNT,
+                                                           "help": "steps of each zip-reader fine-tune"})
+    zip_eval_envelopes: int = field(default=1000, metadata={"check": COUNT,
+                                                            "help": "zip-reader calibration and test envelopes (each)"})
+    auditor_error: float = field(default=0.005, metadata={"check": AUDITOR_ERROR,
+                                                          "help": "probability the simulated auditor answers wrong"})
+    qc_rate: float = field(default=0.2, metadata={"check": FRACTION,
+                                                  "help": "QC sampling rate of auto-accepted answers during the bench"})
     reach_requests: str = field(default="2500,5000,10000,20000", metadata={
         "help": "zip-reader at 2%% from audits: stream sizes tried with the shipped model (empty: skip)"})
     reach_qc_rates: str = field(default="0.02,0.2", metadata={"help": "QC rates tried there"})
-    certify_share: float = field(default=0.5, metadata={"help": "share of audited requests kept out of training (request-id hash)"})
-    promote_margin: float = field(default=0.02, metadata={"help": "promotion gate: the largest tolerated increase of the error rate"})
-    promote_delta: float = field(default=0.05, metadata={"help": "promotion gate: error probability over all looks at one candidate"})
+    certify_share: float = field(default=0.5, metadata={
+        "check": PROBABILITY, "help": "share of audited requests kept out of training (request-id hash)"})
+    promote_margin: float = field(default=0.02, metadata={
+        "check": PROBABILITY, "help": "promotion gate: the largest tolerated increase of the error rate"})
+    promote_delta: float = field(default=0.05, metadata={
+        "check": PROBABILITY, "help": "promotion gate: error probability over all looks at one candidate"})
     promote_pooled: bool = field(default=False, metadata={
         "help": "promotion gate: one test over all audited items instead of one per route (deferred, QC)"})
-    gold_rate: float = field(default=0.05, metadata={"help": "share of the auditor's claims that serve a gold item"})
-    gold_items: int = field(default=150, metadata={"help": "gold items planted per model (test-split inputs, known answers)"})
-    gold_delta: float = field(default=0.01, metadata={"help": "failure probability of the auditor-error bound from gold"})
-    seed: int = field(default=1, metadata={"help": "seed of the streams, the auditor's mistakes and the baselines"})
+    gold_rate: float = field(default=0.05, metadata={"check": SHARE,
+                                                     "help": "share of the auditor's claims that serve a gold item"})
+    gold_items: int = field(default=150, metadata={
+        "check": COUNT_OR_ZERO, "help": "gold items planted per model (test-split inputs, known answers)"})
+    gold_delta: float = field(default=0.01, metadata={
+        "check": PROBABILITY, "help": "failure probability of the auditor-error bound from gold"})
+    seed: int = field(default=1, metadata={"check": SEED,
+                                           "help": "seed of the streams, the auditor's mistakes and the baselines"})
     plot: str = field(default="", metadata={"help": "PNG of the curve (default: <state dir>/bench/loop.png)"})
     log_dir: str = field(default="", metadata={"help": "keep the processes' logs here (default: a temporary folder)"})
     json: bool = field(default=False, metadata={"help": "progress on stderr, only the final JSON line on stdout"})
 
     def __post_init__(self) -> None:
+        # Every option is checked here, before anything is trained or started: the seed options are
+        # passed on to DigitsArgs and ZipReaderArgs, whose own checks would name their options
+        # (--train-fraction, --epochs) instead of this command's.
+        check_fields(self)
         unknown = set(self.models.split(",")) - set(MODELS)
-        if unknown or self.rounds < 1 or not 0 <= self.auditor_error < 0.5 or not 0 < self.qc_rate <= 1 \
-                or not 0 <= self.gold_rate <= 1 or self.gold_items < 0:
-            raise ValueError(f"models {self.models!r} must be among {MODELS}, rounds={self.rounds} >= 1, "
-                             f"auditor_error={self.auditor_error} in [0, 0.5), qc_rate={self.qc_rate} in (0, 1], "
-                             f"gold_rate={self.gold_rate} in [0, 1], gold_items={self.gold_items} >= 0")
+        if unknown:
+            raise ConfigError("--models", self.models, f"a comma-separated list of {', '.join(MODELS)}")
+        self.reach()  # parsed at the end of the run: a bad one must not wait hours to be found
+
+    def reach(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """``--reach-requests`` and ``--reach-qc-rates`` as numbers (ConfigError naming the option)."""
+        return (tuple(check_value("--reach-requests", _number(x, int), COUNT, 2500)
+                      for x in self.reach_requests.split(",") if self.reach_requests),
+                tuple(check_value("--reach-qc-rates", _number(x, float), FRACTION, 0.02)
+                      for x in self.reach_qc_rates.split(",") if self.reach_requests))
 
     def gate(self) -> Any:
         from qc.paired import PairedGateConfig
@@ -714,8 +754,7 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
         if "zip-reader" in results and args.reach_requests:
             say("zip-reader: how much audited traffic certifies 2% (the shipped model, test envelopes)")
             results["zip-reader"]["audits_to_certify_2pct"] = audits_to_certify(
-                shipped_zip_reader(work), tuple(int(x) for x in args.reach_requests.split(",")),
-                tuple(float(x) for x in args.reach_qc_rates.split(",")), args.auditor_error, args.seed)
+                shipped_zip_reader(work), *args.reach(), args.auditor_error, args.seed)
         plot = plot_curve(results, Path(args.plot) if args.plot else base.state_dir / "bench" / "loop.png")
     for name, r in results.items():
         own, random_ = r["coverage_same_budget_loop_labels"], r["coverage_last_random_labels"]

@@ -54,8 +54,13 @@ SEARCH_SPACE = {
 class CertifyBenchArgs:
     """Arguments of ``auditstream bench certify``."""
 
-    splits: int = field(default=20, metadata={"help": "random calibration/test re-splits of the held-out pool"})
-    target_risk: float = field(default=0.02, metadata={"help": "target risk of the auto-accepted answers"})
-    delta: float = field(default=0.05, metadata={"help": "failure probability of the certificate"})
-    seed: int = field(default=0, metadata={"help": "seed of the re-splits"})
-    weak_epochs: int = field(default=2, metadata={"help": "epochs of the weak model (no augmentation)"})
+    splits: int = field(default=20, metadata={"check": COUNT,
+                                              "help": "random calibration/test re-splits of the held-out pool"})
+    target_risk: float = field(default=0.02, metadata={"check": PROBABILITY,
+                                                       "help": "target risk of the auto-accepted answers"})
+    delta: float = field(default=0.05, metadata={"check": PROBABILITY, "help": "failure probability of the certificate"})
+    seed: int = field(default=0, metadata={"check": SEED, "help": "seed of the re-splits"})
+    weak_epochs: int = field(default=2, metadata={"check": COUNT, "help": "epochs of the weak model (no augmentation)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the models are trained (auditstream/cli_args.py)

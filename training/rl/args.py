@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from auditstream.cli_args import (COUNT, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, SEED, SHARE, Range,
-                                  check_fields)
+from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
+                                  SHARE, Range, check_fields)
 from auditstream.errors import BadArguments, ConfigError
 
 # Tuned per environment; ``None`` in PPOArgs means "take the preset".
@@ -123,17 +123,21 @@ class OPEBenchArgs:
     """Arguments of ``auditstream bench ope``."""
 
     envs: str = _arg("comma-separated environments", "CartPole-v1,LunarLander-v3")
-    trials: int = _arg("independent logged datasets per environment", 40)
-    episodes: int = _arg("behaviour episodes per dataset", 200)
-    horizon: int = _arg("steps per episode counted in the value (episodes are cut there)", 150)
-    gamma: float = _arg("discount of the estimated value", 0.95)
-    behaviour_epsilon: float = _arg("ε of the logging policy (ε-soft heuristic)", 0.3)
-    target_epsilon: float = _arg("ε of the evaluated policy (ε-soft heuristic)", 0.1)
-    truth_episodes: int = _arg("Monte Carlo episodes of the target policy for the true value", 4000)
-    bootstrap: int = _arg("bootstrap resamples per interval", 200)
-    confidence: float = _arg("two-sided confidence level of the intervals", 0.95)
-    seed: int = _arg("seed", 0)
+    trials: int = _arg("independent logged datasets per environment", 40, check=COUNT)
+    episodes: int = _arg("behaviour episodes per dataset", 200, check=COUNT)
+    horizon: int = _arg("steps per episode counted in the value (episodes are cut there)", 150, check=COUNT)
+    gamma: float = _arg("discount of the estimated value", 0.95, check=FRACTION)
+    # > 0: an ε-soft logging policy with ε = 0 is greedy, and the target's other actions have no support
+    behaviour_epsilon: float = _arg("ε of the logging policy (ε-soft heuristic)", 0.3, check=FRACTION)
+    target_epsilon: float = _arg("ε of the evaluated policy (ε-soft heuristic)", 0.1, check=SHARE)
+    truth_episodes: int = _arg("Monte Carlo episodes of the target policy for the true value", 4000, check=COUNT)
+    bootstrap: int = _arg("bootstrap resamples per interval", 200, check=COUNT)
+    confidence: float = _arg("two-sided confidence level of the intervals", 0.95, check=PROBABILITY)
+    seed: int = _arg("seed", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before any environment is made
 
 
 @dataclass(frozen=True)
@@ -141,18 +145,25 @@ class OverridesBenchArgs:
     """Arguments of ``auditstream bench overrides`` (HG-DAgger: do human takeovers improve the policy?)."""
 
     envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
-    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 10)
-    episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20)
-    eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20)
+    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 10,
+                      check=COUNT)
+    episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20,
+                         check=COUNT)
+    eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20,
+                              check=COUNT)
     demo_episodes: int = _arg("episodes of the simulated human the initial policy is cloned from "
-                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0, check=COUNT_OR_ZERO)
     defer_rate: float = _arg("share of the initial policy's decisions below the routing threshold (the human "
-                             "budget; the threshold is chosen as a published card's is)", 0.1)
-    bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000)
-    finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000)
-    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0)
-    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
+                             "budget; the threshold is chosen as a published card's is)", 0.1, check=PROBABILITY)
+    bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000, check=COUNT)
+    finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000,
+                               check=COUNT)
+    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0, check=NON_NEGATIVE)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before any environment is made
 
 
 @dataclass(frozen=True)
@@ -160,16 +171,21 @@ class OfflineBenchArgs:
     """Arguments of ``auditstream bench offline`` (do BC and CQL beat the policy that logged the data?)."""
 
     envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
-    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation)", 3)
-    episodes: int = _arg("logged episodes of the behaviour policy per dataset", 50)
-    eval_episodes: int = _arg("online episodes evaluating each learnt policy (greedy)", 10)
-    good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1)
+    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation)", 3, check=COUNT)
+    episodes: int = _arg("logged episodes of the behaviour policy per dataset", 50, check=COUNT)
+    eval_episodes: int = _arg("online episodes evaluating each learnt policy (greedy)", 10, check=COUNT)
+    good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1,
+                               check=SHARE)
     demo_episodes: int = _arg("episodes of the simulated human the mediocre behaviour policy is cloned from "
-                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0)
-    demo_bc_steps: int = _arg("gradient steps cloning the mediocre behaviour policy from the demonstrations", 1000)
-    bc_steps: int = _arg("gradient steps of the BC learner on the logs", 5000)
-    cql_steps: int = _arg("gradient steps of the CQL learner on the logs", 5000)
-    cql_alpha: float = _arg("CQL's conservative penalty weight", 1.0)
-    gamma: float = _arg("discount of CQL", 0.99)
-    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0)
+                              "(0: 1 on CartPole-v1, 2 on LunarLander-v3)", 0, check=COUNT_OR_ZERO)
+    demo_bc_steps: int = _arg("gradient steps cloning the mediocre behaviour policy from the demonstrations", 1000,
+                              check=COUNT)
+    bc_steps: int = _arg("gradient steps of the BC learner on the logs", 5000, check=COUNT)
+    cql_steps: int = _arg("gradient steps of the CQL learner on the logs", 5000, check=COUNT)
+    cql_alpha: float = _arg("CQL's conservative penalty weight", 1.0, check=NON_NEGATIVE)
+    gamma: float = _arg("discount of CQL", 0.99, check=FRACTION)
+    seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before any environment is made

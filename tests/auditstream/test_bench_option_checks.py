@@ -1,0 +1,114 @@
+"""Numeric options of ``auditstream monitor`` and the ``auditstream bench`` commands, through the
+real entry point: a NaN, an infinity, a negative or a fraction where a whole number is due ends
+in exactly one ``auditstream: error: invalid --OPTION=VALUE: expected ...`` line and exit code 2,
+before any work starts. Before, these were accepted (a bench ran with ``--confidence nan`` or
+``--seed -1`` until numpy refused it, a soak of ``--soak-s inf`` never ended, ``monitor
+--outbox-interval-s inf`` never published) or refused by a later check under another option's
+name (``bench loop --digits-seed-fraction 0`` as ``--train-fraction``)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from auditstream.cli import main
+from tests.monitor.test_cli_errors import UNREACHABLE_POSTGRES
+
+CASES = [
+    # monitor: the store URL nobody answers proves the refusal comes before the store is opened
+    (["monitor", "--double-review-rate", "nan"], "--double-review-rate=nan", "a number from 0 to 1"),
+    (["monitor", "--double-review-rate", "-0.1"], "--double-review-rate=-0.1", "a number from 0 to 1"),
+    (["monitor", "--double-review-rate", "inf"], "--double-review-rate=inf", "a number from 0 to 1"),
+    (["monitor", "--outbox-interval-s", "inf"], "--outbox-interval-s=inf", "a finite number > 0"),
+    # certify: counts, probabilities, seeds
+    (["bench", "certify", "--delta", "nan"], "--delta=nan", "strictly between 0 and 1"),
+    (["bench", "certify", "--target-risk", "1e999"], "--target-risk=inf", "strictly between 0 and 1"),
+    (["bench", "certify", "--splits", "0"], "--splits=0", "a whole number >= 1"),
+    (["bench", "certify", "--seed", "-1"], "--seed=-1", "a whole number from 0 to 4294967295"),
+    # ope / overrides / offline
+    (["bench", "ope", "--confidence", "nan"], "--confidence=nan", "strictly between 0 and 1"),
+    (["bench", "ope", "--gamma", "0"], "--gamma=0.0", "a number > 0 and <= 1"),
+    (["bench", "ope", "--behaviour-epsilon", "-0.3"], "--behaviour-epsilon=-0.3", "a number > 0 and <= 1"),
+    (["bench", "ope", "--trials", "2.5"], "--trials=2.5", "a whole number >= 1"),
+    (["bench", "overrides", "--defer-rate", "inf"], "--defer-rate=inf", "strictly between 0 and 1"),
+    (["bench", "overrides", "--human-weight", "-5"], "--human-weight=-5.0", "a finite number >= 0"),
+    (["bench", "overrides", "--demo-episodes", "-1"], "--demo-episodes=-1", "a whole number >= 0"),
+    (["bench", "offline", "--good-epsilon", "1.5"], "--good-epsilon=1.5", "a number from 0 to 1"),
+    (["bench", "offline", "--cql-alpha", "nan"], "--cql-alpha=nan", "a finite number >= 0"),
+    (["bench", "offline", "--seeds", "0"], "--seeds=0", "a whole number >= 1"),
+    # loop: its own option names, also for what it passes on to the digits and zip-reader jobs
+    (["bench", "loop", "--digits-seed-fraction", "0"], "--digits-seed-fraction=0.0", "a number > 0 and <= 1"),
+    (["bench", "loop", "--digits-seed-fraction", "nan"], "--digits-seed-fraction=nan", "a number > 0 and <= 1"),
+    (["bench", "loop", "--zip-seed-fraction", "2"], "--zip-seed-fraction=2.0", "a number > 0 and <= 1"),
+    (["bench", "loop", "--digits-seed-epochs", "0"], "--digits-seed-epochs=0", "a whole number >= 1"),
+    (["bench", "loop", "--auditor-error", "0.5"], "--auditor-error=0.5", "a number >= 0 and < 0.5"),
+    (["bench", "loop", "--promote-delta", "inf"], "--promote-delta=inf", "strictly between 0 and 1"),
+    (["bench", "loop", "--gold-items", "-1"], "--gold-items=-1", "a whole number >= 0"),
+    (["bench", "loop", "--reach-qc-rates", "0.02,nan"], "--reach-qc-rates=nan", "a number > 0 and <= 1"),
+    (["bench", "loop", "--reach-requests", "2500,lots"], "--reach-requests='lots'", "a whole number >= 1"),
+    (["bench", "loop", "--models", "digits,nope"], "--models='digits,nope'", "digits, zip-reader"),
+    # serve / qc / faults
+    (["bench", "serve", "--batch-size", "0"], "--batch-size=0", "a whole number >= 1"),
+    (["bench", "serve", "--workers", "nan"], "--workers=nan", "a whole number >= 1"),
+    (["bench", "qc", "--replications", "-8000"], "--replications=-8000", "a whole number >= 1"),
+    (["bench", "qc", "--seed", "1e30"], "--seed=1e+30", "a whole number from 0 to 4294967295"),
+    (["bench", "faults", "--rate-per-s", "nan"], "--rate-per-s=nan", "a finite number > 0"),
+    (["bench", "faults", "--soak-s", "inf"], "--soak-s=inf", "a finite number > 0"),
+    (["bench", "faults", "--soak-share", "0"], "--soak-share=0.0", "a number > 0 and <= 1"),
+    (["bench", "faults", "--soak-warmup-s", "-1"], "--soak-warmup-s=-1.0", "a finite number >= 0"),
+]  # fmt: skip
+
+
+def refusal(argv: list[str], capsys) -> tuple[int, str]:
+    if argv[0] == "monitor":
+        argv = argv + ["--store-url", UNREACHABLE_POSTGRES]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusal would be a usage block, not the one line
+        code = e.code if isinstance(e.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shown, expected", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_a_bad_number_is_one_line_naming_the_option_and_exit_2(argv, shown, expected, capsys) -> None:
+    code, err = refusal(argv, capsys)
+    assert code == 2, err
+    assert err.splitlines() == [err.strip()] and "Traceback" not in err, err  # one line, nothing else
+    assert err.startswith(f"auditstream: error: invalid {shown}: expected ") and expected in err, err
+
+
+BENCH_OPTIONS = {  # one option of each class per command, with what it accepts
+    ("bench", "certify"): "--delta", ("bench", "ope"): "--gamma", ("bench", "overrides"): "--defer-rate",
+    ("bench", "offline"): "--good-epsilon", ("bench", "loop"): "--qc-rate", ("bench", "qc"): "--stream-items",
+    ("bench", "serve"): "--count", ("bench", "faults"): "--kill-every-s", ("monitor",): "--double-review-rate",
+}
+HOSTILE = st.sampled_from(["nan", "-nan", "inf", "-inf", "1e999", "-1e999", "-1", "-0.5", "1e308", "-0"])
+
+
+# Values some of these ranges accept: -0 is a share of 0, 1e308 seconds a finite (if long) interval.
+ACCEPTED = {("--double-review-rate", "-0"), ("--kill-every-s", "1e308")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(command=st.sampled_from(sorted(BENCH_OPTIONS)), value=HOSTILE)
+def test_hostile_numbers_never_reach_the_work(command, value) -> None:
+    """NaN, infinities, negatives and 1e308 on an option of each command: refused in one line
+    naming it, never run."""
+    option = BENCH_OPTIONS[command]
+    assume((option, value) not in ACCEPTED)  # (those would start the bench)
+    argv = list(command) + [f"{option}={value}"]
+    if command == ("monitor",):
+        argv += ["--store-url", UNREACHABLE_POSTGRES]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    text = err.getvalue()
+    assert code == 2 and text.startswith(f"auditstream: error: invalid {option}="), text
+    assert len(text.strip().splitlines()) == 1, text
