@@ -171,7 +171,8 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     from auditstream.cli_args import SHARE, check_value, dataclass_from_namespace
     from monitor.service import MonitorArgs, run_monitor
 
-    # Before the store is opened (a NaN slipped past StoreConfig's "0 <= x <= 1" as a traceback).
+    # Checked here, before the store is opened, so the refusal names the option (StoreConfig's own
+    # check names its field, double_review_rate, and comes after the settings are read).
     check_value("--double-review-rate", args.double_review_rate, SHARE, 0.05)
     monitor_args = dataclass_from_namespace(MonitorArgs, args)
     settings, store = _open(args, args.double_review_rate)
