@@ -26,6 +26,9 @@ schedule (no ``extra.delta_spending``) occupies an index and counts as having sp
 ``triage.delta`` in full; the family bound then is the sum actually spent plus what the schedule
 still allows (``family_delta_bound``), above delta by what the old cards overspent. A card that
 does not say which slice it was certified on counts as certified on this one (the safe side).
+Certificates on items generated for them (the detector's labels rendered from the certificate
+digits, the captioner's scenes) name the slice by how they were generated as well
+(``CertificateSlice.rendering``): the same seed is the same slice whatever the count.
 
 Pure: no I/O. The training scripts read the registry and hand the cards in
 (training/selective.py, :func:`certificate_spending`).

@@ -40,7 +40,8 @@ def check_second_version(models: Path, name: str, first: dict, second: dict) -> 
     assert rec["earlier"][0]["delta"] == pytest.approx(delta_at(0.05, 1))
 
 
-def test_a_second_detector_in_the_registry_is_certified_at_delta_2(tmp_path: Path) -> None:
+def test_a_second_detector_in_the_registry_is_certified_at_delta_2(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
     """Two steps of training, a few labels (about 25 s on one core): the δ, not the model, is tested."""
     args = DetectorArgs(steps=2, hard_share=0.0, n_platt=20, n_certificate=40, n_test=20, seed=2, threads=1)
     net, reader, seconds = detector.train(args, progress=False)
@@ -48,6 +49,8 @@ def test_a_second_detector_in_the_registry_is_certified_at_delta_2(tmp_path: Pat
     first = detector.finish(net, reader, seconds, args, models, progress=False)
     second = detector.finish(net, reader, seconds, args, models, progress=False)
     check_second_version(models, "detector", first, second)
+    detector.print_summary(second)
+    assert "delta 0.007599 = certificate 2 on this slice of family delta 0.05" in capsys.readouterr().out
     card = ModelRegistry(models).card("detector", "2")
     assert card.extra["certificate"]["high"]["delta"] == pytest.approx(DELTA_2)  # the FDR test itself ran at δ_2
     slice_ = card.extra[EXTRA_KEY]["slice"]
@@ -60,21 +63,28 @@ def test_a_second_detector_in_the_registry_is_certified_at_delta_2(tmp_path: Pat
     assert certificate_spending(models, "detector", 0.05, more).index == 3
 
 
-def test_a_second_captioner_in_the_registry_is_certified_at_delta_2(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_captioner_in_the_registry_is_certified_at_delta_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     """An untrained net, exported once, decoded by torch (the ONNX sessions cost ~7 s each on a
     loaded core; parity is tested in test_captioner.py): the δ, not the model, is tested."""
     torch.manual_seed(0)
     args = CaptionerArgs(width=32, n_selection=20, n_certificate=20, n_test=20, threads=1)
     net = CaptionNet(args.width).eval()
-    exported = captioner.export_onnx  # the real export, once
-    cache: list[bytes] = []
-    monkeypatch.setattr(captioner, "export_onnx", lambda *a, **k: cache[0] if cache else cache.append(exported(*a, **k)) or cache[0])
+    real_export, graphs = captioner.export_onnx, []
+
+    def export_once(*args, **kwargs) -> bytes:  # the real export, once: both versions publish the same graph
+        if not graphs:
+            graphs.append(real_export(*args, **kwargs))
+        return graphs[0]
+
+    monkeypatch.setattr(captioner, "export_onnx", export_once)
     monkeypatch.setattr(captioner, "onnx_captions", lambda onnx_bytes, images: captioner.torch_captions(net, images))
     models = tmp_path / "models"
     first = captioner.finish(net, 0.0, args, models)
     second = captioner.finish(net, 0.0, args, models)
     check_second_version(models, "captioner", first, second)
+    captioner.print_summary(second)
+    assert "delta 0.007599 = certificate 2 on this slice of family delta 0.05" in capsys.readouterr().out
     card = ModelRegistry(models).card("captioner", "2")
     assert card.extra["certificate"]["delta"] == pytest.approx(DELTA_2)  # the coverage grid itself ran at δ_2
     slice_ = card.extra[EXTRA_KEY]["slice"]
