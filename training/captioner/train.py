@@ -11,7 +11,8 @@ graph) -> caption parity: torch's greedy captions against ONNX Runtime's on ever
 (``parity_exact``; the export is refused below 1.0) -> choose the confidence (joint, mean or
 minimum word probability: the smallest area under the risk-coverage curve on the *selection*
 scenes) -> certify the auto-accept threshold on the *certificate* scenes (Clopper-Pearson on
-exact-match error over a fixed coverage grid, qc/certify.py) -> measure on the *test* scenes
+exact-match error over a fixed coverage grid, qc/certify.py, at this version's share of delta on
+those scenes, qc/delta_spending.py) -> measure on the *test* scenes
 (exact match, token accuracy, BLEU-4, CIDEr, relational and non-relational accuracy, the
 triage at the certified threshold) -> publish with card and risk-coverage plot.
 
