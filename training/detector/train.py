@@ -14,7 +14,8 @@ graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
 conformal risk control of the miss rate, qc/detection_certify.py; the FDR test at this version's
-share of delta on those labels, qc/delta_spending.py) on the exported graph's own outputs -> measure the triage on the test labels -> publish with card and risk-coverage plot.
+share of delta on those labels, qc/delta_spending.py) on the exported graph's own outputs ->
+measure the triage on the test labels -> publish with card and risk-coverage plot.
 
 Serving contract: input ``image`` float32 [batch, 64, 64] (grayscale 0..1, dark ink on light
 paper); outputs ``boxes`` float32 [batch, 16, 4] (x0, y0, x1, y1 in pixels), ``labels`` int64
