@@ -26,6 +26,9 @@ schedule (no ``extra.delta_spending``) occupies an index and counts as having sp
 ``triage.delta`` in full; the family bound then is the sum actually spent plus what the schedule
 still allows (``family_delta_bound``), above delta by what the old cards overspent. A card that
 does not say which slice it was certified on counts as certified on this one (the safe side).
+Certificates on items generated for them (the detector's labels rendered from the certificate
+digits, the captioner's scenes) name the slice by how they were generated as well
+(``CertificateSlice.rendering``): the same seed is the same slice whatever the count.
 
 Pure: no I/O. The training scripts read the registry and hand the cards in
 (training/selective.py, :func:`certificate_spending`).
@@ -80,12 +83,21 @@ def left_from(family_delta: float, index: int) -> float:
 @dataclass(frozen=True)
 class CertificateSlice:
     """The data a certificate is computed on, as a card records it: the split's slice name, the
-    split seed and fractions, and the sha256 of the slice's item indices (None: not known)."""
+    split seed and fractions, and the sha256 of the slice's item indices (None: not known).
+
+    ``rendering``: for a certificate on items generated from the slice rather than its items
+    themselves, how they were generated (the detector's labels rendered from the certificate
+    digits, the captioner's scenes drawn by the generator): a dict with at least ``seed`` and
+    ``count``. Two renderings are the same data unless a key both record other than ``count``
+    differs: the same seed with another count draws overlapping items (the same stream, longer or
+    shorter), so those versions share the slice; another seed (or kind, or variant) is another,
+    independent draw and starts its own count. None: the items themselves (digits, zip-reader)."""
 
     split: str
     split_seed: int | None = None
     split_fractions: dict[str, float] | None = None
     indices_sha256: str | None = None
+    rendering: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +108,8 @@ class CertificateSlice:
         recorded = _recorded_slice(card)
         if recorded is not None:
             if recorded.get("split", self.split) != self.split:
+                return False
+            if not _same_rendering(recorded.get("rendering"), self.rendering):
                 return False
             theirs = recorded.get("indices_sha256")
             if theirs is not None and self.indices_sha256 is not None:
@@ -108,6 +122,14 @@ class CertificateSlice:
         if fractions is not None and self.split_fractions is not None and fractions != self.split_fractions:
             return False
         return True
+
+
+def _same_rendering(theirs: Any, ours: dict[str, Any] | None) -> bool:
+    """Whether two recorded renderings may be the same data: only a key both record, other than
+    ``count``, that differs tells them apart; a rendering not recorded counts as the same (the safe side)."""
+    if not isinstance(theirs, dict) or ours is None:
+        return True
+    return all(theirs[k] == ours[k] for k in set(theirs) & set(ours) - {"count"})
 
 
 def _record(card: Any) -> dict[str, Any] | None:

@@ -67,13 +67,17 @@ class CannotSpendDelta(AuditstreamError):
     pass
 
 
-def certificate_slice(split: str = "calibration/certificate") -> CertificateSlice:
-    """The digits every mail-sorting certificate is computed on (both families: the zip-reader's
-    envelopes are made of them), named by the split's seed, fractions and a hash of the indices."""
+def certificate_slice(split: str = "calibration/certificate", rendering: dict | None = None) -> CertificateSlice:
+    """The digits every mail-sorting certificate is computed on (the digits and zip-reader
+    families: the envelopes are made of them; the detector's labels are rendered from them),
+    named by the split's seed, fractions and a hash of the indices. ``rendering``: how the
+    certificate's items were made from those digits (the detector: its labels' seed and count,
+    :class:`qc.delta_spending.CertificateSlice`); None when the digits themselves are certified on."""
     from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 
     indices = np.ascontiguousarray(load_split(split).indices, dtype=np.int64)
-    return CertificateSlice(split, SPLIT_SEED, dict(FRACTIONS), hashlib.sha256(indices.tobytes()).hexdigest())
+    return CertificateSlice(split, SPLIT_SEED, dict(FRACTIONS), hashlib.sha256(indices.tobytes()).hexdigest(),
+                            rendering)
 
 
 def certificate_spending(models_dir: Path, name: str, family_delta: float,

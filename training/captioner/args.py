@@ -34,7 +34,9 @@ class CaptionerArgs:
     target_risk: float = field(default=0.01, metadata={
         "check": PROBABILITY, "help": "share of auto-accepted captions that may be wrong"})
     delta: float = field(default=0.05, metadata={
-        "check": PROBABILITY, "help": "the certificate may fail with probability at most delta"})
+        "check": PROBABILITY, "help": "the family delta: all versions' certificates on the same certificate "
+                                      "scenes together fail with probability <= delta (the k-th version certified on "
+                                      "them gets delta*6/(pi^2 k^2): qc/delta_spending.py)"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
         "help": "arithmetic of the training steps: bf16 autocast (weights, gradients and the exported graph stay "
                 "float32; 2.4x faster steps on CPUs with AMX or AVX-512 BF16, 4x slower without: emulated), plain "

@@ -11,7 +11,8 @@ graph) -> caption parity: torch's greedy captions against ONNX Runtime's on ever
 (``parity_exact``; the export is refused below 1.0) -> choose the confidence (joint, mean or
 minimum word probability: the smallest area under the risk-coverage curve on the *selection*
 scenes) -> certify the auto-accept threshold on the *certificate* scenes (Clopper-Pearson on
-exact-match error over a fixed coverage grid, qc/certify.py) -> measure on the *test* scenes
+exact-match error over a fixed coverage grid, qc/certify.py, at this version's share of delta on
+those scenes, qc/delta_spending.py) -> measure on the *test* scenes
 (exact match, token accuracy, BLEU-4, CIDEr, relational and non-relational accuracy, the
 triage at the certified threshold) -> publish with card and risk-coverage plot.
 
@@ -47,7 +48,8 @@ from training.captioner.model import OUTPUT_NAMES, CaptionNet, ExportedCaptioner
 from training.export import export_onnx, git_revision, output_difference, run_onnx
 from training.family_cli import train_and_report
 from training.fit import fit_steps, in_background, resolve_precision
-from training.selective import plot_risk_coverage, reference_statistics
+from qc.delta_spending import CertificateSlice, DeltaSpending
+from training.selective import certificate_spending, plot_risk_coverage, reference_statistics, spending_extra
 
 NAME = "captioner"
 CHUNK = 500  # scenes per ONNX Runtime / torch call when measuring
@@ -182,18 +184,29 @@ def choose_confidence(selection: dict) -> tuple[str, dict[str, float]]:
     return min(CONFIDENCE_KINDS, key=lambda k: aurc[k]), aurc
 
 
-def evaluate(net: CaptionNet, onnx_bytes: bytes, args: CaptionerArgs) -> dict:
+def certificate_scenes(args: CaptionerArgs) -> CertificateSlice:
+    """The certificate's data as the δ spending counts it (qc/delta_spending.py): the
+    generator's certificate scenes (seed, count). Versions certified on scenes of the same seed
+    share the slice, whatever their count (the same stream, longer or shorter)."""
+    return CertificateSlice("certificate scenes", rendering={
+        "kind": "captioner scenes (training/captioner/data.py split_scenes)",
+        "seed": scenes.SPLIT_SEEDS["certificate"], "count": args.n_certificate})
+
+
+def evaluate(net: CaptionNet, onnx_bytes: bytes, args: CaptionerArgs, spending: DeltaSpending) -> dict:
+    """Choose the confidence, certify at ``spending.delta`` (this version's share of ``args.delta``
+    on the certificate scenes, qc/delta_spending.py), measure on the test scenes."""
     selection_data = scenes.split_scenes("selection", args.n_selection)
     selection = answers(args, onnx_captions(onnx_bytes, selection_data.images), selection_data)
     kind, aurc = choose_confidence(selection)
     cert_data = scenes.split_scenes("certificate", args.n_certificate)
     cert = answers(args, onnx_captions(onnx_bytes, cert_data.images), cert_data)
-    certificate = certify_coverage_grid(cert[kind], cert["wrong"], args.target_risk, args.delta)
+    certificate = certify_coverage_grid(cert[kind], cert["wrong"], args.target_risk, spending.delta)
     test_data = scenes.split_scenes("test", args.n_test)
     test_outputs = onnx_captions(onnx_bytes, test_data.images)
     test = answers(args, test_outputs, test_data)
     coverage, risk, n_accepted, errors = selective_risk(test[kind], test["wrong"], certificate.threshold)
-    return {"confidence_kind": kind, "aurc_selection": aurc, "certificate": certificate,
+    return {"confidence_kind": kind, "aurc_selection": aurc, "certificate": certificate, "delta_spending": spending,
             "metrics": caption_metrics(test_outputs, test_data),
             "search": search_headroom(net, test_data, test_outputs[1], test["wrong"]), **caption_parity(net, onnx_bytes, test_data.images),
             "test_coverage": coverage, "test_risk_at_threshold": risk, "test_accepted": n_accepted,
@@ -202,7 +215,7 @@ def evaluate(net: CaptionNet, onnx_bytes: bytes, args: CaptionerArgs) -> dict:
 
 
 def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> ModelCard:
-    cert = result["certificate"]
+    cert, spending = result["certificate"], result["delta_spending"]
     draft = draft_card(args, result["confidence_kind"])
     metrics = {**result["metrics"], "parity_exact": result["parity_exact"],
                "parity_max_prob_diff": result["parity_max_prob_diff"], "test_coverage": result["test_coverage"],
@@ -211,7 +224,7 @@ def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> Model
     return ModelCard(
         name=NAME, version="0", task="caption", inputs=draft.inputs, outputs=draft.outputs,
         triage=TriageSpec(threshold=cert.threshold, confidence_kind=result["confidence_kind"],
-                          target_risk=args.target_risk, delta=args.delta, certified_risk=cert.certified_risk,
+                          target_risk=args.target_risk, delta=spending.delta, certified_risk=cert.certified_risk,
                           coverage=cert.coverage,
                           method=f"{cert.method}: Clopper-Pearson on exact-match caption error, delta split over "
                                  f"{cert.tests} coverages fixed in advance, {args.n_certificate} certificate scenes; "
@@ -234,11 +247,18 @@ def build_card(args: CaptionerArgs, result: dict, train_seconds: float) -> Model
         extra={**draft.extra, "certificate": cert.to_dict(), "max_tokens": MAX_TOKENS,
                "certificate_scope": ("scenes are i.i.d. draws of the generator, so the bound (probability >= "
                                      "1 - delta) holds for new scenes of that generator; metrics.test_risk_at_"
-                                     "threshold measures it on the disjoint test scenes")})
+                                     "threshold measures it on the disjoint test scenes"),
+               "certificate_data": (
+                   f"{args.n_certificate} certificate scenes (generator seed {scenes.SPLIT_SEEDS['certificate']}), "
+                   f"ONNX Runtime outputs of the published graph; the confidence kind was chosen on the disjoint "
+                   f"selection scenes; this version's delta: certificate {spending.index} on these scenes, "
+                   f"{spending.delta:.4g} of the family's {spending.family_delta:g} (extra.delta_spending)"),
+               **spending_extra(spending)})
 
 
 def run(args: CaptionerArgs, models_dir: Path, progress: bool = True) -> dict:
     """Train, export, check parity, choose the confidence, certify, measure, publish; the summary."""
+    certificate_spending(models_dir, NAME, args.delta, certificate_scenes(args))  # an unreadable registry: refused now
     net, train_seconds = train(args, progress)
     return finish(net, train_seconds, args, models_dir)
 
@@ -247,13 +267,16 @@ def finish(net: CaptionNet, train_seconds: float, args: CaptionerArgs, models_di
     """Everything after the training loop (:func:`run`): export, measure, certify, publish."""
     onnx_bytes = export_onnx(ExportedCaptioner(net), torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8),
                              "image", list(OUTPUT_NAMES))
-    result = evaluate(net, onnx_bytes, args)
+    # counted now, just before certifying: the versions published while this one trained count too
+    spending = certificate_spending(models_dir, NAME, args.delta, certificate_scenes(args))
+    result = evaluate(net, onnx_bytes, args, spending)
     cert = result["certificate"]
     summary = {"model": NAME, **result["metrics"], "parity_exact": result["parity_exact"],
                "parity_max_prob_diff": result["parity_max_prob_diff"], "train_seconds": train_seconds,
                "precision": resolve_precision(args.precision),
                "confidence_kind": result["confidence_kind"], "aurc_selection": result["aurc_selection"],
-               "threshold": cert.threshold, "target_risk": args.target_risk, "delta": args.delta,
+               "threshold": cert.threshold, "target_risk": args.target_risk, "delta": spending.delta,
+               "family_delta": args.delta, "delta_spending": spending.to_dict(), "delta_note": spending.describe(),
                "certified_risk": cert.certified_risk, "certified": cert.certified, "coverage": cert.coverage,
                "n_certificate": args.n_certificate, "test_coverage": result["test_coverage"],
                "test_risk_at_threshold": result["test_risk_at_threshold"], **result["search"]}
@@ -278,7 +301,7 @@ def print_summary(s: dict) -> None:
           f"more probable reference (no likelihood search beats exact match {s['exact_match_bound_of_any_search']:.2%})")
     aurc = ", ".join(f"{k} {v:.4f}" for k, v in s["aurc_selection"].items())
     print(f"  confidence: {s['confidence_kind']} (AURC on the selection scenes: {aurc})")
-    print(f"  certified on {s['n_certificate']} scenes (delta {s['delta']}): auto-accept >= {s['threshold']:.4f}, "
+    print(f"  certified on {s['n_certificate']} scenes ({s['delta_note']}): auto-accept >= {s['threshold']:.4f}, "
           f"caption error <= {s['certified_risk']:.2%} (target {s['target_risk']:.0%}"
           f"{'' if s['certified'] else ', NOT certified: nothing auto-accepted'}) at coverage {s['coverage']:.1%}")
     print(f"  test: coverage {s['test_coverage']:.1%}, error of the accepted {s['test_risk_at_threshold']:.2%}; "

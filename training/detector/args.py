@@ -40,7 +40,9 @@ class DetectorArgs:
         "check": PROBABILITY, "help": "expected share of an image's objects the dropped boxes "
                                       "may miss (beta)"})
     delta: float = field(default=0.05, metadata={
-        "check": PROBABILITY, "help": "the FDR certificate may fail with probability at most delta"})
+        "check": PROBABILITY, "help": "the family delta: all versions' FDR certificates on the same certificate "
+                                      "labels together fail with probability <= delta (the k-th version certified on "
+                                      "them gets delta*6/(pi^2 k^2): qc/delta_spending.py)"})
     match_iou: float = field(default=0.5, metadata={
         "check": FRACTION, "help": "IoU at which a box matches an object (and two answers' "
                                    "boxes are the same)"})

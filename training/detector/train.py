@@ -13,8 +13,9 @@ and the reader's log-probability on labels of the calibration/temperature digits
 graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
-conformal risk control of the miss rate, qc/detection_certify.py) on the exported graph's own
-outputs -> measure the triage on the test labels -> publish with card and risk-coverage plot.
+conformal risk control of the miss rate, qc/detection_certify.py; the FDR test at this version's
+share of delta on those labels, qc/delta_spending.py) on the exported graph's own outputs ->
+measure the triage on the test labels -> publish with card and risk-coverage plot.
 
 Serving contract: input ``image`` float32 [batch, 64, 64] (grayscale 0..1, dark ink on light
 paper); outputs ``boxes`` float32 [batch, 16, 4] (x0, y0, x1, y1 in pixels), ``labels`` int64
@@ -61,7 +62,9 @@ from training.detector.model import (OUTPUT_NAMES, READ_MARGIN, READ_SIZE, TOP_K
 from training.export import export_onnx, git_revision, output_difference, run_onnx
 from training.family_cli import train_and_report
 from training.fit import fit_steps, in_background
-from training.selective import plot_risk_coverage, reference_statistics
+from qc.delta_spending import CertificateSlice, DeltaSpending
+from training.selective import (certificate_slice, certificate_spending, plot_risk_coverage, reference_statistics,
+                                spending_extra)
 
 NAME = "detector"
 LABELS = [str(d) for d in range(CLASSES)]
@@ -218,10 +221,21 @@ def coco_map(data: DetectionSet, detections: Detections) -> dict[str, float]:
             "map_75": float(evaluation.stats[2])}
 
 
-def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs,
+def certificate_labels(args: DetectorArgs) -> CertificateSlice:
+    """The certificate's data as the δ spending counts it (qc/delta_spending.py): the
+    calibration/certificate digits and the labels rendered from them (seed, count, variant).
+    Versions certified on labels of the same seed share the slice, whatever their count."""
+    return certificate_slice("calibration/certificate", {
+        "kind": "detector labels (training/detector/data.py render)", "variant": "standard",
+        "seed": SEEDS["certificate"], "count": args.n_certificate})
+
+
+def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs, spending: DeltaSpending,
              progress: bool = True) -> dict:
     """mAP on test labels of both variants, certificate on calibration/certificate labels, triage
-    on the test labels, all on the exported graph's outputs."""
+    on the test labels, all on the exported graph's outputs. The FDR test spends
+    ``spending.delta``: this version's share of ``args.delta`` on the certificate labels
+    (qc/delta_spending.py)."""
     bar = tqdm(total=2 + len(VARIANTS), desc="certify and measure", unit="set", disable=not progress, file=sys.stderr)
     # The score-calibration labels are independent of the certificate's: they choose where the
     # fixed sequence of FDR tests starts (qc/detection_certify.py).
@@ -230,10 +244,11 @@ def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs,
     bar.update()
     cert_data = make_detection_set("calibration/certificate", args.n_certificate, SEEDS["certificate"])
     cert_boxes = scored(cert_data, onnx_detections(onnx_bytes, cert_data.images), args.match_iou)
-    certificate = certify_detection(cert_boxes, args.target_fdr, args.target_miss, args.delta, TOP_K, args.p_value,
-                                    pilot=pilot)
+    certificate = certify_detection(cert_boxes, args.target_fdr, args.target_miss, spending.delta, TOP_K,
+                                    args.p_value, pilot=pilot)
     bar.update()
     result: dict = {"certificate": certificate, "n_certificate_objects": cert_data.n_objects,
+                    "delta_spending": spending,
                     "certificate_outcome": triage_outcome(cert_boxes, certificate.threshold_high,
                                                           certificate.threshold_low)}
     for variant in VARIANTS:
@@ -264,6 +279,7 @@ def image_confidences(scores: np.ndarray, threshold_low: float) -> np.ndarray:
 
 def build_card(args: DetectorArgs, result: dict, calibration: dict, train_seconds: float) -> ModelCard:
     cert: DetectionCertificate = result["certificate"]
+    spending: DeltaSpending = result["delta_spending"]
     std, hard = result["standard"], result["hard"]
     metrics = {**{k: std[k] for k in ("map_50_95", "map_50", "map_75")},
                **{f"hard_{k}": hard[k] for k in ("map_50_95", "map_50", "map_75")},
@@ -277,7 +293,7 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
         outputs=[TensorSpec("boxes", "float32", [None, TOP_K, 4]), TensorSpec("labels", "int64", [None, TOP_K]),
                  TensorSpec("scores", "float32", [None, TOP_K])],
         triage=TriageSpec(threshold=cert.threshold_high, confidence_kind="min_box_score", target_risk=args.target_fdr,
-                          delta=args.delta, certified_risk=args.target_fdr if cert.high.certified else 1.0,
+                          delta=spending.delta, certified_risk=args.target_fdr if cert.high.certified else 1.0,
                           coverage=result["certificate_outcome"]["images_without_human"],
                           method=f"learn-then-test: fixed sequence down a grid of {len(HIGH_GRID)} thresholds from "
                                  f"{cert.high.start} (chosen on the score-calibration labels), {args.p_value} "
@@ -314,24 +330,36 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                    f"{args.n_certificate} standard labels ({result['n_certificate_objects']} digits) rendered from the "
                    f"{len(load_split('calibration/certificate').labels)} calibration/certificate digits, ONNX Runtime "
                    f"outputs of the published graph; the Platt constants were fitted on labels of the disjoint "
-                   f"calibration/temperature digits"),
+                   f"calibration/temperature digits; the FDR test at this version's delta: certificate "
+                   f"{spending.index} on these labels, {spending.delta:.4g} of the family's "
+                   f"{spending.family_delta:g} (extra.delta_spending)"),
                "certificate_scope": (
                    "labels are i.i.d. given the pool of certificate digits (a digit image may appear in several "
                    "labels), so the FDR certificate (probability >= 1 - delta) and the miss-rate bound (in "
                    "expectation) hold for new labels written with that handwriting; metrics.test_triage measures "
                    "them on labels of the disjoint test digits. delta is spent once, on the FDR test; conformal "
-                   "risk control spends none")},
+                   "risk control spends none"),
+               **spending_extra(spending)},
     )
 
 
 def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
     """Train, calibrate, export, measure, certify, publish; returns the JSON summary."""
+    certificate_spending(models_dir, NAME, args.delta, certificate_labels(args))  # an unreadable registry: refused now
     net, reader, train_seconds = train(args, progress)
+    return finish(net, reader, train_seconds, args, models_dir, progress)
+
+
+def finish(net: DetectorNet, reader: ReaderNet, train_seconds: float, args: DetectorArgs, models_dir: Path,
+           progress: bool = True) -> dict:
+    """Everything after the training loop (:func:`run`): calibrate, export, certify, measure, publish."""
     calibration = calibrate(net, reader, args)
     exported = ExportedDetector(net, reader, calibration["a"], calibration["b"], calibration["a_rival"],
                                 calibration["a_read"]).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", list(OUTPUT_NAMES))
-    result = evaluate(exported, onnx_bytes, args, progress)
+    # counted now, just before certifying: the versions published while this one trained count too
+    spending = certificate_spending(models_dir, NAME, args.delta, certificate_labels(args))
+    result = evaluate(exported, onnx_bytes, args, spending, progress)
     card = build_card(args, result, calibration, train_seconds)
     cert: DetectionCertificate = result["certificate"]
     std, hard = result["standard"], result["hard"]
@@ -347,7 +375,8 @@ def run(args: DetectorArgs, models_dir: Path, progress: bool = True) -> dict:
                "hard_auditor_boxes_per_image": hard["auditor_boxes_per_image"],
                "threshold_high": cert.threshold_high, "threshold_low": cert.threshold_low,
                "high_certified": cert.high.certified, "low_certified": cert.low.certified,
-               "delta": args.delta, "p_value": args.p_value, "n_certificate": args.n_certificate,
+               "delta": spending.delta, "family_delta": args.delta, "delta_spending": spending.to_dict(),
+               "delta_note": spending.describe(), "p_value": args.p_value, "n_certificate": args.n_certificate,
                "certificate_fdr": result["certificate_outcome"]["accepted_fdr"], "ece_before": result["ece_before"],
                "ece_after": result["ece_after"], "platt_a": calibration["a"], "platt_b": calibration["b"],
                "platt_a_rival": calibration["a_rival"], "platt_a_read": calibration["a_read"]}
@@ -368,7 +397,7 @@ def print_summary(s: dict) -> None:
     print(f"  hard labels (same model): mAP@[.5:.95] {s['hard_map_50_95']:.3f}, mAP@.5 {s['hard_map_50']:.4f}")
     print(f"  box scores: Platt a={s['platt_a']:.3f} a_rival={s['platt_a_rival']:.3f} a_read={s['platt_a_read']:.3f} "
           f"b={s['platt_b']:.3f}; box ECE {s['ece_before']:.2%} -> {s['ece_after']:.2%}")
-    print(f"  certified on {s['n_certificate']} labels ({s['p_value']} p-values, delta {s['delta']}): "
+    print(f"  certified on {s['n_certificate']} labels ({s['p_value']} p-values, {s['delta_note']}): "
           f"auto-accept boxes "
           f">= {s['threshold_high']:.4f} (FDR <= {s['accepted_fdr_target']:.0%}"
           f"{'' if s['high_certified'] else ', NOT certified: nothing auto-accepted'}), drop boxes < "
