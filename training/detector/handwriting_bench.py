@@ -113,7 +113,7 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
 
 def print_result(r: dict) -> None:
     print(f"detector v{r['model_version']} at its certified threshold {r['threshold_high']:.4f} "
-          f"(target FDR {r['target_fdr']:.0%}, delta {r['delta']}):")
+          f"(target FDR {r['target_fdr']:.0%}, delta {r['delta']:.4g}):")
     print(f"  held-out population ({r['held_out_digits']} digits, {r['population_labels']} labels): "
           f"FDR {r['population_fdr']:.2%}")
     print(f"  {len(r['pool_fdr'])} random pools of {r['pool_size']} held-out digits: FDR median "
@@ -122,7 +122,7 @@ def print_result(r: dict) -> None:
         print(f"  re-split {i}: certified {s['threshold_high']:.4f}, FDR on its own labels {s['certificate_fdr']:.2%}, "
               f"on the population {s['population_fdr']:.2%}")
     print(f"  certificates above the target on the population: {r['resplits_broken']} of {len(r['resplits'])} "
-          f"(a certificate for new handwriting allows {r['delta']:.0%}); {r['seconds']:.0f} s")
+          f"(a certificate for new handwriting allows {r['delta']:.2%}); {r['seconds']:.0f} s")
 
 
 def main(ns: argparse.Namespace) -> int:
