@@ -35,7 +35,7 @@ from serving.episodes import (
 from serving.runtime import load_session
 from tests.auditstream.test_wire_fuzz import FUZZ
 from tests.serving.test_episode_state_records import (
-    D, K, NOW, OWNED, TOPIC, assert_only_the_good_one_adopted, good_state, restore_bad_then_good, state_obj,
+    D, NOW, OWNED, TOPIC, assert_only_the_good_one_adopted, good_state, restore_bad_then_good, state_obj,
     store_over,
 )
 from tests.serving.test_episodes import config_for
