@@ -226,5 +226,6 @@ def _check_card(obj: Any) -> None:
     _need(isinstance(curve, list) and len(curve) <= MAX_SAMPLE, "risk_coverage", curve,
           f"a list of at most {MAX_SAMPLE:,} {{threshold, coverage, risk}} objects")
     for i, point in enumerate(curve):
-        _need(isinstance(point, dict) and all(_finite(v, -math.inf, math.inf) for v in point.values()),
+        _need(isinstance(point, dict) and {"threshold", "coverage", "risk"} <= point.keys()
+              and all(_finite(v, -math.inf, math.inf) for v in point.values()),
               f"risk_coverage[{i}]", point, "an object of finite numbers {threshold, coverage, risk}")

@@ -91,7 +91,8 @@ WRONG: dict[str, list[Any]] = {
     "reference": [[], "x"],
     "reference.confidence_sample": ["0.9", [0.9, "0.8"], [0.9, float("nan")], {"0": 0.9}],
     "risk_coverage": [{}, "x", [[1.0, 0.5, 0.0]], [{"threshold": "1.0", "coverage": 0.5, "risk": 0.0}],
-                      [{"threshold": float("nan"), "coverage": 0.5, "risk": 0.0}]],
+                      [{"threshold": float("nan"), "coverage": 0.5, "risk": 0.0}],
+                      [{"coverage": 0.5, "risk": 0.0}], [{"threshold": 0.9, "coverage": 0.5}]],  # the chart reads all three
     "training": [None, "args"],
     "extra": [None, ["certificate"]],
 }
