@@ -7,7 +7,7 @@ ones), starts one serving consumer per model, the monitor and the audit dashboar
 auditor account whose credentials it prints), then streams test-split envelopes, digits, parcel
 labels and scenes of coloured shapes through the broker and shows, every few seconds, how many
 were auto-sorted, deferred to humans and sampled for QC. Ctrl-C, SIGTERM or ``--duration-s`` stops
-everything it started.
+everything it started; a second Ctrl-C or SIGTERM while it stops is ignored, so the clean-up ends.
 
 ``--retrain-every N`` closes the loop live (stack/demo_loop.py): each model ``auditstream
 retrain`` can retrain (digits, zip-reader) is retrained in a niced child process once N new
@@ -37,7 +37,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 from auditstream.settings import Settings
@@ -437,6 +437,19 @@ def _stop_demo(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # the same clean stop as Ctrl-C: children stopped, broker stopped
 
 
+def _ignore_stop_signals() -> Callable[[], None]:
+    """Ignore SIGINT and SIGTERM (main thread only); returns what puts the handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
 def run(args: DemoArgs) -> int:
     from stack import broker
 
@@ -505,6 +518,11 @@ def run(args: DemoArgs) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM (a shell's Ctrl-C reaches the whole process group, `timeout`
+        # signals twice) would abort this clean-up half way and leave the broker running: ignore
+        # them until it is done -- each step has its own timeout (children: SIGKILL after it).
+        restore = _ignore_stop_signals()
+        print("stopping the demo: its processes, then the broker", flush=True)
         stop.set()
         if loop_thread is not None and loop_thread.is_alive():
             loop_thread.join(timeout=30)  # its step in progress ends (it may just have started a child)
@@ -514,4 +532,5 @@ def run(args: DemoArgs) -> int:
         if started_broker:
             broker.stop(settings)
         print("demo stopped", flush=True)
+        restore()
 

@@ -9,11 +9,14 @@ then finds them and skips training, exactly as on its second run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +118,51 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
         assert {user.name for user, _disabled in store.accounts.list_users()} >= {"demo", "qc-bot"}
     audits = [int(n) for n in re.findall(r"QC audits by qc-bot: (\d+)", out)]
     assert audits and audits[-1] > 0, out[-2000:]
+
+
+def test_a_second_sigterm_during_the_clean_up_does_not_leave_the_broker_running(tmp_path: Path) -> None:
+    """`timeout` signals the demo twice and a shell's Ctrl-C reaches the whole process group: a
+    stop signal while the demo stops its children must not abort the clean-up half way (the
+    embedded broker was left running, found in a fresh clone's demo run)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    seed_registry(models)
+    env = {**os.environ, "AUDITSTREAM_MODELS_DIR": str(models), "AUDITSTREAM_STATE_DIR": str(state),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("AUDITSTREAM_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditstream.cli", "demo", "--rate-per-s", "2", "--dashboard-port", "0",
+         "--metrics-port-base", str(free_port_block()), "--report-every-s", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            out.append(line)
+            if "digits     sent" in line:  # serving started: children and broker are up
+                break
+        broker_pid = json.loads((state / "broker.json").read_text())["pid"]
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # stopping four consumers, the monitor and the broker takes seconds
+        assert proc.poll() is None, "the demo stopped too fast for the test to mean anything"
+        proc.send_signal(signal.SIGTERM)  # the second one, while it stops what it started
+        rest, _ = proc.communicate(timeout=120)
+        text = "".join(out) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and text.rstrip().endswith("demo stopped"), text[-3000:]
+    assert not (state / "broker.json").exists(), "the demo left its embedded broker running"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(broker_pid):
+        time.sleep(0.2)
+    assert not _alive(broker_pid), "the broker process still runs"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # the demo has exited, so init reaps its orphans: no zombie lingers
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_shipped_model_is_published_into_an_empty_registry(tmp_path: Path, monkeypatch) -> None:
