@@ -42,6 +42,11 @@ from typing import Any, Iterable
 
 from auditstream.errors import BadArguments
 
+# The --delta help of a family whose versions share one certificate slice (digits, zip-reader).
+FAMILY_DELTA_HELP = ("the family delta: all versions certified on the certificate slice together fail with "
+                     "probability <= delta (the k-th version certified on the slice, retrained ones included, "
+                     "gets delta*6/(pi^2 k^2): qc/delta_spending.py)")
+
 SCHEDULE = "delta_k = family_delta * 6 / (pi^2 k^2), k = 1, 2, ... per model and certificate slice"
 EXTRA_KEY = "delta_spending"  # the card's extra field that records a version's spending
 _SHARE = 6.0 / math.pi ** 2

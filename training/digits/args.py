@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, check_fields
+from qc.delta_spending import FAMILY_DELTA_HELP
 from training.tuning.space import Choice, FloatRange
 
 
@@ -26,9 +27,7 @@ class DigitsArgs:
     target_risk: float = field(default=0.02, metadata={
         "check": PROBABILITY, "help": "error rate the auto-accepted answers must stay under"})
     delta: float = field(default=0.05, metadata={
-        "check": PROBABILITY, "help": "the family delta: all versions certified on the certificate slice together "
-                                      "fail with probability <= delta (the k-th version certified on the slice, "
-                                      "retrained ones included, gets delta*6/(pi^2 k^2): qc/delta_spending.py)"})
+        "check": PROBABILITY, "help": FAMILY_DELTA_HELP})
     threads: int = field(default=1, metadata={
         "check": COUNT, "help": "torch CPU threads (1 is fastest on a shared, loaded machine)"})
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
