@@ -55,7 +55,44 @@ def _probe_model_bytes() -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # onnx stamps its own newest IR version (14 in onnx 1.23), which an older ONNX Runtime refuses
+    # ("Unsupported model IR version"): the probe then failed even for the CPU, and no provider
+    # "loaded" on a host with onnx 1.23 + onnxruntime 1.30. IR 8 loads in every supported ORT.
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@functools.lru_cache(maxsize=1)
+def preload_gpu_libraries() -> str:
+    """Load CUDA and cuDNN from pip's ``nvidia-*`` packages (``onnxruntime-gpu[cuda,cudnn]``), once.
+
+    ORT's CUDA provider finds its libraries only on the loader's path (its RUNPATH is its own
+    folder), and a serving host has no torch import to load them first; ``ort.preload_dlls()``
+    (onnxruntime-gpu >= 1.21) loads them from the site-packages it was installed into, falling
+    back to the loader's path (system CUDA, ``LD_LIBRARY_PATH``). It *prints* what it could not
+    load: that is captured and returned (logged at debug), since a CPU host is not an error.
+    """
+    import onnxruntime as ort
+
+    try:
+        from onnxruntime.capi.build_and_package_info import cuda_version
+    except ImportError:
+        cuda_version = ""
+    if not cuda_version:
+        return "a CPU build of ONNX Runtime: no CUDA libraries to preload"
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return f"onnxruntime {ort.__version__} has no preload_dlls (older than 1.21): the loader's path decides"
+    said = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(said):
+            warnings.simplefilter("ignore")
+            preload()
+    except Exception as e:  # noqa: BLE001 - a failed preload only means the provider probe decides
+        said.write(f"preload_dlls failed: {e}")
+    log.debug("CUDA/cuDNN preload: %s", said.getvalue().strip() or "loaded")
+    return said.getvalue().strip() or f"CUDA {cuda_version} and cuDNN libraries loaded"
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,6 +102,8 @@ def provider_loads(provider: str) -> bool:
 
     if provider not in ort.get_available_providers():
         return False
+    if provider in GPU_PROVIDERS:
+        preload_gpu_libraries()
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_FATAL
     # Library-load failures are logged by ORT's process-wide logger, not the session's: silence

@@ -17,10 +17,13 @@ about five minutes, downloading nothing.
 
 Whatever is missing (no GPU, no TensorRT libraries, no torch CUDA, no broker binary) is listed
 under ``missing`` and its measurement skipped; the rest is still measured. Progress on stderr.
+``--skip raw,serve,train`` leaves out steps already measured on this host (a second run after
+installing another ONNX Runtime build need not train again).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -74,6 +77,21 @@ def loading_providers(missing: list[str]) -> list[str]:
         if p not in loads:
             missing.append(f"{p} ({'listed but its libraries do not load' if p in listed else 'not in this build'})")
     return loads
+
+
+def onnxruntime_build() -> dict[str, Any]:
+    """The imported ONNX Runtime: where from, its CUDA version, what its CUDA/cuDNN preload said."""
+    import onnxruntime as ort
+
+    from serving.runtime import preload_gpu_libraries
+
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+        cuda = getattr(info, "cuda_version", None) or None
+    except ImportError:
+        cuda = None
+    return {"version": ort.__version__, "file": ort.__file__, "cuda_version": cuda,
+            "preload": preload_gpu_libraries()}
 
 
 def raw_ort(onnx_bytes: bytes, provider: str, batch: int) -> dict[str, Any]:
@@ -186,10 +204,25 @@ def training_speed(missing: list[str]) -> dict[str, Any] | None:
     return out
 
 
-def main() -> int:
+STEPS = ("raw", "serve", "train")
+
+
+def parse_skip(value: str) -> set[str]:
+    steps = {s.strip() for s in value.split(",") if s.strip()}
+    if not steps <= set(STEPS):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(STEPS)}, e.g. train")
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", type=parse_skip, default=set(), metavar="STEPS",
+                        help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
+    skip = parser.parse_args(argv).skip
     started = time.perf_counter()
     missing: list[str] = []
     report: dict[str, Any] = {"environment": environment(missing)}
+    report["environment"]["onnxruntime_build"] = onnxruntime_build()
     say(f"environment: {report['environment']}")
     from stack.serve_bench import bench_cnn_onnx
 
@@ -197,7 +230,7 @@ def main() -> int:
     report["providers_loading"] = providers
     onnx_bytes = bench_cnn_onnx()
     report["raw_ort_per_s"] = {}
-    for provider in providers:
+    for provider in providers if "raw" not in skip else ():
         report["raw_ort_per_s"][provider] = {}
         for batch in BATCHES:
             try:
@@ -205,9 +238,11 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - one provider failing must not hide the others
                 report["raw_ort_per_s"][provider][str(batch)] = {"error": str(e).splitlines()[0][:300]}
             say(f"raw ORT {provider} batch {batch}: {report['raw_ort_per_s'][provider][str(batch)]}")
-    report["bench_serve"] = bench_serve(missing)
-    say(f"bench serve: {report['bench_serve']}")
-    report["training_steps"] = training_speed(missing)
+    if "serve" not in skip:
+        report["bench_serve"] = bench_serve(missing)
+        say(f"bench serve: {report['bench_serve']}")
+    if "train" not in skip:
+        report["training_steps"] = training_speed(missing)
     report["missing"] = missing
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report))

@@ -29,6 +29,29 @@ def test_cuda_probe_falls_back_to_cpu_silently(capfd: pytest.CaptureFixture[str]
     assert "error" not in (out + err).lower()
 
 
+def test_models_built_at_run_time_declare_an_ir_version_every_supported_ort_loads() -> None:
+    """onnx stamps its newest IR version (14 in onnx 1.23); onnxruntime 1.30 refuses it, and the
+    provider probe then said that not even the CPU loads. pyproject allows onnxruntime >= 1.18,
+    which reads IR versions up to 10."""
+    import onnx
+
+    from stack.serve_bench import bench_cnn_onnx
+
+    for built in (runtime._probe_model_bytes(), bench_cnn_onnx()):
+        assert onnx.load_model_from_string(built).ir_version <= 10
+
+
+def test_a_cpu_build_preloads_nothing_and_says_so() -> None:
+    import onnxruntime as ort
+    from onnxruntime.capi import build_and_package_info as info
+
+    runtime.preload_gpu_libraries.cache_clear()
+    said = runtime.preload_gpu_libraries()
+    if not getattr(info, "cuda_version", ""):
+        assert said == "a CPU build of ONNX Runtime: no CUDA libraries to preload"
+    assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
 def test_unknown_provider_is_refused_quietly(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     import onnxruntime as ort
 
