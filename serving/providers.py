@@ -36,7 +36,7 @@ def device_unavailable(device: str, available: Sequence[str]) -> ConfigError:
     """``device=cuda:N`` was asked for, but neither GPU provider loads here."""
     return ConfigError("AUDITSTREAM_DEVICE", device, f"'cpu' or 'auto' on this host: neither TensorRT nor CUDA "
                        f"loads (ONNX Runtime lists {', '.join(available) or 'no providers'}); for a GPU install the "
-                       "serve-gpu extra (onnxruntime-gpu) with CUDA 12 and cuDNN 9")
+                       "serve-gpu extra (onnxruntime-gpu with its CUDA and cuDNN) and an NVIDIA driver")
 
 
 @dataclass(frozen=True)

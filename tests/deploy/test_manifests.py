@@ -22,6 +22,19 @@ def test_every_auditstream_variable_in_a_manifest_is_a_setting(path: Path) -> No
     assert named <= KNOWN, f"{path.name} names unknown settings {sorted(named - KNOWN)}"
 
 
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """The Dockerfile copied five of the eight packages: pip installed the image without qc, store
+    and stack, and ``auditstream serve`` died importing qc.triage at start."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    installed = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY ([a-z_]+) \./\1$", (DEPLOY / "Dockerfile").read_text(), re.M))
+    assert installed <= copied, f"the image lacks {sorted(installed - copied)}"
+    on_disk = {p.parent.name for p in DEPLOY.parent.glob("*/__init__.py")} - {"tests"}
+    assert on_disk <= installed, f"pyproject.toml does not install {sorted(on_disk - installed)}"
+
+
 def test_the_sasl_manifest_keeps_secrets_out_of_the_configmap() -> None:
     text = (DEPLOY / "kafka" / "k8s" / "kafka-security.yaml").read_text()
     data = text.split("\ndata:\n", 1)[1]
