@@ -53,6 +53,15 @@ every restart); keeping it unwritten would lose it silently at the next rebalanc
 an upper bound computed without encoding (:func:`state_bytes_bound`), and the checkpoint
 re-checks the encoded record, so a snapshot over the bound is never produced.
 
+**Live episodes are bounded.** A consumer keeps at most ``max_live_episodes`` (default
+:data:`MAX_LIVE_EPISODES`) episodes in memory: a step that starts one more ends the episode
+stepped least recently (its tombstone goes with the next checkpoint, counted in
+:attr:`EpisodeStore.evicted`, one log line per checkpoint that evicted), whose next step then
+starts it afresh, as after the idle expiry (``ttl_s``). Without the bound, a client sending
+steps of ever new episode keys grew the consumer's memory until the host killed it, and every
+other episode with it. Memory is about ``max_live_episodes × max(k, 2)`` frames. Restore adopts
+the most recently stepped episodes up to the same bound and tombstones the rest.
+
 Frame stack layout: the graph input is ``[B, k, *frame]`` (frames oldest first), or, for a flat
 ``[B, k * D]`` input, the k frames concatenated. Before an episode has k observations the first
 one is repeated (as Gymnasium's FrameStack does at reset).
@@ -85,6 +94,8 @@ DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (i
 # How far past an episode's next step a request's step may be. A driver steps in order, so only a
 # lost state (refused at restore, expired) makes a jump, to the step the episode had reached.
 MAX_STEP_GAP = 10_000
+# Episodes one consumer keeps in memory at most; a new one past it ends the least recently stepped.
+MAX_LIVE_EPISODES = 100_000
 # The most a state record may hold (its value bytes): what strict_loads reads at most. The serving
 # app lowers it to the state topic's max.message.bytes, less the record's framing and key.
 MAX_STATE_BYTES = MAX_RECORD_BYTES
@@ -233,22 +244,26 @@ class EpisodeStore:
     def __init__(self, card: ModelCard, state_topic: str | None,
                  load_states: Callable[[], list[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
                  clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP,
-                 max_state_bytes: int = MAX_STATE_BYTES) -> None:
+                 max_state_bytes: int = MAX_STATE_BYTES, max_live_episodes: int = MAX_LIVE_EPISODES) -> None:
+        if type(max_live_episodes) is not int or max_live_episodes < 1:
+            raise ValueError(f"max_live_episodes={max_live_episodes!r} must be an integer >= 1")
         if type(max_step_gap) is not int or max_step_gap < 0:
             raise ValueError(f"max_step_gap={max_step_gap!r} must be an integer >= 0")
         if type(max_state_bytes) is not int or not MIN_STATE_BYTES <= max_state_bytes <= MAX_STATE_BYTES:
             raise ValueError(f"max_state_bytes={max_state_bytes!r} must be an integer from {MIN_STATE_BYTES} "
                              f"to {MAX_STATE_BYTES}")
-        self.max_step_gap, self.max_state_bytes = max_step_gap, max_state_bytes
+        self.max_step_gap, self.max_state_bytes, self.max_live_episodes = max_step_gap, max_state_bytes, max_live_episodes
         self.k, self.spec, self.input_spec = frame_stack(card), frame_spec(card), card.inputs[0]
         self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
-        self.states: dict[str, EpisodeState] = {}
+        self.states: dict[str, EpisodeState] = {}  # least recently stepped first (a step moves its episode last)
         self._dirty: set[str] = set()
         self._ended: set[str] = set()
         self.restored = 0  # episodes adopted from the state topic (for logs and tests)
         self.skipped = 0  # state records refused by restore (each logged with where and why)
         self.ended_oversized = 0  # episodes ended because their state would exceed max_state_bytes
+        self.evicted = 0  # episodes ended to keep at most max_live_episodes
+        self._evicted_since_checkpoint = 0
         # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
         # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
         self._restore_error: Exception | None = None
@@ -276,6 +291,8 @@ class EpisodeStore:
                                   f"{size} bytes, over max_state_bytes={self.max_state_bytes} (what the "
                                   f"episode-state topic takes); the episode is ended, its next step starts it afresh")
         if state is None:  # only once the step is accepted: a refused record leaves no trace
+            while len(self.states) >= self.max_live_episodes:
+                self._evict(next(iter(self.states)))
             state = self.states[key] = EpisodeState(key, partition)
         stacked = self._stack([obs for s, obs, _ in state.frames if s < step][-(self.k - 1):] + [frame]
                               if self.k > 1 else [frame])
@@ -283,9 +300,18 @@ class EpisodeStore:
             state.frames = kept  # type: ignore[assignment]
             state.steps_seen += 1
             state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
+            self.states[key] = self.states.pop(key)  # the most recently stepped goes last
             self._dirty.add(key)
             self._ended.discard(key)
         return stacked
+
+    def _evict(self, key: str) -> None:
+        """End episode ``key`` to make room (``max_live_episodes``): tombstoned at the next checkpoint."""
+        del self.states[key]
+        self._dirty.discard(key)
+        self._ended.add(key)
+        self.evicted += 1
+        self._evicted_since_checkpoint += 1
 
     def decided(self, request: InferenceRequest, action: int) -> dict[str, Any]:
         """Record the action of a step; returns the episode context logged with the decision."""
@@ -337,6 +363,11 @@ class EpisodeStore:
             log.info("episode %s idle for %.0f s: dropping its state", key, now - self.states[key].updated_at_s)
             del self.states[key]
             self._ended.add(key)
+        if self._evicted_since_checkpoint:
+            log.warning("%d episodes ended since the last checkpoint to keep at most max_live_episodes=%d in memory "
+                        "(the least recently stepped; their next steps start them afresh)",
+                        self._evicted_since_checkpoint, self.max_live_episodes)
+            self._evicted_since_checkpoint = 0
         dirty, ended, self._dirty, self._ended = self._dirty, self._ended, set(), set()
         if self.state_topic is None:
             return []
@@ -366,7 +397,7 @@ class EpisodeStore:
         for record in records:
             if record.key is not None:
                 latest[record.key] = record  # later records win; a tombstone (value None) deletes
-        adopted, now = 0, self.clock()
+        now, found = self.clock(), []
         for key, record in latest.items():
             if record.value is None or key.decode("utf-8", "replace") in self.states:
                 continue
@@ -381,10 +412,20 @@ class EpisodeStore:
                 self._skip(record, repr(e))
                 continue
             if state.partition in owned:
-                self.states[state.episode_key] = state
-                adopted += 1
-        self.restored += adopted
-        log.info("restored %d episodes for partitions %s", adopted, sorted(owned))
+                found.append(state)
+        # least recently stepped first, as observe() keeps them; past the bound, the oldest are ended
+        found.sort(key=lambda st: st.updated_at_s)
+        room = max(0, self.max_live_episodes - len(self.states))
+        for state in found[:len(found) - room] if len(found) > room else ():
+            self._ended.add(state.episode_key)
+            self.evicted += 1
+            self._evicted_since_checkpoint += 1
+        adopted = found[-room:] if room else []
+        merged = {st.episode_key: st for st in adopted}
+        merged.update(self.states)  # episodes already live here were stepped more recently than any record
+        self.states = merged
+        self.restored += len(adopted)
+        log.info("restored %d episodes for partitions %s", len(adopted), sorted(owned))
 
     def _adoptable(self, key: bytes, value: bytes, now: float) -> EpisodeState:
         """The state in ``value``, if this consumer can serve from it; ValueError says why not."""

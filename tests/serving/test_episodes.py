@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.serving.tiny_policy import cartpole_weights, publish_policy
 
 from auditstream import topics as T
@@ -94,6 +96,57 @@ def test_restore_adopts_owned_partitions_and_honours_tombstones(tmp_path: Path) 
     np.testing.assert_array_equal(store.states["a"].frames[0][1], np.ones(D))
     store.forget([("t.requests.stacked", 3)])
     assert store.states == {}
+
+
+def test_past_max_live_episodes_the_least_recently_stepped_episode_is_ended(tmp_path: Path) -> None:
+    """A client stepping ever new episode keys used to grow the consumer's memory without end."""
+    store = EpisodeStore(frame_policy(tmp_path).card, "t.episode-state", max_live_episodes=3)
+    zero = np.zeros(D, np.float32)
+    for key in ("a", "b", "c"):
+        store.observe(request(0, zero, key=key), zero, 3)
+    store.checkpoint_outputs()
+    store.observe(request(1, zero, key="a"), zero, 3)  # a is now the most recently stepped
+    store.observe(request(0, zero, key="d"), zero, 3)  # one too many: b goes
+    assert list(store.states) == ["c", "a", "d"] and store.evicted == 1
+    out = store.checkpoint_outputs()
+    assert (b"b", None) in [(o.key, o.value) for o in out]  # its tombstone, with this checkpoint
+    # b's next step starts it afresh (within max_step_gap), ending the least recently stepped (c)
+    stacked = store.observe(request(1, np.ones(D), key="b"), np.ones(D, np.float32), 3)
+    np.testing.assert_array_equal(stacked, np.tile(np.ones(D, np.float32), K))
+    assert list(store.states) == ["a", "d", "b"] and store.evicted == 2 and store.states["b"].next_step == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3)), max_size=120), st.integers(1, 6))
+def test_the_live_episodes_never_exceed_the_bound(steps, bound) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EpisodeStore(frame_policy(Path(tmp)).card, "t.episode-state", max_live_episodes=bound)
+        zero = np.zeros(D, np.float32)
+        for key, step in steps:
+            state = store.states.get(f"k{key}")
+            step = step if state is None else state.next_step + step % 2  # in order, sometimes one ahead
+            store.observe(request(step, zero, key=f"k{key}"), zero, 3)
+            assert len(store.states) <= bound
+        ended = {o.key for o in store.checkpoint_outputs() if o.value is None}
+        assert not ended & {k.encode() for k in store.states}  # a live episode is never tombstoned
+
+
+def test_restore_adopts_the_most_recently_stepped_up_to_the_bound_and_ends_the_rest(tmp_path: Path) -> None:
+    card = frame_policy(tmp_path).card
+    states = [EpisodeState(k, 3, 1, 1, 0, [], updated_at_s=t) for k, t in (("old", 10.0), ("new", 30.0), ("mid", 20.0))]
+    log = [Record("s", 0, i, s.episode_key.encode(), s.to_bytes()) for i, s in enumerate(states)]
+    store = EpisodeStore(card, "s", load_states=lambda: log, max_live_episodes=2, clock=lambda: 40.0)
+    store.restore([("t.requests.stacked", 3)])
+    assert list(store.states) == ["mid", "new"] and store.restored == 2 and store.evicted == 1
+    assert [(o.key, o.value) for o in store.checkpoint_outputs()] == [(b"old", None)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
+def test_max_live_episodes_must_be_a_whole_number_of_at_least_one(tmp_path: Path, bad) -> None:
+    with pytest.raises(ValueError, match="max_live_episodes"):
+        EpisodeStore(frame_policy(tmp_path).card, "s", max_live_episodes=bad)
 
 
 # -- process_batch on the policy path
