@@ -8,8 +8,13 @@ only packages them for the model card and draws the PNG, so it may use matplotli
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -80,13 +85,43 @@ def certificate_slice(split: str = "calibration/certificate", rendering: dict | 
                             rendering)
 
 
+# Beside a model's versions: one file per certificate index drawn (``reserve=True``), so that two
+# trainings certifying at once never draw the same index, and a certificate that was computed but
+# never published (--no-publish, a crash, a refused publish) still counts as spent: whoever saw it
+# may have acted on it. Removing a file would give its delta back, which the schedule never does.
+RESERVATIONS_DIR = ".certificates"
+
+
 def certificate_spending(models_dir: Path, name: str, family_delta: float,
-                         slice_: CertificateSlice | None = None) -> DeltaSpending:
+                         slice_: CertificateSlice | None = None, reserve: bool = False) -> DeltaSpending:
     """The delta the next certificate of ``name`` may spend (qc/delta_spending.py), its index
-    counted from the versions already in the registry at ``models_dir`` -- never from the
-    caller. A card that cannot be read cannot be counted: refused, before anything is certified."""
+    counted from the versions already in the registry at ``models_dir`` and the indices drawn
+    for certificates not (yet) published -- never from the caller. ``reserve``: draw that index
+    for the certificate about to be computed (under a lock on the model's folder: a concurrent
+    training gets the next one). A card or a drawn index that cannot be read cannot be counted:
+    refused, before anything is certified."""
+    slice_ = slice_ or certificate_slice()
+    if not reserve:
+        return plan(family_delta, slice_, _spent_certificates(models_dir, name))
+    directory = Path(models_dir) / name / RESERVATIONS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        spending = plan(family_delta, slice_, _spent_certificates(models_dir, name))
+        record = json.dumps({EXTRA_KEY: spending.to_dict()}, sort_keys=True)
+        slice_key = hashlib.sha256(json.dumps(spending.slice, sort_keys=True).encode()).hexdigest()[:16]
+        final = directory / f"{spending.index}-{slice_key}.json"
+        partial = final.with_suffix(".partial")
+        partial.write_text(record)
+        os.replace(partial, final)  # whole or absent: a crash leaves no half-read file
+    return spending
+
+
+def _spent_certificates(models_dir: Path, name: str) -> list[Any]:
+    """The model's published cards, and a stand-in card for every drawn index that no card
+    records (same index, same slice)."""
     registry = ModelRegistry(models_dir)
-    cards = []
+    cards: list[Any] = []
     for version in registry.versions(name):
         try:
             cards.append(registry.card(name, version))
@@ -95,7 +130,28 @@ def certificate_spending(models_dir: Path, name: str, family_delta: float,
                 f"cannot certify a new version of {name}: {e}. Its delta must be counted among the certificates "
                 f"on the same slice (docs/training.md, 'Certificates across versions'): repair that card.json and run "
                 "again") from None
-    return plan(family_delta, slice_ or certificate_slice(), cards)
+    published = {_spending_key(c.extra.get(EXTRA_KEY)) for c in cards if isinstance(c.extra, dict)}
+    directory = Path(models_dir) / name / RESERVATIONS_DIR
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+        try:
+            extra = json.loads(path.read_text())
+            spending = extra[EXTRA_KEY]
+            delta = float(spending["delta"])
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise CannotSpendDelta(
+                f"cannot certify a new version of {name}: the drawn certificate {path} cannot be read ({e!r}). "
+                "Its delta must be counted (docs/training.md, 'Certificates across versions'): restore the file, or "
+                "replace it by one with the same index and a delta of at least what it spent") from None
+        if _spending_key(spending) not in published:
+            cards.append(SimpleNamespace(version=f"drawn {path.stem}", extra=extra, training={},
+                                         triage=SimpleNamespace(delta=delta)))
+    return cards
+
+
+def _spending_key(spending: Any) -> str | None:
+    if not isinstance(spending, dict):
+        return None
+    return json.dumps([spending.get("index"), spending.get("slice")], sort_keys=True, default=str)
 
 
 def spending_extra(spending: DeltaSpending) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 
@@ -18,7 +19,7 @@ from training import retrain
 from training.data.split import FRACTIONS, SPLIT_SEED, load_split
 from training.digits import train as digits
 from training.digits.args import DigitsArgs
-from training.selective import CannotSpendDelta, certificate_slice, certificate_spending
+from training.selective import RESERVATIONS_DIR, CannotSpendDelta, certificate_slice, certificate_spending
 
 
 def test_the_certificate_slice_is_named_by_its_split_and_indices():
@@ -96,6 +97,7 @@ def test_retrain_after_a_card_certified_at_the_full_delta_counts_it_in_full(tmp_
     del old["extra"][EXTRA_KEY]
     old["triage"]["delta"] = 0.05  # as the demo's shipped cards: certified at the full delta
     path.write_text(json.dumps(old))
+    shutil.rmtree(models / "digits" / RESERVATIONS_DIR)  # a registry from before drawn indices has none
 
     labels = write_rows(tmp_path / "labels.jsonl", verdict_rows(60))
     summary = retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels), epochs=1), models, progress=False)

@@ -268,7 +268,7 @@ def finish(net: CaptionNet, train_seconds: float, args: CaptionerArgs, models_di
     onnx_bytes = export_onnx(ExportedCaptioner(net), torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8),
                              "image", list(OUTPUT_NAMES))
     # counted now, just before certifying: the versions published while this one trained count too
-    spending = certificate_spending(models_dir, NAME, args.delta, certificate_scenes(args))
+    spending = certificate_spending(models_dir, NAME, args.delta, certificate_scenes(args), reserve=True)
     result = evaluate(net, onnx_bytes, args, spending)
     cert = result["certificate"]
     summary = {"model": NAME, **result["metrics"], "parity_exact": result["parity_exact"],

@@ -358,7 +358,7 @@ def finish(net: DetectorNet, reader: ReaderNet, train_seconds: float, args: Dete
                                 calibration["a_read"]).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE), "image", list(OUTPUT_NAMES))
     # counted now, just before certifying: the versions published while this one trained count too
-    spending = certificate_spending(models_dir, NAME, args.delta, certificate_labels(args))
+    spending = certificate_spending(models_dir, NAME, args.delta, certificate_labels(args), reserve=True)
     result = evaluate(exported, onnx_bytes, args, spending, progress)
     card = build_card(args, result, calibration, train_seconds)
     cert: DetectionCertificate = result["certificate"]

@@ -233,7 +233,7 @@ def run(args: DigitsArgs, models_dir: Path, progress: bool = True, feedback: Fee
     onnx_bytes = export_onnx(exported, torch.zeros(2, 8, 8), "pixels", ["probs"])
     parity = check_parity(exported, onnx_bytes, load_split("test").images[:256])
     # counted now, just before certifying: the versions published while this one trained count too
-    spending = certificate_spending(models_dir, NAME, args.delta)
+    spending = certificate_spending(models_dir, NAME, args.delta, reserve=True)
     result = evaluate(model, onnx_bytes, temperature, args, spending)
     card = build_card(args, result, parity, train_seconds)
     card = record_provenance(card, feedback, tuning, n_train=len(training_digits(args, feedback).labels))

@@ -377,7 +377,7 @@ def run(args: ZipReaderArgs, models_dir: Path, progress: bool = True, feedback: 
     exported = CalibratedReader(model, temperature).eval()
     onnx_bytes = export_onnx(exported, torch.zeros(2, ENVELOPE_H, ENVELOPE_W, dtype=torch.uint8), "image", ["char_probs"])
     # counted now, just before certifying: the versions published while this one trained count too
-    spending = certificate_spending(models_dir, NAME, args.delta)
+    spending = certificate_spending(models_dir, NAME, args.delta, reserve=True)
     result = evaluate(model, onnx_bytes, temperature, args, spending)
     parity = check_parity(exported, onnx_bytes, result["parity_images"])
     card = build_card(args, result, parity, train_seconds)
