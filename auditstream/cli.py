@@ -56,7 +56,11 @@ def command_modules(names: Sequence[str]) -> list[ModuleType]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except AuditstreamError as e:  # a checked option refused its value while parsing (cli_args.Checked)
+        print(f"auditstream: error: {e}", file=sys.stderr)
+        return 2
     from auditstream.settings import Settings
 
     level = args.log_level or Settings.from_env().log_level

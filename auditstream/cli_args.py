@@ -16,7 +16,13 @@ option, so the command line prints one ``auditstream: error: invalid --lr=nan: e
 line and exits 2 before any work starts (``dataclass_from_namespace`` runs it too). A checked
 whole-number option hands ``1.5`` on to the check instead of argparse's "invalid int value".
 Options that are not dataclass fields (``promote``'s) use :func:`check_value` with the same
-ranges.
+ranges. A plain argparse option is declared with :func:`add_checked_argument`, whose
+:class:`Checked` action refuses a value outside its :class:`Range` while the command line is
+parsed, in the same one line (``auditstream.cli.main`` prints it and exits 2), and appends the
+range to its help just as a checked field does; tests/auditstream/test_every_numeric_option_is_checked.py
+fails on any numeric option that is neither. A command that derives further seeds from
+``--seed`` (``seed + i``, ``10 * seed + k``) refuses one whose derived seeds would leave ``SEED``
+with :func:`check_derived_seed`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from auditstream.errors import AuditstreamError, BadArguments, ConfigError
 
@@ -90,6 +96,9 @@ LEFTOVER = Range(0.0, 1.0, high_open=True)  # a share that must leave something 
 COUNT = Range(1, whole=True)  # epochs, steps, batch size, sample counts, threads
 COUNT_OR_ZERO = Range(0, whole=True)  # a count where 0 means none, or "the default"
 SEED = Range(0, 2**32 - 1, whole=True)  # numpy, torch and gymnasium all take these
+PORT = Range(0, 65535, whole=True)  # a TCP port where 0 means "a free one" or "none"
+LISTEN_PORT = Range(1, 65535, whole=True)  # a TCP port a server listens on
+NICENESS = Range(0, 19, whole=True)  # added to a process's niceness: 0 (none) to 19 (the lowest priority)
 
 
 def check_value(option: str, value: T, accepted: Range, example: object = None) -> T:
@@ -116,6 +125,57 @@ def check_fields(obj: object) -> None:
                 raise ConfigError(option, value, f"{accepted.describe()}, or leave {option} out for the preset")
         else:
             check_value(option, value, accepted, None if f.default is dataclasses.MISSING else f.default)
+
+
+def check_derived_seed(seed: int, derive: Callable[[int], int], how: str, option: str = "--seed") -> int:
+    """``seed`` if every seed the command derives from it stays in :data:`SEED`; ``derive`` gives the
+    largest derived seed for a given ``seed`` (increasing in it) and ``how`` says in words how it
+    is derived, e.g. ``"seed + episodes - 1"``. Else :class:`ConfigError` naming ``option`` and the
+    largest seed that fits (numpy's legacy seeding and the range this project promises end at
+    2**32 - 1; wrapping around would silently repeat seeds)."""
+    check_value(option, seed, SEED, 0)
+    top = int(SEED.high)  # type: ignore[arg-type]
+    if derive(seed) <= top:
+        return seed
+    if derive(0) > top:
+        raise ConfigError(option, seed, f"a seed whose derived seeds ({how}) stay <= {top}: none does with these "
+                                        "options, give fewer repetitions")
+    low, high = 0, seed  # derive(low) fits, derive(high) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if derive(middle) <= top else (low, middle)
+    raise ConfigError(option, seed, f"a whole number from 0 to {low}, so that the largest seed derived from it "
+                                    f"({how}) stays <= {top}, e.g. 0")
+
+
+class Checked(argparse.Action):
+    """An argparse action that stores one number after checking it against ``accepted`` (a
+    :class:`Range`); outside it, :class:`ConfigError` naming the option with ``example`` as a good
+    value. Declared through :func:`add_checked_argument`."""
+
+    def __init__(self, option_strings: list[str], dest: str, accepted: Range, example: object = None,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.accepted, self.example = accepted, example
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        option = option_string or self.option_strings[0]
+        setattr(namespace, self.dest, check_value(option, values, self.accepted, self.example))
+
+
+def add_checked_argument(parser: argparse.ArgumentParser, flag: str, accepted: Range, *, default: Any = None,
+                         help: str = "", example: object = None, **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument(flag, ...)`` for a number in ``accepted``: a whole number (``1.5``
+    and ``nan`` reach the check) or a float, the range appended to ``help`` (and the default,
+    when there is one), refused at parse time with the one-line :class:`ConfigError`. The
+    example in the refusal is ``example``, else the default."""
+    text = f"{help}; {accepted.describe()}" if help else accepted.describe()
+    if default is not None:
+        text = f"{text} (default: {default})"
+    return parser.add_argument(flag, type=_whole_number if accepted.whole else float, default=default, help=text,
+                               action=Checked, accepted=accepted, example=default if example is None else example,
+                               **kwargs)
 
 
 def _whole_number(text: str) -> int | float:

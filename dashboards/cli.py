@@ -11,14 +11,14 @@ import argparse
 import signal
 import sys
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import LISTEN_PORT, add_checked_argument, add_dataclass_arguments, dataclass_from_namespace
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from dashboards.config import DashboardConfig
 
     parser = commands.add_parser("dashboard", help="serve the audit dashboard (login, workbench, overview)")
-    parser.add_argument("--port", type=int, default=8501, help="TCP port (default: 8501)")
+    add_checked_argument(parser, "--port", LISTEN_PORT, default=8501, help="TCP port")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1; use 0.0.0.0 behind a TLS proxy only)")
     add_dataclass_arguments(parser, DashboardConfig)

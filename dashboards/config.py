@@ -15,7 +15,7 @@ from typing import Sequence
 
 import math
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import NON_NEGATIVE, Range, add_dataclass_arguments, dataclass_from_namespace
 from auditstream.errors import ConfigError
 
 MIN_LEASE_S, MAX_LEASE_S = 10.0, 86_400.0  # time to look at an item; a day is already a forgotten tab
@@ -29,10 +29,12 @@ class DashboardConfig:
                                                          "empty: AUDITSTREAM_STORE_URL or SQLite in the state dir"})
     models_dir: str = field(default="", metadata={"help": "model registry root; empty: AUDITSTREAM_MODELS_DIR"})
     lease_s: float = field(default=300.0, metadata={"help": "how long a claimed item stays leased without activity (s); "
-                                                            "renewed on every interaction while it is open"})
+                                                            "renewed on every interaction while it is open",
+                                                    "check": Range(MIN_LEASE_S, MAX_LEASE_S)})
     blind_qc: bool = field(default=True, metadata={"help": "QC samples are audited blind: the model's answer is hidden "
                                                            "until the auditor has answered"})
-    refresh_s: float = field(default=5.0, metadata={"help": "overview refresh interval (s); 0 turns auto-refresh off"})
+    refresh_s: float = field(default=5.0, metadata={"help": "overview refresh interval (s); 0 turns auto-refresh off",
+                                                    "check": NON_NEGATIVE})
 
     def __post_init__(self) -> None:
         # math.isfinite first: "inf" and "nan" parse as floats, and nan fails every comparison

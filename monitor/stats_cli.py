@@ -16,7 +16,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from auditstream.cli_args import COUNT, SEED, add_dataclass_arguments, check_fields, dataclass_from_namespace
+from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, SHARE, add_dataclass_arguments, check_fields,
+                                  dataclass_from_namespace)
+from auditstream.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,24 @@ class QCBenchArgs:
 class CostArgs:
     model: str = field(default="", metadata={"help": "model name in the registry"})
     version: str = field(default="", metadata={"help": "model version (default: latest)"})
-    cost_human: float = field(default=1.0, metadata={"help": "cost of one human decision"})
-    cost_audit: float = field(default=1.0, metadata={"help": "cost of one QC audit of an auto-accepted answer"})
-    cost_error: float = field(default=10.0, metadata={"help": "cost of one wrong answer nobody caught"})
-    cost_model: float = field(default=0.0, metadata={"help": "the model's own cost per item"})
-    qc_rate: float = field(default=0.02, metadata={"help": "share of auto-accepted answers audited"})
-    human_error_rate: float = field(default=0.0, metadata={"help": "share of human decisions that are wrong"})
-    max_risk: float = field(default=-1.0, metadata={"help": "only thresholds with risk <= this (-1: no limit)"})
+    cost_human: float = field(default=1.0, metadata={"check": NON_NEGATIVE, "help": "cost of one human decision"})
+    cost_audit: float = field(default=1.0, metadata={"check": NON_NEGATIVE,
+                                                     "help": "cost of one QC audit of an auto-accepted answer"})
+    cost_error: float = field(default=10.0, metadata={"check": NON_NEGATIVE,
+                                                      "help": "cost of one wrong answer nobody caught"})
+    cost_model: float = field(default=0.0, metadata={"check": NON_NEGATIVE, "help": "the model's own cost per item"})
+    qc_rate: float = field(default=0.02, metadata={"check": SHARE, "help": "share of auto-accepted answers audited"})
+    human_error_rate: float = field(default=0.0, metadata={"check": SHARE,
+                                                           "help": "share of human decisions that are wrong"})
+    # -1 (no limit) or a risk: not one Range, so checked below and described in its help
+    max_risk: float = field(default=-1.0, metadata={"help": "only thresholds with risk <= this: a number from 0 to 1, "
+                                                            "or -1 for no limit"})
     json: bool = field(default=False, metadata={"help": "print only the final JSON line on stdout"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the registry is opened
+        if self.max_risk != -1.0 and not SHARE.accepts(self.max_risk):
+            raise ConfigError("--max-risk", self.max_risk, "a number from 0 to 1, or -1 for no limit, e.g. -1.0")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -75,7 +87,6 @@ def run_bench_qc(ns: argparse.Namespace) -> int:
 
 
 def run_cost(ns: argparse.Namespace) -> int:
-    from auditstream.errors import ConfigError
     from auditstream.registry import ModelRegistry
     from auditstream.settings import Settings
     from qc.cost import Costs, cost_report
@@ -87,7 +98,7 @@ def run_cost(ns: argparse.Namespace) -> int:
     card = ModelRegistry(settings.models_dir).card(args.model, args.version or None)
     costs = Costs(human=args.cost_human, audit=args.cost_audit, error=args.cost_error, qc_rate=args.qc_rate,
                   model=args.cost_model, human_error_rate=args.human_error_rate)
-    report = cost_report(card.risk_coverage, costs, None if args.max_risk < 0 else args.max_risk)
+    report = cost_report(card.risk_coverage, costs, None if args.max_risk == -1.0 else args.max_risk)
     out = sys.stderr if args.json else sys.stdout
     print(f"{card.name} v{card.version}: certified threshold {card.triage.threshold:.4f}", file=out)
     print(f"{'threshold':>10} {'coverage':>9} {'risk':>8} {'cost/item':>10}", file=out)

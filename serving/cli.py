@@ -13,18 +13,23 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, add_checked_argument, add_dataclass_arguments,
+                                  check_fields, dataclass_from_namespace)
 
 
 @dataclass(frozen=True)
 class ProduceArgs:
     model: str = field(default="", metadata={"help": "model name: requests go to <prefix>.requests.<model>"})
     version: str = field(default="", metadata={"help": "model version whose input spec to follow (default: latest)"})
-    rate: float = field(default=100.0, metadata={"help": "requests per second (0 = as fast as possible)"})
-    count: int = field(default=1000, metadata={"help": "how many requests to send"})
+    rate: float = field(default=100.0, metadata={"help": "requests per second (0 = as fast as possible)",
+                                                 "check": NON_NEGATIVE})
+    count: int = field(default=1000, metadata={"help": "how many requests to send", "check": COUNT})
     source: str = field(default="auto", metadata={"help": "inputs: auto (card's choice), random, png, digits"})
-    seed: int = field(default=0, metadata={"help": "random seed of generated inputs"})
+    seed: int = field(default=0, metadata={"help": "random seed of generated inputs", "check": SEED})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # before the registry or the broker is touched
 
 
 def _settings(**overrides: object):
@@ -85,8 +90,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    "and canaries without a restart; a pinned version never changes)")
     s.add_argument("--shadow", action="store_true", help="run --version as a shadow candidate on the model's "
                    "requests: predictions flagged shadow only, nothing acts (for auditstream promote)")
-    s.add_argument("--workers", type=int, default=1, help="consumer processes of this model on this host, each a "
-                   "group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 (docs/serving.md)")
+    add_checked_argument(s, "--workers", COUNT, default=1, help="consumer processes of this model on this host, each "
+                         "a group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 (docs/serving.md)")
     s.set_defaults(handler=_serve)
 
     p = commands.add_parser("produce", help="load generator: requests that fit a model's input spec")
@@ -99,5 +104,6 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                         "key, value and headers); exit 1 if some named a topic replay never writes to")
     r.add_argument("--reason", action="append", help="replay only this reason code (repeatable; default: all); "
                    "the others stay available to a later replay")
-    r.add_argument("--max-records", type=int, default=None, help="stop after replaying this many dead letters")
+    add_checked_argument(r, "--max-records", COUNT, help="stop after replaying this many dead letters (default: all)",
+                         example=100)
     r.set_defaults(handler=_dlq_replay)

@@ -14,7 +14,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from auditstream.cli_args import COUNT, add_dataclass_arguments, check_fields, dataclass_from_namespace
+from auditstream.cli_args import (COUNT, PORT, add_checked_argument, add_dataclass_arguments, check_fields,
+                                  dataclass_from_namespace)
 from stack import demo, learning_cli, wire_bench
 
 
@@ -100,7 +101,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     b = commands.add_parser("broker", help="the embedded Kafka-protocol broker (Tansu) for one machine")
     bsub = b.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     start = bsub.add_parser("start", help="start it on a free loopback port, create the topics, return")
-    start.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    add_checked_argument(start, "--port", PORT, default=0, help="port to listen on (0: a free one)")
     start.add_argument("--models", default="", help="comma-separated models whose request topics to create")
     start.add_argument("--foreground", action="store_true", help="stay in the foreground until Ctrl-C/SIGTERM")
     start.add_argument("--durable", action="store_true",

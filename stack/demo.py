@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, NICENESS, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, Range,
+                                  add_dataclass_arguments, check_fields, dataclass_from_namespace)
 from auditstream.settings import Settings
 
 DEMO_MODELS = ("digits", "zip-reader", "detector", "captioner")
@@ -47,35 +48,39 @@ DEMO_USER = "demo"
 QC_BOT = "qc-bot"
 
 
+# consumers expose /metrics on base .. base + 3, the monitor on base + 10: all must be TCP ports
+METRICS_PORT_BASE = Range(1, 65535 - 10, whole=True)
+
+
 @dataclass(frozen=True)
 class DemoArgs:
     """Options of ``auditstream demo``."""
 
-    duration_s: float = field(default=0.0, metadata={"help": "stop after this many seconds; 0 runs until Ctrl-C"})
-    rate_per_s: float = field(default=8.0, metadata={"help": "envelopes per second streamed through the broker"})
-    digits_rate_per_s: float = field(default=2.0, metadata={"help": "single-digit requests per second"})
-    labels_rate_per_s: float = field(default=1.0, metadata={"help": "parcel labels per second (the detector)"})
-    scenes_rate_per_s: float = field(default=1.0, metadata={"help": "scenes per second (the captioner)"})
-    dashboard_port: int = field(default=8501, metadata={"help": "port of the audit dashboard (0: no dashboard)"})
-    metrics_port_base: int = field(default=9400, metadata={"help": "consumers expose /metrics on base, base+1, ... (one per model); the monitor on base+10"})
+    duration_s: float = field(default=0.0, metadata={"check": NON_NEGATIVE, "help": "stop after this many seconds; 0 runs until Ctrl-C"})
+    rate_per_s: float = field(default=8.0, metadata={"check": NON_NEGATIVE, "help": "envelopes per second streamed through the broker"})
+    digits_rate_per_s: float = field(default=2.0, metadata={"check": NON_NEGATIVE, "help": "single-digit requests per second"})
+    labels_rate_per_s: float = field(default=1.0, metadata={"check": NON_NEGATIVE, "help": "parcel labels per second (the detector)"})
+    scenes_rate_per_s: float = field(default=1.0, metadata={"check": NON_NEGATIVE, "help": "scenes per second (the captioner)"})
+    dashboard_port: int = field(default=8501, metadata={"check": PORT, "help": "port of the audit dashboard (0: no dashboard)"})
+    metrics_port_base: int = field(default=9400, metadata={"check": METRICS_PORT_BASE, "help": "consumers expose /metrics on base, base+1, ... (one per model); the monitor on base+10"})
     retrain: bool = field(default=False, metadata={"help": "train new model versions even if the registry has some"})
-    report_every_s: float = field(default=3.0, metadata={"help": "seconds between progress lines"})
-    qc_auditor_rate_per_s: float = field(default=1.0, metadata={
+    report_every_s: float = field(default=3.0, metadata={"check": POSITIVE, "help": "seconds between progress lines"})
+    qc_auditor_rate_per_s: float = field(default=1.0, metadata={"check": NON_NEGATIVE,
         "help": "a simulated auditor answers audit items from the ground truth at this rate (items per second, "
                 "all models together), so the Overview's audited error fills (0: none); it answers QC samples, "
                 "and deferred items too with --bot-answers-deferred"})
     bot_answers_deferred: bool | None = field(default=None, metadata={
         "help": "the simulated auditor also answers deferred items, so the loop learns without a person "
                 "(None: yes with --retrain-every, no without: then the deferred items wait for you)"})
-    retrain_every: int = field(default=0, metadata={
+    retrain_every: int = field(default=0, metadata={"check": COUNT_OR_ZERO,
         "help": "close the learning loop live: retrain digits and zip-reader each time this many new decisive "
                 "verdicts (accept, correct, reject) of the model have arrived, run the candidate in shadow, ask "
                 "the promotion gate, hot-reload a promoted version (0: off; the detector and captioner are skipped)"})
-    retrain_digits_epochs: int = field(default=5, metadata={"help": "--retrain-every: epochs of each digits fine-tune"})
-    retrain_zip_steps: int = field(default=100, metadata={"help": "--retrain-every: steps of each zip-reader fine-tune"})
-    retrain_nice: int = field(default=10, metadata={
+    retrain_digits_epochs: int = field(default=5, metadata={"check": COUNT, "help": "--retrain-every: epochs of each digits fine-tune"})
+    retrain_zip_steps: int = field(default=100, metadata={"check": COUNT, "help": "--retrain-every: steps of each zip-reader fine-tune"})
+    retrain_nice: int = field(default=10, metadata={"check": NICENESS,
         "help": "--retrain-every: niceness added to the retrain and shadow processes, so serving keeps the cores"})
-    promote_margin: float = field(default=0.05, metadata={
+    promote_margin: float = field(default=0.05, metadata={"check": PROBABILITY,
         "help": "--retrain-every: the paired gate's margin (how much worse a candidate may be; auditstream "
                 "promote's default 0.02 needs 210-240 pairs per route before its first look, 0.05 80-95)"})
     promote_per_route: bool = field(default=False, metadata={
@@ -85,17 +90,7 @@ class DemoArgs:
                 "1%% of its traffic) hold up the first look for an hour or more of demo traffic"})
 
     def __post_init__(self) -> None:
-        if (self.duration_s < 0 or self.rate_per_s < 0 or self.digits_rate_per_s < 0 or self.labels_rate_per_s < 0
-                or self.scenes_rate_per_s < 0 or self.report_every_s <= 0 or self.qc_auditor_rate_per_s < 0):
-            raise ValueError(f"duration_s={self.duration_s}, rates ({self.rate_per_s}, {self.digits_rate_per_s}, "
-                             f"{self.labels_rate_per_s}, {self.scenes_rate_per_s}) "
-                             f"must be >= 0 and report_every_s={self.report_every_s} > 0")
-        if self.retrain_every < 0 or self.retrain_digits_epochs < 1 or self.retrain_zip_steps < 1:
-            raise ValueError(f"--retrain-every {self.retrain_every} must be >= 0 (0: no loop), --retrain-digits-epochs "
-                             f"{self.retrain_digits_epochs} and --retrain-zip-steps {self.retrain_zip_steps} >= 1")
-        if not 0 <= self.retrain_nice <= 19 or not 0 < self.promote_margin < 1:
-            raise ValueError(f"--retrain-nice {self.retrain_nice} must be in [0, 19] and --promote-margin "
-                             f"{self.promote_margin} in (0, 1), e.g. 0.05")
+        check_fields(self)  # one line naming the option, before the broker or any model is started
         if self.retrain_every and not self.qc_auditor_rate_per_s and self.bot_answers_deferred:
             raise ValueError("--bot-answers-deferred needs a simulated auditor: give --qc-auditor-rate-per-s > 0")
 

@@ -51,8 +51,8 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
-from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, PROBABILITY, SEED, SHARE, Range, check_fields,
-                                  check_value)
+from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, PROBABILITY, SEED, SHARE, Range, check_derived_seed,
+                                  check_fields, check_value)
 from auditstream.errors import ConfigError
 from auditstream.settings import Settings
 
@@ -126,6 +126,7 @@ class LoopBenchArgs:
         # passed on to DigitsArgs and ZipReaderArgs, whose own checks would name their options
         # (--train-fraction, --epochs) instead of this command's.
         check_fields(self)
+        check_derived_seed(self.seed, lambda seed: seed + 6000, "seed + 6000, the gold items' stream")
         unknown = set(self.models.split(",")) - set(MODELS)
         if unknown:
             raise ConfigError("--models", self.models, f"a comma-separated list of {', '.join(MODELS)}")

@@ -23,6 +23,8 @@ import statistics
 import time
 from typing import Any, Callable
 
+from auditstream.cli_args import COUNT, POSITIVE, add_checked_argument
+
 
 def _per_op_us(fn: Callable[[], Any], budget_s: float, repeats: int) -> float:
     """Median microseconds per call of ``fn``, each repeat a loop of about ``budget_s``."""
@@ -126,7 +128,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("wire", help="encode/decode cost per record of the wire contract (µs)")
-    p.add_argument("--budget-s", type=float, default=0.2, help="seconds per timing loop (default: 0.2)")
-    p.add_argument("--repeats", type=int, default=5, help="timing loops per measurement; the median is kept (default: 5)")
+    add_checked_argument(p, "--budget-s", POSITIVE, default=0.2, help="seconds per timing loop")
+    add_checked_argument(p, "--repeats", COUNT, default=5, help="timing loops per measurement; the median is kept")
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
     p.set_defaults(handler=_handler)

@@ -40,7 +40,7 @@ def _one_clear_line(err: str, *needles: str) -> None:
 def test_dashboard_refuses_a_port_it_cannot_listen_on(port: str, capsys, monkeypatch, tmp_path: Path) -> None:
     code, err = _run(capsys, monkeypatch, "dashboard", f"--port={port}", "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
     assert code != 0
-    _one_clear_line(err, "invalid --port", "1..65535")
+    _one_clear_line(err, "invalid --port", "from 1 to 65535")
 
 
 @pytest.mark.parametrize("address", ["999.1.1.1", "not an address", "no-such-host.invalid", " 127.0.0.1", ""])

@@ -153,10 +153,11 @@ def test_the_loop_retrains_only_what_retrain_can_and_says_why_not_for_the_rest()
 
 
 @pytest.mark.parametrize("options, says", [
-    (dict(retrain_every=-1), "--retrain-every -1 must be >= 0"),
-    (dict(retrain_every=10, retrain_digits_epochs=0), "--retrain-digits-epochs 0"),
-    (dict(retrain_every=10, promote_margin=0.0), "--promote-margin 0.0 in (0, 1), e.g. 0.05"),
-    (dict(retrain_every=10, retrain_nice=40), "--retrain-nice 40 must be in [0, 19]"),
+    (dict(retrain_every=-1), "invalid --retrain-every=-1: expected a whole number >= 0, e.g. 0"),
+    (dict(retrain_every=10, retrain_digits_epochs=0), "invalid --retrain-digits-epochs=0: expected a whole number >= 1"),
+    (dict(retrain_every=10, promote_margin=0.0), "invalid --promote-margin=0.0: expected a number strictly between 0 "
+                                                 "and 1, e.g. 0.05"),
+    (dict(retrain_every=10, retrain_nice=40), "invalid --retrain-nice=40: expected a whole number from 0 to 19"),
     (dict(retrain_every=10, qc_auditor_rate_per_s=0, bot_answers_deferred=True), "give --qc-auditor-rate-per-s > 0"),
 ])
 def test_bad_loop_options_say_what_to_give(options: dict, says: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from auditstream.cli_args import COUNT, COUNT_OR_ZERO, SEED, add_checked_argument
+
 from training.detector.args import DetectorArgs
 from training.family_cli import TrainCommand
 
@@ -27,9 +29,10 @@ def register(train: argparse._SubParsersAction, rl: argparse._SubParsersAction,
                    help="a folder with card.json and model.onnx (e.g. stack/demo_models/detector); default: the "
                         "registry's live detector")
     p.add_argument("--version", default=None, help="registry version (default: the live one)")
-    p.add_argument("--pools", type=int, default=12, help="random held-out pools of the test pool's size")
-    p.add_argument("--resplits", type=int, default=12, help="certificates re-run on random held-out pools")
-    p.add_argument("--seed", type=int, default=0)
+    add_checked_argument(p, "--pools", COUNT, default=12, help="random held-out pools of the test pool's size")
+    add_checked_argument(p, "--resplits", COUNT_OR_ZERO, default=12,
+                         help="certificates re-run on random held-out pools (0: none)")
+    add_checked_argument(p, "--seed", SEED, default=0, help="seed of the pools and re-splits")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(handler=_bench_handwriting)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
-                                  SHARE, Range, check_fields)
+                                  SHARE, Range, check_derived_seed, check_fields)
 from auditstream.errors import BadArguments, ConfigError
 
 # Tuned per environment; ``None`` in PPOArgs means "take the preset".
@@ -63,6 +63,9 @@ class PPOArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # before training (a None is the preset, checked by resolved())
+        # evaluation episode e is seeded seed + 10000 + e (ppo.py)
+        check_derived_seed(self.seed, lambda seed: seed + 10_000 + self.eval_episodes - 1,
+                           "seed + 10000 + eval-episodes - 1")
         if self.action_selection not in ("sample", "greedy"):
             raise ConfigError("--action-selection", self.action_selection, "sample or greedy")
 
@@ -138,6 +141,10 @@ class OPEBenchArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
+        # the truth's episodes are seeded seed + 1e6 + e, trial t's seed + 1e4 (t + 1) + e (ope_bench.py)
+        check_derived_seed(self.seed, lambda seed: seed + max(1_000_000 + self.truth_episodes,
+                                                               10_000 * self.trials + self.episodes) - 1,
+                           "the larger of seed + 1000000 + truth-episodes - 1 and seed + 10000 trials + episodes - 1")
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,10 @@ class OverridesBenchArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
+        # repetition i runs on seed s = seed + i and seeds its episodes 10 s + 1 .. 10 s + 4, the human's
+        # seed + 999 (overrides_bench.py)
+        check_derived_seed(self.seed, lambda seed: max(10 * (seed + self.seeds - 1) + 4, seed + 999),
+                           "the larger of 10 (seed + seeds - 1) + 4 and seed + 999")
 
 
 @dataclass(frozen=True)
@@ -189,3 +200,5 @@ class OfflineBenchArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
+        # repetition i runs on seed s = seed + i and seeds its episodes 10 s + 1 .. 10 s + 6 (offline_bench.py)
+        check_derived_seed(self.seed, lambda seed: 10 * (seed + self.seeds - 1) + 6, "10 (seed + seeds - 1) + 6")

@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, NON_NEGATIVE, POSITIVE, SEED, check_derived_seed,
+                                  check_fields)
+
 log = logging.getLogger(__name__)
 
 
@@ -44,24 +47,24 @@ class RunArgs:
     """Arguments of ``auditstream rl run``."""
 
     env: str = field(default="CartPole-v1", metadata={"help": "Gymnasium environment id"})
-    episodes: int = field(default=10, metadata={"help": "episodes to run"})
+    episodes: int = field(default=10, metadata={"help": "episodes to run", "check": COUNT})
     model: str = field(default="", metadata={"help": "policy model (default: policy-<env>, e.g. policy-cartpole-v1)"})
     version: str = field(default="", metadata={"help": "card version to follow (default: the live version)"})
-    decision_timeout_s: float = field(default=2.0, metadata={"help": "wait this long for a step's action, then apply the safe action"})
-    human_wait_s: float = field(default=0.0, metadata={"help": "after a deferred marker, wait this long for a human decision"})
-    start_timeout_s: float = field(default=30.0, metadata={"help": "timeout of the run's first decision (consumer joining)"})
-    concurrent: int = field(default=4, metadata={"help": "episodes stepped at once"})
-    max_steps: int = field(default=0, metadata={"help": "cut episodes after this many steps (0: the env's limit)"})
-    seed: int = field(default=0, metadata={"help": "seed of episode i is seed + i"})
+    decision_timeout_s: float = field(default=2.0, metadata={
+        "help": "wait this long for a step's action, then apply the safe action", "check": POSITIVE})
+    human_wait_s: float = field(default=0.0, metadata={
+        "help": "after a deferred marker, wait this long for a human decision", "check": NON_NEGATIVE})
+    start_timeout_s: float = field(default=30.0, metadata={
+        "help": "timeout of the run's first decision (consumer joining)", "check": POSITIVE})
+    concurrent: int = field(default=4, metadata={"help": "episodes stepped at once", "check": COUNT})
+    max_steps: int = field(default=0, metadata={"help": "cut episodes after this many steps (0: the env's limit)",
+                                                "check": COUNT_OR_ZERO})
+    seed: int = field(default=0, metadata={"help": "seed of episode i is seed + i", "check": SEED})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.concurrent < 1 or self.max_steps < 0:
-            raise ValueError(f"episodes={self.episodes} and concurrent={self.concurrent} must be >= 1, "
-                             f"max_steps={self.max_steps} >= 0")
-        if not (self.decision_timeout_s > 0 and self.start_timeout_s > 0 and 0 <= self.human_wait_s):
-            raise ValueError(f"decision_timeout_s={self.decision_timeout_s} and start_timeout_s={self.start_timeout_s} "
-                             f"must be > 0, human_wait_s={self.human_wait_s} >= 0")
+        check_fields(self)  # one line naming the option, before the broker or an environment is touched
+        check_derived_seed(self.seed, lambda seed: seed + self.episodes - 1, "seed + episodes - 1")
 
 
 @dataclass
