@@ -94,7 +94,7 @@ def onnxruntime_build() -> dict[str, Any]:
             "preload": preload_gpu_libraries()}
 
 
-def raw_ort(onnx_bytes: bytes, provider: str, batch: int) -> dict[str, Any]:
+def raw_ort(onnx_bytes: bytes, provider: str, batch: int, measure_s: float = MEASURE_S) -> dict[str, Any]:
     """Records/s of repeated runs of one random batch on ``provider`` (I/O binding on a GPU)."""
     import onnxruntime as ort
 
@@ -119,7 +119,7 @@ def raw_ort(onnx_bytes: bytes, provider: str, batch: int) -> dict[str, Any]:
         run = lambda: bound.run(x)  # noqa: E731
     run()
     runs, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < MEASURE_S or runs < 3:
+    while (elapsed := time.perf_counter() - started) < measure_s or runs == 0:
         run()
         runs += 1
     return {"per_s": round(runs * batch / elapsed, 1), "used": session.get_providers()[0]}
@@ -218,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.splitlines()[0])
     parser.add_argument("--skip", type=parse_skip, default=set(), metavar="STEPS",
                         help=f"comma-separated steps to leave out: {', '.join(STEPS)}")
-    skip = parser.parse_args(argv).skip
+    parser.add_argument("--measure-s", type=float, default=MEASURE_S, metavar="S",
+                        help=f"seconds of runs per raw ONNX Runtime measurement (default: {MEASURE_S:g})")
+    args = parser.parse_args(argv)
+    skip = args.skip
+    if not 0.01 <= args.measure_s <= 60:  # nan fails this too
+        parser.error(f"invalid --measure-s={args.measure_s}: expected a number from 0.01 to 60, e.g. {MEASURE_S:g}")
     started = time.perf_counter()
     missing: list[str] = []
     report: dict[str, Any] = {"environment": environment(missing)}
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         report["raw_ort_per_s"][provider] = {}
         for batch in BATCHES:
             try:
-                report["raw_ort_per_s"][provider][str(batch)] = raw_ort(onnx_bytes, provider, batch)
+                report["raw_ort_per_s"][provider][str(batch)] = raw_ort(onnx_bytes, provider, batch, args.measure_s)
             except Exception as e:  # noqa: BLE001 - one provider failing must not hide the others
                 report["raw_ort_per_s"][provider][str(batch)] = {"error": str(e).splitlines()[0][:300]}
             say(f"raw ORT {provider} batch {batch}: {report['raw_ort_per_s'][provider][str(batch)]}")

@@ -27,8 +27,8 @@ def test_parse_skip_takes_known_steps_and_refuses_others() -> None:
 
 
 def test_a_cpu_host_gets_one_json_object_with_cpu_numbers_and_what_is_missing() -> None:
-    done = subprocess.run([str(REPO / "scripts" / "gpu-check"), "--skip", "serve,train"], capture_output=True,
-                          text=True, timeout=280)
+    done = subprocess.run([str(REPO / "scripts" / "gpu-check"), "--skip", "serve,train", "--measure-s", "0.2"],
+                          capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)  # the whole of stdout is the one object
     assert report["providers_loading"][-1] == "CPUExecutionProvider"
@@ -42,8 +42,10 @@ def test_a_cpu_host_gets_one_json_object_with_cpu_numbers_and_what_is_missing() 
         assert any(m.startswith("CUDAExecutionProvider") for m in report["missing"]), report["missing"]
 
 
-def test_an_unknown_step_is_refused_before_any_work() -> None:
-    done = subprocess.run([str(REPO / "scripts" / "gpu-check"), "--skip", "gpu"], capture_output=True, text=True,
-                          timeout=60)
+@pytest.mark.parametrize("argv, said", [(["--skip", "gpu"], "expected a comma-separated list of raw, serve, train"),
+                                        (["--measure-s", "nan"], "invalid --measure-s=nan: expected a number from 0.01"),
+                                        (["--measure-s", "1e9"], "invalid --measure-s=1000000000.0")])
+def test_a_bad_option_is_refused_before_any_work(argv: list[str], said: str) -> None:
+    done = subprocess.run([str(REPO / "scripts" / "gpu-check"), *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
-    assert "expected a comma-separated list of raw, serve, train" in done.stderr
+    assert said in done.stderr
