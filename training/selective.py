@@ -137,6 +137,8 @@ def _spent_certificates(models_dir: Path, name: str) -> list[Any]:
             extra = json.loads(path.read_text())
             spending = extra[EXTRA_KEY]
             delta = float(spending["delta"])
+            if not 0.0 < delta < 1.0:  # NaN too: it would make every later sum NaN
+                raise ValueError(f"delta {delta!r} is not in (0, 1)")
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise CannotSpendDelta(
                 f"cannot certify a new version of {name}: the drawn certificate {path} cannot be read ({e!r}). "

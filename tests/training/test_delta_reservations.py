@@ -65,7 +65,9 @@ def test_a_drawn_index_on_another_slice_starts_its_own_count(tmp_path: Path) -> 
     assert certificate_spending(tmp_path, "digits", 0.05, SLICE).index == 2
 
 
-@pytest.mark.parametrize("content", ["", "{", "[]", '{"delta_spending": {"index": 1}}', '{"delta_spending": 3}'])
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"delta_spending": {"index": 1}}', '{"delta_spending": 3}',
+                                     '{"delta_spending": {"index": 1, "delta": NaN}}',
+                                     '{"delta_spending": {"index": 1, "delta": 0}}'])
 def test_a_damaged_drawn_certificate_is_refused_not_ignored(tmp_path: Path, content: str) -> None:
     certificate_spending(tmp_path, "digits", 0.05, SLICE, reserve=True)
     _only_file(tmp_path).write_text(content)
