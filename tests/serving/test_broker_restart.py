@@ -51,9 +51,14 @@ def embedded_card(settings: Settings):
 
 
 def _answered(settings: Settings, want: set[str], timeout_s: float) -> set[str]:
+    """The requests answered so far, read until all of ``want`` are or ``timeout_s`` passes. A read
+    ends 1 s after reaching the topic's end; it was also cut at 5 s, which on a slow host (durable
+    storage, two timing modules at once) left a partial read that the next one replaced, in two
+    fresh-clone CI runs. Now each read may take 30 s and the reads add up (an answer, once on the
+    topic, stays answered)."""
     deadline, seen = time.monotonic() + timeout_s, set()
     while time.monotonic() < deadline and not want <= seen:
-        seen = set(request_ids(read_topic(settings, settings.topic(T.PREDICTIONS), timeout_s=5, idle_s=1)))
+        seen |= set(request_ids(read_topic(settings, settings.topic(T.PREDICTIONS), timeout_s=30, idle_s=1)))
     return seen
 
 
