@@ -306,8 +306,9 @@ class EpisodeStore:
         return stacked
 
     def _evict(self, key: str) -> None:
-        """End episode ``key`` to make room (``max_live_episodes``): tombstoned at the next checkpoint."""
-        del self.states[key]
+        """End episode ``key`` to make room (``max_live_episodes``): tombstoned at the next checkpoint
+        (also one restore does not adopt: it is on the topic, not in memory)."""
+        self.states.pop(key, None)
         self._dirty.discard(key)
         self._ended.add(key)
         self.evicted += 1
@@ -417,9 +418,7 @@ class EpisodeStore:
         found.sort(key=lambda st: st.updated_at_s)
         room = max(0, self.max_live_episodes - len(self.states))
         for state in found[:len(found) - room] if len(found) > room else ():
-            self._ended.add(state.episode_key)
-            self.evicted += 1
-            self._evicted_since_checkpoint += 1
+            self._evict(state.episode_key)
         adopted = found[-room:] if room else []
         merged = {st.episode_key: st for st in adopted}
         merged.update(self.states)  # episodes already live here were stepped more recently than any record

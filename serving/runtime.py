@@ -63,6 +63,15 @@ def _probe_model_bytes() -> bytes:
     return model.SerializeToString()
 
 
+def ort_cuda_version() -> str:
+    """The CUDA version the installed ONNX Runtime was built for; "" for a CPU build."""
+    try:
+        from onnxruntime.capi.build_and_package_info import cuda_version
+    except ImportError:
+        return ""
+    return cuda_version or ""
+
+
 @functools.lru_cache(maxsize=1)
 def preload_gpu_libraries() -> str:
     """Load CUDA and cuDNN from pip's ``nvidia-*`` packages (``onnxruntime-gpu[cuda,cudnn]``), once.
@@ -75,10 +84,7 @@ def preload_gpu_libraries() -> str:
     """
     import onnxruntime as ort
 
-    try:
-        from onnxruntime.capi.build_and_package_info import cuda_version
-    except ImportError:
-        cuda_version = ""
+    cuda_version = ort_cuda_version()
     if not cuda_version:
         return "a CPU build of ONNX Runtime: no CUDA libraries to preload"
     preload = getattr(ort, "preload_dlls", None)

@@ -35,6 +35,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from auditstream.cli_args import Range, check_value
+from auditstream.errors import ConfigError
+
 BATCHES = (1, 64, 256)
 MEASURE_S = 2.0
 TRAIN_S = 6.0
@@ -85,12 +88,9 @@ def onnxruntime_build() -> dict[str, Any]:
 
     from serving.runtime import preload_gpu_libraries
 
-    try:
-        from onnxruntime.capi import build_and_package_info as info
-        cuda = getattr(info, "cuda_version", None) or None
-    except ImportError:
-        cuda = None
-    return {"version": ort.__version__, "file": ort.__file__, "cuda_version": cuda,
+    from serving.runtime import ort_cuda_version
+
+    return {"version": ort.__version__, "file": ort.__file__, "cuda_version": ort_cuda_version() or None,
             "preload": preload_gpu_libraries()}
 
 
@@ -205,6 +205,7 @@ def training_speed(missing: list[str]) -> dict[str, Any] | None:
 
 
 STEPS = ("raw", "serve", "train")
+MEASURE_RANGE = Range(0.01, 60.0)  # seconds of one raw ORT measurement
 
 
 def parse_skip(value: str) -> set[str]:
@@ -222,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds of runs per raw ONNX Runtime measurement (default: {MEASURE_S:g})")
     args = parser.parse_args(argv)
     skip = args.skip
-    if not 0.01 <= args.measure_s <= 60:  # nan fails this too
-        parser.error(f"invalid --measure-s={args.measure_s}: expected a number from 0.01 to 60, e.g. {MEASURE_S:g}")
+    try:  # the project's option ranges (auditstream/cli_args.py); nan and inf fail too
+        check_value("--measure-s", args.measure_s, MEASURE_RANGE, MEASURE_S)
+    except ConfigError as e:
+        parser.error(str(e))
     started = time.perf_counter()
     missing: list[str] = []
     report: dict[str, Any] = {"environment": environment(missing)}
