@@ -103,6 +103,19 @@ class LoopStats:
     first_record_at: float | None = None  # clock time the first record arrived
     last_commit_at: float | None = None  # clock time of the last successful commit
     batch_sizes: list[int] = field(default_factory=list, repr=False)
+    # Wall seconds in each step since the first record arrived (``bench serve``'s drain split):
+    # polling, process_batch, handing outputs to the producer, checkpoints (flush + commit).
+    poll_s: float = 0.0
+    process_s: float = 0.0
+    produce_s: float = 0.0
+    checkpoint_s: float = 0.0
+
+    @property
+    def drain_rate_per_s(self) -> float:
+        """Records per second from the first record to the last commit (NaN before a commit):
+        what a benchmark's drain of records produced ahead of time measures."""
+        elapsed = (self.last_commit_at or 0) - (self.first_record_at or 0)
+        return self.records_in / elapsed if elapsed > 0 else float("nan")
 
 
 class StreamLoop:
@@ -155,7 +168,10 @@ class StreamLoop:
             # 1. poll: as many records as the open batch has room for, until its deadline
             room = self._batch_limit() - len(self._pending)
             timeout_ms = cfg.idle_poll_ms if not self._pending else max(0, int(self._deadline_ms()))
+            poll_started = self.clock()
             polled = self.consumer.poll(room, timeout_ms)
+            if self.stats.first_record_at is not None:  # not the wait for an assignment or a first record
+                self.stats.poll_s += self.clock() - poll_started
             if polled or (self._idle_since is None and self.consumer.assignment()):
                 self._idle_since = self.clock()
             if polled and not self._pending:
@@ -206,12 +222,15 @@ class StreamLoop:
         if len(results) != len(batch):
             raise BatchFailed(batch[0].where, batch[-1].where, len(batch),
                               f"process_batch returned {len(results)} results for {len(batch)} records")
-        self.compute.observe(len(batch), self.clock() - started)
+        processed = self.clock()
+        self.compute.observe(len(batch), processed - started)
+        self.stats.process_s += processed - started
         # 4. produce every output; remember the next offset of each partition
         for outputs in results:
             for out in outputs:
                 self.producer.send(out.topic, out.key, out.value, out.headers)
                 self.stats.outputs_out += 1
+        self.stats.produce_s += self.clock() - processed
         if self.budget is not None:  # slow batches shrink the next ones: polls stay inside max.poll.interval
             before = self.budget.limit
             why = self.budget.observe(len(batch), self.clock() - started)
@@ -227,6 +246,13 @@ class StreamLoop:
     def _checkpoint(self) -> None:
         if not self._in_flight:
             return
+        started = self.clock()
+        try:
+            self._flush_and_commit()
+        finally:
+            self.stats.checkpoint_s += self.clock() - started
+
+    def _flush_and_commit(self) -> None:
         offsets, self._in_flight, self._in_flight_batches = self._in_flight, {}, 0
         if self.hooks.before_checkpoint:
             for out in self.hooks.before_checkpoint(offsets):

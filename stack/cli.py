@@ -35,6 +35,10 @@ class BenchServeArgs:
                                                                       "'auditstream serve --workers N' (ratio_workers)"})
     profile: bool = field(default=False, metadata={"help": "drain the max-rate requests once more under cProfile and "
                                                            "report where each record's time goes (key 'profile')"})
+    without_path: bool = field(default=False, metadata={
+        "help": "drain the max-rate requests once more with the project's path taken out (ONNX Runtime still runs "
+                "each batch; the first batch's outputs are sent again): ratio_without_path, the ceiling the client, "
+                "broker and machine leave"})
 
     def __post_init__(self) -> None:
         check_fields(self)  # before the broker and the model are started

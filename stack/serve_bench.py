@@ -35,12 +35,27 @@ audit topic, the mix of a certified model in production.
 The last line printed is one JSON object (keys: raw_ort_per_s, stream_per_s, ratio, p50_ms,
 p99_ms, latency_bound_ms, lost, duplicates, non_identical_duplicates, mean_batch_size, batch_size,
 max_wait_ms, latency_budget_ms, raw_client_per_s, client, load_generator_client,
-latency_cpu_cores, ratio_tls, ...; ``profile`` with ``--profile``).
+latency_cpu_cores, ratio_tls, ...; ``profile`` with ``--profile``, ``ratio_without_path`` with
+``--without-path``).
+
+``drain_wall_share`` (:func:`drain_split`): where step 3's wall time went -- the model (its
+histograms), the project's path (the rest of process_batch), poll, produce, checkpoint, rest --
+and ``model_in_stream_per_s``, the model's own records/s inside the drain; together they factor
+the ratio: ``ratio ≈ model_in_stream_per_s / raw_ort_per_s × drain_wall_share["model"]``, the
+first factor what the client's threads and the broker on the same cores cost ONNX Runtime, the
+second what the loop spends outside the model.
 
 ``raw_client_per_s`` (:func:`stack.serve_profile.raw_client_per_s`): a fresh group drains the
 max-rate step's requests again through the same loop and client, forwarding each record's bytes
 unchanged (no decoding, no model): the client's and the loop's own ceiling, so a run tells the
 client's overhead from the project's path (``--profile`` splits the path further).
+
+With ``--without-path`` the max-rate requests are drained once more by
+:class:`stack.serve_profile.PathFreeApp` -- the same app with decoding, postprocessing, triage and
+encoding done once per batch size, ONNX Runtime still run on every batch:
+``stream_without_path_per_s`` and ``ratio_without_path``, the ratio a path costing nothing would
+reach here; ``ratio_without_path - ratio`` is the path's share of the loss, the rest is the
+client's, the broker's and the machine's.
 
 With ``--workers N`` (> 1) the max-rate drain is repeated by ``auditstream serve --workers N`` in
 a child process (:mod:`stack.workers_bench`: ``stream_workers_per_s``, ``ratio_workers``), after
@@ -76,13 +91,14 @@ from auditstream.kafka import ensure_model_topics, make_consumer, make_producer,
 from auditstream.kafka.factory import kafka_python_has_fast_crc
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel, TensorSpec, TriageSpec
 from auditstream.settings import Settings
+from auditstream.stream import LoopStats
 from auditstream.wire import InferenceRequest
 from auditstream.wire.records import parse_latency_headers
 from serving.app import ServeApp
 from serving.loadgen import inputs_for, produce_requests
 from serving.metrics import ServeMetrics
 from serving.runtime import load_session
-from stack.serve_profile import broker_cpu_s, process_cpu_s, profiled, raw_client_per_s
+from stack.serve_profile import PathFreeApp, broker_cpu_s, process_cpu_s, profiled, raw_client_per_s
 from stack.workers_bench import max_rate_with_workers
 
 BENCH_MODEL = "bench-cnn"
@@ -299,12 +315,49 @@ def _ratio(rate: float, raw: float) -> float:
     return float(f"{rate / raw:.3g}")
 
 
+def _drain(app: ServeApp, settings: Settings, count: int) -> tuple[LoopStats, float, float | None, float]:
+    """``app`` drains ``count`` records: its stats, the CPU µs per record of this process and of
+    the embedded broker meanwhile (None: not the bench's own broker), which the other jobs on a
+    shared machine disturb far less than wall time, and the seconds spent in the model."""
+    cpu, broker_cpu, model_s = time.process_time(), broker_cpu_s(settings), _model_s(app)
+    stats = app.run(max_records=count)
+    stream_cpu_us = (time.process_time() - cpu) / count * 1e6
+    broker_after, model_s = broker_cpu_s(settings), _model_s(app) - model_s
+    broker_cpu_us = (broker_after - broker_cpu) / count * 1e6 if broker_cpu is not None and broker_after else None
+    return stats, stream_cpu_us, broker_cpu_us, model_s
+
+
+def _model_s(app: ServeApp) -> float:
+    """Seconds inside the model so far (ONNX Runtime runs, and a GPU's copies), from the app's
+    own histograms."""
+    return sum(sample.value for family in app.metrics.registry.collect()
+               if family.name in ("auditstream_serve_inference_seconds", "auditstream_serve_device_copy_seconds")
+               for sample in family.samples if sample.name.endswith("_sum"))
+
+
+def drain_split(stats: LoopStats, model_s: float) -> dict[str, float]:
+    """Shares of a drain's wall time (first record to last commit): in the model, in the rest of
+    process_batch (the project's path: decode, postprocess, triage, JSON), polling, handing
+    outputs to the producer, checkpoints (flush + commit), and the loop's own rest. With the
+    model's own speed in the stream (``records / model_s``) it factors the ratio:
+    ``ratio = (model speed in the stream / raw) × model share``."""
+    wall = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
+    if wall <= 0:
+        return {}
+    parts = {"model": model_s, "path": stats.process_s - model_s, "poll": stats.poll_s,
+             "produce": stats.produce_s, "checkpoint": stats.checkpoint_s}
+    parts["rest"] = wall - sum(parts.values())
+    return {name: round(seconds / wall, 4) for name, seconds in parts.items()}
+
+
 def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: Any, id_prefix: str,
-              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None, dict[str, float | None]]:
+              say) -> tuple[Any, Any, float, tuple[float, float], dict[str, Any] | None, dict[str, float | None],
+                            dict[str, Any]]:
     """The serving consumer drains ``args.count`` requests produced before it starts: (what was
     sent, its run stats, records/s from first record to last commit, raw ORT before and after,
-    with ``args.profile`` where the time of a second drain went (:func:`profiled`), and CPU µs per
-    record of raw ORT, of this process's drain and of the embedded broker meanwhile)."""
+    with ``args.profile`` where the time of a second drain went (:func:`profiled`), CPU µs per
+    record of raw ORT, of this process's drain and of the embedded broker meanwhile, and where
+    the drain's wall time went (:func:`drain_split`, the model's own records/s in it))."""
     from prometheus_client import CollectorRegistry
 
     card = model.card
@@ -319,23 +372,18 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         # The machine's load drifts: raw throughput is measured right before and right after.
         raw_before = raw_ort_per_s(model, args.batch_size, settings=settings)
         say(f"raw ONNX Runtime: {raw_before:,.0f} records/s")
-        cpu, broker_cpu = time.process_time(), broker_cpu_s(settings)
-        stats = app.run(max_records=args.count)
-        # CPU per record, which the other jobs on a shared machine disturb far less than wall time
-        stream_cpu_us = (time.process_time() - cpu) / args.count * 1e6
-        broker_after = broker_cpu_s(settings)
+        stats, stream_cpu_us, broker_cpu_us, model_s = _drain(app, settings, args.count)
     finally:
         # Leaves the group before raw ORT is measured again: a live consumer keeps fetching in the
         # background (librdkafka's threads, and the embedded broker answering them, took 6-13%
         # off the "after" measurement), and the next step's group gets every partition.
         app.close()
-    broker_cpu_us = (broker_after - broker_cpu) / args.count * 1e6 if broker_cpu is not None and broker_after else None
-    elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
-    stream = args.count / elapsed if elapsed > 0 else float("nan")
+    stream = stats.drain_rate_per_s
     raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
     ratio = stream / ((raw_before + raw_after) / 2)
-    say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {args.count} "
-        f"requests in {elapsed:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; ratio {ratio:.3f}")
+    say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {stats.records_in} "
+        f"requests in {stats.records_in / stream:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; "
+        f"ratio {ratio:.3f}")
     cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
               "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
     report = None
@@ -348,7 +396,37 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
         finally:
             app.close()
         say(json.dumps(report, indent=1))
-    return sent, stats, stream, (raw_before, raw_after), report, cpu_us
+    split = {"drain_wall_share": drain_split(stats, model_s),
+             "model_in_stream_per_s": round(stats.records_in / model_s, 1) if model_s > 0 else None}
+    say("drain wall time: " + ", ".join(f"{k} {v:.1%}" for k, v in split["drain_wall_share"].items())
+        + f"; the model alone ran at {split['model_in_stream_per_s']}/s in it")
+    return sent, stats, stream, (raw_before, raw_after), report, cpu_us, split
+
+
+def _max_rate_without_path(settings: Settings, producer: Any, model: RegisteredModel, args: Any, run_id: str,
+                           raw_before: float, say) -> dict[str, float]:
+    """The max-rate drain again by a fresh :class:`~stack.serve_profile.PathFreeApp` (ORT runs,
+    the project's path does not): ``stream_without_path_per_s`` and ``ratio_without_path``, raw
+    ORT taken as the mean of ``raw_before`` (the measurement that ended the drain before) and one
+    right after; ``cpu_ratio_without_path`` as ``cpu_ratio``."""
+    from prometheus_client import CollectorRegistry
+
+    card = model.card
+    produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=4),
+                     args.count, 0.0, id_prefix=f"nopath{run_id}", progress=False)
+    app = PathFreeApp(settings, model, ServeMetrics(card.name, CollectorRegistry()))
+    try:
+        stats, stream_cpu_us, broker_cpu_us, _ = _drain(app, settings, args.count)
+    finally:
+        app.close()
+    rate = stats.drain_rate_per_s
+    raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
+    ratio = _ratio(rate, (raw_before + raw_after) / 2)
+    cpu_ratio = _cpu_ratio({"raw_ort": sum(RAW_CPU_US[-2:]) / 2, "stream_process": stream_cpu_us, "broker": broker_cpu_us})
+    say(f"stream without the path (outputs of the first batch sent again, ORT still run): {rate:,.0f}/s; "
+        f"raw ORT after: {raw_after:,.0f}/s; ratio {ratio}, cpu_ratio {cpu_ratio}")
+    return {"stream_without_path_per_s": round(rate, 1), "ratio_without_path": ratio,
+            "cpu_ratio_without_path": cpu_ratio}
 
 
 def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, run_id: str, say) -> dict[str, float]:
@@ -367,7 +445,7 @@ def _max_rate_over_tls(settings: Settings, model: RegisteredModel, args: Any, ru
         tls = dataclasses.replace(tls, bootstrap_servers=info.bootstrap)
         producer = make_producer(tls, client_id="bench-producer-tls")
         try:
-            _sent, _stats, stream, (before, after), _, _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
+            _sent, _stats, stream, (before, after), _, _, _ = _max_rate(tls, producer, model, args, f"tls{run_id}", say)
         finally:
             producer.close()
     finally:
@@ -385,13 +463,15 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     producer = make_producer(settings, client_id="bench-producer")
     topic = settings.request_topic(card.name)
     arrivals: dict[str, list[float]] = {}
-    sent, stats, stream, (raw_before, raw_after), profile, cpu_us = _max_rate(settings, producer, model, args, f"max{run_id}",
-                                                                      say)
+    sent, stats, stream, (raw_before, raw_after), profile, cpu_us, split = _max_rate(
+        settings, producer, model, args, f"max{run_id}", say)
     raw = (raw_before + raw_after) / 2
     read_predictions(settings, set(sent.request_ids), 60.0, f"bench-reader-a-{run_id}", arrivals)
     # the client alone: a fresh group drains the same requests and forwards them, no model
     raw_client, _ = raw_client_per_s(settings, producer, topic, args.count, f"bench-raw-client-{run_id}")
     say(f"raw client (consume + produce, no model): {raw_client:,.0f} records/s")
+    without_path = (_max_rate_without_path(settings, producer, model, args, run_id, raw_after, say)
+                    if args.without_path else {})
     tls = _max_rate_over_tls(settings, model, args, run_id, say) if args.tls else None
 
     # latency at ~70% of the measured max rate: `auditstream serve` in its own process (as in
@@ -471,7 +551,9 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
         "requests": len(expected) + len(latency_expected),
         "wire_encode_us": round(encode_us, 1), "wire_decode_us": round(decode_us, 1),
     }
+    result.update(split)
     result.update(workers)
+    result.update(without_path)
     if profile is not None:
         result["profile"] = profile
     if tls is not None:

@@ -4,6 +4,13 @@
 the same at-least-once loop, with no model and no decoding (``raw_client_per_s`` in the bench's
 JSON): what the Kafka client and the loop cost on their own, apart from the project's path.
 
+:class:`PathFreeApp` (``--without-path``): the serving app with the project's own path taken
+out -- each batch still polled, run through ONNX Runtime on inputs of its shape and answered with
+as many outputs of the same sizes, but decoding, postprocessing, triage and JSON encoding are
+done once per batch size and their outputs sent again: the ratio a path that cost nothing would
+reach with this client, broker and machine (``ratio_without_path``), so ``ratio_without_path -
+ratio`` is the path's share of what is lost.
+
 With ``--profile``, :func:`profiled` takes two views of the max-rate run, taken together (cProfile's own overhead inflates the Python
 parts, so the bench reports the unprofiled run's throughput beside them):
 
@@ -28,9 +35,14 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from auditstream.kafka import Record, ensure_topics
 from auditstream.settings import Settings
 from auditstream.stream import LoopStats, Output, StreamLoop
+from auditstream.wire import InferenceRequest
+from serving.app import ServeApp
+from serving.inputs import prepare_input
 
 # (label, file suffix, function name): cumulative time of that function on the loop's thread
 SECTIONS = (
@@ -145,5 +157,25 @@ def raw_client_per_s(settings: Settings, producer: Any, topic: str, count: int, 
         stats = loop.run(max_records=count)
     finally:
         loop.consumer.close()  # type: ignore[union-attr]  # the producer belongs to the caller
-    elapsed = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
-    return (stats.records_in / elapsed if elapsed > 0 else float("nan")), stats
+    return stats.drain_rate_per_s, stats
+
+
+class PathFreeApp(ServeApp):
+    """:class:`~serving.app.ServeApp` whose batches skip the project's path after the first of
+    their size: ONNX Runtime still runs a batch of that size (the first one's inputs) through the
+    live version's runner, and that first batch's outputs are sent again -- the same records and
+    bytes to the same topics. A benchmark only: its answers belong to other requests."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answered: dict[int, tuple[list[list[Output]], np.ndarray]] = {}  # batch size -> (outputs, inputs)
+
+    def _process(self, records: list[Record]) -> list[list[Output]]:
+        cached = self._answered.get(len(records))
+        if cached is None:
+            spec = self.model.card.inputs[0]
+            inputs = np.stack([prepare_input(InferenceRequest.from_bytes(r.value).input, spec) for r in records])
+            cached = self._answered[len(records)] = (super()._process(records), inputs)
+        else:
+            self.versions.live.runner.run(cached[1])  # type: ignore[attr-defined]  # TimedRunner
+        return cached[0]

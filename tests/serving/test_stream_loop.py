@@ -6,6 +6,8 @@ flush / commit directly. The loop against the real broker is in test_stream_e2e.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from auditstream.errors import BatchFailed, CommitRejected, DeliveryFailed
@@ -225,3 +227,11 @@ def test_latency_budget_cuts_a_batch_whose_records_already_waited_in_kafka() -> 
 
     assert run(0) == [4]  # size and wait only: the queued records wait for the batch to fill
     assert run(100) == [2, 2]  # they already waited 50 ms > max_wait: cut at once; fresh ones wait as before
+
+
+def test_drain_rate_counts_from_the_first_record_to_the_last_commit() -> None:
+    from auditstream.stream import LoopStats
+
+    assert LoopStats(records_in=100, first_record_at=10.0, last_commit_at=12.0).drain_rate_per_s == 50.0
+    assert math.isnan(LoopStats(records_in=100, first_record_at=10.0).drain_rate_per_s)  # nothing committed yet
+    assert math.isnan(LoopStats().drain_rate_per_s)

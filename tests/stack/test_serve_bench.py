@@ -24,7 +24,7 @@ def test_bench_serve_json_line(stream_settings: Settings) -> None:
     env = dict(os.environ, AUDITSTREAM_BOOTSTRAP_SERVERS=stream_settings.bootstrap_servers,
                AUDITSTREAM_MODELS_DIR=str(stream_settings.models_dir), AUDITSTREAM_LOG_LEVEL="WARNING")
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "serve", "--json", "--model", "tiny",
-                           "--count", "640", "--latency-count", "200", "--client", "confluent"],
+                           "--count", "640", "--latency-count", "200", "--client", "confluent", "--without-path"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -36,6 +36,13 @@ def test_bench_serve_json_line(stream_settings: Settings) -> None:
     # the client alone (no model) is faster than the whole path
     assert result["raw_client_per_s"] > result["stream_per_s"]
     assert set(result["served_ms"]) == {"queued", "batch_compute", "delivery"}
+    # the same drain with the path taken out (its answers are not the requests': not counted above)
+    assert result["stream_without_path_per_s"] > 0 and result["ratio_without_path"] > 0
+    # where the drain's wall time went: shares that add up to the whole, the model's among them
+    split = result["drain_wall_share"]
+    assert set(split) == {"model", "path", "poll", "produce", "checkpoint", "rest"}
+    assert abs(sum(split.values()) - 1) < 0.01 and 0 < split["model"] < 1 and split["path"] > 0
+    assert result["model_in_stream_per_s"] > 0
 
 
 def test_bench_serve_with_workers_and_profile(stream_settings: Settings) -> None:
@@ -85,3 +92,17 @@ def test_ratios_keep_three_significant_digits() -> None:
     from stack.serve_bench import _ratio
 
     assert _ratio(2_000, 4.9e6) == 0.000408 and _ratio(378, 412.6) == 0.916
+
+
+def test_the_drain_split_factors_the_ratio() -> None:
+    from auditstream.stream import LoopStats
+    from stack.serve_bench import drain_split
+
+    # 10 s of drain: 8 s in the model, 1 s in the rest of process_batch, 0.5 s checkpoints
+    stats = LoopStats(records_in=1000, first_record_at=100.0, last_commit_at=110.0, process_s=9.0, poll_s=0.2,
+                      produce_s=0.3, checkpoint_s=0.5)
+    split = drain_split(stats, model_s=8.0)
+    assert split == {"model": 0.8, "path": 0.1, "poll": 0.02, "produce": 0.03, "checkpoint": 0.05, "rest": 0.0}
+    # stream rate = model's own rate in the drain × its share of the wall time
+    assert stats.drain_rate_per_s == (1000 / 8.0) * split["model"]
+    assert drain_split(LoopStats(records_in=5), model_s=1.0) == {}  # nothing committed: no wall time to split
