@@ -480,12 +480,12 @@ def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Pa
     (stack/recertify.py), read in the store's stream order, with the bound against the truth
     from the auditor's gold record."""
     from monitor.labels import read_labels
-    from stack.recertify import CannotCertify, recertify, sampled_items
+    from stack.recertify import CannotCertify, recertify, sampled_items, store_inputs
 
     try:
         cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05,
                                 (gold["gold_errors"], gold["gold_verdicts"]), gold["gold_delta"],
-                                stream=sampled_items(store, name))
+                                stream=sampled_items(store, name), inputs=store_inputs(store, name))
     except CannotCertify as e:
         return {"certified": False, "reason": str(e)}
     return {"certified": cert.certified, "threshold": cert.threshold, "estimated_coverage": cert.estimated_coverage,

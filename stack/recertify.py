@@ -6,8 +6,8 @@ version (a version that learnt from verdicts: only the certify part of the reque
 monitor/verdict_sets.py; any other version: every verdict) -> put in *stream order* beside the
 sampled items still waiting for a verdict, both read from the audit store's items
 (:func:`sampled_items`, :func:`in_stream_order`) -> the version's own answers and confidences on
-those inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not the auditor's
-(a reject counts as wrong) -> the certificate of qc/audit_certify.py over the thresholds of the
+those requests' inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not the
+auditor's (a reject counts as wrong) -> the certificate of qc/audit_certify.py over the thresholds of the
 version's held-out risk-coverage curve (fixed at training time, before these audits; least
 coverage first) -> the auditors' gold-item error added for a bound against the truth -> printed
 and written beside the version as ``audit-certificate.json``. It *proposes*: nothing moves
@@ -18,6 +18,15 @@ before any verdict), never the order the verdicts were decided in: auditors take
 first, filter by route, skip hard ones, and that order depends on the answers
 (qc/audit_certify.py, "The order"). A labels export has neither the items' order nor the items
 still waiting, so even with ``--labels`` both come from the store, which must hold those items.
+
+Memory: verdicts and items are held without their inputs (ids, routes, probabilities, labels:
+``store.labels(..., with_input=False)``, ``store.audit_positions``, read in keyset pages), and
+the inputs are read while scoring, one batch of 256 requests at a time
+(``store.request_inputs``: the input of the request's first item, every item of a request
+carrying that request's input), so a store of hundreds of thousands of audited ~4 KiB inputs
+costs the number of items times a small constant, not the inputs. With ``--labels`` the export
+is read whole, inputs included (``monitor.labels.read_labels``), and its rows' own inputs are
+scored; only the requests still waiting are read from the store.
 
 Why it reaches what the training certificate cannot: every deferred item is labelled and every
 QC sample carries its inclusion probability, so the audits grow with the traffic, while the
@@ -30,7 +39,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -117,38 +126,40 @@ def may_judge(card: ModelCard) -> Callable[[str], bool]:
     return lambda request_id: audit_part(request_id, share) == CERTIFY
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SampledItem:
     """One audit item of the model as the store holds it: where it stands in the stream and
-    whether its verdicts are all in."""
+    whether its verdicts are all in. No input: inputs are read a batch at a time when scored
+    (:func:`score_version`), so every item of a large store can be held."""
 
     request_id: str
     position: int  # the store's item id: the order items were ingested, fixed before any verdict
     done: bool  # every review recorded (state 'done'); an open item may still change its label
     route: str  # HUMAN (deferred) or AUTO_QC (QC sample)
     inclusion_prob: float
-    input: dict[str, Any]  # wire encoding, to score a waiting item
+
+
+# Request ids -> their wire inputs (absent: none known), called with one scoring batch at a time.
+InputLoader = Callable[[Sequence[str]], dict[str, Any]]
 
 
 def sampled_items(store: Any, model: str, page: int = 500) -> list[SampledItem]:
-    """Every non-gold audit item of ``model`` in the store (read newest first in pages; an item
-    ingested meanwhile shifts the pages, so ids are deduplicated)."""
-    seen: dict[int, SampledItem] = {}
-    offset = 0
-    while True:
-        items = store.items(model=model, limit=page, offset=offset)
-        for it in items:
-            seen[it.item_id] = SampledItem(it.request_id, it.item_id, it.state == "done", it.route.value,
-                                           float(it.qc_inclusion_prob), it.input)
-        if len(items) < page:
-            return sorted(seen.values(), key=lambda it: it.position)
-        offset += page
+    """Every non-gold audit item of ``model`` in the store, in stream order, without inputs
+    (``store.audit_positions``: keyset pages on the item id, ascending)."""
+    return [SampledItem(p.request_id, p.item_id, p.done, p.route.value, p.inclusion_prob)
+            for p in store.audit_positions(model, page)]
+
+
+def store_inputs(store: Any, model: str) -> InputLoader:
+    """An :data:`InputLoader` reading from the open ``store``: each request's input is that of
+    its first (lowest-id) non-gold item of ``model`` (``store.request_inputs``)."""
+    return lambda request_ids: store.request_inputs(model, request_ids)
 
 
 @dataclass(frozen=True)
 class StreamSample:
     """The sampled requests that may judge a version, in stream order: each with its verdict row
-    (settled) or, still waiting, a stand-in with the item's input and no label."""
+    (settled) or, still waiting, a stand-in with no label and no input (read when scored)."""
 
     rows: list[dict[str, Any]]
     settled: np.ndarray  # bool per row
@@ -179,13 +190,30 @@ def in_stream_order(usable: list[dict[str, Any]], items: list[SampledItem], judg
         else:
             first = min(its, key=lambda it: it.position)
             rows.append({"request_id": request_id, "route": first.route, "inclusion_prob": first.inclusion_prob,
-                         "input": first.input, "human_label": None, "waiting": True})
+                         "human_label": None, "waiting": True})
             settled.append(False)
     return StreamSample(rows, np.array(settled, dtype=bool), sum(r not in by_request for r in verdicts))
 
 
-def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, wrong) of ``model`` on the rows' inputs; wrong: its answer is not the auditor's."""
+def wire_inputs(rows: list[dict[str, Any]], inputs: InputLoader | None) -> list[Any]:
+    """The wire inputs of ``rows``: a row's own ``input`` (a labels export's row) or else the one
+    ``inputs`` gives for its request id, asked once for all of them."""
+    missing = [r["request_id"] for r in rows if "input" not in r]
+    if missing and inputs is None:
+        raise ValueError(f"{len(missing)} rows carry no input (the first: request {missing[0]}) and no inputs= loader "
+                         "was given (pass inputs=store_inputs(store, model))")
+    fetched = inputs(missing) if missing else {}
+    lost = [request_id for request_id in missing if request_id not in fetched]
+    if lost:
+        raise CannotCertify(f"the store has no input for {len(lost)} sampled requests (the first: {lost[0]})")
+    return [r["input"] if "input" in r else fetched[r["request_id"]] for r in rows]
+
+
+def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int = 256, *,
+                  inputs: InputLoader | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, wrong) of ``model`` on the rows' inputs; wrong: its answer is not the auditor's.
+    Inputs are read ``batch`` rows at a time (:func:`wire_inputs`: the row's own, else from
+    ``inputs``) and dropped once the batch is scored."""
     from serving.inference import infer
     from serving.inputs import prepare_input
     from serving.runtime import load_session
@@ -196,7 +224,7 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
     conf, wrong = np.zeros(len(rows)), np.zeros(len(rows), dtype=int)
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
-        arrays = [prepare_input(decode_input(r["input"]), card.inputs[0]) for r in chunk]
+        arrays = [prepare_input(decode_input(x), card.inputs[0]) for x in wire_inputs(chunk, inputs)]
         answers, _ = infer(session, card, arrays)
         for i, (row, answer) in enumerate(zip(chunk, answers), start):
             if answer is None or isinstance(answer, Exception):
@@ -209,11 +237,15 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
 
 def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: float, delta: float,
               gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01, start_coverage: float = 0.0, *,
-              stream: list[SampledItem] | None = None) -> tuple[AuditCertificate, dict[str, Any]]:
+              stream: list[SampledItem] | None = None,
+              inputs: InputLoader | None = None) -> tuple[AuditCertificate, dict[str, Any]]:
     """The certificate of ``model`` from ``rows`` (label-export rows) and what it was built on.
     ``gold``: (auditors' errors, gold verdicts). ``stream``: the model's audit items in the store
     (:func:`sampled_items`), which give the stream order and the items still waiting; without
-    them the test has no valid order and nothing is certified (module docstring)."""
+    them the test has no valid order and nothing is certified (module docstring). ``inputs``:
+    where the inputs of rows without an ``input`` come from (the requests still waiting, and
+    every row of ``store.labels(..., with_input=False)``): :func:`store_inputs` of the open store,
+    read one scoring batch at a time."""
     card = model.card
     usable, which = rows_for(card, rows)
     if not usable:
@@ -226,7 +258,7 @@ def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: f
     if not sample.settled.any():
         raise CannotCertify(f"none of the {len(usable)} verdicts of {card.name} that may judge version {card.version} "
                             f"has its audit item in the store (done), so none has a place in the stream")
-    conf, wrong = score_version(model, sample.rows)
+    conf, wrong = score_version(model, sample.rows, inputs=inputs)
     pi = np.array([r["inclusion_prob"] for r in sample.rows], dtype=np.float64)
     cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, target_risk, start_coverage),
                                settled=sample.settled)
@@ -262,14 +294,15 @@ def main(args: CertifyArgs) -> int:
                             "itself: auditstream train NAME)")
     settings = Settings.from_env()
     model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
+    target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
     with open_store(settings.resolved_store_url) as store:
-        rows = read_labels(Path(args.labels)) if args.labels else list(store.labels(args.model))
+        # without inputs: they are read a scoring batch at a time (module docstring, "Memory")
+        rows = read_labels(Path(args.labels)) if args.labels else list(store.labels(args.model, with_input=False))
         stream = sampled_items(store, args.model)  # after the verdicts: one decided meanwhile only waits
         scores = store.gold_accuracy().values()
         gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
-    target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
-    cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
-                            stream=stream)
+        cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
+                                stream=stream, inputs=store_inputs(store, args.model))
     path = write_proposal(model, cert, basis)
     out = sys.stderr if args.json else sys.stdout
     if cert.certified:

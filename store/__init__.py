@@ -21,6 +21,7 @@ from store.records import (
     Agreement,
     Claim,
     GoldScore,
+    ItemPosition,
     OutboxRow,
     QCOutcome,
     QCSample,
@@ -35,7 +36,7 @@ from store.outbox import OutboxRound
 from store.store import AuditStore
 
 __all__ = [
-    "Agreement", "AuditStore", "Claim", "GoldScore", "OutboxRound", "OutboxRow", "QCOutcome", "QCSample", "QueueStat", "StoreConfig",
+    "Agreement", "AuditStore", "Claim", "GoldScore", "ItemPosition", "OutboxRound", "OutboxRow", "QCOutcome", "QCSample", "QueueStat", "StoreConfig",
     "StoreStats", "StoredItem", "VerdictRecord", "VerdictResult", "open_store",
 ]  # fmt: skip
 

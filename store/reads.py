@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from auditstream import tasks
 from auditstream.wire import Route, TaskKind, VerdictKind
 from store.records import (
     Agreement,
     GoldScore,
+    ItemPosition,
     QCOutcome,
     QCSample,
     QueueStat,
@@ -39,6 +40,7 @@ VERDICT_COLUMNS = (
     "verdict_id, item_id, auditor, kind, corrected_output, decided_at_s, review_round, is_gold, gold_correct"
 )
 EXPORT_PAGE = 500
+INPUT_CHUNK = 500  # the most request ids StoreReads.request_inputs takes in one call
 
 
 def item_from_row(row: tuple) -> StoredItem:
@@ -92,6 +94,46 @@ class StoreReads:
             (*params, int(limit), int(offset)),
         )
         return [item_from_row(r) for r in rows]
+
+    def audit_positions(self, model: str, page: int = EXPORT_PAGE) -> Iterator[ItemPosition]:
+        """Every non-gold audit item of ``model`` without its input (:class:`ItemPosition`: id,
+        request id, done or not, route, inclusion probability), in stream order (ids ascending:
+        ingest order, fixed before any verdict), read in keyset pages on the id of ``page`` rows:
+        what ``certify --from-audits`` holds for every item (stack/recertify.py); the inputs it
+        scores come a chunk at a time from :meth:`request_inputs`."""
+        if page < 1:
+            raise ValueError(f"page={page} must be >= 1")
+        last_id = -1
+        while True:
+            rows = self._db.query(
+                "SELECT id, request_id, state, route, qc_inclusion_prob FROM {p}items"
+                " WHERE model = ? AND is_gold = 0 AND id > ? ORDER BY id LIMIT ?",
+                (model, last_id, int(page)),
+            )
+            for item_id, request_id, state, route, prob in rows:
+                yield ItemPosition(int(item_id), request_id, state == "done", Route(route), float(prob))
+            if len(rows) < page:
+                return
+            last_id = int(rows[-1][0])
+
+    def request_inputs(self, model: str, request_ids: Sequence[str]) -> dict[str, Any]:
+        """The wire input (decoded JSON) of each of ``request_ids``: that of the request's
+        lowest-id non-gold item of ``model`` (a request answered by several versions has one
+        item per version, all of the same request). Requests without such an item are absent.
+        At most :data:`INPUT_CHUNK` distinct ids per call, so a caller holds one chunk of inputs
+        at a time (ValueError beyond)."""
+        ids = list(dict.fromkeys(request_ids))
+        if len(ids) > INPUT_CHUNK:
+            raise ValueError(f"{len(ids)} request ids in one call; at most {INPUT_CHUNK}")
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        rows = self._db.query(
+            "SELECT request_id, input FROM {p}items WHERE id IN (SELECT MIN(id) FROM {p}items"
+            f" WHERE model = ? AND is_gold = 0 AND request_id IN ({marks}) GROUP BY request_id)",
+            (model, *ids),
+        )
+        return {request_id: json.loads(input_) for request_id, input_ in rows}
 
     def verdicts(self, item_id: int | None = None, auditor: str | None = None, since_s: float | None = None) -> list[VerdictRecord]:
         """Verdict history (every submit, skips included), oldest first."""
@@ -266,29 +308,33 @@ class StoreReads:
             params,
         )[0][0])  # fmt: skip
 
-    def labels(self, model: str | None = None, include_gold: bool = False) -> Iterator[dict[str, Any]]:
+    def labels(self, model: str | None = None, include_gold: bool = False,
+               with_input: bool = True) -> Iterator[dict[str, Any]]:  # fmt: skip
         """Every decisive verdict as a training example, oldest first, read in pages (keyset on
-        (decided_at_s, verdict_id)) so a large export never holds all inputs in memory."""
+        (decided_at_s, verdict_id)) so a large export never holds all inputs in memory.
+        ``with_input`` False: the input column is not read and the rows have no ``input`` key
+        (``certify --from-audits`` reads inputs a chunk at a time: :meth:`request_inputs`)."""
         sql, params = _where(model, prefix="i.")
         gold = "" if include_gold else " AND v.is_gold = 0"
+        input_column = ", i.input" if with_input else ""
         after: tuple[float, str] = (float("-inf"), "")
         while True:
             rows = self._db.query(
                 "SELECT v.verdict_id, v.kind, v.corrected_output, v.auditor, v.decided_at_s, v.review_round, v.is_gold,"
-                " i.request_id, i.model, i.model_version, i.task, i.route, i.confidence, i.qc_inclusion_prob, i.output,"
-                " i.input FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                " i.request_id, i.model, i.model_version, i.task, i.route, i.confidence, i.qc_inclusion_prob, i.output"
+                f"{input_column} FROM {{p}}verdicts v JOIN {{p}}items i ON i.id = v.item_id"
                 f" WHERE v.kind <> 'skip'{gold}{sql} AND (v.decided_at_s > ? OR (v.decided_at_s = ? AND v.verdict_id > ?))"
                 " ORDER BY v.decided_at_s, v.verdict_id LIMIT ?",
                 (*params, after[0], after[0], after[1], EXPORT_PAGE),
             )
             for (vid, kind, corrected, auditor, decided, review_round, is_gold, request_id, model_name, version, task,
-                 route, confidence, prob, output, input_) in rows:  # fmt: skip
+                 route, confidence, prob, output, *input_) in rows:  # fmt: skip
                 model_output = json.loads(output)
                 corrected_value = None if corrected is None else json.loads(corrected)
                 yield {
                     "verdict_id": vid, "request_id": request_id, "model": model_name, "model_version": version,
                     "task": task, "route": route, "confidence": float(confidence), "inclusion_prob": float(prob),
-                    "input": json.loads(input_), "model_output": model_output,
+                    **({"input": json.loads(input_[0])} if with_input else {}), "model_output": model_output,
                     "human_label": human_label(VerdictKind(kind), model_output, corrected_value),
                     "verdict_kind": kind, "auditor": auditor, "decided_at_s": float(decided),
                     "review_round": int(review_round), "is_gold": bool(is_gold),

@@ -150,6 +150,18 @@ class QCSample:
     outcome: QCOutcome | None
 
 
+@dataclass(frozen=True, slots=True)
+class ItemPosition:
+    """Where one non-gold audit item stands in its model's stream, without its input: what
+    ``certify --from-audits`` holds for every item (``StoreReads.audit_positions``)."""
+
+    item_id: int  # the store's item id: the order items were ingested, fixed before any verdict
+    request_id: str
+    done: bool  # state 'done': every review recorded
+    route: Route  # HUMAN (deferred) or AUTO_QC (QC sample)
+    inclusion_prob: float
+
+
 @dataclass(frozen=True)
 class GoldScore:
     auditor: str

@@ -1,12 +1,19 @@
 """``auditstream certify --from-audits`` (stack/recertify.py): a real digits model judged on
-audited rows; the hygiene rule picks the rows; the proposal is written and LIVE stays."""
+audited rows; the hygiene rule picks the rows; the proposal is written and LIVE stays; on a store
+(SQLite and PostgreSQL) the command gives what the all-inputs-in-memory reading gives while never
+holding more than one scoring batch of inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import weakref
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from tests.store.store_factories import BACKENDS, make_store
 
 from auditstream.registry import ModelRegistry
 from auditstream.wire import encode_input
@@ -55,7 +62,7 @@ def audited_rows(n: int, wrong_label_every: int = 0) -> list[dict]:
 def stream_of(rows: list[dict], waiting: dict[int, bool] | None = None) -> list[SampledItem]:
     """The store's audit items for ``rows``, received in row order; ``waiting``: row index -> still open."""
     waiting = waiting or {}
-    return [SampledItem(r["request_id"], k + 1, not waiting.get(k, False), r["route"], r["inclusion_prob"], r["input"])
+    return [SampledItem(r["request_id"], k + 1, not waiting.get(k, False), r["route"], r["inclusion_prob"])
             for k, r in enumerate(rows)]
 
 
@@ -128,7 +135,7 @@ def ingest_and_decide(rows: list[dict], url: str, open_rows: int = 0) -> None:
     """The audit store as serving and auditors would leave it for ``rows``: one item per row, every one
     but the last ``open_rows`` the store received decided as the row says."""
     from auditstream.wire import AuditItem, Prediction, Route, decode_input
-    from store import accounts, open_store
+    from store import open_store
     from store.accounts import Role
 
     with open_store(url) as store:
@@ -166,3 +173,175 @@ def test_certify_command_writes_a_proposal_and_leaves_live_alone(registry, tmp_p
     proposal = json.loads((registry.root / "digits" / "1" / "audit-certificate.json").read_text())
     assert proposal["certificate"]["threshold"] == out["certificate"]["threshold"]
     assert registry.live_version("digits") is None and registry.card("digits").triage.threshold == before
+
+
+# --- on a store: the same certificate, one scoring batch of inputs at a time ------------------
+
+SCORING_BATCH = 256  # stack.recertify.score_version's batch
+
+
+class HeldInput(dict):
+    """A wire input as the store handed it out (still a dict for decode_input), counted while alive."""
+
+
+class InputCountingStore:
+    """The store ``main`` opens, passing every call through but handing out each input (of
+    ``labels``, ``items`` or ``request_inputs``) as a :class:`HeldInput`: records the most inputs
+    one call returned and the most alive at once."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.most_per_call = self.most_alive = self.handed_out = self.alive = 0
+
+    def __enter__(self) -> "InputCountingStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._store.__exit__(*exc)
+
+    def _held(self, value: dict) -> HeldInput:
+        held = HeldInput(value)
+        weakref.finalize(held, self._dropped)
+        self.handed_out, self.alive = self.handed_out + 1, self.alive + 1
+        self.most_alive = max(self.most_alive, self.alive)
+        return held
+
+    def _dropped(self) -> None:
+        self.alive -= 1
+
+    def _counted(self, n: int) -> None:
+        self.most_per_call = max(self.most_per_call, n)
+
+    def _label_rows(self, rows: Any) -> Any:
+        n = 0
+        for row in rows:
+            if "input" in row:
+                row, n = {**row, "input": self._held(row["input"])}, n + 1
+                self._counted(n)
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name == "labels":
+            return lambda *a, **kw: self._label_rows(attr(*a, **kw))
+        if name == "items":
+            def items(*a: Any, **kw: Any) -> list:
+                out = [dataclasses.replace(it, input=self._held(it.input)) for it in attr(*a, **kw)]
+                self._counted(len(out))
+                return out
+            return items
+        if name == "request_inputs":
+            def request_inputs(*a: Any, **kw: Any) -> dict:
+                out = {request_id: self._held(x) for request_id, x in attr(*a, **kw).items()}
+                self._counted(len(out))
+                return out
+            return request_inputs
+        return attr
+
+
+def fill_store(store: Any, rows: list[dict]) -> None:
+    """Several hundred items of ``rows`` as serving and auditors leave them: a quarter QC samples
+    (inclusion probability 0.5), a second item (version 2, the same request) for every third of
+    the last ten, gold items and another model's items (same request ids) between them; every
+    item decided as its row says (three rejects) except three left open near the end."""
+    from auditstream.wire import AuditItem, Prediction, Route, decode_input
+    from store.accounts import Role
+
+    def items(part: list[dict], version: str = "1", model: str = "digits") -> list:
+        return [AuditItem(Prediction(
+            request_id=r["request_id"], model=model, model_version=version, task="classification", output="0",
+            confidence=0.5, route=Route.HUMAN if int(r["request_id"][1:]) % 4 else Route.AUTO_QC, reason="test",
+            qc_inclusion_prob=1.0 if int(r["request_id"][1:]) % 4 else 0.5, created_at_s=0.0),
+            decode_input(r["input"]) if model == "digits" else np.zeros((8, 8), dtype=np.float32)) for r in part]
+
+    half = len(rows) // 2
+    store.ingest_many(items(rows[:half]), 0.0)
+    admin = store.accounts.add_user("ada", "ada-password-1", Role.ADMIN)
+    for k in range(3):
+        store.add_gold(items([{**rows[k], "request_id": f"g{k}"}])[0], "3", admin, 0.0)
+    store.ingest_many(items(rows[:5], version="o1", model="other"), 0.0)
+    store.ingest_many(items(rows[half:]), 0.0)
+    store.ingest_many(items(rows[-10::3], version="2"), 0.0)
+    label = {r["request_id"]: r["human_label"] for r in rows}
+    leave_open = {(rows[-2]["request_id"], "1"), (rows[-1]["request_id"], "1"), (rows[-7]["request_id"], "2")}
+    rejects = {rows[k]["request_id"] for k in (50, 250, 450)}
+    ann = store.accounts.add_user("ann", "ann-password-1", Role.AUDITOR)
+    for t in range(10_000):
+        claim = store.claim(ann, 60.0, float(t), model="digits")
+        if claim is None:
+            break
+        it = claim.item
+        if it.is_gold:
+            kind, corrected = ("correct", "3") if t % 5 else ("accept", None)  # the auditor errs on some gold
+        elif (it.request_id, it.model_version) in leave_open:
+            kind, corrected = "skip", None
+        elif it.request_id in rejects:
+            kind, corrected = "reject", None
+        else:
+            kind, corrected = ("accept", None) if label[it.request_id] == "0" else ("correct", label[it.request_id])
+        store.record_verdict(store.new_verdict_id(), claim.item_id, ann, kind, corrected, float(t))
+
+
+def in_memory_certificate(registry: ModelRegistry, store: Any, target: float) -> dict:
+    """What the command computed before it read inputs in batches: every verdict row with its
+    input, every item with its input (read newest first, 100 at a time, by offset), a waiting
+    request scored on its first item's input."""
+    rows = list(store.labels("digits"))
+    items, offset = [], 0
+    while page := store.items(model="digits", limit=100, offset=offset):
+        items, offset = items + page, offset + 100
+    items.sort(key=lambda it: it.item_id)
+    first: dict[str, dict] = {}
+    for it in items:
+        first.setdefault(it.request_id, it.input)
+    stream = [SampledItem(it.request_id, it.item_id, it.state == "done", it.route.value, it.qc_inclusion_prob)
+              for it in items]
+    scores = store.gold_accuracy().values()
+    gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
+    assert all("input" in r for r in rows) and len(items) > len(first)  # some requests have two items
+    cert, basis = recertify(registry.load("digits"), rows, target, 0.05, gold, 0.01, stream=stream,
+                            inputs=lambda request_ids: {r: first[r] for r in request_ids})
+    return {"certificate": cert.to_dict(), **basis}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_certify_from_the_store_is_the_in_memory_certificate_with_one_batch_of_inputs_held(
+        registry, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # fmt: skip
+    import store as store_package
+    from monitor.labels import export_labels
+    from store import StoreConfig, accounts
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_STATE_DIR", str(tmp_path))
+    rows = audited_rows(600)
+    with make_store(backend, tmp_path, StoreConfig(gold_rate=0.2, seed=3)) as store:
+        fill_store(store, rows)
+        expected = in_memory_certificate(registry, store, 0.05)
+        assert expected["certificate"]["certified"] and expected["waiting_for_verdict"] == 3
+        assert expected["n_rows"] == 597 and expected["gold_verdicts"] > 0 and expected["rows_not_in_store"] == 0
+        opened: list[InputCountingStore] = []
+        open_store = store_package.open_store
+
+        def open_counted(url: str, *a: Any, **kw: Any) -> InputCountingStore:  # this test's store, counted
+            opened.append(InputCountingStore(open_store(store._db.url, table_prefix=store._db.prefix)))
+            return opened[-1]
+
+        monkeypatch.setattr(store_package, "open_store", open_counted)
+
+        def certify(**kw: Any) -> str:
+            assert main(CertifyArgs(model="digits", from_audits=True, target_risk=0.05, json=True, **kw)) == 0
+            out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert out.pop("proposal").endswith("audit-certificate.json")
+            return json.dumps(out, sort_keys=True)  # NaN compares equal as text
+
+        assert certify() == json.dumps(expected, sort_keys=True)
+        counted = opened[-1]
+        # every scored request's input came through the store, at most one scoring batch per call and alive at once
+        assert counted.handed_out >= expected["n_rows"] + expected["waiting_for_verdict"]
+        assert 0 < counted.most_per_call <= SCORING_BATCH and counted.most_alive <= SCORING_BATCH
+
+        labels = tmp_path / "labels.jsonl"  # --labels: the export's rows carry their inputs, scored as they are
+        export_labels(store, labels, model="digits", progress=False)
+        assert certify(labels=str(labels)) == json.dumps(expected, sort_keys=True)
+        assert opened[-1].handed_out == expected["waiting_for_verdict"]  # only the waiting requests' inputs
