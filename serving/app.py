@@ -37,7 +37,7 @@ from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.errors import ConfigError, ModelRefused
-from auditstream.kafka import Producer, Record, ensure_topics, make_producer, read_to_end, resolve_bootstrap
+from auditstream.kafka import Producer, Record, ensure_topics, iter_to_end, make_producer, resolve_bootstrap
 from auditstream.kafka.limits import RECORD_OVERHEAD_BYTES, check_dead_letter_limit, topic_limits
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
 from auditstream.settings import Settings
@@ -206,7 +206,7 @@ class ServeApp:
                                   f">= {MIN_STATE_BYTES + RECORD_OVERHEAD_BYTES + 4 * MAX_ID_CHARS}: raise the "
                                   "topic's max.message.bytes, or no episode state would fit it")
         store = EpisodeStore(self.model.card, state_topic,
-                             (lambda: read_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None,
+                             (lambda: iter_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None,
                              max_state_bytes=max_state_bytes)
         user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)
 

@@ -73,7 +73,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -238,11 +238,12 @@ class EpisodeStore:
     """The episodes one consumer owns; plugs into :class:`~auditstream.stream.LoopHooks`.
 
     ``state_topic=None`` keeps state in memory only (a shadow consumer must not write the live
-    consumer's keys). ``load_states()`` returns the state topic's records (from the beginning).
+    consumer's keys). ``load_states()`` returns the state topic's records (from the beginning),
+    an iterable read as it goes: restore keeps the latest record per key, not the log.
     """
 
     def __init__(self, card: ModelCard, state_topic: str | None,
-                 load_states: Callable[[], list[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
+                 load_states: Callable[[], Iterable[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
                  clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP,
                  max_state_bytes: int = MAX_STATE_BYTES, max_live_episodes: int = MAX_LIVE_EPISODES) -> None:
         if type(max_live_episodes) is not int or max_live_episodes < 1:
@@ -388,19 +389,24 @@ class EpisodeStore:
         owned = {p for _, p in partitions}
         if self.load_states is None or not owned:
             return
+        # The latest record per key, folded as the topic is read (a log the broker has not
+        # compacted -- the embedded one never does -- holds every snapshot ever written).
         latest: dict[bytes, Record] = {}
         try:
-            records = self.load_states()
+            for record in self.load_states():
+                if record.key is None:
+                    continue
+                if record.value is None:  # a tombstone deletes; a later snapshot of the key brings it back
+                    latest.pop(record.key, None)
+                else:
+                    latest[record.key] = record  # later records win
         except Exception as e:  # noqa: BLE001 - raised from observe(), see __init__
             log.error("reading the episode-state topic failed: %r", e)
             self._restore_error = e
             return
-        for record in records:
-            if record.key is not None:
-                latest[record.key] = record  # later records win; a tombstone (value None) deletes
         now, found = self.clock(), []
         for key, record in latest.items():
-            if record.value is None or key.decode("utf-8", "replace") in self.states:
+            if key.decode("utf-8", "replace") in self.states:
                 continue
             try:
                 state = self._adoptable(key, record.value, now)

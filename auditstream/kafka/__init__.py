@@ -22,8 +22,8 @@ package.
 """
 
 from auditstream.kafka.factory import (
-    BROKER_STATE_FILE, ensure_model_topics, ensure_topics, make_consumer, make_producer, make_reader, make_topic_log, read_to_end,
-    fetch_wait_ms, resolve_bootstrap, true_end_offsets,
+    BROKER_STATE_FILE, ensure_model_topics, ensure_topics, iter_to_end, make_consumer, make_producer, make_reader, make_topic_log,
+    read_to_end, fetch_wait_ms, resolve_bootstrap, true_end_offsets,
 )
 from auditstream.kafka.security import check_broker, kafka_python_config, librdkafka_config
 from auditstream.kafka.interface import (
@@ -34,5 +34,5 @@ from auditstream.kafka.interface import (
 __all__ = [
     "BROKER_STATE_FILE", "DURABLE_FETCH_MAX_WAIT_MS", "FETCH_MAX_WAIT_MS", "Consumer", "Delivery", "Headers", "PartitionsCallback", "Producer",
     "Reader", "Record", "TopicLog", "TopicPartition", "check_broker", "check_deliveries", "kafka_python_config", "librdkafka_config", "ensure_model_topics", "ensure_topics", "make_consumer", "make_producer",
-    "fetch_wait_ms", "make_reader", "make_topic_log", "read_to_end", "resolve_bootstrap",
+    "fetch_wait_ms", "iter_to_end", "make_reader", "make_topic_log", "read_to_end", "resolve_bootstrap",
 ]

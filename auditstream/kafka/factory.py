@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable
@@ -64,7 +65,16 @@ def make_topic_log(settings: Settings, bootstrap: str | None = None) -> TopicLog
 def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
                 timeout_s: float = 60.0) -> list[Record]:
     """Every record of ``topics`` written before the call (in partition order), and any written
-    while it reads.
+    while it reads: :func:`iter_to_end` as a list."""
+    return list(iter_to_end(settings, topics, bootstrap, timeout_s))
+
+
+def iter_to_end(settings: Settings, topics: list[str], bootstrap: str | None = None,
+                timeout_s: float = 60.0) -> Iterator[Record]:
+    """Every record of ``topics`` written before the call (in partition order), and any written
+    while it reads, a poll's worth at a time: a caller that folds them (the latest record per key
+    of a compacted topic) holds what it keeps, not the whole log. The reader closes when the
+    iteration ends or is abandoned.
 
     It reads past the end offsets the broker reported, on to a poll that returns nothing: the
     embedded Tansu 0.6.0 answers ListOffsets with the last batch's base offset + 1 (a partition
@@ -75,16 +85,15 @@ def read_to_end(settings: Settings, topics: list[str], bootstrap: str | None = N
 
     reader = make_reader(settings, topics, True, bootstrap)
     try:
-        out: list[Record] = []
         deadline = time.monotonic() + timeout_s
         while True:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(bootstrap or _bootstrap(settings),
                                         f"could not read {topics} to their end within {timeout_s:.0f} s")
             got = reader.poll(10_000, 500)
-            out.extend(got)
+            yield from got
             if not got and reader.caught_up():
-                return out
+                return
     finally:
         reader.close()
 

@@ -143,6 +143,52 @@ def test_restore_adopts_the_most_recently_stepped_up_to_the_bound_and_ends_the_r
     assert [(o.key, o.value) for o in store.checkpoint_outputs()] == [(b"old", None)]
 
 
+def test_restore_folds_the_state_log_as_it_reads_it(tmp_path: Path) -> None:
+    # An uncompacted state topic (the embedded broker never compacts) holds every snapshot ever
+    # written: restore keeps the latest per key while reading, not the log (20 MB here).
+    import tracemalloc
+
+    card = frame_policy(tmp_path).card
+    padding = b" " * 20_000  # JSON whitespace: a snapshot the size of an episode of several frames
+
+    def log():  # one-shot, like the topic reader: 1,000 snapshots of 4 episodes, then a tombstone and a re-start
+        for i in range(1_000):
+            key = f"e{i % 4}"
+            state = EpisodeState(key, 3, i, i, 0, [], updated_at_s=float(i))
+            yield Record("s", 0, i, key.encode(), state.to_bytes() + padding)
+        yield Record("s", 0, 1_000, b"e0", None)  # e0 ended ...
+        yield Record("s", 0, 1_001, b"e1", None)  # ... and so did e1, which starts again:
+        yield Record("s", 0, 1_002, b"e1", EpisodeState("e1", 3, 7, 7, 0, [], updated_at_s=999.5).to_bytes())
+
+    store = EpisodeStore(card, "s", load_states=log, clock=lambda: 1_000.0)
+    tracemalloc.start()
+    try:
+        store.restore([("t.requests.stacked", 3)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sorted(store.states) == ["e1", "e2", "e3"] and store.states["e1"].next_step == 7
+    assert store.states["e2"].next_step == 998 and store.restored == 3
+    assert peak < 2_000_000, f"restore held {peak:,} bytes while reading 20 MB of snapshots"
+
+
+def test_a_state_log_that_fails_while_read_stops_the_first_step(tmp_path: Path) -> None:
+    from auditstream.errors import BrokerUnavailable
+
+    card = frame_policy(tmp_path).card
+
+    def log():
+        yield Record("s", 0, 0, b"e0", EpisodeState("e0", 3, 1, 1, 0, []).to_bytes())
+        raise BrokerUnavailable("127.0.0.1:1", "could not read the topic to its end")
+
+    store = EpisodeStore(card, "s", load_states=log, clock=lambda: 40.0)
+    store.restore([("t.requests.stacked", 3)])  # kept, not raised: client libraries swallow a callback's exception
+    assert store.states == {} and store.restored == 0  # nothing half-read is adopted
+    zero = np.zeros(D, np.float32)
+    with pytest.raises(RuntimeError, match="not restored.*could not read"):  # the next step stops the consumer
+        store.observe(request(0, zero, key="e0"), zero, 3)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
 def test_max_live_episodes_must_be_a_whole_number_of_at_least_one(tmp_path: Path, bad) -> None:
     with pytest.raises(ValueError, match="max_live_episodes"):
