@@ -7,13 +7,14 @@ already waited plus the *estimated* execution time would pass its latency goal. 
 (:class:`auditstream.stream.StreamLoop`) does the same with what it can measure:
 
 - a batch is cut when it holds ``max_batch_size`` records, or its oldest record has waited
-  ``max_wait_ms`` (both as before);
+  ``max_wait_ms`` -- counted from when it was written to Kafka (its timestamp) when that is
+  plausible, as Triton counts its queue delay from a request's arrival: records that queued while
+  the previous batch ran are batched at once, not held another ``max_wait_ms``;
 - with a latency budget, also once ``waited + compute(full batch) >= budget``: waiting longer
   could make the oldest record's wait + its batch's compute overrun the budget. ``compute`` is
   fitted on the batches this process ran (:class:`ComputeEstimate`: a fixed cost per batch plus
-  a cost per record, exponentially weighted so it follows load changes), and "waited" starts when
-  the record was written to Kafka (its timestamp) when that is plausible, so a record that
-  already queued in Kafka behind a slow batch is not made to wait again.
+  a cost per record, exponentially weighted so it follows load changes), "waited" again from
+  the record's Kafka timestamp.
 
 Pure functions and a small estimator: tested without a broker (tests/auditstream/test_batching.py).
 """
@@ -60,10 +61,11 @@ def collect_for_ms(max_wait_ms: float, latency_budget_ms: float, full_batch_s: f
     return max(0.0, min(max_wait_ms, latency_budget_ms - full_batch_s * 1000.0))
 
 
-def queued_s(timestamp_ms: int, now_s: float, latency_budget_ms: float) -> float:
+def queued_s(timestamp_ms: int, now_s: float, at_most_ms: float) -> float:
     """How long a record already waited in Kafka: now − its timestamp, or 0 when the timestamp is
-    missing or in the future (another host's clock); at most the budget, so a producer whose
-    clock lags only makes batches smaller, never stalls them."""
+    missing or in the future (another host's clock); at most ``at_most_ms`` (the longer of
+    ``max_wait_ms`` and the budget), so a producer whose clock lags only makes batches smaller,
+    never stalls them."""
     if timestamp_ms <= 0:
         return 0.0
-    return min(max(0.0, now_s - timestamp_ms / 1000.0), latency_budget_ms / 1000.0)
+    return min(max(0.0, now_s - timestamp_ms / 1000.0), at_most_ms / 1000.0)

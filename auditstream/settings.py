@@ -64,7 +64,8 @@ class Settings:
         "Longest the broker may hold a consumer's fetch (ms). 0: 10 ms, or 500 ms on a durable embedded broker "
         "(its S3 engine stops listing a partition's stored batches when this wait is over; docs/serving.md).", 0)
     max_batch_size: int = _doc("Most requests in one inference batch.", 64)
-    max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms).", 20)
+    max_wait_ms: int = _doc("Longest a partial batch waits for more requests (ms), counted from when its oldest "
+                            "request was written to Kafka.", 20)
     max_in_flight_batches: int = _doc("Cap on batches decoded but not yet committed.", 2)
     # auditstream/batching.py; docs/serving.md "Latency-aware batching"
     latency_budget_ms: int = _doc(

@@ -216,17 +216,29 @@ def test_slow_batches_shrink_so_the_gap_between_polls_stays_inside_max_poll_inte
     assert consumer.committed == {("in", 0): 200}
 
 
-def test_latency_budget_cuts_a_batch_whose_records_already_waited_in_kafka() -> None:
+def test_records_that_already_waited_in_kafka_are_not_held_for_max_wait_again() -> None:
     import dataclasses
 
-    def run(budget_ms: int) -> list[int]:
-        queued = [dataclasses.replace(r, timestamp_ms=999_950) for r in records(2)]  # written 50 ms before "now"
+    def run(budget_ms: int, written_ms_ago: int) -> list[int]:
+        stamp = 1_000_000 - written_ms_ago  # "now" is 1,000 s on the wall clock
+        queued = [dataclasses.replace(r, timestamp_ms=stamp) for r in records(2)]
         cfg = BatchingConfig(max_batch_size=4, max_wait_ms=10, max_in_flight_batches=2, latency_budget_ms=budget_ms)
         loop, _, _ = make([queued, records(2, start=2)], cfg=cfg, wall_clock=lambda: 1000.0)
         return loop.run(max_records=4).batch_sizes
 
-    assert run(0) == [4]  # size and wait only: the queued records wait for the batch to fill
-    assert run(100) == [2, 2]  # they already waited 50 ms > max_wait: cut at once; fresh ones wait as before
+    # written 50 ms ago (they queued behind a slow batch): more than max_wait, so cut at once,
+    # with or without a budget; the fresh ones that follow wait for the batch to fill as before
+    assert run(0, 50) == [2, 2] and run(100, 50) == [2, 2]
+    # written 2 ms ago: they wait for the rest of max_wait and the batch fills
+    assert run(0, 2) == [4]
+    # a producer clock 5 s ahead counts no wait; one far behind only cuts sooner, never stalls
+    assert run(0, -5_000) == [4] and run(0, 999_999) == [2, 2]
+
+
+def test_records_without_a_timestamp_wait_max_wait_from_the_poll() -> None:
+    cfg = BatchingConfig(max_batch_size=4, max_wait_ms=10, max_in_flight_batches=2)
+    loop, _, _ = make([records(2), records(2, start=2)], cfg=cfg, wall_clock=lambda: 1000.0)
+    assert loop.run(max_records=4).batch_sizes == [4]
 
 
 def test_drain_rate_counts_from_the_first_record_to_the_last_commit() -> None:
