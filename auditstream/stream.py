@@ -111,11 +111,15 @@ class LoopStats:
     checkpoint_s: float = 0.0
 
     @property
+    def drain_s(self) -> float:
+        """Seconds from the first record to the last commit (0 or less before a commit)."""
+        return (self.last_commit_at or 0) - (self.first_record_at or 0)
+
+    @property
     def drain_rate_per_s(self) -> float:
         """Records per second from the first record to the last commit (NaN before a commit):
         what a benchmark's drain of records produced ahead of time measures."""
-        elapsed = (self.last_commit_at or 0) - (self.first_record_at or 0)
-        return self.records_in / elapsed if elapsed > 0 else float("nan")
+        return self.records_in / self.drain_s if self.drain_s > 0 else float("nan")
 
 
 class StreamLoop:
@@ -181,7 +185,7 @@ class StreamLoop:
                 # The batch's wait began when its oldest record was written to Kafka, not when it
                 # was polled: records that queued while the last batch ran are not made to wait
                 # max_wait_ms again (at 70% load that wait lengthened every cycle and so every
-                # queue: p99 355 ms against 197 counting from the write; docs/serving.md).
+                # queue: p99 355 ms, 262 counting from the write; docs/serving.md).
                 stamps = [r.timestamp_ms for r in polled if r.timestamp_ms > 0]
                 if stamps:
                     self._opened_at -= queued_s(min(stamps), self.wall_clock(),

@@ -341,7 +341,7 @@ def drain_split(stats: LoopStats, model_s: float) -> dict[str, float]:
     outputs to the producer, checkpoints (flush + commit), and the loop's own rest. With the
     model's own speed in the stream (``records / model_s``) it factors the ratio:
     ``ratio = (model speed in the stream / raw) × model share``."""
-    wall = (stats.last_commit_at or 0) - (stats.first_record_at or 0)
+    wall = stats.drain_s
     if wall <= 0:
         return {}
     parts = {"model": model_s, "path": stats.process_s - model_s, "poll": stats.poll_s,
