@@ -4,6 +4,8 @@ shortens the wait by a full batch's compute and never lengthens it; Kafka queuei
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from auditstream.batching import ComputeEstimate, collect_for_ms, queued_s
 
@@ -51,3 +53,13 @@ def test_collect_for_ms(max_wait: float, budget: float, full_batch_s: float | No
 ])
 def test_queued_s(timestamp_ms: int, now_s: float, expected: float) -> None:
     assert queued_s(timestamp_ms, now_s, 150) == pytest.approx(expected)
+
+
+@given(timestamp_ms=st.integers(-(2**63), 2**63 - 1), now_s=st.floats(0, 4e9), at_most_ms=st.integers(0, 60_000))
+def test_any_timestamp_a_client_writes_counts_a_wait_within_the_bound(timestamp_ms: int, now_s: float,
+                                                                         at_most_ms: int) -> None:
+    # Record timestamps come from every producer (other clients, hand-made records, wrong clocks):
+    # whatever they say, the wait counted is finite, never negative and never over the bound, so a
+    # batch is at worst cut sooner, never held longer.
+    waited = queued_s(timestamp_ms, now_s, at_most_ms)
+    assert 0.0 <= waited <= at_most_ms / 1000.0
