@@ -327,6 +327,13 @@ def _drain(app: ServeApp, settings: Settings, count: int) -> tuple[LoopStats, fl
     return stats, stream_cpu_us, broker_cpu_us, model_s
 
 
+def _cpu_us_per_record(stream_cpu_us: float, broker_cpu_us: float | None) -> dict[str, float | None]:
+    """CPU µs per record of raw ORT (the mean of the last two raw measurements: around the
+    drain), of the drain's process and of the broker meanwhile, as ``cpu_us_per_record``."""
+    return {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
+            "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
+
+
 def _model_s(app: ServeApp) -> float:
     """Seconds inside the model so far (ONNX Runtime runs, and a GPU's copies), from the app's
     own histograms."""
@@ -384,8 +391,7 @@ def _max_rate(settings: Settings, producer: Any, model: RegisteredModel, args: A
     say(f"stream (max rate{', TLS' if settings.kafka_security_protocol != 'PLAINTEXT' else ''}): {stats.records_in} "
         f"requests in {stats.records_in / stream:.2f} s = {stream:,.0f}/s; raw ORT after: {raw_after:,.0f}/s; "
         f"ratio {ratio:.3f}")
-    cpu_us = {"raw_ort": round(sum(RAW_CPU_US[-2:]) / 2, 1), "stream_process": round(stream_cpu_us, 1),
-              "broker": None if broker_cpu_us is None else round(broker_cpu_us, 1)}
+    cpu_us = _cpu_us_per_record(stream_cpu_us, broker_cpu_us)
     report = None
     if args.profile:  # the same drain again by a fresh member, under cProfile (slower: not the measurement)
         produce_requests(producer, settings.request_topic(card.name), card.name, inputs_for(card, "random", seed=3),
@@ -422,7 +428,7 @@ def _max_rate_without_path(settings: Settings, producer: Any, model: RegisteredM
     rate = stats.drain_rate_per_s
     raw_after = raw_ort_per_s(model, args.batch_size, settings=settings)
     ratio = _ratio(rate, (raw_before + raw_after) / 2)
-    cpu_ratio = _cpu_ratio({"raw_ort": sum(RAW_CPU_US[-2:]) / 2, "stream_process": stream_cpu_us, "broker": broker_cpu_us})
+    cpu_ratio = _cpu_ratio(_cpu_us_per_record(stream_cpu_us, broker_cpu_us))
     say(f"stream without the path (outputs of the first batch sent again, ORT still run): {rate:,.0f}/s; "
         f"raw ORT after: {raw_after:,.0f}/s; ratio {ratio}, cpu_ratio {cpu_ratio}")
     return {"stream_without_path_per_s": round(rate, 1), "ratio_without_path": ratio,
