@@ -16,7 +16,12 @@ Each decisive verdict (accept, correct, reject; skips are not labels) becomes on
 
 plus request id, model, version, task, confidence, auditor, time and review round. A
 double-reviewed item gives two rows (one per auditor); gold items are left out unless asked for.
-Training reads this file (training/ never touches the store).
+Training reads this file (training/ never touches the store): :func:`read_labels`, every row with
+its input. :class:`LabelsFile` reads it without holding the inputs (``certify --from-audits
+--labels``): the rows one at a time, an input left out and replaced by where its record starts
+(``input_at``), and later the inputs of a batch of those records, each read back at its place. A
+file that is not an export (a line that is not a JSON object, a cell that does not decode) raises
+:class:`LabelsFileError`, naming the file, the line and what is wrong.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from store import AuditStore
+from auditstream.errors import AuditstreamError
+
+if TYPE_CHECKING:  # a hint only: reading an export (stack/recertify.py at CLI start) loads no store
+    from store import AuditStore
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = (
@@ -34,6 +42,22 @@ COLUMNS = (
     "verdict_kind", "model_output", "human_label", "auditor", "decided_at_s", "review_round", "is_gold", "input",
 )  # fmt: skip
 _JSON_COLUMNS = ("model_output", "human_label", "input")  # nested values: JSON text in a CSV cell
+# A CSV cell's text -> its value, and what the cell must be (the error says it).
+_CSV_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
+    **{c: (json.loads, "JSON") for c in _JSON_COLUMNS}, "confidence": (float, "a number"),
+    "inclusion_prob": (float, "a number"), "decided_at_s": (float, "a number"), "review_round": (int, "an integer"),
+    "is_gold": (lambda text: text == "True", "True or False"),
+}  # fmt: skip
+INPUT_AT = "input_at"  # a row read without its input: where its record starts (LabelsFile.inputs)
+
+
+class LabelsFileError(AuditstreamError, ValueError):
+    """A labels file that cannot be read as an export: which file, where in it, what is wrong."""
+
+    def __init__(self, path: Path, where: str, detail: str) -> None:
+        self.path, self.where, self.detail = path, where, detail
+        super().__init__(f"labels file {path}, {where}: {detail}; "
+                         "is it an export (auditstream labels export --out FILE)?")
 
 
 def export_labels(
@@ -74,17 +98,133 @@ def export_labels(
 
 
 def read_labels(path: Path) -> list[dict[str, Any]]:
-    """Read an export back (either format) with nested values decoded."""
-    path = Path(path)
-    with path.open(encoding="utf-8", newline="") as f:
-        if path.suffix == ".csv":
-            rows = []
-            for row in csv.DictReader(f):
-                for c in _JSON_COLUMNS:
-                    row[c] = json.loads(row[c])
-                row["confidence"], row["inclusion_prob"] = float(row["confidence"]), float(row["inclusion_prob"])
-                row["decided_at_s"], row["review_round"] = float(row["decided_at_s"]), int(row["review_round"])
-                row["is_gold"] = row["is_gold"] == "True"
-                rows.append(row)
-            return rows
-        return [json.loads(line) for line in f if line.strip()]
+    """Read an export back (either format) with nested values decoded, inputs included."""
+    with LabelsFile(path) as export:
+        return list(export.rows())
+
+
+class LabelsFile:
+    """A labels export opened for reading (``.csv``: CSV, else JSON lines): :meth:`rows` one at a
+    time, and :meth:`inputs` of chosen records read back at their places. The file stays open
+    until :meth:`close`, so both see the same file even if an export renames a new one over the
+    path meanwhile (:func:`export_labels` does). Every read seeks to its own place first: reading
+    inputs between two rows is safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._csv = self.path.suffix == ".csv"
+        self._f = self.path.open("rb")
+        self._header: list[str] | None = None  # CSV: the column names, once read
+        self._body = 0  # CSV: where the first record starts
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "LabelsFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def rows(self, with_input: bool = True) -> Iterator[dict[str, Any]]:
+        """Every row in file order, nested values decoded. ``with_input`` False: the input is
+        decoded (a bad one fails here, as when read whole) and left out, and the row has
+        ``input_at`` (:data:`INPUT_AT`) instead, for :meth:`inputs`."""
+        for start, where, row in self._records(0):
+            if not with_input:
+                if "input" not in row:
+                    raise LabelsFileError(self.path, where, "the row has no input")
+                del row["input"]
+                row[INPUT_AT] = start
+            yield row
+
+    def inputs(self, starts: Iterable[int]) -> dict[int, Any]:
+        """The decoded input of the record at each of ``starts`` (rows' ``input_at``), read one
+        record each, in file order: a caller asking for one scoring batch holds that batch only."""
+        out: dict[int, Any] = {}
+        for start in sorted(set(starts)):
+            try:
+                found = next(self._records(start), None)
+            except LabelsFileError:  # read from the middle of a record: said below
+                found = None
+            if found is None or found[0] != start or "input" not in found[2]:
+                raise LabelsFileError(self.path, f"byte {start}", "no row with an input starts there "
+                                      "(was the file changed in place since its rows were read?)")
+            out[start] = found[2]["input"]
+        return out
+
+    def _records(self, start: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """(where the record starts, where to say it is, its row decoded) from byte ``start``."""
+        if not self._csv:
+            number = None if start else 0  # line numbers are known when reading from the top
+            for at, raw in self._lines(start):
+                number = None if number is None else number + 1
+                where = f"line {number}" if number is not None else f"byte {at}"
+                text = self._text(raw, where)
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except ValueError as e:
+                    raise LabelsFileError(self.path, where, f"not JSON ({e})") from None
+                if not isinstance(row, dict):
+                    raise LabelsFileError(self.path, where, f"a JSON {type(row).__name__}, not an object")
+                yield at, where, row
+            return
+        header, body = self._csv_header()
+        top = start == 0  # line numbers are known when reading from the top (the header: line 1)
+        # The CSV reader pulls lines only as a record needs them: a record starts right after the
+        # last line the one before it used.
+        after = [max(start, body)]
+
+        def lines() -> Iterator[str]:
+            for at, raw in self._lines(after[0]):
+                after[0] = at + len(raw)
+                yield self._text(raw, f"line {reader.line_num + 2}" if top else f"byte {at}")
+
+        reader = csv.DictReader(lines(), fieldnames=header)
+        while True:
+            at = after[0]
+            try:
+                row = next(reader, None)
+            except csv.Error as e:
+                raise LabelsFileError(self.path, f"line {reader.line_num + 1}", f"not CSV ({e})") from None
+            if row is None:
+                return
+            where = f"line {reader.line_num + 1}" if top else f"byte {at}"
+            for c, (value_of, what) in _CSV_VALUES.items():
+                if row[c] is None:
+                    raise LabelsFileError(self.path, where, f"no {c!r} cell (fewer cells than columns)")
+                try:
+                    row[c] = value_of(row[c])
+                except ValueError as e:
+                    raise LabelsFileError(self.path, where, f"column {c!r} is not {what} ({e})") from None
+            yield at, where, row
+
+    def _csv_header(self) -> tuple[list[str], int]:
+        """The CSV's column names (checked once) and where its first record starts."""
+        if self._header is None:
+            raw = next(self._lines(0), (0, b""))[1]
+            header = next(csv.reader([self._text(raw, "line 1")]), [])
+            missing = [c for c in _CSV_VALUES if c not in header]
+            if raw and missing:  # an empty file is an export of no rows
+                raise LabelsFileError(self.path, "line 1", f"no column {missing[0]!r} in the header")
+            self._header, self._body = header, len(raw)
+        return self._header, self._body
+
+    def _lines(self, start: int) -> Iterator[tuple[int, bytes]]:
+        """(where, the line's bytes) from ``start``, each read at its own place."""
+        at = start
+        while True:
+            self._f.seek(at)
+            raw = self._f.readline()
+            if not raw:
+                return
+            yield at, raw
+            at += len(raw)
+
+    def _text(self, raw: bytes, where: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LabelsFileError(self.path, where, f"not UTF-8 text ({e.reason} at byte {e.start})") from None

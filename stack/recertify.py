@@ -19,14 +19,23 @@ first, filter by route, skip hard ones, and that order depends on the answers
 (qc/audit_certify.py, "The order"). A labels export has neither the items' order nor the items
 still waiting, so even with ``--labels`` both come from the store, which must hold those items.
 
+One moment: every store read of a run (the verdicts, the items' positions, the gold record, the
+inputs read while scoring) is made inside one ``store.read_snapshot()`` (PostgreSQL: one
+``REPEATABLE READ READ ONLY`` transaction; SQLite: one WAL read transaction), so they agree with
+each other: an item decided during the run is neither done without its verdict nor the other
+way round, and an item whose ingest commits late with a lower id (PostgreSQL) is in none of them
+rather than missed by the positions alone; the next run sees it. The snapshot is held for the
+run, scoring included, and given back when it ends.
+
 Memory: verdicts and items are held without their inputs (ids, routes, probabilities, labels:
 ``store.labels(..., with_input=False)``, ``store.audit_positions``, read in keyset pages), and
 the inputs are read while scoring, one batch of 256 requests at a time
 (``store.request_inputs``: the input of the request's first item, every item of a request
 carrying that request's input), so a store of hundreds of thousands of audited ~4 KiB inputs
-costs the number of items times a small constant, not the inputs. With ``--labels`` the export
-is read whole, inputs included (``monitor.labels.read_labels``), and its rows' own inputs are
-scored; only the requests still waiting are read from the store.
+costs the number of items times a small constant, not the inputs. A labels export (``--labels``)
+is read the same way: its rows without their inputs, each row keeping where its record starts
+(``monitor.labels.LabelsFile``), and a scored row's own input is read back from the export with
+its scoring batch (:func:`export_inputs`); only the requests still waiting are read from the store.
 
 Why it reaches what the training certificate cannot: every deferred item is labelled and every
 QC sample carries its inclusion probability, so the audits grow with the traffic, while the
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,6 +58,7 @@ from auditstream.cli_args import LEFTOVER, PROBABILITY, SHARE, check_fields
 from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
+from monitor.labels import INPUT_AT, LabelsFile
 from monitor.verdict_sets import split_verdicts
 from qc.audit_split import CERTIFY, audit_part
 from qc.audit_certify import PROPOSAL_FILE, AuditCertificate, against_truth, certify_from_audits
@@ -139,8 +150,9 @@ class SampledItem:
     inclusion_prob: float
 
 
-# Request ids -> their wire inputs (absent: none known), called with one scoring batch at a time.
-InputLoader = Callable[[Sequence[str]], dict[str, Any]]
+# The rows of one scoring batch that carry no input -> their wire inputs by request id (absent:
+# none known). Rows, not ids: a labels export's row says where its own input is (input_at).
+InputLoader = Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
 
 
 def sampled_items(store: Any, model: str, page: int = 500) -> list[SampledItem]:
@@ -153,7 +165,20 @@ def sampled_items(store: Any, model: str, page: int = 500) -> list[SampledItem]:
 def store_inputs(store: Any, model: str) -> InputLoader:
     """An :data:`InputLoader` reading from the open ``store``: each request's input is that of
     its first (lowest-id) non-gold item of ``model`` (``store.request_inputs``)."""
-    return lambda request_ids: store.request_inputs(model, request_ids)
+    return lambda rows: store.request_inputs(model, [r["request_id"] for r in rows])
+
+
+def export_inputs(export: LabelsFile, rest: InputLoader) -> InputLoader:
+    """An :data:`InputLoader` for the rows of ``export.rows(with_input=False)``: each row's own
+    input, read back from the export at its ``input_at``; rows without one (the requests still
+    waiting, stand-ins of :func:`in_stream_order`) from ``rest``."""
+    def load(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        own = [r for r in rows if INPUT_AT in r]
+        others = [r for r in rows if INPUT_AT not in r]
+        found = rest(others) if others else {}
+        at = export.inputs(r[INPUT_AT] for r in own)
+        return {**found, **{r["request_id"]: at[r[INPUT_AT]] for r in own}}
+    return load
 
 
 @dataclass(frozen=True)
@@ -196,14 +221,14 @@ def in_stream_order(usable: list[dict[str, Any]], items: list[SampledItem], judg
 
 
 def wire_inputs(rows: list[dict[str, Any]], inputs: InputLoader | None) -> list[Any]:
-    """The wire inputs of ``rows``: a row's own ``input`` (a labels export's row) or else the one
-    ``inputs`` gives for its request id, asked once for all of them."""
-    missing = [r["request_id"] for r in rows if "input" not in r]
+    """The wire inputs of ``rows``: a row's own ``input`` (a labels export read whole) or else the
+    one ``inputs`` gives for its request id, asked once for all of them."""
+    missing = [r for r in rows if "input" not in r]
     if missing and inputs is None:
-        raise ValueError(f"{len(missing)} rows carry no input (the first: request {missing[0]}) and no inputs= loader "
-                         "was given (pass inputs=store_inputs(store, model))")
+        raise ValueError(f"{len(missing)} rows carry no input (the first: request {missing[0]['request_id']}) and no "
+                         "inputs= loader was given (pass inputs=store_inputs(store, model))")
     fetched = inputs(missing) if missing else {}
-    lost = [request_id for request_id in missing if request_id not in fetched]
+    lost = [r["request_id"] for r in missing if r["request_id"] not in fetched]
     if lost:
         raise CannotCertify(f"the store has no input for {len(lost)} sampled requests (the first: {lost[0]})")
     return [r["input"] if "input" in r else fetched[r["request_id"]] for r in rows]
@@ -244,8 +269,8 @@ def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: f
     (:func:`sampled_items`), which give the stream order and the items still waiting; without
     them the test has no valid order and nothing is certified (module docstring). ``inputs``:
     where the inputs of rows without an ``input`` come from (the requests still waiting, and
-    every row of ``store.labels(..., with_input=False)``): :func:`store_inputs` of the open store,
-    read one scoring batch at a time."""
+    every row of ``store.labels(..., with_input=False)`` or ``LabelsFile.rows(with_input=False)``):
+    :func:`store_inputs` of the open store or :func:`export_inputs`, read one scoring batch at a time."""
     card = model.card
     usable, which = rows_for(card, rows)
     if not usable:
@@ -286,7 +311,6 @@ def write_proposal(model: RegisteredModel, cert: AuditCertificate, basis: dict[s
 def main(args: CertifyArgs) -> int:
     from auditstream.registry import ModelRegistry
     from auditstream.settings import Settings
-    from monitor.labels import read_labels
     from store import open_store
 
     if not args.from_audits:
@@ -295,14 +319,22 @@ def main(args: CertifyArgs) -> int:
     settings = Settings.from_env()
     model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
     target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
-    with open_store(settings.resolved_store_url) as store:
+    with ExitStack() as held:
+        store = held.enter_context(open_store(settings.resolved_store_url))
+        held.enter_context(store.read_snapshot())  # every read below at one moment (module docstring)
+        inputs = store_inputs(store, args.model)
         # without inputs: they are read a scoring batch at a time (module docstring, "Memory")
-        rows = read_labels(Path(args.labels)) if args.labels else list(store.labels(args.model, with_input=False))
-        stream = sampled_items(store, args.model)  # after the verdicts: one decided meanwhile only waits
+        if args.labels:
+            export = held.enter_context(LabelsFile(Path(args.labels)))
+            rows = list(export.rows(with_input=False))
+            inputs = export_inputs(export, inputs)
+        else:
+            rows = list(store.labels(args.model, with_input=False))
+        stream = sampled_items(store, args.model)
         scores = store.gold_accuracy().values()
         gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
         cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
-                                stream=stream, inputs=store_inputs(store, args.model))
+                                stream=stream, inputs=inputs)
     path = write_proposal(model, cert, basis)
     out = sys.stderr if args.json else sys.stdout
     if cert.certified:

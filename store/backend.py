@@ -14,6 +14,11 @@ module supplies what really differs between the two:
 * write transactions: SQLite ``BEGIN IMMEDIATE`` takes the single writer lock up front, so a
   read-then-write never fails half way with "database is locked"; PostgreSQL runs READ COMMITTED
   and the store locks the rows it changes (``FOR UPDATE [SKIP LOCKED]``);
+* read snapshots (:meth:`Database.read_snapshot`): every read on the thread inside the block runs
+  in one read-only transaction on one pinned connection, so reads made one after the other see
+  the database at one moment (SQLite: a deferred ``BEGIN`` whose first read pins the WAL
+  snapshot; PostgreSQL: ``REPEATABLE READ READ ONLY``); the connection goes back to the pool
+  when the block ends;
 * column types in the DDL (identity column, float width, bytes).
 
 SQLite runs in WAL mode (readers never block the writer) with a busy timeout, so concurrent
@@ -94,6 +99,42 @@ class Database(abc.ABC):
             return len(self._open)
 
     @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Every read (:meth:`query`) this thread makes inside the block sees the database as it
+        was when the block began: one read-only transaction on one connection, checked out for
+        the block and given back when it ends. Rows another connection commits meanwhile are
+        seen after the block, not in it. A write inside the block raises (a snapshot never
+        writes); a snapshot nested in this thread's snapshot is that snapshot. Holding one keeps
+        old row versions alive (PostgreSQL's vacuum, SQLite's WAL checkpoint) for its length:
+        keep it to one command's reads."""
+        if getattr(self._held, "cx", None) is not None:
+            if getattr(self._held, "snapshot", False):
+                yield
+                return
+            # a READ COMMITTED write sees each statement's own moment: no snapshot to give
+            raise RuntimeError("a read snapshot cannot start inside a write transaction")
+        with self._connection() as cx:
+            self._begin_snapshot(cx)
+            self._held.snapshot = True
+            try:
+                yield
+            finally:
+                self._held.snapshot = False
+                self._end_snapshot(cx)
+
+    def _refuse_write_in_snapshot(self) -> None:
+        if getattr(self._held, "snapshot", False):
+            raise RuntimeError("a write inside a read snapshot: end the snapshot (read_snapshot) first")
+
+    @abc.abstractmethod
+    def _begin_snapshot(self, cx: Any) -> None:
+        """Start the read-only transaction on ``cx`` and fix its snapshot now (not at its first read)."""
+
+    @abc.abstractmethod
+    def _end_snapshot(self, cx: Any) -> None:
+        """End the snapshot's transaction (a broken connection is discarded when given back)."""
+
+    @contextmanager
     def _connection(self) -> Iterator[Any]:
         """A connection for the duration of the block; nested blocks on one thread share it."""
         held = getattr(self._held, "cx", None)
@@ -156,7 +197,8 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """One read statement in its own (autocommit) transaction."""
+        """One read statement in its own (autocommit) transaction, or in this thread's
+        :meth:`read_snapshot` (or write) when it holds one."""
 
     @abc.abstractmethod
     def columns(self, cur: "Cursor", table: str) -> set[str]:
@@ -225,8 +267,21 @@ class SQLiteDatabase(Database):
         except sqlite3.ProgrammingError:  # closed
             return False
 
+    def _begin_snapshot(self, cx: sqlite3.Connection) -> None:
+        cx.execute("BEGIN")  # deferred: takes no lock, never waits for the writer
+        # WAL: a read transaction pins its snapshot at its first read, so read now, not later
+        cx.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
+
+    def _end_snapshot(self, cx: sqlite3.Connection) -> None:
+        try:
+            if cx.in_transaction:
+                cx.execute("ROLLBACK")  # nothing was written
+        except sqlite3.Error:  # a closed connection: discarded when given back
+            pass
+
     @contextmanager
     def write(self) -> Iterator[Cursor]:
+        self._refuse_write_in_snapshot()
         with self._connection() as cx:
             cur = cx.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -277,8 +332,21 @@ class PostgresDatabase(Database):
     def _reusable(self, cx: Any) -> bool:
         return not cx.closed and not cx.broken and cx.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
 
+    def _begin_snapshot(self, cx: Any) -> None:
+        # The connection is in autocommit; BEGIN by hand. A read-only transaction is given no
+        # transaction id, so it never holds back qc_position (pg_snapshot_xmin) for its length.
+        cx.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cx.execute("SELECT 1")  # REPEATABLE READ fixes its snapshot at the first statement: now
+
+    def _end_snapshot(self, cx: Any) -> None:
+        try:
+            cx.execute("ROLLBACK")  # nothing was written
+        except self._psycopg.Error:  # a broken connection: discarded when given back
+            pass
+
     @contextmanager
     def write(self) -> Iterator[Cursor]:
+        self._refuse_write_in_snapshot()
         with self._connection() as cx:
             with cx.transaction():  # nested in this thread's write: a savepoint of it
                 with cx.cursor() as cur:

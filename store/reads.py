@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 from auditstream import tasks
 from auditstream.wire import Route, TaskKind, VerdictKind
@@ -74,6 +74,16 @@ class StoreReads:
     """Read methods of :class:`store.AuditStore` (kept apart from the writes for size)."""
 
     _db: Any  # store.backend.Database, set by AuditStore
+
+    def read_snapshot(self) -> ContextManager[None]:
+        """A context manager: every read this thread makes through the store inside it sees the
+        store at one moment, the moment it began (one read-only transaction on one connection,
+        given back when it ends: store/backend.py, ``Database.read_snapshot``). Paged reads
+        (:meth:`labels`, :meth:`audit_positions`) consumed inside it read every page from that
+        moment, and nothing committed meanwhile, ids lower than a page already read included,
+        shows up in one read and not another. Writes inside it raise. ``certify --from-audits``
+        reads its verdicts, positions, gold record and inputs in one (stack/recertify.py)."""
+        return self._db.read_snapshot()
 
     # --- items --------------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
-"""``auditstream labels export``: verdicts become a training set with inclusion probabilities."""
+"""``auditstream labels export``: verdicts become a training set with inclusion probabilities;
+read back whole (``read_labels``) or without holding the inputs (``LabelsFile``: the same rows
+less the input, each input read back at its record's place); a file that is not an export is one
+clear error naming the file and the line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ from auditstream.cli import main as cli_main
 from auditstream.wire import ImageInput, Route, decode_input
 from store import accounts
 from store.accounts import Role
-from monitor.labels import COLUMNS, export_labels, read_labels
+from monitor.labels import COLUMNS, INPUT_AT, LabelsFile, LabelsFileError, export_labels, read_labels
 from store import AuditStore, StoreConfig, open_store
 
 T0 = 5_000.0
@@ -91,3 +95,81 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     with make_store("sqlite", tmp_path) as store:
         with pytest.raises(ValueError, match="format 'parquet'"):
             export_labels(store, tmp_path / "x", fmt="parquet")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_export_read_without_inputs_is_the_same_rows_and_reads_each_input_back(fmt: str, tmp_path: Path) -> None:
+    with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
+        _seed(store)
+        out = tmp_path / f"labels.{fmt}"
+        export_labels(store, out, fmt=fmt, progress=False)
+        whole = read_labels(out)
+        with LabelsFile(out) as export:
+            bare = []
+            for row in export.rows(with_input=False):  # an input read between two rows: each read seeks its own place
+                assert "input" not in row
+                assert export.inputs([row[INPUT_AT]]) == {row[INPUT_AT]: whole[len(bare)]["input"]}
+                bare.append(row)
+            assert [{k: v for k, v in r.items() if k != INPUT_AT} for r in bare] == [
+                {k: v for k, v in r.items() if k != "input"} for r in whole]
+            # an export renamed over the path meanwhile: the open file is still the one whose rows were read
+            export_labels(store, out, model="det", fmt=fmt, progress=False)
+            assert len(read_labels(out)) == 1
+            inputs = export.inputs(r[INPUT_AT] for r in reversed(bare))
+            assert inputs == {r[INPUT_AT]: w["input"] for r, w in zip(bare, whole)}
+            assert export.inputs([]) == {}
+            with pytest.raises(LabelsFileError, match=r"byte 1\b.*no row with an input starts there"):
+                export.inputs([1])  # not where a record starts
+
+
+def _malformed(tmp_path: Path, fmt: str, spoil: str) -> Path:
+    """A real export of three rows with one thing wrong (``spoil``)."""
+    with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
+        _seed(store)
+        good = tmp_path / f"good.{fmt}"
+        export_labels(store, good, fmt=fmt, progress=False)
+    lines = good.read_bytes().splitlines(keepends=True)
+    if spoil == "not JSON":
+        lines[1] = b'{"verdict_id": "v1", oops\n'
+    elif spoil == "not an object":
+        lines[0] = b"[1, 2]\n"
+    elif spoil == "no input":
+        lines[2] = json.dumps({k: v for k, v in json.loads(lines[2]).items() if k != "input"}).encode() + b"\n"
+    elif spoil == "not UTF-8":
+        lines[1] = lines[1].replace(b'"alice"', b'"al\xffce"')
+    elif spoil == "no column":
+        lines[0] = lines[0].replace(b",input", b",picture")
+    elif spoil == "bad cell":
+        lines[2] = lines[2].replace(b'"""', b'"{', 1)
+    elif spoil == "not a number":
+        lines[1] = lines[1].replace(b",1.0,", b",one,", 1)
+    elif spoil == "short row":
+        lines[3] = lines[3].split(b",")[0] + b"\r\n"
+    bad = tmp_path / f"bad.{fmt}"
+    bad.write_bytes(b"".join(lines))
+    return bad
+
+
+@pytest.mark.parametrize("fmt, spoil, message", [
+    ("jsonl", "not JSON", r"line 2: not JSON \(Expecting"),
+    ("jsonl", "not an object", r"line 1: a JSON list, not an object"),
+    ("jsonl", "not UTF-8", r"line 2: not UTF-8 text"),
+    ("jsonl", "no input", r"line 3: the row has no input"),
+    ("csv", "no column", r"line 1: no column 'input' in the header"),
+    ("csv", "bad cell", r"line 3: column '\w+' is not JSON"),
+    ("csv", "not a number", r"line 2: column '\w+' is not a number"),
+    ("csv", "short row", r"line 4: no '\w+' cell \(fewer cells than columns\)"),
+])  # fmt: skip
+def test_a_file_that_is_not_an_export_is_one_error_naming_the_file_and_line(
+        tmp_path: Path, fmt: str, spoil: str, message: str) -> None:  # fmt: skip
+    bad = _malformed(tmp_path, fmt, spoil)
+    with LabelsFile(bad) as export:
+        with pytest.raises(LabelsFileError, match=message) as without_inputs:
+            list(export.rows(with_input=False))
+    assert str(without_inputs.value).startswith(f"labels file {bad}, ") and isinstance(without_inputs.value, ValueError)
+    if spoil == "no input":  # read whole, a row without input is read as it is (training never needed one)
+        assert "input" not in read_labels(bad)[2]
+        return
+    with pytest.raises(LabelsFileError) as whole:
+        read_labels(bad)
+    assert str(whole.value) == str(without_inputs.value)  # the same error, read whole or not

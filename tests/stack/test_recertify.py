@@ -1,13 +1,16 @@
 """``auditstream certify --from-audits`` (stack/recertify.py): a real digits model judged on
 audited rows; the hygiene rule picks the rows; the proposal is written and LIVE stays; on a store
-(SQLite and PostgreSQL) the command gives what the all-inputs-in-memory reading gives while never
-holding more than one scoring batch of inputs."""
+(SQLite and PostgreSQL), from the store or from a labels export (JSON lines and CSV), the command
+gives what the all-inputs-in-memory reading gives while never holding more than one scoring batch
+of inputs, reads the store only inside one snapshot, and a commit made while it runs is not in
+that run."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from tests.store.store_factories import BACKENDS, make_store
 
 from auditstream.registry import ModelRegistry
 from auditstream.wire import encode_input
+from monitor.labels import LabelsFile
 from qc.audit_split import CERTIFY, audit_part
 from stack.recertify import (
     CannotCertify,
@@ -175,6 +179,19 @@ def test_certify_command_writes_a_proposal_and_leaves_live_alone(registry, tmp_p
     assert registry.live_version("digits") is None and registry.card("digits").triage.threshold == before
 
 
+def test_a_labels_file_that_is_not_an_export_is_one_error_line(registry, tmp_path, monkeypatch, capsys):
+    from auditstream.cli import main as cli_main
+
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_STATE_DIR", str(tmp_path))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps(audited_rows(1)[0]) + "\n{oops\n")
+    assert cli_main(["certify", "--model", "digits", "--from-audits", "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"auditstream: error: labels file {labels}, line 2: not JSON (Expecting property name enclosed in "
+                   "double quotes: line 1 column 2 (char 1)); is it an export (auditstream labels export --out FILE)?"]
+
+
 # --- on a store: the same certificate, one scoring batch of inputs at a time ------------------
 
 SCORING_BATCH = 256  # stack.recertify.score_version's batch
@@ -186,12 +203,18 @@ class HeldInput(dict):
 
 class InputCountingStore:
     """The store ``main`` opens, passing every call through but handing out each input (of
-    ``labels``, ``items`` or ``request_inputs``) as a :class:`HeldInput`: records the most inputs
-    one call returned and the most alive at once."""
+    ``labels``, ``items`` or ``request_inputs``, and of the labels export: :class:`CountingExport`)
+    as a :class:`HeldInput`: records the most inputs one call returned, the most alive at once,
+    how many came from each source, and the reads made outside the store's read snapshot.
+    ``after_labels``: called once the verdicts have been read from the store."""
 
-    def __init__(self, store: Any) -> None:
-        self._store = store
+    READS = ("labels", "audit_positions", "request_inputs", "gold_accuracy", "items")
+
+    def __init__(self, store: Any, after_labels: Any = None) -> None:
+        self._store, self.after_labels = store, after_labels
         self.most_per_call = self.most_alive = self.handed_out = self.alive = 0
+        self.from_source: dict[str, int] = {}
+        self.snapshots, self.in_snapshot, self.outside = 0, False, []
 
     def __enter__(self) -> "InputCountingStore":
         return self
@@ -199,10 +222,11 @@ class InputCountingStore:
     def __exit__(self, *exc: Any) -> None:
         self._store.__exit__(*exc)
 
-    def _held(self, value: dict) -> HeldInput:
+    def _held(self, value: dict, source: str = "store") -> HeldInput:
         held = HeldInput(value)
         weakref.finalize(held, self._dropped)
         self.handed_out, self.alive = self.handed_out + 1, self.alive + 1
+        self.from_source[source] = self.from_source.get(source, 0) + 1
         self.most_alive = max(self.most_alive, self.alive)
         return held
 
@@ -219,9 +243,24 @@ class InputCountingStore:
                 row, n = {**row, "input": self._held(row["input"])}, n + 1
                 self._counted(n)
             yield row
+        if self.after_labels is not None:
+            self.after_labels()
+
+    @contextmanager
+    def _snapshot(self) -> Any:
+        with self._store.read_snapshot():
+            self.snapshots, self.in_snapshot = self.snapshots + 1, True
+            try:
+                yield
+            finally:
+                self.in_snapshot = False
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
+        if name == "read_snapshot":
+            return self._snapshot
+        if name in self.READS and not self.in_snapshot:
+            self.outside.append(name)
         if name == "labels":
             return lambda *a, **kw: self._label_rows(attr(*a, **kw))
         if name == "items":
@@ -237,6 +276,23 @@ class InputCountingStore:
                 return out
             return request_inputs
         return attr
+
+
+class CountingExport(LabelsFile):
+    """The labels export ``main`` opens, its inputs counted by the store's :class:`InputCountingStore`."""
+
+    def __init__(self, path: Path, counter: InputCountingStore) -> None:
+        super().__init__(path)
+        self._counter = counter
+
+    def rows(self, with_input: bool = True) -> Any:
+        for row in super().rows(with_input):
+            yield {**row, "input": self._counter._held(row["input"], "export")} if "input" in row else row
+
+    def inputs(self, starts: Any) -> dict[int, Any]:
+        out = {at: self._counter._held(x, "export") for at, x in super().inputs(starts).items()}
+        self._counter._counted(len(out))
+        return out
 
 
 def fill_store(store: Any, rows: list[dict]) -> None:
@@ -300,7 +356,7 @@ def in_memory_certificate(registry: ModelRegistry, store: Any, target: float) ->
     gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
     assert all("input" in r for r in rows) and len(items) > len(first)  # some requests have two items
     cert, basis = recertify(registry.load("digits"), rows, target, 0.05, gold, 0.01, stream=stream,
-                            inputs=lambda request_ids: {r: first[r] for r in request_ids})
+                            inputs=lambda rows: {r["request_id"]: first[r["request_id"]] for r in rows})
     return {"certificate": cert.to_dict(), **basis}
 
 
@@ -309,6 +365,7 @@ def test_certify_from_the_store_is_the_in_memory_certificate_with_one_batch_of_i
         registry, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # fmt: skip
     import store as store_package
     from monitor.labels import export_labels
+    from stack import recertify as recertify_module
     from store import StoreConfig, accounts
 
     monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
@@ -322,17 +379,22 @@ def test_certify_from_the_store_is_the_in_memory_certificate_with_one_batch_of_i
         assert expected["n_rows"] == 597 and expected["gold_verdicts"] > 0 and expected["rows_not_in_store"] == 0
         opened: list[InputCountingStore] = []
         open_store = store_package.open_store
+        after_labels: list[Any] = []
 
         def open_counted(url: str, *a: Any, **kw: Any) -> InputCountingStore:  # this test's store, counted
-            opened.append(InputCountingStore(open_store(store._db.url, table_prefix=store._db.prefix)))
+            opened.append(InputCountingStore(open_store(store._db.url, table_prefix=store._db.prefix),
+                                             after_labels.pop() if after_labels else None))
             return opened[-1]
 
         monkeypatch.setattr(store_package, "open_store", open_counted)
+        monkeypatch.setattr(recertify_module, "LabelsFile", lambda path: CountingExport(path, opened[-1]))
 
         def certify(**kw: Any) -> str:
             assert main(CertifyArgs(model="digits", from_audits=True, target_risk=0.05, json=True, **kw)) == 0
             out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
             assert out.pop("proposal").endswith("audit-certificate.json")
+            counted = opened[-1]  # every store read in the run's one snapshot
+            assert counted.snapshots == 1 and counted.outside == [] and not counted.in_snapshot
             return json.dumps(out, sort_keys=True)  # NaN compares equal as text
 
         assert certify() == json.dumps(expected, sort_keys=True)
@@ -341,7 +403,23 @@ def test_certify_from_the_store_is_the_in_memory_certificate_with_one_batch_of_i
         assert counted.handed_out >= expected["n_rows"] + expected["waiting_for_verdict"]
         assert 0 < counted.most_per_call <= SCORING_BATCH and counted.most_alive <= SCORING_BATCH
 
-        labels = tmp_path / "labels.jsonl"  # --labels: the export's rows carry their inputs, scored as they are
-        export_labels(store, labels, model="digits", progress=False)
-        assert certify(labels=str(labels)) == json.dumps(expected, sort_keys=True)
-        assert opened[-1].handed_out == expected["waiting_for_verdict"]  # only the waiting requests' inputs
+        # --labels: the export's rows without inputs, their own inputs read back a batch at a time
+        for fmt in ("jsonl", "csv"):
+            labels = tmp_path / f"labels.{fmt}"
+            export_labels(store, labels, model="digits", fmt=fmt, progress=False)
+            assert certify(labels=str(labels)) == json.dumps(expected, sort_keys=True)
+            counted = opened[-1]
+            assert counted.from_source == {"store": expected["waiting_for_verdict"], "export": expected["n_rows"]}
+            assert 0 < counted.most_per_call <= SCORING_BATCH and counted.most_alive <= SCORING_BATCH
+
+        # A sampled item ingested by another connection while the command runs (after it read the
+        # verdicts, before the positions): not in this run, which reads one moment; in the next.
+        from auditstream.wire import AuditItem, Prediction, Route, decode_input
+
+        late = AuditItem(Prediction(request_id="r-late", model="digits", model_version="1", task="classification",
+                                    output="0", confidence=0.5, route=Route.HUMAN, reason="test",
+                                    qc_inclusion_prob=1.0, created_at_s=0.0), decode_input(rows[0]["input"]))
+        after_labels.append(lambda: store.ingest_many([late], 0.0))
+        assert certify() == json.dumps(expected, sort_keys=True)
+        assert store.request_inputs("digits", ["r-late"])  # committed while the run held its snapshot
+        assert json.loads(certify())["waiting_for_verdict"] == expected["waiting_for_verdict"] + 1
