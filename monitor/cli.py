@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     labels = commands.add_parser("labels", help="verdicts as training data")
     labels_sub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
     export = labels_sub.add_parser("export", help="write every verdict as a labelled example (JSONL or CSV)")
-    export.add_argument("--out", required=True, help="output file")
+    export.add_argument("--out", required=True, type=output_file, help="output file")
     export.add_argument("--model", default=None, help="only this model (default: all)")
     export.add_argument("--format", choices=("jsonl", "csv", "coco"), default="jsonl",
                         help="file format (default: jsonl); coco: a detector's verdicts as a COCO data set, "
@@ -80,6 +80,25 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     clear.add_argument("--model", required=True, help="model name")
     clear.add_argument("--version", default=None, help="only this version's override (default: all versions)")
     clear.set_defaults(handler=run_control_clear)
+
+
+def output_file(text: str) -> str:
+    """``--out``: a file this user can write (or create), checked before the store is opened, so
+    a typo costs one line, not a traceback after the export's reads."""
+    import os
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a file name, e.g. --out labels.jsonl")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file in it, e.g. {path / 'labels.jsonl'}")
+    parent = path.absolute().parent
+    while not parent.exists():  # export_labels creates the missing folders: the first existing one decides
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {parent} is not a folder this user may write to")
+    return text
 
 
 def _control_view(settings):  # noqa: ANN001, ANN202
@@ -185,11 +204,16 @@ def run_labels_export(args: argparse.Namespace) -> int:
 
     from monitor.labels import export_labels
 
+    from auditstream.errors import ConfigError
+
     settings, store = _open(args)
-    with store:
-        if args.format == "coco":
-            return _export_coco(settings, store, args)
-        n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
+    try:
+        with store:
+            if args.format == "coco":
+                return _export_coco(settings, store, args)
+            n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
+    except OSError as e:  # a folder that cannot be made, a full disk: what went wrong, not a traceback
+        raise ConfigError("--out", args.out, f"a file that can be written ({e.strerror or e})") from None
     print(f"wrote {n} labels to {args.out}")
     return 0
 

@@ -82,18 +82,22 @@ def export_labels(
         rows = tqdm(rows, total=total, unit="label", desc=f"export {out.name}")
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if fmt == "jsonl":
-            for row in rows:
-                f.write(json.dumps({c: row[c] for c in COLUMNS}, separators=(",", ":")) + "\n")
-                n += 1
-        else:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({c: json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in COLUMNS})
-                n += 1
-    tmp.replace(out)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            if fmt == "jsonl":
+                for row in rows:
+                    f.write(json.dumps({c: row[c] for c in COLUMNS}, separators=(",", ":")) + "\n")
+                    n += 1
+            else:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({c: json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in COLUMNS})
+                    n += 1
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written export left beside the path
+        raise
     return n
 
 

@@ -115,3 +115,15 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
                               timeout=120, cwd=REPO)  # fmt: skip  # -m puts the checkout first on the path
         assert done.returncode != 0
         _one_clear_line(done.stderr)
+
+
+@pytest.mark.parametrize("out", ["", "   ", "{tmp}", "{tmp}/a-file/labels.jsonl", "/proc/no-such-folder/labels.jsonl"])
+def test_labels_export_refuses_an_out_it_cannot_write(out: str, capsys, monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    code, err = _run(capsys, monkeypatch, "labels", "export", "--out", out.format(tmp=tmp_path),
+                     "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code == 2
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "--out" in lines[0], err
+    assert not list(tmp_path.rglob("*.tmp")) and not Path("/proc/no-such-folder").exists()

@@ -173,3 +173,17 @@ def test_a_file_that_is_not_an_export_is_one_error_naming_the_file_and_line(
     with pytest.raises(LabelsFileError) as whole:
         read_labels(bad)
     assert str(whole.value) == str(without_inputs.value)  # the same error, read whole or not
+
+
+def test_a_failed_export_leaves_neither_the_file_nor_its_temporary(tmp_path: Path) -> None:
+    class Broken:  # a store whose rows fail half way (a connection lost mid-read)
+        def count_labels(self, *a: object) -> int:
+            return 2
+
+        def labels(self, *a: object):
+            yield {c: None for c in COLUMNS}
+            raise OSError("connection lost")
+
+    with pytest.raises(OSError, match="connection lost"):
+        export_labels(Broken(), tmp_path / "out.jsonl", progress=False)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
