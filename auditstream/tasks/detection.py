@@ -16,9 +16,10 @@ Answer equality: two answers are the same when their boxes match one to one by l
 ``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
 whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
 audited answer's false boxes (:meth:`Detection.false_parts`: the live false-discovery rate of
-accepted boxes, monitor/tracker.py). IoU matching is not
-transitive, so it cannot be a key: :meth:`Detection.answer_key` stays a canonical form (labels
-and boxes to a tenth of a pixel, sorted); equal keys are the same answer, not conversely.
+accepted boxes, monitor/tracker.py); it finds a largest matching without recursion, label by
+label, whatever the number of boxes. IoU matching is not transitive, so it cannot be a key:
+:meth:`Detection.answer_key` stays a canonical form (labels and boxes to a tenth of a pixel,
+sorted); equal keys are the same answer, not conversely.
 """
 
 from __future__ import annotations
@@ -74,20 +75,59 @@ def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
 
 
 def _matching_size(allowed: np.ndarray) -> int:
-    """The size of a largest matching of the bipartite graph ``allowed`` [n, k] (augmenting paths)."""
+    """The size of a largest matching of the bipartite graph ``allowed`` [n, k]: a greedy matching,
+    then Kuhn's augmenting paths, one search per left vertex it left unmatched, each with an
+    explicit stack (a recursive search went one frame deeper per box: RecursionError past ~1,000)."""
+    allowed = np.asarray(allowed, dtype=bool)
     n, k = allowed.shape
-    owner = [-1] * k  # right vertex -> left vertex
+    if n == 0 or k == 0:
+        return 0
+    owner = np.full(k, -1, dtype=np.int64)  # right vertex -> its left vertex
+    mate = np.full(n, -1, dtype=np.int64)  # left vertex -> its right vertex
+    free = np.ones(k, dtype=bool)
+    for i in range(n):  # greedy first: on real answers (a box overlaps a few others) it is the whole matching
+        j = int(np.argmax(allowed[i] & free))
+        if allowed[i, j] and free[j]:
+            owner[j], mate[i], free[j] = i, j, False
+    size = int((mate >= 0).sum())
+    for i in np.flatnonzero(mate < 0).tolist():  # a left vertex no augmenting path reaches now never gets one
+        parent = np.full(k, -1, dtype=np.int64)  # right vertex -> the left vertex the search came from
+        seen = np.zeros(k, dtype=bool)
+        stack, end = [i], -1
+        while stack and end < 0:
+            u = stack.pop()
+            reached = np.flatnonzero(allowed[u] & ~seen)
+            seen[reached], parent[reached] = True, u
+            open_ = reached[owner[reached] < 0]
+            if open_.size:
+                end = int(open_[0])
+            stack.extend(owner[reached].tolist())
+        while end >= 0:  # flip the path: each right vertex on it takes the left vertex it was reached from
+            u = int(parent[end])
+            owner[end], mate[u], end = u, end, int(mate[u])
+        size += bool(mate[i] >= 0)
+    return size
 
-    def augment(i: int, seen: list[bool]) -> bool:
-        for j in np.flatnonzero(allowed[i]):
-            if not seen[j]:
-                seen[j] = True
-                if owner[j] < 0 or augment(owner[j], seen):
-                    owner[j] = i
-                    return True
-        return False
 
-    return sum(augment(i, [False] * k) for i in range(n))
+# IoU is computed this many pairs at a time: 5,000 boxes against 5,000 would otherwise need
+# several [5000, 5000] float64 temporaries (200 MB each) at once.
+_IOU_CHUNK_PAIRS = 1 << 20
+
+
+def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict[str, Any]], xb: np.ndarray,
+                   iou: float) -> int:
+    """The most boxes of ``ours`` that a one to one matching by label and IoU ``>= iou`` pairs
+    with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart."""
+    codes: dict[str, int] = {}
+    la = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
+    lb = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
+    matched = 0
+    for label in np.intersect1d(la, lb).tolist():
+        a, b = xa[la == label], xb[lb == label]
+        rows = max(1, _IOU_CHUNK_PAIRS // len(b))
+        allowed = np.concatenate([iou_matrix(a[s:s + rows], b) >= iou for s in range(0, len(a), rows)])
+        matched += _matching_size(allowed)
+    return matched
 
 
 class Detection(Task):
@@ -148,9 +188,7 @@ class Detection(Task):
         xa, xb = _box_array(da), _box_array(db)
         if xa is None or xb is None:
             return self.answer_key(a) == self.answer_key(b)
-        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in db]
-                               for p in da], dtype=bool).reshape(len(da), len(db))
-        return _matching_size(same_label & (iou_matrix(xa, xb) >= iou)) == len(da)
+        return _matched_boxes(da, xa, db, xb, iou) == len(da)
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -170,9 +208,7 @@ class Detection(Task):
         xa, xb = _box_array(ours), _box_array(theirs)
         if xa is None or xb is None:
             return len(ours)
-        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in theirs]
-                               for p in ours], dtype=bool).reshape(len(ours), len(theirs))
-        return len(ours) - _matching_size(same_label & (iou_matrix(xa, xb) >= iou))
+        return len(ours) - _matched_boxes(ours, xa, theirs, xb, iou)
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""
