@@ -12,6 +12,13 @@ auditor. An answer with no box claims nothing, so it adds no false box to what t
 threshold's certificate bounds, and the objects it misses are what the low threshold's miss-rate
 guarantee bounds: its confidence is 1.0 (qc/detection_certify.py, docs/detector.md).
 
+What makes no answer (``None``, the record's ``inference_failed`` dead letter): a score outside
+[0, 1] (logits), a non-finite box, a kept box drawn backwards (x0 > x1 or y0 > y1) or with a
+label index outside the card's labels, and more kept boxes than ``extra["max_boxes"]`` (K, the
+bound on parts per answer that the card's false-discovery certificate and the monitor's live
+estimate rely on: an answer past it would be auto-accepted and then left out of the estimate).
+:meth:`Detection.check_card` refuses a card whose fixed K exceeds ``max_boxes``.
+
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
 ``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
 whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
@@ -29,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, canonical_json, label_name, register, rounded
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, register,
+                                    rounded)
 from auditstream.wire import TaskKind
 
 DEFAULT_MATCH_IOU = 0.5
@@ -152,22 +160,58 @@ class Detection(Task):
         if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= 1_000_000:
             raise ValueError(f"detection model {card.name}: extra.max_boxes must be the graph's rows per image, an "
                              f"integer in [0, 1000000] (0: not stated), got {rows!r}")
+        self._check_shapes(card, rows)
+
+    @staticmethod
+    def _check_shapes(card: ModelCard, max_boxes: int) -> None:
+        """boxes [B, K, 4], labels and scores [B, K], one K; a fixed K at most ``max_boxes`` (the
+        bound on parts per answer the live false-discovery estimate relies on, docs/detector.md)."""
+        shapes = {o.name: o.shape for o in card.outputs if o.name in ("boxes", "labels", "scores")}
+        want = {"boxes": ([None, None, 4], "[B, K, 4]"), "labels": ([None, None], "[B, K]"),
+                "scores": ([None, None], "[B, K]")}
+        for name, shape in shapes.items():
+            dims, shown = want[name]
+            if len(shape) != len(dims) or any(d is not None and got not in (d, None) for got, d in zip(shape, dims)):
+                raise ValueError(f"detection model {card.name}: output {name} has shape {shape}; it must be {shown} "
+                                 "(K rows per image, boxes as x0, y0, x1, y1)")
+        fixed = {name: shape[1] for name, shape in shapes.items() if shape[1] is not None}
+        if len(set(fixed.values())) > 1:
+            raise ValueError(f"detection model {card.name}: outputs boxes, labels and scores must have one K (rows "
+                             f"per image), the card says {fixed}")
+        if fixed and max_boxes and max(fixed.values()) > max_boxes:
+            raise ValueError(f"detection model {card.name}: the graph has {max(fixed.values())} rows per image but "
+                             f"extra.max_boxes is {max_boxes}: an answer could have more boxes than the card's bound "
+                             "(the false-discovery estimate would leave those answers out); set max_boxes to the "
+                             "graph's rows")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         low = threshold_low(card)
+        box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
+        if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
+            return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
+        kept_rows = score_rows >= low
+        # Checked for the whole batch at once: every score a probability (not a logit) and every
+        # box finite; the kept rows (what is published) boxes drawn forwards with labels of the
+        # card, and no more of them than max_boxes (the card's false-discovery bound, K).
+        answerable = (answerable_rows(probs=score_rows) & np.isfinite(box_rows).all(axis=(1, 2))
+                      & answerable_rows(boxes=np.where(kept_rows[..., None], box_rows, 0),
+                                        labels=np.where(kept_rows, label_rows, 0), n_labels=len(card.labels) or None))
+        most = self.max_parts(card)
+        if most is not None:
+            answerable &= kept_rows.sum(axis=1) <= most
         answers: list[Answer | None] = []
-        for box_rows, label_rows, score_rows in zip(outputs["boxes"], outputs["labels"], outputs["scores"]):
-            if not (np.isfinite(box_rows).all() and np.isfinite(score_rows).all()):
+        for image_boxes, image_labels, image_scores, ok in zip(box_rows, label_rows, score_rows, answerable.tolist()):
+            if not ok:
                 answers.append(None)
                 continue
-            order = np.argsort(-score_rows, kind="stable")
-            kept = [int(i) for i in order if score_rows[i] >= low]
-            output = [{"box": [rounded(v) for v in box_rows[i]], "label": int(label_rows[i]),
-                       "score": rounded(score_rows[i])} for i in kept]
+            order = np.argsort(-image_scores, kind="stable")
+            kept = [int(i) for i in order if image_scores[i] >= low]
+            output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
+                       "score": rounded(image_scores[i])} for i in kept]
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
-                                  {"threshold_low": low, "dropped": len(score_rows) - len(kept)}))
+                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept)}))
         return answers
 
     def answer_key(self, output: Any) -> str:
