@@ -5,6 +5,7 @@ A card says everything about a model that is not its graph: its inputs and outpu
 reference statistics of its confidence for drift detection, how it was trained, and the sha256 of
 the ONNX file. :meth:`ModelCard.from_dict` checks every field's type and range when a card is
 loaded: a wrong one is a ``ValueError`` naming the field, what it holds and what it must hold.
+Every string of a card, at any depth, must encode as UTF-8 (no lone surrogate).
 The on-disk registry that stores cards is :mod:`auditstream.registry`.
 """
 
@@ -180,11 +181,42 @@ def _shown_shape(shape: list) -> str:
     return str(shape) if len(shape) <= 8 else f"{str(shape[:8])[:-1]}, ... ({len(shape)} dims)]"
 
 
+def _check_text(obj: Any) -> None:
+    """Every string of the card -- keys included, at any depth -- encodes as UTF-8. JSON's
+    ``"\\ud800"`` escape reads as a lone surrogate, which a label (or any string the serving
+    path copies into records) would carry into every record: each then refused by its reader."""
+    stack: list[tuple[str, Any]] = [("", obj)]  # a stack, not recursion: a card may nest deeply
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            _need(_is_utf8(value), where or "(the whole card)", value,
+                  "text that encodes as UTF-8 (no lone surrogate \\ud800-\\udfff); fix the card")
+        elif isinstance(value, dict):
+            for key in value:
+                if isinstance(key, str) and not _is_utf8(key):
+                    raise _wrong(f"{where or '(the whole card)'} key", key, "text that encodes as UTF-8 (no lone "
+                                 "surrogate \\ud800-\\udfff); fix the card")
+            # pushed last first, so the first bad string in the card's order is the one reported
+            stack.extend((f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1)
+                         if isinstance(value[i], (str, dict, list, tuple)))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_card(obj: Any) -> None:
     """Refuse a card's JSON form whose fields are missing, of the wrong type or out of range."""
     known = {f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
              for f in dataclasses.fields(ModelCard)}
     _fields(obj, "", known, "name, version, task, inputs, outputs and triage are required")
+    _check_text(obj)
     _need(isinstance(obj["name"], str) and _NAME.match(obj["name"]), "name", obj["name"],
           f"a model name matching {_NAME.pattern}")
     _need(isinstance(obj["version"], str) and _is_version(obj["version"]), "version", obj["version"],

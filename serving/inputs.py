@@ -1,8 +1,10 @@
 """Request inputs → model tensors, checked against the model card's input spec.
 
 A tensor must have the spec's shape (without the batch axis) and a dtype that casts to the
-spec's dtype without changing kind (uint8 → float32 is fine, float → int is refused); float
-inputs must be finite *after* the cast (1e300 is a finite float64 and an infinite float32). An
+spec's dtype without changing kind (uint8 → float32 is fine, float → int is refused); its values
+must survive the cast: integers within the target integer type's range (int64 2**40 would wrap
+to int32 0, and the model would answer another input than the one sent), floats and complex
+numbers finite *after* the cast (1e300 is a finite float64 and an infinite float32). An
 :class:`~auditstream.wire.ImageInput` is decoded with Pillow as the format it declares (PNG or
 JPEG, and only that: Pillow would otherwise open any of its few dozen formats) to 8-bit grayscale
 under a pixel limit checked *before* the pixels are decompressed (a decompression bomb stops at
@@ -73,8 +75,13 @@ def prepare_input(value: ModelInput, spec: TensorSpec, max_pixels: int = MAX_IMA
     if array.dtype != target and not np.can_cast(array.dtype, target, casting="same_kind"):
         raise DecodeError(Reason.WRONG_SHAPE.value, f"input dtype {array.dtype} does not cast safely to {target}")
     if array.dtype != target:  # the usual request already has the card's dtype: nothing to cast
+        if target.kind in "iu" and array.dtype.kind in "iub" and array.size:
+            info, low, high = np.iinfo(target), int(array.min()), int(array.max())  # Python ints: exact compare
+            if low < info.min or high > info.max:  # astype would wrap them silently
+                raise DecodeError(Reason.BAD_INPUT.value, f"input values from {low} to {high} do not fit the model's "
+                                  f"{target} (from {info.min} to {info.max})")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned about
             array = array.astype(target)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():  # after the cast: it may overflow to infinity
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():  # after the cast: it may overflow to infinity
         raise DecodeError(Reason.BAD_INPUT.value, f"input holds NaN or infinite values (as {target})")
     return array

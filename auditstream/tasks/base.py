@@ -12,6 +12,9 @@ model card's :class:`~auditstream.wire.TaskKind` instead of branching on it:
   of the answer's text, used alike by the workbench, gold scoring and reviewer agreement;
 - per-part triage (:meth:`Task.gating_confidences`: which part confidences must all clear the
   part threshold for the whole item to be auto-accepted);
+- what a row of graph outputs must be to make an answer at all (:func:`answerable_rows`, shared
+  by every kind's ``postprocess``: probabilities in [0, 1], boxes with x0 <= x1 and y0 <= y1,
+  label indices in range; any other row is that record's model failure);
 - for kinds whose answers act on an environment (``acts``), the action selection
   (:meth:`Task.act`) and what a decision records about it (:meth:`Task.decision_details`).
 
@@ -30,6 +33,10 @@ from auditstream.registry import ModelCard
 from auditstream.wire import Prediction, TaskKind
 
 DECIMALS = 6  # answers are rounded so a redelivered request's records stay byte-identical
+# How far outside [0, 1] a probability or score may be and still be one: a float32 softmax or
+# sigmoid errs by an ulp or so, and the policy kind takes a sum off 1 by this much. Logits, or
+# scores without their sigmoid, are off by far more.
+PROB_TOLERANCE = 1e-3
 T = TypeVar("T")
 ACTION_SALT = "action"  # salt of the request-id hash at which an acting kind draws its action
 
@@ -60,6 +67,42 @@ def rounded(x: float) -> float:
 def canonical_json(value: Any) -> str:
     """Canonical JSON: equal values give equal strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def answerable_rows(probs: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                    labels: np.ndarray | None = None, n_labels: int | None = None) -> np.ndarray:
+    """Per row of the leading (batch) axis, whether its numbers can make an answer: every
+    probability or score in ``probs`` in [0, 1] (up to :data:`PROB_TOLERANCE`), every box of
+    ``boxes`` [..., 4] four finite numbers with x0 <= x1 and y0 <= y1, every index of ``labels``
+    a whole number in [0, ``n_labels``) (``None``: >= 0). NaN and infinities are out of every
+    range. A row that fails is no answer (``postprocess`` gives ``None``: an ``inference_failed``
+    dead letter), never a confidence of 7.5 that clears any threshold or a box drawn backwards."""
+    arrays = [a for a in (probs, boxes, labels) if a is not None]
+    ok = np.ones(len(arrays[0]) if arrays else 0, dtype=bool)
+    if probs is not None:
+        p = _rows(probs)
+        ok &= ((p >= -PROB_TOLERANCE) & (p <= 1.0 + PROB_TOLERANCE)).all(axis=1)  # False for NaN
+    if boxes is not None:
+        b = np.asarray(boxes)
+        if b.ndim < 2 or b.shape[-1] != 4:
+            ok &= False  # not boxes of four numbers
+        else:
+            b = b.reshape(len(b), int(np.prod(b.shape[1:-1], dtype=np.int64)), 4)
+            ok &= (np.isfinite(b).all(axis=(1, 2)) & (b[..., 0] <= b[..., 2]).all(axis=1)
+                   & (b[..., 1] <= b[..., 3]).all(axis=1))
+    if labels is not None:
+        lab = _rows(labels)
+        in_range = (lab >= 0) & ((lab < n_labels) if n_labels is not None else True)
+        if lab.dtype.kind not in "iub":  # float labels must still be whole, finite indices
+            in_range &= np.isfinite(lab) & (np.floor(lab) == lab)
+        ok &= in_range.all(axis=1)
+    return ok
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """``array`` as [rows, everything else] (a row of no element included)."""
+    array = np.asarray(array)
+    return array.reshape(len(array), int(np.prod(array.shape[1:], dtype=np.int64)))
 
 
 def label_name(index: Any, labels: Sequence[str]) -> str:
@@ -111,7 +154,8 @@ class Task:
                              f"card lists {sorted(have)}")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
-        """One answer per batch row; ``None`` where the model produced non-finite numbers."""
+        """One answer per batch row; ``None`` where the model produced non-finite numbers, or numbers
+        that are no answer of the kind (:func:`answerable_rows`: a probability outside [0, 1], ...)."""
         raise ValueError(f"task {self.kind.value!r} is not served yet")
 
     def gating_confidences(self, answer: Answer) -> list[float] | None:

@@ -7,7 +7,8 @@
 The graph decodes (greedy, inside the graph: training/captioner/model.py), so postprocessing
 reads the ids up to the end token (``extra["end_token"]``, default ``<eos>``), drops the other
 special tokens (``extra["special_tokens"]``) and joins the words. A row without an end token
-was cut off at T words: its caption is incomplete, so its confidence is 0 (always deferred).
+was cut off at T words: its caption is incomplete, so its confidence is 0 (always deferred). A row
+with an id outside the vocabulary or a probability outside [0, 1] is no answer (``None``).
 
 Triage certifies the caption as a whole (the unit of exchangeability is a scene), so no word
 gates on its own (:meth:`Caption.gating_confidences` is ``None``); the per-word confidences
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, canonical_json, register, rounded
+from auditstream.tasks.base import Answer, Part, Task, answerable_rows, canonical_json, register, rounded
 from auditstream.wire import TaskKind
 
 CONFIDENCE_KINDS = ("joint_token_prob", "mean_token_prob", "min_token_prob")
@@ -88,9 +89,11 @@ class Caption(Task):
                     if t in vocabulary}
         kind = card.triage.confidence_kind
         answers: list[Answer | None] = []
-        for ids, probs in zip(outputs["tokens"], outputs["token_probs"]):
-            if not np.isfinite(probs).all() or ids.min(initial=0) < 0 or ids.max(initial=0) >= len(vocabulary):
-                answers.append(None)  # not an answer of this vocabulary: the record fails alone
+        tokens, token_probs = outputs["tokens"], outputs["token_probs"]
+        answerable = answerable_rows(probs=token_probs, labels=tokens, n_labels=len(vocabulary))
+        for ids, probs, ok in zip(tokens, token_probs, answerable.tolist()):
+            if not ok or ids.shape != probs.shape:
+                answers.append(None)  # not probabilities of words of this vocabulary: the record fails alone
                 continue
             words, confidences, scored, end_p = [], [], [], None
             for token, p in zip(ids.tolist(), probs.tolist()):

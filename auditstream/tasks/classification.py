@@ -3,6 +3,9 @@
 | graph outputs | output | confidence | parts | details |
 |---|---|---|---|---|
 | ``probs`` [B, C], calibrated | label name (index if the card has no labels) | max prob | none: the answer is one piece | index, top-3 runner-ups, the full ``probs`` vector |
+
+A row with a number outside [0, 1] (a graph exported without its softmax answers logits) is no
+answer (:func:`~auditstream.tasks.base.answerable_rows`), as a non-finite row.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Task, indexed_answer_text, register, rounded
+from auditstream.tasks.base import Answer, Task, answerable_rows, indexed_answer_text, register, rounded
 from auditstream.wire import TaskKind
 
 
@@ -27,11 +30,11 @@ class Classification(Task):
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         probs = outputs["probs"]
         order = np.argsort(-probs, axis=1, kind="stable")
-        finite = np.isfinite(probs).all(axis=1)
+        answerable = answerable_rows(probs=probs)  # finite and in [0, 1]: logits are no answer
         answers: list[Answer | None] = []
         # Python floats and ints once per batch (tolist) instead of numpy scalars per element:
         # the same values (float32 -> float is exact), a third of the time per record.
-        for row, idx, ok in zip(probs.tolist(), order.tolist(), finite.tolist()):
+        for row, idx, ok in zip(probs.tolist(), order.tolist(), answerable.tolist()):
             if not ok:
                 answers.append(None)
                 continue

@@ -12,13 +12,21 @@ auditor. An answer with no box claims nothing, so it adds no false box to what t
 threshold's certificate bounds, and the objects it misses are what the low threshold's miss-rate
 guarantee bounds: its confidence is 1.0 (qc/detection_certify.py, docs/detector.md).
 
+What makes no answer (``None``, the record's ``inference_failed`` dead letter): a score outside
+[0, 1] (logits), a non-finite box, a kept box drawn backwards (x0 > x1 or y0 > y1) or with a
+label index outside the card's labels, and more kept boxes than ``extra["max_boxes"]`` (K, the
+bound on parts per answer that the card's false-discovery certificate and the monitor's live
+estimate rely on: an answer past it would be auto-accepted and then left out of the estimate).
+:meth:`Detection.check_card` refuses a card whose fixed K exceeds ``max_boxes``.
+
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
 ``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
 whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
 audited answer's false boxes (:meth:`Detection.false_parts`: the live false-discovery rate of
-accepted boxes, monitor/tracker.py). IoU matching is not
-transitive, so it cannot be a key: :meth:`Detection.answer_key` stays a canonical form (labels
-and boxes to a tenth of a pixel, sorted); equal keys are the same answer, not conversely.
+accepted boxes, monitor/tracker.py); it finds a largest matching without recursion, label by
+label, whatever the number of boxes. IoU matching is not transitive, so it cannot be a key:
+:meth:`Detection.answer_key` stays a canonical form (labels and boxes to a tenth of a pixel,
+sorted); equal keys are the same answer, not conversely.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, canonical_json, label_name, register, rounded
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, register,
+                                    rounded)
 from auditstream.wire import TaskKind
 
 DEFAULT_MATCH_IOU = 0.5
@@ -74,20 +83,59 @@ def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
 
 
 def _matching_size(allowed: np.ndarray) -> int:
-    """The size of a largest matching of the bipartite graph ``allowed`` [n, k] (augmenting paths)."""
+    """The size of a largest matching of the bipartite graph ``allowed`` [n, k]: a greedy matching,
+    then Kuhn's augmenting paths, one search per left vertex it left unmatched, each with an
+    explicit stack (a recursive search went one frame deeper per box: RecursionError past ~1,000)."""
+    allowed = np.asarray(allowed, dtype=bool)
     n, k = allowed.shape
-    owner = [-1] * k  # right vertex -> left vertex
+    if n == 0 or k == 0:
+        return 0
+    owner = np.full(k, -1, dtype=np.int64)  # right vertex -> its left vertex
+    mate = np.full(n, -1, dtype=np.int64)  # left vertex -> its right vertex
+    free = np.ones(k, dtype=bool)
+    for i in range(n):  # greedy first: on real answers (a box overlaps a few others) it is the whole matching
+        j = int(np.argmax(allowed[i] & free))
+        if allowed[i, j] and free[j]:
+            owner[j], mate[i], free[j] = i, j, False
+    size = int((mate >= 0).sum())
+    for i in np.flatnonzero(mate < 0).tolist():  # a left vertex no augmenting path reaches now never gets one
+        parent = np.full(k, -1, dtype=np.int64)  # right vertex -> the left vertex the search came from
+        seen = np.zeros(k, dtype=bool)
+        stack, end = [i], -1
+        while stack and end < 0:
+            u = stack.pop()
+            reached = np.flatnonzero(allowed[u] & ~seen)
+            seen[reached], parent[reached] = True, u
+            open_ = reached[owner[reached] < 0]
+            if open_.size:
+                end = int(open_[0])
+            stack.extend(owner[reached].tolist())
+        while end >= 0:  # flip the path: each right vertex on it takes the left vertex it was reached from
+            u = int(parent[end])
+            owner[end], mate[u], end = u, end, int(mate[u])
+        size += bool(mate[i] >= 0)
+    return size
 
-    def augment(i: int, seen: list[bool]) -> bool:
-        for j in np.flatnonzero(allowed[i]):
-            if not seen[j]:
-                seen[j] = True
-                if owner[j] < 0 or augment(owner[j], seen):
-                    owner[j] = i
-                    return True
-        return False
 
-    return sum(augment(i, [False] * k) for i in range(n))
+# IoU is computed this many pairs at a time: 5,000 boxes against 5,000 would otherwise need
+# several [5000, 5000] float64 temporaries (200 MB each) at once.
+_IOU_CHUNK_PAIRS = 1 << 20
+
+
+def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict[str, Any]], xb: np.ndarray,
+                   iou: float) -> int:
+    """The most boxes of ``ours`` that a one to one matching by label and IoU ``>= iou`` pairs
+    with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart."""
+    codes: dict[str, int] = {}
+    la = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
+    lb = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
+    matched = 0
+    for label in np.intersect1d(la, lb).tolist():
+        a, b = xa[la == label], xb[lb == label]
+        rows = max(1, _IOU_CHUNK_PAIRS // len(b))
+        allowed = np.concatenate([iou_matrix(a[s:s + rows], b) >= iou for s in range(0, len(a), rows)])
+        matched += _matching_size(allowed)
+    return matched
 
 
 class Detection(Task):
@@ -112,22 +160,58 @@ class Detection(Task):
         if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= 1_000_000:
             raise ValueError(f"detection model {card.name}: extra.max_boxes must be the graph's rows per image, an "
                              f"integer in [0, 1000000] (0: not stated), got {rows!r}")
+        self._check_shapes(card, rows)
+
+    @staticmethod
+    def _check_shapes(card: ModelCard, max_boxes: int) -> None:
+        """boxes [B, K, 4], labels and scores [B, K], one K; a fixed K at most ``max_boxes`` (the
+        bound on parts per answer the live false-discovery estimate relies on, docs/detector.md)."""
+        shapes = {o.name: o.shape for o in card.outputs if o.name in ("boxes", "labels", "scores")}
+        want = {"boxes": ([None, None, 4], "[B, K, 4]"), "labels": ([None, None], "[B, K]"),
+                "scores": ([None, None], "[B, K]")}
+        for name, shape in shapes.items():
+            dims, shown = want[name]
+            if len(shape) != len(dims) or any(d is not None and got not in (d, None) for got, d in zip(shape, dims)):
+                raise ValueError(f"detection model {card.name}: output {name} has shape {shape}; it must be {shown} "
+                                 "(K rows per image, boxes as x0, y0, x1, y1)")
+        fixed = {name: shape[1] for name, shape in shapes.items() if shape[1] is not None}
+        if len(set(fixed.values())) > 1:
+            raise ValueError(f"detection model {card.name}: outputs boxes, labels and scores must have one K (rows "
+                             f"per image), the card says {fixed}")
+        if fixed and max_boxes and max(fixed.values()) > max_boxes:
+            raise ValueError(f"detection model {card.name}: the graph has {max(fixed.values())} rows per image but "
+                             f"extra.max_boxes is {max_boxes}: an answer could have more boxes than the card's bound "
+                             "(the false-discovery estimate would leave those answers out); set max_boxes to the "
+                             "graph's rows")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         low = threshold_low(card)
+        box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
+        if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
+            return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
+        kept_rows = score_rows >= low
+        # Checked for the whole batch at once: every score a probability (not a logit) and every
+        # box finite; the kept rows (what is published) boxes drawn forwards with labels of the
+        # card, and no more of them than max_boxes (the card's false-discovery bound, K).
+        answerable = (answerable_rows(probs=score_rows) & np.isfinite(box_rows).all(axis=(1, 2))
+                      & answerable_rows(boxes=np.where(kept_rows[..., None], box_rows, 0),
+                                        labels=np.where(kept_rows, label_rows, 0), n_labels=len(card.labels) or None))
+        most = self.max_parts(card)
+        if most is not None:
+            answerable &= kept_rows.sum(axis=1) <= most
         answers: list[Answer | None] = []
-        for box_rows, label_rows, score_rows in zip(outputs["boxes"], outputs["labels"], outputs["scores"]):
-            if not (np.isfinite(box_rows).all() and np.isfinite(score_rows).all()):
+        for image_boxes, image_labels, image_scores, ok in zip(box_rows, label_rows, score_rows, answerable.tolist()):
+            if not ok:
                 answers.append(None)
                 continue
-            order = np.argsort(-score_rows, kind="stable")
-            kept = [int(i) for i in order if score_rows[i] >= low]
-            output = [{"box": [rounded(v) for v in box_rows[i]], "label": int(label_rows[i]),
-                       "score": rounded(score_rows[i])} for i in kept]
+            order = np.argsort(-image_scores, kind="stable")
+            kept = [int(i) for i in order if image_scores[i] >= low]
+            output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
+                       "score": rounded(image_scores[i])} for i in kept]
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
-                                  {"threshold_low": low, "dropped": len(score_rows) - len(kept)}))
+                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept)}))
         return answers
 
     def answer_key(self, output: Any) -> str:
@@ -148,9 +232,7 @@ class Detection(Task):
         xa, xb = _box_array(da), _box_array(db)
         if xa is None or xb is None:
             return self.answer_key(a) == self.answer_key(b)
-        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in db]
-                               for p in da], dtype=bool).reshape(len(da), len(db))
-        return _matching_size(same_label & (iou_matrix(xa, xb) >= iou)) == len(da)
+        return _matched_boxes(da, xa, db, xb, iou) == len(da)
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -170,9 +252,7 @@ class Detection(Task):
         xa, xb = _box_array(ours), _box_array(theirs)
         if xa is None or xb is None:
             return len(ours)
-        same_label = np.array([[canonical_json(p.get("label")) == canonical_json(q.get("label")) for q in theirs]
-                               for p in ours], dtype=bool).reshape(len(ours), len(theirs))
-        return len(ours) - _matching_size(same_label & (iou_matrix(xa, xb) >= iou))
+        return len(ours) - _matched_boxes(ours, xa, theirs, xb, iou)
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""

@@ -20,6 +20,13 @@ answers ``None`` for it, as every kind does for a non-finite row (an ``inference
 letter), and :func:`select_action` refuses to act on it. ``[0, 0]`` or ``[1e-30, 1e-30]`` would
 otherwise have entropy confidence 1.0 (auto-accepted) and log a propensity of 0 or 1e-30 for the
 action taken, which breaks off-policy evaluation's importance weights.
+
+A policy's consumer keeps per-episode state (serving/episodes.py): its observations, as the
+card's input dtype, are written to the episode-state topic, and ``preprocessing.frame_stack``
+says how many make the graph input. :meth:`Policy.check_card` refuses at start-up what that
+state could not hold: an input dtype the wire cannot carry (:data:`~auditstream.wire.ALLOWED_DTYPES`;
+``float16`` would stop the consumer at its first checkpoint), or a frame stack that is not an
+integer from 1 to :data:`MAX_FRAME_STACK` or does not fit the input (:func:`frame_spec`).
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from auditstream.registry import ModelCard
+from auditstream.registry import ModelCard, TensorSpec
 from auditstream.tasks.base import DECIMALS, Answer, Part, Task, indexed_answer_text, register, rounded
-from auditstream.wire import Prediction, Route, TaskKind
+from auditstream.wire import ALLOWED_DTYPES, Prediction, Route, TaskKind
 
 CONFIDENCE_KINDS = ("max_prob", "prob_gap", "entropy")
 ACTION_SELECTION = ("sample", "greedy")
@@ -41,6 +48,9 @@ MIN_QC_RATE = 0.01
 # better (tests/auditstream/test_policy_task.py). What is not a distribution -- all zeros, all
 # tiny, unnormalised scores, a sigmoid per action -- is off by far more than 1e-3.
 SUM_TOLERANCE = 1e-3
+# The most frames a card may stack: serving/episodes.py's MAX_STATE_FRAMES, the most a state record
+# holds (tests/auditstream/test_policy_card.py keeps the two equal).
+MAX_FRAME_STACK = 1024
 
 
 def distribution_problem(probs: np.ndarray, tolerance: float = SUM_TOLERANCE) -> str | None:
@@ -53,6 +63,30 @@ def distribution_problem(probs: np.ndarray, tolerance: float = SUM_TOLERANCE) ->
     if abs(total - 1.0) > tolerance:
         return f"the probabilities sum to {total:.6g}, not 1 ± {tolerance:.3g}"
     return None
+
+
+def frame_stack(card: ModelCard) -> int:
+    """``preprocessing.frame_stack``: how many observations make one graph input (default 1)."""
+    k = card.preprocessing.get("frame_stack", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_FRAME_STACK:
+        raise ValueError(f"model {card.name}: preprocessing.frame_stack={k!r} must be an integer from 1 to "
+                         f"{MAX_FRAME_STACK}")
+    return k
+
+
+def frame_spec(card: ModelCard) -> TensorSpec:
+    """The spec of one request's observation: the graph input without its stack axis."""
+    if not card.inputs:
+        raise ValueError(f"model {card.name}: the card lists no input; a policy takes its observation as one")
+    spec, k = card.inputs[0], frame_stack(card)
+    if k == 1:
+        return spec
+    if len(spec.shape) >= 3 and spec.shape[1] == k:
+        return TensorSpec(spec.name, spec.dtype, [spec.shape[0]] + spec.shape[2:])
+    if len(spec.shape) == 2 and isinstance(spec.shape[1], int) and spec.shape[1] % k == 0:
+        return TensorSpec(spec.name, spec.dtype, [spec.shape[0], spec.shape[1] // k])
+    raise ValueError(f"model {card.name}: input {spec.shape} has neither a stack axis of {k} after the batch "
+                     f"axis nor a flat width divisible by {k} (preprocessing.frame_stack)")
 
 
 def action_selection(card: ModelCard) -> str:
@@ -121,6 +155,11 @@ class Policy(Task):
         if isinstance(safe, int) and isinstance(n_actions, int) and not 0 <= safe < n_actions:
             raise ValueError(f"policy {card.name}: triage.safe_action {safe} is not one of its {n_actions} actions "
                              f"(0 to {n_actions - 1})")
+        # What serving/episodes.py builds from the card; refused here, before anything is started.
+        frame = frame_spec(card)
+        if frame.dtype not in ALLOWED_DTYPES:
+            raise ValueError(f"policy {card.name}: input {frame.name} is {frame.dtype}, which the episode state (the "
+                             f"wire) cannot carry; export the observation as one of {ALLOWED_DTYPES}")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         action_probs = outputs["action_probs"]

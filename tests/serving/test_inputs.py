@@ -153,3 +153,59 @@ def test_a_float_input_is_finite_in_the_cards_dtype_or_refused(values: list[floa
         assert e.code == "bad_input"
     else:
         assert out.dtype == np.dtype(dtype) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("values", "source", "target"), [
+    ([2**40, -2**33, 5], "int64", "int32"),  # astype gave [0, 0, 5]
+    ([200, -200, 1], "int64", "int8"),  # astype gave [-56, 56, 1]
+    ([2**31 - 1, 0, 40_000], "int32", "int16"),
+    ([255, 128, 0], "uint8", "int8"),
+])
+def test_integers_that_would_wrap_in_the_cast_are_refused(values: list[int], source: str, target: str) -> None:
+    """The model answered another input than the one sent (and the audit item showed the original)."""
+    with pytest.raises(DecodeError) as e:
+        prepare_input(np.array(values, source), TensorSpec("x", target, [None, 3]))
+    assert e.value.code == "bad_input" and f"do not fit the model's {target}" in e.value.detail
+
+
+def test_complex_values_that_overflow_in_the_cast_are_refused() -> None:
+    with pytest.raises(DecodeError, match="infinite"):
+        prepare_input(np.full(3, 1e300), TensorSpec("x", "complex64", [None, 3]))
+
+
+WIRE_DTYPES = ("float32", "float64", "uint8", "int32", "int64")  # what a request tensor may be
+CARD_TARGETS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+                "float64", "complex64", "complex128")
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> np.ndarray:
+    dtype = np.dtype(draw(st.sampled_from(WIRE_DTYPES)))
+    if dtype.kind == "f":
+        values = st.floats(width=dtype.itemsize * 8, allow_nan=True, allow_infinity=False)
+    else:
+        info = np.iinfo(dtype)
+        values = st.one_of(st.integers(int(info.min), int(info.max)), st.sampled_from([int(info.min), int(info.max)]),
+                           st.integers(-300, 300).filter(lambda v: info.min <= v <= info.max))
+    return np.array(draw(st.lists(values, min_size=3, max_size=3)), dtype)
+
+
+@settings(max_examples=500, deadline=None)
+@given(array=tensors(), target=st.sampled_from(CARD_TARGETS))
+def test_property_a_cast_input_holds_the_values_sent_or_is_refused(array: np.ndarray, target: str) -> None:
+    """Whatever the pair of dtypes: a DecodeError, or the model gets the numbers sent -- exactly
+    into an integer type, to the target's precision into a float or complex one (never wrapped,
+    never infinite)."""
+    try:
+        out = prepare_input(array, TensorSpec("x", target, [None, 3]))
+    except DecodeError as e:
+        assert e.code in ("bad_input", "wrong_shape")
+        return
+    assert out.dtype == np.dtype(target) and out.shape == (3,)
+    if out.dtype.kind in "iu":
+        assert [int(v) for v in out] == [int(v) for v in array]
+    else:
+        assert np.isfinite(out).all()
+        if array.dtype.kind in "iu":  # an integer rounds to the target's precision, never wraps
+            sent = array.astype(np.float64)
+            assert np.allclose(out.real.astype(np.float64), sent, rtol=float(np.finfo(out.real.dtype).eps), atol=0)
