@@ -217,13 +217,15 @@ def test_mutated_valid_records_are_a_state_or_skipped(data) -> None:
     apply_bad_then_good(mutated_json(data, json.loads(data.draw(st.sampled_from([GOOD.to_bytes(), ROLLOUT.to_bytes()])))))
 
 
-names = st.text(min_size=1, max_size=20)
+# Any text but NUL, which the wire refuses in every record (test_a_nul_character_anywhere_is_skipped).
+text = st.characters(codec="utf-8", exclude_characters="\x00")
+names = st.text(text, min_size=1, max_size=20)
 times = st.floats(0.0, 2.0e9)
 
 
 @FUZZ
-@given(model=names, depth=st.integers(0, 2**62), overrides=st.dictionaries(st.text(max_size=5), st.floats(0.0, 1.01)),
-       reason=st.text(max_size=30), updated_at_s=times)
+@given(model=names, depth=st.integers(0, 2**62), overrides=st.dictionaries(st.text(text, max_size=5), st.floats(0.0, 1.01)),
+       reason=st.text(text, max_size=30), updated_at_s=times)
 def test_valid_states_decode_unchanged(model, depth, overrides, reason, updated_at_s) -> None:
     state = ControlState(model, depth, overrides, reason, updated_at_s)
     assert ControlState.from_bytes(state.to_bytes()) == state
@@ -233,13 +235,23 @@ def test_valid_states_decode_unchanged(model, depth, overrides, reason, updated_
 
 
 @FUZZ
-@given(model=names, live=names, canary=st.none() | names, share=st.floats(0.0, 1.0), reason=st.text(max_size=30),
+@given(model=names, live=names, canary=st.none() | names, share=st.floats(0.0, 1.0), reason=st.text(text, max_size=30),
        updated_at_s=times)
 def test_valid_rollouts_decode_unchanged(model, live, canary, share, reason, updated_at_s) -> None:
     rollout = Rollout(model, live, canary, share if canary else 0.0, reason, updated_at_s)
     view = offline_view()
     view.apply(rollout.to_bytes(), rollout.key)
     assert view.rollout(model) == rollout
+
+
+@pytest.mark.parametrize("record", [json.dumps({**STATE, "reason": "a\x00b"}).encode(),
+                                    json.dumps({**STATE, "threshold_override": {"1\x00": 0.9}}).encode(),
+                                    rollout_record(live_version="2\x00")], ids=["reason", "version", "rollout"])
+def test_a_nul_character_anywhere_is_skipped(view, record) -> None:
+    view.apply(GOOD.to_bytes(), GOOD.key)
+    view.apply(ROLLOUT.to_bytes(), ROLLOUT.key)
+    view.apply(record, ROLLOUT.key if b"rollout" in record else GOOD.key)
+    assert view.get("tiny") == GOOD and view.rollout("tiny") == ROLLOUT and view.skipped == 1
 
 
 # -- on the broker
