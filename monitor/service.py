@@ -46,7 +46,7 @@ from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES
-from auditstream.errors import DecodeError, ModelNotFound
+from auditstream.errors import BadArguments, DecodeError, ModelNotFound
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
@@ -88,6 +88,16 @@ class MonitorArgs:
         if self.leader_lease_s <= self.flush_timeout_s + self.outbox_interval_s:
             raise ValueError(f"leader_lease_s={self.leader_lease_s} must exceed flush_timeout_s + outbox_interval_s "
                              f"= {self.flush_timeout_s + self.outbox_interval_s}: a publishing round must fit in a lease")
+
+    def check_settings(self, settings: Settings) -> None:
+        """What these options must respect in ``settings`` (read from the environment after the
+        options, so not in ``__post_init__``): checked before any connection, one line naming the option.
+        The outbox producer's delivery timeout is ``flush_timeout_s``, and a delivery timeout must
+        stay under the consumers' ``max_poll_interval_ms`` (``Settings``)."""
+        if self.flush_timeout_s * 1000 >= settings.max_poll_interval_ms:
+            raise BadArguments(f"--flush-timeout-s {self.flush_timeout_s:g} must be under AUDITSTREAM_MAX_POLL_INTERVAL_MS "
+                               f"= {settings.max_poll_interval_ms} ms ({settings.max_poll_interval_ms / 1000:g} s): it is "
+                               "also the outbox producer's delivery timeout; lower it, or raise that setting")
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +284,8 @@ class StatsHooks:
         self._new_tracker = lambda: QCTracker(cards, config, salt=settings.qc_salt)
         self.tracker = self._new_tracker()
         self.history = QCHistory(store)
-        self.metrics = MonitorMetrics(metrics_registry)
+        # the limit triage applies, so the over-capacity gauge (and its alert) means what triage does; 0: none
+        self.metrics = MonitorMetrics(metrics_registry, max_human_queue_depth=settings.max_human_queue_depth or None)
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
 
@@ -421,6 +432,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     from auditstream.kafka.limits import check_dead_letter_limit, topic_limits
     from auditstream.stream import StreamLoop
 
+    args.check_settings(settings)  # before any connection
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
     ensure_topics(settings, names + [settings.topic(topics.CONTROL)], compacted=(settings.topic(topics.CONTROL),),

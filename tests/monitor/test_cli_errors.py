@@ -115,3 +115,19 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
                               timeout=120, cwd=REPO)  # fmt: skip  # -m puts the checkout first on the path
         assert done.returncode != 0
         _one_clear_line(done.stderr)
+
+
+def test_monitor_refuses_a_flush_timeout_over_the_poll_interval_before_connecting(capsys, monkeypatch, tmp_path: Path) -> None:
+    """Review r8: both options pass their own checks, but the flush timeout is the outbox
+    producer's delivery timeout, which must stay under max_poll_interval_ms (300 s by default):
+    refused at once, naming the option, with no broker to talk to."""
+    import auditstream.kafka
+
+    def no_broker(*args, **kwargs):
+        raise AssertionError("connected to a broker before checking the options")
+
+    monkeypatch.setattr(auditstream.kafka, "resolve_bootstrap", no_broker)
+    code, err = _run(capsys, monkeypatch, "monitor", "--flush-timeout-s", "400", "--leader-lease-s", "500",
+                     "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code == 2
+    _one_clear_line(err, "--flush-timeout-s 400", "AUDITSTREAM_MAX_POLL_INTERVAL_MS")

@@ -350,3 +350,14 @@ def test_any_live_reference_from_another_client_is_kept_or_ignored_never_fatal(t
         assert answers.candidates("zip") == {"v2": len(records)}
         assert answers.compared("zip", "v2") == well_formed
 
+
+def test_the_flush_timeout_is_checked_against_the_settings_poll_interval() -> None:
+    """It is also the outbox producer's delivery timeout (under max_poll_interval_ms): a raised
+    setting admits a longer one; checked by run_monitor before it connects (test_cli_errors.py)."""
+    from auditstream.errors import BadArguments
+
+    args = MonitorArgs(flush_timeout_s=400, leader_lease_s=500)
+    with pytest.raises(BadArguments, match="--flush-timeout-s 400 must be under AUDITSTREAM_MAX_POLL_INTERVAL_MS"):
+        args.check_settings(Settings())
+    args.check_settings(Settings(max_poll_interval_ms=600_000))
+    MonitorArgs().check_settings(Settings())  # the defaults go together
