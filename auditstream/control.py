@@ -39,24 +39,44 @@ from typing import TYPE_CHECKING, Any
 from auditstream.errors import DecodeError
 from auditstream.settings import Settings
 from auditstream.topics import CONTROL
-from auditstream.wire import WIRE_VERSION, Reason
-from auditstream.wire.codec import id_field, number_field, short_repr, strict_loads, typed_field
+from auditstream.wire import MAX_ID_CHARS, WIRE_VERSION, Reason
+from auditstream.wire.codec import MAX_DETAIL_CHARS, id_field, number_field, short_repr, strict_loads, typed_field
 
 if TYPE_CHECKING:
     from auditstream.kafka import Record
 
 log = logging.getLogger(__name__)
 
+# Every record of the control topic is bounded, whoever wrote it: the monitor republishes each
+# model's state every tick, and the compacted topic hands every record to every restart, so one
+# unbounded field (a reason of 8 MB, 24 MB once JSON escapes it) would stop the monitor for good.
+# Free text is cut to this many characters; versions are identifiers (at most MAX_ID_CHARS).
+MAX_REASON_CHARS = MAX_DETAIL_CHARS
+# Overrides per model: versions that went over budget, each kept until a person clears it. With
+# every field at its longest a state stays under 1 MiB, what any broker's topics take by default.
+MAX_THRESHOLD_OVERRIDES = 256
+
 
 @dataclass(frozen=True)
 class ControlState:
-    """The monitor's latest word on one model (``control`` topic, key = model name)."""
+    """The monitor's latest word on one model (``control`` topic, key = model name). Built or
+    decoded, its ``reason`` is cut to :data:`MAX_REASON_CHARS` and its overrides are at most
+    :data:`MAX_THRESHOLD_OVERRIDES` versions of at most MAX_ID_CHARS characters (else ``ValueError``)."""
 
     model: str
     human_queue_depth: int = 0
     threshold_override: dict[str, float] = field(default_factory=dict)  # model version -> threshold
     reason: str = ""
     updated_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", self.reason[:MAX_REASON_CHARS])
+        if len(self.threshold_override) > MAX_THRESHOLD_OVERRIDES:
+            raise ValueError(f"{len(self.threshold_override)} threshold overrides, over {MAX_THRESHOLD_OVERRIDES}: "
+                             "clear the ones of versions no longer served (auditstream control clear)")
+        for version in self.threshold_override:
+            if len(version) > MAX_ID_CHARS:
+                raise ValueError(f"threshold_override version {short_repr(version)} is over {MAX_ID_CHARS} characters")
 
     def threshold_for(self, version: str, card_threshold: float) -> float:
         """The threshold a consumer of ``version`` applies: never below the card's."""
@@ -94,8 +114,9 @@ class ControlState:
                        threshold_override={str(k): float(v) for k, v in overrides.items()},
                        reason=typed_field(obj, "reason", str, optional=True) or "",
                        updated_at_s=number_field(obj, "updated_at_s", low=0.0, default=0.0))
-        except DecodeError as e:
-            raise DecodeError(e.code, f"control record: {e.detail}") from None
+        except ValueError as e:  # a DecodeError, or __post_init__'s refusal
+            raise DecodeError(getattr(e, "code", Reason.BAD_SCHEMA.value),
+                              f"control record: {getattr(e, 'detail', e)}") from None
 
 
 ROLLOUT_KEY_PREFIX = "rollout:"
@@ -115,6 +136,9 @@ class Rollout:
     updated_at_s: float = 0.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", self.reason[:MAX_REASON_CHARS])  # free text, bounded (MAX_REASON_CHARS)
+        if self.canary_version is not None and len(self.canary_version) > MAX_ID_CHARS:
+            raise ValueError(f"canary_version {short_repr(self.canary_version)} is over {MAX_ID_CHARS} characters")
         if not 0.0 <= self.canary_share <= 1.0:
             raise ValueError(f"canary_share={self.canary_share} must be a share in [0, 1]")
         if self.canary_share > 0 and not self.canary_version:

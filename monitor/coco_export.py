@@ -16,12 +16,20 @@ or for a tensor input an 8-bit PNG to look at plus the exact array as ``.npy``
 the request id, model version, route and inclusion probability (weight QC-sampled examples by
 ``1 / inclusion_prob`` for unbiased estimates). Categories are the class indices seen, named by
 the card's labels when given.
+
+A row the data set cannot hold is skipped, logged with its request id and counted by reason in
+``info["skipped"]``: an input that is no picture (an image that does not decode, a tensor
+without two dimensions) or a box whose width, height or area is not a finite number (a box of
+``[0, 0, 1e308, 1e308]``: its area is infinite, which JSON cannot write). The file is strict
+JSON (``allow_nan=False``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,7 +37,16 @@ import numpy as np
 
 from auditstream.wire import ImageInput, decode_input
 
+log = logging.getLogger(__name__)
 DECISIVE_WITH_BOXES = ("accept", "correct")
+
+
+class _Unusable(ValueError):
+    """A row the data set cannot hold; the message says why (``reason``: its count's key)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(detail)
 
 
 def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: Sequence[str] = ()) -> dict[str, Any]:
@@ -43,24 +60,33 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         if seen is None or (row["review_round"], row["decided_at_s"]) >= (seen["review_round"], seen["decided_at_s"]):
             latest[row["request_id"]] = row
     images_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations, classes = [], [], set()
+    images, annotations, classes, skipped = [], [], set(), Counter()
     for row in sorted(latest.values(), key=lambda r: r["request_id"]):
         if row["verdict_kind"] == "reject":
             continue
-        boxes = _boxes(row["human_label"])
         image_id = len(images) + 1
+        try:  # everything about the row is checked before any of its files is written
+            boxes = [(label, _bbox(box)) for label, box in _boxes(row["human_label"])]
+            pixels = _pixels(row["input"], image_id)
+        except _Unusable as e:
+            skipped[e.reason] += 1
+            log.warning("request %.80r left out of the COCO export: %s", row["request_id"], e)
+            continue
         entry = {"id": image_id, "request_id": row["request_id"], "model": row["model"],
                  "model_version": row["model_version"], "route": row["route"],
                  "inclusion_prob": row["inclusion_prob"], "verdict_kind": row["verdict_kind"]}
-        entry.update(_write_pixels(row["input"], images_dir, image_id))
+        entry.update(pixels.write(images_dir))
         images.append(entry)
-        for label, (x0, y0, x1, y1) in boxes:
+        for label, (bbox, area) in boxes:
             classes.add(label)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+                                "bbox": bbox, "area": area, "iscrowd": 0})
+    if skipped:
+        log.warning("COCO export: %d rows left out (%s)", sum(skipped.values()),
+                    ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
     categories = [{"id": c, "name": labels[c] if 0 <= c < len(labels) else str(c)} for c in sorted(classes)]
-    return {"info": {"description": "auditstream detection verdicts"}, "images": images,
-            "annotations": annotations, "categories": categories}
+    return {"info": {"description": "auditstream detection verdicts", "skipped": dict(sorted(skipped.items()))},
+            "images": images, "annotations": annotations, "categories": categories}
 
 
 def export_coco(rows: Iterable[dict[str, Any]], out: Path, labels: Sequence[str] = ()) -> int:
@@ -69,7 +95,7 @@ def export_coco(rows: Iterable[dict[str, Any]], out: Path, labels: Sequence[str]
     out = Path(out)
     coco = coco_from_labels(rows, out.parent / "images", labels)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(coco), encoding="utf-8")
+    tmp.write_text(json.dumps(coco, allow_nan=False), encoding="utf-8")  # strict JSON: no NaN or Infinity
     tmp.replace(out)
     return len(coco["images"])
 
@@ -85,31 +111,66 @@ def _boxes(output: Any) -> list[tuple[int, tuple[float, float, float, float]]]:
     return out
 
 
-def _write_pixels(encoded: Any, images_dir: Path, image_id: int) -> dict[str, Any]:
-    value = decode_input(encoded)
-    if isinstance(value, ImageInput):
-        from PIL import Image
+def _bbox(box: tuple[float, float, float, float]) -> tuple[list[float], float]:
+    """COCO's ``[x, y, w, h]`` and area of an ``[x0, y0, x1, y1]`` box; :class:`_Unusable` when
+    a width, height or area is not finite (finite corners far apart overflow)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if not all(np.isfinite(v) for v in (w, h, w * h)):
+        raise _Unusable("box_not_finite", f"box {list(box)} has width {w}, height {h}, area {w * h}: not finite")
+    return [x0, y0, w, h], w * h
 
+
+class _Pixels:
+    """A row's picture, checked and encoded in memory: what :meth:`write` puts in ``images/``."""
+
+    def __init__(self, entry: dict[str, Any], files: dict[str, bytes]) -> None:
+        self.entry, self.files = entry, files
+
+    def write(self, images_dir: Path) -> dict[str, Any]:
+        for name, data in self.files.items():  # a disk that fails here fails the export: not the row's doing
+            (images_dir / name).write_bytes(data)
+        return self.entry
+
+
+def _pixels(encoded: Any, image_id: int) -> _Pixels:
+    """The picture of a row's input; :class:`_Unusable` when it has none (an image that does not
+    decode, a tensor that is no plane): anything its decoding raises is this row's."""
+    try:
+        return _image_pixels(decode_input(encoded), image_id)
+    except Exception as e:  # noqa: BLE001 - PIL and numpy raise many kinds for a bad input; it is this row's
+        raise _Unusable("input_not_a_picture", f"its input is no picture: {e!r:.300}") from None
+
+
+def _image_pixels(value: Any, image_id: int) -> _Pixels:
+    from PIL import Image
+
+    if isinstance(value, ImageInput):
         name = f"{image_id:08d}.{'jpg' if value.format == 'jpeg' else 'png'}"
-        (images_dir / name).write_bytes(value.data)
         with Image.open(io.BytesIO(value.data)) as picture:
+            picture.load()  # the whole image decodes, not just its header
             width, height = picture.size
-        return {"file_name": f"images/{name}", "width": width, "height": height}
+        return _Pixels({"file_name": f"images/{name}", "width": width, "height": height}, {name: value.data})
     array = np.asarray(value)
-    np.save(images_dir / f"{image_id:08d}.npy", array)
     plane = np.squeeze(array)
     if plane.ndim == 3 and plane.shape[0] in (1, 3):  # CHW -> HWC
         plane = np.moveaxis(plane, 0, -1)
+    if plane.ndim not in (2, 3) or 0 in plane.shape:
+        raise ValueError(f"a tensor of shape {list(array.shape)} is no picture (it needs height and width)")
     height, width = plane.shape[:2]
-    _save_png(plane, images_dir / f"{image_id:08d}.png")
-    return {"file_name": f"images/{image_id:08d}.png", "width": int(width), "height": int(height),
-            "tensor_file": f"images/{image_id:08d}.npy"}
+    npy = io.BytesIO()
+    np.save(npy, array)
+    stem = f"{image_id:08d}"
+    return _Pixels({"file_name": f"images/{stem}.png", "width": int(width), "height": int(height),
+                    "tensor_file": f"images/{stem}.npy"}, {f"{stem}.npy": npy.getvalue(), f"{stem}.png": _png(plane)})
 
 
-def _save_png(plane: np.ndarray, path: Path) -> None:
+def _png(plane: np.ndarray) -> bytes:
     """An 8-bit picture of a float plane (0..1 or 0..255 as the values say), to look at only."""
     from PIL import Image
 
     values = np.nan_to_num(plane.astype(np.float64))
     scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
-    Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8).squeeze()).save(path)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8).squeeze()).save(out, format="PNG")
+    return out.getvalue()

@@ -10,13 +10,15 @@ never silently loosens a threshold.
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Sequence
 
-from auditstream.control import ControlState
-from auditstream.wire import Route
+from auditstream.control import MAX_THRESHOLD_OVERRIDES, ControlState
+from auditstream.wire import MAX_ID_CHARS, Route
 from qc.snapshot import ModelQC
 from store.records import StoreStats
 
+log = logging.getLogger(__name__)
 # Over budget with no threshold that passes the audited bound: defer every answer to humans.
 DEFER_ALL = 1.01
 
@@ -31,7 +33,10 @@ def human_queue_depths(stats: StoreStats) -> dict[str, int]:
 
 def plan_control(snapshots: Sequence[ModelQC], stats: StoreStats, previous: Mapping[str, ControlState],
                  auto_tighten: bool, now_s: float) -> list[ControlState]:
-    """One state per model seen in the snapshots, the queue or the previous states."""
+    """One state per model seen in the snapshots, the queue or the previous states. Each is
+    within the bounds of a control record (``ControlState``): a version no record can name (over
+    MAX_ID_CHARS: it came from a prediction, which does not bound it) or one past
+    MAX_THRESHOLD_OVERRIDES gets no override, and is logged."""
     depths = human_queue_depths(stats)
     models = sorted({s.model for s in snapshots} | set(depths) | set(previous))
     by_model: dict[str, list[ModelQC]] = {}
@@ -46,6 +51,12 @@ def plan_control(snapshots: Sequence[ModelQC], stats: StoreStats, previous: Mapp
             if not (auto_tighten and snap.over_budget):
                 continue
             wanted = snap.suggested_threshold if snap.suggested_threshold is not None else DEFER_ALL
+            if len(snap.version) > MAX_ID_CHARS or (snap.version not in overrides
+                                                    and len(overrides) >= MAX_THRESHOLD_OVERRIDES):
+                log.error("model %r version %.80r is over budget, but its threshold cannot be raised: a control record "
+                          "takes versions of at most %d characters and %d overrides (clear old ones: auditstream "
+                          "control clear)", model, snap.version, MAX_ID_CHARS, MAX_THRESHOLD_OVERRIDES)
+                continue
             if wanted > overrides.get(snap.version, float("-inf")):
                 overrides[snap.version] = wanted
                 reasons = [f"version {snap.version}: audited error rate shown above its budget {snap.budget} "

@@ -5,14 +5,16 @@ It does four things (docs/audit-store.md, "Monitor process"):
 1. **Consumes** the ``audit`` and ``predictions`` topics in the consumer group
    ``auditstream-monitor`` with the shared at-least-once loop (:mod:`auditstream.stream`):
    :func:`ingest_batch` stores audit items (idempotent, so a redelivered batch changes nothing)
-   and hands every prediction to the statistics hook; undecodable records go to the dead-letter
-   topic with their original bytes. Offsets are committed only after the store transaction and
-   every dead letter were acknowledged.
+   and hands every prediction to the statistics hook; undecodable records, and items a verdict on
+   which could not be published (too large for the output topics), go to the dead-letter topic
+   with their original bytes. Offsets are committed only after the store transaction and every
+   dead letter were acknowledged.
 2. **Publishes the outbox** (:func:`publish_outbox`, on its own thread and producer): every
    verdict to ``verdicts`` and, for deferred items, the human's answer to ``decisions``, exactly
    once: each round of rows is recorded in the store with the topics' end offsets before it is
    sent, and marked published after the broker acknowledged it; a round a crash left open is
-   resolved from the topics before its rows go out again (store/outbox.py).
+   resolved from the topics before its rows go out again (store/outbox.py). A row over its
+   topic's limit is dead-lettered in its place, so it cannot stop every later round.
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
    ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
@@ -35,27 +37,28 @@ confidence drift window are rebuilt from the predictions that arrive afterwards.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from auditstream import topics
 from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
-from auditstream.kafka.limits import MAX_PRODUCE_BYTES
-from auditstream.errors import DecodeError, ModelNotFound
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
+from auditstream.errors import BadArguments, DecodeError, ModelNotFound
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import AuditItem, Prediction, Reason, Verdict
+from auditstream.wire import MAX_RECORD_BYTES, AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
 from store.leader import Leadership, default_owner
 from store.shadow import ShadowAnswers
-from store.records import OutboxRow, check_audit_item
+from store.records import OutboxRow, OutputTooLarge, check_audit_item
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -89,6 +92,16 @@ class MonitorArgs:
             raise ValueError(f"leader_lease_s={self.leader_lease_s} must exceed flush_timeout_s + outbox_interval_s "
                              f"= {self.flush_timeout_s + self.outbox_interval_s}: a publishing round must fit in a lease")
 
+    def check_settings(self, settings: Settings) -> None:
+        """What these options must respect in ``settings`` (read from the environment after the
+        options, so not in ``__post_init__``): checked before any connection, one line naming the option.
+        The outbox producer's delivery timeout is ``flush_timeout_s``, and a delivery timeout must
+        stay under the consumers' ``max_poll_interval_ms`` (``Settings``)."""
+        if self.flush_timeout_s * 1000 >= settings.max_poll_interval_ms:
+            raise BadArguments(f"--flush-timeout-s {self.flush_timeout_s:g} must be under AUDITSTREAM_MAX_POLL_INTERVAL_MS "
+                               f"= {settings.max_poll_interval_ms} ms ({settings.max_poll_interval_ms / 1000:g} s): it is "
+                               "also the outbox producer's delivery timeout; lower it, or raise that setting")
+
 
 # --------------------------------------------------------------------------------------------
 # the pure parts
@@ -102,75 +115,102 @@ def _dead_letter(settings: Settings, record: Record, reason: str, detail: str, l
 def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
                  on_prediction: Callable[[Prediction], None] | None = None,
                  shadow: ShadowAnswers | None = None, dead_letter_limit: int = MAX_PRODUCE_BYTES,
-                 ) -> list[list[Output]]:  # fmt: skip
+                 output_limit: int = MAX_PRODUCE_BYTES) -> list[list[Output]]:  # fmt: skip
     """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
-    Shadow predictions go to ``shadow`` (in one transaction; a failure there is the store's).
-    ``dead_letter_limit``: the largest record the dead-letter topic takes (a letter over it says
-    where the original is: :mod:`auditstream.dead_letters`).
+    Shadow predictions go to ``shadow``. ``dead_letter_limit``: the largest record the
+    dead-letter topic takes (a letter over it says where the original is:
+    :mod:`auditstream.dead_letters`); ``output_limit``: the largest the ``verdicts`` and
+    ``decisions`` topics take -- an item a verdict on which could be larger is dead-lettered
+    (``too_large``) now, as its verdict could never be published.
 
-    Audit items are stored in one transaction. If that fails, each item is tried alone: the ones
-    the store refuses (content no database takes) are dead-lettered with their bytes, the rest
-    stored. When every one fails, a trivial write tells a broken store (the error is raised: the
-    monitor stops loudly, nothing committed) from bad records (dead-lettered)."""
+    Shadow answers, then audit items, are each stored in one transaction. If one fails, each
+    record is tried alone: the ones the store refuses are dead-lettered with their bytes, the
+    rest stored. When every one fails, a trivial write tells a broken store (the error is raised:
+    the monitor stops loudly, nothing committed) from bad records (dead-lettered)."""
     audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
     results: list[list[Output]] = [[] for _ in records]
     items: list[tuple[int, AuditItem]] = []
-    shadows: list[Prediction] = []
+    shadows: list[tuple[int, Prediction]] = []
+
+    def dead_letter(i: int, reason: str, detail: str) -> None:
+        results[i] = [_dead_letter(settings, records[i], reason, detail, dead_letter_limit)]
+
     for i, record in enumerate(records):
         try:
             record.check_readable()
             if record.topic == audit_topic:
                 item = AuditItem.from_bytes(record.value)  # type: ignore[arg-type]
-                check_audit_item(item)
+                check_audit_item(item, output_limit)
                 items.append((i, item))
             elif record.topic == predictions_topic:
                 prediction = Prediction.from_bytes(record.value, list(record.headers))  # type: ignore[arg-type]
                 if on_prediction is not None:
                     on_prediction(prediction)
                 if prediction.shadow and shadow is not None:
-                    shadows.append(prediction)
+                    shadows.append((i, prediction))
             else:
                 raise DecodeError(Reason.BAD_SCHEMA.value, f"the monitor does not read topic {record.topic!r}")
         except DecodeError as e:
-            results[i] = [_dead_letter(settings, record, e.code, e.detail, dead_letter_limit)]
+            dead_letter(i, e.code, e.detail)
+        except OutputTooLarge as e:
+            dead_letter(i, Reason.TOO_LARGE.value, str(e))
         except ValueError as e:  # decodes, but is not an auditable item
-            results[i] = [_dead_letter(settings, record, Reason.BAD_INPUT.value, str(e), dead_letter_limit)]
+            dead_letter(i, Reason.BAD_INPUT.value, str(e))
         except Exception as e:  # noqa: BLE001 - this record's own failure (e.g. in the QC tracker): it alone
             log.warning("record %s: %r", record.where, e)
-            results[i] = [_dead_letter(settings, record, Reason.PROCESSING_FAILED.value, repr(e)[:500],
-                                        dead_letter_limit)]
+            dead_letter(i, Reason.PROCESSING_FAILED.value, repr(e)[:500])
+
+    def refused(i: int, e: Exception) -> None:
+        log.warning("%s refused by the store: %r", records[i].where, e)
+        dead_letter(i, Reason.PROCESSING_FAILED.value, repr(e)[:500])
+
+    def write_shadows(answers: list[Prediction]) -> list[None]:
+        shadow.ingest(answers, now_s)  # type: ignore[union-attr] - only collected when given
+        return [None] * len(answers)
+
     if shadows:
-        shadow.ingest(shadows, now_s)  # type: ignore[union-attr]
-    if not items:
-        return results
+        _write_each_alone(store, shadows, write_shadows, refused)
+    stored = _write_each_alone(store, items, lambda batch: store.ingest_many(batch, now_s), refused) if items else []
+    for (i, item), is_new in stored:
+        # An id already stored: the same request redelivered (nothing to do), or another request
+        # that reused the id -- another input or time, or another model at the same version --
+        # whose audit would otherwise vanish without a trace.
+        if not is_new and store.stored_differently(item):
+            p = item.prediction
+            dead_letter(i, Reason.DUPLICATE_REQUEST_ID.value,
+                        f"request id {p.request_id!r} was already audited at model version {p.model_version!r} for "
+                        f"another model than {p.model!r} or with another input or request time; the store keeps the "
+                        "first (its key is request id and model version): give every request its own id, across "
+                        "the models that share a store")
+    return results
+
+
+V = TypeVar("V")
+
+
+def _write_each_alone(store: AuditStore, entries: list[tuple[int, V]], write: Callable[[list[V]], Sequence[Any]],
+                      refused: Callable[[int, Exception], None]) -> list[tuple[tuple[int, V], Any]]:  # fmt: skip
+    """``write`` (one transaction, one result per value) of every entry's value; if that fails,
+    of each alone, passing the ones the store refuses to ``refused``. Returns each written entry
+    with its result. If every one fails and a trivial write (``AuditStore.ping``) fails too, the
+    store is broken, not the records: the batch's error is raised."""
     try:
-        stored = list(zip(items, store.ingest_many([item for _, item in items], now_s)))
-    except Exception as batch_error:  # noqa: BLE001 - whose is it? each item alone below
-        stored, refused = [], []
-        for i, item in items:
+        return list(zip(entries, write([value for _, value in entries])))
+    except Exception as batch_error:  # noqa: BLE001 - whose is it? each one alone below
+        written, failed = [], []
+        for i, value in entries:
             try:
-                stored.append(((i, item), store.ingest_many([item], now_s)[0]))
+                written.append(((i, value), write([value])[0]))
             except Exception as e:  # noqa: BLE001
-                refused.append((i, e))
-        if len(refused) == len(items):
+                failed.append((i, e))
+        if len(failed) == len(entries):
             try:
                 store.ping()
             except Exception:  # noqa: BLE001 - the store itself is broken, not the records
                 raise batch_error from None
-        for i, e in refused:
-            log.warning("audit item %s refused by the store: %r", records[i].where, e)
-            results[i] = [_dead_letter(settings, records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500],
-                                        dead_letter_limit)]
-    for (i, item), is_new in stored:
-        # An id already stored: the same request redelivered (nothing to do), or another request
-        # that reused the id, whose audit would otherwise vanish without a trace.
-        if not is_new and store.stored_differently(item):
-            p = item.prediction
-            results[i] = [_dead_letter(settings, records[i], Reason.DUPLICATE_REQUEST_ID.value,
-                                       f"request id {p.request_id!r} was already audited for {p.model} v{p.model_version} "
-                                       "with another input or request time; the store keeps the first: give every "
-                                       "request its own id", dead_letter_limit)]
-    return results
+        for i, e in failed:
+            refused(i, e)
+        return written
 
 
 # How long after its claim a round may still begin sending (part of its fence, store/outbox.py):
@@ -180,7 +220,7 @@ SEND_WINDOW_S = 5.0
 
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
                    flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None, *,
-                   topic_log: TopicLog, owner: str = "") -> int:  # fmt: skip
+                   topic_log: TopicLog, owner: str = "", topic_limits: Mapping[str, int] | None = None) -> int:  # fmt: skip
     """One publishing round, exactly-once (the protocol: store/outbox.py): first resolve every
     round a crash left open whose fence has passed (read the topics from its positions, mark
     what is there, put the rest back), then take the output partitions' end offsets, claim up to
@@ -190,7 +230,12 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
     ``topic_log`` reads the output topics; ``owner`` names this publisher in the round; the producer's
     delivery timeout must not exceed ``flush_timeout_s`` (run_monitor builds it so), since a
     round's fence is its start + :data:`SEND_WINDOW_S` + ``flush_timeout_s``.
-    :class:`DeliveryFailed` leaves the round open, to be resolved after its fence."""
+    :class:`DeliveryFailed` leaves the round open, to be resolved after its fence.
+
+    ``topic_limits``: the largest record each topic takes (full name; absent: MAX_PRODUCE_BYTES).
+    A row over its topic's limit would be refused on every round, first of all, for good: it is
+    dead-lettered instead (:func:`_outbox_dead_letter`, ``too_large``) and marked published with
+    the round; its verdict stays in the store."""
     entered = time.monotonic()
     names = [settings.topic(topics.VERDICTS), settings.topic(topics.DECISIONS)]
     published = _resolve_open_rounds(store, topic_log, settings, names, now_s, flush_timeout_s, on_verdict)
@@ -203,12 +248,23 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
     if claimed is None:
         return published  # all pending rows wait behind a key in an open round
     started, sent = time.monotonic(), []
+    limits = topic_limits or {}
+    dead_letters = settings.topic(topics.DEAD_LETTER)
     for row in claimed.rows:
         if time.monotonic() - started > SEND_WINDOW_S:
             log.warning("outbox round %d: %d of %d rows sent within %.0f s; the rest go back to pending",
                          claimed.id, len(sent), len(claimed.rows), SEND_WINDOW_S)
             break
-        producer.send(settings.topic(row.topic), row.key, row.value)
+        topic = settings.topic(row.topic)
+        size, cap = record_bytes(row.key, row.value), limits.get(topic, MAX_PRODUCE_BYTES)
+        if size <= cap:
+            producer.send(topic, row.key, row.value)
+        else:
+            letter = _outbox_dead_letter(row, topic, size, cap, dead_letters, limits.get(dead_letters, MAX_PRODUCE_BYTES),
+                                         now_s)  # fmt: skip
+            log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) instead; "
+                      "its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
+            producer.send(letter.topic, letter.key, letter.value)
         sent.append(row)
     if sent:
         producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
@@ -235,11 +291,29 @@ def _resolve_open_rounds(store: AuditStore, topic_log: TopicLog, settings: Setti
     return found_total
 
 
+def _outbox_dead_letter(row: OutboxRow, topic: str, size: int, cap: int, dead_letters: str, dead_letter_limit: int,
+                        now_s: float) -> Output:  # fmt: skip
+    """The dead letter of an outbox row ``topic`` cannot take: ``source`` names that topic,
+    partition 0 and the row's id as the offset (docs/wire-format.md); it carries the row's record
+    when that fits the dead-letter topic, else its size and SHA-256 (the row stays in the store)."""
+    detail = (f"outbox row {row.id}: a {row.topic} record of {size} bytes, over the {cap} {topic[:249]} takes; not sent. "
+              "The verdict stays in the audit store (auditstream labels export reads it)")
+    if len(row.value) * 4 // 3 + len(row.key) * 3 + 8192 < dead_letter_limit:  # else encoding it is wasted work
+        letter = DeadLetter(Reason.TOO_LARGE.value, detail, topic, 0, row.id, row.value, row.key, (), now_s).to_bytes()
+        if record_bytes(row.key, letter) <= dead_letter_limit:
+            return Output(dead_letters, row.key, letter)
+    small = DeadLetter(Reason.TOO_LARGE.value, detail + "; the record is not carried (over the dead-letter topic's "
+                       f"limit of {dead_letter_limit} bytes): it stays in the store's outbox table", topic, 0, row.id,
+                       None, None, (), now_s, omitted_bytes=len(row.key) + len(row.value),
+                       value_sha256=hashlib.sha256(row.value).hexdigest())  # fmt: skip
+    return Output(dead_letters, row.key, small.to_bytes())
+
+
 def _observe(rows: Sequence[OutboxRow], on_verdict: Callable[[Verdict], None] | None) -> None:
     if on_verdict is not None:
         for row in rows:
-            if row.topic == topics.VERDICTS:
-                on_verdict(Verdict.from_bytes(row.value))
+            if row.topic == topics.VERDICTS:  # a row stored before the ingest checked sizes may be over 8 MiB
+                on_verdict(Verdict.from_bytes(row.value, max(MAX_RECORD_BYTES, len(row.value))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +348,8 @@ class StatsHooks:
         self._new_tracker = lambda: QCTracker(cards, config, salt=settings.qc_salt)
         self.tracker = self._new_tracker()
         self.history = QCHistory(store)
-        self.metrics = MonitorMetrics(metrics_registry)
+        # the limit triage applies, so the over-capacity gauge (and its alert) means what triage does; 0: none
+        self.metrics = MonitorMetrics(metrics_registry, max_human_queue_depth=settings.max_human_queue_depth or None)
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
 
@@ -354,12 +429,14 @@ class OutboxPublisher(threading.Thread):
     statistics from the store first, so nothing published earlier is missing from them."""
 
     def __init__(self, store: AuditStore, producer: Producer, topic_log: TopicLog, settings: Settings, args: MonitorArgs,
-                 stats: StatsHooks | None = None, leadership: Leadership | None = None) -> None:  # fmt: skip
+                 stats: StatsHooks | None = None, leadership: Leadership | None = None,
+                 topic_limits: Mapping[str, int] | None = None) -> None:  # fmt: skip
         """``producer``: its delivery timeout must not exceed ``args.flush_timeout_s`` (see
-        :func:`publish_outbox`); ``topic_log`` reads the output topics back after a crash."""
+        :func:`publish_outbox`); ``topic_log`` reads the output topics back after a crash;
+        ``topic_limits``: the largest record each output topic and the dead-letter topic take."""
         super().__init__(name="outbox-publisher", daemon=True)
         self.store, self.producer, self.settings, self.args, self.stats = store, producer, settings, args, stats
-        self.topic_log = topic_log
+        self.topic_log, self.topic_limits = topic_log, dict(topic_limits or {})
         self.owner = leadership.owner if leadership is not None else default_owner()
         self.leadership, self.leading = leadership, False
         self.shadow: ShadowAnswers | None = None  # pruned each statistics tick
@@ -388,7 +465,7 @@ class OutboxPublisher(threading.Thread):
                     on_verdict = self.stats.observe_verdict if self.stats else None
                     while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
                                                self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
-                                               owner=self.owner)):  # fmt: skip
+                                               owner=self.owner, topic_limits=self.topic_limits)):  # fmt: skip
                         self.published += n
                     if self.stats is not None and time.monotonic() >= next_tick:
                         states = self.stats.tick(self.store, time.time())
@@ -421,13 +498,16 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     from auditstream.kafka.limits import check_dead_letter_limit, topic_limits
     from auditstream.stream import StreamLoop
 
+    args.check_settings(settings)  # before any connection
     bootstrap = resolve_bootstrap(settings)
     names = [settings.topic(t) for t in (topics.AUDIT, topics.PREDICTIONS, topics.VERDICTS, topics.DECISIONS, topics.DEAD_LETTER)]
     ensure_topics(settings, names + [settings.topic(topics.CONTROL)], compacted=(settings.topic(topics.CONTROL),),
                   bootstrap=bootstrap)
     dead_letters = settings.topic(topics.DEAD_LETTER)
-    dead_letter_limit = topic_limits(settings, [dead_letters], bootstrap)[dead_letters]
+    limits = topic_limits(settings, names[2:], bootstrap)  # verdicts, decisions, dead letters
+    dead_letter_limit = limits[dead_letters]
     check_dead_letter_limit(dead_letters, dead_letter_limit)
+    output_limit = min(limits[names[2]], limits[names[3]])  # an item's verdict and decision must both fit
     control_view = ControlView(settings, bootstrap).start()
     started: list[Callable[[], None]] = [control_view.stop]  # released in reverse if start-up fails
     try:
@@ -438,13 +518,14 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         topic_log = make_topic_log(settings, bootstrap)
         started.append(topic_log.close)
         publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox"),
-                                    topic_log, settings, args, stats, store.leadership("monitor", args.leader_lease_s))  # fmt: skip
+                                    topic_log, settings, args, stats, store.leadership("monitor", args.leader_lease_s),
+                                    limits)  # fmt: skip
         started.append(publisher.producer.close)
         shadow = publisher.shadow = ShadowAnswers(store)
         loop = StreamLoop.connect(
             settings, args.group_id, names[:2],
             lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow,
-                                         dead_letter_limit),
+                                         dead_letter_limit, output_limit),
             make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
         )  # fmt: skip
     except BaseException:

@@ -73,4 +73,14 @@ def provenance(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n_verdicts": len(ids), "verdict_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
             "by_kind": dict(Counter(r["verdict_kind"] for r in rows)), "by_route": dict(Counter(r["route"] for r in rows)),
             "decided_from_s": min(times, default=None), "decided_to_s": max(times, default=None),
-            "versions_audited": sorted({r["model_version"] for r in rows}, key=int), "verdict_ids": ids}
+            "versions_audited": sorted({r["model_version"] for r in rows}, key=version_order), "verdict_ids": ids}
+
+
+def version_order(version: str) -> tuple[int, int, str, str]:
+    """A sort key for model versions: the registry's (integers as text) by number, then any other
+    text a record named (the wire takes any string, e.g. "v1" from another client), by text.
+    Its verdicts are labels all the same; the key only orders the card's list."""
+    if version.isascii() and version.isdigit():
+        digits = version.lstrip("0") or "0"
+        return 0, len(digits), digits, version  # numeric order without int(): no digit count limit
+    return 1, 0, version, version

@@ -14,12 +14,20 @@ from typing import Any
 
 from auditstream import tasks, topics
 from auditstream.errors import ConfigError
+from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
 from auditstream.tasks.base import canonical_json
-from auditstream.wire import AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
+from auditstream.wire import MAX_RECORD_BYTES, AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 from auditstream.wire.codec import short_repr
 
 # The largest corrected output a verdict takes, as canonical JSON (check_verdict_input).
 MAX_CORRECTION_BYTES = 256 * 1024
+# The longest values of a verdict's own fields, for the bound of what it publishes
+# (outbox_bytes_bound): record_verdict takes any verdict id of 1..64 characters (JSON escapes
+# this one to 12 bytes), account names are 1..64 ASCII characters (store/accounts.py), and no
+# float is written longer than this one.
+_WORST_VERDICT_ID = "\U0001F600" * 64
+_WORST_AUDITOR = "a" * 64
+_WORST_TIME_S = -1.7976931348623157e308
 
 
 @dataclass(frozen=True)
@@ -256,9 +264,18 @@ def check_lease_s(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_audit_item(item: AuditItem) -> None:
+class OutputTooLarge(ValueError):
+    """An audit item a verdict on which could not be published: its ``Verdict`` or ``Decision``
+    could be larger than the output topics take (dead-letter reason ``too_large``)."""
+
+
+def check_audit_item(item: AuditItem, max_output_bytes: int = MAX_PRODUCE_BYTES) -> None:
     """``ValueError`` unless ``item`` is something an auditor should see (a bad record, not a
-    broken store: the monitor process dead-letters it)."""
+    broken store: the monitor process dead-letters it); :class:`OutputTooLarge` when a record a
+    verdict on it publishes (:func:`outbox_bytes_bound`) could exceed ``max_output_bytes``, the
+    most the ``verdicts`` and ``decisions`` topics take, or :data:`MAX_RECORD_BYTES`, the most
+    their readers decode: stored, it would be audited and then its verdict refused by the
+    producer on every publishing round, or by every reader."""
     p = item.prediction
     if p.route not in (Route.HUMAN, Route.AUTO_QC):
         raise ValueError(f"audit item {p.request_id!r} has route {p.route.value}; only HUMAN and AUTO_QC are audited")
@@ -266,6 +283,12 @@ def check_audit_item(item: AuditItem) -> None:
         raise ValueError(f"audit item {p.request_id!r} has inclusion probability {p.qc_inclusion_prob}; need (0, 1]")
     if not math.isfinite(p.confidence):
         raise ValueError(f"audit item {p.request_id!r} has confidence {p.confidence}; need a finite number")
+    bound, limit = outbox_bytes_bound(item), min(max_output_bytes, MAX_RECORD_BYTES)
+    if bound > limit:
+        raise OutputTooLarge(f"audit item {short_repr(p.request_id)}: a verdict on it could publish a record of {bound} "
+                             f"bytes (its output is {len(dumps(p.output))} bytes of JSON, plus a correction of up to "
+                             f"{MAX_CORRECTION_BYTES}), over the {limit} the verdicts and decisions topics take and "
+                             "their readers decode: it could never be published")
 
 
 def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
@@ -295,6 +318,24 @@ def verdict_key(item: StoredItem) -> bytes:
     records it judges, so every review of one answer stays in order on one partition. Verdict
     readers (labels, the RL dataset) read the whole topic and join by request id."""
     return item.request_id.encode("utf-8")
+
+
+def outbox_bytes_bound(item: AuditItem) -> int:
+    """The most bytes (key, value and framing, as :func:`~auditstream.kafka.limits.record_bytes`
+    counts them) of any record a verdict on ``item`` can put on the outbox (:func:`outbox_records`):
+    the ``Verdict`` carries the model's output and a correction of up to :data:`MAX_CORRECTION_BYTES`,
+    the ``Decision`` one of the two; the verdict's own fields at their longest. The output is
+    encoded once; the records are encoded around a ``null`` in its place."""
+    p = item.prediction
+    output, null = len(dumps(p.output)), len("null")  # canonical JSON is ASCII, as long as the records' encoding
+    verdict = Verdict(_WORST_VERDICT_ID, p.request_id, p.model, p.model_version, _WORST_AUDITOR, VerdictKind.CORRECT,
+                      _WORST_TIME_S, None, None, p.route, p.qc_inclusion_prob, is_gold=False)  # fmt: skip
+    decision = Decision(p.request_id, p.model, p.model_version, None, "human", _WORST_TIME_S, p.episode_key, p.step,
+                        {"verdict_id": _WORST_VERDICT_ID, "verdict": VerdictKind.CORRECT.value, "auditor": _WORST_AUDITOR})
+    verdict_bytes = record_bytes(p.request_id.encode("utf-8"), verdict.to_bytes()) - 2 * null + output + MAX_CORRECTION_BYTES
+    decision_bytes = (record_bytes((p.episode_key or p.request_id).encode("utf-8"), decision.to_bytes()) - null
+                      + max(output, MAX_CORRECTION_BYTES))
+    return max(verdict_bytes, decision_bytes)
 
 
 def outbox_records(item: StoredItem, verdict: VerdictRecord, first_decision: bool) -> list[tuple[str, bytes, bytes]]:

@@ -4,7 +4,8 @@ Every write is one transaction (``BEGIN IMMEDIATE`` on SQLite, READ COMMITTED wi
 PostgreSQL) and every write an auditor performs re-checks the acting user's role inside that
 transaction (:func:`store.accounts.check_actor`). Semantics, in short (docs/audit-store.md):
 
-* **ingest** is idempotent on (request_id, model_version).
+* **ingest** is idempotent on (request_id, model_version); another request under that key (another
+  model, input or request time) is not stored (:meth:`AuditStore.stored_differently` tells).
 * **claim** leases the first claimable item (deferred HUMAN items before QC samples, then oldest)
   to one auditor until ``now + lease_s``; an expired lease is claimable again. An auditor who
   still holds a live lease gets that item back (a page reload loses nothing). An auditor never
@@ -124,14 +125,17 @@ class AuditStore(StoreReads):
 
     def stored_differently(self, item: AuditItem) -> bool:
         """Whether the store holds another request under this item's (request id, model version):
-        a different input or request time, not a redelivery of the same request."""
+        another model's (the key does not hold the model: request ids must be unique across the
+        models sharing a store), or a different input or request time -- not a redelivery of the
+        same request."""
         p = item.prediction
-        row = self._db.query("SELECT input, created_at_s FROM {p}items WHERE request_id = ? AND model_version = ?",
+        row = self._db.query("SELECT model, input, created_at_s FROM {p}items WHERE request_id = ? AND model_version = ?",
                              (p.request_id, p.model_version))
         if not row:
             return False
-        stored_input, stored_created = row[0]
-        return stored_input != json.dumps(encode_input(item.input)) or float(stored_created) != float(p.created_at_s)
+        stored_model, stored_input, stored_created = row[0]
+        return (stored_model != p.model or stored_input != json.dumps(encode_input(item.input))
+                or float(stored_created) != float(p.created_at_s))
 
     def add_gold(self, item: AuditItem, gold_output: Any, actor: User, now_s: float) -> int:
         """Add a gold item (a known answer; ``None`` means "should be rejected"). Admins only.

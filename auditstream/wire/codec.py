@@ -8,7 +8,7 @@ import math
 import re
 from enum import Enum, StrEnum
 from importlib import resources
-from typing import Any
+from typing import Any, Iterator
 
 
 from auditstream.errors import DecodeError, UnknownTaskKind
@@ -123,10 +123,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_int64)
 
 
-def strict_loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+def strict_loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES, *, refuse_nul: bool = True) -> dict[str, Any]:
     """A wire record's JSON object, or DecodeError with the reason code: at most ``max_bytes``,
-    UTF-8 strict JSON (no NaN, ints within 64 bits, no lone surrogates), ``"v": 1``. Every record
-    decoder here and the compacted topics' readers (control, episode state) parse with it."""
+    UTF-8 strict JSON (no NaN, ints within 64 bits, no lone surrogates, no NUL character unless
+    ``refuse_nul`` is False), ``"v": 1``. Every record decoder here and the compacted topics'
+    readers (control, episode state) parse with it."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(Reason.UNDECODABLE.value, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -145,11 +146,18 @@ def strict_loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, An
         raise DecodeError(Reason.UNDECODABLE.value, f"not UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise DecodeError(Reason.BAD_SCHEMA.value, "record must be a JSON object")
-    if _SURROGATE_ESCAPE.search(data) and _lone_surrogate(obj):
+    escaped = b"\\" in data  # memchr: a request of base64 and numbers has no escape and skips both checks
+    if escaped and _SURROGATE_ESCAPE.search(data) and _lone_surrogate(obj):
         # JSON may spell "\ud800", which Python decodes to a string no UTF-8 encoder takes: it would
         # fail later, in a hash, a Kafka key or a database write, and take the whole batch with it.
         raise DecodeError(Reason.UNDECODABLE.value, "a string holds a lone UTF-16 surrogate escape (\\ud800 to "
                           "\\udfff without its pair): not valid Unicode text")
+    if refuse_nul and escaped and _NUL_ESCAPE in data and _holds_nul(obj):
+        # Strict JSON carries NUL only as this escape (a raw control character is refused above).
+        # PostgreSQL's text and jsonb refuse it: one such string in a batch failed the monitor's
+        # store write, and in a QC-history row stopped its publisher, on every restart.
+        raise DecodeError(Reason.BAD_SCHEMA.value, "a string holds a NUL character (\\u0000), which no field of "
+                          "the wire takes (PostgreSQL cannot store it)")
     version = obj.get("v")
     if type(version) is not int or version != WIRE_VERSION:  # 1.0 and true are not version 1
         raise DecodeError(Reason.UNSUPPORTED_VERSION.value, f"wire version {short_repr(version)}, this build reads {WIRE_VERSION}")
@@ -159,22 +167,38 @@ def strict_loads(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, An
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 
 
-def _lone_surrogate(value: Any) -> bool:
-    """Whether any string in ``value`` (keys included) cannot be encoded as UTF-8."""
+# Only a record whose bytes hold this pays for a walk of its strings (the hot path does not).
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a parsed JSON value, object keys included."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
+            yield item
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) cannot be encoded as UTF-8."""
+    for text in _strings(value):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
     return False
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any string in ``value`` (keys included) holds a NUL character (``"\\\\u0000"``, an
+    escaped backslash, is six characters of text, not a NUL: hence the walk after the byte test)."""
+    return any("\x00" in text for text in _strings(value))
 
 
 def short_repr(value: Any) -> str:

@@ -348,7 +348,9 @@ class DeadLetter:
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> "DeadLetter":
-        obj = strict_loads(data, max_bytes)
+        # A NUL is taken here: a letter carries its original's header names verbatim (Kafka allows
+        # any), no store keeps letters, and a refused letter could never be replayed.
+        obj = strict_loads(data, max_bytes, refuse_nul=False)
         source = typed_field(obj, "source", dict)
         partition, offset = typed_field(source, "partition", int), typed_field(source, "offset", int)
         if partition < 0 or offset < 0:

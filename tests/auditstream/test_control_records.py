@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditstream import kafka
-from auditstream.control import ControlState, ControlView, Rollout
+from auditstream.control import MAX_REASON_CHARS, MAX_THRESHOLD_OVERRIDES, ControlState, ControlView, Rollout, decode_control
+from auditstream.wire import MAX_ID_CHARS, MAX_RECORD_BYTES
 from auditstream.errors import DecodeError
 from auditstream.kafka import Record
 from auditstream.settings import Settings
@@ -217,13 +218,15 @@ def test_mutated_valid_records_are_a_state_or_skipped(data) -> None:
     apply_bad_then_good(mutated_json(data, json.loads(data.draw(st.sampled_from([GOOD.to_bytes(), ROLLOUT.to_bytes()])))))
 
 
-names = st.text(min_size=1, max_size=20)
+# Any text but NUL, which the wire refuses in every record (test_a_nul_character_anywhere_is_skipped).
+text = st.characters(codec="utf-8", exclude_characters="\x00")
+names = st.text(text, min_size=1, max_size=20)
 times = st.floats(0.0, 2.0e9)
 
 
 @FUZZ
-@given(model=names, depth=st.integers(0, 2**62), overrides=st.dictionaries(st.text(max_size=5), st.floats(0.0, 1.01)),
-       reason=st.text(max_size=30), updated_at_s=times)
+@given(model=names, depth=st.integers(0, 2**62), overrides=st.dictionaries(st.text(text, max_size=5), st.floats(0.0, 1.01)),
+       reason=st.text(text, max_size=30), updated_at_s=times)
 def test_valid_states_decode_unchanged(model, depth, overrides, reason, updated_at_s) -> None:
     state = ControlState(model, depth, overrides, reason, updated_at_s)
     assert ControlState.from_bytes(state.to_bytes()) == state
@@ -233,13 +236,68 @@ def test_valid_states_decode_unchanged(model, depth, overrides, reason, updated_
 
 
 @FUZZ
-@given(model=names, live=names, canary=st.none() | names, share=st.floats(0.0, 1.0), reason=st.text(max_size=30),
+@given(model=names, live=names, canary=st.none() | names, share=st.floats(0.0, 1.0), reason=st.text(text, max_size=30),
        updated_at_s=times)
 def test_valid_rollouts_decode_unchanged(model, live, canary, share, reason, updated_at_s) -> None:
     rollout = Rollout(model, live, canary, share if canary else 0.0, reason, updated_at_s)
     view = offline_view()
     view.apply(rollout.to_bytes(), rollout.key)
     assert view.rollout(model) == rollout
+
+
+@pytest.mark.parametrize("record", [json.dumps({**STATE, "reason": "a\x00b"}).encode(),
+                                    json.dumps({**STATE, "threshold_override": {"1\x00": 0.9}}).encode(),
+                                    rollout_record(live_version="2\x00")], ids=["reason", "version", "rollout"])
+def test_a_nul_character_anywhere_is_skipped(view, record) -> None:
+    view.apply(GOOD.to_bytes(), GOOD.key)
+    view.apply(ROLLOUT.to_bytes(), ROLLOUT.key)
+    view.apply(record, ROLLOUT.key if b"rollout" in record else GOOD.key)
+    assert view.get("tiny") == GOOD and view.rollout("tiny") == ROLLOUT and view.skipped == 1
+
+
+# -- bounded: the monitor republishes every state each tick, and the topic hands it to every restart
+
+# Every field at its longest: a model name and versions of MAX_ID_CHARS characters that JSON
+# escapes to 12 bytes each, the most overrides, the longest reason, 64-bit integers.
+WIDE = "\U0001F600"
+WORST_STATE = ControlState(WIDE * MAX_ID_CHARS, 2**63 - 1,
+                           {f"{i:03d}" + WIDE * (MAX_ID_CHARS - 3): -1.7976931348623157e308
+                            for i in range(MAX_THRESHOLD_OVERRIDES)},
+                           WIDE * MAX_REASON_CHARS, -1.7976931348623157e308)
+
+
+def test_the_largest_state_fits_any_topic() -> None:
+    """Under 1 MiB, the broker default a topic made by hand keeps: no state the monitor can
+    build or keep is refused by the producer (a refusal stopped the monitor on every restart)."""
+    assert len(WORST_STATE.to_bytes()) < 1024 * 1024
+    worst_rollout = Rollout(WIDE * MAX_ID_CHARS, WIDE * MAX_ID_CHARS, WIDE * MAX_ID_CHARS, 0.5, WIDE * 10**6, 1e308)
+    assert len(worst_rollout.reason) == MAX_REASON_CHARS and len(worst_rollout.to_bytes()) < 64 * 1024
+
+
+def test_a_huge_reason_is_cut_and_the_override_kept(view) -> None:
+    """A hand-made record with 2 M emoji of reason (8 MB, under the record limit; 24 MB once the
+    monitor republished it): decoded with its reason cut, so its override still applies."""
+    raw = json.dumps({**STATE, "threshold_override": {"3": 0.99}, "reason": WIDE * 2_000_000},
+                     ensure_ascii=False).encode()
+    assert len(raw) <= MAX_RECORD_BYTES
+    view.apply(raw, b"tiny")
+    state = view.get("tiny")
+    assert state.threshold_override == {"3": 0.99} and state.reason == WIDE * MAX_REASON_CHARS
+    rollout = decode_control(json.dumps({"v": 1, "kind": "rollout", "rollout": {**ROLLOUT_BODY, "reason": WIDE * 2_000_000}},
+                                        ensure_ascii=False).encode())
+    assert rollout.reason == WIDE * MAX_REASON_CHARS
+
+
+@pytest.mark.parametrize("record", [
+    json.dumps({**STATE, "threshold_override": {str(i): 0.9 for i in range(MAX_THRESHOLD_OVERRIDES + 1)}}).encode(),
+    json.dumps({**STATE, "threshold_override": {"9" * (MAX_ID_CHARS + 1): 0.9}}).encode(),
+    rollout_record(canary_version="3" * (MAX_ID_CHARS + 1)),
+], ids=["too many overrides", "a version too long", "a canary version too long"])
+def test_an_unbounded_record_is_skipped(view, record) -> None:
+    view.apply(GOOD.to_bytes(), GOOD.key)
+    view.apply(ROLLOUT.to_bytes(), ROLLOUT.key)
+    view.apply(record, ROLLOUT.key if b"rollout" in record else GOOD.key)
+    assert view.get("tiny") == GOOD and view.rollout("tiny") == ROLLOUT and view.skipped == 1
 
 
 # -- on the broker

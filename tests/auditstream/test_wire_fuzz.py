@@ -29,8 +29,9 @@ DECODERS = {
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text a client we did not write may send: JSON lets it spell lone UTF-16 surrogates ("\ud800"),
-# which decode to Python strings no UTF-8 encoder (hash, Kafka key, database) accepts.
-texts = st.text(st.characters() | st.characters(categories=["Cs"]), max_size=12)
+# which decode to Python strings no UTF-8 encoder (hash, Kafka key, database) accepts, and NUL
+# ("\u0000"), which PostgreSQL stores nowhere.
+texts = st.text(st.characters() | st.characters(categories=["Cs"]) | st.just("\x00"), max_size=12)
 json_scalars = (
     st.none()
     | st.booleans()
@@ -60,8 +61,9 @@ def _strings(value):
 
 
 def decode_or_refuse(decoder, data: bytes):
-    """A record whose every string is valid Unicode (every later step can encode it), or a
-    DecodeError with a known reason code."""
+    """A record whose every string is valid Unicode (every later step can encode it) without a
+    NUL (every store can hold it; a dead letter keeps its original's header names as they
+    were), or a DecodeError with a known reason code."""
     try:
         record = decoder(data)
     except DecodeError as e:
@@ -69,6 +71,7 @@ def decode_or_refuse(decoder, data: bytes):
         return None
     for text in _strings(json.loads(record.to_bytes())):
         text.encode("utf-8")  # a lone surrogate raises here
+        assert "\x00" not in text or decoder == wire.DeadLetter.from_bytes
     return record
 
 
@@ -262,8 +265,53 @@ def test_every_string_field_takes_any_text_or_refuses_it(name, data):
     target = obj
     for part in path[:-1]:
         target = target[part]
-    target[path[-1]] = data.draw(st.text(st.characters() | st.characters(categories=["Cs"]), min_size=1, max_size=20))
+    target[path[-1]] = data.draw(st.text(st.characters() | st.characters(categories=["Cs"]) | st.just("\x00"),
+                                         min_size=1, max_size=20))
     decode_or_refuse(DECODERS[name], json.dumps(obj).encode())
+
+
+@pytest.mark.parametrize("name", sorted(set(DECODERS) - {"dead_letter"}))
+def test_a_nul_in_any_string_or_key_is_refused(name):
+    """PostgreSQL's text and jsonb hold no NUL: a shadow answer whose request id held one failed
+    the monitor's whole batch, and a prediction whose version held one stopped its publisher at
+    the next statistics tick, on every restart. Strict JSON can carry NUL only as "\\u0000", so
+    every decoder refuses it there (``bad_schema``), in any string and any object key."""
+    obj = _valid(name)
+    paths = [p for p in _paths(obj) if isinstance(_at(obj, p), str)]
+    for path in paths:
+        mutated = json.loads(json.dumps(obj))
+        target = mutated
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = "a\x00b"
+        with pytest.raises(DecodeError, match="NUL") as info:
+            DECODERS[name](json.dumps(mutated).encode())
+        assert info.value.code == "bad_schema"
+    with pytest.raises(DecodeError, match="NUL"):
+        DECODERS[name](json.dumps({**obj, "extra\x00key": 1}).encode())
+
+
+def test_a_dead_letter_keeps_a_nul_in_its_originals_header_names():
+    """Kafka takes any header name; a letter carries them verbatim so its original can be
+    replayed as it was (no store keeps letters): refusing it would lose the original."""
+    letter = make_dead_letter()
+    letter = wire.DeadLetter(letter.reason, "detail \x00", letter.source_topic, 0, 1, b"v", b"k",
+                             (("trace\x00id", b"1"),), 1.0)
+    assert wire.DeadLetter.from_bytes(letter.to_bytes()) == letter
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(name):
+    """``"\\\\u0000"`` is six characters, a backslash first: the byte pattern alone must not refuse it."""
+    obj = _valid(name)
+    path = next(p for p in _paths(obj) if isinstance(_at(obj, p), str) and p[-1] in ("reason", "detail", "auditor", "model"))
+    target = obj
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = "\\u0000"
+    data = json.dumps(obj).encode()
+    assert b"\\\\u0000" in data
+    assert DECODERS[name](data) is not None
 
 
 @pytest.mark.parametrize("name", sorted(DECODERS))

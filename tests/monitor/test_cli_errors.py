@@ -127,3 +127,19 @@ def test_labels_export_refuses_an_out_it_cannot_write(out: str, capsys, monkeypa
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1 and "--out" in lines[0], err
     assert not list(tmp_path.rglob("*.tmp")) and not Path("/proc/no-such-folder").exists()
+
+
+def test_monitor_refuses_a_flush_timeout_over_the_poll_interval_before_connecting(capsys, monkeypatch, tmp_path: Path) -> None:
+    """Review r8: both options pass their own checks, but the flush timeout is the outbox
+    producer's delivery timeout, which must stay under max_poll_interval_ms (300 s by default):
+    refused at once, naming the option, with no broker to talk to."""
+    import auditstream.kafka
+
+    def no_broker(*args, **kwargs):
+        raise AssertionError("connected to a broker before checking the options")
+
+    monkeypatch.setattr(auditstream.kafka, "resolve_bootstrap", no_broker)
+    code, err = _run(capsys, monkeypatch, "monitor", "--flush-timeout-s", "400", "--leader-lease-s", "500",
+                     "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
+    assert code == 2
+    _one_clear_line(err, "--flush-timeout-s 400", "AUDITSTREAM_MAX_POLL_INTERVAL_MS")

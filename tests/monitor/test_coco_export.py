@@ -55,3 +55,75 @@ def test_ids_start_at_one_and_are_unique(tmp_path):
     assert [img["id"] for img in coco["images"]] == [1, 2, 3, 4, 5]
     assert [a["id"] for a in coco["annotations"]] == list(range(1, 11))
     json.dumps(coco)  # plain JSON
+
+
+def _strict(text: str):
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_rows_the_data_set_cannot_hold_are_skipped_counted_and_logged(tmp_path, caplog):
+    """Review r6: an image that does not decode and a 1-D tensor (the dashboard shows both) made
+    the export die with a traceback and write nothing; a box [0, 0, 1e308, 1e308] wrote
+    ``Infinity`` (its area) into a file that is then not JSON. Each such row is left out, logged
+    with its request id and counted in ``info["skipped"]``; the others are written as before,
+    and nothing of a skipped row lands in images/."""
+    from auditstream.wire import ImageInput
+
+    rows = [
+        _row("good", "accept", BOXES),
+        _row("bad-image", "accept", BOXES, image=ImageInput(b"\x89PNG\r\n\x1a\n-not-really", "png")),
+        _row("tensor-1d", "accept", BOXES, image=np.arange(5, dtype=np.float32)),
+        _row("no-plane", "accept", BOXES, image=np.zeros((2, 8, 8), np.float32)),
+        _row("empty", "accept", BOXES, image=np.zeros((0, 8), np.float32)),
+        _row("far-box", "accept", [{"box": [0, 0, 1e308, 1e308], "label": 1}]),
+        _row("wide-box", "correct", [{"box": [-1e308, 0, 1e308, 1], "label": 1}]),
+    ]
+    out = tmp_path / "annotations.json"
+    with caplog.at_level("WARNING", logger="monitor.coco_export"):
+        assert export_coco(rows, out) == 1
+    coco = _strict(out.read_text())
+    assert [img["request_id"] for img in coco["images"]] == ["good"] and len(coco["annotations"]) == 2
+    assert coco["info"]["skipped"] == {"box_not_finite": 2, "input_not_a_picture": 4}
+    for request_id in ("bad-image", "tensor-1d", "no-plane", "empty", "far-box", "wide-box"):
+        assert f"request '{request_id}' left out" in caplog.text
+    assert "6 rows left out" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["00000001.npy", "00000001.png"]
+
+
+def test_labels_export_coco_survives_such_rows_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """The command itself (review r6 ran it): exit 0, strict JSON, the good item exported."""
+    import dataclasses
+
+    from auditstream.cli import main
+    from auditstream.wire import AuditItem, ImageInput
+    from store import accounts, open_store
+    from tests.store.store_factories import add_users, audit_item
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    monkeypatch.setenv("AUDITSTREAM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path / "models"))
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+
+    def detection(request_id, value, boxes):
+        item = audit_item(request_id, model="detector", output=boxes)
+        return AuditItem(dataclasses.replace(item.prediction, task="detection", details={}), value)
+
+    with open_store(url) as store:
+        (alice,) = add_users(store, "alice")
+        for item in (detection("good", np.zeros((8, 8), np.float32), BOXES),
+                     detection("image", ImageInput(b"\x89PNG\r\n\x1a\n-not-really", "png"), BOXES),
+                     detection("tensor", np.arange(5, dtype=np.float32), BOXES),
+                     detection("inf", np.zeros((8, 8), np.float32), [{"box": [0, 0, 1e308, 1e308], "label": 1}])):
+            store.ingest(item, 1000.0)
+            claim = store.claim(alice, 60, 1001.0)
+            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "accept", None, 1002.0)
+    out = tmp_path / "coco" / "annotations.json"
+    out.parent.mkdir()
+    code = main(["labels", "export", "--format", "coco", "--model", "detector", "--out", str(out), "--store-url", url])
+    assert code == 0, capsys.readouterr().err
+    coco = _strict(out.read_text())
+    assert [img["request_id"] for img in coco["images"]] == ["good"]
+    assert coco["info"]["skipped"] == {"box_not_finite": 1, "input_not_a_picture": 2}

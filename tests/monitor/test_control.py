@@ -4,14 +4,16 @@ real broker (a ControlView reads back what the monitor published, including afte
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import time
 
 import pytest
 
-from auditstream.control import ControlState, ControlView
+from auditstream.control import MAX_REASON_CHARS, MAX_THRESHOLD_OVERRIDES, ControlState, ControlView, decode_control
 from auditstream.errors import DecodeError
 from auditstream.kafka import make_producer
-from auditstream.wire import Route
+from auditstream.wire import MAX_ID_CHARS, Route
 from monitor.control import DEFER_ALL, cleared, plan_control
 from qc.snapshot import ModelQC
 from monitor.service import publish_control
@@ -68,6 +70,33 @@ def test_clearing_is_explicit_and_per_version():
     assert cleared(state, "1", 5.0).threshold_override == {"2": 0.99}
     assert cleared(state, None, 5.0).threshold_override == {}
     assert cleared(state, None, 5.0).human_queue_depth == 3
+
+
+def test_the_planned_state_of_a_huge_hand_made_record_is_bounded():
+    """A hand-made state with an override and 8 MB of reason (2 M emoji, 24 MB once JSON escapes
+    them): the monitor keeps the override and republishes it every tick, well within what the
+    producer takes (it once raised MSG_SIZE_TOO_LARGE every tick and on every restart)."""
+    raw = json.dumps({"v": 1, "model": "zip", "threshold_override": {"3": 0.99}, "reason": "\U0001F600" * 2_000_000},
+                     ensure_ascii=False).encode("utf-8")
+    (state,) = plan_control([], stats(), {"zip": decode_control(raw)}, auto_tighten=False, now_s=1.0)
+    assert state.threshold_override == {"3": 0.99} and len(state.reason) == MAX_REASON_CHARS
+    assert len(state.to_bytes()) < 64 * 1024
+
+
+def test_a_version_no_control_record_can_name_gets_no_override(caplog):
+    """A prediction's version is any string: one too long for a control record, or one past the
+    most overrides a record holds, is logged and left without an override -- the others are
+    planned as usual, and the tick does not fail."""
+    long_version = "7" * (MAX_ID_CHARS + 1)
+    full = {"zip": ControlState("zip", 0, {str(i): 0.9 for i in range(MAX_THRESHOLD_OVERRIDES)}, "", 0.0)}
+    with caplog.at_level(logging.ERROR, logger="monitor.control"):
+        (state,) = plan_control([snap(version=long_version, over_budget=True, suggested=0.97)], stats(), {}, True, 1.0)
+        assert state.threshold_override == {}
+        (state,) = plan_control([snap(version="new", over_budget=True, suggested=0.97),
+                                 snap(version="3", over_budget=True, suggested=0.99)], stats(), full, True, 1.0)
+    assert len(state.threshold_override) == MAX_THRESHOLD_OVERRIDES and "new" not in state.threshold_override
+    assert state.threshold_override["3"] == 0.99  # a version already overridden is still tightened
+    assert caplog.text.count("its threshold cannot be raised") == 2
 
 
 @pytest.mark.parametrize("value", [b"", b"\xff", b"[]", b'{"v": 2, "model": "x"}', b'{"v": 1}',

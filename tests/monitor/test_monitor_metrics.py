@@ -120,3 +120,22 @@ def unused_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("limit, depth, over", [(5, 10, 1), (5, 4, 0), (0, 10, 0)])
+def test_the_monitor_flags_its_human_queue_over_the_settings_capacity(tmp_path, limit, depth, over):
+    """Through the monitor's StatsHooks, which builds the metrics from the settings (review r2: it
+    left max_human_queue_depth out, so the gauge was always 0 and AuditstreamHumanQueueOverCapacity
+    never fired). 0 is "no limit", as for triage."""
+    from auditstream.settings import Settings
+    from monitor.service import StatsHooks
+    from tests.store.store_factories import audit_item, make_store
+
+    settings = Settings(max_human_queue_depth=limit, models_dir=tmp_path / "models")
+    with make_store("sqlite", tmp_path) as store:
+        for i in range(depth):
+            store.ingest(audit_item(f"r{i}"), 1000.0)
+        registry = CollectorRegistry()
+        StatsHooks(settings, store, None, registry).tick(store, 1001.0)
+    assert registry.get_sample_value("auditstream_audit_queue_depth", {"model": "zip", "version": "v1", "route": "HUMAN"}) == depth
+    assert registry.get_sample_value("auditstream_human_queue_over_capacity", {"model": "zip"}) == over

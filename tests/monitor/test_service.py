@@ -142,11 +142,15 @@ def test_a_prediction_the_qc_tracker_fails_on_is_dead_lettered_alone(tmp_path: P
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path) -> None:
-    """PostgreSQL text cannot hold NUL: such an item fails the batch's transaction; the monitor
-    then stores the others and dead-letters it (on SQLite all three are stored)."""
+    """PostgreSQL's ``step`` column is a 32-bit INTEGER and the wire takes any 64-bit step: such
+    an item fails the batch's transaction; the monitor then stores the others and dead-letters
+    it (on SQLite all three are stored). (A NUL character was this test's example until the wire
+    refused NUL at decoding: tests/monitor/test_ingest_guards.py.)"""
     settings = Settings(topic_prefix="t")
     audit = settings.topic(topics.AUDIT)
-    values = [audit_item("r0").to_bytes(), audit_item("r\x00nul").to_bytes(), audit_item("r2").to_bytes()]
+    big = audit_item("r-big-step")
+    big = dataclasses.replace(big, prediction=dataclasses.replace(big.prediction, episode_key="ep", step=2**40))
+    values = [audit_item("r0").to_bytes(), big.to_bytes(), audit_item("r2").to_bytes()]
     records = [_record(audit, v, i) for i, v in enumerate(values)]
     with make_store(backend, tmp_path) as store:
         results = ingest_batch(store, settings, records, T0)
@@ -317,9 +321,10 @@ def test_ingest_batch_keeps_shadow_answers_beside_the_items(tmp_path: Path) -> N
         assert answers.prune(T0 + 10_000, retention_s=60) == 0  # its request has an audit item: kept
 
 
+_TEXT = st.characters(codec="utf-8", exclude_characters="\x00")  # the wire refuses NUL (test_ingest_guards.py)
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
-                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+                     | st.text(_TEXT, max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(_TEXT, max_size=5), inner, max_size=3), max_leaves=8)
 _REFERENCE = st.one_of(_JSON, st.fixed_dictionaries({"version": _JSON, "same_answer": _JSON},
                                                      optional={"output": _JSON}))
 
@@ -344,3 +349,15 @@ def test_any_live_reference_from_another_client_is_kept_or_ignored_never_fatal(t
         assert ingest_batch(store, settings, records, T0, shadow=answers) == [[] for _ in records]
         assert answers.candidates("zip") == {"v2": len(records)}
         assert answers.compared("zip", "v2") == well_formed
+
+
+def test_the_flush_timeout_is_checked_against_the_settings_poll_interval() -> None:
+    """It is also the outbox producer's delivery timeout (under max_poll_interval_ms): a raised
+    setting admits a longer one; checked by run_monitor before it connects (test_cli_errors.py)."""
+    from auditstream.errors import BadArguments
+
+    args = MonitorArgs(flush_timeout_s=400, leader_lease_s=500)
+    with pytest.raises(BadArguments, match="--flush-timeout-s 400 must be under AUDITSTREAM_MAX_POLL_INTERVAL_MS"):
+        args.check_settings(Settings())
+    args.check_settings(Settings(max_poll_interval_ms=600_000))
+    MonitorArgs().check_settings(Settings())  # the defaults go together

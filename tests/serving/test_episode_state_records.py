@@ -191,7 +191,7 @@ def test_mutated_valid_states_are_a_state_or_skipped(data) -> None:
 
 
 @FUZZ
-@given(key=st.text(min_size=1, max_size=20), partition=st.integers(0, 2**31 - 1),
+@given(key=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20), partition=st.integers(0, 2**31 - 1),
        steps=st.lists(st.integers(0, 2**40), min_size=0, max_size=K, unique=True),  # the store keeps K
        actions=st.lists(st.none() | st.integers(0, 2**31), min_size=4, max_size=4),
        updated_at_s=st.floats(0.0, NOW))

@@ -1,0 +1,35 @@
+"""The provenance a retrained card records (monitor/verdict_sets.py): it names every version whose
+verdicts it learnt from, in version order, whatever text a record gave as the version."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from monitor.verdict_sets import provenance, version_order
+from tests.auditstream.test_wire_fuzz import FUZZ
+
+
+def _row(i: int, version: str) -> dict:
+    return {"verdict_id": f"v{i}", "decided_at_s": float(i), "verdict_kind": "accept", "route": "HUMAN",
+            "model_version": version}
+
+
+def test_versions_that_are_not_integers_sort_after_the_registrys_by_text():
+    """Review r7: one verdict on version "v1" (another client's record; the wire takes any string)
+    made ``auditstream retrain`` die in ``sorted(..., key=int)``. The registry's versions are
+    integers as text, so they come first, by number; any other text after them, by text."""
+    versions = ["10", "2", "v1", "1", "beta", "0010", "2" * 5000]
+    learnt = provenance([_row(i, v) for i, v in enumerate(versions)])
+    assert learnt["versions_audited"] == ["1", "2", "0010", "10", "2" * 5000, "beta", "v1"]
+    assert learnt["n_verdicts"] == len(versions)
+
+
+@FUZZ
+@given(versions=st.lists(st.text(max_size=8) | st.integers(0, 10**30).map(str), max_size=12))
+def test_any_versions_sort_the_same_whatever_their_order(versions):
+    ordered = provenance([_row(i, v) for i, v in enumerate(versions)])["versions_audited"]
+    assert ordered == provenance([_row(i, v) for i, v in enumerate(reversed(versions))])["versions_audited"]
+    numbers = [int(v) for v in ordered if v.isascii() and v.isdigit()]
+    assert numbers == sorted(numbers)
+    assert ordered == sorted(set(versions), key=version_order)
