@@ -188,12 +188,14 @@ def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: A
 
 def run_monitor_command(args: argparse.Namespace) -> int:
     from auditstream.cli_args import SHARE, check_value, dataclass_from_namespace
+    from auditstream.settings import Settings
     from monitor.service import MonitorArgs, run_monitor
 
     # Checked here, before the store is opened, so the refusal names the option (StoreConfig's own
     # check names its field, double_review_rate, and comes after the settings are read).
     check_value("--double-review-rate", args.double_review_rate, SHARE, 0.05)
     monitor_args = dataclass_from_namespace(MonitorArgs, args)
+    monitor_args.check_settings(Settings.from_env())  # before the store is opened, not only before the broker
     settings, store = _open(args, args.double_review_rate)
     with store:
         return run_monitor(settings, monitor_args, store)
@@ -202,9 +204,8 @@ def run_monitor_command(args: argparse.Namespace) -> int:
 def run_labels_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from monitor.labels import export_labels
-
     from auditstream.errors import ConfigError
+    from monitor.labels import export_labels
 
     settings, store = _open(args)
     try:

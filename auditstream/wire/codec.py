@@ -239,10 +239,16 @@ def id_field(obj: dict[str, Any], name: str) -> str:
     return value
 
 
+# An episode's step fits a 32-bit signed integer: the audit store's ``step`` column (PostgreSQL
+# INTEGER) holds no more, and no episode runs two billion steps; refused here, a larger step is
+# one record's ``bad_schema`` on every reader, not a store error found at ingest.
+MAX_STEP = 2**31 - 1
+
+
 def _step(obj: dict[str, Any]) -> int | None:
     step = typed_field(obj, "step", int, optional=True)
-    if step is not None and step < 0:
-        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {step} must be >= 0")
+    if step is not None and not 0 <= step <= MAX_STEP:
+        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {step} must be in [0, {MAX_STEP}]")
     return step
 
 

@@ -141,6 +141,7 @@ CASES = [
     ("InferenceRequest", lambda: _with(_request(), "created_at_s", True), "bad_schema", True),
     ("InferenceRequest", lambda: _with(_request(), "step", -1), "bad_schema", True),
     ("InferenceRequest", lambda: _with(_request(), "step", 1.5), "bad_schema", True),
+    ("InferenceRequest", lambda: _with(_request(), "step", 2**31), "bad_schema", True),  # over the store's INTEGER
     ("InferenceRequest", lambda: _with(_request(), "episode_key", ""), "bad_schema", True),
     ("InferenceRequest", lambda: _with(_request(), "input", None, delete=True), "bad_schema", True),
     ("InferenceRequest", lambda: _with(_request(), "input", {}), "bad_schema", True),

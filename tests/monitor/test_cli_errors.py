@@ -132,7 +132,7 @@ def test_labels_export_refuses_an_out_it_cannot_write(out: str, capsys, monkeypa
 def test_monitor_refuses_a_flush_timeout_over_the_poll_interval_before_connecting(capsys, monkeypatch, tmp_path: Path) -> None:
     """Review r8: both options pass their own checks, but the flush timeout is the outbox
     producer's delivery timeout, which must stay under max_poll_interval_ms (300 s by default):
-    refused at once, naming the option, with no broker to talk to."""
+    refused at once, naming the option, before the store or the broker is opened."""
     import auditstream.kafka
 
     def no_broker(*args, **kwargs):
@@ -143,3 +143,4 @@ def test_monitor_refuses_a_flush_timeout_over_the_poll_interval_before_connectin
                      "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
     assert code == 2
     _one_clear_line(err, "--flush-timeout-s 400", "AUDITSTREAM_MAX_POLL_INTERVAL_MS")
+    assert not (tmp_path / "a.db").exists()  # refused before the store was opened too

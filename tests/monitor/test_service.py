@@ -141,27 +141,31 @@ def test_a_prediction_the_qc_tracker_fails_on_is_dead_lettered_alone(tmp_path: P
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path) -> None:
-    """PostgreSQL's ``step`` column is a 32-bit INTEGER and the wire takes any 64-bit step: such
-    an item fails the batch's transaction; the monitor then stores the others and dead-letters
-    it (on SQLite all three are stored). (A NUL character was this test's example until the wire
-    refused NUL at decoding: tests/monitor/test_ingest_guards.py.)"""
+def test_an_item_the_store_refuses_is_dead_lettered_alone(backend: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item the store refuses (its own content: what the wire's checks did not foresee, as a
+    NUL character or a 64-bit step were until the wire refused them) fails the batch's
+    transaction; the monitor then stores the others and dead-letters it alone, with its bytes."""
     settings = Settings(topic_prefix="t")
     audit = settings.topic(topics.AUDIT)
-    big = audit_item("r-big-step")
-    big = dataclasses.replace(big, prediction=dataclasses.replace(big.prediction, episode_key="ep", step=2**40))
-    values = [audit_item("r0").to_bytes(), big.to_bytes(), audit_item("r2").to_bytes()]
+    values = [audit_item(r).to_bytes() for r in ("r0", "r-refused", "r2")]
     records = [_record(audit, v, i) for i, v in enumerate(values)]
     with make_store(backend, tmp_path) as store:
+        ingest_many = store.ingest_many
+
+        def refusing(items, now_s):  # noqa: ANN001, ANN202 - the real write, refusing one item's content
+            if any(item.prediction.request_id == "r-refused" for item in items):
+                raise ValueError("the store refuses this item's content")
+            return ingest_many(items, now_s)
+
+        monkeypatch.setattr(store, "ingest_many", refusing)
         results = ingest_batch(store, settings, records, T0)
-        if backend == "postgres":
-            assert [len(r) for r in results] == [0, 1, 0] and store.queue_depth() == 2
-            letter = DeadLetter.from_bytes(results[1][0].value)
-            assert letter.reason == "processing_failed" and letter.value == values[1]
-            (single,) = ingest_batch(store, settings, records[1:2], T0)  # a batch of just the bad one
-            assert DeadLetter.from_bytes(single[0].value).reason == "processing_failed"
-        else:
-            assert results == [[], [], []] and store.queue_depth() == 3
+        assert [len(r) for r in results] == [0, 1, 0] and store.queue_depth() == 2
+        letter = DeadLetter.from_bytes(results[1][0].value)
+        assert letter.reason == "processing_failed" and letter.value == values[1]
+        assert "refuses this item" in letter.detail
+        (single,) = ingest_batch(store, settings, records[1:2], T0)  # a batch of just the bad one: ping says the store is fine
+        assert DeadLetter.from_bytes(single[0].value).reason == "processing_failed"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
