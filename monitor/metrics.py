@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from auditstream.wire import Route, VerdictKind
+from auditstream.wire import Reason, Route, VerdictKind
 from qc.sequential import BudgetState
 from qc.snapshot import ModelQC
 from store.records import QueueStat, StoreStats
@@ -59,6 +59,13 @@ class MonitorMetrics:
                                    "1 while the human queue is at or over its configured depth (items stay HUMAN).",
                                    ["model"])
         self.outbox_pending = gauge("outbox_pending_records", "Verdicts/decisions recorded but not yet published.", [])
+        self.dead_letters = Counter("auditstream_monitor_dead_letters_total", "Records the monitor sent to the "
+                                    "dead-letter topic, by reason and source: ingest (an audit item or prediction it "
+                                    "read) or outbox (a verdict or decision over its topic's limit).",
+                                    ["reason", "source"], registry=r)
+        for reason in Reason:  # every series from the start: rate() and increase() see the first letter
+            for source in ("ingest", "outbox"):
+                self.dead_letters.labels(reason.value, source)
         # QC statistics (monitor/tracker.py)
         self.predictions = gauge("qc_predictions", "Predictions seen by the QC tracker (serving counts them by route).")
         self.coverage = gauge("coverage_ratio", "Share of predictions auto-accepted (AUTO + AUTO_QC).")

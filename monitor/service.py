@@ -115,8 +115,10 @@ def _dead_letter(settings: Settings, record: Record, reason: str, detail: str, l
 def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record], now_s: float,
                  on_prediction: Callable[[Prediction], None] | None = None,
                  shadow: ShadowAnswers | None = None, dead_letter_limit: int = MAX_PRODUCE_BYTES,
-                 output_limit: int = MAX_PRODUCE_BYTES) -> list[list[Output]]:  # fmt: skip
-    """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record.
+                 output_limit: int = MAX_PRODUCE_BYTES,
+                 on_dead_letter: Callable[[str], None] | None = None) -> list[list[Output]]:  # fmt: skip
+    """One result per record: ``[]`` when stored/observed, ``[dead letter]`` for a bad record
+    (its reason also given to ``on_dead_letter``: the monitor's dead-letter counter).
     Shadow predictions go to ``shadow``. ``dead_letter_limit``: the largest record the
     dead-letter topic takes (a letter over it says where the original is:
     :mod:`auditstream.dead_letters`); ``output_limit``: the largest the ``verdicts`` and
@@ -134,6 +136,8 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
 
     def dead_letter(i: int, reason: str, detail: str) -> None:
         results[i] = [_dead_letter(settings, records[i], reason, detail, dead_letter_limit)]
+        if on_dead_letter is not None:
+            on_dead_letter(reason)
 
     for i, record in enumerate(records):
         try:
@@ -220,7 +224,8 @@ SEND_WINDOW_S = 5.0
 
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
                    flush_timeout_s: float = 30.0, on_verdict: Callable[[Verdict], None] | None = None, *,
-                   topic_log: TopicLog, owner: str = "", topic_limits: Mapping[str, int] | None = None) -> int:  # fmt: skip
+                   topic_log: TopicLog, owner: str = "", topic_limits: Mapping[str, int] | None = None,
+                   on_dead_letter: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """One publishing round, exactly-once (the protocol: store/outbox.py): first resolve every
     round a crash left open whose fence has passed (read the topics from its positions, mark
     what is there, put the rest back), then take the output partitions' end offsets, claim up to
@@ -265,6 +270,8 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
             log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) instead; "
                       "its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
             producer.send(letter.topic, letter.key, letter.value)
+            if on_dead_letter is not None:
+                on_dead_letter(Reason.TOO_LARGE.value)
         sent.append(row)
     if sent:
         producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
@@ -352,6 +359,11 @@ class StatsHooks:
         self.metrics = MonitorMetrics(metrics_registry, max_human_queue_depth=settings.max_human_queue_depth or None)
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
+
+    def dead_lettered(self, source: str) -> Callable[[str], None]:
+        """What counts a dead letter by its reason: ``source`` "ingest" (a record the monitor read)
+        or "outbox" (a verdict or decision no topic takes)."""
+        return lambda reason: self.metrics.dead_letters.labels(reason, source).inc()
 
     def seed_from_store(self, store: AuditStore) -> int:
         """Start a fresh tracker from the store's QC samples in stream order; returns how
@@ -465,7 +477,8 @@ class OutboxPublisher(threading.Thread):
                     on_verdict = self.stats.observe_verdict if self.stats else None
                     while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
                                                self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
-                                               owner=self.owner, topic_limits=self.topic_limits)):  # fmt: skip
+                                               owner=self.owner, topic_limits=self.topic_limits,
+                                               on_dead_letter=self.stats.dead_lettered("outbox") if self.stats else None)):  # fmt: skip
                         self.published += n
                     if self.stats is not None and time.monotonic() >= next_tick:
                         states = self.stats.tick(self.store, time.time())
@@ -525,7 +538,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         loop = StreamLoop.connect(
             settings, args.group_id, names[:2],
             lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow,
-                                         dead_letter_limit, output_limit),
+                                         dead_letter_limit, output_limit, stats.dead_lettered("ingest")),
             make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,
         )  # fmt: skip
     except BaseException:

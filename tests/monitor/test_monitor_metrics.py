@@ -139,3 +139,29 @@ def test_the_monitor_flags_its_human_queue_over_the_settings_capacity(tmp_path, 
         StatsHooks(settings, store, None, registry).tick(store, 1001.0)
     assert registry.get_sample_value("auditstream_audit_queue_depth", {"model": "zip", "version": "v1", "route": "HUMAN"}) == depth
     assert registry.get_sample_value("auditstream_human_queue_over_capacity", {"model": "zip"}) == over
+
+
+def test_the_monitors_dead_letters_are_counted_by_reason_and_source(tmp_path):
+    """Every record the monitor dead-letters at ingest is counted by its reason (the alert
+    AuditstreamMonitorDeadLetters reads it); every series exists at 0 from the start."""
+    from auditstream import topics
+    from auditstream.kafka import Record
+    from auditstream.settings import Settings
+    from auditstream.wire import Reason
+    from monitor.service import StatsHooks, ingest_batch
+    from tests.store.store_factories import audit_item, make_store
+
+    settings = Settings(topic_prefix="t", models_dir=tmp_path / "models")
+    audit = settings.topic(topics.AUDIT)
+    values = [audit_item("ok").to_bytes(), b"\xff not json", b'{"v": 1}']
+    records = [Record(audit, 0, i, None, v) for i, v in enumerate(values)]
+    registry = CollectorRegistry()
+    with make_store("sqlite", tmp_path) as store:
+        stats = StatsHooks(settings, store, None, registry)
+        results = ingest_batch(store, settings, records, 1000.0, on_dead_letter=stats.dead_lettered("ingest"))
+    assert [len(r) for r in results] == [0, 1, 1]
+    get = lambda reason, source: registry.get_sample_value(  # noqa: E731
+        "auditstream_monitor_dead_letters_total", {"reason": reason, "source": source})
+    assert get("undecodable", "ingest") == 1 and get("bad_schema", "ingest") == 1
+    assert all(get(r.value, s) == 0 for r in Reason for s in ("ingest", "outbox")
+               if (r.value, s) not in {("undecodable", "ingest"), ("bad_schema", "ingest")})

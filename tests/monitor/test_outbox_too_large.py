@@ -48,9 +48,10 @@ def test_a_row_over_its_topics_limit_is_dead_lettered_and_the_rest_published(bac
         _accept_all(store, audit_item("big", output=BIG_OUTPUT), audit_item("ok-1"), audit_item("ok-2"))
         rows = store.pending_outbox()
         assert [(r.topic, r.key) for r in rows][:2] == [("verdicts", b"big"), ("decisions", b"big")]  # first in line
-        producer, seen = RecordingProducer(), []
+        producer, seen, reasons = RecordingProducer(), [], []
         published = publish_outbox(store, producer, SETTINGS, T0, on_verdict=seen.append, topic_log=producer,
-                                   topic_limits=LIMITS)  # fmt: skip
+                                   topic_limits=LIMITS, on_dead_letter=reasons.append)  # fmt: skip
+        assert reasons == ["too_large", "too_large"]  # the monitor's dead-letter counter hears of each
         assert published == 6 and store.pending_outbox() == [] and store.open_outbox_rounds() == []
         sent = [(t, k) for t, k, _ in producer.acked]
         assert sent == [(DEAD, b"big"), (DEAD, b"big"), (VERDICTS, b"ok-1"), (DECISIONS, b"ok-1"), (VERDICTS, b"ok-2"),
@@ -92,11 +93,17 @@ def test_a_row_too_large_for_the_dead_letter_topic_too_is_named_not_carried(tmp_
 
 
 def test_the_publisher_passes_its_topics_limits(tmp_path: Path) -> None:
-    """run_monitor reads each topic's limit (topic_limits) and gives them to the publisher."""
+    """run_monitor reads each topic's limit (topic_limits) and gives them to the publisher; the
+    rows it dead-letters are counted in auditstream_monitor_dead_letters_total{source="outbox"}."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.service import StatsHooks
+
     with make_store("sqlite", tmp_path) as store:
         _accept_all(store, audit_item("big", output=BIG_OUTPUT), audit_item("ok"))
-        producer = RecordingProducer()
-        publisher = OutboxPublisher(store, producer, producer, SETTINGS, MonitorArgs(outbox_interval_s=0.05),
+        producer, registry = RecordingProducer(), CollectorRegistry()
+        stats = StatsHooks(dataclasses.replace(SETTINGS, models_dir=tmp_path / "models"), store, None, registry)
+        publisher = OutboxPublisher(store, producer, producer, SETTINGS, MonitorArgs(outbox_interval_s=0.05), stats,
                                     topic_limits=LIMITS)  # fmt: skip
         publisher.start()
         deadline = time.monotonic() + 30
@@ -106,6 +113,8 @@ def test_the_publisher_passes_its_topics_limits(tmp_path: Path) -> None:
         publisher.join(30)
         assert publisher.error is None and publisher.published == 4 and store.pending_outbox() == []
         assert [t for t, _, _ in producer.acked] == [DEAD, DEAD, VERDICTS, DECISIONS]
+    assert registry.get_sample_value("auditstream_monitor_dead_letters_total", {"reason": "too_large", "source": "outbox"}) == 2
+    assert registry.get_sample_value("auditstream_monitor_dead_letters_total", {"reason": "too_large", "source": "ingest"}) == 0
 
 
 def test_a_verdict_record_larger_than_a_wire_record_is_still_observed(tmp_path: Path, monkeypatch) -> None:
