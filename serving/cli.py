@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, add_checked_argument, add_dataclass_arguments,
                                   check_fields, dataclass_from_namespace)
+from auditstream.errors import BadArguments
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,21 @@ def _settings(**overrides: object):
     return Settings.from_env(**overrides)
 
 
+# Namespace entries that are not serve's own options (the top-level parser's and argparse's).
+_NOT_SERVE_OPTIONS = ("command", "handler", "log_level", "workers")
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.shadow and not args.version:  # before any model or broker is touched
+        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
+                           "(the live version serves without --shadow)")
     if args.workers != 1:  # N processes, one group: serving/workers.py
         from serving.workers import Supervisor
 
-        return Supervisor(_settings(), args.model, args.version or None, args.workers).run()
+        # Every serve option goes on to each worker (a --shadow run starts shadow workers), and
+        # --log-level too, through the settings the workers inherit.
+        options = {k: v for k, v in vars(args).items() if k not in _NOT_SERVE_OPTIONS}
+        return Supervisor(_settings(log_level=args.log_level), options, args.workers).run()
     from serving.app import serve
 
     serve(_settings(), args.model, args.version or None, shadow=args.shadow)
