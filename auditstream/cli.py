@@ -13,6 +13,7 @@ from typing import Sequence
 
 from auditstream import __version__
 from auditstream.errors import AuditstreamError
+from auditstream.settings import LOG_LEVELS, Settings
 
 # The parts that contribute commands, in the order their commands appear in --help.
 COMMAND_MODULES = (
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve models on Kafka, certify what they may auto-accept, route the rest to human auditors.",
     )
     parser.add_argument("--version", action="version", version=f"auditstream {__version__}")
-    parser.add_argument("--log-level", default=None, help="logging level (default: AUDITSTREAM_LOG_LEVEL or INFO)")
+    # Checked while parsing: logging.basicConfig would raise a raw ValueError on a level it does not know.
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
+                        help="logging level (default: AUDITSTREAM_LOG_LEVEL or INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     bench_parser = commands.add_parser("bench", help="benchmarks that print numbers (last line: JSON)")
     bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -61,11 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuditstreamError as e:  # a checked option refused its value while parsing (cli_args.Checked)
         print(f"auditstream: error: {e}", file=sys.stderr)
         return 2
-    from auditstream.settings import Settings
-
-    level = args.log_level or Settings.from_env().log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        # Inside the try: a bad AUDITSTREAM_* variable is a one-line error like any other.
+        level = args.log_level or Settings.from_env().log_level
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.handler(args) or 0)
     except AuditstreamError as e:
         print(f"auditstream: error: {e}", file=sys.stderr)

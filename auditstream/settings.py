@@ -17,8 +17,54 @@ from auditstream.errors import ConfigError
 ENV_PREFIX = "AUDITSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false (1/0, yes/no, on/off)"}
+
+# The most requests in one inference batch. Far above any batch that pays (the project's models
+# flatten out by a few hundred; docs/serving.md), and well inside what the clients derive from it:
+# confluent-kafka's consume() takes at most 1,000,000 records, librdkafka's queued.min.messages
+# (4 batches) at most 10,000,000, kafka-python's max_poll_records follows it.
+MAX_BATCH_SIZE = 65_536
+# Kafka's topic names: at most 249 of these characters. The longest name auditstream makes is
+# "<prefix>.requests.<model>", a model name at most 64 characters (auditstream/model_card.py).
+MAX_TOPIC_PREFIX_CHARS = 249 - len(".requests.") - 64
+_TOPIC_PREFIX = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TOPIC_PREFIX_CHARS}}}")
+_BOOTSTRAP_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?")
+
+# Integer settings: (lowest, highest or None, a note for the error). A value past an upper end
+# would pass here and fail later with a raw error: librdkafka refuses its properties out of their
+# ranges when the first client is built (session.timeout.ms 1..3,600,000, max.poll.interval.ms
+# 1..86,400,000, fetch.wait.max.ms 0..300,000), kafka-python packs partitions into an int32 (and
+# a broker holds a few thousand partitions well, not millions), ONNX Runtime would try to start
+# that many threads.
+INT_RANGES: dict[str, tuple[int, int | None, str]] = {
+    "partitions": (1, 10_000, " per topic"),
+    "max_batch_size": (1, MAX_BATCH_SIZE, " (requests in one inference batch)"),
+    "max_in_flight_batches": (1, None, ""),
+    "max_request_bytes": (1, None, ""),
+    "max_model_constant_bytes": (1, None, ""),
+    "max_wait_ms": (0, None, ""),
+    "latency_budget_ms": (0, None, ""),
+    "intra_op_threads": (0, 1024, " (0: the cores this process may use)"),
+    "fetch_max_wait_ms": (0, 300_000, " (librdkafka's fetch.wait.max.ms range)"),
+    "session_timeout_ms": (1, 3_600_000, " (librdkafka's session.timeout.ms range)"),
+    "heartbeat_interval_ms": (1, None, ""),
+    "max_poll_interval_ms": (1, 86_400_000, " (librdkafka's max.poll.interval.ms range)"),
+    "max_human_queue_depth": (0, None, " (0: no limit)"),
+}
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bootstrap_server_ok(server: str) -> bool:
+    match = _BOOTSTRAP_SERVER.fullmatch(server)
+    return match is not None and (match.group(1) is None or 1 <= int(match.group(1)) <= 65535)
 
 
 def _doc(text: str, default: Any) -> Any:
@@ -124,21 +170,17 @@ class Settings:
     def __post_init__(self) -> None:
         if self.kafka_client not in ("kafka-python", "confluent"):
             raise ConfigError("kafka_client", self.kafka_client, "'kafka-python' or 'confluent'")
+        self._check_text()
         self._check_kafka_security()
-        for name in ("partitions", "max_batch_size", "max_in_flight_batches", "max_request_bytes",
-                     "max_model_constant_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, getattr(self, name), "an integer >= 1")
-        for name in ("max_wait_ms", "latency_budget_ms", "intra_op_threads", "fetch_max_wait_ms"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, getattr(self, name), "an integer >= 0")
+        for name, (low, high, note) in INT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= (value if high is None else high):
+                words = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+                raise ConfigError(name, value, words + note)
         if self.device != "auto" and self.device != "cpu" and not re.fullmatch(r"cuda:\d+", self.device):
             raise ConfigError("device", self.device, "'auto', 'cpu' or 'cuda:N' (N: the GPU's index)")
         if not 0.0 <= self.qc_rate <= 1.0:
             raise ConfigError("qc_rate", self.qc_rate, "a probability in [0, 1]")
-        for name in ("session_timeout_ms", "heartbeat_interval_ms"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, getattr(self, name), "an integer >= 1")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ConfigError("heartbeat_interval_ms", self.heartbeat_interval_ms, "at most a third of session_timeout_ms")
         if self.max_poll_interval_ms < self.session_timeout_ms:
@@ -148,14 +190,33 @@ class Settings:
                               "seconds > 0 and under max_poll_interval_ms (a consumer waiting longer is pushed out of its group)")
         if self.triage_policy not in ("uniform", "risk-weighted", "no-qc"):
             raise ConfigError("triage_policy", self.triage_policy, "'uniform', 'risk-weighted' or 'no-qc'")
-        if self.max_human_queue_depth < 0:
-            raise ConfigError("max_human_queue_depth", self.max_human_queue_depth, "an integer >= 0 (0: no limit)")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port", self.metrics_port, "a TCP port in [0, 65535] (0 disables /metrics)")
-        if self.log_level.upper() not in _LOG_LEVELS:
-            raise ConfigError("log_level", self.log_level, f"one of {', '.join(_LOG_LEVELS)}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError("log_level", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
         object.__setattr__(self, "models_dir", Path(self.models_dir))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    def _check_text(self) -> None:
+        """Text settings that the clients, topic names and hashes downstream would refuse only
+        later, with a raw error (after the model was loaded and the broker contacted)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and (not _encodable(value) or "\0" in value):
+                # A variable's bytes that are not UTF-8 come in as lone surrogates: no client,
+                # child process environment or hash can take them.
+                shown = "***" if f.name in SECRET_FIELDS else value.encode("utf-8", "backslashreplace").decode()
+                raise ConfigError(f.name, shown, "UTF-8 text without NUL characters")
+        if not self.qc_salt:  # TriagePolicy refuses it too, but only once a consumer starts
+            raise ConfigError("qc_salt", "", "a non-empty secret, the same on every consumer and the monitor "
+                              "(unset: the public default 'qc')")
+        if not _TOPIC_PREFIX.fullmatch(self.topic_prefix):
+            raise ConfigError("topic_prefix", self.topic_prefix, f"1 to {MAX_TOPIC_PREFIX_CHARS} of the characters "
+                              "Kafka allows in a topic name: ASCII letters, digits, '.', '_' and '-'")
+        servers = self.bootstrap_servers.split(",") if self.bootstrap_servers else []
+        if any(not _bootstrap_server_ok(server.strip()) for server in servers):
+            raise ConfigError("bootstrap_servers", self.bootstrap_servers, "host:port[,host:port...] with ports from 1 "
+                              "to 65535 (empty: the embedded broker)")
 
     def _check_kafka_security(self) -> None:
         if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:

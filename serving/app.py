@@ -36,7 +36,7 @@ import numpy as np
 from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
-from auditstream.errors import ConfigError, ModelRefused
+from auditstream.errors import BadArguments, ConfigError, ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, iter_to_end, make_producer, resolve_bootstrap
 from auditstream.kafka.limits import RECORD_OVERHEAD_BYTES, check_dead_letter_limit, topic_limits
 from auditstream.registry import ModelCard, ModelRegistry, RegisteredModel
@@ -357,8 +357,9 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises. Without a
     pinned ``version`` the consumer serves the live version and follows promotions and canaries;
     ``shadow``: ``version`` (a candidate) answers the model's requests in shadow."""
-    if shadow and not version:
-        raise ValueError("serve --shadow needs --version: the candidate version to run in shadow")
+    if shadow and not version:  # (the CLI says so first; a caller in code gets the same one line)
+        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
+                           "(the live version serves without --shadow)")
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
     # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
     check_servable(model)

@@ -11,10 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, add_checked_argument, add_dataclass_arguments,
                                   check_fields, dataclass_from_namespace)
+from auditstream.errors import BadArguments, ConfigError
+from auditstream.wire.codec import Reason
+
+Source = Literal["auto", "random", "png", "digits"]  # serving/loadgen.py's SOURCES
 
 
 @dataclass(frozen=True)
@@ -24,12 +30,16 @@ class ProduceArgs:
     rate: float = field(default=100.0, metadata={"help": "requests per second (0 = as fast as possible)",
                                                  "check": NON_NEGATIVE})
     count: int = field(default=1000, metadata={"help": "how many requests to send", "check": COUNT})
-    source: str = field(default="auto", metadata={"help": "inputs: auto (card's choice), random, png, digits"})
+    source: Source = field(
+        default="auto", metadata={"help": "inputs: auto (the card's choice), random, png (image models), digits "
+                                          "(scikit-learn's 8x8 digits, scaled up)"})
     seed: int = field(default=0, metadata={"help": "random seed of generated inputs", "check": SEED})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
         check_fields(self)  # before the registry or the broker is touched
+        if self.source not in typing.get_args(Source):  # (argparse's choices hold only on the command line)
+            raise ConfigError("--source", self.source, f"one of {', '.join(typing.get_args(Source))}")
 
 
 def _settings(**overrides: object):
@@ -38,11 +48,21 @@ def _settings(**overrides: object):
     return Settings.from_env(**overrides)
 
 
+# Namespace entries that are not serve's own options (the top-level parser's and argparse's).
+_NOT_SERVE_OPTIONS = ("command", "handler", "log_level", "workers")
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.shadow and not args.version:  # before any model or broker is touched
+        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
+                           "(the live version serves without --shadow)")
     if args.workers != 1:  # N processes, one group: serving/workers.py
         from serving.workers import Supervisor
 
-        return Supervisor(_settings(), args.model, args.version or None, args.workers).run()
+        # Every serve option goes on to each worker (a --shadow run starts shadow workers), and
+        # --log-level too, through the settings the workers inherit.
+        options = {k: v for k, v in vars(args).items() if k not in _NOT_SERVE_OPTIONS}
+        return Supervisor(_settings(log_level=args.log_level), options, args.workers).run()
     from serving.app import serve
 
     serve(_settings(), args.model, args.version or None, shadow=args.shadow)
@@ -56,13 +76,14 @@ def _produce(args: argparse.Namespace) -> int:
 
     a = dataclass_from_namespace(ProduceArgs, args)
     if not a.model:
-        raise SystemExit("auditstream produce: --model is required")
+        raise BadArguments("produce needs --model NAME: the model whose requests to send")
     settings = _settings()
     card = ModelRegistry(settings.models_dir).card(a.model, a.version or None)
+    inputs = inputs_for(card, a.source, a.seed)  # a source that does not fit the card: refused before the broker
     producer = make_producer(settings, client_id="auditstream-produce")
     try:
-        stats = produce_requests(producer, settings.request_topic(a.model), a.model, inputs_for(card, a.source, a.seed),
-                                 a.count, a.rate, progress=a.progress)
+        stats = produce_requests(producer, settings.request_topic(a.model), a.model, inputs, a.count, a.rate,
+                                 progress=a.progress)
     finally:
         producer.close()
     print(f"sent {len(stats.request_ids)} requests to {settings.request_topic(a.model)} in {stats.elapsed_s:.1f} s "
@@ -102,8 +123,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     dsub = d.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     r = dsub.add_parser("replay", help="send dead letters not replayed before back to their source topic (original "
                         "key, value and headers); exit 1 if some named a topic replay never writes to")
-    r.add_argument("--reason", action="append", help="replay only this reason code (repeatable; default: all); "
-                   "the others stay available to a later replay")
+    # choices: a misspelt code would otherwise replay nothing, silently
+    r.add_argument("--reason", action="append", choices=[r.value for r in Reason], metavar="REASON",
+                   help="replay only this reason code (repeatable; default: all): one of "
+                   f"{', '.join(r.value for r in Reason)}; the others stay available to a later replay")
     add_checked_argument(r, "--max-records", COUNT, help="stop after replaying this many dead letters (default: all)",
                          example=100)
     r.set_defaults(handler=_dlq_replay)

@@ -11,10 +11,18 @@ Durability follows the checkpoint order of :mod:`auditstream.stream`: the loop's
 produced and acknowledged together with the batch outputs, *before* the offsets are committed.
 So the state on the topic is never behind the committed offsets; it can be ahead by the last
 checkpoint when a consumer dies between the flush and the commit, and the steps then
-redelivered are recognised as replays (their step is below the state's next step) and answered
-from the kept frames without moving the state. A driver that waits for each action before
-sending the next step (``auditstream rl run``) never has more than one step of an episode in
-flight, which the ``max(k, 2)`` kept frames cover.
+redelivered are recognised as replays (steps the state holds: below its next step, among its
+kept frames) and answered from the kept frames without moving the state. A driver that waits
+for each action before sending the next step (``auditstream rl run``) never has more than one
+step of an episode in flight, which the ``max(k, 2)`` kept frames cover.
+
+**A step below the next step that the state does not hold** -- older than its kept frames (a
+driver with more steps in flight than that, redelivered), or one the state cannot be about (a
+restored record of another writer) -- is not a replay: the episode goes on from it, as from a
+lost state (no frames before it; its steps seen counted as if consecutive, at least 0 before
+it), logged and counted in :attr:`EpisodeStore.restarted`. Taken for a replay, it never moved
+the state: one record whose ``next_step`` was far ahead froze its episode -- every real step a
+"replay", the frame stack fixed, ``steps_seen`` negative -- until the idle expiry.
 
 **Step numbers are bounded.** A request's step must be an integer >= 0 and at most
 ``max_step_gap`` (default :data:`MAX_STEP_GAP`) past the episode's next step (0 for an episode
@@ -39,8 +47,11 @@ lowers it to what the state topic takes, ``max.message.bytes``), strict JSON nes
 deep as the wire allows, exactly the fields of :data:`_STATE_FIELDS` and ``"v"`` (no others: an
 unknown field could carry megabytes nobody reads), 64-bit integers, a finite time, an episode key
 of 1 to 256 characters, and at most ``max(k, 2)`` frames (never more than
-:data:`MAX_STATE_FRAMES`), of strictly increasing steps below ``next_step``, each a tensor of
-this model's frame dtype and shape. Anything else is skipped, logged and counted as above.
+:data:`MAX_STATE_FRAMES`), of strictly increasing steps, the newest ``next_step - 1`` (what the
+consumer writes), at most ``steps_seen`` of them, each a tensor of this model's frame dtype and
+shape. Anything else is skipped, logged and counted as above. A card whose frames no state
+record can hold (a bad ``preprocessing.frame_stack``, an input dtype the wire does not encode)
+is refused when the store is made, with :class:`~auditstream.errors.ModelRefused`.
 
 **What the consumer writes obeys the same bound.** A step whose frames would make its episode's
 state larger than ``max_state_bytes`` (frames too large for the state topic: a big observation,
@@ -77,7 +88,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from auditstream.errors import DecodeError
+from auditstream.errors import DecodeError, ModelRefused
 from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.stream import Output
@@ -174,8 +185,11 @@ class EpisodeState:
             next_step, steps_seen = _count(obj, "next_step"), _count(obj, "steps_seen")
             if steps_seen > next_step:
                 raise ValueError(f"steps_seen={steps_seen} exceeds next_step={next_step} (steps are distinct)")
+            frames = _frames(obj["frames"], next_step)
+            if steps_seen < len(frames):  # every kept frame is of a step seen
+                raise ValueError(f"steps_seen={steps_seen} is less than the {len(frames)} frames kept")
             return cls(id_field(obj, "episode_key"), _count(obj, "partition"), next_step, steps_seen,
-                       _action(obj["last_action"], "last_action"), _frames(obj["frames"], next_step),
+                       _action(obj["last_action"], "last_action"), frames,
                        number_field(obj, "updated_at_s", low=0.0))  # finite: a NaN or infinite time never expires
         except ValueError as e:  # DecodeError is one
             raise ValueError(f"unreadable episode state: {e}") from None
@@ -209,6 +223,11 @@ def _frames(value: Any, next_step: int) -> list[list[Any]]:
         if frames and step <= frames[-1][0]:  # the stack and the replay answers read them oldest first
             raise ValueError(f"frames[{i}] step {step} does not follow step {frames[-1][0]}: steps must increase")
         frames.append([step, decode_tensor(tensor), _action(action, f"frames[{i}] action")])
+    # The consumer keeps the newest step's frame, so its state's next step is always that step + 1:
+    # a next_step far ahead of the frames is not one it wrote (it would make every real step look
+    # like a replay). The time is no matter: the same holds for a record of any age.
+    if frames and frames[-1][0] != next_step - 1:
+        raise ValueError(f"next_step={next_step} does not follow the newest frame's step {frames[-1][0]}")
     return frames
 
 
@@ -234,6 +253,23 @@ def _checked_step(step: Any, key: str, expected: int, max_gap: int) -> int:
     return step
 
 
+def _servable_frames(card: ModelCard) -> tuple[int, TensorSpec, TensorSpec]:
+    """The card's frame stack, frame spec and input spec, if its episode state can be kept and
+    written; else :class:`ModelRefused` -- at start-up, not at the first checkpoint, where a
+    raise stops the loop on the same records after every restart."""
+    try:
+        k, spec = frame_stack(card), frame_spec(card)
+        # A frame the wire cannot encode (float16, int8, bool: not wire dtypes) would fail the
+        # checkpoint's to_bytes; one zero frame round-trips through the state record now.
+        zero = np.zeros([d if d is not None else 1 for d in spec.shape[1:]], dtype=np.dtype(spec.dtype))
+        EpisodeState.from_bytes(EpisodeState("check", 0, 1, 1, None, [[0, zero, None]]).to_bytes())
+    except (ValueError, TypeError) as e:  # DecodeError is a ValueError
+        raise ModelRefused(f"{card.name} v{card.version}", f"{str(e).removeprefix(f'model {card.name}: ')} "
+                           "(a policy's frames are kept in its episode state: preprocessing.frame_stack and the "
+                           "input's dtype and shape must fit it)") from None
+    return k, spec, card.inputs[0]
+
+
 class EpisodeStore:
     """The episodes one consumer owns; plugs into :class:`~auditstream.stream.LoopHooks`.
 
@@ -254,7 +290,7 @@ class EpisodeStore:
             raise ValueError(f"max_state_bytes={max_state_bytes!r} must be an integer from {MIN_STATE_BYTES} "
                              f"to {MAX_STATE_BYTES}")
         self.max_step_gap, self.max_state_bytes, self.max_live_episodes = max_step_gap, max_state_bytes, max_live_episodes
-        self.k, self.spec, self.input_spec = frame_stack(card), frame_spec(card), card.inputs[0]
+        self.k, self.spec, self.input_spec = _servable_frames(card)
         self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
         self.states: dict[str, EpisodeState] = {}  # least recently stepped first (a step moves its episode last)
@@ -264,6 +300,7 @@ class EpisodeStore:
         self.skipped = 0  # state records refused by restore (each logged with where and why)
         self.ended_oversized = 0  # episodes ended because their state would exceed max_state_bytes
         self.evicted = 0  # episodes ended to keep at most max_live_episodes
+        self.restarted = 0  # episodes that went on from a step below their next step they did not hold
         self._evicted_since_checkpoint = 0
         # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
         # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
@@ -281,9 +318,15 @@ class EpisodeStore:
         state = self.states.get(key)
         expected = 0 if state is None else state.next_step
         step = expected if request.step is None else _checked_step(request.step, key, expected, self.max_step_gap)
-        kept = None if state is None else state.frames
-        if state is None or step >= state.next_step:  # a new step: would the state still fit its topic?
-            kept = ([] if state is None else state.frames[-(self.keep - 1):]) + [[step, frame, None]]
+        # A replay is a step the state holds (a redelivery after a crash between the flush and the
+        # commit). A step below next_step that it does not hold is older than its kept frames, or
+        # the state is not this driver's (another writer's record, a jump): the driver's step wins
+        # and the episode goes on from it, as after a lost state -- else every real step would be
+        # taken for a replay and the episode would freeze.
+        replay = state is not None and step < state.next_step and any(s == step for s, _, _ in state.frames)
+        if not replay:  # a new step: would the state still fit its topic?
+            fresh = state is None or step < state.next_step
+            kept = ([] if fresh else state.frames[-(self.keep - 1):]) + [[step, frame, None]]  # type: ignore[union-attr]
             size = state_bytes_bound(key, [obs for _, obs, _ in kept])
             if size > self.max_state_bytes:
                 self._end_oversized(key, f"with step {step} its state would take up to {size} bytes")
@@ -295,16 +338,29 @@ class EpisodeStore:
             while len(self.states) >= self.max_live_episodes:
                 self._evict(next(iter(self.states)))
             state = self.states[key] = EpisodeState(key, partition)
-        stacked = self._stack([obs for s, obs, _ in state.frames if s < step][-(self.k - 1):] + [frame]
-                              if self.k > 1 else [frame])
-        if step >= state.next_step:  # a replay (step below next_step) leaves the state as it is
-            state.frames = kept  # type: ignore[assignment]
+        elif not replay and step < state.next_step:
+            self._restart(state, step)
+        before = [obs for s, obs, _ in state.frames if s < step] if replay else [obs for _, obs, _ in kept[:-1]]
+        stacked = self._stack(before[-(self.k - 1):] + [frame] if self.k > 1 else [frame])
+        if not replay:  # a replay leaves the state as it is
+            state.frames = kept
             state.steps_seen += 1
             state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
             self.states[key] = self.states.pop(key)  # the most recently stepped goes last
             self._dirty.add(key)
             self._ended.discard(key)
         return stacked
+
+    def _restart(self, state: EpisodeState, step: int) -> None:
+        """Go on from ``step`` (below ``state.next_step``, a step the state does not hold): no
+        frames before it, and the steps seen as of it where the state can tell (its steps after
+        ``step`` were consecutive), at least none and at most ``step``; observe counts ``step``."""
+        self.restarted += 1
+        log.warning("episode %s: step %d is below its next step %d and not one of its kept steps %s: the episode "
+                    "goes on from step %d (its state was not this driver's, or the step is older than its frames)",
+                    short_repr(state.episode_key), step, state.next_step, [s for s, _, _ in state.frames], step)
+        state.steps_seen = min(step, max(0, state.steps_seen - (state.next_step - step)))
+        state.frames, state.last_action = [], None
 
     def _evict(self, key: str) -> None:
         """End episode ``key`` to make room (``max_live_episodes``): tombstoned at the next checkpoint
@@ -329,8 +385,17 @@ class EpisodeStore:
                 self._dirty.add(state.episode_key)
         if step == state.next_step - 1:
             state.last_action = action
-        # as of this step: a replay of an earlier step reports what the first answer reported
-        return {"steps_seen": state.steps_seen - (state.next_step - 1 - step), "previous_action": actions.get(step - 1)}
+        return {"steps_seen": self._seen_as_of(state, step), "previous_action": actions.get(step - 1)}
+
+    @staticmethod
+    def _seen_as_of(state: EpisodeState, step: int) -> int:
+        """The steps seen up to ``step`` (a replay reports what its first answer reported): all seen
+        less those seen after it -- its kept frames after it, and for a step older than every kept
+        frame (its batch's later steps were observed first) the steps in between, consecutive.
+        At least 1: ``step`` itself was seen, whatever a restored state's numbers say."""
+        after = [s for s, _, _ in state.frames if s > step]
+        between = after[0] - step - 1 if after and len(after) == len(state.frames) else 0
+        return max(1, state.steps_seen - len(after) - between)
 
     def end(self, request: InferenceRequest) -> None:
         """The episode ended: forget it; the next checkpoint writes its tombstone."""

@@ -11,6 +11,7 @@ spec's height × width; chosen automatically when the card's ``extra.loadgen_sou
 from __future__ import annotations
 
 import io
+import itertools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from auditstream.errors import ConfigError
 from auditstream.kafka import Producer
 from auditstream.registry import ModelCard
 from auditstream.wire import CONTENT_TYPE_HEADER, REQUEST_CONTENT_TYPE, ImageInput, InferenceRequest, ModelInput
@@ -50,11 +52,34 @@ def _digits(card: ModelCard) -> Iterator[ModelInput]:
 
 
 def inputs_for(card: ModelCard, source: str = "auto", seed: int = 0) -> Iterator[ModelInput]:
-    """An endless stream of inputs that fit ``card``'s input spec."""
+    """An endless stream of inputs that fit ``card``'s input spec.
+
+    Checked here, before anything is sent: a source that is not one of :data:`SOURCES`, or that
+    does not fit the card (png for a tensor model, digits for a size not a multiple of 8, a dtype
+    the wire does not carry, scikit-learn missing), is refused with :class:`ConfigError` naming
+    ``--source`` -- the first input is made and encoded as a request, so any such mismatch shows
+    now, not as a traceback at the first send."""
     if source not in SOURCES:
-        raise ValueError(f"source {source!r} not one of {SOURCES}")
-    if source == "auto":
-        source = card.extra.get("loadgen_source", "random")
+        raise ConfigError("--source", source, f"one of {', '.join(SOURCES)}")
+    resolved = card.extra.get("loadgen_source", "random") if source == "auto" else source
+    if resolved not in SOURCES[1:]:
+        raise ConfigError("--source", source, f"a source the card names in extra.loadgen_source ({resolved!r} is "
+                          f"none of {', '.join(SOURCES[1:])}); give --source random")
+    shown = source if source == resolved else f"{source} (the card's {resolved})"
+    inputs = _generate(card, resolved, seed)
+    try:
+        first = next(inputs)
+        InferenceRequest("loadgen-check", card.name, first, 1.0).to_bytes()
+    except ImportError as e:
+        raise ConfigError("--source", shown, f"a source this host can make: {resolved} needs the '{e.name}' "
+                          "package (the train extra); or give --source random") from None
+    except ValueError as e:  # DecodeError included: the card's input does not take this source
+        raise ConfigError("--source", shown, f"a source whose inputs fit model {card.name}'s input "
+                          f"{card.inputs[0].name} {card.inputs[0].dtype} {card.inputs[0].shape}: {e}") from None
+    return itertools.chain([first], inputs)
+
+
+def _generate(card: ModelCard, source: str, seed: int) -> Iterator[ModelInput]:
     if source == "digits":
         yield from _digits(card)
         return

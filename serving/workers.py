@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from auditstream.errors import BadArguments, ConfigError
 from auditstream.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -55,25 +56,47 @@ def worker_env(settings: Settings, index: int, workers: int, cores: int,
     return env
 
 
+def worker_argv(options: Mapping[str, object]) -> list[str]:
+    """The ``serve`` arguments of every worker: each of the supervisor's ``serve`` options (but
+    ``--workers``), so a worker serves exactly what ``serve`` alone would -- a ``--shadow`` run
+    starts shadow workers. An option this cannot write is refused, never dropped."""
+    argv: list[str] = []
+    for dest, value in options.items():
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(value, bool):  # serve's flags are store_true: False is the default, nothing to pass
+            argv += [flag] if value else []
+        elif isinstance(value, (str, int, float)):
+            argv += [f"{flag}={value}"] if value != "" else []  # "=": a value may start with "-"
+        elif value is not None:
+            raise BadArguments(f"serve --workers cannot pass {flag}={value!r} on to its workers; start the "
+                               "workers yourself (serve --workers 1 each, same group) or leave the option out")
+    return argv
+
+
 class Supervisor:
     """Starts the workers, passes SIGTERM on, and stops everything when one dies."""
 
-    def __init__(self, settings: Settings, model: str, version: str | None, workers: int,
+    def __init__(self, settings: Settings, options: Mapping[str, object], workers: int,
                  command: Sequence[str] | None = None) -> None:
-        if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
-        self.settings, self.model, self.version, self.workers = settings, model, version, workers
+        """``options``: the ``serve`` options by argparse dest (``model``, ``version``,
+        ``shadow``, ...), every one of them passed on to each worker (:func:`worker_argv`)."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError("--workers", workers, "a whole number >= 1")
+        if settings.metrics_port and settings.metrics_port + workers - 1 > 65535:  # worker i: port + i
+            raise ConfigError(ENV_PREFIX + "METRICS_PORT", settings.metrics_port, f"a port from 1 to {65536 - workers} "
+                              f"with --workers {workers} (worker i serves /metrics on port + i)")
+        self.settings, self.workers = settings, workers
+        self.args = worker_argv(options)
         self.command = list(command or [sys.executable, "-m", "auditstream.cli", "serve"])
         self.procs: list[subprocess.Popen] = []
         self._stopping = False
 
     def start(self) -> None:
         cores = available_cores()
-        args = ["--model", self.model] + (["--version", self.version] if self.version else [])
         for i in range(self.workers):
             if self._stopping:  # SIGTERM while starting: start no more
                 break
-            proc = subprocess.Popen(self.command + args, env=worker_env(self.settings, i, self.workers, cores))
+            proc = subprocess.Popen(self.command + self.args, env=worker_env(self.settings, i, self.workers, cores))
             self.procs.append(proc)
             log.info("worker %d/%d started: pid %d, %s intra-op threads", i + 1, self.workers, proc.pid,
                      threads_per_worker(self.settings.intra_op_threads, cores, self.workers))

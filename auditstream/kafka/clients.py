@@ -406,12 +406,17 @@ def _confluent_headers(message: Any) -> tuple[Headers, str]:
 # partition at the bound is looked at again after PREFETCH_BACKOFF_MS, not librdkafka's 1 s.
 PREFETCH_BATCHES = 4
 PREFETCH_BACKOFF_MS = 20
+# librdkafka's own limits: a larger value raises ValueError / KafkaException instead of reading.
+# Settings keeps max_batch_size far below them (auditstream/settings.py); a caller that asks for
+# more gets what the client can give.
+CONSUME_MAX_MESSAGES = 1_000_000
+QUEUED_MIN_MESSAGES_MAX = 10_000_000
 
 
 def librdkafka_prefetch(max_batch_size: int) -> dict[str, int]:
     """Consumer properties that bound librdkafka's read-ahead to :data:`PREFETCH_BATCHES`
     batches per partition."""
-    return {"queued.min.messages": PREFETCH_BATCHES * max(1, max_batch_size),
+    return {"queued.min.messages": min(QUEUED_MIN_MESSAGES_MAX, PREFETCH_BATCHES * max(1, max_batch_size)),
             "fetch.queue.backoff.ms": PREFETCH_BACKOFF_MS}
 
 
@@ -444,7 +449,8 @@ class ConfluentConsumer:
         first = self._c.poll(timeout_ms / 1000)
         if first is None:
             return []
-        messages = [first] + (self._c.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else [])
+        more = min(max_records - 1, CONSUME_MAX_MESSAGES)
+        messages = [first] + (self._c.consume(num_messages=more, timeout=0) if more > 0 else [])
         out = []
         for m in messages:
             err = m.error()

@@ -14,6 +14,7 @@ the checkpoint failed, and the consumer met the same step after every restart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -23,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditstream.errors import DecodeError
+from auditstream.errors import AuditstreamError, DecodeError, ModelRefused
 from auditstream.kafka import Record
-from auditstream.registry import ModelRegistry
+from auditstream.registry import ModelRegistry, TensorSpec
 from auditstream.wire import DeadLetter, InferenceRequest, Reason
 from auditstream.wire.tensors import encode_tensor
 from serving.consumer import process_batch
@@ -88,11 +89,31 @@ def test_a_record_over_max_state_bytes_is_skipped_before_it_is_parsed(monkeypatc
 
 
 def test_a_frame_stack_no_state_may_hold_is_refused() -> None:
-    with pytest.raises(ValueError, match="frame_stack"):
+    with pytest.raises(ModelRefused, match="frame_stack"):  # a card: refused at start-up with one line
         EpisodeStore(policy_card("huge", MAX_STATE_FRAMES + 1, frame_stack=MAX_STATE_FRAMES + 1), TOPIC)
     for bad in (0, MIN_STATE_BYTES - 1, MAX_STATE_BYTES + 1, 1.5e6, True):
         with pytest.raises(ValueError, match="max_state_bytes"):
             store_over([], max_state_bytes=bad)
+
+
+@pytest.mark.parametrize("frame_stack, dtype, says", [
+    (0, "float32", "frame_stack=0 must be an integer from 1 to 1024"),
+    ("4", "float32", "frame_stack='4' must be an integer"),
+    (True, "float32", "frame_stack=True must be an integer"),
+    (2000, "float32", "frame_stack=2000 must be an integer"),
+    (3, "float32", "nor a flat width divisible by 3"),  # [None, 8]
+    (1, "float16", "dtype float16 not allowed on the wire"),  # the checkpoint's to_bytes raised, stopping the loop
+    (1, "int8", "dtype int8 not allowed on the wire"),
+    (2, "bool", "dtype bool not allowed on the wire"),
+])
+def test_a_card_whose_frames_no_state_can_hold_is_refused_when_the_store_is_made(frame_stack, dtype, says) -> None:
+    """Before: check_servable passed such a card and EpisodeStore raised a plain ValueError after the
+    model was loaded (a traceback), or -- float16 -- the first checkpoint raised and stopped the loop."""
+    card = dataclasses.replace(policy_card("pol", 8), preprocessing={"frame_stack": frame_stack},
+                               inputs=[TensorSpec("obs", dtype, [None, 8])])
+    with pytest.raises(ModelRefused, match="refusing model pol v0: ") as refused:
+        EpisodeStore(card, TOPIC)
+    assert says in str(refused.value) and isinstance(refused.value, AuditstreamError)
 
 
 # -- properties of the restore path
@@ -240,7 +261,6 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
     the step whose two frames (2 x 10.7 KB of base64) would not fit as a too_large dead letter
     with its bytes, tombstones the episode, and answers its next step; the consumer keeps going
     and every snapshot it writes fits the topic."""
-    import dataclasses
     import threading
     import time
     import uuid
