@@ -92,6 +92,7 @@ from auditstream.errors import DecodeError, ModelRefused
 from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.stream import Output
+from auditstream.tasks.policy import MAX_FRAME_STACK, frame_spec, frame_stack
 from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
 from auditstream.wire.codec import MAX_RECORD_BYTES, id_field, number_field, short_repr, strict_loads, typed_field
 
@@ -112,35 +113,15 @@ MAX_LIVE_EPISODES = 100_000
 MAX_STATE_BYTES = MAX_RECORD_BYTES
 # The least max_state_bytes a store takes: a state of a few small frames.
 MIN_STATE_BYTES = 4096
-# The most frames a state record may hold, whatever the card: a frame stack k keeps max(k, 2).
-MAX_STATE_FRAMES = 1024
+# The most frames a state record may hold, whatever the card (a frame stack k keeps max(k, 2)):
+# the most a card may stack, so every card the policy kind's check takes fits.
+MAX_STATE_FRAMES = MAX_FRAME_STACK
 # An upper bound on a state record's bytes besides its episode key and frames: the field names
 # (~100 characters) and five numbers of at most 24 characters each.
 _STATE_HEADER_BYTES = 256
 # An upper bound on a frame's bytes besides its base64 and its shape: the step and action (at
 # most 20 digits each), the dtype's name and the punctuation.
 _FRAME_OVERHEAD_BYTES = 128
-
-
-def frame_stack(card: ModelCard) -> int:
-    k = card.preprocessing.get("frame_stack", 1)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_STATE_FRAMES:
-        raise ValueError(f"model {card.name}: preprocessing.frame_stack={k!r} must be an integer from 1 to "
-                         f"{MAX_STATE_FRAMES}")
-    return k
-
-
-def frame_spec(card: ModelCard) -> TensorSpec:
-    """The spec of one request's observation: the graph input without its stack axis."""
-    spec, k = card.inputs[0], frame_stack(card)
-    if k == 1:
-        return spec
-    if len(spec.shape) >= 3 and spec.shape[1] == k:
-        return TensorSpec(spec.name, spec.dtype, [spec.shape[0]] + spec.shape[2:])
-    if len(spec.shape) == 2 and isinstance(spec.shape[1], int) and spec.shape[1] % k == 0:
-        return TensorSpec(spec.name, spec.dtype, [spec.shape[0], spec.shape[1] // k])
-    raise ValueError(f"model {card.name}: input {spec.shape} has neither a stack axis of {k} after the batch "
-                     f"axis nor a flat width divisible by {k}")
 
 
 @dataclass

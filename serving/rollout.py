@@ -43,7 +43,7 @@ from auditstream.kafka import Record
 from auditstream.registry import ModelCard, RegisteredModel
 from qc.triage import hash_uniform
 from serving.consumer import ServeConfig
-from serving.episodes import frame_stack
+from auditstream.tasks.policy import frame_stack
 from serving.inference import FailureStreak
 from serving.runtime import ModelSession
 

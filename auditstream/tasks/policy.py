@@ -48,8 +48,8 @@ MIN_QC_RATE = 0.01
 # better (tests/auditstream/test_policy_task.py). What is not a distribution -- all zeros, all
 # tiny, unnormalised scores, a sigmoid per action -- is off by far more than 1e-3.
 SUM_TOLERANCE = 1e-3
-# The most frames a card may stack: serving/episodes.py's MAX_STATE_FRAMES, the most a state record
-# holds (tests/auditstream/test_policy_card.py keeps the two equal).
+# The most frames a card may stack; serving/episodes.py's state records hold as many
+# (MAX_STATE_FRAMES is this), so every card the check takes can keep its frames.
 MAX_FRAME_STACK = 1024
 
 

@@ -18,13 +18,9 @@ from auditstream.registry import CARD_DTYPES, TensorSpec
 from auditstream.tasks import lookup
 from auditstream.tasks.policy import MAX_FRAME_STACK
 from auditstream.wire import InferenceRequest
-from serving.episodes import MAX_STATE_FRAMES, EpisodeState, EpisodeStore
+from serving.episodes import EpisodeState, EpisodeStore
 
 TASK = lookup("policy")
-
-
-def test_the_card_checks_bound_on_frame_stack_is_the_episode_states() -> None:
-    assert MAX_FRAME_STACK == MAX_STATE_FRAMES
 
 
 SHAPES = [[None, 8], [None, 6], [None, 4, 3], [None, 2, 2, 2], [None, None], [None, 3, None], [None, 1]]

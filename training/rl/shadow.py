@@ -110,7 +110,7 @@ def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.
 def candidate_policy(model: Any) -> Any:
     """A registered policy (candidate or live) as a NumpyPolicy with the probabilities it would
     *act* with: one-hot argmax for a greedy card (:func:`training.rl.policy_export.acting_policy`)."""
-    from serving.episodes import frame_stack
+    from auditstream.tasks.policy import frame_stack
     from auditstream.tasks.policy import action_selection
     from training.rl.policy_export import NumpyPolicy, acting_policy
 
