@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditstream.text import is_utf8
 from auditstream.wire.codec import TaskKind
 
 __all__ = ["CARD_DTYPES", "MAX_CARD_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_THRESHOLD", "ModelCard", "TensorSpec",
@@ -189,11 +190,11 @@ def _check_text(obj: Any) -> None:
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            _need(_is_utf8(value), where or "(the whole card)", value,
+            _need(is_utf8(value), where or "(the whole card)", value,
                   "text that encodes as UTF-8 (no lone surrogate \\ud800-\\udfff); fix the card")
         elif isinstance(value, dict):
             for key in value:
-                if isinstance(key, str) and not _is_utf8(key):
+                if isinstance(key, str) and not is_utf8(key):
                     raise _wrong(f"{where or '(the whole card)'} key", key, "text that encodes as UTF-8 (no lone "
                                  "surrogate \\ud800-\\udfff); fix the card")
             # pushed last first, so the first bad string in the card's order is the one reported
@@ -201,14 +202,6 @@ def _check_text(obj: Any) -> None:
         elif isinstance(value, (list, tuple)):
             stack.extend((f"{where}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1)
                          if isinstance(value[i], (str, dict, list, tuple)))
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_card(obj: Any) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from auditstream.errors import ConfigError
+from auditstream.text import is_utf8
 
 ENV_PREFIX = "AUDITSTREAM_"
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -52,14 +53,6 @@ INT_RANGES: dict[str, tuple[int, int | None, str]] = {
     "max_poll_interval_ms": (1, 86_400_000, " (librdkafka's max.poll.interval.ms range)"),
     "max_human_queue_depth": (0, None, " (0: no limit)"),
 }
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _bootstrap_server_ok(server: str) -> bool:
@@ -202,7 +195,7 @@ class Settings:
         later, with a raw error (after the model was loaded and the broker contacted)."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, str) and (not _encodable(value) or "\0" in value):
+            if isinstance(value, str) and (not is_utf8(value) or "\0" in value):
                 # A variable's bytes that are not UTF-8 come in as lone surrogates: no client,
                 # child process environment or hash can take them.
                 shown = "***" if f.name in SECRET_FIELDS else value.encode("utf-8", "backslashreplace").decode()

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 
 from auditstream.errors import DecodeError, UnknownTaskKind
+from auditstream.text import is_utf8
 
 WIRE_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
@@ -187,12 +188,7 @@ def _strings(value: Any) -> Iterator[str]:
 
 def _lone_surrogate(value: Any) -> bool:
     """Whether any string in ``value`` (keys included) cannot be encoded as UTF-8."""
-    for text in _strings(value):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-    return False
+    return not all(is_utf8(text) for text in _strings(value))
 
 
 def _holds_nul(value: Any) -> bool:

@@ -17,18 +17,11 @@ from tests.conftest import tiny_card, tiny_classifier_onnx
 
 from auditstream.errors import ModelRefused
 from auditstream.registry import CARD_FILE, ModelCard, ModelRegistry
+from auditstream.text import is_utf8
 
 SHIPPED = {p.parent.name: json.loads(p.read_text()) for p in
            sorted((Path(__file__).resolve().parents[2] / "stack" / "demo_models").glob("*/card.json"))}
 LONE = "\ud800"
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(("path", "value", "named"), [
@@ -96,7 +89,7 @@ def _strings(value: Any) -> list[str]:
        value=JSON)
 def test_property_a_card_loads_only_when_all_its_text_encodes_as_utf8(name: str, where: str, value: Any) -> None:
     obj = set_path(SHIPPED[name], f"{where}.fuzz", value)
-    if all(_is_utf8(s) for s in _strings(value)):
+    if all(is_utf8(s) for s in _strings(value)):
         ModelCard.from_dict(obj)
     else:
         with pytest.raises(ValueError, match="UTF-8"):

@@ -154,25 +154,8 @@ def _wait_split(port: int, timeout_s: float) -> list[float | None]:
 @pytest.mark.slow
 def test_two_workers_split_the_group_answer_everything_and_stop_on_sigterm(stream_settings: Settings,
                                                                            tmp_path: Path) -> None:
-    settings, port, log = stream_settings, _free_port_pair(), tmp_path / "serve.log"
-    proc = _start(settings, port, log)
-    try:
-        parts = _wait_split(port, 90)
-        assert parts == [6, 6], f"assigned partitions per worker: {parts}; log:\n{log.read_text()[-3000:]}"
-        producer = make_producer(settings)
-        try:
-            sent = produce_requests(producer, settings.request_topic("tiny"), "tiny",
-                                    inputs_for(settings_card(settings), "random"), 400, 0.0, progress=False)
-        finally:
-            producer.close()
-        predictions = read_topic(settings, settings.topic(T.PREDICTIONS), until_count=400, timeout_s=90, idle_s=5)
-        answered = [p.key.decode() for p in predictions]
-        assert sorted(set(answered)) == sorted(sent.request_ids)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    settings, log = stream_settings, tmp_path / "serve.log"
+    _split_answer_and_stop(settings, log, 400)
     text = log.read_text()
     assert text.count("worker ") >= 2 and " ERROR " not in text and "Traceback" not in text
     assert text.count("stopped after") == 2  # each worker drained and said so
@@ -199,30 +182,38 @@ def test_a_dead_worker_stops_the_service_with_exit_1(stream_settings: Settings, 
 def test_a_shadow_run_starts_shadow_workers_in_the_shadow_group(stream_settings: Settings, tmp_path: Path) -> None:
     """Both workers read the live requests in the shadow group and write flagged predictions
     only: no decisions, no commits in the live group."""
-    settings, port, log = stream_settings, _free_port_pair(), tmp_path / "serve.log"
-    proc = _start(settings, port, log, "--version", "1", "--shadow")
+    settings, log = stream_settings, tmp_path / "serve.log"
+    predictions = _split_answer_and_stop(settings, log, 120, "--version", "1", "--shadow")
+    assert all(Prediction.from_bytes(p.value).shadow for p in predictions)
+    text = log.read_text()
+    assert text.count(" in shadow from ") == 2 and "Traceback" not in text, text[-3000:]
+    assert sum(committed_offsets(settings, shadow_group_id(settings, "tiny", "1")).values()) == 120
+    assert committed_offsets(settings, group_id(settings, "tiny")) == {}
+    assert read_topic(settings, settings.topic(T.DECISIONS), timeout_s=10) == []
+
+
+def _split_answer_and_stop(settings: Settings, log: Path, count: int, *serve_args: str) -> list:
+    """``serve --workers 2 [serve_args]``: the two workers split the 12 partitions, every one of
+    ``count`` requests is answered, and SIGTERM stops the service with exit 0; the predictions."""
+    port = _free_port_pair()
+    proc = _start(settings, port, log, *serve_args)
     try:
         parts = _wait_split(port, 90)
         assert parts == [6, 6], f"assigned partitions per worker: {parts}; log:\n{log.read_text()[-3000:]}"
         producer = make_producer(settings)
         try:
             sent = produce_requests(producer, settings.request_topic("tiny"), "tiny",
-                                    inputs_for(settings_card(settings), "random"), 120, 0.0, progress=False)
+                                    inputs_for(settings_card(settings), "random"), count, 0.0, progress=False)
         finally:
             producer.close()
-        predictions = read_topic(settings, settings.topic(T.PREDICTIONS), until_count=120, timeout_s=90, idle_s=5)
+        predictions = read_topic(settings, settings.topic(T.PREDICTIONS), until_count=count, timeout_s=90, idle_s=5)
         assert sorted({p.key.decode() for p in predictions}) == sorted(sent.request_ids)
-        assert all(Prediction.from_bytes(p.value).shadow for p in predictions)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = log.read_text()
-    assert text.count(" in shadow from ") == 2 and "Traceback" not in text, text[-3000:]
-    assert sum(committed_offsets(settings, shadow_group_id(settings, "tiny", "1")).values()) == 120
-    assert committed_offsets(settings, group_id(settings, "tiny")) == {}
-    assert read_topic(settings, settings.topic(T.DECISIONS), timeout_s=10) == []
+    return predictions
 
 
 def settings_card(settings: Settings):
