@@ -183,8 +183,18 @@ class _VersionState:
         self.max_parts: int | None = None
 
 
+# Versions the registry does not know (yet) that the tracker keeps statistics for at once. Any
+# writer of the predictions or audit topics names the model and version, so without a bound a
+# stream of made-up versions would grow the tracker, the QC history and the metrics' label sets
+# without end; a real version missing from the registry for a moment is one of a few.
+MAX_VERSIONS_WITHOUT_CARD = 64
+
+
 class QCTracker:
-    """Per (model, version) QC statistics from the predictions and verdicts streams."""
+    """Per (model, version) QC statistics from the predictions and verdicts streams. Versions
+    the registry does not know are tracked up to :data:`MAX_VERSIONS_WITHOUT_CARD` at once;
+    records of further unknown ones are left out (``untracked`` counts them, a warning names the
+    first few)."""
 
     def __init__(self, cards: Callable[[str, str], ModelCard | None], config: QCConfig = QCConfig(),
                  salt: str = DEFAULT_QC_SALT) -> None:
@@ -193,11 +203,22 @@ class QCTracker:
         # public salt a producer could pick ids whose audits never reach the chart.
         self._cusum_salt = derived_salt(salt, "cusum")
         self.states: dict[tuple[str, str], _VersionState] = {}
+        self.untracked = 0  # records of versions left out (MAX_VERSIONS_WITHOUT_CARD)
         self.store_position = -1  # how far the store's QC stream was read (store.qc_position): read on from there (StatsHooks.catch_up)
 
-    def _state(self, model: str, version: str) -> _VersionState:
+    def _state(self, model: str, version: str) -> _VersionState | None:
+        """The statistics of ``(model, version)``, made at its first record; None for a version
+        the registry does not know while :data:`MAX_VERSIONS_WITHOUT_CARD` others wait for theirs."""
         state = self.states.get((model, version))
         if state is None:
+            card = self.cards(model, version)
+            if card is None and sum(s.card is None for s in self.states.values()) >= MAX_VERSIONS_WITHOUT_CARD:
+                self.untracked += 1
+                if self.untracked <= 10:
+                    log.warning("QC statistics leave out %r v%r: the registry does not know it and %d other unknown "
+                                "versions are tracked already (a writer naming made-up versions?)", model[:100],
+                                version[:100], MAX_VERSIONS_WITHOUT_CARD)
+                return None
             state = self.states[(model, version)] = _VersionState(self.config)
         if state.card is None:  # look again until the registry has the card
             state.card = self.cards(model, version)
@@ -231,6 +252,8 @@ class QCTracker:
 
     def observe_prediction(self, p: Prediction) -> None:
         state = self._state(p.model, p.model_version)
+        if state is None:
+            return
         state.task = p.task
         if not state.seen_predictions.add(p.request_id):
             return
@@ -243,6 +266,8 @@ class QCTracker:
         if v.item_route is not Route.AUTO_QC or v.kind is VerdictKind.SKIP or v.is_gold:
             return
         state = self._state(v.model, v.model_version)
+        if state is None:
+            return
         rule = _rule(state)
         error = audit_error(v.kind, rule, v.model_output, v.corrected_output)
         parts = false = None
@@ -263,6 +288,8 @@ class QCTracker:
         counted = 0
         for s in samples:
             state = self._state(s.model, s.model_version)
+            if state is None:
+                continue
             counted += self._count(state, state.order.place(s.request_id, s.confidence, s.inclusion_prob))
             o = s.outcome
             if o is not None:
@@ -278,6 +305,8 @@ class QCTracker:
                         audit.inclusion_prob)
             return 0
         state = self._state(model, version)
+        if state is None:
+            return 0
         if not state.seen_verdicts.add(audit.request_id):  # redelivery or a second review: first counts
             return 0
         return self._count(state, state.order.decide(audit))

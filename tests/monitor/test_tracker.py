@@ -338,3 +338,23 @@ def test_bench_qc_command_prints_the_targets_as_json(capsys):
         assert key in result
     assert result["ci_width_1000"] < 0.014 and result["cusum_median_delay"] < 2000
     assert any("Clopper-Pearson" in line for line in lines[:-1])
+
+
+def test_made_up_versions_are_tracked_up_to_a_bound_and_known_ones_always():
+    """Any writer of the predictions or audit topics names model and version: a stream of
+    made-up versions must not grow the statistics (and the metrics' label sets) without end,
+    and must not crowd out a version the registry knows."""
+    from monitor.tracker import MAX_VERSIONS_WITHOUT_CARD
+
+    tracker = QCTracker(lambda m, v: _card(v) if v == "1" else None, QCConfig(min_inclusion_prob=0.5))
+    made_up = MAX_VERSIONS_WITHOUT_CARD + 36
+    for i in range(made_up):
+        tracker.observe_prediction(_prediction(i, 0.95, Route.AUTO_QC, 0.5, version=f"fake-{i}"))
+        tracker.observe_verdict(_verdict(i, VerdictKind.REJECT, 0.5, version=f"fake-{i}"))
+    tracker.observe_prediction(_prediction(10_000, 0.95, Route.AUTO_QC, 0.5, version="1"))
+    tracker.observe_verdict(_verdict(10_000, VerdictKind.ACCEPT, 0.5, version="1"))
+    assert len(tracker.states) == MAX_VERSIONS_WITHOUT_CARD + 1 and ("zip", "1") in tracker.states
+    assert tracker.untracked == 2 * 36  # each left-out prediction and verdict
+    assert len(tracker.snapshot()) == MAX_VERSIONS_WITHOUT_CARD + 1
+    (known,) = [s for s in tracker.snapshot() if s.version == "1"]
+    assert known.audited == 1 and known.errors == 0
