@@ -19,8 +19,9 @@ import math
 from typing import Iterable
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from auditstream.metrics_http import start_metrics_server
 from auditstream.wire import Reason, Route, VerdictKind
 from qc.sequential import BudgetState
 from qc.snapshot import ModelQC
@@ -184,5 +185,4 @@ class MonitorMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> WSGIServer:
         """Expose ``/metrics`` on ``port`` (a daemon thread); ``.shutdown()`` the result to stop it."""
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        return start_metrics_server(port, self.registry, addr)

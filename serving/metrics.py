@@ -32,8 +32,9 @@ What each one measures (docs/serving.md, "Metrics"):
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from auditstream.metrics_http import start_metrics_server
 from auditstream.wire import Reason, Route
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -119,4 +120,4 @@ class ServeMetrics:
 
     def serve_http(self, port: int) -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread)."""
-        start_http_server(port, registry=self.registry)
+        start_metrics_server(port, self.registry)

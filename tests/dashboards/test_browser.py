@@ -9,7 +9,6 @@ Screenshots of the workbench and the overview go to ``artifacts/dashboard/`` (gi
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, seed_card_
 from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
+from stack import broker
 from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,9 +28,7 @@ WAIT_S = 60
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return broker.free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 @pytest.fixture

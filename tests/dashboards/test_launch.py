@@ -38,14 +38,13 @@ def test_launcher_refuses_when_a_config_file_turns_xsrf_off(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
-    import socket
     import subprocess
     import sys
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from stack.broker import free_port
+
+    port = free_port()
     command = [sys.executable, "-m", "auditstream.cli", "dashboard", "--port", str(port),
                "--store-url", f"sqlite:///{tmp_path / 'audit.db'}", "--models-dir", str(tmp_path / "models")]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.metrics import MonitorMetrics
 from serving.metrics import ServeMetrics
+from stack.broker import free_port
 
 pytestmark = pytest.mark.prometheus
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -67,9 +67,7 @@ def test_rules_only_use_metrics_that_exist():
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 EXPORTER = textwrap.dedent("""

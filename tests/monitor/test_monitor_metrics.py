@@ -115,11 +115,9 @@ def test_serve_exposes_the_text_format(unused_tcp_port):
 
 @pytest.fixture
 def unused_tcp_port() -> int:
-    import socket
+    from stack.broker import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.mark.parametrize("limit, depth, over", [(5, 10, 1), (5, 4, 0), (0, 10, 0)])

@@ -3,13 +3,13 @@ injectable, served over HTTP; what ServeApp puts in them is checked in test_serv
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from prometheus_client import CollectorRegistry
 
 from auditstream.wire import Reason, Route
 from serving.metrics import ServeMetrics
+from stack.broker import free_port
 
 TINY_V1 = {"model": "tiny", "version": "1"}
 
@@ -45,11 +45,29 @@ def test_metrics_endpoint() -> None:
     registry = CollectorRegistry()
     metrics = ServeMetrics("tiny", registry, version="1")
     metrics.inference_seconds.labels("tiny", "1").observe(0.02)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     metrics.serve_http(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'auditstream_serve_inference_seconds_count{model="tiny",version="1"} 1.0' in body
     assert "auditstream_serve_end_to_end_latency_seconds_bucket" in body
     assert 'auditstream_serve_over_capacity_total{model="tiny",version="1"} 0.0' in body
+
+
+def test_a_metrics_port_another_process_holds_is_one_clear_error() -> None:
+    """Serving and the monitor share the endpoint's start: a port already taken is a
+    ConfigError naming the setting (one line and exit 2 from the CLI), not an OSError traceback."""
+    import socket
+
+    import pytest
+
+    from auditstream.errors import ConfigError
+    from monitor.metrics import MonitorMetrics
+
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for start in (ServeMetrics("tiny", CollectorRegistry(), version="1").serve_http,
+                      MonitorMetrics(CollectorRegistry()).serve):
+            with pytest.raises(ConfigError, match=f"AUDITSTREAM_METRICS_PORT={port}.*Address already in use"):
+                start(port)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from auditstream.errors import BadArguments, ConfigError
 from auditstream.kafka import make_producer
 from auditstream.settings import Settings
 from auditstream.wire import Prediction
+from stack.broker import free_port
 from serving import workers
 from serving.app import group_id, shadow_group_id
 from serving.loadgen import inputs_for, produce_requests
@@ -108,17 +108,7 @@ def test_shadow_without_a_version_is_one_line_before_anything_starts(monkeypatch
 
 
 def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
+    return free_port(2)  # below the ephemeral range: a Kafka client's connection cannot take it meanwhile
 
 
 def _assigned(port: int, model: str = "tiny") -> float | None:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from stack.broker import free_port
 from store import open_store
 from tests.conftest import tiny_card, tiny_classifier_onnx
 from tests.serving.test_caption_e2e import captioner_card, fixed_caption_onnx
@@ -73,23 +73,9 @@ def tiny_captioner_onnx() -> bytes:
 
 
 def free_port_block(size: int = 11) -> int:
-    """A base port whose base..base+size-1 are free right now (consumers and monitor metrics)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + size < 65535 and all(_free(base + i) for i in range(size)):
-            return base
-    pytest.skip("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    """A base port whose base..base+size-1 are free right now (consumers and monitor metrics),
+    below the ephemeral range that outgoing connections take ports from (stack.broker.free_port)."""
+    return free_port(size)
 
 
 def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
