@@ -40,7 +40,7 @@ from auditstream.kafka import (Producer, Record, ensure_topics, make_producer, m
                                resolve_bootstrap, true_end_offsets)
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import DeadLetter
+from auditstream.wire import DeadLetter, Reason
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,14 @@ class ReplayReport:
     unreadable: int = 0
     no_value: int = 0  # letters without the original value: nothing to send back
     not_carried: int = 0  # letters whose original was too large to carry: it is still at its source offset
+    # the monitor's outbox letters (a verdict or decision over its topic's limit): the verdict is
+    # in the audit store, nothing is sent back
+    outbox: int = 0
 
     def to_json(self) -> dict:
         return {"replayed": dict(self.replayed), "skipped": dict(self.skipped), "already_replayed": self.already,
                 "refused": dict(self.refused), "unreadable": self.unreadable, "no_value": self.no_value,
-                "not_carried": self.not_carried}
+                "not_carried": self.not_carried, "outbox": self.outbox}
 
 
 def replayable_topic(settings: Settings, topic: str) -> bool:
@@ -95,6 +98,11 @@ def plan_replay(records: list[Record], settings: Settings, reasons: frozenset[st
             report.already += 1
         elif reasons is not None and dl.reason not in reasons:
             report.skipped[dl.reason] += 1
+        elif dl.reason == Reason.TOO_LARGE.value and dl.source_topic in (settings.topic(T.VERDICTS),
+                                                                         settings.topic(T.DECISIONS)):
+            log.info("dead letter at %s is the monitor's: a %s record over that topic's limit (%s); its verdict "
+                     "stays in the audit store, nothing to replay", record.where, dl.source_topic[:200], dl.reason)
+            report.outbox += 1
         elif not replayable_topic(settings, dl.source_topic):
             log.warning("refusing dead letter at %s: it names source topic %r; replay only sends to request topics "
                         "(%s<model>) and to %s / %s", record.where, dl.source_topic[:200], settings.request_topic(""),

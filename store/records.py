@@ -16,6 +16,7 @@ from auditstream import tasks, topics
 from auditstream.errors import ConfigError
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
 from auditstream.tasks.base import canonical_json
+from auditstream.text import unreadable_text
 from auditstream.wire import MAX_RECORD_BYTES, AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 from auditstream.wire.codec import short_repr
 
@@ -299,6 +300,10 @@ def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
     # The verdict is published from the outbox: one the producer or the broker refused would be
     # claimed again by every publishing round, first of all (oldest first), and publish nothing
     # after it. The dashboard's editors bound what a person types; this bounds every caller.
+    problem = unreadable_text(corrected_output)
+    if problem is not None:  # its verdict and decision would be refused by every reader, the monitor's too
+        raise ValueError(f"the corrected output holds {problem}, which no reader of verdicts takes; refused, "
+                         "nothing recorded")
     size = 0 if corrected_output is None else len(dumps(corrected_output).encode("utf-8"))
     if size > MAX_CORRECTION_BYTES:
         raise ValueError(f"the corrected output is {size} bytes of JSON, over {MAX_CORRECTION_BYTES}: no correction is "

@@ -8,11 +8,11 @@ import math
 import re
 from enum import Enum, StrEnum
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 
 from auditstream.errors import DecodeError, UnknownTaskKind
-from auditstream.text import is_utf8
+from auditstream.text import is_utf8, json_strings
 
 WIRE_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
@@ -172,29 +172,15 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 _NUL_ESCAPE = b"\\u0000"
 
 
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in a parsed JSON value, object keys included."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _lone_surrogate(value: Any) -> bool:
     """Whether any string in ``value`` (keys included) cannot be encoded as UTF-8."""
-    return not all(is_utf8(text) for text in _strings(value))
+    return not all(is_utf8(text) for text in json_strings(value))
 
 
 def _holds_nul(value: Any) -> bool:
     """Whether any string in ``value`` (keys included) holds a NUL character (``"\\\\u0000"``, an
     escaped backslash, is six characters of text, not a NUL: hence the walk after the byte test)."""
-    return any("\x00" in text for text in _strings(value))
+    return any("\x00" in text for text in json_strings(value))
 
 
 def short_repr(value: Any) -> str:

@@ -50,7 +50,11 @@ def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
         [(0, "acme.requests.tiny", b"a", (("h", b"1"), ("trace", None)))]  # a null header value stays null
     assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
                                 "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1,
-                                "not_carried": 1}
+                                "not_carried": 1, "outbox": 0}
+    # the monitor's own letter of an outbox row no topic took: counted, nothing sent, not refused
+    outbox = ReplayReport()
+    assert plan_replay([letter(7, "too_large", "acme.decisions", b"row")], SETTINGS, None, set(), outbox) == []
+    assert outbox.outbox == 1 and not outbox.refused
     limited = ReplayReport()
     assert len(plan_replay([letter(i, "x", "acme.audit") for i in range(5)], SETTINGS, None, set(), limited, 2)) == 2
 

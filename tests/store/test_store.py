@@ -194,6 +194,19 @@ def test_a_correction_too_large_to_publish_is_refused_and_nothing_is_recorded(st
     assert result.recorded and len(store.pending_outbox()) >= 1
 
 
+@pytest.mark.parametrize("corrected, says", [("7\x00", "NUL"), ({"text": "\ud800"}, "surrogate"),
+                                             ([{"label\x00": 1}], "NUL")])
+def test_a_correction_no_reader_takes_is_refused_and_nothing_is_recorded(store: AuditStore, corrected, says) -> None:
+    # Every wire reader refuses a NUL or a lone surrogate (strict_loads): recorded, its verdict and
+    # decision would be refused by the monitor's own observer and stop it, on both backends.
+    (alice,) = add_users(store, "alice")
+    store.ingest(audit_item("r1"), T0)
+    claim = store.claim(alice, 60, T0)
+    with pytest.raises(ValueError, match=says):
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct", corrected, T0)
+    assert store.verdicts(item_id=claim.item_id) == [] and store.pending_outbox() == []
+
+
 def test_skip_releases_the_item_to_another_auditor_and_is_kept_in_history(store: AuditStore) -> None:
     alice, bob = add_users(store, "alice", "bob")
     store.ingest(audit_item("r1"), T0)
