@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.verdict_sets import provenance, version_order
+from monitor.verdict_sets import provenance
 from tests.auditstream.test_wire_fuzz import FUZZ
 
 
@@ -30,6 +30,10 @@ def test_versions_that_are_not_integers_sort_after_the_registrys_by_text():
 def test_any_versions_sort_the_same_whatever_their_order(versions):
     ordered = provenance([_row(i, v) for i, v in enumerate(versions)])["versions_audited"]
     assert ordered == provenance([_row(i, v) for i, v in enumerate(reversed(versions))])["versions_audited"]
-    numbers = [int(v) for v in ordered if v.isascii() and v.isdigit()]
+    numeric = [v.isascii() and v.isdigit() for v in ordered]
+    assert numeric == sorted(numeric, reverse=True)  # the registry's integers first, then any other text
+    numbers = [int(v) for v, n in zip(ordered, numeric) if n]
     assert numbers == sorted(numbers)
-    assert ordered == sorted(set(versions), key=version_order)
+    others = [v for v, n in zip(ordered, numeric) if not n]
+    assert others == sorted(others)
+    assert sorted(ordered) == sorted(set(versions))  # each version once
