@@ -6,7 +6,6 @@ at its start-up (a crash loop) and in the dashboard."""
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 from hypothesis import given, settings
@@ -83,14 +82,13 @@ def test_answers_of_5000_boxes_match_without_recursion() -> None:
     rng = np.random.default_rng(0)
     corner = rng.uniform(0, 1000, size=(5000, 2)).round(1)
     spread = [{"box": [x, y, x + 8, y + 8], "label": int(i % 3), "score": 0.9} for i, (x, y) in enumerate(corner)]
-    started = time.perf_counter()
     assert TASK.same_answer(same, list(same))
     assert TASK.false_parts(same, same[:-1]) == 1  # an auditor deleted one box
     assert TASK.false_parts(same, []) == 5000
     assert TASK.same_answer(spread, spread[::-1])
     assert TASK.false_parts(spread, spread[1:]) == 1
     assert not TASK.same_answer(spread, [{**d, "label": 3} if i == 17 else d for i, d in enumerate(spread)])
-    assert time.perf_counter() - started < 60  # about a second here; the old recursion raised at ~1,000
+    # (about a second on a 2-core machine; the old recursion raised RecursionError at ~1,000 boxes)
 
 
 def test_an_augmenting_path_through_every_box_is_found_without_recursion() -> None:
@@ -101,10 +99,8 @@ def test_an_augmenting_path_through_every_box_is_found_without_recursion() -> No
     idx = np.arange(n)
     allowed[idx, idx] = allowed[idx, idx + 1] = True
     allowed[n, 0] = True
-    started = time.perf_counter()
     assert _matching_size(allowed) == n + 1
     allowed[:, n] = False  # now n + 1 lefts share n rights
     assert _matching_size(allowed) == n
     assert _matching_size(np.ones((n, 1), dtype=bool)) == _matching_size(np.ones((1, n), dtype=bool)) == 1
     assert _matching_size(np.zeros((0, n), dtype=bool)) == _matching_size(np.zeros((n, 0), dtype=bool)) == 0
-    assert time.perf_counter() - started < 60
