@@ -19,9 +19,11 @@ the card's labels when given.
 
 A row the data set cannot hold is skipped, logged with its request id and counted by reason in
 ``info["skipped"]``: an input that is no picture (an image that does not decode, a tensor
-without two dimensions) or a box whose width, height or area is not a finite number (a box of
-``[0, 0, 1e308, 1e308]``: its area is infinite, which JSON cannot write). The file is strict
-JSON (``allow_nan=False``).
+without two dimensions, ``input_not_a_picture``), a malformed box (not a class index >= 0 with
+four finite corners, x0 < x1 and y0 < y1, or an answer that is not a list: ``box_malformed``),
+a box mostly (over half its area) outside its image (``box_outside_image``) or one whose width,
+height or area is not a finite number (``box_not_finite``). Boxes that reach a little past the
+image's edge are clipped to it and counted in ``info["clipped_boxes"]``. The file is strict JSON (``allow_nan=False``).
 """
 
 from __future__ import annotations
@@ -60,14 +62,16 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         if seen is None or (row["review_round"], row["decided_at_s"]) >= (seen["review_round"], seen["decided_at_s"]):
             latest[row["request_id"]] = row
     images_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations, classes, skipped = [], [], set(), Counter()
+    images, annotations, classes, skipped, clipped = [], [], set(), Counter(), 0
     for row in sorted(latest.values(), key=lambda r: r["request_id"]):
         if row["verdict_kind"] == "reject":
             continue
         image_id = len(images) + 1
         try:  # everything about the row is checked before any of its files is written
-            boxes = [(label, _bbox(box)) for label, box in _boxes(row["human_label"])]
+            found = _boxes(row["human_label"])
             pixels = _pixels(row["input"], image_id)
+            inside = [(label, _clipped(box, pixels.entry["width"], pixels.entry["height"])) for label, box in found]
+            boxes = [(label, _bbox(box)) for label, box in inside]
         except _Unusable as e:
             skipped[e.reason] += 1
             log.warning("request %.80r left out of the COCO export: %s", row["request_id"], e)
@@ -77,6 +81,7 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
                  "inclusion_prob": row["inclusion_prob"], "verdict_kind": row["verdict_kind"]}
         entry.update(pixels.write(images_dir))
         images.append(entry)
+        clipped += sum(a != b for (_, a), (_, b) in zip(found, inside))
         for label, (bbox, area) in boxes:
             classes.add(label)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
@@ -85,7 +90,10 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         log.warning("COCO export: %d rows left out (%s)", sum(skipped.values()),
                     ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
     categories = [{"id": c, "name": labels[c] if 0 <= c < len(labels) else str(c)} for c in sorted(classes)]
-    return {"info": {"description": "auditstream detection verdicts", "skipped": dict(sorted(skipped.items()))},
+    if clipped:
+        log.warning("COCO export: %d boxes reached past their image and were clipped to it", clipped)
+    return {"info": {"description": "auditstream detection verdicts", "skipped": dict(sorted(skipped.items())),
+                     "clipped_boxes": clipped},
             "images": images, "annotations": annotations, "categories": categories}
 
 
@@ -101,14 +109,33 @@ def export_coco(rows: Iterable[dict[str, Any]], out: Path, labels: Sequence[str]
 
 
 def _boxes(output: Any) -> list[tuple[int, tuple[float, float, float, float]]]:
-    """(class index, box) of every well-formed box of a detection answer."""
+    """(class index, box) of every box of a detection answer; :class:`_Unusable` when any is
+    malformed. The store takes any JSON correction from a client: a box drawn backwards, a NaN
+    corner or a class given as text must not turn into "no object here" (a negative example)."""
+    if not isinstance(output, list):
+        raise _Unusable("box_malformed", f"the answer is {type(output).__name__}, not a list of boxes")
     out = []
-    for det in output if isinstance(output, list) else []:
+    for det in output:
         box, label = (det.get("box"), det.get("label")) if isinstance(det, dict) else (None, None)
-        if (isinstance(label, int) and not isinstance(label, bool) and isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) and np.isfinite(v) for v in box) and box[0] < box[2] and box[1] < box[3]):
-            out.append((label, tuple(float(v) for v in box)))
+        if not (isinstance(label, int) and not isinstance(label, bool) and label >= 0 and isinstance(box, list)
+                and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                          for v in box) and box[0] < box[2] and box[1] < box[3]):
+            raise _Unusable("box_malformed", f"{det!r:.200} is not a class index >= 0 with a box [x0, y0, x1, y1] "
+                            "of finite numbers, x0 < x1 and y0 < y1")
+        out.append((label, tuple(float(v) for v in box)))
     return out
+
+
+def _clipped(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float]:
+    """``box`` cut to the image: a model's box may reach a little past the edge, as torchvision's
+    detectors clip theirs. :class:`_Unusable` when less than half of it is inside: that is no
+    object of this picture, and clipping it would invent one along the edge."""
+    _bbox(box)  # its own width, height and area are finite (box_not_finite) before any comparison
+    x0, y0, x1, y1 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height))
+    inside = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    if inside < 0.5 * (box[2] - box[0]) * (box[3] - box[1]):
+        raise _Unusable("box_outside_image", f"box {list(box)} lies mostly outside the {width}x{height} image")
+    return x0, y0, x1, y1
 
 
 def _bbox(box: tuple[float, float, float, float]) -> tuple[list[float], float]:

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn
 
 from auditstream.errors import AuditstreamError
+from auditstream.wire.codec import short_repr
 
 if TYPE_CHECKING:  # a hint only: reading an export (stack/recertify.py at CLI start) loads no store
     from store import AuditStore
@@ -46,8 +48,10 @@ _JSON_COLUMNS = ("model_output", "human_label", "input")  # nested values: JSON 
 _CSV_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     **{c: (json.loads, "JSON") for c in _JSON_COLUMNS}, "confidence": (float, "a number"),
     "inclusion_prob": (float, "a number"), "decided_at_s": (float, "a number"), "review_round": (int, "an integer"),
-    "is_gold": (lambda text: text == "True", "True or False"),
+    "is_gold": ({"True": True, "False": False}.__getitem__, "True or False"),
 }  # fmt: skip
+_TEXT_FIELDS = ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor")
+VERDICT_KINDS = ("accept", "correct", "reject")  # skips are no label: never exported
 INPUT_AT = "input_at"  # a row read without its input: where its record starts (LabelsFile.inputs)
 
 
@@ -173,7 +177,7 @@ class LabelsFile:
                     raise LabelsFileError(self.path, where, f"not JSON ({e})") from None
                 if not isinstance(row, dict):
                     raise LabelsFileError(self.path, where, f"a JSON {type(row).__name__}, not an object")
-                yield at, where, row
+                yield at, where, self._checked(row, where)
             return
         header, body = self._csv_header()
         top = start == 0  # line numbers are known when reading from the top (the header: line 1)
@@ -201,16 +205,44 @@ class LabelsFile:
                     raise LabelsFileError(self.path, where, f"no {c!r} cell (fewer cells than columns)")
                 try:
                     row[c] = value_of(row[c])
-                except ValueError as e:
+                except (ValueError, KeyError) as e:
                     raise LabelsFileError(self.path, where, f"column {c!r} is not {what} ({e})") from None
-            yield at, where, row
+            yield at, where, self._checked(row, where)
+
+    def _checked(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        """``row`` if each column holds what an export writes there, else LabelsFileError: a row
+        from another writer must fail here, naming its line, not as a traceback in training or
+        as a certificate computed on a bool that read as False. ``input`` may be absent (the
+        readers that need it say so)."""
+        def refuse(detail: str) -> NoReturn:
+            raise LabelsFileError(self.path, where, detail)
+
+        missing = [c for c in COLUMNS if c not in row and c != "input"]
+        if missing:
+            refuse(f"no {missing[0]!r} in the row")
+        for c in _TEXT_FIELDS:
+            if not isinstance(row[c], str) or not row[c]:
+                refuse(f"{c!r} must be a non-empty string, not {short_repr(row[c])}")
+        for c, low, high in (("confidence", 0.0, 1.0), ("inclusion_prob", 0.0, 1.0), ("decided_at_s", -math.inf, math.inf)):
+            value = row[c]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                refuse(f"{c!r} must be a finite number" + (f" in [{low:g}, {high:g}]" if math.isfinite(low) else "")
+                       + f", not {short_repr(value)}")
+        if type(row["review_round"]) is not int or row["review_round"] < 1:
+            refuse(f"'review_round' must be a whole number >= 1, not {short_repr(row['review_round'])}")
+        if type(row["is_gold"]) is not bool:
+            refuse(f"'is_gold' must be true or false, not {short_repr(row['is_gold'])}")
+        if row["verdict_kind"] not in VERDICT_KINDS:
+            refuse(f"'verdict_kind' must be one of {VERDICT_KINDS}, not {short_repr(row['verdict_kind'])}")
+        return row
 
     def _csv_header(self) -> tuple[list[str], int]:
         """The CSV's column names (checked once) and where its first record starts."""
         if self._header is None:
             raw = next(self._lines(0), (0, b""))[1]
             header = next(csv.reader([self._text(raw, "line 1")]), [])
-            missing = [c for c in _CSV_VALUES if c not in header]
+            missing = [c for c in COLUMNS if c not in header]
             if raw and missing:  # an empty file is an export of no rows
                 raise LabelsFileError(self.path, "line 1", f"no column {missing[0]!r} in the header")
             self._header, self._body = header, len(raw)

@@ -189,6 +189,9 @@ class StreamSample:
     rows: list[dict[str, Any]]
     settled: np.ndarray  # bool per row
     rows_not_in_store: int  # verdict rows whose request has no audit item in the store: left out
+    # settled rows whose route or inclusion probability differs from the store's item (an edited
+    # or foreign export): the store's are used, the design the sample was drawn with
+    rows_disagreeing_with_store: int = 0
 
     @property
     def first_waiting(self) -> dict[str, Any] | None:
@@ -206,18 +209,21 @@ def in_stream_order(usable: list[dict[str, Any]], items: list[SampledItem], judg
         if judges(it.request_id):
             by_request.setdefault(it.request_id, []).append(it)
     verdicts = {r["request_id"]: r for r in usable}
-    rows, settled = [], []
+    rows, settled, disagreeing = [], [], 0
     for request_id, its in sorted(by_request.items(), key=lambda kv: min(it.position for it in kv[1])):
         row = verdicts.get(request_id)
+        first = min(its, key=lambda it: it.position)
+        design = {"route": first.route, "inclusion_prob": first.inclusion_prob}
         if row is not None and all(it.done for it in its):
-            rows.append(row)
+            # The sampling design is the store's, never the rows': an export edited to say a QC
+            # sample was drawn with probability 1 would weight its errors 20 times too little.
+            disagreeing += any(row.get(k) != v for k, v in design.items())
+            rows.append({**row, **design})
             settled.append(True)
         else:
-            first = min(its, key=lambda it: it.position)
-            rows.append({"request_id": request_id, "route": first.route, "inclusion_prob": first.inclusion_prob,
-                         "human_label": None, "waiting": True})
+            rows.append({"request_id": request_id, **design, "human_label": None, "waiting": True})
             settled.append(False)
-    return StreamSample(rows, np.array(settled, dtype=bool), sum(r not in by_request for r in verdicts))
+    return StreamSample(rows, np.array(settled, dtype=bool), sum(r not in by_request for r in verdicts), disagreeing)
 
 
 def wire_inputs(rows: list[dict[str, Any]], inputs: InputLoader | None) -> list[Any]:
@@ -283,8 +289,13 @@ def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: f
     if not sample.settled.any():
         raise CannotCertify(f"none of the {len(usable)} verdicts of {card.name} that may judge version {card.version} "
                             f"has its audit item in the store (done), so none has a place in the stream")
-    conf, wrong = score_version(model, sample.rows, inputs=inputs)
     pi = np.array([r["inclusion_prob"] for r in sample.rows], dtype=np.float64)
+    bad = np.flatnonzero(~((pi > 0) & (pi <= 1)))  # NaN fails both
+    if bad.size:
+        raise CannotCertify(f"{bad.size} audit items in the store have an inclusion probability outside (0, 1] (the "
+                            f"first: request {sample.rows[int(bad[0])]['request_id']}, {pi[bad[0]]!r}): no sampling "
+                            "design weights them; find who wrote them to the audit topic")
+    conf, wrong = score_version(model, sample.rows, inputs=inputs)
     cert = certify_from_audits(conf, wrong, pi, target_risk, delta, threshold_sequence(card, target_risk, start_coverage),
                                settled=sample.settled)
     cert = against_truth(cert, gold[0], gold[1], gold_delta)
@@ -292,6 +303,7 @@ def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: f
     basis = {"model": card.name, "version": card.version, "verdicts_used": which, "n_rows": int(sample.settled.sum()),
              "order": "stream order: the audit store's item ids (set at ingest, before any verdict)",
              "waiting_for_verdict": int((~sample.settled).sum()), "rows_not_in_store": sample.rows_not_in_store,
+             "rows_disagreeing_with_store": sample.rows_disagreeing_with_store,
              "first_waiting": None if first is None else {"request_id": first["request_id"], "route": first["route"]},
              "live_threshold": card.triage.threshold, "gold_errors": gold[0], "gold_verdicts": gold[1],
              "scope": ("bounds how often auto-accepted answers disagree with the auditors; risk_against_truth adds "

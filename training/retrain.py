@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from auditstream.cli_args import COUNT_OR_ZERO, LEFTOVER, NON_NEGATIVE, SEED, check_fields
-from auditstream.errors import AuditstreamError
+from auditstream.errors import AuditstreamError, DecodeError
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.wire import decode_input
 from monitor.labels import read_labels
@@ -80,7 +80,8 @@ def _class_target(card: ModelCard, label: Any) -> int | None:
 
 def _zip_target(card: ModelCard, label: Any) -> list[int] | None:
     text = str(label)
-    return [int(c) for c in text] if len(text) == 5 and text.isdigit() else None
+    # isascii: str.isdigit() also holds for "³" and other digits int() refuses
+    return [int(c) for c in text] if len(text) == 5 and text.isascii() and text.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -131,18 +132,23 @@ def build_feedback(card: ModelCard, rows: list[dict[str, Any]], family: Family, 
                    base_version: str | None, certify_share: float, labels_file: str) -> Feedback:
     """The train part of ``rows`` as examples, with provenance and hygiene for the card."""
     sets = split_verdicts(rows, card.name, certify_share)
-    inputs, targets, used, unusable = [], [], [], 0
+    inputs, targets, used, unusable, unusable_inputs = [], [], [], 0, 0
     for row in sets.train:
         target = None if row["human_label"] is None else family.target(card, row["human_label"])
         if target is None:  # a reject, or a label the family cannot learn (e.g. a 4-character ZIP)
             unusable += row["verdict_kind"] != "reject"
             continue
-        inputs.append(prepare_input(decode_input(row["input"]), card.inputs[0]))
+        try:
+            inputs.append(prepare_input(decode_input(row.get("input")), card.inputs[0]))
+        except DecodeError:  # another model's input, or one the model does not take: not its example
+            unusable_inputs += 1
+            continue
         targets.append(target)
         used.append(row)
     spec = card.inputs[0]
     empty = np.zeros([0, *spec.shape[1:]], dtype=spec.dtype)
     learnt = provenance(used) | {"labels_file": labels_file, "unusable_labels": unusable,
+                                 "unusable_inputs": unusable_inputs,
                                  "note": ("verdict inputs are whatever traffic the auditors saw; if it was drawn from "
                                           "the family's test split (the demo streams test digits), this card's test "
                                           "metrics are no longer held out")}

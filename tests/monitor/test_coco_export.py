@@ -27,7 +27,7 @@ def test_the_export_is_a_coco_data_set_pycocotools_reads(tmp_path):
 
     rows = [
         _row("a", "accept", BOXES),
-        _row("b", "correct", [{"box": [5, 5, 9, 9], "label": 3}, {"box": [9, 9, 5, 5], "label": 3}, "junk"]),
+        _row("b", "correct", [{"box": [5, 5, 9, 9], "label": 3}, {"box": [60, 9, 66, 14], "label": 3}]),
         _row("c", "reject", None),
         _row("d", "correct", [{"box": [0, 0, 4, 4], "label": 2}], round_=1, at=1.0),
         _row("d", "correct", [{"box": [1, 1, 6, 6], "label": 4}], round_=2, at=2.0),  # the second review wins
@@ -41,7 +41,9 @@ def test_the_export_is_a_coco_data_set_pycocotools_reads(tmp_path):
     a = coco.loadAnns(coco.getAnnIds(imgIds=[by_request["a"]["id"]]))
     assert [(x["category_id"], x["bbox"], x["area"], x["iscrowd"]) for x in a] == [
         (7, [2.0, 3.0, 10.0, 15.0], 150.0, 0), (1, [30.0, 30.0, 10.0, 14.0], 140.0, 0)]
-    assert len(coco.getAnnIds(imgIds=[by_request["b"]["id"]])) == 1  # the inverted box and the junk are dropped
+    b = coco.loadAnns(coco.getAnnIds(imgIds=[by_request["b"]["id"]]))
+    assert [x["bbox"] for x in b] == [[5.0, 5.0, 4.0, 4.0], [60.0, 9.0, 4.0, 5.0]]  # the second clipped at x = 64
+    assert coco.dataset["info"]["clipped_boxes"] == 1
     assert [x["category_id"] for x in coco.loadAnns(coco.getAnnIds(imgIds=[by_request["d"]["id"]]))] == [4]
     assert {c["id"]: c["name"] for c in coco.dataset["categories"]} == {1: "1", 3: "3", 4: "4", 7: "7"}
     image = by_request["a"]
@@ -113,7 +115,7 @@ def test_labels_export_coco_survives_such_rows_from_the_command_line(tmp_path, m
 
     with open_store(url) as store:
         (alice,) = add_users(store, "alice")
-        for item in (detection("good", np.zeros((8, 8), np.float32), BOXES),
+        for item in (detection("good", np.zeros((64, 64), np.float32), BOXES),
                      detection("image", ImageInput(b"\x89PNG\r\n\x1a\n-not-really", "png"), BOXES),
                      detection("tensor", np.arange(5, dtype=np.float32), BOXES),
                      detection("inf", np.zeros((8, 8), np.float32), [{"box": [0, 0, 1e308, 1e308], "label": 1}])):
@@ -127,3 +129,30 @@ def test_labels_export_coco_survives_such_rows_from_the_command_line(tmp_path, m
     coco = _strict(out.read_text())
     assert [img["request_id"] for img in coco["images"]] == ["good"]
     assert coco["info"]["skipped"] == {"box_not_finite": 1, "input_not_a_picture": 2}
+
+
+def test_a_malformed_or_outside_box_skips_its_row_rather_than_teaching_no_object_there(tmp_path, caplog):
+    """Review 2026-12-04: the store takes any JSON correction from a client, and a box drawn
+    backwards, a NaN corner or a class given as text was dropped while its image stayed in the
+    data set -- with fewer objects than the auditor saw, i.e. a negative example where there is
+    an object. A box wholly outside the image was written as it was. Each such row is now left
+    out and counted; a box reaching a little past the edge is clipped (and counted)."""
+    rows = [
+        _row("backwards", "correct", [{"box": [5, 5, 9, 9], "label": 3}, {"box": [40, 40, 10, 10], "label": 1}]),
+        _row("nan-corner", "correct", [{"box": [10, 10, float("nan"), 20], "label": 1}]),
+        _row("text-class", "correct", [{"box": [10, 10, 20, 20], "label": "1"}]),
+        _row("bool-class", "correct", [{"box": [10, 10, 20, 20], "label": True}]),
+        _row("negative-class", "correct", [{"box": [10, 10, 20, 20], "label": -1}]),
+        _row("junk", "correct", [{"box": [5, 5, 9, 9], "label": 3}, "junk"]),
+        _row("not-a-list", "correct", "a caption, not boxes"),
+        _row("outside", "correct", [{"box": [500, 500, 900, 900], "label": 1}]),
+        _row("mostly-outside", "correct", [{"box": [50, 50, 150, 150], "label": 1}]),
+        _row("edge", "accept", [{"box": [60, 60, 66, 65], "label": 1}]),
+        _row("no-objects", "correct", []),  # a true negative: the auditor removed every box
+    ]
+    with caplog.at_level("WARNING", logger="monitor.coco_export"):
+        coco = coco_from_labels(rows, tmp_path / "images")
+    assert sorted(img["request_id"] for img in coco["images"]) == ["edge", "no-objects"]
+    assert coco["info"]["skipped"] == {"box_malformed": 7, "box_outside_image": 2}
+    assert [a["bbox"] for a in coco["annotations"]] == [[60.0, 60.0, 4.0, 4.0]] and coco["info"]["clipped_boxes"] == 1
+    assert "request 'backwards' left out" in caplog.text and "9 rows left out" in caplog.text

@@ -5,6 +5,7 @@ clear error naming the file and the line."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -187,3 +188,62 @@ def test_a_failed_export_leaves_neither_the_file_nor_its_temporary(tmp_path: Pat
     with pytest.raises(OSError, match="connection lost"):
         export_labels(Broken(), tmp_path / "out.jsonl", progress=False)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+# Review 2026-12-04: a row from another writer reached training and certify unchecked: a CSV
+# is_gold of "true" read as False (gold items trained on as traffic), a review_round of "2"
+# beside 1 crashed the verdict sets with a TypeError, a numeric verdict_id or model_version
+# crashed retrain, an inclusion probability of 1.7 or "high" reached the certificate.
+SPOILED_VALUES = {
+    "verdict_id": [17, "", None, ["v"]], "request_id": [3.5, "", None], "model": [1, None], "model_version": [1, None],
+    "task": [0, ""], "route": [None, 2], "auditor": [None, 7],
+    "confidence": ["0.5", None, float("nan"), float("inf"), 1.5, -0.1, True],
+    "inclusion_prob": ["high", None, float("nan"), 1.7, -0.5, False],
+    "decided_at_s": ["now", None, float("inf"), True],
+    "review_round": ["2", 2.0, 0, -1, None, True], "is_gold": ["true", 1, 0, None, "yes"],
+    "verdict_kind": ["skip", "ACCEPT", None, 1],
+}  # fmt: skip
+
+
+def _spoiled_rows() -> list[tuple[str, object]]:
+    return [(column, value) for column, values in SPOILED_VALUES.items() for value in values]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_row_whose_cell_is_not_what_an_export_writes_is_one_error_naming_its_line(fmt: str, tmp_path: Path) -> None:
+    with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
+        _seed(store)
+        good = tmp_path / f"good.{fmt}"
+        export_labels(store, good, fmt=fmt, progress=False)
+    rows = read_labels(good)
+    assert len(rows) == 3
+    checked = 0
+    for column, value in _spoiled_rows():
+        bad = tmp_path / f"bad.{fmt}"
+        spoiled = [dict(r) for r in rows]
+        spoiled[1][column] = value
+        if fmt == "jsonl":
+            bad.write_text("".join(json.dumps(r) + "\n" for r in spoiled))
+        else:
+            # A CSV cell is text: 17 as a verdict id or "0.5" as a confidence are what an export
+            # writes there; None and lists are JSON lines' cases.
+            if value is None or isinstance(value, list) or isinstance(value, str) and value in ("0.5", "2") \
+                    or column in ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor") \
+                    and value != "":
+                continue
+            with bad.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                for r in spoiled:
+                    writer.writerow({c: json.dumps(r[c]) if c in ("model_output", "human_label", "input") else r[c]
+                                     for c in COLUMNS})
+        with pytest.raises(LabelsFileError, match=rf"line {2 if fmt == 'jsonl' else 3}: .*{column}") as refused:
+            read_labels(bad)
+        assert "\n" not in str(refused.value), (column, value)
+        checked += 1
+    assert checked >= (40 if fmt == 'jsonl' else 20)
+    for column in COLUMNS[:-1]:  # every column but input must be there
+        bad = tmp_path / "missing.jsonl"
+        bad.write_text("".join(json.dumps({k: v for k, v in r.items() if k != column}) + "\n" for r in rows))
+        with pytest.raises(LabelsFileError, match=rf"line 1: no '{column}' in the row"):
+            read_labels(bad)

@@ -127,6 +127,34 @@ def test_the_test_reads_the_stream_not_the_order_verdicts_were_decided_in():
     assert [r["request_id"] for r in learnt.rows] == ["r1", "r2"]
 
 
+def test_the_sampling_design_is_the_stores_not_the_exports(registry):
+    """Review 2026-12-04: a settled row's inclusion probability came from the labels export, so an
+    export edited to say every QC sample (drawn at 0.05 in the store) was a deferral (1.0)
+    weighted each auditor disagreement 20 times too little -- and got a threshold certified that
+    the store's own numbers refuse. The store's route and probability are used, the rows that
+    disagree counted; a probability outside (0, 1] in the store is one error naming the request."""
+    model = registry.load("digits")
+    rows = audited_rows(2400)  # as many as the held-out digits give
+    for k, row in enumerate(rows):
+        if k % 4 == 3:  # one in four a QC sample drawn at 0.05; auditors disagree on 2 in 25 of those
+            row.update(route="AUTO_QC", inclusion_prob=0.05)
+            if k % 100 in (3, 51):
+                row["human_label"] = str((int(row["human_label"]) + 1) % 10)
+    stream = stream_of(rows)
+    honest, _ = recertify(model, rows, 0.05, 0.05, stream=stream)
+    edited = [dict(r, route="HUMAN", inclusion_prob=1.0) for r in rows]
+    cert, basis = recertify(model, edited, 0.05, 0.05, stream=stream)
+    assert not honest.certified
+    qc_rows = sum(r["route"] == "AUTO_QC" for r in rows)
+    assert qc_rows > 100 and cert.to_dict() == honest.to_dict() and basis["rows_disagreeing_with_store"] == qc_rows
+    sample = in_stream_order(edited, stream, lambda request_id: True)
+    assert [(r["route"], r["inclusion_prob"]) for r in sample.rows[3:5]] == [("AUTO_QC", 0.05), ("HUMAN", 1.0)]
+    for bad in (0.0, float("nan")):
+        broken = [dataclasses.replace(it, inclusion_prob=bad) if it.request_id == "r7" else it for it in stream]
+        with pytest.raises(CannotCertify, match=r"inclusion probability outside \(0, 1\].*request r7"):
+            recertify(model, rows, 0.05, 0.05, stream=broken)
+
+
 def test_a_version_that_learnt_from_verdicts_is_judged_on_the_certify_part_only(registry):
     card = registry.card("digits")
     learnt = type(card)(**{**card.__dict__, "extra": {**card.extra, "data_hygiene": {"certify_share": 0.5}}})
