@@ -15,12 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, add_checked_argument, add_dataclass_arguments,
+from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, Range, add_checked_argument, add_dataclass_arguments,
                                   check_fields, dataclass_from_namespace)
 from auditstream.errors import BadArguments, ConfigError
 from auditstream.wire.codec import Reason
+from serving.workers import MAX_WORKERS
 
 Source = Literal["auto", "random", "png", "digits"]  # serving/loadgen.py's SOURCES
+WORKERS = Range(1, MAX_WORKERS, whole=True)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    "and canaries without a restart; a pinned version never changes)")
     s.add_argument("--shadow", action="store_true", help="run --version as a shadow candidate on the model's "
                    "requests: predictions flagged shadow only, nothing acts (for auditstream promote)")
-    add_checked_argument(s, "--workers", COUNT, default=1, help="consumer processes of this model on this host, "
+    add_checked_argument(s, "--workers", WORKERS, default=1, help="consumer processes of this model on this host, "
                          "each a group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 "
                          "(docs/serving.md)")
     add_checked_argument(s, "--supervisor-pid", COUNT, metavar="PID", help="stop (drain, checkpoint, exit 0) when "

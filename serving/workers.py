@@ -47,6 +47,9 @@ from auditstream.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
+# Each worker is a whole serving process (a model session, Kafka clients, a metrics port): more
+# than a host has cores share them to no gain, and more than the topic's partitions sit idle.
+MAX_WORKERS = 1024
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_POLL_S = 1.0  # the fallback's poll of the parent pid, where prctl is missing
 
@@ -131,8 +134,8 @@ class Supervisor:
                  command: Sequence[str] | None = None) -> None:
         """``options``: the ``serve`` options by argparse dest (``model``, ``version``,
         ``shadow``, ...), every one of them passed on to each worker (:func:`worker_argv`)."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError("--workers", workers, "a whole number >= 1")
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise ConfigError("--workers", workers, f"a whole number from 1 to {MAX_WORKERS}")
         if settings.metrics_port and settings.metrics_port + workers - 1 > 65535:  # worker i: port + i
             raise ConfigError(ENV_PREFIX + "METRICS_PORT", settings.metrics_port, f"a port from 1 to {65536 - workers} "
                               f"with --workers {workers} (worker i serves /metrics on port + i)")

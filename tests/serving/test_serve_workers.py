@@ -97,8 +97,9 @@ def test_a_metrics_port_without_room_for_every_worker_is_refused_before_any_star
     with pytest.raises(ConfigError, match="AUDITSTREAM_METRICS_PORT=65535: expected a port from 1 to 65534"):
         Supervisor(Settings(metrics_port=65535), {"model": "tiny"}, 2)
     assert Supervisor(Settings(metrics_port=65534), {"model": "tiny"}, 2).workers == 2
-    with pytest.raises(ConfigError, match="--workers"):
-        Supervisor(Settings(), {"model": "tiny"}, 0)
+    for count in (0, 1025):
+        with pytest.raises(ConfigError, match="--workers"):
+            Supervisor(Settings(), {"model": "tiny"}, count)
 
 
 def test_shadow_without_a_version_is_one_line_before_anything_starts(monkeypatch, capsys) -> None:
