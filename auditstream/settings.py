@@ -32,6 +32,13 @@ MAX_TOPIC_PREFIX_CHARS = 249 - len(".requests.") - 64
 _TOPIC_PREFIX = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TOPIC_PREFIX_CHARS}}}")
 _BOOTSTRAP_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?")
 
+# A partial batch's wait, or a latency budget, of more than ten minutes holds a request that long:
+# no serving, most likely a slip of units (seconds or microseconds for milliseconds).
+MAX_BATCH_WAIT_MS = 600_000
+# More uncommitted batches than this, and under steady load the loop commits only when the stream
+# goes quiet: a crash answers everything since then again (1,000 batches of 64: 64,000 requests).
+MAX_IN_FLIGHT_BATCHES = 1_000
+
 # Integer settings: (lowest, highest or None, a note for the error). A value past an upper end
 # would pass here and fail later with a raw error: librdkafka refuses its properties out of their
 # ranges when the first client is built (session.timeout.ms 1..3,600,000, max.poll.interval.ms
@@ -41,11 +48,11 @@ _BOOTSTRAP_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z
 INT_RANGES: dict[str, tuple[int, int | None, str]] = {
     "partitions": (1, 10_000, " per topic"),
     "max_batch_size": (1, MAX_BATCH_SIZE, " (requests in one inference batch)"),
-    "max_in_flight_batches": (1, None, ""),
+    "max_in_flight_batches": (1, MAX_IN_FLIGHT_BATCHES, " (uncommitted batches: what a crash answers again)"),
     "max_request_bytes": (1, None, ""),
     "max_model_constant_bytes": (1, None, ""),
-    "max_wait_ms": (0, None, ""),
-    "latency_budget_ms": (0, None, ""),
+    "max_wait_ms": (0, MAX_BATCH_WAIT_MS, " (ten minutes: a longer wait is no serving)"),
+    "latency_budget_ms": (0, MAX_BATCH_WAIT_MS, " (ten minutes: a longer budget is no serving)"),
     "intra_op_threads": (0, 1024, " (0: the cores this process may use)"),
     "fetch_max_wait_ms": (0, 300_000, " (librdkafka's fetch.wait.max.ms range)"),
     "session_timeout_ms": (1, 3_600_000, " (librdkafka's session.timeout.ms range)"),

@@ -15,12 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, add_checked_argument, add_dataclass_arguments,
+from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, Range, add_checked_argument, add_dataclass_arguments,
                                   check_fields, dataclass_from_namespace)
 from auditstream.errors import BadArguments, ConfigError
 from auditstream.wire.codec import Reason
+from serving.workers import MAX_WORKERS
 
 Source = Literal["auto", "random", "png", "digits"]  # serving/loadgen.py's SOURCES
+WORKERS = Range(1, MAX_WORKERS, whole=True)
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,18 @@ def _settings(**overrides: object):
 
 
 # Namespace entries that are not serve's own options (the top-level parser's and argparse's).
-_NOT_SERVE_OPTIONS = ("command", "handler", "log_level", "workers")
+# --supervisor-pid too: each supervisor gives its workers its own pid.
+_NOT_SERVE_OPTIONS = ("command", "handler", "log_level", "workers", "supervisor_pid")
 
 
 def _serve(args: argparse.Namespace) -> int:
     if args.shadow and not args.version:  # before any model or broker is touched
         raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
                            "(the live version serves without --shadow)")
+    if args.supervisor_pid is not None:  # a worker of serve --workers N: it must not outlive its supervisor
+        from serving.workers import follow_supervisor
+
+        follow_supervisor(args.supervisor_pid)
     if args.workers != 1:  # N processes, one group: serving/workers.py
         from serving.workers import Supervisor
 
@@ -111,8 +118,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    "and canaries without a restart; a pinned version never changes)")
     s.add_argument("--shadow", action="store_true", help="run --version as a shadow candidate on the model's "
                    "requests: predictions flagged shadow only, nothing acts (for auditstream promote)")
-    add_checked_argument(s, "--workers", COUNT, default=1, help="consumer processes of this model on this host, each "
-                         "a group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 (docs/serving.md)")
+    add_checked_argument(s, "--workers", WORKERS, default=1, help="consumer processes of this model on this host, "
+                         "each a group member with cores/N ONNX Runtime threads; one dying stops all, exit 1 "
+                         "(docs/serving.md)")
+    add_checked_argument(s, "--supervisor-pid", COUNT, metavar="PID", help="stop (drain, checkpoint, exit 0) when "
+                         "process PID, this one's parent, ends, even by SIGKILL; serve --workers N sets it on each "
+                         "worker", example=1234)
     s.set_defaults(handler=_serve)
 
     p = commands.add_parser("produce", help="load generator: requests that fit a model's input spec")

@@ -16,15 +16,29 @@ restart in place: the usual cause is a broken model or broker that would take do
 replacement too, and a crash loop hidden inside one process is worse than a restart the
 orchestrator (systemd, Kubernetes) sees, counts and backs off. The dead worker's partitions move
 to the survivors while they drain (at-least-once: its uncommitted batches are answered again).
+
+**A supervisor that is killed takes its workers with it**: SIGKILL (``kill -9``, the OOM killer,
+an orchestrator's hard kill) gives it no chance to pass anything on, so each worker is started
+with ``--supervisor-pid`` and arranges, first thing, to get SIGTERM when that parent ends
+(:func:`follow_supervisor`): it drains, checkpoints and exits 0, as on a SIGTERM passed on,
+instead of consuming on as an orphan nobody stops. On Linux the kernel sends it
+(``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread of the worker polls its parent pid every second.
+The worker sets this itself, after ``exec``, rather than in a ``preexec_fn`` (unsafe in a process
+with threads, and it would cost ``subprocess`` its fast spawn). The kernel sends it when the
+*thread* that forked the worker ends, not the process: here that is the supervisor's main thread
+(:meth:`Supervisor.run` installs signal handlers, which only the main thread may, and starts the
+workers), which ends only with the process. The restart is the orchestrator's, as above.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Mapping, Sequence
 
@@ -33,6 +47,11 @@ from auditstream.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
+# Each worker is a whole serving process (a model session, Kafka clients, a metrics port): more
+# than a host has cores share them to no gain, and more than the topic's partitions sit idle.
+MAX_WORKERS = 1024
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0  # the fallback's poll of the parent pid, where prctl is missing
 
 
 def available_cores() -> int:
@@ -73,6 +92,41 @@ def worker_argv(options: Mapping[str, object]) -> list[str]:
     return argv
 
 
+def follow_supervisor(supervisor_pid: int) -> None:
+    """A worker's first step: SIGTERM to this process once ``supervisor_pid``, its parent, ends
+    (however it ends), so the worker drains and exits 0 instead of serving on as an orphan. A
+    SIGTERM that comes before the worker's loop has its handler ends the process at once (nothing
+    consumed yet, nothing to drain). :class:`BadArguments` when that process is not this one's
+    parent: it ended before this ran, or the pid is wrong."""
+    armed = _parent_death_signal(signal.SIGTERM)
+    # After the prctl: a supervisor that ended before it took effect shows here (this process was
+    # handed to init or a subreaper) instead of being missed.
+    if os.getppid() != supervisor_pid:
+        raise BadArguments(f"serve --supervisor-pid {supervisor_pid}: that process is not this one's parent (it "
+                           "has ended, or the pid is wrong); serve --workers N sets it, leave it out otherwise")
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(supervisor_pid,), name="supervisor-watch", daemon=True).start()
+    log.debug("stopping with supervisor pid %d (%s)", supervisor_pid, "prctl" if armed else "polled")
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Linux: the kernel sends ``signum`` to this process when its parent ends; False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum)) == 0
+    except (OSError, AttributeError):  # no libc to load, or one without prctl: poll instead
+        return False
+
+
+def _watch_parent(supervisor_pid: int) -> None:
+    """The portable fallback: an ended parent shows as a new parent pid (init's, or a subreaper's)."""
+    while os.getppid() == supervisor_pid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)  # as from outside: the loop's handler runs on the main thread
+
+
 class Supervisor:
     """Starts the workers, passes SIGTERM on, and stops everything when one dies."""
 
@@ -80,8 +134,8 @@ class Supervisor:
                  command: Sequence[str] | None = None) -> None:
         """``options``: the ``serve`` options by argparse dest (``model``, ``version``,
         ``shadow``, ...), every one of them passed on to each worker (:func:`worker_argv`)."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError("--workers", workers, "a whole number >= 1")
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise ConfigError("--workers", workers, f"a whole number from 1 to {MAX_WORKERS}")
         if settings.metrics_port and settings.metrics_port + workers - 1 > 65535:  # worker i: port + i
             raise ConfigError(ENV_PREFIX + "METRICS_PORT", settings.metrics_port, f"a port from 1 to {65536 - workers} "
                               f"with --workers {workers} (worker i serves /metrics on port + i)")
@@ -96,7 +150,8 @@ class Supervisor:
         for i in range(self.workers):
             if self._stopping:  # SIGTERM while starting: start no more
                 break
-            proc = subprocess.Popen(self.command + self.args, env=worker_env(self.settings, i, self.workers, cores))
+            proc = subprocess.Popen(self.command + self.args + [f"--supervisor-pid={os.getpid()}"],
+                                    env=worker_env(self.settings, i, self.workers, cores))
             self.procs.append(proc)
             log.info("worker %d/%d started: pid %d, %s intra-op threads", i + 1, self.workers, proc.pid,
                      threads_per_worker(self.settings.intra_op_threads, cores, self.workers))

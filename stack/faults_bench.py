@@ -70,10 +70,10 @@ from typing import Any, Callable, TextIO
 
 from auditstream import topics as T
 from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, check_fields
-from auditstream.errors import BrokerUnavailable, DeliveryFailed
+from auditstream.errors import BrokerUnavailable, ConfigError, DeliveryFailed
 from auditstream.kafka import ensure_model_topics, kafka_python_config, make_consumer, make_producer
 from auditstream.registry import ModelRegistry, RegisteredModel
-from auditstream.settings import Settings
+from auditstream.settings import LOG_LEVELS, Settings
 from auditstream.wire import InferenceRequest
 from serving.loadgen import inputs_for
 from serving.app import group_id as serve_group_id
@@ -113,7 +113,8 @@ class FaultsArgs:
                                                            "poll interval (>= 40 s with kafka-python, >= 6 s with "
                                                            "confluent)"})
     log_dir: str = field(default="", metadata={"help": "keep the broker's and consumers' logs here (default: dropped)"})
-    serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level (DEBUG logs every "
+    serve_log_level: str = field(default="WARNING", metadata={"help": "the consumers' log level, one of "
+                                                                      f"{', '.join(LOG_LEVELS)} (DEBUG logs every "
                                                                       "assignment and commit)"})
     bootstrap: str = field(default="", metadata={
         "help": "run against this Kafka cluster (host:port,...; security settings from the AUDITSTREAM_KAFKA_* "
@@ -124,6 +125,9 @@ class FaultsArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # one line naming the option, before any broker or consumer is started
+        # Any case, as the consumers' settings take it; else refused only when the first consumer started.
+        if self.serve_log_level.upper() not in LOG_LEVELS:
+            raise ConfigError("--serve-log-level", self.serve_log_level, f"one of {', '.join(LOG_LEVELS)}")
         if self.scenario != "all" and self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)} or all")
         if self.bootstrap and self.scenario in BROKER_CONTROLLED:

@@ -4,7 +4,12 @@ in exactly one ``auditstream: error: invalid --OPTION=VALUE: expected ...`` line
 before any work starts. Before, these were accepted (a bench ran with ``--confidence nan`` or
 ``--seed -1`` until numpy refused it, a soak of ``--soak-s inf`` never ended, ``monitor
 --outbox-interval-s inf`` never published) or refused by a later check under another option's
-name (``bench loop --digits-seed-fraction 0`` as ``--train-fraction``)."""
+name (``bench loop --digits-seed-fraction 0`` as ``--train-fraction``).
+
+Named choices the same way: ``rl train-offline --algorithm`` and ``--ope-human-steps`` and ``bench
+faults --serve-log-level``. Before, a bad one failed only in the work: an unknown algorithm after
+the dataset was read, an unknown OPE mode after training, a bad log level when the bench's first
+consumer started, after its broker."""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from auditstream.cli import main
+from auditstream.errors import ConfigError
+from auditstream.settings import LOG_LEVELS
 from auditstream.cli_args import COUNT, FRACTION, POSITIVE, PROBABILITY, SHARE, _whole_number
 from tests.monitor.test_cli_errors import UNREACHABLE_POSTGRES
 
@@ -80,6 +87,46 @@ def test_a_bad_number_is_one_line_naming_the_option_and_exit_2(argv, shown, expe
     assert code == 2, err
     assert err.splitlines() == [err.strip()] and "Traceback" not in err, err  # one line, nothing else
     assert err.startswith(f"auditstream: error: invalid {shown}: expected ") and expected in err, err
+
+
+CHOICES = [
+    (["rl", "train-offline", "--algorithm", "ppo"], "--algorithm='ppo'", "bc or cql"),
+    (["rl", "train-offline", "--algorithm", "BC"], "--algorithm='BC'", "bc or cql"),
+    (["rl", "train-offline", "--ope-human-steps", "ignore"], "--ope-human-steps='ignore'",
+     "as_logged, exclude or model"),
+    (["bench", "faults", "--serve-log-level", "loud"], "--serve-log-level='loud'",
+     "one of DEBUG, INFO, WARNING, WARN, ERROR, CRITICAL"),
+    (["bench", "faults", "--serve-log-level", ""], "--serve-log-level=''", "one of DEBUG, INFO"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, shown, expected", CHOICES, ids=[" ".join(c[0]) for c in CHOICES])
+def test_a_bad_choice_is_one_line_naming_the_option_before_the_work(argv, shown, expected, capsys,
+                                                                    monkeypatch) -> None:
+    for work in ("training.rl.offline_train.main", "stack.faults_bench.run_faults"):
+        monkeypatch.setattr(work, lambda *a, **k: pytest.fail("the work started: the bad choice was not refused"))
+    code, err = refusal(argv, capsys)
+    assert code == 2, err
+    assert err.splitlines() == [err.strip()] and "Traceback" not in err, err
+    assert err.startswith(f"auditstream: error: invalid {shown}: expected ") and expected in err, err
+
+
+def test_the_choices_are_what_the_work_takes() -> None:
+    """Every algorithm, OPE mode and log level the work knows is accepted (log levels in any case,
+    as the consumers' settings take them), and the lists are the work's own."""
+    from stack.faults_bench import FaultsArgs
+    from training.rl.args import OFFLINE_ALGORITHMS, OPE_HUMAN_STEPS, OfflineArgs
+    from training.rl.offline_train import ALGORITHMS
+    from training.rl.ope_humans import HUMAN_STEPS
+
+    assert OFFLINE_ALGORITHMS == ALGORITHMS and OPE_HUMAN_STEPS == HUMAN_STEPS
+    for algorithm in ALGORITHMS:
+        for human_steps in HUMAN_STEPS:
+            OfflineArgs(algorithm=algorithm, ope_human_steps=human_steps)  # a refusal raises
+    for level in LOG_LEVELS + ("debug", "Info"):
+        assert FaultsArgs(serve_log_level=level).serve_log_level == level
+    with pytest.raises(ConfigError, match="--serve-log-level"):
+        FaultsArgs(serve_log_level="NOTSET")  # a name logging knows, but no level the settings take
 
 
 BENCH_OPTIONS = {  # one checked option per command, with the range it is declared with

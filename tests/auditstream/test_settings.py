@@ -51,7 +51,7 @@ def test_overrides_win_over_the_environment_and_none_means_unset():
         ("AUDITSTREAM_PARTITIONS", "1.5", "an integer"),
         ("AUDITSTREAM_PARTITIONS", "0", "an integer from 1 to 10000"),
         ("AUDITSTREAM_MAX_BATCH_SIZE", "-4", "an integer from 1 to 65536"),
-        ("AUDITSTREAM_MAX_WAIT_MS", "-1", "an integer >= 0"),
+        ("AUDITSTREAM_MAX_WAIT_MS", "-1", "an integer from 0 to 600000"),
         ("AUDITSTREAM_QC_RATE", "2%", "a number"),
         ("AUDITSTREAM_QC_RATE", "1.5", "a probability in [0, 1]"),
         ("AUDITSTREAM_QC_RATE", "nan", "a probability in [0, 1]"),

@@ -9,8 +9,11 @@ batches, at most 10,000,000) refused it earlier still, as it refuses a session t
 interval or fetch wait out of its ranges when the first consumer is built; a bootstrap address
 with a port that is no number raised kafka-python's ValueError; 3,000,000,000 partitions a
 ``struct.error``; a topic prefix with a space hung the topic creation; a million ONNX Runtime
-threads took minutes. The table holds those values; the properties say the class: whatever
-value ``Settings`` accepts, the client, the triage policy and the topic names take it."""
+threads took minutes. Values that only behaved oddly are refused too: a batch wait or latency
+budget of hours (20 s typed in microseconds) held requests that long, a million in-flight
+batches meant no commit under steady load. The table holds those values; the properties say the
+class: whatever value ``Settings`` accepts, the client, the triage policy and the topic names
+take it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from hypothesis import strategies as st
 
 from auditstream import topics
 from auditstream.errors import ConfigError
-from auditstream.settings import INT_RANGES, MAX_BATCH_SIZE, Settings
+from auditstream.settings import INT_RANGES, MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, MAX_IN_FLIGHT_BATCHES, Settings
 from tests.auditstream.test_wire_fuzz import FUZZ
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -38,6 +41,10 @@ ODD = [  # (variables, the last one refused; what the error says it expects)
     ({"AUDITSTREAM_FETCH_MAX_WAIT_MS": "300001"}, "an integer from 0 to 300000"),
     ({"AUDITSTREAM_PARTITIONS": "3000000000"}, "an integer from 1 to 10000"),
     ({"AUDITSTREAM_INTRA_OP_THREADS": "100000"}, "an integer from 0 to 1024"),
+    ({"AUDITSTREAM_MAX_WAIT_MS": "600001"}, "an integer from 0 to 600000"),
+    ({"AUDITSTREAM_MAX_WAIT_MS": "20000000"}, "an integer from 0 to 600000"),  # 20 s typed in microseconds
+    ({"AUDITSTREAM_LATENCY_BUDGET_MS": "86400000"}, "an integer from 0 to 600000"),
+    ({"AUDITSTREAM_MAX_IN_FLIGHT_BATCHES": "1001"}, "an integer from 1 to 1000"),
     ({"AUDITSTREAM_TOPIC_PREFIX": "bad prefix"}, "1 to 175 of the characters Kafka allows"),
     ({"AUDITSTREAM_TOPIC_PREFIX": ""}, "1 to 175 of the characters Kafka allows"),
     ({"AUDITSTREAM_TOPIC_PREFIX": "p" * 176}, "1 to 175 of the characters Kafka allows"),
@@ -70,6 +77,9 @@ def test_the_values_that_stay_accepted() -> None:
     settings = Settings.from_env({"AUDITSTREAM_BOOTSTRAP_SERVERS": "k1:9092, [::1]:9093,PLAINTEXT://k3:9094,k4",
                                   "AUDITSTREAM_TOPIC_PREFIX": "team_a.prod-2", "AUDITSTREAM_QC_SALT": "ä secret"})
     assert settings.topic("audit") == "team_a.prod-2.audit"
+    top = Settings(max_wait_ms=MAX_BATCH_WAIT_MS, latency_budget_ms=MAX_BATCH_WAIT_MS,
+                   max_in_flight_batches=MAX_IN_FLIGHT_BATCHES)  # the upper ends themselves
+    assert (top.max_wait_ms, top.max_in_flight_batches) == (600_000, 1_000)
 
 
 def test_the_upper_ends_are_inside_what_librdkafka_takes() -> None:

@@ -7,8 +7,9 @@ Before: ``serve --shadow`` without ``--version`` ended in a raw ValueError trace
 source for a float16 input) raised ValueError at the first request, after the broker was
 contacted; ``--log-level loud`` raised logging's ValueError; a bad ``AUDITSTREAM_*`` variable was a
 traceback from ``main()``, outside its error handling; ``serve --workers 2`` with
-``AUDITSTREAM_METRICS_PORT=65535`` started a worker that died on port 65536; a misspelt
-``dlq replay --reason`` replayed nothing, silently."""
+``AUDITSTREAM_METRICS_PORT=65535`` started a worker that died on port 65536; ``serve --workers
+100000`` set out to start a hundred thousand processes; a misspelt ``dlq replay --reason``
+replayed nothing, silently."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ CASES = [  # (argv, AUDITSTREAM_* variables, what the last line of the refusal s
     (["--log-level", "loud", "serve", "--model", "tiny"], {}, "invalid choice: 'LOUD'"),
     (["serve", "--model", "tiny", "--workers", "2"], {"METRICS_PORT": "65535"},
      "invalid AUDITSTREAM_METRICS_PORT=65535: expected a port from 1 to 65534 with --workers 2"),
+    (["serve", "--model", "tiny", "--workers", "1025"], {}, "invalid --workers=1025: expected a whole number from 1 "
+     "to 1024"),
+    (["serve", "--model", "tiny"], {"MAX_WAIT_MS": "3600000"}, "invalid AUDITSTREAM_MAX_WAIT_MS=3600000"),
     (["serve", "--model", "tiny"], {"QC_SALT": ""}, "invalid AUDITSTREAM_QC_SALT=''"),
     (["serve", "--model", "tiny"], {"MAX_BATCH_SIZE": "2000000"}, "AUDITSTREAM_MAX_BATCH_SIZE=2000000"),
     (["serve", "--model", "tiny"], {"QC_RATE": "2"}, "invalid AUDITSTREAM_QC_RATE=2.0"),

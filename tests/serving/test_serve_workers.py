@@ -3,12 +3,15 @@ split the partitions, every request is answered once, SIGTERM stops all of them 
 worker killed from outside stops the service with exit 1 and a line naming it; ``--shadow
 --version V --workers 2`` starts shadow workers, in the shadow group, that write flagged
 predictions only (before, each worker was started as ``serve --model M --version V``: a live
-consumer of the candidate in the live group, writing decisions). The thread share, the
-per-worker environment and every serve option reaching each worker's command line are checked
-without processes."""
+consumer of the candidate in the live group, writing decisions); a SIGKILLed supervisor's
+workers each drain and exit 0 (before, they served on as orphans nobody stopped). The thread
+share, the per-worker environment and every serve option reaching each worker's command line
+are checked without processes."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -81,7 +84,7 @@ def test_the_workers_of_a_shadow_run_are_started_as_shadows(monkeypatch: pytest.
 
     monkeypatch.setattr(workers.subprocess, "Popen", Started)
     Supervisor(Settings(), {"model": "tiny", "version": "5", "shadow": True}, 2, command=["serve"]).start()
-    assert launched == [["serve", "--model=tiny", "--version=5", "--shadow"]] * 2
+    assert launched == [["serve", "--model=tiny", "--version=5", "--shadow", f"--supervisor-pid={os.getpid()}"]] * 2
 
 
 def test_an_option_the_supervisor_cannot_pass_on_is_refused() -> None:
@@ -94,8 +97,9 @@ def test_a_metrics_port_without_room_for_every_worker_is_refused_before_any_star
     with pytest.raises(ConfigError, match="AUDITSTREAM_METRICS_PORT=65535: expected a port from 1 to 65534"):
         Supervisor(Settings(metrics_port=65535), {"model": "tiny"}, 2)
     assert Supervisor(Settings(metrics_port=65534), {"model": "tiny"}, 2).workers == 2
-    with pytest.raises(ConfigError, match="--workers"):
-        Supervisor(Settings(), {"model": "tiny"}, 0)
+    for count in (0, 1025):
+        with pytest.raises(ConfigError, match="--workers"):
+            Supervisor(Settings(), {"model": "tiny"}, count)
 
 
 def test_shadow_without_a_version_is_one_line_before_anything_starts(monkeypatch, capsys) -> None:
@@ -165,6 +169,130 @@ def test_a_dead_worker_stops_the_service_with_exit_1(stream_settings: Settings, 
         if proc.poll() is None:
             proc.kill()
     assert f"(pid {victim}) exited with status -9" in log.read_text()
+
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="waits for the orphans as their adopter: Linux's PR_SET_CHILD_SUBREAPER")
+
+
+@contextlib.contextmanager
+def adopting_orphans():
+    """This process adopts any descendant orphaned meanwhile (as init would), so a test can wait
+    for the workers of a killed supervisor and read their exit status."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    assert prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1)) == 0, os.strerror(ctypes.get_errno())
+    try:
+        yield
+    finally:
+        prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(0))
+
+
+def _exit_status(pid: int, timeout_s: float) -> int | None:
+    """The exit status of adopted process ``pid`` (-N: killed by signal N); None when it still ran
+    after ``timeout_s`` (it is then killed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [p for child in map(int, children) for p in (child, *_descendants(child))]
+
+
+def _running(pid: int) -> bool:
+    """Running; a zombie (ended, not yet reaped) is not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@linux_only
+def test_the_workers_of_a_killed_supervisor_drain_and_exit_0(stream_settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL to the supervisor (kill -9, the OOM killer) gives it no chance to pass SIGTERM on:
+    each worker gets it from the kernel, drains, checkpoints and exits 0, and nothing the service
+    started keeps running. Before, both workers went on consuming, orphans nobody stopped."""
+    settings, port, log = stream_settings, _free_port_pair(), tmp_path / "serve.log"
+    with adopting_orphans():
+        proc = _start(settings, port, log)
+        try:
+            assert all(_wait_split(port, 90)), log.read_text()[-3000:]
+            tree = _descendants(proc.pid)
+            workers_started = [int(p) for p in subprocess.check_output(["pgrep", "-P", str(proc.pid)]).split()]
+            proc.kill()
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            statuses = {pid: _exit_status(pid, 90) for pid in workers_started}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert len(workers_started) == 2 and statuses == dict.fromkeys(workers_started, 0), f"{statuses}\n{text[-3000:]}"
+    assert text.count("stopped after") == 2, text[-3000:]  # each drained and said so
+    assert [pid for pid in tree if _running(pid)] == []
+
+
+# A worker of a stand-in supervisor: follows it, prints its pid, and exits 0 on SIGTERM (serve's
+# loop drains first); argv: the supervisor's pid, "prctl" or "polled" (as where prctl is missing).
+FOLLOWER = """
+import os, signal, sys, time
+from serving import workers
+if sys.argv[2] == "polled":
+    workers._parent_death_signal = lambda signum: False
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+workers.follow_supervisor(int(sys.argv[1]))
+print(os.getpid(), flush=True)
+time.sleep(120)
+sys.exit(3)
+"""
+STAND_IN = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
+time.sleep(120)
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("mechanism", ["prctl", "polled"])
+def test_a_worker_gets_sigterm_when_its_supervisor_is_killed(mechanism: str) -> None:
+    """Both ways of following the supervisor, without a broker: the kernel's parent-death signal
+    (Linux) and the fallback that polls the parent pid (elsewhere)."""
+    with adopting_orphans():
+        stand_in = subprocess.Popen([sys.executable, "-c", STAND_IN, FOLLOWER, mechanism], stdout=subprocess.PIPE,
+                                    text=True)
+        try:
+            worker = int(stand_in.stdout.readline())  # type: ignore[union-attr]
+            stand_in.kill()
+            stand_in.wait()
+            status = _exit_status(worker, 30)
+        finally:
+            stand_in.kill()
+            stand_in.wait()
+            stand_in.stdout.close()  # type: ignore[union-attr]
+    assert status == 0
+
+
+def test_a_worker_whose_supervisor_has_ended_does_not_start(tmp_path: Path) -> None:
+    """The supervisor died before its worker got to follow it (the worker now has another
+    parent): one line, exit 2, before any model is loaded (the registry here is empty)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid is nobody's parent now
+    run = subprocess.run([sys.executable, "-m", "auditstream.cli", "serve", "--model", "tiny",
+                          f"--supervisor-pid={ended.pid}"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "AUDITSTREAM_MODELS_DIR": str(tmp_path / "empty")})
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith(f"auditstream: error: serve --supervisor-pid {ended.pid}: that process is not "
+                                 "this one's parent"), run.stderr
 
 
 @pytest.mark.kafka

@@ -24,6 +24,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                            ent_coef=0.01),
 }
 DEFAULT_PRESET = PRESETS["LunarLander-v3"]
+# What rl train-offline can do, so anything else is refused before the dataset is read: the
+# ALGORITHMS of training/rl/offline_train.py and HUMAN_STEPS of training/rl/ope_humans.py (not
+# imported: they pull in numpy, and --help reads this module; a test holds them equal).
+OFFLINE_ALGORITHMS = ("bc", "cql")
+OPE_HUMAN_STEPS = ("as_logged", "exclude", "model")
 
 
 def _arg(help_text: str, default: Any = None, check: Range | None = None) -> Any:
@@ -119,6 +124,11 @@ class OfflineArgs:
         check_fields(self)
         if self.action_selection not in ("sample", "greedy"):
             raise ConfigError("--action-selection", self.action_selection, "sample or greedy")
+        if self.algorithm not in OFFLINE_ALGORITHMS:
+            raise ConfigError("--algorithm", self.algorithm, " or ".join(OFFLINE_ALGORITHMS))
+        if self.ope_human_steps not in OPE_HUMAN_STEPS:
+            raise ConfigError("--ope-human-steps", self.ope_human_steps,
+                              f"{', '.join(OPE_HUMAN_STEPS[:-1])} or {OPE_HUMAN_STEPS[-1]}")
 
 
 @dataclass(frozen=True)
