@@ -205,7 +205,8 @@ class Settings:
             if isinstance(value, str) and (not is_utf8(value) or "\0" in value):
                 # A variable's bytes that are not UTF-8 come in as lone surrogates: no client,
                 # child process environment or hash can take them.
-                shown = "***" if f.name in SECRET_FIELDS else value.encode("utf-8", "backslashreplace").decode()
+                shown = ("***" if f.name in SECRET_FIELDS else (redact_url(value) if f.name == "store_url" else value)
+                         .encode("utf-8", "backslashreplace").decode())
                 raise ConfigError(f.name, shown, "UTF-8 text without NUL characters")
         if not self.qc_salt:  # TriagePolicy refuses it too, but only once a consumer starts
             raise ConfigError("qc_salt", "", "a non-empty secret, the same on every consumer and the monitor "
@@ -229,6 +230,16 @@ class Settings:
                 if not getattr(self, name):  # unset: name the variable to set
                     raise ConfigError(ENV_PREFIX + name.upper(), "", f"a non-empty value with "
                                       f"kafka_security_protocol={self.kafka_security_protocol}")
+        # A TLS file or SASL credential the protocol does not use: the operator meant to encrypt
+        # or authenticate, and the clients would connect in plaintext without a word.
+        unused = ([n for n in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
+                   if getattr(self, n)] if self.kafka_security_protocol not in ("SSL", "SASL_SSL") else []) + \
+                 ([n for n in ("kafka_sasl_username", "kafka_sasl_password") if getattr(self, n)]
+                  if not self.kafka_security_protocol.startswith("SASL_") else [])
+        if unused:
+            raise ConfigError(ENV_PREFIX + "KAFKA_SECURITY_PROTOCOL", self.kafka_security_protocol,
+                              f"a protocol that uses the {ENV_PREFIX}{unused[0].upper()} that is set (SSL or SASL_SSL "
+                              "for TLS settings, SASL_SSL or SASL_PLAINTEXT for SASL ones), or leave that variable unset")
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
             for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
                 path = getattr(self, name)
@@ -270,31 +281,27 @@ SECRET_FIELDS = frozenset({"qc_salt", "kafka_ssl_key_password", "kafka_sasl_pass
 
 
 def redact_url(url: str) -> str:
-    """A URL safe for logs and reprs: the password in the authority and secret query parameters
-    (``password``, ``sslpassword``, ``...key``, ``...token``) become ``***``.
+    """A URL safe for logs, errors and reprs: the password in the authority and secret query
+    parameters (``password``, ``sslpassword``, ``...key``, ``...token``) become ``***``.
 
     ``postgresql://u:s3/cr@t@h/db?sslpassword=x`` -> ``postgresql://u:***@h/db?sslpassword=***``.
-    Parsed by hand: a password with ``/``, ``@``, ``#`` or ``?`` in it fools urlsplit. A ``?``
-    followed by an ``@`` before any ``=`` or ``&`` is taken as part of the password (a query
-    would be ``key=value`` pairs), so such a password is hidden too.
+    Parsed by hand and on the safe side, since a password may hold ``/``, ``@``, ``#``, ``?``,
+    ``=`` or ``&`` and drivers split such URLs differently (libpq ends the credentials at the
+    first ``@``, urlsplit at the last): a ``:`` before the first ``@`` starts a password, and
+    everything from it to the *last* ``@`` is hidden -- with an ``@`` in a query value that
+    hides the host too, which costs a log line some detail and never a secret.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    cut = rest.find("?")
-    while cut != -1 and "@" in rest[cut:] and not re.search(r"[=&]", rest[cut:rest.index("@", cut)]):
-        cut = rest.find("?", rest.index("@", cut))  # that '?' was in the password
-    main, qmark, query = (rest, "", "") if cut == -1 else (rest[:cut], "?", rest[cut + 1:])
-    at = main.rfind("@")
-    if at != -1 and ":" in main[:at]:
-        main = main[:at].split(":", 1)[0] + ":***" + main[at:]
-    if query:
-        pairs = [p.partition("=") for p in query.split("&")]
-        query = "&".join(k + eq + ("***" if eq and _SECRET_QUERY.search(k) else v) for k, eq, v in pairs)
-    return f"{scheme}://{main}{qmark}{query}"
+    colon, first_at, last_at = rest.find(":"), rest.find("@"), rest.rfind("@")
+    if colon != -1 and first_at != -1 and colon < first_at:  # a user name holds no ':' or '@' unencoded
+        rest = rest[:colon] + ":***" + rest[last_at:]
+    return f"{scheme}://{_SECRET_QUERY_VALUE.sub(lambda m: m.group(1) + '***', rest)}"
 
 
-_SECRET_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+# A query parameter whose name says secret, anywhere after the credentials: its value up to the next '&'.
+_SECRET_QUERY_VALUE = re.compile(r"([?&][^=&?]*(?:pass|secret|token|key)[^=&?]*=)[^&]*", re.IGNORECASE)
 
 
 def _convert(name: str, raw: str, hint: Any) -> Any:

@@ -133,6 +133,18 @@ def quiet_client_logs() -> None:
     logger = logging.getLogger("kafka")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
+    # Whatever the level: its admin client logs its whole configuration at DEBUG, SASL password
+    # and key passphrase included -- and DEBUG is what someone chasing a SASL failure turns on.
+    admin = logging.getLogger("kafka.admin.client")
+    if not any(isinstance(f, _NoClientConfigs) for f in admin.filters):
+        admin.addFilter(_NoClientConfigs())
+
+
+class _NoClientConfigs(logging.Filter):
+    """Drops kafka-python's log records that print a client's configuration (secrets and all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with configuration" not in str(record.msg)
 
 
 def check_deliveries(pending: list[Delivery]) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 from auditstream.errors import BrokerRefused, BrokerUnavailable
 from auditstream.settings import Settings
 
+log = logging.getLogger(__name__)
+
 def uses_tls(settings: Settings) -> bool:
     return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
 
@@ -103,6 +105,10 @@ def check_broker(settings: Settings, bootstrap: str, timeout_s: float = 20.0) ->
     with _checked_lock:
         if fingerprint in _checked:
             return
+    if settings.kafka_security_protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "PLAIN":
+        # kafka-python says so on each connection, librdkafka never: one line here for both
+        log.warning("SASL PLAIN over SASL_PLAINTEXT sends the password to %s in clear text: use "
+                    "AUDITSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL, or a SCRAM mechanism", bootstrap)
     from confluent_kafka import KafkaError, KafkaException, Producer
 
     refused: list[str] = []

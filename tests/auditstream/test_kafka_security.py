@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from auditstream.errors import ConfigError
+from auditstream.errors import BrokerUnavailable, ConfigError
 from auditstream.kafka.security import kafka_python_config, librdkafka_config
 from auditstream.settings import Settings
 
@@ -41,10 +41,45 @@ def test_sasl_ssl_is_translated_alike_for_both_libraries(tmp_path):
 
 
 def test_sasl_without_tls_sends_no_tls_settings():
-    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="pw",
-                        kafka_ssl_cafile="/does/not/matter")
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="pw")
     assert not any(k.startswith("ssl") for k in kafka_python_config(settings))
     assert not any(k.startswith("ssl") for k in librdkafka_config(settings))
+
+
+@pytest.mark.parametrize("protocol, setting", [
+    ("PLAINTEXT", "kafka_ssl_cafile"), ("SASL_PLAINTEXT", "kafka_ssl_cafile"), ("PLAINTEXT", "kafka_ssl_key_password"),
+    ("PLAINTEXT", "kafka_sasl_username"), ("SSL", "kafka_sasl_password"),
+])  # fmt: skip
+def test_a_tls_or_sasl_setting_the_protocol_does_not_use_is_refused(protocol: str, setting: str) -> None:
+    """Review 2026-12-04: a CA file or SASL credentials set beside PLAINTEXT were silently unused:
+    the operator meant to encrypt or authenticate, and the clients connected in plaintext."""
+    with pytest.raises(ConfigError, match=rf"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL=.*AUDITSTREAM_{setting.upper()}"):
+        credentials = {"kafka_sasl_username": "u", "kafka_sasl_password": "pw"} if protocol.startswith("SASL_") else {}
+        Settings(kafka_security_protocol=protocol, **{**credentials, setting: "x"})
+
+
+def test_sasl_plain_over_plaintext_is_one_warning_with_either_client(caplog) -> None:
+    from auditstream.kafka.security import check_broker
+
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+                        kafka_sasl_username="u", kafka_sasl_password="hunter2")
+    with caplog.at_level(logging.WARNING, logger="auditstream.kafka.security"), pytest.raises(BrokerUnavailable):
+        check_broker(settings, "127.0.0.1:1", timeout_s=1.0)  # nothing listens on port 1
+    assert "SASL PLAIN over SASL_PLAINTEXT sends the password to 127.0.0.1:1 in clear text" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_kafka_pythons_admin_client_never_logs_its_configuration(caplog) -> None:
+    """Review 2026-12-04: KafkaAdminClient logs its whole configuration at DEBUG, SASL password
+    included, and DEBUG is what someone chasing a SASL failure turns on."""
+    from auditstream.kafka.interface import quiet_client_logs
+
+    quiet_client_logs()
+    with caplog.at_level(logging.DEBUG, logger="kafka"):
+        logging.getLogger("kafka.admin.client").debug("Starting KafkaAdminClient with configuration: %s",
+                                                      {"sasl_plain_password": "hunter2"})
+        logging.getLogger("kafka.admin.client").debug("an ordinary line")
+    assert "hunter2" not in caplog.text and "an ordinary line" in caplog.text
 
 
 @pytest.mark.parametrize("env, variable", [
@@ -70,7 +105,7 @@ def test_a_client_certificate_needs_its_key(tmp_path):
 
 
 def test_secrets_are_never_shown(caplog):
-    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="auditor",
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="auditor",
                         kafka_sasl_password="hunter2", kafka_ssl_key_password="swordfish", qc_salt="pepper")
     with caplog.at_level(logging.INFO):
         logging.getLogger("test").info("settings: %r / %s", settings, settings)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from auditstream import topics
@@ -129,3 +130,18 @@ def test_to_env_round_trips_through_from_env(settings: Settings) -> None:
     env = settings.to_env()
     assert set(env) == {"AUDITSTREAM_" + f.name.upper() for f in dataclasses.fields(Settings)}
     assert Settings.from_env(env) == settings
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(password=st.text(alphabet=st.sampled_from("ab1?=&@/#:%+ ") | st.characters(codec="ascii", exclude_categories=("Cc",)),
+                        min_size=1, max_size=24),
+       query=st.sampled_from(["", "?sslmode=require", "?application_name=a@b", "?sslpassword=Q7Q7&sslmode=verify-full"]),
+       port=st.sampled_from(["", ":5432"]))
+def test_redact_url_never_shows_a_password_whatever_it_holds(password: str, query: str, port: str) -> None:
+    """Review 2026-12-04: a password holding '?' and then '=' or '&' (``pw?q=1``, which libpq takes)
+    was printed whole, in Settings' repr and every store error. Whatever the password holds,
+    nothing of it is shown (a marker on each side would show any part of it)."""
+    url = f"postgresql://app:ZX{password}XZ@db.example{port}/audit{query}"
+    shown = redact_url(url)
+    assert "ZX" not in shown and "XZ" not in shown and "Q7" not in shown, shown
+    assert shown.startswith("postgresql://app:***@")
