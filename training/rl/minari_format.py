@@ -28,20 +28,30 @@ Each episode's metadata holds ``episode_key`` (the stream's key). The stream doe
 observation after an episode's last action, so there ``observations[T]`` repeats
 ``observations[T-1]``; the learners here never bootstrap from an episode's last step.
 :func:`read_minari` turns such a dataset back into an ``OfflineDataset`` for the learners and
-off-policy evaluation.
+off-policy evaluation. It checks the dataset's ``metadata.json`` (:data:`METADATA_KEYS`) before
+Minari opens it, each episode's arrays (rows, kinds, actions inside the action space) before
+anything indexes with them, and whatever Minari or pyarrow fail to decode becomes one
+:class:`~training.rl.offline_data.DatasetRefused` naming the dataset; the arrays it assembles
+then pass ``OfflineDataset``'s own rules.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.rl.offline_data import OfflineDataset
+from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
 
 INFO_KEYS = ("propensities", "human_action", "source", "route", "step")
 FORMAT_NAME = "auditstream-decision-log/1"  # in the dataset metadata: what the infos hold
+REWRITE = "write it again with 'auditstream rl dataset --format minari'"
+# What Minari, pyarrow and h5py raise on files they cannot decode (pyarrow's errors are ValueError,
+# OSError or KeyError subclasses; Minari asserts on the types it reads).
+MINARI_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, AssertionError, EOFError,
+                      RuntimeError)
 
 
 def dataset_dir(root: Path | str, dataset_id: str) -> Path:
@@ -122,53 +132,165 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
     return target
 
 
+# What a dataset's metadata.json must hold before Minari is asked to open it, and its type. The
+# spaces are required: without them Minari would build the environment its env_spec names
+# (importing and calling whatever entry point the file says) just to learn them.
+METADATA_KEYS = {"dataset_id": str, "minari_version": str, "data_format": str, "observation_space": str,
+                 "action_space": str, "total_episodes": int, "total_steps": int}
+
+
+def data_path(path: Path | str) -> Path:
+    """The folder holding ``metadata.json``: ``path/data`` for a dataset's directory, else ``path``."""
+    path = Path(path)
+    return path / "data" if (path / "data" / "metadata.json").is_file() else path
+
+
+def check_metadata(path: Path | str) -> dict[str, Any]:
+    """The dataset-level metadata at ``path`` (a dataset's directory or its ``data`` folder), or
+    :class:`DatasetRefused` saying what is missing or malformed in it."""
+    from minari.dataset._storages import get_storage_keys
+
+    where = data_path(path) / "metadata.json"
+    try:
+        metadata = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetRefused(f"Minari dataset {path}: cannot read {where.name} ({one_line(e)}); {REWRITE}") from None
+    if not isinstance(metadata, dict):
+        raise DatasetRefused(f"Minari dataset {path}: {where.name} holds a {type(metadata).__name__}, not an object; "
+                             f"{REWRITE}")
+    for key, kind in METADATA_KEYS.items():
+        if key not in metadata:
+            raise DatasetRefused(f"Minari dataset {path}: {where.name} lacks {key!r}; {REWRITE}")
+        if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
+            raise DatasetRefused(f"Minari dataset {path}: {where.name}'s {key!r} is {metadata[key]!r:.60}, not a "
+                                 f"{kind.__name__}; {REWRITE}")
+    if metadata["data_format"] not in get_storage_keys():
+        raise DatasetRefused(f"Minari dataset {path}: data_format {metadata['data_format']!r:.40} is not one of "
+                             f"{get_storage_keys()}; {REWRITE}")
+    if metadata["total_episodes"] < 1:
+        raise DatasetRefused(f"Minari dataset {path} has no episodes (total_episodes {metadata['total_episodes']}); "
+                             f"{REWRITE}")
+    return metadata
+
+
 def open_minari(path: Path | str) -> Any:
-    """The ``minari.MinariDataset`` at ``path`` (the dataset's directory or its ``data`` folder)."""
+    """The ``minari.MinariDataset`` at ``path`` (the dataset's directory or its ``data`` folder);
+    :class:`DatasetRefused` when it is not one, or its metadata or files cannot be read."""
     from minari import MinariDataset
 
-    path = Path(path)
     if not is_minari_dataset(path):
-        raise ValueError(f"{path} is not a Minari dataset (no data/metadata.json): write one with "
-                         "'auditstream rl dataset --format minari --out DIR'")
-    return MinariDataset(path / "data" if (path / "data").is_dir() else path)
+        raise DatasetRefused(f"{path} is not a Minari dataset (no data/metadata.json): write one with "
+                             "'auditstream rl dataset --format minari --out DIR'")
+    check_metadata(path)
+    try:
+        return MinariDataset(data_path(path))
+    except MINARI_READ_ERRORS as e:
+        raise DatasetRefused(f"Minari dataset {path}: Minari cannot open it ({one_line(e)}); {REWRITE}") from None
 
 
 def read_minari(source: Any) -> OfflineDataset:
     """An ``OfflineDataset`` from a Minari dataset (a ``MinariDataset`` or a path) written by
-    :func:`write_minari`: its infos must hold the behaviour propensities."""
+    :func:`write_minari`: its infos must hold the behaviour propensities. Whatever is wrong with
+    it -- metadata, a file Minari or pyarrow cannot decode, an episode's arrays of the wrong length,
+    an action outside the action space, a rule of :class:`OfflineDataset` broken -- is one
+    :class:`DatasetRefused` naming the dataset (and the episode)."""
+    dataset = source if hasattr(source, "iterate_episodes") else open_minari(source)
+    name = f"Minari dataset {source if isinstance(source, (str, Path)) else getattr(dataset, 'id', '?')}"
+    try:
+        columns, keys = _read_episodes(dataset, name)
+    except DatasetRefused:
+        raise
+    except MINARI_READ_ERRORS as e:
+        raise DatasetRefused(f"{name}: cannot read its episodes ({one_line(e)}); {REWRITE}") from None
+    cat = {k: np.concatenate(v) for k, v in columns.items()}
+    actions, probs = cat["actions"], cat["propensities"]
+    human = cat["human_action"]
+    try:
+        return OfflineDataset(
+            observations=cat["obs"], actions=actions, rewards=cat["rewards"], terminals=cat["terminals"],
+            timeouts=cat["timeouts"], next_observations=cat["next_obs"], propensities=probs,
+            behaviour_action_prob=probs[np.arange(len(actions)), actions], human_actions=human,
+            overridden=(human >= 0) & (human != actions), sources=cat["source"], routes=cat["route"],
+            episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str))
+    except DatasetRefused as e:
+        raise DatasetRefused(f"{name}: {e}") from None
+
+
+def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]], list[str]]:
+    """Per-episode columns (each checked for its length and kind before anything indexes with it)
+    and the episode keys."""
     import gymnasium as gym
 
-    dataset = source if hasattr(source, "iterate_episodes") else open_minari(source)
     if not isinstance(dataset.action_space, gym.spaces.Discrete):
-        raise ValueError(f"Minari dataset {dataset.id}: action space {dataset.action_space} is not Discrete; the "
-                         "learners here need discrete actions")
-    keys = [m.get("episode_key", str(m["id"])) for m in dataset.storage.get_episode_metadata(dataset.episode_indices)]
+        raise DatasetRefused(f"{name}: action space {dataset.action_space} is not Discrete; the learners here need "
+                             "discrete actions")
+    if not isinstance(dataset.observation_space, gym.spaces.Box):
+        raise DatasetRefused(f"{name}: observation space {dataset.observation_space} is not a Box; the learners here "
+                             "need flat numeric observations")
+    n_actions = int(dataset.action_space.n)
+    metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
+    keys = []
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals",
                                                               "timeouts", "episode_ids", *INFO_KEYS)}
     for e, episode in enumerate(dataset.iterate_episodes()):
+        where = f"{name}, episode {episode.id}"
         missing = [k for k in INFO_KEYS if k not in episode.infos]
         if missing:
-            raise ValueError(f"Minari dataset {dataset.id}, episode {episode.id}: infos lack {missing}; off-policy "
-                             "evaluation and the learners need the behaviour propensities (write the dataset with "
-                             "'auditstream rl dataset --format minari')")
+            raise DatasetRefused(f"{where}: infos lack {missing}; off-policy evaluation and the learners need the "
+                                 "behaviour propensities (write the dataset with 'auditstream rl dataset --format "
+                                 "minari')")
+        m = metadata[e] if e < len(metadata) else None
+        if not isinstance(m, dict) or "episode_key" not in m:
+            raise DatasetRefused(f"{where}: its metadata lacks 'episode_key' (the stream's key); {REWRITE}")
+        keys.append(str(m["episode_key"]))
         n = len(episode)
-        obs = np.asarray(episode.observations, dtype=np.float32).reshape(n + 1, -1)
+        if n == 0:
+            raise DatasetRefused(f"{where} has no steps; {REWRITE}")
+        obs = _column(where, "observations", episode.observations, n + 1, "fiub")
+        obs = obs.reshape(n + 1, -1).astype(np.float32)
+        actions = _column(where, "actions", episode.actions, n, "iub")
+        bad = np.flatnonzero((actions < 0) | (actions >= n_actions))
+        if len(bad):
+            raise DatasetRefused(f"{where}, step {int(bad[0])}: action {int(actions[bad[0]])} is outside the action "
+                                 f"space Discrete({n_actions}); {REWRITE}")
+        terminals = _column(where, "terminations", episode.terminations, n, "biuf").astype(np.float32)
+        truncations = _column(where, "truncations", episode.truncations, n, "biuf").astype(np.float32)
+        probs = _column(where, "infos propensities", episode.infos["propensities"], n + 1, "fiub")
+        if probs.ndim != 2 or probs.shape[1] != n_actions:
+            raise DatasetRefused(f"{where}: infos propensities have shape {probs.shape}, expected "
+                                 f"[{n + 1}, {n_actions}] (one probability per action of Discrete({n_actions})); "
+                                 f"{REWRITE}")
         columns["obs"].append(obs[:-1])
         columns["next_obs"].append(obs[1:])
-        columns["actions"].append(np.asarray(episode.actions, dtype=np.int64).reshape(n))
-        columns["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
-        columns["terminals"].append(np.asarray(episode.terminations, dtype=np.float32))
-        columns["timeouts"].append(np.asarray(episode.truncations, dtype=np.float32) * (1 - columns["terminals"][-1]))
+        columns["actions"].append(actions.astype(np.int64))
+        columns["rewards"].append(_column(where, "rewards", episode.rewards, n, "fiub").astype(np.float32))
+        columns["terminals"].append(terminals)
+        columns["timeouts"].append(truncations * (1 - terminals))
         columns["episode_ids"].append(np.full(n, e, dtype=np.int64))
-        for k in INFO_KEYS:
-            columns[k].append(np.asarray(episode.infos[k])[:n])
-    cat = {k: np.concatenate(v) for k, v in columns.items()}
-    actions, probs = cat["actions"], cat["propensities"].astype(np.float32)
-    human = cat["human_action"].astype(np.int64)
-    return OfflineDataset(
-        observations=cat["obs"], actions=actions, rewards=cat["rewards"], terminals=cat["terminals"],
-        timeouts=cat["timeouts"], next_observations=cat["next_obs"], propensities=probs,
-        behaviour_action_prob=probs[np.arange(len(actions)), actions], human_actions=human,
-        overridden=(human >= 0) & (human != actions), sources=cat["source"].astype(str),
-        routes=cat["route"].astype(str), episode_ids=cat["episode_ids"], steps=cat["step"].astype(np.int64),
-        episode_keys=np.asarray(keys, dtype=str))
+        columns["propensities"].append(probs[:n].astype(np.float32))
+        columns["human_action"].append(_column(where, "infos human_action", episode.infos["human_action"], n + 1,
+                                               "iu")[:n].astype(np.int64))
+        columns["step"].append(_column(where, "infos step", episode.infos["step"], n + 1, "iu")[:n].astype(np.int64))
+        for k in ("source", "route"):
+            columns[k].append(_column(where, f"infos {k}", episode.infos[k], n + 1, "U")[:n])
+    if not keys or not columns["actions"]:
+        raise DatasetRefused(f"{name} has no episodes; {REWRITE}")
+    if len(metadata) != len(keys):
+        raise DatasetRefused(f"{name}: {len(metadata)} episodes have metadata, {len(keys)} have steps; {REWRITE}")
+    return columns, keys
+
+
+def _column(where: str, what: str, values: Any, rows: int, kinds: str) -> np.ndarray:
+    """``values`` as an array of ``rows`` rows whose dtype kind is one of ``kinds``, or
+    :class:`DatasetRefused` saying what it is instead. Integer kinds accept whole floats only."""
+    a = np.asarray(values)
+    if a.ndim == 0 or len(a) != rows:
+        raise DatasetRefused(f"{where}: {what} has {len(a) if a.ndim else 'no'} rows, expected {rows}; {REWRITE}")
+    if kinds == "U" and a.dtype.kind == "O" and all(isinstance(x, str) for x in a.reshape(-1)):
+        a = a.astype(str)
+    if a.dtype.kind not in kinds:
+        whole = "i" in kinds and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
+        if not whole:
+            expected = "strings" if kinds == "U" else "whole numbers" if "f" not in kinds else "numbers"
+            raise DatasetRefused(f"{where}: {what} has dtype {a.dtype}, expected {expected}; {REWRITE}")
+    return a

@@ -15,7 +15,9 @@ and of a good behaviour policy. Per environment, data quality and seed:
   offline RL literature evaluates learnt policies.
 
 JSON (last line): ``<env>.<quality>.{behaviour, bc, cql, bc_minus_behaviour, cql_minus_behaviour}``
-→ ``{"mean", "ci95": [lo, hi], "seeds"}`` (Student-t over seeds; differences paired per seed).
+→ ``{"mean", "ci95": [lo, hi], "seeds"}`` (Student-t over seeds; differences paired per seed). An
+environment without a simulated human and ``--seeds`` below 2 (no interval) are refused before
+anything runs; the JSON never holds NaN.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from training.rl.args import OfflineBenchArgs
 from training.rl.overrides_bench import DEMO_EPISODES
-from training.rl.rollouts import mean_ci95, run_bench, run_episodes, simulated_human, torch_probs
+from training.rl.rollouts import ci_text, mean_ci95, run_bench, run_episodes, simulated_human, torch_probs
 
 QUALITIES = ("mediocre", "good")
 
@@ -87,11 +89,13 @@ def bench_env(env_id: str, args: OfflineBenchArgs) -> dict[str, Any]:
         print(f"{env_id}, {quality} behaviour:")
         for k in ("behaviour", "bc", "cql", "bc_minus_behaviour", "cql_minus_behaviour"):
             m = out[k]
-            print(f"  {k:>19}: {m['mean']:8.1f}  95% CI [{m['ci95'][0]:.1f}, {m['ci95'][1]:.1f}] over {m['seeds']} seeds")
+            print(f"  {k:>19}: {m['mean']:8.1f}  {ci_text(m)} over {m['seeds']} seeds")
     return result
 
 
 def main(args: OfflineBenchArgs, as_json: bool) -> int:
     if not 0.0 <= args.good_epsilon <= 1.0:
-        raise ValueError(f"good_epsilon={args.good_epsilon} must be in [0, 1]")
+        from auditstream.errors import BadArguments
+
+        raise BadArguments(f"--good-epsilon {args.good_epsilon} must be in [0, 1]")
     return run_bench(args, bench_env, as_json, "bench offline")

@@ -46,11 +46,25 @@ that gives the executed action probability 0 is a logging bug, not a lost step: 
 with :class:`DatasetRefused` naming the episode and step (``rl dataset`` checks the stream's
 propensities first and drops such an episode, counted, so one bad record cannot stop every
 build). A dataset loaded from a file is checked the same way.
+
+**What a dataset must hold** -- checked once, in :meth:`OfflineDataset.__post_init__`, which
+every builder and loader (:func:`build_dataset`, :func:`load_dataset`, ``read_minari``,
+:meth:`~OfflineDataset.select_episodes`) passes through, so no learner sees anything else:
+arrays of the kinds and shapes of the table, as many rows each; episodes numbered 0..E-1 in
+order, each one contiguous run of rows with steps 0, 1, 2, ..., ending (terminated or
+truncated, flags 0 or 1) on its last row and nowhere before, E episode keys; finite
+observations, next observations and rewards, ``next_observations[t]`` equal to
+``observations[t+1]`` within an episode; usable propensities with ``behaviour_action_prob`` the
+executed action's; ``human_actions`` in -1..A-1; ``overridden`` and ``sources`` as defined
+above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
+:func:`load_dataset` also refuses, naming the file, what is not a readable ``.npz`` at all.
 """
 
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +89,14 @@ DROP_REASONS = {
     "steps_after_end": "it has steps after a terminated or truncated one",
 }
 PROB_TOLERANCE = 1e-3  # how far a logged probability vector's sum may be from 1 (float32, rounded to 6 places)
+REBUILD = "rebuild the dataset with 'auditstream rl dataset'"
+MATRIX_KEYS = ("observations", "next_observations", "propensities")  # [N, D]; every other array is [N]
+# numpy dtype kinds each array may have (an .npz or Minari file can hold anything)
+ARRAY_KINDS = {**{k: "fiub" for k in ("observations", "rewards", "terminals", "timeouts", "next_observations",
+                                       "propensities", "behaviour_action_prob", "overridden")},
+               **{k: "iu" for k in ("actions", "human_actions", "episode_ids", "steps")},
+               **{k: "U" for k in ("sources", "routes", "episode_keys")}}
+KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings"}
 
 
 class DatasetRefused(AuditstreamError, ValueError):
@@ -140,21 +162,116 @@ class OfflineDataset:
     episode_keys: np.ndarray
 
     def __post_init__(self) -> None:
+        """Every rule of the format (module docstring, "What a dataset must hold"), checked once,
+        here, whichever loader or builder made the arrays: a :class:`DatasetRefused` names the
+        first offending row."""
+        for key in ARRAY_KEYS + ("episode_keys",):
+            if not isinstance(getattr(self, key), np.ndarray):
+                object.__setattr__(self, key, np.asarray(getattr(self, key)))
+        self._check_arrays()
+        self._check_episodes()
+        self._check_values()
+
+    def _refuse(self, what: str) -> None:
+        raise DatasetRefused(f"{what}; {REBUILD}")
+
+    def _check_arrays(self) -> None:
+        """Kinds, dimensions and row counts: what every other check and the learners index with."""
+        for key in ARRAY_KEYS + ("episode_keys",):
+            a = getattr(self, key)
+            kind = ARRAY_KINDS[key]
+            if a.dtype.kind not in kind:
+                self._refuse(f"array {key} has dtype {a.dtype}, expected {KIND_NAMES[kind]}")
+            ndim = 2 if key in MATRIX_KEYS else 1
+            if a.ndim != ndim or (ndim == 2 and a.shape[1] == 0):
+                expected = "[N, D] with D >= 1" if ndim == 2 else "[N]"
+                self._refuse(f"array {key} has shape {a.shape}, expected {expected}")
         n = len(self.actions)
         for key in ARRAY_KEYS:
             if len(getattr(self, key)) != n:
-                raise ValueError(f"array {key} has {len(getattr(self, key))} rows, actions has {n}")
-        if n and not np.all(np.isfinite(self.rewards)):
-            raise DatasetRefused(f"{int(np.sum(~np.isfinite(self.rewards)))} rewards are not finite (first: "
-                                 f"{self.where(int(np.flatnonzero(~np.isfinite(self.rewards))[0]))})")
-        if n:
-            bad = _bad_propensity_rows(self.propensities, self.actions, self.behaviour_action_prob)
+                self._refuse(f"array {key} has {len(getattr(self, key))} rows, actions has {n}")
+        if self.next_observations.shape != self.observations.shape:
+            self._refuse(f"next_observations has shape {self.next_observations.shape}, observations "
+                         f"{self.observations.shape}")
+
+    def _check_episodes(self) -> None:
+        """Episodes are numbered 0..E-1 in order, each a contiguous run of rows with steps 0, 1, 2,
+        ... that ends (terminated or truncated) on its last row and nowhere before."""
+        ids, n, n_keys = self.episode_ids, len(self.actions), len(self.episode_keys)
+        if n == 0:
+            if n_keys:
+                self._refuse(f"no steps but {n_keys} episode_keys")
+            return
+        if ids[0] != 0:
+            self._refuse(f"episode_ids start at {int(ids[0])}, not 0")
+        jumps = np.diff(ids)
+        bad = np.flatnonzero((jumps != 0) & (jumps != 1))
+        if len(bad):
+            i = int(bad[0]) + 1
+            self._refuse(f"episode_ids are not contiguous and in order: row {i} has episode {int(ids[i])} after "
+                         f"episode {int(ids[i - 1])} (an episode's steps must be one run of rows, episodes numbered "
+                         "0, 1, 2, ... in order)")
+        if int(ids[-1]) + 1 != n_keys:
+            self._refuse(f"episode_ids number {int(ids[-1]) + 1} episodes but there are {n_keys} episode_keys")
+        last = np.r_[jumps != 0, True]
+        first = np.r_[True, jumps != 0]
+        position = np.arange(n) - np.flatnonzero(first)[ids]
+        bad = np.flatnonzero(self.steps != position)
+        if len(bad):
+            i = int(bad[0])
+            self._refuse(f"{self.where(i)} is step {int(position[i])} of its episode's rows: steps must run 0, 1, "
+                         "2, ... (whole episodes only)")
+        for key in ("terminals", "timeouts"):
+            flags = getattr(self, key)
+            bad = np.flatnonzero((flags != 0) & (flags != 1))
             if len(bad):
-                i = int(bad[0])
-                why = (propensity_problem(self.propensities[i], int(self.actions[i]))
-                       or f"behaviour_action_prob {float(self.behaviour_action_prob[i])!r} is not positive")
-                raise DatasetRefused(f"{len(bad)} steps have unusable propensities; first: {self.where(i)}: {why} "
-                                     "(rebuild the dataset with 'auditstream rl dataset')")
+                self._refuse(f"{key} must be 0 or 1; {self.where(int(bad[0]))} has {float(flags[bad[0]])!r}")
+        bad = np.flatnonzero(self.episode_ends != last)
+        if len(bad):
+            i = int(bad[0])
+            if last[i]:
+                self._refuse(f"{self.where(i)} is its episode's last step but neither terminated nor truncated "
+                             "(the episode has not ended, or its end was lost)")
+            self._refuse(f"{self.where(i)} is terminated or truncated but its episode goes on to step "
+                         f"{int(self.steps[np.flatnonzero(last[i:])[0] + i])}")
+
+    def _check_values(self) -> None:
+        """Finite observations and rewards, next_observations that are the next step's, usable
+        propensities, human actions in range, overridden and sources as the format defines them."""
+        n = len(self.actions)
+        if n == 0:
+            return
+        for key in ("observations", "next_observations", "rewards"):
+            a = getattr(self, key)
+            bad = np.flatnonzero(~np.isfinite(a).reshape(n, -1).all(axis=1))
+            if len(bad):
+                self._refuse(f"{len(bad)} steps have {key} that are not finite (first: {self.where(int(bad[0]))})")
+        last = np.r_[np.diff(self.episode_ids) != 0, True]
+        bad = np.flatnonzero(~last[:-1] & (self.next_observations[:-1] != self.observations[1:]).any(axis=1))
+        if len(bad):
+            self._refuse(f"{self.where(int(bad[0]))}: next_observations is not the next step's observation")
+        bad = _bad_propensity_rows(self.propensities, self.actions, self.behaviour_action_prob)
+        if len(bad):
+            i = int(bad[0])
+            why = propensity_problem(self.propensities[i], int(self.actions[i])) or (
+                f"behaviour_action_prob {float(self.behaviour_action_prob[i])!r} is not the executed action's "
+                f"propensity {float(self.propensities[i, int(self.actions[i])])!r}")
+            raise DatasetRefused(f"{len(bad)} steps have unusable propensities; first: {self.where(i)}: {why} "
+                                 f"({REBUILD})")
+        human = self.human_actions
+        bad = np.flatnonzero((human < -1) | (human >= self.n_actions))
+        if len(bad):
+            i = int(bad[0])
+            self._refuse(f"{len(bad)} human_actions are outside -1..{self.n_actions - 1} (-1: no human answered; "
+                         f"{self.n_actions} actions); first: {self.where(i)} has human action {int(human[i])}")
+        bad = np.flatnonzero(self.overridden != ((human >= 0) & (human != self.actions)))
+        if len(bad):
+            self._refuse(f"{self.where(int(bad[0]))}: overridden must be true exactly where a human answered and "
+                         "chose another action than the executed one")
+        bad = np.flatnonzero(~np.isin(self.sources, SOURCES))
+        if len(bad):
+            self._refuse(f"{len(bad)} steps have a source not one of {SOURCES}; first: {self.where(int(bad[0]))} has "
+                         f"{str(self.sources[bad[0]])!r}")
 
     def where(self, row: int) -> str:
         """``episode 'KEY' step T`` of a row, for error messages."""
@@ -265,9 +382,6 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
     probs = np.stack([np.asarray(r.action_probs, dtype=np.float32).reshape(-1) for _, r in rows])
     actions = np.asarray([int(r.action) for _, r in rows], dtype=np.int64)
     human = np.asarray([-1 if r.human_action is None else int(r.human_action) for _, r in rows], dtype=np.int64)
-    unknown = sorted({r.source for _, r in rows} - set(SOURCES))
-    if unknown:
-        raise DatasetRefused(f"sources {unknown} not one of {SOURCES}")
     episode_ids = np.asarray([e for e, _ in rows], dtype=np.int64)
     terminals = np.asarray([float(r.terminated) for _, r in rows], dtype=np.float32)
     timeouts = np.asarray([float(r.truncated and not r.terminated) for _, r in rows], dtype=np.float32)
@@ -299,7 +413,8 @@ def _bad_propensity_rows(probs: np.ndarray, actions: np.ndarray, taken: np.ndarr
     valid_action = (actions >= 0) & (actions < p.shape[1])
     mu = p[np.arange(len(actions)), np.where(valid_action, actions, 0)]
     taken = np.asarray(taken, dtype=np.float64)
-    ok = finite & in_range & sums & valid_action & (mu > 0) & np.isfinite(taken) & (taken > 0)
+    same = np.abs(taken - mu) <= 1e-6 * np.maximum(1.0, np.abs(mu))
+    ok = finite & in_range & sums & valid_action & (mu > 0) & np.isfinite(taken) & same
     return np.flatnonzero(~ok)
 
 
@@ -313,13 +428,71 @@ def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
     return path
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of an error raised by a reader (numpy, zipfile, Minari, pyarrow) on one
+    line, shortened: it goes into a :class:`DatasetRefused` message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200] + '...' if len(text) > 200 else text}"
+
+
+# What numpy and zipfile raise on a damaged or foreign .npz (a truncated member, a bad CRC, an
+# object array that would need pickle, a member that is not an .npy).
+NPZ_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error)
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip's end record
+
+
 def load_dataset(path: Path | str) -> OfflineDataset:
-    with np.load(Path(path), allow_pickle=False) as data:
-        version = int(data["format_version"]) if "format_version" in data else None
-        if version != FORMAT_VERSION:
-            raise DatasetRefused(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}; "
-                             "rebuild it with 'auditstream rl dataset'")
-        missing = [k for k in ARRAY_KEYS + ("episode_keys",) if k not in data]
-        if missing:
-            raise DatasetRefused(f"{path}: dataset lacks arrays {missing}")
-        return OfflineDataset(**{k: data[k] for k in ARRAY_KEYS + ("episode_keys",)})
+    """The dataset :func:`save_dataset` wrote at ``path``. Anything else -- no such file, a
+    directory, a file that is not an .npz, a damaged archive, an old format, an array missing or
+    breaking a rule of the format -- is refused with one :class:`DatasetRefused` naming the file.
+    Nothing is unpickled (``allow_pickle=False``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetRefused(f"{path}: no such file; give the .npz (or the Minari dataset directory) that "
+                             "'auditstream rl dataset' wrote")
+    if path.is_dir():
+        raise DatasetRefused(f"{path} is a directory but not a Minari dataset (no metadata.json nor data/metadata.json "
+                             "in it); give the .npz file or the Minari dataset directory that 'auditstream rl dataset' "
+                             "wrote")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DatasetRefused(f"{path}: cannot read it ({one_line(e)})") from None
+    if head == b"\x93NUMPY":
+        raise DatasetRefused(f"{path} is a single numpy array (.npy), not an .npz dataset; {REBUILD}")
+    if head[:4] not in ZIP_MAGIC:
+        raise DatasetRefused(f"{path} is not an .npz dataset (not a zip archive); give the .npz or the Minari dataset "
+                             "directory that 'auditstream rl dataset' wrote")
+    key = "the archive"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+            key = "format_version"
+            version = data["format_version"] if "format_version" in names else None
+            if version is not None and not isinstance(version, np.ndarray):
+                raise DatasetRefused(f"{path}: member format_version is not a numpy array; {REBUILD}")
+            if version is not None:
+                version = int(version) if version.shape == () and version.dtype.kind in "iu" else repr(version)[:40]
+            if version != FORMAT_VERSION:
+                raise DatasetRefused(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}; "
+                                     f"{REBUILD}")
+            missing = [k for k in ARRAY_KEYS + ("episode_keys",) if k not in names]
+            if missing:
+                raise DatasetRefused(f"{path}: dataset lacks arrays {missing}; {REBUILD}")
+            arrays = {}
+            for key in ARRAY_KEYS + ("episode_keys",):
+                arrays[key] = data[key]
+                if not isinstance(arrays[key], np.ndarray):  # numpy hands back a member without the .npy header raw
+                    raise DatasetRefused(f"{path}: member {key} is not a numpy array; {REBUILD}")
+    except DatasetRefused:
+        raise
+    except NPZ_READ_ERRORS as e:
+        raise DatasetRefused(f"{path}: cannot read {key} as an .npz dataset ({one_line(e)}); {REBUILD}") from None
+    try:
+        dataset = OfflineDataset(**arrays)
+    except DatasetRefused as e:
+        raise DatasetRefused(f"{path}: {e}") from None
+    if not len(dataset.actions):
+        raise DatasetRefused(f"{path}: the dataset has no steps; {REBUILD}")
+    return dataset

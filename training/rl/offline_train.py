@@ -33,7 +33,10 @@ OPE_POLICY = {
 
 
 def load_logs(path: Any) -> OfflineDataset:
-    """A Minari dataset's directory (or its ``data`` folder), else an ``.npz`` file."""
+    """A Minari dataset's directory (or its ``data`` folder), else an ``.npz`` file. Whatever
+    cannot be read or breaks a rule of the format (no such path, a directory that is not a Minari
+    dataset, a damaged file, inconsistent arrays) is a :class:`DatasetRefused` naming the path,
+    raised before any training: the CLI prints it on one line and exits with status 2."""
     from training.rl.minari_format import is_minari_dataset, read_minari
 
     return read_minari(path) if is_minari_dataset(path) else load_dataset(path)

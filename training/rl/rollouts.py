@@ -113,25 +113,49 @@ def torch_probs(module: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def mean_ci95(values: list[float] | np.ndarray) -> dict[str, Any]:
-    """Mean over seeds with a two-sided 95% Student-t interval (seeds are the independent units)."""
+    """Mean over seeds with a two-sided 95% Student-t interval (seeds are the independent units).
+    One value has no interval: ``ci95`` is None (JSON null, never NaN) and ``ci95_missing`` says why."""
     from scipy import stats
 
     values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        raise ValueError("mean_ci95 needs at least one value")
     mean = float(values.mean())
     if len(values) < 2:
-        return {"mean": mean, "ci95": [float("nan"), float("nan")], "seeds": int(len(values))}
+        return {"mean": mean, "ci95": None, "seeds": int(len(values)),
+                "ci95_missing": "one seed: a t interval over seeds needs at least 2"}
     half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
     return {"mean": mean, "ci95": [mean - half, mean + half], "seeds": int(len(values))}
 
 
+def ci_text(m: dict[str, Any]) -> str:
+    """``95% CI [lo, hi]`` of a :func:`mean_ci95` result, or why it has none."""
+    if m.get("ci95") is None:
+        return f"no 95% CI ({m.get('ci95_missing', 'none')})"
+    return f"95% CI [{m['ci95'][0]:.1f}, {m['ci95'][1]:.1f}]"
+
+
 def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_json: bool, what: str) -> int:
     """What the benches on these rollouts share: check the sizes, run ``bench_env`` per
-    environment of ``args.envs`` on one torch thread, print the time and the JSON line."""
+    environment of ``args.envs`` on one torch thread, print the time and the JSON line.
+
+    Refused before any environment is made (:class:`BadArguments`, one line, exit 2): an
+    environment without a simulated human (the message lists those that have one), and fewer
+    than 2 seeds (the benches report a 95% interval over seeds; one seed has none)."""
+    from auditstream.errors import BadArguments
+
     envs = [e.strip() for e in args.envs.split(",") if e.strip()]
     unknown = [e for e in envs if e not in HUMANS]
-    if not envs or unknown or args.seeds < 1 or args.episodes < 1 or args.eval_episodes < 1:
-        raise ValueError(f"need environments among {sorted(HUMANS)} (got unknown {unknown}), seeds >= 1, "
-                         f"episodes >= 1, eval_episodes >= 1; got {args}")
+    if not envs or unknown:
+        what_is_wrong = f"unknown environment(s) {', '.join(unknown)}" if unknown else "no environment given"
+        raise BadArguments(f"--envs {args.envs!r}: {what_is_wrong}; the benches run on {', '.join(sorted(HUMANS))} "
+                           "(the environments with a simulated human), comma-separated")
+    if args.seeds < 2:
+        raise BadArguments(f"--seeds {args.seeds}: {what} reports a 95% interval over seeds, which needs at least 2 "
+                           "seeds; give --seeds 2 or more")
+    if args.episodes < 1 or args.eval_episodes < 1:
+        raise BadArguments(f"need --episodes >= 1 and --eval-episodes >= 1; got {args.episodes} and "
+                           f"{args.eval_episodes}")
     import json
     import time
 
@@ -143,6 +167,8 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     seconds = time.perf_counter() - start
     print(f"{what}: {args.seeds} seeds x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
+        # allow_nan=False: a NaN is not JSON; a bug that made one fails here instead of printing it
         print(json.dumps({**per_env, "seconds": round(seconds, 1),
-                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True,
+                         allow_nan=False))
     return 0

@@ -44,6 +44,28 @@ def test_mean_ci95_is_a_t_interval_over_seeds() -> None:
     assert m["ci95"] == pytest.approx([2.0 - 4.302653 / np.sqrt(3), 2.0 + 4.302653 / np.sqrt(3)], rel=1e-5)
 
 
+def test_mean_ci95_of_one_seed_has_no_interval_and_no_nan() -> None:
+    m = mean_ci95([3.0])
+    assert m["mean"] == 3.0 and m["seeds"] == 1 and m["ci95"] is None and "at least 2" in m["ci95_missing"]
+    json.dumps(m, allow_nan=False)  # a NaN would not be JSON
+
+
+@pytest.mark.parametrize("bench", ["offline", "overrides"])
+@pytest.mark.parametrize("options, message", [
+    (["--envs", "Foo"], "--envs 'Foo': unknown environment(s) Foo; the benches run on CartPole-v1, LunarLander-v3"),
+    (["--envs", "CartPole-v1,Pong-v5"], "unknown environment(s) Pong-v5;"),
+    (["--envs", ","], "no environment given"),
+    (["--envs", "CartPole-v1", "--seeds", "1"], "--seeds 1: bench "),
+])
+def test_benches_refuse_unknown_envs_and_one_seed_in_one_line_before_running(bench, options, message, capsys) -> None:
+    from auditstream.cli import main
+
+    rc = main(["bench", bench, *options, "--no-progress", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("auditstream: error: ") and len(err.splitlines()) == 1, err
+    assert message in err
+
+
 def test_bench_overrides_reports_every_arm_per_env() -> None:
     done = subprocess.run([sys.executable, "-m", "auditstream.cli", "bench", "overrides", "--envs", "CartPole-v1",
                            "--seeds", "2", "--episodes", "2", "--eval-episodes", "2", "--bc-steps", "200",
