@@ -28,6 +28,7 @@ auditors queue for the writer lock instead of seeing lock errors.
 from __future__ import annotations
 
 import abc
+import os
 import re
 import sqlite3
 import threading
@@ -234,6 +235,14 @@ class Cursor:
         return list(self._raw.fetchall())
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (then its mode stands)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
 class SQLiteDatabase(Database):
     kind = "sqlite"
     types = {"id": "INTEGER PRIMARY KEY", "float": "REAL", "bigint": "INTEGER"}
@@ -245,9 +254,17 @@ class SQLiteDatabase(Database):
             raise ConfigError("store_url", redact_url(url), "'sqlite:///path/to/audit.db'")
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The store holds the dashboard's password hashes and every audited input: a folder
+            # and a file this creates are its owner's alone (SQLite gives its -wal and -shm files
+            # the database file's mode). Existing ones keep the mode their owner gave them.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(url, f"cannot create the directory {self.path.parent}: {e.strerror or e}") from None
+        try:
+            if self.path.name != ":memory:":
+                _create_private(self.path)
+        except OSError as e:
+            raise StoreUnavailable(url, f"cannot create {self.path}: {e.strerror or e}") from None
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; this module says BEGIN itself.

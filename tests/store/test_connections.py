@@ -149,3 +149,39 @@ def test_max_connections_must_be_a_positive_integer(tmp_path: Path) -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="max_connections"):
             backend_module.connect(f"sqlite:///{tmp_path / 'x.db'}", max_connections=bad)
+
+
+def test_a_new_sqlite_store_and_its_folder_are_the_owners_alone(tmp_path) -> None:
+    """Review 2026-12-04: the state folder was made 0755 and audit.db 0644, so any local user could
+    read the dashboard's password hashes and every audited input. A folder and a file the store
+    creates are now 0700 and 0600 (SQLite gives -wal and -shm the database's mode); an existing
+    file keeps the mode its owner gave it."""
+    import os
+    import stat
+
+    from store import open_store
+
+    db = tmp_path / "new" / "state" / "audit.db"
+    with open_store(f"sqlite:///{db}") as store:
+        store.queue_depth()  # a read opens the WAL: its files exist now
+        for path in (db, db.with_name("audit.db-wal"), db.with_name("audit.db-shm")):
+            if path.exists():
+                assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path, oct(path.stat().st_mode))
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    shared = tmp_path / "shared.db"
+    shared.touch()
+    os.chmod(shared, 0o640)
+    with open_store(f"sqlite:///{shared}"):
+        pass
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+
+
+def test_the_test_pki_writes_private_keys_for_the_owner_only(tmp_path) -> None:
+    import stat
+
+    from stack.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    keys = sorted((tmp_path / "pki").glob("*.key"))
+    assert keys and pki.server_key in keys
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
