@@ -24,7 +24,7 @@ from auditstream.wire.codec import TaskKind
 __all__ = ["CARD_DTYPES", "MAX_CARD_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_THRESHOLD", "ModelCard", "TensorSpec",
            "TriageSpec"]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would let a final "\n" through
 # Element types a card's tensors may have: numpy names of the ONNX types numpy knows without
 # extensions (what the registry compares with the graph, and serving casts inputs to).
 CARD_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -134,8 +134,14 @@ def _need(ok: Any, field: str, value: Any, must: str) -> None:
 
 
 def _finite(value: Any, lo: float, hi: float) -> bool:
-    """A JSON number (not a bool) in [lo, hi] (so not NaN, not infinite)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+    """A finite JSON number (not a bool) in [lo, hi]: never NaN or infinite, even with infinite
+    bounds, and an int only if a float holds it (10**400 would overflow every float use later)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and lo <= value <= hi
+    except OverflowError:
+        return False
 
 
 def _fields(obj: Any, field: str, known: dict[str, bool], must: str) -> None:

@@ -38,6 +38,7 @@ __all__ = ["ALLOWED_OP_DOMAINS", "CARD_DTYPES", "CARD_FILE", "LIVE_FILE", "MAX_T
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
+PUBLISH_ATTEMPTS = 100  # renames lost to other writers before publish gives up
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ class ModelRegistry:
             text = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text: refused, as a card is
+            raise ModelRefused(path, f"live pointer cannot be read ({type(e).__name__}: {e}); fix it with set_live "
+                               "or delete the file") from None
         if not _is_version(text) or not (self.root / name / text / CARD_FILE).is_file():
             raise ModelRefused(path, f"live pointer names version {text[:40]!r}, which is not a published version of "
                                f"{name} (have {self.versions(name)}); fix it with set_live or delete the file")
@@ -195,8 +199,8 @@ class ModelRegistry:
         base = self.root / card.name
         base.mkdir(parents=True, exist_ok=True)
         sha = hashlib.sha256(onnx_bytes).hexdigest()
-        while True:
-            version = str(int(self.latest(card.name) or 0) + 1)
+        for _ in range(PUBLISH_ATTEMPTS):
+            version = str(self._next_number(base))
             final = dataclasses.replace(card, version=version, sha256=sha)
             tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
             # fsync before the rename: after a crash the version is either absent or complete.
@@ -208,12 +212,21 @@ class ModelRegistry:
                 for p in tmp.iterdir():
                     p.unlink()
                 tmp.rmdir()
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another writer took this number
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # another writer took this number
                     continue
-                raise
+                raise ModelRefused(base / version, f"cannot publish there: {e.strerror or e}") from None
             _fsync_dir(base)
             # No bytes attached: publishing checks nothing, so a session needs verified_bytes() first.
             return RegisteredModel(card=final, onnx_path=base / version / ONNX_FILE)
+        raise ModelRefused(base, f"{PUBLISH_ATTEMPTS} version numbers in a row were taken while publishing: too many "
+                           "writers at once, or a process keeps creating entries there")
+
+    @staticmethod
+    def _next_number(base: Path) -> int:
+        """One past every number already used in ``base``: a published version, a half-copied one
+        without its card, a stray file -- a number that names anything is never reused (the one
+        without a card would have the rename fail for good, and an old number may be cached)."""
+        return max((int(p.name) for p in base.iterdir() if _is_version(p.name)), default=0) + 1
 
 
 def _write_synced(path: Path, data: bytes) -> None:

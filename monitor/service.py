@@ -49,7 +49,7 @@ from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
-from auditstream.errors import BadArguments, DecodeError, ModelNotFound
+from auditstream.errors import BadArguments, DecodeError, ModelNotFound, ModelRefused
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
@@ -345,10 +345,21 @@ class StatsHooks:
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
         registry = ModelRegistry(settings.models_dir)
 
+        refused: set[tuple[str, str]] = set()
+
         def cards(name: str, version: str):  # noqa: ANN202 - ModelCard | None
             try:
                 return registry.card(name, version)
             except ModelNotFound:
+                return None
+            except ModelRefused as e:
+                # A card edited by hand, unreadable, or written by a release whose checks were
+                # looser: its version is tracked as one without a card, never a reason to stop the
+                # monitor or dead-letter its predictions (it would, at every restart).
+                if (name, version) not in refused:
+                    refused.add((name, version))
+                    log.error("%s; its version is tracked without a card (no budget, threshold or drift "
+                              "reference) until the card is fixed", e)
                 return None
 
         config = QCConfig(min_inclusion_prob=audit_weight_floor(settings))

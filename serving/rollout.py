@@ -48,6 +48,9 @@ from serving.inference import FailureStreak
 from serving.runtime import ModelSession
 
 log = logging.getLogger(__name__)
+# How far a rollout record's writer's clock may run ahead of this host's and still order the
+# record after this consumer's start (NTP keeps hosts within milliseconds; minutes mean a fault).
+MAX_ROLLOUT_CLOCK_SKEW_S = 300.0
 
 CANARY_SALT = "canary"
 
@@ -159,6 +162,7 @@ class VersionSet:
         self._loader, self._view, self._model, self._salt = loader, view, model, canary_salt
         self._on_change = on_change
         self._started_at_s = time.time()
+        self._warned_future: Rollout | None = None
         self._seen: Rollout | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -191,8 +195,18 @@ class VersionSet:
         return rollout
 
     def _targets(self, rollout: Rollout) -> tuple[str | None, str | None]:
-        """(live version to switch to or None, canary version or None) that ``rollout`` asks for."""
-        live = rollout.live_version if rollout.updated_at_s > self._started_at_s else self.live.version
+        """(live version to switch to or None, canary version or None) that ``rollout`` asks for.
+        Only a record written after this consumer started moves its live version: an older one
+        may predate the LIVE pointer it started from. A record dated further ahead of this
+        host's clock than any plausible skew proves nothing about that order (a writer with a
+        wrong clock, or a hand-made record): it moves no live version either."""
+        future = rollout.updated_at_s > time.time() + MAX_ROLLOUT_CLOCK_SKEW_S
+        if future and rollout != self._warned_future:
+            self._warned_future = rollout
+            log.warning("rollout of %s is dated %.0f s ahead of this host's clock: its live version %s is not "
+                        "followed (fix the writer's clock, then announce again)", self._model,
+                        rollout.updated_at_s - time.time(), rollout.live_version)
+        live = rollout.live_version if self._started_at_s < rollout.updated_at_s and not future else self.live.version
         canary = rollout.canary_version if rollout.canary_share > 0 and rollout.canary_version != live else None
         return (live if live != self.live.version else None), canary
 

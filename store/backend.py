@@ -63,7 +63,7 @@ class StoreBusy(AuditstreamError):
         self.max_open, self.waited_s = max_open, waited_s
         super().__init__(f"all {max_open} connections of the audit store stayed in use for {waited_s:.0f} s; "
                          "look for a stuck transaction, or open the store with more connections")
-_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,30}$|^$")
+_PREFIX = re.compile(r"\A(?:[a-z][a-z0-9_]{0,30})?\Z")  # \Z: "$" would let a final "\n" through
 
 
 class Database(abc.ABC):

@@ -421,7 +421,7 @@ def test_publish_fails_loudly_instead_of_retrying_forever(registry, monkeypatch)
         raise PermissionError(13, "Permission denied", str(dst))
 
     monkeypatch.setattr(os, "rename", refuse)
-    with pytest.raises(PermissionError):
+    with pytest.raises(ModelRefused, match="cannot publish there: Permission denied"):  # one line, not a traceback
         publish(registry, good_model())
     assert list((registry.root / "tiny").iterdir()) == []  # the temporary directory is gone
 
