@@ -11,7 +11,10 @@
    is concordant without an audit, a difference is settled by the request's verdict or, nobody
    having audited it, counted against the candidate. Without them (a detector, whose boxes match
    with a tolerance, or a shadow that could not load the live version) each audited item of the live version with a first decisive verdict and a
-   shadow answer is one pair, one stratum per route. Either way a pair counts only if the
+   shadow answer is one pair, one stratum per route, counted in the store's ingest order up to a
+   point (qc.promotion.pairs_by_stratum): a pair still waiting for its verdict before that point
+   counts against the candidate, so which pairs count never depends on which verdicts auditors
+   happened to give first. Either way a pair counts only if the
    candidate did not learn from it: a candidate retrained from verdicts (its card's
    ``data_hygiene``) is judged on the certify side of the request-id split only
    (qc/audit_split.py), as ``certify --from-audits`` judges it. A new shadow group reads the
@@ -106,8 +109,11 @@ def judged_pairs(store: Any, candidate: ModelCard, live: ModelCard,
     if compared:
         kept, hygiene = may_judge(candidate, compared, "compared requests")
         return [traffic_counts([(p.same_answer, p.verdict) for p in kept])], hygiene
-    audits, hygiene = may_judge(candidate, shadow.paired_audits(candidate.name, live.version, candidate.version))
-    return pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong) for a in audits], config.per_route), hygiene
+    # in the store's ingest order, items still waiting for a verdict included: the gate counts a
+    # prefix of that order (qc.promotion.pairs_by_stratum), not the set auditors happen to have decided
+    audits, hygiene = may_judge(candidate, shadow.paired_stream(candidate.name, live.version, candidate.version))
+    return pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong, a.waiting) for a in audits], config.per_route,
+                            config.margin), hygiene
 
 
 def live_card(registry: ModelRegistry, model: str, candidate: str) -> ModelCard:

@@ -3,14 +3,17 @@ what the model card certified? (docs/qc-statistics.md)
 
 The monitor feeds every prediction and every verdict to one :class:`QCTracker`; per (model,
 version) it keeps coverage (share auto-accepted), the audited error rate of auto-accepted
-answers with a 95% interval, KS drift of confidences, a CUSUM on audited errors, and — when the
+answers with a 95% interval, KS drift of confidences (rounded alike to the card's 6-decimal
+reference, qc/drift.py), a CUSUM on audited errors, and — when the
 upper bound passes the certified risk — a suggested tighter threshold.
 
 The error estimate is the Hajek (weighted) estimator (qc/binomial.py), exactly ``errors /
 audited`` under uniform QC sampling; the interval shown is the anytime-valid confidence sequence
 (qc/sequential.py), and the effective sample size is Korn-Graubard's ``n*`` capped at the audits,
 a description only. The threshold suggestion judges each candidate by :func:`qc.binomial.shown_at_most`
-(exact Clopper-Pearson for uniform audits, else the same betting test). Only verdicts on AUTO_QC
+with ``anytime=True``: the betting gambler against the budget, for uniform audits too, because it
+is asked again at every snapshot while a version is over budget (a fixed-sample Clopper-Pearson
+bound asked that often says "within budget" far more often than its level). Only verdicts on AUTO_QC
 items count: they are the audited sample of answers that stood. A reject or correct verdict is
 an error of the model's answer, accept is not, skip says nothing; gold items are auditor tests,
 not traffic. Predictions and verdicts are deduplicated by request id (redeliveries).
@@ -116,10 +119,10 @@ def suggest_threshold(confidences, errors, inclusion_probs, current: float, budg
     Candidates are up to ``candidates`` quantiles of the audited confidences; a candidate ``t``
     passes when the audits with confidence >= ``t`` (in the order given: the tracker's stream
     order, monitor/qc_order.py) show the error rate at most ``budget`` at one-sided level
-    ``(1 - confidence) / (2k)`` (:func:`qc.binomial.shown_at_most`: exact Clopper-Pearson for a
-    uniform sample, else the betting gambler against the budget, whose wealth may be looked at
-    after every audit). That is
-    the upper side of a ``1 - (1 - confidence) / k`` interval: Bonferroni over the ``k``
+    ``(1 - confidence) / (2k)`` (:func:`qc.binomial.shown_at_most` with ``anytime=True``: the
+    betting gambler against the budget, for a uniform sample too, whose wealth may be looked at
+    after every audit — the tracker asks at every snapshot while the version is over budget, which
+    a fixed-sample Clopper-Pearson bound does not survive). That is the upper side of a ``1 - (1 - confidence) / k`` interval: Bonferroni over the ``k``
     candidates, because picking the best of many thresholds on the same audits would otherwise
     overstate what they prove. ``min_inclusion_prob``: the policy's floor (weights at most its
     inverse; the monitor passes :attr:`QCConfig.min_inclusion_prob`). A suggestion for a human or
@@ -138,7 +141,7 @@ def suggest_threshold(confidences, errors, inclusion_probs, current: float, budg
         floor = min(float(pi.min()), DEFAULT_MIN_INCLUSION_PROB)
     for t in grid:  # ascending: the first that passes is the smallest
         above = c >= t
-        if shown_at_most(y[above], pi[above], budget, alpha, min_inclusion_prob=floor):
+        if shown_at_most(y[above], pi[above], budget, alpha, min_inclusion_prob=floor, anytime=True):
             return float(t)
     return None
 
@@ -442,6 +445,8 @@ class QCTracker:
         if len(s.window) < self.config.ks_min_window or len(reference) == 0:
             return None, None
         if s.ks_cache is None or s.ks_cache[0] != predictions:  # the test is O(n log n): rerun on news only
+            # the card stores its sample at 6 decimals, the window holds float32 values as served:
+            # ks_drift rounds both to that grid (qc.drift.REFERENCE_DECIMALS)
             result = ks_drift(s.window.values, reference)
             s.ks_cache = (predictions, result.statistic, result.pvalue)
         _, stat, pvalue = s.ks_cache

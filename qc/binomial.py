@@ -9,7 +9,9 @@ population size, so it needs no count of the stream, and it is exactly ``x/n`` u
 sampling.
 
 Weighted intervals. With equal weights every interval here *is* the exact Clopper-Pearson
-interval of ``x`` errors in ``n`` audits. With unequal weights the interval must also cover the
+interval of ``x`` errors in ``n`` audits — a fixed-sample interval, valid when the audits are
+looked at once; :func:`shown_at_most`, which the monitor asks again at every tick, uses the
+betting gambler for equal weights too (``anytime=True``, its default). With unequal weights the interval must also cover the
 error rate of answers audited with a small ``pi`` (weight up to ``1/pi_min``, ``pi_min`` the
 policy's floor) whose audits have not shown an error *yet*: one such error moves the estimate by
 ``w_max / sum(w)``. A Korn-Graubard interval (Clopper-Pearson on ``n* = p(1-p)/V`` effective
@@ -20,7 +22,7 @@ instead of 95% (docs/qc-statistics.md, "Interval"). Two valid replacements, both
 ``j`` drawn i.i.d. from the audited population (a fixed policy), with ``c = pi_min``:
 
 * From the audits themselves (:func:`error_estimate`, :func:`shown_at_most`, the threshold
-  suggestion): a *betting* confidence sequence (Waudby-Smith & Ramdas, JRSS-B 2023), the gamblers
+  suggestion; for :func:`shown_at_most` equal weights too): a *betting* confidence sequence (Waudby-Smith & Ramdas, JRSS-B 2023), the gamblers
   of qc/sequential.py on ``Y_j(m) = c (y_j - m) / pi_j`` in ``[-m, 1 - m]``, whose mean has the
   sign of ``p - m``; a candidate ``m`` is rejected once a gambler's wealth reaches ``2/alpha``
   (Ville's inequality, at any audit). It adapts to the variance (errors where ``pi`` is high are
@@ -268,17 +270,30 @@ def betting_interval(errors, inclusion_probs, confidence: float = 0.95, *, min_i
 
 
 def shown_at_most(errors, inclusion_probs, bound: float, alpha: float, *, min_inclusion_prob: float | None = None,
-                  bet_cap: float = DEFAULT_BET_CAP) -> bool:
+                  bet_cap: float = DEFAULT_BET_CAP, anytime: bool = True) -> bool:
     """Do the audits show the error rate ``<= bound``, wrongly with probability ``<= alpha``?
-    A uniform sample (:func:`_uniform`): the exact one-sided Clopper-Pearson bound is at or below
-    ``bound``. Otherwise: the betting gambler against ``bound`` reaches ``1 / alpha`` (module docstring)."""
+
+    ``anytime=True`` (the default, and what the monitor's threshold suggestion uses): the betting
+    gambler against ``bound`` (module docstring) reaches ``1 / alpha`` at some audit. By Ville's
+    inequality that holds with probability ``<= alpha`` over *every* prefix at once, so the
+    question may be asked again after every audit (each tick, as the audits accrue) at no cost. A
+    uniform sample (:func:`_uniform`) bets on ``y - bound`` itself (all weights equal).
+
+    ``anytime=False``: a uniform sample is judged by the exact one-sided Clopper-Pearson bound
+    (``<= bound``), which is valid only if these audits are looked at *once*, at a sample size
+    fixed before their outcomes: asked after every audit at ``p = bound`` it says "shown" with
+    probability 0.5% by 1,000 audits and 1.9% by 20,000 at ``alpha = 0.00125``
+    (docs/qc-statistics.md, "Suggested threshold"). Unequal weights always use the gambler.
+    """
     y, pi, floor, uniform = _audits(errors, inclusion_probs, min_inclusion_prob)
     if not 0.0 < bound < 1.0 or not 0.0 < alpha < 1.0:
         raise ValueError(f"need 0 < bound < 1 and 0 < alpha < 1, got {bound}, {alpha}")
     if y.size == 0:
         return False
-    if uniform:
+    if uniform and not anytime:
         return upper_bound(int(y.sum()), int(y.size), alpha) <= bound
+    if uniform:  # every weight 1 / pi[0]: Y_j = y_j - m, the unweighted gambler
+        floor = float(pi[0])
     _, under = _shown(y, pi, np.array([bound]), np.log(1.0 / alpha), floor, bet_cap)
     return bool(under[0])
 

@@ -5,7 +5,11 @@ Two complementary checks run in the monitor (monitor/tracker.py) for every (mode
 * **KS on confidences** (:func:`ks_drift`): the two-sample Kolmogorov-Smirnov test of a sliding
   window of live confidences against ``card.reference["confidence_sample"]`` (held-out data at
   training time). It needs no labels, so it warns before any audit comes back — but a shifted
-  confidence distribution is a symptom, not proof of more errors.
+  confidence distribution is a symptom, not proof of more errors. Cards store that sample rounded
+  to :data:`REFERENCE_DECIMALS` (6) decimals, live confidences arrive as served (float32 values),
+  so both are rounded to that grid before the test: compared as they were, every float32
+  confidence in ``[0.9999995, 1)`` sat at 1.0 in the reference and below 1 live, and the shipped
+  digits model "drifted" (D = 0.19, p = 7e-6) against the very images its reference came from.
 * **Bernoulli CUSUM on audited errors** (:class:`BernoulliCusum`): the log-likelihood-ratio
   CUSUM of Page (1954) for an error rate moving from ``p0`` (in control: the certified risk) to
   ``p1``. Each audit adds ``log(p1/p0)`` if it found an error and ``log((1-p1)/(1-p0)) < 0``
@@ -32,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+REFERENCE_DECIMALS = 6  # cards store reference.confidence_sample rounded to this many decimals
 MIN_CUSUM_P0 = 1e-3  # below this the exact ARL needs > ~7,000 states; see design_bernoulli_cusum
 
 
@@ -43,13 +48,22 @@ class KSResult:
     n_reference: int
 
 
-def ks_drift(window: Sequence[float], reference: Sequence[float]) -> KSResult:
-    """Two-sample KS test of live confidences ``window`` against the card's reference sample."""
+def ks_drift(window: Sequence[float], reference: Sequence[float], decimals: int | None = REFERENCE_DECIMALS) -> KSResult:
+    """Two-sample KS test of live confidences ``window`` against the card's reference sample.
+
+    Both samples are rounded to ``decimals`` first (the precision cards store the reference at,
+    :data:`REFERENCE_DECIMALS`), so like is compared with like: one map applied to both sides keeps
+    the test's level (equal distributions stay equal; ties only make KS conservative), while
+    comparing rounded reference values with unrounded live ones shows a "drift" of every value
+    the rounding moves across another. A reference kept at full precision is rounded the same
+    way. ``decimals=None``: compare the values as given."""
     from scipy.stats import ks_2samp
 
     live = np.asarray(window, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
     live, ref = live[np.isfinite(live)], ref[np.isfinite(ref)]
+    if decimals is not None:
+        live, ref = np.round(live, decimals), np.round(ref, decimals)
     if live.size == 0 or ref.size == 0:
         raise ValueError(f"KS test needs non-empty samples, got {live.size} live and {ref.size} reference values")
     result = ks_2samp(live, ref, alternative="two-sided", method="auto")

@@ -39,7 +39,9 @@ guarantee needs no independence across pairs, only that each pair's conditional 
 ones before it is on the null side. The bound is simultaneous over ``m`` too, so it also holds
 for a margin picked after seeing ``U_n``. Fixed stakes make ``K_n`` a function of the counts
 ``(b, c, n)`` alone -- no order, nothing to remember between looks -- and decreasing in every
-``Z_j``; so a count that overstates some ``Z_j`` (an unaudited disagreement counted as ``b``,
+``Z_j``. *Which* pairs are counted must not depend on their outcomes, though: the audited pairs
+are counted over a prefix of the store's ingest order, pairs still waiting for a verdict as ``b``
+(:func:`qc.promotion.pairs_by_stratum`), not over whichever verdicts exist. So a count that overstates some ``Z_j`` (an unaudited disagreement counted as ``b``,
 :func:`traffic_counts`) only raises ``U_n``, and the bound stays valid when later verdicts
 lower it. A candidate that agrees with live everywhere passes once 207 pairs are audited at
 margin 2%, delta 5% (:func:`pairs_needed`); the old fixed-look bound needed 208 at its first
@@ -100,13 +102,15 @@ class PairedCounts:
     live_only_wrong: int  # c: candidate right, live wrong
     both_wrong: int = 0  # for the record; carries no information about the difference
     unaudited_disagreements: int = 0  # of b: answers that differ where nobody audited (counted as b)
+    waiting: int = 0  # of b: audited pairs still waiting for their verdict (counted as b; qc.promotion.pairs_by_stratum)
+    not_counted: int = 0  # pairs after the stream-order point the counts stop at (not in n)
 
     def __post_init__(self) -> None:
         if min(self.n, self.candidate_only_wrong, self.live_only_wrong, self.both_wrong,
-               self.unaudited_disagreements) < 0 or \
+               self.unaudited_disagreements, self.waiting, self.not_counted) < 0 or \
                 self.candidate_only_wrong + self.live_only_wrong + self.both_wrong > self.n or \
-                self.unaudited_disagreements > self.candidate_only_wrong:
-            raise ValueError(f"bad paired counts {self}: need 0 <= b + c + both <= n and unaudited <= b")
+                self.unaudited_disagreements + self.waiting > self.candidate_only_wrong:
+            raise ValueError(f"bad paired counts {self}: need 0 <= b + c + both <= n and unaudited + waiting <= b")
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class StratumResult:
     passes: bool  # the bound is under the margin: K_n(margin) >= 1 / delta_used
     pairs_needed: int | None  # pairs that would pass at the current rates (None: never)
     unaudited_disagreements: int = 0  # of candidate_only_wrong: counted so for want of a verdict
+    waiting: int = 0  # of candidate_only_wrong: audited pairs still waiting for their verdict
+    not_counted: int = 0  # pairs after the stream-order point the counts stop at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,7 +220,7 @@ def judge_stratum(counts: PairedCounts, margin: float, delta: float) -> StratumR
     passes = shown_below(b, c, n, margin, delta)
     return StratumResult(counts.stratum, n, b, c, counts.both_wrong, (b - c) / n if n else float("nan"), upper, delta,
                          passes, n if passes else pairs_needed(b, c, n, margin, delta),
-                         counts.unaudited_disagreements)
+                         counts.unaudited_disagreements, counts.waiting, counts.not_counted)
 
 
 TRAFFIC = "traffic"  # the stratum of :func:`traffic_counts`

@@ -3,9 +3,11 @@
 A candidate version served in shadow (``auditstream serve --model NAME --version V --shadow``)
 writes a prediction flagged ``shadow`` for every live request and nothing that acts. The monitor
 ingests those predictions here (:meth:`ShadowAnswers.ingest`, one transaction per batch,
-idempotent on (request id, model, version)), and :meth:`ShadowAnswers.paired_audits` joins them
-with the audited items of the live version: for each item with a first decisive verdict, was the
-live answer wrong, and was the candidate's (``None``: the candidate has not answered it yet)?
+idempotent on (request id, model, version)), and :meth:`ShadowAnswers.paired_stream` joins them
+with the audit items of the live version in the store's ingest order: for each item with a first
+decisive verdict, was the live answer wrong, and was the candidate's (``None``: the candidate has
+not answered it yet)? Items still waiting for a verdict keep their place (``waiting``): the gate
+counts a prefix of that order, not whichever verdicts exist (qc/promotion.py, ``pairs_by_stratum``).
 
 Volume: only audited requests matter, but a shadow answer may arrive before or after its
 request's audit item (two consumers, two speeds). So every shadow answer is written, and
@@ -76,6 +78,9 @@ class PairedAudit:
     route: str  # the live version's route: HUMAN (deferred) or AUTO_QC (QC sample)
     live_wrong: bool
     candidate_wrong: bool | None  # None: the candidate has no shadow answer for it (yet)
+    # True: no first decisive verdict yet (paired_stream only); live_wrong is then False and
+    # candidate_wrong True where the candidate answered -- the worst case, as the gate counts it
+    waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,17 +175,31 @@ class ShadowAnswers:
 
     def paired_audits(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
         """Every audited (non-gold) item of ``model`` v``live_version`` with its first decisive
-        verdict, paired with the candidate's shadow answer where there is one."""
+        verdict, paired with the candidate's shadow answer where there is one, in the store's
+        ingest order. The promotion gate reads :meth:`paired_stream` (these and the items still
+        waiting): the decided ones alone are a set chosen by when auditors decide."""
+        return [a for a in self.paired_stream(model, live_version, candidate_version) if not a.waiting]
+
+    def paired_stream(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
+        """Every (non-gold) audit item of ``model`` v``live_version`` in the order the store
+        received it (``items.id``, assigned at ingest, before any verdict: stream order, as
+        ``qc_stream`` and ``certify --from-audits`` read), decided or not: an item without a first
+        decisive verdict yet is ``waiting`` (its candidate_wrong True where the candidate
+        answered, the worst case; None where it did not). What the paired gate counts
+        (qc.promotion.pairs_by_stratum, docs/qc-statistics.md "Which audited pairs count")."""
         rows = self._db.query(
             "SELECT i.request_id, i.route, i.task, i.output, v.kind, v.corrected_output, s.output"
-            " FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+            " FROM {p}items i LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1 AND v.kind <> 'skip'"
             " LEFT JOIN {p}shadow_answers s ON s.request_id = i.request_id AND s.model = i.model"
             " AND s.model_version = ?"
-            " WHERE i.model = ? AND i.model_version = ? AND i.is_gold = 0 AND v.review_round = 1 AND v.kind <> 'skip'"
-            " ORDER BY v.decided_at_s, v.verdict_id",
+            " WHERE i.model = ? AND i.model_version = ? AND i.is_gold = 0"
+            " ORDER BY i.id",
             (candidate_version, model, live_version))
         out = []
         for rid, route, task, output, kind, corrected, shadow in rows:
+            if kind is None:
+                out.append(PairedAudit(rid, route, False, None if shadow is None else True, waiting=True))
+                continue
             rule, live_output = tasks.lookup(task), json.loads(output)
             corrected_output = None if corrected is None else json.loads(corrected)
             if shadow is None:

@@ -21,20 +21,25 @@ import numpy as np
 from auditstream.errors import AuditstreamError, ModelRefused
 from auditstream.registry import ModelRegistry
 from qc.delta_spending import EXTRA_KEY, CertificateSlice, DeltaSpending, plan
+from qc.drift import REFERENCE_DECIMALS
 
 REFERENCE_SAMPLE = 2000
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 def reference_statistics(confidences: np.ndarray, seed: int, max_sample: int = REFERENCE_SAMPLE) -> dict:
-    """Held-out calibrated confidences for the KS drift test: a sample (<= ``max_sample``) + quantiles."""
+    """Held-out calibrated confidences for the KS drift test: a sample (<= ``max_sample``) + quantiles.
+
+    The sample is stored rounded to :data:`qc.drift.REFERENCE_DECIMALS` (6) decimals, as every card
+    so far; the test rounds the live confidences to the same grid before comparing."""
     conf = np.asarray(confidences, dtype=np.float64)
     if conf.size == 0:
         raise ValueError("reference statistics need at least one confidence")
     rng = np.random.default_rng(seed)
     sample = conf if conf.size <= max_sample else rng.choice(conf, size=max_sample, replace=False)
     return {
-        "confidence_sample": [round(float(c), 6) for c in np.sort(sample)],
+        # rounded for a readable card; the KS test rounds the live window to the same grid (qc.drift.ks_drift)
+        "confidence_sample": [round(float(c), REFERENCE_DECIMALS) for c in np.sort(sample)],
         "quantiles": {f"{q:g}": float(np.quantile(conf, q)) for q in QUANTILES},
         "mean": float(conf.mean()),
         "n": int(conf.size),

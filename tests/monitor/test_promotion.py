@@ -108,6 +108,46 @@ def test_a_damaged_data_hygiene_record_is_refused_not_a_traceback(tmp_path, hygi
         decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
 
 
+def test_audited_pairs_count_in_ingest_order_not_as_decided(tmp_path):
+    """The candidate answers the first 10 QC samples differently from live; auditors skip those
+    (hard) and accept the 240 after them. Counting the decided pairs promoted it (240 concordant
+    pairs); counted in the store's ingest order the 10 still waiting come first, so nothing is
+    shown yet: as b they are 4% of 250, the prefix before them is empty. Once decided (live right)
+    they are 10 b's, and the candidate is worse."""
+    registry = ModelRegistry(tmp_path / "models")
+    for _ in range(2):
+        registry.publish(dataclasses.replace(tiny_card(), name="zip", task="sequence"), tiny_classifier_onnx())
+    registry.set_live("zip", "1")
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    config = PairedGateConfig(margin=0.02, delta=0.05)
+    with open_store(url) as store:
+        items = [audit_item(f"r{i:03d}", Route.AUTO_QC, version="1") for i in range(250)]
+        store.ingest_many(items, time.time())
+        ShadowAnswers(store).ingest([dataclasses.replace(item.prediction, model_version="2", shadow=True,
+                                                         output="99999" if i < 10 else item.prediction.output)
+                                     for i, item in enumerate(items)], time.time())
+        alice, bob = add_users(store, "alice", "bob")
+        for _ in items:  # alice skips the first 10 and accepts the rest
+            claim = store.claim(alice, 60, time.time())
+            kind = VerdictKind.SKIP if int(claim.item.request_id[1:]) < 10 else VerdictKind.ACCEPT
+            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, None, time.time())
+        stream = ShadowAnswers(store).paired_stream("zip", "1", "2")
+        assert [a.request_id for a in stream] == [item.prediction.request_id for item in items]  # ingest order
+        assert [a.waiting for a in stream] == [True] * 10 + [False] * 240
+        assert len(ShadowAnswers(store).paired_audits("zip", "1", "2")) == 240  # the decided ones
+        decision = decide_promotion(store, registry, "zip", "2", config=config, look=1)
+        assert not decision.promote and decision.code == "too_few_pairs"
+        (stratum,) = decision.strata
+        assert (stratum["n"], stratum["not_counted"]) == (0, 250) and "250 later pairs not counted" in decision.reason
+        for _ in range(10):  # bob decides them: live right, so the candidate's other answer is wrong
+            claim = store.claim(bob, 60, time.time())
+            store.record_verdict(store.new_verdict_id(), claim.item_id, bob, VerdictKind.ACCEPT, None, time.time())
+        decision = decide_promotion(store, registry, "zip", "2", config=config, look=2)
+        assert not decision.promote and decision.code == "worse"
+        (stratum,) = decision.strata
+        assert (stratum["n"], stratum["candidate_only_wrong"], stratum["waiting"]) == (250, 10, 0)
+
+
 def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every_route(tmp_path):
     """A shadow that compared its answers with live's makes every request a pair: 297 compared
     requests on which the two agree let the candidate through, where the 3 audited pairs alone

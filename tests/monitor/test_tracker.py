@@ -201,6 +201,40 @@ def test_suggest_threshold_picks_the_smallest_safe_threshold():
     assert suggest_threshold(c, np.ones(c.size), np.ones(c.size), current=0.9, budget=0.01) is None
 
 
+def test_shown_at_most_asked_after_every_25_audits_keeps_its_level():
+    # The monitor asks again at every snapshot. 1,000 runs of 1,000 uniform audits whose error rate is
+    # 2% above the bound (every "shown" is false), asked after every 25th audit at alpha = 5%: the
+    # fixed-sample Clopper-Pearson bound (anytime=False) ever said "shown" in 16.3% of runs; the
+    # betting gambler (anytime=True, the default) in 3.9%, within Ville's 5%. Bound 7.5%: under a
+    # true rate of 5% a count of 75 of 1,000 or more has probability 3e-4 (binomial tail).
+    from qc.binomial import shown_at_most
+    runs, audits, bound, alpha = 1000, 1000, 0.05, 0.05
+    y = (np.random.default_rng(20261210).random((runs, audits)) < bound * 1.02).astype(float)
+    pi = np.ones(audits)
+
+    def ever_shown(r, anytime):
+        return any(shown_at_most(y[r, :k], pi[:k], bound, alpha, anytime=anytime) for k in range(25, audits + 1, 25))
+
+    anytime = np.mean([ever_shown(r, True) for r in range(runs)])
+    assert anytime <= 0.075, f"asked every 25 audits, the gambler wrongly showed the bound in {anytime:.3f} of runs"
+    one_look = np.mean([ever_shown(r, False) for r in range(300)])
+    assert one_look > 0.1  # what the fixed-sample bound does under the same looks (16% of 1,000 runs)
+
+
+def test_suggest_threshold_on_uniform_audits_uses_the_anytime_test():
+    # 24 errors in 2,000 uniform audits (1.2%): Clopper-Pearson at one look puts the rate <= 2% at
+    # 97.5%, the gambler does not (yet). The tracker asks at every tick, so the suggestion must not
+    # take the one-look bound (it did until 2026-12); 15 errors convince the gambler too.
+    from qc.binomial import shown_at_most
+    n, pi, c = 2000, np.full(2000, 0.02), np.full(2000, 0.97)
+    for errors, expected in ((24, None), (15, 0.97)):
+        y = np.zeros(n)
+        y[np.linspace(0, n - 1, errors).astype(int)] = 1.0
+        assert shown_at_most(y, pi, 0.02, 0.025, min_inclusion_prob=0.02, anytime=False)  # the one-look bound
+        assert suggest_threshold(c, y, pi, current=0.9, budget=0.02, min_inclusion_prob=0.02) == expected
+        assert suggest_threshold(c, y, pi, current=0.9, budget=0.02) == expected  # no floor given: uniform too
+
+
 def _policy_suggestions(seed: int, runs: int, audits: int, confident_error: float, other_error: float) -> list:
     """suggest_threshold (budget 2%) on ``runs`` risk-weighted samples: answers at 0.9999 (the
     floor's weight) erring ``confident_error``, the rest at 0.92 erring ``other_error``."""
@@ -304,6 +338,38 @@ def test_tracker_ks_detects_a_shift_and_not_the_reference_itself():
     (a,), (b,) = same.snapshot(), shifted.snapshot()
     assert a.ks_pvalue > 0.01 and "DRIFT" not in a.reason
     assert b.ks_pvalue < 1e-6 and b.ks_statistic > 0.1 and "DRIFT" in b.reason
+
+
+def test_tracker_ks_does_not_flag_the_shipped_digits_model_on_its_own_reference_images():
+    # The card's reference sample is rounded to 6 decimals; served confidences are float32 values,
+    # 67 of the 360 test images in [0.9999995, 1). Compared unrounded, the model "drifted" against the
+    # very images its reference came from (D = 0.186, p = 7e-6: both alert conditions) and in every
+    # bootstrap window of 2,000; the live window is now rounded to the reference's grid.
+    import json
+    from pathlib import Path
+
+    ort = pytest.importorskip("onnxruntime")
+    from training.data.split import load_split
+    from qc.drift import ks_drift
+
+    shipped = Path(__file__).resolve().parents[2] / "stack" / "demo_models" / "digits"
+    card = ModelCard.from_dict(json.loads((shipped / "card.json").read_text()))
+    session = ort.InferenceSession(str(shipped / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = load_split("test").images.astype(np.float32)
+    live = session.run(None, {session.get_inputs()[0].name: images})[0].max(1)  # float32, as served
+    assert np.sum((live >= 0.9999995) & (live < 1.0)) > 30  # the values the rounding moved
+
+    tracker = QCTracker(lambda m, v: card, QCConfig())
+    for i, c in enumerate(live):
+        tracker.observe_prediction(Prediction(request_id=f"r{i}", model=card.name, model_version=card.version,
+                                              task="classification", output=0, confidence=float(c), route=Route.AUTO,
+                                              reason="", qc_inclusion_prob=0.02, created_at_s=0.0))
+    (qc,) = tracker.snapshot()
+    assert qc.ks_pvalue > 0.5 and qc.ks_statistic < 0.05 and "DRIFT" not in qc.reason
+    rng = np.random.default_rng(17)
+    reference = card.reference["confidence_sample"]
+    fired = [ks_drift(rng.choice(live, 2000).astype(np.float64), reference).pvalue < 1e-3 for _ in range(50)]
+    assert not any(fired)
 
 
 def test_tracker_cusum_alarms_on_a_doubled_error_rate_only():

@@ -34,6 +34,33 @@ def test_ks_false_alarm_rate_is_its_level():
     assert np.mean(np.array(pvalues) < 0.05) == pytest.approx(0.05, abs=0.035)
 
 
+def _float32_confidences(rng, n):
+    """Max-softmax-like float32 confidences of a confident model: 1 / (1 + e^-m), m ~ U(2, 20), in
+    float32 as served; 12% fall in [0.9999995, 1), which a 6-decimal card stores as 1.0."""
+    m = rng.uniform(2.0, 20.0, n).astype(np.float32)
+    return (np.float32(1.0) / (np.float32(1.0) + np.exp(-m))).astype(np.float64)
+
+
+def test_ks_against_a_rounded_card_reference_keeps_its_level():
+    # 400 live windows of 2,000 drawn from the distribution the reference came from (each with a
+    # fresh reference sample, stored as cards store it). Unrounded live against the 6-decimal
+    # reference fired in all 400 (D >= the 12% share moved to 1.0); rounded alike, p < 0.05 in 3.75%
+    # (KS with ties is conservative) and p < 0.001 in none. Bounds: 9% for the 5% level (a binomial
+    # count of 36 of 400 at p = 0.05 has probability 2e-4) and 3 windows for the 0.1% level (4 or
+    # more of 400 at p = 0.001: 8e-5).
+    from training.selective import reference_statistics
+
+    rng = np.random.default_rng(20261211)
+    pvalues = np.array([ks_drift(_float32_confidences(rng, 2000),
+                                 reference_statistics(_float32_confidences(rng, 2000), seed=i)["confidence_sample"]).pvalue
+                        for i in range(400)])
+    assert np.mean(pvalues < 0.05) <= 0.09 and np.sum(pvalues < 1e-3) <= 3
+    live = _float32_confidences(rng, 2000)
+    stored = np.round(live, 6)
+    assert ks_drift(live, stored).statistic == 0.0  # the same values, rounded alike
+    assert ks_drift(live, stored, decimals=None).statistic > 0.1  # compared as given: the old false drift
+
+
 def test_ks_refuses_empty_samples_and_window_is_bounded():
     with pytest.raises(ValueError, match="0 live"):
         ks_drift([math.nan], [0.5])

@@ -235,3 +235,71 @@ def test_the_traffic_gate_passes_a_candidate_worse_by_the_margin_at_most_delta_o
     # a candidate that disagrees rarely, and is right where audited, passes with this many requests
     pairs = [(True, None)] * (n - 6) + [(False, (True, False))] * 5 + [(False, None)]
     assert judge_stratum(traffic_counts(pairs), margin, delta).passes
+
+
+# --------------------------------------------------------------------------------------------
+# which audited pairs count: a prefix of the store's ingest order, not the verdicts decided so far
+
+
+def test_pairs_by_stratum_counts_an_ingest_order_prefix_with_waiting_pairs_as_b():
+    # (route, live wrong, candidate wrong, waiting), in ingest order
+    decided = [("AUTO_QC", False, False, False)] * 300
+    waiting = ("AUTO_QC", False, True, True)
+    # a waiting pair first: counting it as b over all 301 pairs still shows the candidate not worse,
+    # and beats the empty prefix before it
+    (counts,) = pairs_by_stratum([waiting] + decided, per_route=True, margin=0.02)
+    assert (counts.n, counts.candidate_only_wrong, counts.waiting, counts.not_counted) == (301, 1, 1, 0)
+    # ten waiting pairs: as b they weigh 3.3%; the prefix before them (n = 0) is the better count
+    (counts,) = pairs_by_stratum([waiting] * 10 + decided, per_route=True, margin=0.02)
+    assert (counts.n, counts.candidate_only_wrong, counts.not_counted) == (0, 0, 310)
+    (counts,) = pairs_by_stratum(decided[:250] + [waiting] * 10 + decided[250:], per_route=True, margin=0.02)
+    assert (counts.n, counts.candidate_only_wrong, counts.not_counted) == (250, 0, 60)
+    # without a margin: the stream-order prefix; 3-tuples are decided pairs; strata as before
+    (counts,) = pairs_by_stratum(decided[:5] + [waiting] + decided[5:], per_route=False)
+    assert (counts.stratum, counts.n, counts.not_counted) == ("all", 5, 296)
+    strata = pairs_by_stratum([("HUMAN", True, None), ("AUTO_QC", True, False), ("AUTO_QC", False, True)], True)
+    assert [(s.stratum, s.n, s.candidate_only_wrong, s.live_only_wrong) for s in strata] == [
+        ("AUTO_QC", 2, 1, 1), ("HUMAN", 0, 0, 0)]
+    r = judge_stratum(pairs_by_stratum([waiting] * 10 + decided, True, 0.02)[0], 0.02, 0.05)
+    assert not r.passes and r.not_counted == 310
+
+
+def _decision_order_promotions(runs: int, items: int, every: int, seed: int) -> tuple[float, float]:
+    """A candidate worse than live by exactly the margin (H0 true): 10% of items are hard (live
+    wrong 10%, candidate wrong 30%, independently; p10 - p01 = 0.027 - 0.007 = 0.02), the rest
+    easy (both right). Item i arrives at time i and is decided at i + Exp(150) if hard, i + Exp(5)
+    if easy. Looking after every ``every``-th verdict: the share of runs ever promoted (margin 2%,
+    delta 5%) counting the pairs decided so far (the gate until 2026-12) and counting
+    :func:`pairs_by_stratum` of the ingest-order sequence with the waiting pairs."""
+    margin, delta = 0.02, 0.05
+    rng = np.random.default_rng(seed)
+    decided_set = stream = 0
+    for _ in range(runs):
+        hard = rng.random(items) < 0.1
+        live = hard & (rng.random(items) < 0.1)
+        cand = hard & (rng.random(items) < 0.3)
+        t = np.arange(items) + rng.exponential(np.where(hard, 150.0, 5.0))
+        order = np.argsort(t)
+        b, c = np.cumsum((cand & ~live)[order]), np.cumsum((live & ~cand)[order])
+        looks = np.arange(199, items, every)  # no gate passes on fewer than 207 pairs
+        decided_set += any(shown_below(int(b[k]), int(c[k]), k + 1, margin, delta) for k in looks)
+        rows = list(zip(["AUTO_QC"] * items, live.tolist(), cand.tolist()))
+        for k in looks:
+            now = t[order[k]]
+            arrived = min(items, int(now) + 1)
+            waiting = (t[:arrived] > now).tolist()
+            (counts,) = pairs_by_stratum([row + (w,) for row, w in zip(rows, waiting)], False, margin)
+            if shown_below(counts.candidate_only_wrong, counts.live_only_wrong, counts.n, margin, delta):
+                stream += 1
+                break
+    return decided_set / runs, stream / runs
+
+
+def test_the_gate_counting_decided_pairs_only_is_fooled_by_decision_order_and_the_stream_prefix_is_not():
+    # Hard items are decided slowly, so the pairs decided at a look over-represent easy, concordant
+    # ones. 400 runs of 600 items, a look every 10 verdicts: the decided set promoted in 14.0%, the
+    # ingest-order count (pairs_by_stratum) in 0.75%. Bound 9%: under a true rate of 5%, 36 or more
+    # of 400 has probability 2e-4 (binomial tail).
+    decided_set, stream = _decision_order_promotions(runs=400, items=600, every=10, seed=20261212)
+    assert stream <= 0.09, f"the ingest-order gate promoted a candidate worse by the margin in {stream:.3f} of runs"
+    assert decided_set > 0.09  # the decision-order problem itself, for the record

@@ -43,6 +43,26 @@ def test_shadow_answers_pair_with_first_verdicts(store):
     assert shadow.paired_audits("zip", "7", "2") == []  # another live version's items
 
 
+def test_paired_stream_keeps_the_ingest_order_and_the_items_still_waiting(store):
+    shadow = ShadowAnswers(store)
+    items = [audit_item(f"r{i}", Route.AUTO_QC, version="1") for i in range(3)]
+    store.ingest_many(items, 10.0)
+    shadow.ingest([shadow_of(items[0], "2", "12345"), shadow_of(items[1], "2", "12345")], 11.0)  # r2 unanswered
+    alice, bob = add_users(store, "alice", "bob")
+    claim = store.claim(alice, 60, 20.0)  # r0: skipped, so still waiting
+    store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.SKIP, None, 20.0)
+    claim = store.claim(bob, 60, 21.0)
+    assert claim.item.request_id == "r0"
+    claim = store.claim(alice, 60, 21.0)  # r1 decided (a lease of bob's on r0 is still open)
+    store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, 21.0)
+    assert shadow.paired_stream("zip", "1", "2") == [
+        PairedAudit("r0", "AUTO_QC", False, True, waiting=True),  # answered: counted as b while it waits
+        PairedAudit("r1", "AUTO_QC", False, False),
+        PairedAudit("r2", "AUTO_QC", False, None, waiting=True),  # not answered: counts for nothing
+    ]
+    assert shadow.paired_audits("zip", "1", "2") == [PairedAudit("r1", "AUTO_QC", False, False)]
+
+
 def test_unaudited_shadow_answers_are_pruned_after_the_retention(store):
     shadow = ShadowAnswers(store)
     audited = audit_item("a", Route.HUMAN, version="1")
