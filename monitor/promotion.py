@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from auditstream import tasks
 from auditstream.control import Rollout, announce_rollout
-from auditstream.errors import ModelRefused
+from auditstream.errors import AuditstreamError, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.audit_split import CERTIFY, audit_part
@@ -128,6 +128,8 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
     """Decide, record, and (unless ``dry_run``) move ``LIVE`` and announce; see the module docstring.
     ``store``: the audit store (default: the settings' store, opened and closed here)."""
     registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
+    history_path = registry.root / model / candidate / PROMOTION_FILE
+    history = recorded_decisions(history_path)  # a file that cannot be read stops us before anything moves
     live_before = registry.live_version(model)
     if canary_share is not None:
         decision = decide_canary(registry.card(model, candidate), live_card(registry, model, candidate), canary_share)
@@ -141,7 +143,12 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
     record: dict[str, Any] = {"kind": "canary" if canary_share is not None else PAIRED, "decision": decision.to_dict(),
                               "decided_at_s": time.time(), "dry_run": dry_run, "live_before": live_before}
     acts = decision.promote or decision.code in ("canary", "canary_ended")
-    if acts and not dry_run:
+    # LIVE already names the candidate, and the last record that moved it says the announcement
+    # failed (the broker was down): finish that promotion. (A LIVE set any other way is left
+    # alone: announcing it would also end a canary someone runs.)
+    moves = [r for r in history if r.get("live_after") == decision.candidate]
+    unannounced = decision.code == "already_live" and bool(moves) and moves[-1].get("announced") is False
+    if (acts or unannounced) and not dry_run:
         if decision.promote:
             registry.set_live(model, decision.candidate)  # first: a consumer started from now on reads it
         rollout = Rollout(model, registry.live_version(model) or decision.live,
@@ -149,9 +156,17 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
                           reason=decision.reason[:1000], updated_at_s=time.time())
         record["live_after"] = rollout.live_version
         if announce:
-            announce_rollout(settings, rollout)
+            try:
+                announce_rollout(settings, rollout)
+            except Exception as e:
+                record["announced"], record["announce_error"] = False, repr(e)[:500]
+                append_record(history_path, record)
+                raise PromotionIncomplete(
+                    f"LIVE of {model} names v{rollout.live_version}, but announcing it to the running consumers "
+                    f"failed ({e}); they still serve what they served. Run the same auditstream promote again "
+                    "once the broker answers: it announces without moving anything else") from e
             record["announced"] = True
-    _append_record(registry.root / model / decision.candidate / PROMOTION_FILE, record)
+    append_record(history_path, record)
     return decision
 
 
@@ -161,17 +176,31 @@ def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
     return sum(1 for r in recorded_decisions(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
 
 
+class PromotionIncomplete(AuditstreamError):
+    """LIVE moved, but the running consumers were not told (the message says how to finish)."""
+
+
 def recorded_decisions(path: Path) -> list[dict[str, Any]]:
+    """The decisions ``promotion.json`` records (an old ``rl promote`` file: its one record).
+    :class:`ModelRefused` naming the file when it is not such a history (truncated, not UTF-8,
+    another shape): promote stops before it moves anything rather than lose the history."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
-    if isinstance(obj, dict) and isinstance(obj.get("decisions"), list):
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise ModelRefused(path, f"the promotion history cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                           "restore it, or move it aside to start a new history") from None
+    if isinstance(obj, dict) and isinstance(obj.get("decisions"), list) \
+            and all(isinstance(r, dict) for r in obj["decisions"]):
         return obj["decisions"]
-    return [{"kind": "rl_promote", **obj}] if isinstance(obj, dict) else []  # what `rl promote` wrote
+    if isinstance(obj, dict) and "decisions" not in obj:
+        return [{"kind": "rl_promote", **obj}]  # what `rl promote` wrote before it appended
+    raise ModelRefused(path, "the promotion history is not {\"decisions\": [objects...]}; restore it, or move it "
+                       "aside to start a new history")
 
 
-def _append_record(path: Path, record: dict[str, Any]) -> None:
+def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append to the version's decision history, atomically (a reader sees the old or the new file)."""
     history = recorded_decisions(path) + [record]
     text = json.dumps({"decisions": history}, indent=2, sort_keys=True, default=_json_default)

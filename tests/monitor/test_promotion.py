@@ -172,3 +172,42 @@ def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every
     assert not decision.promote
     (stratum,) = decision.strata
     assert stratum["n"] == 312 and stratum["candidate_only_wrong"] == stratum["unaudited_disagreements"] == 15
+
+
+def test_a_promote_whose_announcement_fails_says_so_and_the_next_one_finishes_it(tmp_path, monkeypatch):
+    """Review 2026-12-04: LIVE moved, announcing failed (broker down), nothing was recorded, and a
+    second promote answered already_live and never announced: consumers started later served the
+    candidate, running ones the old version, with no record of why. Now the failure says LIVE
+    moved and is recorded, and the next promote announces (and only that)."""
+    from auditstream.errors import BrokerUnavailable
+    from auditstream.settings import Settings
+    from monitor import promotion
+
+    registry, url = seeded(tmp_path, pairs=60)
+    settings = Settings(models_dir=registry.root, store_url=url, state_dir=tmp_path / "state")
+    announced = []
+
+    def broker_down(settings, rollout):
+        raise BrokerUnavailable("127.0.0.1:1", "nothing answered")
+
+    monkeypatch.setattr(promotion, "announce_rollout", broker_down)
+    with pytest.raises(promotion.PromotionIncomplete, match="LIVE of zip names v2, but announcing it .* failed"):
+        promotion.promote(settings, "zip", "2", config=PairedGateConfig(margin=0.1))
+    assert registry.live_version("zip") == "2"
+    last = json.loads((registry.root / "zip" / "2" / PROMOTION_FILE).read_text())["decisions"][-1]
+    assert last["live_after"] == "2" and last["announced"] is False and "nothing answered" in last["announce_error"]
+
+    monkeypatch.setattr(promotion, "announce_rollout", lambda settings, rollout: announced.append(rollout))
+    again = promotion.promote(settings, "zip", "2", config=PairedGateConfig(margin=0.1))
+    assert again.code == "already_live" and [(r.live_version, r.canary_version) for r in announced] == [("2", None)]
+    third = promotion.promote(settings, "zip", "2", config=PairedGateConfig(margin=0.1))  # announced: nothing to finish
+    assert third.code == "already_live" and len(announced) == 1
+
+
+@pytest.mark.parametrize("content", [b'{"decisions": [', b'{"decisions": [1]}', b"\xff\xfe", b"[1, 2]"])
+def test_a_promotion_history_that_cannot_be_read_stops_promote_before_live_moves(tmp_path, content):
+    registry, url = seeded(tmp_path, pairs=60)
+    (registry.root / "zip" / "2" / PROMOTION_FILE).write_bytes(content)
+    done = cli(registry, url, "--margin", "0.1")
+    assert done.returncode == 2 and "promotion history" in done.stderr and "Traceback" not in done.stderr
+    assert registry.live_version("zip") == "1"

@@ -178,7 +178,7 @@ def test_shadow_candidate_acts_on_nothing_and_the_gate_is_recorded(run: Run) -> 
     assert len(shadow) == record["shadow"]["requests"] - EPISODES == requests  # episode-end markers get no answer
     assert all(p.shadow for p in shadow) and record["shadow"]["compared"] > 0
     assert 0.5 < record["shadow"]["agreement"] <= 1.0
-    saved = json.loads((candidate.directory / PROMOTION_FILE).read_text())
+    saved = json.loads((candidate.directory / PROMOTION_FILE).read_text())["decisions"][-1]  # appended to the history
     decision = saved["decision"]
     assert decision["candidate"] == f"{MODEL}/{candidate.card.version}" and decision["live"] == f"{MODEL}/1"
     assert set(decision["candidate_estimates"]) == {"wis", "dr", "fqe"} and decision["n_episodes"] == EPISODES
