@@ -47,6 +47,14 @@ class ModelRefused(AuditstreamError):
         super().__init__(f"refusing model {path}: {why}")
 
 
+class PublishFailed(AuditstreamError):
+    """A model version could not be written into the registry (disk full, no permission...)."""
+
+    def __init__(self, path: object, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(f"cannot publish {path}: {why}")
+
+
 class ModelNotFound(AuditstreamError, LookupError):
     """No such model (or version) in the registry."""
 

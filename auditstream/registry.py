@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auditstream.errors import ModelNotFound, ModelRefused
+from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 # The model card and its checks live in their own module; re-exported here for existing callers.
 # The model-name pattern and the version test are the card's, shared with the directory layout.
 from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec,
@@ -214,12 +214,12 @@ class ModelRegistry:
                 tmp.rmdir()
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # another writer took this number
                     continue
-                raise ModelRefused(base / version, f"cannot publish there: {e.strerror or e}") from None
+                raise PublishFailed(base / version, e.strerror or str(e)) from None
             _fsync_dir(base)
             # No bytes attached: publishing checks nothing, so a session needs verified_bytes() first.
             return RegisteredModel(card=final, onnx_path=base / version / ONNX_FILE)
-        raise ModelRefused(base, f"{PUBLISH_ATTEMPTS} version numbers in a row were taken while publishing: too many "
-                           "writers at once, or a process keeps creating entries there")
+        raise PublishFailed(base, f"{PUBLISH_ATTEMPTS} version numbers in a row were taken meanwhile: too many "
+                            "writers at once, or a process keeps creating entries there")
 
     @staticmethod
     def _next_number(base: Path) -> int:

@@ -20,10 +20,12 @@ the card's labels when given.
 A row the data set cannot hold is skipped, logged with its request id and counted by reason in
 ``info["skipped"]``: an input that is no picture (an image that does not decode, a tensor
 without two dimensions, ``input_not_a_picture``), a malformed box (not a class index >= 0 with
-four finite corners, x0 < x1 and y0 < y1, or an answer that is not a list: ``box_malformed``),
+four finite corners, x0 <= x1 and y0 <= y1, or an answer that is not a list: ``box_malformed``),
 a box mostly (over half its area) outside its image (``box_outside_image``) or one whose width,
 height or area is not a finite number (``box_not_finite``). Boxes that reach a little past the
-image's edge are clipped to it and counted in ``info["clipped_boxes"]``. The file is strict JSON (``allow_nan=False``).
+image's edge are clipped to it and counted in ``info["clipped_boxes"]``; a box of no width or
+height (which the detection task accepts) is left out, its image kept, and counted in
+``info["flat_boxes"]``. The file is strict JSON (``allow_nan=False``).
 """
 
 from __future__ import annotations
@@ -62,13 +64,14 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         if seen is None or (row["review_round"], row["decided_at_s"]) >= (seen["review_round"], seen["decided_at_s"]):
             latest[row["request_id"]] = row
     images_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations, classes, skipped, clipped = [], [], set(), Counter(), 0
+    images, annotations, classes, skipped, clipped, flat = [], [], set(), Counter(), 0, 0
     for row in sorted(latest.values(), key=lambda r: r["request_id"]):
         if row["verdict_kind"] == "reject":
             continue
         image_id = len(images) + 1
         try:  # everything about the row is checked before any of its files is written
-            found = _boxes(row["human_label"])
+            every = _boxes(row["human_label"])
+            found = [(label, box) for label, box in every if box[0] < box[2] and box[1] < box[3]]
             pixels = _pixels(row["input"], image_id)
             inside = [(label, _clipped(box, pixels.entry["width"], pixels.entry["height"])) for label, box in found]
             boxes = [(label, _bbox(box)) for label, box in inside]
@@ -82,6 +85,7 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         entry.update(pixels.write(images_dir))
         images.append(entry)
         clipped += sum(a != b for (_, a), (_, b) in zip(found, inside))
+        flat += len(every) - len(found)
         for label, (bbox, area) in boxes:
             classes.add(label)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
@@ -92,8 +96,10 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
     categories = [{"id": c, "name": labels[c] if 0 <= c < len(labels) else str(c)} for c in sorted(classes)]
     if clipped:
         log.warning("COCO export: %d boxes reached past their image and were clipped to it", clipped)
+    if flat:
+        log.warning("COCO export: %d boxes of no width or height left out (their images kept)", flat)
     return {"info": {"description": "auditstream detection verdicts", "skipped": dict(sorted(skipped.items())),
-                     "clipped_boxes": clipped},
+                     "clipped_boxes": clipped, "flat_boxes": flat},
             "images": images, "annotations": annotations, "categories": categories}
 
 
@@ -111,7 +117,9 @@ def export_coco(rows: Iterable[dict[str, Any]], out: Path, labels: Sequence[str]
 def _boxes(output: Any) -> list[tuple[int, tuple[float, float, float, float]]]:
     """(class index, box) of every box of a detection answer; :class:`_Unusable` when any is
     malformed. The store takes any JSON correction from a client: a box drawn backwards, a NaN
-    corner or a class given as text must not turn into "no object here" (a negative example)."""
+    corner or a class given as text must not turn into "no object here" (a negative example).
+    A box of no width or height (x0 == x1: the task accepts it, a thin object rounded to whole
+    pixels) is no annotation COCO can use: left out and counted, the row kept."""
     if not isinstance(output, list):
         raise _Unusable("box_malformed", f"the answer is {type(output).__name__}, not a list of boxes")
     out = []
@@ -119,9 +127,9 @@ def _boxes(output: Any) -> list[tuple[int, tuple[float, float, float, float]]]:
         box, label = (det.get("box"), det.get("label")) if isinstance(det, dict) else (None, None)
         if not (isinstance(label, int) and not isinstance(label, bool) and label >= 0 and isinstance(box, list)
                 and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                                          for v in box) and box[0] < box[2] and box[1] < box[3]):
+                                          for v in box) and box[0] <= box[2] and box[1] <= box[3]):
             raise _Unusable("box_malformed", f"{det!r:.200} is not a class index >= 0 with a box [x0, y0, x1, y1] "
-                            "of finite numbers, x0 < x1 and y0 < y1")
+                            "of finite numbers, x0 <= x1 and y0 <= y1")
         out.append((label, tuple(float(v) for v in box)))
     return out
 

@@ -223,12 +223,14 @@ class LabelsFile:
         for c in _TEXT_FIELDS:
             if not isinstance(row[c], str) or not row[c]:
                 refuse(f"{c!r} must be a non-empty string, not {short_repr(row[c])}")
-        for c, low, high in (("confidence", 0.0, 1.0), ("inclusion_prob", 0.0, 1.0), ("decided_at_s", -math.inf, math.inf)):
+        # What the store holds: any finite confidence (a kind's scores may pass 1 by a rounding's
+        # width), an inclusion probability in (0, 1] (its inverse weights the row).
+        for c, fits, what in (("confidence", lambda v: True, ""), ("decided_at_s", lambda v: True, ""),
+                              ("inclusion_prob", lambda v: 0 < v <= 1, " in (0, 1]")):
             value = row[c]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                refuse(f"{c!r} must be a finite number" + (f" in [{low:g}, {high:g}]" if math.isfinite(low) else "")
-                       + f", not {short_repr(value)}")
+                    or not fits(value):
+                refuse(f"{c!r} must be a finite number{what}, not {short_repr(value)}")
         if type(row["review_round"]) is not int or row["review_round"] < 1:
             refuse(f"'review_round' must be a whole number >= 1, not {short_repr(row['review_round'])}")
         if type(row["is_gold"]) is not bool:

@@ -445,8 +445,8 @@ class QCTracker:
         if len(s.window) < self.config.ks_min_window or len(reference) == 0:
             return None, None
         if s.ks_cache is None or s.ks_cache[0] != predictions:  # the test is O(n log n): rerun on news only
-            # the card stores its sample at 6 decimals, the window holds float32 values as served:
-            # ks_drift rounds both to that grid (qc.drift.REFERENCE_DECIMALS)
+            # the card stores its sample at 6 decimals; `serve` publishes at 6 too, another producer
+            # may not: ks_drift rounds both to that grid (qc.drift.REFERENCE_DECIMALS)
             result = ks_drift(s.window.values, reference)
             s.ks_cache = (predictions, result.statistic, result.pvalue)
         _, stat, pvalue = s.ks_cache

@@ -6,10 +6,11 @@ Two complementary checks run in the monitor (monitor/tracker.py) for every (mode
   window of live confidences against ``card.reference["confidence_sample"]`` (held-out data at
   training time). It needs no labels, so it warns before any audit comes back — but a shifted
   confidence distribution is a symptom, not proof of more errors. Cards store that sample rounded
-  to :data:`REFERENCE_DECIMALS` (6) decimals, live confidences arrive as served (float32 values),
-  so both are rounded to that grid before the test: compared as they were, every float32
-  confidence in ``[0.9999995, 1)`` sat at 1.0 in the reference and below 1 live, and the shipped
-  digits model "drifted" (D = 0.19, p = 7e-6) against the very images its reference came from.
+  to :data:`REFERENCE_DECIMALS` (6) decimals; ``serve`` publishes confidences at that precision
+  too, but another producer may publish float32 values, so both are rounded to that grid before
+  the test: compared as they were, every float32 confidence in ``[0.9999995, 1)`` would sit at 1.0
+  in the reference and below 1 live (the shipped digits model's raw outputs "drift", D = 0.19,
+  p = 7e-6, against the very images its reference came from).
 * **Bernoulli CUSUM on audited errors** (:class:`BernoulliCusum`): the log-likelihood-ratio
   CUSUM of Page (1954) for an error rate moving from ``p0`` (in control: the certified risk) to
   ``p1``. Each audit adds ``log(p1/p0)`` if it found an error and ``log((1-p1)/(1-p0)) < 0``

@@ -144,10 +144,14 @@ def pairs_by_stratum(audits: list[tuple], per_route: bool, margin: float | None 
 
     ``audits``: ``(route, live_wrong, candidate_wrong)`` or ``(route, live_wrong, candidate_wrong,
     waiting)``, in the order the store received the items (``items.id``, before any verdict). An
-    audit the candidate did not answer (``candidate_wrong`` None) counts for nothing but still
-    makes its route a stratum, so a route the shadow has not reached yet cannot be skipped. A
-    ``waiting`` pair (no first decisive verdict yet) is counted as ``b`` -- the candidate wrong,
-    live right, the worst case for the candidate -- whatever its placeholder values.
+    audit the candidate did not answer (``candidate_wrong`` None) before the first one it did
+    answer counts for nothing (the shadow started later, or retention had dropped the request)
+    but still makes its route a stratum, so a route the shadow has not reached yet cannot be
+    skipped. A ``waiting`` pair (no first decisive verdict yet) -- and an audit after the
+    shadow's first answer that it has not answered yet (a shadow answer may come late) -- is
+    counted as ``b``: the candidate wrong, live right, the worst case for the candidate, whatever
+    its placeholder values. So a late answer or verdict only turns a ``b`` into its true value
+    and never inserts a pair into a prefix an earlier look counted.
 
     **Which pairs count** (docs/qc-statistics.md, "Which audited pairs count"). The gate's wealth
     is a function of the counts, but *which* pairs are counted must not depend on their outcomes:
@@ -164,13 +168,15 @@ def pairs_by_stratum(audits: list[tuple], per_route: bool, margin: float | None 
     margin is taken (where none has ``K > 1``: the first). Without ``margin``: the stream-order prefix.
     """
     sequences: dict[str, list[tuple[int, int, int, int]]] = {}
+    shadow_started = False
     for audit in audits:
         route, live_wrong, cand_wrong = audit[:3]
         waiting = bool(audit[3]) if len(audit) > 3 else False
         sequence = sequences.setdefault(route if per_route else "all", [])
-        if cand_wrong is None:
+        if cand_wrong is None and not shadow_started:
             continue
-        if waiting:
+        shadow_started = True
+        if waiting or cand_wrong is None:
             sequence.append((1, 0, 0, 1))
         else:
             sequence.append((int(bool(cand_wrong) and not live_wrong), int(bool(live_wrong) and not cand_wrong),

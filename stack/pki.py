@@ -42,6 +42,7 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:  # the owner's alone, as ssh and OpenSSL expect of a private key
         fd = os.open(path.with_suffix(".key"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a key file left from an earlier run keeps its mode through O_CREAT
         with os.fdopen(fd, "wb") as f:
             f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))

@@ -173,9 +173,13 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     feedback = build_feedback(card, rows, family, init_state, None if args.from_scratch else live,
                               args.certify_share, str(args.labels))
     if not len(feedback.targets):
+        learnt = feedback.card_extra["learnt_from"]
+        why = (f"; {learnt['unusable_inputs']} of them hold an input the live card's {card.inputs[0].name} "
+               f"{card.inputs[0].shape} does not take (an export of another model or of an older input spec?)"
+               if learnt["unusable_inputs"] else ": let the auditors answer some items first")
         raise CannotRetrain(f"no verdict of {args.model} in {args.labels} can teach it (train part: "
                             f"{feedback.card_extra['data_hygiene']['verdicts_train_part']} rows, rejects and gold "
-                            "excluded): let the auditors answer some items first")
+                            f"excluded){why}")
     if registry.live_version(args.model) is None:
         # Without a LIVE pointer the newest version is live: pin the one serving now, so the
         # candidate published next is only a candidate until `auditstream promote` moves it.
@@ -184,6 +188,7 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     summary = script.run(train_args, models_dir, progress, feedback)
     return summary | {"base_version": live, "from_scratch": args.from_scratch,
                       "verdicts_learnt": len(feedback.targets), **feedback.card_extra["data_hygiene"],
+                      "unusable_inputs": feedback.card_extra["learnt_from"]["unusable_inputs"],
                       "learnt_from": {k: v for k, v in feedback.card_extra["learnt_from"].items() if k != "verdict_ids"}}
 
 

@@ -47,7 +47,7 @@ CASES = [
     (["bench", "overrides", "--demo-episodes", "-1"], "--demo-episodes=-1", "a whole number >= 0"),
     (["bench", "offline", "--good-epsilon", "1.5"], "--good-epsilon=1.5", "a number from 0 to 1"),
     (["bench", "offline", "--cql-alpha", "nan"], "--cql-alpha=nan", "a finite number >= 0"),
-    (["bench", "offline", "--seeds", "0"], "--seeds=0", "a whole number >= 1"),
+    (["bench", "offline", "--seeds", "0"], "--seeds=0", "a whole number >= 2"),
     # loop: its own option names, also for what it passes on to the digits and zip-reader jobs
     (["bench", "loop", "--digits-seed-fraction", "0"], "--digits-seed-fraction=0.0", "a number > 0 and <= 1"),
     (["bench", "loop", "--digits-seed-fraction", "nan"], "--digits-seed-fraction=nan", "a number > 0 and <= 1"),

@@ -227,7 +227,7 @@ def test_a_derived_seed_bound_is_the_largest_that_fits() -> None:
     top = int(SEED.high)
     assert RunArgs(seed=top - 9, episodes=10).seed == top - 9
     assert OfflineBenchArgs(seed=(top - 6) // 10 - 2, seeds=3).seeds == 3
-    assert OverridesBenchArgs(seed=(top - 4) // 10, seeds=1).seeds == 1
+    assert OverridesBenchArgs(seed=(top - 4) // 10 - 1, seeds=2).seeds == 2
 
 
 HOSTILE = st.sampled_from(["nan", "-nan", "inf", "-inf", "1e999", "-1e999", "-1", "-0.5", "1e308", "1.5", "65536",

@@ -21,7 +21,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from auditstream.errors import ModelNotFound, ModelRefused
+from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry, TensorSpec, TriageSpec, verify_onnx
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -421,7 +421,7 @@ def test_publish_fails_loudly_instead_of_retrying_forever(registry, monkeypatch)
         raise PermissionError(13, "Permission denied", str(dst))
 
     monkeypatch.setattr(os, "rename", refuse)
-    with pytest.raises(ModelRefused, match="cannot publish there: Permission denied"):  # one line, not a traceback
+    with pytest.raises(PublishFailed, match="cannot publish .*: Permission denied"):  # one line, not a traceback
         publish(registry, good_model())
     assert list((registry.root / "tiny").iterdir()) == []  # the temporary directory is gone
 

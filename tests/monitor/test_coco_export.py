@@ -148,11 +148,13 @@ def test_a_malformed_or_outside_box_skips_its_row_rather_than_teaching_no_object
         _row("outside", "correct", [{"box": [500, 500, 900, 900], "label": 1}]),
         _row("mostly-outside", "correct", [{"box": [50, 50, 150, 150], "label": 1}]),
         _row("edge", "accept", [{"box": [60, 60, 66, 65], "label": 1}]),
+        _row("thin", "accept", [{"box": [10, 10, 10, 20], "label": 2}, {"box": [5, 5, 9, 9], "label": 3}]),
         _row("no-objects", "correct", []),  # a true negative: the auditor removed every box
     ]
     with caplog.at_level("WARNING", logger="monitor.coco_export"):
         coco = coco_from_labels(rows, tmp_path / "images")
-    assert sorted(img["request_id"] for img in coco["images"]) == ["edge", "no-objects"]
+    assert sorted(img["request_id"] for img in coco["images"]) == ["edge", "no-objects", "thin"]
     assert coco["info"]["skipped"] == {"box_malformed": 7, "box_outside_image": 2}
-    assert [a["bbox"] for a in coco["annotations"]] == [[60.0, 60.0, 4.0, 4.0]] and coco["info"]["clipped_boxes"] == 1
+    assert sorted(a["bbox"] for a in coco["annotations"]) == [[5.0, 5.0, 4.0, 4.0], [60.0, 60.0, 4.0, 4.0]]
+    assert coco["info"]["clipped_boxes"] == 1 and coco["info"]["flat_boxes"] == 1  # the thin box, not its image
     assert "request 'backwards' left out" in caplog.text and "9 rows left out" in caplog.text

@@ -197,8 +197,8 @@ def test_a_failed_export_leaves_neither_the_file_nor_its_temporary(tmp_path: Pat
 SPOILED_VALUES = {
     "verdict_id": [17, "", None, ["v"]], "request_id": [3.5, "", None], "model": [1, None], "model_version": [1, None],
     "task": [0, ""], "route": [None, 2], "auditor": [None, 7],
-    "confidence": ["0.5", None, float("nan"), float("inf"), 1.5, -0.1, True],
-    "inclusion_prob": ["high", None, float("nan"), 1.7, -0.5, False],
+    "confidence": ["0.5", None, float("nan"), float("inf"), True],
+    "inclusion_prob": ["high", None, float("nan"), 1.7, -0.5, 0, False],
     "decided_at_s": ["now", None, float("inf"), True],
     "review_round": ["2", 2.0, 0, -1, None, True], "is_gold": ["true", 1, 0, None, "yes"],
     "verdict_kind": ["skip", "ACCEPT", None, 1],
@@ -242,6 +242,11 @@ def test_a_row_whose_cell_is_not_what_an_export_writes_is_one_error_naming_its_l
         assert "\n" not in str(refused.value), (column, value)
         checked += 1
     assert checked >= (40 if fmt == 'jsonl' else 20)
+    assert read_labels(good)  # and a real export still reads, with any finite confidence the store holds
+    if fmt == "jsonl":
+        loose = tmp_path / "loose.jsonl"
+        loose.write_text("".join(json.dumps(dict(r, confidence=c)) + "\n" for r, c in zip(rows, (1.0004, -0.0003, 3.5))))
+        assert [r["confidence"] for r in read_labels(loose)] == [1.0004, -0.0003, 3.5]
     for column in COLUMNS[:-1]:  # every column but input must be there
         bad = tmp_path / "missing.jsonl"
         bad.write_text("".join(json.dumps({k: v for k, v in r.items() if k != column}) + "\n" for r in rows))

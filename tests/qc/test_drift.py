@@ -35,8 +35,9 @@ def test_ks_false_alarm_rate_is_its_level():
 
 
 def _float32_confidences(rng, n):
-    """Max-softmax-like float32 confidences of a confident model: 1 / (1 + e^-m), m ~ U(2, 20), in
-    float32 as served; 12% fall in [0.9999995, 1), which a 6-decimal card stores as 1.0."""
+    """Max-softmax-like float32 confidences of a confident model: 1 / (1 + e^-m), m ~ U(2, 20), at
+    full float32 precision (a producer other than serve); 12% fall in [0.9999995, 1), which a
+    6-decimal card stores as 1.0."""
     m = rng.uniform(2.0, 20.0, n).astype(np.float32)
     return (np.float32(1.0) / (np.float32(1.0) + np.exp(-m))).astype(np.float64)
 

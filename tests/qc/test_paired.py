@@ -260,6 +260,16 @@ def test_pairs_by_stratum_counts_an_ingest_order_prefix_with_waiting_pairs_as_b(
     strata = pairs_by_stratum([("HUMAN", True, None), ("AUTO_QC", True, False), ("AUTO_QC", False, True)], True)
     assert [(s.stratum, s.n, s.candidate_only_wrong, s.live_only_wrong) for s in strata] == [
         ("AUTO_QC", 2, 1, 1), ("HUMAN", 0, 0, 0)]
+    # once the shadow has answered one audit, one it has not answered yet is a cut point counted as
+    # b (review 2026-12-04: a late shadow answer inserted a pair into a prefix an earlier look
+    # counted, which the wealth bound does not cover); before its first answer, nothing counts
+    unanswered = ("AUTO_QC", False, None, False)
+    (counts,) = pairs_by_stratum([unanswered] * 3 + decided[:250] + [unanswered] + decided[250:], True, 0.02)
+    assert (counts.n, counts.not_counted) == (250, 51)  # the 3 before the first answer are in no sequence
+    (counts,) = pairs_by_stratum(decided[:1] + [unanswered] + decided[1:], True, 0.02)  # as b: the whole is better
+    assert (counts.n, counts.candidate_only_wrong, counts.waiting, counts.not_counted) == (301, 1, 1, 0)
+    (counts,) = pairs_by_stratum(decided[:250] + [unanswered] * 10 + decided[250:], True)
+    assert (counts.n, counts.not_counted) == (250, 60)
     r = judge_stratum(pairs_by_stratum([waiting] * 10 + decided, True, 0.02)[0], 0.02, 0.05)
     assert not r.passes and r.not_counted == 310
 

@@ -185,3 +185,16 @@ def test_the_test_pki_writes_private_keys_for_the_owner_only(tmp_path) -> None:
     keys = sorted((tmp_path / "pki").glob("*.key"))
     assert keys and pki.server_key in keys
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+
+
+def test_the_test_pki_tightens_a_key_file_left_readable_by_an_earlier_run(tmp_path) -> None:
+    import os
+    import stat
+
+    from stack.pki import make_pki
+
+    make_pki(tmp_path / "pki")
+    for key in (tmp_path / "pki").glob("*.key"):
+        os.chmod(key, 0o644)  # as an earlier release left them
+    make_pki(tmp_path / "pki")
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in (tmp_path / "pki").glob("*.key"))

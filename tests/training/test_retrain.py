@@ -93,6 +93,15 @@ def test_retrain_refuses_what_it_cannot_do(tmp_path):
     only_rejects = write_rows(tmp_path / "rejects.jsonl", verdict_rows(0, rejects=3))
     with pytest.raises(retrain.CannotRetrain, match="can teach it"):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(only_rejects)), tmp_path, progress=False)
+    # Review 2026-12-04: an input the card does not take (another model's export, an older input
+    # spec) stopped the whole retrain with a wrong_shape error naming no row; a ZIP-like label of
+    # '³' crashed int(). Such rows are skipped and counted, and if none is left the error says why.
+    wrong_inputs = [dict(r, input=encode_input(np.zeros((3,), np.float32))) for r in verdict_rows(30)]
+    every_row_skipped = r"train part: (\d+) rows.*; \1 of them hold an input the live card.s pixels \[None, 8, 8\] does not"
+    with pytest.raises(retrain.CannotRetrain, match=every_row_skipped):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(write_rows(tmp_path / "wrong.jsonl", wrong_inputs))),
+                    tmp_path, progress=False)
+    assert retrain._zip_target(None, "12³45") is None and retrain._zip_target(None, "12345") == [1, 2, 3, 4, 5]
     (tmp_path / "digits" / "1" / WEIGHTS_FILE).unlink()  # as a shipped demo model
     with pytest.raises(WeightsMissing, match="--from-scratch"):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)

@@ -29,6 +29,7 @@ DEFAULT_PRESET = PRESETS["LunarLander-v3"]
 # imported: they pull in numpy, and --help reads this module; a test holds them equal).
 OFFLINE_ALGORITHMS = ("bc", "cql")
 OPE_HUMAN_STEPS = ("as_logged", "exclude", "model")
+SEEDS_FOR_AN_INTERVAL = Range(2, whole=True)  # the benches' t interval over seeds needs two
 
 
 def _arg(help_text: str, default: Any = None, check: Range | None = None) -> Any:
@@ -162,8 +163,8 @@ class OverridesBenchArgs:
     """Arguments of ``auditstream bench overrides`` (HG-DAgger: do human takeovers improve the policy?)."""
 
     envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
-    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation)", 10,
-                      check=COUNT)
+    seeds: int = _arg("independent repetitions (demonstrations, initial policy, logs, fine-tuning, evaluation); "
+                      "at least 2: the bench reports a confidence interval over seeds", 10, check=SEEDS_FOR_AN_INTERVAL)
     episodes: int = _arg("logged episodes of the deployed policy per arm (with and without takeovers)", 20,
                          check=COUNT)
     eval_episodes: int = _arg("online episodes evaluating each policy, acting as served (sampled actions)", 20,
@@ -192,7 +193,8 @@ class OfflineBenchArgs:
     """Arguments of ``auditstream bench offline`` (do BC and CQL beat the policy that logged the data?)."""
 
     envs: str = _arg("comma-separated environments (CartPole-v1, LunarLander-v3)", "CartPole-v1,LunarLander-v3")
-    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation)", 3, check=COUNT)
+    seeds: int = _arg("independent repetitions (behaviour policy, logs, training, evaluation); at least 2: the "
+                      "bench reports a confidence interval over seeds", 3, check=SEEDS_FOR_AN_INTERVAL)
     episodes: int = _arg("logged episodes of the behaviour policy per dataset", 50, check=COUNT)
     eval_episodes: int = _arg("online episodes evaluating each learnt policy (greedy)", 10, check=COUNT)
     good_epsilon: float = _arg("the good behaviour policy is the simulated human, epsilon-soft with this epsilon", 0.1,

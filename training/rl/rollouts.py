@@ -140,8 +140,8 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     environment of ``args.envs`` on one torch thread, print the time and the JSON line.
 
     Refused before any environment is made (:class:`BadArguments`, one line, exit 2): an
-    environment without a simulated human (the message lists those that have one), and fewer
-    than 2 seeds (the benches report a 95% interval over seeds; one seed has none)."""
+    environment without a simulated human (the message lists those that have one). Fewer than
+    2 seeds (one seed has no interval) the arguments refuse (``SEEDS_FOR_AN_INTERVAL``)."""
     from auditstream.errors import BadArguments
 
     envs = [e.strip() for e in args.envs.split(",") if e.strip()]
@@ -150,9 +150,6 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
         what_is_wrong = f"unknown environment(s) {', '.join(unknown)}" if unknown else "no environment given"
         raise BadArguments(f"--envs {args.envs!r}: {what_is_wrong}; the benches run on {', '.join(sorted(HUMANS))} "
                            "(the environments with a simulated human), comma-separated")
-    if args.seeds < 2:
-        raise BadArguments(f"--seeds {args.seeds}: {what} reports a 95% interval over seeds, which needs at least 2 "
-                           "seeds; give --seeds 2 or more")
     if args.episodes < 1 or args.eval_episodes < 1:
         raise BadArguments(f"need --episodes >= 1 and --eval-episodes >= 1; got {args.episodes} and "
                            f"{args.eval_episodes}")

@@ -55,7 +55,7 @@ def test_mean_ci95_of_one_seed_has_no_interval_and_no_nan() -> None:
     (["--envs", "Foo"], "--envs 'Foo': unknown environment(s) Foo; the benches run on CartPole-v1, LunarLander-v3"),
     (["--envs", "CartPole-v1,Pong-v5"], "unknown environment(s) Pong-v5;"),
     (["--envs", ","], "no environment given"),
-    (["--envs", "CartPole-v1", "--seeds", "1"], "--seeds 1: bench "),
+    (["--envs", "CartPole-v1", "--seeds", "1"], "invalid --seeds=1: expected a whole number >= 2"),
 ])
 def test_benches_refuse_unknown_envs_and_one_seed_in_one_line_before_running(bench, options, message, capsys) -> None:
     from auditstream.cli import main
