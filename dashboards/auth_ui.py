@@ -24,6 +24,7 @@ from typing import Any
 
 import streamlit as st
 
+from dashboards.markup import md_text
 from store.accounts import LoginThrottled, Role, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
@@ -75,7 +76,7 @@ def current_user(accounts: Any) -> User:
             return user
         # deleted or disabled since signing in, or an SSO identity with no account here
         st.session_state.pop(SESSION_USER, None)
-        st.error(f"{name!r} has no enabled account on this dashboard; ask an admin to add it "
+        st.error(f"{md_text(repr(name))} has no enabled account on this dashboard; ask an admin to add it "
                  f"(auditstream users add NAME --role auditor).")
         if oidc_configured() and st.user.is_logged_in:
             st.button("Log out of single sign-on", on_click=st.logout)
@@ -122,7 +123,7 @@ def logout() -> None:
 
 def user_badge_ui(user: User) -> bool:
     """Who is signed in, with a log-out button; returns True when it was pressed."""
-    st.sidebar.markdown(f"**{user.name}** · {user.role.value}")
+    st.sidebar.markdown(f"**{md_text(user.name)}** · {user.role.value}")
     return st.sidebar.button("Log out", key="logout")
 
 

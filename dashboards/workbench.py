@@ -39,6 +39,7 @@ from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKin
 from dashboards import editors, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
+from dashboards.markup import md_code, md_text
 from dashboards.table_shortcuts import table_shortcuts_ui
 from store.accounts import WRITERS, User, require_role
 from store import Claim, VerdictResult
@@ -170,8 +171,9 @@ def item_header_ui(claim: Claim, blind: bool) -> None:
         badges.badge("Blind: answer first", icon=":material/visibility_off:", color="gray")
     if claim.review_round == 2:
         badges.badge("Second review", icon=":material/group:", color="blue")
-    badges.badge(f"{item.model} v{item.model_version} · {item.task}", color="gray")
-    st.caption(f"Request {item.request_id} · "
+    # The item's words go into markdown escaped (dashboards/markup.py): a request id is the client's.
+    badges.markdown(f":gray-badge[{md_text(f'{item.model} v{item.model_version} · {item.task}')}]", width="content")
+    st.caption(f"Request {md_code(item.request_id)} · "
                f"lease until {time.strftime('%H:%M:%S', time.gmtime(claim.lease_expires_s))} UTC")  # fmt: skip
 
 
@@ -227,7 +229,7 @@ def guarded(what: str, claim: Claim, draw: Callable[..., Any], *args: Any, **kwa
     except Exception as e:  # noqa: BLE001 - see the docstring; the server log keeps the traceback
         log.warning("item %s: cannot show %s", claim.item_id, what, exc_info=True)
         detail = str(e) if len(str(e)) <= 300 else str(e)[:297] + "..."
-        st.error(f"Cannot show {what} of this item: {type(e).__name__}: {detail}. {MALFORMED_HINT}")
+        st.error(f"Cannot show {what} of this item: {md_text(type(e).__name__)}: {md_text(detail)}. {MALFORMED_HINT}")
         return None
 
 
@@ -275,7 +277,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
             # answer in the model's own form: a label name where the model answers with names
             answer = editors.parse_answer(task, raw, choices, as_label=isinstance(prediction.output, str))
         except ValueError as e:
-            st.error(str(e))  # the form keeps what was typed: nothing is lost
+            st.error(md_text(e))  # the form keeps what was typed: nothing is lost
             return
         decided = guarded("the comparison with the model's answer", claim, editors.verdict_for, task,
                           prediction.output, answer)  # fmt: skip
@@ -291,7 +293,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
         _forget_claim()
         st.rerun()
     except PermissionDenied as e:
-        st.error(str(e))
+        st.error(md_text(e))
         return
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
     _forget_claim()
@@ -323,10 +325,10 @@ def _verdict_text(result: VerdictResult, prediction: Prediction | None, blind: b
     if prediction is None:
         return text + "."
     if verdict.kind is VerdictKind.CORRECT:
-        text += f" → {render.answer_text(prediction.task, verdict.corrected_output)}"
+        text += f" → {md_text(render.answer_text(prediction.task, verdict.corrected_output))}"
     if blind and verdict.kind in (VerdictKind.ACCEPT, VerdictKind.CORRECT):
         agreed = "you agreed with" if verdict.kind is VerdictKind.ACCEPT else "you disagreed with"
-        text += f" ({agreed} the model's {render.answer_text(prediction.task, prediction.output)})"
+        text += f" ({agreed} the model's {md_text(render.answer_text(prediction.task, prediction.output))})"
     if not result.recorded:
         text += " — already recorded by an earlier submit; kept once"
     return text + "."

@@ -7,6 +7,7 @@ them (auditstream/tasks' details), and ingested through the store API.
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from auditstream.wire import AuditItem, ImageInput, Prediction, Route
+from dashboards.markup import JOINER
 from store import open_store
 
 PASSWORD = "correct horse battery"
@@ -150,9 +152,15 @@ def elements(at, kind: str) -> list:
     return found
 
 
+def unescaped(markdown: str) -> str:
+    """Markdown with dashboards/markup.py's escapes taken out: the text a reader sees there."""
+    return re.sub(r"\\([!-/:-@[-`{-~])", r"\1", str(markdown)).replace(JOINER, "")
+
+
 def texts(at) -> str:
-    """All markdown, captions, alerts and metric values on the page, as one string."""
+    """All markdown, captions, alerts and metric values on the page, as one string (escapes of
+    item text taken out: :func:`unescaped`)."""
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
     parts += [e.value for e in (*at.error, *at.warning, *at.info, *at.success)]
     parts += [f"{m.label}={m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
+    return unescaped("\n".join(str(p) for p in parts))
