@@ -3,7 +3,8 @@
 Every page render starts with :func:`current_user`. It returns the signed-in user *as the store
 knows them right now* (the session keeps only the name, the role is read again on every render),
 or draws the login form and stops the script, so an unauthenticated visitor's session never
-reaches code that reads data. Writes are checked once more inside the store's transaction
+reaches code that reads data. A fragment that reruns on its own (the overview's auto-refresh,
+the workbench's lease keeper) does not pass through it, so it calls :func:`recheck` first. Writes are checked once more inside the store's transaction
 (``store.accounts.check_actor``); the checks here only decide what to show.
 
 Local accounts live in the audit store (slow salted hashes, ``store/accounts.py``). Single
@@ -84,6 +85,22 @@ def current_user(accounts: Any) -> User:
     login_ui(accounts)
     st.stop()
     raise AssertionError("st.stop() returned")  # pragma: no cover - st.stop raises
+
+
+def signed_in_user(accounts: Any) -> User | None:
+    """The session's user as the store knows them now; None without a session, or when its
+    account is gone or disabled."""
+    name = st.session_state.get(SESSION_USER)
+    return None if name is None else accounts.get(name)
+
+
+def recheck(accounts: Any, user: User) -> None:
+    """First thing in a fragment. A fragment reruns alone, with the ``User`` of the last full run
+    (``current_user`` does not run again), so an account disabled or demoted since would keep
+    its view; when the store's answer differs from ``user``, the whole app reruns instead and
+    :func:`current_user` decides."""
+    if signed_in_user(accounts) != user:
+        st.rerun(scope="app")
 
 
 def login_ui(accounts: Any) -> None:

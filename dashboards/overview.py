@@ -18,7 +18,7 @@ import time
 
 import streamlit as st
 
-from dashboards import charts, versions
+from dashboards import auth_ui, charts, versions
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.markup import md_text
@@ -57,6 +57,7 @@ def model_ui(ctx: DashboardContext) -> str | None:
 
 
 def _live_sections(ctx: DashboardContext, user: User) -> None:
+    auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
     now = time.time()
     _queue_section(ctx, now)
     _quality_section(ctx, now)

@@ -36,7 +36,7 @@ import streamlit as st
 
 from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKind, decode_input
-from dashboards import editors, render
+from dashboards import auth_ui, editors, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
 from dashboards.markup import md_code, md_text
@@ -260,6 +260,7 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
 
 
 def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
+    auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
     if not ctx.store.renew(item_id, user, ctx.config.lease_s, time.time()):
         st.warning("Your lease on this item is gone (expired and claimed by someone else, or decided); "
                    "your submit will be refused — take the next item.")  # fmt: skip

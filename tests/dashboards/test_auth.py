@@ -67,3 +67,40 @@ def test_settings_are_built_once_per_server_not_per_rerun(store, store_url, tmp_
     at.run()
     assert not at.exception and len(calls) == 1
     app._settings.clear()
+
+
+def solo_fragment_app(store_url: str, models_dir: str) -> None:
+    """The app; with ``st.session_state["solo"]`` set, only the overview's live sections run, with
+    that User: what the fragment's timed rerun does (it keeps the User of the last full run)."""
+    import streamlit as st
+
+    from dashboards import app, overview
+    from dashboards.config import DashboardConfig
+
+    config = DashboardConfig(store_url=store_url, models_dir=models_dir, refresh_s=0.0)
+    solo = st.session_state.pop("solo", None)
+    if solo is not None:
+        overview._live_sections(app.build_context(config), solo)
+    else:
+        app.main(config)
+
+
+def test_the_overview_refresh_serves_only_the_account_as_it_is_now(store, store_url, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from store.accounts import Role, User
+
+    at = AppTest.from_function(solo_fragment_app, kwargs={"store_url": store_url, "models_dir": str(tmp_path / "m")},
+                               default_timeout=60).run()  # fmt: skip
+    at = log_in(at, "ada")
+    at.session_state["solo"] = User("ada", Role.ADMIN)
+    at = at.run()
+    assert "No gold item answered yet." in texts(at)  # the admin's gold section, drawn by the fragment alone
+    store.accounts.set_role("ada", "viewer")  # demoted while the page refreshes itself
+    at.session_state["solo"] = User("ada", Role.ADMIN)
+    at = at.run()
+    assert "Gold-item scores are shown to admins only." in texts(at) and "No gold item" not in texts(at)
+    store.accounts.set_role("ada", "admin", disabled=True)
+    at.session_state["solo"] = User("ada", Role.VIEWER)
+    at = at.run()
+    assert "no enabled account" in texts(at) and "Queue" not in [s.value for s in at.subheader]
