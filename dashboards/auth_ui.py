@@ -26,7 +26,7 @@ from typing import Any
 import streamlit as st
 
 from dashboards.markup import md_text
-from store.accounts import LoginThrottled, Role, User
+from store.accounts import LoginBusy, LoginThrottled, Role, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
 
@@ -118,6 +118,9 @@ def login_ui(accounts: Any) -> None:
                 user = accounts.verify_password(name.strip(), password) if name.strip() and password else None
             except LoginThrottled as e:  # counted per account in the store: a new session is no way around it
                 st.error(f"Too many attempts; try again in {math.ceil(e.retry_after_s)} s.")
+                return
+            except LoginBusy:  # every password-hash slot taken (store.accounts.SCRYPT_SLOTS); counted too
+                st.error("The server is busy checking other logins; try again in a moment.")
                 return
             if user is None:
                 # One message for unknown names and wrong passwords: it must not tell which names exist.

@@ -6,7 +6,10 @@ guidance for interactive logins: cheap for a login, costly for anyone guessing o
 parameters are stored with each hash (``scrypt$n=131072,r=8,p=1$<salt>$<hash>``), so they can
 be raised without breaking old accounts: a hash with weaker parameters is replaced at the user's
 next successful login (:func:`needs_rehash`). A stored hash asking for more memory than
-:data:`SCRYPT_MAXMEM` is refused, not computed. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
+:data:`SCRYPT_MAXMEM` is refused, not computed. At most :data:`SCRYPT_SLOTS` hashes run at once
+in a process (each takes 128 MiB, and a login form is open to anyone: twelve anonymous attempts
+at once were 1.5 GiB); an attempt that finds no free slot within :data:`SCRYPT_WAIT_S` is
+answered :class:`LoginBusy`, counted like a wrong password, for known and unknown names alike. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
 tell which names exist.
 
 Failed logins are counted per account in the users table (``failed_logins``,
@@ -50,6 +53,9 @@ MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
 LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
 MAX_LOCKOUT_S = 3600.0
 UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
+SCRYPT_SLOTS = 2  # scrypt runs at once per process: at most 2 x 128 MiB, however many logins arrive
+SCRYPT_WAIT_S = 3.0  # how long an attempt waits for a slot (about five hashes' time) before "busy"
+_scrypt_slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # whole name: fullmatch (a "$" lets "name\n" through)
 
 
@@ -65,6 +71,25 @@ class LoginThrottled(AuditstreamError):
     def __init__(self, name: str, failures: int, retry_after_s: float) -> None:
         self.name, self.failures, self.retry_after_s = name, failures, retry_after_s
         super().__init__(f"too many failed logins for {name!r} ({failures}); try again in {retry_after_s:.0f} s")
+
+
+class LoginBusy(AuditstreamError):
+    """Every scrypt slot stayed taken for :data:`SCRYPT_WAIT_S`: the password was not checked (the
+    attempt still counts as a failure); try again in a moment."""
+
+    def __init__(self) -> None:
+        super().__init__(f"all {SCRYPT_SLOTS} password-hash slots are busy; try again in a moment")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    """hashlib.scrypt in one of the process's :data:`SCRYPT_SLOTS` slots (:class:`LoginBusy` when
+    none frees up in :data:`SCRYPT_WAIT_S`); ValueError for parameters over the memory cap."""
+    if not _scrypt_slots.acquire(timeout=SCRYPT_WAIT_S):
+        raise LoginBusy()
+    try:
+        return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=dklen)
+    finally:
+        _scrypt_slots.release()
 
 
 def lockout_s(failures: int) -> float:
@@ -96,13 +121,14 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
     """``scrypt$n=..,r=..,p=..$<salt b64>$<hash b64>`` of ``password`` with a fresh random salt."""
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     n, r, p = SCRYPT_N, SCRYPT_R, SCRYPT_P  # read at call time: the stored string records them
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=HASH_BYTES)
+    digest = _scrypt(password, salt, n, r, p, HASH_BYTES)
     b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
     return f"scrypt$n={n},r={r},p={p}${b64(salt)}${b64(digest)}"
 
 
 def check_password(password: str, stored: str) -> bool:
-    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    """Constant-time check of ``password`` against a :func:`hash_password` string
+    (:class:`LoginBusy` when no hash slot frees up in time)."""
     try:
         scheme, params, salt_b64, hash_b64 = stored.split("$")
         cost = dict(kv.split("=") for kv in params.split(","))
@@ -113,8 +139,7 @@ def check_password(password: str, stored: str) -> bool:
     if scheme != "scrypt":
         return False
     try:
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM,
-                                dklen=len(expected))
+        digest = _scrypt(password, salt, n, r, p, len(expected))
     except ValueError:  # parameters over the memory cap or invalid: a tampered row is not computed
         return False
     return hmac.compare_digest(digest, expected)
@@ -129,6 +154,22 @@ def needs_rehash(stored: str) -> bool:
 def _dummy_hash() -> str:
     """A real hash of a random password: verifying an unknown name costs as much as a known one."""
     return hash_password(base64.b64encode(os.urandom(12)).decode())
+
+
+def _checked(name: str, password: str, stored: str, reserved: tuple[int, float | None], now_s: float) -> bool:
+    """Whether ``password`` matches ``stored``, with the attempt already counted (``reserved``:
+    failures and lock after it). A wrong one that locked the name, or one no hash slot was free
+    for, raises; the same for names with and without an account."""
+    failures, locked_until = reserved
+    try:
+        if check_password(password, stored):
+            return True
+    except LoginBusy:
+        if locked_until is None:
+            raise
+    if locked_until is not None:
+        raise LoginThrottled(name, failures, locked_until - now_s)
+    return False
 
 
 def require_role(user: User | None, *roles: Role | str, action: str = "do this") -> User:
@@ -201,7 +242,9 @@ class Accounts:
         """The user if ``password`` is theirs and the account is enabled, else None.
 
         Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
-        the failure that locks it. A wrong password counts a failure, a right one resets the count.
+        the failure that locks it, :class:`LoginBusy` when no hash slot freed up in time (counted
+        as a failure: a flood cannot outwait the lock). A wrong password counts a failure, a right
+        one resets the count.
 
         The attempt is counted as a failure *before* the slow hash runs, in the same write
         transaction that checks the lock, and taken back when the password is right: concurrent
@@ -225,17 +268,17 @@ class Accounts:
                 reserved = self._reserve_failure(cur, name, int(failures), now_s)
         if row is None:
             return self._unknown_attempt(name, password, now_s)
-        if not check_password(password, stored):
-            failures, locked_until = reserved
-            if locked_until is not None:
-                raise LoginThrottled(name, failures, locked_until - now_s)
+        if not _checked(name, password, stored, reserved, now_s):
             return None
         with self._db.write() as cur:  # the right password: the reserved failure and any lock go
             cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
         if needs_rehash(stored):  # the password is known right now: store it with today's parameters
-            with self._db.write() as cur:
-                cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                        (hash_password(password), name, stored))
+            try:
+                with self._db.write() as cur:
+                    cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                            (hash_password(password), name, stored))
+            except LoginBusy:
+                pass  # no hash slot now: the next login upgrades it
         return None if disabled else User(name, Role(role))
 
     @staticmethod
@@ -261,9 +304,7 @@ class Accounts:
             self._unknown.move_to_end(name)
             while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:  # names are <= 64 characters: bounded memory
                 self._unknown.popitem(last=False)
-        check_password(password, _dummy_hash())
-        if locked_until is not None:
-            raise LoginThrottled(name, failures, locked_until - now_s)
+        _checked(name, password, _dummy_hash(), (failures, locked_until), now_s)
         return None
 
     def login_state(self, name: str) -> tuple[int, float | None]:

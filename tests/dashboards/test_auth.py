@@ -104,3 +104,19 @@ def test_the_overview_refresh_serves_only_the_account_as_it_is_now(store, store_
     at.session_state["solo"] = User("ada", Role.VIEWER)
     at = at.run()
     assert "no enabled account" in texts(at) and "Queue" not in [s.value for s in at.subheader]
+
+
+def test_a_login_without_a_free_hash_slot_says_busy_for_any_name(store, store_url, tmp_path, monkeypatch):
+    import threading
+
+    accounts._dummy_hash()
+    monkeypatch.setattr(accounts, "SCRYPT_WAIT_S", 0.01)
+    slots = threading.BoundedSemaphore(accounts.SCRYPT_SLOTS)
+    monkeypatch.setattr(accounts, "_scrypt_slots", slots)
+    for _ in range(accounts.SCRYPT_SLOTS):  # other sessions' logins hold every slot
+        slots.acquire()
+    for name in ("alice", "nobody"):
+        at = log_in(start_app(store_url, tmp_path), name)
+        assert "The server is busy checking other logins; try again in a moment." in texts(at)
+        assert [t.value for t in at.title] == ["auditstream"] and not at.exception
+    assert store.accounts.login_state("alice") == (1, None)  # counted like a wrong password
