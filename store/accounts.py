@@ -23,6 +23,13 @@ the same answers from an in-process mirror of the policy (at most
 :data:`UNKNOWN_NAMES_REMEMBERED` names, each a valid account name), so the lock message does not
 tell which names exist either; a name no account can have is refused without a hash.
 
+Each account has a credential generation (``users.credential_gen``), raised by
+:meth:`Accounts.set_password` and by disabling the account. A session keeps the generation it
+signed in with (:meth:`Accounts.sign_in`) and is only good while it is still the account's
+(:meth:`Accounts.session_user`): an admin's password reset (the answer to a stolen password) or
+disabling ends every session signed in before it, and enabling the account again does not bring
+them back.
+
 Roles: ``auditor`` (claims items, records verdicts), ``admin`` (that, plus gold items and users),
 ``viewer`` (reads dashboards only). The dashboard checks roles when a page renders; the store
 checks them *again inside every write transaction* (:func:`check_actor`), against the role in the
@@ -42,6 +49,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from auditstream.errors import AuditstreamError, PermissionDenied
 
@@ -115,6 +123,14 @@ class User:
 
     name: str
     role: Role
+
+
+class SignedIn(NamedTuple):
+    """A user as signed in: who, and the account's credential generation at that moment (the
+    session keeps it and asks :meth:`Accounts.session_user` on every render)."""
+
+    user: User
+    generation: int
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -227,19 +243,28 @@ class Accounts:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)
         with self._db.write() as cur:
-            # A new password (an admin's reset) also lifts a lock: the guesses were against the old one.
-            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL WHERE name = ?",
-                       (hashed, name)) != 1:  # fmt: skip
+            # A new password (an admin's reset) also lifts a lock: the guesses were against the old
+            # one; and it ends every session signed in before it (a new credential generation).
+            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL,"
+                       " credential_gen = credential_gen + 1 WHERE name = ?", (hashed, name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
 
     def set_role(self, name: str, role: Role | str, disabled: bool = False) -> None:
-        """Change a role or disable an account; takes effect at the user's next write."""
+        """Change a role or disable an account; takes effect at the user's next render or write.
+        Disabling also ends the account's sessions for good (a new credential generation)."""
         with self._db.write() as cur:
-            if cur.run("UPDATE {p}users SET role = ?, disabled = ? WHERE name = ?", (Role(role).value, int(disabled), name)) != 1:
+            if cur.run("UPDATE {p}users SET role = ?, disabled = ?, credential_gen = credential_gen + ? WHERE name = ?",
+                       (Role(role).value, int(disabled), int(disabled), name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
 
     def verify_password(self, name: str, password: str, now_s: float | None = None) -> User | None:
-        """The user if ``password`` is theirs and the account is enabled, else None.
+        """The user if ``password`` is theirs and the account is enabled, else None (see :meth:`sign_in`)."""
+        signed = self.sign_in(name, password, now_s)
+        return None if signed is None else signed.user
+
+    def sign_in(self, name: str, password: str, now_s: float | None = None) -> SignedIn | None:
+        """The user and their credential generation if ``password`` is theirs and the account is
+        enabled, else None.
 
         Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
         the failure that locks it, :class:`LoginBusy` when no hash slot freed up in time (counted
@@ -257,12 +282,12 @@ class Accounts:
         if not isinstance(name, str) or not valid_name(name):
             return None
         with self._db.write() as cur:
-            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users"
-                          f" WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
+            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s, credential_gen"
+                          f" FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
             if row is None:
                 reserved = None
             else:
-                role, stored, disabled, failures, locked_until = row
+                role, stored, disabled, failures, locked_until, generation = row
                 if locked_until is not None and float(locked_until) > now_s:
                     raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
                 reserved = self._reserve_failure(cur, name, int(failures), now_s)
@@ -279,7 +304,8 @@ class Accounts:
                             (hash_password(password), name, stored))
             except LoginBusy:
                 pass  # no hash slot now: the next login upgrades it
-        return None if disabled else User(name, Role(role))
+        # The generation read with the hash: a reset after this read ends the new session at once.
+        return None if disabled else SignedIn(User(name, Role(role)), int(generation))
 
     @staticmethod
     def _reserve_failure(cur, name: str, failures: int, now_s: float) -> tuple[int, float | None]:
@@ -315,8 +341,21 @@ class Accounts:
         return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
 
     def get(self, name: str) -> User | None:
-        rows = self._db.query("SELECT role FROM {p}users WHERE name = ? AND disabled = 0", (name,))
-        return User(name, Role(rows[0][0])) if rows else None
+        signed = self.session(name)
+        return None if signed is None else signed.user
+
+    def session(self, name: str) -> SignedIn | None:
+        """An enabled account as a session would start now (single sign-on: the identity provider
+        checked who it is), with its credential generation; None for no enabled account."""
+        rows = self._db.query("SELECT role, credential_gen FROM {p}users WHERE name = ? AND disabled = 0", (name,))
+        return SignedIn(User(name, Role(rows[0][0])), int(rows[0][1])) if rows else None
+
+    def session_user(self, name: str, generation: int | None) -> User | None:
+        """The user of a session that signed in at credential ``generation``, as the store knows
+        them now; None when the account is gone or disabled, or its password was changed (or it
+        was disabled) since."""
+        signed = self.session(name)
+        return signed.user if signed is not None and signed.generation == generation else None
 
     def list_users(self) -> list[tuple[User, bool]]:
         """Every account as (user, disabled), by name."""

@@ -120,3 +120,28 @@ def test_a_login_without_a_free_hash_slot_says_busy_for_any_name(store, store_ur
         assert "The server is busy checking other logins; try again in a moment." in texts(at)
         assert [t.value for t in at.title] == ["auditstream"] and not at.exception
     assert store.accounts.login_state("alice") == (1, None)  # counted like a wrong password
+
+
+def test_a_password_reset_ends_a_live_session_at_its_next_click(store, store_url, tmp_path):
+    at = log_in(start_app(store_url, tmp_path), "alice")  # say, the one who stole alice's password
+    assert [t.value for t in at.title] == ["Workbench"]
+    store.accounts.set_password("alice", "a brand new password")  # the admin's answer
+    at = at.run()
+    assert [t.value for t in at.title] == ["auditstream"] and "Your session has ended" in texts(at)
+    assert not at.sidebar.button  # no log-out button: nobody is signed in
+    at = log_in(at, "alice", "a brand new password")
+    assert [t.value for t in at.title] == ["Workbench"]
+
+
+def test_a_password_reset_ends_the_overview_refresh_too(store, store_url, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from store.accounts import Role, User
+
+    at = AppTest.from_function(solo_fragment_app, kwargs={"store_url": store_url, "models_dir": str(tmp_path / "m")},
+                               default_timeout=60).run()  # fmt: skip
+    at = log_in(at, "vic")
+    store.accounts.set_password("vic", "a brand new password")
+    at.session_state["solo"] = User("vic", Role.VIEWER)  # the refresh's User: unchanged
+    at = at.run()
+    assert [t.value for t in at.title] == ["auditstream"] and "Your session has ended" in texts(at)

@@ -225,3 +225,43 @@ def test_users_add_prompts_twice_with_getpass(tmp_path: Path, monkeypatch: pytes
     assert cli_main(["users", "add", "ada", "--role", "admin", "--password-stdin", "--store-url", url]) == 2
     out = capsys.readouterr()
     assert PASSWORD not in out.out + out.err and "already exists" in out.err
+
+
+def test_a_password_reset_or_disabling_ends_the_sessions_signed_in_before(store: AuditStore,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    first = store.accounts.sign_in("alice", PASSWORD)
+    assert first.user == User("alice", Role.AUDITOR)
+    assert store.accounts.session_user("alice", first.generation) == User("alice", Role.AUDITOR)
+    store.accounts.set_role("alice", Role.ADMIN)  # a role change keeps the session (the role is read each render)
+    assert store.accounts.session_user("alice", first.generation) == User("alice", Role.ADMIN)
+    store.accounts.set_password("alice", "a new password")
+    assert store.accounts.session_user("alice", first.generation) is None
+    second = store.accounts.sign_in("alice", "a new password")
+    assert store.accounts.session_user("alice", second.generation) == User("alice", Role.ADMIN)
+    store.accounts.set_role("alice", Role.ADMIN, disabled=True)
+    assert store.accounts.session_user("alice", second.generation) is None and store.accounts.session("alice") is None
+    store.accounts.set_role("alice", Role.ADMIN)  # enabled again: the old sessions stay ended
+    assert store.accounts.session_user("alice", second.generation) is None
+    assert store.accounts.session_user("alice", store.accounts.session("alice").generation) == User("alice", Role.ADMIN)
+    assert store.accounts.session_user("alice", None) is None and store.accounts.session_user("nobody", 0) is None
+
+
+def test_opening_an_older_store_adds_the_credential_generation(store: AuditStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A version-4 users table (no credential_gen) is upgraded in place on open; its accounts
+    start at generation 0 and a reset ends their sessions from then on."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with store._db.write() as cur:
+        cur.run("ALTER TABLE {p}users DROP COLUMN credential_gen")
+        cur.run("UPDATE {p}meta SET value = '4' WHERE key = 'schema_version'")
+    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with reopened._db.write() as cur:
+            assert "credential_gen" in reopened._db.columns(cur, "users")
+        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+        signed = reopened.accounts.sign_in("alice", PASSWORD)
+        assert signed.generation == 0 and reopened.accounts.session_user("alice", 0) == User("alice", Role.AUDITOR)
+        reopened.accounts.set_password("alice", "a new password")
+        assert reopened.accounts.session_user("alice", 0) is None
