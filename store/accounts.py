@@ -299,11 +299,13 @@ class Accounts:
             cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
         if needs_rehash(stored):  # the password is known right now: store it with today's parameters
             try:
-                with self._db.write() as cur:
-                    cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                            (hash_password(password), name, stored))
+                rehashed = hash_password(password)  # before the transaction: the slow part holds no lock
             except LoginBusy:
-                pass  # no hash slot now: the next login upgrades it
+                rehashed = None  # no hash slot now: the next login upgrades it
+            if rehashed is not None:
+                with self._db.write() as cur:  # unless the hash changed meanwhile (a reset): then it stays
+                    cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                            (rehashed, name, stored))
         # The generation read with the hash: a reset after this read ends the new session at once.
         return None if disabled else SignedIn(User(name, Role(role)), int(generation))
 

@@ -265,3 +265,35 @@ def test_opening_an_older_store_adds_the_credential_generation(store: AuditStore
         assert signed.generation == 0 and reopened.accounts.session_user("alice", 0) == User("alice", Role.AUDITOR)
         reopened.accounts.set_password("alice", "a new password")
         assert reopened.accounts.session_user("alice", 0) is None
+
+
+def test_an_old_hash_is_replaced_without_holding_the_write_lock_while_hashing(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """SQLite's write lock (BEGIN IMMEDIATE) is the whole database's: held through a 0.6 s
+    scrypt it stopped every claim and verdict. While the new hash is computed, another
+    connection takes the write lock without waiting (timeout 0: refused at once if held)."""
+    import sqlite3
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    with make_store("sqlite", tmp_path) as store:
+        store.accounts.add_user("old", PASSWORD, Role.AUDITOR)
+        monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)  # today's parameters are stronger
+        path = store._db.url.removeprefix("sqlite:///")
+        real_hash, seen = accounts.hash_password, []
+
+        def hash_while_another_writes(password: str, **kwargs) -> str:
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                seen.append("write lock free")
+            except sqlite3.OperationalError as e:
+                seen.append(str(e))
+            finally:
+                other.close()
+            return real_hash(password, **kwargs)
+
+        monkeypatch.setattr(accounts, "hash_password", hash_while_another_writes)
+        assert store.accounts.verify_password("old", PASSWORD) == User("old", Role.AUDITOR)
+        assert seen == ["write lock free"]
+        assert _stored_hashes(store)["old"].startswith("scrypt$n=1024,")
