@@ -46,6 +46,8 @@ import os
 import re
 import threading
 import time
+import unicodedata
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
@@ -65,6 +67,16 @@ SCRYPT_SLOTS = 2  # scrypt runs at once per process: at most 2 x 128 MiB, howeve
 SCRYPT_WAIT_S = 3.0  # how long an attempt waits for a slot (about five hashes' time) before "busy"
 _scrypt_slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # whole name: fullmatch (a "$" lets "name\n" through)
+
+
+def look_alike(name: str) -> str:
+    """What ``name`` looks like to a person: NFKC, case-folded, with i, l, 1 as one letter and o, 0
+    as another. Two accounts never share it (:meth:`Accounts.add_user`), so "alice", "Alice" and
+    "aIice" cannot all be accounts; a login still names its account exactly, as typed."""
+    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOK_ALIKE)
+
+
+_LOOK_ALIKE = str.maketrans({"i": "l", "1": "l", "0": "o"})
 
 
 def valid_name(name: str) -> bool:
@@ -230,8 +242,14 @@ class Accounts:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)  # before the transaction: the slow part holds no lock
         with self._db.write() as cur:
+            if self._db.kind == "postgresql":  # two adds of look-alikes at once would both pass the check
+                cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-users:{self._db.prefix}".encode()),))
             if cur.one("SELECT 1 FROM {p}users WHERE name = ?", (name,)):
                 raise ValueError(f"user {name!r} already exists")
+            twin = next((n for (n,) in cur.all("SELECT name FROM {p}users") if look_alike(n) == look_alike(name)), None)
+            if twin is not None:
+                raise ValueError(f"user name {name!r} looks like the existing {twin!r} (case, i/l/1 and o/0 "
+                                 "do not tell names apart here); choose another")
             cur.run(
                 "INSERT INTO {p}users (name, role, password_hash, created_at_s) VALUES (?, ?, ?, ?)",
                 (name, role.value, hashed, time.time() if now_s is None else now_s),

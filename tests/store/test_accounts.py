@@ -297,3 +297,18 @@ def test_an_old_hash_is_replaced_without_holding_the_write_lock_while_hashing(tm
         assert store.accounts.verify_password("old", PASSWORD) == User("old", Role.AUDITOR)
         assert seen == ["write lock free"]
         assert _stored_hashes(store)["old"].startswith("scrypt$n=1024,")
+
+
+@pytest.mark.parametrize("twin", ["Alice", "ALICE", "aIice", "a1ice", "al1ce"])
+def test_a_name_that_looks_like_an_existing_one_is_refused(store: AuditStore, monkeypatch: pytest.MonkeyPatch,
+                                                           twin: str) -> None:  # fmt: skip
+    """Look-alike accounts (alice, Alice, aIice) would let one person pass for another in every
+    list and log; a login still names its account exactly (an older store's look-alikes keep theirs)."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with pytest.raises(ValueError, match=f"user name '{twin}' looks like the existing 'alice'"):
+        store.accounts.add_user(twin, PASSWORD, Role.ADMIN)
+    assert [u.name for u, _ in store.accounts.list_users()] == ["alice"]
+    assert store.accounts.verify_password(twin, PASSWORD) is None  # exact names at login
+    store.accounts.add_user("bob", PASSWORD, Role.AUDITOR)  # other names are unaffected
+    assert accounts.look_alike("ＡＬＩＣＥ") == accounts.look_alike("alice")  # NFKC: full-width letters too
