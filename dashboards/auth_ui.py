@@ -3,10 +3,10 @@
 Every page render starts with :func:`current_user`. It returns the signed-in user *as the store
 knows them right now* (the session keeps the name and the account's credential generation at
 sign-in; the role is read again on every render, and a password reset or disabling since ends
-the session: ``store.accounts``),
-or draws the login form and stops the script, so an unauthenticated visitor's session never
-reaches code that reads data. A fragment that reruns on its own (the overview's auto-refresh,
-the workbench's lease keeper) does not pass through it, so it calls :func:`recheck` first. Writes are checked once more inside the store's transaction
+the session: ``store.accounts``), or draws the login form and stops the script, so an
+unauthenticated visitor's session never reaches code that reads data. A fragment that reruns on
+its own (the overview's auto-refresh, the workbench's lease keeper) does not pass through it, so
+it calls :func:`recheck` first. Writes are checked once more inside the store's transaction
 (``store.accounts.check_actor``); the checks here only decide what to show.
 
 Local accounts live in the audit store (slow salted hashes, ``store/accounts.py``). Single

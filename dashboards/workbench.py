@@ -214,7 +214,7 @@ def page(ctx: DashboardContext, user: User) -> None:
                 st.rerun()  # redraw without the button and the queue line
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
-    _item_ui(ctx, user, claim, model, route, now)
+    _item_ui(ctx, user, claim, model, route)
 
 
 MALFORMED_HINT = "Its data is malformed: reject it (no valid answer) or skip it."
@@ -233,7 +233,7 @@ def guarded(what: str, claim: Claim, draw: Callable[..., Any], *args: Any, **kwa
         return None
 
 
-def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None, now: float) -> None:
+def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> None:
     verdict_id = st.session_state.get(VERDICT_ID) or ctx.store.new_verdict_id()
     st.session_state[VERDICT_ID] = verdict_id
     blind = is_blind(ctx, claim)

@@ -6,11 +6,12 @@ guidance for interactive logins: cheap for a login, costly for anyone guessing o
 parameters are stored with each hash (``scrypt$n=131072,r=8,p=1$<salt>$<hash>``), so they can
 be raised without breaking old accounts: a hash with weaker parameters is replaced at the user's
 next successful login (:func:`needs_rehash`). A stored hash asking for more memory than
-:data:`SCRYPT_MAXMEM` is refused, not computed. At most :data:`SCRYPT_SLOTS` hashes run at once
-in a process (each takes 128 MiB, and a login form is open to anyone: twelve anonymous attempts
-at once were 1.5 GiB); an attempt that finds no free slot within :data:`SCRYPT_WAIT_S` is
-answered :class:`LoginBusy`, counted like a wrong password, for known and unknown names alike. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
-tell which names exist.
+:data:`SCRYPT_MAXMEM` is refused, not computed. Comparison is constant-time, and an unknown user
+costs a hash too, so timing does not tell which names exist. At most :data:`SCRYPT_SLOTS` hashes
+run at once in a process (each takes 128 MiB, and a login form is open to anyone: twelve
+anonymous attempts at once took 1.4 GiB); an attempt that finds no free slot within
+:data:`SCRYPT_WAIT_S` is answered :class:`LoginBusy`, counted like a wrong password, for known
+and unknown names alike.
 
 Failed logins are counted per account in the users table (``failed_logins``,
 ``locked_until_s``), so the throttle holds across browser sessions, dashboard processes and

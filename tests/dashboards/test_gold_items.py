@@ -58,3 +58,14 @@ def test_a_gold_item_shows_what_the_same_item_as_traffic_shows(store, store_url,
     at.button[0].click()
     at = at.run()
     assert gold_notice == [s.value for s in at.success] == ["Recorded: accepted."]
+
+
+def test_a_refused_verdict_says_why_without_the_store_item_id():
+    from auditstream.errors import LeaseNotHeld, VerdictConflict
+
+    texts_ = [workbench._refused_text(e) for e in (LeaseNotHeld(4711, "alice", None, None, 10.0),
+                                                   LeaseNotHeld(4711, "alice", "bob", 20.0, 10.0),
+                                                   LeaseNotHeld(4711, "alice", "alice", 5.0, 10.0),
+                                                   VerdictConflict("v-1", "it is 'bob''s verdict on item 4711"))]
+    assert not any("4711" in t for t in texts_)
+    assert texts_[1] == "Your verdict was not recorded: another auditor holds it now. Claim the next item."
