@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dashboards.markup import JOINER
 from store import open_store
 
 PASSWORD = "correct horse battery"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 USERS = {"alice": "auditor", "bob": "auditor", "vic": "viewer", "ada": "admin"}
 
 
@@ -112,6 +114,23 @@ def store(store_url: str, monkeypatch: pytest.MonkeyPatch):
         store.accounts.add_user(name, PASSWORD, role)
     yield store
     store.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver) for the ``browser`` tests."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1440,1000"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
 
 
 def app_script(store_url: str, models_dir: str, blind_qc: bool = True) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, prediction
-from tests.dashboards.test_browser import browser, click, free_port, wait_for  # noqa: F401 - browser is a fixture
+from tests.dashboards.test_browser import click, free_port, wait_for
 
 from auditstream.wire import AuditItem
 from dashboards.config import DashboardConfig

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS
-from tests.dashboards.test_browser import browser, click, free_port, wait_for  # noqa: F401 - browser is a fixture
+from tests.dashboards.test_browser import click, free_port, wait_for
 
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
