@@ -1,9 +1,12 @@
 """Who is using the dashboard: the login form, optional single sign-on, and the role gate.
 
 Every page render starts with :func:`current_user`. It returns the signed-in user *as the store
-knows them right now* (the session keeps only the name, the role is read again on every render),
-or draws the login form and stops the script, so an unauthenticated visitor's session never
-reaches code that reads data. Writes are checked once more inside the store's transaction
+knows them right now* (the session keeps the name and the account's credential generation at
+sign-in; the role is read again on every render, and a password reset or disabling since ends
+the session: ``store.accounts``), or draws the login form and stops the script, so an
+unauthenticated visitor's session never reaches code that reads data. A fragment that reruns on
+its own (the overview's auto-refresh, the workbench's lease keeper) does not pass through it, so
+it calls :func:`recheck` first. Writes are checked once more inside the store's transaction
 (``store.accounts.check_actor``); the checks here only decide what to show.
 
 Local accounts live in the audit store (slow salted hashes, ``store/accounts.py``). Single
@@ -24,9 +27,11 @@ from typing import Any
 
 import streamlit as st
 
-from store.accounts import LoginThrottled, Role, User
+from dashboards.markup import md_text
+from store.accounts import LoginBusy, LoginThrottled, Role, SignedIn, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
+SESSION_GENERATION = "auth_generation"  # the account's credential generation at sign-in (store.accounts)
 
 
 def oidc_configured() -> bool:
@@ -60,29 +65,69 @@ def _oidc_identity() -> str | None:
 
 def current_user(accounts: Any) -> User:
     """The signed-in user, or the login form and ``st.stop()``. ``accounts``: ``store.accounts``."""
+    ended = None
     name = st.session_state.get(SESSION_USER)
-    if name is None:
-        name = _oidc_identity()
-        if name is None and oidc_configured() and st.user.is_logged_in:
-            st.error("Your identity provider did not confirm a verified email address, so this dashboard cannot "
-                     "tell which account is yours. Verify your email there, or sign in with a local account.")
-            st.button("Log out of single sign-on", on_click=st.logout)
-            st.stop()
     if name is not None:
-        user = accounts.get(name)
+        user = signed_in_user(accounts)
         if user is not None:
-            st.session_state[SESSION_USER] = user.name
             return user
-        # deleted or disabled since signing in, or an SSO identity with no account here
-        st.session_state.pop(SESSION_USER, None)
-        st.error(f"{name!r} has no enabled account on this dashboard; ask an admin to add it "
-                 f"(auditstream users add NAME --role auditor).")
-        if oidc_configured() and st.user.is_logged_in:
-            st.button("Log out of single sign-on", on_click=st.logout)
+        _forget_session()
+        if accounts.get(name) is None:  # deleted or disabled since signing in
+            _no_account(name)
+        # Enabled, but a newer credential generation: a password reset (or a disabling since
+        # undone) ended every session that signed in before it.
+        ended = "Your session has ended: the password of this account was changed since you signed in. Sign in again."
+    name = _oidc_identity()
+    if name is None and oidc_configured() and st.user.is_logged_in:
+        st.error("Your identity provider did not confirm a verified email address, so this dashboard cannot "
+                 "tell which account is yours. Verify your email there, or sign in with a local account.")
+        st.button("Log out of single sign-on", on_click=st.logout)
         st.stop()
+    if name is not None:
+        signed = accounts.session(name)
+        if signed is None:  # an SSO identity with no enabled account here
+            _no_account(name)
+        _remember(signed)
+        return signed.user
+    if ended:
+        st.warning(ended)
     login_ui(accounts)
     st.stop()
     raise AssertionError("st.stop() returned")  # pragma: no cover - st.stop raises
+
+
+def _no_account(name: str) -> None:
+    st.error(f"{md_text(repr(name))} has no enabled account on this dashboard; ask an admin to add it "
+             f"(auditstream users add NAME --role auditor).")
+    if oidc_configured() and st.user.is_logged_in:
+        st.button("Log out of single sign-on", on_click=st.logout)
+    st.stop()
+
+
+def _remember(signed: SignedIn) -> None:
+    st.session_state[SESSION_USER] = signed.user.name
+    st.session_state[SESSION_GENERATION] = signed.generation
+
+
+def _forget_session() -> None:
+    st.session_state.pop(SESSION_USER, None)
+    st.session_state.pop(SESSION_GENERATION, None)
+
+
+def signed_in_user(accounts: Any) -> User | None:
+    """The session's user as the store knows them now; None without a session, or when its
+    account is gone or disabled, or its password was changed since it signed in."""
+    name = st.session_state.get(SESSION_USER)
+    return None if name is None else accounts.session_user(name, st.session_state.get(SESSION_GENERATION))
+
+
+def recheck(accounts: Any, user: User) -> None:
+    """First thing in a fragment. A fragment reruns alone, with the ``User`` of the last full run
+    (``current_user`` does not run again), so an account disabled or demoted since would keep
+    its view; when the store's answer differs from ``user``, the whole app reruns instead and
+    :func:`current_user` decides."""
+    if signed_in_user(accounts) != user:
+        st.rerun(scope="app")
 
 
 def login_ui(accounts: Any) -> None:
@@ -97,15 +142,18 @@ def login_ui(accounts: Any) -> None:
             submitted = st.form_submit_button("Log in", type="primary", width="stretch")
         if submitted:
             try:
-                user = accounts.verify_password(name.strip(), password) if name.strip() and password else None
+                signed = accounts.sign_in(name.strip(), password) if name.strip() and password else None
             except LoginThrottled as e:  # counted per account in the store: a new session is no way around it
                 st.error(f"Too many attempts; try again in {math.ceil(e.retry_after_s)} s.")
                 return
-            if user is None:
+            except LoginBusy:  # every password-hash slot taken (store.accounts.SCRYPT_SLOTS); counted too
+                st.error("The server is busy checking other logins; try again in a moment.")
+                return
+            if signed is None:
                 # One message for unknown names and wrong passwords: it must not tell which names exist.
                 st.error("Wrong user name or password.")
                 return
-            st.session_state[SESSION_USER] = user.name
+            _remember(signed)
             st.rerun()
         if oidc_configured():
             st.divider()
@@ -122,7 +170,7 @@ def logout() -> None:
 
 def user_badge_ui(user: User) -> bool:
     """Who is signed in, with a log-out button; returns True when it was pressed."""
-    st.sidebar.markdown(f"**{user.name}** · {user.role.value}")
+    st.sidebar.markdown(f"**{md_text(user.name)}** · {user.role.value}")
     return st.sidebar.button("Log out", key="logout")
 
 

@@ -4,6 +4,12 @@ Each function is pure (input in, ``PIL.Image`` out) so it is tested without Stre
 ``render.py`` decides which one a task kind needs. Inputs arrive as the wire's ``ModelInput``:
 a numpy tensor (possibly with batch/channel axes of size 1) or ``ImageInput`` bytes.
 
+Image bytes are decoded as serving decodes them (serving/inputs.py): only as the format they
+declare (PNG or JPEG; Pillow would otherwise try its few dozen parsers), and only after the
+header says the picture is within serving's pixel limit, so an oversized image (a decompression
+bomb: a few kilobytes of PNG for 13,000 x 13,000 pixels) is refused at its header with one line
+instead of being decoded in the dashboard process. :func:`image_size` reads the header only.
+
 Environment frames are drawn from the observation vector alone (no gymnasium import: the
 dashboard host installs no simulator); they follow gymnasium's geometry closely enough that an
 auditor recognises the situation at a glance.
@@ -20,11 +26,14 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from auditstream.tasks.base import label_name
 from auditstream.wire import ImageInput, ModelInput
+from serving.inputs import MAX_IMAGE_PIXELS, PILLOW_FORMATS  # one rule for what an image may be
 
 # Pixel budget of an image in the workbench: small inputs (8x8 digits) are upscaled with
 # nearest-neighbour so the pixels stay crisp, never blurred.
 DISPLAY_MIN_SIDE = 256
 DISPLAY_MAX_SIDE = 720
+
+
 class NotAPicture(ValueError):
     """A tensor with no picture form (its shape); the caller shows its raw values instead. An
     image whose bytes cannot be decoded raises a plain ``ValueError``: that item is malformed."""
@@ -45,13 +54,12 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, 
     ``ink``: high values are ink, drawn dark on white paper as a person would write them.
     """
     if isinstance(value, ImageInput):
+        image = _opened(value)
         try:
-            image = Image.open(io.BytesIO(value.data))
             image.load()
             return image.convert("RGB") if image.mode not in ("L", "RGB") else image
-        except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct/zlib errors, bombs...
-            raise ValueError(f"the {value.format.upper()} input ({len(value.data):,} bytes) cannot be decoded as an "
-                             f"image ({type(e).__name__}: {str(e)[:200]})") from None
+        except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct/zlib errors...
+            raise _undecodable(value, e) from None
     array = np.asarray(value)
     while array.ndim > 2 and array.shape[0] == 1:  # batch / channel axes of size 1
         array = array[0]
@@ -70,6 +78,35 @@ def to_image(value: ModelInput, value_range: tuple[float, float] | None = None, 
     if ink:
         pixels = 255 - pixels
     return Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+
+
+def image_size(value: ImageInput) -> tuple[int, int]:
+    """(width, height) of an image input from its header, without decoding the pixels (an
+    oversized one's too: nothing is decoded); ``ValueError`` for bytes :func:`to_image` refuses."""
+    with _opened(value, max_pixels=None) as image:
+        return image.size
+
+
+def _opened(value: ImageInput, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The image with only its header read: the declared format only, within ``max_pixels``."""
+    pillow_format = PILLOW_FORMATS.get(value.format)
+    if pillow_format is None:
+        raise ValueError(f"image format {value.format!r} is none of {', '.join(PILLOW_FORMATS)}")
+    try:
+        image = Image.open(io.BytesIO(value.data), formats=[pillow_format])  # reads the header only
+    except Exception as e:  # noqa: BLE001 - hostile bytes make a parser raise anything
+        raise _undecodable(value, e) from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:  # before a single pixel is decompressed
+        image.close()
+        raise ValueError(f"the {value.format.upper()} input is {width:,}×{height:,} pixels, over the "
+                         f"{max_pixels:,} this dashboard (and serving) decode; not drawn")
+    return image
+
+
+def _undecodable(value: ImageInput, e: Exception) -> ValueError:
+    return ValueError(f"the {value.format.upper()} input ({len(value.data):,} bytes) cannot be decoded as an "
+                      f"image ({type(e).__name__}: {str(e)[:200]})")
 
 
 def for_display(image: Image.Image, min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:

@@ -82,6 +82,15 @@ def check_address(address: object) -> str:
     return address
 
 
+def check_models_dir(path: object, name: str = "--models-dir") -> str:
+    """``path`` if it is a directory or does not exist yet (the registry is made at the first
+    publish), else :class:`ConfigError`: a file there failed in every browser tab instead."""
+    if not isinstance(path, (str, os.PathLike)) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise ConfigError(name, path if isinstance(path, str) else str(path),
+                          "a directory for the model registry (or a path not made yet), not a file")
+    return os.fspath(path)
+
+
 def streamlit_argv(port: int, config: DashboardConfig, address: str = "127.0.0.1") -> list[str]:
     """The command line that serves the app on ``address:port`` with ``config``."""
     port, address = check_port(port), check_address(address)
@@ -130,6 +139,8 @@ def start_dashboard(
     """
     check_xsrf_enabled()
     base = config or DashboardConfig()
+    if base.models_dir:  # empty: the child's AUDITSTREAM_MODELS_DIR, which the CLI checked
+        check_models_dir(base.models_dir)
     config = DashboardConfig(**{**base.__dict__, "store_url": store_url})
     # Inherited output goes to stderr: this process's stdout carries only what the caller prints (the URL).
     log = open(log_path, "ab") if log_path else sys.stderr if inherit_output else subprocess.DEVNULL

@@ -18,9 +18,10 @@ import time
 
 import streamlit as st
 
-from dashboards import charts, versions
+from dashboards import auth_ui, charts, versions
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
+from dashboards.markup import md_text
 from dashboards.render import human_duration
 from store.accounts import ADMINS, User
 from qc.snapshot import ModelQC
@@ -56,6 +57,7 @@ def model_ui(ctx: DashboardContext) -> str | None:
 
 
 def _live_sections(ctx: DashboardContext, user: User) -> None:
+    auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
     now = time.time()
     _queue_section(ctx, now)
     _quality_section(ctx, now)
@@ -131,7 +133,7 @@ def part_fdr_rows(snapshots) -> list[dict]:
 def budget_verdict(q: ModelQC) -> tuple[str, str]:
     """(Streamlit message kind, text): what the audits prove about the version's error budget (for
     a detector: the false-discovery rate of its auto-accepted boxes)."""
-    name = f"{q.model} v{q.version}"
+    name = md_text(f"{q.model} v{q.version}")  # drawn as markdown; model names come with the items
     if q.budget is None or q.budget_state in (None, "not_judged"):
         return "info", f"{name}: no error budget on its card (target risk): not judged"
     if q.part_fdr_low is not None:
@@ -180,7 +182,7 @@ def _drift_row(q: ModelQC) -> dict:
 def _model_card_sections(ctx: DashboardContext, model: str) -> None:
     card = ctx.card(model)
     if card is None:
-        st.info(f"{model} has no model card in the registry ({ctx.registry.root}).")
+        st.info(f"{md_text(model)} has no model card in the registry ({md_text(ctx.registry.root)}).")
         return
     triage = card.triage
     st.subheader(f"{card.name} v{card.version} · {card.task}")

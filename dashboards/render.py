@@ -18,6 +18,7 @@ from PIL import Image
 from auditstream import tasks
 from auditstream.wire import ImageInput, ModelInput, Prediction, TaskKind
 from dashboards import tasks as views
+from dashboards.markup import md_text
 from dashboards.tasks import AnswerView
 
 __all__ = ["AnswerView", "answer_text", "answer_view", "input_picture", "without_answer"]
@@ -80,7 +81,7 @@ def confidence_badges(chars: list[tuple[str, float]]) -> str:
     def colour(p: float) -> str:
         return "green" if p >= 0.9 else "orange" if p >= 0.7 else "red"
 
-    return " ".join(f":{colour(p)}-badge[**{c if c.strip() else '␣'}** {p:.0%}]" for c, p in chars)
+    return " ".join(f":{colour(p)}-badge[**{md_text(c) if c.strip() else '␣'}** {p:.0%}]" for c, p in chars)
 
 
 def render_answer(view: AnswerView) -> None:
@@ -88,7 +89,7 @@ def render_answer(view: AnswerView) -> None:
     needs before answering, kept short so the form stays in view."""
     import streamlit as st
 
-    st.metric("Model's answer", view.answer, help="What the model would have published")
+    st.metric("Model's answer", md_text(view.answer), help="What the model would have published")  # markdown
     st.progress(min(max(view.confidence, 0.0), 1.0), text=f"confidence {view.confidence:.1%}")
     if view.char_confidences:
         st.markdown(confidence_badges(view.char_confidences), help="Confidence per character")

@@ -30,6 +30,7 @@ from auditstream.errors import ModelNotFound, ModelRefused
 from auditstream.registry import ModelCard
 from dashboards import charts
 from dashboards.context import DashboardContext
+from dashboards.markup import md_text
 from monitor.promotion import PROMOTION_FILE, decide_promotion, recorded_decisions
 from qc.audit_certify import PROPOSAL_FILE
 from store.shadow import ShadowAnswers
@@ -63,7 +64,7 @@ def candidate_section(ctx: DashboardContext, model: str) -> None:
     st.subheader("Candidate vs live")
     live = live_version(ctx, model)
     if live is None:
-        st.info(f"{model} has no version in the registry.")
+        st.info(f"{md_text(model)} has no version in the registry.")
         return
     shadow = _shadow_answers(ctx.store, id(ctx.store))
     in_shadow = shadow.candidates(model)
@@ -104,7 +105,7 @@ def learning_curve_section(ctx: DashboardContext, model: str) -> None:
     st.subheader("Learning curve")
     versions = cards(ctx, model)
     if not versions:
-        st.info(f"{model} has no readable model card in the registry.")
+        st.info(f"{md_text(model)} has no readable model card in the registry.")
         return
     live = live_version(ctx, model)
     st.caption("Each version's card: the share it may auto-accept (certified coverage) and the risk it is certified "

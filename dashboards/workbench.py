@@ -19,7 +19,10 @@ so the item can be judged or handed back and never blocks the queue.
 
 QC samples can be audited blind (``DashboardConfig.blind_qc``): the model's answer is hidden
 and the editor starts empty, so agreement with the model is not inflated by seeing it first.
-Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping).
+Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping), nor
+anything that would tell it: no age (a gold item's would be the time since an admin added it),
+no store item id (gold ids are old and small) — the store serves gold only in place of a traffic
+item of the same model, version and route, so badges and queue order match too.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import streamlit as st
 
 from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKind, decode_input
-from dashboards import editors, render
+from dashboards import auth_ui, editors, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
+from dashboards.markup import md_code, md_text
 from dashboards.table_shortcuts import table_shortcuts_ui
 from store.accounts import WRITERS, User, require_role
 from store import Claim, VerdictResult
@@ -154,8 +158,9 @@ def verdict_form_ui(claim: Claim, prediction: Prediction | None, value: ModelInp
     return None
 
 
-def item_header_ui(claim: Claim, blind: bool, now_s: float) -> None:
-    """What kind of item this is: deferred or QC sample, model, age, review round, lease."""
+def item_header_ui(claim: Claim, blind: bool) -> None:
+    """What kind of item this is: deferred or QC sample, model, review round, request, lease.
+    No age and no store item id: both would date a gold item (see the module docstring)."""
     item = claim.item
     badges = st.container(horizontal=True)
     if item.route is Route.HUMAN:
@@ -166,9 +171,9 @@ def item_header_ui(claim: Claim, blind: bool, now_s: float) -> None:
         badges.badge("Blind: answer first", icon=":material/visibility_off:", color="gray")
     if claim.review_round == 2:
         badges.badge("Second review", icon=":material/group:", color="blue")
-    badges.badge(f"{item.model} v{item.model_version} · {item.task}", color="gray")
-    age = max(0.0, now_s - item.ingested_at_s)
-    st.caption(f"Item {item.item_id} · request {item.request_id} · waiting {render.human_duration(age)} · "
+    # The item's words go into markdown escaped (dashboards/markup.py): a request id is the client's.
+    badges.markdown(f":gray-badge[{md_text(f'{item.model} v{item.model_version} · {item.task}')}]", width="content")
+    st.caption(f"Request {md_code(item.request_id)} · "
                f"lease until {time.strftime('%H:%M:%S', time.gmtime(claim.lease_expires_s))} UTC")  # fmt: skip
 
 
@@ -193,11 +198,12 @@ def page(ctx: DashboardContext, user: User) -> None:
         if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
             # A rerun of a form whose verdict is already in (a double click that interrupted the
             # first run after its write): the verdict stands once; move on to the next item.
-            st.info(f"Your verdict on item {claim.item_id} was already recorded; kept once.")
+            st.info("Your verdict on the item you had open was already recorded; kept once.")
             _forget_claim()
             claim = claim_next(ctx, user, model, route)
         else:
-            st.warning(f"Your lease on item {claim.item_id} ran out and it went back to the queue; claim the next item.")
+            st.warning("Your lease on the item you had open ran out and it went back to the queue; "
+                       "claim the next item.")
             _forget_claim()
             claim = None
     if claim is None:
@@ -208,7 +214,7 @@ def page(ctx: DashboardContext, user: User) -> None:
                 st.rerun()  # redraw without the button and the queue line
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
-    _item_ui(ctx, user, claim, model, route, now)
+    _item_ui(ctx, user, claim, model, route)
 
 
 MALFORMED_HINT = "Its data is malformed: reject it (no valid answer) or skip it."
@@ -223,15 +229,15 @@ def guarded(what: str, claim: Claim, draw: Callable[..., Any], *args: Any, **kwa
     except Exception as e:  # noqa: BLE001 - see the docstring; the server log keeps the traceback
         log.warning("item %s: cannot show %s", claim.item_id, what, exc_info=True)
         detail = str(e) if len(str(e)) <= 300 else str(e)[:297] + "..."
-        st.error(f"Cannot show {what} of item {claim.item_id}: {type(e).__name__}: {detail}. {MALFORMED_HINT}")
+        st.error(f"Cannot show {what} of this item: {md_text(type(e).__name__)}: {md_text(detail)}. {MALFORMED_HINT}")
         return None
 
 
-def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None, now: float) -> None:
+def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> None:
     verdict_id = st.session_state.get(VERDICT_ID) or ctx.store.new_verdict_id()
     st.session_state[VERDICT_ID] = verdict_id
     blind = is_blind(ctx, claim)
-    guarded("the item's header", claim, item_header_ui, claim, blind, now)
+    guarded("the item's header", claim, item_header_ui, claim, blind)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
     st.fragment(run_every=max(5.0, ctx.config.lease_s / 3))(_keep_lease)(ctx, user, claim.item_id)
     read = guarded("the stored item", claim, item_prediction, claim)
@@ -254,8 +260,9 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
 
 
 def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
+    auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
     if not ctx.store.renew(item_id, user, ctx.config.lease_s, time.time()):
-        st.warning(f"Your lease on item {item_id} is gone (expired and claimed by someone else, or decided); "
+        st.warning("Your lease on this item is gone (expired and claimed by someone else, or decided); "
                    "your submit will be refused — take the next item.")  # fmt: skip
 
 
@@ -263,7 +270,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
             submission: Submission, blind: bool, model: str | None, route: Route | None) -> None:  # fmt: skip
     if submission.action == "answer":
         if prediction is None:  # the button is disabled then; a stale form's click lands here
-            st.error(f"Item {claim.item_id} cannot be read, so no answer can be checked. {MALFORMED_HINT}")
+            st.error(f"This item cannot be read, so no answer can be checked. {MALFORMED_HINT}")
             return
         task = prediction.task
         raw, choices = submission.raw
@@ -271,7 +278,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
             # answer in the model's own form: a label name where the model answers with names
             answer = editors.parse_answer(task, raw, choices, as_label=isinstance(prediction.output, str))
         except ValueError as e:
-            st.error(str(e))  # the form keeps what was typed: nothing is lost
+            st.error(md_text(e))  # the form keeps what was typed: nothing is lost
             return
         decided = guarded("the comparison with the model's answer", claim, editors.verdict_for, task,
                           prediction.output, answer)  # fmt: skip
@@ -283,11 +290,11 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
     try:
         result = submit_verdict(ctx, user, claim, verdict_id, kind, corrected)
     except (LeaseNotHeld, VerdictConflict) as e:
-        st.session_state[NOTICE] = ("warning", str(e))
+        st.session_state[NOTICE] = ("warning", _refused_text(e))
         _forget_claim()
         st.rerun()
     except PermissionDenied as e:
-        st.error(str(e))
+        st.error(md_text(e))
         return
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
     _forget_claim()
@@ -295,25 +302,34 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
     st.rerun()
 
 
+def _refused_text(e: LeaseNotHeld | VerdictConflict) -> str:
+    """Why a verdict was not recorded, without the store's item id (it would date a gold item)."""
+    if isinstance(e, VerdictConflict):
+        return "This form was already used for another verdict; nothing was recorded. Claim the next item."
+    why = ("nobody holds it any more (released or decided)" if e.holder is None
+           else "another auditor holds it now" if e.holder != e.auditor else "your lease on it expired")
+    return f"Your verdict was not recorded: {why}. Claim the next item."
+
+
 def _recorded_text(result: VerdictResult, prediction: Prediction | None, blind: bool) -> str:
     try:
         return _verdict_text(result, prediction, blind)
     except Exception:  # noqa: BLE001 - a malformed answer's text; the verdict itself is recorded
-        return f"Item {result.verdict.item_id}: verdict recorded ({result.verdict.kind.value})."
+        return f"Verdict recorded ({result.verdict.kind.value})."
 
 
 def _verdict_text(result: VerdictResult, prediction: Prediction | None, blind: bool) -> str:
     verdict = result.verdict
     what = {VerdictKind.ACCEPT: "accepted", VerdictKind.CORRECT: "corrected", VerdictKind.REJECT: "rejected",
             VerdictKind.SKIP: "skipped"}[verdict.kind]  # fmt: skip
-    text = f"Item {verdict.item_id} {what}"
+    text = f"Recorded: {what}"
     if prediction is None:
         return text + "."
     if verdict.kind is VerdictKind.CORRECT:
-        text += f" → {render.answer_text(prediction.task, verdict.corrected_output)}"
+        text += f" → {md_text(render.answer_text(prediction.task, verdict.corrected_output))}"
     if blind and verdict.kind in (VerdictKind.ACCEPT, VerdictKind.CORRECT):
         agreed = "you agreed with" if verdict.kind is VerdictKind.ACCEPT else "you disagreed with"
-        text += f" ({agreed} the model's {render.answer_text(prediction.task, prediction.output)})"
+        text += f" ({agreed} the model's {md_text(render.answer_text(prediction.task, prediction.output))})"
     if not result.recorded:
         text += " — already recorded by an earlier submit; kept once"
     return text + "."

@@ -6,8 +6,12 @@ guidance for interactive logins: cheap for a login, costly for anyone guessing o
 parameters are stored with each hash (``scrypt$n=131072,r=8,p=1$<salt>$<hash>``), so they can
 be raised without breaking old accounts: a hash with weaker parameters is replaced at the user's
 next successful login (:func:`needs_rehash`). A stored hash asking for more memory than
-:data:`SCRYPT_MAXMEM` is refused, not computed. Comparison is constant-time, and an unknown user costs a hash too, so timing does not
-tell which names exist.
+:data:`SCRYPT_MAXMEM` is refused, not computed. Comparison is constant-time, and an unknown user
+costs a hash too, so timing does not tell which names exist. At most :data:`SCRYPT_SLOTS` hashes
+run at once in a process (each takes 128 MiB, and a login form is open to anyone: twelve
+anonymous attempts at once took 1.4 GiB); an attempt that finds no free slot within
+:data:`SCRYPT_WAIT_S` is answered :class:`LoginBusy`, counted like a wrong password, for known
+and unknown names alike.
 
 Failed logins are counted per account in the users table (``failed_logins``,
 ``locked_until_s``), so the throttle holds across browser sessions, dashboard processes and
@@ -19,6 +23,13 @@ transaction that checks the lock, so concurrent guesses cannot slip past it. Unk
 the same answers from an in-process mirror of the policy (at most
 :data:`UNKNOWN_NAMES_REMEMBERED` names, each a valid account name), so the lock message does not
 tell which names exist either; a name no account can have is refused without a hash.
+
+Each account has a credential generation (``users.credential_gen``), raised by
+:meth:`Accounts.set_password` and by disabling the account. A session keeps the generation it
+signed in with (:meth:`Accounts.sign_in`) and is only good while it is still the account's
+(:meth:`Accounts.session_user`): an admin's password reset (the answer to a stolen password) or
+disabling ends every session signed in before it, and enabling the account again does not bring
+them back.
 
 Roles: ``auditor`` (claims items, records verdicts), ``admin`` (that, plus gold items and users),
 ``viewer`` (reads dashboards only). The dashboard checks roles when a page renders; the store
@@ -36,9 +47,12 @@ import os
 import re
 import threading
 import time
+import unicodedata
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from auditstream.errors import AuditstreamError, PermissionDenied
 
@@ -50,7 +64,20 @@ MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
 LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
 MAX_LOCKOUT_S = 3600.0
 UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
+SCRYPT_SLOTS = 2  # scrypt runs at once per process: at most 2 x 128 MiB, however many logins arrive
+SCRYPT_WAIT_S = 3.0  # how long an attempt waits for a slot (about five hashes' time) before "busy"
+_scrypt_slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # whole name: fullmatch (a "$" lets "name\n" through)
+
+
+def look_alike(name: str) -> str:
+    """What ``name`` looks like to a person: NFKC, case-folded, with i, l, 1 as one letter and o, 0
+    as another. Two accounts never share it (:meth:`Accounts.add_user`), so "alice", "Alice" and
+    "aIice" cannot all be accounts; a login still names its account exactly, as typed."""
+    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOK_ALIKE)
+
+
+_LOOK_ALIKE = str.maketrans({"i": "l", "1": "l", "0": "o"})
 
 
 def valid_name(name: str) -> bool:
@@ -65,6 +92,25 @@ class LoginThrottled(AuditstreamError):
     def __init__(self, name: str, failures: int, retry_after_s: float) -> None:
         self.name, self.failures, self.retry_after_s = name, failures, retry_after_s
         super().__init__(f"too many failed logins for {name!r} ({failures}); try again in {retry_after_s:.0f} s")
+
+
+class LoginBusy(AuditstreamError):
+    """Every scrypt slot stayed taken for :data:`SCRYPT_WAIT_S`: the password was not checked (the
+    attempt still counts as a failure); try again in a moment."""
+
+    def __init__(self) -> None:
+        super().__init__(f"all {SCRYPT_SLOTS} password-hash slots are busy; try again in a moment")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    """hashlib.scrypt in one of the process's :data:`SCRYPT_SLOTS` slots (:class:`LoginBusy` when
+    none frees up in :data:`SCRYPT_WAIT_S`); ValueError for parameters over the memory cap."""
+    if not _scrypt_slots.acquire(timeout=SCRYPT_WAIT_S):
+        raise LoginBusy()
+    try:
+        return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=dklen)
+    finally:
+        _scrypt_slots.release()
 
 
 def lockout_s(failures: int) -> float:
@@ -92,17 +138,26 @@ class User:
     role: Role
 
 
+class SignedIn(NamedTuple):
+    """A user as signed in: who, and the account's credential generation at that moment (the
+    session keeps it and asks :meth:`Accounts.session_user` on every render)."""
+
+    user: User
+    generation: int
+
+
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
     """``scrypt$n=..,r=..,p=..$<salt b64>$<hash b64>`` of ``password`` with a fresh random salt."""
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     n, r, p = SCRYPT_N, SCRYPT_R, SCRYPT_P  # read at call time: the stored string records them
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=HASH_BYTES)
+    digest = _scrypt(password, salt, n, r, p, HASH_BYTES)
     b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
     return f"scrypt$n={n},r={r},p={p}${b64(salt)}${b64(digest)}"
 
 
 def check_password(password: str, stored: str) -> bool:
-    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    """Constant-time check of ``password`` against a :func:`hash_password` string
+    (:class:`LoginBusy` when no hash slot frees up in time)."""
     try:
         scheme, params, salt_b64, hash_b64 = stored.split("$")
         cost = dict(kv.split("=") for kv in params.split(","))
@@ -113,8 +168,7 @@ def check_password(password: str, stored: str) -> bool:
     if scheme != "scrypt":
         return False
     try:
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM,
-                                dklen=len(expected))
+        digest = _scrypt(password, salt, n, r, p, len(expected))
     except ValueError:  # parameters over the memory cap or invalid: a tampered row is not computed
         return False
     return hmac.compare_digest(digest, expected)
@@ -129,6 +183,22 @@ def needs_rehash(stored: str) -> bool:
 def _dummy_hash() -> str:
     """A real hash of a random password: verifying an unknown name costs as much as a known one."""
     return hash_password(base64.b64encode(os.urandom(12)).decode())
+
+
+def _checked(name: str, password: str, stored: str, reserved: tuple[int, float | None], now_s: float) -> bool:
+    """Whether ``password`` matches ``stored``, with the attempt already counted (``reserved``:
+    failures and lock after it). A wrong one that locked the name, or one no hash slot was free
+    for, raises; the same for names with and without an account."""
+    failures, locked_until = reserved
+    try:
+        if check_password(password, stored):
+            return True
+    except LoginBusy:
+        if locked_until is None:
+            raise
+    if locked_until is not None:
+        raise LoginThrottled(name, failures, locked_until - now_s)
+    return False
 
 
 def require_role(user: User | None, *roles: Role | str, action: str = "do this") -> User:
@@ -173,8 +243,14 @@ class Accounts:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)  # before the transaction: the slow part holds no lock
         with self._db.write() as cur:
+            if self._db.kind == "postgresql":  # two adds of look-alikes at once would both pass the check
+                cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-users:{self._db.prefix}".encode()),))
             if cur.one("SELECT 1 FROM {p}users WHERE name = ?", (name,)):
                 raise ValueError(f"user {name!r} already exists")
+            twin = next((n for (n,) in cur.all("SELECT name FROM {p}users") if look_alike(n) == look_alike(name)), None)
+            if twin is not None:
+                raise ValueError(f"user name {name!r} looks like the existing {twin!r} (case, i/l/1 and o/0 "
+                                 "do not tell names apart here); choose another")
             cur.run(
                 "INSERT INTO {p}users (name, role, password_hash, created_at_s) VALUES (?, ?, ?, ?)",
                 (name, role.value, hashed, time.time() if now_s is None else now_s),
@@ -186,22 +262,33 @@ class Accounts:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)
         with self._db.write() as cur:
-            # A new password (an admin's reset) also lifts a lock: the guesses were against the old one.
-            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL WHERE name = ?",
-                       (hashed, name)) != 1:  # fmt: skip
+            # A new password (an admin's reset) also lifts a lock: the guesses were against the old
+            # one; and it ends every session signed in before it (a new credential generation).
+            if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL,"
+                       " credential_gen = credential_gen + 1 WHERE name = ?", (hashed, name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
 
     def set_role(self, name: str, role: Role | str, disabled: bool = False) -> None:
-        """Change a role or disable an account; takes effect at the user's next write."""
+        """Change a role or disable an account; takes effect at the user's next render or write.
+        Disabling also ends the account's sessions for good (a new credential generation)."""
         with self._db.write() as cur:
-            if cur.run("UPDATE {p}users SET role = ?, disabled = ? WHERE name = ?", (Role(role).value, int(disabled), name)) != 1:
+            if cur.run("UPDATE {p}users SET role = ?, disabled = ?, credential_gen = credential_gen + ? WHERE name = ?",
+                       (Role(role).value, int(disabled), int(disabled), name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
 
     def verify_password(self, name: str, password: str, now_s: float | None = None) -> User | None:
-        """The user if ``password`` is theirs and the account is enabled, else None.
+        """The user if ``password`` is theirs and the account is enabled, else None (see :meth:`sign_in`)."""
+        signed = self.sign_in(name, password, now_s)
+        return None if signed is None else signed.user
+
+    def sign_in(self, name: str, password: str, now_s: float | None = None) -> SignedIn | None:
+        """The user and their credential generation if ``password`` is theirs and the account is
+        enabled, else None.
 
         Raises :class:`LoginThrottled` while the name is locked (before checking anything) and on
-        the failure that locks it. A wrong password counts a failure, a right one resets the count.
+        the failure that locks it, :class:`LoginBusy` when no hash slot freed up in time (counted
+        as a failure: a flood cannot outwait the lock). A wrong password counts a failure, a right
+        one resets the count.
 
         The attempt is counted as a failure *before* the slow hash runs, in the same write
         transaction that checks the lock, and taken back when the password is right: concurrent
@@ -214,29 +301,32 @@ class Accounts:
         if not isinstance(name, str) or not valid_name(name):
             return None
         with self._db.write() as cur:
-            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s FROM {p}users"
-                          f" WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
+            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s, credential_gen"
+                          f" FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
             if row is None:
                 reserved = None
             else:
-                role, stored, disabled, failures, locked_until = row
+                role, stored, disabled, failures, locked_until, generation = row
                 if locked_until is not None and float(locked_until) > now_s:
                     raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
                 reserved = self._reserve_failure(cur, name, int(failures), now_s)
         if row is None:
             return self._unknown_attempt(name, password, now_s)
-        if not check_password(password, stored):
-            failures, locked_until = reserved
-            if locked_until is not None:
-                raise LoginThrottled(name, failures, locked_until - now_s)
+        if not _checked(name, password, stored, reserved, now_s):
             return None
         with self._db.write() as cur:  # the right password: the reserved failure and any lock go
             cur.run("UPDATE {p}users SET failed_logins = 0, locked_until_s = NULL WHERE name = ?", (name,))
         if needs_rehash(stored):  # the password is known right now: store it with today's parameters
-            with self._db.write() as cur:
-                cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                        (hash_password(password), name, stored))
-        return None if disabled else User(name, Role(role))
+            try:
+                rehashed = hash_password(password)  # before the transaction: the slow part holds no lock
+            except LoginBusy:
+                rehashed = None  # no hash slot now: the next login upgrades it
+            if rehashed is not None:
+                with self._db.write() as cur:  # unless the hash changed meanwhile (a reset): then it stays
+                    cur.run("UPDATE {p}users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                            (rehashed, name, stored))
+        # The generation read with the hash: a reset after this read ends the new session at once.
+        return None if disabled else SignedIn(User(name, Role(role)), int(generation))
 
     @staticmethod
     def _reserve_failure(cur, name: str, failures: int, now_s: float) -> tuple[int, float | None]:
@@ -261,9 +351,7 @@ class Accounts:
             self._unknown.move_to_end(name)
             while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:  # names are <= 64 characters: bounded memory
                 self._unknown.popitem(last=False)
-        check_password(password, _dummy_hash())
-        if locked_until is not None:
-            raise LoginThrottled(name, failures, locked_until - now_s)
+        _checked(name, password, _dummy_hash(), (failures, locked_until), now_s)
         return None
 
     def login_state(self, name: str) -> tuple[int, float | None]:
@@ -274,8 +362,21 @@ class Accounts:
         return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
 
     def get(self, name: str) -> User | None:
-        rows = self._db.query("SELECT role FROM {p}users WHERE name = ? AND disabled = 0", (name,))
-        return User(name, Role(rows[0][0])) if rows else None
+        signed = self.session(name)
+        return None if signed is None else signed.user
+
+    def session(self, name: str) -> SignedIn | None:
+        """An enabled account as a session would start now (single sign-on: the identity provider
+        checked who it is), with its credential generation; None for no enabled account."""
+        rows = self._db.query("SELECT role, credential_gen FROM {p}users WHERE name = ? AND disabled = 0", (name,))
+        return SignedIn(User(name, Role(rows[0][0])), int(rows[0][1])) if rows else None
+
+    def session_user(self, name: str, generation: int | None) -> User | None:
+        """The user of a session that signed in at credential ``generation``, as the store knows
+        them now; None when the account is gone or disabled, or its password was changed (or it
+        was disabled) since."""
+        signed = self.session(name)
+        return signed.user if signed is not None and signed.generation == generation else None
 
     def list_users(self) -> list[tuple[User, bool]]:
         """Every account as (user, disabled), by name."""

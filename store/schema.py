@@ -25,7 +25,7 @@ Design choices that the semantics rest on:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
@@ -113,7 +113,8 @@ DDL = (
         created_at_s {float} NOT NULL,
         disabled INTEGER NOT NULL DEFAULT 0,
         failed_logins INTEGER NOT NULL DEFAULT 0,  -- consecutive wrong passwords (reset on success)
-        locked_until_s {float}              -- no password is checked before this time
+        locked_until_s {float},             -- no password is checked before this time
+        credential_gen INTEGER NOT NULL DEFAULT 0  -- raised by a password reset or disabling: ends sessions
     )""",
 )
 
@@ -123,6 +124,7 @@ ADDED_COLUMNS = (
     (2, "users", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
     (2, "users", "locked_until_s", "{float}"),
     (3, "outbox", "round_id", "{bigint}"),
+    (5, "users", "credential_gen", "INTEGER NOT NULL DEFAULT 0"),
 )
 # PostgreSQL only. Item ids come from a sequence at insert, but transactions commit in any order:
 # a reader can see item 11 while item 10's transaction is still open, so reading on "after the

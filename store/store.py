@@ -11,7 +11,9 @@ transaction (:func:`store.accounts.check_actor`). Semantics, in short (docs/audi
   still holds a live lease gets that item back (a page reload loses nothing). An auditor never
   gets an item they already gave a verdict on (or skipped), which is also how the second review
   of a double-reviewed item goes to a different auditor. With probability ``gold_rate`` a claim
-  serves a gold item this auditor has not answered yet.
+  serves, in place of the item it found, a gold item of that item's model, version and route that
+  this auditor has not answered yet; a claim that finds no item serves no gold either (a gold item
+  must look like traffic in everything the workbench shows, docs/dashboard.md).
 * **record_verdict** is idempotent on the verdict id (made when the form was shown) and a
   compare-and-set on the lease: only the auditor holding the live lease can submit, the lease
   ends with the verdict, so a second submit with another id is refused. Each verdict is appended
@@ -177,20 +179,23 @@ class AuditStore(StoreReads):
                 f"{filters} ORDER BY id LIMIT 1{self._db.row_lock}",
                 (auditor.name, now_s, *params),
             )
-            row = held
-            # A live lease of this auditor comes back first; else gold (if drawn), else the queue.
-            for gold in () if held is not None else (1, 0) if want_gold else (0,):
-                row = cur.one(
-                    f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = ?"
-                    " AND (lease_expires_s IS NULL OR lease_expires_s <= ?)"
-                    " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)"
-                    f"{filters} ORDER BY priority, id LIMIT 1{self._db.claim_lock}",
-                    (gold, now_s, auditor.name, *params),
-                )
-                if row is not None:
-                    break
+            # A live lease of this auditor comes back first; else the queue's next item.
+            row = held if held is not None else cur.one(
+                f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = 0{_CLAIMABLE}"
+                f"{filters} ORDER BY priority, id LIMIT 1{self._db.claim_lock}",
+                (now_s, auditor.name, *params),
+            )
             if row is None:
-                return None
+                return None  # no gold either: a claim that found an empty queue would tell it was gold
+            if held is None and want_gold:
+                # Gold stands in for that item: one of its model, version and route, so the badges,
+                # the queue order and the queue depth look the same as they would for the real one.
+                model_, version, route_ = row[2], row[3], row[5]  # ITEM_COLUMNS; the input stays undecoded
+                row = cur.one(
+                    f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = 1{_CLAIMABLE}"
+                    f" AND model = ? AND model_version = ? AND route = ? ORDER BY id LIMIT 1{self._db.claim_lock}",
+                    (now_s, auditor.name, model_, version, route_),
+                ) or row
             expires = now_s + lease_s
             cur.run("UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ?", (auditor.name, expires, row[0]))
         item = dataclasses.replace(item_from_row(row), lease_owner=auditor.name, lease_expires_s=expires)
@@ -316,6 +321,11 @@ class AuditStore(StoreReads):
         """Mark outbox rows as acknowledged by the broker; returns how many changed."""
         with self._db.write() as cur:
             return outbox.mark(cur, [int(i) for i in ids], now_s)
+
+
+# Free or expired lease, and no verdict (or skip) of this auditor yet.
+_CLAIMABLE = (" AND (lease_expires_s IS NULL OR lease_expires_s <= ?)"
+              " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)")
 
 
 def _filters(model: str | None, route: Route | str | None) -> tuple[str, list[Any]]:

@@ -24,6 +24,7 @@ from auditstream import tasks
 from auditstream.tasks.base import KindRegistry
 from auditstream.wire import ModelInput, Prediction, TaskKind
 from dashboards import images
+from dashboards.markup import md_text
 
 RUNNER_UPS_SHOWN = 4
 # Most choices a class or action picker offers when the model card does not say how many there
@@ -174,7 +175,7 @@ def out_of_range_note(output: Any, choices: Sequence[str], noun: str) -> str | N
     """What to tell the auditor when the model's answer is none of the picker's choices."""
     if output is None or choice_index(output, choices) is not None:
         return None
-    shown = repr(output) if len(repr(output)) <= 60 else repr(output)[:57] + "..."
+    shown = md_text(repr(output) if len(repr(output)) <= 60 else repr(output)[:57] + "...")  # drawn as markdown
     return (f"The model's answer {shown} is not one of the {len(choices)} {noun} offered here (0..{len(choices) - 1}); "
             f"the item may be malformed. Pick the right one, or reject the item if none fits.")
 

@@ -22,6 +22,7 @@ from PIL import Image
 from auditstream.tasks.caption import DEFAULT_SPECIAL_TOKENS, normalize_caption
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind
 from dashboards import images
+from dashboards.markup import md_text
 from dashboards.tasks.base import AnswerView, TaskView, details_of, number, plain_picture, register, with_changes
 
 MAX_CAPTION_CHARS = 500
@@ -53,13 +54,15 @@ def doubtful_words(prediction: Prediction) -> list[int]:
 
 
 def marked_caption(prediction: Prediction) -> str:
-    """The caption as Streamlit markdown, doubtful words on a red background with their probability."""
+    """The caption as Streamlit markdown, doubtful words on a red background with their probability
+    (the model's words escaped: dashboards/markup.py)."""
     pairs, doubtful = word_confidences(prediction), set(doubtful_words(prediction))
     if not pairs:
-        return str(prediction.output or "")
+        return md_text(prediction.output or "")
     text = ""
     for i, (token, p) in enumerate(pairs):
-        word = f":red-background[**{token}** {p:.0%}]" if i in doubtful else token
+        shown = md_text(token) or "␣"
+        word = f":red-background[**{shown}** {p:.0%}]" if i in doubtful else shown
         text += word if token in MARKS or not text else f" {word}"  # a mark sticks to the word before it
     return text
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from auditstream.tasks.base import label_name
 from auditstream.tasks.detection import boxes
-from auditstream.wire import ModelInput, Prediction, Route, TaskKind
+from auditstream.wire import ImageInput, ModelInput, Prediction, Route, TaskKind
 from dashboards import images
 from dashboards.tasks.base import TaskView, details_of, number as finite_number, plain_picture, register
 
@@ -108,9 +108,10 @@ def threshold_rule(prediction: Prediction, numbered: list[tuple[int, dict[str, A
 
 
 def image_size(value: ModelInput) -> Size | None:
-    """(width, height) of the input picture in the pixels the boxes are given in."""
+    """(width, height) of the input picture in the pixels the boxes are given in (an image's
+    header is enough: its pixels are decoded once, for the picture, if at all)."""
     try:
-        return images.to_image(value).size
+        return images.image_size(value) if isinstance(value, ImageInput) else images.to_image(value).size
     except ValueError:
         return None
 

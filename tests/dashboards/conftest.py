@@ -7,6 +7,8 @@ them (auditstream/tasks' details), and ingested through the store API.
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +17,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from auditstream.wire import AuditItem, ImageInput, Prediction, Route
+from dashboards.markup import JOINER
 from store import open_store
 
 PASSWORD = "correct horse battery"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 USERS = {"alice": "auditor", "bob": "auditor", "vic": "viewer", "ada": "admin"}
 
 
@@ -112,6 +116,23 @@ def store(store_url: str, monkeypatch: pytest.MonkeyPatch):
     store.close()
 
 
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver) for the ``browser`` tests."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1440,1000"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
 def app_script(store_url: str, models_dir: str, blind_qc: bool = True) -> None:
     """Runs inside AppTest (its source is copied into a script)."""
     from dashboards.app import main
@@ -150,9 +171,15 @@ def elements(at, kind: str) -> list:
     return found
 
 
+def unescaped(markdown: str) -> str:
+    """Markdown with dashboards/markup.py's escapes taken out: the text a reader sees there."""
+    return re.sub(r"\\([!-/:-@[-`{-~])", r"\1", str(markdown)).replace(JOINER, "")
+
+
 def texts(at) -> str:
-    """All markdown, captions, alerts and metric values on the page, as one string."""
+    """All markdown, captions, alerts and metric values on the page, as one string (escapes of
+    item text taken out: :func:`unescaped`)."""
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
     parts += [e.value for e in (*at.error, *at.warning, *at.info, *at.success)]
     parts += [f"{m.label}={m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
+    return unescaped("\n".join(str(p) for p in parts))

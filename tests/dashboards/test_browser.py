@@ -8,7 +8,6 @@ Screenshots of the workbench and the overview go to ``artifacts/dashboard/`` (gi
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -23,28 +22,11 @@ from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT_S = 60
 
 
 def free_port() -> int:
     return broker.free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (scripts/test installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1440,1000"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
 
 
 def wait_for(driver, css: str, text: str | None = None):

@@ -1,5 +1,6 @@
-"""The caption editor in a real browser: headless Chromium against ``streamlit run`` (the fixtures
-of test_browser.py). An auditor opens a caption item, sees the scene with its caption and the
+"""The caption editor in a real browser: headless Chromium against ``streamlit run`` (the browser
+fixture of conftest.py, the helpers of test_browser.py).
+An auditor opens a caption item, sees the scene with its caption and the
 doubtful word marked, rewrites the caption in the text area with the keyboard and submits with
 Ctrl+Enter; the test checks the corrected caption in the store."""
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS
-from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, browser, free_port, wait_for  # noqa: F401  (a fixture)
+from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, wait_for
 from tests.dashboards.test_caption_view import MODEL_CAPTION, TRUE_CAPTION, caption_item, publish_captioner_card
 
 from auditstream.wire import VerdictKind

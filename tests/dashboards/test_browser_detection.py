@@ -1,5 +1,6 @@
-"""The box editor in a real browser: headless Chromium against ``streamlit run`` (the fixtures
-of test_browser.py). An auditor opens a detection item, sees the picture and the box table,
+"""The box editor in a real browser: headless Chromium against ``streamlit run`` (the browser
+fixture of conftest.py, the helpers of test_browser.py).
+An auditor opens a detection item, sees the picture and the box table,
 widens box 3 with the keyboard alone and, the cell still selected, submits with Ctrl+Enter at once
 (dashboards/table_shortcuts.py); the test checks the corrected boxes in the store.
 
@@ -15,7 +16,7 @@ from typing import Iterator
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, USERS
-from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, browser, free_port, wait_for  # noqa: F401  (a fixture)
+from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, wait_for
 from tests.dashboards.test_detection_view import MODEL_BOXES, detection_item, publish_detector_card
 
 from auditstream.wire import VerdictKind

@@ -7,7 +7,8 @@ import pytest
 from auditstream.errors import ConfigError
 from auditstream.settings import redact_url
 from dashboards.config import DashboardConfig, config_from_argv
-from dashboards.launch import check_xsrf_enabled, streamlit_argv
+from dashboards.launch import check_models_dir, check_xsrf_enabled, start_dashboard, streamlit_argv
+from stack.broker import free_port
 
 
 def test_config_round_trips_through_the_script_argv():
@@ -66,3 +67,26 @@ def test_printed_store_urls_hide_passwords():
     assert redact_url("postgresql://app:s3cret@db:5432/audit") == "postgresql://app:***@db:5432/audit"
     assert redact_url("postgresql://app:s3/cr@t#x@db/audit?sslpassword=k") == "postgresql://app:***@db/audit?sslpassword=***"
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_models_dir_that_is_a_file_is_refused_before_the_server_starts(tmp_path, monkeypatch, capsys, where):
+    import signal
+
+    from auditstream.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # run_dashboard's SIGTERM hook stays out of pytest
+    argv = ["dashboard", "--port", str(free_port()), "--store-url", f"sqlite:///{tmp_path / 'audit.db'}"]
+    if where == "option":
+        argv += ["--models-dir", str(tmp_path / "afile")]
+    else:
+        monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path / "afile"))
+    assert main(argv) == 2  # before any server starts
+    err = capsys.readouterr().err
+    name = "--models-dir" if where == "option" else "AUDITSTREAM_MODELS_DIR"
+    assert err.strip().splitlines() == [f"auditstream: error: invalid {name}={str(tmp_path / 'afile')!r}: expected a "
+                                        "directory for the model registry (or a path not made yet), not a file"]
+    assert check_models_dir(str(tmp_path / "not-made-yet")) and check_models_dir(str(tmp_path))
+    with pytest.raises(ConfigError, match="--models-dir"):
+        start_dashboard(free_port(), f"sqlite:///{tmp_path / 'audit.db'}", DashboardConfig(models_dir=str(tmp_path / "afile")))

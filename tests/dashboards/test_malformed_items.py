@@ -8,6 +8,7 @@ dicts for every task kind, and the whole page through AppTest with hostile items
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
@@ -94,6 +95,40 @@ def test_a_corrupt_image_is_a_clear_value_error_not_a_pillow_crash() -> None:
             images.to_image(ImageInput(data, "png"))
 
 
+@functools.cache
+def _oversized_png() -> ImageInput:
+    """One pixel row over serving's 4096 x 4096 limit: a few kilobytes of PNG, 16.8 M pixels."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4097, 4096), 255).save(buffer, format="PNG", optimize=True)
+    return ImageInput(buffer.getvalue(), "png")
+
+
+def test_an_oversized_or_mislabelled_image_is_refused_at_its_header(monkeypatch) -> None:
+    """Serving's rule (serving/inputs.py): the declared format only, the size from the header
+    before any pixel is decompressed."""
+    from PIL import Image, ImageFile
+
+    from dashboards import images
+    from dashboards.tasks.detection import image_size
+
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or real_load(self))
+    oversized = _oversized_png()
+    assert len(oversized.data) < 100_000
+    with pytest.raises(ValueError, match="the PNG input is 4,097×4,096 pixels, over the 16,777,216 this dashboard"):
+        images.to_image(oversized)
+    assert image_size(oversized) == (4097, 4096)  # the box table's bounds, from the header
+    assert loads == []  # not one pixel decoded
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, format="GIF")
+    with pytest.raises(ValueError, match="cannot be decoded as an image"):  # a GIF sent as "png": not parsed as GIF
+        images.to_image(ImageInput(gif.getvalue(), "png"))
+    assert images.to_image(png(8, 8)).size == (8, 8) and loads == [(8, 8)]
+
+
 # --------------------------------------------------------------------------------------------
 # the whole page
 
@@ -120,6 +155,7 @@ def _hostile_items() -> list[tuple[str, str, AuditItem]]:
         p = item.prediction
         cases.append(("details", kind, AuditItem(replace(p, **{"details": HOSTILE_DETAILS}), item.input)))
         cases.append(("corrupt-png", kind, AuditItem(p, _corrupt_png())))
+        cases.append(("oversized-png", kind, AuditItem(p, _oversized_png())))
         wrong = {"classification": {"class": 1}, "policy": [1, 2], "sequence": 12345, "caption": {"text": 1},
                  "detection": "car"}[kind]  # fmt: skip
         cases.append(("output-type", kind, AuditItem(replace(p, **{"output": wrong}), item.input)))
@@ -153,8 +189,10 @@ def test_a_malformed_item_still_gets_its_verdict_form(store, store_url, tmp_path
     at, claim = _claim_and_check_form(at, item.prediction.request_id)
     shown = texts(at)
     if case == "corrupt-png":
-        assert f"Cannot show the input of item {claim.item_id}: ValueError: the PNG input" in shown
+        assert "Cannot show the input of this item: ValueError: the PNG input" in shown
         assert "cannot be decoded as an image" in shown and "reject it (no valid answer) or skip it" in shown
+    if case == "oversized-png":
+        assert "Cannot show the input of this item: ValueError: the PNG input is 4,097×4,096 pixels" in shown
     if case == "huge-index":
         assert "is not one of the" in shown and "reject the item" in shown
     if "Cannot show" in shown:

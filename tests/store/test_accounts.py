@@ -225,3 +225,90 @@ def test_users_add_prompts_twice_with_getpass(tmp_path: Path, monkeypatch: pytes
     assert cli_main(["users", "add", "ada", "--role", "admin", "--password-stdin", "--store-url", url]) == 2
     out = capsys.readouterr()
     assert PASSWORD not in out.out + out.err and "already exists" in out.err
+
+
+def test_a_password_reset_or_disabling_ends_the_sessions_signed_in_before(store: AuditStore,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    first = store.accounts.sign_in("alice", PASSWORD)
+    assert first.user == User("alice", Role.AUDITOR)
+    assert store.accounts.session_user("alice", first.generation) == User("alice", Role.AUDITOR)
+    store.accounts.set_role("alice", Role.ADMIN)  # a role change keeps the session (the role is read each render)
+    assert store.accounts.session_user("alice", first.generation) == User("alice", Role.ADMIN)
+    store.accounts.set_password("alice", "a new password")
+    assert store.accounts.session_user("alice", first.generation) is None
+    second = store.accounts.sign_in("alice", "a new password")
+    assert store.accounts.session_user("alice", second.generation) == User("alice", Role.ADMIN)
+    store.accounts.set_role("alice", Role.ADMIN, disabled=True)
+    assert store.accounts.session_user("alice", second.generation) is None and store.accounts.session("alice") is None
+    store.accounts.set_role("alice", Role.ADMIN)  # enabled again: the old sessions stay ended
+    assert store.accounts.session_user("alice", second.generation) is None
+    assert store.accounts.session_user("alice", store.accounts.session("alice").generation) == User("alice", Role.ADMIN)
+    assert store.accounts.session_user("alice", None) is None and store.accounts.session_user("nobody", 0) is None
+
+
+def test_opening_an_older_store_adds_the_credential_generation(store: AuditStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A version-4 users table (no credential_gen) is upgraded in place on open; its accounts
+    start at generation 0 and a reset ends their sessions from then on."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with store._db.write() as cur:
+        cur.run("ALTER TABLE {p}users DROP COLUMN credential_gen")
+        cur.run("UPDATE {p}meta SET value = '4' WHERE key = 'schema_version'")
+    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with reopened._db.write() as cur:
+            assert "credential_gen" in reopened._db.columns(cur, "users")
+        assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+        signed = reopened.accounts.sign_in("alice", PASSWORD)
+        assert signed.generation == 0 and reopened.accounts.session_user("alice", 0) == User("alice", Role.AUDITOR)
+        reopened.accounts.set_password("alice", "a new password")
+        assert reopened.accounts.session_user("alice", 0) is None
+
+
+def test_an_old_hash_is_replaced_without_holding_the_write_lock_while_hashing(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """SQLite's write lock (BEGIN IMMEDIATE) is the whole database's: held through a 0.6 s
+    scrypt it stopped every claim and verdict. While the new hash is computed, another
+    connection takes the write lock without waiting (timeout 0: refused at once if held)."""
+    import sqlite3
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    with make_store("sqlite", tmp_path) as store:
+        store.accounts.add_user("old", PASSWORD, Role.AUDITOR)
+        monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)  # today's parameters are stronger
+        path = store._db.url.removeprefix("sqlite:///")
+        real_hash, seen = accounts.hash_password, []
+
+        def hash_while_another_writes(password: str, **kwargs) -> str:
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                seen.append("write lock free")
+            except sqlite3.OperationalError as e:
+                seen.append(str(e))
+            finally:
+                other.close()
+            return real_hash(password, **kwargs)
+
+        monkeypatch.setattr(accounts, "hash_password", hash_while_another_writes)
+        assert store.accounts.verify_password("old", PASSWORD) == User("old", Role.AUDITOR)
+        assert seen == ["write lock free"]
+        assert _stored_hashes(store)["old"].startswith("scrypt$n=1024,")
+
+
+@pytest.mark.parametrize("twin", ["Alice", "ALICE", "aIice", "a1ice", "al1ce"])
+def test_a_name_that_looks_like_an_existing_one_is_refused(store: AuditStore, monkeypatch: pytest.MonkeyPatch,
+                                                           twin: str) -> None:  # fmt: skip
+    """Look-alike accounts (alice, Alice, aIice) would let one person pass for another in every
+    list and log; a login still names its account exactly (an older store's look-alikes keep theirs)."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    with pytest.raises(ValueError, match=f"user name '{twin}' looks like the existing 'alice'"):
+        store.accounts.add_user(twin, PASSWORD, Role.ADMIN)
+    assert [u.name for u, _ in store.accounts.list_users()] == ["alice"]
+    assert store.accounts.verify_password(twin, PASSWORD) is None  # exact names at login
+    store.accounts.add_user("bob", PASSWORD, Role.AUDITOR)  # other names are unaffected
+    assert accounts.look_alike("ＡＬＩＣＥ") == accounts.look_alike("alice")  # NFKC: full-width letters too

@@ -9,6 +9,7 @@ account can have are refused before any hash and never remembered.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -123,3 +124,93 @@ def test_unknown_names_remembered_are_bounded(store: AuditStore, monkeypatch: py
     for i in range(100):
         assert store.accounts.verify_password(f"guess{i}", "wrong password") is None
     assert len(store.accounts._unknown) == 20
+
+
+class GatedScrypt:
+    """hashlib.scrypt that counts the calls running at once and holds each until ``open()``."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.active = self.peak = self.entered = self.arrived = 0
+        self._open, self._real = False, hashlib.scrypt
+
+    def __call__(self, *args, **kwargs) -> bytes:
+        with self.cond:
+            self.active += 1
+            self.entered += 1
+            self.peak = max(self.peak, self.active)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self._open, timeout=120)
+        try:
+            return self._real(*args, **kwargs)
+        finally:
+            with self.cond:
+                self.active -= 1
+
+    def open(self) -> None:
+        with self.cond:
+            self._open = True
+            self.cond.notify_all()
+
+
+class CountedSlots(threading.BoundedSemaphore):
+    """The hash slots, counting the attempts that reached them (arrived, waiting or not)."""
+
+    def __init__(self, value: int, gate: GatedScrypt) -> None:
+        super().__init__(value)
+        self.gate = gate
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        with self.gate.cond:
+            self.gate.arrived += 1
+            self.gate.cond.notify_all()
+        return super().acquire(blocking, timeout)
+
+
+def test_concurrent_logins_run_at_most_the_slots_of_scrypt_at_once(store: AuditStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each scrypt holds 128 MiB: however many anonymous attempts arrive together, no more than
+    SCRYPT_SLOTS run at once (counted, not timed: every attempt is held inside the hash until all
+    have arrived at the slots or entered the hash)."""
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    accounts._dummy_hash()  # built once, before the count
+    gate = GatedScrypt()
+    monkeypatch.setattr(hashlib, "scrypt", gate)
+    monkeypatch.setattr(accounts, "_scrypt_slots", CountedSlots(accounts.SCRYPT_SLOTS, gate), raising=False)
+    monkeypatch.setattr(accounts, "SCRYPT_WAIT_S", 120.0, raising=False)
+    names = ["alice", *(f"nobody{i}" for i in range(GUESSES - 1))]  # fresh names: no throttle holds them back
+    answers: list = []
+    threads = [threading.Thread(target=lambda n=n: answers.append(store.accounts.verify_password(n, "a guess!")))
+               for n in names]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    with gate.cond:
+        assert gate.cond.wait_for(lambda: GUESSES in (gate.arrived, gate.entered), timeout=120)
+        assert gate.peak <= accounts.SCRYPT_SLOTS and gate.entered == accounts.SCRYPT_SLOTS
+    gate.open()
+    for thread in threads:
+        thread.join()
+    assert answers == [None] * GUESSES and gate.entered == GUESSES and gate.peak == accounts.SCRYPT_SLOTS
+
+
+def test_an_attempt_without_a_free_slot_is_busy_and_counted(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+    accounts._dummy_hash()
+    monkeypatch.setattr(accounts, "SCRYPT_WAIT_S", 0.01)
+    slots = threading.BoundedSemaphore(accounts.SCRYPT_SLOTS)
+    monkeypatch.setattr(accounts, "_scrypt_slots", slots)
+    for _ in range(accounts.SCRYPT_SLOTS):  # other logins hold every slot
+        slots.acquire()
+    for name in ("alice", "mallory"):  # the same answers with and without an account
+        answers = []
+        for _ in range(accounts.MAX_FAILURES + 1):
+            try:
+                answers.append(store.accounts.verify_password(name, PASSWORD, now_s=100.0))
+            except (accounts.LoginBusy, LoginThrottled) as e:
+                answers.append(type(e).__name__)
+        assert answers == ["LoginBusy"] * (accounts.MAX_FAILURES - 1) + ["LoginThrottled"] * 2, name
+    assert store.accounts.login_state("alice") == (accounts.MAX_FAILURES, 100.0 + accounts.LOCKOUT_S)
+    for _ in range(accounts.SCRYPT_SLOTS):
+        slots.release()
+    later = 100.0 + accounts.LOCKOUT_S + 1
+    assert store.accounts.verify_password("alice", PASSWORD, now_s=later) == User("alice", Role.AUDITOR)

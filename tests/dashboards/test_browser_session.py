@@ -1,0 +1,43 @@
+"""Sessions end where nobody clicks (headless Chromium, marker ``browser``): the overview
+refreshes itself every second (a fragment on a timer, which skips ``current_user``); a password
+reset, then a disabled account, must end what an open tab shows at the next tick, not at the
+user's next click."""
+
+from __future__ import annotations
+
+import pytest
+from tests.dashboards.conftest import PASSWORD, USERS
+from tests.dashboards.test_browser import click, free_port, wait_for
+
+from dashboards.config import DashboardConfig
+from dashboards.launch import start_dashboard
+from store import open_store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_an_open_overview_ends_at_a_password_reset_and_at_disabling(browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    store_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(store_url)
+    for name, role in USERS.items():
+        store.accounts.add_user(name, PASSWORD, role)
+    config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=1.0)
+    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
+        browser.get(server.url)
+        wait_for(browser, "input[aria-label='User name']").send_keys("ada", Keys.TAB, PASSWORD, Keys.ENTER)
+        click(browser, "a", "Overview")
+        wait_for(browser, "h3", "Auditors")
+        store.accounts.set_password("ada", "a brand new password")  # no click from here on
+        wait_for(browser, "input[aria-label='User name']")
+        wait_for(browser, "[data-testid=stAlertContentWarning]", "Your session has ended")
+        assert not browser.find_elements("css selector", "h3")  # the overview is gone
+        browser.get(server.url)  # a new session for the next account
+        wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
+        click(browser, "a", "Overview")
+        wait_for(browser, "h3", "Auditors")
+        store.accounts.set_role("alice", "auditor", disabled=True)
+        wait_for(browser, "[data-testid=stAlertContentError]", "has no enabled account")
+        assert not browser.find_elements("css selector", "h3")
+    store.close()
