@@ -75,15 +75,19 @@ def candidate_section(ctx: DashboardContext, model: str) -> None:
                    f"(`auditstream serve --model {model} --version V --shadow`).")
         return
     for version in candidates:
-        decision = decide_promotion(ctx.store, ctx.registry, model, version)  # the next look: all of delta
+        try:
+            decision = decide_promotion(ctx.store, ctx.registry, model, version)  # the next look: all of delta
+            last = last_recorded(ctx, model, version)
+        except ModelRefused as e:  # a damaged promotion.json: say so here, the rest of the page stands
+            st.warning(md_text(f"v{version}: {e}"))
+            continue
         st.markdown(f"**v{version}** vs live **v{live}** · {in_shadow.get(version, 0):,} shadow answers kept")
         kind = "success" if decision.promote else "info" if decision.code == "too_few_pairs" else "warning"
         getattr(st, kind)(f"`auditstream promote` would decide now: **{decision.code}** — {decision.reason}")
         st.dataframe(comparison_rows(decision.to_dict()), hide_index=True)
-        last = last_recorded(ctx, model, version)
         if last:
-            st.caption(f"Last recorded decision ({last.get('kind')}): {last['decision']['code']} — "
-                       f"{last['decision']['reason']}")
+            st.caption(md_text(f"Last recorded decision ({last.get('kind')}): {last['decision'].get('code')} — "
+                               f"{last['decision'].get('reason')}"))
 
 
 def comparison_rows(decision: dict[str, Any]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ class SequenceView(TaskView):
 
     def parse_answer(self, raw: Any, choices: Sequence[str] = (), as_label: bool = False) -> Any:
         text = "" if raw is None else str(raw).strip().replace(" ", "")
-        if not ZIP_PATTERN.match(text):
+        if not ZIP_PATTERN.fullmatch(text):
             raise ValueError(f"a ZIP code is exactly 5 digits; {text!r} has {len(text)} characters"
                              + ("" if text.isdigit() or not text else " and not only digits"))
         return text

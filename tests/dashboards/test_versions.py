@@ -117,3 +117,12 @@ def test_any_audit_certificate_file_reads_as_one_or_as_none(tmp_path, text):
     from auditstream.registry import ModelCard, TriageSpec
 
     version_row(ModelCard("m", "1", "classification", [], [], TriageSpec(0.5)), None, found)  # renders
+
+
+def test_a_promotion_history_that_cannot_be_read_is_one_warning_and_the_page_stands(store, store_url, tmp_path):
+    registry = seed_versions(store, tmp_path)
+    (registry.root / "zip" / "3" / "promotion.json").write_bytes(b'{"decisions": [')  # torn by a crash
+    at = log_in(start_app(store_url, tmp_path), "vic")
+    assert not at.exception
+    assert any("promotion history cannot be read" in w.value for w in at.warning)
+    assert "Learning curve" in [s.value for s in at.subheader]
