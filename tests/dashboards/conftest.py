@@ -25,6 +25,16 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 USERS = {"alice": "auditor", "bob": "auditor", "vic": "viewer", "ada": "admin"}
 
 
+def store_with_users(store_url: str):
+    """The store at ``store_url``, opened, with the test accounts (:data:`USERS`, :data:`PASSWORD`)."""
+    from store import open_store
+
+    store = open_store(store_url)
+    for name, role in USERS.items():
+        store.accounts.add_user(name, PASSWORD, role)
+    return store
+
+
 def png(width: int, height: int, draw_fn=None) -> ImageInput:
     image = Image.new("RGB", (width, height), "white")
     if draw_fn:

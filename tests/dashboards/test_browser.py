@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, seed_card_and_history
+from tests.dashboards.conftest import PASSWORD, store_with_users, items_by_task, seed_card_and_history
 
 from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
 from stack import broker
-from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
@@ -66,9 +65,7 @@ def test_log_in_record_a_verdict_and_screenshot(browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
+    store = store_with_users(store_url)
     items = items_by_task()
     store.ingest(items["sequence"], time.time())  # claimed first (oldest first)
     store.ingest(items["classification"], time.time())

@@ -9,14 +9,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, USERS
+from tests.dashboards.conftest import PASSWORD, store_with_users
 from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, wait_for
 from tests.dashboards.test_caption_view import MODEL_CAPTION, TRUE_CAPTION, caption_item, publish_captioner_card
 
 from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
-from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,9 +25,7 @@ def test_correct_a_caption_with_the_keyboard(browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
+    store = store_with_users(store_url)
     publish_captioner_card(tmp_path / "models")
     store.ingest(caption_item(), time.time())
     config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0)

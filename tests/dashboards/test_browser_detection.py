@@ -15,7 +15,7 @@ import time
 from typing import Iterator
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, USERS
+from tests.dashboards.conftest import PASSWORD, store_with_users
 from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, wait_for
 from tests.dashboards.test_detection_view import MODEL_BOXES, detection_item, publish_detector_card
 
@@ -23,7 +23,6 @@ from auditstream.wire import VerdictKind
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
 from dashboards.tasks.detection import COLUMNS
-from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 X1 = COLUMNS.index("x1") + 1  # grid column of x1 (after the row marker)
@@ -57,9 +56,7 @@ def detection_item_open(browser, tmp_path) -> Iterator[object]:
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
+    store = store_with_users(store_url)
     publish_detector_card(tmp_path / "models")
     store.ingest(detection_item(), time.time())
     config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0)

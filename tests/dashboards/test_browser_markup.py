@@ -21,14 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, USERS, items_by_task, prediction
+from tests.dashboards.conftest import PASSWORD, store_with_users, items_by_task, prediction
 from tests.dashboards.test_browser import click, free_port, wait_for
 
 from auditstream.wire import AuditItem
 from dashboards.config import DashboardConfig
 from dashboards.launch import SERVER_OPTIONS, start_dashboard
 from dashboards.markup import JOINER, shown
-from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,9 +156,7 @@ def test_a_hostile_request_id_is_text_in_the_real_workbench(browser, trap, tmp_p
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
+    store = store_with_users(store_url)
     rid = f"r1 ![]({trap}/pixel.png?auditor-saw-item) [**Session expired: sign in again**]({trap}/login)"
     seq = items_by_task()["sequence"]
     store.ingest(AuditItem(prediction(rid, "zip", "sequence", "02139", 0.6, seq.prediction.details), seq.input),

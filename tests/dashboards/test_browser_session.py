@@ -6,12 +6,11 @@ user's next click."""
 from __future__ import annotations
 
 import pytest
-from tests.dashboards.conftest import PASSWORD, USERS
+from tests.dashboards.conftest import PASSWORD, store_with_users
 from tests.dashboards.test_browser import click, free_port, wait_for
 
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
-from store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,9 +19,7 @@ def test_an_open_overview_ends_at_a_password_reset_and_at_disabling(browser, tmp
     from selenium.webdriver.common.keys import Keys
 
     store_url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_store(store_url)
-    for name, role in USERS.items():
-        store.accounts.add_user(name, PASSWORD, role)
+    store = store_with_users(store_url)
     config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=1.0)
     with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
         browser.get(server.url)

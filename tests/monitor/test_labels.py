@@ -123,13 +123,18 @@ def test_an_export_read_without_inputs_is_the_same_rows_and_reads_each_input_bac
                 export.inputs([1])  # not where a record starts
 
 
-def _malformed(tmp_path: Path, fmt: str, spoil: str) -> Path:
-    """A real export of three rows with one thing wrong (``spoil``)."""
+def _good_export(tmp_path: Path, fmt: str) -> Path:
+    """A real export of three rows."""
     with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
         _seed(store)
         good = tmp_path / f"good.{fmt}"
         export_labels(store, good, fmt=fmt, progress=False)
-    lines = good.read_bytes().splitlines(keepends=True)
+    return good
+
+
+def _malformed(tmp_path: Path, fmt: str, spoil: str) -> Path:
+    """A real export of three rows with one thing wrong (``spoil``)."""
+    lines = _good_export(tmp_path, fmt).read_bytes().splitlines(keepends=True)
     if spoil == "not JSON":
         lines[1] = b'{"verdict_id": "v1", oops\n'
     elif spoil == "not an object":
@@ -211,10 +216,7 @@ def _spoiled_rows() -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_row_whose_cell_is_not_what_an_export_writes_is_one_error_naming_its_line(fmt: str, tmp_path: Path) -> None:
-    with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
-        _seed(store)
-        good = tmp_path / f"good.{fmt}"
-        export_labels(store, good, fmt=fmt, progress=False)
+    good = _good_export(tmp_path, fmt)
     rows = read_labels(good)
     assert len(rows) == 3
     checked = 0
