@@ -181,8 +181,9 @@ def test_a_refused_sasl_login_stops_at_once_and_never_shows_the_password(authent
     plain, tls = authenticating_broker
     settings = Settings(state_dir=tmp_path, kafka_client=client, kafka_security_protocol=protocol,
                         bootstrap_servers=plain if protocol == "SASL_PLAINTEXT" else tls,
-                        kafka_ssl_cafile=str(pki.ca), kafka_sasl_mechanism=mechanism,
-                        kafka_sasl_username="auditor", kafka_sasl_password="hunter2-not-shown")
+                        kafka_ssl_cafile=str(pki.ca) if protocol == "SASL_SSL" else "",  # a CA with plaintext: refused
+                        kafka_sasl_mechanism=mechanism, kafka_sasl_username="auditor",
+                        kafka_sasl_password="hunter2-not-shown")
     with pytest.raises(BrokerRefused) as refused:
         make_producer(settings)
     message = str(refused.value)
