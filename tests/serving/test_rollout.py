@@ -89,6 +89,26 @@ def test_a_stale_announcement_is_history_a_new_one_switches(registry):
         versions.close()
 
 
+def test_an_announcement_dated_far_ahead_moves_no_live_version(registry, caplog):
+    """Review 2026-12-04: a record dated 1e15 (a writer with a wrong clock, or hand-made) counted
+    as newer than this consumer's start, so a consumer started from LIVE switched away from it.
+    Beyond MAX_ROLLOUT_CLOCK_SKEW_S ahead it moves nothing (one warning); a fresh one still does."""
+    from serving.rollout import MAX_ROLLOUT_CLOCK_SKEW_S
+
+    view = View()
+    view.current = Rollout("tiny", "2", updated_at_s=time.time() + MAX_ROLLOUT_CLOCK_SKEW_S + 600)
+    versions, _ = versions_of(registry, view)
+    try:
+        with caplog.at_level("WARNING", logger="serving.rollout"):
+            follow_a_while(versions)
+        assert versions.live.version == "1"
+        assert caplog.text.count("ahead of this host's clock") == 1
+        view.current = Rollout("tiny", "2", updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: versions.live.version == "2")
+    finally:
+        versions.close()
+
+
 def test_a_failed_load_keeps_the_old_version_until_the_next_announcement(registry):
     view = View()
     versions, failures = versions_of(registry, view)
