@@ -49,6 +49,15 @@ def wait_for(driver, css: str, text: str | None = None):
         raise
 
 
+def wait_gone(driver, css: str) -> None:
+    """Until no element matches ``css``: a rerun draws the new page first and drops the previous
+    run's elements only when it ends, so right after the new page shows, old ones may remain."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(
+        lambda d: not d.find_elements("css selector", css), f"{css!r} still shown")
+
+
 def click(driver, css: str, text: str) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
 

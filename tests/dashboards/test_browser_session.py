@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, store_with_users
-from tests.dashboards.test_browser import click, free_port, wait_for
+from tests.dashboards.test_browser import click, free_port, wait_for, wait_gone
 
 from dashboards.config import DashboardConfig
 from dashboards.launch import start_dashboard
@@ -29,12 +29,12 @@ def test_an_open_overview_ends_at_a_password_reset_and_at_disabling(browser, tmp
         store.accounts.set_password("ada", "a brand new password")  # no click from here on
         wait_for(browser, "input[aria-label='User name']")
         wait_for(browser, "[data-testid=stAlertContentWarning]", "Your session has ended")
-        assert not browser.find_elements("css selector", "h3")  # the overview is gone
+        wait_gone(browser, "h3")  # the overview is gone
         browser.get(server.url)  # a new session for the next account
         wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
         click(browser, "a", "Overview")
         wait_for(browser, "h3", "Auditors")
         store.accounts.set_role("alice", "auditor", disabled=True)
         wait_for(browser, "[data-testid=stAlertContentError]", "has no enabled account")
-        assert not browser.find_elements("css selector", "h3")
+        wait_gone(browser, "h3")
     store.close()
