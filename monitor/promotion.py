@@ -156,16 +156,9 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
                           reason=decision.reason[:1000], updated_at_s=time.time())
         record["live_after"] = rollout.live_version
         if announce:
-            try:
-                announce_rollout(settings, rollout)
-            except Exception as e:
-                record["announced"], record["announce_error"] = False, repr(e)[:500]
-                append_record(history_path, record)
-                raise PromotionIncomplete(
-                    f"LIVE of {model} names v{rollout.live_version}, but announcing it to the running consumers "
-                    f"failed ({e}); they still serve what they served. Run the same auditstream promote again "
-                    "once the broker answers: it announces without moving anything else") from e
-            record["announced"] = True
+            announce_recorded(settings, rollout, record, history_path,
+                              "Run the same auditstream promote again once the broker answers: it announces "
+                              "without moving anything else")
     append_record(history_path, record)
     return decision
 
@@ -174,6 +167,22 @@ def recorded_looks(registry: ModelRegistry, model: str, version: str) -> int:
     """How many paired-gate decisions ``promotion.json`` records for this version (a count for the
     record: a look spends no delta, qc/paired.py)."""
     return sum(1 for r in recorded_decisions(registry.root / model / version / PROMOTION_FILE) if r.get("kind") == PAIRED)
+
+
+def announce_recorded(settings: Settings, rollout: Rollout, record: dict[str, Any], history_path: Path,
+                      how_to_finish: str) -> None:
+    """Announce ``rollout`` after LIVE moved and say in ``record`` whether it went out. When it did
+    not, the record is appended now (LIVE moved: the history must say so) and
+    :class:`PromotionIncomplete` says what happened and ``how_to_finish``."""
+    try:
+        announce_rollout(settings, rollout)
+    except Exception as e:
+        record["announced"], record["announce_error"] = False, repr(e)[:500]
+        append_record(history_path, record)
+        raise PromotionIncomplete(
+            f"LIVE of {rollout.model} names v{rollout.live_version}, but announcing it to the running consumers "
+            f"failed ({e}); they still serve what they served. {how_to_finish}") from e
+    record["announced"] = True
 
 
 class PromotionIncomplete(AuditstreamError):

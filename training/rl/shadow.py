@@ -142,26 +142,19 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"decision": decision.to_dict(), "shadow": shadow.to_dict(), "dataset": data_report.to_dict(),
                               "decided_at_s": time.time(), "dry_run": args.dry_run,
                               "live_before": f"{live.card.name}/{registry.default_version(live.card.name)}"}
-    from monitor.promotion import PromotionIncomplete, append_record, recorded_decisions
+    from monitor.promotion import announce_recorded, append_record, recorded_decisions
 
     path = candidate.directory / PROMOTION_FILE
     recorded_decisions(path)  # a history that cannot be read stops us before LIVE moves
     record["kind"] = "rl_promote"
     if decision.promote and not args.dry_run:
-        from auditstream.control import Rollout, announce_rollout
+        from auditstream.control import Rollout
 
         version = _make_live(registry, candidate, live.card.name)
         record["live_after"] = f"{live.card.name}/{version}"
-        try:
-            announce_rollout(settings, Rollout(live.card.name, version, reason=decision.reason[:1000],
-                                               updated_at_s=time.time()))
-        except Exception as e:
-            record["announced"], record["announce_error"] = False, repr(e)[:500]
-            append_record(path, record)
-            raise PromotionIncomplete(
-                f"LIVE of {live.card.name} names v{version}, but announcing it to the running consumers failed ({e}); "
-                "they still serve what they served: restart them (a consumer reads LIVE when it starts)") from e
-        record["announced"] = True
+        announce_recorded(settings, Rollout(live.card.name, version, reason=decision.reason[:1000],
+                                            updated_at_s=time.time()), record, path,
+                          "Restart them (a consumer reads LIVE when it starts)")
     append_record(path, record)  # beside the version's other decisions, atomically
     record["recorded_at"] = str(path)
     return record
