@@ -21,7 +21,7 @@ from auditstream.errors import BadArguments, ConfigError
 from auditstream.wire.codec import Reason
 from serving.workers import MAX_WORKERS
 
-Source = Literal["auto", "random", "png", "digits"]  # serving/loadgen.py's SOURCES
+Source = Literal["auto", "random", "png", "digits"]  # what produce --source takes (serving/loadgen.py)
 WORKERS = Range(1, MAX_WORKERS, whole=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
+import typing
 import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -23,9 +24,10 @@ from auditstream.errors import ConfigError
 from auditstream.kafka import Producer
 from auditstream.registry import ModelCard
 from auditstream.wire import CONTENT_TYPE_HEADER, REQUEST_CONTENT_TYPE, ImageInput, InferenceRequest, ModelInput
+from serving.cli import Source
 from serving.inputs import image_hw
 
-SOURCES = ("auto", "random", "png", "digits")
+SOURCES = typing.get_args(Source)  # ("auto", "random", "png", "digits"): produce's --source
 
 
 def _random_tensor(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:

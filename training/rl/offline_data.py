@@ -73,11 +73,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from auditstream.errors import AuditstreamError
+from auditstream.wire import DECISION_SOURCES
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: sources and routes
-SOURCES = ("model", "human", "fallback")
+SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's names
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
                             "overridden", "sources", "routes", "episode_ids", "steps")
