@@ -201,8 +201,9 @@ def typed_field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], o
 
 
 def number_field(obj: dict[str, Any], name: str, low: float = -math.inf, high: float = math.inf, default: float | None = None) -> float:
-    """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity)."""
-    if default is not None and obj.get(name) is None:
+    """A finite JSON number in [low, high] (JSON may spell 1e400, which parses to infinity);
+    ``default`` when the field is absent (a null is refused: it says nothing about the number)."""
+    if default is not None and name not in obj:
         return default
     try:
         value = float(typed_field(obj, name, (int, float)))

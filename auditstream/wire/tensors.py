@@ -81,6 +81,8 @@ def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) ->
         raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values are not a regular array: {str(e)[:200]}") from None
     if array.size and array.dtype.kind not in "iuf":  # an empty list infers float64: fine
         raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values must be numbers, got {array.dtype.kind!r} elements")
+    if array.size and _holds_bool(values, array.ndim):  # [1, true] infers numbers: true would read as 1
+        raise DecodeError(Reason.BAD_SCHEMA.value, "tensor values must be numbers, got a boolean among them")
     if array.size != count:
         raise DecodeError(Reason.WRONG_SHAPE.value, f"{array.size} values do not fill shape {shape}")
     if dtype.kind in "iu" and array.size:
@@ -93,6 +95,14 @@ def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) ->
         if array.min() < info.min or too_large:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"values outside [{info.min}, {info.max}] for {dtype}")
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _holds_bool(values: list, depth: int) -> bool:
+    """Whether a regular nested list ``depth`` levels deep holds a bool (JSON's true/false, which
+    Python counts as the integers 1 and 0)."""
+    if depth <= 1:
+        return any(v.__class__ is bool for v in values)
+    return any(_holds_bool(v, depth - 1) for v in values)
 
 
 def _b64decode(text: str, what: str) -> bytes:

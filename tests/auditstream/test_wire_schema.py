@@ -15,9 +15,12 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from auditstream import wire
 from auditstream.errors import DecodeError
+from tests.auditstream.test_wire_fuzz import _paths, json_values
 from tests.auditstream.wire_factories import (
     PNG_1x1,
     make_dead_letter,
@@ -28,6 +31,11 @@ from tests.auditstream.wire_factories import (
 )
 
 SCHEMA = wire.schema()
+# Numbers, flat or nested, with a JSON true/false/null among them now and then: what a tensor's
+# values may hold, and nearly.
+nested_numbers = st.recursive(
+    st.integers(-300, 300) | st.floats(-1e6, 1e6) | st.sampled_from([True, False, None]),
+    lambda inner: st.lists(inner, min_size=1, max_size=4), max_leaves=12)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
 
 
@@ -244,3 +252,26 @@ def test_documented_client_code_produces_a_valid_request(label):
     request = wire.InferenceRequest.from_bytes(scope["value"])
     assert request.request_id == scope["request_id"] and request.input.shape == (8, 8)
     validator("InferenceRequest").validate(strict_json(scope["value"]))
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_whatever_the_decoder_accepts_the_schema_accepts(name, data):
+    """The other direction of the contract, by search: a good record with one to three values
+    replaced (at any depth) by arbitrary JSON is either refused by the decoder or valid under the
+    schema. (It found ``[1, true]`` as tensor values: the schema refused it, the decoder read 1.)"""
+    obj = json.loads(data.draw(st.sampled_from(good_records()[name])))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_paths(obj))[1:]))
+        target = obj
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = data.draw(json_values | nested_numbers)
+    text = json.dumps(obj).encode()
+    try:
+        DECODERS[name](text)
+    except DecodeError:
+        return
+    errors = [e.message[:200] for e in validator(name).iter_errors(strict_json(text))]
+    assert not errors, (errors, text[:300])
