@@ -214,10 +214,11 @@ def number_field(obj: dict[str, Any], name: str, low: float = -math.inf, high: f
     return value
 
 
-def id_field(obj: dict[str, Any], name: str) -> str:
-    """An identifier: a string of 1 to ``MAX_ID_CHARS`` characters."""
-    value = typed_field(obj, name, str)
-    if not 1 <= len(value) <= MAX_ID_CHARS:
+def id_field(obj: dict[str, Any], name: str, optional: bool = False) -> Any:
+    """An identifier: a string of 1 to ``MAX_ID_CHARS`` characters (None when ``optional`` and
+    absent or null)."""
+    value = typed_field(obj, name, str, optional=optional)
+    if value is not None and not 1 <= len(value) <= MAX_ID_CHARS:
         raise DecodeError(Reason.BAD_SCHEMA.value, f"field {name!r} must be 1..{MAX_ID_CHARS} characters, got {len(value)}")
     return value
 

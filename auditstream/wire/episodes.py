@@ -83,7 +83,7 @@ class Action:
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            model_version=typed_field(obj, "model_version", str),
+            model_version=id_field(obj, "model_version"),
             episode_key=episode_key,
             step=step,
             action=action,
@@ -149,7 +149,7 @@ class Transition:
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            model_version=typed_field(obj, "model_version", str),
+            model_version=id_field(obj, "model_version"),
             episode_key=episode_key,
             step=step,
             observation=decode_tensor(obj.get("observation")),

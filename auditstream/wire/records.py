@@ -10,7 +10,7 @@ from typing import Any
 
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
-    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_ID_CHARS, MAX_RECORD_BYTES,
+    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_RECORD_BYTES,
     Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field, short_repr,
     strict_loads, typed_field,
 )
@@ -56,9 +56,7 @@ class InferenceRequest:
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "InferenceRequest":
         obj = strict_loads(data, max_bytes)
-        episode_key = typed_field(obj, "episode_key", str, optional=True)
-        if episode_key is not None and not 1 <= len(episode_key) <= MAX_ID_CHARS:
-            raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'episode_key' must be 1..{MAX_ID_CHARS} characters")
+        episode_key = id_field(obj, "episode_key", optional=True)
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
@@ -131,7 +129,7 @@ class Prediction:
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            model_version=typed_field(obj, "model_version", str),
+            model_version=id_field(obj, "model_version"),
             task=_enum(TaskKind, obj.get("task"), "task"),
             output=obj.get("output"),
             confidence=number_field(obj, "confidence"),
@@ -140,7 +138,7 @@ class Prediction:
             qc_inclusion_prob=number_field(obj, "qc_inclusion_prob", 0.0, 1.0),
             created_at_s=number_field(obj, "created_at_s"),
             details=typed_field(obj, "details", dict, optional=True) or {},
-            episode_key=typed_field(obj, "episode_key", str, optional=True),
+            episode_key=id_field(obj, "episode_key", optional=True),
             step=_step(obj),
             latency=parse_latency_headers(headers),
             shadow=bool(typed_field(obj, "shadow", bool, optional=True)),
@@ -241,8 +239,8 @@ class Verdict:
             verdict_id=id_field(obj, "verdict_id"),
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            model_version=typed_field(obj, "model_version", str),
-            auditor=typed_field(obj, "auditor", str),
+            model_version=id_field(obj, "model_version"),
+            auditor=id_field(obj, "auditor"),
             kind=_enum(VerdictKind, obj.get("kind"), "kind"),
             decided_at_s=number_field(obj, "decided_at_s"),
             model_output=obj.get("model_output"),
@@ -296,11 +294,11 @@ class Decision:
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            model_version=typed_field(obj, "model_version", str),
+            model_version=id_field(obj, "model_version"),
             output=obj.get("output"),
             source=source,
             created_at_s=number_field(obj, "created_at_s"),
-            episode_key=typed_field(obj, "episode_key", str, optional=True),
+            episode_key=id_field(obj, "episode_key", optional=True),
             step=_step(obj),
             details=typed_field(obj, "details", dict, optional=True) or {},
         )

@@ -186,10 +186,15 @@ CASES = [
     ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "confidence", "0.9"), "bad_schema", True),
     ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "details", [1]), "bad_schema", True),
     ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "model_version", None, delete=True), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "episode_key", ""), "bad_schema", True),
+    ("Prediction", lambda: _with(json.loads(make_prediction().to_bytes()), "model_version", "7" * 257), "bad_schema", True),
+    ("AuditItem", lambda: _with(_audit_item(), "episode_key", "e" * 257), "bad_schema", True),
     ("AuditItem", lambda: _with(_audit_item(), "input", None, delete=True), "bad_schema", True),
     ("AuditItem", lambda: _with(_audit_item(), "input", {"tensor": {"shape": [1]}}), "bad_schema", True),
     ("Decision", lambda: _with(json.loads(make_decision().to_bytes()), "source", "oracle"), "bad_schema", True),
     ("Decision", lambda: _with(json.loads(make_decision().to_bytes()), "created_at_s", None), "bad_schema", True),
+    ("Decision", lambda: _with(json.loads(make_decision().to_bytes()), "episode_key", ""), "bad_schema", True),
+    ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "auditor", ""), "bad_schema", True),
     ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "kind", "maybe"), "bad_schema", True),
     ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "inclusion_prob", 0), "bad_schema", True),
     ("Verdict", lambda: _with(json.loads(make_verdict().to_bytes()), "inclusion_prob", "1"), "bad_schema", True),
@@ -260,14 +265,15 @@ def test_documented_client_code_produces_a_valid_request(label):
 def test_whatever_the_decoder_accepts_the_schema_accepts(name, data):
     """The other direction of the contract, by search: a good record with one to three values
     replaced (at any depth) by arbitrary JSON is either refused by the decoder or valid under the
-    schema. (It found ``[1, true]`` as tensor values: the schema refused it, the decoder read 1.)"""
+    schema. (It found ``[1, true]`` as tensor values: the schema refused it, the decoder read 1;
+    and a null ``inclusion_prob``, which the decoder read as 1.0.)"""
     obj = json.loads(data.draw(st.sampled_from(good_records()[name])))
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(list(_paths(obj))[1:]))
         target = obj
         for part in path[:-1]:
             target = target[part]
-        target[path[-1]] = data.draw(json_values | nested_numbers)
+        target[path[-1]] = data.draw(json_values | nested_numbers | st.sampled_from(["", "x" * 257]))
     text = json.dumps(obj).encode()
     try:
         DECODERS[name](text)
