@@ -47,6 +47,7 @@ MAX_IN_FLIGHT_BATCHES = 1_000
 # that many threads.
 INT_RANGES: dict[str, tuple[int, int | None, str]] = {
     "partitions": (1, 10_000, " per topic"),
+    "replication_factor": (0, 32_767, " (0: the broker's default.replication.factor)"),
     "max_batch_size": (1, MAX_BATCH_SIZE, " (requests in one inference batch)"),
     "max_in_flight_batches": (1, MAX_IN_FLIGHT_BATCHES, " (uncommitted batches: what a crash answers again)"),
     "max_request_bytes": (1, None, ""),
@@ -95,6 +96,11 @@ class Settings:
     kafka_sasl_password: str = _doc("SASL password. Secret: never logged; give it from the orchestrator's secret store.", "")
     topic_prefix: str = _doc("Prefix of every topic name.", "auditstream")
     partitions: int = _doc("Partitions of each topic auditstream creates.", 12)
+    # 0 asks the broker (replication.factor -1, Kafka 2.4+): a cluster's default.replication.factor
+    # and min.insync.replicas are set together, and a fixed 1 beside min.insync.replicas 2 made
+    # every acks=all write to a topic serve created fail (NOT_ENOUGH_REPLICAS).
+    replication_factor: int = _doc("Replicas of each topic auditstream creates. 0: the broker's "
+                                   "default.replication.factor.", 0)
     models_dir: Path = _doc("Root of the model registry (models/<name>/<version>/).", Path("models"))
     state_dir: Path = _doc("Where local state lives: embedded broker pid/port, default SQLite store.", Path(".auditstream"))
     store_url: str = _doc(

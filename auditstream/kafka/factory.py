@@ -115,8 +115,9 @@ def true_end_offsets(settings: Settings, topics: list[str], bootstrap: str | Non
 
 def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, ...] = (),
                   bootstrap: str | None = None) -> list[str]:
-    """Create the topics that do not exist yet, with ``settings.partitions`` partitions each;
-    returns the names created. Idempotent.
+    """Create the topics that do not exist yet, with ``settings.partitions`` partitions and
+    ``settings.replication_factor`` replicas each (0: the broker's default); returns the names
+    created. Idempotent.
 
     Every topic but the request topics takes records up to :data:`~auditstream.kafka.limits.MAX_PRODUCE_BYTES`
     (``max.message.bytes``): a dead letter or an audit item is larger than the request it comes
@@ -134,7 +135,9 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         raise BrokerUnavailable(bootstrap, str(e)) from None
     try:
         missing = [t for t in topics if t not in set(admin.list_topics())]
-        new = [NewTopic(t, partitions, 1, topic_configs=_topic_configs(settings, t, t in compacted)) for t in missing]
+        replicas = settings.replication_factor or -1  # -1: the broker's default.replication.factor
+        new = [NewTopic(t, partitions, replicas, topic_configs=_topic_configs(settings, t, t in compacted))
+               for t in missing]
         if new:
             try:
                 admin.create_topics(new)
