@@ -38,6 +38,8 @@ MAX_BATCH_WAIT_MS = 600_000
 # More uncommitted batches than this, and under steady load the loop commits only when the stream
 # goes quiet: a crash answers everything since then again (1,000 batches of 64: 64,000 requests).
 MAX_IN_FLIGHT_BATCHES = 1_000
+# Public: fine for the embedded broker's demo and tests; serve and monitor warn on a real cluster.
+DEFAULT_QC_SALT = "qc"
 
 # Integer settings: (lowest, highest or None, a note for the error). A value past an upper end
 # would pass here and fail later with a raw error: librdkafka refuses its properties out of their
@@ -145,7 +147,7 @@ class Settings:
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
     qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
-                        "logged. Default 'qc' (public).", "qc")
+                        "logged. Default 'qc' (public).", DEFAULT_QC_SALT)
     triage_policy: str = _doc("Named triage policy: 'uniform' or 'risk-weighted' QC sampling, or 'no-qc' "
                               "(qc/triage.py).", "uniform")
     max_human_queue_depth: int = _doc("Human queue depth at which deferrals are flagged over capacity; 0: no limit.", 0)
@@ -281,6 +283,16 @@ class Settings:
 
     def request_topic(self, model: str) -> str:
         return self.topic(f"requests.{model}")
+
+    def public_qc_salt_warning(self) -> str | None:
+        """What to tell a consumer or monitor on a real cluster that still uses the public default
+        QC salt (anyone who reads this code can choose request ids that are never QC-sampled);
+        None on the embedded broker, where the demo and tests run with it."""
+        if self.bootstrap_servers and self.qc_salt == DEFAULT_QC_SALT:
+            return (f"AUDITSTREAM_QC_SALT is the public default {DEFAULT_QC_SALT!r}: a producer can choose request "
+                    "ids that are never sampled for QC. Set the same secret on every consumer and the monitor "
+                    "(docs/qc-statistics.md)")
+        return None
 
 
 SECRET_FIELDS = frozenset({"qc_salt", "kafka_ssl_key_password", "kafka_sasl_password"})  # shown as '***'

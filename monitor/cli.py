@@ -14,6 +14,7 @@ in the state directory). Nothing heavy is imported at the top, so ``auditstream 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -198,6 +199,8 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     monitor_args = dataclass_from_namespace(MonitorArgs, args)
     monitor_args.check_settings(Settings.from_env())  # before the store is opened, not only before the broker
     settings, store = _open(args, args.double_review_rate)
+    if (public_salt := settings.public_qc_salt_warning()) is not None:
+        logging.getLogger("monitor").warning("%s", public_salt)
     with store:
         return run_monitor(settings, monitor_args, store)
 

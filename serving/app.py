@@ -360,6 +360,8 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     if shadow and not version:  # (the CLI says so first; a caller in code gets the same one line)
         raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
                            "(the live version serves without --shadow)")
+    if (public_salt := settings.public_qc_salt_warning()) is not None:
+        log.warning("%s", public_salt)
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)
     # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
     check_servable(model)

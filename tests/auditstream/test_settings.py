@@ -4,6 +4,9 @@ it expects; the repr never shows a password."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,24 @@ def test_redact_url_never_shows_a_password_whatever_it_holds(password: str, quer
     shown = redact_url(url)
     assert "ZX" not in shown and "XZ" not in shown and "Q7" not in shown, shown
     assert shown.startswith("postgresql://app:***@")
+
+
+def test_a_real_cluster_with_the_public_qc_salt_is_warned_about(tmp_path):
+    """The public default salt lets a producer pick request ids that are never QC-sampled: fine on
+    the embedded broker (demo, tests), warned about by serve and monitor on a real cluster."""
+    from auditstream.settings import DEFAULT_QC_SALT
+
+    assert Settings(qc_salt=DEFAULT_QC_SALT).public_qc_salt_warning() is None  # embedded broker
+    assert Settings(bootstrap_servers="kafka:9092", qc_salt="s3cret").public_qc_salt_warning() is None
+    warning = Settings(bootstrap_servers="kafka:9092").public_qc_salt_warning()
+    assert warning is not None and "AUDITSTREAM_QC_SALT" in warning
+    env = {**os.environ, "AUDITSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1", "AUDITSTREAM_MODELS_DIR": str(tmp_path),
+           "AUDITSTREAM_STATE_DIR": str(tmp_path / "state")}
+    env.pop("AUDITSTREAM_QC_SALT", None)
+    for salt, warned in ((None, True), ("s3cret", False)):
+        if salt:
+            env["AUDITSTREAM_QC_SALT"] = salt
+        done = subprocess.run([sys.executable, "-m", "auditstream.cli", "serve", "--model", "absent"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "Traceback" not in done.stderr  # no such model: refused after the warning
+        assert ("AUDITSTREAM_QC_SALT is the public default" in done.stderr) == warned, done.stderr

@@ -59,3 +59,41 @@ def test_the_compose_topics_are_created_as_ensure_topics_creates_them() -> None:
     assert sorted(made) == sorted(expected)
     for topic in expected:
         assert made[topic] == _topic_configs(settings, topic, topic in {settings.topic(t) for t in COMPACTED_TOPICS}), topic
+
+
+def _containers() -> dict[str, tuple[dict, dict]]:
+    """Each Deployment's first container and its pod spec, by the command it runs (serve / monitor)."""
+    import yaml
+
+    found = {}
+    for path in sorted((DEPLOY / "kafka" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "Deployment":
+                spec = doc["spec"]["template"]["spec"]
+                container = spec["containers"][0]
+                found[container["command"][1]] = (container, spec)
+    return found
+
+
+def test_consumers_and_the_monitor_share_a_secret_qc_salt() -> None:
+    """With the public default salt a producer can choose request ids that are never QC-sampled;
+    the manifests ran with it (no AUDITSTREAM_QC_SALT anywhere)."""
+    deployments = _containers()
+    assert {"serve", "monitor"} <= set(deployments)
+    refs = set()
+    for name in ("serve", "monitor"):
+        env = {e["name"]: e for e in deployments[name][0].get("env", [])}
+        assert "AUDITSTREAM_QC_SALT" in env, f"{name} runs with the public QC salt"
+        ref = env["AUDITSTREAM_QC_SALT"]["valueFrom"]["secretKeyRef"]
+        refs.add((ref["name"], ref["key"]))
+    assert len(refs) == 1, f"consumers and monitor read different salts: {refs}"
+
+
+def test_a_consumer_gets_the_time_its_drain_may_take() -> None:
+    """SIGTERM: the consumer waits up to DELIVERY_TIMEOUT_S for its outputs before it commits; a
+    grace period shorter than that SIGKILLs a slow drain (safe, but every such batch is answered
+    again). ONNX Runtime's threads match the cores the pod asks for."""
+    container, spec = _containers()["serve"]
+    assert spec["terminationGracePeriodSeconds"] > Settings().delivery_timeout_s
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env.get("AUDITSTREAM_INTRA_OP_THREADS") == str(container["resources"]["requests"]["cpu"])
