@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditstream.errors import ModelRefused
+from auditstream.errors import ConfigError, ModelRefused
 from auditstream.model_safety import MAX_CONSTANT_BYTES
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.settings import Settings
@@ -233,6 +233,16 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
                            f"{sorted(graph_outputs)} do not match the card's {spec_in.name!r} / {wanted}")
     ms = ModelSession(card, session, spec_in.name, wanted, session.get_providers())
     on_gpu = plan is not None and plan.on_gpu and bool({TENSORRT, CUDA} & set(ms.providers))
+    if plan is not None and plan.on_gpu and not on_gpu:
+        # The probe ran on the default GPU; ONNX Runtime quietly falls back to the CPU when the
+        # provider cannot start on *this* device (cuda:1 on a host with one GPU, a busy card).
+        if settings is not None and settings.device.startswith("cuda:"):
+            ms.close()
+            raise ConfigError("AUDITSTREAM_DEVICE", settings.device,
+                              f"a GPU this host has: ONNX Runtime could not start {plan.names()[0]} on it and "
+                              f"created the session on {ms.providers[0]} (nvidia-smi lists the GPUs' indices)")
+        log.warning("a GPU provider loads here, but ONNX Runtime created %s v%s's session on %s: serving on the CPU",
+                    card.name, card.version, ms.providers[0])
     shape = [warmup_batch] + [d if d is not None else 1 for d in spec_in.shape[1:]]
     # The card's shapes are bounded when it is read (model_card.MAX_TENSOR_ELEMENTS); what the
     # warm-up allocates from them must also fit the model memory budget: the warm-up batch, and on

@@ -272,3 +272,23 @@ def test_a_failing_warm_up_writes_one_line_to_stderr(tmp_path, monkeypatch, capf
     assert main(["serve", "--model", card.name]) == 2
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("auditstream: error: refusing model"), lines
+
+
+def test_a_gpu_session_that_falls_back_to_the_cpu_is_refused_for_cuda_n(tiny_registry: TinyRegistry, tmp_path,
+                                                                        monkeypatch, caplog) -> None:
+    """The provider probe runs on the default GPU; ``cuda:1`` on a host with one GPU passed it, and
+    ONNX Runtime then created the session on the CPU without a word. Here the probe is told the
+    CUDA provider loads, and this CPU build of ONNX Runtime falls back as it would: ``cuda:N`` is
+    refused in one line, ``auto`` serves on the CPU with a warning."""
+    import logging
+
+    from auditstream.errors import ConfigError
+    from auditstream.settings import Settings
+
+    monkeypatch.setattr(runtime, "provider_loads", lambda provider: provider == "CUDAExecutionProvider")
+    with pytest.raises(ConfigError, match="AUDITSTREAM_DEVICE='cuda:1'.*a GPU this host has.*CPUExecutionProvider"):
+        runtime.load_session(tiny_registry.model, settings=Settings(device="cuda:1", state_dir=tmp_path))
+    with caplog.at_level(logging.WARNING, logger="serving.runtime"):
+        session = runtime.load_session(tiny_registry.model, settings=Settings(device="auto", state_dir=tmp_path))
+    assert session.providers == ["CPUExecutionProvider"] and session.bound is None
+    assert "serving on the CPU" in caplog.text
