@@ -1,9 +1,10 @@
-"""Commands of the audit loop: ``monitor``, ``labels export``, ``users add|list``.
+"""Commands of the audit loop: ``monitor``, ``labels export``, ``users add|list|role|password|disable|enable``.
 
     auditstream monitor                                   # audit -> store, outbox -> verdicts/decisions
     auditstream users add alice --role auditor            # prompts for the password (not echoed)
     printf '%s\\n' "$PW" | auditstream users add ci --role viewer --password-stdin
     auditstream users list
+    auditstream users disable alice                       # her sessions end at their next page
     auditstream labels export --out labels.jsonl --model zip --format jsonl
     auditstream promote --model digits --candidate 3 [--canary-share 0.1] [--dry-run]
 
@@ -56,6 +57,22 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     listing = users_sub.add_parser("list", help="list accounts and roles (never hashes)")
     listing.add_argument("--store-url", default="", help=store_help)
     listing.set_defaults(handler=run_users_list)
+    role = users_sub.add_parser("role", help="change an account's role (at the user's next page or write)")
+    role.add_argument("name", help="user name")
+    role.add_argument("--role", choices=("auditor", "admin", "viewer"), required=True, help="the new role")
+    password = users_sub.add_parser("password", help="set a new password: lifts a lock-out and ends the "
+                                    "account's sessions (the password is prompted, never echoed)")
+    password.add_argument("name", help="user name")
+    password.add_argument("--password-stdin", action="store_true", help="read the password from stdin (for scripts)")
+    disable = users_sub.add_parser("disable", help="disable an account: its sessions end at their next page, "
+                                   "and it cannot sign in; its verdicts stay")
+    disable.add_argument("name", help="user name")
+    enable = users_sub.add_parser("enable", help="enable a disabled account again (with its role)")
+    enable.add_argument("name", help="user name")
+    for sub, handler in ((role, run_users_role), (password, run_users_password), (disable, run_users_disable),
+                         (enable, run_users_enable)):
+        sub.add_argument("--store-url", default="", help=store_help)
+        sub.set_defaults(handler=handler)
 
     promote = commands.add_parser("promote", help="make a shadow candidate live if its certificate holds and the "
                                   "paired comparison on audited items shows it is not worse (or start a canary)")
@@ -269,6 +286,46 @@ def run_users_add(args: argparse.Namespace) -> int:
             return 2
     print(f"added {user.name} ({user.role.value})")
     return 0
+
+
+def _change_user(args: argparse.Namespace, change, done: str) -> int:
+    """Apply ``change(accounts, role, disabled)`` (the account's current role and state) to the
+    account ``args.name``; one line either way."""
+    _, store = _open(args)
+    with store:
+        current = {user.name: (user.role, disabled) for user, disabled in store.accounts.list_users()}
+        if args.name not in current:
+            print(f"auditstream: error: no user {args.name!r} (auditstream users list shows the accounts)",
+                  file=sys.stderr)
+            return 2
+        try:
+            change(store.accounts, *current[args.name])
+        except ValueError as e:  # a password too short
+            print(f"auditstream: error: {e}", file=sys.stderr)
+            return 2
+    print(done)
+    return 0
+
+
+def run_users_role(args: argparse.Namespace) -> int:
+    return _change_user(args, lambda accounts, _role, disabled: accounts.set_role(args.name, args.role, disabled),
+                        f"{args.name} is now {args.role}")
+
+
+def run_users_password(args: argparse.Namespace) -> int:
+    password = _read_password(args.password_stdin)
+    return _change_user(args, lambda accounts, _role, _disabled: accounts.set_password(args.name, password),
+                        f"new password for {args.name}; sessions signed in before it have ended")
+
+
+def run_users_disable(args: argparse.Namespace) -> int:
+    return _change_user(args, lambda accounts, role, _disabled: accounts.set_role(args.name, role, disabled=True),
+                        f"disabled {args.name}; its sessions have ended")
+
+
+def run_users_enable(args: argparse.Namespace) -> int:
+    return _change_user(args, lambda accounts, role, _disabled: accounts.set_role(args.name, role, disabled=False),
+                        f"enabled {args.name}")
 
 
 def run_users_list(args: argparse.Namespace) -> int:

@@ -312,3 +312,37 @@ def test_a_name_that_looks_like_an_existing_one_is_refused(store: AuditStore, mo
     assert store.accounts.verify_password(twin, PASSWORD) is None  # exact names at login
     store.accounts.add_user("bob", PASSWORD, Role.AUDITOR)  # other names are unaffected
     assert accounts.look_alike("ＡＬＩＣＥ") == accounts.look_alike("alice")  # NFKC: full-width letters too
+
+
+def test_users_role_password_disable_and_enable_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """An admin manages accounts without Python: a role change keeps the account's state, a new
+    password ends earlier sessions and lifts a lock-out, disabling ends them for good, enabling
+    brings the account back with its role; an unknown name or a short password is one line, exit 2."""
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with open_store(url) as store:
+        store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
+        before = store.accounts.sign_in("alice", PASSWORD)
+    assert cli_main(["users", "disable", "alice", "--store-url", url]) == 0
+    assert cli_main(["users", "role", "alice", "--role", "admin", "--store-url", url]) == 0
+    with open_store(url) as store:
+        assert [(u.name, u.role, off) for u, off in store.accounts.list_users()] == [("alice", Role.ADMIN, True)]
+        assert store.accounts.sign_in("alice", PASSWORD) is None
+    assert cli_main(["users", "enable", "alice", "--store-url", url]) == 0
+    with open_store(url) as store:
+        assert store.accounts.session_user("alice", before.generation) is None  # disabling ended it for good
+        again = store.accounts.sign_in("alice", PASSWORD)
+        assert again.user == User("alice", Role.ADMIN)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a-new-password-1\n"))
+    assert cli_main(["users", "password", "alice", "--password-stdin", "--store-url", url]) == 0
+    with open_store(url) as store:
+        assert store.accounts.session_user("alice", again.generation) is None
+        assert store.accounts.verify_password("alice", "a-new-password-1") == User("alice", Role.ADMIN)
+    capsys.readouterr()
+    assert cli_main(["users", "disable", "bob", "--store-url", url]) == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert cli_main(["users", "password", "alice", "--password-stdin", "--store-url", url]) == 2
+    out = capsys.readouterr()
+    assert "no user 'bob'" in out.err and "use at least" in out.err and "short" not in out.out
+    assert len(out.err.strip().splitlines()) == 2 and "Traceback" not in out.err
