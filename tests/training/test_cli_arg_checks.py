@@ -107,6 +107,8 @@ CASES = [
     (["train", "policy", "--total-timesteps", "0"], "--total-timesteps", ">= 1"),
     (["rl", "train-offline", "--policy-temperature", "0"], "--policy-temperature", "> 0"),
     (["rl", "train-offline", "--cql-alpha", "-1"], "--cql-alpha", ">= 0"),
+    # 0 would leave a minibatch of human-labelled steps without weight (bc.py refused it after the dataset loaded)
+    (["rl", "train-offline", "--algorithm", "bc", "--human-weight", "0"], "--human-weight", "a finite number > 0"),
     # certify from audits: its own delta, target and start
     (["certify", "--model", "digits", "--from-audits", "--delta", "nan"], "--delta", "strictly between 0 and 1"),
     (["certify", "--model", "digits", "--from-audits", "--target-risk", "1"], "--target-risk", ">= 0 and < 1"),

@@ -110,8 +110,9 @@ class OfflineArgs:
     cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0,
                             check=NON_NEGATIVE)
     target_update: int = _arg("gradient steps between target-network copies (CQL)", 500, check=COUNT)
+    # > 0: at 0 a minibatch of human-labelled steps only has no weight at all (bc.py refuses it)
     human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0,
-                               check=NON_NEGATIVE)
+                               check=POSITIVE)
     ope_human_steps: str = _arg("what OPE assumes about steps a human acted on: as_logged (one-hot propensities), "
                                 "exclude (episodes without them) or model (fitted human probabilities)", "as_logged")
     policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0,
@@ -176,7 +177,8 @@ class OverridesBenchArgs:
     bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000, check=COUNT)
     finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000,
                                check=COUNT)
-    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0, check=NON_NEGATIVE)
+    # > 0: the initial policy is cloned from the simulated human's steps alone (bc.py refuses 0)
+    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0, check=POSITIVE)
     seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
 
