@@ -84,6 +84,10 @@ CASES = [
     (["train", "zip-reader", "--n-test", "0"], "--n-test", ">= 1"),
     (["train", "digits", "--threads", "0"], "--threads", ">= 1"),
     (["train", "captioner", "--max-objects", "7"], "--max-objects", "from 2 to 6"),
+    # the captioner's width: its 4 attention heads split it (6 failed in the model, 2 in its first convolution)
+    (["train", "captioner", "--width", "6"], "--width", "a multiple of 4"),
+    (["train", "captioner", "--width", "2"], "--width", ">= 4"),
+    (["tune", "captioner", "--width", "10"], "--width", "a multiple of 4"),
     # delta and risk targets: strictly between 0 and 1
     (["train", "digits", "--delta", "1"], "--delta", "strictly between 0 and 1"),
     (["train", "zip-reader", "--delta", "nan"], "--delta", "strictly between 0 and 1"),
