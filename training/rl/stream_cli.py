@@ -14,6 +14,7 @@ import json
 import sys
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from training.rl.args import check_gym_env
 from training.rl.env_driver import RunArgs
 from training.rl.promotion import PromotionConfig
 from training.rl.shadow import PromoteArgs
@@ -31,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from training.rl.env_driver import in_process_returns, run
 
     a = dataclass_from_namespace(RunArgs, args)
+    check_gym_env("--env", a.env)  # before the registry, the broker or an episode
     settings = _settings()
     report = run(settings, a)
     summary = report.summary()
