@@ -53,14 +53,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_id(args: argparse.Namespace, model: str) -> str:
+    return args.dataset_id or f"auditstream/{model}/logs-v0"
+
+
 def _dataset(args: argparse.Namespace) -> int:
     from training.rl.stream_dataset import build_stream_dataset
 
+    if args.format == "minari" and (args.dataset_id or args.model):
+        from training.rl.minari_format import check_dataset_id
+
+        check_dataset_id(args.out, _dataset_id(args, args.model))  # a taken id: refused before the topics are read
     data, report = build_stream_dataset(_settings(), args.model or None, args.version or None)
     if args.format == "minari":
         from training.rl.minari_format import write_minari
 
-        dataset_id = args.dataset_id or f"auditstream/{report.model}/logs-v0"
+        dataset_id = _dataset_id(args, report.model)
         path = write_minari(data, args.out, dataset_id, env_id=_known_env(report.env_id),
                             algorithm_name=f"{report.model} served by auditstream, routed to human auditors")
         where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={args.out})"
