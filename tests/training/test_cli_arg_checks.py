@@ -42,11 +42,13 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, name, stand_in)
     import stack.learning_cli
     import training.retrain
+    import training.rl.env_driver
     import training.rl.shadow
 
     import stack.recertify
 
     monkeypatch.setattr(training.rl.shadow, "promote", _refuse)
+    monkeypatch.setattr(training.rl.env_driver, "run", _refuse)
     monkeypatch.setattr(stack.recertify, "main", _refuse)
     monkeypatch.setattr(training.retrain, "main", _refuse)
     monkeypatch.setattr(training.retrain, "run", _refuse)
@@ -84,6 +86,10 @@ CASES = [
     (["train", "zip-reader", "--n-test", "0"], "--n-test", ">= 1"),
     (["train", "digits", "--threads", "0"], "--threads", ">= 1"),
     (["train", "captioner", "--max-objects", "7"], "--max-objects", "from 2 to 6"),
+    # the captioner's width: its 4 attention heads split it (6 failed in the model, 2 in its first convolution)
+    (["train", "captioner", "--width", "6"], "--width", "a multiple of 4"),
+    (["train", "captioner", "--width", "2"], "--width", ">= 4"),
+    (["tune", "captioner", "--width", "10"], "--width", "a multiple of 4"),
     # delta and risk targets: strictly between 0 and 1
     (["train", "digits", "--delta", "1"], "--delta", "strictly between 0 and 1"),
     (["train", "zip-reader", "--delta", "nan"], "--delta", "strictly between 0 and 1"),
@@ -107,6 +113,14 @@ CASES = [
     (["train", "policy", "--total-timesteps", "0"], "--total-timesteps", ">= 1"),
     (["rl", "train-offline", "--policy-temperature", "0"], "--policy-temperature", "> 0"),
     (["rl", "train-offline", "--cql-alpha", "-1"], "--cql-alpha", ">= 0"),
+    # environment ids: Gymnasium's NameNotFound traceback before (train-offline's after training)
+    (["train", "policy", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
+    (["train", "policy", "--env", "LunarLander-v2"], "--env", "Please use `LunarLander-v3` instead"),
+    (["train", "policy", "--env", "Pendulum-v1"], "--env", "an environment with discrete actions"),
+    (["rl", "train-offline", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
+    (["rl", "run", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
+    # 0 would leave a minibatch of human-labelled steps without weight (bc.py refused it after the dataset loaded)
+    (["rl", "train-offline", "--algorithm", "bc", "--human-weight", "0"], "--human-weight", "a finite number > 0"),
     # certify from audits: its own delta, target and start
     (["certify", "--model", "digits", "--from-audits", "--delta", "nan"], "--delta", "strictly between 0 and 1"),
     (["certify", "--model", "digits", "--from-audits", "--target-risk", "1"], "--target-risk", ">= 0 and < 1"),
@@ -116,6 +130,8 @@ CASES = [
     (["rl", "promote", "--candidate", "p", "--live", "q", "--confidence", "1"], "--confidence",
      "strictly between 0 and 1"),
     (["rl", "promote", "--candidate", "p", "--live", "q", "--shadow-idle-s", "inf"], "--shadow-idle-s", "> 0"),
+    # OPE refused fewer than 20 resamples after the whole shadow pass
+    (["rl", "promote", "--candidate", "p", "--live", "q", "--bootstrap", "5"], "--bootstrap", ">= 20"),
     # tuning: the family's own options and the search's
     (["tune", "digits", "--lr", "inf"], "--lr", "> 0"),
     (["tune", "digits", "--timeout-s", "nan"], "--timeout-s", "> 0"),

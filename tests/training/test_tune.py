@@ -93,3 +93,25 @@ def test_search_space_declarations_are_checked() -> None:
     for bad in (lambda: FloatRange(0.0, 1.0, log=True), lambda: FloatRange(2.0, 1.0), lambda: Choice((64,))):
         with pytest.raises(ValueError):
             bad()
+
+
+def test_every_search_space_draws_only_what_its_arguments_accept() -> None:
+    """A trial never starts with a value ``auditstream train`` would refuse (a width the attention
+    heads do not split, a batch size of 0, a learning rate outside its range)."""
+    import importlib
+
+    from training.cli import FAMILY_MODULES
+
+    commands = [m.COMMAND for m in map(importlib.import_module, FAMILY_MODULES) if hasattr(m, "COMMAND")]
+    assert sum(c.search_space is not None for c in commands) >= 2
+    for command in commands:
+        if command.search_space is not None:
+            check_space(command.search_space, command.args)
+    with pytest.raises(ValueError, match="can draw 0, which DigitsArgs refuses"):
+        check_space({"batch_size": Choice((0, 32))}, DigitsArgs)
+    with pytest.raises(ValueError, match="can draw 1.5, which DigitsArgs refuses"):
+        check_space({"train_fraction": FloatRange(0.5, 1.5)}, DigitsArgs)
+    from training.captioner.args import CaptionerArgs
+
+    with pytest.raises(ValueError, match="can draw 50, which CaptionerArgs refuses"):
+        check_space({"width": Choice((48, 50))}, CaptionerArgs)

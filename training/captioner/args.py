@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from auditstream.cli_args import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Range, check_fields
+from auditstream.errors import ConfigError
+
+# Every attention layer of the model (model.py) splits the width into this many heads, so the
+# width is a multiple of it; its CNN's first layer has width // 4 channels, so at least 4.
+ATTENTION_HEADS = 4
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,10 @@ class CaptionerArgs:
     lr: float = field(default=2e-3, metadata={
         "check": POSITIVE, "help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=1e-4, metadata={"check": NON_NEGATIVE, "help": "AdamW weight decay"})
-    width: int = field(default=96, metadata={"check": COUNT, "help": "model width (feature and word vector size)"})
+    width: int = field(default=96, metadata={
+        "check": Range(ATTENTION_HEADS, whole=True),
+        "help": f"model width (feature and word vector size), a multiple of {ATTENTION_HEADS}: the "
+                f"{ATTENTION_HEADS} attention heads split it"})
     max_objects: int = field(default=6, metadata={
         "check": Range(2, 6, whole=True), "help": "most objects in a training scene (2..6; the "
                                                   "evaluation scenes always hold 2..6)"})
@@ -51,3 +59,6 @@ class CaptionerArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)  # every "check" above, before any work starts (auditstream/cli_args.py)
+        if self.width % ATTENTION_HEADS:
+            raise ConfigError("--width", self.width, f"a whole number >= 4 that is a multiple of {ATTENTION_HEADS} "
+                                                     f"(the model's {ATTENTION_HEADS} attention heads split it), e.g. 96")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.captioner.args import ATTENTION_HEADS
 from training.captioner.data import BOS_ID, EOS_ID, IMAGE_SIZE, MAX_TOKENS, PAD_ID, VOCABULARY
 
 GRID = 8  # the encoder's output grid (stride 8)
@@ -109,8 +110,11 @@ class DecoderLayer(nn.Module):
 class CaptionNet(nn.Module):
     """Scene uint8 [b, 64, 64, 3] -> word logits [b, T, V] (teacher-forced) or greedy captions."""
 
-    def __init__(self, d: int = 96, heads: int = 4, encoder_layers: int = 2, decoder_layers: int = 2) -> None:
+    def __init__(self, d: int = 96, heads: int = ATTENTION_HEADS, encoder_layers: int = 2, decoder_layers: int = 2
+                 ) -> None:
         super().__init__()
+        if d < 4 or d % heads:  # the CNN's first layer has d // 4 channels; each head gets d // heads
+            raise ValueError(f"width {d} must be a multiple of the {heads} heads and >= 4")
         self.cnn = nn.Sequential(*_conv(5, d // 4, 2), *_conv(d // 4, d // 2, 2), *_conv(d // 2, d // 2, 1),
                                  *_conv(d // 2, d, 2))
         self.grid_position = nn.Parameter(torch.randn(GRID * GRID, d) * 0.02)

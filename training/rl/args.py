@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, LEFTOVER, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
                                   SHARE, Range, check_derived_seed, check_fields)
@@ -30,6 +30,47 @@ DEFAULT_PRESET = PRESETS["LunarLander-v3"]
 OFFLINE_ALGORITHMS = ("bc", "cql")
 OPE_HUMAN_STEPS = ("as_logged", "exclude", "model")
 SEEDS_FOR_AN_INTERVAL = Range(2, whole=True)  # the benches' t interval over seeds needs two
+EPISODES_FOR_A_SPREAD = Range(2, whole=True)  # a standard deviation, or a bootstrap over episodes, needs two
+# A percentile interval from fewer bootstrap resamples is noise (ope_stats.bootstrap_counts refuses them).
+BOOTSTRAP_RESAMPLES = Range(20, whole=True)
+# The environments bench ope has ε-soft heuristics for (ope_bench.make_policies; a test holds them equal).
+OPE_BENCH_ENVS = ("CartPole-v1", "LunarLander-v3")
+
+
+def bench_envs(text: str, known: Sequence[str], which: str) -> list[str]:
+    """The environments of a bench's ``--envs`` (comma-separated), each one of ``known`` (``which``
+    says what those have in common); else :class:`BadArguments`, before any environment is made."""
+    envs = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in envs if e not in known]
+    if not envs or unknown:
+        what_is_wrong = f"unknown environment(s) {', '.join(unknown)}" if unknown else "no environment given"
+        raise BadArguments(f"--envs {text!r}: {what_is_wrong}; the bench runs on {', '.join(sorted(known))} "
+                           f"({which}), comma-separated")
+    return envs
+
+
+def check_gym_env(option: str, env_id: str, discrete: bool = False) -> str:
+    """``env_id`` if Gymnasium has it registered (and, with ``discrete``, it can be made and has
+    discrete actions); else :class:`ConfigError` naming ``option`` with Gymnasium's own reason
+    (an unknown name or version, a deprecated version, a missing dependency). Called by the
+    handlers before a dataset is read, a broker touched or anything trained; imports gymnasium."""
+    import gymnasium as gym
+
+    try:
+        gym.spec(env_id)
+        if not discrete:
+            return env_id
+        env = gym.make(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(option, env_id, f"a Gymnasium environment id this install can make, e.g. CartPole-v1 "
+                                          f"({' '.join(str(e).split())})") from None
+    try:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ConfigError(option, env_id, f"an environment with discrete actions, e.g. CartPole-v1 ({env_id} has "
+                                              f"action space {env.action_space})")
+    finally:
+        env.close()
+    return env_id
 
 
 def _arg(help_text: str, default: Any = None, check: Range | None = None) -> Any:
@@ -110,8 +151,9 @@ class OfflineArgs:
     cql_alpha: float = _arg("weight of the conservative penalty logsumexp Q - Q(s, a_data) (CQL)", 1.0,
                             check=NON_NEGATIVE)
     target_update: int = _arg("gradient steps between target-network copies (CQL)", 500, check=COUNT)
+    # > 0: at 0 a minibatch of human-labelled steps only has no weight at all (bc.py refuses it)
     human_weight: float = _arg("loss weight of human-corrected steps relative to others (BC)", 5.0,
-                               check=NON_NEGATIVE)
+                               check=POSITIVE)
     ope_human_steps: str = _arg("what OPE assumes about steps a human acted on: as_logged (one-hot propensities), "
                                 "exclude (episodes without them) or model (fitted human probabilities)", "as_logged")
     policy_temperature: float = _arg("softmax temperature turning CQL's Q-values into action probabilities", 1.0,
@@ -136,22 +178,25 @@ class OfflineArgs:
 class OPEBenchArgs:
     """Arguments of ``auditstream bench ope``."""
 
-    envs: str = _arg("comma-separated environments", "CartPole-v1,LunarLander-v3")
+    envs: str = _arg(f"comma-separated environments ({', '.join(OPE_BENCH_ENVS)})", ",".join(OPE_BENCH_ENVS))
     trials: int = _arg("independent logged datasets per environment", 40, check=COUNT)
-    episodes: int = _arg("behaviour episodes per dataset", 200, check=COUNT)
+    episodes: int = _arg("behaviour episodes per dataset (the intervals resample episodes)", 200,
+                         check=EPISODES_FOR_A_SPREAD)
     horizon: int = _arg("steps per episode counted in the value (episodes are cut there)", 150, check=COUNT)
     gamma: float = _arg("discount of the estimated value", 0.95, check=FRACTION)
     # > 0: an ε-soft logging policy with ε = 0 is greedy, and the target's other actions have no support
     behaviour_epsilon: float = _arg("ε of the logging policy (ε-soft heuristic)", 0.3, check=FRACTION)
     target_epsilon: float = _arg("ε of the evaluated policy (ε-soft heuristic)", 0.1, check=SHARE)
-    truth_episodes: int = _arg("Monte Carlo episodes of the target policy for the true value", 4000, check=COUNT)
-    bootstrap: int = _arg("bootstrap resamples per interval", 200, check=COUNT)
+    truth_episodes: int = _arg("Monte Carlo episodes of the target policy for the true value (and the returns' "
+                               "standard deviation)", 4000, check=EPISODES_FOR_A_SPREAD)
+    bootstrap: int = _arg("bootstrap resamples per interval", 200, check=BOOTSTRAP_RESAMPLES)
     confidence: float = _arg("two-sided confidence level of the intervals", 0.95, check=PROBABILITY)
     seed: int = _arg("seed", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
 
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
+        bench_envs(self.envs, OPE_BENCH_ENVS, "the environments with a heuristic policy")
         # the truth's episodes are seeded seed + 1e6 + e, trial t's seed + 1e4 (t + 1) + e (ope_bench.py)
         check_derived_seed(self.seed, lambda seed: seed + max(1_000_000 + self.truth_episodes,
                                                                10_000 * self.trials + self.episodes) - 1,
@@ -176,7 +221,8 @@ class OverridesBenchArgs:
     bc_steps: int = _arg("gradient steps of the initial behaviour cloning", 1000, check=COUNT)
     finetune_steps: int = _arg("gradient steps fine-tuning the initial policy on the aggregated logs", 1000,
                                check=COUNT)
-    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0, check=NON_NEGATIVE)
+    # > 0: the initial policy is cloned from the simulated human's steps alone (bc.py refuses 0)
+    human_weight: float = _arg("loss weight of human-labelled steps relative to others", 5.0, check=POSITIVE)
     seed: int = _arg("first seed (seeds are seed, seed+1, ...)", 0, check=SEED)
     progress: bool = _arg("show progress bars", True)
 

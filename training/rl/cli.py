@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
-from training.rl.args import OfflineArgs, OfflineBenchArgs, OPEBenchArgs, OverridesBenchArgs, PPOArgs
+from training.rl.args import OfflineArgs, OfflineBenchArgs, OPEBenchArgs, OverridesBenchArgs, PPOArgs, check_gym_env
 
 
 def _models_dir(args: argparse.Namespace) -> str:
@@ -24,6 +24,7 @@ def _models_dir(args: argparse.Namespace) -> str:
 def _train_policy(args: argparse.Namespace) -> int:
     ppo_args = dataclass_from_namespace(PPOArgs, args)
     ppo_args.resolved()  # a rollout that does not split is refused before torch is imported
+    check_gym_env("--env", ppo_args.env, discrete=True)  # so is an environment PPO cannot act in
     from training.rl.ppo import main
 
     return main(ppo_args, _models_dir(args), args.json)
@@ -31,6 +32,8 @@ def _train_policy(args: argparse.Namespace) -> int:
 
 def _train_offline(args: argparse.Namespace) -> int:
     offline_args = dataclass_from_namespace(OfflineArgs, args)
+    if offline_args.env:  # evaluated on after training: refused before the dataset is read
+        check_gym_env("--env", offline_args.env, discrete=True)
     from training.rl.offline_train import main
 
     return main(offline_args, _models_dir(args), args.json)

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from auditstream.errors import ConfigError
 from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
 
 INFO_KEYS = ("propensities", "human_action", "source", "route", "step")
@@ -59,6 +60,28 @@ def dataset_dir(root: Path | str, dataset_id: str) -> Path:
     return Path(root) / dataset_id
 
 
+def check_dataset_id(root: Path | str, dataset_id: str) -> Path:
+    """Where a new dataset ``dataset_id`` goes under ``root``; :class:`ConfigError` naming
+    ``--dataset-id`` when Minari's id syntax refuses it or a dataset is there already (Minari
+    datasets are immutable: the error proposes the next free version). Cheap: ``rl dataset``
+    calls it before reading the stream, :func:`write_minari` again before writing."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    try:
+        namespace, name, version = parse_dataset_id(dataset_id)
+    except (ValueError, TypeError):  # a missing "-vN" is a TypeError inside Minari 0.5
+        raise ConfigError("--dataset-id", dataset_id, "a Minari dataset id, (namespace/)name-vVERSION, e.g. "
+                                                      "auditstream/policy-cartpole-v1/logs-v0") from None
+    target = dataset_dir(root, dataset_id)
+    if target.exists():
+        prefix = f"{namespace}/{name}" if namespace else name
+        free = next(v for v in range(version + 1, version + 10_000) if not dataset_dir(root, f"{prefix}-v{v}").exists())
+        raise ConfigError("--dataset-id", dataset_id, f"an id not used yet under {root} (a dataset exists already "
+                                                      f"at {target}, and Minari datasets are immutable: bump the "
+                                                      f"version), e.g. {prefix}-v{free}")
+    return target
+
+
 def is_minari_dataset(path: Path | str) -> bool:
     path = Path(path)
     return (path / "data" / "metadata.json").is_file() or (path / "metadata.json").is_file()
@@ -73,7 +96,7 @@ def _spaces(env_id: str, data: OfflineDataset) -> tuple[Any, Any, Any]:
         env = gym.make(env_id)
         try:
             if env.action_space.n != data.n_actions or env.observation_space.shape != data.observations.shape[1:]:
-                raise ValueError(f"{env_id} has observations {env.observation_space.shape} and {env.action_space.n} "
+                raise DatasetRefused(f"{env_id} has observations {env.observation_space.shape} and {env.action_space.n} "
                                  f"actions; the dataset has {data.observations.shape[1:]} and {data.n_actions}")
             return env.observation_space, env.action_space, env.spec
         finally:
@@ -105,16 +128,13 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
                  algorithm_name: str = "auditstream decision log", description: str = "") -> Path:
     """Write ``data`` as the Minari dataset ``dataset_id`` under ``root``; returns its directory.
 
-    Refuses an id that exists already (Minari datasets are immutable: bump the ``-vN``)."""
+    Refuses (:class:`ConfigError`) an id Minari's syntax does not allow or that exists already
+    (Minari datasets are immutable: bump the ``-vN``); :class:`DatasetRefused` when ``env_id``'s
+    spaces do not fit the data."""
     import minari
-    from minari.dataset.minari_dataset import parse_dataset_id
     from minari.dataset.minari_storage import MinariStorage
 
-    parse_dataset_id(dataset_id)  # ValueError with Minari's own explanation of the id syntax
-    target = dataset_dir(root, dataset_id)
-    if target.exists():
-        raise ValueError(f"Minari dataset {dataset_id!r} exists already at {target}: pick another --dataset-id "
-                         "(or bump its -vN version)")
+    target = check_dataset_id(root, dataset_id)
     observation_space, action_space, env_spec = _spaces(env_id, data)
     (target / "data").mkdir(parents=True)
     storage = MinariStorage.new(target / "data", observation_space=observation_space, action_space=action_space,

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from training.rl.args import OPEBenchArgs
+from training.rl.args import OPE_BENCH_ENVS, OPEBenchArgs, bench_envs
 from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset
 from training.rl.ope import evaluate
 from training.rl.policy_export import NumpyPolicy
@@ -60,8 +60,8 @@ def make_policies(env_id: str, env: Any, args: OPEBenchArgs) -> tuple[NumpyPolic
         greedy, n = cartpole_greedy, 2
     elif env_id == "LunarLander-v3":
         greedy, n = lunar_greedy(env), 4
-    else:
-        raise ValueError(f"bench ope knows heuristics for CartPole-v1 and LunarLander-v3, not {env_id!r}")
+    else:  # OPEBenchArgs refuses it first (OPE_BENCH_ENVS)
+        raise ValueError(f"bench ope knows heuristics for {', '.join(OPE_BENCH_ENVS)}, not {env_id!r}")
     return (NumpyPolicy.softened(greedy, n, args.behaviour_epsilon),
             NumpyPolicy.softened(greedy, n, args.target_epsilon))
 
@@ -127,9 +127,7 @@ def bench_env(env_id: str, args: OPEBenchArgs) -> dict[str, Any]:
 
 
 def main(args: OPEBenchArgs, as_json: bool) -> int:
-    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    if not envs or args.trials < 1 or args.episodes < 2 or args.horizon < 1:
-        raise ValueError(f"need environments, trials >= 1, episodes >= 2, horizon >= 1; got {args}")
+    envs = bench_envs(args.envs, OPE_BENCH_ENVS, "the environments with a heuristic policy")  # (args checked it)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # many small solves: BLAS threads only contend on a shared machine

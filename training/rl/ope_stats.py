@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from auditstream.errors import AuditstreamError
+from training.rl.args import BOOTSTRAP_RESAMPLES
 from training.rl.offline_data import OfflineDataset
 
 
@@ -90,8 +91,9 @@ def interval(method: str, value: float, resamples: np.ndarray, confidence: float
 
 def bootstrap_counts(n: int, bootstrap: int, seed: int) -> np.ndarray:
     """[bootstrap, n] multinomial counts: how often each unit appears in each resample."""
-    if bootstrap < 20:
-        raise ValueError(f"bootstrap={bootstrap} resamples are too few for a percentile interval; use >= 20")
+    if not BOOTSTRAP_RESAMPLES.accepts(bootstrap):
+        raise ValueError(f"bootstrap={bootstrap} resamples are too few for a percentile interval; use >= "
+                         f"{BOOTSTRAP_RESAMPLES.low}")
     rng = np.random.default_rng(seed)
     return rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64)
 

@@ -143,13 +143,9 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     environment without a simulated human (the message lists those that have one). Fewer than
     2 seeds (one seed has no interval) the arguments refuse (``SEEDS_FOR_AN_INTERVAL``)."""
     from auditstream.errors import BadArguments
+    from training.rl.args import bench_envs
 
-    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    unknown = [e for e in envs if e not in HUMANS]
-    if not envs or unknown:
-        what_is_wrong = f"unknown environment(s) {', '.join(unknown)}" if unknown else "no environment given"
-        raise BadArguments(f"--envs {args.envs!r}: {what_is_wrong}; the benches run on {', '.join(sorted(HUMANS))} "
-                           "(the environments with a simulated human), comma-separated")
+    envs = bench_envs(args.envs, tuple(HUMANS), "the environments with a simulated human")
     if args.episodes < 1 or args.eval_episodes < 1:
         raise BadArguments(f"need --episodes >= 1 and --eval-episodes >= 1; got {args.episodes} and "
                            f"{args.eval_episodes}")

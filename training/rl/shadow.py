@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from auditstream.cli_args import COUNT, POSITIVE, check_fields
+from auditstream.cli_args import POSITIVE, check_fields
+from training.rl.args import BOOTSTRAP_RESAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class PromoteArgs:
     live: str = field(default="", metadata={"help": "NAME[:VERSION] of the live policy (default version: live)"})
     shadow_idle_s: float = field(default=5.0, metadata={
         "check": POSITIVE, "help": "end the shadow pass after this long without requests"})
-    bootstrap: int = field(default=200, metadata={"check": COUNT, "help": "bootstrap resamples of the OPE intervals"})
+    bootstrap: int = field(default=200, metadata={"check": BOOTSTRAP_RESAMPLES,
+                                                  "help": "bootstrap resamples of the OPE intervals"})
     dry_run: bool = field(default=False, metadata={"help": "decide and record, but never move the LIVE pointer"})
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ import json
 import sys
 
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from training.rl.args import check_gym_env
 from training.rl.env_driver import RunArgs
 from training.rl.promotion import PromotionConfig
 from training.rl.shadow import PromoteArgs
@@ -31,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from training.rl.env_driver import in_process_returns, run
 
     a = dataclass_from_namespace(RunArgs, args)
+    check_gym_env("--env", a.env)  # before the registry, the broker or an episode
     settings = _settings()
     report = run(settings, a)
     summary = report.summary()
@@ -51,14 +53,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_id(args: argparse.Namespace, model: str) -> str:
+    return args.dataset_id or f"auditstream/{model}/logs-v0"
+
+
 def _dataset(args: argparse.Namespace) -> int:
     from training.rl.stream_dataset import build_stream_dataset
 
+    if args.format == "minari" and (args.dataset_id or args.model):
+        from training.rl.minari_format import check_dataset_id
+
+        check_dataset_id(args.out, _dataset_id(args, args.model))  # a taken id: refused before the topics are read
     data, report = build_stream_dataset(_settings(), args.model or None, args.version or None)
     if args.format == "minari":
         from training.rl.minari_format import write_minari
 
-        dataset_id = args.dataset_id or f"auditstream/{report.model}/logs-v0"
+        dataset_id = _dataset_id(args, report.model)
         path = write_minari(data, args.out, dataset_id, env_id=_known_env(report.env_id),
                             algorithm_name=f"{report.model} served by auditstream, routed to human auditors")
         where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={args.out})"

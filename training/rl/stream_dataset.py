@@ -45,9 +45,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditstream.errors import DecodeError
+from auditstream.errors import BadArguments, DecodeError
 from auditstream.wire import Decision, Transition, Verdict, VerdictKind
-from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset, propensity_problem
+from training.rl.offline_data import DatasetRefused, OfflineDataset, StepRecord, build_dataset, propensity_problem
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,10 @@ def build_stream_dataset(settings: Any, model: str | None = None, version: str |
 def _only_model(logs: StreamLogs) -> str:
     models = sorted({t.model for t in logs.transitions})
     if len(models) != 1:
-        raise ValueError(f"transitions of {len(models)} models {models[:5]}: pick one with --model")
+        if not models:
+            raise DatasetRefused("the transitions topic holds no policy's steps: run episodes first ('auditstream rl "
+                                 "run'), or check AUDITSTREAM_TOPIC_PREFIX")
+        raise BadArguments(f"transitions of {len(models)} models {models[:5]}: pick one with --model")
     return models[0]
 
 

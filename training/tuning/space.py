@@ -50,7 +50,9 @@ Range = FloatRange | Choice
 
 
 def check_space(space: Mapping[str, Range], args_type: type) -> None:
-    """Every name in ``space`` must be a field of the family's arguments dataclass."""
+    """Every name in ``space`` must be a field of the family's arguments dataclass, and every value
+    it can draw (a choice, an end of a range) one that the arguments accept (their checks: the
+    field's range, the dataclass's own rules such as the captioner's width being a multiple of 4)."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(args_type)}
@@ -58,6 +60,13 @@ def check_space(space: Mapping[str, Range], args_type: type) -> None:
     if unknown:
         raise ValueError(f"search space names {unknown} that {args_type.__name__} has no field for; "
                          f"its fields: {sorted(fields)}")
+    for name, drawn in space.items():
+        for value in drawn.values if isinstance(drawn, Choice) else (drawn.low, drawn.high):
+            try:
+                args_type(**{name: value})
+            except ValueError as e:  # ConfigError and BadArguments are ValueErrors
+                raise ValueError(f"search space {name}: {drawn.describe()} can draw {value!r}, which "
+                                 f"{args_type.__name__} refuses ({e})") from None
 
 
 def describe_space(space: Mapping[str, Range]) -> dict[str, dict]:

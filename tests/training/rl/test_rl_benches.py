@@ -52,7 +52,7 @@ def test_mean_ci95_of_one_seed_has_no_interval_and_no_nan() -> None:
 
 @pytest.mark.parametrize("bench", ["offline", "overrides"])
 @pytest.mark.parametrize("options, message", [
-    (["--envs", "Foo"], "--envs 'Foo': unknown environment(s) Foo; the benches run on CartPole-v1, LunarLander-v3"),
+    (["--envs", "Foo"], "--envs 'Foo': unknown environment(s) Foo; the bench runs on CartPole-v1, LunarLander-v3"),
     (["--envs", "CartPole-v1,Pong-v5"], "unknown environment(s) Pong-v5;"),
     (["--envs", ","], "no environment given"),
     (["--envs", "CartPole-v1", "--seeds", "1"], "invalid --seeds=1: expected a whole number >= 2"),
@@ -64,6 +64,46 @@ def test_benches_refuse_unknown_envs_and_one_seed_in_one_line_before_running(ben
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("auditstream: error: ") and len(err.splitlines()) == 1, err
     assert message in err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--envs", "Foo-v1"], "--envs 'Foo-v1': unknown environment(s) Foo-v1; the bench runs on CartPole-v1, "
+                           "LunarLander-v3 (the environments with a heuristic policy)"),
+    (["--envs", "CartPole-v1,Acrobot-v1"], "unknown environment(s) Acrobot-v1;"),
+    (["--envs", ","], "no environment given"),
+    # the intervals resample episodes, the truth's spread needs two, a percentile interval 20 resamples
+    (["--episodes", "1"], "invalid --episodes=1: expected a whole number >= 2"),
+    (["--truth-episodes", "1"], "invalid --truth-episodes=1: expected a whole number >= 2"),
+    (["--bootstrap", "19"], "invalid --bootstrap=19: expected a whole number >= 20"),
+])
+def test_bench_ope_refuses_what_it_cannot_run_in_one_line_before_running(options, message, capsys,
+                                                                         monkeypatch) -> None:  # fmt: skip
+    """Before, an unknown environment ended in Gymnasium's NameNotFound traceback, the others in a
+    ValueError traceback (the bootstrap's after the first trial's episodes were played)."""
+    from auditstream.cli import main
+
+    monkeypatch.setattr("training.rl.ope_bench.bench_env", lambda *a: pytest.fail("the bench started"))
+    rc = main(["bench", "ope", *options, "--no-progress", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("auditstream: error: ") and len(err.splitlines()) == 1, err
+    assert message in err
+
+
+def test_bench_ope_has_a_heuristic_for_every_environment_it_accepts() -> None:
+    import gymnasium as gym
+
+    from training.rl.args import OPE_BENCH_ENVS, OPEBenchArgs
+    from training.rl.ope_bench import make_policies
+
+    args = OPEBenchArgs()
+    for env_id in OPE_BENCH_ENVS:
+        env = gym.make(env_id)
+        behaviour, target = make_policies(env_id, env, args)
+        obs, _ = env.reset(seed=0)
+        assert behaviour.probs(obs[None]).shape == (1, env.action_space.n)
+        env.close()
+    with pytest.raises(ValueError, match="knows heuristics for CartPole-v1, LunarLander-v3"):
+        make_policies("Acrobot-v1", None, args)
 
 
 def test_bench_overrides_reports_every_arm_per_env() -> None:

@@ -10,8 +10,10 @@ import pytest
 from minari.data_collector import EpisodeBuffer
 from tests.training.rl.test_rl_offline_data import records
 
+from auditstream.cli import main
+from auditstream.errors import BadArguments, ConfigError
 from training.rl.minari_format import read_minari, write_minari
-from training.rl.offline_data import StepRecord, build_dataset
+from training.rl.offline_data import DatasetRefused, StepRecord, build_dataset
 from training.rl.offline_train import load_logs
 
 
@@ -58,17 +60,18 @@ def test_env_spaces_and_spec_when_the_env_is_known(tmp_path) -> None:
     dataset = minari.MinariDataset(write_minari(data, tmp_path, "cartpole-v0", env_id="CartPole-v1") / "data")
     assert dataset.env_spec.id == "CartPole-v1"
     assert dataset.observation_space == gym.make("CartPole-v1").observation_space
-    with pytest.raises(ValueError, match="LunarLander-v3 has observations"):
+    with pytest.raises(DatasetRefused, match="LunarLander-v3 has observations"):
         write_minari(data, tmp_path, "lunar-v0", env_id="LunarLander-v3")
 
 
 def test_clear_errors(tmp_path, monkeypatch) -> None:
     data = logged()
     write_minari(data, tmp_path, "toy-v0")
-    with pytest.raises(ValueError, match="exists already"):
+    with pytest.raises(ConfigError, match="exists already.*e.g. toy-v1"):
         write_minari(data, tmp_path, "toy-v0")
-    with pytest.raises(ValueError, match="Malformed dataset ID"):
-        write_minari(data, tmp_path, "no spaces allowed")
+    for malformed in ("no spaces allowed", "no-version"):  # Minari 0.5 raises a TypeError on the second
+        with pytest.raises(ConfigError, match=r"a Minari dataset id, \(namespace/\)name-vVERSION"):
+            write_minari(data, tmp_path, malformed)
     with pytest.raises(ValueError, match="not a Minari dataset"):
         read_minari(tmp_path / "nowhere")
     # A Minari dataset from elsewhere, without behaviour propensities in its infos.
@@ -81,3 +84,53 @@ def test_clear_errors(tmp_path, monkeypatch) -> None:
                                        description="t")
     with pytest.raises(ValueError, match="infos lack"):
         read_minari(tmp_path / "plain-v0")
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("auditstream: error: "), err
+    return err
+
+
+def test_rl_dataset_refuses_a_taken_or_malformed_id_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """Before, write_minari's ValueError for an id that exists (and Minari's TypeError for an id
+    without -vN) reached the command line as a traceback, exit 1, after the topics were read."""
+    import training.rl.stream_dataset as stream_dataset
+
+    reads = []
+
+    def topics_read(settings, model=None, version=None):
+        reads.append(model)
+        return logged(), stream_dataset.DatasetReport(model=model or "toy", env_id="")
+
+    monkeypatch.setattr(stream_dataset, "build_stream_dataset", topics_read)
+    monkeypatch.setattr("training.rl.stream_cli._settings", lambda: None)
+    out = ["rl", "dataset", "--format", "minari", "--out", str(tmp_path)]
+    assert main([*out, "--dataset-id", "toy-v0"]) == 0 and len(reads) == 1
+    capsys.readouterr()
+    # given (or implied by --model): refused before the topics are read
+    for given in (["--dataset-id", "toy-v0"], ["--model", "toy", "--dataset-id", "toy-v0"]):
+        assert main([*out, *given]) == 2
+        line = _one_line(capsys)
+        assert line.startswith("auditstream: error: invalid --dataset-id='toy-v0': expected an id not used yet")
+        assert "e.g. toy-v1" in line and len(reads) == 1
+    assert main([*out, "--model", "toy"]) == 0 and len(reads) == 2  # auditstream/toy/logs-v0
+    capsys.readouterr()
+    assert main([*out, "--model", "toy"]) == 2 and len(reads) == 2
+    assert "e.g. auditstream/toy/logs-v1" in _one_line(capsys)
+    # the default id of the one model in the logs is known only once they are read: refused before writing
+    assert main(out) == 2 and len(reads) == 3
+    assert "invalid --dataset-id='auditstream/toy/logs-v0'" in _one_line(capsys)
+    assert main([*out, "--dataset-id", "no-version"]) == 2 and len(reads) == 3
+    assert "expected a Minari dataset id" in _one_line(capsys)
+
+
+def test_logs_of_several_models_or_none_are_a_one_line_refusal() -> None:
+    from types import SimpleNamespace
+
+    from training.rl.stream_dataset import _only_model
+
+    with pytest.raises(BadArguments, match=r"transitions of 2 models \['a', 'b'\]: pick one with --model"):
+        _only_model(SimpleNamespace(transitions=[SimpleNamespace(model="b"), SimpleNamespace(model="a")]))
+    with pytest.raises(DatasetRefused, match="holds no policy's steps"):
+        _only_model(SimpleNamespace(transitions=[]))
