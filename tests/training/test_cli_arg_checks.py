@@ -117,6 +117,7 @@ CASES = [
     (["train", "policy", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
     (["train", "policy", "--env", "LunarLander-v2"], "--env", "Please use `LunarLander-v3` instead"),
     (["train", "policy", "--env", "Pendulum-v1"], "--env", "an environment with discrete actions"),
+    (["train", "policy", "--device", "gpu"], "--device", "auto, cpu, cuda or cuda:N"),
     (["rl", "train-offline", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
     (["rl", "run", "--env", "Foo-v1"], "--env", "Gymnasium environment id this install can make"),
     # 0 would leave a minibatch of human-labelled steps without weight (bc.py refused it after the dataset loaded)
@@ -202,3 +203,13 @@ def test_the_installed_command_prints_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "auditstream: error: invalid --lr=nan: expected a finite number > 0, e.g. 0.004"
+
+
+def test_a_cuda_device_on_a_host_without_one_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    """``--device cuda`` on a CPU host was a ValueError traceback once torch had loaded."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA device")
+    line = _one_line(capsys, ["train", "policy", "--device", "cuda:0", "--total-timesteps", "64", "--no-publish"])
+    assert "--device" in line and "torch sees no CUDA device" in line

@@ -7,6 +7,7 @@ preset" where a preset exists.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -115,6 +116,8 @@ class PPOArgs:
                            "seed + 10000 + eval-episodes - 1")
         if self.action_selection not in ("sample", "greedy"):
             raise ConfigError("--action-selection", self.action_selection, "sample or greedy")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError("--device", self.device, "auto, cpu, cuda or cuda:N, e.g. auto")
 
     def resolved(self) -> "PPOArgs":
         """These arguments with every ``None`` replaced by the environment's preset (checked

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditstream.errors import TrainingDiverged
+from auditstream.errors import ConfigError, TrainingDiverged
 from training.rl.args import PPOArgs
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -76,8 +76,11 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} asked for but torch.cuda.is_available() is False")
-    return torch.device(name)
+        raise ConfigError("--device", name, "auto or cpu on this host (torch sees no CUDA device), e.g. auto")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("--device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}: the GPUs torch sees")
+    return device
 
 
 def train(args: PPOArgs) -> tuple[Agent, dict[str, Any]]:
