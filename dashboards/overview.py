@@ -8,7 +8,9 @@ drift), the model card's risk-coverage curve and the cost model, the model's ver
 vs live, the learning curve: dashboards/versions.py), and the auditors (throughput, gold
 accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
 QC snapshots the monitor process records, the cost model — so this page only lays them out.
-The live sections rerun every ``DashboardConfig.refresh_s`` seconds (``st.fragment``).
+The live sections (queue, quality, auditors, and candidate vs live) rerun every
+``DashboardConfig.refresh_s`` seconds (``st.fragment``); the model card, the cost model and the
+learning curve come from the registry's cards and are drawn again on the page's next full run.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def page(ctx: DashboardContext, user: User) -> None:
     model = model_ui(ctx)
     if model is not None:
         _model_card_sections(ctx, model)
-        versions.candidate_section(ctx, model)
+        st.fragment(run_every=refresh)(_live_candidates)(ctx, user, model)
         versions.learning_curve_section(ctx, model)
 
 
@@ -63,6 +65,13 @@ def _live_sections(ctx: DashboardContext, user: User) -> None:
     _quality_section(ctx, now)
     _auditor_section(ctx, now, show_gold=user.role in ADMINS)
     st.caption(f"Updated {time.strftime('%H:%M:%S', time.gmtime(now))} UTC · charts in UTC")
+
+
+def _live_candidates(ctx: DashboardContext, user: User, model: str) -> None:
+    """Candidate vs live, rerun on its own timer: its pairs and what the gate would decide move
+    with the audits (the gate on a few thousand pairs takes tens of milliseconds)."""
+    auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
+    versions.candidate_section(ctx, model)
 
 
 def _queue_section(ctx: DashboardContext, now: float) -> None:

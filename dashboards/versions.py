@@ -76,7 +76,8 @@ def candidate_section(ctx: DashboardContext, model: str) -> None:
         return
     for version in candidates:
         try:
-            decision = decide_promotion(ctx.store, ctx.registry, model, version)  # the next look: all of delta
+            # the next look: all of delta
+            decision = decide_promotion(ctx.store, ctx.registry, model, version, shadow=shadow)
             last = last_recorded(ctx, model, version)
         except ModelRefused as e:  # a damaged promotion.json: say so here, the rest of the page stands
             st.warning(md_text(f"v{version}: {e}"))

@@ -9,6 +9,12 @@ registry — and each (model, version) is pre-initialised with all its routes an
 it is seen, so rules see zeros rather than gaps. Unknown values (no audits yet, no reference
 sample for KS) are exported as NaN, which no alert comparison matches.
 
+The QC series of a version exist exactly while :meth:`MonitorMetrics.update` is given its
+snapshot: the monitor passes the versions still answering (monitor/service.py, ``StatsHooks.tick``),
+so a retired or rolled-back version's series go and its alerts resolve.
+:meth:`MonitorMetrics.withdraw` removes everything only the leader exports (the QC series and
+the queue figures) when the process loses the lead: a follower shows none, never stale ones.
+
 The registry is injectable: tests build a fresh ``CollectorRegistry`` and read values back with
 ``registry.get_sample_value``.
 """
@@ -104,6 +110,12 @@ class MonitorMetrics:
         self.ks_pvalue = gauge("drift_ks_pvalue", "p-value of that KS test.")
         self.cusum = gauge("drift_cusum_statistic", "Bernoulli CUSUM on audited errors (log-likelihood ratio, nats).")
         self.cusum_alarm = gauge("drift_cusum_alarm", "1 once the CUSUM crossed its threshold (latched per version).")
+        self._qc_gauges = [self.predictions, self.coverage, self.audited, self.error, self.error_low, self.error_high,
+                           self.parts_audited, self.part_fdr, self.part_fdr_low, self.part_fdr_high, self.ess,
+                           self.certified, self.budget, self.over_budget, self.verified, self.to_settle, self.waiting,
+                           self.released, self.unplaced, self.suggested, self.ks_statistic, self.ks_pvalue, self.cusum,
+                           self.cusum_alarm]  # fmt: skip
+        self._qc_versions: set[tuple[str, str]] = set()  # (model, version) with QC series now
         self.throughput.set(0)
         self.outbox_pending.set(0)
         self._seen: set[tuple[str, str]] = set()
@@ -123,10 +135,30 @@ class MonitorMetrics:
         self.over_capacity.labels(model).set(0)
 
     def update(self, snapshots: Iterable[ModelQC], store_stats: StoreStats) -> None:
+        """Export ``snapshots`` (the versions that have QC series from now on: a version exported
+        before and missing here loses its series) and the store's figures."""
+        exported = set()
         for s in snapshots:
             self._init_version(s.model, s.version)
             self._update_qc(s)
+            exported.add((s.model, s.version))
+        for mv in self._qc_versions - exported:
+            for g in self._qc_gauges:
+                g.remove(*mv)
+        self._qc_versions = exported
         self._update_store(store_stats)
+
+    def withdraw(self) -> None:
+        """Export what a follower does (the process lost the lead): no QC series and no queue
+        figures, whose stale values would keep alerts firing and double the sums over pods; the
+        counters stay (each only grows)."""
+        for g in [*self._qc_gauges, self.queue_depth, self.oldest_age, self.over_capacity]:
+            g.clear()
+        self._qc_versions.clear()
+        self._queues.clear()
+        self._seen.clear()  # pre-initialised again when this process leads again
+        self.throughput.set(0)
+        self.outbox_pending.set(0)
 
     def _update_qc(self, s: ModelQC) -> None:
         mv = (s.model, s.version)

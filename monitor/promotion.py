@@ -63,14 +63,16 @@ PAIRED = "paired"  # the record kind of a paired-gate decision
 
 
 def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate: str, *,
-                     config: PairedGateConfig = PairedGateConfig(), look: int | None = None) -> PromotionDecision:
+                     config: PairedGateConfig = PairedGateConfig(), look: int | None = None,
+                     shadow: ShadowAnswers | None = None) -> PromotionDecision:
     """The paired gate on what the store holds now, against the registry's live version (without
     a ``LIVE`` pointer: the newest version older than the candidate, the one consumers started
     before it was published serve). ``look``: which decision on this candidate this is
     (default: one more than recorded), recorded with it; every look is taken at the full delta,
-    so the decision does not depend on it."""
+    so the decision does not depend on it. ``shadow``: the store's :class:`ShadowAnswers`, when
+    the caller keeps one (building one is a write transaction: it creates its tables)."""
     cand, live = registry.card(model, candidate), live_card(registry, model, candidate)
-    strata, hygiene = judged_pairs(store, cand, live, config)
+    strata, hygiene = judged_pairs(store, cand, live, config, shadow)
     if look is None:
         look = recorded_looks(registry, model, cand.version) + 1
     decision = decide(cand, live, strata, config, look)
@@ -98,12 +100,12 @@ def may_judge(candidate: ModelCard, pairs: list[T], what: str = "audited items")
                   "not counted")
 
 
-def judged_pairs(store: Any, candidate: ModelCard, live: ModelCard,
-                 config: PairedGateConfig) -> tuple[list[PairedCounts], str]:
+def judged_pairs(store: Any, candidate: ModelCard, live: ModelCard, config: PairedGateConfig,
+                 shadow: ShadowAnswers | None = None) -> tuple[list[PairedCounts], str]:
     """The strata that judge ``candidate`` against ``live`` and why some requests do not count:
     the ``traffic`` stratum when the shadow compared its answers with live's, else the audited
     pairs per route (module docstring, step 1)."""
-    shadow = ShadowAnswers(store)
+    shadow = shadow if shadow is not None else ShadowAnswers(store)
     compared = shadow.traffic_pairs(candidate.name, live.version, candidate.version) \
         if tasks.lookup(candidate.task).agreement_is_concordance else []
     if compared:

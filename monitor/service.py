@@ -18,7 +18,9 @@ It does four things (docs/audit-store.md, "Monitor process"):
 3. **Keeps statistics** (:class:`StatsHooks`): predictions and published verdicts feed
    ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
-   ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``).
+   ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``) -- the metrics only
+   for the versions that answer (a prediction or QC sample in the last ``version_idle_s``), so a
+   retired version's alerts resolve.
 4. **Keeps shadow answers** (store/shadow.py): predictions flagged ``shadow`` (a candidate
    version on the live requests) are stored for the paired promotion gate (monitor/promotion.py);
    those whose request was never audited are pruned after ``shadow_retention_s``, while each
@@ -31,7 +33,9 @@ their verdict, open ones as places still waiting), so the audited error estimate
 the CUSUM continue across restarts and hand-overs; before every publishing round it reads on from
 there (``StatsHooks.catch_up``), so every monitor's samples have their place before their
 verdicts are published (docs/qc-statistics.md, "The order of the audits"); coverage and the
-confidence drift window are rebuilt from the predictions that arrive afterwards.
+confidence drift window are rebuilt from the predictions that arrive afterwards. A process that
+loses the lead withdraws its QC metrics and queue figures (``StatsHooks.step_down``): a follower
+exports none, so no stale value keeps an alert firing.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ class MonitorArgs:
                 "round a crash left open is resolved at most this + 5 s after it started"})  # fmt: skip
     shadow_retention_s: float = field(default=3600.0, metadata={
         "check": POSITIVE, "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
+    version_idle_s: float = field(default=600.0, metadata={
+        "check": POSITIVE, "help": "a model version has QC metrics while it answers: until this long after the last of its "
+                "predictions or QC samples the monitor saw, so a retired or rolled-back version's alerts resolve"})  # fmt: skip
     leader_lease_s: float = field(default=45.0, metadata={
         "check": POSITIVE, "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
                 "this); must exceed flush_timeout_s. PostgreSQL uses a session lock and ignores it"})  # fmt: skip
@@ -334,9 +341,11 @@ class StatsHooks:
     models, to ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``)."""
 
     def __init__(self, settings: Settings, store: AuditStore, control_view: "ControlView | None" = None,
-                 metrics_registry: CollectorRegistry | None = None) -> None:  # fmt: skip
+                 metrics_registry: CollectorRegistry | None = None, version_idle_s: float = 600.0) -> None:  # fmt: skip
         """``metrics_registry``: where the metrics are registered (default: the process's, which
-        ``settings.metrics_port`` serves); tests give each instance its own."""
+        ``settings.metrics_port`` serves); tests give each instance its own. ``version_idle_s``:
+        how long after the last prediction or QC sample of a version it keeps its QC metrics
+        (:meth:`tick`)."""
         from auditstream.registry import ModelRegistry
         from monitor.metrics import MonitorMetrics
         from monitor.tracker import QCConfig, QCTracker, audit_weight_floor
@@ -370,6 +379,9 @@ class StatsHooks:
         self.metrics = MonitorMetrics(metrics_registry, max_human_queue_depth=settings.max_human_queue_depth or None)
         self.server = self.metrics.serve(settings.metrics_port) if settings.metrics_port else None
         self.control_view, self.auto_tighten = control_view, settings.auto_tighten
+        # (model, version) -> wall time this process last saw a prediction or QC sample of it
+        self.version_idle_s = version_idle_s
+        self._answered: dict[tuple[str, str], float] = {}
 
     def dead_lettered(self, source: str) -> Callable[[str], None]:
         """What counts a dead letter by its reason: ``source`` "ingest" (a record the monitor read)
@@ -401,7 +413,10 @@ class StatsHooks:
             after = tracker.store_position
         upto = store.qc_position()
         samples = list(store.qc_stream(after=after, upto=upto))
+        now_s = time.time()
         with self._lock:
+            for s in samples:  # any monitor's: a version answers even where this one reads no partition of it
+                self._answered[(s.model, s.model_version)] = now_s
             if tracker is not self.tracker:
                 return 0
             tracker.store_position = upto
@@ -409,6 +424,7 @@ class StatsHooks:
 
     def observe_prediction(self, prediction: Prediction) -> None:
         with self._lock:
+            self._answered[(prediction.model, prediction.model_version)] = time.time()
             self.tracker.observe_prediction(prediction)
 
     def observe_verdict(self, verdict: Verdict) -> None:
@@ -418,17 +434,36 @@ class StatsHooks:
     def tick(self, store: AuditStore, now_s: float) -> list[ControlState]:
         """Save and export the statistics; returns the control states to publish.
 
-        Nothing is planned until the control view has read the topic back, so a restarted
+        The metrics get the versions that answer: those with a prediction or QC sample seen in
+        the last ``version_idle_s`` (:meth:`answering`). The tracker keeps every version it has
+        seen (the store re-seeds them after a restart), so exporting them all kept a retired or
+        rolled-back version's ``qc_over_budget`` or CUSUM alarm at 1 for ever: its alerts never
+        resolved. Nothing is planned until the control view has read the topic back, so a restarted
         monitor never publishes a state that forgets an earlier threshold override.
         """
         stats = store.store_stats(now_s)
         with self._lock:
             snapshots = self.tracker.snapshot()
         self.history.save(snapshots, now_s)
-        self.metrics.update(snapshots, stats)
+        answering = self.answering(now_s)
+        self.metrics.update([s for s in snapshots if (s.model, s.version) in answering], stats)
         if self.control_view is None or not self.control_view.wait_caught_up(0):
             return []
         return plan_control(snapshots, stats, self.control_view.states(), self.auto_tighten, now_s)
+
+    def answering(self, now_s: float) -> set[tuple[str, str]]:
+        """The (model, version) pairs with a prediction or QC sample seen since ``now_s -
+        version_idle_s``: live, canary and shadow versions while traffic flows; the others are
+        forgotten."""
+        with self._lock:
+            for key in [k for k, t in self._answered.items() if t < now_s - self.version_idle_s]:
+                del self._answered[key]
+            return set(self._answered)
+
+    def step_down(self) -> None:
+        """This process lost the lead: its metrics show what a follower's do (no QC series, no
+        queue figures), never the last values it computed as leader."""
+        self.metrics.withdraw()
 
     def close(self) -> None:
         if self.server is not None:
@@ -472,6 +507,10 @@ class OutboxPublisher(threading.Thread):
         leading = self.leadership is None or self.leadership.hold(time.time())
         if leading and not self.leading and self.stats is not None:
             self.stats.seed_from_store(self.store)  # before publishing: the seed holds every recorded verdict
+        if self.leading and not leading and self.stats is not None:
+            # lost (a broken lock connection, a stalled SQLite lease): the new leader's figures move now
+            log.warning("this monitor lost the lead; its QC metrics are withdrawn")
+            self.stats.step_down()
         self.leading = leading
         return leading
 
@@ -535,7 +574,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
     control_view = ControlView(settings, bootstrap).start()
     started: list[Callable[[], None]] = [control_view.stop]  # released in reverse if start-up fails
     try:
-        stats = StatsHooks(settings, store, control_view, metrics_registry)
+        stats = StatsHooks(settings, store, control_view, metrics_registry, args.version_idle_s)
         started.append(stats.close)
         # The outbox producer gives up on a record after flush_timeout_s: a round's fence (store/outbox.py).
         outbox_settings = dataclasses.replace(settings, delivery_timeout_s=args.flush_timeout_s)

@@ -8,7 +8,8 @@ transaction (:func:`store.accounts.check_actor`). Semantics, in short (docs/audi
   model, input or request time) is not stored (:meth:`AuditStore.stored_differently` tells).
 * **claim** leases the first claimable item (deferred HUMAN items before QC samples, then oldest)
   to one auditor until ``now + lease_s``; an expired lease is claimable again. An auditor who
-  still holds a live lease gets that item back (a page reload loses nothing). An auditor never
+  still holds a live lease gets that item back (a page reload loses nothing) if it matches the
+  claim's filters; if not, it is released first: an auditor holds one lease at most. An auditor never
   gets an item they already gave a verdict on (or skipped), which is also how the second review
   of a double-reviewed item goes to a different auditor. With probability ``gold_rate`` a claim
   serves, in place of the item it found, a gold item of that item's model, version and route that
@@ -167,18 +168,28 @@ class AuditStore(StoreReads):
     # claims and leases
 
     def claim(self, auditor: User, lease_s: float, now_s: float, model: str | None = None, route: Route | str | None = None) -> Claim | None:
-        """Lease the next item to ``auditor`` until ``now_s + lease_s``; None if nothing is left."""
+        """Lease the next item to ``auditor`` until ``now_s + lease_s``; None if nothing is left.
+        An auditor holds one lease at most: her live lease comes back if it matches the filters,
+        else it is released (free for anyone at once) before the filters' next item is leased."""
         lease_s = check_lease_s("lease_s", lease_s)
         filters, params = _filters(model, route)
         with self._rng_lock:
             want_gold = self._rng.random() < self.config.gold_rate
         with self._db.write() as cur:
             check_actor(cur, auditor, WRITERS, "claim audit items")
+            # One claim of an auditor at a time (two tabs): each sees the lease the other left. On
+            # SQLite BEGIN IMMEDIATE already serialises every write.
+            cur.one(f"SELECT name FROM {{p}}users WHERE name = ?{self._db.row_lock}", (auditor.name,))
             held = cur.one(
                 f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE state = 'open' AND lease_owner = ? AND lease_expires_s > ?"
                 f"{filters} ORDER BY id LIMIT 1{self._db.row_lock}",
                 (auditor.name, now_s, *params),
             )
+            # Any other live lease of hers (one the filters leave out: she switched queues after a
+            # reload) goes back to the queue, so no item waits hidden behind a lease nobody works on.
+            cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE state = 'open'"
+                    " AND lease_owner = ? AND lease_expires_s > ? AND id <> ?",
+                    (auditor.name, now_s, held[0] if held is not None else -1))
             # A live lease of this auditor comes back first; else the queue's next item.
             row = held if held is not None else cur.one(
                 f"SELECT {ITEM_COLUMNS} FROM {{p}}items i WHERE state = 'open' AND is_gold = 0{_CLAIMABLE}"

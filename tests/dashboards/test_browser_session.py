@@ -38,3 +38,31 @@ def test_an_open_overview_ends_at_a_password_reset_and_at_disabling(browser, tmp
         wait_for(browser, "[data-testid=stAlertContentError]", "has no enabled account")
         wait_gone(browser, "h3")
     store.close()
+
+
+def test_candidate_vs_live_follows_the_shadow_answers_without_a_click(browser, tmp_path):
+    """The overview says Candidate vs live refreshes every --refresh-s; it was drawn outside the
+    timed fragments and changed only on a click or reload."""
+    import dataclasses
+    import time
+
+    from selenium.webdriver.common.keys import Keys
+    from tests.dashboards.test_versions import seed_versions
+    from tests.store.store_factories import audit_item
+
+    from auditstream.wire import Route
+    from store.shadow import ShadowAnswers
+
+    store_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = store_with_users(store_url)
+    seed_versions(store, tmp_path)  # zip v2 live, v3 in shadow with 40 answers kept
+    config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=1.0)
+    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
+        browser.get(server.url)
+        wait_for(browser, "input[aria-label='User name']").send_keys("vic", Keys.TAB, PASSWORD, Keys.ENTER)
+        wait_for(browser, "h3", "Candidate vs live")  # a viewer's only page
+        wait_for(browser, "[data-testid='stMarkdownContainer']", "40 shadow answers kept")
+        more = [audit_item(f"s{i}", Route.AUTO_QC, version="3").prediction for i in range(10)]
+        ShadowAnswers(store).ingest([dataclasses.replace(p, shadow=True) for p in more], time.time())  # no click
+        wait_for(browser, "[data-testid='stMarkdownContainer']", "50 shadow answers kept")
+    store.close()

@@ -67,6 +67,43 @@ def test_candidate_vs_live_and_the_learning_curve(store, store_url, tmp_path):
     assert len(elements(at, "vega_lite_chart")) == 7  # the overview's six and the learning curve
 
 
+def solo_candidates_app(store_url: str, models_dir: str) -> None:
+    """The app; with ``st.session_state["solo"]`` set, only the overview's candidate fragment runs
+    (for model zip) with that User: what its timed rerun does."""
+    import streamlit as st
+
+    from dashboards import app, overview
+    from dashboards.config import DashboardConfig
+
+    config = DashboardConfig(store_url=store_url, models_dir=models_dir, refresh_s=0.0)
+    solo = st.session_state.pop("solo", None)
+    if solo is not None:
+        overview._live_candidates(app.build_context(config), solo, "zip")
+    else:
+        app.main(config)
+
+
+def test_candidate_vs_live_is_a_live_section_that_rechecks_the_account(store, store_url, tmp_path):
+    """Candidate vs live was drawn outside the overview's timed fragments, so it never refreshed
+    by itself (tests/dashboards/test_browser_session.py shows it does now); its own fragment
+    asks the store who the user is first, as the other live sections do."""
+    from streamlit.testing.v1 import AppTest
+
+    seed_versions(store, tmp_path)
+    at = AppTest.from_function(solo_candidates_app, kwargs={"store_url": store_url,
+                                                            "models_dir": str(tmp_path / "models")},
+                               default_timeout=60).run()  # fmt: skip
+    at = log_in(at, "vic")
+    at.session_state["solo"] = User("vic", Role.VIEWER)
+    at = at.run()
+    assert [s.value for s in at.subheader] == ["Candidate vs live"]  # drawn by the fragment alone
+    assert "would decide now: **too_few_pairs**" in texts(at) and not at.exception
+    store.accounts.set_role("vic", "viewer", disabled=True)  # disabled while the page refreshes itself
+    at.session_state["solo"] = User("vic", Role.VIEWER)
+    at = at.run()
+    assert "no enabled account" in texts(at) and "Candidate vs live" not in [s.value for s in at.subheader]
+
+
 def test_rows_are_what_the_decision_and_the_cards_say(tmp_path):
     decision = {"strata": [{"stratum": "HUMAN", "n": 10, "candidate_only_wrong": 1, "live_only_wrong": 3,
                             "both_wrong": 2, "upper": 0.123456, "pairs_needed": None}]}

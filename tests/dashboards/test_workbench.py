@@ -238,3 +238,15 @@ def test_lease_renewed_while_open_and_a_lost_lease_is_dropped(store, store_url, 
     assert workbench.CLAIM not in at.session_state
     assert store.item(ids["sequence"]).lease_owner == "bob"
     assert store.verdicts() == []
+
+
+@pytest.mark.parametrize("lease_s", [10.0, 12.0, 14.9, 15.0, 300.0, 86_400.0])
+def test_a_missed_background_renewal_still_leaves_the_lease_live(lease_s):
+    """For every --lease-s the dashboard accepts, the renewal after a missed one still comes
+    before the lease ends. The interval was max(5, lease_s / 3): a 10 s lease was renewed every
+    5 s, so missing one renewal lost it."""
+    from dashboards.config import MAX_LEASE_S, MIN_LEASE_S
+
+    assert MIN_LEASE_S <= lease_s <= MAX_LEASE_S
+    every = workbench.renew_every_s(lease_s)
+    assert 0 < every and 2 * every < lease_s

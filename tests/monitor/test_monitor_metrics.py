@@ -88,6 +88,48 @@ def test_counters_follow_store_totals_and_queues_drain_to_zero():
     assert registry.get_sample_value("auditstream_human_queue_over_capacity", {"model": "zip"}) == 0
 
 
+STORE_SERIES = ("auditstream_audit_queue_depth", "auditstream_audit_oldest_pending_age_seconds", "auditstream_verdicts")
+
+
+def _labelled(registry: CollectorRegistry) -> set[tuple[str, str]]:
+    """(sample name, version) of every sample with a model label."""
+    return {(s.name, s.labels.get("version", "")) for f in registry.collect() for s in f.samples if "model" in s.labels}
+
+
+def test_a_version_left_out_of_an_update_loses_every_qc_series():
+    """Series of a version no longer given (retired, rolled back) used to stay at their last
+    values for ever: a latched ``qc_over_budget`` or CUSUM alarm kept paging."""
+    import dataclasses
+
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+    metrics.update([_qc(), dataclasses.replace(_qc(), version="4", over_budget=False)], _stats())
+    assert registry.get_sample_value("auditstream_qc_over_budget", {"model": "zip", "version": "3"}) == 1
+    metrics.update([dataclasses.replace(_qc(), version="4", over_budget=False)], _stats())
+    left = {name for name, version in _labelled(registry) if version == "3"}
+    assert left and all(name.startswith(STORE_SERIES) for name in left), left  # the queue and counters stay
+    assert registry.get_sample_value("auditstream_qc_over_budget", {"model": "zip", "version": "4"}) == 0
+    metrics.update([_qc()], _stats())  # it answers again: back
+    assert registry.get_sample_value("auditstream_qc_over_budget", {"model": "zip", "version": "3"}) == 1
+
+
+def test_withdraw_leaves_what_a_follower_exports():
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, max_human_queue_depth=100)
+    metrics.update([_qc()], _stats())
+    metrics.withdraw()
+    follower = CollectorRegistry()
+    MonitorMetrics(follower, max_human_queue_depth=100)
+    counters = {(n, v) for n, v in _labelled(registry) if n.startswith("auditstream_verdicts")}
+    assert _labelled(registry) - counters == _labelled(follower) == set()
+    for name in ("auditstream_auditor_throughput_verdicts_per_second", "auditstream_outbox_pending_records"):
+        assert registry.get_sample_value(name) == follower.get_sample_value(name) == 0
+    metrics.update([_qc()], _stats())  # leading again: the counters carry on from the store's totals
+    assert registry.get_sample_value("auditstream_verdicts_total", {"model": "zip", "version": "3", "route": "AUTO_QC",
+                                                                    "kind": "accept"}) == 297  # fmt: skip
+    assert registry.get_sample_value("auditstream_human_queue_over_capacity", {"model": "zip"}) == 1
+
+
 def test_unknowns_are_nan_not_zero():
     registry = CollectorRegistry()
     MonitorMetrics(registry).update([_qc(audited=0, error_estimate=None, coverage=None, certified_risk=None,

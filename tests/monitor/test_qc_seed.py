@@ -118,3 +118,42 @@ def test_the_history_read_is_in_stream_order_and_paged(store: AuditStore) -> Non
     assert list(store.audited_qc_history(page=5)) == whole  # keyset pages join up exactly
     assert {(o.model, o.model_version) for o in whole} == {("zip", "1")}
     assert list(store.audited_qc_history("zip", "2")) == [] and store.audited_qc_outcomes("zip") == whole
+
+
+def test_only_versions_that_answer_have_qc_series_so_a_retired_versions_alerts_resolve(store: AuditStore,
+                                                                                      settings: Settings) -> None:
+    """The tracker keeps every version it saw and a restarted one is re-seeded with them all from
+    the store; exporting them all kept a rolled-back version's ``qc_over_budget`` (and CUSUM
+    alarm) at 1 for ever. Only versions with a prediction or a QC sample (any monitor's, read
+    from the store) in the last ``version_idle_s`` have QC series."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    add_users(store, "alice", "bob")
+    _decide_all(store, 0, 60, T0)  # zip v1, audited (18 errors), then rolled back: nothing new from it
+    registry = CollectorRegistry()
+    hooks = StatsHooks(settings, store, metrics_registry=registry, version_idle_s=3.0)
+    assert hooks.seed_from_store(store) == 60  # the restarted monitor knows v1 again
+    (seeded,) = hooks.tracker.snapshot()
+    assert seeded.version == "1" and seeded.errors == 18
+    v1, v2 = {"model": "zip", "version": "1"}, {"model": "zip", "version": "2"}
+    get = registry.get_sample_value
+
+    hooks.observe_prediction(audit_item("live-0", Route.AUTO, version="2").prediction)  # v2 answers now
+    hooks.tick(store, time.time())
+    assert get("auditstream_qc_predictions", v2) == 1
+    assert get("auditstream_qc_over_budget", v1) is None and get("auditstream_drift_cusum_alarm", v1) is None
+    assert not [s for f in registry.collect() for s in f.samples if f.name.startswith(("auditstream_qc", "auditstream_drift"))
+                and s.labels.get("version") == "1"]  # fmt: skip
+
+    # a QC sample of v1 that another monitor ingested (read from the store): v1 answers again
+    store.ingest(audit_item("q-late", Route.AUTO_QC, version="1"), T0)
+    hooks.catch_up(store)
+    hooks.tick(store, time.time())
+    assert get("auditstream_qc_over_budget", v1) == 0 and get("auditstream_qc_audited_items", v1) == 60
+
+    time.sleep(3.2)  # nothing from either since: both idle
+    hooks.observe_prediction(audit_item("live-1", Route.AUTO, version="2").prediction)
+    hooks.tick(store, time.time())
+    assert get("auditstream_qc_over_budget", v1) is None and get("auditstream_qc_predictions", v2) == 2

@@ -124,3 +124,34 @@ def test_overlapping_batches_ingested_concurrently_in_any_order_make_one_item_ea
         for t in threads:
             t.join()
         assert errors == [] and store.queue_depth() == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_one_auditors_concurrent_claims_with_any_filters_leave_one_lease(backend: str, tmp_path: Path,
+                                                                         fast_hashes: None) -> None:
+    """Six tabs of one auditor claim at the same moment, each with its own queue filter: she
+    holds one item afterwards, every round (her claims are serialised on her account row)."""
+    filters = [None, Route.HUMAN, Route.AUTO_QC, None, Route.HUMAN, Route.AUTO_QC]
+    with make_store(backend, tmp_path) as store:
+        store.ingest_many([audit_item(f"r{i:03d}", Route.HUMAN if i % 2 else Route.AUTO_QC) for i in range(200)],
+                          time.time())  # fmt: skip
+        (alice,) = add_users(store, "alice")
+        errors: list = []
+        start = threading.Barrier(len(filters))
+
+        def tab(route: Route | None) -> None:
+            try:
+                start.wait(timeout=30)
+                store.claim(alice, 600, time.time(), route=route)
+            except Exception as e:  # noqa: BLE001 - fails the test below
+                errors.append(e)
+
+        for round_ in range(40):
+            threads = [threading.Thread(target=tab, args=(r,)) for r in filters]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert errors == []
+            held = [i.request_id for i in store.items(limit=1000) if i.lease_owner == "alice"]
+            assert len(held) == 1, f"round {round_}: alice holds {held}"

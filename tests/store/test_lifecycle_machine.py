@@ -1,10 +1,10 @@
 """A Hypothesis state machine over the audit lifecycle — ingest, claim, time passing (leases
 expire), verdicts (and double submits), releases, label export — on SQLite and on PostgreSQL.
 
-A plain-Python model of the queue predicts every answer of the store (which item a claim gets,
-whether a verdict is accepted or refused), and the invariants compare the whole store with it
-after every step: each (request, version) is at most one item, each item has at most the one
-lease the model expects, verdict counts and outbox rows follow the verdicts, and an export
+A plain-Python model of the queue predicts every answer of the store (which item a claim with
+or without a route filter gets, whether a verdict is accepted or refused), and the invariants
+compare the whole store with it after every step: each (request, version) is at most one item,
+each item has at most the one lease the model expects, an auditor at most one live lease, verdict counts and outbox rows follow the verdicts, and an export
 holds exactly the decisive verdicts.
 
 Default run: ~1,600 steps per backend (fits the test budget). The reliability check of
@@ -70,13 +70,16 @@ class AuditLifecycle(RuleBasedStateMachine):
     def _live(self, item: dict) -> bool:
         return item["owner"] is not None and item["expires"] > self.now
 
-    def _expected_claim(self, user: str) -> int | None:
-        held = [i for i, it in self.items.items() if it["state"] == "open" and it["owner"] == user and self._live(it)]
+    def _expected_claim(self, user: str, route: Route | None) -> tuple[int | None, list[int]]:
+        """(the item a claim with this route filter gets, the live leases of ``user`` it releases)."""
+        mine = [i for i, it in self.items.items() if it["state"] == "open" and it["owner"] == user and self._live(it)]
+        held = [i for i in mine if route is None or self.items[i]["route"] is route]
         if held:
-            return min(held)
+            return min(held), [i for i in mine if i != min(held)]
         free = [(it["priority"], i) for i, it in self.items.items()
-                if it["state"] == "open" and not self._live(it) and user not in it["reviewers"]]  # fmt: skip
-        return min(free)[1] if free else None
+                if it["state"] == "open" and not self._live(it) and user not in it["reviewers"]
+                and (route is None or it["route"] is route)]  # fmt: skip
+        return (min(free)[1] if free else None), mine
 
     # --- rules --------------------------------------------------------------------------------
 
@@ -92,15 +95,18 @@ class AuditLifecycle(RuleBasedStateMachine):
             self.items[row.item_id] = {"state": "open", "owner": None, "expires": None, "reviewers": set(),
                                        "priority": 0 if route is Route.HUMAN else 1, "route": route}  # fmt: skip
 
-    @rule(user=st.sampled_from(AUDITORS + ("vera",)), lease_s=st.sampled_from([5.0, 30.0]))
-    def claim(self, user: str, lease_s: float) -> None:
+    @rule(user=st.sampled_from(AUDITORS + ("vera",)), lease_s=st.sampled_from([5.0, 30.0]),
+          route=st.sampled_from([None, None, Route.HUMAN, Route.AUTO_QC]))  # fmt: skip
+    def claim(self, user: str, lease_s: float, route: Route | None) -> None:
         if user == "vera":
             with pytest.raises(PermissionDenied):
-                self.store.claim(self.users[user], lease_s, self.now)
+                self.store.claim(self.users[user], lease_s, self.now, route=route)
             return
-        expected = self._expected_claim(user)
-        claim = self.store.claim(self.users[user], lease_s, self.now)
+        expected, released = self._expected_claim(user, route)
+        claim = self.store.claim(self.users[user], lease_s, self.now, route=route)
         assert (claim and claim.item_id) == expected
+        for item_id in released:  # a held item the filter leaves out goes back to the queue
+            self.items[item_id].update(owner=None, expires=None)
         if claim is not None:
             self.items[expected].update(owner=user, expires=self.now + lease_s)
 
@@ -175,6 +181,12 @@ class AuditLifecycle(RuleBasedStateMachine):
             it = self.items[row.item_id]
             assert (row.state, row.lease_owner, row.lease_expires_s) == (it["state"], it["owner"], it["expires"])
         assert self.store.queue_depth() == sum(it["state"] == "open" for it in self.items.values())
+
+    @invariant()
+    def an_auditor_holds_one_live_lease_at_most(self) -> None:
+        owners = Counter(r.lease_owner for r in self.store.items(limit=1000)
+                         if r.state == "open" and r.lease_owner and r.lease_expires_s > self.now)  # fmt: skip
+        assert all(n == 1 for n in owners.values()), owners
 
     @invariant()
     def verdicts_and_outbox_follow_the_history(self) -> None:

@@ -107,6 +107,50 @@ def test_two_monitors_publish_every_row_once_and_only_the_leader_keeps_statistic
     assert len({value for m in monitors for _, _, value in m.producer.acked}) == 75
 
 
+def test_a_leader_that_loses_the_lead_withdraws_its_qc_metrics(store: AuditStore, backend: str, tmp_path: Path) -> None:
+    """A follower's /metrics has no QC figures; a leader that loses the lead (its lock
+    connection broke, or a stall let its SQLite lease run out) used to keep exporting its last
+    ones, and a stale ``qc_over_budget == 1`` kept paging. Real leaderships, real metrics registry."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    settings = Settings(topic_prefix="t", models_dir=tmp_path / "models", metrics_port=0)
+    stats = StatsHooks(settings, store, metrics_registry=registry)
+    producer = RecordingProducer()
+    lease = store.leadership(lease_s=0.3, owner="leader")  # SQLite: renewed every 0.1 s
+    successor = store.leadership(lease_s=30, owner="successor")
+    publisher = OutboxPublisher(store, producer, producer, settings, MonitorArgs(), stats, lease)
+    mv = {"model": "zip", "version": "v1"}
+    try:
+        assert publisher._lead() and publisher.leading  # the publisher's own round: take the lead, seed
+        store.ingest_many([audit_item("h1"), audit_item("q1", Route.AUTO_QC)], T0)
+        stats.observe_prediction(audit_item("q1", Route.AUTO_QC).prediction)
+        stats.tick(store, time.time())
+        assert registry.get_sample_value("auditstream_qc_predictions", mv) == 1
+        assert registry.get_sample_value("auditstream_audit_queue_depth", {**mv, "route": "HUMAN"}) == 1
+
+        if backend == "sqlite":  # the leader stalled past its lease and the successor took it
+            assert successor.hold(time.time() + 1.0)
+            time.sleep(0.15)  # past the leader's renewal time: its next round looks at the lease
+        else:  # the leader's lock connection broke and the successor got the lock
+            lease._cx.close()
+            _wait_until(lambda: successor.hold(time.time()), 10.0)
+        assert not publisher._lead() and not publisher.leading
+        exported = {(f.name, tuple(sorted(s.labels.items()))) for f in registry.collect() for s in f.samples
+                    if s.labels.get("version") or s.labels.get("model")}
+        assert not [e for e in exported if not e[0].startswith("auditstream_verdicts")], exported
+        assert registry.get_sample_value("auditstream_outbox_pending_records") == 0
+
+        successor.release()  # it leads again: seeded afresh, its figures back on the next tick
+        assert publisher._lead()
+        stats.tick(store, time.time())
+        assert registry.get_sample_value("auditstream_qc_audited_items", mv) == 0  # v1 seeded from the store (q1 open)
+        assert registry.get_sample_value("auditstream_audit_queue_depth", {**mv, "route": "HUMAN"}) == 1
+    finally:
+        lease.release()
+        successor.release()
+
+
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

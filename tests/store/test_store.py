@@ -97,6 +97,24 @@ def test_a_held_lease_comes_back_on_reload_and_renews_releases_and_expires(store
     assert store.item(first.item_id).lease_owner is None
 
 
+def test_an_auditor_holds_one_lease_and_switching_filters_releases_the_held_item(store: AuditStore) -> None:
+    """The held lease used to be looked up with the claim's filters: alice holding h1 and
+    claiming with route AUTO_QC got q1 and kept both, h1 hidden from everyone until it expired."""
+    alice, bob = add_users(store, "alice", "bob")
+    store.ingest_many([audit_item("h1"), audit_item("q1", Route.AUTO_QC), audit_item("q2", Route.AUTO_QC)], T0)
+    first = store.claim(alice, 60, T0)
+    assert first.item.request_id == "h1"
+    assert store.claim(alice, 60, T0 + 1, route=Route.HUMAN).item_id == first.item_id  # it matches: back
+    switched = store.claim(alice, 60, T0 + 2, route=Route.AUTO_QC)
+    assert switched.item.request_id == "q1"
+    assert [(i.request_id, i.lease_owner) for i in store.items() if i.lease_owner] == [("q1", "alice")]
+    assert store.claim(bob, 60, T0 + 3).item.request_id == "h1"  # free at once, not after alice's lease
+    assert store.claim(alice, 60, T0 + 4, model="det") is None  # nothing there: and nothing held either
+    assert store.item(switched.item_id).lease_owner is None
+    assert store.claim(alice, 60, T0 + 5, route=Route.AUTO_QC).item.request_id == "q1"  # released, not skipped
+    assert {(i.request_id, i.lease_owner) for i in store.items() if i.lease_owner} == {("q1", "alice"), ("h1", "bob")}
+
+
 def test_lease_must_be_positive(store: AuditStore) -> None:
     (alice,) = add_users(store, "alice")
     with pytest.raises(ValueError, match="lease_s=0"):
