@@ -98,7 +98,8 @@ def current_user(accounts: Any) -> User:
 
 def _no_account(name: str) -> None:
     st.error(f"{md_text(repr(name))} has no enabled account on this dashboard; ask an admin to add it "
-             f"(auditstream users add NAME --role auditor).")
+             f"(auditstream users add NAME --role auditor), or to enable it again if it was disabled "
+             f"(auditstream users enable NAME).")
     if oidc_configured() and st.user.is_logged_in:
         st.button("Log out of single sign-on", on_click=st.logout)
     st.stop()

@@ -104,6 +104,7 @@ def test_the_overview_refresh_serves_only_the_account_as_it_is_now(store, store_
     at.session_state["solo"] = User("ada", Role.VIEWER)
     at = at.run()
     assert "no enabled account" in texts(at) and "Queue" not in [s.value for s in at.subheader]
+    assert "auditstream users enable" in texts(at)  # a disabled account is enabled, not added (refused)
 
 
 def test_a_login_without_a_free_hash_slot_says_busy_for_any_name(store, store_url, tmp_path, monkeypatch):
