@@ -7,6 +7,7 @@
     auditstream users disable alice                       # her sessions end at their next page
     auditstream labels export --out labels.jsonl --model zip --format jsonl
     auditstream promote --model digits --candidate 3 [--canary-share 0.1] [--dry-run]
+    auditstream rollback --model digits --to 2 --reason "v3 over budget"   # no gate: a person decided
 
 Every command opens the store at ``--store-url`` (default: ``AUDITSTREAM_STORE_URL``, else SQLite
 in the state directory). Nothing heavy is imported at the top, so ``auditstream --help`` is fast.
@@ -90,6 +91,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     promote.add_argument("--dry-run", action="store_true", help="decide and record, but move nothing")
     promote.add_argument("--store-url", default="", help=store_help)
     promote.set_defaults(handler=run_promote)
+
+    rollback = commands.add_parser("rollback", help="make an earlier version live again now (no gate: your "
+                                   "decision), end any canary, tell the running consumers, record why")
+    rollback.add_argument("--model", required=True, help="model name")
+    rollback.add_argument("--to", required=True, dest="version", help="the version to serve (models/<model>/<V>/)")
+    rollback.add_argument("--reason", required=True, help="why, for the record in the version's promotion.json")
+    rollback.set_defaults(handler=run_rollback)
 
     control = commands.add_parser("control", help="the monitor's word to the consumers: queue depth, tightened thresholds")
     control_sub = control.add_subparsers(dest="control_command", metavar="ACTION", required=True)
@@ -195,6 +203,19 @@ def run_promote(args: argparse.Namespace) -> int:
     print(("(dry run) " if args.dry_run else "") + decision.summary(), file=sys.stderr)
     print(json.dumps(decision.to_dict(), sort_keys=True, default=str))
     return 0 if decision.promote or decision.code in ("canary", "canary_ended") else 1
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    import json
+
+    from auditstream.settings import Settings
+    from monitor.promotion import rollback
+
+    record = rollback(Settings.from_env(), args.model, args.version, args.reason)
+    print(f"{args.model}: v{record['live_before']} -> v{record['live_after']} live, consumers told "
+          f"(recorded in models/{args.model}/{args.version}/promotion.json)", file=sys.stderr)
+    print(json.dumps(record, sort_keys=True))
+    return 0
 
 
 def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
