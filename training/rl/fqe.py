@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, interval,
-                                   pad_episodes, ratio_or_zero)
+from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, check_policy_probs,
+                                   interval, pad_episodes, ratio_or_zero)
 from training.rl.policy_export import NumpyPolicy
 
 MAX_GROUPS = 256  # bootstrap units: more episodes are pooled into this many groups
@@ -94,7 +94,7 @@ def _normal_equations(data: OfflineDataset, target: NumpyPolicy, gamma: float, f
     psi_next = features(data.next_observations, data.steps + 1)
     d = psi.shape[1]
     pi_next = target.probs(data.next_observations)
-    check_finite(data, "target policy probabilities at the next observation", pi_next)
+    check_policy_probs(data, "target policy probabilities at the next observation", pi_next)
     alive = (1.0 - data.episode_ends.astype(np.float64))[:, None]  # no bootstrap past an episode's end
     phi = np.zeros((len(psi), n_actions * d))
     phi_next = np.zeros_like(phi)
@@ -139,7 +139,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     first = np.flatnonzero(np.r_[True, np.diff(data.episode_ids) != 0])
     psi0 = features(data.observations[first], data.steps[first])
     pi0 = target.probs(data.observations[first])
-    check_finite(data, "target policy probabilities", pi0, first)
+    check_policy_probs(data, "target policy probabilities", pi0, first)
     rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
     starts_per_group = np.bincount(groups, minlength=n_groups).astype(np.float64)
     counts = np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed + 1)])

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, interval,
-                                   pad_episodes, ratio_or_zero)
+from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, check_policy_probs,
+                                   interval, pad_episodes, ratio_or_zero)
 from training.rl.policy_export import NumpyPolicy
 
 __all__ = ["Estimate", "discounted_returns", "doubly_robust", "evaluate", "on_policy_value", "wis"]
@@ -55,9 +55,9 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
 
     check_dataset(data, gamma)
     pi = target.probs(data.observations)
+    check_policy_probs(data, "target policy probabilities", pi)
     if q_model is None:
         q_model = fit_fqe(data, target, gamma)
-    check_finite(data, "target policy probabilities", pi)
     q_all = np.asarray(q_model.q_values(data.observations, data.steps), dtype=np.float64)
     check_finite(data, "Q-values", q_all)
     q_taken = q_all[np.arange(len(data.actions)), data.actions]

@@ -4,9 +4,10 @@ dataset checks, and episodes padded to matrices of cumulative importance weights
 
 Every estimator's inputs are checked before any sum is formed (:func:`check_finite`): a NaN or
 infinite reward, propensity, target probability or Q-value, a behaviour propensity of 0 for a
-taken action, or an importance weight that overflows is refused with :class:`OPEInputError`
-naming the episode and step -- never turned into 0 or a huge number inside a sum, which would
-silently drop or swamp the other terms."""
+taken action, an importance weight that overflows, or target probabilities that are not a
+distribution (an entry < 0, a sum off 1: logits or scores, :func:`check_policy_probs`) are
+refused with :class:`OPEInputError` naming the episode and step -- never turned into 0 or a huge
+number inside a sum, which would silently drop or swamp the other terms."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from auditstream.errors import AuditstreamError
-from training.rl.offline_data import OfflineDataset
+from training.rl.offline_data import PROB_TOLERANCE, OfflineDataset
 
 
 class OPEInputError(AuditstreamError, ValueError):
@@ -40,6 +41,25 @@ def check_finite(data: OfflineDataset, what: str, values: np.ndarray, rows: np.n
         raise OPEInputError(f"{what} {shown if flat.shape[1] > 1 else shown[0]} at {data.where(row)} "
                             f"({len(bad)} such steps) is not {'finite and > 0' if positive else 'finite'}; "
                             "off-policy estimates need finite inputs (check the policy and the logged data)")
+
+
+def check_policy_probs(data: OfflineDataset, what: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Refuse target policy probabilities [N, A] (one row per dataset row ``rows``; default: every
+    row) that are not finite, have an entry < 0 or a row sum off 1 by more than
+    :data:`~training.rl.offline_data.PROB_TOLERANCE` -- as logged propensities are refused
+    (:func:`training.rl.offline_data.propensity_problem`) -- naming the first such step."""
+    check_finite(data, what, values, rows)
+    flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    negative = (flat < 0).any(axis=1)
+    off = np.abs(flat.sum(axis=1) - 1.0) > PROB_TOLERANCE
+    bad = np.flatnonzero(negative | off)
+    if len(bad):
+        i = int(bad[0])
+        row = int(i if rows is None else np.asarray(rows)[i])
+        why = "has an entry < 0" if negative[i] else f"sums to {float(flat[i].sum()):.6g}, not 1"
+        raise OPEInputError(f"{what} {flat[i].tolist()[:8]} at {data.where(row)} ({len(bad)} such steps) {why}: "
+                            "off-policy estimates need the policy's action probabilities (a softmax), "
+                            "not logits or scores")
 
 
 def ratio_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -112,7 +132,7 @@ def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np
          v_state: np.ndarray | None = None) -> Padded:
     mu = data.behaviour_action_prob.astype(np.float64)
     check_finite(data, "behaviour propensity of the logged action", mu, positive=True)
-    check_finite(data, "target policy probabilities", pi)
+    check_policy_probs(data, "target policy probabilities", pi)
     if q_taken is not None and v_state is not None:
         check_finite(data, "Q-value of the logged action", q_taken)
         check_finite(data, "state value under the target policy", v_state)

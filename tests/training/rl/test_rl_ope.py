@@ -200,3 +200,17 @@ def test_an_overflowing_importance_weight_is_refused_naming_the_step() -> None:
     data = build_dataset(records)
     with pytest.raises(OPEInputError, match="cumulative importance weight .* at episode 'e0' step 10"):
         wis(data, row_policy(np.tile([[1.0, 0.0]], (20, 1))), 0.9, bootstrap=20)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (2 * MU, r"sums to 2, not 1"),  # scores: PDIS gave 12.41 for a true value of 1.26
+    (MU - 0.7, r"has an entry < 0"),  # logits-like
+])
+def test_target_probabilities_that_are_not_a_distribution_are_refused(rows, match) -> None:
+    data = simulate(30, seed=0)
+    policy = NumpyPolicy(lambda obs: rows[np.asarray(obs).argmax(axis=1)], 2)
+    for run in (lambda: wis(data, policy, GAMMA, bootstrap=20), lambda: wis(data, policy, GAMMA, bootstrap=20, weighted=False),
+                lambda: doubly_robust(data, policy, GAMMA, bootstrap=20),
+                lambda: fqe(data, policy, GAMMA, tabular_features, bootstrap=20)):
+        with pytest.raises(OPEInputError, match=r"target policy probabilities .* at episode 'e00000' step 0 .*" + match):
+            run()
