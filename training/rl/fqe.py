@@ -140,6 +140,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     psi0 = features(data.observations[first], data.steps[first])
     pi0 = target.probs(data.observations[first])
     check_policy_probs(data, "target policy probabilities", pi0, first)
+    overlap = pad_episodes(data, target.probs(data.observations), gamma).overlap()  # what the log covers
     rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
     starts_per_group = np.bincount(groups, minlength=n_groups).astype(np.float64)
     counts = np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed + 1)])
@@ -156,7 +157,7 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     allowance = float(getattr(features, "heldout_error", 0.0))
     resamples = values[1:]
     est = interval("fqe", values[0], resamples, confidence, data.n_episodes, groups=n_groups,
-                    basis=getattr(features, "kind", "given"), misspecification_allowance=allowance)
+                    basis=getattr(features, "kind", "given"), misspecification_allowance=allowance, **overlap)
     return dataclasses.replace(est, lower=est.lower - allowance, upper=est.upper + allowance)
 
 

@@ -42,9 +42,9 @@ def wis(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: flo
     weighted_rewards = counts @ (p.weights * p.rewards)  # [1 + B, H]
     norm = counts @ p.weights if weighted else counts.sum(axis=1, keepdims=True)
     values = ratio_or_zero(weighted_rewards, np.broadcast_to(norm, weighted_rewards.shape)) @ p.discounts
-    ess = float(p.weights[:, -1].sum() ** 2 / max(np.sum(p.weights[:, -1] ** 2), 1e-300))
+    values[~p.defined(counts)] = np.nan  # no episode keeps weight: not 0, undefined
     return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes,
-                    ("episodes", data.n_episodes, bootstrap, seed), effective_sample_size=ess)
+                    ("episodes", data.n_episodes, bootstrap, seed), **p.overlap(), **undefined(p))
 
 
 def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_model: Any = None,
@@ -69,7 +69,17 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
     current = ratio_or_zero(counts @ (p.weights * (p.rewards - p.q)), counts @ p.weights)
     previous = ratio_or_zero(counts @ (w_prev * p.v), counts @ w_prev)
     values = (current + previous) @ p.discounts
-    return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed))
+    values[~p.defined(counts)] = np.nan  # Q's extrapolation alone is no estimate
+    return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed),
+                    **p.overlap(), **undefined(p))
+
+
+def undefined(p: Any) -> dict[str, str]:
+    """``details.undefined`` of an estimate no logged episode supports (empty if it is defined)."""
+    if p.weights[:, -1].sum() > 0:
+        return {}
+    return {"undefined": "every logged episode has a step whose logged action the target policy never takes: "
+                         "its importance weights are all 0 and nothing logged says what it earns"}
 
 
 def evaluate(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: float = 0.95,
@@ -100,4 +110,4 @@ def on_policy_value(data: OfflineDataset, gamma: float, confidence: float = 0.95
     returns = discounted_returns(data, gamma)
     counts = bootstrap_counts(len(returns), bootstrap, seed)
     return interval("on_policy", float(returns.mean()), counts @ returns / len(returns), confidence, len(returns),
-                    ("episodes", len(returns), bootstrap, seed))
+                    ("episodes", len(returns), bootstrap, seed), effective_sample_size=float(len(returns)))

@@ -7,10 +7,16 @@ infinite reward, propensity, target probability or Q-value, a behaviour propensi
 taken action, an importance weight that overflows, or target probabilities that are not a
 distribution (an entry < 0, a sum off 1: logits or scores, :func:`check_policy_probs`) are
 refused with :class:`OPEInputError` naming the episode and step -- never turned into 0 or a huge
-number inside a sum, which would silently drop or swamp the other terms."""
+number inside a sum, which would silently drop or swamp the other terms.
+
+An estimate whose importance weights vanish on every episode (the target gives probability 0 to
+a logged action somewhere in each of them) is undefined: its value and interval are NaN, never
+0 (WIS) or the Q model's extrapolation (DR). A bootstrap resample in which that happens is NaN
+too (``details.undefined_resamples`` counts them), and the interval is taken over the others."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +70,8 @@ def check_policy_probs(data: OfflineDataset, what: str, values: np.ndarray, rows
 
 def ratio_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator per term, 0 where the denominator is 0 (no weight at that step in
-    that resample): the convention of weighted importance sampling, applied to each term alone."""
+    that resample). Weights that an ended episode keeps make that happen only in a resample where
+    no episode keeps weight to the end, which the estimators then mark undefined (NaN)."""
     safe = np.where(denominator > 0, denominator, 1.0)
     return np.where(denominator > 0, numerator / safe, 0.0)
 
@@ -103,7 +110,14 @@ def interval(method: str, value: float, resamples: np.ndarray, confidence: float
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
     alpha = (1.0 - confidence) / 2.0
-    lower, upper = np.quantile(resamples[np.isfinite(resamples)], [alpha, 1.0 - alpha])
+    resamples = np.asarray(resamples, dtype=np.float64)
+    finite = resamples[np.isfinite(resamples)]
+    if len(finite) < len(resamples):
+        details = {**details, "undefined_resamples": int(len(resamples) - len(finite))}
+    if not np.isfinite(value) or len(finite) == 0:  # an undefined estimate has no interval
+        lower = upper = math.nan
+    else:
+        lower, upper = np.quantile(finite, [alpha, 1.0 - alpha])
     return Estimate(method, float(value), float(lower), float(upper), confidence, n, details,
                     np.asarray(resamples, dtype=np.float64), resample_key)
 
@@ -126,6 +140,24 @@ class Padded:
     q: np.ndarray  # Q̂(s_t, a_t), 0 after the end
     v: np.ndarray  # V̂(s_t) under π, 0 after the end
     discounts: np.ndarray  # γ^t, [H]
+
+    def defined(self, counts: np.ndarray) -> np.ndarray:
+        """Per resample (a row of episode ``counts`` [K, E]): does any episode keep importance
+        weight to the end? Weights are cumulative products that an ended episode keeps, so if
+        none does, the target gives probability 0 to a logged action in every episode: nothing
+        logged says what it earns, and its estimate is undefined (not 0, not Q's guess)."""
+        return counts @ self.weights[:, -1] > 0
+
+    def overlap(self) -> dict[str, float]:
+        """``effective_sample_size``: the Kish effective number of episodes (Σ_i w)² / Σ_i w² of
+        the cumulative weights w_{i,t} of each step, averaged over steps with the discounts γ^t
+        as weights (the value is made of the steps in that proportion); the number of episodes
+        when the target is the logging policy, 0 when no episode keeps any weight.
+        ``final_effective_sample_size``: that of the last step alone."""
+        total, square = self.weights.sum(axis=0), np.sum(self.weights ** 2, axis=0)
+        ess = np.where(square > 0, total ** 2 / np.where(square > 0, square, 1.0), 0.0)
+        return {"effective_sample_size": float(ess @ self.discounts / self.discounts.sum()),
+                "final_effective_sample_size": float(ess[-1])}
 
 
 def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np.ndarray | None = None,

@@ -28,13 +28,20 @@ Decision table (first matching row wins):
 condition                                                   promote   reason code
 ==========================================================  ========  =====================
 fewer logged episodes than ``min_episodes``                 no        too_few_episodes
-a required difference's lower bound is not finite           no        no_estimate
+a required estimate or difference lower bound is not finite no        no_estimate
+a required estimate has fewer effective episodes than       no        too_few_effective_episodes
+``min_effective_episodes``
 required difference lower bound(s) > min_improvement        yes       lower_bound_beats_live
 otherwise                                                   no        not_better
 ==========================================================  ========  =====================
 
 "Required" is ``config.estimator`` alone, or every estimator given when ``require_all``; each is
-compared with the live estimate of the same name (or with the one live estimate given).
+compared with the live estimate of the same name (or with the one live estimate given). The
+estimates of both sides are checked. An estimate is not finite when no logged episode supports
+it (:mod:`training.rl.ope_stats`: the target never takes the logged actions); its effective
+episodes are ``details.effective_sample_size`` (Kish, of the importance weights; an estimate
+without it is not checked): below ``min_effective_episodes`` its interval rests on a handful of
+episodes and is not trusted.
 ``config.human_steps`` says what the estimates assume about steps a human acted on
 (:mod:`training.rl.ope_humans`).
 :func:`gate_from_dataset` computes the inputs from an offline dataset and a candidate policy.
@@ -53,6 +60,7 @@ from auditstream.errors import AuditstreamError
 from training.rl.ope import Estimate
 
 ESTIMATORS = ("wis", "dr", "fqe")
+MIN_EFFECTIVE_EPISODES = 20.0
 
 
 class GateRefused(AuditstreamError, ValueError):
@@ -69,6 +77,9 @@ class PromotionConfig:
     min_improvement: float = field(default=0.0, metadata={"check": NON_NEGATIVE,
                                                           "help": "margin over the live value, in return units"})
     min_episodes: int = field(default=100, metadata={"check": COUNT, "help": "fewest logged episodes to decide on"})
+    min_effective_episodes: float = field(default=MIN_EFFECTIVE_EPISODES, metadata={
+        "check": NON_NEGATIVE, "help": "fewest effective episodes (Kish, of the importance weights) an estimate of "
+                                       "either side may rest on"})
     gamma: float = field(default=0.99, metadata={"check": FRACTION, "help": "discount of the compared values"})
     confidence: float = field(default=0.95, metadata={"check": PROBABILITY,
                                                       "help": "two-sided confidence level of the intervals"})
@@ -133,9 +144,22 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, 
 
     if n < config.min_episodes:
         return make(False, "too_few_episodes", f"{n} logged episodes < min_episodes {config.min_episodes}")
+    sides = [(side, k, e) for k in required for side, e in (("candidate", candidate_estimates[k]), ("live", lives[k]))]
+    undefined = [f"{side} {k}: {e.details.get('undefined', f'value {e.value:.4g} in [{e.lower:.4g}, {e.upper:.4g}]')}"
+                 for side, k, e in sides if not all(math.isfinite(x) for x in (e.value, e.lower, e.upper))]
+    if undefined:
+        return make(False, "no_estimate", "; ".join(undefined) + " -- not an estimate; evaluate on logs where the "
+                    "logging policy takes the actions the policy takes")
     lowers = {k: difference_lower_bound(candidate_estimates[k], lives[k]) for k in required}
     if not all(math.isfinite(v) for v, _ in lowers.values()):
         return make(False, "no_estimate", f"difference lower bounds {lowers} are not all finite")
+    thin = [f"{side} {k} rests on {e.details['effective_sample_size']:.3g}"
+            for side, k, e in sides if e.details.get("effective_sample_size", math.inf) < config.min_effective_episodes]
+    if thin:
+        return make(False, "too_few_effective_episodes",
+                    f"{', '.join(thin)} effective episodes < min_effective_episodes {config.min_effective_episodes:g}: "
+                    "the importance weights sit on a handful of logged episodes (the policy acts too differently "
+                    "from the logging one); log more episodes, or with a logging policy closer to it")
     shown = ", ".join(f"{k} - live >= {v:.4g} ({how})" for k, (v, how) in lowers.items())
     if all(v > config.min_improvement for v, _ in lowers.values()):
         return make(True, "lower_bound_beats_live", f"{shown}: above the margin {config.min_improvement:g}")

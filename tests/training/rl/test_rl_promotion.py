@@ -138,3 +138,55 @@ def test_unrouted_comparison_still_promotes_the_better_policy_only() -> None:
     assert not gate_from_dataset(data, table_policy(MU[:, ::-1].copy()), config, live_policy=table_policy(MU)).promote
     logged = gate_from_dataset(data, table_policy(PI), config)  # no routed step: the logged return stands
     assert logged.promote and logged.comparison == LIVE_LOGGED
+
+
+def est_with(value: float, lower: float, upper: float, **details) -> Estimate:
+    return Estimate("dr", value, lower, upper, 0.95, 500, details)
+
+
+@pytest.mark.parametrize("candidate, live, code", [
+    # an undefined estimate (no logged episode supports it) on either side: no decision
+    (est_with(math.nan, math.nan, math.nan, undefined="importance weights are all 0"), LIVE, "no_estimate"),
+    (est_with(12, 11.5, 13.5), est_with(math.nan, 9, 11), "no_estimate"),
+    # weights on a handful of episodes, on either side: the interval is not trusted
+    (est_with(12, 11.5, 13.5, effective_sample_size=5.0), LIVE, "too_few_effective_episodes"),
+    (est_with(12, 11.5, 13.5), est_with(10, 9, 11, effective_sample_size=19.9), "too_few_effective_episodes"),
+    (est_with(12, 11.5, 13.5, effective_sample_size=20.0), est_with(10, 9, 11, effective_sample_size=500.0),
+     "lower_bound_beats_live"),
+])
+def test_undefined_and_thin_estimates_are_not_decided_on(candidate, live, code) -> None:
+    decision = decide({"dr": candidate}, live, PromotionConfig())
+    assert (decision.promote, decision.code) == (code == "lower_bound_beats_live", code), decision.reason
+    if code == "too_few_effective_episodes":
+        assert "log more episodes" in decision.reason
+
+
+# Logs of a greedy live policy (one-hot propensities) whose rewards are all negative; the candidate
+# always takes the action the live policy never takes, and is worse (-6.53 vs -4.66).
+GREEDY_LIVE = np.array([[0.0, 1.0], [1.0, 0.0]])
+NEVER_LOGGED = np.array([[1.0, 0.0], [0.0, 1.0]])
+
+
+def simulate_greedy(episodes: int, seed: int) -> OfflineDataset:
+    rng = np.random.default_rng(seed)
+    records = []
+    for e in range(episodes):
+        s = 0
+        for t in range(HORIZON):
+            a = int(GREEDY_LIVE[s].argmax())
+            records.append(StepRecord(f"e{e:05d}", t, np.eye(2)[s], a, GREEDY_LIVE[s], mean_reward(s, a) - 2.0
+                                      + rng.normal(0, 0.1), False, t == HORIZON - 1))
+            s = int(rng.choice(2, p=next_dist(s, a)))
+    return build_dataset(records)
+
+
+@pytest.mark.parametrize("estimator", ["wis", "dr", "fqe"])
+def test_a_candidate_the_logs_never_show_acting_is_not_promoted(estimator) -> None:
+    """WIS gave it 0.0 [0, 0] and DR Q's extrapolation 0.94 [0.94, 0.94] (both far above the live
+    -4.66), FQE an extrapolated interval above it too: all three promoted it."""
+    data = simulate_greedy(120, seed=0)
+    decision = gate_from_dataset(data, table_policy(NEVER_LOGGED), PromotionConfig(gamma=GAMMA, estimator=estimator),
+                                 live_policy=table_policy(GREEDY_LIVE))
+    assert not decision.promote
+    assert decision.code in ("no_estimate", "too_few_effective_episodes"), decision.reason
+    assert decision.candidate_estimates[estimator]["effective_sample_size"] == 0
