@@ -140,7 +140,8 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     psi0 = features(data.observations[first], data.steps[first])
     pi0 = target.probs(data.observations[first])
     check_policy_probs(data, "target policy probabilities", pi0, first)
-    overlap = pad_episodes(data, target.probs(data.observations), gamma).overlap()  # what the log covers
+    padded = pad_episodes(data, target.probs(data.observations), gamma)
+    overlap = {**padded.overlap(), **padded.support(data)}  # what the log covers: Q is extrapolated elsewhere
     rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
     starts_per_group = np.bincount(groups, minlength=n_groups).astype(np.float64)
     counts = np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed + 1)])

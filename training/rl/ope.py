@@ -44,7 +44,7 @@ def wis(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: flo
     values = ratio_or_zero(weighted_rewards, np.broadcast_to(norm, weighted_rewards.shape)) @ p.discounts
     values[~p.defined(counts)] = np.nan  # no episode keeps weight: not 0, undefined
     return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes,
-                    ("episodes", data.n_episodes, bootstrap, seed), **p.overlap(), **undefined(p))
+                    ("episodes", data.n_episodes, bootstrap, seed), **p.overlap(), **p.support(data), **undefined(p))
 
 
 def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_model: Any = None,
@@ -71,7 +71,7 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
     values = (current + previous) @ p.discounts
     values[~p.defined(counts)] = np.nan  # Q's extrapolation alone is no estimate
     return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed),
-                    **p.overlap(), **undefined(p))
+                    **p.overlap(), **p.support(data), **undefined(p))
 
 
 def undefined(p: Any) -> dict[str, str]:

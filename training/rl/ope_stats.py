@@ -9,6 +9,12 @@ distribution (an entry < 0, a sum off 1: logits or scores, :func:`check_policy_p
 refused with :class:`OPEInputError` naming the episode and step -- never turned into 0 or a huge
 number inside a sum, which would silently drop or swamp the other terms.
 
+**Support.** Importance sampling sees only the actions the log gave a positive propensity.
+Where the target puts probability on an action whose logged propensity is 0 (a one-hot human or
+fallback step of routed logs, a greedy logging policy), nothing logged says what that action
+earns: WIS silently conditions on the logged actions and FQE/DR extrapolate Q. Every estimate's
+details measure it (:meth:`Padded.support`), and the promotion gate refuses to decide on it.
+
 An estimate whose importance weights vanish on every episode (the target gives probability 0 to
 a logged action somewhere in each of them) is undefined: its value and interval are NaN, never
 0 (WIS) or the Q model's extrapolation (DR). A bootstrap resample in which that happens is NaN
@@ -24,6 +30,8 @@ import numpy as np
 
 from auditstream.errors import AuditstreamError
 from training.rl.offline_data import PROB_TOLERANCE, OfflineDataset
+
+SUPPORT_TOLERANCE = 1e-3  # target probability on never-logged actions that counts as none
 
 
 class OPEInputError(AuditstreamError, ValueError):
@@ -140,6 +148,26 @@ class Padded:
     q: np.ndarray  # Q̂(s_t, a_t), 0 after the end
     v: np.ndarray  # V̂(s_t) under π, 0 after the end
     discounts: np.ndarray  # γ^t, [H]
+    reach: np.ndarray  # per dataset row [N]: w_{i,t-1}, the cumulative ratio before the step (1 at step 0)
+    unsupported: np.ndarray  # per dataset row [N]: the target's probability of actions logged with propensity 0
+
+    def support(self, data: OfflineDataset) -> dict[str, Any]:
+        """What the target does that the log cannot show:
+
+        * ``unsupported_mass``: the largest probability the target puts on actions whose logged
+          propensity is 0, at a logged step it can reach (every earlier logged action of the
+          episode has target probability > 0); ``unsupported_steps``: how many such steps put
+          more than :data:`SUPPORT_TOLERANCE` there, ``unsupported_sources`` who acted at them;
+        * ``unsupported_probability``: the estimated chance that an episode of the target takes
+          such an action at all, Σ_t mean_i w_{i,t-1} · (that probability at step t) -- unbiased
+          where the log has support up to the step; an estimate can be off by up to this times
+          the range of the returns."""
+        mass = np.where(self.reach > 0, self.unsupported, 0.0)
+        over = mass > SUPPORT_TOLERANCE
+        sources, counts = np.unique(data.sources[over], return_counts=True)
+        return {"unsupported_mass": float(mass.max(initial=0.0)), "unsupported_steps": int(over.sum()),
+                "unsupported_sources": {str(k): int(c) for k, c in zip(sources, counts)},
+                "unsupported_probability": float(np.sum(self.reach * self.unsupported) / data.n_episodes)}
 
     def defined(self, counts: np.ndarray) -> np.ndarray:
         """Per resample (a row of episode ``counts`` [K, E]): does any episode keep importance
@@ -173,16 +201,19 @@ def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np
     horizon = max(s.stop - s.start for s in slices)
     shape = (len(slices), horizon)
     weights, rewards, q, v = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    reach = np.ones(len(mu))
     for i, s in enumerate(slices):
         n = s.stop - s.start
         with np.errstate(over="ignore"):  # an overflow is refused just below, naming the step
             w = np.cumprod(ratio[s])
         check_finite(data, "cumulative importance weight", w, np.arange(s.start, s.stop))  # overflowed
         weights[i, :n], weights[i, n:] = w, w[-1]
+        reach[s.start + 1:s.stop] = w[:-1]
         rewards[i, :n] = data.rewards[s]
         if q_taken is not None and v_state is not None:
             q[i, :n], v[i, :n] = q_taken[s], v_state[s]
-    return Padded(weights, rewards, q, v, gamma ** np.arange(horizon))
+    unsupported = np.where(data.propensities <= 0, pi, 0.0).sum(axis=1)
+    return Padded(weights, rewards, q, v, gamma ** np.arange(horizon), reach, unsupported)
 
 
 def check_dataset(data: OfflineDataset, gamma: float) -> None:

@@ -19,8 +19,11 @@ candidate would earn acting on every step -- what humans would have answered whe
 policy did not defer is not in the logs). So :func:`gate_from_dataset` compares like with like:
 given the live policy (``live_policy``, ``rl promote`` passes it), the live side is the same
 estimator applied to the live policy's own action rule on the same logs and resamples -- both
-unrouted. Without it, the logged mean return stands for the live side only when no step of the
-logs was routed away from the model; otherwise :class:`GateRefused` says to pass it.
+unrouted. That value is in the logs only where they give the live policy's actions support: at
+a step the fallback (or a human logged one-hot) took, they do not, and the gate says
+``no_support`` (below) rather than compare an extrapolation. Without ``live_policy``, the logged
+mean return stands for the live side only when no step of the logs was routed away from the
+model; otherwise :class:`GateRefused` says to pass it.
 
 Decision table (first matching row wins):
 
@@ -28,6 +31,8 @@ Decision table (first matching row wins):
 condition                                                   promote   reason code
 ==========================================================  ========  =====================
 fewer logged episodes than ``min_episodes``                 no        too_few_episodes
+a required estimate puts more than ``max_unsupported`` on   no        no_support
+actions the log gave propensity 0
 a required estimate or difference lower bound is not finite no        no_estimate
 a required estimate has fewer effective episodes than       no        too_few_effective_episodes
 ``min_effective_episodes``
@@ -37,7 +42,14 @@ otherwise                                                   no        not_better
 
 "Required" is ``config.estimator`` alone, or every estimator given when ``require_all``; each is
 compared with the live estimate of the same name (or with the one live estimate given). The
-estimates of both sides are checked. An estimate is not finite when no logged episode supports
+estimates of both sides are checked. **Support**: an estimate whose policy puts probability on
+actions the log gave propensity 0 -- at a step it can reach (``details.unsupported_mass``), or
+summed over an episode (``details.unsupported_probability``, :mod:`training.rl.ope_stats`) -- is
+of a quantity the logs do not show (WIS conditions on the logged actions, FQE and DR extrapolate
+Q), whichever way the bootstrap falls. On routed logs that is the live policy's own side: at a
+deferred step the log holds the human's or the fallback's action one-hot, and the live policy's
+unrouted action rule gives the other actions probability (a worse candidate was promoted 20 of
+20 times on such logs). An estimate is not finite when no logged episode supports
 it (:mod:`training.rl.ope_stats`: the target never takes the logged actions); its effective
 episodes are ``details.effective_sample_size`` (Kish, of the importance weights; an estimate
 without it is not checked): below ``min_effective_episodes`` its interval rests on a handful of
@@ -55,9 +67,10 @@ from typing import Any
 
 import numpy as np
 
-from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, check_fields
+from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, SHARE, check_fields
 from auditstream.errors import AuditstreamError
 from training.rl.ope import Estimate
+from training.rl.ope_stats import SUPPORT_TOLERANCE
 
 ESTIMATORS = ("wis", "dr", "fqe")
 MIN_EFFECTIVE_EPISODES = 20.0
@@ -77,6 +90,9 @@ class PromotionConfig:
     min_improvement: float = field(default=0.0, metadata={"check": NON_NEGATIVE,
                                                           "help": "margin over the live value, in return units"})
     min_episodes: int = field(default=100, metadata={"check": COUNT, "help": "fewest logged episodes to decide on"})
+    max_unsupported: float = field(default=SUPPORT_TOLERANCE, metadata={
+        "check": SHARE, "help": "most probability either policy may put on actions the logs gave propensity 0 "
+                                "(at any step, and per episode)"})
     min_effective_episodes: float = field(default=MIN_EFFECTIVE_EPISODES, metadata={
         "check": NON_NEGATIVE, "help": "fewest effective episodes (Kish, of the importance weights) an estimate of "
                                        "either side may rest on"})
@@ -145,6 +161,12 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, 
     if n < config.min_episodes:
         return make(False, "too_few_episodes", f"{n} logged episodes < min_episodes {config.min_episodes}")
     sides = [(side, k, e) for k in required for side, e in (("candidate", candidate_estimates[k]), ("live", lives[k]))]
+    unsupported = [unsupported_text(side, k, e) for side, k, e in sides
+                   if max(e.details.get("unsupported_mass", 0.0), e.details.get("unsupported_probability", 0.0))
+                   > config.max_unsupported]
+    if unsupported:
+        return make(False, "no_support", "; ".join(unsupported) + f" (max_unsupported {config.max_unsupported:g}): "
+                    "nothing logged says what those actions earn. " + NO_SUPPORT_HELP)
     undefined = [f"{side} {k}: {e.details.get('undefined', f'value {e.value:.4g} in [{e.lower:.4g}, {e.upper:.4g}]')}"
                  for side, k, e in sides if not all(math.isfinite(x) for x in (e.value, e.lower, e.upper))]
     if undefined:
@@ -164,6 +186,19 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, 
     if all(v > config.min_improvement for v, _ in lowers.values()):
         return make(True, "lower_bound_beats_live", f"{shown}: above the margin {config.min_improvement:g}")
     return make(False, "not_better", f"{shown}: not all above the margin {config.min_improvement:g}")
+
+
+NO_SUPPORT_HELP = ("Where humans acted, --human-steps model gives their steps fitted propensities; otherwise log "
+                   "the live policy sampling its actions (not greedy), with fewer steps routed to the fallback, "
+                   "until every action either policy takes has a logged propensity > 0")
+
+
+def unsupported_text(side: str, name: str, e: Estimate) -> str:
+    sources = e.details.get("unsupported_sources") or {}
+    where = f" (sources {sources})" if sources else ""
+    return (f"{side} {name} puts up to {e.details.get('unsupported_mass', 0.0):.3g} of its probability on actions "
+            f"logged with propensity 0 at {e.details.get('unsupported_steps', 0)} steps{where}, "
+            f"{e.details.get('unsupported_probability', 0.0):.3g} per episode")
 
 
 def difference_lower_bound(candidate: Estimate, live: Estimate) -> tuple[float, str]:
