@@ -267,3 +267,24 @@ def test_a_candidate_the_logs_never_show_acting_is_not_promoted(estimator, never
     # without the support check, the estimate itself is no number to decide on
     lenient = decide(cand, live, PromotionConfig(gamma=GAMMA, estimator=estimator, max_unsupported=1.0))
     assert (lenient.promote, lenient.code) == (False, "too_few_effective_episodes" if estimator == "fqe" else "no_estimate")
+
+
+def test_human_steps_exclude_is_refused_for_promotion_in_one_line() -> None:
+    """Keeping only the episodes no human acted in selects them by the actions taken: on the toy
+    MDP a candidate 0.9 worse than the live policy came out better and was promoted in 10 of 10
+    logs. Refused by the config (so by ``rl promote --human-steps exclude`` before anything runs),
+    kept for reports (with_human_steps)."""
+    import argparse
+
+    from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+    from auditstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"invalid --human-steps='exclude': expected as_logged or model: .*not for "
+                                          r"promotion") as refused:
+        PromotionConfig(human_steps="exclude")
+    assert "\n" not in str(refused.value)
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, PromotionConfig)
+    with pytest.raises(ConfigError, match="--human-steps"):
+        dataclass_from_namespace(PromotionConfig, parser.parse_args(["--human-steps", "exclude"]))
+    assert dataclass_from_namespace(PromotionConfig, parser.parse_args(["--human-steps", "model"])).human_steps == "model"
