@@ -234,3 +234,20 @@ def test_target_probabilities_that_are_not_a_distribution_are_refused(rows, matc
                 lambda: fqe(data, policy, GAMMA, tabular_features, bootstrap=20)):
         with pytest.raises(OPEInputError, match=r"target policy probabilities .* at episode 'e00000' step 0 .*" + match):
             run()
+
+
+def test_dr_refits_q_on_every_bootstrap_resample() -> None:
+    """Each DR resample is DR computed on the resampled episodes with Q fitted on them: the
+    bootstrap repeats the whole procedure (Q fixed at the full-data fit left Q's own variance
+    out). Same resamples as WIS, so the gate still pairs them."""
+    data, target = simulate(60, seed=1), table_policy(PI)
+    est = evaluate(data, target, GAMMA, bootstrap=30, seed=4, features=tabular_features)["dr"]
+    assert est.resample_key == wis(data, target, GAMMA, bootstrap=30, seed=4).resample_key
+    fixed = doubly_robust(data, target, GAMMA, fit_fqe(data, target, GAMMA, tabular_features), bootstrap=30, seed=4)
+    assert est.value == pytest.approx(fixed.value, rel=1e-9)  # the point estimate is unchanged
+    counts = np.random.default_rng(4).multinomial(60, np.full(60, 1 / 60), size=30)  # bootstrap_counts(60, 30, 4)
+    for k in range(4):
+        resampled = data.select_episodes(np.repeat(np.arange(60), counts[k]))
+        refit = doubly_robust(resampled, target, GAMMA, fit_fqe(resampled, target, GAMMA, tabular_features), bootstrap=20)
+        assert est.resamples[k] == pytest.approx(refit.value, rel=1e-9, abs=1e-12)
+        assert abs(fixed.resamples[k] - refit.value) > 1e-6  # what the old interval was made of
