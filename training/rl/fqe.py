@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, interval,
-                                   pad_episodes, ratio_or_zero)
+from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, check_policy_probs,
+                                   interval, pad_episodes, ratio_or_zero)
 from training.rl.policy_export import NumpyPolicy
 
 MAX_GROUPS = 256  # bootstrap units: more episodes are pooled into this many groups
@@ -94,7 +94,7 @@ def _normal_equations(data: OfflineDataset, target: NumpyPolicy, gamma: float, f
     psi_next = features(data.next_observations, data.steps + 1)
     d = psi.shape[1]
     pi_next = target.probs(data.next_observations)
-    check_finite(data, "target policy probabilities at the next observation", pi_next)
+    check_policy_probs(data, "target policy probabilities at the next observation", pi_next)
     alive = (1.0 - data.episode_ends.astype(np.float64))[:, None]  # no bootstrap past an episode's end
     phi = np.zeros((len(psi), n_actions * d))
     phi_next = np.zeros_like(phi)
@@ -139,7 +139,9 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     first = np.flatnonzero(np.r_[True, np.diff(data.episode_ids) != 0])
     psi0 = features(data.observations[first], data.steps[first])
     pi0 = target.probs(data.observations[first])
-    check_finite(data, "target policy probabilities", pi0, first)
+    check_policy_probs(data, "target policy probabilities", pi0, first)
+    padded = pad_episodes(data, target.probs(data.observations), gamma)
+    overlap = {**padded.overlap(), **padded.support(data)}  # what the log covers: Q is extrapolated elsewhere
     rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
     starts_per_group = np.bincount(groups, minlength=n_groups).astype(np.float64)
     counts = np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed + 1)])
@@ -156,8 +158,44 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
     allowance = float(getattr(features, "heldout_error", 0.0))
     resamples = values[1:]
     est = interval("fqe", values[0], resamples, confidence, data.n_episodes, groups=n_groups,
-                    basis=getattr(features, "kind", "given"), misspecification_allowance=allowance)
+                    basis=getattr(features, "kind", "given"), misspecification_allowance=allowance, **overlap)
     return dataclasses.replace(est, lower=est.lower - allowance, upper=est.upper + allowance)
+
+
+def resample_plan(data: OfflineDataset, features: StateFeatures, bootstrap: int,
+                  seed: int) -> tuple[np.ndarray, int, np.ndarray, tuple]:
+    """(group of each episode [E], number of groups G, counts [1 + bootstrap, G] -- all ones,
+    then the bootstrap resamples --, the resamples' key) for an estimate that refits Q on every
+    resample of episodes. Episodes are their own groups (and the resamples those of
+    :func:`~training.rl.ope_stats.bootstrap_counts` (E, bootstrap, seed), as WIS's) unless their
+    per-group normal equations would not fit in :data:`MAX_GROUP_BYTES`; then episodes are pooled
+    at random into G groups, the resampled units."""
+    e = data.n_episodes
+    d_all = data.n_actions * features(data.observations[:1], data.steps[:1]).shape[1]
+    n_groups = min(e, MAX_GROUPS, max(32, MAX_GROUP_BYTES // (8 * d_all * d_all)))
+    if n_groups == e:
+        groups, key = np.arange(e), ("episodes", e, bootstrap, seed)
+    else:
+        groups, key = np.random.default_rng(seed).permutation(e) % n_groups, ("groups", e, n_groups, bootstrap, seed)
+    return groups, n_groups, np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed)]), key
+
+
+def refit_q_values(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: StateFeatures,
+                   groups: np.ndarray, n_groups: int, counts: np.ndarray,
+                   ridge: float = DEFAULT_RIDGE) -> Iterator[tuple[int, np.ndarray]]:
+    """Q(s, a) at every logged step with Q refitted (LSTDQ, as :func:`fit_fqe`) on each row of
+    group ``counts`` [K, G]: yields (first row, Q-values [k, N, A]) a few rows at a time. A row
+    of ones is :func:`fit_fqe` on all of ``data``."""
+    a_mats, b_vecs = _normal_equations(data, target, gamma, features, groups, n_groups)
+    psi = features(data.observations, data.steps)
+    rows_per_group = np.bincount(groups[data.episode_ids], minlength=n_groups).astype(np.float64)
+    a_flat, d = a_mats.reshape(n_groups, -1), a_mats.shape[1]
+    chunk = int(max(1, min(50, 4_000_000 // max(1, len(psi) * data.n_actions))))
+    for lo in range(0, len(counts), chunk):
+        c = counts[lo:lo + chunk]
+        a = (c @ a_flat).reshape(-1, d, d) + ridge * (c @ rows_per_group)[:, None, None] * np.eye(d)
+        w = np.linalg.solve(a, (c @ b_vecs)[:, :, None])[:, :, 0].reshape(len(c), data.n_actions, -1)
+        yield lo, np.einsum("nf,kaf->kna", psi, w)
 
 
 def select_basis(data: OfflineDataset, target: NumpyPolicy, gamma: float, ridge: float = DEFAULT_RIDGE,

@@ -12,10 +12,12 @@ evaluate with human steps, one per ``human_steps`` mode:
   where the truth is π(a)/μ(a) ≥ π(a): the weights are too small and the estimate is biased
   (downwards, for positive rewards).
 * ``exclude``: evaluate on the episodes in which no human acted (fallback steps stay). Needs no
-  assumption about humans, but answers a narrower question: those episodes are not a random
-  sample (the ones no human had to act in), so candidate and live values describe that subset
-  and only their difference is comparable. The live policy's own value must be taken on the same
-  episodes (:func:`training.rl.promotion.gate_from_dataset` does).
+  assumption about humans, but answers another question, and not soundly: those episodes are
+  selected by the actions taken along them (the logging policy's actions that kept them out of
+  the states humans handle), so an importance-weighted value on them is of no policy's value,
+  and neither is the difference of two such values: a far worse candidate came out better. For
+  reports only (``rl train-offline --ope-human-steps``); the promotion gate refuses it
+  (:class:`training.rl.promotion.PromotionConfig`).
 * ``model``: estimate the humans' action probabilities from every human answer in the log
   (deferred steps and audited ones) with a multinomial logistic regression on the observation,
   mixed with ``human_noise`` of uniform so no action has probability 0, and use them as the

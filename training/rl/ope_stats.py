@@ -4,12 +4,25 @@ dataset checks, and episodes padded to matrices of cumulative importance weights
 
 Every estimator's inputs are checked before any sum is formed (:func:`check_finite`): a NaN or
 infinite reward, propensity, target probability or Q-value, a behaviour propensity of 0 for a
-taken action, or an importance weight that overflows is refused with :class:`OPEInputError`
-naming the episode and step -- never turned into 0 or a huge number inside a sum, which would
-silently drop or swamp the other terms."""
+taken action, an importance weight that overflows, or target probabilities that are not a
+distribution (an entry < 0, a sum off 1: logits or scores, :func:`check_policy_probs`) are
+refused with :class:`OPEInputError` naming the episode and step -- never turned into 0 or a huge
+number inside a sum, which would silently drop or swamp the other terms.
+
+**Support.** Importance sampling sees only the actions the log gave a positive propensity.
+Where the target puts probability on an action whose logged propensity is 0 (a one-hot human or
+fallback step of routed logs, a greedy logging policy), nothing logged says what that action
+earns: WIS silently conditions on the logged actions and FQE/DR extrapolate Q. Every estimate's
+details measure it (:meth:`Padded.support`), and the promotion gate refuses to decide on it.
+
+An estimate whose importance weights vanish on every episode (the target gives probability 0 to
+a logged action somewhere in each of them) is undefined: its value and interval are NaN, never
+0 (WIS) or the Q model's extrapolation (DR). A bootstrap resample in which that happens is NaN
+too (``details.undefined_resamples`` counts them), and the interval is taken over the others."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +30,9 @@ import numpy as np
 
 from auditstream.errors import AuditstreamError
 from training.rl.args import BOOTSTRAP_RESAMPLES
-from training.rl.offline_data import OfflineDataset
+from training.rl.offline_data import PROB_TOLERANCE, OfflineDataset
+
+SUPPORT_TOLERANCE = 1e-3  # target probability on never-logged actions that counts as none
 
 
 class OPEInputError(AuditstreamError, ValueError):
@@ -43,9 +58,29 @@ def check_finite(data: OfflineDataset, what: str, values: np.ndarray, rows: np.n
                             "off-policy estimates need finite inputs (check the policy and the logged data)")
 
 
+def check_policy_probs(data: OfflineDataset, what: str, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Refuse target policy probabilities [N, A] (one row per dataset row ``rows``; default: every
+    row) that are not finite, have an entry < 0 or a row sum off 1 by more than
+    :data:`~training.rl.offline_data.PROB_TOLERANCE` -- as logged propensities are refused
+    (:func:`training.rl.offline_data.propensity_problem`) -- naming the first such step."""
+    check_finite(data, what, values, rows)
+    flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    negative = (flat < 0).any(axis=1)
+    off = np.abs(flat.sum(axis=1) - 1.0) > PROB_TOLERANCE
+    bad = np.flatnonzero(negative | off)
+    if len(bad):
+        i = int(bad[0])
+        row = int(i if rows is None else np.asarray(rows)[i])
+        why = "has an entry < 0" if negative[i] else f"sums to {float(flat[i].sum()):.6g}, not 1"
+        raise OPEInputError(f"{what} {flat[i].tolist()[:8]} at {data.where(row)} ({len(bad)} such steps) {why}: "
+                            "off-policy estimates need the policy's action probabilities (a softmax), "
+                            "not logits or scores")
+
+
 def ratio_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator per term, 0 where the denominator is 0 (no weight at that step in
-    that resample): the convention of weighted importance sampling, applied to each term alone."""
+    that resample). Weights that an ended episode keeps make that happen only in a resample where
+    no episode keeps weight to the end, which the estimators then mark undefined (NaN)."""
     safe = np.where(denominator > 0, denominator, 1.0)
     return np.where(denominator > 0, numerator / safe, 0.0)
 
@@ -84,7 +119,14 @@ def interval(method: str, value: float, resamples: np.ndarray, confidence: float
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
     alpha = (1.0 - confidence) / 2.0
-    lower, upper = np.quantile(resamples[np.isfinite(resamples)], [alpha, 1.0 - alpha])
+    resamples = np.asarray(resamples, dtype=np.float64)
+    finite = resamples[np.isfinite(resamples)]
+    if len(finite) < len(resamples):
+        details = {**details, "undefined_resamples": int(len(resamples) - len(finite))}
+    if not np.isfinite(value) or len(finite) == 0:  # an undefined estimate has no interval
+        lower = upper = math.nan
+    else:
+        lower, upper = np.quantile(finite, [alpha, 1.0 - alpha])
     return Estimate(method, float(value), float(lower), float(upper), confidence, n, details,
                     np.asarray(resamples, dtype=np.float64), resample_key)
 
@@ -108,13 +150,51 @@ class Padded:
     q: np.ndarray  # Q̂(s_t, a_t), 0 after the end
     v: np.ndarray  # V̂(s_t) under π, 0 after the end
     discounts: np.ndarray  # γ^t, [H]
+    reach: np.ndarray  # per dataset row [N]: w_{i,t-1}, the cumulative ratio before the step (1 at step 0)
+    unsupported: np.ndarray  # per dataset row [N]: the target's probability of actions logged with propensity 0
+
+    def support(self, data: OfflineDataset) -> dict[str, Any]:
+        """What the target does that the log cannot show:
+
+        * ``unsupported_mass``: the largest probability the target puts on actions whose logged
+          propensity is 0, at a logged step it can reach (every earlier logged action of the
+          episode has target probability > 0); ``unsupported_steps``: how many such steps put
+          more than :data:`SUPPORT_TOLERANCE` there, ``unsupported_sources`` who acted at them;
+        * ``unsupported_probability``: the estimated chance that an episode of the target takes
+          such an action at all, Σ_t mean_i w_{i,t-1} · (that probability at step t) -- unbiased
+          where the log has support up to the step; an estimate can be off by up to this times
+          the range of the returns."""
+        mass = np.where(self.reach > 0, self.unsupported, 0.0)
+        over = mass > SUPPORT_TOLERANCE
+        sources, counts = np.unique(data.sources[over], return_counts=True)
+        return {"unsupported_mass": float(mass.max(initial=0.0)), "unsupported_steps": int(over.sum()),
+                "unsupported_sources": {str(k): int(c) for k, c in zip(sources, counts)},
+                "unsupported_probability": float(np.sum(self.reach * self.unsupported) / data.n_episodes)}
+
+    def defined(self, counts: np.ndarray) -> np.ndarray:
+        """Per resample (a row of episode ``counts`` [K, E]): does any episode keep importance
+        weight to the end? Weights are cumulative products that an ended episode keeps, so if
+        none does, the target gives probability 0 to a logged action in every episode: nothing
+        logged says what it earns, and its estimate is undefined (not 0, not Q's guess)."""
+        return counts @ self.weights[:, -1] > 0
+
+    def overlap(self) -> dict[str, float]:
+        """``effective_sample_size``: the Kish effective number of episodes (Σ_i w)² / Σ_i w² of
+        the cumulative weights w_{i,t} of each step, averaged over steps with the discounts γ^t
+        as weights (the value is made of the steps in that proportion); the number of episodes
+        when the target is the logging policy, 0 when no episode keeps any weight.
+        ``final_effective_sample_size``: that of the last step alone."""
+        total, square = self.weights.sum(axis=0), np.sum(self.weights ** 2, axis=0)
+        ess = np.where(square > 0, total ** 2 / np.where(square > 0, square, 1.0), 0.0)
+        return {"effective_sample_size": float(ess @ self.discounts / self.discounts.sum()),
+                "final_effective_sample_size": float(ess[-1])}
 
 
 def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np.ndarray | None = None,
          v_state: np.ndarray | None = None) -> Padded:
     mu = data.behaviour_action_prob.astype(np.float64)
     check_finite(data, "behaviour propensity of the logged action", mu, positive=True)
-    check_finite(data, "target policy probabilities", pi)
+    check_policy_probs(data, "target policy probabilities", pi)
     if q_taken is not None and v_state is not None:
         check_finite(data, "Q-value of the logged action", q_taken)
         check_finite(data, "state value under the target policy", v_state)
@@ -123,16 +203,19 @@ def pad_episodes(data: OfflineDataset, pi: np.ndarray, gamma: float, q_taken: np
     horizon = max(s.stop - s.start for s in slices)
     shape = (len(slices), horizon)
     weights, rewards, q, v = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    reach = np.ones(len(mu))
     for i, s in enumerate(slices):
         n = s.stop - s.start
         with np.errstate(over="ignore"):  # an overflow is refused just below, naming the step
             w = np.cumprod(ratio[s])
         check_finite(data, "cumulative importance weight", w, np.arange(s.start, s.stop))  # overflowed
         weights[i, :n], weights[i, n:] = w, w[-1]
+        reach[s.start + 1:s.stop] = w[:-1]
         rewards[i, :n] = data.rewards[s]
         if q_taken is not None and v_state is not None:
             q[i, :n], v[i, :n] = q_taken[s], v_state[s]
-    return Padded(weights, rewards, q, v, gamma ** np.arange(horizon))
+    unsupported = np.where(data.propensities <= 0, pi, 0.0).sum(axis=1)
+    return Padded(weights, rewards, q, v, gamma ** np.arange(horizon), reach, unsupported)
 
 
 def check_dataset(data: OfflineDataset, gamma: float) -> None:

@@ -99,8 +99,8 @@ def row_policy(table: np.ndarray) -> NumpyPolicy:
 
 def reference_wdr(data, pi: np.ndarray, q: np.ndarray, gamma: float) -> float:
     """Weighted DR written out term by term (Thomas & Brunskill 2016): Σ_t γ^t [Σ_e w_t (r_t - Q_t)
-    / Σ_e w_t + Σ_e w_{t-1} V_t / Σ_e w_{t-1}], a term with no weight being 0; an ended episode
-    keeps its last weight and adds nothing."""
+    / Σ_e w_t + Σ_e w_{t-1} V_t / Σ_e w_{t-1}]; an ended episode keeps its last weight and adds
+    nothing; NaN (undefined) when no episode keeps any weight to its end."""
     episodes = []
     for s in data.episode_slices():
         rows = range(s.start, s.stop)
@@ -110,6 +110,8 @@ def reference_wdr(data, pi: np.ndarray, q: np.ndarray, gamma: float) -> float:
             ws.append(w)
         episodes.append([(ws[k], float(data.rewards[i]), q[i, data.actions[i]], float(q[i] @ pi[i]))
                          for k, i in enumerate(rows)])
+    if sum(e[-1][0] for e in episodes) == 0:
+        return float("nan")
     horizon = max(len(e) for e in episodes)
     total = 0.0
     for t in range(horizon):
@@ -158,20 +160,38 @@ def test_weighted_dr_is_the_textbook_sum_on_finite_inputs(draw, n_actions, gamma
     q_model = TableQ(q[obs_to_row])
     got = doubly_robust(data, target, gamma, q_model, bootstrap=20).value
     expected = reference_wdr(data, pi, q, gamma)
-    assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-6, nan_ok=True)
 
 
-def test_a_step_no_episode_reaches_keeps_its_value_term() -> None:
+def test_a_target_no_logged_episode_supports_is_undefined_not_zero_or_q() -> None:
     """Every episode's weight is 0 from step 1 (the target never takes the logged action there):
-    step 1's correction term has no weight (0), but its V term, weighted by step 0, stays."""
+    nothing logged says what the target earns after step 0. WIS gave 1 (step 0 only, as if it
+    earned 0 after), DR step 0's term plus Q's guess of step 1 -- confident numbers with zero-width
+    intervals. Both are NaN, interval too, and say why; the gate then has no estimate."""
     records = [StepRecord(f"e{e}", t, [float(2 * e + t)], 0, [0.5, 0.5], 1.0, False, t == 1)
                for e in range(3) for t in range(2)]
     data = build_dataset(records)
     pi = np.tile([[1.0, 0.0], [0.0, 1.0]], (3, 1))  # step 0: the logged action; step 1: never
     q = np.full((6, 2), 2.0)
-    got = doubly_robust(data, row_policy(pi), 0.5, TableQ(q), bootstrap=20).value
-    # step 0: w=2, (1 - 2) + V=2 -> 1; step 1: no weight -> 0, plus V=2 weighted by step 0 -> 0.5 * 2
-    assert got == pytest.approx(1.0 + 0.5 * 2.0) == pytest.approx(reference_wdr(data, pi, q, 0.5))
+    for est in (doubly_robust(data, row_policy(pi), 0.5, TableQ(q), bootstrap=20),
+                wis(data, row_policy(pi), 0.5, bootstrap=20), wis(data, row_policy(pi), 0.5, bootstrap=20, weighted=False)):
+        assert np.isnan([est.value, est.lower, est.upper]).all(), est
+        assert "importance weights are all 0" in est.details["undefined"]
+        assert est.details["effective_sample_size"] > 0 and est.details["final_effective_sample_size"] == 0
+    assert np.isnan(reference_wdr(data, pi, q, 0.5))
+
+
+def test_resamples_without_weight_are_left_out_and_counted() -> None:
+    """One of 30 episodes keeps weight: the estimate is defined, and the resamples that miss that
+    episode (about e^-1 of them) are undefined -- counted, not averaged in as 0."""
+    records = [StepRecord(f"e{e:02d}", t, [float(2 * e + t)], int(e == 0 and t == 1), [0.5, 0.5], 1.0, False, t == 1)
+               for e in range(30) for t in range(2)]
+    data = build_dataset(records)
+    pi = np.tile([[1.0, 0.0], [0.0, 1.0]], (30, 1))  # step 1: action 1, logged in episode e00 only
+    est = wis(data, row_policy(pi), 0.5, bootstrap=200)
+    assert est.value == pytest.approx(1.0 + 0.5) and est.lower == est.upper == pytest.approx(1.5)
+    assert 40 < est.details["undefined_resamples"] < 110 and np.isnan(est.resamples).sum() == est.details["undefined_resamples"]
+    assert est.details["final_effective_sample_size"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("where, value, match", [
@@ -200,3 +220,34 @@ def test_an_overflowing_importance_weight_is_refused_naming_the_step() -> None:
     data = build_dataset(records)
     with pytest.raises(OPEInputError, match="cumulative importance weight .* at episode 'e0' step 10"):
         wis(data, row_policy(np.tile([[1.0, 0.0]], (20, 1))), 0.9, bootstrap=20)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (2 * MU, r"sums to 2, not 1"),  # scores: PDIS gave 12.41 for a true value of 1.26
+    (MU - 0.7, r"has an entry < 0"),  # logits-like
+])
+def test_target_probabilities_that_are_not_a_distribution_are_refused(rows, match) -> None:
+    data = simulate(30, seed=0)
+    policy = NumpyPolicy(lambda obs: rows[np.asarray(obs).argmax(axis=1)], 2)
+    for run in (lambda: wis(data, policy, GAMMA, bootstrap=20), lambda: wis(data, policy, GAMMA, bootstrap=20, weighted=False),
+                lambda: doubly_robust(data, policy, GAMMA, bootstrap=20),
+                lambda: fqe(data, policy, GAMMA, tabular_features, bootstrap=20)):
+        with pytest.raises(OPEInputError, match=r"target policy probabilities .* at episode 'e00000' step 0 .*" + match):
+            run()
+
+
+def test_dr_refits_q_on_every_bootstrap_resample() -> None:
+    """Each DR resample is DR computed on the resampled episodes with Q fitted on them: the
+    bootstrap repeats the whole procedure (Q fixed at the full-data fit left Q's own variance
+    out). Same resamples as WIS, so the gate still pairs them."""
+    data, target = simulate(60, seed=1), table_policy(PI)
+    est = evaluate(data, target, GAMMA, bootstrap=30, seed=4, features=tabular_features)["dr"]
+    assert est.resample_key == wis(data, target, GAMMA, bootstrap=30, seed=4).resample_key
+    fixed = doubly_robust(data, target, GAMMA, fit_fqe(data, target, GAMMA, tabular_features), bootstrap=30, seed=4)
+    assert est.value == pytest.approx(fixed.value, rel=1e-9)  # the point estimate is unchanged
+    counts = np.random.default_rng(4).multinomial(60, np.full(60, 1 / 60), size=30)  # bootstrap_counts(60, 30, 4)
+    for k in range(4):
+        resampled = data.select_episodes(np.repeat(np.arange(60), counts[k]))
+        refit = doubly_robust(resampled, target, GAMMA, fit_fqe(resampled, target, GAMMA, tabular_features), bootstrap=20)
+        assert est.resamples[k] == pytest.approx(refit.value, rel=1e-9, abs=1e-12)
+        assert abs(fixed.resamples[k] - refit.value) > 1e-6  # what the old interval was made of
