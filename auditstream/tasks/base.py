@@ -15,6 +15,10 @@ model card's :class:`~auditstream.wire.TaskKind` instead of branching on it:
 - what a row of graph outputs must be to make an answer at all (:func:`answerable_rows`, shared
   by every kind's ``postprocess``: probabilities in [0, 1], boxes with x0 <= x1 and y0 <= y1,
   label indices in range; any other row is that record's model failure);
+- that every confidence published lies in [0, 1]: a probability within :data:`PROB_TOLERANCE`
+  above 1 is answerable, and is published as 1 (:func:`probability`; :class:`Answer` and
+  :class:`Part` clip their confidences themselves, for every kind). A card that certified
+  nothing has a threshold above 1 (``nextafter(1, 2)``), which no confidence then reaches;
 - for kinds whose answers act on an environment (``acts``), the action selection
   (:meth:`Task.act`) and what a decision records about it (:meth:`Task.decision_details`).
 
@@ -24,6 +28,7 @@ Everything here is pure (numpy only): no Kafka, no ONNX Runtime, no Streamlit.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
@@ -41,13 +46,30 @@ T = TypeVar("T")
 ACTION_SALT = "action"  # salt of the request-id hash at which an acting kind draws its action
 
 
+def unit_interval(x: float) -> float:
+    """``x`` clipped to [0, 1] (NaN stays NaN: triage never accepts it)."""
+    x = float(x)
+    return x if math.isnan(x) else min(max(x, 0.0), 1.0)
+
+
+def probability(x: float) -> float:
+    """A probability or score as it is published: in [0, 1], rounded (:func:`rounded`). Rows
+    :func:`answerable_rows` took may be up to :data:`PROB_TOLERANCE` outside [0, 1] (a float32
+    softmax's ulp): published as is, 1.0005 would clear a threshold above 1, the threshold of a
+    card that certified nothing and is meant to accept nothing."""
+    return rounded(unit_interval(x))
+
+
 @dataclass(frozen=True)
 class Part:
     """One independently auditable piece of an answer: a character, a box, a token, an action."""
 
     index: int
     value: Any
-    confidence: float
+    confidence: float  # in [0, 1]: clipped on construction (:func:`unit_interval`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confidence", unit_interval(self.confidence))
 
 
 @dataclass(frozen=True)
@@ -55,9 +77,14 @@ class Answer:
     """A model's answer to one input, before triage."""
 
     output: Any  # what is published (JSON)
-    confidence: float  # of the whole answer, compared with the card's threshold
+    # of the whole answer, compared with the card's threshold; in [0, 1] whatever the kind
+    # computed: clipped on construction (:func:`unit_interval`), the one place every kind shares
+    confidence: float
     parts: tuple[Part, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)  # travels in Prediction.details
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confidence", unit_interval(self.confidence))
 
 
 def rounded(x: float) -> float:

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, answerable_rows, canonical_json, register, rounded
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, register, rounded,
+                                    unit_interval)
 from auditstream.wire import TaskKind
 
 CONFIDENCE_KINDS = ("joint_token_prob", "mean_token_prob", "min_token_prob")
@@ -97,6 +98,7 @@ class Caption(Task):
                 continue
             words, confidences, scored, end_p = [], [], [], None
             for token, p in zip(ids.tolist(), probs.tolist()):
+                p = unit_interval(p)  # answerable up to PROB_TOLERANCE past 1; published in [0, 1]
                 scored.append(p)
                 if token == end:
                     end_p = p

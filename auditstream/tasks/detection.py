@@ -36,8 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, register,
-                                    rounded)
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, probability,
+                                    register, rounded)
 from auditstream.wire import TaskKind
 
 DEFAULT_MATCH_IOU = 0.5
@@ -207,7 +207,7 @@ class Detection(Task):
             order = np.argsort(-image_scores, kind="stable")
             kept = [int(i) for i in order if image_scores[i] >= low]
             output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
-                       "score": rounded(image_scores[i])} for i in kept]
+                       "score": probability(image_scores[i])} for i in kept]  # in [0, 1] (base.probability)
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
