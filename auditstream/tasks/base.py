@@ -96,6 +96,40 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+# Prefix of the key of a value canonical JSON cannot write (NaN, an infinity, a key that is not a
+# string): no JSON text starts with it, so such a key never equals the key of a well-formed answer.
+MALFORMED_KEY_PREFIX = "~"
+
+
+def key_json(value: Any) -> str:
+    """:func:`canonical_json`, total: a value it cannot write (NaN or an infinity -- Python's
+    ``json.loads`` reads ``NaN`` --, a dict key that is not a string, an object that is no JSON)
+    gets :data:`MALFORMED_KEY_PREFIX` and the canonical JSON of a stand-in (each such number as
+    the string of its ``repr``), so equal values still give equal keys and nothing raises.
+    Answer keys are built with it: a row already in a store, or a verdict from another client,
+    must never stop the reader that compares it."""
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return MALFORMED_KEY_PREFIX + canonical_json(_json_stand_in(value))
+    except (TypeError, ValueError, RecursionError):  # deeper than the JSON encoder goes
+        return MALFORMED_KEY_PREFIX + repr(type(value))
+
+
+def _json_stand_in(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {MALFORMED_KEY_PREFIX: repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [_json_stand_in(v) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else MALFORMED_KEY_PREFIX + repr(k): _json_stand_in(v) for k, v in value.items()}
+    return {MALFORMED_KEY_PREFIX: repr(value)}
+
+
 def answerable_rows(probs: np.ndarray | None = None, boxes: np.ndarray | None = None,
                     labels: np.ndarray | None = None, n_labels: int | None = None) -> np.ndarray:
     """Per row of the leading (batch) axis, whether its numbers can make an answer: every
@@ -204,11 +238,36 @@ class Task:
     def answer_key(self, output: Any) -> str:
         """Canonical form of an answer: two answers are the same exactly when their keys are
         equal (gold scoring, reviewer agreement and the workbench all use it). ``None`` is the
-        reject answer (no valid answer exists)."""
-        return canonical_json(output)
+        reject answer (no valid answer exists). Total: any JSON value has a key, NaN included
+        (:func:`key_json`); this, :meth:`same_answer`, :meth:`count_parts` and
+        :meth:`false_parts` never raise on what a store or another client hands them."""
+        return key_json(output)
 
     def same_answer(self, a: Any, b: Any) -> bool:
         return self.answer_key(a) == self.answer_key(b)
+
+    def check_answer(self, output: Any) -> str | None:
+        """Why ``output`` is not an answer of this kind that an auditor may record as a
+        correction, or None when it is one (``store.records.check_verdict_input``). Default:
+        any JSON value (the kind's equality is total over them)."""
+        return None
+
+    def shaped_like_its_answer(self, output: Any) -> bool:
+        """Whether ``output`` has the shape only this kind's answers have (a detector's: a list
+        holding a dict with a ``"box"``), so a caller that does not know the item's kind still
+        checks it with :meth:`check_answer` (:func:`check_answer_of_any_kind`). Default: no."""
+        return False
+
+
+def check_answer_of_any_kind(output: Any) -> str | None:
+    """Why ``output`` is not an answer of a kind whose shape it has (:meth:`Task.shaped_like_its_answer`),
+    or None: the check of a correction whose item's kind the caller does not know."""
+    for kind, task in TASKS.items():
+        if task.shaped_like_its_answer(output):
+            problem = task.check_answer(output)
+            if problem is not None:
+                return f"not a {kind.value} answer: {problem}"
+    return None
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """An answer as one line of text for people."""

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, register, rounded,
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, key_json, register, rounded,
                                     unit_interval)
 from auditstream.wire import TaskKind
 
@@ -118,7 +118,7 @@ class Caption(Task):
         return None  # the caption is certified as a whole; word confidences are for the auditor
 
     def answer_key(self, output: Any) -> str:
-        return canonical_json(normalize_caption(output) if isinstance(output, str) else output)
+        return key_json(normalize_caption(output) if isinstance(output, str) else output)  # total: any JSON value
 
 
 TASK = register(Caption())

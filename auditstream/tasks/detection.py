@@ -27,18 +27,27 @@ accepted boxes, monitor/tracker.py); it finds a largest matching without recursi
 label, whatever the number of boxes. IoU matching is not transitive, so it cannot be a key:
 :meth:`Detection.answer_key` stays a canonical form (labels and boxes to a tenth of a pixel,
 sorted); equal keys are the same answer, not conversely.
+
+Equality, keys and false-box counts are total: an answer :func:`readable_boxes` cannot read (a
+box of None, a string, NaN or an infinity; an element that is no dict; no list at all), a row
+already in a store or a verdict from another client, is the same answer as an identical value
+only, and all of its model's boxes count as false against it; nothing raises. What an auditor
+may record as a correction is stricter (:func:`answer_problem`, ``store.records.check_verdict_input``):
+boxes of four finite numbers drawn forwards, a class index or name, a score in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, probability,
-                                    register, rounded)
+from auditstream.tasks.base import (MALFORMED_KEY_PREFIX, PROB_TOLERANCE, Answer, Part, Task, answerable_rows,
+                                    canonical_json, key_json, label_name, probability, register, rounded)
 from auditstream.wire import TaskKind
+from auditstream.wire.codec import short_repr
 
 DEFAULT_MATCH_IOU = 0.5
 
@@ -67,19 +76,70 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    # two boxes of no area have IoU 0/0: the same box (equal corners) is 1, any other 0
+    identical = (a[:, None, :] == b[None, :, :]).all(axis=-1)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.where(identical, 1.0, 0.0))
 
 
-def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
-    """The boxes as [n, 4] floats, or None when one is not four finite numbers."""
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a real number (a JSON bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
     try:
-        rows = [[float(v) for v in d["box"]] for d in dets]
-    except (KeyError, TypeError, ValueError):
+        number = float(value)
+    except OverflowError:  # an integer past float's range
         return None
-    if any(len(r) != 4 for r in rows):
+    return number if math.isfinite(number) else None
+
+
+def _coords(box: Any) -> list[float] | None:
+    """A box as four finite floats, or None when it is anything else (None, a string, NaN, ...)."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
         return None
-    array = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
-    return array if np.isfinite(array).all() else None
+    coords = [_number(v) for v in box]
+    return None if any(c is None for c in coords) else coords  # type: ignore[return-value]
+
+
+def readable_boxes(output: Any) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """A well-formed answer's boxes and their coordinates [n, 4]: a list whose every element is
+    a dict with ``"box"`` four finite numbers; None for any other value (``None``, a string, a
+    box of None or NaN, an element that is no dict). What equality and false-part counting can
+    compare; anything else is compared by key (:meth:`Detection.answer_key`), never raises."""
+    if not isinstance(output, list):
+        return None
+    rows = []
+    for det in output:
+        coords = _coords(det.get("box")) if isinstance(det, dict) else None
+        if coords is None:
+            return None
+        rows.append(coords)
+    return output, np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+
+
+def answer_problem(output: Any) -> str | None:
+    """Why ``output`` is not a detection answer an auditor may record (a correction), or None: a
+    list of ``{"box": [x0, y0, x1, y1], "label": ..., "score": ...}``, each box four finite
+    numbers with x0 <= x1 and y0 <= y1, each label a class index (an integer >= 0) or a name (a
+    non-empty string), each score, where given, a number in [0, 1]."""
+    if not isinstance(output, list):
+        return f"a detection answer is a list of boxes, got {short_repr(output)}"
+    for number, det in enumerate(output, start=1):
+        if not isinstance(det, dict):
+            return f"box {number} is {short_repr(det)}, not {{\"box\": [x0, y0, x1, y1], \"label\": ..., \"score\": ...}}"
+        coords = _coords(det.get("box"))
+        if coords is None:
+            return f"box {number}: its box must be four finite numbers [x0, y0, x1, y1], got {short_repr(det.get('box'))}"
+        if coords[0] > coords[2] or coords[1] > coords[3]:
+            return f"box {number}: {coords} is drawn backwards (need x0 <= x1 and y0 <= y1)"
+        label = det.get("label")
+        if not ((isinstance(label, int) and not isinstance(label, bool) and label >= 0)
+                or (isinstance(label, str) and label)):
+            return f"box {number}: its label must be a class index (an integer >= 0) or a name, got {short_repr(label)}"
+        if "score" in det:
+            score = _number(det["score"])
+            if score is None or not 0.0 <= score <= 1.0 + PROB_TOLERANCE:
+                return f"box {number}: its score must be a number in [0, 1], got {short_repr(det['score'])}"
+    return None
 
 
 def _matching_size(allowed: np.ndarray) -> int:
@@ -127,8 +187,8 @@ def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict
     """The most boxes of ``ours`` that a one to one matching by label and IoU ``>= iou`` pairs
     with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart."""
     codes: dict[str, int] = {}
-    la = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
-    lb = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
+    la = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
+    lb = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
     matched = 0
     for label in np.intersect1d(la, lb).tolist():
         a, b = xa[la == label], xb[lb == label]
@@ -215,24 +275,35 @@ class Detection(Task):
         return answers
 
     def answer_key(self, output: Any) -> str:
+        """Labels and boxes to a tenth of a pixel, sorted. Total: an answer :func:`readable_boxes`
+        cannot read (a box of None, a string or NaN; an element that is no dict; no list) has
+        :data:`~auditstream.tasks.base.MALFORMED_KEY_PREFIX` and its whole value's key, so it is
+        the same answer as an identical value only, and nothing raises."""
         if output is None:
-            return canonical_json(None)
-        key = sorted((canonical_json(d.get("label")), *(round(float(v), 1) for v in d.get("box", [])))
-                     for d in boxes(output))
+            return key_json(None)
+        parsed = readable_boxes(output)
+        if parsed is None:
+            return MALFORMED_KEY_PREFIX + key_json(output)
+        dets, xy = parsed
+        key = sorted([key_json(d.get("label")), *(round(v, 1) for v in row)] for d, row in zip(dets, xy.tolist()))
         return canonical_json(key)
+
+    def check_answer(self, output: Any) -> str | None:
+        return answer_problem(output)
+
+    def shaped_like_its_answer(self, output: Any) -> bool:
+        return isinstance(output, list) and any(isinstance(d, dict) and "box" in d for d in output)
 
     def same_answer(self, a: Any, b: Any, iou: float = DEFAULT_MATCH_IOU) -> bool:
         """Boxes match one to one by label and IoU ``>= iou`` (pass the card's :func:`match_iou`);
-        scores and order do not matter. Answers with a malformed box compare by key."""
-        if a is None or b is None or not isinstance(a, list) or not isinstance(b, list):
-            return self.answer_key(a) == self.answer_key(b)
-        da, db = boxes(a), boxes(b)
-        if len(da) != len(db):
+        scores and order do not matter. Equal keys are the same answer; an answer
+        :func:`readable_boxes` cannot read is the same as one of equal key only. Never raises."""
+        if self.answer_key(a) == self.answer_key(b):
+            return True
+        pa, pb = readable_boxes(a), readable_boxes(b)
+        if pa is None or pb is None or len(pa[0]) != len(pb[0]):
             return False
-        xa, xb = _box_array(da), _box_array(db)
-        if xa is None or xb is None:
-            return self.answer_key(a) == self.answer_key(b)
-        return _matched_boxes(da, xa, db, xb, iou) == len(da)
+        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], iou) == len(pa[0])
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -244,15 +315,15 @@ class Detection(Task):
     def false_parts(self, model_output: Any, corrected_output: Any, iou: float = DEFAULT_MATCH_IOU) -> int:
         """The model's boxes that no box of the auditor's answer confirms: the most boxes a one to
         one matching by label and IoU ``>= iou`` can pair, taken from the model's count. Boxes
-        the auditor added are misses, not false boxes. A malformed box on either side: every
-        model box counts as false."""
-        ours, theirs = boxes(model_output), boxes(corrected_output)
+        the auditor added are misses, not false boxes. An answer :func:`readable_boxes` cannot read
+        on either side: every model box (:meth:`count_parts`) counts as false. Never raises."""
+        ours = boxes(model_output)
         if not ours:
             return 0
-        xa, xb = _box_array(ours), _box_array(theirs)
-        if xa is None or xb is None:
+        pa, pb = readable_boxes(model_output), readable_boxes(corrected_output)
+        if pa is None or pb is None:
             return len(ours)
-        return len(ours) - _matched_boxes(ours, xa, theirs, xb, iou)
+        return len(ours) - _matched_boxes(pa[0], pa[1], pb[0], pb[1], iou)
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""
