@@ -69,7 +69,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import binom
 
-from auditstream.tasks.detection import iou_matrix
+from auditstream.tasks.detection import greedy_true
 
 # Thresholds tested for auto-acceptance, highest first (fixed before any data is seen).
 HIGH_GRID = tuple(round(1.0 - 0.0025 * i, 4) for i in range(1, 400))  # 0.9975, 0.995, ..., 0.0025
@@ -103,18 +103,10 @@ class ScoredBoxes:
 def match_boxes(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray,
                 true_labels: np.ndarray, iou: float = 0.5) -> np.ndarray:
     """Whether each box is true: greedily in descending score, a box takes the not yet taken
-    object of its class with the highest IoU, if that IoU is ``>= iou`` (COCO's matching)."""
-    overlaps = iou_matrix(boxes, true_boxes)
-    same = np.asarray(labels).reshape(-1, 1) == np.asarray(true_labels).reshape(1, -1)
-    overlaps = np.where(same, overlaps, -1.0)
-    taken = np.zeros(overlaps.shape[1], dtype=bool)
-    true = np.zeros(len(overlaps), dtype=bool)
-    for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
-        candidates = np.where(taken, -1.0, overlaps[i])
-        if candidates.size and candidates.max() >= iou:
-            j = int(candidates.argmax())
-            taken[j], true[i] = True, True
-    return true
+    object of its class with the highest IoU, if that IoU is ``>= iou`` (COCO's matching). The
+    one rule of :func:`auditstream.tasks.detection.greedy_true`, which the monitor's count of an
+    audit's false boxes (``Detection.false_parts``) uses too."""
+    return greedy_true(boxes, labels, scores, true_boxes, true_labels, iou)
 
 
 def score_images(predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -21,10 +21,13 @@ estimate rely on: an answer past it would be auto-accepted and then left out of 
 
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
 ``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
-whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
-audited answer's false boxes (:meth:`Detection.false_parts`: the live false-discovery rate of
-accepted boxes, monitor/tracker.py); it finds a largest matching without recursion, label by
-label, whatever the number of boxes. IoU matching is not transitive, so it cannot be a key:
+whatever the order and the scores (:meth:`Detection.same_answer`: a largest matching, found
+without recursion, label by label, whatever the number of boxes). An audited answer's false
+boxes (:meth:`Detection.false_parts`: the live false-discovery rate of accepted boxes,
+monitor/tracker.py) are counted as the certificate counts them (qc/detection_certify.py):
+:func:`greedy_true`, COCO's greedy matching in descending score -- a largest matching can pair a
+box the greedy pass leaves false, and the live estimate would then count fewer false boxes than
+the certificate bounds. IoU matching is not transitive, so it cannot be a key:
 :meth:`Detection.answer_key` stays a canonical form (labels and boxes to a tenth of a pixel,
 sorted); equal keys are the same answer, not conversely.
 
@@ -198,6 +201,51 @@ def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict
     return matched
 
 
+def greedy_true(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray,
+                true_labels: np.ndarray, iou: float = DEFAULT_MATCH_IOU) -> np.ndarray:
+    """Whether each box is true, COCO's way: greedily in descending score (ties in the given
+    order), a box takes the not yet taken object of its label with the highest IoU (the first of
+    equals), if that IoU is ``>= iou``. A box's status depends only on the boxes that outrank it.
+    The one matching of the detector certificate (``qc.detection_certify.match_boxes``) and of an
+    audit's false boxes (:meth:`Detection.false_parts`), so the live false-discovery rate counts
+    the boxes the certificate counts. Labels are compared with ``==``; each label is matched
+    apart, its IoU rows computed in chunks (5,000 boxes on one label never hold [5000, 5000])."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    true_boxes = np.asarray(true_boxes, dtype=np.float64).reshape(-1, 4)
+    labels, true_labels = np.asarray(labels).reshape(-1), np.asarray(true_labels).reshape(-1)
+    true = np.zeros(len(boxes), dtype=bool)
+    if len(boxes) == 0 or len(true_boxes) == 0:
+        return true
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+    codes = np.unique(np.concatenate([labels, true_labels]), return_inverse=True)[1].reshape(-1)
+    la, lb = codes[:len(labels)], codes[len(labels):]
+    for label in np.intersect1d(la, lb).tolist():
+        rows, cols = order[la[order] == label], np.flatnonzero(lb == label)
+        taken = np.zeros(len(cols), dtype=bool)
+        chunk = max(1, _IOU_CHUNK_PAIRS // len(cols))
+        for start in range(0, len(rows), chunk):
+            block = iou_matrix(boxes[rows[start:start + chunk]], true_boxes[cols])
+            for r, i in enumerate(rows[start:start + chunk].tolist()):
+                candidates = np.where(taken, -1.0, block[r])
+                j = int(candidates.argmax())
+                if candidates[j] >= iou:
+                    taken[j], true[i] = True, True
+    return true
+
+
+def _label_codes(*answers: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The answers' labels as integers, equal exactly when the labels' keys are (any JSON label)."""
+    codes: dict[str, int] = {}
+    return [np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in a], dtype=np.int64)
+            for a in answers]
+
+
+def _score_of(det: dict[str, Any]) -> float:
+    """A box's score for the greedy order; one that is not a finite number ranks last."""
+    score = _number(det.get("score"))
+    return -math.inf if score is None else score
+
+
 class Detection(Task):
     kind = TaskKind.DETECTION
     output_names = ("boxes", "labels", "scores")
@@ -313,9 +361,11 @@ class Detection(Task):
         return len(boxes(output))
 
     def false_parts(self, model_output: Any, corrected_output: Any, iou: float = DEFAULT_MATCH_IOU) -> int:
-        """The model's boxes that no box of the auditor's answer confirms: the most boxes a one to
-        one matching by label and IoU ``>= iou`` can pair, taken from the model's count. Boxes
-        the auditor added are misses, not false boxes. An answer :func:`readable_boxes` cannot read
+        """The model's boxes that no box of the auditor's answer confirms, matched as the
+        certificate matches them (:func:`greedy_true`: in descending score, each box takes the
+        free auditor box of its label with the highest IoU ``>= iou``), so the monitor's live
+        false-discovery rate counts the false boxes the certificate bounds. Boxes the auditor
+        added are misses, not false boxes. An answer :func:`readable_boxes` cannot read
         on either side: every model box (:meth:`count_parts`) counts as false. Never raises."""
         ours = boxes(model_output)
         if not ours:
@@ -323,7 +373,9 @@ class Detection(Task):
         pa, pb = readable_boxes(model_output), readable_boxes(corrected_output)
         if pa is None or pb is None:
             return len(ours)
-        return len(ours) - _matched_boxes(pa[0], pa[1], pb[0], pb[1], iou)
+        la, lb = _label_codes(pa[0], pb[0])
+        scores = np.array([_score_of(d) for d in pa[0]], dtype=np.float64)
+        return int((~greedy_true(pa[1], la, scores, pb[1], lb, iou)).sum())
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""
