@@ -227,11 +227,20 @@ def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> 
     return {VerdictKind.ACCEPT: model_output, VerdictKind.CORRECT: corrected_output}.get(kind)
 
 
+def item_rule(task: TaskKind | str, details: Any) -> tasks.Task:
+    """The rule that judges a stored item: its kind's, at the parameters its prediction's
+    ``details`` recorded at serving (a detector's ``match_iou``: the IoU its card certified at;
+    ``tasks.Task.for_details``). What every store read that compares answers uses."""
+    return tasks.rule_for(task, details=details)
+
+
 def audit_error(kind: VerdictKind, rule: tasks.Task | None, model_output: Any, corrected_output: Any) -> bool:
     """Was an audited auto answer an error? Anything but accept -- except a correction that is the
-    same answer by the task kind's own rule (``tasks.lookup(kind)``: a box nudged by a pixel, a
-    caption re-spaced). ``rule`` None (the kind is not known yet) or no corrected answer
-    recorded: every correction counts."""
+    same answer by the task kind's own rule (a box nudged by a pixel, a caption re-spaced).
+    ``rule`` is the kind's rule bound to the model's card (``tasks.rule_for(kind, card)``; from a
+    stored item, :func:`item_rule`): a detector's boxes match at the card's ``match_iou``, the
+    IoU its certificate counted false boxes at. ``rule`` None (the kind is not known yet) or no
+    corrected answer recorded: every correction counts."""
     if kind is VerdictKind.ACCEPT:
         return False
     if kind is VerdictKind.CORRECT and rule is not None and corrected_output is not None:
@@ -252,9 +261,10 @@ def audit_false_parts(kind: VerdictKind, rule: tasks.Task, model_output: Any, co
 
 
 def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, corrected_output: Any,
-                    gold_output: Any) -> bool:
-    """Whether the auditor's answer is the gold answer, by the task kind's answer equality."""
-    return tasks.lookup(task).same_answer(human_label(kind, model_output, corrected_output), gold_output)
+                    gold_output: Any, details: Any = None) -> bool:
+    """Whether the auditor's answer is the gold answer, by the task kind's answer equality at the
+    item's recorded parameters (``details``: the item's prediction details, :func:`item_rule`)."""
+    return item_rule(task, details).same_answer(human_label(kind, model_output, corrected_output), gold_output)
 
 
 def check_lease_s(name: str, value: Any) -> float:

@@ -246,6 +246,19 @@ class Task:
     def same_answer(self, a: Any, b: Any) -> bool:
         return self.answer_key(a) == self.answer_key(b)
 
+    def for_card(self, card: ModelCard | None) -> "Task":
+        """The kind's rule under ``card``'s parameters: equality and false parts as the card
+        certified them (a detector's ``extra.match_iou``). Every caller that holds the card
+        (serving, the monitor) compares with this rule, never the bare :func:`lookup` one.
+        Default: the kind's one rule (``card`` None: that too)."""
+        return self
+
+    def for_details(self, details: Any) -> "Task":
+        """The kind's rule as a prediction's ``details`` recorded it at serving (a detector's
+        ``match_iou``): for callers that hold the prediction but not the card (the store's
+        reads, the workbench). Anything unreadable there: the kind's default rule."""
+        return self
+
     def check_answer(self, output: Any) -> str | None:
         """Why ``output`` is not an answer of this kind that an auditor may record as a
         correction, or None when it is one (``store.records.check_verdict_input``). Default:
@@ -322,6 +335,13 @@ def register(task: Task) -> Task:
 def lookup(kind: TaskKind | str) -> Task:
     """The kind's :class:`Task`; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
     return TASKS.lookup(kind)
+
+
+def rule_for(kind: TaskKind | str, card: ModelCard | None = None, details: Any = None) -> Task:
+    """The kind's rule (:func:`lookup`) bound to ``card``'s parameters, else to those a
+    prediction's ``details`` recorded (:meth:`Task.for_card`, :meth:`Task.for_details`)."""
+    task = lookup(kind)
+    return task.for_card(card) if card is not None else task.for_details(details)
 
 
 def served_kinds() -> list[TaskKind]:

@@ -2,7 +2,7 @@
 
 | graph outputs | output | confidence | parts | details |
 |---|---|---|---|---|
-| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it) |
+| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it), ``match_iou`` |
 
 The graph does the decoding (peaks, top-K, boxes), so postprocessing only drops the rows below
 the card's low threshold (``extra["threshold_low"]``). Every kept box gates the item: the card's
@@ -20,7 +20,9 @@ estimate rely on: an answer past it would be auto-accepted and then left out of 
 :meth:`Detection.check_card` refuses a card whose fixed K exceeds ``max_boxes``.
 
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
-``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
+``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one;
+every answer records it in ``details["match_iou"]``; :meth:`Detection.for_card` and
+:meth:`Detection.for_details` give the rule at it, and every caller compares with that rule),
 whatever the order and the scores (:meth:`Detection.same_answer`: a largest matching, found
 without recursion, label by label, whatever the number of boxes). An audited answer's false
 boxes (:meth:`Detection.false_parts`: the live false-discovery rate of accepted boxes,
@@ -65,9 +67,20 @@ def threshold_low(card: ModelCard) -> float:
     return float(card.extra["threshold_low"])
 
 
+def valid_iou(value: Any) -> float | None:
+    """``value`` as a match IoU (a number in (0, 1]), or None."""
+    number = _number(value)
+    return number if number is not None and 0.0 < number <= 1.0 else None
+
+
 def match_iou(card: ModelCard | None) -> float:
-    """The IoU at which two boxes of one label are the same box."""
-    return float(card.extra.get("match_iou", DEFAULT_MATCH_IOU)) if card is not None else DEFAULT_MATCH_IOU
+    """The IoU at which two boxes of one label are the same box: the card's ``extra.match_iou``
+    (the IoU its certificate matched boxes at), :data:`DEFAULT_MATCH_IOU` without a card or one.
+    A value that is not a number in (0, 1] -- which :meth:`Detection.check_card` refuses at
+    start-up -- reads as the default here, so the monitor never stops on a card."""
+    if card is None:
+        return DEFAULT_MATCH_IOU
+    return valid_iou(card.extra.get("match_iou", DEFAULT_MATCH_IOU)) or DEFAULT_MATCH_IOU
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -255,6 +268,22 @@ class Detection(Task):
     # no concordance; the paired gate counts a detector's audited items only
     agreement_is_concordance = False
 
+    def __init__(self, iou: float = DEFAULT_MATCH_IOU) -> None:
+        self.iou = iou  # what same_answer and false_parts match at when not told (for_card, for_details)
+
+    def __repr__(self) -> str:
+        return f"Detection(iou={self.iou})"
+
+    def for_card(self, card: ModelCard | None) -> "Detection":
+        """This kind's rule at the card's :func:`match_iou` (the IoU its certificate matched at)."""
+        return _at_iou(match_iou(card))
+
+    def for_details(self, details: Any) -> "Detection":
+        """This kind's rule at the ``match_iou`` a prediction's details recorded (postprocess
+        writes the card's there); the default without a readable one (a row from before)."""
+        recorded = valid_iou(details.get("match_iou")) if isinstance(details, dict) else None
+        return _at_iou(recorded or DEFAULT_MATCH_IOU)
+
     def check_card(self, card: ModelCard) -> None:
         super().check_card(card)
         low = card.extra.get("threshold_low")
@@ -293,7 +322,7 @@ class Detection(Task):
                              "graph's rows")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
-        low = threshold_low(card)
+        low, iou = threshold_low(card), match_iou(card)  # the IoU travels in details: for_details
         box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
         if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
             return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
@@ -319,7 +348,7 @@ class Detection(Task):
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
-                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept)}))
+                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept), "match_iou": iou}))
         return answers
 
     def answer_key(self, output: Any) -> str:
@@ -342,8 +371,9 @@ class Detection(Task):
     def shaped_like_its_answer(self, output: Any) -> bool:
         return isinstance(output, list) and any(isinstance(d, dict) and "box" in d for d in output)
 
-    def same_answer(self, a: Any, b: Any, iou: float = DEFAULT_MATCH_IOU) -> bool:
-        """Boxes match one to one by label and IoU ``>= iou`` (pass the card's :func:`match_iou`);
+    def same_answer(self, a: Any, b: Any, iou: float | None = None) -> bool:
+        """Boxes match one to one by label and IoU ``>= iou`` (None: this rule's, the card's
+        :func:`match_iou` for a rule from :meth:`for_card` or :meth:`for_details`);
         scores and order do not matter. Equal keys are the same answer; an answer
         :func:`readable_boxes` cannot read is the same as one of equal key only. Never raises."""
         if self.answer_key(a) == self.answer_key(b):
@@ -351,7 +381,7 @@ class Detection(Task):
         pa, pb = readable_boxes(a), readable_boxes(b)
         if pa is None or pb is None or len(pa[0]) != len(pb[0]):
             return False
-        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], iou) == len(pa[0])
+        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], self.iou if iou is None else iou) == len(pa[0])
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -360,7 +390,7 @@ class Detection(Task):
     def count_parts(self, output: Any) -> int:
         return len(boxes(output))
 
-    def false_parts(self, model_output: Any, corrected_output: Any, iou: float = DEFAULT_MATCH_IOU) -> int:
+    def false_parts(self, model_output: Any, corrected_output: Any, iou: float | None = None) -> int:
         """The model's boxes that no box of the auditor's answer confirms, matched as the
         certificate matches them (:func:`greedy_true`: in descending score, each box takes the
         free auditor box of its label with the highest IoU ``>= iou``), so the monitor's live
@@ -375,7 +405,7 @@ class Detection(Task):
             return len(ours)
         la, lb = _label_codes(pa[0], pb[0])
         scores = np.array([_score_of(d) for d in pa[0]], dtype=np.float64)
-        return int((~greedy_true(pa[1], la, scores, pb[1], lb, iou)).sum())
+        return int((~greedy_true(pa[1], la, scores, pb[1], lb, self.iou if iou is None else iou)).sum())
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""
@@ -386,3 +416,14 @@ class Detection(Task):
 
 
 TASK = register(Detection())
+_BY_IOU: dict[float, Detection] = {DEFAULT_MATCH_IOU: TASK}
+
+
+def _at_iou(iou: float) -> Detection:
+    """The rule at ``iou`` (one object per IoU; the registered one at the default)."""
+    rule = _BY_IOU.get(iou)
+    if rule is None:
+        rule = Detection(iou)
+        if len(_BY_IOU) < 1024:  # cards carry a handful of IoUs; the store's rows could carry any
+            _BY_IOU[iou] = rule
+    return rule
