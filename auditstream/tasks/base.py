@@ -272,16 +272,6 @@ class Task:
         return False
 
 
-def check_answer_of_any_kind(output: Any) -> str | None:
-    """Why ``output`` is not an answer of a kind whose shape it has (:meth:`Task.shaped_like_its_answer`),
-    or None: the check of a correction whose item's kind the caller does not know."""
-    for kind, task in TASKS.items():
-        if task.shaped_like_its_answer(output):
-            problem = task.check_answer(output)
-            if problem is not None:
-                return f"not a {kind.value} answer: {problem}"
-    return None
-
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """An answer as one line of text for people."""
         return "(no answer)" if output is None else str(output)
@@ -302,6 +292,17 @@ def check_answer_of_any_kind(output: Any) -> str | None:
     def false_parts(self, model_output: Any, corrected_output: Any) -> int:
         """How many of the model answer's parts the auditor's answer does not confirm."""
         raise ValueError(f"task {self.kind.value!r} does not accept parts one by one")
+
+
+def check_answer_of_any_kind(output: Any) -> str | None:
+    """Why ``output`` is not an answer of a kind whose shape it has (:meth:`Task.shaped_like_its_answer`),
+    or None: the check of a correction whose item's kind the caller does not know."""
+    for kind, task in TASKS.items():
+        if task.shaped_like_its_answer(output):
+            problem = task.check_answer(output)
+            if problem is not None:
+                return f"not a {kind.value} answer: {problem}"
+    return None
 
 
 class KindRegistry(Generic[T]):

@@ -133,3 +133,17 @@ def test_the_monitor_keeps_tracking_after_a_malformed_correction() -> None:
     for i, corrected in enumerate(([{"box": None, "label": 1}], [{"box": [math.nan, 0, 1, 1], "label": 1}], "x")):
         tracker.observe_verdict(Verdict(f"v{i}", f"r{i}", "det", "1", "qc-bot", VerdictKind.CORRECT, 1.0 + i,
                                         model_output, corrected, Route.AUTO_QC, 0.5))
+
+
+def test_every_kind_has_the_whole_task_contract() -> None:
+    """A module-level function once landed inside the Task class body and took the methods after
+    it (answer_text, max_parts, count_parts, false_parts) out of the contract: the monitor then
+    raised AttributeError on a sequence card. Every registered kind has every method of Task."""
+    from auditstream.tasks.base import Task
+
+    contract = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
+    assert {"answer_key", "same_answer", "answer_text", "max_parts", "count_parts", "false_parts", "check_answer",
+            "for_card", "for_details"} <= set(contract)
+    for kind, rule in TASKS.items():
+        missing = [name for name in contract if not callable(getattr(rule, name, None))]
+        assert not missing, f"{kind.value} lacks {missing}"
