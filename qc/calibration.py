@@ -87,6 +87,14 @@ def reliability_bins(confidences: np.ndarray, correct: np.ndarray, n_bins: int =
         raise ValueError(f"need confidences [n] and correct [n], got {confidences.shape} and {correct.shape}")
     if n_bins < 1:
         raise ValueError(f"n_bins={n_bins} must be >= 1")
+    # NaN compares false with everything: checked first, or a NaN confidence would pass the range
+    # check, fall into the first bin and make the ECE NaN without a word
+    if not np.isfinite(confidences).all():
+        bad = int((~np.isfinite(confidences)).sum())
+        raise ValueError(f"confidences must be finite numbers in [0, 1]; {bad} of {confidences.size} are NaN or "
+                         f"infinite (first at index {int(np.flatnonzero(~np.isfinite(confidences))[0])})")
+    if not np.isfinite(correct).all() or ((correct < 0) | (correct > 1)).any():
+        raise ValueError("correct must be 0/1 (or shares in [0, 1]); it holds NaN, an infinity or a value outside")
     if confidences.size and (confidences.min() < 0 or confidences.max() > 1):
         raise ValueError(f"confidences must be in [0, 1], got [{confidences.min()}, {confidences.max()}]")
     edges = np.linspace(0.0, 1.0, n_bins + 1)

@@ -6,6 +6,9 @@ decided. AUTO_QC: the answer stands and is also sampled for a quality-control au
 The route is a function of (request id, confidence, partial confidences, the model card's
 :class:`~auditstream.registry.TriageSpec`, the named policy) and nothing else:
 
+* A threshold above 1 (``nextafter(1, 2)``: what a card that certified nothing carries) never
+  auto-accepts, whatever the confidence (the task kinds publish confidences in [0, 1]; this
+  holds even for a confidence that is not).
 * An answer is auto-accepted when its confidence clears the certified threshold *and*, for
   sequences and detections, every part (each character, each box) clears the part threshold —
   one unreadable digit makes a ZIP code unreadable, however sure the model is of the others.
@@ -182,7 +185,10 @@ def triage(
     """
     threshold = spec.threshold
     human_reason = None
-    if not confidence >= threshold:  # also catches NaN: never auto-accept a NaN confidence
+    if not threshold <= 1.0:  # also NaN: a card that certified nothing accepts nothing, whatever the confidence
+        human_reason = (f"threshold {threshold!r} is above 1: the card certified no threshold, nothing is "
+                        "auto-accepted")
+    elif not confidence >= threshold:  # also catches NaN: never auto-accept a NaN confidence
         human_reason = f"confidence {confidence:.4f} < threshold {threshold:.4f}"
     elif part_confidences is not None and len(part_confidences) > 0:
         part_threshold = threshold if policy.part_threshold is None else policy.part_threshold

@@ -92,7 +92,9 @@ class ServeConfig:
 
     @property
     def task(self) -> tasks.Task:
-        return tasks.lookup(self.card.task)
+        """The card's kind, bound to its parameters (a detector's ``match_iou``: the shadow's
+        comparison with live matches boxes at the IoU the card certified)."""
+        return tasks.rule_for(self.card.task, self.card)
 
     @property
     def triage_spec(self) -> TriageSpec:

@@ -29,6 +29,7 @@ from store.records import (
     audit_error,
     audit_false_parts,
     human_label,
+    item_rule,
 )
 
 ITEM_COLUMNS = (
@@ -216,14 +217,15 @@ class StoreReads:
         """Percent agreement and Cohen's kappa between the first and second review of
         double-reviewed items (labels compared by the task kind's answer key, reject = no answer)."""
         rows = self._db.query(
-            "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output, i.task FROM {p}verdicts v"
+            "SELECT v.item_id, v.review_round, v.kind, v.corrected_output, i.output, i.task, i.details FROM {p}verdicts v"
             " JOIN {p}items i ON i.id = v.item_id WHERE i.reviews_needed = 2 AND v.review_round IN (1, 2)"
         )
         labels: dict[int, dict[int, Any]] = defaultdict(dict)
         kinds: dict[int, tasks.Task] = {}
-        for item_id, review_round, kind, corrected, output, task in rows:
+        for item_id, review_round, kind, corrected, output, task, details in rows:
             label = human_label(VerdictKind(kind), json.loads(output), None if corrected is None else json.loads(corrected))
-            labels[item_id][int(review_round)], kinds[item_id] = label, tasks.lookup(task)
+            # the kind's rule at the item's recorded parameters (a detector's match_iou)
+            labels[item_id][int(review_round)], kinds[item_id] = label, item_rule(task, _json_or_none(details))
         pairs = []
         for item_id, r in labels.items():
             if 1 in r and 2 in r:
@@ -287,15 +289,16 @@ class StoreReads:
         while True:
             rows = self._db.query(
                 "SELECT i.id, i.request_id, i.qc_inclusion_prob, i.confidence, i.model, i.model_version, i.task,"
-                " i.output, v.kind, v.decided_at_s, v.corrected_output FROM {p}items i"
+                " i.output, v.kind, v.decided_at_s, v.corrected_output, i.details FROM {p}items i"
                 " LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1"
                 f" WHERE i.route = 'AUTO_QC' AND i.is_gold = 0{sql} AND i.id > ? ORDER BY i.id LIMIT ?",
                 (*params, last_id, int(page)),
             )
-            for item_id, rid, p, c, m, v, task, output, kind, t, corrected in rows:
+            for item_id, rid, p, c, m, v, task, output, kind, t, corrected, details in rows:
                 outcome = None
                 if kind is not None:
-                    rule, model_output = tasks.lookup(task), json.loads(output)
+                    # judged at the item's recorded parameters (a detector's match_iou, its card's)
+                    rule, model_output = item_rule(task, _json_or_none(details)), json.loads(output)
                     corrected_output = None if corrected is None else json.loads(corrected)
                     error = audit_error(VerdictKind(kind), rule, model_output, corrected_output)
                     parts = false = None
@@ -384,3 +387,11 @@ def agreement_of(pairs: list[tuple[str, str]]) -> Agreement:
     # All labels one category for both raters: chance agreement is 1 and kappa is undefined.
     kappa = float("nan") if expected >= 1.0 else (observed - expected) / (1.0 - expected)
     return Agreement(n, observed, kappa)
+
+
+def _json_or_none(text: Any) -> Any:
+    """A stored JSON column's value, or None where it does not parse (the kind's default rule)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None

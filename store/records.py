@@ -15,7 +15,7 @@ from typing import Any
 from auditstream import tasks, topics
 from auditstream.errors import ConfigError
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
-from auditstream.tasks.base import canonical_json
+from auditstream.tasks.base import canonical_json, check_answer_of_any_kind
 from auditstream.text import unreadable_text
 from auditstream.wire import MAX_RECORD_BYTES, AuditItem, Decision, Route, TaskKind, Verdict, VerdictKind
 from auditstream.wire.codec import short_repr
@@ -227,11 +227,20 @@ def human_label(kind: VerdictKind, model_output: Any, corrected_output: Any) -> 
     return {VerdictKind.ACCEPT: model_output, VerdictKind.CORRECT: corrected_output}.get(kind)
 
 
+def item_rule(task: TaskKind | str, details: Any) -> tasks.Task:
+    """The rule that judges a stored item: its kind's, at the parameters its prediction's
+    ``details`` recorded at serving (a detector's ``match_iou``: the IoU its card certified at;
+    ``tasks.Task.for_details``). What every store read that compares answers uses."""
+    return tasks.rule_for(task, details=details)
+
+
 def audit_error(kind: VerdictKind, rule: tasks.Task | None, model_output: Any, corrected_output: Any) -> bool:
     """Was an audited auto answer an error? Anything but accept -- except a correction that is the
-    same answer by the task kind's own rule (``tasks.lookup(kind)``: a box nudged by a pixel, a
-    caption re-spaced). ``rule`` None (the kind is not known yet) or no corrected answer
-    recorded: every correction counts."""
+    same answer by the task kind's own rule (a box nudged by a pixel, a caption re-spaced).
+    ``rule`` is the kind's rule bound to the model's card (``tasks.rule_for(kind, card)``; from a
+    stored item, :func:`item_rule`): a detector's boxes match at the card's ``match_iou``, the
+    IoU its certificate counted false boxes at. ``rule`` None (the kind is not known yet) or no
+    corrected answer recorded: every correction counts."""
     if kind is VerdictKind.ACCEPT:
         return False
     if kind is VerdictKind.CORRECT and rule is not None and corrected_output is not None:
@@ -252,9 +261,10 @@ def audit_false_parts(kind: VerdictKind, rule: tasks.Task, model_output: Any, co
 
 
 def gold_is_correct(task: TaskKind | str, kind: VerdictKind, model_output: Any, corrected_output: Any,
-                    gold_output: Any) -> bool:
-    """Whether the auditor's answer is the gold answer, by the task kind's answer equality."""
-    return tasks.lookup(task).same_answer(human_label(kind, model_output, corrected_output), gold_output)
+                    gold_output: Any, details: Any = None) -> bool:
+    """Whether the auditor's answer is the gold answer, by the task kind's answer equality at the
+    item's recorded parameters (``details``: the item's prediction details, :func:`item_rule`)."""
+    return item_rule(task, details).same_answer(human_label(kind, model_output, corrected_output), gold_output)
 
 
 def check_lease_s(name: str, value: Any) -> float:
@@ -292,11 +302,18 @@ def check_audit_item(item: AuditItem, max_output_bytes: int = MAX_PRODUCE_BYTES)
                              "their readers decode: it could never be published")
 
 
-def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
+def check_verdict_input(kind: VerdictKind, corrected_output: Any, task: TaskKind | str | None = None) -> None:
+    """``ValueError`` (a clear message for the auditor, nothing recorded) unless the verdict can be
+    recorded: a correction, and only a correction, carries an answer, one that every reader can
+    take and, with ``task`` (the item's kind), an answer of that kind (:meth:`Task.check_answer`:
+    a detector's boxes four finite numbers drawn forwards, labels and scores well formed). Without
+    ``task``, a correction shaped like a detector's (a list holding a dict with a ``"box"``) is
+    checked as one all the same (:func:`check_correction`)."""
     if kind is VerdictKind.CORRECT and corrected_output is None:
         raise ValueError("a 'correct' verdict needs the corrected output")
     if kind is not VerdictKind.CORRECT and corrected_output is not None:
         raise ValueError(f"a {kind.value!r} verdict takes no corrected output, got {short_repr(corrected_output)}")
+    check_correction(task, kind, corrected_output)
     # The verdict is published from the outbox: one the producer or the broker refused would be
     # claimed again by every publishing round, first of all (oldest first), and publish nothing
     # after it. The dashboard's editors bound what a person types; this bounds every caller.
@@ -304,10 +321,32 @@ def check_verdict_input(kind: VerdictKind, corrected_output: Any) -> None:
     if problem is not None:  # its verdict and decision would be refused by every reader, the monitor's too
         raise ValueError(f"the corrected output holds {problem}, which no reader of verdicts takes; refused, "
                          "nothing recorded")
-    size = 0 if corrected_output is None else len(dumps(corrected_output).encode("utf-8"))
+    try:
+        size = 0 if corrected_output is None else len(dumps(corrected_output).encode("utf-8"))
+    except (TypeError, ValueError):
+        raise ValueError(f"the corrected output {short_repr(corrected_output)} is not JSON (a NaN, an infinity or an "
+                         "object JSON has no form for); refused, nothing recorded") from None
     if size > MAX_CORRECTION_BYTES:
         raise ValueError(f"the corrected output is {size} bytes of JSON, over {MAX_CORRECTION_BYTES}: no correction is "
                          "that large (a detector's 1,000 boxes are ~60 KB); refused, nothing recorded")
+
+
+def check_correction(task: TaskKind | str | None, kind: VerdictKind, corrected_output: Any) -> None:
+    """``ValueError`` unless a correction is an answer of the item's kind ``task``
+    (:meth:`Task.check_answer`); ``task`` None: an answer is checked by the kind whose shape it
+    has (``tasks.base.check_answer_of_any_kind``: a list holding a dict with a ``"box"`` is a
+    detector's). A malformed answer recorded would be compared, counted and exported by every
+    reader of verdicts (the monitor, the store's QC reads, the label export)."""
+    if kind is not VerdictKind.CORRECT or corrected_output is None:
+        return
+    rule = tasks.lookup(task) if task else None  # task None: the kind whose shape it has
+    if rule is None:
+        problem = check_answer_of_any_kind(corrected_output)
+    else:
+        problem = rule.check_answer(corrected_output)
+        problem = None if problem is None else f"not a {rule.kind.value} answer: {problem}"
+    if problem is not None:
+        raise ValueError(f"the corrected output is {problem}; refused, nothing recorded")
 
 
 def decision_key(item: StoredItem) -> bytes:

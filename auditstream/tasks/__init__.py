@@ -6,7 +6,7 @@ Owns: how graph outputs become an answer, answer equality and text, per-part tri
 selection. May import: ``auditstream.registry``, ``auditstream.wire`` and numpy.
 """
 
-from auditstream.tasks.base import ACTION_SALT, Answer, Part, Task, lookup, served_kinds
+from auditstream.tasks.base import ACTION_SALT, Answer, Part, Task, lookup, rule_for, served_kinds
 from auditstream.tasks import caption, classification, detection, policy, sequence  # noqa: F401  (they register)
 
-__all__ = ["ACTION_SALT", "Answer", "Part", "Task", "lookup", "served_kinds"]
+__all__ = ["ACTION_SALT", "Answer", "Part", "Task", "lookup", "rule_for", "served_kinds"]

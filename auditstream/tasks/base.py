@@ -15,6 +15,10 @@ model card's :class:`~auditstream.wire.TaskKind` instead of branching on it:
 - what a row of graph outputs must be to make an answer at all (:func:`answerable_rows`, shared
   by every kind's ``postprocess``: probabilities in [0, 1], boxes with x0 <= x1 and y0 <= y1,
   label indices in range; any other row is that record's model failure);
+- that every confidence published lies in [0, 1]: a probability within :data:`PROB_TOLERANCE`
+  above 1 is answerable, and is published as 1 (:func:`probability`; :class:`Answer` and
+  :class:`Part` clip their confidences themselves, for every kind). A card that certified
+  nothing has a threshold above 1 (``nextafter(1, 2)``), which no confidence then reaches;
 - for kinds whose answers act on an environment (``acts``), the action selection
   (:meth:`Task.act`) and what a decision records about it (:meth:`Task.decision_details`).
 
@@ -24,6 +28,7 @@ Everything here is pure (numpy only): no Kafka, no ONNX Runtime, no Streamlit.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
@@ -41,13 +46,30 @@ T = TypeVar("T")
 ACTION_SALT = "action"  # salt of the request-id hash at which an acting kind draws its action
 
 
+def unit_interval(x: float) -> float:
+    """``x`` clipped to [0, 1] (NaN stays NaN: triage never accepts it)."""
+    x = float(x)
+    return x if math.isnan(x) else min(max(x, 0.0), 1.0)
+
+
+def probability(x: float) -> float:
+    """A probability or score as it is published: in [0, 1], rounded (:func:`rounded`). Rows
+    :func:`answerable_rows` took may be up to :data:`PROB_TOLERANCE` outside [0, 1] (a float32
+    softmax's ulp): published as is, 1.0005 would clear a threshold above 1, the threshold of a
+    card that certified nothing and is meant to accept nothing."""
+    return rounded(unit_interval(x))
+
+
 @dataclass(frozen=True)
 class Part:
     """One independently auditable piece of an answer: a character, a box, a token, an action."""
 
     index: int
     value: Any
-    confidence: float
+    confidence: float  # in [0, 1]: clipped on construction (:func:`unit_interval`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confidence", unit_interval(self.confidence))
 
 
 @dataclass(frozen=True)
@@ -55,9 +77,14 @@ class Answer:
     """A model's answer to one input, before triage."""
 
     output: Any  # what is published (JSON)
-    confidence: float  # of the whole answer, compared with the card's threshold
+    # of the whole answer, compared with the card's threshold; in [0, 1] whatever the kind
+    # computed: clipped on construction (:func:`unit_interval`), the one place every kind shares
+    confidence: float
     parts: tuple[Part, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)  # travels in Prediction.details
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confidence", unit_interval(self.confidence))
 
 
 def rounded(x: float) -> float:
@@ -67,6 +94,40 @@ def rounded(x: float) -> float:
 def canonical_json(value: Any) -> str:
     """Canonical JSON: equal values give equal strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# Prefix of the key of a value canonical JSON cannot write (NaN, an infinity, a key that is not a
+# string): no JSON text starts with it, so such a key never equals the key of a well-formed answer.
+MALFORMED_KEY_PREFIX = "~"
+
+
+def key_json(value: Any) -> str:
+    """:func:`canonical_json`, total: a value it cannot write (NaN or an infinity -- Python's
+    ``json.loads`` reads ``NaN`` --, a dict key that is not a string, an object that is no JSON)
+    gets :data:`MALFORMED_KEY_PREFIX` and the canonical JSON of a stand-in (each such number as
+    the string of its ``repr``), so equal values still give equal keys and nothing raises.
+    Answer keys are built with it: a row already in a store, or a verdict from another client,
+    must never stop the reader that compares it."""
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return MALFORMED_KEY_PREFIX + canonical_json(_json_stand_in(value))
+    except (TypeError, ValueError, RecursionError):  # deeper than the JSON encoder goes
+        return MALFORMED_KEY_PREFIX + repr(type(value))
+
+
+def _json_stand_in(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {MALFORMED_KEY_PREFIX: repr(value)}
+    if isinstance(value, (list, tuple)):
+        return [_json_stand_in(v) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else MALFORMED_KEY_PREFIX + repr(k): _json_stand_in(v) for k, v in value.items()}
+    return {MALFORMED_KEY_PREFIX: repr(value)}
 
 
 def answerable_rows(probs: np.ndarray | None = None, boxes: np.ndarray | None = None,
@@ -177,11 +238,39 @@ class Task:
     def answer_key(self, output: Any) -> str:
         """Canonical form of an answer: two answers are the same exactly when their keys are
         equal (gold scoring, reviewer agreement and the workbench all use it). ``None`` is the
-        reject answer (no valid answer exists)."""
-        return canonical_json(output)
+        reject answer (no valid answer exists). Total: any JSON value has a key, NaN included
+        (:func:`key_json`); this, :meth:`same_answer`, :meth:`count_parts` and
+        :meth:`false_parts` never raise on what a store or another client hands them."""
+        return key_json(output)
 
     def same_answer(self, a: Any, b: Any) -> bool:
         return self.answer_key(a) == self.answer_key(b)
+
+    def for_card(self, card: ModelCard | None) -> "Task":
+        """The kind's rule under ``card``'s parameters: equality and false parts as the card
+        certified them (a detector's ``extra.match_iou``). Every caller that holds the card
+        (serving, the monitor) compares with this rule, never the bare :func:`lookup` one.
+        Default: the kind's one rule (``card`` None: that too)."""
+        return self
+
+    def for_details(self, details: Any) -> "Task":
+        """The kind's rule as a prediction's ``details`` recorded it at serving (a detector's
+        ``match_iou``): for callers that hold the prediction but not the card (the store's
+        reads, the workbench). Anything unreadable there: the kind's default rule."""
+        return self
+
+    def check_answer(self, output: Any) -> str | None:
+        """Why ``output`` is not an answer of this kind that an auditor may record as a
+        correction, or None when it is one (``store.records.check_verdict_input``). Default:
+        any JSON value (the kind's equality is total over them)."""
+        return None
+
+    def shaped_like_its_answer(self, output: Any) -> bool:
+        """Whether ``output`` has the shape only this kind's answers have (a detector's: a list
+        holding a dict with a ``"box"``), so a caller that does not know the item's kind still
+        checks it with :meth:`check_answer` (:func:`check_answer_of_any_kind`). Default: no."""
+        return False
+
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """An answer as one line of text for people."""
@@ -203,6 +292,17 @@ class Task:
     def false_parts(self, model_output: Any, corrected_output: Any) -> int:
         """How many of the model answer's parts the auditor's answer does not confirm."""
         raise ValueError(f"task {self.kind.value!r} does not accept parts one by one")
+
+
+def check_answer_of_any_kind(output: Any) -> str | None:
+    """Why ``output`` is not an answer of a kind whose shape it has (:meth:`Task.shaped_like_its_answer`),
+    or None: the check of a correction whose item's kind the caller does not know."""
+    for kind, task in TASKS.items():
+        if task.shaped_like_its_answer(output):
+            problem = task.check_answer(output)
+            if problem is not None:
+                return f"not a {kind.value} answer: {problem}"
+    return None
 
 
 class KindRegistry(Generic[T]):
@@ -236,6 +336,13 @@ def register(task: Task) -> Task:
 def lookup(kind: TaskKind | str) -> Task:
     """The kind's :class:`Task`; an unknown kind raises :class:`~auditstream.errors.UnknownTaskKind`."""
     return TASKS.lookup(kind)
+
+
+def rule_for(kind: TaskKind | str, card: ModelCard | None = None, details: Any = None) -> Task:
+    """The kind's rule (:func:`lookup`) bound to ``card``'s parameters, else to those a
+    prediction's ``details`` recorded (:meth:`Task.for_card`, :meth:`Task.for_details`)."""
+    task = lookup(kind)
+    return task.for_card(card) if card is not None else task.for_details(details)
 
 
 def served_kinds() -> list[TaskKind]:

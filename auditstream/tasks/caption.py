@@ -8,7 +8,10 @@ The graph decodes (greedy, inside the graph: training/captioner/model.py), so po
 reads the ids up to the end token (``extra["end_token"]``, default ``<eos>``), drops the other
 special tokens (``extra["special_tokens"]``) and joins the words. A row without an end token
 was cut off at T words: its caption is incomplete, so its confidence is 0 (always deferred). A row
-with an id outside the vocabulary or a probability outside [0, 1] is no answer (``None``).
+with an id outside the vocabulary (or not a whole number) or a probability outside [0, 1] is no
+answer (``None``); outputs that are not ``tokens`` and ``token_probs`` of one shape [B, T] (1-D or
+3-D, batch sizes or lengths that differ, not numbers) make ``None`` for every row. Postprocess
+never raises on what the graph returns.
 
 Triage certifies the caption as a whole (the unit of exchangeability is a scene), so no word
 gates on its own (:meth:`Caption.gating_confidences` is ``None``); the per-word confidences
@@ -27,7 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, answerable_rows, canonical_json, register, rounded
+from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, key_json, register, rounded,
+                                    unit_interval)
 from auditstream.wire import TaskKind
 
 CONFIDENCE_KINDS = ("joint_token_prob", "mean_token_prob", "min_token_prob")
@@ -89,14 +93,22 @@ class Caption(Task):
                     if t in vocabulary}
         kind = card.triage.confidence_kind
         answers: list[Answer | None] = []
-        tokens, token_probs = outputs["tokens"], outputs["token_probs"]
+        tokens, token_probs = np.asarray(outputs["tokens"]), np.asarray(outputs["token_probs"])
+        rows = len(tokens) if tokens.ndim else 1
+        if (tokens.ndim != 2 or tokens.shape != token_probs.shape or tokens.dtype.kind not in "iuf"
+                or token_probs.dtype.kind not in "iuf"):
+            # not [B, T] ids and probabilities of one shape (a 1-D or 3-D graph output, batch sizes
+            # that differ, text or bool): no row can be read, and each is no answer
+            return [None] * rows
         answerable = answerable_rows(probs=token_probs, labels=tokens, n_labels=len(vocabulary))
         for ids, probs, ok in zip(tokens, token_probs, answerable.tolist()):
-            if not ok or ids.shape != probs.shape:
+            if not ok:
                 answers.append(None)  # not probabilities of words of this vocabulary: the record fails alone
                 continue
             words, confidences, scored, end_p = [], [], [], None
-            for token, p in zip(ids.tolist(), probs.tolist()):
+            # whole-number float ids (answerable_rows checked them) index the vocabulary as ints
+            for token, p in zip(ids.astype(np.int64).tolist(), probs.tolist()):
+                p = unit_interval(p)  # answerable up to PROB_TOLERANCE past 1; published in [0, 1]
                 scored.append(p)
                 if token == end:
                     end_p = p
@@ -116,7 +128,7 @@ class Caption(Task):
         return None  # the caption is certified as a whole; word confidences are for the auditor
 
     def answer_key(self, output: Any) -> str:
-        return canonical_json(normalize_caption(output) if isinstance(output, str) else output)
+        return key_json(normalize_caption(output) if isinstance(output, str) else output)  # total: any JSON value
 
 
 TASK = register(Caption())

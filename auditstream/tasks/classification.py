@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Task, answerable_rows, indexed_answer_text, register, rounded
+from auditstream.tasks.base import Answer, Task, answerable_rows, indexed_answer_text, probability, register
 from auditstream.wire import TaskKind
 
 
@@ -39,9 +39,10 @@ class Classification(Task):
                 answers.append(None)
                 continue
             top = idx[0]
-            runner_ups = [{"index": i, "label": _label(card, i), "prob": rounded(row[i])} for i in idx[1:4]]
-            answers.append(Answer(_label(card, top), rounded(row[top]),
-                                  details={"index": top, "runner_ups": runner_ups, "probs": [rounded(p) for p in row]}))
+            # answerable up to PROB_TOLERANCE past 1; published in [0, 1] (base.probability)
+            runner_ups = [{"index": i, "label": _label(card, i), "prob": probability(row[i])} for i in idx[1:4]]
+            answers.append(Answer(_label(card, top), probability(row[top]),
+                                  details={"index": top, "runner_ups": runner_ups, "probs": [probability(p) for p in row]}))
         return answers
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:

@@ -2,7 +2,7 @@
 
 | graph outputs | output | confidence | parts | details |
 |---|---|---|---|---|
-| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it) |
+| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it), ``match_iou`` |
 
 The graph does the decoding (peaks, top-K, boxes), so postprocessing only drops the rows below
 the card's low threshold (``extra["threshold_low"]``). Every kept box gates the item: the card's
@@ -20,25 +20,39 @@ estimate rely on: an answer past it would be auto-accepted and then left out of 
 :meth:`Detection.check_card` refuses a card whose fixed K exceeds ``max_boxes``.
 
 Answer equality: two answers are the same when their boxes match one to one by label and IoU
-``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one),
-whatever the order and the scores (:meth:`Detection.same_answer`); the same matching counts an
-audited answer's false boxes (:meth:`Detection.false_parts`: the live false-discovery rate of
-accepted boxes, monitor/tracker.py); it finds a largest matching without recursion, label by
-label, whatever the number of boxes. IoU matching is not transitive, so it cannot be a key:
+``>= match_iou`` (``extra["match_iou"]`` on the card, :data:`DEFAULT_MATCH_IOU` without one;
+every answer records it in ``details["match_iou"]``; :meth:`Detection.for_card` and
+:meth:`Detection.for_details` give the rule at it, and every caller compares with that rule),
+whatever the order and the scores (:meth:`Detection.same_answer`: a largest matching, found
+without recursion, label by label, whatever the number of boxes). An audited answer's false
+boxes (:meth:`Detection.false_parts`: the live false-discovery rate of accepted boxes,
+monitor/tracker.py) are counted as the certificate counts them (qc/detection_certify.py):
+:func:`greedy_true`, COCO's greedy matching in descending score -- a largest matching can pair a
+box the greedy pass leaves false, and the live estimate would then count fewer false boxes than
+the certificate bounds. IoU matching is not transitive, so it cannot be a key:
 :meth:`Detection.answer_key` stays a canonical form (labels and boxes to a tenth of a pixel,
 sorted); equal keys are the same answer, not conversely.
+
+Equality, keys and false-box counts are total: an answer :func:`readable_boxes` cannot read (a
+box of None, a string, NaN or an infinity; an element that is no dict; no list at all), a row
+already in a store or a verdict from another client, is the same answer as an identical value
+only, and all of its model's boxes count as false against it; nothing raises. What an auditor
+may record as a correction is stricter (:func:`answer_problem`, ``store.records.check_verdict_input``):
+boxes of four finite numbers drawn forwards, a class index or name, a score in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import (Answer, Part, Task, answerable_rows, canonical_json, label_name, register,
-                                    rounded)
+from auditstream.tasks.base import (MALFORMED_KEY_PREFIX, PROB_TOLERANCE, Answer, Part, Task, answerable_rows,
+                                    canonical_json, key_json, label_name, probability, register, rounded)
 from auditstream.wire import TaskKind
+from auditstream.wire.codec import short_repr
 
 DEFAULT_MATCH_IOU = 0.5
 
@@ -53,9 +67,20 @@ def threshold_low(card: ModelCard) -> float:
     return float(card.extra["threshold_low"])
 
 
+def valid_iou(value: Any) -> float | None:
+    """``value`` as a match IoU (a number in (0, 1]), or None."""
+    number = _number(value)
+    return number if number is not None and 0.0 < number <= 1.0 else None
+
+
 def match_iou(card: ModelCard | None) -> float:
-    """The IoU at which two boxes of one label are the same box."""
-    return float(card.extra.get("match_iou", DEFAULT_MATCH_IOU)) if card is not None else DEFAULT_MATCH_IOU
+    """The IoU at which two boxes of one label are the same box: the card's ``extra.match_iou``
+    (the IoU its certificate matched boxes at), :data:`DEFAULT_MATCH_IOU` without a card or one.
+    A value that is not a number in (0, 1] -- which :meth:`Detection.check_card` refuses at
+    start-up -- reads as the default here, so the monitor never stops on a card."""
+    if card is None:
+        return DEFAULT_MATCH_IOU
+    return valid_iou(card.extra.get("match_iou", DEFAULT_MATCH_IOU)) or DEFAULT_MATCH_IOU
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,19 +92,70 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    # two boxes of no area have IoU 0/0: the same box (equal corners) is 1, any other 0
+    identical = (a[:, None, :] == b[None, :, :]).all(axis=-1)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.where(identical, 1.0, 0.0))
 
 
-def _box_array(dets: list[dict[str, Any]]) -> np.ndarray | None:
-    """The boxes as [n, 4] floats, or None when one is not four finite numbers."""
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a real number (a JSON bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
     try:
-        rows = [[float(v) for v in d["box"]] for d in dets]
-    except (KeyError, TypeError, ValueError):
+        number = float(value)
+    except OverflowError:  # an integer past float's range
         return None
-    if any(len(r) != 4 for r in rows):
+    return number if math.isfinite(number) else None
+
+
+def _coords(box: Any) -> list[float] | None:
+    """A box as four finite floats, or None when it is anything else (None, a string, NaN, ...)."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
         return None
-    array = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
-    return array if np.isfinite(array).all() else None
+    coords = [_number(v) for v in box]
+    return None if any(c is None for c in coords) else coords  # type: ignore[return-value]
+
+
+def readable_boxes(output: Any) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """A well-formed answer's boxes and their coordinates [n, 4]: a list whose every element is
+    a dict with ``"box"`` four finite numbers; None for any other value (``None``, a string, a
+    box of None or NaN, an element that is no dict). What equality and false-part counting can
+    compare; anything else is compared by key (:meth:`Detection.answer_key`), never raises."""
+    if not isinstance(output, list):
+        return None
+    rows = []
+    for det in output:
+        coords = _coords(det.get("box")) if isinstance(det, dict) else None
+        if coords is None:
+            return None
+        rows.append(coords)
+    return output, np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+
+
+def answer_problem(output: Any) -> str | None:
+    """Why ``output`` is not a detection answer an auditor may record (a correction), or None: a
+    list of ``{"box": [x0, y0, x1, y1], "label": ..., "score": ...}``, each box four finite
+    numbers with x0 <= x1 and y0 <= y1, each label a class index (an integer >= 0) or a name (a
+    non-empty string), each score, where given, a number in [0, 1]."""
+    if not isinstance(output, list):
+        return f"a detection answer is a list of boxes, got {short_repr(output)}"
+    for number, det in enumerate(output, start=1):
+        if not isinstance(det, dict):
+            return f"box {number} is {short_repr(det)}, not {{\"box\": [x0, y0, x1, y1], \"label\": ..., \"score\": ...}}"
+        coords = _coords(det.get("box"))
+        if coords is None:
+            return f"box {number}: its box must be four finite numbers [x0, y0, x1, y1], got {short_repr(det.get('box'))}"
+        if coords[0] > coords[2] or coords[1] > coords[3]:
+            return f"box {number}: {coords} is drawn backwards (need x0 <= x1 and y0 <= y1)"
+        label = det.get("label")
+        if not ((isinstance(label, int) and not isinstance(label, bool) and label >= 0)
+                or (isinstance(label, str) and label)):
+            return f"box {number}: its label must be a class index (an integer >= 0) or a name, got {short_repr(label)}"
+        if "score" in det:
+            score = _number(det["score"])
+            if score is None or not 0.0 <= score <= 1.0 + PROB_TOLERANCE:
+                return f"box {number}: its score must be a number in [0, 1], got {short_repr(det['score'])}"
+    return None
 
 
 def _matching_size(allowed: np.ndarray) -> int:
@@ -127,8 +203,8 @@ def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict
     """The most boxes of ``ours`` that a one to one matching by label and IoU ``>= iou`` pairs
     with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart."""
     codes: dict[str, int] = {}
-    la = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
-    lb = np.array([codes.setdefault(canonical_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
+    la = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
+    lb = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
     matched = 0
     for label in np.intersect1d(la, lb).tolist():
         a, b = xa[la == label], xb[lb == label]
@@ -136,6 +212,51 @@ def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict
         allowed = np.concatenate([iou_matrix(a[s:s + rows], b) >= iou for s in range(0, len(a), rows)])
         matched += _matching_size(allowed)
     return matched
+
+
+def greedy_true(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray,
+                true_labels: np.ndarray, iou: float = DEFAULT_MATCH_IOU) -> np.ndarray:
+    """Whether each box is true, COCO's way: greedily in descending score (ties in the given
+    order), a box takes the not yet taken object of its label with the highest IoU (the first of
+    equals), if that IoU is ``>= iou``. A box's status depends only on the boxes that outrank it.
+    The one matching of the detector certificate (``qc.detection_certify.match_boxes``) and of an
+    audit's false boxes (:meth:`Detection.false_parts`), so the live false-discovery rate counts
+    the boxes the certificate counts. Labels are compared with ``==``; each label is matched
+    apart, its IoU rows computed in chunks (5,000 boxes on one label never hold [5000, 5000])."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    true_boxes = np.asarray(true_boxes, dtype=np.float64).reshape(-1, 4)
+    labels, true_labels = np.asarray(labels).reshape(-1), np.asarray(true_labels).reshape(-1)
+    true = np.zeros(len(boxes), dtype=bool)
+    if len(boxes) == 0 or len(true_boxes) == 0:
+        return true
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+    codes = np.unique(np.concatenate([labels, true_labels]), return_inverse=True)[1].reshape(-1)
+    la, lb = codes[:len(labels)], codes[len(labels):]
+    for label in np.intersect1d(la, lb).tolist():
+        rows, cols = order[la[order] == label], np.flatnonzero(lb == label)
+        taken = np.zeros(len(cols), dtype=bool)
+        chunk = max(1, _IOU_CHUNK_PAIRS // len(cols))
+        for start in range(0, len(rows), chunk):
+            block = iou_matrix(boxes[rows[start:start + chunk]], true_boxes[cols])
+            for r, i in enumerate(rows[start:start + chunk].tolist()):
+                candidates = np.where(taken, -1.0, block[r])
+                j = int(candidates.argmax())
+                if candidates[j] >= iou:
+                    taken[j], true[i] = True, True
+    return true
+
+
+def _label_codes(*answers: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The answers' labels as integers, equal exactly when the labels' keys are (any JSON label)."""
+    codes: dict[str, int] = {}
+    return [np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in a], dtype=np.int64)
+            for a in answers]
+
+
+def _score_of(det: dict[str, Any]) -> float:
+    """A box's score for the greedy order; one that is not a finite number ranks last."""
+    score = _number(det.get("score"))
+    return -math.inf if score is None else score
 
 
 class Detection(Task):
@@ -146,6 +267,22 @@ class Detection(Task):
     # boxes match by IoU: A ~ B and B ~ truth need not give A ~ truth, so agreeing with live is
     # no concordance; the paired gate counts a detector's audited items only
     agreement_is_concordance = False
+
+    def __init__(self, iou: float = DEFAULT_MATCH_IOU) -> None:
+        self.iou = iou  # what same_answer and false_parts match at when not told (for_card, for_details)
+
+    def __repr__(self) -> str:
+        return f"Detection(iou={self.iou})"
+
+    def for_card(self, card: ModelCard | None) -> "Detection":
+        """This kind's rule at the card's :func:`match_iou` (the IoU its certificate matched at)."""
+        return _at_iou(match_iou(card))
+
+    def for_details(self, details: Any) -> "Detection":
+        """This kind's rule at the ``match_iou`` a prediction's details recorded (postprocess
+        writes the card's there); the default without a readable one (a row from before)."""
+        recorded = valid_iou(details.get("match_iou")) if isinstance(details, dict) else None
+        return _at_iou(recorded or DEFAULT_MATCH_IOU)
 
     def check_card(self, card: ModelCard) -> None:
         super().check_card(card)
@@ -185,7 +322,7 @@ class Detection(Task):
                              "graph's rows")
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
-        low = threshold_low(card)
+        low, iou = threshold_low(card), match_iou(card)  # the IoU travels in details: for_details
         box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
         if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
             return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
@@ -207,32 +344,44 @@ class Detection(Task):
             order = np.argsort(-image_scores, kind="stable")
             kept = [int(i) for i in order if image_scores[i] >= low]
             output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
-                       "score": rounded(image_scores[i])} for i in kept]
+                       "score": probability(image_scores[i])} for i in kept]  # in [0, 1] (base.probability)
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
-                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept)}))
+                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept), "match_iou": iou}))
         return answers
 
     def answer_key(self, output: Any) -> str:
+        """Labels and boxes to a tenth of a pixel, sorted. Total: an answer :func:`readable_boxes`
+        cannot read (a box of None, a string or NaN; an element that is no dict; no list) has
+        :data:`~auditstream.tasks.base.MALFORMED_KEY_PREFIX` and its whole value's key, so it is
+        the same answer as an identical value only, and nothing raises."""
         if output is None:
-            return canonical_json(None)
-        key = sorted((canonical_json(d.get("label")), *(round(float(v), 1) for v in d.get("box", [])))
-                     for d in boxes(output))
+            return key_json(None)
+        parsed = readable_boxes(output)
+        if parsed is None:
+            return MALFORMED_KEY_PREFIX + key_json(output)
+        dets, xy = parsed
+        key = sorted([key_json(d.get("label")), *(round(v, 1) for v in row)] for d, row in zip(dets, xy.tolist()))
         return canonical_json(key)
 
-    def same_answer(self, a: Any, b: Any, iou: float = DEFAULT_MATCH_IOU) -> bool:
-        """Boxes match one to one by label and IoU ``>= iou`` (pass the card's :func:`match_iou`);
-        scores and order do not matter. Answers with a malformed box compare by key."""
-        if a is None or b is None or not isinstance(a, list) or not isinstance(b, list):
-            return self.answer_key(a) == self.answer_key(b)
-        da, db = boxes(a), boxes(b)
-        if len(da) != len(db):
+    def check_answer(self, output: Any) -> str | None:
+        return answer_problem(output)
+
+    def shaped_like_its_answer(self, output: Any) -> bool:
+        return isinstance(output, list) and any(isinstance(d, dict) and "box" in d for d in output)
+
+    def same_answer(self, a: Any, b: Any, iou: float | None = None) -> bool:
+        """Boxes match one to one by label and IoU ``>= iou`` (None: this rule's, the card's
+        :func:`match_iou` for a rule from :meth:`for_card` or :meth:`for_details`);
+        scores and order do not matter. Equal keys are the same answer; an answer
+        :func:`readable_boxes` cannot read is the same as one of equal key only. Never raises."""
+        if self.answer_key(a) == self.answer_key(b):
+            return True
+        pa, pb = readable_boxes(a), readable_boxes(b)
+        if pa is None or pb is None or len(pa[0]) != len(pb[0]):
             return False
-        xa, xb = _box_array(da), _box_array(db)
-        if xa is None or xb is None:
-            return self.answer_key(a) == self.answer_key(b)
-        return _matched_boxes(da, xa, db, xb, iou) == len(da)
+        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], self.iou if iou is None else iou) == len(pa[0])
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -241,18 +390,22 @@ class Detection(Task):
     def count_parts(self, output: Any) -> int:
         return len(boxes(output))
 
-    def false_parts(self, model_output: Any, corrected_output: Any, iou: float = DEFAULT_MATCH_IOU) -> int:
-        """The model's boxes that no box of the auditor's answer confirms: the most boxes a one to
-        one matching by label and IoU ``>= iou`` can pair, taken from the model's count. Boxes
-        the auditor added are misses, not false boxes. A malformed box on either side: every
-        model box counts as false."""
-        ours, theirs = boxes(model_output), boxes(corrected_output)
+    def false_parts(self, model_output: Any, corrected_output: Any, iou: float | None = None) -> int:
+        """The model's boxes that no box of the auditor's answer confirms, matched as the
+        certificate matches them (:func:`greedy_true`: in descending score, each box takes the
+        free auditor box of its label with the highest IoU ``>= iou``), so the monitor's live
+        false-discovery rate counts the false boxes the certificate bounds. Boxes the auditor
+        added are misses, not false boxes. An answer :func:`readable_boxes` cannot read
+        on either side: every model box (:meth:`count_parts`) counts as false. Never raises."""
+        ours = boxes(model_output)
         if not ours:
             return 0
-        xa, xb = _box_array(ours), _box_array(theirs)
-        if xa is None or xb is None:
+        pa, pb = readable_boxes(model_output), readable_boxes(corrected_output)
+        if pa is None or pb is None:
             return len(ours)
-        return len(ours) - _matched_boxes(ours, xa, theirs, xb, iou)
+        la, lb = _label_codes(pa[0], pb[0])
+        scores = np.array([_score_of(d) for d in pa[0]], dtype=np.float64)
+        return int((~greedy_true(pa[1], la, scores, pb[1], lb, self.iou if iou is None else iou)).sum())
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:
         """``"2 boxes: 3, 7"``."""
@@ -263,3 +416,14 @@ class Detection(Task):
 
 
 TASK = register(Detection())
+_BY_IOU: dict[float, Detection] = {DEFAULT_MATCH_IOU: TASK}
+
+
+def _at_iou(iou: float) -> Detection:
+    """The rule at ``iou`` (one object per IoU; the registered one at the default)."""
+    rule = _BY_IOU.get(iou)
+    if rule is None:
+        rule = Detection(iou)
+        if len(_BY_IOU) < 1024:  # cards carry a handful of IoUs; the store's rows could carry any
+            _BY_IOU[iou] = rule
+    return rule

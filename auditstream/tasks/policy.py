@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard, TensorSpec
-from auditstream.tasks.base import DECIMALS, Answer, Part, Task, indexed_answer_text, register, rounded
+from auditstream.tasks.base import DECIMALS, Answer, Part, Task, indexed_answer_text, probability, register, rounded
 from auditstream.wire import ALLOWED_DTYPES, Prediction, Route, TaskKind
 
 CONFIDENCE_KINDS = ("max_prob", "prob_gap", "entropy")
@@ -171,9 +171,11 @@ class Policy(Task):
                 answers.append(None)
                 continue
             action = int(np.argmax(row))
-            confidence = rounded(policy_confidence(row.astype(np.float64), card.triage.confidence_kind))
+            # a distribution within SUM_TOLERANCE: a probability may be 1.0005, its max_prob too;
+            # published in [0, 1] (base.probability)
+            confidence = probability(policy_confidence(row.astype(np.float64), card.triage.confidence_kind))
             answers.append(Answer(action, confidence, (Part(0, action, confidence),),
-                                  {"action_probs": [rounded(p) for p in row], "value": rounded(v)}))
+                                  {"action_probs": [probability(p) for p in row], "value": rounded(v)}))
         return answers
 
     def act(self, answer: Answer, card: ModelCard, uniform: float) -> Answer:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Part, Task, answerable_rows, register, rounded
+from auditstream.tasks.base import Answer, Part, Task, answerable_rows, probability, register, rounded
 from auditstream.wire import TaskKind
 
 RUNNER_UPS = 3
@@ -65,7 +65,7 @@ class Sequence(Task):
             if unnamed and any(alphabet[i] is None for i in (*best, *second)):
                 answers.append(None)  # a class the card has no character for
                 continue
-            conf = row[np.arange(len(row)), best]
+            conf = np.clip(row[np.arange(len(row)), best], 0.0, 1.0)  # answerable up to PROB_TOLERANCE past 1
             text = "".join(str(alphabet[i]) for i in best)
             # Runner-ups: swap in the second choice at the least sure positions, one at a time.
             runner_ups = []
@@ -74,7 +74,7 @@ class Sequence(Task):
                 alt[pos] = str(alphabet[second[pos]])
                 ratio = row[pos, second[pos]] / max(conf[pos], 1e-12)
                 runner_ups.append({"text": "".join(alt), "position": int(pos), "relative_prob": rounded(ratio)})
-            char_confidences = [rounded(c) for c in conf]
+            char_confidences = [probability(c) for c in conf]
             parts = tuple(Part(i, ch, c) for i, (ch, c) in enumerate(zip(text, char_confidences)))
             answers.append(Answer(text, rounded(conf.min()), parts,
                                   {"char_confidences": char_confidences, "runner_ups": runner_ups}))

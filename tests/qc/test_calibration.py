@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qc.calibration import (classification_ece, expected_calibration_error, fit_temperature, nll,
                                  reliability_bins, softmax)
@@ -76,3 +78,27 @@ def test_bad_input_says_what_is_wrong(logits, labels, match):
 def test_confidences_outside_unit_interval_are_refused():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         expected_calibration_error(np.array([0.5, 1.2]), np.array([1, 0]))
+
+
+@pytest.mark.parametrize("confidences, correct, match", [
+    ([0.5, np.nan, 0.9], [1, 0, 1], "NaN or infinite"),  # before: ECE nan, silently
+    ([0.5, np.inf], [1, 0], "NaN or infinite"),
+    ([np.nan], [1], "NaN or infinite"),
+    ([0.5, 0.9], [1, np.nan], "correct must be"),
+    ([0.5, 0.9], [1, 2], "correct must be"),
+])
+def test_a_nan_confidence_or_correctness_is_refused_not_an_ece_of_nan(confidences, correct, match):
+    with pytest.raises(ValueError, match=match):
+        expected_calibration_error(np.array(confidences), np.array(correct))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 1)), min_size=1, max_size=30))
+def test_property_ece_is_a_number_in_the_unit_interval_or_a_clear_error(rows):
+    confidences, correct = np.array([c for c, _ in rows]), np.array([k for _, k in rows])
+    try:
+        ece = expected_calibration_error(confidences, correct)
+    except ValueError:
+        assert not (np.isfinite(confidences).all() and (confidences >= 0).all() and (confidences <= 1).all())
+        return
+    assert 0.0 <= ece <= 1.0

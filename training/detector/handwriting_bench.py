@@ -8,14 +8,15 @@ wherever it appears), so which digits a pool holds moves its FDR. This bench mea
 digits the model never trained on, the ``calibration`` and ``test`` splits together (the
 "held-out population"), with the model's own ONNX graph:
 
-1. ``population_fdr``: the FDR of accepted boxes at the model's certified threshold on labels drawn
-   from every held-out digit;
-2. ``pool_fdr``: the same threshold on labels of random held-out pools of the test pool's size:
+1. ``population_fdr``: the FDR of the boxes serving auto-accepts at the model's certified pair
+   ``(t_low, t_high)`` (the boxes of labels whose every kept box clears ``t_high``, what the
+   certificate bounds) on labels drawn from every held-out digit;
+2. ``pool_fdr``: the same pair on labels of random held-out pools of the test pool's size:
    how much one pool's number (the training summary's ``accepted_fdr_test`` is one) moves by which
    digits it holds;
 3. ``resplits``: the certificate run again as training runs it (``n_certificate`` labels of a random
    pool of 486 held-out digits; the walk's start from ``n_platt`` labels of 53 others), and the
-   share of re-splits whose certified threshold has a population FDR above the target. A
+   share of re-splits whose served pair has a population FDR above the target. A
    certificate valid for new handwriting breaks in at most delta of them; the population holds the
    re-split's own digits, which favours the certificate, so a share above delta is a lower bound.
 
@@ -49,7 +50,7 @@ class HandwritingArgs:
 
 
 def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progress: bool = True) -> dict:
-    from qc.detection_certify import certify_detection, per_image_counts
+    from qc.detection_certify import certify_detection, served_counts
     from training.data.split import load_split
     from training.detector.data import STANDARD, render
     from training.detector.train import onnx_detections, scored
@@ -74,19 +75,22 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
                       STANDARD)
         return scored(data, onnx_detections(onnx_bytes, data.images), iou)
 
-    def fdr(data, threshold: float) -> float:
-        accepted, false, _ = per_image_counts(data, threshold)
+    def fdr(data, threshold: float, low: float) -> float:
+        """The served FDR at (low, threshold): false among the boxes of the auto-accepted labels."""
+        if threshold > 1.0:
+            return 0.0  # nothing certified: nothing auto-accepted
+        accepted, false, _ = served_counts(data, threshold, low)
         return float(false.sum() / max(accepted.sum(), 1))
 
     bar = tqdm(total=1 + args.pools + args.resplits, desc="bench detector-handwriting", unit="set",
                disable=not progress, file=sys.stderr)
     population = boxes(held, args.population_labels)
     bar.update()
-    threshold = float(card.triage.threshold)
+    threshold, low = float(card.triage.threshold), float(extra["threshold_low"])
     pool_fdr = []
     for _ in range(args.pools):
         pool_fdr.append(fdr(boxes(np.sort(rng.choice(held, sizes["test"], replace=False)), args.labels_per_pool),
-                            threshold))
+                            threshold, low))
         bar.update()
     resplits = []
     for _ in range(args.resplits):
@@ -96,15 +100,16 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
         cert_boxes = boxes(np.sort(cert_pool), n_certificate)
         certificate = certify_detection(cert_boxes, alpha, beta, high["delta"], k, high["p_value"],
                                         pilot=boxes(np.sort(pilot_pool), n_platt))
-        t = certificate.threshold_high  # what serving would accept from (qc.detection_certify.served_thresholds)
-        resplits.append({"threshold_high": t, "certificate_fdr": fdr(cert_boxes, t),
-                         "population_fdr": fdr(population, t) if t <= 1.0 else 0.0})
+        t, t_low = certificate.threshold_high, certificate.threshold_low  # the pair serving would use
+        resplits.append({"threshold_high": t, "threshold_low": t_low, "certificate_fdr": fdr(cert_boxes, t, t_low),
+                         "population_fdr": fdr(population, t, t_low)})
         bar.update()
     bar.close()
     broken = sum(r["population_fdr"] > alpha for r in resplits)
     return {"bench": "detector-handwriting", "model_version": card.version, "threshold_high": threshold,
             "target_fdr": alpha, "delta": high["delta"], "held_out_digits": len(held),
-            "population_labels": args.population_labels, "population_fdr": fdr(population, threshold),
+            "population_labels": args.population_labels, "population_fdr": fdr(population, threshold, low),
+            "threshold_low": low,
             "pool_size": sizes["test"], "pool_fdr_median": float(np.median(pool_fdr)),
             "pool_fdr_min": float(np.min(pool_fdr)), "pool_fdr_max": float(np.max(pool_fdr)), "pool_fdr": pool_fdr,
             "resplits": resplits, "resplits_broken": broken, "resplits_broken_share": broken / max(len(resplits), 1),
@@ -112,7 +117,8 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
 
 
 def print_result(r: dict) -> None:
-    print(f"detector v{r['model_version']} at its certified threshold {r['threshold_high']:.4f} "
+    print(f"detector v{r['model_version']} at its certified pair t_low {r['threshold_low']:.4f}, t_high "
+          f"{r['threshold_high']:.4f}, served FDR "
           f"(target FDR {r['target_fdr']:.0%}, delta {r['delta']:.4g}):")
     print(f"  held-out population ({r['held_out_digits']} digits, {r['population_labels']} labels): "
           f"FDR {r['population_fdr']:.2%}")

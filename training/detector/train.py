@@ -293,12 +293,13 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
         outputs=[TensorSpec("boxes", "float32", [None, TOP_K, 4]), TensorSpec("labels", "int64", [None, TOP_K]),
                  TensorSpec("scores", "float32", [None, TOP_K])],
         triage=TriageSpec(threshold=cert.threshold_high, confidence_kind="min_box_score", target_risk=args.target_fdr,
-                          delta=spending.delta, certified_risk=args.target_fdr if cert.high.certified else 1.0,
+                          delta=spending.delta, certified_risk=args.target_fdr if cert.certified else 1.0,
                           coverage=result["certificate_outcome"]["images_without_human"],
-                          method=f"learn-then-test: fixed sequence down a grid of {len(HIGH_GRID)} thresholds from "
-                                 f"{cert.high.start} (chosen on the score-calibration labels), {args.p_value} "
-                                 f"p-values, "
-                                 f"on the pooled FDR of auto-accepted boxes; every box must clear it"),
+                          method=f"learn-then-test on the served FDR (the boxes of labels whose every kept box "
+                                 f"clears the threshold) on {cert.high.n_images} certificate labels, at the drop "
+                                 f"threshold conformal risk control chose on {cert.n_select} others: fixed sequence "
+                                 f"down a grid of {len(HIGH_GRID)} thresholds from {cert.high.start} (chosen on "
+                                 f"those and the score-calibration labels), {args.p_value} p-values"),
         preprocessing={"input": f"grayscale label float32 {IMAGE_SIZE}x{IMAGE_SIZE}, 0..1, dark ink on light paper",
                        "inside_graph": ["ink = 1 - x", "per-image standardisation", "CenterNet heads (stride 4)",
                                         "peaks: logit == 3x3 max pool", f"top-{TOP_K} peaks over classes and cells",
@@ -337,8 +338,10 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                    "labels are i.i.d. given the pool of certificate digits (a digit image may appear in several "
                    "labels), so the FDR certificate (probability >= 1 - delta) and the miss-rate bound (in "
                    "expectation) hold for new labels written with that handwriting; metrics.test_triage measures "
-                   "them on labels of the disjoint test digits. delta is spent once, on the FDR test; conformal "
-                   "risk control spends none"),
+                   "them on labels of the disjoint test digits. The FDR is that of the boxes serving auto-accepts "
+                   "(labels whose every kept box clears threshold_high), what the monitor estimates from audits. "
+                   "delta is spent once, on the FDR test (split evenly over the candidate drop thresholds); "
+                   "conformal risk control spends none"),
                **spending_extra(spending)},
     )
 
@@ -374,7 +377,7 @@ def finish(net: DetectorNet, reader: ReaderNet, train_seconds: float, args: Dete
                "hard_objects_auto_accepted": hard["objects_auto_accepted"], "hard_miss_rate_test": hard["miss_rate"],
                "hard_auditor_boxes_per_image": hard["auditor_boxes_per_image"],
                "threshold_high": cert.threshold_high, "threshold_low": cert.threshold_low,
-               "high_certified": cert.high.certified, "low_certified": cert.low.certified,
+               "high_certified": cert.certified, "low_certified": cert.low.certified,
                "delta": spending.delta, "family_delta": args.delta, "delta_spending": spending.to_dict(),
                "delta_note": spending.describe(), "p_value": args.p_value, "n_certificate": args.n_certificate,
                "certificate_fdr": result["certificate_outcome"]["accepted_fdr"], "ece_before": result["ece_before"],
@@ -403,7 +406,7 @@ def print_summary(s: dict) -> None:
           f"{'' if s['high_certified'] else ', NOT certified: nothing auto-accepted'}), drop boxes < "
           f"{s['threshold_low']:.4f} (expected miss share <= {s['miss_rate_target']:.0%}"
           f"{'' if s['low_certified'] else ', not met: every row kept'})")
-    print(f"  test: FDR of accepted boxes {s['accepted_fdr_test']:.2%} (target <= 2%), objects auto-accepted "
+    print(f"  test: FDR of auto-accepted boxes {s['accepted_fdr_test']:.2%} (target <= 2%), objects auto-accepted "
           f"{s['objects_auto_accepted']:.1%} (target >= 95%), miss share {s['miss_rate_test']:.2%}, "
           f"auditor boxes per label {s['auditor_boxes_per_image']:.3f}, labels without a human "
           f"{s['images_without_human']:.1%}")
