@@ -28,13 +28,15 @@ def parse_answer(task: TaskKind | str, raw: Any, choices: Sequence[str] = (), as
     return views.lookup(task).parse_answer(raw, choices, as_label)
 
 
-def same_answer(task: TaskKind | str, a: Any, b: Any) -> bool:
-    """Whether two outputs mean the same answer, by the task kind's answer equality."""
-    return tasks.lookup(task).same_answer(a, b)
+def same_answer(task: TaskKind | str, a: Any, b: Any, details: Any = None) -> bool:
+    """Whether two outputs mean the same answer, by the task kind's answer equality at the
+    parameters the prediction's ``details`` recorded (a detector's ``match_iou``)."""
+    return tasks.rule_for(task, details=details).same_answer(a, b)
 
 
-def verdict_for(task: TaskKind | str, model_output: Any, answer: Any) -> tuple[VerdictKind, Any]:
-    """The verdict an answer makes: accept when it equals the model's, else correct with it."""
-    if same_answer(task, model_output, answer):
+def verdict_for(task: TaskKind | str, model_output: Any, answer: Any, details: Any = None) -> tuple[VerdictKind, Any]:
+    """The verdict an answer makes: accept when it equals the model's (at the prediction's
+    recorded parameters, as the store and the monitor judge it), else correct with it."""
+    if same_answer(task, model_output, answer, details):
         return VerdictKind.ACCEPT, None
     return VerdictKind.CORRECT, answer

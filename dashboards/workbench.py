@@ -289,7 +289,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
             st.error(md_text(e))  # the form keeps what was typed: nothing is lost
             return
         decided = guarded("the comparison with the model's answer", claim, editors.verdict_for, task,
-                          prediction.output, answer)  # fmt: skip
+                          prediction.output, answer, prediction.details)  # fmt: skip
         if decided is None:
             return
         kind, corrected = decided

@@ -459,7 +459,7 @@ def _rule(state: _VersionState) -> tasks.Task | None:
     """The version's task kind: the card's, else the one its predictions said (verdicts do not
     carry it); None while neither was seen."""
     if state.card is not None:
-        return tasks.lookup(state.card.task)
+        return tasks.rule_for(state.card.task, state.card)  # at the card's parameters (a detector's match_iou)
     return tasks.lookup(state.task) if state.task else None
 
 

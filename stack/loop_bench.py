@@ -418,7 +418,7 @@ class Loop:
             label = self.answer(self.truth[item.request_id]) if item.request_id in self.truth else None
             if label is None:
                 kind, corrected = VerdictKind.SKIP, None
-            elif tasks.lookup(item.task).same_answer(item.output, label):
+            elif tasks.rule_for(item.task, details=item.details).same_answer(item.output, label):
                 kind, corrected = VerdictKind.ACCEPT, None
             else:
                 kind, corrected = VerdictKind.CORRECT, label
@@ -447,7 +447,7 @@ def round_figures(loop: Loop, name: str, ids: list[str], store: Any) -> dict[str
     with loop.lock:
         preds = [loop.predictions[i] for i in ids]
     auto = [p for p in preds if p.route is not Route.HUMAN]
-    kind = tasks.lookup(preds[0].task)
+    kind = tasks.rule_for(preds[0].task, details=preds[0].details)
     true_wrong = sum(not kind.same_answer(p.output, loop.truth[p.request_id]) for p in auto)
     qc = {o.request_id: o for o in store.audited_qc_outcomes(name)}
     outcomes = [qc[p.request_id] for p in preds if p.request_id in qc]
@@ -548,7 +548,7 @@ def audits_to_certify(model: Any, sizes: tuple[int, ...], qc_rates: tuple[float,
 
     card, n = model.card, max(sizes)
     images, zips = make_envelopes("test", n, seed=seed + 5000)
-    session, kind = load_session(model, intra_op_threads=1), tasks.lookup(card.task)
+    session, kind = load_session(model, intra_op_threads=1), tasks.rule_for(card.task, card)
     conf, outputs = np.zeros(n), []
     for start in range(0, n, 256):
         answers, _ = infer(session, card, list(images[start:start + 256]))

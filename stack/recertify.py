@@ -251,7 +251,7 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
 
     card = model.card
     session = load_session(model, intra_op_threads=1)
-    kind = tasks.lookup(card.task)
+    kind = tasks.rule_for(card.task, card)  # at the card's parameters (a detector's match_iou)
     conf, wrong = np.zeros(len(rows)), np.zeros(len(rows), dtype=int)
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]

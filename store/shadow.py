@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from auditstream import tasks
 from auditstream.wire import Prediction, VerdictKind
-from store.records import audit_error, dumps, human_label
+from store.records import audit_error, dumps, human_label, item_rule
 from store.schema import fill_types
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class ShadowAnswers:
         answered, the worst case; None where it did not). What the paired gate counts
         (qc.promotion.pairs_by_stratum, docs/qc-statistics.md "Which audited pairs count")."""
         rows = self._db.query(
-            "SELECT i.request_id, i.route, i.task, i.output, v.kind, v.corrected_output, s.output"
+            "SELECT i.request_id, i.route, i.task, i.output, v.kind, v.corrected_output, s.output, i.details"
             " FROM {p}items i LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1 AND v.kind <> 'skip'"
             " LEFT JOIN {p}shadow_answers s ON s.request_id = i.request_id AND s.model = i.model"
             " AND s.model_version = ?"
@@ -196,11 +196,11 @@ class ShadowAnswers:
             " ORDER BY i.id",
             (candidate_version, model, live_version))
         out = []
-        for rid, route, task, output, kind, corrected, shadow in rows:
+        for rid, route, task, output, kind, corrected, shadow, details in rows:
             if kind is None:
                 out.append(PairedAudit(rid, route, False, None if shadow is None else True, waiting=True))
                 continue
-            rule, live_output = tasks.lookup(task), json.loads(output)
+            rule, live_output = item_rule(task, json.loads(details)), json.loads(output)
             corrected_output = None if corrected is None else json.loads(corrected)
             if shadow is None:
                 live_wrong = audit_error(VerdictKind(kind), rule, live_output, corrected_output)
@@ -219,24 +219,25 @@ class ShadowAnswers:
             "SELECT request_id, same_answer, candidate_output, live_output FROM {p}shadow_agreement"
             " WHERE model = ? AND model_version = ? AND live_version = ? ORDER BY request_id",
             (model, candidate_version, live_version))
-        verdicts: dict[str, tuple[str, Any, str, Any]] = {}
-        for rid, task, output, kind, corrected in self._db.query(
-                "SELECT a.request_id, i.task, i.output, v.kind, v.corrected_output FROM {p}shadow_agreement a"
+        verdicts: dict[str, tuple[str, Any, str, Any, Any]] = {}
+        for rid, task, output, kind, corrected, details in self._db.query(
+                "SELECT a.request_id, i.task, i.output, v.kind, v.corrected_output, i.details FROM {p}shadow_agreement a"
                 " JOIN {p}items i ON i.request_id = a.request_id AND i.model = a.model"
                 " JOIN {p}verdicts v ON v.item_id = i.id"
                 " WHERE a.model = ? AND a.model_version = ? AND a.live_version = ? AND a.same_answer = 0"
                 " AND i.is_gold = 0 AND v.review_round = 1 AND v.kind <> 'skip'"
                 " ORDER BY v.decided_at_s, v.verdict_id",
                 (model, candidate_version, live_version)):
-            verdicts.setdefault(rid, (task, json.loads(output), kind, None if corrected is None else json.loads(corrected)))
+            verdicts.setdefault(rid, (task, json.loads(output), kind, None if corrected is None else json.loads(corrected),
+                                      details))
         out = []
         for rid, same, cand_output, live_output in rows:
             if same or rid not in verdicts:
                 out.append(TrafficPair(rid, bool(same)))
                 continue
-            task, audited_output, kind, corrected = verdicts[rid]
+            task, audited_output, kind, corrected, details = verdicts[rid]
             try:
-                rule = tasks.lookup(task)
+                rule = item_rule(task, json.loads(details))
                 label = human_label(VerdictKind(kind), audited_output, corrected)
                 live_wrong, cand_wrong = (wrong_by_label(rule, label, json.loads(answer))
                                           for answer in (live_output, cand_output))

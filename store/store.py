@@ -47,6 +47,7 @@ from store.records import (
     VerdictResult,
     check_audit_item,
     check_lease_s,
+    check_correction,
     check_verdict_input,
     dumps,
     gold_is_correct,
@@ -257,6 +258,7 @@ class AuditStore(StoreReads):
             if row is None:
                 raise LookupError(f"no audit item {item_id}")
             item = item_from_row(row)
+            check_correction(item.task, kind, corrected_output)  # an answer of the item's own kind
             seen = cur.one(f"SELECT {VERDICT_COLUMNS} FROM {{p}}verdicts WHERE verdict_id = ?", (verdict_id,))
             if seen is not None:
                 first = verdict_from_row(seen)
@@ -271,7 +273,8 @@ class AuditStore(StoreReads):
                 cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
             elif item.is_gold:  # gold stays in the queue for the other auditors
                 gold_row = cur.one("SELECT gold_output FROM {p}items WHERE id = ?", (item_id,))
-                gold_correct = gold_is_correct(item.task, kind, item.output, corrected_output, json.loads(gold_row[0]))
+                gold_correct = gold_is_correct(item.task, kind, item.output, corrected_output, json.loads(gold_row[0]),
+                                               item.details)
                 review_round = 1
                 cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE id = ?", (item_id,))
             else:

@@ -119,11 +119,36 @@ def test_the_stores_qc_reads_agreement_and_gold_judge_at_the_items_recorded_iou(
         assert store.agreement().percent == 0.0  # the model's box and the auditor's are two answers at 0.7
 
 
-@pytest.mark.xfail(strict=True, reason="monitor/tracker.py's _rule must bind the card: "
-                   "`return tasks.rule_for(state.card.task, state.card)` (a file this fix does not own)")
 def test_the_monitor_judges_at_the_cards_iou() -> None:
     from monitor.tracker import QCConfig, QCTracker, _rule
 
     tracker = QCTracker(lambda m, v: card(0.7), QCConfig(min_inclusion_prob=0.01))
     state = tracker._state("det", "1")
     assert _rule(state).iou == 0.7
+
+
+def test_the_workbench_decides_accept_or_correct_at_the_items_recorded_iou() -> None:
+    """The auditor's answer (IoU 0.6 with the model's box) is a correction at the card's 0.7: the
+    workbench said "accept" at 0.5 and the store then counted no error."""
+    from dashboards import editors
+
+    assert editors.verdict_for("detection", MODEL, AUDITOR, details_of(card(0.7))) == (VerdictKind.CORRECT, AUDITOR)
+    assert editors.verdict_for("detection", MODEL, AUDITOR, details_of(card(None)))[0] is VerdictKind.ACCEPT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_correction_that_is_no_answer_of_the_items_kind_is_refused(backend: str, tmp_path: Path,
+                                                                      fast_hashes: None) -> None:
+    """A detection item corrected with something that is not boxes (a label, boxes spelt as
+    'bbox') is refused by the item's own kind, not only by the shape of the value."""
+    prediction = Prediction(request_id="q1", model="det", model_version="1", task="detection", output=MODEL,
+                            confidence=0.99, route=Route.HUMAN, reason="test", qc_inclusion_prob=1.0,
+                            created_at_s=T0, details=details_of(card(0.7)))
+    with make_store(backend, tmp_path) as store:
+        (alice,) = add_users(store, "alice")
+        store.ingest(AuditItem(prediction, np.zeros((2, 2), np.float32)), T0)
+        claim = store.claim(alice, 60, T0)
+        for bad in ("cat", [{"bbox": [0, 0, 1, 1], "label": 0}], 7):
+            with pytest.raises(ValueError):
+                store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.CORRECT, bad, T0)
+        store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.CORRECT, AUDITOR, T0)
