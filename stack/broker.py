@@ -23,10 +23,15 @@ Storage (:class:`BrokerOptions`):
 TLS (``tls_cert``/``tls_key``): Tansu listens on a second loopback port and advertises the
 address of :mod:`stack.tls_proxy`, which terminates TLS in front of it (Tansu 0.6.0's own
 ``--cert``/``--key`` cannot be given together; that module says why).
+
+The state files record each process with its start time (``/proc/<pid>/stat`` field 22): a
+recorded pid that another process took (after a reboot, or a while after a kill -9) counts as
+not running and is never signalled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +44,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from auditstream.errors import BrokerUnavailable, ConfigError
@@ -85,13 +90,19 @@ class BrokerOptions:
 
 @dataclass(frozen=True)
 class BrokerInfo:
-    pid: int
+    pid: int  # 0: not running (a stopped durable broker's record, kept so it comes back on its port)
     port: int
     bootstrap: str
     log: str
     storage: str = MEMORY_STORAGE
     tls_proxy_pid: int = 0  # 0: no TLS terminator
     tansu_port: int = 0  # where Tansu itself listens when a TLS terminator (or another proxy) fronts it
+    started: int = 0  # when ``pid`` started (/proc/<pid>/stat field 22): a reused pid is not this broker
+    tls_proxy_started: int = 0
+
+    @property
+    def durable(self) -> bool:
+        return self.storage != MEMORY_STORAGE
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class StorageInfo:
     pid: int
     endpoint: str
     log: str
+    started: int = 0  # as BrokerInfo.started
 
 
 def broker_binary() -> str:
@@ -155,18 +167,84 @@ def _all_free(port: int, block: int) -> bool:
             s.close()
 
 
-def _alive(pid: int) -> bool:
+# -- the processes a state file records --------------------------------------------------------
+
+_PROC = Path("/proc")
+
+# What each recorded process runs. A recorded pid running something else (or started at another
+# time) was reused after the recorded process ended -- after a reboot, or a kill -9 and a while:
+# it is never signalled, and the record counts as "not running".
+_COMMANDS = {
+    "tansu": lambda argv: Path(argv[0]).name.startswith("tansu") and "broker" in argv,
+    "tls_proxy": lambda argv: "stack.tls_proxy" in argv,
+    "moto": lambda argv: "moto.server" in argv,
+}
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (the state) on; None if there is no such process."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot (/proc/<pid>/stat field 22); 0 if unknown."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def _running(pid: int, started: int, kind: str) -> bool:
+    """Whether ``pid`` is still the process a state file recorded: alive, not a zombie, started at
+    ``started`` (when recorded) and running ``kind``'s command. Without /proc: whether it is alive."""
+    if pid <= 0:  # never os.kill(0, ...): that is the caller's whole process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # another user's: /proc tells whether it is the one recorded
+    if not (_PROC / "self").exists():
         return True
-    # a zombie child of ours counts as dead
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":  # a zombie child of ours counts as dead
+        return False
+    if started and _start_time(pid) != started:
+        return False
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        argv = (_PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return True
+        return False
+    return bool(argv[0]) and _COMMANDS[kind](argv)
+
+
+def _terminate(pid: int, started: int, kind: str, timeout_s: float) -> bool:
+    """SIGTERM (SIGKILL after ``timeout_s``) to ``pid`` if it is still the recorded process;
+    whether it was."""
+    if not _running(pid, started, kind):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid, started, kind) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(pid, started, kind):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _running(pid, started, kind) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:  # reap it if it is our own child (tests start and stop it in one process)
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
 
 
 def _read_state(path: Path, cls: type) -> object | None:
@@ -176,23 +254,49 @@ def _read_state(path: Path, cls: type) -> object | None:
         return None
 
 
+def _write_state(path: Path, info: object) -> None:
+    """Atomically: a reader (another command, resolve_bootstrap) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(info)))
+    os.replace(tmp, path)
+
+
+def _stopped(info: BrokerInfo) -> BrokerInfo:
+    """The record a stopped durable broker leaves: no process, its port and storage kept."""
+    return replace(info, pid=0, started=0, tls_proxy_pid=0, tls_proxy_started=0)
+
+
+def _forget(settings: Settings, info: BrokerInfo) -> None:
+    """After the broker of ``info`` ended: a durable one keeps its record (pid 0) so that the next
+    start takes the same port; a memory one's record goes."""
+    path = settings.state_dir / BROKER_STATE_FILE
+    if info.durable:
+        _write_state(path, _stopped(info))
+    else:
+        path.unlink(missing_ok=True)
+
+
 def status(settings: Settings) -> BrokerInfo | None:
     """The running embedded broker of this state dir, or None."""
     info = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
-    return info if info is not None and _alive(info.pid) else None
+    return info if info is not None and _running(info.pid, info.started, "tansu") else None
 
 
 def storage_status(settings: Settings) -> StorageInfo | None:
     """The running local S3 server of this state dir (durable mode), or None."""
     info = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
-    return info if info is not None and _alive(info.pid) else None
+    return info if info is not None and _running(info.pid, info.started, "moto") else None
+
+
+# -- start -----------------------------------------------------------------------------------------
 
 
 def _log_tail(log_path: Path) -> str:
     return log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
 
 
-def _wait_ready(settings: Settings, bootstrap: str, pids: list[int], log_path: Path, timeout_s: float) -> None:
+def _wait_ready(settings: Settings, bootstrap: str, procs: list[subprocess.Popen], log_path: Path,
+                timeout_s: float) -> None:
     """Until the broker answers a metadata request over the connection's configured security."""
     logging.getLogger("kafka").setLevel(logging.getLogger("kafka").level or logging.WARNING)
     from kafka import KafkaAdminClient
@@ -201,7 +305,7 @@ def _wait_ready(settings: Settings, bootstrap: str, pids: list[int], log_path: P
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
-        if not all(_alive(pid) for pid in pids):
+        if any(proc.poll() is not None for proc in procs):
             raise BrokerUnavailable(bootstrap, f"a broker process exited during start-up; log {log_path}:\n"
                                                f"{_log_tail(log_path)}")
         try:
@@ -226,11 +330,13 @@ def _spawn(cmd: list[str], log_path: Path, foreground: bool, env: dict[str, str]
 def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> StorageInfo:
     """The local S3-compatible server of this state dir (started if not running) with ``bucket``."""
     info = storage_status(settings)
+    state = settings.state_dir / STORAGE_STATE_FILE
     if info is None:
         port = free_port()
         log_path = (settings.state_dir / "storage.log").resolve()
         proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, False)
-        info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path))
+        info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path),
+                           started=_start_time(proc.pid))
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -242,13 +348,28 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
                     raise BrokerUnavailable(info.endpoint, "the local S3 server (moto) did not start; is the 'serve' "
                                             f"extra installed? log {log_path}:\n{_log_tail(log_path)}") from None
                 time.sleep(0.2)
-        (settings.state_dir / STORAGE_STATE_FILE).write_text(json.dumps(asdict(info)))
+        _write_state(state, info)
     try:  # create the bucket; 409 when it exists already
         urllib.request.urlopen(urllib.request.Request(f"{info.endpoint}/{bucket}", method="PUT"), timeout=10).close()
     except urllib.error.HTTPError as e:
         if e.code != 409:
             raise BrokerUnavailable(info.endpoint, f"could not create bucket {bucket!r}: HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: no S3 server answers there
+        raise BrokerUnavailable(info.endpoint, f"the local S3 server does not answer ({getattr(e, 'reason', e)}); "
+                                f"'auditstream broker stop --storage' ends it (and what it stored), the next start "
+                                f"starts a new one; log {info.log}") from None
     return info
+
+
+def _storage_of(options: BrokerOptions) -> str:
+    return f"s3://{options.bucket}/" if options.durable else MEMORY_STORAGE
+
+
+def _check_security(settings: Settings, options: BrokerOptions) -> None:
+    if options.tls != uses_tls(settings):
+        raise ConfigError("AUDITSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
+                          "SSL or SASL_SSL with --tls-cert/--tls-key (and AUDITSTREAM_KAFKA_SSL_CAFILE naming the CA "
+                          "that signed the certificate), PLAINTEXT without them")
 
 
 def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
@@ -263,27 +384,24 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
     know its address reconnect. With ``foreground`` the call blocks until the broker exits
     (SIGTERM/SIGINT stop it).
     """
-    if options.tls != uses_tls(settings):
-        raise ConfigError("AUDITSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
-                          "SSL or SASL_SSL with --tls-cert/--tls-key (and AUDITSTREAM_KAFKA_SSL_CAFILE naming the CA "
-                          "that signed the certificate), PLAINTEXT without them")
+    _check_security(settings, options)
     running = status(settings)
     if running is not None:
         ensure_model_topics(settings, models, bootstrap=running.bootstrap)
         return running
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    previous = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
-    if previous is not None and previous.tls_proxy_pid and _alive(previous.tls_proxy_pid):
-        _terminate(previous.tls_proxy_pid, 5.0)  # the broker behind it died; it holds the port
+    state = settings.state_dir / BROKER_STATE_FILE
+    previous = _read_state(state, BrokerInfo)
+    if previous is not None:  # the broker behind its TLS terminator died; the terminator holds the port
+        _terminate(previous.tls_proxy_pid, previous.tls_proxy_started, "tls_proxy", 5.0)
     port = port or (previous.port if options.durable and previous is not None else free_port())
     if behind_port and options.tls:
         raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
     tansu_port = free_port() if options.tls else (behind_port or port)
     log_path = (settings.state_dir / "broker.log").resolve()
 
-    env, storage = None, MEMORY_STORAGE
+    env, storage = None, _storage_of(options)
     if options.durable:
-        storage = f"s3://{options.bucket}/"
         endpoint = options.s3_endpoint or _start_storage(settings, options.bucket, timeout_s).endpoint
         env = {**os.environ, **({} if options.s3_endpoint else LOCAL_S3_ENV), "AWS_ENDPOINT": endpoint}
         if endpoint.startswith("http://"):
@@ -298,18 +416,21 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
                              "--key", options.tls_key, "--client-ca", options.tls_client_ca],
                             log_path, foreground))
     info = BrokerInfo(pid=procs[0].pid, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
-                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0)
+                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0,
+                      started=_start_time(procs[0].pid),
+                      tls_proxy_started=_start_time(procs[1].pid) if options.tls else 0)
     try:
-        _wait_ready(settings, info.bootstrap, [p.pid for p in procs], log_path, timeout_s)
+        _wait_ready(settings, info.bootstrap, procs, log_path, timeout_s)
         ensure_model_topics(settings, models, bootstrap=info.bootstrap)
     except BaseException:
         for proc in procs:
             proc.kill()
             proc.wait()
         raise
-    (settings.state_dir / BROKER_STATE_FILE).write_text(json.dumps(asdict(info)))
+    _write_state(state, info)
     if foreground:
-        # SIGTERM/SIGINT stop the broker, then this call returns (the state file is removed).
+        # SIGTERM/SIGINT stop the broker, then this call returns (a memory broker's state file is
+        # removed; a durable one's stays, with pid 0, so the next start takes the same port).
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: [p.terminate() for p in procs])
         try:
@@ -317,40 +438,30 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
         finally:
             for proc in procs[1:]:
                 proc.terminate()
-            (settings.state_dir / BROKER_STATE_FILE).unlink(missing_ok=True)
+            _forget(settings, info)
     return info
-
-
-def _terminate(pid: int, timeout_s: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    try:  # reap it if it is our own child (tests start and stop it in one process)
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> bool:
     """Stop the embedded broker of this state dir (and, with ``storage``, the local S3 server of
-    a durable one, which ends what it stored); False if no broker was running. A durable
-    broker's state file stays, so the next start takes the same port."""
-    info = status(settings)
-    if info is None or storage or info.storage == MEMORY_STORAGE:
-        (settings.state_dir / BROKER_STATE_FILE).unlink(missing_ok=True)
+    a durable one, which ends what it stored); False if nothing of it was running. A durable
+    broker's state file stays, with pid 0, so the next start takes the same port. Only processes
+    that are still the recorded ones (same start time, same command) are signalled."""
+    path = settings.state_dir / BROKER_STATE_FILE
+    info = _read_state(path, BrokerInfo)
+    stopped = False
     if info is not None:
-        for pid in (info.pid, info.tls_proxy_pid):
-            if pid:
-                _terminate(pid, timeout_s)
+        # the terminator too when Tansu behind it already died: it holds the broker's port
+        for pid, started, kind in ((info.pid, info.started, "tansu"),
+                                   (info.tls_proxy_pid, info.tls_proxy_started, "tls_proxy")):
+            stopped = _terminate(pid, started, kind, timeout_s) or stopped
+        if storage or not info.durable:
+            path.unlink(missing_ok=True)
+        else:
+            _write_state(path, _stopped(info))
     if storage:
-        local = storage_status(settings)
+        local = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
         (settings.state_dir / STORAGE_STATE_FILE).unlink(missing_ok=True)
         if local is not None:
-            _terminate(local.pid, timeout_s)
-    return info is not None
+            _terminate(local.pid, local.started, "moto", timeout_s)
+    return stopped
