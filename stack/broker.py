@@ -24,14 +24,17 @@ TLS (``tls_cert``/``tls_key``): Tansu listens on a second loopback port and adve
 address of :mod:`stack.tls_proxy`, which terminates TLS in front of it (Tansu 0.6.0's own
 ``--cert``/``--key`` cannot be given together; that module says why).
 
-The state files record each process with its start time (``/proc/<pid>/stat`` field 22): a
-recorded pid that another process took (after a reboot, or a while after a kill -9) counts as
-not running and is never signalled.
+The state files record each process with its start time (``/proc/<pid>/stat`` field 22) and are
+written atomically; a recorded pid that another process took (after a reboot, or a while after a
+kill -9) counts as not running and is never signalled. ``start`` and ``stop`` hold
+``<state_dir>/broker.lock``, so two starts at once launch one broker, and a start stopped by
+SIGTERM or SIGHUP stops what it launched (it is recorded from the moment it runs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -41,21 +44,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
-from auditstream.errors import BrokerUnavailable, ConfigError
+from auditstream.errors import AuditstreamError, BrokerUnavailable, ConfigError
 from auditstream.kafka import BROKER_STATE_FILE, ensure_model_topics, kafka_python_config, resolve_bootstrap
 from auditstream.kafka.security import uses_tls
 from auditstream.settings import Settings
 
-__all__ = ["BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
+__all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
            "storage_status", "broker_binary"]
 
 STORAGE_STATE_FILE = "storage.json"
+LOCK_FILE = "broker.lock"  # held by start() and stop(): one of them at a time per state dir
 MEMORY_STORAGE = "memory://tansu/"
 # moto accepts any key; Tansu's S3 client (object_store) insists on having one.
 LOCAL_S3_ENV = {"AWS_ACCESS_KEY_ID": "auditstream", "AWS_SECRET_ACCESS_KEY": "auditstream",
@@ -111,6 +117,10 @@ class StorageInfo:
     endpoint: str
     log: str
     started: int = 0  # as BrokerInfo.started
+
+
+class BrokerBusy(AuditstreamError):
+    """Another start or stop is at work on the broker of this state dir. The message says what to do."""
 
 
 def broker_binary() -> str:
@@ -288,6 +298,100 @@ def storage_status(settings: Settings) -> StorageInfo | None:
     return info if info is not None and _running(info.pid, info.started, "moto") else None
 
 
+# -- one start or stop at a time, and not cut short -----------------------------------------------
+
+LOCK_WAIT_S = 120.0  # longer than a start takes (Tansu, moto, the topics), shorter than forever
+
+
+@contextlib.contextmanager
+def _locked(settings: Settings, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """``<state_dir>/broker.lock``, exclusively: two starts at once would each launch a Tansu."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / LOCK_FILE
+    with open(path, "a+") as lock:  # not inherited by the processes started while it is held
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "?"
+                    raise BrokerBusy(f"another 'auditstream broker start' or 'stop' (pid {holder}) has held {path} "
+                                     f"for over {wait_s:.0f} s; wait for it, or end it and run 'auditstream broker "
+                                     f"stop'") from None
+                time.sleep(0.1)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While a start runs, SIGTERM and SIGHUP raise (where they would end the process outright:
+    the main thread, default handlers), so what it launched is stopped and its record put right
+    instead of Tansu running on unrecorded; the process then exits 128 + the signal's number."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    before = {sig: signal.signal(sig, raise_) for sig in (signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(sig) == signal.SIG_DFL}
+    try:
+        yield
+    except _Signalled as e:
+        raise SystemExit(128 + e.signum) from None
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A stop signal (SIGTERM, SIGHUP, SIGINT) that arrives in the block is acted on when the
+    block ends, by the handler it would have met: a launch and its record, or a clean-up, happen
+    whole. (Handlers that defer, not a blocked signal mask: a process launched in the block
+    would inherit the mask and never see SIGTERM.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    before = {}
+    for sig in _STOP_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None and handler != signal.SIG_IGN:
+            before[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 # -- start -----------------------------------------------------------------------------------------
 
 
@@ -334,21 +438,28 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
     if info is None:
         port = free_port()
         log_path = (settings.state_dir / "storage.log").resolve()
-        proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, False)
-        info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path),
-                           started=_start_time(proc.pid))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(info.endpoint + "/", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise BrokerUnavailable(info.endpoint, "the local S3 server (moto) did not start; is the 'serve' "
-                                            f"extra installed? log {log_path}:\n{_log_tail(log_path)}") from None
-                time.sleep(0.2)
-        _write_state(state, info)
+        with _signals_held():
+            proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, False)
+            info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path),
+                               started=_start_time(proc.pid))
+            _write_state(state, info)  # from here on 'broker stop --storage' finds it
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    urllib.request.urlopen(info.endpoint + "/", timeout=2).close()
+                    break
+                except (urllib.error.URLError, OSError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise BrokerUnavailable(info.endpoint, "the local S3 server (moto) did not start; is the "
+                                                f"'serve' extra installed? log {log_path}:\n{_log_tail(log_path)}") from None
+                    time.sleep(0.2)
+        except BaseException:
+            with _signals_held():
+                proc.kill()
+                proc.wait()
+                state.unlink(missing_ok=True)
+            raise
     try:  # create the bucket; 409 when it exists already
         urllib.request.urlopen(urllib.request.Request(f"{info.endpoint}/{bucket}", method="PUT"), timeout=10).close()
     except urllib.error.HTTPError as e:
@@ -382,64 +493,99 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
 
     A durable broker restarted after a stop or a crash takes the port it had, so clients that
     know its address reconnect. With ``foreground`` the call blocks until the broker exits
-    (SIGTERM/SIGINT stop it).
+    (SIGTERM/SIGINT/SIGHUP stop it). One start or stop of a state dir runs at a time
+    (``broker.lock``); SIGTERM or SIGHUP during the start stops what it launched.
     """
     _check_security(settings, options)
-    running = status(settings)
-    if running is not None:
-        ensure_model_topics(settings, models, bootstrap=running.bootstrap)
-        return running
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if behind_port and options.tls:
+        raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
+    with _signals_raise():
+        with _locked(settings, max(LOCK_WAIT_S, 3 * timeout_s)):
+            running = status(settings)
+            if running is not None:
+                ensure_model_topics(settings, models, bootstrap=running.bootstrap)
+                return running
+            info, procs = _launch(settings, models, port, timeout_s, foreground, options, behind_port)
+    if foreground:
+        _run_foreground(settings, info, procs)
+    return info
+
+
+def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, timeout_s: float,
+            foreground: bool, options: BrokerOptions, behind_port: int) -> tuple[BrokerInfo, list[subprocess.Popen]]:
+    """Tansu (and its TLS terminator), recorded from the moment each is launched; on any failure
+    or interruption both are stopped and the record put back."""
+    _check_security(settings, options)
     state = settings.state_dir / BROKER_STATE_FILE
     previous = _read_state(state, BrokerInfo)
     if previous is not None:  # the broker behind its TLS terminator died; the terminator holds the port
         _terminate(previous.tls_proxy_pid, previous.tls_proxy_started, "tls_proxy", 5.0)
     port = port or (previous.port if options.durable and previous is not None else free_port())
-    if behind_port and options.tls:
-        raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
     tansu_port = free_port() if options.tls else (behind_port or port)
     log_path = (settings.state_dir / "broker.log").resolve()
-
-    env, storage = None, _storage_of(options)
-    if options.durable:
-        endpoint = options.s3_endpoint or _start_storage(settings, options.bucket, timeout_s).endpoint
-        env = {**os.environ, **({} if options.s3_endpoint else LOCAL_S3_ENV), "AWS_ENDPOINT": endpoint}
-        if endpoint.startswith("http://"):
-            env["AWS_ALLOW_HTTP"] = "true"
-    advertised = f"tcp://127.0.0.1:{port}"
-    cmd = [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
-           "--advertised-listener-url", advertised, "--storage-engine", storage]
-    procs = [_spawn(cmd, log_path, foreground, env)]
-    if options.tls:
-        procs.append(_spawn([sys.executable, "-m", "stack.tls_proxy", "--listen", f"127.0.0.1:{port}",
-                             "--upstream", f"127.0.0.1:{tansu_port}", "--cert", options.tls_cert,
-                             "--key", options.tls_key, "--client-ca", options.tls_client_ca],
-                            log_path, foreground))
-    info = BrokerInfo(pid=procs[0].pid, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
-                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0,
-                      started=_start_time(procs[0].pid),
-                      tls_proxy_started=_start_time(procs[1].pid) if options.tls else 0)
+    storage = _storage_of(options)
+    info = BrokerInfo(pid=0, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
+                      tansu_port=tansu_port if tansu_port != port else 0)
+    procs: list[subprocess.Popen] = []
     try:
+        env = None
+        if options.durable:
+            endpoint = options.s3_endpoint or _start_storage(settings, options.bucket, timeout_s).endpoint
+            env = {**os.environ, **({} if options.s3_endpoint else LOCAL_S3_ENV), "AWS_ENDPOINT": endpoint}
+            if endpoint.startswith("http://"):
+                env["AWS_ALLOW_HTTP"] = "true"
+        cmd = [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
+               "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", storage]
+        with _signals_held():  # launched and recorded, or neither
+            procs.append(_spawn(cmd, log_path, foreground, env))
+            info = replace(info, pid=procs[0].pid, started=_start_time(procs[0].pid))
+            _write_state(state, info)
+        if options.tls:
+            with _signals_held():
+                procs.append(_spawn([sys.executable, "-m", "stack.tls_proxy", "--listen", f"127.0.0.1:{port}",
+                                     "--upstream", f"127.0.0.1:{tansu_port}", "--cert", options.tls_cert,
+                                     "--key", options.tls_key, "--client-ca", options.tls_client_ca],
+                                    log_path, foreground))
+                info = replace(info, tls_proxy_pid=procs[1].pid, tls_proxy_started=_start_time(procs[1].pid))
+                _write_state(state, info)
         _wait_ready(settings, info.bootstrap, procs, log_path, timeout_s)
         ensure_model_topics(settings, models, bootstrap=info.bootstrap)
     except BaseException:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
+        with _signals_held():  # a second SIGTERM (`timeout` sends two) must not cut this short
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            _forget(settings, info)
         raise
-    _write_state(state, info)
-    if foreground:
-        # SIGTERM/SIGINT stop the broker, then this call returns (a memory broker's state file is
-        # removed; a durable one's stays, with pid 0, so the next start takes the same port).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: [p.terminate() for p in procs])
-        try:
-            procs[0].wait()
-        finally:
+    return info, procs
+
+
+def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess.Popen]) -> None:
+    """Until Tansu exits; SIGTERM, SIGINT and SIGHUP stop it. Its record then goes (memory) or
+    stays with pid 0 (durable: the next start takes the same port)."""
+    def stop_all(*_: object) -> None:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+
+    before = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        procs[0].wait()
+    finally:
+        with _signals_held():
             for proc in procs[1:]:
                 proc.terminate()
-            _forget(settings, info)
-    return info
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            with _locked(settings):
+                current = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
+                if current is not None and (current.pid, current.started) == (info.pid, info.started):
+                    _forget(settings, info)  # (a 'broker stop' may have put it right already)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> bool:
@@ -447,21 +593,24 @@ def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> 
     a durable one, which ends what it stored); False if nothing of it was running. A durable
     broker's state file stays, with pid 0, so the next start takes the same port. Only processes
     that are still the recorded ones (same start time, same command) are signalled."""
+    if not settings.state_dir.is_dir():
+        return False
     path = settings.state_dir / BROKER_STATE_FILE
-    info = _read_state(path, BrokerInfo)
-    stopped = False
-    if info is not None:
-        # the terminator too when Tansu behind it already died: it holds the broker's port
-        for pid, started, kind in ((info.pid, info.started, "tansu"),
-                                   (info.tls_proxy_pid, info.tls_proxy_started, "tls_proxy")):
-            stopped = _terminate(pid, started, kind, timeout_s) or stopped
-        if storage or not info.durable:
-            path.unlink(missing_ok=True)
-        else:
-            _write_state(path, _stopped(info))
-    if storage:
-        local = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
-        (settings.state_dir / STORAGE_STATE_FILE).unlink(missing_ok=True)
-        if local is not None:
-            _terminate(local.pid, local.started, "moto", timeout_s)
+    with _locked(settings):
+        info = _read_state(path, BrokerInfo)
+        stopped = False
+        if info is not None:
+            # the terminator too when Tansu behind it already died: it holds the broker's port
+            for pid, started, kind in ((info.pid, info.started, "tansu"),
+                                       (info.tls_proxy_pid, info.tls_proxy_started, "tls_proxy")):
+                stopped = _terminate(pid, started, kind, timeout_s) or stopped
+            if storage or not info.durable:
+                path.unlink(missing_ok=True)
+            else:
+                _write_state(path, _stopped(info))
+        if storage:
+            local = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
+            (settings.state_dir / STORAGE_STATE_FILE).unlink(missing_ok=True)
+            if local is not None:
+                _terminate(local.pid, local.started, "moto", timeout_s)
     return stopped

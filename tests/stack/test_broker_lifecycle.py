@@ -4,8 +4,10 @@ moto, and the ``auditstream broker`` command itself.
 - a state file whose pid another process now has (a reboot, a kill -9 and a while) is neither
   trusted nor signalled (a ``sleep`` stands in for the process that took the pid);
 - ``broker stop`` ends the TLS terminator even when Tansu behind it already died;
+- two ``broker start`` at once launch one broker; SIGTERM or SIGHUP during a start leaves nothing
+  running;
 - a durable broker comes back on its port after a foreground run and after a stop that found it
-  dead.
+  dead;
 """
 
 from __future__ import annotations
@@ -171,6 +173,51 @@ def test_stop_ends_the_tls_terminator_when_tansu_behind_it_died(tmp_path, pki, c
     assert embedded.stop(settings), "the running terminator was not reported as stopped"
     assert _gone([info.tls_proxy_pid]), "the TLS terminator still runs (and holds the broker's port)"
     assert not (state / "broker.json").exists()
+
+
+# -- one start at a time, not cut short -------------------------------------------------------------
+
+
+def test_two_starts_at_once_launch_one_broker(tmp_path, cleanup):
+    state = tmp_path / "state"
+    cleanup.append(state)
+    # three at once, each creating the topics of ten models before it returns: the window in
+    # which a start without the lock has launched Tansu but not recorded it is seconds wide
+    models = ",".join(f"m{i}" for i in range(10))
+    procs = [_popen_cli(state, "start", "--models", models) for _ in range(3)]
+    outs = [proc.communicate(timeout=180) for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert outs[0][0] == outs[1][0] == outs[2][0], outs  # the same broker: same pid and bootstrap
+    assert len(_tansu_of(state)) == 1, f"two brokers launched: {_tansu_of(state)}"
+    assert _cli(state, "stop").stdout.strip() == "broker stopped"
+    assert _gone(_tansu_of(state)) and not _tansu_of(state), "a broker left running after 'broker stop'"
+
+
+@pytest.mark.parametrize("sig, foreground", [(signal.SIGTERM, False), (signal.SIGHUP, False),
+                                             (signal.SIGTERM, True)])
+def test_a_stop_signal_while_start_waits_for_tansu_leaves_nothing_running(tmp_path, cleanup, sig, foreground):
+    """As `timeout 1 auditstream broker start` or a closed terminal does: Tansu is launched, the
+    command is told to stop before Tansu answers -- it must not run on, unrecorded."""
+    state = tmp_path / "state"
+    cleanup.append(state)
+    models = ",".join(f"m{i}" for i in range(10))  # (topics to create: a start of a second or more)
+    proc = _popen_cli(state, "start", "--models", models, *(["--foreground"] if foreground else []))
+    try:
+        deadline = time.monotonic() + 60
+        while not _tansu_of(state) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        launched = _tansu_of(state)
+        assert launched and proc.poll() is None, "Tansu never launched, or the start ended first"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (-sig, 128 + sig), (proc.returncode, err[-2000:])
+    assert _gone(launched), f"Tansu {launched} runs on after the start was stopped"
+    assert not (state / "broker.json").exists()
+    assert "no embedded broker running" in _cli(state, "status").stdout
 
 
 # -- a durable broker keeps its port ----------------------------------------------------------------
