@@ -120,7 +120,8 @@ class StorageInfo:
 
 
 class BrokerBusy(AuditstreamError):
-    """Another start or stop is at work on the broker of this state dir. The message says what to do."""
+    """The broker of this state dir is in the way: one runs with other options than asked for, or
+    another start or stop is at work on it. The message says what to do."""
 
 
 def broker_binary() -> str:
@@ -483,10 +484,42 @@ def _check_security(settings: Settings, options: BrokerOptions) -> None:
                           "that signed the certificate), PLAINTEXT without them")
 
 
+def _refuse_other(settings: Settings, running: BrokerInfo, options: BrokerOptions | None, port: int) -> None:
+    """BrokerBusy unless the running broker is the one asked for (storage, TLS, port)."""
+    tls = bool(running.tls_proxy_pid)
+    kind = "durable" if running.durable else "memory"
+    have = f"a {kind}{' TLS' if tls else ''} broker is running on port {running.port}"
+    stop_first = "stop it first ('auditstream broker stop')"
+    if options is None:  # whichever runs; only the clients must speak its security
+        if tls != uses_tls(settings):
+            raise BrokerBusy(f"{have}; set AUDITSTREAM_KAFKA_SECURITY_PROTOCOL={'SSL' if tls else 'PLAINTEXT'} to use "
+                             f"it, or {stop_first}")
+        if port and port != running.port:
+            raise BrokerBusy(f"{have}; {stop_first} to start one on port {port}")
+        return
+    wanted = []
+    if options.durable != running.durable:
+        wanted.append("a durable one" if options.durable else "a memory one")
+    elif options.durable and _storage_of(options) != running.storage:
+        wanted.append(f"one on bucket {options.bucket!r} (it uses {running.storage})")
+    if options.tls != tls:
+        wanted.append("with TLS" if options.tls else "without TLS")
+    if port and port != running.port:
+        wanted.append(f"on port {port}")
+    if wanted:
+        if not wanted[0].startswith(("a ", "one")):
+            wanted.insert(0, "one")
+        raise BrokerBusy(f"{have}; {stop_first} to start {' '.join(wanted)}")
+
+
 def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
-          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions = BrokerOptions(),
+          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions | None = None,
           behind_port: int = 0) -> BrokerInfo:
     """Start the broker (or return the one already running), create topics, record its state.
+
+    ``options`` None: the broker of this state dir that runs, whatever its options, else a memory
+    one. Options (or a ``port``) other than the running broker's are refused with
+    :class:`BrokerBusy`: it has to be stopped first.
 
     ``behind_port``: Tansu listens there and advertises ``port``, where the caller runs a proxy
     in front of it (:mod:`stack.fault_proxy`); 0: Tansu listens on ``port`` itself.
@@ -496,16 +529,19 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
     (SIGTERM/SIGINT/SIGHUP stop it). One start or stop of a state dir runs at a time
     (``broker.lock``); SIGTERM or SIGHUP during the start stops what it launched.
     """
-    _check_security(settings, options)
-    if behind_port and options.tls:
-        raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
+    if options is not None:
+        _check_security(settings, options)
+        if behind_port and options.tls:
+            raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
     with _signals_raise():
         with _locked(settings, max(LOCK_WAIT_S, 3 * timeout_s)):
             running = status(settings)
             if running is not None:
+                _refuse_other(settings, running, options, port)
                 ensure_model_topics(settings, models, bootstrap=running.bootstrap)
                 return running
-            info, procs = _launch(settings, models, port, timeout_s, foreground, options, behind_port)
+            info, procs = _launch(settings, models, port, timeout_s, foreground, options or BrokerOptions(),
+                                  behind_port)
     if foreground:
         _run_foreground(settings, info, procs)
     return info

@@ -8,6 +8,7 @@ moto, and the ``auditstream broker`` command itself.
   running;
 - a durable broker comes back on its port after a foreground run and after a stop that found it
   dead;
+- a start that asks for another broker than the running one is refused in one line.
 """
 
 from __future__ import annotations
@@ -263,3 +264,30 @@ def test_a_durable_broker_comes_back_on_its_port_after_a_foreground_run_and_afte
     assert third.returncode == 0 and f"bootstrap 127.0.0.1:{info.port}" in third.stdout, third.stdout + third.stderr
     assert _cli(state, "stop", "--storage").stdout.strip() == "broker stopped"
     assert not (state / "broker.json").exists() and not (state / "storage.json").exists()
+
+
+# -- another broker than the running one --------------------------------------------------------------
+
+
+def test_a_start_asking_for_another_broker_than_the_running_one_is_refused_in_one_line(tmp_path, pki, cleanup):
+    state = tmp_path / "state"
+    cleanup.append(state)
+    first = _cli(state, "start")
+    assert first.returncode == 0, first.stderr[-2000:]
+    info = json.loads(_cli(state, "status").stdout)
+    port = info["port"]
+    other_port = embedded.free_port()
+    for args, extra, wanted in (
+            (["--durable"], {}, "to start a durable one"),
+            (["--port", str(other_port)], {}, f"to start one on port {other_port}"),
+            (["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+             {"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "AUDITSTREAM_KAFKA_SSL_CAFILE": str(pki.ca)},
+             "to start one with TLS")):
+        refused = _cli(state, "start", *args, **extra)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"a memory broker is running on port {port}; stop it first ('auditstream broker stop') {wanted}" \
+            in refused.stderr, refused.stderr
+    same = _cli(state, "start", "--port", str(port))  # what runs is what was asked for
+    assert same.returncode == 0 and f"pid {info['pid']}," in same.stdout, same.stdout + same.stderr
+    assert _cli(state, "stop").stdout.strip() == "broker stopped"
