@@ -39,9 +39,11 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -52,7 +54,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from auditstream.errors import AuditstreamError, BrokerUnavailable, ConfigError
+from auditstream.errors import AuditstreamError, BrokerRefused, BrokerUnavailable, ConfigError
 from auditstream.kafka import BROKER_STATE_FILE, ensure_model_topics, kafka_python_config, resolve_bootstrap
 from auditstream.kafka.security import uses_tls
 from auditstream.settings import Settings
@@ -396,33 +398,90 @@ def _signals_held() -> Iterator[None]:
 # -- start -----------------------------------------------------------------------------------------
 
 
-def _log_tail(log_path: Path) -> str:
-    return log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def _wait_ready(settings: Settings, bootstrap: str, procs: list[subprocess.Popen], log_path: Path,
-                timeout_s: float) -> None:
-    """Until the broker answers a metadata request over the connection's configured security."""
-    logging.getLogger("kafka").setLevel(logging.getLogger("kafka").level or logging.WARNING)
+def _last_line(log_path: Path) -> str:
+    """The log's last non-empty line (colour codes out, 300 characters at most)."""
+    try:
+        lines = [line.strip() for line in _ANSI.sub("", log_path.read_text(errors="replace")[-4000:]).splitlines()]
+    except OSError:
+        return "no log"
+    last = next((line for line in reversed(lines) if line), "empty log")
+    return last[:300]
+
+
+def _probe_context(settings: Settings, bootstrap: str) -> ssl.SSLContext:
+    """The TLS a client of these settings speaks (kafka_python_config's files and name check)."""
+    try:
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) or None)
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile) or None,
+                                    settings.kafka_ssl_key_password or None)
+    except (ssl.SSLError, OSError) as e:
+        raise BrokerRefused(bootstrap, f"the client's TLS files cannot be loaded ({e}); check "
+                            "AUDITSTREAM_KAFKA_SSL_CAFILE, AUDITSTREAM_KAFKA_SSL_CERTFILE and "
+                            "AUDITSTREAM_KAFKA_SSL_KEYFILE") from None
+    return context
+
+
+def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subprocess.Popen]], log_path: Path,
+                timeout_s: float, tls_cert: str = "") -> None:
+    """Until the broker answers a metadata request over the connection's configured security.
+
+    Under TLS each attempt first makes a TLS handshake of its own: a certificate the clients
+    refuse (expired, another CA's, another host's) ends the wait at once with what is wrong,
+    instead of 30 s of the client's reconnect log. The client's log is quiet meanwhile: failed
+    attempts are expected until the broker listens."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if any(proc.poll() is not None for proc in procs):
-            raise BrokerUnavailable(bootstrap, f"a broker process exited during start-up; log {log_path}:\n"
-                                               f"{_log_tail(log_path)}")
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, bootstrap_timeout_ms=2000,
-                                     client_id="auditstream-probe", **kafka_python_config(settings))
-            admin.list_topics()  # a metadata request
-            admin.close()
-            return
-        except (KafkaError, OSError) as e:
-            last = repr(e)
-            time.sleep(0.2)
-    raise BrokerUnavailable(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s ({last}); log {log_path}")
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        context = _probe_context(settings, bootstrap) if uses_tls(settings) else None
+        host, _, port = bootstrap.rpartition(":")
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    raise BrokerUnavailable(bootstrap, f"{name} exited with code {proc.returncode} during start-up "
+                                                       f"({_last_line(log_path)}); log {log_path}")
+            if context is not None:
+                try:
+                    with socket.create_connection((host, int(port)), timeout=2) as sock:
+                        context.wrap_socket(sock, server_hostname=host).close()
+                except ssl.SSLCertVerificationError as e:
+                    cafile = settings.kafka_ssl_cafile or "the system's CAs"
+                    raise BrokerRefused(bootstrap, f"the clients refuse the certificate {tls_cert} ({e.verify_message}); "
+                                        f"give --tls-cert a current certificate for {host}, signed by a CA in "
+                                        f"AUDITSTREAM_KAFKA_SSL_CAFILE ({cafile}) (AUDITSTREAM_KAFKA_SSL_CHECK_HOSTNAME="
+                                        "false skips the name check)") from None
+                except (ssl.SSLError, OSError) as e:
+                    last = f"{type(e).__name__}: {e}"
+                    time.sleep(0.2)
+                    continue
+            admin = None
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                         bootstrap_timeout_ms=2000, client_id="auditstream-probe",
+                                         **kafka_python_config(settings))
+                admin.list_topics()  # a metadata request
+                return
+            except (KafkaError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(0.2)
+            finally:
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+        raise BrokerUnavailable(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s (last: {last}); "
+                                           f"log {log_path}")
+    finally:
+        kafka_log.setLevel(level or logging.WARNING)  # (the client's INFO lines stay out of a start's output)
 
 
 def _spawn(cmd: list[str], log_path: Path, foreground: bool, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -452,8 +511,9 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
                     break
                 except (urllib.error.URLError, OSError):
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise BrokerUnavailable(info.endpoint, "the local S3 server (moto) did not start; is the "
-                                                f"'serve' extra installed? log {log_path}:\n{_log_tail(log_path)}") from None
+                        raise BrokerUnavailable(info.endpoint, f"the local S3 server (moto) did not start "
+                                                f"({_last_line(log_path)}); is the 'serve' extra installed? "
+                                                f"log {log_path}") from None
                     time.sleep(0.2)
         except BaseException:
             with _signals_held():
@@ -552,6 +612,14 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
     """Tansu (and its TLS terminator), recorded from the moment each is launched; on any failure
     or interruption both are stopped and the record put back."""
     _check_security(settings, options)
+    if options.tls:
+        from stack.tls_proxy import server_context
+
+        try:  # here, not in the terminator: a bad pair is one line now, not a process dying later
+            server_context(options.tls_cert, options.tls_key, options.tls_client_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError("--tls-cert/--tls-key", f"{options.tls_cert}, {options.tls_key}",
+                              f"a PEM certificate and its own private key{' and a PEM CA file' if options.tls_client_ca else ''} ({e})") from None
     state = settings.state_dir / BROKER_STATE_FILE
     previous = _read_state(state, BrokerInfo)
     if previous is not None:  # the broker behind its TLS terminator died; the terminator holds the port
@@ -584,7 +652,8 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
                                     log_path, foreground))
                 info = replace(info, tls_proxy_pid=procs[1].pid, tls_proxy_started=_start_time(procs[1].pid))
                 _write_state(state, info)
-        _wait_ready(settings, info.bootstrap, procs, log_path, timeout_s)
+        _wait_ready(settings, info.bootstrap, list(zip(("Tansu", "the TLS terminator"), procs)), log_path, timeout_s,
+                    options.tls_cert)
         ensure_model_topics(settings, models, bootstrap=info.bootstrap)
     except BaseException:
         with _signals_held():  # a second SIGTERM (`timeout` sends two) must not cut this short

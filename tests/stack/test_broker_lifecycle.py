@@ -8,7 +8,8 @@ moto, and the ``auditstream broker`` command itself.
   running;
 - a durable broker comes back on its port after a foreground run and after a stop that found it
   dead;
-- a start that asks for another broker than the running one is refused in one line.
+- a start that asks for another broker than the running one is refused in one line;
+- a certificate the clients refuse ends the start at once, naming the certificate.
 """
 
 from __future__ import annotations
@@ -291,3 +292,34 @@ def test_a_start_asking_for_another_broker_than_the_running_one_is_refused_in_on
     same = _cli(state, "start", "--port", str(port))  # what runs is what was asked for
     assert same.returncode == 0 and f"pid {info['pid']}," in same.stdout, same.stdout + same.stderr
     assert _cli(state, "stop").stdout.strip() == "broker stopped"
+
+
+# -- a certificate the clients refuse -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong-host"])
+def test_a_certificate_the_clients_refuse_ends_the_start_at_once_naming_it(tmp_path, pki, cleanup, case):
+    state = tmp_path / "state"
+    cleanup.append(state)
+    cert, key, ca = ((pki.server_cert, pki.server_key, pki.other_ca) if case == "untrusted"
+                     else (pki.wrong_host_cert, pki.wrong_host_key, pki.ca))
+    began = time.monotonic()
+    done = _cli(state, "start", "--tls-cert", str(cert), "--tls-key", str(key),
+                AUDITSTREAM_KAFKA_SECURITY_PROTOCOL="SSL", AUDITSTREAM_KAFKA_SSL_CAFILE=str(ca))
+    took = time.monotonic() - began
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1, f"not one line:\n{done.stderr[-3000:]}"  # no reconnect log
+    assert f"refuse the certificate {cert}" in done.stderr, done.stderr
+    assert ("unable to get local issuer certificate" if case == "untrusted" else "mismatch") in done.stderr
+    assert took < 25, f"{took:.0f} s: the start waited out its timeout"
+    assert not _tansu_of(state) and not _processes_of(state, "tls_proxy") and not (state / "broker.json").exists()
+
+
+def test_a_key_of_another_certificate_is_refused_before_anything_starts(tmp_path, pki):
+    settings = Settings(state_dir=tmp_path / "state", kafka_security_protocol="SSL", kafka_ssl_cafile=str(pki.ca))
+    with pytest.raises(Exception, match="its own private key") as refused:
+        embedded.start(settings, options=embedded.BrokerOptions(tls_cert=str(pki.server_cert),
+                                                                tls_key=str(pki.client_key)))
+    assert str(pki.client_key) in str(refused.value)
+    assert not _tansu_of(tmp_path / "state")
+
