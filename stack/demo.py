@@ -140,7 +140,10 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
                   f"(pass --retrain to train your own)", flush=True)
         else:
             print(f"model {name}: training (pass --retrain to train again)", flush=True)
-            subprocess.run(_cli("train", name), check=True, env=_child_env(settings))
+            done = subprocess.run(_cli("train", name), env=_child_env(settings))
+            if done.returncode != 0:  # one line (its own output above says why), no traceback of ours
+                raise SystemExit(f"auditstream demo: training {name} failed (exit {done.returncode}); see its "
+                                 f"output above, or run 'auditstream train {name}' on its own")
 
 
 def demo_account(settings: Settings) -> tuple[str, str]:

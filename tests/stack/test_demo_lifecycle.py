@@ -1,5 +1,6 @@
 """``auditstream demo`` on real processes, where it goes wrong: a second demo on the same state
-dir is refused before it touches the first one's broker or auditor account.
+dir is refused before it touches the first one's broker or auditor account, and a model whose
+training fails ends the demo with one line of its own (no traceback), everything stopped.
 
 The registry is seeded with the tiny stand-ins of tests/stack/test_demo.py (no torch).
 """
@@ -89,3 +90,22 @@ def test_a_second_demo_on_the_same_state_dir_is_refused_before_it_touches_the_fi
     assert first.returncode == 0 and rest.rstrip().endswith("demo stopped"), rest[-2000:]
     assert not _tansu_of(state) and not (state / "broker.json").exists()
 
+
+def test_a_failed_training_ends_the_demo_in_one_line_and_stops_what_it_started(tmp_path: Path) -> None:
+    """--retrain with a training child that fails (a torch that cannot load stands in for an
+    out-of-memory kill): the demo said so with a CalledProcessError traceback of its own."""
+    fake = tmp_path / "faketorch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("simulated: training failed")\n')
+    models, state = tmp_path / "models", tmp_path / "state"
+    env = _demo_env(models, state, PYTHONPATH=f"{fake.parent}{os.pathsep}{REPO}")
+    done = subprocess.run(_demo("--retrain", "--duration-s", "5"), env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 1, (done.returncode, done.stdout[-2000:], done.stderr[-3000:])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("auditstream demo: training digits failed (exit 1); see its output above, or run "
+                    "'auditstream train digits' on its own"), done.stderr[-3000:]
+    # the child's own traceback is its output; the demo adds none of its own
+    assert "CalledProcessError" not in done.stderr and "stack/demo.py" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout.rstrip().endswith("demo stopped"), done.stdout[-2000:]
+    assert not _tansu_of(state) and not (state / "broker.json").exists()
