@@ -23,34 +23,47 @@ Storage (:class:`BrokerOptions`):
 TLS (``tls_cert``/``tls_key``): Tansu listens on a second loopback port and advertises the
 address of :mod:`stack.tls_proxy`, which terminates TLS in front of it (Tansu 0.6.0's own
 ``--cert``/``--key`` cannot be given together; that module says why).
+
+The state files record each process with its start time (``/proc/<pid>/stat`` field 22) and are
+written atomically; a recorded pid that another process took (after a reboot, or a while after a
+kill -9) counts as not running and is never signalled. ``start`` and ``stop`` hold
+``<state_dir>/broker.lock``, so two starts at once launch one broker, and a start stopped by
+SIGTERM or SIGHUP stops what it launched (it is recorded from the moment it runs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
-from auditstream.errors import BrokerUnavailable, ConfigError
+from auditstream.errors import AuditstreamError, BrokerRefused, BrokerUnavailable, ConfigError
 from auditstream.kafka import BROKER_STATE_FILE, ensure_model_topics, kafka_python_config, resolve_bootstrap
 from auditstream.kafka.security import uses_tls
 from auditstream.settings import Settings
 
-__all__ = ["BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
+__all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
            "storage_status", "broker_binary"]
 
 STORAGE_STATE_FILE = "storage.json"
+LOCK_FILE = "broker.lock"  # held by start() and stop(): one of them at a time per state dir
 MEMORY_STORAGE = "memory://tansu/"
 # moto accepts any key; Tansu's S3 client (object_store) insists on having one.
 LOCAL_S3_ENV = {"AWS_ACCESS_KEY_ID": "auditstream", "AWS_SECRET_ACCESS_KEY": "auditstream",
@@ -85,13 +98,19 @@ class BrokerOptions:
 
 @dataclass(frozen=True)
 class BrokerInfo:
-    pid: int
+    pid: int  # 0: not running (a stopped durable broker's record, kept so it comes back on its port)
     port: int
     bootstrap: str
     log: str
     storage: str = MEMORY_STORAGE
     tls_proxy_pid: int = 0  # 0: no TLS terminator
     tansu_port: int = 0  # where Tansu itself listens when a TLS terminator (or another proxy) fronts it
+    started: int = 0  # when ``pid`` started (/proc/<pid>/stat field 22): a reused pid is not this broker
+    tls_proxy_started: int = 0
+
+    @property
+    def durable(self) -> bool:
+        return self.storage != MEMORY_STORAGE
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,12 @@ class StorageInfo:
     pid: int
     endpoint: str
     log: str
+    started: int = 0  # as BrokerInfo.started
+
+
+class BrokerBusy(AuditstreamError):
+    """The broker of this state dir is in the way: one runs with other options than asked for, or
+    another start or stop is at work on it. The message says what to do."""
 
 
 def broker_binary() -> str:
@@ -155,18 +180,84 @@ def _all_free(port: int, block: int) -> bool:
             s.close()
 
 
-def _alive(pid: int) -> bool:
+# -- the processes a state file records --------------------------------------------------------
+
+_PROC = Path("/proc")
+
+# What each recorded process runs. A recorded pid running something else (or started at another
+# time) was reused after the recorded process ended -- after a reboot, or a kill -9 and a while:
+# it is never signalled, and the record counts as "not running".
+_COMMANDS = {
+    "tansu": lambda argv: Path(argv[0]).name.startswith("tansu") and "broker" in argv,
+    "tls_proxy": lambda argv: "stack.tls_proxy" in argv,
+    "moto": lambda argv: "moto.server" in argv,
+}
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (the state) on; None if there is no such process."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot (/proc/<pid>/stat field 22); 0 if unknown."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def _running(pid: int, started: int, kind: str) -> bool:
+    """Whether ``pid`` is still the process a state file recorded: alive, not a zombie, started at
+    ``started`` (when recorded) and running ``kind``'s command. Without /proc: whether it is alive."""
+    if pid <= 0:  # never os.kill(0, ...): that is the caller's whole process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # another user's: /proc tells whether it is the one recorded
+    if not (_PROC / "self").exists():
         return True
-    # a zombie child of ours counts as dead
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":  # a zombie child of ours counts as dead
+        return False
+    if started and _start_time(pid) != started:
+        return False
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        argv = (_PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return True
+        return False
+    return bool(argv[0]) and _COMMANDS[kind](argv)
+
+
+def _terminate(pid: int, started: int, kind: str, timeout_s: float) -> bool:
+    """SIGTERM (SIGKILL after ``timeout_s``) to ``pid`` if it is still the recorded process;
+    whether it was."""
+    if not _running(pid, started, kind):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid, started, kind) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(pid, started, kind):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _running(pid, started, kind) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:  # reap it if it is our own child (tests start and stop it in one process)
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
 
 
 def _read_state(path: Path, cls: type) -> object | None:
@@ -176,44 +267,221 @@ def _read_state(path: Path, cls: type) -> object | None:
         return None
 
 
+def _write_state(path: Path, info: object) -> None:
+    """Atomically: a reader (another command, resolve_bootstrap) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(info)))
+    os.replace(tmp, path)
+
+
+def _stopped(info: BrokerInfo) -> BrokerInfo:
+    """The record a stopped durable broker leaves: no process, its port and storage kept."""
+    return replace(info, pid=0, started=0, tls_proxy_pid=0, tls_proxy_started=0)
+
+
+def _forget(settings: Settings, info: BrokerInfo) -> None:
+    """After the broker of ``info`` ended: a durable one keeps its record (pid 0) so that the next
+    start takes the same port; a memory one's record goes."""
+    path = settings.state_dir / BROKER_STATE_FILE
+    if info.durable:
+        _write_state(path, _stopped(info))
+    else:
+        path.unlink(missing_ok=True)
+
+
 def status(settings: Settings) -> BrokerInfo | None:
     """The running embedded broker of this state dir, or None."""
     info = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
-    return info if info is not None and _alive(info.pid) else None
+    return info if info is not None and _running(info.pid, info.started, "tansu") else None
 
 
 def storage_status(settings: Settings) -> StorageInfo | None:
     """The running local S3 server of this state dir (durable mode), or None."""
     info = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
-    return info if info is not None and _alive(info.pid) else None
+    return info if info is not None and _running(info.pid, info.started, "moto") else None
 
 
-def _log_tail(log_path: Path) -> str:
-    return log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+# -- one start or stop at a time, and not cut short -----------------------------------------------
+
+LOCK_WAIT_S = 120.0  # longer than a start takes (Tansu, moto, the topics), shorter than forever
 
 
-def _wait_ready(settings: Settings, bootstrap: str, pids: list[int], log_path: Path, timeout_s: float) -> None:
-    """Until the broker answers a metadata request over the connection's configured security."""
-    logging.getLogger("kafka").setLevel(logging.getLogger("kafka").level or logging.WARNING)
+@contextlib.contextmanager
+def _locked(settings: Settings, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """``<state_dir>/broker.lock``, exclusively: two starts at once would each launch a Tansu."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / LOCK_FILE
+    with open(path, "a+") as lock:  # not inherited by the processes started while it is held
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "?"
+                    raise BrokerBusy(f"another 'auditstream broker start' or 'stop' (pid {holder}) has held {path} "
+                                     f"for over {wait_s:.0f} s; wait for it, or end it and run 'auditstream broker "
+                                     f"stop'") from None
+                time.sleep(0.1)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While a start runs, SIGTERM and SIGHUP raise (where they would end the process outright:
+    the main thread, default handlers), so what it launched is stopped and its record put right
+    instead of Tansu running on unrecorded; the process then exits 128 + the signal's number."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    before = {sig: signal.signal(sig, raise_) for sig in (signal.SIGTERM, signal.SIGHUP)
+              if signal.getsignal(sig) == signal.SIG_DFL}
+    try:
+        yield
+    except _Signalled as e:
+        raise SystemExit(128 + e.signum) from None
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A stop signal (SIGTERM, SIGHUP, SIGINT) that arrives in the block is acted on when the
+    block ends, by the handler it would have met: a launch and its record, or a clean-up, happen
+    whole. (Handlers that defer, not a blocked signal mask: a process launched in the block
+    would inherit the mask and never see SIGTERM.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    before = {}
+    for sig in _STOP_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None and handler != signal.SIG_IGN:
+            before[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+# -- start -----------------------------------------------------------------------------------------
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _last_line(log_path: Path) -> str:
+    """The log's last non-empty line (colour codes out, 300 characters at most)."""
+    try:
+        lines = [line.strip() for line in _ANSI.sub("", log_path.read_text(errors="replace")[-4000:]).splitlines()]
+    except OSError:
+        return "no log"
+    last = next((line for line in reversed(lines) if line), "empty log")
+    return last[:300]
+
+
+def _probe_context(settings: Settings, bootstrap: str) -> ssl.SSLContext:
+    """The TLS a client of these settings speaks (kafka_python_config's files and name check)."""
+    try:
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) or None)
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile) or None,
+                                    settings.kafka_ssl_key_password or None)
+    except (ssl.SSLError, OSError) as e:
+        raise BrokerRefused(bootstrap, f"the client's TLS files cannot be loaded ({e}); check "
+                            "AUDITSTREAM_KAFKA_SSL_CAFILE, AUDITSTREAM_KAFKA_SSL_CERTFILE and "
+                            "AUDITSTREAM_KAFKA_SSL_KEYFILE") from None
+    return context
+
+
+def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subprocess.Popen]], log_path: Path,
+                timeout_s: float, tls_cert: str = "") -> None:
+    """Until the broker answers a metadata request over the connection's configured security.
+
+    Under TLS each attempt first makes a TLS handshake of its own: a certificate the clients
+    refuse (expired, another CA's, another host's) ends the wait at once with what is wrong,
+    instead of 30 s of the client's reconnect log. The client's log is quiet meanwhile: failed
+    attempts are expected until the broker listens."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if not all(_alive(pid) for pid in pids):
-            raise BrokerUnavailable(bootstrap, f"a broker process exited during start-up; log {log_path}:\n"
-                                               f"{_log_tail(log_path)}")
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, bootstrap_timeout_ms=2000,
-                                     client_id="auditstream-probe", **kafka_python_config(settings))
-            admin.list_topics()  # a metadata request
-            admin.close()
-            return
-        except (KafkaError, OSError) as e:
-            last = repr(e)
-            time.sleep(0.2)
-    raise BrokerUnavailable(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s ({last}); log {log_path}")
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        context = _probe_context(settings, bootstrap) if uses_tls(settings) else None
+        host, _, port = bootstrap.rpartition(":")
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    raise BrokerUnavailable(bootstrap, f"{name} exited with code {proc.returncode} during start-up "
+                                                       f"({_last_line(log_path)}); log {log_path}")
+            if context is not None:
+                try:
+                    with socket.create_connection((host, int(port)), timeout=2) as sock:
+                        context.wrap_socket(sock, server_hostname=host).close()
+                except ssl.SSLCertVerificationError as e:
+                    cafile = settings.kafka_ssl_cafile or "the system's CAs"
+                    raise BrokerRefused(bootstrap, f"the clients refuse the certificate {tls_cert} ({e.verify_message}); "
+                                        f"give --tls-cert a current certificate for {host}, signed by a CA in "
+                                        f"AUDITSTREAM_KAFKA_SSL_CAFILE ({cafile}) (AUDITSTREAM_KAFKA_SSL_CHECK_HOSTNAME="
+                                        "false skips the name check)") from None
+                except (ssl.SSLError, OSError) as e:
+                    last = f"{type(e).__name__}: {e}"
+                    time.sleep(0.2)
+                    continue
+            admin = None
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                         bootstrap_timeout_ms=2000, client_id="auditstream-probe",
+                                         **kafka_python_config(settings))
+                admin.list_topics()  # a metadata request
+                return
+            except (KafkaError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(0.2)
+            finally:
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+        raise BrokerUnavailable(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s (last: {last}); "
+                                           f"log {log_path}")
+    finally:
+        kafka_log.setLevel(level or logging.WARNING)  # (the client's INFO lines stay out of a start's output)
 
 
 def _spawn(cmd: list[str], log_path: Path, foreground: bool, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -226,131 +494,228 @@ def _spawn(cmd: list[str], log_path: Path, foreground: bool, env: dict[str, str]
 def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> StorageInfo:
     """The local S3-compatible server of this state dir (started if not running) with ``bucket``."""
     info = storage_status(settings)
+    state = settings.state_dir / STORAGE_STATE_FILE
     if info is None:
         port = free_port()
         log_path = (settings.state_dir / "storage.log").resolve()
-        proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, False)
-        info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(info.endpoint + "/", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise BrokerUnavailable(info.endpoint, "the local S3 server (moto) did not start; is the 'serve' "
-                                            f"extra installed? log {log_path}:\n{_log_tail(log_path)}") from None
-                time.sleep(0.2)
-        (settings.state_dir / STORAGE_STATE_FILE).write_text(json.dumps(asdict(info)))
+        with _signals_held():
+            proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path, False)
+            info = StorageInfo(pid=proc.pid, endpoint=f"http://127.0.0.1:{port}", log=str(log_path),
+                               started=_start_time(proc.pid))
+            _write_state(state, info)  # from here on 'broker stop --storage' finds it
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    urllib.request.urlopen(info.endpoint + "/", timeout=2).close()
+                    break
+                except (urllib.error.URLError, OSError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise BrokerUnavailable(info.endpoint, f"the local S3 server (moto) did not start "
+                                                f"({_last_line(log_path)}); is the 'serve' extra installed? "
+                                                f"log {log_path}") from None
+                    time.sleep(0.2)
+        except BaseException:
+            with _signals_held():
+                proc.kill()
+                proc.wait()
+                state.unlink(missing_ok=True)
+            raise
     try:  # create the bucket; 409 when it exists already
         urllib.request.urlopen(urllib.request.Request(f"{info.endpoint}/{bucket}", method="PUT"), timeout=10).close()
     except urllib.error.HTTPError as e:
         if e.code != 409:
             raise BrokerUnavailable(info.endpoint, f"could not create bucket {bucket!r}: HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: no S3 server answers there
+        raise BrokerUnavailable(info.endpoint, f"the local S3 server does not answer ({getattr(e, 'reason', e)}); "
+                                f"'auditstream broker stop --storage' ends it (and what it stored), the next start "
+                                f"starts a new one; log {info.log}") from None
     return info
 
 
+def _storage_of(options: BrokerOptions) -> str:
+    return f"s3://{options.bucket}/" if options.durable else MEMORY_STORAGE
+
+
+def _check_security(settings: Settings, options: BrokerOptions) -> None:
+    if options.tls != uses_tls(settings):
+        raise ConfigError("AUDITSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
+                          "SSL or SASL_SSL with --tls-cert/--tls-key (and AUDITSTREAM_KAFKA_SSL_CAFILE naming the CA "
+                          "that signed the certificate), PLAINTEXT without them")
+
+
+def _refuse_other(settings: Settings, running: BrokerInfo, options: BrokerOptions | None, port: int) -> None:
+    """BrokerBusy unless the running broker is the one asked for (storage, TLS, port)."""
+    tls = bool(running.tls_proxy_pid)
+    kind = "durable" if running.durable else "memory"
+    have = f"a {kind}{' TLS' if tls else ''} broker is running on port {running.port}"
+    stop_first = "stop it first ('auditstream broker stop')"
+    if options is None:  # whichever runs; only the clients must speak its security
+        if tls != uses_tls(settings):
+            raise BrokerBusy(f"{have}; set AUDITSTREAM_KAFKA_SECURITY_PROTOCOL={'SSL' if tls else 'PLAINTEXT'} to use "
+                             f"it, or {stop_first}")
+        if port and port != running.port:
+            raise BrokerBusy(f"{have}; {stop_first} to start one on port {port}")
+        return
+    wanted = []
+    if options.durable != running.durable:
+        wanted.append("a durable one" if options.durable else "a memory one")
+    elif options.durable and _storage_of(options) != running.storage:
+        wanted.append(f"one on bucket {options.bucket!r} (it uses {running.storage})")
+    if options.tls != tls:
+        wanted.append("with TLS" if options.tls else "without TLS")
+    if port and port != running.port:
+        wanted.append(f"on port {port}")
+    if wanted:
+        if not wanted[0].startswith(("a ", "one")):
+            wanted.insert(0, "one")
+        raise BrokerBusy(f"{have}; {stop_first} to start {' '.join(wanted)}")
+
+
 def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
-          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions = BrokerOptions(),
+          timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions | None = None,
           behind_port: int = 0) -> BrokerInfo:
     """Start the broker (or return the one already running), create topics, record its state.
+
+    ``options`` None: the broker of this state dir that runs, whatever its options, else a memory
+    one. Options (or a ``port``) other than the running broker's are refused with
+    :class:`BrokerBusy`: it has to be stopped first.
 
     ``behind_port``: Tansu listens there and advertises ``port``, where the caller runs a proxy
     in front of it (:mod:`stack.fault_proxy`); 0: Tansu listens on ``port`` itself.
 
     A durable broker restarted after a stop or a crash takes the port it had, so clients that
     know its address reconnect. With ``foreground`` the call blocks until the broker exits
-    (SIGTERM/SIGINT stop it).
+    (SIGTERM/SIGINT/SIGHUP stop it). One start or stop of a state dir runs at a time
+    (``broker.lock``); SIGTERM or SIGHUP during the start stops what it launched.
     """
-    if options.tls != uses_tls(settings):
-        raise ConfigError("AUDITSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
-                          "SSL or SASL_SSL with --tls-cert/--tls-key (and AUDITSTREAM_KAFKA_SSL_CAFILE naming the CA "
-                          "that signed the certificate), PLAINTEXT without them")
-    running = status(settings)
-    if running is not None:
-        ensure_model_topics(settings, models, bootstrap=running.bootstrap)
-        return running
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    previous = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
-    if previous is not None and previous.tls_proxy_pid and _alive(previous.tls_proxy_pid):
-        _terminate(previous.tls_proxy_pid, 5.0)  # the broker behind it died; it holds the port
-    port = port or (previous.port if options.durable and previous is not None else free_port())
-    if behind_port and options.tls:
-        raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
-    tansu_port = free_port() if options.tls else (behind_port or port)
-    log_path = (settings.state_dir / "broker.log").resolve()
-
-    env, storage = None, MEMORY_STORAGE
-    if options.durable:
-        storage = f"s3://{options.bucket}/"
-        endpoint = options.s3_endpoint or _start_storage(settings, options.bucket, timeout_s).endpoint
-        env = {**os.environ, **({} if options.s3_endpoint else LOCAL_S3_ENV), "AWS_ENDPOINT": endpoint}
-        if endpoint.startswith("http://"):
-            env["AWS_ALLOW_HTTP"] = "true"
-    advertised = f"tcp://127.0.0.1:{port}"
-    cmd = [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
-           "--advertised-listener-url", advertised, "--storage-engine", storage]
-    procs = [_spawn(cmd, log_path, foreground, env)]
-    if options.tls:
-        procs.append(_spawn([sys.executable, "-m", "stack.tls_proxy", "--listen", f"127.0.0.1:{port}",
-                             "--upstream", f"127.0.0.1:{tansu_port}", "--cert", options.tls_cert,
-                             "--key", options.tls_key, "--client-ca", options.tls_client_ca],
-                            log_path, foreground))
-    info = BrokerInfo(pid=procs[0].pid, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
-                      tls_proxy_pid=procs[1].pid if options.tls else 0, tansu_port=tansu_port if tansu_port != port else 0)
-    try:
-        _wait_ready(settings, info.bootstrap, [p.pid for p in procs], log_path, timeout_s)
-        ensure_model_topics(settings, models, bootstrap=info.bootstrap)
-    except BaseException:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        raise
-    (settings.state_dir / BROKER_STATE_FILE).write_text(json.dumps(asdict(info)))
+    if options is not None:
+        _check_security(settings, options)
+        if behind_port and options.tls:
+            raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
+    with _signals_raise():
+        with _locked(settings, max(LOCK_WAIT_S, 3 * timeout_s)):
+            running = status(settings)
+            if running is not None:
+                _refuse_other(settings, running, options, port)
+                ensure_model_topics(settings, models, bootstrap=running.bootstrap)
+                return running
+            info, procs = _launch(settings, models, port, timeout_s, foreground, options or BrokerOptions(),
+                                  behind_port)
     if foreground:
-        # SIGTERM/SIGINT stop the broker, then this call returns (the state file is removed).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: [p.terminate() for p in procs])
-        try:
-            procs[0].wait()
-        finally:
-            for proc in procs[1:]:
-                proc.terminate()
-            (settings.state_dir / BROKER_STATE_FILE).unlink(missing_ok=True)
+        _run_foreground(settings, info, procs)
     return info
 
 
-def _terminate(pid: int, timeout_s: float) -> None:
+def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, timeout_s: float,
+            foreground: bool, options: BrokerOptions, behind_port: int) -> tuple[BrokerInfo, list[subprocess.Popen]]:
+    """Tansu (and its TLS terminator), recorded from the moment each is launched; on any failure
+    or interruption both are stopped and the record put back."""
+    _check_security(settings, options)
+    if options.tls:
+        from stack.tls_proxy import server_context
+
+        try:  # here, not in the terminator: a bad pair is one line now, not a process dying later
+            server_context(options.tls_cert, options.tls_key, options.tls_client_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError("--tls-cert/--tls-key", f"{options.tls_cert}, {options.tls_key}",
+                              f"a PEM certificate and its own private key{' and a PEM CA file' if options.tls_client_ca else ''} ({e})") from None
+    state = settings.state_dir / BROKER_STATE_FILE
+    previous = _read_state(state, BrokerInfo)
+    if previous is not None:  # the broker behind its TLS terminator died; the terminator holds the port
+        _terminate(previous.tls_proxy_pid, previous.tls_proxy_started, "tls_proxy", 5.0)
+    port = port or (previous.port if options.durable and previous is not None else free_port())
+    tansu_port = free_port() if options.tls else (behind_port or port)
+    log_path = (settings.state_dir / "broker.log").resolve()
+    storage = _storage_of(options)
+    info = BrokerInfo(pid=0, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
+                      tansu_port=tansu_port if tansu_port != port else 0)
+    procs: list[subprocess.Popen] = []
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    try:  # reap it if it is our own child (tests start and stop it in one process)
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+        env = None
+        if options.durable:
+            endpoint = options.s3_endpoint or _start_storage(settings, options.bucket, timeout_s).endpoint
+            env = {**os.environ, **({} if options.s3_endpoint else LOCAL_S3_ENV), "AWS_ENDPOINT": endpoint}
+            if endpoint.startswith("http://"):
+                env["AWS_ALLOW_HTTP"] = "true"
+        cmd = [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
+               "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", storage]
+        with _signals_held():  # launched and recorded, or neither
+            procs.append(_spawn(cmd, log_path, foreground, env))
+            info = replace(info, pid=procs[0].pid, started=_start_time(procs[0].pid))
+            _write_state(state, info)
+        if options.tls:
+            with _signals_held():
+                procs.append(_spawn([sys.executable, "-m", "stack.tls_proxy", "--listen", f"127.0.0.1:{port}",
+                                     "--upstream", f"127.0.0.1:{tansu_port}", "--cert", options.tls_cert,
+                                     "--key", options.tls_key, "--client-ca", options.tls_client_ca],
+                                    log_path, foreground))
+                info = replace(info, tls_proxy_pid=procs[1].pid, tls_proxy_started=_start_time(procs[1].pid))
+                _write_state(state, info)
+        _wait_ready(settings, info.bootstrap, list(zip(("Tansu", "the TLS terminator"), procs)), log_path, timeout_s,
+                    options.tls_cert)
+        ensure_model_topics(settings, models, bootstrap=info.bootstrap)
+    except BaseException:
+        with _signals_held():  # a second SIGTERM (`timeout` sends two) must not cut this short
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            _forget(settings, info)
+        raise
+    return info, procs
+
+
+def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess.Popen]) -> None:
+    """Until Tansu exits; SIGTERM, SIGINT and SIGHUP stop it. Its record then goes (memory) or
+    stays with pid 0 (durable: the next start takes the same port)."""
+    def stop_all(*_: object) -> None:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+
+    before = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        procs[0].wait()
+    finally:
+        with _signals_held():
+            for proc in procs[1:]:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            with _locked(settings):
+                current = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
+                if current is not None and (current.pid, current.started) == (info.pid, info.started):
+                    _forget(settings, info)  # (a 'broker stop' may have put it right already)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> bool:
     """Stop the embedded broker of this state dir (and, with ``storage``, the local S3 server of
-    a durable one, which ends what it stored); False if no broker was running. A durable
-    broker's state file stays, so the next start takes the same port."""
-    info = status(settings)
-    if info is None or storage or info.storage == MEMORY_STORAGE:
-        (settings.state_dir / BROKER_STATE_FILE).unlink(missing_ok=True)
-    if info is not None:
-        for pid in (info.pid, info.tls_proxy_pid):
-            if pid:
-                _terminate(pid, timeout_s)
-    if storage:
-        local = storage_status(settings)
-        (settings.state_dir / STORAGE_STATE_FILE).unlink(missing_ok=True)
-        if local is not None:
-            _terminate(local.pid, timeout_s)
-    return info is not None
+    a durable one, which ends what it stored); False if nothing of it was running. A durable
+    broker's state file stays, with pid 0, so the next start takes the same port. Only processes
+    that are still the recorded ones (same start time, same command) are signalled."""
+    if not settings.state_dir.is_dir():
+        return False
+    path = settings.state_dir / BROKER_STATE_FILE
+    with _locked(settings):
+        info = _read_state(path, BrokerInfo)
+        stopped = False
+        if info is not None:
+            # the terminator too when Tansu behind it already died: it holds the broker's port
+            for pid, started, kind in ((info.pid, info.started, "tansu"),
+                                       (info.tls_proxy_pid, info.tls_proxy_started, "tls_proxy")):
+                stopped = _terminate(pid, started, kind, timeout_s) or stopped
+            if storage or not info.durable:
+                path.unlink(missing_ok=True)
+            else:
+                _write_state(path, _stopped(info))
+        if storage:
+            local = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
+            (settings.state_dir / STORAGE_STATE_FILE).unlink(missing_ok=True)
+            if local is not None:
+                _terminate(local.pid, local.started, "moto", timeout_s)
+    return stopped

@@ -57,7 +57,11 @@ def _broker_start(args: argparse.Namespace) -> int:
     models = [m for m in args.models.split(",") if m]
     options = broker.BrokerOptions(durable=args.durable, s3_endpoint=args.s3_endpoint, bucket=args.bucket,
                                    tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
-    info = broker.start(settings, models=models, port=args.port, foreground=args.foreground, options=options)
+    # No storage or TLS option given: the broker that runs will do, whatever it is (a different
+    # one asked for is refused: broker.BrokerBusy, one line).
+    asked = options != broker.BrokerOptions()
+    info = broker.start(settings, models=models, port=args.port, foreground=args.foreground,
+                        options=options if asked else None)
     if not args.foreground:
         tls = " (TLS)" if info.tls_proxy_pid else ""
         print(f"broker running: pid {info.pid}, bootstrap {info.bootstrap}{tls}, storage {info.storage}, log {info.log}")

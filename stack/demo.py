@@ -140,7 +140,10 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
                   f"(pass --retrain to train your own)", flush=True)
         else:
             print(f"model {name}: training (pass --retrain to train again)", flush=True)
-            subprocess.run(_cli("train", name), check=True, env=_child_env(settings))
+            done = subprocess.run(_cli("train", name), env=_child_env(settings))
+            if done.returncode != 0:  # one line (its own output above says why), no traceback of ours
+                raise SystemExit(f"auditstream demo: training {name} failed (exit {done.returncode}); see its "
+                                 f"output above, or run 'auditstream train {name}' on its own")
 
 
 def demo_account(settings: Settings) -> tuple[str, str]:
@@ -445,9 +448,33 @@ def _ignore_stop_signals() -> Callable[[], None]:
     return restore
 
 
-def run(args: DemoArgs) -> int:
-    from stack import broker
+DEMO_LOCK_FILE = "demo.lock"
 
+
+def _demo_lock(state_dir: Path) -> io.TextIOWrapper:
+    """``<state_dir>/demo.lock``, held (flock) while this demo runs; SystemExit, one line, if
+    another demo holds it: a second demo would reset the first one's auditor password and clash
+    with its ports and log files."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(state_dir / DEMO_LOCK_FILE, "a+")  # not inherited by the children
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise SystemExit(f"auditstream demo: another demo is running on this state dir ({state_dir}, pid {holder}); "
+                         "stop it or use another AUDITSTREAM_STATE_DIR") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def run(args: DemoArgs) -> int:
     # Ctrl-C and SIGTERM both stop the demo cleanly. SIGINT explicitly: a shell starts background
     # jobs with SIGINT ignored, and Python keeps an inherited "ignore", so the demo (and a test or
     # script that stops it with SIGINT) would otherwise run on.
@@ -455,6 +482,16 @@ def run(args: DemoArgs) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _stop_demo)
     settings = Settings.from_env()
+    lock = _demo_lock(settings.state_dir)  # before the broker and the account: another demo's are in use
+    try:
+        return _run_locked(args, settings)
+    finally:
+        lock.close()
+
+
+def _run_locked(args: DemoArgs, settings: Settings) -> int:
+    from stack import broker
+
     started_broker = False
     if not settings.bootstrap_servers:
         started_broker = broker.status(settings) is None
