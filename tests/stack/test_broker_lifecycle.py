@@ -303,15 +303,13 @@ def test_a_certificate_the_clients_refuse_ends_the_start_at_once_naming_it(tmp_p
     cleanup.append(state)
     cert, key, ca = ((pki.server_cert, pki.server_key, pki.other_ca) if case == "untrusted"
                      else (pki.wrong_host_cert, pki.wrong_host_key, pki.ca))
-    began = time.monotonic()
     done = _cli(state, "start", "--tls-cert", str(cert), "--tls-key", str(key),
                 AUDITSTREAM_KAFKA_SECURITY_PROTOCOL="SSL", AUDITSTREAM_KAFKA_SSL_CAFILE=str(ca))
-    took = time.monotonic() - began
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count("\n") == 1, f"not one line:\n{done.stderr[-3000:]}"  # no reconnect log
     assert f"refuse the certificate {cert}" in done.stderr, done.stderr
     assert ("unable to get local issuer certificate" if case == "untrusted" else "mismatch") in done.stderr
-    assert took < 25, f"{took:.0f} s: the start waited out its timeout"
+    assert "no answer to a metadata request within" not in done.stderr  # refused at once, not timed out
     assert not _tansu_of(state) and not _processes_of(state, "tls_proxy") and not (state / "broker.json").exists()
 
 

@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,13 +67,12 @@ def test_a_second_demo_on_the_same_state_dir_is_refused_before_it_touches_the_fi
                 break
         assert first.poll() is None, "".join(out)[-3000:]
         before = _password_hash(state)
-        began = time.monotonic()
         second = subprocess.run(_demo("--duration-s", "20"), env=env, capture_output=True, text=True, timeout=180,
                                 cwd=REPO)
         assert second.returncode == 1, (second.returncode, second.stdout[-2000:], second.stderr[-2000:])
         assert second.stderr.strip() == (f"auditstream demo: another demo is running on this state dir ({state}, pid "
                                          f"{first.pid}); stop it or use another AUDITSTREAM_STATE_DIR"), second.stderr
-        assert "embedded broker" not in second.stdout and time.monotonic() - began < 60
+        assert "embedded broker" not in second.stdout
         assert _password_hash(state) == before, "the second demo reset the running demo's password"
         assert first.poll() is None, "the first demo stopped"
         first.send_signal(signal.SIGTERM)
