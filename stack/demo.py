@@ -246,15 +246,15 @@ def scene_requests(seed: int) -> Iterator[Any]:
         batch += 1
 
 
-def is_wrong(task: str, output: Any, truth: Any) -> bool:
-    """Whether an answer differs from the truth the demo knows: by the task kind's one rule (a
-    detector's boxes match by IoU, a caption by its normalised text), or as text for a class
-    index whose truth is the label's name."""
+def is_wrong(task: str, output: Any, truth: Any, details: Any = None) -> bool:
+    """Whether an answer differs from the truth the demo knows: by the task kind's one rule at the
+    prediction's recorded parameters (a detector's boxes match at its card's IoU, a caption by
+    its normalised text), or as text for a class index whose truth is the label's name."""
     from auditstream import tasks
 
     if isinstance(truth, str) and not isinstance(output, str):
         return str(output) != truth
-    return not tasks.lookup(task).same_answer(output, truth)
+    return not tasks.rule_for(task, details=details).same_answer(output, truth)
 
 
 def digit_requests(seed: int) -> Iterator[Any]:
@@ -373,7 +373,8 @@ def watch_loop(settings: Settings, tally: Tally, stop: threading.Event, prefix: 
                         prediction.model_version, Counter())[prediction.route.value] += 1
                     truth = tally.truth.get(prediction.request_id)
                     if prediction.route.value != "HUMAN" and truth is not None and is_wrong(prediction.task,
-                                                                                             prediction.output, truth):
+                                                                                             prediction.output, truth,
+                                                                                             prediction.details):
                         tally.wrong_auto[prediction.model] += 1
     finally:
         consumer.close()
@@ -399,7 +400,7 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
                 truth = tally.truth.get(item.request_id)
             if truth is None:  # an earlier run's item: the truth is gone, give it back
                 kind, corrected = VerdictKind.SKIP, None
-            elif not is_wrong(item.task, item.output, truth):
+            elif not is_wrong(item.task, item.output, truth, item.details):
                 kind, corrected = VerdictKind.ACCEPT, None
             else:
                 kind, corrected = VerdictKind.CORRECT, truth  # the label name, as the dashboard's editors answer
