@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from auditstream.registry import ModelCard
-from auditstream.tasks.base import Answer, Task, answerable_rows, indexed_answer_text, probability, register
+from auditstream.tasks.base import Answer, Task, answerable_rows, indexed_answer_text, register, rounded
 from auditstream.wire import TaskKind
 
 
@@ -34,15 +34,16 @@ class Classification(Task):
         answers: list[Answer | None] = []
         # Python floats and ints once per batch (tolist) instead of numpy scalars per element:
         # the same values (float32 -> float is exact), a third of the time per record.
-        for row, idx, ok in zip(probs.tolist(), order.tolist(), answerable.tolist()):
+        # Answerable up to PROB_TOLERANCE past 1; published in [0, 1] (base.probability), clipped
+        # once per batch here: the same values, without two Python calls per class.
+        for row, idx, ok in zip(np.clip(probs, 0.0, 1.0).tolist(), order.tolist(), answerable.tolist()):
             if not ok:
                 answers.append(None)
                 continue
             top = idx[0]
-            # answerable up to PROB_TOLERANCE past 1; published in [0, 1] (base.probability)
-            runner_ups = [{"index": i, "label": _label(card, i), "prob": probability(row[i])} for i in idx[1:4]]
-            answers.append(Answer(_label(card, top), probability(row[top]),
-                                  details={"index": top, "runner_ups": runner_ups, "probs": [probability(p) for p in row]}))
+            runner_ups = [{"index": i, "label": _label(card, i), "prob": rounded(row[i])} for i in idx[1:4]]
+            answers.append(Answer(_label(card, top), rounded(row[top]),
+                                  details={"index": top, "runner_ups": runner_ups, "probs": [rounded(p) for p in row]}))
         return answers
 
     def answer_text(self, output: Any, labels: Sequence[str] = ()) -> str:

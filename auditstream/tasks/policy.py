@@ -175,7 +175,8 @@ class Policy(Task):
             # published in [0, 1] (base.probability)
             confidence = probability(policy_confidence(row.astype(np.float64), card.triage.confidence_kind))
             answers.append(Answer(action, confidence, (Part(0, action, confidence),),
-                                  {"action_probs": [probability(p) for p in row], "value": rounded(v)}))
+                                  {"action_probs": [rounded(p) for p in np.clip(row, 0.0, 1.0).tolist()],
+                                   "value": rounded(v)}))
         return answers
 
     def act(self, answer: Answer, card: ModelCard, uniform: float) -> Answer:

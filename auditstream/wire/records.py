@@ -14,7 +14,7 @@ from auditstream.wire.codec import (
     Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field, short_repr,
     strict_loads, typed_field,
 )
-from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input
+from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input, may_hold_bools
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -60,7 +60,7 @@ class InferenceRequest:
         return cls(
             request_id=id_field(obj, "request_id"),
             model=id_field(obj, "model"),
-            input=decode_input(obj.get("input")),
+            input=decode_input(obj.get("input"), may_hold_bools(data)),
             created_at_s=number_field(obj, "created_at_s"),
             episode_key=episode_key,
             step=_step(obj),
@@ -185,7 +185,7 @@ class AuditItem:
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> "AuditItem":
         obj = strict_loads(data, max_bytes)
-        return cls(prediction=Prediction.from_dict(obj), input=decode_input(obj.get("input")))
+        return cls(prediction=Prediction.from_dict(obj), input=decode_input(obj.get("input"), may_hold_bools(data)))
 
 
 @dataclass(frozen=True, slots=True)

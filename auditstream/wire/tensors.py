@@ -29,8 +29,10 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": array.dtype.name, "shape": list(array.shape), "b64": base64.b64encode(data).decode("ascii")}
 
 
-def decode_tensor(obj: Any) -> np.ndarray:
-    """Inverse of :func:`encode_tensor`; also accepts ``{"dtype", "shape", "values"}``."""
+def decode_tensor(obj: Any, bools_possible: bool = True) -> np.ndarray:
+    """Inverse of :func:`encode_tensor`; also accepts ``{"dtype", "shape", "values"}``.
+    ``bools_possible`` False: the record's JSON text holds no ``true``/``false`` literal, so the
+    values need no scan for booleans (a caller with the raw bytes knows at memory speed)."""
     if not isinstance(obj, dict):
         raise DecodeError(Reason.BAD_SCHEMA.value, "input.tensor must be an object")
     dtype, shape = obj.get("dtype", "float32"), obj.get("shape")
@@ -63,13 +65,13 @@ def decode_tensor(obj: Any) -> np.ndarray:
             raise DecodeError(Reason.WRONG_SHAPE.value, f"{len(raw)} bytes do not fill shape {shape} of {dtype}")
         array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="), copy=False)
     else:
-        array = _values_array(obj.get("values"), np.dtype(dtype), shape, count)
+        array = _values_array(obj.get("values"), np.dtype(dtype), shape, count, bools_possible)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise DecodeError(Reason.BAD_INPUT.value, "tensor holds NaN or infinity")
     return array
 
 
-def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) -> np.ndarray:
+def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int, bools_possible: bool = True) -> np.ndarray:
     """A ``values`` list (flat or nested) as an array, refusing what a cast would silently bend:
     strings, bools and nulls (numpy would turn them into numbers or NaN), fractions or
     out-of-range numbers for integer dtypes (numpy would truncate or wrap them)."""
@@ -81,7 +83,8 @@ def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) ->
         raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values are not a regular array: {str(e)[:200]}") from None
     if array.size and array.dtype.kind not in "iuf":  # an empty list infers float64: fine
         raise DecodeError(Reason.BAD_SCHEMA.value, f"tensor values must be numbers, got {array.dtype.kind!r} elements")
-    if array.size and _holds_bool(values, array.ndim):  # [1, true] infers numbers: true would read as 1
+    # [1, true] infers numbers: true would read as 1 (the walk costs a third of this function)
+    if bools_possible and array.size and _holds_bool(values, array.ndim):
         raise DecodeError(Reason.BAD_SCHEMA.value, "tensor values must be numbers, got a boolean among them")
     if array.size != count:
         raise DecodeError(Reason.WRONG_SHAPE.value, f"{array.size} values do not fill shape {shape}")
@@ -95,6 +98,14 @@ def _values_array(values: Any, dtype: np.dtype, shape: list[int], count: int) ->
         if array.min() < info.min or too_large:
             raise DecodeError(Reason.BAD_SCHEMA.value, f"values outside [{info.min}, {info.max}] for {dtype}")
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def may_hold_bools(data: bytes) -> bool:
+    """Whether a record's UTF-8 JSON text may hold a true/false literal (JSON spells them only so;
+    anything but bytes or a bytearray: assume it may)."""
+    if not isinstance(data, (bytes, bytearray)):
+        return True
+    return b"true" in data or b"false" in data
 
 
 def _holds_bool(values: list, depth: int) -> bool:
@@ -130,11 +141,12 @@ def encode_input(value: ModelInput) -> dict[str, Any]:
     return {"tensor": encode_tensor(value)}
 
 
-def decode_input(obj: Any) -> ModelInput:
+def decode_input(obj: Any, bools_possible: bool = True) -> ModelInput:
+    """``bools_possible``: see :func:`decode_tensor` (:func:`may_hold_bools` of the record)."""
     if not isinstance(obj, dict) or len(obj) != 1:
         raise DecodeError(Reason.BAD_SCHEMA.value, "input must be {'tensor': ...} or {'image': ...}")
     if "tensor" in obj:
-        return decode_tensor(obj["tensor"])
+        return decode_tensor(obj["tensor"], bools_possible)
     image = obj.get("image")
     if not isinstance(image, dict) or not isinstance(image.get("b64"), str):
         raise DecodeError(Reason.BAD_SCHEMA.value, "input.image needs a 'b64' string")
