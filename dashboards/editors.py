@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from auditstream import tasks
 from auditstream.wire import TaskKind, VerdictKind
 from dashboards import tasks as views
+from store import records
 
 
 def parse_answer(task: TaskKind | str, raw: Any, choices: Sequence[str] = (), as_label: bool = False) -> Any:
@@ -35,8 +36,6 @@ def same_answer(task: TaskKind | str, a: Any, b: Any, details: Any = None) -> bo
 
 
 def verdict_for(task: TaskKind | str, model_output: Any, answer: Any, details: Any = None) -> tuple[VerdictKind, Any]:
-    """The verdict an answer makes: accept when it equals the model's (at the prediction's
-    recorded parameters, as the store and the monitor judge it), else correct with it."""
-    if same_answer(task, model_output, answer, details):
-        return VerdictKind.ACCEPT, None
-    return VerdictKind.CORRECT, answer
+    """The verdict an answer makes, judged at the prediction's recorded parameters as the store
+    and the monitor judge it (:func:`store.records.verdict_for`)."""
+    return records.verdict_for(tasks.rule_for(task, details=details), model_output, answer)

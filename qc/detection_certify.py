@@ -20,7 +20,7 @@ when the image is auto-accepted, none when an auditor sees it. The promise is ab
 human sees, pooled over images: ``FDR = E[F] / E[A] <= alpha`` -- the rate the monitor estimates
 from audits of auto-accepted images. (Before, the certificate bounded the FDR of every box
 ``>= t_high`` whatever its image; serving accepts only the images with no box in between, which
-can be the worse ones: a certified 2% was 4% served, /tmp/review-det/image_vs_box_fdr.py.)
+can be the worse ones: a certified 2% was 4% served, training/detector/served_fdr_sim.py.)
 
 **High threshold: Learn-then-Test on the served FDR** (Angelopoulos, Bates, Candès, Jordan, Lei
 2021). A ratio of per-image sums is turned into one mean: ``FDR <= alpha`` exactly when

@@ -385,9 +385,11 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
     """A simulated auditor ('qc-bot'): claims QC samples (and with ``deferred_too`` deferred items,
     else those are the person's) and answers them with the ground truth the demo knows — accept
     when the model was right, correct it when not — through the same store API the dashboard uses."""
+    from auditstream import tasks
     from auditstream.wire import Route, VerdictKind
     from store.accounts import Role
     from store import open_store
+    from store.records import verdict_for
 
     with open_store(settings.resolved_store_url) as store:
         user = store.accounts.get(QC_BOT) or store.accounts.add_user(QC_BOT, secrets.token_urlsafe(16), Role.AUDITOR)
@@ -400,10 +402,10 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
                 truth = tally.truth.get(item.request_id)
             if truth is None:  # an earlier run's item: the truth is gone, give it back
                 kind, corrected = VerdictKind.SKIP, None
-            elif not is_wrong(item.task, item.output, truth, item.details):
-                kind, corrected = VerdictKind.ACCEPT, None
-            else:
-                kind, corrected = VerdictKind.CORRECT, truth  # the label name, as the dashboard's editors answer
+            elif isinstance(truth, str) and not isinstance(item.output, str):  # a class index, a label name
+                kind, corrected = (VerdictKind.ACCEPT, None) if str(item.output) == truth else (VerdictKind.CORRECT, truth)
+            else:  # as the workbench decides (a detector's accept also leaves no box false)
+                kind, corrected = verdict_for(tasks.rule_for(item.task, details=item.details), item.output, truth)
             store.record_verdict(store.new_verdict_id(), item.item_id, user, kind, corrected, time.time())
             if kind is not VerdictKind.SKIP:
                 with tally.lock:

@@ -234,6 +234,17 @@ def item_rule(task: TaskKind | str, details: Any) -> tasks.Task:
     return tasks.rule_for(task, details=details)
 
 
+def verdict_for(rule: tasks.Task, model_output: Any, answer: Any) -> tuple[VerdictKind, Any]:
+    """The verdict an auditor's full answer makes (the workbench, the demo's QC bot, the loop
+    bench): accept when it is the model's answer by ``rule`` (:func:`item_rule`: at the recorded
+    parameters) and, for a kind whose parts are counted (a detector's boxes), leaves none of the
+    model's parts false -- equality matches boxes as a largest matching, the false-box count as
+    the certificate does, and an accept counts no false box -- else correct with it."""
+    if rule.same_answer(model_output, answer) and not (rule.accepts_parts and rule.false_parts(model_output, answer)):
+        return VerdictKind.ACCEPT, None
+    return VerdictKind.CORRECT, answer
+
+
 def audit_error(kind: VerdictKind, rule: tasks.Task | None, model_output: Any, corrected_output: Any) -> bool:
     """Was an audited auto answer an error? Anything but accept -- except a correction that is the
     same answer by the task kind's own rule (a box nudged by a pixel, a caption re-spaced).

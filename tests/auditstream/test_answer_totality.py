@@ -5,7 +5,7 @@ Before, ``Detection.answer_key`` did ``round(float(v), 1)`` over ``d.get("box", 
 strict JSON: a correction whose box was None, a string, NaN or an infinity raised TypeError or
 ValueError in ``same_answer`` and ``audit_error``; ``check_verdict_input`` recorded such a
 correction, and the monitor's verdict tracking (no handler) stopped on it
-(/tmp/review-det/malformed_equality.py). Now ``answer_key``, ``same_answer``, ``count_parts``,
+(found by a review). Now ``answer_key``, ``same_answer``, ``count_parts``,
 ``false_parts``, ``audit_error`` and ``audit_false_parts`` never raise, and the store refuses a
 detection correction that is not a list of well-formed boxes with a message for the auditor.
 """
@@ -108,7 +108,7 @@ def test_without_the_task_a_correction_shaped_like_boxes_is_checked_as_one() -> 
 
 
 def test_the_reviewers_malformed_corrections_compare_without_raising() -> None:
-    """/tmp/review-det/malformed_equality.py: each raised TypeError or ValueError."""
+    """A review's malformed answers: each raised TypeError or ValueError."""
     det = lookup("detection")
     ok = [{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}]
     for bad in ([{"box": ["a", 0, 10, 10], "label": 1}], [{"box": [math.nan, 0, 10, 10], "label": 1}],

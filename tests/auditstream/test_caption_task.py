@@ -141,7 +141,7 @@ def test_property_postprocess_gives_an_answer_or_none_per_row_and_never_raises(o
 
 
 def test_the_reviewers_unusable_outputs_give_none_per_row() -> None:
-    """/tmp/review-det/hostile.py: each of these raised."""
+    """A review's hostile outputs: each of these raised."""
     card = caption_card("mean_token_prob")
     assert TASK.postprocess(card, {"tokens": np.array([[5, 2], [5, 2]]), "token_probs": np.full((3, 2), 0.9)}) == [None] * 2
     assert TASK.postprocess(card, {"tokens": np.array([5, 2]), "token_probs": np.array([0.9, 0.9])}) == [None] * 2

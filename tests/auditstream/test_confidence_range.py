@@ -158,7 +158,7 @@ def test_a_threshold_above_1_never_auto_accepts_whatever_the_confidence(confiden
 
 
 def test_the_reviewers_hostile_outputs_are_published_as_1_and_deferred_on_an_uncertified_card() -> None:
-    """/tmp/review-det/hostile.py: detector 1.0005, caption 1.0009, ZIP reader 1.0008 were AUTO."""
+    """A review's hostile outputs: detector 1.0005, caption 1.0009, ZIP reader 1.0008 were AUTO."""
     det = card_of("detection", UNCERTIFIED)
     det = ModelCard(**{**det.__dict__, "extra": {**det.extra, "threshold_low": 0.3}})
     scores = np.array([[1.0005, 0.0, 0.0]], np.float32)

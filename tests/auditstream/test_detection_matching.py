@@ -119,7 +119,7 @@ def test_property_false_parts_count_the_certificates_false_boxes_and_same_answer
 
 
 def test_false_parts_agree_with_the_certificate_where_a_largest_matching_would_not() -> None:
-    """/tmp/review-det/matching_check.py: box 1 (0.9) takes truth 1 (IoU .85 over .79); box 2
+    """A review's case: box 1 (0.9) takes truth 1 (IoU .85 over .79); box 2
     (0.8) overlaps truth 1 only, taken: false for the certificate. A largest matching pairs box 1
     with truth 2 and box 2 with truth 1 and counted no false box."""
     model = [{"box": [0.8, 0, 10.8, 10], "label": 1, "score": 0.9}, {"box": [-3, 0, 7, 10], "label": 1, "score": 0.8}]

@@ -204,7 +204,7 @@ def three_kinds(n: int, rng: np.random.Generator) -> ScoredBoxes:
 
 
 def test_the_certificate_bounds_the_boxes_serving_accepts_not_every_box_above_t_high() -> None:
-    """/tmp/review-det/image_vs_box_fdr.py's kind of population: the images with a doubtful box go
+    """A review's kind of population (training/detector/served_fdr_sim.py): the images with a doubtful box go
     to auditors and are the clean ones, so the boxes serving accepts are worse than every box >=
     t_high. The old certificate bounded the latter (1.23%) and served 2.15% > alpha = 2% in every
     draw (20 of 20 in the simulation of docs/detector.md: 300 of 300); this one serves t_high in

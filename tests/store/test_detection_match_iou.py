@@ -4,7 +4,7 @@ Before, the card's ``match_iou`` was used by training's certificate only: ``audi
 ``audit_false_parts`` (the store's QC reads, the monitor), the store's agreement and gold
 scoring, and serving's shadow comparison all matched at the default 0.5. On a card trained with
 ``--match-iou 0.7`` a box at IoU 0.6 with the auditor's is false for the certificate and was no
-error for the store and the monitor (/tmp/review-det/match_iou_ignored.py). Now a prediction
+error for the store and the monitor. Now a prediction
 records the card's IoU in its details (``Detection.postprocess``), the kind's rule is bound to it
 (``tasks.rule_for(kind, card)``, ``store.records.item_rule(task, details)``), and every path
 compares with the bound rule.
@@ -152,3 +152,20 @@ def test_a_correction_that_is_no_answer_of_the_items_kind_is_refused(backend: st
             with pytest.raises(ValueError):
                 store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.CORRECT, bad, T0)
         store.record_verdict(store.new_verdict_id(), claim.item_id, alice, VerdictKind.CORRECT, AUDITOR, T0)
+
+
+def test_an_accept_never_hides_a_box_the_certificate_counts_false() -> None:
+    """Two overlapping boxes: a largest matching pairs both with the auditor's (the same answer),
+    the certificate's greedy matching leaves one false. The workbench recorded ACCEPT (no false
+    box); now the answer is a correction, so the live FDR counts the box the certificate bounds."""
+    from dashboards import editors
+    from store.records import verdict_for
+
+    model = [{"box": [0, 0, 10, 10], "label": 1, "score": 0.9}, {"box": [3, 0, 13, 10], "label": 1, "score": 0.8}]
+    fix = [{"box": [-2, 0, 8, 10], "label": 1, "score": 1.0}, {"box": [1, 0, 11, 10], "label": 1, "score": 1.0}]
+    rule = tasks.rule_for("detection", details={"match_iou": 0.5})
+    assert rule.same_answer(model, fix) and rule.false_parts(model, fix) == 1
+    for kind, corrected in (verdict_for(rule, model, fix), editors.verdict_for("detection", model, fix, {"match_iou": 0.5})):
+        assert (kind, corrected) == (VerdictKind.CORRECT, fix)
+        assert audit_false_parts(kind, rule, model, corrected) == 1
+    assert verdict_for(rule, model, model) == (VerdictKind.ACCEPT, None)  # the model's own answer: accept

@@ -29,7 +29,7 @@ def _labels(s: np.ndarray, t: np.ndarray, objects: np.ndarray | None = None) -> 
 
 
 def reviewer(n: int, rng: np.random.Generator) -> ScoredBoxes:
-    """/tmp/review-det/image_vs_box_fdr.py: half the labels one box at 0.95 (false w.p. 4%); half
+    """A review's population: half the labels one box at 0.95 (false w.p. 4%); half
     eight boxes at 0.95 (false w.p. 0.5%) and one at 0.5 (false w.p. 30%); junk rows at 0.01."""
     one = rng.random(n) < 0.5
     s, t = np.full((n, K), 0.01), np.zeros((n, K), bool)

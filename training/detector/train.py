@@ -340,8 +340,8 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                    "expectation) hold for new labels written with that handwriting; metrics.test_triage measures "
                    "them on labels of the disjoint test digits. The FDR is that of the boxes serving auto-accepts "
                    "(labels whose every kept box clears threshold_high), what the monitor estimates from audits. "
-                   "delta is spent once, on the FDR test (split evenly over the candidate drop thresholds); "
-                   "conformal risk control spends none"),
+                   "delta is spent once, on the FDR test of the test labels at the threshold_low the selection "
+                   "labels (every 4th certificate label) chose; conformal risk control spends none"),
                **spending_extra(spending)},
     )
 
