@@ -180,6 +180,7 @@ class _VersionState:
         # error None for a sample given up unaudited
         self.before_card: deque[tuple[int | None, float, int | None, int | None]] = deque(maxlen=config.memory)
         self.task: str | None = None  # the kind, from the predictions (verdicts do not carry it)
+        self.details: dict | None = None  # the last prediction's: the rule's parameters before the card is read
         self.part_sums = np.zeros(2)  # sum F / pi, sum A / pi over audited answers (accepts_parts kinds)
         self.parts_audited = self.parts_false = 0
         self.part_sequence: PartlyAuditedSequence | None = None  # the judged sequence of those kinds
@@ -257,7 +258,7 @@ class QCTracker:
         state = self._state(p.model, p.model_version)
         if state is None:
             return
-        state.task = p.task
+        state.task, state.details = p.task, p.details
         if not state.seen_predictions.add(p.request_id):
             return
         state.counts[p.route] += 1
@@ -460,7 +461,8 @@ def _rule(state: _VersionState) -> tasks.Task | None:
     carry it); None while neither was seen."""
     if state.card is not None:
         return tasks.rule_for(state.card.task, state.card)  # at the card's parameters (a detector's match_iou)
-    return tasks.lookup(state.task) if state.task else None
+    # before the card: at the parameters the predictions recorded, as the store's reads judge them
+    return tasks.rule_for(state.task, details=state.details) if state.task else None
 
 
 def audit_weight_floor(settings: Settings) -> float:

@@ -169,3 +169,21 @@ def test_an_accept_never_hides_a_box_the_certificate_counts_false() -> None:
         assert (kind, corrected) == (VerdictKind.CORRECT, fix)
         assert audit_false_parts(kind, rule, model, corrected) == 1
     assert verdict_for(rule, model, model) == (VerdictKind.ACCEPT, None)  # the model's own answer: accept
+
+
+def test_before_its_card_is_read_the_monitor_judges_at_the_recorded_iou() -> None:
+    """A version whose card the registry does not have yet: the tracker judged its audits at 0.5
+    and replayed those results once the card came, while the store judges at the recorded IoU."""
+    from monitor.tracker import QCTracker
+    from auditstream.wire import Verdict
+
+    fix = [{"box": [0.0, 0.0, 10.0, 6.0], "label": 3, "score": 1.0}]  # IoU 0.6 with the model's box
+    model = [{"box": [0.0, 0.0, 10.0, 10.0], "label": 3, "score": 0.9}]
+    details = {"threshold_low": 0.1, "dropped": 0, "match_iou": 0.75}
+    tracker = QCTracker(cards=lambda m, v: None)
+    tracker.observe_prediction(Prediction("r1", "det", "7", "detection", model, 0.9, Route.AUTO_QC, "qc", 0.5, T0,
+                                          details))
+    tracker.observe_verdict(Verdict("v1", "r1", "det", "7", "alice", VerdictKind.CORRECT, T0 + 1, model, fix,
+                                    Route.AUTO_QC, 0.5))
+    [(error, _, parts, false)] = tracker.states[("det", "7")].before_card
+    assert (bool(error), parts, false) == (True, 1, 1)
