@@ -212,8 +212,10 @@ def run_rollback(args: argparse.Namespace) -> int:
     from monitor.promotion import rollback
 
     record = rollback(Settings.from_env(), args.model, args.version, args.reason)
-    print(f"{args.model}: v{record['live_before']} -> v{record['live_after']} live, consumers told "
-          f"(recorded in models/{args.model}/{args.version}/promotion.json)", file=sys.stderr)
+    moved = (f"v{record['live_before']} -> v{record['live_after']} live" if record["live_before"] != record["live_after"]
+             else f"v{record['live_after']} was live already, announced again (any canary ended)")
+    print(f"{args.model}: {moved}, consumers told (recorded in models/{args.model}/{args.version}/promotion.json)",
+          file=sys.stderr)
     print(json.dumps(record, sort_keys=True))
     return 0
 

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from auditstream import tasks
 from auditstream.control import Rollout, announce_rollout
-from auditstream.errors import AuditstreamError, BadArguments, ConfigError, ModelRefused
+from auditstream.errors import AuditstreamError, ConfigError, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.audit_split import CERTIFY, audit_part
@@ -170,22 +170,20 @@ def rollback(settings: Settings, model: str, version: str, reason: str, *, annou
     (an over-budget alarm, a bad promotion) -- and end any canary. The version's files are
     verified first (checksum, graph safety, memory budget: what a consumer will check); LIVE
     moves, running consumers are told, and the move is appended to the version's
-    ``promotion.json`` as ``kind: rollback`` with the reason. Rolling back to the version LIVE
-    names already is refused, unless its last move was never announced (then it announces)."""
+    ``promotion.json`` as ``kind: rollback`` with the reason. The version LIVE names already is
+    announced again, moving nothing: that ends a canary of another version (a canary leaves LIVE
+    where it was) and finishes a move whose announcement failed."""
     if not reason.strip():
         raise ConfigError("--reason", reason, "a few words on why, for the record (e.g. 'v3 over budget')")
     registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
     history_path = registry.root / model / version / PROMOTION_FILE
-    history = recorded_decisions(history_path)  # a history that cannot be read stops us before LIVE moves
+    recorded_decisions(history_path)  # a history that cannot be read stops us before LIVE moves
     registry.load(model, version)  # ModelRefused (one line) for a missing or damaged version
     live_before = registry.live_version(model)
-    moves = [r for r in history if r.get("live_after") == version]
-    if live_before == version and not (moves and moves[-1].get("announced") is False):
-        raise BadArguments(f"{model} v{version} is live already; nothing to roll back "
-                           "(auditstream control show lists what the consumers were told)")
     record: dict[str, Any] = {"kind": "rollback", "reason": reason[:1000], "decided_at_s": time.time(),
                               "dry_run": False, "live_before": live_before, "live_after": version}
-    registry.set_live(model, version)  # first: a consumer started from now on reads it
+    if live_before != version:
+        registry.set_live(model, version)  # first: a consumer started from now on reads it
     if announce:
         announce_recorded(settings, Rollout(model, version, reason=f"rollback: {reason}"[:1000],
                                             updated_at_s=time.time()), record, history_path,

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,19 @@ def test_rollback_moves_live_tells_the_consumers_and_records_why(tmp_path: Path,
     assert (rollout.live_version, rollout.canary_version, rollout.canary_share) == ("1", None, 0.0)
     assert rollout.reason == "rollback: v2 over budget"
 
-    again = cli(registry, settings, "--to", "1", "--reason", "again")
-    assert again.returncode == 2 and "live already" in again.stderr and "Traceback" not in again.stderr
+    # during a canary LIVE still names the old version: rolling back to it ends the canary
+    from auditstream.control import Rollout, announce_rollout
+
+    announce_rollout(settings, Rollout("zip", "1", "2", 0.1, reason="canary", updated_at_s=time.time()))
+    again = cli(registry, settings, "--to", "1", "--reason", "v2's canary goes wrong")
+    assert again.returncode == 0 and "v1 was live already, announced again" in again.stderr, again.stderr
+    view = ControlView(settings).start()
+    try:
+        assert view.wait_caught_up(60)
+        rollout = view.rollouts()["zip"]
+    finally:
+        view.stop()
+    assert (rollout.live_version, rollout.canary_version, rollout.canary_share) == ("1", None, 0.0)
 
 
 @pytest.mark.parametrize("args, message", [
