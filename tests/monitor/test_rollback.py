@@ -39,10 +39,20 @@ def cli(registry: ModelRegistry, settings: Settings, *args: str) -> subprocess.C
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.kafka
-def test_rollback_moves_live_tells_the_consumers_and_records_why(tmp_path: Path, broker: Settings) -> None:
+def latest_rollout(settings: Settings):
+    """What the control topic tells running consumers about model zip now."""
     from auditstream.control import ControlView
 
+    view = ControlView(settings).start()
+    try:
+        assert view.wait_caught_up(60)
+        return view.rollouts()["zip"]
+    finally:
+        view.stop()
+
+
+@pytest.mark.kafka
+def test_rollback_moves_live_tells_the_consumers_and_records_why(tmp_path: Path, broker: Settings) -> None:
     registry = two_versions(tmp_path)
     settings = dataclasses.replace(broker, topic_prefix=f"rb{os.getpid()}", state_dir=tmp_path / "state")
     done = cli(registry, settings, "--to", "1", "--reason", "v2 over budget")
@@ -52,12 +62,7 @@ def test_rollback_moves_live_tells_the_consumers_and_records_why(tmp_path: Path,
     [record] = json.loads((registry.root / "zip" / "1" / PROMOTION_FILE).read_text())["decisions"]
     assert record["kind"] == "rollback" and record["reason"] == "v2 over budget" and record["announced"] is True
     assert (record["live_before"], record["live_after"]) == ("2", "1")
-    view = ControlView(settings).start()
-    try:
-        assert view.wait_caught_up(60)
-        rollout = view.rollouts()["zip"]
-    finally:
-        view.stop()
+    rollout = latest_rollout(settings)
     assert (rollout.live_version, rollout.canary_version, rollout.canary_share) == ("1", None, 0.0)
     assert rollout.reason == "rollback: v2 over budget"
 
@@ -67,12 +72,7 @@ def test_rollback_moves_live_tells_the_consumers_and_records_why(tmp_path: Path,
     announce_rollout(settings, Rollout("zip", "1", "2", 0.1, reason="canary", updated_at_s=time.time()))
     again = cli(registry, settings, "--to", "1", "--reason", "v2's canary goes wrong")
     assert again.returncode == 0 and "v1 was live already, announced again" in again.stderr, again.stderr
-    view = ControlView(settings).start()
-    try:
-        assert view.wait_caught_up(60)
-        rollout = view.rollouts()["zip"]
-    finally:
-        view.stop()
+    rollout = latest_rollout(settings)
     assert (rollout.live_version, rollout.canary_version, rollout.canary_share) == ("1", None, 0.0)
 
 

@@ -14,24 +14,8 @@ from qc.detection_certify import (NOT_CERTIFIED, ScoredBoxes, certify_detection,
                                   family_grid, fdr_losses, hoeffding_bentkus_p, match_boxes, miss_losses,
                                   per_image_counts, score_images, served_counts, split_images, triage_outcome, wsr_p)
 
-K = 16  # rows per image, as the detector's graph has
-
-
-def synthetic(n: int, rng: np.random.Generator) -> ScoredBoxes:
-    """Images with 1-8 objects; each object is found (p = 0.97) by a true box scoring ~Beta(9, 1);
-    false boxes (Poisson 3 per image) score ~Beta(1.3, 3), so the FDR of ``score >= t`` climbs past
-    a few percent as ``t`` falls; at most K boxes per image (the highest)."""
-    scores, true, image = [], [], []
-    n_objects = rng.integers(1, 9, size=n)
-    for i, m in enumerate(n_objects):
-        found = rng.random(m) < 0.97
-        s = np.concatenate([rng.beta(9, 1, size=found.sum()), rng.beta(1.3, 3, size=rng.poisson(3))])
-        t = np.concatenate([np.ones(found.sum(), bool), np.zeros(len(s) - found.sum(), bool)])
-        top = np.argsort(-s)[:K]
-        scores.append(s[top])
-        true.append(t[top])
-        image.append(np.full(len(top), i))
-    return ScoredBoxes(np.concatenate(scores), np.concatenate(true), np.concatenate(image), n_objects)
+# Populations with the detector graph's K = 16 rows per image, shared with the served-FDR simulation.
+from training.detector.served_fdr_sim import K, synthetic, three_kinds  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -185,22 +169,6 @@ def test_the_served_fdr_promise_breaks_in_at_most_delta_of_resplits(population: 
     assert naive_broken / runs > 0.2  # the setup is tight enough to catch a bad rule (32 of 100)
     assert len(automated) > runs * 0.9 and np.mean(automated) > 0.6  # and it still leaves most images to no human
     assert np.mean(misses) <= beta + 3 * np.std(misses) / math.sqrt(runs)
-
-
-def three_kinds(n: int, rng: np.random.Generator) -> ScoredBoxes:
-    """A (30%): one box at 0.95, false w.p. 12%. B (30%): eight boxes at 0.95 (false w.p. 0.5%) and a
-    doubtful one at 0.5 (false w.p. 30%) that the miss budget keeps, so B always goes to an
-    auditor. C (40%): four boxes at 0.97 (false w.p. 0.3%). Junk rows at 0.01 fill to K. Served FDR:
-    0.3% with t_high in (0.95, 0.97] (C alone is auto), 2.15% with t_high <= 0.95 (A and C); every
-    box >= t_high pooled, for t_high in (0.5, 0.95]: 1.23%."""
-    u = rng.random(n)
-    a, b, c = u < 0.3, (u >= 0.3) & (u < 0.6), u >= 0.6
-    s, t = np.full((n, K), 0.01), np.zeros((n, K), bool)
-    s[a, 0], t[a, 0] = 0.95, rng.random(a.sum()) >= 0.12
-    s[b, :8], t[b, :8] = 0.95, rng.random((b.sum(), 8)) >= 0.005
-    s[b, 8], t[b, 8] = 0.5, rng.random(b.sum()) >= 0.3
-    s[c, :4], t[c, :4] = 0.97, rng.random((c.sum(), 4)) >= 0.003
-    return ScoredBoxes(s.ravel(), t.ravel(), np.repeat(np.arange(n), K), t.sum(axis=1))
 
 
 def test_the_certificate_bounds_the_boxes_serving_accepts_not_every_box_above_t_high() -> None:

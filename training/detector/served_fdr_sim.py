@@ -40,7 +40,11 @@ def reviewer(n: int, rng: np.random.Generator) -> ScoredBoxes:
 
 
 def three_kinds(n: int, rng: np.random.Generator) -> ScoredBoxes:
-    """tests/qc/test_detection_certify.py's three_kinds: only the 4-box kind at 0.97 serves clean."""
+    """A (30%): one box at 0.95, false w.p. 12%. B (30%): eight boxes at 0.95 (false w.p. 0.5%) and a
+    doubtful one at 0.5 (false w.p. 30%) that the miss budget keeps, so B always goes to an
+    auditor. C (40%): four boxes at 0.97 (false w.p. 0.3%). Junk rows at 0.01 fill to K. Served FDR:
+    0.3% with t_high in (0.95, 0.97] (C alone is auto), 2.15% with t_high <= 0.95 (A and C); every
+    box >= t_high pooled, for t_high in (0.5, 0.95]: 1.23%. Only the 4-box kind serves clean."""
     u = rng.random(n)
     a, b, c = u < 0.3, (u >= 0.3) & (u < 0.6), u >= 0.6
     s, t = np.full((n, K), 0.01), np.zeros((n, K), bool)
@@ -63,8 +67,9 @@ def flat(n: int, rng: np.random.Generator, q: float = 0.021) -> ScoredBoxes:
 
 
 def synthetic(n: int, rng: np.random.Generator) -> ScoredBoxes:
-    """tests/qc/test_detection_certify.py's synthetic labels: true boxes ~Beta(9, 1), false ones
-    (Poisson 3 per label) ~Beta(1.3, 3), so the FDR climbs as the score falls."""
+    """Images with 1-8 objects; each object is found (p = 0.97) by a true box scoring ~Beta(9, 1);
+    false boxes (Poisson 3 per image) score ~Beta(1.3, 3), so the FDR of ``score >= t`` climbs past
+    a few percent as ``t`` falls; at most K boxes per image (the highest)."""
     scores, true, image = [], [], []
     n_objects = rng.integers(1, 9, size=n)
     for i, m in enumerate(n_objects):
