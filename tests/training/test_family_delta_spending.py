@@ -91,7 +91,18 @@ def test_a_second_captioner_in_the_registry_is_certified_at_delta_2(tmp_path: Pa
     assert slice_["split"] == "certificate scenes" and slice_["rendering"]["count"] == 20
 
 
-@pytest.mark.parametrize("name", ["detector", "captioner"])
+def test_the_shipped_detector_card_spent_delta_1_and_the_next_version_gets_delta_2(tmp_path: Path) -> None:
+    """The demo detector (re-certified under the schedule, 2026-12-05) took index 1 at δ_1 of the
+    certificate slice the training arguments make; the next version gets δ_2, inside the family's δ."""
+    card = ModelCard.from_dict(json.loads((SHIPPED / "detector" / "card.json").read_text()))
+    assert card.extra[EXTRA_KEY]["index"] == 1 and card.triage.delta == pytest.approx(delta_at(0.05, 1))
+    ModelRegistry(tmp_path).publish(card, (SHIPPED / "detector" / "model.onnx").read_bytes())
+    spending = certificate_spending(tmp_path, "detector", 0.05, detector.certificate_labels(DetectorArgs()))
+    assert spending.index == 2 and spending.delta == pytest.approx(DELTA_2)
+    assert spending.spent_before == pytest.approx(delta_at(0.05, 1)) and spending.family_delta_bound <= 0.05 + 1e-12
+
+
+@pytest.mark.parametrize("name", ["captioner"])
 def test_the_shipped_card_counts_as_spent_in_full(name: str, tmp_path: Path) -> None:
     """The demo card (from before the schedule: no extra.delta_spending) loads and occupies index 1
     at its full δ; the next version gets δ_2 and the family bound says what the old card overspent."""
