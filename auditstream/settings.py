@@ -4,6 +4,7 @@ environment variables and passed down. Nothing else in the project reads ``os.en
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -38,6 +39,7 @@ MAX_BATCH_WAIT_MS = 600_000
 # More uncommitted batches than this, and under steady load the loop commits only when the stream
 # goes quiet: a crash answers everything since then again (1,000 batches of 64: 64,000 requests).
 MAX_IN_FLIGHT_BATCHES = 1_000
+BROKER_STATE_FILE = "broker.json"  # the embedded broker's record (stack/broker.py): {"pid", "bootstrap", ...}
 # Public: fine for the embedded broker's demo and tests; serve and monitor warn on a real cluster.
 DEFAULT_QC_SALT = "qc"
 
@@ -284,11 +286,19 @@ class Settings:
     def request_topic(self, model: str) -> str:
         return self.topic(f"requests.{model}")
 
+    def is_embedded_broker(self, bootstrap: str) -> bool:
+        """Whether ``bootstrap`` is the embedded broker this state dir records (a demo's or a
+        bench's children are given its address explicitly)."""
+        try:
+            return str(json.loads((Path(self.state_dir) / BROKER_STATE_FILE).read_text())["bootstrap"]) == bootstrap
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def public_qc_salt_warning(self) -> str | None:
         """What to tell a consumer or monitor on a real cluster that still uses the public default
         QC salt (anyone who reads this code can choose request ids that are never QC-sampled);
         None on the embedded broker, where the demo and tests run with it."""
-        if self.bootstrap_servers and self.qc_salt == DEFAULT_QC_SALT:
+        if self.bootstrap_servers and self.qc_salt == DEFAULT_QC_SALT and not self.is_embedded_broker(self.bootstrap_servers):
             return (f"AUDITSTREAM_QC_SALT is the public default {DEFAULT_QC_SALT!r}: a producer can choose request "
                     "ids that are never sampled for QC. Set the same secret on every consumer and the monitor "
                     "(docs/qc-statistics.md)")

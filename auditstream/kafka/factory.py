@@ -13,7 +13,7 @@ from auditstream.kafka.interface import (DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WA
                                          Producer, Reader, Record, TopicLog, quiet_client_logs)
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES
 from auditstream.kafka.security import check_broker, kafka_python_config
-from auditstream.settings import Settings
+from auditstream.settings import BROKER_STATE_FILE, Settings
 
 
 def make_producer(settings: Settings, bootstrap: str | None = None, client_id: str = "auditstream") -> Producer:
@@ -166,7 +166,6 @@ def ensure_model_topics(settings: Settings, models: list[str] | tuple[str, ...],
 
 
 _crc_checked = False  # warn once per process
-BROKER_STATE_FILE = "broker.json"  # written by stack/broker.py: {"pid", "port", "bootstrap", "log", "storage", ...}
 
 
 def resolve_bootstrap(settings: Settings) -> str:

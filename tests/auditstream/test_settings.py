@@ -157,8 +157,11 @@ def test_a_real_cluster_with_the_public_qc_salt_is_warned_about(tmp_path):
 
     assert Settings(qc_salt=DEFAULT_QC_SALT).public_qc_salt_warning() is None  # embedded broker
     assert Settings(bootstrap_servers="kafka:9092", qc_salt="s3cret").public_qc_salt_warning() is None
-    warning = Settings(bootstrap_servers="kafka:9092").public_qc_salt_warning()
+    warning = Settings(bootstrap_servers="kafka:9092", state_dir=tmp_path).public_qc_salt_warning()
     assert warning is not None and "AUDITSTREAM_QC_SALT" in warning
+    # the embedded broker's address given explicitly (a demo's children): no warning
+    (tmp_path / "broker.json").write_text('{"pid": 0, "bootstrap": "127.0.0.1:29092"}')
+    assert Settings(bootstrap_servers="127.0.0.1:29092", state_dir=tmp_path).public_qc_salt_warning() is None
     env = {**os.environ, "AUDITSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1", "AUDITSTREAM_MODELS_DIR": str(tmp_path),
            "AUDITSTREAM_STATE_DIR": str(tmp_path / "state")}
     env.pop("AUDITSTREAM_QC_SALT", None)
