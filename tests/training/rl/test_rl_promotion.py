@@ -90,21 +90,27 @@ def test_gate_from_logs_promotes_the_better_policy_only() -> None:
     assert not worse.promote
 
 
-def simulate_routed(episodes: int, seed: int) -> OfflineDataset:
-    """Logs of the live policy MU with triage: in state 1 it is unsure (0.6), the step goes to a
-    human, nobody answers in time and the safe action 1 (pays 0.5 where action 0 pays 1) acts,
-    logged one-hot with source fallback, route HUMAN. The logged return is the *routed* value."""
+def simulate_routed(episodes: int, seed: int, human_takes_0: float | None = None) -> OfflineDataset:
+    """Logs of the live policy MU with triage: in state 1 it is unsure (0.6) and the step goes to a
+    human. ``human_takes_0`` None: nobody answers in time and the safe action 1 (pays 0.5 where
+    action 0 pays 1) acts, logged one-hot with source fallback; else a noisy human answers (action 0
+    with that probability), logged one-hot with source human. Route HUMAN either way. The logged
+    return is the *routed* value."""
     rng = np.random.default_rng(seed)
     records = []
     for e in range(episodes):
         s = 0
         for t in range(HORIZON):
             deferred = s == 1
-            a = 1 if deferred else int(rng.random() < MU[s][1])
-            probs = [0.0, 1.0] if deferred else MU[s]
-            r = mean_reward(s, a) + rng.normal(0, 0.1)
-            records.append(StepRecord(f"e{e:05d}", t, np.eye(2)[s], a, probs, r, False, t == HORIZON - 1,
-                                      source="fallback" if deferred else "model",
+            if not deferred:
+                a = int(rng.random() < MU[s][1])
+            else:
+                a = 1 if human_takes_0 is None else int(rng.random() < 1 - human_takes_0)
+            human = deferred and human_takes_0 is not None
+            records.append(StepRecord(f"e{e:05d}", t, np.eye(2)[s], a, np.eye(2)[a] if deferred else MU[s],
+                                      mean_reward(s, a) + rng.normal(0, 0.1), False, t == HORIZON - 1,
+                                      human_action=a if human else None,
+                                      source=("human" if human else "fallback") if deferred else "model",
                                       route="HUMAN" if deferred else "AUTO"))
             s = int(rng.choice(2, p=next_dist(s, a)))
     return build_dataset(records)
@@ -152,29 +158,11 @@ def test_unsupported_probability_is_the_chance_an_episode_leaves_the_logged_acti
     assert abs(np.mean(estimates) - exact) < 4 * np.std(estimates, ddof=1) / np.sqrt(10) + 1e-3, (estimates, exact)
 
 
-def simulate_routed_to_humans(episodes: int, seed: int) -> OfflineDataset:
-    """As :func:`simulate_routed`, but a noisy human (action 0 with probability 0.7) answers the
-    deferred steps, logged one-hot (source human)."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for e in range(episodes):
-        s = 0
-        for t in range(HORIZON):
-            deferred = s == 1
-            a = int(rng.random() < (0.3 if deferred else MU[s][1]))
-            records.append(StepRecord(f"e{e:05d}", t, np.eye(2)[s], a, np.eye(2)[a] if deferred else MU[s],
-                                      mean_reward(s, a) + rng.normal(0, 0.1), False, t == HORIZON - 1,
-                                      human_action=a if deferred else None, source="human" if deferred else "model",
-                                      route="HUMAN" if deferred else "AUTO"))
-            s = int(rng.choice(2, p=next_dist(s, a)))
-    return build_dataset(records)
-
-
 def test_modelled_humans_give_support_and_an_identical_candidate_differs_by_exactly_zero() -> None:
     """With the humans' propensities fitted (human_steps model) the live policy's own rule has
     support on routed logs; both sides are estimated alike, so a candidate identical to the live
     policy differs by exactly 0 on every resample (not_better), and a better one is promoted."""
-    data = simulate_routed_to_humans(400, seed=3)
+    data = simulate_routed(400, seed=3, human_takes_0=0.7)
     assert (gate_from_dataset(data, table_policy(MU), PromotionConfig(gamma=GAMMA), live_policy=table_policy(MU))
             .code == "no_support")  # as logged (one-hot): no support
     config = PromotionConfig(gamma=GAMMA, require_all=True, human_steps="model")
