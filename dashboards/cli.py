@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
+import subprocess
 
 from auditstream.cli_args import LISTEN_PORT, add_checked_argument, add_dataclass_arguments, dataclass_from_namespace
+from auditstream.stop_signal import StopSignal
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -32,8 +33,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from store import open_store
 
     # SIGTERM (a service manager, a test) stops the server too: turn it into SystemExit so the
-    # finally below runs instead of leaving the Streamlit child behind.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # finally below runs instead of leaving the Streamlit child behind; recorded as well, so the
+    # wait below raises it even if the raise was swallowed (auditstream.stop_signal).
+    stop_signal = StopSignal(lambda signum: SystemExit(128 + signum))
+    stop_signal.install((signal.SIGTERM,))
     settings = Settings.from_env()
     config = dataclass_from_namespace(DashboardConfig, args)
     store_url = config.store_url or settings.resolved_store_url
@@ -43,6 +46,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
     server = start_dashboard(args.port, store_url, config, address=args.address, inherit_output=True)
     print(f"audit dashboard: {server.url}  (store {redact_url(store_url)}; Ctrl-C stops it)", flush=True)
     try:
-        return server.process.wait()
+        while True:
+            try:
+                return server.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                stop_signal.check()
     finally:
         server.stop()

@@ -57,6 +57,8 @@ from typing import Iterator
 from auditstream.errors import AuditstreamError, BrokerRefused, BrokerUnavailable, ConfigError
 from auditstream.kafka import BROKER_STATE_FILE, ensure_model_topics, kafka_python_config, resolve_bootstrap
 from auditstream.kafka.security import uses_tls
+from auditstream.stop_signal import StopSignal
+from auditstream.stop_signal import restore as restore_signals
 from auditstream.settings import Settings
 
 __all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
@@ -324,6 +326,7 @@ def _locked(settings: Settings, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
                     raise BrokerBusy(f"another 'auditstream broker start' or 'stop' (pid {holder}) has held {path} "
                                      f"for over {wait_s:.0f} s; wait for it, or end it and run 'auditstream broker "
                                      f"stop'") from None
+                _start_signals.check()
                 time.sleep(0.1)
         lock.seek(0)
         lock.truncate()
@@ -344,27 +347,33 @@ class _Signalled(BaseException):
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
+_NO_SIGNALS = StopSignal(_Signalled)
+_NO_SIGNALS.armed = False
+_start_signals = _NO_SIGNALS  # the running start's, in the main thread; checked by its waits
+
+
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
+def _signals_raise() -> Iterator[StopSignal]:
     """While a start runs, SIGTERM and SIGHUP raise (where they would end the process outright:
     the main thread, default handlers), so what it launched is stopped and its record put right
-    instead of Tansu running on unrecorded; the process then exits 128 + the signal's number."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def raise_(signum: int, frame: object) -> None:
-        raise _Signalled(signum)
-
-    before = {sig: signal.signal(sig, raise_) for sig in (signal.SIGTERM, signal.SIGHUP)
-              if signal.getsignal(sig) == signal.SIG_DFL}
+    instead of Tansu running on unrecorded; the process then exits 128 + the signal's number.
+    The signal is also recorded (a raise can be swallowed: :mod:`auditstream.stop_signal`); the
+    start's waits check it, and ``_launch`` commits it last."""
+    global _start_signals
+    signals = StopSignal(_Signalled)
+    before = signals.install(sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) == signal.SIG_DFL)
+    if signals.armed:
+        _start_signals = signals
     try:
-        yield
+        yield signals
+        signals.check()  # one swallowed where nothing was launched: still the signal's exit
+        if signals.signum is not None:
+            raise SystemExit(128 + signals.signum)
     except _Signalled as e:
         raise SystemExit(128 + e.signum) from None
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+        _start_signals = _NO_SIGNALS
+        restore_signals(before)
 
 
 @contextlib.contextmanager
@@ -446,6 +455,7 @@ def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subpr
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
         while time.monotonic() < deadline:
+            _start_signals.check()
             for name, proc in procs:
                 if proc.poll() is not None:
                     raise BrokerUnavailable(bootstrap, f"{name} exited with code {proc.returncode} during start-up "
@@ -514,6 +524,7 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
                         raise BrokerUnavailable(info.endpoint, f"the local S3 server (moto) did not start "
                                                 f"({_last_line(log_path)}); is the 'serve' extra installed? "
                                                 f"log {log_path}") from None
+                    _start_signals.check()
                     time.sleep(0.2)
         except BaseException:
             with _signals_held():
@@ -593,7 +604,7 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
         _check_security(settings, options)
         if behind_port and options.tls:
             raise ConfigError("behind_port", behind_port, "0 with TLS (the TLS terminator is the proxy in front)")
-    with _signals_raise():
+    with _signals_raise() as signals:
         with _locked(settings, max(LOCK_WAIT_S, 3 * timeout_s)):
             running = status(settings)
             if running is not None:
@@ -601,16 +612,17 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
                 ensure_model_topics(settings, models, bootstrap=running.bootstrap)
                 return running
             info, procs = _launch(settings, models, port, timeout_s, foreground, options or BrokerOptions(),
-                                  behind_port)
-    if foreground:
-        _run_foreground(settings, info, procs)
+                                  behind_port, signals)
+        if foreground:
+            _run_foreground(settings, info, procs, signals)
     return info
 
 
 def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, timeout_s: float,
-            foreground: bool, options: BrokerOptions, behind_port: int) -> tuple[BrokerInfo, list[subprocess.Popen]]:
+            foreground: bool, options: BrokerOptions, behind_port: int,
+            signals: StopSignal = _NO_SIGNALS) -> tuple[BrokerInfo, list[subprocess.Popen]]:
     """Tansu (and its TLS terminator), recorded from the moment each is launched; on any failure
-    or interruption both are stopped and the record put back."""
+    or interruption (up to ``signals.commit()``) both are stopped and the record put back."""
     _check_security(settings, options)
     if options.tls:
         from stack.tls_proxy import server_context
@@ -655,6 +667,7 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
         _wait_ready(settings, info.bootstrap, list(zip(("Tansu", "the TLS terminator"), procs)), log_path, timeout_s,
                     options.tls_cert)
         ensure_model_topics(settings, models, bootstrap=info.bootstrap)
+        signals.commit()
     except BaseException:
         with _signals_held():  # a second SIGTERM (`timeout` sends two) must not cut this short
             for proc in procs:
@@ -665,15 +678,19 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
     return info, procs
 
 
-def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess.Popen]) -> None:
-    """Until Tansu exits; SIGTERM, SIGINT and SIGHUP stop it. Its record then goes (memory) or
-    stays with pid 0 (durable: the next start takes the same port)."""
+def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess.Popen],
+                    signals: StopSignal = _NO_SIGNALS) -> None:
+    """Until Tansu exits; SIGTERM, SIGINT and SIGHUP stop it (as does one that came just after
+    the start committed). Its record then goes (memory) or stays with pid 0 (durable: the next
+    start takes the same port)."""
     def stop_all(*_: object) -> None:
         for proc in procs:
             with contextlib.suppress(OSError):
                 proc.terminate()
 
     before = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    if signals.signum is not None:
+        stop_all()
     try:
         procs[0].wait()
     finally:

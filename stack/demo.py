@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator
 from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, NICENESS, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, Range,
                                   add_dataclass_arguments, check_fields, dataclass_from_namespace)
 from auditstream.settings import Settings
+from auditstream.stop_signal import StopSignal
 
 DEMO_MODELS = ("digits", "zip-reader", "detector", "captioner")
 DEMO_USER = "demo"
@@ -434,10 +435,6 @@ def start_loop(settings: Settings, args: DemoArgs, children: Children) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _stop_demo(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # the same clean stop as Ctrl-C: children stopped, broker stopped
-
-
 def _ignore_stop_signals() -> Callable[[], None]:
     """Ignore SIGINT and SIGTERM (main thread only); returns what puts the handlers back."""
     if threading.current_thread() is not threading.main_thread():
@@ -481,18 +478,20 @@ def run(args: DemoArgs) -> int:
     # Ctrl-C and SIGTERM both stop the demo cleanly. SIGINT explicitly: a shell starts background
     # jobs with SIGINT ignored, and Python keeps an inherited "ignore", so the demo (and a test or
     # script that stops it with SIGINT) would otherwise run on.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _stop_demo)
+    # Both raise KeyboardInterrupt (the same clean stop: children stopped, broker stopped) and are
+    # recorded, so one swallowed where Python ignores exceptions still stops the demo at the next
+    # report (auditstream.stop_signal).
+    stop_signal = StopSignal(lambda signum: KeyboardInterrupt())
+    stop_signal.install((signal.SIGINT, signal.SIGTERM))
     settings = Settings.from_env()
     lock = _demo_lock(settings.state_dir)  # before the broker and the account: another demo's are in use
     try:
-        return _run_locked(args, settings)
+        return _run_locked(args, settings, stop_signal)
     finally:
         lock.close()
 
 
-def _run_locked(args: DemoArgs, settings: Settings) -> int:
+def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> int:
     from stack import broker
 
     started_broker = False
@@ -547,6 +546,7 @@ def _run_locked(args: DemoArgs, settings: Settings) -> int:
         began = time.monotonic()
         while not args.duration_s or time.monotonic() - began < args.duration_s:
             time.sleep(args.report_every_s)
+            stop_signal.check()
             children.check()
             with tally.lock:
                 report, versions = tally.report(time.monotonic() - began), tally.by_version()

@@ -38,9 +38,12 @@ def test_launcher_refuses_when_a_config_file_turns_xsrf_off(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
+def test_auditstream_dashboard_serves_prints_its_url_and_stops_on_sigterm(tmp_path):
+    """SIGTERM (a service manager) stops the command with 128 + 15 and its Streamlit server with it."""
+    import signal
     import subprocess
     import sys
+    import urllib.error
     import urllib.request
 
     from stack.broker import free_port
@@ -56,9 +59,14 @@ def test_auditstream_dashboard_serves_and_prints_its_url(tmp_path):
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
             assert b"<html" in response.read().lower()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 128 + signal.SIGTERM
+        with pytest.raises(urllib.error.URLError):  # the server went with it
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5).close()
     finally:
-        process.terminate()
-        process.wait(30)
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
 
 
 def test_printed_store_urls_hide_passwords():

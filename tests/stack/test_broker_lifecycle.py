@@ -28,6 +28,7 @@ import pytest
 from auditstream.settings import Settings
 from stack import broker as embedded
 from stack.pki import Pki, make_pki
+from tests.swallowing import SWALLOWING
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -44,8 +45,9 @@ def _cli(state: Path, *args: str, timeout: float = 120, **extra: str) -> subproc
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def _popen_cli(state: Path, *args: str, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "auditstream.cli", "broker", *args], env=_env(state, **extra),
+def _popen_cli(state: Path, *args: str, swallowing: bool = False, **extra: str) -> subprocess.Popen:
+    how = ["-c", SWALLOWING] if swallowing else ["-m", "auditstream.cli"]
+    return subprocess.Popen([sys.executable, *how, "broker", *args], env=_env(state, **extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
@@ -195,15 +197,19 @@ def test_two_starts_at_once_launch_one_broker(tmp_path, cleanup):
     assert _gone(_tansu_of(state)) and not _tansu_of(state), "a broker left running after 'broker stop'"
 
 
-@pytest.mark.parametrize("sig, foreground", [(signal.SIGTERM, False), (signal.SIGHUP, False),
-                                             (signal.SIGTERM, True)])
-def test_a_stop_signal_while_start_waits_for_tansu_leaves_nothing_running(tmp_path, cleanup, sig, foreground):
+@pytest.mark.parametrize("sig, foreground, swallowing", [
+    (signal.SIGTERM, False, False), (signal.SIGHUP, False, False), (signal.SIGTERM, True, False),
+    (signal.SIGTERM, False, True), (signal.SIGHUP, True, True)])
+def test_a_stop_signal_while_start_waits_for_tansu_leaves_nothing_running(tmp_path, cleanup, sig, foreground,
+                                                                         swallowing):
     """As `timeout 1 auditstream broker start` or a closed terminal does: Tansu is launched, the
-    command is told to stop before Tansu answers -- it must not run on, unrecorded."""
+    command is told to stop before Tansu answers -- it must not run on, unrecorded; nor when the
+    handler's exception is swallowed."""
     state = tmp_path / "state"
     cleanup.append(state)
     models = ",".join(f"m{i}" for i in range(10))  # (topics to create: a start of a second or more)
-    proc = _popen_cli(state, "start", "--models", models, *(["--foreground"] if foreground else []))
+    proc = _popen_cli(state, "start", "--models", models, *(["--foreground"] if foreground else []),
+                      swallowing=swallowing)
     try:
         deadline = time.monotonic() + 60
         while not _tansu_of(state) and proc.poll() is None and time.monotonic() < deadline:
