@@ -353,13 +353,18 @@ class ServeApp:
                 self.reference.runner.close()
 
 
+def check_shadow_version(shadow: bool, version: str | None) -> None:
+    """A shadow run names its candidate (the CLI checks before any model or broker is touched)."""
+    if shadow and not version:
+        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
+                           "(the live version serves without --shadow)")
+
+
 def serve(settings: Settings, model_name: str, version: str | None = None, shadow: bool = False) -> LoopStats:
     """``auditstream serve``: run until SIGTERM/SIGINT; a broken model or broker raises. Without a
     pinned ``version`` the consumer serves the live version and follows promotions and canaries;
     ``shadow``: ``version`` (a candidate) answers the model's requests in shadow."""
-    if shadow and not version:  # (the CLI says so first; a caller in code gets the same one line)
-        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
-                           "(the live version serves without --shadow)")
+    check_shadow_version(shadow, version)
     if (public_salt := settings.public_qc_salt_warning()) is not None:
         log.warning("%s", public_salt)
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)

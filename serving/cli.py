@@ -56,9 +56,9 @@ _NOT_SERVE_OPTIONS = ("command", "handler", "log_level", "workers", "supervisor_
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.shadow and not args.version:  # before any model or broker is touched
-        raise BadArguments("serve --shadow needs --version V: the candidate version to run in shadow "
-                           "(the live version serves without --shadow)")
+    from serving.app import check_shadow_version
+
+    check_shadow_version(args.shadow, args.version)  # before any model or broker is touched
     if args.supervisor_pid is not None:  # a worker of serve --workers N: it must not outlive its supervisor
         from serving.workers import follow_supervisor
 
