@@ -155,6 +155,8 @@ class Supervisor:
             self.procs.append(proc)
             log.info("worker %d/%d started: pid %d, %s intra-op threads", i + 1, self.workers, proc.pid,
                      threads_per_worker(self.settings.intra_op_threads, cores, self.workers))
+            if self._stopping:  # the signal came while it was being started: stop() did not know it
+                proc.send_signal(signal.SIGTERM)
 
     def stop(self, *_: object) -> None:
         """Signal-safe: ask every worker to finish its batch, checkpoint and exit."""
@@ -183,9 +185,14 @@ class Supervisor:
         return 1 if died or self._exits() else 0
 
     def _exits(self, clean_too: bool = False) -> list[str]:
-        """The workers that ended (with a non-zero status, unless ``clean_too``), by name."""
+        """The workers that ended (with a non-zero status, unless ``clean_too``), by name. Once
+        stopping, one that SIGTERM ended outright counts as clean: it had not yet installed the
+        handler that drains, so it had taken no record."""
+        def clean(code: int) -> bool:
+            return code == 0 or (self._stopping and code == -signal.SIGTERM)
+
         return [f"worker {i + 1} (pid {p.pid}) exited with status {p.returncode}" for i, p in enumerate(self.procs)
-                if p.returncode is not None and (clean_too or p.returncode != 0)]
+                if p.returncode is not None and (clean_too or not clean(p.returncode))]
 
     def _wait_all(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

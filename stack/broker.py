@@ -145,10 +145,10 @@ def broker_binary() -> str:
 
 def free_port(block: int = 1) -> int:
     """A TCP port P such that P .. P + block - 1 are free now, for processes started next to
-    listen on. Drawn below the kernel's ephemeral range where it can be: a port from ``bind(0)``
-    comes from that range, and between its release here and the child's bind an outgoing
-    connection (any Kafka client's) may take it -- which once stopped a demo's consumer with
-    "Address already in use"."""
+    listen on, and reserved for them for about a minute (:func:`_reserve`). Drawn below the
+    kernel's ephemeral range where it can be: a port from ``bind(0)`` comes from that range, and
+    between its release here and the child's bind an outgoing connection (any Kafka client's) may
+    take it -- which once stopped a demo's consumer with "Address already in use"."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -156,13 +156,13 @@ def free_port(block: int = 1) -> int:
     top = low - block  # the block ends below the ephemeral range
     candidates = random.sample(range(20000, top), min(100, top - 20000)) if top > 20100 else []
     for port in candidates:
-        if _all_free(port, block):
+        if _all_free(port, block) and _reserve(port, block):
             return port
     for _ in range(100):  # no room below it (or no /proc): the ephemeral range, checked whole
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + block <= 65536 and _all_free(port, block):
+        if port + block <= 65536 and _all_free(port, block) and _reserve(port, block):
             return port
     raise BrokerUnavailable("(embedded)", f"no block of {block} free TCP ports found")
 
@@ -180,6 +180,27 @@ def _all_free(port: int, block: int) -> bool:
     finally:
         for s in sockets:
             s.close()
+
+
+def _reserve(port: int, block: int) -> bool:
+    """Leave each port of the block in TIME_WAIT (a connection to it whose server side closes
+    first), so that for about a minute :func:`_all_free` -- in any process: the other test
+    worker, a demo beside a test -- sees it taken, while the child it is for still binds it (every
+    server here sets SO_REUSEADDR: Tansu, Streamlit, Prometheus, prometheus_client, asyncio,
+    ``socket.create_server``). Without it two processes could draw overlapping ports between a
+    draw and the child's bind, seconds later. False if a port was taken meanwhile."""
+    try:
+        for p in range(port, port + block):
+            with socket.socket() as server:
+                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                server.bind(("127.0.0.1", p))
+                server.listen(1)
+                with socket.create_connection(("127.0.0.1", p), timeout=5):
+                    accepted, _ = server.accept()
+                    accepted.close()  # the server side closes first: the TIME_WAIT is on port p
+    except OSError:
+        return False
+    return True
 
 
 # -- the processes a state file records --------------------------------------------------------

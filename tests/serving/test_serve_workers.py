@@ -338,3 +338,25 @@ def settings_card(settings: Settings):
     from auditstream.registry import ModelRegistry
 
     return ModelRegistry(settings.models_dir).card("tiny")
+
+
+def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(monkeypatch) -> None:
+    """The handler runs while Popen starts worker 1: stop() cannot signal a process not yet in
+    the list, so start() must. (Before: worker 1 ran on until the drain deadline, was killed,
+    and the service exited 1.)"""
+    worker = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+              "time.sleep(120)\n")
+    real_popen = subprocess.Popen
+    supervisor = Supervisor(Settings(delivery_timeout_s=1.0), {"model": "tiny"}, 2,
+                            command=[sys.executable, "-c", worker])
+
+    def popen_during_which_sigterm_arrives(*args, **kwargs):
+        supervisor.stop()  # as the SIGTERM handler would, between fork and the list's append
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen_during_which_sigterm_arrives)
+    monkeypatch.setattr(workers.signal, "signal", lambda *a: None)  # run()'s handlers stay out of pytest
+    assert supervisor.run() == 0
+    assert len(supervisor.procs) == 1, "a worker started after the stop"
+    assert supervisor.procs[0].returncode in (0, -signal.SIGTERM)
