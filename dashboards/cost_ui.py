@@ -41,10 +41,14 @@ def cost_section(card: ModelCard) -> None:
         return
     costs = costs_ui(f"cost-{card.name}")
     budget = card.triage.target_risk if card.triage.target_risk is not None else card.triage.certified_risk
-    respect = st.checkbox(f"Only thresholds within the risk budget ({budget:.2%})" if budget is not None
-                          else "Only thresholds within the risk budget", value=budget is not None,
+    # The curve's risks are point estimates: within the budget means at or above the certified
+    # threshold too, where the certificate holds (qc/cost.py).
+    respect = st.checkbox(f"Only certified thresholds (≥ {card.triage.threshold:.3f}, risk budget {budget:.2%})"
+                          if budget is not None else "Only certified thresholds", value=budget is not None,
                           disabled=budget is None, key=f"cost-{card.name}-budget")  # fmt: skip
-    report = cost_report(card.risk_coverage, costs, max_risk=budget if respect else None)
+    report = cost_report(card.risk_coverage, costs, max_risk=budget if respect else None,
+                         min_threshold=card.triage.threshold if respect else None,
+                         certified_threshold=card.triage.threshold)
     st.altair_chart(charts.cost_chart(report_rows(report), report.optimal_threshold, card.triage.threshold),
                     width="stretch")  # fmt: skip
     cols = st.columns(3)

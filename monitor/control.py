@@ -59,13 +59,25 @@ def plan_control(snapshots: Sequence[ModelQC], stats: StoreStats, previous: Mapp
                 continue
             if wanted > overrides.get(snap.version, float("-inf")):
                 overrides[snap.version] = wanted
-                reasons = [f"version {snap.version}: audited error rate shown above its budget {snap.budget} "
-                           f"(lower bound {snap.ci_low:.4f}); threshold raised to {wanted:.4f}"
-                           + (" (no threshold passes: every answer deferred)" if wanted == DEFER_ALL else "")]
+                reasons = [_tighten_reason(snap, wanted)]
         states.append(ControlState(model=model, human_queue_depth=depths.get(model, 0),
                                    threshold_override=overrides, reason="; ".join(r for r in reasons if r),
                                    updated_at_s=now_s))
     return states
+
+
+def _tighten_reason(snap: ModelQC, wanted: float) -> str:
+    """What was judged (a kind that accepts parts one by one is judged on their false-discovery
+    rate, and gets no threshold suggestion) and what the override does."""
+    per_part = snap.part_fdr_low is not None
+    what, low = ("audited false-discovery rate of accepted parts", snap.part_fdr_low) if per_part \
+        else ("audited error rate", snap.ci_low)
+    why = ""
+    if wanted == DEFER_ALL:
+        why = (" (this kind gets no threshold suggestion: every answer deferred)" if per_part
+               else " (no threshold passes: every answer deferred)")
+    return (f"version {snap.version}: {what} shown above its budget {snap.budget} (lower bound {low:.4f}); "
+            f"threshold raised to {wanted:.4f}{why}")
 
 
 def cleared(state: ControlState, version: str | None, now_s: float) -> ControlState:

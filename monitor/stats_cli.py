@@ -98,7 +98,8 @@ def run_cost(ns: argparse.Namespace) -> int:
     card = ModelRegistry(settings.models_dir).card(args.model, args.version or None)
     costs = Costs(human=args.cost_human, audit=args.cost_audit, error=args.cost_error, qc_rate=args.qc_rate,
                   model=args.cost_model, human_error_rate=args.human_error_rate)
-    report = cost_report(card.risk_coverage, costs, None if args.max_risk == -1.0 else args.max_risk)
+    report = cost_report(card.risk_coverage, costs, None if args.max_risk == -1.0 else args.max_risk,
+                         certified_threshold=card.triage.threshold)
     out = sys.stderr if args.json else sys.stdout
     print(f"{card.name} v{card.version}: certified threshold {card.triage.threshold:.4f}", file=out)
     print(f"{'threshold':>10} {'coverage':>9} {'risk':>8} {'cost/item':>10}", file=out)

@@ -4,8 +4,8 @@ what the model card certified? (docs/qc-statistics.md)
 The monitor feeds every prediction and every verdict to one :class:`QCTracker`; per (model,
 version) it keeps coverage (share auto-accepted), the audited error rate of auto-accepted
 answers with a 95% interval, KS drift of confidences (rounded alike to the card's 6-decimal
-reference, qc/drift.py), a CUSUM on audited errors, and — when the
-upper bound passes the certified risk — a suggested tighter threshold.
+reference, qc/drift.py), a CUSUM on audited errors, and — when the sequence's lower bound is
+above the budget (over budget) — a suggested tighter threshold.
 
 The error estimate is the Hajek (weighted) estimator (qc/binomial.py), exactly ``errors /
 audited`` under uniform QC sampling; the interval shown is the anytime-valid confidence sequence
@@ -89,7 +89,8 @@ class QCConfig:
     ks_min_window: int = field(default=200, metadata={"help": "fewest live confidences before KS runs"})
     ks_alpha: float = field(default=1e-3, metadata={"help": "KS p-value below which the reason reports drift"})
     cusum_shift: float = field(default=2.0, metadata={"help": "CUSUM detects p0 -> cusum_shift * p0"})
-    cusum_arl0: float = field(default=200_000.0, metadata={"help": "in-control audits per false CUSUM alarm"})
+    cusum_arl0: float = field(default=200_000.0, metadata={"help": "in-control CUSUM chart entries per false alarm (an audit enters with probability "
+                  "min inclusion prob / its own: under risk-weighted QC more audits per alarm, and per detection)"})
     suggest_threshold: bool = field(default=True, metadata={"help": "suggest a tighter threshold when over budget"})
     threshold_candidates: int = field(default=20, metadata={"help": "thresholds tried (Bonferroni-adjusted)"})
     memory: int = field(default=200_000, metadata={"help": "request ids / audits remembered per model version"})

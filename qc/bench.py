@@ -13,12 +13,13 @@ Run: ``auditstream bench qc --json`` (about 45 s on 2 cores; numpy-vectorised, f
    gets the same expected number of audits. ESS ratio = Var(uniform) / Var(weighted) (targets:
    >= 2, and bias of the weighted estimate < 0.02 points, reported with its Monte-Carlo error).
 3. CUSUM for 1% -> 2% designed for ARL0 >= 200,000: median audits to detection from a fresh
-   chart at 2% (target <= 2,000) and false alarms per 100,000 in-control audits, restarting
+   chart at 2% (target <= 2,000; uniform audits, each of which enters the chart -- under
+   risk-weighted QC only a share does, docs/qc-statistics.md) and false alarms per 100,000 in-control audits, restarting
    after each alarm (target <= 1).
 4. Anytime-valid monitoring (qc/sequential.py), checked after every audit: on a stream whose
    error rate sits exactly at the 2% budget, the share of runs (of ``anytime_runs``, 20,000
-   audits each) ever declared over budget — by the betting confidence sequence (target <= 0.05)
-   and, beside it, by a fixed-n 95% Clopper-Pearson interval whose lower bound is compared with
+   audits each) ever declared over budget — by the betting confidence sequence (target <= 0.025:
+   it promises at most alpha/2 on each side) and, beside it, by a fixed-n 95% Clopper-Pearson interval whose lower bound is compared with
    the budget after every audit (what peeking does to it); the median audits until a stream at
    2x the budget is declared over budget; and the sequence's width after 1,000 uniform audits
    at 1% error (next to the fixed-n interval's).
@@ -196,7 +197,7 @@ def run(args: BenchArgs) -> dict[str, float]:
     av = anytime(args, rng)
     print(f"anytime-valid, a check after every audit, {args.anytime_runs} runs x {args.anytime_audits:,} audits at the "
           f"{args.anytime_budget:.0%} budget: false over-budget alarms in {av['anytime_false_alarm_rate']:.3f} of runs "
-          f"(target <= 0.05) vs {av['fixed_n_false_alarm_rate']:.3f} for a fixed-n Clopper-Pearson interval")
+          f"(target <= 0.025) vs {av['fixed_n_false_alarm_rate']:.3f} for a fixed-n Clopper-Pearson interval")
     print(f"  at 2x the budget: over budget after a median {av['anytime_detection_median_audits']:.0f} audits "
           f"({av['anytime_detected_share']:.1%} of runs within the horizon); width after 1,000 audits at 1%: "
           f"{100 * av['anytime_width_1000']:.2f} points (fixed-n {100 * mean_width:.2f})")

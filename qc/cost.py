@@ -78,8 +78,15 @@ def cost_per_item(coverage, risk, costs: Costs):
     return costs.model + (1.0 - c) * humans_only_cost(costs) + c * (q * costs.audit + (1.0 - q) * r * costs.error)
 
 
-def cost_report(points: Sequence[Mapping[str, float]], costs: Costs, max_risk: float | None = None) -> CostReport:
-    """Evaluate a risk-coverage curve (``[{"threshold", "coverage", "risk"}, ...]``)."""
+def cost_report(points: Sequence[Mapping[str, float]], costs: Costs, max_risk: float | None = None,
+                min_threshold: float | None = None, certified_threshold: float | None = None) -> CostReport:
+    """Evaluate a risk-coverage curve (``[{"threshold", "coverage", "risk"}, ...]``).
+
+    The curve's risks are point estimates (held-out split, or audits): choosing the cheapest
+    threshold with ``risk <= max_risk`` is the naive rule qc/certify.py warns about, and no δ
+    covers it. ``min_threshold`` (the card's certified threshold) keeps the choice where the
+    certificate holds; ``certified_threshold`` only says so in the reason when the choice is
+    below it."""
     if not points:
         raise ValueError("the risk-coverage curve is empty; the model card has no 'risk_coverage' points")
     try:
@@ -90,15 +97,21 @@ def cost_report(points: Sequence[Mapping[str, float]], costs: Costs, max_risk: f
     cost = cost_per_item(c, r, costs)
     humans = humans_only_cost(costs)
     allowed = np.ones_like(r, dtype=bool) if max_risk is None else r <= max_risk
+    if min_threshold is not None:
+        allowed &= t >= min_threshold
     if not allowed.any():
-        reason = f"no threshold has risk <= {max_risk} (lowest risk on the curve: {r.min():.4f}); humans only"
+        above = "" if min_threshold is None else f" at or above the certified threshold {min_threshold:.4f}"
+        reason = f"no threshold{above} has risk <= {max_risk}; humans only" if max_risk is not None \
+            else f"no threshold on the curve is at or above {min_threshold:.4f}; humans only"
         best = None
     else:
         best = int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
         saving = humans - cost[best]
         reason = (f"threshold {t[best]:.4f}: coverage {c[best]:.3f}, risk {r[best]:.4f}, cost {cost[best]:.4g} "
                   f"vs humans only {humans:.4g} per item: the model {'pays' if saving > 0 else 'does not pay'}")
-
+        if certified_threshold is not None and t[best] < certified_threshold:
+            reason += (f"; below the certified threshold {certified_threshold:.4f}: its risk is a point estimate, "
+                       "not certified")
     def pick(values: np.ndarray) -> float | None:
         return None if best is None else float(values[best])
 

@@ -12,7 +12,8 @@ Two complementary checks run in the monitor (monitor/tracker.py) for every (mode
   in the reference and below 1 live (the shipped digits model's raw outputs "drift", D = 0.19,
   p = 7e-6, against the very images its reference came from).
 * **Bernoulli CUSUM on audited errors** (:class:`BernoulliCusum`): the log-likelihood-ratio
-  CUSUM of Page (1954) for an error rate moving from ``p0`` (in control: the certified risk) to
+  CUSUM of Page (1954) for an error rate moving from ``p0`` (in control: the budget, the card's
+  target risk) to
   ``p1``. Each audit adds ``log(p1/p0)`` if it found an error and ``log((1-p1)/(1-p0)) < 0``
   otherwise; the statistic is floored at 0 and alarms at ``h``.
 

@@ -58,6 +58,20 @@ def test_overrides_only_tighten_and_stick(auto_tighten, over_budget, suggested, 
         assert "shown above its budget" in state.reason
 
 
+def test_the_reason_names_what_was_judged_and_its_bound():
+    """A kind judged on the false-discovery rate of its accepted parts (a detector) cites that
+    bound, and says it gets no suggestion -- not the answer-level bound and "no threshold passes"."""
+    (state,) = plan_control([dataclasses.replace(snap(over_budget=True), budget=0.02)], stats(), {}, True, 2.0)
+    assert state.reason == ("version 1: audited error rate shown above its budget 0.02 (lower bound 0.0100); "
+                            "threshold raised to 1.0100 (no threshold passes: every answer deferred)")
+    detector = dataclasses.replace(snap(over_budget=True), ci_low=0.25, budget=0.02, part_fdr_low=0.031,
+                                   part_fdr_estimate=0.05, part_fdr_high=0.07)
+    (state,) = plan_control([detector], stats(), {}, True, 2.0)
+    assert state.reason == ("version 1: audited false-discovery rate of accepted parts shown above its budget 0.02 "
+                            "(lower bound 0.0310); threshold raised to 1.0100 (this kind gets no threshold "
+                            "suggestion: every answer deferred)")
+
+
 def test_threshold_for_never_goes_below_the_card():
     state = ControlState("zip", threshold_override={"1": 0.97, "2": 0.5})
     assert state.threshold_for("1", 0.9) == 0.97

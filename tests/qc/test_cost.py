@@ -85,3 +85,15 @@ def test_cost_command_reads_the_card_curve(tmp_path, monkeypatch, capsys):
     assert summary["optimal_threshold"] == 0.95 and summary["version"] == "1"
     assert summary["humans_only"] == 1.0 and len(summary["curve"]) == len(CURVE)
     assert "humans only" in out.err
+
+
+def test_the_cheapest_threshold_within_budget_stays_where_the_certificate_holds():
+    """The curve's risks are point estimates: below the certified threshold no delta covers the
+    choice, so min_threshold keeps it above, and the reason says when a choice is below it."""
+    costs = Costs(human=1.0, audit=1.0, error=1.0, qc_rate=0.02)
+    free = cost_report(CURVE, costs, max_risk=0.05, certified_threshold=0.95)
+    kept = cost_report(CURVE, costs, max_risk=0.05, min_threshold=0.95, certified_threshold=0.95)
+    assert free.optimal_threshold < 0.95 and "not certified" in free.reason
+    assert kept.optimal_threshold >= 0.95 and "not certified" not in kept.reason
+    none = cost_report(CURVE, costs, max_risk=0.05, min_threshold=2.0)
+    assert none.optimal_threshold is None and "at or above the certified threshold 2.0000" in none.reason
