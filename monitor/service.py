@@ -19,8 +19,8 @@ It does four things (docs/audit-store.md, "Monitor process"):
    ``monitor.tracker.QCTracker``; every ``stats_interval_s`` its snapshots are saved to the store's
    QC history (for the dashboard) and, with the store's read models, go to
    ``monitor.metrics.MonitorMetrics`` (served on ``settings.metrics_port``) -- the metrics only
-   for the versions that answer (a prediction or QC sample in the last ``version_idle_s``), so a
-   retired version's alerts resolve.
+   for the versions that answer (live or canary, or a prediction or QC sample in the last
+   ``version_idle_s``), so a retired version's alerts resolve and a quiet live one's do not.
 4. **Keeps shadow answers** (store/shadow.py): predictions flagged ``shadow`` (a candidate
    version on the live requests) are stored for the paired promotion gate (monitor/promotion.py);
    those whose request was never audited are pruned after ``shadow_retention_s``, while each
@@ -53,7 +53,7 @@ from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
-from auditstream.errors import BadArguments, DecodeError, ModelNotFound, ModelRefused
+from auditstream.errors import AuditstreamError, BadArguments, DecodeError, ModelNotFound, ModelRefused
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
@@ -87,8 +87,9 @@ class MonitorArgs:
     shadow_retention_s: float = field(default=3600.0, metadata={
         "check": POSITIVE, "help": "how long a candidate's shadow answer waits for its request's audit item before it is pruned"})
     version_idle_s: float = field(default=600.0, metadata={
-        "check": POSITIVE, "help": "a model version has QC metrics while it answers: until this long after the last of its "
-                "predictions or QC samples the monitor saw, so a retired or rolled-back version's alerts resolve"})  # fmt: skip
+        "check": POSITIVE, "help": "a model version that is not live or canary has QC metrics until this long after the last "
+                "of its predictions or QC samples the monitor saw, so a retired or rolled-back version's alerts resolve "
+                "(a live or canary version keeps them)"})  # fmt: skip
     leader_lease_s: float = field(default=45.0, metadata={
         "check": POSITIVE, "help": "SQLite: how long the leader's lease lasts without renewal (a crashed leader is replaced after "
                 "this); must exceed flush_timeout_s. PostgreSQL uses a session lock and ignores it"})  # fmt: skip
@@ -352,7 +353,7 @@ class StatsHooks:
         from store.qc_history import QCHistory
 
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
-        registry = ModelRegistry(settings.models_dir)
+        registry = self._registry = ModelRegistry(settings.models_dir)
 
         refused: set[tuple[str, str]] = set()
 
@@ -434,8 +435,8 @@ class StatsHooks:
     def tick(self, store: AuditStore, now_s: float) -> list[ControlState]:
         """Save and export the statistics; returns the control states to publish.
 
-        The metrics get the versions that answer: those with a prediction or QC sample seen in
-        the last ``version_idle_s`` (:meth:`answering`). The tracker keeps every version it has
+        The metrics get the versions that answer: the live and canary ones (:meth:`serving`) and
+        those with a prediction or QC sample seen in the last ``version_idle_s`` (:meth:`answering`). The tracker keeps every version it has
         seen (the store re-seeds them after a restart), so exporting them all kept a retired or
         rolled-back version's ``qc_over_budget`` or CUSUM alarm at 1 for ever: its alerts never
         resolved. Nothing is planned until the control view has read the topic back, so a restarted
@@ -445,7 +446,7 @@ class StatsHooks:
         with self._lock:
             snapshots = self.tracker.snapshot()
         self.history.save(snapshots, now_s)
-        answering = self.answering(now_s)
+        answering = self.answering(now_s) | self.serving({s.model for s in snapshots})
         self.metrics.update([s for s in snapshots if (s.model, s.version) in answering], stats)
         if self.control_view is None or not self.control_view.wait_caught_up(0):
             return []
@@ -459,6 +460,27 @@ class StatsHooks:
             for key in [k for k, t in self._answered.items() if t < now_s - self.version_idle_s]:
                 del self._answered[key]
             return set(self._answered)
+
+    def serving(self, models: set[str]) -> set[tuple[str, str]]:
+        """The versions of ``models`` that answer their requests whether or not traffic flows now:
+        each one's live version (the rollout record on the control topic, and the registry's
+        ``LIVE`` pointer) and a canary with a share. (Without either, the idle rule alone.) A quiet night must not withdraw a live
+        version's series -- its over-budget alert would resolve and fire again at every gap."""
+        found: set[tuple[str, str]] = set()
+        rollouts = self.control_view.rollouts() if self.control_view is not None else {}
+        for model in models:
+            rollout = rollouts.get(model)
+            if rollout is not None:
+                found.add((model, rollout.live_version))
+                if rollout.canary_version and rollout.canary_share > 0:
+                    found.add((model, rollout.canary_version))
+            try:
+                live = self._registry.live_version(model)
+            except (AuditstreamError, OSError):  # an unreadable pointer: the idle rule alone
+                live = None
+            if live is not None:
+                found.add((model, live))
+        return found
 
     def step_down(self) -> None:
         """This process lost the lead: its metrics show what a follower's do (no QC series, no

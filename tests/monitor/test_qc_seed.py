@@ -5,6 +5,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
@@ -157,3 +158,42 @@ def test_only_versions_that_answer_have_qc_series_so_a_retired_versions_alerts_r
     hooks.observe_prediction(audit_item("live-1", Route.AUTO, version="2").prediction)
     hooks.tick(store, time.time())
     assert get("auditstream_qc_over_budget", v1) is None and get("auditstream_qc_predictions", v2) == 2
+
+
+def test_a_live_or_canary_version_keeps_its_qc_series_through_a_quiet_spell(store: AuditStore,
+                                                                            settings: Settings) -> None:
+    """An idle gap must not withdraw the series of a version that still answers the model's
+    requests (its over-budget alert would resolve and fire again at every quiet spell): the
+    registry's LIVE version and a rollout's canary keep theirs; a version neither live nor
+    canary loses them once idle."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from auditstream.control import Rollout
+
+    registry = ModelRegistry(settings.models_dir)
+    for version in ("2", "3"):
+        card = dataclasses.replace(registry.card("zip", "1"), version=version)
+        registry.publish(card, b"cards only")
+    registry.set_live("zip", "2")
+
+    class Control:  # the rollout record a ControlView would have read from the control topic
+        @staticmethod
+        def rollouts() -> dict[str, Rollout]:
+            return {"zip": Rollout("zip", live_version="2", canary_version="3", canary_share=0.1)}
+
+        @staticmethod
+        def wait_caught_up(timeout_s: float) -> bool:
+            return False  # (nothing planned: this test looks at the metrics only)
+
+    metrics = CollectorRegistry()
+    hooks = StatsHooks(settings, store, control_view=Control(), metrics_registry=metrics, version_idle_s=1.0)
+    for i, version in enumerate(("1", "2", "3")):
+        hooks.observe_prediction(audit_item(f"r-{i}", Route.AUTO, version=version).prediction)
+    time.sleep(1.2)  # all three idle now
+    hooks.tick(store, time.time())
+    get = metrics.get_sample_value
+    assert get("auditstream_qc_predictions", {"model": "zip", "version": "2"}) == 1  # live
+    assert get("auditstream_qc_predictions", {"model": "zip", "version": "3"}) == 1  # canary
+    assert get("auditstream_qc_predictions", {"model": "zip", "version": "1"}) is None  # retired: withdrawn
