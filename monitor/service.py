@@ -447,10 +447,13 @@ class StatsHooks:
             snapshots = self.tracker.snapshot()
         self.history.save(snapshots, now_s)
         answering = self.answering(now_s) | self.serving({s.model for s in snapshots})
-        self.metrics.update([s for s in snapshots if (s.model, s.version) in answering], stats)
+        current = [s for s in snapshots if (s.model, s.version) in answering]
+        self.metrics.update(current, stats)
         if self.control_view is None or not self.control_view.wait_caught_up(0):
             return []
-        return plan_control(snapshots, stats, self.control_view.states(), self.auto_tighten, now_s)
+        # Only versions that answer are tightened: an override for a retired one changes nothing
+        # and takes one of the record's MAX_THRESHOLD_OVERRIDES places.
+        return plan_control(current, stats, self.control_view.states(), self.auto_tighten, now_s)
 
     def answering(self, now_s: float) -> set[tuple[str, str]]:
         """The (model, version) pairs with a prediction or QC sample seen since ``now_s -

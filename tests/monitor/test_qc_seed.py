@@ -197,3 +197,37 @@ def test_a_live_or_canary_version_keeps_its_qc_series_through_a_quiet_spell(stor
     assert get("auditstream_qc_predictions", {"model": "zip", "version": "2"}) == 1  # live
     assert get("auditstream_qc_predictions", {"model": "zip", "version": "3"}) == 1  # canary
     assert get("auditstream_qc_predictions", {"model": "zip", "version": "1"}) is None  # retired: withdrawn
+
+
+def test_only_versions_that_answer_are_auto_tightened(store: AuditStore, settings: Settings) -> None:
+    """An override for a retired version changes nothing and takes one of the control record's
+    few places: the planner is given the versions that answer, as the metrics are."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    class Control:  # a control view that has read the topic back: nothing published yet
+        @staticmethod
+        def rollouts() -> dict:
+            return {}
+
+        @staticmethod
+        def wait_caught_up(timeout_s: float) -> bool:
+            return True
+
+        @staticmethod
+        def states() -> dict:
+            return {}
+
+    add_users(store, "alice", "bob")
+    _decide_all(store, 0, 300, T0)  # zip v1: audited, about a fifth wrong, far over its 5% budget
+    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=Control(),
+                       metrics_registry=CollectorRegistry(), version_idle_s=1.0)
+    hooks.seed_from_store(store)
+    (seeded,) = hooks.tracker.snapshot()
+    assert seeded.over_budget
+    states = hooks.tick(store, time.time())  # v1 has not answered since the restart: retired
+    assert not any(state.threshold_override for state in states)
+    hooks.observe_prediction(audit_item("live-0", Route.AUTO, version="1").prediction)  # it answers again
+    (state,) = hooks.tick(store, time.time())
+    assert set(state.threshold_override) == {"1"}
