@@ -12,6 +12,11 @@ Each decisive verdict (accept, correct, reject; skips are not labels) becomes on
 ``inclusion_prob``  probability the item was audited at all (1.0 for deferred items): weight
                     QC examples by ``1 / inclusion_prob`` for unbiased estimates
 ``route``           HUMAN (deferred, low confidence) or AUTO_QC (auto-accepted, sampled)
+``audit_split``     the request's split value in [0, 1), computed by the store with its secret
+                    split key: the row is on the certify side iff it is below the certify share
+                    (qc/audit_split.py); training reads it, never hashes the request id itself
+``audit_split_key`` which key computed it (``secret:<id>`` or ``legacy:audit-split``; never the
+                    secret itself)
 ==================  ==========================================================================
 
 plus request id, model, version, task, confidence, auditor, time and review round. A
@@ -41,14 +46,19 @@ if TYPE_CHECKING:  # a hint only: reading an export (stack/recertify.py at CLI s
 FORMATS = ("jsonl", "csv")
 COLUMNS = (
     "verdict_id", "request_id", "model", "model_version", "task", "route", "confidence", "inclusion_prob",
-    "verdict_kind", "model_output", "human_label", "auditor", "decided_at_s", "review_round", "is_gold", "input",
+    "verdict_kind", "model_output", "human_label", "auditor", "decided_at_s", "review_round", "is_gold",
+    "audit_split", "audit_split_key", "input",
 )  # fmt: skip
+# Written by every export since store schema 6; an older export lacks them and is still read (certify
+# --labels splits with the store's key), but cannot say which rows may train (monitor/verdict_sets.py).
+SPLIT_COLUMNS = ("audit_split", "audit_split_key")
 _JSON_COLUMNS = ("model_output", "human_label", "input")  # nested values: JSON text in a CSV cell
 # A CSV cell's text -> its value, and what the cell must be (the error says it).
 _CSV_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     **{c: (json.loads, "JSON") for c in _JSON_COLUMNS}, "confidence": (float, "a number"),
     "inclusion_prob": (float, "a number"), "decided_at_s": (float, "a number"), "review_round": (int, "an integer"),
     "is_gold": ({"True": True, "False": False}.__getitem__, "True or False"),
+    "audit_split": (float, "a number"),
 }  # fmt: skip
 _TEXT_FIELDS = ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor")
 VERDICT_KINDS = ("accept", "correct", "reject")  # skips are no label: never exported
@@ -201,6 +211,8 @@ class LabelsFile:
                 return
             where = f"line {reader.line_num + 1}" if top else f"byte {at}"
             for c, (value_of, what) in _CSV_VALUES.items():
+                if c in SPLIT_COLUMNS and c not in header:  # an export older than the per-row split
+                    continue
                 if row[c] is None:
                     raise LabelsFileError(self.path, where, f"no {c!r} cell (fewer cells than columns)")
                 try:
@@ -217,7 +229,7 @@ class LabelsFile:
         def refuse(detail: str) -> NoReturn:
             raise LabelsFileError(self.path, where, detail)
 
-        missing = [c for c in COLUMNS if c not in row and c != "input"]
+        missing = [c for c in COLUMNS if c not in row and c != "input" and c not in SPLIT_COLUMNS]
         if missing:
             refuse(f"no {missing[0]!r} in the row")
         for c in _TEXT_FIELDS:
@@ -237,6 +249,15 @@ class LabelsFile:
             refuse(f"'is_gold' must be true or false, not {short_repr(row['is_gold'])}")
         if row["verdict_kind"] not in VERDICT_KINDS:
             refuse(f"'verdict_kind' must be one of {VERDICT_KINDS}, not {short_repr(row['verdict_kind'])}")
+        if ("audit_split" in row) != ("audit_split_key" in row):
+            refuse("'audit_split' and 'audit_split_key' come together (an export has both or, older, neither)")
+        if "audit_split" in row:
+            value = row["audit_split"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 <= value < 1:
+                refuse(f"'audit_split' must be a number in [0, 1), not {short_repr(value)}")
+            if not isinstance(row["audit_split_key"], str) or not row["audit_split_key"]:
+                refuse(f"'audit_split_key' must be a non-empty string, not {short_repr(row['audit_split_key'])}")
         return row
 
     def _csv_header(self) -> tuple[list[str], int]:
@@ -244,7 +265,7 @@ class LabelsFile:
         if self._header is None:
             raw = next(self._lines(0), (0, b""))[1]
             header = next(csv.reader([self._text(raw, "line 1")]), [])
-            missing = [c for c in COLUMNS if c not in header]
+            missing = [c for c in COLUMNS if c not in header and c not in SPLIT_COLUMNS]
             if raw and missing:  # an empty file is an export of no rows
                 raise LabelsFileError(self.path, "line 1", f"no column {missing[0]!r} in the header")
             self._header, self._body = header, len(raw)

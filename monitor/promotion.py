@@ -17,7 +17,9 @@
    happened to give first. Either way a pair counts only if the
    candidate did not learn from it: a candidate retrained from verdicts (its card's
    ``data_hygiene``) is judged on the certify side of the request-id split only
-   (qc/audit_split.py), as ``certify --from-audits`` judges it. A new shadow group reads the
+   (qc/audit_split.py), computed with the store's own split key (``store.split_key``), as
+   ``certify --from-audits`` judges it; a card whose ``data_hygiene`` names another store's key
+   (``split_key_id``) is refused. A new shadow group reads the
    request topic from its start, so without this rule the audits that taught the candidate would
    also vouch for it.
 2. **Decision** (:func:`decide_promotion`, pure parts in qc/promotion.py and qc/paired.py): the
@@ -52,7 +54,7 @@ from auditstream.control import Rollout, announce_rollout
 from auditstream.errors import AuditstreamError, ConfigError, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
-from qc.audit_split import CERTIFY, audit_part
+from qc.audit_split import CERTIFY, SplitKey, audit_part
 from qc.paired import PairedCounts, PairedGateConfig, traffic_counts
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
 from store.shadow import ShadowAnswers
@@ -79,10 +81,12 @@ def decide_promotion(store: Any, registry: ModelRegistry, model: str, candidate:
     return dataclasses.replace(decision, reason=f"{decision.reason}; {hygiene}") if hygiene else decision
 
 
-def may_judge(candidate: ModelCard, pairs: list[T], what: str = "audited items") -> tuple[list[T], str]:
+def may_judge(candidate: ModelCard, pairs: list[T], key: SplitKey,
+              what: str = "audited items") -> tuple[list[T], str]:
     """The pairs (anything with a ``request_id``) that may judge ``candidate`` and, when some may
     not, why (the hygiene rule: a candidate that learnt from verdicts is judged on the certify
-    side of the request-id split only; module docstring, step 1)."""
+    side of the request-id split only, by ``key``, the split key of the store the pairs come
+    from; module docstring, step 1)."""
     hygiene = candidate.extra.get("data_hygiene")
     if not hygiene:
         return pairs, ""
@@ -94,7 +98,13 @@ def may_judge(candidate: ModelCard, pairs: list[T], what: str = "audited items")
                            "writes it): without it the verdicts the candidate learnt from cannot be set apart, so "
                            "it is not judged; re-publish the candidate with retrain")
     share = float(share)
-    kept = [a for a in pairs if audit_part(a.request_id, share) == CERTIFY]
+    learnt_key = hygiene.get("split_key_id")
+    if learnt_key and learnt_key != key.key_id:
+        # its train part was split by another store's key: this store's certify side may hold it
+        raise ModelRefused(f"{candidate.name} v{candidate.version}", f"it learnt from verdicts split by the key "
+                           f"{learnt_key}, and this audit store splits by {key.key_id}: which of its items the "
+                           "candidate learnt from cannot be set apart here; judge it on the store it was retrained from")
+    kept = [a for a in pairs if audit_part(a.request_id, share, key) == CERTIFY]
     return kept, (f"{len(pairs) - len(kept)} of {len(pairs)} {what} fall on the train side of the "
                   f"request-id split (certify share {share:g}), which v{candidate.version} may have learnt from: "
                   "not counted")
@@ -109,11 +119,12 @@ def judged_pairs(store: Any, candidate: ModelCard, live: ModelCard, config: Pair
     compared = shadow.traffic_pairs(candidate.name, live.version, candidate.version) \
         if tasks.lookup(candidate.task).agreement_is_concordance else []
     if compared:
-        kept, hygiene = may_judge(candidate, compared, "compared requests")
+        kept, hygiene = may_judge(candidate, compared, store.split_key, "compared requests")
         return [traffic_counts([(p.same_answer, p.verdict) for p in kept])], hygiene
     # in the store's ingest order, items still waiting for a verdict included: the gate counts a
     # prefix of that order (qc.promotion.pairs_by_stratum), not the set auditors happen to have decided
-    audits, hygiene = may_judge(candidate, shadow.paired_stream(candidate.name, live.version, candidate.version))
+    audits, hygiene = may_judge(candidate, shadow.paired_stream(candidate.name, live.version, candidate.version),
+                                store.split_key)
     return pairs_by_stratum([(a.route, a.live_wrong, a.candidate_wrong, a.waiting) for a in audits], config.per_route,
                             config.margin), hygiene
 

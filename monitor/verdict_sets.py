@@ -1,6 +1,14 @@
 """The auditors' verdicts of one model as two disjoint sets: the part that may train a new version
 and the part that may certify or measure one (the split rule: qc/audit_split.py).
 
+Which side a row is on comes from the audit store's split key, never from a key of this module:
+either the caller has the store and passes its key (``split_verdicts(..., key=store.split_key)``:
+certify, promotion), or the rows carry the side the store computed when it exported them
+(``audit_split``, ``audit_split_key``: every ``store.labels`` row and every labels export since
+store schema 6), which is how a training host reads them (training/retrain.py): it holds no key
+and hashes no request id. Rows without them (an older export) are refused there, not re-hashed
+with the public legacy key: only the store knows whether its key is that one.
+
 Rows are those of ``auditstream labels export`` (monitor/labels.py). What each kind of row means
 here, on purpose:
 
@@ -24,29 +32,43 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from qc.audit_split import CERTIFY, DEFAULT_CERTIFY_SHARE, SPLIT_RULE, audit_part
+from auditstream.errors import AuditstreamError
+from qc.audit_split import CERTIFY, DEFAULT_CERTIFY_SHARE, TRAIN, SplitKey, check_share, kind_of, part_of, rule_of
+
+
+class UnsplittableRows(AuditstreamError, ValueError):
+    """Label rows that do not say which side of the store's split they are on."""
 
 
 @dataclass(frozen=True)
 class VerdictSets:
-    """A model's verdicts, one per request, split by request-id hash; gold rows apart."""
+    """A model's verdicts, one per request, split by the store's keyed request-id hash; gold rows apart."""
 
     train: list[dict[str, Any]]
     certify: list[dict[str, Any]]
     gold: list[dict[str, Any]]
     certify_share: float
     counts: dict[str, int] = field(default_factory=dict)
+    # which key split them: {"split_key": SECRET | LEGACY, "split_key_id": ..., "split_rule": ...}
+    split: dict[str, str] = field(default_factory=dict)
 
     def hygiene(self) -> dict[str, Any]:
-        """What the card says about the split (counts, rule, which part did what)."""
-        return {"split_rule": SPLIT_RULE, "certify_share": self.certify_share, **self.counts,
+        """What the card says about the split (counts, key kind and id, rule, which part did what).
+        Never the key itself."""
+        return {**self.split, "certify_share": self.certify_share, **self.counts,
                 "rule": ("verdicts of the train part may teach this version and are never used to certify or measure "
                          "it; `auditstream certify --from-audits` on it reads the certify part only; gold items are "
                          "used for neither (they measure the auditors); rejects have no label and never train")}
 
 
-def split_verdicts(rows: Iterable[dict[str, Any]], model: str, certify_share: float = DEFAULT_CERTIFY_SHARE) -> VerdictSets:
-    """``model``'s label rows as :class:`VerdictSets` (module docstring for the rules)."""
+def split_verdicts(rows: Iterable[dict[str, Any]], model: str, certify_share: float = DEFAULT_CERTIFY_SHARE,
+                   key: SplitKey | None = None) -> VerdictSets:
+    """``model``'s label rows as :class:`VerdictSets` (module docstring for the rules). ``key``:
+    the store's split key (``store.split_key``), which then decides every row's side; without it
+    each row's own ``audit_split`` does (the store's, written when it was exported), and a row
+    without one (unless ``certify_share`` is 0: every row trains), or rows split by different
+    keys, raise :class:`UnsplittableRows`."""
+    check_share(certify_share)
     last: dict[str, dict[str, Any]] = {}
     gold: list[dict[str, Any]] = []
     for row in rows:
@@ -59,11 +81,40 @@ def split_verdicts(rows: Iterable[dict[str, Any]], model: str, certify_share: fl
         if seen is None or (row["review_round"], row["decided_at_s"]) >= (seen["review_round"], seen["decided_at_s"]):
             last[row["request_id"]] = row
     train, certify = [], []
+    key_ids: set[str] = set()
     for request_id, row in last.items():
-        (certify if audit_part(request_id, certify_share) == CERTIFY else train).append(row)
+        if key is not None:
+            side = part_of(key.uniform(request_id), certify_share)
+        elif "audit_split" in row and row.get("audit_split_key"):
+            side = part_of(row["audit_split"], certify_share)
+            key_ids.add(row["audit_split_key"])
+        elif certify_share == 0.0:
+            side = TRAIN  # nothing is kept for certifying: no key decides anything
+        else:
+            raise UnsplittableRows(
+                f"label row of request {request_id!r} carries no audit_split (an export written before store schema 6?): "
+                "which side of the store's train/certify split it is on is known to the store alone; export the labels "
+                "again with this release (auditstream labels export), whose rows carry it")
+        (certify if side == CERTIFY else train).append(row)
+    if len(key_ids) > 1:
+        raise UnsplittableRows(f"the rows were split by {len(key_ids)} different store keys ({', '.join(sorted(key_ids))}): "
+                               "an export of one store's verdicts at a time, please")
     counts = {"verdicts_train_part": len(train), "verdicts_certify_part": len(certify), "gold_items": len(gold),
               "rejects_train_part": sum(r["verdict_kind"] == "reject" for r in train)}
-    return VerdictSets(train, certify, gold, certify_share, counts)
+    return VerdictSets(train, certify, gold, certify_share, counts, split_description(key, key_ids, certify_share))
+
+
+def split_description(key: SplitKey | None, key_ids: set[str], certify_share: float) -> dict[str, str]:
+    """The split's key, by kind and id, and its rule in words (for the card: never the secret)."""
+    key_id = key.key_id if key is not None else next(iter(key_ids), "")
+    if not key_id:  # no row named a key: no non-gold row, or rows of an old export at share 0
+        return {"split_key": "", "split_key_id": "",
+                "split_rule": "none: certify share 0, every verdict trains" if certify_share == 0.0 else "no verdict to split"}
+    try:
+        kind, rule = kind_of(key_id), rule_of(key_id)
+    except ValueError as e:
+        raise UnsplittableRows(f"the rows' audit_split_key: {e}") from None
+    return {"split_key": kind, "split_key_id": key_id, "split_rule": rule}
 
 
 def provenance(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -484,7 +484,8 @@ def coverage_from_audits(registry: Any, name: str, version: str, labels_file: Pa
     try:
         cert, basis = recertify(registry.load(name, version), read_labels(labels_file), target, 0.05,
                                 (gold["gold_errors"], gold["gold_verdicts"]), gold["gold_delta"],
-                                stream=sampled_items(store, name), inputs=store_inputs(store, name))
+                                stream=sampled_items(store, name), inputs=store_inputs(store, name),
+                                split_key=store.split_key)
     except CannotCertify as e:
         return {"certified": False, "reason": str(e)}
     return {"certified": cert.certified, "threshold": cert.threshold, "estimated_coverage": cert.estimated_coverage,
@@ -621,7 +622,9 @@ def run_model_rounds(name: str, loop: Loop, registry: Any, store: Any, user: Any
     for r, batch in enumerate(batches, 1):
         live = registry.live_version(name)
         budget = registry.card(name, live).triage.target_risk  # what the live version promised
-        ids = loop.send(name, batch, f"{name}-s{args.seed}-r{r}")  # seeded: the audit split, so the run, is reproducible
+        # seeded ids; the audit split is not reproducible across runs: each run's fresh store draws
+        # its own secret split key (store/schema.py), so which verdicts train differs run to run
+        ids = loop.send(name, batch, f"{name}-s{args.seed}-r{r}")
         streamed += [(rid, value, truth) for rid, (value, truth) in zip(ids, batch)]
         loop.wait_answered(ids)
         audited = loop.audit(store, user, ids)

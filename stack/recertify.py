@@ -3,7 +3,9 @@
 
 Flow: the model's verdicts (the store's, or a labels export) -> the rows that may judge this
 version (a version that learnt from verdicts: only the certify part of the request-id split,
-monitor/verdict_sets.py; any other version: every verdict) -> put in *stream order* beside the
+monitor/verdict_sets.py, computed here with the store's own split key, ``store.split_key``, for
+the rows and the items still waiting alike -- a labels export's own split columns are not
+trusted over it; any other version: every verdict) -> put in *stream order* beside the
 sampled items still waiting for a verdict, both read from the audit store's items
 (:func:`sampled_items`, :func:`in_stream_order`) -> the version's own answers and confidences on
 those requests' inputs (ONNX Runtime, as serving computes them) -> wrong = its answer is not the
@@ -60,7 +62,7 @@ from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
 from monitor.labels import INPUT_AT, LabelsFile
 from monitor.verdict_sets import split_verdicts
-from qc.audit_split import CERTIFY, audit_part
+from qc.audit_split import CERTIFY, SplitKey, audit_part
 from qc.audit_certify import PROPOSAL_FILE, AuditCertificate, against_truth, certify_from_audits
 
 
@@ -116,25 +118,46 @@ def threshold_sequence(card: ModelCard, target_risk: float, start_coverage: floa
     return picked
 
 
-def rows_for(card: ModelCard, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """The verdicts that may judge this version (one per request, in no particular order: the
-    test's order comes from :func:`in_stream_order`), and which they are (the hygiene rule)."""
+def learnt_share(card: ModelCard, key: SplitKey | None) -> float | None:
+    """The certify share of the split this version learnt by (None: it learnt from no verdicts),
+    checked against ``key``, the split key of the store that judges it: the card must name that
+    key (or, written before per-store keys, none) and ``key`` must be given."""
     hygiene = card.extra.get("data_hygiene")
-    if hygiene:
-        chosen = split_verdicts(rows, card.name, hygiene["certify_share"]).certify
+    if not hygiene:
+        return None
+    if key is None:
+        raise ValueError(f"{card.name} v{card.version} learnt from verdicts: which ones may judge it is decided by the "
+                         "audit store's split key (pass key=store.split_key)")
+    learnt_key = hygiene.get("split_key_id")
+    if learnt_key and learnt_key != key.key_id:
+        raise CannotCertify(f"{card.name} v{card.version} learnt from verdicts split by the key {learnt_key}, and this "
+                            f"audit store splits by {key.key_id}: which of its items the version learnt from cannot be "
+                            "set apart here; certify it against the store it was retrained from")
+    return float(hygiene["certify_share"])
+
+
+def rows_for(card: ModelCard, rows: list[dict[str, Any]],
+             key: SplitKey | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The verdicts that may judge this version (one per request, in no particular order: the
+    test's order comes from :func:`in_stream_order`), and which they are (the hygiene rule;
+    ``key``: the store's split key, needed for a version that learnt from verdicts)."""
+    share = learnt_share(card, key)
+    if share is not None:
+        chosen = split_verdicts(rows, card.name, share, key=key).certify
         which = "the certify part only (this version learnt from the train part)"
     else:
         chosen, which = split_verdicts(rows, card.name, 0.0).train, "every verdict (this version learnt from none)"
     return chosen, which
 
 
-def may_judge(card: ModelCard) -> Callable[[str], bool]:
-    """Whether a request id may judge this version (the part :func:`rows_for` reads)."""
-    hygiene = card.extra.get("data_hygiene")
-    if not hygiene:
+def may_judge(card: ModelCard, key: SplitKey | None = None) -> Callable[[str], bool]:
+    """Whether a request id may judge this version (the part :func:`rows_for` reads, by the
+    store's split ``key``)."""
+    share = learnt_share(card, key)
+    if share is None:
         return lambda request_id: True
-    share = hygiene["certify_share"]
-    return lambda request_id: audit_part(request_id, share) == CERTIFY
+    assert key is not None  # learnt_share refused a missing key
+    return lambda request_id: audit_part(request_id, share, key) == CERTIFY
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,24 +291,25 @@ def score_version(model: RegisteredModel, rows: list[dict[str, Any]], batch: int
 
 def recertify(model: RegisteredModel, rows: list[dict[str, Any]], target_risk: float, delta: float,
               gold: tuple[int, int] = (0, 0), gold_delta: float = 0.01, start_coverage: float = 0.0, *,
-              stream: list[SampledItem] | None = None,
-              inputs: InputLoader | None = None) -> tuple[AuditCertificate, dict[str, Any]]:
+              stream: list[SampledItem] | None = None, inputs: InputLoader | None = None,
+              split_key: SplitKey | None = None) -> tuple[AuditCertificate, dict[str, Any]]:
     """The certificate of ``model`` from ``rows`` (label-export rows) and what it was built on.
     ``gold``: (auditors' errors, gold verdicts). ``stream``: the model's audit items in the store
     (:func:`sampled_items`), which give the stream order and the items still waiting; without
     them the test has no valid order and nothing is certified (module docstring). ``inputs``:
     where the inputs of rows without an ``input`` come from (the requests still waiting, and
     every row of ``store.labels(..., with_input=False)`` or ``LabelsFile.rows(with_input=False)``):
-    :func:`store_inputs` of the open store or :func:`export_inputs`, read one scoring batch at a time."""
+    :func:`store_inputs` of the open store or :func:`export_inputs`, read one scoring batch at a time.
+    ``split_key``: the store's (``store.split_key``); a version that learnt from verdicts needs it."""
     card = model.card
-    usable, which = rows_for(card, rows)
+    usable, which = rows_for(card, rows, split_key)
     if not usable:
         raise CannotCertify(f"no verdicts of {card.name} may judge version {card.version} ({which}): audit some first")
     if stream is None:
         raise CannotCertify("certifying needs the stream order and the items still waiting for a verdict, which only "
                             "the audit store's items give (pass stream=sampled_items(store, model)); the verdicts' "
                             "own order depends on the auditors, not on the stream")
-    sample = in_stream_order(usable, stream, may_judge(card))
+    sample = in_stream_order(usable, stream, may_judge(card, split_key))
     if not sample.settled.any():
         raise CannotCertify(f"none of the {len(usable)} verdicts of {card.name} that may judge version {card.version} "
                             f"has its audit item in the store (done), so none has a place in the stream")
@@ -346,7 +370,7 @@ def main(args: CertifyArgs) -> int:
         scores = store.gold_accuracy().values()
         gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
         cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
-                                stream=stream, inputs=inputs)
+                                stream=stream, inputs=inputs, split_key=store.split_key)
     path = write_proposal(model, cert, basis)
     out = sys.stderr if args.json else sys.stdout
     if cert.certified:

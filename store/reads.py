@@ -16,6 +16,7 @@ from typing import Any, ContextManager, Iterator, Sequence
 
 from auditstream import tasks
 from auditstream.wire import Route, TaskKind, VerdictKind
+from qc.audit_split import SplitKey
 from store.records import (
     Agreement,
     GoldScore,
@@ -75,6 +76,15 @@ class StoreReads:
     """Read methods of :class:`store.AuditStore` (kept apart from the writes for size)."""
 
     _db: Any  # store.backend.Database, set by AuditStore
+    _split_key: SplitKey  # read (or written) with the schema by AuditStore
+
+    @property
+    def split_key(self) -> SplitKey:
+        """The key of this store's train/certify split of audited items (qc/audit_split.py):
+        written once with the schema and the same for the store's life (store/schema.py). Every
+        split of this store's items is computed with it, by code that has the store: ``labels``
+        rows carry each request's split value, so a training host never hashes a request id."""
+        return self._split_key
 
     def read_snapshot(self) -> ContextManager[None]:
         """A context manager: every read this thread makes through the store inside it sees the
@@ -324,12 +334,16 @@ class StoreReads:
     def labels(self, model: str | None = None, include_gold: bool = False,
                with_input: bool = True) -> Iterator[dict[str, Any]]:  # fmt: skip
         """Every decisive verdict as a training example, oldest first, read in pages (keyset on
-        (decided_at_s, verdict_id)) so a large export never holds all inputs in memory.
+        (decided_at_s, verdict_id)) so a large export never holds all inputs in memory. Each row
+        carries its request's side of the train/certify split as computed with this store's key:
+        ``audit_split`` (the value in [0, 1): certify iff below the certify share) and
+        ``audit_split_key`` (which key: :attr:`qc.audit_split.SplitKey.key_id`, never the secret).
         ``with_input`` False: the input column is not read and the rows have no ``input`` key
         (``certify --from-audits`` reads inputs a chunk at a time: :meth:`request_inputs`)."""
         sql, params = _where(model, prefix="i.")
         gold = "" if include_gold else " AND v.is_gold = 0"
         input_column = ", i.input" if with_input else ""
+        key = self.split_key
         after: tuple[float, str] = (float("-inf"), "")
         while True:
             rows = self._db.query(
@@ -351,6 +365,7 @@ class StoreReads:
                     "human_label": human_label(VerdictKind(kind), model_output, corrected_value),
                     "verdict_kind": kind, "auditor": auditor, "decided_at_s": float(decided),
                     "review_round": int(review_round), "is_gold": bool(is_gold),
+                    "audit_split": key.uniform(request_id), "audit_split_key": key.key_id,
                 }  # fmt: skip
             if len(rows) < EXPORT_PAGE:
                 return

@@ -21,11 +21,23 @@ Design choices that the semantics rest on:
   with the topics' end offsets taken before the send, in the transaction that claims them; a round
   left open by a crash is resolved by reading the topics from those offsets (store/outbox.py), so
   every row is published exactly once.
+* ``meta`` row ``audit_split_key`` (since version 6): the key of the store's train/certify split of
+  audited items (qc/audit_split.py), written once and never changed. A store created by version 6
+  or later gets a random secret (:data:`qc.audit_split.SECRET_BYTES` bytes from :mod:`secrets`),
+  so clients, who choose request ids, cannot compute which side a request lands on. A store that
+  already holds audit items when it is upgraded to version 6 gets ``legacy:audit-split``, the
+  public key every store used before: an item never changes side (a verdict that trained a
+  version must never later judge it), at the price of a split clients can compute.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+import secrets
+
+from qc.audit_split import SECRET_BYTES, SplitKey
+
+SCHEMA_VERSION = 6
+SPLIT_KEY_ROW = "audit_split_key"  # meta key of the split key (qc.audit_split.SplitKey.stored())
 
 TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
@@ -152,9 +164,10 @@ def statements(types: dict[str, str]) -> list[str]:
 
 
 def upgrade(cur, db) -> list[str]:
-    """Add every :data:`ADDED_COLUMNS` column its table lacks and record :data:`SCHEMA_VERSION`;
-    returns the columns added (``table.column``). ``cur``: a write transaction's cursor on ``db``
-    (a :class:`store.backend.Database`), after :func:`statements` ran."""
+    """Add every :data:`ADDED_COLUMNS` column its table lacks, give the store its split key when it
+    has none (:func:`ensure_split_key`) and record :data:`SCHEMA_VERSION`; returns the columns added
+    (``table.column``). ``cur``: a write transaction's cursor on ``db`` (a
+    :class:`store.backend.Database`), after :func:`statements` ran."""
     added = []
     postgres = db.kind == "postgresql"
     for _version, table, column, definition in ADDED_COLUMNS + (POSTGRES_COLUMNS if postgres else ()):
@@ -163,8 +176,23 @@ def upgrade(cur, db) -> list[str]:
             added.append(f"{table}.{column}")
     for index in POSTGRES_INDEXES if postgres else ():
         cur.run(index)
+    ensure_split_key(cur)
     cur.run(
         "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
         (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),
     )
     return added
+
+
+def ensure_split_key(cur) -> SplitKey:
+    """The store's split key, written first if it has none (module docstring, ``meta``): a random
+    secret for a store without audit items, the public legacy key for one that holds some (they
+    were split with it and must stay where they are). Inside the schema's write transaction, so
+    two processes opening a new store at once agree on one key."""
+    row = cur.one("SELECT value FROM {p}meta WHERE key = ?", (SPLIT_KEY_ROW,))
+    if row is not None:
+        return SplitKey.from_stored(row[0])
+    holds_items = cur.one("SELECT 1 FROM {p}items LIMIT 1") is not None
+    key = SplitKey.legacy() if holds_items else SplitKey.new(secrets.token_bytes(SECRET_BYTES))
+    cur.run("INSERT INTO {p}meta (key, value) VALUES (?, ?)", (SPLIT_KEY_ROW, key.stored()))
+    return key

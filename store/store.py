@@ -53,7 +53,7 @@ from store.records import (
     gold_is_correct,
     outbox_records,
 )
-from store.schema import EXTRA_TABLES, TABLES, statements, upgrade
+from store.schema import EXTRA_TABLES, TABLES, ensure_split_key, statements, upgrade
 from qc.triage import hash_uniform
 
 _INSERT_ITEM = (
@@ -79,6 +79,8 @@ class AuditStore(StoreReads):
             for ddl in statements(db.types):
                 cur.run(ddl)
             upgrade(cur, db)  # a store written by an older release gets the columns added since
+            # written once, with the schema (store/schema.py): the same key for the store's life
+            self._split_key = ensure_split_key(cur)
 
     @property
     def backend(self) -> str:

@@ -17,7 +17,7 @@ from auditstream.cli import main as cli_main
 from auditstream.wire import ImageInput, Route, decode_input
 from store import accounts
 from store.accounts import Role
-from monitor.labels import COLUMNS, INPUT_AT, LabelsFile, LabelsFileError, export_labels, read_labels
+from monitor.labels import COLUMNS, INPUT_AT, SPLIT_COLUMNS, LabelsFile, LabelsFileError, export_labels, read_labels
 from store import AuditStore, StoreConfig, open_store
 
 T0 = 5_000.0
@@ -207,6 +207,8 @@ SPOILED_VALUES = {
     "decided_at_s": ["now", None, float("inf"), True],
     "review_round": ["2", 2.0, 0, -1, None, True], "is_gold": ["true", 1, 0, None, "yes"],
     "verdict_kind": ["skip", "ACCEPT", None, 1],
+    # the store's split value of the request and its key's id (since store schema 6)
+    "audit_split": [1.0, -0.1, float("nan"), "x", None, True], "audit_split_key": ["", None, 3],
 }  # fmt: skip
 
 
@@ -230,7 +232,8 @@ def test_a_row_whose_cell_is_not_what_an_export_writes_is_one_error_naming_its_l
             # A CSV cell is text: 17 as a verdict id or "0.5" as a confidence are what an export
             # writes there; None and lists are JSON lines' cases.
             if value is None or isinstance(value, list) or isinstance(value, str) and value in ("0.5", "2") \
-                    or column in ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor") \
+                    or column in ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor",
+                                  "audit_split_key") \
                     and value != "":
                 continue
             with bad.open("w", newline="") as f:
@@ -249,8 +252,14 @@ def test_a_row_whose_cell_is_not_what_an_export_writes_is_one_error_naming_its_l
         loose = tmp_path / "loose.jsonl"
         loose.write_text("".join(json.dumps(dict(r, confidence=c)) + "\n" for r, c in zip(rows, (1.0004, -0.0003, 3.5))))
         assert [r["confidence"] for r in read_labels(loose)] == [1.0004, -0.0003, 3.5]
-    for column in COLUMNS[:-1]:  # every column but input must be there
+    for column in COLUMNS[:-1]:  # every column but input must be there (the split's two: both or neither)
         bad = tmp_path / "missing.jsonl"
         bad.write_text("".join(json.dumps({k: v for k, v in r.items() if k != column}) + "\n" for r in rows))
-        with pytest.raises(LabelsFileError, match=rf"line 1: no '{column}' in the row"):
+        message = "come together" if column in SPLIT_COLUMNS else f"no '{column}' in the row"
+        with pytest.raises(LabelsFileError, match=rf"line 1: .*{message}"):
             read_labels(bad)
+    # an export written before store schema 6 has neither: it is read (training then refuses it:
+    # tests/monitor/test_audit_split_key.py)
+    older = tmp_path / "older.jsonl"
+    older.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in SPLIT_COLUMNS}) + "\n" for r in rows))
+    assert [set(r) for r in read_labels(older)] == [set(COLUMNS) - set(SPLIT_COLUMNS)] * 3

@@ -87,9 +87,9 @@ def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_side_onl
     """A retrained candidate's card carries ``data_hygiene``: the pairs on the train side of the
     request-id split (which it may have learnt from) do not count, and the reason says how many."""
     registry, url = seeded(tmp_path, pairs=60, candidate_extra={"data_hygiene": {"certify_share": 0.5}})
-    certify_side = sum(audit_part(f"r{i}", 0.5) == CERTIFY for i in range(60))
-    assert 0 < certify_side < 60
     with open_store(url) as store:
+        certify_side = sum(audit_part(f"r{i}", 0.5, store.split_key) == CERTIFY for i in range(60))  # the store's key
+        assert 0 < certify_side < 60
         decision = decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
     assert [s["n"] for s in decision.strata] == [certify_side]
     assert f"{60 - certify_side} of 60 audited items fall on the train side" in decision.reason

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qc.audit_certify import against_truth, betting_lower_bound, betting_upper_bound, certify_from_audits
-from qc.audit_split import CERTIFY, TRAIN, audit_part
+from qc.audit_split import CERTIFY, TRAIN, SplitKey, audit_part
 
 LIVE = 0.9  # the live threshold of the simulated stream: below it every item is deferred (pi = 1)
 QC_RATE = 0.1
@@ -176,10 +176,11 @@ def test_against_truth_adds_the_auditors_error_bound():
     assert against_truth(cert, 0, 0, 0.01) is cert  # no gold items: nothing to add
 
 
-def test_audit_part_is_a_stable_hash_split():
+@pytest.mark.parametrize("key", [SplitKey.new(bytes(range(32))), SplitKey.legacy()], ids=["secret", "legacy"])
+def test_audit_part_is_a_stable_hash_split(key):
     ids = [f"req-{i}" for i in range(4000)]
-    parts = [audit_part(r) for r in ids]
-    assert parts == [audit_part(r) for r in ids]
+    parts = [audit_part(r, 0.5, key) for r in ids]
+    assert parts == [audit_part(r, 0.5, key) for r in ids]
     share = parts.count(CERTIFY) / len(ids)
     assert 0.46 < share < 0.54 and set(parts) == {TRAIN, CERTIFY}
-    assert all(audit_part(r, 0.0) == TRAIN for r in ids[:50]) and all(audit_part(r, 1.0) == CERTIFY for r in ids[:50])
+    assert all(audit_part(r, 0.0, key) == TRAIN for r in ids[:50]) and all(audit_part(r, 1.0, key) == CERTIFY for r in ids[:50])

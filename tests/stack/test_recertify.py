@@ -21,7 +21,7 @@ from tests.store.store_factories import BACKENDS, make_store
 from auditstream.registry import ModelRegistry
 from auditstream.wire import encode_input
 from monitor.labels import LabelsFile
-from qc.audit_split import CERTIFY, audit_part
+from qc.audit_split import CERTIFY, SplitKey, audit_part
 from stack.recertify import (
     CannotCertify,
     CertifyArgs,
@@ -158,9 +158,12 @@ def test_the_sampling_design_is_the_stores_not_the_exports(registry):
 def test_a_version_that_learnt_from_verdicts_is_judged_on_the_certify_part_only(registry):
     card = registry.card("digits")
     learnt = type(card)(**{**card.__dict__, "extra": {**card.extra, "data_hygiene": {"certify_share": 0.5}}})
-    rows, which = rows_for(learnt, audited_rows(200))
-    assert rows and all(audit_part(r["request_id"]) == CERTIFY for r in rows) and "certify part" in which
+    key = SplitKey.new(bytes(range(32)))  # the store's
+    rows, which = rows_for(learnt, audited_rows(200), key)
+    assert rows and all(audit_part(r["request_id"], 0.5, key) == CERTIFY for r in rows) and "certify part" in which
     assert len(rows_for(card, audited_rows(200))[0]) == 200
+    with pytest.raises(ValueError, match="split key"):  # which rows may judge it is the store's to say
+        rows_for(learnt, audited_rows(10))
 
 
 def ingest_and_decide(rows: list[dict], url: str, open_rows: int = 0) -> None:

@@ -11,7 +11,7 @@ import pytest
 from auditstream.registry import ModelRegistry
 from auditstream.wire import encode_input
 from monitor.verdict_sets import split_verdicts
-from qc.audit_split import CERTIFY, audit_part
+from qc.audit_split import CERTIFY, SplitKey, audit_part
 from training import retrain
 from training.data.split import train_subset
 from training.digits import train as digits
@@ -19,11 +19,13 @@ from training.digits.args import DigitsArgs
 from training.feedback import WEIGHTS_FILE, WeightsMissing
 
 SEED_FRACTION = 0.05
+STORE_KEY = SplitKey.new(bytes(range(32)))  # the split key of the store the rows were exported from
 
 
 def verdict_rows(n: int, seed: int = 0, gold: int = 0, rejects: int = 0) -> list[dict]:
     """Label rows, as ``auditstream labels export`` writes them, for ``n`` training digits the seed
-    model never saw: an auditor corrected or confirmed each with the true label."""
+    model never saw: an auditor corrected or confirmed each with the true label; each carries its
+    split value under :data:`STORE_KEY`, as the store writes it."""
     rest = train_subset(SEED_FRACTION)[1]
     rng = np.random.default_rng(seed)
     rows = []
@@ -35,6 +37,7 @@ def verdict_rows(n: int, seed: int = 0, gold: int = 0, rejects: int = 0) -> list
                      "inclusion_prob": 1.0 if k % 2 else 0.1, "verdict_kind": kind,
                      "model_output": truth if kind == "accept" else "0", "human_label": None if kind == "reject" else truth,
                      "auditor": "a", "decided_at_s": 1000.0 + k, "review_round": 1, "is_gold": n <= k < n + gold,
+                     "audit_split": STORE_KEY.uniform(f"r-{seed}-{k}"), "audit_split_key": STORE_KEY.key_id,
                      "input": encode_input(rest.images[i].astype(np.float32))})
     return rows
 
@@ -49,7 +52,7 @@ def test_split_verdicts_keeps_gold_apart_and_one_verdict_per_request():
     second = dict(rows[0], verdict_id="v-second", review_round=2, human_label="9", decided_at_s=5000.0)
     sets = split_verdicts(rows + [second], "digits")
     assert len(sets.gold) == 5 and len(sets.train) + len(sets.certify) == 40
-    assert all(audit_part(r["request_id"]) == CERTIFY for r in sets.certify)
+    assert all(audit_part(r["request_id"], 0.5, STORE_KEY) == CERTIFY for r in sets.certify)
     labelled = {r["request_id"]: r for r in sets.train + sets.certify}
     assert labelled[rows[0]["request_id"]]["verdict_id"] == "v-second"  # the adjudication is the label
 
@@ -79,6 +82,8 @@ def test_retrain_learns_from_verdicts_records_them_and_leaves_live_alone(tmp_pat
     assert not certify_ids & set(learnt["verdict_ids"])  # a certifying verdict never trains
     assert hygiene["gold_items"] == 6 and hygiene["verdicts_certify_part"] == len(certify_ids)
     assert "request_id" in hygiene["split_rule"] and card.training["fine_tuned_from"] == "1"
+    assert (hygiene["split_key"], hygiene["split_key_id"]) == ("store-secret", STORE_KEY.key_id)
+    assert STORE_KEY.secret.hex() not in json.dumps(card.extra)
     assert card.training["args"]["train_fraction"] == SEED_FRACTION  # the seed's data, plus the verdicts
     assert (models / "digits" / "2" / WEIGHTS_FILE).is_file()
 
