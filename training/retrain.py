@@ -55,7 +55,8 @@ class RetrainArgs:
         "help": "a labels export (auditstream labels export); default: export the store's verdicts now"})
     from_scratch: bool = field(default=False, metadata={"help": "train new weights instead of fine-tuning the live version's"})
     certify_share: float = field(default=0.5, metadata={"check": LEFTOVER, "help": (
-        "share of audited requests (by request-id hash) kept out of training for certifying and measuring")})
+        "share of audited requests (by the store's keyed request-id hash) kept out of training for certifying and "
+        "measuring; fine-tuning: at most the base version's (it inherits what that one learnt)")})
     epochs: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
         "digits: epochs of fine-tuning (0: 15, or the card's when from scratch)")})
     steps: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
@@ -128,6 +129,25 @@ def family_args(card: ModelCard, args: RetrainArgs, family: Family) -> Any:
     return dataclasses.replace(base, **changes)
 
 
+def inherited_split(base: ModelCard, certify_share: float) -> str | None:
+    """For a version fine-tuned from ``base``: the split key id ``base`` learnt by (None: it
+    learnt from no verdicts), after refusing a ``certify_share`` larger than ``base``'s. The new
+    version starts from ``base``'s weights, so it has learnt from ``base``'s train part too: its
+    own certify part (hash < share) must lie inside ``base``'s (hash < its share), or verdicts
+    its ancestor trained on would certify it. By induction a card's share is then the smallest
+    along its fine-tuning chain, which is what certify and promote read."""
+    hygiene = base.extra.get("data_hygiene")
+    if not isinstance(hygiene, dict) or "certify_share" not in hygiene:
+        return None
+    base_share = float(hygiene["certify_share"])
+    if certify_share > base_share:
+        raise CannotRetrain(f"--certify-share {certify_share:g} is larger than version {base.version}'s {base_share:g}: "
+                            f"fine-tuned from it, the new version inherits what it learnt from the requests at or above "
+                            f"{base_share:g} on the split, which a share of {certify_share:g} would certify it with; use "
+                            f"--certify-share {base_share:g} or less, or --from-scratch")
+    return str(hygiene.get("split_key_id") or "") or None
+
+
 def build_feedback(card: ModelCard, rows: list[dict[str, Any]], family: Family, init_state: dict | None,
                    base_version: str | None, certify_share: float, labels_file: str) -> Feedback:
     """The train part of ``rows`` as examples, with provenance and hygiene for the card."""
@@ -168,10 +188,16 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
         raise CannotRetrain(f"no version of {args.model} in {models_dir}: train one first (auditstream train {args.model})")
     card = registry.card(args.model, live)
     train_args = family_args(card, args, family)  # a bad combination is refused before any weights or verdicts load
+    inherited = None if args.from_scratch else inherited_split(card, args.certify_share)
     init_state = None if args.from_scratch else load_weights(registry.root / args.model / live)
     rows = read_labels(Path(args.labels))
     feedback = build_feedback(card, rows, family, init_state, None if args.from_scratch else live,
                               args.certify_share, str(args.labels))
+    if inherited and inherited != feedback.card_extra["data_hygiene"]["split_key_id"]:
+        raise CannotRetrain(f"version {live} of {args.model} learnt from verdicts split by the audit store key {inherited}, "
+                            f"and {args.labels} is split by {feedback.card_extra['data_hygiene']['split_key_id'] or 'no key'}: "
+                            "a version fine-tuned from it inherits what it learnt, which this split cannot set apart; "
+                            "export the labels of the store it was retrained from, or retrain --from-scratch")
     if not len(feedback.targets):
         learnt = feedback.card_extra["learnt_from"]
         why = (f"; {learnt['unusable_inputs']} of them hold an input the live card's {card.inputs[0].name} "

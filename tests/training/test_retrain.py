@@ -112,6 +112,32 @@ def test_retrain_refuses_what_it_cannot_do(tmp_path):
         retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
 
 
+def test_a_fine_tuned_version_is_certified_inside_its_base_versions_split(tmp_path, monkeypatch):
+    """Review 2026-12-05: v2 fine-tuned at share 0.2 learnt from requests at or above 0.2 on the
+    split; v3 fine-tuned from v2 at share 0.5 was certified (and promotion-gated) on requests in
+    [0.2, 0.5) that its starting weights had learnt from. A fine-tune's share is at most its
+    base's, and both must be split by the same store key."""
+    import dataclasses
+
+    digits.run(DigitsArgs(epochs=1, train_fraction=SEED_FRACTION), tmp_path, progress=False)
+    base = ModelRegistry(tmp_path).card("digits", "1")
+    learnt = dataclasses.replace(base, extra={**base.extra, "data_hygiene": {"certify_share": 0.2,
+                                                                              "split_key_id": STORE_KEY.key_id}})
+    assert retrain.inherited_split(base, 0.9) is None  # learnt from no verdicts: nothing inherited
+    assert retrain.inherited_split(learnt, 0.2) == retrain.inherited_split(learnt, 0.1) == STORE_KEY.key_id
+    with pytest.raises(retrain.CannotRetrain, match=r"--certify-share 0.5 is larger than version 1's 0.2"):
+        retrain.inherited_split(learnt, 0.5)
+    labels = write_rows(tmp_path / "labels.jsonl", verdict_rows(30))
+    monkeypatch.setattr(retrain.ModelRegistry, "card", lambda self, name, version=None: learnt)
+    with pytest.raises(retrain.CannotRetrain, match="is larger than version 1's"):  # refused before any weights load
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
+    elsewhere = dataclasses.replace(learnt, extra={**base.extra, "data_hygiene": {"certify_share": 0.5,
+                                                                                  "split_key_id": "secret:0123456789abcdef"}})
+    monkeypatch.setattr(retrain.ModelRegistry, "card", lambda self, name, version=None: elsewhere)
+    with pytest.raises(retrain.CannotRetrain, match="split by the audit store key secret:0123456789abcdef"):
+        retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels)), tmp_path, progress=False)
+
+
 def test_zip_reader_batches_mix_rendered_and_audited_envelopes():
     from training.feedback import Feedback
     from training.zip_reader.args import ZipReaderArgs
