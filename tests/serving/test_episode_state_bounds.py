@@ -281,7 +281,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
                                    state_dir=tmp_path / "state")
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(settings.topic(T.EPISODE_STATE), settings.partitions, 1,
+        admin.create_topics([NewTopic(settings.episode_state_topic("wide"), settings.partitions, 1,
                                       topic_configs={"max.message.bytes": str(limit), "cleanup.policy": "compact"})])
     finally:
         admin.close()
@@ -290,7 +290,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
     ensure_model_topics(settings, ["wide"])
     producer = make_producer(settings)
     reader = make_reader(settings, [settings.topic(T.ACTIONS), settings.topic(T.DEAD_LETTER),
-                                    settings.topic(T.EPISODE_STATE)])
+                                    settings.episode_state_topic("wide")])
     app = None
     try:
         app = ServeApp(settings, model, ServeMetrics("wide", CollectorRegistry()), use_control=False)
@@ -321,7 +321,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
         assert app.episodes.ended_oversized == 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(r.value is None for r in states):
-            states += [r for r in reader.poll(100, 100) if r.topic == settings.topic(T.EPISODE_STATE)]
+            states += [r for r in reader.poll(100, 100) if r.topic == settings.episode_state_topic("wide")]
         assert any(r.value is None for r in states), "no tombstone for the ended episode"
         assert all(r.value is None or len(r.value) <= app.episodes.max_state_bytes for r in states)
     finally:

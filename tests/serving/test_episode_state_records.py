@@ -227,7 +227,7 @@ def test_hostile_state_records_do_not_stop_a_real_policy_consumer(broker, tmp_pa
     app = None
     try:
         for i, value in enumerate(REPORTED.values()):
-            producer.send(settings.topic(T.EPISODE_STATE), f"hostile-{i}".encode(), value)
+            producer.send(settings.episode_state_topic("stacked"), f"hostile-{i}".encode(), value)
         producer.flush(30)
         registry = CollectorRegistry()
         app = ServeApp(settings, model, ServeMetrics(model.card.name, registry), use_control=False)

@@ -345,7 +345,7 @@ def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, t
         out = session.run(stack)
         want = lookup(card.task).postprocess(card, out)[0].details["action_probs"]
         assert action.details["action_probs"] == want
-    state = [r for r in read_to_end(settings, [settings.topic(T.EPISODE_STATE)]) if r.key == b"ep-1"]
+    state = [r for r in read_to_end(settings, [settings.episode_state_topic(model.card.name)]) if r.key == b"ep-1"]
     assert state and state[-1].value is None  # the episode's end left a tombstone
 
 
