@@ -209,7 +209,7 @@ class ServeApp:
                                   "topic's max.message.bytes, or no episode state would fit it")
         store = EpisodeStore(self.model.card, state_topic,
                              (lambda: iter_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None,
-                             max_state_bytes=max_state_bytes)
+                             max_state_bytes=max_state_bytes, replay_window=self.settings.max_in_flight_batches)
         user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)
 
         def on_assign(partitions: list) -> None:
