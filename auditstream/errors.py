@@ -141,6 +141,19 @@ class BatchFailed(AuditstreamError):
                          "check the model file and the broker, then restart the consumer")
 
 
+class EpisodeStateNotRestored(AuditstreamError):
+    """A policy consumer could not read its episode-state topic when it was assigned partitions:
+    it stops instead of answering their episodes from no state (every episode restarted, its
+    frames and step count lost). Raised out of the next batch, so nothing of it is committed and
+    it is redelivered after a restart (serving/episodes.py)."""
+
+    def __init__(self, topic: object, partitions: list[int], detail: str) -> None:
+        self.topic, self.partitions, self.detail = topic, partitions, detail
+        super().__init__(f"episode state was not restored from {topic} for request partitions {partitions}: "
+                         f"{detail}; check the broker and that topic, then restart the consumer (nothing was "
+                         "committed past the failure)")
+
+
 class InferenceBroken(AuditstreamError):
     """The model no longer runs (not one bad record): the consumer stops instead of dead-lettering
     every request. Nothing of the batch was committed: it is redelivered after a restart."""

@@ -28,8 +28,8 @@ _EXPECTED = {int: "an integer", float: "a number", bool: "true or false (1/0, ye
 # (4 batches) at most 10,000,000, kafka-python's max_poll_records follows it.
 MAX_BATCH_SIZE = 65_536
 # Kafka's topic names: at most 249 of these characters. The longest name auditstream makes is
-# "<prefix>.requests.<model>", a model name at most 64 characters (auditstream/model_card.py).
-MAX_TOPIC_PREFIX_CHARS = 249 - len(".requests.") - 64
+# "<prefix>.episode-state.<model>", a model name at most 64 characters (auditstream/model_card.py).
+MAX_TOPIC_PREFIX_CHARS = 249 - len(".episode-state.") - 64
 _TOPIC_PREFIX = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TOPIC_PREFIX_CHARS}}}")
 _BOOTSTRAP_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?")
 
@@ -285,6 +285,10 @@ class Settings:
 
     def request_topic(self, model: str) -> str:
         return self.topic(f"requests.{model}")
+
+    def episode_state_topic(self, model: str) -> str:
+        """``<prefix>.episode-state.<model>``: a policy model's compacted per-episode state."""
+        return self.topic(f"episode-state.{model}")
 
     def is_embedded_broker(self, bootstrap: str) -> bool:
         """Whether ``bootstrap`` is the embedded broker this state dir records (a demo's or a

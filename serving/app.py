@@ -8,8 +8,8 @@ view → join the consumer group ``<prefix>-serve-<model>`` → start the lag pr
 stopped before the error propagates (no stray threads or sessions in a process that retries). Per-episode state (RL) plugs in through
 :class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
 outputs (state snapshots) checkpointed with each batch. A policy model gets a
-:class:`serving.episodes.EpisodeStore` on those hooks by itself: restored from the compacted
-``episode-state`` topic on assignment, its snapshots written before every commit.
+:class:`serving.episodes.EpisodeStore` on those hooks by itself: restored from its own compacted
+``episode-state.<model>`` topic on assignment, its snapshots written before every commit.
 
 Shadow mode (``shadow_of=LIVE``; ``auditstream serve --shadow``, ``auditstream rl promote``): the
 model reads the live model's request topic in its own group ``<prefix>-shadow-<model>-v<version>``
@@ -193,7 +193,9 @@ class ServeApp:
         """A policy's per-episode state, chained in front of the caller's hooks."""
         if not tasks.lookup(self.model.card.task).acts:  # only kinds that act keep episode state
             return None
-        state_topic = None if shadow else self.settings.topic(T.EPISODE_STATE)
+        # Each policy model has its own state topic: episode keys are any client's strings, so on a
+        # shared one two models' consumers adopted and tombstoned each other's episodes.
+        state_topic = None if shadow else self.settings.episode_state_topic(self.model.card.name)
         max_state_bytes = MAX_STATE_BYTES
         if state_topic is not None:
             ensure_topics(self.settings, [state_topic], compacted=(state_topic,), bootstrap=bootstrap)
@@ -207,7 +209,7 @@ class ServeApp:
                                   "topic's max.message.bytes, or no episode state would fit it")
         store = EpisodeStore(self.model.card, state_topic,
                              (lambda: iter_to_end(self.settings, [state_topic], bootstrap)) if state_topic else None,
-                             max_state_bytes=max_state_bytes)
+                             max_state_bytes=max_state_bytes, replay_window=self.settings.max_in_flight_batches)
         user = LoopHooks(hooks.on_assign, hooks.on_revoke, hooks.before_checkpoint)
 
         def on_assign(partitions: list) -> None:

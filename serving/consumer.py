@@ -3,8 +3,8 @@
 
 :func:`process_batch` is pure (no Kafka, tested without a broker): for each record, in order,
 size check → decode (:mod:`auditstream.wire`) → right model? → input check
-(:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then the task
-kind's postprocessing (:mod:`auditstream.tasks`) and triage (``qc.triage``, with the
+(:mod:`serving.inputs`); then one inference per group of equally shaped inputs; then, in record
+order again, the task kind's postprocessing (:mod:`auditstream.tasks`) and triage (``qc.triage``, with the
 kind's gating part confidences). Each record yields either its
 outputs -- a prediction (always), a decision (AUTO, AUTO_QC), an audit item (HUMAN, AUTO_QC) --
 or one dead letter with its original bytes. Inference (:mod:`serving.inference`) tells a bad
@@ -22,8 +22,10 @@ which also go to ``audit``); a decision records what the kind's ``decision_detai
 policy: the full probability vector, the propensities the action was drawn with, the value
 estimate, the route and whether the decision was QC-sampled). With an
 :class:`serving.episodes.EpisodeStore` the observation of an episode's step joins its frame
-stack and the decision carries the episode's context; an ``episode_end`` request only ends the
-episode's state. A *shadow* consumer (a candidate on the live model's requests), of any kind,
+stack and the decision carries the episode's context (taken when the step's frames are stacked,
+so two steps of an episode in one batch, or a step batched with its episode's end, log what
+they would alone); an ``episode_end`` request only ends the episode's state. A failed restore
+of the episode state stops the consumer at its next batch (``EpisodeStateNotRestored``). A *shadow* consumer (a candidate on the live model's requests), of any kind,
 writes predictions flagged ``shadow`` and nothing that acts: no decisions, actions, audit items
 or episode state. Given a :class:`LiveReference` (the version it is compared with, loaded beside
 it), a shadow also answers each request with that version and records in the prediction's
@@ -42,6 +44,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +52,7 @@ from auditstream import tasks
 from auditstream import topics as T
 from auditstream.control import ControlState
 from auditstream.dead_letters import dead_letter_output
-from auditstream.errors import DecodeError
+from auditstream.errors import DecodeError, EpisodeStateNotRestored
 from auditstream.kafka import Record
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
 from auditstream.registry import ModelCard, TriageSpec
@@ -57,7 +60,7 @@ from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import Action, AuditItem, Decision, InferenceRequest, Prediction, Reason, Route
 from qc.triage import TriagePolicy, hash_uniform, policy_for, triage
-from serving.episodes import EpisodeStore
+from serving.episodes import EpisodeStep, EpisodeStore
 from serving.inference import Runner, infer
 from serving.inputs import prepare_input
 
@@ -163,7 +166,8 @@ def _oversized(outputs: list[Output], config: "ServeConfig") -> str | None:
     return None
 
 
-def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) -> tuple[InferenceRequest, np.ndarray]:
+def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None
+            ) -> tuple[InferenceRequest, np.ndarray, EpisodeStep | None]:
     record.check_readable()
     if record.value is None:
         raise DecodeError(Reason.UNDECODABLE.value, "record has no value (a tombstone)")
@@ -174,26 +178,32 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None) 
     if request.model != served:
         raise DecodeError(Reason.WRONG_MODEL.value, f"request for model {request.model!r} on {served!r}'s topic")
     if episodes is None:
-        return request, prepare_input(request.input, config.card.inputs[0])
+        return request, prepare_input(request.input, config.card.inputs[0]), None
     frame = prepare_input(request.input, episodes.spec)
     if request.episode_end:
-        return request, frame
-    return request, episodes.observe(request, frame, record.partition)
+        return request, frame, None
+    step = episodes.observe(request, frame, record.partition)
+    return request, step.input, step
 
 
 def process_batch(records: list[Record], session: Runner, config: ServeConfig, now: float,
                   episodes: EpisodeStore | None = None, reference: LiveReference | None = None) -> list[RecordResult]:
     """One :class:`RecordResult` per record, in order. ``now``: wall-clock seconds at batch start.
-    ``episodes``: per-episode state of a policy consumer (frame stacks, step counts).
+    ``episodes``: per-episode state of a policy consumer (frame stacks, step counts); a failed
+    restore of its state raises :class:`~auditstream.errors.EpisodeStateNotRestored` here, before
+    any record (the loop stops, nothing of the batch is committed).
     ``reference``: a shadow's live version, whose answers are compared with the candidate's."""
     card = config.card
     triage_spec = config.triage_spec
     human_queue_depth = config.control.human_queue_depth if config.control is not None else None
+    if episodes is not None:
+        episodes.check_restored()
     results: list[RecordResult | None] = [None] * len(records)
     valid: dict[tuple[int, ...], list[tuple[int, InferenceRequest, np.ndarray]]] = {}
+    steps: dict[int, EpisodeStep] = {}
     for i, record in enumerate(records):
         try:
-            request, array = _decode(record, config, episodes)
+            request, array, step = _decode(record, config, episodes)
             if request.episode_end and episodes is not None:
                 episodes.end(request)
                 results[i] = RecordResult()  # no decision wanted; the state's tombstone comes at the checkpoint
@@ -201,36 +211,46 @@ def process_batch(records: list[Record], session: Runner, config: ServeConfig, n
         except DecodeError as e:
             results[i] = dead_letter(record, e.code, e.detail, config, now)
             continue
+        except EpisodeStateNotRestored:  # the consumer's failure, not this record's
+            raise
         except Exception as e:  # noqa: BLE001 - a decoder bug is this record's failure, not the batch's
             log.warning("record %s: processing failed before inference: %r", record.where, e)
             results[i] = dead_letter(record, Reason.PROCESSING_FAILED.value, repr(e)[:500], config, now)
             continue
         valid.setdefault(array.shape, []).append((i, request, array))
+        if step is not None:
+            steps[i] = step
     started = time.perf_counter()
     task = config.task
+    answered: dict[int, tuple[InferenceRequest, np.ndarray, Any, float, Any]] = {}
     for group in valid.values():
         answers, inference_s = infer(session, card, [a for _, _, a in group])  # this group's ORT time only
         references = _reference_answers(reference, group) if reference is not None and config.shadow else {}
         for (i, request, array), answer in zip(group, answers, strict=True):
-            if isinstance(answer, Exception) or answer is None:
-                detail = (repr(answer)[:500] if answer is not None else
-                          "model output is not finite, or not valid for its task kind (a policy's action_probs "
-                          "not a probability distribution)")
-                results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config, now,
-                                         model_failure=True)
-                continue
-            try:
-                result = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
-                                 now, inference_s, started, references.get(i))
-                result.model_input = array
-                oversized = _oversized(result.outputs, config)
-                # Answered, so no evidence against the model: it stays out of the failure streak.
-                results[i] = result if oversized is None else dead_letter(records[i], Reason.TOO_LARGE.value,
-                                                                          oversized, config, now)
-            except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
-                log.warning("record %s: processing failed after inference: %r", records[i].where, e)
-                results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500], config, now,
-                                         model_failure=True)
+            answered[i] = (request, array, answer, inference_s, references.get(i))
+    # In record order, whatever the groups: an episode's steps are decided in order (the context of
+    # each reads the action of the step before it, decided just before when in the same batch).
+    for i in sorted(answered):
+        request, array, answer, inference_s, ref = answered[i]
+        if isinstance(answer, Exception) or answer is None:
+            detail = (repr(answer)[:500] if answer is not None else
+                      "model output is not finite, or not valid for its task kind (a policy's action_probs "
+                      "not a probability distribution)")
+            results[i] = dead_letter(records[i], Reason.INFERENCE_FAILED.value, detail, config, now,
+                                     model_failure=True)
+            continue
+        try:
+            result = _answer(task, answer, request, config, triage_spec, human_queue_depth, episodes,
+                             now, inference_s, started, ref, steps.get(i))
+            result.model_input = array
+            oversized = _oversized(result.outputs, config)
+            # Answered, so no evidence against the model: it stays out of the failure streak.
+            results[i] = result if oversized is None else dead_letter(records[i], Reason.TOO_LARGE.value,
+                                                                      oversized, config, now)
+        except Exception as e:  # noqa: BLE001 - this record's own failure: it goes to the dead letters alone
+            log.warning("record %s: processing failed after inference: %r", records[i].where, e)
+            results[i] = dead_letter(records[i], Reason.PROCESSING_FAILED.value, repr(e)[:500], config, now,
+                                     model_failure=True)
     assert all(r is not None for r in results), "every record has a result"
     return results  # type: ignore[return-value]
 
@@ -266,11 +286,12 @@ def _compare_with_live(task: tasks.Task, answer: tasks.Answer, request: Inferenc
 def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, config: ServeConfig,
             triage_spec: TriageSpec, human_queue_depth: int | None, episodes: EpisodeStore | None, now: float,
             inference_s: float, started: float,
-            reference: tuple[LiveReference, tasks.Answer] | None = None) -> RecordResult:
+            reference: tuple[LiveReference, tasks.Answer] | None = None, step: EpisodeStep | None = None
+            ) -> RecordResult:
     """Act (kinds that act), triage, and encode one answered record's outputs."""
     card = config.card
     if task.acts:
-        answer = _act(task, answer, request, card, episodes)
+        answer = _act(task, answer, request, card, episodes, step)
     if reference is not None:
         compared = _compare_with_live(task, answer, request, reference)
         if compared is not None:
@@ -303,13 +324,13 @@ def _answer(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, c
 
 
 def _act(task: tasks.Task, answer: tasks.Answer, request: InferenceRequest, card: ModelCard,
-         episodes: EpisodeStore | None) -> tasks.Answer:
+         episodes: EpisodeStore | None, step: EpisodeStep | None = None) -> tasks.Answer:
     """The answer that acts (drawn at a hash of the request id: a redelivery acts the same),
-    with the episode's context."""
+    with the episode's context (fixed when its step was observed)."""
     answer = task.act(answer, card, hash_uniform(request.request_id, tasks.ACTION_SALT))
-    if episodes is not None and request.episode_key is not None:
+    if episodes is not None and step is not None and request.episode_key is not None:
         answer = dataclasses.replace(answer, details={**answer.details,
-                                                      "episode": episodes.decided(request, answer.output)})
+                                                      "episode": episodes.decided(step, answer.output)})
     return answer
 
 

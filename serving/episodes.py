@@ -1,9 +1,16 @@
-"""Per-episode state of a policy consumer, and its compacted ``episode-state`` topic.
+"""Per-episode state of a policy consumer, and its model's compacted ``episode-state.<model>`` topic.
 
-Requests of an episode carry ``episode_key`` and ``step`` and are keyed by the episode, so one
-consumer of the group sees all of an episode's steps, in order. That consumer keeps, per episode:
-how many steps it has seen, the last action, and the last observations with their actions (the
-frame stack, when the policy card asks for one: ``preprocessing.frame_stack = k``).
+Requests of an episode carry ``episode_key`` and ``step`` (a policy request with an episode key
+and no step is its ``bad_schema`` dead letter: a redelivery of it could not be told from the next
+step, and was counted twice) and are keyed by the episode, so one consumer of the group sees all
+of an episode's steps, in order. That consumer keeps, per episode: how many steps it has seen,
+the last action, and the last observations with their actions (the frame stack, when the policy
+card asks for one: ``preprocessing.frame_stack = k``).
+
+**One state topic per model** (``Settings.episode_state_topic``): episode keys are any client's
+strings, and on one topic shared by every policy model the consumers of two models adopted and
+tombstoned each other's episodes. Each record also names its model, and restore skips (and
+counts) a record of another model, should one reach the topic anyway.
 
 Durability follows the checkpoint order of :mod:`auditstream.stream`: the loop's
 ``before_checkpoint`` hook returns one snapshot per episode changed since the last checkpoint
@@ -12,9 +19,12 @@ produced and acknowledged together with the batch outputs, *before* the offsets 
 So the state on the topic is never behind the committed offsets; it can be ahead by the last
 checkpoint when a consumer dies between the flush and the commit, and the steps then
 redelivered are recognised as replays (steps the state holds: below its next step, among its
-kept frames) and answered from the kept frames without moving the state. A driver that waits
-for each action before sending the next step (``auditstream rl run``) never has more than one
-step of an episode in flight, which the ``max(k, 2)`` kept frames cover.
+kept frames) and answered from the kept frames without moving the state, with the stack, context
+and action of their first answer. A driver that waits for each action before sending the next
+step (``auditstream rl run``) has at most one step of an episode in each uncommitted batch, so a
+crash replays at most ``replay_window`` (the consumer's ``max_in_flight_batches``) steps of it;
+the store keeps ``max(k, 2) - 1 + replay_window`` frames: for each of those steps the k - 1
+frames its stack holds before it (for k = 1, the step before it, whose action its context logs).
 
 **A step below the next step that the state does not hold** -- older than its kept frames (a
 driver with more steps in flight than that, redelivered), or one the state cannot be about (a
@@ -24,30 +34,39 @@ it), logged and counted in :attr:`EpisodeStore.restarted`. Taken for a replay, i
 the state: one record whose ``next_step`` was far ahead froze its episode -- every real step a
 "replay", the frame stack fixed, ``steps_seen`` negative -- until the idle expiry.
 
-**Step numbers are bounded.** A request's step must be an integer >= 0 and at most
-``max_step_gap`` (default :data:`MAX_STEP_GAP`) past the episode's next step (0 for an episode
-not seen yet). Anything else -- a negative, a bool, a float, 2**62 -- is that record's
-``bad_schema`` dead letter (with its original bytes, like every refused request) and the state
-does not move: one hostile step number would otherwise set ``next_step`` so high that every
-later real step looked like a replay and the episode froze. A legitimate jump happens only when
-an episode's state was lost (a state record refused at restore, an idle episode expired) and
-the driver goes on at its current step; one within the bound is accepted as before.
+**Step numbers are bounded.** A request's step must be an integer from 0 to the wire's
+``MAX_STEP`` and, for an episode whose state the consumer holds, at most ``max_step_gap``
+(default :data:`MAX_STEP_GAP`) past its next step. Anything else -- a negative, a bool, a float,
+2**62, a jump past the bound -- is that record's ``bad_schema`` dead letter (with its original
+bytes, like every refused request) and the state does not move: one hostile step number would
+otherwise throw away the episode's frames. An episode whose state the consumer does not hold --
+new, or its state lost (evicted, expired, ended as too large, a record skipped at restore) --
+starts afresh at whatever step its driver has reached: its frames and count start there. (Its
+step was once checked against next step 0, so an episode past step 10,000 whose state was lost
+could never resume.) A hostile step on an unknown key only starts that key's episode; a real
+step below it later goes on from the real step (see above), so nothing freezes.
 
 On assignment (:meth:`EpisodeStore.restore`) the consumer reads the state topic from the
 beginning to its end (it is compacted, so it holds about one record per live episode), keeps
 the last record of each key, and adopts the episodes whose recorded request partition it now
 owns. A record it cannot serve from (one that does not decode, a field out of range, a frame
-that does not fit the model) is skipped, logged and counted, and that episode starts afresh: the
-compacted topic keeps such a record, so raising on it would stop every restart of the consumer.
-On revocation it forgets its episodes (the loop has checkpointed them just before).
+that does not fit the model, another model's) is skipped, logged and counted, and that episode
+starts afresh: the compacted topic keeps such a record, so raising on it would stop every
+restart of the consumer. A read of the topic that fails stops the consumer instead: restore
+runs inside the client's rebalance callback, so it keeps the error, and the next batch raises
+:class:`~auditstream.errors.EpisodeStateNotRestored` before any record (nothing of it is
+committed; the process exits non-zero). A later restore of the same partitions that succeeds, or
+their revocation, clears it. On revocation it forgets its episodes (the loop has checkpointed
+them just before).
 
 **What a state record may hold** (checked at restore, before anything else is made of it):
 at most ``max_state_bytes`` bytes (default :data:`MAX_STATE_BYTES`, 8 MiB; the serving app
 lowers it to what the state topic takes, ``max.message.bytes``), strict JSON nested at most as
 deep as the wire allows, exactly the fields of :data:`_STATE_FIELDS` and ``"v"`` (no others: an
 unknown field could carry megabytes nobody reads), 64-bit integers, a finite time, an episode key
-of 1 to 256 characters, and at most ``max(k, 2)`` frames (never more than
-:data:`MAX_STATE_FRAMES`), of strictly increasing steps, the newest ``next_step - 1`` (what the
+of 1 to 256 characters, and at most :data:`MAX_STATE_FRAMES` frames (a
+record of more than this consumer keeps -- its writer had a larger replay window -- is adopted
+with the newest it keeps), of strictly increasing steps, of one shape when k > 1, the newest ``next_step - 1`` (what the
 consumer writes), at most ``steps_seen`` of them, each a tensor of this model's frame dtype and
 shape. Anything else is skipped, logged and counted as above. A card whose frames no state
 record can hold (a bad ``preprocessing.frame_stack``, an input dtype the wire does not encode)
@@ -58,7 +77,7 @@ state larger than ``max_state_bytes`` (frames too large for the state topic: a b
 or a dynamic frame shape that grew) is refused as that record's ``too_large`` dead letter (its
 original bytes kept) and **ends the episode**: its state is dropped and tombstoned at the next
 checkpoint, counted in :attr:`EpisodeStore.ended_oversized` and logged, and the episode's next
-step starts afresh (the jump is within ``max_step_gap``). Writing it would have stopped the
+step starts it afresh (at whatever step it has reached). Writing it would have stopped the
 loop (the broker refuses the record, the checkpoint fails, and the same step comes back after
 every restart); keeping it unwritten would lose it silently at the next rebalance. The size is
 an upper bound computed without encoding (:func:`state_bytes_bound`), and the checkpoint
@@ -70,8 +89,23 @@ stepped least recently (its tombstone goes with the next checkpoint, counted in
 :attr:`EpisodeStore.evicted`, one log line per checkpoint that evicted), whose next step then
 starts it afresh, as after the idle expiry (``ttl_s``). Without the bound, a client sending
 steps of ever new episode keys grew the consumer's memory until the host killed it, and every
-other episode with it. Memory is about ``max_live_episodes × max(k, 2)`` frames. Restore adopts
-the most recently stepped episodes up to the same bound and tombstones the rest.
+other episode with it. Memory is about ``max_live_episodes × (max(k, 2) - 1 + replay_window)``
+frames. Restore adopts the most recently stepped episodes up to the same bound and tombstones the
+rest. The idle expiry scans from the least recently stepped episode and stops at the first not
+idle: a checkpoint costs the episodes it expires, not the episodes live (it scanned all of them:
+8.8 ms per checkpoint at 100,000).
+
+**The context a decision logs** (``steps_seen``, ``previous_action``) is fixed when the step's
+frames are stacked (:meth:`EpisodeStore.observe` returns it with the stack, an
+:class:`EpisodeStep`); :meth:`EpisodeStore.decided` only records the action. It was computed
+after the whole batch had been observed: a step batched with its episode's next one lost its
+previous action (the next one had trimmed that frame), and one batched with its episode's end
+logged ``{}``.
+
+**A frame stacked with frames of another shape** (a dynamic frame dimension that changed within
+an episode, k > 1) is that record's ``bad_input`` dead letter, with its original bytes, and the
+state does not move; np.stack raised on it, a ``processing_failed`` letter at every step until
+the idle expiry. With k = 1 nothing is stacked, and any shape the card takes is served.
 
 Frame stack layout: the graph input is ``[B, k, *frame]`` (frames oldest first), or, for a flat
 ``[B, k * D]`` input, the k frames concatenated. Before an episode has k observations the first
@@ -88,23 +122,24 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from auditstream.errors import DecodeError, ModelRefused
+from auditstream.errors import DecodeError, EpisodeStateNotRestored, ModelRefused
 from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
+from auditstream.settings import MAX_IN_FLIGHT_BATCHES
 from auditstream.stream import Output
 from auditstream.tasks.policy import MAX_FRAME_STACK, frame_spec, frame_stack
 from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
-from auditstream.wire.codec import MAX_RECORD_BYTES, id_field, number_field, short_repr, strict_loads, typed_field
+from auditstream.wire.codec import MAX_RECORD_BYTES, MAX_STEP, id_field, number_field, short_repr, strict_loads, typed_field
 
 log = logging.getLogger(__name__)
 
 # Read with the wire's strict JSON (strict_loads), which also requires "v" to be the wire version: a
 # new state version needs a check of its own in EpisodeState.from_bytes.
 STATE_VERSION = 1
-_STATE_FIELDS = ("episode_key", "partition", "next_step", "steps_seen", "last_action", "frames", "updated_at_s")
+_STATE_FIELDS = ("model", "episode_key", "partition", "next_step", "steps_seen", "last_action", "frames", "updated_at_s")
 DEFAULT_TTL_S = 3600.0  # an episode nobody stepped for an hour was abandoned (its driver died)
-# How far past an episode's next step a request's step may be. A driver steps in order, so only a
-# lost state (refused at restore, expired) makes a jump, to the step the episode had reached.
+# How far past the next step of an episode this consumer holds a request's step may be. A driver
+# steps in order; an episode it holds no state of (new, or its state lost) may start at any step.
 MAX_STEP_GAP = 10_000
 # Episodes one consumer keeps in memory at most; a new one past it ends the least recently stepped.
 MAX_LIVE_EPISODES = 100_000
@@ -113,11 +148,17 @@ MAX_LIVE_EPISODES = 100_000
 MAX_STATE_BYTES = MAX_RECORD_BYTES
 # The least max_state_bytes a store takes: a state of a few small frames.
 MIN_STATE_BYTES = 4096
-# The most frames a state record may hold, whatever the card (a frame stack k keeps max(k, 2)):
-# the most a card may stack, so every card the policy kind's check takes fits.
-MAX_STATE_FRAMES = MAX_FRAME_STACK
-# An upper bound on a state record's bytes besides its episode key and frames: the field names
-# (~100 characters) and five numbers of at most 24 characters each.
+# The steps of one episode a crash can make the consumer answer again, by default: a driver that
+# waits for each action has at most one step of an episode in each uncommitted batch, and at most
+# Settings.max_in_flight_batches (default 2) batches are uncommitted when a consumer dies between
+# the state's flush and the offsets' commit. ServeApp passes the setting.
+DEFAULT_REPLAY_WINDOW = 2
+# The most frames a state record may hold, whatever the card and settings (a frame stack k with a
+# replay window w keeps max(k, 2) - 1 + w): every card the policy kind's check takes, with the
+# largest max_in_flight_batches the settings take, fits.
+MAX_STATE_FRAMES = MAX_FRAME_STACK - 1 + MAX_IN_FLIGHT_BATCHES
+# An upper bound on a state record's bytes besides its model name, episode key and frames: the
+# field names (~110 characters) and five numbers of at most 24 characters each.
 _STATE_HEADER_BYTES = 256
 # An upper bound on a frame's bytes besides its base64 and its shape: the step and action (at
 # most 20 digits each), the dtype's name and the punctuation.
@@ -135,10 +176,11 @@ class EpisodeState:
     last_action: int | None = None
     frames: list[list[Any]] = field(default_factory=list)
     updated_at_s: float = 0.0
+    model: str = ""  # the policy model whose consumer wrote it (restore skips another model's)
 
     def to_bytes(self) -> bytes:
         return json.dumps({
-            "v": STATE_VERSION, "episode_key": self.episode_key, "partition": self.partition,
+            "v": STATE_VERSION, "model": self.model, "episode_key": self.episode_key, "partition": self.partition,
             "next_step": self.next_step, "steps_seen": self.steps_seen, "last_action": self.last_action,
             "frames": [[s, encode_tensor(obs), a] for s, obs, a in self.frames], "updated_at_s": self.updated_at_s,
         }, separators=(",", ":")).encode()
@@ -171,7 +213,8 @@ class EpisodeState:
                 raise ValueError(f"steps_seen={steps_seen} is less than the {len(frames)} frames kept")
             return cls(id_field(obj, "episode_key"), _count(obj, "partition"), next_step, steps_seen,
                        _action(obj["last_action"], "last_action"), frames,
-                       number_field(obj, "updated_at_s", low=0.0))  # finite: a NaN or infinite time never expires
+                       number_field(obj, "updated_at_s", low=0.0),  # finite: a NaN or infinite time never expires
+                       id_field(obj, "model"))
         except ValueError as e:  # DecodeError is one
             raise ValueError(f"unreadable episode state: {e}") from None
 
@@ -216,18 +259,23 @@ def _frame_bytes_bound(obs: np.ndarray) -> int:
     return _FRAME_OVERHEAD_BYTES + 21 * obs.ndim + 4 * -(-obs.nbytes // 3)  # base64: 4 characters per 3 bytes
 
 
-def state_bytes_bound(key: str, frames: list[np.ndarray]) -> int:
-    """An upper bound on ``len(EpisodeState(key, ...).to_bytes())`` for a state holding ``frames``
-    (whatever its numbers), computed without encoding anything."""
-    return _STATE_HEADER_BYTES + len(json.dumps(key)) + sum(_frame_bytes_bound(obs) for obs in frames)
+def state_bytes_bound(key: str, frames: list[np.ndarray], model: str = "") -> int:
+    """An upper bound on ``len(EpisodeState(key, ..., model=model).to_bytes())`` for a state
+    holding ``frames`` (whatever its numbers), computed without encoding anything."""
+    return (_STATE_HEADER_BYTES + len(json.dumps(model)) + len(json.dumps(key))
+            + sum(_frame_bytes_bound(obs) for obs in frames))
 
 
-def _checked_step(step: Any, key: str, expected: int, max_gap: int) -> int:
-    """``step`` if it is an integer in [0, expected + max_gap]; else DecodeError ``bad_schema``
-    (the record is dead-lettered, the episode's state stays as it was)."""
-    if type(step) is not int or step < 0:  # bool is not int here, nor is a float
-        raise DecodeError(Reason.BAD_SCHEMA.value, f"field 'step' = {short_repr(step)} must be an integer >= 0")
-    if step > expected + max_gap:
+def _checked_step(step: Any, key: str, expected: int | None, max_gap: int) -> int:
+    """``step`` if it is an integer in [0, MAX_STEP] (what the wire decodes) and, for an episode whose next step this consumer holds
+    (``expected``; None: it holds no state of the episode), at most ``expected + max_gap``; else
+    DecodeError ``bad_schema`` (the record is dead-lettered, the episode's state stays as it was).
+    An episode without state -- new, or its state lost (evicted, expired, ended as too large, a
+    record skipped at restore) -- starts afresh at whatever step its driver has reached."""
+    if type(step) is not int or not 0 <= step <= MAX_STEP:  # bool is not int here, nor is a float
+        raise DecodeError(Reason.BAD_SCHEMA.value,
+                          f"field 'step' = {short_repr(step)} must be an integer from 0 to {MAX_STEP} (the wire's bound)")
+    if expected is not None and step > expected + max_gap:
         raise DecodeError(Reason.BAD_SCHEMA.value,
                           f"field 'step' = {short_repr(step)} is more than max_step_gap={max_gap} past the next "
                           f"step {expected} of episode {short_repr(key)}; a driver sends an episode's steps in order")
@@ -243,12 +291,33 @@ def _servable_frames(card: ModelCard) -> tuple[int, TensorSpec, TensorSpec]:
         # A frame the wire cannot encode (float16, int8, bool: not wire dtypes) would fail the
         # checkpoint's to_bytes; one zero frame round-trips through the state record now.
         zero = np.zeros([d if d is not None else 1 for d in spec.shape[1:]], dtype=np.dtype(spec.dtype))
-        EpisodeState.from_bytes(EpisodeState("check", 0, 1, 1, None, [[0, zero, None]]).to_bytes())
+        EpisodeState.from_bytes(EpisodeState("check", 0, 1, 1, None, [[0, zero, None]], model="check").to_bytes())
     except (ValueError, TypeError) as e:  # DecodeError is a ValueError
         raise ModelRefused(f"{card.name} v{card.version}", f"{str(e).removeprefix(f'model {card.name}: ')} "
                            "(a policy's frames are kept in its episode state: preprocessing.frame_stack and the "
                            "input's dtype and shape must fit it)") from None
     return k, spec, card.inputs[0]
+
+
+@dataclass
+class EpisodeStep:
+    """What :meth:`EpisodeStore.observe` made of one request: the model input (the frame stack)
+    and the episode context its decision logs, fixed when the frames were stacked.
+
+    ``entry`` is this step's ``[step, observation, action]`` in its episode's frames (the action
+    :meth:`EpisodeStore.decided` records); ``previous`` is the entry of the step before it, if the
+    state held it then. The previous action is read from ``previous`` when the step is decided:
+    a previous step in the same batch is decided just before it (process_batch decides in record
+    order), one of an earlier batch was decided then. Neither depends on what later steps of the
+    batch did to the state (trimmed its frames, or ended the episode).
+    """
+
+    input: np.ndarray
+    state: EpisodeState | None = None  # None: a request of no episode
+    entry: list[Any] | None = None
+    previous: list[Any] | None = None
+    steps_seen: int = 0  # as of this step (a replay reports what its first answer reported)
+    replay: bool = False
 
 
 class EpisodeStore:
@@ -257,12 +326,15 @@ class EpisodeStore:
     ``state_topic=None`` keeps state in memory only (a shadow consumer must not write the live
     consumer's keys). ``load_states()`` returns the state topic's records (from the beginning),
     an iterable read as it goes: restore keeps the latest record per key, not the log.
+    ``replay_window``: the steps of one episode a crash can make it answer again (the
+    consumer's ``max_in_flight_batches``): it keeps the frames to answer each the same.
     """
 
     def __init__(self, card: ModelCard, state_topic: str | None,
                  load_states: Callable[[], Iterable[Record]] | None = None, ttl_s: float = DEFAULT_TTL_S,
                  clock: Callable[[], float] = time.time, max_step_gap: int = MAX_STEP_GAP,
-                 max_state_bytes: int = MAX_STATE_BYTES, max_live_episodes: int = MAX_LIVE_EPISODES) -> None:
+                 max_state_bytes: int = MAX_STATE_BYTES, max_live_episodes: int = MAX_LIVE_EPISODES,
+                 replay_window: int = DEFAULT_REPLAY_WINDOW) -> None:
         if type(max_live_episodes) is not int or max_live_episodes < 1:
             raise ValueError(f"max_live_episodes={max_live_episodes!r} must be an integer >= 1")
         if type(max_step_gap) is not int or max_step_gap < 0:
@@ -270,9 +342,16 @@ class EpisodeStore:
         if type(max_state_bytes) is not int or not MIN_STATE_BYTES <= max_state_bytes <= MAX_STATE_BYTES:
             raise ValueError(f"max_state_bytes={max_state_bytes!r} must be an integer from {MIN_STATE_BYTES} "
                              f"to {MAX_STATE_BYTES}")
+        if type(replay_window) is not int or not 1 <= replay_window <= MAX_IN_FLIGHT_BATCHES:
+            raise ValueError(f"replay_window={replay_window!r} must be an integer from 1 to {MAX_IN_FLIGHT_BATCHES}")
         self.max_step_gap, self.max_state_bytes, self.max_live_episodes = max_step_gap, max_state_bytes, max_live_episodes
+        self.model = card.name
         self.k, self.spec, self.input_spec = _servable_frames(card)
-        self.keep = max(self.k, 2)  # frames kept: a stack, and the previous step's action for a replay
+        # Frames kept: for each of the newest replay_window steps (the ones a crash can make the
+        # consumer answer again) its stack's k - 1 frames before it, or the step before it (whose
+        # action its context logs) when k = 1.
+        self.replay_window = replay_window
+        self.keep = max(self.k, 2) - 1 + replay_window
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
         self.states: dict[str, EpisodeState] = {}  # least recently stepped first (a step moves its episode last)
         self._dirty: set[str] = set()
@@ -283,54 +362,89 @@ class EpisodeStore:
         self.evicted = 0  # episodes ended to keep at most max_live_episodes
         self.restarted = 0  # episodes that went on from a step below their next step they did not hold
         self._evicted_since_checkpoint = 0
-        # Kafka clients swallow exceptions of rebalance callbacks; a failed restore is kept and
-        # raised by the next observe(), so the consumer stops loudly instead of resetting episodes.
-        self._restore_error: Exception | None = None
+        # Request partitions whose restore failed, with the error. The Kafka clients run restore
+        # inside a rebalance callback; it keeps the error here and process_batch raises it
+        # (check_restored) before the next batch, so the consumer stops loudly, nothing of that
+        # batch committed, instead of answering those partitions' episodes from no state. A later
+        # restore of the same partitions that succeeds (or their revocation) clears it.
+        self._unrestored: dict[int, BaseException] = {}
+
+    @property
+    def restore_error(self) -> BaseException | None:
+        """The error of a failed restore of partitions this consumer still owns, if any."""
+        return next(iter(self._unrestored.values()), None)
+
+    def check_restored(self) -> None:
+        """Raise :class:`~auditstream.errors.EpisodeStateNotRestored` while a failed restore stands."""
+        if self._unrestored:
+            error = self.restore_error
+            raise EpisodeStateNotRestored(self.state_topic, sorted(self._unrestored), repr(error)) from error
 
     # -- the request path (called by serving.consumer.process_batch, in record order)
 
-    def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int) -> np.ndarray:
-        """The model input for this step (the frame stack), recording the observation."""
-        if self._restore_error is not None:
-            raise RuntimeError(f"episode state was not restored: {self._restore_error!r}") from self._restore_error
+    def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int) -> EpisodeStep:
+        """The model input for this step (the frame stack) and its episode context, recording the
+        observation. Raises DecodeError for a request it refuses (the state stays as it was, but
+        for a ``too_large`` step, which ends the episode)."""
+        self.check_restored()
         key = request.episode_key
         if key is None:
-            return self._stack([frame])
+            return EpisodeStep(self._stack([frame]))
+        if request.step is None:  # a redelivery of it could not be told from the next step
+            raise DecodeError(Reason.BAD_SCHEMA.value,
+                              f"request of episode {short_repr(key)} has no 'step': a policy's episode steps are "
+                              "numbered (0, 1, ...), so that a redelivered step is answered again, not counted twice")
         state = self.states.get(key)
-        expected = 0 if state is None else state.next_step
-        step = expected if request.step is None else _checked_step(request.step, key, expected, self.max_step_gap)
+        step = _checked_step(request.step, key, None if state is None else state.next_step, self.max_step_gap)
         # A replay is a step the state holds (a redelivery after a crash between the flush and the
         # commit). A step below next_step that it does not hold is older than its kept frames, or
         # the state is not this driver's (another writer's record, a jump): the driver's step wins
         # and the episode goes on from it, as after a lost state -- else every real step would be
         # taken for a replay and the episode would freeze.
-        replay = state is not None and step < state.next_step and any(s == step for s, _, _ in state.frames)
-        if not replay:  # a new step: would the state still fit its topic?
-            fresh = state is None or step < state.next_step
-            kept = ([] if fresh else state.frames[-(self.keep - 1):]) + [[step, frame, None]]  # type: ignore[union-attr]
-            size = state_bytes_bound(key, [obs for _, obs, _ in kept])
-            if size > self.max_state_bytes:
-                self._end_oversized(key, f"with step {step} its state would take up to {size} bytes")
-                raise DecodeError(Reason.TOO_LARGE.value,
-                                  f"episode {short_repr(key)}: with this step's frame its state would take up to "
-                                  f"{size} bytes, over max_state_bytes={self.max_state_bytes} (what the "
-                                  f"episode-state topic takes); the episode is ended, its next step starts it afresh")
+        if state is not None and step < state.next_step:
+            entry = next((e for e in state.frames if e[0] == step), None)
+            if entry is not None:  # a replay: answered from the kept frames, the state does not move
+                held = [e for e in state.frames if e[0] < step]
+                return EpisodeStep(self._stacked(key, step, held, frame), state, entry, _before(held, step),
+                                   self._seen_as_of(state, step), replay=True)
+        fresh = state is None or step < state.next_step
+        held = [] if fresh else state.frames[-(self.keep - 1):]  # type: ignore[union-attr]
+        stacked = self._stacked(key, step, held, frame)  # before anything moves: a refused step leaves no trace
+        entry = [step, frame, None]
+        size = state_bytes_bound(key, [obs for _, obs, _ in held] + [frame], self.model)
+        if size > self.max_state_bytes:  # would the state still fit its topic?
+            self._end_oversized(key, f"with step {step} its state would take up to {size} bytes")
+            raise DecodeError(Reason.TOO_LARGE.value,
+                              f"episode {short_repr(key)}: with this step's frame its state would take up to "
+                              f"{size} bytes, over max_state_bytes={self.max_state_bytes} (what the "
+                              f"episode-state topic takes); the episode is ended, its next step starts it afresh")
         if state is None:  # only once the step is accepted: a refused record leaves no trace
             while len(self.states) >= self.max_live_episodes:
                 self._evict(next(iter(self.states)))
-            state = self.states[key] = EpisodeState(key, partition)
-        elif not replay and step < state.next_step:
+            state = self.states[key] = EpisodeState(key, partition, model=self.model)
+        elif fresh:
             self._restart(state, step)
-        before = [obs for s, obs, _ in state.frames if s < step] if replay else [obs for _, obs, _ in kept[:-1]]
-        stacked = self._stack(before[-(self.k - 1):] + [frame] if self.k > 1 else [frame])
-        if not replay:  # a replay leaves the state as it is
-            state.frames = kept
-            state.steps_seen += 1
-            state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
-            self.states[key] = self.states.pop(key)  # the most recently stepped goes last
-            self._dirty.add(key)
-            self._ended.discard(key)
-        return stacked
+        state.frames = held + [entry]
+        state.steps_seen += 1
+        state.next_step, state.partition, state.updated_at_s = step + 1, partition, self.clock()
+        self.states[key] = self.states.pop(key)  # the most recently stepped goes last
+        self._dirty.add(key)
+        self._ended.discard(key)
+        return EpisodeStep(stacked, state, entry, _before(held, step), state.steps_seen)
+
+    def _stacked(self, key: str, step: int, held: list[list[Any]], frame: np.ndarray) -> np.ndarray:
+        """The stack of ``frame`` after the held frames before it; DecodeError ``bad_input`` when
+        their shapes differ (a dynamic frame dimension that changed within the episode)."""
+        if self.k == 1:
+            return frame
+        before = [obs for _, obs, _ in held[-(self.k - 1):]]
+        if before and before[-1].shape != frame.shape:  # the kept frames share one shape (restore checks it)
+            raise DecodeError(Reason.BAD_INPUT.value,
+                              f"episode {short_repr(key)}: the observation of step {step} is {list(frame.shape)}, "
+                              f"its previous frames {list(before[-1].shape)}; frames stacked together "
+                              f"(frame_stack={self.k}) must have one shape: keep an episode's observations "
+                              "in one shape, or start a new episode for another")
+        return self._stack(before + [frame])
 
     def _restart(self, state: EpisodeState, step: int) -> None:
         """Go on from ``step`` (below ``state.next_step``, a step the state does not hold): no
@@ -352,34 +466,30 @@ class EpisodeStore:
         self.evicted += 1
         self._evicted_since_checkpoint += 1
 
-    def decided(self, request: InferenceRequest, action: int) -> dict[str, Any]:
-        """Record the action of a step; returns the episode context logged with the decision."""
-        state = self.states.get(request.episode_key or "")
-        if state is None:
+    def decided(self, step: EpisodeStep, action: int) -> dict[str, Any]:
+        """Record the action of an observed step; returns the episode context logged with its
+        decision (``{}`` for a request of no episode)."""
+        state, entry = step.state, step.entry
+        if state is None or entry is None:
             return {}
-        step = state.next_step - 1 if request.step is None else _checked_step(
-            request.step, state.episode_key, state.next_step, self.max_step_gap)
-        actions = {s: a for s, _, a in state.frames}
-        for entry in state.frames:
-            if entry[0] == step and entry[2] is None:
-                entry[2] = action
+        if entry[2] is None:  # a replay's entry holds its first answer's action already
+            entry[2] = action
+            if self.states.get(state.episode_key) is state:  # not ended since (an episode_end in its batch)
                 self._dirty.add(state.episode_key)
-        if step == state.next_step - 1:
+        if state.frames and state.frames[-1] is entry:
             state.last_action = action
-        return {"steps_seen": self._seen_as_of(state, step), "previous_action": actions.get(step - 1)}
+        return {"steps_seen": step.steps_seen, "previous_action": None if step.previous is None else step.previous[2]}
 
     @staticmethod
     def _seen_as_of(state: EpisodeState, step: int) -> int:
-        """The steps seen up to ``step`` (a replay reports what its first answer reported): all seen
-        less those seen after it -- its kept frames after it, and for a step older than every kept
-        frame (its batch's later steps were observed first) the steps in between, consecutive.
-        At least 1: ``step`` itself was seen, whatever a restored state's numbers say."""
-        after = [s for s, _, _ in state.frames if s > step]
-        between = after[0] - step - 1 if after and len(after) == len(state.frames) else 0
-        return max(1, state.steps_seen - len(after) - between)
+        """The steps seen up to ``step``, a step the state holds (a replay reports what its first
+        answer reported): all seen less its kept frames after it. At least 1: ``step`` itself
+        was seen, whatever a restored state's numbers say."""
+        return max(1, state.steps_seen - sum(1 for s, _, _ in state.frames if s > step))
 
     def end(self, request: InferenceRequest) -> None:
         """The episode ended: forget it; the next checkpoint writes its tombstone."""
+        self.check_restored()
         if request.episode_key is not None:
             self.states.pop(request.episode_key, None)
             self._dirty.discard(request.episode_key)
@@ -406,11 +516,7 @@ class EpisodeStore:
 
     def checkpoint_outputs(self, offsets: dict[TopicPartition, int] | None = None) -> list[Output]:
         """Snapshots of changed episodes and tombstones of ended or idle ones (before the commit)."""
-        now = self.clock()
-        for key in [k for k, s in self.states.items() if k not in self._dirty and now - s.updated_at_s > self.ttl_s]:
-            log.info("episode %s idle for %.0f s: dropping its state", key, now - self.states[key].updated_at_s)
-            del self.states[key]
-            self._ended.add(key)
+        self._expire_idle(self.clock())
         if self._evicted_since_checkpoint:
             log.warning("%d episodes ended since the last checkpoint to keep at most max_live_episodes=%d in memory "
                         "(the least recently stepped; their next steps start them afresh)",
@@ -430,6 +536,22 @@ class EpisodeStore:
             outputs.append(Output(self.state_topic, key.encode(), value))
         return outputs + [Output(self.state_topic, k.encode(), None) for k in sorted(ended)]
 
+    def _expire_idle(self, now: float) -> None:
+        """Drop the episodes nobody stepped for ``ttl_s``. ``states`` is least recently stepped
+        first, so the scan stops at the first episode that is not idle: the cost is the episodes
+        expired, not the episodes live. (An adopted state's time is its writer's clock: one
+        behind a more recent episode expires when that one does, never sooner than ``ttl_s``.)"""
+        idle = []
+        for key, state in self.states.items():
+            if now - state.updated_at_s <= self.ttl_s:
+                break
+            if key not in self._dirty:
+                idle.append(key)
+        for key in idle:
+            log.info("episode %s idle for %.0f s: dropping its state", key, now - self.states[key].updated_at_s)
+            del self.states[key]
+            self._ended.add(key)
+
     def restore(self, partitions: list[TopicPartition]) -> None:
         """Adopt the episodes of newly assigned request partitions from the state topic."""
         owned = {p for _, p in partitions}
@@ -446,9 +568,10 @@ class EpisodeStore:
                     latest.pop(record.key, None)
                 else:
                     latest[record.key] = record  # later records win
-        except Exception as e:  # noqa: BLE001 - raised from observe(), see __init__
-            log.error("reading the episode-state topic failed: %r", e)
-            self._restore_error = e
+        except Exception as e:  # noqa: BLE001 - raised by the next batch, see __init__
+            log.error("reading the episode-state topic %s failed, the consumer stops at its next batch: %r",
+                      self.state_topic, e)
+            self._unrestored.update(dict.fromkeys(owned, e))
             return
         now, found = self.clock(), []
         for key, record in latest.items():
@@ -476,13 +599,16 @@ class EpisodeStore:
         merged.update(self.states)  # episodes already live here were stepped more recently than any record
         self.states = merged
         self.restored += len(adopted)
+        for p in owned:  # these partitions' state is here now
+            self._unrestored.pop(p, None)
         log.info("restored %d episodes for partitions %s", len(adopted), sorted(owned))
 
     def _adoptable(self, key: bytes, value: bytes, now: float) -> EpisodeState:
         """The state in ``value``, if this consumer can serve from it; ValueError says why not."""
         state = EpisodeState.from_bytes(value, self.max_state_bytes)
-        if len(state.frames) > self.keep:
-            raise ValueError(f"{len(state.frames)} frames, more than the {self.keep} this model's consumer keeps")
+        if state.model != self.model:  # its own topic holds only its model's, unless misconfigured
+            raise ValueError(f"is a state of model {short_repr(state.model)}, not of {short_repr(self.model)} "
+                             "(this consumer's)")
         if state.episode_key.encode("utf-8") != key:  # its tombstone would not remove it
             raise ValueError(f"holds episode {short_repr(state.episode_key)} under another key")
         dtype, shape = np.dtype(self.spec.dtype), self.spec.shape[1:]  # what prepare_input makes of a step
@@ -491,9 +617,14 @@ class EpisodeStore:
             if obs.dtype != dtype or not fits:
                 raise ValueError(f"the frame of step {step} is {obs.dtype} {list(obs.shape)}; this model's frames are "
                                  f"{dtype} {shape} (without the batch axis)")
+            if self.k > 1 and obs.shape != state.frames[-1][1].shape:  # stacked together: one shape
+                raise ValueError(f"the frame of step {step} is {list(obs.shape)}, the newest "
+                                 f"{list(state.frames[-1][1].shape)}: frames stacked together have one shape")
         if state.updated_at_s > now + self.ttl_s:
             raise ValueError(f"updated_at_s={state.updated_at_s} is more than ttl_s={self.ttl_s} ahead of this "
                              f"consumer's clock ({now}): it would not expire")
+        # A writer with a larger replay window kept more frames: the newest are what this one needs.
+        state.frames = state.frames[-self.keep:]
         return state
 
     def _skip(self, record: Record, why: str) -> None:
@@ -503,6 +634,13 @@ class EpisodeStore:
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions were revoked (and checkpointed): their episodes now belong to another consumer."""
         gone = {p for _, p in partitions}
+        for p in gone:  # no longer this consumer's to restore
+            self._unrestored.pop(p, None)
         for key in [k for k, s in self.states.items() if s.partition in gone]:
             del self.states[key]
             self._dirty.discard(key)
+
+
+def _before(held: list[list[Any]], step: int) -> list[Any] | None:
+    """The entry of the step before ``step`` among ``held`` (the frames before it), if held."""
+    return held[-1] if held and held[-1][0] == step - 1 else None

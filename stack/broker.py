@@ -2,8 +2,8 @@
 on a loopback port, for the demo, the tests and one-machine use.
 
 ``start`` launches ``tansu broker`` detached from the caller, waits until it answers a metadata
-request, creates the topics (:func:`auditstream.topics.all_topics`; the episode-state topic
-compacted) and writes ``<state_dir>/broker.json``, which :func:`resolve_bootstrap` reads when
+request, creates the topics (:func:`auditstream.topics.all_topics`: each model's
+``requests.<model>`` and ``episode-state.<model>``, the latter and the shared state topics compacted) and writes ``<state_dir>/broker.json``, which :func:`resolve_bootstrap` reads when
 ``AUDITSTREAM_BOOTSTRAP_SERVERS`` is empty. A real Kafka cluster replaces all of this by setting
 that variable (docs/serving.md, "Managed Kafka").
 

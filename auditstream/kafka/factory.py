@@ -159,10 +159,10 @@ def ensure_model_topics(settings: Settings, models: list[str] | tuple[str, ...],
                         bootstrap: str | None = None) -> list[str]:
     """Every topic auditstream uses for ``models`` (:func:`auditstream.topics.all_topics`), the
     compacted ones compacted; returns the names created. Idempotent."""
-    from auditstream.topics import COMPACTED_TOPICS, all_topics
+    from auditstream.topics import all_topics, compacted_topics
 
-    return ensure_topics(settings, all_topics(settings, list(models)),
-                         tuple(settings.topic(t) for t in COMPACTED_TOPICS), bootstrap)
+    return ensure_topics(settings, all_topics(settings, list(models)), tuple(compacted_topics(settings, models)),
+                         bootstrap)
 
 
 _crc_checked = False  # warn once per process

@@ -46,7 +46,7 @@ def test_the_compose_topics_are_created_as_ensure_topics_creates_them() -> None:
     # Every topic auditstream uses, each with the configs auditstream would give it: a request
     # topic the broker's limit, the others auditstream's largest record (a dead letter).
     from auditstream.kafka.factory import _topic_configs
-    from auditstream.topics import COMPACTED_TOPICS, SHARED_TOPICS
+    from auditstream.topics import COMPACTED_TOPICS, SHARED_TOPICS, model_topics
 
     text = (DEPLOY / "kafka" / "docker-compose.yml").read_text()
     settings = Settings()
@@ -54,11 +54,13 @@ def test_the_compose_topics_are_created_as_ensure_topics_creates_them() -> None:
     for names, options in re.findall(r"for t in ([^;]+); do\n\s+\$\$k [^\n]*?--create((?:[^\n\\]|\\\n)*)", text):
         configs = dict(c.split("=", 1) for c in re.findall(r"--config (\S+)", options))
         made.update({f"auditstream.{t}": configs for t in names.split()})
+    # a policy model's own state topic besides its requests (the others are not policies)
     expected = [settings.topic(t) for t in SHARED_TOPICS + COMPACTED_TOPICS] + \
-        [settings.request_topic(m) for m in ("digits", "zip-reader")]
+        [settings.request_topic(m) for m in ("digits", "zip-reader")] + model_topics(settings, "policy-cartpole-v1")
+    compacted = {settings.topic(t) for t in COMPACTED_TOPICS} | {settings.episode_state_topic("policy-cartpole-v1")}
     assert sorted(made) == sorted(expected)
     for topic in expected:
-        assert made[topic] == _topic_configs(settings, topic, topic in {settings.topic(t) for t in COMPACTED_TOPICS}), topic
+        assert made[topic] == _topic_configs(settings, topic, topic in compacted), topic
 
 
 def _containers() -> dict[str, tuple[dict, dict]]:

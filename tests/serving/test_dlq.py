@@ -29,7 +29,7 @@ def letter(offset: int, reason: str, source: str, value: bytes | None = b"v") ->
 @pytest.mark.parametrize(("topic", "ok"), [
     ("acme.requests.zip-reader", True), ("acme.requests.tiny", True), ("acme.audit", True),
     ("acme.predictions", True), ("acme.control", False), ("acme.verdicts", False), ("acme.decisions", False),
-    ("acme.episode-state", False), ("acme.requests.", False), ("acme.requests.a.b", False),
+    ("acme.episode-state", False), ("acme.episode-state.tiny", False), ("acme.requests.", False), ("acme.requests.a.b", False),
     ("other.requests.tiny", False), ("acme.requests.Tiny", False), ("acme.dead-letter", False),
 ])
 def test_only_request_and_monitor_input_topics_are_replayable(topic, ok) -> None:

@@ -22,11 +22,12 @@ from auditstream.errors import DecodeError
 from auditstream.kafka import Record
 from auditstream.wire import InferenceRequest
 from auditstream.wire.tensors import encode_tensor
-from serving.episodes import EpisodeState, EpisodeStore
+from serving.episodes import DEFAULT_REPLAY_WINDOW, EpisodeState, EpisodeStore
 from tests.auditstream.test_wire_fuzz import FUZZ
 from tests.serving.tiny_policy import policy_card
 
 K, D, GAP = 3, 4, 50  # frames stacked, observation width, max_step_gap of the stores below
+KEEP = max(K, 2) - 1 + DEFAULT_REPLAY_WINDOW  # frames a store keeps
 KEY, PARTITION, NOW = "ep", 3, 1.0e9
 INT64 = 2**63 - 1
 
@@ -47,7 +48,7 @@ def obs_of(step: int, salt: int = 0) -> np.ndarray:
 
 def state_record(next_step: int, steps_seen: int, frame_steps: list[int]) -> bytes:
     frames = [[s, encode_tensor(obs_of(s, salt=7)), 0] for s in frame_steps]  # another writer's observations
-    return json.dumps({"v": 1, "episode_key": KEY, "partition": PARTITION, "next_step": next_step,
+    return json.dumps({"v": 1, "model": "stacked", "episode_key": KEY, "partition": PARTITION, "next_step": next_step,
                        "steps_seen": steps_seen, "last_action": None, "frames": frames,
                        "updated_at_s": NOW - 1}).encode()
 
@@ -58,10 +59,10 @@ def test_the_reported_state_is_refused_or_cannot_freeze_the_episode() -> None:
     store = store_restored(state_record(10**15, 0, []))
     for step in range(3):
         stacked = store.observe(request(step), obs_of(step), PARTITION)
-        context = store.decided(request(step), 1)
+        context = store.decided(stacked, 1)
         assert store.states[KEY].next_step == step + 1 and context["steps_seen"] == step + 1
         expected = [obs_of(max(0, s)) for s in range(step - K + 1, step + 1)]
-        np.testing.assert_array_equal(stacked, np.concatenate(expected))
+        np.testing.assert_array_equal(stacked.input, np.concatenate(expected))
     assert store.restarted == 1 and len(store.checkpoint_outputs({})) == 1  # the state moved: its snapshot is written
 
 
@@ -80,18 +81,20 @@ def test_a_state_whose_numbers_do_not_fit_its_frames_is_refused(next_step, steps
 
 def test_a_redelivered_step_older_than_the_kept_frames_goes_on_from_it() -> None:
     """A driver that does not wait for its actions may have more steps in flight than the state
-    keeps frames: after a crash the oldest come back below every kept frame. The episode goes
-    on from them (the steps after come back too, each a new step again, with the true stack) and
-    counts its steps as if consecutive."""
+    keeps frames (its replay window): after a crash the oldest come back below every kept frame.
+    The episode goes on from them (the steps after come back too, each a new step again, with the
+    true stack) and counts its steps as if consecutive."""
     store = EpisodeStore(policy_card("stacked", K * D, frame_stack=K), None, clock=lambda: NOW)
+    assert store.keep == KEEP == 4
     for step in range(10):
         store.observe(request(step), obs_of(step), PARTITION)
-    for step in range(5, 10):  # redelivered: 5 and 6 are older than the kept frames 7, 8, 9
+    for step in range(4, 10):  # redelivered: 4 and 5 are older than the kept frames 6, 7, 8, 9
         stacked = store.observe(request(step), obs_of(step), PARTITION)
-        assert store.decided(request(step), 0)["steps_seen"] == step + 1
-        assert store.states[KEY].next_step == step + 1  # from 5 on, each a new step again
-        if step >= 7:  # 5 and 6 came back first: the stack holds the driver's frames again
-            np.testing.assert_array_equal(stacked, np.concatenate([obs_of(s) for s in range(step - K + 1, step + 1)]))
+        assert store.decided(stacked, 0)["steps_seen"] == step + 1
+        assert store.states[KEY].next_step == step + 1  # from 4 on, each a new step again
+        if step >= 6:  # 4 and 5 came back first: the stack holds the driver's frames again
+            np.testing.assert_array_equal(stacked.input,
+                                          np.concatenate([obs_of(s) for s in range(step - K + 1, step + 1)]))
     assert store.restarted == 1
 
 
@@ -108,7 +111,7 @@ any_step = steps_near | st.integers(0, INT64)
 @st.composite
 def consistent_states(draw) -> tuple[int, int, list[int]]:
     """What the consumer writes (next_step follows the newest frame), at any step numbers."""
-    frames = sorted(set(draw(st.lists(any_step, max_size=K + 1))))[-max(K, 2):]
+    frames = sorted(set(draw(st.lists(any_step, max_size=KEEP + 1))))[-KEEP:]
     next_step = frames[-1] + 1 if frames else draw(any_step)
     if next_step > INT64:
         frames, next_step = frames[:-1], frames[-1]  # (as an int64 can hold it)
@@ -116,12 +119,12 @@ def consistent_states(draw) -> tuple[int, int, list[int]]:
 
 
 # A consistent state, or anything from_bytes may or may not accept.
-states = consistent_states() | st.tuples(any_step, any_step, st.lists(any_step, max_size=K + 1))
+states = consistent_states() | st.tuples(any_step, any_step, st.lists(any_step, max_size=KEEP + 1))
 
 
 def assert_a_state_the_consumer_can_write(state: EpisodeState) -> None:
     steps = [s for s, _, _ in state.frames]
-    assert steps == sorted(set(steps)) and 1 <= len(steps) <= max(K, 2)
+    assert steps == sorted(set(steps)) and 1 <= len(steps) <= KEEP
     assert steps[-1] == state.next_step - 1 and len(steps) <= state.steps_seen <= state.next_step
     EpisodeState.from_bytes(state.to_bytes())  # its snapshot is one a restore adopts
 
@@ -147,12 +150,12 @@ def test_after_any_restored_state_every_step_it_does_not_hold_moves_the_episode(
         else:  # a step the state did not hold: the state and the stack moved to it
             assert state.next_step == step + 1 and state.frames[-1][0] == step
             np.testing.assert_array_equal(state.frames[-1][1], obs)
-        np.testing.assert_array_equal(stacked[-D:], obs)
-        assert store.decided(InferenceRequest(f"r{i}", "stacked", obs, NOW, KEY, step), 1)["steps_seen"] >= 1
+        np.testing.assert_array_equal(stacked.input[-D:], obs)
+        assert store.decided(stacked, 1)["steps_seen"] >= 1
         assert_a_state_the_consumer_can_write(state)
     # a driver that then steps in order gets the true stack of its last K observations: no freeze
     start = store.states[KEY].next_step if KEY in store.states else 0
     for step in range(start, start + K):
         stacked = store.observe(InferenceRequest(f"t{step}", "stacked", obs_of(step), NOW, KEY, step), obs_of(step),
                                 PARTITION)
-    np.testing.assert_array_equal(stacked, np.concatenate([obs_of(s) for s in range(start, start + K)]))
+    np.testing.assert_array_equal(stacked.input, np.concatenate([obs_of(s) for s in range(start, start + K)]))

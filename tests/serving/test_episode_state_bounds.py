@@ -54,8 +54,8 @@ def many_frames(n: int) -> bytes:
 
 # Records the old restore adopted.
 ADOPTED_BEFORE = {
-    "30k frames, 2.6 MB (the store keeps 3)": many_frames(30_000),
-    "4 frames (the store keeps 3)": many_frames(4),
+    "30k frames, 2.6 MB (MAX_STATE_FRAMES: 2,023)": many_frames(30_000),
+    "MAX_STATE_FRAMES + 1 frames": many_frames(MAX_STATE_FRAMES + 1),
     "frames out of order": json.dumps(state_obj(frames=frames_obj([1, 0]))).encode(),
     "a step twice": json.dumps(state_obj(frames=frames_obj([1, 1]))).encode(),
     "a megabyte in an unknown field": json.dumps(state_obj(junk="x" * 1_000_000)).encode(),
@@ -73,7 +73,7 @@ def test_a_state_over_the_bounds_is_skipped_and_the_others_adopted(name, caplog)
 
 
 def test_a_record_over_max_state_bytes_is_skipped_before_it_is_parsed(monkeypatch) -> None:
-    big = EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D, np.float32), None]], NOW).to_bytes() + b" " * 5000
+    big = EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D, np.float32), None]], NOW, model="stacked").to_bytes() + b" " * 5000
     parsed: list[int] = []
     import serving.episodes as episodes
 
@@ -139,7 +139,7 @@ def test_whatever_restore_adopts_is_within_the_bounds(frames, next_step, steps_s
         store = store_over([Record(TOPIC, 0, 0, b"x", json.dumps(obj).encode()),
                             Record(TOPIC, 0, 1, b"ep-good", good_state().to_bytes())], max_state_bytes=max_state_bytes)
         store.restore(OWNED)
-    assert store._restore_error is None and "ep-good" in store.states
+    assert store.restore_error is None and "ep-good" in store.states
     assert store.restored + store.skipped == 2
     for state in store.states.values():
         steps = [f[0] for f in state.frames]
@@ -156,13 +156,13 @@ big = st.integers(0, 2**63 - 1)
 
 @FUZZ
 @given(key=keys, obs=st.lists(observations, max_size=4), numbers=st.tuples(big, big, big),
-       last=st.none() | big, when=st.floats(0.0, 1.7e308))
-def test_the_size_bound_holds_for_any_state(key, obs, numbers, last, when) -> None:
+       last=st.none() | big, when=st.floats(0.0, 1.7e308), model=keys)
+def test_the_size_bound_holds_for_any_state(key, obs, numbers, last, when, model) -> None:
     """The bound observe checks without encoding is never below the encoded record."""
     partition, next_step, steps_seen = numbers
     frames = [[i, o, last] for i, o in enumerate(obs)]
-    state = EpisodeState(key, partition, next_step, steps_seen, last, frames, when)
-    assert len(state.to_bytes()) <= state_bytes_bound(key, obs)
+    state = EpisodeState(key, partition, next_step, steps_seen, last, frames, when, model=model)
+    assert len(state.to_bytes()) <= state_bytes_bound(key, obs, model)
 
 
 # -- what the consumer writes
@@ -209,7 +209,7 @@ def test_the_checkpoint_never_writes_a_snapshot_over_the_bound(monkeypatch) -> N
     """Should the bound observe checks ever be wrong, the encoded record is checked again."""
     import serving.episodes as episodes
 
-    monkeypatch.setattr(episodes, "state_bytes_bound", lambda key, frames: 0)
+    monkeypatch.setattr(episodes, "state_bytes_bound", lambda key, frames, model="": 0)
     store = wide_store()
     for step in range(3):
         store.observe(wide_request(step), np.zeros(W, np.float32), 3)
@@ -281,7 +281,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
                                    state_dir=tmp_path / "state")
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(settings.topic(T.EPISODE_STATE), settings.partitions, 1,
+        admin.create_topics([NewTopic(settings.episode_state_topic("wide"), settings.partitions, 1,
                                       topic_configs={"max.message.bytes": str(limit), "cleanup.policy": "compact"})])
     finally:
         admin.close()
@@ -290,7 +290,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
     ensure_model_topics(settings, ["wide"])
     producer = make_producer(settings)
     reader = make_reader(settings, [settings.topic(T.ACTIONS), settings.topic(T.DEAD_LETTER),
-                                    settings.topic(T.EPISODE_STATE)])
+                                    settings.episode_state_topic("wide")])
     app = None
     try:
         app = ServeApp(settings, model, ServeMetrics("wide", CollectorRegistry()), use_control=False)
@@ -321,7 +321,7 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
         assert app.episodes.ended_oversized == 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(r.value is None for r in states):
-            states += [r for r in reader.poll(100, 100) if r.topic == settings.topic(T.EPISODE_STATE)]
+            states += [r for r in reader.poll(100, 100) if r.topic == settings.episode_state_topic("wide")]
         assert any(r.value is None for r in states), "no tombstone for the ended episode"
         assert all(r.value is None or len(r.value) <= app.episodes.max_state_bytes for r in states)
     finally:

@@ -41,7 +41,8 @@ def store_over(records: list[Record], **kwargs) -> EpisodeStore:
 
 
 def good_state(key: str = "ep-good") -> EpisodeState:
-    return EpisodeState(key, 3, 2, 2, 1, [[0, np.zeros(D, np.float32), 0], [1, np.ones(D, np.float32), 1]], NOW - 5)
+    return EpisodeState(key, 3, 2, 2, 1, [[0, np.zeros(D, np.float32), 0], [1, np.ones(D, np.float32), 1]], NOW - 5,
+                        model="stacked")
 
 
 def state_obj(**changes) -> dict:
@@ -64,7 +65,7 @@ def restore_bad_then_good(bad: bytes, bad_key: bytes = b"x") -> EpisodeStore:
 
 def assert_only_the_good_one_adopted(store: EpisodeStore) -> None:
     assert set(store.states) == {"ep-good"} and store.restored == 1
-    assert store._restore_error is None  # the consumer keeps serving
+    assert store.restore_error is None  # the consumer keeps serving
     assert store.states["ep-good"].to_bytes() == good_state().to_bytes()
 
 
@@ -94,10 +95,14 @@ OTHERS = {
 
 # Well-formed states this consumer still must not adopt.
 UNSERVABLE = {
-    "updated_at_s 1e308 (would never expire)": EpisodeState("x", 3, 0, 0, None, [], 1e308).to_bytes(),
-    "a frame of another width": EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D + 1, np.float32), None]], NOW).to_bytes(),
-    "a frame of another dtype": EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D, np.float64), None]], NOW).to_bytes(),
-    "another episode's key": EpisodeState("y", 3, 0, 0, None, [], NOW).to_bytes(),
+    "updated_at_s 1e308 (would never expire)": EpisodeState("x", 3, 0, 0, None, [], 1e308, model="stacked").to_bytes(),
+    "a frame of another width": EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D + 1, np.float32), None]], NOW,
+                                             model="stacked").to_bytes(),
+    "a frame of another dtype": EpisodeState("x", 3, 1, 1, None, [[0, np.zeros(D, np.float64), None]], NOW,
+                                             model="stacked").to_bytes(),
+    "another episode's key": EpisodeState("y", 3, 0, 0, None, [], NOW, model="stacked").to_bytes(),
+    # Two models' consumers once shared one state topic and adopted each other's episodes.
+    "another model's state": EpisodeState("x", 3, 0, 0, None, [], NOW, model="other-policy").to_bytes(),
 }
 
 
@@ -124,7 +129,7 @@ def test_a_nan_time_no_longer_keeps_an_episode_forever() -> None:
 def test_a_state_under_another_episodes_key_cannot_replace_it() -> None:
     """Keyed "zzz" but naming ep-good: adopted, it would overwrite ep-good's state, and neither
     ep-good's tombstone nor its own would ever remove it."""
-    impostor = EpisodeState("ep-good", 3, 40, 40, 0, [], NOW).to_bytes()
+    impostor = EpisodeState("ep-good", 3, 40, 40, 0, [], NOW, model="stacked").to_bytes()
     store = store_over([Record(TOPIC, 0, 0, b"ep-good", good_state().to_bytes()),
                         Record(TOPIC, 0, 1, b"zzz", impostor)])
     store.restore(OWNED)
@@ -151,7 +156,7 @@ def test_a_failure_the_checks_missed_skips_only_its_record(monkeypatch, caplog) 
 
 def restore_never_raises(bad: bytes) -> None:
     store = restore_bad_then_good(bad)
-    assert store._restore_error is None
+    assert store.restore_error is None
     assert store.states["ep-good"].to_bytes() == good_state().to_bytes()
     for state in store.states.values():  # whatever was adopted can be served from and written back
         EpisodeState.from_bytes(state.to_bytes())
@@ -199,7 +204,7 @@ def test_valid_states_round_trip_unchanged(key, partition, steps, actions, updat
     steps = sorted(steps)
     next_step = steps[-1] + 1 if steps else 0
     frames = [[s, np.full(D, s % 7, np.float32), a] for s, a in zip(steps, actions)]
-    state = EpisodeState(key, partition, next_step, len(steps), actions[0], frames, updated_at_s)
+    state = EpisodeState(key, partition, next_step, len(steps), actions[0], frames, updated_at_s, model="stacked")
     again = EpisodeState.from_bytes(state.to_bytes())
     assert (again.episode_key, again.partition, again.next_step, again.steps_seen, again.last_action,
             again.updated_at_s) == (key, partition, next_step, len(steps), actions[0], updated_at_s)
@@ -227,7 +232,7 @@ def test_hostile_state_records_do_not_stop_a_real_policy_consumer(broker, tmp_pa
     app = None
     try:
         for i, value in enumerate(REPORTED.values()):
-            producer.send(settings.topic(T.EPISODE_STATE), f"hostile-{i}".encode(), value)
+            producer.send(settings.episode_state_topic("stacked"), f"hostile-{i}".encode(), value)
         producer.flush(30)
         registry = CollectorRegistry()
         app = ServeApp(settings, model, ServeMetrics(model.card.name, registry), use_control=False)
@@ -241,7 +246,7 @@ def test_hostile_state_records_do_not_stop_a_real_policy_consumer(broker, tmp_pa
             answers = (Action.from_bytes(r.value) for r in reader.poll(100, 100))
             actions = [a for a in answers if a.request_id == "ep-1-s0"]
         assert actions, "the policy consumer gave no action" + ("" if runner.is_alive() else ": it stopped")
-        assert app.episodes.skipped >= len(REPORTED) and app.episodes._restore_error is None
+        assert app.episodes.skipped >= len(REPORTED) and app.episodes.restore_error is None
         skipped = registry.get_sample_value("auditstream_serve_skipped_state_records",
                                             {"model": "stacked", "topic": "episode-state"})
         assert skipped == app.episodes.skipped  # what an operator sees on /metrics

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tests.serving.tiny_policy import cartpole_weights, publish_policy
 
 from auditstream import topics as T
+from auditstream.errors import EpisodeStateNotRestored
 from auditstream.kafka import Record
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
@@ -60,12 +61,13 @@ def test_frame_stack_pads_with_the_first_frame_then_slides(tmp_path: Path) -> No
     obs = [np.full(D, s, np.float32) for s in range(5)]
     for s in range(5):
         got = store.observe(request(s, obs[s]), obs[s], partition=3)
-        np.testing.assert_array_equal(got, expected_stack(obs, s))
-        context = store.decided(request(s, obs[s]), action=s % 2)
+        np.testing.assert_array_equal(got.input, expected_stack(obs, s))
+        context = store.decided(got, action=s % 2)
         assert context == {"steps_seen": s + 1, "previous_action": None if s == 0 else (s - 1) % 2}
     # a replay of the last step gets the same stack and context, and leaves the state alone
-    assert np.array_equal(store.observe(request(4, obs[4]), obs[4], 3), expected_stack(obs, 4))
-    assert store.decided(request(4, obs[4]), 0) == {"steps_seen": 5, "previous_action": 1}
+    replayed = store.observe(request(4, obs[4]), obs[4], 3)
+    assert np.array_equal(replayed.input, expected_stack(obs, 4))
+    assert store.decided(replayed, 0) == {"steps_seen": 5, "previous_action": 1}
     assert store.states["ep-1"].next_step == 5 and store.states["ep-1"].steps_seen == 5
 
 
@@ -85,8 +87,8 @@ def test_checkpoint_writes_changed_states_then_tombstones_ended_and_idle(tmp_pat
 
 def test_restore_adopts_owned_partitions_and_honours_tombstones(tmp_path: Path) -> None:
     card = frame_policy(tmp_path).card
-    states = [EpisodeState("a", 3, 7, 7, 1, [[6, np.ones(D, np.float32), 1]]), EpisodeState("b", 4, 2, 2, 0, []),
-              EpisodeState("c", 3, 9, 9, 0, [])]
+    states = [EpisodeState("a", 3, 7, 7, 1, [[6, np.ones(D, np.float32), 1]], model="stacked"),
+              EpisodeState("b", 4, 2, 2, 0, [], model="stacked"), EpisodeState("c", 3, 9, 9, 0, [], model="stacked")]
     log = [Record("s", 0, i, st.episode_key.encode(), st.to_bytes()) for i, st in enumerate(states)]
     log.append(Record("s", 0, 3, b"c", None))  # c ended
     store = EpisodeStore(card, "s", load_states=lambda: log)
@@ -111,7 +113,7 @@ def test_past_max_live_episodes_the_least_recently_stepped_episode_is_ended(tmp_
     out = store.checkpoint_outputs()
     assert (b"b", None) in [(o.key, o.value) for o in out]  # its tombstone, with this checkpoint
     # b's next step starts it afresh (within max_step_gap), ending the least recently stepped (c)
-    stacked = store.observe(request(1, np.ones(D), key="b"), np.ones(D, np.float32), 3)
+    stacked = store.observe(request(1, np.ones(D), key="b"), np.ones(D, np.float32), 3).input
     np.testing.assert_array_equal(stacked, np.tile(np.ones(D, np.float32), K))
     assert list(store.states) == ["a", "d", "b"] and store.evicted == 2 and store.states["b"].next_step == 2
 
@@ -135,7 +137,8 @@ def test_the_live_episodes_never_exceed_the_bound(steps, bound) -> None:
 
 def test_restore_adopts_the_most_recently_stepped_up_to_the_bound_and_ends_the_rest(tmp_path: Path) -> None:
     card = frame_policy(tmp_path).card
-    states = [EpisodeState(k, 3, 1, 1, 0, [], updated_at_s=t) for k, t in (("old", 10.0), ("new", 30.0), ("mid", 20.0))]
+    states = [EpisodeState(k, 3, 1, 1, 0, [], updated_at_s=t, model="stacked")
+              for k, t in (("old", 10.0), ("new", 30.0), ("mid", 20.0))]
     log = [Record("s", 0, i, s.episode_key.encode(), s.to_bytes()) for i, s in enumerate(states)]
     store = EpisodeStore(card, "s", load_states=lambda: log, max_live_episodes=2, clock=lambda: 40.0)
     store.restore([("t.requests.stacked", 3)])
@@ -154,11 +157,12 @@ def test_restore_folds_the_state_log_as_it_reads_it(tmp_path: Path) -> None:
     def log():  # one-shot, like the topic reader: 1,000 snapshots of 4 episodes, then a tombstone and a re-start
         for i in range(1_000):
             key = f"e{i % 4}"
-            state = EpisodeState(key, 3, i, i, 0, [], updated_at_s=float(i))
+            state = EpisodeState(key, 3, i, i, 0, [], updated_at_s=float(i), model="stacked")
             yield Record("s", 0, i, key.encode(), state.to_bytes() + padding)
         yield Record("s", 0, 1_000, b"e0", None)  # e0 ended ...
         yield Record("s", 0, 1_001, b"e1", None)  # ... and so did e1, which starts again:
-        yield Record("s", 0, 1_002, b"e1", EpisodeState("e1", 3, 7, 7, 0, [], updated_at_s=999.5).to_bytes())
+        yield Record("s", 0, 1_002, b"e1",
+                     EpisodeState("e1", 3, 7, 7, 0, [], updated_at_s=999.5, model="stacked").to_bytes())
 
     store = EpisodeStore(card, "s", load_states=log, clock=lambda: 1_000.0)
     tracemalloc.start()
@@ -178,14 +182,14 @@ def test_a_state_log_that_fails_while_read_stops_the_first_step(tmp_path: Path) 
     card = frame_policy(tmp_path).card
 
     def log():
-        yield Record("s", 0, 0, b"e0", EpisodeState("e0", 3, 1, 1, 0, []).to_bytes())
+        yield Record("s", 0, 0, b"e0", EpisodeState("e0", 3, 1, 1, 0, [], model="stacked").to_bytes())
         raise BrokerUnavailable("127.0.0.1:1", "could not read the topic to its end")
 
     store = EpisodeStore(card, "s", load_states=log, clock=lambda: 40.0)
     store.restore([("t.requests.stacked", 3)])  # kept, not raised: client libraries swallow a callback's exception
     assert store.states == {} and store.restored == 0  # nothing half-read is adopted
     zero = np.zeros(D, np.float32)
-    with pytest.raises(RuntimeError, match="not restored.*could not read"):  # the next step stops the consumer
+    with pytest.raises(EpisodeStateNotRestored, match="not restored.*could not read"):  # the next step stops it
         store.observe(request(0, zero, key="e0"), zero, 3)
 
 
@@ -345,7 +349,7 @@ def test_sigkill_mid_episode_successor_continues_the_episode(broker: Settings, t
         out = session.run(stack)
         want = lookup(card.task).postprocess(card, out)[0].details["action_probs"]
         assert action.details["action_probs"] == want
-    state = [r for r in read_to_end(settings, [settings.topic(T.EPISODE_STATE)]) if r.key == b"ep-1"]
+    state = [r for r in read_to_end(settings, [settings.episode_state_topic(model.card.name)]) if r.key == b"ep-1"]
     assert state and state[-1].value is None  # the episode's end left a tombstone
 
 
@@ -355,5 +359,5 @@ def test_a_failed_restore_stops_the_consumer_instead_of_resetting_episodes(tmp_p
 
     store = EpisodeStore(frame_policy(tmp_path).card, "s", load_states=broken)
     store.restore([("t.requests.stacked", 3)])  # inside a rebalance callback: must not raise there
-    with pytest.raises(RuntimeError, match="not restored"):
+    with pytest.raises(EpisodeStateNotRestored, match="not restored"):
         store.observe(request(0, np.zeros(D)), np.zeros(D, np.float32), 3)

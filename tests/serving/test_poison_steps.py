@@ -112,14 +112,15 @@ def test_a_classifier_step_failing_on_one_record_dead_letters_it_alone(
     _assert_isolated(records, clean, process_batch(records, session, config, NOW), target, reason)
 
 
-def _episode_store_patch(name: str) -> Callable:
-    return lambda mp, target: mp.setattr(EpisodeStore, name, _failing_for(
-        target, getattr(EpisodeStore, name), lambda self, request, *a, **k: request.request_id))
+def _episode_store_patch(name: str, request_id: Callable[..., str] = lambda self, request, *a, **k: request.request_id
+                         ) -> Callable:
+    return lambda mp, target: mp.setattr(EpisodeStore, name, _failing_for(target, getattr(EpisodeStore, name), request_id))
 
 
 POLICY_STEPS = {
     "episode state: observe": _episode_store_patch("observe"),
-    "episode state: decided": _episode_store_patch("decided"),
+    "episode state: decided": _episode_store_patch(  # an observed step: its request's id, as policy_request makes it
+        "decided", lambda self, step, *a, **k: f"{step.state.episode_key}-s{step.entry[0]}"),
     "episode state: end": _episode_store_patch("end"),
     "act": lambda mp, target: mp.setattr(serving.consumer, "_act", _failing_for(
         target, serving.consumer._act, lambda task, answer, request, *a: request.request_id)),

@@ -43,8 +43,8 @@ def test_property_a_card_the_check_accepts_keeps_episode_state_that_round_trips(
     for step in range(2):
         request = InferenceRequest(f"r{step}", "pol", frame, 999.0, episode_key="ep", step=step)
         stacked = store.observe(request, frame, 0)
-        assert stacked.dtype == frame.dtype
-        store.decided(request, 1)
+        assert stacked.input.dtype == frame.dtype
+        store.decided(stacked, 1)
     (output,) = store.checkpoint_outputs({})
     state = EpisodeState.from_bytes(output.value)
     assert state.next_step == 2 and len(state.frames) == 2

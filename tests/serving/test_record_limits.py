@@ -48,11 +48,12 @@ def test_auditstreams_topics_take_its_largest_records_and_request_topics_keep_th
         broker: Settings, tiny_registry, tmp_path, caplog) -> None:
     settings = _fresh(broker, tiny_registry, tmp_path)
     ensure_model_topics(settings, [TINY_MODEL])
-    outputs = [settings.topic(t) for t in (T.PREDICTIONS, T.AUDIT, T.DEAD_LETTER, T.EPISODE_STATE)]
+    outputs = [settings.topic(t) for t in (T.PREDICTIONS, T.AUDIT, T.DEAD_LETTER)] + \
+        [settings.episode_state_topic(TINY_MODEL)]
     request = settings.request_topic(TINY_MODEL)
     configs = _configs(settings, outputs + [request])
     assert all(configs[t]["max.message.bytes"] == str(MAX_PRODUCE_BYTES) for t in outputs)
-    assert configs[settings.topic(T.EPISODE_STATE)]["cleanup.policy"] == "compact"
+    assert configs[settings.episode_state_topic(TINY_MODEL)]["cleanup.policy"] == "compact"
     assert "max.message.bytes" not in configs[request]
     # what serve reads: a topic's own setting, capped at what the clients send; else that cap
     from kafka import KafkaAdminClient

@@ -132,7 +132,7 @@ def test_broker_cli_start_status_stop(tmp_path: Path) -> None:
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        assert {settings.topic(T.PREDICTIONS), settings.request_topic("tiny"), settings.topic(T.EPISODE_STATE)} \
+        assert {settings.topic(T.PREDICTIONS), settings.request_topic("tiny"), settings.episode_state_topic("tiny")} \
             <= set(admin.list_topics())
         admin.close()
     finally:

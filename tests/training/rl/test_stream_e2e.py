@@ -166,12 +166,13 @@ def test_shadow_candidate_acts_on_nothing_and_the_gate_is_recorded(run: Run) -> 
     from training.rl.shadow import PROMOTION_FILE, PromoteArgs, promote
 
     candidate = publish_policy(run.registry, MODEL, cartpole_weights(scale=20.0), threshold=0.7, safe_action=0)
-    before = {name: len(read_to_end(run.settings, [run.settings.topic(name)]))
-              for name in (T.DECISIONS, T.ACTIONS, T.AUDIT, T.EPISODE_STATE)}
+    topics = [run.settings.topic(name) for name in (T.DECISIONS, T.ACTIONS, T.AUDIT)] + \
+        [run.settings.episode_state_topic(MODEL)]
+    before = {topic: len(read_to_end(run.settings, [topic])) for topic in topics}
     record = promote(run.settings, PromoteArgs(candidate=f"{MODEL}:{candidate.card.version}", live=f"{MODEL}:1",
                                                shadow_idle_s=3.0, bootstrap=50),
                      PromotionConfig(min_episodes=4, gamma=0.99))
-    after = {name: len(read_to_end(run.settings, [run.settings.topic(name)])) for name in before}
+    after = {topic: len(read_to_end(run.settings, [topic])) for topic in before}
     assert after == before  # shadow: no decisions, actions, audit items or episode state
     shadow = [p for p in topic(run, T.PREDICTIONS, Prediction) if p.model_version == candidate.card.version]
     requests = sum(run.report.lengths)
