@@ -42,8 +42,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     export.add_argument("--model", default=None, help="only this model (default: all)")
     export.add_argument("--format", choices=("jsonl", "csv", "coco"), default="jsonl",
                         help="file format (default: jsonl); coco: a detector's verdicts as a COCO data set, "
-                             "pixels under images/ beside --out (needs --model)")
-    export.add_argument("--include-gold", action="store_true", help="also export verdicts on gold items")
+                             "pixels in <--out's stem>_images/ beside it (needs --model)")
+    export.add_argument("--include-gold", action="store_true",
+                        help="also export verdicts on gold items (--format coco: gold images, is_gold true, "
+                             "annotated with their known answer)")
     export.add_argument("--store-url", default="", help=store_help)
     export.set_defaults(handler=run_labels_export)
 
@@ -269,7 +271,7 @@ def _export_coco(settings, store, args: argparse.Namespace) -> int:
     from auditstream import tasks
     from auditstream.errors import ConfigError, ModelNotFound
     from auditstream.registry import ModelRegistry
-    from monitor.coco_export import export_coco
+    from monitor.coco_export import export_coco, images_folder
 
     if not args.model:
         raise ConfigError("--model", "", "the detector whose verdicts to export (COCO holds one model's classes)")
@@ -281,9 +283,12 @@ def _export_coco(settings, store, args: argparse.Namespace) -> int:
                                                      f"(it is a {card.task} model)")
     except ModelNotFound:
         labels = ()  # the registry is elsewhere: categories are named by their index
-    rows = (r for r in store.labels(args.model, args.include_gold) if tasks.lookup(r["task"]).answers_are_boxes)
-    n = export_coco(rows, Path(args.out), labels)
-    print(f"wrote {n} images to {args.out} (pixels in {Path(args.out).parent / 'images'})")
+    with store.read_snapshot():  # the gold items' known answers and the verdicts of one moment
+        # a gold image is annotated with its known answer, never with an auditor's verdict on it
+        gold_answers = store.gold_answers(args.model) if args.include_gold else {}
+        rows = (r for r in store.labels(args.model, args.include_gold) if tasks.lookup(r["task"]).answers_are_boxes)
+        n = export_coco(rows, Path(args.out), labels, gold_answers)
+    print(f"wrote {n} images to {args.out} (pixels in {images_folder(Path(args.out))})")
     return 0
 
 

@@ -26,7 +26,10 @@ its input. :class:`LabelsFile` reads it without holding the inputs (``certify --
 --labels``): the rows one at a time, an input left out and replaced by where its record starts
 (``input_at``), and later the inputs of a batch of those records, each read back at its place. A
 file that is not an export (a line that is not a JSON object, a cell that does not decode) raises
-:class:`LabelsFileError`, naming the file, the line and what is wrong.
+:class:`LabelsFileError`, naming the file, the line and what is wrong. A CSV cell may be far over
+the csv module's default field limit (131072 characters: an input tensor, a long correction);
+reading raises that limit, for the whole process, to :data:`MAX_CSV_CELL_CHARS`, the largest cell
+an export of the store can hold.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn
 
+import numpy as np
+
 from auditstream.errors import AuditstreamError
-from auditstream.wire.codec import short_repr
+from auditstream.wire.codec import ALLOWED_DTYPES, MAX_RANK, MAX_RECORD_BYTES, MAX_TENSOR_ELEMENTS, short_repr
 
 if TYPE_CHECKING:  # a hint only: reading an export (stack/recertify.py at CLI start) loads no store
     from store import AuditStore
@@ -63,6 +68,19 @@ _CSV_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
 _TEXT_FIELDS = ("verdict_id", "request_id", "model", "model_version", "task", "route", "auditor")
 VERDICT_KINDS = ("accept", "correct", "reject")  # skips are no label: never exported
 INPUT_AT = "input_at"  # a row read without its input: where its record starts (LabelsFile.inputs)
+# The largest CSV cell an export of this store can write (the csv module refuses a longer field,
+# by default 131072 characters): an input, a tensor of MAX_TENSOR_ELEMENTS of the widest dtype as
+# base64 plus its dtype and shape (about 179 million characters); every other cell holds what
+# came in one record of at most MAX_RECORD_BYTES (the model's answer; a correction, at most 256
+# KiB), which json.dumps writes in at most 3 characters a byte (a 4-byte UTF-8 character as two
+# \uXXXX escapes, a "," as ", "). Below 2**31 - 1, so it fits a C long everywhere (Windows'
+# is 32 bits: csv.field_size_limit(sys.maxsize) raises OverflowError there).
+_WIDEST_DTYPE_BYTES = max(np.dtype(d).itemsize for d in ALLOWED_DTYPES)
+MAX_CSV_CELL_CHARS = max(
+    4 * -(-MAX_TENSOR_ELEMENTS * _WIDEST_DTYPE_BYTES // 3) + 64 + MAX_RANK * (len(str(MAX_TENSOR_ELEMENTS)) + 2),
+    3 * MAX_RECORD_BYTES,
+)
+assert MAX_CSV_CELL_CHARS < 2**31 - 1
 
 
 class LabelsFileError(AuditstreamError, ValueError):
@@ -192,13 +210,16 @@ class LabelsFile:
         header, body = self._csv_header()
         top = start == 0  # line numbers are known when reading from the top (the header: line 1)
         # The CSV reader pulls lines only as a record needs them: a record starts right after the
-        # last line the one before it used.
-        after = [max(start, body)]
+        # last line the one before it used. ``last`` is the number of the last line pulled, counted
+        # here: DictReader's line_num is only set after a record is read whole, so a record that
+        # failed was said to be on the line of the record before it (the header for the first).
+        after, last = [max(start, body)], [1]
 
         def lines() -> Iterator[str]:
             for at, raw in self._lines(after[0]):
                 after[0] = at + len(raw)
-                yield self._text(raw, f"line {reader.line_num + 2}" if top else f"byte {at}")
+                last[0] += 1
+                yield self._text(raw, f"line {last[0]}" if top else f"byte {at}")
 
         reader = csv.DictReader(lines(), fieldnames=header)
         while True:
@@ -206,10 +227,11 @@ class LabelsFile:
             try:
                 row = next(reader, None)
             except csv.Error as e:
-                raise LabelsFileError(self.path, f"line {reader.line_num + 1}", f"not CSV ({e})") from None
+                raise LabelsFileError(self.path, f"line {last[0]}" if top else f"byte {at}",
+                                      f"not CSV ({e})") from None
             if row is None:
                 return
-            where = f"line {reader.line_num + 1}" if top else f"byte {at}"
+            where = f"line {last[0]}" if top else f"byte {at}"
             for c, (value_of, what) in _CSV_VALUES.items():
                 if c in SPLIT_COLUMNS and c not in header:  # an export older than the per-row split
                     continue
@@ -261,7 +283,11 @@ class LabelsFile:
         return row
 
     def _csv_header(self) -> tuple[list[str], int]:
-        """The CSV's column names (checked once) and where its first record starts."""
+        """The CSV's column names (checked once) and where its first record starts. Raises the
+        csv module's field limit (one for the whole process) to :data:`MAX_CSV_CELL_CHARS`, the
+        largest cell an export writes, if it is lower."""
+        if csv.field_size_limit() < MAX_CSV_CELL_CHARS:
+            csv.field_size_limit(MAX_CSV_CELL_CHARS)
         if self._header is None:
             raw = next(self._lines(0), (0, b""))[1]
             header = next(csv.reader([self._text(raw, "line 1")]), [])

@@ -116,6 +116,16 @@ class StoreReads:
         )
         return [item_from_row(r) for r in rows]
 
+    def gold_answers(self, model: str | None = None) -> dict[tuple[str, str], Any]:
+        """The known answer of every gold item (of ``model``) by (request id, model version), as
+        :meth:`add_gold` stored it (``None``: should be rejected): what a gold item is annotated
+        with in a data set (``labels export --format coco --include-gold``), not its auditors'
+        verdicts, which are what gold checks."""
+        sql, params = _where(model)
+        rows = self._db.query(f"SELECT request_id, model_version, gold_output FROM {{p}}items WHERE is_gold = 1{sql}",
+                              params)
+        return {(request_id, version): json.loads(answer) for request_id, version, answer in rows}
+
     def audit_positions(self, model: str, page: int = EXPORT_PAGE) -> Iterator[ItemPosition]:
         """Every non-gold audit item of ``model`` without its input (:class:`ItemPosition`: id,
         request id, done or not, route, inclusion probability), in stream order (ids ascending:

@@ -151,6 +151,8 @@ def _malformed(tmp_path: Path, fmt: str, spoil: str) -> Path:
         lines[1] = lines[1].replace(b",1.0,", b",one,", 1)
     elif spoil == "short row":
         lines[3] = lines[3].split(b",")[0] + b"\r\n"
+    elif spoil == "bare CR":  # a carriage return inside an unquoted cell: the csv module refuses the line
+        lines[2] = lines[2].replace(b",alice,", b",al\rice,", 1)
     bad = tmp_path / f"bad.{fmt}"
     bad.write_bytes(b"".join(lines))
     return bad
@@ -165,6 +167,8 @@ def _malformed(tmp_path: Path, fmt: str, spoil: str) -> Path:
     ("csv", "bad cell", r"line 3: column '\w+' is not JSON"),
     ("csv", "not a number", r"line 2: column '\w+' is not a number"),
     ("csv", "short row", r"line 4: no '\w+' cell \(fewer cells than columns\)"),
+    # the line the csv module refused, not the line of the record before it (review 2026-12: "line 2")
+    ("csv", "bare CR", r"line 3: not CSV \(new-line character seen in unquoted field"),
 ])  # fmt: skip
 def test_a_file_that_is_not_an_export_is_one_error_naming_the_file_and_line(
         tmp_path: Path, fmt: str, spoil: str, message: str) -> None:  # fmt: skip
@@ -193,6 +197,50 @@ def test_a_failed_export_leaves_neither_the_file_nor_its_temporary(tmp_path: Pat
     with pytest.raises(OSError, match="connection lost"):
         export_labels(Broken(), tmp_path / "out.jsonl", progress=False)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_csv_export_with_cells_over_the_csv_modules_default_limit_reads_back(tmp_path: Path) -> None:
+    """Review 2026-12 (csv_big_cells.py): Python's csv module caps a field at 131072 characters by
+    default; a 3x128x128 float32 input (262144 base64 characters) and a correction the store
+    takes (a 2,500-box list, under its 256 KiB) are larger, so ``labels export --format csv``
+    wrote a file its own reader refused ("line 1": the header). The reader raises the limit to
+    the largest cell an export can hold, a number that fits a C long everywhere (no
+    ``sys.maxsize``: OverflowError on Windows), and never lowers a higher one."""
+    import dataclasses
+
+    from auditstream.wire import AuditItem
+    from auditstream.wire.codec import MAX_TENSOR_ELEMENTS
+    from monitor.labels import MAX_CSV_CELL_CHARS
+
+    assert 4 * -(-MAX_TENSOR_ELEMENTS * 8 // 3) < MAX_CSV_CELL_CHARS < 2**31 - 1  # a float64 tensor's base64 fits
+    big = [{"box": [float(i % 60), 1.0, float(i % 60) + 2, 3.0], "label": 1, "score": 0.5} for i in range(2500)]
+    before = csv.field_size_limit()
+    try:
+        csv.field_size_limit(131_072)  # Python's default, whatever ran before in this process
+        with make_store("sqlite", tmp_path, StoreConfig(gold_rate=0.0)) as store:
+            (alice,) = add_users(store, "alice")
+            for request_id, image in (("boxes", np.zeros((8, 8), np.float32)),
+                                      ("tensor", np.zeros((3, 128, 128), np.float32))):
+                item = audit_item(request_id, model="det", output=big[:1])
+                store.ingest(AuditItem(dataclasses.replace(item.prediction, task="detection", details={}), image), T0)
+            for kind, corrected in (("correct", big), ("accept", None)):
+                claim = store.claim(alice, 60, T0)
+                store.record_verdict(store.new_verdict_id(), claim.item_id, alice, kind, corrected, T0 + 1)
+            out = tmp_path / "big.csv"
+            assert export_labels(store, out, fmt="csv", progress=False) == 2
+        csv.field_size_limit(2**31 - 1)
+        with out.open(newline="") as f:
+            widest = [max(map(len, row)) for row in csv.reader(f)]
+        assert min(widest[1:]) > 131_072  # each row has a cell over the default limit
+        csv.field_size_limit(131_072)
+        rows = read_labels(out)
+        assert {r["request_id"]: r["human_label"] for r in rows}["boxes"] == big
+        assert decode_input({r["request_id"]: r["input"] for r in rows}["tensor"]).shape == (3, 128, 128)
+        assert csv.field_size_limit() == MAX_CSV_CELL_CHARS
+        csv.field_size_limit(2**31 - 1)
+        assert len(read_labels(out)) == 2 and csv.field_size_limit() == 2**31 - 1  # a higher limit stays
+    finally:
+        csv.field_size_limit(before)
 
 
 # Review 2026-12-04: a row from another writer reached training and certify unchecked: a CSV
