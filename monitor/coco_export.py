@@ -32,7 +32,11 @@ request's own PNG or JPEG bytes, or for a tensor input an 8-bit PNG to look at p
 array as ``.npy`` (``tensor_file`` on the image entry), which is what training reads. Two exports
 into one folder under different names keep their own pixels. Each image entry also keeps the
 request id, model version, route, inclusion probability (weight QC-sampled examples by
-``1 / inclusion_prob`` for unbiased estimates) and ``is_gold``. Categories are every label on
+``1 / inclusion_prob`` for unbiased estimates), ``is_gold``, and the request's side of the audit
+store's train/certify split, ``audit_split`` and ``audit_split_key``, as the labels export
+carries them (docs/learning-loop.md, "Data hygiene"): the export holds both sides, and a detector
+trained on it must keep to the train side and say so on its card (``info["audit_split_rule"]``),
+or certify and promote would judge it on the verdicts it learnt from. Categories are every label on
 the model's card, id = class index, as the detector's own ``to_coco`` lists them; without the
 card, the class indices seen, named by their index.
 
@@ -93,6 +97,12 @@ class _Unusable(ValueError):
         super().__init__(detail)
 
 
+AUDIT_SPLIT_RULE = ("audit_split is the request's value on the audit store's train/certify split (its key: "
+                    "audit_split_key): a model trained on these images must use only those with audit_split >= a "
+                    "certify share s, and its card must record data_hygiene {certify_share: s, split_key_id}, so that "
+                    "certify --from-audits and promote judge it on the rest only")
+
+
 def images_folder(out: Path) -> Path:
     """Where :func:`export_coco` puts the pixels of the annotation file ``out``:
     ``<out stem>_images/`` beside it."""
@@ -148,7 +158,7 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         entry = {"id": number, "request_id": request_id, "model": row["model"],
                  "model_version": row["model_version"], "route": row["route"],
                  "inclusion_prob": row["inclusion_prob"], "verdict_kind": None if gold else row["verdict_kind"],
-                 "is_gold": gold}
+                 "is_gold": gold, "audit_split": row.get("audit_split"), "audit_split_key": row.get("audit_split_key")}
         entry.update(pixels.write(images_dir))
         images.append(entry)
         clipped += sum(a != b for (_, a), (_, b) in zip(found, inside))
@@ -170,8 +180,10 @@ def coco_from_labels(rows: Iterable[dict[str, Any]], images_dir: Path, labels: S
         log.warning("COCO export: %d boxes reached past their image and were clipped to it", clipped)
     if flat:
         log.warning("COCO export: %d boxes of no width or height left out (their images kept)", flat)
+    split_keys = sorted({img["audit_split_key"] for img in images if img["audit_split_key"]})
     return {"info": {"description": "auditstream detection verdicts", "skipped": dict(sorted(skipped.items())),
-                     "clipped_boxes": clipped, "flat_boxes": flat},
+                     "clipped_boxes": clipped, "flat_boxes": flat, "audit_split_keys": split_keys,
+                     "audit_split_rule": AUDIT_SPLIT_RULE},
             "images": images, "annotations": annotations, "categories": categories}
 
 

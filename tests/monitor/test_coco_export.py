@@ -323,6 +323,12 @@ def test_a_gold_image_is_marked_and_annotated_with_its_known_answer(tmp_path, mo
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"] if a["image_id"] == gold["id"]] == [
         (3, [10.0, 10.0, 10.0, 10.0])]
     assert images["traffic-0"]["is_gold"] is False
+    # each image says which side of the store's train/certify split it is on, as a labels row does
+    with open_store(url) as store:
+        key = store.split_key
+    assert images["traffic-0"]["audit_split"] == key.uniform("traffic-0")
+    assert images["traffic-0"]["audit_split_key"] == key.key_id and coco["info"]["audit_split_keys"] == [key.key_id]
+    assert "data_hygiene" in coco["info"]["audit_split_rule"]
     assert main(common) == 0  # without --include-gold: no gold image
     assert [img["request_id"] for img in _strict(out.read_text())["images"]] == ["traffic-0"]
 
