@@ -106,6 +106,9 @@ def test_the_certified_accept_set_is_the_one_serving_accepts(tmp_path, monkeypat
     cert = result["certificate"]
     card = zip_reader.build_card(args, result, 0.0, 0.0)
     assert 0.0 < cert.coverage < 1.0 and card.triage.threshold == cert.threshold
+    scope = card.extra["certificate_scope"]  # what the bound is about: new digits of the same writers
+    assert "same 13 writers" in scope and "not for handwriting of new writers" in scope
+    assert "confidences serving computes" in scope
 
     def served_accepts(images: np.ndarray) -> int:
         answers = TASK.postprocess(card, {"char_probs": near_one(b"", images).astype(np.float32)})

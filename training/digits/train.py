@@ -11,7 +11,8 @@ parity-checked on 256 test inputs) -> certify the auto-accept threshold on the e
 own outputs (Clopper-Pearson over a fixed coverage grid on the disjoint calibration/certificate
 slice, qc/certify.py, at this version's share of delta on that slice, qc/delta_spending.py), with
 the confidences serving triages on (the classification kind's postprocess rounds them to 6
-decimals), so the certified accept set is the served one -> measure on the test split -> publish to the model registry with its card and risk-coverage plot.
+decimals), so the certified accept set is the served one -> measure on the test split -> publish
+to the model registry with its card and risk-coverage plot.
 
 Serving contract: input ``pixels`` float32 [batch, 8, 8] with scikit-learn's raw 0..16 values;
 output ``probs`` float32 [batch, 10], calibrated; confidence = max probability.

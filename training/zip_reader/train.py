@@ -11,8 +11,8 @@ calibration/temperature digits) -> export ONNX (preprocessing and temperature in
 independent envelopes of the disjoint calibration/certificate digits, at this version's share of
 delta on that slice (qc/delta_spending.py), spent across the targets tried, see
 ``strict_certificates``), with the confidences serving triages on (the sequence kind's
-postprocess rounds them to 6 decimals), so the certified accept set is the served one -> measure on test envelopes (parity-checked on 256
-of them) -> publish with card and risk-coverage plot.
+postprocess rounds them to 6 decimals), so the certified accept set is the served one -> measure
+on test envelopes (parity-checked on 256 of them) -> publish with card and risk-coverage plot.
 
 Model: a CNN encoder over column frames, a bidirectional GRU, and a fixed-length attention head:
 five learned position queries, one per ZIP digit, each attending over the frames (a
@@ -378,13 +378,16 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
                "pool_conditional_diagnostic": result["pool_conditional"],
                "certificate_scope": (
                    "each calibration/certificate digit image appears in at most one certificate envelope, so the "
-                   "envelopes are independent given the split and the bound is exact; the certificate is computed "
-                   "on the published ONNX graph's outputs, with the confidences serving computes from them (the "
-                   "sequence kind's postprocess, rounded to 6 decimals); the temperature was fitted on the disjoint "
-                   "calibration/temperature digits; this version's delta (extra.delta_spending: its share of the "
-                   "family's delta on the certificate slice) is split evenly over the targets tried "
+                   "envelopes are independent given the split and the bound is exact, for envelopes of new digit "
+                   "images by the same 13 writers (scikit-learn's digits are the UCI test set of 13 writers, split "
+                   "per image: every writer is in every split), not for handwriting of new writers; the certificate "
+                   "is computed on the published ONNX graph's outputs, with the confidences serving computes from "
+                   "them (the sequence kind's postprocess, rounded to 6 decimals); the temperature was fitted on the "
+                   "disjoint calibration/temperature digits; this version's delta (extra.delta_spending: its share "
+                   "of the family's delta on the certificate slice) is split evenly over the targets tried "
                    "(strict_certificates.targets_tried, delta_per_target); the pool-conditional diagnostic reuses "
-                   "digits (i.i.d. only given the calibration pool) and is no guarantee for new handwriting"),
+                   "digits (i.i.d. only given the calibration pool) and is no guarantee even for new digits of "
+                   "those writers"),
                "risk_coverage_by_confidence": {k: v for k, v in result["curves"].items() if k != "min_char_prob"},
                **spending_extra(spending)},
     )
