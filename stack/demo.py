@@ -238,11 +238,14 @@ def parcel_label_requests(seed: int) -> Iterator[Any]:
 
 def scene_requests(seed: int) -> Iterator[Any]:
     """Endless test-stream scenes of coloured shapes (uint8 RGB), each with its canonical caption."""
+    from training.captioner.args import SEED_SPAN
     from training.captioner.data import split_scenes
 
     batch = 0
     while True:
-        scenes = split_scenes("test", 128, seed=1000 + seed + batch)  # past the test scenes training measured
+        # past the test scenes training measured; a scene seed stays below SEED_SPAN (data.py), so
+        # after ~10^8 scenes the stream starts over rather than run into another split's
+        scenes = split_scenes("test", 128, seed=1000 + (seed + batch) % (SEED_SPAN - 1000))
         yield from zip(scenes.images, scenes.captions())
         batch += 1
 

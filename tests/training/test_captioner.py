@@ -31,6 +31,37 @@ def test_scenes_are_deterministic_per_split_and_splits_differ() -> None:
         data.split_scenes("validation", 1)
 
 
+@pytest.mark.parametrize("seed", [1_000_000, 2_000_000, 3_000_000, 2**32 - 1])
+def test_a_seed_that_would_draw_another_splits_scenes_is_refused(seed, capsys) -> None:
+    """--seed k trains on the scenes of generator 1,000,000 + k: --seed 2000000 once trained on the
+    certificate scenes, in order. Refused in one line that says why, before any work."""
+    from auditstream.cli import main as cli_main
+    from auditstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would draw the selection, certificate or test scenes"):
+        CaptionerArgs(seed=seed)
+    assert cli_main(["train", "captioner", "--seed", str(seed)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"invalid --seed={seed}" in error and "from 0 to 999999" in error
+    for split in data.SPLIT_SEEDS:  # nor can the data functions be asked for another split's stream
+        with pytest.raises(ValueError, match="another split's scenes"):
+            data.split_scenes(split, 1, seed=data.SEED_SPAN)
+    with pytest.raises(ValueError, match="another split's scenes"):
+        next(data.training_batches(1, 1, seed))
+
+
+def test_no_accepted_seed_makes_two_splits_streams_meet() -> None:
+    """Every seed --seed accepts (0 .. SEED_SPAN - 1) keeps each split's generator seeds in a
+    stretch of its own; the streams of the existing seeds are unchanged (the shipped card's
+    certificate scenes are generator 3,000,000's)."""
+    assert CaptionerArgs(seed=data.SEED_SPAN - 1).seed == data.SEED_SPAN - 1
+    stretches = sorted((data.stream_seed(s, 0), data.stream_seed(s, data.SEED_SPAN - 1)) for s in data.SPLIT_SEEDS)
+    assert all(high < next_low for (_, high), (next_low, _) in zip(stretches, stretches[1:]))
+    assert data.stream_seed("certificate", 0) == 3_000_000 and data.stream_seed("train", 1) == 1_000_001
+    first = next(data.training_batches(4, 1, 999_999))[0]
+    assert not any(np.array_equal(first, data.split_scenes(s, 4).images) for s in ("selection", "certificate", "test"))
+
+
 def test_every_caption_follows_the_grammar_and_the_scene() -> None:
     scenes = data.split_scenes("certificate", 300)
     counts = set()

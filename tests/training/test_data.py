@@ -7,7 +7,8 @@ import pytest
 
 from training.data.envelopes import ENVELOPE_H, ENVELOPE_W, ZIP_LENGTH, make_envelopes
 from training.data.loader import DigitAugment, digit_batches, envelope_batches
-from training.data.split import CALIBRATION_SLICES, SPLITS, calibration_slices, load_split, split_indices
+from training.data.split import (CALIBRATION_SLICES, SLICES, SPLITS, calibration_slices, load_split, split_indices,
+                                  train_slices, train_subset)
 
 
 def test_split_partitions_all_digits_stratified():
@@ -36,6 +37,35 @@ def test_calibration_slices_partition_the_calibration_digits():
 def test_split_is_fixed_by_its_seed():
     assert all(np.array_equal(split_indices()[s], split_indices()[s]) for s in SPLITS)
     assert not np.array_equal(split_indices(1)["test"], split_indices(2)["test"])
+
+
+@pytest.mark.parametrize("name", SPLITS + SLICES)
+def test_cached_split_indices_are_read_only(name):
+    """load_split hands out the cached index array itself: an in-place edit by one caller would
+    move a digit into another split for every later caller (a training digit into the certificate)."""
+    before = load_split(name).indices.copy()
+    indices = load_split(name).indices
+    assert not indices.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        indices[0] = -1
+    assert np.array_equal(load_split(name).indices, before)
+    for cached in (split_indices(), calibration_slices(), train_slices()):
+        assert not any(a.flags.writeable for a in cached.values())
+        with pytest.raises(TypeError):
+            cached["test"] = np.arange(3)  # the cached mapping itself cannot be changed either
+
+
+def test_train_subset_is_not_nested_in_the_validation_slice():
+    """The seed set of a learning-curve run is a random part of *all* training digits, drawn
+    independently of the train/fit -- train/validation cut (it once shared that cut's generator:
+    every subset of up to 15% lay inside train/validation, and 30% held all of it)."""
+    validation = set(train_slices()["train/validation"].tolist())
+    for fraction in (0.02, 0.1, 0.15, 0.3):
+        chosen = set(train_subset(fraction)[0].indices.tolist())
+        inside = len(chosen & validation) / len(chosen)
+        # about 15% of a random part of the training digits is validation digits
+        assert 0.03 <= inside <= 0.35, (fraction, inside)
+    assert not validation <= set(train_subset(0.3)[0].indices.tolist())
 
 
 @pytest.mark.parametrize("sampling", ["iid", "disjoint"])

@@ -79,6 +79,20 @@ def test_families_without_a_validation_metric_refuse_and_say_why(family, capsys)
     assert "tune digits or zip-reader" in error
 
 
+@pytest.mark.parametrize("family", ["digits", "zip-reader"])
+def test_a_train_fraction_below_1_is_refused_before_any_trial(family, tmp_path, monkeypatch, capsys) -> None:
+    """Trials fit on all of train/fit, so --train-fraction would shrink the final model's data only:
+    the search would tune for other data than the published model trains on. One line, exit 2,
+    nothing trained or published."""
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path))
+    assert cli_main(["tune", family, "--trials", "1", "--train-fraction", "0.1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"auditstream tune {family}: --train-fraction 0.1 cannot be tuned for" in error
+    assert "train/fit" in error and f"auditstream train {family} --train-fraction 0.1" in error
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_zip_reader_trial_reports_its_validation_loss_at_every_check() -> None:
     values: list[tuple[int, float]] = []
     last = zip_reader.validation_trial(ZipReaderArgs(steps=16, batch_size=8), lambda i, v: values.append((i, v)))
@@ -110,7 +124,9 @@ def test_every_search_space_draws_only_what_its_arguments_accept() -> None:
     with pytest.raises(ValueError, match="can draw 0, which DigitsArgs refuses"):
         check_space({"batch_size": Choice((0, 32))}, DigitsArgs)
     with pytest.raises(ValueError, match="can draw 1.5, which DigitsArgs refuses"):
-        check_space({"train_fraction": FloatRange(0.5, 1.5)}, DigitsArgs)
+        check_space({"target_risk": FloatRange(0.5, 1.5)}, DigitsArgs)
+    with pytest.raises(ValueError, match="train_fraction, which no trial uses"):
+        check_space({"train_fraction": FloatRange(0.1, 1.0)}, DigitsArgs)
     from training.captioner.args import CaptionerArgs
 
     with pytest.raises(ValueError, match="can draw 50, which CaptionerArgs refuses"):

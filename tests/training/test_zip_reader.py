@@ -65,3 +65,57 @@ def test_training_is_deterministic_for_a_seed():
     b, _ = zip_reader.train(ZipReaderArgs(steps=3, batch_size=8, seed=4), progress=False)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+
+
+def test_the_certified_accept_set_is_the_one_serving_accepts(tmp_path, monkeypatch):
+    """Serving triages on the sequence kind's confidence (the least sure position, rounded to 6
+    decimals); the certificate once counted the unrounded float32 values, so the envelopes it
+    counted as accepted were not the ones serving accepted at its threshold. Outputs near 1, where
+    the rounding moves envelopes across the threshold, stand in for the exported graph."""
+    from auditstream.tasks.sequence import TASK
+    from auditstream.wire import Route
+    from qc.triage import TriagePolicy, triage
+    from training.selective import certificate_spending
+
+    zips_of: dict[int, list[str]] = {}
+
+    def envelopes(split: str, n: int, seed: int, sampling: str = "iid") -> tuple[np.ndarray, list[str]]:
+        rng = np.random.default_rng([seed, n])
+        images = np.zeros((n, 32, 96), np.uint8)
+        zips_of[id(images)] = ["".join(map(str, rng.integers(0, 10, 5))) for _ in range(n)]
+        return images, zips_of[id(images)]
+
+    def near_one(onnx_bytes: bytes, images: np.ndarray) -> np.ndarray:
+        """The least sure position 1e-7 apart from one envelope to the next, just below 1; the
+        least sure 6% of the envelopes misread there."""
+        labels = zip_reader.zip_labels(zips_of[id(images)])
+        n = len(labels)
+        top = (1.0 - np.arange(1, n + 1) * 1e-7).astype(np.float32)
+        probs = np.zeros((n, 5, 10), np.float32)
+        probs[np.arange(n)[:, None], np.arange(5), labels] = 1.0
+        read = np.where(np.arange(n) >= n * 0.94, (labels[:, 0] + 1) % 10, labels[:, 0])
+        probs[:, 0, :] = ((1.0 - top) / 9)[:, None]
+        probs[np.arange(n), 0, read] = top
+        return probs.astype(np.float64)
+
+    monkeypatch.setattr(zip_reader, "make_envelopes", envelopes)
+    monkeypatch.setattr(zip_reader, "onnx_char_probs", near_one)
+    args = ZipReaderArgs(n_calibration=300, n_test=300, target_risk=0.1)
+    result = zip_reader.evaluate(zip_reader.ZipReaderNet().eval(), b"", 1.0, args,
+                                 certificate_spending(tmp_path, "zip-reader", 0.05))
+    cert = result["certificate"]
+    card = zip_reader.build_card(args, result, 0.0, 0.0)
+    assert 0.0 < cert.coverage < 1.0 and card.triage.threshold == cert.threshold
+    scope = card.extra["certificate_scope"]  # what the bound is about: new digits of the same writers
+    assert "same 13 writers" in scope and "not for handwriting of new writers" in scope
+    assert "confidences serving computes" in scope
+
+    def served_accepts(images: np.ndarray) -> int:
+        answers = TASK.postprocess(card, {"char_probs": near_one(b"", images).astype(np.float32)})
+        return sum(triage(str(i), a.confidence, card.triage, TriagePolicy(),
+                          part_confidences=[p.confidence for p in a.parts]).route != Route.HUMAN
+                   for i, a in enumerate(answers))
+
+    certificate = envelopes("calibration/certificate", result["strict"]["n_envelopes"], seed=7003)[0]
+    assert served_accepts(certificate) == cert.n_accepted
+    assert served_accepts(envelopes("test", args.n_test, seed=7002)[0]) == result["test_accepted"]

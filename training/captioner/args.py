@@ -9,6 +9,12 @@ from typing import Literal
 from auditstream.cli_args import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Range, check_fields
 from auditstream.errors import ConfigError
 
+# Every scene split draws from its own generator, seeded SPLIT_SEEDS[split] + seed
+# (training/captioner/data.py), and those bases are SEED_SPAN apart: a --seed of SEED_SPAN or more
+# would make the training scenes another split's (--seed 2000000: the certificate scenes, in order).
+SEED_SPAN = 1_000_000
+TRAINING_SEED = Range(0, SEED_SPAN - 1, whole=True)
+
 # Every attention layer of the model (model.py) splits the width into this many heads, so the
 # width is a multiple of it; its CNN's first layer has width // 4 channels, so at least 4.
 ATTENTION_HEADS = 4
@@ -18,7 +24,9 @@ ATTENTION_HEADS = 4
 class CaptionerArgs:
     """Arguments of ``auditstream train captioner``."""
 
-    seed: int = field(default=1, metadata={"check": SEED, "help": "seed of the weights and of the training scenes"})
+    seed: int = field(default=1, metadata={
+        "check": TRAINING_SEED, "help": f"seed of the weights and of the training scenes (below {SEED_SPAN}: the "
+                                        f"selection, certificate and test scenes' generators start there)"})
     steps: int = field(default=3000, metadata={
         "check": COUNT, "help": "optimizer steps; every step draws fresh scenes"})
     batch_size: int = field(default=48, metadata={"check": COUNT, "help": "scenes per step"})
@@ -58,6 +66,10 @@ class CaptionerArgs:
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
 
     def __post_init__(self) -> None:
+        if SEED.accepts(self.seed) and not TRAINING_SEED.accepts(self.seed):  # a seed numpy takes, but too large
+            raise ConfigError("--seed", self.seed, f"{TRAINING_SEED.describe()}, e.g. 1: the training scenes' generator "
+                                                   f"is seeded {SEED_SPAN} + seed, and from {SEED_SPAN} on it would "
+                                                   f"draw the selection, certificate or test scenes")
         check_fields(self)  # every "check" above, before any work starts (auditstream/cli_args.py)
         if self.width % ATTENTION_HEADS:
             raise ConfigError("--width", self.width, f"a whole number >= 4 that is a multiple of {ATTENTION_HEADS} "

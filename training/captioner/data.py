@@ -25,7 +25,11 @@ asks a person (or the model) to judge a near-tie. A rejected scene is drawn agai
 number of objects, so the count is uniform over 2..6. Objects never overlap.
 
 Every split has its own seed stream (:data:`SPLIT_SEEDS`): training batches, the confidence
-selection set, the certificate set and the test set never share a scene generator.
+selection set, the certificate set and the test set never share a scene generator. Split ``s``
+with seed ``k`` draws from ``default_rng(SPLIT_SEEDS[s] + k)``; the bases are
+:data:`~training.captioner.args.SEED_SPAN` apart and every ``k`` is below it (``--seed`` refuses
+more, :func:`split_scenes` and :func:`training_batches` too), so no seed makes one split's
+stream another's.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from training.captioner.args import SEED_SPAN
 
 IMAGE_SIZE = 64
 MIN_OBJECTS, MAX_OBJECTS = 2, 6
@@ -62,8 +68,23 @@ PAD_ID, BOS_ID, EOS_ID = TOKEN_ID[PAD], TOKEN_ID[BOS], TOKEN_ID[EOS]
 # COUNT objects : + per object (colour shape region(<=2) near c far c ,) + <eos>
 MAX_TOKENS = 3 + MAX_OBJECTS * 9 - 1 + 1
 
-# Seeds of the split generators, so no two splits ever draw the same scenes.
+# Seeds of the split generators, so no two splits ever draw the same scenes: split s with seed k
+# (0 <= k < SEED_SPAN) draws from default_rng(SPLIT_SEEDS[s] + k). Fixed: the shipped captioner's
+# card records its certificate scenes by this seed.
 SPLIT_SEEDS = {"train": 1_000_000, "selection": 2_000_000, "certificate": 3_000_000, "test": 4_000_000}
+# The streams [base, base + SEED_SPAN) of two splits never meet.
+assert all(b - a >= SEED_SPAN for a, b in zip(sorted(SPLIT_SEEDS.values()), sorted(SPLIT_SEEDS.values())[1:])), \
+    f"split seeds {SPLIT_SEEDS} must be at least SEED_SPAN = {SEED_SPAN} apart"
+
+
+def stream_seed(split: str, seed: int) -> int:
+    """The generator seed of ``split``'s scenes for ``seed`` (``0 <= seed <`` :data:`SEED_SPAN`)."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; one of {sorted(SPLIT_SEEDS)}")
+    if not 0 <= seed < SEED_SPAN:
+        raise ValueError(f"scene seed {seed} of split {split!r} must be from 0 to {SEED_SPAN - 1}: from {SEED_SPAN} "
+                         f"on, split {split!r} would draw another split's scenes")
+    return SPLIT_SEEDS[split] + seed
 
 
 @dataclass(frozen=True)
@@ -217,15 +238,14 @@ def make_scenes(n: int, rng: np.random.Generator, max_objects: int = MAX_OBJECTS
 
 
 def split_scenes(split: str, n: int, seed: int = 0) -> SceneSet:
-    """``n`` scenes of one split (``selection``, ``certificate``, ``test``; ``train`` for tests)."""
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}; one of {sorted(SPLIT_SEEDS)}")
-    return make_scenes(n, np.random.default_rng(SPLIT_SEEDS[split] + seed))
+    """``n`` scenes of one split (``selection``, ``certificate``, ``test``; ``train`` for tests);
+    ``seed`` (0 .. :data:`SEED_SPAN` - 1) picks another stretch of the split's scenes."""
+    return make_scenes(n, np.random.default_rng(stream_seed(split, seed)))
 
 
 def training_batches(batch_size: int, steps: int, seed: int, max_objects: int = MAX_OBJECTS):
     """``steps`` fresh batches of training scenes: (images, targets)."""
-    rng = np.random.default_rng(SPLIT_SEEDS["train"] + seed)
+    rng = np.random.default_rng(stream_seed("train", seed))
     for _ in range(steps):
         data = make_scenes(batch_size, rng, max_objects)
         yield data.images, data.targets

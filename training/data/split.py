@@ -18,12 +18,23 @@ stratified by label), for hyperparameter search (``auditstream tune``, training/
 trial fits on the first and is judged and pruned on the second, so choosing hyperparameters
 touches neither the calibration digits (whose certificate must not depend on them) nor the
 test digits. The model the search finally trains uses the whole ``train`` split.
+
+``train_subset(fraction)`` (the small seed training set of a learning-curve run) draws its
+digits from a stream of its own (``default_rng([seed, TRAIN_SUBSET_STREAM])``), independent of
+the train/fit -- train/validation cut: the seed set is a random stratified part of all training
+digits, not a part of ``train/validation``.
+
+Every index array this module hands out is cached and read-only (as are the images and labels
+it indexes), and the cached mappings cannot be changed either: a caller that edited one in place
+would silently move digits between splits for every later caller in the process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
@@ -35,6 +46,10 @@ CALIBRATION_SLICES = ("calibration/temperature", "calibration/certificate")
 VALIDATION_SHARE = 0.15  # of the training digits, per label: enough to rank trials, most still fit
 TRAIN_SLICES = ("train/fit", "train/validation")
 SLICES = CALIBRATION_SLICES + TRAIN_SLICES
+# Second entropy word of train_subset's generator, default_rng([seed, TRAIN_SUBSET_STREAM]): a
+# stream that no integer seed (the split's, seed + 1 of the calibration slices, seed + 2 of the
+# training slices) reproduces.
+TRAIN_SUBSET_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,16 @@ class DigitSplit:
     indices: np.ndarray  # positions in sklearn's load_digits(), to prove splits are disjoint
 
 
+def _frozen(parts: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """``parts`` as the cache hands it out: read-only arrays in a read-only mapping."""
+    for array in parts.values():
+        array.setflags(write=False)
+    return MappingProxyType(parts)
+
+
 @lru_cache(maxsize=4)
-def split_indices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """Indices into ``load_digits()`` per split, stratified by label, sorted."""
+def split_indices(seed: int = SPLIT_SEED) -> Mapping[str, np.ndarray]:
+    """Indices into ``load_digits()`` per split, stratified by label, sorted (read-only)."""
     labels = _load()[1]
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
@@ -60,7 +82,7 @@ def split_indices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
         parts["train"].append(members[:n_train])
         parts["calibration"].append(members[n_train:n_train + n_cal])
         parts["test"].append(members[n_train + n_cal:])
-    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+    return _frozen({name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()})
 
 
 def load_split(name: str, seed: int = SPLIT_SEED) -> DigitSplit:
@@ -78,17 +100,18 @@ def load_split(name: str, seed: int = SPLIT_SEED) -> DigitSplit:
 
 
 @lru_cache(maxsize=4)
-def calibration_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """The calibration indices in the two disjoint :data:`CALIBRATION_SLICES`, stratified, sorted."""
-    return _two_slices("calibration", CALIBRATION_SLICES, TEMPERATURE_SHARE, seed, seed + 1)
+def calibration_slices(seed: int = SPLIT_SEED) -> Mapping[str, np.ndarray]:
+    """The calibration indices in the two disjoint :data:`CALIBRATION_SLICES`, stratified, sorted
+    (read-only)."""
+    return _frozen(_two_slices("calibration", CALIBRATION_SLICES, TEMPERATURE_SHARE, seed, seed + 1))
 
 
 @lru_cache(maxsize=4)
-def train_slices(seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """The training indices in the two disjoint :data:`TRAIN_SLICES`, stratified, sorted."""
+def train_slices(seed: int = SPLIT_SEED) -> Mapping[str, np.ndarray]:
+    """The training indices in the two disjoint :data:`TRAIN_SLICES`, stratified, sorted (read-only)."""
     fit, validation = TRAIN_SLICES
     slices = _two_slices("train", (validation, fit), VALIDATION_SHARE, seed, seed + 2)
-    return {fit: slices[fit], validation: slices[validation]}
+    return _frozen({fit: slices[fit], validation: slices[validation]})
 
 
 def _two_slices(split: str, names: tuple[str, str], share: float, seed: int, slice_seed: int) -> dict[str, np.ndarray]:
@@ -107,11 +130,13 @@ def _two_slices(split: str, names: tuple[str, str], share: float, seed: int, sli
 def train_subset(fraction: float, seed: int = SPLIT_SEED) -> tuple[DigitSplit, DigitSplit]:
     """(a fixed ``fraction`` of each label's training digits, the rest), both in the split's order:
     the small seed training set a learning-curve run starts from, and the digits it streams
-    later. ``fraction=1`` is the whole training split."""
+    later. ``fraction=1`` is the whole training split. The part is drawn from a generator of its
+    own (:data:`TRAIN_SUBSET_STREAM`), so it is a random part of all training digits, independent
+    of which of them are ``train/validation``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"train_fraction={fraction} must be in (0, 1]")
     train = load_split("train", seed)
-    rng = np.random.default_rng(seed + 2)
+    rng = np.random.default_rng([seed, TRAIN_SUBSET_STREAM])
     chosen = []
     for digit in range(10):
         members = rng.permutation(np.flatnonzero(train.labels == digit))

@@ -9,8 +9,10 @@ augmentation, training/data/loader.py) -> calibrate (temperature on the calibrat
 slice, qc/calibration.py) -> export ONNX (preprocessing and temperature inside the graph,
 parity-checked on 256 test inputs) -> certify the auto-accept threshold on the exported graph's
 own outputs (Clopper-Pearson over a fixed coverage grid on the disjoint calibration/certificate
-slice, qc/certify.py, at this version's share of delta on that slice, qc/delta_spending.py) ->
-measure on the test split -> publish to the model registry with its card and risk-coverage plot.
+slice, qc/certify.py, at this version's share of delta on that slice, qc/delta_spending.py), with
+the confidences serving triages on (the classification kind's postprocess rounds them to 6
+decimals), so the certified accept set is the served one -> measure on the test split -> publish
+to the model registry with its card and risk-coverage plot.
 
 Serving contract: input ``pixels`` float32 [batch, 8, 8] with scikit-learn's raw 0..16 values;
 output ``probs`` float32 [batch, 10], calibrated; confidence = max probability.
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from auditstream.errors import TrainingDiverged
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from auditstream.tasks.classification import TASK as CLASSIFICATION
 from qc.calibration import classification_ece, fit_temperature, softmax
 from qc.certify import area_under_risk_coverage, certify_coverage_grid, risk_coverage_curve, selective_risk
 from qc.delta_spending import DeltaSpending
@@ -160,20 +163,39 @@ def fit_calibration(model: nn.Module) -> float:
     return fit_temperature(logits_of(model, slice_.images), slice_.labels)
 
 
+# The card's serving part: what the classification kind's postprocess reads.
+SERVING_CARD = ModelCard(name=NAME, version="0", task="classification",
+                         inputs=[TensorSpec("pixels", "float32", [None, 8, 8])],
+                         outputs=[TensorSpec("probs", "float32", [None, 10])], triage=TriageSpec(threshold=1.0),
+                         labels=LABELS)
+
+
+def served(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, predicted class) of each row of the exported graph's float32 ``probs``, as
+    serving computes them: the classification kind's own postprocess (the top probability,
+    clipped to [0, 1] and rounded to 6 decimals, auditstream/tasks/base.py). Certifying these
+    makes the certified accept set the one serving accepts."""
+    answers = CLASSIFICATION.postprocess(SERVING_CARD, {"probs": probs})
+    assert all(a is not None for a in answers), "the exported graph produced probabilities outside [0, 1]"
+    return (np.array([a.confidence for a in answers], np.float64),
+            np.array([a.details["index"] for a in answers], np.int64))
+
+
 def evaluate(model: DigitNet, onnx_bytes: bytes, temperature: float, args: DigitsArgs, spending: DeltaSpending) -> dict:
-    """Certify and measure on the exported model's own outputs (what serving will compute; torch
-    differs by ~1e-7, enough to move an item across the threshold). The certificate is made at
-    ``spending.delta``: this version's share of ``args.delta`` on the certificate slice
-    (qc/delta_spending.py)."""
+    """Certify and measure on the exported model's own outputs, with the confidences serving
+    triages on (:func:`served`: torch differs by ~1e-7 and serving rounds to 6 decimals, either
+    enough to move an item across the threshold). The certificate is made at ``spending.delta``:
+    this version's share of ``args.delta`` on the certificate slice (qc/delta_spending.py)."""
     cert_split, test = load_split("calibration/certificate"), load_split("test")
     (cal_probs,) = run_onnx(onnx_bytes, cert_split.images)
-    cal_probs = cal_probs.astype(np.float64)
-    cert = certify_coverage_grid(cal_probs.max(1), (cal_probs.argmax(1) != cert_split.labels).astype(int),
-                       args.target_risk, spending.delta)
+    cal_conf, cal_predicted = served(cal_probs)
+    cert = certify_coverage_grid(cal_conf, (cal_predicted != cert_split.labels).astype(int),
+                                 args.target_risk, spending.delta)
     raw = softmax(logits_of(model, test.images))
     (calibrated,) = run_onnx(onnx_bytes, test.images)
+    conf, predicted = served(calibrated)
     calibrated = calibrated.astype(np.float64)
-    conf, errors = calibrated.max(1), (calibrated.argmax(1) != test.labels).astype(int)
+    errors = (predicted != test.labels).astype(int)
     coverage, risk, n_acc, e_acc = selective_risk(conf, errors, cert.threshold)
     return {
         "temperature": temperature, "certificate": cert, "delta_spending": spending,
@@ -200,7 +222,8 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
         outputs=[TensorSpec("probs", "float32", [None, 10])],
         triage=TriageSpec(threshold=cert.threshold, confidence_kind="max_prob", target_risk=args.target_risk,
                           delta=spending.delta, certified_risk=cert.certified_risk, coverage=cert.coverage,
-                          method="coverage-grid clopper-pearson on the exported model's outputs"),
+                          method="coverage-grid clopper-pearson on the exported model's outputs, "
+                                 "as serving's confidences"),
         preprocessing={"input": "scikit-learn load_digits() pixel values 0..16, float32, 8x8",
                        "inside_graph": ["x / 16", "(x - 0.3) / 0.4", f"softmax(logits / T), T={result['temperature']:.4f}"]},
         labels=LABELS, metrics=metrics,
@@ -213,7 +236,8 @@ def build_card(args: DigitsArgs, result: dict, parity: float, train_seconds: flo
                   "train_seconds": train_seconds, "split_seed": SPLIT_SEED, "split_fractions": FRACTIONS},
         extra={"certificate": cert.to_dict(), "certificate_data": (
             f"calibration/certificate slice ({result['n_certificate']} digits), ONNX Runtime outputs of the published "
-            f"graph; the temperature was fitted on the disjoint calibration/temperature slice "
+            f"graph, confidences as serving computes them (the classification kind's postprocess: rounded to 6 "
+            f"decimals); the temperature was fitted on the disjoint calibration/temperature slice "
             f"({result['n_temperature']} digits); one target tried, at this version's delta: certificate "
             f"{spending.index} on this slice, {spending.delta:.4g} of the family's {spending.family_delta:g} "
             f"(extra.delta_spending)"), **spending_extra(spending)},

@@ -52,7 +52,8 @@ Range = FloatRange | Choice
 def check_space(space: Mapping[str, Range], args_type: type) -> None:
     """Every name in ``space`` must be a field of the family's arguments dataclass, and every value
     it can draw (a choice, an end of a range) one that the arguments accept (their checks: the
-    field's range, the dataclass's own rules such as the captioner's width being a multiple of 4)."""
+    field's range, the dataclass's own rules such as the captioner's width being a multiple of 4).
+    ``train_fraction`` is never searched: a trial fits on all of ``train/fit`` whatever it is."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(args_type)}
@@ -60,6 +61,8 @@ def check_space(space: Mapping[str, Range], args_type: type) -> None:
     if unknown:
         raise ValueError(f"search space names {unknown} that {args_type.__name__} has no field for; "
                          f"its fields: {sorted(fields)}")
+    if "train_fraction" in space:  # trials fit on all of train/fit whatever it draws (study.py)
+        raise ValueError("search space names train_fraction, which no trial uses: trials fit on all of train/fit")
     for name, drawn in space.items():
         for value in drawn.values if isinstance(drawn, Choice) else (drawn.low, drawn.high):
             try:

@@ -15,6 +15,11 @@ carries the study's summary (``training.tuning``).
 Why validation data carved from the training split: the calibration data certify the
 auto-accept threshold, and a certificate is only exact on data that chose nothing about the
 model; the test data only measure. So neither may rank trials or prune them.
+
+``--train-fraction`` below 1 is refused (:func:`refuse_train_fraction`): every trial fits on
+all of ``train/fit``, so a fraction would shrink only the final model's data, and its
+hyperparameters would have been chosen for another data size. A small seed model is trained with
+``auditstream train FAMILY --train-fraction`` instead.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def tune(command: Any, base_args: Any, tune_args: TuneArgs, models_dir: Path, pr
     """Run the study for ``command`` (a family's :class:`~training.family_cli.TrainCommand`),
     then train and publish with the best parameters; returns the final run's summary with the
     study's under ``tuning``."""
+    refuse_train_fraction(command, base_args)
     import optuna
 
     if not command.search_space:
@@ -85,6 +91,18 @@ def tune(command: Any, base_args: Any, tune_args: TuneArgs, models_dir: Path, pr
                                         f"run more trials or narrow the search space in training/*/args.py")
     best_args = replace(base_args, **summary["best_params"])
     return {**script.run(best_args, models_dir, progress, tuning=summary), "tuning": summary}
+
+
+def refuse_train_fraction(command: Any, base_args: Any) -> None:
+    """:class:`TuneRefused` when ``base_args`` ask for a ``train_fraction`` below 1: trials fit on
+    all of ``train/fit`` (and ``validation_trial`` takes no fraction), only the final model would
+    use the fraction -- a search for another model than the one it publishes."""
+    fraction = getattr(base_args, "train_fraction", 1.0)
+    if fraction != 1.0:
+        raise TuneRefused(command.name, f"--train-fraction {fraction:g} cannot be tuned for: every trial fits on all "
+                                        f"of train/fit, so only the final model would train on the fraction; tune "
+                                        f"without it, or train a seed with auditstream train {command.name} "
+                                        f"--train-fraction {fraction:g}")
 
 
 def _claim(study: Any, family: str, metric: str) -> None:

@@ -34,7 +34,8 @@ class ZipReaderArgs:
     publish: bool = field(default=True, metadata={"help": "write the model into the registry"})
     train_fraction: float = field(default=1.0, metadata={"check": FRACTION,
         "help": "share of each label's training digits the envelopes are made of (a fixed subset; < 1 makes the "
-                "small seed of a learning-curve run)"})
+                "small seed of a learning-curve run; auditstream tune refuses it: its trials fit on all of "
+                "train/fit)"})
 
     def __post_init__(self) -> None:
         check_fields(self)  # every "check" above, before any work starts (auditstream/cli_args.py)

@@ -10,8 +10,9 @@ calibration/temperature digits) -> export ONNX (preprocessing and temperature in
 -> certify the ZIP-level auto-accept threshold on the exported graph's own outputs (a fixed coverage grid on
 independent envelopes of the disjoint calibration/certificate digits, at this version's share of
 delta on that slice (qc/delta_spending.py), spent across the targets tried, see
-``strict_certificates``) -> measure on test envelopes (parity-checked on 256
-of them) -> publish with card and risk-coverage plot.
+``strict_certificates``), with the confidences serving triages on (the sequence kind's
+postprocess rounds them to 6 decimals), so the certified accept set is the served one -> measure
+on test envelopes (parity-checked on 256 of them) -> publish with card and risk-coverage plot.
 
 Model: a CNN encoder over column frames, a bidirectional GRU, and a fixed-length attention head:
 five learned position queries, one per ZIP digit, each attending over the frames (a
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from auditstream.tasks.sequence import TASK as SEQUENCE
 from qc.calibration import expected_calibration_error, fit_temperature, softmax
 from qc.certify import (COVERAGE_GRID, area_under_risk_coverage, certify_coverage_grid, min_certifiable_risk,
                         risk_coverage_curve,
@@ -192,10 +194,31 @@ def zip_labels(zips: list[str]) -> np.ndarray:
     return np.array([[int(c) for c in z] for z in zips], dtype=np.int64).reshape(-1, ZIP_LENGTH)
 
 
+# The card's serving part: what the sequence kind's postprocess reads.
+SERVING_CARD = ModelCard(name=NAME, version="0", task="sequence",
+                         inputs=[TensorSpec("image", "uint8", [None, ENVELOPE_H, ENVELOPE_W])],
+                         outputs=[TensorSpec("char_probs", "float32", [None, ZIP_LENGTH, 10])],
+                         triage=TriageSpec(threshold=1.0, confidence_kind="min_char_prob"),
+                         labels=[str(d) for d in range(10)])
+
+
+def served_confidences(char_probs: np.ndarray) -> np.ndarray:
+    """The confidence serving triages on for each envelope of the exported graph's
+    ``char_probs`` [n, 5, 10]: the sequence kind's own postprocess (the least sure position's
+    probability, clipped to [0, 1] and rounded to 6 decimals, auditstream/tasks/base.py) on the
+    graph's float32 values. Certifying these makes the certified accept set the served one."""
+    answers = SEQUENCE.postprocess(SERVING_CARD, {"char_probs": np.asarray(char_probs).astype(np.float32)})
+    assert all(a is not None for a in answers), "the exported graph produced probabilities outside [0, 1]"
+    return np.array([a.confidence for a in answers], np.float64)
+
+
 def confidences(char_probs: np.ndarray) -> dict[str, np.ndarray]:
-    """ZIP-level confidence candidates from per-position probabilities [n, 5, 10]."""
+    """ZIP-level confidence candidates from per-position probabilities [n, 5, 10]: the served one,
+    ``min_char_prob``, exactly as serving computes it (:func:`served_confidences`); the product and
+    the mean, compared on the card but never served, unrounded."""
     top = char_probs.max(axis=2)
-    return {"min_char_prob": top.min(1), "product_char_prob": top.prod(1), "mean_char_prob": top.mean(1)}
+    return {"min_char_prob": served_confidences(char_probs), "product_char_prob": top.prod(1),
+            "mean_char_prob": top.mean(1)}
 
 
 def read(char_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +236,8 @@ def fit_calibration(model: nn.Module, args: ZipReaderArgs) -> float:
 
 
 def onnx_char_probs(onnx_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    """What serving computes: the exported graph's probabilities, in float64 for the statistics."""
+    """What serving computes: the exported graph's probabilities, in float64 for the statistics
+    (exactly the float32 values: :func:`served_confidences` casts them back)."""
     return run_onnx(onnx_bytes, images)[0].astype(np.float64)
 
 
@@ -354,12 +378,16 @@ def build_card(args: ZipReaderArgs, result: dict, parity: float, train_seconds: 
                "pool_conditional_diagnostic": result["pool_conditional"],
                "certificate_scope": (
                    "each calibration/certificate digit image appears in at most one certificate envelope, so the "
-                   "envelopes are independent given the split and the bound is exact; the certificate is computed "
-                   "on the published ONNX graph's outputs; the temperature was fitted on the disjoint "
-                   "calibration/temperature digits; this version's delta (extra.delta_spending: its share of the "
-                   "family's delta on the certificate slice) is split evenly over the targets tried "
+                   "envelopes are independent given the split and the bound is exact, for envelopes of new digit "
+                   "images by the same 13 writers (scikit-learn's digits are the UCI test set of 13 writers, split "
+                   "per image: every writer is in every split), not for handwriting of new writers; the certificate "
+                   "is computed on the published ONNX graph's outputs, with the confidences serving computes from "
+                   "them (the sequence kind's postprocess, rounded to 6 decimals); the temperature was fitted on the "
+                   "disjoint calibration/temperature digits; this version's delta (extra.delta_spending: its share "
+                   "of the family's delta on the certificate slice) is split evenly over the targets tried "
                    "(strict_certificates.targets_tried, delta_per_target); the pool-conditional diagnostic reuses "
-                   "digits (i.i.d. only given the calibration pool) and is no guarantee for new handwriting"),
+                   "digits (i.i.d. only given the calibration pool) and is no guarantee even for new digits of "
+                   "those writers"),
                "risk_coverage_by_confidence": {k: v for k, v in result["curves"].items() if k != "min_char_prob"},
                **spending_extra(spending)},
     )
