@@ -20,7 +20,8 @@ infos key           shape/dtype   meaning
 propensities        [T+1, A] f32  the behaviour policy's full action-probability vector
 human_action        [T+1] i64     the auditor's action where one answered, else -1
 source              [T+1] str     who chose the executed action: model, human, fallback
-route               [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN
+route               [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN, TIMEOUT
+                                  (:data:`~training.rl.offline_data.ROUTES`)
 step                [T+1] i64     the step index in the stream's episode
 ==================  ============  ===================================================
 

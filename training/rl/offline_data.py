@@ -20,7 +20,8 @@ behaviour_action_prob       [N] f32       propensities[t, actions[t]]
 human_actions               [N] i64       the human's action where one answered, else -1
 overridden                  [N] bool      a human answered and chose differently than executed
 sources                     [N] str       who chose the executed action: model, human, fallback
-routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN
+routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN,
+                                          or TIMEOUT (no answer reached the logger: :data:`ROUTES`)
 episode_ids / steps         [N] i64       episode number (0..E-1) and step index in it
 ==========================  ============  ==================================================
 
@@ -55,8 +56,8 @@ order, each one contiguous run of rows with steps 0, 1, 2, ..., ending (terminat
 truncated, flags 0 or 1) on its last row and nowhere before, E episode keys; finite
 observations, next observations and rewards, ``next_observations[t]`` equal to
 ``observations[t+1]`` within an episode; usable propensities with ``behaviour_action_prob`` the
-executed action's; ``human_actions`` in -1..A-1; ``overridden`` and ``sources`` as defined
-above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
+executed action's; ``human_actions`` in -1..A-1; ``overridden``, ``sources`` and ``routes``
+as defined above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
 :func:`load_dataset` also refuses, naming the file, what is not a readable ``.npz`` at all.
 """
 
@@ -73,12 +74,19 @@ from typing import Any, Iterable
 import numpy as np
 
 from auditstream.errors import AuditstreamError
-from auditstream.wire import DECISION_SOURCES
+from auditstream.wire import DECISION_SOURCES, Route
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: sources and routes
 SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's names
+# The triage route of each logged step: the wire's routes (AUTO and AUTO_QC: the model acted; HUMAN:
+# deferred to an auditor, then a human or, when none answered in time, the fallback acted) and
+# TIMEOUT, the dataset's own: no answer at all reached the logger in time and the fallback acted
+# (``rl run`` logs such a fallback decision with route null). A TIMEOUT step was never deferred to
+# an auditor as far as the logger knows; like HUMAN, its source is never "model".
+TIMEOUT = "TIMEOUT"
+ROUTES = tuple(r.value for r in Route) + (TIMEOUT,)
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
                             "overridden", "sources", "routes", "episode_ids", "steps")
@@ -127,7 +135,7 @@ class StepRecord:
     """One logged decision and its outcome. ``action`` is what the environment executed;
     ``action_probs`` what the logging policy gave every action; ``human_action`` the auditor's
     answer if one came (before or after the fact), else None; ``source`` who chose ``action``
-    (model, human or fallback) and ``route`` the decision's triage route."""
+    (model, human or fallback) and ``route`` the decision's triage route (:data:`ROUTES`)."""
 
     episode_key: str
     step: int
@@ -238,7 +246,8 @@ class OfflineDataset:
 
     def _check_values(self) -> None:
         """Finite observations and rewards, next_observations that are the next step's, usable
-        propensities, human actions in range, overridden and sources as the format defines them."""
+        propensities, human actions in range, overridden, sources and routes as the format defines
+        them."""
         n = len(self.actions)
         if n == 0:
             return
@@ -273,6 +282,10 @@ class OfflineDataset:
         if len(bad):
             self._refuse(f"{len(bad)} steps have a source not one of {SOURCES}; first: {self.where(int(bad[0]))} has "
                          f"{str(self.sources[bad[0]])!r}")
+        bad = np.flatnonzero(~np.isin(self.routes, ROUTES))
+        if len(bad):
+            self._refuse(f"{len(bad)} steps have a route not one of {ROUTES}; first: {self.where(int(bad[0]))} has "
+                         f"{str(self.routes[bad[0]])!r}")
 
     def where(self, row: int) -> str:
         """``episode 'KEY' step T`` of a row, for error messages."""

@@ -11,8 +11,9 @@ dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/r
 "Offline dataset format"):
 
 * observation, action, reward, terminated, truncated: the transition (what the environment did);
-* source and route: who acted (the transition's ``source``) and the triage route (the model
-  decision's ``details.route``; HUMAN where a human or the fallback acted);
+* source and route: who acted (the transition's ``source``) and the triage route (:func:`route`:
+  the model decision's ``details.route``; HUMAN where a human acted, or the fallback after a
+  deferral; TIMEOUT where the fallback acted because no answer came at all);
 * propensities: the decision whose ``source`` matches the transition's (who acted): a model
   decision's ``details.propensities`` (what the action was drawn with), a fallback decision's
   one-hot safe action, or, for a human decision, one-hot of the human's action (the assumption
@@ -30,6 +31,8 @@ report counts every episode left out, by reason (``episodes_dropped``):
 * ``no_propensities`` -- a step whose decision (and so its propensities) cannot be found;
 * ``bad_propensities`` -- a step whose logged propensities are not a distribution or give the
   executed action probability 0 (:func:`training.rl.offline_data.propensity_problem`);
+* ``bad_route`` -- a step whose decision logged a route it cannot have (a model decision's not
+  AUTO or AUTO_QC, a fallback decision's not HUMAN or null);
 * ``version_change`` -- an episode that has steps of a selected version and steps of another
   (the live version changed mid-episode): the version filter is applied per episode, so such an
   episode is dropped whole, never cut into a shorter one; episodes wholly of other versions are
@@ -47,7 +50,8 @@ from typing import Any
 
 from auditstream.errors import BadArguments, DecodeError
 from auditstream.wire import Decision, Transition, Verdict, VerdictKind
-from training.rl.offline_data import DatasetRefused, OfflineDataset, StepRecord, build_dataset, propensity_problem
+from training.rl.offline_data import (TIMEOUT, DatasetRefused, OfflineDataset, StepRecord, build_dataset,
+                                      propensity_problem)
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +147,22 @@ def propensities(logs: StreamLogs, t: Transition, n_actions: int) -> list[float]
         return None
 
 
-def route(logs: StreamLogs, t: Transition) -> str:
-    """The decision's triage route: a model decision records its own (AUTO or AUTO_QC); a step a
-    human or the fallback acted on was routed to a human (HUMAN)."""
-    decision = logs.decisions.get((t.request_id, "model"))
-    if t.source == "model" and decision is not None:
-        return str(decision.details.get("route", "AUTO"))
-    return "HUMAN"
+def route(logs: StreamLogs, t: Transition) -> str | None:
+    """The step's triage route (:data:`training.rl.offline_data.ROUTES`), or None where the
+    decision that acted logged one it cannot have (the episode is then dropped, ``bad_route``):
+
+    * model: the model decision's ``details.route``, AUTO or AUTO_QC (AUTO where it logged none);
+    * human: HUMAN (a human answers deferred decisions only);
+    * fallback: the fallback decision's ``details.route``, which ``rl run`` sets to the deferred
+      marker's route (HUMAN: deferred, no human answered in time) or to null when no answer came
+      at all: TIMEOUT, never mistaken for a deferral to an auditor."""
+    if t.source == "human":
+        return "HUMAN"
+    decision = logs.decisions.get((t.request_id, t.source))
+    logged = decision.details.get("route") if decision is not None else None
+    if t.source == "model":
+        return "AUTO" if logged is None else logged if logged in ("AUTO", "AUTO_QC") else None
+    return TIMEOUT if logged is None else logged if logged == "HUMAN" else None
 
 
 def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> list[StepRecord]:
@@ -173,15 +186,18 @@ def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> lis
         for t in steps:
             probs = propensities(logs, t, n_actions)
             problem = "no decision with propensities" if probs is None else propensity_problem(probs, t.action)
+            reason = "no_propensities" if probs is None else "bad_propensities"
+            step_route = route(logs, t)
+            if problem is None and step_route is None:
+                problem, reason = f"its {t.source} decision logged an impossible route", "bad_route"
             if problem is not None:
-                reason = "no_propensities" if probs is None else "bad_propensities"
                 report.episodes_dropped[reason] += 1
                 report.episodes_without_propensities += probs is None
                 log.warning("episode %s step %d (%s): %s; episode dropped", key, t.step, t.source, problem)
                 rows = []
                 break
             rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
-                                   human_action(logs, t.request_id, n_actions), t.source, route(logs, t)))
+                                   human_action(logs, t.request_id, n_actions), t.source, step_route))
         records.extend(rows)
     return records
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from auditstream.cli import main
-from training.rl.offline_data import (ARRAY_KEYS, FORMAT_VERSION, PROB_TOLERANCE, SOURCES, DatasetRefused,
+from training.rl.offline_data import (ARRAY_KEYS, FORMAT_VERSION, PROB_TOLERANCE, ROUTES, SOURCES, DatasetRefused,
                                       OfflineDataset, StepRecord, build_dataset, load_dataset, save_dataset)
 
 KEYS = ARRAY_KEYS + ("episode_keys",)
@@ -89,6 +89,8 @@ def problems(d: OfflineDataset) -> list[str]:
             out.append(f"row {i} overridden")
         if str(d.sources[i]) not in SOURCES:
             out.append(f"row {i} source")
+        if str(d.routes[i]) not in ROUTES:
+            out.append(f"row {i} route")
     if int(d.episode_ids[-1]) + 1 != len(keys):
         out.append("episode keys")
     return out
@@ -148,6 +150,7 @@ BROKEN = {
     "action past the propensities": (mutated(actions=set_at(0, 5)), r"action 5 is outside the 3 propensities"),
     "overridden not derived": (mutated(overridden=set_at(0, True)), r"episode 'a' step 0: overridden must be true"),
     "unknown source": (mutated(sources=set_at(0, "robot")), r"source not one of .*'robot'"),
+    "unknown route": (mutated(routes=set_at(0, "ROBOT")), r"route not one of .*'TIMEOUT'.*episode 'a' step 0 has 'ROBOT'"),
     "a missing row": (mutated(rewards=lambda a: a[:-1]), r"array rewards has 7 rows, actions has 8"),
     "float actions": (mutated(actions=lambda a: a.astype(np.float64)),
                       r"array actions has dtype float64, expected int"),
@@ -297,6 +300,7 @@ MINARI_BROKEN = {
                                   r"infos propensities have shape \(4, 2\), expected \[4, 3\]"),
     "steps from 5": (on_episode(1, info_step=lambda s: [5, 6]), r"episode 'b' step 5 is step 0"),
     "unknown source": (on_episode(2, info_source=at(0, "robot")), r"source not one of"),
+    "unknown route": (on_episode(2, info_route=at(1, "ROBOT")), r"route not one of"),
 }
 
 

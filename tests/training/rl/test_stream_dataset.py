@@ -31,6 +31,8 @@ def transition(ep: str, step: int, action: int, source: str, last: bool = False)
 
 def decision(t: Transition, propensities: list[float] | None) -> Decision:
     details = {} if propensities is None else {"propensities": propensities}
+    if t.source == "fallback":
+        details["route"] = "HUMAN"  # what rl run logs after a deferred marker no human answered in time
     return Decision(t.request_id, "p", "1", t.action, t.source, 1e9, t.episode_key, t.step, details)
 
 
@@ -82,8 +84,8 @@ class FakeEnv:
         return np.zeros(4, np.float32), {}
 
     def step(self, action):
-        self.actions.append(action)
-        return np.ones(4, np.float32), 1.0, len(self.actions) >= 3, False, {}
+        self.actions.append(action)  # observation k after k actions: every one tells its step apart
+        return np.full(4, float(len(self.actions)), np.float32), 1.0, len(self.actions) >= 3, False, {}
 
 
 def driver_with_one_episode(tmp_path: Path, human_wait_s: float):
@@ -130,6 +132,63 @@ def test_no_human_in_time_falls_back_to_the_safe_action_and_logs_it(tmp_path: Pa
     # no answer at all (consumer down): the deadline also falls back, counted as a timeout
     driver.expire(now=100.0)
     assert slot.env.actions == [0, 0] and driver.report.timeouts == 1
+
+
+def logs_of_driver(driver) -> StreamLogs:
+    """What ``rl dataset`` reads back of what the driver sent (the consumer's decisions added by
+    the test)."""
+    logs = StreamLogs()
+    for topic, _, value in driver.producer.sent:
+        if topic == "t.transitions":
+            logs.add(Transition.from_bytes(value))
+        elif topic == "t.decisions":
+            logs.add(Decision.from_bytes(value))
+    return logs
+
+
+def run_one_episode_through_the_driver(tmp_path: Path):
+    """Step 0 deferred and no human in time (fallback), step 1 no answer at all (fallback),
+    step 2 the model's QC-sampled action; the episode then ends. Returns (driver, the
+    consumer's model decision on step 2)."""
+    driver, slot = driver_with_one_episode(tmp_path, human_wait_s=0.0)
+    key = slot.episode_key
+    driver.on_record(deferred(driver, slot), now=0.1)
+    driver.expire(now=0.1)  # step 0: deferred, nobody answered: fallback, route HUMAN
+    driver.expire(now=100.0)  # step 1: no answer at all: fallback, route null
+    rid = slot.request_id
+    model = Decision(rid, "policy-cartpole-v1", "1", 1, "model", 1e9, key, 2,
+                     {"propensities": [0.2, 0.8], "route": "AUTO_QC", "qc_sampled": True, "qc_inclusion_prob": 0.05})
+    action = Action(rid, "policy-cartpole-v1", "1", key, 2, 1, Route.AUTO_QC, 1e9, {})
+    driver.on_record(Record("t.actions", 0, 0, action.key, action.to_bytes()), now=100.1)
+    assert slot.env.actions == [0, 0, 1] and driver.report.timeouts == 1 and len(driver.report.returns) == 1
+    return driver, model
+
+
+def test_a_step_no_answer_reached_is_a_timeout_not_a_deferral_to_a_human(tmp_path: Path) -> None:
+    """The driver's fallback after a deferral logs route HUMAN, after no answer at all route null:
+    the dataset tells them apart (TIMEOUT), and only the deferred step counts as routed to a human."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    fallbacks = [logs.decisions[(f"{model.episode_key}-s{t}", "fallback")].details["route"] for t in (0, 1)]
+    assert fallbacks == ["HUMAN", None]
+    report = DatasetReport()
+    data = build_dataset(step_records(logs, 2, report))
+    assert data.sources.tolist() == ["fallback", "fallback", "model"]
+    assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"] and not report.episodes_dropped
+
+
+@pytest.mark.parametrize("source,logged", [("model", "HUMAN"), ("model", "TIMEOUT"), ("fallback", "AUTO"),
+                                           ("fallback", "TIMEOUT"), ("model", 3)])
+def test_a_decision_logging_a_route_it_cannot_have_drops_its_episode(source, logged) -> None:
+    """A model decision routes AUTO or AUTO_QC, a fallback decision HUMAN or null: anything else is
+    a forged or foreign record, dropped and counted (never a dataset route outside ROUTES)."""
+    bad = [transition("b", 0, 1, source, last=True)]
+    logs = logs_of([(transition("g", 0, 1, "model", last=True), [0.4, 0.6]), (bad[0], [0.0, 1.0])])
+    logs.decisions[("b-s0", source)].details["route"] = logged
+    report = DatasetReport()
+    data = build_dataset(step_records(logs, 2, report), dropped=report.episodes_dropped)
+    assert data.episode_keys.tolist() == ["g"] and report.episodes_dropped == {"bad_route": 1}
 
 
 def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(tmp_path: Path) -> None:
