@@ -14,20 +14,28 @@ learning from humans need travels in the per-step ``infos``, row t describing th
 ``observations[t]`` (the final row, the observation after the episode's last action, has no
 decision: ``propensities`` 0, ``human_action`` -1, ``source`` and ``route`` ""):
 
-==================  ============  ===================================================
-infos key           shape/dtype   meaning
-==================  ============  ===================================================
-propensities        [T+1, A] f32  the behaviour policy's full action-probability vector
-human_action        [T+1] i64     the auditor's action where one answered, else -1
-source              [T+1] str     who chose the executed action: model, human, fallback
-route               [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN, TIMEOUT
-                                  (:data:`~training.rl.offline_data.ROUTES`)
-step                [T+1] i64     the step index in the stream's episode
-==================  ============  ===================================================
+========================  ============  =======================================================
+infos key                 shape/dtype   meaning
+========================  ============  =======================================================
+propensities              [T+1, A] f32  the behaviour policy's full action-probability vector
+human_action              [T+1] i64     the auditor's action where one answered, else -1
+source                    [T+1] str     who chose the executed action: model, human, fallback
+route                     [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN, TIMEOUT
+                                        (:data:`~training.rl.offline_data.ROUTES`)
+step                      [T+1] i64     the step index in the stream's episode
+final_observation_logged  [T+1] bool    the episode's flag, the same on every row: True where
+                                        ``observations[T]`` is the logged observation after the
+                                        last action, False where it was not logged and
+                                        ``observations[T]`` repeats ``observations[T-1]``
+========================  ============  =======================================================
 
-Each episode's metadata holds ``episode_key`` (the stream's key). The stream does not log the
-observation after an episode's last action, so there ``observations[T]`` repeats
-``observations[T-1]``; the learners here never bootstrap from an episode's last step.
+Each episode's metadata holds ``episode_key`` (the stream's key). ``observations[T]`` is the
+observation after the episode's last action: ``rl run`` sends it as the episode's end request
+(``<episode_key>-end``, ``episode_end`` true) on the requests topic and ``rl dataset`` reads it
+from there. Where that request is missing (lost, or deleted by retention) ``observations[T]``
+repeats ``observations[T-1]`` and ``final_observation_logged`` is False: a learner that
+bootstraps after a time-limit truncation must not bootstrap from such an episode's last step
+(the learners here never bootstrap from an episode's last step).
 :func:`read_minari` turns such a dataset back into an ``OfflineDataset`` for the learners and
 off-policy evaluation. It checks the dataset's ``metadata.json`` (:data:`METADATA_KEYS`) before
 Minari opens it, each episode's arrays (rows, kinds, actions inside the action space) before
@@ -47,8 +55,8 @@ import numpy as np
 from auditstream.errors import ConfigError
 from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
 
-INFO_KEYS = ("propensities", "human_action", "source", "route", "step")
-FORMAT_NAME = "auditstream-decision-log/1"  # in the dataset metadata: what the infos hold
+INFO_KEYS = ("propensities", "human_action", "source", "route", "step", "final_observation_logged")
+FORMAT_NAME = "auditstream-decision-log/2"  # in the dataset metadata: what the infos hold (2: final_observation_logged)
 REWRITE = "write it again with 'auditstream rl dataset --format minari'"
 # What Minari, pyarrow and h5py raise on files they cannot decode (pyarrow's errors are ValueError,
 # OSError or KeyError subclasses; Minari asserts on the types it reads).
@@ -118,6 +126,7 @@ def _episode_buffer(data: OfflineDataset, s: slice, index: int) -> Any:
         "source": [str(x) for x in data.sources[s]] + [""],
         "route": [str(x) for x in data.routes[s]] + [""],
         "step": [int(x) for x in data.steps[s]] + [int(data.steps[s.stop - 1]) + 1],
+        "final_observation_logged": [bool(data.final_observation_logged[index])] * (s.stop - s.start + 1),
     }
     return EpisodeBuffer(id=index, observations=observations, actions=data.actions[s].astype(np.int64),
                          rewards=data.rewards[s].astype(np.float64).tolist(),
@@ -218,7 +227,7 @@ def read_minari(source: Any) -> OfflineDataset:
     dataset = source if hasattr(source, "iterate_episodes") else open_minari(source)
     name = f"Minari dataset {source if isinstance(source, (str, Path)) else getattr(dataset, 'id', '?')}"
     try:
-        columns, keys = _read_episodes(dataset, name)
+        columns, keys, final_logged = _read_episodes(dataset, name)
     except DatasetRefused:
         raise
     except MINARI_READ_ERRORS as e:
@@ -232,14 +241,15 @@ def read_minari(source: Any) -> OfflineDataset:
             timeouts=cat["timeouts"], next_observations=cat["next_obs"], propensities=probs,
             behaviour_action_prob=probs[np.arange(len(actions)), actions], human_actions=human,
             overridden=(human >= 0) & (human != actions), sources=cat["source"], routes=cat["route"],
-            episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str))
+            episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str),
+            final_observation_logged=np.asarray(final_logged, dtype=bool))
     except DatasetRefused as e:
         raise DatasetRefused(f"{name}: {e}") from None
 
 
-def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]], list[str]]:
-    """Per-episode columns (each checked for its length and kind before anything indexes with it)
-    and the episode keys."""
+def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]], list[str], list[bool]]:
+    """Per-episode columns (each checked for its length and kind before anything indexes with it),
+    the episode keys and each episode's ``final_observation_logged``."""
     import gymnasium as gym
 
     if not isinstance(dataset.action_space, gym.spaces.Discrete):
@@ -250,9 +260,9 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
                              "need flat numeric observations")
     n_actions = int(dataset.action_space.n)
     metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
-    keys = []
+    keys, final_logged = [], []
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals",
-                                                              "timeouts", "episode_ids", *INFO_KEYS)}
+                                                              "timeouts", "episode_ids", *INFO_KEYS[:-1])}
     for e, episode in enumerate(dataset.iterate_episodes()):
         where = f"{name}, episode {episode.id}"
         missing = [k for k in INFO_KEYS if k not in episode.infos]
@@ -294,11 +304,16 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
         columns["step"].append(_column(where, "infos step", episode.infos["step"], n + 1, "iu")[:n].astype(np.int64))
         for k in ("source", "route"):
             columns[k].append(_column(where, f"infos {k}", episode.infos[k], n + 1, "U")[:n])
+        flags = _column(where, "infos final_observation_logged", episode.infos["final_observation_logged"], n + 1, "b")
+        if flags.min() != flags.max():
+            raise DatasetRefused(f"{where}: infos final_observation_logged is not the same on every row (it is the "
+                                 f"episode's flag); {REWRITE}")
+        final_logged.append(bool(flags[0]))
     if not keys or not columns["actions"]:
         raise DatasetRefused(f"{name} has no episodes; {REWRITE}")
     if len(metadata) != len(keys):
         raise DatasetRefused(f"{name}: {len(metadata)} episodes have metadata, {len(keys)} have steps; {REWRITE}")
-    return columns, keys
+    return columns, keys, final_logged
 
 
 def _column(where: str, what: str, values: Any, rows: int, kinds: str) -> np.ndarray:
@@ -312,6 +327,7 @@ def _column(where: str, what: str, values: Any, rows: int, kinds: str) -> np.nda
     if a.dtype.kind not in kinds:
         whole = "i" in kinds and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
         if not whole:
-            expected = "strings" if kinds == "U" else "whole numbers" if "f" not in kinds else "numbers"
+            expected = ("strings" if kinds == "U" else "booleans" if kinds == "b" else "whole numbers" if "f" not in kinds
+                        else "numbers")
             raise DatasetRefused(f"{where}: {what} has dtype {a.dtype}, expected {expected}; {REWRITE}")
     return a

@@ -13,8 +13,10 @@ observations                [N, D] f32    observation the decision was made on
 actions                     [N] i64       action the environment executed
 rewards                     [N] f32       reward received after the action
 terminals / timeouts        [N] f32       episode ended by the env / by a time limit
-next_observations           [N, D] f32    next step's observation; a copy of the step's own
-                                          observation on an episode's last step (unknown)
+next_observations           [N, D] f32    next step's observation; on an episode's last step the
+                                          observation after its last action (``rl dataset``:
+                                          the driver's end request), or, where that was not
+                                          logged, a copy of the step's own observation
 propensities                [N, A] f32    full action-probability vector of the logging policy
 behaviour_action_prob       [N] f32       propensities[t, actions[t]]
 human_actions               [N] i64       the human's action where one answered, else -1
@@ -25,7 +27,12 @@ routes                      [N] str       the triage route of the decision: AUTO
 episode_ids / steps         [N] i64       episode number (0..E-1) and step index in it
 ==========================  ============  ==================================================
 
-``episode_keys`` (the string keys, [E]) maps episode numbers back to the stream. The same
+Two arrays are per episode ([E]): ``episode_keys`` (the string keys) maps episode numbers back to
+the stream, and ``final_observation_logged`` (bool) says whether the last step's
+``next_observations`` is the logged observation after the episode's last action (False: it was
+not logged, and the step's own observation stands in; the learners here never bootstrap from an
+episode's last step, but a learner that bootstraps after a time-limit truncation must skip
+those episodes' last steps). The same
 dataset as a Minari dataset (what most offline RL code reads): :mod:`training.rl.minari_format`.
 
 Propensities of human steps (``sources == "human"``) are one-hot on the human's action: the
@@ -55,7 +62,8 @@ arrays of the kinds and shapes of the table, as many rows each; episodes numbere
 order, each one contiguous run of rows with steps 0, 1, 2, ..., ending (terminated or
 truncated, flags 0 or 1) on its last row and nowhere before, E episode keys; finite
 observations, next observations and rewards, ``next_observations[t]`` equal to
-``observations[t+1]`` within an episode; usable propensities with ``behaviour_action_prob`` the
+``observations[t+1]`` within an episode, and to ``observations[t]`` on the last step of an
+episode whose ``final_observation_logged`` is False; usable propensities with ``behaviour_action_prob`` the
 executed action's; ``human_actions`` in -1..A-1; ``overridden``, ``sources`` and ``routes``
 as defined above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
 :func:`load_dataset` also refuses, naming the file, what is not a readable ``.npz`` at all.
@@ -78,7 +86,7 @@ from auditstream.wire import DECISION_SOURCES, Route
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: sources and routes
+FORMAT_VERSION = 3  # 2: sources and routes; 3: final_observation_logged (and the true final observation)
 SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's names
 # The triage route of each logged step: the wire's routes (AUTO and AUTO_QC: the model acted; HUMAN:
 # deferred to an auditor, then a human or, when none answered in time, the fallback acted) and
@@ -90,6 +98,7 @@ ROUTES = tuple(r.value for r in Route) + (TIMEOUT,)
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
                             "overridden", "sources", "routes", "episode_ids", "steps")
+EPISODE_KEYS = ("episode_keys", "final_observation_logged")  # the per-episode arrays, [E]
 # Why build_dataset left an episode out (the keys of its ``dropped`` counter).
 DROP_REASONS = {
     "missing_start": "its first logged step is not 0 (the start was lost)",
@@ -104,8 +113,8 @@ MATRIX_KEYS = ("observations", "next_observations", "propensities")  # [N, D]; e
 ARRAY_KINDS = {**{k: "fiub" for k in ("observations", "rewards", "terminals", "timeouts", "next_observations",
                                        "propensities", "behaviour_action_prob", "overridden")},
                **{k: "iu" for k in ("actions", "human_actions", "episode_ids", "steps")},
-               **{k: "U" for k in ("sources", "routes", "episode_keys")}}
-KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings"}
+               **{k: "U" for k in ("sources", "routes", "episode_keys")}, "final_observation_logged": "b"}
+KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings", "b": "booleans"}
 
 
 class DatasetRefused(AuditstreamError, ValueError):
@@ -135,7 +144,9 @@ class StepRecord:
     """One logged decision and its outcome. ``action`` is what the environment executed;
     ``action_probs`` what the logging policy gave every action; ``human_action`` the auditor's
     answer if one came (before or after the fact), else None; ``source`` who chose ``action``
-    (model, human or fallback) and ``route`` the decision's triage route (:data:`ROUTES`)."""
+    (model, human or fallback) and ``route`` the decision's triage route (:data:`ROUTES`);
+    ``next_observation`` the observation after the action where it was logged (used on an
+    episode's last step)."""
 
     episode_key: str
     step: int
@@ -148,6 +159,10 @@ class StepRecord:
     human_action: int | None = None
     source: str = "model"
     route: str = "AUTO"
+    # The observation after the action, where it was logged. Only an episode's last step's is
+    # used (elsewhere the next step's observation is the next observation); None there: unknown,
+    # the step's own observation stands in and the episode's final_observation_logged is False.
+    next_observation: Any = None
 
 
 @dataclass(frozen=True)
@@ -169,12 +184,13 @@ class OfflineDataset:
     episode_ids: np.ndarray
     steps: np.ndarray
     episode_keys: np.ndarray
+    final_observation_logged: np.ndarray
 
     def __post_init__(self) -> None:
         """Every rule of the format (module docstring, "What a dataset must hold"), checked once,
         here, whichever loader or builder made the arrays: a :class:`DatasetRefused` names the
         first offending row."""
-        for key in ARRAY_KEYS + ("episode_keys",):
+        for key in ARRAY_KEYS + EPISODE_KEYS:
             if not isinstance(getattr(self, key), np.ndarray):
                 object.__setattr__(self, key, np.asarray(getattr(self, key)))
         self._check_arrays()
@@ -186,7 +202,7 @@ class OfflineDataset:
 
     def _check_arrays(self) -> None:
         """Kinds, dimensions and row counts: what every other check and the learners index with."""
-        for key in ARRAY_KEYS + ("episode_keys",):
+        for key in ARRAY_KEYS + EPISODE_KEYS:
             a = getattr(self, key)
             kind = ARRAY_KINDS[key]
             if a.dtype.kind not in kind:
@@ -208,8 +224,9 @@ class OfflineDataset:
         ... that ends (terminated or truncated) on its last row and nowhere before."""
         ids, n, n_keys = self.episode_ids, len(self.actions), len(self.episode_keys)
         if n == 0:
-            if n_keys:
-                self._refuse(f"no steps but {n_keys} episode_keys")
+            if n_keys or len(self.final_observation_logged):
+                self._refuse(f"no steps but {n_keys} episode_keys and {len(self.final_observation_logged)} "
+                             "final_observation_logged")
             return
         if ids[0] != 0:
             self._refuse(f"episode_ids start at {int(ids[0])}, not 0")
@@ -222,6 +239,9 @@ class OfflineDataset:
                          "0, 1, 2, ... in order)")
         if int(ids[-1]) + 1 != n_keys:
             self._refuse(f"episode_ids number {int(ids[-1]) + 1} episodes but there are {n_keys} episode_keys")
+        if len(self.final_observation_logged) != n_keys:
+            self._refuse(f"array final_observation_logged has {len(self.final_observation_logged)} rows, episode_keys "
+                         f"has {n_keys}")
         last = np.r_[jumps != 0, True]
         first = np.r_[True, jumps != 0]
         position = np.arange(n) - np.flatnonzero(first)[ids]
@@ -260,6 +280,11 @@ class OfflineDataset:
         bad = np.flatnonzero(~last[:-1] & (self.next_observations[:-1] != self.observations[1:]).any(axis=1))
         if len(bad):
             self._refuse(f"{self.where(int(bad[0]))}: next_observations is not the next step's observation")
+        copied = last & ~self.final_observation_logged[self.episode_ids]
+        bad = np.flatnonzero(copied & (self.next_observations != self.observations).any(axis=1))
+        if len(bad):
+            self._refuse(f"{self.where(int(bad[0]))}: final_observation_logged is false but next_observations is not "
+                         "the step's own observation (the stand-in for a final observation that was not logged)")
         bad = _bad_propensity_rows(self.propensities, self.actions, self.behaviour_action_prob)
         if len(bad):
             i = int(bad[0])
@@ -330,6 +355,7 @@ class OfflineDataset:
         values = {k: getattr(self, k)[rows] for k in ARRAY_KEYS}
         values["episode_ids"] = np.repeat(np.arange(len(episodes)), lengths).astype(np.int64)
         values["episode_keys"] = self.episode_keys[np.asarray(episodes, dtype=np.int64)]
+        values["final_observation_logged"] = self.final_observation_logged[np.asarray(episodes, dtype=np.int64)]
         return OfflineDataset(**values)
 
 
@@ -402,6 +428,15 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
     next_obs = obs.copy()
     same_episode = episode_ids[1:] == episode_ids[:-1]
     next_obs[:-1][same_episode] = obs[1:][same_episode]
+    final_logged = np.zeros(len(keys), dtype=bool)
+    for i in np.flatnonzero(np.r_[~same_episode, True]):  # each episode's last row
+        final = rows[i][1].next_observation
+        if final is not None:
+            final = np.asarray(final, dtype=np.float32).reshape(-1)
+            if final.shape != obs[i].shape:
+                raise DatasetRefused(f"episode {keys[rows[i][0]]!r} step {int(rows[i][1].step)}: its next observation has "
+                                     f"{final.size} values, its observation {obs.shape[1]}")
+            next_obs[i], final_logged[rows[i][0]] = final, True
     return OfflineDataset(
         observations=obs, actions=actions,
         rewards=np.asarray([float(r.reward) for _, r in rows], dtype=np.float32),
@@ -411,7 +446,7 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
         sources=np.asarray([r.source for _, r in rows], dtype=str),
         routes=np.asarray([r.route for _, r in rows], dtype=str),
         episode_ids=episode_ids, steps=np.asarray([int(r.step) for _, r in rows], dtype=np.int64),
-        episode_keys=np.asarray(keys, dtype=str),
+        episode_keys=np.asarray(keys, dtype=str), final_observation_logged=final_logged,
     )
 
 
@@ -438,7 +473,8 @@ def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: getattr(dataset, k) for k in ARRAY_KEYS}
     with open(path, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
-        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION), **arrays)
+        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
+                            final_observation_logged=dataset.final_observation_logged, **arrays)
     return path
 
 
@@ -491,11 +527,11 @@ def load_dataset(path: Path | str) -> OfflineDataset:
             if version != FORMAT_VERSION:
                 raise DatasetRefused(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}; "
                                      f"{REBUILD}")
-            missing = [k for k in ARRAY_KEYS + ("episode_keys",) if k not in names]
+            missing = [k for k in ARRAY_KEYS + EPISODE_KEYS if k not in names]
             if missing:
                 raise DatasetRefused(f"{path}: dataset lacks arrays {missing}; {REBUILD}")
             arrays = {}
-            for key in ARRAY_KEYS + ("episode_keys",):
+            for key in ARRAY_KEYS + EPISODE_KEYS:
                 arrays[key] = data[key]
                 if not isinstance(arrays[key], np.ndarray):  # numpy hands back a member without the .npy header raw
                     raise DatasetRefused(f"{path}: member {key} is not a numpy array; {REBUILD}")

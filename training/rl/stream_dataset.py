@@ -3,14 +3,20 @@
     auditstream rl dataset --out cartpole_logs.npz [--model policy-cartpole-v1] [--version 2]
     auditstream rl dataset --format minari --out datasets/ [--dataset-id auditstream/cartpole/logs-v0]
 
-Reads the ``transitions``, ``decisions`` and ``verdicts`` topics from the beginning to their
-current end (manual assignment of every partition: no consumer group, nothing committed) and
-joins them by request id into :class:`training.rl.offline_data.StepRecord` rows, which
+Reads the ``transitions``, ``decisions`` and ``verdicts`` topics, and the model's requests topic
+for its episodes' end requests, from the beginning to their current end (manual assignment of
+every partition: no consumer group, nothing committed) and joins them by request id into :class:`training.rl.offline_data.StepRecord` rows, which
 :func:`training.rl.offline_data.build_dataset` turns into the dataset, written as a Minari
 dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/rl.md,
 "Offline dataset format"):
 
 * observation, action, reward, terminated, truncated: the transition (what the environment did);
+* the observation after an episode's last action (the last step's ``next_observations``, the
+  Minari ``observations[T]``): the episode's end request, ``InferenceRequest(episode_end=True)``
+  at step T, which ``rl run`` sends on the requests topic. Where it is missing (lost, deleted by
+  the topic's retention) or unusable (another step, shape or a non-finite value) the step's own
+  observation stands in, the episode's ``final_observation_logged`` is False and the report
+  counts it (``final_observations_missing``): the episode is kept, never dropped for it;
 * source and route: who acted (the transition's ``source``) and the triage route (:func:`route`:
   the model decision's ``details.route``; HUMAN where a human acted, or the fallback after a
   deferral; TIMEOUT where the fallback acted because no answer came at all);
@@ -48,8 +54,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from auditstream.errors import BadArguments, DecodeError
-from auditstream.wire import Decision, Transition, Verdict, VerdictKind
+from auditstream.wire import Decision, InferenceRequest, Transition, Verdict, VerdictKind
 from training.rl.offline_data import (TIMEOUT, DatasetRefused, OfflineDataset, StepRecord, build_dataset,
                                       propensity_problem)
 
@@ -61,12 +69,17 @@ class StreamLogs:
     transitions: list[Transition] = field(default_factory=list)  # of the model, every version
     decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)  # (request id, source) -> first
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # request id -> latest that is not a skip
+    ends: dict[str, InferenceRequest] = field(default_factory=dict)  # episode key -> its first end request
     unreadable: int = 0
     versions: frozenset[str] | None = None  # the selected policy versions (None: all)
 
-    def add(self, item: Transition | Decision | Verdict) -> None:
-        """Keep one decoded record (what :func:`read_logs` does with each)."""
-        if isinstance(item, Transition):
+    def add(self, item: Transition | Decision | Verdict | InferenceRequest) -> None:
+        """Keep one decoded record (what :func:`read_logs` does with each); of requests, only an
+        episode's end request (its final observation) is kept."""
+        if isinstance(item, InferenceRequest):
+            if item.episode_end and item.episode_key is not None:
+                self.ends.setdefault(item.episode_key, item)
+        elif isinstance(item, Transition):
             self.transitions.append(item)
         elif isinstance(item, Decision):
             self.decisions.setdefault((item.request_id, item.source), item)
@@ -86,21 +99,24 @@ class DatasetReport:
     human_labels: int = 0
     overrides: int = 0
     episodes_without_propensities: int = 0
+    final_observations_missing: int = 0  # kept episodes whose final observation was not logged (copied)
     episodes_dropped: Counter = field(default_factory=Counter)  # by reason (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "env_id": self.env_id, "episodes": self.episodes, "steps": self.steps, "sources": dict(self.sources),
                 "human_labels": self.human_labels, "overrides": self.overrides,
                 "episodes_without_propensities": self.episodes_without_propensities,
+                "final_observations_missing": self.final_observations_missing,
                 "episodes_dropped": dict(self.episodes_dropped)}
 
 
 def read_logs(settings: Any, model: str | None = None, version: str | None = None, timeout_s: float = 120.0) -> StreamLogs:
-    """The three topics up to their end now, decoded; ``model`` filters the records, ``version``
-    selects episodes (whole episodes, in :func:`step_records`: a record filter would cut an
-    episode that spans a version change)."""
+    """The three topics up to their end now, decoded, then the end requests of the requests
+    topic of ``model`` (default: of every model whose transitions were read); ``model`` filters
+    the records, ``version`` selects episodes (whole episodes, in :func:`step_records`: a record
+    filter would cut an episode that spans a version change)."""
     from auditstream import topics as T
-    from auditstream.kafka import read_to_end
+    from auditstream.kafka import iter_to_end, read_to_end
 
     logs = StreamLogs(versions=frozenset([version]) if version else None)
     topics = {settings.topic(T.TRANSITIONS): Transition, settings.topic(T.DECISIONS): Decision,
@@ -114,7 +130,32 @@ def read_logs(settings: Any, model: str | None = None, version: str | None = Non
         if model and item.model != model:
             continue
         logs.add(item)
+    models = [model] if model else sorted({t.model for t in logs.transitions})
+    requests = [settings.request_topic(m) for m in models]
+    for record in iter_to_end(settings, requests, timeout_s=timeout_s) if requests else ():
+        # Every step's request is on this topic: decode only the episode ends (their JSON says so).
+        if record.topic not in requests or b'"episode_end"' not in (record.value or b""):
+            continue
+        try:
+            request = InferenceRequest.from_bytes(record.value or b"")
+        except DecodeError:
+            logs.unreadable += 1
+            continue
+        if request.model in models:
+            logs.add(request)
     return logs
+
+
+def final_observation(logs: StreamLogs, last: Transition) -> Any:
+    """The observation after an episode's last step ``last``: its end request's, or None where
+    there is none or it does not fit (another step, another shape, a value not finite)."""
+    end = logs.ends.get(last.episode_key)
+    if end is None or not isinstance(end.input, np.ndarray) or end.step != last.step + 1:
+        return None
+    final = np.asarray(end.input, dtype=np.float64).reshape(-1)
+    if final.shape != np.asarray(last.observation).reshape(-1).shape or not np.all(np.isfinite(final)):
+        return None
+    return final
 
 
 def human_action(logs: StreamLogs, request_id: str, n_actions: int) -> int | None:
@@ -196,8 +237,10 @@ def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> lis
                 log.warning("episode %s step %d (%s): %s; episode dropped", key, t.step, t.source, problem)
                 rows = []
                 break
+            final = final_observation(logs, t) if t.terminated or t.truncated else None
             rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
-                                   human_action(logs, t.request_id, n_actions), t.source, step_route))
+                                   human_action(logs, t.request_id, n_actions), t.source, step_route,
+                                   next_observation=final))
         records.extend(rows)
     return records
 
@@ -214,6 +257,7 @@ def build_stream_dataset(settings: Any, model: str | None = None, version: str |
     data = build_dataset(step_records(logs, n_actions, report), dropped=report.episodes_dropped)
     report.episodes, report.steps = data.n_episodes, len(data.actions)
     report.human_labels, report.overrides = int((data.human_actions >= 0).sum()), int(data.overridden.sum())
+    report.final_observations_missing = int((~data.final_observation_logged).sum())
     for t in logs.transitions:
         if logs.versions is None or t.model_version in logs.versions:
             report.sources[t.source] += 1

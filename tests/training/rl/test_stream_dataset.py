@@ -19,7 +19,7 @@ from tests.serving.tiny_policy import cartpole_weights, publish_policy
 from auditstream.kafka import Record
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
-from auditstream.wire import Action, Decision, Route, Transition, Verdict, VerdictKind
+from auditstream.wire import Action, Decision, InferenceRequest, Route, Transition, Verdict, VerdictKind
 from training.rl.offline_data import build_dataset
 from training.rl.stream_dataset import DatasetReport, StreamLogs, step_records
 
@@ -143,6 +143,8 @@ def logs_of_driver(driver) -> StreamLogs:
             logs.add(Transition.from_bytes(value))
         elif topic == "t.decisions":
             logs.add(Decision.from_bytes(value))
+        elif topic == "t.requests.policy-cartpole-v1":
+            logs.add(InferenceRequest.from_bytes(value))  # only the end request is kept
     return logs
 
 
@@ -178,6 +180,32 @@ def test_a_step_no_answer_reached_is_a_timeout_not_a_deferral_to_a_human(tmp_pat
     assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"] and not report.episodes_dropped
 
 
+def test_the_final_observation_is_the_end_request_the_driver_sent(tmp_path: Path) -> None:
+    """The env's observation after the last action (3: FakeEnv returns k after k actions) travels
+    as the '<key>-end' request: it is the last step's next observation and Minari's
+    observations[T], not a copy of observations[T-1] (2)."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    assert list(logs.ends) == [model.episode_key] and logs.ends[model.episode_key].step == 3
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.observations[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert data.next_observations[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert data.final_observation_logged.tolist() == [True]
+
+
+def test_without_its_end_request_an_episode_is_kept_with_the_copy_and_flagged(tmp_path: Path) -> None:
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    end = logs.ends.pop(model.episode_key)
+    for unusable in (None, InferenceRequest(end.request_id, end.model, end.input, 1.0, end.episode_key, 2, True),
+                     InferenceRequest(end.request_id, end.model, np.zeros(3, np.float32), 1.0, end.episode_key, 3, True)):
+        logs.ends = {} if unusable is None else {end.episode_key: unusable}  # missing, another step, another shape
+        data = build_dataset(step_records(logs, 2, DatasetReport()))
+        assert data.next_observations[:, 0].tolist() == [1.0, 2.0, 2.0] and data.final_observation_logged.tolist() == [False]
+
+
 @pytest.mark.parametrize("source,logged", [("model", "HUMAN"), ("model", "TIMEOUT"), ("fallback", "AUTO"),
                                            ("fallback", "TIMEOUT"), ("model", 3)])
 def test_a_decision_logging_a_route_it_cannot_have_drops_its_episode(source, logged) -> None:
@@ -209,25 +237,47 @@ def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(
 
 
 def topics_returning(monkeypatch: pytest.MonkeyPatch, items: list) -> Settings:
-    """Settings whose read_to_end yields ``items`` (wire records) as the three topics' records."""
+    """Settings whose read_to_end yields ``items`` (wire records) as the three topics' records and
+    whose iter_to_end yields the requests (``InferenceRequest`` items) of model p's requests topic."""
     import auditstream.kafka
 
     settings = Settings(topic_prefix="t")
-    topic = {Transition: "transitions", Decision: "decisions", Verdict: "verdicts"}
+    topic = {Transition: "transitions", Decision: "decisions", Verdict: "verdicts", InferenceRequest: "requests.p"}
     records = [Record(settings.topic(topic[type(x)]), 0, i, None, x.to_bytes()) for i, x in enumerate(items)]
-    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: list(records))
+    requests = [r for r in records if r.topic == settings.request_topic("p")]
+    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: [r for r in records if r not in requests])
+    monkeypatch.setattr(auditstream.kafka, "iter_to_end", lambda s, topics, *a, **k: iter(
+        [r for r in requests if r.topic in topics]))
     return settings
 
 
-def episode(ep: str, versions: list[str], probs: list[float] | None = None) -> list:
-    """Transitions (and model decisions) of an episode whose step t was served by versions[t]."""
+def episode(ep: str, versions: list[str], probs: list[float] | None = None, end: bool = True) -> list:
+    """Transitions (and model decisions) of an episode whose step t was served by versions[t],
+    and (``end``) the driver's end request with its final observation (T + 100)."""
     out: list = []
     for t, version in enumerate(versions):
         tr = Transition(f"{ep}-s{t}", "p", version, ep, t, np.full(4, t, np.float32), 1, "model", 1.0,
                         t == len(versions) - 1, False, 1e9)
         out += [tr, Decision(tr.request_id, "p", version, 1, "model", 1e9, ep, t,
                              {"propensities": probs or [0.4, 0.6], "route": "AUTO"})]
-    return out
+    n = len(versions)
+    return out + ([InferenceRequest(f"{ep}-end", "p", np.full(4, n + 100, np.float32), 1e9, ep, n, True)] if end else [])
+
+
+def test_rl_dataset_reads_the_end_requests_off_the_requests_topic(monkeypatch) -> None:
+    """Of the requests topic only the end requests are kept (not a step's request), those of another
+    model are not taken; an episode without one keeps the copy, flagged and counted."""
+    from training.rl.stream_dataset import build_stream_dataset, read_logs
+
+    step = InferenceRequest("a-s0", "p", np.zeros(4, np.float32), 1e9, "a", 0)
+    other = InferenceRequest("b-end", "q", np.full(4, 7.0, np.float32), 1e9, "b", 2, True)
+    items = episode("a", ["1", "1"]) + episode("b", ["1", "1"], end=False) + [step, other]
+    settings = topics_returning(monkeypatch, items)
+    assert list(read_logs(settings, "p").ends) == ["a"] and list(read_logs(settings).ends) == ["a"]
+    data, report = build_stream_dataset(settings, None, None, n_actions=2)
+    assert data.episode_keys.tolist() == ["a", "b"] and data.final_observation_logged.tolist() == [True, False]
+    assert data.next_observations[:, 0].tolist() == [1.0, 102.0, 1.0, 1.0]
+    assert report.final_observations_missing == 1 and report.to_dict()["final_observations_missing"] == 1
 
 
 def test_an_episode_spanning_a_version_change_is_dropped_whole_never_cut(monkeypatch) -> None:
