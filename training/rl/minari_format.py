@@ -12,7 +12,8 @@ downloaded. A reader points ``MINARI_DATASETS_PATH`` at the root, or opens
 ``minari.MinariDataset("<root>/<dataset_id>/data")`` directly. What off-policy evaluation and
 learning from humans need travels in the per-step ``infos``, row t describing the decision on
 ``observations[t]`` (the final row, the observation after the episode's last action, has no
-decision: ``propensities`` 0, ``human_action`` -1, ``source`` and ``route`` ""):
+decision: ``propensities`` 0, ``human_action`` -1, ``inclusion_prob`` 0, ``source`` and ``route``
+""):
 
 ========================  ============  =======================================================
 infos key                 shape/dtype   meaning
@@ -22,6 +23,10 @@ human_action              [T+1] i64     the auditor's action where one answered,
 source                    [T+1] str     who chose the executed action: model, human, fallback
 route                     [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN, TIMEOUT
                                         (:data:`~training.rl.offline_data.ROUTES`)
+inclusion_prob            [T+1] f32     the probability with which the step was sent to an
+                                        auditor: 1.0 (HUMAN), the QC sampling probability pi
+                                        (AUTO_QC), 0.0 where not sent (AUTO, TIMEOUT); NaN:
+                                        not logged (``training.rl.offline_data``)
 step                      [T+1] i64     the step index in the stream's episode
 final_observation_logged  [T+1] bool    the episode's flag, the same on every row: True where
                                         ``observations[T]`` is the logged observation after the
@@ -55,8 +60,9 @@ import numpy as np
 from auditstream.errors import ConfigError
 from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
 
-INFO_KEYS = ("propensities", "human_action", "source", "route", "step", "final_observation_logged")
-FORMAT_NAME = "auditstream-decision-log/2"  # in the dataset metadata: what the infos hold (2: final_observation_logged)
+INFO_KEYS = ("propensities", "human_action", "source", "route", "inclusion_prob", "step", "final_observation_logged")
+# in the dataset metadata: what the infos hold (2: inclusion_prob, final_observation_logged)
+FORMAT_NAME = "auditstream-decision-log/2"
 REWRITE = "write it again with 'auditstream rl dataset --format minari'"
 # What Minari, pyarrow and h5py raise on files they cannot decode (pyarrow's errors are ValueError,
 # OSError or KeyError subclasses; Minari asserts on the types it reads).
@@ -125,6 +131,7 @@ def _episode_buffer(data: OfflineDataset, s: slice, index: int) -> Any:
         "human_action": [int(x) for x in data.human_actions[s]] + [-1],
         "source": [str(x) for x in data.sources[s]] + [""],
         "route": [str(x) for x in data.routes[s]] + [""],
+        "inclusion_prob": [float(x) for x in data.inclusion_prob[s]] + [0.0],
         "step": [int(x) for x in data.steps[s]] + [int(data.steps[s.stop - 1]) + 1],
         "final_observation_logged": [bool(data.final_observation_logged[index])] * (s.stop - s.start + 1),
     }
@@ -153,7 +160,8 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
         "dataset_id": dataset_id, "minari_version": minari.__version__, "algorithm_name": algorithm_name,
         "author": {"auditstream"},
         "description": description or (f"{data.n_episodes} episodes ({len(data.actions)} steps) of logged decisions "
-                                       "with behaviour propensities, human actions, sources and routes in the infos"),
+                                       "with behaviour propensities, human actions, sources, routes and QC "
+                                       "inclusion probabilities in the infos"),
         "auditstream_format": FORMAT_NAME,
     })
     slices = data.episode_slices()
@@ -241,6 +249,7 @@ def read_minari(source: Any) -> OfflineDataset:
             timeouts=cat["timeouts"], next_observations=cat["next_obs"], propensities=probs,
             behaviour_action_prob=probs[np.arange(len(actions)), actions], human_actions=human,
             overridden=(human >= 0) & (human != actions), sources=cat["source"], routes=cat["route"],
+            inclusion_prob=cat["inclusion_prob"],
             episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str),
             final_observation_logged=np.asarray(final_logged, dtype=bool))
     except DatasetRefused as e:
@@ -262,7 +271,7 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
     metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
     keys, final_logged = [], []
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals",
-                                                              "timeouts", "episode_ids", *INFO_KEYS[:-1])}
+                                                              "timeouts", "episode_ids", *(k for k in INFO_KEYS if k != "final_observation_logged"))}
     for e, episode in enumerate(dataset.iterate_episodes()):
         where = f"{name}, episode {episode.id}"
         missing = [k for k in INFO_KEYS if k not in episode.infos]
@@ -301,6 +310,8 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
         columns["propensities"].append(probs[:n].astype(np.float32))
         columns["human_action"].append(_column(where, "infos human_action", episode.infos["human_action"], n + 1,
                                                "iu")[:n].astype(np.int64))
+        columns["inclusion_prob"].append(_column(where, "infos inclusion_prob", episode.infos["inclusion_prob"], n + 1,
+                                                 "fiub")[:n].astype(np.float32))
         columns["step"].append(_column(where, "infos step", episode.infos["step"], n + 1, "iu")[:n].astype(np.int64))
         for k in ("source", "route"):
             columns[k].append(_column(where, f"infos {k}", episode.infos[k], n + 1, "U")[:n])

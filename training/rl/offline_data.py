@@ -24,6 +24,10 @@ overridden                  [N] bool      a human answered and chose differently
 sources                     [N] str       who chose the executed action: model, human, fallback
 routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN,
                                           or TIMEOUT (no answer reached the logger: :data:`ROUTES`)
+inclusion_prob              [N] f32       the probability with which the step was sent to an
+                                          auditor (:func:`inclusion_by_route`): 1.0 (HUMAN),
+                                          the QC sampling probability pi (AUTO_QC), 0.0 where
+                                          it was not sent (AUTO, TIMEOUT); NaN: not logged
 episode_ids / steps         [N] i64       episode number (0..E-1) and step index in it
 ==========================  ============  ==================================================
 
@@ -40,6 +44,16 @@ log does not know what else the auditor might have done, so a one-hot vector is 
 that humans are a known deterministic policy. Off-policy evaluation can instead drop the
 episodes humans acted in or model the humans' action probabilities
 (:mod:`training.rl.ope_humans`).
+
+**Human labels are a sample.** An auditor sees every deferred decision (HUMAN) but, of the
+auto-accepted ones, only those QC sampled (AUTO_QC), each with a confidence-dependent
+probability pi (the verdict's ``inclusion_prob``, the model decision's ``qc_inclusion_prob``):
+``inclusion_prob`` carries it, so an estimate over human-labelled steps weighs each by
+``1 / inclusion_prob`` (Horvitz-Thompson). It is 1.0 on HUMAN steps, pi on AUTO_QC steps, and
+0.0 where the step was not sent to an auditor (AUTO; TIMEOUT, where no triage answer reached the
+driver) -- unless a verdict on such a step exists anyway (the consumer's late answer to a
+timed-out step was audited), whose ``inclusion_prob`` it then is. NaN: an AUTO_QC step whose
+probability was not logged.
 
 :func:`build_dataset` turns per-step records (what the decisions/verdicts topics carry, one
 :class:`StepRecord` per decision) into a dataset; it is the function ``rl dataset`` feeds.
@@ -64,8 +78,8 @@ truncated, flags 0 or 1) on its last row and nowhere before, E episode keys; fin
 observations, next observations and rewards, ``next_observations[t]`` equal to
 ``observations[t+1]`` within an episode, and to ``observations[t]`` on the last step of an
 episode whose ``final_observation_logged`` is False; usable propensities with ``behaviour_action_prob`` the
-executed action's; ``human_actions`` in -1..A-1; ``overridden``, ``sources`` and ``routes``
-as defined above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
+executed action's; ``human_actions`` in -1..A-1; ``inclusion_prob`` in [0, 1] or NaN;
+``overridden``, ``sources`` and ``routes`` as defined above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
 :func:`load_dataset` also refuses, naming the file, what is not a readable ``.npz`` at all.
 """
 
@@ -86,7 +100,7 @@ from auditstream.wire import DECISION_SOURCES, Route
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: sources and routes; 3: final_observation_logged (and the true final observation)
+FORMAT_VERSION = 3  # 2: sources and routes; 3: inclusion_prob, final_observation_logged (and the true final observation)
 SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's names
 # The triage route of each logged step: the wire's routes (AUTO and AUTO_QC: the model acted; HUMAN:
 # deferred to an auditor, then a human or, when none answered in time, the fallback acted) and
@@ -95,9 +109,16 @@ SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's na
 # an auditor as far as the logger knows; like HUMAN, its source is never "model".
 TIMEOUT = "TIMEOUT"
 ROUTES = tuple(r.value for r in Route) + (TIMEOUT,)
+
+
+def inclusion_by_route(route: str) -> float:
+    """The inclusion probability of a step whose logger gave none, by its route: HUMAN 1.0 (every
+    deferred decision goes to an auditor), AUTO and TIMEOUT 0.0 (not sent to one), AUTO_QC NaN
+    (sampled with a probability that was not logged)."""
+    return {"HUMAN": 1.0, "AUTO_QC": float("nan")}.get(route, 0.0)
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
-                            "overridden", "sources", "routes", "episode_ids", "steps")
+                            "overridden", "sources", "routes", "inclusion_prob", "episode_ids", "steps")
 EPISODE_KEYS = ("episode_keys", "final_observation_logged")  # the per-episode arrays, [E]
 # Why build_dataset left an episode out (the keys of its ``dropped`` counter).
 DROP_REASONS = {
@@ -111,7 +132,7 @@ REBUILD = "rebuild the dataset with 'auditstream rl dataset'"
 MATRIX_KEYS = ("observations", "next_observations", "propensities")  # [N, D]; every other array is [N]
 # numpy dtype kinds each array may have (an .npz or Minari file can hold anything)
 ARRAY_KINDS = {**{k: "fiub" for k in ("observations", "rewards", "terminals", "timeouts", "next_observations",
-                                       "propensities", "behaviour_action_prob", "overridden")},
+                                       "propensities", "behaviour_action_prob", "overridden", "inclusion_prob")},
                **{k: "iu" for k in ("actions", "human_actions", "episode_ids", "steps")},
                **{k: "U" for k in ("sources", "routes", "episode_keys")}, "final_observation_logged": "b"}
 KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings", "b": "booleans"}
@@ -145,8 +166,9 @@ class StepRecord:
     ``action_probs`` what the logging policy gave every action; ``human_action`` the auditor's
     answer if one came (before or after the fact), else None; ``source`` who chose ``action``
     (model, human or fallback) and ``route`` the decision's triage route (:data:`ROUTES`);
-    ``next_observation`` the observation after the action where it was logged (used on an
-    episode's last step)."""
+    ``inclusion_prob`` the probability with which it was sent to an auditor (None: by the route,
+    :func:`inclusion_by_route`); ``next_observation`` the observation after the action where it
+    was logged (used on an episode's last step)."""
 
     episode_key: str
     step: int
@@ -159,6 +181,9 @@ class StepRecord:
     human_action: int | None = None
     source: str = "model"
     route: str = "AUTO"
+    # The probability with which the step was sent to an auditor (the QC inclusion probability;
+    # human labels on QC-sampled steps weigh 1 / inclusion_prob); None: :func:`inclusion_by_route`.
+    inclusion_prob: float | None = None
     # The observation after the action, where it was logged. Only an episode's last step's is
     # used (elsewhere the next step's observation is the next observation); None there: unknown,
     # the step's own observation stands in and the episode's final_observation_logged is False.
@@ -181,6 +206,7 @@ class OfflineDataset:
     overridden: np.ndarray
     sources: np.ndarray
     routes: np.ndarray
+    inclusion_prob: np.ndarray
     episode_ids: np.ndarray
     steps: np.ndarray
     episode_keys: np.ndarray
@@ -307,6 +333,11 @@ class OfflineDataset:
         if len(bad):
             self._refuse(f"{len(bad)} steps have a source not one of {SOURCES}; first: {self.where(int(bad[0]))} has "
                          f"{str(self.sources[bad[0]])!r}")
+        p = self.inclusion_prob.astype(np.float64)
+        bad = np.flatnonzero(~np.isnan(p) & ~((p >= 0) & (p <= 1)))
+        if len(bad):
+            self._refuse(f"{len(bad)} inclusion_prob are outside [0, 1] (NaN: not logged); first: "
+                         f"{self.where(int(bad[0]))} has {float(p[bad[0]])!r}")
         bad = np.flatnonzero(~np.isin(self.routes, ROUTES))
         if len(bad):
             self._refuse(f"{len(bad)} steps have a route not one of {ROUTES}; first: {self.where(int(bad[0]))} has "
@@ -445,6 +476,8 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
         human_actions=human, overridden=(human >= 0) & (human != actions),
         sources=np.asarray([r.source for _, r in rows], dtype=str),
         routes=np.asarray([r.route for _, r in rows], dtype=str),
+        inclusion_prob=np.asarray([inclusion_by_route(r.route) if r.inclusion_prob is None else float(r.inclusion_prob)
+                                   for _, r in rows], dtype=np.float32),
         episode_ids=episode_ids, steps=np.asarray([int(r.step) for _, r in rows], dtype=np.int64),
         episode_keys=np.asarray(keys, dtype=str), final_observation_logged=final_logged,
     )

@@ -20,6 +20,12 @@ dataset (:mod:`training.rl.minari_format`) or the d3rlpy-shaped ``.npz`` (docs/r
 * source and route: who acted (the transition's ``source``) and the triage route (:func:`route`:
   the model decision's ``details.route``; HUMAN where a human acted, or the fallback after a
   deferral; TIMEOUT where the fallback acted because no answer came at all);
+* inclusion_prob: the probability with which the step was sent to an auditor
+  (:func:`inclusion_prob`): 1.0 on HUMAN steps; on AUTO_QC steps the QC sampling probability pi
+  (the model decision's ``details.qc_inclusion_prob``, else the verdict's ``inclusion_prob``,
+  else NaN: not logged); 0.0 on AUTO and TIMEOUT steps (not sent), unless a verdict on the step
+  exists anyway (its ``inclusion_prob``) or a human decision (1.0: humans answer deferred
+  decisions). A researcher reweights human labels by ``1 / inclusion_prob``;
 * propensities: the decision whose ``source`` matches the transition's (who acted): a model
   decision's ``details.propensities`` (what the action was drawn with), a fallback decision's
   one-hot safe action, or, for a human decision, one-hot of the human's action (the assumption
@@ -206,6 +212,22 @@ def route(logs: StreamLogs, t: Transition) -> str | None:
     return TIMEOUT if logged is None else logged if logged == "HUMAN" else None
 
 
+def inclusion_prob(logs: StreamLogs, t: Transition, step_route: str) -> float:
+    """The probability with which this step was sent to an auditor (module docstring)."""
+    verdict = logs.verdicts.get(t.request_id)
+    if step_route == "HUMAN":
+        return 1.0
+    if step_route == "AUTO_QC":
+        decision = logs.decisions.get((t.request_id, "model"))
+        logged = decision.details.get("qc_inclusion_prob") if decision is not None else None
+        if isinstance(logged, (int, float)) and not isinstance(logged, bool) and 0.0 < logged <= 1.0:
+            return float(logged)
+        return verdict.inclusion_prob if verdict is not None else float("nan")
+    if verdict is not None:  # AUTO or TIMEOUT, audited anyway (a late answer to a timed-out step)
+        return verdict.inclusion_prob
+    return 1.0 if (t.request_id, "human") in logs.decisions else 0.0
+
+
 def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> list[StepRecord]:
     """The step records of every episode of the selected versions whose every step has usable
     propensities; the others are dropped whole and counted in ``report.episodes_dropped``."""
@@ -240,7 +262,7 @@ def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> lis
             final = final_observation(logs, t) if t.terminated or t.truncated else None
             rows.append(StepRecord(key, t.step, t.observation, t.action, probs, t.reward, t.terminated, t.truncated,
                                    human_action(logs, t.request_id, n_actions), t.source, step_route,
-                                   next_observation=final))
+                                   inclusion_prob=inclusion_prob(logs, t, step_route), next_observation=final))
         records.extend(rows)
     return records
 

@@ -98,6 +98,8 @@ def problems(d: OfflineDataset) -> list[str]:
             out.append(f"row {i} source")
         if str(d.routes[i]) not in ROUTES:
             out.append(f"row {i} route")
+        if not (np.isnan(d.inclusion_prob[i]) or 0 <= d.inclusion_prob[i] <= 1):
+            out.append(f"row {i} inclusion_prob")
     if int(d.episode_ids[-1]) + 1 != len(keys):
         out.append("episode keys")
     return out
@@ -164,6 +166,9 @@ BROKEN = {
         r"episode 'a' step 2: final_observation_logged is false but next_observations is not the step's own"),
     "a final observation flag missing": (mutated(final_observation_logged=lambda a: a[:2]),
                                          r"final_observation_logged has 2 rows, episode_keys has 3"),
+    "inclusion probability above 1": (mutated(inclusion_prob=set_at(4, 1.5)),
+                                      r"1 inclusion_prob are outside \[0, 1\] \(NaN: not logged\); first: episode 'c' step 0"),
+    "negative inclusion probability": (mutated(inclusion_prob=set_at(0, -0.1)), r"inclusion_prob are outside"),
     "unknown route": (mutated(routes=set_at(0, "ROBOT")), r"route not one of .*'TIMEOUT'.*episode 'a' step 0 has 'ROBOT'"),
     "a missing row": (mutated(rewards=lambda a: a[:-1]), r"array rewards has 7 rows, actions has 8"),
     "float actions": (mutated(actions=lambda a: a.astype(np.float64)),
@@ -315,6 +320,7 @@ MINARI_BROKEN = {
     "steps from 5": (on_episode(1, info_step=lambda s: [5, 6]), r"episode 'b' step 5 is step 0"),
     "unknown source": (on_episode(2, info_source=at(0, "robot")), r"source not one of"),
     "unknown route": (on_episode(2, info_route=at(1, "ROBOT")), r"route not one of"),
+    "inclusion probability 2": (on_episode(1, info_inclusion_prob=at(0, 2.0)), r"inclusion_prob are outside \[0, 1\]"),
     "final observation flag not the episode's": (
         on_episode(0, info_final_observation_logged=at(0, False)),
         r"episode 0: infos final_observation_logged is not the same on every row"),

@@ -48,6 +48,7 @@ def test_minari_reads_what_we_write(tmp_path, monkeypatch) -> None:
     assert episode.infos["route"].tolist() == ["HUMAN", "HUMAN", ""]
     np.testing.assert_allclose(episode.infos["propensities"], [[0, 1], [1, 0], [0, 0]])
     assert episode.infos["human_action"].tolist() == [1, -1, -1]
+    assert episode.infos["inclusion_prob"].tolist() == [1.0, 1.0, 0.0]  # HUMAN steps; the final row has no decision
     assert [m["episode_key"] for m in dataset.storage.get_episode_metadata([0, 1, 2])] == ["a", "b", "d"]
     assert minari.list_local_datasets()["auditstream/toy/logs-v0"]["dataset_id"] == "auditstream/toy/logs-v0"
 

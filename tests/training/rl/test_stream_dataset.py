@@ -180,6 +180,40 @@ def test_a_step_no_answer_reached_is_a_timeout_not_a_deferral_to_a_human(tmp_pat
     assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"] and not report.episodes_dropped
 
 
+def test_the_qc_inclusion_probability_travels_with_every_step(tmp_path: Path) -> None:
+    """Human labels on auto-accepted steps exist only where QC sampled them, with probability pi:
+    the dataset carries it (1.0 deferred, pi QC-sampled, 0.0 not sent to an auditor)."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"]
+    assert data.inclusion_prob.tolist() == pytest.approx([1.0, 0.0, 0.05])
+
+
+def test_inclusion_probability_from_the_verdict_where_the_decision_lacks_it() -> None:
+    """AUTO_QC: the decision's qc_inclusion_prob, else the verdict's, else NaN (not logged); AUTO
+    0.0; a timed-out step the consumer's late answer sent to QC: its verdict's."""
+    steps = [transition("a", t, 1, "fallback" if t == 3 else "model", last=t == 3) for t in range(4)]
+    logs = logs_of([(t, [0.0, 1.0]) for t in steps])
+    routes = ["AUTO", "AUTO_QC", "AUTO_QC", None]
+    for t, r in zip(steps, routes):
+        logs.decisions[(t.request_id, t.source)].details["route"] = r
+    logs.decisions[("a-s1", "model")].details["qc_inclusion_prob"] = 0.05
+    logs.verdicts = {v.request_id: v for v in [
+        Verdict("v1", "a-s1", "p", "1", "ann", VerdictKind.ACCEPT, 2e9, 1, item_route=Route.AUTO_QC, inclusion_prob=0.05),
+        Verdict("v3", "a-s3", "p", "1", "ann", VerdictKind.CORRECT, 2e9, 1, 0, item_route=Route.AUTO_QC,
+                inclusion_prob=0.3)]}
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.routes.tolist() == ["AUTO", "AUTO_QC", "AUTO_QC", "TIMEOUT"]
+    assert data.human_actions.tolist() == [-1, 1, -1, 0]
+    np.testing.assert_allclose(data.inclusion_prob, [0.0, 0.05, np.nan, 0.3], rtol=1e-6)
+    logs.verdicts["a-s2"] = Verdict("v2", "a-s2", "p", "1", "ann", VerdictKind.ACCEPT, 2e9, 1, item_route=Route.AUTO_QC,
+                                    inclusion_prob=0.2)
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    np.testing.assert_allclose(data.inclusion_prob, [0.0, 0.05, 0.2, 0.3], rtol=1e-6)
+
+
 def test_the_final_observation_is_the_end_request_the_driver_sent(tmp_path: Path) -> None:
     """The env's observation after the last action (3: FakeEnv returns k after k actions) travels
     as the '<key>-end' request: it is the last step's next observation and Minari's
