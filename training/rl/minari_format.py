@@ -12,21 +12,35 @@ downloaded. A reader points ``MINARI_DATASETS_PATH`` at the root, or opens
 ``minari.MinariDataset("<root>/<dataset_id>/data")`` directly. What off-policy evaluation and
 learning from humans need travels in the per-step ``infos``, row t describing the decision on
 ``observations[t]`` (the final row, the observation after the episode's last action, has no
-decision: ``propensities`` 0, ``human_action`` -1, ``source`` and ``route`` ""):
+decision: ``propensities`` 0, ``human_action`` -1, ``inclusion_prob`` 0, ``source`` and ``route``
+""):
 
-==================  ============  ===================================================
-infos key           shape/dtype   meaning
-==================  ============  ===================================================
-propensities        [T+1, A] f32  the behaviour policy's full action-probability vector
-human_action        [T+1] i64     the auditor's action where one answered, else -1
-source              [T+1] str     who chose the executed action: model, human, fallback
-route               [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN
-step                [T+1] i64     the step index in the stream's episode
-==================  ============  ===================================================
+========================  ============  =======================================================
+infos key                 shape/dtype   meaning
+========================  ============  =======================================================
+propensities              [T+1, A] f32  the behaviour policy's full action-probability vector
+human_action              [T+1] i64     the auditor's action where one answered, else -1
+source                    [T+1] str     who chose the executed action: model, human, fallback
+route                     [T+1] str     the decision's triage route: AUTO, AUTO_QC, HUMAN, TIMEOUT
+                                        (:data:`~training.rl.offline_data.ROUTES`)
+inclusion_prob            [T+1] f32     the probability with which the step was sent to an
+                                        auditor: 1.0 (HUMAN), the QC sampling probability pi
+                                        (AUTO_QC), 0.0 where not sent (AUTO, TIMEOUT); NaN:
+                                        not logged (``training.rl.offline_data``)
+step                      [T+1] i64     the step index in the stream's episode
+final_observation_logged  [T+1] bool    the episode's flag, the same on every row: True where
+                                        ``observations[T]`` is the logged observation after the
+                                        last action, False where it was not logged and
+                                        ``observations[T]`` repeats ``observations[T-1]``
+========================  ============  =======================================================
 
-Each episode's metadata holds ``episode_key`` (the stream's key). The stream does not log the
-observation after an episode's last action, so there ``observations[T]`` repeats
-``observations[T-1]``; the learners here never bootstrap from an episode's last step.
+Each episode's metadata holds ``episode_key`` (the stream's key). ``observations[T]`` is the
+observation after the episode's last action: ``rl run`` sends it as the episode's end request
+(``<episode_key>-end``, ``episode_end`` true) on the requests topic and ``rl dataset`` reads it
+from there. Where that request is missing (lost, or deleted by retention) ``observations[T]``
+repeats ``observations[T-1]`` and ``final_observation_logged`` is False: a learner that
+bootstraps after a time-limit truncation must not bootstrap from such an episode's last step
+(the learners here never bootstrap from an episode's last step).
 :func:`read_minari` turns such a dataset back into an ``OfflineDataset`` for the learners and
 off-policy evaluation. It checks the dataset's ``metadata.json`` (:data:`METADATA_KEYS`) before
 Minari opens it, each episode's arrays (rows, kinds, actions inside the action space) before
@@ -46,8 +60,9 @@ import numpy as np
 from auditstream.errors import ConfigError
 from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
 
-INFO_KEYS = ("propensities", "human_action", "source", "route", "step")
-FORMAT_NAME = "auditstream-decision-log/1"  # in the dataset metadata: what the infos hold
+INFO_KEYS = ("propensities", "human_action", "source", "route", "inclusion_prob", "step", "final_observation_logged")
+# in the dataset metadata: what the infos hold (2: inclusion_prob, final_observation_logged)
+FORMAT_NAME = "auditstream-decision-log/2"
 REWRITE = "write it again with 'auditstream rl dataset --format minari'"
 # What Minari, pyarrow and h5py raise on files they cannot decode (pyarrow's errors are ValueError,
 # OSError or KeyError subclasses; Minari asserts on the types it reads).
@@ -116,7 +131,9 @@ def _episode_buffer(data: OfflineDataset, s: slice, index: int) -> Any:
         "human_action": [int(x) for x in data.human_actions[s]] + [-1],
         "source": [str(x) for x in data.sources[s]] + [""],
         "route": [str(x) for x in data.routes[s]] + [""],
+        "inclusion_prob": [float(x) for x in data.inclusion_prob[s]] + [0.0],
         "step": [int(x) for x in data.steps[s]] + [int(data.steps[s.stop - 1]) + 1],
+        "final_observation_logged": [bool(data.final_observation_logged[index])] * (s.stop - s.start + 1),
     }
     return EpisodeBuffer(id=index, observations=observations, actions=data.actions[s].astype(np.int64),
                          rewards=data.rewards[s].astype(np.float64).tolist(),
@@ -143,7 +160,8 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
         "dataset_id": dataset_id, "minari_version": minari.__version__, "algorithm_name": algorithm_name,
         "author": {"auditstream"},
         "description": description or (f"{data.n_episodes} episodes ({len(data.actions)} steps) of logged decisions "
-                                       "with behaviour propensities, human actions, sources and routes in the infos"),
+                                       "with behaviour propensities, human actions, sources, routes and QC "
+                                       "inclusion probabilities in the infos"),
         "auditstream_format": FORMAT_NAME,
     })
     slices = data.episode_slices()
@@ -217,7 +235,7 @@ def read_minari(source: Any) -> OfflineDataset:
     dataset = source if hasattr(source, "iterate_episodes") else open_minari(source)
     name = f"Minari dataset {source if isinstance(source, (str, Path)) else getattr(dataset, 'id', '?')}"
     try:
-        columns, keys = _read_episodes(dataset, name)
+        columns, keys, final_logged = _read_episodes(dataset, name)
     except DatasetRefused:
         raise
     except MINARI_READ_ERRORS as e:
@@ -231,14 +249,16 @@ def read_minari(source: Any) -> OfflineDataset:
             timeouts=cat["timeouts"], next_observations=cat["next_obs"], propensities=probs,
             behaviour_action_prob=probs[np.arange(len(actions)), actions], human_actions=human,
             overridden=(human >= 0) & (human != actions), sources=cat["source"], routes=cat["route"],
-            episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str))
+            inclusion_prob=cat["inclusion_prob"],
+            episode_ids=cat["episode_ids"], steps=cat["step"], episode_keys=np.asarray(keys, dtype=str),
+            final_observation_logged=np.asarray(final_logged, dtype=bool))
     except DatasetRefused as e:
         raise DatasetRefused(f"{name}: {e}") from None
 
 
-def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]], list[str]]:
-    """Per-episode columns (each checked for its length and kind before anything indexes with it)
-    and the episode keys."""
+def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]], list[str], list[bool]]:
+    """Per-episode columns (each checked for its length and kind before anything indexes with it),
+    the episode keys and each episode's ``final_observation_logged``."""
     import gymnasium as gym
 
     if not isinstance(dataset.action_space, gym.spaces.Discrete):
@@ -249,9 +269,9 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
                              "need flat numeric observations")
     n_actions = int(dataset.action_space.n)
     metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
-    keys = []
+    keys, final_logged = [], []
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminals",
-                                                              "timeouts", "episode_ids", *INFO_KEYS)}
+                                                              "timeouts", "episode_ids", *(k for k in INFO_KEYS if k != "final_observation_logged"))}
     for e, episode in enumerate(dataset.iterate_episodes()):
         where = f"{name}, episode {episode.id}"
         missing = [k for k in INFO_KEYS if k not in episode.infos]
@@ -290,14 +310,21 @@ def _read_episodes(dataset: Any, name: str) -> tuple[dict[str, list[np.ndarray]]
         columns["propensities"].append(probs[:n].astype(np.float32))
         columns["human_action"].append(_column(where, "infos human_action", episode.infos["human_action"], n + 1,
                                                "iu")[:n].astype(np.int64))
+        columns["inclusion_prob"].append(_column(where, "infos inclusion_prob", episode.infos["inclusion_prob"], n + 1,
+                                                 "fiub")[:n].astype(np.float32))
         columns["step"].append(_column(where, "infos step", episode.infos["step"], n + 1, "iu")[:n].astype(np.int64))
         for k in ("source", "route"):
             columns[k].append(_column(where, f"infos {k}", episode.infos[k], n + 1, "U")[:n])
+        flags = _column(where, "infos final_observation_logged", episode.infos["final_observation_logged"], n + 1, "b")
+        if flags.min() != flags.max():
+            raise DatasetRefused(f"{where}: infos final_observation_logged is not the same on every row (it is the "
+                                 f"episode's flag); {REWRITE}")
+        final_logged.append(bool(flags[0]))
     if not keys or not columns["actions"]:
         raise DatasetRefused(f"{name} has no episodes; {REWRITE}")
     if len(metadata) != len(keys):
         raise DatasetRefused(f"{name}: {len(metadata)} episodes have metadata, {len(keys)} have steps; {REWRITE}")
-    return columns, keys
+    return columns, keys, final_logged
 
 
 def _column(where: str, what: str, values: Any, rows: int, kinds: str) -> np.ndarray:
@@ -311,6 +338,7 @@ def _column(where: str, what: str, values: Any, rows: int, kinds: str) -> np.nda
     if a.dtype.kind not in kinds:
         whole = "i" in kinds and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
         if not whole:
-            expected = "strings" if kinds == "U" else "whole numbers" if "f" not in kinds else "numbers"
+            expected = ("strings" if kinds == "U" else "booleans" if kinds == "b" else "whole numbers" if "f" not in kinds
+                        else "numbers")
             raise DatasetRefused(f"{where}: {what} has dtype {a.dtype}, expected {expected}; {REWRITE}")
     return a

@@ -13,18 +13,30 @@ observations                [N, D] f32    observation the decision was made on
 actions                     [N] i64       action the environment executed
 rewards                     [N] f32       reward received after the action
 terminals / timeouts        [N] f32       episode ended by the env / by a time limit
-next_observations           [N, D] f32    next step's observation; a copy of the step's own
-                                          observation on an episode's last step (unknown)
+next_observations           [N, D] f32    next step's observation; on an episode's last step the
+                                          observation after its last action (``rl dataset``:
+                                          the driver's end request), or, where that was not
+                                          logged, a copy of the step's own observation
 propensities                [N, A] f32    full action-probability vector of the logging policy
 behaviour_action_prob       [N] f32       propensities[t, actions[t]]
 human_actions               [N] i64       the human's action where one answered, else -1
 overridden                  [N] bool      a human answered and chose differently than executed
 sources                     [N] str       who chose the executed action: model, human, fallback
-routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN
+routes                      [N] str       the triage route of the decision: AUTO, AUTO_QC, HUMAN,
+                                          or TIMEOUT (no answer reached the logger: :data:`ROUTES`)
+inclusion_prob              [N] f32       the probability with which the step was sent to an
+                                          auditor (:func:`inclusion_by_route`): 1.0 (HUMAN),
+                                          the QC sampling probability pi (AUTO_QC), 0.0 where
+                                          it was not sent (AUTO, TIMEOUT); NaN: not logged
 episode_ids / steps         [N] i64       episode number (0..E-1) and step index in it
 ==========================  ============  ==================================================
 
-``episode_keys`` (the string keys, [E]) maps episode numbers back to the stream. The same
+Two arrays are per episode ([E]): ``episode_keys`` (the string keys) maps episode numbers back to
+the stream, and ``final_observation_logged`` (bool) says whether the last step's
+``next_observations`` is the logged observation after the episode's last action (False: it was
+not logged, and the step's own observation stands in; the learners here never bootstrap from an
+episode's last step, but a learner that bootstraps after a time-limit truncation must skip
+those episodes' last steps). The same
 dataset as a Minari dataset (what most offline RL code reads): :mod:`training.rl.minari_format`.
 
 Propensities of human steps (``sources == "human"``) are one-hot on the human's action: the
@@ -32,6 +44,16 @@ log does not know what else the auditor might have done, so a one-hot vector is 
 that humans are a known deterministic policy. Off-policy evaluation can instead drop the
 episodes humans acted in or model the humans' action probabilities
 (:mod:`training.rl.ope_humans`).
+
+**Human labels are a sample.** An auditor sees every deferred decision (HUMAN) but, of the
+auto-accepted ones, only those QC sampled (AUTO_QC), each with a confidence-dependent
+probability pi (the verdict's ``inclusion_prob``, the model decision's ``qc_inclusion_prob``):
+``inclusion_prob`` carries it, so an estimate over human-labelled steps weighs each by
+``1 / inclusion_prob`` (Horvitz-Thompson). It is 1.0 on HUMAN steps, pi on AUTO_QC steps, and
+0.0 where the step was not sent to an auditor (AUTO; TIMEOUT, where no triage answer reached the
+driver) -- unless a verdict on such a step exists anyway (the consumer's late answer to a
+timed-out step was audited), whose ``inclusion_prob`` it then is. NaN: an AUTO_QC step whose
+probability was not logged.
 
 :func:`build_dataset` turns per-step records (what the decisions/verdicts topics carry, one
 :class:`StepRecord` per decision) into a dataset; it is the function ``rl dataset`` feeds.
@@ -54,9 +76,10 @@ arrays of the kinds and shapes of the table, as many rows each; episodes numbere
 order, each one contiguous run of rows with steps 0, 1, 2, ..., ending (terminated or
 truncated, flags 0 or 1) on its last row and nowhere before, E episode keys; finite
 observations, next observations and rewards, ``next_observations[t]`` equal to
-``observations[t+1]`` within an episode; usable propensities with ``behaviour_action_prob`` the
-executed action's; ``human_actions`` in -1..A-1; ``overridden`` and ``sources`` as defined
-above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
+``observations[t+1]`` within an episode, and to ``observations[t]`` on the last step of an
+episode whose ``final_observation_logged`` is False; usable propensities with ``behaviour_action_prob`` the
+executed action's; ``human_actions`` in -1..A-1; ``inclusion_prob`` in [0, 1] or NaN;
+``overridden``, ``sources`` and ``routes`` as defined above. Anything else is a :class:`DatasetRefused` naming the first offending episode and step.
 :func:`load_dataset` also refuses, naming the file, what is not a readable ``.npz`` at all.
 """
 
@@ -73,15 +96,30 @@ from typing import Any, Iterable
 import numpy as np
 
 from auditstream.errors import AuditstreamError
-from auditstream.wire import DECISION_SOURCES
+from auditstream.wire import DECISION_SOURCES, Route
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: sources and routes
+FORMAT_VERSION = 3  # 2: sources and routes; 3: inclusion_prob, final_observation_logged (and the true final observation)
 SOURCES = DECISION_SOURCES  # who chose each logged action: the wire format's names
+# The triage route of each logged step: the wire's routes (AUTO and AUTO_QC: the model acted; HUMAN:
+# deferred to an auditor, then a human or, when none answered in time, the fallback acted) and
+# TIMEOUT, the dataset's own: no answer at all reached the logger in time and the fallback acted
+# (``rl run`` logs such a fallback decision with route null). A TIMEOUT step was never deferred to
+# an auditor as far as the logger knows; like HUMAN, its source is never "model".
+TIMEOUT = "TIMEOUT"
+ROUTES = tuple(r.value for r in Route) + (TIMEOUT,)
+
+
+def inclusion_by_route(route: str) -> float:
+    """The inclusion probability of a step whose logger gave none, by its route: HUMAN 1.0 (every
+    deferred decision goes to an auditor), AUTO and TIMEOUT 0.0 (not sent to one), AUTO_QC NaN
+    (sampled with a probability that was not logged)."""
+    return {"HUMAN": 1.0, "AUTO_QC": float("nan")}.get(route, 0.0)
 D3RLPY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 ARRAY_KEYS = D3RLPY_KEYS + ("next_observations", "propensities", "behaviour_action_prob", "human_actions",
-                            "overridden", "sources", "routes", "episode_ids", "steps")
+                            "overridden", "sources", "routes", "inclusion_prob", "episode_ids", "steps")
+EPISODE_KEYS = ("episode_keys", "final_observation_logged")  # the per-episode arrays, [E]
 # Why build_dataset left an episode out (the keys of its ``dropped`` counter).
 DROP_REASONS = {
     "missing_start": "its first logged step is not 0 (the start was lost)",
@@ -94,10 +132,10 @@ REBUILD = "rebuild the dataset with 'auditstream rl dataset'"
 MATRIX_KEYS = ("observations", "next_observations", "propensities")  # [N, D]; every other array is [N]
 # numpy dtype kinds each array may have (an .npz or Minari file can hold anything)
 ARRAY_KINDS = {**{k: "fiub" for k in ("observations", "rewards", "terminals", "timeouts", "next_observations",
-                                       "propensities", "behaviour_action_prob", "overridden")},
+                                       "propensities", "behaviour_action_prob", "overridden", "inclusion_prob")},
                **{k: "iu" for k in ("actions", "human_actions", "episode_ids", "steps")},
-               **{k: "U" for k in ("sources", "routes", "episode_keys")}}
-KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings"}
+               **{k: "U" for k in ("sources", "routes", "episode_keys")}, "final_observation_logged": "b"}
+KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings", "b": "booleans"}
 
 
 class DatasetRefused(AuditstreamError, ValueError):
@@ -127,7 +165,10 @@ class StepRecord:
     """One logged decision and its outcome. ``action`` is what the environment executed;
     ``action_probs`` what the logging policy gave every action; ``human_action`` the auditor's
     answer if one came (before or after the fact), else None; ``source`` who chose ``action``
-    (model, human or fallback) and ``route`` the decision's triage route."""
+    (model, human or fallback) and ``route`` the decision's triage route (:data:`ROUTES`);
+    ``inclusion_prob`` the probability with which it was sent to an auditor (None: by the route,
+    :func:`inclusion_by_route`); ``next_observation`` the observation after the action where it
+    was logged (used on an episode's last step)."""
 
     episode_key: str
     step: int
@@ -140,6 +181,13 @@ class StepRecord:
     human_action: int | None = None
     source: str = "model"
     route: str = "AUTO"
+    # The probability with which the step was sent to an auditor (the QC inclusion probability;
+    # human labels on QC-sampled steps weigh 1 / inclusion_prob); None: :func:`inclusion_by_route`.
+    inclusion_prob: float | None = None
+    # The observation after the action, where it was logged. Only an episode's last step's is
+    # used (elsewhere the next step's observation is the next observation); None there: unknown,
+    # the step's own observation stands in and the episode's final_observation_logged is False.
+    next_observation: Any = None
 
 
 @dataclass(frozen=True)
@@ -158,15 +206,17 @@ class OfflineDataset:
     overridden: np.ndarray
     sources: np.ndarray
     routes: np.ndarray
+    inclusion_prob: np.ndarray
     episode_ids: np.ndarray
     steps: np.ndarray
     episode_keys: np.ndarray
+    final_observation_logged: np.ndarray
 
     def __post_init__(self) -> None:
         """Every rule of the format (module docstring, "What a dataset must hold"), checked once,
         here, whichever loader or builder made the arrays: a :class:`DatasetRefused` names the
         first offending row."""
-        for key in ARRAY_KEYS + ("episode_keys",):
+        for key in ARRAY_KEYS + EPISODE_KEYS:
             if not isinstance(getattr(self, key), np.ndarray):
                 object.__setattr__(self, key, np.asarray(getattr(self, key)))
         self._check_arrays()
@@ -178,7 +228,7 @@ class OfflineDataset:
 
     def _check_arrays(self) -> None:
         """Kinds, dimensions and row counts: what every other check and the learners index with."""
-        for key in ARRAY_KEYS + ("episode_keys",):
+        for key in ARRAY_KEYS + EPISODE_KEYS:
             a = getattr(self, key)
             kind = ARRAY_KINDS[key]
             if a.dtype.kind not in kind:
@@ -200,8 +250,9 @@ class OfflineDataset:
         ... that ends (terminated or truncated) on its last row and nowhere before."""
         ids, n, n_keys = self.episode_ids, len(self.actions), len(self.episode_keys)
         if n == 0:
-            if n_keys:
-                self._refuse(f"no steps but {n_keys} episode_keys")
+            if n_keys or len(self.final_observation_logged):
+                self._refuse(f"no steps but {n_keys} episode_keys and {len(self.final_observation_logged)} "
+                             "final_observation_logged")
             return
         if ids[0] != 0:
             self._refuse(f"episode_ids start at {int(ids[0])}, not 0")
@@ -214,6 +265,9 @@ class OfflineDataset:
                          "0, 1, 2, ... in order)")
         if int(ids[-1]) + 1 != n_keys:
             self._refuse(f"episode_ids number {int(ids[-1]) + 1} episodes but there are {n_keys} episode_keys")
+        if len(self.final_observation_logged) != n_keys:
+            self._refuse(f"array final_observation_logged has {len(self.final_observation_logged)} rows, episode_keys "
+                         f"has {n_keys}")
         last = np.r_[jumps != 0, True]
         first = np.r_[True, jumps != 0]
         position = np.arange(n) - np.flatnonzero(first)[ids]
@@ -238,7 +292,8 @@ class OfflineDataset:
 
     def _check_values(self) -> None:
         """Finite observations and rewards, next_observations that are the next step's, usable
-        propensities, human actions in range, overridden and sources as the format defines them."""
+        propensities, human actions in range, overridden, sources and routes as the format defines
+        them."""
         n = len(self.actions)
         if n == 0:
             return
@@ -251,6 +306,11 @@ class OfflineDataset:
         bad = np.flatnonzero(~last[:-1] & (self.next_observations[:-1] != self.observations[1:]).any(axis=1))
         if len(bad):
             self._refuse(f"{self.where(int(bad[0]))}: next_observations is not the next step's observation")
+        copied = last & ~self.final_observation_logged[self.episode_ids]
+        bad = np.flatnonzero(copied & (self.next_observations != self.observations).any(axis=1))
+        if len(bad):
+            self._refuse(f"{self.where(int(bad[0]))}: final_observation_logged is false but next_observations is not "
+                         "the step's own observation (the stand-in for a final observation that was not logged)")
         bad = _bad_propensity_rows(self.propensities, self.actions, self.behaviour_action_prob)
         if len(bad):
             i = int(bad[0])
@@ -273,6 +333,15 @@ class OfflineDataset:
         if len(bad):
             self._refuse(f"{len(bad)} steps have a source not one of {SOURCES}; first: {self.where(int(bad[0]))} has "
                          f"{str(self.sources[bad[0]])!r}")
+        p = self.inclusion_prob.astype(np.float64)
+        bad = np.flatnonzero(~np.isnan(p) & ~((p >= 0) & (p <= 1)))
+        if len(bad):
+            self._refuse(f"{len(bad)} inclusion_prob are outside [0, 1] (NaN: not logged); first: "
+                         f"{self.where(int(bad[0]))} has {float(p[bad[0]])!r}")
+        bad = np.flatnonzero(~np.isin(self.routes, ROUTES))
+        if len(bad):
+            self._refuse(f"{len(bad)} steps have a route not one of {ROUTES}; first: {self.where(int(bad[0]))} has "
+                         f"{str(self.routes[bad[0]])!r}")
 
     def where(self, row: int) -> str:
         """``episode 'KEY' step T`` of a row, for error messages."""
@@ -317,6 +386,7 @@ class OfflineDataset:
         values = {k: getattr(self, k)[rows] for k in ARRAY_KEYS}
         values["episode_ids"] = np.repeat(np.arange(len(episodes)), lengths).astype(np.int64)
         values["episode_keys"] = self.episode_keys[np.asarray(episodes, dtype=np.int64)]
+        values["final_observation_logged"] = self.final_observation_logged[np.asarray(episodes, dtype=np.int64)]
         return OfflineDataset(**values)
 
 
@@ -389,6 +459,15 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
     next_obs = obs.copy()
     same_episode = episode_ids[1:] == episode_ids[:-1]
     next_obs[:-1][same_episode] = obs[1:][same_episode]
+    final_logged = np.zeros(len(keys), dtype=bool)
+    for i in np.flatnonzero(np.r_[~same_episode, True]):  # each episode's last row
+        final = rows[i][1].next_observation
+        if final is not None:
+            final = np.asarray(final, dtype=np.float32).reshape(-1)
+            if final.shape != obs[i].shape:
+                raise DatasetRefused(f"episode {keys[rows[i][0]]!r} step {int(rows[i][1].step)}: its next observation has "
+                                     f"{final.size} values, its observation {obs.shape[1]}")
+            next_obs[i], final_logged[rows[i][0]] = final, True
     return OfflineDataset(
         observations=obs, actions=actions,
         rewards=np.asarray([float(r.reward) for _, r in rows], dtype=np.float32),
@@ -397,8 +476,10 @@ def _flatten(rows: list[tuple[int, StepRecord]], keys: list[str]) -> OfflineData
         human_actions=human, overridden=(human >= 0) & (human != actions),
         sources=np.asarray([r.source for _, r in rows], dtype=str),
         routes=np.asarray([r.route for _, r in rows], dtype=str),
+        inclusion_prob=np.asarray([inclusion_by_route(r.route) if r.inclusion_prob is None else float(r.inclusion_prob)
+                                   for _, r in rows], dtype=np.float32),
         episode_ids=episode_ids, steps=np.asarray([int(r.step) for _, r in rows], dtype=np.int64),
-        episode_keys=np.asarray(keys, dtype=str),
+        episode_keys=np.asarray(keys, dtype=str), final_observation_logged=final_logged,
     )
 
 
@@ -425,7 +506,8 @@ def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: getattr(dataset, k) for k in ARRAY_KEYS}
     with open(path, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
-        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION), **arrays)
+        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
+                            final_observation_logged=dataset.final_observation_logged, **arrays)
     return path
 
 
@@ -478,11 +560,11 @@ def load_dataset(path: Path | str) -> OfflineDataset:
             if version != FORMAT_VERSION:
                 raise DatasetRefused(f"{path}: dataset format_version {version}, this build reads {FORMAT_VERSION}; "
                                      f"{REBUILD}")
-            missing = [k for k in ARRAY_KEYS + ("episode_keys",) if k not in names]
+            missing = [k for k in ARRAY_KEYS + EPISODE_KEYS if k not in names]
             if missing:
                 raise DatasetRefused(f"{path}: dataset lacks arrays {missing}; {REBUILD}")
             arrays = {}
-            for key in ARRAY_KEYS + ("episode_keys",):
+            for key in ARRAY_KEYS + EPISODE_KEYS:
                 arrays[key] = data[key]
                 if not isinstance(arrays[key], np.ndarray):  # numpy hands back a member without the .npy header raw
                     raise DatasetRefused(f"{path}: member {key} is not a numpy array; {REBUILD}")

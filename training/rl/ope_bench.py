@@ -77,8 +77,9 @@ def rollout(env: Any, policy: NumpyPolicy, episodes: int, horizon: int, rng: np.
             action = min(int(np.searchsorted(np.cumsum(probs), rng.random(), side="right")), len(probs) - 1)
             next_obs, reward, terminated, truncated, _ = env.step(action)
             cut = t == horizon - 1
+            ended = terminated or truncated or cut
             records.append(StepRecord(f"{key_prefix}-{e}", t, obs, action, probs, float(reward), bool(terminated),
-                                      bool(truncated or cut)))
+                                      bool(truncated or cut), next_observation=next_obs if ended else None))
             obs = next_obs
             if terminated or truncated:
                 break

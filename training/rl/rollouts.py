@@ -91,7 +91,8 @@ def run_episodes(env_id: str, probs_fn: Callable[[np.ndarray], np.ndarray] | Non
                 out.records.append(StepRecord(f"{key_prefix}-{episode}", t, obs, action, propensities, float(reward),
                                               bool(terminated), bool(truncated),
                                               human_action=action if source == "human" else None,
-                                              source=source, route=route))
+                                              source=source, route=route,
+                                              next_observation=next_obs if terminated or truncated else None))
             obs, total, t, done = next_obs, total + float(reward), t + 1, terminated or truncated
             out.steps += 1
         out.returns.append(total)

@@ -21,15 +21,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from auditstream.cli import main
-from training.rl.offline_data import (ARRAY_KEYS, FORMAT_VERSION, PROB_TOLERANCE, SOURCES, DatasetRefused,
-                                      OfflineDataset, StepRecord, build_dataset, load_dataset, save_dataset)
+from training.rl.offline_data import (ARRAY_KEYS, EPISODE_KEYS, FORMAT_VERSION, PROB_TOLERANCE, ROUTES, SOURCES,
+                                      DatasetRefused, OfflineDataset, StepRecord, build_dataset, load_dataset,
+                                      save_dataset)
 
-KEYS = ARRAY_KEYS + ("episode_keys",)
+KEYS = ARRAY_KEYS + EPISODE_KEYS
 
 
 def good() -> OfflineDataset:
     """Three whole episodes (3, 1 and 4 steps) with human answers, an override, a human step,
-    a fallback, a truncation and three actions."""
+    a fallback, a truncation and three actions; the final observation of 'a' and 'c' logged."""
     p, rows = [0.2, 0.5, 0.3], []
     for key, n, truncated in (("a", 3, False), ("b", 1, True), ("c", 4, False)):
         for t in range(n):
@@ -39,7 +40,8 @@ def good() -> OfflineDataset:
             probs = np.eye(3)[action] if source != "model" else p
             rows.append(StepRecord(key, t, [float(t), len(key) + 0.5 * t], action, probs, 1.0 - 0.1 * t,
                                    t == n - 1 and not truncated, t == n - 1 and truncated, human_action=human,
-                                   source=source, route="HUMAN" if source == "human" else "AUTO"))
+                                   source=source, route="HUMAN" if source == "human" else "AUTO",
+                                   next_observation=[9.0, float(n)] if key != "b" else None))
     return build_dataset(rows)
 
 
@@ -54,8 +56,10 @@ def problems(d: OfflineDataset) -> list[str]:
     n, keys = len(d.actions), list(d.episode_keys)
     a_count = d.propensities.shape[1]
     for k in KEYS:
-        if k != "episode_keys" and len(getattr(d, k)) != n:
+        if k not in EPISODE_KEYS and len(getattr(d, k)) != n:
             out.append(f"{k} rows")
+    if len(d.final_observation_logged) != len(keys) or d.final_observation_logged.dtype != bool:
+        out.append("final_observation_logged")
     if out or n == 0:
         return out
     if d.observations.ndim != 2 or d.next_observations.shape != d.observations.shape:
@@ -77,6 +81,9 @@ def problems(d: OfflineDataset) -> list[str]:
             out.append(f"row {i} not finite")
         if not last and list(d.next_observations[i]) != list(d.observations[i + 1]):
             out.append(f"row {i} next observation")
+        if (last and not d.final_observation_logged[min(int(d.episode_ids[i]), len(keys) - 1)]
+                and list(d.next_observations[i]) != list(d.observations[i])):
+            out.append(f"row {i} final observation not the copy")
         p, a = [float(x) for x in d.propensities[i]], int(d.actions[i])
         if not (all(np.isfinite(p)) and all(0 <= x <= 1 + PROB_TOLERANCE for x in p)
                 and abs(sum(p) - 1) <= PROB_TOLERANCE and 0 <= a < a_count and p[a] > 0
@@ -89,6 +96,10 @@ def problems(d: OfflineDataset) -> list[str]:
             out.append(f"row {i} overridden")
         if str(d.sources[i]) not in SOURCES:
             out.append(f"row {i} source")
+        if str(d.routes[i]) not in ROUTES:
+            out.append(f"row {i} route")
+        if not (np.isnan(d.inclusion_prob[i]) or 0 <= d.inclusion_prob[i] <= 1):
+            out.append(f"row {i} inclusion_prob")
     if int(d.episode_ids[-1]) + 1 != len(keys):
         out.append("episode keys")
     return out
@@ -97,6 +108,8 @@ def problems(d: OfflineDataset) -> list[str]:
 def test_the_good_dataset_is_consistent(tmp_path) -> None:
     d = good()
     assert problems(d) == [] and d.n_episodes == 3 and d.n_actions == 3
+    assert d.final_observation_logged.tolist() == [True, False, True]
+    assert d.next_observations[[2, 3, 7]].tolist() == [[9.0, 3.0], [0.0, 1.0], [9.0, 4.0]]  # 'b': its own
     assert d.human_actions.tolist() == [-1, 0, -1, -1, 0, -1, 0, -1] and d.overridden.tolist() == [
         False, True, False, False, True, False, False, False]
     back = load_dataset(save_dataset(d, tmp_path / "d.npz"))
@@ -148,6 +161,15 @@ BROKEN = {
     "action past the propensities": (mutated(actions=set_at(0, 5)), r"action 5 is outside the 3 propensities"),
     "overridden not derived": (mutated(overridden=set_at(0, True)), r"episode 'a' step 0: overridden must be true"),
     "unknown source": (mutated(sources=set_at(0, "robot")), r"source not one of .*'robot'"),
+    "final observation not logged, yet not the copy": (
+        mutated(final_observation_logged=set_at(0, False)),
+        r"episode 'a' step 2: final_observation_logged is false but next_observations is not the step's own"),
+    "a final observation flag missing": (mutated(final_observation_logged=lambda a: a[:2]),
+                                         r"final_observation_logged has 2 rows, episode_keys has 3"),
+    "inclusion probability above 1": (mutated(inclusion_prob=set_at(4, 1.5)),
+                                      r"1 inclusion_prob are outside \[0, 1\] \(NaN: not logged\); first: episode 'c' step 0"),
+    "negative inclusion probability": (mutated(inclusion_prob=set_at(0, -0.1)), r"inclusion_prob are outside"),
+    "unknown route": (mutated(routes=set_at(0, "ROBOT")), r"route not one of .*'TIMEOUT'.*episode 'a' step 0 has 'ROBOT'"),
     "a missing row": (mutated(rewards=lambda a: a[:-1]), r"array rewards has 7 rows, actions has 8"),
     "float actions": (mutated(actions=lambda a: a.astype(np.float64)),
                       r"array actions has dtype float64, expected int"),
@@ -210,7 +232,7 @@ def npz_bytes_variants(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "foreign members": (tmp_path / "foreign.npz", "member format_version is not a numpy array"),
         "object array": (tmp_path / "pickled.npz", r"cannot read rewards as an .npz dataset \(ValueError: Object "
                                                     "arrays cannot be loaded when allow_pickle=False"),
-        "old format": (tmp_path / "old.npz", "format_version 1, this build reads 2"),
+        "old format": (tmp_path / "old.npz", f"format_version 1, this build reads {FORMAT_VERSION}"),
         "no steps": (tmp_path / "empty.npz", "the dataset has no steps"),
     }
 
@@ -297,6 +319,14 @@ MINARI_BROKEN = {
                                   r"infos propensities have shape \(4, 2\), expected \[4, 3\]"),
     "steps from 5": (on_episode(1, info_step=lambda s: [5, 6]), r"episode 'b' step 5 is step 0"),
     "unknown source": (on_episode(2, info_source=at(0, "robot")), r"source not one of"),
+    "unknown route": (on_episode(2, info_route=at(1, "ROBOT")), r"route not one of"),
+    "inclusion probability 2": (on_episode(1, info_inclusion_prob=at(0, 2.0)), r"inclusion_prob are outside \[0, 1\]"),
+    "final observation flag not the episode's": (
+        on_episode(0, info_final_observation_logged=at(0, False)),
+        r"episode 0: infos final_observation_logged is not the same on every row"),
+    "final observation flag false, observations[T] not the copy": (
+        on_episode(0, info_final_observation_logged=lambda f: [False] * len(f)),
+        r"episode 'a' step 2: final_observation_logged is false but next_observations"),
 }
 
 

@@ -21,7 +21,8 @@ def logged() -> object:
     # one-hot on the action each took (propensity 0 for an executed action is refused)
     extra = [StepRecord("d", 0, [0.5, 0.5], 1, [0.0, 1.0], 1.0, False, False, human_action=1, source="human",
                         route="HUMAN"),
-             StepRecord("d", 1, [0.6, 0.4], 0, [1.0, 0.0], 1.0, True, False, source="fallback", route="HUMAN")]
+             StepRecord("d", 1, [0.6, 0.4], 0, [1.0, 0.0], 1.0, True, False, source="fallback", route="HUMAN",
+                        next_observation=[0.7, 0.3])]  # "d" logged its final observation, "a" and "b" did not
     return build_dataset(records() + extra)
 
 
@@ -35,11 +36,19 @@ def test_minari_reads_what_we_write(tmp_path, monkeypatch) -> None:
     assert dataset.action_space == gym.spaces.Discrete(2) and dataset.observation_space.shape == (2,)
     episode = dataset[2]  # "d": a human acted, then the fallback
     assert episode.observations.shape == (3, 2) and episode.actions.tolist() == [1, 0]
+    # observations[T] is the logged final observation (the driver's end request), flagged so; where
+    # none was logged, observations[T] repeats observations[T-1], flagged False
+    np.testing.assert_allclose(episode.observations[-1], [0.7, 0.3])
+    assert episode.infos["final_observation_logged"].tolist() == [True] * 3
+    first = dataset[0]
+    np.testing.assert_array_equal(first.observations[-1], first.observations[-2])
+    assert first.infos["final_observation_logged"].tolist() == [False] * 3
     assert episode.terminations.tolist() == [False, True] and episode.truncations.tolist() == [False, False]
     assert episode.infos["source"].tolist() == ["human", "fallback", ""]
     assert episode.infos["route"].tolist() == ["HUMAN", "HUMAN", ""]
     np.testing.assert_allclose(episode.infos["propensities"], [[0, 1], [1, 0], [0, 0]])
     assert episode.infos["human_action"].tolist() == [1, -1, -1]
+    assert episode.infos["inclusion_prob"].tolist() == [1.0, 1.0, 0.0]  # HUMAN steps; the final row has no decision
     assert [m["episode_key"] for m in dataset.storage.get_episode_metadata([0, 1, 2])] == ["a", "b", "d"]
     assert minari.list_local_datasets()["auditstream/toy/logs-v0"]["dataset_id"] == "auditstream/toy/logs-v0"
 

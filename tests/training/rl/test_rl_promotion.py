@@ -185,6 +185,23 @@ def test_routed_logs_without_the_live_policy_are_refused_not_compared_with_the_r
         gate_from_dataset(data, table_policy(MU), PromotionConfig(gamma=GAMMA))
 
 
+def test_the_gate_treats_timeout_routes_as_it_treats_fallbacks_after_a_deferral() -> None:
+    """``rl dataset`` now routes a fallback that no answer reached TIMEOUT, not HUMAN; the gate and
+    OPE read ``sources`` (who acted), so the same logs with those routes renamed decide the same."""
+    from dataclasses import replace
+
+    data = simulate_routed(400, seed=3)
+    timed_out = replace(data, routes=np.where(data.sources == "fallback", "TIMEOUT", data.routes))
+    assert set(timed_out.routes.tolist()) == {"AUTO", "TIMEOUT"}
+    config = PromotionConfig(gamma=GAMMA, require_all=True)
+    a, b = (gate_from_dataset(d, table_policy(MU), config, bootstrap=50, live_policy=table_policy(MU))
+            for d in (data, timed_out))
+    assert (a.promote, a.code, a.reason) == (b.promote, b.code, b.reason) == (False, "no_support", a.reason)
+    assert a.candidate_estimates == b.candidate_estimates and a.live_estimates == b.live_estimates
+    with pytest.raises(GateRefused, match=r"acted on by a human or the fallback .*\['fallback'\]"):
+        gate_from_dataset(timed_out, table_policy(MU), PromotionConfig(gamma=GAMMA))
+
+
 def test_unrouted_comparison_still_promotes_the_better_policy_only() -> None:
     data = simulate(600, seed=11)
     config = PromotionConfig(gamma=GAMMA)

@@ -19,7 +19,7 @@ from tests.serving.tiny_policy import cartpole_weights, publish_policy
 from auditstream.kafka import Record
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
-from auditstream.wire import Action, Decision, Route, Transition, Verdict, VerdictKind
+from auditstream.wire import Action, Decision, InferenceRequest, Route, Transition, Verdict, VerdictKind
 from training.rl.offline_data import build_dataset
 from training.rl.stream_dataset import DatasetReport, StreamLogs, step_records
 
@@ -31,6 +31,8 @@ def transition(ep: str, step: int, action: int, source: str, last: bool = False)
 
 def decision(t: Transition, propensities: list[float] | None) -> Decision:
     details = {} if propensities is None else {"propensities": propensities}
+    if t.source == "fallback":
+        details["route"] = "HUMAN"  # what rl run logs after a deferred marker no human answered in time
     return Decision(t.request_id, "p", "1", t.action, t.source, 1e9, t.episode_key, t.step, details)
 
 
@@ -82,8 +84,8 @@ class FakeEnv:
         return np.zeros(4, np.float32), {}
 
     def step(self, action):
-        self.actions.append(action)
-        return np.ones(4, np.float32), 1.0, len(self.actions) >= 3, False, {}
+        self.actions.append(action)  # observation k after k actions: every one tells its step apart
+        return np.full(4, float(len(self.actions)), np.float32), 1.0, len(self.actions) >= 3, False, {}
 
 
 def driver_with_one_episode(tmp_path: Path, human_wait_s: float):
@@ -132,6 +134,125 @@ def test_no_human_in_time_falls_back_to_the_safe_action_and_logs_it(tmp_path: Pa
     assert slot.env.actions == [0, 0] and driver.report.timeouts == 1
 
 
+def logs_of_driver(driver) -> StreamLogs:
+    """What ``rl dataset`` reads back of what the driver sent (the consumer's decisions added by
+    the test)."""
+    logs = StreamLogs()
+    for topic, _, value in driver.producer.sent:
+        if topic == "t.transitions":
+            logs.add(Transition.from_bytes(value))
+        elif topic == "t.decisions":
+            logs.add(Decision.from_bytes(value))
+        elif topic == "t.requests.policy-cartpole-v1":
+            logs.add(InferenceRequest.from_bytes(value))  # only the end request is kept
+    return logs
+
+
+def run_one_episode_through_the_driver(tmp_path: Path):
+    """Step 0 deferred and no human in time (fallback), step 1 no answer at all (fallback),
+    step 2 the model's QC-sampled action; the episode then ends. Returns (driver, the
+    consumer's model decision on step 2)."""
+    driver, slot = driver_with_one_episode(tmp_path, human_wait_s=0.0)
+    key = slot.episode_key
+    driver.on_record(deferred(driver, slot), now=0.1)
+    driver.expire(now=0.1)  # step 0: deferred, nobody answered: fallback, route HUMAN
+    driver.expire(now=100.0)  # step 1: no answer at all: fallback, route null
+    rid = slot.request_id
+    model = Decision(rid, "policy-cartpole-v1", "1", 1, "model", 1e9, key, 2,
+                     {"propensities": [0.2, 0.8], "route": "AUTO_QC", "qc_sampled": True, "qc_inclusion_prob": 0.05})
+    action = Action(rid, "policy-cartpole-v1", "1", key, 2, 1, Route.AUTO_QC, 1e9, {})
+    driver.on_record(Record("t.actions", 0, 0, action.key, action.to_bytes()), now=100.1)
+    assert slot.env.actions == [0, 0, 1] and driver.report.timeouts == 1 and len(driver.report.returns) == 1
+    return driver, model
+
+
+def test_a_step_no_answer_reached_is_a_timeout_not_a_deferral_to_a_human(tmp_path: Path) -> None:
+    """The driver's fallback after a deferral logs route HUMAN, after no answer at all route null:
+    the dataset tells them apart (TIMEOUT), and only the deferred step counts as routed to a human."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    fallbacks = [logs.decisions[(f"{model.episode_key}-s{t}", "fallback")].details["route"] for t in (0, 1)]
+    assert fallbacks == ["HUMAN", None]
+    report = DatasetReport()
+    data = build_dataset(step_records(logs, 2, report))
+    assert data.sources.tolist() == ["fallback", "fallback", "model"]
+    assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"] and not report.episodes_dropped
+
+
+def test_the_qc_inclusion_probability_travels_with_every_step(tmp_path: Path) -> None:
+    """Human labels on auto-accepted steps exist only where QC sampled them, with probability pi:
+    the dataset carries it (1.0 deferred, pi QC-sampled, 0.0 not sent to an auditor)."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.routes.tolist() == ["HUMAN", "TIMEOUT", "AUTO_QC"]
+    assert data.inclusion_prob.tolist() == pytest.approx([1.0, 0.0, 0.05])
+
+
+def test_inclusion_probability_from_the_verdict_where_the_decision_lacks_it() -> None:
+    """AUTO_QC: the decision's qc_inclusion_prob, else the verdict's, else NaN (not logged); AUTO
+    0.0; a timed-out step the consumer's late answer sent to QC: its verdict's."""
+    steps = [transition("a", t, 1, "fallback" if t == 3 else "model", last=t == 3) for t in range(4)]
+    logs = logs_of([(t, [0.0, 1.0]) for t in steps])
+    routes = ["AUTO", "AUTO_QC", "AUTO_QC", None]
+    for t, r in zip(steps, routes):
+        logs.decisions[(t.request_id, t.source)].details["route"] = r
+    logs.decisions[("a-s1", "model")].details["qc_inclusion_prob"] = 0.05
+    logs.verdicts = {v.request_id: v for v in [
+        Verdict("v1", "a-s1", "p", "1", "ann", VerdictKind.ACCEPT, 2e9, 1, item_route=Route.AUTO_QC, inclusion_prob=0.05),
+        Verdict("v3", "a-s3", "p", "1", "ann", VerdictKind.CORRECT, 2e9, 1, 0, item_route=Route.AUTO_QC,
+                inclusion_prob=0.3)]}
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.routes.tolist() == ["AUTO", "AUTO_QC", "AUTO_QC", "TIMEOUT"]
+    assert data.human_actions.tolist() == [-1, 1, -1, 0]
+    np.testing.assert_allclose(data.inclusion_prob, [0.0, 0.05, np.nan, 0.3], rtol=1e-6)
+    logs.verdicts["a-s2"] = Verdict("v2", "a-s2", "p", "1", "ann", VerdictKind.ACCEPT, 2e9, 1, item_route=Route.AUTO_QC,
+                                    inclusion_prob=0.2)
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    np.testing.assert_allclose(data.inclusion_prob, [0.0, 0.05, 0.2, 0.3], rtol=1e-6)
+
+
+def test_the_final_observation_is_the_end_request_the_driver_sent(tmp_path: Path) -> None:
+    """The env's observation after the last action (3: FakeEnv returns k after k actions) travels
+    as the '<key>-end' request: it is the last step's next observation and Minari's
+    observations[T], not a copy of observations[T-1] (2)."""
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    assert list(logs.ends) == [model.episode_key] and logs.ends[model.episode_key].step == 3
+    data = build_dataset(step_records(logs, 2, DatasetReport()))
+    assert data.observations[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert data.next_observations[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert data.final_observation_logged.tolist() == [True]
+
+
+def test_without_its_end_request_an_episode_is_kept_with_the_copy_and_flagged(tmp_path: Path) -> None:
+    driver, model = run_one_episode_through_the_driver(tmp_path)
+    logs = logs_of_driver(driver)
+    logs.add(model)
+    end = logs.ends.pop(model.episode_key)
+    for unusable in (None, InferenceRequest(end.request_id, end.model, end.input, 1.0, end.episode_key, 2, True),
+                     InferenceRequest(end.request_id, end.model, np.zeros(3, np.float32), 1.0, end.episode_key, 3, True)):
+        logs.ends = {} if unusable is None else {end.episode_key: unusable}  # missing, another step, another shape
+        data = build_dataset(step_records(logs, 2, DatasetReport()))
+        assert data.next_observations[:, 0].tolist() == [1.0, 2.0, 2.0] and data.final_observation_logged.tolist() == [False]
+
+
+@pytest.mark.parametrize("source,logged", [("model", "HUMAN"), ("model", "TIMEOUT"), ("fallback", "AUTO"),
+                                           ("fallback", "TIMEOUT"), ("model", 3)])
+def test_a_decision_logging_a_route_it_cannot_have_drops_its_episode(source, logged) -> None:
+    """A model decision routes AUTO or AUTO_QC, a fallback decision HUMAN or null: anything else is
+    a forged or foreign record, dropped and counted (never a dataset route outside ROUTES)."""
+    bad = [transition("b", 0, 1, source, last=True)]
+    logs = logs_of([(transition("g", 0, 1, "model", last=True), [0.4, 0.6]), (bad[0], [0.0, 1.0])])
+    logs.decisions[("b-s0", source)].details["route"] = logged
+    report = DatasetReport()
+    data = build_dataset(step_records(logs, 2, report), dropped=report.episodes_dropped)
+    assert data.episode_keys.tolist() == ["g"] and report.episodes_dropped == {"bad_route": 1}
+
+
 def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(tmp_path: Path) -> None:
     from training.rl.shadow import _make_live
 
@@ -150,25 +271,47 @@ def test_promoting_a_candidate_of_another_name_publishes_it_under_the_live_name(
 
 
 def topics_returning(monkeypatch: pytest.MonkeyPatch, items: list) -> Settings:
-    """Settings whose read_to_end yields ``items`` (wire records) as the three topics' records."""
+    """Settings whose read_to_end yields ``items`` (wire records) as the three topics' records and
+    whose iter_to_end yields the requests (``InferenceRequest`` items) of model p's requests topic."""
     import auditstream.kafka
 
     settings = Settings(topic_prefix="t")
-    topic = {Transition: "transitions", Decision: "decisions", Verdict: "verdicts"}
+    topic = {Transition: "transitions", Decision: "decisions", Verdict: "verdicts", InferenceRequest: "requests.p"}
     records = [Record(settings.topic(topic[type(x)]), 0, i, None, x.to_bytes()) for i, x in enumerate(items)]
-    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: list(records))
+    requests = [r for r in records if r.topic == settings.request_topic("p")]
+    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: [r for r in records if r not in requests])
+    monkeypatch.setattr(auditstream.kafka, "iter_to_end", lambda s, topics, *a, **k: iter(
+        [r for r in requests if r.topic in topics]))
     return settings
 
 
-def episode(ep: str, versions: list[str], probs: list[float] | None = None) -> list:
-    """Transitions (and model decisions) of an episode whose step t was served by versions[t]."""
+def episode(ep: str, versions: list[str], probs: list[float] | None = None, end: bool = True) -> list:
+    """Transitions (and model decisions) of an episode whose step t was served by versions[t],
+    and (``end``) the driver's end request with its final observation (T + 100)."""
     out: list = []
     for t, version in enumerate(versions):
         tr = Transition(f"{ep}-s{t}", "p", version, ep, t, np.full(4, t, np.float32), 1, "model", 1.0,
                         t == len(versions) - 1, False, 1e9)
         out += [tr, Decision(tr.request_id, "p", version, 1, "model", 1e9, ep, t,
                              {"propensities": probs or [0.4, 0.6], "route": "AUTO"})]
-    return out
+    n = len(versions)
+    return out + ([InferenceRequest(f"{ep}-end", "p", np.full(4, n + 100, np.float32), 1e9, ep, n, True)] if end else [])
+
+
+def test_rl_dataset_reads_the_end_requests_off_the_requests_topic(monkeypatch) -> None:
+    """Of the requests topic only the end requests are kept (not a step's request), those of another
+    model are not taken; an episode without one keeps the copy, flagged and counted."""
+    from training.rl.stream_dataset import build_stream_dataset, read_logs
+
+    step = InferenceRequest("a-s0", "p", np.zeros(4, np.float32), 1e9, "a", 0)
+    other = InferenceRequest("b-end", "q", np.full(4, 7.0, np.float32), 1e9, "b", 2, True)
+    items = episode("a", ["1", "1"]) + episode("b", ["1", "1"], end=False) + [step, other]
+    settings = topics_returning(monkeypatch, items)
+    assert list(read_logs(settings, "p").ends) == ["a"] and list(read_logs(settings).ends) == ["a"]
+    data, report = build_stream_dataset(settings, None, None, n_actions=2)
+    assert data.episode_keys.tolist() == ["a", "b"] and data.final_observation_logged.tolist() == [True, False]
+    assert data.next_observations[:, 0].tolist() == [1.0, 102.0, 1.0, 1.0]
+    assert report.final_observations_missing == 1 and report.to_dict()["final_observations_missing"] == 1
 
 
 def test_an_episode_spanning_a_version_change_is_dropped_whole_never_cut(monkeypatch) -> None:

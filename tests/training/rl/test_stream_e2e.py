@@ -123,6 +123,12 @@ def test_rl_dataset_has_propensities_and_marks_a_late_human_override(run: Run, t
     assert summary["overrides"] == int(data.overridden.sum()) == 1
     assert set(data.sources[data.routes == "HUMAN"]) <= {"fallback", "human"}
     assert set(data.routes[data.sources == "model"]) <= {"AUTO", "AUTO_QC"}
+    # every episode's final observation is its end request off requests.<model>, not a copy
+    assert data.final_observation_logged.all() and summary["final_observations_missing"] == 0
+    last = np.flatnonzero(data.episode_ends)
+    assert (data.next_observations[last] != data.observations[last]).any(axis=1).all()
+    assert (data.inclusion_prob[data.routes == "HUMAN"] == 1).all() and (data.inclusion_prob[data.routes == "AUTO"] == 0).all()
+    assert ((data.inclusion_prob[data.routes == "AUTO_QC"] > 0) & (data.inclusion_prob[data.routes == "AUTO_QC"] <= 1)).all()
 
     # The same logs as a Minari dataset, read back by Minari itself from the directory we chose.
     root = tmp_path / "minari"
@@ -159,6 +165,9 @@ def check_minari_matches(root: Path, dataset_id: str, data) -> None:
         assert episode.infos["route"][:-1].tolist() == data.routes[s].tolist()
         assert episode.infos["source"][:-1].tolist() == data.sources[s].tolist()
         assert episode.infos["human_action"][:-1].tolist() == data.human_actions[s].tolist()
+        np.testing.assert_allclose(episode.observations[-1], data.next_observations[s][-1])
+        np.testing.assert_allclose(episode.infos["inclusion_prob"][:-1], data.inclusion_prob[s])
+        assert episode.infos["final_observation_logged"].tolist() == [True] * (len(episode) + 1)
 
 
 def test_shadow_candidate_acts_on_nothing_and_the_gate_is_recorded(run: Run) -> None:
