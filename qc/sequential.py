@@ -202,8 +202,12 @@ class ErrorSequence:
 
     def _audits_to_settle(self, i: int, side: int = 0) -> int | None:
         """Audits until one gambler at the budget reaches 2/alpha, if the audits go on as so far:
-        the remaining log-wealth over the growth rate mean^2 / (2 second moment) per audit.
-        ``side`` +1 or -1: only when the audits lean that way (over, under), else None."""
+        the remaining log-wealth over the growth per audit of the stake the gambler will bet,
+        ``lam * mean - lam^2 * second / 2`` (log1p to second order) with ``lam = mean / second``
+        capped as :meth:`BettingState.update` caps it. (Uncapped, that is ``mean^2 / (2 second)``,
+        which promised 8 audits where error-free audits at a 2% budget take 353: the cap
+        ``bet_cap / (1 - m)`` holds the under-gambler to ~``bet_cap * m`` per audit.) ``side`` +1
+        or -1: only when the audits lean that way (over, under), else None."""
         s, m = self.state, float(self.grid[i])
         n = float(s.n)
         if n < 1:
@@ -213,7 +217,11 @@ class ErrorSequence:
         if second <= 0.0 or abs(mean) < 1e-12 or side * mean < 0:
             return None
         wealth = float(s.log_over[i] if mean > 0 else s.log_under[i])
-        growth = mean * mean / (2.0 * second)
+        cap = self.config.bet_cap
+        lam = min(mean / second, cap / m) if mean > 0 else max(mean / second, -cap / (1.0 - m))
+        growth = lam * mean - lam * lam * second / 2.0
+        if growth <= 0.0:
+            return None
         return max(1, math.ceil((self.config.log_threshold - wealth) / growth))
 
 
