@@ -18,7 +18,8 @@ could not show and why, and the verdict form is drawn anyway — at least **Reje
 so the item can be judged or handed back and never blocks the queue.
 
 QC samples can be audited blind (``DashboardConfig.blind_qc``): the model's answer is hidden
-and the editor starts empty, so agreement with the model is not inflated by seeing it first.
+and the editor starts empty, so agreement with the model is not inflated by seeing it first —
+except for kinds that cannot be audited blind (``TaskView.supports_blind``: captions).
 Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping), nor
 anything that would tell it: no age (a gold item's would be the time since an admin added it),
 no store item id (gold ids are old and small) — the store serves gold only in place of a traffic
@@ -103,7 +104,14 @@ def item_prediction(claim: Claim) -> tuple[Prediction, ModelInput]:
 
 
 def is_blind(ctx: DashboardContext, claim: Claim) -> bool:
-    return ctx.config.blind_qc and claim.item.route is Route.AUTO_QC
+    """Whether this item is audited blind: a QC sample with ``--blind-qc``, of a kind that can be
+    (``TaskView.supports_blind``: captions cannot). An unknown kind stays blind."""
+    if not (ctx.config.blind_qc and claim.item.route is Route.AUTO_QC):
+        return False
+    try:
+        return views.lookup(claim.item.task).supports_blind
+    except Exception:  # noqa: BLE001 - an unknown kind: its form says so; keep the answer hidden
+        return True
 
 
 # --------------------------------------------------------------------------------------------
