@@ -4,8 +4,10 @@ Flow of one item (docs/dashboard.md has the picture):
 
 1. "Next item" claims one item with a lease (``store.claim``); a reload gives the same item back.
 2. While it is open, the lease is renewed on every rerun and every ``lease_s / 3`` seconds in the
-   background (a fragment, so the form is untouched); a lost lease drops the item with a warning
-   instead of letting the auditor work on something they can no longer submit.
+   background (a fragment, so the form is untouched). A lease that ran out is taken again when the
+   item is still open and nobody else took it (``store.reclaim``), so a submit after a long pause
+   is recorded; otherwise the item is dropped with a warning saying why (another auditor has it,
+   it was decided) instead of letting the auditor work on something they can no longer submit.
 3. The verdict id is made when the form is first shown and kept in the session, so a double
    submit (a double click, a rerun interrupted after the write) is one verdict in the store.
 4. Submitting the answer unchanged accepts the model's answer, a different answer corrects it
@@ -80,6 +82,22 @@ def submit_verdict(ctx: DashboardContext, user: User, claim: Claim, verdict_id: 
     now = time.time()
     ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now)  # a lost lease shows up as LeaseNotHeld below
     return ctx.store.record_verdict(verdict_id, claim.item_id, user, kind, corrected, now)
+
+
+def recover_lease(ctx: DashboardContext, user: User, claim: Claim) -> tuple[Claim | None, str]:
+    """After a renewal failed: the item leased to ``user`` again when it is still open and nobody
+    else took it (``store.reclaim``; kept in the session, with the same verdict id, so the form and
+    what was typed stay), else None and why, in words for the auditor (no store item id)."""
+    again = ctx.store.reclaim(claim.item_id, user, ctx.config.lease_s, time.time())
+    if again is not None:
+        st.session_state[CLAIM] = again
+        return again, ""
+    item = ctx.store.item(claim.item_id)
+    if item is None or item.state != "open":
+        return None, "the item was decided meanwhile"
+    if item.lease_owner is not None and item.lease_owner != user.name:
+        return None, "another auditor has it now"
+    return None, "you have already answered it (in another tab?)"
 
 
 def _forget_claim() -> None:
@@ -210,10 +228,11 @@ def page(ctx: DashboardContext, user: User) -> None:
             _forget_claim()
             claim = claim_next(ctx, user, model, route)
         else:
-            st.warning("Your lease on the item you had open ran out and it went back to the queue; "
-                       "claim the next item.")
-            _forget_claim()
-            claim = None
+            claim, why = recover_lease(ctx, user, claim)
+            if claim is None:
+                st.warning(f"Your lease on the item you had open ran out and {why}; nothing was recorded. "
+                           "Claim the next item.")  # fmt: skip
+                _forget_claim()
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
@@ -247,7 +266,7 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     blind = is_blind(ctx, claim)
     guarded("the item's header", claim, item_header_ui, claim, blind)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
-    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(_keep_lease)(ctx, user, claim.item_id)
+    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(_keep_lease)(ctx, user, claim)
     read = guarded("the stored item", claim, item_prediction, claim)
     prediction, value = read if read is not None else (None, None)
     labels = ctx.labels(claim.item.model, claim.item.model_version)
@@ -275,11 +294,15 @@ def renew_every_s(lease_s: float) -> float:
     return lease_s / 3
 
 
-def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
+def _keep_lease(ctx: DashboardContext, user: User, claim: Claim) -> None:
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
-    if not ctx.store.renew(item_id, user, ctx.config.lease_s, time.time()):
-        st.warning("Your lease on this item is gone (expired and claimed by someone else, or decided); "
-                   "your submit will be refused — take the next item.")  # fmt: skip
+    if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
+        return
+    # Ran out (a sleeping laptop): take it again while nobody else has; else say why it is gone.
+    again, why = recover_lease(ctx, user, claim)
+    if again is None:
+        st.warning(f"Your lease on this item is gone: {why}. Your submit will not be recorded — "
+                   "take the next item.")  # fmt: skip
 
 
 def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction | None, verdict_id: str,
