@@ -20,7 +20,7 @@ import time
 
 import streamlit as st
 
-from dashboards import auth_ui, charts, versions
+from dashboards import auth_ui, charts, outage, versions
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.markup import md_text
@@ -36,11 +36,11 @@ def page(ctx: DashboardContext, user: User) -> None:
     st.title("Overview")
     refresh = ctx.config.refresh_s or None
     st.caption(f"Live: refreshes every {ctx.config.refresh_s:g} s." if refresh else "Auto-refresh is off.")
-    st.fragment(run_every=refresh)(_live_sections)(ctx, user)
+    st.fragment(run_every=refresh)(outage.guarded_fragment(_live_sections))(ctx, user)
     model = model_ui(ctx)
     if model is not None:
         _model_card_sections(ctx, model)
-        st.fragment(run_every=refresh)(_live_candidates)(ctx, user, model)
+        st.fragment(run_every=refresh)(outage.guarded_fragment(_live_candidates))(ctx, user, model)
         versions.learning_curve_section(ctx, model)
 
 

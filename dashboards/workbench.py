@@ -39,7 +39,7 @@ import streamlit as st
 
 from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKind, decode_input
-from dashboards import auth_ui, editors, render
+from dashboards import auth_ui, editors, outage, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
 from dashboards.markup import md_code, md_text
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 CLAIM = "wb_claim"  # the open Claim
 VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
+MODELS = "wb_models"  # the model filter's choices, kept for a store outage
 NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
 ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
 
@@ -213,26 +214,26 @@ def page(ctx: DashboardContext, user: User) -> None:
     if user.role not in WRITERS:
         st.warning(f"Your role ({user.role.value}) can read the overview but not audit items.")
         return
-    model, route = filters_ui(ctx.models())
+    try:
+        st.session_state[MODELS] = ctx.models()
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+    model, route = filters_ui(st.session_state.get(MODELS, []))  # the last list while the store is down
     notice = st.session_state.pop(NOTICE, None)
     if notice:
         getattr(st, notice[0])(notice[1])
     claim: Claim | None = st.session_state.get(CLAIM)
-    now = time.time()
-    if claim is not None and not ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now):
-        verdict_id = st.session_state.get(VERDICT_ID)
-        if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
-            # A rerun of a form whose verdict is already in (a double click that interrupted the
-            # first run after its write): the verdict stands once; move on to the next item.
-            st.info("Your verdict on the item you had open was already recorded; kept once.")
-            _forget_claim()
-            claim = claim_next(ctx, user, model, route)
-        else:
-            claim, why = recover_lease(ctx, user, claim)
-            if claim is None:
-                st.warning(f"Your lease on the item you had open ran out and {why}; nothing was recorded. "
-                           "Claim the next item.")  # fmt: skip
-                _forget_claim()
+    if claim is not None:
+        try:
+            claim = _renewed(ctx, user, claim, model, route)
+        except Exception as e:
+            if not outage.is_store_down(e):
+                raise
+            # Keep the open item and its form as they are (what was typed included); the retry
+            # reruns the app once the store answers, and the submit can be pressed again then.
+            outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
@@ -242,6 +243,27 @@ def page(ctx: DashboardContext, user: User) -> None:
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
     _item_ui(ctx, user, claim, model, route)
+
+
+def _renewed(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> Claim | None:
+    """The open claim with its lease renewed (or taken again: :func:`recover_lease`); else None
+    after saying why, or the next claim when this form's verdict is already in."""
+    if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
+        return claim
+    verdict_id = st.session_state.get(VERDICT_ID)
+    if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
+        # A rerun of a form whose verdict is already in (a double click that interrupted the
+        # first run after its write): the verdict stands once; move on to the next item.
+        st.info("Your verdict on the item you had open was already recorded; kept once.")
+        _forget_claim()
+        claim = claim_next(ctx, user, model, route)
+    else:
+        claim, why = recover_lease(ctx, user, claim)
+        if claim is None:
+            st.warning(f"Your lease on the item you had open ran out and {why}; nothing was recorded. "
+                       "Claim the next item.")  # fmt: skip
+            _forget_claim()
+    return claim
 
 
 MALFORMED_HINT = "Its data is malformed: reject it (no valid answer) or skip it."
@@ -266,7 +288,7 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     blind = is_blind(ctx, claim)
     guarded("the item's header", claim, item_header_ui, claim, blind)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
-    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(_keep_lease)(ctx, user, claim)
+    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(keep_lease)(ctx, user, claim)
     read = guarded("the stored item", claim, item_prediction, claim)
     prediction, value = read if read is not None else (None, None)
     labels = ctx.labels(claim.item.model, claim.item.model_version)
@@ -305,6 +327,10 @@ def _keep_lease(ctx: DashboardContext, user: User, claim: Claim) -> None:
                    "take the next item.")  # fmt: skip
 
 
+# What the fragment runs: a store outage in a timed renewal says so in its place (dashboards/outage.py).
+keep_lease = outage.guarded_fragment(_keep_lease)
+
+
 def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction | None, verdict_id: str,
             submission: Submission, blind: bool, model: str | None, route: Route | None) -> None:  # fmt: skip
     if submission.action == "answer":
@@ -335,6 +361,11 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
     except PermissionDenied as e:
         st.error(md_text(e))
         return
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+        return  # the form keeps what was typed; submit again once the store is back
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
     _forget_claim()
     claim_next(ctx, user, model, route)  # the store never hands back an item this auditor answered or skipped
