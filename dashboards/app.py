@@ -4,7 +4,8 @@
 Every rerun goes the same way: refuse to run without XSRF protection, open the store, find the
 signed-in user (or show the login form and stop: no page code runs for an anonymous visitor),
 then show the pages this user's role may see — the workbench for auditors and admins, the
-overview for everyone signed in.
+overview for everyone signed in. A store that cannot be reached shows one message and retries
+(``dashboards/outage.py``) instead of Streamlit's error page.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import sys
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 from auditstream.registry import ModelRegistry
 from auditstream.settings import Settings
-from dashboards import auth_ui, overview, workbench
+from dashboards import auth_ui, outage, overview, workbench
 from dashboards.config import DashboardConfig, config_from_argv
 from dashboards.context import DashboardContext
 from store.accounts import WRITERS
@@ -41,6 +43,17 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+@st.cache_resource(show_spinner=False)
+def page_icon() -> Image.Image:
+    """The tab's icon, drawn here and served by this server: a ``:material/...:`` icon made every
+    page load fetch its font from fonts.gstatic.com (an error offline, a Google contact online)."""
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 2, 61, 61), radius=12, fill="#1f77b4")
+    draw.line([(16, 33), (28, 45), (48, 20)], fill="white", width=8, joint="curve")  # a check mark
+    return icon
+
+
 def build_context(config: DashboardConfig) -> DashboardContext:
     """The store and registry the options point at (defaults: the process settings)."""
     settings = _settings()
@@ -51,12 +64,31 @@ def build_context(config: DashboardConfig) -> DashboardContext:
 
 
 def main(config: DashboardConfig | None = None) -> None:
-    st.set_page_config(page_title="auditstream · audit", page_icon=":material/fact_check:", layout="wide")
+    st.set_page_config(page_title="auditstream · audit", page_icon=page_icon(), layout="wide")
     if not st.get_option("server.enableXsrfProtection"):
         st.error(XSRF_REFUSAL)
         st.stop()
-    ctx = build_context(config or DashboardConfig())
-    user = auth_ui.current_user(ctx.store.accounts)  # stops here for anyone not signed in
+    config = config or DashboardConfig()
+    outage.new_run()
+    try:
+        ctx = build_context(config)
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: build_context(config))  # nothing else can be shown
+        st.stop()
+    try:
+        user = auth_ui.current_user(ctx.store.accounts)  # stops here for anyone not signed in
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        # The store cannot say who this is now. A signed-in session keeps the user it last
+        # verified, so an open item and its form stay (the store checks every write again, and
+        # no account can change while it is down); anyone else sees only the message.
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get("-"))
+        user = auth_ui.last_verified_user()
+        if user is None:
+            st.stop()
     if auth_ui.user_badge_ui(user):
         auth_ui.logout()
         st.rerun()
@@ -65,7 +97,12 @@ def main(config: DashboardConfig | None = None) -> None:
     if user.role in WRITERS:
         pages.insert(0, st.Page(lambda: workbench.page(ctx, user), title="Workbench", icon=":material/edit_note:",
                                 url_path="workbench", default=True))  # fmt: skip
-    st.navigation(pages, position="top").run()
+    try:
+        st.navigation(pages, position="top").run()
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get("-"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from store.accounts import LoginBusy, LoginThrottled, Role, SignedIn, User
 
 SESSION_USER = "auth_user"  # the signed-in name; the role is looked up on every render
 SESSION_GENERATION = "auth_generation"  # the account's credential generation at sign-in (store.accounts)
+SESSION_VERIFIED = "auth_verified"  # the User the store last confirmed (kept for a store outage only)
 
 
 def oidc_configured() -> bool:
@@ -70,6 +71,7 @@ def current_user(accounts: Any) -> User:
     if name is not None:
         user = signed_in_user(accounts)
         if user is not None:
+            st.session_state[SESSION_VERIFIED] = user
             return user
         _forget_session()
         if accounts.get(name) is None:  # deleted or disabled since signing in
@@ -108,11 +110,20 @@ def _no_account(name: str) -> None:
 def _remember(signed: SignedIn) -> None:
     st.session_state[SESSION_USER] = signed.user.name
     st.session_state[SESSION_GENERATION] = signed.generation
+    st.session_state[SESSION_VERIFIED] = signed.user
+
+
+def last_verified_user() -> User | None:
+    """The user the store last confirmed for this session (:func:`current_user`), for the time
+    the store cannot be reached; None without a signed-in session."""
+    user = st.session_state.get(SESSION_VERIFIED)
+    return user if isinstance(user, User) and user.name == st.session_state.get(SESSION_USER) else None
 
 
 def _forget_session() -> None:
     st.session_state.pop(SESSION_USER, None)
     st.session_state.pop(SESSION_GENERATION, None)
+    st.session_state.pop(SESSION_VERIFIED, None)
 
 
 def signed_in_user(accounts: Any) -> User | None:

@@ -14,6 +14,7 @@ import pandas as pd
 HEIGHT = 240
 BUDGET_COLOUR = "#d62728"
 MAIN_COLOUR = "#1f77b4"
+BAR_STEP = 32  # pixels per bar of a bar_chart (band and gap)
 TIME_AXIS = alt.Axis(format="%H:%M", labelAngle=0)
 
 
@@ -38,6 +39,7 @@ def throughput_chart(series: Sequence[tuple[float, int]], bucket_s: float,
             x=alt.X("time:T", title=None, axis=TIME_AXIS, scale=_time_domain(window_s)),
             x2="end:T",
             y=alt.Y("per_min:Q", title="verdicts / min"),
+            y2=alt.datum(0),  # bars rise from 0 (with x and x2 set, a bar without y2 is a dash at y)
             tooltip=[alt.Tooltip("time:T", format="%H:%M:%S"), "verdicts:Q"],
         )
     )
@@ -125,12 +127,13 @@ def cost_chart(rows: Sequence[dict[str, Any]], optimum: float | None, current: f
 
 
 def bar_chart(values: dict[str, float], title: str, percent: bool = False) -> alt.Chart:
-    """Horizontal bars, one per key (auditor throughput, gold accuracy)."""
+    """Horizontal bars, one per key (auditor throughput, gold accuracy). The height is a step per
+    bar (``alt.Step``), so every name keeps its row and the bars never overlap, however many."""
     frame = pd.DataFrame({"name": list(values), "value": list(values.values())})
     axis = alt.Axis(format="%") if percent else alt.Axis(format="d", tickMinStep=1)
     return (
-        alt.Chart(frame, height=40 + 32 * len(frame))
-        .mark_bar(color=MAIN_COLOUR, size=20)
+        alt.Chart(frame, height=alt.Step(BAR_STEP))
+        .mark_bar(color=MAIN_COLOUR)
         .encode(y=alt.Y("name:N", title=None, sort="-x"), x=alt.X("value:Q", title=title, axis=axis),
                 tooltip=["name:N", alt.Tooltip("value:Q", format=".1%" if percent else "d")])  # fmt: skip
     )

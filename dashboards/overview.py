@@ -20,7 +20,7 @@ import time
 
 import streamlit as st
 
-from dashboards import auth_ui, charts, versions
+from dashboards import auth_ui, charts, outage, versions
 from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.markup import md_text
@@ -36,11 +36,11 @@ def page(ctx: DashboardContext, user: User) -> None:
     st.title("Overview")
     refresh = ctx.config.refresh_s or None
     st.caption(f"Live: refreshes every {ctx.config.refresh_s:g} s." if refresh else "Auto-refresh is off.")
-    st.fragment(run_every=refresh)(_live_sections)(ctx, user)
+    st.fragment(run_every=refresh)(outage.guarded_fragment(_live_sections))(ctx, user)
     model = model_ui(ctx)
     if model is not None:
         _model_card_sections(ctx, model)
-        st.fragment(run_every=refresh)(_live_candidates)(ctx, user, model)
+        st.fragment(run_every=refresh)(outage.guarded_fragment(_live_candidates))(ctx, user, model)
         versions.learning_curve_section(ctx, model)
 
 
@@ -112,10 +112,12 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
         st.altair_chart(charts.coverage_chart(coverage_rows), width="stretch")
     with right:
         st.markdown("**Audited error** with its 95% confidence sequence (valid at every audit) · red tick: budget")
-        rows = [{"model": f"{q.model} v{q.version}", "error": q.error_estimate, "ci_low": q.ci_low, "ci_high": q.ci_high,
-                 "budget": q.budget, "audits": q.audited} for q in latest.values() if q.audited]  # fmt: skip
+        rows = error_rows(latest.values())
         if rows:
             st.altair_chart(charts.error_interval_chart(rows), width="stretch")
+            if any(r["model"].endswith(WHOLE_ANSWERS) for r in rows):
+                st.caption(f"{WHOLE_ANSWERS.strip(' ()')}: a detector's answers with any box wrong, shown without a "
+                           "budget tick — its budget is the false-discovery rate of its boxes, below.")
         else:
             st.info("No QC sample audited yet.")
         part_rows = part_fdr_rows(latest.values())
@@ -129,6 +131,24 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
             getattr(st, kind)(text)
     st.markdown("**Drift** · KS test of live confidences against the card's reference, CUSUM on audited errors")
     st.dataframe([_drift_row(q) for q in latest.values()], hide_index=True)
+
+
+WHOLE_ANSWERS = " (whole answers)"
+
+
+def error_rows(snapshots) -> list[dict]:
+    """Chart rows of the audited error of whole answers. A version whose budget judges the
+    false-discovery rate of its boxes (a detector) is labelled so and drawn without a budget tick:
+    its whole-answer error is not what that budget bounds."""
+    rows = []
+    for q in snapshots:
+        if not q.audited:
+            continue
+        on_parts = q.part_fdr_low is not None
+        rows.append({"model": f"{q.model} v{q.version}" + (WHOLE_ANSWERS if on_parts else ""), "error": q.error_estimate,
+                     "ci_low": q.ci_low, "ci_high": q.ci_high, "budget": None if on_parts else q.budget,
+                     "audits": q.audited})  # fmt: skip
+    return rows
 
 
 def part_fdr_rows(snapshots) -> list[dict]:
@@ -156,7 +176,7 @@ def budget_verdict(q: ModelQC) -> tuple[str, str]:
         return "error", f"{name}: **over budget** — the {rate} is shown above {q.budget:.2%} ({between}){tip}"
     if q.budget_state == "within_budget":
         return "success", f"{name}: **within budget, verified** — the {rate} is shown below {q.budget:.2%} ({between})"
-    more = (f"; about {q.audits_to_settle:,} more audits would settle it if the {rate} stays where it is"
+    more = (f"; about {q.audits_to_settle:,} more audit{'' if q.audits_to_settle == 1 else 's'} would settle it if the {rate} stays where it is"
             if q.audits_to_settle else "; the estimate sits on the budget: many more audits are needed")
     return "info", f"{name}: budget {q.budget:.2%} **not yet known** ({between}){more}"
 
@@ -200,7 +220,10 @@ def _model_card_sections(ctx: DashboardContext, model: str) -> None:
     cols[1].metric("Certified risk", "—" if triage.certified_risk is None else f"{triage.certified_risk:.2%}",
                    help=f"method: {triage.method}; target {triage.target_risk}, delta {triage.delta}")  # fmt: skip
     cols[2].metric("Certified coverage", "—" if triage.coverage is None else f"{triage.coverage:.1%}")
-    cols[3].metric("Certified by", triage.method, help="how the threshold was chosen (see docs/qc-statistics.md)")
+    # Text, not a metric: a metric's value is cut to the column ("coverage-gri…"), and the method's
+    # whole name is what tells how the threshold was chosen.
+    cols[3].caption("Certified by", help="how the threshold was chosen (see docs/qc-statistics.md)")
+    cols[3].markdown(f"**{md_text(triage.method)}**")
     left, right = st.columns(2)
     with left:
         st.markdown("**Risk–coverage curve** (held-out test split, measured at training) · red: risk budget · "

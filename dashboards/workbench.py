@@ -4,8 +4,10 @@ Flow of one item (docs/dashboard.md has the picture):
 
 1. "Next item" claims one item with a lease (``store.claim``); a reload gives the same item back.
 2. While it is open, the lease is renewed on every rerun and every ``lease_s / 3`` seconds in the
-   background (a fragment, so the form is untouched); a lost lease drops the item with a warning
-   instead of letting the auditor work on something they can no longer submit.
+   background (a fragment, so the form is untouched). A lease that ran out is taken again when the
+   item is still open and nobody else took it (``store.reclaim``), so a submit after a long pause
+   is recorded; otherwise the item is dropped with a warning saying why (another auditor has it,
+   it was decided) instead of letting the auditor work on something they can no longer submit.
 3. The verdict id is made when the form is first shown and kept in the session, so a double
    submit (a double click, a rerun interrupted after the write) is one verdict in the store.
 4. Submitting the answer unchanged accepts the model's answer, a different answer corrects it
@@ -18,7 +20,8 @@ could not show and why, and the verdict form is drawn anyway — at least **Reje
 so the item can be judged or handed back and never blocks the queue.
 
 QC samples can be audited blind (``DashboardConfig.blind_qc``): the model's answer is hidden
-and the editor starts empty, so agreement with the model is not inflated by seeing it first.
+and the editor starts empty, so agreement with the model is not inflated by seeing it first —
+except for kinds that cannot be audited blind (``TaskView.supports_blind``: captions).
 Whether an item is gold is never shown (``Claim.is_gold`` stays in the store's bookkeeping), nor
 anything that would tell it: no age (a gold item's would be the time since an admin added it),
 no store item id (gold ids are old and small) — the store serves gold only in place of a traffic
@@ -36,7 +39,7 @@ import streamlit as st
 
 from auditstream.errors import LeaseNotHeld, PermissionDenied, VerdictConflict
 from auditstream.wire import ModelInput, Prediction, Route, TaskKind, VerdictKind, decode_input
-from dashboards import auth_ui, editors, render
+from dashboards import auth_ui, editors, outage, render
 from dashboards import tasks as views
 from dashboards.context import DashboardContext
 from dashboards.markup import md_code, md_text
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 CLAIM = "wb_claim"  # the open Claim
 VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
+MODELS = "wb_models"  # the model filter's choices, kept for a store outage
 NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
 ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
 
@@ -81,6 +85,22 @@ def submit_verdict(ctx: DashboardContext, user: User, claim: Claim, verdict_id: 
     return ctx.store.record_verdict(verdict_id, claim.item_id, user, kind, corrected, now)
 
 
+def recover_lease(ctx: DashboardContext, user: User, claim: Claim) -> tuple[Claim | None, str]:
+    """After a renewal failed: the item leased to ``user`` again when it is still open and nobody
+    else took it (``store.reclaim``; kept in the session, with the same verdict id, so the form and
+    what was typed stay), else None and why, in words for the auditor (no store item id)."""
+    again = ctx.store.reclaim(claim.item_id, user, ctx.config.lease_s, time.time())
+    if again is not None:
+        st.session_state[CLAIM] = again
+        return again, ""
+    item = ctx.store.item(claim.item_id)
+    if item is None or item.state != "open":
+        return None, "the item was decided meanwhile"
+    if item.lease_owner is not None and item.lease_owner != user.name:
+        return None, "another auditor has it now"
+    return None, "you have already answered it (in another tab?)"
+
+
 def _forget_claim() -> None:
     st.session_state.pop(CLAIM, None)
     st.session_state.pop(VERDICT_ID, None)
@@ -103,7 +123,14 @@ def item_prediction(claim: Claim) -> tuple[Prediction, ModelInput]:
 
 
 def is_blind(ctx: DashboardContext, claim: Claim) -> bool:
-    return ctx.config.blind_qc and claim.item.route is Route.AUTO_QC
+    """Whether this item is audited blind: a QC sample with ``--blind-qc``, of a kind that can be
+    (``TaskView.supports_blind``: captions cannot). An unknown kind stays blind."""
+    if not (ctx.config.blind_qc and claim.item.route is Route.AUTO_QC):
+        return False
+    try:
+        return views.lookup(claim.item.task).supports_blind
+    except Exception:  # noqa: BLE001 - an unknown kind: its form says so; keep the answer hidden
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,25 +214,26 @@ def page(ctx: DashboardContext, user: User) -> None:
     if user.role not in WRITERS:
         st.warning(f"Your role ({user.role.value}) can read the overview but not audit items.")
         return
-    model, route = filters_ui(ctx.models())
+    try:
+        st.session_state[MODELS] = ctx.models()
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+    model, route = filters_ui(st.session_state.get(MODELS, []))  # the last list while the store is down
     notice = st.session_state.pop(NOTICE, None)
     if notice:
         getattr(st, notice[0])(notice[1])
     claim: Claim | None = st.session_state.get(CLAIM)
-    now = time.time()
-    if claim is not None and not ctx.store.renew(claim.item_id, user, ctx.config.lease_s, now):
-        verdict_id = st.session_state.get(VERDICT_ID)
-        if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
-            # A rerun of a form whose verdict is already in (a double click that interrupted the
-            # first run after its write): the verdict stands once; move on to the next item.
-            st.info("Your verdict on the item you had open was already recorded; kept once.")
-            _forget_claim()
-            claim = claim_next(ctx, user, model, route)
-        else:
-            st.warning("Your lease on the item you had open ran out and it went back to the queue; "
-                       "claim the next item.")
-            _forget_claim()
-            claim = None
+    if claim is not None:
+        try:
+            claim = _renewed(ctx, user, claim, model, route)
+        except Exception as e:
+            if not outage.is_store_down(e):
+                raise
+            # Keep the open item and its form as they are (what was typed included); the retry
+            # reruns the app once the store answers, and the submit can be pressed again then.
+            outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
@@ -215,6 +243,27 @@ def page(ctx: DashboardContext, user: User) -> None:
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
     _item_ui(ctx, user, claim, model, route)
+
+
+def _renewed(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> Claim | None:
+    """The open claim with its lease renewed (or taken again: :func:`recover_lease`); else None
+    after saying why, or the next claim when this form's verdict is already in."""
+    if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
+        return claim
+    verdict_id = st.session_state.get(VERDICT_ID)
+    if any(v.verdict_id == verdict_id for v in ctx.store.verdicts(item_id=claim.item_id, auditor=user.name)):
+        # A rerun of a form whose verdict is already in (a double click that interrupted the
+        # first run after its write): the verdict stands once; move on to the next item.
+        st.info("Your verdict on the item you had open was already recorded; kept once.")
+        _forget_claim()
+        claim = claim_next(ctx, user, model, route)
+    else:
+        claim, why = recover_lease(ctx, user, claim)
+        if claim is None:
+            st.warning(f"Your lease on the item you had open ran out and {why}; nothing was recorded. "
+                       "Claim the next item.")  # fmt: skip
+            _forget_claim()
+    return claim
 
 
 MALFORMED_HINT = "Its data is malformed: reject it (no valid answer) or skip it."
@@ -239,7 +288,7 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     blind = is_blind(ctx, claim)
     guarded("the item's header", claim, item_header_ui, claim, blind)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
-    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(_keep_lease)(ctx, user, claim.item_id)
+    st.fragment(run_every=renew_every_s(ctx.config.lease_s))(keep_lease)(ctx, user, claim)
     read = guarded("the stored item", claim, item_prediction, claim)
     prediction, value = read if read is not None else (None, None)
     labels = ctx.labels(claim.item.model, claim.item.model_version)
@@ -267,11 +316,19 @@ def renew_every_s(lease_s: float) -> float:
     return lease_s / 3
 
 
-def _keep_lease(ctx: DashboardContext, user: User, item_id: int) -> None:
+def _keep_lease(ctx: DashboardContext, user: User, claim: Claim) -> None:
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
-    if not ctx.store.renew(item_id, user, ctx.config.lease_s, time.time()):
-        st.warning("Your lease on this item is gone (expired and claimed by someone else, or decided); "
-                   "your submit will be refused — take the next item.")  # fmt: skip
+    if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
+        return
+    # Ran out (a sleeping laptop): take it again while nobody else has; else say why it is gone.
+    again, why = recover_lease(ctx, user, claim)
+    if again is None:
+        st.warning(f"Your lease on this item is gone: {why}. Your submit will not be recorded — "
+                   "take the next item.")  # fmt: skip
+
+
+# What the fragment runs: a store outage in a timed renewal says so in its place (dashboards/outage.py).
+keep_lease = outage.guarded_fragment(_keep_lease)
 
 
 def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Prediction | None, verdict_id: str,
@@ -304,6 +361,11 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
     except PermissionDenied as e:
         st.error(md_text(e))
         return
+    except Exception as e:
+        if not outage.is_store_down(e):
+            raise
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+        return  # the form keeps what was typed; submit again once the store is back
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
     _forget_claim()
     claim_next(ctx, user, model, route)  # the store never hands back an item this auditor answered or skipped

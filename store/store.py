@@ -226,6 +226,30 @@ class AuditStore(StoreReads):
                 (now_s + lease_s, item_id, auditor.name, now_s),
             ) == 1
 
+    def reclaim(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> Claim | None:
+        """Lease ``item_id`` to ``auditor`` again after her lease ran out, so the answer she typed
+        meanwhile can still be recorded: only while the item is open, nobody else holds a live
+        lease on it, and she has not answered it yet. None otherwise (see :meth:`item` for why).
+        Like :meth:`claim`, any other live lease of hers goes back to the queue."""
+        lease_s = check_lease_s("lease_s", lease_s)
+        expires = now_s + lease_s
+        with self._db.write() as cur:
+            check_actor(cur, auditor, WRITERS, "claim audit items")
+            cur.one(f"SELECT name FROM {{p}}users WHERE name = ?{self._db.row_lock}", (auditor.name,))
+            taken = cur.run(
+                "UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ? AND state = 'open'"
+                " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_s IS NULL OR lease_expires_s <= ?)"
+                " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)",
+                (auditor.name, expires, item_id, auditor.name, now_s, auditor.name),
+            )
+            if taken != 1:
+                return None
+            cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE state = 'open'"
+                    " AND lease_owner = ? AND lease_expires_s > ? AND id <> ?", (auditor.name, now_s, item_id))
+            row = cur.one(f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE id = ?", (item_id,))
+        item = item_from_row(row)
+        return Claim(item, auditor.name, expires, 1 if item.is_gold else item.reviews_done + 1)
+
     def release(self, item_id: int, auditor: User) -> bool:
         """Give an item back to the queue without a verdict; False if ``auditor`` did not hold it."""
         with self._db.write() as cur:

@@ -48,6 +48,10 @@ class TaskView:
     """The contract; subclasses set ``kind`` and override what differs."""
 
     kind: ClassVar[TaskKind]
+    # Whether a QC sample of this kind may be audited blind (``--blind-qc``). A kind whose answers
+    # an auditor cannot reproduce without seeing them (a caption in the model's fixed grammar and
+    # clause order) sets it False: blind, every paraphrase would count as a model error.
+    supports_blind: ClassVar[bool] = True
 
     def input_picture(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> Image.Image | None:
         """The input as a picture, or ``None`` when it has no visual form."""

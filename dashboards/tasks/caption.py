@@ -9,7 +9,9 @@ made of sure words) has its least sure word marked, since that is where its doub
 
 The verdict is the corrected caption. Answer equality is the kind's one rule
 (:func:`auditstream.tasks.caption.normalize_caption`), so re-spacing or re-casing the model's
-caption accepts it. With a vocabulary on the card (its ``labels``), a word outside it is refused:
+caption accepts it. Captions are never audited blind (``CaptionView.supports_blind``): the
+auditor edits the model's caption, since a caption written from scratch almost never matches its
+fixed grammar word for word. With a vocabulary on the card (its ``labels``), a word outside it is refused:
 a verdict becomes a training caption, and the model can only learn the words it has.
 """
 
@@ -80,6 +82,10 @@ def vocabulary_errors(text: str, vocabulary: Sequence[str]) -> list[str]:
 
 class CaptionView(TaskView):
     kind = TaskKind.CAPTION
+    # Never blind: the model writes in a fixed grammar and clause order the auditor cannot see,
+    # and only case and spacing are ignored when captions are compared, so nearly every caption
+    # written blind would "correct" a right one (docs/dashboard.md, "Blind mode").
+    supports_blind = False
 
     def input_picture(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> Image.Image | None:
         if prediction.output is None:  # blind: the caption must not be shown

@@ -23,7 +23,7 @@ from auditstream.tasks.base import label_name
 from auditstream.tasks.detection import boxes
 from auditstream.wire import ImageInput, ModelInput, Prediction, Route, TaskKind
 from dashboards import images
-from dashboards.tasks.base import TaskView, details_of, number as finite_number, plain_picture, register
+from dashboards.tasks.base import TaskView, details_of, number as finite_number, register
 
 ACCEPTED, CHECK = "accepted", "check"
 # Red (check) against blue (accepted): a pair that colour-blind eyes tell apart too. Red is what
@@ -174,18 +174,19 @@ class DetectionView(TaskView):
     kind = TaskKind.DETECTION
 
     def input_picture(self, prediction: Prediction, value: ModelInput, labels: Sequence[str]) -> Image.Image | None:
-        if not isinstance(prediction.output, list):  # blind, or no answer: the plain image
-            return plain_picture(value)
         try:
             picture = images.to_image(value)
         except images.NotAPicture:  # an undecodable image raises: the workbench says what is wrong
             return None
+        if not isinstance(prediction.output, list):  # blind, or no answer: the plain image, as large
+            return images.draw_boxes(picture, [], min_side=DETECTION_MIN_SIDE)  # as the open one's
         # The boxes to check are drawn last, so their outlines and tags lie on top of the others'.
         numbered = numbered_boxes(prediction.output, box_statuses(prediction))
         numbered = sorted(numbered, key=lambda b: (b[2] == CHECK, b[0]))
         counts = {s: sum(1 for _, _, status in numbered if status == s) for s in (CHECK, ACCEPTED)}
         threshold = threshold_rule(prediction, numbered)
-        accepted = f"auto-accepted (score >= {threshold:.2f})" if threshold is not None else "auto-accepted"
+        # The threshold as it is used, not rounded: 0.435 written "0.43" reads as if 0.432 passed.
+        accepted = f"auto-accepted (score >= {float(threshold)!r})" if threshold is not None else "auto-accepted"
         legend = [(STATUS_COLOURS[CHECK], f"to check: {counts[CHECK]}"),
                   (STATUS_COLOURS[ACCEPTED], f"{accepted}: {counts[ACCEPTED]}")]  # fmt: skip
         return images.draw_boxes(picture, [d for _, d, _ in numbered], labels,

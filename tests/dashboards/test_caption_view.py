@@ -1,7 +1,7 @@
 """The caption kind in the workbench: which words are marked doubtful, the caption editor's
 parsing (one normalisation rule, the model's vocabulary), the picture, and the whole flow through
 AppTest against a temp SQLite store (correct, refuse an unknown word, accept a re-spaced caption,
-blind QC).
+QC samples never blind).
 
 The item is what serving sends for the captioner (auditstream/tasks/caption.py): a 64x64 RGB
 scene, the caption, its joint probability, and details with the tokens, their probabilities and
@@ -133,13 +133,20 @@ def test_accept_a_respaced_caption(store, store_url, tmp_path):
     assert (verdict.kind, verdict.corrected_output) == (VerdictKind.ACCEPT, None)
 
 
-def test_blind_qc_sample_starts_with_an_empty_caption(store, store_url, tmp_path):
+def test_caption_qc_samples_are_never_blind(store, store_url, tmp_path):
+    """With --blind-qc on, a captioner QC sample still shows the model's caption to edit: written
+    blind, a correct caption in other words (another clause order) would be recorded as a
+    correction, a model error that is not one (docs/dashboard.md, "Blind mode")."""
+    assert views.lookup("caption").supports_blind is False and views.lookup("sequence").supports_blind
     at, key = claim_caption(store, store_url, tmp_path, caption_item("cap-qc", route=Route.AUTO_QC, weak=0.95))
     shown = texts(at)
-    assert "Blind: answer first" in shown and "Doubtful words" not in shown and "near blue" not in shown
-    assert at.text_area(key=key).value == ""
-    at.text_area(key=key).input(MODEL_CAPTION)
-    at.button[0].click()
+    assert "QC sample" in shown and "Blind: answer first" not in shown
+    assert "Doubtful words" in shown
+    assert at.text_area(key=key).value == MODEL_CAPTION  # the model's caption, not an empty box
+    [image] = elements(at, "image")
+    assert image.proto.imgs[0].caption == "tensor [64, 64, 3] uint8"
+    at.button[0].click()  # the caption is right: submitted as it stands
     at = at.run()
     [verdict] = store.verdicts()
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert (verdict.kind, verdict.corrected_output) == (VerdictKind.ACCEPT, None)
+    assert "you agreed with" not in texts(at)  # not a blind audit

@@ -290,3 +290,25 @@ def test_blind_qc_sample_starts_with_an_empty_table(store, store_url, tmp_path):
     [verdict] = store.verdicts()
     assert verdict.kind is VerdictKind.ACCEPT
     assert "you agreed with the model's 2 boxes: 3, 7" in texts(at)
+
+
+def test_the_blind_picture_is_as_large_as_the_open_one():
+    """It was plain_picture's 256 px (DISPLAY_MIN_SIDE), half the open picture's 512."""
+    item = detection_item()
+    picture = render.input_picture(item.prediction, item.input, LABELS)
+    blind = render.input_picture(render.without_answer(item.prediction), item.input, LABELS)
+    assert blind.width == picture.width >= 512
+
+
+def test_the_legend_writes_the_threshold_as_it_is_used(monkeypatch):
+    """0.435 was written "score >= 0.43" (two decimals), as if a 0.432 box would have passed."""
+    from dashboards import images
+
+    legends = []
+    real = images.draw_boxes
+    monkeypatch.setattr(images, "draw_boxes", lambda *a, **k: legends.append(k.get("legend")) or real(*a, **k))
+    item = detection_item(output=[{**MODEL_BOXES[0], "score": 0.91}, {**MODEL_BOXES[2], "score": 0.432}],
+                          details={"threshold": 0.435})
+    render.input_picture(item.prediction, item.input, LABELS)
+    [legend] = legends
+    assert legend[1][1] == "auto-accepted (score >= 0.435): 1" and legend[0][1] == "to check: 1"

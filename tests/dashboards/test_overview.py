@@ -33,7 +33,9 @@ def test_every_role_sees_the_overview_with_live_numbers(store, store_url, tmp_pa
     assert metrics["Verdicts, last hour"] == "1"
     assert metrics["Auto-accept threshold"] == "0.700"
     assert metrics["Certified risk"] == "1.50%"
+    assert "Certified by" not in metrics  # a metric cut the method's name short ("coverage-gri…")
     shown = texts(at)
+    assert "Certified by" in shown and "**sgr**" in shown  # the whole name, as text
     assert ("zip v1: **over budget** — the error rate is shown above 2.00% (2.10% ≤ error ≤ 6.90%, 304 audits); "
             "suggested threshold 0.850") in shown
     assert "Gold-item scores are shown to admins only." in shown  # vic is a viewer

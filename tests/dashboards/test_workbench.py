@@ -234,10 +234,62 @@ def test_lease_renewed_while_open_and_a_lost_lease_is_dropped(store, store_url, 
     bob = User("bob", Role.AUDITOR)
     assert store.claim(bob, 60.0, time.time() + 3600.0) is not None
     at = at.run()
-    assert "ran out and it went back to the queue" in texts(at)
+    assert "ran out and another auditor has it now; nothing was recorded" in texts(at)
+    assert "went back to the queue" not in texts(at)
     assert workbench.CLAIM not in at.session_state
     assert store.item(ids["sequence"]).lease_owner == "bob"
     assert store.verdicts() == []
+
+
+def expire_lease(store, item_id: int, owner: str | None = "alice") -> None:
+    """The lease ran out while the auditor typed (a sleeping laptop): what /tmp/review-ui's
+    lease_sql.py does to the row."""
+    with store._db.write() as cur:
+        cur.run("UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ?",
+                (owner, time.time() - 1.0, item_id))
+
+
+@pytest.mark.parametrize("owner", ["alice", None])
+def test_an_answer_typed_across_an_expired_lease_is_recorded(store, store_url, tmp_path, owner):
+    """The lease ran out but nobody took the item: the submit takes it again and records the
+    typed answer (no lost work), instead of dropping it "back to the queue"."""
+    ids = seed(store, "sequence", "classification")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    verdict_id = at.session_state[workbench.VERDICT_ID]
+    at.text_input(key=f"answer-{verdict_id}").input("02739")
+    expire_lease(store, ids["sequence"], owner)
+    at.button[0].click()  # Submit answer
+    at = at.run()
+    assert not at.exception
+    [verdict] = store.verdicts()
+    assert (verdict.verdict_id, verdict.item_id, verdict.auditor, verdict.kind, verdict.corrected_output) == (
+        verdict_id, ids["sequence"], "alice", VerdictKind.CORRECT, "02739")
+    assert "corrected → 02739" in texts(at) and "ran out" not in texts(at)
+
+
+def test_an_expired_lease_is_taken_again_by_the_background_renewal(store, store_url, tmp_path):
+    ids = seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    expire_lease(store, ids["sequence"])
+    claim = at.session_state[workbench.CLAIM]
+    from dashboards.config import DashboardConfig
+    from dashboards.context import DashboardContext
+    from auditstream.registry import ModelRegistry
+    from store.qc_history import QCHistory
+
+    ctx = DashboardContext(DashboardConfig(), store, ModelRegistry(tmp_path / "models"), QCHistory(store))
+    alice = User("alice", Role.AUDITOR)
+    again, why = workbench.recover_lease(ctx, alice, claim)
+    assert again is not None and again.item_id == ids["sequence"] and why == ""
+    assert store.item(ids["sequence"]).lease_owner == "alice"
+    assert store.item(ids["sequence"]).lease_expires_s > time.time() + 30
+    # Someone else holds it now: not taken from them, and the reason says so.
+    expire_lease(store, ids["sequence"])
+    assert store.claim(User("bob", Role.AUDITOR), 60.0, time.time()) is not None
+    assert workbench.recover_lease(ctx, alice, claim) == (None, "another auditor has it now")
+    assert store.item(ids["sequence"]).lease_owner == "bob"
 
 
 @pytest.mark.parametrize("lease_s", [10.0, 12.0, 14.9, 15.0, 300.0, 86_400.0])

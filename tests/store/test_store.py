@@ -97,6 +97,25 @@ def test_a_held_lease_comes_back_on_reload_and_renews_releases_and_expires(store
     assert store.item(first.item_id).lease_owner is None
 
 
+def test_reclaim_takes_back_an_expired_lease_only_while_nobody_else_has_it(store: AuditStore) -> None:
+    alice, bob = add_users(store, "alice", "bob")
+    store.ingest_many([audit_item("r1"), audit_item("r2"), audit_item("r3")], T0)
+    first = store.claim(alice, 30, T0)
+    assert not store.renew(first.item_id, alice, 30, T0 + 40)  # ran out at T0 + 30
+    again = store.reclaim(first.item_id, alice, 30, T0 + 40)
+    assert (again.item_id, again.lease_expires_s, again.review_round) == (first.item_id, T0 + 70, 1)
+    assert store.item(first.item_id).lease_owner == "alice"
+    assert store.reclaim(first.item_id, bob, 30, T0 + 41) is None  # alice's live lease: not taken
+    assert store.claim(bob, 30, T0 + 100).item_id == first.item_id  # expired at T0 + 70, bob took it
+    assert store.reclaim(first.item_id, alice, 30, T0 + 101) is None
+    assert store.item(first.item_id).lease_owner == "bob"
+    store.record_verdict(store.new_verdict_id(), first.item_id, bob, "reject", None, T0 + 102)
+    assert store.reclaim(first.item_id, alice, 30, T0 + 200) is None  # decided
+    other = store.claim(alice, 30, T0 + 200)
+    store.record_verdict(store.new_verdict_id(), other.item_id, alice, "skip", None, T0 + 201)
+    assert store.reclaim(other.item_id, alice, 30, T0 + 202) is None  # she answered (skipped) it
+
+
 def test_an_auditor_holds_one_lease_and_switching_filters_releases_the_held_item(store: AuditStore) -> None:
     """The held lease used to be looked up with the claim's filters: alice holding h1 and
     claiming with route AUTO_QC got q1 and kept both, h1 hidden from everyone until it expired."""
