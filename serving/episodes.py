@@ -122,13 +122,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from auditstream.errors import DecodeError, EpisodeStateNotRestored, ModelRefused
+from auditstream.errors import ConfigError, DecodeError, EpisodeStateNotRestored, ModelRefused
 from auditstream.kafka import Record, TopicPartition
 from auditstream.registry import ModelCard, TensorSpec
 from auditstream.settings import MAX_IN_FLIGHT_BATCHES
 from auditstream.stream import Output
 from auditstream.tasks.policy import MAX_FRAME_STACK, frame_spec, frame_stack
-from auditstream.wire import InferenceRequest, Reason, decode_tensor, encode_tensor
+from auditstream.wire import MAX_ID_CHARS, InferenceRequest, Reason, decode_tensor, encode_tensor
 from auditstream.wire.codec import MAX_RECORD_BYTES, MAX_STEP, id_field, number_field, short_repr, strict_loads, typed_field
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,12 @@ def _checked_step(step: Any, key: str, expected: int | None, max_gap: int) -> in
     return step
 
 
+def _static_frame(spec: TensorSpec) -> np.ndarray | None:
+    """A zero frame of ``spec`` (batch dimension dropped) if its shape is fixed, else None."""
+    dims = spec.shape[1:]
+    return None if any(d is None for d in dims) else np.zeros(dims, dtype=np.dtype(spec.dtype))
+
+
 def _servable_frames(card: ModelCard) -> tuple[int, TensorSpec, TensorSpec]:
     """The card's frame stack, frame spec and input spec, if its episode state can be kept and
     written; else :class:`ModelRefused` -- at start-up, not at the first checkpoint, where a
@@ -352,6 +358,7 @@ class EpisodeStore:
         # action its context logs) when k = 1.
         self.replay_window = replay_window
         self.keep = max(self.k, 2) - 1 + replay_window
+        self._check_window_fits()
         self.state_topic, self.load_states, self.ttl_s, self.clock = state_topic, load_states, ttl_s, clock
         self.states: dict[str, EpisodeState] = {}  # least recently stepped first (a step moves its episode last)
         self._dirty: set[str] = set()
@@ -551,6 +558,29 @@ class EpisodeStore:
             log.info("episode %s idle for %.0f s: dropping its state", key, now - self.states[key].updated_at_s)
             del self.states[key]
             self._ended.add(key)
+
+    def _check_window_fits(self) -> None:
+        """With frames of a fixed shape: refuse (ConfigError, at start) a replay window whose
+        ``keep`` frames cannot fit ``max_state_bytes`` while a smaller window's would -- else every
+        episode would be ended as ``too_large`` every few dozen steps. The window is the
+        consumer's AUDITSTREAM_MAX_IN_FLIGHT_BATCHES, a throughput setting whose cost here is
+        easy to miss. (Frames too large for even one step's state are each step's ``too_large``.)"""
+        frame = _static_frame(self.spec)
+        if frame is None:
+            return
+
+        def fits(window: int) -> bool:
+            frames = [frame] * (max(self.k, 2) - 1 + window)
+            return state_bytes_bound("k" * MAX_ID_CHARS, frames, self.model) <= self.max_state_bytes
+
+        if fits(self.replay_window) or not fits(1):
+            return
+        most = max(w for w in range(1, self.replay_window) if fits(w))
+        raise ConfigError("AUDITSTREAM_MAX_IN_FLIGHT_BATCHES", self.replay_window,
+                          f"at most {most} for policy {self.model}: a crash can replay that many steps of an episode, "
+                          f"so its state keeps max(frame_stack, 2) - 1 + that many frames of {frame.nbytes} bytes, and "
+                          f"the episode-state topic takes {self.max_state_bytes} bytes; lower it, or raise the topic's "
+                          "max.message.bytes")
 
     def restore(self, partitions: list[TopicPartition]) -> None:
         """Adopt the episodes of newly assigned request partitions from the state topic."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,24 @@ def test_a_state_topic_of_16_kib_ends_the_episode_that_outgrows_it(broker, tmp_p
             app.close()
         producer.close()
         reader.close()
+
+
+def test_a_replay_window_whose_frames_cannot_fit_the_state_topic_is_refused_at_start() -> None:
+    """Review 2026-12-05: the frames kept grow with the replay window, which is the consumer's
+    AUDITSTREAM_MAX_IN_FLIGHT_BATCHES (a throughput setting); at 50 an episode of large frames was
+    ended as too_large every 27 steps. A window that cannot fit, where a smaller one would, is one
+    ConfigError at start naming the setting and the most that fits; frames too large for any
+    state stay each step's too_large (above)."""
+    from auditstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"AUDITSTREAM_MAX_IN_FLIGHT_BATCHES=50: expected at most (\d+) for policy wide") as refused:
+        EpisodeStore(policy_card("wide", W), TOPIC, max_state_bytes=40_000, replay_window=50)
+    most = int(re.search(r"at most (\d+)", str(refused.value)).group(1))
+    store = EpisodeStore(policy_card("wide", W), TOPIC, max_state_bytes=40_000, replay_window=most)
+    frame = np.zeros(W, np.float32)
+    for step in range(3 * store.keep):  # the state never outgrows the topic
+        store.observe(wide_request(step), frame, 3)
+    assert store.ended_oversized == 0 and len(store.states["ep-1"].frames) == store.keep
+    with pytest.raises(ConfigError):
+        EpisodeStore(policy_card("wide", W), TOPIC, max_state_bytes=40_000, replay_window=most + 1)
+    EpisodeStore(policy_card("wide", W), TOPIC, max_state_bytes=SMALL, replay_window=50)  # no window fits: not refused
