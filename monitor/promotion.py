@@ -55,6 +55,7 @@ from auditstream.errors import AuditstreamError, ConfigError, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.settings import Settings
 from qc.audit_split import CERTIFY, SplitKey, audit_part
+from monitor.verdict_sets import learnt_split
 from qc.paired import PairedCounts, PairedGateConfig, traffic_counts
 from qc.promotion import PromotionDecision, decide, decide_canary, pairs_by_stratum
 from store.shadow import ShadowAnswers
@@ -87,18 +88,10 @@ def may_judge(candidate: ModelCard, pairs: list[T], key: SplitKey,
     not, why (the hygiene rule: a candidate that learnt from verdicts is judged on the certify
     side of the request-id split only, by ``key``, the split key of the store the pairs come
     from; module docstring, step 1)."""
-    hygiene = candidate.extra.get("data_hygiene")
-    if not hygiene:
+    learnt = learnt_split(candidate)  # a damaged record raises: every pair could count what it learnt from
+    if learnt is None:
         return pairs, ""
-    share = hygiene.get("certify_share") if isinstance(hygiene, dict) else None
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-        # a damaged record: judging on every pair could count verdicts the candidate learnt from
-        raise ModelRefused(f"{candidate.name} v{candidate.version}", f"card field extra.data_hygiene is "
-                           f"{str(hygiene)[:80]!r}; it must be {{'certify_share': a number in [0, 1]}} (retrain "
-                           "writes it): without it the verdicts the candidate learnt from cannot be set apart, so "
-                           "it is not judged; re-publish the candidate with retrain")
-    share = float(share)
-    learnt_key = hygiene.get("split_key_id")
+    share, learnt_key = learnt
     if learnt_key and learnt_key != key.key_id:
         # its train part was split by another store's key: this store's certify side may hold it
         raise ModelRefused(f"{candidate.name} v{candidate.version}", f"it learnt from verdicts split by the key "

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from auditstream.errors import AuditstreamError
+from auditstream.errors import AuditstreamError, ModelRefused
 from qc.audit_split import CERTIFY, DEFAULT_CERTIFY_SHARE, TRAIN, SplitKey, check_share, kind_of, part_of, rule_of
 
 
@@ -102,6 +102,25 @@ def split_verdicts(rows: Iterable[dict[str, Any]], model: str, certify_share: fl
     counts = {"verdicts_train_part": len(train), "verdicts_certify_part": len(certify), "gold_items": len(gold),
               "rejects_train_part": sum(r["verdict_kind"] == "reject" for r in train)}
     return VerdictSets(train, certify, gold, certify_share, counts, split_description(key, key_ids, certify_share))
+
+
+def learnt_split(card: Any) -> tuple[float, str] | None:
+    """The split ``card``'s version learnt by: its certify share and the split key's id ("" on a
+    card written before store schema 6); None when it learnt from no verdicts. Read one way for
+    every reader (certify --from-audits, promote, retrain's fine-tuning): a damaged record raises
+    ModelRefused -- judging such a version on every verdict could count the ones it learnt from."""
+    hygiene = card.extra.get("data_hygiene")
+    if not hygiene:
+        return None
+    share = hygiene.get("certify_share") if isinstance(hygiene, dict) else None
+    key_id = hygiene.get("split_key_id", "") if isinstance(hygiene, dict) else None
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0 \
+            or not isinstance(key_id, str):
+        raise ModelRefused(f"{card.name} v{card.version}", f"card field extra.data_hygiene is {str(hygiene)[:80]!r}; it "
+                           "must be {'certify_share': a number in [0, 1], 'split_key_id': ...} (retrain writes it): "
+                           "without it the verdicts this version learnt from cannot be set apart, so it is not judged "
+                           "or fine-tuned; re-publish it with retrain")
+    return float(share), key_id
 
 
 def split_description(key: SplitKey | None, key_ids: set[str], certify_share: float) -> dict[str, str]:

@@ -61,7 +61,7 @@ from auditstream.errors import AuditstreamError
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.wire import decode_input
 from monitor.labels import INPUT_AT, LabelsFile
-from monitor.verdict_sets import split_verdicts
+from monitor.verdict_sets import learnt_split, split_verdicts
 from qc.audit_split import CERTIFY, SplitKey, audit_part
 from qc.audit_certify import PROPOSAL_FILE, AuditCertificate, against_truth, certify_from_audits
 
@@ -99,8 +99,8 @@ def threshold_sequence(card: ModelCard, target_risk: float, start_coverage: floa
     coverages ``start, start + step, ..., 1``, strictest first.
 
     ``start_coverage`` 0 picks the start from that curve alone, before any audit is seen: the
-    point with the largest ``coverage * (target_risk - risk)``, where a test has the most
-    accepted answers per unit of room under the target. Fixed-sequence testing stops at the
+    point with the largest ``coverage * (target_risk - risk)`` (of two equal, the larger
+    coverage), where a test has the most accepted answers per unit of room under the target. Fixed-sequence testing stops at the
     first threshold it cannot show, so a start at a low coverage (few accepted answers among the
     audits, whatever their error) would stop it where the audits are thinnest; thresholds
     stricter than the start are never tested (they would only certify less coverage)."""
@@ -122,18 +122,18 @@ def learnt_share(card: ModelCard, key: SplitKey | None) -> float | None:
     """The certify share of the split this version learnt by (None: it learnt from no verdicts),
     checked against ``key``, the split key of the store that judges it: the card must name that
     key (or, written before per-store keys, none) and ``key`` must be given."""
-    hygiene = card.extra.get("data_hygiene")
-    if not hygiene:
+    learnt = learnt_split(card)  # a damaged record: ModelRefused, one line
+    if learnt is None:
         return None
     if key is None:
         raise ValueError(f"{card.name} v{card.version} learnt from verdicts: which ones may judge it is decided by the "
                          "audit store's split key (pass key=store.split_key)")
-    learnt_key = hygiene.get("split_key_id")
+    share, learnt_key = learnt
     if learnt_key and learnt_key != key.key_id:
         raise CannotCertify(f"{card.name} v{card.version} learnt from verdicts split by the key {learnt_key}, and this "
                             f"audit store splits by {key.key_id}: which of its items the version learnt from cannot be "
                             "set apart here; certify it against the store it was retrained from")
-    return float(hygiene["certify_share"])
+    return share
 
 
 def rows_for(card: ModelCard, rows: list[dict[str, Any]],

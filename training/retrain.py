@@ -39,7 +39,7 @@ from auditstream.errors import AuditstreamError, DecodeError
 from auditstream.registry import ModelCard, ModelRegistry
 from auditstream.wire import decode_input
 from monitor.labels import read_labels
-from monitor.verdict_sets import provenance, split_verdicts
+from monitor.verdict_sets import learnt_split, provenance, split_verdicts
 from serving.inputs import prepare_input
 from training.digits.args import DigitsArgs
 from training.feedback import Feedback, load_weights
@@ -136,16 +136,16 @@ def inherited_split(base: ModelCard, certify_share: float) -> str | None:
     own certify part (hash < share) must lie inside ``base``'s (hash < its share), or verdicts
     its ancestor trained on would certify it. By induction a card's share is then the smallest
     along its fine-tuning chain, which is what certify and promote read."""
-    hygiene = base.extra.get("data_hygiene")
-    if not isinstance(hygiene, dict) or "certify_share" not in hygiene:
+    learnt = learnt_split(base)  # a damaged record: ModelRefused, one line
+    if learnt is None:
         return None
-    base_share = float(hygiene["certify_share"])
+    base_share, key_id = learnt
     if certify_share > base_share:
         raise CannotRetrain(f"--certify-share {certify_share:g} is larger than version {base.version}'s {base_share:g}: "
                             f"fine-tuned from it, the new version inherits what it learnt from the requests at or above "
                             f"{base_share:g} on the split, which a share of {certify_share:g} would certify it with; use "
                             f"--certify-share {base_share:g} or less, or --from-scratch")
-    return str(hygiene.get("split_key_id") or "") or None
+    return key_id or None
 
 
 def build_feedback(card: ModelCard, rows: list[dict[str, Any]], family: Family, init_state: dict | None,

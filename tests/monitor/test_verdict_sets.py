@@ -3,6 +3,7 @@ verdicts it learnt from, in version order, whatever text a record gave as the ve
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,3 +38,29 @@ def test_any_versions_sort_the_same_whatever_their_order(versions):
     others = [v for v, n in zip(ordered, numeric) if not n]
     assert others == sorted(others)
     assert sorted(ordered) == sorted(set(versions))  # each version once
+
+
+@pytest.mark.parametrize("hygiene", [{"split_key_id": "secret:0123456789abcdef"}, {"certify_share": 1.5},
+                                     {"certify_share": True}, {"certify_share": 0.5, "split_key_id": 7}, "junk"])
+def test_a_damaged_hygiene_record_is_refused_alike_by_certify_promote_and_retrain(hygiene):
+    """Review 2026-12-05: the three readers of a card's data_hygiene disagreed on a damaged one
+    (a KeyError traceback, a ValueError, or 'learnt nothing': no share cap). One reading now,
+    learnt_split, refuses it in one line for all three."""
+    import dataclasses
+
+    from auditstream.errors import ModelRefused
+    from monitor import promotion
+    from monitor.verdict_sets import learnt_split
+    from qc.audit_split import SplitKey
+    from stack import recertify
+    from training import retrain
+    from tests.conftest import tiny_card
+
+    card = dataclasses.replace(tiny_card("zip"), version="3", extra={"data_hygiene": hygiene})
+    key = SplitKey.new(bytes(32))
+    for read in (lambda: learnt_split(card), lambda: promotion.may_judge(card, [], key),
+                 lambda: recertify.learnt_share(card, key), lambda: retrain.inherited_split(card, 0.5)):
+        with pytest.raises(ModelRefused, match="extra.data_hygiene"):
+            read()
+    assert learnt_split(dataclasses.replace(card, extra={})) is None
+    assert learnt_split(dataclasses.replace(card, extra={"data_hygiene": {"certify_share": 0.2}})) == (0.2, "")

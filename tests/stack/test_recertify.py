@@ -82,7 +82,7 @@ def test_threshold_sequence_starts_where_the_held_out_curve_has_the_most_room(re
     curve = card.risk_coverage
     for target in (0.005, 0.02, 0.1):
         room = [(p["coverage"] * (target - p["risk"]), p) for p in curve if p["risk"] < target]
-        best = max(room, key=lambda x: x[0])[1]
+        best = max(room, key=lambda x: (x[0], x[1]["coverage"]))[1]  # a tie: the larger coverage
         seq = threshold_sequence(card, target)
         # the start is the held-out curve's best point (or the curve point nearest it), the rest looser
         start = min(curve, key=lambda p: abs(p["coverage"] - best["coverage"]))
