@@ -2,10 +2,15 @@
 
 | graph outputs | output | confidence | parts | details |
 |---|---|---|---|---|
-| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes scoring ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it), ``match_iou`` |
+| ``boxes`` [B, K, 4] (x0, y0, x1, y1), ``labels`` int64 [B, K], ``scores`` [B, K] | the boxes whose published score is ``>= threshold_low``, best first | the lowest kept score (1.0 with no box) | each kept box, its score the confidence | ``threshold_low``, ``dropped`` (rows below it), ``match_iou`` |
 
 The graph does the decoding (peaks, top-K, boxes), so postprocessing only drops the rows below
-the card's low threshold (``extra["threshold_low"]``). Every kept box gates the item: the card's
+the card's low threshold (``extra["threshold_low"]``). Both thresholds compare one score per box,
+the one the answer publishes (``base.probability``: clipped to [0, 1], rounded to 6 decimals): a
+row is kept when its published score is ``>= threshold_low``, and triage compares the kept boxes'
+published scores with the high threshold. The detector's certificate counts the boxes this
+function keeps and the scores it publishes (training/detector/train.py ``served``), so a float32
+score within 5e-7 of a threshold is on the same side of it in the certificate as in serving. Every kept box gates the item: the card's
 triage threshold is the certified high threshold, and the item is auto-accepted only when every
 box clears it (``Task.gating_confidences``'s default: each part). The boxes in between go to an
 auditor. An answer with no box claims nothing, so it adds no false box to what the high
@@ -326,7 +331,13 @@ class Detection(Task):
         box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
         if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
             return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
-        kept_rows = score_rows >= low
+        # A row is kept when its published score (base.probability: clipped, rounded to 6
+        # decimals) clears the low threshold, as the high one compares the published score of
+        # every kept box (Task.gating_confidences): one score per box, the one the answer shows,
+        # the one the detector's certificate counts (training/detector/train.py: served).
+        published = np.array([[probability(s) for s in row] for row in np.asarray(score_rows).tolist()],
+                             dtype=np.float64).reshape(score_rows.shape)
+        kept_rows = published >= low
         # Checked for the whole batch at once: every score a probability (not a logit) and every
         # box finite; the kept rows (what is published) boxes drawn forwards with labels of the
         # card, and no more of them than max_boxes (the card's false-discovery bound, K).
@@ -337,14 +348,15 @@ class Detection(Task):
         if most is not None:
             answerable &= kept_rows.sum(axis=1) <= most
         answers: list[Answer | None] = []
-        for image_boxes, image_labels, image_scores, ok in zip(box_rows, label_rows, score_rows, answerable.tolist()):
+        for image_boxes, image_labels, image_scores, image_published, ok in zip(box_rows, label_rows, score_rows, published,
+                                                                                  answerable.tolist()):
             if not ok:
                 answers.append(None)
                 continue
             order = np.argsort(-image_scores, kind="stable")
-            kept = [int(i) for i in order if image_scores[i] >= low]
+            kept = [int(i) for i in order if image_published[i] >= low]
             output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
-                       "score": probability(image_scores[i])} for i in kept]  # in [0, 1] (base.probability)
+                       "score": float(image_published[i])} for i in kept]  # in [0, 1] (base.probability)
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,

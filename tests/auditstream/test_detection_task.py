@@ -60,6 +60,22 @@ def test_postprocess_keeps_rows_at_or_above_the_low_threshold_best_first() -> No
     assert empty.output == [] and empty.confidence == 1.0 and empty.parts == () and empty.details["dropped"] == K
 
 
+def test_both_thresholds_compare_the_published_score() -> None:
+    """A row is kept when the score the answer publishes (rounded to 6 decimals) clears the low
+    threshold, as triage compares the published scores with the high one: one score per box, the
+    one the detector's certificate counts. A float32 score 3e-7 below a threshold rounds onto it."""
+    scores = np.float32([0.9999997, 0.8999997, 0.3999997, 0.2999994])  # published 1.0, 0.9, 0.4, 0.299999
+    out = outputs([[([1, 1, 5, 5], 1, float(s)) for s in scores]])
+    (answer,) = TASK.postprocess(card(threshold_high=0.9, threshold_low=0.4), out)
+    assert [d["score"] for d in answer.output] == [1.0, 0.9, 0.4] and answer.details["dropped"] == 1
+    assert all(d["score"] >= 0.4 for d in answer.output)
+    (kept_at_high,) = TASK.postprocess(card(threshold_high=0.9, threshold_low=0.9), out)
+    assert [d["score"] for d in kept_at_high.output] == [1.0, 0.9]
+    decision = triage("r", kept_at_high.confidence, card(0.9, 0.9).triage, TriagePolicy(),
+                      part_confidences=TASK.gating_confidences(kept_at_high))
+    assert decision.route != Route.HUMAN  # every kept box's published score is >= 0.9
+
+
 def test_non_finite_rows_are_none() -> None:
     out = outputs([[([10, 10, 20, 24], 3, 0.97)], [([10, 10, 20, 24], 3, 0.97)]])
     out["boxes"][1, 0, 0] = np.nan

@@ -258,3 +258,91 @@ def test_detection_parity_refuses_non_finite_or_misshapen_rows(monkeypatch: pyte
     monkeypatch.setattr(detector, "run_onnx", lambda _bytes, _images: [a.copy() for a in torch_rows])
     if poison == "short_onnx":  # the clean rows themselves pass
         assert detector.detection_parity(_FixedRows(tuple(torch_rows)), b"", np.zeros((n, 8, 8), np.float32)) == 0.0
+
+
+def _rows_just_below_grid_points(data, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Graph outputs for ``data``'s labels whose every score sits 2e-7 to 4e-7 below a multiple of
+    0.0025 (a threshold of the accept grid, and of the drop grid when a multiple of 0.001):
+    published to 6 decimals, each rounds up onto it. A row per object at its box (true; 5% of
+    them unsure, in [0.3, 0.6)), on a fifth of the labels 5 rows at those boxes with the wrong
+    digit (false, in [0.35, 0.6)), one more false row far below any threshold, then padding."""
+    grid = np.round(np.arange(0, 400) * 0.0025, 4)
+    n = len(data)
+    boxes = np.zeros((n, TOP_K, 4), np.float32)
+    boxes[..., 2:] = 1.0
+    labels, scores = np.zeros((n, TOP_K), np.int64), np.full((n, TOP_K), 1e-4, np.float64)
+    band = (lambda lo, hi, k: rng.choice(grid[(grid >= lo) & (grid < hi)], k))
+    for i, (truth, digits) in enumerate(zip(data.boxes, data.labels)):
+        m = min(len(truth), TOP_K - 1)  # hard labels may hold more digits than rows
+        truth, digits = truth[:m], digits[:m]
+        boxes[i, :m], labels[i, :m] = np.round(truth), digits
+        scores[i, :m] = np.where(rng.random(m) < 0.05, band(0.3, 0.6, m), band(0.8, 1.0, m))
+        wrong = np.arange(min(5, TOP_K - 1 - m) if rng.random() < 0.2 else 0)
+        boxes[i, m:m + len(wrong)] = np.round(truth[wrong % m])
+        labels[i, m:m + len(wrong)] = (digits[wrong % m] + 1 + wrong // m) % CLASSES
+        scores[i, m:m + len(wrong)] = band(0.35, 0.6, len(wrong))
+        rows = m + len(wrong)
+        boxes[i, rows], labels[i, rows], scores[i, rows] = np.round(truth[0]), (digits[0] + 1) % CLASSES, 0.05
+        scores[i, :rows + 1] -= rng.uniform(2e-7, 4e-7, rows + 1)
+    scores = scores.astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")  # the graph's rows are best first
+    return (np.take_along_axis(boxes, order[..., None], 1), np.take_along_axis(labels, order, 1),
+            np.take_along_axis(scores, order, 1))
+
+
+def test_the_certified_accept_set_is_the_one_serving_accepts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving keeps a box when its published score (rounded to 6 decimals) clears threshold_low
+    and auto-accepts a label when every kept box's published score clears threshold_high; the
+    certificate once counted the unrounded float32 scores, so the labels and boxes it counted as
+    auto-accepted were not the ones serving accepted at its thresholds. Scores 2e-7 to 4e-7 below
+    the grids' thresholds stand in for the exported graph."""
+    from auditstream.wire import Route
+    from qc.triage import TriagePolicy, triage
+    from training.selective import certificate_spending
+
+    made, outputs = {}, {}
+    make = detector.make_detection_set
+
+    def recorded(split: str, n: int, seed: int, variant: str = "standard"):
+        data = make(split, n, seed, variant)
+        made[id(data.images)] = data
+        return data
+
+    def graph(onnx_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if id(images) not in outputs:
+            outputs[id(images)] = _rows_just_below_grid_points(made[id(images)], np.random.default_rng(len(outputs)))
+        return outputs[id(images)]
+
+    monkeypatch.setattr(detector, "make_detection_set", recorded)
+    monkeypatch.setattr(detector, "run_onnx", graph)
+    monkeypatch.setattr(detector, "detection_parity", lambda *a, **k: 0.0)
+    args = DetectorArgs(n_platt=100, n_certificate=600, n_test=100, target_fdr=0.1, target_miss=0.02)
+    exported = ExportedDetector(DetectorNet(), ReaderNet(), 1.0, 0.0, 0.0, 0.0).eval()
+    result = detector.evaluate(exported, b"", args, certificate_spending(tmp_path, "detector", 0.05), progress=False)
+    cert = result["certificate"]
+    card = detector.build_card(args, result, {"a": 1.0, "b": 0.0, "a_rival": 0.0, "a_read": 0.0}, 0.0)
+    assert cert.certified and card.triage.threshold == cert.threshold_high
+    assert card.extra["threshold_low"] == cert.threshold_low
+    task = lookup("detection")
+
+    def served(split: str, n: int, seed: int) -> tuple[int, int, list[float]]:
+        """Labels serving auto-accepts, the boxes in them, and every answer's confidence."""
+        data = make(split, n, seed)
+        answers = task.postprocess(card, dict(zip(["boxes", "labels", "scores"], graph(b"", made_like(data)))))
+        auto = [triage(str(i), a.confidence, card.triage, TriagePolicy(),
+                       part_confidences=task.gating_confidences(a)).route != Route.HUMAN for i, a in enumerate(answers)]
+        return sum(auto), sum(len(a.output) for a, ok in zip(answers, auto) if ok), [a.confidence for a in answers]
+
+    def made_like(data) -> np.ndarray:  # the images the evaluation made from the same labels
+        return next(images for images in (d.images for d in made.values()) if np.array_equal(images, data.images))
+
+    n_cert = args.n_certificate
+    auto, accepted, _ = served("calibration/certificate", n_cert, detector.SEEDS["certificate"])
+    outcome = result["certificate_outcome"]
+    assert 0 < auto < n_cert
+    assert auto == round(outcome["images_without_human"] * n_cert)
+    assert accepted == round(outcome["accepted_boxes_per_image"] * n_cert)
+    auto, accepted, confidences = served("test", args.n_test, detector.SEEDS["standard"])
+    assert auto == round(result["standard"]["images_without_human"] * args.n_test)
+    assert accepted == round(result["standard"]["accepted_boxes_per_image"] * args.n_test)
+    assert result["test_confidences"].tolist() == confidences  # the drift reference: serving's confidences

@@ -53,7 +53,7 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
     from qc.detection_certify import certify_detection, served_counts
     from training.data.split import load_split
     from training.detector.data import STANDARD, render
-    from training.detector.train import onnx_detections, scored
+    from training.detector.train import onnx_detections, scored, served_rows
 
     extra = card.extra
     alpha, beta, iou, k = extra["target_fdr"], extra["target_miss"], extra["match_iou"], extra["max_boxes"]
@@ -73,7 +73,7 @@ def run_bench(card: ModelCard, onnx_bytes: bytes, args: HandwritingArgs, progres
     def boxes(pool: np.ndarray, n: int):
         data = render(images[pool], labels[pool], sources[pool], n, np.random.default_rng(int(rng.integers(2**31))),
                       STANDARD)
-        return scored(data, onnx_detections(onnx_bytes, data.images), iou)
+        return scored(data, served_rows(onnx_detections(onnx_bytes, data.images), iou), iou)  # as served
 
     def fdr(data, threshold: float, low: float) -> float:
         """The served FDR at (low, threshold): false among the boxes of the auto-accepted labels."""

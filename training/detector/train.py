@@ -14,8 +14,10 @@ graph; parity-checked on the test labels) -> measure COCO mAP
 (pycocotools) on test labels of both variants -> certify the two score thresholds on labels of the
 disjoint calibration/certificate digits (Learn-then-Test on the FDR of auto-accepted boxes and
 conformal risk control of the miss rate, qc/detection_certify.py; the FDR test at this version's
-share of delta on those labels, qc/delta_spending.py) on the exported graph's own outputs ->
-measure the triage on the test labels -> publish with card and risk-coverage plot.
+share of delta on those labels, qc/delta_spending.py) on the exported graph's own outputs, as the
+detection kind's postprocess serves them (:func:`served`: the boxes it keeps and the scores it
+publishes, rounded to 6 decimals, which both thresholds compare) -> measure the triage on the test
+labels -> publish with card and risk-coverage plot.
 
 Serving contract: input ``image`` float32 [batch, 64, 64] (grayscale 0..1, dark ink on light
 paper); outputs ``boxes`` float32 [batch, 16, 4] (x0, y0, x1, y1 in pixels), ``labels`` int64
@@ -48,6 +50,8 @@ from tqdm import tqdm
 
 from auditstream.errors import ExportParityError
 from auditstream.registry import ModelCard, ModelRegistry, TensorSpec, TriageSpec
+from auditstream.tasks.base import Answer
+from auditstream.tasks.detection import TASK as DETECTION
 from qc.calibration import expected_calibration_error
 from qc.certify import risk_coverage_curve
 from qc.detection_certify import (HIGH_GRID, DetectionCertificate, ScoredBoxes, certify_detection,
@@ -71,6 +75,7 @@ LABELS = [str(d) for d in range(CLASSES)]
 # Fixed seeds (not args.seed): every model version is judged on the same labels.
 SEEDS = {"platt": 9001, "certificate": 9002, "standard": 9003, "hard": 9004}
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [n, K, 4], labels [n, K], scores [n, K]
+ServedRows = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per image: boxes [k, 4], labels [k], scores [k]
 
 
 def training_stream(args: DetectorArgs) -> Iterator[tuple[DetectionSet, dict, tuple]]:
@@ -119,13 +124,56 @@ def raw_detections(net: DetectorNet, reader: ReaderNet, images: np.ndarray,
 
 
 def onnx_detections(onnx_bytes: bytes, images: np.ndarray) -> Detections:
-    """What serving computes: the exported graph's rows (scores in float64 for the statistics)."""
+    """What serving runs: the exported graph's rows under ONNX Runtime, as it outputs them
+    (float32 scores). Thresholds are compared with :func:`served` scores, never with these."""
     boxes, labels, scores = run_onnx(onnx_bytes, images)
-    return boxes, labels, scores.astype(np.float64)
+    return boxes, labels, scores
 
 
-def scored(data: DetectionSet, detections: Detections, iou: float) -> ScoredBoxes:
+def serving_card(threshold_low: float, match_iou: float) -> ModelCard:
+    """The card's serving part: what the detection kind's postprocess reads (the published card
+    is :func:`build_card`'s, with these outputs, labels and ``extra``)."""
+    return ModelCard(name=NAME, version="0", task="detection",
+                     inputs=[TensorSpec("image", "float32", [None, IMAGE_SIZE, IMAGE_SIZE])],
+                     outputs=[TensorSpec("boxes", "float32", [None, TOP_K, 4]),
+                              TensorSpec("labels", "int64", [None, TOP_K]),
+                              TensorSpec("scores", "float32", [None, TOP_K])],
+                     triage=TriageSpec(threshold=1.0), labels=LABELS,
+                     extra={"threshold_low": threshold_low, "match_iou": match_iou, "max_boxes": TOP_K})
+
+
+def served(detections: Detections, threshold_low: float, match_iou: float) -> list[Answer]:
+    """Each image's answer as serving makes it from the exported graph's float32 rows: the
+    detection kind's own postprocess (auditstream/tasks/detection.py) at ``threshold_low``. It keeps
+    the rows whose published score (clipped to [0, 1], rounded to 6 decimals) clears
+    ``threshold_low``, and triage compares the kept boxes' published scores with the high
+    threshold; certifying these makes the certified accept set the one serving accepts."""
     boxes, labels, scores = detections
+    answers = DETECTION.postprocess(serving_card(threshold_low, match_iou),
+                                    {"boxes": boxes, "labels": labels, "scores": scores})
+    if any(a is None for a in answers):
+        raise ValueError(f"the exported graph made {sum(a is None for a in answers)} rows serving cannot answer "
+                         "(scores outside [0, 1], boxes drawn backwards or labels out of range)")
+    return answers  # type: ignore[return-value]
+
+
+def served_rows(detections: Detections, match_iou: float) -> ServedRows:
+    """Every row of every image as serving publishes it (:func:`served` at ``threshold_low`` 0,
+    which keeps them all): boxes, labels and the published scores, best first. What the
+    certificate, the threshold choice and the test figures count: a box is kept at ``t_low`` and
+    gates at ``t_high`` exactly when its score here clears them, as in serving."""
+    rows = []
+    for answer in served(detections, 0.0, match_iou):
+        dets = answer.output
+        rows.append((np.array([d["box"] for d in dets], np.float64).reshape(len(dets), 4),
+                     np.array([d["label"] for d in dets], np.int64), np.array([d["score"] for d in dets], np.float64)))
+    return rows
+
+
+def scored(data: DetectionSet, rows: ServedRows | Detections, iou: float) -> ScoredBoxes:
+    """The boxes of ``rows`` (per image: boxes, labels, scores; :func:`served_rows` for anything
+    compared with a threshold) scored against ``data``'s objects."""
+    boxes, labels, scores = zip(*rows) if isinstance(rows, list) else rows
     return score_images(list(zip(boxes, labels, scores)), list(zip(data.boxes, data.labels)), iou)
 
 
@@ -233,17 +281,21 @@ def certificate_labels(args: DetectorArgs) -> CertificateSlice:
 def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs, spending: DeltaSpending,
              progress: bool = True) -> dict:
     """mAP on test labels of both variants, certificate on calibration/certificate labels, triage
-    on the test labels, all on the exported graph's outputs. The FDR test spends
+    on the test labels, all on the exported graph's outputs; every score compared with a threshold
+    (certificate, threshold choice, test figures, risk curve, drift reference) is the one serving
+    compares (:func:`served_rows`, :func:`served`). The FDR test spends
     ``spending.delta``: this version's share of ``args.delta`` on the certificate labels
     (qc/delta_spending.py)."""
     bar = tqdm(total=2 + len(VARIANTS), desc="certify and measure", unit="set", disable=not progress, file=sys.stderr)
     # The score-calibration labels are independent of the certificate's: they choose where the
     # fixed sequence of FDR tests starts (qc/detection_certify.py).
     pilot_data = make_detection_set("calibration/temperature", args.n_platt, SEEDS["platt"])
-    pilot = scored(pilot_data, onnx_detections(onnx_bytes, pilot_data.images), args.match_iou)
+    pilot = scored(pilot_data, served_rows(onnx_detections(onnx_bytes, pilot_data.images), args.match_iou),
+                   args.match_iou)
     bar.update()
     cert_data = make_detection_set("calibration/certificate", args.n_certificate, SEEDS["certificate"])
-    cert_boxes = scored(cert_data, onnx_detections(onnx_bytes, cert_data.images), args.match_iou)
+    cert_boxes = scored(cert_data, served_rows(onnx_detections(onnx_bytes, cert_data.images), args.match_iou),
+                        args.match_iou)
     certificate = certify_detection(cert_boxes, args.target_fdr, args.target_miss, spending.delta, TOP_K,
                                     args.p_value, pilot=pilot)
     bar.update()
@@ -254,7 +306,8 @@ def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs, 
     for variant in VARIANTS:
         data = make_detection_set("test", args.n_test, SEEDS[variant], variant)
         detections = onnx_detections(onnx_bytes, data.images)
-        boxes = scored(data, detections, args.match_iou)
+        boxes = scored(data, served_rows(detections, args.match_iou), args.match_iou)
+        # mAP ranks the graph's rows (no threshold); the triage figures count the served ones
         result[variant] = {**coco_map(data, detections), "n_images": len(data), "n_objects": data.n_objects,
                            **triage_outcome(boxes, certificate.threshold_high, certificate.threshold_low)}
         if variant == "standard":
@@ -265,16 +318,11 @@ def evaluate(exported: ExportedDetector, onnx_bytes: bytes, args: DetectorArgs, 
             kept = boxes.scores >= certificate.threshold_low
             result["curve"] = (risk_coverage_curve(boxes.scores[kept], (~boxes.true[kept]).astype(int))
                                if kept.any() else [])
-            result["test_confidences"] = image_confidences(detections[2], certificate.threshold_low)
+            result["test_confidences"] = np.array([a.confidence for a in served(
+                detections, certificate.threshold_low, args.match_iou)], np.float64)  # serving's, at t_low
         bar.update()
     bar.close()
     return result
-
-
-def image_confidences(scores: np.ndarray, threshold_low: float) -> np.ndarray:
-    """Per image what serving computes as the answer's confidence: the lowest kept score (1.0 with none)."""
-    kept = np.where(scores >= threshold_low, scores, np.inf).min(axis=1)
-    return np.where(np.isfinite(kept), kept, 1.0)
 
 
 def build_card(args: DetectorArgs, result: dict, calibration: dict, train_seconds: float) -> ModelCard:
@@ -330,7 +378,8 @@ def build_card(args: DetectorArgs, result: dict, calibration: dict, train_second
                "certificate_data": (
                    f"{args.n_certificate} standard labels ({result['n_certificate_objects']} digits) rendered from the "
                    f"{len(load_split('calibration/certificate').labels)} calibration/certificate digits, ONNX Runtime "
-                   f"outputs of the published graph; the Platt constants were fitted on labels of the disjoint "
+                   f"outputs of the published graph as serving keeps and scores them (the detection kind's "
+                   f"postprocess: scores rounded to 6 decimals, both thresholds compared with them); the Platt constants were fitted on labels of the disjoint "
                    f"calibration/temperature digits; the FDR test at this version's delta: certificate "
                    f"{spending.index} on these labels, {spending.delta:.4g} of the family's "
                    f"{spending.family_delta:g} (extra.delta_spending)"),
