@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import secrets
 
+from auditstream.errors import AuditstreamError
 from qc.audit_split import SECRET_BYTES, SplitKey
 
 SCHEMA_VERSION = 6
@@ -163,11 +164,26 @@ def statements(types: dict[str, str]) -> list[str]:
     return [fill_types(text, types) for text in DDL]
 
 
+class StoreTooNew(AuditstreamError):
+    """The store's schema is newer than this release knows."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"this audit store has schema version {version}, newer than this release's {SCHEMA_VERSION}: "
+                         "it was written by a newer auditstream; upgrade this process (every process that opens the "
+                         "store runs one release)")
+
+
 def upgrade(cur, db) -> list[str]:
     """Add every :data:`ADDED_COLUMNS` column its table lacks, give the store its split key when it
     has none (:func:`ensure_split_key`) and record :data:`SCHEMA_VERSION`; returns the columns added
     (``table.column``). ``cur``: a write transaction's cursor on ``db`` (a
     :class:`store.backend.Database`), after :func:`statements` ran."""
+    row = cur.one("SELECT value FROM {p}meta WHERE key = 'schema_version'")
+    if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+        # An older release would write its own version back and go on with what it knows: e.g.
+        # before schema 6 it split audits by the public key, which clients can compute.
+        raise StoreTooNew(int(row[0]))
     added = []
     postgres = db.kind == "postgresql"
     for _version, table, column, definition in ADDED_COLUMNS + (POSTGRES_COLUMNS if postgres else ()):
@@ -192,7 +208,7 @@ def ensure_split_key(cur) -> SplitKey:
     row = cur.one("SELECT value FROM {p}meta WHERE key = ?", (SPLIT_KEY_ROW,))
     if row is not None:
         return SplitKey.from_stored(row[0])
-    holds_items = cur.one("SELECT 1 FROM {p}items LIMIT 1") is not None
+    holds_items = cur.one("SELECT 1 FROM {p}items WHERE is_gold = 0 LIMIT 1") is not None  # gold is never split
     key = SplitKey.legacy() if holds_items else SplitKey.new(secrets.token_bytes(SECRET_BYTES))
     cur.run("INSERT INTO {p}meta (key, value) VALUES (?, ?)", (SPLIT_KEY_ROW, key.stored()))
     return key

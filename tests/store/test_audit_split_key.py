@@ -166,3 +166,27 @@ def test_a_card_split_by_another_stores_key_is_not_judged_here(backend: str, tmp
             may_judge(card, store.split_key)
         kept, _ = promotion.may_judge(card, [Pair()], other.split_key)  # its own store judges it
         assert len(kept) == (audit_part("r1", 0.5, other.split_key) == CERTIFY)
+
+
+def test_an_old_store_holding_only_gold_items_gets_a_secret_key(store: AuditStore) -> None:
+    """Gold items are never split: a store seeded with gold before the upgrade has no item whose
+    side must stay where the public key put it."""
+    from tests.store.store_factories import add_users
+
+    (admin,) = add_users(store, "root", role="admin")
+    store.add_gold(audit_item("gold-1"), "12345", admin, T0)
+    make_old(store)
+    with reopen(store) as upgraded:
+        assert upgraded.split_key.kind == SECRET
+
+
+def test_a_store_written_by_a_newer_release_is_refused_not_written_back(store: AuditStore) -> None:
+    """An older release would write its own schema version back and split with what it knows
+    (before schema 6: the public key). A newer version number refuses the open in one line."""
+    from store.schema import StoreTooNew
+
+    with store._db.write() as cur:
+        cur.run("UPDATE {p}meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(StoreTooNew, match=f"schema version {SCHEMA_VERSION + 1}, newer than this release's"):
+        reopen(store)
+    assert store._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION + 1),)]
