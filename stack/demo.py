@@ -503,12 +503,15 @@ def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> 
     loop, loop_thread = None, None
     try:  # from before the broker starts: a stop signal just after it must still stop it
         if not settings.bootstrap_servers:
-            started_broker = broker.status(settings) is None
+            launch = broker.status(settings) is None
             # A port of its own, outside the metrics ports the demo's children are about to listen on
             # (a broker's random free port once landed on one: a consumer then could not start).
             metrics_ports = range(args.metrics_port_base, args.metrics_port_base + 11)
-            port = next((p for p in iter(broker.free_port, None) if p not in metrics_ports)) if started_broker else 0
+            port = next((p for p in iter(broker.free_port, None) if p not in metrics_ports)) if launch else 0
             info = broker.start(settings, models=DEMO_MODELS, port=port)
+            # Only once the start returned: one that failed (another start held the lock, and its
+            # broker is not ours) must not be stopped by the clean-up below.
+            started_broker = launch
             print(f"embedded broker (Tansu) at {info.bootstrap}", flush=True)
         else:  # a real Kafka: create the demo's topics if they are missing
             from auditstream.kafka import ensure_model_topics
