@@ -75,7 +75,7 @@ def main(config: DashboardConfig | None = None) -> None:
     except Exception as e:
         if not outage.is_store_down(e):
             raise
-        outage.store_down_ui(e, retry=lambda: build_context(config))  # nothing else can be shown
+        outage.store_down_ui(e, retry=lambda: build_context(config), text=outage.SIGN_IN_DOWN_TEXT)  # nothing else
         st.stop()
     try:
         user = auth_ui.current_user(ctx.store.accounts)  # stops here for anyone not signed in
@@ -85,8 +85,9 @@ def main(config: DashboardConfig | None = None) -> None:
         # The store cannot say who this is now. A signed-in session keeps the user it last
         # verified, so an open item and its form stay (the store checks every write again, and
         # no account can change while it is down); anyone else sees only the message.
-        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get("-"))
         user = auth_ui.last_verified_user()
+        outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get("-"),
+                             text=outage.STORE_DOWN_TEXT if user is not None else outage.SIGN_IN_DOWN_TEXT)
         if user is None:
             st.stop()
     if auth_ui.user_badge_ui(user):

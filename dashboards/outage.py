@@ -21,7 +21,9 @@ from store.backend import StoreBusy, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-STORE_DOWN_TEXT = "The audit store cannot be reached; nothing was recorded; retrying…"
+STORE_DOWN_TEXT = ("The audit store cannot be reached; nothing was recorded. The page checks again every few "
+                   "seconds; once the store answers, submit again what you typed.")
+SIGN_IN_DOWN_TEXT = "The audit store cannot be reached, so nobody can sign in now; the page checks again every few seconds."
 RETRY_S = 5.0
 SHOWN = "outage_shown"  # the message was drawn in this full run (main() clears it at the start)
 
@@ -45,14 +47,14 @@ def new_run() -> None:
     st.session_state[SHOWN] = False
 
 
-def store_down_ui(e: BaseException, retry: Callable[[], Any] | None = None) -> None:
+def store_down_ui(e: BaseException, retry: Callable[[], Any] | None = None, text: str = STORE_DOWN_TEXT) -> None:
     """The one message (once per full run), and with ``retry`` (a cheap store read) a fragment
     that calls it every :data:`RETRY_S` seconds and reruns the whole app when it succeeds."""
     log.warning("audit store unreachable: %s", e)
     if st.session_state.get(SHOWN):
         return
     st.session_state[SHOWN] = True
-    st.error(STORE_DOWN_TEXT)
+    st.error(text)
     if retry is not None:
         st.fragment(run_every=RETRY_S)(_retry)(retry)
 
@@ -87,7 +89,8 @@ def guarded_fragment(draw: Callable[..., None]) -> Callable[..., None]:
                 raise
             if _fragment_run():
                 log.warning("audit store unreachable: %s", e)
-                st.error(STORE_DOWN_TEXT)  # in the fragment's place; its next timed rerun retries
+                if not st.session_state.get(SHOWN):  # the page's own message, if drawn, is enough
+                    st.error(STORE_DOWN_TEXT)  # in the fragment's place; its next timed rerun retries
             else:
                 store_down_ui(e)  # drawn with the page: one message for the page
 

@@ -53,6 +53,7 @@ CLAIM = "wb_claim"  # the open Claim
 VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
 MODELS = "wb_models"  # the model filter's choices, kept for a store outage
 NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
+UNSENT = "wb_unsent"  # request id whose submit failed while the store was down: ask for it again
 ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
 
 
@@ -225,6 +226,12 @@ def page(ctx: DashboardContext, user: User) -> None:
     if notice:
         getattr(st, notice[0])(notice[1])
     claim: Claim | None = st.session_state.get(CLAIM)
+    unsent = st.session_state.get(UNSENT)
+    if unsent is not None and (claim is None or claim.item.request_id != unsent):
+        st.session_state.pop(UNSENT, None)  # another item now: that answer is gone with its form
+    elif unsent is not None and not st.session_state.get(outage.SHOWN):
+        st.warning("Your last answer on this item was **not recorded**: the audit store could not be reached "
+                   "then. It is back: check the answer below and submit it again.")
     if claim is not None:
         try:
             claim = _renewed(ctx, user, claim, model, route)
@@ -365,7 +372,9 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
         if not outage.is_store_down(e):
             raise
         outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+        st.session_state[UNSENT] = claim.item.request_id  # said once the store is back (main)
         return  # the form keeps what was typed; submit again once the store is back
+    st.session_state.pop(UNSENT, None)
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))
     _forget_claim()
     claim_next(ctx, user, model, route)  # the store never hands back an item this auditor answered or skipped

@@ -38,7 +38,11 @@ def outage_switch(monkeypatch):
 
 
 def messages(at) -> list[str]:
-    return [e.value for e in at.error if outage.STORE_DOWN_TEXT in e.value]
+    return [e.value for e in at.error if e.value in (outage.STORE_DOWN_TEXT, outage.SIGN_IN_DOWN_TEXT)]
+
+
+def unsent(at) -> list[str]:
+    return [w.value for w in at.warning if "not recorded" in w.value]
 
 
 def test_a_submit_while_the_store_is_down_keeps_the_form_and_records_after(store, store_url, tmp_path,
@@ -63,8 +67,10 @@ def test_a_submit_while_the_store_is_down_keeps_the_form_and_records_after(store
     assert store.verdicts() == []  # nothing was recorded
     at = at.run()  # the retry finds the store back and reruns the app
     assert not at.exception and not messages(at)
+    assert len(unsent(at)) == 1  # the page says the answer still has to be submitted
     at.button[0].click()
     at = at.run()
+    assert not unsent(at)
     [verdict] = store.verdicts()
     assert (verdict.verdict_id, verdict.kind, verdict.corrected_output) == (verdict_id, VerdictKind.CORRECT, "02739")
 
@@ -77,7 +83,7 @@ def test_the_overview_and_the_login_page_say_the_store_is_down(store, store_url,
     fresh = start_app(store_url, tmp_path)  # a new visitor: the login form, nothing else needs the store
     assert not fresh.exception and len(fresh.text_input) == 2
     fresh = log_in(fresh, "alice")
-    assert not fresh.exception and len(messages(fresh)) == 1
+    assert not fresh.exception and messages(fresh) == [outage.SIGN_IN_DOWN_TEXT]  # not "nothing was recorded"
     assert fresh.text_input[0].value == "alice"  # the form keeps what was typed
     assert "Workbench" not in [t.value for t in fresh.title]  # nobody is let in without the store
     outage_switch(False)
