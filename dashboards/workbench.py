@@ -186,7 +186,7 @@ def verdict_form_ui(claim: Claim, prediction: Prediction | None, value: ModelInp
     return None
 
 
-def item_header_ui(claim: Claim, blind: bool) -> None:
+def item_header_ui(claim: Claim, blind: bool, lease_s: float) -> None:
     """What kind of item this is: deferred or QC sample, model, review round, request, lease.
     No age and no store item id: both would date a gold item (see the module docstring)."""
     item = claim.item
@@ -201,8 +201,9 @@ def item_header_ui(claim: Claim, blind: bool) -> None:
         badges.badge("Second review", icon=":material/group:", color="blue")
     # The item's words go into markdown escaped (dashboards/markup.py): a request id is the client's.
     badges.markdown(f":gray-badge[{md_text(f'{item.model} v{item.model_version} · {item.task}')}]", width="content")
-    st.caption(f"Request {md_code(item.request_id)} · "
-               f"lease until {time.strftime('%H:%M:%S', time.gmtime(claim.lease_expires_s))} UTC")  # fmt: skip
+    # Not the lease's expiry: the page renews it in the background, so a time drawn once went stale.
+    st.caption(f"Request {md_code(item.request_id)} · yours while this page is open "
+               f"(back to the queue {lease_s:.0f} s after it closes)")  # fmt: skip
 
 
 
@@ -293,7 +294,7 @@ def _item_ui(ctx: DashboardContext, user: User, claim: Claim, model: str | None,
     verdict_id = st.session_state.get(VERDICT_ID) or ctx.store.new_verdict_id()
     st.session_state[VERDICT_ID] = verdict_id
     blind = is_blind(ctx, claim)
-    guarded("the item's header", claim, item_header_ui, claim, blind)
+    guarded("the item's header", claim, item_header_ui, claim, blind, ctx.config.lease_s)
     # Renew the lease in the background while the auditor looks (a fragment rerun keeps the form).
     st.fragment(run_every=renew_every_s(ctx.config.lease_s))(keep_lease)(ctx, user, claim)
     read = guarded("the stored item", claim, item_prediction, claim)

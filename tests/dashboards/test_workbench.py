@@ -64,6 +64,8 @@ def test_correct_a_zip_and_validation_keeps_the_input(store, store_url, tmp_path
     at = log_in(start_app(store_url, tmp_path), "alice")
     at = claim_model(at, "zip")
     assert ":orange-badge[:material/hourglass_top: Deferred" in texts(at)
+    # no lease expiry drawn once (the page renews the lease, so it went stale): what holds instead
+    assert any("yours while this page is open" in c.value for c in at.caption)
     zip_field = at.text_input(key=f"answer-{at.session_state[workbench.VERDICT_ID]}")
     assert zip_field.value == "02139"  # pre-filled with the model's answer
     zip_field.input("0273")
