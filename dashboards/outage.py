@@ -26,6 +26,7 @@ STORE_DOWN_TEXT = ("The audit store cannot be reached; nothing was recorded. The
 SIGN_IN_DOWN_TEXT = "The audit store cannot be reached, so nobody can sign in now; the page checks again every few seconds."
 RETRY_S = 5.0
 SHOWN = "outage_shown"  # the message was drawn in this full run (main() clears it at the start)
+RETRYING = "outage_retrying"  # the retry fragment was registered in this full run
 
 
 def store_down_errors() -> tuple[type[BaseException], ...]:
@@ -45,17 +46,18 @@ def is_store_down(e: BaseException) -> bool:
 def new_run() -> None:
     """Called by ``main()`` first: a full run draws the message at most once."""
     st.session_state[SHOWN] = False
+    st.session_state[RETRYING] = False
 
 
 def store_down_ui(e: BaseException, retry: Callable[[], Any] | None = None, text: str = STORE_DOWN_TEXT) -> None:
     """The one message (once per full run), and with ``retry`` (a cheap store read) a fragment
     that calls it every :data:`RETRY_S` seconds and reruns the whole app when it succeeds."""
     log.warning("audit store unreachable: %s", e)
-    if st.session_state.get(SHOWN):
-        return
-    st.session_state[SHOWN] = True
-    st.error(text)
-    if retry is not None:
+    if not st.session_state.get(SHOWN):
+        st.session_state[SHOWN] = True
+        st.error(text)
+    if retry is not None and not st.session_state.get(RETRYING):  # a first caller may have had none
+        st.session_state[RETRYING] = True
         st.fragment(run_every=RETRY_S)(_retry)(retry)
 
 

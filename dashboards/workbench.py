@@ -97,9 +97,11 @@ def recover_lease(ctx: DashboardContext, user: User, claim: Claim) -> tuple[Clai
     item = ctx.store.item(claim.item_id)
     if item is None or item.state != "open":
         return None, "the item was decided meanwhile"
-    if item.lease_owner is not None and item.lease_owner != user.name:
+    if item.lease_owner is not None and item.lease_owner != user.name and (item.lease_expires_s or 0.0) > time.time():
         return None, "another auditor has it now"
-    return None, "you have already answered it (in another tab?)"
+    if ctx.store.verdicts(item_id=claim.item_id, auditor=user.name):
+        return None, "you have already answered or skipped it (in another tab?)"
+    return None, "you took another item meanwhile (in another tab?)"
 
 
 def _forget_claim() -> None:
@@ -227,12 +229,6 @@ def page(ctx: DashboardContext, user: User) -> None:
     if notice:
         getattr(st, notice[0])(notice[1])
     claim: Claim | None = st.session_state.get(CLAIM)
-    unsent = st.session_state.get(UNSENT)
-    if unsent is not None and (claim is None or claim.item.request_id != unsent):
-        st.session_state.pop(UNSENT, None)  # another item now: that answer is gone with its form
-    elif unsent is not None and not st.session_state.get(outage.SHOWN):
-        st.warning("Your last answer on this item was **not recorded**: the audit store could not be reached "
-                   "then. It is back: check the answer below and submit it again.")
     if claim is not None:
         try:
             claim = _renewed(ctx, user, claim, model, route)
@@ -242,6 +238,14 @@ def page(ctx: DashboardContext, user: User) -> None:
             # Keep the open item and its form as they are (what was typed included); the retry
             # reruns the app once the store answers, and the submit can be pressed again then.
             outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+    # After the renewal, which may have lost the item: the warning only beside the form it is about
+    # (the form's verdict id, not the request id: one request may have items of several versions).
+    unsent = st.session_state.get(UNSENT)
+    if unsent is not None and (st.session_state.get(CLAIM) is None or st.session_state.get(VERDICT_ID) != unsent):
+        st.session_state.pop(UNSENT, None)  # another item or form now: that answer went with its form
+    elif unsent is not None and not st.session_state.get(outage.SHOWN):
+        st.warning("Your last answer on this item was **not recorded**: the audit store could not be reached "
+                   "then. It is back: check the answer below and submit it again.")
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
@@ -373,7 +377,7 @@ def _handle(ctx: DashboardContext, user: User, claim: Claim, prediction: Predict
         if not outage.is_store_down(e):
             raise
         outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
-        st.session_state[UNSENT] = claim.item.request_id  # said once the store is back (main)
+        st.session_state[UNSENT] = verdict_id  # said once the store is back (page)
         return  # the form keeps what was typed; submit again once the store is back
     st.session_state.pop(UNSENT, None)
     st.session_state[NOTICE] = ("success", _recorded_text(result, prediction, blind))

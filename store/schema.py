@@ -167,11 +167,11 @@ def statements(types: dict[str, str]) -> list[str]:
 class StoreTooNew(AuditstreamError):
     """The store's schema is newer than this release knows."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: str) -> None:
         self.version = version
-        super().__init__(f"this audit store has schema version {version}, newer than this release's {SCHEMA_VERSION}: "
-                         "it was written by a newer auditstream; upgrade this process (every process that opens the "
-                         "store runs one release)")
+        super().__init__(f"this audit store has schema version {version[:40]!r}, which this release (schema "
+                         f"{SCHEMA_VERSION}) does not know: it was written by a newer auditstream (upgrade this process: "
+                         "every process that opens the store runs one release) or its meta table was edited by hand")
 
 
 def upgrade(cur, db) -> list[str]:
@@ -180,10 +180,13 @@ def upgrade(cur, db) -> list[str]:
     (``table.column``). ``cur``: a write transaction's cursor on ``db`` (a
     :class:`store.backend.Database`), after :func:`statements` ran."""
     row = cur.one("SELECT value FROM {p}meta WHERE key = 'schema_version'")
-    if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+    if row is not None:
         # An older release would write its own version back and go on with what it knows: e.g.
-        # before schema 6 it split audits by the public key, which clients can compute.
-        raise StoreTooNew(int(row[0]))
+        # before schema 6 it split audits by the public key, which clients can compute. A value
+        # that is no version number is refused too, never overwritten.
+        text = str(row[0]).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > SCHEMA_VERSION:
+            raise StoreTooNew(str(row[0]))
     added = []
     postgres = db.kind == "postgresql"
     for _version, table, column, definition in ADDED_COLUMNS + (POSTGRES_COLUMNS if postgres else ()):

@@ -229,23 +229,29 @@ class AuditStore(StoreReads):
     def reclaim(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> Claim | None:
         """Lease ``item_id`` to ``auditor`` again after her lease ran out, so the answer she typed
         meanwhile can still be recorded: only while the item is open, nobody else holds a live
-        lease on it, and she has not answered it yet. None otherwise (see :meth:`item` for why).
-        Like :meth:`claim`, any other live lease of hers goes back to the queue."""
+        lease on it, she has not answered it yet, and she holds no other live lease (another tab
+        took a newer item: taking this one back would free that one, and two tabs would take the
+        lease from each other at every renewal). None otherwise (see :meth:`item` for why)."""
         lease_s = check_lease_s("lease_s", lease_s)
         expires = now_s + lease_s
         with self._db.write() as cur:
             check_actor(cur, auditor, WRITERS, "claim audit items")
             cur.one(f"SELECT name FROM {{p}}users WHERE name = ?{self._db.row_lock}", (auditor.name,))
+            # The item's row first: under PostgreSQL's READ COMMITTED the UPDATE below is then a new
+            # statement whose snapshot holds a verdict of hers committed while this waited (its
+            # subquery would otherwise read the older snapshot, and she could answer twice).
+            if cur.one(f"SELECT id FROM {{p}}items WHERE id = ?{self._db.row_lock}", (item_id,)) is None:
+                return None
             taken = cur.run(
                 "UPDATE {p}items SET lease_owner = ?, lease_expires_s = ? WHERE id = ? AND state = 'open'"
                 " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_s IS NULL OR lease_expires_s <= ?)"
-                " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)",
-                (auditor.name, expires, item_id, auditor.name, now_s, auditor.name),
+                " AND id NOT IN (SELECT item_id FROM {p}verdicts WHERE auditor = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM {p}items other WHERE other.lease_owner = ? AND other.lease_expires_s > ?"
+                " AND other.id <> ?)",
+                (auditor.name, expires, item_id, auditor.name, now_s, auditor.name, auditor.name, now_s, item_id),
             )
             if taken != 1:
                 return None
-            cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE state = 'open'"
-                    " AND lease_owner = ? AND lease_expires_s > ? AND id <> ?", (auditor.name, now_s, item_id))
             row = cur.one(f"SELECT {ITEM_COLUMNS} FROM {{p}}items WHERE id = ?", (item_id,))
         item = item_from_row(row)
         return Claim(item, auditor.name, expires, 1 if item.is_gold else item.reviews_done + 1)

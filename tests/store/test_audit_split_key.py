@@ -187,6 +187,12 @@ def test_a_store_written_by_a_newer_release_is_refused_not_written_back(store: A
 
     with store._db.write() as cur:
         cur.run("UPDATE {p}meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    with pytest.raises(StoreTooNew, match=f"schema version {SCHEMA_VERSION + 1}, newer than this release's"):
+    with pytest.raises(StoreTooNew, match=f"schema version '{SCHEMA_VERSION + 1}', which this release"):
         reopen(store)
     assert store._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION + 1),)]
+    for odd in ("²", " 7.0", "-1", "abc"):  # no version number: refused too, never written over
+        with store._db.write() as cur:
+            cur.run("UPDATE {p}meta SET value = ? WHERE key = 'schema_version'", (odd,))
+        with pytest.raises(StoreTooNew, match="does not know"):
+            reopen(store)
+        assert store._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(odd,)]

@@ -116,6 +116,60 @@ def test_reclaim_takes_back_an_expired_lease_only_while_nobody_else_has_it(store
     assert store.reclaim(other.item_id, alice, 30, T0 + 202) is None  # she answered (skipped) it
 
 
+def test_reclaim_never_frees_the_auditors_newer_item(store: AuditStore) -> None:
+    """Review 2026-12-05: two tabs of one auditor -- tab B claimed q1 (which released h1), tab A
+    then reclaimed h1, which freed q1; their renewals took the lease from each other every few
+    seconds, each time leaving the other item to anyone. A reclaim is refused while she holds
+    another live lease."""
+    alice, bob = add_users(store, "alice", "bob")
+    store.ingest_many([audit_item("h1"), audit_item("q1", Route.AUTO_QC)], T0)
+    first = store.claim(alice, 60, T0, route=Route.HUMAN)
+    second = store.claim(alice, 60, T0 + 1, route=Route.AUTO_QC)  # another tab: h1 goes back to the queue
+    assert store.reclaim(first.item_id, alice, 60, T0 + 2) is None
+    assert store.item(second.item_id).lease_owner == "alice" and store.item(first.item_id).lease_owner is None
+    assert store.claim(bob, 60, T0 + 3).item.request_id == "h1"
+
+
+def test_reclaim_waits_for_and_sees_her_own_verdict_committing_meanwhile(store: AuditStore, monkeypatch) -> None:
+    """Review 2026-12-05: on PostgreSQL (READ COMMITTED) a reclaim waiting on the item's row while
+    the same auditor's verdict (another tab) committed still read the older snapshot in its
+    subquery: she got the item back and recorded a second verdict on it (round 2 of a double
+    review by herself). The reclaim now locks the row first and its UPDATE sees the verdict."""
+    import threading
+    import time
+
+    import store.store as store_module
+    from store import StoreConfig, open_store
+
+    alice, _ = add_users(store, "alice", "bob")
+    store = open_store(store._db.url, StoreConfig(gold_rate=0.0, double_review_rate=1.0),  # stays open after one
+                       table_prefix=store._db.prefix)
+    store.ingest_many([audit_item("r1")], T0)
+    claim = store.claim(alice, 30, T0)
+    assert store.item(claim.item_id).reviews_needed == 2
+    real, entered = store_module.outbox_records, threading.Event()
+
+    def slow_outbox(*args, **kwargs):  # the verdict's transaction holds the item's row a while
+        entered.set()
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "outbox_records", slow_outbox)
+    verdict = threading.Thread(target=store.record_verdict,
+                               args=(store.new_verdict_id(), claim.item_id, alice, "reject", None, T0 + 5))
+    verdict.start()
+    assert entered.wait(10)
+    monkeypatch.setattr(store_module, "outbox_records", real)
+    result = {}
+    reclaim = threading.Thread(target=lambda: result.update(r=store.reclaim(claim.item_id, alice, 30, T0 + 40)))
+    reclaim.start()
+    verdict.join()
+    reclaim.join()
+    assert result["r"] is None
+    assert [v.auditor for v in store.verdicts(item_id=claim.item_id)] == ["alice"]
+    store.close()
+
+
 def test_an_auditor_holds_one_lease_and_switching_filters_releases_the_held_item(store: AuditStore) -> None:
     """The held lease used to be looked up with the claim's filters: alice holding h1 and
     claiming with route AUTO_QC got q1 and kept both, h1 hidden from everyone until it expired."""
