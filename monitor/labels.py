@@ -73,7 +73,7 @@ INPUT_AT = "input_at"  # a row read without its input: where its record starts (
 # base64 plus its dtype and shape (about 179 million characters); every other cell holds what
 # came in one record of at most MAX_RECORD_BYTES (the model's answer; a correction, at most 256
 # KiB), which json.dumps writes in at most 3 characters a byte (a 4-byte UTF-8 character as two
-# \uXXXX escapes, a "," as ", "). Below 2**31 - 1, so it fits a C long everywhere (Windows'
+# 6-character backslash-u escapes, a "," as ", "). Below 2**31 - 1, so it fits a C long everywhere (Windows'
 # is 32 bits: csv.field_size_limit(sys.maxsize) raises OverflowError there).
 _WIDEST_DTYPE_BYTES = max(np.dtype(d).itemsize for d in ALLOWED_DTYPES)
 MAX_CSV_CELL_CHARS = max(
