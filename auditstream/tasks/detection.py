@@ -335,9 +335,12 @@ class Detection(Task):
         # decimals) clears the low threshold, as the high one compares the published score of
         # every kept box (Task.gating_confidences): one score per box, the one the answer shows,
         # the one the detector's certificate counts (training/detector/train.py: served).
-        published = np.array([[probability(s) for s in row] for row in np.asarray(score_rows).tolist()],
-                             dtype=np.float64).reshape(score_rows.shape)
-        kept_rows = published >= low
+        # Rounding moves a score by at most 5e-7 and clipping only scores outside [0, 1]: only those
+        # are looked at one by one (the rest compare alike raw or published; this runs per batch).
+        scores = score_rows.astype(np.float64)
+        kept_rows = scores >= low
+        for i, j in zip(*np.nonzero((np.abs(scores - low) <= 1e-6) | (scores < 0.0) | (scores > 1.0))):
+            kept_rows[i, j] = probability(score_rows[i, j]) >= low
         # Checked for the whole batch at once: every score a probability (not a logit) and every
         # box finite; the kept rows (what is published) boxes drawn forwards with labels of the
         # card, and no more of them than max_boxes (the card's false-discovery bound, K).
@@ -348,15 +351,15 @@ class Detection(Task):
         if most is not None:
             answerable &= kept_rows.sum(axis=1) <= most
         answers: list[Answer | None] = []
-        for image_boxes, image_labels, image_scores, image_published, ok in zip(box_rows, label_rows, score_rows, published,
-                                                                                  answerable.tolist()):
+        for image_boxes, image_labels, image_scores, image_kept, ok in zip(box_rows, label_rows, score_rows, kept_rows,
+                                                                             answerable.tolist()):
             if not ok:
                 answers.append(None)
                 continue
             order = np.argsort(-image_scores, kind="stable")
-            kept = [int(i) for i in order if image_published[i] >= low]
+            kept = [int(i) for i in order if image_kept[i]]
             output = [{"box": [rounded(v) for v in image_boxes[i]], "label": int(image_labels[i]),
-                       "score": float(image_published[i])} for i in kept]  # in [0, 1] (base.probability)
+                       "score": probability(image_scores[i])} for i in kept]  # in [0, 1] (base.probability)
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
