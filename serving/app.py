@@ -130,7 +130,8 @@ class ServeApp:
                 started.callback(self.reference.runner.close)
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
             bootstrap = resolve_bootstrap(settings)
-            ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
+            # Only what serve reads or writes: on a cluster with ACLs it may see no other topic.
+            ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in OUTPUT_TOPICS],
                           bootstrap=bootstrap)
             # What each output topic takes: a record over it is dead-lettered, never sent to be refused.
             self.topic_limits = topic_limits(settings, [settings.topic(t) for t in OUTPUT_TOPICS], bootstrap)
