@@ -100,7 +100,8 @@ class TopicsNotCreated(AuditstreamError):
             who = f"User:{principal}" if principal else "this process's principal"
             todo = (f"they are hidden from {who} (no Describe ACL) or do not exist and it may not create them: "
                     f"grant {who} Describe on them besides its Read/Write (docs/serving.md, 'Who may write what': "
-                    f"kafka-acls.sh --add --allow-principal {who} --operation Describe --topic ...), "
+                    f"kafka-acls.sh --add --allow-principal {f'User:{principal}' if principal else 'User:NAME'} "
+                    "--operation Describe --topic ...), "
                     "or create them by hand as deploy/kafka/docker-compose.yml's create-topics does")
         else:
             todo = ("create them by hand as deploy/kafka/docker-compose.yml's create-topics does, or fix what the "

@@ -105,7 +105,7 @@ def _assume_default(settings: Settings, topics: list[str], detail: str, denied: 
     _warned.update(names)
     who = f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "this process's principal"
     why = (f"not allowed to read their configs: grant {who} DescribeConfigs on them (kafka-acls.sh --add "
-           f"--allow-principal {who} --operation DescribeConfigs --topic ...; docs/serving.md, 'Who may write what')"
+           f"--allow-principal {who if settings.kafka_sasl_username else 'User:NAME'} --operation DescribeConfigs --topic ...; docs/serving.md, 'Who may write what')"
            if denied else f"no answer ({detail})")
     log.warning("could not read the max.message.bytes of %s (%s); assuming Kafka's default %d bytes, so a larger "
                 "output is dead-lettered as too_large", ", ".join(names), why, KAFKA_DEFAULT_MESSAGE_BYTES)
