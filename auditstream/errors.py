@@ -88,6 +88,27 @@ class BrokerRefused(AuditstreamError, ConnectionError):
         super().__init__(f"Kafka broker at {bootstrap} refused the connection: {detail}")
 
 
+class TopicsNotCreated(AuditstreamError):
+    """Topics this process reads or writes are not there for it and the broker refused to create
+    them. ``denied``: an authorization failure -- on a cluster with ACLs a topic the principal may
+    not Describe is hidden from it, so an existing topic looks missing too. Retrying cannot help."""
+
+    def __init__(self, bootstrap: str, topics: list[str], detail: str, denied: bool, principal: str = "") -> None:
+        self.bootstrap, self.topics, self.detail, self.denied = bootstrap, list(topics), detail, denied
+        names = ", ".join(self.topics)
+        if denied:
+            who = f"User:{principal}" if principal else "this process's principal"
+            todo = (f"they are hidden from {who} (no Describe ACL) or do not exist and it may not create them: "
+                    f"grant {who} Describe on them besides its Read/Write (docs/serving.md, 'Who may write what': "
+                    f"kafka-acls.sh --add --allow-principal {f'User:{principal}' if principal else 'User:NAME'} "
+                    "--operation Describe --topic ...), "
+                    "or create them by hand as deploy/kafka/docker-compose.yml's create-topics does")
+        else:
+            todo = ("create them by hand as deploy/kafka/docker-compose.yml's create-topics does, or fix what the "
+                    "broker refused (AUDITSTREAM_PARTITIONS, AUDITSTREAM_REPLICATION_FACTOR)")
+        super().__init__(f"Kafka at {bootstrap} did not create topics {names} ({detail}): {todo}")
+
+
 class DeliveryFailed(AuditstreamError):
     """An output record was not acknowledged by the broker; the batch is not committed."""
 

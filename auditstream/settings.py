@@ -240,6 +240,16 @@ class Settings:
                 if not getattr(self, name):  # unset: name the variable to set
                     raise ConfigError(ENV_PREFIX + name.upper(), "", f"a non-empty value with "
                                       f"kafka_security_protocol={self.kafka_security_protocol}")
+        # A credential made from a file (kubectl create secret --from-file, echo > file) keeps its
+        # final newline, which the broker takes as part of it: the login fails as a "wrong
+        # password". Refused rather than stripped: a secret is used as given, never guessed at.
+        for name in ("kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_key_password"):
+            value = getattr(self, name)
+            if value != value.strip("\r\n"):
+                raise ConfigError(ENV_PREFIX + name.upper(), "***" if name in SECRET_FIELDS else value,
+                                  "a value without a leading or trailing line break (a secret made with kubectl "
+                                  "create secret --from-file keeps the file's final newline: make it with "
+                                  "--from-literal, or write the file with printf '%s', without one)")
         # A TLS file or SASL credential the protocol does not use: the operator meant to encrypt
         # or authenticate, and the clients would connect in plaintext without a word.
         unused = ([n for n in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")

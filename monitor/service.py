@@ -3,7 +3,7 @@
 It does four things (docs/audit-store.md, "Monitor process"):
 
 1. **Consumes** the ``audit`` and ``predictions`` topics in the consumer group
-   ``auditstream-monitor`` with the shared at-least-once loop (:mod:`auditstream.stream`):
+   ``<prefix>-monitor`` (``auditstream-monitor`` by default) with the shared at-least-once loop (:mod:`auditstream.stream`):
    :func:`ingest_batch` stores audit items (idempotent, so a redelivered batch changes nothing)
    and hands every prediction to the statistics hook; undecodable records, and items a verdict on
    which could not be published (too large for the output topics), go to the dead-letter topic
@@ -68,14 +68,20 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
-GROUP_ID = "auditstream-monitor"
+
+
+def group_id(settings: Settings) -> str:
+    """``<prefix>-monitor``: one group per topic prefix, so two deployments sharing a cluster do
+    not split each other's partitions (the default prefix keeps the old ``auditstream-monitor``)."""
+    return f"{settings.topic_prefix}-monitor"
 
 
 @dataclass(frozen=True)
 class MonitorArgs:
     """Options of ``auditstream monitor`` (settings such as the broker and store come from the env)."""
 
-    group_id: str = field(default=GROUP_ID, metadata={"help": "consumer group of the monitor processes"})
+    group_id: str = field(default="", metadata={
+        "help": "consumer group of the monitor processes (default: <AUDITSTREAM_TOPIC_PREFIX>-monitor)"})
     outbox_interval_s: float = field(default=0.5, metadata={"check": POSITIVE,
                                                             "help": "seconds between outbox publishing rounds"})
     outbox_batch: int = field(default=500, metadata={"check": COUNT, "help": "most outbox rows published per round"})
@@ -611,7 +617,7 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         started.append(publisher.producer.close)
         shadow = publisher.shadow = ShadowAnswers(store)
         loop = StreamLoop.connect(
-            settings, args.group_id, names[:2],
+            settings, args.group_id or group_id(settings), names[:2],
             lambda records: ingest_batch(store, settings, records, time.time(), stats.observe_prediction, shadow,
                                          dead_letter_limit, output_limit, stats.dead_lettered("ingest")),
             make_producer(settings, bootstrap, "auditstream-monitor"), bootstrap=bootstrap,

@@ -122,7 +122,10 @@ class ServeApp:
             if session is None:
                 session = load_session(model, settings=settings)
             started.callback(session.close)
-            self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version)
+            role = "shadow" if shadow_of is not None else "serve"
+            self.metrics = metrics or ServeMetrics(model.card.name, version=model.card.version, role=role)
+            if self.metrics.role != role:  # the alert rules tell the answering group by this label
+                raise BadArguments(f"ServeMetrics(role={self.metrics.role!r}) for a consumer whose role is {role!r}")
             # A candidate of the model it shadows is compared with that model's live version; a
             # shadow of another model (rl promote's NAME:V against another name) is not.
             self.reference = self._live_reference(model.card) if shadow_of == model.card.name else None
@@ -130,7 +133,8 @@ class ServeApp:
                 started.callback(self.reference.runner.close)
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
             bootstrap = resolve_bootstrap(settings)
-            ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in T.SHARED_TOPICS],
+            # Only what serve reads or writes: on a cluster with ACLs it may see no other topic.
+            ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in OUTPUT_TOPICS],
                           bootstrap=bootstrap)
             # What each output topic takes: a record over it is dead-lettered, never sent to be refused.
             self.topic_limits = topic_limits(settings, [settings.topic(t) for t in OUTPUT_TOPICS], bootstrap)
@@ -374,7 +378,7 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     check_servable(model)
     session = load_session(model, settings=settings)
     try:
-        metrics = ServeMetrics(model_name, version=model.card.version)
+        metrics = ServeMetrics(model_name, version=model.card.version, role="shadow" if shadow else "serve")
         app = ServeApp(settings, model, metrics, session=session, shadow_of=model_name if shadow else None,
                        follow_rollout=version is None)
     except BaseException:

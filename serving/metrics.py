@@ -14,7 +14,10 @@ What each one measures (docs/serving.md, "Metrics"):
 * ``device_copy_seconds`` -- on a GPU (I/O binding), the host → device and device → host copies
   of each run, kept out of ``inference_seconds``; no observations on the CPU.
 * ``consumer_lag_records`` -- set by :class:`serving.lag.LagProbe` on a timer, from the broker's
-  end and committed offsets of the partitions this process owns; sum it over replicas.
+  end and committed offsets of the partitions this process owns; sum it over replicas. It and
+  ``assigned_partitions`` carry ``role``: ``serve`` (the group that answers) or ``shadow`` (a
+  candidate's own group, which starts at the beginning of the retained requests: its lag is no
+  backlog of anyone's answers, and the alert rules leave it out).
 * ``assigned_partitions`` -- partitions of the request topic this process owns now (updated by
   every rebalance): summed over replicas it equals the topic's partition count once the group
   has settled; a replica at 0 serves nothing.
@@ -41,6 +44,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LABELS = ["model", "version"]
+ROLES = ("serve", "shadow")  # the ``role`` label of the group gauges (lag, assigned partitions)
 STATE_TOPICS = ("control", "episode-state")  # the compacted topics a consumer reads state from
 
 
@@ -48,10 +52,13 @@ class ServeMetrics:
     """The serving consumer's metrics for one model; ``version`` pre-initialises that version's
     series (the app also does it through :meth:`children` when it knows the version)."""
 
-    def __init__(self, model: str, registry: CollectorRegistry | None = None, version: str | None = None) -> None:
+    def __init__(self, model: str, registry: CollectorRegistry | None = None, version: str | None = None,
+                 role: str = "serve") -> None:
         from prometheus_client import REGISTRY
 
-        self.model = model
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: expected one of {ROLES}")
+        self.model, self.role = model, role
         self.registry = registry if registry is not None else REGISTRY
         r = self.registry
         self.records_in = Counter("auditstream_serve_records_in_total", "Request records consumed.", LABELS, registry=r)
@@ -75,10 +82,10 @@ class ServeMetrics:
                                             LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge("auditstream_serve_consumer_lag_records",
                                   "Records produced but not committed on the partitions this process owns "
-                                  "(end offset - committed offset, refreshed on a timer).", LABELS, registry=r)
+                                  "(end offset - committed offset, refreshed on a timer).", LABELS + ["role"], registry=r)
         self.assigned_partitions = Gauge("auditstream_serve_assigned_partitions",
                                          "Request-topic partitions this process owns now (after the last rebalance).",
-                                         LABELS, registry=r)
+                                         LABELS + ["role"], registry=r)
         # Hot reload and canary (serving/rollout.py): one series per model, labelled up front.
         self.version_switches = Counter("auditstream_serve_version_switches_total",
                                         "Live-version switches a running consumer made after a promotion.", ["model"],
@@ -108,8 +115,8 @@ class ServeMetrics:
                      "device_copy_seconds": self.device_copy_seconds.labels(*labels),
                      "end_to_end": self.end_to_end_seconds.labels(*labels),
                      "over_capacity": self.over_capacity.labels(*labels),
-                     "consumer_lag": self.consumer_lag.labels(*labels),
-                     "assigned_partitions": self.assigned_partitions.labels(*labels)}
+                     "consumer_lag": self.consumer_lag.labels(*labels, self.role),
+                     "assigned_partitions": self.assigned_partitions.labels(*labels, self.role)}
         out.update({route: self.predictions.labels(*labels, route.value) for route in Route})
         out.update({reason.value: self.dead_letters.labels(*labels, reason.value) for reason in Reason})
         return out

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from auditstream.errors import BrokerUnavailable
+from auditstream.errors import BrokerUnavailable, TopicsNotCreated
 from auditstream.kafka.interface import (DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback,
                                          Producer, Reader, Record, TopicLog, quiet_client_logs)
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES
@@ -117,7 +117,10 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
                   bootstrap: str | None = None) -> list[str]:
     """Create the topics that do not exist yet, with ``settings.partitions`` partitions and
     ``settings.replication_factor`` replicas each (0: the broker's default); returns the names
-    created. Idempotent.
+    created. Idempotent. Pass only the topics the calling process itself reads or writes: on a
+    cluster with ACLs each principal may Describe just those (docs/serving.md, "Who may write
+    what"), and a topic it cannot see looks missing. A refused create raises
+    :class:`~auditstream.errors.TopicsNotCreated` naming the topics and the grant to add.
 
     Every topic but the request topics takes records up to :data:`~auditstream.kafka.limits.MAX_PRODUCE_BYTES`
     (``max.message.bytes``): a dead letter or an audit item is larger than the request it comes
@@ -125,7 +128,8 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
     to the client that sends it."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import (BrokerResponseError, ClusterAuthorizationFailedError, KafkaError,
+                              TopicAlreadyExistsError, TopicAuthorizationFailedError)
 
     bootstrap = _checked_bootstrap(settings, bootstrap)
     partitions = settings.partitions
@@ -143,6 +147,12 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
                 admin.create_topics(new)
             except TopicAlreadyExistsError:  # a concurrent creator won the race
                 pass
+            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as e:
+                # ACLs: a topic the principal may not Describe is left out of list_topics, so it
+                # looks missing even when it exists; either way only a grant or a hand-made topic helps.
+                raise TopicsNotCreated(bootstrap, missing, type(e).__name__, True, settings.kafka_sasl_username) from None
+            except BrokerResponseError as e:  # the broker answered no (replication factor, policy): not a blip
+                raise TopicsNotCreated(bootstrap, missing, str(e), False) from None
         return missing
     finally:
         admin.close()

@@ -30,6 +30,9 @@ MAX_PRODUCE_BYTES = MAX_DEAD_LETTER_BYTES
 # attributes, header count): what a topic's max.message.bytes covers besides key, value and headers.
 RECORD_OVERHEAD_BYTES = 512
 DESCRIBE_TIMEOUT_S = 10.0
+# A Kafka broker's default message.max.bytes: what a topic whose limit the broker will not tell is
+# assumed to take (the safe side: topic_limits).
+KAFKA_DEFAULT_MESSAGE_BYTES = 1_048_588
 # The smallest dead-letter topic a consumer starts with: a letter that does not carry its original
 # is a few KB (reason, a detail of at most 2,000 characters, where the original is); a topic taking
 # less could refuse even that, and the loop would stop on the record.
@@ -48,9 +51,14 @@ def record_bytes(key: bytes | None, value: bytes | None, headers=()) -> int:
 def topic_limits(settings: Settings, topics: list[str], bootstrap: str) -> dict[str, int]:
     """The largest record each of ``topics`` takes: its ``max.message.bytes`` where the broker
     says (never above :data:`MAX_PRODUCE_BYTES`, what the clients send at most), else
-    :data:`MAX_PRODUCE_BYTES` (Tansu, the embedded broker, reports only what a topic was created
-    with and enforces no limit). A broker that cannot be asked is not an error here: the limits
-    are a guard, and the same broker's failures show up clearly at the first poll."""
+    :data:`MAX_PRODUCE_BYTES` when the broker answers without one (Tansu, the embedded broker,
+    reports only what a topic was created with and enforces no limit).
+
+    A topic whose configs the broker will not give (no ``DescribeConfigs`` ACL, no answer) is
+    assumed to take :data:`KAFKA_DEFAULT_MESSAGE_BYTES`, with one warning per topic and process
+    naming the grant: a guess too high would let a record through for the broker to refuse, which
+    stops the consumer for good; one too low only dead-letters it (replayable). Not an error here:
+    the limits are a guard, and the same broker's other failures show up clearly at the first poll."""
     limits = dict.fromkeys(topics, MAX_PRODUCE_BYTES)
     try:
         from confluent_kafka.admin import AdminClient, ConfigResource
@@ -61,19 +69,46 @@ def topic_limits(settings: Settings, topics: list[str], bootstrap: str) -> dict[
                              **librdkafka_config(settings)})
         futures = admin.describe_configs([ConfigResource("topic", t) for t in topics],
                                          request_timeout=DESCRIBE_TIMEOUT_S)
-    except Exception as e:  # noqa: BLE001 - no answer: keep the clients' own cap (see above)
-        log.warning("could not ask for the topics' max.message.bytes (%s); assuming %d bytes", e, MAX_PRODUCE_BYTES)
-        return limits
+    except Exception as e:  # noqa: BLE001 - no answer: the safe guess (see above)
+        _assume_default(settings, topics, str(e), False)
+        return {t: KAFKA_DEFAULT_MESSAGE_BYTES for t in topics}
+    unknown: dict[bool, list[str]] = {True: [], False: []}  # denied or not -> topics
+    detail = ""
     for resource, future in futures.items():
         try:
             entry = future.result(DESCRIBE_TIMEOUT_S).get("max.message.bytes")
         except Exception as e:  # noqa: BLE001 - as above, for this topic alone
-            log.warning("could not read %s's max.message.bytes (%s); assuming %d bytes", resource.name, e,
-                        MAX_PRODUCE_BYTES)
+            unknown[_denied(e)].append(resource.name)
+            limits[resource.name], detail = KAFKA_DEFAULT_MESSAGE_BYTES, str(e)
             continue
         if entry is not None and entry.value is not None and str(entry.value).isdigit():
             limits[resource.name] = min(MAX_PRODUCE_BYTES, int(entry.value))
+    for denied, names in unknown.items():
+        if names:
+            _assume_default(settings, names, detail, denied)
     return limits
+
+
+_warned: set[str] = set()  # topics already warned about by this process
+
+
+def _denied(error: Exception) -> bool:
+    """Whether a DescribeConfigs failure is the cluster's ACLs saying no (librdkafka's message
+    names the code: ``KafkaError{code=TOPIC_AUTHORIZATION_FAILED,...}``)."""
+    return "AUTHORIZATION_FAILED" in str(error)
+
+
+def _assume_default(settings: Settings, topics: list[str], detail: str, denied: bool) -> None:
+    names = [t for t in topics if t not in _warned]
+    if not names:
+        return
+    _warned.update(names)
+    who = f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "this process's principal"
+    why = (f"not allowed to read their configs: grant {who} DescribeConfigs on them (kafka-acls.sh --add "
+           f"--allow-principal {who if settings.kafka_sasl_username else 'User:NAME'} --operation DescribeConfigs --topic ...; docs/serving.md, 'Who may write what')"
+           if denied else f"no answer ({detail})")
+    log.warning("could not read the max.message.bytes of %s (%s); assuming Kafka's default %d bytes, so a larger "
+                "output is dead-lettered as too_large", ", ".join(names), why, KAFKA_DEFAULT_MESSAGE_BYTES)
 
 
 def check_dead_letter_limit(topic: str, limit: int) -> None:

@@ -113,3 +113,26 @@ def test_secrets_are_never_shown(caplog):
         assert "hunter2" not in text and "swordfish" not in text and "pepper" not in text
         assert "kafka_sasl_username='auditor'" in text  # the user name is not a secret
     assert Settings.from_env(settings.to_env()) == settings  # a child process still gets them
+
+
+@pytest.mark.parametrize("variable", ["AUDITSTREAM_KAFKA_SASL_PASSWORD", "AUDITSTREAM_KAFKA_SASL_USERNAME",
+                                      "AUDITSTREAM_KAFKA_SSL_KEY_PASSWORD"])
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_credential_with_a_line_break_from_its_file_is_refused_naming_the_variable(variable, ending, tmp_path):
+    """kafka-security.yaml documented `--from-file=password=./kafka-password.txt`: the secret kept
+    the file's newline and every SASL login failed as a wrong password."""
+    env = {"AUDITSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "AUDITSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "AUDITSTREAM_KAFKA_SASL_USERNAME": "auditor", "AUDITSTREAM_KAFKA_SASL_PASSWORD": "hunter2",
+           "AUDITSTREAM_KAFKA_SSL_CERTFILE": _pem(tmp_path, "c.pem"), "AUDITSTREAM_KAFKA_SSL_KEYFILE": _pem(tmp_path, "k.pem"),
+           "AUDITSTREAM_KAFKA_SSL_KEY_PASSWORD": "swordfish"}
+    Settings.from_env(env)  # as given: fine
+    with pytest.raises(ConfigError, match=f"{variable}.*line break.*--from-literal") as refused:
+        Settings.from_env({**env, variable: env[variable] + ending})
+    assert "hunter2" not in str(refused.value) and "swordfish" not in str(refused.value)
+
+
+def test_the_documented_secret_command_cannot_add_a_newline() -> None:
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "k8s" / "kafka-security.yaml").read_text()
+    commands = text.split("apiVersion:", 1)[0]
+    assert "--from-file=password=./kafka-password.txt" not in commands
+    assert "printf '%s'" in commands

@@ -44,6 +44,35 @@ def test_config_is_valid():
 
 
 @needs_promtool
+def test_the_kubernetes_config_is_valid_and_scrapes_the_jobs_the_rules_match(tmp_path):
+    """deploy/kafka/k8s said Prometheus finds the pods through kubernetes_sd_configs, but no such
+    config was shipped. Debian's promtool is built without Kubernetes discovery, so where it
+    refuses that one field the rest is checked with the discovery swapped for a static target."""
+    import yaml
+
+    k8s = DEPLOY / "prometheus-k8s.yml"
+    config = yaml.safe_load(k8s.read_text())
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
+    assert sorted(jobs) == sorted(j["job_name"] for j in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"])
+    assert all(re.fullmatch("auditstream-.*", job) for job in jobs)  # AuditstreamTargetDown's up{job=~...}
+    services = {doc["metadata"]["name"] for doc in yaml.safe_load_all(
+        (DEPLOY.parent / "kafka" / "k8s" / "metrics-services.yaml").read_text()) if doc}
+    for job in config["scrape_configs"]:
+        keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+        assert keep and keep[0]["regex"].split(";")[0] in services, job["job_name"]
+    result = subprocess.run([PROMTOOL, "check", "config", str(k8s)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0 and "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        for job in config["scrape_configs"]:
+            job["static_configs"] = [{"targets": ["pod:9400"]}]
+            del job["kubernetes_sd_configs"]
+        (tmp_path / "rules").symlink_to(DEPLOY / "rules")
+        (tmp_path / "prometheus-k8s.yml").write_text(yaml.safe_dump(config))
+        assert "SUCCESS" in _promtool("check", "config", str(tmp_path / "prometheus-k8s.yml"))
+    else:
+        assert result.returncode == 0 and "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+@needs_promtool
 def test_rules_are_valid():
     out = _promtool("check", "rules", str(RULES))
     assert re.search(r"SUCCESS: (\d+) rules found", out) and int(re.search(r"(\d+) rules", out).group(1)) >= 9

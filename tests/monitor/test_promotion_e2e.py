@@ -129,7 +129,7 @@ def test_shadow_canary_promotion_followed_without_restart(broker, tmp_path: Path
                                                              stop_monitor, False, CollectorRegistry()))
         monitor.start()
         live = ServeApp(settings, registry.load("tiny"), ServeMetrics("tiny", metrics), follow_rollout=True)
-        shadows = [ServeApp(settings, registry.load("tiny", v), ServeMetrics("tiny", CollectorRegistry()),
+        shadows = [ServeApp(settings, registry.load("tiny", v), ServeMetrics("tiny", CollectorRegistry(), role="shadow"),
                             shadow_of="tiny") for v in ("2", "3")]
         apps = [live, *shadows]
         runners = [threading.Thread(target=app.run, daemon=True) for app in apps]

@@ -365,3 +365,38 @@ def test_the_flush_timeout_is_checked_against_the_settings_poll_interval() -> No
         args.check_settings(Settings())
     args.check_settings(Settings(max_poll_interval_ms=600_000))
     MonitorArgs().check_settings(Settings())  # the defaults go together
+
+
+def test_the_monitor_group_follows_the_topic_prefix_and_keeps_the_default_name() -> None:
+    """The group was a fixed "auditstream-monitor": two deployments with different prefixes on one
+    cluster shared it and split each other's partitions. The default prefix keeps that name, so
+    an existing deployment's committed offsets stay its own."""
+    from monitor.service import group_id
+
+    assert group_id(Settings()) == "auditstream-monitor"
+    assert group_id(Settings(topic_prefix="staging")) == "staging-monitor"
+    assert group_id(Settings(topic_prefix="a")) != group_id(Settings(topic_prefix="b"))
+
+
+@pytest.mark.kafka
+def test_run_monitor_joins_its_prefixs_group_unless_told_another(broker: Settings, tmp_path: Path, monkeypatch) -> None:
+    from auditstream.stream import StreamLoop
+
+    class Joined(Exception):
+        pass
+
+    joined: list[str] = []
+
+    def spy(settings, group, *args, **kwargs):
+        joined.append(group)
+        raise Joined
+
+    monkeypatch.setattr(StreamLoop, "connect", spy)
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    settings = dataclasses.replace(broker, topic_prefix=prefix, state_dir=tmp_path / "state",
+                                   models_dir=tmp_path / "models")  # fmt: skip
+    with make_store("sqlite", tmp_path) as store:
+        for args in (MonitorArgs(), MonitorArgs(group_id="chosen")):
+            with pytest.raises(Joined):
+                run_monitor(settings, args, store, threading.Event(), False, CollectorRegistry())
+    assert joined == [f"{prefix}-monitor", "chosen"]

@@ -23,8 +23,21 @@ def test_labels_preinitialised_at_zero() -> None:
         assert registry.get_sample_value("auditstream_serve_dead_letters_total", {**TINY_V1, "reason": reason.value}) == 0
     for name in ("auditstream_serve_records_in_total", "auditstream_serve_batch_size_count",
                  "auditstream_serve_inference_seconds_count", "auditstream_serve_end_to_end_latency_seconds_count",
-                 "auditstream_serve_consumer_lag_records", "auditstream_serve_over_capacity_total"):
+                 "auditstream_serve_over_capacity_total"):
         assert registry.get_sample_value(name, TINY_V1) == 0, name
+    for name in ("auditstream_serve_consumer_lag_records", "auditstream_serve_assigned_partitions"):
+        assert registry.get_sample_value(name, {**TINY_V1, "role": "serve"}) == 0, name
+
+
+def test_a_shadow_exports_its_group_gauges_as_a_shadow_only() -> None:
+    """A shadow's group starts at the beginning of the retained requests: under the live group's
+    labels its lag fired AuditstreamConsumerLag on a healthy system, and a pre-initialised
+    role="serve" zero would look like a served model owning no partition."""
+    registry = CollectorRegistry()
+    ServeMetrics("tiny", registry, version="4", role="shadow")
+    for name in ("auditstream_serve_consumer_lag_records", "auditstream_serve_assigned_partitions"):
+        assert registry.get_sample_value(name, {"model": "tiny", "version": "4", "role": "shadow"}) == 0
+        assert registry.get_sample_value(name, {"model": "tiny", "version": "4", "role": "serve"}) is None
 
 
 def test_children_bind_a_version_later() -> None:

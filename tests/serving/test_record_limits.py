@@ -20,7 +20,7 @@ from tests.serving.kafka_readers import read_topic, request_ids
 
 from auditstream import topics as T
 from auditstream.kafka import ensure_model_topics, ensure_topics
-from auditstream.kafka.limits import MAX_PRODUCE_BYTES, topic_limits
+from auditstream.kafka.limits import KAFKA_DEFAULT_MESSAGE_BYTES, MAX_PRODUCE_BYTES, topic_limits
 from auditstream.settings import Settings
 from auditstream.wire import DeadLetter, InferenceRequest, Prediction, Route
 from serving.app import ServeApp
@@ -69,9 +69,10 @@ def test_auditstreams_topics_take_its_largest_records_and_request_topics_keep_th
                                      settings.topic("missing")], settings.bootstrap_servers)
     assert limits == {settings.topic("small"): 65_536, settings.topic("huge"): MAX_PRODUCE_BYTES,
                       request: MAX_PRODUCE_BYTES, settings.topic("missing"): MAX_PRODUCE_BYTES}
-    # no broker to ask: the clients' cap, said, not fatal
+    # no broker to ask: Kafka's default, the safe guess (a record over the real limit would stop
+    # the consumer; one under it is only dead-lettered), said, not fatal
     with caplog.at_level(logging.WARNING, "auditstream.kafka.limits"):
-        assert topic_limits(settings, [request], "127.0.0.1:1") == {request: MAX_PRODUCE_BYTES}
+        assert topic_limits(settings, [request], "127.0.0.1:1") == {request: KAFKA_DEFAULT_MESSAGE_BYTES}
     assert "max.message.bytes" in caplog.text
 
 

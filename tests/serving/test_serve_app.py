@@ -102,7 +102,7 @@ def test_lag_keeps_updating_while_the_consumer_is_stalled(stream_settings: Setti
     model = ModelRegistry(settings.models_dir).load(TINY_MODEL)
     registry = CollectorRegistry()
     app = ServeApp(settings, model, ServeMetrics(TINY_MODEL, registry), lag_refresh_s=0.2)
-    labels = {"model": TINY_MODEL, "version": model.card.version}
+    labels = {"model": TINY_MODEL, "version": model.card.version, "role": "serve"}
     lag = lambda: registry.get_sample_value("auditstream_serve_consumer_lag_records", labels)  # noqa: E731
     try:
         send_requests(settings, 10, "first")

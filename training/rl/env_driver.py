@@ -41,6 +41,10 @@ from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, NON_NEGATIVE, POSITIVE, 
 
 log = logging.getLogger(__name__)
 
+# What the driver reads (actions, decisions) and writes (transitions, a fallback decision) besides
+# its requests: all it makes sure exist (docs/serving.md, "Who may write what").
+DRIVER_TOPICS = ("actions", "decisions", "transitions")
+
 
 @dataclass(frozen=True)
 class RunArgs:
@@ -247,7 +251,8 @@ def run(settings: Any, args: RunArgs) -> RunReport:
     model = args.model or card_name(args.env)
     card = ModelRegistry(settings.models_dir).card(model, args.version or None)
     bootstrap = resolve_bootstrap(settings)
-    ensure_topics(settings, [settings.request_topic(model)] + [settings.topic(t) for t in T.SHARED_TOPICS],
+    # Only what the driver reads or writes: on a cluster with ACLs it may see no other topic.
+    ensure_topics(settings, [settings.request_topic(model)] + [settings.topic(t) for t in DRIVER_TOPICS],
                   bootstrap=bootstrap)
     # Tail the answers before the first request goes out, so none is missed.
     reader = make_reader(settings, [settings.topic(T.ACTIONS), settings.topic(T.DECISIONS)], from_beginning=False,

@@ -84,7 +84,7 @@ def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.
     from prometheus_client import CollectorRegistry
 
     started = time.perf_counter()
-    app = ServeApp(settings, candidate, ServeMetrics(candidate.card.name, CollectorRegistry()), shadow_of=live_name)
+    app = ServeApp(settings, candidate, ServeMetrics(candidate.card.name, CollectorRegistry(), role="shadow"), shadow_of=live_name)
     try:
         stats = app.loop.run(until_idle_s=idle_s)
     finally:
