@@ -12,12 +12,12 @@ The on-disk registry that stores cards is :mod:`auditstream.registry`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditstream import finite_json
 from auditstream.text import is_utf8
 from auditstream.wire.codec import TaskKind
 
@@ -100,7 +100,10 @@ class ModelCard:
         object.__setattr__(self, "task", TaskKind.parse(self.task))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The card as JSON. A NaN or infinity anywhere in it is refused
+        (:class:`~auditstream.finite_json.NonFiniteJSON` naming the field), before the registry
+        writes anything: it is not JSON, and an undefined metric is null with its reason."""
+        return finite_json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> "ModelCard":

@@ -147,6 +147,23 @@ def test_publish_refuses_a_card_that_load_would_refuse(tmp_path: Path) -> None:
     assert registry.versions(TINY_MODEL) == []  # nothing written
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_publish_refuses_a_card_holding_a_non_finite_number_naming_the_field(tmp_path: Path, value: Any) -> None:
+    """card.json held NaN (metrics.ope of an undefined estimate): not JSON, and jq, JavaScript or
+    Postgres refuse the whole card. The writer refuses it, naming the field, before writing."""
+    from auditstream.finite_json import NonFiniteJSON
+
+    card = ModelCard(**{**tiny_card().__dict__, "metrics": {"ope": {"wis": {"value": 1.0, "lower": value}}}})
+    with pytest.raises(NonFiniteJSON, match=r"metrics\.ope\.wis\.lower is -?(nan|inf), which is not JSON"):
+        card.to_json()
+    registry = ModelRegistry(tmp_path / "models")
+    with pytest.raises(NonFiniteJSON, match=r"metrics\.ope\.wis\.lower"):
+        registry.publish(card, tiny_classifier_onnx())
+    assert registry.versions(TINY_MODEL) == []  # nothing written
+    null = ModelCard(**{**tiny_card().__dict__, "metrics": {"ope": {"wis": {"lower": None, "no_interval": "why"}}}})
+    assert json.loads(null.to_json())["metrics"]["ope"]["wis"]["lower"] is None
+
+
 class TriageCard:
     @staticmethod
     def with_threshold(threshold: Any) -> ModelCard:

@@ -31,7 +31,20 @@ DEFAULT_PRESET = PRESETS["LunarLander-v3"]
 OFFLINE_ALGORITHMS = ("bc", "cql")
 OPE_HUMAN_STEPS = ("as_logged", "exclude", "model")
 SEEDS_FOR_AN_INTERVAL = Range(2, whole=True)  # the benches' t interval over seeds needs two
-EPISODES_FOR_A_SPREAD = Range(2, whole=True)  # a standard deviation, or a bootstrap over episodes, needs two
+EPISODES_FOR_A_SPREAD = Range(2, whole=True)  # a standard deviation needs two
+
+
+def episodes_for_an_interval(confidence: float) -> int:
+    """Fewest episodes a percentile bootstrap interval at ``confidence`` can rest on. A resample
+    of n episodes is one episode drawn n times with probability n^-n per episode; while that is
+    not rarer than the tail (1 - confidence) / 2, the interval's ends are single episodes'
+    values, not bounds on the mean (1 episode: [v, v]; 3 at 0.95: 1/27 > 0.025). 4 at 0.95 and
+    0.99, 5 at 0.999."""
+    alpha = (1.0 - confidence) / 2.0
+    n = 2
+    while n ** -n >= alpha:
+        n += 1
+    return n
 # A percentile interval from fewer bootstrap resamples is noise (ope_stats.bootstrap_counts refuses them).
 BOOTSTRAP_RESAMPLES = Range(20, whole=True)
 # The environments bench ope has ε-soft heuristics for (ope_bench.make_policies; a test holds them equal).
@@ -200,6 +213,10 @@ class OPEBenchArgs:
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
         bench_envs(self.envs, OPE_BENCH_ENVS, "the environments with a heuristic policy")
+        fewest = episodes_for_an_interval(self.confidence)
+        if self.episodes < fewest:  # the estimators give no interval on fewer: nothing to cover
+            raise ConfigError("--episodes", self.episodes, f"at least {fewest}: a bootstrap interval at --confidence "
+                                                           f"{self.confidence:g} needs that many episodes")
         # the truth's episodes are seeded seed + 1e6 + e, trial t's seed + 1e4 (t + 1) + e (ope_bench.py)
         check_derived_seed(self.seed, lambda seed: seed + max(1_000_000 + self.truth_episodes,
                                                                10_000 * self.trials + self.episodes) - 1,

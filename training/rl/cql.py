@@ -8,8 +8,12 @@ up the logged one, so the learned policy stays where the data can vouch for it:
     loss = ½ (Q(s, a) - [r + γ (1 - end) Q_target(s', argmax_a' Q(s', a'))])² + alpha * penalty
 
 (double-DQN targets, a target network copied every ``target_update`` steps). Episode ends do
-not bootstrap: terminals by definition, timeouts because a dataset's last step has no logged
-next observation. The exported policy is softmax(Q / temperature) with value Σ_a π(a|s) Q(s, a),
+not bootstrap: terminals by definition, timeouts by choice. A format-3 dataset does log the
+observation after an episode's last action, but not for every episode
+(``final_observation_logged`` False: the step's own observation stands in), and one rule for
+every end keeps Q from bootstrapping off a stand-in; the cost: at a time-limit cut the target
+leaves out the value after it (the observation carries no step index to see the cut coming).
+The exported policy is softmax(Q / temperature) with value Σ_a π(a|s) Q(s, a),
 the same (action_probs, value) contract as every other policy here.
 """
 

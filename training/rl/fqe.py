@@ -22,8 +22,9 @@ scaled step index t:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,10 +33,11 @@ from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, ch
                                    interval, pad_episodes, ratio_or_zero)
 from training.rl.policy_export import NumpyPolicy
 
-MAX_GROUPS = 256  # bootstrap units: more episodes are pooled into this many groups
+MAX_GROUPS = 256  # fqe's bootstrap units: more episodes are pooled into this many groups
 MAX_GROUP_BYTES = 512 * 2**20  # per-group normal equations kept in memory at once
 MAX_QUADRATIC_DIM = 16  # quadratic bases grow as dim²: above this only rff is tried
 BASES = ("rff", "quadratic", "quadratic+rff")
+MIN_SELECTION_EPISODES = 4  # two held-out folds of two episodes each
 DEFAULT_RIDGE = 1e-5
 
 
@@ -48,7 +50,8 @@ class StateBasis:
             raise ValueError(f"basis {kind!r} not one of {BASES}")
         rng = np.random.default_rng(seed)
         self.kind, self.mean, self.scale, self.step_scale = kind, mean, scale, step_scale
-        self.heldout_error = 0.0  # set by select_basis: RMS estimated start-state error on held-out folds
+        # set by select_basis: RMS estimated start-state error on held-out folds (NaN: too few episodes to tell)
+        self.heldout_error = 0.0
         self.w = rng.normal(0.0, 1.0 / bandwidth, size=(len(mean) + 1, n_features))
         self.b = rng.uniform(0.0, 2 * np.pi, size=n_features)
 
@@ -105,8 +108,10 @@ def _normal_equations(data: OfflineDataset, target: NumpyPolicy, gamma: float, f
     row_group = groups[data.episode_ids]
     a_mats = np.zeros((n_groups, n_actions * d, n_actions * d))
     b_vecs = np.zeros((n_groups, n_actions * d))
+    order = np.argsort(row_group, kind="stable")  # each group's rows one slice: no pass over all rows per group
+    bounds = np.searchsorted(row_group[order], np.arange(n_groups + 1))
     for g in range(n_groups):
-        rows = row_group == g
+        rows = order[bounds[g]:bounds[g + 1]]
         a_mats[g] = phi[rows].T @ (phi[rows] - phi_next[rows])
         b_vecs[g] = phi[rows].T @ data.rewards[rows].astype(np.float64)
     return a_mats, b_vecs
@@ -154,30 +159,32 @@ def fqe(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: State
         v0 = np.einsum("ef,kaf,ea->ke", psi0, w, pi0)  # V(s_0) per resample and episode
         values[lo:lo + 50] = (c[:, groups] * v0).sum(axis=1) / np.maximum(c @ starts_per_group, 1.0)
     # The bootstrap sees the refit's variance, not misspecification: widen by the basis's own
-    # held-out estimate of its start-state error (0 for caller-given features).
+    # held-out estimate of its start-state error (0 for caller-given features). Where it could
+    # not be measured, a bare bootstrap interval would claim what it cannot: no interval.
     allowance = float(getattr(features, "heldout_error", 0.0))
-    resamples = values[1:]
-    est = interval("fqe", values[0], resamples, confidence, data.n_episodes, groups=n_groups,
-                    basis=getattr(features, "kind", "given"), misspecification_allowance=allowance, **overlap)
+    unmeasured = {} if math.isfinite(allowance) else {
+        "no_interval": f"{data.n_episodes} episode(s): the basis's misspecification (its held-out start-state "
+                       f"error, which widens FQE's interval) needs at least {MIN_SELECTION_EPISODES} episodes, two "
+                       "held-out folds of two; the value is a point estimate only"}
+    est = interval("fqe", values[0], values[1:], confidence, data.n_episodes, groups=n_groups,
+                   basis=getattr(features, "kind", "given"),
+                   misspecification_allowance=allowance if math.isfinite(allowance) else None, **unmeasured, **overlap)
     return dataclasses.replace(est, lower=est.lower - allowance, upper=est.upper + allowance)
 
 
-def resample_plan(data: OfflineDataset, features: StateFeatures, bootstrap: int,
-                  seed: int) -> tuple[np.ndarray, int, np.ndarray, tuple]:
-    """(group of each episode [E], number of groups G, counts [1 + bootstrap, G] -- all ones,
-    then the bootstrap resamples --, the resamples' key) for an estimate that refits Q on every
-    resample of episodes. Episodes are their own groups (and the resamples those of
-    :func:`~training.rl.ope_stats.bootstrap_counts` (E, bootstrap, seed), as WIS's) unless their
-    per-group normal equations would not fit in :data:`MAX_GROUP_BYTES`; then episodes are pooled
-    at random into G groups, the resampled units."""
+def refit_resamples(data: OfflineDataset, features: Sequence[StateFeatures], bootstrap: int, seed: int) -> tuple:
+    """The resample key (:func:`~training.rl.ope_stats.resample_units`) of an estimate that refits
+    Q on every resample, on any of ``features`` (the bases of estimates that are to be compared
+    pairwise: the widest decides). Episodes, each its own unit -- the resamples of WIS and
+    :func:`~training.rl.ope.on_policy_value`, ``("episodes", E, bootstrap, seed)`` -- unless their
+    per-episode normal equations would not fit in :data:`MAX_GROUP_BYTES`; then episodes are pooled
+    at random into as many groups as fit (at least 32), the resampled units."""
     e = data.n_episodes
-    d_all = data.n_actions * features(data.observations[:1], data.steps[:1]).shape[1]
-    n_groups = min(e, MAX_GROUPS, max(32, MAX_GROUP_BYTES // (8 * d_all * d_all)))
-    if n_groups == e:
-        groups, key = np.arange(e), ("episodes", e, bootstrap, seed)
-    else:
-        groups, key = np.random.default_rng(seed).permutation(e) % n_groups, ("groups", e, n_groups, bootstrap, seed)
-    return groups, n_groups, np.vstack([np.ones(n_groups), bootstrap_counts(n_groups, bootstrap, seed)]), key
+    d_all = max(data.n_actions * f(data.observations[:1], data.steps[:1]).shape[1] for f in features)
+    fits = MAX_GROUP_BYTES // (8 * d_all * d_all)
+    if e <= fits:
+        return ("episodes", e, bootstrap, seed)
+    return ("groups", e, min(e, max(32, fits)), bootstrap, seed)
 
 
 def refit_q_values(data: OfflineDataset, target: NumpyPolicy, gamma: float, features: StateFeatures,
@@ -208,8 +215,10 @@ def select_basis(data: OfflineDataset, target: NumpyPolicy, gamma: float, ridge:
     On held-out logs we estimate that with per-decision weighted importance weights (the DR
     correction term), so the selection targets the number FQE reports, not a fit elsewhere.
     """
-    if data.n_episodes < 4:
-        return StateBasis.fit(data, "rff", seed=seed)
+    if data.n_episodes < MIN_SELECTION_EPISODES:
+        basis = StateBasis.fit(data, "rff", seed=seed)
+        basis.heldout_error = math.nan  # not measured: FQE then gives no interval (fqe)
+        return basis
     folds = np.random.default_rng(seed).permutation(data.n_episodes) % 2
     errors = {}
     for kind in BASES if data.observations.shape[1] <= MAX_QUADRATIC_DIM else ("rff",):

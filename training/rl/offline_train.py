@@ -14,15 +14,19 @@ and publishes it with a policy model card::
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from auditstream import finite_json
+from auditstream.finite_json import finite_or_none
 from training.rl.args import OfflineArgs
 from training.rl.offline_data import OfflineDataset, load_dataset
+from training.rl.ope_stats import SUPPORT_TOLERANCE
+from training.rl.promotion import MIN_EFFECTIVE_EPISODES, unsupported_text
 
 ALGORITHMS = ("bc", "cql")
 # What metrics.ope of the card estimates, by the card's action selection.
@@ -83,6 +87,7 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
         "dataset_episodes": data.n_episodes, "human_labelled_steps": int(np.sum(data.human_actions >= 0)),
         "ope": {name: e.to_dict() for name, e in estimates.items()}, "logged_policy_value": logged.to_dict(),
         "ope_policy": OPE_POLICY[args.action_selection], "gamma": args.gamma, "ope_human_steps": human_steps,
+        **ope_caveats(estimates),
     }
     if args.env:
         returns = online_returns(module, args.env, args.eval_episodes, args.seed, args.action_selection)
@@ -96,9 +101,9 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
                        metrics, training=training, action_selection=args.action_selection)
     nested = ("ope", "logged_policy_value")
     summary = {"algorithm": args.algorithm, **{k: v for k, v in metrics.items() if k not in nested},
-               **{f"ope_{k}": round(e.value, 4) for k, e in estimates.items()},
-               **{f"ope_{k}_lower": round(e.lower, 4) for k, e in estimates.items()},
-               "logged_policy_value": round(logged.value, 4)}
+               **{f"ope_{k}": rounded(e.value) for k, e in estimates.items()},
+               **{f"ope_{k}_lower": rounded(e.lower) for k, e in estimates.items()},
+               "logged_policy_value": rounded(logged.value)}
     if args.publish:
         from auditstream.registry import ModelRegistry
 
@@ -107,12 +112,46 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     return summary
 
 
+def rounded(value: float) -> float | None:
+    """``value`` to 4 places for the summary; None (null) where it is undefined (``ope_undefined`` says why)."""
+    x = finite_or_none(value)
+    return None if x is None else round(x, 4)
+
+
+def ope_caveats(estimates: dict[str, Any], max_unsupported: float = SUPPORT_TOLERANCE,
+                min_effective_episodes: float = MIN_EFFECTIVE_EPISODES) -> dict[str, dict[str, str]]:
+    """Why an estimate's numbers do not stand as they are, per estimator (the promotion gate's
+    defaults decide): ``ope_undefined`` -- its value or interval is null, and why;
+    ``ope_unsupported`` -- the logs do not show what the policy earns: it puts more than
+    ``max_unsupported`` on actions logged with propensity 0, or its importance weights rest on
+    fewer than ``min_effective_episodes`` episodes (the logs hardly ever act as it does). FQE
+    still gives a number there -- Q's extrapolation -- and ``rl promote`` would refuse it
+    (no_support, too_few_effective_episodes)."""
+    undefined = {k: e.details.get("undefined") or e.details.get("no_interval") or "not a finite number"
+                 for k, e in estimates.items() if not all(math.isfinite(x) for x in (e.value, e.lower, e.upper))}
+    unsupported = {}
+    for k, e in estimates.items():
+        ess = e.details.get("effective_sample_size", math.inf)
+        if max(e.details.get("unsupported_mass", 0.0), e.details.get("unsupported_probability", 0.0)) > max_unsupported:
+            unsupported[k] = unsupported_text("the policy", k, e) + f" (more than {max_unsupported:g})"
+        elif ess < min_effective_episodes:
+            unsupported[k] = (f"the policy's {k} importance weights rest on {ess:.3g} effective episodes (fewer than "
+                              f"{min_effective_episodes:g}): the logs hardly ever act as the policy does")
+    return {"ope_undefined": undefined, "ope_unsupported": unsupported}
+
+
+def _shown(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def main(args: OfflineArgs, models_dir: str, as_json: bool) -> int:
     summary = run(args, models_dir)
     online = f"; online mean return {summary['mean_return']:.1f}" if "mean_return" in summary else ""
+    unsupported = summary["ope_unsupported"]
+    caveat = (f" (unsupported by the logs, not evidence: {', '.join(sorted(unsupported))})" if unsupported else "")
     print(f"{summary['algorithm']}: trained in {summary['train_seconds']:.0f} s on {summary['dataset_steps']} steps; "
-          f"logged policy {summary['logged_policy_value']:.3f}; OPE wis {summary['ope_wis']:.3f} "
-          f"dr {summary['ope_dr']:.3f} fqe {summary['ope_fqe']:.3f}{online}")
+          f"logged policy {_shown(summary['logged_policy_value'])}; OPE wis {_shown(summary['ope_wis'])} "
+          f"dr {_shown(summary['ope_dr'])} fqe {_shown(summary['ope_fqe'])}{caveat}{online}")
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print(finite_json.dumps(summary, sort_keys=True))
     return 0

@@ -30,43 +30,50 @@ from typing import Any
 import numpy as np
 
 from training.rl.offline_data import OfflineDataset
-from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, check_policy_probs,
-                                   interval, pad_episodes, ratio_or_zero)
+from training.rl.ope_stats import (Estimate, check_dataset, check_finite, check_policy_probs, episode_counts,
+                                   interval, pad_episodes, ratio_or_zero, resample_units)
 from training.rl.policy_export import NumpyPolicy
 
 __all__ = ["Estimate", "discounted_returns", "doubly_robust", "evaluate", "on_policy_value", "wis"]
 
 
 def wis(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: float = 0.95, bootstrap: int = 200,
-        seed: int = 0, weighted: bool = True) -> Estimate:
-    """Per-decision (weighted) importance sampling with a percentile-bootstrap interval."""
+        seed: int = 0, weighted: bool = True, resamples: tuple | None = None) -> Estimate:
+    """Per-decision (weighted) importance sampling with a percentile-bootstrap interval over the
+    resamples ``resamples`` names (another estimate's ``resample_key``: the same resamples, so the
+    two can be compared pairwise), by default episodes (``bootstrap``, ``seed``)."""
     check_dataset(data, gamma)
     p = pad_episodes(data, target.probs(data.observations), gamma)
-    counts = np.vstack([np.ones(data.n_episodes), bootstrap_counts(data.n_episodes, bootstrap, seed)])
+    resamples = resamples or ("episodes", data.n_episodes, bootstrap, seed)
+    counts = episode_counts(resamples, data.n_episodes)
     weighted_rewards = counts @ (p.weights * p.rewards)  # [1 + B, H]
     norm = counts @ p.weights if weighted else counts.sum(axis=1, keepdims=True)
     values = ratio_or_zero(weighted_rewards, np.broadcast_to(norm, weighted_rewards.shape)) @ p.discounts
     values[~p.defined(counts)] = np.nan  # no episode keeps weight: not 0, undefined
-    return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes,
-                    ("episodes", data.n_episodes, bootstrap, seed), **p.overlap(), **p.support(data), **undefined(p))
+    return interval("wis" if weighted else "pdis", values[0], values[1:], confidence, data.n_episodes, resamples,
+                    **p.overlap(), **p.support(data), **undefined(p))
 
 
 def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_model: Any = None,
-                  confidence: float = 0.95, bootstrap: int = 200, seed: int = 0, features: Any = None) -> Estimate:
+                  confidence: float = 0.95, bootstrap: int = 200, seed: int = 0, features: Any = None,
+                  resamples: tuple | None = None) -> Estimate:
     """Weighted doubly robust estimate with Q from FQE (on ``features``, default
     :func:`training.rl.fqe.select_basis`) refitted on every bootstrap resample. A given
     ``q_model`` (anything with ``q_values(observations, steps)``) stays fixed instead: its
-    interval then ignores Q's own variance (``details.q_model`` says which)."""
+    interval then ignores Q's own variance (``details.q_model`` says which). ``resamples``: as
+    :func:`wis`; by default :func:`training.rl.fqe.refit_resamples` (episodes, as WIS's, unless
+    their normal equations would not fit in memory)."""
     check_dataset(data, gamma)
     pi = target.probs(data.observations)
     check_policy_probs(data, "target policy probabilities", pi)
     if q_model is None:
-        return _doubly_robust_refit(data, target, gamma, pi, features, confidence, bootstrap, seed)
+        return _doubly_robust_refit(data, target, gamma, pi, features, confidence, bootstrap, seed, resamples)
     q_all = np.asarray(q_model.q_values(data.observations, data.steps), dtype=np.float64)
     check_finite(data, "Q-values", q_all)
     q_taken = q_all[np.arange(len(data.actions)), data.actions]
     p = pad_episodes(data, pi, gamma, q_taken, (q_all * pi).sum(axis=1))
-    counts = np.vstack([np.ones(data.n_episodes), bootstrap_counts(data.n_episodes, bootstrap, seed)])
+    resamples = resamples or ("episodes", data.n_episodes, bootstrap, seed)
+    counts = episode_counts(resamples, data.n_episodes)
     w_prev = np.concatenate([np.ones((data.n_episodes, 1)), p.weights[:, :-1]], axis=1)
     # Each term is normalised on its own: a step where a resample has no weight left contributes 0
     # to its own term, never wiping out the other (nan_to_num of the sum did that).
@@ -74,17 +81,19 @@ def doubly_robust(data: OfflineDataset, target: NumpyPolicy, gamma: float, q_mod
     previous = ratio_or_zero(counts @ (w_prev * p.v), counts @ w_prev)
     values = (current + previous) @ p.discounts
     values[~p.defined(counts)] = np.nan  # Q's extrapolation alone is no estimate
-    return interval("dr", values[0], values[1:], confidence, data.n_episodes, ("episodes", data.n_episodes, bootstrap, seed),
+    return interval("dr", values[0], values[1:], confidence, data.n_episodes, resamples,
                     q_model="given, fixed across resamples", **p.overlap(), **p.support(data), **undefined(p))
 
 
 def _doubly_robust_refit(data: OfflineDataset, target: NumpyPolicy, gamma: float, pi: np.ndarray, features: Any,
-                         confidence: float, bootstrap: int, seed: int) -> Estimate:
+                         confidence: float, bootstrap: int, seed: int, key: tuple | None) -> Estimate:
     """:func:`doubly_robust` with Q refitted on each resample."""
-    from training.rl.fqe import resample_plan, select_basis
+    from training.rl.fqe import refit_resamples, select_basis
 
     features = features or select_basis(data, target, gamma, seed=seed)
-    groups, n_groups, group_counts, key = resample_plan(data, features, bootstrap, seed)
+    key = key or refit_resamples(data, [features], bootstrap, seed)
+    groups, group_counts = resample_units(key, data.n_episodes)
+    n_groups = group_counts.shape[1]
     p = pad_episodes(data, pi, gamma)
     values = dr_refit_values(data, target, gamma, pi, features, p, groups, n_groups, group_counts)
     values[~p.defined(group_counts[:, groups])] = np.nan  # Q's extrapolation alone is no estimate
@@ -130,15 +139,17 @@ def undefined(p: Any) -> dict[str, str]:
 
 
 def evaluate(data: OfflineDataset, target: NumpyPolicy, gamma: float, confidence: float = 0.95,
-             bootstrap: int = 200, seed: int = 0, features: Any = None) -> dict[str, Estimate]:
+             bootstrap: int = 200, seed: int = 0, features: Any = None,
+             dr_resamples: tuple | None = None) -> dict[str, Estimate]:
     """All three estimators on one dataset; DR's and FQE's Q on the basis chosen once by
-    :func:`training.rl.fqe.select_basis` (or ``features``), refitted on each resample."""
+    :func:`training.rl.fqe.select_basis` (or ``features``), refitted on each resample; DR on
+    the resamples ``dr_resamples`` names if given (:func:`doubly_robust`)."""
     from training.rl.fqe import fqe, select_basis
 
     features = features or select_basis(data, target, gamma, seed=seed)
     return {
         "wis": wis(data, target, gamma, confidence, bootstrap, seed),
-        "dr": doubly_robust(data, target, gamma, None, confidence, bootstrap, seed, features),
+        "dr": doubly_robust(data, target, gamma, None, confidence, bootstrap, seed, features, dr_resamples),
         "fqe": fqe(data, target, gamma, features, confidence, bootstrap, seed),
     }
 
@@ -149,11 +160,13 @@ def discounted_returns(data: OfflineDataset, gamma: float) -> np.ndarray:
 
 
 def on_policy_value(data: OfflineDataset, gamma: float, confidence: float = 0.95, bootstrap: int = 200,
-                    seed: int = 0) -> Estimate:
+                    seed: int = 0, resamples: tuple | None = None) -> Estimate:
     """Mean discounted return of the logged episodes themselves: the logging (live) policy's own
-    value, with a bootstrap interval. Equals WIS with π = μ."""
+    value, with a bootstrap interval over ``resamples`` (as :func:`wis`: pass the resample_key
+    of the estimate it will be compared with). Equals WIS with π = μ."""
     check_dataset(data, gamma)
     returns = discounted_returns(data, gamma)
-    counts = bootstrap_counts(len(returns), bootstrap, seed)
-    return interval("on_policy", float(returns.mean()), counts @ returns / len(returns), confidence, len(returns),
-                    ("episodes", len(returns), bootstrap, seed), effective_sample_size=float(len(returns)))
+    resamples = resamples or ("episodes", len(returns), bootstrap, seed)
+    counts = episode_counts(resamples, data.n_episodes)[1:]
+    return interval("on_policy", float(returns.mean()), counts @ returns / counts.sum(axis=1), confidence,
+                    len(returns), resamples, effective_sample_size=float(len(returns)))

@@ -27,12 +27,12 @@ units, plus ``true_value``, its Monte Carlo standard error and ``return_sd``.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from auditstream import finite_json
 from training.rl.args import OPE_BENCH_ENVS, OPEBenchArgs, bench_envs
 from training.rl.offline_data import OfflineDataset, StepRecord, build_dataset
 from training.rl.ope import evaluate
@@ -146,6 +146,6 @@ def main(args: OPEBenchArgs, as_json: bool) -> int:
     seconds = time.perf_counter() - start
     print(f"{args.trials} trials x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
-        print(json.dumps({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
-                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+        print(finite_json.dumps({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
+                                 "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
     return 0

@@ -18,7 +18,13 @@ details measure it (:meth:`Padded.support`), and the promotion gate refuses to d
 An estimate whose importance weights vanish on every episode (the target gives probability 0 to
 a logged action somewhere in each of them) is undefined: its value and interval are NaN, never
 0 (WIS) or the Q model's extrapolation (DR). A bootstrap resample in which that happens is NaN
-too (``details.undefined_resamples`` counts them), and the interval is taken over the others."""
+too (``details.undefined_resamples`` counts them), and the interval is taken over the others.
+On fewer episodes than :func:`~training.rl.args.episodes_for_an_interval` an estimate has a
+value but no interval (NaN bounds, ``details.no_interval``). In an estimate's JSON form
+(:meth:`Estimate.to_dict`) each NaN is null, beside its reason.
+
+**Resamples** are named by a key (:func:`resample_units`): estimates with the same key saw the
+same resamples, and the promotion gate bootstraps their difference pairwise."""
 
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from auditstream.errors import AuditstreamError
-from training.rl.args import BOOTSTRAP_RESAMPLES
+from auditstream.finite_json import finite_or_none
+from training.rl.args import BOOTSTRAP_RESAMPLES, episodes_for_an_interval
 from training.rl.offline_data import PROB_TOLERANCE, OfflineDataset
 
 SUPPORT_TOLERANCE = 1e-3  # target probability on never-logged actions that counts as none
@@ -110,12 +117,20 @@ class Estimate:
         return self.lower <= truth <= self.upper
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "value": self.value, "lower": self.lower, "upper": self.upper,
-                "confidence": self.confidence, "n_episodes": self.n_episodes, **self.details}
+        """The estimate as JSON: an undefined value or interval is null (not NaN, which is not
+        JSON), with the reason in ``undefined`` or ``no_interval``."""
+        return {"method": self.method, "value": finite_or_none(self.value), "lower": finite_or_none(self.lower),
+                "upper": finite_or_none(self.upper), "confidence": self.confidence, "n_episodes": self.n_episodes,
+                **self.details}
 
 
 def interval(method: str, value: float, resamples: np.ndarray, confidence: float, n: int,
              resample_key: tuple | None = None, **details: Any) -> Estimate:
+    """``value`` with the percentile interval of its bootstrap ``resamples`` over ``n`` episodes.
+    No interval (NaN bounds, ``details.no_interval`` says why) on fewer episodes than
+    :func:`~training.rl.args.episodes_for_an_interval` (its ends would be single episodes'
+    values: [v, v] on one) or when every resample is undefined; no value either (NaN,
+    ``details.undefined``) when ``value`` is not finite."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
     alpha = (1.0 - confidence) / 2.0
@@ -123,12 +138,50 @@ def interval(method: str, value: float, resamples: np.ndarray, confidence: float
     finite = resamples[np.isfinite(resamples)]
     if len(finite) < len(resamples):
         details = {**details, "undefined_resamples": int(len(resamples) - len(finite))}
-    if not np.isfinite(value) or len(finite) == 0:  # an undefined estimate has no interval
-        lower = upper = math.nan
+    fewest = episodes_for_an_interval(confidence)
+    lower = upper = math.nan
+    if not np.isfinite(value):  # an undefined estimate has no interval
+        details.setdefault("undefined", "the estimate is not a finite number")
+    elif n < fewest:
+        details.setdefault("no_interval", f"{n} episode(s): a bootstrap interval at confidence {confidence:g} needs at "
+                                          f"least {fewest} (with fewer its ends are single episodes' values, not "
+                                          "bounds on the mean); the value is a point estimate only")
+    elif len(finite) == 0:
+        details.setdefault("no_interval", "every bootstrap resample is undefined (no episode of any resample keeps "
+                                          "importance weight)")
     else:
         lower, upper = np.quantile(finite, [alpha, 1.0 - alpha])
     return Estimate(method, float(value), float(lower), float(upper), confidence, n, details,
                     np.asarray(resamples, dtype=np.float64), resample_key)
+
+
+def resample_units(key: tuple, n_episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit of each episode [E], counts [1 + B, G]: a row of ones, then the bootstrap resamples of
+    the G units) of the resamples ``key`` names -- ``("episodes", E, B, seed)``: each episode its
+    own unit, :func:`bootstrap_counts` (E, B, seed); ``("groups", E, G, B, seed)``: episodes pooled
+    at random into G groups, the groups resampled. Estimates made with the same key saw the same
+    resamples, so their difference can be bootstrapped pairwise."""
+    if not isinstance(key, tuple) or not key or key[0] not in ("episodes", "groups") \
+            or len(key) != (4 if key[0] == "episodes" else 5):
+        raise ValueError(f"resamples {key!r} are not a resample key: ('episodes', E, B, seed) or "
+                         "('groups', E, G, B, seed), as an estimate's resample_key holds")
+    if key[1] != n_episodes:
+        raise ValueError(f"resamples {key!r} are of {key[1]} episodes, the dataset has {n_episodes}: pass the "
+                         "resample_key of an estimate on the same dataset")
+    if key[0] == "episodes":
+        _, e, bootstrap, seed = key
+        units, n_units = np.arange(e), e
+    else:
+        _, e, n_units, bootstrap, seed = key
+        units = np.random.default_rng(seed).permutation(e) % n_units
+    return units, np.vstack([np.ones(n_units), bootstrap_counts(n_units, bootstrap, seed)])
+
+
+def episode_counts(key: tuple, n_episodes: int) -> np.ndarray:
+    """[1 + B, E]: how often each episode appears in each resample of ``key`` (the first row all
+    ones: the data itself)."""
+    units, counts = resample_units(key, n_episodes)
+    return counts[:, units]
 
 
 def bootstrap_counts(n: int, bootstrap: int, seed: int) -> np.ndarray:

@@ -24,7 +24,6 @@ value (reward += gamma * V(final_obs)), as Stable-Baselines3 does. Training stop
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from auditstream import finite_json
 from auditstream.errors import ConfigError, TrainingDiverged
 from training.rl.args import PPOArgs
 
@@ -266,5 +266,5 @@ def main(args: PPOArgs, models_dir: str, as_json: bool) -> int:
           f"{summary['mean_return_greedy']:.1f}, sampled {summary['mean_return_sampled']:.1f}); {summary['env_steps']} env steps in "
           f"{summary['train_seconds']:.0f} s on {summary['device']}; parity {summary['parity_max_abs_diff']:.2e}")
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print(finite_json.dumps(summary, sort_keys=True))
     return 0

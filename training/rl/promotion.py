@@ -73,6 +73,7 @@ import numpy as np
 
 from auditstream.cli_args import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, SHARE, check_fields
 from auditstream.errors import AuditstreamError, ConfigError
+from auditstream.finite_json import finite_or_none
 from training.rl.ope import Estimate
 from training.rl.ope_stats import SUPPORT_TOLERANCE
 
@@ -133,8 +134,8 @@ class PromotionDecision:
     reason: str
     candidate: str
     live: str
-    live_value: float
-    live_interval: tuple[float, float]
+    live_value: float | None  # None: undefined (live_estimates says why)
+    live_interval: tuple[float | None, float | None]
     candidate_estimates: dict[str, dict[str, Any]]
     config: dict[str, Any]
     n_episodes: int
@@ -167,7 +168,9 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, 
     n = min([lives[k].n_episodes for k in required] + [candidate_estimates[k].n_episodes for k in required])
 
     def make(promote: bool, code: str, reason: str) -> PromotionDecision:
-        return PromotionDecision(promote, code, reason, candidate, live_name, main.value, (main.lower, main.upper),
+        # null, not NaN, where the live side has no value or interval (its estimate says why)
+        return PromotionDecision(promote, code, reason, candidate, live_name, finite_or_none(main.value),
+                                 (finite_or_none(main.lower), finite_or_none(main.upper)),
                                  {k: e.to_dict() for k, e in candidate_estimates.items()}, asdict(config), n,
                                  {k: e.to_dict() for k, e in lives.items()}, comparison)
 
@@ -180,7 +183,7 @@ def decide(candidate_estimates: dict[str, Estimate], live: Estimate | dict[str, 
     if unsupported:
         return make(False, "no_support", "; ".join(unsupported) + f" (max_unsupported {config.max_unsupported:g}): "
                     "nothing logged says what those actions earn. " + NO_SUPPORT_HELP)
-    undefined = [f"{side} {k}: {e.details.get('undefined', f'value {e.value:.4g} in [{e.lower:.4g}, {e.upper:.4g}]')}"
+    undefined = [f"{side} {k}: {e.details.get('undefined') or e.details.get('no_interval') or f'value {e.value:.4g} in [{e.lower:.4g}, {e.upper:.4g}]'}"
                  for side, k, e in sides if not all(math.isfinite(x) for x in (e.value, e.lower, e.upper))]
     if undefined:
         return make(False, "no_estimate", "; ".join(undefined) + " -- not an estimate; evaluate on logs where the "
@@ -236,14 +239,20 @@ def gate_from_dataset(data: Any, candidate_policy: Any, config: PromotionConfig,
     ``data`` is an OfflineDataset logged by the live policy; ``candidate_policy`` and
     ``live_policy`` are :class:`~training.rl.policy_export.NumpyPolicy` s with the probabilities
     each acts with (:func:`training.rl.policy_export.acting_policy`)."""
+    from training.rl.fqe import refit_resamples, select_basis
     from training.rl.ope import evaluate, on_policy_value
     from training.rl.ope_humans import with_human_steps
 
     data, _ = with_human_steps(data, config.human_steps, seed=seed)  # both sides on the same episodes
-    estimates = evaluate(data, candidate_policy, config.gamma, config.confidence, bootstrap, seed)
     if live_policy is not None:
-        live = evaluate(data, live_policy, config.gamma, config.confidence, bootstrap, seed)
+        # DR of both sides on the same resamples (its plan depends on the basis: the wider decides)
+        features = [select_basis(data, p, config.gamma, seed=seed) for p in (candidate_policy, live_policy)]
+        dr_key = refit_resamples(data, features, bootstrap, seed)
+        estimates = evaluate(data, candidate_policy, config.gamma, config.confidence, bootstrap, seed, features[0],
+                             dr_key)
+        live = evaluate(data, live_policy, config.gamma, config.confidence, bootstrap, seed, features[1], dr_key)
         return decide(estimates, live, config, candidate, live_name, LIVE_UNROUTED)
+    estimates = evaluate(data, candidate_policy, config.gamma, config.confidence, bootstrap, seed)
     routed = data.sources != "model"
     if routed.any():
         raise GateRefused(
@@ -251,5 +260,7 @@ def gate_from_dataset(data: Any, candidate_policy: Any, config: PromotionConfig,
             f"(sources {sorted(set(data.sources[routed].tolist()))}): the live policy's logged return includes "
             "them and the candidate's off-policy estimate does not; pass live_policy= (the live policy as it acts) "
             "so that both are estimated the same way")
-    live_value = on_policy_value(data, config.gamma, config.confidence, bootstrap, seed)
-    return decide(estimates, live_value, config, candidate, live_name, LIVE_LOGGED)
+    # the logged return on each estimate's own resamples (DR's may be groups), so every difference pairs
+    live_values = {k: on_policy_value(data, config.gamma, config.confidence, bootstrap, seed, e.resample_key)
+                   for k, e in estimates.items()}
+    return decide(estimates, live_values, config, candidate, live_name, LIVE_LOGGED)

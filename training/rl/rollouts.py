@@ -150,10 +150,11 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     if args.episodes < 1 or args.eval_episodes < 1:
         raise BadArguments(f"need --episodes >= 1 and --eval-episodes >= 1; got {args.episodes} and "
                            f"{args.eval_episodes}")
-    import json
     import time
 
     import torch
+
+    from auditstream import finite_json
 
     torch.set_num_threads(1)  # small MLPs: extra threads only contend on a shared machine
     start = time.perf_counter()
@@ -161,8 +162,7 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     seconds = time.perf_counter() - start
     print(f"{what}: {args.seeds} seeds x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
-        # allow_nan=False: a NaN is not JSON; a bug that made one fails here instead of printing it
-        print(json.dumps({**per_env, "seconds": round(seconds, 1),
-                          "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True,
-                         allow_nan=False))
+        # a NaN is not JSON; a bug that made one fails here, naming where, instead of printing it
+        print(finite_json.dumps({**per_env, "seconds": round(seconds, 1),
+                                 "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from auditstream import finite_json
 from auditstream.cli_args import POSITIVE, check_fields
 from training.rl.args import BOOTSTRAP_RESAMPLES
 
@@ -71,7 +72,12 @@ class ShadowReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As JSON: agreement null (not NaN) when no request was compared, and says so."""
+        out = dataclasses.asdict(self)
+        if not self.compared:
+            out.update(agreement=None, agreement_undefined="no request was answered by both the candidate in shadow "
+                                                           "and the live policy")
+        return out
 
 
 def run_shadow(settings: Any, candidate: Any, live_name: str, idle_s: float = 5.0) -> ShadowReport:
@@ -148,6 +154,7 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
 
     path = candidate.directory / PROMOTION_FILE
     recorded_decisions(path)  # a history that cannot be read stops us before LIVE moves
+    finite_json.dumps(record, default=float)  # so does a record that would not be JSON (a NaN)
     record["kind"] = "rl_promote"
     if decision.promote and not args.dry_run:
         from auditstream.control import Rollout

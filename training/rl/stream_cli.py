@@ -10,9 +10,9 @@ command by ``Settings.from_env()``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from auditstream import finite_json
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 from training.rl.args import check_gym_env
 from training.rl.env_driver import RunArgs
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
                                  "decisions_per_s": round(rate, 1)}
         print(f"in process (same action rule and routing, no broker): mean return {returns.mean():.1f} ± "
               f"{returns.std():.1f}, {rate:.0f} decisions/s", file=sys.stderr if args.json else sys.stdout)
-    print(json.dumps(summary, sort_keys=True))
+    print(finite_json.dumps(summary, sort_keys=True))
     return 0
 
 
@@ -81,7 +81,7 @@ def _dataset(args: argparse.Namespace) -> int:
     print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
           f"({report.overrides} overrides), sources {dict(report.sources)}; episodes dropped "
           f"{dict(report.episodes_dropped) or 'none'}", file=sys.stderr)
-    print(json.dumps(summary, sort_keys=True))
+    print(finite_json.dumps(summary, sort_keys=True))
     return 0
 
 
@@ -101,9 +101,11 @@ def _promote(args: argparse.Namespace) -> int:
     record = promote(_settings(), a, config)
     d = record["decision"]
     verdict = "PROMOTED" if d["promote"] and not a.dry_run else ("would promote" if d["promote"] else "stays in shadow")
+    agreement = record["shadow"]["agreement"]
     print(f"{d['candidate']} {verdict}: {d['reason']} (shadow: {record['shadow']['requests']} requests, agreement "
-          f"{record['shadow']['agreement']:.3f}); recorded in {record['recorded_at']}", file=sys.stderr)
-    print(json.dumps(record, sort_keys=True, default=float))
+          f"{'none compared' if agreement is None else f'{agreement:.3f}'}); recorded in {record['recorded_at']}",
+          file=sys.stderr)
+    print(finite_json.dumps(record, sort_keys=True, default=float))
     return 0
 
 

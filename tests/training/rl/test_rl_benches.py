@@ -73,6 +73,9 @@ def test_benches_refuse_unknown_envs_and_one_seed_in_one_line_before_running(ben
     (["--envs", ","], "no environment given"),
     # the intervals resample episodes, the truth's spread needs two, a percentile interval 20 resamples
     (["--episodes", "1"], "invalid --episodes=1: expected a whole number >= 2"),
+    # fewer than a bootstrap interval needs: the estimators give none, there is nothing to cover
+    (["--episodes", "3"], "invalid --episodes=3: expected at least 4: a bootstrap interval at --confidence 0.95"),
+    (["--episodes", "4", "--confidence", "0.999"], "invalid --episodes=4: expected at least 5"),
     (["--truth-episodes", "1"], "invalid --truth-episodes=1: expected a whole number >= 2"),
     (["--bootstrap", "19"], "invalid --bootstrap=19: expected a whole number >= 20"),
 ])

@@ -92,3 +92,34 @@ def test_the_cards_ope_is_of_the_policy_as_served(tmp_path, monkeypatch, selecti
         assert summary[f"ope_{name}"] == pytest.approx(served[name].value, abs=1e-4)
     assert abs(served["dr"].value - other["dr"].value) > 0.05
     assert card.metrics["ope_policy"].startswith("the policy as served")
+
+
+def test_undefined_ope_is_null_with_its_reason_and_an_unsupported_fqe_is_flagged(tmp_path, monkeypatch, capsys) -> None:
+    """Greedy on action 0 over logs where every episode starts with action 1: no episode keeps
+    importance weight, WIS and DR are undefined and FQE is Q's extrapolation. --json printed NaN
+    (not JSON) and card.json held NaN; FQE's number stood as if it were evidence."""
+    import training.rl.offline_train as offline_train
+
+    rng = np.random.default_rng(0)
+    records = [StepRecord(f"e{e}", t, rng.normal(size=2), 1 if t == 0 else int(rng.integers(2)), [0.5, 0.5],
+                          1.0, False, t == 4) for e in range(40) for t in range(5)]
+    path = save_dataset(build_dataset(records), tmp_path / "logs.npz")
+    monkeypatch.setattr(offline_train, "train_policy", lambda args, data: SoftLeft())
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    rc = main(["rl", "train-offline", "--dataset", str(path), "--algorithm", "bc", "--action-selection", "greedy",
+               "--gamma", "0.9", "--no-progress", "--models-dir", str(tmp_path / "models"), "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = strict(out[-1])
+    assert "OPE wis undefined dr undefined" in out[-2] and "unsupported by the logs" in out[-2]
+    assert summary["ope_wis"] is None and summary["ope_dr_lower"] is None and summary["ope_fqe"] is not None
+    assert set(summary["ope_undefined"]) == {"wis", "dr"}
+    assert "importance weights are all 0" in summary["ope_undefined"]["wis"]
+    assert "fqe" in summary["ope_unsupported"] and "effective episodes" in summary["ope_unsupported"]["fqe"]
+    registered = ModelRegistry(tmp_path / "models").load(summary["model"])
+    card = strict((registered.directory / "card.json").read_text())
+    assert card["metrics"]["ope"]["wis"]["value"] is None and card["metrics"]["ope"]["dr"]["undefined"]
+    assert card["metrics"]["ope_unsupported"]["fqe"] == summary["ope_unsupported"]["fqe"]

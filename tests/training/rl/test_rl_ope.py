@@ -251,3 +251,80 @@ def test_dr_refits_q_on_every_bootstrap_resample() -> None:
         refit = doubly_robust(resampled, target, GAMMA, fit_fqe(resampled, target, GAMMA, tabular_features), bootstrap=20)
         assert est.resamples[k] == pytest.approx(refit.value, rel=1e-9, abs=1e-12)
         assert abs(fixed.resamples[k] - refit.value) > 1e-6  # what the old interval was made of
+
+
+def test_episodes_for_an_interval_is_where_a_single_episode_resample_is_rarer_than_the_tail() -> None:
+    from training.rl.args import episodes_for_an_interval
+
+    assert [episodes_for_an_interval(c) for c in (0.4, 0.5, 0.9, 0.95, 0.99, 0.999)] == [2, 3, 3, 4, 4, 5]
+
+
+@pytest.mark.parametrize("episodes", [1, 3])
+def test_too_few_episodes_give_a_point_estimate_without_an_interval(episodes) -> None:
+    """One episode: every resample is that episode, and each estimator gave [v, v]; three: the
+    interval's ends were single episodes' values (DR's point was its upper end). No interval
+    (null in JSON) and the reason, the value kept."""
+    data, target = simulate(episodes, seed=2), table_policy(PI)
+    estimates = {**evaluate(data, target, GAMMA, bootstrap=50), "on_policy": on_policy_value(data, GAMMA, bootstrap=50)}
+    for name, est in estimates.items():
+        assert np.isfinite(est.value) and np.isnan([est.lower, est.upper]).all(), (name, est)
+        assert "needs at least 4" in est.details["no_interval"], name
+        as_json = est.to_dict()
+        assert as_json["lower"] is None and as_json["upper"] is None and as_json["value"] == est.value
+
+
+def test_four_episodes_give_an_interval_and_fqe_none_without_its_misspecification_allowance() -> None:
+    """At 0.9, three episodes are enough for a bootstrap interval (1/27 < 0.05), but not for the
+    held-out error that widens FQE's (two folds of two): FQE gave a bare bootstrap interval."""
+    target = table_policy(PI)
+    four = evaluate(simulate(4, seed=3), target, GAMMA, bootstrap=50)
+    assert all(est.lower <= est.upper for est in four.values()), four
+    three = evaluate(simulate(3, seed=3), target, GAMMA, 0.9, bootstrap=50)
+    assert np.isfinite([three["wis"].lower, three["wis"].upper]).all()
+    assert np.isnan([three["fqe"].lower, three["fqe"].upper]).all() and np.isfinite(three["fqe"].value)
+    assert "misspecification" in three["fqe"].details["no_interval"]
+    assert three["fqe"].to_dict()["misspecification_allowance"] is None
+
+
+def test_an_undefined_estimate_is_null_in_json_with_its_reason() -> None:
+    import json
+
+    records = [StepRecord(f"e{e}", t, [float(2 * e + t)], 0, [0.5, 0.5], 1.0, False, t == 1)
+               for e in range(6) for t in range(2)]
+    pi = np.tile([[1.0, 0.0], [0.0, 1.0]], (6, 1))  # never the logged action at step 1
+    as_json = wis(build_dataset(records), row_policy(pi), 0.5, bootstrap=20).to_dict()
+    assert as_json["value"] is None and as_json["lower"] is None and "importance weights are all 0" in as_json["undefined"]
+    json.dumps(as_json, allow_nan=False)
+
+
+def test_dr_resamples_the_episodes_wis_does_when_their_normal_equations_fit() -> None:
+    """300 small episodes (normal equations of a few MB): DR pooled them into 256 groups anyway,
+    so its resamples were not WIS's or the logged value's and the gate could not pair them."""
+    from training.rl.promotion import difference_lower_bound
+
+    data, target = simulate(300, seed=1), table_policy(PI)
+    dr = doubly_robust(data, target, GAMMA, bootstrap=50, features=tabular_features)
+    live = on_policy_value(data, GAMMA, bootstrap=50)
+    assert dr.resample_key == wis(data, target, GAMMA, bootstrap=50).resample_key == live.resample_key
+    assert difference_lower_bound(dr, live)[1] == "paired bootstrap"
+
+
+def test_resamples_of_groups_are_shared_by_every_estimator_given_their_key(monkeypatch) -> None:
+    """When memory does pool episodes into groups, WIS and the logged value can take DR's
+    resamples (its key), and a grouped resample is the estimate on the groups it drew."""
+    import training.rl.fqe as fqe_module
+    from training.rl.ope_stats import resample_units
+
+    monkeypatch.setattr(fqe_module, "MAX_GROUP_BYTES", 40 * 8 * 20 * 20)  # 40 episodes of d = 2 x 10 fit
+    data, target = simulate(100, seed=5), table_policy(PI)
+    dr = doubly_robust(data, target, GAMMA, bootstrap=30, features=tabular_features)
+    assert dr.resample_key == ("groups", 100, 40, 30, 0)
+    w = wis(data, target, GAMMA, resamples=dr.resample_key)
+    live = on_policy_value(data, GAMMA, resamples=dr.resample_key)
+    assert w.resample_key == live.resample_key == dr.resample_key
+    assert w.value == wis(data, target, GAMMA).value and live.value == on_policy_value(data, GAMMA).value
+    groups, counts = resample_units(dr.resample_key, 100)
+    episodes = np.repeat(np.arange(100), counts[1][groups].astype(int))
+    assert live.resamples[0] == pytest.approx(on_policy_value(data.select_episodes(episodes), GAMMA).value)
+    with pytest.raises(ValueError, match="dataset has 60"):
+        wis(simulate(60, seed=5), target, GAMMA, resamples=dr.resample_key)

@@ -293,3 +293,32 @@ def test_human_steps_exclude_is_refused_for_promotion_in_one_line() -> None:
     with pytest.raises(ConfigError, match="--human-steps"):
         dataclass_from_namespace(PromotionConfig, parser.parse_args(["--human-steps", "exclude"]))
     assert dataclass_from_namespace(PromotionConfig, parser.parse_args(["--human-steps", "model"])).human_steps == "model"
+
+
+@pytest.mark.parametrize("with_live_policy", [False, True])
+def test_the_gate_pairs_dr_with_the_live_side_when_memory_pools_episodes_into_groups(monkeypatch,
+                                                                                      with_live_policy) -> None:
+    """DR on groups of episodes (its normal equations would not fit per episode): the logged live
+    value was bootstrapped over episodes, so the gate fell back to the conservative candidate
+    lower - live upper. The live side now takes DR's resamples (and both DRs one plan)."""
+    import training.rl.fqe as fqe_module
+
+    monkeypatch.setattr(fqe_module, "MAX_GROUP_BYTES", 8 * 10**4)  # a few dozen episodes' normal equations
+    data = simulate(300, seed=11)
+    decision = gate_from_dataset(data, table_policy(PI), PromotionConfig(gamma=GAMMA, require_all=True),
+                                 bootstrap=50, live_policy=table_policy(MU) if with_live_policy else None)
+    assert decision.candidate_estimates["dr"]["n_episodes"] == 300
+    assert "dr - live >=" in decision.reason and "wis - live >=" in decision.reason
+    dr_part = decision.reason.split("dr - live >=")[1].split(")")[0]
+    assert "paired bootstrap" in dr_part, decision.reason
+
+
+def test_an_estimate_without_an_interval_is_no_estimate_and_says_why() -> None:
+    few = est_with(12, math.nan, math.nan, no_interval="3 episode(s): a bootstrap interval needs at least 4")
+    decision = decide({"dr": few}, LIVE, PromotionConfig(min_episodes=1))
+    assert decision.code == "no_estimate" and "needs at least 4" in decision.reason
+    record = decision.to_dict()
+    assert record["candidate_estimates"]["dr"]["lower"] is None
+    undefined_live = decide({"dr": est(12, 11, 13)}, est_with(math.nan, math.nan, math.nan, undefined="why"),
+                            PromotionConfig())
+    assert undefined_live.live_value is None and undefined_live.live_interval == (None, None)

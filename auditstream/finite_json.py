@@ -1,0 +1,69 @@
+"""JSON as the standard defines it: no NaN, no Infinity.
+
+Python's ``json.dumps`` writes ``NaN`` and ``Infinity`` by default, which no strict parser (jq,
+JavaScript's ``JSON.parse``, Go, Postgres jsonb) reads. Every summary and card this project
+writes for people or programs goes through :func:`dumps`: a value that is undefined is written
+as ``null`` by its producer, with the reason beside it (an estimate's ``details.undefined``),
+and a non-finite number that reaches the writer anyway is refused there, naming where it is,
+rather than printed as something that is not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from typing import Any
+
+from auditstream.errors import AuditstreamError
+
+__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path"]
+
+
+class NonFiniteJSON(AuditstreamError, ValueError):
+    """A value to be written as JSON holds a NaN or an infinity; the message says where."""
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else None (null in JSON). The caller says
+    why it is undefined."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def non_finite_path(value: Any) -> str | None:
+    """Where the first NaN or infinite number in a JSON value is (``metrics.ope.wis.lower``,
+    ``items[3]``), or None if there is none."""
+    found = _first_non_finite(value)
+    return None if found is None else found[0]
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """``json.dumps(value, allow_nan=False, **kwargs)``; a NaN or infinity is a
+    :class:`NonFiniteJSON` naming its path (``json`` itself says only "Out of range float values
+    are not JSON compliant")."""
+    try:
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except ValueError as e:
+        found = _first_non_finite(value)
+        if found is None:  # another ValueError (a circular reference, a ``default`` that made a NaN)
+            raise
+        raise NonFiniteJSON(f"{found[0]} is {found[1]!r}, which is not JSON: whoever produced it must write null "
+                            "there and say why the value is undefined") from e
+
+
+def _first_non_finite(value: Any) -> tuple[str, float] | None:
+    stack: list[tuple[str, Any]] = [("", value)]  # a stack, not recursion: a card may nest deeply
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, numbers.Real) and not isinstance(item, numbers.Integral) \
+                and not math.isfinite(float(item)):
+            return where or "(the value itself)", float(item)
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", item[i]) for i in range(len(item) - 1, -1, -1))
+    return None
