@@ -27,7 +27,6 @@ reference the broker path's returns are compared with.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections import Counter
@@ -87,8 +86,9 @@ class RunReport:
         decisions = sum(self.sources.values())
         returns = np.asarray(self.returns, dtype=np.float64)
         return {"env": self.env, "model": self.model, "episodes": len(returns),
-                "mean_return": float(returns.mean()) if len(returns) else math.nan,
-                "std_return": float(returns.std()) if len(returns) else math.nan,
+                # null (not NaN, which is no JSON) when no episode finished
+                "mean_return": float(returns.mean()) if len(returns) else None,
+                "std_return": float(returns.std()) if len(returns) else None,
                 "steps": int(sum(self.lengths)), "decisions": decisions, "routes": dict(self.routes),
                 "sources": dict(self.sources), "timeouts": self.timeouts, "elapsed_s": round(self.elapsed_s, 2),
                 "decisions_per_s": round(decisions / max(self.elapsed_s, 1e-9), 1)}

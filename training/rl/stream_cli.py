@@ -36,8 +36,9 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings()
     report = run(settings, a)
     summary = report.summary()
-    print(f"{summary['episodes']} episodes of {a.env} through the broker: mean return {summary['mean_return']:.1f} "
-          f"± {summary['std_return']:.1f}; {summary['decisions']} decisions in {summary['elapsed_s']:.1f} s "
+    returned = (f"mean return {summary['mean_return']:.1f} ± {summary['std_return']:.1f}"
+                if summary["episodes"] else "no episode finished")
+    print(f"{summary['episodes']} episodes of {a.env} through the broker: {returned}; {summary['decisions']} decisions in {summary['elapsed_s']:.1f} s "
           f"({summary['decisions_per_s']:.0f}/s); routes {summary['routes']}; sources {summary['sources']}; "
           f"timeouts {summary['timeouts']}", file=sys.stderr if args.json else sys.stdout)
     if args.compare_in_process:

@@ -398,3 +398,16 @@ def test_a_fallback_without_any_answer_names_the_version_serving_the_episode(tmp
     assert [(x.step, x.source, x.model_version) for x in sent] == [(0, "model", "2"), (1, "fallback", "2")]
     fallback = [Decision.from_bytes(v) for t, _, v in driver.producer.sent if t == "t.decisions"]
     assert [d.model_version for d in fallback] == ["2"]
+
+
+def test_a_run_where_no_episode_finished_summarises_as_json_with_null_returns() -> None:
+    """``rl run``'s summary when no episode finished: its returns are null, not NaN (which no
+    strict JSON reader takes, and the strict writer refuses)."""
+    import json
+
+    from auditstream import finite_json
+    from training.rl.env_driver import RunReport
+
+    summary = RunReport(env="CartPole-v1", model="policy-cartpole-v1/1").summary()
+    assert summary["episodes"] == 0 and summary["mean_return"] is None and summary["std_return"] is None
+    assert json.loads(finite_json.dumps(summary))["mean_return"] is None
