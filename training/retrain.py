@@ -57,12 +57,17 @@ class RetrainArgs:
     certify_share: float = field(default=0.5, metadata={"check": LEFTOVER, "help": (
         "share of audited requests (by the store's keyed request-id hash) kept out of training for certifying and "
         "measuring; fine-tuning: at most the base version's (it inherits what that one learnt)")})
+    # from scratch never takes a fine-tuned card's own budget and rate: they are the fine-tuning's
     epochs: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
-        "digits: epochs of fine-tuning (0: 15, or the card's when from scratch)")})
+        "digits: epochs (0: 15 when fine-tuning; from scratch, those of the from-scratch training the live "
+        f"version descends from, else {DigitsArgs.epochs})")})
     steps: int = field(default=0, metadata={"check": COUNT_OR_ZERO, "help": (
-        "zip-reader: steps of fine-tuning (0: 300, or the card's when from scratch)")})
+        "zip-reader: steps (0: 300 when fine-tuning; from scratch, those of the from-scratch training the live "
+        f"version descends from, else {ZipReaderArgs.steps})")})
     lr: float = field(default=0.0, metadata={"check": NON_NEGATIVE, "help": (
-        "peak learning rate (0: a third of the card's when fine-tuning)")})
+        "peak learning rate (0: that of the from-scratch training the live version descends from, else the "
+        f"family's default ({DigitsArgs.lr:g} digits, {ZipReaderArgs.lr:g} zip-reader); a third of it when "
+        "fine-tuning)")})
     seed: int = field(default=0, metadata={"check": SEED, "help": "seed of the run (0: the card's)"})
     json: bool = field(default=False, metadata={"help": "print the summary as one JSON object on the last line"})
 
@@ -112,18 +117,44 @@ def family_of(model: str) -> Family:
     return family
 
 
-def family_args(card: ModelCard, args: RetrainArgs, family: Family) -> Any:
-    """The live version's training arguments (so a seed-subset run stays one), with the
-    fine-tuning budget, learning rate and seed of this run."""
+def lineage_root_args(registry: ModelRegistry, card: ModelCard) -> dict[str, Any] | None:
+    """The recorded arguments of the from-scratch training that ``card``'s fine-tuning chain
+    (``training.fine_tuned_from``, followed back through the registry) starts from; None when
+    a link is missing or unreadable."""
+    seen = set()
+    while card.training.get("fine_tuned_from"):
+        version = str(card.training["fine_tuned_from"])
+        if version in seen:  # a hand-edited loop
+            return None
+        seen.add(version)
+        try:
+            card = registry.card(card.name, version)
+        except AuditstreamError:  # not in this registry (a copied version) or unreadable
+            return None
+    recorded = card.training.get("args")
+    return recorded if isinstance(recorded, dict) else None
+
+
+def family_args(card: ModelCard, args: RetrainArgs, family: Family, root_args: dict[str, Any] | None = None) -> Any:
+    """The live version's training arguments (so a seed-subset run stays one), with the budget,
+    learning rate and seed of this run. ``root_args``: :func:`lineage_root_args`. A fine-tuned
+    card's own budget and rate are the fine-tuning's, so a from-scratch run never takes them:
+    it takes the lineage's from-scratch training's (``root_args``; a card that is not
+    fine-tuned is its own root), else the family's defaults."""
     known = {f.name for f in dataclasses.fields(family.args_type)}
     base = family.args_type(**{k: v for k, v in card.training.get("args", {}).items() if k in known})
+    if root_args is None and not card.training.get("fine_tuned_from"):
+        root_args = card.training.get("args", {})
+    default = family.args_type()
+    scratch_budget = (root_args or {}).get(family.budget_field) or getattr(default, family.budget_field)
+    scratch_lr = (root_args or {}).get("lr") or default.lr
     changes: dict[str, Any] = {"publish": True}
     if not args.from_scratch:
         changes[family.budget_field] = getattr(args, family.budget_field) or family.default_budget
-        # a third of the from-scratch rate, once: a fine-tuned card's args already hold the lower rate
-        changes["lr"] = args.lr or (base.lr if card.training.get("fine_tuned_from") else base.lr / 3)
-    elif getattr(args, family.budget_field):
-        changes[family.budget_field] = getattr(args, family.budget_field)
+        changes["lr"] = args.lr or scratch_lr / 3
+    else:
+        changes[family.budget_field] = getattr(args, family.budget_field) or scratch_budget
+        changes["lr"] = args.lr or scratch_lr
     if args.seed:
         changes["seed"] = args.seed
     return dataclasses.replace(base, **changes)
@@ -187,7 +218,8 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
     if live is None:
         raise CannotRetrain(f"no version of {args.model} in {models_dir}: train one first (auditstream train {args.model})")
     card = registry.card(args.model, live)
-    train_args = family_args(card, args, family)  # a bad combination is refused before any weights or verdicts load
+    # a bad combination is refused before any weights or verdicts load
+    train_args = family_args(card, args, family, lineage_root_args(registry, card))
     inherited = None if args.from_scratch else inherited_split(card, args.certify_share)
     init_state = None if args.from_scratch else load_weights(registry.root / args.model / live)
     rows = read_labels(Path(args.labels))

@@ -4,6 +4,7 @@ the card records what it learnt from, the certify part never trains, LIVE does n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,60 @@ def test_train_subset_is_a_fixed_stratified_part_of_the_training_split():
     assert (whole.indices == train.indices).all() and (whole.images == train.images).all()
     with pytest.raises(ValueError, match="train_fraction"):
         train_subset(0.0)
+
+
+def _registry_of_cards(root, family: str, cards: list[dict]):
+    """A registry of ``family`` whose versions 1.. are the shipped card with ``training`` changed
+    (card.json only: enough for lineage and arguments)."""
+    shipped = json.loads((Path(__file__).parents[2] / "stack" / "demo_models" / family / "card.json").read_text())
+    for number, training in enumerate(cards, 1):
+        directory = root / family / str(number)
+        directory.mkdir(parents=True)
+        (directory / "card.json").write_text(json.dumps(dict(shipped, version=str(number),
+                                                             training={**shipped["training"], **training})))
+    return ModelRegistry(root)
+
+
+@pytest.mark.parametrize("family, budget, scratch_budget, scratch_lr, default_budget, default_lr", [
+    ("digits", "epochs", 30, 7e-3, 40, 4e-3), ("zip-reader", "steps", 900, 5e-3, 1200, 3e-3)])
+def test_from_scratch_after_a_fine_tune_trains_with_a_from_scratch_budget_and_rate(
+        tmp_path, family, budget, scratch_budget, scratch_lr, default_budget, default_lr):
+    """Review 2026-12-06: --from-scratch after a fine-tuned LIVE version took the live card's
+    recorded budget and rate -- the fine-tuning's (digits 15 epochs at lr/3) -- so a fresh
+    network was trained short and slow, then certified as a from-scratch model. It takes the
+    lineage's from-scratch training's (v1 here, a tuned one), else the family's defaults; a
+    fine-tune of a fine-tune stays at a third of the from-scratch rate."""
+    fam = retrain.family_of(family)
+    root = {budget: scratch_budget, "lr": scratch_lr, "seed": 3}
+    tuned = {budget: fam.default_budget, "lr": scratch_lr / 3, "seed": 3}
+    registry = _registry_of_cards(tmp_path, family, [
+        {"args": root}, {"args": tuned, "fine_tuned_from": "1"}, {"args": tuned, "fine_tuned_from": "2"}])
+    live = registry.card(family, "3")
+    assert retrain.lineage_root_args(registry, live) == root
+
+    def chosen(card, root_args, **override):
+        args = retrain.family_args(card, retrain.RetrainArgs(model=family, **override), fam, root_args)
+        return getattr(args, budget), args.lr, args.seed
+
+    lineage = retrain.lineage_root_args(registry, live)
+    assert chosen(live, lineage, from_scratch=True) == (scratch_budget, scratch_lr, 3)
+    assert chosen(live, lineage) == (fam.default_budget, pytest.approx(scratch_lr / 3), 3)
+    # the lineage not in this registry (a copied version): the family's defaults, never the card's
+    assert chosen(live, None, from_scratch=True) == (default_budget, default_lr, 3)
+    assert chosen(live, None) == (fam.default_budget, pytest.approx(default_lr / 3), 3)
+    # a card that is not fine-tuned is its own from-scratch training; overrides still win
+    first = registry.card(family, "1")
+    assert chosen(first, None, from_scratch=True) == (scratch_budget, scratch_lr, 3)
+    assert chosen(live, lineage, from_scratch=True, lr=1e-3, **{budget: 7}) == (7, 1e-3, 3)
+
+
+def test_retrain_from_scratch_hands_the_family_the_lineages_from_scratch_arguments(tmp_path, monkeypatch):
+    """The command's path: run() walks LIVE's fine_tuned_from chain in the registry."""
+    registry = _registry_of_cards(tmp_path, "digits", [
+        {"args": {"epochs": 30, "lr": 7e-3}}, {"args": {"epochs": 15, "lr": 7e-3 / 3}, "fine_tuned_from": "1"}])
+    registry.set_live("digits", "2")
+    handed = []
+    monkeypatch.setattr(digits, "run", lambda args, *rest: handed.append(args) or {})
+    labels = write_rows(tmp_path / "labels.jsonl", verdict_rows(30))
+    retrain.run(retrain.RetrainArgs(model="digits", labels=str(labels), from_scratch=True), tmp_path, progress=False)
+    assert (handed[0].epochs, handed[0].lr) == (30, 7e-3)
