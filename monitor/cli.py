@@ -222,12 +222,19 @@ def run_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
+def _open(args: argparse.Namespace, double_review_rate: float = 0.0, create: bool = False):  # noqa: ANN202
+    """The settings and the store. Only a command that fills the store passes ``create=True``; it
+    then says where a store it created is. Any other refuses a store that does not exist (a
+    mistyped --store-url), in one line, instead of working on a fresh empty one."""
     from auditstream.settings import Settings
     from store import StoreConfig, open_store
 
     settings = Settings.from_env()
-    return settings, open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate))
+    store = open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate),
+                       create=create)
+    if store.created:
+        print(f"auditstream: created a new audit store at {store.location}", file=sys.stderr, flush=True)
+    return settings, store
 
 
 def run_monitor_command(args: argparse.Namespace) -> int:
@@ -240,7 +247,7 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     check_value("--double-review-rate", args.double_review_rate, SHARE, 0.05)
     monitor_args = dataclass_from_namespace(MonitorArgs, args)
     monitor_args.check_settings(Settings.from_env())  # before the store is opened, not only before the broker
-    settings, store = _open(args, args.double_review_rate)
+    settings, store = _open(args, args.double_review_rate, create=True)
     if (public_salt := settings.public_qc_salt_warning()) is not None:
         logging.getLogger("monitor").warning("%s", public_salt)
     with store:
@@ -305,7 +312,7 @@ def _read_password(from_stdin: bool) -> str:
 
 def run_users_add(args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
-    _, store = _open(args)
+    _, store = _open(args, create=True)  # the first admin may come before the monitor's first start
     with store:
         try:
             user = store.accounts.add_user(args.name, password, args.role)
