@@ -263,6 +263,8 @@ def run_labels_export(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     try:
         with store:
+            if args.model:
+                _check_model_known(settings, store, args.model)
             if args.format == "coco":
                 return _export_coco(settings, store, args)
             n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
@@ -270,6 +272,20 @@ def run_labels_export(args: argparse.Namespace) -> int:
         raise ConfigError("--out", args.out, f"a file that can be written ({e.strerror or e})") from None
     print(f"wrote {n} labels to {args.out}")
     return 0
+
+
+def _check_model_known(settings, store, model: str) -> None:  # noqa: ANN001
+    """A model neither in the registry nor in the store is a typo: refused naming the known ones
+    (it used to export nothing, "wrote 0 labels", exit 0)."""
+    from auditstream.errors import ConfigError
+    from auditstream.registry import ModelRegistry
+
+    stored, registered = store.models(), ModelRegistry(settings.models_dir).names()
+    if model in stored or model in registered:
+        return
+    known = sorted(set(stored) | set(registered))
+    raise ConfigError("--model", model, f"a model in the registry ({settings.models_dir}) or with items in the store: "
+                                        + (", ".join(known) if known else "there is none yet"))
 
 
 def _export_coco(settings, store, args: argparse.Namespace) -> int:
