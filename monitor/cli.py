@@ -316,13 +316,27 @@ def _export_coco(settings, store, args: argparse.Namespace) -> int:
 
 
 def _read_password(from_stdin: bool) -> str:
+    """The password from the prompt (twice) or, with --password-stdin, the first line of standard
+    input. Input that ends first (Ctrl-D, </dev/null, one line piped to the prompt) is one line,
+    exit 2, nothing changed -- not getpass's EOFError traceback."""
     import getpass
 
+    from auditstream.errors import BadArguments
+
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
-        raise SystemExit("auditstream: error: the two passwords differ; nothing was changed")
+        line = sys.stdin.readline()
+        if not line:
+            raise BadArguments("--password-stdin: standard input ended before a password line; nothing was changed "
+                               "(pipe the password in: printf '%s\\n' \"$PASSWORD\" | auditstream users ...)")
+        return line.rstrip("\r\n")
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise BadArguments("the input ended before the password was typed twice; nothing was changed (type it "
+                           "at the prompt, or pipe one line with --password-stdin)") from None
+    if again != first:
+        raise BadArguments("the two passwords differ; nothing was changed")
     return first
 
 
