@@ -144,16 +144,22 @@ def run_control_show(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from auditstream import topics
     from auditstream.settings import Settings
 
-    view = _control_view(Settings.from_env())
+    settings = Settings.from_env()
+    view = _control_view(settings)
     try:
-        for state in view.states().values():
+        states, rollouts = view.states(), view.rollouts()
+        for state in states.values():
             print(json.dumps(dataclasses.asdict(state), sort_keys=True))
-        for rollout in view.rollouts().values():
+        for rollout in rollouts.values():
             print(json.dumps({"rollout": dataclasses.asdict(rollout)}, sort_keys=True))
     finally:
         view.stop()
+    if not states and not rollouts:  # said on stderr: stdout stays JSON lines (none)
+        print(f"auditstream: no control state on {settings.topic(topics.CONTROL)} yet (the monitor publishes it once it "
+              "runs; a rollout, once one starts)", file=sys.stderr)
     return 0
 
 
@@ -165,15 +171,27 @@ def run_control_clear(args: argparse.Namespace) -> int:
     from monitor.control import cleared
     from monitor.service import publish_control
 
+    from auditstream.errors import ConfigError
+    from auditstream.registry import ModelRegistry
+
     settings = Settings.from_env()
     view = _control_view(settings)
     try:
-        state = view.get(args.model)
+        state, states = view.get(args.model), view.states()
     finally:
         view.stop()
+    registered = ModelRegistry(settings.models_dir).names()
+    if state is None and args.model not in registered:  # a typo must not read as a clean state
+        known = sorted(set(registered) | set(states))
+        raise ConfigError("--model", args.model, f"a model in the registry ({settings.models_dir}) or on the control "
+                                                 "topic: " + (", ".join(known) if known else "there is none yet"))
     if state is None or not state.threshold_override:
         print(f"model {args.model}: no threshold override to clear")
         return 0
+    if args.version is not None and args.version not in state.threshold_override:
+        raise ConfigError("--version", args.version, f"a version of {args.model} with an override: "
+                                                     f"{', '.join(sorted(state.threshold_override))} (or leave "
+                                                     "--version out to clear them all)")
     producer = make_producer(settings, client_id="auditstream-control")
     try:
         publish_control(producer, settings, [cleared(state, args.version, time.time())], 30.0)
