@@ -232,8 +232,13 @@ def run_rollback(args: argparse.Namespace) -> int:
     from monitor.promotion import rollback
 
     record = rollback(Settings.from_env(), args.model, args.version, args.reason)
-    moved = (f"v{record['live_before']} -> v{record['live_after']} live" if record["live_before"] != record["live_after"]
-             else f"v{record['live_after']} was live already, announced again (any canary ended)")
+    before, after = record["live_before"], record["live_after"]
+    if before is None:
+        moved = f"v{after} live (no live version before)"
+    elif before != after:
+        moved = f"v{before} -> v{after} live"
+    else:
+        moved = f"v{after} was live already, announced again (any canary ended)"
     print(f"{args.model}: {moved}, consumers told (recorded in models/{args.model}/{args.version}/promotion.json)",
           file=sys.stderr)
     print(json.dumps(record, sort_keys=True))
