@@ -42,6 +42,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     store_url = config.store_url or settings.resolved_store_url
     check_port(args.port), check_address(args.address)  # a one-line error, not Streamlit's traceback
     check_models_dir(config.models_dir or settings.models_dir, "--models-dir" if config.models_dir else "AUDITSTREAM_MODELS_DIR")
+    import streamlit  # noqa: F401 - a missing dashboard extra is said first (auditstream/cli.py), before the store
+
     # An unreachable store fails here, in one line, not in every browser tab; so does one that does
     # not exist (a mistyped path): the dashboard never creates a store, where every login would fail.
     store = open_store(store_url, create=False)
