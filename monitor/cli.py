@@ -24,8 +24,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     from auditstream.cli_args import PROBABILITY, SHARE, add_dataclass_arguments
     from monitor.service import MonitorArgs
 
-    store_help = ("audit store URL (default: AUDITSTREAM_STORE_URL, else sqlite in the state dir); a URL with a "
-                  "password belongs in AUDITSTREAM_STORE_URL: a command line is visible to every local user (ps)")
+    store_help = ("audit store URL: sqlite:///rel/path.db (under the working directory), sqlite:////abs/path.db "
+                  "(four slashes) or postgresql://user@host:port/db (default: AUDITSTREAM_STORE_URL, else sqlite in "
+                  "the state dir); a URL with a password belongs in AUDITSTREAM_STORE_URL: a command line is visible "
+                  "to every local user (ps)")
 
     monitor = commands.add_parser("monitor", help="ingest audit items, publish verdicts and decisions, keep QC statistics")
     monitor.add_argument("--store-url", default="", help=store_help)
