@@ -58,8 +58,13 @@ class PublishFailed(AuditstreamError):
 class ModelNotFound(AuditstreamError, LookupError):
     """No such model (or version) in the registry."""
 
-    def __init__(self, root: object, name: str, version: str | None = None) -> None:
+    def __init__(self, root: object, name: str, version: str | None = None, versions: list[str] | None = None) -> None:
         self.root, self.name, self.version = root, name, version
+        if version and versions:  # the model is there, not this version: say which there are
+            number = "" if version.isascii() and version.isdigit() else f" ({version!r} is not a version number)"
+            super().__init__(f"model {name} version {version} not found under {root}{number}; "
+                             f"its versions are {', '.join(versions)}")
+            return
         what = f"{name} version {version}" if version else name
         super().__init__(
             f"model {what} not found under {root}; train it (auditstream train ...) "

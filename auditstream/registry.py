@@ -142,7 +142,7 @@ class ModelRegistry:
     def set_live(self, name: str, version: str) -> Path:
         """Point ``name``'s live version at ``version`` (atomically: a reader sees old or new)."""
         if not _NAME.match(name) or not _is_version(version) or not (self.root / name / version / CARD_FILE).is_file():
-            raise ModelNotFound(self.root, name, version)
+            raise ModelNotFound(self.root, name, version, self.versions(name))
         directory = self.root / name
         fd, tmp = tempfile.mkstemp(prefix=".live-", dir=directory)
         with os.fdopen(fd, "wb") as f:
@@ -158,7 +158,7 @@ class ModelRegistry:
         version = version or self.default_version(name)
         valid = _NAME.match(name) and version is not None and _is_version(version)
         if not valid or not (self.root / name / version / CARD_FILE).is_file():
-            raise ModelNotFound(self.root, name, version)
+            raise ModelNotFound(self.root, name, version, self.versions(name))
         path = self.root / name / version / CARD_FILE
         try:
             with open(path, "rb") as f:  # at most the limit and one byte, never a whole huge file

@@ -32,7 +32,7 @@ XSRF_REFUSAL = (
 
 @st.cache_resource(show_spinner=False)
 def _open_store(url: str) -> tuple[AuditStore, QCHistory]:
-    store = open_store(url)
+    store = open_store(url, create=False)  # the CLI checked it exists; a dashboard never creates one
     return store, QCHistory(store)
 
 

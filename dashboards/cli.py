@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from auditstream.settings import Settings, redact_url
+    from auditstream.settings import Settings
     from dashboards.config import DashboardConfig
     from dashboards.launch import check_address, check_models_dir, check_port, start_dashboard
     from store import open_store
@@ -42,9 +42,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
     store_url = config.store_url or settings.resolved_store_url
     check_port(args.port), check_address(args.address)  # a one-line error, not Streamlit's traceback
     check_models_dir(config.models_dir or settings.models_dir, "--models-dir" if config.models_dir else "AUDITSTREAM_MODELS_DIR")
-    open_store(store_url).close()  # an unreachable store fails here, in one line, not in every browser tab
+    import streamlit  # noqa: F401 - a missing dashboard extra is said first (auditstream/cli.py), before the store
+
+    # An unreachable store fails here, in one line, not in every browser tab; so does one that does
+    # not exist (a mistyped path): the dashboard never creates a store, where every login would fail.
+    store = open_store(store_url, create=False)
+    where = store.location
+    store.close()
     server = start_dashboard(args.port, store_url, config, address=args.address, inherit_output=True)
-    print(f"audit dashboard: {server.url}  (store {redact_url(store_url)}; Ctrl-C stops it)", flush=True)
+    print(f"audit dashboard: {server.url}  (store {where}; Ctrl-C stops it)", flush=True)
     try:
         while True:
             try:

@@ -25,7 +25,8 @@ MIN_LEASE_S, MAX_LEASE_S = 10.0, 86_400.0  # time to look at an item; a day is a
 class DashboardConfig:
     """Options of the audit dashboard."""
 
-    store_url: str = field(default="", metadata={"help": "audit store URL (sqlite:///path.db or postgresql://...); "
+    store_url: str = field(default="", metadata={"help": "audit store URL (sqlite:///rel/path.db under the working "
+                                                         "directory, sqlite:////abs/path.db, or postgresql://...); "
                                                          "empty: AUDITSTREAM_STORE_URL or SQLite in the state dir"})
     models_dir: str = field(default="", metadata={"help": "model registry root; empty: AUDITSTREAM_MODELS_DIR"})
     lease_s: float = field(default=300.0, metadata={"help": "how long a claimed item stays leased without activity (s); "

@@ -24,8 +24,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     from auditstream.cli_args import PROBABILITY, SHARE, add_dataclass_arguments
     from monitor.service import MonitorArgs
 
-    store_help = ("audit store URL (default: AUDITSTREAM_STORE_URL, else sqlite in the state dir); a URL with a "
-                  "password belongs in AUDITSTREAM_STORE_URL: a command line is visible to every local user (ps)")
+    store_help = ("audit store URL: sqlite:///rel/path.db (under the working directory), sqlite:////abs/path.db "
+                  "(four slashes) or postgresql://user@host:port/db (default: AUDITSTREAM_STORE_URL, else sqlite in "
+                  "the state dir); a URL with a password belongs in AUDITSTREAM_STORE_URL: a command line is visible "
+                  "to every local user (ps)")
 
     monitor = commands.add_parser("monitor", help="ingest audit items, publish verdicts and decisions, keep QC statistics")
     monitor.add_argument("--store-url", default="", help=store_help)
@@ -144,16 +146,22 @@ def run_control_show(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from auditstream import topics
     from auditstream.settings import Settings
 
-    view = _control_view(Settings.from_env())
+    settings = Settings.from_env()
+    view = _control_view(settings)
     try:
-        for state in view.states().values():
+        states, rollouts = view.states(), view.rollouts()
+        for state in states.values():
             print(json.dumps(dataclasses.asdict(state), sort_keys=True))
-        for rollout in view.rollouts().values():
+        for rollout in rollouts.values():
             print(json.dumps({"rollout": dataclasses.asdict(rollout)}, sort_keys=True))
     finally:
         view.stop()
+    if not states and not rollouts:  # said on stderr: stdout stays JSON lines (none)
+        print(f"auditstream: no control state on {settings.topic(topics.CONTROL)} yet (the monitor publishes it once it "
+              "runs; a rollout, once one starts)", file=sys.stderr)
     return 0
 
 
@@ -165,15 +173,27 @@ def run_control_clear(args: argparse.Namespace) -> int:
     from monitor.control import cleared
     from monitor.service import publish_control
 
+    from auditstream.errors import ConfigError
+    from auditstream.registry import ModelRegistry
+
     settings = Settings.from_env()
     view = _control_view(settings)
     try:
-        state = view.get(args.model)
+        state, states = view.get(args.model), view.states()
     finally:
         view.stop()
+    registered = ModelRegistry(settings.models_dir).names()
+    if state is None and args.model not in registered:  # a typo must not read as a clean state
+        known = sorted(set(registered) | set(states))
+        raise ConfigError("--model", args.model, f"a model in the registry ({settings.models_dir}) or on the control "
+                                                 "topic: " + (", ".join(known) if known else "there is none yet"))
     if state is None or not state.threshold_override:
         print(f"model {args.model}: no threshold override to clear")
         return 0
+    if args.version is not None and args.version not in state.threshold_override:
+        raise ConfigError("--version", args.version, f"a version of {args.model} with an override: "
+                                                     f"{', '.join(sorted(state.threshold_override))} (or leave "
+                                                     "--version out to clear them all)")
     producer = make_producer(settings, client_id="auditstream-control")
     try:
         publish_control(producer, settings, [cleared(state, args.version, time.time())], 30.0)
@@ -214,20 +234,32 @@ def run_rollback(args: argparse.Namespace) -> int:
     from monitor.promotion import rollback
 
     record = rollback(Settings.from_env(), args.model, args.version, args.reason)
-    moved = (f"v{record['live_before']} -> v{record['live_after']} live" if record["live_before"] != record["live_after"]
-             else f"v{record['live_after']} was live already, announced again (any canary ended)")
+    before, after = record["live_before"], record["live_after"]
+    if before is None:
+        moved = f"v{after} live (no live version before)"
+    elif before != after:
+        moved = f"v{before} -> v{after} live"
+    else:
+        moved = f"v{after} was live already, announced again (any canary ended)"
     print(f"{args.model}: {moved}, consumers told (recorded in models/{args.model}/{args.version}/promotion.json)",
           file=sys.stderr)
     print(json.dumps(record, sort_keys=True))
     return 0
 
 
-def _open(args: argparse.Namespace, double_review_rate: float = 0.0):  # noqa: ANN202
+def _open(args: argparse.Namespace, double_review_rate: float = 0.0, create: bool = False):  # noqa: ANN202
+    """The settings and the store. Only a command that fills the store passes ``create=True``; it
+    then says where a store it created is. Any other refuses a store that does not exist (a
+    mistyped --store-url), in one line, instead of working on a fresh empty one."""
     from auditstream.settings import Settings
     from store import StoreConfig, open_store
 
     settings = Settings.from_env()
-    return settings, open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate))
+    store = open_store(args.store_url or settings.resolved_store_url, StoreConfig(double_review_rate=double_review_rate),
+                       create=create)
+    if store.created:
+        print(f"auditstream: created a new audit store at {store.location}", file=sys.stderr, flush=True)
+    return settings, store
 
 
 def run_monitor_command(args: argparse.Namespace) -> int:
@@ -240,7 +272,7 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     check_value("--double-review-rate", args.double_review_rate, SHARE, 0.05)
     monitor_args = dataclass_from_namespace(MonitorArgs, args)
     monitor_args.check_settings(Settings.from_env())  # before the store is opened, not only before the broker
-    settings, store = _open(args, args.double_review_rate)
+    settings, store = _open(args, args.double_review_rate, create=True)
     if (public_salt := settings.public_qc_salt_warning()) is not None:
         logging.getLogger("monitor").warning("%s", public_salt)
     with store:
@@ -256,6 +288,8 @@ def run_labels_export(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     try:
         with store:
+            if args.model:
+                _check_model_known(settings, store, args.model)
             if args.format == "coco":
                 return _export_coco(settings, store, args)
             n = export_labels(store, Path(args.out), args.model, args.format, args.include_gold)
@@ -263,6 +297,20 @@ def run_labels_export(args: argparse.Namespace) -> int:
         raise ConfigError("--out", args.out, f"a file that can be written ({e.strerror or e})") from None
     print(f"wrote {n} labels to {args.out}")
     return 0
+
+
+def _check_model_known(settings, store, model: str) -> None:  # noqa: ANN001
+    """A model neither in the registry nor in the store is a typo: refused naming the known ones
+    (it used to export nothing, "wrote 0 labels", exit 0)."""
+    from auditstream.errors import ConfigError
+    from auditstream.registry import ModelRegistry
+
+    stored, registered = store.models(), ModelRegistry(settings.models_dir).names()
+    if model in stored or model in registered:
+        return
+    known = sorted(set(stored) | set(registered))
+    raise ConfigError("--model", model, f"a model in the registry ({settings.models_dir}) or with items in the store: "
+                                        + (", ".join(known) if known else "there is none yet"))
 
 
 def _export_coco(settings, store, args: argparse.Namespace) -> int:
@@ -293,19 +341,33 @@ def _export_coco(settings, store, args: argparse.Namespace) -> int:
 
 
 def _read_password(from_stdin: bool) -> str:
+    """The password from the prompt (twice) or, with --password-stdin, the first line of standard
+    input. Input that ends first (Ctrl-D, </dev/null, one line piped to the prompt) is one line,
+    exit 2, nothing changed -- not getpass's EOFError traceback."""
     import getpass
 
+    from auditstream.errors import BadArguments
+
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
-        raise SystemExit("auditstream: error: the two passwords differ; nothing was changed")
+        line = sys.stdin.readline()
+        if not line:
+            raise BadArguments("--password-stdin: standard input ended before a password line; nothing was changed "
+                               "(pipe the password in: printf '%s\\n' \"$PASSWORD\" | auditstream users ...)")
+        return line.rstrip("\r\n")
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise BadArguments("the input ended before the password was typed twice; nothing was changed (type it "
+                           "at the prompt, or pipe one line with --password-stdin)") from None
+    if again != first:
+        raise BadArguments("the two passwords differ; nothing was changed")
     return first
 
 
 def run_users_add(args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
-    _, store = _open(args)
+    _, store = _open(args, create=True)  # the first admin may come before the monitor's first start
     with store:
         try:
             user = store.accounts.add_user(args.name, password, args.role)

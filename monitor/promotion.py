@@ -142,7 +142,7 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
     elif store is None:
         from store import open_store
 
-        with open_store(settings.resolved_store_url) as own:
+        with open_store(settings.resolved_store_url, create=False) as own:
             decision = decide_promotion(own, registry, model, candidate, config=config)
     else:
         decision = decide_promotion(store, registry, model, candidate, config=config)

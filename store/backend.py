@@ -56,6 +56,17 @@ class StoreUnavailable(AuditstreamError, ConnectionError):
                          "and the URL (host, port, database, user) is right, or set AUDITSTREAM_STORE_URL")
 
 
+class StoreMissing(AuditstreamError, LookupError):
+    """A command that only reads (or changes what is there) was pointed at a store that does not
+    exist: it never creates one, so a mistyped path is refused instead of served empty."""
+
+    def __init__(self, where: str, detail: str = "") -> None:
+        self.where, self.detail = where, detail
+        super().__init__(f"no audit store at {where}{detail}; nothing was created (auditstream monitor creates "
+                         "a store, or users add); check --store-url or AUDITSTREAM_STORE_URL -- sqlite:///a/b.db is "
+                         "a/b.db under the working directory, an absolute path needs four slashes: sqlite:////a/b.db")
+
+
 class StoreBusy(AuditstreamError):
     """Every pooled connection of the store stayed in use for longer than the wait."""
 
@@ -88,6 +99,11 @@ class Database(abc.ABC):
         self._generation = 0
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections)
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people (never a password): an absolute path for SQLite."""
+        return redact_url(self.url) + (f" (tables {self.prefix}*)" if self.prefix else "")
 
     def sql(self, text: str) -> str:
         """The statement with the table prefix filled in and this driver's parameter markers."""
@@ -243,16 +259,35 @@ def _create_private(path: Path) -> None:
         pass
 
 
+def sqlite_path(url: str) -> Path:
+    """The file of a SQLite store URL, spelt as SQLAlchemy does: ``sqlite:///`` then the path, so
+    ``sqlite:///audit.db`` is ``audit.db`` under the working directory and ``sqlite:////var/audit.db``
+    (four slashes) is ``/var/audit.db``. Any other spelling (``sqlite:/var/audit.db``,
+    ``sqlite://audit.db``, a ``?query``) is refused showing the spellings it may have meant: it
+    used to become a file somewhere else (``sqlite:/tmp/m.db`` made a folder named ``sqlite:``)."""
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("///") and len(rest) > 3 and "?" not in rest:
+        return Path(rest[3:])
+    path = rest.lstrip("/").split("?", 1)[0]
+    if not path:
+        expected = "'sqlite:///relative/path.db' or, for an absolute path, 'sqlite:////absolute/path.db'"
+    else:
+        expected = (f"'sqlite:////{path}' (the file /{path}) or 'sqlite:///{path}' (the file "
+                    f"{Path(path).absolute()}): three slashes, then the path, which starts with a fourth when absolute")
+        if "?" in rest:
+            expected += "; no ?query parameters"
+    raise ConfigError("store_url", redact_url(url), expected)
+
+
 class SQLiteDatabase(Database):
     kind = "sqlite"
     types = {"id": "INTEGER PRIMARY KEY", "float": "REAL", "bigint": "INTEGER"}
 
-    def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN) -> None:
+    def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN, create: bool = True) -> None:
         super().__init__(url, prefix, max_connections)
-        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
-        if not path:
-            raise ConfigError("store_url", redact_url(url), "'sqlite:///path/to/audit.db'")
-        self.path = Path(path)
+        self.path = sqlite_path(url)
+        if not create and not self.path.exists():
+            raise StoreMissing(self.location)
         try:
             # The store holds the dashboard's password hashes and every audited input: a folder
             # and a file this creates are its owner's alone (SQLite gives its -wal and -shm files
@@ -265,6 +300,10 @@ class SQLiteDatabase(Database):
                 _create_private(self.path)
         except OSError as e:
             raise StoreUnavailable(url, f"cannot create {self.path}: {e.strerror or e}") from None
+
+    @property
+    def location(self) -> str:
+        return str(self.path.absolute()) + (f" (tables {self.prefix}*)" if self.prefix else "")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; this module says BEGIN itself.
@@ -398,11 +437,13 @@ def connect_postgres(psycopg: Any, url: str) -> Any:
         raise StoreUnavailable(url, detail) from None
 
 
-def connect(url: str, prefix: str = "", max_connections: int = POOL_MAX_OPEN) -> Database:
+def connect(url: str, prefix: str = "", max_connections: int = POOL_MAX_OPEN, create: bool = True) -> Database:
     """A :class:`Database` for ``sqlite:///path`` or ``postgresql://user@host:port/db``, with
-    at most ``max_connections`` connections open at once."""
+    at most ``max_connections`` connections open at once. ``create=False``: a SQLite file that
+    does not exist raises :class:`StoreMissing` and nothing is created (PostgreSQL: the store's
+    tables are checked by :class:`store.AuditStore`)."""
     if url.startswith("sqlite:"):
-        return SQLiteDatabase(url, prefix, max_connections)
+        return SQLiteDatabase(url, prefix, max_connections, create)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, prefix, max_connections)
     raise ConfigError("store_url", redact_url(url), "'sqlite:///path.db' or 'postgresql://user@host:port/db'")

@@ -116,6 +116,10 @@ class StoreReads:
         )
         return [item_from_row(r) for r in rows]
 
+    def models(self) -> list[str]:
+        """The names of the models with items in the store (gold items included), sorted."""
+        return [row[0] for row in self._db.query("SELECT DISTINCT model FROM {p}items ORDER BY model")]
+
     def gold_answers(self, model: str | None = None) -> dict[tuple[str, str], Any]:
         """The known answer of every gold item (of ``model``) by (request id, model version), as
         :meth:`add_gold` stored it (``None``: should be rejected): what a gold item is annotated

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 from auditstream.errors import LeaseNotHeld, VerdictConflict
 from auditstream.wire import AuditItem, Route, VerdictKind, encode_input
 from store.accounts import ADMINS, WRITERS, Accounts, User, check_actor
-from store.backend import Database
+from store.backend import Database, StoreMissing
 from store import outbox
 from store.leader import Leadership, leadership
 from store.outbox import OutboxRound, Positions
@@ -67,7 +67,9 @@ class AuditStore(StoreReads):
     """The audit store. Build it with :func:`store.open_store`; safe to share between
     threads (a bounded connection pool, store/backend.py). Read models come from :class:`StoreReads`."""
 
-    def __init__(self, db: Database, config: StoreConfig | None = None) -> None:
+    def __init__(self, db: Database, config: StoreConfig | None = None, create: bool = True) -> None:
+        """``create=False``: a database without the store's tables raises :class:`StoreMissing`
+        (nothing is written); ``created`` says whether this call created the store's tables."""
         self._db = db
         self.config = config or StoreConfig()
         self.accounts = Accounts(db)
@@ -76,6 +78,9 @@ class AuditStore(StoreReads):
         with db.write() as cur:
             if db.kind == "postgresql":  # two processes creating the same tables at once would collide
                 cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-schema:{db.prefix}".encode()),))
+            self.created = not db.columns(cur, "items")
+            if self.created and not create:
+                raise StoreMissing(db.location, " (the database there holds no audit store tables)")
             for ddl in statements(db.types):
                 cur.run(ddl)
             upgrade(cur, db)  # a store written by an older release gets the columns added since
@@ -85,6 +90,11 @@ class AuditStore(StoreReads):
     @property
     def backend(self) -> str:
         return self._db.kind
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: a SQLite file's absolute path, a PostgreSQL URL without its password."""
+        return self._db.location
 
     def __repr__(self) -> str:
         return f"AuditStore({self._db.kind}, prefix={self._db.prefix!r})"  # never the URL: it may hold a password

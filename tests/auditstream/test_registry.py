@@ -383,6 +383,20 @@ def test_unknown_or_escaping_names_are_not_found(registry, name, version):
         registry.load(name, version)
 
 
+@pytest.mark.parametrize("version, says", [
+    ("abc", "model tiny version abc not found under {root} ('abc' is not a version number); its versions are 1, 2"),
+    ("9", "model tiny version 9 not found under {root}; its versions are 1, 2"),
+])  # fmt: skip
+def test_a_missing_version_of_a_known_model_names_the_versions_there_are(registry, version, says):
+    """``serve --version abc`` / ``rollback --to abc`` said only "version abc not found"."""
+    publish(registry, good_model())
+    publish(registry, good_model())
+    for call in (registry.load, registry.card, registry.set_live):
+        with pytest.raises(ModelNotFound) as e:
+            call("tiny", version)
+        assert str(e.value) == says.format(root=registry.root)
+
+
 def test_publish_numbers_versions_and_records_checksum(registry):
     first = publish(registry, good_model())
     second = publish(registry, local_function_model())

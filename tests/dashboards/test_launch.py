@@ -48,6 +48,9 @@ def test_auditstream_dashboard_serves_prints_its_url_and_stops_on_sigterm(tmp_pa
 
     from stack.broker import free_port
 
+    from store import open_store
+
+    open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True).close()  # the dashboard never creates one
     port = free_port()
     command = [sys.executable, "-m", "auditstream.cli", "dashboard", "--port", str(port),
                "--store-url", f"sqlite:///{tmp_path / 'audit.db'}", "--models-dir", str(tmp_path / "models")]  # fmt: skip

@@ -5,6 +5,7 @@ answers, a SQLite path that cannot be created)."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -103,9 +104,63 @@ def test_an_unreachable_postgresql_store_is_one_line_without_the_password(argv: 
 def test_a_sqlite_store_whose_directory_cannot_be_made_is_one_line(capsys, monkeypatch, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code, err = _run(capsys, monkeypatch, "users", "list", "--store-url", f"sqlite:///{blocker / 'sub' / 'audit.db'}")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    code, err = _run(capsys, monkeypatch, "users", "add", "ada", "--role", "admin", "--password-stdin",
+                     "--store-url", f"sqlite:///{blocker / 'sub' / 'audit.db'}")  # fmt: skip  # users add creates a store
     assert code != 0
     _one_clear_line(err, "audit store at", "cannot create the directory")
+
+
+READERS = [
+    ["users", "list"],
+    ["users", "role", "ada", "--role", "viewer"],
+    ["users", "disable", "ada"],
+    ["users", "enable", "ada"],
+    ["labels", "export", "--out", "labels.jsonl"],
+    ["labels", "export", "--out", "coco/labels.json", "--format", "coco", "--model", "detector"],
+    ["promote", "--model", "m", "--candidate", "2"],
+    ["dashboard", "--port", "8599"],
+]
+
+
+@pytest.mark.parametrize("argv", READERS, ids=lambda argv: " ".join(argv[:2]))
+def test_a_command_that_only_reads_refuses_a_store_that_does_not_exist_and_creates_none(
+        argv: list[str], capsys, monkeypatch, tmp_path: Path) -> None:  # fmt: skip
+    """A mistyped path used to get a fresh empty store: a dashboard where every login failed, an
+    export of 0 labels, exit 0. Now one line naming the absolute path, and nothing made."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    code, err = _run(capsys, monkeypatch, *argv, "--store-url", "sqlite:///.auditstream/audti.db")
+    assert code == 2
+    _one_clear_line(err, f"no audit store at {tmp_path / '.auditstream' / 'audti.db'};", "sqlite:////")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+@pytest.mark.parametrize("argv", [READERS[0], READERS[4], ["users", "add", "ada", "--role", "admin", "--password-stdin"]],
+                         ids=lambda argv: " ".join(argv[:2]))
+def test_a_malformed_sqlite_url_is_one_line_with_the_right_spelling_and_creates_nothing(
+        argv: list[str], capsys, monkeypatch, tmp_path: Path) -> None:  # fmt: skip
+    """``sqlite:/tmp/m.db`` (slashes missing) used to make a folder named ``sqlite:`` here and a store in it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    target = tmp_path / "elsewhere" / "m.db"
+    code, err = _run(capsys, monkeypatch, *argv, "--store-url", f"sqlite:{target}")
+    assert code == 2
+    _one_clear_line(err, "invalid store_url=", f"'sqlite:///{target}' (the file {target})")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_users_add_creates_a_new_store_and_says_where(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///state/audit.db"  # three slashes: under the working directory
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    code, err = _run(capsys, monkeypatch, "users", "add", "ada", "--role", "admin", "--password-stdin", "--store-url", url)
+    assert code == 0
+    assert err.splitlines() == [f"auditstream: created a new audit store at {tmp_path / 'state' / 'audit.db'}"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("another long password\n"))
+    code, err = _run(capsys, monkeypatch, "users", "add", "bob", "--role", "viewer", "--password-stdin", "--store-url", url)
+    assert (code, err) == (0, "")  # the store is there now: nothing to say
 
 
 def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
@@ -119,7 +174,10 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("out", ["", "   ", "{tmp}", "{tmp}/a-file/labels.jsonl", "/proc/no-such-folder/labels.jsonl"])
 def test_labels_export_refuses_an_out_it_cannot_write(out: str, capsys, monkeypatch, tmp_path: Path) -> None:
+    from store import open_store
+
     (tmp_path / "a-file").write_text("not a folder")
+    open_store(f"sqlite:///{tmp_path / 'a.db'}", create=True).close()
     code, err = _run(capsys, monkeypatch, "labels", "export", "--out", out.format(tmp=tmp_path),
                      "--store-url", f"sqlite:///{tmp_path / 'a.db'}")
     assert code == 2

@@ -92,6 +92,29 @@ def test_model_filter_gold_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFix
     assert [r["request_id"] for r in read_labels(tmp_path / "zip.jsonl")] == ["h1", "q1"]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "coco"])
+def test_a_model_neither_in_the_registry_nor_in_the_store_is_refused_naming_the_known_ones(
+        fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A typo (--model digitz) used to write an empty file: "wrote 0 labels", exit 0."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with open_store(url, StoreConfig(gold_rate=0.0)) as store:
+        _seed(store)  # items of zip and det
+    models = tmp_path / "models"
+    (models / "digits" / "1").mkdir(parents=True)
+    (models / "digits" / "1" / "card.json").write_text("{}")  # a published version, as far as names() goes
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(models))
+    out = tmp_path / "out" / f"labels.{fmt}"
+    assert cli_main(["labels", "export", "--out", str(out), "--model", "digitz", "--format", fmt, "--store-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"auditstream: error: invalid --model='digitz': expected a model in the registry "
+                                f"({models}) or with items in the store: det, digits, zip"]
+    assert not (tmp_path / "out").exists()
+    if fmt != "coco":  # a model the registry has and the store has not yet: an empty export is the truth
+        assert cli_main(["labels", "export", "--out", str(out), "--model", "digits", "--format", fmt,
+                         "--store-url", url]) == 0  # fmt: skip
+        assert "wrote 0 labels" in capsys.readouterr().out
+
+
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
     with make_store("sqlite", tmp_path) as store:
         with pytest.raises(ValueError, match="format 'parquet'"):

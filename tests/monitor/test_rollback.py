@@ -117,3 +117,19 @@ def test_a_failed_announcement_is_recorded_and_the_next_rollback_finishes_it(tmp
     assert record["announced"] is True and [r.live_version for r in announced] == ["1"]
     history = json.loads((registry.root / "zip" / "1" / PROMOTION_FILE).read_text())["decisions"]
     assert [r["announced"] for r in history] == [False, True]
+
+
+def test_a_rollback_with_no_live_version_before_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    """It printed "zip: vNone -> v1 live"."""
+    from auditstream.cli import main
+    from monitor import promotion
+
+    registry = two_versions(tmp_path)
+    (registry.root / "zip" / "LIVE").unlink()
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setenv("AUDITSTREAM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(promotion, "announce_rollout", lambda settings, rollout: None)
+    assert main(["rollback", "--model", "zip", "--to", "1", "--reason", "test"]) == 0
+    err = capsys.readouterr().err
+    assert "zip: v1 live (no live version before), consumers told" in err and "None" not in err, err
+    assert registry.live_version("zip") == "1"

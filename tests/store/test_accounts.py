@@ -218,13 +218,53 @@ def test_users_add_prompts_twice_with_getpass(tmp_path: Path, monkeypatch: pytes
     prompts: list[str] = []
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": prompts.append(prompt) or next(answers))
     assert cli_main(["users", "add", "ada", "--role", "admin", "--store-url", url]) == 0
-    with pytest.raises(SystemExit, match="differ"):
-        cli_main(["users", "add", "bob", "--role", "viewer", "--store-url", url])
+    capsys.readouterr()
+    assert cli_main(["users", "add", "bob", "--role", "viewer", "--store-url", url]) == 2
+    assert capsys.readouterr().err.splitlines() == ["auditstream: error: the two passwords differ; nothing was changed"]
     assert prompts == ["password: ", "again: ", "password: ", "again: "]
     monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
     assert cli_main(["users", "add", "ada", "--role", "admin", "--password-stdin", "--store-url", url]) == 2
     out = capsys.readouterr()
     assert PASSWORD not in out.out + out.err and "already exists" in out.err
+
+
+@pytest.mark.parametrize("typed", [[], [PASSWORD]], ids=["ctrl-d at the first prompt", "one line, then the end"])
+def test_input_that_ends_at_the_prompt_is_one_line_not_a_traceback(typed: list[str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    import getpass
+
+    answers = iter(typed)
+
+    def prompt(_prompt: str = "") -> str:
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None  # what getpass raises when its input ends
+
+    monkeypatch.setattr(getpass, "getpass", prompt)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    assert cli_main(["users", "add", "zed", "--role", "auditor", "--store-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["auditstream: error: the input ended before the password was typed twice; nothing "
+                                "was changed (type it at the prompt, or pipe one line with --password-stdin)"]
+    assert not (tmp_path / "audit.db").exists()  # nothing made either
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli_main(["users", "add", "zed", "--role", "auditor", "--password-stdin", "--store-url", url]) == 2
+    assert "standard input ended before a password line" in capsys.readouterr().err
+
+
+def test_users_add_with_no_input_from_a_shell_is_one_line(tmp_path: Path) -> None:
+    """The review's command, ``auditstream users add zed --role auditor </dev/null``, in a real
+    process without a terminal (getpass then reads standard input)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "auditstream", "users", "add", "zed", "--role", "auditor",
+                           "--store-url", f"sqlite:///{tmp_path / 'audit.db'}"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, start_new_session=True,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "auditstream: error: the input ended" in done.stderr, done.stderr
 
 
 def test_a_password_reset_or_disabling_ends_the_sessions_signed_in_before(store: AuditStore,
