@@ -42,7 +42,7 @@ def export_for_retraining(model: str) -> Path:
 
     settings = Settings.from_env()
     out = settings.state_dir / "labels" / f"{model}-{int(time.time())}.jsonl"
-    with open_store(settings.resolved_store_url) as store:
+    with open_store(settings.resolved_store_url, create=False) as store:  # it only reads
         export_labels(store, out, model=model, include_gold=True)
     return out
 

@@ -356,7 +356,7 @@ def main(args: CertifyArgs) -> int:
     model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
     target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
     with ExitStack() as held:
-        store = held.enter_context(open_store(settings.resolved_store_url))
+        store = held.enter_context(open_store(settings.resolved_store_url, create=False))  # it only reads
         held.enter_context(store.read_snapshot())  # every read below at one moment (module docstring)
         inputs = store_inputs(store, args.model)
         # without inputs: they are read a scoring batch at a time (module docstring, "Memory")

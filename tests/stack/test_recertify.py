@@ -196,6 +196,12 @@ def test_certify_command_writes_a_proposal_and_leaves_live_alone(registry, tmp_p
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = registry.card("digits").triage.threshold
+    from store import StoreMissing, open_store
+
+    with pytest.raises(StoreMissing):  # a store that is not there is not made (it only reads)
+        main(CertifyArgs(model="digits", from_audits=True, labels=str(labels), json=True))
+    assert not (tmp_path / "audit.db").exists()
+    open_store(f"sqlite:///{tmp_path / 'audit.db'}").close()  # there, but without the audited items
     with pytest.raises(CannotCertify, match="audit item in the store"):  # the export alone has no stream order
         main(CertifyArgs(model="digits", from_audits=True, labels=str(labels), json=True))
     ingest_and_decide(rows, f"sqlite:///{tmp_path / 'audit.db'}", open_rows=5)
@@ -217,6 +223,9 @@ def test_a_labels_file_that_is_not_an_export_is_one_error_line(registry, tmp_pat
     monkeypatch.setenv("AUDITSTREAM_STATE_DIR", str(tmp_path))
     labels = tmp_path / "labels.jsonl"
     labels.write_text(json.dumps(audited_rows(1)[0]) + "\n{oops\n")
+    from store import open_store
+
+    open_store(f"sqlite:///{tmp_path / 'audit.db'}").close()  # the store is there: the labels file is what is wrong
     assert cli_main(["certify", "--model", "digits", "--from-audits", "--labels", str(labels)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"auditstream: error: labels file {labels}, line 2: not JSON (Expecting property name enclosed in "
