@@ -86,6 +86,8 @@ executed action's; ``human_actions`` in -1..A-1; ``inclusion_prob`` in [0, 1] or
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import zipfile
 import zlib
 from collections import Counter, defaultdict
@@ -140,6 +142,16 @@ KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings", "b": "boolean
 
 class DatasetRefused(AuditstreamError, ValueError):
     """Logged steps that cannot make an offline dataset; the message names the episode and step."""
+
+
+class DatasetNotWritten(AuditstreamError, OSError):
+    """An offline dataset could not be written (no such folder, no permission, a full disk); nothing
+    half-written is left at ``path``."""
+
+    def __init__(self, path: object, error: BaseException) -> None:
+        self.path = path
+        super().__init__(f"cannot write the dataset {path}: {one_line(error)}; give --out a folder this user may "
+                         "write to, with room")
 
 
 def propensity_problem(probs: Any, action: int) -> str | None:
@@ -503,12 +515,31 @@ def _bad_propensity_rows(probs: np.ndarray, actions: np.ndarray, taken: np.ndarr
 def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
     """Write ``path`` (.npz, compressed) with every array and ``format_version``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: getattr(dataset, k) for k in ARRAY_KEYS}
-    with open(path, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
-        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
-                            final_observation_logged=dataset.final_observation_logged, **arrays)
+    try:  # written beside ``path`` and renamed over it once complete: never a truncated file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    except OSError as e:
+        raise DatasetNotWritten(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
+            np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
+                                final_observation_logged=dataset.final_observation_logged, **arrays)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, path)
+    except OSError as e:
+        Path(partial).unlink(missing_ok=True)
+        raise DatasetNotWritten(path, e) from None
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def one_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ command by ``Settings.from_env()``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from auditstream import finite_json
@@ -72,7 +73,7 @@ def _dataset(args: argparse.Namespace) -> int:
         dataset_id = _dataset_id(args, report.model)
         path = write_minari(data, args.out, dataset_id, env_id=_known_env(report.env_id),
                             algorithm_name=f"{report.model} served by auditstream, routed to human auditors")
-        where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={args.out})"
+        where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={os.path.abspath(args.out)})"
         summary = {"out": str(path), "format": "minari", "dataset_id": dataset_id, **report.to_dict()}
     else:
         from training.rl.offline_data import save_dataset
