@@ -512,10 +512,14 @@ def _bad_propensity_rows(probs: np.ndarray, actions: np.ndarray, taken: np.ndarr
     return np.flatnonzero(~ok)
 
 
-def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
-    """Write ``path`` (.npz, compressed) with every array and ``format_version``."""
+def save_dataset(dataset: OfflineDataset, path: Path | str, env_id: str = "") -> Path:
+    """Write ``path`` (.npz, compressed) with every array and ``format_version``; ``env_id``, the
+    Gymnasium id the steps were logged on when known, as the optional member ``env_id``
+    (:func:`dataset_env_id`; a reader that does not know it ignores it)."""
     path = Path(path)
     arrays = {k: getattr(dataset, k) for k in ARRAY_KEYS}
+    if env_id:
+        arrays["env_id"] = np.array(env_id)
     try:  # written beside ``path`` and renamed over it once complete: never a truncated file
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
@@ -540,6 +544,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def dataset_env_id(path: Path | str) -> str:
+    """The Gymnasium id a dataset at ``path`` says its steps were logged on: an ``.npz``'s
+    ``env_id`` member, a Minari dataset's ``env_spec`` id; "" where it says none (or cannot be
+    read: :func:`load_dataset` and ``read_minari`` say why)."""
+    import json
+
+    path = Path(path)
+    metadata = next((m for m in (path / "data" / "metadata.json", path / "metadata.json") if m.is_file()), None)
+    try:
+        if metadata is not None:
+            spec = json.loads(metadata.read_text()).get("env_spec")
+            spec = json.loads(spec) if isinstance(spec, str) else spec
+            return str(spec.get("id") or "") if isinstance(spec, dict) else ""
+        with np.load(path, allow_pickle=False) as data:
+            if "env_id" not in data.files:
+                return ""
+            value = data["env_id"]
+            return str(value) if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind == "U" else ""
+    except (*NPZ_READ_ERRORS, AttributeError):
+        return ""
 
 
 def one_line(error: BaseException) -> str:

@@ -78,7 +78,7 @@ def _dataset(args: argparse.Namespace) -> int:
     else:
         from training.rl.offline_data import save_dataset
 
-        path = save_dataset(data, args.out)
+        path = save_dataset(data, args.out, env_id=_known_env(report.env_id))
         where, summary = str(path), {"out": str(path), "format": "npz", **report.to_dict()}
     print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
           f"({report.overrides} overrides), sources {dict(report.sources)}; episodes dropped "
