@@ -14,7 +14,7 @@ import os
 import sys
 
 from auditstream import finite_json
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import add_dataclass_arguments, check_output_path, dataclass_from_namespace
 from training.rl.args import check_gym_env
 from training.rl.env_driver import RunArgs
 from training.rl.promotion import PromotionConfig
@@ -62,6 +62,9 @@ def _dataset_id(args: argparse.Namespace, model: str) -> str:
 def _dataset(args: argparse.Namespace) -> int:
     from training.rl.stream_dataset import build_stream_dataset
 
+    # before the registry and the topics: a --out that cannot be written is one line, not a traceback after the reads
+    check_output_path("--out", args.out, "datasets/" if args.format == "minari" else "cartpole_logs.npz",
+                      folder=args.format == "minari")
     if args.format == "minari" and (args.dataset_id or args.model):
         from training.rl.minari_format import check_dataset_id
 
