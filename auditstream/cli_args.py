@@ -200,10 +200,19 @@ def add_checked_argument(parser: argparse.ArgumentParser, flag: str, accepted: R
     example in the refusal is ``example``, else the default."""
     text = f"{help}; {accepted.describe()}" if help else accepted.describe()
     if default is not None:
-        text = f"{text} (default: {default})"
+        text = with_default(text, default)
     return parser.add_argument(flag, type=_whole_number if accepted.whole else float, default=default, help=text,
                                action=Checked, accepted=accepted, example=default if example is None else example,
                                **kwargs)
+
+
+def with_default(help_text: str, default: Any) -> str:
+    """``help_text`` ending in ``(default: DEFAULT)``, the one place that appends it: not where the
+    text says its default in its own words already (``"(default: the live version)"`` beside an
+    empty string), nor for an empty string, which says nothing."""
+    if "(default:" in help_text or default == "":
+        return help_text
+    return f"{help_text} (default: {default})"
 
 
 def _whole_number(text: str) -> int | float:
@@ -245,7 +254,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         if "check" in f.metadata:
             help_text = f"{help_text}; {f.metadata['check'].describe()}"
         if "default" in options:
-            help_text = f"{help_text} (default: {options['default']})"
+            help_text = with_default(help_text, options["default"])
         if hint is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif origin is Literal:
