@@ -148,6 +148,34 @@ def check_derived_seed(seed: int, derive: Callable[[int], int], how: str, option
                                     f"({how}) stays <= {top}, e.g. 0")
 
 
+def check_output_path(option: str, text: str | Path, example: str, folder: bool = False) -> Path:
+    """``text`` if this user can write there: a file (or, with ``folder``, a directory) that is
+    there or can be created, its missing parent folders included. Else :class:`ConfigError`
+    naming ``option`` with ``example`` as a good value: an empty path, a file where a folder is
+    needed (``README.md/x.npz``: a parent that is a file), a directory where a file is needed, a
+    first existing parent this user may not write in. Cheap: a command calls it before it reads
+    a topic or trains anything, so a typo costs one line, not a traceback after the work."""
+    import os
+
+    if not str(text).strip():
+        raise ConfigError(option, str(text), f"a path, e.g. {example}")
+    path = Path(text)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(option, str(text), f"a folder ({text} is a file), e.g. {example}")
+    if not folder and path.is_dir():
+        raise ConfigError(option, str(text), f"a file ({text} is a folder), e.g. {path / Path(example).name}")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:  # the missing folders are created: the first there decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(option, str(text), f"a path whose folders can be created ({parent} is a file, not a "
+                                             f"folder), e.g. {example}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(option, str(text), f"a path in a folder this user may write to ({parent} is not), "
+                                             f"e.g. {example}")
+    return path
+
+
 class Checked(argparse.Action):
     """An argparse action that stores one number after checking it against ``accepted`` (a
     :class:`Range`); outside it, :class:`ConfigError` naming the option with ``example`` as a good
@@ -172,10 +200,19 @@ def add_checked_argument(parser: argparse.ArgumentParser, flag: str, accepted: R
     example in the refusal is ``example``, else the default."""
     text = f"{help}; {accepted.describe()}" if help else accepted.describe()
     if default is not None:
-        text = f"{text} (default: {default})"
+        text = with_default(text, default)
     return parser.add_argument(flag, type=_whole_number if accepted.whole else float, default=default, help=text,
                                action=Checked, accepted=accepted, example=default if example is None else example,
                                **kwargs)
+
+
+def with_default(help_text: str, default: Any) -> str:
+    """``help_text`` ending in ``(default: DEFAULT)``, the one place that appends it: not where the
+    text says its default in its own words already (``"(default: the live version)"`` beside an
+    empty string), nor for an empty string, which says nothing."""
+    if "(default:" in help_text or default == "":
+        return help_text
+    return f"{help_text} (default: {default})"
 
 
 def _whole_number(text: str) -> int | float:
@@ -217,7 +254,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         if "check" in f.metadata:
             help_text = f"{help_text}; {f.metadata['check'].describe()}"
         if "default" in options:
-            help_text = f"{help_text} (default: {options['default']})"
+            help_text = with_default(help_text, options["default"])
         if hint is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif origin is Literal:

@@ -1,10 +1,20 @@
 """Process settings: one frozen object, built once in ``main()`` from ``AUDITSTREAM_*``
-environment variables and passed down. Nothing else in the project reads ``os.environ``."""
+environment variables and passed down. Nothing else in the project reads ``os.environ`` (the
+test suite's own variables, :data:`OTHER_VARIABLES`, aside).
+
+An ``AUDITSTREAM_*`` variable that is no setting (``AUDITSTREAM_BOOTSTRAP_SERVER``, one S short)
+is warned about, once per process, with the closest setting's name: otherwise the process would
+quietly run on the default (the embedded broker, the local SQLite store). It is a warning, not a
+refusal: one environment is often shared by several releases (a rolling upgrade, a common env
+file), and a variable that a newer release reads must not stop an older one from starting.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import logging
 import os
 import re
 import types
@@ -17,6 +27,12 @@ from auditstream.errors import ConfigError
 from auditstream.text import is_utf8
 
 ENV_PREFIX = "AUDITSTREAM_"
+# AUDITSTREAM_* variables that are not settings but are read elsewhere in the project (the test
+# suite's): no "not a setting" warning for them. tests/auditstream/test_settings.py holds this
+# list equal to the names the repository reads from os.environ.
+OTHER_VARIABLES = ("AUDITSTREAM_TEST_POSTGRES_URL", "AUDITSTREAM_TEST_LIFECYCLE_EXAMPLES")
+log = logging.getLogger(__name__)
+_warned_unknown: set[str] = set()  # one warning per variable per process (from_env runs once per command part)
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
@@ -65,6 +81,37 @@ INT_RANGES: dict[str, tuple[int, int | None, str]] = {
     "max_poll_interval_ms": (1, 86_400_000, " (librdkafka's max.poll.interval.ms range)"),
     "max_human_queue_depth": (0, None, " (0: no limit)"),
 }
+
+
+def setting_variables() -> list[str]:
+    """The ``AUDITSTREAM_*`` variable of every setting."""
+    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``(variable, closest setting's variable or None)`` for each ``AUDITSTREAM_*`` variable of
+    ``environ`` that is neither a setting nor one of :data:`OTHER_VARIABLES`, sorted."""
+    known = setting_variables()
+    allowed = set(known) | set(OTHER_VARIABLES)
+    unknown = sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name not in allowed)
+    # compared without the prefix, which every name shares and which would make any two look alike
+    tails = {name[len(ENV_PREFIX):]: name for name in known}
+
+    def closest(name: str) -> str | None:
+        match = difflib.get_close_matches(name.upper()[len(ENV_PREFIX):], list(tails), n=1, cutoff=0.6)
+        return tails[match[0]] if match else None
+
+    return [(name, closest(name)) for name in unknown]
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning line per :func:`unknown_variables` entry, the first time this process sees it."""
+    for name, closest in unknown_variables(environ):
+        if name in _warned_unknown:
+            continue
+        _warned_unknown.add(name)
+        hint = f"did you mean {closest}?" if closest else "the settings are listed in auditstream/settings.py"
+        log.warning("%s is not an auditstream setting and is ignored: %s", name, hint)
 
 
 def _bootstrap_server_ok(server: str) -> bool:
@@ -162,6 +209,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Build settings from ``AUDITSTREAM_<FIELD>`` variables; keyword overrides win."""
         environ = os.environ if environ is None else environ
+        warn_unknown_variables(environ)
         values: dict[str, Any] = {}
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):

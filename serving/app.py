@@ -132,7 +132,7 @@ class ServeApp:
             if self.reference is not None:
                 started.callback(self.reference.runner.close)
             self.request_topic = settings.request_topic(shadow_of or model.card.name)
-            bootstrap = resolve_bootstrap(settings)
+            bootstrap = self.bootstrap = resolve_bootstrap(settings)
             # Only what serve reads or writes: on a cluster with ACLs it may see no other topic.
             ensure_topics(settings, [self.request_topic] + [settings.topic(t) for t in OUTPUT_TOPICS],
                           bootstrap=bootstrap)
@@ -388,7 +388,11 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
         metrics.serve_http(settings.metrics_port)
         log.info("metrics on :%d/metrics", settings.metrics_port)
     app.loop.install_signal_handlers()
-    log.info("serving %s v%s%s from %s", model_name, model.card.version, " in shadow" if shadow else "", app.request_topic)
+    # Which Kafka, said once: a misspelt AUDITSTREAM_BOOTSTRAP_SERVERS would otherwise serve the embedded broker unseen.
+    joined = ("AUDITSTREAM_BOOTSTRAP_SERVERS" if settings.bootstrap_servers else
+              f"the embedded broker of {settings.state_dir}: AUDITSTREAM_BOOTSTRAP_SERVERS is empty")
+    log.info("serving %s v%s%s from %s on Kafka at %s (%s)", model_name, model.card.version,
+             " in shadow" if shadow else "", app.request_topic, app.bootstrap, joined)
     try:
         stats = app.run()
     finally:

@@ -181,3 +181,29 @@ def test_check_value_on_hostile_numeric_strings(text: str, accepted: Range):
     assert math.isfinite(value)
     assert accepted.low is None or (value > accepted.low if accepted.low_open else value >= accepted.low)
     assert accepted.high is None or (value < accepted.high if accepted.high_open else value <= accepted.high)
+
+
+def _every_option(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_option(sub, path + (name,))
+        elif action.option_strings:
+            yield " ".join(path), action
+
+
+def test_no_option_of_any_command_says_its_default_twice() -> None:
+    """Before, 13 options' help said it twice, e.g. produce --version "model version whose input
+    spec to follow (default: latest) (default: )" (also bench serve/faults/loop, certify, cost,
+    rl run, monitor, train policy, rl train-offline); with_default is the one place that appends it."""
+    from auditstream.cli import build_parser
+
+    options = list(_every_option(build_parser()))
+    assert len(options) > 300 and {("produce", "--version"), ("bench serve", "--client")} <= {
+        (path, a.option_strings[0]) for path, a in options}
+    twice = [f"{path} {a.option_strings[0]}: {a.help}" for path, a in options if (a.help or "").count("(default:") > 1]
+    empty = [f"{path} {a.option_strings[0]}" for path, a in options if "(default: )" in (a.help or "")]
+    assert not twice and not empty, twice + empty
+    helps = dict(((path, a.option_strings[0]), a.help) for path, a in options)
+    assert helps[("produce", "--version")] == "model version whose input spec to follow (default: latest)"
+    assert helps[("rl run", "--episodes")].endswith("(default: 10)")  # a default of its own still shows

@@ -172,3 +172,52 @@ def test_a_real_cluster_with_the_public_qc_salt_is_warned_about(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and "Traceback" not in done.stderr  # no such model: refused after the warning
         assert ("AUDITSTREAM_QC_SALT is the public default" in done.stderr) == warned, done.stderr
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_closest_setting(monkeypatch, caplog) -> None:
+    """Before, AUDITSTREAM_BOOTSTRAP_SERVER (one S short) was silently ignored: serve ran on the
+    embedded broker, AUDITSTREAM_STORE_UR left the local SQLite in use."""
+    import auditstream.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_warned_unknown", set())
+    env = {"AUDITSTREAM_BOOTSTRAP_SERVER": "kafka-1:9092", "AUDITSTREAM_STORE_UR": "postgresql://db/audit",
+           "AUDITSTREAM_FROM_THE_FUTURE": "1", "AUDITSTREAM_TEST_POSTGRES_URL": "postgresql://t",
+           "AUDITSTREAM_MODELS_DIR": "m", "OTHER_THING": "x"}
+    with caplog.at_level("WARNING", logger="auditstream.settings"):
+        settings = Settings.from_env(env)
+        Settings.from_env(env)  # once per process, however often the settings are built
+    assert settings.bootstrap_servers == "" and str(settings.models_dir) == "m"  # a warning, not a refusal
+    assert [r.getMessage() for r in caplog.records] == [
+        "AUDITSTREAM_BOOTSTRAP_SERVER is not an auditstream setting and is ignored: did you mean "
+        "AUDITSTREAM_BOOTSTRAP_SERVERS?",
+        "AUDITSTREAM_FROM_THE_FUTURE is not an auditstream setting and is ignored: the settings are listed in "
+        "auditstream/settings.py",
+        "AUDITSTREAM_STORE_UR is not an auditstream setting and is ignored: did you mean AUDITSTREAM_STORE_URL?",
+    ]
+
+
+def test_the_command_line_warns_once_per_misspelt_variable(tmp_path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
+           "AUDITSTREAM_BOOTSTRAP_SERVER": "kafka-1:9092", "AUDITSTREAM_MODELS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "auditstream.cli", "serve", "--model", "absent"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("AUDITSTREAM_BOOTSTRAP_SERVER is not an auditstream setting") == 1, done.stderr
+    assert "did you mean AUDITSTREAM_BOOTSTRAP_SERVERS?" in done.stderr
+
+
+def test_the_variables_read_outside_the_settings_are_listed() -> None:
+    """Every AUDITSTREAM_* name the repository reads from os.environ is a setting or in
+    OTHER_VARIABLES (and nothing else is there): those are never warned about."""
+    import re
+
+    from auditstream.settings import OTHER_VARIABLES, setting_variables
+
+    root = Path(__file__).resolve().parents[2]
+    read = re.compile(r"""(?:environ(?:\.get\(|\[)|getenv\()\s*["'](AUDITSTREAM_[A-Z0-9_]+)["']""")
+    found = set()
+    for path in root.rglob("*.py"):
+        if ".venv" in path.parts or "site-packages" in path.parts:
+            continue
+        found.update(read.findall(path.read_text(errors="replace")))
+    assert found - set(setting_variables()) == set(OTHER_VARIABLES)

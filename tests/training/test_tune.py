@@ -93,6 +93,36 @@ def test_a_train_fraction_below_1_is_refused_before_any_trial(family, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("storage, says", [
+    ("sqlite:///nonexist/dir/t.db", "an SQLite file in a folder that exists"),
+    ("postgres://x", "postgresql+psycopg://USER@HOST/DB (SQLAlchemy does not know postgres://)"),
+    ("foo.db", "(a file is given as sqlite:///foo.db)"),
+    ("mysql://u:secret@h/db", "needs MySQLdb"),
+    ("sqlite:///{tmp}", "is a folder"),
+])
+def test_a_storage_optuna_cannot_use_is_refused_before_any_trial(storage, says, tmp_path, monkeypatch,
+                                                                  capsys) -> None:
+    """Before, each ended in a SQLAlchemy traceback (OperationalError, NoSuchModuleError,
+    ArgumentError). One line naming --storage (its password hidden), exit 2, nothing trained."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("training.tuning.study.tune", lambda *a, **k: pytest.fail("the study started"))
+    assert cli_main(["tune", "digits", "--trials", "1", "--storage", storage.format(tmp=tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("auditstream: error: invalid --storage="), error
+    assert says in error and "secret" not in error
+
+
+def test_a_storage_that_fails_when_opened_is_one_line(tmp_path, capsys) -> None:
+    """What only the database can tell (here: the file is no database) is one TuneRefused line."""
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    storage = f"sqlite:///{tmp_path / 'notes.txt'}"
+    with pytest.raises(TuneRefused, match=r"--storage sqlite:///.*notes.txt failed: DatabaseError: .*file is not a "
+                                          r"database.*give another --storage"):
+        tune(DIGITS, DigitsArgs(epochs=1, publish=False), TuneArgs(trials=1, storage=storage), tmp_path,
+             progress=False)
+
+
 def test_a_zip_reader_trial_reports_its_validation_loss_at_every_check() -> None:
     values: list[tuple[int, float]] = []
     last = zip_reader.validation_trial(ZipReaderArgs(steps=16, batch_size=8), lambda i, v: values.append((i, v)))

@@ -52,13 +52,16 @@ then pass ``OfflineDataset``'s own rules.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from auditstream.errors import ConfigError
-from training.rl.offline_data import DatasetRefused, OfflineDataset, one_line
+from training.rl.offline_data import DatasetNotWritten, DatasetRefused, OfflineDataset, one_line
 
 INFO_KEYS = ("propensities", "human_action", "source", "route", "inclusion_prob", "step", "final_observation_logged")
 # in the dataset metadata: what the infos hold (2: inclusion_prob, final_observation_logged)
@@ -151,22 +154,41 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
     import minari
     from minari.dataset.minari_storage import MinariStorage
 
+    # Absolute: Minari 0.5.4 joins a relative data path onto itself when it sizes the episodes
+    # (datasets/x/data/datasets/x/data/0: FileNotFoundError after the first episode is written).
+    root = Path(os.path.abspath(root))
     target = check_dataset_id(root, dataset_id)
     observation_space, action_space, env_spec = _spaces(env_id, data)
-    (target / "data").mkdir(parents=True)
-    storage = MinariStorage.new(target / "data", observation_space=observation_space, action_space=action_space,
-                                env_spec=env_spec, data_format="arrow")
-    storage.update_metadata({
-        "dataset_id": dataset_id, "minari_version": minari.__version__, "algorithm_name": algorithm_name,
-        "author": {"auditstream"},
-        "description": description or (f"{data.n_episodes} episodes ({len(data.actions)} steps) of logged decisions "
-                                       "with behaviour propensities, human actions, sources, routes and QC "
-                                       "inclusion probabilities in the infos"),
-        "auditstream_format": FORMAT_NAME,
-    })
-    slices = data.episode_slices()
-    storage.update_episodes(_episode_buffer(data, s, i) for i, s in enumerate(slices))
-    storage.update_episode_metadata([{"episode_key": str(k)} for k in data.episode_keys], range(len(slices)))
+    # Written beside the target and renamed into place once complete, so a failure part-way (a
+    # full disk, an error inside Minari, ^C) leaves no half-written dataset that a later read
+    # would take for one without episodes: the target appears whole or not at all.
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as e:
+        raise DatasetNotWritten(target, e) from None
+    try:
+        (staging / "data").mkdir()
+        storage = MinariStorage.new(staging / "data", observation_space=observation_space,
+                                    action_space=action_space, env_spec=env_spec, data_format="arrow")
+        storage.update_metadata({
+            "dataset_id": dataset_id, "minari_version": minari.__version__, "algorithm_name": algorithm_name,
+            "author": {"auditstream"},
+            "description": description or (f"{data.n_episodes} episodes ({len(data.actions)} steps) of logged "
+                                           "decisions with behaviour propensities, human actions, sources, routes "
+                                           "and QC inclusion probabilities in the infos"),
+            "auditstream_format": FORMAT_NAME,
+        })
+        slices = data.episode_slices()
+        storage.update_episodes(_episode_buffer(data, s, i) for i, s in enumerate(slices))
+        storage.update_episode_metadata([{"episode_key": str(k)} for k in data.episode_keys], range(len(slices)))
+        os.rename(staging, target)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DatasetNotWritten(target, e) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
 
 

@@ -86,6 +86,8 @@ executed action's; ``human_actions`` in -1..A-1; ``inclusion_prob`` in [0, 1] or
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import zipfile
 import zlib
 from collections import Counter, defaultdict
@@ -140,6 +142,16 @@ KIND_NAMES = {"fiub": "numbers", "iu": "integers", "U": "strings", "b": "boolean
 
 class DatasetRefused(AuditstreamError, ValueError):
     """Logged steps that cannot make an offline dataset; the message names the episode and step."""
+
+
+class DatasetNotWritten(AuditstreamError, OSError):
+    """An offline dataset could not be written (no such folder, no permission, a full disk); nothing
+    half-written is left at ``path``."""
+
+    def __init__(self, path: object, error: BaseException) -> None:
+        self.path = path
+        super().__init__(f"cannot write the dataset {path}: {one_line(error)}; give --out a folder this user may "
+                         "write to, with room")
 
 
 def propensity_problem(probs: Any, action: int) -> str | None:
@@ -500,15 +512,60 @@ def _bad_propensity_rows(probs: np.ndarray, actions: np.ndarray, taken: np.ndarr
     return np.flatnonzero(~ok)
 
 
-def save_dataset(dataset: OfflineDataset, path: Path | str) -> Path:
-    """Write ``path`` (.npz, compressed) with every array and ``format_version``."""
+def save_dataset(dataset: OfflineDataset, path: Path | str, env_id: str = "") -> Path:
+    """Write ``path`` (.npz, compressed) with every array and ``format_version``; ``env_id``, the
+    Gymnasium id the steps were logged on when known, as the optional member ``env_id``
+    (:func:`dataset_env_id`; a reader that does not know it ignores it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: getattr(dataset, k) for k in ARRAY_KEYS}
-    with open(path, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
-        np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
-                            final_observation_logged=dataset.final_observation_logged, **arrays)
+    if env_id:
+        arrays["env_id"] = np.array(env_id)
+    try:  # written beside ``path`` and renamed over it once complete: never a truncated file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    except OSError as e:
+        raise DatasetNotWritten(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
+            np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
+                                final_observation_logged=dataset.final_observation_logged, **arrays)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, path)
+    except OSError as e:
+        Path(partial).unlink(missing_ok=True)
+        raise DatasetNotWritten(path, e) from None
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def dataset_env_id(path: Path | str) -> str:
+    """The Gymnasium id a dataset at ``path`` says its steps were logged on: an ``.npz``'s
+    ``env_id`` member, a Minari dataset's ``env_spec`` id; "" where it says none (or cannot be
+    read: :func:`load_dataset` and ``read_minari`` say why)."""
+    import json
+
+    path = Path(path)
+    metadata = next((m for m in (path / "data" / "metadata.json", path / "metadata.json") if m.is_file()), None)
+    try:
+        if metadata is not None:
+            spec = json.loads(metadata.read_text()).get("env_spec")
+            spec = json.loads(spec) if isinstance(spec, str) else spec
+            return str(spec.get("id") or "") if isinstance(spec, dict) else ""
+        with np.load(path, allow_pickle=False) as data:
+            if "env_id" not in data.files:
+                return ""
+            value = data["env_id"]
+            return str(value) if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind == "U" else ""
+    except (*NPZ_READ_ERRORS, AttributeError):
+        return ""
 
 
 def one_line(error: BaseException) -> str:

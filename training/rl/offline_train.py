@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from auditstream import finite_json
+from auditstream.errors import ConfigError
 from auditstream.finite_json import finite_or_none
 from training.rl.args import OfflineArgs
-from training.rl.offline_data import OfflineDataset, load_dataset
+from training.rl.offline_data import OfflineDataset, dataset_env_id, load_dataset
 from training.rl.ope_stats import SUPPORT_TOLERANCE
 from training.rl.promotion import MIN_EFFECTIVE_EPISODES, unsupported_text
 
@@ -44,6 +45,28 @@ def load_logs(path: Any) -> OfflineDataset:
     from training.rl.minari_format import is_minari_dataset, read_minari
 
     return read_minari(path) if is_minari_dataset(path) else load_dataset(path)
+
+
+def check_env_fits(env_id: str, data: OfflineDataset, recorded: str, dataset: Any) -> None:
+    """:class:`ConfigError` naming ``--env`` when the policy learnt from ``data`` could not act in
+    ``env_id``: the dataset says it was logged on another environment (``recorded``), or the
+    environment's observations or actions are not the dataset's. Called before training, not
+    after it, when the online evaluation would fail on the first step."""
+    import gymnasium as gym
+
+    if recorded and recorded != env_id:
+        raise ConfigError("--env", env_id, f"the environment the dataset was logged on, {recorded} ({dataset} "
+                                           f"records it), or no --env (no online evaluation)")
+    env = gym.make(env_id)
+    try:
+        space = env.observation_space
+        n_actions = getattr(env.action_space, "n", None)
+        if space.shape != data.observations.shape[1:] or n_actions != data.n_actions:
+            raise ConfigError("--env", env_id, f"an environment with the dataset's observations "
+                                               f"{tuple(data.observations.shape[1:])} and {data.n_actions} actions "
+                                               f"({env_id} has {space.shape} and {n_actions}), or no --env")
+    finally:
+        env.close()
 
 
 def train_policy(args: OfflineArgs, data: Any) -> Any:
@@ -73,6 +96,8 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
     from training.rl.policy_export import NumpyPolicy, acting_policy, card_name, export_policy, policy_card
 
     data = load_logs(args.dataset)
+    if args.env:
+        check_env_fits(args.env, data, dataset_env_id(args.dataset), args.dataset)
     start = time.perf_counter()
     module = train_policy(args, data)
     train_seconds = time.perf_counter() - start

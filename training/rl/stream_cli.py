@@ -10,10 +10,11 @@ command by ``Settings.from_env()``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from auditstream import finite_json
-from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
+from auditstream.cli_args import add_dataclass_arguments, check_output_path, dataclass_from_namespace
 from training.rl.args import check_gym_env
 from training.rl.env_driver import RunArgs
 from training.rl.promotion import PromotionConfig
@@ -61,6 +62,9 @@ def _dataset_id(args: argparse.Namespace, model: str) -> str:
 def _dataset(args: argparse.Namespace) -> int:
     from training.rl.stream_dataset import build_stream_dataset
 
+    # before the registry and the topics: a --out that cannot be written is one line, not a traceback after the reads
+    check_output_path("--out", args.out, "datasets/" if args.format == "minari" else "cartpole_logs.npz",
+                      folder=args.format == "minari")
     if args.format == "minari" and (args.dataset_id or args.model):
         from training.rl.minari_format import check_dataset_id
 
@@ -72,12 +76,12 @@ def _dataset(args: argparse.Namespace) -> int:
         dataset_id = _dataset_id(args, report.model)
         path = write_minari(data, args.out, dataset_id, env_id=_known_env(report.env_id),
                             algorithm_name=f"{report.model} served by auditstream, routed to human auditors")
-        where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={args.out})"
+        where = f"Minari dataset {dataset_id} in {path} (MINARI_DATASETS_PATH={os.path.abspath(args.out)})"
         summary = {"out": str(path), "format": "minari", "dataset_id": dataset_id, **report.to_dict()}
     else:
         from training.rl.offline_data import save_dataset
 
-        path = save_dataset(data, args.out)
+        path = save_dataset(data, args.out, env_id=_known_env(report.env_id))
         where, summary = str(path), {"out": str(path), "format": "npz", **report.to_dict()}
     print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
           f"({report.overrides} overrides), sources {dict(report.sources)}; episodes dropped "

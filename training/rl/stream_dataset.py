@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from auditstream.errors import BadArguments, DecodeError
+from auditstream.errors import AuditstreamError, BadArguments, ConfigError, DecodeError
 from auditstream.wire import Decision, InferenceRequest, Transition, Verdict, VerdictKind
 from training.rl.offline_data import (TIMEOUT, DatasetRefused, OfflineDataset, StepRecord, build_dataset,
                                       propensity_problem)
@@ -269,7 +269,10 @@ def step_records(logs: StreamLogs, n_actions: int, report: DatasetReport) -> lis
 
 def build_stream_dataset(settings: Any, model: str | None = None, version: str | None = None,
                          n_actions: int | None = None) -> tuple[OfflineDataset, DatasetReport]:
-    """Read the topics and build the dataset; ``n_actions`` defaults to the model card's."""
+    """Read the topics and build the dataset; ``n_actions`` defaults to the model card's. A
+    ``model`` that is no policy of the registry is refused before the topics are read."""
+    if model and n_actions is None:
+        check_policy(settings, model)
     logs = read_logs(settings, model, version)
     model = model or _only_model(logs)
     card = _card(settings, model) if n_actions is None else None
@@ -294,6 +297,35 @@ def _only_model(logs: StreamLogs) -> str:
                                  "run'), or check AUDITSTREAM_TOPIC_PREFIX")
         raise BadArguments(f"transitions of {len(models)} models {models[:5]}: pick one with --model")
     return models[0]
+
+
+def check_policy(settings: Any, model: str) -> None:
+    """:class:`ConfigError` naming ``--model`` unless ``model`` is a policy in the registry (its
+    requests topic would otherwise read as a broker without topics); names the policies there."""
+    import difflib
+
+    from auditstream.registry import ModelRegistry
+    from auditstream.wire import TaskKind
+
+    registry = ModelRegistry(settings.models_dir)
+    names = registry.names()
+
+    def is_policy(name: str) -> bool:
+        try:
+            return registry.card(name).task == TaskKind.POLICY
+        except AuditstreamError:  # a broken card: not listed here (loading it says why)
+            return False
+
+    if model in names and is_policy(model):
+        return
+    policies = [n for n in names if is_policy(n)]
+    what = "no policy" if model in names else "not in the registry"
+    close = difflib.get_close_matches(model, policies, n=1)
+    known = (f"one of the policies in {registry.root}: {', '.join(policies[:10])}" if policies else
+             f"a policy, and {registry.root} has none: train one with 'auditstream train policy' (or point "
+             "AUDITSTREAM_MODELS_DIR at the registry that has it)")
+    raise ConfigError("--model", model, f"{known} ({model} is {what}"
+                                        f"{f'; did you mean {close[0]}?' if close else ''})")
 
 
 def _card(settings: Any, model: str) -> Any:

@@ -24,17 +24,18 @@ hyperparameters would have been chosen for another data size. A small seed model
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
 from auditstream.errors import TrainingDiverged, TuneRefused
-from training.tuning.args import TuneArgs
+from training.tuning.args import TuneArgs, redacted_storage
 from training.tuning.space import check_space, describe_space
 
 
@@ -50,14 +51,15 @@ def tune(command: Any, base_args: Any, tune_args: TuneArgs, models_dir: Path, pr
     check_space(command.search_space, command.args)
     script = importlib.import_module(f"{command.package}.train")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says what matters
-    study = optuna.create_study(
-        storage=tune_args.storage or None, study_name=tune_args.study_name or f"tune-{command.name}",
-        direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=tune_args.study_seed, n_startup_trials=tune_args.startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=tune_args.startup_trials,
-                                           n_warmup_steps=tune_args.warmup_checks))
-    _claim(study, command.name, script.VALIDATION_METRIC)
-    before = len(study.trials)
+    with storage_errors(command.name, tune_args.storage):
+        study = optuna.create_study(
+            storage=tune_args.storage or None, study_name=tune_args.study_name or f"tune-{command.name}",
+            direction="minimize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=tune_args.study_seed, n_startup_trials=tune_args.startup_trials),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=tune_args.startup_trials,
+                                               n_warmup_steps=tune_args.warmup_checks))
+        _claim(study, command.name, script.VALIDATION_METRIC)
+        before = len(study.trials)
     bar = tqdm(total=tune_args.trials, desc=f"tune {command.name}", unit="trial", disable=not progress,
                file=sys.stderr)
 
@@ -81,8 +83,9 @@ def tune(command: Any, base_args: Any, tune_args: TuneArgs, models_dir: Path, pr
 
     start = time.perf_counter()
     # A trial whose loss diverges (a learning rate too high) fails alone; the search goes on.
-    study.optimize(objective, n_trials=tune_args.trials, timeout=tune_args.timeout_s, callbacks=[finished],
-                   catch=(TrainingDiverged,))
+    with storage_errors(command.name, tune_args.storage):
+        study.optimize(objective, n_trials=tune_args.trials, timeout=tune_args.timeout_s, callbacks=[finished],
+                       catch=(TrainingDiverged,))
     bar.close()
     summary = study_summary(study, command, script.VALIDATION_METRIC, tune_args, time.perf_counter() - start,
                             len(study.trials) - before)
@@ -141,16 +144,24 @@ def study_summary(study: Any, command: Any, metric: str, tune_args: TuneArgs, se
     }
 
 
-def _redacted(storage: str) -> str:
-    """The storage URL without its password (a card is no place for secrets)."""
-    if not storage:
-        return "in memory"
-    from sqlalchemy.engine import make_url  # Optuna's own dependency
+_redacted = redacted_storage  # a card is no place for secrets
+
+
+@contextlib.contextmanager
+def storage_errors(family: str, storage: str) -> Iterator[None]:
+    """What the study's storage raises (a database that is down, a file that is no database, a
+    full disk, another Optuna's schema) as one :class:`TuneRefused` line naming ``--storage``."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except Exception:  # not a database URL: keep only its scheme
-        return storage.split(":", 1)[0] + ":..."
+        yield
+    except (SQLAlchemyError, StorageInternalError) as e:
+        cause = e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ is not None else e
+        text = " ".join(str(cause).split("(Background on this error")[0].split())
+        raise TuneRefused(family, f"--storage {redacted_storage(storage)} failed: {type(cause).__name__}: "
+                                  f"{text[:300]}; check the database (or give another --storage, e.g. "
+                                  "sqlite:///tune.db)") from None
 
 
 def print_tuning(t: dict) -> None:

@@ -123,3 +123,38 @@ def test_undefined_ope_is_null_with_its_reason_and_an_unsupported_fqe_is_flagged
     card = strict((registered.directory / "card.json").read_text())
     assert card["metrics"]["ope"]["wis"]["value"] is None and card["metrics"]["ope"]["dr"]["undefined"]
     assert card["metrics"]["ope_unsupported"]["fqe"] == summary["ope_unsupported"]["fqe"]
+
+
+def cartpole_shaped(path, env_id: str = "", episodes: int = 4):
+    """Episodes with CartPole's 4 observations and 2 actions, recording ``env_id`` when given."""
+    rng = np.random.default_rng(1)
+    records = [StepRecord(f"e{e}", t, rng.normal(size=4), t % 2, [0.5, 0.5], 1.0, False, t == 2)
+               for e in range(episodes) for t in range(3)]
+    return save_dataset(build_dataset(records), path, env_id=env_id)
+
+
+def test_train_offline_refuses_an_env_the_dataset_does_not_fit_before_training(tmp_path, monkeypatch, capsys) -> None:
+    """Before, --env LunarLander-v3 on CartPole logs trained all --steps, then crashed in the online
+    evaluation ('mat1 and mat2 shapes cannot be multiplied'). Now one line naming --env, exit 2,
+    before training; the environment the dataset records is named."""
+    from training.rl import offline_train
+    from training.rl.minari_format import write_minari
+    from training.rl.offline_data import dataset_env_id, load_dataset
+
+    monkeypatch.setattr(offline_train, "train_policy", lambda *a: pytest.fail("trained before the check"))
+    recorded = cartpole_shaped(tmp_path / "cartpole_logs.npz", "CartPole-v1")
+    unrecorded = cartpole_shaped(tmp_path / "unrecorded.npz")
+    minari = write_minari(load_dataset(recorded), tmp_path / "datasets", "cp-v0", env_id="CartPole-v1")
+    assert dataset_env_id(recorded) == dataset_env_id(minari) == "CartPole-v1" and dataset_env_id(unrecorded) == ""
+    cases = [(recorded, "LunarLander-v3", "expected the environment the dataset was logged on, CartPole-v1"),
+             (minari, "LunarLander-v3", "expected the environment the dataset was logged on, CartPole-v1"),
+             (recorded, "CartPole-v0", "expected the environment the dataset was logged on, CartPole-v1"),
+             (unrecorded, "LunarLander-v3", "observations (4,) and 2 actions (LunarLander-v3 has (8,) and 4)"),
+             (logged_dataset(tmp_path / "two_d.npz", episodes=3), "CartPole-v1", "observations (2,) and 2 actions")]
+    for dataset, env, says in cases:
+        assert main(["rl", "train-offline", "--dataset", str(dataset), "--algorithm", "bc", "--env", env,
+                     "--no-progress", "--models-dir", str(tmp_path / "models")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"auditstream: error: invalid --env='{env}'"), err
+        assert says in err, err
+    assert not (tmp_path / "models").exists()

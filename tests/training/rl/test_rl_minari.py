@@ -143,3 +143,57 @@ def test_logs_of_several_models_or_none_are_a_one_line_refusal() -> None:
         _only_model(SimpleNamespace(transitions=[SimpleNamespace(model="b"), SimpleNamespace(model="a")]))
     with pytest.raises(DatasetRefused, match="holds no policy's steps"):
         _only_model(SimpleNamespace(transitions=[]))
+
+
+def _stream_read_as(monkeypatch, reads: list | None = None) -> None:
+    import training.rl.stream_dataset as stream_dataset
+
+    def topics_read(settings, model=None, version=None):
+        if reads is not None:
+            reads.append(model)
+        return logged(), stream_dataset.DatasetReport(model=model or "toy", env_id="")
+
+    monkeypatch.setattr(stream_dataset, "build_stream_dataset", topics_read)
+    monkeypatch.setattr("training.rl.stream_cli._settings", lambda: None)
+
+
+def test_rl_dataset_minari_to_a_relative_out(tmp_path, monkeypatch, capsys) -> None:
+    """Before, a relative --out (the README's 'datasets/') crashed inside Minari 0.5.4 with a
+    FileNotFoundError on a doubled path (datasets/x/data/datasets/x/data/0) and left a folder
+    whose metadata said 0 episodes."""
+    _stream_read_as(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["rl", "dataset", "--format", "minari", "--out", "datasets/", "--dataset-id", "auditstream/toy/logs-v0"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and f"MINARI_DATASETS_PATH={tmp_path / 'datasets'}" in captured.err
+    path = tmp_path / "datasets/auditstream/toy/logs-v0"
+    back = load_logs(path)
+    assert back.n_episodes == 3 and len(back.actions) == 6
+    assert load_logs("datasets/auditstream/toy/logs-v0").n_episodes == 3  # and relative to the same folder
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "datasets")  # what docs/rl.md tells a reader to do
+    assert minari.load_dataset("auditstream/toy/logs-v0").total_episodes == 3
+
+
+def test_a_failed_minari_write_leaves_no_dataset(tmp_path, monkeypatch) -> None:
+    """A failure part-way through writing (Minari's, a full disk) leaves nothing that a later read
+    takes for a dataset (before: a data/metadata.json with total_episodes 0, refused later as 'has
+    no episodes'), and a disk error is one line naming the dataset."""
+    from minari.dataset._storages.arrow_storage import ArrowStorage
+
+    from training.rl.offline_data import DatasetNotWritten
+
+    def fail(self, episodes):
+        next(iter(episodes))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ArrowStorage, "update_episodes", fail)
+    with pytest.raises(DatasetNotWritten, match=r"cannot write the dataset .*toy-v0: OSError: .*No space left"):
+        write_minari(logged(), tmp_path, "toy-v0")
+    assert not (tmp_path / "toy-v0").exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(ArrowStorage, "update_episodes", lambda self, episodes: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not an OSError: a bug, shown in full, and still nothing left behind
+        write_minari(logged(), tmp_path, "ns/toy-v0")
+    assert not (tmp_path / "ns/toy-v0").exists() and list((tmp_path / "ns").iterdir()) == []
+    monkeypatch.undo()
+    write_minari(logged(), tmp_path, "toy-v0")  # the id is still free
+    assert load_logs(tmp_path / "toy-v0").n_episodes == 3

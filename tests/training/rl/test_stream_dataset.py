@@ -411,3 +411,53 @@ def test_a_run_where_no_episode_finished_summarises_as_json_with_null_returns() 
     summary = RunReport(env="CartPole-v1", model="policy-cartpole-v1/1").summary()
     assert summary["episodes"] == 0 and summary["mean_return"] is None and summary["std_return"] is None
     assert json.loads(finite_json.dumps(summary))["mean_return"] is None
+
+
+def test_rl_dataset_refuses_a_model_that_is_no_policy_of_the_registry_before_reading(tmp_path, monkeypatch,
+                                                                                     capsys) -> None:
+    """Before, a misspelt --model read the topics and then said the broker was unavailable (the
+    model's requests topic does not exist) although it was up. Now: one line naming --model and
+    the registry's policies, exit 2, nothing read."""
+    import auditstream.kafka
+    from tests.conftest import tiny_card, tiny_classifier_onnx
+
+    from auditstream.cli import main
+
+    registry = ModelRegistry(tmp_path / "models")
+    publish_policy(registry, "policy-cartpole-v1", cartpole_weights())
+    registry.publish(tiny_card("digits"), tiny_classifier_onnx())
+    monkeypatch.setenv("AUDITSTREAM_MODELS_DIR", str(registry.root))
+    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: pytest.fail("the topics were read"))
+    for model, says in (("policy-cartpol-v1", "policy-cartpol-v1 is not in the registry; did you mean "
+                                              "policy-cartpole-v1?"),
+                        ("digits", "digits is no policy")):
+        assert main(["rl", "dataset", "--out", str(tmp_path / "x" / "ds.npz"), "--model", model]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"auditstream: error: invalid --model='{model}': "
+                                                             "expected one of the policies in"), err
+        assert "policy-cartpole-v1" in err and says in err, err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt, out, says", [
+    ("npz", "README.md/x.npz", "(README.md is a file, not a folder)"),
+    ("npz", "README.md/sub/x.npz", "(README.md is a file, not a folder)"),
+    ("npz", "folder", "expected a file (folder is a folder)"),
+    ("minari", "README.md", "expected a folder (README.md is a file)"),
+    ("minari", "README.md/datasets", "(README.md is a file, not a folder)"),
+])
+def test_rl_dataset_refuses_an_out_it_cannot_write_before_reading(fmt, out, says, tmp_path, monkeypatch,
+                                                                  capsys) -> None:
+    """Before, --out README.md/x.npz ended in a FileExistsError traceback after the topics were read."""
+    import auditstream.kafka
+
+    from auditstream.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr(auditstream.kafka, "read_to_end", lambda *a, **k: pytest.fail("the topics were read"))
+    assert main(["rl", "dataset", "--format", fmt, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"auditstream: error: invalid --out='{out}': expected"), err
+    assert says in err, err
