@@ -155,7 +155,8 @@ class Settings:
     models_dir: Path = _doc("Root of the model registry (models/<name>/<version>/).", Path("models"))
     state_dir: Path = _doc("Where local state lives: embedded broker pid/port, default SQLite store.", Path(".auditstream"))
     store_url: str = _doc(
-        "Audit store: 'sqlite:///path.db' or 'postgresql://user@host:port/db'. Empty: SQLite in the state dir.",
+        "Audit store: 'sqlite:///relative/path.db' (under the working directory), 'sqlite:////absolute/path.db' "
+        "(four slashes), or 'postgresql://user@host:port/db'. Empty: SQLite in the state dir.",
         "",
     )
     # Tansu holds a group's first JoinGroup for about half the session timeout: 10 s joins in ~5 s.
