@@ -9,7 +9,8 @@ moto, and the ``auditstream broker`` command itself.
 - a durable broker comes back on its port after a foreground run and after a stop that found it
   dead;
 - a start that asks for another broker than the running one is refused in one line;
-- a certificate the clients refuse ends the start at once, naming the certificate.
+- a certificate the clients refuse ends the start at once, naming the certificate;
+- a broker that never answers (its S3 storage failing) ends the start with its log's error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -327,3 +329,40 @@ def test_a_key_of_another_certificate_is_refused_before_anything_starts(tmp_path
     assert str(pki.client_key) in str(refused.value)
     assert not _tansu_of(tmp_path / "state")
 
+
+
+# -- a broker that never answers -------------------------------------------------------------------------
+
+
+def test_a_broker_that_never_answers_ends_the_start_with_the_error_in_its_log(tmp_path, cleanup, monkeypatch):
+    """Review 2026-12-05: Tansu retrying its S3 storage for good ended the start with "Kafka broker
+    at ... unavailable ... start one with 'auditstream broker start'"; its log said what was wrong.
+    (An S3 endpoint that takes connections and closes them passes the check before the start.)"""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = False
+
+    def refuse() -> None:
+        while not stop:
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return
+
+    threading.Thread(target=refuse, daemon=True).start()
+    state = tmp_path / "state"
+    cleanup.append(state)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(embedded.BrokerStartFailed) as failed:
+            embedded.start(Settings(state_dir=state), timeout_s=8,
+                           options=embedded.BrokerOptions(durable=True, s3_endpoint=endpoint))
+    finally:
+        stop = True
+        server.close()
+    said = str(failed.value)
+    assert "did not start: no answer to a metadata request within 8 s (its log says: " in said, said
+    assert "Connection reset by peer" in said and endpoint.removeprefix("http://") in said, said
+    assert "start one with 'auditstream broker start'" not in said
+    assert embedded.status(Settings(state_dir=state)) is None and _gone(_tansu_of(state))
