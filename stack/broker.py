@@ -62,7 +62,7 @@ from auditstream.stop_signal import restore as restore_signals
 from auditstream.settings import Settings
 
 __all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "BrokerStartFailed", "StorageInfo", "resolve_bootstrap", "start",
-           "stop", "status", "storage_status", "broker_binary"]
+           "start_or_reuse", "stop", "status", "is_running", "storage_status", "broker_binary"]
 
 STORAGE_STATE_FILE = "storage.json"
 LOCK_FILE = "broker.lock"  # held by start() and stop(): one of them at a time per state dir
@@ -351,6 +351,12 @@ def status(settings: Settings) -> BrokerInfo | None:
     """The running embedded broker of this state dir, or None."""
     info = _read_state(settings.state_dir / BROKER_STATE_FILE, BrokerInfo)
     return info if info is not None and _running(info.pid, info.started, "tansu") else None
+
+
+def is_running(info: BrokerInfo) -> bool:
+    """Whether the broker process of ``info`` (a record :func:`start` returned) still runs: the
+    same pid, started at the same time (a broker stopped and started again is another one)."""
+    return _running(info.pid, info.started, "tansu")
 
 
 def storage_status(settings: Settings) -> StorageInfo | None:
@@ -731,6 +737,15 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
     (SIGTERM/SIGINT/SIGHUP stop it). One start or stop of a state dir runs at a time
     (``broker.lock``); SIGTERM or SIGHUP during the start stops what it launched.
     """
+    return start_or_reuse(settings, models, port, timeout_s, foreground, options, behind_port)[0]
+
+
+def start_or_reuse(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
+                   timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions | None = None,
+                   behind_port: int = 0) -> tuple[BrokerInfo, bool]:
+    """:func:`start`, and whether this call launched the broker (False: it was running already).
+    Whoever launched it stops it (``stop(settings, only=info)``); a broker that ran before is
+    someone else's."""
     _check_models(models)
     if options is not None:
         _check_security(settings, options)
@@ -742,12 +757,12 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
             if running is not None:
                 _refuse_other(settings, running, options, port)
                 ensure_model_topics(settings, models, bootstrap=running.bootstrap)
-                return running
+                return running, False
             info, procs = _launch(settings, models, port, timeout_s, foreground, options or BrokerOptions(),
                                   behind_port, signals)
         if foreground:
             _run_foreground(settings, info, procs, signals)
-    return info
+    return info, True
 
 
 def _check_models(models: list[str] | tuple[str, ...]) -> None:
@@ -855,16 +870,21 @@ def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess
             signal.signal(sig, handler)
 
 
-def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> bool:
+def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False, only: BrokerInfo | None = None) -> bool:
     """Stop the embedded broker of this state dir (and, with ``storage``, the local S3 server of
     a durable one, which ends what it stored); False if nothing of it was running. A durable
     broker's state file stays, with pid 0, so the next start takes the same port. Only processes
-    that are still the recorded ones (same start time, same command) are signalled."""
+    that are still the recorded ones (same start time, same command) are signalled.
+
+    ``only``: the broker :func:`start_or_reuse` launched for the caller. If the state dir records
+    another one now (the caller's was stopped and someone started their own), nothing is touched."""
     if not settings.state_dir.is_dir():
         return False
     path = settings.state_dir / BROKER_STATE_FILE
     with _locked(settings):
         info = _read_state(path, BrokerInfo)
+        if only is not None and (info is None or (info.pid, info.started) != (only.pid, only.started)):
+            return False
         stopped = False
         if info is not None:
             # the terminator too when Tansu behind it already died: it holds the broker's port

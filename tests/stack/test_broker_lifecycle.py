@@ -10,6 +10,7 @@ moto, and the ``auditstream broker`` command itself.
   dead;
 - a start that asks for another broker than the running one is refused in one line;
 - a certificate the clients refuse ends the start at once, naming the certificate;
+- ``stop(only=...)`` leaves a broker someone started after the caller's own was stopped;
 - a broker that never answers (its S3 storage failing) ends the start with its log's error.
 """
 
@@ -329,6 +330,26 @@ def test_a_key_of_another_certificate_is_refused_before_anything_starts(tmp_path
     assert str(pki.client_key) in str(refused.value)
     assert not _tansu_of(tmp_path / "state")
 
+
+
+# -- whose broker it is ---------------------------------------------------------------------------------
+
+
+def test_stop_only_the_broker_this_caller_launched_leaves_one_started_since(tmp_path, cleanup):
+    """Review 2026-12-05: the demo's clean-up stopped whatever broker.json named -- a durable broker
+    the user had started after stopping the demo's own."""
+    state = tmp_path / "state"
+    cleanup.append(state)
+    settings = Settings(state_dir=state)
+    mine, launched = embedded.start_or_reuse(settings)
+    assert launched and embedded.is_running(mine)
+    assert embedded.start_or_reuse(settings) == (mine, False)  # found running: not this call's
+    assert embedded.stop(settings)  # someone else's 'broker stop' ...
+    theirs = embedded.start(settings)  # ... and 'broker start'
+    assert not embedded.is_running(mine) and embedded.is_running(theirs)
+    assert not embedded.stop(settings, only=mine)
+    assert embedded.status(settings) == theirs, "stopped a broker it did not launch"
+    assert embedded.stop(settings, only=theirs) and embedded.status(settings) is None
 
 
 # -- a broker that never answers -------------------------------------------------------------------------
