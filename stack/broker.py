@@ -61,8 +61,8 @@ from auditstream.stop_signal import StopSignal
 from auditstream.stop_signal import restore as restore_signals
 from auditstream.settings import Settings
 
-__all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "StorageInfo", "resolve_bootstrap", "start", "stop", "status",
-           "storage_status", "broker_binary"]
+__all__ = ["BrokerBusy", "BrokerInfo", "BrokerOptions", "BrokerStartFailed", "StorageInfo", "resolve_bootstrap", "start",
+           "start_or_reuse", "stop", "status", "is_running", "storage_status", "broker_binary"]
 
 STORAGE_STATE_FILE = "storage.json"
 LOCK_FILE = "broker.lock"  # held by start() and stop(): one of them at a time per state dir
@@ -72,11 +72,30 @@ LOCAL_S3_ENV = {"AWS_ACCESS_KEY_ID": "auditstream", "AWS_SECRET_ACCESS_KEY": "au
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
 
 
+DEFAULT_BUCKET = "auditstream"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _endpoint_address(endpoint: str) -> tuple[str, int]:
+    """Host and port of an S3 endpoint URL; ConfigError unless it is http(s)://host[:port][/]."""
+    from urllib.parse import urlsplit
+
+    expected = "an http:// or https:// URL of an S3-compatible server, e.g. http://127.0.0.1:9000"
+    try:
+        url = urlsplit(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError("--s3-endpoint", endpoint, expected) from None
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
+        raise ConfigError("--s3-endpoint", endpoint, expected)
+    return url.hostname, port
+
+
 @dataclass(frozen=True)
 class BrokerOptions:
     durable: bool = False  # Tansu's S3 storage engine instead of memory
     s3_endpoint: str = ""  # durable: an S3-compatible server; empty: start a local one (moto)
-    bucket: str = "auditstream"
+    bucket: str = DEFAULT_BUCKET
     tls_cert: str = ""  # PEM server certificate: serve TLS (stack/tls_proxy.py) on the public port
     tls_key: str = ""
     tls_client_ca: str = ""  # require client certificates signed by this CA (mutual TLS)
@@ -92,6 +111,13 @@ class BrokerOptions:
                 raise ConfigError("--" + name.replace("_", "-"), path, "a readable PEM file")
         if self.s3_endpoint and not self.durable:
             raise ConfigError("--s3-endpoint", self.s3_endpoint, "used with --durable")
+        if self.bucket != DEFAULT_BUCKET and not self.durable:
+            raise ConfigError("--bucket", self.bucket, "used with --durable")
+        if not _BUCKET.fullmatch(self.bucket):
+            raise ConfigError("--bucket", self.bucket, "an S3 bucket name: 3 to 63 lowercase letters, digits, dots "
+                              "and hyphens, starting and ending with a letter or digit")
+        if self.s3_endpoint:
+            _endpoint_address(self.s3_endpoint)  # ConfigError unless http(s)://host[:port]
 
     @property
     def tls(self) -> bool:
@@ -126,6 +152,15 @@ class StorageInfo:
 class BrokerBusy(AuditstreamError):
     """The broker of this state dir is in the way: one runs with other options than asked for, or
     another start or stop is at work on it. The message says what to do."""
+
+
+class BrokerStartFailed(BrokerUnavailable):
+    """The embedded broker (or what it needs: its S3 storage) did not start; the message says why,
+    from Tansu's own log where it said, not "start one with 'auditstream broker start'"."""
+
+    def __init__(self, bootstrap: str, detail: str) -> None:
+        self.bootstrap, self.detail = bootstrap, detail
+        AuditstreamError.__init__(self, f"the embedded broker ({bootstrap}) did not start: {detail}")
 
 
 def broker_binary() -> str:
@@ -318,6 +353,12 @@ def status(settings: Settings) -> BrokerInfo | None:
     return info if info is not None and _running(info.pid, info.started, "tansu") else None
 
 
+def is_running(info: BrokerInfo) -> bool:
+    """Whether the broker process of ``info`` (a record :func:`start` returned) still runs: the
+    same pid, started at the same time (a broker stopped and started again is another one)."""
+    return _running(info.pid, info.started, "tansu")
+
+
 def storage_status(settings: Settings) -> StorageInfo | None:
     """The running local S3 server of this state dir (durable mode), or None."""
     info = _read_state(settings.state_dir / STORAGE_STATE_FILE, StorageInfo)
@@ -441,6 +482,79 @@ def _last_line(log_path: Path) -> str:
     return last[:300]
 
 
+_LOG_ERROR = re.compile(r"\bERROR\s+\S+:\s+(?:\d+:\s+)?(.*)")  # Tansu: "<time> ERROR <module>: <line>: <what>"
+_IMDS = "169.254.169.254"
+
+
+def _log_error(log_path: Path, offset: int = 0) -> str:
+    """What went wrong, from the log after ``offset`` (where this start began writing): its last
+    ERROR line's message (shortened in the middle), else its last line; with what to do when
+    Tansu, finding no S3 credentials, asked the cloud instance-metadata service for some."""
+    try:
+        with open(log_path, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - 64_000))
+            text = _ANSI.sub("", log.read().decode(errors="replace"))
+    except OSError:
+        return "no log"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = next((m.group(1) for m in map(_LOG_ERROR.search, reversed(lines)) if m), None)
+    if found is None:
+        return lines[-1][:300] if lines else "empty log"
+    shown = found if len(found) <= 420 else f"{found[:200]} ... {found[-200:]}"
+    if _IMDS in found:
+        return ("Tansu found no S3 credentials and asked the cloud instance-metadata service for some: set "
+                f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (its error: {shown})")
+    return shown
+
+
+def _check_s3(endpoint: str, env: dict[str, str], bootstrap: str) -> None:
+    """Before Tansu starts on ``endpoint``: something listens there, and Tansu's S3 client
+    (object_store, configured from the ``AWS_*`` variables) has credentials to find -- without
+    them it asks the cloud instance-metadata service and never answers a client; unreachable,
+    it retries for good. BrokerStartFailed, at once, saying which."""
+    host, port = _endpoint_address(endpoint)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise BrokerStartFailed(bootstrap, f"the S3 endpoint {endpoint} does not answer ({type(e).__name__}: {e}); "
+                                "start that S3 server, or give --s3-endpoint one that runs") from None
+    if not _s3_credentials(env):
+        raise BrokerStartFailed(bootstrap, f"no S3 credentials for {endpoint}: set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or "
+                                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; no instance-metadata service answered)")
+
+
+def _s3_credentials(env: dict[str, str]) -> str:
+    """Where Tansu's S3 client would take credentials from (object_store's order), "" if nowhere."""
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return "AWS_ACCESS_KEY_ID"
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
+        return "AWS_WEB_IDENTITY_TOKEN_FILE"
+    for name in ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        if env.get(name):
+            return name
+    if env.get("AWS_SKIP_SIGNATURE", "").lower() in ("true", "1"):
+        return "AWS_SKIP_SIGNATURE"
+    metadata = (env.get("AWS_METADATA_ENDPOINT") or f"http://{_IMDS}").rstrip("/")
+    request = urllib.request.Request(metadata + "/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    try:  # IMDSv2, as object_store asks it
+        with urllib.request.urlopen(request, timeout=1) as answer:
+            return "instance metadata" if answer.status == 200 else ""
+    except (urllib.error.URLError, OSError, ValueError):
+        return ""
+
+
+def _logged_error(log_path: Path, offset: int) -> bool:
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            return b"ERROR" in log.read()
+    except OSError:
+        return False
+
+
 def _probe_context(settings: Settings, bootstrap: str) -> ssl.SSLContext:
     """The TLS a client of these settings speaks (kafka_python_config's files and name check)."""
     try:
@@ -457,13 +571,14 @@ def _probe_context(settings: Settings, bootstrap: str) -> ssl.SSLContext:
 
 
 def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subprocess.Popen]], log_path: Path,
-                timeout_s: float, tls_cert: str = "") -> None:
+                timeout_s: float, tls_cert: str = "", log_offset: int = 0) -> None:
     """Until the broker answers a metadata request over the connection's configured security.
 
     Under TLS each attempt first makes a TLS handshake of its own: a certificate the clients
     refuse (expired, another CA's, another host's) ends the wait at once with what is wrong,
     instead of 30 s of the client's reconnect log. The client's log is quiet meanwhile: failed
-    attempts are expected until the broker listens."""
+    attempts are expected until the broker listens. A process that exits, or a broker that never
+    answers, ends it with BrokerStartFailed naming the error in the log written since ``log_offset``."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -479,8 +594,8 @@ def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subpr
             _start_signals.check()
             for name, proc in procs:
                 if proc.poll() is not None:
-                    raise BrokerUnavailable(bootstrap, f"{name} exited with code {proc.returncode} during start-up "
-                                                       f"({_last_line(log_path)}); log {log_path}")
+                    raise BrokerStartFailed(bootstrap, f"{name} exited with code {proc.returncode} during start-up "
+                                                       f"({_log_error(log_path, log_offset)}); log {log_path}")
             if context is not None:
                 try:
                     with socket.create_connection((host, int(port)), timeout=2) as sock:
@@ -509,8 +624,9 @@ def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subpr
                 if admin is not None:
                     with contextlib.suppress(Exception):
                         admin.close()
-        raise BrokerUnavailable(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s (last: {last}); "
-                                           f"log {log_path}")
+        said = _log_error(log_path, log_offset) if _logged_error(log_path, log_offset) else ""
+        raise BrokerStartFailed(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s "
+                                           f"({f'its log says: {said}' if said else f'last: {last}'}); log {log_path}")
     finally:
         kafka_log.setLevel(level or logging.WARNING)  # (the client's INFO lines stay out of a start's output)
 
@@ -542,7 +658,7 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
                     break
                 except (urllib.error.URLError, OSError):
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise BrokerUnavailable(info.endpoint, f"the local S3 server (moto) did not start "
+                        raise BrokerStartFailed(info.endpoint, f"the local S3 server (moto) did not start "
                                                 f"({_last_line(log_path)}); is the 'serve' extra installed? "
                                                 f"log {log_path}") from None
                     _start_signals.check()
@@ -557,9 +673,9 @@ def _start_storage(settings: Settings, bucket: str, timeout_s: float) -> Storage
         urllib.request.urlopen(urllib.request.Request(f"{info.endpoint}/{bucket}", method="PUT"), timeout=10).close()
     except urllib.error.HTTPError as e:
         if e.code != 409:
-            raise BrokerUnavailable(info.endpoint, f"could not create bucket {bucket!r}: HTTP {e.code}") from None
+            raise BrokerStartFailed(info.endpoint, f"could not create bucket {bucket!r}: HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: no S3 server answers there
-        raise BrokerUnavailable(info.endpoint, f"the local S3 server does not answer ({getattr(e, 'reason', e)}); "
+        raise BrokerStartFailed(info.endpoint, f"the local S3 server does not answer ({getattr(e, 'reason', e)}); "
                                 f"'auditstream broker stop --storage' ends it (and what it stored), the next start "
                                 f"starts a new one; log {info.log}") from None
     return info
@@ -621,6 +737,16 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
     (SIGTERM/SIGINT/SIGHUP stop it). One start or stop of a state dir runs at a time
     (``broker.lock``); SIGTERM or SIGHUP during the start stops what it launched.
     """
+    return start_or_reuse(settings, models, port, timeout_s, foreground, options, behind_port)[0]
+
+
+def start_or_reuse(settings: Settings, models: list[str] | tuple[str, ...] = (), port: int = 0,
+                   timeout_s: float = 30.0, foreground: bool = False, options: BrokerOptions | None = None,
+                   behind_port: int = 0) -> tuple[BrokerInfo, bool]:
+    """:func:`start`, and whether this call launched the broker (False: it was running already).
+    Whoever launched it stops it (``stop(settings, only=info)``); a broker that ran before is
+    someone else's."""
+    _check_models(models)
     if options is not None:
         _check_security(settings, options)
         if behind_port and options.tls:
@@ -631,12 +757,22 @@ def start(settings: Settings, models: list[str] | tuple[str, ...] = (), port: in
             if running is not None:
                 _refuse_other(settings, running, options, port)
                 ensure_model_topics(settings, models, bootstrap=running.bootstrap)
-                return running
+                return running, False
             info, procs = _launch(settings, models, port, timeout_s, foreground, options or BrokerOptions(),
                                   behind_port, signals)
         if foreground:
             _run_foreground(settings, info, procs, signals)
-    return info
+    return info, True
+
+
+def _check_models(models: list[str] | tuple[str, ...]) -> None:
+    """ConfigError, before anything starts, for a model name the registry would refuse."""
+    from auditstream.model_card import _NAME
+
+    bad = [m for m in models if not isinstance(m, str) or not _NAME.match(m)]
+    if bad:
+        raise ConfigError("--models", ",".join(map(str, bad)), "comma-separated model names: lowercase letters, "
+                          "digits, '-' and '_', starting with a letter or digit, at most 64 characters")
 
 
 def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, timeout_s: float,
@@ -664,6 +800,8 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
     info = BrokerInfo(pid=0, port=port, bootstrap=f"127.0.0.1:{port}", log=str(log_path), storage=storage,
                       tansu_port=tansu_port if tansu_port != port else 0)
     procs: list[subprocess.Popen] = []
+    if options.durable and options.s3_endpoint:  # before anything is launched or recorded
+        _check_s3(options.s3_endpoint, dict(os.environ), info.bootstrap)
     try:
         env = None
         if options.durable:
@@ -673,6 +811,7 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
                 env["AWS_ALLOW_HTTP"] = "true"
         cmd = [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
                "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", storage]
+        log_offset = log_path.stat().st_size if log_path.exists() else 0  # what this start's Tansu writes follows
         with _signals_held():  # launched and recorded, or neither
             procs.append(_spawn(cmd, log_path, foreground, env))
             info = replace(info, pid=procs[0].pid, started=_start_time(procs[0].pid))
@@ -686,7 +825,7 @@ def _launch(settings: Settings, models: list[str] | tuple[str, ...], port: int, 
                 info = replace(info, tls_proxy_pid=procs[1].pid, tls_proxy_started=_start_time(procs[1].pid))
                 _write_state(state, info)
         _wait_ready(settings, info.bootstrap, list(zip(("Tansu", "the TLS terminator"), procs)), log_path, timeout_s,
-                    options.tls_cert)
+                    options.tls_cert, log_offset)
         ensure_model_topics(settings, models, bootstrap=info.bootstrap)
         signals.commit()
     except BaseException:
@@ -731,16 +870,21 @@ def _run_foreground(settings: Settings, info: BrokerInfo, procs: list[subprocess
             signal.signal(sig, handler)
 
 
-def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False) -> bool:
+def stop(settings: Settings, timeout_s: float = 10.0, storage: bool = False, only: BrokerInfo | None = None) -> bool:
     """Stop the embedded broker of this state dir (and, with ``storage``, the local S3 server of
     a durable one, which ends what it stored); False if nothing of it was running. A durable
     broker's state file stays, with pid 0, so the next start takes the same port. Only processes
-    that are still the recorded ones (same start time, same command) are signalled."""
+    that are still the recorded ones (same start time, same command) are signalled.
+
+    ``only``: the broker :func:`start_or_reuse` launched for the caller. If the state dir records
+    another one now (the caller's was stopped and someone started their own), nothing is touched."""
     if not settings.state_dir.is_dir():
         return False
     path = settings.state_dir / BROKER_STATE_FILE
     with _locked(settings):
         info = _read_state(path, BrokerInfo)
+        if only is not None and (info is None or (info.pid, info.started) != (only.pid, only.started)):
+            return False
         stopped = False
         if info is not None:
             # the terminator too when Tansu behind it already died: it holds the broker's port

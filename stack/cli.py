@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from auditstream.cli_args import (COUNT, PORT, add_checked_argument, add_dataclass_arguments, check_fields,
                                   dataclass_from_namespace)
+from auditstream.errors import ConfigError
 from stack import demo, learning_cli, wire_bench
 
 
@@ -54,8 +55,11 @@ def _broker_start(args: argparse.Namespace) -> int:
     from stack import broker
 
     settings = _settings()
-    models = [m for m in args.models.split(",") if m]
-    options = broker.BrokerOptions(durable=args.durable, s3_endpoint=args.s3_endpoint, bucket=args.bucket,
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.bucket is not None and not args.durable:  # (BrokerOptions refuses only a bucket other than the default)
+        raise ConfigError("--bucket", args.bucket, "used with --durable")
+    options = broker.BrokerOptions(durable=args.durable, s3_endpoint=args.s3_endpoint,
+                                   bucket=broker.DEFAULT_BUCKET if args.bucket is None else args.bucket,
                                    tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
     # No storage or TLS option given: the broker that runs will do, whatever it is (a different
     # one asked for is refused: broker.BrokerBusy, one line).
@@ -117,7 +121,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                             "stop, restart or crash (a local S3 server, moto, is started unless --s3-endpoint)")
     start.add_argument("--s3-endpoint", default="", help="with --durable: an S3-compatible server (MinIO, AWS) to use; "
                        "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; the bucket must exist")
-    start.add_argument("--bucket", default="auditstream", help="with --durable: the bucket (default: auditstream)")
+    start.add_argument("--bucket", default=None, help="with --durable: the bucket (default: auditstream)")
     start.add_argument("--tls-cert", default="", help="PEM server certificate: clients must connect with TLS "
                        "(set AUDITSTREAM_KAFKA_SECURITY_PROTOCOL=SSL and AUDITSTREAM_KAFKA_SSL_CAFILE)")
     start.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")

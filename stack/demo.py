@@ -8,6 +8,9 @@ auditor account whose credentials it prints), then streams test-split envelopes,
 labels and scenes of coloured shapes through the broker and shows, every few seconds, how many
 were auto-sorted, deferred to humans and sampled for QC. Ctrl-C, SIGTERM or ``--duration-s`` stops
 everything it started; a second Ctrl-C or SIGTERM while it stops is ignored, so the clean-up ends.
+An embedded broker that ran before the demo is used and left running; the clean-up stops only the
+broker process the demo launched itself. If the broker it runs on stops meanwhile, the demo stops
+too, saying so in one line.
 
 ``--retrain-every N`` closes the loop live (stack/demo_loop.py): each model ``auditstream
 retrain`` can retrain (digits, zip-reader) is retrained in a niced child process once N new
@@ -494,10 +497,37 @@ def run(args: DemoArgs) -> int:
         lock.close()
 
 
+def _broker_gone(used: Any, ours: bool) -> str:
+    """The one line that ends the demo when the embedded broker it runs on stopped (a 'broker
+    stop', a crash, a restart: a broker started again is another one). Its requests would only
+    pile up in the producer while the clients log a refused connection every second."""
+    whose = "it started" if ours else "it runs on"
+    return (f"auditstream demo: the embedded broker {whose} (pid {used.pid}, {used.bootstrap}) stopped; the demo "
+            f"stops too (broker log {used.log})")
+
+
+def _stopping_line(settings: Settings, ours: Any, used: Any) -> str:
+    """What the clean-up is about to stop, as it is: the broker only if it is the demo's own and
+    still runs; a broker that ran before the demo, or one someone started since, stays."""
+    from stack import broker
+
+    now = broker.status(settings) if used is not None else None
+    if ours is not None and broker.is_running(ours):
+        return f"stopping the demo: its processes, then the embedded broker it started (pid {ours.pid})"
+    if ours is not None:
+        extra = f"; the one running now (pid {now.pid}) is not the demo's and keeps running" if now else ""
+        return f"stopping the demo's processes (the embedded broker it started, pid {ours.pid}, has stopped already{extra})"
+    if used is not None and now is not None:
+        return (f"stopping the demo's processes (the embedded broker at {now.bootstrap}, pid {now.pid}, is not the "
+                "demo's: it keeps running)")
+    return "stopping the demo's processes"
+
+
 def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> int:
     from stack import broker
 
-    started_broker = False
+    ours = None  # the embedded broker this demo launched (broker.BrokerInfo): the only one its clean-up stops
+    used = None  # the embedded broker it runs on, launched or found running
     children = Children(settings.state_dir / "logs")
     stop = threading.Event()
     loop, loop_thread = None, None
@@ -508,11 +538,12 @@ def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> 
             # (a broker's random free port once landed on one: a consumer then could not start).
             metrics_ports = range(args.metrics_port_base, args.metrics_port_base + 11)
             port = next((p for p in iter(broker.free_port, None) if p not in metrics_ports)) if launch else 0
-            info = broker.start(settings, models=DEMO_MODELS, port=port)
-            # Only once the start returned: one that failed (another start held the lock, and its
-            # broker is not ours) must not be stopped by the clean-up below.
-            started_broker = launch
-            print(f"embedded broker (Tansu) at {info.bootstrap}", flush=True)
+            used, launched = broker.start_or_reuse(settings, models=DEMO_MODELS, port=port)
+            # Only once the start returned, and only what it launched: a broker that ran already, or
+            # one another start launched while this one waited for the lock, is not the demo's.
+            ours = used if launched else None
+            print(f"embedded broker (Tansu) at {used.bootstrap}"
+                  f"{'' if launched else f' (pid {used.pid}, running before the demo: it stays running)'}", flush=True)
         else:  # a real Kafka: create the demo's topics if they are missing
             from auditstream.kafka import ensure_model_topics
 
@@ -553,6 +584,8 @@ def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> 
         while not args.duration_s or time.monotonic() - began < args.duration_s:
             time.sleep(args.report_every_s)
             stop_signal.check()
+            if used is not None and not broker.is_running(used):
+                raise SystemExit(_broker_gone(used, ours is not None))
             children.check()
             with tally.lock:
                 report, versions = tally.report(time.monotonic() - began), tally.by_version()
@@ -567,15 +600,15 @@ def _run_locked(args: DemoArgs, settings: Settings, stop_signal: StopSignal) -> 
         # signals twice) would abort this clean-up half way and leave the broker running: ignore
         # them until it is done -- each step has its own timeout (children: SIGKILL after it).
         restore = _ignore_stop_signals()
-        print("stopping the demo: its processes, then the broker", flush=True)
+        print(_stopping_line(settings, ours, used), flush=True)
         stop.set()
         if loop_thread is not None and loop_thread.is_alive():
             loop_thread.join(timeout=30)  # its step in progress ends (it may just have started a child)
         if loop is not None:
             loop.stop()
         children.stop()
-        if started_broker:
-            broker.stop(settings)
+        if ours is not None:
+            broker.stop(settings, only=ours)  # not a broker someone started after the demo's stopped
         print("demo stopped", flush=True)
         restore()
 

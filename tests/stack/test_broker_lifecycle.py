@@ -9,7 +9,9 @@ moto, and the ``auditstream broker`` command itself.
 - a durable broker comes back on its port after a foreground run and after a stop that found it
   dead;
 - a start that asks for another broker than the running one is refused in one line;
-- a certificate the clients refuse ends the start at once, naming the certificate.
+- a certificate the clients refuse ends the start at once, naming the certificate;
+- ``stop(only=...)`` leaves a broker someone started after the caller's own was stopped;
+- a broker that never answers (its S3 storage failing) ends the start with its log's error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -327,3 +330,60 @@ def test_a_key_of_another_certificate_is_refused_before_anything_starts(tmp_path
     assert str(pki.client_key) in str(refused.value)
     assert not _tansu_of(tmp_path / "state")
 
+
+
+# -- whose broker it is ---------------------------------------------------------------------------------
+
+
+def test_stop_only_the_broker_this_caller_launched_leaves_one_started_since(tmp_path, cleanup):
+    """Review 2026-12-05: the demo's clean-up stopped whatever broker.json named -- a durable broker
+    the user had started after stopping the demo's own."""
+    state = tmp_path / "state"
+    cleanup.append(state)
+    settings = Settings(state_dir=state)
+    mine, launched = embedded.start_or_reuse(settings)
+    assert launched and embedded.is_running(mine)
+    assert embedded.start_or_reuse(settings) == (mine, False)  # found running: not this call's
+    assert embedded.stop(settings)  # someone else's 'broker stop' ...
+    theirs = embedded.start(settings)  # ... and 'broker start'
+    assert not embedded.is_running(mine) and embedded.is_running(theirs)
+    assert not embedded.stop(settings, only=mine)
+    assert embedded.status(settings) == theirs, "stopped a broker it did not launch"
+    assert embedded.stop(settings, only=theirs) and embedded.status(settings) is None
+
+
+# -- a broker that never answers -------------------------------------------------------------------------
+
+
+def test_a_broker_that_never_answers_ends_the_start_with_the_error_in_its_log(tmp_path, cleanup, monkeypatch):
+    """Review 2026-12-05: Tansu retrying its S3 storage for good ended the start with "Kafka broker
+    at ... unavailable ... start one with 'auditstream broker start'"; its log said what was wrong.
+    (An S3 endpoint that takes connections and closes them passes the check before the start.)"""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = False
+
+    def refuse() -> None:
+        while not stop:
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return
+
+    threading.Thread(target=refuse, daemon=True).start()
+    state = tmp_path / "state"
+    cleanup.append(state)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(embedded.BrokerStartFailed) as failed:
+            embedded.start(Settings(state_dir=state), timeout_s=8,
+                           options=embedded.BrokerOptions(durable=True, s3_endpoint=endpoint))
+    finally:
+        stop = True
+        server.close()
+    said = str(failed.value)
+    assert "did not start: no answer to a metadata request within 8 s (its log says: " in said, said
+    assert "Connection reset by peer" in said and endpoint.removeprefix("http://") in said, said
+    assert "start one with 'auditstream broker start'" not in said
+    assert embedded.status(Settings(state_dir=state)) is None and _gone(_tansu_of(state))

@@ -1,12 +1,15 @@
 """``auditstream demo`` on real processes, where it goes wrong: a second demo on the same state
-dir is refused before it touches the first one's broker or auditor account, and a model whose
-training fails ends the demo with one line of its own (no traceback), everything stopped.
+dir is refused before it touches the first one's broker or auditor account, a model whose
+training fails ends the demo with one line of its own (no traceback), everything stopped, and the
+demo stops only the broker it launched: one that ran before it, or one started after its own was
+stopped (which ends the demo, in one line), keeps running.
 
 The registry is seeded with the tiny stand-ins of tests/stack/test_demo.py (no torch).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -107,3 +110,77 @@ def test_a_failed_training_ends_the_demo_in_one_line_and_stops_what_it_started(t
     assert "CalledProcessError" not in done.stderr and "stack/demo.py" not in done.stderr, done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("demo stopped"), done.stdout[-2000:]
     assert not _tansu_of(state) and not (state / "broker.json").exists()
+
+
+def _broker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "auditstream.cli", "broker", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+
+
+def test_a_demo_whose_broker_was_stopped_ends_saying_so_and_leaves_the_broker_started_since(tmp_path: Path) -> None:
+    """Review 2026-12-05: after 'broker stop; broker start --durable' beside a running demo, the
+    demo counted "sent" on into a dead broker, filled its log with librdkafka's "Connection
+    refused", and its clean-up then stopped the user's new broker (whatever broker.json named)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    seed_registry(models)
+    env = _demo_env(models, state)
+    # long enough for 'broker stop' (Tansu takes up to 10 s to exit) and 'broker start' on a loaded machine
+    errors = open(tmp_path / "demo.err", "w+")  # (a pipe left unread while the broker stops could fill up)
+    demo = subprocess.Popen(_demo("--duration-s", "150"), env=env, stdout=subprocess.PIPE, stderr=errors, text=True,
+                            cwd=REPO)
+    out: list[str] = []
+    try:
+        for line in demo.stdout:  # type: ignore[union-attr]
+            out.append(line)
+            if line.startswith("logs in "):
+                break
+        demos = json.loads(_broker(env, "status").stdout)
+        assert _broker(env, "stop").stdout.strip() == "broker stopped"
+        started = _broker(env, "start")
+        assert started.returncode == 0, started.stderr[-2000:]
+        theirs = json.loads(_broker(env, "status").stdout)
+        rest, _ = demo.communicate(timeout=150)
+        text, err = "".join(out) + rest, (tmp_path / "demo.err").read_text()
+        assert demo.returncode == 1, (demo.returncode, text[-3000:], err[-3000:])
+        said = [line for line in err.splitlines() if line.startswith("auditstream demo:")]
+        assert said == [f"auditstream demo: the embedded broker it started (pid {demos['pid']}, {demos['bootstrap']}) "
+                        f"stopped; the demo stops too (broker log {demos['log']})"], err[-3000:]
+        # (the demo may notice before the new broker is up: then the line names none running now)
+        assert (f"stopping the demo's processes (the embedded broker it started, pid {demos['pid']}, has stopped "
+                "already") in text, text[-3000:]
+        assert text.rstrip().endswith("demo stopped"), text[-2000:]
+        after = _broker(env, "status")
+        assert after.returncode == 0 and json.loads(after.stdout)["pid"] == theirs["pid"], "the demo stopped it"
+    finally:
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGTERM)
+            try:
+                demo.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
+        errors.close()
+        _broker(env, "stop")
+    assert not _tansu_of(state)
+
+
+def test_a_broker_that_ran_before_the_demo_is_used_and_left_running_saying_so(tmp_path: Path) -> None:
+    """The demo left it running, but said "stopping the demo: its processes, then the broker"."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    seed_registry(models)
+    env = _demo_env(models, state)
+    try:
+        assert _broker(env, "start").returncode == 0
+        theirs = json.loads(_broker(env, "status").stdout)
+        done = subprocess.run(_demo("--duration-s", "4"), env=env, capture_output=True, text=True, timeout=180,
+                              cwd=REPO)
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+        assert (f"embedded broker (Tansu) at {theirs['bootstrap']} (pid {theirs['pid']}, running before the demo: it "
+                "stays running)") in done.stdout, done.stdout
+        assert (f"stopping the demo's processes (the embedded broker at {theirs['bootstrap']}, pid {theirs['pid']}, "
+                "is not the demo's: it keeps running)") in done.stdout, done.stdout
+        after = _broker(env, "status")
+        assert after.returncode == 0 and json.loads(after.stdout)["pid"] == theirs["pid"]
+    finally:
+        _broker(env, "stop")
+    assert not _tansu_of(state)
