@@ -17,8 +17,15 @@ at their dense size: ONNX Runtime densifies a sparse initializer when it loads t
 the memory budget (``AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES``, default :data:`MAX_CONSTANT_BYTES`), and
 so must every tensor whose size ONNX shape inference can work out from constants alone -- what
 ``ConstantOfShape``, ``Expand``, ``Tile`` or ``Range`` would build at warm-up (one hostile file
-asked for 40 GB and was stopped only by a ulimit); and, given the card's inputs and outputs, the
-graph must have them with the same element types and ranks.
+asked for 40 GB and was stopped only by a ulimit); model-local functions may not call each other
+in a cycle or inline to a bomb (:func:`check_function_nesting`: 2 kB of functions each calling
+the previous twice made 2**40 nodes); and, given the card's inputs and outputs, the graph must
+have them with the same element types and ranks.
+
+Everything runs in process except ONNX shape inference, which is C++ that a hostile file can
+abort (SIGABRT) or exhaust: it runs in a child process (:mod:`auditstream.model_sandbox`), once
+per process for the same bytes. The serving runtime vets the ONNX Runtime session and its
+warm-up the same way (``serving/vetting.py``).
 
 Every place a file can hold a tensor is searched, recursively: graph initializers and sparse
 initializers, node attributes (``t``, ``tensors``, ``sparse_tensor``, ``sparse_tensors``, read by
@@ -45,6 +52,13 @@ MAX_CONSTANT_BYTES = 2 * 1024**3
 # ONNX Runtime counts elements in int64: dims whose product is larger describe no tensor, only an
 # attempt to overflow a size computation (and would make ours multiply ever larger integers).
 MAX_ELEMENTS = 2**63 - 1
+# Model-local functions, as inlined: exported models nest module functions a dozen levels and
+# repeat a layer's function per layer; a chain of functions each calling the last twice doubles
+# the graph per level (a function bomb). ONNX Runtime took > 2 minutes on 2**16 inlined nodes.
+MAX_FUNCTION_DEPTH = 32
+MAX_INLINED_NODES = 1_000_000
+MAX_INLINE_GROWTH = 64
+INLINE_GROWTH_FLOOR = 10_000
 
 
 def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>",
@@ -73,6 +87,7 @@ def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<by
         raise ModelRefused(path, "the file parses but holds no graph with outputs: not an exported model")
     check_model_proto(model, path, max_constant_bytes)
     check_io_against_card(model, inputs, outputs, path)
+    check_static_tensors(data, actual, path, max_constant_bytes)
 
 
 def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = (),
@@ -91,10 +106,13 @@ def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = 
 
 
 def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
-    """The content checks on a parsed ``onnx.ModelProto``: operator domains, external data, tensor
-    dims and the memory its constants would take."""
+    """The content checks on a parsed ``onnx.ModelProto`` that need no native code: function
+    nesting, operator domains, external data, tensor dims and the memory its constants would
+    take (:func:`check_static_tensors` runs shape inference, in a child process)."""
     import onnx
 
+    # First: every check below is linear in the file, but inlining a function bomb is not.
+    check_function_nesting(model, path)
     # A model-local function is an op (domain, name) whose body is in the file; any other op of
     # a non-standard domain would need a native custom-op library.
     local_ops = {(f.domain, f.name) for f in model.functions}
@@ -126,11 +144,88 @@ def check_model_proto(model: Any, path: Path | str, max_constant_bytes: int = MA
         raise ModelRefused(path, f"its constant tensors (initializers, Constant, sparse ones at their dense size, "
                            f"ConstantOfShape/Expand to constant shapes) need {_gib(needed)}, over {budget}: "
                            "not a model this project serves")
-    # Checked after the constants: shape inference on a model with huge initializers would copy them.
-    largest = largest_static_tensor(model)
+
+
+def check_static_tensors(data: bytes, sha256: str, path: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES,
+                         timeout_s: float | None = None) -> None:
+    """Refuse a model with a tensor whose size constants alone fix over ``max_constant_bytes``
+    (:func:`largest_static_tensor`). ONNX shape inference is C++ that a hostile file can abort or
+    exhaust, so it runs in a child process (:mod:`auditstream.model_sandbox`), once per process
+    for the same bytes and budget. Called after :func:`check_model_proto`: shape inference on a
+    model with huge initializers would copy them, and a function bomb would never finish."""
+    from auditstream import model_sandbox
+
+    model_sandbox.run_checked(
+        _check_static_tensors_in_child, (data, max_constant_bytes), what="ONNX shape inference", path=path,
+        key=("static-tensors", sha256, max_constant_bytes), memory_bytes=max_constant_bytes,
+        timeout_s=model_sandbox.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+
+
+def _check_static_tensors_in_child(data: bytes, max_constant_bytes: int) -> None:
+    """In the child process: the refusal is decided here, so that a check that returns passed."""
+    import onnx
+
+    largest = largest_static_tensor(onnx.load_model_from_string(data))
     if largest is not None and largest[1] > max_constant_bytes:
-        raise ModelRefused(path, f"tensor {largest[0]!r} has a size fixed by constants alone and would take "
+        budget = f"the {_gib(max_constant_bytes)} budget (AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES)"
+        raise ModelRefused("", f"tensor {largest[0]!r} has a size fixed by constants alone and would take "
                            f"{_gib(largest[1])} when the model runs, over {budget}: not a model this project serves")
+
+
+def check_function_nesting(model: Any, path: Path | str) -> None:
+    """Refuse model-local functions that call each other in a cycle, nest deeper than
+    :data:`MAX_FUNCTION_DEPTH`, or inline to more nodes than :data:`MAX_INLINED_NODES` (or more
+    than :data:`MAX_INLINE_GROWTH` times the nodes the file holds, past
+    :data:`INLINE_GROWTH_FLOOR`). Each function in a chain calling the previous twice doubles
+    the graph: 40 functions in 2 kB made 2**40 nodes, which ONNX shape inference and ONNX
+    Runtime inline (exponential time, holding the GIL). Counted here without inlining: each
+    function's size once, from its callees' sizes."""
+    functions = {(f.domain, f.name): f for f in model.functions}
+    if not functions:
+        return
+    sizes: dict[tuple[str, str], tuple[int, int]] = {}  # (inlined nodes, nesting depth)
+    visiting: set[tuple[str, str]] = set()
+
+    def nodes_of(graph: Any) -> Iterator[Any]:  # a graph's nodes and, recursively, its subgraphs'
+        stack = [graph]
+        while stack:
+            g = stack.pop()
+            for node in g.node:
+                yield node
+                stack.extend(value for kind, value in _attribute_values(node.attribute) if kind == "graph")
+
+    def size(graph: Any) -> tuple[int, int]:
+        nodes, depth = 0, 0
+        for node in nodes_of(graph):
+            callee = (node.domain, node.op_type)
+            if callee not in functions:
+                nodes += 1
+                continue
+            if callee not in sizes:
+                if callee in visiting:
+                    raise ModelRefused(path, f"model-local function {callee[0]}.{callee[1]} calls itself (directly or "
+                                       "through others): it can never be inlined; the file is damaged or hostile")
+                if len(visiting) >= MAX_FUNCTION_DEPTH:
+                    raise ModelRefused(path, f"model-local functions nest deeper than {MAX_FUNCTION_DEPTH} levels: "
+                                       "not a model this project serves (the file is damaged or hostile)")
+                visiting.add(callee)
+                sizes[callee] = size(functions[callee])
+                visiting.discard(callee)
+            nodes += sizes[callee][0]
+            depth = max(depth, sizes[callee][1] + 1)
+        return nodes, depth
+
+    inlined, depth = size(model.graph)
+    for f in functions.values():  # an unused function is still inlined by some tools
+        fn_inlined, fn_depth = size(f)
+        inlined, depth = max(inlined, fn_inlined), max(depth, fn_depth)
+    stored = sum(1 for g in _all_graphs(model) for _ in g.node)
+    if depth > MAX_FUNCTION_DEPTH or inlined > MAX_INLINED_NODES or (
+            inlined > INLINE_GROWTH_FLOOR and inlined > MAX_INLINE_GROWTH * stored):
+        raise ModelRefused(path, f"its model-local functions inline to {inlined:,} nodes from the {stored:,} the file "
+                           f"holds, {depth} levels deep (limits: {MAX_INLINED_NODES:,} nodes, {MAX_INLINE_GROWTH}-fold "
+                           f"growth past {INLINE_GROWTH_FLOOR:,}, {MAX_FUNCTION_DEPTH} levels): functions calling "
+                           "functions to multiply the graph is a function bomb, not a model this project serves")
 
 
 def check_io_against_card(model: Any, inputs: Sequence[Any], outputs: Sequence[Any], path: Path | str) -> None:

@@ -194,6 +194,9 @@ class Settings:
         "Memory budget of a model file: its constant tensors, and any tensor whose size is fixed by constants "
         "alone, must fit, or the model is refused before a session is created (2 GiB; the project's models "
         "hold < 10 MB).", 2 * 1024**3)
+    model_check_timeout_s: float = _doc(
+        "Longest the first load of a model version may take in its checking child process (ONNX shape "
+        "inference; the ONNX Runtime session and its warm-up runs): a model past it is refused (s).", 60.0)
     qc_rate: float = _doc("Share of auto-accepted answers sampled for QC audit (uniform policy).", 0.02)
     qc_salt: str = _doc("Secret mixed into the request-id hash that picks QC samples, so producers cannot choose "
                         "ids that are never audited. Set the same value on every consumer and the monitor; never "
@@ -247,6 +250,8 @@ class Settings:
         if not 0 < self.delivery_timeout_s * 1000 < self.max_poll_interval_ms:
             raise ConfigError("delivery_timeout_s", self.delivery_timeout_s,
                               "seconds > 0 and under max_poll_interval_ms (a consumer waiting longer is pushed out of its group)")
+        if not 0 < self.model_check_timeout_s <= 86_400:  # NaN fails too
+            raise ConfigError("model_check_timeout_s", self.model_check_timeout_s, "seconds in (0, 86400]")
         if self.triage_policy not in ("uniform", "risk-weighted", "no-qc"):
             raise ConfigError("triage_policy", self.triage_policy, "'uniform', 'risk-weighted' or 'no-qc'")
         if not 0 <= self.metrics_port <= 65535:

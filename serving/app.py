@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from auditstream import tasks
+from auditstream import model_sandbox, tasks
 from auditstream import topics as T
 from auditstream.control import ControlView
 from auditstream.errors import BadArguments, ConfigError, ModelRefused
@@ -371,6 +371,7 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     pinned ``version`` the consumer serves the live version and follows promotions and canaries;
     ``shadow``: ``version`` (a candidate) answers the model's requests in shadow."""
     check_shadow_version(shadow, version)
+    model_sandbox.prestart()  # the model checks' fork server imports onnx while this process does too
     if (public_salt := settings.public_qc_salt_warning()) is not None:
         log.warning("%s", public_salt)
     model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes).load(model_name, version)

@@ -11,8 +11,9 @@ committed. :class:`FailureStreak`, kept by the app across batches, also stops it
 records in a row fail and the model no longer answers the last request it did answer: a model
 that still runs the warm-up input but no real request is broken too, and dead-lettering every
 request would only hide it; one that still answers it was sent a run of inputs it cannot handle.
-A batch whose outputs do not have one row per input (an output reduced over the batch axis) is
-run again row by row, like a batch that failed.
+A batch whose outputs do not have one row per input (an output reduced over the batch axis), or
+whose outputs disagree with the card's dtype, rank or static sizes (a label index past the
+card's labels would otherwise be answered), is run again row by row, like a batch that failed.
 
 Only the ``run`` calls are timed (``inference-s`` of each record: its own group's ORT time).
 """
@@ -30,6 +31,7 @@ from auditstream.errors import InferenceBroken
 from auditstream.registry import ModelCard
 from auditstream.wire import Reason
 from auditstream.tasks import Answer, lookup
+from serving.vetting import output_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,14 @@ def infer(session: Runner, card: ModelCard, arrays: list[np.ndarray]) -> tuple[l
 
     postprocess = lookup(card.task).postprocess
 
+    specs = [(o.name, str(o.dtype), tuple(d if isinstance(d, int) else None for d in o.shape)) for o in card.outputs]
+
     def answers(batch: np.ndarray) -> list[Answer | None]:
-        out = list(postprocess(card, run(batch)))
+        outputs = run(batch)
+        wrong = output_mismatch(outputs, specs, len(batch))
+        if wrong is not None:  # checked at warm-up too; a shape that depends on the input is caught here
+            raise ModelOutputError(wrong)
+        out = list(postprocess(card, outputs))
         if len(out) != len(batch):  # e.g. an output reduced over the batch axis: rows would pair with wrong records
             raise ModelOutputError(f"the model answered {len(out)} row(s) for a batch of {len(batch)}")
         return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -35,11 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from auditstream.errors import ConfigError, ModelRefused
+from auditstream.model_sandbox import DEFAULT_TIMEOUT_S
 from auditstream.model_safety import MAX_CONSTANT_BYTES
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.settings import Settings
 from serving.iobinding import BoundRunner, RunTiming
 from serving.providers import CUDA, TENSORRT, ProviderPlan, plan_providers
+from serving.vetting import Spec, vet_session
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +222,13 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     provider_options = [opts for _, opts in plan.providers] if plan is not None else None
     # From the verified bytes, not the path: the file may have been swapped since it was checked.
     data = model.verified_bytes()
+    # First in a child process: a model that crashes or freezes ONNX Runtime must not take this
+    # process (and during a hot reload the version it serves) with it.
+    budget = settings.max_model_constant_bytes if settings is not None else MAX_CONSTANT_BYTES
+    vet_session(data, hashlib.sha256(data).hexdigest(), model.onnx_path, f"{card.name} v{card.version}",
+                _spec(card.inputs[0]), [_spec(o) for o in card.outputs],
+                (warmup_batch, 1, 2, settings.max_batch_size if settings is not None else warmup_batch), budget,
+                settings.model_check_timeout_s if settings is not None else DEFAULT_TIMEOUT_S)
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers, provider_options=provider_options)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidGraph, Fail, ...)
@@ -247,7 +257,6 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     # The card's shapes are bounded when it is read (model_card.MAX_TENSOR_ELEMENTS); what the
     # warm-up allocates from them must also fit the model memory budget: the warm-up batch, and on
     # a GPU every batch bucket's input and fixed-size output buffers (all kept for the session).
-    budget = settings.max_model_constant_bytes if settings is not None else MAX_CONSTANT_BYTES
     item = _item_bytes(spec_in)
     if on_gpu and plan is not None:
         item += sum(_item_bytes(o) for o in card.outputs if all(d is not None for d in o.shape[1:]))
@@ -286,6 +295,11 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     log.info("model %s v%s on %s (%d intra-op threads), warm-up %.3f s", card.name, card.version,
              ms.providers[0], options.intra_op_num_threads, ms.warmup_s)
     return ms
+
+
+def _spec(spec) -> Spec:
+    """A card tensor as plain data for the vetting child (a named dim is a dynamic one)."""
+    return spec.name, str(spec.dtype), tuple(d if isinstance(d, int) else None for d in spec.shape)
 
 
 def _item_bytes(spec) -> int:
