@@ -11,6 +11,13 @@ constants would allocate must fit the registry's memory budget. Each refusal is 
 :class:`~auditstream.errors.ModelRefused` saying why. The verified bytes travel in the
 :class:`RegisteredModel`, and the serving runtime builds its session from them: a file swapped
 after the check is never what runs.
+
+Every file the registry reads (``LIVE``, ``card.json``, ``model.onnx``) is opened without
+blocking, must be a regular file and is read up to a cap (``LIVE``: :data:`MAX_LIVE_BYTES`;
+``card.json``: :data:`~auditstream.model_card.MAX_CARD_BYTES`; ``model.onnx``:
+:data:`~auditstream.registry_files.MAX_ONNX_BYTES`, what protobuf parses): a FIFO, a device, a
+socket or a file past its cap is refused in one line, never waited on or read whole
+(:mod:`auditstream.registry_files`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, 
                                     _is_version, _NAME)
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
+from auditstream.registry_files import open_regular, read_regular
 
 __all__ = ["ALLOWED_OP_DOMAINS", "CARD_DTYPES", "CARD_FILE", "LIVE_FILE", "MAX_THRESHOLD", "ONNX_FILE", "ModelCard",
            "ModelRegistry", "RegisteredModel", "TensorSpec", "TriageSpec", "sha256_file", "verify_onnx",
@@ -40,6 +48,7 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
 PUBLISH_ATTEMPTS = 100  # renames lost to other writers before publish gives up
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
+MAX_LIVE_BYTES = 256  # LIVE holds a version of at most 18 digits and a newline
 
 @dataclass(frozen=True)
 class RegisteredModel:
@@ -65,8 +74,9 @@ class RegisteredModel:
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of the regular file ``path`` (a FIFO or a device is refused, never waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, Path(path).name, "hash a regular file") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -113,14 +123,15 @@ class ModelRegistry:
         if not _NAME.match(name):
             return None
         path = self.root / name / LIVE_FILE
+        fix = "fix it with set_live (auditstream rl promote) or delete it"
         try:
-            text = path.read_text(encoding="utf-8").strip()
+            text = read_regular(path, MAX_LIVE_BYTES, "live pointer", fix).decode("utf-8").strip()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text: refused, as a card is
-            raise ModelRefused(path, f"live pointer cannot be read ({type(e).__name__}: {e}); fix it with set_live "
-                               "or delete the file") from None
-        if not _is_version(text) or not (self.root / name / text / CARD_FILE).is_file():
+        except UnicodeDecodeError as e:  # not text: refused, as a card is
+            raise ModelRefused(path, f"live pointer cannot be read ({type(e).__name__}: {e}); {fix}") from None
+        # exists(), as card() checks: a card.json that is a FIFO or a device is refused saying so there
+        if not _is_version(text) or not (self.root / name / text / CARD_FILE).exists():
             raise ModelRefused(path, f"live pointer names version {text[:40]!r}, which is not a published version of "
                                f"{name} (have {self.versions(name)}); fix it with set_live or delete the file")
         return text
@@ -157,17 +168,15 @@ class ModelRegistry:
         """The verified-to-parse card of ``name`` (the live version unless given)."""
         version = version or self.default_version(name)
         valid = _NAME.match(name) and version is not None and _is_version(version)
-        if not valid or not (self.root / name / version / CARD_FILE).is_file():
+        # exists(), not is_file(): a card.json that is a FIFO or a device is refused saying so, below
+        if not valid or not (self.root / name / version / CARD_FILE).exists():
             raise ModelNotFound(self.root, name, version, self.versions(name))
         path = self.root / name / version / CARD_FILE
-        try:
-            with open(path, "rb") as f:  # at most the limit and one byte, never a whole huge file
-                raw = f.read(MAX_CARD_BYTES + 1)
-        except OSError as e:
-            raise ModelRefused(path, f"card.json cannot be read ({e.strerror or e}); check its permissions") from None
-        if len(raw) > MAX_CARD_BYTES:
-            raise ModelRefused(path, f"card.json is over {MAX_CARD_BYTES:,} bytes (the shipped cards are under "
-                               "100 kB): not a card this project writes; re-export the model")
+        try:  # a regular file of at most the limit, never read whole
+            raw = read_regular(path, MAX_CARD_BYTES, "card.json", "the cards this project writes are regular files "
+                               "under 100 kB: re-export the model")
+        except FileNotFoundError:  # removed since the check above
+            raise ModelNotFound(self.root, name, version, self.versions(name)) from None
         try:
             card = ModelCard.from_dict(json.loads(raw.decode("utf-8")))
         except RecursionError:  # JSON nested deeper than the parser's stack
