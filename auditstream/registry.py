@@ -14,10 +14,10 @@ after the check is never what runs.
 
 Every file the registry reads (``LIVE``, ``card.json``, ``model.onnx``) is opened without
 blocking, must be a regular file and is read up to a cap (``LIVE``: :data:`MAX_LIVE_BYTES`;
-``card.json``: :data:`~auditstream.model_card.MAX_CARD_BYTES`; ``model.onnx``:
-:data:`~auditstream.registry_files.MAX_ONNX_BYTES`, what protobuf parses): a FIFO, a device, a
-socket or a file past its cap is refused in one line, never waited on or read whole
-(:mod:`auditstream.registry_files`).
+``card.json``: :data:`~auditstream.model_card.MAX_CARD_BYTES`, and its JSON values are counted
+before it is parsed; ``model.onnx``: :data:`~auditstream.registry_files.MAX_ONNX_BYTES`, what
+protobuf parses): a FIFO, a device, a socket or a file past its cap is refused in one line, never
+waited on or read whole (:mod:`auditstream.registry_files`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 # The model card and its checks live in their own module; re-exported here for existing callers.
 # The model-name pattern and the version test are the card's, shared with the directory layout.
 from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec,
-                                    _is_version, _NAME)
+                                    _is_version, _NAME, loads_card)
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
 from auditstream.registry_files import open_regular, read_regular
@@ -177,9 +177,13 @@ class ModelRegistry:
                                "under 100 kB: re-export the model")
         except FileNotFoundError:  # removed since the check above
             raise ModelNotFound(self.root, name, version, self.versions(name)) from None
+        try:  # counted before it is parsed: a card of millions of "{}" is refused, not built
+            obj = loads_card(raw)
+        except ValueError as e:
+            raise ModelRefused(path, str(e)) from None
         try:
-            card = ModelCard.from_dict(json.loads(raw.decode("utf-8")))
-        except RecursionError:  # JSON nested deeper than the parser's stack
+            card = ModelCard.from_dict(obj)
+        except RecursionError:
             raise ModelRefused(path, "model card does not parse: JSON nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelRefused(path, f"model card does not parse: {e}") from None
