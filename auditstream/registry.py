@@ -34,8 +34,8 @@ from pathlib import Path
 from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 # The model card and its checks live in their own module; re-exported here for existing callers.
 # The model-name pattern and the version test are the card's, shared with the directory layout.
-from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec,
-                                    _is_version, _NAME, loads_card)
+from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, MAX_VERSION_DIGITS, ModelCard,
+                                    TensorSpec, TriageSpec, _is_version, _NAME, loads_card)
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
 from auditstream.registry_files import open_regular, read_regular
@@ -49,6 +49,7 @@ CARD_FILE = "card.json"
 PUBLISH_ATTEMPTS = 100  # renames lost to other writers before publish gives up
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
 MAX_LIVE_BYTES = 256  # LIVE holds a version of at most 18 digits and a newline
+MAX_VERSION = 10**MAX_VERSION_DIGITS - 1  # the last number publish may give a version
 
 @dataclass(frozen=True)
 class RegisteredModel:
@@ -238,8 +239,15 @@ class ModelRegistry:
     def _next_number(base: Path) -> int:
         """One past every number already used in ``base``: a published version, a half-copied one
         without its card, a stray file -- a number that names anything is never reused (the one
-        without a card would have the rename fail for good, and an old number may be cached)."""
-        return max((int(p.name) for p in base.iterdir() if _is_version(p.name)), default=0) + 1
+        without a card would have the rename fail for good, and an old number may be cached).
+        Names that are no version (``.publish-*``, ``LIVE``, 19 digits) are ignored; when the
+        largest version holds the last number a version may have, publish is refused."""
+        highest = max((p.name for p in base.iterdir() if _is_version(p.name)), key=int, default="0")
+        if int(highest) >= MAX_VERSION:
+            raise PublishFailed(base, f"{base / highest} already holds the largest version number ({MAX_VERSION}, "
+                                f"{MAX_VERSION_DIGITS} digits), and a version is never renumbered: if it is a stray "
+                                "entry, remove it; else publish this model under a new name")
+        return int(highest) + 1
 
 
 def _write_synced(path: Path, data: bytes) -> None:

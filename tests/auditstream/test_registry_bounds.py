@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import tiny_card, tiny_classifier_onnx
 
-from auditstream.errors import ModelRefused
+from auditstream.errors import ModelRefused, PublishFailed
 from auditstream.model_card import MAX_CARD_CONTAINERS, MAX_CARD_VALUES, MAX_SAMPLE, _check_text, loads_card
 from auditstream.registry import CARD_FILE, ModelRegistry
 
@@ -81,4 +81,28 @@ def test_a_refused_string_is_still_named_by_its_path(obj: dict, named: str) -> N
     """Not a regression test (passes on the old code): the path, now spelled only on refusal."""
     with pytest.raises(ValueError, match=f"card field {named} "):
         _check_text(obj)
+
+
+def test_publish_refuses_past_the_largest_version_in_one_line(tmp_path: Path) -> None:
+    """Fails on the old code: a stray 999999999999999999 made publish write version 10**18 (19
+    digits, which the registry neither lists nor loads), and the next publish blamed "too many
+    writers" after 100 tries."""
+    registry = ModelRegistry(tmp_path / "models")
+    (registry.root / "tiny" / "999999999999999999").mkdir(parents=True)
+    with pytest.raises(PublishFailed, match="already holds the largest version number .* if it is a stray entry, "
+                                            "remove it"):
+        registry.publish(tiny_card(), tiny_classifier_onnx())
+    assert sorted(p.name for p in (registry.root / "tiny").iterdir()) == ["999999999999999999"]  # nothing written
+
+
+def test_publish_ignores_entries_that_are_no_version(tmp_path: Path) -> None:
+    """Not a regression test (passes on the old code): names of 19 digits, with a sign or not
+    ASCII digits are no version, and do not move the next number."""
+    registry = ModelRegistry(tmp_path / "models")
+    for name in ("1000000000000000000", "+5", "٣", "12a", ".publish-x"):
+        (registry.root / "tiny" / name).mkdir(parents=True)
+    assert registry.publish(tiny_card(), tiny_classifier_onnx()).card.version == "1"
+    (registry.root / "tiny" / "999999999999999998").mkdir()
+    assert registry.publish(tiny_card(), tiny_classifier_onnx()).card.version == "999999999999999999"
+    assert registry.versions("tiny")[-1] == "999999999999999999"
 
