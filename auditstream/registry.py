@@ -18,6 +18,14 @@ blocking, must be a regular file and is read up to a cap (``LIVE``: :data:`MAX_L
 before it is parsed; ``model.onnx``: :data:`~auditstream.registry_files.MAX_ONNX_BYTES`, what
 protobuf parses): a FIFO, a device, a socket or a file past its cap is refused in one line, never
 waited on or read whole (:mod:`auditstream.registry_files`).
+
+Symbolic links are followed, on purpose: a version directory, a card, a model file or ``LIVE``
+may be a link to somewhere outside ``root`` (operators deploy registries on shared storage,
+mounted volumes or link farms). Whoever can create an entry under ``root/<name>/`` can already
+publish any model there, so refusing links would protect nothing; what a link leads to passes
+every check a plain file does -- it must be a regular file under its cap, the card must name the
+model and version of the path it is read from (a link to another model's directory is refused),
+and the model must match the card's checksum and pass the safety checks.
 """
 
 from __future__ import annotations

@@ -106,3 +106,18 @@ def test_publish_ignores_entries_that_are_no_version(tmp_path: Path) -> None:
     assert registry.publish(tiny_card(), tiny_classifier_onnx()).card.version == "999999999999999999"
     assert registry.versions("tiny")[-1] == "999999999999999999"
 
+
+def test_a_symlinked_version_directory_is_followed_and_still_checked(tmp_path: Path) -> None:
+    """Documents the chosen behaviour (passes on the old code): a version directory may be a link
+    outside the registry (docs/serving.md, auditstream.registry), and what it leads to passes every
+    check -- a link to another model's or version's directory is refused by its card."""
+    registry = ModelRegistry(tmp_path / "models")
+    elsewhere = ModelRegistry(tmp_path / "elsewhere")
+    target = elsewhere.publish(tiny_card(), tiny_classifier_onnx()).directory
+    (registry.root / "tiny").mkdir(parents=True)
+    (registry.root / "tiny" / "1").symlink_to(target)
+    assert registry.versions("tiny") == ["1"] and registry.load("tiny").card.version == "1"
+    (registry.root / "tiny" / "2").symlink_to(target)  # version 1's directory under the name 2
+    with pytest.raises(ModelRefused, match="card says tiny version 1 but lives in tiny/2"):
+        registry.load("tiny", "2")
+
