@@ -1,8 +1,9 @@
 """Review 2026-12-05: the files the registry reads (LIVE, card.json, model.onnx) may be anything
 a directory entry can be. A FIFO made every read wait for a writer for ever (a hot reload stayed
 "loading"); a symlink to /dev/zero or an 8 GiB sparse file was read whole (a MemoryError
-traceback, exit 1). Each is now one ModelRefused line. Every test here but the two on symlinks to
-regular files (which document what keeps working) fails on the code before that review."""
+traceback, exit 1). Each is now one ModelRefused line. Every test here fails on the code before
+that review but two: the one on symlinks to regular files (it documents what keeps working) and the
+one on the new helper's cap for a file that grows while it is read."""
 
 from __future__ import annotations
 
