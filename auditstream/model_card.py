@@ -12,17 +12,19 @@ The on-disk registry that stores cards is :mod:`auditstream.registry`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from auditstream import finite_json
 from auditstream.text import is_utf8
 from auditstream.wire.codec import TaskKind
 
-__all__ = ["CARD_DTYPES", "MAX_CARD_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_THRESHOLD", "ModelCard", "TensorSpec",
-           "TriageSpec"]
+__all__ = ["CARD_DTYPES", "MAX_CARD_BYTES", "MAX_CARD_CONTAINERS", "MAX_CARD_VALUES", "MAX_TENSOR_ELEMENTS",
+           "MAX_THRESHOLD", "ModelCard", "TensorSpec", "TriageSpec", "loads_card"]
 
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would let a final "\n" through
 # Element types a card's tensors may have: numpy names of the ONNX types numpy knows without
@@ -46,6 +48,12 @@ MAX_LABEL_CHARS = 1_024
 MAX_TEXT_CHARS = 4_096  # triage.method and other free text the serving path copies into records
 MAX_SAMPLE = 1_000_000  # reference.confidence_sample, risk_coverage points
 MAX_CARD_BYTES = 64 * 1024**2  # card.json on disk (the shipped cards: < 100 kB)
+# What the JSON of a card may hold, counted on its bytes before it is parsed: under 64 MiB, 21
+# million "{}" took 4.9 GiB and 164 s to read. The most a valid card needs is a risk-coverage curve
+# at its limit (a million objects of three numbers) and a confidence sample at its own: room for
+# both, and a hostile card costs about what that largest valid card costs (~350 MB).
+MAX_CARD_CONTAINERS = MAX_SAMPLE + 100_000  # JSON arrays and objects
+MAX_CARD_VALUES = 6 * MAX_SAMPLE  # JSON values of any kind, containers included
 MAX_VERSION_DIGITS = 18  # a version is an int64 (and int() refuses texts past 4300 digits)
 
 
@@ -118,6 +126,30 @@ class ModelCard:
         obj["triage"] = TriageSpec(**obj["triage"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def loads_card(raw: bytes) -> Any:
+    """The JSON of a ``card.json`` file's bytes (at most :data:`MAX_CARD_BYTES`, which the
+    registry caps when it reads them). Refused as a ``ValueError`` saying why: not UTF-8 JSON,
+    nested past the parser's stack, or more arrays and objects than :data:`MAX_CARD_CONTAINERS`
+    or values than :data:`MAX_CARD_VALUES` -- counted on the bytes before anything is parsed
+    (brackets and commas inside strings count too: a bound, never an undercount)."""
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_CARD_CONTAINERS:
+        raise ValueError(f"card.json holds up to {containers:,} JSON arrays and objects, over the "
+                         f"{MAX_CARD_CONTAINERS:,} a card may hold (a risk-coverage curve at its limit of "
+                         f"{MAX_SAMPLE:,} points is the most a card needs): not a card this project writes; "
+                         "re-export the model")
+    values = raw.count(b",") + containers + 1  # each further value of an array or object follows a comma
+    if values > MAX_CARD_VALUES:
+        raise ValueError(f"card.json holds up to {values:,} JSON values, over the {MAX_CARD_VALUES:,} a card may "
+                         "hold: not a card this project writes; re-export the model")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:  # JSON nested deeper than the parser's stack
+        raise ValueError("model card does not parse: JSON nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"model card does not parse: {e}") from None
 
 
 def _is_version(text: str) -> bool:
@@ -194,23 +226,65 @@ def _shown_shape(shape: list) -> str:
 def _check_text(obj: Any) -> None:
     """Every string of the card -- keys included, at any depth -- encodes as UTF-8. JSON's
     ``"\\ud800"`` escape reads as a lone surrogate, which a label (or any string the serving
-    path copies into records) would carry into every record: each then refused by its reader."""
-    stack: list[tuple[str, Any]] = [("", obj)]  # a stack, not recursion: a card may nest deeply
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, str):
-            _need(is_utf8(value), where or "(the whole card)", value,
-                  "text that encodes as UTF-8 (no lone surrogate \\ud800-\\udfff); fix the card")
-        elif isinstance(value, dict):
-            for key in value:
-                if isinstance(key, str) and not is_utf8(key):
-                    raise _wrong(f"{where or '(the whole card)'} key", key, "text that encodes as UTF-8 (no lone "
-                                 "surrogate \\ud800-\\udfff); fix the card")
-            # pushed last first, so the first bad string in the card's order is the one reported
-            stack.extend((f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items()))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((f"{where}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1)
-                         if isinstance(value[i], (str, dict, list, tuple)))
+    path copies into records) would carry into every record: each then refused by its reader.
+
+    A walk with one iterator per open container (not recursion: a card may nest deeply) that
+    checks the strings of each container together and spells a field's path only for the string
+    it refuses: a card of millions of values costs no object per value."""
+    if isinstance(obj, str):
+        _need(is_utf8(obj), "(the whole card)", obj, _UTF8)
+    if not isinstance(obj, _NESTED):
+        return
+    keys: list[tuple[bool, Any]] = []  # to the open container: (in a list?, its key or index), the card's first
+    open_: list[tuple[bool, Iterator[tuple[Any, Any]]]] = [(False, iter([(None, obj)]))]
+    while open_:
+        in_list, containers = open_[-1]
+        for key, value in containers:  # the next container inside the open one: open it
+            if not value:  # empty: no text in it
+                continue
+            keys.append((in_list, key))
+            _check_strings(value, keys)
+            is_list = not isinstance(value, dict)
+            items = enumerate(value) if is_list else value.items()
+            open_.append((is_list, ((k, v) for k, v in items if isinstance(v, _NESTED))))
+            break
+        else:  # every container inside the open one is done
+            open_.pop()
+            if keys:
+                keys.pop()
+
+
+_NESTED = (dict, list, tuple)
+_UTF8 = "text that encodes as UTF-8 (no lone surrogate \\ud800-\\udfff); fix the card"
+
+
+def _check_strings(container: dict | list | tuple, keys: list[tuple[bool, Any]]) -> None:
+    """The strings right inside ``container`` (a dict's keys too) encode as UTF-8; ``keys`` lead
+    to it. Checked together (ASCII at C speed); the path is spelled for a refused one only."""
+    if isinstance(container, dict):
+        if not _all_utf8(container):
+            name = next(n for n in container if isinstance(n, str) and not is_utf8(n))
+            raise _wrong(f"{_path(keys)} key", name, _UTF8)
+        values, items = container.values(), container.items()
+    else:
+        values, items = container, enumerate(container)
+    if not _all_utf8(values):
+        key, text = next((k, v) for k, v in items if isinstance(v, str) and not is_utf8(v))
+        raise _wrong(_path([*keys, (not isinstance(container, dict), key)]), text, _UTF8)
+
+
+def _all_utf8(values: Iterable[Any]) -> bool:
+    """Whether every string among ``values`` (the others are skipped) encodes as UTF-8."""
+    return all(text.isascii() or is_utf8(text) for text in values if isinstance(text, str))
+
+
+def _path(keys: list[tuple[bool, Any]]) -> str:
+    """A field's path as the card's errors spell it (``extra.vocabulary[1][0]``) from the keys
+    that lead to it; the first is the card's own (``(the whole card)`` when it is the only one)."""
+    where = ""
+    for in_list, key in keys[1:]:
+        where = f"{where}[{key}]" if in_list else (f"{where}.{key}" if where else str(key))
+    return where or "(the whole card)"
 
 
 def _check_card(obj: Any) -> None:

@@ -93,14 +93,19 @@ def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<by
 def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = (),
                 outputs: Sequence[Any] = (), max_constant_bytes: int = MAX_CONSTANT_BYTES) -> bytes:
     """Read ``path`` once, verify those bytes (:func:`verify_onnx_bytes`) and return them:
-    create the inference session from the returned bytes, not from the path."""
+    create the inference session from the returned bytes, not from the path. ``path`` must be a
+    regular file (a symlink to one is fine) of at most
+    :data:`~auditstream.registry_files.MAX_ONNX_BYTES`; anything else (a
+    FIFO, ``/dev/zero``, an 8 GiB file) is refused before it is read
+    (:mod:`auditstream.registry_files`)."""
+    from auditstream.registry_files import MAX_ONNX_BYTES, read_regular
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
+    try:  # a regular file (a FIFO is refused, not waited on) of at most what protobuf parses
+        data = read_regular(path, MAX_ONNX_BYTES, "model.onnx", "an ONNX model is a regular file under 2 GiB "
+                            "(protobuf parses no larger one): re-export it")
     except FileNotFoundError:
         raise ModelRefused(path, "model.onnx is missing") from None
-    except IsADirectoryError:
-        raise ModelRefused(path, "model.onnx is a directory, not a file") from None
     verify_onnx_bytes(data, expected_sha256, path, inputs, outputs, max_constant_bytes)
     return data
 

@@ -11,6 +11,21 @@ constants would allocate must fit the registry's memory budget. Each refusal is 
 :class:`~auditstream.errors.ModelRefused` saying why. The verified bytes travel in the
 :class:`RegisteredModel`, and the serving runtime builds its session from them: a file swapped
 after the check is never what runs.
+
+Every file the registry reads (``LIVE``, ``card.json``, ``model.onnx``) is opened without
+blocking, must be a regular file and is read up to a cap (``LIVE``: :data:`MAX_LIVE_BYTES`;
+``card.json``: :data:`~auditstream.model_card.MAX_CARD_BYTES`, and its JSON values are counted
+before it is parsed; ``model.onnx``: :data:`~auditstream.registry_files.MAX_ONNX_BYTES`, what
+protobuf parses): a FIFO, a device, a socket or a file past its cap is refused in one line, never
+waited on or read whole (:mod:`auditstream.registry_files`).
+
+Symbolic links are followed, on purpose: a version directory, a card, a model file or ``LIVE``
+may be a link to somewhere outside ``root`` (operators deploy registries on shared storage,
+mounted volumes or link farms). Whoever can create an entry under ``root/<name>/`` can already
+publish any model there, so refusing links would protect nothing; what a link leads to passes
+every check a plain file does -- it must be a regular file under its cap, the card must name the
+model and version of the path it is read from (a link to another model's directory is refused),
+and the model must match the card's checksum and pass the safety checks.
 """
 
 from __future__ import annotations
@@ -27,10 +42,11 @@ from pathlib import Path
 from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 # The model card and its checks live in their own module; re-exported here for existing callers.
 # The model-name pattern and the version test are the card's, shared with the directory layout.
-from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, ModelCard, TensorSpec, TriageSpec,
-                                    _is_version, _NAME)
+from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, MAX_VERSION_DIGITS, ModelCard,
+                                    TensorSpec, TriageSpec, _is_version, _NAME, loads_card)
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
+from auditstream.registry_files import open_regular, read_regular
 
 __all__ = ["ALLOWED_OP_DOMAINS", "CARD_DTYPES", "CARD_FILE", "LIVE_FILE", "MAX_THRESHOLD", "ONNX_FILE", "ModelCard",
            "ModelRegistry", "RegisteredModel", "TensorSpec", "TriageSpec", "sha256_file", "verify_onnx",
@@ -40,6 +56,8 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "card.json"
 PUBLISH_ATTEMPTS = 100  # renames lost to other writers before publish gives up
 LIVE_FILE = "LIVE"  # models/<name>/LIVE: the version `auditstream serve` picks (set by `rl promote`)
+MAX_LIVE_BYTES = 256  # LIVE holds a version of at most 18 digits and a newline
+MAX_VERSION = 10**MAX_VERSION_DIGITS - 1  # the last number publish may give a version
 
 @dataclass(frozen=True)
 class RegisteredModel:
@@ -65,8 +83,9 @@ class RegisteredModel:
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of the regular file ``path`` (a FIFO or a device is refused, never waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, Path(path).name, "hash a regular file") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -113,14 +132,15 @@ class ModelRegistry:
         if not _NAME.match(name):
             return None
         path = self.root / name / LIVE_FILE
+        fix = "fix it with set_live (auditstream rl promote) or delete it"
         try:
-            text = path.read_text(encoding="utf-8").strip()
+            text = read_regular(path, MAX_LIVE_BYTES, "live pointer", fix).decode("utf-8").strip()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as e:  # a folder, no permission, not text: refused, as a card is
-            raise ModelRefused(path, f"live pointer cannot be read ({type(e).__name__}: {e}); fix it with set_live "
-                               "or delete the file") from None
-        if not _is_version(text) or not (self.root / name / text / CARD_FILE).is_file():
+        except UnicodeDecodeError as e:  # not text: refused, as a card is
+            raise ModelRefused(path, f"live pointer cannot be read ({type(e).__name__}: {e}); {fix}") from None
+        # exists(), as card() checks: a card.json that is a FIFO or a device is refused saying so there
+        if not _is_version(text) or not (self.root / name / text / CARD_FILE).exists():
             raise ModelRefused(path, f"live pointer names version {text[:40]!r}, which is not a published version of "
                                f"{name} (have {self.versions(name)}); fix it with set_live or delete the file")
         return text
@@ -157,20 +177,22 @@ class ModelRegistry:
         """The verified-to-parse card of ``name`` (the live version unless given)."""
         version = version or self.default_version(name)
         valid = _NAME.match(name) and version is not None and _is_version(version)
-        if not valid or not (self.root / name / version / CARD_FILE).is_file():
+        # exists(), not is_file(): a card.json that is a FIFO or a device is refused saying so, below
+        if not valid or not (self.root / name / version / CARD_FILE).exists():
             raise ModelNotFound(self.root, name, version, self.versions(name))
         path = self.root / name / version / CARD_FILE
+        try:  # a regular file of at most the limit, never read whole
+            raw = read_regular(path, MAX_CARD_BYTES, "card.json", "the cards this project writes are regular files "
+                               "under 100 kB: re-export the model")
+        except FileNotFoundError:  # removed since the check above
+            raise ModelNotFound(self.root, name, version, self.versions(name)) from None
+        try:  # counted before it is parsed: a card of millions of "{}" is refused, not built
+            obj = loads_card(raw)
+        except ValueError as e:
+            raise ModelRefused(path, str(e)) from None
         try:
-            with open(path, "rb") as f:  # at most the limit and one byte, never a whole huge file
-                raw = f.read(MAX_CARD_BYTES + 1)
-        except OSError as e:
-            raise ModelRefused(path, f"card.json cannot be read ({e.strerror or e}); check its permissions") from None
-        if len(raw) > MAX_CARD_BYTES:
-            raise ModelRefused(path, f"card.json is over {MAX_CARD_BYTES:,} bytes (the shipped cards are under "
-                               "100 kB): not a card this project writes; re-export the model")
-        try:
-            card = ModelCard.from_dict(json.loads(raw.decode("utf-8")))
-        except RecursionError:  # JSON nested deeper than the parser's stack
+            card = ModelCard.from_dict(obj)
+        except RecursionError:
             raise ModelRefused(path, "model card does not parse: JSON nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelRefused(path, f"model card does not parse: {e}") from None
@@ -225,8 +247,15 @@ class ModelRegistry:
     def _next_number(base: Path) -> int:
         """One past every number already used in ``base``: a published version, a half-copied one
         without its card, a stray file -- a number that names anything is never reused (the one
-        without a card would have the rename fail for good, and an old number may be cached)."""
-        return max((int(p.name) for p in base.iterdir() if _is_version(p.name)), default=0) + 1
+        without a card would have the rename fail for good, and an old number may be cached).
+        Names that are no version (``.publish-*``, ``LIVE``, 19 digits) are ignored; when the
+        largest version holds the last number a version may have, publish is refused."""
+        highest = max((p.name for p in base.iterdir() if _is_version(p.name)), key=int, default="0")
+        if int(highest) >= MAX_VERSION:
+            raise PublishFailed(base, f"{base / highest} already holds the largest version number ({MAX_VERSION}, "
+                                f"{MAX_VERSION_DIGITS} digits), and a version is never renumbered: if it is a stray "
+                                "entry, remove it; else publish this model under a new name")
+        return int(highest) + 1
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
+from auditstream import registry_files
 from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry, TensorSpec, TriageSpec, verify_onnx
 
@@ -450,14 +451,14 @@ def test_load_reads_the_file_once_and_keeps_the_verified_bytes(registry, monkeyp
     data = good_model().SerializeToString()
     published = publish(registry, good_model())
     reads = []
-    real_read_bytes = Path.read_bytes
+    real_open_regular = registry_files.open_regular
 
-    def counting_read_bytes(self):
-        if self.name == ONNX_FILE:
-            reads.append(self)
-        return real_read_bytes(self)
+    def counting_open_regular(path, *args):  # every registry read opens through it
+        if Path(path).name == ONNX_FILE:
+            reads.append(path)
+        return real_open_regular(path, *args)
 
-    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    monkeypatch.setattr(registry_files, "open_regular", counting_open_regular)
     loaded = registry.load("tiny")
     assert reads == [published.onnx_path] and loaded.verified_bytes() == data
     published.onnx_path.write_bytes(local_function_model().SerializeToString())  # swapped after the check
