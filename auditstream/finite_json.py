@@ -17,7 +17,7 @@ from typing import Any
 
 from auditstream.errors import AuditstreamError
 
-__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path"]
+__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path", "nulled"]
 
 
 class NonFiniteJSON(AuditstreamError, ValueError):
@@ -32,6 +32,20 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def nulled(value: Any) -> Any:
+    """``value`` with every NaN or infinite number replaced by None (null): how a reader takes
+    JSON that an older writer (or a hand) gave ``NaN``/``Infinity``, in fields whose numbers are
+    free-form facts (a card's metrics), where this project's spelling of "undefined" is null. The
+    same object when there is none (nothing is copied on the usual path)."""
+    if _first_non_finite(value) is None:
+        return value
+    if isinstance(value, dict):
+        return {k: nulled(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nulled(v) for v in value]
+    return None  # a non-finite number itself
 
 
 def non_finite_path(value: Any) -> str | None:

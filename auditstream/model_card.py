@@ -118,9 +118,12 @@ class ModelCard:
         """A card from its JSON form. Every field's type and range is checked first: a wrong one
         is a ``ValueError`` naming the field, what it holds and what it must hold (a ``"0.5"``
         threshold would otherwise pass every start-up check and fail each record at triage).
-        Unknown top-level fields are ignored (a newer card still loads)."""
+        Unknown top-level fields are ignored (a newer card still loads). The fields that serving
+        reads refuse NaN and infinity (above); anywhere else (metrics, extra: free-form facts) one
+        is read as null, this project's "undefined" -- a card an older release wrote with ``NaN``
+        still loads, and :meth:`to_json` writes it back as JSON."""
         _check_card(obj)
-        obj = dict(obj)
+        obj = finite_json.nulled(dict(obj))
         obj["inputs"] = [TensorSpec(**t) for t in obj["inputs"]]
         obj["outputs"] = [TensorSpec(**t) for t in obj["outputs"]]
         obj["triage"] = TriageSpec(**obj["triage"])
