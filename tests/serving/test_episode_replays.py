@@ -259,7 +259,7 @@ def test_steps_of_other_shapes_in_one_batch_are_still_decided_in_record_order() 
     class Runner:  # any width: the probabilities of a fixed two-action policy
         def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
             return {"action_probs": np.tile(np.array([[0.25, 0.75]], np.float32), (len(batch), 1)),
-                    "value": np.zeros((len(batch), 1), np.float32)}
+                    "value": np.zeros(len(batch), np.float32)}
 
     config = ServeConfig.from_settings(Settings(topic_prefix="t", qc_rate=0.0), card)
     widths = [5, 4, 5, 4]  # step 1's width first appears after step 0's: grouped second
@@ -306,7 +306,7 @@ def test_process_batch_dead_letters_a_reshaped_frame_with_its_bytes(tmp_path: Pa
     class Runner:
         def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
             return {"action_probs": np.tile(np.array([[0.5, 0.5]], np.float32), (len(batch), 1)),
-                    "value": np.zeros((len(batch), 1), np.float32)}
+                    "value": np.zeros(len(batch), np.float32)}
 
     config = ServeConfig.from_settings(Settings(topic_prefix="t", qc_rate=0.0), card)
     records = [Record("t.requests.dyn", 0, s, b"ep", InferenceRequest(f"s{s}", "dyn", np.zeros(w, np.float32), 1e9,

@@ -304,16 +304,16 @@ def check_policy(settings: Any, model: str) -> None:
     requests topic would otherwise read as a broker without topics); names the policies there."""
     import difflib
 
+    from auditstream import tasks
     from auditstream.registry import ModelRegistry
-    from auditstream.wire import TaskKind
 
     registry = ModelRegistry(settings.models_dir)
     names = registry.names()
 
-    def is_policy(name: str) -> bool:
+    def is_policy(name: str) -> bool:  # a kind whose answers act on an environment
         try:
-            return registry.card(name).task == TaskKind.POLICY
-        except AuditstreamError:  # a broken card: not listed here (loading it says why)
+            return tasks.lookup(registry.card(name).task).acts
+        except (AuditstreamError, KeyError, ValueError):  # a broken card: not listed here (loading it says why)
             return False
 
     if model in names and is_policy(model):
