@@ -29,7 +29,6 @@ import numpy as np
 
 from auditstream.errors import InferenceBroken
 from auditstream.registry import ModelCard
-from auditstream.wire import Reason
 from auditstream.tasks import Answer, lookup
 from serving.vetting import output_mismatch
 
