@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
 
 from auditstream.errors import AuditstreamError
 
-__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path", "nulled"]
+__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path", "nulled", "print_summary"]
 
 
 class NonFiniteJSON(AuditstreamError, ValueError):
@@ -69,15 +71,33 @@ def dumps(value: Any, **kwargs: Any) -> str:
                             "there and say why the value is undefined") from e
 
 
+def print_summary(value: Any, *, file: IO[str] | None = None, **kwargs: Any) -> None:
+    """Print a command's ``--json`` summary (one JSON document) on ``file`` (stdout).
+
+    A summary is printed after the work is done, so a NaN or infinity in it (a rate over zero
+    items, a ratio of an empty bench step) must not lose the result: it is written as ``null`` and
+    each such path is named on stderr, so the output stays JSON that jq and strict parsers read.
+    (Cards are written with :func:`dumps`, which refuses instead: a card is read by the system.)"""
+    paths = list(_non_finite(value))
+    for where, x in paths:
+        print(f"note: {where} is {x!r}, written as null (undefined)", file=sys.stderr)
+    print(dumps(nulled(value) if paths else value, **kwargs), file=file if file is not None else sys.stdout,
+          flush=True)
+
+
 def _first_non_finite(value: Any) -> tuple[str, float] | None:
+    return next(_non_finite(value), None)
+
+
+def _non_finite(value: Any) -> Iterator[tuple[str, float]]:
+    """(path, number) of each NaN or infinity in ``value``, in document order."""
     stack: list[tuple[str, Any]] = [("", value)]  # a stack, not recursion: a card may nest deeply
     while stack:
         where, item = stack.pop()
         if isinstance(item, numbers.Real) and not isinstance(item, numbers.Integral) \
                 and not math.isfinite(float(item)):
-            return where or "(the value itself)", float(item)
+            yield where or "(the value itself)", float(item)
         if isinstance(item, dict):
             stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
             stack.extend((f"{where}[{i}]", item[i]) for i in range(len(item) - 1, -1, -1))
-    return None

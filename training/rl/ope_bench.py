@@ -146,6 +146,6 @@ def main(args: OPEBenchArgs, as_json: bool) -> int:
     seconds = time.perf_counter() - start
     print(f"{args.trials} trials x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
-        print(finite_json.dumps({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
-                                 "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+        finite_json.print_summary({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
+                                   "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True)
     return 0
