@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
 
 from auditstream.errors import AuditstreamError
 
-__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path", "nulled"]
+__all__ = ["NonFiniteJSON", "dumps", "finite_or_none", "non_finite_path", "nulled", "print_summary"]
 
 
 class NonFiniteJSON(AuditstreamError, ValueError):
@@ -38,14 +40,31 @@ def nulled(value: Any) -> Any:
     """``value`` with every NaN or infinite number replaced by None (null): how a reader takes
     JSON that an older writer (or a hand) gave ``NaN``/``Infinity``, in fields whose numbers are
     free-form facts (a card's metrics), where this project's spelling of "undefined" is null. The
-    same object when there is none (nothing is copied on the usual path)."""
-    if _first_non_finite(value) is None:
+    same object when there is none (nothing is copied on the usual path, which every registry
+    load takes: it is checked at C speed first)."""
+    if _surely_finite(value):
         return value
+    return _nulled(value)
+
+
+def _nulled(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: nulled(v) for k, v in value.items()}
+        return {k: _nulled(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [nulled(v) for v in value]
-    return None  # a non-finite number itself
+        return [_nulled(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
+def _surely_finite(value: Any) -> bool:
+    """True when ``value`` is plain JSON data without a NaN or infinity (``json``'s C encoder
+    says so); False when it has one or holds something else (a numpy scalar): then walk it."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def non_finite_path(value: Any) -> str | None:
@@ -69,15 +88,45 @@ def dumps(value: Any, **kwargs: Any) -> str:
                             "there and say why the value is undefined") from e
 
 
+def print_summary(value: Any, *, file: IO[str] | None = None, **kwargs: Any) -> None:
+    """Print a command's ``--json`` summary (one JSON document) on ``file`` (stdout).
+
+    A summary is printed after the work is done, so a NaN or infinity in it (a rate over zero
+    items, a ratio of an empty bench step) must not lose the result: it is written as ``null`` and
+    each such path is named on stderr, so the output stays JSON that jq and strict parsers read.
+    (Cards are written with :func:`dumps`, which refuses instead: a card is read by the system.)"""
+    paths = list(_non_finite(value))
+    for where, x in paths:
+        print(f"note: {where} is {x!r}, written as null (undefined)", file=sys.stderr)
+    print(dumps(nulled(value) if paths else value, **kwargs), file=file if file is not None else sys.stdout,
+          flush=True)
+
+
 def _first_non_finite(value: Any) -> tuple[str, float] | None:
-    stack: list[tuple[str, Any]] = [("", value)]  # a stack, not recursion: a card may nest deeply
+    return next(_non_finite(value), None)
+
+
+def _non_finite(value: Any) -> Iterator[tuple[str, float]]:
+    """(path, number) of each NaN or infinity in ``value``, in document order. A path is spelt
+    only for what is found: a card of a million numbers is walked without a string per number."""
+    stack: list[tuple[Any, Any]] = [((), value)]  # a stack, not recursion: a card may nest deeply
     while stack:
-        where, item = stack.pop()
+        where, item = stack.pop()  # where: (parent's where, key) links, spelt by _spell on a find
         if isinstance(item, numbers.Real) and not isinstance(item, numbers.Integral) \
                 and not math.isfinite(float(item)):
-            return where or "(the value itself)", float(item)
-        if isinstance(item, dict):
-            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
+            yield _spell(where), float(item)
+        elif isinstance(item, dict):
+            stack.extend(((where, str(k)), v) for k, v in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
-            stack.extend((f"{where}[{i}]", item[i]) for i in range(len(item) - 1, -1, -1))
-    return None
+            stack.extend(((where, i), item[i]) for i in range(len(item) - 1, -1, -1))
+
+
+def _spell(where: tuple) -> str:
+    keys: list[Any] = []
+    while where:
+        where, key = where
+        keys.append(key)
+    text = ""
+    for key in reversed(keys):
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
+    return text or "(the value itself)"

@@ -123,12 +123,23 @@ class ModelCard:
         is read as null, this project's "undefined" -- a card an older release wrote with ``NaN``
         still loads, and :meth:`to_json` writes it back as JSON."""
         _check_card(obj)
-        obj = finite_json.nulled(dict(obj))
+        obj = _free_form_nulled(obj)
         obj["inputs"] = [TensorSpec(**t) for t in obj["inputs"]]
         obj["outputs"] = [TensorSpec(**t) for t in obj["outputs"]]
         obj["triage"] = TriageSpec(**obj["triage"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def _free_form_nulled(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checked card's JSON form with NaN/infinity read as null outside the parts
+    :func:`_check_card` proved finite: the confidence sample and the risk-coverage curve, up to a
+    million numbers each on every registry load, are not walked again."""
+    out = {k: (v if k == "risk_coverage" else finite_json.nulled(v)) for k, v in obj.items() if k != "reference"}
+    if "reference" in obj:
+        reference = obj["reference"]
+        out["reference"] = {k: (v if k == "confidence_sample" else finite_json.nulled(v)) for k, v in reference.items()}
+    return out
 
 
 def loads_card(raw: bytes) -> Any:

@@ -144,7 +144,7 @@ def _control_view(settings):  # noqa: ANN001, ANN202
 
 def run_control_show(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
+    from auditstream import finite_json
 
     from auditstream import topics
     from auditstream.settings import Settings
@@ -154,9 +154,9 @@ def run_control_show(args: argparse.Namespace) -> int:
     try:
         states, rollouts = view.states(), view.rollouts()
         for state in states.values():
-            print(json.dumps(dataclasses.asdict(state), sort_keys=True))
+            finite_json.print_summary(dataclasses.asdict(state), sort_keys=True)
         for rollout in rollouts.values():
-            print(json.dumps({"rollout": dataclasses.asdict(rollout)}, sort_keys=True))
+            finite_json.print_summary({"rollout": dataclasses.asdict(rollout)}, sort_keys=True)
     finally:
         view.stop()
     if not states and not rollouts:  # said on stderr: stdout stays JSON lines (none)
@@ -206,7 +206,7 @@ def run_control_clear(args: argparse.Namespace) -> int:
 def run_promote(args: argparse.Namespace) -> int:
     """Prints the decision (a line for people on stderr, the JSON on stdout); exit 0 when it
     promoted or set the canary (or would have, with --dry-run), 1 when the live version stays."""
-    import json
+    from auditstream import finite_json
 
     from auditstream.cli_args import PROBABILITY, SHARE, check_value
     from monitor.promotion import promote
@@ -223,12 +223,12 @@ def run_promote(args: argparse.Namespace) -> int:
         decision = promote(settings, args.model, args.candidate, dry_run=args.dry_run, canary_share=args.canary_share,
                            config=config, store=store)
     print(("(dry run) " if args.dry_run else "") + decision.summary(), file=sys.stderr)
-    print(json.dumps(decision.to_dict(), sort_keys=True, default=str))
+    finite_json.print_summary(decision.to_dict(), sort_keys=True, default=str)
     return 0 if decision.promote or decision.code in ("canary", "canary_ended") else 1
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    import json
+    from auditstream import finite_json
 
     from auditstream.settings import Settings
     from monitor.promotion import rollback
@@ -243,7 +243,7 @@ def run_rollback(args: argparse.Namespace) -> int:
         moved = f"v{after} was live already, announced again (any canary ended)"
     print(f"{args.model}: {moved}, consumers told (recorded in models/{args.model}/{args.version}/promotion.json)",
           file=sys.stderr)
-    print(json.dumps(record, sort_keys=True))
+    finite_json.print_summary(record, sort_keys=True)
     return 0
 
 

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from auditstream import tasks
+from auditstream import finite_json, tasks
 from auditstream.control import Rollout, announce_rollout
 from auditstream.errors import AuditstreamError, ConfigError, ModelRefused
 from auditstream.registry import ModelCard, ModelRegistry
@@ -244,9 +244,11 @@ def recorded_decisions(path: Path) -> list[dict[str, Any]]:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append to the version's decision history, atomically (a reader sees the old or the new file)."""
-    history = recorded_decisions(path) + [record]
-    text = json.dumps({"decisions": history}, indent=2, sort_keys=True, default=_json_default)
+    """Append to the version's decision history, atomically (a reader sees the old or the new file).
+    Written as strict JSON: a NaN or infinity (an older release recorded one for a shadow that
+    compared no request) is written as null, this project's "undefined"."""
+    history = finite_json.nulled(recorded_decisions(path) + [record])
+    text = finite_json.dumps({"decisions": history}, indent=2, sort_keys=True, default=_json_default)
     fd, tmp = tempfile.mkstemp(prefix=".promotion-", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from dataclasses import dataclass, field
 
+from auditstream import finite_json
 from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, SHARE, add_dataclass_arguments, check_fields,
                                   dataclass_from_namespace)
 from auditstream.errors import ConfigError
@@ -82,7 +82,7 @@ def run_bench_qc(ns: argparse.Namespace) -> int:
                            anytime_audits=args.anytime_audits)
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = run(bench_args)
-    print(json.dumps(result, sort_keys=True))
+    finite_json.print_summary(result, sort_keys=True)
     return 0
 
 
@@ -110,5 +110,5 @@ def run_cost(ns: argparse.Namespace) -> int:
     summary.update(model=card.name, version=card.version, curve=[
         {"threshold": t, "coverage": c, "risk": r, "cost_per_item": k}
         for t, c, r, k in zip(report.thresholds, report.coverage, report.risk, report.cost_per_item)])
-    print(json.dumps(summary, sort_keys=True))
+    finite_json.print_summary(summary, sort_keys=True)
     return 0

@@ -9,12 +9,12 @@ command by ``Settings.from_env()``; job arguments are the frozen dataclasses bel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
+from auditstream import finite_json
 from auditstream.cli_args import (COUNT, NON_NEGATIVE, SEED, Range, add_checked_argument, add_dataclass_arguments,
                                   check_fields, dataclass_from_namespace)
 from auditstream.errors import BadArguments, ConfigError
@@ -102,7 +102,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     from serving.dlq import replay
 
     report = replay(_settings(), reasons=args.reason or None, max_records=args.max_records)
-    print(json.dumps(report.to_json()))
+    finite_json.print_summary(report.to_json())
     if report.refused:
         print(f"refused {sum(report.refused.values())} dead letter(s) naming topics replay never writes to: "
               f"{sorted(report.refused)}; only request topics and the audit/predictions topics are replayed "

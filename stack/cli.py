@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 
+from auditstream import finite_json
 from auditstream.cli_args import (COUNT, PORT, add_checked_argument, add_dataclass_arguments, check_fields,
                                   dataclass_from_namespace)
 from auditstream.errors import ConfigError
@@ -86,7 +86,7 @@ def _broker_status(args: argparse.Namespace) -> int:
     if info is None:
         print("no embedded broker running")
         return 1
-    print(json.dumps(dataclasses.asdict(info)))
+    finite_json.print_summary(dataclasses.asdict(info))
     return 0
 
 
@@ -95,7 +95,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
     a = dataclass_from_namespace(BenchServeArgs, args)
     result = run_bench(_settings(), a, out=sys.stderr if a.json else sys.stdout)
-    print(json.dumps(result))
+    finite_json.print_summary(result)
     return 0
 
 
@@ -104,7 +104,7 @@ def _bench_faults(args: argparse.Namespace) -> int:
 
     a = dataclass_from_namespace(FaultsArgs, args)
     result = run_faults(_settings(), a, out=sys.stderr if a.json else sys.stdout)
-    print(json.dumps(result))
+    finite_json.print_summary(result)
     return 0 if all(passed(r) for r in result.values()) else 1
 
 

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from auditstream import finite_json
 from auditstream.cli_args import Range, check_value
 from auditstream.errors import ConfigError
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         report["training_steps"] = training_speed(missing)
     report["missing"] = missing
     report["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(report))
+    finite_json.print_summary(report)
     return 0
 
 

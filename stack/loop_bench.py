@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
+from auditstream import finite_json
 from auditstream.cli_args import (COUNT, COUNT_OR_ZERO, FRACTION, PROBABILITY, SEED, SHARE, Range, check_derived_seed,
                                   check_fields, check_value)
 from auditstream.errors import ConfigError
@@ -769,5 +770,5 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
 
 def main(args: LoopBenchArgs) -> int:
     result = run(Settings.from_env(), args, sys.stderr if args.json else sys.stdout)
-    print(json.dumps(result, sort_keys=True, default=str))
+    finite_json.print_summary(result, sort_keys=True, default=str)
     return 0

@@ -55,6 +55,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from auditstream import finite_json
 from auditstream import tasks
 from auditstream.cli_args import LEFTOVER, PROBABILITY, SHARE, check_fields
 from auditstream.errors import AuditstreamError
@@ -390,5 +391,5 @@ def main(args: CertifyArgs) -> int:
              if basis["rows_not_in_store"] else "")
           + f"; proposal written to {path}; LIVE and the serving threshold are unchanged", file=out)
     if args.json:
-        print(json.dumps({"certificate": cert.to_dict(), **basis, "proposal": str(path)}, sort_keys=True))
+        finite_json.print_summary({"certificate": cert.to_dict(), **basis, "proposal": str(path)}, sort_keys=True)
     return 0

@@ -23,6 +23,7 @@ import statistics
 import time
 from typing import Any, Callable
 
+from auditstream import finite_json
 from auditstream.cli_args import COUNT, POSITIVE, add_checked_argument
 
 
@@ -122,7 +123,7 @@ def _handler(args: argparse.Namespace) -> int:
             for name, row in summary["records"].items():
                 print(f"{name:24s} orjson loads {row['orjson_loads_us']:.1f} µs vs json {row['json_loads_us']:.1f}; "
                       f"dumps {row['orjson_dumps_us']:.1f} vs {row['json_dumps_us']:.1f}")
-    print(json.dumps(summary, sort_keys=True))
+    finite_json.print_summary(summary, sort_keys=True)
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from auditstream import finite_json
 from auditstream.cli_args import add_dataclass_arguments, dataclass_from_namespace
 from auditstream.errors import AuditstreamError
 from training.tuning.args import TuneArgs
@@ -76,13 +77,12 @@ def train_and_report(run: Callable[[object, Path], dict], print_summary: Callabl
     """Every family script's ``main``: ``run(args, models_dir)`` trains, calibrates, certifies,
     exports and publishes to the registry (``AUDITSTREAM_MODELS_DIR``); the summary is printed for
     people and, with ``as_json``, as one JSON object on the last line."""
-    import json
 
     from auditstream.settings import Settings
 
     summary = run(args, Settings.from_env().models_dir)
     print_summary(summary)
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        finite_json.print_summary(summary, sort_keys=True)
     return 0
 

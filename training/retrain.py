@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from auditstream import finite_json
 from auditstream.cli_args import COUNT_OR_ZERO, LEFTOVER, NON_NEGATIVE, SEED, check_fields
 from auditstream.errors import AuditstreamError, DecodeError
 from auditstream.registry import ModelCard, ModelRegistry
@@ -251,7 +252,6 @@ def run(args: RetrainArgs, models_dir: Path, progress: bool = True) -> dict:
 
 
 def main(args: RetrainArgs, models_dir: Path) -> int:
-    import json
 
     summary = run(args, models_dir)
     print(f"{args.model}: version {summary.get('version')} published (not live), fine-tuned from "
@@ -262,5 +262,5 @@ def main(args: RetrainArgs, models_dir: Path) -> int:
           f"(target {summary['target_risk']:.0%}, {summary['delta_note']}) on the calibration/certificate slice",
           file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps(summary, sort_keys=True, default=str))
+        finite_json.print_summary(summary, sort_keys=True, default=str)
     return 0

@@ -216,3 +216,19 @@ def test_a_promotion_history_that_cannot_be_read_stops_promote_before_live_moves
     done = cli(registry, url, "--margin", "0.1")
     assert done.returncode == 2 and "promotion history" in done.stderr and "Traceback" not in done.stderr
     assert registry.live_version("zip") == "1"
+
+
+def test_a_nan_an_older_release_recorded_is_written_back_as_null(tmp_path):
+    """An older ``rl promote`` recorded ``"agreement": NaN`` for a shadow that compared nothing;
+    appending to that history must leave strict JSON, not carry the NaN on for ever."""
+    from monitor.promotion import append_record
+
+    path = tmp_path / PROMOTION_FILE
+    path.write_text('{"decisions": [{"kind": "rl_promote", "shadow": {"agreement": NaN, "compared": 0}}]}')
+    append_record(path, {"kind": "promote", "rate": float("inf"), "code": "canary"})
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the history")
+    history = json.loads(path.read_text(), parse_constant=refuse)["decisions"]
+    assert history == [{"kind": "rl_promote", "shadow": {"agreement": None, "compared": 0}},
+                       {"kind": "promote", "rate": None, "code": "canary"}]

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from auditstream import finite_json
 from auditstream.registry import ModelCard
 
 
@@ -151,5 +152,5 @@ def main(ns: argparse.Namespace) -> int:
     result = run_bench(card, onnx_bytes, HandwritingArgs(pools=ns.pools, resplits=ns.resplits, seed=ns.seed))
     print_result(result)
     if ns.json:
-        print(json.dumps(result, sort_keys=True))
+        finite_json.print_summary(result, sort_keys=True)
     return 0

@@ -20,7 +20,7 @@ Two models are benchmarked, because the naive rule can only fail where the targe
 
 from __future__ import annotations
 
-import json
+from auditstream import finite_json
 from dataclasses import replace
 
 import numpy as np
@@ -103,5 +103,5 @@ def run(args: CertifyBenchArgs) -> dict:
 
 
 def main(args: CertifyBenchArgs) -> int:
-    print(json.dumps(run(args), sort_keys=True))
+    finite_json.print_summary(run(args), sort_keys=True)
     return 0

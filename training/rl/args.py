@@ -45,6 +45,8 @@ def episodes_for_an_interval(confidence: float) -> int:
     while n ** -n >= alpha:
         n += 1
     return n
+# FQE's misspecification allowance is chosen on held-out episodes: two folds of two at least (fqe.py).
+MIN_SELECTION_EPISODES = 4
 # A percentile interval from fewer bootstrap resamples is noise (ope_stats.bootstrap_counts refuses them).
 BOOTSTRAP_RESAMPLES = Range(20, whole=True)
 # The environments bench ope has ε-soft heuristics for (ope_bench.make_policies; a test holds them equal).
@@ -213,10 +215,12 @@ class OPEBenchArgs:
     def __post_init__(self) -> None:
         check_fields(self)  # before any environment is made
         bench_envs(self.envs, OPE_BENCH_ENVS, "the environments with a heuristic policy")
-        fewest = episodes_for_an_interval(self.confidence)
-        if self.episodes < fewest:  # the estimators give no interval on fewer: nothing to cover
+        fewest = max(episodes_for_an_interval(self.confidence), MIN_SELECTION_EPISODES)
+        if self.episodes < fewest:  # some estimator gives no interval on fewer: nothing to cover
             raise ConfigError("--episodes", self.episodes, f"at least {fewest}: a bootstrap interval at --confidence "
-                                                           f"{self.confidence:g} needs that many episodes")
+                                                           f"{self.confidence:g} needs "
+                                                           f"{episodes_for_an_interval(self.confidence)} episodes, "
+                                                           f"FQE's held-out selection {MIN_SELECTION_EPISODES}")
         # the truth's episodes are seeded seed + 1e6 + e, trial t's seed + 1e4 (t + 1) + e (ope_bench.py)
         check_derived_seed(self.seed, lambda seed: seed + max(1_000_000 + self.truth_episodes,
                                                                10_000 * self.trials + self.episodes) - 1,

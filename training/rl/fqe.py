@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from training.rl.args import MIN_SELECTION_EPISODES
 from training.rl.offline_data import OfflineDataset
 from training.rl.ope_stats import (Estimate, bootstrap_counts, check_dataset, check_finite, check_policy_probs,
                                    interval, pad_episodes, ratio_or_zero)
@@ -37,7 +38,6 @@ MAX_GROUPS = 256  # fqe's bootstrap units: more episodes are pooled into this ma
 MAX_GROUP_BYTES = 512 * 2**20  # per-group normal equations kept in memory at once
 MAX_QUADRATIC_DIM = 16  # quadratic bases grow as dim²: above this only rff is tried
 BASES = ("rff", "quadratic", "quadratic+rff")
-MIN_SELECTION_EPISODES = 4  # two held-out folds of two episodes each
 DEFAULT_RIDGE = 1e-5
 
 

@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from auditstream.errors import ConfigError
-from training.rl.offline_data import DatasetNotWritten, DatasetRefused, OfflineDataset, one_line
+from training.rl.offline_data import DatasetNotWritten, DatasetRefused, OfflineDataset, one_line, process_umask
 
 INFO_KEYS = ("propensities", "human_action", "source", "route", "inclusion_prob", "step", "final_observation_logged")
 # in the dataset metadata: what the infos hold (2: inclusion_prob, final_observation_logged)
@@ -182,6 +182,7 @@ def write_minari(data: OfflineDataset, root: Path | str, dataset_id: str, env_id
         slices = data.episode_slices()
         storage.update_episodes(_episode_buffer(data, s, i) for i, s in enumerate(slices))
         storage.update_episode_metadata([{"episode_key": str(k)} for k in data.episode_keys], range(len(slices)))
+        os.chmod(staging, 0o777 & ~process_umask())  # mkdtemp made it 0700; a plain mkdir would not have
         os.rename(staging, target)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)

@@ -529,7 +529,7 @@ def save_dataset(dataset: OfflineDataset, path: Path | str, env_id: str = "") ->
         with os.fdopen(fd, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
             np.savez_compressed(f, episode_keys=dataset.episode_keys, format_version=np.int64(FORMAT_VERSION),
                                 final_observation_logged=dataset.final_observation_logged, **arrays)
-        os.chmod(partial, 0o666 & ~_umask())
+        os.chmod(partial, 0o666 & ~process_umask())
         os.replace(partial, path)
     except OSError as e:
         Path(partial).unlink(missing_ok=True)
@@ -540,8 +540,18 @@ def save_dataset(dataset: OfflineDataset, path: Path | str, env_id: str = "") ->
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def process_umask() -> int:
+    """This process's umask, for files written under a temporary name (``mkstemp``/``mkdtemp``
+    make them 0600/0700) to get the mode a plain create would have given. Read from /proc where
+    it is there: ``os.umask`` can only read it by setting it, which another thread could see."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # briefly the strictest usual mask, never 0: a racing create is private, not open
     os.umask(mask)
     return mask
 

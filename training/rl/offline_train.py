@@ -178,5 +178,5 @@ def main(args: OfflineArgs, models_dir: str, as_json: bool) -> int:
           f"logged policy {_shown(summary['logged_policy_value'])}; OPE wis {_shown(summary['ope_wis'])} "
           f"dr {_shown(summary['ope_dr'])} fqe {_shown(summary['ope_fqe'])}{caveat}{online}")
     if as_json:
-        print(finite_json.dumps(summary, sort_keys=True))
+        finite_json.print_summary(summary, sort_keys=True)
     return 0

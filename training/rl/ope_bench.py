@@ -22,7 +22,9 @@ together), ``bias`` and ``width`` in units of the target policy's per-episode re
 deviation (so environments with different reward scales can be averaged; dividing by the true
 value would blow up where it is near 0, as LunarLander's is), averaged over environments;
 ``per_env`` → environment → estimator → ``coverage``, ``bias``, ``width``, ``rmse`` in reward
-units, plus ``true_value``, its Monte Carlo standard error and ``return_sd``.
+units, plus ``true_value``, its Monte Carlo standard error and ``return_sd``. Coverage and width
+count the trials where the estimator gave an interval (``undefined``: those where it gave none);
+an environment whose returns do not vary is left out of the pooled bias and width.
 """
 
 from __future__ import annotations
@@ -118,13 +120,46 @@ def bench_env(env_id: str, args: OPEBenchArgs) -> dict[str, Any]:
     env.close()
     out: dict[str, Any] = {"true_value": truth, "true_value_se": truth_se, "return_sd": return_sd}
     for name in ESTIMATORS:
-        arr = np.asarray(rows[name])
-        out[name] = {"coverage": float(np.mean((arr[:, 1] <= truth) & (truth <= arr[:, 2]))),
-                     "bias": float(arr[:, 0].mean() - truth), "width": float((arr[:, 2] - arr[:, 1]).mean()),
-                     "rmse": float(np.sqrt(np.mean((arr[:, 0] - truth) ** 2)))}
-        print(f"  {name:>3}: coverage {out[name]['coverage']:.3f}  bias {out[name]['bias']:+.3f}  "
-              f"width {out[name]['width']:.3f}  rmse {out[name]['rmse']:.3f}")
+        out[name] = score(np.asarray(rows[name], dtype=float), truth)
+        row = out[name]
+        print(f"  {name:>3}: coverage {_shown(row['coverage'], '.3f')}  bias {_shown(row['bias'], '+.3f')}  "
+              f"width {_shown(row['width'], '.3f')}  rmse {_shown(row['rmse'], '.3f')}"
+              + (f"  (no interval in {row['undefined']} of {args.trials} trials)"
+                 if row["undefined"] else ""))
     return out
+
+
+def score(rows: np.ndarray, truth: float) -> dict[str, Any]:
+    """Coverage and width over the trials whose interval is defined, bias and RMSE over those
+    whose estimate is; ``undefined``: trials without an interval (an estimator that gives none
+    is not scored as a miss, and no NaN reaches the summary). None where no trial has one."""
+    values = rows[:, 0][np.isfinite(rows[:, 0])]
+    bounded = rows[np.isfinite(rows[:, 1]) & np.isfinite(rows[:, 2])]
+    return {"coverage": float(np.mean((bounded[:, 1] <= truth) & (truth <= bounded[:, 2]))) if len(bounded) else None,
+            "width": float((bounded[:, 2] - bounded[:, 1]).mean()) if len(bounded) else None,
+            "bias": float(values.mean() - truth) if len(values) else None,
+            "rmse": float(np.sqrt(np.mean((values - truth) ** 2))) if len(values) else None,
+            "undefined": int(len(rows) - len(bounded))}
+
+
+def pool(per_env: dict[str, dict[str, Any]], name: str) -> dict[str, float | None]:
+    """An estimator's rows averaged over environments: coverage as it is, bias and width in
+    units of each environment's return standard deviation. An environment whose returns do not
+    vary (a deterministic target over a short horizon: the s.d. is rounding noise) or whose row
+    is undefined is left out of that average; None where none is left."""
+    def mean(key: str, scaled: bool) -> float | None:
+        values = [row[name][key] / (row["return_sd"] if scaled else 1.0) for row in per_env.values()
+                  if row[name][key] is not None and (not scaled or _varies(row))]
+        return float(np.mean(values)) if values else None
+    return {"coverage": mean("coverage", False), "bias": mean("bias", True), "width": mean("width", True)}
+
+
+def _varies(row: dict[str, Any]) -> bool:
+    return row["return_sd"] > 1e-9 * max(1.0, abs(row["true_value"]))
+
+
+def _shown(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def main(args: OPEBenchArgs, as_json: bool) -> int:
@@ -134,18 +169,13 @@ def main(args: OPEBenchArgs, as_json: bool) -> int:
     threadpool_limits(1)  # many small solves: BLAS threads only contend on a shared machine
     start = time.perf_counter()
     per_env = {env_id: bench_env(env_id, args) for env_id in envs}
-    pooled: dict[str, Any] = {}
-    for name in ESTIMATORS:
-        pooled[name] = {
-            "coverage": float(np.mean([per_env[e][name]["coverage"] for e in envs])),
-            "bias": float(np.mean([per_env[e][name]["bias"] / per_env[e]["return_sd"] for e in envs])),
-            "width": float(np.mean([per_env[e][name]["width"] / per_env[e]["return_sd"] for e in envs])),
-        }
-        print(f"pooled {name:>3}: coverage {pooled[name]['coverage']:.3f}  bias {pooled[name]['bias']:+.4f} sd"
-              f"  width {pooled[name]['width']:.4f} sd (in return standard deviations)")
+    pooled = {name: pool(per_env, name) for name in ESTIMATORS}
+    for name, row in pooled.items():
+        print(f"pooled {name:>3}: coverage {_shown(row['coverage'], '.3f')}  bias {_shown(row['bias'], '+.4f')} sd"
+              f"  width {_shown(row['width'], '.4f')} sd (in return standard deviations)")
     seconds = time.perf_counter() - start
     print(f"{args.trials} trials x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
-        print(finite_json.dumps({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
-                                 "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+        finite_json.print_summary({**pooled, "per_env": per_env, "seconds": round(seconds, 1),
+                                   "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True)
     return 0

@@ -266,5 +266,5 @@ def main(args: PPOArgs, models_dir: str, as_json: bool) -> int:
           f"{summary['mean_return_greedy']:.1f}, sampled {summary['mean_return_sampled']:.1f}); {summary['env_steps']} env steps in "
           f"{summary['train_seconds']:.0f} s on {summary['device']}; parity {summary['parity_max_abs_diff']:.2e}")
     if as_json:
-        print(finite_json.dumps(summary, sort_keys=True))
+        finite_json.print_summary(summary, sort_keys=True)
     return 0

@@ -163,6 +163,6 @@ def run_bench(args: Any, bench_env: Callable[[str, Any], dict[str, Any]], as_jso
     print(f"{what}: {args.seeds} seeds x {len(envs)} envs in {seconds:.0f} s")
     if as_json:
         # a NaN is not JSON; a bug that made one fails here, naming where, instead of printing it
-        print(finite_json.dumps({**per_env, "seconds": round(seconds, 1),
-                                 "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True))
+        finite_json.print_summary({**per_env, "seconds": round(seconds, 1),
+                                   "settings": {k: getattr(args, k) for k in args.__dataclass_fields__}}, sort_keys=True)
     return 0

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
                                  "decisions_per_s": round(rate, 1)}
         print(f"in process (same action rule and routing, no broker): mean return {returns.mean():.1f} ± "
               f"{returns.std():.1f}, {rate:.0f} decisions/s", file=sys.stderr if args.json else sys.stdout)
-    print(finite_json.dumps(summary, sort_keys=True))
+    finite_json.print_summary(summary, sort_keys=True)
     return 0
 
 
@@ -86,7 +86,7 @@ def _dataset(args: argparse.Namespace) -> int:
     print(f"wrote {where}: {report.episodes} episodes, {report.steps} steps, {report.human_labels} human labels "
           f"({report.overrides} overrides), sources {dict(report.sources)}; episodes dropped "
           f"{dict(report.episodes_dropped) or 'none'}", file=sys.stderr)
-    print(finite_json.dumps(summary, sort_keys=True))
+    finite_json.print_summary(summary, sort_keys=True)
     return 0
 
 
@@ -110,7 +110,7 @@ def _promote(args: argparse.Namespace) -> int:
     print(f"{d['candidate']} {verdict}: {d['reason']} (shadow: {record['shadow']['requests']} requests, agreement "
           f"{'none compared' if agreement is None else f'{agreement:.3f}'}); recorded in {record['recorded_at']}",
           file=sys.stderr)
-    print(finite_json.dumps(record, sort_keys=True, default=float))
+    finite_json.print_summary(record, sort_keys=True, default=float)
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from auditstream import finite_json
 from auditstream.errors import TrainingDiverged, TuneRefused
 from training.tuning.args import TuneArgs, redacted_storage
 from training.tuning.space import check_space, describe_space
@@ -172,7 +173,6 @@ def print_tuning(t: dict) -> None:
 
 
 def main(command: Any, base_args: Any, tune_args: TuneArgs, as_json: bool) -> int:
-    import json
 
     from auditstream.settings import Settings
 
@@ -180,5 +180,5 @@ def main(command: Any, base_args: Any, tune_args: TuneArgs, as_json: bool) -> in
     importlib.import_module(f"{command.package}.train").print_summary(summary)
     print_tuning(summary["tuning"])
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        finite_json.print_summary(summary, sort_keys=True)
     return 0

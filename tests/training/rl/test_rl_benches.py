@@ -76,6 +76,9 @@ def test_benches_refuse_unknown_envs_and_one_seed_in_one_line_before_running(ben
     # fewer than a bootstrap interval needs: the estimators give none, there is nothing to cover
     (["--episodes", "3"], "invalid --episodes=3: expected at least 4: a bootstrap interval at --confidence 0.95"),
     (["--episodes", "4", "--confidence", "0.999"], "invalid --episodes=4: expected at least 5"),
+    # a bootstrap interval at 0.9 needs 3, FQE's held-out selection 4 (it gave NaN bounds, scored as misses)
+    (["--episodes", "3", "--confidence", "0.9"], "invalid --episodes=3: expected at least 4: a bootstrap interval at "
+                                                 "--confidence 0.9 needs 3 episodes, FQE's held-out selection 4"),
     (["--truth-episodes", "1"], "invalid --truth-episodes=1: expected a whole number >= 2"),
     (["--bootstrap", "19"], "invalid --bootstrap=19: expected a whole number >= 20"),
 ])
@@ -142,3 +145,25 @@ def test_bc_and_cql_beat_a_mediocre_behaviour_policy_and_keep_up_with_a_good_one
         gain = np.mean([r[learner] - r["behaviour"] for r in mediocre])
         assert gain >= 30.0, (learner, mediocre)
         assert np.mean([r[learner] - r["behaviour"] for r in good]) >= -10.0, (learner, good)
+
+
+def test_bench_ope_scores_only_defined_intervals_and_pools_without_nan() -> None:
+    """An estimator without an interval in a trial is counted as undefined, not as a miss, and a
+    summary never carries NaN (FQE's NaN bounds were coverage 0.000 and width nan, then a refusal)."""
+    import math
+
+    import numpy as np
+
+    from training.rl.ope_bench import pool, score
+
+    nan = math.nan
+    rows = np.array([[1.0, 0.5, 1.5], [2.0, nan, nan], [nan, nan, nan], [1.2, 1.1, 1.3]])
+    row = score(rows, truth=1.0)
+    assert row == {"coverage": 0.5, "width": 0.6, "bias": pytest.approx(0.4), "rmse": pytest.approx(math.sqrt(1.04 / 3)),
+                   "undefined": 2}
+    none = score(np.full((3, 3), nan), truth=1.0)
+    assert none == {"coverage": None, "width": None, "bias": None, "rmse": None, "undefined": 3}
+    per_env = {"A": {"return_sd": 2.0, "true_value": 1.0, "fqe": row},
+               "B": {"return_sd": 1e-15, "true_value": 5.0, "fqe": {**row, "coverage": 1.0}},  # returns never vary
+               "C": {"return_sd": 1.0, "true_value": 0.0, "fqe": none}}
+    assert pool(per_env, "fqe") == {"coverage": 0.75, "bias": pytest.approx(0.2), "width": pytest.approx(0.3)}

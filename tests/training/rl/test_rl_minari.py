@@ -197,3 +197,23 @@ def test_a_failed_minari_write_leaves_no_dataset(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     write_minari(logged(), tmp_path, "toy-v0")  # the id is still free
     assert load_logs(tmp_path / "toy-v0").n_episodes == 3
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_datasets_get_the_mode_a_plain_create_would_give(tmp_path, mask) -> None:
+    """Both formats are written under a temporary name (mkdtemp/mkstemp: 0700/0600) and renamed;
+    a reader in the group or another service account must still open them as before."""
+    import os
+    import stat
+
+    from training.rl.offline_data import process_umask, save_dataset
+
+    old = os.umask(mask)
+    try:
+        assert process_umask() == mask
+        folder = write_minari(logged(), tmp_path, "ns/toy-v0")
+        npz = save_dataset(logged(), tmp_path / "logs.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE(npz.stat().st_mode) == 0o666 & ~mask
