@@ -7,12 +7,19 @@ is warned about, once per process, with the closest setting's name: otherwise th
 quietly run on the default (the embedded broker, the local SQLite store). It is a warning, not a
 refusal: one environment is often shared by several releases (a rolling upgrade, a common env
 file), and a variable that a newer release reads must not stop an older one from starting.
+
+Kubernetes' service links are no typos and are not warned about: unless a pod sets
+``enableServiceLinks: false`` (the project's manifests do), every pod gets variables for each
+Service of its namespace that has a cluster IP -- a Service ``auditstream-dashboard`` gives
+``AUDITSTREAM_DASHBOARD_SERVICE_HOST``, ``AUDITSTREAM_DASHBOARD_PORT_8501_TCP_ADDR`` and so on
+(:func:`is_service_link`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -88,12 +95,64 @@ def setting_variables() -> list[str]:
     return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
 
 
+# The variables a kubelet gives a pod for each Service of its namespace that has a cluster IP
+# (pkg/kubelet/envvars: the Service's name upper-cased, "-" as "_", then one of these tails; a
+# port's name and protocol likewise). Headless Services (clusterIP: None) give none.
+_SERVICE_LINK = re.compile(
+    r"(?P<service>[A-Z0-9_]+?)_(?:"
+    r"(?P<host>SERVICE_HOST)"
+    r"|(?P<service_port>SERVICE_PORT(?:_[A-Z0-9_]+)?)"
+    r"|(?P<url>PORT(?:_(?P<n>\d{1,5})_(?P<proto>TCP|UDP|SCTP))?)"
+    r"|PORT_(?P<n2>\d{1,5})_(?P<proto2>TCP|UDP|SCTP)_(?P<part>PROTO|PORT|ADDR)"
+    r")")  # fmt: skip
+_PORT_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
+_PORT_URL = re.compile(r"(?P<proto>tcp|udp|sctp)://(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+):(?P<port>[1-9][0-9]{0,4})")
+
+
+def _ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is a variable Kubernetes' service links put into a pod: the name one
+    of ``<SVC>_SERVICE_HOST``, ``<SVC>_SERVICE_PORT``, ``<SVC>_SERVICE_PORT_<PORT NAME>``,
+    ``<SVC>_PORT``, ``<SVC>_PORT_<n>_<TCP|UDP|SCTP>`` (each with ``_PROTO``, ``_PORT`` or
+    ``_ADDR`` after it, or none) *and* the value what the kubelet writes there (an IP address, a
+    port number, ``tcp://10.0.0.5:9400``, ``tcp``). Both must match: a typo such as
+    ``AUDITSTREAM_METRIC_PORT=9400`` has a service link's name but not its value, and is still
+    warned about."""
+    match = _SERVICE_LINK.fullmatch(name)
+    if match is None:
+        return False
+    if match["host"]:
+        return _ip(value)
+    if match["service_port"]:
+        return _PORT_NUMBER.fullmatch(value) is not None
+    if match["url"]:
+        url = _PORT_URL.fullmatch(value)
+        return (url is not None and _ip(url["host"].strip("[]")) and int(url["port"]) <= 65535
+                and (match["n"] is None or (url["port"] == match["n"] and url["proto"] == match["proto"].lower())))
+    part, n, proto = match["part"], match["n2"], match["proto2"]
+    if part == "PROTO":
+        return value == proto.lower()
+    if part == "PORT":
+        return value == n
+    return _ip(value)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """``(variable, closest setting's variable or None)`` for each ``AUDITSTREAM_*`` variable of
-    ``environ`` that is neither a setting nor one of :data:`OTHER_VARIABLES`, sorted."""
+    ``environ`` that is neither a setting nor one of :data:`OTHER_VARIABLES`, sorted. Kubernetes'
+    service links (:func:`is_service_link`) are left out: a pod in a namespace with a Service
+    named ``auditstream-*`` gets them whether the process reads them or not."""
     known = setting_variables()
     allowed = set(known) | set(OTHER_VARIABLES)
-    unknown = sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name not in allowed)
+    unknown = sorted(name for name, value in environ.items() if name.upper().startswith(ENV_PREFIX)
+                     and name not in allowed and not is_service_link(name, value))
     # compared without the prefix, which every name shares and which would make any two look alike
     tails = {name[len(ENV_PREFIX):]: name for name in known}
 
@@ -219,7 +278,15 @@ class Settings:
         for f in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = _convert(f.name, raw, hints[f.name])
+                try:
+                    values[f.name] = _convert(f.name, raw, hints[f.name])
+                except ConfigError as e:
+                    if not is_service_link(e.name, raw):
+                        raise
+                    # AUDITSTREAM_METRICS_PORT=tcp://10.0.0.5:9400: a Service named auditstream-metrics
+                    raise ConfigError(e.name, raw, f"{e.expected}; this value is a Kubernetes service link of "
+                                      "a Service whose name makes this variable: set enableServiceLinks: false "
+                                      "in the pod spec, or rename the Service") from None
         from_env = set(values)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:

@@ -31,7 +31,9 @@ import abc
 import os
 import re
 import sqlite3
+import stat
 import threading
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -47,24 +49,32 @@ POOL_WAIT_S = 60.0  # how long a caller waits for a free connection before Store
 POSTGRES_CONNECT_TIMEOUT_S = 10  # unless the URL sets connect_timeout
 
 
-class StoreUnavailable(AuditstreamError, ConnectionError):
-    """The audit store's database could not be reached or refused the connection."""
+SERVER_TODO = ("check that the database server is up and the URL (host, port, database, user) is right, "
+               "or set AUDITSTREAM_STORE_URL")
+FILE_TODO = ("check that the user running this may enter the folders on the path and read and write the file "
+             "(and create files in its folder), or set --store-url / AUDITSTREAM_STORE_URL to another store")
 
-    def __init__(self, url: str, detail: str) -> None:
+
+class StoreUnavailable(AuditstreamError, ConnectionError):
+    """The audit store's database could not be reached or refused the connection (a SQLite file
+    or folder this user may not read or write included)."""
+
+    def __init__(self, url: str, detail: str, todo: str = SERVER_TODO) -> None:
         self.url, self.detail = redact_url(url), detail
-        super().__init__(f"audit store at {self.url} unavailable: {detail}; check that the database server is up "
-                         "and the URL (host, port, database, user) is right, or set AUDITSTREAM_STORE_URL")
+        super().__init__(f"audit store at {self.url} unavailable: {detail}; {todo}")
 
 
 class StoreMissing(AuditstreamError, LookupError):
     """A command that only reads (or changes what is there) was pointed at a store that does not
     exist: it never creates one, so a mistyped path is refused instead of served empty."""
 
-    def __init__(self, where: str, detail: str = "") -> None:
+    def __init__(self, where: str, detail: str = "", sqlite: bool = True) -> None:
         self.where, self.detail = where, detail
+        check = ("check --store-url or AUDITSTREAM_STORE_URL -- sqlite:///a/b.db is a/b.db under the working "
+                 "directory, an absolute path needs four slashes: sqlite:////a/b.db" if sqlite else
+                 "check --store-url or AUDITSTREAM_STORE_URL (the database, and the table prefix if one is used)")
         super().__init__(f"no audit store at {where}{detail}; nothing was created (auditstream monitor creates "
-                         "a store, or users add); check --store-url or AUDITSTREAM_STORE_URL -- sqlite:///a/b.db is "
-                         "a/b.db under the working directory, an absolute path needs four slashes: sqlite:////a/b.db")
+                         f"a store, or users add); {check}")
 
 
 class StoreBusy(AuditstreamError):
@@ -264,10 +274,24 @@ def sqlite_path(url: str) -> Path:
     ``sqlite:///audit.db`` is ``audit.db`` under the working directory and ``sqlite:////var/audit.db``
     (four slashes) is ``/var/audit.db``. Any other spelling (``sqlite:/var/audit.db``,
     ``sqlite://audit.db``, a ``?query``) is refused showing the spellings it may have meant: it
-    used to become a file somewhere else (``sqlite:/tmp/m.db`` made a folder named ``sqlite:``)."""
+    used to become a file somewhere else (``sqlite:/tmp/m.db`` made a folder named ``sqlite:``).
+    So are the names SQLite does not read as a file: ``:memory:`` (a database of one connection
+    that is gone when it closes, reported as a file that was never written) and a relative path
+    that starts with ``file:`` (a URI to SQLite: ``file:x.db`` wrote ``x.db`` beside an empty
+    ``file:x.db``)."""
     rest = url.removeprefix("sqlite:")
     if rest.startswith("///") and len(rest) > 3 and "?" not in rest:
-        return Path(rest[3:])
+        path = rest[3:]
+        if path == ":memory:":
+            raise ConfigError("store_url", redact_url(url), "a file: an in-memory database is not a store (each "
+                              "connection would get its own, and it is gone when they close); write "
+                              "'sqlite:///audit.db' (under the working directory) or 'sqlite:////absolute/audit.db'")
+        if path.lower().startswith("file:"):
+            name = path[len("file:"):].lstrip("/") or "audit.db"
+            raise ConfigError("store_url", redact_url(url), f"a path, not a SQLite URI: SQLite reads a name starting "
+                              f"with 'file:' as a URI; write 'sqlite:///{name}' (the file {Path(name).absolute()}), "
+                              f"or for a file really named so its absolute path, 'sqlite:///{Path(path).absolute()}'")
+        return Path(path)
     path = rest.lstrip("/").split("?", 1)[0]
     if not path:
         expected = "'sqlite:///relative/path.db' or, for an absolute path, 'sqlite:////absolute/path.db'"
@@ -286,35 +310,73 @@ class SQLiteDatabase(Database):
     def __init__(self, url: str, prefix: str, max_connections: int = POOL_MAX_OPEN, create: bool = True) -> None:
         super().__init__(url, prefix, max_connections)
         self.path = sqlite_path(url)
-        if not create and not self.path.exists():
-            raise StoreMissing(self.location)
+        try:
+            # Absolute, once: SQLite reads a relative name starting with "file:" as a URI, and a
+            # later chdir must not move the store.
+            self.file = self.path.absolute()
+        except OSError as e:  # the working directory was removed
+            raise StoreUnavailable(url, f"cannot resolve {self.path}: {e.strerror or e}", FILE_TODO) from None
+        if not create:
+            self._check_store()  # before any connection writes (journal_mode=WAL would)
+            return
         try:
             # The store holds the dashboard's password hashes and every audited input: a folder
             # and a file this creates are its owner's alone (SQLite gives its -wal and -shm files
             # the database file's mode). Existing ones keep the mode their owner gave them.
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreUnavailable(url, f"cannot create the directory {self.path.parent}: {e.strerror or e}") from None
+            raise StoreUnavailable(url, f"cannot create the directory {self.file.parent}: {e.strerror or e}",
+                                   FILE_TODO) from None
         try:
-            if self.path.name != ":memory:":
-                _create_private(self.path)
+            _create_private(self.file)
         except OSError as e:
-            raise StoreUnavailable(url, f"cannot create {self.path}: {e.strerror or e}") from None
+            raise StoreUnavailable(url, f"cannot create {self.file}: {e.strerror or e}", FILE_TODO) from None
+
+    def _check_store(self) -> None:
+        """``create=False``: the file must exist and hold the store's tables, checked over a
+        read-only connection, so a file that is no store -- another program's database, an empty
+        file, not SQLite at all -- is refused byte for byte as it was (a normal connection would
+        switch it to WAL first, and make an empty file a database). :class:`StoreMissing` when it
+        is no store, :class:`StoreUnavailable` when this user may not look."""
+        try:
+            is_file = stat.S_ISREG(os.stat(self.file).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StoreMissing(self.location) from None
+        except OSError as e:  # a folder on the path this user may not enter, ...
+            raise StoreUnavailable(self.url, f"cannot look at {self.file}: {e.strerror or e}", FILE_TODO) from None
+        if not is_file:
+            raise StoreMissing(self.location, " (that is not a file)")
+        uri = "file:" + urllib.parse.quote(str(self.file)) + "?mode=ro"
+        try:
+            cx = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(self.url, f"cannot open {self.file} to read it: {e}", FILE_TODO) from None
+        try:
+            found = cx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (f"{self.prefix}items",)).fetchall()
+        except sqlite3.DatabaseError as e:
+            if type(e) is sqlite3.DatabaseError:  # "file is not a database" (OperationalError: cannot read)
+                raise StoreMissing(self.location, " (that file is not a SQLite database)") from None
+            raise StoreUnavailable(self.url, f"cannot read {self.file}: {type(e).__name__}: {e}", FILE_TODO) from None
+        finally:
+            cx.close()
+        if not found:
+            raise StoreMissing(self.location, " (the database there holds no audit store tables)")
 
     @property
     def location(self) -> str:
-        return str(self.path.absolute()) + (f" (tables {self.prefix}*)" if self.prefix else "")
+        return str(self.file) + (f" (tables {self.prefix}*)" if self.prefix else "")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; this module says BEGIN itself.
         # check_same_thread=False: a pooled connection serves one thread at a time, not always the same.
         try:
-            cx = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            cx = sqlite3.connect(self.file, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             cx.execute("PRAGMA journal_mode=WAL")
             cx.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
             cx.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         except sqlite3.Error as e:
-            raise StoreUnavailable(self.url, f"{type(e).__name__}: {e}") from None
+            raise StoreUnavailable(self.url, f"{self.file}: {type(e).__name__}: {e}", FILE_TODO) from None
         return cx
 
     def _reusable(self, cx: sqlite3.Connection) -> bool:
@@ -440,8 +502,9 @@ def connect_postgres(psycopg: Any, url: str) -> Any:
 def connect(url: str, prefix: str = "", max_connections: int = POOL_MAX_OPEN, create: bool = True) -> Database:
     """A :class:`Database` for ``sqlite:///path`` or ``postgresql://user@host:port/db``, with
     at most ``max_connections`` connections open at once. ``create=False``: a SQLite file that
-    does not exist raises :class:`StoreMissing` and nothing is created (PostgreSQL: the store's
-    tables are checked by :class:`store.AuditStore`)."""
+    does not exist or does not hold the store's tables raises :class:`StoreMissing`, checked over a
+    read-only connection, and nothing is created or changed (PostgreSQL: the store's tables are
+    checked by :class:`store.AuditStore`)."""
     if url.startswith("sqlite:"):
         return SQLiteDatabase(url, prefix, max_connections, create)
     if url.startswith(("postgresql://", "postgres://")):

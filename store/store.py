@@ -80,7 +80,8 @@ class AuditStore(StoreReads):
                 cur.one("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"auditstream-schema:{db.prefix}".encode()),))
             self.created = not db.columns(cur, "items")
             if self.created and not create:
-                raise StoreMissing(db.location, " (the database there holds no audit store tables)")
+                raise StoreMissing(db.location, " (the database there holds no audit store tables)",
+                                   sqlite=db.kind == "sqlite")
             for ddl in statements(db.types):
                 cur.run(ddl)
             upgrade(cur, db)  # a store written by an older release gets the columns added since

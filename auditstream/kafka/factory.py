@@ -117,10 +117,12 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
                   bootstrap: str | None = None) -> list[str]:
     """Create the topics that do not exist yet, with ``settings.partitions`` partitions and
     ``settings.replication_factor`` replicas each (0: the broker's default); returns the names
-    created. Idempotent. Pass only the topics the calling process itself reads or writes: on a
+    created by this call (not those that turned out to exist already). Idempotent. Pass only the topics the calling process itself reads or writes: on a
     cluster with ACLs each principal may Describe just those (docs/serving.md, "Who may write
     what"), and a topic it cannot see looks missing. A refused create raises
-    :class:`~auditstream.errors.TopicsNotCreated` naming the topics and the grant to add.
+    :class:`~auditstream.errors.TopicsNotCreated` naming the refused topics only (each topic's
+    own error code is read: "already exists" is fine, an authorization failure names the grant
+    to add, any other code its name).
 
     Every topic but the request topics takes records up to :data:`~auditstream.kafka.limits.MAX_PRODUCE_BYTES`
     (``max.message.bytes``): a dead letter or an audit item is larger than the request it comes
@@ -128,8 +130,7 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
     to the client that sends it."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import (BrokerResponseError, ClusterAuthorizationFailedError, KafkaError,
-                              TopicAlreadyExistsError, TopicAuthorizationFailedError)
+    from kafka.errors import BrokerResponseError, KafkaError
 
     bootstrap = _checked_bootstrap(settings, bootstrap)
     partitions = settings.partitions
@@ -142,20 +143,65 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
         replicas = settings.replication_factor or -1  # -1: the broker's default.replication.factor
         new = [NewTopic(t, partitions, replicas, topic_configs=_topic_configs(settings, t, t in compacted))
                for t in missing]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:  # a concurrent creator won the race
-                pass
-            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as e:
-                # ACLs: a topic the principal may not Describe is left out of list_topics, so it
-                # looks missing even when it exists; either way only a grant or a hand-made topic helps.
+        if not new:
+            return []
+        try:
+            # raise_errors=False: each topic's own error code. Raising, kafka-python raises the
+            # first non-zero code of the response only: "already exists" for one topic hid
+            # "not authorized" for the next, which was then reported created.
+            response = admin.create_topics(new, raise_errors=False)
+        except BrokerResponseError as e:  # the request as a whole refused
+            if _denied_code(getattr(e, "errno", None)):
                 raise TopicsNotCreated(bootstrap, missing, type(e).__name__, True, settings.kafka_sasl_username) from None
-            except BrokerResponseError as e:  # the broker answered no (replication factor, policy): not a blip
-                raise TopicsNotCreated(bootstrap, missing, str(e), False) from None
-        return missing
+            raise TopicsNotCreated(bootstrap, missing, str(e), False) from None
+        created, refused = _create_results(response, missing)
+        denied = [t for t in refused if _denied_code(refused[t][0])]
+        if denied:
+            # ACLs: a topic the principal may not Describe is left out of list_topics, so it
+            # looks missing even when it exists; either way only a grant or a hand-made topic helps.
+            raise TopicsNotCreated(bootstrap, denied, _error_detail({t: refused[t] for t in denied}), True,
+                                   settings.kafka_sasl_username)
+        if refused:  # the broker answered no (replication factor, policy): not a blip
+            raise TopicsNotCreated(bootstrap, list(refused), _error_detail(refused), False)
+        return created
     finally:
         admin.close()
+
+
+TOPIC_ALREADY_EXISTS = 36  # a concurrent creator won the race, or the topic is hidden from list_topics
+_DENIED_CODES = (29, 31)  # TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+
+
+def _denied_code(code: object) -> bool:
+    return code in _DENIED_CODES
+
+
+def _create_results(response: dict, asked: list[str]) -> tuple[list[str], dict[str, tuple[int, str]]]:
+    """From kafka-python's ``create_topics(..., raise_errors=False)`` answer (``{"topics": [{"name",
+    "error_code", "error_message", ...}]}``): the topics this request created (in ``asked``'s
+    order), and the refused ones, topic -> (error code, its name and the broker's message). An
+    existing topic is neither; a topic the answer leaves out counts as refused."""
+    from kafka.errors import for_code
+
+    codes = {t["name"]: (int(t.get("error_code") or 0), t.get("error_message") or "")
+             for t in (response or {}).get("topics", [])}
+    created, refused = [], {}
+    for topic in asked:
+        code, message = codes.get(topic, (-1, "not in the broker's answer"))
+        if code == 0:
+            created.append(topic)
+        elif code != TOPIC_ALREADY_EXISTS:
+            name = for_code(code).__name__ if code != -1 else "no answer"
+            refused[topic] = (code, f"{name}: {message}" if message and message != "None" else name)
+    return created, refused
+
+
+def _error_detail(refused: dict[str, tuple[int, str]]) -> str:
+    """One error for all (the usual case), else each topic's own."""
+    details = {detail for _, detail in refused.values()}
+    if len(details) == 1:
+        return details.pop()
+    return "; ".join(f"{topic}: {detail}" for topic, (_, detail) in refused.items())
 
 
 def _topic_configs(settings: Settings, topic: str, compacted: bool) -> dict[str, str]:

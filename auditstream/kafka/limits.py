@@ -70,22 +70,21 @@ def topic_limits(settings: Settings, topics: list[str], bootstrap: str) -> dict[
         futures = admin.describe_configs([ConfigResource("topic", t) for t in topics],
                                          request_timeout=DESCRIBE_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 - no answer: the safe guess (see above)
-        _assume_default(settings, topics, str(e), False)
+        _assume_default(settings, dict.fromkeys(topics, str(e)), False)
         return {t: KAFKA_DEFAULT_MESSAGE_BYTES for t in topics}
-    unknown: dict[bool, list[str]] = {True: [], False: []}  # denied or not -> topics
-    detail = ""
+    unknown: dict[bool, dict[str, str]] = {True: {}, False: {}}  # denied or not -> topic -> its own error
     for resource, future in futures.items():
         try:
             entry = future.result(DESCRIBE_TIMEOUT_S).get("max.message.bytes")
         except Exception as e:  # noqa: BLE001 - as above, for this topic alone
-            unknown[_denied(e)].append(resource.name)
-            limits[resource.name], detail = KAFKA_DEFAULT_MESSAGE_BYTES, str(e)
+            unknown[_denied(e)][resource.name] = str(e)
+            limits[resource.name] = KAFKA_DEFAULT_MESSAGE_BYTES
             continue
         if entry is not None and entry.value is not None and str(entry.value).isdigit():
             limits[resource.name] = min(MAX_PRODUCE_BYTES, int(entry.value))
-    for denied, names in unknown.items():
-        if names:
-            _assume_default(settings, names, detail, denied)
+    for denied, errors in unknown.items():
+        if errors:
+            _assume_default(settings, errors, denied)
     return limits
 
 
@@ -98,17 +97,26 @@ def _denied(error: Exception) -> bool:
     return "AUTHORIZATION_FAILED" in str(error)
 
 
-def _assume_default(settings: Settings, topics: list[str], detail: str, denied: bool) -> None:
-    names = [t for t in topics if t not in _warned]
-    if not names:
+def _assume_default(settings: Settings, errors: dict[str, str], denied: bool) -> None:
+    """Warn, once per topic and process, that ``errors``' topics (topic -> its own error) are
+    assumed to take Kafka's default: denied ones in one line naming the grant, the others one
+    line per distinct error, each naming only the topics that had it."""
+    fresh = {t: detail for t, detail in errors.items() if t not in _warned}
+    if not fresh:
         return
-    _warned.update(names)
+    _warned.update(fresh)
     who = f"User:{settings.kafka_sasl_username}" if settings.kafka_sasl_username else "this process's principal"
-    why = (f"not allowed to read their configs: grant {who} DescribeConfigs on them (kafka-acls.sh --add "
-           f"--allow-principal {who if settings.kafka_sasl_username else 'User:NAME'} --operation DescribeConfigs --topic ...; docs/serving.md, 'Who may write what')"
-           if denied else f"no answer ({detail})")
-    log.warning("could not read the max.message.bytes of %s (%s); assuming Kafka's default %d bytes, so a larger "
-                "output is dead-lettered as too_large", ", ".join(names), why, KAFKA_DEFAULT_MESSAGE_BYTES)
+    if denied:
+        groups = {(f"not allowed to read their configs: grant {who} DescribeConfigs on them (kafka-acls.sh --add "
+                   f"--allow-principal {who if settings.kafka_sasl_username else 'User:NAME'} --operation "
+                   "DescribeConfigs --topic ...; docs/serving.md, 'Who may write what')"): list(fresh)}
+    else:
+        groups = {}
+        for topic, detail in fresh.items():
+            groups.setdefault(f"no answer ({detail})", []).append(topic)
+    for why, names in groups.items():
+        log.warning("could not read the max.message.bytes of %s (%s); assuming Kafka's default %d bytes, so a "
+                    "larger output is dead-lettered as too_large", ", ".join(names), why, KAFKA_DEFAULT_MESSAGE_BYTES)
 
 
 def check_dead_letter_limit(topic: str, limit: int) -> None:

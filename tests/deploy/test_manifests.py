@@ -99,3 +99,31 @@ def test_a_consumer_gets_the_time_its_drain_may_take() -> None:
     assert spec["terminationGracePeriodSeconds"] > Settings().delivery_timeout_s
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("AUDITSTREAM_INTRA_OP_THREADS") == str(container["resources"]["requests"]["cpu"])
+
+
+def _pod_specs(doc: dict) -> list[dict]:
+    """The pod specs of one Kubernetes object: a Pod's own, a workload's template's (a CronJob's
+    through its job template)."""
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind == "Pod":
+        return [spec]
+    if kind == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if "template" in spec and isinstance(spec["template"], dict) and "spec" in spec["template"]:
+        return [spec["template"]["spec"]]
+    return []
+
+
+K8S_OBJECTS = [(path, doc) for path in MANIFESTS if path.suffix in (".yaml", ".yml") and "k8s" in path.parts
+               for doc in __import__("yaml").safe_load_all(path.read_text()) if isinstance(doc, dict) and "kind" in doc]
+
+
+def test_every_pod_spec_turns_service_links_off() -> None:
+    """With service links on, every Service of the namespace that has a cluster IP gives each pod
+    <SVC>_SERVICE_HOST, <SVC>_PORT_<n>_TCP_ADDR and so on: AUDITSTREAM_* ones for a Service named
+    auditstream-*, each a "not an auditstream setting" warning before, and a Service named after a
+    setting (auditstream-metrics) would set it. auditstream finds nothing through them."""
+    pods = [(path.name, doc["metadata"]["name"], spec) for path, doc in K8S_OBJECTS for spec in _pod_specs(doc)]
+    assert {name for _, name, _ in pods} >= {"auditstream-monitor", "auditstream-serve-zip-reader"}
+    for path, name, spec in pods:
+        assert spec.get("enableServiceLinks") is False, f"{path}: {name}'s pod spec leaves service links on"
