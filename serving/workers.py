@@ -43,7 +43,7 @@ import time
 from typing import Mapping, Sequence
 
 from auditstream.errors import BadArguments, ConfigError
-from auditstream.settings import ENV_PREFIX, Settings
+from auditstream.settings import ENV_PREFIX, Settings, unknown_variables
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -68,8 +68,13 @@ def threads_per_worker(configured: int, cores: int, workers: int) -> int:
 
 def worker_env(settings: Settings, index: int, workers: int, cores: int,
                base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of worker ``index``: these settings, its thread share, its metrics port."""
-    env = {**(os.environ if base is None else base), **settings.to_env()}
+    """The environment of worker ``index``: these settings, its thread share, its metrics port.
+    ``AUDITSTREAM_*`` variables that are no setting are left out: the supervisor warned about
+    each once, and a worker reads only settings (each worker repeated the warnings)."""
+    base = dict(os.environ if base is None else base)
+    for name, _closest in unknown_variables(base):
+        del base[name]
+    env = {**base, **settings.to_env()}
     env[ENV_PREFIX + "INTRA_OP_THREADS"] = str(threads_per_worker(settings.intra_op_threads, cores, workers))
     env[ENV_PREFIX + "METRICS_PORT"] = str(settings.metrics_port + index if settings.metrics_port else 0)
     return env

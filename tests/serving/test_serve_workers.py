@@ -49,6 +49,16 @@ def test_worker_env_gives_each_its_threads_and_metrics_port() -> None:
     assert worker_env(Settings(), 1, 2, 2, base={})["AUDITSTREAM_METRICS_PORT"] == "0"  # off stays off
 
 
+def test_workers_do_not_repeat_the_supervisors_unknown_variable_warnings() -> None:
+    """The supervisor warns once about a misspelt variable; N workers repeated it N times."""
+    base = {"PATH": "/bin", "AUDITSTREAM_BOOTSTRAP_SERVER": "kafka:9092", "AUDITSTREAM_TEST_POSTGRES_URL": "x",
+            "AUDITSTREAM_DASHBOARD_SERVICE_HOST": "10.0.0.5"}
+    env = worker_env(Settings(), 0, 2, 2, base=base)
+    assert "AUDITSTREAM_BOOTSTRAP_SERVER" not in env
+    assert env["AUDITSTREAM_TEST_POSTGRES_URL"] == "x" and env["AUDITSTREAM_DASHBOARD_SERVICE_HOST"] == "10.0.0.5"
+    assert env["PATH"] == "/bin" and "AUDITSTREAM_BOOTSTRAP_SERVERS" in env  # the settings themselves
+
+
 def _serve_options(argv: list[str]) -> dict:
     """``serve``'s own options as the CLI parses ``argv`` (without --workers)."""
     parsed = vars(build_parser().parse_args(["serve", *argv]))
