@@ -120,7 +120,9 @@ def run(args: OfflineArgs, models_dir: str) -> dict[str, Any]:
                        action_selection=args.action_selection)
     onnx_bytes, parity = export_policy(module, data.observations)
     metrics["parity_max_abs_diff"] = parity
-    env_id = args.env or str(args.dataset.stem)
+    # the environment the card describes: --env, else the one the dataset records (its action names and
+    # safe action), else only a name taken from the file
+    env_id = args.env or dataset_env_id(args.dataset) or str(args.dataset.stem)
     training = {"algorithm": args.algorithm, "args": {k: str(v) for k, v in asdict(args).items()}}
     card = policy_card(module, env_id, args.name or card_name(env_id, f"policy-{args.algorithm}"), data.observations,
                        metrics, training=training, action_selection=args.action_selection)

@@ -158,3 +158,14 @@ def test_train_offline_refuses_an_env_the_dataset_does_not_fit_before_training(t
         assert len(err.splitlines()) == 1 and err.startswith(f"auditstream: error: invalid --env='{env}'"), err
         assert says in err, err
     assert not (tmp_path / "models").exists()
+
+
+def test_without_env_the_card_describes_the_environment_the_dataset_records(tmp_path, capsys) -> None:
+    """Before, a card trained without --env was named after the dataset file (policy-bc-cartpole_logs)
+    and its actions were '0' and '1' though the dataset says it was logged on CartPole-v1."""
+    dataset = cartpole_shaped(tmp_path / "cartpole_logs.npz", "CartPole-v1", episodes=8)
+    assert main(["rl", "train-offline", "--dataset", str(dataset), "--algorithm", "bc", "--steps", "50",
+                 "--no-progress", "--models-dir", str(tmp_path / "models"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    card = ModelRegistry(tmp_path / "models").load(summary["model"]).card
+    assert card.name == "policy-bc-cartpole-v1" and card.labels == ["push_left", "push_right"]
