@@ -118,8 +118,9 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
     """Create the topics that do not exist yet, with ``settings.partitions`` partitions and
     ``settings.replication_factor`` replicas each (0: the broker's default); returns the names
     created by this call (not those that turned out to exist already). Idempotent. Pass only the
-    topics the calling process itself reads or writes: on a cluster with ACLs each principal may Describe just those (docs/serving.md, "Who may write
-    what"), and a topic it cannot see looks missing. A refused create raises
+    topics the calling process itself reads or writes: on a cluster with ACLs each principal may
+    Describe just those (docs/serving.md, "Who may write what"), and a topic it cannot see looks
+    missing. A refused create raises
     :class:`~auditstream.errors.TopicsNotCreated` naming the refused topics only (each topic's
     own error code is read: "already exists" is fine, an authorization failure names the grant
     to add, any other code its name).
