@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from auditstream.errors import BrokerUnavailable, TopicsNotCreated
 from auditstream.kafka.interface import (DURABLE_FETCH_MAX_WAIT_MS, FETCH_MAX_WAIT_MS, Consumer, PartitionsCallback,
@@ -164,9 +165,44 @@ def ensure_topics(settings: Settings, topics: list[str], compacted: tuple[str, .
                                    settings.kafka_sasl_username)
         if refused:  # the broker answered no (replication factor, policy): not a blip
             raise TopicsNotCreated(bootstrap, list(refused), _error_detail(refused), False)
+        _warn_if_under_replicated(admin, response, created)
         return created
     finally:
         admin.close()
+
+
+def replication_warning(factors: dict[str, int], brokers: int) -> str | None:
+    """What to tell the operator when topics were just created with fewer replicas than the
+    cluster could give them (``factors``: topic -> replication factor the broker reports;
+    ``brokers``: how many the cluster has), or None. One broker (the embedded one) is no warning:
+    there is nothing to replicate to."""
+    wanted = min(3, brokers)
+    few = sorted(t for t, factor in factors.items() if 0 < factor < wanted)
+    if brokers < 2 or not few:
+        return None
+    lowest = min(factors[t] for t in few)
+    return (f"created {', '.join(few)} with {lowest} replica{'s' if lowest > 1 else ''} on a cluster of {brokers} "
+            f"brokers: losing {'that broker' if lowest == 1 else f'{lowest} brokers'} loses their records and "
+            f"stops serving; set AUDITSTREAM_REPLICATION_FACTOR={wanted} (or the brokers' "
+            "default.replication.factor) and recreate them, or raise it with kafka-reassign-partitions.sh")
+
+
+def _warn_if_under_replicated(admin: Any, response: dict, created: list[str]) -> None:
+    """A warning line when :func:`replication_warning` has one. Best effort: an answer without
+    the factors (CreateTopics before v5) or a cluster that will not describe itself says nothing."""
+    from kafka.errors import KafkaError
+
+    factors = {t["name"]: int(t.get("replication_factor") or 0) for t in (response or {}).get("topics", [])
+               if t.get("name") in created}
+    if not factors or all(f >= 3 for f in factors.values()):
+        return
+    try:
+        brokers = len(admin.describe_cluster().get("brokers") or [])
+    except (KafkaError, AttributeError, TypeError):  # AttributeError/TypeError: an unexpected answer's shape
+        return
+    message = replication_warning(factors, brokers)
+    if message:
+        logging.getLogger(__name__).warning(message)
 
 
 TOPIC_ALREADY_EXISTS = 36  # a concurrent creator won the race, or the topic is hidden from list_topics

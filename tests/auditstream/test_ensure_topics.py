@@ -205,3 +205,31 @@ def test_topic_limits_give_each_unanswered_topic_its_own_error(monkeypatch, capl
     assert "no such topic" in about[gone][0] and "slow broker" not in about[gone][0]
     assert "DescribeConfigs" in about[denied][0] and "slow broker" not in about[denied][0]
     assert not any(fine in w for w in warnings)
+
+
+def test_topics_created_with_fewer_replicas_than_the_cluster_could_give_are_warned_about() -> None:
+    from auditstream.kafka.factory import replication_warning
+
+    message = replication_warning({"a.audit": 1, "a.requests.m": 1, "a.control": 3}, brokers=3)
+    assert message is not None and message.startswith("created a.audit, a.requests.m with 1 replica on a cluster "
+                                                      "of 3 brokers: losing that broker loses their records")
+    assert "AUDITSTREAM_REPLICATION_FACTOR=3" in message
+    assert "AUDITSTREAM_REPLICATION_FACTOR=2" in replication_warning({"t": 1}, brokers=2)
+    assert "with 2 replicas on a cluster of 5 brokers: losing 2 brokers" in replication_warning({"t": 2}, brokers=5)
+    assert replication_warning({"t": 1}, brokers=1) is None  # the embedded broker: nothing to replicate to
+    assert replication_warning({"t": 3}, brokers=6) is None
+    assert replication_warning({"t": 0}, brokers=3) is None  # the answer did not say
+
+
+def test_the_embedded_broker_is_no_replication_warning(broker, caplog, monkeypatch) -> None:
+    """The real CreateTopics answer carries each topic's replication factor (1 on Tansu's one
+    broker) and DescribeCluster one broker: nothing is said."""
+    settings = _fresh(broker)
+    asked = []
+    real = factory.replication_warning
+    monkeypatch.setattr(factory, "replication_warning", lambda *a: asked.append(a) or real(*a))
+    with caplog.at_level("WARNING", logger="auditstream.kafka.factory"):
+        created = factory.ensure_topics(settings, [settings.topic_prefix + ".audit"])
+    assert created == [settings.topic_prefix + ".audit"]
+    assert asked == [({settings.topic_prefix + ".audit": 1}, 1)]  # what the real broker answered
+    assert not [r for r in caplog.records if "replica" in r.getMessage()]
