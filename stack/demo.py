@@ -156,7 +156,7 @@ def demo_account(settings: Settings) -> tuple[str, str]:
     from store import open_store
 
     password = secrets.token_urlsafe(9)
-    with open_store(settings.resolved_store_url) as store:
+    with open_store(settings.resolved_store_url, create=True) as store:
         if store.accounts.get(DEMO_USER) is None:
             store.accounts.add_user(DEMO_USER, password, Role.AUDITOR)
         else:
@@ -398,7 +398,7 @@ def qc_auditor_loop(settings: Settings, tally: Tally, stop: threading.Event, rat
     from store import open_store
     from store.records import verdict_for
 
-    with open_store(settings.resolved_store_url) as store:
+    with open_store(settings.resolved_store_url, create=True) as store:
         user = store.accounts.get(QC_BOT) or store.accounts.add_user(QC_BOT, secrets.token_urlsafe(16), Role.AUDITOR)
         while not stop.wait(1.0 / rate_per_s):
             claim = store.claim(user, 60.0, time.time(), route=None if deferred_too else Route.AUTO_QC)

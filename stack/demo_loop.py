@@ -288,7 +288,7 @@ class DemoLoop:
         from store import open_store
 
         try:
-            with open_store(self.settings.resolved_store_url) as store:
+            with open_store(self.settings.resolved_store_url, create=True) as store:
                 while not stop.is_set():
                     for loop in self.loops:
                         if loop.broken:

@@ -103,7 +103,7 @@ def monitor_kill9(run: Run, args: FaultsArgs, say: Callable[[str], None]) -> dic
 
     run.settings = dataclasses.replace(run.settings, store_url=f"sqlite:///{run.log_dir / 'audit.db'}")
     run.log_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(run.settings.store_url)
+    store = open_store(run.settings.store_url, create=True)
     auditor = store.accounts.add_user("bench-auditor", f"pw-{uuid.uuid4().hex}", "auditor")
     ensure_topics(run.settings, [run.settings.topic(t) for t in (T.AUDIT, T.PREDICTIONS, T.VERDICTS, T.DECISIONS,
                                                                   T.DEAD_LETTER, T.CONTROL)],

@@ -744,7 +744,8 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
         loop = Loop(settings, names, log_dir, args.auditor_error, args.seed)
         results: dict[str, Any] = {}
         try:
-            with open_store(settings.resolved_store_url, StoreConfig(gold_rate=args.gold_rate, seed=args.seed)) as store:
+            with open_store(settings.resolved_store_url, StoreConfig(gold_rate=args.gold_rate, seed=args.seed),
+                            create=True) as store:
                 user = store.accounts.add_user(AUDITOR, secrets.token_urlsafe(16), Role.AUDITOR)
                 admin = store.accounts.add_user("loop-admin", secrets.token_urlsafe(16), Role.ADMIN)
                 for name in names:

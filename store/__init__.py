@@ -42,7 +42,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-def open_store(url: str, config: StoreConfig | None = None, table_prefix: str = "", *, create: bool = True) -> AuditStore:
+def open_store(url: str, config: StoreConfig | None = None, table_prefix: str = "", *, create: bool) -> AuditStore:
     """Open (and migrate) the audit store at ``url``; ``create`` says whether a store that does not
     exist yet is created (then ``store.created`` is True and ``store.location`` says where).
 
@@ -51,8 +51,8 @@ def open_store(url: str, config: StoreConfig | None = None, table_prefix: str = 
     A command that only reads or changes what is there (a dashboard, an export, an account change)
     passes ``create=False``: a mistyped path then raises :class:`StoreMissing`, naming the absolute
     path, instead of serving a fresh empty store. Only what fills a store (the monitor, a demo, a
-    bench, a test) creates one. (The default, True, is what callers written before ``create``
-    existed rely on; new callers say which they mean.)
+    bench, a test) creates one. ``create`` has no default: every caller says which it means (a
+    default of True let readers create empty stores from mistyped paths).
 
     ``table_prefix`` ([a-z][a-z0-9_]*) lets several stores share one database, e.g. one per test
     run on a shared PostgreSQL.

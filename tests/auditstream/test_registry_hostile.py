@@ -108,7 +108,7 @@ def test_the_monitor_tracks_a_version_whose_card_is_refused_without_a_card(tmp_p
     card["triage"]["threshold"] = "0.9"
     path.write_text(json.dumps(card))
     settings = Settings(models_dir=tmp_path / "models", state_dir=tmp_path / "state")
-    with open_store(f"sqlite:///{tmp_path / 'audit.db'}") as store:
+    with open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True) as store:
         stats = StatsHooks(settings, store, metrics_registry=CollectorRegistry())
         for i in range(3):
             prediction = Prediction(request_id=f"r{i}", model="tiny", model_version="1", task="classification",

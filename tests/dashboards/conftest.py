@@ -29,7 +29,7 @@ def store_with_users(store_url: str):
     """The store at ``store_url``, opened, with the test accounts (:data:`USERS`, :data:`PASSWORD`)."""
     from store import open_store
 
-    store = open_store(store_url)
+    store = open_store(store_url, create=True)
     for name, role in USERS.items():
         store.accounts.add_user(name, PASSWORD, role)
     return store
@@ -119,7 +119,7 @@ def store(store_url: str, monkeypatch: pytest.MonkeyPatch):
     from store import accounts
 
     monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)  # logins in these tests need no production-strength hash
-    store = open_store(store_url)
+    store = open_store(store_url, create=True)
     for name, role in USERS.items():
         store.accounts.add_user(name, PASSWORD, role)
     yield store

@@ -93,7 +93,7 @@ def test_a_submit_during_a_real_postgres_outage_is_kept_and_recorded_once_after(
                 assert wait_for(browser, "input[aria-label='ZIP code (5 digits)']").get_attribute("value") == "02739"
                 click(browser, "button", "Submit")
                 wait_for(browser, "[data-testid='stAlertContentSuccess']", "corrected")
-                store = open_store(store_url)
+                store = open_store(store_url, create=True)
                 deadline = time.monotonic() + WAIT_S
                 while not store.verdicts() and time.monotonic() < deadline:
                     time.sleep(0.2)

@@ -214,7 +214,7 @@ def test_labels_export_coco_survives_such_rows_from_the_command_line(tmp_path, m
         item = audit_item(request_id, model="detector", output=boxes)
         return AuditItem(dataclasses.replace(item.prediction, task="detection", details={}), value)
 
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         (alice,) = add_users(store, "alice")
         for item in (detection("good", np.zeros((64, 64), np.float32), BOXES),
                      detection("image", ImageInput(b"\x89PNG\r\n\x1a\n-not-really", "png"), BOXES),
@@ -301,7 +301,8 @@ def test_a_gold_image_is_marked_and_annotated_with_its_known_answer(tmp_path, mo
         assert claim.item.request_id == expected
         store.record_verdict(store.new_verdict_id(), claim.item_id, user, kind, corrected, at + 1)
 
-    with open_store(url, StoreConfig(gold_rate=1.0, seed=0)) as store:  # every claim serves gold while there is some
+    # every claim serves gold while there is some
+    with open_store(url, StoreConfig(gold_rate=1.0, seed=0), create=True) as store:
         alice, bob = add_users(store, "alice", "bob")
         (admin,) = add_users(store, "root", role="admin")
         store.ingest_many([_detection(f"traffic-{i}", shown) for i in range(2)], 1000.0)  # gold stands in for it
@@ -310,7 +311,7 @@ def test_a_gold_image_is_marked_and_annotated_with_its_known_answer(tmp_path, mo
         answer(store, bob, "accept", None, 3000.0, "gold-1")  # wrong, and later
         store.add_gold(_detection("gold-reject", shown), None, admin, 1000.0)
         answer(store, alice, "accept", None, 4000.0, "gold-reject")
-    with open_store(url, StoreConfig(gold_rate=0.0)) as store:
+    with open_store(url, StoreConfig(gold_rate=0.0), create=True) as store:
         answer(store, store.accounts.get("alice"), "accept", None, 5000.0, "traffic-0")
     out = tmp_path / "coco" / "annotations.json"
     common = ["labels", "export", "--format", "coco", "--model", "detector", "--out", str(out), "--store-url", url]
@@ -324,7 +325,7 @@ def test_a_gold_image_is_marked_and_annotated_with_its_known_answer(tmp_path, mo
         (3, [10.0, 10.0, 10.0, 10.0])]
     assert images["traffic-0"]["is_gold"] is False
     # each image says which side of the store's train/certify split it is on, as a labels row does
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         key = store.split_key
     assert images["traffic-0"]["audit_split"] == key.uniform("traffic-0")
     assert images["traffic-0"]["audit_split_key"] == key.key_id and coco["info"]["audit_split_keys"] == [key.key_id]

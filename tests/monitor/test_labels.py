@@ -73,9 +73,9 @@ def test_export_holds_every_decisive_verdict_with_its_input_and_weights(backend:
 
 def test_model_filter_gold_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    with open_store(url, StoreConfig(gold_rate=0.0)) as store:
+    with open_store(url, StoreConfig(gold_rate=0.0), create=True) as store:
         _seed(store)
-    with open_store(url, StoreConfig(gold_rate=1.0)) as store:  # a dashboard process that mixes in gold
+    with open_store(url, StoreConfig(gold_rate=1.0), create=True) as store:  # a dashboard process that mixes in gold
         alice = store.accounts.get("alice")
         claim = store.claim(alice, 60, T0 + 10)
         assert claim.is_gold
@@ -97,7 +97,7 @@ def test_a_model_neither_in_the_registry_nor_in_the_store_is_refused_naming_the_
         fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """A typo (--model digitz) used to write an empty file: "wrote 0 labels", exit 0."""
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    with open_store(url, StoreConfig(gold_rate=0.0)) as store:
+    with open_store(url, StoreConfig(gold_rate=0.0), create=True) as store:
         _seed(store)  # items of zip and det
     models = tmp_path / "models"
     (models / "digits" / "1").mkdir(parents=True)

@@ -35,7 +35,7 @@ def seeded(tmp_path: Path, pairs: int, candidate_extra: dict | None = None) -> t
         registry.publish(dataclasses.replace(tiny_card(), name="zip", task="sequence", extra=extra), tiny_classifier_onnx())
     registry.set_live("zip", "1")
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         items = [audit_item(f"r{i}", Route.AUTO_QC, version="1") for i in range(pairs)]
         store.ingest_many(items, time.time())
         ShadowAnswers(store).ingest([dataclasses.replace(i.prediction, model_version="2", shadow=True) for i in items],
@@ -69,7 +69,7 @@ def test_promote_prints_and_records_every_look_and_a_dry_run_moves_nothing(tmp_p
     history = json.loads((registry.root / "zip" / "2" / PROMOTION_FILE).read_text())["decisions"]
     assert [(r["kind"], r["decision"]["code"], r["dry_run"]) for r in history] == [
         ("paired", "not_worse", True), ("paired", "too_few_pairs", False)]
-    with open_store(url) as store:  # the next decision is the third look
+    with open_store(url, create=True) as store:  # the next decision is the third look
         assert decide_promotion(store, registry, "zip", "2").look == 3
 
 
@@ -87,7 +87,7 @@ def test_a_candidate_that_learnt_from_verdicts_is_judged_on_the_certify_side_onl
     """A retrained candidate's card carries ``data_hygiene``: the pairs on the train side of the
     request-id split (which it may have learnt from) do not count, and the reason says how many."""
     registry, url = seeded(tmp_path, pairs=60, candidate_extra={"data_hygiene": {"certify_share": 0.5}})
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         certify_side = sum(audit_part(f"r{i}", 0.5, store.split_key) == CERTIFY for i in range(60))  # the store's key
         assert 0 < certify_side < 60
         decision = decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
@@ -109,7 +109,8 @@ def test_a_damaged_data_hygiene_record_is_refused_not_a_traceback(tmp_path, hygi
     if nan:  # a card.json written by hand (or by an older release) may still say NaN
         card = registry.root / "zip" / "2" / "card.json"
         card.write_text(card.read_text().replace("0.123456", "NaN"))
-    with open_store(url) as store, pytest.raises(ModelRefused, match=r"zip v2: card field extra.data_hygiene"):
+    with open_store(url, create=True) as store, \
+            pytest.raises(ModelRefused, match=r"zip v2: card field extra.data_hygiene"):
         decide_promotion(store, registry, "zip", "2", config=PairedGateConfig(margin=0.1))
 
 
@@ -125,7 +126,7 @@ def test_audited_pairs_count_in_ingest_order_not_as_decided(tmp_path):
     registry.set_live("zip", "1")
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     config = PairedGateConfig(margin=0.02, delta=0.05)
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         items = [audit_item(f"r{i:03d}", Route.AUTO_QC, version="1") for i in range(250)]
         store.ingest_many(items, time.time())
         ShadowAnswers(store).ingest([dataclasses.replace(item.prediction, model_version="2", shadow=True,
@@ -162,7 +163,7 @@ def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every
                                     shadow=True, details={"live_reference": {"version": "1", "same_answer": True}})
                 for i in range(297)]
     config = PairedGateConfig(margin=0.02, delta=0.05)
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         assert decide_promotion(store, registry, "zip", "2", config=config).code == "too_few_pairs"  # audits only
         ShadowAnswers(store).ingest(compared, time.time())
         decision = decide_promotion(store, registry, "zip", "2", config=config, look=1)
@@ -171,7 +172,7 @@ def test_compared_traffic_judges_a_candidate_without_waiting_for_audits_in_every
     assert [(s["stratum"], s["n"], s["candidate_only_wrong"]) for s in decision.strata] == [("traffic", 297, 0)]
     disagreeing = [dataclasses.replace(p, request_id=f"d{i}", details={"live_reference": {
         "version": "1", "same_answer": False, "output": "54321"}}) for i, p in enumerate(compared[:15])]
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         ShadowAnswers(store).ingest(disagreeing, time.time())
         decision = decide_promotion(store, registry, "zip", "2", config=config, look=1)
     assert not decision.promote

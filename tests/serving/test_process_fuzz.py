@@ -123,7 +123,7 @@ def test_mutated_requests_through_running_serve_and_monitor(stream_settings: Set
         while time.monotonic() < store_deadline and stored != routed:
             assert monitor.poll() is None, f"monitor exited: {(tmp_path / 'monitor.log').read_text()[-3000:]}"
             time.sleep(2)
-            with open_store(f"sqlite:///{db}") as store:
+            with open_store(f"sqlite:///{db}", create=True) as store:
                 stored = {item.request_id for item in store.items(model=TINY_MODEL, limit=10 * COUNT)}
         assert routed and stored == routed, f"stored {len(stored)} of {len(routed)} audit items"
     finally:

@@ -99,7 +99,7 @@ def test_demo_streams_answers_audits_and_stops_cleanly(tmp_path: Path):
         assert answered and answered[-1] > 0, (model, out[-2000:])
     assert out.rstrip().endswith("demo stopped")
     assert not (state / "broker.json").exists(), "the demo left its embedded broker running"
-    with open_store(f"sqlite:///{state / 'audit.db'}") as store:
+    with open_store(f"sqlite:///{state / 'audit.db'}", create=True) as store:
         assert sum(store.verdict_counts().values()) > 0, "the simulated QC auditor recorded no verdict"
         assert {user.name for user, _disabled in store.accounts.list_users()} >= {"demo", "qc-bot"}
     audits = [int(n) for n in re.findall(r"QC audits by qc-bot: (\d+)", out)]

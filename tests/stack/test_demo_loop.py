@@ -123,7 +123,7 @@ def test_a_refused_promotion_is_reported_with_the_gates_reason(tmp_path: Path, c
     config = LoopConfig(retrain_every=10, digits_epochs=1, zip_steps=1, nice=10, gate=PairedGateConfig(margin=0.1))
     said: list[str] = []
     loop = ModelLoop("digits", settings, {}, config, tmp_path, said.append)
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         items = [audit_item(f"r{i}", Route.AUTO_QC, model="digits", version="1", output="3") for i in range(60)]
         store.ingest_many(items, time.time())
         wrong = [dataclasses.replace(i.prediction, model_version="2", output="5", shadow=True) for i in items]

@@ -173,7 +173,7 @@ def ingest_and_decide(rows: list[dict], url: str, open_rows: int = 0) -> None:
     from store import open_store
     from store.accounts import Role
 
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         store.ingest_many([AuditItem(Prediction(
             request_id=r["request_id"], model="digits", model_version="1", task="classification", output="0",
             confidence=0.5, route=Route.HUMAN, reason="test", qc_inclusion_prob=1.0, created_at_s=float(k)),
@@ -201,7 +201,7 @@ def test_certify_command_writes_a_proposal_and_leaves_live_alone(registry, tmp_p
     with pytest.raises(StoreMissing):  # a store that is not there is not made (it only reads)
         main(CertifyArgs(model="digits", from_audits=True, labels=str(labels), json=True))
     assert not (tmp_path / "audit.db").exists()
-    open_store(f"sqlite:///{tmp_path / 'audit.db'}").close()  # there, but without the audited items
+    open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True).close()  # there, but without the audited items
     with pytest.raises(CannotCertify, match="audit item in the store"):  # the export alone has no stream order
         main(CertifyArgs(model="digits", from_audits=True, labels=str(labels), json=True))
     ingest_and_decide(rows, f"sqlite:///{tmp_path / 'audit.db'}", open_rows=5)
@@ -225,7 +225,8 @@ def test_a_labels_file_that_is_not_an_export_is_one_error_line(registry, tmp_pat
     labels.write_text(json.dumps(audited_rows(1)[0]) + "\n{oops\n")
     from store import open_store
 
-    open_store(f"sqlite:///{tmp_path / 'audit.db'}").close()  # the store is there: the labels file is what is wrong
+    # the store is there: the labels file is what is wrong
+    open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True).close()
     assert cli_main(["certify", "--model", "digits", "--from-audits", "--labels", str(labels)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"auditstream: error: labels file {labels}, line 2: not JSON (Expecting property name enclosed in "
@@ -422,7 +423,7 @@ def test_certify_from_the_store_is_the_in_memory_certificate_with_one_batch_of_i
         after_labels: list[Any] = []
 
         def open_counted(url: str, *a: Any, **kw: Any) -> InputCountingStore:  # this test's store, counted
-            opened.append(InputCountingStore(open_store(store._db.url, table_prefix=store._db.prefix),
+            opened.append(InputCountingStore(open_store(store._db.url, table_prefix=store._db.prefix, create=True),
                                              after_labels.pop() if after_labels else None))
             return opened[-1]
 

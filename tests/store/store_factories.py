@@ -52,7 +52,7 @@ def make_store(backend: str, tmp_path: Path, config: StoreConfig | None = None) 
         if why:
             pytest.skip(why)
         url, prefix = POSTGRES_URL, f"t{uuid.uuid4().hex[:12]}_"
-    store = open_store(url, config, table_prefix=prefix)
+    store = open_store(url, config, table_prefix=prefix, create=True)
     try:
         yield store
     finally:

@@ -118,7 +118,7 @@ def test_opening_an_older_store_adds_the_login_columns(store: AuditStore, monkey
             cur.run(f"ALTER TABLE {{p}}users DROP COLUMN {column}")
         cur.run("UPDATE {p}meta SET value = '1' WHERE key = 'schema_version'")
         assert "failed_logins" not in store._db.columns(cur, "users")
-    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+    with open_store(store._db.url, table_prefix=store._db.prefix, create=True) as reopened:
         with reopened._db.write() as cur:
             assert {"failed_logins", "locked_until_s"} <= reopened._db.columns(cur, "users")
         assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
@@ -205,7 +205,7 @@ def test_users_add_reads_the_password_from_stdin_and_never_prints_it(
     out = capsys.readouterr()
     assert "added alice (auditor)" in out.out and "alice\tauditor" in out.out
     assert PASSWORD not in out.out + out.err + caplog.text and "scrypt" not in out.out
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         assert store.accounts.verify_password("alice", PASSWORD) == User("alice", Role.AUDITOR)
 
 
@@ -297,7 +297,7 @@ def test_opening_an_older_store_adds_the_credential_generation(store: AuditStore
     with store._db.write() as cur:
         cur.run("ALTER TABLE {p}users DROP COLUMN credential_gen")
         cur.run("UPDATE {p}meta SET value = '4' WHERE key = 'schema_version'")
-    with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+    with open_store(store._db.url, table_prefix=store._db.prefix, create=True) as reopened:
         with reopened._db.write() as cur:
             assert "credential_gen" in reopened._db.columns(cur, "users")
         assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
@@ -361,22 +361,22 @@ def test_users_role_password_disable_and_enable_from_the_cli(tmp_path: Path, mon
     brings the account back with its role; an unknown name or a short password is one line, exit 2."""
     monkeypatch.setattr(accounts, "SCRYPT_N", 2**10)
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         store.accounts.add_user("alice", PASSWORD, Role.AUDITOR)
         before = store.accounts.sign_in("alice", PASSWORD)
     assert cli_main(["users", "disable", "alice", "--store-url", url]) == 0
     assert cli_main(["users", "role", "alice", "--role", "admin", "--store-url", url]) == 0
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         assert [(u.name, u.role, off) for u, off in store.accounts.list_users()] == [("alice", Role.ADMIN, True)]
         assert store.accounts.sign_in("alice", PASSWORD) is None
     assert cli_main(["users", "enable", "alice", "--store-url", url]) == 0
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         assert store.accounts.session_user("alice", before.generation) is None  # disabling ended it for good
         again = store.accounts.sign_in("alice", PASSWORD)
         assert again.user == User("alice", Role.ADMIN)
     monkeypatch.setattr(sys, "stdin", io.StringIO("a-new-password-1\n"))
     assert cli_main(["users", "password", "alice", "--password-stdin", "--store-url", url]) == 0
-    with open_store(url) as store:
+    with open_store(url, create=True) as store:
         assert store.accounts.session_user("alice", again.generation) is None
         assert store.accounts.verify_password("alice", "a-new-password-1") == User("alice", Role.ADMIN)
     capsys.readouterr()

@@ -35,7 +35,7 @@ def public_part(request_id: str, share: float = 0.5) -> str:
 
 
 def reopen(store: AuditStore) -> AuditStore:
-    return open_store(store._db.url, table_prefix=store._db.prefix)
+    return open_store(store._db.url, table_prefix=store._db.prefix, create=True)
 
 
 def stored_key(store: AuditStore) -> list[tuple]:

@@ -27,12 +27,13 @@ THREADS = 40  # more than the pool's bound (10): a connection per thread would s
 def _open(backend: str, tmp_path: Path) -> tuple[AuditStore, str]:
     if backend == "sqlite":
         path = tmp_path / "audit.db"
-        return open_store(f"sqlite:///{path}"), str(path)
+        return open_store(f"sqlite:///{path}", create=True), str(path)
     why = postgres_unavailable()
     if why:
         pytest.skip(why)
     tag = f"pooltest_{uuid.uuid4().hex[:10]}"  # counts this store's sessions only, whatever else uses the server
-    return open_store(f"{POSTGRES_URL}?application_name={tag}", table_prefix=f"t{uuid.uuid4().hex[:12]}_"), tag
+    return open_store(f"{POSTGRES_URL}?application_name={tag}", table_prefix=f"t{uuid.uuid4().hex[:12]}_",
+                      create=True), tag
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -162,7 +163,7 @@ def test_a_new_sqlite_store_and_its_folder_are_the_owners_alone(tmp_path) -> Non
     from store import open_store
 
     db = tmp_path / "new" / "state" / "audit.db"
-    with open_store(f"sqlite:///{db}") as store:
+    with open_store(f"sqlite:///{db}", create=True) as store:
         store.queue_depth()  # a read opens the WAL: its files exist now
         for path in (db, db.with_name("audit.db-wal"), db.with_name("audit.db-shm")):
             if path.exists():
@@ -171,7 +172,7 @@ def test_a_new_sqlite_store_and_its_folder_are_the_owners_alone(tmp_path) -> Non
     shared = tmp_path / "shared.db"
     shared.touch()
     os.chmod(shared, 0o640)
-    with open_store(f"sqlite:///{shared}"):
+    with open_store(f"sqlite:///{shared}", create=True):
         pass
     assert stat.S_IMODE(shared.stat().st_mode) == 0o640
 

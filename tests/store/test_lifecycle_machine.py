@@ -49,9 +49,9 @@ class AuditLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="lifecycle-"))
         if self.BACKEND == "sqlite":
-            self.store = open_store(f"sqlite:///{self.tmp / 'audit.db'}")
+            self.store = open_store(f"sqlite:///{self.tmp / 'audit.db'}", create=True)
         else:
-            self.store = open_store(POSTGRES_URL, table_prefix=f"sm{os.getpid()}_{id(self) % 10**8}_")
+            self.store = open_store(POSTGRES_URL, table_prefix=f"sm{os.getpid()}_{id(self) % 10**8}_", create=True)
         self.users = {u.name: u for u in add_users(self.store, *AUDITORS)}
         self.users.update({u.name: u for u in add_users(self.store, "vera", role=Role.VIEWER)})
         self.now = 1_000.0

@@ -113,7 +113,7 @@ def test_a_version_2_store_gains_the_rounds_in_place(backend: str, tmp_path: Pat
             cur.run("DROP TABLE {p}outbox_rounds")
             cur.run("ALTER TABLE {p}outbox DROP COLUMN round_id")
             cur.run("UPDATE {p}meta SET value = '2' WHERE key = 'schema_version'")
-        with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with open_store(store._db.url, table_prefix=store._db.prefix, create=True) as reopened:
             assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
             pending = reopened.pending_outbox()
             assert len(pending) == 2  # nothing lost in the upgrade

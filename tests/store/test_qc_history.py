@@ -17,7 +17,7 @@ def snapshot(model: str = "zip", coverage: float | None = 0.7, **changes) -> Mod
 
 
 def test_round_trip_in_time_order_per_model(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True)
     history = QCHistory(store)
     assert history.save([snapshot("zip"), snapshot("digits", coverage=None)], now_s=100.0) == 2
     history.save([snapshot("zip", coverage=0.8, ks_statistic=0.1, cusum_alarm=True)], now_s=200.0)
@@ -33,7 +33,7 @@ def test_round_trip_in_time_order_per_model(tmp_path):
 
 
 def test_old_rows_are_pruned_and_dropped_with_the_store(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=True)
     history = QCHistory(store)
     history.save([snapshot()], now_s=0.0)
     history.save([snapshot()], now_s=RETENTION_S + 10.0)

@@ -40,7 +40,7 @@ def test_a_version_3_postgres_store_gains_the_ingest_xid_in_place(tmp_path: Path
             cur.run("ALTER TABLE {p}items DROP COLUMN ingest_xid")
             cur.run("UPDATE {p}meta SET value = '3' WHERE key = 'schema_version'")
         store.ingest_many([_qc(0), _qc(1)], T0)
-        with open_store(store._db.url, table_prefix=store._db.prefix) as reopened:
+        with open_store(store._db.url, table_prefix=store._db.prefix, create=True) as reopened:
             assert reopened._db.query("SELECT value FROM {p}meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
             reopened.ingest_many([_qc(2)], T0)
             assert [s.request_id for s in reopened.qc_stream(upto=reopened.qc_position())] == ["q0", "q1", "q2"]

@@ -135,7 +135,7 @@ def test_label_rows_without_inputs_are_the_same_rows_less_the_input(store: Audit
 @pytest.fixture
 def other(store: AuditStore) -> Iterator[AuditStore]:
     """The same store opened again: its own connections, so its writes commit beside ``store``'s reads."""
-    with open_store(store._db.url, StoreConfig(gold_rate=0.0), table_prefix=store._db.prefix) as s:
+    with open_store(store._db.url, StoreConfig(gold_rate=0.0), table_prefix=store._db.prefix, create=True) as s:
         yield s
 
 

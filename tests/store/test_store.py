@@ -143,7 +143,7 @@ def test_reclaim_waits_for_and_sees_her_own_verdict_committing_meanwhile(store: 
 
     alice, _ = add_users(store, "alice", "bob")
     store = open_store(store._db.url, StoreConfig(gold_rate=0.0, double_review_rate=1.0),  # stays open after one
-                       table_prefix=store._db.prefix)
+                       table_prefix=store._db.prefix, create=True)
     store.ingest_many([audit_item("r1")], T0)
     claim = store.claim(alice, 30, T0)
     assert store.item(claim.item_id).reviews_needed == 2
@@ -398,7 +398,7 @@ def test_a_bad_store_url_is_reported_without_its_password(url: str) -> None:
     from store import open_store
 
     with pytest.raises(ConfigError, match="auditor") as e:
-        open_store(url)
+        open_store(url, create=True)
     assert "s3cret" not in str(e.value) and "s3cret" not in repr(e.value.value)
 
 

@@ -53,7 +53,7 @@ def test_three_slashes_are_relative_to_the_working_directory_four_absolute(tmp_p
     monkeypatch.chdir(tmp_path)
     assert sqlite_path("sqlite:///tmp/x.db") == Path("tmp/x.db")
     assert sqlite_path("sqlite:////tmp/x.db") == Path("/tmp/x.db")
-    with open_store("sqlite:///sub/x.db") as store:
+    with open_store("sqlite:///sub/x.db", create=True) as store:
         assert store.created and store.location == str(tmp_path / "sub" / "x.db")
     assert (tmp_path / "sub" / "x.db").is_file()
 
@@ -216,11 +216,11 @@ def test_a_store_this_user_may_not_read_is_one_line_not_a_traceback(tmp_path: Pa
         pytest.skip("running as root without setpriv: cannot drop the right to read every file")
     closed = tmp_path / "closed"
     closed.mkdir()
-    with open_store(f"sqlite:///{closed / 'audit.db'}"):
+    with open_store(f"sqlite:///{closed / 'audit.db'}", create=True):
         pass
     unreadable = tmp_path / "open" / "audit.db"
     unreadable.parent.mkdir()
-    with open_store(f"sqlite:///{unreadable}"):
+    with open_store(f"sqlite:///{unreadable}", create=True):
         pass
     if os.geteuid() == 0:  # someone else's, closed to root without its capabilities
         for p in (closed, unreadable):
