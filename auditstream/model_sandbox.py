@@ -63,6 +63,7 @@ _passed: set[Hashable] = set()
 _lock = threading.Lock()  # one request at a time to the fork server; guards _passed and _server
 _server: subprocess.Popen | None = None
 _request_ids = itertools.count(1)
+_server_fds: tuple[int, ...] = ()  # in the fork server: its request and reply pipes (a child closes them)
 
 
 def memory_limit(mapped: int, memory_bytes: int, model_bytes: int = 0) -> int:
@@ -309,7 +310,9 @@ def is_allocation_failure(error: BaseException) -> bool:
 def _serve() -> None:
     """The fork server's loop: one request (task, args, budget, timeout) at a time from stdin,
     run in a forked child; (answer or None, status) back on the original stdout."""
+    global _server_fds
     replies = os.fdopen(os.dup(1), "wb")
+    _server_fds = (0, replies.fileno())
     os.dup2(2, 1)  # what native code prints goes to stderr, never into a reply
     requests = sys.stdin.buffer
     sys.path[:] = pickle.load(requests)
@@ -339,6 +342,8 @@ def _fork_one(task: Callable[..., Any], args: tuple, memory_bytes: int, model_by
     if pid == 0:  # the child: limits, the task, the answer, out
         try:
             os.close(read_end)
+            for fd in _server_fds:  # a child outliving a killed server must not hold the caller's pipes open
+                os.close(fd)
             _child(os.fdopen(write_end, "wb"), task, args, memory_bytes, model_bytes, timeout_s)
         finally:
             os._exit(0)
