@@ -52,6 +52,8 @@ def test_an_interrupted_request_never_answers_the_next_one() -> None:
     def interrupt(*_):
         raise KeyboardInterrupt
 
+    ms.prestart()
+    interrupted = ms._server
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
@@ -60,10 +62,10 @@ def test_an_interrupted_request_never_answers_the_next_one() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert ms._server is None  # killed and reaped, not left with a reply in its pipe
     with pytest.raises(ModelRefused, match="hostile model refused"):
         run(refuse, ("hostile model refused",), key=("test-hostile", time.time()))
     assert run(echo, (b"abc",)) == 3
+    assert interrupted.returncode is not None  # killed and reaped, not left with a reply in its pipe
 
 
 def test_a_server_dying_mid_request_is_retried_on_a_fresh_one() -> None:
