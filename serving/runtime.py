@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from auditstream.errors import ConfigError, ModelRefused
-from auditstream.model_sandbox import DEFAULT_TIMEOUT_S
+from auditstream.model_sandbox import DEFAULT_TIMEOUT_S, HEADROOM_BYTES
 from auditstream.model_safety import MAX_CONSTANT_BYTES
 from auditstream.registry import ModelCard, RegisteredModel
 from auditstream.settings import Settings
@@ -225,10 +225,24 @@ def load_session(model: RegisteredModel, providers: list[str] | None = None, int
     # First in a child process: a model that crashes or freezes ONNX Runtime must not take this
     # process (and during a hot reload the version it serves) with it.
     budget = settings.max_model_constant_bytes if settings is not None else MAX_CONSTANT_BYTES
+    max_batch = settings.max_batch_size if settings is not None else warmup_batch
+    if settings is not None:
+        # The vetting child runs the largest batch serving will, with what its memory limit allows
+        # beyond the model (the budget plus HEADROOM_BYTES): a batch whose input and fixed-size
+        # outputs alone take more is the setting's doing, not the model's.
+        row = _item_bytes(card.inputs[0]) + sum(_item_bytes(o) for o in card.outputs
+                                                if all(isinstance(d, int) for d in o.shape[1:]))
+        allowed = budget + HEADROOM_BYTES
+        if max_batch * row > allowed:
+            raise ModelRefused(model.onnx_path, f"{card.name} v{card.version}: a batch of {max_batch} rows "
+                               f"(AUDITSTREAM_MAX_BATCH_SIZE) of input shape {card.inputs[0].shape} and its outputs "
+                               f"take {max_batch * row:,} bytes, more than the {allowed:,} the model checks allow (the "
+                               f"model budget AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES plus {HEADROOM_BYTES:,}): lower "
+                               "AUDITSTREAM_MAX_BATCH_SIZE or raise the budget")
     vet_session(data, hashlib.sha256(data).hexdigest(), model.onnx_path, f"{card.name} v{card.version}",
-                _spec(card.inputs[0]), [_spec(o) for o in card.outputs],
-                (warmup_batch, 1, 2, settings.max_batch_size if settings is not None else warmup_batch), budget,
-                settings.model_check_timeout_s if settings is not None else DEFAULT_TIMEOUT_S)
+                _spec(card.inputs[0]), [_spec(o) for o in card.outputs], (warmup_batch, 1, 2, max_batch), budget,
+                settings.model_check_timeout_s if settings is not None else DEFAULT_TIMEOUT_S,
+                max_batch=max_batch if settings is not None else 0, gpu=plan is not None and plan.on_gpu)
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers, provider_options=provider_options)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidGraph, Fail, ...)

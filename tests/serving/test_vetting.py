@@ -169,3 +169,73 @@ def test_a_hot_reload_to_a_crashing_model_leaves_the_live_version_serving(tmp_pa
                           "its model-local functions inline to 1,048,576 nodes",
                           "tiny v4: output 'probs' has shape [8, 8] for a batch of 8")])
     assert live.run(np.zeros((1, 8, 8), np.float32))["probs"].shape == (1, 10)
+
+
+def image_model() -> tuple[bytes, ModelCard]:
+    """A tiny valid model of a 3x224x224 image (602 kB a row)."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3, 224, 224])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 3])
+    node = helper.make_node("ReduceMean", ["image"], ["probs"], axes=[2, 3], keepdims=0)
+    m = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    c = ModelCard(name="image", version="0", task="classification",
+                  inputs=[TensorSpec("image", "float32", [None, 3, 224, 224])],
+                  outputs=[TensorSpec("probs", "float32", [None, 3])], triage=TriageSpec(threshold=0.9),
+                  labels=["a", "b", "c"])
+    return m.SerializeToString(), c
+
+
+def test_a_max_batch_over_the_budget_names_the_batch_setting_before_vetting(tmp_path: Path) -> None:
+    """8192 rows of 602 kB: 4.9 GB of zeros in the child was blamed on the model."""
+    data, c = image_model()
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(c, data)
+    with pytest.raises(ModelRefused, match=r"a batch of 8192 rows \(AUDITSTREAM_MAX_BATCH_SIZE\).*lower "
+                                           "AUDITSTREAM_MAX_BATCH_SIZE"):
+        load_session(registry.load("image", "1"), settings=Settings(max_batch_size=8192, device="cpu"))
+
+
+def test_running_out_of_memory_at_the_max_batch_names_the_setting() -> None:
+    from serving.vetting import vet_session
+
+    data, _ = image_model()
+    with pytest.raises(ModelRefused, match=r"8192 rows \(AUDITSTREAM_MAX_BATCH_SIZE\).*ran out of memory.*lower "
+                                           "AUDITSTREAM_MAX_BATCH_SIZE"):
+        vet_session(data, "image-sha", "m.onnx", "image v1", ("image", "float32", (None, 3, 224, 224)),
+                    [("probs", "float32", (None, 3))], (8, 1, 2, 8192), 64 * 1024**2, 60.0, max_batch=8192)
+
+
+def gpu_only_model() -> bytes:
+    """com.microsoft.BiasAdd: a CUDA kernel only (ONNX Runtime's CPU provider: NOT_IMPLEMENTED)."""
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None, 4, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None, 4, 4, 8])
+    nodes = [helper.make_node("Identity", ["x"], ["s"]),
+             helper.make_node("BiasAdd", ["x", "b", "s"], ["y"], domain="com.microsoft")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(np.ones(8, np.float16), "b")]),
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def test_a_gpu_only_operator_is_a_warning_on_a_gpu_plan_and_a_refusal_on_a_cpu_one(caplog: pytest.LogCaptureFixture) -> None:
+    from serving.vetting import vet_session
+
+    data = gpu_only_model()
+    spec = ("x", "float16", (None, 4, 4, 8))
+    with pytest.raises(ModelRefused, match="ONNX Runtime cannot load it: .*NOT_IMPLEMENTED"):
+        vet_session(data, "gpu-only-sha", "m.onnx", "g v1", spec, [], (8, 1, 2), 2 * 1024**3, 60.0)
+    with caplog.at_level("WARNING", logger="serving.vetting"):
+        vet_session(data, "gpu-only-sha", "m.onnx", "g v1", spec, [], (8, 1, 2), 2 * 1024**3, 60.0, gpu=True)
+    assert [r.message for r in caplog.records if "could not be vetted on the CPU" in r.message]
+
+
+def test_the_vetting_memory_limit_counts_the_model_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditstream import model_sandbox
+    from serving.vetting import vet_session
+
+    seen: dict = {}
+    monkeypatch.setattr(model_sandbox, "run_checked", lambda task, args, **kw: seen.update(kw))
+    vet_session(b"12345", "sha", "m.onnx", "m v1", ("x", "float32", (None, 4)), [], (1,), 1 << 30, 60.0)
+    assert seen["model_bytes"] == 5
