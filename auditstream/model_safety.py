@@ -66,10 +66,11 @@ INLINE_GROWTH_FLOOR = 250_000
 
 def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<bytes>",
                       inputs: Sequence[Any] = (), outputs: Sequence[Any] = (),
-                      max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+                      max_constant_bytes: int = MAX_CONSTANT_BYTES, timeout_s: float | None = None) -> None:
     """Refuse model bytes that are empty, fail their checksum, do not parse, are unsafe to load,
     would allocate more than ``max_constant_bytes`` from constants, or disagree with the card's
-    ``inputs``/``outputs`` (``TensorSpec``-like: name, dtype, shape).
+    ``inputs``/``outputs`` (``TensorSpec``-like: name, dtype, shape). ``timeout_s``: shape
+    inference's time limit, the ``model_check_timeout_s`` setting (None: the fixed default).
 
     ``path`` only names the model in error messages: nothing is read from it.
     """
@@ -90,11 +91,12 @@ def verify_onnx_bytes(data: bytes, expected_sha256: str, path: Path | str = "<by
         raise ModelRefused(path, "the file parses but holds no graph with outputs: not an exported model")
     check_model_proto(model, path, max_constant_bytes)
     check_io_against_card(model, inputs, outputs, path)
-    check_static_tensors(data, actual, path, max_constant_bytes)
+    check_static_tensors(data, actual, path, max_constant_bytes, timeout_s)
 
 
 def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = (),
-                outputs: Sequence[Any] = (), max_constant_bytes: int = MAX_CONSTANT_BYTES) -> bytes:
+                outputs: Sequence[Any] = (), max_constant_bytes: int = MAX_CONSTANT_BYTES,
+                timeout_s: float | None = None) -> bytes:
     """Read ``path`` once, verify those bytes (:func:`verify_onnx_bytes`) and return them:
     create the inference session from the returned bytes, not from the path. ``path`` must be a
     regular file (a symlink to one is fine) of at most
@@ -109,7 +111,7 @@ def verify_onnx(path: Path | str, expected_sha256: str, inputs: Sequence[Any] = 
                             "(protobuf parses no larger one): re-export it")
     except FileNotFoundError:
         raise ModelRefused(path, "model.onnx is missing") from None
-    verify_onnx_bytes(data, expected_sha256, path, inputs, outputs, max_constant_bytes)
+    verify_onnx_bytes(data, expected_sha256, path, inputs, outputs, max_constant_bytes, timeout_s)
     return data
 
 
@@ -163,8 +165,8 @@ def check_static_tensors(data: bytes, sha256: str, path: Path | str, max_constan
     model with huge initializers would copy them, and a function bomb would never finish."""
     from auditstream import model_sandbox
 
-    # Without a timeout_s the step has the fixed default: its message must not name
-    # AUDITSTREAM_MODEL_CHECK_TIMEOUT_S, which the registry's load does not pass here.
+    # Without a timeout_s (a registry made without the setting) the step has the fixed default:
+    # its message must not name AUDITSTREAM_MODEL_CHECK_TIMEOUT_S then.
     model_sandbox.run_checked(
         _check_static_tensors_in_child, (data, max_constant_bytes), what="ONNX shape inference", path=path,
         key=("static-tensors", sha256, max_constant_bytes), memory_bytes=max_constant_bytes,

@@ -100,14 +100,17 @@ class ModelRegistry:
     ``auditstream rl promote`` does, through :meth:`set_live`.
 
     ``max_constant_bytes``: the memory budget :meth:`load` holds a model to (serving passes the
-    ``max_model_constant_bytes`` setting).
+    ``max_model_constant_bytes`` setting); ``check_timeout_s``: the time :meth:`load`'s sandboxed
+    shape inference may take (serving passes ``model_check_timeout_s``; None: the fixed default).
     """
 
-    def __init__(self, root: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+    def __init__(self, root: Path | str, max_constant_bytes: int = MAX_CONSTANT_BYTES,
+                 check_timeout_s: float | None = None) -> None:
         if max_constant_bytes < 1:
             raise ValueError(f"max_constant_bytes={max_constant_bytes} must be >= 1")
         self.root = Path(root)
         self.max_constant_bytes = max_constant_bytes
+        self.check_timeout_s = check_timeout_s
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -206,7 +209,8 @@ class ModelRegistry:
         card = self.card(name, version)
         onnx_path = self.root / name / card.version / ONNX_FILE
         # read once: what was checked runs
-        data = verify_onnx(onnx_path, card.sha256, card.inputs, card.outputs, self.max_constant_bytes)
+        data = verify_onnx(onnx_path, card.sha256, card.inputs, card.outputs, self.max_constant_bytes,
+                           self.check_timeout_s)
         return RegisteredModel(card=card, onnx_path=onnx_path, model_bytes=data)
 
     def publish(self, card: ModelCard, onnx_bytes: bytes) -> RegisteredModel:

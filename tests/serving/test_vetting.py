@@ -239,3 +239,25 @@ def test_the_vetting_memory_limit_counts_the_model_file(monkeypatch: pytest.Monk
     monkeypatch.setattr(model_sandbox, "run_checked", lambda task, args, **kw: seen.update(kw))
     vet_session(b"12345", "sha", "m.onnx", "m v1", ("x", "float32", (None, 4)), [], (1,), 1 << 30, 60.0)
     assert seen["model_bytes"] == 5
+
+
+def test_shape_inference_takes_the_settings_timeout_in_serving(tmp_path, monkeypatch) -> None:
+    """AUDITSTREAM_MODEL_CHECK_TIMEOUT_S bounds every sandboxed step serving takes, shape inference
+    included (it had a fixed 60 s whatever the setting); a registry made without it keeps the
+    fixed default, and its timeout message then names no setting."""
+    from auditstream import model_sandbox
+    from auditstream.registry import ModelRegistry
+    from tests.conftest import TINY_MODEL, tiny_card, tiny_classifier_onnx
+
+    ModelRegistry(tmp_path).publish(tiny_card(), tiny_classifier_onnx(seed=11))
+    seen = []
+    real = model_sandbox.run_checked
+
+    def spy(task, args, **kw):
+        if kw.get("what") == "ONNX shape inference":
+            seen.append((kw["timeout_s"], kw.get("timeout_setting")))
+        return real(task, args, **kw)
+    monkeypatch.setattr(model_sandbox, "run_checked", spy)
+    ModelRegistry(tmp_path, check_timeout_s=7.5).load(TINY_MODEL)
+    ModelRegistry(tmp_path).load(TINY_MODEL)
+    assert seen == [(7.5, model_sandbox.TIMEOUT_SETTING), (model_sandbox.DEFAULT_TIMEOUT_S, None)]
