@@ -49,6 +49,19 @@ def wait_for(driver, css: str, text: str | None = None):
         raise
 
 
+def value_of(driver, css: str) -> str:
+    """The ``value`` of the first visible element matching ``css``, read again if a rerun redrew
+    the element between finding it and reading it (a stale reference is not a failure)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(50):
+        try:
+            return wait_for(driver, css).get_attribute("value")
+        except StaleElementReferenceException:
+            time.sleep(0.2)
+    raise AssertionError(f"{css!r} kept going stale")
+
+
 def wait_gone(driver, css: str) -> None:
     """Until no element matches ``css``: a rerun draws the new page first and drops the previous
     run's elements only when it ends, so right after the new page shows, old ones may remain."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, store_with_users
-from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, wait_for
+from tests.dashboards.test_browser import ARTIFACTS, WAIT_S, free_port, value_of, wait_for
 from tests.dashboards.test_caption_view import MODEL_CAPTION, TRUE_CAPTION, caption_item, publish_captioner_card
 
 from auditstream.wire import VerdictKind
@@ -39,8 +39,8 @@ def test_correct_a_caption_with_the_keyboard(browser, tmp_path):
         wait_for(browser, "[data-testid='stMarkdownContainer']", "Doubtful words")
         marked = wait_for(browser, "[data-testid='stMarkdownContainer'] span", "circle 55%")
         assert "circle" in marked.text
+        assert value_of(browser, "textarea") == MODEL_CAPTION
         area = wait_for(browser, "textarea")
-        assert area.get_attribute("value") == MODEL_CAPTION
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", area)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "workbench-caption.png"))

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import pytest
 from tests.dashboards.conftest import PASSWORD, items_by_task, store_with_users
-from tests.dashboards.test_browser import WAIT_S, click, free_port, wait_for, wait_gone
+from tests.dashboards.test_browser import WAIT_S, click, free_port, value_of, wait_for, wait_gone
 from tests.store.store_factories import POSTGRES_URL, postgres_unavailable
 
 from auditstream.wire import VerdictKind
@@ -85,12 +85,11 @@ def test_a_submit_during_a_real_postgres_outage_is_kept_and_recorded_once_after(
                             if outage.STORE_DOWN_TEXT[:40] in e.text]) == 1
                 time.sleep(outage.RETRY_S + 1)  # a retry while still down changes nothing
                 assert not browser.find_elements("css selector", "[data-testid='stException']")
-                field = wait_for(browser, "input[aria-label='ZIP code (5 digits)']")
-                assert field.get_attribute("value") == "02739"  # what was typed is still there
+                assert value_of(browser, "input[aria-label='ZIP code (5 digits)']") == "02739"  # what was typed is kept
                 down(False)
                 wait_for(browser, "[data-testid='stAlertContentWarning']", "not recorded")  # the retry's rerun
                 wait_gone(browser, "[data-testid='stException']")
-                assert wait_for(browser, "input[aria-label='ZIP code (5 digits)']").get_attribute("value") == "02739"
+                assert value_of(browser, "input[aria-label='ZIP code (5 digits)']") == "02739"
                 click(browser, "button", "Submit")
                 wait_for(browser, "[data-testid='stAlertContentSuccess']", "corrected")
                 store = open_store(store_url, create=True)
