@@ -8,6 +8,10 @@ drift), the model card's risk-coverage curve and the cost model, the model's ver
 vs live, the learning curve: dashboards/versions.py), and the auditors (throughput, gold
 accuracy, agreement). Every number comes from ``monitor`` — the store's read models, the
 QC snapshots the monitor process records, the cost model — so this page only lays them out.
+An auditor sees none of the live figures that move differently after a verdict on a gold item
+than after one on traffic (queue depth and age, the outbox, the QC audits and what they prove,
+candidate vs live pairs, gold accuracy): seen before and after their own verdict, they would tell
+which item was gold. Admins know the gold items; viewers record no verdicts.
 The live sections (queue, quality, auditors, and candidate vs live) rerun every
 ``DashboardConfig.refresh_s`` seconds (``st.fragment``); the model card, the cost model and the
 learning curve come from the registry's cards and are drawn again on the page's next full run.
@@ -25,11 +29,21 @@ from dashboards.cost_ui import cost_section
 from dashboards.context import DashboardContext
 from dashboards.markup import md_text
 from dashboards.render import human_duration
-from store.accounts import ADMINS, User
+from store.accounts import ADMINS, Role, User
 from qc.snapshot import ModelQC
 
 THROUGHPUT_BUCKET_S = 60.0
 WINDOW_S = 3600.0  # "last hour" figures
+
+
+AUDITOR_HIDDEN = ("Shown to admins and viewers only: it moves differently after a verdict on a gold item "
+                  "than after one on traffic.")
+
+
+def shows_gold_telling_counts(user: User) -> bool:
+    """Whether ``user`` may see the live figures that a verdict on a gold item moves differently
+    from one on traffic (module docstring): not an auditor."""
+    return user.role is not Role.AUDITOR
 
 
 def page(ctx: DashboardContext, user: User) -> None:
@@ -61,8 +75,9 @@ def model_ui(ctx: DashboardContext) -> str | None:
 def _live_sections(ctx: DashboardContext, user: User) -> None:
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
     now = time.time()
-    _queue_section(ctx, now)
-    _quality_section(ctx, now)
+    counts = shows_gold_telling_counts(user)
+    _queue_section(ctx, now, counts)
+    _quality_section(ctx, now, counts)
     _auditor_section(ctx, now, show_gold=user.role in ADMINS)
     st.caption(f"Updated {time.strftime('%H:%M:%S', time.gmtime(now))} UTC · charts in UTC")
 
@@ -71,12 +86,24 @@ def _live_candidates(ctx: DashboardContext, user: User, model: str) -> None:
     """Candidate vs live, rerun on its own timer: its pairs and what the gate would decide move
     with the audits (the gate on a few thousand pairs takes tens of milliseconds)."""
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
+    if not shows_gold_telling_counts(user):  # its pairs count the audits of traffic, not gold
+        st.subheader("Candidate vs live")
+        st.caption(AUDITOR_HIDDEN)
+        return
     versions.candidate_section(ctx, model)
 
 
-def _queue_section(ctx: DashboardContext, now: float) -> None:
+def _queue_section(ctx: DashboardContext, now: float, counts: bool = True) -> None:
+    """``counts``: the queue's depth and age and the outbox too (an auditor's verdict on traffic
+    moves them, one on gold does not); verdicts count gold and traffic alike."""
     st.subheader("Queue")
     stats = ctx.store.store_stats(now, throughput_window_s=WINDOW_S)
+    if not counts:
+        st.metric("Verdicts, last hour", f"{sum(stats.auditor_throughput.values()):,}",
+                  help="Accept, correct and reject (skips not counted)")
+        st.caption(f"Waiting items, their age and unpublished verdicts: {AUDITOR_HIDDEN[0].lower()}{AUDITOR_HIDDEN[1:]}")
+        _throughput_chart(ctx, now)
+        return
     depth = sum(q.depth for q in stats.queue)
     oldest = max((q.oldest_age_s for q in stats.queue), default=0.0)
     decided = sum(stats.auditor_throughput.values())
@@ -91,13 +118,19 @@ def _queue_section(ctx: DashboardContext, now: float) -> None:
               "oldest": human_duration(q.oldest_age_s)} for q in sorted(stats.queue, key=lambda q: (q.model, q.model_version))],
             hide_index=True,
         )  # fmt: skip
+    _throughput_chart(ctx, now)
+
+
+def _throughput_chart(ctx: DashboardContext, now: float) -> None:
     series = ctx.store.throughput_series(THROUGHPUT_BUCKET_S, since_s=now - WINDOW_S)
     if series:
         st.markdown("**Verdicts per minute**, last hour")
         st.altair_chart(charts.throughput_chart(series, THROUGHPUT_BUCKET_S, (now - WINDOW_S, now)), width="stretch")
 
 
-def _quality_section(ctx: DashboardContext, now: float) -> None:
+def _quality_section(ctx: DashboardContext, now: float, counts: bool = True) -> None:
+    """``counts``: the audits and what they prove too (error, false-discovery rate, budget,
+    CUSUM); without, coverage and the KS drift of confidences, which no verdict moves."""
     st.subheader("Quality of auto-accepted answers")
     history = ctx.qc_history(since_s=now - 24 * 3600.0)
     if not history:
@@ -106,6 +139,15 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
     latest = {(p.qc.model, p.qc.version): p.qc for p in history}  # oldest first: the newest wins
     coverage_rows = [{"t_s": p.t_s, "model": f"{p.qc.model} v{p.qc.version}", "coverage": p.qc.coverage}
                      for p in history if p.qc.coverage is not None]  # fmt: skip
+    if not counts:
+        st.markdown("**Coverage** (share auto-accepted)")
+        st.altair_chart(charts.coverage_chart(coverage_rows), width="stretch")
+        st.caption(f"The audited error, the budget and the CUSUM on audited errors: {AUDITOR_HIDDEN[0].lower()}"
+                   f"{AUDITOR_HIDDEN[1:]}")
+        st.markdown("**Drift** · KS test of live confidences against the card's reference")
+        st.dataframe([{k: v for k, v in _drift_row(q).items() if k in DRIFT_WITHOUT_AUDITS} for q in latest.values()],
+                     hide_index=True)  # fmt: skip
+        return
     left, right = st.columns(2)
     with left:
         st.markdown("**Coverage** (share auto-accepted)")
@@ -134,6 +176,7 @@ def _quality_section(ctx: DashboardContext, now: float) -> None:
 
 
 WHOLE_ANSWERS = " (whole answers)"
+DRIFT_WITHOUT_AUDITS = ("model", "predictions", "KS statistic", "KS p-value")  # the drift columns no verdict moves
 
 
 def error_rows(snapshots) -> list[dict]:

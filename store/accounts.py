@@ -19,10 +19,15 @@ restarts: after :data:`MAX_FAILURES` consecutive wrong passwords the account is 
 :data:`LOCKOUT_S`, and every further failure doubles the lock (capped at :data:`MAX_LOCKOUT_S`);
 a correct password resets the count. While locked, no password is checked at all
 (:class:`LoginThrottled`). Each attempt is counted before its password is hashed, in the
-transaction that checks the lock, so concurrent guesses cannot slip past it. Unknown names get
-the same answers from an in-process mirror of the policy (at most
-:data:`UNKNOWN_NAMES_REMEMBERED` names, each a valid account name), so the lock message does not
-tell which names exist either; a name no account can have is refused without a hash.
+transaction that checks the lock, so concurrent guesses cannot slip past it. Names with no
+account are throttled by the same policy in the store too (table ``login_throttle``, one row per
+name, keyed by an HMAC-SHA256 of the name under the store's ``login_throttle_key``, so the table
+does not list the names tried): every dashboard process, and one restarted, answers a known and
+an unknown name alike, and the lock message does not tell which names exist either. Both kinds
+forget a count of failures after :data:`FAILURES_FORGOTTEN_S` without a failure (an account at
+its next attempt, an unknown name's row is deleted then, which bounds the table to the names
+tried within that time); a lock is never that long. A name no account can have is refused
+without a hash and without a row.
 
 Each account has a credential generation (``users.credential_gen``), raised by
 :meth:`Accounts.set_password` and by disabling the account. A session keeps the generation it
@@ -49,12 +54,12 @@ import threading
 import time
 import unicodedata
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
 from auditstream.errors import AuditstreamError, PermissionDenied
+from store.schema import THROTTLE_KEY_ROW
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
 SCRYPT_MAXMEM = 256 * 1024 * 1024  # 128 * N * r = 128 MiB, plus headroom
@@ -63,7 +68,7 @@ MIN_PASSWORD_CHARS = 8
 MAX_FAILURES = 5  # consecutive wrong passwords before the first lock
 LOCKOUT_S = 30.0  # the first lock; each further failure doubles it
 MAX_LOCKOUT_S = 3600.0
-UNKNOWN_NAMES_REMEMBERED = 10_000  # bound on the in-process throttle of names with no account
+FAILURES_FORGOTTEN_S = 24 * 3600.0  # a count of failed logins idle this long starts again at 0
 SCRYPT_SLOTS = 2  # scrypt runs at once per process: at most 2 x 128 MiB, however many logins arrive
 SCRYPT_WAIT_S = 3.0  # how long an attempt waits for a slot (about five hashes' time) before "busy"
 _scrypt_slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
@@ -230,9 +235,7 @@ class Accounts:
 
     def __init__(self, db) -> None:
         self._db = db  # store.backend.Database
-        # name -> (failures, locked_until_s) for names with no account (see the module docstring)
-        self._unknown: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
-        self._unknown_lock = threading.Lock()
+        self._throttle_key: bytes | None = None  # the store's login_throttle_key, read once
 
     def add_user(self, name: str, password: str, role: Role | str, now_s: float | None = None) -> User:
         """Create a user; ``ValueError`` if the name is taken or malformed or the password short."""
@@ -301,17 +304,20 @@ class Accounts:
         if not isinstance(name, str) or not valid_name(name):
             return None
         with self._db.write() as cur:
-            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s, credential_gen"
+            row = cur.one("SELECT role, password_hash, disabled, failed_logins, locked_until_s, credential_gen, last_failed_s"
                           f" FROM {{p}}users WHERE name = ?{self._db.row_lock}", (name,))  # fmt: skip
             if row is None:
-                reserved = None
+                reserved = self._reserve_unknown(cur, name, now_s)
             else:
-                role, stored, disabled, failures, locked_until, generation = row
+                role, stored, disabled, failures, locked_until, generation, last_failed = row
                 if locked_until is not None and float(locked_until) > now_s:
                     raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
+                if last_failed is not None and float(last_failed) <= now_s - FAILURES_FORGOTTEN_S:
+                    failures = 0  # as an unknown name's row is deleted then
                 reserved = self._reserve_failure(cur, name, int(failures), now_s)
-        if row is None:
-            return self._unknown_attempt(name, password, now_s)
+        if row is None:  # the same work and the same answers as a known name
+            _checked(name, password, _dummy_hash(), reserved, now_s)
+            return None
         if not _checked(name, password, stored, reserved, now_s):
             return None
         with self._db.write() as cur:  # the right password: the reserved failure and any lock go
@@ -334,25 +340,41 @@ class Accounts:
         failures += 1
         wait_s = lockout_s(failures)
         locked_until = now_s + wait_s if wait_s > 0 else None
-        cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ? WHERE name = ?", (failures, locked_until, name))
+        cur.run("UPDATE {p}users SET failed_logins = ?, locked_until_s = ?, last_failed_s = ? WHERE name = ?",
+                (failures, locked_until, now_s, name))
         return failures, locked_until
 
-    def _unknown_attempt(self, name: str, password: str, now_s: float) -> None:
-        """A name with no account: the same work and the same answers as a known one (the
-        attempt is reserved under the lock before the hash, as for an account)."""
-        with self._unknown_lock:
-            failures, locked_until = self._unknown.get(name, (0, None))
-            if locked_until is not None and locked_until > now_s:
-                raise LoginThrottled(name, failures, locked_until - now_s)
-            failures += 1
-            wait_s = lockout_s(failures)
-            locked_until = now_s + wait_s if wait_s > 0 else None
-            self._unknown[name] = (failures, locked_until)
-            self._unknown.move_to_end(name)
-            while len(self._unknown) > UNKNOWN_NAMES_REMEMBERED:  # names are <= 64 characters: bounded memory
-                self._unknown.popitem(last=False)
-        _checked(name, password, _dummy_hash(), (failures, locked_until), now_s)
-        return None
+    def _reserve_unknown(self, cur, name: str, now_s: float) -> tuple[int, float | None]:
+        """A name with no account, inside the transaction that found no account: the same check
+        and count as :meth:`_reserve_failure`, in ``login_throttle`` (raises
+        :class:`LoginThrottled` while the name is locked). Rows idle for
+        :data:`FAILURES_FORGOTTEN_S` are deleted first, this name's included (an account's count
+        is forgotten after as long)."""
+        key = hmac.new(self._name_key(cur), name.encode(), hashlib.sha256).hexdigest()
+        cur.run("DELETE FROM {p}login_throttle WHERE last_failed_s <= ?", (now_s - FAILURES_FORGOTTEN_S,))
+        # Insert first: two replicas counting the same new name at once meet on the primary key,
+        # and the row read next is locked (PostgreSQL) for the rest of the transaction.
+        cur.run("INSERT INTO {p}login_throttle (name_key, failed_logins, locked_until_s, last_failed_s)"
+                " VALUES (?, 0, NULL, ?) ON CONFLICT (name_key) DO NOTHING", (key, now_s))  # fmt: skip
+        failures, locked_until = cur.one("SELECT failed_logins, locked_until_s FROM {p}login_throttle"
+                                         f" WHERE name_key = ?{self._db.row_lock}", (key,))  # fmt: skip
+        if locked_until is not None and float(locked_until) > now_s:
+            raise LoginThrottled(name, int(failures), float(locked_until) - now_s)
+        failures = int(failures) + 1
+        wait_s = lockout_s(failures)
+        locked_until = now_s + wait_s if wait_s > 0 else None
+        cur.run("UPDATE {p}login_throttle SET failed_logins = ?, locked_until_s = ?, last_failed_s = ? WHERE name_key = ?",
+                (failures, locked_until, now_s, key))  # fmt: skip
+        return failures, locked_until
+
+    def _name_key(self, cur) -> bytes:
+        """The store's HMAC key of unknown names (``meta`` ``login_throttle_key``), made here if a
+        store opened without the upgrade lacks it."""
+        if self._throttle_key is None:
+            cur.run("INSERT INTO {p}meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (THROTTLE_KEY_ROW, os.urandom(32).hex()))
+            self._throttle_key = bytes.fromhex(cur.one("SELECT value FROM {p}meta WHERE key = ?", (THROTTLE_KEY_ROW,))[0])
+        return self._throttle_key
 
     def login_state(self, name: str) -> tuple[int, float | None]:
         """(consecutive failures, locked until) of an account, for admins and tests."""

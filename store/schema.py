@@ -21,6 +21,11 @@ Design choices that the semantics rest on:
   with the topics' end offsets taken before the send, in the transaction that claims them; a round
   left open by a crash is resolved by reading the topics from those offsets (store/outbox.py), so
   every row is published exactly once.
+* ``login_throttle`` (since version 7): the failed-login counters of names that have no account,
+  keyed by an HMAC-SHA256 of the name under the ``meta`` row ``login_throttle_key`` (a random
+  secret made when the store is created or upgraded), so the throttle of unknown names holds
+  across dashboard processes and restarts like an account's, and the table does not list the
+  names tried (store/accounts.py).
 * ``meta`` row ``audit_split_key`` (since version 6): the key of the store's train/certify split of
   audited items (qc/audit_split.py), written once and never changed. A store created by version 6
   or later gets a random secret (:data:`qc.audit_split.SECRET_BYTES` bytes from :mod:`secrets`),
@@ -37,10 +42,11 @@ import secrets
 from auditstream.errors import AuditstreamError
 from qc.audit_split import SECRET_BYTES, SplitKey
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SPLIT_KEY_ROW = "audit_split_key"  # meta key of the split key (qc.audit_split.SplitKey.stored())
+THROTTLE_KEY_ROW = "login_throttle_key"  # meta key of the HMAC key of login_throttle.name_key (since version 7)
 
-TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "meta")
+TABLES = ("outbox", "outbox_rounds", "verdicts", "items", "users", "login_throttle", "meta")
 # Tables other modules keep in the same database (dropped with the store): store/qc_history.py, store/shadow.py.
 EXTRA_TABLES = ("qc_snapshots", "shadow_answers", "shadow_agreement")
 
@@ -127,8 +133,17 @@ DDL = (
         disabled INTEGER NOT NULL DEFAULT 0,
         failed_logins INTEGER NOT NULL DEFAULT 0,  -- consecutive wrong passwords (reset on success)
         locked_until_s {float},             -- no password is checked before this time
-        credential_gen INTEGER NOT NULL DEFAULT 0  -- raised by a password reset or disabling: ends sessions
+        credential_gen INTEGER NOT NULL DEFAULT 0, -- raised by a password reset or disabling: ends sessions
+        last_failed_s {float}               -- the last wrong password (since version 7): an old count is forgotten
     )""",
+    """
+    CREATE TABLE IF NOT EXISTS {p}login_throttle (
+        name_key TEXT PRIMARY KEY,          -- HMAC-SHA256 of a name with no account (meta login_throttle_key)
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until_s {float},
+        last_failed_s {float} NOT NULL      -- rows idle for accounts.FAILURES_FORGOTTEN_S are deleted
+    )""",
+    "CREATE INDEX IF NOT EXISTS {p}login_throttle_idle ON {p}login_throttle (last_failed_s)",
 )
 
 # (schema version, table, column, definition): columns that stores of an older version lack. A
@@ -138,6 +153,7 @@ ADDED_COLUMNS = (
     (2, "users", "locked_until_s", "{float}"),
     (3, "outbox", "round_id", "{bigint}"),
     (5, "users", "credential_gen", "INTEGER NOT NULL DEFAULT 0"),
+    (7, "users", "last_failed_s", "{float}"),
 )
 # PostgreSQL only. Item ids come from a sequence at insert, but transactions commit in any order:
 # a reader can see item 11 while item 10's transaction is still open, so reading on "after the
@@ -196,6 +212,8 @@ def upgrade(cur, db) -> list[str]:
     for index in POSTGRES_INDEXES if postgres else ():
         cur.run(index)
     ensure_split_key(cur)
+    cur.run("INSERT INTO {p}meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (THROTTLE_KEY_ROW, secrets.token_hex(32)))
     cur.run(
         "INSERT INTO {p}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
         (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),

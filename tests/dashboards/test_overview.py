@@ -94,3 +94,70 @@ def test_a_detectors_budget_reads_as_the_false_discovery_rate_of_its_boxes(store
     shown = texts(at)
     assert text in shown and "**False-discovery rate of auto-accepted boxes**" in shown
     assert len(elements(at, "vega_lite_chart")) == 8  # the seven of the overview and the boxes' rate
+
+
+def _overview_of(store_url: str, tmp_path, name: str):
+    """The app signed in as ``name``, on the Overview page (a writer lands on the workbench)."""
+    at = log_in(start_app(store_url, tmp_path), name)
+    overview = [h for h, info in at._registered_pages.items() if info.get("url_pathname") == "overview"
+                or info.get("page_name") == "overview"]  # fmt: skip
+    assert overview, at._registered_pages
+    at._page_hash = overview[0]
+    at = at.run()
+    assert not at.exception and [t.value for t in at.title] == ["Overview"]
+    return at
+
+
+def _rendered(at) -> tuple:
+    """What the page shows, without its clock ("Updated 12:34:56 UTC")."""
+    shown = [line for line in texts(at).splitlines() if not line.startswith("Updated ")]
+    return (shown, sorted((m.label, m.value) for m in at.metric), [d.value.to_dict() for d in at.dataframe],
+            len(elements(at, "vega_lite_chart")))
+
+
+def test_an_auditor_cannot_tell_a_gold_verdict_from_a_traffic_one(tmp_path):
+    """The reviewer's comparison: one store, a verdict on a gold item in one copy and on a
+    traffic item in the other. Waiting items, the outbox and the QC audits move differently;
+    the auditor's overview is the same in both, an admin's (who knows the gold) is not."""
+    import shutil
+
+    from tests.dashboards.conftest import PASSWORD, USERS, prediction
+
+    from store import StoreConfig, accounts, open_store
+
+    accounts.SCRYPT_N, old_n = 2**10, accounts.SCRYPT_N
+    try:
+        base = tmp_path / "base.db"
+        store = open_store(f"sqlite:///{base}", create=True)
+        for n, r in USERS.items():
+            store.accounts.add_user(n, PASSWORD, r)
+        ada, alice = User("ada", Role.ADMIN), User("alice", Role.AUDITOR)
+        now = time.time()
+        sequence = items_by_task()["sequence"]
+        store.ingest_many([dataclasses.replace(sequence, prediction=prediction(f"zip-{i}", "zip", "sequence", "02139",
+                                                                               0.6, {})) for i in range(4)], now)  # fmt: skip
+        store.add_gold(dataclasses.replace(sequence, prediction=prediction("zip-g", "zip", "sequence", "02139", 0.6, {})),
+                       "02139", ada, now)  # fmt: skip
+        seed_card_and_history(store, tmp_path)
+        store.close()
+        shown = {}
+        for gold in (True, False):
+            url = f"sqlite:///{tmp_path / f'gold-{gold}.db'}"
+            shutil.copy(base, tmp_path / f"gold-{gold}.db")
+            copy = open_store(url, StoreConfig(gold_rate=1.0 if gold else 0.0, seed=1), create=False)
+            claim = copy.claim(alice, 60.0, now)
+            assert claim.is_gold is gold
+            copy.record_verdict(copy.new_verdict_id(), claim.item_id, alice, VerdictKind.ACCEPT, None, now)
+            copy.close()
+            shown[gold] = {name: _rendered(_overview_of(url, tmp_path, name)) for name in ("alice", "ada")}
+    finally:
+        accounts.SCRYPT_N = old_n
+    assert shown[True]["alice"] == shown[False]["alice"]
+    auditor = dict(shown[True]["alice"][1])
+    assert not {"Waiting items", "Oldest item", "Unpublished verdicts"} & set(auditor)
+    assert auditor["Verdicts, last hour"] == "1"  # gold and traffic count alike here
+    assert "audits" not in "\n".join(shown[True]["alice"][0])  # nor what the QC audits prove
+    admin = {gold: dict(shown[gold]["ada"][1]) for gold in (True, False)}
+    assert (admin[True]["Waiting items"], admin[False]["Waiting items"]) == ("4", "3")
+    assert admin[True]["Unpublished verdicts"] != admin[False]["Unpublished verdicts"]
+    assert "304 audits" in "\n".join(shown[True]["ada"][0])

@@ -109,7 +109,7 @@ def test_names_no_account_can_have_are_refused_without_a_hash_or_memory(store: A
     monkeypatch.setattr(accounts, "check_password", counting)
     for _ in range(accounts.MAX_FAILURES + 2):  # never throttled either: nothing is kept for it
         assert store.accounts.verify_password(name, PASSWORD) is None
-    assert counting.calls == 0 and len(store.accounts._unknown) == 0
+    assert counting.calls == 0 and store._db.query("SELECT COUNT(*) FROM {p}login_throttle") == [(0,)]
     with pytest.raises(ValueError, match="user name"):
         store.accounts.add_user(name, PASSWORD, Role.AUDITOR)
 
@@ -122,11 +122,17 @@ def test_valid_names_are_exactly_the_pattern_without_line_ends(name: str) -> Non
     assert accounts.valid_name(name) == ok
 
 
-def test_unknown_names_remembered_are_bounded(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "UNKNOWN_NAMES_REMEMBERED", 20)
-    for i in range(100):
-        assert store.accounts.verify_password(f"guess{i}", "wrong password") is None
-    assert len(store.accounts._unknown) == 20
+def test_unknown_names_remembered_are_bounded(store: AuditStore) -> None:
+    """A name with no account keeps a row in the store while it was tried within
+    FAILURES_FORGOTTEN_S; older rows go at the next unknown attempt."""
+    for i in range(30):
+        assert store.accounts.verify_password(f"guess{i}", "wrong password", now_s=100.0 + i) is None
+    assert store._db.query("SELECT COUNT(*) FROM {p}login_throttle") == [(30,)]
+    later = 100.0 + 20 + accounts.FAILURES_FORGOTTEN_S
+    assert store.accounts.verify_password("another", "wrong password", now_s=later) is None
+    assert store._db.query("SELECT COUNT(*) FROM {p}login_throttle") == [(10,)]  # guess21..29 and another
+    keys = [k for (k,) in store._db.query("SELECT name_key FROM {p}login_throttle")]
+    assert not any("guess" in k or "another" in k for k in keys)  # keyed hashes, not the names
 
 
 class GatedScrypt:
