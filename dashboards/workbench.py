@@ -143,7 +143,11 @@ def is_blind(ctx: DashboardContext, claim: Claim) -> bool:
 def filters_ui(models: Sequence[str]) -> tuple[str | None, Route | None]:
     """Model and route filters for the next claim (sidebar)."""
     st.sidebar.subheader("Queue filters")
-    model = st.sidebar.selectbox("Model", ["All models", *models], key="wb_model")
+    chosen = st.session_state.get("wb_model")
+    # The current choice stays offered after its queue emptied (a model without a registry card
+    # then leaves the store's list): dropping it would switch the filter to all models silently.
+    extra = [chosen] if chosen not in (None, "All models") and chosen not in models else []
+    model = st.sidebar.selectbox("Model", ["All models", *sorted([*models, *extra])], key="wb_model")
     route = st.sidebar.radio("Route", list(ROUTE_FILTERS), key="wb_route")
     return (None if model == "All models" else model), ROUTE_FILTERS[route]
 

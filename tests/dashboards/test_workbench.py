@@ -96,6 +96,7 @@ def test_double_submit_records_one_verdict(store, store_url, tmp_path):
     # so the session still holds the first form (same claim, same verdict id).
     at.session_state[workbench.CLAIM] = claim
     at.session_state[workbench.VERDICT_ID] = verdict_id
+    at.sidebar.selectbox(key="wb_model").select("All models")  # the emptied zip filter stays picked
     at = at.run()
     assert "already recorded; kept once" in texts(at)
     [verdict] = store.verdicts()
@@ -304,3 +305,30 @@ def test_a_missed_background_renewal_still_leaves_the_lease_live(lease_s):
     assert MIN_LEASE_S <= lease_s <= MAX_LEASE_S
     every = workbench.renew_every_s(lease_s)
     assert 0 < every and 2 * every < lease_s
+
+
+def test_model_filter_keeps_a_choice_whose_queue_emptied(store, store_url, tmp_path):
+    seed(store, "sequence", "classification")  # neither model has a registry card here
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    at.button[0].click()  # accept the only zip item: the zip queue is empty now
+    at = at.run()
+    box = at.sidebar.selectbox(key="wb_model")
+    assert box.value == "zip" and "zip" in box.options  # not silently "All models"
+    assert "**0** items waiting" in texts(at)
+    at.button(key="next").click()
+    at = at.run()
+    assert workbench.CLAIM not in at.session_state or at.session_state[workbench.CLAIM] is None  # no digits item
+
+
+def test_model_list_does_not_aggregate_the_verdict_history(store, store_url, tmp_path, monkeypatch):
+    from store import AuditStore
+
+    seed(store, "sequence", "classification")
+    calls = []
+    original = AuditStore.store_stats
+    monkeypatch.setattr(AuditStore, "store_stats", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert {"zip", "digits"} <= set(at.sidebar.selectbox(key="wb_model").options)
+    at = claim_model(at, "zip")
+    assert not at.exception and calls == []
