@@ -104,6 +104,18 @@ def recover_lease(ctx: DashboardContext, user: User, claim: Claim) -> tuple[Clai
     return None, "you took another item meanwhile (in another tab?)"
 
 
+def item_open(user: User) -> bool:
+    """Whether this session has an item open on the workbench (the app then offers no other page:
+    the verdict form's typed values reach the server only on submit, so leaving would drop them)."""
+    return user.role in WRITERS and st.session_state.get(CLAIM) is not None
+
+
+def put_back(ctx: DashboardContext, user: User, claim: Claim) -> None:
+    """Give the open item back to the queue without a verdict (unlike Skip, you may get it again)."""
+    ctx.store.release(claim.item_id, user)
+    _forget_claim()
+
+
 def _forget_claim() -> None:
     st.session_state.pop(CLAIM, None)
     st.session_state.pop(VERDICT_ID, None)
@@ -250,6 +262,19 @@ def page(ctx: DashboardContext, user: User) -> None:
     elif unsent is not None and not st.session_state.get(outage.SHOWN):
         st.warning("Your last answer on this item was **not recorded**: the audit store could not be reached "
                    "then. It is back: check the answer below and submit it again.")
+    if claim is not None:
+        st.sidebar.caption("The Overview opens once this item is answered, skipped or put back: "
+                           "leaving the page would drop what you typed.")
+        if st.sidebar.button("Put this item back", key="wb_put_back",
+                             help="Back to the queue without a verdict; the Overview is offered again"):
+            try:
+                put_back(ctx, user, claim)
+            except Exception as e:
+                if not outage.is_store_down(e):
+                    raise
+                outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+            else:
+                st.rerun()
     if claim is None:
         depth = ctx.store.queue_depth(model, route)
         st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")

@@ -332,3 +332,34 @@ def test_model_list_does_not_aggregate_the_verdict_history(store, store_url, tmp
     assert {"zip", "digits"} <= set(at.sidebar.selectbox(key="wb_model").options)
     at = claim_model(at, "zip")
     assert not at.exception and calls == []
+
+
+def test_no_other_page_while_an_item_is_open_and_put_back_offers_it_again(store, store_url, tmp_path, monkeypatch):
+    """The verdict form sends what was typed only on submit: a visit to the Overview dropped it and
+    the form came back with the model's answer, so Enter recorded an accept (review b1). While an
+    item is open the Overview is not offered; "Put this item back" releases it and offers it again."""
+    import streamlit as st
+
+    offered: list[list[str]] = []
+    navigation = st.navigation
+    monkeypatch.setattr(st, "navigation", lambda pages, **kw: offered.append([p.title for p in pages])
+                        or navigation(pages, **kw))  # fmt: skip
+    seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert offered[-1] == ["Workbench", "Overview"]
+    at = claim_model(at, "zip")
+    assert offered[-1] == ["Workbench"]  # the item is open: nowhere to lose the typed answer
+    at.text_input(key=f"answer-{at.session_state[workbench.VERDICT_ID]}").input("02739")
+    at.button[0].click()
+    at = at.run()
+    [verdict] = store.verdicts()
+    assert (verdict.kind, verdict.corrected_output) == (VerdictKind.CORRECT, "02739")
+    # Put back: released at once, no verdict, the Overview is offered again
+    seed(store, "classification")
+    at = claim_model(at, "All models")
+    item_id = at.session_state[workbench.CLAIM].item_id
+    assert offered[-1] == ["Workbench"] and store.item(item_id).lease_owner == "alice"
+    at.sidebar.button(key="wb_put_back").click()
+    at = at.run()
+    assert store.item(item_id).lease_owner is None and len(store.verdicts()) == 1
+    assert offered[-1] == ["Workbench", "Overview"] and at.session_state.get(workbench.CLAIM) is None
