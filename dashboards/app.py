@@ -91,6 +91,7 @@ def main(config: DashboardConfig | None = None) -> None:
         if user is None:
             st.stop()
     if auth_ui.user_badge_ui(user):
+        workbench.release_at_logout(ctx, user)  # the open item goes back to the queue at once
         auth_ui.logout()
         st.rerun()
     pages = []

@@ -116,6 +116,20 @@ def put_back(ctx: DashboardContext, user: User, claim: Claim) -> None:
     _forget_claim()
 
 
+def release_at_logout(ctx: DashboardContext, user: User) -> None:
+    """Give the session's open item back to the queue as its user logs out (it waited --lease-s
+    for a tab nobody can submit from any more). Best effort: a store that cannot be reached lets
+    the lease run out instead of keeping the user signed in."""
+    claim = st.session_state.get(CLAIM)
+    if claim is None or user.role not in WRITERS:
+        return
+    try:
+        ctx.store.release(claim.item_id, user)
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.warning("item %s: not released at logout", claim.item_id, exc_info=True)
+    _forget_claim()
+
+
 def _forget_claim() -> None:
     st.session_state.pop(CLAIM, None)
     st.session_state.pop(VERDICT_ID, None)

@@ -363,3 +363,15 @@ def test_no_other_page_while_an_item_is_open_and_put_back_offers_it_again(store,
     at = at.run()
     assert store.item(item_id).lease_owner is None and len(store.verdicts()) == 1
     assert offered[-1] == ["Workbench", "Overview"] and at.session_state.get(workbench.CLAIM) is None
+
+
+def test_logging_out_gives_the_open_item_back_at_once(store, store_url, tmp_path):
+    ids = seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    assert store.item(ids["sequence"]).lease_owner == "alice"
+    at.sidebar.button(key="logout").click()
+    at = at.run()
+    assert "sign in" in texts(at)
+    item = store.item(ids["sequence"])
+    assert (item.lease_owner, item.lease_expires_s) == (None, None) and store.verdicts() == []
