@@ -290,14 +290,24 @@ def page(ctx: DashboardContext, user: User) -> None:
             else:
                 st.rerun()
     if claim is None:
-        depth = ctx.store.queue_depth(model, route)
-        st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
+        st.write(queue_line(ctx.store.queue_depth(model, route),
+                            ctx.store.available_depth(user.name, time.time(), model, route)))
         if st.button("Next item", type="primary", shortcut="Alt+N", key="next"):
             if claim_next(ctx, user, model, route) is not None:
                 st.rerun()  # redraw without the button and the queue line
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
     _item_ui(ctx, user, claim, model, route)
+
+
+def queue_line(depth: int, available: int) -> str:
+    """How many items wait for the filters, and how many of them "Next item" can give this auditor
+    (the claim's rule: not held by another auditor, not answered or skipped by her)."""
+    line = f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters"
+    if available == depth:
+        return line + "."
+    return (f"{line}, **{available}** of them available to you (the others are held by other auditors "
+            "or you already answered or skipped them).")
 
 
 def _renewed(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> Claim | None:

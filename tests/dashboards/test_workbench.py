@@ -375,3 +375,21 @@ def test_logging_out_gives_the_open_item_back_at_once(store, store_url, tmp_path
     assert "sign in" in texts(at)
     item = store.item(ids["sequence"])
     assert (item.lease_owner, item.lease_expires_s) == (None, None) and store.verdicts() == []
+
+
+def test_the_queue_line_says_how_many_items_next_item_can_give_you(store, store_url, tmp_path):
+    """It counted items the auditor can never get (review r1): one she skipped read "1 item waiting"
+    and "Next item" then found nothing."""
+    seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert "**1** item waiting for these filters." in texts(at)
+    at.button(key="next").click()
+    at = at.run()
+    at.button(key=f"skip-{at.session_state[workbench.VERDICT_ID]}").click()
+    at = at.run()
+    assert "**1** item waiting for these filters, **0** of them available to you" in texts(at)
+    bob = User("bob", Role.AUDITOR)
+    store.ingest(items_by_task()["classification"], time.time())
+    assert store.available_depth("alice", time.time()) == 1
+    store.claim(bob, 300.0, time.time(), model="digits")  # held by another auditor: not hers either
+    assert store.available_depth("alice", time.time()) == 0 and store.queue_depth() == 2
