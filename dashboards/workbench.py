@@ -54,6 +54,7 @@ VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
 MODELS = "wb_models"  # the model filter's choices, kept for a store outage
 NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
 UNSENT = "wb_unsent"  # request id whose submit failed while the store was down: ask for it again
+LAST_ACTION = "wb_last_action"  # time.time() of the last full rerun: a click or submit (not a timed renewal)
 ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
 
 
@@ -248,6 +249,9 @@ def page(ctx: DashboardContext, user: User) -> None:
     if user.role not in WRITERS:
         st.warning(f"Your role ({user.role.value}) can read the overview but not audit items.")
         return
+    # A full run of the page is a user's action (a click, a submit, a reload); the timed lease
+    # renewal is a fragment run and does not come here, so an idle tab does not count as active.
+    st.session_state[LAST_ACTION] = time.time()
     try:
         st.session_state[MODELS] = ctx.models()
     except Exception as e:
@@ -381,8 +385,20 @@ def renew_every_s(lease_s: float) -> float:
     return lease_s / 3
 
 
+def idle_too_long(idle_s: float, last_action_s: float | None, now_s: float) -> bool:
+    """Whether the open item has had no click or submit for ``idle_s`` (0: never too long)."""
+    return idle_s > 0 and last_action_s is not None and now_s - last_action_s >= idle_s
+
+
 def _keep_lease(ctx: DashboardContext, user: User, claim: Claim) -> None:
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
+    if idle_too_long(ctx.config.idle_s, st.session_state.get(LAST_ACTION), time.time()):
+        # An open tab nobody uses must not hold the item forever: give it back and say so.
+        ctx.store.release(claim.item_id, user)
+        _forget_claim()
+        st.session_state[NOTICE] = ("warning", f"The item you had open went back to the queue: no click or submit "
+                                               f"for {ctx.config.idle_s / 60:g} min. Nothing was recorded.")
+        st.rerun()
     if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
         return
     # Ran out (a sleeping laptop): take it again while nobody else has; else say why it is gone.

@@ -393,3 +393,15 @@ def test_the_queue_line_says_how_many_items_next_item_can_give_you(store, store_
     assert store.available_depth("alice", time.time()) == 1
     store.claim(bob, 300.0, time.time(), model="digits")  # held by another auditor: not hers either
     assert store.available_depth("alice", time.time()) == 0 and store.queue_depth() == 2
+
+
+def test_idle_limit_rule_and_option():
+    from dashboards.config import DashboardConfig, config_from_argv
+    from auditstream.errors import ConfigError
+
+    assert DashboardConfig().idle_s == 900.0  # 15 min
+    assert workbench.idle_too_long(900.0, 1000.0, 1900.0) and not workbench.idle_too_long(900.0, 1000.0, 1899.0)
+    assert not workbench.idle_too_long(0.0, 0.0, 1e9) and not workbench.idle_too_long(900.0, None, 1e9)
+    assert config_from_argv(["--idle-s=60"]).idle_s == 60.0
+    with pytest.raises(ConfigError, match="idle-s"):
+        DashboardConfig(idle_s=-1.0)
