@@ -91,10 +91,16 @@ def main(config: DashboardConfig | None = None) -> None:
         if user is None:
             st.stop()
     if auth_ui.user_badge_ui(user):
+        workbench.release_at_logout(ctx, user)  # the open item goes back to the queue at once
         auth_ui.logout()
         st.rerun()
-    pages = [st.Page(lambda: overview.page(ctx, user), title="Overview", icon=":material/monitoring:",
-                     url_path="overview", default=user.role not in WRITERS)]  # fmt: skip
+    pages = []
+    # While an item is open on the workbench the Overview is not offered: the verdict form sends
+    # what was typed only on submit, so leaving the page dropped it and the form came back with the
+    # model's answer (Enter then recorded an accept). The workbench offers "Put this item back".
+    if not workbench.item_open(user):
+        pages.append(st.Page(lambda: overview.page(ctx, user), title="Overview", icon=":material/monitoring:",
+                             url_path="overview", default=user.role not in WRITERS))  # fmt: skip
     if user.role in WRITERS:
         pages.insert(0, st.Page(lambda: workbench.page(ctx, user), title="Workbench", icon=":material/edit_note:",
                                 url_path="workbench", default=True))  # fmt: skip

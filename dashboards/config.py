@@ -36,6 +36,9 @@ class DashboardConfig:
                                                            "until the auditor has answered"})
     refresh_s: float = field(default=5.0, metadata={"help": "overview refresh interval (s); 0 turns auto-refresh off",
                                                     "check": NON_NEGATIVE})
+    idle_s: float = field(default=900.0, metadata={"help": "an open item goes back to the queue after this long "
+                                                           "without a click or submit on the workbench (s); 0: never",
+                                                   "check": NON_NEGATIVE})
 
     def __post_init__(self) -> None:
         # math.isfinite first: "inf" and "nan" parse as floats, and nan fails every comparison
@@ -45,6 +48,8 @@ class DashboardConfig:
                               f"needs time to look) to {MAX_LEASE_S:g} (a lease outliving a day only hides the item)")
         if not isinstance(self.refresh_s, (int, float)) or not math.isfinite(self.refresh_s) or self.refresh_s < 0:
             raise ConfigError("--refresh-s", self.refresh_s, "a finite number of seconds >= 0 (0 turns auto-refresh off)")
+        if not isinstance(self.idle_s, (int, float)) or not math.isfinite(self.idle_s) or self.idle_s < 0:
+            raise ConfigError("--idle-s", self.idle_s, "a finite number of seconds >= 0 (0: an open item is never given back)")
 
     def to_argv(self) -> list[str]:
         """The options as script arguments (the inverse of :func:`config_from_argv`), all but the
@@ -55,6 +60,7 @@ class DashboardConfig:
             f"--lease-s={self.lease_s}",
             "--blind-qc" if self.blind_qc else "--no-blind-qc",
             f"--refresh-s={self.refresh_s}",
+            f"--idle-s={self.idle_s}",
         ]
 
 

@@ -9,7 +9,6 @@ new version number).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +42,9 @@ class DashboardContext:
 
     def models(self) -> list[str]:
         """Models that have items in the store or versions in the registry."""
-        in_store = {q.model for q in self.store.store_stats(time.time()).queue}
-        return sorted(in_store | set(self.registry.names()))
+        # store.models() is one DISTINCT over the items' model column; store_stats() aggregated
+        # the whole verdict history on every workbench rerun.
+        return sorted(set(self.store.models()) | set(self.registry.names()))
 
 
 @st.cache_data(ttl=60, show_spinner=False)

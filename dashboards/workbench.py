@@ -54,6 +54,7 @@ VERDICT_ID = "wb_verdict_id"  # verdict id of the form shown for the open claim
 MODELS = "wb_models"  # the model filter's choices, kept for a store outage
 NOTICE = "wb_notice"  # (kind, text) shown once at the top after a verdict or a lost lease
 UNSENT = "wb_unsent"  # request id whose submit failed while the store was down: ask for it again
+LAST_ACTION = "wb_last_action"  # time.time() of the last full rerun: a click or submit (not a timed renewal)
 ROUTE_FILTERS = {"All routes": None, "Deferred (HUMAN)": Route.HUMAN, "QC samples (AUTO_QC)": Route.AUTO_QC}
 
 
@@ -104,6 +105,32 @@ def recover_lease(ctx: DashboardContext, user: User, claim: Claim) -> tuple[Clai
     return None, "you took another item meanwhile (in another tab?)"
 
 
+def item_open(user: User) -> bool:
+    """Whether this session has an item open on the workbench (the app then offers no other page:
+    the verdict form's typed values reach the server only on submit, so leaving would drop them)."""
+    return user.role in WRITERS and st.session_state.get(CLAIM) is not None
+
+
+def put_back(ctx: DashboardContext, user: User, claim: Claim) -> None:
+    """Give the open item back to the queue without a verdict (unlike Skip, you may get it again)."""
+    ctx.store.release(claim.item_id, user)
+    _forget_claim()
+
+
+def release_at_logout(ctx: DashboardContext, user: User) -> None:
+    """Give the session's open item back to the queue as its user logs out (it waited --lease-s
+    for a tab nobody can submit from any more). Best effort: a store that cannot be reached lets
+    the lease run out instead of keeping the user signed in."""
+    claim = st.session_state.get(CLAIM)
+    if claim is None or user.role not in WRITERS:
+        return
+    try:
+        ctx.store.release(claim.item_id, user)
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.warning("item %s: not released at logout", claim.item_id, exc_info=True)
+    _forget_claim()
+
+
 def _forget_claim() -> None:
     st.session_state.pop(CLAIM, None)
     st.session_state.pop(VERDICT_ID, None)
@@ -143,7 +170,11 @@ def is_blind(ctx: DashboardContext, claim: Claim) -> bool:
 def filters_ui(models: Sequence[str]) -> tuple[str | None, Route | None]:
     """Model and route filters for the next claim (sidebar)."""
     st.sidebar.subheader("Queue filters")
-    model = st.sidebar.selectbox("Model", ["All models", *models], key="wb_model")
+    chosen = st.session_state.get("wb_model")
+    # The current choice stays offered after its queue emptied (a model without a registry card
+    # then leaves the store's list): dropping it would switch the filter to all models silently.
+    extra = [chosen] if chosen not in (None, "All models") and chosen not in models else []
+    model = st.sidebar.selectbox("Model", ["All models", *sorted([*models, *extra])], key="wb_model")
     route = st.sidebar.radio("Route", list(ROUTE_FILTERS), key="wb_route")
     return (None if model == "All models" else model), ROUTE_FILTERS[route]
 
@@ -218,6 +249,9 @@ def page(ctx: DashboardContext, user: User) -> None:
     if user.role not in WRITERS:
         st.warning(f"Your role ({user.role.value}) can read the overview but not audit items.")
         return
+    # A full run of the page is a user's action (a click, a submit, a reload); the timed lease
+    # renewal is a fragment run and does not come here, so an idle tab does not count as active.
+    st.session_state[LAST_ACTION] = time.time()
     try:
         st.session_state[MODELS] = ctx.models()
     except Exception as e:
@@ -246,15 +280,38 @@ def page(ctx: DashboardContext, user: User) -> None:
     elif unsent is not None and not st.session_state.get(outage.SHOWN):
         st.warning("Your last answer on this item was **not recorded**: the audit store could not be reached "
                    "then. It is back: check the answer below and submit it again.")
+    if claim is not None:
+        st.sidebar.caption("The Overview opens once this item is answered, skipped or put back: "
+                           "leaving the page would drop what you typed.")
+        if st.sidebar.button("Put this item back", key="wb_put_back",
+                             help="Back to the queue without a verdict; the Overview is offered again"):
+            try:
+                put_back(ctx, user, claim)
+            except Exception as e:
+                if not outage.is_store_down(e):
+                    raise
+                outage.store_down_ui(e, retry=lambda: ctx.store.accounts.get(user.name))
+            else:
+                st.rerun()
     if claim is None:
-        depth = ctx.store.queue_depth(model, route)
-        st.write(f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters.")
+        st.write(queue_line(ctx.store.queue_depth(model, route),
+                            ctx.store.available_depth(user.name, time.time(), model, route)))
         if st.button("Next item", type="primary", shortcut="Alt+N", key="next"):
             if claim_next(ctx, user, model, route) is not None:
                 st.rerun()  # redraw without the button and the queue line
             st.info("Nothing to audit for these filters right now. The queue fills from the live stream.")
         return
     _item_ui(ctx, user, claim, model, route)
+
+
+def queue_line(depth: int, available: int) -> str:
+    """How many items wait for the filters, and how many of them "Next item" can give this auditor
+    (the claim's rule: not held by another auditor, not answered or skipped by her)."""
+    line = f"**{depth}** item{'s' if depth != 1 else ''} waiting for these filters"
+    if available == depth:
+        return line + "."
+    return (f"{line}, **{available}** of them available to you (the others are held by other auditors "
+            "or you already answered or skipped them).")
 
 
 def _renewed(ctx: DashboardContext, user: User, claim: Claim, model: str | None, route: Route | None) -> Claim | None:
@@ -328,8 +385,20 @@ def renew_every_s(lease_s: float) -> float:
     return lease_s / 3
 
 
+def idle_too_long(idle_s: float, last_action_s: float | None, now_s: float) -> bool:
+    """Whether the open item has had no click or submit for ``idle_s`` (0: never too long)."""
+    return idle_s > 0 and last_action_s is not None and now_s - last_action_s >= idle_s
+
+
 def _keep_lease(ctx: DashboardContext, user: User, claim: Claim) -> None:
     auth_ui.recheck(ctx.store.accounts, user)  # a timed rerun skips current_user: who is this now?
+    if idle_too_long(ctx.config.idle_s, st.session_state.get(LAST_ACTION), time.time()):
+        # An open tab nobody uses must not hold the item forever: give it back and say so.
+        ctx.store.release(claim.item_id, user)
+        _forget_claim()
+        st.session_state[NOTICE] = ("warning", f"The item you had open went back to the queue: no click or submit "
+                                               f"for {ctx.config.idle_s / 60:g} min. Nothing was recorded.")
+        st.rerun()
     if ctx.store.renew(claim.item_id, user, ctx.config.lease_s, time.time()):
         return
     # Ran out (a sleeping laptop): take it again while nobody else has; else say why it is gone.

@@ -261,6 +261,7 @@ class Accounts:
         return User(name, role)
 
     def set_password(self, name: str, password: str) -> None:
+        """An admin's reset: lifts a lock, ends the account's sessions and gives back its leased items."""
         if len(password) < MIN_PASSWORD_CHARS:
             raise ValueError(f"password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS}")
         hashed = hash_password(password)
@@ -270,14 +271,19 @@ class Accounts:
             if cur.run("UPDATE {p}users SET password_hash = ?, failed_logins = 0, locked_until_s = NULL,"
                        " credential_gen = credential_gen + 1 WHERE name = ?", (hashed, name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
+            _release_leases(cur, name)  # her sessions ended: their items go back to the queue now
 
     def set_role(self, name: str, role: Role | str, disabled: bool = False) -> None:
         """Change a role or disable an account; takes effect at the user's next render or write.
-        Disabling also ends the account's sessions for good (a new credential generation)."""
+        Disabling also ends the account's sessions for good (a new credential generation). Disabling,
+        or a role below auditor, gives the items leased to the account back to the queue at once
+        (in the same transaction: nobody waits --lease-s for a lease nobody can submit)."""
         with self._db.write() as cur:
             if cur.run("UPDATE {p}users SET role = ?, disabled = ?, credential_gen = credential_gen + ? WHERE name = ?",
                        (Role(role).value, int(disabled), int(disabled), name)) != 1:  # fmt: skip
                 raise ValueError(f"no user {name!r}")
+            if disabled or Role(role) not in WRITERS:  # she can no longer submit: free her items now
+                _release_leases(cur, name)
 
     def verify_password(self, name: str, password: str, now_s: float | None = None) -> User | None:
         """The user if ``password`` is theirs and the account is enabled, else None (see :meth:`sign_in`)."""
@@ -404,3 +410,9 @@ class Accounts:
         """Every account as (user, disabled), by name."""
         rows = self._db.query("SELECT name, role, disabled FROM {p}users ORDER BY name")
         return [(User(name, Role(role)), bool(disabled)) for name, role, disabled in rows]
+
+
+def _release_leases(cur, name: str) -> None:
+    """Give every open item leased to ``name`` back to the queue (inside the caller's transaction)."""
+    cur.run("UPDATE {p}items SET lease_owner = NULL, lease_expires_s = NULL WHERE state = 'open' AND lease_owner = ?",
+            (name,))  # fmt: skip

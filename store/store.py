@@ -226,6 +226,16 @@ class AuditStore(StoreReads):
         item = dataclasses.replace(item_from_row(row), lease_owner=auditor.name, lease_expires_s=expires)
         return Claim(item, auditor.name, expires, 1 if item.is_gold else item.reviews_done + 1)
 
+    def available_depth(self, auditor: str, now_s: float, model: str | None = None,
+                        route: Route | str | None = None) -> int:  # fmt: skip
+        """Items :meth:`claim` could hand ``auditor`` now under these filters, by its rule: open, not
+        gold, no live lease (another auditor's or hers), not answered or skipped by her."""
+        filters, params = _filters(model, route)
+        return int(self._db.query(
+            f"SELECT COUNT(*) FROM {{p}}items i WHERE state = 'open' AND is_gold = 0{_CLAIMABLE}{filters}",
+            (now_s, auditor, *params),
+        )[0][0])  # fmt: skip
+
     def renew(self, item_id: int, auditor: User, lease_s: float, now_s: float) -> bool:
         """Extend a live lease (while the form stays open); False if it is no longer held."""
         lease_s = check_lease_s("lease_s", lease_s)

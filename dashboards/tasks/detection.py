@@ -87,7 +87,7 @@ def status_summary(prediction: Prediction) -> str:
     check = [n for n, _, s in numbered if s == CHECK]
     accepted = len(numbered) - len(check)
     threshold = threshold_rule(prediction, numbered)
-    rule = f" (score below the certified threshold {threshold:.2f})" if threshold is not None else ""
+    rule = f" (score below the certified threshold {float(threshold)!r})" if threshold is not None else ""
     if not check:  # a QC sample of an auto-accepted answer: every box is the question
         return f"All {accepted} box{'es were' if accepted != 1 else ' was'} auto-accepted (blue): check each one."
     text = f"**To check** (red): box{'es' if len(check) != 1 else ''} {_numbers(check)}{rule}."
@@ -228,7 +228,7 @@ class DetectionView(TaskView):
             **{c: column.NumberColumn(c, help=f"The box's {what}, in pixels", min_value=0.0, max_value=limit,
                                       format="%.1f", required=True, width=56)
                for c, (what, limit) in edges.items()},
-            "score": column.NumberColumn("score", help="The model's score for its box", format="%.2f", width=60),
+            "score": column.NumberColumn("score", help="The model's score for its box", format="%.3f", width=60),
         }  # fmt: skip
         edited = st.data_editor(frame, num_rows="dynamic", key=key, hide_index=True, disabled=list(READ_ONLY),
                                 column_config=config, width="stretch")  # fmt: skip

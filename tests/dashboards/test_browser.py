@@ -115,6 +115,9 @@ def test_log_in_record_a_verdict_and_screenshot(browser, tmp_path):
         wait_for(browser, "[role='radiogroup']")  # the next item (a digit) was claimed at once
         time.sleep(1.0)
         browser.save_screenshot(str(ARTIFACTS / "workbench-digit.png"))
+        # No Overview link while an item is open (leaving dropped what was typed): put it back first.
+        assert "Overview" not in [a.text for a in browser.find_elements("css selector", "a")]
+        click(browser, "button", "Put this item back")
         click(browser, "a", "Overview")
         wait_for(browser, "h3", "Auditors")
         time.sleep(1.5)

@@ -66,3 +66,30 @@ def test_candidate_vs_live_follows_the_shadow_answers_without_a_click(browser, t
         ShadowAnswers(store).ingest([dataclasses.replace(p, shadow=True) for p in more], time.time())  # no click
         wait_for(browser, "[data-testid='stMarkdownContainer']", "50 shadow answers kept")
     store.close()
+
+
+def test_an_idle_open_item_goes_back_to_the_queue(browser, tmp_path):
+    """An open tab renewed its lease forever with nobody at it (review b1): after --idle-s with no
+    click or submit the timed renewal gives the item back and the page says so."""
+    import time
+
+    from selenium.webdriver.common.keys import Keys
+    from tests.dashboards.conftest import items_by_task
+
+    store_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = store_with_users(store_url)
+    store.ingest(items_by_task()["sequence"], time.time())
+    config = DashboardConfig(models_dir=str(tmp_path / "models"), refresh_s=0.0, lease_s=10.0, idle_s=12.0)
+    with start_dashboard(free_port(), store_url, config, log_path=tmp_path / "streamlit.log") as server:
+        browser.get(server.url)
+        wait_for(browser, "input[aria-label='User name']").send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER)
+        click(browser, "button", "Next item")
+        wait_for(browser, "input[aria-label='ZIP code (5 digits)']")
+        [item] = store.items()
+        assert store.item(item.item_id).lease_owner == "alice"
+        time.sleep(8)  # a renewal came meanwhile (every lease_s / 3): still hers
+        assert store.item(item.item_id).lease_owner == "alice"
+        wait_for(browser, "[data-testid=stAlertContentWarning]", "went back to the queue")
+        assert store.item(item.item_id).lease_owner is None and store.verdicts() == []
+        wait_gone(browser, "input[aria-label='ZIP code (5 digits)']")
+    store.close()

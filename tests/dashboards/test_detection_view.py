@@ -186,7 +186,7 @@ def test_the_view_parses_what_its_editor_returns():
 
 def test_summary_says_which_boxes_to_check():
     assert status_summary(detection_item().prediction).startswith(
-        "**To check** (red): boxes 3 and 4 (score below the certified threshold 0.40). "
+        "**To check** (red): boxes 3 and 4 (score below the certified threshold 0.4025). "
         "**Auto-accepted** (blue): 2 boxes, shown as context")
     routes = {"threshold": T_HIGH, "part_routes": ["AUTO", "HUMAN", "HUMAN", "HUMAN"]}  # a part threshold 0.95
     assert status_summary(detection_item(details=routes).prediction).startswith(
@@ -312,3 +312,15 @@ def test_the_legend_writes_the_threshold_as_it_is_used(monkeypatch):
     render.input_picture(item.prediction, item.input, LABELS)
     [legend] = legends
     assert legend[1][1] == "auto-accepted (score >= 0.435): 1" and legend[0][1] == "to check: 1"
+
+
+def test_summary_prints_the_threshold_exactly_and_scores_with_three_decimals():
+    from dashboards.tasks import detection as det_view
+
+    p = prediction("det-9", "detector", "detection",
+                   [{"box": [4, 6, 30, 40], "label": 1, "score": 0.97}, {"box": [30, 6, 60, 40], "label": 3, "score": 0.432}],
+                   0.432, {"threshold": 0.435})  # fmt: skip
+    summary = det_view.status_summary(p)
+    assert "threshold 0.435)" in summary and "0.43)" not in summary  # 0.432 must not read as passing
+    source = Path(det_view.__file__).read_text()
+    assert 'format="%.3f"' in source and 'format="%.2f"' not in source  # the table's score column

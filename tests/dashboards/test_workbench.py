@@ -96,6 +96,7 @@ def test_double_submit_records_one_verdict(store, store_url, tmp_path):
     # so the session still holds the first form (same claim, same verdict id).
     at.session_state[workbench.CLAIM] = claim
     at.session_state[workbench.VERDICT_ID] = verdict_id
+    at.sidebar.selectbox(key="wb_model").select("All models")  # the emptied zip filter stays picked
     at = at.run()
     assert "already recorded; kept once" in texts(at)
     [verdict] = store.verdicts()
@@ -304,3 +305,103 @@ def test_a_missed_background_renewal_still_leaves_the_lease_live(lease_s):
     assert MIN_LEASE_S <= lease_s <= MAX_LEASE_S
     every = workbench.renew_every_s(lease_s)
     assert 0 < every and 2 * every < lease_s
+
+
+def test_model_filter_keeps_a_choice_whose_queue_emptied(store, store_url, tmp_path):
+    seed(store, "sequence", "classification")  # neither model has a registry card here
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    at.button[0].click()  # accept the only zip item: the zip queue is empty now
+    at = at.run()
+    box = at.sidebar.selectbox(key="wb_model")
+    assert box.value == "zip" and "zip" in box.options  # not silently "All models"
+    assert "**0** items waiting" in texts(at)
+    at.button(key="next").click()
+    at = at.run()
+    assert workbench.CLAIM not in at.session_state or at.session_state[workbench.CLAIM] is None  # no digits item
+
+
+def test_model_list_does_not_aggregate_the_verdict_history(store, store_url, tmp_path, monkeypatch):
+    from store import AuditStore
+
+    seed(store, "sequence", "classification")
+    calls = []
+    original = AuditStore.store_stats
+    monkeypatch.setattr(AuditStore, "store_stats", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert {"zip", "digits"} <= set(at.sidebar.selectbox(key="wb_model").options)
+    at = claim_model(at, "zip")
+    assert not at.exception and calls == []
+
+
+def test_no_other_page_while_an_item_is_open_and_put_back_offers_it_again(store, store_url, tmp_path, monkeypatch):
+    """The verdict form sends what was typed only on submit: a visit to the Overview dropped it and
+    the form came back with the model's answer, so Enter recorded an accept (review b1). While an
+    item is open the Overview is not offered; "Put this item back" releases it and offers it again."""
+    import streamlit as st
+
+    offered: list[list[str]] = []
+    navigation = st.navigation
+    monkeypatch.setattr(st, "navigation", lambda pages, **kw: offered.append([p.title for p in pages])
+                        or navigation(pages, **kw))  # fmt: skip
+    seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert offered[-1] == ["Workbench", "Overview"]
+    at = claim_model(at, "zip")
+    assert offered[-1] == ["Workbench"]  # the item is open: nowhere to lose the typed answer
+    at.text_input(key=f"answer-{at.session_state[workbench.VERDICT_ID]}").input("02739")
+    at.button[0].click()
+    at = at.run()
+    [verdict] = store.verdicts()
+    assert (verdict.kind, verdict.corrected_output) == (VerdictKind.CORRECT, "02739")
+    # Put back: released at once, no verdict, the Overview is offered again
+    seed(store, "classification")
+    at = claim_model(at, "All models")
+    item_id = at.session_state[workbench.CLAIM].item_id
+    assert offered[-1] == ["Workbench"] and store.item(item_id).lease_owner == "alice"
+    at.sidebar.button(key="wb_put_back").click()
+    at = at.run()
+    assert store.item(item_id).lease_owner is None and len(store.verdicts()) == 1
+    assert offered[-1] == ["Workbench", "Overview"] and at.session_state.get(workbench.CLAIM) is None
+
+
+def test_logging_out_gives_the_open_item_back_at_once(store, store_url, tmp_path):
+    ids = seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    at = claim_model(at, "zip")
+    assert store.item(ids["sequence"]).lease_owner == "alice"
+    at.sidebar.button(key="logout").click()
+    at = at.run()
+    assert "sign in" in texts(at)
+    item = store.item(ids["sequence"])
+    assert (item.lease_owner, item.lease_expires_s) == (None, None) and store.verdicts() == []
+
+
+def test_the_queue_line_says_how_many_items_next_item_can_give_you(store, store_url, tmp_path):
+    """It counted items the auditor can never get (review r1): one she skipped read "1 item waiting"
+    and "Next item" then found nothing."""
+    seed(store, "sequence")
+    at = log_in(start_app(store_url, tmp_path), "alice")
+    assert "**1** item waiting for these filters." in texts(at)
+    at.button(key="next").click()
+    at = at.run()
+    at.button(key=f"skip-{at.session_state[workbench.VERDICT_ID]}").click()
+    at = at.run()
+    assert "**1** item waiting for these filters, **0** of them available to you" in texts(at)
+    bob = User("bob", Role.AUDITOR)
+    store.ingest(items_by_task()["classification"], time.time())
+    assert store.available_depth("alice", time.time()) == 1
+    store.claim(bob, 300.0, time.time(), model="digits")  # held by another auditor: not hers either
+    assert store.available_depth("alice", time.time()) == 0 and store.queue_depth() == 2
+
+
+def test_idle_limit_rule_and_option():
+    from dashboards.config import DashboardConfig, config_from_argv
+    from auditstream.errors import ConfigError
+
+    assert DashboardConfig().idle_s == 900.0  # 15 min
+    assert workbench.idle_too_long(900.0, 1000.0, 1900.0) and not workbench.idle_too_long(900.0, 1000.0, 1899.0)
+    assert not workbench.idle_too_long(0.0, 0.0, 1e9) and not workbench.idle_too_long(900.0, None, 1e9)
+    assert config_from_argv(["--idle-s=60"]).idle_s == 60.0
+    with pytest.raises(ConfigError, match="idle-s"):
+        DashboardConfig(idle_s=-1.0)

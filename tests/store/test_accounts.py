@@ -386,3 +386,30 @@ def test_users_role_password_disable_and_enable_from_the_cli(tmp_path: Path, mon
     out = capsys.readouterr()
     assert "no user 'bob'" in out.err and "use at least" in out.err and "short" not in out.out
     assert len(out.err.strip().splitlines()) == 2 and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("change", ["disable", "demote", "password reset"])
+def test_an_account_that_can_no_longer_submit_gives_its_leases_back_at_once(store: AuditStore, change: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Disabling, a role below auditor and a password reset (which ends her sessions) release the
+    account's leases in the same transaction: nobody waits --lease-s for an item nobody can submit."""
+    import time
+
+    from tests.store.store_factories import audit_item
+
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**8)
+    alice, bob = (store.accounts.add_user(n, PASSWORD, Role.AUDITOR) for n in ("alice", "bob"))
+    store.ingest(audit_item("r-1"), time.time())
+    claim = store.claim(alice, 300.0, time.time())
+    assert claim is not None and store.claim(bob, 300.0, time.time()) is None
+    if change == "disable":
+        store.accounts.set_role("alice", Role.AUDITOR, disabled=True)
+    elif change == "demote":
+        store.accounts.set_role("alice", Role.VIEWER)
+    else:
+        store.accounts.set_password("alice", "a brand new password")
+    item = store.item(claim.item_id)
+    assert (item.lease_owner, item.lease_expires_s) == (None, None)
+    assert store.claim(bob, 300.0, time.time()).item_id == claim.item_id
+    store.accounts.set_role("bob", Role.ADMIN)  # a role that may still submit keeps the lease
+    assert store.item(claim.item_id).lease_owner == "bob"

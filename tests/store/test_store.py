@@ -311,6 +311,21 @@ def test_skip_releases_the_item_to_another_auditor_and_is_kept_in_history(store:
     assert store.verdict_counts() == {VerdictKind.ACCEPT: 0, VerdictKind.CORRECT: 0, VerdictKind.REJECT: 1, VerdictKind.SKIP: 1}
 
 
+def test_available_depth_counts_by_the_claim_rule(store: AuditStore) -> None:
+    """What the workbench says "Next item" can give: not skipped or answered by her, not held by
+    another auditor, no gold; the model and route filters as in claim."""
+    alice, bob = add_users(store, "alice", "bob")
+    store.ingest_many([audit_item("r1"), audit_item("r2"), audit_item("r3", model="other")], T0)
+    assert store.available_depth("alice", T0) == 3 and store.available_depth("alice", T0, model="zip") == 2
+    store.claim(bob, 60, T0, model="zip")  # one zip item, held by bob
+    claim = store.claim(alice, 60, T0, model="zip")  # the other, skipped by alice
+    store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "skip", None, T0 + 1)
+    assert store.queue_depth(model="zip") == 2 and store.available_depth("alice", T0 + 2, model="zip") == 0
+    assert store.available_depth("bob", T0 + 2, model="zip") == 1  # alice's skip, not his own lease
+    assert store.available_depth("alice", T0 + 100, model="zip") == 1  # bob's lease ran out
+    assert store.claim(alice, 60, T0 + 100, model="zip") is not None
+
+
 # --- roles inside writes ----------------------------------------------------------------------
 
 
