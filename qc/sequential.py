@@ -37,12 +37,17 @@ x_j``) the same gamblers bet on
 whose mean has the sign of ``q - m``: everything above holds with ``x_j`` (the answer's
 *exposure*) in place of 1. A classifier's answer is the case ``x_j = 1``.
 
-The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far
-(shrunk towards no bet by one pseudo-observation of variance ``m (1 - m)``), capped at
-``bet_cap / m`` (over) or ``bet_cap / (1 - m)`` (under) so that one audit never risks more than
-``bet_cap`` of the wealth. The budget is a grid point, so the three states a version is in —
-over budget (``K+(budget)`` crossed), within budget verified (``K-(budget)`` crossed), not yet
-known — agree with the bounds shown.
+The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far,
+discounted by ``1 - 1/stake_window`` per audit (an exponential window, so that a gambler bets
+again soon after the rate moves; any stake computed from past audits only is predictable, so
+Ville's inequality holds whatever the discount), shrunk towards no bet by one pseudo-observation
+of variance ``m (1 - m)``, and capped at ``bet_cap / m`` (over) or ``bet_cap / (1 - m)``
+(under) so that one audit never risks more than ``bet_cap`` of the wealth. The interval and the
+states come from the *current* wealth (at or above ``2/alpha`` now: a subset of "ever crossed",
+so just as valid); when the two sides contradict each other (the interval would be empty: the
+rate changed) the older side starts again from wealth 1. The budget is a grid point, so the three
+states a version is in — over budget (``K+(budget)`` at or above ``2/alpha`` now), within budget
+verified (``K-(budget)`` so), not yet known — agree with the bounds shown.
 """
 
 from __future__ import annotations
@@ -92,6 +97,11 @@ class SequenceConfig:
     alpha: float = 0.05  # the sequence misses the truth at any audit with probability <= alpha
     min_inclusion_prob: float = 0.005  # smallest QC inclusion probability the triage policy gives
     bet_cap: float = 0.5  # largest share of the wealth one audit may risk
+    # The stakes' plug-in estimate discounts past audits by 1 - 1/stake_window per audit (an
+    # exponential window of about this many audits), so that after a long spell on one side of
+    # the budget a gambler bets again within about this many audits of a change. Any stake
+    # computed from past audits only keeps Ville's inequality; None: all past audits alike.
+    stake_window: float | None = 500.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -100,6 +110,13 @@ class SequenceConfig:
             raise ValueError(f"min_inclusion_prob={self.min_inclusion_prob} must be in (0, 1]")
         if not 0.0 < self.bet_cap < 1.0:
             raise ValueError(f"bet_cap={self.bet_cap} must be in (0, 1)")
+        if self.stake_window is not None and not self.stake_window >= 1.0:
+            raise ValueError(f"stake_window={self.stake_window} must be >= 1 (or None)")
+
+    @property
+    def discount(self) -> float:
+        """The weight of the past audits' sums after one more audit (1: no discounting)."""
+        return 1.0 if self.stake_window is None else 1.0 - 1.0 / self.stake_window
 
     @property
     def log_threshold(self) -> float:
@@ -115,8 +132,10 @@ class BettingState:
         self.m, self.config = np.asarray(m, dtype=np.float64), config
         full = np.broadcast_shapes(self.m.shape, shape)
         self.log_over, self.log_under = np.zeros(full), np.zeros(full)
+        # ever shown (the running intersection); the sequence reports from the current wealth
         self.shown_over, self.shown_under = np.zeros(full, bool), np.zeros(full, bool)
-        # sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and product
+        self.count = np.zeros(shape)  # audits seen
+        # discounted (SequenceConfig.stake_window) sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and product
         self.n = np.zeros(shape)
         self.sa, self.sb, self.saa, self.sab, self.sbb = (np.zeros(shape) for _ in range(5))
 
@@ -138,12 +157,34 @@ class BettingState:
         self.log_under += np.log1p(under * y)
         self.shown_over |= self.log_over >= cfg.log_threshold
         self.shown_under |= self.log_under >= cfg.log_threshold
-        self.n += 1.0
-        self.sa += a
-        self.sb += b
-        self.saa += a * a
-        self.sab += a * b
-        self.sbb += b * b
+        self.count += 1.0
+        g = cfg.discount
+        self.n = g * self.n + 1.0
+        self.sa = g * self.sa + a
+        self.sb = g * self.sb + b
+        self.saa = g * self.saa + a * a
+        self.sab = g * self.sab + a * b
+        self.sbb = g * self.sbb + b * b
+
+    @property
+    def over_now(self) -> np.ndarray:
+        """Where the over gambler's wealth is at or above 2/alpha now."""
+        return self.log_over >= self.config.log_threshold
+
+    @property
+    def under_now(self) -> np.ndarray:
+        """Where the under gambler's wealth is at or above 2/alpha now."""
+        return self.log_under >= self.config.log_threshold
+
+    def restart_over(self) -> None:
+        """Start the over gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
+        self.log_over[...] = 0.0
+        self.shown_over[...] = False
+
+    def restart_under(self) -> None:
+        """Start the under gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
+        self.log_under[...] = 0.0
+        self.shown_under[...] = False
 
 
 @dataclass(frozen=True)
@@ -167,10 +208,11 @@ class ErrorSequence:
         self._budget_index = None if budget is None else int(np.searchsorted(grid, budget))
         self.state = BettingState(grid, config)
         self._warned_floor = False
+        self.restarts = 0  # times the two sides contradicted each other (the rate changed): the older side restarted
 
     @property
     def audits(self) -> int:
-        return int(self.state.n)
+        return int(self.state.count)
 
     def update(self, error: bool | float, pi: float, exposure: float = 1.0) -> None:
         """One audit: ``error`` 0/1 and exposure 1 for an answer; ``F / K`` and ``A / K`` for an
@@ -186,17 +228,43 @@ class ErrorSequence:
                             "set the monitor's triage policy like the consumers'", pi, floor)
                 self._warned_floor = True
             pi = floor
-        self.state.update(float(error), pi, exposure)
+        s = self.state
+        over_before, under_before = s.over_now, s.under_now
+        s.update(float(error), pi, exposure)
+        over_now, under_now = s.over_now, s.under_now
+        low, high = surviving_interval(self.grid, over_now, under_now)
+        if low > high:
+            # The two sides contradict each other: some m is shown too small and a smaller one
+            # too large. At a constant rate that takes a miss of the sequence (probability <=
+            # alpha); otherwise it is evidence the rate changed. The side whose claim is older
+            # is restarted (the side that crossed on this audit keeps its wealth), so the
+            # interval shows the newer evidence and never has lower > upper.
+            newly_over = bool((over_now & ~over_before).any())
+            newly_under = bool((under_now & ~under_before).any())
+            if newly_over and not newly_under:
+                s.restart_under()
+            elif newly_under and not newly_over:
+                s.restart_over()
+            else:
+                s.restart_over()
+                s.restart_under()
+            self.restarts += 1
+            log.info("confidence sequence: the audits contradict the earlier ones (the rate changed); "
+                     "the older side restarted (restart %d)", self.restarts)
 
     def report(self) -> SequenceReport:
+        """The interval and budget state from the gamblers' *current* wealth (at or above 2/alpha
+        now): each such claim is one of "ever crossed", so just as valid, and a claim the later
+        audits no longer carry (the stake discounts old audits) can lapse."""
         s, grid = self.state, self.grid
-        low, high = surviving_interval(grid, s.shown_over, s.shown_under)
+        over_now, under_now = s.over_now, s.under_now
+        low, high = surviving_interval(grid, over_now, under_now)
         if self._budget_index is None:
             return SequenceReport(low, high, BudgetState.NOT_JUDGED, None)
         i = self._budget_index
-        if s.shown_over[i]:
+        if over_now[i]:
             return SequenceReport(low, high, BudgetState.OVER, None)
-        if s.shown_under[i]:
+        if under_now[i]:
             return SequenceReport(low, high, BudgetState.VERIFIED, None)
         return SequenceReport(low, high, BudgetState.UNKNOWN, self._audits_to_settle(i))
 
