@@ -37,10 +37,12 @@ x_j``) the same gamblers bet on
 whose mean has the sign of ``q - m``: everything above holds with ``x_j`` (the answer's
 *exposure*) in place of 1. A classifier's answer is the case ``x_j = 1``.
 
-The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far,
-discounted by ``1 - 1/stake_window`` per audit (an exponential window, so that a gambler bets
-again soon after the rate moves; any stake computed from past audits only is predictable, so
-Ville's inequality holds whatever the discount), shrunk towards no bet by one pseudo-observation
+The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far;
+each side's wealth is the mean of two gamblers', one whose plug-in discounts past audits by
+``1 - 1/stake_window`` per audit (an exponential window, so that it bets again soon after the
+rate moves) and one weighing them all alike (narrow intervals while the rate stays put); any
+stake computed from past audits only is predictable, and a mean of supermartingales from 1 is
+one, so Ville's inequality holds. Each plug-in is shrunk towards no bet by one pseudo-observation
 of variance ``m (1 - m)``, and capped at ``bet_cap / m`` (over) or ``bet_cap / (1 - m)``
 (under) so that one audit never risks more than ``bet_cap`` of the wealth. The interval and the
 states come from the *current* wealth (at or above ``2/alpha`` now: a subset of "ever crossed",
@@ -97,10 +99,11 @@ class SequenceConfig:
     alpha: float = 0.05  # the sequence misses the truth at any audit with probability <= alpha
     min_inclusion_prob: float = 0.005  # smallest QC inclusion probability the triage policy gives
     bet_cap: float = 0.5  # largest share of the wealth one audit may risk
-    # The stakes' plug-in estimate discounts past audits by 1 - 1/stake_window per audit (an
-    # exponential window of about this many audits), so that after a long spell on one side of
-    # the budget a gambler bets again within about this many audits of a change. Any stake
-    # computed from past audits only keeps Ville's inequality; None: all past audits alike.
+    # One of each side's two gamblers (BettingState) discounts past audits by 1 - 1/stake_window
+    # per audit in its plug-in stake (an exponential window of about this many audits), so that
+    # after a long spell on one side of the budget it bets again within about this many audits of
+    # a change. Any stake computed from past audits only keeps Ville's inequality; None: one
+    # gambler per side, all past audits alike.
     stake_window: float | None = 500.0
 
     def __post_init__(self) -> None:
@@ -131,13 +134,27 @@ class BettingState:
     def __init__(self, m: np.ndarray, config: SequenceConfig, shape: tuple[int, ...] = ()) -> None:
         self.m, self.config = np.asarray(m, dtype=np.float64), config
         full = np.broadcast_shapes(self.m.shape, shape)
+        # Each side's wealth is the mean of two gamblers' (a mean of supermartingales from 1 is one
+        # from 1): one staking on the discounted sums (SequenceConfig.stake_window: bets again soon
+        # after the rate moves) and one on all past audits alike (its interval keeps narrowing
+        # like 1/sqrt(n) while the rate stays put). stake_window None: the second alone.
+        self._mix = config.stake_window is not None
+        self._log_over, self._log_under = np.zeros((2, *full)), np.zeros((2, *full))
         self.log_over, self.log_under = np.zeros(full), np.zeros(full)
         # ever shown (the running intersection); the sequence reports from the current wealth
         self.shown_over, self.shown_under = np.zeros(full, bool), np.zeros(full, bool)
         self.count = np.zeros(shape)  # audits seen
-        # discounted (SequenceConfig.stake_window) sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and product
+        # sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and
+        # product: n, sa, ... discounted (the first gambler's), the [1] row of _sums all alike
         self.n = np.zeros(shape)
         self.sa, self.sb, self.saa, self.sab, self.sbb = (np.zeros(shape) for _ in range(5))
+        self._all = [np.zeros(shape) for _ in range(6)]  # n, sa, sb, saa, sab, sbb over all audits
+
+    @staticmethod
+    def _stake(m, n, sa, sb, saa, sab, sbb):
+        mean = (sa - m * sb) / (n + 1.0)  # stakes from the past only (predictable)
+        second = (m * (1.0 - m) + saa - 2.0 * m * sab + m * m * sbb) / (n + 1.0)
+        return mean / second
 
     def update(self, errors: np.ndarray | float, pis: np.ndarray | float,
                exposures: np.ndarray | float = 1.0) -> None:
@@ -147,14 +164,20 @@ class BettingState:
         weight = cfg.min_inclusion_prob / np.asarray(pis, dtype=np.float64)
         a = weight * np.asarray(errors, dtype=np.float64)
         b = weight * np.asarray(exposures, dtype=np.float64)
-        mean = (self.sa - m * self.sb) / (self.n + 1.0)  # stakes from the past only (predictable)
-        second = (m * (1.0 - m) + self.saa - 2.0 * m * self.sab + m * m * self.sbb) / (self.n + 1.0)
-        stake = mean / second
-        over = np.clip(stake, 0.0, cfg.bet_cap / m)
-        under = np.clip(stake, -cfg.bet_cap / (1.0 - m), 0.0)
         y = a - m * b
-        self.log_over += np.log1p(over * y)
-        self.log_under += np.log1p(under * y)
+        stakes = [self._stake(m, *self._all)]
+        if self._mix:
+            stakes.insert(0, self._stake(m, self.n, self.sa, self.sb, self.saa, self.sab, self.sbb))
+        for k, stake in enumerate(stakes):
+            over = np.clip(stake, 0.0, cfg.bet_cap / m)
+            under = np.clip(stake, -cfg.bet_cap / (1.0 - m), 0.0)
+            self._log_over[k] += np.log1p(over * y)
+            self._log_under[k] += np.log1p(under * y)
+        if self._mix:
+            self.log_over = np.logaddexp(self._log_over[0], self._log_over[1]) - math.log(2.0)
+            self.log_under = np.logaddexp(self._log_under[0], self._log_under[1]) - math.log(2.0)
+        else:
+            self.log_over, self.log_under = self._log_over[0].copy(), self._log_under[0].copy()
         self.shown_over |= self.log_over >= cfg.log_threshold
         self.shown_under |= self.log_under >= cfg.log_threshold
         self.count += 1.0
@@ -165,6 +188,8 @@ class BettingState:
         self.saa = g * self.saa + a * a
         self.sab = g * self.sab + a * b
         self.sbb = g * self.sbb + b * b
+        for k, v in enumerate((1.0, a, b, a * a, a * b, b * b)):
+            self._all[k] = self._all[k] + v
 
     @property
     def over_now(self) -> np.ndarray:
@@ -178,12 +203,14 @@ class BettingState:
 
     def restart_over(self) -> None:
         """Start the over gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
-        self.log_over[...] = 0.0
+        self._log_over[...] = 0.0
+        self.log_over = np.zeros_like(self.log_over)
         self.shown_over[...] = False
 
     def restart_under(self) -> None:
         """Start the under gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
-        self.log_under[...] = 0.0
+        self._log_under[...] = 0.0
+        self.log_under = np.zeros_like(self.log_under)
         self.shown_under[...] = False
 
 

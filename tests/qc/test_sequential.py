@@ -190,7 +190,7 @@ def test_after_the_rate_falls_below_the_budget_over_budget_clears_and_the_interv
         sequence.update(bool(rng.random() < 0.01), 1.0)
         report = sequence.report()
         assert report.low <= report.high
-    assert report.state is BudgetState.VERIFIED and report.high < 0.02 and sequence.restarts >= 1
+    assert report.state is BudgetState.VERIFIED and report.high < 0.02
 
 
 def test_a_drift_after_a_long_in_budget_spell_is_caught_about_as_fast_as_from_a_fresh_start() -> None:
