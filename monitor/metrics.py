@@ -79,9 +79,13 @@ class MonitorMetrics:
         self.audited = gauge("qc_audited_items", "QC audits of auto-accepted answers counted (skips excluded).")
         self.error = gauge("qc_error_ratio", "Weighted (Hajek) error rate of auto-accepted answers, from QC audits.")
         self.error_low = gauge("qc_error_ratio_lower_bound",
-                               "Lower end of the 95% confidence sequence of the error rate (valid at every audit).")
+                               "Lower end of the 95% confidence sequence of the error rate of auto-accepted "
+                               "answers (valid at every audit; not the budgeted rate of a kind that accepts parts one by "
+                               "one: qc_part_fdr_ratio_lower_bound).")
         self.error_high = gauge("qc_error_ratio_upper_bound",
-                                "Upper end of the 95% confidence sequence of the error rate (valid at every audit).")
+                                "Upper end of the 95% confidence sequence of the error rate of auto-accepted "
+                                "answers (valid at every audit; not the budgeted rate of a kind that accepts parts one by "
+                                "one: qc_part_fdr_ratio_upper_bound).")
         self.parts_audited = gauge("qc_audited_parts", "Parts (a detector's boxes) of audited auto-accepted answers "
                                    "(kinds that accept parts one by one; NaN for the others).")
         self.part_fdr = gauge("qc_part_fdr_ratio", "Weighted (Hajek) false-discovery rate of auto-accepted parts (a "
@@ -93,10 +97,12 @@ class MonitorMetrics:
         self.ess = gauge("qc_effective_sample_size", "Korn-Graubard n* = p(1-p)/V, capped at the audits (a description; no bound uses it).")
         self.certified = gauge("certified_risk_ratio", "The model card's certified risk (proven at calibration).")
         self.budget = gauge("qc_error_budget_ratio", "The error budget audits are judged against: the card's target risk.")
-        self.over_budget = gauge("qc_over_budget", "1 when the audits show the error rate above the budget "
-                                 "(the confidence sequence's lower bound is above it).")
-        self.verified = gauge("qc_budget_verified", "1 when the audits show the error rate below the budget "
-                              "(the confidence sequence's upper bound is below it).")
+        self.over_budget = gauge("qc_over_budget", "1 when the audits at the current threshold now show the budgeted rate "
+                                 "above the budget: the answers' error rate, or a detector's false-discovery rate of "
+                                 "accepted parts (that rate's confidence-sequence lower bound is then at or above it).")
+        self.verified = gauge("qc_budget_verified", "1 when the audits at the current threshold now show the budgeted rate "
+                              "below the budget: the answers' error rate, or a detector's false-discovery rate of "
+                              "accepted parts (that rate's confidence-sequence upper bound is then at or below it).")
         self.to_settle = gauge("qc_audits_to_settle", "Budget not yet known: rough audits until it is settled "
                                "(NaN when settled or when the estimate sits on the budget).")
         self.waiting = gauge("qc_audits_waiting", "Verdicts not yet counted: held behind an earlier QC sample still "

@@ -4,8 +4,10 @@ what the model card certified? (docs/qc-statistics.md)
 The monitor feeds every prediction and every verdict to one :class:`QCTracker`; per (model,
 version) it keeps coverage (share auto-accepted), the audited error rate of auto-accepted
 answers with a 95% interval, KS drift of confidences (rounded alike to the card's 6-decimal
-reference, qc/drift.py), a CUSUM on audited errors, and — when the sequence's lower bound is
-above the budget (over budget) — a suggested tighter threshold.
+reference, qc/drift.py), a CUSUM on audited errors, and — when the sequence shows the budgeted
+rate over budget — a suggested tighter threshold. The audit statistics are of the version's
+effective auto-accept threshold (:meth:`QCTracker.set_threshold`: the card's raised by a
+threshold override); when it changes they start again, since the answers accepted change.
 
 The error estimate is the Hajek (weighted) estimator (qc/binomial.py), exactly ``errors /
 audited`` under uniform QC sampling; the interval shown is the anytime-valid confidence sequence
@@ -56,7 +58,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -73,6 +75,7 @@ from qc.triage import DEFAULT_QC_SALT, derived_salt, hash_uniform, policy_for
 from store.records import audit_error, audit_false_parts
 
 if TYPE_CHECKING:
+    from auditstream.control import ControlState
     from store.records import QCSample
 
 log = logging.getLogger(__name__)
@@ -186,6 +189,13 @@ class _VersionState:
         self.parts_audited = self.parts_false = 0
         self.part_sequence: PartlyAuditedSequence | None = None  # the judged sequence of those kinds
         self.max_parts: int | None = None
+        # The auto-accept threshold the statistics above are of (the card's raised by an override,
+        # QCTracker.set_threshold); None: not told yet (the card's assumed). A change of it changes
+        # the population of accepted answers, so the audit statistics start again (_restart).
+        self.threshold: float | None = None
+        self.old_turns = 0  # QC samples placed before the last threshold change still to come out of the order
+        self.left_out = 0  # audits of answers accepted under another threshold, left out of the statistics
+        self.earlier: list[str] = []  # what the statistics under each earlier threshold showed (history)
 
 
 # Versions the registry does not know (yet) that the tracker keeps statistics for at once. Any
@@ -202,8 +212,12 @@ class QCTracker:
     first few)."""
 
     def __init__(self, cards: Callable[[str, str], ModelCard | None], config: QCConfig = QCConfig(),
-                 salt: str = DEFAULT_QC_SALT) -> None:
-        self.cards, self.config = cards, config
+                 salt: str = DEFAULT_QC_SALT,
+                 controls: Callable[[], Mapping[str, ControlState] | None] | None = None) -> None:
+        """``controls``: the control topic's states by model (``ControlView.states``), or None while
+        they are not known yet (the view not caught up); read at every :meth:`snapshot` for the
+        threshold overrides (:meth:`observe_control`)."""
+        self.cards, self.config, self.controls = cards, config, controls
         # The CUSUM thinning hash is keyed by the secret QC salt too (settings.qc_salt): with a
         # public salt a producer could pick ids whose audits never reach the chart.
         self._cusum_salt = derived_salt(salt, "cusum")
@@ -229,11 +243,7 @@ class QCTracker:
             state.card = self.cards(model, version)
             if state.card is not None:
                 state.max_parts = tasks.lookup(state.card.task).max_parts(state.card)
-                per_part = state.max_parts is not None
-                state.cusum = None if per_part else self._cusum_for(state.card)
-                state.sequence = PartlyAuditedSequence(None if per_part else _budget(state.card), self.config.sequence)
-                if per_part:
-                    state.part_sequence = PartlyAuditedSequence(_budget(state.card), self.config.sequence)
+                self._start_judging(state)
                 for error, pi, parts, false in state.before_card:
                     if error is None:
                         self._update_unaudited(state, pi)
@@ -242,6 +252,72 @@ class QCTracker:
                         self._update_part_sequence(state, pi, parts, false)
                 state.before_card.clear()
         return state
+
+    def _start_judging(self, state: _VersionState) -> None:
+        """Fresh sequences and CUSUM for a version whose card is known."""
+        per_part = state.max_parts is not None
+        state.cusum = None if per_part else self._cusum_for(state.card)
+        state.sequence = PartlyAuditedSequence(None if per_part else _budget(state.card), self.config.sequence)
+        state.part_sequence = PartlyAuditedSequence(_budget(state.card), self.config.sequence) if per_part else None
+
+    def set_threshold(self, model: str, version: str, threshold: float) -> None:
+        """The auto-accept threshold the consumers of ``(model, version)`` apply now (the card's,
+        raised by a threshold override: by hand or ``AUDITSTREAM_AUTO_TIGHTEN``). A changed
+        threshold changes the answers accepted, so the audit statistics (estimate, sequences,
+        CUSUM, the audits of the threshold suggestion) start again for the new one: an alarm
+        under the old one stays in the QC history and the reason, not in the live state. The QC
+        samples placed before the change (accepted under the old threshold), and any audited
+        answer below the new threshold, are left out of the new statistics."""
+        state = self.states.get((model, version))
+        if state is None or not threshold == threshold:  # untracked, or NaN
+            return
+        current = state.threshold
+        if current is None:
+            current = state.card.triage.threshold if state.card is not None else None
+            if current is not None and threshold == current:
+                state.threshold = threshold  # as assumed: nothing to start again
+                return
+        if current is not None and threshold == current:
+            return
+        self._restart(state, threshold)
+
+    def observe_control(self, controls: Mapping[str, ControlState]) -> None:
+        """The control topic's states by model: each tracked version with a card gets its
+        effective threshold (:meth:`auditstream.control.ControlState.threshold_for`, the card's
+        where the model has no state or the version no override)."""
+        for (model, version), state in list(self.states.items()):
+            if state.card is None:
+                continue
+            control = controls.get(model)
+            card_threshold = state.card.triage.threshold
+            self.set_threshold(model, version, control.threshold_for(version, card_threshold)
+                               if control is not None else card_threshold)
+
+    def _restart(self, state: _VersionState, threshold: float) -> None:
+        """Start the audit statistics again for a new effective threshold (:meth:`set_threshold`)."""
+        before = state.threshold if state.threshold is not None else (
+            state.card.triage.threshold if state.card is not None else None)
+        if state.sums[0] > 0:
+            summary = (f"threshold {before:.4f}: " if before is not None else "") + \
+                f"{int(state.sums[0])} audits, {state.errors} errors"
+            if state.card is not None and state.sequence is not None:
+                report = state.part_sequence.report() if state.part_sequence is not None else state.sequence.report()
+                summary += f", {report.state.value} ({report.low:.4f} .. {report.high:.4f})"
+            if state.cusum is not None and state.cusum.alarm:
+                summary += ", CUSUM ALARM"
+            state.earlier.append(summary)
+            del state.earlier[:-5]  # the last few: the QC history keeps the rest
+        log.info("QC statistics start again at threshold %.4f (was %s)", threshold, before)
+        state.threshold = threshold
+        state.sums = np.zeros(5)
+        state.errors = 0
+        state.audits.clear()
+        state.part_sums = np.zeros(2)
+        state.parts_audited = state.parts_false = 0
+        state.before_card.clear()
+        state.old_turns = len(state.order.queue)  # stream order: these come out first
+        if state.card is not None:
+            self._start_judging(state)
 
     def _cusum_for(self, card: ModelCard) -> BernoulliCusum | None:
         budget = _budget(card)
@@ -320,6 +396,14 @@ class QCTracker:
         """Count the turns now in stream order; returns how many were audits."""
         audits = 0
         for turn in ready:
+            if state.old_turns > 0:  # placed before the threshold changed: of the old population
+                state.old_turns -= 1
+                state.left_out += turn.audit is not None
+                continue
+            if state.threshold is not None and not turn.confidence >= state.threshold:
+                # accepted under a lower threshold (a consumer not yet told of the override)
+                state.left_out += turn.audit is not None
+                continue
             if turn.audit is None:
                 self._unaudited(state, turn.inclusion_prob)
             else:
@@ -374,6 +458,9 @@ class QCTracker:
         state.part_sequence.update(false / k, pi, parts / k)
 
     def snapshot(self) -> list[ModelQC]:
+        controls = self.controls() if self.controls is not None else None
+        if controls is not None:
+            self.observe_control(controls)
         return [self._model_qc(model, version, self._state(model, version))
                 for model, version in sorted(self.states)]
 
@@ -393,6 +480,12 @@ class QCTracker:
         rule = _rule(s)
         accepts_parts = bool(rule and rule.accepts_parts)
         reasons = [f"{n} audits, {s.errors} errors"]
+        if s.threshold is not None and card is not None and s.threshold != card.triage.threshold:
+            reasons.append(f"at the overridden threshold {s.threshold:.4f} (the card's {card.triage.threshold:.4f})")
+        if s.earlier:
+            reasons.append("statistics started again at a threshold change; before: " + "; ".join(s.earlier))
+        if s.left_out:
+            reasons.append(f"{s.left_out} audits of answers accepted under another threshold left out")
         if accepts_parts:
             reasons.append(f"{s.parts_audited} audited parts, {s.parts_false} false")
         what = "false-discovery rate of accepted parts" if per_part else "error rate"
@@ -411,7 +504,8 @@ class QCTracker:
         suggested = None
         if over and cfg.suggest_threshold and s.audits and not per_part:
             c, pi, y = (np.array(a) for a in zip(*s.audits))
-            suggested = suggest_threshold(c, y, pi, card.triage.threshold, budget, cfg.confidence,
+            current = s.threshold if s.threshold is not None else card.triage.threshold
+            suggested = suggest_threshold(c, y, pi, current, budget, cfg.confidence,
                                           cfg.threshold_candidates, min_inclusion_prob=cfg.min_inclusion_prob)
             reasons.append(f"suggested threshold {suggested:.4f}" if suggested is not None
                            else "no audited threshold is within budget")

@@ -37,12 +37,19 @@ x_j``) the same gamblers bet on
 whose mean has the sign of ``q - m``: everything above holds with ``x_j`` (the answer's
 *exposure*) in place of 1. A classifier's answer is the case ``x_j = 1``.
 
-The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far
-(shrunk towards no bet by one pseudo-observation of variance ``m (1 - m)``), capped at
-``bet_cap / m`` (over) or ``bet_cap / (1 - m)`` (under) so that one audit never risks more than
-``bet_cap`` of the wealth. The budget is a grid point, so the three states a version is in —
-over budget (``K+(budget)`` crossed), within budget verified (``K-(budget)`` crossed), not yet
-known — agree with the bounds shown.
+The stake is the growth-optimal plug-in ``l = mean / second moment`` of the ``Y(m)`` seen so far;
+each side's wealth is the mean of two gamblers', one whose plug-in discounts past audits by
+``1 - 1/stake_window`` per audit (an exponential window, so that it bets again soon after the
+rate moves) and one weighing them all alike (narrow intervals while the rate stays put); any
+stake computed from past audits only is predictable, and a mean of supermartingales from 1 is
+one, so Ville's inequality holds. Each plug-in is shrunk towards no bet by one pseudo-observation
+of variance ``m (1 - m)``, and capped at ``bet_cap / m`` (over) or ``bet_cap / (1 - m)``
+(under) so that one audit never risks more than ``bet_cap`` of the wealth. The interval and the
+states come from the *current* wealth (at or above ``2/alpha`` now: a subset of "ever crossed",
+so just as valid); when the two sides contradict each other (the interval would be empty: the
+rate changed) the older side starts again from wealth 1. The budget is a grid point, so the three
+states a version is in — over budget (``K+(budget)`` at or above ``2/alpha`` now), within budget
+verified (``K-(budget)`` so), not yet known — agree with the bounds shown.
 """
 
 from __future__ import annotations
@@ -92,6 +99,12 @@ class SequenceConfig:
     alpha: float = 0.05  # the sequence misses the truth at any audit with probability <= alpha
     min_inclusion_prob: float = 0.005  # smallest QC inclusion probability the triage policy gives
     bet_cap: float = 0.5  # largest share of the wealth one audit may risk
+    # One of each side's two gamblers (BettingState) discounts past audits by 1 - 1/stake_window
+    # per audit in its plug-in stake (an exponential window of about this many audits), so that
+    # after a long spell on one side of the budget it bets again within about this many audits of
+    # a change. Any stake computed from past audits only keeps Ville's inequality; None: one
+    # gambler per side, all past audits alike.
+    stake_window: float | None = 500.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -100,6 +113,13 @@ class SequenceConfig:
             raise ValueError(f"min_inclusion_prob={self.min_inclusion_prob} must be in (0, 1]")
         if not 0.0 < self.bet_cap < 1.0:
             raise ValueError(f"bet_cap={self.bet_cap} must be in (0, 1)")
+        if self.stake_window is not None and not self.stake_window >= 1.0:
+            raise ValueError(f"stake_window={self.stake_window} must be >= 1 (or None)")
+
+    @property
+    def discount(self) -> float:
+        """The weight of the past audits' sums after one more audit (1: no discounting)."""
+        return 1.0 if self.stake_window is None else 1.0 - 1.0 / self.stake_window
 
     @property
     def log_threshold(self) -> float:
@@ -114,11 +134,27 @@ class BettingState:
     def __init__(self, m: np.ndarray, config: SequenceConfig, shape: tuple[int, ...] = ()) -> None:
         self.m, self.config = np.asarray(m, dtype=np.float64), config
         full = np.broadcast_shapes(self.m.shape, shape)
+        # Each side's wealth is the mean of two gamblers' (a mean of supermartingales from 1 is one
+        # from 1): one staking on the discounted sums (SequenceConfig.stake_window: bets again soon
+        # after the rate moves) and one on all past audits alike (its interval keeps narrowing
+        # like 1/sqrt(n) while the rate stays put). stake_window None: the second alone.
+        self._mix = config.stake_window is not None
+        self._log_over, self._log_under = np.zeros((2, *full)), np.zeros((2, *full))
         self.log_over, self.log_under = np.zeros(full), np.zeros(full)
+        # ever shown (the running intersection); the sequence reports from the current wealth
         self.shown_over, self.shown_under = np.zeros(full, bool), np.zeros(full, bool)
-        # sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and product
+        self.count = np.zeros(shape)  # audits seen
+        # sums of a = pi_min e / pi and b = pi_min x / pi (Y(m) = a - m b), of their squares and
+        # product: n, sa, ... discounted (the first gambler's), the [1] row of _sums all alike
         self.n = np.zeros(shape)
         self.sa, self.sb, self.saa, self.sab, self.sbb = (np.zeros(shape) for _ in range(5))
+        self._all = [np.zeros(shape) for _ in range(6)]  # n, sa, sb, saa, sab, sbb over all audits
+
+    @staticmethod
+    def _stake(m, n, sa, sb, saa, sab, sbb):
+        mean = (sa - m * sb) / (n + 1.0)  # stakes from the past only (predictable)
+        second = (m * (1.0 - m) + saa - 2.0 * m * sab + m * m * sbb) / (n + 1.0)
+        return mean / second
 
     def update(self, errors: np.ndarray | float, pis: np.ndarray | float,
                exposures: np.ndarray | float = 1.0) -> None:
@@ -128,22 +164,54 @@ class BettingState:
         weight = cfg.min_inclusion_prob / np.asarray(pis, dtype=np.float64)
         a = weight * np.asarray(errors, dtype=np.float64)
         b = weight * np.asarray(exposures, dtype=np.float64)
-        mean = (self.sa - m * self.sb) / (self.n + 1.0)  # stakes from the past only (predictable)
-        second = (m * (1.0 - m) + self.saa - 2.0 * m * self.sab + m * m * self.sbb) / (self.n + 1.0)
-        stake = mean / second
-        over = np.clip(stake, 0.0, cfg.bet_cap / m)
-        under = np.clip(stake, -cfg.bet_cap / (1.0 - m), 0.0)
         y = a - m * b
-        self.log_over += np.log1p(over * y)
-        self.log_under += np.log1p(under * y)
+        stakes = [self._stake(m, *self._all)]
+        if self._mix:
+            stakes.insert(0, self._stake(m, self.n, self.sa, self.sb, self.saa, self.sab, self.sbb))
+        for k, stake in enumerate(stakes):
+            over = np.clip(stake, 0.0, cfg.bet_cap / m)
+            under = np.clip(stake, -cfg.bet_cap / (1.0 - m), 0.0)
+            self._log_over[k] += np.log1p(over * y)
+            self._log_under[k] += np.log1p(under * y)
+        if self._mix:
+            self.log_over = np.logaddexp(self._log_over[0], self._log_over[1]) - math.log(2.0)
+            self.log_under = np.logaddexp(self._log_under[0], self._log_under[1]) - math.log(2.0)
+        else:
+            self.log_over, self.log_under = self._log_over[0].copy(), self._log_under[0].copy()
         self.shown_over |= self.log_over >= cfg.log_threshold
         self.shown_under |= self.log_under >= cfg.log_threshold
-        self.n += 1.0
-        self.sa += a
-        self.sb += b
-        self.saa += a * a
-        self.sab += a * b
-        self.sbb += b * b
+        self.count += 1.0
+        g = cfg.discount
+        self.n = g * self.n + 1.0
+        self.sa = g * self.sa + a
+        self.sb = g * self.sb + b
+        self.saa = g * self.saa + a * a
+        self.sab = g * self.sab + a * b
+        self.sbb = g * self.sbb + b * b
+        for k, v in enumerate((1.0, a, b, a * a, a * b, b * b)):
+            self._all[k] = self._all[k] + v
+
+    @property
+    def over_now(self) -> np.ndarray:
+        """Where the over gambler's wealth is at or above 2/alpha now."""
+        return self.log_over >= self.config.log_threshold
+
+    @property
+    def under_now(self) -> np.ndarray:
+        """Where the under gambler's wealth is at or above 2/alpha now."""
+        return self.log_under >= self.config.log_threshold
+
+    def restart_over(self) -> None:
+        """Start the over gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
+        self._log_over[...] = 0.0
+        self.log_over = np.zeros_like(self.log_over)
+        self.shown_over[...] = False
+
+    def restart_under(self) -> None:
+        """Start the under gambler afresh (wealth 1 at every ``m``); the stakes' sums are kept."""
+        self._log_under[...] = 0.0
+        self.log_under = np.zeros_like(self.log_under)
+        self.shown_under[...] = False
 
 
 @dataclass(frozen=True)
@@ -167,10 +235,11 @@ class ErrorSequence:
         self._budget_index = None if budget is None else int(np.searchsorted(grid, budget))
         self.state = BettingState(grid, config)
         self._warned_floor = False
+        self.restarts = 0  # times the two sides contradicted each other (the rate changed): the older side restarted
 
     @property
     def audits(self) -> int:
-        return int(self.state.n)
+        return int(self.state.count)
 
     def update(self, error: bool | float, pi: float, exposure: float = 1.0) -> None:
         """One audit: ``error`` 0/1 and exposure 1 for an answer; ``F / K`` and ``A / K`` for an
@@ -186,17 +255,43 @@ class ErrorSequence:
                             "set the monitor's triage policy like the consumers'", pi, floor)
                 self._warned_floor = True
             pi = floor
-        self.state.update(float(error), pi, exposure)
+        s = self.state
+        over_before, under_before = s.over_now, s.under_now
+        s.update(float(error), pi, exposure)
+        over_now, under_now = s.over_now, s.under_now
+        low, high = surviving_interval(self.grid, over_now, under_now)
+        if low > high:
+            # The two sides contradict each other: some m is shown too small and a smaller one
+            # too large. At a constant rate that takes a miss of the sequence (probability <=
+            # alpha); otherwise it is evidence the rate changed. The side whose claim is older
+            # is restarted (the side that crossed on this audit keeps its wealth), so the
+            # interval shows the newer evidence and never has lower > upper.
+            newly_over = bool((over_now & ~over_before).any())
+            newly_under = bool((under_now & ~under_before).any())
+            if newly_over and not newly_under:
+                s.restart_under()
+            elif newly_under and not newly_over:
+                s.restart_over()
+            else:
+                s.restart_over()
+                s.restart_under()
+            self.restarts += 1
+            log.info("confidence sequence: the audits contradict the earlier ones (the rate changed); "
+                     "the older side restarted (restart %d)", self.restarts)
 
     def report(self) -> SequenceReport:
+        """The interval and budget state from the gamblers' *current* wealth (at or above 2/alpha
+        now): each such claim is one of "ever crossed", so just as valid, and a claim the later
+        audits no longer carry (the stake discounts old audits) can lapse."""
         s, grid = self.state, self.grid
-        low, high = surviving_interval(grid, s.shown_over, s.shown_under)
+        over_now, under_now = s.over_now, s.under_now
+        low, high = surviving_interval(grid, over_now, under_now)
         if self._budget_index is None:
             return SequenceReport(low, high, BudgetState.NOT_JUDGED, None)
         i = self._budget_index
-        if s.shown_over[i]:
+        if over_now[i]:
             return SequenceReport(low, high, BudgetState.OVER, None)
-        if s.shown_under[i]:
+        if under_now[i]:
             return SequenceReport(low, high, BudgetState.VERIFIED, None)
         return SequenceReport(low, high, BudgetState.UNKNOWN, self._audits_to_settle(i))
 

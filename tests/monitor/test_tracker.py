@@ -133,16 +133,20 @@ def test_an_all_equal_sample_above_the_floor_is_not_taken_for_a_uniform_one():
 
 def test_betting_interval_is_the_sequence_of_qc_sequential():
     from qc.binomial import betting_interval
-    from qc.sequential import ErrorSequence, SequenceConfig
+    from qc.sequential import ErrorSequence, SequenceConfig, surviving_interval
 
     rng = np.random.default_rng(8)
     pi = rng.choice([0.005, 0.05, 0.3, 1.0], 300)
     y = (rng.random(300) < np.where(pi < 0.01, 0.01, 0.1)).astype(float)
-    seq = ErrorSequence(None, SequenceConfig(min_inclusion_prob=0.005, bet_cap=0.9))
+    # qc.binomial's one-off interval is the running intersection (ever crossed) of the sequence
+    # whose stakes weigh all past audits alike
+    seq = ErrorSequence(None, SequenceConfig(min_inclusion_prob=0.005, bet_cap=0.9, stake_window=None))
     for e, p in zip(y, pi):
         seq.update(bool(e), float(p))
-    report = seq.report()
-    assert betting_interval(y, pi, min_inclusion_prob=0.005, bet_cap=0.9) == (report.low, report.high)
+    low, high = surviving_interval(seq.grid, seq.state.shown_over, seq.state.shown_under)
+    assert betting_interval(y, pi, min_inclusion_prob=0.005, bet_cap=0.9) == (low, high)
+    report = seq.report()  # from the current wealth: a superset of the running intersection
+    assert report.low <= low <= high <= report.high
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_not_yet_known_says_how_many_audits_would_settle_it() -> None:
     report = sequence.report()
     assert report.state is BudgetState.UNKNOWN and report.low < 0.02 < report.high
     assert report.audits_to_settle is not None and 10 < report.audits_to_settle < 10_000
-    exactly_at_budget = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=1.0))
+    # (all audits alike: with the discounted stake the later of two errors weighs more)
+    exactly_at_budget = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=1.0, stake_window=None))
     for i in range(100):
         exactly_at_budget.update(i % 50 == 0, 1.0)
     assert exactly_at_budget.report().audits_to_settle is None  # no drift either way: cannot be told
@@ -172,3 +173,49 @@ def test_the_audits_to_settle_are_what_the_capped_bets_take(budget, within) -> N
         sequence.update(False, 1.0)
         taken += 1
     assert abs(said - taken) <= 0.1 * taken
+
+
+def test_after_the_rate_falls_below_the_budget_over_budget_clears_and_the_interval_never_flips() -> None:
+    """The runbook's fix (a higher threshold: the answers now err 1% < the 2% budget) must show:
+    the over gambler's old wealth no longer holds OVER for ever, the under gambler verifies the
+    new rate, and the interval never has lower > upper on the way (the older side restarts)."""
+    rng = np.random.default_rng(5)
+    sequence = ErrorSequence(0.02, SequenceConfig(min_inclusion_prob=1.0))
+    for _ in range(20_000):  # 4% until over budget (~700 audits)
+        sequence.update(bool(rng.random() < 0.04), 1.0)
+        if sequence.report().state is BudgetState.OVER:
+            break
+    assert sequence.report().state is BudgetState.OVER
+    for _ in range(8000):
+        sequence.update(bool(rng.random() < 0.01), 1.0)
+        report = sequence.report()
+        assert report.low <= report.high
+    assert report.state is BudgetState.VERIFIED and report.high < 0.02
+
+
+def test_a_drift_after_a_long_in_budget_spell_is_caught_about_as_fast_as_from_a_fresh_start() -> None:
+    """5,000 audits at 1% (verified under a 2% budget), then 4%: the stake's discounted plug-in
+    bets again within about a window, so 200 runs page within 2,500 audits (~1,100 median; a fresh
+    sequence ~700). With all past audits alike the stake stayed at no bet: median ~4,700."""
+    rng = np.random.default_rng(3)
+    runs = 200
+    state = BettingState(np.float64(0.02), SequenceConfig(min_inclusion_prob=1.0), shape=(runs,))
+    for _ in range(5000):
+        state.update(rng.random(runs) < 0.01, 1.0)
+    assert state.shown_under.mean() > 0.9
+    for _ in range(2500):
+        state.update(rng.random(runs) < 0.04, 1.0)
+    assert state.shown_over.mean() >= 0.9
+
+
+def test_the_discounted_stake_keeps_false_alarms_within_alpha_when_the_rate_moves_below_the_budget() -> None:
+    """Any stake from past audits keeps Ville's inequality while the rate stays at or under the
+    budget, however it moves: 300 runs at 0.5% then at the 2% budget itself, the over gambler
+    ever crosses in at most alpha / 2 of them in theory (0 to a few in practice)."""
+    rng = np.random.default_rng(12)
+    runs = 300
+    state = BettingState(np.float64(0.02), SequenceConfig(min_inclusion_prob=1.0), shape=(runs,))
+    for rate in (0.005, 0.02):
+        for _ in range(3000):
+            state.update(rng.random(runs) < rate, 1.0)
+    assert state.shown_over.mean() <= 0.05
