@@ -379,7 +379,11 @@ class StatsHooks:
                 return None
 
         config = QCConfig(min_inclusion_prob=audit_weight_floor(settings))
-        self._new_tracker = lambda: QCTracker(cards, config, salt=settings.qc_salt)
+        # The tracker learns each model's threshold override from the control view (once it has read
+        # what the topic held): a changed effective threshold restarts that version's statistics.
+        controls = ((lambda: control_view.states() if control_view.wait_caught_up(0) else None)
+                    if control_view is not None else None)
+        self._new_tracker = lambda: QCTracker(cards, config, salt=settings.qc_salt, controls=controls)
         self.tracker = self._new_tracker()
         self.history = QCHistory(store)
         # the limit triage applies, so the over-capacity gauge (and its alert) means what triage does; 0: none

@@ -231,3 +231,41 @@ def test_only_versions_that_answer_are_auto_tightened(store: AuditStore, setting
     hooks.observe_prediction(audit_item("live-0", Route.AUTO, version="1").prediction)  # it answers again
     (state,) = hooks.tick(store, time.time())
     assert set(state.threshold_override) == {"1"}
+
+
+def test_the_monitors_tracker_follows_the_override_it_published(store: AuditStore, settings: Settings) -> None:
+    """Auto-tighten raises v1's threshold; once the control view reads that override back, the
+    tracker the monitor runs starts v1's audit statistics again for the new threshold (the page of
+    the old population does not stay up over the new one)."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    published: dict = {}
+
+    class Control:  # a control view that has read the topic back, then what the monitor published
+        @staticmethod
+        def rollouts() -> dict:
+            return {}
+
+        @staticmethod
+        def wait_caught_up(timeout_s: float) -> bool:
+            return True
+
+        @staticmethod
+        def states() -> dict:
+            return dict(published)
+
+    add_users(store, "alice", "bob")
+    _decide_all(store, 0, 300, T0)  # zip v1: audited, about a fifth wrong, far over its 5% budget
+    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=Control(),
+                       metrics_registry=CollectorRegistry(), version_idle_s=60.0)
+    hooks.seed_from_store(store)
+    hooks.observe_prediction(audit_item("live-0", Route.AUTO, version="1").prediction)
+    (before,) = hooks.tracker.snapshot()
+    assert before.over_budget
+    (state,) = hooks.tick(store, time.time())
+    assert set(state.threshold_override) == {"1"}
+    published[state.model] = state  # the control topic, read back
+    (after,) = hooks.tracker.snapshot()
+    assert not after.over_budget and after.audited == 0 and before.audited > 0, after.reason
