@@ -49,9 +49,9 @@ POOL_WAIT_S = 60.0  # how long a caller waits for a free connection before Store
 POSTGRES_CONNECT_TIMEOUT_S = 10  # unless the URL sets connect_timeout
 
 
-SERVER_TODO = ("check that the database server is up and the URL (host, port, database, user) is right, "
+SERVER_ADVICE = ("check that the database server is up and the URL (host, port, database, user) is right, "
                "or set AUDITSTREAM_STORE_URL")
-FILE_TODO = ("check that the user running this may enter the folders on the path and read and write the file "
+FILE_ADVICE = ("check that the user running this may enter the folders on the path and read and write the file "
              "(and create files in its folder), or set --store-url / AUDITSTREAM_STORE_URL to another store")
 
 
@@ -59,9 +59,9 @@ class StoreUnavailable(AuditstreamError, ConnectionError):
     """The audit store's database could not be reached or refused the connection (a SQLite file
     or folder this user may not read or write included)."""
 
-    def __init__(self, url: str, detail: str, todo: str = SERVER_TODO) -> None:
+    def __init__(self, url: str, detail: str, advice: str = SERVER_ADVICE) -> None:
         self.url, self.detail = redact_url(url), detail
-        super().__init__(f"audit store at {self.url} unavailable: {detail}; {todo}")
+        super().__init__(f"audit store at {self.url} unavailable: {detail}; {advice}")
 
 
 class StoreMissing(AuditstreamError, LookupError):
@@ -315,7 +315,7 @@ class SQLiteDatabase(Database):
             # later chdir must not move the store.
             self.file = self.path.absolute()
         except OSError as e:  # the working directory was removed
-            raise StoreUnavailable(url, f"cannot resolve {self.path}: {e.strerror or e}", FILE_TODO) from None
+            raise StoreUnavailable(url, f"cannot resolve {self.path}: {e.strerror or e}", FILE_ADVICE) from None
         if not create:
             self._check_store()  # before any connection writes (journal_mode=WAL would)
             return
@@ -326,11 +326,11 @@ class SQLiteDatabase(Database):
             self.file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(url, f"cannot create the directory {self.file.parent}: {e.strerror or e}",
-                                   FILE_TODO) from None
+                                   FILE_ADVICE) from None
         try:
             _create_private(self.file)
         except OSError as e:
-            raise StoreUnavailable(url, f"cannot create {self.file}: {e.strerror or e}", FILE_TODO) from None
+            raise StoreUnavailable(url, f"cannot create {self.file}: {e.strerror or e}", FILE_ADVICE) from None
 
     def _check_store(self) -> None:
         """``create=False``: the file must exist and hold the store's tables, checked over a
@@ -343,21 +343,21 @@ class SQLiteDatabase(Database):
         except (FileNotFoundError, NotADirectoryError):
             raise StoreMissing(self.location) from None
         except OSError as e:  # a folder on the path this user may not enter, ...
-            raise StoreUnavailable(self.url, f"cannot look at {self.file}: {e.strerror or e}", FILE_TODO) from None
+            raise StoreUnavailable(self.url, f"cannot look at {self.file}: {e.strerror or e}", FILE_ADVICE) from None
         if not is_file:
             raise StoreMissing(self.location, " (that is not a file)")
         uri = "file:" + urllib.parse.quote(str(self.file)) + "?mode=ro"
         try:
             cx = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as e:
-            raise StoreUnavailable(self.url, f"cannot open {self.file} to read it: {e}", FILE_TODO) from None
+            raise StoreUnavailable(self.url, f"cannot open {self.file} to read it: {e}", FILE_ADVICE) from None
         try:
             found = cx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                (f"{self.prefix}items",)).fetchall()
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "file is not a database" (OperationalError: cannot read)
                 raise StoreMissing(self.location, " (that file is not a SQLite database)") from None
-            raise StoreUnavailable(self.url, f"cannot read {self.file}: {type(e).__name__}: {e}", FILE_TODO) from None
+            raise StoreUnavailable(self.url, f"cannot read {self.file}: {type(e).__name__}: {e}", FILE_ADVICE) from None
         finally:
             cx.close()
         if not found:
@@ -376,7 +376,7 @@ class SQLiteDatabase(Database):
             cx.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
             cx.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         except sqlite3.Error as e:
-            raise StoreUnavailable(self.url, f"{self.file}: {type(e).__name__}: {e}", FILE_TODO) from None
+            raise StoreUnavailable(self.url, f"{self.file}: {type(e).__name__}: {e}", FILE_ADVICE) from None
         return cx
 
     def _reusable(self, cx: sqlite3.Connection) -> bool:
