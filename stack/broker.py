@@ -546,6 +546,9 @@ def _s3_credentials(env: dict[str, str]) -> str:
         return ""
 
 
+LOG_GRACE_S = 5.0  # how long a failed start waits for the broker's log to say why
+
+
 def _logged_error(log_path: Path, offset: int) -> bool:
     try:
         with open(log_path, "rb") as log:
@@ -624,6 +627,11 @@ def _wait_ready(settings: Settings, bootstrap: str, procs: list[tuple[str, subpr
                 if admin is not None:
                     with contextlib.suppress(Exception):
                         admin.close()
+        # Tansu logs why it cannot serve (an S3 store that refuses it) once its first attempt
+        # fails, which on a loaded machine can come a moment after the probe gave up.
+        grace = time.monotonic() + LOG_GRACE_S
+        while not _logged_error(log_path, log_offset) and time.monotonic() < grace:
+            time.sleep(0.2)
         said = _log_error(log_path, log_offset) if _logged_error(log_path, log_offset) else ""
         raise BrokerStartFailed(bootstrap, f"no answer to a metadata request within {timeout_s:.0f} s "
                                            f"({f'its log says: {said}' if said else f'last: {last}'}); log {log_path}")
