@@ -206,22 +206,9 @@ def test_only_versions_that_answer_are_auto_tightened(store: AuditStore, setting
 
     from prometheus_client import CollectorRegistry
 
-    class Control:  # a control view that has read the topic back: nothing published yet
-        @staticmethod
-        def rollouts() -> dict:
-            return {}
-
-        @staticmethod
-        def wait_caught_up(timeout_s: float) -> bool:
-            return True
-
-        @staticmethod
-        def states() -> dict:
-            return {}
-
     add_users(store, "alice", "bob")
     _decide_all(store, 0, 300, T0)  # zip v1: audited, about a fifth wrong, far over its 5% budget
-    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=Control(),
+    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=CaughtUpControl({}),
                        metrics_registry=CollectorRegistry(), version_idle_s=1.0)
     hooks.seed_from_store(store)
     (seeded,) = hooks.tracker.snapshot()
@@ -242,23 +229,9 @@ def test_the_monitors_tracker_follows_the_override_it_published(store: AuditStor
     from prometheus_client import CollectorRegistry
 
     published: dict = {}
-
-    class Control:  # a control view that has read the topic back, then what the monitor published
-        @staticmethod
-        def rollouts() -> dict:
-            return {}
-
-        @staticmethod
-        def wait_caught_up(timeout_s: float) -> bool:
-            return True
-
-        @staticmethod
-        def states() -> dict:
-            return dict(published)
-
     add_users(store, "alice", "bob")
     _decide_all(store, 0, 300, T0)  # zip v1: audited, about a fifth wrong, far over its 5% budget
-    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=Control(),
+    hooks = StatsHooks(dataclasses.replace(settings, auto_tighten=True), store, control_view=CaughtUpControl(published),
                        metrics_registry=CollectorRegistry(), version_idle_s=60.0)
     hooks.seed_from_store(store)
     hooks.observe_prediction(audit_item("live-0", Route.AUTO, version="1").prediction)
@@ -269,3 +242,20 @@ def test_the_monitors_tracker_follows_the_override_it_published(store: AuditStor
     published[state.model] = state  # the control topic, read back
     (after,) = hooks.tracker.snapshot()
     assert not after.over_budget and after.audited == 0 and before.audited > 0, after.reason
+
+
+class CaughtUpControl:
+    """A control view that has read the topic back; its states are ``published`` (what the
+    monitor published, read back), nothing by default."""
+
+    def __init__(self, published: dict) -> None:
+        self.published = published
+
+    def rollouts(self) -> dict:
+        return {}
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        return True
+
+    def states(self) -> dict:
+        return dict(self.published)
