@@ -20,8 +20,10 @@ client-derived text enters markdown goes through one of the two functions here:
 
 Both collapse whitespace runs (line ends included: a blank line would end the paragraph) to one
 space, and show control and bidirectional-override characters as U+FFFD (an override would
-reorder what the auditor reads; a lone surrogate cannot even be sent). :func:`shown` is that
-text: what the reader sees.
+reorder what the auditor reads; a lone surrogate cannot even be sent), and so a word joiner of
+the text itself (the joiners in the markdown are then exactly the ones put there, and an
+identifier with an invisible joiner in it does not look like the one without). :func:`shown` is
+that text: what the reader sees.
 tests/dashboards/test_markup.py checks the promise against CommonMark (markdown-it) and against
 Streamlit's own renderer in Chromium.
 """
@@ -42,14 +44,14 @@ _SPACES = re.compile(r"\s+")
 
 def shown(value: Any) -> str:
     """``str(value)`` as the reader sees it: whitespace runs as one space, trimmed; control,
-    lone-surrogate and bidirectional-override characters as U+FFFD."""
+    lone-surrogate, bidirectional-override and word-joiner characters as U+FFFD."""
     text = "".join("\ufffd" if _hidden(ch) else ch for ch in str(value))
     return _SPACES.sub(" ", text).strip()
 
 
 def _hidden(ch: str) -> bool:
     category = unicodedata.category(ch)
-    return ch in _BIDI or category == "Cs" or (category == "Cc" and not ch.isspace())
+    return ch in _BIDI or ch == JOINER or category == "Cs" or (category == "Cc" and not ch.isspace())
 
 
 def md_text(value: Any) -> str:

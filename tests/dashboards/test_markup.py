@@ -50,6 +50,7 @@ PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 @settings(max_examples=500)
 @given(st.text())
 @example("".join(sorted(PUNCTUATION)))
+@example(f"a{JOINER}:b")
 def test_escaped_text_is_only_text(text: str) -> None:
     escaped = md_text(text)
     # Structure: every ASCII punctuation character is escaped (Streamlit's math, directives,
@@ -78,6 +79,7 @@ def test_escaped_text_stays_text_inside_a_sentence(text: str) -> None:
 @given(st.text())
 @example("`a``b```c` ")
 @example("x :material/face: y")
+@example(JOINER)  # found by CI 2026-12-05: the text's own joiner was taken for one put there
 def test_a_code_span_holds_exactly_the_text(text: str) -> None:
     code = md_code(text)
     children = inline_children(f"Request {code} · lease until 12:00 UTC")
@@ -98,6 +100,7 @@ def test_hostile_strings_parse_to_their_text(text: str) -> None:
 
 def test_what_the_reader_sees() -> None:
     assert shown("  a\n\n\tb  ") == "a b"
+    assert shown(f"r1{JOINER}") == "r1\ufffd" != shown("r1")  # an invisible joiner is not hidden
     assert shown("a\x00b\u202ec") == "a\ufffdb\ufffdc"
     assert md_text("see [x](y)!") == "see \\[x\\]\\(y\\)\\!"
     assert md_text(":smile: a->b") == f"\\:{JOINER}smile\\: a\\-{JOINER}\\>b"

@@ -384,6 +384,9 @@ def test_a_broker_that_never_answers_ends_the_start_with_the_error_in_its_log(tm
         server.close()
     said = str(failed.value)
     assert "did not start: no answer to a metadata request within 8 s (its log says: " in said, said
-    assert "Connection reset by peer" in said and endpoint.removeprefix("http://") in said, said
+    # Closed before Tansu's request arrived, hyper reads an end of stream (IncompleteMessage);
+    # after, the kernel answers with a reset: which one depends on the load (CI 2026-12-05).
+    assert "Connection reset by peer" in said or "IncompleteMessage" in said, said
+    assert endpoint.removeprefix("http://") in said, said
     assert "start one with 'auditstream broker start'" not in said
     assert embedded.status(Settings(state_dir=state)) is None and _gone(_tansu_of(state))
