@@ -368,7 +368,7 @@ def main(args: CertifyArgs) -> int:
         else:
             rows = list(store.labels(args.model, with_input=False))
         stream = sampled_items(store, args.model)
-        scores = store.gold_accuracy().values()
+        scores = store.gold_accuracy(args.model).values()  # this model's gold only
         gold = (sum(s.n - s.correct for s in scores), sum(s.n for s in scores))
         cert, basis = recertify(model, rows, float(target), args.delta, gold, args.gold_delta, args.start_coverage,
                                 stream=stream, inputs=inputs, split_key=store.split_key)
@@ -382,7 +382,7 @@ def main(args: CertifyArgs) -> int:
         print(f"{args.model} v{model.card.version}: nothing certified at {cert.target_risk:.2%}: {cert.reason}", file=out)
     if cert.risk_against_truth is not None:
         print(f"  against the truth: <= {cert.risk_against_truth:.2%} (auditors' error <= {cert.auditor_error_bound:.2%} "
-              f"from {gold[1]} gold verdicts, gold_delta {cert.gold_delta})", file=out)
+              f"from {gold[1]} gold verdicts on {args.model}'s items, gold_delta {cert.gold_delta})", file=out)
     print(f"  from {basis['n_rows']} audited requests in stream order ({basis['verdicts_used']}); "
           f"{basis['waiting_for_verdict']} sampled requests still wait for a verdict"
           + (f" (the first: {basis['first_waiting']['request_id']}, {basis['first_waiting']['route']})"

@@ -231,10 +231,18 @@ class StoreReads:
             return []
         return [(float(b * bucket_s), counts.get(b, 0)) for b in range(min(counts), max(counts) + 1)]
 
-    def gold_accuracy(self) -> dict[str, GoldScore]:
-        rows = self._db.query(
-            "SELECT auditor, COUNT(*), SUM(gold_correct) FROM {p}verdicts WHERE is_gold = 1 AND kind <> 'skip' GROUP BY auditor"
-        )
+    def gold_accuracy(self, model: str | None = None) -> dict[str, GoldScore]:
+        """Each auditor's decisive verdicts on gold items (of ``model``'s items only, if given: an
+        auditor's record on one model's items says little about another's)."""
+        if model is None:
+            rows = self._db.query(
+                "SELECT auditor, COUNT(*), SUM(gold_correct) FROM {p}verdicts WHERE is_gold = 1 AND kind <> 'skip' GROUP BY auditor"
+            )
+        else:
+            rows = self._db.query(
+                "SELECT v.auditor, COUNT(*), SUM(v.gold_correct) FROM {p}verdicts v JOIN {p}items i ON i.id = v.item_id"
+                " WHERE v.is_gold = 1 AND v.kind <> 'skip' AND i.model = ? GROUP BY v.auditor", (model,)
+            )
         return {auditor: GoldScore(auditor, int(n), int(correct or 0)) for auditor, n, correct in rows}
 
     def agreement(self) -> Agreement:

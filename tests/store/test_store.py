@@ -450,6 +450,31 @@ def test_gold_items_are_mixed_in_scored_per_auditor_and_never_repeated(backend: 
         assert {r.topic for r in store.pending_outbox()} == {topics.VERDICTS}  # no decision for a gold item
 
 
+def test_gold_accuracy_of_one_model_counts_only_its_gold_items(backend: str, tmp_path: Path, fast_hashes: None) -> None:
+    """Review 2026-12-05: certify --model zip-reader bounded the auditors' error with their digits
+    gold record too (gold_accuracy took no model): the bound against the truth was per store."""
+    with make_store(backend, tmp_path, StoreConfig(gold_rate=1.0)) as store:
+        admin, alice = add_users(store, "ada", "alice")
+        store.accounts.set_role("ada", Role.ADMIN)
+        admin = store.accounts.get("ada")
+        for i in range(3):
+            store.add_gold(audit_item(f"zip-{i}", model="zip", output="12345"), "12345", admin, T0)
+            store.add_gold(audit_item(f"digit-{i}", model="digits", output=7), 7, admin, T0)
+        # gold stands in for a traffic item of its model (version, route)
+        store.ingest_many([audit_item("real-zip", model="zip"), audit_item("real-digit", model="digits", output=7)], T0)
+        for model in ["zip"] * 3 + ["digits"] * 3:  # right on every digits item, wrong on every zip item
+            claim = store.claim(alice, 60, T0, model=model)
+            assert claim.item.request_id.startswith(model[:3]), claim.item.request_id
+            wrong = claim.item.model == "zip"
+            store.record_verdict(store.new_verdict_id(), claim.item_id, alice, "correct" if wrong else "accept",
+                                 "99999" if wrong else None, T0)
+        every = store.gold_accuracy()["alice"]
+        assert (every.n, every.correct) == (6, 3)
+        assert (store.gold_accuracy("zip")["alice"].n, store.gold_accuracy("zip")["alice"].correct) == (3, 0)
+        assert (store.gold_accuracy("digits")["alice"].n, store.gold_accuracy("digits")["alice"].correct) == (3, 3)
+        assert store.gold_accuracy("captioner") == {}
+
+
 def test_double_review_needs_two_different_auditors_and_measures_agreement(backend: str, tmp_path: Path, fast_hashes: None) -> None:
     with make_store(backend, tmp_path, StoreConfig(double_review_rate=1.0)) as store:
         alice, bob = add_users(store, "alice", "bob")
