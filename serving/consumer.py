@@ -24,7 +24,10 @@ estimate, the route and whether the decision was QC-sampled). With an
 :class:`serving.episodes.EpisodeStore` the observation of an episode's step joins its frame
 stack and the decision carries the episode's context (taken when the step's frames are stacked,
 so two steps of an episode in one batch, or a step batched with its episode's end, log what
-they would alone); an ``episode_end`` request only ends the episode's state. A failed restore
+they would alone); an ``episode_end`` request only ends the episode's state. A record ``auditstream dlq replay``
+sent back (its ``auditstream-replay-of`` header) is a replay to the store: a replayed step its
+episode has moved past and no longer holds is that record's ``bad_schema`` dead letter, not a
+restart of the episode. A failed restore
 of the episode state stops the consumer at its next batch (``EpisodeStateNotRestored``). A *shadow* consumer (a candidate on the live model's requests), of any kind,
 writes predictions flagged ``shadow`` and nothing that acts: no decisions, actions, audit items
 or episode state. Given a :class:`LiveReference` (the version it is compared with, loaded beside
@@ -58,7 +61,7 @@ from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
 from auditstream.registry import ModelCard, TriageSpec
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import Action, AuditItem, Decision, InferenceRequest, Prediction, Reason, Route
+from auditstream.wire import Action, AuditItem, Decision, InferenceRequest, Prediction, Reason, Route, replay_of
 from qc.triage import TriagePolicy, hash_uniform, policy_for, triage
 from serving.episodes import EpisodeStep, EpisodeStore
 from serving.inference import Runner, infer
@@ -182,7 +185,7 @@ def _decode(record: Record, config: ServeConfig, episodes: EpisodeStore | None
     frame = prepare_input(request.input, episodes.spec)
     if request.episode_end:
         return request, frame, None
-    step = episodes.observe(request, frame, record.partition)
+    step = episodes.observe(request, frame, record.partition, replay_of=replay_of(record.headers))
     return request, step.input, step
 
 

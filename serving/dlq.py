@@ -1,6 +1,11 @@
 """Dead-letter replay (``auditstream dlq replay``): send dead letters back to the topic they came
 from, with their original key, value and headers, once the cause is fixed (a new model version,
-a widened input spec, a producer bug repaired).
+a widened input spec, a producer bug repaired). Each record sent back also carries the header
+``auditstream-replay-of`` (:data:`~auditstream.wire.REPLAY_OF_HEADER`) naming the letter it
+replays, ``<prefix>.dead-letter[partition]@offset`` (an original header of that name -- a replay
+that failed again -- is replaced): a policy consumer refuses a replayed episode step that its
+episode has moved past and no longer holds (:mod:`serving.episodes`), where a driver's own
+lower step restarts the episode.
 
 **What was replayed is recorded, not consumed.** The replay reads the dead-letter topic from the
 beginning with a :func:`~auditstream.kafka.make_reader` (no consumer group, nothing committed),
@@ -40,7 +45,7 @@ from auditstream.kafka import (Producer, Record, ensure_topics, make_producer, m
                                resolve_bootstrap, true_end_offsets)
 from auditstream.settings import Settings
 from auditstream.stream import Output
-from auditstream.wire import DeadLetter, Reason
+from auditstream.wire import REPLAY_OF_HEADER, DeadLetter, Reason
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +128,18 @@ def plan_replay(records: list[Record], settings: Settings, reasons: frozenset[st
             report.no_value += 1
         else:
             report.replayed[dl.reason] += 1
-            planned.append((record, Output(dl.source_topic, dl.key, dl.value, dl.headers)))
+            planned.append((record, Output(dl.source_topic, dl.key, dl.value, replay_headers(dl, record))))
     return planned
+
+
+def replay_headers(dl: DeadLetter, record: Record) -> tuple[tuple[str, bytes | None], ...]:
+    """The original's headers, in order, with :data:`REPLAY_OF_HEADER` naming the letter replayed
+    (``record``, the letter's own coordinates, its ledger key) last, in place of one the original
+    had (the letter of a replay that failed again): a consumer tells a replay from its producer's
+    own record by it. It adds ``len(REPLAY_OF_HEADER) + len(record.where)`` bytes (at most ~300)
+    to the original, which its letter carried whole: far below what the clients send at most."""
+    kept = tuple((name, value) for name, value in dl.headers if name != REPLAY_OF_HEADER)
+    return kept + ((REPLAY_OF_HEADER, ledger_key(record)),)
 
 
 def _send_and_record(producer: Producer, ledger: str, planned: list[tuple[Record, Output]]) -> None:

@@ -34,6 +34,20 @@ it), logged and counted in :attr:`EpisodeStore.restarted`. Taken for a replay, i
 the state: one record whose ``next_step`` was far ahead froze its episode -- every real step a
 "replay", the frame stack fixed, ``steps_seen`` negative -- until the idle expiry.
 
+**Unless it is a dead letter sent back.** A record ``auditstream dlq replay`` sends carries the
+``auditstream-replay-of`` header (:data:`~auditstream.wire.REPLAY_OF_HEADER`; ``observe``'s
+``replay_of``): it is no step of a driver, but an old one -- say the ``inference_failed`` letter
+of step 5, replayed with the episode at step 50. Such a step below the next step that the state
+does not hold is refused: that record's ``bad_schema`` dead letter (its original bytes kept),
+saying the episode has moved on, counted in :attr:`EpisodeStore.stale_replays`, and the state
+does not move. Going on from it stacked step 5's observation into the driver's step 51 (frames
+[5, 5, 51], ``steps_seen`` 7, no previous action: wrong actions, logged for offline evaluation)
+and, for an episode more than ``max_step_gap`` ahead, refused every later real step until the
+idle expiry. It cannot be answered again as it was (its frames are gone); the driver's later
+steps were answered. A replayed step the state holds is answered from the kept frames like any
+replay, and one of an episode the consumer holds no state of, or at or past its next step, is
+served as the driver's own would be.
+
 **Step numbers are bounded.** A request's step must be an integer from 0 to the wire's
 ``MAX_STEP`` and, for an episode whose state the consumer holds, at most ``max_step_gap``
 (default :data:`MAX_STEP_GAP`) past its next step. Anything else -- a negative, a bool, a float,
@@ -368,6 +382,7 @@ class EpisodeStore:
         self.ended_oversized = 0  # episodes ended because their state would exceed max_state_bytes
         self.evicted = 0  # episodes ended to keep at most max_live_episodes
         self.restarted = 0  # episodes that went on from a step below their next step they did not hold
+        self.stale_replays = 0  # replayed steps (dlq replay) below their next step they did not hold: refused
         self._evicted_since_checkpoint = 0
         # Request partitions whose restore failed, with the error. The Kafka clients run restore
         # inside a rebalance callback; it keeps the error here and process_batch raises it
@@ -389,10 +404,13 @@ class EpisodeStore:
 
     # -- the request path (called by serving.consumer.process_batch, in record order)
 
-    def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int) -> EpisodeStep:
+    def observe(self, request: InferenceRequest, frame: np.ndarray, partition: int,
+                replay_of: str | None = None) -> EpisodeStep:
         """The model input for this step (the frame stack) and its episode context, recording the
         observation. Raises DecodeError for a request it refuses (the state stays as it was, but
-        for a ``too_large`` step, which ends the episode)."""
+        for a ``too_large`` step, which ends the episode). ``replay_of``: the dead letter the
+        record replays (its ``auditstream-replay-of`` header, set by ``auditstream dlq replay``),
+        None for a driver's own record."""
         self.check_restored()
         key = request.episode_key
         if key is None:
@@ -407,13 +425,25 @@ class EpisodeStore:
         # commit). A step below next_step that it does not hold is older than its kept frames, or
         # the state is not this driver's (another writer's record, a jump): the driver's step wins
         # and the episode goes on from it, as after a lost state -- else every real step would be
-        # taken for a replay and the episode would freeze.
+        # taken for a replay and the episode would freeze. But a dead letter sent back by
+        # `dlq replay` is no driver's step: going on from it stacked its stale observation into
+        # the driver's next steps (or, past max_step_gap, refused them all until the idle expiry).
         if state is not None and step < state.next_step:
             entry = next((e for e in state.frames if e[0] == step), None)
             if entry is not None:  # a replay: answered from the kept frames, the state does not move
                 held = [e for e in state.frames if e[0] < step]
                 return EpisodeStep(self._stacked(key, step, held, frame), state, entry, _before(held, step),
                                    self._seen_as_of(state, step), replay=True)
+            if replay_of is not None:
+                self.stale_replays += 1
+                raise DecodeError(Reason.BAD_SCHEMA.value,
+                                  f"episode {short_repr(key)}: step {step} is replayed (dead letter "
+                                  f"{short_repr(replay_of)}) but the episode has moved on to step {state.next_step}, "
+                                  f"and step {step} is not among its kept steps {[s for s, _, _ in state.frames]} "
+                                  "(older than its kept frames), so it cannot be answered again as it was: its frame "
+                                  "stack and context are gone. The driver's later steps were answered; the episode's "
+                                  "state is left as it was. Nothing to replay: to have this observation answered, "
+                                  "send it as a step of a new episode")
         fresh = state is None or step < state.next_step
         held = [] if fresh else state.frames[-(self.keep - 1):]  # type: ignore[union-attr]
         stacked = self._stacked(key, step, held, frame)  # before anything moves: a refused step leaves no trace

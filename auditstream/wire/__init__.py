@@ -20,13 +20,13 @@ tokens and non-finite numbers are refused (strict JSON; a NaN confidence would s
 from auditstream.wire.codec import (
     ALLOWED_DTYPES, CONTENT_TYPE_HEADER, DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES,
     MAX_ID_CHARS, MAX_JSON_CONTAINERS, MAX_RANK, MAX_RECORD_BYTES, MAX_TENSOR_ELEMENTS,
-    REQUEST_CONTENT_TYPE, Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, schema,
+    REPLAY_OF_HEADER, REQUEST_CONTENT_TYPE, Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, schema,
 )
 from auditstream.wire.tensors import (
     ImageInput, ModelInput, decode_input, decode_tensor, encode_input, encode_tensor,
 )
 from auditstream.wire.records import (
-    AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Verdict, parse_latency_headers,
+    AuditItem, DeadLetter, Decision, InferenceRequest, Prediction, Verdict, parse_latency_headers, replay_of,
 )
 from auditstream.wire.episodes import Action, Transition
 
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_RANK",
     "MAX_RECORD_BYTES",
     "MAX_TENSOR_ELEMENTS",
+    "REPLAY_OF_HEADER",
     "REQUEST_CONTENT_TYPE",
     "Reason",
     "Route",
@@ -61,6 +62,7 @@ __all__ = [
     "Prediction",
     "Verdict",
     "parse_latency_headers",
+    "replay_of",
     "Action",
     "Transition",
 ]

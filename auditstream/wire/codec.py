@@ -18,6 +18,11 @@ WIRE_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
 REQUEST_CONTENT_TYPE = b"application/vnd.auditstream.request.v1+json"
 LATENCY_HEADERS = ("queue-s", "inference-s", "end-to-end-s")
+# Set by ``auditstream dlq replay`` on every record it sends back: the dead letter it replays, as
+# ``<dead-letter topic>[partition]@offset`` (its ledger key). A policy consumer refuses a replayed
+# step its episode has moved past and no longer holds (serving.episodes), where a driver's own
+# lower step restarts the episode.
+REPLAY_OF_HEADER = "auditstream-replay-of"
 
 ALLOWED_DTYPES = ("float32", "float64", "uint8", "int32", "int64")
 MAX_TENSOR_ELEMENTS = 16_777_216  # 64 MiB of float32: a guard against hostile shapes

@@ -10,8 +10,8 @@ from typing import Any
 
 from auditstream.errors import DecodeError
 from auditstream.wire.codec import (
-    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_RECORD_BYTES,
-    Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field, short_repr,
+    DECISION_SOURCES, LATENCY_HEADERS, MAX_DEAD_LETTER_BYTES, MAX_DETAIL_CHARS, MAX_ID_CHARS, MAX_RECORD_BYTES,
+    REPLAY_OF_HEADER, Reason, Route, TaskKind, VerdictKind, WIRE_VERSION, _dumps, _enum, _step, id_field, number_field, short_repr,
     strict_loads, typed_field,
 )
 from auditstream.wire.tensors import ModelInput, _b64decode, decode_input, encode_input, may_hold_bools
@@ -164,6 +164,23 @@ def parse_latency_headers(headers: Any) -> dict[str, float]:
         if math.isfinite(seconds):
             latency[name] = seconds
     return latency
+
+
+def replay_of(headers: Any) -> str | None:
+    """The dead letter a record replays (its :data:`REPLAY_OF_HEADER`, as
+    ``<dead-letter topic>[partition]@offset``), or None for a record that is no replay. A header
+    with a null or unreadable value still marks a replay (what it names is then ``"?"``)."""
+    for item in headers or ():
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            continue
+        if name == REPLAY_OF_HEADER:
+            try:
+                return bytes(value).decode("utf-8", "replace")[:MAX_ID_CHARS * 2] or "?"
+            except TypeError:  # a null value
+                return "?"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

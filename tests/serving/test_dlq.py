@@ -14,7 +14,7 @@ import pytest
 from auditstream import topics as T
 from auditstream.kafka import Record, make_producer
 from auditstream.settings import Settings
-from auditstream.wire import DeadLetter
+from auditstream.wire import REPLAY_OF_HEADER, DeadLetter
 from serving.dlq import LEDGER, ReplayReport, plan_replay, replay, replayable_topic
 from tests.serving.kafka_readers import read_topic
 
@@ -36,6 +36,17 @@ def test_only_request_and_monitor_input_topics_are_replayable(topic, ok) -> None
     assert replayable_topic(SETTINGS, topic) is ok
 
 
+def test_a_replayed_records_replay_header_replaces_its_originals() -> None:
+    """The letter of a replay that failed again carries the header of that replay: sent back
+    again, it names the newer letter, once, and the other headers keep their order."""
+    dl = DeadLetter("inference_failed", "why", "acme.requests.tiny", 0, 3, b"v", b"k",
+                    (("a", b"1"), (REPLAY_OF_HEADER, b"acme.dead-letter[0]@0"), ("b", None)), 1.0)
+    record = Record("acme.dead-letter", 2, 41, b"k", dl.to_bytes())
+    [(_, out)] = plan_replay([record], SETTINGS, None, set(), ReplayReport())
+    assert out.headers == (("a", b"1"), ("b", None), (REPLAY_OF_HEADER, b"acme.dead-letter[2]@41"))
+    assert (out.key, out.value) == (b"k", b"v")
+
+
 def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
     records = [letter(0, "wrong_model", "acme.requests.tiny", b"a"), letter(1, "too_large", "acme.requests.tiny"),
                letter(2, "wrong_model", "acme.verdicts", b"forged"), letter(3, "wrong_model", "acme.requests.tiny"),
@@ -47,7 +58,8 @@ def test_plan_skips_filtered_refuses_forged_and_remembers_the_ledger() -> None:
     report = ReplayReport()
     planned = plan_replay(records, SETTINGS, frozenset({"wrong_model"}), {b"acme.dead-letter[0]@3"}, report)
     assert [(r.offset, out.topic, out.value, out.headers) for r, out in planned] == \
-        [(0, "acme.requests.tiny", b"a", (("h", b"1"), ("trace", None)))]  # a null header value stays null
+        [(0, "acme.requests.tiny", b"a", (("h", b"1"), ("trace", None),  # a null header value stays null
+                                          (REPLAY_OF_HEADER, b"acme.dead-letter[0]@0")))]  # which letter it replays
     assert report.to_json() == {"replayed": {"wrong_model": 1}, "skipped": {"too_large": 1}, "already_replayed": 1,
                                 "refused": {"acme.verdicts": 1}, "unreadable": 1, "no_value": 1,
                                 "not_carried": 1, "outbox": 0}
@@ -84,9 +96,16 @@ def test_replay_on_the_broker_filtered_then_all_then_nothing(stream_settings: Se
     assert not third.replayed and third.already == 5
     replayed = read_topic(settings, source, until_count=5, timeout_s=30)
     assert sorted(r.value for r in replayed) == sorted(dl.value for dl in letters)  # each exactly once, nothing forged
-    assert [tuple(r.headers) for r in replayed if r.value.startswith(b"wm-")] == [headers] * 3
+    # as they came, and which letter each replays (its ledger key)
+    ledger = {r.key: json.loads(r.value) for r in read_topic(settings, settings.topic(LEDGER), until_count=5,
+                                                              timeout_s=30)}
+    for r in replayed:
+        *original, (name, of) = tuple(r.headers)
+        assert name == REPLAY_OF_HEADER and of in ledger and ledger[of]["replayed_to"] == source
+        assert tuple(original) == (headers if r.value.startswith(b"wm-") else ())
+    assert len({dict(r.headers)[REPLAY_OF_HEADER] for r in replayed}) == 5
     assert read_topic(settings, settings.topic(T.CONTROL), timeout_s=10, idle_s=1) == []
-    assert len(read_topic(settings, settings.topic(LEDGER), until_count=5, timeout_s=30)) == 5
+    assert len(ledger) == 5
 
 
 @pytest.mark.kafka

@@ -131,21 +131,29 @@ def assert_a_state_the_consumer_can_write(state: EpisodeState) -> None:
 
 
 @FUZZ
-@given(restored=states, driver=st.lists(steps_near | st.integers(GAP, 2 * GAP + 45), min_size=1, max_size=20))
-@example(restored=(2_147_483_646, 2, [0, 2_147_483_645]), driver=[0])  # CI: K more steps would pass MAX_STEP
+@given(restored=states, driver=st.lists(st.tuples(steps_near | st.integers(GAP, 2 * GAP + 45), st.booleans()),
+                                        min_size=1, max_size=20))
+@example(restored=(2_147_483_646, 2, [0, 2_147_483_645]), driver=[(0, False)])  # CI: K more steps would pass MAX_STEP
+@example(restored=(100, 100, [97, 98, 99]), driver=[(5, True), (100, False), (3, False)])  # a dlq-replayed stale step
 def test_after_any_restored_state_every_step_it_does_not_hold_moves_the_episode(restored, driver) -> None:
+    """Each step is the driver's own or (``replayed``) a dead letter sent back by ``dlq replay``:
+    a replayed step below the next step that the state does not hold is refused and moves nothing."""
     next_step, steps_seen, frames = restored
     store = store_restored(state_record(next_step, steps_seen, frames))
-    for i, step in enumerate(driver):
+    for i, (step, replayed) in enumerate(driver):
         state = store.states.get(KEY)
         held = state is not None and step < state.next_step and step in [s for s, _, _ in state.frames]
+        stale = replayed and state is not None and step < state.next_step and not held
         before = None if state is None else state.to_bytes()
         obs = obs_of(step, salt=i % 5 + 1)
         try:
-            stacked = store.observe(InferenceRequest(f"r{i}", "stacked", obs, NOW, KEY, step), obs, PARTITION)
-        except DecodeError:  # past max_step_gap: that record's dead letter, the state as it was
+            stacked = store.observe(InferenceRequest(f"r{i}", "stacked", obs, NOW, KEY, step), obs, PARTITION,
+                                    replay_of="t.dead-letter[0]@7" if replayed else None)
+        except DecodeError as e:  # past max_step_gap, or a stale replay: that record's dead letter, the state as it was
             assert (None if store.states.get(KEY) is None else store.states[KEY].to_bytes()) == before
+            assert stale == ("is replayed" in e.detail), e.detail
             continue
+        assert not stale, "a replayed step the state does not hold below its next step is refused"
         state = store.states[KEY]
         if held:  # a replay: answered from the kept frames, the state as it was
             assert state.to_bytes() == before
