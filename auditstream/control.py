@@ -55,6 +55,10 @@ MAX_REASON_CHARS = MAX_DETAIL_CHARS
 # Overrides per model: versions that went over budget, each kept until a person clears it. With
 # every field at its longest a state stays under 1 MiB, what any broker's topics take by default.
 MAX_THRESHOLD_OVERRIDES = 256
+# A threshold no confidence reaches: every answer of the version deferred to a human. The monitor
+# publishes it for a version over budget with no threshold that passes (monitor/control.py); a
+# consumer applies it itself while its view has not read the topic yet (serving/app.py).
+DEFER_ALL = 1.01
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ class ControlView:
 
         self.skipped = 0  # records refused (each logged with where it is and what is wrong)
         self.topic = settings.topic(CONTROL)
-        group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
+        group = self.group = f"{settings.topic_prefix}-control-view-{uuid.uuid4().hex[:12]}"
         # Control records are rare and a half-second delay is harmless: an idle kafka-python
         # consumer at the default 10 ms fetch wait costs ~11% of a core (docs/serving.md,
         # "Where a record's time went").
@@ -227,6 +231,11 @@ class ControlView:
     def rollouts(self) -> dict[str, Rollout]:
         with self._lock:
             return dict(self._rollouts)
+
+    def caught_up(self) -> bool:
+        """True once the view has read everything the topic held when it joined (no wait: one
+        Event check, cheap enough for every batch)."""
+        return self._caught_up.is_set()
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         """True once the view has read everything the topic held when it joined."""

@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Mapping, Sequence
 
-from auditstream.control import MAX_THRESHOLD_OVERRIDES, ControlState
+from auditstream.control import DEFER_ALL, MAX_THRESHOLD_OVERRIDES, ControlState
 from auditstream.wire import MAX_ID_CHARS, Route
 from qc.snapshot import ModelQC
 from store.records import StoreStats
 
 log = logging.getLogger(__name__)
-# Over budget with no threshold that passes the audited bound: defer every answer to humans.
-DEFER_ALL = 1.01
+# Over budget with no threshold that passes the audited bound: defer every answer to humans with
+# DEFER_ALL (1.01; defined with the control records in auditstream/control.py, since serving
+# defers with it too before its view has read the topic).
 
 
 def human_queue_depths(stats: StoreStats) -> dict[str, int]:

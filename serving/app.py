@@ -4,7 +4,9 @@ at-least-once :class:`~auditstream.stream.StreamLoop` around :func:`serving.cons
 Start-up order: load + verify the model (a corrupt file stops here) → create and warm up the
 ONNX Runtime session from the verified bytes → make sure the topics exist → start the control
 view → join the consumer group ``<prefix>-serve-<model>`` → start the lag probe
-(:mod:`serving.lag`) → start /metrics → poll. If a step fails, everything started before it is
+(:mod:`serving.lag`) → start /metrics → poll. The control view is not waited for at start (its
+group joins while the serving consumer's does); a batch before it has read the topic waits for it,
+bounded, and is routed with every answer deferred if it still has not (:class:`ControlGate`). If a step fails, everything started before it is
 stopped before the error propagates (no stray threads or sessions in a process that retries). Per-episode state (RL) plugs in through
 :class:`~auditstream.stream.LoopHooks` (``hooks=``): assignment/revocation callbacks and extra
 outputs (state snapshots) checkpointed with each batch. A policy model gets a
@@ -35,7 +37,7 @@ import numpy as np
 
 from auditstream import model_sandbox, tasks
 from auditstream import topics as T
-from auditstream.control import ControlView
+from auditstream.control import DEFER_ALL, ControlState, ControlView
 from auditstream.errors import BadArguments, ConfigError, ModelRefused
 from auditstream.kafka import Producer, Record, ensure_topics, iter_to_end, make_producer, resolve_bootstrap
 from auditstream.kafka.limits import RECORD_OVERHEAD_BYTES, check_dead_letter_limit, topic_limits
@@ -53,6 +55,66 @@ from serving.rollout import ServedVersion, VersionLoader, VersionSet, check_swit
 from serving.runtime import ModelSession, load_session
 
 log = logging.getLogger(__name__)
+# While the control view has not read the control topic yet, a batch waits for it at most this
+# share of max_poll_interval_ms (what both Kafka clients are given), and never longer than
+# MAX_CONTROL_WAIT_S: the wait is part of the batch's time between two polls (PollBudget keeps a
+# batch under half the interval, so the wait leaves it most of its share).
+CONTROL_WAIT_SHARE = 0.1
+MAX_CONTROL_WAIT_S = 10.0
+
+
+def control_wait_s(settings: Settings) -> float:
+    """How long one batch waits for an unread control view (see CONTROL_WAIT_SHARE)."""
+    return min(MAX_CONTROL_WAIT_S, CONTROL_WAIT_SHARE * settings.max_poll_interval_ms / 1000)
+
+
+class ControlGate:
+    """The control state each batch is triaged with, and what to do before the view has read the
+    topic (docs/serving.md, "The control channel").
+
+    The view joins its own group while the serving consumer joins the request group (both at
+    once: on Tansu each first join is held for half a session timeout, so one after the other
+    would add seconds to every start). Until the view has read what the topic held when it
+    joined, its state may lack a sticky override (a ``DEFER_ALL`` or a tightened threshold), so
+    a batch waits for it up to ``wait_s``; if it still has not caught up, the batch is routed
+    with every version deferred (``DEFER_ALL``: every answer to HUMAN, none auto-accepted),
+    logged once and counted in ``unread_batches``. Once caught up: the view's state, as is."""
+
+    def __init__(self, view: Any, model: str, wait_s: float, unread_batches: Any = None) -> None:
+        self.view, self.model, self.wait_s, self.unread_batches = view, model, wait_s, unread_batches
+        self.deferred_batches = 0  # batches routed with every answer deferred since the start
+        self._said_unread = self._said_read = False
+
+    def read(self) -> tuple[ControlState | None, bool]:
+        """(the model's latest state, whether the view has read the topic): once per batch."""
+        caught_up = self.view.caught_up() or self.view.wait_caught_up(self.wait_s)
+        if not caught_up:
+            self.deferred_batches += 1
+            if self.unread_batches is not None:
+                self.unread_batches.inc()
+            if not self._said_unread:
+                self._said_unread = True
+                log.warning("the control topic %s has not been read yet (waited %.1f s): every answer is deferred "
+                            "to a human until it is (auditstream_serve_control_unread_batches_total counts the "
+                            "batches); check that the topic exists and that this principal may Read it and the "
+                            "view's group (%s: grant the prefix <prefix>-control-view-; docs/serving.md, \"Who "
+                            "may write what (ACLs)\")", getattr(self.view, "topic", "control"), self.wait_s,
+                            getattr(self.view, "group", "?"))
+        elif self._said_unread and not self._said_read:
+            self._said_read = True
+            log.info("the control topic has been read: routing follows it again (%d batches were deferred "
+                     "before)", self.deferred_batches)
+        return self.view.get(self.model), caught_up
+
+    @staticmethod
+    def config(config: ServeConfig, state: ControlState | None, caught_up: bool) -> ServeConfig:
+        """``config`` with the batch's control state; before the view has read the topic, with
+        ``config``'s version deferred whatever the state says so far."""
+        if not caught_up:
+            state = ControlState(config.card.name, state.human_queue_depth if state is not None else 0,
+                                 {config.card.version: DEFER_ALL},
+                                 "the control topic has not been read yet: every answer deferred")
+        return dataclasses.replace(config, control=state)
 
 
 def group_id(settings: Settings, model: str) -> str:
@@ -148,6 +210,10 @@ class ServeApp:
                 self.control_view = ControlView(settings, bootstrap).start()
                 started.callback(self.control_view.stop)
                 self.metrics.count_skipped("control", self.control_view)
+            # Not waited for here: the view's group joins while the serving consumer joins its own.
+            self.control_gate = (None if self.control_view is None else
+                                 ControlGate(self.control_view, model.card.name, control_wait_s(settings),
+                                             self.metrics.control_unread_batches.labels(model.card.name)))
             following = follow_rollout and self.control_view is not None
             loader = VersionLoader(self._load_version, self._load_failed) if following else None
             self.versions = VersionSet(live, loader, self.control_view if following else None, model.card.name,
@@ -315,14 +381,14 @@ class ServeApp:
     # -- the batch --------------------------------------------------------------------------------
 
     def _process(self, records: list[Record]) -> list[list[Output]]:
+        # The monitor's latest word, read once per batch (waiting, bounded, for a view that has
+        # not read the topic yet: then every answer is deferred, ControlGate).
+        control, caught_up = self.control_gate.read() if self.control_gate is not None else (None, True)
         self.versions.follow()  # a promotion or canary announced since the last batch
-        control = None
-        if self.control_view is not None:  # the monitor's latest word, read once per batch
-            control = self.control_view.get(self.model.card.name)
         now = time.time()
         results: list[RecordResult] = [RecordResult()] * len(records)
         for served, indices in self.versions.split(records):
-            config = served.config if self.control_view is None else dataclasses.replace(served.config, control=control)
+            config = served.config if self.control_gate is None else ControlGate.config(served.config, control, caught_up)
             part = [records[i] for i in indices]
             answered = process_batch(part, served.runner, config, now, self.episodes, self.reference)
             served.failures.observe(answered)  # a long streak of failed inferences: the model is broken

@@ -27,6 +27,9 @@ What each one measures (docs/serving.md, "Metrics"):
   per-version series (``predictions_total{version=...}``) show which version answered what.
 * ``over_capacity`` -- deferrals that joined a human queue at or over its configured depth
   (still deferred, never auto-accepted: qc/triage.py).
+* ``control_unread_batches_total`` -- batches routed with every answer deferred (HUMAN) because
+  the control view had not read the control topic yet (serving/app.py, :class:`ControlGate`): a
+  few at start-up are a slow join; a count that keeps rising means the view cannot read the topic.
 * ``skipped_state_records`` -- records of a compacted topic (``control``, ``episode-state``) this
   process refused since it started, read at scrape time from the control view and the episode
   store: each is logged with where it is and why, and a compacted topic keeps it, so any
@@ -95,11 +98,16 @@ class ServeMetrics:
                                              "version kept serving).", ["model"], registry=r)
         self.canary_share = Gauge("auditstream_serve_canary_share", "Share of requests the canary version answers "
                                   "(0: no canary).", ["model"], registry=r)
+        self.control_unread_batches = Counter("auditstream_serve_control_unread_batches_total",
+                                              "Batches routed with every answer deferred to a human because the "
+                                              "control view had not read the control topic yet.", ["model"],
+                                              registry=r)
         self.skipped_state_records = Gauge("auditstream_serve_skipped_state_records",
                                            "Records of a compacted topic (control, episode-state) this process "
                                            "refused since it started; each is logged with where it is and why.",
                                            ["model", "topic"], registry=r)
-        for metric in (self.version_switches, self.version_load_failures, self.canary_share):
+        for metric in (self.version_switches, self.version_load_failures, self.canary_share,
+                       self.control_unread_batches):
             metric.labels(model)
         for topic in STATE_TOPICS:
             self.skipped_state_records.labels(model, topic)

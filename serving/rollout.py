@@ -16,12 +16,16 @@ model's :class:`~auditstream.control.Rollout` from the control view once per bat
 2. switches between batches, once the version is ready: the batch in flight was answered by the
    old version, the next one by the new; the old session is closed after the switch;
 3. a version that fails to load is logged, counted (``version_load_failures_total``) and not
-   tried again until the next announcement; the old version keeps serving.
+   tried again until the next announcement; the old version keeps serving;
+4. a version loaded for an announcement that a newer one replaced before a batch took it (a
+   canary called off with ``--canary-share 0``) is closed at once, not kept until shutdown.
 
 Only announcements made after this consumer started move its live version (it read the
 registry's ``LIVE`` pointer at start, which ``auditstream promote`` sets before announcing); so a
 stale record on the compacted topic never rolls a freshly started consumer back. The canary
-settings of the latest record always apply.
+settings of the latest record always apply, and no record at all (a tombstone of
+``rollout:<model>``, which also stops the monitor counting the canary) ends a running canary:
+the live version answers alone, as it does where no rollout was ever announced.
 
 Canary: a record goes to the canary when a stable hash of its key (the request id; an episode's
 key for episodes, so an episode stays on one version) is under ``canary_share``; the canary
@@ -132,6 +136,15 @@ class VersionLoader:
         with self._lock:
             return self._ready.pop(version, None)
 
+    def discard(self, keep: set[str]) -> None:
+        """Close the loaded versions not in ``keep`` (an announcement replaced before a batch took
+        them: a session held until shutdown would keep its memory, on a GPU host the device's)."""
+        with self._lock:
+            dropped = [self._ready.pop(v) for v in list(self._ready) if v not in keep]
+        for served in dropped:
+            log.info("version %s was loaded for a rollout that no longer names it: closed", served.version)
+            served.close()
+
     def busy(self) -> bool:
         with self._lock:
             return bool(self._loading)
@@ -178,10 +191,11 @@ class VersionSet:
         while not self._stop.wait(interval_s):
             try:
                 rollout = self._latest()
-                if rollout is not None:
-                    for version in filter(None, self._targets(rollout)):
-                        if version not in (self.live.version, self.canary.version if self.canary else None):
-                            self._loader.want(version)  # type: ignore[union-attr]
+                wanted = set(filter(None, self._targets(rollout))) if rollout is not None else set()
+                for version in wanted:
+                    if version not in (self.live.version, self.canary.version if self.canary else None):
+                        self._loader.want(version)  # type: ignore[union-attr]
+                self._loader.discard(wanted)  # type: ignore[union-attr]
             except Exception:  # noqa: BLE001 - the watcher must not die; follow() still loads on its own
                 log.exception("rollout watcher")
 
@@ -189,9 +203,10 @@ class VersionSet:
         """The model's latest rollout; a new announcement lets failed versions be tried again."""
         rollout = self._view.rollout(self._model) if self._view is not None else None
         with self._lock:
-            if rollout is not None and rollout != self._seen:
+            if rollout != self._seen:
                 self._seen = rollout
-                self._loader.retry()  # type: ignore[union-attr]
+                if rollout is not None:
+                    self._loader.retry()  # type: ignore[union-attr]
         return rollout
 
     def _targets(self, rollout: Rollout) -> tuple[str | None, str | None]:
@@ -211,15 +226,16 @@ class VersionSet:
         return (live if live != self.live.version else None), canary
 
     def follow(self) -> None:
-        """Apply the latest rollout (loop thread, between batches)."""
+        """Apply the latest rollout (loop thread, between batches). No rollout record (none yet,
+        or its tombstone) means the live version alone: a running canary ends. Versions loaded
+        for an announcement that the latest one no longer names are closed."""
         if self._view is None or self._loader is None:
             return
         rollout = self._latest()
-        if rollout is None:
-            return
-        live, canary = self._targets(rollout)
+        live, canary = self._targets(rollout) if rollout is not None else (None, None)
+        self._loader.discard({v for v in (live, canary) if v is not None})
         changed = self._switch_live(live) if live is not None else False
-        changed |= self._set_canary(canary, rollout.canary_share)
+        changed |= self._set_canary(canary, rollout.canary_share if rollout is not None else 0.0)
         if changed and self._on_change is not None:
             self._on_change(self)
 

@@ -223,3 +223,75 @@ def test_a_version_that_passes_the_checks_but_fails_its_warm_up_keeps_the_live_o
         follow_until(versions, lambda: versions.live.version == good.card.version)
     finally:
         versions.close()
+
+
+def closing_versions_of(registry: ModelRegistry, view: View) -> tuple[VersionSet, VersionLoader, list[str]]:
+    """A version set whose loaded versions record their close() in the returned list."""
+    closed: list[str] = []
+
+    def load(version: str) -> ServedVersion:
+        version_served = served(registry, version)
+        close = version_served.close
+        version_served.close = lambda: (closed.append(version), close())  # type: ignore[method-assign]
+        return version_served
+
+    loader = VersionLoader(load, lambda v, e: None)
+    return VersionSet(served(registry, "1"), loader, view, "tiny"), loader, closed
+
+
+def wait_for(done, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "never got there"
+        time.sleep(0.05)
+
+
+def test_a_canary_called_off_before_a_batch_took_it_is_closed_by_the_next_batch(registry):
+    """Review 2026-12-05: the watcher loads an announced canary at once; called off
+    (``--canary-share 0``) before a batch took it, its session stayed open until shutdown."""
+    view = View()
+    versions, loader, closed = closing_versions_of(registry, view)
+    try:
+        view.current = Rollout("tiny", "1", canary_version="2", canary_share=0.25, updated_at_s=time.time() + 1)
+        loader.want("2")  # what the watcher does as soon as the view has the announcement
+        wait_for(lambda: "2" in loader._ready)
+        view.current = Rollout("tiny", "1", canary_share=0.0, updated_at_s=time.time() + 2)  # called off
+        versions.follow()
+        assert closed == ["2"] and not loader._ready
+        assert versions.canary is None and versions.live.version == "1"
+    finally:
+        versions.close()
+    assert closed == ["2"]  # closed once
+
+
+def test_the_watcher_closes_a_called_off_canary_without_any_batch(registry):
+    view = View()
+    versions, loader, closed = closing_versions_of(registry, view)
+    versions.start(interval_s=0.05)
+    try:
+        view.current = Rollout("tiny", "1", canary_version="2", canary_share=0.25, updated_at_s=time.time() + 1)
+        wait_for(lambda: "2" in loader._ready)
+        view.current = Rollout("tiny", "1", canary_share=0.0, updated_at_s=time.time() + 2)  # called off
+        wait_for(lambda: closed == ["2"])  # no batch needed to let it go
+        assert not loader._ready and versions.canary is None
+    finally:
+        versions.close()
+
+
+def test_a_tombstone_of_the_rollout_record_ends_the_canary(registry):
+    """Review 2026-12-05: deleting ``rollout:<model>`` (the monitor then stops counting the canary)
+    left a running canary on its share; no rollout record means the live version alone."""
+    view = View()
+    versions, _, closed = closing_versions_of(registry, view)
+    records = [Record("t", 0, i, f"r{i}".encode(), b"{}") for i in range(100)]
+    try:
+        view.current = Rollout("tiny", "1", canary_version="2", canary_share=0.25, updated_at_s=time.time() + 1)
+        follow_until(versions, lambda: versions.canary is not None)
+        view.current = None  # the view applied a tombstone of rollout:tiny
+        versions.follow()
+        assert versions.canary is None and versions.canary_share == 0.0 and closed == ["2"]
+        assert versions.live.version == "1" and versions.split(records) == [(versions.live, list(range(100)))]
+        view.current = Rollout("tiny", "1", canary_version="2", canary_share=0.25, updated_at_s=time.time() + 2)
+        follow_until(versions, lambda: versions.canary is not None)  # a new announcement starts it again
+    finally:
+        versions.close()
