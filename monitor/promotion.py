@@ -10,7 +10,8 @@
    **every compared request is a pair** (the ``traffic`` stratum, qc/paired.py): the same answer
    is concordant without an audit, a difference is settled by the request's verdict or, nobody
    having audited it, counted against the candidate. Without them (a detector, whose boxes match
-   with a tolerance, or a shadow that could not load the live version) each audited item of the live version with a first decisive verdict and a
+   with a tolerance, or a shadow that could not load the live version) each audited item of the live version with its label (the decisive verdict of its last needed
+   review round: a double-reviewed item's adjudication, the label certify and retrain use) and a
    shadow answer is one pair, one stratum per route, counted in the store's ingest order up to a
    point (qc.promotion.pairs_by_stratum): a pair still waiting for its verdict before that point
    counts against the candidate, so which pairs count never depends on which verdicts auditors

@@ -147,8 +147,8 @@ def pairs_by_stratum(audits: list[tuple], per_route: bool, margin: float | None 
     audit the candidate did not answer (``candidate_wrong`` None) before the first one it did
     answer counts for nothing (the shadow started later, or retention had dropped the request)
     but still makes its route a stratum, so a route the shadow has not reached yet cannot be
-    skipped. A ``waiting`` pair (no first decisive verdict yet) -- and an audit after the
-    shadow's first answer that it has not answered yet (a shadow answer may come late) -- is
+    skipped. A ``waiting`` pair (no label yet: no decisive verdict of its last needed review
+    round) -- and an audit after the shadow's first answer that it has not answered yet (a shadow answer may come late) -- is
     counted as ``b``: the candidate wrong, live right, the worst case for the candidate, whatever
     its placeholder values. So a late answer or verdict only turns a ``b`` into its true value
     and never inserts a pair into a prefix an earlier look counted.

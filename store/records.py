@@ -360,6 +360,24 @@ def check_correction(task: TaskKind | str | None, kind: VerdictKind, corrected_o
         raise ValueError(f"the corrected output is {problem}; refused, nothing recorded")
 
 
+def normalise_answer(task: TaskKind | str | None, answer: Any, details: Any) -> Any:
+    """An auditor's correction or an admin's gold answer in the one form every reader compares
+    (:meth:`Task.normalise_answer`, by the item's prediction ``details``: a detector's class names
+    become the card's class indices, which the model's answers use). ``ValueError`` -- "refused,
+    nothing recorded" -- for one that cannot be (a class name that is none of the card's). An
+    unknown kind or no answer: unchanged."""
+    if answer is None or not task:
+        return answer
+    try:
+        rule = tasks.lookup(task)
+    except Exception:  # noqa: BLE001 - a kind this release does not know: stored as given
+        return answer
+    try:
+        return rule.normalise_answer(answer, details)
+    except ValueError as e:
+        raise ValueError(f"the answer is not one of the model's: {e}; refused, nothing recorded") from None
+
+
 def decision_key(item: StoredItem) -> bytes:
     """The key of a human ``Decision``: the episode key when the item belongs to an RL episode,
     else the request id — the rule of ``InferenceRequest.key`` and of the model's own decisions

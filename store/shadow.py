@@ -4,10 +4,16 @@ A candidate version served in shadow (``auditstream serve --model NAME --version
 writes a prediction flagged ``shadow`` for every live request and nothing that acts. The monitor
 ingests those predictions here (:meth:`ShadowAnswers.ingest`, one transaction per batch,
 idempotent on (request id, model, version)), and :meth:`ShadowAnswers.paired_stream` joins them
-with the audit items of the live version in the store's ingest order: for each item with a first
-decisive verdict, was the live answer wrong, and was the candidate's (``None``: the candidate has
-not answered it yet)? Items still waiting for a verdict keep their place (``waiting``): the gate
-counts a prefix of that order, not whichever verdicts exist (qc/promotion.py, ``pairs_by_stratum``).
+with the audit items of the live version in the store's ingest order: for each item with its
+label -- the decisive verdict of its last needed review round (``items.reviews_needed``: a
+double-reviewed item's second review is the adjudication), the verdict ``certify --from-audits``
+and ``retrain`` take as the label (monitor/verdict_sets.py) -- was the live answer wrong, and was
+the candidate's (``None``: the candidate has not answered it yet)? Items still waiting for that
+verdict (a double-reviewed item with only its first review is one) keep their place
+(``waiting``): the gate counts a prefix of that order, not whichever verdicts exist
+(qc/promotion.py, ``pairs_by_stratum``). The QC error estimates read the first decisive verdict
+instead (``qc_stream``), for promptness; the gate judges by the adjudicated label, so that it and
+certify never disagree about the same request (docs/qc-statistics.md, "Which audited pairs count").
 
 Volume: only audited requests matter, but a shadow answer may arrive before or after its
 request's audit item (two consumers, two speeds). So every shadow answer is written, and
@@ -78,7 +84,8 @@ class PairedAudit:
     route: str  # the live version's route: HUMAN (deferred) or AUTO_QC (QC sample)
     live_wrong: bool
     candidate_wrong: bool | None  # None: the candidate has no shadow answer for it (yet)
-    # True: no first decisive verdict yet (paired_stream only); live_wrong is then False and
+    # True: no label yet (no decisive verdict of the item's last needed review round;
+    # paired_stream only); live_wrong is then False and
     # candidate_wrong True where the candidate answered -- the worst case, as the gate counts it
     waiting: bool = False
 
@@ -86,7 +93,8 @@ class PairedAudit:
 @dataclass(frozen=True)
 class TrafficPair:
     """One request both versions answered, whatever its route: the same answer or not, and where
-    not, who was wrong by the first decisive verdict on the request (None: nobody audited it)."""
+    not, who was wrong by the label of the request's audit item (the decisive verdict of its last
+needed review round; None: nobody audited it, or its adjudication is still to come)."""
 
     request_id: str
     same_answer: bool
@@ -174,8 +182,8 @@ class ShadowAnswers:
         return int(rows[0][0])
 
     def paired_audits(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
-        """Every audited (non-gold) item of ``model`` v``live_version`` with its first decisive
-        verdict, paired with the candidate's shadow answer where there is one, in the store's
+        """Every audited (non-gold) item of ``model`` v``live_version`` with its label (the decisive
+        verdict of its last needed review round), paired with the candidate's shadow answer where there is one, in the store's
         ingest order. The promotion gate reads :meth:`paired_stream` (these and the items still
         waiting): the decided ones alone are a set chosen by when auditors decide."""
         return [a for a in self.paired_stream(model, live_version, candidate_version) if not a.waiting]
@@ -183,13 +191,16 @@ class ShadowAnswers:
     def paired_stream(self, model: str, live_version: str, candidate_version: str) -> list[PairedAudit]:
         """Every (non-gold) audit item of ``model`` v``live_version`` in the order the store
         received it (``items.id``, assigned at ingest, before any verdict: stream order, as
-        ``qc_stream`` and ``certify --from-audits`` read), decided or not: an item without a first
-        decisive verdict yet is ``waiting`` (its candidate_wrong True where the candidate
+        ``qc_stream`` and ``certify --from-audits`` read), decided or not: an item without a
+        decisive verdict of its last needed review round yet (``items.reviews_needed``: a
+        double-reviewed item's round 2, the adjudication, which certify and retrain take as the
+        label) is ``waiting`` (its candidate_wrong True where the candidate
         answered, the worst case; None where it did not). What the paired gate counts
         (qc.promotion.pairs_by_stratum, docs/qc-statistics.md "Which audited pairs count")."""
         rows = self._db.query(
             "SELECT i.request_id, i.route, i.task, i.output, v.kind, v.corrected_output, s.output, i.details"
-            " FROM {p}items i LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round = 1 AND v.kind <> 'skip'"
+            " FROM {p}items i LEFT JOIN {p}verdicts v ON v.item_id = i.id AND v.review_round >= i.reviews_needed"
+            " AND v.kind <> 'skip'"
             " LEFT JOIN {p}shadow_answers s ON s.request_id = i.request_id AND s.model = i.model"
             " AND s.model_version = ?"
             " WHERE i.model = ? AND i.model_version = ? AND i.is_gold = 0"
@@ -213,8 +224,9 @@ class ShadowAnswers:
 
     def traffic_pairs(self, model: str, live_version: str, candidate_version: str) -> list[TrafficPair]:
         """Every request ``candidate_version`` answered in shadow beside its comparison with
-        ``live_version``, audited or not; where the answers differ, the first decisive verdict on
-        the request (a non-gold audit item of any version of ``model``) says who was wrong."""
+        ``live_version``, audited or not; where the answers differ, the label of the request's audit item (a non-gold item of any
+        version of ``model``; the decisive verdict of its last needed review round, the adjudication
+        of a double-reviewed item; of several such items, the one decided first) says who was wrong."""
         rows = self._db.query(
             "SELECT request_id, same_answer, candidate_output, live_output FROM {p}shadow_agreement"
             " WHERE model = ? AND model_version = ? AND live_version = ? ORDER BY request_id",
@@ -225,7 +237,7 @@ class ShadowAnswers:
                 " JOIN {p}items i ON i.request_id = a.request_id AND i.model = a.model"
                 " JOIN {p}verdicts v ON v.item_id = i.id"
                 " WHERE a.model = ? AND a.model_version = ? AND a.live_version = ? AND a.same_answer = 0"
-                " AND i.is_gold = 0 AND v.review_round = 1 AND v.kind <> 'skip'"
+                " AND i.is_gold = 0 AND v.review_round >= i.reviews_needed AND v.kind <> 'skip'"
                 " ORDER BY v.decided_at_s, v.verdict_id",
                 (model, candidate_version, live_version)):
             verdicts.setdefault(rid, (task, json.loads(output), kind, None if corrected is None else json.loads(corrected),

@@ -51,6 +51,7 @@ from store.records import (
     check_verdict_input,
     dumps,
     gold_is_correct,
+    normalise_answer,
     outbox_records,
 )
 from store.schema import EXTRA_TABLES, TABLES, ensure_split_key, statements, upgrade
@@ -157,6 +158,8 @@ class AuditStore(StoreReads):
     def add_gold(self, item: AuditItem, gold_output: Any, actor: User, now_s: float) -> int:
         """Add a gold item (a known answer; ``None`` means "should be rejected"). Admins only.
         The item's ``output`` is what auditors see as the model's answer, right or wrong."""
+        # the gold answer in the model's form (a detector's class names -> indices), as corrections are
+        gold_output = normalise_answer(item.prediction.task, gold_output, item.prediction.details)
         row = self._item_row(item, now_s, gold=True, gold_output=gold_output)
         with self._db.write() as cur:
             check_actor(cur, actor, ADMINS, "add gold items")
@@ -312,6 +315,9 @@ class AuditStore(StoreReads):
                 raise LookupError(f"no audit item {item_id}")
             item = item_from_row(row)
             check_correction(item.task, kind, corrected_output)  # an answer of the item's own kind
+            # ... in the form the model answers in (a detector's class names -> the card's indices,
+            # by the names the item's details recorded), so every reader compares like with like
+            corrected_output = normalise_answer(item.task, corrected_output, item.details)
             seen = cur.one(f"SELECT {VERDICT_COLUMNS} FROM {{p}}verdicts WHERE verdict_id = ?", (verdict_id,))
             if seen is not None:
                 first = verdict_from_row(seen)

@@ -259,6 +259,13 @@ class Task:
         reads, the workbench). Anything unreadable there: the kind's default rule."""
         return self
 
+    def normalise_answer(self, output: Any, details: Any = None) -> Any:
+        """An auditor's correction (or an admin's gold answer) in the one form every reader of
+        verdicts compares, given the item's prediction ``details``; ``ValueError`` (a message for
+        the person who typed it, nothing recorded) for one that cannot be (a detector's class name
+        that is none of the card's). Called once, where the store records it. Default: unchanged."""
+        return output
+
     def check_answer(self, output: Any) -> str | None:
         """Why ``output`` is not an answer of this kind that an auditor may record as a
         correction, or None when it is one (``store.records.check_verdict_input``). Default:

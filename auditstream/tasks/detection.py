@@ -49,7 +49,8 @@ boxes of four finite numbers drawn forwards, a class index or name, a score in [
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections import Counter
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -60,11 +61,64 @@ from auditstream.wire import TaskKind
 from auditstream.wire.codec import short_repr
 
 DEFAULT_MATCH_IOU = 0.5
+# An answer's details record the card's class names (``details["labels"]``) when it has at most
+# this many: what lets the store turn a correction's class names into the model's class indices
+# (:meth:`Detection.normalise_answer`) without the card.
+MAX_DETAILS_LABELS = 1024
 
 
 def boxes(output: Any) -> list[dict[str, Any]]:
     """The well-formed boxes of an answer (anything else in the list is ignored)."""
     return [d for d in output if isinstance(d, dict)] if isinstance(output, list) else []
+
+
+def class_names(labels: Sequence[str]) -> dict[str, int]:
+    """Each name that names one class of the card -> its index (a name given to several classes
+    names none); the same rule as the COCO export's (monitor/coco_export.py)."""
+    count = Counter(labels)
+    return {name: i for i, name in enumerate(labels) if count[name] == 1}
+
+
+def details_labels(details: Any) -> tuple[str, ...]:
+    """The card's class names a prediction's ``details`` recorded (postprocess writes them), or
+    () where it recorded none or something else (a row from before 2026-12-05, another client)."""
+    labels = details.get("labels") if isinstance(details, dict) else None
+    if isinstance(labels, list) and labels and all(isinstance(name, str) for name in labels):
+        return tuple(labels)
+    return ()
+
+
+def class_of(label: Any, names: Mapping[str, int]) -> Any:
+    """``label`` as the model's class index where it is one of ``names`` (a class given by its
+    name); anything else unchanged. What the rule compares labels by, so a correction recorded
+    with a name before the store normalised them still matches the model's index."""
+    return names.get(label, label) if isinstance(label, str) else label
+
+
+def normalise_labels(output: Any, labels: Sequence[str]) -> Any:
+    """``output`` with every box's class given by its index among ``labels`` (the card's): a name
+    becomes its index; ``ValueError`` (a message for the person who typed it) for a name that is
+    not one of the card's labels, one the card gives to several classes, or an index past them.
+    ``labels`` empty (not known): ``output`` unchanged. Anything that is not a list of boxes is
+    returned unchanged (:func:`answer_problem` judges its shape)."""
+    if not labels or not isinstance(output, list):
+        return output
+    names, out = class_names(labels), []
+    for number, det in enumerate(output, start=1):
+        label = det.get("label") if isinstance(det, dict) else None
+        if isinstance(label, str):
+            if label not in names:
+                shown = ", ".join(repr(name) for name in labels[:20]) + (", ..." if len(labels) > 20 else "")
+                why = ("the card gives that name to several classes" if label in labels else
+                       f"it is not one of the model's class names ({shown})")
+                raise ValueError(f"box {number}: class {short_repr(label)} names no class of the model: {why}; give a "
+                                 f"class index 0..{len(labels) - 1} or one of its names")
+            det = {**det, "label": names[label]}
+        elif isinstance(label, int) and not isinstance(label, bool) and label >= len(labels):
+            raise ValueError(f"box {number}: class index {label} is past the model's {len(labels)} classes "
+                             f"(0..{len(labels) - 1})")
+        out.append(det)
+    return out
 
 
 def threshold_low(card: ModelCard) -> float:
@@ -204,12 +258,11 @@ _IOU_CHUNK_PAIRS = 1 << 20
 
 
 def _matched_boxes(ours: list[dict[str, Any]], xa: np.ndarray, theirs: list[dict[str, Any]], xb: np.ndarray,
-                   iou: float) -> int:
+                   iou: float, names: Mapping[str, int] | None = None) -> int:
     """The most boxes of ``ours`` that a one to one matching by label and IoU ``>= iou`` pairs
-    with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart."""
-    codes: dict[str, int] = {}
-    la = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in ours], dtype=np.int64)
-    lb = np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in theirs], dtype=np.int64)
+    with boxes of ``theirs``. Only boxes of one label can pair, so each label is matched apart
+    (a class name among ``names`` is its index: :func:`class_of`)."""
+    la, lb = _label_codes(ours, theirs, names=names)
     matched = 0
     for label in np.intersect1d(la, lb).tolist():
         a, b = xa[la == label], xb[lb == label]
@@ -251,11 +304,13 @@ def greedy_true(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, true_
     return true
 
 
-def _label_codes(*answers: list[dict[str, Any]]) -> list[np.ndarray]:
-    """The answers' labels as integers, equal exactly when the labels' keys are (any JSON label)."""
+def _label_codes(*answers: list[dict[str, Any]], names: Mapping[str, int] | None = None) -> list[np.ndarray]:
+    """The answers' labels as integers, equal exactly when the labels' keys are (any JSON label;
+    a class name among ``names`` is its index first: :func:`class_of`)."""
     codes: dict[str, int] = {}
-    return [np.array([codes.setdefault(key_json(d.get("label")), len(codes)) for d in a], dtype=np.int64)
-            for a in answers]
+    names = names or {}
+    return [np.array([codes.setdefault(key_json(class_of(d.get("label"), names)), len(codes)) for d in a],
+                     dtype=np.int64) for a in answers]
 
 
 def _score_of(det: dict[str, Any]) -> float:
@@ -273,21 +328,32 @@ class Detection(Task):
     # no concordance; the paired gate counts a detector's audited items only
     agreement_is_concordance = False
 
-    def __init__(self, iou: float = DEFAULT_MATCH_IOU) -> None:
+    def __init__(self, iou: float = DEFAULT_MATCH_IOU, labels: Sequence[str] = ()) -> None:
         self.iou = iou  # what same_answer and false_parts match at when not told (for_card, for_details)
+        # the card's class names, where known: a box's class given by its name compares as its index
+        self.labels = tuple(labels)
+        self.names = class_names(self.labels)
 
     def __repr__(self) -> str:
-        return f"Detection(iou={self.iou})"
+        return f"Detection(iou={self.iou}, labels={len(self.labels)})"
 
     def for_card(self, card: ModelCard | None) -> "Detection":
-        """This kind's rule at the card's :func:`match_iou` (the IoU its certificate matched at)."""
-        return _at_iou(match_iou(card))
+        """This kind's rule at the card's :func:`match_iou` (the IoU its certificate matched at),
+        comparing classes given by name as the card's indices."""
+        return _at_iou(match_iou(card), tuple(card.labels) if card is not None else ())
 
     def for_details(self, details: Any) -> "Detection":
         """This kind's rule at the ``match_iou`` a prediction's details recorded (postprocess
-        writes the card's there); the default without a readable one (a row from before)."""
+        writes the card's there); the default without a readable one (a row from before); with
+        the class names they recorded (:func:`details_labels`), if any."""
         recorded = valid_iou(details.get("match_iou")) if isinstance(details, dict) else None
-        return _at_iou(recorded or DEFAULT_MATCH_IOU)
+        return _at_iou(recorded or DEFAULT_MATCH_IOU, details_labels(details))
+
+    def normalise_answer(self, output: Any, details: Any = None) -> Any:
+        """A correction (or gold answer) with every class given as the model's index, by the card's
+        class names the item's ``details`` recorded (:func:`normalise_labels`: a name that is not one
+        of them is refused, ``ValueError``); without recorded names, unchanged."""
+        return normalise_labels(output, details_labels(details) or self.labels)
 
     def check_card(self, card: ModelCard) -> None:
         super().check_card(card)
@@ -328,6 +394,8 @@ class Detection(Task):
 
     def postprocess(self, card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Answer | None]:
         low, iou = threshold_low(card), match_iou(card)  # the IoU travels in details: for_details
+        # and the card's class names, so the store can turn a correction's names into indices
+        card_labels = {"labels": list(card.labels)} if 0 < len(card.labels) <= MAX_DETAILS_LABELS else {}
         box_rows, label_rows, score_rows = outputs["boxes"], outputs["labels"], outputs["scores"]
         if not (box_rows.ndim == 3 and box_rows.shape[:2] == label_rows.shape == score_rows.shape):
             return [None] * len(score_rows)  # rows that do not pair up: no image has an answer
@@ -363,7 +431,8 @@ class Detection(Task):
             parts = tuple(Part(k, det, det["score"]) for k, det in enumerate(output))
             confidence = min((det["score"] for det in output), default=1.0)
             answers.append(Answer(output, confidence, parts,
-                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept), "match_iou": iou}))
+                                  {"threshold_low": low, "dropped": len(image_scores) - len(kept), "match_iou": iou,
+                                   **card_labels}))
         return answers
 
     def answer_key(self, output: Any) -> str:
@@ -377,7 +446,8 @@ class Detection(Task):
         if parsed is None:
             return MALFORMED_KEY_PREFIX + key_json(output)
         dets, xy = parsed
-        key = sorted([key_json(d.get("label")), *(round(v, 1) for v in row)] for d, row in zip(dets, xy.tolist()))
+        key = sorted([key_json(class_of(d.get("label"), self.names)), *(round(v, 1) for v in row)]
+                     for d, row in zip(dets, xy.tolist()))
         return canonical_json(key)
 
     def check_answer(self, output: Any) -> str | None:
@@ -396,7 +466,7 @@ class Detection(Task):
         pa, pb = readable_boxes(a), readable_boxes(b)
         if pa is None or pb is None or len(pa[0]) != len(pb[0]):
             return False
-        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], self.iou if iou is None else iou) == len(pa[0])
+        return _matched_boxes(pa[0], pa[1], pb[0], pb[1], self.iou if iou is None else iou, self.names) == len(pa[0])
 
     def max_parts(self, card: ModelCard) -> int | None:
         """The graph's rows (``extra["max_boxes"]``): no answer has more boxes."""
@@ -418,7 +488,7 @@ class Detection(Task):
         pa, pb = readable_boxes(model_output), readable_boxes(corrected_output)
         if pa is None or pb is None:
             return len(ours)
-        la, lb = _label_codes(pa[0], pb[0])
+        la, lb = _label_codes(pa[0], pb[0], names=self.names)
         scores = np.array([_score_of(d) for d in pa[0]], dtype=np.float64)
         return int((~greedy_true(pa[1], la, scores, pb[1], lb, self.iou if iou is None else iou)).sum())
 
@@ -431,14 +501,15 @@ class Detection(Task):
 
 
 TASK = register(Detection())
-_BY_IOU: dict[float, Detection] = {DEFAULT_MATCH_IOU: TASK}
+_BY_IOU: dict[tuple[float, tuple[str, ...]], Detection] = {(DEFAULT_MATCH_IOU, ()): TASK}
 
 
-def _at_iou(iou: float) -> Detection:
-    """The rule at ``iou`` (one object per IoU; the registered one at the default)."""
-    rule = _BY_IOU.get(iou)
+def _at_iou(iou: float, labels: tuple[str, ...] = ()) -> Detection:
+    """The rule at ``iou`` with the card's class names ``labels`` (one object per pair; the
+    registered one at the default without names)."""
+    rule = _BY_IOU.get((iou, labels))
     if rule is None:
-        rule = Detection(iou)
+        rule = Detection(iou, labels)
         if len(_BY_IOU) < 1024:  # cards carry a handful of IoUs; the store's rows could carry any
-            _BY_IOU[iou] = rule
+            _BY_IOU[(iou, labels)] = rule
     return rule

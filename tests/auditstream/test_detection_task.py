@@ -53,7 +53,8 @@ def test_postprocess_keeps_rows_at_or_above_the_low_threshold_best_first() -> No
     first, empty = TASK.postprocess(card(), out)
     assert [d["label"] for d in first.output] == [3, 7, 1]  # 0.2 is kept (>= threshold_low), padding dropped
     assert first.output[0] == {"box": [10.0, 10.0, 20.0, 24.0], "label": 3, "score": pytest.approx(0.97)}
-    assert first.confidence == pytest.approx(0.2) and first.details == {"threshold_low": 0.2, "dropped": 1, "match_iou": 0.5}
+    assert first.confidence == pytest.approx(0.2) and first.details == {"threshold_low": 0.2, "dropped": 1, "match_iou": 0.5,
+                                                                 "labels": [str(d) for d in range(10)]}
     assert [p.confidence for p in first.parts] == [d["score"] for d in first.output]
     assert TASK.gating_confidences(first) == [d["score"] for d in first.output]
     # No box at all: the answer claims nothing, confidence 1.0 (docs/detector.md).

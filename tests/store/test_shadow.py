@@ -137,3 +137,47 @@ def test_a_malformed_live_reference_is_no_comparison_and_no_error(store, details
     assert live_reference(prediction) is None
     assert shadow.ingest([prediction], 1.0) == 1  # the answer is kept; there is just no comparison
     assert shadow.compared("zip", "2") == 0
+
+
+def review(store, auditor, kind, corrected, now_s):
+    claim = store.claim(auditor, 60, now_s)
+    store.record_verdict(store.new_verdict_id(), claim.item_id, auditor, kind, corrected, now_s)
+    return claim.item.request_id
+
+
+def test_a_double_reviewed_item_is_judged_by_its_adjudication_as_certify_labels_it(backend, tmp_path, fast_hashes):
+    """Round 1 accepts live's "12345", round 2 (the adjudication) corrects it to "12845": retrain and
+    certify take "12845" as the label (split_verdicts), so the gate must too -- live wrong, a
+    candidate that answers "12845" right -- and until round 2 the item waits."""
+    from monitor.verdict_sets import split_verdicts
+    from store import StoreConfig
+    from tests.store.store_factories import make_store
+
+    with make_store(backend, tmp_path, StoreConfig(gold_rate=0.0, double_review_rate=1.0)) as store:
+        shadow = ShadowAnswers(store)
+        items = [audit_item("r0", Route.HUMAN, version="1", output="12345"),
+                 audit_item("r1", Route.HUMAN, version="1", output="12345")]
+        store.ingest_many(items, 10.0)
+        shadow.ingest([compared(items[0], "2", "12845", "1", "12345"),
+                       compared(items[1], "2", "12845", "1", "12345")], 11.0)
+        alice, bob = add_users(store, "alice", "bob")
+        first = {review(store, alice, VerdictKind.ACCEPT, None, 20.0), review(store, alice, VerdictKind.ACCEPT, None, 21.0)}
+        assert first == {"r0", "r1"}
+        # only the first review is in: both wait (the candidate answered, so counted as b meanwhile)
+        assert shadow.paired_stream("zip", "1", "2") == [PairedAudit("r0", "HUMAN", False, True, waiting=True),
+                                                          PairedAudit("r1", "HUMAN", False, True, waiting=True)]
+        assert shadow.traffic_pairs("zip", "1", "2") == [TrafficPair("r0", False, None), TrafficPair("r1", False, None)]
+        rid = review(store, bob, VerdictKind.CORRECT, "12845", 30.0)  # the adjudication of r0
+        other = "r1" if rid == "r0" else "r0"
+        stream = {a.request_id: a for a in shadow.paired_stream("zip", "1", "2")}
+        assert stream[rid] == PairedAudit(rid, "HUMAN", True, False)
+        assert stream[other].waiting
+        traffic = {p.request_id: p for p in shadow.traffic_pairs("zip", "1", "2")}
+        assert traffic[rid] == TrafficPair(rid, False, (True, False))
+        assert traffic[other] == TrafficPair(other, False, None)
+        label = {r["request_id"]: r["human_label"] for r in split_verdicts(store.labels("zip"), "zip", 0.0).train}
+        assert label[rid] == "12845"  # the label the gate judged by
+        review(store, bob, VerdictKind.ACCEPT, None, 31.0)  # round 2 confirms the other: both right
+        stream = {a.request_id: a for a in shadow.paired_stream("zip", "1", "2")}
+        assert stream[other] == PairedAudit(other, "HUMAN", False, True)
+        assert {p.request_id: p for p in shadow.traffic_pairs("zip", "1", "2")}[other] == TrafficPair(other, False, (False, True))
