@@ -38,6 +38,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditstream.errors import ModelNotFound, ModelRefused, PublishFailed
 # The model card and its checks live in their own module; re-exported here for existing callers.
@@ -47,6 +48,9 @@ from auditstream.model_card import (CARD_DTYPES, MAX_CARD_BYTES, MAX_THRESHOLD, 
 # The ONNX safety checks live in their own module; re-exported here for existing callers.
 from auditstream.model_safety import ALLOWED_OP_DOMAINS, MAX_CONSTANT_BYTES, verify_onnx, verify_onnx_bytes
 from auditstream.registry_files import open_regular, read_regular
+
+if TYPE_CHECKING:
+    from auditstream.settings import Settings
 
 __all__ = ["ALLOWED_OP_DOMAINS", "CARD_DTYPES", "CARD_FILE", "LIVE_FILE", "MAX_THRESHOLD", "ONNX_FILE", "ModelCard",
            "ModelRegistry", "RegisteredModel", "TensorSpec", "TriageSpec", "sha256_file", "verify_onnx",
@@ -111,6 +115,12 @@ class ModelRegistry:
         self.root = Path(root)
         self.max_constant_bytes = max_constant_bytes
         self.check_timeout_s = check_timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "ModelRegistry":
+        """The registry of ``settings.models_dir`` with its model limits (the memory budget and the
+        shape-inference time): what every command that reads the settings loads models with."""
+        return cls(settings.models_dir, settings.max_model_constant_bytes, settings.model_check_timeout_s)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

@@ -182,7 +182,7 @@ def run_control_clear(args: argparse.Namespace) -> int:
         state, states = view.get(args.model), view.states()
     finally:
         view.stop()
-    registered = ModelRegistry(settings.models_dir).names()
+    registered = ModelRegistry.from_settings(settings).names()
     if state is None and args.model not in registered:  # a typo must not read as a clean state
         known = sorted(set(registered) | set(states))
         raise ConfigError("--model", args.model, f"a model in the registry ({settings.models_dir}) or on the control "
@@ -305,7 +305,7 @@ def _check_model_known(settings, store, model: str) -> None:  # noqa: ANN001
     from auditstream.errors import ConfigError
     from auditstream.registry import ModelRegistry
 
-    stored, registered = store.models(), ModelRegistry(settings.models_dir).names()
+    stored, registered = store.models(), ModelRegistry.from_settings(settings).names()
     if model in stored or model in registered:
         return
     known = sorted(set(stored) | set(registered))
@@ -324,7 +324,7 @@ def _export_coco(settings, store, args: argparse.Namespace) -> int:
     if not args.model:
         raise ConfigError("--model", "", "the detector whose verdicts to export (COCO holds one model's classes)")
     try:
-        card = ModelRegistry(settings.models_dir).load(args.model).card
+        card = ModelRegistry.from_settings(settings).load(args.model).card
         labels = card.labels or ()
         if not tasks.lookup(card.task).answers_are_boxes:
             raise ConfigError("--model", args.model, f"a model whose answers are boxes for --format coco "

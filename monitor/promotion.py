@@ -134,7 +134,7 @@ def promote(settings: Settings, model: str, candidate: str, *, dry_run: bool = F
             store: Any = None, announce: bool = True) -> PromotionDecision:
     """Decide, record, and (unless ``dry_run``) move ``LIVE`` and announce; see the module docstring.
     ``store``: the audit store (default: the settings' store, opened and closed here)."""
-    registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
+    registry = ModelRegistry.from_settings(settings)
     history_path = registry.root / model / candidate / PROMOTION_FILE
     history = recorded_decisions(history_path)  # a file that cannot be read stops us before anything moves
     live_before = registry.live_version(model)
@@ -180,7 +180,7 @@ def rollback(settings: Settings, model: str, version: str, reason: str, *, annou
     where it was) and finishes a move whose announcement failed."""
     if not reason.strip():
         raise ConfigError("--reason", reason, "a few words on why, for the record (e.g. 'v3 over budget')")
-    registry = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes)
+    registry = ModelRegistry.from_settings(settings)
     history_path = registry.root / model / version / PROMOTION_FILE
     recorded_decisions(history_path)  # a history that cannot be read stops us before LIVE moves
     registry.load(model, version)  # ModelRefused (one line) for a missing or damaged version

@@ -359,7 +359,7 @@ class StatsHooks:
         from store.qc_history import QCHistory
 
         self._lock = threading.Lock()  # the tracker is fed by the loop thread, read by the outbox thread
-        registry = self._registry = ModelRegistry(settings.models_dir)
+        registry = self._registry = ModelRegistry.from_settings(settings)
 
         refused: set[tuple[str, str]] = set()
 

@@ -95,7 +95,7 @@ def run_cost(ns: argparse.Namespace) -> int:
     if not args.model:
         raise ConfigError("--model", args.model, "the name of a model in the registry")
     settings = Settings.from_env()
-    card = ModelRegistry(settings.models_dir).card(args.model, args.version or None)
+    card = ModelRegistry.from_settings(settings).card(args.model, args.version or None)
     costs = Costs(human=args.cost_human, audit=args.cost_audit, error=args.cost_error, qc_rate=args.qc_rate,
                   model=args.cost_model, human_error_rate=args.human_error_rate)
     report = cost_report(card.risk_coverage, costs, None if args.max_risk == -1.0 else args.max_risk,

@@ -323,8 +323,7 @@ class ServeApp:
     def _load_checked(self, version: str) -> tuple[RegisteredModel, ModelSession]:
         """Load, verify, check (servable, switchable from this consumer's model) and warm up
         ``version`` of this consumer's model; raises if it cannot serve here."""
-        model = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes,
-                              self.settings.model_check_timeout_s).load(self.model.card.name, version)
+        model = ModelRegistry.from_settings(self.settings).load(self.model.card.name, version)
         check_servable(model)
         check_switchable(self.model.card, model)
         return model, load_session(model, settings=self.settings)
@@ -346,8 +345,7 @@ class ServeApp:
             log.info("shadow v%s: %s answers match with a tolerance, so agreeing with live proves nothing; the "
                      "paired gate counts audited items only", candidate.version, candidate.task)
             return None
-        registry = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes,
-                                 self.settings.model_check_timeout_s)
+        registry = ModelRegistry.from_settings(self.settings)
         try:
             version = registry.reference_version(candidate.name, candidate.version)
             if version == candidate.version:
@@ -441,8 +439,7 @@ def serve(settings: Settings, model_name: str, version: str | None = None, shado
     model_sandbox.prestart()  # the model checks' fork server imports onnx while this process does too
     if (public_salt := settings.public_qc_salt_warning()) is not None:
         log.warning("%s", public_salt)
-    model = ModelRegistry(settings.models_dir, settings.max_model_constant_bytes,
-                          settings.model_check_timeout_s).load(model_name, version)
+    model = ModelRegistry.from_settings(settings).load(model_name, version)
     # A model refused by its kind or by ONNX Runtime stops here, before anything is registered or started.
     check_servable(model)
     session = load_session(model, settings=settings)

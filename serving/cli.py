@@ -85,7 +85,7 @@ def _produce(args: argparse.Namespace) -> int:
     if not a.model:
         raise BadArguments("produce needs --model NAME: the model whose requests to send")
     settings = _settings()
-    card = ModelRegistry(settings.models_dir).card(a.model, a.version or None)
+    card = ModelRegistry.from_settings(settings).card(a.model, a.version or None)
     inputs = inputs_for(card, a.source, a.seed)  # a source that does not fit the card: refused before the broker
     producer = make_producer(settings, client_id="auditstream-produce")
     try:

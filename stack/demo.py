@@ -129,7 +129,7 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
     from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry
     from training.feedback import WEIGHTS_FILE
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     for name in DEMO_MODELS:
         shipped = SHIPPED_MODELS / name
         if registry.latest(name) and not retrain:

@@ -184,7 +184,7 @@ class ModelLoop:
             self._finish(c, "failed", f"the shadow consumer exited with code {c.proc.returncode}: {_last_line(c.log)}",
                          now_s)
             return
-        registry = ModelRegistry(self.settings.models_dir, self.settings.max_model_constant_bytes)
+        registry = ModelRegistry.from_settings(self.settings)
         cand, live = registry.card(self.model, c.version), live_card(registry, self.model, c.version)
         gate = self.config.gate
         strata, _ = judged_pairs(store, cand, live, gate)
@@ -315,7 +315,7 @@ class DemoLoop:
         key = (model, version)
         if key not in self._cards:
             try:
-                self._cards[key] = ModelRegistry(self.settings.models_dir).card(model, version).triage
+                self._cards[key] = ModelRegistry.from_settings(self.settings).card(model, version).triage
             except Exception:  # noqa: BLE001 - a version of another registry: shown without its card
                 return "card unknown"
         t = self._cards[key]

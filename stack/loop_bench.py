@@ -736,7 +736,7 @@ def run(base: Settings, args: LoopBenchArgs, out: TextIO) -> dict[str, Any]:
         settings = dataclasses.replace(base, bootstrap_servers="", state_dir=work / "state", models_dir=work / "models",
                                        store_url="", topic_prefix=f"loop{uuid.uuid4().hex[:6]}", qc_rate=args.qc_rate,
                                        triage_policy="uniform", auto_tighten=False, metrics_port=0)
-        registry = ModelRegistry(settings.models_dir)
+        registry = ModelRegistry.from_settings(settings)
         for name in names:
             say(f"{name}: training the seed")
             registry.set_live(name, train_seed(name, args, settings.models_dir)["version"])

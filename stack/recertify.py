@@ -354,7 +354,7 @@ def main(args: CertifyArgs) -> int:
         raise CannotCertify("say where the evidence comes from: --from-audits (training certifies on held-out data "
                             "itself: auditstream train NAME)")
     settings = Settings.from_env()
-    model = ModelRegistry(settings.models_dir).load(args.model, args.version or None)
+    model = ModelRegistry.from_settings(settings).load(args.model, args.version or None)
     target = args.target_risk or model.card.extra.get("requested_target_risk") or model.card.triage.target_risk or 0.02
     with ExitStack() as held:
         store = held.enter_context(open_store(settings.resolved_store_url, create=False))  # it only reads

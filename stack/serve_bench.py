@@ -285,7 +285,7 @@ def run_bench(base: Settings, args: Any, out: TextIO) -> dict[str, Any]:
         settings = dataclasses.replace(base, kafka_client=client, max_batch_size=args.batch_size,
                                        topic_prefix=f"bench{run_id}", state_dir=Path(tmp) / "state")
         if args.model:
-            model = ModelRegistry(base.models_dir, base.max_model_constant_bytes).load(args.model)
+            model = ModelRegistry.from_settings(base).load(args.model)
             settings = dataclasses.replace(settings, models_dir=base.models_dir)
         else:
             registry = ModelRegistry(Path(tmp) / "models")

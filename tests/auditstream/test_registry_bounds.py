@@ -121,3 +121,30 @@ def test_a_symlinked_version_directory_is_followed_and_still_checked(tmp_path: P
     with pytest.raises(ModelRefused, match="card says tiny version 1 but lives in tiny/2"):
         registry.load("tiny", "2")
 
+
+
+def test_a_registry_from_the_settings_holds_their_model_limits(tmp_path: Path) -> None:
+    """Review 2026-12-05: certify, promote, the monitor and the benches made their registry from
+    ``settings.models_dir`` alone, so AUDITSTREAM_MAX_MODEL_CONSTANT_BYTES and
+    AUDITSTREAM_MODEL_CHECK_TIMEOUT_S held in serve only."""
+    from auditstream.settings import Settings
+
+    settings = Settings(models_dir=tmp_path / "models", max_model_constant_bytes=4096, model_check_timeout_s=7.5)
+    registry = ModelRegistry.from_settings(settings)
+    assert (registry.root, registry.max_constant_bytes, registry.check_timeout_s) == (tmp_path / "models", 4096, 7.5)
+    registry.publish(tiny_card(), tiny_classifier_onnx())
+    with pytest.raises(ModelRefused, match="MAX_MODEL_CONSTANT_BYTES|max_model_constant_bytes|budget"):
+        ModelRegistry.from_settings(Settings(models_dir=tmp_path / "models", max_model_constant_bytes=64)).load("tiny")
+
+
+def test_every_registry_made_from_settings_is_made_with_their_limits() -> None:
+    """The class, not the case: a registry of ``settings.models_dir`` built by hand drops the limits."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    pattern = re.compile(r"ModelRegistry\(\s*[\w.()]*settings[\w.()]*\.models_dir", re.IGNORECASE)
+    offenders = [f"{path.relative_to(root)}:{text.count(chr(10), 0, m.start()) + 1}"
+                 for package in ("auditstream", "dashboards", "monitor", "qc", "serving", "stack", "store", "training")
+                 for path in sorted((root / package).rglob("*.py"))
+                 for text in [path.read_text(encoding="utf-8")] for m in pattern.finditer(text)]
+    assert offenders == [], "use ModelRegistry.from_settings(settings): " + ", ".join(offenders)

@@ -144,7 +144,7 @@ def main(ns: argparse.Namespace) -> int:
         from auditstream.registry import ModelRegistry
         from auditstream.settings import Settings
 
-        model = ModelRegistry(Settings.from_env().models_dir).load("detector", ns.version)
+        model = ModelRegistry.from_settings(Settings.from_env()).load("detector", ns.version)
         card, onnx_bytes = model.card, model.verified_bytes()
     if not {"certificate", "target_fdr", "max_boxes"} <= set(card.extra):
         raise SystemExit(f"{card.name}'s card has no detection certificate (extra.certificate): this bench measures "

@@ -249,7 +249,7 @@ def run(settings: Any, args: RunArgs) -> RunReport:
     from training.rl.policy_export import card_name
 
     model = args.model or card_name(args.env)
-    card = ModelRegistry(settings.models_dir).card(model, args.version or None)
+    card = ModelRegistry.from_settings(settings).card(model, args.version or None)
     bootstrap = resolve_bootstrap(settings)
     # Only what the driver reads or writes: on a cluster with ACLs it may see no other topic.
     ensure_topics(settings, [settings.request_topic(model)] + [settings.topic(t) for t in DRIVER_TOPICS],

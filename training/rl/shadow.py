@@ -133,7 +133,7 @@ def promote(settings: Any, args: PromoteArgs, config: Any) -> dict[str, Any]:
     from training.rl.promotion import gate_from_dataset
     from training.rl.stream_dataset import build_stream_dataset
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     cand_name, cand_version = parse_ref(args.candidate)
     live_name, live_version = parse_ref(args.live)
     candidate = registry.load(cand_name, cand_version or registry.latest(cand_name))

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.compare_in_process:
         from auditstream.registry import ModelRegistry
 
-        model = ModelRegistry(settings.models_dir).load(report.model.split("/")[0], report.model.split("/")[1])
+        model = ModelRegistry.from_settings(settings).load(report.model.split("/")[0], report.model.split("/")[1])
         returns, rate = in_process_returns(model.onnx_path, model.card, a.env, a.episodes, a.seed, a.max_steps)
         summary["in_process"] = {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
                                  "decisions_per_s": round(rate, 1)}

@@ -307,7 +307,7 @@ def check_policy(settings: Any, model: str) -> None:
     from auditstream import tasks
     from auditstream.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry.from_settings(settings)
     names = registry.names()
 
     def is_policy(name: str) -> bool:  # a kind whose answers act on an environment
@@ -331,4 +331,4 @@ def check_policy(settings: Any, model: str) -> None:
 def _card(settings: Any, model: str) -> Any:
     from auditstream.registry import ModelRegistry
 
-    return ModelRegistry(settings.models_dir).card(model)
+    return ModelRegistry.from_settings(settings).card(model)
