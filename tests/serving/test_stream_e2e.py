@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from auditstream import topics as T
 from auditstream.kafka import ensure_topics, make_producer
 from auditstream.settings import Settings
-from auditstream.wire import DeadLetter, InferenceRequest, Prediction, Route
+from auditstream.wire import REPLAY_OF_HEADER, DeadLetter, InferenceRequest, Prediction, Route, replay_of
 from serving.app import ServeApp
 from serving.dlq import replay
 from serving.loadgen import inputs_for, produce_requests
@@ -105,12 +105,19 @@ def test_poison_records_dead_lettered_valid_answered_and_replayed(stream_setting
         assert dl.source_topic == topic and dl.source_offset >= 0
     assert Counter(dl.reason for dl in letters) == {"undecodable": 4, "wrong_shape": 4, "too_large": 4, "wrong_model": 4}
 
-    # replay only the wrong-model letters: they reappear on the source topic, bytes and headers intact
+    # replay only the wrong-model letters: they reappear on the source topic, bytes and headers
+    # intact, marked with the letter they replay (auditstream-replay-of)
     report = replay(settings, reasons=["wrong_model"])
     assert report.replayed == {"wrong_model": 4} and sum(report.skipped.values()) == 12 and not report.refused
     again = read_topic(settings, topic, until_count=200 + n_poison + 4)
     replayed = [r for r in again if r.value == poison[b"other-model"]]
-    assert len(replayed) == 8 and all(list(r.headers) == headers for r in replayed)
+    assert len(replayed) == 8
+    originals = [r for r in replayed if replay_of(r.headers) is None]
+    sent_back = [r for r in replayed if replay_of(r.headers) is not None]
+    assert len(originals) == len(sent_back) == 4 and all(list(r.headers) == headers for r in originals)
+    assert all(list(r.headers)[:-1] == headers and r.headers[-1][0] == REPLAY_OF_HEADER for r in sent_back)
+    assert len({replay_of(r.headers) for r in sent_back}) == 4  # one letter each: "<dead-letter topic>[p]@offset"
+    assert all(replay_of(r.headers).startswith(settings.topic(T.DEAD_LETTER) + "[") for r in sent_back)
     # the skipped letters were not used up: a replay of everything finds exactly those 12
     rest = replay(settings)
     assert rest.replayed == {"undecodable": 4, "wrong_shape": 4, "too_large": 4} and rest.already == 4
