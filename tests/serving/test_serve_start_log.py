@@ -19,7 +19,8 @@ from serving import app as app_module
 ])
 def test_serve_logs_the_bootstrap_servers_it_joined(monkeypatch, caplog, bootstrap, says) -> None:
     card = SimpleNamespace(name="digits", version="3")
-    monkeypatch.setattr(app_module, "ModelRegistry", lambda *a: SimpleNamespace(load=lambda *a: SimpleNamespace(card=card)))
+    monkeypatch.setattr(app_module.ModelRegistry, "from_settings",
+                        lambda settings: SimpleNamespace(load=lambda *a: SimpleNamespace(card=card)))
     monkeypatch.setattr(app_module, "check_servable", lambda model: None)
     monkeypatch.setattr(app_module, "load_session", lambda *a, **k: SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(app_module, "ServeMetrics", lambda *a, **k: None)

@@ -114,7 +114,7 @@ def test_a_metrics_port_without_room_for_every_worker_is_refused_before_any_star
 
 def test_shadow_without_a_version_is_one_line_before_anything_starts(monkeypatch, capsys) -> None:
     monkeypatch.setattr(Supervisor, "start", lambda self: pytest.fail("workers started"))
-    monkeypatch.setattr("serving.app.ModelRegistry", lambda *a: pytest.fail("model loaded"))
+    monkeypatch.setattr("serving.app.ModelRegistry.from_settings", lambda settings: pytest.fail("model loaded"))
     for workers_n in ("1", "2"):
         assert main(["serve", "--model", "tiny", "--shadow", "--workers", workers_n]) == 2
         err = capsys.readouterr().err
