@@ -60,6 +60,7 @@ from auditstream.stream import Output
 from auditstream.wire import MAX_RECORD_BYTES, AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
+from store.backend import record_error
 from store.leader import Leadership, default_owner
 from store.shadow import ShadowAnswers
 from store.records import OutboxRow, OutputTooLarge, check_audit_item
@@ -139,10 +140,12 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     ``decisions`` topics take -- an item a verdict on which could be larger is dead-lettered
     (``too_large``) now, as its verdict could never be published.
 
-    Shadow answers, then audit items, are each stored in one transaction. If one fails, each
-    record is tried alone: the ones the store refuses are dead-lettered with their bytes, the
-    rest stored. When every one fails, a trivial write tells a broken store (the error is raised:
-    the monitor stops loudly, nothing committed) from bad records (dead-lettered)."""
+    Shadow answers, then audit items, are each stored in one transaction. If one fails because
+    of a record (:func:`store.backend.record_error`), each record is tried alone: the ones the
+    store refuses for their content are dead-lettered with their bytes, the rest stored. A
+    failure that is about the store (a dead connection, a lock, the server down) is retried with
+    back-off and then raised: nothing of the batch is dead-lettered or committed, and the
+    monitor stops loudly; Kafka delivers the batch again (:func:`_write_each_alone`)."""
     audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
     results: list[list[Output]] = [[] for _ in records]
     items: list[tuple[int, AuditItem]] = []
@@ -206,29 +209,63 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
 V = TypeVar("V")
 
 
+# Waits before each new try of a store write that failed because of the store, not the record
+# (store.backend.record_error): a server restart, a failover, a writer holding SQLite's lock past
+# its busy timeout. About 30 s of waiting in all, well inside the consumer's max_poll_interval
+# (300 s by default) even with SQLite's 30 s busy timeout on every try; after the last, the
+# error is raised and stops the monitor, nothing committed (the batch comes again after a restart).
+STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def _retrying(write: Callable[[], Any]) -> Any:
+    """``write()``, tried again after each of :data:`STORE_RETRY_DELAYS_S` while it fails because
+    of the store (a record's own error is raised at once). The pool has already discarded a broken
+    connection and its idle fellows (store/backend.py), so the next try gets a fresh one."""
+    for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), 1):
+        try:
+            return write()
+        except Exception as e:  # noqa: BLE001 - sorted just below
+            if record_error(e) or delay is None:
+                raise
+            log.warning("audit store write failed (%r), not because of a record: try %d of %d again in %.1f s",
+                        e, attempt + 1, len(STORE_RETRY_DELAYS_S) + 1, delay)
+            _sleep(delay)
+
+
+_sleep = time.sleep  # tests replace it
+
+
 def _write_each_alone(store: AuditStore, entries: list[tuple[int, V]], write: Callable[[list[V]], Sequence[Any]],
                       refused: Callable[[int, Exception], None]) -> list[tuple[tuple[int, V], Any]]:  # fmt: skip
-    """``write`` (one transaction, one result per value) of every entry's value; if that fails,
-    of each alone, passing the ones the store refuses to ``refused``. Returns each written entry
-    with its result. If every one fails and a trivial write (``AuditStore.ping``) fails too, the
-    store is broken, not the records: the batch's error is raised."""
+    """``write`` (one transaction, one result per value) of every entry's value; if that fails
+    because of a record (:func:`store.backend.record_error`: its content), of each alone, passing
+    the ones the store refuses for their content to ``refused``. Returns each written entry with
+    its result.
+
+    A failure that is about the store -- a dead connection, a lock held past the busy timeout, the
+    server down -- is never blamed on a record: the write is tried again (:func:`_retrying`), and
+    if the store stays unusable the error is raised, before anything is passed to ``refused``, so
+    nothing of the batch is dead-lettered or committed and Kafka delivers it again. (It used to
+    dead-letter every item that failed alone unless a trivial write failed as well: after a
+    PostgreSQL restart each retry met another dead pooled connection, the trivial write a fresh
+    one, and every good item of the batch became a ``processing_failed`` dead letter.)"""
+    values = [value for _, value in entries]
     try:
-        return list(zip(entries, write([value for _, value in entries])))
-    except Exception as batch_error:  # noqa: BLE001 - whose is it? each one alone below
-        written, failed = [], []
-        for i, value in entries:
-            try:
-                written.append(((i, value), write([value])[0]))
-            except Exception as e:  # noqa: BLE001
-                failed.append((i, e))
-        if len(failed) == len(entries):
-            try:
-                store.ping()
-            except Exception:  # noqa: BLE001 - the store itself is broken, not the records
-                raise batch_error from None
-        for i, e in failed:
-            refused(i, e)
-        return written
+        return list(zip(entries, _retrying(lambda: write(values))))
+    except Exception as batch_error:  # noqa: BLE001 - a record's? each one alone below
+        if not record_error(batch_error):
+            raise
+    written, failed = [], []
+    for i, value in entries:
+        try:
+            written.append(((i, value), _retrying(lambda: write([value]))[0]))  # noqa: B023 - called at once
+        except Exception as e:  # noqa: BLE001
+            if not record_error(e):
+                raise  # the store went away meanwhile: nothing is dead-lettered
+            failed.append((i, e))
+    for i, e in failed:
+        refused(i, e)
+    return written
 
 
 # How long after its claim a round may still begin sending (part of its fence, store/outbox.py):
