@@ -594,15 +594,22 @@ class OutboxPublisher(threading.Thread):
                 if stopping and not self.leading:
                     return  # a follower that is shutting down does not take the lead on its way out
                 if self._lead():
-                    if self.stats is not None:  # the samples first: then their verdicts have a place
-                        self.stats.catch_up(self.store)
                     on_verdict = self.stats.observe_verdict if self.stats else None
-                    while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
-                                               self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
-                                               owner=self.owner, topic_limits=self.topic_limits,
-                                               on_dead_letter=self.stats.dead_lettered("outbox") if self.stats else None)):  # fmt: skip
+                    # Round after round while a backlog lasts -- each one only while this process
+                    # still leads: the lead is checked (the SQLite lease renewed) before every round,
+                    # not once per pass. A leader draining a large backlog ran past its lease without
+                    # renewing it, and a second monitor took the lead while this one still published.
+                    while True:
+                        if self.stats is not None:  # the samples first: then their verdicts have a place
+                            self.stats.catch_up(self.store)
+                        n = publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
+                                           self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
+                                           owner=self.owner, topic_limits=self.topic_limits,
+                                           on_dead_letter=self.stats.dead_lettered("outbox") if self.stats else None)  # fmt: skip
                         self.published += n
-                    if self.stats is not None and time.monotonic() >= next_tick:
+                        if not n or not self._lead():
+                            break
+                    if self.leading and self.stats is not None and time.monotonic() >= next_tick:
                         states = self.stats.tick(self.store, time.time())
                         if states:
                             publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
