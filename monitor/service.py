@@ -53,7 +53,7 @@ from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
-from auditstream.errors import AuditstreamError, BadArguments, DecodeError, ModelNotFound, ModelRefused
+from auditstream.errors import AuditstreamError, BadArguments, DecodeError, ModelNotFound, ModelRefused, SendBlocked
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
@@ -271,6 +271,10 @@ def _write_each_alone(store: AuditStore, entries: list[tuple[int, V]], write: Ca
 # How long after its claim a round may still begin sending (part of its fence, store/outbox.py):
 # a process that stalled longer between claiming and sending sends no more of that round.
 SEND_WINDOW_S = 5.0
+# The longest one send of the outbox producer may block (buffer full, topic metadata unknown)
+# before it raises SendBlocked, the record not taken (run_monitor builds the producer so; the
+# kafka-python default was 60 s). A send begins only while it can end inside the send window.
+OUTBOX_MAX_BLOCK_S = 1.0
 
 
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
@@ -298,31 +302,44 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
     if not store.pending_outbox(1):
         return published
     positions = topic_log.end_offsets(names)  # before the claim, so before any send of the round
-    claim_s = now_s + (time.monotonic() - entered)  # the fence counts from the claim, not from the call
+    # The fence counts from the claim's start, and so does the send window: the fence is written in
+    # the claim's own transaction, which may first wait for SQLite's writer lock (busy timeout) or a
+    # free pooled connection. A window counted from the claim's return was pushed past the fence by
+    # that wait, and a record sent late in it could still be delivered after the fence, when a
+    # successor already resolved the round from the topics and put it back to pending (sent twice).
+    # Now a slow claim eats the window instead: its rows go back to pending, unsent.
+    started = time.monotonic()
+    claim_s = now_s + (started - entered)  # the fence counts from the claim, not from the call
     claimed = store.start_outbox_round(limit, claim_s, owner or "publisher", claim_s + SEND_WINDOW_S + flush_timeout_s,
                                        positions)  # fmt: skip
     if claimed is None:
         return published  # all pending rows wait behind a key in an open round
-    started, sent = time.monotonic(), []
+    sent: list[OutboxRow] = []
     limits = topic_limits or {}
     dead_letters = settings.topic(topics.DEAD_LETTER)
     for row in claimed.rows:
-        if time.monotonic() - started > SEND_WINDOW_S:
-            log.warning("outbox round %d: %d of %d rows sent within %.0f s; the rest go back to pending",
+        # a send may block up to OUTBOX_MAX_BLOCK_S: one begins only while it would end in the window
+        if time.monotonic() - started > SEND_WINDOW_S - OUTBOX_MAX_BLOCK_S:
+            log.warning("outbox round %d: %d of %d rows sent within %.0f s of its claim; the rest go back to pending",
                          claimed.id, len(sent), len(claimed.rows), SEND_WINDOW_S)
             break
         topic = settings.topic(row.topic)
         size, cap = record_bytes(row.key, row.value), limits.get(topic, MAX_PRODUCE_BYTES)
-        if size <= cap:
-            producer.send(topic, row.key, row.value)
-        else:
-            letter = _outbox_dead_letter(row, topic, size, cap, dead_letters, limits.get(dead_letters, MAX_PRODUCE_BYTES),
-                                         now_s)  # fmt: skip
-            log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) instead; "
-                      "its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
-            producer.send(letter.topic, letter.key, letter.value)
-            if on_dead_letter is not None:
-                on_dead_letter(Reason.TOO_LARGE.value)
+        try:
+            if size <= cap:
+                producer.send(topic, row.key, row.value)
+            else:
+                letter = _outbox_dead_letter(row, topic, size, cap, dead_letters,
+                                             limits.get(dead_letters, MAX_PRODUCE_BYTES), now_s)  # fmt: skip
+                log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) "
+                          "instead; its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
+                producer.send(letter.topic, letter.key, letter.value)
+                if on_dead_letter is not None:
+                    on_dead_letter(Reason.TOO_LARGE.value)
+        except SendBlocked as e:  # not taken: it and the rest go back to pending
+            log.warning("outbox round %d: %s; %d of %d rows sent, the rest go back to pending", claimed.id, e,
+                        len(sent), len(claimed.rows))
+            break
         sent.append(row)
     if sent:
         producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
@@ -659,7 +676,8 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         outbox_settings = dataclasses.replace(settings, delivery_timeout_s=args.flush_timeout_s)
         topic_log = make_topic_log(settings, bootstrap)
         started.append(topic_log.close)
-        publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox"),
+        publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox",
+                                                         max_block_s=OUTBOX_MAX_BLOCK_S),
                                     topic_log, settings, args, stats, store.leadership("monitor", args.leader_lease_s),
                                     limits)  # fmt: skip
         started.append(publisher.producer.close)
