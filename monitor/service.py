@@ -35,7 +35,8 @@ there (``StatsHooks.catch_up``), so every monitor's samples have their place bef
 verdicts are published (docs/qc-statistics.md, "The order of the audits"); coverage and the
 confidence drift window are rebuilt from the predictions that arrive afterwards. A process that
 loses the lead withdraws its QC metrics and queue figures (``StatsHooks.step_down``): a follower
-exports none, so no stale value keeps an alert firing.
+exports none (its unlabelled pending-outbox and throughput gauges read 0), so no stale value keeps
+an alert firing.
 """
 
 from __future__ import annotations
