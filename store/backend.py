@@ -94,27 +94,30 @@ def record_error(e: BaseException) -> bool:
     """Whether a store call failed because of the values it was given -- the record's content,
     which will fail again however often it is retried -- rather than because of the store.
 
-    True for the store's own checks (``ValueError``, which includes ``UnicodeEncodeError`` and
-    ``store.records.OutputTooLarge``, and ``TypeError``), a number no column takes
-    (``OverflowError``: sqlite3 binding an int over 64 bits), and the drivers' data and
-    constraint errors: ``sqlite3.DataError``/``IntegrityError``, psycopg's ``DataError`` (a NUL
-    character, a value out of range, bad JSON) and ``IntegrityError`` (a constraint the value
-    breaks). Everything else is about the store, not the record, and False: the store's
-    :class:`StoreBusy` and :class:`StoreUnavailable`, sqlite3's ``OperationalError`` ("database
-    is locked" after the busy timeout, "disk I/O error"), psycopg's ``OperationalError`` (a
-    terminated or restarted server, a serialization failure or deadlock) and ``InterfaceError``,
-    a ``ProgrammingError`` (a bug in the store's SQL: every record would fail), and any error
-    nobody foresaw. A caller must never set a record aside for those: the same record succeeds
-    once the store is back."""
-    if isinstance(e, (StoreBusy, StoreUnavailable, StoreMissing)):
+    False for what is about the store, all of it named here: the store's own
+    :class:`StoreBusy`, :class:`StoreUnavailable` and :class:`StoreMissing`, an ``OSError`` (a
+    disk, a socket), and every error of the database drivers but their data and constraint
+    errors -- sqlite3's ``OperationalError`` ("database is locked" after the busy timeout, "disk
+    I/O error"), ``ProgrammingError`` (a closed connection) and the rest, psycopg's
+    ``OperationalError`` (a terminated or restarted server, a serialization failure, a deadlock),
+    ``InterfaceError``, ``ProgrammingError`` and ``InternalError``: the same record succeeds once
+    the store is back, so a caller must never set it aside for those. True for everything else:
+    the drivers' ``DataError`` and ``IntegrityError`` (a NUL character, a number out of range, a
+    constraint the value breaks), the store's own checks (``ValueError``, ``TypeError``,
+    ``OverflowError``: an int over 64 bits) and any error nobody foresaw on the way from the
+    record to the store -- that one record's dead letter (its bytes kept, replayable once fixed),
+    where calling it the store's would stop the monitor on it at every restart."""
+    if isinstance(e, (StoreBusy, StoreUnavailable, StoreMissing, OSError)):
         return False
-    if isinstance(e, (ValueError, TypeError, OverflowError, sqlite3.DataError, sqlite3.IntegrityError)):
-        return True
+    if isinstance(e, sqlite3.Error):
+        return isinstance(e, (sqlite3.DataError, sqlite3.IntegrityError))
     try:
         import psycopg
     except ImportError:  # a SQLite-only install raises no psycopg error
-        return False
-    return isinstance(e, (psycopg.DataError, psycopg.IntegrityError))
+        return True
+    if isinstance(e, psycopg.Error):
+        return isinstance(e, (psycopg.DataError, psycopg.IntegrityError))
+    return True
 
 
 _PREFIX = re.compile(r"\A(?:[a-z][a-z0-9_]{0,30})?\Z")  # \Z: "$" would let a final "\n" through
