@@ -122,6 +122,11 @@ class DeliveryFailed(AuditstreamError):
         super().__init__(f"delivery to {topic} (key={key!r}) failed: {detail}")
 
 
+class SendBlocked(DeliveryFailed):
+    """The producer did not take a record within its ``max_block_s`` (its buffer full, the
+    topic's metadata not yet known): the record was not sent at all."""
+
+
 class ExportParityError(AuditstreamError):
     """An exported ONNX graph disagrees with the torch module it was exported from."""
 

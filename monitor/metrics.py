@@ -13,7 +13,8 @@ The QC series of a version exist exactly while :meth:`MonitorMetrics.update` is 
 snapshot: the monitor passes the versions still answering (monitor/service.py, ``StatsHooks.tick``),
 so a retired or rolled-back version's series go and its alerts resolve.
 :meth:`MonitorMetrics.withdraw` removes everything only the leader exports (the QC series and
-the queue figures) when the process loses the lead: a follower shows none, never stale ones.
+the queue figures; the two unlabelled ones, outbox_pending_records and the auditors' throughput,
+read 0) when the process loses the lead: a follower shows none, never stale ones.
 
 The registry is injectable: tests build a fresh ``CollectorRegistry`` and read values back with
 ``registry.get_sample_value``.
@@ -156,8 +157,9 @@ class MonitorMetrics:
 
     def withdraw(self) -> None:
         """Export what a follower does (the process lost the lead): no QC series and no queue
-        figures, whose stale values would keep alerts firing and double the sums over pods; the
-        counters stay (each only grows)."""
+        figures (the two unlabelled ones, pending outbox records and throughput, read 0: an
+        unlabelled gauge is always exported), whose stale values would keep alerts firing and
+        double the sums over pods; the counters stay (each only grows)."""
         for g in [*self._qc_gauges, self.queue_depth, self.oldest_age, self.over_capacity]:
             g.clear()
         self._qc_versions.clear()

@@ -35,7 +35,8 @@ there (``StatsHooks.catch_up``), so every monitor's samples have their place bef
 verdicts are published (docs/qc-statistics.md, "The order of the audits"); coverage and the
 confidence drift window are rebuilt from the predictions that arrive afterwards. A process that
 loses the lead withdraws its QC metrics and queue figures (``StatsHooks.step_down``): a follower
-exports none, so no stale value keeps an alert firing.
+exports none (its unlabelled pending-outbox and throughput gauges read 0), so no stale value keeps
+an alert firing.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ from auditstream.cli_args import COUNT, POSITIVE, check_fields
 from auditstream.control import ControlState, ControlView
 from auditstream.dead_letters import dead_letter_output
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES, record_bytes
-from auditstream.errors import AuditstreamError, BadArguments, DecodeError, ModelNotFound, ModelRefused
+from auditstream.errors import AuditstreamError, BadArguments, DecodeError, ModelNotFound, ModelRefused, SendBlocked
 from auditstream.kafka import Producer, Record, TopicLog
 from auditstream.settings import Settings
 from auditstream.stream import Output
 from auditstream.wire import MAX_RECORD_BYTES, AuditItem, DeadLetter, Prediction, Reason, Verdict
 from monitor.control import plan_control
 from store import AuditStore
+from store.backend import record_error
 from store.leader import Leadership, default_owner
 from store.shadow import ShadowAnswers
 from store.records import OutboxRow, OutputTooLarge, check_audit_item
@@ -139,10 +141,12 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
     ``decisions`` topics take -- an item a verdict on which could be larger is dead-lettered
     (``too_large``) now, as its verdict could never be published.
 
-    Shadow answers, then audit items, are each stored in one transaction. If one fails, each
-    record is tried alone: the ones the store refuses are dead-lettered with their bytes, the
-    rest stored. When every one fails, a trivial write tells a broken store (the error is raised:
-    the monitor stops loudly, nothing committed) from bad records (dead-lettered)."""
+    Shadow answers, then audit items, are each stored in one transaction. If one fails because
+    of a record (:func:`store.backend.record_error`), each record is tried alone: the ones the
+    store refuses for their content are dead-lettered with their bytes, the rest stored. A
+    failure that is about the store (a dead connection, a lock, the server down) is retried with
+    back-off and then raised: nothing of the batch is dead-lettered or committed, and the
+    monitor stops loudly; Kafka delivers the batch again (:func:`_write_each_alone`)."""
     audit_topic, predictions_topic = settings.topic(topics.AUDIT), settings.topic(topics.PREDICTIONS)
     results: list[list[Output]] = [[] for _ in records]
     items: list[tuple[int, AuditItem]] = []
@@ -206,34 +210,72 @@ def ingest_batch(store: AuditStore, settings: Settings, records: Sequence[Record
 V = TypeVar("V")
 
 
+# Waits before each new try of a store write that failed because of the store, not the record
+# (store.backend.record_error): a server restart, a failover, a writer holding SQLite's lock past
+# its busy timeout. About 30 s of waiting in all, well inside the consumer's max_poll_interval
+# (300 s by default) even with SQLite's 30 s busy timeout on every try; after the last, the
+# error is raised and stops the monitor, nothing committed (the batch comes again after a restart).
+STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def _retrying(write: Callable[[], Any]) -> Any:
+    """``write()``, tried again after each of :data:`STORE_RETRY_DELAYS_S` while it fails because
+    of the store (a record's own error is raised at once). The pool has already discarded a broken
+    connection and its idle fellows (store/backend.py), so the next try gets a fresh one."""
+    for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), 1):
+        try:
+            return write()
+        except Exception as e:  # noqa: BLE001 - sorted just below
+            if record_error(e) or delay is None:
+                raise
+            log.warning("audit store write failed (%r), not because of a record: try %d of %d again in %.1f s",
+                        e, attempt + 1, len(STORE_RETRY_DELAYS_S) + 1, delay)
+            _sleep(delay)
+
+
+_sleep = time.sleep  # tests replace it
+
+
 def _write_each_alone(store: AuditStore, entries: list[tuple[int, V]], write: Callable[[list[V]], Sequence[Any]],
                       refused: Callable[[int, Exception], None]) -> list[tuple[tuple[int, V], Any]]:  # fmt: skip
-    """``write`` (one transaction, one result per value) of every entry's value; if that fails,
-    of each alone, passing the ones the store refuses to ``refused``. Returns each written entry
-    with its result. If every one fails and a trivial write (``AuditStore.ping``) fails too, the
-    store is broken, not the records: the batch's error is raised."""
+    """``write`` (one transaction, one result per value) of every entry's value; if that fails
+    because of a record (:func:`store.backend.record_error`: its content), of each alone, passing
+    the ones the store refuses for their content to ``refused``. Returns each written entry with
+    its result.
+
+    A failure that is about the store -- a dead connection, a lock held past the busy timeout, the
+    server down -- is never blamed on a record: the write is tried again (:func:`_retrying`), and
+    if the store stays unusable the error is raised, before anything is passed to ``refused``, so
+    nothing of the batch is dead-lettered or committed and Kafka delivers it again. (It used to
+    dead-letter every item that failed alone unless a trivial write failed as well: after a
+    PostgreSQL restart each retry met another dead pooled connection, the trivial write a fresh
+    one, and every good item of the batch became a ``processing_failed`` dead letter.)"""
+    values = [value for _, value in entries]
     try:
-        return list(zip(entries, write([value for _, value in entries])))
-    except Exception as batch_error:  # noqa: BLE001 - whose is it? each one alone below
-        written, failed = [], []
-        for i, value in entries:
-            try:
-                written.append(((i, value), write([value])[0]))
-            except Exception as e:  # noqa: BLE001
-                failed.append((i, e))
-        if len(failed) == len(entries):
-            try:
-                store.ping()
-            except Exception:  # noqa: BLE001 - the store itself is broken, not the records
-                raise batch_error from None
-        for i, e in failed:
-            refused(i, e)
-        return written
+        return list(zip(entries, _retrying(lambda: write(values))))
+    except Exception as batch_error:  # noqa: BLE001 - a record's? each one alone below
+        if not record_error(batch_error):
+            raise
+    written, failed = [], []
+    for i, value in entries:
+        try:
+            written.append(((i, value), _retrying(lambda: write([value]))[0]))  # noqa: B023 - called at once
+        except Exception as e:  # noqa: BLE001
+            if not record_error(e):
+                raise  # the store went away meanwhile: nothing is dead-lettered
+            failed.append((i, e))
+    for i, e in failed:
+        refused(i, e)
+    return written
 
 
 # How long after its claim a round may still begin sending (part of its fence, store/outbox.py):
 # a process that stalled longer between claiming and sending sends no more of that round.
 SEND_WINDOW_S = 5.0
+# The longest one send of the outbox producer may block (buffer full, topic metadata unknown)
+# before it raises SendBlocked, the record not taken (run_monitor builds the producer so; the
+# kafka-python default was 60 s). A send begins only while it can end inside the send window.
+OUTBOX_MAX_BLOCK_S = 1.0
 
 
 def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, now_s: float, limit: int = 500,
@@ -261,31 +303,44 @@ def publish_outbox(store: AuditStore, producer: Producer, settings: Settings, no
     if not store.pending_outbox(1):
         return published
     positions = topic_log.end_offsets(names)  # before the claim, so before any send of the round
-    claim_s = now_s + (time.monotonic() - entered)  # the fence counts from the claim, not from the call
+    # The fence counts from the claim's start, and so does the send window: the fence is written in
+    # the claim's own transaction, which may first wait for SQLite's writer lock (busy timeout) or a
+    # free pooled connection. A window counted from the claim's return was pushed past the fence by
+    # that wait, and a record sent late in it could still be delivered after the fence, when a
+    # successor already resolved the round from the topics and put it back to pending (sent twice).
+    # Now a slow claim eats the window instead: its rows go back to pending, unsent.
+    started = time.monotonic()
+    claim_s = now_s + (started - entered)  # the fence counts from the claim, not from the call
     claimed = store.start_outbox_round(limit, claim_s, owner or "publisher", claim_s + SEND_WINDOW_S + flush_timeout_s,
                                        positions)  # fmt: skip
     if claimed is None:
         return published  # all pending rows wait behind a key in an open round
-    started, sent = time.monotonic(), []
+    sent: list[OutboxRow] = []
     limits = topic_limits or {}
     dead_letters = settings.topic(topics.DEAD_LETTER)
     for row in claimed.rows:
-        if time.monotonic() - started > SEND_WINDOW_S:
-            log.warning("outbox round %d: %d of %d rows sent within %.0f s; the rest go back to pending",
+        # a send may block up to OUTBOX_MAX_BLOCK_S: one begins only while it would end in the window
+        if time.monotonic() - started > SEND_WINDOW_S - OUTBOX_MAX_BLOCK_S:
+            log.warning("outbox round %d: %d of %d rows sent within %.0f s of its claim; the rest go back to pending",
                          claimed.id, len(sent), len(claimed.rows), SEND_WINDOW_S)
             break
         topic = settings.topic(row.topic)
         size, cap = record_bytes(row.key, row.value), limits.get(topic, MAX_PRODUCE_BYTES)
-        if size <= cap:
-            producer.send(topic, row.key, row.value)
-        else:
-            letter = _outbox_dead_letter(row, topic, size, cap, dead_letters, limits.get(dead_letters, MAX_PRODUCE_BYTES),
-                                         now_s)  # fmt: skip
-            log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) instead; "
-                      "its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
-            producer.send(letter.topic, letter.key, letter.value)
-            if on_dead_letter is not None:
-                on_dead_letter(Reason.TOO_LARGE.value)
+        try:
+            if size <= cap:
+                producer.send(topic, row.key, row.value)
+            else:
+                letter = _outbox_dead_letter(row, topic, size, cap, dead_letters,
+                                             limits.get(dead_letters, MAX_PRODUCE_BYTES), now_s)  # fmt: skip
+                log.error("outbox row %d (%s, key %r) is %d bytes, over the %d %s takes: dead-lettered (too_large) "
+                          "instead; its verdict stays in the audit store", row.id, row.topic, row.key[:80], size, cap, topic)
+                producer.send(letter.topic, letter.key, letter.value)
+                if on_dead_letter is not None:
+                    on_dead_letter(Reason.TOO_LARGE.value)
+        except SendBlocked as e:  # not taken: it and the rest go back to pending
+            log.warning("outbox round %d: %s; %d of %d rows sent, the rest go back to pending", claimed.id, e,
+                        len(sent), len(claimed.rows))
+            break
         sent.append(row)
     if sent:
         producer.flush(flush_timeout_s)  # raises DeliveryFailed unless every send was acknowledged
@@ -557,15 +612,22 @@ class OutboxPublisher(threading.Thread):
                 if stopping and not self.leading:
                     return  # a follower that is shutting down does not take the lead on its way out
                 if self._lead():
-                    if self.stats is not None:  # the samples first: then their verdicts have a place
-                        self.stats.catch_up(self.store)
                     on_verdict = self.stats.observe_verdict if self.stats else None
-                    while (n := publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
-                                               self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
-                                               owner=self.owner, topic_limits=self.topic_limits,
-                                               on_dead_letter=self.stats.dead_lettered("outbox") if self.stats else None)):  # fmt: skip
+                    # Round after round while a backlog lasts -- each one only while this process
+                    # still leads: the lead is checked (the SQLite lease renewed) before every round,
+                    # not once per pass. A leader draining a large backlog ran past its lease without
+                    # renewing it, and a second monitor took the lead while this one still published.
+                    while True:
+                        if self.stats is not None:  # the samples first: then their verdicts have a place
+                            self.stats.catch_up(self.store)
+                        n = publish_outbox(self.store, self.producer, self.settings, time.time(), self.args.outbox_batch,
+                                           self.args.flush_timeout_s, on_verdict, topic_log=self.topic_log,
+                                           owner=self.owner, topic_limits=self.topic_limits,
+                                           on_dead_letter=self.stats.dead_lettered("outbox") if self.stats else None)  # fmt: skip
                         self.published += n
-                    if self.stats is not None and time.monotonic() >= next_tick:
+                        if not n or not self._lead():
+                            break
+                    if self.leading and self.stats is not None and time.monotonic() >= next_tick:
                         states = self.stats.tick(self.store, time.time())
                         if states:
                             publish_control(self.producer, self.settings, states, self.args.flush_timeout_s)
@@ -615,7 +677,8 @@ def run_monitor(settings: Settings, args: MonitorArgs, store: AuditStore, stop: 
         outbox_settings = dataclasses.replace(settings, delivery_timeout_s=args.flush_timeout_s)
         topic_log = make_topic_log(settings, bootstrap)
         started.append(topic_log.close)
-        publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox"),
+        publisher = OutboxPublisher(store, make_producer(outbox_settings, bootstrap, "auditstream-monitor-outbox",
+                                                         max_block_s=OUTBOX_MAX_BLOCK_S),
                                     topic_log, settings, args, stats, store.leadership("monitor", args.leader_lease_s),
                                     limits)  # fmt: skip
         started.append(publisher.producer.close)

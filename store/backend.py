@@ -9,8 +9,12 @@ module supplies what really differs between the two:
   :class:`StoreBusy`) and at most :data:`POOL_IDLE` idle ones are kept. Connections are never
   tied to a thread: the dashboard runs every Streamlit rerun on a new thread, and a connection
   per thread leaked one per rerun until the server's ``max_connections`` ran out. A connection
-  that broke (a server restart, a terminated backend) is discarded when given back;
-  :meth:`Database.close` closes them all;
+  that broke (a server restart, a terminated backend) is discarded when given back, and the idle
+  ones with it (they went with the same server), so one restart costs one failed call, not one
+  per pooled connection; :meth:`Database.close` closes them all;
+* what a failed write was about (:func:`record_error`): the record it was given (its content:
+  a caller may set that record aside) or the store (down, locked, a dead connection: the caller
+  must not blame the record, and retries or stops);
 * write transactions: SQLite ``BEGIN IMMEDIATE`` takes the single writer lock up front, so a
   read-then-write never fails half way with "database is locked"; PostgreSQL runs READ COMMITTED
   and the store locks the rows it changes (``FOR UPDATE [SKIP LOCKED]``);
@@ -84,6 +88,38 @@ class StoreBusy(AuditstreamError):
         self.max_open, self.waited_s = max_open, waited_s
         super().__init__(f"all {max_open} connections of the audit store stayed in use for {waited_s:.0f} s; "
                          "look for a stuck transaction, or open the store with more connections")
+
+
+def record_error(e: BaseException) -> bool:
+    """Whether a store call failed because of the values it was given -- the record's content,
+    which will fail again however often it is retried -- rather than because of the store.
+
+    False for what is about the store, all of it named here: the store's own
+    :class:`StoreBusy`, :class:`StoreUnavailable` and :class:`StoreMissing`, an ``OSError`` (a
+    disk, a socket), and every error of the database drivers but their data and constraint
+    errors -- sqlite3's ``OperationalError`` ("database is locked" after the busy timeout, "disk
+    I/O error"), ``ProgrammingError`` (a closed connection) and the rest, psycopg's
+    ``OperationalError`` (a terminated or restarted server, a serialization failure, a deadlock),
+    ``InterfaceError``, ``ProgrammingError`` and ``InternalError``: the same record succeeds once
+    the store is back, so a caller must never set it aside for those. True for everything else:
+    the drivers' ``DataError`` and ``IntegrityError`` (a NUL character, a number out of range, a
+    constraint the value breaks), the store's own checks (``ValueError``, ``TypeError``,
+    ``OverflowError``: an int over 64 bits) and any error nobody foresaw on the way from the
+    record to the store -- that one record's dead letter (its bytes kept, replayable once fixed),
+    where calling it the store's would stop the monitor on it at every restart."""
+    if isinstance(e, (StoreBusy, StoreUnavailable, StoreMissing, OSError)):
+        return False
+    if isinstance(e, sqlite3.Error):
+        return isinstance(e, (sqlite3.DataError, sqlite3.IntegrityError))
+    try:
+        import psycopg
+    except ImportError:  # a SQLite-only install raises no psycopg error
+        return True
+    if isinstance(e, psycopg.Error):
+        return isinstance(e, (psycopg.DataError, psycopg.IntegrityError))
+    return True
+
+
 _PREFIX = re.compile(r"\A(?:[a-z][a-z0-9_]{0,30})?\Z")  # \Z: "$" would let a final "\n" through
 
 
@@ -199,8 +235,21 @@ class Database(abc.ABC):
             _, generation = self._open.get(id(cx), (cx, -1))
             if generation == self._generation and len(self._idle) < POOL_IDLE and self._reusable(cx):
                 self._idle.append(cx)
-            else:
-                self._discard_locked(cx)
+                return
+            broken = self._broken(cx)  # before closing it: a closed connection is not "broken"
+            self._discard_locked(cx)
+            if broken:
+                # Its server session ended (a restart, a failover, idle_session_timeout,
+                # pg_terminate_backend): the idle ones most likely went with it, and a connection
+                # does not know it is dead until it is used. Without this each of the next calls
+                # took one dead connection and failed in turn.
+                idle, self._idle = self._idle, []
+                for other in idle:
+                    self._discard_locked(other)
+
+    def _broken(self, cx: Any) -> bool:
+        """Whether ``cx`` lost its server (only a client/server database can)."""
+        return False
 
     def _discard_locked(self, cx: Any) -> None:
         self._open.pop(id(cx), None)
@@ -449,6 +498,10 @@ class PostgresDatabase(Database):
 
     def _reusable(self, cx: Any) -> bool:
         return not cx.closed and not cx.broken and cx.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+
+    def _broken(self, cx: Any) -> bool:
+        # psycopg sets ``broken`` when the connection was lost (not when closed on purpose)
+        return bool(cx.broken)
 
     def _begin_snapshot(self, cx: Any) -> None:
         # The connection is in autocommit; BEGIN by hand. A read-only transaction is given no

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterator
 
-from auditstream.errors import BrokerUnavailable, CommitRejected
+from auditstream.errors import BrokerUnavailable, CommitRejected, SendBlocked
 from auditstream.kafka.interface import (FETCH_MAX_WAIT_MS, Delivery, Headers, PartitionsCallback, Record, TopicPartition,
                                          check_deliveries)
 from auditstream.kafka.limits import MAX_PRODUCE_BYTES
@@ -30,10 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class KafkaPythonProducer:
-    def __init__(self, settings: Settings, bootstrap: str, client_id: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, client_id: str, max_block_s: float | None = None) -> None:
+        """``max_block_s``: the longest a ``send`` may block (buffer full, topic metadata unknown)
+        before :class:`SendBlocked`; None: kafka-python's default (60 s)."""
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, KafkaTimeoutError
 
+        self._timeout_error = KafkaTimeoutError
+        blocking = {} if max_block_s is None else {"max_block_ms": max(1, int(max_block_s * 1000))}
         try:
             self._p = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=5,
@@ -47,6 +52,7 @@ class KafkaPythonProducer:
                 # batch retried across its restart that it never stored (bench faults broker_restart).
                 # A retried batch may be written twice instead: outputs are keyed, duplicates harmless.
                 enable_idempotence=False,
+                **blocking,
                 **kafka_python_config(settings),
             )
         except KafkaError as e:
@@ -55,8 +61,12 @@ class KafkaPythonProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = ()) -> Delivery:
         d = Delivery(topic, key)
+        try:
+            future = self._p.send(topic, key=key, value=value, headers=list(headers))
+        except self._timeout_error as e:  # max_block_ms passed before the record was taken: not sent
+            raise SendBlocked(topic, key, f"not sent: the producer did not take it in time ({e})") from None
         # The future is read at flush time: cheaper than a callback per record on the I/O thread.
-        self._pending.append((d, self._p.send(topic, key=key, value=value, headers=list(headers))))
+        self._pending.append((d, future))
         return d
 
     def flush(self, timeout_s: float) -> None:
@@ -345,9 +355,12 @@ class KafkaPythonTopicLog:
 
 
 class ConfluentProducer:
-    def __init__(self, settings: Settings, bootstrap: str, client_id: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, client_id: str, max_block_s: float | None = None) -> None:
+        """``max_block_s``: the longest a ``send`` waits for room in librdkafka's local queue
+        before :class:`SendBlocked` (``produce`` itself never blocks); None: as long as it takes."""
         from confluent_kafka import Producer as CProducer
 
+        self._max_block_s = max_block_s
         self._p = CProducer({
             "bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
             "message.max.bytes": MAX_PRODUCE_BYTES, "enable.idempotence": False, "log.connection.close": False,
@@ -362,11 +375,14 @@ class ConfluentProducer:
         def on_delivery(err: Any, msg: Any) -> None:
             d.failed(err) if err is not None else d.succeeded(msg.partition(), msg.offset())
 
+        deadline = None if self._max_block_s is None else time.monotonic() + self._max_block_s
         while True:
             try:
                 self._p.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise SendBlocked(topic, key, f"not sent: librdkafka's queue stayed full for {self._max_block_s:g} s") from None
                 self._p.poll(0.05)
         self._p.poll(0)
         self._pending.append(d)

@@ -17,14 +17,17 @@ from auditstream.kafka.security import check_broker, kafka_python_config
 from auditstream.settings import BROKER_STATE_FILE, Settings
 
 
-def make_producer(settings: Settings, bootstrap: str | None = None, client_id: str = "auditstream") -> Producer:
-    """A producer for ``settings.kafka_client`` (acks=all: a send is acked once it is durable)."""
+def make_producer(settings: Settings, bootstrap: str | None = None, client_id: str = "auditstream",
+                  max_block_s: float | None = None) -> Producer:
+    """A producer for ``settings.kafka_client`` (acks=all: a send is acked once it is durable).
+    ``max_block_s``: the longest one ``send`` may block before it raises ``SendBlocked`` (the
+    record not sent); None: the client's default (kafka-python 60 s)."""
     from auditstream.kafka.clients import ConfluentProducer, KafkaPythonProducer
 
     bootstrap = _checked_bootstrap(settings, bootstrap)
     if settings.kafka_client == "confluent":
-        return ConfluentProducer(settings, bootstrap, client_id)
-    return KafkaPythonProducer(settings, bootstrap, client_id)
+        return ConfluentProducer(settings, bootstrap, client_id, max_block_s)
+    return KafkaPythonProducer(settings, bootstrap, client_id, max_block_s)
 
 
 def make_consumer(settings: Settings, group_id: str, topics: list[str], bootstrap: str | None = None,

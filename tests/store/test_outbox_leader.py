@@ -227,3 +227,83 @@ def test_a_follower_that_cannot_reach_the_server_does_not_lead_and_does_not_rais
     db = connect("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")  # nothing listens on port 1
     leadership = PostgresLeadership(db, "monitor", 30.0, "c")
     assert leadership.hold(T0) is False and leadership.hold(T0 + 1) is False
+
+
+class _PausingProducer(RecordingProducer):
+    """Acknowledges each round after ``pause_s``: a backlog of one-row rounds outlasts a short lease.
+    ``after_flush`` runs after each acknowledgement (the test's hook into the drain)."""
+
+    def __init__(self, pause_s: float, after_flush: Callable[[int], None] = lambda n: None) -> None:
+        super().__init__()
+        self.pause_s, self.after_flush, self.flushes = pause_s, after_flush, 0
+
+    def flush(self, timeout_s: float) -> None:
+        time.sleep(self.pause_s)
+        super().flush(timeout_s)
+        self.flushes += 1
+        self.after_flush(self.flushes)
+
+
+def _backlog(store: AuditStore, n: int) -> None:
+    add_users(store, "alice")
+    _decide(store, 0, n)
+    assert len(store.pending_outbox(10_000)) >= n
+
+
+def test_a_leader_draining_a_backlog_renews_its_lease_before_every_round(tmp_path: Path) -> None:
+    """A backlog of rounds that takes longer than the lease: the leader renews before each round,
+    so a second monitor never gets the lease while the first still drains (the lead was checked
+    once per pass: after leader_lease_s the other monitor took it mid-drain)."""
+    args = MonitorArgs(outbox_interval_s=0.1, outbox_batch=1, flush_timeout_s=1.0, leader_lease_s=1.5)
+    with make_store("sqlite", tmp_path) as store:
+        _backlog(store, 15)  # 30 one-row rounds of 0.1 s: twice the lease
+        producer = _PausingProducer(0.1)
+        a = OutboxPublisher(store, producer, producer, Settings(topic_prefix="t"), args, None,
+                            store.leadership("monitor", args.leader_lease_s, owner="A"))
+        b = store.leadership("monitor", args.leader_lease_s, owner="B")
+        a.start()
+        try:
+            _wait_until(lambda: a.leading or a.error is not None, 10)
+            started = time.monotonic()
+            while store.pending_outbox(1):
+                assert not b.hold(time.time()), f"B took the lead from a live leader after {time.monotonic() - started:.1f} s"
+                assert time.monotonic() - started < 30
+                time.sleep(0.1)
+            assert time.monotonic() - started > args.leader_lease_s  # the drain did outlast a lease
+        finally:
+            a.stop()
+            a.join(10)
+        assert a.error is None and a.published == len(producer.acked)
+
+
+def test_a_leader_that_lost_its_lease_mid_drain_leaves_the_drain(tmp_path: Path) -> None:
+    """Another monitor holds the lease now (this one stalled past it): the drain stops at the
+    next renewal instead of publishing on as a second leader."""
+    args = MonitorArgs(outbox_interval_s=0.1, outbox_batch=1, flush_timeout_s=1.0, leader_lease_s=1.5)
+    with make_store("sqlite", tmp_path) as store:
+        _backlog(store, 15)
+        b = store.leadership("monitor", args.leader_lease_s, owner="B")
+        taken: list[int] = []
+
+        def steal(flushes: int) -> None:  # after round 3, B's lease replaces A's (as if A's ran out)
+            if flushes == 3:
+                with store._db.write() as cur:
+                    cur.run("UPDATE {p}meta SET value = ? WHERE key = 'leader:monitor'",
+                            ('{"owner": "B", "expires_s": %f}' % (time.time() + 600),))
+                taken.append(flushes)
+
+        producer = _PausingProducer(0.1, steal)
+        a = OutboxPublisher(store, producer, producer, Settings(topic_prefix="t"), args, None,
+                            store.leadership("monitor", args.leader_lease_s, owner="A"))
+        a.start()
+        try:
+            _wait_until(lambda: bool(taken) and not a.leading, 10)
+            published = a.published
+            time.sleep(0.5)
+            # at most the rounds before the renewal came due (a third of the lease), then none
+            assert a.published == published and published <= 3 + int(args.leader_lease_s / 3 / 0.1) + 1
+            assert store.pending_outbox(1) and b.hold(time.time())  # the rest is B's to publish
+        finally:
+            a.stop()
+            a.join(10)
+        assert a.error is None
