@@ -127,6 +127,7 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
     makes them again; with its torch weights where the family can be fine-tuned, so the first
     ``auditstream retrain`` starts from them), else trained now; ``retrain`` trains a new version of each."""
     from auditstream.registry import CARD_FILE, ONNX_FILE, ModelCard, ModelRegistry
+    from training import ship_ledger
     from training.feedback import WEIGHTS_FILE
 
     registry = ModelRegistry.from_settings(settings)
@@ -140,6 +141,8 @@ def ensure_models(settings: Settings, retrain: bool) -> None:
             published = registry.publish(card, (shipped / ONNX_FILE).read_bytes())
             if (shipped / WEIGHTS_FILE).is_file():
                 shutil.copyfile(shipped / WEIGHTS_FILE, published.directory / WEIGHTS_FILE)
+            # the shipped certificates' ledger: a retrain here is counted after them (δ spending)
+            ship_ledger.carry(registry.root, name, SHIPPED_MODELS)
             print(f"model {name}: version {published.card.version} from the copy shipped with auditstream "
                   f"(pass --retrain to train your own)", flush=True)
         else:

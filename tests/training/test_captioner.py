@@ -220,3 +220,58 @@ def test_caption_parity_refuses_nan_probabilities(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(captioner, "onnx_captions", lambda *_: (ids.copy(), poisoned if side != "torch" else probs))
     with pytest.raises(ExportParityError, match="token_probs holds 1 NaN"):
         captioner.caption_parity(None, b"", np.zeros((3, 64, 64, 3), np.uint8))
+
+
+class _StandIn:
+    """Stands in for a torch net whose greedy decoding gives ``ids`` and ``probs`` (what an
+    export's graph would be compared against)."""
+
+    def __init__(self, ids: np.ndarray, probs: np.ndarray) -> None:
+        self.ids, self.probs = ids, probs
+
+    def eval(self) -> None:
+        pass
+
+    def greedy(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        return torch.from_numpy(self.ids[:n]), torch.from_numpy(self.probs[:n].astype(np.float32))
+
+
+def _shipped_captions(n: int = 24) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    from pathlib import Path
+
+    onnx = (Path(__file__).resolve().parents[2] / "stack" / "demo_models" / "captioner" / "model.onnx").read_bytes()
+    images = data.split_scenes("test", n).images
+    ids, probs = captioner.onnx_captions(onnx, images)
+    return onnx, images, ids, probs
+
+
+def test_caption_parity_refuses_the_same_ids_with_other_probabilities() -> None:
+    """The same token ids with every word probability halved passed with parity_exact 1.0 (only
+    the ids were compared; parity_max_prob_diff 0.5 was reported, never enforced): the certified
+    confidence is made of those probabilities, so the export is refused."""
+    from auditstream.errors import ExportParityError
+
+    onnx, images, ids, probs = _shipped_captions()
+    with pytest.raises(ExportParityError, match=r"max \|diff\| = 0.5 > atol 0.0001"):
+        captioner.caption_parity(_StandIn(ids, 0.5 * probs), onnx, images)
+
+
+def test_caption_parity_compares_the_served_confidence_of_every_kind() -> None:
+    """Each word probability within the tolerance, yet the joint probability of a caption of
+    ~15 words moves by ~15 times as much: the served confidence (CAPTION.postprocess) is
+    compared too, per confidence kind, and refused."""
+    from auditstream.errors import ExportParityError
+
+    onnx, images, ids, probs = _shipped_captions()
+    alive = probs < 1.0  # the words and <eos>; <pad> has probability 1 on both sides
+    nudged = np.where(alive, probs - 0.9 * captioner.PROB_ATOL, probs)
+    with pytest.raises(ExportParityError, match="> atol 0.0001"):
+        captioner.caption_parity(_StandIn(ids, nudged), onnx, images)
+
+
+def test_caption_parity_passes_the_shipped_export_against_itself() -> None:
+    onnx, images, ids, probs = _shipped_captions()
+    parity = captioner.caption_parity(_StandIn(ids, probs), onnx, images)
+    assert parity["parity_exact"] == 1.0 and parity["parity_max_prob_diff"] == 0.0
+    assert parity["parity_max_confidence_diff"] == {kind: 0.0 for kind in captioner.CONFIDENCE_KINDS}
