@@ -26,6 +26,7 @@ from serving.metrics import ServeMetrics
 from serving.runtime import load_session
 from tests.conftest import TINY_MODEL, TinyRegistry
 from tests.serving.kafka_readers import read_topic
+from tests.serving.test_serve_app import send_requests
 from tests.serving.test_process_batch import NOW, good, request_record
 
 
@@ -160,14 +161,9 @@ def test_a_restarted_consumer_never_auto_accepts_its_backlog_under_a_defer_all_i
     producer = make_producer(settings)
     try:
         publish_control(producer, settings, [ControlState(TINY_MODEL, 0, {model.card.version: DEFER_ALL}, "test")], 30)
-        rng = np.random.default_rng(2)
-        for i in range(60):
-            request = InferenceRequest(f"backlog-{i}", TINY_MODEL, rng.standard_normal((8, 8)).astype(np.float32),
-                                       time.time())
-            producer.send(settings.request_topic(TINY_MODEL), request.key, request.to_bytes())
-        producer.flush(30)
     finally:
         producer.close()
+    send_requests(settings, 60, "backlog", seed=2)
     real_run = ControlView._run
 
     def slow_view(view: ControlView) -> None:
