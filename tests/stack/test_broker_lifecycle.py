@@ -378,7 +378,7 @@ def test_a_broker_that_never_answers_ends_the_start_with_the_error_in_its_log(tm
     try:
         with pytest.raises(embedded.BrokerStartFailed) as failed:
             # 15 s: Tansu's own start retries the storage too (once 9.4 s on a cold disk), then
-            # its request's ten retries log the error (1.4-4.9 s in 30 runs).
+            # its request's ten retries log the error (1.4-4.9 s in 24 runs).
             embedded.start(Settings(state_dir=state), timeout_s=15,
                            options=embedded.BrokerOptions(durable=True, s3_endpoint=endpoint))
     finally:
