@@ -101,12 +101,6 @@ class AuditStore(StoreReads):
     def __repr__(self) -> str:
         return f"AuditStore({self._db.kind}, prefix={self._db.prefix!r})"  # never the URL: it may hold a password
 
-    def ping(self) -> None:
-        """A trivial write transaction: raises when the store cannot take writes at all (down,
-        read-only, out of space), so a caller can tell a broken store from a refused record."""
-        with self._db.write() as cur:
-            cur.one("SELECT 1")
-
     def close(self) -> None:
         self._db.close()
 
