@@ -69,11 +69,21 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     return next((b for b in buckets if b >= n), n)
 
 
+def device_options(device_id: int) -> dict[str, str]:
+    """The GPU provider option naming the device: none for GPU 0, ONNX Runtime's default. Given
+    explicitly, onnxruntime-gpu 1.31 first looks for a *plugin* EP device of that id and logs
+    "No registered plugin EP device found for 'CUDAExecutionProvider' with device_id=0" at every
+    session it creates before using its built-in provider (seen on an H100, 2026-12-05; sessions
+    created without the option logged nothing), a warning line per model load and worker that
+    meant nothing. ``cuda:N`` with N > 0 still needs the option, and ONNX Runtime's line with it."""
+    return {"device_id": str(device_id)} if device_id else {}
+
+
 def tensorrt_options(device_id: int, cache_dir: Path, fp16: bool, input_name: str,
                      input_shape: Sequence[int | None], max_batch_size: int) -> dict[str, str]:
-    options = {"device_id": str(device_id), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
-               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir),
-               "trt_fp16_enable": str(bool(fp16))}
+    options = {**device_options(device_id), "trt_engine_cache_enable": "True",
+               "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": "True",
+               "trt_timing_cache_path": str(cache_dir), "trt_fp16_enable": str(bool(fp16))}
     rest = list(input_shape[1:])
     if all(isinstance(d, int) and d > 0 for d in rest):  # one profile for every batch size
         dims = "x".join(str(d) for d in rest)
@@ -93,7 +103,7 @@ def plan_providers(device: str, loads: Callable[[str], bool], available: Sequenc
     if loads(TENSORRT):
         gpu.append((TENSORRT, tensorrt_options(device_id, cache_dir, fp16, input_name, input_shape, max_batch_size)))
     if loads(CUDA):
-        gpu.append((CUDA, {"device_id": str(device_id)}))
+        gpu.append((CUDA, device_options(device_id)))
     if not gpu:
         if device.startswith("cuda:"):
             raise device_unavailable(device, available)

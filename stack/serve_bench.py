@@ -521,14 +521,16 @@ def _measure(settings: Settings, model: RegisteredModel, args: Any, client: str,
     # replaced (docs/serving.md, fault suite); one member leaving and N joining settles
     if args.workers > 1:  # the same drain by `auditstream serve --workers N` in a child process
         before = raw_ort_per_s(model, args.batch_size, settings=settings)
-        w_rate, w_ids = max_rate_with_workers(settings, producer, model, args.count, args.workers, f"wrk{run_id}",
-                                          serve_process, Path(settings.state_dir) / "workers.log")
+        w_rate, w_ids, w_drain_s, w_produce_s = max_rate_with_workers(
+            settings, producer, model, args.count, args.workers, f"wrk{run_id}", serve_process,
+            Path(settings.state_dir) / "workers.log")
         after = raw_ort_per_s(model, args.batch_size, settings=settings)
         sent.request_ids.extend(w_ids)
         workers = {"workers": args.workers, "stream_workers_per_s": round(w_rate, 1),
-                   "ratio_workers": _ratio(w_rate, (before + after) / 2)}
-        say(f"stream, serve --workers {args.workers}: {w_rate:,.0f}/s; raw ORT {before:,.0f} / {after:,.0f}; "
-            f"ratio {workers['ratio_workers']}")
+                   "ratio_workers": _ratio(w_rate, (before + after) / 2),
+                   "workers_drain_s": round(w_drain_s, 3), "workers_produce_s": round(w_produce_s, 3)}
+        say(f"stream, serve --workers {args.workers}: {w_rate:,.0f}/s ({args.count} requests in {w_drain_s:.2f} s, "
+            f"produced in {w_produce_s:.2f} s); raw ORT {before:,.0f} / {after:,.0f}; ratio {workers['ratio_workers']}")
     producer.close()
     latencies = [lat_arrivals[r][0] - paced.created_at_s[r] for r in ids if r in lat_arrivals]
     expected, latency_expected = set(sent.request_ids), ids | set(warm.request_ids)

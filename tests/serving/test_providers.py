@@ -54,6 +54,14 @@ def test_cuda_alone_when_tensorrt_libraries_are_missing() -> None:
     assert plan("auto", {CUDA}).names() == [CUDA, CPU]
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda:0"])
+def test_gpu_0_is_not_named_in_the_provider_options(device: str) -> None:
+    # onnxruntime-gpu 1.31 logs a plugin-EP warning for every session given device_id (H100, 2026-12-05)
+    p = plan(device, {TENSORRT, CUDA})
+    assert p.device_id == 0
+    assert "device_id" not in p.providers[0][1] and p.providers[1][1] == {}
+
+
 @pytest.mark.parametrize("max_batch, expected", [(1, (1,)), (5, (1, 2, 4, 5)), (64, (1, 2, 4, 8, 16, 32, 64)),
                                                  (100, (1, 2, 4, 8, 16, 32, 64, 100))])
 def test_batch_buckets(max_batch: int, expected: tuple[int, ...]) -> None:

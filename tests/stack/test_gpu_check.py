@@ -2,7 +2,8 @@
 the host has (raw ONNX Runtime on the CPU), and lists what it could not measure and why; a bad
 ``--skip`` is refused with a line that says what to write instead.
 
-The GPU steps themselves ran on an H200 host (docs/serving.md, "A GPU host"); no test needs one.
+The GPU steps themselves ran on an H100 host on 2026-12-05 (docs/serving.md, "A GPU host"); no test
+needs one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stack.gpu_check import parse_skip
+from auditstream.settings import Settings
+
+from stack.gpu_check import SERVE_CLIENTS, parse_skip, serve_counts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,12 @@ def test_parse_skip_takes_known_steps_and_refuses_others() -> None:
     assert parse_skip("") == set()
     with pytest.raises(argparse.ArgumentTypeError, match="raw, serve, train"):
         parse_skip("train,gpu")
+
+
+def test_a_fast_host_drains_enough_requests_to_measure_the_stream_not_the_start() -> None:
+    assert serve_counts(2, gpu=False) == (3200, 600)
+    assert serve_counts(16, gpu=False) == serve_counts(2, gpu=True) == (20000, 3000)
+    assert SERVE_CLIENTS[0] == Settings().kafka_client  # the default client measured first
 
 
 def test_a_cpu_host_gets_one_json_object_with_cpu_numbers_and_what_is_missing() -> None:

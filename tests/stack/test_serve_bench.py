@@ -55,6 +55,9 @@ def test_bench_serve_with_workers_and_profile(stream_settings: Settings) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["workers"] == 2 and result["stream_workers_per_s"] > 0 and "ratio_workers" in result
+    # the rate is the requests over the drain, timed from the start of their production
+    assert 0 < result["workers_produce_s"] <= result["workers_drain_s"]
+    assert result["stream_workers_per_s"] == pytest.approx(640 / result["workers_drain_s"], rel=0.01)
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["latency_budget_ms"] == 100
     assert result["requests"] == 640 + 640 + 200 + 2 * 64  # max rate, workers' drain, latency, warm-up
     sections = result["profile"]["sections_us_per_record"]
