@@ -209,6 +209,8 @@ class ServeApp:
                 ensure_topics(settings, [control_topic], compacted=(control_topic,), bootstrap=bootstrap)
                 self.control_view = ControlView(settings, bootstrap).start()
                 started.callback(self.control_view.stop)
+                view = self.control_view
+                self.metrics.control_view_read.labels(model.card.name).set_function(lambda: float(view.caught_up()))
                 self.metrics.count_skipped("control", self.control_view)
             # Not waited for here: the view's group joins while the serving consumer joins its own.
             self.control_gate = (None if self.control_view is None else

@@ -30,6 +30,10 @@ What each one measures (docs/serving.md, "Metrics"):
 * ``control_unread_batches_total`` -- batches routed with every answer deferred (HUMAN) because
   the control view had not read the control topic yet (serving/app.py, :class:`ControlGate`): a
   few at start-up are a slow join; a count that keeps rising means the view cannot read the topic.
+* ``control_view_read`` -- 1 once this process's control view has read what the control topic
+  held when it joined, 0 before (no series in a shadow, which has no view): until then each batch
+  waits for it (bounded) or is deferred, so a start that stays at 0 is a view that cannot join or
+  read; ``bench serve`` waits for it before timing a drain.
 * ``skipped_state_records`` -- records of a compacted topic (``control``, ``episode-state``) this
   process refused since it started, read at scrape time from the control view and the episode
   store: each is logged with where it is and why, and a compacted topic keeps it, so any
@@ -102,6 +106,9 @@ class ServeMetrics:
                                               "Batches routed with every answer deferred to a human because the "
                                               "control view had not read the control topic yet.", ["model"],
                                               registry=r)
+        # set at scrape time from the view (ServeApp); no series without one
+        self.control_view_read = Gauge("auditstream_serve_control_view_read", "1 once the control view has read "
+                                       "what the control topic held when it joined, 0 before.", ["model"], registry=r)
         self.skipped_state_records = Gauge("auditstream_serve_skipped_state_records",
                                            "Records of a compacted topic (control, episode-state) this process "
                                            "refused since it started; each is logged with where it is and why.",

@@ -4,7 +4,9 @@ The in-process max-rate step (:mod:`stack.serve_bench`) measures one serving pro
 ``auditstream serve --workers N`` starts as a child process (as in production: N group members,
 ``cores / N`` ONNX Runtime threads each); once every worker owns partitions (their
 ``auditstream_serve_assigned_partitions`` gauges add up to the topic's partitions, so no
-rebalance pause falls inside the measurement), the requests are produced as fast as the
+rebalance pause falls inside the measurement) and every worker's control view has read the
+control topic (``auditstream_serve_control_view_read``: before, a worker's first batch waits for
+it), the requests are produced as fast as the
 producer goes, and the rate is the requests divided by the time from the start of that
 production to the moment all were taken (run through the model), read from the workers' own
 ``auditstream_serve_records_in_total`` counters (each worker serves /metrics on its own port;
@@ -58,7 +60,8 @@ def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredMo
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
             owned = [metric(p, "auditstream_serve_assigned_partitions") for p in ports]
-            if all(owned) and sum(owned) == settings.partitions:
+            views_read = all(metric(p, "auditstream_serve_control_view_read") == 1 for p in ports)
+            if all(owned) and sum(owned) == settings.partitions and views_read:
                 break
             time.sleep(0.2)
         else:

@@ -173,8 +173,12 @@ def test_a_restarted_consumer_never_auto_accepts_its_backlog_under_a_defer_all_i
     monkeypatch.setattr(ControlView, "_run", slow_view)
     registry = CollectorRegistry()
     app = ServeApp(settings, model, ServeMetrics(TINY_MODEL, registry))
+    read = {"model": TINY_MODEL}
     try:
+        # the view sleeps 2 s before it joins: not read yet, and the gauge says so (bench serve waits on it)
+        assert registry.get_sample_value("auditstream_serve_control_view_read", read) == 0
         stats = app.run(max_records=60)
+        assert registry.get_sample_value("auditstream_serve_control_view_read", read) == 1
     finally:
         app.close()
     assert stats.records_in == 60
