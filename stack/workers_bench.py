@@ -58,15 +58,18 @@ def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredMo
     try:
         ports = range(port, port + workers)
         deadline = time.monotonic() + 120
+        unread: list[int] = []
         while time.monotonic() < deadline and server.poll() is None:
             owned = [metric(p, "auditstream_serve_assigned_partitions") for p in ports]
-            views_read = all(metric(p, "auditstream_serve_control_view_read") == 1 for p in ports)
-            if all(owned) and sum(owned) == settings.partitions and views_read:
+            unread = [i for i, p in enumerate(ports) if metric(p, "auditstream_serve_control_view_read") != 1]
+            if all(owned) and sum(owned) == settings.partitions and not unread:
                 break
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"serve --workers {workers} did not settle in its group (exit status {server.poll()}); "
-                               f"see {log_path}")
+            settled = "" if not unread or server.poll() is not None else (
+                f" (or did, but the control views of workers {unread} never read the control topic)")
+            raise RuntimeError(f"serve --workers {workers} did not settle in its group{settled} "
+                               f"(exit status {server.poll()}); see {log_path}")
         started = time.monotonic()
         sent = produce_requests(producer, settings.request_topic(card.name), card.name,
                                 inputs_for(card, "random", seed=4), count, 0.0, id_prefix=id_prefix, progress=False)
