@@ -6,9 +6,9 @@ The in-process max-rate step (:mod:`stack.serve_bench`) measures one serving pro
 ``auditstream_serve_assigned_partitions`` gauges add up to the topic's partitions, so no
 rebalance pause falls inside the measurement) and every worker's control view has read the
 control topic (``auditstream_serve_control_view_read``: before, a worker's first batch waits for
-it), the requests are produced as fast as the
-producer goes, and the rate is the requests divided by the time from the start of that
-production to the moment all were taken (run through the model), read from the workers' own
+it), the requests are produced as fast as the producer goes, and the rate is the requests
+divided by the time from the start of that production to the moment all were taken (run
+through the model), read from the workers' own
 ``auditstream_serve_records_in_total`` counters (each worker serves /metrics on its own port;
 scraped every 50 ms, so the end is late by up to one scrape: the rate errs low).
 
@@ -58,18 +58,18 @@ def max_rate_with_workers(settings: Settings, producer: Any, model: RegisteredMo
     try:
         ports = range(port, port + workers)
         deadline = time.monotonic() + 120
-        unread: list[int] = []
+        settled, unread = False, []
         while time.monotonic() < deadline and server.poll() is None:
             owned = [metric(p, "auditstream_serve_assigned_partitions") for p in ports]
+            settled = all(owned) and sum(owned) == settings.partitions
             unread = [i for i, p in enumerate(ports) if metric(p, "auditstream_serve_control_view_read") != 1]
-            if all(owned) and sum(owned) == settings.partitions and not unread:
+            if settled and not unread:
                 break
             time.sleep(0.2)
         else:
-            settled = "" if not unread or server.poll() is not None else (
-                f" (or did, but the control views of workers {unread} never read the control topic)")
-            raise RuntimeError(f"serve --workers {workers} did not settle in its group{settled} "
-                               f"(exit status {server.poll()}); see {log_path}")
+            what = (f"settled in its group, but the control views of workers {unread} never read the control topic"
+                    if settled else "did not settle in its group")
+            raise RuntimeError(f"serve --workers {workers} {what} (exit status {server.poll()}); see {log_path}")
         started = time.monotonic()
         sent = produce_requests(producer, settings.request_topic(card.name), card.name,
                                 inputs_for(card, "random", seed=4), count, 0.0, id_prefix=id_prefix, progress=False)
