@@ -44,7 +44,6 @@ from auditstream.cli_args import Range, check_value
 from auditstream.errors import ConfigError
 
 BATCHES = (1, 64, 256)
-CPU_PROVIDER = "CPUExecutionProvider"
 MEASURE_S = 2.0
 TRAIN_S = 6.0
 
@@ -282,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"environment": environment(missing)}
     report["environment"]["onnxruntime_build"] = onnxruntime_build()
     say(f"environment: {report['environment']}")
+    from serving.providers import CPU
     from stack.serve_bench import bench_cnn_onnx
 
     providers = loading_providers(missing)
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["raw_ort_per_s"][provider][str(batch)] = {"error": str(e).splitlines()[0][:300]}
             say(f"raw ORT {provider} batch {batch}: {report['raw_ort_per_s'][provider][str(batch)]}")
     if "serve" not in skip:
-        count, latency_count = serve_counts(len(os.sched_getaffinity(0)), any(p != CPU_PROVIDER for p in providers))
+        count, latency_count = serve_counts(len(os.sched_getaffinity(0)), any(p != CPU for p in providers))
         report["bench_serve"] = {}
         training = "train" not in skip and importlib.util.find_spec("torch") is not None
         for client in SERVE_CLIENTS:  # each bench gets what is left, training's share kept back
